@@ -1,0 +1,31 @@
+# Gatehouse: the two commands of the README, plus the benchmark.
+#   make run    installs what is missing, builds, starts the demo
+#   make test   installs what is missing, builds, runs every test suite
+#   make bench  runs the benchmarks against nginx and HAProxy (bench/README.md)
+.PHONY: all deps build build-san run test bench clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	@[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null
+	@ninja -C build
+
+build-san: deps
+	@[ -f build-san/build.ninja ] || meson setup build-san --buildtype=debug \
+		-Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+	@ninja -C build-san
+
+run: build
+	@bash scripts/demo.sh
+
+test: build build-san
+	@bash tests/run.sh
+
+bench: build
+	@bash bench/run.sh
+
+clean:
+	rm -rf build build-san build-bench

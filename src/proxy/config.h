@@ -1,0 +1,127 @@
+/* proxy/config.h - the loaded gatehouse.yaml as an immutable snapshot.
+ * config_load() parses and validates everything (proxy keys here; authn and
+ * policy sections through their modules as they land). A snapshot is shared
+ * read-only by every worker and swapped atomically on SIGHUP: in-flight
+ * requests keep the snapshot they started with (config_ref/config_unref). */
+#ifndef GH_PROXY_CONFIG_H
+#define GH_PROXY_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+
+enum tls_client_cert { TLS_CLIENT_CERT_NONE = 0, TLS_CLIENT_CERT_OPTIONAL, TLS_CLIENT_CERT_REQUIRED };
+
+struct tls_cert_conf {
+    char *cert_file; /* resolved path, PEM chain */
+    char *key_file;  /* resolved path */
+};
+
+struct listener_conf {
+    char *address;      /* "127.0.0.1:8443" as written */
+    char host[64];      /* numeric host part */
+    uint16_t port;
+    bool tls;
+    /* TLS: the first certificate is the default; others are chosen by SNI
+     * from their subjectAltName DNS names (tls.certificates list). */
+    struct tls_cert_conf *certs;
+    size_t ncerts;
+    char *client_ca;    /* resolved path or NULL */
+    char *client_crl;   /* resolved path or NULL */
+    enum tls_client_cert client_cert;
+    bool trust_request_id;      /* keep an incoming X-Request-Id */
+    bool trust_forwarded;       /* append to an incoming X-Forwarded-For instead of replacing */
+    int line, col;      /* where it was configured (for messages) */
+};
+
+enum balance { BALANCE_ROUND_ROBIN = 0, BALANCE_LEAST_CONN, BALANCE_IP_HASH };
+
+struct upstream_server {
+    char *url;          /* as written: http://127.0.0.1:9001 or https://... */
+    bool tls;
+    char host[256];     /* host as written (used for SNI/Host when https) */
+    uint16_t port;
+    uint32_t weight;    /* reserved, 1 */
+};
+
+struct upstream_conf {
+    struct upstream_server *servers;
+    size_t nservers;
+    enum balance balance;
+    char *ca_file;              /* resolved path for https upstreams; NULL = system bundle */
+    bool tls_verify;            /* default true */
+    uint32_t max_idle;          /* keep-alive connections kept per server per worker (default 64) */
+    uint32_t max_conns;         /* per server per worker, 0 = unlimited */
+    uint32_t max_fails;         /* passive health: consecutive failures (default 3) */
+    uint64_t fail_timeout_ms;   /* passive health: skip time (default 10s) */
+    char *health_path;          /* active check path, NULL = off */
+    uint64_t health_interval_ms;/* default 5s */
+    uint32_t retries;           /* extra tries on connect failure for idempotent requests (default 1) */
+};
+
+struct route_conf {
+    char *name;
+    char *host;          /* exact host, "*.example.com", or NULL = any host */
+    bool host_wildcard;  /* host starts with "*." (host holds ".example.com") */
+    char *path_prefix;   /* default "/" */
+    struct upstream_conf upstream;
+    bool websocket;
+    bool public_;        /* "public: true" */
+    bool allow_any_authenticated;
+    char *policy_file;   /* resolved path or NULL */
+    char **idps;         /* identity provider ids this route accepts (NULL = all) */
+    size_t nidps;
+    int line, col;
+    void *authn;         /* owned by authn module once wired in (NULL until then) */
+    void *policy;        /* owned by policy module once wired in (NULL until then) */
+};
+
+struct limits_conf {
+    uint64_t header_bytes;   /* default 32k */
+    uint64_t headers;        /* default 100 */
+    uint64_t body_bytes;     /* default 10m; 0 = unlimited */
+    uint64_t uri_bytes;      /* default 8k */
+    uint64_t connections;    /* per worker, default 100000 */
+};
+
+struct timeouts_conf {
+    uint64_t header_ms;            /* default 10s */
+    uint64_t idle_ms;              /* default 60s: keep-alive and websocket idle */
+    uint64_t body_ms;              /* default 60s: between body reads */
+    uint64_t upstream_connect_ms;  /* default 5s */
+    uint64_t upstream_response_ms; /* default 60s */
+    uint64_t drain_ms;             /* default 30s: SIGTERM grace */
+};
+
+struct config {
+    atomic_int refs;
+    char *file;                 /* path it was loaded from */
+    struct listener_conf *listeners;
+    size_t nlisteners;
+    char *admin_address;        /* NULL = no admin listener */
+    char admin_host[64];
+    uint16_t admin_port;
+    unsigned workers;           /* resolved: "auto" = number of cores */
+    struct limits_conf limits;
+    struct timeouts_conf timeouts;
+    char *access_log;           /* path, "stderr", or NULL = off */
+    char *log_level;            /* "info" default */
+    char *state_sqlite;         /* resolved path or NULL */
+    struct route_conf *routes;
+    size_t nroutes;
+    struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
+    void *authn;                /* authn module's part (NULL until wired in) */
+    void *policy;               /* policy module's part (NULL until wired in) */
+};
+
+/* Loads and validates path. Returns a snapshot with one reference, or NULL with
+ * every problem in d (file:line:col messages, up to 20). */
+struct config *config_load(const char *path, struct conf_diag *d);
+struct config *config_ref(struct config *c);
+/* Drops a reference; frees at zero. NULL is a no-op. */
+void config_unref(struct config *c);
+
+#endif

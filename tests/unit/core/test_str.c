@@ -1,0 +1,59 @@
+/* Unit tests for core/str.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "core/str.h"
+
+static void test_str_to_u64_accepts_bounds_and_rejects_junk(void **state)
+{
+    uint64_t v = 0;
+    (void)state;
+    assert_true(str_to_u64(STR("42"), 0, 100, &v));
+    assert_int_equal(v, 42);
+    assert_false(str_to_u64(STR("101"), 0, 100, &v));
+    assert_false(str_to_u64(STR("-1"), 0, 100, &v));
+    assert_false(str_to_u64(STR(""), 0, 100, &v));
+    assert_false(str_to_u64(STR("1 "), 0, 100, &v));
+    assert_false(str_to_u64(STR("18446744073709551616"), 0, UINT64_MAX, &v));
+    assert_true(str_to_u64(STR("18446744073709551615"), 0, UINT64_MAX, &v));
+}
+
+static void test_str_ieq_is_ascii_case_insensitive(void **state)
+{
+    (void)state;
+    assert_true(str_ieq(STR("Content-Length"), STR("content-length")));
+    assert_false(str_ieq(STR("Content-Length"), STR("content-lengt")));
+}
+
+static void test_str_trim_prefix_suffix_contains(void **state)
+{
+    struct str t = str_trim(STR(" \t chunked \t"));
+    (void)state;
+    assert_true(str_eq(t, STR("chunked")));
+    assert_true(str_has_prefix(STR("/admin/x"), STR("/admin")));
+    assert_false(str_has_prefix(STR("/adm"), STR("/admin")));
+    assert_true(str_has_suffix(STR("a.example.com"), STR(".example.com")));
+    assert_true(str_contains(STR("eng,sales"), STR("sales")));
+    assert_false(str_contains(STR("eng"), STR("sales")));
+}
+
+static void test_str_edit_distance(void **state)
+{
+    (void)state;
+    assert_int_equal(str_edit_distance("listen", "listne"), 2);
+    assert_int_equal(str_edit_distance("routes", "route"), 1);
+    assert_int_equal(str_edit_distance("", "abc"), 3);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_str_to_u64_accepts_bounds_and_rejects_junk),
+        cmocka_unit_test(test_str_ieq_is_ascii_case_insensitive),
+        cmocka_unit_test(test_str_trim_prefix_suffix_contains),
+        cmocka_unit_test(test_str_edit_distance),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
