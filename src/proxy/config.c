@@ -21,13 +21,6 @@ void config_unref(struct config *c)
     (void)c;
 }
 
-int proxy_cmd_serve(int argc, char **argv)
-{
-    (void)argc;
-    (void)argv;
-    return 1;
-}
-
 int proxy_cmd_check(int argc, char **argv)
 {
     (void)argc;
