@@ -13,6 +13,8 @@
 
 #include "../core/core.h"
 
+struct route_table;
+
 enum tls_client_cert { TLS_CLIENT_CERT_NONE = 0, TLS_CLIENT_CERT_OPTIONAL, TLS_CLIENT_CERT_REQUIRED };
 
 struct tls_cert_conf {
@@ -77,6 +79,8 @@ struct route_conf {
     int line, col;
     void *authn;         /* owned by authn module once wired in (NULL until then) */
     void *policy;        /* owned by policy module once wired in (NULL until then) */
+    unsigned metrics_id; /* set by metrics_bind_config() before the snapshot is published */
+    size_t index;        /* position in config.routes (per-route arrays, e.g. balancers) */
 };
 
 struct limits_conf {
@@ -115,11 +119,16 @@ struct config {
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
     void *authn;                /* authn module's part (NULL until wired in) */
     void *policy;               /* policy module's part (NULL until wired in) */
+    struct route_table *route_table; /* built by config_load for route_match() (route.h) */
 };
 
 /* Loads and validates path. Returns a snapshot with one reference, or NULL with
  * every problem in d (file:line:col messages, up to 20). */
 struct config *config_load(const char *path, struct conf_diag *d);
+/* Same, from YAML text in memory; name is the file name used in messages and
+ * for resolving relative paths. */
+struct config *config_parse(const char *name, const char *text, size_t len, struct conf_diag *d);
+/* Adds a reference (any thread) and returns c. */
 struct config *config_ref(struct config *c);
 /* Drops a reference; frees at zero. NULL is a no-op. */
 void config_unref(struct config *c);
