@@ -1,0 +1,891 @@
+"""Shared helpers for the integration tests (Python 3 stdlib only).
+
+- Gatehouse: writes a gatehouse.yaml into a temp dir, starts the real binary
+  ($GATEHOUSE_BIN) on free 127.0.0.1 ports, waits until it accepts, collects its
+  stderr, stops it.
+- Backend: a real threaded HTTP/1.1 server (keep-alive, chunked both ways,
+  streamed bodies hashed on the fly, large/slow/closing responses, 1xx/204/304,
+  HEAD, WebSocket echo with a real handshake, optional TLS).
+- Raw client helpers: send exact bytes on a socket and parse what comes back,
+  so strictness and pipelining can be asserted byte by byte.
+- Certificates made at test time with the openssl CLI.
+"""
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# Timeouts are generous because the same suite runs under ASan + UBSan.
+START_TIMEOUT = float(os.environ.get("GATEHOUSE_START_TIMEOUT", "15"))
+IO_TIMEOUT = 10.0
+
+
+def gatehouse_bin():
+    b = os.environ.get("GATEHOUSE_BIN")
+    if not b:
+        b = os.path.join(ROOT, "build", "gatehouse")
+    return b
+
+
+def free_port():
+    """A port the kernel just handed out on 127.0.0.1 (free at the time of the call)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------- YAML writer
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./:*@+-]*$")
+_SPECIAL = {"true", "false", "yes", "no", "on", "off", "null", "~", "y", "n"}
+
+
+def _scalar(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float)):
+        return str(v)
+    s = str(v)
+    if _PLAIN.match(s) and s.lower() not in _SPECIAL and not s.endswith(":"):
+        return s
+    return json.dumps(s)
+
+
+def to_yaml(obj, indent=0):
+    """Block-style YAML for dicts/lists/scalars (plain scalars when safe, so
+    durations like 10s and sizes like 32k stay unquoted)."""
+    pad = " " * indent
+    out = []
+    if isinstance(obj, dict):
+        if not obj:
+            return pad + "{}\n"
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                out.append(f"{pad}{k}:\n{to_yaml(v, indent + 2)}")
+            elif isinstance(v, dict):
+                out.append(f"{pad}{k}: {{}}\n")
+            elif isinstance(v, list):
+                out.append(f"{pad}{k}: []\n")
+            else:
+                out.append(f"{pad}{k}: {_scalar(v)}\n")
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, (dict, list)) and v:
+                inner = to_yaml(v, indent + 2)
+                out.append(f"{pad}- {inner[indent + 2:]}")
+            else:
+                out.append(f"{pad}- {_scalar(v)}\n")
+    else:
+        out.append(pad + _scalar(obj) + "\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- payload pattern
+
+_BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+def pattern_chunks(n, chunk=len(_BLOCK)):
+    """Yields n bytes of a deterministic pattern, chunk bytes at a time."""
+    left = n
+    while left > 0:
+        k = min(left, chunk)
+        if k == len(_BLOCK):
+            yield _BLOCK
+        else:
+            yield _BLOCK[:k]
+        left -= k
+
+
+_PATTERN_SHA = {}
+
+
+def pattern_sha(n):
+    if n not in _PATTERN_SHA:
+        h = hashlib.sha256()
+        for c in pattern_chunks(n):
+            h.update(c)
+        _PATTERN_SHA[n] = h.hexdigest()
+    return _PATTERN_SHA[n]
+
+
+# ---------------------------------------------------------------- raw HTTP parsing
+
+class Response:
+    def __init__(self, status, reason, headers, body, interim=None, version="HTTP/1.1"):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # list of (name, value), as received
+        self.body = body
+        self.interim = interim or []  # list of (status, headers) 1xx responses
+        self.version = version
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def json(self):
+        return json.loads(self.body.decode())
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.headers!r} body={self.body[:200]!r}>"
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class Reader:
+    """Buffered reader over a socket that parses HTTP/1.x messages."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self):
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionClosed("connection closed by peer")
+        self.buf += data
+
+    def readline(self, limit=1 << 20):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[: i + 1], self.buf[i + 1:]
+                return line
+            if len(self.buf) > limit:
+                raise ValueError("line too long")
+            self._fill()
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_some(self, maxn):
+        if not self.buf:
+            self._fill()
+        data, self.buf = self.buf[:maxn], self.buf[maxn:]
+        return data
+
+    def read_to_eof(self):
+        chunks = [self.buf]
+        self.buf = b""
+        while True:
+            d = self.sock.recv(262144)
+            if not d:
+                break
+            chunks.append(d)
+        return b"".join(chunks)
+
+    def read_head(self):
+        line = self.readline()
+        while line in (b"\r\n", b"\n"):
+            line = self.readline()
+        start = line.rstrip(b"\r\n").decode("latin-1")
+        headers = []
+        while True:
+            h = self.readline()
+            if h in (b"\r\n", b"\n"):
+                break
+            k, _, v = h.decode("latin-1").partition(":")
+            headers.append((k, v.strip()))
+        return start, headers
+
+    def read_chunked(self, sink=None):
+        body = []
+        while True:
+            size_line = self.readline().rstrip(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                while self.readline() not in (b"\r\n", b"\n"):
+                    pass
+                break
+            left = size
+            while left:
+                d = self.read_some(min(left, 262144))
+                left -= len(d)
+                if sink:
+                    sink(d)
+                else:
+                    body.append(d)
+            if self.read_exact(2) != b"\r\n":
+                raise ValueError("bad chunk terminator")
+        return b"".join(body)
+
+    def read_response(self, method="GET", sink=None):
+        """Reads one response (after any 1xx). sink(bytes) receives the body
+        instead of buffering it when given."""
+        interim = []
+        while True:
+            start, headers = self.read_head()
+            parts = start.split(" ", 2)
+            version, status = parts[0], int(parts[1])
+            reason = parts[2] if len(parts) > 2 else ""
+            if 100 <= status < 200 and status != 101:
+                interim.append((status, headers))
+                continue
+            break
+        resp = Response(status, reason, headers, b"", interim, version)
+        if method == "HEAD" or status in (204, 304) or status == 101:
+            return resp
+        te = resp.header("transfer-encoding")
+        cl = resp.header("content-length")
+        if te and "chunked" in te.lower():
+            resp.body = self.read_chunked(sink)
+        elif cl is not None:
+            n = int(cl)
+            if sink:
+                left = n
+                while left:
+                    d = self.read_some(min(left, 262144))
+                    left -= len(d)
+                    sink(d)
+            else:
+                resp.body = self.read_exact(n)
+        else:
+            resp.body = self.read_to_eof()
+            if sink:
+                sink(resp.body)
+                resp.body = b""
+        return resp
+
+
+def connect(port, host="127.0.0.1", timeout=IO_TIMEOUT, source=None):
+    s = socket.create_connection((host, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+class RawConn:
+    """One client connection: send exact bytes, read parsed responses."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT, source=None, tls=None,
+                 server_hostname=None):
+        self.sock = connect(port, host, timeout, source)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
+        self.reader = Reader(self.sock)
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        self.sock.sendall(data)
+
+    def request(self, method="GET", path="/", host="app.test", headers=None, body=None):
+        self.send(build_request(method, path, host, headers, body))
+        return self.read_response(method)
+
+    def read_response(self, method="GET", sink=None):
+        return self.reader.read_response(method, sink)
+
+    def is_closed(self, timeout=3.0):
+        """True when the peer closes (EOF or reset) within timeout with no more data."""
+        self.sock.settimeout(timeout)
+        try:
+            if self.reader.buf:
+                return False
+            d = self.sock.recv(1)
+            return d == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def build_request(method="GET", path="/", host="app.test", headers=None, body=None):
+    lines = [f"{method} {path} HTTP/1.1"]
+    names = set()
+    if host is not None:
+        lines.append(f"Host: {host}")
+    for k, v in (headers or []):
+        lines.append(f"{k}: {v}")
+        names.add(k.lower())
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if body is not None:
+        head += body if isinstance(body, bytes) else body.encode()
+    return head
+
+
+def request(port, method="GET", path="/", host="app.test", headers=None, body=None,
+            timeout=IO_TIMEOUT, source=None):
+    """One request on a fresh connection (closed afterwards)."""
+    hdrs = list(headers or [])
+    if not any(k.lower() == "connection" for k, _ in hdrs):
+        hdrs.append(("Connection", "close"))
+    with RawConn(port, timeout=timeout, source=source) as c:
+        return c.request(method, path, host, hdrs, body)
+
+
+def raw_exchange(port, data, timeout=5.0):
+    """Sends data, returns (first response or None, closed_after) where closed_after
+    says whether the server closed the connection after that response."""
+    with RawConn(port, timeout=timeout) as c:
+        c.send(data)
+        try:
+            resp = c.read_response()
+        except (ConnectionClosed, ConnectionResetError):
+            return None, True
+        return resp, c.is_closed(timeout)
+
+
+# ---------------------------------------------------------------- certificates
+
+def openssl(*args, cwd=None, input=None):
+    r = subprocess.run(["openssl", *args], cwd=cwd, input=input, capture_output=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed: {r.stderr.decode()}")
+    return r
+
+
+class CertFactory:
+    """A test CA and leaf certificates, all made with the openssl CLI."""
+
+    def __init__(self, dirpath, ca_name="Gatehouse Test CA"):
+        self.dir = dirpath
+        os.makedirs(dirpath, exist_ok=True)
+        self.ca_key = os.path.join(dirpath, "ca.key")
+        self.ca_crt = os.path.join(dirpath, "ca.crt")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", self.ca_key, "-out", self.ca_crt, "-days", "2",
+                "-subj", f"/CN={ca_name}",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def leaf(self, name, dns=(), ips=()):
+        """Returns (cert_path, key_path) for CN=name with the given SANs."""
+        key = os.path.join(self.dir, f"{name}.key")
+        csr = os.path.join(self.dir, f"{name}.csr")
+        crt = os.path.join(self.dir, f"{name}.crt")
+        ext = os.path.join(self.dir, f"{name}.ext")
+        sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\n")
+            f.write("keyUsage=critical,digitalSignature,keyEncipherment\n")
+            f.write("extendedKeyUsage=serverAuth,clientAuth\n")
+            if sans:
+                f.write("subjectAltName=" + ",".join(sans) + "\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key,
+                "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+        return crt, key
+
+
+# ---------------------------------------------------------------- backend
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_accept(key):
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_frame(opcode, payload, mask=True, fin=True):
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if mask:
+        key = os.urandom(4)
+        masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+            _xor_mask(payload, key)
+        return head + key + masked
+    return head + payload
+
+
+def _xor_mask(payload, key):
+    n = len(payload)
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
+
+
+def ws_read_frame(reader):
+    """Returns (fin, opcode, payload) from a Reader."""
+    b0, b1 = reader.read_exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", reader.read_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", reader.read_exact(8))[0]
+    key = reader.read_exact(4) if b1 & 0x80 else None
+    payload = reader.read_exact(n)
+    if key:
+        payload = _xor_mask(payload, key) if n >= 4096 else \
+            bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bool(b0 & 0x80), b0 & 0x0F, payload
+
+
+class Backend:
+    """A threaded HTTP/1.1 origin server on 127.0.0.1.
+
+    Paths (query parameters in brackets):
+      /health                         200 "ok" (or health_status when set)
+      /large [bytes, chunked=1]       pattern bytes generated on the fly
+      /chunked [chunks, size]         chunked response of chunks x size bytes
+      /slow [ms]                      waits, then echoes
+      /close                          closes the connection without a response
+      /status [code]                  answers that status (204/304 without body)
+      /early                          103 Early Hints, then the echo
+      /hop                            response with hop-by-hop headers to strip
+      /ws                             WebSocket echo (real handshake)
+      anything else                   JSON echo of the request (method, target,
+                                      headers, body length and sha256)
+    Every response carries X-Backend: <name>.
+    """
+
+    def __init__(self, name="b1", tls_cert=None, tls_key=None, port=0):
+        self.name = name
+        self.requests = []  # dicts: method, target, path, headers, body_len
+        self.lock = threading.Lock()
+        self.health_status = 200
+        self.conns_accepted = 0
+        self.open_conns = 0
+        self.ctx = None
+        if tls_cert:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(tls_cert, tls_key)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.conns = set()
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"{'https' if self.ctx else 'http'}://127.0.0.1:{self.port}"
+
+    def hits(self, path=None):
+        with self.lock:
+            if path is None:
+                return len([r for r in self.requests if r["path"] != "/health"])
+            return len([r for r in self.requests if r["path"] == path])
+
+    def last(self, path=None):
+        with self.lock:
+            for r in reversed(self.requests):
+                if path is None or r["path"] == path:
+                    return r
+        return None
+
+    def reset(self):
+        with self.lock:
+            self.requests.clear()
+
+    def stop(self):
+        self.running = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+
+    def _accept_loop(self):
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns_accepted += 1
+                self.conns.add(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with self.lock:
+            self.open_conns += 1
+        try:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ctx:
+                c = self.ctx.wrap_socket(c, server_side=True)
+            c.settimeout(120)
+            rd = Reader(c)
+            while self.running:
+                try:
+                    start, headers = rd.read_head()
+                except (ConnectionClosed, OSError, ValueError):
+                    return
+                if not self._handle(c, rd, start, headers):
+                    return
+        except (OSError, ConnectionClosed, ValueError):
+            pass
+        finally:
+            with self.lock:
+                self.open_conns -= 1
+                self.conns.discard(c)
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _hget(headers, name):
+        name = name.lower()
+        vals = [v for k, v in headers if k.lower() == name]
+        return ", ".join(vals) if vals else None
+
+    def _send_head(self, c, status, reason, headers):
+        lines = [f"HTTP/1.1 {status} {reason}", f"X-Backend: {self.name}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        c.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _handle(self, c, rd, start, headers):
+        """Serves one request. Returns False to close the connection."""
+        method, target, version = start.split(" ", 2)
+        u = urllib.parse.urlsplit(target)
+        path = u.path
+        q = dict(urllib.parse.parse_qsl(u.query))
+        conn_hdr = (self._hget(headers, "connection") or "").lower()
+        keep = version == "HTTP/1.1" and "close" not in conn_hdr
+        rec = {"method": method, "target": target, "path": path, "headers": headers,
+               "body_len": 0, "time": time.time()}
+
+        if path == "/ws" and (self._hget(headers, "upgrade") or "").lower() == "websocket":
+            with self.lock:
+                self.requests.append(rec)
+            return self._websocket(c, rd, headers)
+
+        if (self._hget(headers, "expect") or "").lower() == "100-continue":
+            c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        # Stream the request body into a hash; never buffer it whole.
+        h = hashlib.sha256()
+        n = 0
+        te = self._hget(headers, "transfer-encoding")
+        cl = self._hget(headers, "content-length")
+        if te and "chunked" in te.lower():
+            def sink(d):
+                nonlocal n
+                n += len(d)
+                h.update(d)
+            rd.read_chunked(sink)
+        elif cl:
+            left = int(cl)
+            while left:
+                d = rd.read_some(min(left, 262144))
+                left -= len(d)
+                n += len(d)
+                h.update(d)
+        rec["body_len"] = n
+        rec["body_sha256"] = h.hexdigest()
+        with self.lock:
+            self.requests.append(rec)
+
+        conn_out = [] if keep else [("Connection", "close")]
+        if path == "/close":
+            return False
+        if path == "/slow":
+            time.sleep(int(q.get("ms", "1000")) / 1000.0)
+        if path == "/health":
+            st = self.health_status
+            body = b"ok\n" if st == 200 else b"unhealthy\n"
+            self._send_head(c, st, "OK" if st == 200 else "Unavailable",
+                            [("Content-Type", "text/plain"),
+                             ("Content-Length", str(len(body)))] + conn_out)
+            if method != "HEAD":
+                c.sendall(body)
+            return keep
+        if path == "/status":
+            code = int(q.get("code", "200"))
+            hdrs = list(conn_out)
+            if code in (204, 304):
+                if code == 304:
+                    hdrs.append(("ETag", '"v1"'))
+                self._send_head(c, code, "No Body", hdrs)
+                return keep
+            body = f"status {code}\n".encode()
+            self._send_head(c, code, "Status", hdrs + [("Content-Length", str(len(body))),
+                                                      ("Content-Type", "text/plain")])
+            if method != "HEAD":
+                c.sendall(body)
+            return keep
+        if path == "/large":
+            total = int(q.get("bytes", "1048576"))
+            if q.get("chunked") == "1":
+                self._send_head(c, 200, "OK", [("Content-Type", "application/octet-stream"),
+                                               ("Transfer-Encoding", "chunked")] + conn_out)
+                if method != "HEAD":
+                    for chunk in pattern_chunks(total):
+                        c.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    c.sendall(b"0\r\n\r\n")
+            else:
+                self._send_head(c, 200, "OK", [("Content-Type", "application/octet-stream"),
+                                               ("Content-Length", str(total))] + conn_out)
+                if method != "HEAD":
+                    for chunk in pattern_chunks(total):
+                        c.sendall(chunk)
+            return keep
+        if path == "/chunked":
+            chunks = int(q.get("chunks", "5"))
+            size = int(q.get("size", "100"))
+            delay = int(q.get("delay_ms", "0")) / 1000.0
+            self._send_head(c, 200, "OK", [("Content-Type", "text/plain"),
+                                           ("Transfer-Encoding", "chunked")] + conn_out)
+            if method != "HEAD":
+                for i in range(chunks):
+                    data = bytes([65 + i % 26]) * size
+                    c.sendall(b"%x;ext=1\r\n" % size + data + b"\r\n")
+                    if delay:
+                        time.sleep(delay)
+                c.sendall(b"0\r\nX-Trailer: done\r\n\r\n")
+            return keep
+        if path == "/early":
+            c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        extra = []
+        if path == "/hop":
+            extra = [("Connection", "X-Resp-Hop, keep-alive" if keep else "X-Resp-Hop, close"),
+                     ("X-Resp-Hop", "secret"), ("Keep-Alive", "timeout=5"),
+                     ("X-Resp-End", "kept")]
+            conn_out = []
+        body = json.dumps({"server": self.name, "method": method, "target": target,
+                           "path": path, "version": version, "headers": headers,
+                           "body_len": n, "body_sha256": rec["body_sha256"]}).encode()
+        self._send_head(c, 200, "OK", [("Content-Type", "application/json"),
+                                       ("Content-Length", str(len(body)))] + extra + conn_out)
+        if method != "HEAD":
+            c.sendall(body)
+        return keep
+
+    def _websocket(self, c, rd, headers):
+        key = self._hget(headers, "sec-websocket-key") or ""
+        self._send_head(c, 101, "Switching Protocols",
+                        [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                         ("Sec-WebSocket-Accept", ws_accept(key))])
+        while True:
+            try:
+                fin, op, payload = ws_read_frame(rd)
+            except (ConnectionClosed, OSError):
+                return False
+            if op == 0x8:  # close: answer and end
+                c.sendall(ws_frame(0x8, payload[:2], mask=False))
+                return False
+            if op == 0x9:
+                c.sendall(ws_frame(0xA, payload, mask=False))
+                continue
+            c.sendall(ws_frame(op, payload, mask=False, fin=fin))
+
+
+# ---------------------------------------------------------------- gatehouse process
+
+class Gatehouse:
+    """Runs the real binary with a generated config in its own temp dir."""
+
+    def __init__(self, config, files=None, wait=True, check_admin=True):
+        """config: dict (written as YAML) or str (written as is). Placeholders in
+        str configs are not expanded: build the dict with real ports."""
+        self.dir = tempfile.mkdtemp(prefix="gh-it-")
+        self.config_path = os.path.join(self.dir, "gatehouse.yaml")
+        for name, content in (files or {}).items():
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(content)
+        self.write_config(config)
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", self.config_path],
+                                     stdout=self._stderr, stderr=self._stderr, cwd=self.dir)
+        self.config = config
+        if wait:
+            self.wait_ready(check_admin)
+
+    def write_config(self, config):
+        text = config if isinstance(config, str) else to_yaml(config)
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def ports(self):
+        """Plain and TLS listener ports from the config dict, in order."""
+        out = []
+        for listener in self.config.get("listen", []):
+            out.append(int(listener["address"].rsplit(":", 1)[1]))
+        return out
+
+    @property
+    def port(self):
+        return self.ports()[0]
+
+    @property
+    def admin_port(self):
+        a = self.config.get("admin")
+        if not a:
+            return None
+        return int(a["address"].rsplit(":", 1)[1])
+
+    def wait_ready(self, check_admin=True):
+        deadline = time.time() + START_TIMEOUT
+        ports = self.ports()
+        if check_admin and self.admin_port:
+            ports = ports + [self.admin_port]
+        pending = list(ports)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gatehouse exited with {self.proc.returncode} during start:\n"
+                                   + self.stderr())
+            p = pending[0]
+            try:
+                s = socket.create_connection(("127.0.0.1", p), timeout=1)
+                s.close()
+                pending.pop(0)
+                continue
+            except OSError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"gatehouse did not listen on {p} within {START_TIMEOUT}s:\n"
+                                   + self.stderr())
+            time.sleep(0.05)
+
+    def stderr(self):
+        try:
+            self._stderr.flush()
+        except (ValueError, OSError):
+            pass
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def rss_kb(self):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_ticks(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def stop(self, timeout=10):
+        """SIGTERM, wait; SIGKILL if it hangs. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            self._stderr.close()
+        except OSError:
+            pass
+        return self.proc.returncode
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def basic_config(routes, listen=None, **extra):
+    """A config dict with one plain listener on a free port, an admin listener and
+    one worker. routes: list of route dicts."""
+    cfg = {
+        "listen": listen or [{"address": f"127.0.0.1:{free_port()}"}],
+        "admin": {"address": f"127.0.0.1:{free_port()}"},
+        "workers": 1,
+        "access_log": "off",
+        "routes": routes,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def route(name, servers, host=None, path_prefix=None, **upstream_extra):
+    """A route dict; servers: list of Backend or URL strings."""
+    urls = [s.url if isinstance(s, Backend) else s for s in servers]
+    r = {"name": name, "match": {}, "upstream": {"servers": urls}}
+    if host:
+        r["match"]["host"] = host
+    if path_prefix:
+        r["match"]["path_prefix"] = path_prefix
+    if not r["match"]:
+        del r["match"]
+    r["upstream"].update(upstream_extra)
+    return r
+
+
+def dead_url():
+    """An http:// URL on a port where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def wait_until(pred, timeout=5.0, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def http_get(port, path, timeout=5.0):
+    """GET on the admin listener; returns Response."""
+    return request(port, "GET", path, host=f"127.0.0.1:{port}", timeout=timeout)
