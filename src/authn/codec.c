@@ -1,0 +1,276 @@
+/* authn/codec.c - base64url, form encoding, randomness and hashing used by
+ * the OIDC, session, cookie and assertion code. Pure functions, no I/O. */
+#include "codec.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+static const char b64url_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char b64_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_any(const unsigned char *in, size_t n, const char *alpha, bool pad)
+{
+    char *out = xmalloc(((n + 2) / 3) * 4 + 1);
+    size_t o = 0;
+    size_t i = 0;
+
+    for (; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = alpha[v >> 18 & 63];
+        out[o++] = alpha[v >> 12 & 63];
+        out[o++] = alpha[v >> 6 & 63];
+        out[o++] = alpha[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = alpha[v >> 18 & 63];
+        out[o++] = alpha[v >> 12 & 63];
+        if (pad) {
+            out[o++] = '=';
+            out[o++] = '=';
+        }
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = alpha[v >> 18 & 63];
+        out[o++] = alpha[v >> 12 & 63];
+        out[o++] = alpha[v >> 6 & 63];
+        if (pad) {
+            out[o++] = '=';
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+char *b64url_encode(const unsigned char *in, size_t n)
+{
+    return b64_any(in, n, b64url_chars, false);
+}
+
+char *b64_encode(const unsigned char *in, size_t n)
+{
+    return b64_any(in, n, b64_chars, true);
+}
+
+static int b64url_val(char c)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    if (c == '-') {
+        return 62;
+    }
+    if (c == '_') {
+        return 63;
+    }
+    return -1;
+}
+
+unsigned char *b64url_decode(struct str in, size_t *out_len)
+{
+    size_t n = in.len;
+
+    while (n > 0 && in.p[n - 1] == '=') {
+        n--;
+    }
+    if (in.len - n > 2 || n % 4 == 1) {
+        return NULL;
+    }
+    unsigned char *out = xmalloc(n * 3 / 4 + 1);
+    size_t o = 0;
+    uint32_t acc = 0;
+    unsigned bits = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int v = b64url_val(in.p[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    /* Non-canonical trailing bits would let two encodings name one value. */
+    if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
+        free(out);
+        return NULL;
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return out;
+}
+
+bool rand_bytes(unsigned char *buf, size_t n)
+{
+    return RAND_bytes(buf, (int)n) == 1;
+}
+
+void sha256(const void *p, size_t n, unsigned char out[32])
+{
+    SHA256(p, n, out);
+}
+
+void sbuf_add(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        b->p = xrealloc(b->p, cap);
+        b->cap = cap;
+    }
+    if (n > 0) {
+        memcpy(b->p + b->len, s, n);
+    }
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void sbuf_adds(struct sbuf *b, const char *s)
+{
+    sbuf_add(b, s, strlen(s));
+}
+
+void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        abort();
+    }
+    sbuf_add(b, s, (size_t)n);
+    free(s);
+}
+
+void sbuf_add_urlenc(struct sbuf *b, struct str s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            sbuf_add(b, (const char *)&c, 1);
+        } else {
+            char e[3] = { '%', hex[c >> 4], hex[c & 15] };
+            sbuf_add(b, e, 3);
+        }
+    }
+}
+
+char *sbuf_take(struct sbuf *b)
+{
+    if (b->p == NULL) {
+        sbuf_add(b, "", 0);
+    }
+    char *p = b->p;
+    b->p = NULL;
+    b->len = b->cap = 0;
+    return p;
+}
+
+void sbuf_fini(struct sbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+char *url_decode(struct str s, size_t *out_len)
+{
+    char *out = xmalloc(s.len + 1);
+    size_t o = 0;
+
+    for (size_t i = 0; i < s.len; i++) {
+        char c = s.p[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            if (i + 2 >= s.len) {
+                free(out);
+                return NULL;
+            }
+            int h = hexval(s.p[i + 1]);
+            int l = hexval(s.p[i + 2]);
+            if (h < 0 || l < 0) {
+                free(out);
+                return NULL;
+            }
+            c = (char)(h << 4 | l);
+            i += 2;
+        }
+        if (c == '\0') {
+            free(out);
+            return NULL;
+        }
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    if (out_len != NULL) {
+        *out_len = o;
+    }
+    return out;
+}
+
+bool form_get(struct str form, const char *name, struct str *raw, bool *dup)
+{
+    size_t nlen = strlen(name);
+    bool found = false;
+    size_t i = 0;
+
+    *dup = false;
+    while (i <= form.len) {
+        size_t j = i;
+        while (j < form.len && form.p[j] != '&') {
+            j++;
+        }
+        struct str part = { form.p + i, j - i };
+        if (part.len >= nlen && memcmp(part.p, name, nlen) == 0 &&
+            (part.len == nlen || part.p[nlen] == '=')) {
+            if (found) {
+                *dup = true;
+            } else {
+                found = true;
+                raw->p = part.len == nlen ? part.p + nlen : part.p + nlen + 1;
+                raw->len = part.len == nlen ? 0 : part.len - nlen - 1;
+            }
+        }
+        i = j + 1;
+    }
+    return found;
+}

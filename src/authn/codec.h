@@ -1,0 +1,46 @@
+/* authn/codec.h - small encoders shared inside src/authn: base64url, form
+ * encoding, random bytes, SHA-256. Private to this directory. */
+#ifndef GH_AUTHN_CODEC_H
+#define GH_AUTHN_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* Unpadded base64url of n bytes. Caller frees with free(). */
+char *b64url_encode(const unsigned char *in, size_t n);
+/* Decodes unpadded (or padded) base64url; rejects any other character.
+ * Returns malloc'd bytes (NUL-terminated for convenience) or NULL. */
+unsigned char *b64url_decode(struct str in, size_t *out_len);
+/* Standard padded base64 (for HTTP Basic). Caller frees with free(). */
+char *b64_encode(const unsigned char *in, size_t n);
+/* Fills buf with n bytes from the OpenSSL CSPRNG; returns false on failure. */
+bool rand_bytes(unsigned char *buf, size_t n) WARN_UNUSED;
+/* SHA-256 of s into out[32]. */
+void sha256(const void *p, size_t n, unsigned char out[32]);
+
+/* A growing byte buffer (heap, aborts on OOM). */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+void sbuf_add(struct sbuf *b, const char *s, size_t n);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF(2, 3);
+/* Appends s percent-encoded for application/x-www-form-urlencoded and query
+ * strings: only ALPHA DIGIT - . _ ~ stay as they are. */
+void sbuf_add_urlenc(struct sbuf *b, struct str s);
+/* Returns the NUL-terminated buffer (ownership moves to the caller) and resets b. */
+char *sbuf_take(struct sbuf *b);
+void sbuf_fini(struct sbuf *b);
+
+/* Decodes %XX and '+' (form encoding) of s into a malloc'd NUL-terminated
+ * string. Returns NULL on a malformed escape or an embedded NUL. */
+char *url_decode(struct str s, size_t *out_len);
+/* Finds the first value of name in a query or form string "a=1&b=2" (raw, still
+ * encoded). Sets *dup when name occurs more than once. */
+bool form_get(struct str form, const char *name, struct str *raw, bool *dup);
+
+#endif
