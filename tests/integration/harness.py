@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -106,14 +107,14 @@ _BLOCK = bytes(range(256)) * 256  # 64 KiB
 
 
 def pattern_chunks(n, chunk=len(_BLOCK)):
-    """Yields n bytes of a deterministic pattern, chunk bytes at a time."""
+    """Yields n bytes of a deterministic pattern (period 256), chunk bytes at a
+    time; chunk must be a multiple of 256 so every chunking gives the same bytes."""
+    assert chunk % 256 == 0
+    block = _BLOCK * (chunk // len(_BLOCK) + 1)
     left = n
     while left > 0:
         k = min(left, chunk)
-        if k == len(_BLOCK):
-            yield _BLOCK
-        else:
-            yield _BLOCK[:k]
+        yield block[:k]
         left -= k
 
 
@@ -476,6 +477,8 @@ class Backend:
       /close                          closes the connection without a response
       /status [code]                  answers that status (204/304 without body)
       /early                          103 Early Hints, then the echo
+      /eof [n]                        body delimited by closing the connection
+      any path [read_delay_ms]        waits before reading the request body
       /hop                            response with hop-by-hop headers to strip
       /ws                             WebSocket echo (real handshake)
       anything else                   JSON echo of the request (method, target,
@@ -607,6 +610,8 @@ class Backend:
 
         if (self._hget(headers, "expect") or "").lower() == "100-continue":
             c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "read_delay_ms" in q:  # a slow consumer: the proxy must hold back, not buffer
+            time.sleep(int(q["read_delay_ms"]) / 1000.0)
 
         # Stream the request body into a hash; never buffer it whole.
         h = hashlib.sha256()
@@ -689,6 +694,11 @@ class Backend:
                         time.sleep(delay)
                 c.sendall(b"0\r\nX-Trailer: done\r\n\r\n")
             return keep
+        if path == "/eof":  # no framing: the body ends when the connection closes
+            self._send_head(c, 200, "OK", [("Content-Type", "text/plain")])
+            if method != "HEAD":
+                c.sendall(b"until-eof " * int(q.get("n", "100")))
+            return False
         if path == "/early":
             c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         extra = []
@@ -730,9 +740,10 @@ class Backend:
 class Gatehouse:
     """Runs the real binary with a generated config in its own temp dir."""
 
-    def __init__(self, config, files=None, wait=True, check_admin=True):
-        """config: dict (written as YAML) or str (written as is). Placeholders in
-        str configs are not expanded: build the dict with real ports."""
+    def __init__(self, config, files=None, wait=True, check_admin=True, env=None):
+        """config: dict (written as YAML) or str (written as is; then ports()
+        cannot be derived, pass a dict when the test needs them). env: extra
+        environment variables for the process."""
         self.dir = tempfile.mkdtemp(prefix="gh-it-")
         self.config_path = os.path.join(self.dir, "gatehouse.yaml")
         for name, content in (files or {}).items():
@@ -741,8 +752,11 @@ class Gatehouse:
         self.write_config(config)
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self._stderr = open(self.stderr_path, "wb")
+        penv = dict(os.environ)
+        penv.update(env or {})
         self.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", self.config_path],
-                                     stdout=self._stderr, stderr=self._stderr, cwd=self.dir)
+                                     stdout=self._stderr, stderr=self._stderr, cwd=self.dir,
+                                     env=penv)
         self.config = config
         if wait:
             self.wait_ready(check_admin)
@@ -889,3 +903,53 @@ def wait_until(pred, timeout=5.0, interval=0.05):
 def http_get(port, path, timeout=5.0):
     """GET on the admin listener; returns Response."""
     return request(port, "GET", path, host=f"127.0.0.1:{port}", timeout=timeout)
+
+
+def read_jsonl(path):
+    """Parsed JSON lines of a file (missing file: empty list). A partial last line
+    (no newline yet) is ignored."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+class ProxyCase(unittest.TestCase):
+    """Base class: setUpClass starts `nbackends` backends and one gatehouse with
+    the dict from config(); tearDownClass stops everything."""
+    nbackends = 1
+    gh_env = None
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends)])
+
+    @classmethod
+    def setUpClass(cls):
+        cls.backends = [Backend(f"b{i + 1}") for i in range(cls.nbackends)]
+        cls.backend = cls.backends[0]
+        try:
+            cls.gh = Gatehouse(cls.config(), env=cls.gh_env)
+        except Exception:
+            for b in cls.backends:
+                b.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.gh.stop()
+        if os.environ.get("GH_IT_VERBOSE"):
+            print(f"--- gatehouse stderr ({cls.__name__}, exit {code}):\n{cls.gh.stderr()}")
+        cls.gh.cleanup()
+        for b in cls.backends:
+            b.stop()
+
+    def assertAlive(self):
+        """The proxy process is still running (did not crash on what the test sent)."""
+        self.assertIsNone(self.gh.proc.poll(), "gatehouse exited:\n" + self.gh.stderr()[-3000:])
