@@ -933,7 +933,7 @@ class ProxyCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.backends = [Backend(f"b{i + 1}") for i in range(cls.nbackends)]
-        cls.backend = cls.backends[0]
+        cls.backend = cls.backends[0] if cls.backends else None
         try:
             cls.gh = Gatehouse(cls.config(), env=cls.gh_env)
         except Exception:
@@ -953,3 +953,14 @@ class ProxyCase(unittest.TestCase):
     def assertAlive(self):
         """The proxy process is still running (did not crash on what the test sent)."""
         self.assertIsNone(self.gh.proc.poll(), "gatehouse exited:\n" + self.gh.stderr()[-3000:])
+
+
+def wait_log_entry(path, pred, timeout=5.0):
+    """The first access log entry (JSON line) matching pred, polling while the
+    proxy flushes its buffer; None when none shows up within timeout."""
+    def find():
+        for e in read_jsonl(path):
+            if pred(e):
+                return e
+        return None
+    return wait_until(find, timeout, 0.1)

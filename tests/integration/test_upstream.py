@@ -1,0 +1,261 @@
+"""Upstreams: round_robin, least_conn, ip_hash; retries after a connect failure,
+passive and active health; 502/503/504 pages carrying the request id."""
+import collections
+import os
+import shutil
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import (Backend, Gatehouse, ProxyCase, RawConn, basic_config, dead_url, request,
+                     route, wait_log_entry, wait_until)
+
+
+class RoundRobinTest(ProxyCase):
+    nbackends = 3
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends, balance="round_robin")])
+
+    def test_even_spread(self):
+        for b in self.backends:
+            b.reset()
+        for i in range(30):
+            self.assertEqual(request(self.gh.port, "GET", f"/rr/{i}").status, 200)
+        self.assertEqual([b.hits() for b in self.backends], [10, 10, 10])
+
+    def test_balanced_per_request_on_one_connection(self):
+        seen = []
+        with RawConn(self.gh.port) as c:
+            for i in range(6):
+                seen.append(c.request("GET", f"/rr-ka/{i}").header("x-backend"))
+        self.assertEqual(collections.Counter(seen), {"b1": 2, "b2": 2, "b3": 2})
+
+
+class LeastConnTest(ProxyCase):
+    nbackends = 2
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends, balance="least_conn")])
+
+    def test_busy_server_avoided(self):
+        result = {}
+
+        def slow():
+            result["r"] = request(self.gh.port, "GET", "/slow?ms=2000")
+        t = threading.Thread(target=slow)
+        t.start()
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        self.assertIsNotNone(busy, "the slow request never reached a backend")
+        other = [b for b in self.backends if b is not busy][0]
+        for i in range(6):
+            r = request(self.gh.port, "GET", f"/quick/{i}")
+            self.assertEqual(r.header("x-backend"), other.name,
+                             "least_conn sent a request to the busy server")
+        t.join()
+        self.assertEqual(result["r"].status, 200)
+
+
+class IpHashTest(ProxyCase):
+    nbackends = 3
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends, balance="ip_hash")])
+
+    def test_sticky_per_client_ip_and_spread(self):
+        # The whole 127/8 is local on Linux: vary the first three octets so any
+        # reasonable hash (including nginx's /24 one) sees distinct clients.
+        chosen = {}
+        for i in range(1, 21):
+            src = f"127.{i * 11 % 250 + 1}.{i * 7 % 250 + 1}.{i + 1}"
+            names = {request(self.gh.port, "GET", f"/ip/{j}", source=src).header("x-backend")
+                     for j in range(4)}
+            self.assertEqual(len(names), 1, f"client {src} was spread over {names}")
+            chosen[src] = names.pop()
+        self.assertGreater(len(set(chosen.values())), 1,
+                           "20 different client addresses all hashed to one server")
+
+
+class LoggedCase(ProxyCase):
+    """A ProxyCase whose access log goes to a known file."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.logdir = tempfile.mkdtemp(prefix="gh-it-log-")
+        cls.access_log = os.path.join(cls.logdir, "access.jsonl")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.logdir, ignore_errors=True)
+
+    def assertPageCarriesRequestId(self, r, path):
+        """The error page's body contains the request id the access log recorded."""
+        e = wait_log_entry(self.access_log, lambda e: e.get("path") == path)
+        self.assertIsNotNone(e, f"no access log line for {path}")
+        self.assertEqual(e["status"], r.status)
+        self.assertTrue(e["request_id"])
+        self.assertIn(e["request_id"], r.body.decode("utf-8", "replace"))
+        hdr = r.header("x-request-id")
+        if hdr is not None:
+            self.assertEqual(hdr, e["request_id"])
+
+
+class RetryAndPassiveHealthTest(LoggedCase):
+    """[dead, live]: GETs are retried on the live server; after max_fails the dead
+    one is skipped, so even POSTs (never retried) stop failing."""
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", [dead_url()] + cls.backends, balance="round_robin",
+                                   max_fails=1, fail_timeout="60s")],
+                            access_log=cls.access_log)
+
+    def test_get_retried_then_dead_server_skipped(self):
+        for i in range(6):
+            r = request(self.gh.port, "GET", f"/retry/{i}")
+            self.assertEqual(r.status, 200, f"GET #{i} failed: {r}")
+        for i in range(6):
+            r = request(self.gh.port, "POST", f"/post/{i}", body=b"data")
+            self.assertEqual(r.status, 200,
+                             f"POST #{i} went to a server marked down: {r}")
+
+
+class NoRetryForPostTest(LoggedCase):
+    """A POST is not retried; with health marking effectively off, the ones sent to
+    the dead server get a 502 page with the request id."""
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", [dead_url()] + cls.backends, balance="round_robin",
+                                   max_fails=1000, retries=1)],
+                            access_log=cls.access_log)
+
+    def test_post_502_with_request_id(self):
+        statuses = []
+        for i in range(4):
+            r = request(self.gh.port, "POST", f"/p502/{i}", body=b"data",
+                        headers=[("Accept", "text/html")])
+            statuses.append(r.status)
+            if r.status == 502:
+                self.assertPageCarriesRequestId(r, f"/p502/{i}")
+        self.assertEqual(sorted(statuses), [200, 200, 502, 502])
+
+    def test_get_always_succeeds(self):
+        for i in range(4):
+            self.assertEqual(request(self.gh.port, "GET", f"/g/{i}").status, 200)
+
+
+class AllDownTest(LoggedCase):
+    nbackends = 0
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", [dead_url(), dead_url()])], access_log=cls.access_log)
+
+    def test_no_server_available(self):
+        for i in range(3):
+            r = request(self.gh.port, "GET", f"/down/{i}", headers=[("Accept", "application/json")])
+            self.assertIn(r.status, (502, 503))
+            self.assertPageCarriesRequestId(r, f"/down/{i}")
+
+
+class TimeoutTest(LoggedCase):
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends)], access_log=cls.access_log,
+                            timeouts={"upstream_response": "1s"})
+
+    def test_upstream_timeout_504(self):
+        t0 = time.time()
+        r = request(self.gh.port, "GET", "/slow?ms=3000", headers=[("Accept", "text/html")])
+        elapsed = time.time() - t0
+        self.assertEqual(r.status, 504)
+        self.assertLess(elapsed, 2.9)
+        self.assertGreater(elapsed, 0.8)
+        self.assertPageCarriesRequestId(r, "/slow")
+        # The timed-out upstream connection is not reused: the next request is answered
+        # by a fresh exchange (not the late answer of the slow one).
+        r = request(self.gh.port, "GET", "/after-timeout")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["path"], "/after-timeout")
+
+    def test_upstream_closes_without_response_502(self):
+        r = request(self.gh.port, "POST", "/close", body=b"x")
+        self.assertEqual(r.status, 502)
+        self.assertPageCarriesRequestId(r, "/close")
+        self.assertEqual(request(self.gh.port, "GET", "/after-close").status, 200)
+
+
+class ActiveHealthTest(ProxyCase):
+    nbackends = 2
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends, balance="round_robin",
+                                   health_check={"path": "/health", "interval": "300ms"})])
+
+    def tearDown(self):
+        for b in self.backends:
+            b.health_status = 200
+
+    def test_checks_run_and_mark_servers(self):
+        b1, b2 = self.backends
+        self.assertTrue(wait_until(lambda: b1.hits("/health") >= 2 and b2.hits("/health") >= 2,
+                                   5), "active health checks did not run every interval")
+        b2.health_status = 503
+        time.sleep(1.5)
+        names = [request(self.gh.port, "GET", f"/h/{i}").header("x-backend") for i in range(8)]
+        self.assertEqual(names, ["b1"] * 8, "a server failing its health check still got traffic")
+        b2.health_status = 200
+
+        def back():
+            return "b2" in {request(self.gh.port, "GET", "/h").header("x-backend")
+                            for _ in range(4)}
+        self.assertTrue(wait_until(back, 5, 0.3), "the server never came back after recovering")
+
+
+class HttpsUpstreamTest(unittest.TestCase):
+    """An https:// upstream verified against a CA file; a wrong CA fails closed."""
+
+    @classmethod
+    def setUpClass(cls):
+        from harness import CertFactory
+        cls.tmp = tempfile.mkdtemp(prefix="gh-it-up-")
+        ca = CertFactory(os.path.join(cls.tmp, "ca"))
+        crt, key = ca.leaf("localhost", dns=["localhost"], ips=["127.0.0.1"])
+        cls.other_ca = CertFactory(os.path.join(cls.tmp, "other"), "Unrelated CA")
+        cls.backend = Backend("tls1", tls_cert=crt, tls_key=key)
+        url = f"https://localhost:{cls.backend.port}"
+        cls.gh = Gatehouse(basic_config([
+            route("good", [url], host="good.test", ca_file=ca.ca_crt),
+            route("bad", [url], host="bad.test", ca_file=cls.other_ca.ca_crt)]))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.backend.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_verified_upstream(self):
+        r = request(self.gh.port, "GET", "/secure", host="good.test")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["path"], "/secure")
+        with RawConn(self.gh.port) as c:  # pooled TLS connection reused
+            for i in range(3):
+                self.assertEqual(c.request("GET", f"/s{i}", host="good.test").status, 200)
+
+    def test_unverifiable_upstream_refused(self):
+        before = self.backend.hits()
+        r = request(self.gh.port, "GET", "/insecure", host="bad.test")
+        self.assertEqual(r.status, 502)
+        self.assertEqual(self.backend.hits(), before)
+
+
+if __name__ == "__main__":
+    unittest.main()
