@@ -1,0 +1,251 @@
+/* proxy/route.c - the per-request route lookup. At config load the routes are
+ * grouped by host (exact hosts sorted for binary search, wildcard suffixes
+ * longest first, then the host-less group) and each group's prefixes sorted
+ * longest first, so a lookup is a binary search plus a few prefix compares,
+ * without allocation. Called by the connection code once per request head. */
+#include "route.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+struct route_entry {
+    const struct route_conf *r;
+    const char *prefix;
+    size_t prefix_len;
+};
+
+struct host_group {
+    const char *host; /* lower case; for wildcards ".example.com"; NULL = any host */
+    size_t host_len;
+    struct route_entry *entries; /* longest prefix first */
+    size_t n;
+};
+
+struct route_table {
+    struct host_group *exact; /* sorted by host */
+    size_t nexact;
+    struct host_group *wild; /* longest suffix first */
+    size_t nwild;
+    struct host_group any;
+};
+
+static unsigned char lower(unsigned char ch)
+{
+    return ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch - 'A' + 'a') : ch;
+}
+
+/* Compares a request host (any case) with a lower-case table host. */
+static int host_cmp(struct str req, const char *host, size_t host_len)
+{
+    size_t n = req.len < host_len ? req.len : host_len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = lower((unsigned char)req.p[i]), b = (unsigned char)host[i];
+        if (a != b) {
+            return a < b ? -1 : 1;
+        }
+    }
+    return req.len < host_len ? -1 : req.len > host_len ? 1 : 0;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const struct route_entry *x = a, *y = b;
+    if (x->prefix_len != y->prefix_len) {
+        return x->prefix_len > y->prefix_len ? -1 : 1;
+    }
+    /* Stable for equal lengths: keep config order. */
+    return x->r->index < y->r->index ? -1 : x->r->index > y->r->index;
+}
+
+static int cmp_exact(const void *a, const void *b)
+{
+    const struct host_group *x = a, *y = b;
+    return strcmp(x->host, y->host);
+}
+
+static int cmp_wild(const void *a, const void *b)
+{
+    const struct host_group *x = a, *y = b;
+    if (x->host_len != y->host_len) {
+        return x->host_len > y->host_len ? -1 : 1;
+    }
+    return strcmp(x->host, y->host);
+}
+
+static struct host_group *find_group(struct host_group *g, size_t n, const char *host)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(g[i].host, host) == 0) {
+            return &g[i];
+        }
+    }
+    return NULL;
+}
+
+static void group_add(struct host_group *g, const struct route_conf *r)
+{
+    g->entries = xrealloc(g->entries, (g->n + 1) * sizeof *g->entries);
+    g->entries[g->n++] = (struct route_entry){ .r = r,
+                                               .prefix = r->path_prefix ? r->path_prefix : "/",
+                                               .prefix_len = strlen(r->path_prefix
+                                                                        ? r->path_prefix
+                                                                        : "/") };
+}
+
+struct route_table *route_table_new(const struct route_conf *routes, size_t n)
+{
+    struct route_table *t = xcalloc(1, sizeof *t);
+
+    /* n groups at most of each kind; unused slots are harmless. */
+    t->exact = xcalloc(n ? n : 1, sizeof *t->exact);
+    t->wild = xcalloc(n ? n : 1, sizeof *t->wild);
+    for (size_t i = 0; i < n; i++) {
+        const struct route_conf *r = &routes[i];
+        struct host_group *g;
+        if (!r->host) {
+            group_add(&t->any, r);
+            continue;
+        }
+        if (r->host_wildcard) {
+            g = find_group(t->wild, t->nwild, r->host);
+            if (!g) {
+                g = &t->wild[t->nwild++];
+                g->host = r->host;
+                g->host_len = strlen(r->host);
+            }
+        } else {
+            g = find_group(t->exact, t->nexact, r->host);
+            if (!g) {
+                g = &t->exact[t->nexact++];
+                g->host = r->host;
+                g->host_len = strlen(r->host);
+            }
+        }
+        group_add(g, r);
+    }
+    qsort(t->exact, t->nexact, sizeof *t->exact, cmp_exact);
+    qsort(t->wild, t->nwild, sizeof *t->wild, cmp_wild);
+    for (size_t i = 0; i < t->nexact; i++) {
+        qsort(t->exact[i].entries, t->exact[i].n, sizeof(struct route_entry), cmp_entry);
+    }
+    for (size_t i = 0; i < t->nwild; i++) {
+        qsort(t->wild[i].entries, t->wild[i].n, sizeof(struct route_entry), cmp_entry);
+    }
+    if (t->any.n) {
+        qsort(t->any.entries, t->any.n, sizeof(struct route_entry), cmp_entry);
+    }
+    return t;
+}
+
+void route_table_free(struct route_table *t)
+{
+    if (!t) {
+        return;
+    }
+    for (size_t i = 0; i < t->nexact; i++) {
+        free(t->exact[i].entries);
+    }
+    for (size_t i = 0; i < t->nwild; i++) {
+        free(t->wild[i].entries);
+    }
+    free(t->any.entries);
+    free(t->exact);
+    free(t->wild);
+    free(t);
+}
+
+struct str route_host_strip(struct str host)
+{
+    if (host.len > 0 && host.p[0] == '[') {
+        const char *close = memchr(host.p, ']', host.len);
+        if (close) {
+            host.len = (size_t)(close - host.p) + 1;
+        }
+        return host;
+    }
+    const char *colon = memchr(host.p ? host.p : "", ':', host.len);
+    if (colon) {
+        host.len = (size_t)(colon - host.p);
+    }
+    if (host.len > 0 && host.p[host.len - 1] == '.') {
+        host.len--;
+    }
+    return host;
+}
+
+/* True when prefix matches path on a segment boundary (see route.h). */
+static bool prefix_matches(const struct route_entry *e, struct str path)
+{
+    if (path.len < e->prefix_len || memcmp(path.p, e->prefix, e->prefix_len) != 0) {
+        return false;
+    }
+    return path.len == e->prefix_len || e->prefix[e->prefix_len - 1] == '/' ||
+           path.p[e->prefix_len] == '/';
+}
+
+static const struct route_conf *group_match(const struct host_group *g, struct str path)
+{
+    for (size_t i = 0; i < g->n; i++) {
+        if (prefix_matches(&g->entries[i], path)) {
+            return g->entries[i].r;
+        }
+    }
+    return NULL;
+}
+
+const struct route_conf *route_match(const struct route_table *t, struct str host,
+                                     struct str path)
+{
+    const struct route_conf *r;
+
+    if (!t) {
+        return NULL;
+    }
+    if (!path.p) {
+        path = STR("");
+    }
+    for (size_t i = 0; i < path.len; i++) {
+        if (path.p[i] == '?' || path.p[i] == '#') {
+            path.len = i;
+            break;
+        }
+    }
+    host = route_host_strip(host);
+    if (host.len > 0) {
+        size_t lo = 0, hi = t->nexact;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            int c = host_cmp(host, t->exact[mid].host, t->exact[mid].host_len);
+            if (c == 0) {
+                if ((r = group_match(&t->exact[mid], path))) {
+                    return r;
+                }
+                break;
+            }
+            if (c < 0) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        for (size_t i = 0; i < t->nwild; i++) {
+            const struct host_group *g = &t->wild[i];
+            /* ".example.com" needs at least one byte of label in front of it. */
+            if (host.len > g->host_len &&
+                host_cmp((struct str){ host.p + host.len - g->host_len, g->host_len }, g->host,
+                         g->host_len) == 0 &&
+                (r = group_match(g, path))) {
+                return r;
+            }
+        }
+    }
+    return group_match(&t->any, path);
+}
+
+const struct route_conf *route_match_config(const struct config *c, struct str host,
+                                            struct str path)
+{
+    return c ? route_match(c->route_table, host, path) : NULL;
+}
