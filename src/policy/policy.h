@@ -1,7 +1,239 @@
-/* policy/policy.h - route policies, OPA, decision log. */
+/* policy/policy.h - what is allowed: route policies (YAML, compiled at load into
+ * a flat form evaluated without allocation), the OPA criterion (the evaluator
+ * stops with POLICY_NEED_OPA; the proxy performs the HTTP call and resumes),
+ * the tamper-evident decision log, metrics counters, and the `policy` and
+ * `audit` commands. No sockets here: only local I/O (policy files, SQLite,
+ * the JSON-lines decision log). */
 #ifndef GH_POLICY_POLICY_H
 #define GH_POLICY_POLICY_H
 
-const char *policy_module_name(void);
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* ---- decisions ---- */
+
+/* Outcomes are not errors; zero denies so anything uninitialised denies. */
+enum policy_decision { POLICY_DENY = 0, POLICY_ALLOW };
+enum policy_mode { POLICY_ENFORCE = 0, POLICY_SHADOW };
+enum policy_step { POLICY_DONE = 0, POLICY_NEED_OPA };
+/* Per-rule result in a trace (explain). */
+enum policy_rule_result {
+    POLICY_RULE_NOT_EVALUATED = 0, /* an earlier rule already decided (fast path) */
+    POLICY_RULE_NO_MATCH,
+    POLICY_RULE_MATCH,
+    POLICY_RULE_UNKNOWN, /* waits for an OPA answer */
+};
+
+#define POLICY_MAX_OPA 8 /* distinct OPA data paths per policy */
+
+/* ---- input: protocol-neutral, everything borrowed from the caller ---- */
+
+struct policy_kv {
+    struct str name, value;
+};
+
+struct policy_ip {
+    int family;                  /* 0 = none, 4 or 6; IPv4-mapped IPv6 is stored as 4 */
+    unsigned char addr[16];      /* network order; IPv4 in the first 4 bytes */
+};
+
+struct policy_device {
+    bool present;                /* a verified client certificate was presented */
+    bool trusted;                /* enrolled and not revoked (device registry) */
+    struct str id, owner;        /* registry id and owner email */
+    struct str subject, issuer;  /* RFC 2253 */
+    struct str serial;           /* upper-case hex */
+    struct str fingerprint;      /* sha256 lower-case hex */
+    struct str san;              /* first URI/email SAN (SPIFFE id) */
+};
+
+struct policy_input {
+    bool authenticated;
+    struct str user, email, idp, session;
+    const struct str *groups;
+    size_t ngroups;
+    const struct policy_kv *claims; /* name -> value; repeated names = multi-valued */
+    size_t nclaims;
+    struct policy_device device;
+    struct policy_ip client_ip;
+    struct str method, host, path;  /* host without port, path without query */
+    const struct policy_kv *headers;
+    size_t nheaders;
+    int64_t time_s;                 /* unix seconds of the request */
+    struct str route;               /* route name (for OPA input and logs) */
+};
+
+/* ---- result ---- */
+
+struct policy_opa_answer {
+    uint8_t state;    /* 0 unknown, 1 false, 2 true */
+    char reason[128]; /* from {"result": {"allow": .., "reason": ..}} */
+};
+
+struct policy_result {
+    enum policy_decision decision;  /* what the rules say */
+    enum policy_decision effective; /* what to enforce: equals decision, except in shadow mode
+                                     * (then: allow when authenticated) */
+    bool shadow;
+    bool need_login;                /* denied and not authenticated: send to sign-in */
+    const char *rule;               /* deciding rule id or "default-deny"; borrowed */
+    const char *reason;             /* rule reason, OPA reason or a default; borrowed */
+    /* POLICY_NEED_OPA: ask OPA at opa_path (borrowed from the policy), then call
+     * policy_opa_answer() and policy_eval() again. */
+    const char *opa_path;
+    unsigned opa_index;
+    bool opa_called;
+    struct policy_opa_answer opa[POLICY_MAX_OPA];
+    /* Optional trace: caller points it at policy_rule_count() bytes before eval;
+     * it then evaluates every rule (slower) and records each result. */
+    uint8_t *trace;
+};
+
+/* ---- policies ---- */
+
+struct policy; /* immutable after load, shareable read-only across threads */
+
+/* Loads, validates and compiles a policy file. Every problem is reported to d as
+ * "file:line:col: error: ..." and NULL is returned. Caller frees with policy_free(). */
+struct policy *policy_load(const char *file, struct conf_diag *d);
+/* Same from memory (name is used in messages). */
+struct policy *policy_parse(const char *name, const char *text, size_t len, struct conf_diag *d);
+/* The simple route cases: "public" (allow everyone, rule id "public") and
+ * "allow-any-authenticated" (rule id of that name). Never NULL. */
+struct policy *policy_new_builtin(bool public_route);
+void policy_free(struct policy *p);
+
+const char *policy_file(const struct policy *p);
+enum policy_mode policy_mode(const struct policy *p);
+size_t policy_rule_count(const struct policy *p);
+const char *policy_rule_id(const struct policy *p, size_t i);
+const char *policy_rule_effect(const struct policy *p, size_t i); /* "allow" | "deny" */
+
+/* Resets r (keeping r->trace) for a new evaluation. */
+void policy_result_init(struct policy_result *r, uint8_t *trace);
+/* Evaluates in against p. Pure, allocation-free and bounded (nesting depth and
+ * node count are capped at load). Returns POLICY_DONE with r filled in, or
+ * POLICY_NEED_OPA with r->opa_path set: perform the query, record it with
+ * policy_opa_answer() and call policy_eval() again with the same r. */
+enum policy_step policy_eval(const struct policy *p, const struct policy_input *in,
+                             struct policy_result *r);
+/* Records OPA's answer for r->opa_index (reason may be NULL). */
+void policy_opa_answer(struct policy_result *r, bool allow, const char *reason);
+
+/* Parses an IPv4/IPv6 literal ("::ffff:1.2.3.4" becomes IPv4). */
+bool policy_ip_parse(struct str s, struct policy_ip *out);
+
+/* ---- OPA client helpers (the HTTP call itself belongs to the proxy) ---- */
+
+enum opa_on_error { OPA_ON_ERROR_DENY = 0, OPA_ON_ERROR_ALLOW };
+
+struct opa_conf {
+    char *url;            /* base URL, e.g. http://127.0.0.1:8181; NULL = not configured */
+    uint64_t timeout_ms;  /* default 200ms */
+    uint64_t cache_ttl_ms;/* default 5s; 0 disables the cache */
+    enum opa_on_error on_error;
+};
+
+/* Reads the `opa:` section of a gatehouse.yaml root (absent: url NULL, defaults).
+ * Returns false with messages in d. Caller frees with opa_conf_fini(). */
+bool opa_conf_parse(const struct conf_node *root, struct conf_diag *d, struct opa_conf *out);
+void opa_conf_fini(struct opa_conf *c);
+/* The URL to POST to: <url>/v1/data/<path>. Caller frees (free()). */
+char *opa_request_url(const struct opa_conf *c, const char *path);
+/* The documented request body {"input": {...}} (docs/policy.md). Caller frees (free()). */
+char *opa_input_json(const struct policy_input *in);
+/* Interprets an OPA Data API response body: {"result": true|false} or
+ * {"result": {"allow": bool, "reason": "..."}}; no/other result = deny (undefined).
+ * Returns 0 or ERR_PARSE (malformed JSON: the caller applies on_error). */
+int opa_response_parse(const char *body, size_t len, bool *allow, char *reason,
+                       size_t reason_size, struct err *err);
+
+/* A thread-safe TTL cache of OPA answers keyed by (path, input JSON). */
+struct opa_cache;
+struct opa_cache *opa_cache_new(size_t max_entries);
+void opa_cache_free(struct opa_cache *c);
+/* Returns true and fills allow/reason on a fresh hit. now_ms: monotonic clock. */
+bool opa_cache_get(struct opa_cache *c, const char *path, const char *input_json, uint64_t now_ms,
+                   bool *allow, char *reason, size_t reason_size);
+void opa_cache_put(struct opa_cache *c, const char *path, const char *input_json, bool allow,
+                   const char *reason, uint64_t now_ms, uint64_t ttl_ms);
+
+/* ---- decision log ---- */
+
+struct decision_record {
+    int64_t ts_us;              /* unix microseconds */
+    const char *request_id, *route;
+    const char *decision;       /* "allow" | "deny" | "login" | "error" */
+    const char *rule, *reason;
+    const char *user, *email, *idp;
+    const char *session;        /* hash prefix, never the session id */
+    const char *const *groups;
+    size_t ngroups;
+    const struct policy_kv *claims; /* replayed by `policy diff` */
+    size_t nclaims;
+    bool device_present, device_trusted;
+    const char *device_id, *device_owner;
+    const char *client_ip, *method, *host, *path;
+    bool shadow;
+    bool opa_called;
+    const char *opa_result;     /* "allow" | "deny" | "error" | NULL */
+    uint32_t opa_ms;
+    uint64_t latency_us;
+};
+
+enum decision_log_sync { DECISION_LOG_BATCH = 0, DECISION_LOG_STRICT };
+
+struct decision_log_conf {
+    char *sqlite;               /* state.sqlite, resolved; NULL = no SQLite sink */
+    char *file;                 /* decision_log.file, resolved; NULL = no JSONL sink */
+    enum decision_log_sync sync;
+    uint64_t retain_ms;         /* default 90d; 0 = keep forever */
+    uint64_t queue;             /* bound of pending records, default 10000 */
+    uint64_t flush_interval_ms; /* batch mode: longest time before a commit, default 200ms */
+};
+
+/* Reads `decision_log:` and `state.sqlite` from a gatehouse.yaml root (paths relative
+ * to conf_file). Returns false with messages in d. Free with decision_log_conf_fini(). */
+bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file,
+                             struct conf_diag *d, struct decision_log_conf *out);
+void decision_log_conf_fini(struct decision_log_conf *c);
+
+struct decision_log;
+/* Opens both sinks, recovers the chain head (re-appending to the file whatever a
+ * crash left only in SQLite) and starts the writer thread. NULL on error (err). */
+struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err);
+/* Queues a copy of rec; never blocks. Returns ERR_LIMIT when the queue is beyond its
+ * bound (answer 503: records are never dropped silently). *seq (may be NULL) gets the
+ * record's sequence number for decision_log_wait(). */
+int decision_log_append(struct decision_log *dl, const struct decision_record *rec,
+                        uint64_t *seq) WARN_UNUSED;
+/* Blocks until record seq is committed to both sinks (sync: strict; group commit).
+ * Returns 0 or ERR_IO. Call from a thread that may block (not an event loop). */
+int decision_log_wait(struct decision_log *dl, uint64_t seq) WARN_UNUSED;
+/* Called on the writer thread after each commit with the highest committed seq. */
+typedef void decision_log_commit_cb(uint64_t committed_seq, void *arg);
+void decision_log_set_commit_cb(struct decision_log *dl, decision_log_commit_cb *cb, void *arg);
+/* Writes everything queued, stops the thread, closes. NULL is a no-op. */
+void decision_log_close(struct decision_log *dl);
+/* Deletes records older than now - retain_ms, keeping an anchor so verify still works.
+ * Returns the number deleted or -1. Runs in the writer thread periodically too. */
+long decision_log_retain(const struct decision_log_conf *c, int64_t now_us, struct err *err);
+size_t decision_log_queue_depth(struct decision_log *dl);
+
+/* ---- metrics (rendered by the proxy's /metrics) ---- */
+
+void policy_metrics_decision(const char *route, enum policy_decision d, bool shadow);
+void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
+void policy_metrics_log_write(uint64_t latency_us, size_t records);
+/* Appends Prometheus text exposition to buf; returns bytes that would be written. */
+size_t policy_metrics_render(char *buf, size_t size);
+
+/* ---- commands (src/main.c) ---- */
+
+int policy_cmd(int argc, char **argv); /* gatehouse policy test|explain|diff */
+int audit_cmd(int argc, char **argv);  /* gatehouse audit query|verify|retain */
 
 #endif

@@ -1,0 +1,105 @@
+/* policy/policy_int.h - the compiled form of a policy, shared by lang.c (which
+ * builds it) and eval.c (which walks it). Private to src/policy. */
+#ifndef GH_POLICY_POLICY_INT_H
+#define GH_POLICY_POLICY_INT_H
+
+#include <regex.h>
+
+#include "policy.h"
+
+#define POLICY_MAX_DEPTH 32
+#define POLICY_MAX_NODES 20000
+#define PNODE_NONE UINT32_MAX
+
+enum mkind { M_IS, M_PREFIX, M_SUFFIX, M_CONTAINS, M_IN, M_GLOB, M_REGEX, M_MEMBER };
+
+struct matcher {
+    enum mkind kind;
+    bool icase;          /* values are lower-cased; inputs compared ASCII case-insensitively */
+    struct str *vals;    /* 1 value, or the set for M_IN */
+    size_t nvals;
+    regex_t re;          /* M_REGEX only */
+};
+
+/* String fields a matcher applies to. */
+enum field {
+    F_USER, F_EMAIL, F_DOMAIN, F_METHOD, F_PATH, F_HOST, F_IDP,
+    F_DEV_ID, F_DEV_OWNER, F_DEV_SUBJECT, F_DEV_ISSUER, F_DEV_SERIAL, F_DEV_FINGERPRINT, F_DEV_SAN,
+    F_GROUPS, F_CLAIM, F_HEADER,
+};
+
+enum op {
+    OP_ALL, OP_ANY, OP_NOT,
+    OP_AUTH,             /* want */
+    OP_STR,              /* field, m, name (claim/header) */
+    OP_DEV_PRESENT, OP_DEV_TRUSTED, OP_DEV_OWNER_IS_USER, /* want */
+    OP_IP,               /* cidrs */
+    OP_TIME,             /* tm */
+    OP_OPA,              /* opa index */
+};
+
+struct cidr {
+    int family;
+    unsigned bits;
+    unsigned char addr[16];
+};
+
+struct tzinfo;
+
+struct ptime {
+    uint8_t weekdays;    /* bit 0 = Sunday; 0x7f = every day */
+    int start_min, end_min; /* [start, end) minutes of the day; -1 = any time */
+    const struct tzinfo *tz; /* NULL = UTC */
+};
+
+struct pnode {
+    uint8_t op;
+    uint8_t field;
+    bool want;
+    uint32_t end;        /* index one past this subtree */
+    struct str name;     /* claim name, header name (lower-cased) */
+    const struct matcher *m;
+    const struct cidr *cidrs;
+    size_t ncidrs;
+    const struct ptime *tm;
+    unsigned opa;
+};
+
+struct prule {
+    char *id;
+    char *reason;
+    bool deny;
+    uint32_t root;       /* PNODE_NONE = always matches */
+    int line;
+};
+
+struct policy {
+    char *file;
+    enum policy_mode mode;
+    struct prule *rules;
+    size_t nrules;
+    struct pnode *nodes;
+    size_t nnodes;
+    char *opa_paths[POLICY_MAX_OPA];
+    size_t nopa;
+    struct arena *arena;             /* every compiled string, matcher, cidr, time */
+    struct matcher **regexes;        /* to regfree */
+    size_t nregexes;
+    struct tzinfo **tzs;
+    size_t ntzs;
+};
+
+/* Time zones (tz.c): loads /usr/share/zoneinfo/<name>. NULL with a message in err. */
+struct tzinfo *tz_load(const char *name, struct err *err);
+void tz_free(struct tzinfo *tz);
+const char *tz_name(const struct tzinfo *tz);
+/* Seconds east of UTC at unix time t. */
+int32_t tz_offset(const struct tzinfo *tz, int64_t t);
+
+/* Matching helpers (eval.c), also used by the tests. */
+bool matcher_match(const struct matcher *m, struct str s);
+bool glob_match(struct str pat, struct str s, bool icase);
+/* "10.0.0.0/8" into buf. */
+void policy_ip_format_cidr(const struct cidr *c, char *buf, size_t size);
+
+#endif
