@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -273,4 +274,71 @@ bool form_get(struct str form, const char *name, struct str *raw, bool *dup)
         i = j + 1;
     }
     return found;
+}
+
+char *seal_box(const unsigned char key[32], const char *aad, const void *pt, size_t n)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    unsigned char *buf = xmalloc(12 + n + 16);
+    char *out = NULL;
+    int len = 0;
+    int fin = 0;
+
+    if (c == NULL || !rand_bytes(buf, 12) ||
+        EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, buf) != 1 ||
+        EVP_EncryptUpdate(c, NULL, &len, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
+        EVP_EncryptUpdate(c, buf + 12, &len, pt, (int)n) != 1 ||
+        EVP_EncryptFinal_ex(c, buf + 12 + len, &fin) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, buf + 12 + n) != 1) {
+        goto out;
+    }
+    out = b64url_encode(buf, 12 + n + 16);
+out:
+    EVP_CIPHER_CTX_free(c);
+    OPENSSL_cleanse(buf, 12 + n + 16);
+    free(buf);
+    return out;
+}
+
+char *seal_open(const unsigned char key[32], const char *aad, struct str box, size_t *n)
+{
+    size_t rawlen = 0;
+    unsigned char *raw = b64url_decode(box, &rawlen);
+    EVP_CIPHER_CTX *c = NULL;
+    char *pt = NULL;
+    int len = 0;
+    int fin = 0;
+
+    if (raw == NULL || rawlen < 12 + 16) {
+        goto out;
+    }
+    size_t ctlen = rawlen - 28;
+    pt = xmalloc(ctlen + 1);
+    c = EVP_CIPHER_CTX_new();
+    if (c == NULL || EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, raw) != 1 ||
+        EVP_DecryptUpdate(c, NULL, &len, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
+        EVP_DecryptUpdate(c, (unsigned char *)pt, &len, raw + 12, (int)ctlen) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, raw + 12 + ctlen) != 1 ||
+        EVP_DecryptFinal_ex(c, (unsigned char *)pt + len, &fin) != 1) {
+        OPENSSL_cleanse(pt, ctlen + 1);
+        free(pt);
+        pt = NULL;
+        goto out;
+    }
+    pt[ctlen] = '\0';
+    if (n != NULL) {
+        *n = ctlen;
+    }
+out:
+    EVP_CIPHER_CTX_free(c);
+    free(raw);
+    return pt;
+}
+
+bool str_ct_eq(struct str a, struct str b)
+{
+    if (a.len != b.len) {
+        return false;
+    }
+    return CRYPTO_memcmp(a.p, b.p, a.len) == 0;
 }

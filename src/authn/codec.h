@@ -43,4 +43,15 @@ char *url_decode(struct str s, size_t *out_len);
  * encoded). Sets *dup when name occurs more than once. */
 bool form_get(struct str form, const char *name, struct str *raw, bool *dup);
 
+
+
+/* AES-256-GCM sealing: base64url(iv[12] || ciphertext || tag[16]), bound to
+ * aad (a purpose label, so a blob sealed for one use never opens as another).
+ * seal_open returns malloc'd plaintext (NUL-terminated) or NULL when the blob
+ * was altered, truncated, or sealed with another key or label. */
+char *seal_box(const unsigned char key[32], const char *aad, const void *pt, size_t n);
+char *seal_open(const unsigned char key[32], const char *aad, struct str box, size_t *n);
+/* Constant-time equality of two spans (length leaks, content does not). */
+bool str_ct_eq(struct str a, struct str b);
+
 #endif
