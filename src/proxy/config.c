@@ -587,7 +587,11 @@ static void read_logging(struct loader *L, const struct conf_node *root)
     const char *al = NULL;
     int lvl;
 
+    /* Default: stderr, so a bare config still records every request. */
+    L->c->access_log = xstrdup("stderr");
     if (conf_string(L->d, root, "access_log", &al) && al) {
+        free(L->c->access_log);
+        L->c->access_log = NULL;
         const struct conf_node *n = conf_get(root, "access_log");
         if (al[0] == '\0') {
             conf_error(L->d, n, "\"access_log\" must be a file path, \"stderr\" or \"off\"");
@@ -1054,6 +1058,9 @@ static void read_routes(struct loader *L, const struct conf_node *root)
         const struct route_conf *r = &c->routes[i];
         for (size_t j = 0; j < i; j++) {
             const struct route_conf *o = &c->routes[j];
+            if (r->name && o->name && strcmp(r->name, o->name) == 0) {
+                continue; /* already reported as a duplicate name */
+            }
             if (r->host_wildcard == o->host_wildcard && same_str(r->host, o->host) &&
                 same_str(r->path_prefix, o->path_prefix)) {
                 conf_error(L->d, rs->items[i],
