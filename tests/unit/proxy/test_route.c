@@ -1,0 +1,174 @@
+/* Unit tests for proxy/route.c: host normalisation, exact > wildcard > any,
+ * longest prefix on segment boundaries, fall-through between host groups. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "proxy/config.h"
+#include "proxy/route.h"
+
+static const char yaml[] =
+    "listen: [{address: 127.0.0.1:8080}]\n"
+    "routes:\n"
+    "  - {name: exact, match: {host: a.test}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: api, match: {host: a.test, path_prefix: /api}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: apiv2, match: {host: a.test, path_prefix: /api/v2/}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: wild, match: {host: '*.wild.test'}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: deeper, match: {host: '*.b.wild.test'}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: exactwild, match: {host: exact.wild.test}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: only-admin, match: {host: o.test, path_prefix: /admin}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: v6, match: {host: '[::1]'}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: catchall-static, match: {path_prefix: /static}, upstream: {servers: [http://h:1]}}\n"
+    "  - {name: catchall, upstream: {servers: [http://h:1]}}\n";
+
+static int setup(void **state)
+{
+    struct conf_diag d = { 0 };
+    struct config *c = config_parse("r.yaml", yaml, sizeof yaml - 1, &d);
+    conf_diag_print(&d, stderr);
+    conf_diag_fini(&d);
+    *state = c;
+    return c ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    config_unref(*state);
+    return 0;
+}
+
+static const char *match(void **state, const char *host, const char *path)
+{
+    const struct route_conf *r = route_match_config(*state, str_from(host), str_from(path));
+    return r ? r->name : "(none)";
+}
+
+static void test_host_strip_removes_port_and_trailing_dot(void **state)
+{
+    struct str s;
+    (void)state;
+    s = route_host_strip(STR("a.test:8080"));
+    assert_int_equal(s.len, 6);
+    s = route_host_strip(STR("a.test."));
+    assert_int_equal(s.len, 6);
+    s = route_host_strip(STR("a.test.:80"));
+    assert_int_equal(s.len, 6);
+    s = route_host_strip(STR("[::1]:8080"));
+    assert_int_equal(s.len, 5);
+    s = route_host_strip(STR(""));
+    assert_int_equal(s.len, 0);
+}
+
+static void test_exact_host_case_insensitive_port_ignored(void **state)
+{
+    assert_string_equal(match(state, "a.test", "/"), "exact");
+    assert_string_equal(match(state, "A.TEST", "/x"), "exact");
+    assert_string_equal(match(state, "a.test:8443", "/x"), "exact");
+    assert_string_equal(match(state, "a.test.", "/x"), "exact");
+    assert_string_equal(match(state, "[::1]:80", "/x"), "v6");
+}
+
+static void test_longest_prefix_on_segment_boundary(void **state)
+{
+    assert_string_equal(match(state, "a.test", "/api"), "api");
+    assert_string_equal(match(state, "a.test", "/api/"), "api");
+    assert_string_equal(match(state, "a.test", "/api/users"), "api");
+    assert_string_equal(match(state, "a.test", "/apix"), "exact");
+    assert_string_equal(match(state, "a.test", "/ap"), "exact");
+    /* A prefix ending in '/' matches what starts with it, not the bare segment. */
+    assert_string_equal(match(state, "a.test", "/api/v2/items"), "apiv2");
+    assert_string_equal(match(state, "a.test", "/api/v2/"), "apiv2");
+    assert_string_equal(match(state, "a.test", "/api/v2"), "api");
+    assert_string_equal(match(state, "a.test", "/api/v20"), "api");
+}
+
+static void test_query_and_fragment_are_not_part_of_the_path(void **state)
+{
+    assert_string_equal(match(state, "a.test", "/api?x=/api/v2/"), "api");
+    assert_string_equal(match(state, "a.test", "/apix?/api"), "exact");
+    assert_string_equal(match(state, "a.test", "/api#frag"), "api");
+}
+
+static void test_wildcard_matches_any_depth_but_not_the_bare_domain(void **state)
+{
+    assert_string_equal(match(state, "x.wild.test", "/"), "wild");
+    assert_string_equal(match(state, "X.Y.Wild.Test:81", "/"), "wild");
+    assert_string_equal(match(state, "wild.test", "/"), "catchall");
+    assert_string_equal(match(state, "xwild.test", "/"), "catchall");
+    assert_string_equal(match(state, ".wild.test", "/"), "catchall");
+}
+
+static void test_longest_wildcard_suffix_wins(void **state)
+{
+    assert_string_equal(match(state, "c.b.wild.test", "/"), "deeper");
+    assert_string_equal(match(state, "b.wild.test", "/"), "wild");
+}
+
+static void test_exact_beats_wildcard(void **state)
+{
+    assert_string_equal(match(state, "exact.wild.test", "/"), "exactwild");
+    assert_string_equal(match(state, "EXACT.wild.test", "/a"), "exactwild");
+}
+
+static void test_no_prefix_match_in_host_group_falls_to_next_group(void **state)
+{
+    assert_string_equal(match(state, "o.test", "/admin/x"), "only-admin");
+    assert_string_equal(match(state, "o.test", "/static/a.css"), "catchall-static");
+    assert_string_equal(match(state, "o.test", "/"), "catchall");
+}
+
+static void test_unknown_and_empty_hosts_use_hostless_routes(void **state)
+{
+    assert_string_equal(match(state, "nobody.test", "/static"), "catchall-static");
+    assert_string_equal(match(state, "", "/"), "catchall");
+    assert_string_equal(match(state, "", ""), "(none)");
+}
+
+static void test_no_route_returns_null(void **state)
+{
+    const char y[] = "listen: [{address: 127.0.0.1:8080}]\n"
+                     "routes:\n"
+                     "  - {name: a, match: {host: a.test}, upstream: {servers: [http://h:1]}}\n";
+    struct conf_diag d = { 0 };
+    struct config *c = config_parse("r.yaml", y, sizeof y - 1, &d);
+    (void)state;
+    assert_non_null(c);
+    assert_null(route_match_config(c, STR("b.test"), STR("/")));
+    assert_null(route_match_config(c, STR(""), STR("/")));
+    assert_non_null(route_match_config(c, STR("a.test"), STR("/")));
+    assert_null(route_match(NULL, STR("a.test"), STR("/")));
+    config_unref(c);
+    conf_diag_fini(&d);
+}
+
+static void test_empty_table(void **state)
+{
+    struct route_table *t = route_table_new(NULL, 0);
+    (void)state;
+    assert_null(route_match(t, STR("a"), STR("/")));
+    route_table_free(t);
+    route_table_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_host_strip_removes_port_and_trailing_dot),
+        cmocka_unit_test(test_exact_host_case_insensitive_port_ignored),
+        cmocka_unit_test(test_longest_prefix_on_segment_boundary),
+        cmocka_unit_test(test_query_and_fragment_are_not_part_of_the_path),
+        cmocka_unit_test(test_wildcard_matches_any_depth_but_not_the_bare_domain),
+        cmocka_unit_test(test_longest_wildcard_suffix_wins),
+        cmocka_unit_test(test_exact_beats_wildcard),
+        cmocka_unit_test(test_no_prefix_match_in_host_group_falls_to_next_group),
+        cmocka_unit_test(test_unknown_and_empty_hosts_use_hostless_routes),
+        cmocka_unit_test(test_no_route_returns_null),
+        cmocka_unit_test(test_empty_table),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
