@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# `make run`: the demo app (demo/app.py) behind Gatehouse (demo/gatehouse.yaml).
+# Prints the URLs to open; Ctrl-C stops both. State and logs: var/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${GATEHOUSE_BIN:-$ROOT/build/gatehouse}
+CONF=$ROOT/demo/gatehouse.yaml
+STATE=$ROOT/var/demo
+APP_PORT=9001
+PORTS="8080 8443 9901 $APP_PORT"
+
+[ -x "$BIN" ] || { echo "demo: $BIN is not built (run: make build)" >&2; exit 1; }
+mkdir -p "$STATE/tls"
+
+for p in $PORTS; do
+    if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(0 if s.connect_ex(('127.0.0.1', $p)) == 0 else 1)"; then
+        echo "demo: port $p on 127.0.0.1 is already in use (another 'make run'?)" >&2
+        exit 1
+    fi
+done
+
+# A self-signed certificate for the HTTPS listener, made once.
+if [ ! -s "$STATE/tls/server.crt" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+        -keyout "$STATE/tls/server.key" -out "$STATE/tls/server.crt" -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+fi
+
+"$BIN" check -c "$CONF" >/dev/null || { "$BIN" check -c "$CONF"; exit 1; }
+
+PIDS=()
+cleanup() {
+    trap - INT TERM EXIT
+    echo
+    echo "demo: stopping"
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup INT TERM EXIT
+
+python3 "$ROOT/demo/app.py" --port "$APP_PORT" >"$STATE/app.log" 2>&1 &
+PIDS+=($!)
+
+# Sign-in (issue 3): the demo identity provider starts here, before Gatehouse,
+# and prints its demo users.
+
+# Its log goes to the terminal and to a file; $! stays Gatehouse's own pid.
+"$BIN" serve -c "$CONF" > >(tee "$STATE/gatehouse.log") 2>&1 &
+PIDS+=($!)
+
+for _ in $(seq 100); do
+    if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(0 if s.connect_ex(('127.0.0.1', 8080)) == 0 else 1)"; then
+        break
+    fi
+    sleep 0.1
+done
+
+cat <<MSG
+
+  Gatehouse demo is running.
+
+    open      http://127.0.0.1:8080/          (the demo app, through Gatehouse)
+    or        https://localhost:8443/         (self-signed certificate: $STATE/tls/server.crt)
+    admin     http://127.0.0.1:9901/metrics   /healthz   /readyz
+    logs      $STATE/access.jsonl  $STATE/gatehouse.log  $STATE/app.log
+
+  Press Ctrl-C to stop.
+
+MSG
+wait
