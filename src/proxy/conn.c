@@ -1,0 +1,1000 @@
+/* proxy/conn.c - one client connection on a worker loop: TLS handshake,
+ * buffers (allocated lazily, released when idle), timeouts, the HTTP/1 request
+ * reader, and the request pipeline: parse head -> limits -> route match ->
+ * reserved paths -> access check -> forward (forward.c). Local responses
+ * (error pages, admin) go through request_respond(). request_end() is the one
+ * place a request's arena, snapshot reference, log line and metrics end. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "accesslog.h"
+#include "io.h"
+#include "metrics.h"
+#include "route.h"
+
+/* The arena cap per request: headers, ids, and what authn/policy attach. */
+#define REQUEST_ARENA_CAP (1024 * 1024)
+/* Lingering close: after our last byte, keep reading (and dropping) what the
+ * client still sends for this long, so its unread data does not turn our
+ * close into a reset that destroys the response in flight. */
+#define LINGER_MS 2000
+
+static access_hook_fn *g_access_hook;
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- sockets ---------------------------------------------------------- */
+
+ssize_t sock_read(struct sock *s, char *p, size_t n)
+{
+    if (!s->ssl) {
+        ssize_t r;
+        do {
+            r = recv(s->fd, p, n, 0);
+        } while (r < 0 && errno == EINTR);
+        return r;
+    }
+    s->rd_wants_write = false;
+    ERR_clear_error();
+    int r = SSL_read(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
+    if (r > 0) {
+        return r;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        s->rd_wants_write = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+ssize_t sock_write(struct sock *s, const char *p, size_t n)
+{
+    if (!s->ssl) {
+        ssize_t r;
+        do {
+            r = send(s->fd, p, n, MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return r;
+    }
+    s->wr_wants_read = false;
+    ERR_clear_error();
+    int r = SSL_write(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
+    if (r > 0) {
+        return r;
+    }
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_READ:
+        s->wr_wants_read = true;
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = EPIPE;
+        return -1;
+    }
+}
+
+bool sock_has_pending(const struct sock *s)
+{
+    return s->ssl && SSL_has_pending(s->ssl);
+}
+
+/* ---- lifetime --------------------------------------------------------- */
+
+static void conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else if (w->conns == c) {
+        w->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    buf_free(&c->in);
+    buf_free(&c->out);
+    if (c->hin) {
+        http_in_fini(c->hin);
+        free(c->hin);
+    }
+    arena_free(c->arena);
+    free(c);
+}
+
+static void hold(struct conn *c)
+{
+    c->refs++;
+}
+
+static void put(struct conn *c)
+{
+    if (--c->refs == 0 && c->closed) {
+        conn_free(c);
+    }
+}
+
+void conn_hold(struct conn *c)
+{
+    hold(c);
+}
+
+void conn_put(struct conn *c)
+{
+    put(c);
+}
+
+static void set_timer(struct conn *c, uint64_t ms)
+{
+    c->timer.repeat = (ev_tstamp)ms / 1000.0;
+    ev_timer_again(c->w->loop, &c->timer);
+}
+
+static void request_end(struct conn *c);
+
+void conn_close(struct conn *c)
+{
+    struct worker *w = c->w;
+
+    if (c->closed) {
+        return;
+    }
+    if (c->up) {
+        forward_abort(c);
+    }
+    if (c->req) {
+        if (c->state == CS_PENDING && c->abort_fn) {
+            request_abort_fn *fn = c->abort_fn;
+            c->abort_fn = NULL;
+            fn(c->abort_arg);
+        }
+        c->keep_alive = false;
+        request_end(c);
+    }
+    c->closed = true;
+    ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->timer);
+    if (c->s.ssl) {
+        SSL_free(c->s.ssl);
+        c->s.ssl = NULL;
+    }
+    close(c->s.fd);
+    w->nconns--;
+    if (w->mw) {
+        metrics_conn_close(w->mw);
+    }
+    hold(c);
+    put(c);
+}
+
+void conn_abort(struct conn *c)
+{
+    conn_close(c);
+}
+
+/* ---- I/O readiness ---------------------------------------------------- */
+
+static bool wants_read(const struct conn *c)
+{
+    if (c->client_eof) {
+        return false;
+    }
+    switch (c->state) {
+    case CS_IDLE:
+    case CS_HEAD:
+        return buf_pending(&c->out) < IO_HIGH_WATER;
+    case CS_FORWARD:
+        return !c->req_done && c->up && upconn_body_ready(c->up);
+    case CS_TUNNEL:
+        return c->up && upconn_body_ready(c->up);
+    case CS_LINGER:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void conn_update_io(struct conn *c)
+{
+    int ev = 0;
+
+    if (c->closed) {
+        return;
+    }
+    if (c->handshaking) {
+        ev = c->hs_want;
+    } else {
+        bool rd = wants_read(c);
+        bool wr = buf_pending(&c->out) > 0;
+        if (rd) {
+            ev |= EV_READ;
+            if (c->s.rd_wants_write) {
+                ev |= EV_WRITE;
+            }
+        }
+        if (wr) {
+            ev |= EV_WRITE;
+            if (c->s.wr_wants_read) {
+                ev |= EV_READ;
+            }
+        }
+        if (rd && sock_has_pending(&c->s)) {
+            ev_feed_event(c->w->loop, &c->io, EV_READ);
+        }
+    }
+    if (ev != c->io_events) {
+        ev_io_stop(c->w->loop, &c->io);
+        ev_io_set(&c->io, c->s.fd, ev);
+        if (ev) {
+            ev_io_start(c->w->loop, &c->io);
+        }
+        c->io_events = ev;
+    }
+}
+
+static void start_linger(struct conn *c)
+{
+    if (c->s.ssl) {
+        ERR_clear_error();
+        SSL_shutdown(c->s.ssl);
+    }
+    shutdown(c->s.fd, SHUT_WR);
+    c->state = CS_LINGER;
+    buf_free(&c->in);
+    set_timer(c, LINGER_MS);
+}
+
+/* Writes what is queued. Returns false when the connection was closed. */
+static bool flush_out(struct conn *c)
+{
+    while (buf_pending(&c->out) > 0) {
+        ssize_t n = sock_write(&c->s, c->out.p + c->out.off, buf_pending(&c->out));
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            c->progress = true;
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        }
+        conn_close(c);
+        return false;
+    }
+    if (buf_pending(&c->out) == 0) {
+        buf_release(&c->out);
+        if (c->state == CS_CLOSING) {
+            start_linger(c);
+        }
+    }
+    return true;
+}
+
+void conn_queue_out(struct conn *c)
+{
+    if (c->closed) {
+        return;
+    }
+    hold(c);
+    if (flush_out(c) && !c->closed) {
+        if (c->state == CS_FORWARD || c->state == CS_TUNNEL) {
+            if (buf_pending(&c->out) < IO_HIGH_WATER) {
+                forward_client_writable(c);
+            }
+        }
+        conn_update_io(c);
+    }
+    put(c);
+}
+
+/* ---- requests --------------------------------------------------------- */
+
+static void begin_request(struct conn *c)
+{
+    struct worker *w = c->w;
+    struct request *r;
+
+    if (!c->arena) {
+        c->arena = arena_new(REQUEST_ARENA_CAP);
+    }
+    if (!c->hin) {
+        const struct config *cfg = w->wc->cfg;
+        struct http_limits lim = {
+            .header_bytes = cfg->limits.header_bytes,
+            .headers = cfg->limits.headers,
+            .uri_bytes = cfg->limits.uri_bytes ? cfg->limits.uri_bytes : 8192,
+            .body_bytes = c->ls->admin ? 0 : cfg->limits.body_bytes,
+        };
+        c->hin = xmalloc(sizeof *c->hin);
+        http_in_init(c->hin, HTTP_REQUEST, &lim, conn_on_body, c);
+    }
+    r = arena_zalloc(c->arena, sizeof *r);
+    if (!r) {
+        abort();
+    }
+    c->wc = w->wc;
+    c->wc->refs++;
+    r->arena = c->arena;
+    r->cfg = c->wc->cfg;
+    r->scheme = c->s.ssl ? "https" : "http";
+    memcpy(r->client_ip, c->ip, sizeof r->client_ip);
+    r->client_port = c->port;
+    if (c->s.ssl) {
+        /* Fail closed: an optional client certificate that did not verify is
+         * as good as none. */
+        if (SSL_get_verify_result(c->s.ssl) == X509_V_OK) {
+            r->peer_cert = SSL_get0_peer_certificate(c->s.ssl);
+        }
+        r->sni = SSL_get_servername(c->s.ssl, TLSEXT_NAMETYPE_host_name);
+    }
+    worker_request_id(w, r->id);
+    r->start_us = mono_us();
+    r->conn = c;
+    r->method = STR("");
+    r->target = r->path = r->query = r->host = STR("");
+    c->req = r;
+    c->req_done = c->resp_done = c->resp_started = false;
+    c->chunk_to_client = c->close_after = false;
+    c->out_total = 0;
+    c->head_bytes_in = 0;
+    c->abort_fn = NULL;
+    c->state = CS_HEAD;
+    set_timer(c, c->wc->cfg->timeouts.header_ms);
+}
+
+static void request_end(struct conn *c)
+{
+    struct worker *w = c->w;
+    struct request *r = c->req;
+    unsigned route_id = r->route ? r->route->metrics_id : METRICS_ROUTE_NONE;
+    uint64_t end = mono_us();
+
+    if (w->mw) {
+        metrics_request(w->mw, route_id, (unsigned)r->status, c->head_bytes_in + r->bytes_in,
+                        c->out_total);
+    }
+    if (w->alog && r->status != 0 && !c->ls->admin) {
+        struct timespec ts;
+        char up[300] = "";
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (r->upstream_server) {
+            snprintf(up, sizeof up, "%s:%u", r->upstream_server->host,
+                     (unsigned)r->upstream_server->port);
+        }
+        struct accesslog_entry e = {
+            .ts_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u,
+            .request_id = str_from(r->id),
+            .client_ip = str_from(r->client_ip),
+            .method = r->method,
+            .host = r->host,
+            .path = r->target,
+            .status = (unsigned)r->status,
+            .bytes_in = c->head_bytes_in + r->bytes_in,
+            .bytes_out = c->out_total,
+            .upstream = str_from(up),
+            .upstream_us = r->upstream_server ? (int64_t)r->upstream_us : -1,
+            .total_us = end - r->start_us,
+        };
+        accesslog_write(w->alog, &e);
+    }
+    c->req = NULL;
+    c->abort_fn = NULL;
+    arena_reset(c->arena);
+    wcfg_unref(w, c->wc);
+    c->wc = NULL;
+}
+
+/* The response is complete and the request fully read (or abandoned). */
+static void finish(struct conn *c)
+{
+    struct worker *w = c->w;
+    bool clean = c->req_done;
+
+    request_end(c);
+    if (c->closed) {
+        return;
+    }
+    if (!c->keep_alive || !clean || w->draining || c->close_after) {
+        c->state = CS_CLOSING;
+        if (buf_pending(&c->out) == 0) {
+            start_linger(c);
+        }
+        conn_update_io(c);
+        return;
+    }
+    c->state = CS_IDLE;
+    http_in_next(c->hin);
+    if (buf_pending(&c->in) == 0) {
+        /* Idle keep-alive: give the memory back until the next request. */
+        buf_release(&c->in);
+        arena_free(c->arena);
+        c->arena = NULL;
+        http_in_fini(c->hin);
+        free(c->hin);
+        c->hin = NULL;
+        set_timer(c, w->wc->cfg->timeouts.idle_ms);
+    }
+    conn_update_io(c);
+}
+
+void conn_response_done(struct conn *c)
+{
+    c->resp_done = true;
+    if (!c->req_done) {
+        /* The body was not read to its end: the connection cannot carry
+         * another request. */
+        c->keep_alive = false;
+    }
+    finish(c);
+    if (!c->closed && c->state == CS_IDLE && buf_pending(&c->in) > 0 && !c->in_process) {
+        conn_process(c);
+    }
+}
+
+struct str request_header(const struct request *r, struct str name, size_t *count)
+{
+    struct str v = STR_NULL;
+    size_t n = 0;
+
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (str_ieq(r->headers[i].name, name)) {
+            if (n++ == 0) {
+                v = r->headers[i].value;
+            }
+        }
+    }
+    if (count) {
+        *count = n;
+    }
+    return v;
+}
+
+void request_respond(struct request *r, int status, const char *content_type, struct str body,
+                     const char *extra_headers)
+{
+    struct conn *c = r->conn;
+    bool no_body = r->head_method || status == 204 || status == 304 || status < 200;
+    size_t before = c->out.len - c->out.off;
+
+    if (c->resp_started || c->closed) {
+        return;
+    }
+    if (!c->req_done) {
+        c->keep_alive = false;
+    }
+    c->state = CS_LOCAL;
+    c->resp_started = true;
+    r->status = status;
+    buf_printf(&c->out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    if (content_type) {
+        buf_printf(&c->out, "Content-Type: %s\r\n", content_type);
+    }
+    if (status >= 200 && status != 204 && status != 304) {
+        buf_printf(&c->out, "Content-Length: %zu\r\n", body.len);
+    }
+    buf_printf(&c->out, "X-Request-Id: %s\r\n", r->id);
+    if (extra_headers) {
+        buf_append_str(&c->out, str_from(extra_headers));
+    }
+    if (!c->keep_alive || c->w->draining) {
+        buf_append_str(&c->out, STR("Connection: close\r\n"));
+    } else if (r->http_minor == 0) {
+        buf_append_str(&c->out, STR("Connection: keep-alive\r\n"));
+    }
+    buf_append(&c->out, "\r\n", 2);
+    if (!no_body) {
+        buf_append_str(&c->out, body);
+    }
+    c->out_total += buf_pending(&c->out) - before;
+    hold(c);
+    conn_response_done(c);
+    conn_queue_out(c);
+    put(c);
+}
+
+void request_error(struct request *r, int status, const char *detail)
+{
+    struct conn *c = r->conn;
+    struct buf body = { 0 };
+    const char *ctype = NULL;
+    struct str accept = request_header(r, STR("accept"), NULL);
+    bool html = accept.p && str_contains(accept, STR("text/html"));
+
+    /* Framing errors and timeouts leave the byte stream in an unknown state:
+     * answer and close (RFC 9112 §11.2). */
+    if (status == 400 || status == 408 || status == 413 || status == 414 || status == 431 ||
+        status == 417) {
+        c->keep_alive = false;
+    }
+    pages_error(&body, &ctype, status, detail, r->id, html);
+    request_respond(r, status, ctype, (struct str){ body.p, buf_pending(&body) }, NULL);
+    buf_free(&body);
+}
+
+enum access_step access_check(struct request *r)
+{
+    if (g_access_hook) {
+        return g_access_hook(r);
+    }
+    /* Issue 2: until sign-in and policy are wired in, every route is public. */
+    return ACCESS_ALLOW;
+}
+
+void access_set_hook(access_hook_fn *fn)
+{
+    g_access_hook = fn;
+}
+
+void request_on_abort(struct request *r, request_abort_fn *fn, void *arg)
+{
+    struct conn *c = r->conn;
+    c->abort_fn = fn;
+    c->abort_arg = arg;
+}
+
+static void after_access(struct conn *c, enum access_step step)
+{
+    struct request *r = c->req;
+
+    switch (step) {
+    case ACCESS_ALLOW:
+        forward_start(c);
+        break;
+    case ACCESS_PENDING:
+        c->state = CS_PENDING;
+        set_timer(c, c->wc->cfg->timeouts.upstream_response_ms);
+        break;
+    case ACCESS_RESPOND:
+    default:
+        if (!c->resp_started) {
+            request_error(r, 403, "access denied");
+        }
+        break;
+    }
+}
+
+void request_resume(struct request *r, enum access_step step)
+{
+    struct conn *c = r->conn;
+
+    if (c->closed || c->req != r || c->state != CS_PENDING) {
+        return;
+    }
+    hold(c);
+    c->abort_fn = NULL;
+    c->state = CS_HEAD; /* not forwarding yet; after_access decides */
+    if (step == ACCESS_PENDING) {
+        step = ACCESS_RESPOND;
+    }
+    after_access(c, step);
+    if (!c->closed) {
+        conn_process(c);
+        conn_update_io(c);
+    }
+    put(c);
+}
+
+static bool valid_request_id(struct str s)
+{
+    if (s.len == 0 || s.len > REQUEST_ID_LEN) {
+        return false;
+    }
+    for (size_t i = 0; i < s.len; i++) {
+        char ch = s.p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The head is parsed: run the pipeline stages up to forwarding. */
+static void handle_head(struct conn *c)
+{
+    struct request *r = c->req;
+    const struct config *cfg = c->wc->cfg;
+    const char *reason = NULL;
+    int st = http_request_from_head(c->hin, c->in.p + c->in.off, r, &reason);
+
+    c->head_bytes_in = c->hin->pos;
+    buf_consume(&c->in, c->hin->pos);
+    http_in_rebase(c->hin);
+    c->keep_alive = r->keep_alive && !c->w->draining;
+    if (st != 0) {
+        log_emit(LOG_INFO, "http", r->id, NULL, "bad request from %s: %s", c->ip, reason);
+        request_error(r, st, reason);
+        return;
+    }
+    if (!c->ls->admin && c->ls->index < cfg->nlisteners &&
+        cfg->listeners[c->ls->index].trust_request_id) {
+        struct str in = request_header(r, STR("x-request-id"), NULL);
+        if (valid_request_id(in)) {
+            memcpy(r->id, in.p, in.len);
+            r->id[in.len] = '\0';
+        }
+    }
+    /* A request without a body is complete once its head is: let the parser
+     * reach message-complete now so the next pipelined request starts clean. */
+    if (!r->has_body) {
+        enum http_in_rc rc = http_in_feed(c->hin, c->in.p + c->in.off, 0);
+        if (rc == HTTP_IN_UPGRADE) {
+            c->upgrade_pending = true;
+        }
+        c->req_done = true;
+    }
+    c->state = CS_FORWARD; /* provisional: stages below may answer locally */
+    ev_timer_stop(c->w->loop, &c->timer);
+
+    if (c->ls->admin) {
+        admin_handle(c, r);
+        return;
+    }
+    r->route = route_match_config(cfg, r->host, r->path);
+    if (!r->route) {
+        request_error(r, 404, "no route for this host and path");
+        return;
+    }
+    /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
+     * never forwarded, even before those endpoints exist. */
+    if (str_has_prefix(r->path, STR("/.gatehouse/")) || str_eq_cstr(r->path, "/.gatehouse")) {
+        request_error(r, 404, "unknown Gatehouse endpoint");
+        return;
+    }
+    after_access(c, access_check(r));
+}
+
+int conn_on_body(void *arg, const char *p, size_t n)
+{
+    struct conn *c = arg;
+
+    if (c->req) {
+        c->req->bytes_in += n;
+    }
+    forward_body(c, p, n);
+    return 0;
+}
+
+void conn_process(struct conn *c)
+{
+    enum http_in_rc rc;
+
+    if (c->in_process || c->closed) {
+        return;
+    }
+    c->in_process = true;
+    hold(c);
+    for (;;) {
+        if (c->closed) {
+            break;
+        }
+        if (c->state == CS_IDLE) {
+            if (buf_pending(&c->in) == 0 || c->w->draining) {
+                break;
+            }
+            if (buf_pending(&c->out) >= IO_HIGH_WATER) {
+                break; /* pipelined: let earlier responses drain first */
+            }
+            begin_request(c);
+        }
+        if (c->state == CS_HEAD) {
+            rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
+            if (rc == HTTP_IN_MORE) {
+                break;
+            }
+            if (rc == HTTP_IN_ERROR || rc == HTTP_IN_DONE || rc == HTTP_IN_UPGRADE) {
+                int st = c->hin->status ? c->hin->status : 400;
+                const char *why = c->hin->reason ? c->hin->reason : "malformed request";
+                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request from %s: %s", c->ip,
+                         why);
+                c->keep_alive = false;
+                c->state = CS_FORWARD;
+                request_error(c->req, st, why);
+                continue;
+            }
+            handle_head(c);
+            continue;
+        }
+        if (c->state == CS_FORWARD && !c->req_done) {
+            if (!c->up || !upconn_body_ready(c->up)) {
+                break;
+            }
+            rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
+            buf_consume(&c->in, c->hin->pos);
+            http_in_rebase(c->hin);
+            if (c->closed) {
+                break;
+            }
+            if (rc == HTTP_IN_MORE) {
+                if (c->hin->p.error == HPE_OK) {
+                    set_timer(c, c->wc->cfg->timeouts.body_ms);
+                }
+                break;
+            }
+            if (rc == HTTP_IN_ERROR) {
+                int st = c->hin->status ? c->hin->status : 400;
+                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request body from %s: %s",
+                         c->ip, c->hin->reason ? c->hin->reason : "?");
+                c->keep_alive = false;
+                if (!c->resp_started) {
+                    forward_abort(c);
+                    request_error(c->req, st, c->hin->reason);
+                } else {
+                    conn_close(c);
+                }
+                break;
+            }
+            c->req_done = true;
+            ev_timer_stop(c->w->loop, &c->timer);
+            forward_body_end(c);
+            continue;
+        }
+        if (c->state == CS_TUNNEL) {
+            if (buf_pending(&c->in) > 0) {
+                forward_tunnel_in(c);
+            }
+            break;
+        }
+        break;
+    }
+    c->in_process = false;
+    if (!c->closed) {
+        conn_update_io(c);
+    }
+    put(c);
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void do_read(struct conn *c)
+{
+    for (int i = 0; i < 4 && !c->closed && wants_read(c); i++) {
+        size_t room = IO_READ_CHUNK;
+        if (c->state == CS_IDLE || c->state == CS_HEAD) {
+            /* Never hold more than a maximal head plus one read. */
+            size_t cap = c->w->wc->cfg->limits.header_bytes + IO_READ_CHUNK;
+            if (buf_pending(&c->in) >= cap) {
+                break;
+            }
+        }
+        buf_reserve(&c->in, room);
+        ssize_t n = sock_read(&c->s, c->in.p + c->in.len, c->in.cap - c->in.len);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            if (c->state == CS_LINGER) {
+                buf_consume(&c->in, (size_t)n);
+                continue;
+            }
+            if (c->state == CS_IDLE) {
+                ev_timer_stop(c->w->loop, &c->timer);
+            }
+            conn_process(c);
+            continue;
+        }
+        if (n == 0) {
+            c->client_eof = true;
+            switch (c->state) {
+            case CS_FORWARD:
+                if (c->req_done) {
+                    c->keep_alive = false; /* half-closed: answer, then close */
+                    break;
+                }
+                conn_close(c);
+                return;
+            case CS_TUNNEL:
+                forward_tunnel_eof(c);
+                return;
+            case CS_PENDING:
+            case CS_LOCAL:
+            case CS_CLOSING:
+                c->keep_alive = false;
+                break;
+            default:
+                conn_close(c);
+                return;
+            }
+            break;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (c->state == CS_IDLE && buf_pending(&c->in) == 0) {
+                buf_release(&c->in);
+            }
+            break;
+        }
+        conn_close(c);
+        return;
+    }
+}
+
+static void do_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->s.ssl);
+    if (r == 1) {
+        c->handshaking = false;
+        c->hs_want = 0;
+        set_timer(c, c->w->wc->cfg->timeouts.idle_ms);
+        return;
+    }
+    switch (SSL_get_error(c->s.ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        c->hs_want = EV_READ;
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        c->hs_want = EV_WRITE;
+        return;
+    default: {
+        unsigned long e = ERR_peek_error();
+        char buf[200] = "";
+        if (e) {
+            ERR_error_string_n(e, buf, sizeof buf);
+        }
+        log_emit(LOG_DEBUG, "tls", NULL, NULL, "handshake with %s failed: %s", c->ip,
+                 buf[0] ? buf : "connection closed");
+        if (c->w->mw) {
+            metrics_tls_failure(c->w->mw);
+        }
+        conn_close(c);
+    }
+    }
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, io));
+
+    (void)loop;
+    hold(c);
+    if (c->handshaking) {
+        do_handshake(c);
+        if (!c->closed && !c->handshaking) {
+            do_read(c);
+        }
+    } else {
+        if ((revents & EV_WRITE) || (c->s.wr_wants_read && (revents & EV_READ))) {
+            c->progress = false;
+            if (flush_out(c) && !c->closed && c->progress &&
+                (c->state == CS_FORWARD || c->state == CS_TUNNEL)) {
+                if (buf_pending(&c->out) < IO_HIGH_WATER) {
+                    forward_client_writable(c);
+                }
+                if (!c->closed && c->req_done) {
+                    set_timer(c, c->wc ? c->wc->cfg->timeouts.idle_ms : 60000);
+                }
+            }
+            if (!c->closed && c->state == CS_IDLE && buf_pending(&c->in) > 0) {
+                conn_process(c);
+            }
+        }
+        if (!c->closed && ((revents & EV_READ) || (c->s.rd_wants_write && (revents & EV_WRITE)))) {
+            do_read(c);
+        }
+    }
+    if (!c->closed) {
+        conn_update_io(c);
+    }
+    put(c);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
+
+    (void)loop;
+    (void)revents;
+    hold(c);
+    ev_timer_stop(c->w->loop, &c->timer);
+    switch (c->state) {
+    case CS_HEAD:
+        if (c->req && !c->handshaking) {
+            c->keep_alive = false;
+            request_error(c->req, 408, "the request head did not arrive in time");
+            break;
+        }
+        conn_close(c);
+        break;
+    case CS_FORWARD:
+        if (!c->req_done && !c->resp_started) {
+            forward_abort(c);
+            request_error(c->req, 408, "the request body stalled");
+            break;
+        }
+        conn_close(c);
+        break;
+    case CS_PENDING:
+        if (c->abort_fn) {
+            request_abort_fn *fn = c->abort_fn;
+            c->abort_fn = NULL;
+            fn(c->abort_arg);
+        }
+        c->state = CS_HEAD;
+        request_error(c->req, 503, "access check timed out");
+        break;
+    default:
+        conn_close(c);
+        break;
+    }
+    put(c);
+}
+
+void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockaddr *sa)
+{
+    struct conn *c = xcalloc(1, sizeof *c);
+    const struct config *cfg = w->wc->cfg;
+
+    c->w = w;
+    c->ls = ls;
+    c->s.fd = fd;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, c->ip, sizeof c->ip);
+        c->port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, c->ip, sizeof c->ip);
+        c->port = ntohs(in6->sin6_port);
+    }
+    c->next = w->conns;
+    if (w->conns) {
+        w->conns->prev = c;
+    }
+    w->conns = c;
+    w->nconns++;
+    if (w->mw) {
+        metrics_conn_open(w->mw);
+    }
+    ev_init(&c->io, io_cb);
+    ev_init(&c->timer, timer_cb);
+    c->state = CS_IDLE;
+    if (ls->tls && w->tls[ls->index]) {
+        c->s.ssl = SSL_new(w->tls[ls->index]);
+        SSL_set_fd(c->s.ssl, fd);
+        SSL_set_accept_state(c->s.ssl);
+        c->handshaking = true;
+        c->hs_want = EV_READ;
+        set_timer(c, cfg->timeouts.header_ms);
+    } else {
+        set_timer(c, cfg->timeouts.idle_ms);
+    }
+    if (cfg->limits.connections && w->nconns > cfg->limits.connections) {
+        log_warn("conn", "worker %u: connection limit %llu reached, refusing %s", w->id,
+                 (unsigned long long)cfg->limits.connections, c->ip);
+        conn_close(c);
+        return;
+    }
+    conn_update_io(c);
+}
+
+void conn_drain(struct conn *c)
+{
+    if (c->closed) {
+        return;
+    }
+    c->keep_alive = false;
+    if (c->state == CS_IDLE && buf_pending(&c->in) == 0) {
+        conn_close(c);
+    }
+}

@@ -1,0 +1,688 @@
+/* proxy/http.c - HTTP/1.1 framing and header rewriting for the proxy: wraps
+ * llhttp (strict) for requests from clients and responses from upstreams,
+ * adds the checks llhttp leaves to us (limits, obs-fold, control bytes, Host,
+ * absolute-form, Transfer-Encoding), and serialises the heads we send on both
+ * sides. Used by conn.c (client side) and forward.c (upstream side). */
+#include "http.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct http_in *H(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int fail(struct http_in *h, int status, const char *reason)
+{
+    if (h->status == 0) {
+        h->status = status;
+        h->reason = reason;
+    }
+    return -1;
+}
+
+static uint32_t off_of(const struct http_in *h, const char *at)
+{
+    return (uint32_t)(at - h->base);
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct http_in *h = H(p);
+
+    h->nhdr = 0;
+    h->url_off = h->url_len = 0;
+    h->status_off = h->status_len = 0;
+    h->cur = 0;
+    h->in_head = true;
+    h->body_bytes = 0;
+    h->ext_bytes = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+    uint32_t off = off_of(h, at);
+
+    if (h->url_len == 0) {
+        h->url_off = off;
+    }
+    h->url_len += (uint32_t)n;
+    if (h->url_len > h->lim.uri_bytes) {
+        return fail(h, 414, "request target too long");
+    }
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+
+    if (h->status_len == 0) {
+        h->status_off = off_of(h, at);
+    }
+    h->status_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+    uint32_t off = off_of(h, at);
+
+    if (h->cur != 1) {
+        if (h->nhdr >= h->lim.headers) {
+            return fail(h, h->p.type == HTTP_REQUEST ? 431 : 502, "too many header fields");
+        }
+        struct http_hdr_off *o = &h->hdr[h->nhdr++];
+        o->name_off = off;
+        o->name_len = 0;
+        o->value_off = off;
+        o->value_len = 0;
+        h->cur = 1;
+    }
+    h->hdr[h->nhdr - 1].name_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    H(p)->cur = 2;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+    struct http_hdr_off *o = &h->hdr[h->nhdr - 1];
+    uint32_t off = off_of(h, at);
+
+    if (o->value_len == 0) {
+        /* RFC 9112 §5.2: obs-fold is rejected. llhttp accepts it and hands the
+         * value over in pieces, so a value that does not follow the colon (after
+         * optional whitespace) continues a folded line. */
+        uint32_t k = off;
+        while (k > 0 && (h->base[k - 1] == ' ' || h->base[k - 1] == '\t')) {
+            k--;
+        }
+        if (k == 0 || h->base[k - 1] != ':') {
+            return fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "obsolete line folding");
+        }
+        o->value_off = off;
+    } else if (off != o->value_off + o->value_len) {
+        return fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "obsolete line folding");
+    }
+    o->value_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    H(p)->cur = 0;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_in *h = H(p);
+
+    h->in_head = false;
+    h->ev = 1;
+    if (h->skip_body) {
+        /* A response to HEAD: llhttp's "return 1" cannot be combined with a
+         * pause, so set the flag it would have set. */
+        p->flags |= F_SKIPBODY;
+    }
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+
+    h->body_bytes += n;
+    if (h->lim.body_bytes && h->body_bytes > h->lim.body_bytes) {
+        return fail(h, h->p.type == HTTP_REQUEST ? 413 : 502, "body too large");
+    }
+    if (h->on_body && h->on_body(h->arg, at, n) != 0) {
+        return fail(h, 502, "body sink failed");
+    }
+    return 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    H(p)->ext_bytes = 0;
+    return 0;
+}
+
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_in *h = H(p);
+
+    (void)at;
+    /* llhttp 8.1 does not bound chunk extensions; a stream of them would
+     * otherwise cost CPU without ever producing body bytes. */
+    h->ext_bytes += (uint32_t)n;
+    if (h->ext_bytes > 256) {
+        return fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "chunk extension too long");
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    /* Upgrade: let llhttp stop with HPE_PAUSED_UPGRADE at the first tunnel byte. */
+    H(p)->ev = 2;
+    if (p->upgrade) {
+        return 0;
+    }
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t g_settings;
+static int g_settings_ready;
+
+static const llhttp_settings_t *settings(void)
+{
+    /* Written identically by any thread that gets here first; the values never
+     * change, so the race is benign, but avoid it anyway with a check. */
+    if (!__atomic_load_n(&g_settings_ready, __ATOMIC_ACQUIRE)) {
+        llhttp_settings_t s;
+        llhttp_settings_init(&s);
+        s.on_message_begin = on_message_begin;
+        s.on_url = on_url;
+        s.on_status = on_status;
+        s.on_header_field = on_header_field;
+        s.on_header_field_complete = on_header_field_complete;
+        s.on_header_value = on_header_value;
+        s.on_header_value_complete = on_header_value_complete;
+        s.on_headers_complete = on_headers_complete;
+        s.on_body = on_body;
+        s.on_chunk_header = on_chunk_header;
+        s.on_chunk_extension_name = on_chunk_ext;
+        s.on_chunk_extension_value = on_chunk_ext;
+        s.on_message_complete = on_message_complete;
+        g_settings = s;
+        __atomic_store_n(&g_settings_ready, 1, __ATOMIC_RELEASE);
+    }
+    return &g_settings;
+}
+
+void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_limits *lim,
+                  http_body_fn *on_body_cb, void *arg)
+{
+    memset(h, 0, sizeof *h);
+    h->lim = *lim;
+    if (h->lim.headers == 0) {
+        h->lim.headers = 100;
+    }
+    h->on_body = on_body_cb;
+    h->arg = arg;
+    h->hdr = xcalloc(h->lim.headers, sizeof *h->hdr);
+    llhttp_init(&h->p, type, settings());
+    h->p.data = h;
+}
+
+void http_in_fini(struct http_in *h)
+{
+    free(h->hdr);
+    h->hdr = NULL;
+}
+
+void http_in_next(struct http_in *h)
+{
+    h->pos = 0;
+    h->nhdr = 0;
+    h->in_head = false;
+    h->status = 0;
+    h->reason = NULL;
+    h->skip_body = false;
+}
+
+enum http_in_rc http_in_feed(struct http_in *h, const char *base, size_t avail)
+{
+    enum llhttp_errno rc;
+
+    h->base = base;
+    h->ev = 0;
+    if (h->pos > avail) {
+        return HTTP_IN_MORE;
+    }
+    rc = llhttp_execute(&h->p, base + h->pos, avail - h->pos);
+    if (rc == HPE_OK) {
+        h->pos = avail;
+        if (h->in_head && h->pos > h->lim.header_bytes) {
+            fail(h, h->p.type == HTTP_REQUEST ? 431 : 502, "header section too large");
+            return HTTP_IN_ERROR;
+        }
+        return HTTP_IN_MORE;
+    }
+    if (rc == HPE_PAUSED || rc == HPE_PAUSED_UPGRADE) {
+        h->pos = (size_t)(llhttp_get_error_pos(&h->p) - base);
+        if (rc == HPE_PAUSED_UPGRADE) {
+            return HTTP_IN_UPGRADE;
+        }
+        llhttp_resume(&h->p);
+        if (h->ev == 1) {
+            if (h->pos > h->lim.header_bytes) {
+                fail(h, h->p.type == HTTP_REQUEST ? 431 : 502, "header section too large");
+                return HTTP_IN_ERROR;
+            }
+            return HTTP_IN_HEAD;
+        }
+        return HTTP_IN_DONE;
+    }
+    if (h->status == 0) {
+        h->status = h->p.type == HTTP_REQUEST ? 400 : 502;
+        h->reason = llhttp_get_error_reason(&h->p);
+        if (!h->reason) {
+            h->reason = llhttp_errno_name(rc);
+        }
+    }
+    return HTTP_IN_ERROR;
+}
+
+enum http_in_rc http_in_eof(struct http_in *h)
+{
+    enum llhttp_errno rc = llhttp_finish(&h->p);
+
+    if (rc == HPE_OK || rc == HPE_PAUSED) {
+        return HTTP_IN_DONE;
+    }
+    fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "connection closed mid-message");
+    return HTTP_IN_ERROR;
+}
+
+struct str http_in_name(const struct http_in *h, const char *base, size_t i)
+{
+    return (struct str){ base + h->hdr[i].name_off, h->hdr[i].name_len };
+}
+
+struct str http_in_value(const struct http_in *h, const char *base, size_t i)
+{
+    return str_trim((struct str){ base + h->hdr[i].value_off, h->hdr[i].value_len });
+}
+
+static bool valid_host(struct str s)
+{
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("-._~:[]%!$&'()*+,;=", c))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static struct str dup_str(struct arena *a, struct str s)
+{
+    char *p = arena_strndup(a, s.p ? s.p : "", s.len);
+    return p ? (struct str){ p, s.len } : STR_NULL;
+}
+
+int http_request_from_head(const struct http_in *h, const char *base, struct request *r,
+                           const char **reason)
+{
+    const llhttp_t *p = &h->p;
+    struct str url = { base + h->url_off, h->url_len };
+    struct str host = STR_NULL, te = STR_NULL, expect = STR_NULL;
+    size_t nhost = 0, nte = 0, nexpect = 0;
+
+#define BAD(st, why)                                                                               \
+    do {                                                                                           \
+        *reason = (why);                                                                           \
+        return (st);                                                                               \
+    } while (0)
+
+    if (p->http_major != 1 || p->http_minor > 1) {
+        BAD(400, "unsupported HTTP version");
+    }
+    if (p->method == HTTP_CONNECT) {
+        BAD(400, "CONNECT is not supported");
+    }
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    r->method = str_from(llhttp_method_name((llhttp_method_t)p->method));
+    r->head_method = p->method == HTTP_HEAD;
+
+    r->headers = arena_alloc(r->arena, (h->nhdr ? h->nhdr : 1) * sizeof *r->headers);
+    if (!r->headers) {
+        BAD(431, "header section too large");
+    }
+    r->nheaders = 0;
+    for (size_t i = 0; i < h->nhdr; i++) {
+        struct str name = http_in_name(h, base, i);
+        struct str value = http_in_value(h, base, i);
+        for (size_t k = 0; k < value.len; k++) {
+            unsigned char c = (unsigned char)value.p[k];
+            /* RFC 9110 §5.5: CR, LF and NUL are never valid in a field value;
+             * other controls are refused too, as a backend may split on them. */
+            if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                BAD(400, "control character in header value");
+            }
+        }
+        struct header *hd = &r->headers[r->nheaders++];
+        hd->name = dup_str(r->arena, name);
+        hd->value = dup_str(r->arena, value);
+        if (!hd->name.p || !hd->value.p) {
+            BAD(431, "header section too large");
+        }
+        if (str_ieq_cstr(name, "host")) {
+            host = hd->value;
+            nhost++;
+        } else if (str_ieq_cstr(name, "transfer-encoding")) {
+            te = value;
+            nte++;
+        } else if (str_ieq_cstr(name, "expect")) {
+            expect = value;
+            nexpect++;
+        }
+    }
+    if (nhost > 1) {
+        BAD(400, "duplicate Host header");
+    }
+    if (nhost == 0 && r->http_minor == 1) {
+        BAD(400, "missing Host header");
+    }
+    if (nhost == 1 && (!valid_host(host) || (host.len == 0 && r->http_minor == 1))) {
+        BAD(400, "invalid Host header");
+    }
+    /* RFC 9112 §6.1: only a final "chunked" frames a request; anything else
+     * (other codings, lists, repeats, or any TE in HTTP/1.0) is ambiguous for
+     * some backend and is refused rather than normalised. */
+    if (nte > 0 && (nte > 1 || !str_ieq_cstr(te, "chunked") || r->http_minor == 0)) {
+        BAD(400, "unsupported Transfer-Encoding");
+    }
+    if (nexpect > 0) {
+        if (nexpect > 1 || !str_ieq_cstr(expect, "100-continue")) {
+            BAD(417, "unsupported Expect");
+        }
+        r->expect_continue = r->http_minor == 1;
+    }
+
+    /* Target: origin-form, asterisk-form for OPTIONS, or absolute-form whose
+     * authority must be the Host (RFC 9112 §3.2.2), never a second opinion. */
+    if (url.len == 0) {
+        BAD(400, "empty request target");
+    }
+    for (size_t k = 0; k < url.len; k++) {
+        if (url.p[k] == '#') {
+            BAD(400, "fragment in request target");
+        }
+    }
+    if (url.p[0] == '/') {
+        r->target = dup_str(r->arena, url);
+    } else if (url.len == 1 && url.p[0] == '*' && p->method == HTTP_OPTIONS) {
+        r->target = dup_str(r->arena, url);
+    } else {
+        size_t skip;
+        if (url.len > 7 && strncasecmp(url.p, "http://", 7) == 0) {
+            skip = 7;
+        } else if (url.len > 8 && strncasecmp(url.p, "https://", 8) == 0) {
+            skip = 8;
+        } else {
+            BAD(400, "invalid request target");
+        }
+        size_t e = skip;
+        while (e < url.len && url.p[e] != '/' && url.p[e] != '?') {
+            e++;
+        }
+        struct str auth = { url.p + skip, e - skip };
+        if (auth.len == 0 || !valid_host(auth) || memchr(auth.p, '@', auth.len)) {
+            BAD(400, "invalid authority in request target");
+        }
+        if (nhost == 1 && !str_ieq(auth, host)) {
+            BAD(400, "absolute-form target names another host");
+        }
+        if (nhost == 0) {
+            host = dup_str(r->arena, auth);
+        }
+        if (e == url.len) {
+            r->target = dup_str(r->arena, STR("/"));
+        } else if (url.p[e] == '?') {
+            char *t = arena_printf(r->arena, "/%.*s", (int)(url.len - e), url.p + e);
+            r->target = t ? (struct str){ t, url.len - e + 1 } : STR_NULL;
+        } else {
+            r->target = dup_str(r->arena, (struct str){ url.p + e, url.len - e });
+        }
+    }
+    if (!r->target.p) {
+        BAD(431, "header section too large");
+    }
+    r->host = host.p ? host : STR("");
+    const char *q = memchr(r->target.p, '?', r->target.len);
+    if (q) {
+        r->path = (struct str){ r->target.p, (size_t)(q - r->target.p) };
+        r->query = (struct str){ q + 1, r->target.len - r->path.len - 1 };
+    } else {
+        r->path = r->target;
+        r->query = STR("");
+    }
+
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    r->content_length = r->has_content_length ? p->content_length : 0;
+    r->has_body = r->chunked || r->content_length > 0;
+    if (!r->chunked && h->lim.body_bytes && r->content_length > h->lim.body_bytes) {
+        BAD(413, "body too large");
+    }
+    r->upgrade = p->upgrade != 0;
+    r->keep_alive = llhttp_should_keep_alive(p) != 0;
+    return 0;
+#undef BAD
+}
+
+bool http_is_hop_by_hop(struct str n)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+        "upgrade", "proxy-authenticate", "proxy-authorization",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (str_ieq_cstr(n, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool http_list_has(struct str list, struct str token)
+{
+    size_t i = 0;
+
+    while (i < list.len) {
+        size_t s = i;
+        while (i < list.len && list.p[i] != ',') {
+            i++;
+        }
+        if (str_ieq(str_trim((struct str){ list.p + s, i - s }), token)) {
+            return true;
+        }
+        i++;
+    }
+    return false;
+}
+
+/* Whether any Connection header among hdrs names `name`. */
+static bool connection_names(const struct header *hdrs, size_t n, struct str name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (str_ieq_cstr(hdrs[i].name, "connection") && http_list_has(hdrs[i].value, name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool has_prefix_ci(struct str s, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return s.len >= n && strncasecmp(s.p, prefix, n) == 0;
+}
+
+void http_format_upstream_request(struct buf *out, const struct request *r,
+                                  const struct http_fwd_opts *o)
+{
+    struct str upgrade = STR_NULL;
+    bool xff_seen = false;
+
+    buf_printf(out, "%.*s %.*s HTTP/1.1\r\n", (int)r->method.len, r->method.p,
+               (int)r->target.len, r->target.p);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        struct str n = r->headers[i].name;
+        if (str_ieq_cstr(n, "upgrade")) {
+            upgrade = r->headers[i].value;
+        }
+        if (http_is_hop_by_hop(n) || str_ieq_cstr(n, "content-length") ||
+            str_ieq_cstr(n, "expect") || str_ieq_cstr(n, "x-forwarded-for") ||
+            str_ieq_cstr(n, "x-forwarded-proto") || str_ieq_cstr(n, "x-forwarded-host") ||
+            str_ieq_cstr(n, "x-request-id") || connection_names(r->headers, r->nheaders, n)) {
+            continue;
+        }
+        bool strip = false;
+        for (const char *const *pp = o->strip_prefixes; pp && *pp; pp++) {
+            if (has_prefix_ci(n, *pp)) {
+                strip = true;
+            }
+        }
+        if (strip) {
+            continue;
+        }
+        buf_append_str(out, n);
+        buf_append(out, ": ", 2);
+        buf_append_str(out, r->headers[i].value);
+        buf_append(out, "\r\n", 2);
+    }
+    if (r->chunked) {
+        buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
+    } else if (r->has_content_length) {
+        buf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+    }
+    buf_append_str(out, STR("X-Forwarded-For: "));
+    if (o->trust_forwarded) {
+        for (size_t i = 0; i < r->nheaders; i++) {
+            if (str_ieq_cstr(r->headers[i].name, "x-forwarded-for") &&
+                !connection_names(r->headers, r->nheaders, r->headers[i].name) &&
+                r->headers[i].value.len > 0) {
+                buf_append_str(out, r->headers[i].value);
+                buf_append(out, ", ", 2);
+                xff_seen = true;
+            }
+        }
+    }
+    (void)xff_seen;
+    buf_printf(out, "%s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %.*s\r\n", r->client_ip,
+               r->scheme ? r->scheme : "http", (int)r->host.len, r->host.p);
+    buf_printf(out, "X-Request-Id: %s\r\nVia: %d.%d %s\r\n", r->id, r->http_major, r->http_minor,
+               o->via ? o->via : "gatehouse");
+    if (r->upgrade && o->websocket && upgrade.p) {
+        buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
+        buf_append_str(out, upgrade);
+        buf_append(out, "\r\n", 2);
+    }
+    buf_append(out, "\r\n", 2);
+}
+
+void http_format_response(struct buf *out, const struct http_in *h, const char *base,
+                          struct http_resp_opts *o)
+{
+    const llhttp_t *p = &h->p;
+    int status = p->status_code;
+    bool interim = status >= 100 && status < 200;
+    bool no_body = interim || status == 204 || status == 304 || o->head_method;
+    struct str reason = { base + h->status_off, h->status_len };
+    struct str upgrade = STR_NULL;
+
+    if (reason.len == 0) {
+        reason = str_from(http_reason(status));
+    }
+    o->chunk_to_client = false;
+    o->close_after = false;
+    buf_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)reason.len, reason.p);
+    for (size_t i = 0; i < h->nhdr; i++) {
+        struct str n = http_in_name(h, base, i);
+        bool named = false;
+        if (str_ieq_cstr(n, "upgrade")) {
+            upgrade = http_in_value(h, base, i);
+        }
+        for (size_t k = 0; k < h->nhdr && !named; k++) {
+            if (str_ieq_cstr(http_in_name(h, base, k), "connection") &&
+                http_list_has(http_in_value(h, base, k), n)) {
+                named = true;
+            }
+        }
+        if (named || http_is_hop_by_hop(n) || str_ieq_cstr(n, "content-length") ||
+            str_ieq_cstr(n, "x-request-id")) {
+            continue;
+        }
+        buf_append_str(out, n);
+        buf_append(out, ": ", 2);
+        buf_append_str(out, http_in_value(h, base, i));
+        buf_append(out, "\r\n", 2);
+    }
+    if (status == 101) {
+        buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
+        buf_append_str(out, upgrade);
+        buf_append(out, "\r\n", 2);
+    } else if (!interim) {
+        if (no_body) {
+            /* HEAD and 304 keep the representation's length; 204 has none. */
+            if ((o->head_method || status == 304) && (p->flags & F_CONTENT_LENGTH) &&
+                !(p->flags & F_CHUNKED)) {
+                buf_printf(out, "Content-Length: %llu\r\n",
+                           (unsigned long long)p->content_length);
+            }
+        } else if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENT_LENGTH)) {
+            buf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+        } else if (o->client_minor >= 1) {
+            buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
+            o->chunk_to_client = true;
+        } else {
+            o->close_after = true;
+        }
+        if (!o->keep_alive || o->close_after) {
+            buf_append_str(out, STR("Connection: close\r\n"));
+        } else if (o->client_minor == 0) {
+            buf_append_str(out, STR("Connection: keep-alive\r\n"));
+        }
+    }
+    buf_printf(out, "Via: 1.1 %s\r\n", o->via ? o->via : "gatehouse");
+    if (o->request_id && !interim) {
+        buf_printf(out, "X-Request-Id: %s\r\n", o->request_id);
+    }
+    buf_append(out, "\r\n", 2);
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,229 @@
+/* proxy/io.h - private to src/proxy: the worker, client connection and
+ * upstream connection structures shared by worker.c, conn.c, forward.c,
+ * tls.c, admin.c and serve.c. Nothing outside src/proxy includes this. */
+#ifndef GH_PROXY_IO_H
+#define GH_PROXY_IO_H
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+#include <openssl/ssl.h>
+
+#include "balance.h"
+#include "buf.h"
+#include "config.h"
+#include "http.h"
+#include "request.h"
+
+struct accesslog;
+struct fetcher;
+struct metrics;
+struct metrics_worker;
+struct worker;
+
+/* Back-pressure bound: stop reading one side while the other side's
+ * unsent bytes exceed this. */
+#define IO_HIGH_WATER (64 * 1024)
+/* Bytes read per read() call. */
+#define IO_READ_CHUNK (16 * 1024)
+
+/* A socket, plain or TLS. */
+struct sock {
+    int fd;
+    SSL *ssl;
+    bool rd_wants_write; /* the last SSL read needs the socket writable */
+    bool wr_wants_read;  /* the last SSL write needs the socket readable */
+};
+
+/* Returns bytes read, 0 on EOF, -1 with errno EAGAIN when it would block,
+ * -1 with another errno on error. */
+ssize_t sock_read(struct sock *s, char *p, size_t n);
+/* Returns bytes written (> 0) or -1 (errno EAGAIN when it would block). */
+ssize_t sock_write(struct sock *s, const char *p, size_t n);
+/* Whether decrypted bytes wait inside the TLS layer (invisible to epoll). */
+bool sock_has_pending(const struct sock *s);
+
+/* A listening socket of one worker. */
+struct lsock {
+    ev_io io;
+    struct worker *w;
+    int fd;
+    size_t index;   /* in cfg->listeners; SIZE_MAX for the admin listener */
+    bool admin;
+    bool tls;
+};
+
+/* A config snapshot as adopted by one worker, with that worker's balancers
+ * (one per route) and resolved upstream addresses. Worker-local refcount:
+ * requests started on it keep it until they end. */
+struct upaddr {
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    bool ok;
+};
+
+struct wcfg {
+    struct config *cfg;
+    struct balancer **bal;     /* [cfg->nroutes] */
+    struct upaddr **addr;      /* [cfg->nroutes][nservers] */
+    struct pool ***pools;      /* [cfg->nroutes][nservers] */
+    unsigned refs;             /* the worker's own + requests in flight */
+    struct wcfg *next;         /* retired list */
+    struct worker *w;
+    ev_timer health;           /* active checks */
+    bool health_on;
+};
+
+/* Keep-alive pool for one upstream server (per worker, keyed by URL and CA). */
+struct upconn;
+struct pool {
+    char *key;
+    struct upconn *idle;       /* LIFO */
+    uint32_t nidle;
+    struct pool *next;
+};
+
+enum conn_state {
+    CS_IDLE = 0,   /* no request bytes yet (new or keep-alive) */
+    CS_HEAD,       /* reading a request head */
+    CS_PENDING,    /* access check suspended */
+    CS_FORWARD,    /* forwarding: body up, response down */
+    CS_LOCAL,      /* a local response is being sent */
+    CS_TUNNEL,     /* after 101: raw bytes both ways */
+    CS_CLOSING,    /* flushing, then close */
+    CS_LINGER,     /* output done, write side shut: drop input until EOF or timeout */
+};
+
+struct conn {
+    struct worker *w;
+    struct lsock *ls;
+    struct sock s;
+    ev_io io;
+    ev_timer timer;
+    int io_events;             /* what io currently watches */
+    enum conn_state state;
+    int refs;                  /* callbacks on the stack; freed at 0 once closed */
+    bool closed;
+    bool progress;             /* the last flush wrote something */
+    int hs_want;               /* events the TLS handshake waits for */
+    bool upgrade_pending;      /* the request asked for an Upgrade and has no body */
+    bool handshaking;          /* TLS handshake in progress */
+    bool req_done;             /* the request (and body) was fully read */
+    bool resp_done;            /* the response was fully queued */
+    bool resp_started;         /* a response head was queued */
+    bool keep_alive;
+    bool client_eof;
+    bool in_process;           /* re-entrancy guard */
+    bool chunk_body_up;        /* re-chunk the request body to the upstream */
+    bool chunk_to_client;      /* re-chunk the response body to the client */
+    bool close_after;          /* response is close-delimited */
+    struct buf in, out;
+    struct http_in *hin;       /* lazily allocated */
+    struct arena *arena;       /* lazily allocated, reset per request */
+    struct request *req;       /* in arena */
+    struct wcfg *wc;           /* snapshot the current request runs on */
+    struct upconn *up;
+    request_abort_fn *abort_fn;
+    void *abort_arg;
+    struct balance_exclude ex; /* servers this request already tried */
+    unsigned tries;
+    int last_server;
+    bool retry_same;           /* retry the last server (stale pooled connection) */
+    uint64_t head_bytes_in;
+    uint64_t out_total;        /* bytes queued to the client for this request */
+    char ip[64];
+    uint16_t port;
+    struct conn *prev, *next;  /* worker's list */
+};
+
+struct worker {
+    unsigned id;
+    pthread_t th;
+    struct ev_loop *loop;
+    struct wcfg *wc;                 /* current */
+    struct wcfg *retired;            /* still used by in-flight requests */
+    _Atomic(struct config *) next_cfg; /* handed over by the main thread */
+    ev_async wake;
+    atomic_bool stop;                /* drain requested */
+    bool draining;
+    struct lsock *ls;                /* [nls] */
+    size_t nls;
+    SSL_CTX **tls;                   /* per listener index, NULL for plain */
+    struct conn *conns;
+    uint64_t nconns;
+    struct pool *pools;
+    SSL_CTX *up_ctx_default;         /* upstream TLS, system CA bundle */
+    struct upctx { char *ca; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
+    struct accesslog *alog;
+    struct metrics_worker *mw;
+    struct fetcher *fetch;
+    ev_timer tick;                   /* 1 s: access-log flush, drain check */
+    uint64_t drain_deadline_ms;
+    uint64_t rng[2];
+    atomic_int ready;                /* 1 once listening, -1 on failure */
+};
+
+/* Process-wide state shared with the main thread (serve.c). */
+struct io_global {
+    struct metrics *metrics;
+    struct worker *workers;
+    unsigned nworkers;
+    atomic_bool draining;
+    const char *access_log; /* target at startup */
+};
+extern struct io_global io_g;
+
+/* worker.c */
+int worker_start(struct worker *w, struct config *cfg, struct err *err);
+void worker_adopt(struct worker *w, struct config *cfg); /* on the worker's loop */
+void wcfg_unref(struct worker *w, struct wcfg *wc);
+uint64_t worker_now_ms(struct worker *w);
+void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN + 1]);
+int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *err);
+
+/* conn.c */
+void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockaddr *sa);
+void conn_update_io(struct conn *c);
+void conn_process(struct conn *c);
+void conn_close(struct conn *c);
+void conn_response_done(struct conn *c);   /* the response was fully queued */
+void conn_abort(struct conn *c);           /* drop the connection now */
+void conn_drain(struct conn *c);           /* SIGTERM: close if idle, else after this request */
+void conn_queue_out(struct conn *c);       /* out changed: try to write */
+void conn_hold(struct conn *c);            /* keep c allocated across a callback */
+void conn_put(struct conn *c);
+int conn_on_body(void *arg, const char *p, size_t n);
+
+/* forward.c */
+void forward_start(struct conn *c);
+void forward_body(struct conn *c, const char *p, size_t n); /* request body bytes */
+void forward_body_end(struct conn *c);
+void forward_client_writable(struct conn *c); /* client out drained below the mark */
+void forward_tunnel_in(struct conn *c);       /* client bytes while tunnelling */
+void forward_abort(struct conn *c);           /* client gone: drop the upstream side */
+void forward_tunnel_eof(struct conn *c);      /* client closed while tunnelling */
+bool upconn_body_ready(const struct upconn *u); /* may take request body bytes now */
+void pool_close_all(struct worker *w);
+void health_start(struct worker *w, struct wcfg *wc);
+void health_stop(struct worker *w, struct wcfg *wc);
+
+/* tls.c */
+SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err);
+void tls_server_ctx_free(SSL_CTX *ctx);
+SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err);
+
+/* admin.c */
+void admin_handle(struct conn *c, struct request *r);
+
+/* pages.c */
+void pages_error(struct buf *body, const char **ctype, int status, const char *detail,
+                 const char *request_id, bool html);
+
+#endif

@@ -1,0 +1,114 @@
+/* proxy/request.h - the protocol-neutral request every pipeline stage sees:
+ * parse head -> limits -> route match -> reserved paths (/.gatehouse/ *) ->
+ * access check -> forward. HTTP/1 specifics stay in http.c and conn.c, so a
+ * second front protocol (HTTP/2) only has to fill this struct and implement
+ * request_respond(). Everything a request points to lives in its arena, which
+ * request_end() frees in one place. */
+#ifndef GH_PROXY_REQUEST_H
+#define GH_PROXY_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/x509.h>
+
+#include "../core/core.h"
+
+struct config;
+struct route_conf;
+struct upstream_server;
+
+struct header {
+    struct str name;  /* arena-owned, as received (case kept) */
+    struct str value; /* arena-owned, leading/trailing whitespace removed */
+};
+
+#define REQUEST_ID_LEN 64
+
+struct request {
+    /* public, read-only for the stages */
+    struct arena *arena;          /* per-request, capped; freed by request_end() */
+    struct config *cfg;           /* snapshot held (config_ref) for the request's life */
+    const struct route_conf *route; /* borrowed from cfg; NULL until routed */
+    struct str method;            /* "GET" */
+    struct str target;            /* as sent on the wire to the upstream (origin-form) */
+    struct str path;              /* target up to '?' */
+    struct str query;             /* after '?', without it; empty when none */
+    struct str host;              /* Host header value (or the absolute-form authority) */
+    struct header *headers;       /* arena-owned array */
+    size_t nheaders;
+    int http_major, http_minor;
+    const char *scheme;           /* "http" or "https" */
+    char client_ip[64];           /* text form */
+    uint16_t client_port;
+    X509 *peer_cert;              /* TLS client certificate (borrowed from the connection), or NULL */
+    const char *sni;              /* TLS server name (borrowed), or NULL */
+    char id[REQUEST_ID_LEN + 1];  /* X-Request-Id: generated, or the trusted incoming one */
+    uint64_t start_us;            /* monotonic start time */
+    /* framing of the request body (from the HTTP layer) */
+    bool has_body;
+    bool chunked;
+    uint64_t content_length;      /* valid when has_content_length */
+    bool has_content_length;      /* a Content-Length header was sent (even 0) */
+    bool expect_continue;         /* "Expect: 100-continue" */
+    bool upgrade;                 /* Upgrade + Connection: upgrade (WebSocket) */
+    bool keep_alive;              /* the client wants to keep the connection */
+    bool head_method;             /* HEAD: responses carry no body */
+    /* accounting (filled as the request runs; read at request end) */
+    int status;                   /* status sent to the client, 0 before any */
+    uint64_t bytes_in, bytes_out; /* body bytes from/to the client */
+    const struct upstream_server *upstream_server; /* server used (borrowed from cfg), or NULL */
+    uint64_t upstream_us;         /* time to the upstream's response head */
+    /* private to the front protocol */
+    void *conn;
+};
+
+/* Looks up a header by name (ASCII case-insensitive). Returns the first value
+ * or STR_NULL; *count (may be NULL) receives the number of occurrences. */
+struct str request_header(const struct request *r, struct str name, size_t *count);
+
+/* Sends a complete local response (error pages, reserved paths, authn/policy
+ * answers) and ends the request. content_type may be NULL (no body type);
+ * extra_headers: NULL or preformatted "Name: value\r\n" lines. The request id
+ * is always sent as X-Request-Id. Must be called on the request's worker loop,
+ * at most once, and not after forwarding started. */
+void request_respond(struct request *r, int status, const char *content_type, struct str body,
+                     const char *extra_headers);
+
+/* Sends the standard error page for status (400, 403, 404, 408, 413, 414, 431,
+ * 502, 503, 504...): HTML when the client accepts text/html, JSON otherwise,
+ * both carrying the request id. detail (may be NULL) is a short, non-secret
+ * explanation. */
+void request_error(struct request *r, int status, const char *detail);
+
+/* Access decision for a routed request. ACCESS_RESPOND is 0 so that an
+ * uninitialised result never lets a request through (fail closed). */
+enum access_step {
+    ACCESS_RESPOND = 0, /* a local response was sent (or must be: 403 if none was) */
+    ACCESS_ALLOW,       /* forward to the upstream */
+    ACCESS_PENDING,     /* suspended: someone calls request_resume() later on this loop */
+};
+
+/* The access stage: sign-in and policy plug in here. Today every route behaves
+ * as public: true (issue 2) unless a hook is installed. */
+enum access_step access_check(struct request *r);
+
+/* A replaceable access stage (the authn/policy wiring, and tests that need a
+ * PENDING step). NULL restores the default. Set before workers start. */
+typedef enum access_step access_hook_fn(struct request *r);
+void access_set_hook(access_hook_fn *fn);
+
+/* Continues a request suspended by ACCESS_PENDING with the final step
+ * (ACCESS_ALLOW forwards; ACCESS_RESPOND means a response was sent or a 403 is
+ * due). Must run on the request's worker loop. If the client went away in the
+ * meantime, the request was already ended and must not be resumed: the
+ * suspending code is told through request_on_abort(). */
+void request_resume(struct request *r, enum access_step step);
+
+/* Registers fn(arg) to run if a suspended request is aborted (client closed,
+ * timeout, shutdown) before request_resume(); one per request. */
+typedef void request_abort_fn(void *arg);
+void request_on_abort(struct request *r, request_abort_fn *fn, void *arg);
+
+#endif
