@@ -1,0 +1,1133 @@
+/* authn/session.c - the session store behind the session cookie. Reads on the
+ * request path hit a striped-lock hash table only; a writer thread owns the
+ * SQLite connection and, every 500 ms, writes queued inserts/updates/deletes
+ * and batched last-seen times in one transaction, applies revocations recorded
+ * by other processes, and purges expired sessions. Refresh tokens and ID
+ * tokens are sealed with AES-256-GCM before they reach the disk. */
+#include "session.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+
+#include "codec.h"
+#include "keys.h"
+
+#define NBUCKETS 16384
+#define NSTRIPES 64
+#define WRITER_PERIOD_MS 500
+#define PURGE_PERIOD_MS 60000
+#define TOUCH_GRANULARITY_MS 1000
+
+struct sess {
+    unsigned char h[32];
+    char *user_key, *email, *name, *groups, *claims, *idp, *sid;
+    char *refresh_token; /* plaintext in memory only */
+    char *id_token;
+    int64_t created_ms, last_seen_ms, expires_ms, token_exp_s;
+    int64_t flushed_last_seen_ms;
+    bool refresh_in_flight;
+    struct sess *next;
+};
+
+enum op_kind { OP_INSERT, OP_UPDATE, OP_DELETE };
+
+struct op {
+    enum op_kind kind;
+    struct sess *rec; /* a private copy: the writer never reads live cache entries */
+    struct op *next;
+};
+
+struct session_store {
+    struct session_conf conf;
+    unsigned char key[32];
+    sqlite3 *db;                 /* writer thread only, after open */
+    pthread_mutex_t stripe[NSTRIPES];
+    struct sess *bucket[NBUCKETS];
+
+    pthread_mutex_t qmu;         /* guards the op queue and the flags below */
+    pthread_cond_t qcv;
+    struct op *qhead, **qtail;
+    bool stop;
+    pthread_t writer;
+    bool writer_started;
+    pthread_mutex_t dbmu;        /* serialises writer cycles with session_store_sync */
+    int64_t revocation_seq;
+    int64_t last_purge_ms;
+};
+
+static int64_t now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- configuration ---------------------------------------------------- */
+
+static const char *const session_keys[] = { "cookie", "idle_timeout", "max_lifetime", "refresh",
+                                            "refresh_before", "key_file", NULL };
+
+bool session_conf_parse(struct conf_diag *d, const struct conf_node *n, const char *conf_file,
+                        struct session_conf *out)
+{
+    size_t before = d->count;
+    const char *cookie = "gatehouse_session";
+    const char *key_file = NULL;
+
+    memset(out, 0, sizeof *out);
+    out->idle_timeout_ms = 8 * 3600 * 1000ULL;
+    out->max_lifetime_ms = 24 * 3600 * 1000ULL;
+    out->refresh_before_ms = 60000;
+    if (n != NULL && conf_check_keys(d, n, "session", session_keys)) {
+        conf_string(d, n, "cookie", &cookie);
+        conf_duration_ms(d, n, "idle_timeout", 1000, 365ULL * 86400000, &out->idle_timeout_ms);
+        conf_duration_ms(d, n, "max_lifetime", 1000, 365ULL * 86400000, &out->max_lifetime_ms);
+        conf_bool(d, n, "refresh", &out->refresh);
+        conf_duration_ms(d, n, "refresh_before", 0, 86400000, &out->refresh_before_ms);
+        conf_string(d, n, "key_file", &key_file);
+        /* RFC 6265 token characters only, and room for the __Host- prefix. */
+        size_t len = strlen(cookie);
+        bool ok = len > 0 && len <= 64;
+        for (size_t i = 0; ok && i < len; i++) {
+            char c = cookie[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '-' || c == '.';
+        }
+        if (!ok) {
+            conf_error(d, conf_get(n, "cookie"),
+                       "\"cookie\" must be 1-64 letters, digits, '_', '-' or '.', got \"%s\"",
+                       cookie);
+        }
+    }
+    out->cookie_name = xstrdup(cookie);
+    if (key_file != NULL) {
+        out->key_file = conf_path_resolve(conf_file, key_file);
+    }
+    return d->count == before;
+}
+
+void session_conf_fini(struct session_conf *c)
+{
+    free(c->cookie_name);
+    free(c->key_file);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+static char *dupn(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void wipe_free(char *s)
+{
+    if (s != NULL) {
+        OPENSSL_cleanse(s, strlen(s));
+        free(s);
+    }
+}
+
+static void sess_free(struct sess *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    free(e->user_key);
+    free(e->email);
+    free(e->name);
+    free(e->groups);
+    free(e->claims);
+    free(e->idp);
+    free(e->sid);
+    wipe_free(e->refresh_token);
+    wipe_free(e->id_token);
+    free(e);
+}
+
+static struct sess *sess_copy(const struct sess *e)
+{
+    struct sess *c = xcalloc(1, sizeof *c);
+    memcpy(c->h, e->h, sizeof c->h);
+    c->user_key = dupn(e->user_key);
+    c->email = dupn(e->email);
+    c->name = dupn(e->name);
+    c->groups = dupn(e->groups);
+    c->claims = dupn(e->claims);
+    c->idp = dupn(e->idp);
+    c->sid = dupn(e->sid);
+    c->refresh_token = dupn(e->refresh_token);
+    c->id_token = dupn(e->id_token);
+    c->created_ms = e->created_ms;
+    c->last_seen_ms = e->last_seen_ms;
+    c->expires_ms = e->expires_ms;
+    c->token_exp_s = e->token_exp_s;
+    return c;
+}
+
+static size_t bucket_of(const unsigned char h[32])
+{
+    return ((size_t)h[0] << 8 | h[1]) % NBUCKETS;
+}
+
+static pthread_mutex_t *stripe_of(struct session_store *s, size_t b)
+{
+    return &s->stripe[b % NSTRIPES];
+}
+
+/* Cookie value -> SHA-256 of the 32 random bytes it encodes. */
+static bool cookie_hash(struct str cookie, unsigned char h[32])
+{
+    if (cookie.len != SESSION_COOKIE_LEN) {
+        return false;
+    }
+    size_t n = 0;
+    unsigned char *raw = b64url_decode(cookie, &n);
+    if (raw == NULL || n != 32) {
+        free(raw);
+        return false;
+    }
+    sha256(raw, n, h);
+    OPENSSL_cleanse(raw, n);
+    free(raw);
+    return true;
+}
+
+static void enqueue(struct session_store *s, enum op_kind kind, struct sess *rec)
+{
+    struct op *o = xcalloc(1, sizeof *o);
+    o->kind = kind;
+    o->rec = rec;
+    pthread_mutex_lock(&s->qmu);
+    *s->qtail = o;
+    s->qtail = &o->next;
+    pthread_mutex_unlock(&s->qmu);
+}
+
+static bool expired(const struct session_store *s, const struct sess *e, int64_t now_ms)
+{
+    return now_ms >= e->expires_ms ||
+           now_ms >= e->last_seen_ms + (int64_t)s->conf.idle_timeout_ms;
+}
+
+/* ---- SQLite ----------------------------------------------------------- */
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS sessions ("
+    "  id_hash TEXT PRIMARY KEY,"
+    "  user_key TEXT NOT NULL, email TEXT, name TEXT,"
+    "  groups TEXT NOT NULL, claims TEXT NOT NULL,"
+    "  idp TEXT NOT NULL, sid TEXT,"
+    "  created_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    "  token_exp_s INTEGER NOT NULL DEFAULT 0,"
+    "  refresh_token TEXT, id_token TEXT) STRICT;"
+    "CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_key);"
+    "CREATE INDEX IF NOT EXISTS sessions_email ON sessions(email);"
+    "CREATE INDEX IF NOT EXISTS sessions_sid ON sessions(idp, sid);"
+    "CREATE TABLE IF NOT EXISTS session_revocations ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  kind TEXT NOT NULL, value TEXT NOT NULL, ts_ms INTEGER NOT NULL) STRICT;";
+
+static sqlite3 *db_open(const char *path, struct err *err)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        err_set(err, ERR_IO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        err_set(err, ERR_IO, "cannot create the session tables in %s: %s", path,
+                msg ? msg : "?");
+        sqlite3_free(msg);
+        sqlite3_close(db);
+        return NULL;
+    }
+    return db;
+}
+
+static void aad_for(const unsigned char h[32], const char *what, char *out, size_t n)
+{
+    char hex[65];
+    str_hex(h, 32, hex);
+    snprintf(out, n, "gatehouse-session-v1:%s:%s", hex, what);
+}
+
+static char *seal_field(struct session_store *s, const unsigned char h[32], const char *what,
+                        const char *v)
+{
+    char aad[128];
+    if (v == NULL) {
+        return NULL;
+    }
+    aad_for(h, what, aad, sizeof aad);
+    return seal_box(s->key, aad, v, strlen(v));
+}
+
+static char *open_field(struct session_store *s, const unsigned char h[32], const char *what,
+                        const unsigned char *v)
+{
+    char aad[128];
+    if (v == NULL) {
+        return NULL;
+    }
+    aad_for(h, what, aad, sizeof aad);
+    return seal_open(s->key, aad, str_from((const char *)v), NULL);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v != NULL) {
+        sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+    } else {
+        sqlite3_bind_null(st, i);
+    }
+}
+
+static int hex_to_hash(const char *hex, unsigned char h[32])
+{
+    if (hex == NULL || strlen(hex) != 64) {
+        return -1;
+    }
+    for (size_t i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (size_t k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            v <<= 4;
+            if (c >= '0' && c <= '9') {
+                v |= (unsigned)(c - '0');
+            } else if (c >= 'a' && c <= 'f') {
+                v |= (unsigned)(c - 'a' + 10);
+            } else {
+                return -1;
+            }
+        }
+        h[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+static void write_op(struct session_store *s, const struct op *o)
+{
+    char hex[65];
+    sqlite3_stmt *st = NULL;
+    const struct sess *r = o->rec;
+
+    str_hex(r->h, 32, hex);
+    if (o->kind == OP_INSERT) {
+        sqlite3_prepare_v2(s->db,
+                           "INSERT OR REPLACE INTO sessions (id_hash, user_key, email, name, "
+                           "groups, claims, idp, sid, created_ms, last_seen_ms, expires_ms, "
+                           "token_exp_s, refresh_token, id_token) "
+                           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL);
+        char *rt = seal_field(s, r->h, "rt", r->refresh_token);
+        char *it = seal_field(s, r->h, "idt", r->id_token);
+        bind_text(st, 1, hex);
+        bind_text(st, 2, r->user_key);
+        bind_text(st, 3, r->email);
+        bind_text(st, 4, r->name);
+        bind_text(st, 5, r->groups ? r->groups : "[]");
+        bind_text(st, 6, r->claims ? r->claims : "{}");
+        bind_text(st, 7, r->idp);
+        bind_text(st, 8, r->sid);
+        sqlite3_bind_int64(st, 9, r->created_ms);
+        sqlite3_bind_int64(st, 10, r->last_seen_ms);
+        sqlite3_bind_int64(st, 11, r->expires_ms);
+        sqlite3_bind_int64(st, 12, r->token_exp_s);
+        bind_text(st, 13, rt);
+        bind_text(st, 14, it);
+        free(rt);
+        free(it);
+    } else if (o->kind == OP_UPDATE) {
+        sqlite3_prepare_v2(s->db,
+                           "UPDATE sessions SET refresh_token = ?, token_exp_s = ?, "
+                           "email = ?, name = ?, groups = ? WHERE id_hash = ?",
+                           -1, &st, NULL);
+        char *rt = seal_field(s, r->h, "rt", r->refresh_token);
+        bind_text(st, 1, rt);
+        sqlite3_bind_int64(st, 2, r->token_exp_s);
+        bind_text(st, 3, r->email);
+        bind_text(st, 4, r->name);
+        bind_text(st, 5, r->groups ? r->groups : "[]");
+        bind_text(st, 6, hex);
+        free(rt);
+    } else {
+        sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id_hash = ?", -1, &st, NULL);
+        bind_text(st, 1, hex);
+    }
+    if (st == NULL || sqlite3_step(st) != SQLITE_DONE) {
+        log_error("authn", "session store write failed: %s", sqlite3_errmsg(s->db));
+    }
+    sqlite3_finalize(st);
+}
+
+/* Removes from the cache every entry matching; returns the count. */
+static size_t cache_remove_if(struct session_store *s,
+                              bool (*match)(const struct sess *, const void *), const void *arg,
+                              bool queue_delete)
+{
+    size_t n = 0;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        pthread_mutex_t *mu = stripe_of(s, b);
+        struct sess *dead = NULL;
+        pthread_mutex_lock(mu);
+        for (struct sess **pp = &s->bucket[b]; *pp != NULL;) {
+            struct sess *e = *pp;
+            if (match(e, arg)) {
+                *pp = e->next;
+                e->next = dead;
+                dead = e;
+                n++;
+            } else {
+                pp = &e->next;
+            }
+        }
+        pthread_mutex_unlock(mu);
+        while (dead != NULL) {
+            struct sess *next = dead->next;
+            if (queue_delete) {
+                enqueue(s, OP_DELETE, dead);
+            } else {
+                sess_free(dead);
+            }
+            dead = next;
+        }
+    }
+    return n;
+}
+
+struct user_rev {
+    const char *value;
+    int64_t ts_ms;
+};
+
+static bool match_user_rev(const struct sess *e, const void *arg)
+{
+    const struct user_rev *u = arg;
+    return e->created_ms <= u->ts_ms &&
+           (strcmp(e->user_key, u->value) == 0 || (e->email && strcmp(e->email, u->value) == 0));
+}
+
+static bool match_hash(const struct sess *e, const void *arg)
+{
+    return memcmp(e->h, arg, 32) == 0;
+}
+
+static bool match_expired(const struct sess *e, const void *arg)
+{
+    const struct session_store *s = *(const struct session_store *const *)arg;
+    return expired(s, e, now_wall_ms());
+}
+
+static void poll_revocations(struct session_store *s)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(s->db,
+                       "SELECT seq, kind, value, ts_ms FROM session_revocations WHERE seq > ? "
+                       "ORDER BY seq",
+                       -1, &st, NULL);
+    if (st == NULL) {
+        return;
+    }
+    sqlite3_bind_int64(st, 1, s->revocation_seq);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        s->revocation_seq = sqlite3_column_int64(st, 0);
+        const char *kind = (const char *)sqlite3_column_text(st, 1);
+        const char *value = (const char *)sqlite3_column_text(st, 2);
+        if (kind == NULL || value == NULL) {
+            continue;
+        }
+        size_t n = 0;
+        if (strcmp(kind, "id") == 0) {
+            unsigned char h[32];
+            if (hex_to_hash(value, h) == 0) {
+                n = cache_remove_if(s, match_hash, h, false);
+            }
+        } else if (strcmp(kind, "user") == 0) {
+            struct user_rev u = { value, sqlite3_column_int64(st, 3) };
+            n = cache_remove_if(s, match_user_rev, &u, false);
+        }
+        if (n > 0) {
+            log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+struct touch {
+    unsigned char h[32];
+    int64_t last_seen_ms;
+};
+
+static void writer_cycle(struct session_store *s)
+{
+    pthread_mutex_lock(&s->dbmu);
+    pthread_mutex_lock(&s->qmu);
+    struct op *ops = s->qhead;
+    s->qhead = NULL;
+    s->qtail = &s->qhead;
+    pthread_mutex_unlock(&s->qmu);
+
+    /* Collect last-seen moves under each stripe lock, write them afterwards. */
+    size_t ntouch = 0, cap = 0;
+    struct touch *touch = NULL;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        pthread_mutex_t *mu = stripe_of(s, b);
+        pthread_mutex_lock(mu);
+        for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
+            if (e->last_seen_ms > e->flushed_last_seen_ms) {
+                if (ntouch == cap) {
+                    cap = cap ? cap * 2 : 256;
+                    touch = xrealloc(touch, cap * sizeof *touch);
+                }
+                memcpy(touch[ntouch].h, e->h, 32);
+                touch[ntouch++].last_seen_ms = e->last_seen_ms;
+                e->flushed_last_seen_ms = e->last_seen_ms;
+            }
+        }
+        pthread_mutex_unlock(mu);
+    }
+
+    if (ops != NULL || ntouch > 0) {
+        /* BEGIN IMMEDIATE: the CLI may write concurrently (LIBRARIES.md §7). */
+        sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        for (struct op *o = ops; o != NULL; o = o->next) {
+            write_op(s, o);
+        }
+        sqlite3_stmt *st = NULL;
+        sqlite3_prepare_v2(s->db,
+                           "UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?) "
+                           "WHERE id_hash = ?",
+                           -1, &st, NULL);
+        for (size_t i = 0; st != NULL && i < ntouch; i++) {
+            char hex[65];
+            str_hex(touch[i].h, 32, hex);
+            sqlite3_bind_int64(st, 1, touch[i].last_seen_ms);
+            sqlite3_bind_text(st, 2, hex, 64, SQLITE_TRANSIENT);
+            sqlite3_step(st);
+            sqlite3_reset(st);
+        }
+        sqlite3_finalize(st);
+        if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            log_error("authn", "session store commit failed: %s", sqlite3_errmsg(s->db));
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+    }
+    while (ops != NULL) {
+        struct op *next = ops->next;
+        sess_free(ops->rec);
+        free(ops);
+        ops = next;
+    }
+    free(touch);
+
+    poll_revocations(s);
+
+    int64_t now = now_wall_ms();
+    if (now - s->last_purge_ms >= PURGE_PERIOD_MS) {
+        s->last_purge_ms = now;
+        const struct session_store *self = s;
+        cache_remove_if(s, match_expired, &self, false);
+        sqlite3_stmt *st = NULL;
+        /* The grace keeps rows whose newest last-seen is still in flight. */
+        sqlite3_prepare_v2(s->db,
+                           "DELETE FROM sessions WHERE expires_ms <= ?1 OR "
+                           "last_seen_ms + ?2 + 60000 <= ?1",
+                           -1, &st, NULL);
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)s->conf.idle_timeout_ms);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+        sqlite3_exec(s->db, "DELETE FROM session_revocations WHERE ts_ms < "
+                            "strftime('%s','now') * 1000 - 86400000",
+                     NULL, NULL, NULL);
+    }
+    pthread_mutex_unlock(&s->dbmu);
+}
+
+static void *writer_main(void *arg)
+{
+    struct session_store *s = arg;
+    pthread_mutex_lock(&s->qmu);
+    while (!s->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += WRITER_PERIOD_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
+        if (s->stop) {
+            break;
+        }
+        pthread_mutex_unlock(&s->qmu);
+        writer_cycle(s);
+        pthread_mutex_lock(&s->qmu);
+    }
+    pthread_mutex_unlock(&s->qmu);
+    return NULL;
+}
+
+void session_store_sync(struct session_store *s)
+{
+    writer_cycle(s);
+}
+
+static void preload(struct session_store *s, int64_t now_ms)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(s->db,
+                       "SELECT id_hash, user_key, email, name, groups, claims, idp, sid, "
+                       "created_ms, last_seen_ms, expires_ms, token_exp_s, refresh_token, "
+                       "id_token FROM sessions WHERE expires_ms > ?",
+                       -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, now_ms);
+    size_t n = 0;
+    while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+        struct sess *e = xcalloc(1, sizeof *e);
+        if (hex_to_hash((const char *)sqlite3_column_text(st, 0), e->h) != 0) {
+            free(e);
+            continue;
+        }
+        e->user_key = dupn((const char *)sqlite3_column_text(st, 1));
+        e->email = dupn((const char *)sqlite3_column_text(st, 2));
+        e->name = dupn((const char *)sqlite3_column_text(st, 3));
+        e->groups = dupn((const char *)sqlite3_column_text(st, 4));
+        e->claims = dupn((const char *)sqlite3_column_text(st, 5));
+        e->idp = dupn((const char *)sqlite3_column_text(st, 6));
+        e->sid = dupn((const char *)sqlite3_column_text(st, 7));
+        e->created_ms = sqlite3_column_int64(st, 8);
+        e->last_seen_ms = e->flushed_last_seen_ms = sqlite3_column_int64(st, 9);
+        e->expires_ms = sqlite3_column_int64(st, 10);
+        e->token_exp_s = sqlite3_column_int64(st, 11);
+        const unsigned char *rt = sqlite3_column_text(st, 12);
+        e->refresh_token = open_field(s, e->h, "rt", rt);
+        e->id_token = open_field(s, e->h, "idt", sqlite3_column_text(st, 13));
+        if (rt != NULL && e->refresh_token == NULL) {
+            log_warn("authn", "a stored refresh token does not open with the session key "
+                     "(key file replaced?); that session will not refresh");
+        }
+        if (e->user_key == NULL || e->idp == NULL || expired(s, e, now_ms)) {
+            sess_free(e);
+            continue;
+        }
+        size_t b = bucket_of(e->h);
+        e->next = s->bucket[b];
+        s->bucket[b] = e;
+        n++;
+    }
+    sqlite3_finalize(st);
+    sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM session_revocations", -1, &st,
+                       NULL);
+    if (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+        s->revocation_seq = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    log_info("authn", "loaded %zu live session(s)", n);
+}
+
+struct session_store *session_store_open(const char *db_path, const struct session_conf *c,
+                                         struct err *err)
+{
+    struct session_store *s = xcalloc(1, sizeof *s);
+    char *key_file = NULL;
+
+    s->conf.cookie_name = xstrdup(c->cookie_name ? c->cookie_name : "gatehouse_session");
+    s->conf.idle_timeout_ms = c->idle_timeout_ms;
+    s->conf.max_lifetime_ms = c->max_lifetime_ms;
+    s->conf.refresh = c->refresh;
+    s->conf.refresh_before_ms = c->refresh_before_ms;
+    if (c->key_file != NULL) {
+        key_file = xstrdup(c->key_file);
+    } else {
+        char *copy = xstrdup(db_path);
+        key_file = xasprintf("%s/session.key", dirname(copy));
+        free(copy);
+    }
+    s->conf.key_file = key_file;
+    for (size_t i = 0; i < NSTRIPES; i++) {
+        pthread_mutex_init(&s->stripe[i], NULL);
+    }
+    pthread_mutex_init(&s->qmu, NULL);
+    pthread_mutex_init(&s->dbmu, NULL);
+    pthread_cond_init(&s->qcv, NULL);
+    s->qtail = &s->qhead;
+    if (keys_load_secret32(key_file, true, s->key, err) != 0) {
+        goto fail;
+    }
+    s->db = db_open(db_path, err);
+    if (s->db == NULL) {
+        goto fail;
+    }
+    s->last_purge_ms = now_wall_ms();
+    preload(s, now_wall_ms());
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        err_set(err, ERR_IO, "cannot start the session writer thread");
+        goto fail;
+    }
+    s->writer_started = true;
+    return s;
+fail:
+    session_store_close(s);
+    return NULL;
+}
+
+void session_store_close(struct session_store *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    if (s->writer_started) {
+        pthread_mutex_lock(&s->qmu);
+        s->stop = true;
+        pthread_cond_signal(&s->qcv);
+        pthread_mutex_unlock(&s->qmu);
+        pthread_join(s->writer, NULL);
+    }
+    if (s->db != NULL) {
+        writer_cycle(s);
+        sqlite3_close(s->db);
+    }
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        while (s->bucket[b] != NULL) {
+            struct sess *e = s->bucket[b];
+            s->bucket[b] = e->next;
+            sess_free(e);
+        }
+    }
+    while (s->qhead != NULL) {
+        struct op *o = s->qhead;
+        s->qhead = o->next;
+        sess_free(o->rec);
+        free(o);
+    }
+    for (size_t i = 0; i < NSTRIPES; i++) {
+        pthread_mutex_destroy(&s->stripe[i]);
+    }
+    pthread_mutex_destroy(&s->qmu);
+    pthread_mutex_destroy(&s->dbmu);
+    pthread_cond_destroy(&s->qcv);
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    session_conf_fini(&s->conf);
+    free(s);
+}
+
+/* ---- request path ----------------------------------------------------- */
+
+int session_create(struct session_store *s, const struct session_new *in, int64_t now_ms,
+                   char cookie[SESSION_COOKIE_LEN + 1], struct err *err)
+{
+    unsigned char raw[32];
+    if (in->user_key == NULL || in->idp == NULL) {
+        return err_set(err, ERR_PARSE, "session needs a user key and an identity provider");
+    }
+    if (!rand_bytes(raw, sizeof raw)) {
+        return err_set(err, ERR_CRYPTO, "no randomness for a session id");
+    }
+    char *v = b64url_encode(raw, sizeof raw);
+    memcpy(cookie, v, SESSION_COOKIE_LEN + 1);
+    OPENSSL_cleanse(v, strlen(v));
+    free(v);
+
+    struct sess *e = xcalloc(1, sizeof *e);
+    sha256(raw, sizeof raw, e->h);
+    OPENSSL_cleanse(raw, sizeof raw);
+    e->user_key = xstrdup(in->user_key);
+    e->email = dupn(in->email);
+    e->name = dupn(in->name);
+    e->groups = xstrdup(in->groups_json ? in->groups_json : "[]");
+    e->claims = xstrdup(in->claims_json ? in->claims_json : "{}");
+    e->idp = xstrdup(in->idp);
+    e->sid = dupn(in->sid);
+    e->refresh_token = dupn(in->refresh_token);
+    e->id_token = dupn(in->id_token);
+    e->created_ms = now_ms;
+    e->last_seen_ms = e->flushed_last_seen_ms = now_ms;
+    e->expires_ms = now_ms + (int64_t)s->conf.max_lifetime_ms;
+    e->token_exp_s = in->token_exp_s;
+
+    struct sess *copy = sess_copy(e);
+    size_t b = bucket_of(e->h);
+    pthread_mutex_lock(stripe_of(s, b));
+    e->next = s->bucket[b];
+    s->bucket[b] = e;
+    pthread_mutex_unlock(stripe_of(s, b));
+    enqueue(s, OP_INSERT, copy);
+    return 0;
+}
+
+/* Finds the entry for h in its bucket; the stripe lock must be held. */
+static struct sess **find(struct session_store *s, size_t b, const unsigned char h[32])
+{
+    for (struct sess **pp = &s->bucket[b]; *pp != NULL; pp = &(*pp)->next) {
+        if (memcmp((*pp)->h, h, 32) == 0) {
+            return pp;
+        }
+    }
+    return NULL;
+}
+
+static const char *acopy(struct arena *a, const char *v, bool *ok)
+{
+    if (v == NULL) {
+        return NULL;
+    }
+    char *c = arena_strdup(a, v);
+    *ok = *ok && c != NULL;
+    return c;
+}
+
+enum session_status session_lookup(struct session_store *s, struct str cookie, int64_t now_ms,
+                                   struct arena *a, struct session_view *out)
+{
+    unsigned char h[32];
+    memset(out, 0, sizeof *out);
+    if (!cookie_hash(cookie, h)) {
+        return SESSION_NONE;
+    }
+    size_t b = bucket_of(h);
+    pthread_mutex_t *mu = stripe_of(s, b);
+    enum session_status st = SESSION_NONE;
+    struct sess *dead = NULL;
+
+    pthread_mutex_lock(mu);
+    struct sess **pp = find(s, b, h);
+    if (pp == NULL) {
+        goto out;
+    }
+    struct sess *e = *pp;
+    if (expired(s, e, now_ms)) {
+        *pp = e->next;
+        dead = e;
+        st = SESSION_EXPIRED;
+        goto out;
+    }
+    bool ok = true;
+    out->user_key = acopy(a, e->user_key, &ok);
+    out->email = acopy(a, e->email, &ok);
+    out->name = acopy(a, e->name, &ok);
+    out->groups_json = acopy(a, e->groups, &ok);
+    out->claims_json = acopy(a, e->claims, &ok);
+    out->idp = acopy(a, e->idp, &ok);
+    out->sid = acopy(a, e->sid, &ok);
+    if (!ok) {
+        goto out; /* arena cap: fail closed */
+    }
+    char hex[65];
+    str_hex(e->h, 32, hex);
+    memcpy(out->id, hex, 16);
+    out->id[16] = '\0';
+    /* Activity moves the idle deadline; the writer flushes it in batches. */
+    if (now_ms >= e->last_seen_ms + TOUCH_GRANULARITY_MS) {
+        e->last_seen_ms = now_ms;
+    }
+    out->created_ms = e->created_ms;
+    out->last_seen_ms = e->last_seen_ms;
+    out->expires_ms = e->expires_ms;
+    out->idle_expires_ms = e->last_seen_ms + (int64_t)s->conf.idle_timeout_ms;
+    out->token_exp_s = e->token_exp_s;
+    out->has_refresh_token = e->refresh_token != NULL;
+    out->refresh_due = s->conf.refresh && e->refresh_token != NULL && !e->refresh_in_flight &&
+                       e->token_exp_s > 0 &&
+                       now_ms + (int64_t)s->conf.refresh_before_ms >= e->token_exp_s * 1000;
+    st = SESSION_VALID;
+out:
+    pthread_mutex_unlock(mu);
+    if (dead != NULL) {
+        enqueue(s, OP_DELETE, dead);
+    }
+    return st;
+}
+
+size_t session_revoke_cookie(struct session_store *s, struct str cookie)
+{
+    unsigned char h[32];
+    if (!cookie_hash(cookie, h)) {
+        return 0;
+    }
+    size_t b = bucket_of(h);
+    struct sess *dead = NULL;
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL) {
+        dead = *pp;
+        *pp = dead->next;
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    if (dead == NULL) {
+        return 0;
+    }
+    enqueue(s, OP_DELETE, dead);
+    return 1;
+}
+
+static bool match_user(const struct sess *e, const void *arg)
+{
+    return strcmp(e->user_key, arg) == 0;
+}
+
+size_t session_revoke_user(struct session_store *s, const char *user_key)
+{
+    return cache_remove_if(s, match_user, user_key, true);
+}
+
+struct sid_match {
+    const char *idp, *sid;
+};
+
+static bool match_sid(const struct sess *e, const void *arg)
+{
+    const struct sid_match *m = arg;
+    return e->sid != NULL && strcmp(e->sid, m->sid) == 0 && strcmp(e->idp, m->idp) == 0;
+}
+
+size_t session_revoke_sid(struct session_store *s, const char *idp, const char *sid)
+{
+    struct sid_match m = { idp, sid };
+    return cache_remove_if(s, match_sid, &m, true);
+}
+
+bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t now_ms,
+                           char **refresh_token)
+{
+    unsigned char h[32];
+    bool mine = false;
+    *refresh_token = NULL;
+    if (!cookie_hash(cookie, h)) {
+        return false;
+    }
+    size_t b = bucket_of(h);
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL && !(*pp)->refresh_in_flight && (*pp)->refresh_token != NULL &&
+        !expired(s, *pp, now_ms)) {
+        (*pp)->refresh_in_flight = true;
+        *refresh_token = xstrdup((*pp)->refresh_token);
+        mine = true;
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    return mine;
+}
+
+static void replace(char **dst, const char *v)
+{
+    if (v != NULL) {
+        wipe_free(*dst);
+        *dst = xstrdup(v);
+    }
+}
+
+void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
+                          bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
+                          const char *email, const char *name, const char *groups_json)
+{
+    unsigned char h[32];
+    if (!cookie_hash(cookie, h)) {
+        return;
+    }
+    size_t b = bucket_of(h);
+    struct sess *copy = NULL;
+    struct sess *dead = NULL;
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL) {
+        struct sess *e = *pp;
+        e->refresh_in_flight = false;
+        if (ok) {
+            replace(&e->refresh_token, refresh_token);
+            replace(&e->email, email);
+            replace(&e->name, name);
+            replace(&e->groups, groups_json);
+            if (token_exp_s > 0) {
+                e->token_exp_s = token_exp_s;
+            }
+            copy = sess_copy(e);
+        } else if (end_on_failure) {
+            *pp = e->next;
+            dead = e;
+        }
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    if (copy != NULL) {
+        enqueue(s, OP_UPDATE, copy);
+    }
+    if (dead != NULL) {
+        enqueue(s, OP_DELETE, dead);
+    }
+}
+
+char *session_id_token(struct session_store *s, struct str cookie)
+{
+    unsigned char h[32];
+    char *out = NULL;
+    if (!cookie_hash(cookie, h)) {
+        return NULL;
+    }
+    size_t b = bucket_of(h);
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL && (*pp)->id_token != NULL) {
+        out = xstrdup((*pp)->id_token);
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    return out;
+}
+
+/* ---- administration (CLI) --------------------------------------------- */
+
+static void fmt_time(int64_t ms, char *buf, size_t n)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int session_admin_list(const char *db_path, const char *user, bool json, FILE *out,
+                       struct err *err)
+{
+    sqlite3 *db = db_open(db_path, err);
+    if (db == NULL) {
+        return ERR_IO;
+    }
+    sqlite3_stmt *st = NULL;
+    sqlite3_prepare_v2(db,
+                       "SELECT id_hash, user_key, email, idp, created_ms, last_seen_ms, "
+                       "expires_ms, groups FROM sessions WHERE expires_ms > ?1 AND "
+                       "(?2 IS NULL OR user_key = ?2 OR email = ?2) ORDER BY created_ms",
+                       -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, now_wall_ms());
+    bind_text(st, 2, user);
+    if (!json) {
+        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
+                "LAST SEEN", "EXPIRES");
+    }
+    while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+        const char *hex = (const char *)sqlite3_column_text(st, 0);
+        const char *uk = (const char *)sqlite3_column_text(st, 1);
+        const char *email = (const char *)sqlite3_column_text(st, 2);
+        const char *idp = (const char *)sqlite3_column_text(st, 3);
+        char c[32], l[32], e[32];
+        fmt_time(sqlite3_column_int64(st, 4), c, sizeof c);
+        fmt_time(sqlite3_column_int64(st, 5), l, sizeof l);
+        fmt_time(sqlite3_column_int64(st, 6), e, sizeof e);
+        if (json) {
+            json_error_t jerr;
+            json_t *g = json_loads((const char *)sqlite3_column_text(st, 7), 0, &jerr);
+            json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16,
+                                  "user", uk, "email", email, "idp", idp, "created", c,
+                                  "last_seen", l, "expires", e, "groups", g ? g : json_array());
+            char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+            if (line != NULL) {
+                fprintf(out, "%s\n", line);
+            }
+            free(line);
+            json_decref(o);
+        } else {
+            fprintf(out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uk, idp,
+                    c, l, e);
+        }
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return 0;
+}
+
+int session_admin_revoke(const char *db_path, const char *user, const char *id, size_t *count,
+                         struct err *err)
+{
+    *count = 0;
+    if ((user == NULL) == (id == NULL)) {
+        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
+    }
+    if (id != NULL) {
+        size_t n = strlen(id);
+        bool ok = n >= 8 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+        }
+        if (!ok) {
+            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
+        }
+    }
+    sqlite3 *db = db_open(db_path, err);
+    if (db == NULL) {
+        return ERR_IO;
+    }
+    int rc = 0;
+    int64_t now = now_wall_ms();
+    sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    sqlite3_stmt *sel = NULL;
+    if (id != NULL) {
+        sqlite3_prepare_v2(db, "SELECT id_hash FROM sessions WHERE substr(id_hash, 1, ?1) = ?2",
+                           -1, &sel, NULL);
+        sqlite3_bind_int(sel, 1, (int)strlen(id));
+        bind_text(sel, 2, id);
+    } else {
+        sqlite3_prepare_v2(db, "SELECT id_hash FROM sessions WHERE user_key = ?1 OR email = ?1",
+                           -1, &sel, NULL);
+        bind_text(sel, 1, user);
+    }
+    char **hashes = NULL;
+    size_t n = 0;
+    while (sel != NULL && sqlite3_step(sel) == SQLITE_ROW) {
+        hashes = xrealloc(hashes, (n + 1) * sizeof *hashes);
+        hashes[n++] = xstrdup((const char *)sqlite3_column_text(sel, 0));
+    }
+    sqlite3_finalize(sel);
+    if (id != NULL && n > 1) {
+        rc = err_set(err, ERR_PARSE, "session id \"%s\" is ambiguous (%zu sessions)", id, n);
+        goto done;
+    }
+    sqlite3_stmt *del = NULL, *rev = NULL;
+    sqlite3_prepare_v2(db, "DELETE FROM sessions WHERE id_hash = ?", -1, &del, NULL);
+    sqlite3_prepare_v2(db,
+                       "INSERT INTO session_revocations (kind, value, ts_ms) VALUES (?, ?, ?)",
+                       -1, &rev, NULL);
+    for (size_t i = 0; del && rev && i < n; i++) {
+        bind_text(del, 1, hashes[i]);
+        sqlite3_step(del);
+        sqlite3_reset(del);
+        bind_text(rev, 1, "id");
+        bind_text(rev, 2, hashes[i]);
+        sqlite3_bind_int64(rev, 3, now);
+        sqlite3_step(rev);
+        sqlite3_reset(rev);
+    }
+    /* Also catch sessions the server created but has not written yet. */
+    if (user != NULL && rev != NULL) {
+        bind_text(rev, 1, "user");
+        bind_text(rev, 2, user);
+        sqlite3_bind_int64(rev, 3, now);
+        sqlite3_step(rev);
+    }
+    sqlite3_finalize(del);
+    sqlite3_finalize(rev);
+    *count = n;
+done:
+    if (sqlite3_exec(db, rc == 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK &&
+        rc == 0) {
+        rc = err_set(err, ERR_IO, "cannot record the revocation: %s", sqlite3_errmsg(db));
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(hashes[i]);
+    }
+    free(hashes);
+    sqlite3_close(db);
+    return rc;
+}

@@ -1,0 +1,117 @@
+/* authn/session.h - browser sessions: SQLite (WAL) as the durable store, an
+ * in-process cache as the only thing the request path reads. The cookie holds
+ * an opaque 256-bit random id; the store keeps only its SHA-256. A writer
+ * thread batches inserts, last-seen updates and deletes every 500 ms and polls
+ * the revocation table so `gatehouse sessions revoke` reaches every worker
+ * within a second. One serving process owns a database file (the cache is
+ * authoritative for it); other processes (the CLI) only list and revoke.
+ *
+ * Hot-path functions (lookup, create, revoke_*, refresh_*) never touch SQLite
+ * and only hold a striped mutex for a copy. */
+#ifndef GH_AUTHN_SESSION_H
+#define GH_AUTHN_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/core.h"
+
+#define SESSION_COOKIE_LEN 43 /* base64url of 32 random bytes */
+
+struct session_conf {
+    char *cookie_name;          /* "gatehouse_session" */
+    uint64_t idle_timeout_ms;   /* default 8h */
+    uint64_t max_lifetime_ms;   /* default 24h */
+    bool refresh;               /* refresh tokens before expiry */
+    uint64_t refresh_before_ms; /* how long before expiry (default 60s) */
+    char *key_file;             /* resolved path, or NULL = next to the database */
+};
+
+/* Reads the `session:` map (n may be NULL: defaults). Reports to d. */
+bool session_conf_parse(struct conf_diag *d, const struct conf_node *n, const char *conf_file,
+                        struct session_conf *out);
+void session_conf_fini(struct session_conf *c);
+
+struct session_store;
+
+/* Opens (creating) the database and its tables, loads or creates the 32-byte
+ * key that encrypts refresh tokens at rest (key_file, or "<db dir>/session.key"),
+ * preloads every live session into the cache and starts the writer thread.
+ * Blocking: call at start-up. */
+struct session_store *session_store_open(const char *db_path, const struct session_conf *c,
+                                         struct err *err);
+/* Flushes pending writes, stops the writer thread, closes. NULL is a no-op. */
+void session_store_close(struct session_store *s);
+/* Writes everything queued now and applies revocations from other processes
+ * (the writer does this every 500 ms; tests and shutdown call it directly). */
+void session_store_sync(struct session_store *s);
+
+struct session_new {
+    const char *user_key;   /* iss#sub */
+    const char *email, *name;
+    const char *groups_json; /* JSON array of strings */
+    const char *claims_json; /* JSON object */
+    const char *idp, *sid;
+    const char *refresh_token; /* may be NULL */
+    const char *id_token;      /* may be NULL (kept for the logout hint) */
+    int64_t token_exp_s;       /* when the IdP tokens expire (0 = unknown) */
+};
+
+/* Creates a session. Writes the cookie value (NUL-terminated) into cookie. */
+int session_create(struct session_store *s, const struct session_new *in, int64_t now_ms,
+                   char cookie[SESSION_COOKIE_LEN + 1], struct err *err) WARN_UNUSED;
+
+/* Outcomes, not errors: zero (uninitialised) means no session. */
+enum session_status { SESSION_NONE = 0, SESSION_EXPIRED, SESSION_VALID };
+
+/* A session as one request sees it. Strings are arena-owned copies. */
+struct session_view {
+    char id[17];              /* public id: first 16 hex chars of the hash (logs, CLI) */
+    const char *user_key, *email, *name, *groups_json, *claims_json, *idp, *sid;
+    int64_t created_ms, last_seen_ms, expires_ms, idle_expires_ms;
+    int64_t token_exp_s;
+    bool has_refresh_token;
+    bool refresh_due;         /* refresh enabled, token near expiry, none in flight */
+};
+
+/* Looks the cookie value up in the cache; on SESSION_VALID fills out (arena
+ * copies) and records the activity (idle timer). An expired session is dropped.
+ * Returns SESSION_NONE on a malformed value or when the arena is full. */
+enum session_status session_lookup(struct session_store *s, struct str cookie, int64_t now_ms,
+                                   struct arena *a, struct session_view *out);
+
+/* Ends sessions. Each returns how many were ended; all take effect at once in
+ * this process and are written to the database by the writer thread. */
+size_t session_revoke_cookie(struct session_store *s, struct str cookie);
+size_t session_revoke_user(struct session_store *s, const char *user_key);
+size_t session_revoke_sid(struct session_store *s, const char *idp, const char *sid);
+
+/* Refresh coordination: the first caller for a due session gets true and the
+ * decrypted refresh token (caller frees, wipes); every other caller gets false
+ * until session_refresh_done(). */
+bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t now_ms,
+                           char **refresh_token);
+/* Ends the refresh. ok=false ends the session when end_on_failure (invalid_grant),
+ * else just clears the flag. refresh_token NULL keeps the old one (no rotation).
+ * groups_json/email/name may be NULL to keep the current values. */
+void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
+                          bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
+                          const char *email, const char *name, const char *groups_json);
+/* The id_token kept for the RP-initiated logout hint (malloc'd) or NULL. */
+char *session_id_token(struct session_store *s, struct str cookie);
+
+/* --- offline administration (CLI), directly on the database --------------- */
+/* Prints sessions (all, or whose user key or email is user) to out. */
+int session_admin_list(const char *db_path, const char *user, bool json, FILE *out,
+                       struct err *err) WARN_UNUSED;
+/* Deletes sessions by user (user key or email) or by id (hex prefix of at least
+ * 8 chars, must be unambiguous) and records the revocation for the serving
+ * process. *count gets how many ended. */
+int session_admin_revoke(const char *db_path, const char *user, const char *id, size_t *count,
+                         struct err *err) WARN_UNUSED;
+
+/* `gatehouse sessions list|revoke -c CFG [--user U | --id ID] [--json]` */
+int authn_cmd_sessions(int argc, char **argv);
+
+#endif
