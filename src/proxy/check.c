@@ -21,19 +21,28 @@ int proxy_cmd_check(int argc, char **argv)
     struct config *c;
 
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(check_usage, stdout);
             return 0;
         }
-        if ((strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) && i + 1 < argc && !file) {
-            file = argv[++i];
-        } else if (strncmp(a, "--config=", 9) == 0 && !file) {
-            file = a + 9;
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gatehouse check: option %s needs a FILE\n\n%s", a, check_usage);
+                return 2;
+            }
+            v = argv[++i];
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            v = a + 9;
         } else {
             fprintf(stderr, "gatehouse check: unexpected argument \"%s\"\n\n%s", a, check_usage);
             return 2;
         }
+        if (file) {
+            fprintf(stderr, "gatehouse check: only one -c FILE is allowed\n\n%s", check_usage);
+            return 2;
+        }
+        file = v;
     }
     if (!file || !file[0]) {
         fprintf(stderr, "gatehouse check: missing -c FILE\n\n%s", check_usage);

@@ -1,0 +1,154 @@
+"""`gatehouse check -c FILE`: every tests/data/bad-conf/*.yaml exits 1 with exactly
+the messages its "# expect:" lines give (in order); every tests/data/good-conf/*.yaml
+exits 0 with "FILE: ok"; wrong arguments print the usage and exit 2."""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import unittest
+
+from harness import ROOT, gatehouse_bin
+
+DATA = os.path.join(ROOT, "tests", "data")
+BAD = os.path.join(DATA, "bad-conf")
+GOOD = os.path.join(DATA, "good-conf")
+
+
+def run_check(args, cwd=None):
+    return subprocess.run([gatehouse_bin(), "check"] + args, cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def expected_messages(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("# expect: "):
+                out.append(line[len("# expect: "):].rstrip("\n"))
+    return out
+
+
+class BadConfigTest(unittest.TestCase):
+    def test_bad_configs_exist(self):
+        self.assertGreaterEqual(len(glob.glob(os.path.join(BAD, "*.yaml"))), 20)
+
+    def test_each_bad_config_fails_with_its_exact_messages(self):
+        for path in sorted(glob.glob(os.path.join(BAD, "*.yaml"))):
+            name = os.path.basename(path)
+            with self.subTest(config=name):
+                want = expected_messages(path)
+                self.assertTrue(want, f"{name} has no '# expect:' line")
+                # Relative name, from the file's directory: messages start with it.
+                r = run_check(["-c", name], cwd=BAD)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertEqual(r.stderr.splitlines(), want)
+                self.assertNotIn(": ok", r.stdout)
+
+    def test_messages_name_the_file_as_given(self):
+        path = os.path.join(BAD, "duplicate-route-name.yaml")
+        r = run_check(["-c", path])
+        self.assertEqual(r.returncode, 1)
+        want = [os.path.join(BAD, m) for m in expected_messages(path)]
+        self.assertEqual(r.stderr.splitlines(), want)
+
+    def test_missing_file(self):
+        r = run_check(["-c", "no-such-config.yaml"], cwd=BAD)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stderr.strip(),
+                         "no-such-config.yaml: error: cannot open: No such file or directory")
+
+    def test_more_than_20_errors_are_counted(self):
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            routes = "".join(f"  - {{name: r{i}, match: {{path_prefix: /{i}}}}}\n"
+                             for i in range(23))
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write("listen: [{address: 127.0.0.1:8080}]\nroutes:\n" + routes)
+            r = run_check(["-c", "g.yaml"], cwd=d)
+            self.assertEqual(r.returncode, 1)
+            lines = r.stderr.splitlines()
+            self.assertEqual(len(lines), 21)
+            self.assertEqual(lines[0], 'g.yaml:3:5: error: route "r0" has no upstream servers')
+            self.assertEqual(lines[-1], "... and 3 more errors")
+        finally:
+            shutil.rmtree(d)
+
+
+class GoodConfigTest(unittest.TestCase):
+    def test_each_good_config_is_ok(self):
+        paths = sorted(glob.glob(os.path.join(GOOD, "*.yaml")))
+        self.assertGreaterEqual(len(paths), 2)
+        for path in paths:
+            name = os.path.basename(path)
+            with self.subTest(config=name):
+                r = run_check(["-c", name], cwd=GOOD)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout, f"{name}: ok\n")
+                self.assertEqual(r.stderr, "")
+
+    def test_long_option_forms(self):
+        path = os.path.join(GOOD, "minimal.yaml")
+        for args in (["--config", path], [f"--config={path}"]):
+            with self.subTest(args=args):
+                r = run_check(args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout, f"{path}: ok\n")
+
+    def test_check_binds_nothing_and_creates_nothing(self):
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            # The listen port is taken: check must still succeed (it never binds),
+            # and it must not create the access log or the state database.
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write(f"listen: [{{address: 127.0.0.1:{port}}}]\n"
+                        "access_log: access.log\nstate: {sqlite: state.db}\n"
+                        "routes:\n  - {name: a, upstream: {servers: [http://127.0.0.1:1]}}\n")
+            r = run_check(["-c", "g.yaml"], cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(sorted(os.listdir(d)), ["g.yaml"])
+        finally:
+            s.close()
+            shutil.rmtree(d)
+
+
+class UsageTest(unittest.TestCase):
+    def assert_usage_error(self, args, first_line):
+        r = run_check(args, cwd=GOOD)
+        self.assertEqual(r.returncode, 2, r)
+        lines = r.stderr.splitlines()
+        self.assertEqual(lines[0], first_line)
+        self.assertIn("usage: gatehouse check -c FILE", r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_no_arguments(self):
+        self.assert_usage_error([], "gatehouse check: missing -c FILE")
+
+    def test_option_without_value(self):
+        self.assert_usage_error(["-c"], "gatehouse check: option -c needs a FILE")
+
+    def test_unknown_option(self):
+        self.assert_usage_error(["-c", "minimal.yaml", "--strict"],
+                                'gatehouse check: unexpected argument "--strict"')
+
+    def test_stray_argument(self):
+        self.assert_usage_error(["minimal.yaml"],
+                                'gatehouse check: unexpected argument "minimal.yaml"')
+
+    def test_two_files(self):
+        self.assert_usage_error(["-c", "minimal.yaml", "-c", "full.yaml"],
+                                "gatehouse check: only one -c FILE is allowed")
+
+    def test_help(self):
+        r = run_check(["--help"])
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("usage: gatehouse check -c FILE", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
