@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "policy/policy.h"
 #include "proxy/proxy.h"
 
 static const char usage[] =
@@ -10,6 +11,11 @@ static const char usage[] =
     "commands:\n"
     "  serve   -c gatehouse.yaml     run the proxy\n"
     "  check   -c gatehouse.yaml     validate the configuration, exit 0 (valid) or 1\n"
+    "  policy  test DIR|FILE         run policy test files (wiki.test.yaml beside wiki.yaml)\n"
+    "  policy  explain -c CFG --route R --input req.json   every rule's result for an input\n"
+    "  policy  diff -c CFG --new DIR [--since 7d]   who gains/loses access with new policies\n"
+    "  audit   query -c CFG [--user U] [--route R] [--decision D] [--since 1h] [--json]\n"
+    "  audit   verify -c CFG         check the decision log's hash chain\n"
     "  --version                     print the version\n"
     "  --help                        print this help\n";
 
@@ -21,6 +27,8 @@ struct command {
 static const struct command commands[] = {
     { "serve", proxy_cmd_serve },
     { "check", proxy_cmd_check },
+    { "policy", policy_cmd },
+    { "audit", audit_cmd },
 };
 
 int main(int argc, char **argv)

@@ -228,6 +228,7 @@ size_t decision_log_queue_depth(struct decision_log *dl);
 void policy_metrics_decision(const char *route, enum policy_decision d, bool shadow);
 void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
 void policy_metrics_log_write(uint64_t latency_us, size_t records);
+void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
 /* Appends Prometheus text exposition to buf; returns bytes that would be written. */
 size_t policy_metrics_render(char *buf, size_t size);
 

@@ -1,0 +1,725 @@
+/* policy/cmd_audit.c - the security analyst's side of the decision log:
+ * `gatehouse audit query` (filters, table or JSON lines), `audit verify` (walks the
+ * hash chain in SQLite and in the JSON-lines file and names the first edited,
+ * removed or reordered record), `audit retain`, and `gatehouse policy diff`, which
+ * replays logged inputs against a changed policy set. Read-only except retain. */
+#include <getopt.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "decision_log_int.h"
+#include "policy_cli.h"
+
+static const char audit_usage[] =
+    "usage: gatehouse audit query -c CFG [--user U] [--route R] [--decision D]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "       gatehouse audit verify -c CFG\n"
+    "       gatehouse audit retain -c CFG      (offline: the server also runs it hourly)\n";
+
+static bool load_conf(const char *cfg, struct decision_log_conf *out)
+{
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(cfg, &d);
+    bool ok = doc && d.count == 0 && decision_log_conf_parse(doc->root, cfg, &d, out);
+    if (ok && !conf_get(doc->root, "decision_log")) {
+        fprintf(stderr, "gatehouse: %s has no decision_log section\n", cfg);
+        ok = false;
+    }
+    conf_diag_print(&d, stderr);
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
+    return ok;
+}
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* "1h", "7d" (before now) or an RFC 3339 time. */
+static bool parse_when(const char *s, int64_t *out_us)
+{
+    uint64_t ms;
+    int64_t t;
+    if (conf_parse_duration_ms(s, &ms)) {
+        *out_us = wall_us() - (int64_t)ms * 1000;
+        return true;
+    }
+    if (policy_time_parse(s, &t)) {
+        *out_us = t * 1000000;
+        return true;
+    }
+    return false;
+}
+
+static void print_line(const struct dl_row *row, struct sbuf *b)
+{
+    dl_canonical(&row->rec, row->seq, row->prev_hash ? row->prev_hash : DL_GENESIS, b);
+    sbuf_printf(b, ",\"hash\":\"%s\"}", row->hash ? row->hash : "");
+    puts(b->p);
+}
+
+static const char *nz(const char *s)
+{
+    return s && *s ? s : "-";
+}
+
+static int cmd_query(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' }, { "user", required_argument, NULL, 'u' },
+        { "route", required_argument, NULL, 'r' },  { "decision", required_argument, NULL, 'd' },
+        { "since", required_argument, NULL, 's' },  { "until", required_argument, NULL, 't' },
+        { "limit", required_argument, NULL, 'l' },  { "json", no_argument, NULL, 'j' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char *cfg = NULL, *user = NULL, *route = NULL, *decision = NULL;
+    int64_t since = INT64_MIN, until = INT64_MAX;
+    uint64_t limit = 0;
+    bool json = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:u:r:d:s:t:l:j", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            cfg = optarg;
+            break;
+        case 'u':
+            user = optarg;
+            break;
+        case 'r':
+            route = optarg;
+            break;
+        case 'd':
+            decision = optarg;
+            break;
+        case 's':
+        case 't':
+            if (!parse_when(optarg, ch == 's' ? &since : &until)) {
+                fprintf(stderr, "gatehouse: bad time \"%s\" (use 1h, 7d or 2026-03-10T09:30:00Z)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'l':
+            if (!str_to_u64(str_from(optarg), 1, UINT32_MAX, &limit)) {
+                fprintf(stderr, "gatehouse: bad --limit \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
+        case 'j':
+            json = true;
+            break;
+        default:
+            fputs(audit_usage, stderr);
+            return 2;
+        }
+    }
+    if (!cfg) {
+        fputs(audit_usage, stderr);
+        return 2;
+    }
+    if (decision && strcmp(decision, "allow") != 0 && strcmp(decision, "deny") != 0 &&
+        strcmp(decision, "login") != 0 && strcmp(decision, "error") != 0) {
+        fprintf(stderr, "gatehouse: --decision must be allow, deny, login or error\n");
+        return 2;
+    }
+    struct decision_log_conf c;
+    if (!load_conf(cfg, &c)) {
+        return 1;
+    }
+    sqlite3 *db = NULL;
+    struct err err = { 0 };
+    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+        fprintf(stderr, "gatehouse: %s\n", err.msg);
+        decision_log_conf_fini(&c);
+        return 1;
+    }
+    char sql[1024];
+    /* With a limit, show the most recent records, still printed oldest first. */
+    snprintf(sql, sizeof sql,
+             "SELECT * FROM (SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND "
+             "ts_us <= ?2 AND (?3 IS NULL OR user = ?3 OR email = ?3) AND (?4 IS NULL OR route = "
+             "?4) AND (?5 IS NULL OR decision = ?5) ORDER BY seq DESC LIMIT ?6) ORDER BY seq",
+             DL_COLUMNS);
+    sqlite3_stmt *st = NULL;
+    int rc = 1;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "gatehouse: %s: %s\n", c.sqlite, sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, since);
+    sqlite3_bind_int64(st, 2, until);
+    if (user) {
+        sqlite3_bind_text(st, 3, user, -1, SQLITE_STATIC);
+    }
+    if (route) {
+        sqlite3_bind_text(st, 4, route, -1, SQLITE_STATIC);
+    }
+    if (decision) {
+        sqlite3_bind_text(st, 5, decision, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(st, 6, limit ? (sqlite3_int64)limit : -1);
+    struct sbuf b = { 0 };
+    if (!json) {
+        printf("%-27s %-8s %-12s %-24s %-28s %-7s %s\n", "TIME", "DECISION", "ROUTE", "USER",
+               "RULE", "METHOD", "HOST+PATH");
+    }
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        if (json) {
+            print_line(&row, &b);
+        } else {
+            char ts[64];
+            time_t s = (time_t)(row.rec.ts_us / 1000000);
+            struct tm tm;
+            gmtime_r(&s, &tm);
+            strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            printf("%-27s %-8s %-12s %-24s %-28s %-7s %s%s\n", ts, nz(row.rec.decision),
+                   nz(row.rec.route), row.rec.user && *row.rec.user ? row.rec.user
+                                                                     : nz(row.rec.email),
+                   nz(row.rec.rule), nz(row.rec.method), row.rec.host ? row.rec.host : "",
+                   nz(row.rec.path));
+        }
+        dl_row_fini(&row);
+    }
+    sbuf_free(&b);
+    rc = step == SQLITE_DONE ? 0 : 1;
+    if (rc) {
+        fprintf(stderr, "gatehouse: %s: %s\n", c.sqlite, sqlite3_errmsg(db));
+    }
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    decision_log_conf_fini(&c);
+    return rc;
+}
+
+/* ---- verify ---- */
+
+struct verify_end {
+    uint64_t last_seq, records;
+    char last_hash[65];
+};
+
+/* A record whose hash matches its content under another seq was moved there. */
+static long moved_from(const struct dl_row *row, struct sbuf *b)
+{
+    char h[65];
+    for (long delta = -64; delta <= 64; delta++) {
+        if (delta == 0 || (delta < 0 && (uint64_t)-delta >= row->seq)) {
+            continue;
+        }
+        uint64_t s = row->seq + (uint64_t)delta;
+        dl_canonical(&row->rec, s, row->prev_hash ? row->prev_hash : DL_GENESIS, b);
+        dl_hash(row->prev_hash ? row->prev_hash : DL_GENESIS, b->p, b->len, h);
+        if (row->hash && strcmp(h, row->hash) == 0) {
+            return (long)s;
+        }
+    }
+    return -1;
+}
+
+static bool verify_sqlite(sqlite3 *db, struct verify_end *end)
+{
+    uint64_t expect;
+    char prev[65], h[65];
+    dl_anchor_get(db, &expect, prev);
+    expect++;
+    memset(end, 0, sizeof *end);
+    end->last_seq = expect - 1;
+    snprintf(end->last_hash, sizeof end->last_hash, "%s", prev);
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions ORDER BY seq",
+             DL_COLUMNS);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        printf("FAIL sqlite: %s\n", sqlite3_errmsg(db));
+        return false;
+    }
+    struct sbuf b = { 0 };
+    bool ok = true;
+    int step;
+    while (ok && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        const char *rp = row.prev_hash ? row.prev_hash : "";
+        if (row.seq != expect) {
+            printf("FAIL sqlite: record %llu is missing (removed): the next row is record %llu\n",
+                   (unsigned long long)expect, (unsigned long long)row.seq);
+            ok = false;
+        } else {
+            dl_canonical(&row.rec, row.seq, rp, &b);
+            if (strlen(rp) == 64) {
+                dl_hash(rp, b.p, b.len, h);
+            } else {
+                h[0] = '\0';
+            }
+            if (!row.hash || strcmp(h, row.hash) != 0) {
+                long from = moved_from(&row, &b);
+                if (from > 0) {
+                    printf("FAIL sqlite: record %llu is out of order: it holds record %ld "
+                           "(reordered)\n", (unsigned long long)row.seq, from);
+                } else {
+                    printf("FAIL sqlite: record %llu (request %s) was edited: its hash does not "
+                           "match its content\n", (unsigned long long)row.seq,
+                           nz(row.rec.request_id));
+                }
+                ok = false;
+            } else if (strcmp(rp, prev) != 0) {
+                printf("FAIL sqlite: record %llu does not chain to record %llu: record %llu was "
+                       "edited, replaced or reordered\n", (unsigned long long)row.seq,
+                       (unsigned long long)(row.seq - 1), (unsigned long long)(row.seq - 1));
+                ok = false;
+            }
+        }
+        if (ok) {
+            snprintf(prev, sizeof prev, "%s", row.hash);
+            end->last_seq = row.seq;
+            end->records++;
+            expect++;
+        }
+        dl_row_fini(&row);
+    }
+    snprintf(end->last_hash, sizeof end->last_hash, "%s", prev);
+    sbuf_free(&b);
+    sqlite3_finalize(st);
+    return ok;
+}
+
+/* Finds the line number holding record seq, scanning from the current position. */
+static long find_seq_line(FILE *f, uint64_t seq, long lineno)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long found = -1;
+    long pos = ftell(f);
+    while (found < 0 && (n = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *s = json_object_get(j, "seq");
+        if (json_is_integer(s) && (uint64_t)json_integer_value(s) == seq) {
+            found = lineno;
+        }
+        json_decref(j);
+    }
+    free(line);
+    fseek(f, pos, SEEK_SET);
+    return found;
+}
+
+static bool verify_file(const char *file, uint64_t anchor_seq, const char *anchor_hash,
+                        struct verify_end *end)
+{
+    FILE *f = fopen(file, "r");
+    memset(end, 0, sizeof *end);
+    end->last_seq = anchor_seq;
+    snprintf(end->last_hash, sizeof end->last_hash, "%s", anchor_hash);
+    if (!f) {
+        printf("FAIL file: cannot open %s\n", file);
+        return false;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long lineno = 0;
+    uint64_t expect = anchor_seq + 1;
+    char prev[65], h[65];
+    snprintf(prev, sizeof prev, "%s", anchor_hash);
+    bool ok = true;
+    static const char tail_key[] = ",\"hash\":\"";
+    while (ok && (n = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        size_t len = (size_t)n;
+        if (line[len - 1] == '\n') {
+            len--;
+        }
+        json_error_t je;
+        json_t *j = json_loadb(line, len, 0, &je);
+        json_t *js = json_object_get(j, "seq"), *jh = json_object_get(j, "hash"),
+               *jp = json_object_get(j, "prev_hash");
+        size_t tl = sizeof tail_key - 1;
+        /* The hash covers the line's bytes up to the "hash" member, plus the closing brace. */
+        bool shape = json_is_integer(js) && json_is_string(jh) && json_is_string(jp) &&
+                     strlen(json_string_value(jh)) == 64 && len > tl + 66 &&
+                     memcmp(line + len - tl - 66, tail_key, tl) == 0 &&
+                     memcmp(line + len - 2, "\"}", 2) == 0;
+        if (!shape) {
+            printf("FAIL file: line %ld is not a decision record (edited)\n", lineno);
+            ok = false;
+        } else {
+            uint64_t seq = (uint64_t)json_integer_value(js);
+            const char *hash = json_string_value(jh);
+            if (seq != expect) {
+                long at = find_seq_line(f, expect, lineno);
+                if (at > 0) {
+                    printf("FAIL file: line %ld holds record %llu where record %llu belongs; "
+                           "record %llu is at line %ld (reordered)\n", lineno,
+                           (unsigned long long)seq, (unsigned long long)expect,
+                           (unsigned long long)expect, at);
+                } else {
+                    printf("FAIL file: record %llu is missing (removed) before line %ld\n",
+                           (unsigned long long)expect, lineno);
+                }
+                ok = false;
+            } else {
+                dl_hash(json_string_value(jp), line, len - tl - 66, h);
+                if (strlen(json_string_value(jp)) != 64 || strcmp(h, hash) != 0) {
+                    printf("FAIL file: record %llu (line %ld) was edited: its hash does not "
+                           "match its content\n", (unsigned long long)seq, lineno);
+                    ok = false;
+                } else if (strcmp(json_string_value(jp), prev) != 0) {
+                    printf("FAIL file: record %llu (line %ld) does not chain to record %llu: "
+                           "record %llu was edited or replaced\n", (unsigned long long)seq,
+                           lineno, (unsigned long long)(seq - 1), (unsigned long long)(seq - 1));
+                    ok = false;
+                } else {
+                    snprintf(prev, sizeof prev, "%s", hash);
+                    end->last_seq = seq;
+                    end->records++;
+                    expect++;
+                }
+            }
+        }
+        json_decref(j);
+    }
+    snprintf(end->last_hash, sizeof end->last_hash, "%s", prev);
+    free(line);
+    fclose(f);
+    return ok;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+    const char *cfg = NULL;
+    static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
+                                          { NULL, 0, NULL, 0 } };
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+        if (ch != 'c') {
+            fputs(audit_usage, stderr);
+            return 2;
+        }
+        cfg = optarg;
+    }
+    if (!cfg) {
+        fputs(audit_usage, stderr);
+        return 2;
+    }
+    struct decision_log_conf c;
+    if (!load_conf(cfg, &c)) {
+        return 1;
+    }
+    sqlite3 *db = NULL;
+    struct err err = { 0 };
+    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+        printf("FAIL sqlite: %s\n", err.msg);
+        decision_log_conf_fini(&c);
+        return 1;
+    }
+    uint64_t anchor_seq;
+    char anchor_hash[65];
+    dl_anchor_get(db, &anchor_seq, anchor_hash);
+    struct verify_end se, fe;
+    bool ok = verify_sqlite(db, &se);
+    if (ok) {
+        printf("sqlite: %llu records verified (records %llu..%llu)\n",
+               (unsigned long long)se.records, (unsigned long long)anchor_seq + 1,
+               (unsigned long long)se.last_seq);
+    }
+    if (c.file) {
+        bool fok = verify_file(c.file, anchor_seq, anchor_hash, &fe);
+        if (fok) {
+            printf("file: %llu records verified (%s)\n", (unsigned long long)fe.records, c.file);
+        }
+        /* Cutting records off the end keeps a chain valid: compare both ends. */
+        if (ok && fok && fe.last_seq != se.last_seq) {
+            if (fe.last_seq < se.last_seq) {
+                printf("FAIL file: ends at record %llu but SQLite has records up to %llu "
+                       "(records %llu.. removed from the file)\n", (unsigned long long)fe.last_seq,
+                       (unsigned long long)se.last_seq, (unsigned long long)fe.last_seq + 1);
+            } else {
+                printf("FAIL sqlite: ends at record %llu but the file has records up to %llu "
+                       "(records %llu.. removed from SQLite)\n", (unsigned long long)se.last_seq,
+                       (unsigned long long)fe.last_seq, (unsigned long long)se.last_seq + 1);
+            }
+            fok = false;
+        } else if (ok && fok && strcmp(fe.last_hash, se.last_hash) != 0) {
+            printf("FAIL file: the file and SQLite disagree about record %llu\n",
+                   (unsigned long long)se.last_seq);
+            fok = false;
+        }
+        ok = ok && fok;
+    }
+    sqlite3_close(db);
+    decision_log_conf_fini(&c);
+    printf("%s\n", ok ? "decision log OK" : "decision log FAILED verification");
+    return ok ? 0 : 1;
+}
+
+static int cmd_retain(int argc, char **argv)
+{
+    if (argc != 3 || strcmp(argv[1], "-c") != 0) {
+        fputs(audit_usage, stderr);
+        return 2;
+    }
+    struct decision_log_conf c;
+    if (!load_conf(argv[2], &c)) {
+        return 1;
+    }
+    struct err err = { 0 };
+    long n = decision_log_retain(&c, wall_us(), &err);
+    decision_log_conf_fini(&c);
+    if (n < 0) {
+        fprintf(stderr, "gatehouse: retention failed: %s\n", err.msg);
+        return 1;
+    }
+    printf("deleted %ld records older than the retention period\n", n);
+    return 0;
+}
+
+int audit_cmd(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(audit_usage, stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "query") == 0) {
+        return cmd_query(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "verify") == 0) {
+        return cmd_verify(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "retain") == 0) {
+        return cmd_retain(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "gatehouse audit: unknown subcommand \"%s\"\n%s", argv[1], audit_usage);
+    return 2;
+}
+
+/* ---- policy diff ---- */
+
+struct route_pol {
+    char *name;
+    struct policy *p; /* the new policy, NULL = unchanged or not policy-driven */
+};
+
+struct change {
+    char *route, *who;
+    bool gains;
+    unsigned count;
+    char *example;
+};
+
+static struct str s_or_empty(const char *s)
+{
+    return s ? str_from(s) : STR_NULL;
+}
+
+int policy_cmd_diff(int argc, char **argv)
+{
+    static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
+                                          { "new", required_argument, NULL, 'n' },
+                                          { "since", required_argument, NULL, 's' },
+                                          { NULL, 0, NULL, 0 } };
+    const char *cfg = NULL, *newdir = NULL;
+    int64_t since = wall_us() - 7LL * 86400 * 1000000;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:n:s:", opts, NULL)) != -1) {
+        if (ch == 'c') {
+            cfg = optarg;
+        } else if (ch == 'n') {
+            newdir = optarg;
+        } else if (ch == 's' && parse_when(optarg, &since)) {
+            continue;
+        } else {
+            fputs("usage: gatehouse policy diff -c CFG --new DIR [--since 7d]\n", stderr);
+            return 2;
+        }
+    }
+    if (!cfg || !newdir) {
+        fputs("usage: gatehouse policy diff -c CFG --new DIR [--since 7d]\n", stderr);
+        return 2;
+    }
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(cfg, &d);
+    struct decision_log_conf c = { 0 };
+    struct route_pol *rp = NULL;
+    size_t nrp = 0;
+    struct change *ch_list = NULL;
+    size_t nch = 0;
+    sqlite3 *db = NULL;
+    int rc = 1;
+    if (!doc || d.count || !decision_log_conf_parse(doc->root, cfg, &d, &c) || !c.sqlite) {
+        if (!d.count) {
+            fprintf(stderr, "gatehouse: %s has no decision log (state.sqlite)\n", cfg);
+        }
+        conf_diag_print(&d, stderr);
+        goto out;
+    }
+    const struct conf_node *routes = conf_get(doc->root, "routes");
+    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
+        const char *name = NULL, *file = NULL;
+        if (!conf_string(&d, routes->items[i], "name", &name) ||
+            !conf_string(&d, routes->items[i], "policy", &file) || !name || !file) {
+            continue;
+        }
+        char *base = xstrdup(file);
+        char *path = xasprintf("%s/%s", newdir, basename(base));
+        free(base);
+        struct stat st;
+        rp = xrealloc(rp, (nrp + 1) * sizeof *rp);
+        rp[nrp].name = xstrdup(name);
+        rp[nrp].p = NULL;
+        if (stat(path, &st) == 0) {
+            rp[nrp].p = policy_load(path, &d);
+            if (!rp[nrp].p) {
+                conf_diag_print(&d, stderr);
+                free(path);
+                nrp++;
+                goto out;
+            }
+            printf("route %s: %s -> %s\n", name, file, path);
+        }
+        free(path);
+        nrp++;
+    }
+    struct err err = { 0 };
+    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+        fprintf(stderr, "gatehouse: %s\n", err.msg);
+        goto out;
+    }
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ? "
+                              "ORDER BY seq", DL_COLUMNS);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "gatehouse: %s\n", sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, since);
+    unsigned replayed = 0, undecided = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        const struct decision_record *r = &row.rec;
+        struct policy *np = NULL;
+        for (size_t i = 0; i < nrp && r->route; i++) {
+            if (strcmp(rp[i].name, r->route) == 0) {
+                np = rp[i].p;
+            }
+        }
+        if (!np || !r->decision || strcmp(r->decision, "error") == 0) {
+            dl_row_fini(&row);
+            continue;
+        }
+        struct policy_input in = { 0 };
+        struct str *groups = xcalloc(r->ngroups + 1, sizeof *groups);
+        for (size_t i = 0; i < r->ngroups; i++) {
+            groups[i] = str_from(r->groups[i]);
+        }
+        in.user = s_or_empty(r->user);
+        in.email = s_or_empty(r->email);
+        in.idp = s_or_empty(r->idp);
+        in.authenticated = in.user.len > 0 || in.email.len > 0;
+        in.groups = groups;
+        in.ngroups = r->ngroups;
+        in.claims = r->claims;
+        in.nclaims = r->nclaims;
+        in.device.present = r->device_present;
+        in.device.trusted = r->device_trusted;
+        in.device.id = s_or_empty(r->device_id);
+        in.device.owner = s_or_empty(r->device_owner);
+        if (r->client_ip) {
+            (void)policy_ip_parse(str_from(r->client_ip), &in.client_ip);
+        }
+        in.method = s_or_empty(r->method);
+        in.host = s_or_empty(r->host);
+        in.path = s_or_empty(r->path);
+        in.time_s = r->ts_us / 1000000;
+        in.route = s_or_empty(r->route);
+        struct policy_result res;
+        policy_result_init(&res, NULL);
+        replayed++;
+        if (policy_eval(np, &in, &res) == POLICY_NEED_OPA) {
+            undecided++;
+        } else {
+            bool was = strcmp(r->decision, "allow") == 0;
+            bool now = res.decision == POLICY_ALLOW;
+            if (was != now) {
+                const char *who = r->user && *r->user ? r->user : (r->email ? r->email : "-");
+                size_t k = 0;
+                while (k < nch && !(strcmp(ch_list[k].route, r->route) == 0 &&
+                                    strcmp(ch_list[k].who, who) == 0 && ch_list[k].gains == now)) {
+                    k++;
+                }
+                if (k == nch) {
+                    ch_list = xrealloc(ch_list, (nch + 1) * sizeof *ch_list);
+                    ch_list[nch] = (struct change){
+                        .route = xstrdup(r->route), .who = xstrdup(who), .gains = now,
+                        .example = xasprintf("%s %s%s: was %s by \"%s\", now %s by \"%s\"",
+                                             nz(r->method), r->host ? r->host : "", nz(r->path),
+                                             r->decision, nz(r->rule), now ? "allow" : "deny",
+                                             res.rule) };
+                    nch++;
+                }
+                ch_list[k].count++;
+            }
+        }
+        free(groups);
+        dl_row_fini(&row);
+    }
+    sqlite3_finalize(st);
+    unsigned gains = 0, losses = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t k = 0; k < nch; k++) {
+            if (ch_list[k].gains != (pass == 0)) {
+                continue;
+            }
+            printf("%s  route %-12s %-28s %u request%s, e.g. %s\n",
+                   pass == 0 ? "GAINS" : "LOSES", ch_list[k].route, ch_list[k].who,
+                   ch_list[k].count, ch_list[k].count == 1 ? "" : "s", ch_list[k].example);
+            if (pass == 0) {
+                gains++;
+            } else {
+                losses++;
+            }
+        }
+    }
+    printf("replayed %u decisions: %u (user, route) pairs gain access, %u lose access", replayed,
+           gains, losses);
+    if (undecided) {
+        printf(", %u undecided (need OPA)", undecided);
+    }
+    printf("\n");
+    rc = 0;
+out:
+    for (size_t i = 0; i < nrp; i++) {
+        free(rp[i].name);
+        policy_free(rp[i].p);
+    }
+    free(rp);
+    for (size_t k = 0; k < nch; k++) {
+        free(ch_list[k].route);
+        free(ch_list[k].who);
+        free(ch_list[k].example);
+    }
+    free(ch_list);
+    sqlite3_close(db);
+    decision_log_conf_fini(&c);
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
+    return rc;
+}

@@ -1,0 +1,384 @@
+/* policy/cmd_policy.c - `gatehouse policy test|explain`: run the test cases kept
+ * beside each policy (wiki.test.yaml next to wiki.yaml) and show, for one input,
+ * every rule's result and the rule that decided. Offline tools: no proxy, no OPA
+ * (answers to OPA conditions come from the case or the input file). */
+#include <dirent.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "policy_cli.h"
+
+static const char policy_usage[] =
+    "usage: gatehouse policy test DIR|FILE...\n"
+    "       gatehouse policy explain (-c CFG --route R | --policy FILE) --input req.json\n"
+    "       gatehouse policy diff -c CFG --new DIR [--since 7d]\n";
+
+static const char *const test_keys[] = { "policy", "cases", NULL };
+static const char *const case_keys[] = { "name", "input", "expect", "rule", NULL };
+
+struct tally {
+    unsigned passed, failed;
+};
+
+static bool has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static const char *decision_name(enum policy_decision d)
+{
+    return d == POLICY_ALLOW ? "allow" : "deny";
+}
+
+/* Runs one test file; counts cases (a file that cannot run counts as one failure). */
+static void run_test_file(const char *test_file, struct tally *t)
+{
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(test_file, &d);
+    struct policy *p = NULL;
+    char *policy_file = NULL;
+    struct arena *a = arena_new(0);
+
+    printf("%s\n", test_file);
+    if (!doc || d.count) {
+        goto broken;
+    }
+    if (!conf_check_keys(&d, doc->root, "test file", test_keys)) {
+        goto broken;
+    }
+    const char *pf = NULL;
+    if (!conf_string(&d, doc->root, "policy", &pf)) {
+        goto broken;
+    }
+    if (pf) {
+        policy_file = conf_path_resolve(test_file, pf);
+    } else {
+        size_t n = strlen(test_file) - strlen(".test.yaml");
+        policy_file = xasprintf("%.*s.yaml", (int)n, test_file);
+    }
+    p = policy_load(policy_file, &d);
+    if (!p) {
+        goto broken;
+    }
+    const struct conf_node *cases = conf_get(doc->root, "cases");
+    if (!conf_seq(&d, cases, "\"cases\"")) {
+        goto broken;
+    }
+    for (size_t i = 0; i < cases->n; i++) {
+        const struct conf_node *c = cases->items[i];
+        struct conf_diag cd = { 0 };
+        struct policy_input in;
+        struct cli_opa opa;
+        const char *name = NULL, *expect = NULL, *rule = NULL;
+        char label[160];
+        snprintf(label, sizeof label, "case %zu", i + 1);
+        if (!conf_check_keys(&cd, c, "case", case_keys) || !conf_string(&cd, c, "name", &name) ||
+            !conf_string(&cd, c, "expect", &expect) || !conf_string(&cd, c, "rule", &rule)) {
+            goto bad_case;
+        }
+        if (name) {
+            snprintf(label, sizeof label, "%s", name);
+        }
+        if (!expect || (strcmp(expect, "allow") != 0 && strcmp(expect, "deny") != 0)) {
+            conf_error(&cd, conf_get(c, "expect") ? conf_get(c, "expect") : c,
+                       "\"expect\" must be allow or deny");
+            goto bad_case;
+        }
+        if (!policy_input_from_conf(conf_get(c, "input") ? conf_get(c, "input") : c, a, &cd, &in,
+                                    &opa)) {
+            goto bad_case;
+        }
+        struct policy_result r;
+        policy_result_init(&r, NULL);
+        if (policy_eval_cli(p, &in, &opa, &r) == POLICY_NEED_OPA) {
+            printf("  FAIL %s\n       needs an OPA answer for \"%s\": add opa: {%s: true} to "
+                   "the input\n", label, r.opa_path, r.opa_path);
+            t->failed++;
+            conf_diag_fini(&cd);
+            continue;
+        }
+        bool ok = strcmp(decision_name(r.decision), expect) == 0 &&
+                  (!rule || strcmp(rule, r.rule) == 0);
+        if (ok) {
+            printf("  ok   %s\n", label);
+            t->passed++;
+        } else {
+            printf("  FAIL %s (%s:%d)\n", label, test_file, c->line);
+            printf("       expected: %s%s%s%s\n", expect, rule ? " by rule \"" : "",
+                   rule ? rule : "", rule ? "\"" : "");
+            printf("       got:      %s by rule \"%s\" (%s)\n", decision_name(r.decision), r.rule,
+                   r.reason);
+            t->failed++;
+        }
+        conf_diag_fini(&cd);
+        continue;
+bad_case:
+        printf("  FAIL %s\n", label);
+        for (size_t k = 0; k < cd.stored; k++) {
+            printf("       %s\n", cd.msgs[k]);
+        }
+        t->failed++;
+        conf_diag_fini(&cd);
+    }
+    goto out;
+broken:
+    for (size_t k = 0; k < d.stored; k++) {
+        printf("  %s\n", d.msgs[k]);
+    }
+    printf("  FAIL %s cannot run\n", test_file);
+    t->failed++;
+out:
+    policy_free(p);
+    free(policy_file);
+    conf_doc_free(doc);
+    conf_diag_fini(&d);
+    arena_free(a);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void run_test_dir(const char *dir, struct tally *t)
+{
+    DIR *dp = opendir(dir);
+    if (!dp) {
+        printf("%s: cannot open directory\n", dir);
+        t->failed++;
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, dlen = strlen(dir);
+    struct dirent *e;
+    while (dlen > 1 && dir[dlen - 1] == '/') {
+        dlen--;
+    }
+    while ((e = readdir(dp))) {
+        if (has_suffix(e->d_name, ".test.yaml")) {
+            names = xrealloc(names, (n + 1) * sizeof *names);
+            names[n++] = xasprintf("%.*s/%s", (int)dlen, dir, e->d_name);
+        } else if (has_suffix(e->d_name, ".yaml")) {
+            /* A policy without tests is allowed but worth a note. */
+            size_t l = strlen(e->d_name) - 5;
+            char *tf = xasprintf("%.*s/%.*s.test.yaml", (int)dlen, dir, (int)l, e->d_name);
+            struct stat st;
+            if (stat(tf, &st) != 0) {
+                printf("%.*s/%s: note: no test file %s\n", (int)dlen, dir, e->d_name, tf);
+            }
+            free(tf);
+        }
+    }
+    closedir(dp);
+    qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        run_test_file(names[i], t);
+        free(names[i]);
+    }
+    free(names);
+    if (n == 0) {
+        printf("%s: no *.test.yaml files\n", dir);
+    }
+}
+
+static int cmd_test(int argc, char **argv)
+{
+    struct tally t = { 0 };
+    if (argc < 2) {
+        fputs(policy_usage, stderr);
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        struct stat st;
+        if (stat(argv[i], &st) != 0) {
+            printf("%s: not found\n", argv[i]);
+            t.failed++;
+        } else if (S_ISDIR(st.st_mode)) {
+            run_test_dir(argv[i], &t);
+        } else if (has_suffix(argv[i], ".test.yaml")) {
+            run_test_file(argv[i], &t);
+        } else {
+            size_t l = strlen(argv[i]) - (has_suffix(argv[i], ".yaml") ? 5 : 0);
+            char *tf = xasprintf("%.*s.test.yaml", (int)l, argv[i]);
+            run_test_file(tf, &t);
+            free(tf);
+        }
+    }
+    printf("policy: %u passed, %u failed\n", t.passed, t.failed);
+    return t.failed ? 1 : 0;
+}
+
+struct policy *policy_for_route(const char *cfg, const char *route)
+{
+    struct conf_diag d = { 0 };
+    struct policy *p = NULL;
+    struct conf_doc *doc = conf_doc_load(cfg, &d);
+    if (!doc) {
+        conf_diag_print(&d, stderr);
+        conf_diag_fini(&d);
+        return NULL;
+    }
+    const struct conf_node *routes = conf_get(doc->root, "routes");
+    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
+        const struct conf_node *r = routes->items[i];
+        const char *name = NULL, *file = NULL;
+        bool pub = false, any = false;
+        if (!conf_string(&d, r, "name", &name) || !name || strcmp(name, route) != 0) {
+            continue;
+        }
+        if (!conf_string(&d, r, "policy", &file) || !conf_bool(&d, r, "public", &pub) ||
+            !conf_bool(&d, r, "allow_any_authenticated", &any)) {
+            break;
+        }
+        if (file) {
+            char *path = conf_path_resolve(cfg, file);
+            p = policy_load(path, &d);
+            free(path);
+        } else if (pub || any) {
+            p = policy_new_builtin(pub);
+        } else {
+            fprintf(stderr, "gatehouse: route \"%s\" has no policy (and is not public or "
+                            "allow_any_authenticated)\n", route);
+        }
+        goto out;
+    }
+    if (!d.count) {
+        fprintf(stderr, "gatehouse: no route \"%s\" in %s\n", route, cfg);
+    }
+out:
+    conf_diag_print(&d, stderr);
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
+    return p;
+}
+
+static const char *rule_result_name(uint8_t v)
+{
+    switch (v) {
+    case POLICY_RULE_MATCH:
+        return "match";
+    case POLICY_RULE_NO_MATCH:
+        return "no match";
+    case POLICY_RULE_UNKNOWN:
+        return "unknown (needs OPA)";
+    default:
+        return "not evaluated";
+    }
+}
+
+static int cmd_explain(int argc, char **argv)
+{
+    static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
+                                          { "route", required_argument, NULL, 'r' },
+                                          { "policy", required_argument, NULL, 'p' },
+                                          { "input", required_argument, NULL, 'i' },
+                                          { NULL, 0, NULL, 0 } };
+    const char *cfg = NULL, *route = NULL, *pfile = NULL, *input = NULL;
+    int ch, rc = 1;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:r:p:i:", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            cfg = optarg;
+            break;
+        case 'r':
+            route = optarg;
+            break;
+        case 'p':
+            pfile = optarg;
+            break;
+        case 'i':
+            input = optarg;
+            break;
+        default:
+            fputs(policy_usage, stderr);
+            return 2;
+        }
+    }
+    if (!input || (!pfile && (!cfg || !route))) {
+        fputs(policy_usage, stderr);
+        return 2;
+    }
+    struct policy *p = NULL;
+    if (pfile) {
+        struct conf_diag d = { 0 };
+        p = policy_load(pfile, &d);
+        conf_diag_print(&d, stderr);
+        conf_diag_fini(&d);
+    } else {
+        p = policy_for_route(cfg, route);
+    }
+    if (!p) {
+        return 1;
+    }
+    struct conf_diag d = { 0 };
+    struct arena *a = arena_new(0);
+    struct conf_doc *doc = conf_doc_load(input, &d);
+    struct policy_input in;
+    struct cli_opa opa;
+    if (!doc || d.count || !policy_input_from_conf(doc->root, a, &d, &in, &opa)) {
+        conf_diag_print(&d, stderr);
+        goto out;
+    }
+    if (route && !in.route.len) {
+        in.route = str_from(route);
+    }
+    size_t n = policy_rule_count(p);
+    uint8_t *trace = xcalloc(n ? n : 1, 1);
+    struct policy_result r;
+    policy_result_init(&r, trace);
+    enum policy_step st = policy_eval_cli(p, &in, &opa, &r);
+    printf("policy %s (mode %s)\n", policy_file(p),
+           policy_mode(p) == POLICY_SHADOW ? "shadow" : "enforce");
+    size_t w = 4;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(policy_rule_id(p, i));
+        w = l > w ? l : w;
+    }
+    for (size_t i = 0; i < n; i++) {
+        printf("  %-5s  %-*s  %s\n", policy_rule_effect(p, i), (int)w, policy_rule_id(p, i),
+               rule_result_name(trace[i]));
+    }
+    if (st == POLICY_NEED_OPA) {
+        printf("undecided: needs an OPA answer for \"%s\" (add \"opa\": {\"%s\": true} to the "
+               "input)\n", r.opa_path, r.opa_path);
+    } else {
+        printf("decision: %s by rule \"%s\"%s\n", decision_name(r.decision), r.rule,
+               r.shadow ? " (shadow mode: not enforced)" : "");
+        printf("reason: %s\n", r.reason);
+        if (r.shadow) {
+            printf("enforced: %s\n", decision_name(r.effective));
+        }
+        rc = 0;
+    }
+    free(trace);
+out:
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
+    arena_free(a);
+    policy_free(p);
+    return rc;
+}
+
+int policy_cmd(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(policy_usage, stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "test") == 0) {
+        return cmd_test(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "explain") == 0) {
+        return cmd_explain(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "diff") == 0) {
+        return policy_cmd_diff(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "gatehouse policy: unknown subcommand \"%s\"\n%s", argv[1], policy_usage);
+    return 2;
+}

@@ -1,0 +1,1106 @@
+/* policy/decision_log.c - the tamper-evident decision log. Workers queue a copy of
+ * each record (never blocking, bounded: past the bound the caller answers 503); one
+ * writer thread chains them (hash = SHA-256 over the previous hash and the record's
+ * canonical bytes), commits each batch to SQLite in one transaction, then mirrors the
+ * lines to the JSON-lines file. SQLite is the source of truth: after a crash the file
+ * is cut back to its last complete line and refilled from SQLite. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "decision_log_int.h"
+
+#define DL_BATCH_MAX 1024
+#define DL_RETAIN_EVERY_US (3600LL * 1000000)
+
+/* ---- small string builder ---- */
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2 < 256 ? 256 : (b->len + n + 1) * 2;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void sbuf_puts(struct sbuf *b, const char *s)
+{
+    sbuf_put(b, s, strlen(s));
+}
+
+void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof tmp) {
+        sbuf_put(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sbuf_put(b, big, (size_t)n);
+    free(big);
+}
+
+void sbuf_free(struct sbuf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* JSON string (or null for NULL). Bytes >= 0x80 pass through: the input is UTF-8 or
+ * is recorded as given; control characters are escaped so a line stays one line. */
+static void json_str(struct sbuf *b, const char *s)
+{
+    if (!s) {
+        sbuf_puts(b, "null");
+        return;
+    }
+    sbuf_put(b, "\"", 1);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\') {
+            char e[2] = { '\\', (char)*c };
+            sbuf_put(b, e, 2);
+        } else if (*c < 0x20 || *c == 0x7f) {
+            sbuf_printf(b, "\\u%04x", *c);
+        } else {
+            sbuf_put(b, (const char *)c, 1);
+        }
+    }
+    sbuf_put(b, "\"", 1);
+}
+
+static void json_kv_str(struct sbuf *b, const char *key, const char *v)
+{
+    sbuf_printf(b, ",\"%s\":", key);
+    json_str(b, v);
+}
+
+static void groups_json(struct sbuf *b, const struct decision_record *r)
+{
+    sbuf_put(b, "[", 1);
+    for (size_t i = 0; i < r->ngroups; i++) {
+        if (i) {
+            sbuf_put(b, ",", 1);
+        }
+        json_str(b, r->groups[i]);
+    }
+    sbuf_put(b, "]", 1);
+}
+
+static char *kv_dup(const struct str s)
+{
+    return xstrndup(s.p ? s.p : "", s.len);
+}
+
+/* {"name": "v"} or {"name": ["v1", "v2"]} for repeated names, in first-seen order. */
+static void claims_json(struct sbuf *b, const struct decision_record *r)
+{
+    sbuf_put(b, "{", 1);
+    bool first = true;
+    for (size_t i = 0; i < r->nclaims; i++) {
+        bool seen = false;
+        size_t count = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            seen = str_eq(r->claims[j].name, r->claims[i].name);
+        }
+        if (seen) {
+            continue;
+        }
+        for (size_t j = i; j < r->nclaims; j++) {
+            count += str_eq(r->claims[j].name, r->claims[i].name);
+        }
+        char *name = kv_dup(r->claims[i].name);
+        if (!first) {
+            sbuf_put(b, ",", 1);
+        }
+        first = false;
+        json_str(b, name);
+        free(name);
+        sbuf_put(b, ":", 1);
+        if (count > 1) {
+            sbuf_put(b, "[", 1);
+        }
+        size_t k = 0;
+        for (size_t j = i; j < r->nclaims; j++) {
+            if (str_eq(r->claims[j].name, r->claims[i].name)) {
+                char *v = kv_dup(r->claims[j].value);
+                if (k++) {
+                    sbuf_put(b, ",", 1);
+                }
+                json_str(b, v);
+                free(v);
+            }
+        }
+        if (count > 1) {
+            sbuf_put(b, "]", 1);
+        }
+    }
+    sbuf_put(b, "}", 1);
+}
+
+static void format_ts(int64_t ts_us, char out[64])
+{
+    if (ts_us < 0) {
+        ts_us = 0;
+    }
+    time_t s = (time_t)(ts_us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ts_us % 1000000));
+}
+
+void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
+                  struct sbuf *b)
+{
+    char ts[64];
+    format_ts(r->ts_us, ts);
+    b->len = 0;
+    sbuf_printf(b, "{\"v\":1,\"seq\":%llu,\"ts\":\"%s\"", (unsigned long long)seq, ts);
+    json_kv_str(b, "request_id", r->request_id);
+    json_kv_str(b, "route", r->route);
+    json_kv_str(b, "decision", r->decision);
+    json_kv_str(b, "rule", r->rule);
+    json_kv_str(b, "reason", r->reason);
+    json_kv_str(b, "user", r->user);
+    json_kv_str(b, "email", r->email);
+    sbuf_puts(b, ",\"groups\":");
+    groups_json(b, r);
+    sbuf_puts(b, ",\"claims\":");
+    claims_json(b, r);
+    json_kv_str(b, "idp", r->idp);
+    json_kv_str(b, "session", r->session);
+    sbuf_printf(b, ",\"device\":{\"present\":%s", r->device_present ? "true" : "false");
+    json_kv_str(b, "id", r->device_id);
+    json_kv_str(b, "owner", r->device_owner);
+    sbuf_printf(b, ",\"trusted\":%s}", r->device_trusted ? "true" : "false");
+    json_kv_str(b, "client_ip", r->client_ip);
+    json_kv_str(b, "method", r->method);
+    json_kv_str(b, "host", r->host);
+    json_kv_str(b, "path", r->path);
+    sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":", r->shadow ? "true" : "false",
+                r->opa_called ? "true" : "false");
+    json_str(b, r->opa_result);
+    sbuf_printf(b, ",\"ms\":%u},\"latency_us\":%llu,\"prev_hash\":\"%s\"", r->opa_ms,
+                (unsigned long long)r->latency_us, prev_hash);
+}
+
+void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 32;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    if (!c) {
+        abort();
+    }
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    EVP_DigestUpdate(c, prev_hash, 64);
+    EVP_DigestUpdate(c, canon, len);
+    EVP_DigestUpdate(c, "}", 1);
+    EVP_DigestFinal_ex(c, md, &n);
+    EVP_MD_CTX_free(c);
+    str_hex(md, 32, out);
+}
+
+/* ---- SQLite ---- */
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS decisions("
+    " seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER,"
+    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_us);"
+    "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);";
+
+const char DL_COLUMNS[] =
+    "ts_us, request_id, route, decision, rule, reason, user, email, groups, claims, idp, "
+    "session, device_present, device_id, device_owner, device_trusted, client_ip, method, host, "
+    "path, shadow, opa_called, opa_result, opa_ms, latency_us";
+
+int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
+{
+    int flags = readonly ? SQLITE_OPEN_READONLY
+                         : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "cannot open %s: %s", path, *db ? sqlite3_errmsg(*db) : "?");
+        sqlite3_close(*db);
+        *db = NULL;
+        return ERR_IO;
+    }
+    sqlite3_busy_timeout(*db, 5000);
+    if (!readonly) {
+        char *msg = NULL;
+        if (sqlite3_exec(*db, "PRAGMA journal_mode=WAL;", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(*db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+            err_set(err, ERR_IO, "%s: %s", path, msg ? msg : "schema");
+            sqlite3_free(msg);
+            sqlite3_close(*db);
+            *db = NULL;
+            return ERR_IO;
+        }
+    }
+    return 0;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i, struct arena *a)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
+}
+
+void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
+{
+    struct arena *a = arena_new(0);
+    struct decision_record *r = &row->rec;
+    memset(row, 0, sizeof *row);
+    row->a = a;
+    row->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    r->ts_us = sqlite3_column_int64(st, 1);
+    r->request_id = col_text(st, 2, a);
+    r->route = col_text(st, 3, a);
+    r->decision = col_text(st, 4, a);
+    r->rule = col_text(st, 5, a);
+    r->reason = col_text(st, 6, a);
+    r->user = col_text(st, 7, a);
+    r->email = col_text(st, 8, a);
+    const char *groups = col_text(st, 9, a), *claims = col_text(st, 10, a);
+    r->idp = col_text(st, 11, a);
+    r->session = col_text(st, 12, a);
+    r->device_present = sqlite3_column_int(st, 13) != 0;
+    r->device_id = col_text(st, 14, a);
+    r->device_owner = col_text(st, 15, a);
+    r->device_trusted = sqlite3_column_int(st, 16) != 0;
+    r->client_ip = col_text(st, 17, a);
+    r->method = col_text(st, 18, a);
+    r->host = col_text(st, 19, a);
+    r->path = col_text(st, 20, a);
+    r->shadow = sqlite3_column_int(st, 21) != 0;
+    r->opa_called = sqlite3_column_int(st, 22) != 0;
+    r->opa_result = col_text(st, 23, a);
+    r->opa_ms = (uint32_t)sqlite3_column_int64(st, 24);
+    r->latency_us = (uint64_t)sqlite3_column_int64(st, 25);
+    row->prev_hash = (char *)col_text(st, 26, a);
+    row->hash = (char *)col_text(st, 27, a);
+
+    /* groups and claims are stored as the JSON the canonical form embeds. An edited,
+     * unparsable value reads as something else, which the hash then rejects. */
+    json_t *g = groups ? json_loads(groups, 0, NULL) : NULL;
+    if (json_is_array(g)) {
+        const char **gs = arena_zalloc(a, (json_array_size(g) + 1) * sizeof *gs);
+        size_t i;
+        json_t *v;
+        json_array_foreach(g, i, v)
+        {
+            gs[r->ngroups++] = arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?");
+        }
+        r->groups = gs;
+    } else if (groups && strcmp(groups, "[]") != 0) {
+        const char **gs = arena_zalloc(a, sizeof *gs);
+        gs[0] = groups;
+        r->groups = gs;
+        r->ngroups = 1;
+    }
+    json_decref(g);
+    json_t *c = claims ? json_loads(claims, 0, NULL) : NULL;
+    if (json_is_object(c)) {
+        size_t total = 0;
+        const char *k;
+        json_t *v;
+        json_object_foreach(c, k, v)
+        {
+            total += json_is_array(v) ? json_array_size(v) : 1;
+        }
+        struct policy_kv *kv = arena_zalloc(a, (total + 1) * sizeof *kv);
+        json_object_foreach(c, k, v)
+        {
+            struct str name = str_from(arena_strdup(a, k));
+            if (json_is_array(v)) {
+                size_t i;
+                json_t *e;
+                json_array_foreach(v, i, e)
+                {
+                    kv[r->nclaims].name = name;
+                    kv[r->nclaims++].value =
+                        str_from(arena_strdup(a, json_is_string(e) ? json_string_value(e) : "?"));
+                }
+            } else {
+                kv[r->nclaims].name = name;
+                kv[r->nclaims++].value =
+                    str_from(arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?"));
+            }
+        }
+        r->claims = kv;
+    }
+    json_decref(c);
+}
+
+void dl_row_fini(struct dl_row *row)
+{
+    arena_free(row->a);
+    memset(row, 0, sizeof *row);
+}
+
+void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
+{
+    sqlite3_stmt *st = NULL;
+    *seq = 0;
+    snprintf(hash, 65, "%s", DL_GENESIS);
+    if (sqlite3_prepare_v2(db, "SELECT key, value FROM decision_log_meta WHERE key IN "
+                               "('anchor_seq', 'anchor_hash')", -1, &st, NULL) != SQLITE_OK) {
+        return;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        const char *v = (const char *)sqlite3_column_text(st, 1);
+        if (k && v && strcmp(k, "anchor_seq") == 0) {
+            *seq = strtoull(v, NULL, 10);
+        } else if (k && v && strcmp(k, "anchor_hash") == 0 && strlen(v) == 64) {
+            snprintf(hash, 65, "%s", v);
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+/* ---- the JSON-lines mirror ---- */
+
+/* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
+static int file_tail(int fd, uint64_t *last_seq, struct err *err)
+{
+    struct stat sb;
+    *last_seq = 0;
+    if (fstat(fd, &sb) != 0) {
+        return err_set(err, ERR_IO, "stat: %s", strerror(errno));
+    }
+    off_t end = sb.st_size;
+    char buf[65536];
+    /* Find the end of the last complete line. */
+    off_t good = 0;
+    for (off_t pos = end; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            good = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    if (good != end && ftruncate(fd, good) != 0) {
+        return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+    }
+    if (good == 0) {
+        return 0;
+    }
+    /* Find the start of that line. */
+    off_t start = 0;
+    for (off_t pos = good - 1; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            start = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    size_t len = (size_t)(good - start);
+    char *line = xmalloc(len + 1);
+    if (pread(fd, line, len, start) != (ssize_t)len) {
+        free(line);
+        return err_set(err, ERR_IO, "read: %s", strerror(errno));
+    }
+    line[len] = '\0';
+    json_t *j = json_loads(line, 0, NULL);
+    free(line);
+    json_t *s = json_object_get(j, "seq");
+    if (!json_is_integer(s)) {
+        json_decref(j);
+        return err_set(err, ERR_PARSE, "last line of the decision log file is not a record");
+    }
+    *last_seq = (uint64_t)json_integer_value(s);
+    json_decref(j);
+    return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Appends to the file every SQLite record after its last line. */
+static int file_catch_up(sqlite3 *db, int fd, struct err *err)
+{
+    uint64_t last;
+    int rc = file_tail(fd, &last, err);
+    if (rc) {
+        return rc;
+    }
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE seq > ? "
+                              "ORDER BY seq", DL_COLUMNS);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)last);
+    struct sbuf b = { 0 };
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        dl_canonical(&row.rec, row.seq, row.prev_hash ? row.prev_hash : DL_GENESIS, &b);
+        sbuf_printf(&b, ",\"hash\":\"%s\"}\n", row.hash ? row.hash : "");
+        dl_row_fini(&row);
+        if (write_all(fd, b.p, b.len) != 0) {
+            sbuf_free(&b);
+            sqlite3_finalize(st);
+            return err_set(err, ERR_IO, "write: %s", strerror(errno));
+        }
+    }
+    sbuf_free(&b);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    return 0;
+}
+
+/* ---- config ---- */
+
+static const char *const dl_keys[] = { "file", "sync", "retain", "queue", "flush_interval",
+                                       NULL };
+
+bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file,
+                             struct conf_diag *d, struct decision_log_conf *out)
+{
+    memset(out, 0, sizeof *out);
+    out->retain_ms = 90ULL * 86400000;
+    out->queue = 10000;
+    out->flush_interval_ms = 200;
+    const struct conf_node *n = conf_get(root, "decision_log");
+    if (!n) {
+        return true;
+    }
+    if (!conf_check_keys(d, n, "decision_log", dl_keys)) {
+        return false;
+    }
+    const char *file = NULL, *sync = NULL, *sqlite = NULL;
+    if (!conf_string(d, n, "file", &file) || !conf_string(d, n, "sync", &sync) ||
+        !conf_duration_ms(d, n, "retain", 0, 100ULL * 365 * 86400000, &out->retain_ms) ||
+        !conf_u64(d, n, "queue", 1, 10000000, &out->queue) ||
+        !conf_duration_ms(d, n, "flush_interval", 1, 60000, &out->flush_interval_ms)) {
+        return false;
+    }
+    if (sync && strcmp(sync, "batch") != 0 && strcmp(sync, "strict") != 0) {
+        conf_error(d, conf_get(n, "sync"), "\"sync\" must be batch or strict, got \"%s\"", sync);
+        return false;
+    }
+    out->sync = sync && strcmp(sync, "strict") == 0 ? DECISION_LOG_STRICT : DECISION_LOG_BATCH;
+    const struct conf_node *state = conf_get(root, "state");
+    if (state && state->type == CONF_MAP && !conf_string(d, state, "sqlite", &sqlite)) {
+        return false;
+    }
+    if (!sqlite) {
+        conf_error(d, conf_get_key(root, "decision_log"),
+                   "\"decision_log\" needs \"state.sqlite\" (the log's database)");
+        return false;
+    }
+    out->sqlite = conf_path_resolve(conf_file, sqlite);
+    out->file = file ? conf_path_resolve(conf_file, file) : NULL;
+    return true;
+}
+
+void decision_log_conf_fini(struct decision_log_conf *c)
+{
+    free(c->sqlite);
+    free(c->file);
+    c->sqlite = c->file = NULL;
+}
+
+/* ---- the writer ---- */
+
+struct qrec {
+    struct decision_record rec; /* strings point into blob */
+    uint64_t seq;
+    char *blob;
+};
+
+struct decision_log {
+    struct decision_log_conf conf;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    struct qrec *ring;
+    size_t head, count, inflight;
+    uint64_t next_seq, committed;
+    bool stop, broken;
+    decision_log_commit_cb *cb;
+    void *cb_arg;
+    sqlite3 *db;
+    sqlite3_stmt *ins;
+    int fd;
+    bool file_behind;
+    char prev[65];
+    int64_t last_retain_us;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static size_t cstr_size(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+static const char *blob_put(char **cur, const char *s)
+{
+    if (!s) {
+        return NULL;
+    }
+    size_t n = strlen(s) + 1;
+    char *d = *cur;
+    memcpy(d, s, n);
+    *cur += n;
+    return d;
+}
+
+/* One allocation holding the record's strings, groups and claims. */
+static void rec_copy(const struct decision_record *in, struct qrec *q)
+{
+    const char *const *fields[] = { &in->request_id, &in->route,     &in->decision,
+                                    &in->rule,       &in->reason,    &in->user,
+                                    &in->email,      &in->idp,       &in->session,
+                                    &in->device_id,  &in->device_owner, &in->client_ip,
+                                    &in->method,     &in->host,      &in->path,
+                                    &in->opa_result };
+    size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv) + 16;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        size += cstr_size(*fields[i]);
+    }
+    for (size_t i = 0; i < in->ngroups; i++) {
+        size += cstr_size(in->groups[i]);
+    }
+    for (size_t i = 0; i < in->nclaims; i++) {
+        size += in->claims[i].name.len + in->claims[i].value.len + 2;
+    }
+    q->blob = xmalloc(size);
+    q->rec = *in;
+    const char **groups = (const char **)(void *)q->blob;
+    struct policy_kv *claims = (struct policy_kv *)(void *)(q->blob + in->ngroups * sizeof(char *));
+    char *cur = (char *)(claims + in->nclaims);
+    struct decision_record *r = &q->rec;
+    const char **out[] = { &r->request_id, &r->route,  &r->decision,  &r->rule,
+                           &r->reason,     &r->user,   &r->email,     &r->idp,
+                           &r->session,    &r->device_id, &r->device_owner, &r->client_ip,
+                           &r->method,     &r->host,   &r->path,      &r->opa_result };
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
+        *out[i] = blob_put(&cur, *fields[i]);
+    }
+    for (size_t i = 0; i < in->ngroups; i++) {
+        groups[i] = blob_put(&cur, in->groups[i] ? in->groups[i] : "");
+    }
+    for (size_t i = 0; i < in->nclaims; i++) {
+        struct str nm = in->claims[i].name, v = in->claims[i].value;
+        memcpy(cur, nm.p, nm.len);
+        claims[i].name = (struct str){ cur, nm.len };
+        cur += nm.len;
+        *cur++ = '\0';
+        memcpy(cur, v.p, v.len);
+        claims[i].value = (struct str){ cur, v.len };
+        cur += v.len;
+        *cur++ = '\0';
+    }
+    r->groups = groups;
+    r->claims = claims;
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+}
+
+static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
+                      const char *hash, struct sbuf *tmp)
+{
+    sqlite3_stmt *st = dl->ins;
+    const struct decision_record *r = &q->rec;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)q->seq);
+    sqlite3_bind_int64(st, 2, r->ts_us);
+    bind_text(st, 3, r->request_id);
+    bind_text(st, 4, r->route);
+    bind_text(st, 5, r->decision);
+    bind_text(st, 6, r->rule);
+    bind_text(st, 7, r->reason);
+    bind_text(st, 8, r->user);
+    bind_text(st, 9, r->email);
+    tmp->len = 0;
+    groups_json(tmp, r);
+    bind_text(st, 10, tmp->p);
+    tmp->len = 0;
+    claims_json(tmp, r);
+    bind_text(st, 11, tmp->p);
+    bind_text(st, 12, r->idp);
+    bind_text(st, 13, r->session);
+    sqlite3_bind_int(st, 14, r->device_present);
+    bind_text(st, 15, r->device_id);
+    bind_text(st, 16, r->device_owner);
+    sqlite3_bind_int(st, 17, r->device_trusted);
+    bind_text(st, 18, r->client_ip);
+    bind_text(st, 19, r->method);
+    bind_text(st, 20, r->host);
+    bind_text(st, 21, r->path);
+    sqlite3_bind_int(st, 22, r->shadow);
+    sqlite3_bind_int(st, 23, r->opa_called);
+    bind_text(st, 24, r->opa_result);
+    sqlite3_bind_int64(st, 25, r->opa_ms);
+    sqlite3_bind_int64(st, 26, (sqlite3_int64)r->latency_us);
+    bind_text(st, 27, prev);
+    bind_text(st, 28, hash);
+    return sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+}
+
+/* Commits a batch to SQLite, then mirrors it to the file. On a SQLite failure the
+ * batch is kept and retried (the queue fills and callers get 503); nothing is lost. */
+static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
+{
+    struct sbuf canon = { 0 }, lines = { 0 }, tmp = { 0 };
+    char prev[65], hash[65];
+    int64_t t0 = now_us();
+    memcpy(prev, dl->prev, 65);
+    int rc = sqlite3_exec(dl->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        dl_canonical(&batch[i].rec, batch[i].seq, prev, &canon);
+        dl_hash(prev, canon.p, canon.len, hash);
+        rc = insert_row(dl, &batch[i], prev, hash, &tmp);
+        sbuf_put(&lines, canon.p, canon.len);
+        sbuf_printf(&lines, ",\"hash\":\"%s\"}\n", hash);
+        memcpy(prev, hash, 65);
+    }
+    if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = ERR_IO;
+    }
+    if (rc != 0) {
+        log_error("decision_log", "commit failed: %s", sqlite3_errmsg(dl->db));
+        sqlite3_exec(dl->db, "ROLLBACK", NULL, NULL, NULL);
+        goto out;
+    }
+    memcpy(dl->prev, prev, 65);
+    if (dl->fd >= 0) {
+        if (dl->file_behind || write_all(dl->fd, lines.p, lines.len) != 0) {
+            /* The file is a mirror of SQLite: catch it up later rather than lose order. */
+            dl->file_behind = true;
+        } else if (dl->conf.sync == DECISION_LOG_STRICT && fdatasync(dl->fd) != 0) {
+            dl->file_behind = true;
+        }
+    }
+    policy_metrics_log_write((uint64_t)(now_us() - t0), n);
+out:
+    sbuf_free(&canon);
+    sbuf_free(&lines);
+    sbuf_free(&tmp);
+    return rc;
+}
+
+static void periodic(struct decision_log *dl)
+{
+    if (dl->fd >= 0) {
+        if (dl->file_behind) {
+            struct err err = { 0 };
+            if (file_catch_up(dl->db, dl->fd, &err) == 0) {
+                dl->file_behind = false;
+                log_info("decision_log", "file caught up with SQLite");
+            } else {
+                log_error("decision_log", "file mirror behind: %s", err.msg);
+            }
+        }
+        (void)fdatasync(dl->fd);
+    }
+    sqlite3_wal_checkpoint_v2(dl->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    int64_t now = now_us();
+    if (dl->conf.retain_ms && now - dl->last_retain_us > DL_RETAIN_EVERY_US) {
+        struct err err = { 0 };
+        dl->last_retain_us = now;
+        long n = dl_retain(dl->db, dl->conf.file, now - (int64_t)dl->conf.retain_ms * 1000, &err);
+        if (n < 0) {
+            log_error("decision_log", "retention failed: %s", err.msg);
+        } else if (n > 0) {
+            log_info("decision_log", "retention deleted %ld records", n);
+            /* The file was rewritten: reopen it. */
+            if (dl->fd >= 0) {
+                close(dl->fd);
+                dl->fd = open(dl->conf.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+            }
+        }
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct decision_log *dl = arg;
+    struct qrec *batch = xcalloc(DL_BATCH_MAX, sizeof *batch);
+    size_t n = 0;
+
+    pthread_mutex_lock(&dl->mu);
+    for (;;) {
+        if (n == 0) {
+            while (dl->count == 0 && !dl->stop) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                uint64_t ns = (uint64_t)ts.tv_nsec + dl->conf.flush_interval_ms * 1000000ULL;
+                ts.tv_sec += (time_t)(ns / 1000000000ULL);
+                ts.tv_nsec = (long)(ns % 1000000000ULL);
+                if (pthread_cond_timedwait(&dl->wake, &dl->mu, &ts) != 0) {
+                    pthread_mutex_unlock(&dl->mu);
+                    periodic(dl);
+                    pthread_mutex_lock(&dl->mu);
+                }
+            }
+            if (dl->count == 0 && dl->stop) {
+                break;
+            }
+            size_t cap = dl->conf.queue;
+            while (dl->count > 0 && n < DL_BATCH_MAX) {
+                batch[n++] = dl->ring[dl->head];
+                dl->head = (dl->head + 1) % cap;
+                dl->count--;
+            }
+            dl->inflight = n;
+        }
+        pthread_mutex_unlock(&dl->mu);
+        int rc = write_batch(dl, batch, n);
+        uint64_t last = batch[n - 1].seq;
+        if (rc == 0) {
+            for (size_t i = 0; i < n; i++) {
+                free(batch[i].blob);
+            }
+            n = 0;
+        } else if (dl->stop) {
+            /* Shutting down with a store that keeps failing: say so loudly. */
+            log_error("decision_log", "%zu records could not be committed at shutdown", n);
+            for (size_t i = 0; i < n; i++) {
+                free(batch[i].blob);
+            }
+            n = 0;
+        } else {
+            sleep(1);
+        }
+        pthread_mutex_lock(&dl->mu);
+        policy_metrics_queue_depth(dl->count + n);
+        dl->broken = rc != 0;
+        if (rc == 0) {
+            dl->committed = last;
+            dl->inflight = 0;
+            pthread_cond_broadcast(&dl->done);
+            if (dl->cb) {
+                decision_log_commit_cb *cb = dl->cb;
+                void *cb_arg = dl->cb_arg;
+                pthread_mutex_unlock(&dl->mu);
+                cb(last, cb_arg);
+                pthread_mutex_lock(&dl->mu);
+            }
+        } else {
+            pthread_cond_broadcast(&dl->done);
+        }
+    }
+    pthread_mutex_unlock(&dl->mu);
+    free(batch);
+    return NULL;
+}
+
+struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
+{
+    if (!c->sqlite) {
+        err_set(err, ERR_CONFIG, "the decision log needs state.sqlite");
+        return NULL;
+    }
+    struct decision_log *dl = xcalloc(1, sizeof *dl);
+    dl->conf = *c;
+    dl->conf.sqlite = xstrdup(c->sqlite);
+    dl->conf.file = c->file ? xstrdup(c->file) : NULL;
+    dl->conf.queue = c->queue ? c->queue : 10000;
+    dl->conf.flush_interval_ms = c->flush_interval_ms ? c->flush_interval_ms : 200;
+    dl->fd = -1;
+    if (dl_db_open(c->sqlite, false, &dl->db, err) != 0) {
+        goto fail;
+    }
+    sqlite3_exec(dl->db,
+                 c->sync == DECISION_LOG_STRICT ? "PRAGMA synchronous=FULL"
+                                                : "PRAGMA synchronous=NORMAL",
+                 NULL, NULL, NULL);
+    char sql[512];
+    snprintf(sql, sizeof sql, "INSERT INTO decisions(seq, %s, prev_hash, hash) VALUES(?1, ?2, ?3, "
+             "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, "
+             "?22, ?23, ?24, ?25, ?26, ?27, ?28)", DL_COLUMNS);
+    if (sqlite3_prepare_v3(dl->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &dl->ins, NULL) !=
+        SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+        goto fail;
+    }
+    /* The chain continues from the last row, or from the retention anchor. */
+    uint64_t anchor_seq;
+    dl_anchor_get(dl->db, &anchor_seq, dl->prev);
+    dl->next_seq = anchor_seq + 1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(dl->db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        dl->next_seq = (uint64_t)sqlite3_column_int64(st, 0) + 1;
+        snprintf(dl->prev, sizeof dl->prev, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_finalize(st);
+    dl->committed = dl->next_seq - 1;
+    if (c->file) {
+        dl->fd = open(c->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (dl->fd < 0) {
+            err_set(err, ERR_IO, "cannot open %s: %s", c->file, strerror(errno));
+            goto fail;
+        }
+        if (file_catch_up(dl->db, dl->fd, err) != 0) {
+            goto fail;
+        }
+    }
+    dl->ring = xcalloc(dl->conf.queue, sizeof *dl->ring);
+    pthread_mutex_init(&dl->mu, NULL);
+    pthread_cond_init(&dl->wake, NULL);
+    pthread_cond_init(&dl->done, NULL);
+    dl->last_retain_us = 0;
+    if (pthread_create(&dl->thread, NULL, writer_main, dl) != 0) {
+        err_set(err, ERR_IO, "cannot start the decision log writer");
+        goto fail;
+    }
+    return dl;
+fail:
+    if (dl->fd >= 0) {
+        close(dl->fd);
+    }
+    sqlite3_finalize(dl->ins);
+    sqlite3_close(dl->db);
+    free(dl->ring);
+    decision_log_conf_fini(&dl->conf);
+    free(dl);
+    return NULL;
+}
+
+int decision_log_append(struct decision_log *dl, const struct decision_record *rec, uint64_t *seq)
+{
+    pthread_mutex_lock(&dl->mu);
+    /* Fail closed: a full queue or a failing store refuses new records (503). */
+    if (dl->count + dl->inflight >= dl->conf.queue || dl->broken || dl->stop) {
+        pthread_mutex_unlock(&dl->mu);
+        return ERR_LIMIT;
+    }
+    size_t tail = (dl->head + dl->count) % dl->conf.queue;
+    rec_copy(rec, &dl->ring[tail]);
+    dl->ring[tail].seq = dl->next_seq++;
+    if (seq) {
+        *seq = dl->ring[tail].seq;
+    }
+    dl->count++;
+    policy_metrics_queue_depth(dl->count + dl->inflight);
+    pthread_cond_signal(&dl->wake);
+    pthread_mutex_unlock(&dl->mu);
+    return 0;
+}
+
+int decision_log_wait(struct decision_log *dl, uint64_t seq)
+{
+    int rc = 0;
+    pthread_mutex_lock(&dl->mu);
+    while (dl->committed < seq) {
+        if (dl->broken) {
+            rc = ERR_IO;
+            break;
+        }
+        pthread_cond_wait(&dl->done, &dl->mu);
+    }
+    pthread_mutex_unlock(&dl->mu);
+    return rc;
+}
+
+void decision_log_set_commit_cb(struct decision_log *dl, decision_log_commit_cb *cb, void *arg)
+{
+    pthread_mutex_lock(&dl->mu);
+    dl->cb = cb;
+    dl->cb_arg = arg;
+    pthread_mutex_unlock(&dl->mu);
+}
+
+size_t decision_log_queue_depth(struct decision_log *dl)
+{
+    pthread_mutex_lock(&dl->mu);
+    size_t n = dl->count + dl->inflight;
+    pthread_mutex_unlock(&dl->mu);
+    return n;
+}
+
+void decision_log_close(struct decision_log *dl)
+{
+    if (!dl) {
+        return;
+    }
+    pthread_mutex_lock(&dl->mu);
+    dl->stop = true;
+    pthread_cond_signal(&dl->wake);
+    pthread_mutex_unlock(&dl->mu);
+    pthread_join(dl->thread, NULL);
+    if (dl->fd >= 0) {
+        if (dl->file_behind) {
+            struct err err = { 0 };
+            (void)file_catch_up(dl->db, dl->fd, &err);
+        }
+        (void)fdatasync(dl->fd);
+        close(dl->fd);
+    }
+    sqlite3_finalize(dl->ins);
+    sqlite3_close(dl->db);
+    pthread_mutex_destroy(&dl->mu);
+    pthread_cond_destroy(&dl->wake);
+    pthread_cond_destroy(&dl->done);
+    free(dl->ring);
+    decision_log_conf_fini(&dl->conf);
+    free(dl);
+}
+
+/* ---- retention ---- */
+
+/* Rewrites the file keeping lines with seq > keep_after (atomic rename). */
+static int file_drop_before(const char *file, uint64_t keep_after, struct err *err)
+{
+    FILE *in = fopen(file, "r");
+    if (!in) {
+        return errno == ENOENT ? 0 : err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *tmp = xasprintf("%s.retain", file);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        free(tmp);
+        return err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *s = json_object_get(j, "seq");
+        bool keep = !json_is_integer(s) || (uint64_t)json_integer_value(s) > keep_after;
+        json_decref(j);
+        if (keep) {
+            fwrite(line, 1, (size_t)n, out);
+        }
+    }
+    free(line);
+    fclose(in);
+    int rc = 0;
+    if (fflush(out) != 0 || fdatasync(fileno(out)) != 0) {
+        rc = err_set(err, ERR_IO, "%s: %s", tmp, strerror(errno));
+    }
+    fclose(out);
+    if (rc == 0 && rename(tmp, file) != 0) {
+        rc = err_set(err, ERR_IO, "rename %s: %s", tmp, strerror(errno));
+    }
+    free(tmp);
+    return rc;
+}
+
+long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t seq = 0;
+    char hash[65] = "";
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    /* The anchor is the newest deleted record: the first kept one chains to it. */
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM decisions WHERE ts_us < ? ORDER BY seq "
+                               "DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_int64(st, 1, cutoff_us);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        seq = (uint64_t)sqlite3_column_int64(st, 0);
+        snprintf(hash, sizeof hash, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (seq == 0) {
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        return 0;
+    }
+    char sql[256];
+    snprintf(sql, sizeof sql, "DELETE FROM decisions WHERE seq <= %llu", (unsigned long long)seq);
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    long deleted = (long)sqlite3_changes(db);
+    snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
+                              "'%llu'), ('anchor_hash', '%s')", (unsigned long long)seq, hash);
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    if (file && file_drop_before(file, seq, err) != 0) {
+        return -1;
+    }
+    return deleted;
+fail:
+    err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, struct err *err)
+{
+    sqlite3 *db = NULL;
+    if (!c->retain_ms) {
+        return 0;
+    }
+    if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        return -1;
+    }
+    long n = dl_retain(db, c->file, now_us_ - (int64_t)c->retain_ms * 1000, err);
+    sqlite3_close(db);
+    return n;
+}

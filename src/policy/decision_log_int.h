@@ -1,0 +1,51 @@
+/* policy/decision_log_int.h - the decision log's record encoding, shared by the
+ * writer (decision_log.c) and the audit commands (cmd_audit.c). Private. */
+#ifndef GH_POLICY_DECISION_LOG_INT_H
+#define GH_POLICY_DECISION_LOG_INT_H
+
+#include <sqlite3.h>
+
+#include "policy.h"
+
+#define DL_GENESIS "0000000000000000000000000000000000000000000000000000000000000000"
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+
+void sbuf_put(struct sbuf *b, const char *s, size_t n);
+void sbuf_puts(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF(2, 3);
+void sbuf_free(struct sbuf *b);
+
+/* The canonical bytes of a record: one JSON object with fixed key order, ending
+ * with "prev_hash", without the final '}' (the line adds ,"hash":"..."}). */
+void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
+                  struct sbuf *out);
+/* hex SHA-256 over prev_hash (64 hex chars) and the canonical bytes + "}". */
+void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65]);
+
+/* SQLite schema and helpers. */
+int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err);
+/* Column list in the order dl_row_read expects (prefixed by "seq, ", followed by
+ * ", prev_hash, hash"). */
+extern const char DL_COLUMNS[];
+
+/* A record read back from SQLite, owning its strings. */
+struct dl_row {
+    uint64_t seq;
+    struct decision_record rec;
+    char *prev_hash, *hash;
+    struct arena *a;
+};
+/* Reads the current row of a statement selecting DL_COLUMNS. */
+void dl_row_read(sqlite3_stmt *st, struct dl_row *row);
+void dl_row_fini(struct dl_row *row);
+/* Anchor left by retention: the seq and hash of the last deleted record
+ * (seq 0 and DL_GENESIS when nothing was deleted). */
+void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
+/* Retention on an open db and the JSONL file (may be NULL). Returns rows deleted or -1. */
+long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err);
+
+#endif

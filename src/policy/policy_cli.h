@@ -1,0 +1,30 @@
+/* policy/policy_cli.h - helpers shared by the `policy` and `audit` commands.
+ * Private to src/policy. */
+#ifndef GH_POLICY_POLICY_CLI_H
+#define GH_POLICY_POLICY_CLI_H
+
+#include "policy.h"
+
+/* OPA answers given in a test case or an explain input ("opa: {path: true}"). */
+struct cli_opa {
+    const char *path[POLICY_MAX_OPA]; /* borrowed from the conf doc */
+    bool allow[POLICY_MAX_OPA];
+    size_t n;
+};
+
+/* RFC 3339 ("2026-03-10T09:30:00Z", "...+01:00") to unix seconds. */
+bool policy_time_parse(const char *s, int64_t *out);
+/* Fills in from a test-case/explain input map; strings are copied into a.
+ * Errors go to d with positions. opa may be NULL. */
+bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct conf_diag *d,
+                            struct policy_input *in, struct cli_opa *opa);
+/* policy_eval, answering OPA from opa; returns POLICY_NEED_OPA when an answer is missing. */
+enum policy_step policy_eval_cli(const struct policy *p, const struct policy_input *in,
+                                 const struct cli_opa *opa, struct policy_result *r);
+/* Finds route name in the config file cfg and loads its policy (file, public or
+ * allow_any_authenticated). NULL with a message on stderr. */
+struct policy *policy_for_route(const char *cfg, const char *route);
+
+int policy_cmd_diff(int argc, char **argv);
+
+#endif
