@@ -162,6 +162,7 @@ static void put_ts(struct w *w, uint64_t ts_us)
 size_t accesslog_format(const struct accesslog_entry *e, char *buf, size_t cap)
 {
     struct w w = { .p = buf, .len = 0, .cap = cap };
+    struct str path;
 
     LIT(&w, "{\"ts\":");
     put_ts(&w, e->ts_us);
@@ -174,7 +175,15 @@ size_t accesslog_format(const struct accesslog_entry *e, char *buf, size_t cap)
     LIT(&w, ",\"host\":");
     put_json_str(&w, e->host);
     LIT(&w, ",\"path\":");
-    put_json_str(&w, e->path);
+    path = e->path;
+    for (size_t i = 0; i < path.len; i++) {
+        /* The query may hold an OAuth code or a token: never log it. */
+        if (path.p[i] == '?') {
+            path.len = i;
+            break;
+        }
+    }
+    put_json_str(&w, path);
     LIT(&w, ",\"status\":");
     put_u64(&w, e->status);
     LIT(&w, ",\"bytes_in\":");

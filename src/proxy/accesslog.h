@@ -1,8 +1,10 @@
 /* proxy/accesslog.h - one JSON line per finished request:
  *   {"ts":"2026-11-28T06:00:00.123Z","request_id":"...","client_ip":"...",
- *    "method":"GET","host":"...","path":"...","status":200,"bytes_in":0,
+ *    "method":"GET","host":"...","path":"/docs","status":200,"bytes_in":0,
  *    "bytes_out":512,"upstream":"127.0.0.1:9001","upstream_ms":1.234,"total_ms":2.345}
- * Exactly these fields, in this order; strings JSON-escaped (control bytes as
+ * Exactly these fields, in this order. "path" stops before any '?': queries
+ * carry OAuth codes, state and sometimes tokens, which must not reach a log.
+ * Strings are JSON-escaped (control bytes as
  * \u00XX, invalid UTF-8 bytes as U+FFFD); "upstream" and "upstream_ms" are null
  * when no upstream was contacted.
  *
@@ -32,7 +34,7 @@ struct accesslog_entry {
     struct str client_ip;
     struct str method;
     struct str host;         /* Host header as received */
-    struct str path;         /* request target as received (path and query) */
+    struct str path;         /* request target as received; logged without its query string */
     unsigned status;
     uint64_t bytes_in;       /* request bytes read from the client (head + body) */
     uint64_t bytes_out;      /* response bytes written to the client (head + body) */

@@ -51,7 +51,7 @@ static void test_line_has_exactly_the_documented_fields(void **state)
     assert_string_equal(line,
                         "{\"ts\":\"2026-11-28T06:00:00.123Z\",\"request_id\":\"7f3a9c\","
                         "\"client_ip\":\"192.0.2.1\",\"method\":\"GET\",\"host\":"
-                        "\"wiki.example.com\",\"path\":\"/docs?q=1\",\"status\":200,"
+                        "\"wiki.example.com\",\"path\":\"/docs\",\"status\":200,"
                         "\"bytes_in\":312,\"bytes_out\":5120,\"upstream\":\"127.0.0.1:9001\","
                         "\"upstream_ms\":1.234,\"total_ms\":2.005}\n");
     free(line);
@@ -88,6 +88,22 @@ static void test_hostile_bytes_are_escaped(void **state)
     assert_non_null(strstr(line, "\"host\":\"h\\u0009x\""));
     /* One line: the only newline is the last byte. */
     assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+    free(line);
+}
+
+static void test_query_string_is_never_logged(void **state)
+{
+    struct accesslog_entry e = sample();
+    char *line;
+    (void)state;
+    e.path = STR("/.gatehouse/oidc/callback?code=SECRETCODE&state=xyz");
+    line = format(&e);
+    assert_non_null(strstr(line, ",\"path\":\"/.gatehouse/oidc/callback\","));
+    assert_null(strstr(line, "SECRETCODE"));
+    free(line);
+    e.path = STR("?only");
+    line = format(&e);
+    assert_non_null(strstr(line, ",\"path\":\"\","));
     free(line);
 }
 
@@ -276,6 +292,7 @@ int main(void)
         cmocka_unit_test(test_line_has_exactly_the_documented_fields),
         cmocka_unit_test(test_no_upstream_gives_nulls),
         cmocka_unit_test(test_hostile_bytes_are_escaped),
+        cmocka_unit_test(test_query_string_is_never_logged),
         cmocka_unit_test(test_format_reports_needed_size_when_short),
         cmocka_unit_test(test_file_buffering_flush_and_reopen),
         cmocka_unit_test(test_buffer_flushes_itself_past_64k),
