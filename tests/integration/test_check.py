@@ -3,6 +3,7 @@ the messages its "# expect:" lines give (in order); every tests/data/good-conf/*
 exits 0 with "FILE: ok"; wrong arguments print the usage and exit 2."""
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -115,6 +116,25 @@ class GoodConfigTest(unittest.TestCase):
         finally:
             s.close()
             shutil.rmtree(d)
+
+
+class DocsTest(unittest.TestCase):
+    def test_every_config_key_is_documented(self):
+        """Each key the loader accepts (its key tables in src/proxy/config.c) and each
+        enumerated value appears, in backquotes, in docs/configuration.md."""
+        with open(os.path.join(ROOT, "src", "proxy", "config.c")) as f:
+            src = f.read()
+        with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
+            doc = f.read()
+        tables = re.findall(r"static const char \*const (\w+)\[\] = \{(.*?)\};", src, re.S)
+        self.assertGreaterEqual(len(tables), 10)
+        names = set()
+        for _, body in tables:
+            names.update(re.findall(r'"([a-z_]+)"', body))
+        self.assertIn("upstream_response", names)
+        missing = sorted(n for n in names
+                         if not re.search(r"`([a-z_]+\.)*" + n + r"(`|\.|:)", doc))
+        self.assertEqual(missing, [])
 
 
 class UsageTest(unittest.TestCase):
