@@ -8,12 +8,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "balance.h"
@@ -216,16 +218,24 @@ static int no_password(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
-/* Reports and returns false when path cannot be opened for reading. */
+/* Reports and returns false when path is not a readable regular file. A FIFO
+ * or a device (/dev/zero) would hang or flood the PEM reader. */
 static bool check_readable(struct loader *L, const struct conf_node *n, const char *key,
                            const char *written, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+    if (fd < 0) {
         conf_error(L->d, n, "cannot read \"%s\" file \"%s\": %s", key, written, strerror(errno));
         return false;
     }
-    fclose(f);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        conf_error(L->d, n, "\"%s\" file \"%s\" is not a regular file", key, written);
+        return false;
+    }
+    close(fd);
     return true;
 }
 

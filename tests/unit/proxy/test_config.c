@@ -298,6 +298,10 @@ static const struct bad bad_cases[] = {
       "t.yaml:3:17: error: cannot read \"cert\" file \"missing.crt\": No such file or directory" },
     { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: nokey.pem}\n" BASE_ROUTE,
       "t.yaml:3:29: error: cannot read \"key\" file \"nokey.pem\": No such file or directory" },
+    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: /dev/zero, key: a.key}\n" BASE_ROUTE,
+      "t.yaml:3:17: error: \"cert\" file \"/dev/zero\" is not a regular file" },
+    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: /tmp}\n" BASE_ROUTE,
+      "t.yaml:3:29: error: \"key\" file \"/tmp\" is not a regular file" },
     { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: garbage.pem, key: a.key}\n"
       BASE_ROUTE,
       "t.yaml:3:17: error: \"cert\" file \"garbage.pem\" holds no PEM certificate" },
