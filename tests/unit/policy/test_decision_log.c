@@ -1,0 +1,466 @@
+/* Unit tests for policy/decision_log.c and `gatehouse audit verify`: records
+ * round-trip through SQLite and the JSON-lines file; each kind of tampering
+ * (edit, delete, reorder, truncate; in SQLite and in the file) is named exactly;
+ * back-pressure refuses records instead of dropping them; crash leftovers (torn
+ * line, file behind SQLite) are repaired on open; retention keeps the chain. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sqlite3.h>
+
+#include "policy/decision_log_int.h"
+#include "policy/policy.h"
+
+struct fixture {
+    char dir[128];
+    char cfg[192], db[192], file[192];
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/gh-dl-XXXXXX");
+    if (!mkdtemp(f->dir)) {
+        return -1;
+    }
+    snprintf(f->cfg, sizeof f->cfg, "%s/g.yaml", f->dir);
+    snprintf(f->db, sizeof f->db, "%s/gh.db", f->dir);
+    snprintf(f->file, sizeof f->file, "%s/decisions.jsonl", f->dir);
+    FILE *c = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 4, retain: 30d}\n",
+          c);
+    fclose(c);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    if (system(cmd) != 0) {
+        return -1;
+    }
+    free(f);
+    return 0;
+}
+
+static struct decision_log *open_log(struct fixture *f, struct decision_log_conf *c)
+{
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(f->cfg, &d);
+    assert_non_null(doc);
+    assert_true(decision_log_conf_parse(doc->root, f->cfg, &d, c));
+    conf_doc_free(doc);
+    struct err err = { 0 };
+    struct decision_log *dl = decision_log_open(c, &err);
+    if (!dl) {
+        fprintf(stderr, "%s\n", err.msg);
+    }
+    assert_non_null(dl);
+    return dl;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Appends n records (waiting for each when the queue is full), ts shifted by age_us. */
+static void append_n(struct decision_log *dl, int n, int first, int64_t age_us)
+{
+    static const char *const groups[] = { "eng", "ops" };
+    static const struct policy_kv claims[] = { { { "amr", 3 }, { "mfa", 3 } } };
+    uint64_t seq = 0;
+    for (int i = first; i < first + n; i++) {
+        char rid[32], path[32];
+        snprintf(rid, sizeof rid, "req-%d", i);
+        snprintf(path, sizeof path, "/p/%d\n\"quoted\"", i);
+        struct decision_record r = { .ts_us = now_us() - age_us, .request_id = rid,
+                                     .route = "wiki", .decision = i % 2 ? "deny" : "allow",
+                                     .rule = "r", .user = "alice", .email = "alice@example.com",
+                                     .groups = groups, .ngroups = 2, .claims = claims,
+                                     .nclaims = 1, .client_ip = "10.0.0.1", .method = "GET",
+                                     .host = "wiki.example.com", .path = path };
+        int rc;
+        while ((rc = decision_log_append(dl, &r, &seq)) == ERR_LIMIT) {
+            usleep(1000);
+        }
+        assert_int_equal(rc, 0);
+    }
+    assert_int_equal(decision_log_wait(dl, seq), 0);
+}
+
+static void make_log(struct fixture *f, int n)
+{
+    struct decision_log_conf c;
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, n, 1, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+}
+
+/* Runs `audit verify` and returns its exit code; out gets its stdout. */
+static int verify(struct fixture *f, char *out, size_t size)
+{
+    char a0[] = "audit", a1[] = "verify", a2[] = "-c";
+    char *argv[] = { a0, a1, a2, f->cfg, NULL };
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s/verify.out", f->dir);
+    fflush(stdout);
+    int saved = dup(1);
+    FILE *o = fopen(tmp, "w");
+    dup2(fileno(o), 1);
+    int rc = audit_cmd(4, argv);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    fclose(o);
+    o = fopen(tmp, "r");
+    size_t n = fread(out, 1, size - 1, o);
+    out[n] = '\0';
+    fclose(o);
+    return rc;
+}
+
+static void sql(struct fixture *f, const char *stmt)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(db, stmt, NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "%s: %s\n", stmt, msg);
+        fail();
+    }
+    sqlite3_close(db);
+}
+
+/* Rewrites the file through fn(lines, &n). */
+static void edit_file(struct fixture *f, void (*fn)(char **lines, size_t *n))
+{
+    FILE *in = fopen(f->file, "r");
+    char *lines[64];
+    size_t n = 0, cap = 0;
+    char *line = NULL;
+    while (getline(&line, &cap, in) > 0 && n < 64) {
+        lines[n++] = strdup(line);
+    }
+    free(line);
+    fclose(in);
+    fn(lines, &n);
+    FILE *out = fopen(f->file, "w");
+    for (size_t i = 0; i < n; i++) {
+        fputs(lines[i], out);
+        free(lines[i]);
+    }
+    fclose(out);
+}
+
+static void expect_fail(struct fixture *f, const char *line)
+{
+    char out[4096];
+    int rc = verify(f, out, sizeof out);
+    if (!strstr(out, line)) {
+        fprintf(stderr, "expected: %s\ngot:\n%s", line, out);
+    }
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, line));
+    assert_non_null(strstr(out, "decision log FAILED verification\n"));
+}
+
+static void test_dl_round_trip_verifies(void **state)
+{
+    struct fixture *f = *state;
+    char out[4096];
+    make_log(f, 20);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 20 records verified (records 1..20)\n"));
+    assert_non_null(strstr(out, "file: 20 records verified"));
+    assert_non_null(strstr(out, "decision log OK\n"));
+    /* Reopening continues the same chain. */
+    struct decision_log_conf c;
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, 5, 21, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 25 records verified (records 1..25)\n"));
+}
+
+static void test_dl_sqlite_edit(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET decision = 'allow' WHERE seq = 5");
+    expect_fail(f, "FAIL sqlite: record 5 (request req-5) was edited: its hash does not match its "
+                   "content\n");
+}
+
+static void test_dl_sqlite_edit_of_groups(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET groups = '[\"eng\",\"admins\"]' WHERE seq = 9");
+    expect_fail(f, "FAIL sqlite: record 9 (request req-9) was edited");
+}
+
+/* An attacker who knows the algorithm edits a record and recomputes its hash: the
+ * next record no longer chains to it. */
+static void test_dl_sqlite_edit_with_recomputed_hash(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET user = 'mallory' WHERE seq = 5");
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char q[512], h[65];
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    snprintf(q, sizeof q, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE seq = 5",
+             DL_COLUMNS);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    struct dl_row row;
+    struct sbuf b = { 0 };
+    dl_row_read(st, &row);
+    dl_canonical(&row.rec, row.seq, row.prev_hash, &b);
+    dl_hash(row.prev_hash, b.p, b.len, h);
+    dl_row_fini(&row);
+    sbuf_free(&b);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    snprintf(q, sizeof q, "UPDATE decisions SET hash = '%s' WHERE seq = 5", h);
+    sql(f, q);
+    expect_fail(f, "FAIL sqlite: record 6 does not chain to record 5: record 5 was edited, "
+                   "replaced or reordered\n");
+}
+
+static void test_dl_sqlite_delete(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "DELETE FROM decisions WHERE seq = 7");
+    expect_fail(f, "FAIL sqlite: record 7 is missing (removed): the next row is record 8\n");
+}
+
+static void test_dl_sqlite_reorder(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET seq = -1 WHERE seq = 3; UPDATE decisions SET seq = 3 WHERE seq = "
+           "4; UPDATE decisions SET seq = 4 WHERE seq = -1");
+    expect_fail(f, "FAIL sqlite: record 3 is out of order: it holds record 4 (reordered)\n");
+}
+
+static void test_dl_sqlite_delete_last(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "DELETE FROM decisions WHERE seq = 20");
+    expect_fail(f, "FAIL sqlite: ends at record 19 but the file has records up to 20 (records 20.. "
+                   "removed from SQLite)\n");
+}
+
+static void edit_line5(char **lines, size_t *n)
+{
+    (void)n;
+    char *p = strstr(lines[4], "\"user\":\"alice\"");
+    p[9] = 'X';
+}
+
+static void remove_line7(char **lines, size_t *n)
+{
+    free(lines[6]);
+    memmove(&lines[6], &lines[7], (*n - 7) * sizeof *lines);
+    (*n)--;
+}
+
+static void swap_lines3_4(char **lines, size_t *n)
+{
+    (void)n;
+    char *t = lines[2];
+    lines[2] = lines[3];
+    lines[3] = t;
+}
+
+static void drop_last(char **lines, size_t *n)
+{
+    free(lines[--*n]);
+}
+
+static void test_dl_file_edit(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    edit_file(f, edit_line5);
+    expect_fail(f, "FAIL file: record 5 (line 5) was edited: its hash does not match its content\n");
+}
+
+static void test_dl_file_delete(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    edit_file(f, remove_line7);
+    expect_fail(f, "FAIL file: record 7 is missing (removed) before line 7\n");
+}
+
+static void test_dl_file_reorder(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    edit_file(f, swap_lines3_4);
+    expect_fail(f, "FAIL file: line 3 holds record 4 where record 3 belongs; record 3 is at line 4 "
+                   "(reordered)\n");
+}
+
+static void test_dl_file_truncated(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    edit_file(f, drop_last);
+    expect_fail(f, "FAIL file: ends at record 19 but SQLite has records up to 20 (records 20.. "
+                   "removed from the file)\n");
+}
+
+static void test_dl_reopen_repairs_torn_line_and_catches_up(void **state)
+{
+    struct fixture *f = *state;
+    char out[4096];
+    make_log(f, 20);
+    /* A crash after the SQLite commit but before the file write, mid-line. */
+    edit_file(f, drop_last);
+    edit_file(f, drop_last);
+    FILE *a = fopen(f->file, "a");
+    fputs("{\"v\":1,\"seq\":19,\"ts\":\"2026", a);
+    fclose(a);
+    struct decision_log_conf c;
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, 3, 21, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "file: 23 records verified"));
+}
+
+static void test_dl_full_queue_refuses_instead_of_dropping(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    struct decision_log *dl = open_log(f, &c);
+    sqlite3 *db;
+    char out[4096];
+    /* Hold the write lock: the writer blocks and the queue (bound 4) fills. */
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct decision_record r = { .ts_us = now_us(), .request_id = "x", .decision = "allow" };
+    uint64_t seq = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(decision_log_append(dl, &r, &seq), 0);
+    }
+    assert_int_equal(decision_log_append(dl, &r, NULL), ERR_LIMIT);
+    assert_int_equal(decision_log_queue_depth(dl), 4);
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(decision_log_wait(dl, seq), 0);
+    assert_int_equal(seq, 4);
+    assert_int_equal(decision_log_append(dl, &r, &seq), 0);
+    assert_int_equal(decision_log_wait(dl, seq), 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 5 records verified (records 1..5)\n"));
+}
+
+static void test_dl_retention_keeps_the_chain(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    char out[4096];
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, 6, 1, 40LL * 86400 * 1000000); /* 40 days old: past retain: 30d */
+    append_n(dl, 4, 7, 0);
+    decision_log_close(dl);
+    struct err err = { 0 };
+    assert_int_equal(decision_log_retain(&c, now_us(), &err), 6);
+    assert_int_equal(decision_log_retain(&c, now_us(), &err), 0);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 4 records verified (records 7..10)\n"));
+    assert_non_null(strstr(out, "file: 4 records verified"));
+    dl = open_log(f, &c);
+    append_n(dl, 2, 11, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 6 records verified (records 7..12)\n"));
+    /* Removing the first kept record is still caught. */
+    sql(f, "DELETE FROM decisions WHERE seq = 7");
+    expect_fail(f, "FAIL sqlite: record 7 is missing (removed): the next row is record 8\n");
+}
+
+static void test_dl_conf_messages(void **state)
+{
+    const char *y = "decision_log: {file: d.jsonl, sync: sometimes}\nstate: {sqlite: x.db}\n";
+    struct conf_diag d = { 0 };
+    struct decision_log_conf c;
+    (void)state;
+    struct conf_doc *doc = conf_doc_parse("g.yaml", y, strlen(y), &d);
+    assert_false(decision_log_conf_parse(doc->root, "g.yaml", &d, &c));
+    assert_string_equal(d.msgs[0], "g.yaml:1:37: error: \"sync\" must be batch or strict, got "
+                                   "\"sometimes\"");
+    conf_doc_free(doc);
+    conf_diag_fini(&d);
+    y = "decision_log: {file: d.jsonl}\n";
+    doc = conf_doc_parse("g.yaml", y, strlen(y), &d);
+    assert_false(decision_log_conf_parse(doc->root, "g.yaml", &d, &c));
+    assert_string_equal(d.msgs[0], "g.yaml:1:1: error: \"decision_log\" needs \"state.sqlite\" "
+                                   "(the log's database)");
+    conf_doc_free(doc);
+    conf_diag_fini(&d);
+    y = "decision_log: {file: d.jsonl, sync: strict, retain: 7d, queue: 50}\n"
+        "state: {sqlite: var/x.db}\n";
+    doc = conf_doc_parse("/etc/gh/g.yaml", y, strlen(y), &d);
+    assert_true(decision_log_conf_parse(doc->root, "/etc/gh/g.yaml", &d, &c));
+    assert_int_equal(c.sync, DECISION_LOG_STRICT);
+    assert_int_equal(c.retain_ms, 7ULL * 86400000);
+    assert_int_equal(c.queue, 50);
+    assert_string_equal(c.sqlite, "/etc/gh/var/x.db");
+    assert_string_equal(c.file, "/etc/gh/d.jsonl");
+    decision_log_conf_fini(&c);
+    conf_doc_free(doc);
+    conf_diag_fini(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_dl_round_trip_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_edit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_with_recomputed_hash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_reorder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_delete_last, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_file_edit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_file_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_file_reorder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_file_truncated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_reopen_repairs_torn_line_and_catches_up, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_dl_full_queue_refuses_instead_of_dropping, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_dl_retention_keeps_the_chain, setup, teardown),
+        cmocka_unit_test(test_dl_conf_messages),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
