@@ -397,6 +397,7 @@ static void test_dl_retention_keeps_the_chain(void **state)
     assert_int_equal(verify(f, out, sizeof out), 0);
     assert_non_null(strstr(out, "sqlite: 4 records verified (records 7..10)\n"));
     assert_non_null(strstr(out, "file: 4 records verified"));
+    decision_log_conf_fini(&c);
     dl = open_log(f, &c);
     append_n(dl, 2, 11, 0);
     decision_log_close(dl);
