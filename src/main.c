@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "authn/session.h"
 #include "policy/policy.h"
 #include "proxy/proxy.h"
 
@@ -16,6 +17,7 @@ static const char usage[] =
     "  policy  diff -c CFG --new DIR [--since 7d]   who gains/loses access with new policies\n"
     "  audit   query -c CFG [--user U] [--route R] [--decision D] [--since 1h] [--json]\n"
     "  audit   verify -c CFG         check the decision log's hash chain\n"
+    "  sessions list|revoke -c CFG [--user U | --id ID]   stored sign-in sessions\n"
     "  --version                     print the version\n"
     "  --help                        print this help\n";
 
@@ -28,6 +30,7 @@ static const struct command commands[] = {
     { "serve", proxy_cmd_serve },
     { "check", proxy_cmd_check },
     { "policy", policy_cmd },
+    { "sessions", authn_cmd_sessions },
     { "audit", audit_cmd },
 };
 

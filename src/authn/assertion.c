@@ -203,17 +203,17 @@ char *assertion_jwks_json(struct assertion_signer *s, int64_t now_s)
 {
     struct keyset *k = keyset_get(s);
     struct sbuf b = { 0 };
-    sbuf_adds(&b, "{\"keys\":[");
-    sbuf_adds(&b, k->cur.jwk_json);
+    codec_buf_adds(&b, "{\"keys\":[");
+    codec_buf_adds(&b, k->cur.jwk_json);
     for (size_t i = 0; i < k->nold; i++) {
         if (k->old[i].until_s > now_s) {
-            sbuf_adds(&b, ",");
-            sbuf_adds(&b, k->old[i].jwk_json);
+            codec_buf_adds(&b, ",");
+            codec_buf_adds(&b, k->old[i].jwk_json);
         }
     }
-    sbuf_adds(&b, "]}");
+    codec_buf_adds(&b, "]}");
     keyset_unref(k);
-    return sbuf_take(&b);
+    return codec_buf_take(&b);
 }
 
 static char *sign_with(struct assertion_signer *s, struct keyset *k,
@@ -232,11 +232,11 @@ static char *sign_with(struct assertion_signer *s, struct keyset *k,
         err_set(err, ERR_PARSE, "assertion needs aud and sub");
         return NULL;
     }
-    if (!rand_bytes(rnd, sizeof rnd)) {
+    if (!codec_rand_bytes(rnd, sizeof rnd)) {
         err_set(err, ERR_CRYPTO, "no randomness for the assertion jti");
         return NULL;
     }
-    char *jti = b64url_encode(rnd, sizeof rnd);
+    char *jti = codec_b64url_encode(rnd, sizeof rnd);
     if (c->groups_json != NULL) {
         json_error_t jerr;
         groups = json_loads(c->groups_json, 0, &jerr);

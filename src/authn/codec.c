@@ -51,12 +51,12 @@ static char *b64_any(const unsigned char *in, size_t n, const char *alpha, bool 
     return out;
 }
 
-char *b64url_encode(const unsigned char *in, size_t n)
+char *codec_b64url_encode(const unsigned char *in, size_t n)
 {
     return b64_any(in, n, b64url_chars, false);
 }
 
-char *b64_encode(const unsigned char *in, size_t n)
+char *codec_b64_encode(const unsigned char *in, size_t n)
 {
     return b64_any(in, n, b64_chars, true);
 }
@@ -81,7 +81,7 @@ static int b64url_val(char c)
     return -1;
 }
 
-unsigned char *b64url_decode(struct str in, size_t *out_len)
+unsigned char *codec_b64url_decode(struct str in, size_t *out_len)
 {
     size_t n = in.len;
 
@@ -119,17 +119,17 @@ unsigned char *b64url_decode(struct str in, size_t *out_len)
     return out;
 }
 
-bool rand_bytes(unsigned char *buf, size_t n)
+bool codec_rand_bytes(unsigned char *buf, size_t n)
 {
     return RAND_bytes(buf, (int)n) == 1;
 }
 
-void sha256(const void *p, size_t n, unsigned char out[32])
+void codec_sha256(const void *p, size_t n, unsigned char out[32])
 {
     SHA256(p, n, out);
 }
 
-void sbuf_add(struct sbuf *b, const char *s, size_t n)
+void codec_buf_add(struct sbuf *b, const char *s, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
@@ -146,12 +146,12 @@ void sbuf_add(struct sbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-void sbuf_adds(struct sbuf *b, const char *s)
+void codec_buf_adds(struct sbuf *b, const char *s)
 {
-    sbuf_add(b, s, strlen(s));
+    codec_buf_add(b, s, strlen(s));
 }
 
-void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+void codec_buf_printf(struct sbuf *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -161,29 +161,29 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...)
     if (n < 0) {
         abort();
     }
-    sbuf_add(b, s, (size_t)n);
+    codec_buf_add(b, s, (size_t)n);
     free(s);
 }
 
-void sbuf_add_urlenc(struct sbuf *b, struct str s)
+void codec_buf_add_urlenc(struct sbuf *b, struct str s)
 {
     static const char hex[] = "0123456789ABCDEF";
     for (size_t i = 0; i < s.len; i++) {
         unsigned char c = (unsigned char)s.p[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
             c == '-' || c == '.' || c == '_' || c == '~') {
-            sbuf_add(b, (const char *)&c, 1);
+            codec_buf_add(b, (const char *)&c, 1);
         } else {
             char e[3] = { '%', hex[c >> 4], hex[c & 15] };
-            sbuf_add(b, e, 3);
+            codec_buf_add(b, e, 3);
         }
     }
 }
 
-char *sbuf_take(struct sbuf *b)
+char *codec_buf_take(struct sbuf *b)
 {
     if (b->p == NULL) {
-        sbuf_add(b, "", 0);
+        codec_buf_add(b, "", 0);
     }
     char *p = b->p;
     b->p = NULL;
@@ -191,7 +191,7 @@ char *sbuf_take(struct sbuf *b)
     return p;
 }
 
-void sbuf_fini(struct sbuf *b)
+void codec_buf_fini(struct sbuf *b)
 {
     free(b->p);
     b->p = NULL;
@@ -212,7 +212,7 @@ static int hexval(char c)
     return -1;
 }
 
-char *url_decode(struct str s, size_t *out_len)
+char *codec_url_decode(struct str s, size_t *out_len)
 {
     char *out = xmalloc(s.len + 1);
     size_t o = 0;
@@ -248,7 +248,7 @@ char *url_decode(struct str s, size_t *out_len)
     return out;
 }
 
-bool form_get(struct str form, const char *name, struct str *raw, bool *dup)
+bool codec_form_get(struct str form, const char *name, struct str *raw, bool *dup)
 {
     size_t nlen = strlen(name);
     bool found = false;
@@ -276,7 +276,7 @@ bool form_get(struct str form, const char *name, struct str *raw, bool *dup)
     return found;
 }
 
-char *seal_box(const unsigned char key[32], const char *aad, const void *pt, size_t n)
+char *codec_seal(const unsigned char key[32], const char *aad, const void *pt, size_t n)
 {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
     unsigned char *buf = xmalloc(12 + n + 16);
@@ -284,7 +284,7 @@ char *seal_box(const unsigned char key[32], const char *aad, const void *pt, siz
     int len = 0;
     int fin = 0;
 
-    if (c == NULL || !rand_bytes(buf, 12) ||
+    if (c == NULL || !codec_rand_bytes(buf, 12) ||
         EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, buf) != 1 ||
         EVP_EncryptUpdate(c, NULL, &len, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
         EVP_EncryptUpdate(c, buf + 12, &len, pt, (int)n) != 1 ||
@@ -292,7 +292,7 @@ char *seal_box(const unsigned char key[32], const char *aad, const void *pt, siz
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, buf + 12 + n) != 1) {
         goto out;
     }
-    out = b64url_encode(buf, 12 + n + 16);
+    out = codec_b64url_encode(buf, 12 + n + 16);
 out:
     EVP_CIPHER_CTX_free(c);
     OPENSSL_cleanse(buf, 12 + n + 16);
@@ -300,10 +300,10 @@ out:
     return out;
 }
 
-char *seal_open(const unsigned char key[32], const char *aad, struct str box, size_t *n)
+char *codec_unseal(const unsigned char key[32], const char *aad, struct str box, size_t *n)
 {
     size_t rawlen = 0;
-    unsigned char *raw = b64url_decode(box, &rawlen);
+    unsigned char *raw = codec_b64url_decode(box, &rawlen);
     EVP_CIPHER_CTX *c = NULL;
     char *pt = NULL;
     int len = 0;
@@ -335,7 +335,7 @@ out:
     return pt;
 }
 
-bool str_ct_eq(struct str a, struct str b)
+bool codec_ct_eq(struct str a, struct str b)
 {
     if (a.len != b.len) {
         return false;

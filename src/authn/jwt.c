@@ -174,7 +174,7 @@ static bool split3(struct str t, struct str part[3])
 static json_t *decode_json_part(struct str part)
 {
     size_t n = 0;
-    unsigned char *raw = b64url_decode(part, &n);
+    unsigned char *raw = codec_b64url_decode(part, &n);
     if (raw == NULL) {
         return NULL;
     }

@@ -230,8 +230,8 @@ char *keys_thumbprint(const cjose_jwk_t *jwk, struct err *err)
         goto done;
     }
     unsigned char md[32];
-    sha256(canon, strlen(canon), md);
-    out = b64url_encode(md, sizeof md);
+    codec_sha256(canon, strlen(canon), md);
+    out = codec_b64url_encode(md, sizeof md);
 done:
     free(canon);
     json_decref(j);
@@ -243,7 +243,7 @@ int keys_load_secret32(const char *path, bool create, unsigned char out[32], str
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT && create) {
         unsigned char k[32];
-        if (!rand_bytes(k, sizeof k)) {
+        if (!codec_rand_bytes(k, sizeof k)) {
             return err_set(err, ERR_CRYPTO, "no randomness for %s", path);
         }
         int wfd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

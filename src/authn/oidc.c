@@ -197,18 +197,18 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
         }
         /* The authorization request is an OIDC one only with the openid scope. */
         if (!has_openid) {
-            sbuf_adds(&b, "openid");
+            codec_buf_adds(&b, "openid");
         }
         for (size_t i = 0; i < nscopes; i++) {
             if (b.len > 0) {
-                sbuf_adds(&b, " ");
+                codec_buf_adds(&b, " ");
             }
-            sbuf_adds(&b, scopes[i]);
+            codec_buf_adds(&b, scopes[i]);
         }
         if (nscopes == 0) {
-            sbuf_adds(&b, " email profile");
+            codec_buf_adds(&b, " email profile");
         }
-        p->scopes = sbuf_take(&b);
+        p->scopes = codec_buf_take(&b);
     }
     for (size_t i = 0; i < nscopes; i++) {
         free(scopes[i]);
@@ -429,10 +429,10 @@ void oidc_metadata_free(struct oidc_metadata *m)
 static char *random_token(void)
 {
     unsigned char b[RANDOM_BYTES];
-    if (!rand_bytes(b, sizeof b)) {
+    if (!codec_rand_bytes(b, sizeof b)) {
         return NULL;
     }
-    return b64url_encode(b, sizeof b);
+    return codec_b64url_encode(b, sizeof b);
 }
 
 void oidc_pending_fini(struct oidc_pending *pd)
@@ -475,27 +475,27 @@ int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *
         return_path = STR("/");
     }
     unsigned char md[32];
-    sha256(verifier, strlen(verifier), md);
-    char *challenge = b64url_encode(md, sizeof md);
+    codec_sha256(verifier, strlen(verifier), md);
+    char *challenge = codec_b64url_encode(md, sizeof md);
 
     struct sbuf b = { 0 };
-    sbuf_adds(&b, m->authorization_endpoint);
-    sbuf_adds(&b, strchr(m->authorization_endpoint, '?') ? "&" : "?");
-    sbuf_adds(&b, "response_type=code&client_id=");
-    sbuf_add_urlenc(&b, str_from(p->client_id));
-    sbuf_adds(&b, "&redirect_uri=");
-    sbuf_add_urlenc(&b, str_from(redirect_uri));
-    sbuf_adds(&b, "&scope=");
-    sbuf_add_urlenc(&b, str_from(p->scopes));
-    sbuf_adds(&b, "&state=");
-    sbuf_adds(&b, state);
-    sbuf_adds(&b, "&nonce=");
-    sbuf_adds(&b, nonce);
-    sbuf_adds(&b, "&code_challenge=");
-    sbuf_adds(&b, challenge);
-    sbuf_adds(&b, "&code_challenge_method=S256");
+    codec_buf_adds(&b, m->authorization_endpoint);
+    codec_buf_adds(&b, strchr(m->authorization_endpoint, '?') ? "&" : "?");
+    codec_buf_adds(&b, "response_type=code&client_id=");
+    codec_buf_add_urlenc(&b, str_from(p->client_id));
+    codec_buf_adds(&b, "&redirect_uri=");
+    codec_buf_add_urlenc(&b, str_from(redirect_uri));
+    codec_buf_adds(&b, "&scope=");
+    codec_buf_add_urlenc(&b, str_from(p->scopes));
+    codec_buf_adds(&b, "&state=");
+    codec_buf_adds(&b, state);
+    codec_buf_adds(&b, "&nonce=");
+    codec_buf_adds(&b, nonce);
+    codec_buf_adds(&b, "&code_challenge=");
+    codec_buf_adds(&b, challenge);
+    codec_buf_adds(&b, "&code_challenge_method=S256");
     free(challenge);
-    out->auth_url = sbuf_take(&b);
+    out->auth_url = codec_buf_take(&b);
 
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s%, s:s, s:I}", "p", p->id, "s", state, "n",
                           nonce, "v", verifier, "r", return_path.p, return_path.len, "u",
@@ -507,7 +507,7 @@ int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *
         oidc_login_fini(out);
         goto out;
     }
-    out->cookie_value = seal_box(key, LOGIN_AAD, pt, strlen(pt));
+    out->cookie_value = codec_seal(key, LOGIN_AAD, pt, strlen(pt));
     OPENSSL_cleanse(pt, strlen(pt));
     free(pt);
     if (out->cookie_value == NULL) {
@@ -538,7 +538,7 @@ int oidc_login_cookie_open(const unsigned char key[32], struct str cookie, int64
     if (cookie.len == 0) {
         return err_set(err, ERR_CRYPTO, "no login in progress (login cookie missing)");
     }
-    char *pt = seal_open(key, LOGIN_AAD, cookie, &n);
+    char *pt = codec_unseal(key, LOGIN_AAD, cookie, &n);
     if (pt == NULL) {
         return err_set(err, ERR_CRYPTO, "login cookie was altered or sealed with another key");
     }
@@ -603,7 +603,7 @@ bool oidc_replay_check_and_add(struct oidc_replay *r, struct str key, int64_t ex
                                int64_t now_s)
 {
     unsigned char h[32];
-    sha256(key.p, key.len, h);
+    codec_sha256(key.p, key.len, h);
     /* Open addressing over a fixed table; expired slots are free again. */
     size_t start = ((size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3]) % r->cap;
     size_t free_slot = r->cap;
@@ -645,14 +645,14 @@ static int query_param(struct str q, const char *name, char **out, struct err *e
     struct str raw;
     bool dup = false;
     *out = NULL;
-    if (!form_get(q, name, &raw, &dup)) {
+    if (!codec_form_get(q, name, &raw, &dup)) {
         return 0;
     }
     /* RFC 6749 §3.1: parameters must not be repeated. */
     if (dup) {
         return err_set(err, ERR_PARSE, "callback repeats the \"%s\" parameter", name);
     }
-    *out = url_decode(raw, NULL);
+    *out = codec_url_decode(raw, NULL);
     if (*out == NULL) {
         return err_set(err, ERR_PARSE, "callback \"%s\" parameter is badly encoded", name);
     }
@@ -708,38 +708,38 @@ static int token_post(const struct oidc_provider *p, const struct oidc_metadata 
     case OIDC_AUTH_CLIENT_SECRET_BASIC: {
         /* RFC 6749 §2.3.1: id and secret are form-encoded before Basic. */
         struct sbuf cred = { 0 };
-        sbuf_add_urlenc(&cred, str_from(p->client_id));
-        sbuf_adds(&cred, ":");
-        sbuf_add_urlenc(&cred, str_from(p->client_secret));
-        char *b64 = b64_encode((const unsigned char *)cred.p, cred.len);
+        codec_buf_add_urlenc(&cred, str_from(p->client_id));
+        codec_buf_adds(&cred, ":");
+        codec_buf_add_urlenc(&cred, str_from(p->client_secret));
+        char *b64 = codec_b64_encode((const unsigned char *)cred.p, cred.len);
         out->headers[2] = xasprintf("Authorization: Basic %s", b64);
         OPENSSL_cleanse(cred.p, cred.len);
         OPENSSL_cleanse(b64, strlen(b64));
-        sbuf_fini(&cred);
+        codec_buf_fini(&cred);
         free(b64);
         break;
     }
     case OIDC_AUTH_CLIENT_SECRET_POST:
-        sbuf_adds(body, "&client_id=");
-        sbuf_add_urlenc(body, str_from(p->client_id));
-        sbuf_adds(body, "&client_secret=");
-        sbuf_add_urlenc(body, str_from(p->client_secret));
+        codec_buf_adds(body, "&client_id=");
+        codec_buf_add_urlenc(body, str_from(p->client_id));
+        codec_buf_adds(body, "&client_secret=");
+        codec_buf_add_urlenc(body, str_from(p->client_secret));
         break;
     case OIDC_AUTH_PRIVATE_KEY_JWT: {
         char *a = client_assertion(p, m->token_endpoint, now_s, err);
         if (a == NULL) {
             return ERR_CRYPTO;
         }
-        sbuf_adds(body, "&client_id=");
-        sbuf_add_urlenc(body, str_from(p->client_id));
-        sbuf_adds(body, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-"
+        codec_buf_adds(body, "&client_id=");
+        codec_buf_add_urlenc(body, str_from(p->client_id));
+        codec_buf_adds(body, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-"
                         "type%3Ajwt-bearer&client_assertion=");
-        sbuf_adds(body, a);
+        codec_buf_adds(body, a);
         free(a);
         break;
     }
     }
-    out->body = sbuf_take(body);
+    out->body = codec_buf_take(body);
     return 0;
 }
 
@@ -771,7 +771,7 @@ int oidc_callback(const struct oidc_provider *p, const struct oidc_metadata *m,
         rc = err_set(err, ERR_CRYPTO, "no login in progress (login cookie missing)");
         goto out;
     }
-    if (!str_ct_eq(str_from(state), str_from(pd->state))) {
+    if (!codec_ct_eq(str_from(state), str_from(pd->state))) {
         rc = err_set(err, ERR_CRYPTO, "callback state does not match the login cookie");
         goto out;
     }
@@ -795,15 +795,15 @@ int oidc_callback(const struct oidc_provider *p, const struct oidc_metadata *m,
         goto out;
     }
     struct sbuf b = { 0 };
-    sbuf_adds(&b, "grant_type=authorization_code&code=");
-    sbuf_add_urlenc(&b, str_from(code));
-    sbuf_adds(&b, "&redirect_uri=");
-    sbuf_add_urlenc(&b, str_from(pd->redirect_uri));
-    sbuf_adds(&b, "&code_verifier=");
-    sbuf_add_urlenc(&b, str_from(pd->code_verifier));
+    codec_buf_adds(&b, "grant_type=authorization_code&code=");
+    codec_buf_add_urlenc(&b, str_from(code));
+    codec_buf_adds(&b, "&redirect_uri=");
+    codec_buf_add_urlenc(&b, str_from(pd->redirect_uri));
+    codec_buf_adds(&b, "&code_verifier=");
+    codec_buf_add_urlenc(&b, str_from(pd->code_verifier));
     rc = token_post(p, m, &b, now_s, token_req, err);
     if (rc != 0) {
-        sbuf_fini(&b);
+        codec_buf_fini(&b);
         oidc_http_fini(token_req);
     }
 out:
@@ -824,11 +824,11 @@ int oidc_refresh_request(const struct oidc_provider *p, const struct oidc_metada
 {
     memset(out, 0, sizeof *out);
     struct sbuf b = { 0 };
-    sbuf_adds(&b, "grant_type=refresh_token&refresh_token=");
-    sbuf_add_urlenc(&b, str_from(refresh_token));
+    codec_buf_adds(&b, "grant_type=refresh_token&refresh_token=");
+    codec_buf_add_urlenc(&b, str_from(refresh_token));
     int rc = token_post(p, m, &b, now_s, out, err);
     if (rc != 0) {
-        sbuf_fini(&b);
+        codec_buf_fini(&b);
         oidc_http_fini(out);
     }
     return rc;
@@ -1031,22 +1031,22 @@ char *oidc_logout_url(const struct oidc_provider *p, const struct oidc_metadata 
         return NULL;
     }
     struct sbuf b = { 0 };
-    sbuf_adds(&b, m->end_session_endpoint);
-    sbuf_adds(&b, strchr(m->end_session_endpoint, '?') ? "&" : "?");
+    codec_buf_adds(&b, m->end_session_endpoint);
+    codec_buf_adds(&b, strchr(m->end_session_endpoint, '?') ? "&" : "?");
     if (id_token_hint != NULL) {
-        sbuf_adds(&b, "id_token_hint=");
-        sbuf_add_urlenc(&b, str_from(id_token_hint));
-        sbuf_adds(&b, "&");
+        codec_buf_adds(&b, "id_token_hint=");
+        codec_buf_add_urlenc(&b, str_from(id_token_hint));
+        codec_buf_adds(&b, "&");
     }
-    sbuf_adds(&b, "client_id=");
-    sbuf_add_urlenc(&b, str_from(p->client_id));
+    codec_buf_adds(&b, "client_id=");
+    codec_buf_add_urlenc(&b, str_from(p->client_id));
     const char *post = post_logout_redirect_uri ? post_logout_redirect_uri
                                                 : p->post_logout_redirect_uri;
     if (post != NULL) {
-        sbuf_adds(&b, "&post_logout_redirect_uri=");
-        sbuf_add_urlenc(&b, str_from(post));
+        codec_buf_adds(&b, "&post_logout_redirect_uri=");
+        codec_buf_add_urlenc(&b, str_from(post));
     }
-    return sbuf_take(&b);
+    return codec_buf_take(&b);
 }
 
 #define BCL_EVENT "http://schemas.openid.net/event/backchannel-logout"
@@ -1062,10 +1062,10 @@ int oidc_logout_token_verify(const struct oidc_provider *p, const struct jwks *k
     int rc;
 
     *sid = *sub = NULL;
-    if (!form_get(body, "logout_token", &raw, &dup) || dup) {
+    if (!codec_form_get(body, "logout_token", &raw, &dup) || dup) {
         return err_set(err, ERR_PARSE, "request has no single logout_token");
     }
-    tok = url_decode(raw, NULL);
+    tok = codec_url_decode(raw, NULL);
     if (tok == NULL) {
         return err_set(err, ERR_PARSE, "logout_token is badly encoded");
     }
@@ -1191,13 +1191,13 @@ bool oidc_return_path_safe(struct str rd)
         /* '+' stays '+' here: this is a path, not a form. */
         for (size_t i = 0; i < cur.len; i++) {
             if (cur.p[i] == '+') {
-                sbuf_adds(&b, "%2B");
+                codec_buf_adds(&b, "%2B");
             } else {
-                sbuf_add(&b, cur.p + i, 1);
+                codec_buf_add(&b, cur.p + i, 1);
             }
         }
-        char *dec = url_decode((struct str){ b.p, b.len }, &n);
-        sbuf_fini(&b);
+        char *dec = codec_url_decode((struct str){ b.p, b.len }, &n);
+        codec_buf_fini(&b);
         free(prev);
         prev = dec;
         if (dec == NULL || !path_chars_ok((struct str){ dec, n }, true)) {

@@ -177,22 +177,22 @@ static void escape_into(struct sbuf *b, struct str s)
     for (size_t i = 0; i < s.len; i++) {
         switch (s.p[i]) {
         case '&':
-            sbuf_adds(b, "&amp;");
+            codec_buf_adds(b, "&amp;");
             break;
         case '<':
-            sbuf_adds(b, "&lt;");
+            codec_buf_adds(b, "&lt;");
             break;
         case '>':
-            sbuf_adds(b, "&gt;");
+            codec_buf_adds(b, "&gt;");
             break;
         case '"':
-            sbuf_adds(b, "&quot;");
+            codec_buf_adds(b, "&quot;");
             break;
         case '\'':
-            sbuf_adds(b, "&#39;");
+            codec_buf_adds(b, "&#39;");
             break;
         default:
-            sbuf_add(b, s.p + i, 1);
+            codec_buf_add(b, s.p + i, 1);
         }
     }
 }
@@ -203,7 +203,7 @@ static char *to_arena(struct arena *a, struct sbuf *b, size_t *len)
     if (len != NULL) {
         *len = b->len;
     }
-    sbuf_fini(b);
+    codec_buf_fini(b);
     return out;
 }
 
@@ -220,7 +220,7 @@ char *pages_render(const struct pages *p, enum page_kind k, const struct page_va
     const struct tmpl *t = &p->t[k];
     struct sbuf b = { 0 };
     for (size_t i = 0; i < t->n; i++) {
-        sbuf_add(&b, t->pieces[i].lit.p, t->pieces[i].lit.len);
+        codec_buf_add(&b, t->pieces[i].lit.p, t->pieces[i].lit.len);
         if (t->pieces[i].var == NULL) {
             continue;
         }
@@ -235,7 +235,7 @@ char *pages_render(const struct pages *p, enum page_kind k, const struct page_va
             continue;
         }
         if (t->pieces[i].raw) {
-            sbuf_adds(&b, v);
+            codec_buf_adds(&b, v);
         } else {
             escape_into(&b, str_from(v));
         }
@@ -249,16 +249,16 @@ char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_
     struct sbuf b = { 0 };
     for (size_t i = 0; i < n; i++) {
         struct sbuf href = { 0 };
-        sbuf_adds(&href, "/.gatehouse/login?idp=");
-        sbuf_add_urlenc(&href, str_from(pv[i].id));
-        sbuf_adds(&href, "&rd=");
-        sbuf_add_urlenc(&href, rd);
-        sbuf_adds(&b, "<li><a class=\"button\" href=\"");
+        codec_buf_adds(&href, "/.gatehouse/login?idp=");
+        codec_buf_add_urlenc(&href, str_from(pv[i].id));
+        codec_buf_adds(&href, "&rd=");
+        codec_buf_add_urlenc(&href, rd);
+        codec_buf_adds(&b, "<li><a class=\"button\" href=\"");
         escape_into(&b, (struct str){ href.p, href.len });
-        sbuf_adds(&b, "\">Sign in with ");
+        codec_buf_adds(&b, "\">Sign in with ");
         escape_into(&b, str_from(pv[i].name ? pv[i].name : pv[i].id));
-        sbuf_adds(&b, "</a></li>\n");
-        sbuf_fini(&href);
+        codec_buf_adds(&b, "</a></li>\n");
+        codec_buf_fini(&href);
     }
     return to_arena(a, &b, NULL);
 }

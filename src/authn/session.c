@@ -190,12 +190,12 @@ static bool cookie_hash(struct str cookie, unsigned char h[32])
         return false;
     }
     size_t n = 0;
-    unsigned char *raw = b64url_decode(cookie, &n);
+    unsigned char *raw = codec_b64url_decode(cookie, &n);
     if (raw == NULL || n != 32) {
         free(raw);
         return false;
     }
-    sha256(raw, n, h);
+    codec_sha256(raw, n, h);
     OPENSSL_cleanse(raw, n);
     free(raw);
     return true;
@@ -276,7 +276,7 @@ static char *seal_field(struct session_store *s, const unsigned char h[32], cons
         return NULL;
     }
     aad_for(h, what, aad, sizeof aad);
-    return seal_box(s->key, aad, v, strlen(v));
+    return codec_seal(s->key, aad, v, strlen(v));
 }
 
 static char *open_field(struct session_store *s, const unsigned char h[32], const char *what,
@@ -287,7 +287,7 @@ static char *open_field(struct session_store *s, const unsigned char h[32], cons
         return NULL;
     }
     aad_for(h, what, aad, sizeof aad);
-    return seal_open(s->key, aad, str_from((const char *)v), NULL);
+    return codec_unseal(s->key, aad, str_from((const char *)v), NULL);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *v)
@@ -736,16 +736,16 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     if (in->user_key == NULL || in->idp == NULL) {
         return err_set(err, ERR_PARSE, "session needs a user key and an identity provider");
     }
-    if (!rand_bytes(raw, sizeof raw)) {
+    if (!codec_rand_bytes(raw, sizeof raw)) {
         return err_set(err, ERR_CRYPTO, "no randomness for a session id");
     }
-    char *v = b64url_encode(raw, sizeof raw);
+    char *v = codec_b64url_encode(raw, sizeof raw);
     memcpy(cookie, v, SESSION_COOKIE_LEN + 1);
     OPENSSL_cleanse(v, strlen(v));
     free(v);
 
     struct sess *e = xcalloc(1, sizeof *e);
-    sha256(raw, sizeof raw, e->h);
+    codec_sha256(raw, sizeof raw, e->h);
     OPENSSL_cleanse(raw, sizeof raw);
     e->user_key = xstrdup(in->user_key);
     e->email = dupn(in->email);

@@ -179,8 +179,8 @@ static void test_login_start_builds_pkce_url_and_sealed_cookie(void **state)
     assert_string_equal(lg.pd.return_path, "/wiki?page=1");
     /* The challenge in the URL is S256 of the verifier in the cookie. */
     unsigned char md[32];
-    sha256(lg.pd.code_verifier, strlen(lg.pd.code_verifier), md);
-    char *ch = b64url_encode(md, 32);
+    codec_sha256(lg.pd.code_verifier, strlen(lg.pd.code_verifier), md);
+    char *ch = codec_b64url_encode(md, 32);
     char *want = xasprintf("&code_challenge=%s&", ch);
     assert_non_null(strstr(u, want));
     free(ch);
@@ -258,7 +258,7 @@ static void test_callback_attacks_are_refused(void **state)
     assert_string_equal(h.url, "https://idp.example/token");
     assert_string_equal(h.headers[0], "Content-Type: application/x-www-form-urlencoded");
     /* Basic with form-encoded id and secret: "gatehouse:s3cret%2F%2B". */
-    char *b64 = b64_encode((const unsigned char *)"gatehouse:s3cret%2F%2B", 22);
+    char *b64 = codec_b64_encode((const unsigned char *)"gatehouse:s3cret%2F%2B", 22);
     char *auth = xasprintf("Authorization: Basic %s", b64);
     assert_string_equal(h.headers[2], auth);
     free(b64);
