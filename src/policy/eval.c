@@ -361,13 +361,24 @@ static enum tri eval_node(const struct policy *p, uint32_t i, const struct polic
     return T_FALSE;
 }
 
+struct prefix {
+    uint32_t host_hash;
+    uint64_t group_mask;
+};
+
 static enum tri eval_rule(const struct policy *p, size_t k, const struct policy_input *in,
-                          const struct policy_result *r, int *need)
+                          const struct policy_result *r, int *need, const struct prefix *pf)
 {
-    if (p->rules[k].root == PNODE_NONE) {
+    const struct prule *pr = &p->rules[k];
+    if (pr->root == PNODE_NONE) {
         return T_TRUE;
     }
-    return eval_node(p, p->rules[k].root, in, r, need);
+    /* Hash mismatches prove a required conjunct false; a match still evaluates fully. */
+    if ((pr->has_host && pr->host_hash != pf->host_hash) ||
+        (pr->group_mask & pf->group_mask) != pr->group_mask) {
+        return T_FALSE;
+    }
+    return eval_node(p, pr->root, in, r, need);
 }
 
 static void set_trace(struct policy_result *r, size_t k, enum tri v)
@@ -381,7 +392,18 @@ static void set_trace(struct policy_result *r, size_t k, enum tri v)
 
 void policy_result_init(struct policy_result *r, uint8_t *trace)
 {
-    memset(r, 0, sizeof *r);
+    /* Field by field: the OPA reason buffers are read only once their state is set. */
+    r->decision = POLICY_DENY;
+    r->effective = POLICY_DENY;
+    r->shadow = false;
+    r->need_login = false;
+    r->opa_path = NULL;
+    r->opa_index = 0;
+    r->opa_called = false;
+    for (size_t i = 0; i < POLICY_MAX_OPA; i++) {
+        r->opa[i].state = 0;
+        r->opa[i].reason[0] = '\0';
+    }
     r->trace = trace;
     r->rule = "default-deny";
     r->reason = "No rule allows this request.";
@@ -443,6 +465,12 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
     long deny_k = -1, allow_k = -1;
     bool deny_unknown = false, allow_unknown = false;
 
+    struct prefix pf = { 0, 0 };
+    struct str host = host_only(in->host);
+    pf.host_hash = policy_hash(host.p ? host.p : "", host.len, true);
+    for (size_t i = 0; i < in->ngroups; i++) {
+        pf.group_mask |= 1ULL << (policy_hash(in->groups[i].p, in->groups[i].len, false) & 63);
+    }
     if (full) {
         memset(r->trace, POLICY_RULE_NOT_EVALUATED, p->nrules);
     }
@@ -450,7 +478,7 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
         if (!p->rules[k].deny || (deny_k >= 0 && !full)) {
             continue;
         }
-        enum tri v = eval_rule(p, k, in, r, &need_deny);
+        enum tri v = eval_rule(p, k, in, r, &need_deny, &pf);
         set_trace(r, k, v);
         if (v == T_TRUE && deny_k < 0) {
             deny_k = (long)k;
@@ -462,7 +490,7 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
         if (p->rules[k].deny || ((allow_k >= 0 || deny_k >= 0) && !full)) {
             continue;
         }
-        enum tri v = eval_rule(p, k, in, r, &need_allow);
+        enum tri v = eval_rule(p, k, in, r, &need_allow, &pf);
         set_trace(r, k, v);
         if (v == T_TRUE && allow_k < 0) {
             allow_k = (long)k;

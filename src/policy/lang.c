@@ -833,6 +833,33 @@ static void compile_cond(struct compiler *c, const struct conf_node *n, unsigned
     }
 }
 
+/* Only conjuncts at the top of the rule qualify: each must hold for the rule to match. */
+static void set_prefilters(struct policy *p, struct prule *pr)
+{
+    uint32_t first = pr->root, end = p->nodes[pr->root].end;
+    if (p->nodes[pr->root].op == OP_ALL) {
+        first = pr->root + 1;
+    } else {
+        first = pr->root;
+        end = p->nodes[pr->root].end;
+    }
+    for (uint32_t i = first; i < end; i = p->nodes[i].end) {
+        const struct pnode *n = &p->nodes[i];
+        if (n->op != OP_STR || !n->m) {
+            continue;
+        }
+        if (n->field == F_HOST && n->m->kind == M_IS && !pr->has_host) {
+            pr->has_host = true;
+            pr->host_hash = policy_hash(n->m->vals[0].p, n->m->vals[0].len, true);
+        } else if (n->field == F_GROUPS && n->m->kind == M_MEMBER) {
+            pr->group_mask |= 1ULL << (policy_hash(n->m->vals[0].p, n->m->vals[0].len, false) & 63);
+        }
+        if (p->nodes[pr->root].op != OP_ALL) {
+            break;
+        }
+    }
+}
+
 static bool valid_id(const char *s)
 {
     if (!*s || strlen(s) > 100) {
@@ -902,6 +929,9 @@ static void compile_rule(struct compiler *c, const struct conf_node *r, size_t i
     if (when) {
         pr->root = (uint32_t)p->nnodes;
         compile_cond(c, when, 1);
+    }
+    if (!c->failed && pr->root != PNODE_NONE) {
+        set_prefilters(p, pr);
     }
 }
 

@@ -71,7 +71,27 @@ struct prule {
     bool deny;
     uint32_t root;       /* PNODE_NONE = always matches */
     int line;
+    /* Prefilters from the rule's top-level conjuncts, checked before walking the
+     * tree: a required exact host (hash of the lower-cased name) and required
+     * group memberships (a 64-bit mask of group-name hash bits). */
+    bool has_host;
+    uint32_t host_hash;
+    uint64_t group_mask;
 };
+
+/* FNV-1a, optionally ASCII-lower-casing; used for the prefilters. */
+static inline uint32_t policy_hash(const char *p, size_t n, bool lower)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (lower && c >= 'A' && c <= 'Z') {
+            c = (unsigned char)(c + 32);
+        }
+        h = (h ^ c) * 16777619u;
+    }
+    return h;
+}
 
 struct policy {
     char *file;

@@ -188,6 +188,26 @@ static void test_eval_absent_values_match_nothing(void **state)
     }
 }
 
+/* The host/group prefilters must agree with the full evaluation. */
+static void test_eval_prefilters_agree_with_matchers(void **state)
+{
+    struct policy_input in = alice();
+    struct policy *p = compile("rules:\n  - id: r\n    effect: allow\n    when: {all: [{host: "
+                               "Wiki.Example.COM}, {groups: Staff}, {groups: eng}]}\n");
+    (void)state;
+    in.host = STR("WIKI.example.com:8443");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    in.host = STR("wiki.example.org");
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    in.host = STR("wiki.example.com");
+    in.ngroups = 1; /* eng only */
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    in.host = STR("");
+    in.ngroups = 2;
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+}
+
 static void test_eval_ipv6_and_mapped_ipv4(void **state)
 {
     struct policy_input in = alice();
@@ -402,6 +422,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_each_criterion_and_matcher),
         cmocka_unit_test(test_eval_absent_values_match_nothing),
+        cmocka_unit_test(test_eval_prefilters_agree_with_matchers),
         cmocka_unit_test(test_eval_ipv6_and_mapped_ipv4),
         cmocka_unit_test(test_eval_time_zone_follows_daylight_saving),
         cmocka_unit_test(test_eval_deny_wins_and_names_the_rule),
