@@ -110,7 +110,9 @@ class AdminTest(ProxyCase):
         for i in range(7):
             self.assertEqual(request(self.gh.port, "GET", f"/m/{i}", host="app.test").status, 200)
         for i in range(2):
-            self.assertEqual(request(self.gh.port, "GET", "/m", host="broken.test").status, 502)
+            # 502, or 503 once passive health marks the only server down.
+            self.assertIn(request(self.gh.port, "GET", "/m", host="broken.test").status,
+                          (502, 503))
 
         def moved():
             _, s = self.metrics()
