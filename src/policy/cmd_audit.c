@@ -62,7 +62,7 @@ static bool parse_when(const char *s, int64_t *out_us)
 static void print_line(const struct dl_row *row, struct sbuf *b)
 {
     dl_canonical(&row->rec, row->seq, row->prev_hash ? row->prev_hash : DL_GENESIS, b);
-    sbuf_printf(b, ",\"hash\":\"%s\"}", row->hash ? row->hash : "");
+    dl_sbuf_printf(b, ",\"hash\":\"%s\"}", row->hash ? row->hash : "");
     puts(b->p);
 }
 
@@ -192,7 +192,7 @@ static int cmd_query(int argc, char **argv)
         }
         dl_row_fini(&row);
     }
-    sbuf_free(&b);
+    dl_sbuf_free(&b);
     rc = step == SQLITE_DONE ? 0 : 1;
     if (rc) {
         fprintf(stderr, "gatehouse: %s: %s\n", c.sqlite, sqlite3_errmsg(db));
@@ -291,7 +291,7 @@ static bool verify_sqlite(sqlite3 *db, struct verify_end *end)
         dl_row_fini(&row);
     }
     snprintf(end->last_hash, sizeof end->last_hash, "%s", prev);
-    sbuf_free(&b);
+    dl_sbuf_free(&b);
     sqlite3_finalize(st);
     return ok;
 }

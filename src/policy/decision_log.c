@@ -24,7 +24,7 @@
 
 /* ---- small string builder ---- */
 
-void sbuf_put(struct sbuf *b, const char *s, size_t n)
+void dl_sbuf_put(struct sbuf *b, const char *s, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         b->cap = (b->len + n + 1) * 2 < 256 ? 256 : (b->len + n + 1) * 2;
@@ -35,12 +35,12 @@ void sbuf_put(struct sbuf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-void sbuf_puts(struct sbuf *b, const char *s)
+void dl_sbuf_puts(struct sbuf *b, const char *s)
 {
-    sbuf_put(b, s, strlen(s));
+    dl_sbuf_put(b, s, strlen(s));
 }
 
-void sbuf_printf(struct sbuf *b, const char *fmt, ...)
+void dl_sbuf_printf(struct sbuf *b, const char *fmt, ...)
 {
     char tmp[256];
     va_list ap;
@@ -48,18 +48,18 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...)
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
     if (n >= 0 && (size_t)n < sizeof tmp) {
-        sbuf_put(b, tmp, (size_t)n);
+        dl_sbuf_put(b, tmp, (size_t)n);
         return;
     }
     char *big = xmalloc((size_t)n + 1);
     va_start(ap, fmt);
     vsnprintf(big, (size_t)n + 1, fmt, ap);
     va_end(ap);
-    sbuf_put(b, big, (size_t)n);
+    dl_sbuf_put(b, big, (size_t)n);
     free(big);
 }
 
-void sbuf_free(struct sbuf *b)
+void dl_sbuf_free(struct sbuf *b)
 {
     free(b->p);
     memset(b, 0, sizeof *b);
@@ -70,39 +70,39 @@ void sbuf_free(struct sbuf *b)
 static void json_str(struct sbuf *b, const char *s)
 {
     if (!s) {
-        sbuf_puts(b, "null");
+        dl_sbuf_puts(b, "null");
         return;
     }
-    sbuf_put(b, "\"", 1);
+    dl_sbuf_put(b, "\"", 1);
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
         if (*c == '"' || *c == '\\') {
             char e[2] = { '\\', (char)*c };
-            sbuf_put(b, e, 2);
+            dl_sbuf_put(b, e, 2);
         } else if (*c < 0x20 || *c == 0x7f) {
-            sbuf_printf(b, "\\u%04x", *c);
+            dl_sbuf_printf(b, "\\u%04x", *c);
         } else {
-            sbuf_put(b, (const char *)c, 1);
+            dl_sbuf_put(b, (const char *)c, 1);
         }
     }
-    sbuf_put(b, "\"", 1);
+    dl_sbuf_put(b, "\"", 1);
 }
 
 static void json_kv_str(struct sbuf *b, const char *key, const char *v)
 {
-    sbuf_printf(b, ",\"%s\":", key);
+    dl_sbuf_printf(b, ",\"%s\":", key);
     json_str(b, v);
 }
 
 static void groups_json(struct sbuf *b, const struct decision_record *r)
 {
-    sbuf_put(b, "[", 1);
+    dl_sbuf_put(b, "[", 1);
     for (size_t i = 0; i < r->ngroups; i++) {
         if (i) {
-            sbuf_put(b, ",", 1);
+            dl_sbuf_put(b, ",", 1);
         }
         json_str(b, r->groups[i]);
     }
-    sbuf_put(b, "]", 1);
+    dl_sbuf_put(b, "]", 1);
 }
 
 static char *kv_dup(const struct str s)
@@ -113,7 +113,7 @@ static char *kv_dup(const struct str s)
 /* {"name": "v"} or {"name": ["v1", "v2"]} for repeated names, in first-seen order. */
 static void claims_json(struct sbuf *b, const struct decision_record *r)
 {
-    sbuf_put(b, "{", 1);
+    dl_sbuf_put(b, "{", 1);
     bool first = true;
     for (size_t i = 0; i < r->nclaims; i++) {
         bool seen = false;
@@ -129,31 +129,31 @@ static void claims_json(struct sbuf *b, const struct decision_record *r)
         }
         char *name = kv_dup(r->claims[i].name);
         if (!first) {
-            sbuf_put(b, ",", 1);
+            dl_sbuf_put(b, ",", 1);
         }
         first = false;
         json_str(b, name);
         free(name);
-        sbuf_put(b, ":", 1);
+        dl_sbuf_put(b, ":", 1);
         if (count > 1) {
-            sbuf_put(b, "[", 1);
+            dl_sbuf_put(b, "[", 1);
         }
         size_t k = 0;
         for (size_t j = i; j < r->nclaims; j++) {
             if (str_eq(r->claims[j].name, r->claims[i].name)) {
                 char *v = kv_dup(r->claims[j].value);
                 if (k++) {
-                    sbuf_put(b, ",", 1);
+                    dl_sbuf_put(b, ",", 1);
                 }
                 json_str(b, v);
                 free(v);
             }
         }
         if (count > 1) {
-            sbuf_put(b, "]", 1);
+            dl_sbuf_put(b, "]", 1);
         }
     }
-    sbuf_put(b, "}", 1);
+    dl_sbuf_put(b, "}", 1);
 }
 
 static void format_ts(int64_t ts_us, char out[64])
@@ -174,7 +174,7 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     char ts[64];
     format_ts(r->ts_us, ts);
     b->len = 0;
-    sbuf_printf(b, "{\"v\":1,\"seq\":%llu,\"ts\":\"%s\"", (unsigned long long)seq, ts);
+    dl_sbuf_printf(b, "{\"v\":1,\"seq\":%llu,\"ts\":\"%s\"", (unsigned long long)seq, ts);
     json_kv_str(b, "request_id", r->request_id);
     json_kv_str(b, "route", r->route);
     json_kv_str(b, "decision", r->decision);
@@ -182,24 +182,24 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     json_kv_str(b, "reason", r->reason);
     json_kv_str(b, "user", r->user);
     json_kv_str(b, "email", r->email);
-    sbuf_puts(b, ",\"groups\":");
+    dl_sbuf_puts(b, ",\"groups\":");
     groups_json(b, r);
-    sbuf_puts(b, ",\"claims\":");
+    dl_sbuf_puts(b, ",\"claims\":");
     claims_json(b, r);
     json_kv_str(b, "idp", r->idp);
     json_kv_str(b, "session", r->session);
-    sbuf_printf(b, ",\"device\":{\"present\":%s", r->device_present ? "true" : "false");
+    dl_sbuf_printf(b, ",\"device\":{\"present\":%s", r->device_present ? "true" : "false");
     json_kv_str(b, "id", r->device_id);
     json_kv_str(b, "owner", r->device_owner);
-    sbuf_printf(b, ",\"trusted\":%s}", r->device_trusted ? "true" : "false");
+    dl_sbuf_printf(b, ",\"trusted\":%s}", r->device_trusted ? "true" : "false");
     json_kv_str(b, "client_ip", r->client_ip);
     json_kv_str(b, "method", r->method);
     json_kv_str(b, "host", r->host);
     json_kv_str(b, "path", r->path);
-    sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":", r->shadow ? "true" : "false",
+    dl_sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":", r->shadow ? "true" : "false",
                 r->opa_called ? "true" : "false");
     json_str(b, r->opa_result);
-    sbuf_printf(b, ",\"ms\":%u},\"latency_us\":%llu,\"prev_hash\":\"%s\"", r->opa_ms,
+    dl_sbuf_printf(b, ",\"ms\":%u},\"latency_us\":%llu,\"prev_hash\":\"%s\"", r->opa_ms,
                 (unsigned long long)r->latency_us, prev_hash);
 }
 
@@ -484,15 +484,15 @@ static int file_catch_up(sqlite3 *db, int fd, struct err *err)
         struct dl_row row;
         dl_row_read(st, &row);
         dl_canonical(&row.rec, row.seq, row.prev_hash ? row.prev_hash : DL_GENESIS, &b);
-        sbuf_printf(&b, ",\"hash\":\"%s\"}\n", row.hash ? row.hash : "");
+        dl_sbuf_printf(&b, ",\"hash\":\"%s\"}\n", row.hash ? row.hash : "");
         dl_row_fini(&row);
         if (write_all(fd, b.p, b.len) != 0) {
-            sbuf_free(&b);
+            dl_sbuf_free(&b);
             sqlite3_finalize(st);
             return err_set(err, ERR_IO, "write: %s", strerror(errno));
         }
     }
-    sbuf_free(&b);
+    dl_sbuf_free(&b);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
         return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
@@ -712,8 +712,8 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         dl_canonical(&batch[i].rec, batch[i].seq, prev, &canon);
         dl_hash(prev, canon.p, canon.len, hash);
         rc = insert_row(dl, &batch[i], prev, hash, &tmp);
-        sbuf_put(&lines, canon.p, canon.len);
-        sbuf_printf(&lines, ",\"hash\":\"%s\"}\n", hash);
+        dl_sbuf_put(&lines, canon.p, canon.len);
+        dl_sbuf_printf(&lines, ",\"hash\":\"%s\"}\n", hash);
         memcpy(prev, hash, 65);
     }
     if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -735,9 +735,9 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
     }
     policy_metrics_log_write((uint64_t)(now_us() - t0), n);
 out:
-    sbuf_free(&canon);
-    sbuf_free(&lines);
-    sbuf_free(&tmp);
+    dl_sbuf_free(&canon);
+    dl_sbuf_free(&lines);
+    dl_sbuf_free(&tmp);
     return rc;
 }
 

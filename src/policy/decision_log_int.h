@@ -14,10 +14,10 @@ struct sbuf {
     size_t len, cap;
 };
 
-void sbuf_put(struct sbuf *b, const char *s, size_t n);
-void sbuf_puts(struct sbuf *b, const char *s);
-void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF(2, 3);
-void sbuf_free(struct sbuf *b);
+void dl_sbuf_put(struct sbuf *b, const char *s, size_t n);
+void dl_sbuf_puts(struct sbuf *b, const char *s);
+void dl_sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF(2, 3);
+void dl_sbuf_free(struct sbuf *b);
 
 /* The canonical bytes of a record: one JSON object with fixed key order, ending
  * with "prev_hash", without the final '}' (the line adds ,"hash":"..."}). */

@@ -31,7 +31,7 @@ static bool bytes_eq(const char *a, const char *pat, size_t n, bool icase)
     return true;
 }
 
-bool glob_match(struct str pat, struct str s, bool icase)
+bool eval_glob_match(struct str pat, struct str s, bool icase)
 {
     size_t p = 0, i = 0, star_p = SIZE_MAX, star_i = 0;
     while (i < s.len) {
@@ -70,7 +70,7 @@ bool glob_match(struct str pat, struct str s, bool icase)
     return p == pat.len;
 }
 
-bool matcher_match(const struct matcher *m, struct str s)
+bool eval_matcher_match(const struct matcher *m, struct str s)
 {
     if (!m) {
         return false;
@@ -99,7 +99,7 @@ bool matcher_match(const struct matcher *m, struct str s)
         }
         return false;
     case M_GLOB:
-        return glob_match(v, s, m->icase);
+        return eval_glob_match(v, s, m->icase);
     case M_REGEX: {
         /* REG_STARTEND (glibc) matches the span in place: no NUL-terminated copy. */
         regmatch_t pm[1] = { { .rm_so = 0, .rm_eo = (regoff_t)s.len } };
@@ -228,7 +228,7 @@ static bool eval_str(const struct pnode *n, const struct policy_input *in)
     switch ((enum field)n->field) {
     case F_GROUPS:
         for (size_t i = 0; i < in->ngroups; i++) {
-            if (matcher_match(n->m, in->groups[i])) {
+            if (eval_matcher_match(n->m, in->groups[i])) {
                 return true;
             }
         }
@@ -236,7 +236,7 @@ static bool eval_str(const struct pnode *n, const struct policy_input *in)
     case F_CLAIM:
         for (size_t i = 0; i < in->nclaims; i++) {
             if (str_eq(in->claims[i].name, n->name) && in->claims[i].value.len &&
-                matcher_match(n->m, in->claims[i].value)) {
+                eval_matcher_match(n->m, in->claims[i].value)) {
                 return true;
             }
         }
@@ -245,7 +245,7 @@ static bool eval_str(const struct pnode *n, const struct policy_input *in)
         for (size_t i = 0; i < in->nheaders; i++) {
             const struct str hn = in->headers[i].name;
             if (hn.len == n->name.len && bytes_eq(hn.p, n->name.p, hn.len, true) &&
-                matcher_match(n->m, in->headers[i].value)) {
+                eval_matcher_match(n->m, in->headers[i].value)) {
                 return true;
             }
         }
@@ -258,7 +258,7 @@ static bool eval_str(const struct pnode *n, const struct policy_input *in)
     }
     struct str v = field_value(in, (enum field)n->field);
     /* An absent value matches nothing (not even an empty prefix). */
-    return v.len > 0 && matcher_match(n->m, v);
+    return v.len > 0 && eval_matcher_match(n->m, v);
 }
 
 static bool owner_is_user(const struct policy_input *in)

@@ -117,8 +117,8 @@ const char *tz_name(const struct tzinfo *tz);
 int32_t tz_offset(const struct tzinfo *tz, int64_t t);
 
 /* Matching helpers (eval.c), also used by the tests. */
-bool matcher_match(const struct matcher *m, struct str s);
-bool glob_match(struct str pat, struct str s, bool icase);
+bool eval_matcher_match(const struct matcher *m, struct str s);
+bool eval_glob_match(struct str pat, struct str s, bool icase);
 /* "10.0.0.0/8" into buf. */
 void policy_ip_format_cidr(const struct cidr *c, char *buf, size_t size);
 

@@ -237,7 +237,7 @@ static void test_dl_sqlite_edit_with_recomputed_hash(void **state)
     dl_canonical(&row.rec, row.seq, row.prev_hash, &b);
     dl_hash(row.prev_hash, b.p, b.len, h);
     dl_row_fini(&row);
-    sbuf_free(&b);
+    dl_sbuf_free(&b);
     sqlite3_finalize(st);
     sqlite3_close(db);
     snprintf(q, sizeof q, "UPDATE decisions SET hash = '%s' WHERE seq = 5", h);
