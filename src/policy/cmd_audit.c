@@ -577,7 +577,11 @@ int policy_cmd_diff(int argc, char **argv)
             continue;
         }
         char *base = xstrdup(file);
-        char *path = xasprintf("%s/%s", newdir, basename(base));
+        size_t nl = strlen(newdir);
+        while (nl > 1 && newdir[nl - 1] == '/') {
+            nl--;
+        }
+        char *path = xasprintf("%.*s/%s", (int)nl, newdir, basename(base));
         free(base);
         struct stat st;
         rp = xrealloc(rp, (nrp + 1) * sizeof *rp);
