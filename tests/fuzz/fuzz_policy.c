@@ -1,0 +1,150 @@
+/* Fuzz target for the policy compiler and evaluator (policy/lang.c, eval.c):
+ * any bytes as a policy file. Invariants: a rejected policy has at least one
+ * message and every message names the file; an accepted policy evaluates a
+ * fixed input (with a full trace) to a decision named by one of its rules or
+ * "default-deny", and answering every OPA question always ends the evaluation.
+ * Built with -Dfuzzing=true it is a libFuzzer target; otherwise main() replays
+ * files and directories (the 'fuzz' suite replays corpus/policy/). */
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "policy/policy.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static const struct str groups[] = { { "eng", 3 }, { "admins", 6 } };
+static const struct policy_kv claims[] = { { { "amr", 3 }, { "mfa", 3 } } };
+static const struct policy_kv headers[] = { { { "X-Tenant", 8 }, { "acme", 4 } } };
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct conf_diag d = { 0 };
+    struct policy *p = policy_parse("fuzz.yaml", (const char *)data, size, &d);
+
+    if (!p) {
+        CHECK(d.count > 0);
+        for (size_t i = 0; i < d.stored; i++) {
+            CHECK(strncmp(d.msgs[i], "fuzz.yaml:", 10) == 0);
+        }
+        conf_diag_fini(&d);
+        return 0;
+    }
+    CHECK(d.count == 0);
+    struct policy_input in = { 0 };
+    in.authenticated = true;
+    in.user = STR("alice");
+    in.email = STR("alice@example.com");
+    in.groups = groups;
+    in.ngroups = 2;
+    in.claims = claims;
+    in.nclaims = 1;
+    in.headers = headers;
+    in.nheaders = 1;
+    in.method = STR("GET");
+    in.host = STR("wiki.example.com");
+    in.path = STR("/admin/x");
+    in.time_s = 1764583200;
+    (void)policy_ip_parse(STR("10.1.2.3"), &in.client_ip);
+    size_t n = policy_rule_count(p);
+    uint8_t *trace = calloc(n ? n : 1, 1);
+    struct policy_result r;
+    policy_result_init(&r, trace);
+    unsigned asked = 0;
+    while (policy_eval(p, &in, &r) == POLICY_NEED_OPA) {
+        CHECK(r.opa_path && r.opa_index < POLICY_MAX_OPA && asked++ < POLICY_MAX_OPA);
+        policy_opa_answer(&r, asked % 2, "fuzz");
+    }
+    bool named = strcmp(r.rule, "default-deny") == 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(trace[i] <= POLICY_RULE_UNKNOWN);
+        named = named || strcmp(r.rule, policy_rule_id(p, i)) == 0;
+    }
+    CHECK(named && r.reason);
+    CHECK(r.decision == POLICY_ALLOW || r.decision == POLICY_DENY);
+    free(trace);
+    policy_free(p);
+    conf_diag_fini(&d);
+    return 0;
+}
+
+#ifndef GH_LIBFUZZER
+static int run_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc(n > 0 ? (size_t)n : 1);
+    if (!buf || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) {
+        fclose(f);
+        free(buf);
+        return 1;
+    }
+    fclose(f);
+    LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)(n > 0 ? n : 0));
+    free(buf);
+    return 0;
+}
+
+static int run_path(const char *path, size_t *count)
+{
+    struct stat st;
+    DIR *dir;
+    struct dirent *e;
+    int rc = 0;
+
+    if (stat(path, &st) != 0) {
+        perror(path);
+        return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        (*count)++;
+        return run_file(path);
+    }
+    if (!(dir = opendir(path))) {
+        perror(path);
+        return 1;
+    }
+    while ((e = readdir(dir))) {
+        char sub[4096];
+        if (e->d_name[0] == '.') {
+            continue;
+        }
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        rc |= run_path(sub, count);
+    }
+    closedir(dir);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    size_t count = 0;
+    int rc = 0;
+
+    for (int i = 1; i < argc; i++) {
+        rc |= run_path(argv[i], &count);
+    }
+    printf("fuzz_policy: %zu inputs replayed\n", count);
+    return rc || count == 0;
+}
+#endif
