@@ -372,7 +372,7 @@ static void request_end(struct conn *c)
     unsigned route_id = r->route ? r->route->metrics_id : METRICS_ROUTE_NONE;
     uint64_t end = mono_us();
 
-    if (w->mw) {
+    if (w->mw && !c->ls->admin) {
         metrics_request(w->mw, route_id, (unsigned)r->status, c->head_bytes_in + r->bytes_in,
                         c->out_total);
     }
@@ -725,6 +725,10 @@ void conn_process(struct conn *c)
             rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
             buf_consume(&c->in, c->hin->pos);
             http_in_rebase(c->hin);
+            if (c->closed) {
+                break;
+            }
+            forward_body_flush(c);
             if (c->closed) {
                 break;
             }

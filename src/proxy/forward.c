@@ -594,6 +594,13 @@ static void up_push(struct upconn *u)
     up_update_io(u);
 }
 
+void forward_body_flush(struct conn *c)
+{
+    if (c->up && c->up->state == UP_ACTIVE && buf_pending(&c->up->out) > 0) {
+        up_push(c->up);
+    }
+}
+
 void forward_body_end(struct conn *c)
 {
     struct upconn *u = c->up;
@@ -775,8 +782,11 @@ static void start_tunnel(struct upconn *u)
 /* Parses what u->in holds. Returns false when u was closed. */
 static bool up_parse(struct upconn *u)
 {
-    while (u->c && buf_pending(&u->in) > 0 && !u->done) {
+    bool after_head = false;
+
+    while (u->c && !u->done && (buf_pending(&u->in) > 0 || after_head)) {
         struct conn *c = u->c;
+        after_head = false;
         if (buf_pending(&c->out) >= IO_HIGH_WATER) {
             return true;
         }
@@ -803,6 +813,9 @@ static bool up_parse(struct upconn *u)
             }
             buf_consume(&u->in, u->hin->pos);
             http_in_rebase(u->hin);
+            /* A message without a body completes on the next feed, even
+             * with no further bytes. */
+            after_head = true;
             continue;
         case HTTP_IN_DONE:
             buf_consume(&u->in, u->hin->pos);

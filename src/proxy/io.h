@@ -205,6 +205,7 @@ int conn_on_body(void *arg, const char *p, size_t n);
 void forward_start(struct conn *c);
 void forward_body(struct conn *c, const char *p, size_t n); /* request body bytes */
 void forward_body_end(struct conn *c);
+void forward_body_flush(struct conn *c);      /* send queued body bytes */
 void forward_client_writable(struct conn *c); /* client out drained below the mark */
 void forward_tunnel_in(struct conn *c);       /* client bytes while tunnelling */
 void forward_abort(struct conn *c);           /* client gone: drop the upstream side */
