@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "proxy/accesslog.h"
 
@@ -105,6 +106,47 @@ static void test_query_string_is_never_logged(void **state)
     line = format(&e);
     assert_non_null(strstr(line, ",\"path\":\"\","));
     free(line);
+}
+
+/* Any bytes in any string field still give one line of valid JSON with exactly
+ * the twelve fields (checked with a real parser). */
+static void test_random_bytes_always_give_valid_json(void **state)
+{
+    static const char *const keys[] = { "ts", "request_id", "client_ip", "method",
+                                        "host", "path", "status", "bytes_in",
+                                        "bytes_out", "upstream", "upstream_ms", "total_ms" };
+    unsigned seed = 12345;
+    char raw[5][64];
+    (void)state;
+
+    for (int round = 0; round < 3000; round++) {
+        struct accesslog_entry e = sample();
+        struct str *fields[5] = { &e.request_id, &e.method, &e.host, &e.path, &e.upstream };
+        json_error_t jerr;
+        json_t *j;
+        char *line;
+        for (int f = 0; f < 5; f++) {
+            size_t n = (size_t)(rand_r(&seed) % 64);
+            for (size_t i = 0; i < n; i++) {
+                raw[f][i] = (char)(rand_r(&seed) & 0xff);
+            }
+            *fields[f] = (struct str){ raw[f], n };
+        }
+        line = format(&e);
+        assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+        j = json_loads(line, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+        if (!j) {
+            fprintf(stderr, "invalid JSON (%s): %s", jerr.text, line);
+        }
+        assert_non_null(j);
+        assert_int_equal(json_object_size(j), 12);
+        for (size_t k = 0; k < 12; k++) {
+            assert_non_null(json_object_get(j, keys[k]));
+        }
+        assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
+        json_decref(j);
+        free(line);
+    }
 }
 
 static void test_format_reports_needed_size_when_short(void **state)
@@ -293,6 +335,7 @@ int main(void)
         cmocka_unit_test(test_no_upstream_gives_nulls),
         cmocka_unit_test(test_hostile_bytes_are_escaped),
         cmocka_unit_test(test_query_string_is_never_logged),
+        cmocka_unit_test(test_random_bytes_always_give_valid_json),
         cmocka_unit_test(test_format_reports_needed_size_when_short),
         cmocka_unit_test(test_file_buffering_flush_and_reopen),
         cmocka_unit_test(test_buffer_flushes_itself_past_64k),
