@@ -1,7 +1,1332 @@
-/* authn/authn.c - who is calling (placeholder until the sign-in work lands). */
+/* authn/authn.c - the request-level glue of sign-in: routes reserved paths,
+ * identifies callers by bearer JWT or session cookie, and runs the OIDC login,
+ * callback, refresh, logout and back-channel logout as small continuations
+ * (discovery, JWKS, token, userinfo fetches are performed by the proxy).
+ * Provider metadata and key sets are cached per provider; a key set is
+ * re-fetched on an unknown kid at most once per jwks_refresh_min_interval. */
 #include "authn.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "assertion.h"
+#include "codec.h"
+#include "cookie.h"
+#include "jwt.h"
+#include "oidc.h"
+#include "page.h"
+#include "session.h"
+
+#ifndef GATEHOUSE_WEB_DIR
+#define GATEHOUSE_WEB_DIR "web/login"
+#endif
+
+#define LOGIN_COOKIE "gatehouse_login"
+#define MOD "authn"
 
 const char *authn_module_name(void)
 {
     return "authn";
+}
+
+struct idp {
+    struct oidc_provider *p;
+    _Atomic(struct oidc_metadata *) meta; /* set once, never replaced while serving */
+    pthread_mutex_t mu;                    /* guards jwks and jwks_fetched_ms */
+    struct jwks *jwks;
+    int64_t jwks_fetched_ms;
+};
+
+struct authn {
+    struct idp *idps;
+    size_t nidps;
+    struct session_conf sconf;
+    char *state_db;
+    struct session_store *store;
+    char *assertion_key;          /* NULL = no assertion */
+    char *assertion_header;
+    char *assertion_issuer;
+    int64_t assertion_ttl_s;
+    struct assertion_signer *signer;
+    char *pages_dir;
+    struct pages *pages;
+    struct oidc_replay *replay;
+    unsigned char login_key[32];  /* seals login cookies; per process start */
+};
+
+/* ---- configuration ---------------------------------------------------- */
+
+static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", NULL };
+
+static void parse_assertion(struct authn *an, const struct conf_node *root, const char *conf_file,
+                            struct conf_diag *d)
+{
+    const struct conf_node *ui = conf_get(root, "upstream_identity");
+    const struct conf_node *as = ui ? conf_get(ui, "assertion") : NULL;
+    const char *header = "X-Gatehouse-Assertion", *key = NULL, *issuer = "gatehouse";
+    uint64_t ttl_ms = 60000;
+
+    if (as == NULL || !conf_check_keys(d, as, "assertion", assertion_keys)) {
+        return;
+    }
+    conf_string(d, as, "header", &header);
+    conf_string(d, as, "key", &key);
+    conf_string(d, as, "issuer", &issuer);
+    conf_duration_ms(d, as, "ttl", 1000, 3600000, &ttl_ms);
+    if (key == NULL) {
+        conf_error(d, as, "\"assertion\" needs a \"key\" (a P-256 PEM; created when absent)");
+        return;
+    }
+    an->assertion_key = conf_path_resolve(conf_file, key);
+    an->assertion_header = xstrdup(header);
+    an->assertion_issuer = xstrdup(issuer);
+    an->assertion_ttl_s = (int64_t)(ttl_ms / 1000);
+}
+
+struct authn *authn_new(const struct conf_node *root, const char *conf_file,
+                        const char *state_db, struct conf_diag *d)
+{
+    size_t before = d->count;
+    struct authn *an = xcalloc(1, sizeof *an);
+    const struct conf_node *list = conf_get(root, "identity_providers");
+
+    if (list != NULL && conf_seq(d, list, "identity_providers")) {
+        an->idps = xcalloc(list->n ? list->n : 1, sizeof *an->idps);
+        for (size_t i = 0; i < list->n; i++) {
+            const struct conf_node *e = list->items[i];
+            const struct conf_node *type = conf_get(e, "type");
+            if (type == NULL || type->type != CONF_SCALAR) {
+                conf_error(d, e, "identity provider needs a \"type\" (oidc)");
+                continue;
+            }
+            if (strcmp(type->value, "oidc") != 0) {
+                conf_error(d, type, "identity provider type \"%s\" is not supported (use oidc)",
+                           type->value);
+                continue;
+            }
+            struct oidc_provider *p = oidc_provider_parse(d, e, conf_file);
+            if (p == NULL) {
+                continue;
+            }
+            for (size_t j = 0; j < an->nidps; j++) {
+                if (strcmp(an->idps[j].p->id, p->id) == 0) {
+                    conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
+                               p->id);
+                }
+            }
+            struct idp *x = &an->idps[an->nidps++];
+            x->p = p;
+            atomic_init(&x->meta, NULL);
+            pthread_mutex_init(&x->mu, NULL);
+        }
+    }
+    const struct conf_node *sess = conf_get(root, "session");
+    session_conf_parse(d, sess, conf_file, &an->sconf);
+    const struct conf_node *pages = sess ? conf_get(sess, "pages") : NULL;
+    an->pages_dir = pages && pages->type == CONF_SCALAR ? conf_path_resolve(conf_file, pages->value)
+                                                        : xstrdup(GATEHOUSE_WEB_DIR);
+    parse_assertion(an, root, conf_file, d);
+    an->state_db = state_db ? xstrdup(state_db) : NULL;
+    if (d->count != before) {
+        authn_free(an);
+        return NULL;
+    }
+    return an;
+}
+
+int authn_start(struct authn *an, struct err *err)
+{
+    if (!codec_rand_bytes(an->login_key, sizeof an->login_key)) {
+        return err_set(err, ERR_CRYPTO, "no randomness for the login cookie key");
+    }
+    an->replay = oidc_replay_new(65536);
+    an->pages = pages_load(an->pages_dir, err);
+    if (an->pages == NULL) {
+        return ERR_CONFIG;
+    }
+    if (an->nidps > 0) {
+        if (an->state_db == NULL) {
+            return err_set(err, ERR_CONFIG, "sign-in needs \"state: {sqlite: ...}\" for sessions");
+        }
+        an->store = session_store_open(an->state_db, &an->sconf, err);
+        if (an->store == NULL) {
+            return ERR_IO;
+        }
+    }
+    if (an->assertion_key != NULL) {
+        an->signer = assertion_signer_open(an->assertion_key, an->assertion_issuer,
+                                           an->assertion_ttl_s, err);
+        if (an->signer == NULL) {
+            return ERR_CRYPTO;
+        }
+    }
+    return 0;
+}
+
+void authn_free(struct authn *an)
+{
+    if (an == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < an->nidps; i++) {
+        oidc_provider_free(an->idps[i].p);
+        oidc_metadata_free(atomic_load(&an->idps[i].meta));
+        jwks_unref(an->idps[i].jwks);
+        pthread_mutex_destroy(&an->idps[i].mu);
+    }
+    free(an->idps);
+    session_store_close(an->store);
+    session_conf_fini(&an->sconf);
+    free(an->state_db);
+    assertion_signer_free(an->signer);
+    free(an->assertion_key);
+    free(an->assertion_header);
+    free(an->assertion_issuer);
+    pages_free(an->pages);
+    free(an->pages_dir);
+    oidc_replay_free(an->replay);
+    OPENSSL_cleanse(an->login_key, sizeof an->login_key);
+    free(an);
+}
+
+/* ---- small helpers ---------------------------------------------------- */
+
+enum cont_kind {
+    CONT_NONE = 0,
+    CONT_LOGIN_DISCOVERY,
+    CONT_CALLBACK_DISCOVERY,
+    CONT_TOKEN,
+    CONT_TOKEN_JWKS,
+    CONT_USERINFO,
+    CONT_REFRESH,
+    CONT_BCL_DISCOVERY,
+    CONT_BCL_JWKS,
+    CONT_BEARER_DISCOVERY,
+    CONT_BEARER_JWKS,
+};
+
+struct cont {
+    enum cont_kind kind;
+    struct idp *idp;
+    const char *rd;                 /* login: return path */
+    struct oidc_pending pd;         /* callback: heap strings, freed by a deferred cleanup */
+    const char *token_body;         /* token response kept while the JWKS is fetched */
+    size_t token_body_len;
+    int token_status;
+    bool jwks_refetched;
+    struct oidc_tokens tokens;      /* between token and userinfo */
+    const char *cookie;             /* refresh: the session cookie value */
+    const char *bearer;             /* bearer / logout token */
+};
+
+static void cont_cleanup(void *arg)
+{
+    struct cont *c = arg;
+    oidc_pending_fini(&c->pd);
+    oidc_tokens_fini(&c->tokens);
+}
+
+static struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind,
+                             struct idp *idp)
+{
+    struct cont *c = arena_zalloc(a, sizeof *c);
+    if (c == NULL || arena_defer(a, cont_cleanup, c) != 0) {
+        return NULL;
+    }
+    c->kind = kind;
+    c->idp = idp;
+    out->cont = c;
+    return c;
+}
+
+static const char *adup(struct arena *a, const char *s)
+{
+    return s ? arena_strdup(a, s) : NULL;
+}
+
+static void add_header(struct authn_out *out, const char *name, const char *value)
+{
+    if (value != NULL && out->resp.nheaders < AUTHN_MAX_HEADERS) {
+        out->resp.headers[out->resp.nheaders++] = (struct authn_header){ name, value };
+    }
+}
+
+static enum authn_step respond(struct authn_out *out, int status, const char *type,
+                               const char *body, size_t len)
+{
+    out->resp.status = status;
+    out->resp.content_type = type;
+    out->resp.body = body ? body : "";
+    out->resp.body_len = body ? len : 0;
+    add_header(out, "Cache-Control", "no-store");
+    return AUTHN_RESPOND;
+}
+
+static enum authn_step redirect(struct authn_out *out, const char *location)
+{
+    add_header(out, "Location", location);
+    return respond(out, 302, "text/plain; charset=utf-8", NULL, 0);
+}
+
+static void set_reason(struct authn_out *out, const char *fmt, const char *detail)
+{
+    snprintf(out->reason, sizeof out->reason, fmt, detail);
+}
+
+/* The error page: what went wrong in words for people, details only in the log. */
+static enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, int status, const char *title,
+                                  const char *message)
+{
+    log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s: %s", title, out->reason);
+    if (an->pages == NULL) {
+        return respond(out, status, "text/plain; charset=utf-8", title, strlen(title));
+    }
+    struct page_var v[] = { { "title", title },
+                            { "message", message },
+                            { "request_id", req->request_id },
+                            { "retry_url", "/.gatehouse/login" } };
+    size_t len = 0;
+    char *html = pages_render(an->pages, PAGE_ERROR, v, 4, a, &len);
+    return respond(out, status, "text/html; charset=utf-8", html, len);
+}
+
+static enum authn_step internal_error(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out)
+{
+    return error_page(an, req, a, out, 500, "Something went wrong",
+                      "Gatehouse could not finish this request.");
+}
+
+static struct idp *idp_by_id(struct authn *an, const char *id)
+{
+    for (size_t i = 0; id != NULL && i < an->nidps; i++) {
+        if (strcmp(an->idps[i].p->id, id) == 0) {
+            return &an->idps[i];
+        }
+    }
+    return NULL;
+}
+
+static bool route_accepts(const struct authn_req *req, const char *idp)
+{
+    if (req->route_idps == NULL) {
+        return true;
+    }
+    for (size_t i = 0; i < req->nroute_idps; i++) {
+        if (strcmp(req->route_idps[i], idp) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static char *query_value(struct arena *a, struct str q, const char *name)
+{
+    struct str raw;
+    bool dup = false;
+    if (!codec_form_get(q, name, &raw, &dup) || dup) {
+        return NULL;
+    }
+    char *v = codec_url_decode(raw, NULL);
+    char *out = v ? arena_strdup(a, v) : NULL;
+    free(v);
+    return out;
+}
+
+static void fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h)
+{
+    out->fetch.method = h->method;
+    out->fetch.url = adup(a, h->url);
+    size_t k = 0;
+    for (size_t i = 0; i < 4 && h->headers[i] != NULL; i++) {
+        out->fetch.headers[k++] = adup(a, h->headers[i]);
+    }
+    out->fetch.headers[k] = NULL;
+    out->fetch.body = adup(a, h->body);
+    out->fetch.body_len = h->body ? strlen(h->body) : 0;
+    oidc_http_fini(h);
+}
+
+static enum authn_step fetch_get(struct arena *a, struct authn_out *out, const char *url)
+{
+    out->fetch.method = "GET";
+    out->fetch.url = adup(a, url);
+    out->fetch.headers[0] = "Accept: application/json";
+    out->fetch.headers[1] = NULL;
+    out->fetch.body = NULL;
+    out->fetch.body_len = 0;
+    return AUTHN_NEED_FETCH;
+}
+
+static enum authn_step need_discovery(struct arena *a, struct authn_out *out, struct idp *x)
+{
+    struct oidc_http h;
+    oidc_discovery_request(x->p, &h);
+    fill_fetch(a, out, &h);
+    return AUTHN_NEED_FETCH;
+}
+
+/* Stores the discovery answer. Returns false (reason set) when it is unusable. */
+static bool take_discovery(struct idp *x, int status, struct str body, struct authn_out *out)
+{
+    struct err err = { 0 };
+    struct oidc_metadata *m = oidc_metadata_parse(x->p, status, body, &err);
+    if (m == NULL) {
+        set_reason(out, "discovery failed: %s", status == 0 ? "identity provider unreachable"
+                                                            : err.msg);
+        return false;
+    }
+    struct oidc_metadata *expected = NULL;
+    if (!atomic_compare_exchange_strong(&x->meta, &expected, m)) {
+        oidc_metadata_free(m); /* another worker got there first */
+    }
+    return true;
+}
+
+static struct jwks *jwks_get(struct idp *x)
+{
+    pthread_mutex_lock(&x->mu);
+    struct jwks *k = x->jwks ? jwks_ref(x->jwks) : NULL;
+    pthread_mutex_unlock(&x->mu);
+    return k;
+}
+
+static bool take_jwks(struct idp *x, int status, struct str body, int64_t now_ms,
+                      struct authn_out *out)
+{
+    struct err err = { 0 };
+    if (status != 200) {
+        set_reason(out, "JWKS fetch failed: %s", status == 0 ? "unreachable" : "HTTP error");
+        return false;
+    }
+    struct jwks *k = jwks_parse(body, &err);
+    if (k == NULL) {
+        set_reason(out, "JWKS unusable: %s", err.msg);
+        return false;
+    }
+    pthread_mutex_lock(&x->mu);
+    struct jwks *old = x->jwks;
+    x->jwks = k;
+    x->jwks_fetched_ms = now_ms;
+    pthread_mutex_unlock(&x->mu);
+    jwks_unref(old);
+    return true;
+}
+
+/* On an unknown kid, may we fetch the key set again now? Claims the slot. */
+static bool jwks_refetch_allowed(struct idp *x, int64_t now_ms)
+{
+    bool ok = false;
+    pthread_mutex_lock(&x->mu);
+    if (now_ms - x->jwks_fetched_ms >= (int64_t)x->p->jwks_refresh_min_interval_ms) {
+        x->jwks_fetched_ms = now_ms; /* one refetch per interval, across workers */
+        ok = true;
+    }
+    pthread_mutex_unlock(&x->mu);
+    return ok;
+}
+
+static bool wants_html(const struct authn_req *req)
+{
+    return str_contains(req->accept, STR("text/html")) &&
+           !str_ieq_cstr(req->x_requested_with, "XMLHttpRequest");
+}
+
+static const char *session_cookie_name(const struct authn *an, bool tls, struct arena *a)
+{
+    char buf[96];
+    return cookie_wire_name(an->sconf.cookie_name, tls, buf, sizeof buf) ? adup(a, buf) : NULL;
+}
+
+static const char *login_cookie_name(bool tls, struct arena *a)
+{
+    char buf[96];
+    return cookie_wire_name(LOGIN_COOKIE, tls, buf, sizeof buf) ? adup(a, buf) : NULL;
+}
+
+static const char *json_escaped(struct arena *a, const char *s)
+{
+    json_t *j = json_string(s ? s : "");
+    char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    const char *out = adup(a, t);
+    free(t);
+    return out;
+}
+
+/* 401 for API and XHR callers, 302 to sign-in for browsers. */
+static enum authn_step unauthenticated(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out, const char *why)
+{
+    set_reason(out, "%s", why);
+    if (wants_html(req) && an->nidps > 0) {
+        /* Keep the original URL, but only when it is a safe same-host path. */
+        const char *target = req->query.len
+                                 ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
+                                                (int)req->query.len, req->query.p)
+                                 : arena_strndup(a, req->path.p, req->path.len);
+        struct str t = str_from(target);
+        if (target == NULL || !oidc_return_path_safe(t)) {
+            t = STR("/");
+        }
+        struct sbuf b = { 0 };
+        codec_buf_adds(&b, "/.gatehouse/login?rd=");
+        codec_buf_add_urlenc(&b, t);
+        const char *loc = adup(a, b.p);
+        codec_buf_fini(&b);
+        return redirect(out, loc);
+    }
+    add_header(out, "WWW-Authenticate", "Bearer realm=\"gatehouse\"");
+    const char *body = arena_printf(a, "{\"error\":\"unauthenticated\",\"request_id\":%s}\n",
+                                    json_escaped(a, req->request_id));
+    return respond(out, 401, "application/json", body, body ? strlen(body) : 0);
+}
+
+/* ---- identity from a session or a bearer token ------------------------- */
+
+static void identity_from_view(struct authn_out *out, const struct session_view *v,
+                               struct arena *a)
+{
+    out->id.user_key = v->user_key;
+    out->id.email = v->email;
+    out->id.name = v->name;
+    out->id.idp = v->idp;
+    out->id.groups_json = v->groups_json;
+    out->id.claims_json = v->claims_json;
+    out->id.session_id = adup(a, v->id);
+    out->id.session_expires_ms = v->expires_ms < v->idle_expires_ms ? v->expires_ms
+                                                                     : v->idle_expires_ms;
+    const char *hash = v->user_key ? strchr(v->user_key, '#') : NULL;
+    out->id.sub = hash ? hash + 1 : NULL;
+    out->id.bearer = false;
+}
+
+static bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id,
+                               const char *idp, struct arena *a)
+{
+    char *groups = json_dumps(id->groups, JSON_COMPACT);
+    out->id.user_key = adup(a, id->user_key);
+    out->id.sub = adup(a, id->sub);
+    out->id.email = adup(a, id->email);
+    out->id.name = adup(a, id->name);
+    out->id.idp = adup(a, idp);
+    out->id.groups_json = adup(a, groups ? groups : "[]");
+    out->id.claims_json = adup(a, id->claims);
+    free(groups);
+    return out->id.user_key != NULL && out->id.groups_json != NULL;
+}
+
+/* Picks the provider of a JWT by its (unverified) iss among those allowed;
+ * the signature check that follows uses that provider's keys only. */
+static struct idp *idp_for_token(struct authn *an, const struct authn_req *req, struct str tok)
+{
+    struct str part = tok;
+    const char *d1 = memchr(tok.p, '.', tok.len);
+    if (d1 == NULL) {
+        return NULL;
+    }
+    part.p = d1 + 1;
+    const char *d2 = memchr(part.p, '.', tok.len - (size_t)(part.p - tok.p));
+    if (d2 == NULL) {
+        return NULL;
+    }
+    part.len = (size_t)(d2 - part.p);
+    size_t n = 0;
+    unsigned char *raw = codec_b64url_decode(part, &n);
+    json_error_t jerr;
+    json_t *j = raw ? json_loadb((const char *)raw, n, 0, &jerr) : NULL;
+    free(raw);
+    const char *iss = json_string_value(json_object_get(j, "iss"));
+    struct idp *found = NULL;
+    for (size_t i = 0; iss != NULL && i < an->nidps && found == NULL; i++) {
+        if (strcmp(an->idps[i].p->issuer, iss) == 0 && route_accepts(req, an->idps[i].p->id)) {
+            found = &an->idps[i];
+        }
+    }
+    json_decref(j);
+    return found;
+}
+
+static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out, struct cont *c)
+{
+    struct idp *x = c->idp;
+    if (atomic_load(&x->meta) == NULL) {
+        c->kind = CONT_BEARER_DISCOVERY;
+        return need_discovery(a, out, x);
+    }
+    struct jwks *k = jwks_get(x);
+    if (k == NULL) {
+        c->kind = CONT_BEARER_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    struct oidc_identity id;
+    struct err err = { 0 };
+    int rc = oidc_bearer_verify(x->p, k, str_from(c->bearer), req->now_ms / 1000, &id, &err);
+    jwks_unref(k);
+    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
+        c->jwks_refetched = true;
+        c->kind = CONT_BEARER_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    if (rc != 0) {
+        set_reason(out, "bearer token refused: %s", err.msg);
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
+        add_header(out, "WWW-Authenticate", "Bearer realm=\"gatehouse\", error=\"invalid_token\"");
+        static const char body[] = "{\"error\":\"invalid_token\"}\n";
+        return respond(out, 401, "application/json", body, sizeof body - 1);
+    }
+    bool ok = identity_from_oidc(out, &id, x->p->id, a);
+    oidc_identity_fini(&id);
+    out->id.bearer = true;
+    return ok ? AUTHN_OK : internal_error(an, req, a, out);
+}
+
+static enum authn_step refresh_start(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out, const char *cookie)
+{
+    struct idp *x = idp_by_id(an, out->id.idp);
+    const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
+    char *rt = NULL;
+    if (m == NULL || !session_refresh_claim(an->store, str_from(cookie), req->now_ms, &rt)) {
+        return AUTHN_OK; /* someone else refreshes, or nothing to refresh with */
+    }
+    struct oidc_http h;
+    struct err err = { 0 };
+    int rc = oidc_refresh_request(x->p, m, rt, req->now_ms / 1000, &h, &err);
+    OPENSSL_cleanse(rt, strlen(rt));
+    free(rt);
+    struct cont *c = rc == 0 ? cont_new(a, out, CONT_REFRESH, x) : NULL;
+    if (c == NULL) {
+        if (rc == 0) {
+            oidc_http_fini(&h);
+        }
+        session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL,
+                             NULL);
+        return AUTHN_OK;
+    }
+    c->cookie = adup(a, cookie);
+    fill_fetch(a, out, &h);
+    return AUTHN_NEED_FETCH;
+}
+
+static enum authn_step refresh_finish(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out, struct cont *c,
+                                      int status, struct str body)
+{
+    struct idp *x = c->idp;
+    struct jwks *k = jwks_get(x);
+    struct oidc_tokens t;
+    struct err err = { 0 };
+    int rc = oidc_token_response(x->p, k, status, body, NULL, req->now_ms / 1000, &t, &err);
+    jwks_unref(k);
+    if (rc != 0) {
+        /* invalid_grant: the IdP ended the grant, so the session ends too.
+         * Anything else (IdP down, 5xx): keep the session, try again later. */
+        bool ended = status == 400 && strstr(err.msg, "invalid_grant") != NULL;
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "token refresh failed%s: %s",
+                 ended ? ", session ended" : "", status == 0 ? "IdP unreachable" : err.msg);
+        session_refresh_done(an->store, str_from(c->cookie), false, ended, NULL, 0, NULL, NULL,
+                             NULL);
+        if (ended) {
+            memset(&out->id, 0, sizeof out->id);
+            return req->route_public ? AUTHN_OK
+                                     : unauthenticated(an, req, a, out, "session ended at the IdP");
+        }
+        return AUTHN_OK;
+    }
+    const char *email = NULL, *name = NULL;
+    char *groups = NULL;
+    struct oidc_identity id = { 0 };
+    if (t.id_claims != NULL) {
+        /* OIDC Core 12.2: the refreshed ID token must be about the same user. */
+        if (oidc_identity_build(x->p, t.id_claims, NULL, &id, &err) != 0 ||
+            strcmp(id.user_key, out->id.user_key) != 0) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL,
+                     "refreshed ID token names another user; session ended");
+            session_refresh_done(an->store, str_from(c->cookie), false, true, NULL, 0, NULL,
+                                 NULL, NULL);
+            oidc_identity_fini(&id);
+            oidc_tokens_fini(&t);
+            memset(&out->id, 0, sizeof out->id);
+            return unauthenticated(an, req, a, out, "refresh returned another user");
+        }
+        email = id.email;
+        name = id.name;
+        groups = json_dumps(id.groups, JSON_COMPACT);
+    }
+    int64_t exp = t.expires_at_s ? t.expires_at_s : t.id_exp_s;
+    session_refresh_done(an->store, str_from(c->cookie), true, false, t.refresh_token, exp, email,
+                         name, groups);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "session tokens refreshed%s",
+             t.refresh_token ? " (refresh token rotated)" : "");
+    if (groups != NULL) {
+        out->id.groups_json = adup(a, groups);
+        out->id.email = adup(a, email);
+        out->id.name = adup(a, name);
+    }
+    free(groups);
+    oidc_identity_fini(&id);
+    oidc_tokens_fini(&t);
+    return AUTHN_OK;
+}
+
+static enum authn_step identify(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, bool *anonymous)
+{
+    *anonymous = false;
+    if (req->authorization.len > 0) {
+        if (req->authorization.len < 8 || !str_ieq(
+                (struct str){ req->authorization.p, 7 }, STR("Bearer "))) {
+            return unauthenticated(an, req, a, out, "unsupported Authorization scheme");
+        }
+        struct str tok = str_trim((struct str){ req->authorization.p + 7,
+                                                req->authorization.len - 7 });
+        struct idp *x = idp_for_token(an, req, tok);
+        if (x == NULL) {
+            set_reason(out, "%s", "bearer token from an issuer this route does not accept");
+            log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
+            add_header(out, "WWW-Authenticate",
+                       "Bearer realm=\"gatehouse\", error=\"invalid_token\"");
+            static const char body[] = "{\"error\":\"invalid_token\"}\n";
+            return respond(out, 401, "application/json", body, sizeof body - 1);
+        }
+        struct cont *c = cont_new(a, out, CONT_BEARER_JWKS, x);
+        if (c == NULL || (c->bearer = arena_strndup(a, tok.p, tok.len)) == NULL) {
+            return internal_error(an, req, a, out);
+        }
+        return bearer_continue(an, req, a, out, c);
+    }
+    if (an->store != NULL) {
+        const char *name = session_cookie_name(an, req->tls, a);
+        struct str v;
+        bool found = false;
+        struct err err = { 0 };
+        if (name != NULL && cookie_get(req->cookies, req->ncookies, name, &v, &found, &err) != 0) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL, "session cookie ignored: %s", err.msg);
+            found = false;
+        }
+        if (found) {
+            struct session_view sv;
+            enum session_status st = session_lookup(an->store, v, req->now_ms, a, &sv);
+            if (st == SESSION_VALID && route_accepts(req, sv.idp)) {
+                identity_from_view(out, &sv, a);
+                if (sv.refresh_due) {
+                    const char *ck = arena_strndup(a, v.p, v.len);
+                    return ck ? refresh_start(an, req, a, out, ck) : AUTHN_OK;
+                }
+                return AUTHN_OK;
+            }
+            log_emit(LOG_INFO, MOD, req->request_id, NULL, "session cookie %s",
+                     st == SESSION_EXPIRED ? "expired"
+                     : st == SESSION_VALID ? "is from an identity provider this route refuses"
+                                           : "is unknown or revoked");
+        }
+    }
+    *anonymous = true;
+    return AUTHN_RESPOND;
+}
+
+/* ---- /.gatehouse/login ------------------------------------------------ */
+
+static enum authn_step login_redirect(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out, struct idp *x,
+                                      const char *rd)
+{
+    const struct oidc_metadata *m = atomic_load(&x->meta);
+    char host[256];
+    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    char *redirect_uri = oidc_redirect_uri(x->p, req->tls, host);
+    struct oidc_login l;
+    struct err err = { 0 };
+    int rc = oidc_login_start(x->p, m, redirect_uri, str_from(rd), an->login_key,
+                              req->now_ms / 1000, &l, &err);
+    free(redirect_uri);
+    if (rc != 0) {
+        set_reason(out, "login start failed: %s", err.msg);
+        return internal_error(an, req, a, out);
+    }
+    const char *cname = login_cookie_name(req->tls, a);
+    const char *sc = cname ? cookie_format(a, cname, str_from(l.cookie_value), req->tls,
+                                           OIDC_LOGIN_TTL_S)
+                           : NULL;
+    const char *loc = adup(a, l.auth_url);
+    oidc_login_fini(&l);
+    if (sc == NULL || loc == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", sc);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at identity provider %s",
+             x->p->id);
+    return redirect(out, loc);
+}
+
+static enum authn_step login(struct authn *an, const struct authn_req *req, struct arena *a,
+                             struct authn_out *out)
+{
+    const char *rd = query_value(a, req->query, "rd");
+    if (rd == NULL || !oidc_return_path_safe(str_from(rd))) {
+        if (rd != NULL) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL,
+                     "unsafe return URL replaced by \"/\" (open redirect attempt?)");
+        }
+        rd = "/";
+    }
+    const char *want = query_value(a, req->query, "idp");
+    struct idp *cands[64];
+    size_t n = 0;
+    for (size_t i = 0; i < an->nidps && n < 64; i++) {
+        if (route_accepts(req, an->idps[i].p->id)) {
+            cands[n++] = &an->idps[i];
+        }
+    }
+    struct idp *x = NULL;
+    for (size_t i = 0; want != NULL && i < n; i++) {
+        if (strcmp(cands[i]->p->id, want) == 0) {
+            x = cands[i];
+        }
+    }
+    if (x == NULL && n == 1) {
+        x = cands[0];
+    }
+    if (x == NULL) {
+        if (n == 0) {
+            set_reason(out, "%s", "no identity provider accepted on this route");
+            return error_page(an, req, a, out, 403, "Sign-in is not available",
+                              "No identity provider is configured for this site.");
+        }
+        struct page_provider pv[64];
+        for (size_t i = 0; i < n; i++) {
+            pv[i] = (struct page_provider){ cands[i]->p->id, NULL };
+        }
+        char host[256];
+        snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+        const char *list = pages_provider_list(a, pv, n, str_from(rd));
+        struct page_var v[] = { { "host", host }, { "providers", list } };
+        size_t len = 0;
+        char *html = list ? pages_render(an->pages, PAGE_CHOOSER, v, 2, a, &len) : NULL;
+        return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
+                    : internal_error(an, req, a, out);
+    }
+    if (atomic_load(&x->meta) == NULL) {
+        struct cont *c = cont_new(a, out, CONT_LOGIN_DISCOVERY, x);
+        if (c == NULL) {
+            return internal_error(an, req, a, out);
+        }
+        c->rd = rd;
+        return need_discovery(a, out, x);
+    }
+    return login_redirect(an, req, a, out, x, rd);
+}
+
+/* ---- /.gatehouse/oidc/callback ---------------------------------------- */
+
+static enum authn_step callback_error(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out, const char *why)
+{
+    set_reason(out, "sign-in refused: %s", why);
+    return error_page(an, req, a, out, 400, "Sign-in failed",
+                      "The sign-in could not be completed. Please try again.");
+}
+
+static enum authn_step idp_down(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out)
+{
+    return error_page(an, req, a, out, 502, "Identity provider unavailable",
+                      "The sign-in service did not answer. Please try again in a moment.");
+}
+
+static enum authn_step callback_token_request(struct authn *an, const struct authn_req *req,
+                                              struct arena *a, struct authn_out *out,
+                                              struct cont *c)
+{
+    struct oidc_http h;
+    struct err err = { 0 };
+    if (oidc_callback(c->idp->p, atomic_load(&c->idp->meta), req->query, &c->pd, an->replay,
+                      req->now_ms / 1000, &h, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg);
+    }
+    c->kind = CONT_TOKEN;
+    fill_fetch(a, out, &h);
+    return AUTHN_NEED_FETCH;
+}
+
+static enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out)
+{
+    const char *cname = login_cookie_name(req->tls, a);
+    struct str v = STR_NULL;
+    bool found = false;
+    struct err err = { 0 };
+    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    }
+    struct cont *c = cont_new(a, out, CONT_CALLBACK_DISCOVERY, NULL);
+    if (c == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    /* An IdP error (error=access_denied) is reported even without a cookie. */
+    char *e = query_value(a, req->query, "error");
+    if (e != NULL && !found) {
+        return callback_error(an, req, a, out, "identity provider returned an error");
+    }
+    if (oidc_login_cookie_open(an->login_key, v, req->now_ms / 1000, &c->pd, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg);
+    }
+    c->idp = idp_by_id(an, c->pd.idp);
+    if (c->idp == NULL || !route_accepts(req, c->pd.idp)) {
+        return callback_error(an, req, a, out, "login for an identity provider not accepted here");
+    }
+    if (atomic_load(&c->idp->meta) == NULL) {
+        return need_discovery(a, out, c->idp);
+    }
+    return callback_token_request(an, req, a, out, c);
+}
+
+static enum authn_step finish_login(struct authn *an, const struct authn_req *req,
+                                    struct arena *a, struct authn_out *out, struct cont *c,
+                                    const json_t *userinfo)
+{
+    struct oidc_identity id;
+    struct err err = { 0 };
+    if (oidc_identity_build(c->idp->p, c->tokens.id_claims, userinfo, &id, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg);
+    }
+    char *groups = json_dumps(id.groups, JSON_COMPACT);
+    struct session_new sn = {
+        .user_key = id.user_key, .email = id.email, .name = id.name, .groups_json = groups,
+        .claims_json = id.claims, .idp = c->idp->p->id, .sid = id.sid,
+        .refresh_token = c->tokens.refresh_token, .id_token = c->tokens.id_token,
+        .token_exp_s = c->tokens.expires_at_s ? c->tokens.expires_at_s : c->tokens.id_exp_s,
+    };
+    char cookie[SESSION_COOKIE_LEN + 1];
+    int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
+    bool ok = rc == 0 && identity_from_oidc(out, &id, c->idp->p->id, a);
+    log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL, ok ? "signed in %s via %s"
+                                                                       : "session not created for %s via %s",
+             id.email ? id.email : id.user_key, c->idp->p->id);
+    free(groups);
+    oidc_identity_fini(&id);
+    if (!ok) {
+        return internal_error(an, req, a, out);
+    }
+    const char *sname = session_cookie_name(an, req->tls, a);
+    const char *lname = login_cookie_name(req->tls, a);
+    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
+                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
+                            : NULL;
+    const char *clear = lname ? cookie_format(a, lname, STR(""), req->tls, 0) : NULL;
+    OPENSSL_cleanse(cookie, sizeof cookie);
+    const char *rd = c->pd.return_path && oidc_return_path_safe(str_from(c->pd.return_path))
+                         ? adup(a, c->pd.return_path)
+                         : "/";
+    if (set == NULL || clear == NULL || rd == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", set);
+    add_header(out, "Set-Cookie", clear);
+    memset(&out->id, 0, sizeof out->id); /* the browser comes back with the cookie */
+    return redirect(out, rd);
+}
+
+static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
+                                    struct arena *a, struct authn_out *out, struct cont *c)
+{
+    struct idp *x = c->idp;
+    struct jwks *k = jwks_get(x);
+    if (k == NULL) {
+        c->kind = CONT_TOKEN_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    struct err err = { 0 };
+    oidc_tokens_fini(&c->tokens);
+    int rc = oidc_token_response(x->p, k, c->token_status,
+                                 (struct str){ c->token_body, c->token_body_len }, c->pd.nonce,
+                                 req->now_ms / 1000, &c->tokens, &err);
+    jwks_unref(k);
+    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
+        c->jwks_refetched = true;
+        c->kind = CONT_TOKEN_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    if (rc != 0) {
+        return callback_error(an, req, a, out, err.msg);
+    }
+    const char *sub = jwt_claim_str(c->tokens.id_claims, "sub");
+    struct oidc_http h;
+    if (x->p->groups_from_userinfo &&
+        oidc_userinfo_request(atomic_load(&x->meta), c->tokens.access_token, &h, &err) == 0) {
+        (void)sub;
+        c->kind = CONT_USERINFO;
+        fill_fetch(a, out, &h);
+        return AUTHN_NEED_FETCH;
+    }
+    return finish_login(an, req, a, out, c, NULL);
+}
+
+/* ---- logout ----------------------------------------------------------- */
+
+static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out)
+{
+    char host[256];
+    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
+    size_t len = 0;
+    char *html = pages_render(an->pages, PAGE_SIGNED_OUT, v, 2, a, &len);
+    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
+                : internal_error(an, req, a, out);
+}
+
+static enum authn_step logout(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out)
+{
+    const char *sname = session_cookie_name(an, req->tls, a);
+    struct str v;
+    bool found = false;
+    struct err err = { 0 };
+    char *hint = NULL;
+    const char *idp_id = NULL;
+    if (an->store != NULL && sname != NULL &&
+        cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
+        struct session_view sv;
+        if (session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID) {
+            idp_id = sv.idp;
+            hint = session_id_token(an->store, v);
+            log_emit(LOG_INFO, MOD, req->request_id, NULL, "signed out %s",
+                     sv.email ? sv.email : sv.user_key);
+        }
+        session_revoke_cookie(an->store, v);
+    }
+    const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
+    add_header(out, "Set-Cookie", clear);
+    struct idp *x = idp_by_id(an, idp_id);
+    const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
+    if (m != NULL && m->end_session_endpoint != NULL) {
+        char host[256];
+        snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+        char *post = x->p->post_logout_redirect_uri
+                         ? NULL
+                         : xasprintf("%s://%s/.gatehouse/logout", req->tls ? "https" : "http",
+                                     host);
+        char *url = oidc_logout_url(x->p, m, hint, post);
+        const char *loc = adup(a, url);
+        free(url);
+        free(post);
+        if (hint != NULL) {
+            OPENSSL_cleanse(hint, strlen(hint));
+            free(hint);
+        }
+        return loc ? redirect(out, loc) : internal_error(an, req, a, out);
+    }
+    if (hint != NULL) {
+        OPENSSL_cleanse(hint, strlen(hint));
+        free(hint);
+    }
+    return signed_out_page(an, req, a, out);
+}
+
+static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
+                                    struct arena *a, struct authn_out *out, struct cont *c)
+{
+    struct idp *x = c->idp;
+    if (atomic_load(&x->meta) == NULL) {
+        c->kind = CONT_BCL_DISCOVERY;
+        return need_discovery(a, out, x);
+    }
+    struct jwks *k = jwks_get(x);
+    if (k == NULL) {
+        c->kind = CONT_BCL_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    char *sid = NULL, *sub = NULL;
+    struct err err = { 0 };
+    int rc = oidc_logout_token_verify(x->p, k, req->body, an->replay, req->now_ms / 1000, &sid,
+                                      &sub, &err);
+    jwks_unref(k);
+    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
+        c->jwks_refetched = true;
+        c->kind = CONT_BCL_JWKS;
+        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    }
+    if (rc != 0) {
+        set_reason(out, "back-channel logout refused: %s", err.msg);
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
+        static const char body[] = "{\"error\":\"invalid_request\"}\n";
+        return respond(out, 400, "application/json", body, sizeof body - 1);
+    }
+    size_t n = 0;
+    if (sid != NULL) {
+        n = session_revoke_sid(an->store, x->p->id, sid);
+    } else {
+        char *uk = xasprintf("%s#%s", x->p->issuer, sub);
+        n = session_revoke_user(an->store, uk);
+        free(uk);
+    }
+    log_emit(LOG_INFO, MOD, req->request_id, NULL,
+             "back-channel logout from %s ended %zu session(s)", x->p->id, n);
+    free(sid);
+    free(sub);
+    return respond(out, 200, "text/plain; charset=utf-8", NULL, 0);
+}
+
+static enum authn_step backchannel_logout(struct authn *an, const struct authn_req *req,
+                                          struct arena *a, struct authn_out *out)
+{
+    if (!str_eq_cstr(req->method, "POST") || an->store == NULL) {
+        add_header(out, "Allow", "POST");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    struct str raw;
+    bool dup = false;
+    char *tok = codec_form_get(req->body, "logout_token", &raw, &dup) && !dup
+                    ? codec_url_decode(raw, NULL)
+                    : NULL;
+    struct idp *x = NULL;
+    for (size_t i = 0; tok != NULL && i < an->nidps && x == NULL; i++) {
+        struct authn_req any = *req;
+        any.route_idps = NULL;
+        x = idp_for_token(an, &any, str_from(tok));
+    }
+    free(tok);
+    if (x == NULL) {
+        set_reason(out, "%s", "back-channel logout token missing or from an unknown issuer");
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
+        static const char body[] = "{\"error\":\"invalid_request\"}\n";
+        return respond(out, 400, "application/json", body, sizeof body - 1);
+    }
+    struct cont *c = cont_new(a, out, CONT_BCL_JWKS, x);
+    return c ? bcl_continue(an, req, a, out, c) : internal_error(an, req, a, out);
+}
+
+/* ---- /.gatehouse/me --------------------------------------------------- */
+
+static enum authn_step me(struct authn *an, const struct authn_req *req, struct arena *a,
+                          struct authn_out *out)
+{
+    const struct authn_identity *id = &out->id;
+    char expires[32] = "";
+    if (id->session_expires_ms > 0) {
+        time_t t = (time_t)(id->session_expires_ms / 1000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    if (str_contains(req->accept, STR("application/json")) && !wants_html(req)) {
+        json_error_t jerr;
+        json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
+        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user", id->user_key,
+                              "email", id->email, "name", id->name, "groups",
+                              g ? g : json_array(), "idp", id->idp, "session_expires",
+                              expires[0] ? expires : NULL, "session", id->session_id);
+        char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        const char *body = adup(a, s);
+        free(s);
+        return body ? respond(out, 200, "application/json", body, strlen(body))
+                    : internal_error(an, req, a, out);
+    }
+    /* Groups as "a, b" for people. */
+    struct sbuf gb = { 0 };
+    json_error_t jerr;
+    json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
+    for (size_t i = 0; i < json_array_size(g); i++) {
+        codec_buf_adds(&gb, i ? ", " : "");
+        codec_buf_adds(&gb, json_string_value(json_array_get(g, i)) ? json_string_value(json_array_get(g, i)) : "");
+    }
+    json_decref(g);
+    const char *groups = adup(a, gb.p ? gb.p : "");
+    codec_buf_fini(&gb);
+    struct page_var v[] = {
+        { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
+        { "user", id->user_key }, { "email", id->email }, { "groups", groups },
+        { "idp", id->idp }, { "device", NULL }, { "expires", expires },
+    };
+    size_t len = 0;
+    char *html = pages_render(an->pages, PAGE_ME, v, 7, a, &len);
+    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
+                : internal_error(an, req, a, out);
+}
+
+/* ---- entry points ----------------------------------------------------- */
+
+enum authn_step authn_check(struct authn *an, const struct authn_req *req, struct arena *a,
+                            struct authn_out *out)
+{
+    memset(out, 0, sizeof *out);
+    if (str_has_prefix(req->path, STR("/.gatehouse/"))) {
+        struct str p = { req->path.p + 12, req->path.len - 12 };
+        if (str_eq_cstr(p, "static/login.css") && an->pages) {
+            struct str css = pages_css(an->pages);
+            respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
+            out->resp.headers[0].value = "public, max-age=3600";
+            return AUTHN_RESPOND;
+        }
+        if (str_eq_cstr(p, "jwks.json")) {
+            if (an->signer == NULL) {
+                return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+            }
+            char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
+            const char *body = adup(a, j);
+            free(j);
+            respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
+            out->resp.headers[0].value = "public, max-age=60";
+            return AUTHN_RESPOND;
+        }
+        if (str_eq_cstr(p, "login")) {
+            return login(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "oidc/callback")) {
+            return callback(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "logout")) {
+            return logout(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "oidc/backchannel-logout")) {
+            return backchannel_logout(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "me")) {
+            bool anonymous = false;
+            enum authn_step st = identify(an, req, a, out, &anonymous);
+            if (anonymous) {
+                struct authn_req r2 = *req;
+                r2.route_public = false;
+                return unauthenticated(an, &r2, a, out, "no session");
+            }
+            return st == AUTHN_OK ? me(an, req, a, out) : st;
+        }
+        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+    }
+    bool anonymous = false;
+    enum authn_step st = identify(an, req, a, out, &anonymous);
+    if (!anonymous) {
+        return st;
+    }
+    if (req->route_public) {
+        return AUTHN_OK;
+    }
+    return unauthenticated(an, req, a, out, "no session");
+}
+
+enum authn_step authn_resume(struct authn *an, const struct authn_req *req, struct arena *a,
+                             struct authn_out *out, int status, struct str body)
+{
+    struct cont *c = out->cont;
+    memset(&out->resp, 0, sizeof out->resp);
+    memset(&out->fetch, 0, sizeof out->fetch);
+    if (c == NULL) {
+        set_reason(out, "%s", "resume without a pending step");
+        return internal_error(an, req, a, out);
+    }
+    switch (c->kind) {
+    case CONT_LOGIN_DISCOVERY:
+        if (!take_discovery(c->idp, status, body, out)) {
+            return idp_down(an, req, a, out);
+        }
+        return login_redirect(an, req, a, out, c->idp, c->rd);
+    case CONT_CALLBACK_DISCOVERY:
+        if (!take_discovery(c->idp, status, body, out)) {
+            return idp_down(an, req, a, out);
+        }
+        return callback_token_request(an, req, a, out, c);
+    case CONT_TOKEN:
+        if (status == 0) {
+            set_reason(out, "%s", "token endpoint unreachable");
+            return idp_down(an, req, a, out);
+        }
+        c->token_status = status;
+        c->token_body = arena_strndup(a, body.p ? body.p : "", body.len);
+        c->token_body_len = body.len;
+        if (c->token_body == NULL) {
+            return internal_error(an, req, a, out);
+        }
+        return token_answer(an, req, a, out, c);
+    case CONT_TOKEN_JWKS:
+        if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
+            return idp_down(an, req, a, out);
+        }
+        return token_answer(an, req, a, out, c);
+    case CONT_USERINFO: {
+        json_t *ui = NULL;
+        struct err err = { 0 };
+        const char *sub = jwt_claim_str(c->tokens.id_claims, "sub");
+        if (oidc_userinfo_parse(status, body, sub, &ui, &err) != 0) {
+            return callback_error(an, req, a, out, err.msg);
+        }
+        enum authn_step st = finish_login(an, req, a, out, c, ui);
+        json_decref(ui);
+        return st;
+    }
+    case CONT_REFRESH:
+        return refresh_finish(an, req, a, out, c, status, body);
+    case CONT_BCL_DISCOVERY:
+    case CONT_BEARER_DISCOVERY:
+        if (!take_discovery(c->idp, status, body, out)) {
+            return c->kind == CONT_BCL_DISCOVERY
+                       ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
+                       : idp_down(an, req, a, out);
+        }
+        return c->kind == CONT_BCL_DISCOVERY ? bcl_continue(an, req, a, out, c)
+                                             : bearer_continue(an, req, a, out, c);
+    case CONT_BCL_JWKS:
+    case CONT_BEARER_JWKS:
+        if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
+            return c->kind == CONT_BCL_JWKS ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
+                                            : idp_down(an, req, a, out);
+        }
+        return c->kind == CONT_BCL_JWKS ? bcl_continue(an, req, a, out, c)
+                                        : bearer_continue(an, req, a, out, c);
+    case CONT_NONE:
+        break;
+    }
+    set_reason(out, "%s", "unknown pending step");
+    return internal_error(an, req, a, out);
+}
+
+/* ---- upstream identity ------------------------------------------------ */
+
+const char *authn_assertion(struct authn *an, const struct authn_identity *id, const char *route,
+                            const char *device, int64_t now_ms, struct arena *a)
+{
+    if (an->signer == NULL || id == NULL || id->user_key == NULL) {
+        return NULL;
+    }
+    struct assertion_claims c = { .aud = route, .sub = id->user_key, .email = id->email,
+                                  .groups_json = id->groups_json, .sid = id->session_id,
+                                  .device = device };
+    struct err err = { 0 };
+    const char *t = assertion_get(an->signer, &c, now_ms / 1000, a, &err);
+    if (t == NULL) {
+        log_error(MOD, "identity assertion not signed: %s", err.msg);
+    }
+    return t;
+}
+
+const char *authn_assertion_header(const struct authn *an)
+{
+    return an->signer ? an->assertion_header : NULL;
+}
+
+struct str authn_strip_cookies(const struct authn *an, struct str cookie_header, bool tls,
+                               struct arena *a)
+{
+    char s[96], l[96];
+    if (!cookie_wire_name(an->sconf.cookie_name, tls, s, sizeof s) ||
+        !cookie_wire_name(LOGIN_COOKIE, tls, l, sizeof l)) {
+        return STR_NULL;
+    }
+    /* Both spellings: a client may send the other one to reach the backend. */
+    char s2[96], l2[96];
+    cookie_wire_name(an->sconf.cookie_name, !tls, s2, sizeof s2);
+    cookie_wire_name(LOGIN_COOKIE, !tls, l2, sizeof l2);
+    const char *names[] = { s, l, s2, l2, NULL };
+    return cookie_strip(a, cookie_header, names);
 }

@@ -1,8 +1,126 @@
-/* authn/authn.h - who is calling: OIDC, SAML, bearer JWT, mTLS device
- * identity, and the browser session that remembers the answer. */
+/* authn/authn.h - who is calling: OIDC sign-in, bearer JWTs, and the browser
+ * session that remembers the answer, as one request-level API for the proxy.
+ * No sockets here: when the IdP must be asked (discovery, JWKS, token,
+ * userinfo), authn_check/authn_resume return AUTHN_NEED_FETCH with the HTTP
+ * request to perform; the proxy performs it (proxy/fetch.c) and calls
+ * authn_resume with the answer. The building blocks have their own headers
+ * (jwt.h, oidc.h, session.h, cookie.h, assertion.h, page.h).
+ *
+ * Reserved paths handled here: /.gatehouse/login, /.gatehouse/oidc/callback,
+ * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/me,
+ * /.gatehouse/jwks.json, /.gatehouse/static/login.css. */
 #ifndef GH_AUTHN_AUTHN_H
 #define GH_AUTHN_AUTHN_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
 const char *authn_module_name(void);
+
+struct authn; /* per config snapshot; thread-safe after authn_start() */
+
+/* Parses and validates identity_providers (type oidc), session and
+ * upstream_identity.assertion from the config root. Reads secret files, makes
+ * no network calls. state_db: the resolved state.sqlite path (NULL: sessions
+ * are refused at start). Returns NULL with every problem in d. */
+struct authn *authn_new(const struct conf_node *root, const char *conf_file,
+                        const char *state_db, struct conf_diag *d);
+/* Opens the session store (SQLite, writer thread), loads or creates the
+ * assertion key, loads the page templates. Blocking: call before serving. */
+int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
+/* Stops the writer thread, flushes, frees. NULL is a no-op. */
+void authn_free(struct authn *an);
+
+/* The request as authn sees it. Every span is borrowed for the call. */
+struct authn_req {
+    struct str method;
+    struct str host;            /* without the port */
+    struct str path;            /* without the query */
+    struct str query;           /* without '?' */
+    const struct str *cookies;  /* every Cookie header value */
+    size_t ncookies;
+    struct str authorization;   /* Authorization header value (may be empty) */
+    struct str accept;
+    struct str x_requested_with;
+    struct str body;            /* POST body: needed for the back-channel logout only */
+    bool tls;
+    bool route_public;          /* public route: anonymous is fine */
+    const char *const *route_idps; /* ids accepted by the route; NULL = all */
+    size_t nroute_idps;
+    const char *request_id;
+    int64_t now_ms;             /* wall clock */
+};
+
+/* Who is calling. Strings are arena-owned. */
+struct authn_identity {
+    const char *user_key;       /* iss#sub; NULL = anonymous (public route) */
+    const char *sub, *email, *name, *idp;
+    const char *groups_json;    /* JSON array of strings */
+    const char *claims_json;    /* JSON object */
+    const char *session_id;     /* 16-hex public session id; NULL for bearer */
+    int64_t session_expires_ms; /* absolute end of the session, 0 for bearer */
+    bool bearer;
+};
+
+#define AUTHN_MAX_HEADERS 6
+
+struct authn_header {
+    const char *name;
+    const char *value;
+};
+
+struct authn_resp {
+    int status;
+    const char *content_type;
+    struct authn_header headers[AUTHN_MAX_HEADERS]; /* Location, Set-Cookie, ... */
+    size_t nheaders;
+    const char *body;
+    size_t body_len;
+};
+
+struct authn_fetch {
+    const char *method;
+    const char *url;
+    const char *headers[5];     /* "Name: value", NULL-terminated */
+    const char *body;           /* NULL for GET */
+    size_t body_len;
+};
+
+enum authn_step {
+    AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); the zero value fails closed */
+    AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
+    AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
+};
+
+struct authn_out {
+    struct authn_identity id;
+    struct authn_resp resp;
+    struct authn_fetch fetch;
+    void *cont;                 /* private: where to continue */
+    char reason[320];           /* why a request was refused or failed, for the log */
+};
+
+/* Classifies req: reserved path, bearer token, session cookie, or anonymous.
+ * Everything in out lives in a (the request arena) until request end. Never
+ * blocks; never touches SQLite. */
+enum authn_step authn_check(struct authn *an, const struct authn_req *req, struct arena *a,
+                            struct authn_out *out);
+/* Continues after AUTHN_NEED_FETCH with the IdP's answer: status 0 means the
+ * fetch failed (unreachable, timeout). req must describe the same request. */
+enum authn_step authn_resume(struct authn *an, const struct authn_req *req, struct arena *a,
+                             struct authn_out *out, int status, struct str body);
+
+/* The identity assertion for the upstream (ES256 JWT, cached for half its
+ * ttl), or NULL when no assertion is configured or id is anonymous. */
+const char *authn_assertion(struct authn *an, const struct authn_identity *id, const char *route,
+                            const char *device, int64_t now_ms, struct arena *a);
+/* The header that carries it ("X-Gatehouse-Assertion"), or NULL when off. */
+const char *authn_assertion_header(const struct authn *an);
+/* The Cookie header without Gatehouse's own cookies (so the session id never
+ * reaches a backend). Empty result: drop the header. */
+struct str authn_strip_cookies(const struct authn *an, struct str cookie_header, bool tls,
+                               struct arena *a);
 
 #endif
