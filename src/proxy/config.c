@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -516,7 +517,13 @@ static void read_workers(struct loader *L, const struct conf_node *root)
     uint64_t v;
     long cores;
 
-    cores = sysconf(_SC_NPROCESSORS_ONLN);
+    /* The CPUs this process may run on (taskset, cpusets), not every CPU online. */
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        cores = CPU_COUNT(&set);
+    } else {
+        cores = sysconf(_SC_NPROCESSORS_ONLN);
+    }
     L->c->workers = cores < 1 ? 1 : cores > MAX_WORKERS ? MAX_WORKERS : (unsigned)cores;
     if (!w) {
         return;

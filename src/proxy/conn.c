@@ -27,6 +27,7 @@
 #define LINGER_MS 2000
 
 static access_hook_fn *g_access_hook;
+static access_hook_fn *g_reserved_hook;
 
 static uint64_t mono_us(void)
 {
@@ -211,6 +212,8 @@ static bool wants_read(const struct conn *c)
         return !c->req_done && c->up && upconn_body_ready(c->up);
     case CS_TUNNEL:
         return c->up && upconn_body_ready(c->up);
+    case CS_PENDING:
+        return c->collect_cb && !c->req_done;
     case CS_LINGER:
         return true;
     default:
@@ -400,6 +403,11 @@ static void request_end(struct conn *c)
         };
         accesslog_write(w->alog, &e);
     }
+    /* Nothing of this request may outlive it: a stale abort or body callback
+     * would point into the freed arena. */
+    c->abort_fn = NULL;
+    c->collect_cb = NULL;
+    buf_free(&c->collect);
     c->req = NULL;
     c->abort_fn = NULL;
     arena_reset(c->arena);
@@ -548,6 +556,65 @@ void access_set_hook(access_hook_fn *fn)
     g_access_hook = fn;
 }
 
+void reserved_set_hook(access_hook_fn *fn)
+{
+    g_reserved_hook = fn;
+}
+
+enum access_step request_read_body(struct request *r, size_t max_bytes, request_body_fn *cb,
+                                   void *arg)
+{
+    struct conn *c = r->conn;
+
+    if (!r->has_body || c->req_done) {
+        cb(r, STR(""), arg);
+        return ACCESS_RESPOND;
+    }
+    if (r->has_content_length && r->content_length > max_bytes) {
+        request_error(r, 413, "request body too large for this endpoint");
+        return ACCESS_RESPOND;
+    }
+    c->collect_cb = cb;
+    c->collect_arg = arg;
+    c->collect_max = max_bytes;
+    c->collect_over = false;
+    return ACCESS_PENDING;
+}
+
+/* Feeds the body of a request whose local endpoint collects it (state
+ * CS_PENDING with collect_cb set). Returns false when processing must stop. */
+static bool collect_body(struct conn *c)
+{
+    enum http_in_rc rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
+
+    buf_consume(&c->in, c->hin->pos);
+    http_in_rebase(c->hin);
+    if (c->closed) {
+        return false;
+    }
+    if (rc == HTTP_IN_MORE) {
+        return false;
+    }
+    request_body_fn *cb = c->collect_cb;
+    c->collect_cb = NULL;
+    c->abort_fn = NULL;
+    if (rc == HTTP_IN_ERROR) {
+        c->keep_alive = false;
+        request_error(c->req, c->hin->status ? c->hin->status : 400, c->hin->reason);
+    } else {
+        c->req_done = true;
+        if (c->collect_over) {
+            request_error(c->req, 413, "request body too large for this endpoint");
+        } else {
+            cb(c->req, (struct str){ c->collect.p ? c->collect.p + c->collect.off : "",
+                                     buf_pending(&c->collect) },
+               c->collect_arg);
+        }
+    }
+    buf_free(&c->collect);
+    return !c->closed;
+}
+
 void request_on_abort(struct request *r, request_abort_fn *fn, void *arg)
 {
     struct conn *c = r->conn;
@@ -659,9 +726,13 @@ static void handle_head(struct conn *c)
         return;
     }
     /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
-     * never forwarded, even before those endpoints exist. */
+     * never forwarded. */
     if (str_has_prefix(r->path, STR("/.gatehouse/")) || str_eq_cstr(r->path, "/.gatehouse")) {
-        request_error(r, 404, "unknown Gatehouse endpoint");
+        if (!g_reserved_hook) {
+            request_error(r, 404, "unknown Gatehouse endpoint");
+            return;
+        }
+        after_access(c, g_reserved_hook(r));
         return;
     }
     after_access(c, access_check(r));
@@ -673,6 +744,14 @@ int conn_on_body(void *arg, const char *p, size_t n)
 
     if (c->req) {
         c->req->bytes_in += n;
+    }
+    if (c->collect_cb) {
+        if (buf_pending(&c->collect) + n > c->collect_max) {
+            c->collect_over = true;
+        } else {
+            buf_append(&c->collect, p, n);
+        }
+        return 0;
     }
     forward_body(c, p, n);
     return 0;
@@ -716,6 +795,12 @@ void conn_process(struct conn *c)
                 continue;
             }
             handle_head(c);
+            continue;
+        }
+        if (c->state == CS_PENDING && c->collect_cb && !c->req_done) {
+            if (!collect_body(c)) {
+                break;
+            }
             continue;
         }
         if (c->state == CS_FORWARD && !c->req_done) {

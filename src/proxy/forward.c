@@ -457,6 +457,11 @@ static void send_head(struct conn *c, struct upconn *u)
         .strip_prefixes = strip,
     };
     struct http_limits lim = { .header_bytes = 64 * 1024, .headers = 256, .uri_bytes = 0 };
+    const struct upstream_server *sv = r->upstream_server;
+    char host[300];
+
+    snprintf(host, sizeof host, "%s:%u", sv->host, (unsigned)sv->port);
+    o.default_host = host;
 
     buf_free(&u->out);
     http_format_upstream_request(&u->out, r, &o);

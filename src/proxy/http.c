@@ -100,6 +100,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     struct http_hdr_off *o = &h->hdr[h->nhdr - 1];
     uint32_t off = off_of(h, at);
 
+    if (n == 0) {
+        return 0;
+    }
     if (o->value_len == 0) {
         /* RFC 9112 §5.2: obs-fold is rejected. llhttp accepts it and hands the
          * value over in pieces, so a value that does not follow the colon (after
@@ -558,6 +561,10 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
         buf_append_str(out, r->headers[i].value);
         buf_append(out, "\r\n", 2);
     }
+    if (r->host.len == 0 && o->default_host) {
+        /* HTTP/1.0 without Host: HTTP/1.1 upstreams require one (RFC 9112 §3.2). */
+        buf_printf(out, "Host: %s\r\n", o->default_host);
+    }
     if (r->chunked) {
         buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
     } else if (r->has_content_length) {
@@ -580,6 +587,12 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
                r->scheme ? r->scheme : "http", (int)r->host.len, r->host.p);
     buf_printf(out, "X-Request-Id: %s\r\nVia: %d.%d %s\r\n", r->id, r->http_major, r->http_minor,
                o->via ? o->via : "gatehouse");
+    /* Identity headers added by the access stage (after the client's copies
+     * were stripped above). */
+    for (size_t i = 0; i < r->nup_headers; i++) {
+        buf_printf(out, "%.*s: %.*s\r\n", (int)r->up_headers[i].name.len, r->up_headers[i].name.p,
+                   (int)r->up_headers[i].value.len, r->up_headers[i].value.p);
+    }
     if (r->upgrade && o->websocket && upgrade.p) {
         buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
         buf_append_str(out, upgrade);

@@ -98,6 +98,7 @@ struct http_fwd_opts {
     bool trust_forwarded;  /* append to an incoming X-Forwarded-For */
     bool websocket;        /* the route allows Upgrade: pass it on */
     const char *via;       /* pseudonym for Via, e.g. "gatehouse" */
+    const char *default_host; /* Host to send when the client sent none (HTTP/1.0), or NULL */
     const char *const *strip_prefixes; /* NULL-terminated header-name prefixes to drop
                                         * (identity headers: "X-Gatehouse-") */
 };

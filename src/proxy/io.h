@@ -132,6 +132,11 @@ struct conn {
     struct upconn *up;
     request_abort_fn *abort_fn;
     void *abort_arg;
+    request_body_fn *collect_cb; /* request_read_body(): body for a local endpoint */
+    void *collect_arg;
+    struct buf collect;
+    size_t collect_max;
+    bool collect_over;         /* the body went past collect_max */
     struct balance_exclude ex; /* servers this request already tried */
     unsigned tries;
     int last_server;

@@ -60,6 +60,9 @@ struct request {
     uint64_t bytes_in, bytes_out; /* body bytes from/to the client */
     const struct upstream_server *upstream_server; /* server used (borrowed from cfg), or NULL */
     uint64_t upstream_us;         /* time to the upstream's response head */
+    /* set by the access stage: headers added to the upstream request (arena) */
+    struct header *up_headers;
+    size_t nup_headers;
     /* private to the front protocol */
     void *conn;
 };
@@ -98,6 +101,19 @@ enum access_step access_check(struct request *r);
  * PENDING step). NULL restores the default. Set before workers start. */
 typedef enum access_step access_hook_fn(struct request *r);
 void access_set_hook(access_hook_fn *fn);
+
+/* The reserved-path stage (/.gatehouse/ *): sign-in endpoints plug in here.
+ * Without a hook those paths answer 404. Set before workers start. */
+void reserved_set_hook(access_hook_fn *fn);
+
+/* Reads the request body (up to max_bytes, else 413) for a local endpoint and
+ * calls cb on the worker loop once it is complete; the body span is valid
+ * during the call. The caller returns the ACCESS_PENDING this gives; cb must
+ * answer with request_respond() (or request_error()). A request without a
+ * body calls cb with an empty body before returning. */
+typedef void request_body_fn(struct request *r, struct str body, void *arg);
+enum access_step request_read_body(struct request *r, size_t max_bytes, request_body_fn *cb,
+                                   void *arg);
 
 /* Continues a request suspended by ACCESS_PENDING with the final step
  * (ACCESS_ALLOW forwards; ACCESS_RESPOND means a response was sent or a 403 is
