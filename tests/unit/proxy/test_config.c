@@ -1,6 +1,7 @@
 /* Unit tests for proxy/config.c: defaults, every key, every message (exact
  * text and position), several errors at once, and snapshot lifetime. Runs from
  * tests/data/pki-cfg so relative certificate paths resolve. */
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -73,7 +74,9 @@ static void test_minimal_config_gets_documented_defaults(void **state)
 {
     struct config *c = expect_ok(BASE_LISTEN BASE_ROUTE);
     const struct route_conf *r;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                              : sysconf(_SC_NPROCESSORS_ONLN);
 
     (void)state;
     assert_int_equal(c->nlisteners, 1);
