@@ -478,6 +478,8 @@ class Backend:
       /status [code]                  answers that status (204/304 without body)
       /early                          103 Early Hints, then the echo
       /eof [n]                        body delimited by closing the connection
+      /ambiguous                      response with both Content-Length and chunked
+      /then-close                     keep-alive answer, then the idle connection is closed
       any path [read_delay_ms]        waits before reading the request body
       /hop                            response with hop-by-hop headers to strip
       /ws                             WebSocket echo (real handshake)
@@ -493,6 +495,7 @@ class Backend:
         self.health_status = 200
         self.conns_accepted = 0
         self.open_conns = 0
+        self.closed_conn_ids = set()  # connections that ended (peer closed or we did)
         self.ctx = None
         if tls_cert:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -557,6 +560,7 @@ class Backend:
     def _serve(self, c):
         with self.lock:
             self.open_conns += 1
+            conn_id = self.conns_accepted
         try:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ctx:
@@ -568,7 +572,7 @@ class Backend:
                     start, headers = rd.read_head()
                 except (ConnectionClosed, OSError, ValueError):
                     return
-                if not self._handle(c, rd, start, headers):
+                if not self._handle(c, rd, start, headers, conn_id):
                     return
         except (OSError, ConnectionClosed, ValueError):
             pass
@@ -576,6 +580,7 @@ class Backend:
             with self.lock:
                 self.open_conns -= 1
                 self.conns.discard(c)
+                self.closed_conn_ids.add(conn_id)
             try:
                 c.close()
             except OSError:
@@ -592,7 +597,7 @@ class Backend:
         lines += [f"{k}: {v}" for k, v in headers]
         c.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
-    def _handle(self, c, rd, start, headers):
+    def _handle(self, c, rd, start, headers, conn_id=0):
         """Serves one request. Returns False to close the connection."""
         method, target, version = start.split(" ", 2)
         u = urllib.parse.urlsplit(target)
@@ -601,7 +606,7 @@ class Backend:
         conn_hdr = (self._hget(headers, "connection") or "").lower()
         keep = version == "HTTP/1.1" and "close" not in conn_hdr
         rec = {"method": method, "target": target, "path": path, "headers": headers,
-               "body_len": 0, "time": time.time()}
+               "body_len": 0, "time": time.time(), "conn": conn_id}
 
         if path == "/ws" and (self._hget(headers, "upgrade") or "").lower() == "websocket":
             with self.lock:
@@ -694,6 +699,18 @@ class Backend:
                         time.sleep(delay)
                 c.sendall(b"0\r\nX-Trailer: done\r\n\r\n")
             return keep
+        if path == "/ambiguous":  # both framings: a desync attempt from the upstream side
+            body = b"5\r\nhello\r\n0\r\n\r\n"
+            self._send_head(c, 200, "OK", [("Content-Length", str(len(body))),
+                                           ("Transfer-Encoding", "chunked")])
+            c.sendall(body)
+            return keep
+        if path == "/then-close":  # answers keep-alive, then drops the idle connection
+            body = b"bye\n"
+            self._send_head(c, 200, "OK", [("Content-Length", str(len(body)))])
+            c.sendall(body)
+            time.sleep(0.1)
+            return False
         if path == "/eof":  # no framing: the body ends when the connection closes
             self._send_head(c, 200, "OK", [("Content-Type", "text/plain")])
             if method != "HEAD":

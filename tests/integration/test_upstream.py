@@ -186,6 +186,9 @@ class TimeoutTest(LoggedCase):
         r = request(self.gh.port, "GET", "/after-timeout")
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["path"], "/after-timeout")
+        conn = self.backend.last("/slow")["conn"]
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 5),
+                        "the timed-out upstream connection was kept open")
 
     def test_upstream_closes_without_response_502(self):
         r = request(self.gh.port, "POST", "/close", body=b"x")
@@ -220,6 +223,39 @@ class ActiveHealthTest(ProxyCase):
             return "b2" in {request(self.gh.port, "GET", "/h").header("x-backend")
                             for _ in range(4)}
         self.assertTrue(wait_until(back, 5, 0.3), "the server never came back after recovering")
+
+
+class PoolTest(ProxyCase):
+    """Upstream keep-alive pool: connections are reused, stale ones are detected,
+    and a connection that carried an ambiguous response is never reused."""
+
+    def setUp(self):
+        # Let the previous test's connections settle, then count from here.
+        time.sleep(0.2)
+
+    def test_connections_reused(self):
+        before = self.backend.conns_accepted
+        for i in range(20):
+            self.assertEqual(request(self.gh.port, "GET", f"/pool/{i}").status, 200)
+        self.assertLessEqual(self.backend.conns_accepted - before, 2,
+                             "upstream connections are not kept alive and reused")
+
+    def test_idle_connection_closed_by_upstream(self):
+        for i in range(3):
+            self.assertEqual(request(self.gh.port, "GET", "/then-close").status, 200)
+            time.sleep(0.3)  # the backend has closed the pooled connection by now
+            r = request(self.gh.port, "GET", f"/after-close/{i}")
+            self.assertEqual(r.status, 200, "a stale pooled connection surfaced to the client")
+
+    def test_ambiguous_response_502_and_not_reused(self):
+        r = request(self.gh.port, "GET", "/ambiguous")
+        self.assertEqual(r.status, 502)
+        self.assertNotEqual(r.body, b"hello")
+        # The upstream connection that carried it is closed, not returned to the pool.
+        conn = self.backend.last("/ambiguous")["conn"]
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 3),
+                        "the connection with the ambiguous response was kept")
+        self.assertEqual(request(self.gh.port, "GET", "/after-ambiguous").status, 200)
 
 
 class HttpsUpstreamTest(unittest.TestCase):
