@@ -160,12 +160,22 @@ int balancer_pick(struct balancer *b, struct str client_ip, const struct balance
         break;
     }
     case BALANCE_IP_HASH: {
-        size_t start = balance_ip_hash(client_ip) % b->n;
-        for (size_t k = 0; k < b->n; k++) {
-            size_t i = (start + k) % b->n;
+        /* Probe a hash sequence first, so the clients of a server that is out
+         * spread over the others instead of all landing on its neighbour; the
+         * sequence depends only on the IP, so they stay put while it is out. */
+        uint32_t h = balance_ip_hash(client_ip);
+        for (unsigned k = 0; k < 20 && best < 0; k++) {
+            size_t i = h % b->n;
             if (usable(b, i, ex, now_ms)) {
                 best = (int)i;
-                break;
+            }
+            h = (h ^ (k + 1)) * 16777619u;
+            h ^= h >> 15;
+        }
+        for (size_t k = 0; k < b->n && best < 0; k++) {
+            size_t i = (balance_ip_hash(client_ip) + k) % b->n;
+            if (usable(b, i, ex, now_ms)) {
+                best = (int)i;
             }
         }
         break;

@@ -46,7 +46,8 @@ void balancer_free(struct balancer *b);
  * is down, the one that comes back first is returned anyway (as nginx does: the
  * attempt doubles as a probe); servers down by active check come last.
  * ip_hash maps the same client IP to the same server while that server is up;
- * if it is not usable, the next usable server in order is chosen.
+ * if it is not usable, a further hash of the IP picks another (so the clients
+ * of a server that is out spread over the rest, each to a fixed one).
  * The pick does NOT count as in flight: call balancer_conn_start() when the
  * request is actually sent to the server. */
 int balancer_pick(struct balancer *b, struct str client_ip, const struct balance_exclude *ex,

@@ -105,10 +105,31 @@ static void test_ip_hash_moves_only_while_its_server_is_down(void **state)
     balancer_report(b, (size_t)home, false, 100);
     balancer_report(b, (size_t)home, false, 100);
     int away = balancer_pick(b, STR("198.51.100.1"), NULL, 200);
+    assert_true(away >= 0);
     assert_int_not_equal(away, home);
-    assert_int_equal(away, (home + 1) % 3);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(balancer_pick(b, STR("198.51.100.1"), NULL, 300), away);
+    }
     /* After fail_timeout the client goes home again. */
     assert_int_equal(balancer_pick(b, STR("198.51.100.1"), NULL, 1100), home);
+    balancer_free(b);
+}
+
+static void test_ip_hash_spreads_the_clients_of_a_down_server(void **state)
+{
+    struct upstream_conf u = up3(BALANCE_IP_HASH);
+    struct balancer *b = balancer_new(&u, NULL);
+    int seen[3] = { 0 };
+    char ip[32];
+    (void)state;
+    balancer_set_healthy(b, 0, false);
+    for (int i = 0; i < 600; i++) {
+        snprintf(ip, sizeof ip, "10.2.%d.%d", i / 256, i % 256);
+        seen[balancer_pick(b, str_from(ip), NULL, 0)]++;
+    }
+    /* Server 0's third of the clients is shared by 1 and 2, not dumped on 1. */
+    assert_int_equal(seen[0], 0);
+    assert_true(seen[1] > 240 && seen[2] > 240);
     balancer_free(b);
 }
 
@@ -285,6 +306,7 @@ int main(void)
         cmocka_unit_test(test_least_conn_ties_rotate),
         cmocka_unit_test(test_ip_hash_is_stable_and_spreads),
         cmocka_unit_test(test_ip_hash_moves_only_while_its_server_is_down),
+        cmocka_unit_test(test_ip_hash_spreads_the_clients_of_a_down_server),
         cmocka_unit_test(test_max_fails_consecutive_marks_down_for_fail_timeout),
         cmocka_unit_test(test_max_fails_zero_disables_passive_health),
         cmocka_unit_test(test_all_down_picks_the_one_back_first),
