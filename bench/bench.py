@@ -245,6 +245,7 @@ timeouts: {{idle: 300s}}
 routes:
   - name: bench
     upstream: {{servers: [http://127.0.0.1:{backend_port}], max_idle: 64}}
+    public: true
 """)
     return Server("gatehouse", [binary, "serve", "-c", conf], port, tport, cwd=d)
 

@@ -888,10 +888,13 @@ def basic_config(routes, listen=None, **extra):
     return cfg
 
 
-def route(name, servers, host=None, path_prefix=None, **upstream_extra):
-    """A route dict; servers: list of Backend or URL strings."""
+def route(name, servers, host=None, path_prefix=None, public=True, **upstream_extra):
+    """A route dict; servers: list of Backend or URL strings. Data-plane tests use
+    public routes (no sign-in)."""
     urls = [s.url if isinstance(s, Backend) else s for s in servers]
     r = {"name": name, "match": {}, "upstream": {"servers": urls}}
+    if public:
+        r["public"] = True
     if host:
         r["match"]["host"] = host
     if path_prefix:
