@@ -109,7 +109,7 @@ class GoodConfigTest(unittest.TestCase):
             with open(os.path.join(d, "g.yaml"), "w") as f:
                 f.write(f"listen: [{{address: 127.0.0.1:{port}}}]\n"
                         "access_log: access.log\nstate: {sqlite: state.db}\n"
-                        "routes:\n  - {name: a, upstream: {servers: [http://127.0.0.1:1]}}\n")
+                        "routes:\n  - {name: a, public: true, upstream: {servers: [http://127.0.0.1:1]}}\n")
             r = run_check(["-c", "g.yaml"], cwd=d)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(sorted(os.listdir(d)), ["g.yaml"])

@@ -20,7 +20,8 @@
 #define BASE_ROUTE                                                                                 \
     "routes:\n"                                                                                    \
     "  - name: app\n"                                                                              \
-    "    upstream: {servers: [http://127.0.0.1:9001]}\n"
+    "    upstream: {servers: [http://127.0.0.1:9001]}\n"                                           \
+    "    public: true\n"
 
 static struct config *parse(const char *yaml, struct conf_diag *d)
 {
@@ -120,7 +121,7 @@ static void test_minimal_config_gets_documented_defaults(void **state)
     assert_int_equal(r->upstream.health_interval_ms, 5000);
     assert_int_equal(r->upstream.retries, 1);
     assert_false(r->websocket);
-    assert_false(r->public_);
+    assert_true(r->public_);
     assert_null(r->policy_file);
     assert_null(c->routes[0].idps);
     assert_non_null(c->route_table);
@@ -152,7 +153,8 @@ static const char full_yaml[] =
     "state: {sqlite: var/gh.db}\n"
     "session: {cookie: gh}\n"
     "identity_providers:\n"
-    "  - {id: corp, type: oidc}\n"
+    "  - {id: corp, type: oidc, issuer: 'https://idp.example.com', client_id: gh,\n"
+    "     client_secret: s3cret}\n"
     "upstream_identity: {headers: {user: X-User}}\n"
     "opa: {url: http://127.0.0.1:8181}\n"
     "decision_log: {file: var/decisions.jsonl}\n"
@@ -172,7 +174,7 @@ static const char full_yaml[] =
     "      retries: 2\n"
     "    websocket: true\n"
     "    allow_any_authenticated: true\n"
-    "    policy: a.crt\n"
+    "    policy: policy.yaml\n"
     "    identity_providers: [corp]\n"
     "  - name: any-sub\n"
     "    match: {host: '*.example.com'}\n"
@@ -236,7 +238,7 @@ static void test_full_config_reads_every_key(void **state)
     assert_int_equal(r->upstream.retries, 2);
     assert_true(r->websocket);
     assert_true(r->allow_any_authenticated);
-    assert_string_equal(r->policy_file, "a.crt");
+    assert_string_equal(r->policy_file, "policy.yaml");
     assert_int_equal(r->nidps, 1);
     assert_string_equal(r->idps[0], "corp");
     assert_int_equal(r->index, 0);
@@ -264,7 +266,7 @@ static const struct bad bad_cases[] = {
     { "", "t.yaml: error: the configuration is empty" },
     { "- a\n", "t.yaml:1:1: error: the configuration must be a map, got a list" },
     { BASE_LISTEN BASE_ROUTE "listn: []\n",
-      "t.yaml:6:1: error: unknown key \"listn\" in the configuration (did you mean \"listen\"?)" },
+      "t.yaml:7:1: error: unknown key \"listn\" in the configuration (did you mean \"listen\"?)" },
     { BASE_ROUTE, "t.yaml:1:1: error: missing \"listen\": at least one listener is required" },
     { BASE_LISTEN, "t.yaml:1:1: error: missing \"routes\": at least one route is required" },
     { "listen: []\n" BASE_ROUTE,
@@ -445,7 +447,7 @@ static const struct bad bad_cases[] = {
       "t.yaml:5:39: error: unknown key \"retry\" in \"upstream\"" },
     /* YAML itself */
     { BASE_LISTEN BASE_ROUTE "workers: 1\nworkers: 2\n",
-      "t.yaml:7:1: error: duplicate key \"workers\" (first at line 6)" },
+      "t.yaml:8:1: error: duplicate key \"workers\" (first at line 7)" },
 };
 
 static void test_each_bad_config_has_its_exact_message(void **state)
