@@ -4,6 +4,7 @@
  * duplicate names and addresses, route overlap, certificate files and keys.
  * Every problem is collected (up to 20 shown) so one `gatehouse check` run
  * reports them all. Runs at start and on SIGHUP, never on the request path. */
+#include "gate.h"
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -1129,6 +1130,7 @@ static void config_free(struct config *c)
     }
     /* The table borrows route strings: it goes first. */
     route_table_free(c->route_table);
+    gate_conf_free(c->authn);
     for (size_t i = 0; i < c->nlisteners; i++) {
         free_listener(&c->listeners[i]);
     }
@@ -1179,6 +1181,10 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
+    if (d->count == before) {
+        /* Sign-in and policy sections, once the proxy's own keys are sound. */
+        c->authn = gate_conf_load(c, d);
+    }
     if (d->count != before) {
         config_free(c);
         return NULL;

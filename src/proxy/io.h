@@ -141,6 +141,7 @@ struct conn {
     unsigned tries;
     int last_server;
     bool retry_same;           /* retry the last server (stale pooled connection) */
+    int fail_status;           /* 502/504 from the last failed attempt, 0 if none */
     uint64_t head_bytes_in;
     uint64_t out_total;        /* bytes queued to the client for this request */
     char ip[64];

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gate.h"
 #include "io.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -149,6 +150,12 @@ int proxy_cmd_serve(int argc, char **argv)
         return 1;
     }
     conf_diag_fini(&d);
+    /* Sessions, the assertion key, the decision log and the sign-in pages:
+     * opened once, before any worker serves. */
+    if (gate_start(cfg, &err) != 0) {
+        fprintf(stderr, "gatehouse: %s\n", err.msg);
+        return 1;
+    }
     if (level) {
         log_set_level((enum log_level)log_level_parse(level));
     } else if (cfg->log_level && log_level_parse(cfg->log_level) >= 0) {
@@ -247,6 +254,8 @@ int proxy_cmd_serve(int argc, char **argv)
         break;
     }
     drain(cfg);
+    /* Decision records and session writes still queued reach the disk. */
+    gate_stop();
     /* Workers past the deadline are abandoned with their connections: the
      * process exits and the kernel closes them. */
     _exit(0);

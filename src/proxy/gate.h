@@ -1,0 +1,31 @@
+/* proxy/gate.h - the access stage: who is calling (session cookie, bearer JWT),
+ * whether the route's policy allows it (local rules, OPA), what lands in the
+ * decision log, and the reserved /.gatehouse/ endpoints (sign-in, callback,
+ * logout, me, jwks). It glues authn and policy into the request pipeline; the
+ * protocol logic lives in those modules, the network calls in fetch.c. */
+#ifndef GH_PROXY_GATE_H
+#define GH_PROXY_GATE_H
+
+#include "config.h"
+#include "request.h"
+
+struct gate_conf;
+
+/* Reads the sections that belong to sign-in and policy (identity_providers,
+ * session, upstream_identity, opa, decision_log, routes[].policy) of a config
+ * being built, reporting problems to d. Returns the part to keep in
+ * config->authn (also when d got errors: the caller frees it). */
+struct gate_conf *gate_conf_load(struct config *c, struct conf_diag *d);
+void gate_conf_free(struct gate_conf *g);
+
+/* Opens the process-wide state the first config needs (session store, identity
+ * assertion key, decision log, pages) and installs the access and reserved-path
+ * hooks. Blocking: start-up only. Returns 0 or an ERR_* with err filled. */
+int gate_start(const struct config *c, struct err *err);
+/* Flushes and closes what gate_start opened. Workers must have stopped. */
+void gate_stop(void);
+
+/* The /metrics lines of the gate (decisions, OPA, decision log); appended to buf. */
+size_t gate_metrics_render(char *buf, size_t size);
+
+#endif
