@@ -184,6 +184,18 @@ struct decision_record {
     uint64_t latency_us;
 };
 
+/* Fills rec for a finished evaluation: copies what the record needs from in (as
+ * NUL-terminated strings, into a), the decision ("allow", "deny", or "login" when
+ * r->need_login), rule, reason, shadow flag and OPA fields. Only the claims that
+ * p's rules reference are kept (enough for `policy diff`, no more personal data).
+ * p may be NULL (no claims kept). request_id and route are borrowed. ts_us is now.
+ * Returns 0 or ERR_LIMIT when the arena is full. */
+int decision_record_fill(struct decision_record *rec, const struct policy *p,
+                         const struct policy_input *in, const struct policy_result *r,
+                         const char *request_id, const char *route, struct arena *a) WARN_UNUSED;
+/* True when one of p's rules tests claim `name`. */
+bool policy_uses_claim(const struct policy *p, struct str name);
+
 enum decision_log_sync { DECISION_LOG_BATCH = 0, DECISION_LOG_STRICT };
 
 struct decision_log_conf {

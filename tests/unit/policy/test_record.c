@@ -1,0 +1,123 @@
+/* Unit tests for policy/record.c (policy input + result -> decision record) and
+ * policy/metrics.c (counters rendered for /metrics). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "policy/policy.h"
+
+static const struct str groups[] = { { "eng", 3 }, { "ops", 3 } };
+static const struct policy_kv claims[] = { { { "amr", 3 }, { "mfa", 3 } },
+                                           { { "phone", 5 }, { "+33 6 00", 8 } } };
+
+static struct policy *wiki(void)
+{
+    const char *t = "rules:\n  - id: mfa\n    effect: allow\n    when: {claim: {name: amr, is: mfa}}\n";
+    struct conf_diag d = { 0 };
+    struct policy *p = policy_parse("w.yaml", t, strlen(t), &d);
+    assert_non_null(p);
+    return p;
+}
+
+static void test_record_fill_copies_what_the_log_needs(void **state)
+{
+    struct policy *p = wiki();
+    struct policy_input in = { 0 };
+    struct policy_result r;
+    struct decision_record rec;
+    struct arena *a = arena_new(0);
+    (void)state;
+    in.authenticated = true;
+    in.user = STR("alice");
+    in.email = STR("alice@example.com");
+    in.groups = groups;
+    in.ngroups = 2;
+    in.claims = claims;
+    in.nclaims = 2;
+    in.method = STR("GET");
+    in.host = STR("wiki.example.com");
+    in.path = STR("/x");
+    in.device.present = true;
+    in.device.trusted = true;
+    in.device.id = STR("laptop-1");
+    assert_true(policy_ip_parse(STR("::ffff:10.1.2.3"), &in.client_ip));
+    policy_result_init(&r, NULL);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_int_equal(decision_record_fill(&rec, p, &in, &r, "req-1", "wiki", a), 0);
+    assert_string_equal(rec.decision, "allow");
+    assert_string_equal(rec.rule, "mfa");
+    assert_string_equal(rec.user, "alice");
+    assert_string_equal(rec.client_ip, "10.1.2.3");
+    assert_int_equal(rec.ngroups, 2);
+    assert_string_equal(rec.groups[1], "ops");
+    assert_int_equal(rec.nclaims, 1); /* only the claim a rule tests: not the phone number */
+    assert_true(str_eq_cstr(rec.claims[0].name, "amr"));
+    assert_true(rec.device_present && rec.device_trusted);
+    assert_string_equal(rec.device_id, "laptop-1");
+    assert_null(rec.idp);
+    assert_false(rec.opa_called);
+    assert_true(policy_uses_claim(p, STR("amr")));
+    assert_false(policy_uses_claim(p, STR("phone")));
+
+    /* Anonymous and denied: "login". */
+    struct policy_input anon = { 0 };
+    policy_result_init(&r, NULL);
+    assert_int_equal(policy_eval(p, &anon, &r), POLICY_DONE);
+    assert_int_equal(decision_record_fill(&rec, p, &anon, &r, "req-2", "wiki", a), 0);
+    assert_string_equal(rec.decision, "login");
+    assert_string_equal(rec.rule, "default-deny");
+    assert_null(rec.client_ip);
+    arena_free(a);
+
+    /* A full arena is reported, not truncated. */
+    a = arena_new(64);
+    assert_int_equal(decision_record_fill(&rec, p, &in, &r, "req-3", "wiki", a), ERR_LIMIT);
+    arena_free(a);
+    policy_free(p);
+}
+
+static void test_metrics_render(void **state)
+{
+    char buf[8192];
+    (void)state;
+    policy_metrics_decision("wiki", POLICY_ALLOW, false);
+    policy_metrics_decision("wiki", POLICY_ALLOW, false);
+    policy_metrics_decision("wiki", POLICY_DENY, false);
+    policy_metrics_decision("wiki", POLICY_DENY, true);
+    policy_metrics_opa(1500, false, false);
+    policy_metrics_opa(250000, true, false);
+    policy_metrics_opa(0, false, true);
+    policy_metrics_log_write(800, 12);
+    policy_metrics_queue_depth(3);
+    size_t n = policy_metrics_render(buf, sizeof buf);
+    assert_true(n > 0 && n < sizeof buf);
+    assert_int_equal(strlen(buf), n);
+    assert_non_null(strstr(buf, "gatehouse_policy_decisions_total{route=\"wiki\",result=\"allow\"} 2\n"));
+    assert_non_null(strstr(buf, "gatehouse_policy_decisions_total{route=\"wiki\",result=\"deny\"} 1\n"));
+    assert_non_null(strstr(buf, "{route=\"wiki\",result=\"shadow_deny\"} 1\n"));
+    assert_non_null(strstr(buf, "gatehouse_opa_requests_total 2\n"));
+    assert_non_null(strstr(buf, "gatehouse_opa_errors_total 1\n"));
+    assert_non_null(strstr(buf, "gatehouse_opa_cache_hits_total 1\n"));
+    assert_non_null(strstr(buf, "gatehouse_opa_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+    assert_non_null(strstr(buf, "gatehouse_opa_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+    assert_non_null(strstr(buf, "gatehouse_decision_log_queue_depth 3\n"));
+    assert_non_null(strstr(buf, "gatehouse_decision_log_records_total 12\n"));
+    /* A short buffer reports the size it needs and stays NUL-terminated. */
+    char small[32];
+    assert_int_equal(policy_metrics_render(small, sizeof small), n);
+    assert_true(strlen(small) < sizeof small);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_record_fill_copies_what_the_log_needs),
+        cmocka_unit_test(test_metrics_render),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
