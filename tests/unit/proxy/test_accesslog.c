@@ -315,6 +315,41 @@ static void test_pipe_writes_are_whole_lines(void **state)
     assert_int_equal(total, 100 * accesslog_format(&e, NULL, 0));
 }
 
+static void test_write_errors_are_logged_once_per_minute(void **state)
+{
+    struct accesslog_entry e = sample();
+    struct err err = { 0 };
+    struct accesslog *al;
+    int p[2], saved;
+    char buf[8192];
+    ssize_t n;
+    (void)state;
+
+    /* /dev/full accepts the open and fails every write with ENOSPC. */
+    al = accesslog_new("/dev/full", &err);
+    assert_non_null(al);
+    assert_int_equal(pipe(p), 0);
+    saved = dup(STDERR_FILENO);
+    dup2(p[1], STDERR_FILENO);
+    for (int i = 0; i < 3; i++) {
+        accesslog_write(al, &e);
+        accesslog_flush(al);
+    }
+    accesslog_free(al);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(p[1]);
+    n = read(p[0], buf, sizeof buf - 1);
+    close(p[0]);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    /* Rate limited: three failed flushes, one warning line. */
+    assert_non_null(strstr(buf, "level=warn"));
+    assert_non_null(strstr(buf, "/dev/full"));
+    assert_non_null(strstr(buf, "No space left on device"));
+    assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
+}
+
 static void test_open_failure_is_reported(void **state)
 {
     struct err err = { 0 };
@@ -341,6 +376,7 @@ int main(void)
         cmocka_unit_test(test_buffer_flushes_itself_past_64k),
         cmocka_unit_test(test_huge_path_grows_the_buffer),
         cmocka_unit_test(test_pipe_writes_are_whole_lines),
+        cmocka_unit_test(test_write_errors_are_logged_once_per_minute),
         cmocka_unit_test(test_open_failure_is_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
