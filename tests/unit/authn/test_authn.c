@@ -315,8 +315,10 @@ static void test_sign_in_session_me_and_assertion(void **state)
     jwks_unref(k);
 
     /* The backend never sees our cookies. */
-    struct str kept = authn_strip_cookies(an, str_from(xasprintf("theme=1; %s", gh)), false, a);
+    char *hdr = xasprintf("theme=1; %s", gh);
+    struct str kept = authn_strip_cookies(an, str_from(hdr), false, a);
     assert_true(str_eq(kept, STR("theme=1")));
+    free(hdr);
 
     rq_init(&q, "GET", "/.gatehouse/me", "", gh, "application/json");
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
