@@ -244,6 +244,30 @@ void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
 /* Appends Prometheus text exposition to buf; returns bytes that would be written. */
 size_t policy_metrics_render(char *buf, size_t size);
 
+/* ---- the policy part of a config snapshot ---- */
+
+/* Everything the policy module reads from gatehouse.yaml: each route's compiled
+ * policy, the `opa` and `decision_log` sections. Immutable once loaded; build a new
+ * one on reload and swap it with the config snapshot (a failed load never replaces
+ * the running one). */
+struct policy_conf;
+
+/* Loads every route's policy (routes[].policy relative to conf_file; `public: true`
+ * and `allow_any_authenticated: true` give the built-in policies; a route with none of
+ * them gets allow-any-authenticated), and the opa/decision_log sections. Reports every
+ * problem to d (policy errors keep their own file:line:col) and returns NULL if any.
+ * Used by `gatehouse check` and serve. Caller frees with policy_conf_free(). */
+struct policy_conf *policy_conf_load(const struct conf_node *root, const char *conf_file,
+                                     struct conf_diag *d);
+void policy_conf_free(struct policy_conf *pc);
+/* The policy for route name (borrowed, valid while pc lives); NULL for an unknown route. */
+const struct policy *policy_conf_route(const struct policy_conf *pc, const char *route);
+const struct opa_conf *policy_conf_opa(const struct policy_conf *pc);
+/* NULL when the config has no decision_log section. */
+const struct decision_log_conf *policy_conf_log(const struct policy_conf *pc);
+/* Number of distinct OPA data paths p uses (0: never asks OPA). */
+size_t policy_opa_paths(const struct policy *p);
+
 /* ---- commands (src/main.c) ---- */
 
 int policy_cmd(int argc, char **argv); /* gatehouse policy test|explain|diff */
