@@ -316,6 +316,13 @@ static int64_t now_s(void)
     return (int64_t)time(NULL);
 }
 
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -816,7 +823,7 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
         }
     }
     struct decision_record rec = {
-        .ts_us = now_ms() * 1000,
+        .ts_us = now_us(),
         .request_id = r->id,
         .route = r->route ? r->route->name : "",
         .decision = decision,
@@ -863,6 +870,21 @@ static struct str host_only(struct str h)
     return colon ? (struct str){ h.p, (size_t)(colon - h.p) } : h;
 }
 
+/* Token mechanics, not facts about the user: kept out of policy input and
+ * the decision log. */
+static bool is_protocol_claim(const char *k)
+{
+    static const char *const skip[] = { "iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash",
+                                        "c_hash", "auth_time", "azp", "jti", "sid", "acr", "amr",
+                                        "s_hash", NULL };
+    for (size_t i = 0; skip[i]; i++) {
+        if (strcmp(k, skip[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void claims_from_json(struct gate_req *q, const char *json)
 {
     struct arena *a = q->r->arena;
@@ -876,6 +898,9 @@ static void claims_from_json(struct gate_req *q, const char *json)
     json_object_foreach(o, k, v) {
         if (q->in.nclaims >= MAX_CLAIMS) {
             break;
+        }
+        if (is_protocol_claim(k)) {
+            continue;
         }
         const char *s = NULL;
         char num[32];
