@@ -39,8 +39,18 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+port_open() {
+    python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(0 if s.connect_ex(('127.0.0.1', $1)) == 0 else 1)"
+}
+wait_port() {
+    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.1; done
+    echo "demo: nothing listens on port $1 (see $STATE/*.log)" >&2
+    return 1
+}
+
 python3 "$ROOT/demo/app.py" --port "$APP_PORT" >"$STATE/app.log" 2>&1 &
 PIDS+=($!)
+wait_port "$APP_PORT"
 
 # Sign-in (issue 3): the demo identity provider starts here, before Gatehouse,
 # and prints its demo users.
@@ -49,12 +59,7 @@ PIDS+=($!)
 "$BIN" serve -c "$CONF" > >(tee "$STATE/gatehouse.log") 2>&1 &
 PIDS+=($!)
 
-for _ in $(seq 100); do
-    if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(0 if s.connect_ex(('127.0.0.1', 8080)) == 0 else 1)"; then
-        break
-    fi
-    sleep 0.1
-done
+wait_port 8080
 
 cat <<MSG
 
