@@ -48,7 +48,7 @@ struct gate_idp {
 };
 
 struct gate_route {
-    struct policy *policy;
+    const struct policy *policy; /* borrowed from the policy_conf */
     struct gate_idp **idps;      /* accepted providers (all when the route names none) */
     size_t nidps;
 };
@@ -65,8 +65,9 @@ struct gate_conf {
     char *assertion_key;         /* resolved path */
     int64_t assertion_ttl_s;
     char *assertion_issuer;
-    struct opa_conf opa;
-    struct decision_log_conf dl;
+    struct policy_conf *pc;      /* route policies, opa, decision_log */
+    const struct opa_conf *opa;  /* borrowed from pc */
+    const struct decision_log_conf *dl; /* borrowed from pc; NULL = no decision log */
     bool show_reason;            /* denied page shows the rule's reason */
     char *web_dir;
     bool needs_sessions;         /* some route is not public */
@@ -180,11 +181,7 @@ static void read_routes(struct gate_conf *g, struct config *c, struct conf_diag 
     for (size_t i = 0; i < c->nroutes; i++) {
         struct route_conf *rc = &c->routes[i];
         struct gate_route *gr = &g->routes[i];
-        if (rc->policy_file) {
-            gr->policy = policy_load(rc->policy_file, d);
-        } else {
-            gr->policy = policy_new_builtin(rc->public_);
-        }
+        gr->policy = g->pc ? policy_conf_route(g->pc, rc->name) : NULL;
         if (!rc->public_) {
             g->needs_sessions = true;
         }
@@ -201,7 +198,7 @@ static void read_routes(struct gate_conf *g, struct config *c, struct conf_diag 
                 gr->idps[gr->nidps++] = &g->idps[j];
             }
         }
-        rc->policy = gr->policy;
+        rc->policy = (void *)gr->policy;
         rc->authn = gr;
     }
 }
@@ -217,9 +214,12 @@ struct gate_conf *gate_conf_load(struct config *c, struct conf_diag *d)
     g->session_ok = session_conf_parse(d, conf_get(root, "session"), c->file, &g->session);
     read_identity(g, c, d);
     read_idps(g, c, d);
+    g->pc = policy_conf_load(root, c->file, d);
+    if (g->pc) {
+        g->opa = policy_conf_opa(g->pc);
+        g->dl = policy_conf_log(g->pc);
+    }
     read_routes(g, c, d);
-    opa_conf_parse(root, d, &g->opa);
-    decision_log_conf_parse(root, c->file, d, &g->dl);
     if (pages && conf_check_keys(d, pages, "\"pages\"", pages_keys)) {
         conf_string(d, pages, "dir", &web);
         conf_bool(d, pages, "show_deny_reason", &g->show_reason);
@@ -248,9 +248,9 @@ void gate_conf_free(struct gate_conf *g)
         return;
     }
     for (size_t i = 0; i < g->nroutes; i++) {
-        policy_free(g->routes[i].policy);
         free(g->routes[i].idps);
     }
+    policy_conf_free(g->pc);
     free(g->routes);
     for (size_t i = 0; i < g->nidps; i++) {
         oidc_provider_free(g->idps[i].p);
@@ -269,8 +269,6 @@ void gate_conf_free(struct gate_conf *g)
     free(g->hdr_assertion);
     free(g->assertion_key);
     free(g->assertion_issuer);
-    opa_conf_fini(&g->opa);
-    decision_log_conf_fini(&g->dl);
     free(g->web_dir);
     free(g);
 }
@@ -392,12 +390,12 @@ int gate_start(const struct config *c, struct err *err)
                            e.msg);
         }
     }
-    if (g->dl.sqlite || g->dl.file) {
-        G.dl = decision_log_open(&g->dl, &e);
+    if (g->dl && (g->dl->sqlite || g->dl->file)) {
+        G.dl = decision_log_open(g->dl, &e);
         if (!G.dl) {
             return err_set(err, ERR_IO, "decision log: %s", e.msg);
         }
-        G.dl_strict = g->dl.sync == DECISION_LOG_STRICT;
+        G.dl_strict = g->dl->sync == DECISION_LOG_STRICT;
         decision_log_set_commit_cb(G.dl, on_commit, NULL);
     }
     access_set_hook(gate_access);
@@ -1108,14 +1106,14 @@ static void got_opa(struct gate_req *q, const struct fetch_resp *resp)
         log_emit(LOG_WARN, "policy", q->r->id, NULL, "OPA query %s failed: %s (on_error: %s)",
                  q->res.opa_path,
                  resp->failed ? resp->error : (resp->status != 200 ? "unexpected status" : e.msg),
-                 q->g->opa.on_error == OPA_ON_ERROR_ALLOW ? "allow" : "deny");
-        allow = q->g->opa.on_error == OPA_ON_ERROR_ALLOW;
+                 q->g->opa->on_error == OPA_ON_ERROR_ALLOW ? "allow" : "deny");
+        allow = q->g->opa->on_error == OPA_ON_ERROR_ALLOW;
         q->opa_result = "error";
         policy_opa_answer(&q->res, allow, "the policy service could not be reached");
     } else {
         q->opa_result = allow ? "allow" : "deny";
         opa_cache_put(G.opa_cache, q->res.opa_path, q->opa_input, allow, reason, mono_ms(),
-                      q->g->opa.cache_ttl_ms);
+                      q->g->opa->cache_ttl_ms);
         policy_opa_answer(&q->res, allow, reason[0] ? reason : NULL);
     }
     free(q->opa_input);
@@ -1129,7 +1127,7 @@ static enum access_step ask_opa(struct gate_req *q)
     char reason[128];
     const char *hdrs[] = { "Content-Type: application/json", NULL };
 
-    if (!q->g->opa.url) {
+    if (!q->g->opa->url) {
         /* Checked at load when possible; fail closed at run time. */
         q->opa_result = "error";
         policy_opa_answer(&q->res, false, "no OPA is configured");
@@ -1137,7 +1135,7 @@ static enum access_step ask_opa(struct gate_req *q)
     }
     free(q->opa_input);
     q->opa_input = opa_input_json(&q->in);
-    if (q->g->opa.cache_ttl_ms &&
+    if (q->g->opa->cache_ttl_ms &&
         opa_cache_get(G.opa_cache, q->res.opa_path, q->opa_input, mono_ms(), &allow, reason,
                       sizeof reason)) {
         policy_metrics_opa(0, false, true);
@@ -1147,14 +1145,14 @@ static enum access_step ask_opa(struct gate_req *q)
         q->opa_input = NULL;
         return decide(q);
     }
-    char *url = opa_request_url(&q->g->opa, q->res.opa_path);
+    char *url = opa_request_url(q->g->opa, q->res.opa_path);
     size_t ilen = strlen(q->opa_input);
     char *body = xmalloc(ilen + 12);
     memcpy(body, "{\"input\":", 9);
     memcpy(body + 9, q->opa_input, ilen);
     memcpy(body + 9 + ilen, "}", 2);
     q->opa_start_us = mono_us_now();
-    enum access_step st = start_fetch(q, "POST", url, hdrs, body, q->g->opa.timeout_ms, got_opa);
+    enum access_step st = start_fetch(q, "POST", url, hdrs, body, q->g->opa->timeout_ms, got_opa);
     free(url);
     free(body);
     return st;
