@@ -212,6 +212,14 @@ class ForwardingTest(ProxyCase):
         self.assertEqual(r.status, 200)
         self.assertAlive()
 
+    def test_absolute_form_for_own_host(self):
+        """RFC 9112: a server must accept absolute-form; the backend gets origin-form."""
+        with RawConn(self.gh.port) as c:
+            c.send(b"GET http://app.test/abs?q=1 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.json()["target"], "/abs?q=1")
+
     def test_http10_request(self):
         with RawConn(self.gh.port) as c:
             c.send(b"GET /ten HTTP/1.0\r\nHost: app.test\r\n\r\n")
@@ -219,6 +227,40 @@ class ForwardingTest(ProxyCase):
             self.assertEqual(r.status, 200)
             self.assertEqual(r.json()["path"], "/ten")
             self.assertTrue(c.is_closed(3), "HTTP/1.0 without keep-alive must close")
+
+
+class ConcurrencyTest(ProxyCase):
+    """Two workers (each with its own SO_REUSEPORT listener) under concurrent
+    keep-alive clients with bodies: every answer belongs to its own request."""
+    nbackends = 2
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends)], workers=2)
+
+    def test_concurrent_clients(self):
+        errors = []
+
+        def client(i):
+            try:
+                with RawConn(self.gh.port) as c:
+                    for j in range(25):
+                        body = os.urandom(100 + (i * 31 + j * 17) % 20000)
+                        r = c.request("POST", f"/c/{i}/{j}", body=body)
+                        e = r.json()
+                        if (r.status != 200 or e["path"] != f"/c/{i}/{j}" or
+                                e["body_sha256"] != hashlib.sha256(body).hexdigest()):
+                            errors.append(f"client {i} request {j}: {r.status} {e['path']}")
+            except Exception as ex:  # noqa: BLE001 - any failure is a test failure
+                errors.append(f"client {i}: {ex!r}")
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(sum(b.hits() for b in self.backends), 12 * 25)
+        self.assertAlive()
 
 
 class TrustedRequestIdTest(ProxyCase):

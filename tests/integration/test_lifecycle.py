@@ -1,14 +1,17 @@
 """SIGHUP reload during a load run with zero failed requests; an invalid config
 on SIGHUP is refused and the old one keeps serving; SIGTERM drains in-flight
 requests, refuses new connections and exits 0."""
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
 
-from harness import (Backend, ConnectionClosed, Gatehouse, RawConn, basic_config, request, route,
-                     wait_until)
+from harness import (Backend, ConnectionClosed, Gatehouse, RawConn, basic_config, http_get,
+                     read_jsonl, request, route, wait_log_entry, wait_until)
 
 
 class LoadRun:
@@ -149,6 +152,37 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(result["r"].header("x-backend"), "b1")
 
 
+class AccessLogReopenTest(unittest.TestCase):
+    """SIGHUP reopens the access log, so a rotated file is not written forever."""
+
+    def setUp(self):
+        self.b1 = Backend("b1")
+        self.dir = tempfile.mkdtemp(prefix="gh-it-rot-")
+        self.log = os.path.join(self.dir, "access.jsonl")
+        self.cfg = basic_config([route("app", [self.b1])], access_log=self.log)
+        self.gh = Gatehouse(self.cfg)
+
+    def tearDown(self):
+        self.gh.cleanup()
+        self.b1.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def test_rotate_then_sighup(self):
+        self.assertEqual(request(self.gh.port, "GET", "/before-rotate").status, 200)
+        self.assertIsNotNone(wait_log_entry(self.log, lambda e: e["path"] == "/before-rotate"))
+        os.rename(self.log, self.log + ".1")
+        self.gh.signal(signal.SIGHUP)
+        time.sleep(0.5)
+
+        def logged_in_new_file():
+            request(self.gh.port, "GET", "/after-rotate")
+            return any(e["path"] == "/after-rotate" for e in read_jsonl(self.log))
+        self.assertTrue(wait_until(logged_in_new_file, 5, 0.3),
+                        "after SIGHUP the access log was not reopened at its path")
+        old = [e["path"] for e in read_jsonl(self.log + ".1")]
+        self.assertIn("/before-rotate", old)
+
+
 class DrainTest(unittest.TestCase):
     def setUp(self):
         self.b1 = Backend("b1")
@@ -181,6 +215,12 @@ class DrainTest(unittest.TestCase):
             except ConnectionRefusedError:
                 return True
         self.assertTrue(wait_until(refused, 1.5, 0.05), "still accepting after SIGTERM")
+        # Not ready while draining: /readyz answers 503 (or the admin port is gone).
+        try:
+            ready = http_get(self.gh.admin_port, "/readyz", timeout=2).status
+        except (OSError, ConnectionClosed):
+            ready = None
+        self.assertNotEqual(ready, 200, "/readyz still 200 while draining")
         # An idle keep-alive connection is closed rather than waited for.
         self.assertTrue(idle.is_closed(2), "idle keep-alive connection kept open while draining")
         idle.close()
