@@ -90,3 +90,33 @@ void buf_free(struct buf *b)
     b->p = NULL;
     b->off = b->len = b->cap = 0;
 }
+
+void buf_append_cstr(struct buf *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
+
+void buf_append_u64(struct buf *b, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    buf_append(b, tmp + i, sizeof tmp - i);
+}
+
+void buf_append_hex(struct buf *b, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[20];
+    size_t i = sizeof tmp;
+
+    do {
+        tmp[--i] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    buf_append(b, tmp + i, sizeof tmp - i);
+}

@@ -6,6 +6,7 @@
 #define GH_PROXY_BUF_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "../core/core.h"
@@ -28,6 +29,10 @@ void buf_reserve(struct buf *b, size_t n);
 void buf_append(struct buf *b, const void *p, size_t n);
 void buf_append_str(struct buf *b, struct str s);
 void buf_printf(struct buf *b, const char *fmt, ...) PRINTF(2, 3);
+/* Hot-path helpers (no format parsing): a C string, a decimal, a hex number. */
+void buf_append_cstr(struct buf *b, const char *s);
+void buf_append_u64(struct buf *b, uint64_t v);
+void buf_append_hex(struct buf *b, uint64_t v);
 /* Marks n bytes as consumed; when empty, rewinds to the start. */
 void buf_consume(struct buf *b, size_t n);
 /* Frees the memory when nothing is pending (idle connection). */

@@ -25,6 +25,8 @@
  * client still sends for this long, so its unread data does not turn our
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
+/* A keep-alive connection idle this long gives its buffers back. */
+#define IDLE_RELEASE_MS 1000
 
 static access_hook_fn *g_access_hook;
 static access_hook_fn *g_reserved_hook;
@@ -209,7 +211,13 @@ static bool wants_read(const struct conn *c)
     case CS_HEAD:
         return buf_pending(&c->out) < IO_HIGH_WATER;
     case CS_FORWARD:
-        return !c->req_done && c->up && upconn_body_ready(c->up);
+        if (c->req_done) {
+            /* Keep reading (a bounded amount): it notices a client that
+             * goes away, picks up pipelined requests, and avoids re-arming
+             * the descriptor on every request. */
+            return buf_pending(&c->in) < IO_READ_CHUNK;
+        }
+        return c->up && upconn_body_ready(c->up);
     case CS_TUNNEL:
         return c->up && upconn_body_ready(c->up);
     case CS_PENDING:
@@ -415,6 +423,21 @@ static void request_end(struct conn *c)
     c->wc = NULL;
 }
 
+/* Frees what an idle keep-alive connection does not need. */
+static void release_idle(struct conn *c)
+{
+    c->idle_release = false;
+    buf_release(&c->in);
+    buf_release(&c->out);
+    arena_free(c->arena);
+    c->arena = NULL;
+    if (c->hin) {
+        http_in_fini(c->hin);
+        free(c->hin);
+        c->hin = NULL;
+    }
+}
+
 /* The response is complete and the request fully read (or abandoned). */
 static void finish(struct conn *c)
 {
@@ -436,14 +459,17 @@ static void finish(struct conn *c)
     c->state = CS_IDLE;
     http_in_next(c->hin);
     if (buf_pending(&c->in) == 0) {
-        /* Idle keep-alive: give the memory back until the next request. */
-        buf_release(&c->in);
-        arena_free(c->arena);
-        c->arena = NULL;
-        http_in_fini(c->hin);
-        free(c->hin);
-        c->hin = NULL;
-        set_timer(c, w->wc->cfg->timeouts.idle_ms);
+        /* Idle keep-alive: a busy connection keeps its buffers for the next
+         * request; one still idle after IDLE_RELEASE_MS gives them back
+         * (release_idle), so idle connections cost no buffer memory. */
+        uint64_t idle_ms = w->wc->cfg->timeouts.idle_ms;
+        if (idle_ms > IDLE_RELEASE_MS) {
+            c->idle_release = true;
+            set_timer(c, IDLE_RELEASE_MS);
+        } else {
+            release_idle(c);
+            set_timer(c, idle_ms);
+        }
     }
     conn_update_io(c);
 }
@@ -870,17 +896,25 @@ static void do_read(struct conn *c)
             }
         }
         buf_reserve(&c->in, room);
-        ssize_t n = sock_read(&c->s, c->in.p + c->in.len, c->in.cap - c->in.len);
+        room = c->in.cap - c->in.len;
+        ssize_t n = sock_read(&c->s, c->in.p + c->in.len, room);
         if (n > 0) {
             c->in.len += (size_t)n;
+            /* A short plain read drained the socket: skip the EAGAIN read
+             * (epoll is level-triggered and reports the next bytes). */
+            bool drained = (size_t)n < room && !c->s.ssl;
             if (c->state == CS_LINGER) {
                 buf_consume(&c->in, (size_t)n);
                 continue;
             }
             if (c->state == CS_IDLE) {
                 ev_timer_stop(c->w->loop, &c->timer);
+                c->idle_release = false;
             }
             conn_process(c);
+            if (drained) {
+                break;
+            }
             continue;
         }
         if (n == 0) {
@@ -997,6 +1031,14 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hold(c);
     ev_timer_stop(c->w->loop, &c->timer);
     switch (c->state) {
+    case CS_IDLE:
+        if (c->idle_release && !c->handshaking && buf_pending(&c->in) == 0) {
+            release_idle(c);
+            set_timer(c, c->w->wc->cfg->timeouts.idle_ms - IDLE_RELEASE_MS);
+            break;
+        }
+        conn_close(c);
+        break;
     case CS_HEAD:
         if (c->req && !c->handshaking) {
             c->keep_alive = false;

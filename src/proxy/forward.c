@@ -260,6 +260,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
     conn_hold(c);
     up_detach(u);
     up_close(u);
+    c->fail_status = kind == FAIL_TIMEOUT ? 504 : 502;
     bool body_started = r->bytes_in > 0 || (c->req_done && r->has_body);
     if (!c->resp_started && !body_started &&
         ((stale && c->tries <= route->upstream.retries + 1u) ||
@@ -494,6 +495,13 @@ static void try_server(struct conn *c)
         } else {
             idx = balancer_pick(b, str_from(r->client_ip), &c->ex, worker_now_ms(w));
         }
+        if (idx < 0 && c->tries > 0) {
+            /* Every server was tried: report what went wrong, not availability. */
+            request_error(r, c->fail_status ? c->fail_status : 502,
+                          c->fail_status == 504 ? "the upstream server did not answer in time"
+                                                : "the upstream server could not be reached");
+            return;
+        }
         if (idx < 0) {
             request_error(r, 503, "no upstream server is available");
             return;
@@ -517,6 +525,7 @@ static void try_server(struct conn *c)
                 }
                 log_emit(LOG_WARN, "upstream", r->id, NULL, "%s: %s",
                          route->upstream.servers[idx].url, why);
+                c->fail_status = 502;
                 if (idempotent(r->method) && c->tries <= route->upstream.retries) {
                     continue;
                 }
@@ -553,6 +562,7 @@ void forward_start(struct conn *c)
     c->state = CS_FORWARD;
     memset(&c->ex, 0, sizeof c->ex);
     c->tries = 0;
+    c->fail_status = 0;
     c->last_server = -1;
     c->retry_same = false;
     if (r->upgrade && !r->route->websocket) {
@@ -582,7 +592,8 @@ void forward_body(struct conn *c, const char *p, size_t n)
         return;
     }
     if (u->chunk_up) {
-        buf_printf(&u->out, "%zx\r\n", n);
+        buf_append_hex(&u->out, n);
+        buf_append(&u->out, "\r\n", 2);
         buf_append(&u->out, p, n);
         buf_append(&u->out, "\r\n", 2);
     } else {
@@ -681,7 +692,8 @@ static int up_on_body(void *arg, const char *p, size_t n)
         return 0;
     }
     if (c->chunk_to_client) {
-        buf_printf(&c->out, "%zx\r\n", n);
+        buf_append_hex(&c->out, n);
+        buf_append(&c->out, "\r\n", 2);
         buf_append(&c->out, p, n);
         buf_append(&c->out, "\r\n", 2);
         c->out_total += n + 4;
@@ -756,8 +768,12 @@ static void on_resp_done(struct upconn *u)
         up_detach(u);
         up_close(u);
     }
-    conn_response_done(c);
+    /* Write first: the response usually leaves in one send, and the client's
+     * descriptor then needs no EV_WRITE round trip. */
     conn_queue_out(c);
+    if (!c->closed) {
+        conn_response_done(c);
+    }
     conn_put(c);
 }
 
@@ -860,9 +876,12 @@ static void up_read(struct upconn *u)
             return;
         }
         buf_reserve(&u->in, IO_READ_CHUNK);
-        ssize_t n = sock_read(&u->s, u->in.p + u->in.len, u->in.cap - u->in.len);
+        size_t room = u->in.cap - u->in.len;
+        ssize_t n = sock_read(&u->s, u->in.p + u->in.len, room);
         if (n > 0) {
             u->in.len += (size_t)n;
+            /* A short plain read drained the socket: skip the EAGAIN read. */
+            bool drained = (size_t)n < room && !u->s.ssl;
             if (u->state == UP_IDLE) {
                 /* Unsolicited bytes on an idle connection: never reuse it. */
                 pool_unlink(u);
@@ -877,6 +896,9 @@ static void up_read(struct upconn *u)
                 buf_consume(&u->in, buf_pending(&u->in));
                 up_set_timer(u, c->wc->cfg->timeouts.idle_ms);
                 conn_queue_out(c);
+                if (drained) {
+                    break;
+                }
                 continue;
             }
             up_set_timer(u, u->c->wc->cfg->timeouts.upstream_response_ms);
@@ -885,6 +907,9 @@ static void up_read(struct upconn *u)
             }
             if (u->c) {
                 conn_queue_out(u->c);
+            }
+            if (drained) {
+                break;
             }
             continue;
         }

@@ -534,8 +534,10 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
     struct str upgrade = STR_NULL;
     bool xff_seen = false;
 
-    buf_printf(out, "%.*s %.*s HTTP/1.1\r\n", (int)r->method.len, r->method.p,
-               (int)r->target.len, r->target.p);
+    buf_append_str(out, r->method);
+    buf_append(out, " ", 1);
+    buf_append_str(out, r->target);
+    buf_append_str(out, STR(" HTTP/1.1\r\n"));
     for (size_t i = 0; i < r->nheaders; i++) {
         struct str n = r->headers[i].name;
         if (str_ieq_cstr(n, "upgrade")) {
@@ -568,7 +570,9 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
     if (r->chunked) {
         buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
     } else if (r->has_content_length) {
-        buf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+        buf_append_str(out, STR("Content-Length: "));
+        buf_append_u64(out, r->content_length);
+        buf_append(out, "\r\n", 2);
     }
     buf_append_str(out, STR("X-Forwarded-For: "));
     if (o->trust_forwarded) {
@@ -583,10 +587,16 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
         }
     }
     (void)xff_seen;
-    buf_printf(out, "%s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %.*s\r\n", r->client_ip,
-               r->scheme ? r->scheme : "http", (int)r->host.len, r->host.p);
-    buf_printf(out, "X-Request-Id: %s\r\nVia: %d.%d %s\r\n", r->id, r->http_major, r->http_minor,
-               o->via ? o->via : "gatehouse");
+    buf_append_cstr(out, r->client_ip);
+    buf_append_str(out, STR("\r\nX-Forwarded-Proto: "));
+    buf_append_cstr(out, r->scheme ? r->scheme : "http");
+    buf_append_str(out, STR("\r\nX-Forwarded-Host: "));
+    buf_append_str(out, r->host);
+    buf_append_str(out, STR("\r\nX-Request-Id: "));
+    buf_append_cstr(out, r->id);
+    buf_append_str(out, r->http_minor == 0 ? STR("\r\nVia: 1.0 ") : STR("\r\nVia: 1.1 "));
+    buf_append_cstr(out, o->via ? o->via : "gatehouse");
+    buf_append(out, "\r\n", 2);
     /* Identity headers added by the access stage (after the client's copies
      * were stripped above). */
     for (size_t i = 0; i < r->nup_headers; i++) {
@@ -616,7 +626,11 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
     }
     o->chunk_to_client = false;
     o->close_after = false;
-    buf_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)reason.len, reason.p);
+    buf_append_str(out, STR("HTTP/1.1 "));
+    buf_append_u64(out, (uint64_t)status);
+    buf_append(out, " ", 1);
+    buf_append_str(out, reason);
+    buf_append(out, "\r\n", 2);
     for (size_t i = 0; i < h->nhdr; i++) {
         struct str n = http_in_name(h, base, i);
         bool named = false;
@@ -651,7 +665,9 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
                            (unsigned long long)p->content_length);
             }
         } else if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENT_LENGTH)) {
-            buf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+            buf_append_str(out, STR("Content-Length: "));
+            buf_append_u64(out, p->content_length);
+            buf_append(out, "\r\n", 2);
         } else if (o->client_minor >= 1) {
             buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
             o->chunk_to_client = true;
@@ -664,9 +680,13 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
             buf_append_str(out, STR("Connection: keep-alive\r\n"));
         }
     }
-    buf_printf(out, "Via: 1.1 %s\r\n", o->via ? o->via : "gatehouse");
+    buf_append_str(out, STR("Via: 1.1 "));
+    buf_append_cstr(out, o->via ? o->via : "gatehouse");
+    buf_append(out, "\r\n", 2);
     if (o->request_id && !interim) {
-        buf_printf(out, "X-Request-Id: %s\r\n", o->request_id);
+        buf_append_str(out, STR("X-Request-Id: "));
+        buf_append_cstr(out, o->request_id);
+        buf_append(out, "\r\n", 2);
     }
     buf_append(out, "\r\n", 2);
 }
