@@ -196,7 +196,8 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     json_kv_str(b, "method", r->method);
     json_kv_str(b, "host", r->host);
     json_kv_str(b, "path", r->path);
-    dl_sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":", r->shadow ? "true" : "false",
+    dl_sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":",
+                   r->shadow ? "true" : "false",
                 r->opa_called ? "true" : "false");
     json_str(b, r->opa_result);
     dl_sbuf_printf(b, ",\"ms\":%u},\"latency_us\":%llu,\"prev_hash\":\"%s\"", r->opa_ms,

@@ -207,6 +207,29 @@ int opa_response_parse(const char *body, size_t len, bool *allow, char *reason,
     return 0;
 }
 
+bool opa_answer_http(const struct opa_conf *c, struct policy_result *r, bool transport_error,
+                     long status, const char *body, size_t len, bool *allow)
+{
+    char reason[128];
+    bool a = false;
+    if (!transport_error && status == 200 &&
+        opa_response_parse(body ? body : "", body ? len : 0, &a, reason, sizeof reason, NULL) ==
+            0) {
+        policy_opa_answer(r, a, reason[0] ? reason : NULL);
+        if (allow) {
+            *allow = a;
+        }
+        return false;
+    }
+    /* Fail closed unless the admin chose otherwise for this deployment. */
+    a = c->on_error == OPA_ON_ERROR_ALLOW;
+    policy_opa_answer(r, a, a ? "OPA unavailable (on_error: allow)" : "OPA unavailable");
+    if (allow) {
+        *allow = a;
+    }
+    return true;
+}
+
 /* ---- cache ---- */
 
 struct opa_entry {

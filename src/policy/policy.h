@@ -151,6 +151,14 @@ char *opa_input_json(const struct policy_input *in);
 int opa_response_parse(const char *body, size_t len, bool *allow, char *reason,
                        size_t reason_size, struct err *err);
 
+/* Applies the outcome of the HTTP exchange for r->opa_path to r: a 200 with a parsable
+ * body gives OPA's answer (undefined = deny); a transport error (timeout, refused),
+ * another status or a malformed body applies c->on_error. Returns true when it was
+ * an error (count it in policy_metrics_opa and log it). On success *allow and reason
+ * (may be NULL) tell what to put in the cache. */
+bool opa_answer_http(const struct opa_conf *c, struct policy_result *r, bool transport_error,
+                     long status, const char *body, size_t len, bool *allow);
+
 /* A thread-safe TTL cache of OPA answers keyed by (path, input JSON). */
 struct opa_cache;
 struct opa_cache *opa_cache_new(size_t max_entries);

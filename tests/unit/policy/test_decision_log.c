@@ -304,7 +304,8 @@ static void test_dl_file_edit(void **state)
     struct fixture *f = *state;
     make_log(f, 20);
     edit_file(f, edit_line5);
-    expect_fail(f, "FAIL file: record 5 (line 5) was edited: its hash does not match its content\n");
+    expect_fail(f, "FAIL file: record 5 (line 5) was edited: its hash does not match its "
+                   "content\n");
 }
 
 static void test_dl_file_delete(void **state)

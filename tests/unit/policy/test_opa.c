@@ -39,12 +39,14 @@ static void test_opa_input_is_canonical_and_documented(void **state)
     assert_true(policy_ip_parse(STR("2001:db8::1"), &in.client_ip));
     char *s = opa_input_json(&in);
     assert_string_equal(
-        s, "{\"input\":{\"device\":{\"fingerprint\":\"\",\"id\":\"\",\"issuer\":\"\",\"owner\":\"\","
+        s, "{\"input\":{\"device\":{\"fingerprint\":\"\",\"id\":\"\",\"issuer\":\"\","
+           "\"owner\":\"\","
            "\"present\":false,\"san\":\"\",\"serial\":\"\",\"subject\":\"\",\"trusted\":false},"
            "\"request\":{\"client_ip\":\"2001:db8::1\",\"headers\":{\"x-env\":\"prod\"},"
            "\"host\":\"wiki.example.com\",\"method\":\"GET\",\"path\":\"/a\"},\"route\":\"wiki\","
            "\"user\":{\"authenticated\":true,\"claims\":{\"amr\":[\"pwd\",\"mfa\"]},"
-           "\"email\":\"alice@example.com\",\"groups\":[\"eng\"],\"id\":\"alice\",\"idp\":\"corp\"}}}");
+           "\"email\":\"alice@example.com\",\"groups\":[\"eng\"],\"id\":\"alice\","
+           "\"idp\":\"corp\"}}}");
     free(s);
 }
 
@@ -149,6 +151,52 @@ static void test_opa_conf(void **state)
     conf_case("listen: []\n", NULL);
 }
 
+static void test_opa_answer_http_applies_on_error(void **state)
+{
+    const char *t = "rules:\n  - id: central\n    effect: allow\n    when: {opa: gh/allow}\n";
+    struct conf_diag d = { 0 };
+    struct policy *p = policy_parse("p.yaml", t, strlen(t), &d);
+    struct policy_input in = { 0 };
+    struct opa_conf deny = { .on_error = OPA_ON_ERROR_DENY };
+    struct opa_conf allow = { .on_error = OPA_ON_ERROR_ALLOW };
+    struct policy_result r;
+    bool a;
+    (void)state;
+    assert_non_null(p);
+    struct {
+        const struct opa_conf *c;
+        bool transport;
+        long status;
+        const char *body;
+        bool err, allowed;
+        const char *rule_reason;
+    } cases[] = {
+        { &deny, false, 200, "{\"result\": true}", false, true, "Allowed." },
+        { &deny, false, 200, "{\"result\": {\"allow\": false, \"reason\": \"locked\"}}", false,
+          false, "No rule allows this request." },
+        { &deny, false, 200, "{}", false, false, "No rule allows this request." },
+        { &deny, true, 0, NULL, true, false, "No rule allows this request." },
+        { &deny, false, 500, "{\"code\": \"internal_error\"}", true, false, NULL },
+        { &deny, false, 200, "{\"result\": tr", true, false, NULL },
+        { &allow, true, 0, NULL, true, true, "OPA unavailable (on_error: allow)" },
+        { &allow, false, 200, "{\"result\": false}", false, false, NULL },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        policy_result_init(&r, NULL);
+        assert_int_equal(policy_eval(p, &in, &r), POLICY_NEED_OPA);
+        bool e = opa_answer_http(cases[i].c, &r, cases[i].transport, cases[i].status,
+                                 cases[i].body, cases[i].body ? strlen(cases[i].body) : 0, &a);
+        assert_int_equal(e, cases[i].err);
+        assert_int_equal(a, cases[i].allowed);
+        assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+        assert_int_equal(r.decision == POLICY_ALLOW, cases[i].allowed);
+        if (cases[i].rule_reason) {
+            assert_string_equal(r.reason, cases[i].rule_reason);
+        }
+    }
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -156,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_opa_response_parse),
         cmocka_unit_test(test_opa_cache_hits_until_ttl),
         cmocka_unit_test(test_opa_conf),
+        cmocka_unit_test(test_opa_answer_http_applies_on_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

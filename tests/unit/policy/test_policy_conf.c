@@ -44,7 +44,8 @@ static int setup(void **state)
     if (!mkdtemp(dir)) {
         return -1;
     }
-    write_file("wiki.yaml", "rules:\n  - id: central\n    effect: allow\n    when: {opa: gh/wiki}\n");
+    write_file("wiki.yaml",
+               "rules:\n  - id: central\n    effect: allow\n    when: {opa: gh/wiki}\n");
     write_file("bad.yaml", "rules:\n  - id: x\n    effect: allow\n    when: {usr: a}\n");
     return 0;
 }
@@ -92,7 +93,8 @@ static void test_policy_conf_errors(void **state)
     struct conf_diag d = { 0 };
     char want[256];
     (void)state;
-    assert_null(load("routes:\n  - {name: wiki, policy: wiki.yaml}\n  - {name: b, policy: bad.yaml}\n",
+    assert_null(load("routes:\n  - {name: wiki, policy: wiki.yaml}\n"
+                     "  - {name: b, policy: bad.yaml}\n",
                      &d));
     assert_int_equal(d.count, 2);
     snprintf(want, sizeof want, "%s/g.yaml:2:26: error: route \"wiki\": policy wiki.yaml asks OPA "

@@ -17,7 +17,8 @@ static const struct policy_kv claims[] = { { { "amr", 3 }, { "mfa", 3 } },
 
 static struct policy *wiki(void)
 {
-    const char *t = "rules:\n  - id: mfa\n    effect: allow\n    when: {claim: {name: amr, is: mfa}}\n";
+    const char *t =
+        "rules:\n  - id: mfa\n    effect: allow\n    when: {claim: {name: amr, is: mfa}}\n";
     struct conf_diag d = { 0 };
     struct policy *p = policy_parse("w.yaml", t, strlen(t), &d);
     assert_non_null(p);
@@ -97,8 +98,8 @@ static void test_metrics_render(void **state)
     size_t n = policy_metrics_render(buf, sizeof buf);
     assert_true(n > 0 && n < sizeof buf);
     assert_int_equal(strlen(buf), n);
-    assert_non_null(strstr(buf, "gatehouse_policy_decisions_total{route=\"wiki\",result=\"allow\"} 2\n"));
-    assert_non_null(strstr(buf, "gatehouse_policy_decisions_total{route=\"wiki\",result=\"deny\"} 1\n"));
+    assert_non_null(strstr(buf, "decisions_total{route=\"wiki\",result=\"allow\"} 2\n"));
+    assert_non_null(strstr(buf, "decisions_total{route=\"wiki\",result=\"deny\"} 1\n"));
     assert_non_null(strstr(buf, "{route=\"wiki\",result=\"shadow_deny\"} 1\n"));
     assert_non_null(strstr(buf, "gatehouse_opa_requests_total 2\n"));
     assert_non_null(strstr(buf, "gatehouse_opa_errors_total 1\n"));
