@@ -8,7 +8,8 @@ BIN=${GATEHOUSE_BIN:-$ROOT/build/gatehouse}
 CONF=$ROOT/demo/gatehouse.yaml
 STATE=$ROOT/var/demo
 APP_PORT=9001
-PORTS="8080 8443 9901 $APP_PORT"
+IDP_PORT=9400
+PORTS="8080 8443 9901 $APP_PORT $IDP_PORT"
 
 [ -x "$BIN" ] || { echo "demo: $BIN is not built (run: make build)" >&2; exit 1; }
 mkdir -p "$STATE/tls"
@@ -52,8 +53,13 @@ python3 "$ROOT/demo/app.py" --port "$APP_PORT" >"$STATE/app.log" 2>&1 &
 PIDS+=($!)
 wait_port "$APP_PORT"
 
-# Sign-in (issue 3): the demo identity provider starts here, before Gatehouse,
-# and prints its demo users.
+# The demo identity provider (npm oidc-provider, OpenID Certified) with two
+# demo users; their passwords are printed below.
+( cd "$ROOT/tests" && exec node idp/oidc_idp.mjs --port "$IDP_PORT" \
+    --client "$ROOT/demo/idp-clients.json" ) >"$STATE/idp.log" 2>&1 &
+PIDS+=($!)
+wait_port "$IDP_PORT"
+for _ in $(seq 50); do grep -q '^GH_IDP_READY' "$STATE/idp.log" && break; sleep 0.1; done
 
 # Its log goes to the terminal and to a file; $! stays Gatehouse's own pid.
 "$BIN" serve -c "$CONF" > >(tee "$STATE/gatehouse.log") 2>&1 &
@@ -67,8 +73,14 @@ cat <<MSG
 
     open      http://127.0.0.1:8080/          (the demo app, through Gatehouse)
     or        https://localhost:8443/         (self-signed certificate: $STATE/tls/server.crt)
+    sign in   as alice (groups eng, admins) or bob (sales); passwords:
+$(grep -E '^  user ' "$STATE/idp.log" | sed 's/^/            /')
+    try       http://127.0.0.1:8080/admin     (bob is denied, alice gets in)
+              http://127.0.0.1:8080/.gatehouse/me   http://127.0.0.1:8080/.gatehouse/logout
+              http://127.0.0.1:8080/public/   (no sign-in, still in the decision log)
     admin     http://127.0.0.1:9901/metrics   /healthz   /readyz
-    logs      $STATE/access.jsonl  $STATE/gatehouse.log  $STATE/app.log
+    logs      $STATE/access.jsonl  $STATE/decisions.jsonl  $STATE/gatehouse.log
+    audit     build/gatehouse audit query -c demo/gatehouse.yaml    (and: audit verify)
 
   Press Ctrl-C to stop.
 

@@ -873,8 +873,8 @@ static struct str host_only(struct str h)
 static bool is_protocol_claim(const char *k)
 {
     static const char *const skip[] = { "iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash",
-                                        "c_hash", "auth_time", "azp", "jti", "sid", "acr", "amr",
-                                        "s_hash", NULL };
+                                        "c_hash", "auth_time", "azp", "jti", "sid", "s_hash",
+                                        NULL };
     for (size_t i = 0; skip[i]; i++) {
         if (strcmp(k, skip[i]) == 0) {
             return true;
