@@ -188,6 +188,18 @@ int proxy_cmd_serve(int argc, char **argv)
             }
         }
     }
+    /* SO_REUSEPORT would let a second Gatehouse (or anything else with the
+     * option) share a port and silently take half the connections: bind each
+     * address once without it first, so a port in use is a clear error. */
+    for (size_t k = 0; k < cfg->nlisteners; k++) {
+        const struct listener_conf *lc = &cfg->listeners[k];
+        int probe = listen_socket(lc->host, lc->port, false, &err);
+        if (probe < 0) {
+            fprintf(stderr, "%s:%d:%d: error: %s\n", cfg->file, lc->line, lc->col, err.msg);
+            return 1;
+        }
+        close(probe);
+    }
     int admin_fd = -1;
     if (cfg->admin_address) {
         admin_fd = listen_socket(cfg->admin_host, cfg->admin_port, false, &err);
