@@ -25,8 +25,6 @@
  * client still sends for this long, so its unread data does not turn our
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
-/* A keep-alive connection idle this long gives its buffers back. */
-#define IDLE_RELEASE_MS 1000
 
 static access_hook_fn *g_access_hook;
 static access_hook_fn *g_reserved_hook;
@@ -426,7 +424,6 @@ static void request_end(struct conn *c)
 /* Frees what an idle keep-alive connection does not need. */
 static void release_idle(struct conn *c)
 {
-    c->idle_release = false;
     buf_release(&c->in);
     buf_release(&c->out);
     arena_free(c->arena);
@@ -459,17 +456,11 @@ static void finish(struct conn *c)
     c->state = CS_IDLE;
     http_in_next(c->hin);
     if (buf_pending(&c->in) == 0) {
-        /* Idle keep-alive: a busy connection keeps its buffers for the next
-         * request; one still idle after IDLE_RELEASE_MS gives them back
-         * (release_idle), so idle connections cost no buffer memory. */
-        uint64_t idle_ms = w->wc->cfg->timeouts.idle_ms;
-        if (idle_ms > IDLE_RELEASE_MS) {
-            c->idle_release = true;
-            set_timer(c, IDLE_RELEASE_MS);
-        } else {
-            release_idle(c);
-            set_timer(c, idle_ms);
-        }
+        /* Idle keep-alive: give the memory back until the next request, so
+         * idle connections cost no buffer memory (allocating again is cheaper
+         * than holding 20 KiB per idle connection; measured). */
+        release_idle(c);
+        set_timer(c, w->wc->cfg->timeouts.idle_ms);
     }
     conn_update_io(c);
 }
@@ -909,7 +900,6 @@ static void do_read(struct conn *c)
             }
             if (c->state == CS_IDLE) {
                 ev_timer_stop(c->w->loop, &c->timer);
-                c->idle_release = false;
             }
             conn_process(c);
             if (drained) {
@@ -1031,14 +1021,6 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hold(c);
     ev_timer_stop(c->w->loop, &c->timer);
     switch (c->state) {
-    case CS_IDLE:
-        if (c->idle_release && !c->handshaking && buf_pending(&c->in) == 0) {
-            release_idle(c);
-            set_timer(c, c->w->wc->cfg->timeouts.idle_ms - IDLE_RELEASE_MS);
-            break;
-        }
-        conn_close(c);
-        break;
     case CS_HEAD:
         if (c->req && !c->handshaking) {
             c->keep_alive = false;

@@ -225,7 +225,7 @@ void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_li
     }
     h->on_body = on_body_cb;
     h->arg = arg;
-    h->hdr = xcalloc(h->lim.headers, sizeof *h->hdr);
+    h->hdr = xmalloc(h->lim.headers * sizeof *h->hdr);
     llhttp_init(&h->p, type, settings());
     h->p.data = h;
 }

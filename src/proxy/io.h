@@ -115,7 +115,6 @@ struct conn {
     int hs_want;               /* events the TLS handshake waits for */
     bool upgrade_pending;      /* the request asked for an Upgrade and has no body */
     bool handshaking;          /* TLS handshake in progress */
-    bool idle_release;         /* idle timer first releases buffers, then closes */
     bool req_done;             /* the request (and body) was fully read */
     bool resp_done;            /* the response was fully queued */
     bool resp_started;         /* a response head was queued */
