@@ -4,7 +4,6 @@
  * duplicate names and addresses, route overlap, certificate files and keys.
  * Every problem is collected (up to 20 shown) so one `gatehouse check` run
  * reports them all. Runs at start and on SIGHUP, never on the request path. */
-#include "gate.h"
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "balance.h"
+#include "gate.h"
 #include "route.h"
 
 #define MAX_WORKERS 256
@@ -29,9 +29,9 @@
 static const char *const top_keys[] = {
     "listen", "admin", "workers", "limits", "timeouts", "access_log", "log_level", "state",
     "routes",
-    /* Sections validated by the authn and policy modules. */
+    /* Sections validated by the access stage (gate.c: authn and policy modules). */
     "session", "identity_providers", "upstream_identity", "opa", "decision_log", "devices",
-    NULL,
+    "pages", NULL,
 };
 static const char *const listen_keys[] = { "address", "tls", "trust_request_id",
                                            "trust_forwarded", NULL };
