@@ -70,27 +70,46 @@ void dl_sbuf_free(struct sbuf *b)
 static void json_str(struct sbuf *b, const char *s)
 {
     if (!s) {
-        dl_sbuf_puts(b, "null");
+        dl_sbuf_put(b, "null", 4);
         return;
     }
     dl_sbuf_put(b, "\"", 1);
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    const unsigned char *c = (const unsigned char *)s, *run = c;
+    for (; *c; c++) {
+        if (*c != '"' && *c != '\\' && *c >= 0x20 && *c != 0x7f) {
+            continue;
+        }
+        dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
         if (*c == '"' || *c == '\\') {
             char e[2] = { '\\', (char)*c };
             dl_sbuf_put(b, e, 2);
-        } else if (*c < 0x20 || *c == 0x7f) {
-            dl_sbuf_printf(b, "\\u%04x", *c);
         } else {
-            dl_sbuf_put(b, (const char *)c, 1);
+            dl_sbuf_printf(b, "\\u%04x", *c);
         }
+        run = c + 1;
     }
+    dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
     dl_sbuf_put(b, "\"", 1);
 }
 
+/* key is a literal without characters to escape. */
 static void json_kv_str(struct sbuf *b, const char *key, const char *v)
 {
-    dl_sbuf_printf(b, ",\"%s\":", key);
+    dl_sbuf_put(b, ",\"", 2);
+    dl_sbuf_puts(b, key);
+    dl_sbuf_put(b, "\":", 2);
     json_str(b, v);
+}
+
+static void put_u64(struct sbuf *b, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    dl_sbuf_put(b, tmp + i, sizeof tmp - i);
 }
 
 static void groups_json(struct sbuf *b, const struct decision_record *r)
@@ -174,7 +193,11 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     char ts[64];
     format_ts(r->ts_us, ts);
     b->len = 0;
-    dl_sbuf_printf(b, "{\"v\":1,\"seq\":%llu,\"ts\":\"%s\"", (unsigned long long)seq, ts);
+    dl_sbuf_puts(b, "{\"v\":1,\"seq\":");
+    put_u64(b, seq);
+    dl_sbuf_puts(b, ",\"ts\":\"");
+    dl_sbuf_puts(b, ts);
+    dl_sbuf_put(b, "\"", 1);
     json_kv_str(b, "request_id", r->request_id);
     json_kv_str(b, "route", r->route);
     json_kv_str(b, "decision", r->decision);
@@ -188,20 +211,26 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     claims_json(b, r);
     json_kv_str(b, "idp", r->idp);
     json_kv_str(b, "session", r->session);
-    dl_sbuf_printf(b, ",\"device\":{\"present\":%s", r->device_present ? "true" : "false");
+    dl_sbuf_puts(b, r->device_present ? ",\"device\":{\"present\":true"
+                                      : ",\"device\":{\"present\":false");
     json_kv_str(b, "id", r->device_id);
     json_kv_str(b, "owner", r->device_owner);
-    dl_sbuf_printf(b, ",\"trusted\":%s}", r->device_trusted ? "true" : "false");
+    dl_sbuf_puts(b, r->device_trusted ? ",\"trusted\":true}" : ",\"trusted\":false}");
     json_kv_str(b, "client_ip", r->client_ip);
     json_kv_str(b, "method", r->method);
     json_kv_str(b, "host", r->host);
     json_kv_str(b, "path", r->path);
-    dl_sbuf_printf(b, ",\"shadow\":%s,\"opa\":{\"called\":%s,\"result\":",
-                   r->shadow ? "true" : "false",
-                r->opa_called ? "true" : "false");
+    dl_sbuf_puts(b, r->shadow ? ",\"shadow\":true" : ",\"shadow\":false");
+    dl_sbuf_puts(b, r->opa_called ? ",\"opa\":{\"called\":true,\"result\":"
+                                  : ",\"opa\":{\"called\":false,\"result\":");
     json_str(b, r->opa_result);
-    dl_sbuf_printf(b, ",\"ms\":%u},\"latency_us\":%llu,\"prev_hash\":\"%s\"", r->opa_ms,
-                (unsigned long long)r->latency_us, prev_hash);
+    dl_sbuf_puts(b, ",\"ms\":");
+    put_u64(b, r->opa_ms);
+    dl_sbuf_puts(b, "},\"latency_us\":");
+    put_u64(b, r->latency_us);
+    dl_sbuf_puts(b, ",\"prev_hash\":\"");
+    dl_sbuf_put(b, prev_hash, strlen(prev_hash));
+    dl_sbuf_put(b, "\"", 1);
 }
 
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
@@ -714,7 +743,9 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         dl_hash(prev, canon.p, canon.len, hash);
         rc = insert_row(dl, &batch[i], prev, hash, &tmp);
         dl_sbuf_put(&lines, canon.p, canon.len);
-        dl_sbuf_printf(&lines, ",\"hash\":\"%s\"}\n", hash);
+        dl_sbuf_put(&lines, ",\"hash\":\"", 9);
+        dl_sbuf_put(&lines, hash, 64);
+        dl_sbuf_put(&lines, "\"}\n", 3);
         memcpy(prev, hash, 65);
     }
     if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
