@@ -726,6 +726,18 @@ static bool valid_path_prefix(const char *s)
     return s[0] == '/';
 }
 
+/* A health-check target: a path, optionally with a query, that can go on a
+ * request line as is. */
+static bool valid_request_target(const char *s)
+{
+    for (const char *p = s; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '#') {
+            return false;
+        }
+    }
+    return s[0] == '/';
+}
+
 static char *lower_dup(const char *s)
 {
     char *r = xstrdup(s);
@@ -940,9 +952,11 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
         if (conf_string(L->d, hc, "path", &path)) {
             if (!path) {
                 conf_error(L->d, hc, "\"health_check\" needs \"path\", such as /healthz");
-            } else if (!valid_path_prefix(path)) {
+            } else if (!valid_request_target(path)) {
                 conf_error(L->d, conf_get(hc, "path"),
-                           "\"path\" must start with \"/\" and hold no spaces, got \"%s\"", path);
+                           "\"path\" must start with \"/\" and hold no spaces or control "
+                           "characters, got \"%s\"",
+                           path);
             } else {
                 u->health_path = xstrdup(path);
             }

@@ -170,7 +170,7 @@ static const char full_yaml[] =
     "      max_conns: 100\n"
     "      max_fails: 5\n"
     "      fail_timeout: 30s\n"
-    "      health_check: {path: /healthz, interval: 2s}\n"
+    "      health_check: {path: '/healthz?full=1', interval: 2s}\n"
     "      retries: 2\n"
     "    websocket: true\n"
     "    allow_any_authenticated: true\n"
@@ -233,7 +233,7 @@ static void test_full_config_reads_every_key(void **state)
     assert_int_equal(r->upstream.max_conns, 100);
     assert_int_equal(r->upstream.max_fails, 5);
     assert_int_equal(r->upstream.fail_timeout_ms, 30000);
-    assert_string_equal(r->upstream.health_path, "/healthz");
+    assert_string_equal(r->upstream.health_path, "/healthz?full=1");
     assert_int_equal(r->upstream.health_interval_ms, 2000);
     assert_int_equal(r->upstream.retries, 2);
     assert_true(r->websocket);
@@ -413,6 +413,10 @@ static const struct bad bad_cases[] = {
     { BASE_LISTEN "routes:\n  - name: a\n"
                   "    upstream: {servers: [http://h:1], health_check: {interval: 1s}}\n",
       "t.yaml:5:53: error: \"health_check\" needs \"path\", such as /healthz" },
+    { BASE_LISTEN "routes:\n  - name: a\n"
+                  "    upstream: {servers: [http://h:1], health_check: {path: '/a b'}}\n",
+      "t.yaml:5:60: error: \"path\" must start with \"/\" and hold no spaces or control "
+      "characters, got \"/a b\"" },
     { BASE_LISTEN "routes:\n  - name: a\n"
                   "    upstream: {servers: [http://h:1], ca_file: missing.pem}\n",
       "t.yaml:5:48: error: cannot read \"ca_file\" file \"missing.pem\": No such file or "
