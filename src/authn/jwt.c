@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cjose/cjose.h>
+#include <openssl/crypto.h>
 
 #include "codec.h"
 
@@ -61,6 +62,32 @@ static void jwks_free(struct jwks *k)
     free(k);
 }
 
+/* cjose 0.6.2 aborts on some malformed base64url in key members, so each
+ * member it decodes is checked with our strict decoder first. */
+static bool jwk_members_ok(const json_t *k)
+{
+    static const char *const b64_members[] = { "n", "e", "d", "p", "q", "dp", "dq", "qi",
+                                               "x", "y", "k", NULL };
+    for (size_t i = 0; b64_members[i] != NULL; i++) {
+        json_t *v = json_object_get(k, b64_members[i]);
+        if (v == NULL) {
+            continue;
+        }
+        const char *s = json_string_value(v);
+        if (s == NULL || strchr(s, '=') != NULL) {
+            return false;
+        }
+        size_t n = 0;
+        unsigned char *raw = codec_b64url_decode(str_from(s), &n);
+        if (raw == NULL) {
+            return false;
+        }
+        OPENSSL_cleanse(raw, n);
+        free(raw);
+    }
+    return true;
+}
+
 struct jwks *jwks_parse(struct str json, struct err *err)
 {
     json_error_t jerr;
@@ -93,6 +120,9 @@ struct jwks *jwks_parse(struct str json, struct err *err)
          * would let anyone who read the JWKS mint tokens. */
         if ((use != NULL && strcmp(use, "sig") != 0) || kty == NULL ||
             (strcmp(kty, "RSA") != 0 && strcmp(kty, "EC") != 0)) {
+            continue;
+        }
+        if (!jwk_members_ok(k)) {
             continue;
         }
         char *text = json_dumps(k, JSON_COMPACT);
@@ -367,6 +397,18 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
     }
     if (!split3(token, part) || part[0].len == 0 || part[1].len == 0) {
         return err_set(err, ERR_PARSE, "token is not a compact JWS (three dot-separated parts)");
+    }
+    /* cjose 0.6.2's base64url decoder asserts (aborts the process) on some
+     * malformed input, so every part is checked here first: unpadded base64url
+     * only (RFC 7515 §2), canonical, decodable. */
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = 0;
+        unsigned char *raw = memchr(part[i].p, '=', part[i].len) ? NULL
+                                                                 : codec_b64url_decode(part[i], &n);
+        if (raw == NULL) {
+            return err_set(err, ERR_PARSE, "token part %zu is not unpadded base64url", i + 1);
+        }
+        free(raw);
     }
     hdr = decode_json_part(part[0]);
     if (hdr == NULL) {

@@ -352,6 +352,28 @@ static void test_bad_nonce_is_rejected(void **state)
     (void)state;
 }
 
+/* Found by fuzz_jwt: cjose_jws_import() hit an assert() (process abort) on a
+ * payload with '=' inside and a length of 4n+1. Must be a plain ERR_PARSE. */
+static void test_malformed_base64_does_not_abort(void **state)
+{
+    struct jwt_rules r = rules();
+    struct err err = { 0 };
+    assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpiOivLXhwIjoxOTAwM=DAwfQ.AAAA",
+                            &r, &err),
+                     ERR_PARSE);
+    assert_string_equal(err.msg, "token part 2 is not unpadded base64url");
+    assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJ4In0xy.AAAA", &r, &err),
+                     ERR_PARSE);
+    assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.AAAA=", &r, &err), ERR_PARSE);
+    /* The same cjose assert through a key member of a JWKS. */
+    assert_null(jwks_parse(STR("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"A=AB\",\"e\":\"AQAB\"}]}"),
+                           &err));
+    assert_null(jwks_parse(STR("{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"AAAAA\","
+                               "\"y\":\"AA\"}]}"),
+                           &err));
+    (void)state;
+}
+
 static void test_malformed_tokens_and_jwks(void **state)
 {
     struct jwt_rules r = rules();
@@ -359,6 +381,9 @@ static void test_malformed_tokens_and_jwks(void **state)
     assert_int_equal(verify("abc", &r, &err), ERR_PARSE);
     assert_int_equal(verify("a.b.c.d", &r, &err), ERR_PARSE);
     assert_int_equal(verify("!!!.e30.c2ln", &r, &err), ERR_PARSE);
+    assert_string_equal(err.msg, "token part 1 is not unpadded base64url");
+    assert_int_equal(verify("e30.e30.c2ln", &r, &err), ERR_CRYPTO); /* decodes, but no alg */
+    assert_int_equal(verify("YQ.e30.c2ln", &r, &err), ERR_PARSE);
     assert_string_equal(err.msg, "token header is not base64url JSON");
     assert_null(jwks_parse(STR("{\"keys\":[]}"), &err));
     assert_string_equal(err.msg, "JWKS has no usable signing key");
@@ -382,6 +407,7 @@ int main(void)
         cmocka_unit_test(test_unknown_kid_is_notfound),
         cmocka_unit_test(test_tampered_payload_is_rejected),
         cmocka_unit_test(test_bad_nonce_is_rejected),
+        cmocka_unit_test(test_malformed_base64_does_not_abort),
         cmocka_unit_test(test_malformed_tokens_and_jwks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

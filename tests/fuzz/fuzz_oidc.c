@@ -1,0 +1,70 @@
+/* Fuzz target for the IdP answers parsed by authn/oidc.c: any bytes as a
+ * discovery document, a token response, a userinfo answer, a callback query,
+ * a back-channel logout body and a return path. Invariants: nothing is accepted
+ * that needs a signature (token response with a nonce, logout token), parsers
+ * return documented codes, accepted return paths are same-host paths. */
+#include <string.h>
+
+#include "authn/oidc.h"
+
+#include "authn_replay.h"
+
+static const char conf[] = "- {id: corp, type: oidc, issuer: 'https://idp.example', "
+                           "client_id: gatehouse, client_secret: s}\n";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static struct oidc_provider *p;
+    static struct oidc_metadata *m;
+    struct err err = { 0 };
+    struct str in = { (const char *)data, size };
+    if (p == NULL) {
+        struct conf_diag d = { 0 };
+        struct conf_doc *doc = conf_doc_parse("f.yaml", conf, sizeof conf - 1, &d);
+        p = oidc_provider_parse(&d, doc->root->items[0], "f.yaml");
+        CHECK(p != NULL);
+        m = oidc_metadata_parse(p, 200,
+                                STR("{\"issuer\":\"https://idp.example\",\"authorization_endpoint"
+                                    "\":\"https://idp.example/a\",\"token_endpoint\":\"https://"
+                                    "idp.example/t\",\"jwks_uri\":\"https://idp.example/j\"}"),
+                                &err);
+        CHECK(m != NULL);
+        conf_doc_free(doc);
+    }
+    struct oidc_metadata *dm = oidc_metadata_parse(p, 200, in, &err);
+    CHECK(dm == NULL || strcmp(dm->issuer, "https://idp.example") == 0);
+    oidc_metadata_free(dm);
+
+    struct oidc_tokens t;
+    int rc = oidc_token_response(p, NULL, 200, in, "nonce", 1800000000, &t, &err);
+    CHECK(rc != 0);
+    rc = oidc_token_response(p, NULL, 400, in, NULL, 1800000000, &t, &err);
+    CHECK(rc != 0);
+
+    json_t *ui = NULL;
+    rc = oidc_userinfo_parse(200, in, "alice", &ui, &err);
+    CHECK((rc == 0) == (ui != NULL));
+    CHECK(ui == NULL || strcmp(json_string_value(json_object_get(ui, "sub")), "alice") == 0);
+    json_decref(ui);
+
+    char idp[] = "corp", st[] = "S", nonce[] = "N", ver[] = "V", rp[] = "/", ru[] = "https://x/cb";
+    struct oidc_pending pd = { .idp = idp, .state = st, .nonce = nonce, .code_verifier = ver,
+                               .return_path = rp, .redirect_uri = ru, .exp_s = 0 };
+    struct oidc_http h;
+    rc = oidc_callback(p, m, in, &pd, NULL, 1800000000, &h, &err);
+    if (rc == 0) {
+        CHECK(h.body != NULL && strncmp(h.body, "grant_type=authorization_code&code=", 35) == 0);
+        oidc_http_fini(&h);
+    }
+
+    char *sid = NULL, *sub = NULL;
+    rc = oidc_logout_token_verify(p, NULL, in, NULL, 1800000000, &sid, &sub, &err);
+    CHECK(rc != 0 && sid == NULL && sub == NULL);
+
+    if (oidc_return_path_safe(in)) {
+        CHECK(size >= 1 && data[0] == '/');
+        CHECK(size == 1 || (data[1] != '/' && data[1] != '\\'));
+        CHECK(memchr(data, '\\', size) == NULL);
+    }
+    return 0;
+}
