@@ -1146,15 +1146,11 @@ static enum access_step ask_opa(struct gate_req *q)
         return decide(q);
     }
     char *url = opa_request_url(q->g->opa, q->res.opa_path);
-    size_t ilen = strlen(q->opa_input);
-    char *body = xmalloc(ilen + 12);
-    memcpy(body, "{\"input\":", 9);
-    memcpy(body + 9, q->opa_input, ilen);
-    memcpy(body + 9 + ilen, "}", 2);
     q->opa_start_us = mono_us_now();
-    enum access_step st = start_fetch(q, "POST", url, hdrs, body, q->g->opa->timeout_ms, got_opa);
+    /* opa_input_json() already gives the whole request body {"input": {...}}. */
+    enum access_step st = start_fetch(q, "POST", url, hdrs, q->opa_input, q->g->opa->timeout_ms,
+                                      got_opa);
     free(url);
-    free(body);
     return st;
 }
 
