@@ -457,6 +457,13 @@ static void read_listen(struct loader *L, const struct conf_node *root)
         struct listener_conf *lc = &L->c->listeners[L->c->nlisteners];
         const struct conf_node *t;
 
+        if (m->type == CONF_SCALAR) {
+            /* "listen: [127.0.0.1:8080]" is the likely slip: say what to write. */
+            conf_error(L->d, m,
+                       "a \"listen\" item must be a map such as {address: %s}, got \"%s\"",
+                       m->value, m->value);
+            continue;
+        }
         if (!conf_check_keys(L->d, m, "a \"listen\" item", listen_keys) && m->type != CONF_MAP) {
             continue;
         }

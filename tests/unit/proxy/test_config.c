@@ -289,6 +289,9 @@ static const struct bad bad_cases[] = {
       "t.yaml:2:5: error: missing \"address\" (host:port, such as 127.0.0.1:8080)" },
     { "listen:\n  - address: 127.0.0.1:8080\n  - address: 127.0.0.1:8080\n" BASE_ROUTE,
       "t.yaml:3:14: error: duplicate listen address \"127.0.0.1:8080\" (first at line 2)" },
+    { "listen: [127.0.0.1:8080]\n" BASE_ROUTE,
+      "t.yaml:1:10: error: a \"listen\" item must be a map such as {address: 127.0.0.1:8080}, "
+      "got \"127.0.0.1:8080\"" },
     { "listen:\n  - adress: 127.0.0.1:8080\n" BASE_ROUTE,
       "t.yaml:2:5: error: unknown key \"adress\" in a \"listen\" item (did you mean "
       "\"address\"?)" },
