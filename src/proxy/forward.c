@@ -461,8 +461,10 @@ static void send_head(struct conn *c, struct upconn *u)
     const struct upstream_server *sv = r->upstream_server;
     char host[300];
 
-    snprintf(host, sizeof host, "%s:%u", sv->host, (unsigned)sv->port);
-    o.default_host = host;
+    if (r->host.len == 0) {
+        snprintf(host, sizeof host, "%s:%u", sv->host, (unsigned)sv->port);
+        o.default_host = host;
+    }
 
     buf_free(&u->out);
     http_format_upstream_request(&u->out, r, &o);

@@ -47,9 +47,15 @@ static uint64_t rng_next(struct worker *w)
 
 void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN + 1])
 {
-    uint64_t a = rng_next(w), b = rng_next(w);
-    snprintf(out, REQUEST_ID_LEN + 1, "%016llx%016llx", (unsigned long long)a,
-             (unsigned long long)b);
+    static const char digits[] = "0123456789abcdef";
+    uint64_t v[2] = { rng_next(w), rng_next(w) };
+
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 16; i++) {
+            out[k * 16 + i] = digits[(v[k] >> (60 - 4 * i)) & 15];
+        }
+    }
+    out[32] = '\0';
 }
 
 int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *err)
