@@ -1174,7 +1174,9 @@ static enum access_step login_needed(struct gate_req *q)
         return ACCESS_RESPOND;
     }
     if (wants_html(r) && !q->id.bearer) {
-        char *rd = url_encode(r->arena, r->target);
+        /* Only a safe same-host path is carried along (//evil.example/x is
+         * a valid request target but not a return URL). */
+        char *rd = url_encode(r->arena, oidc_return_path_safe(r->target) ? r->target : STR("/"));
         char *hdr = arena_printf(r->arena, "Location: /.gatehouse/login?rd=%s\r\n"
                                            "Cache-Control: no-store\r\n", rd ? rd : "%2F");
         return respond(q, 302, "text/plain", STR("sign-in required\n"), hdr);

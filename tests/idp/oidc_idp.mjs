@@ -201,6 +201,9 @@ const provider = new Provider(issuer, {
 provider.on('server_error', (_ctx, err) => console.error('idp server_error', err));
 provider.on('backchannel.error', (_ctx, err, client) => console.error(`idp backchannel logout to ${client.clientId} failed: ${err.message}`));
 provider.on('backchannel.success', (_ctx, client) => console.log(`idp backchannel logout sent to ${client.clientId}`));
+// One line per token grant, so tests can count refreshes (grant_type=refresh_token).
+provider.on('grant.success', (ctx) => console.log(`idp token grant ${ctx.oidc.params.grant_type} ok`));
+provider.on('grant.error', (ctx, err) => console.log(`idp token grant ${ctx.oidc.params?.grant_type} failed: ${err.message}`));
 
 const tokenDelayMs = envInt('GH_IDP_TOKEN_DELAY_MS', 0);
 const providerHandler = provider.callback();

@@ -1,0 +1,338 @@
+"""Attacks on sign-in through the real proxy, each refused with a clear log
+line: state missing or mismatched, a replayed code and a replayed callback,
+tampered login and session cookies, open redirects in the return URL, spoofed
+identity headers; and, through a stand-in OP (rogue_op.py) that hands out
+crafted ID tokens: wrong nonce, alg none, HS256 keyed with the provider's
+public key, expired, wrong iss, wrong aud, unknown kid, forged signature.
+The route accepts both providers, so /.gatehouse/login shows the chooser."""
+import re
+import time
+import unittest
+import urllib.parse
+
+from harness import Backend, Gatehouse, basic_config, free_port
+from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
+from rogue_op import RogueOP
+
+CALLBACK = "/.gatehouse/oidc/callback"
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+class AttackBase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.backend = Backend("app")
+        port = free_port()
+        cls.base = f"http://127.0.0.1:{port}"
+        cls.idp = IdP([client_for(cls.base)])
+        cls.rogue = RogueOP(client_secret=CLIENT_SECRET)
+        rogue_conf = {"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
+                      "client_id": "gatehouse", "client_secret_file": "oidc-secret",
+                      "allow_insecure_issuer": True, "scopes": ["openid", "email"],
+                      "jwks_refresh_min_interval": "1s"}
+        cfg = basic_config(
+            [{"name": "app", "upstream": {"servers": [cls.backend.url]},
+              "identity_providers": ["corp", "rogue"]}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state={"sqlite": "var/gatehouse.db"},
+            identity_providers=[idp_conf(cls.idp), rogue_conf],
+        )
+        try:
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        except Exception:
+            cls.idp.stop()
+            cls.rogue.stop()
+            cls.backend.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.idp.stop()
+        cls.rogue.stop()
+        cls.backend.stop()
+
+    def setUp(self):
+        self.log_mark = len(self.gh.stderr())
+        self.rogue.scenario = "good"
+
+    def new_log(self):
+        # logfmt escapes quotes inside msg="..."; compare against plain text.
+        return self.gh.stderr()[self.log_mark:].replace('\\"', '"')
+
+    def assertLogged(self, *needles, timeout=3.0):
+        deadline = time.time() + timeout
+        while True:
+            log = self.new_log()
+            if all(n in log for n in needles):
+                return log
+            if time.time() > deadline:
+                self.fail(f"gatehouse log lacks {needles!r}; new lines:\n{log[-3000:]}")
+            time.sleep(0.05)
+
+    # -- flow helpers: walk to the callback URL without requesting it
+
+    def start(self, b, idp, rd="/"):
+        r = b.request(f"{self.base}/.gatehouse/login?idp={idp}&rd={q(rd)}")
+        self.assertEqual(r.status, 302, r)
+        return r.header("Location")
+
+    def to_callback(self, b, idp="corp", rd="/", user="alice"):
+        """Runs the IdP part of the flow; returns the callback URL (absolute)
+        the IdP sent the browser to, not yet requested."""
+        url = self.start(b, idp, rd)
+        method, body = "GET", None
+        for _ in range(12):
+            if url.startswith(self.base + CALLBACK):
+                return url
+            r = b.request(url, method, body)
+            if r.status == 200 and b"<form" in r.body:
+                action = re.search(rb'action="([^"]+)"', r.body).group(1).decode()
+                url = urllib.parse.urljoin(url, action)
+                method = "POST"
+                body = {"login": user, "password": {"alice": "alice-pw-1",
+                                                    "bob": "bob-pw-2"}[user]}
+                continue
+            self.assertIn(r.status, (302, 303), r)
+            url = urllib.parse.urljoin(url, r.header("Location"))
+            method, body = "GET", None
+        self.fail("never reached the callback")
+
+    def callback_refused(self, b, url, *needles):
+        r = b.request(url)
+        self.assertTrue(400 <= r.status < 500, r)
+        self.assertIn(b"Sign-in failed", r.body)
+        self.assertIn("text/html", r.header("Content-Type"))
+        self.assertIsNone(b.session_cookie(self.base))
+        self.assertLogged("Sign-in failed: ", *needles)
+        return r
+
+
+class StateAndCookieAttacks(AttackBase):
+    def test_chooser_lists_both_providers(self):
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/login?rd=%2Fdocs")
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("text/html", r.header("Content-Type"))
+        self.assertIn(b"/.gatehouse/login?idp=corp", r.body)
+        self.assertIn(b"/.gatehouse/login?idp=rogue", r.body)
+        # A protected URL sends browsers to the chooser, keeping the path.
+        r = b.request(self.base + "/docs?a=1")
+        self.assertEqual(r.status, 302)
+        self.assertEqual(r.header("Location"), "/.gatehouse/login?rd=%2Fdocs%3Fa%3D1")
+
+    def test_good_flow_through_real_idp(self):
+        b = Browser()
+        cb = self.to_callback(b, "corp", "/ok")
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        self.assertEqual(r.header("Location"), "/ok")
+        self.assertIsNotNone(b.session_cookie(self.base))
+        self.assertEqual(b.request(self.base + "/ok").status, 200)
+
+    def test_missing_state(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        u = urllib.parse.urlsplit(cb)
+        qs = [(k, v) for k, v in urllib.parse.parse_qsl(u.query) if k != "state"]
+        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+                              "callback has no state")
+
+    def test_mismatched_state(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        u = urllib.parse.urlsplit(cb)
+        qs = [(k, ("x" + v[1:]) if k == "state" else v)
+              for k, v in urllib.parse.parse_qsl(u.query)]
+        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+                              "callback state does not match the login cookie")
+
+    def test_state_from_another_browser(self):
+        # Login CSRF: the attacker's callback URL in the victim's browser.
+        attacker, victim = Browser(), Browser()
+        cb = self.to_callback(attacker)
+        self.start(victim, "corp")
+        self.callback_refused(victim, cb, "callback state does not match the login cookie")
+
+    def test_callback_without_login_cookie(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        self.callback_refused(Browser(), cb, "no login cookie: state cannot be checked")
+
+    def test_replayed_callback_url(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))["gatehouse_login"]
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        # The same callback again, login cookie put back: refused.
+        thief = Browser()
+        thief.jar(urllib.parse.urlsplit(self.base).netloc)["gatehouse_login"] = login_cookie
+        self.callback_refused(thief, cb, "login state was already used (replayed callback)")
+
+    def test_replayed_code_with_fresh_state(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        self.assertEqual(b.request(cb).status, 302)
+        code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(cb).query))["code"]
+        # A new login (new state, new cookie) presenting the used code.
+        b2 = Browser()
+        auth = self.start(b2, "corp")
+        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(auth).query))["state"]
+        iss = self.idp.issuer
+        self.callback_refused(
+            b2, f"{self.base}{CALLBACK}?code={q(code)}&state={q(state)}&iss={q(iss)}",
+            "token endpoint refused", "invalid_grant")
+
+    def test_tampered_login_cookie(self):
+        b = Browser()
+        cb = self.to_callback(b)
+        jar = b.jar(urllib.parse.urlsplit(self.base).netloc)
+        v = jar["gatehouse_login"]
+        mid = len(v) // 2
+        jar["gatehouse_login"] = v[:mid] + ("A" if v[mid] != "A" else "B") + v[mid + 1:]
+        self.callback_refused(b, cb, "login cookie was altered")
+
+    def test_tampered_session_cookie(self):
+        b = Browser()
+        r = b.request(self.to_callback(b))
+        self.assertEqual(r.status, 302)
+        jar = b.jar(urllib.parse.urlsplit(self.base).netloc)
+        good = jar["gatehouse_session"]
+        self.assertEqual(b.request(self.base + "/x").status, 200)
+        for bad in (good[:-1] + ("A" if good[-1] != "A" else "B"), good + "A", good[:-4],
+                    "", "../../etc", "A" * len(good)):
+            jar["gatehouse_session"] = bad
+            r = b.request(self.base + "/x")
+            self.assertEqual(r.status, 302, (bad, r))
+            self.assertTrue(r.header("Location").startswith("/.gatehouse/login"))
+        self.assertLogged("session cookie")
+        jar["gatehouse_session"] = good
+        self.assertEqual(b.request(self.base + "/x").status, 200)
+
+    def test_open_redirects_end_on_same_host(self):
+        variants = ["//evil.example", "https://evil.example", "/\\evil.example",
+                    "%2F%2Fevil.example", "/%5Cevil.example", "%2f%2fevil.example/x",
+                    "/%2F%2Fevil.example", "/%252F%252Fevil.example", "\\\\evil.example",
+                    "/\t/evil.example", "http:evil.example", "javascript:alert(1)"]
+        for rd in variants:
+            with self.subTest(rd=rd):
+                self.log_mark = len(self.gh.stderr())
+                b = Browser()
+                cb = self.to_callback(b, "corp", rd)
+                r = b.request(cb)
+                self.assertEqual(r.status, 302, r)
+                loc = r.header("Location")
+                final = urllib.parse.urljoin(cb, loc)
+                self.assertEqual(urllib.parse.urlsplit(final).netloc,
+                                 urllib.parse.urlsplit(self.base).netloc, (rd, loc))
+                self.assertTrue(loc.startswith("/") and not loc.startswith("//")
+                                and "\\" not in loc and "evil.example" not in
+                                urllib.parse.unquote(urllib.parse.unquote(loc)).split("?")[0]
+                                .lstrip("/")[:12], (rd, loc))
+        # And the redirect from a protected URL never carries one either.
+        for path in ["//evil.example/x", "/%2F%2Fevil.example", "/\\evil.example"]:
+            r = Browser().request(self.base + path)
+            if r.status == 302:
+                loc = r.header("Location")
+                self.assertTrue(loc.startswith("/.gatehouse/login"), loc)
+                rd = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query)).get("rd", "/")
+                self.assertTrue(rd.startswith("/") and not rd.startswith("//"), rd)
+
+    def test_unsafe_return_url_logged(self):
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/login?idp=corp&rd=" + q("//evil.example"))
+        self.assertEqual(r.status, 302)
+        self.assertLogged("unsafe return path refused from 127.0.0.1")
+
+    def test_spoofed_identity_headers_stripped(self):
+        b = Browser()
+        self.assertEqual(b.request(self.to_callback(b, user="bob")).status, 302)
+        spoof = {"X-Gatehouse-User": "admin", "X-Gatehouse-Email": "ceo@example.com",
+                 "X-Gatehouse-Groups": "admins", "X-Gatehouse-Assertion": "e30.e30.",
+                 "X-Gatehouse-Device": "trusted", "x-gatehouse-anything": "1"}
+        r = b.request(self.base + "/spoof", headers=spoof)
+        self.assertEqual(r.status, 200)
+        h = {}
+        for k, v in self.backend.last("/spoof")["headers"]:
+            h.setdefault(k.lower(), []).append(v)
+        self.assertEqual(h["x-gatehouse-user"], ["bob"])
+        self.assertEqual(h["x-gatehouse-email"], ["bob@example.com"])
+        self.assertEqual(h["x-gatehouse-groups"], ["sales"])
+        self.assertNotEqual(h["x-gatehouse-assertion"], ["e30.e30."])
+        self.assertNotIn("x-gatehouse-anything", h)
+        self.assertNotIn("x-gatehouse-device", h)
+        # Anonymous on a protected route: nothing reaches the backend at all.
+        before = self.backend.hits("/spoof2")
+        r = Browser(accept="application/json").request(self.base + "/spoof2", headers=spoof)
+        self.assertEqual(r.status, 401)
+        self.assertEqual(self.backend.hits("/spoof2"), before)
+
+
+class CraftedIdTokens(AttackBase):
+    """ID tokens from the stand-in OP; each bad one is refused at the callback."""
+
+    def rogue_callback(self, scenario):
+        self.rogue.scenario = scenario
+        b = Browser()
+        auth = self.start(b, "rogue", "/after")
+        self.assertTrue(auth.startswith(self.rogue.issuer + "/authorize?"), auth)
+        r = b.request(auth)
+        self.assertEqual(r.status, 302, r)
+        cb = r.header("Location")
+        self.assertTrue(cb.startswith(self.base + CALLBACK), cb)
+        return b, cb
+
+    def test_good_token_signs_in(self):
+        # The control: the stand-in's honest token is accepted, so each refusal
+        # below is about the one thing the scenario changes.
+        b, cb = self.rogue_callback("good")
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        self.assertEqual(r.header("Location"), "/after")
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.json()["user"], "mallory")
+        self.assertEqual(me.json()["email"], "mallory@example.com")
+        self.assertEqual(me.json()["idp"], "rogue")
+
+    def refused(self, scenario, *needles):
+        b, cb = self.rogue_callback(scenario)
+        self.callback_refused(b, cb, *needles)
+        self.assertEqual(b.request(self.base + "/after").status, 302)
+
+    def test_wrong_nonce(self):
+        self.refused("wrong_nonce", "token nonce does not match the login")
+
+    def test_missing_nonce(self):
+        self.refused("no_nonce", "token has no \"nonce\"")
+
+    def test_alg_none(self):
+        self.refused("alg_none", "not allowed")
+
+    def test_hs256_keyed_with_public_key(self):
+        self.refused("hs256_public_key", "token algorithm \"HS256\" is not allowed")
+
+    def test_expired(self):
+        self.refused("expired", "token expired")
+
+    def test_issued_in_the_future(self):
+        self.refused("future_iat", "in the future")
+
+    def test_wrong_iss(self):
+        self.refused("wrong_iss", "token issuer \"https://evil.example\" is not the expected")
+
+    def test_wrong_aud(self):
+        self.refused("wrong_aud", "token audience does not include \"gatehouse\"")
+
+    def test_unknown_kid(self):
+        self.refused("unknown_kid", "no key with kid \"not-published\"")
+
+    def test_forged_payload(self):
+        self.refused("bad_signature", "token signature is invalid")
+
+
+if __name__ == "__main__":
+    unittest.main()
