@@ -261,10 +261,12 @@ def parse_latency(s):
     return v / 1000.0 if unit == "us" else v * 1000.0 if unit == "s" else v
 
 
-def run_wrk(url, duration, conns, threads, close=False):
+def run_wrk(url, duration, conns, threads, close=False, headers=()):
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
+    for h in headers:  # extra request headers ("Name: value"), e.g. a cookie or bearer token
+        argv += ["-H", h]
     argv.append(url)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
     res = {"rps": float(WRK_RPS.search(out).group(1)),
