@@ -375,6 +375,7 @@ def main():
     ap.add_argument("--write", default=os.path.join(HERE, "README.md"),
                     help="README to update between the results markers ('-' = stdout only)")
     args = ap.parse_args()
+    args.load_start = os.getloadavg()[0]
 
     d = tempfile.mkdtemp(prefix="gh-bench-")
     for sub in ("backend-body", "nginx-body"):
@@ -457,7 +458,9 @@ def render(results, idle, targets, variants, args):
     lines.append(f"Run: {now}, `bash bench/run.sh` ({args.rounds} interleaved rounds, "
                  f"wrk -t1 -c{args.connections} -d{args.duration}s --latency, medians).")
     lines.append(f"Machine: {m['cpu']}, {m['mem']}, Linux {m['kernel']}; {m['nginx']}; "
-                 f"{m['haproxy']}; {m['wrk']}.")
+                 f"{m['haproxy']}; {m['wrk']}. Load average (1 min) at start/end: "
+                 f"{args.load_start:.1f} / {os.getloadavg()[0]:.1f} (other work on the machine "
+                 f"adds noise; the rounds are interleaved so it hits every target alike).")
     lines.append("Backend: nginx (1 worker) returning a 23-byte static body. Every proxy: one "
                  "worker (nginx `worker_processes 1` + upstream keepalive 64, HAProxy "
                  "`nbthread 1` + `http-reuse always`, Gatehouse `workers: 1`). wrk, the backend "

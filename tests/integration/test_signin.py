@@ -1,9 +1,143 @@
 """Sign-in through the real OpenID Provider: the whole authorization-code flow
-with PKCE through Gatehouse, the session cookie, and what the backend sees."""
+with PKCE through Gatehouse, the session cookie, and what the backend sees.
+Also: cookie flags (plain and TLS), the identity assertion verified with
+/.gatehouse/jwks.json (openssl CLI), /.gatehouse/me, logout (local and at the
+IdP), back-channel logout, `gatehouse sessions list|revoke`, restart, idle and
+absolute expiry, refresh under 50 concurrent requests with rotating refresh
+tokens, a slow IdP that does not stall the worker, and an unreachable IdP."""
+import base64
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
 import unittest
+import urllib.parse
 
-from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl
-from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
+from harness import (Backend, CertFactory, Gatehouse, basic_config, free_port, gatehouse_bin,
+                     read_jsonl)
+from oidc import CLIENT_SECRET, PASSWORDS, IdP, Browser, client_for, idp_conf, wait_for
+
+
+def b64u_dec(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def jwt_parts(tok):
+    h, p, s = tok.split(".")
+    return json.loads(b64u_dec(h)), json.loads(b64u_dec(p)), b64u_dec(s)
+
+
+def der_len(n):
+    if n < 128:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def der_int(raw):
+    raw = raw.lstrip(b"\0") or b"\0"
+    if raw[0] & 0x80:
+        raw = b"\0" + raw
+    return b"\x02" + der_len(len(raw)) + raw
+
+
+def es256_verify(jwk, token, tmpdir):
+    """Verifies a compact ES256 JWS with the openssl CLI: the JWK's x/y become
+    a SubjectPublicKeyInfo PEM, the raw R||S signature becomes DER."""
+    assert jwk["kty"] == "EC" and jwk["crv"] == "P-256", jwk
+    x, y = b64u_dec(jwk["x"]), b64u_dec(jwk["y"])
+    assert len(x) == 32 and len(y) == 32
+    # SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING 04||x||y }
+    spki = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + x + y
+    pem = b"-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(spki) + b"-----END PUBLIC KEY-----\n"
+    head, payload, sig = token.split(".")
+    raw = b64u_dec(sig)
+    assert len(raw) == 64, len(raw)
+    body = der_int(raw[:32]) + der_int(raw[32:])
+    der = b"\x30" + der_len(len(body)) + body
+    pub, sigf, data = (os.path.join(tmpdir, n) for n in ("pub.pem", "sig.der", "data"))
+    for path, content in ((pub, pem), (sigf, der), (data, f"{head}.{payload}".encode())):
+        with open(path, "wb") as f:
+            f.write(content)
+    r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", pub, "-signature", sigf, data],
+                       capture_output=True)
+    return r.returncode == 0 and b"Verified OK" in r.stdout
+
+
+def cookie_attrs(set_cookie):
+    name, _, rest = set_cookie.partition("=")
+    parts = [p.strip() for p in rest.split(";")]
+    attrs = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        attrs[k.lower()] = v
+    return name, parts[0], attrs
+
+
+def run_cli(*args):
+    return subprocess.run([gatehouse_bin(), "sessions", *args], capture_output=True, text=True,
+                          timeout=20)
+
+
+class Stack:
+    """A backend, the real IdP and Gatehouse with one protected route (and a
+    public one at /pub/) on a port picked in advance so the IdP knows the
+    redirect URI. session, idp_env, idp_extra and gh_extra tune it."""
+
+    def __init__(self, session=None, idp_env=None, idp_extra=None, gh_extra=None, state_dir=None,
+                 workers=1):
+        self.backend = Backend("app")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        client = client_for(self.base, post_logout_redirect_uris=[self.base + "/.gatehouse/logout"])
+        self.idp = IdP([client], env=idp_env)
+        self.idp_extra = dict(post_logout_redirect_uri=self.base + "/.gatehouse/logout",
+                              **(idp_extra or {}))
+        self.session = session
+        self.gh_extra = gh_extra or {}
+        self.state_dir = state_dir
+        self.workers = workers
+        self.gh = None
+        try:
+            self.start_gh()
+        except Exception:
+            self.stop()
+            raise
+
+    def config(self):
+        db = os.path.join(self.state_dir, "gatehouse.db") if self.state_dir else "var/gatehouse.db"
+        cfg = basic_config(
+            [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
+              "upstream": {"servers": [self.backend.url]}},
+             {"name": "app", "upstream": {"servers": [self.backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{self.port}"}],
+            state={"sqlite": db},
+            identity_providers=[idp_conf(self.idp, **self.idp_extra)],
+            workers=self.workers,
+        )
+        if self.session:
+            cfg["session"] = self.session
+        cfg.update(self.gh_extra)
+        return cfg
+
+    def start_gh(self):
+        self.gh = Gatehouse(self.config(), files={"oidc-secret": CLIENT_SECRET})
+
+    def log(self):
+        return self.gh.stderr().replace('\\"', '"')
+
+    def stop(self):
+        if self.gh:
+            self.gh.cleanup()
+        self.idp.stop()
+        self.backend.stop()
 
 
 class SignInTest(unittest.TestCase):
@@ -12,21 +146,34 @@ class SignInTest(unittest.TestCase):
         cls.backend = Backend("app")
         port = free_port()
         cls.base = f"http://127.0.0.1:{port}"
-        cls.idp = IdP([client_for(cls.base)])
+        cls.idp = IdP([client_for(cls.base,
+                                  post_logout_redirect_uris=[cls.base + "/.gatehouse/logout"])])
         cfg = basic_config(
             [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
-            identity_providers=[idp_conf(cls.idp)],
+            identity_providers=[idp_conf(
+                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/logout")],
             decision_log={"file": "var/decisions.jsonl"},
         )
         cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        cls.tmp = tempfile.mkdtemp(prefix="gh-signin-")
 
     @classmethod
     def tearDownClass(cls):
         cls.gh.cleanup()
         cls.idp.stop()
         cls.backend.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def log(self):
+        return self.gh.stderr().replace('\\"', '"')
+
+    def signed_in(self, user="alice", path="/"):
+        b = Browser()
+        r = b.login(self.base, path, user)
+        self.assertEqual(r.status, 200, r)
+        return b
 
     def test_sign_in_reaches_backend_with_identity(self):
         b = Browser()
@@ -34,11 +181,14 @@ class SignInTest(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
         seen = self.backend.last("/hello")
         self.assertIsNotNone(seen)
+        self.assertEqual(seen["target"], "/hello?x=1")  # the original URL was kept
         h = {k.lower(): v for k, v in seen["headers"]}
         self.assertEqual(h["x-gatehouse-user"], "alice")
         self.assertEqual(h["x-gatehouse-email"], "alice@example.com")
         self.assertEqual(h["x-gatehouse-groups"], "eng,admins")
         self.assertEqual(len(h["x-gatehouse-assertion"].split(".")), 3)
+        self.assertEqual(h["x-forwarded-proto"], "http")
+        self.assertTrue(h.get("x-request-id"))
         # The session cookie never reaches the backend.
         self.assertNotIn("gatehouse_session", h.get("cookie", ""))
         me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
@@ -56,6 +206,479 @@ class SignInTest(unittest.TestCase):
         self.assertEqual(r.status, 401)
         self.assertIn("Bearer", r.header("WWW-Authenticate"))
         self.assertEqual(r.json()["error"], "unauthenticated")
+
+    def test_cookie_flags_plain_http(self):
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/login?rd=%2F")
+        self.assertEqual(r.status, 302)
+        name, _, attrs = cookie_attrs(r.header("Set-Cookie"))
+        self.assertEqual(name, "gatehouse_login")
+        self.assertIn("httponly", attrs)
+        self.assertEqual(attrs["samesite"], "Lax")
+        self.assertEqual(attrs["path"], "/")
+        self.assertNotIn("secure", attrs)
+        # Walk to the callback, then look at the session cookie it sets.
+        url = urllib.parse.urljoin(self.base, r.header("Location"))
+        r, url, _ = b.follow(url)
+        action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                      .group(1).decode())
+        r = b.request(action, "POST", {"login": "alice", "password": PASSWORDS["alice"]})
+        while not r.header("Location", "").startswith(self.base + "/.gatehouse/oidc/callback"):
+            action = urllib.parse.urljoin(action, r.header("Location"))
+            r = b.request(action)
+        r = b.request(r.header("Location"))
+        self.assertEqual(r.status, 302)
+        cookies = {cookie_attrs(v)[0]: cookie_attrs(v) for v in r.header_all("Set-Cookie")}
+        _, value, attrs = cookies["gatehouse_session"]
+        self.assertGreaterEqual(len(value), 43)  # 256 random bits, encoded
+        self.assertIn("httponly", attrs)
+        self.assertEqual(attrs["samesite"], "Lax")
+        self.assertEqual(attrs["path"], "/")
+        self.assertNotIn("secure", attrs)
+        self.assertNotIn("domain", attrs)
+        # The login cookie is cleared once used.
+        self.assertEqual(cookies["gatehouse_login"][2].get("max-age"), "0")
+        # The cookie holds only an opaque id: nothing about the user in it.
+        self.assertNotIn("alice", base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+                         .decode("latin-1"))
+
+    def test_assertion_verified_with_published_jwks(self):
+        b = self.signed_in("alice", "/assert")
+        seen = self.backend.last("/assert")
+        h = {k.lower(): v for k, v in seen["headers"]}
+        tok = h["x-gatehouse-assertion"]
+        header, claims, _ = jwt_parts(tok)
+        self.assertEqual(header["alg"], "ES256")
+        jwks = b.request(self.base + "/.gatehouse/jwks.json",
+                         headers={"Accept": "application/json"}).json()
+        keys = [k for k in jwks["keys"] if k.get("kid") == header["kid"]]
+        self.assertEqual(len(keys), 1, jwks)
+        self.assertNotIn("d", keys[0])  # public part only
+        self.assertTrue(es256_verify(keys[0], tok, self.tmp))
+        # A forged claim breaks the signature.
+        _, p, s = tok.split(".")
+        forged_claims = dict(claims, email="mallory@example.com")
+        forged = tok.split(".")[0] + "." + base64.urlsafe_b64encode(
+            json.dumps(forged_claims).encode()).rstrip(b"=").decode() + "." + s
+        self.assertFalse(es256_verify(keys[0], forged, self.tmp))
+        now = time.time()
+        self.assertEqual(claims["iss"], "gatehouse")
+        self.assertEqual(claims["aud"], "app")
+        self.assertIn("alice", claims["sub"])
+        self.assertEqual(claims["email"], "alice@example.com")
+        self.assertEqual(claims["groups"], ["eng", "admins"])
+        self.assertTrue(claims["sid"])
+        self.assertTrue(claims["jti"])
+        self.assertLessEqual(abs(claims["iat"] - now), 5)
+        self.assertGreater(claims["exp"], now)
+        self.assertLessEqual(claims["exp"] - claims["iat"], 60)
+
+    def test_me_html_and_json(self):
+        b = self.signed_in("bob")
+        r = b.request(self.base + "/.gatehouse/me")
+        self.assertEqual(r.status, 200)
+        self.assertIn("text/html", r.header("Content-Type"))
+        for s in (b"bob@example.com", b"sales", b"corp"):
+            self.assertIn(s, r.body)
+        r = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        j = r.json()
+        self.assertEqual((j["user"], j["email"], j["groups"], j["idp"]),
+                         ("bob", "bob@example.com", ["sales"], "corp"))
+        exp = time.mktime(time.strptime(j["expires"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        self.assertGreater(exp, time.time())
+        r = Browser().request(self.base + "/.gatehouse/me")
+        self.assertEqual(r.status, 302)
+
+    def test_logout_ends_session_and_signs_out_at_idp(self):
+        b = self.signed_in("alice")
+        jar = b.jar(urllib.parse.urlsplit(self.base).netloc)
+        old = jar["gatehouse_session"]
+        r = b.request(self.base + "/.gatehouse/logout")
+        self.assertEqual(r.status, 302, r)
+        loc = r.header("Location")
+        self.assertTrue(loc.startswith(self.idp.issuer + "/session/end?"), loc)
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query))
+        self.assertIn("id_token_hint", q)
+        self.assertEqual(q["post_logout_redirect_uri"], self.base + "/.gatehouse/logout")
+        self.assertNotIn("gatehouse_session", jar)  # cleared in the browser
+        # The old cookie no longer works: the session ended server-side.
+        jar["gatehouse_session"] = old
+        self.assertEqual(b.request(self.base + "/after-logout").status, 302)
+        self.assertIn("signed out alice", self.log())
+        # The IdP's confirmation page, confirmed: back to the signed-out page.
+        r = b.request(loc)
+        self.assertEqual(r.status, 200, r)
+        form = dict(re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body))
+        action = re.search(rb'action="([^"]+)"', r.body).group(1).decode()
+        body = {k.decode(): v.decode() for k, v in form.items()}
+        body["logout"] = "yes"
+        r, final, _ = b.follow(urllib.parse.urljoin(loc, action), "POST", body)
+        self.assertTrue(final.startswith(self.base + "/.gatehouse/logout"), final)
+        self.assertEqual(r.status, 200)
+        # Signed out at the IdP too: signing in asks for the password again.
+        r, url, _ = b.follow(self.base + "/again")
+        self.assertIn(b"<form", r.body)
+
+    def test_backchannel_logout_from_idp(self):
+        b = self.signed_in("alice", "/bcl")
+        jar = b.jar(urllib.parse.urlsplit(self.base).netloc)
+        self.assertEqual(b.request(self.base + "/bcl").status, 200)
+        other = self.signed_in("alice", "/bcl")  # another browser: a separate IdP session
+        # End the IdP session directly at the IdP (not through Gatehouse).
+        idp_url = self.idp.issuer + "/session/end"
+        r = b.request(idp_url)
+        self.assertEqual(r.status, 200, r)
+        action = re.search(rb'action="([^"]+)"', r.body).group(1).decode()
+        body = {k.decode(): v.decode()
+                for k, v in re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body)}
+        body["logout"] = "yes"
+        b.follow(urllib.parse.urljoin(idp_url, action), "POST", body)
+        self.assertTrue(wait_for(lambda: "idp backchannel logout sent" in self.idp.log(), 5),
+                        self.idp.log()[-2000:])
+        self.assertTrue(wait_for(lambda: "back-channel logout from corp ended 1 session(s)"
+                                 in self.log(), 5), self.log()[-2000:])
+        self.assertIn("gatehouse_session", jar)
+        r = b.request(self.base + "/bcl")
+        self.assertEqual(r.status, 302, r)
+        # Only that IdP session (sid) ended: the other browser is still in.
+        self.assertEqual(other.request(self.base + "/bcl").status, 200)
+
+    def test_backchannel_logout_forged_token_refused(self):
+        b = self.signed_in("alice")
+        tok = "eyJhbGciOiJub25lIn0." + base64.urlsafe_b64encode(json.dumps(
+            {"iss": self.idp.issuer, "aud": "gatehouse", "sub": "alice", "jti": "x",
+             "iat": int(time.time()),
+             "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
+            .encode()).rstrip(b"=").decode() + "."
+        r = Browser().request(self.base + "/.gatehouse/oidc/backchannel-logout", "POST",
+                              {"logout_token": tok})
+        self.assertEqual(r.status, 400)
+        self.assertTrue(wait_for(lambda: "back-channel logout refused" in self.log(), 3))
+        self.assertEqual(b.request(self.base + "/still").status, 200)
+
+    def test_sessions_cli_list_and_revoke_within_1s(self):
+        b = self.signed_in("bob", "/cli")
+        a = self.signed_in("alice", "/cli")
+        # Sessions reach SQLite off the hot path; list shows them once written.
+        out = wait_for(lambda: "bob@example.com" in run_cli("list", "-c", self.gh.config_path)
+                       .stdout, 5)
+        self.assertTrue(out)
+        listed = run_cli("list", "-c", self.gh.config_path, "--json", "--user", "bob@example.com")
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        self.assertGreaterEqual(len(rows), 1)
+        self.assertTrue(all(r["email"] == "bob@example.com" for r in rows))
+        self.assertEqual(rows[0]["groups"], ["sales"])
+        self.assertEqual(b.request(self.base + "/cli").status, 200)
+        out = run_cli("revoke", "-c", self.gh.config_path, "--user", "bob@example.com")
+        done = time.time()
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"revoked [1-9]\d* session\(s\)")
+        while b.request(self.base + "/cli").status == 200:
+            self.assertLess(time.time() - done, 1.0, "revocation not applied within 1 s")
+            time.sleep(0.05)
+        self.assertLess(time.time() - done, 1.0)
+        self.assertEqual(a.request(self.base + "/cli").status, 200)  # alice untouched
+        self.assertNotIn("bob@example.com", run_cli("list", "-c", self.gh.config_path).stdout)
+        # Revoke by id (the 16-char public id from the list).
+        rows = [json.loads(line) for line in run_cli(
+            "list", "-c", self.gh.config_path, "--json", "--user", "alice@example.com")
+            .stdout.splitlines()]
+        me = a.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        mine = [r for r in rows if me.json()["session"].startswith(r["id"][:8])
+                or r["id"].startswith(me.json()["session"][:8])]
+        self.assertEqual(len(mine), 1, (rows, me.json()))
+        out = run_cli("revoke", "-c", self.gh.config_path, "--id", mine[0]["id"])
+        self.assertEqual(out.stdout.strip(), "revoked 1 session(s)", out.stderr)
+        done = time.time()
+        while a.request(self.base + "/cli").status == 200:
+            self.assertLess(time.time() - done, 1.0, "revocation by id not applied within 1 s")
+            time.sleep(0.05)
+
+    def test_decision_log_records_sign_in(self):
+        self.signed_in("alice", "/dl")
+        path = os.path.join(self.gh.dir, "var", "decisions.jsonl")
+        rec = wait_for(lambda: [e for e in read_jsonl(path)
+                                if "alice" in json.dumps(e) and "login" in json.dumps(e)], 5)
+        self.assertTrue(rec)
+
+
+class RestartKeepsSessions(unittest.TestCase):
+    def test_restart(self):
+        tmp = tempfile.mkdtemp(prefix="gh-restart-")
+        s = Stack(state_dir=tmp)
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/r1").status, 200)
+            self.assertEqual(b.request(s.base + "/r1").status, 200)
+            s.gh.stop()  # SIGTERM: pending session writes are flushed
+            s.gh.cleanup()
+            s.start_gh()
+            self.assertIn("loaded 1 live session(s)", s.log())
+            r = b.request(s.base + "/r2")
+            self.assertEqual(r.status, 200, r)
+            h = {k.lower(): v for k, v in s.backend.last("/r2")["headers"]}
+            self.assertEqual(h["x-gatehouse-email"], "alice@example.com")
+            # The assertion key survives too: the new JWKS verifies it.
+            jwks = b.request(s.base + "/.gatehouse/jwks.json").json()
+            kid = jwt_parts(h["x-gatehouse-assertion"])[0]["kid"]
+            key = [k for k in jwks["keys"] if k["kid"] == kid][0]
+            self.assertTrue(es256_verify(key, h["x-gatehouse-assertion"], tmp))
+        finally:
+            s.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Expiry(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s = Stack(session={"idle_timeout": "2s", "max_lifetime": "4s"})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.s.stop()
+
+    def test_idle_timeout(self):
+        b = Browser()
+        self.assertEqual(b.login(self.s.base, "/i").status, 200)
+        time.sleep(1.2)
+        self.assertEqual(b.request(self.s.base + "/i").status, 200)  # activity extends it
+        time.sleep(1.2)
+        self.assertEqual(b.request(self.s.base + "/i").status, 200)
+        time.sleep(2.6)
+        r = b.request(self.s.base + "/i")
+        self.assertEqual(r.status, 302, r)
+        self.assertIn("expired session cookie", self.s.log())
+
+    def test_absolute_lifetime(self):
+        b = Browser()
+        self.assertEqual(b.login(self.s.base, "/a").status, 200)
+        start = time.time()
+        codes = []
+        while time.time() - start < 5.0:
+            codes.append((round(time.time() - start, 2), b.request(self.s.base + "/a").status))
+            time.sleep(0.4)
+        early = [c for t, c in codes if t < 3.5]
+        late = [c for t, c in codes if t > 4.3]
+        self.assertTrue(early and all(c == 200 for c in early), codes)
+        self.assertTrue(late and all(c == 302 for c in late), codes)
+
+
+class Refresh(unittest.TestCase):
+    """Access tokens live 4 s; Gatehouse refreshes 2 s before expiry. 50
+    concurrent requests when a refresh is due make exactly one token request,
+    and the rotating refresh token keeps the session alive across rounds."""
+
+    def test_refresh_once_per_due_period_under_50_concurrent(self):
+        s = Stack(session={"refresh": True, "refresh_before": "2s"},
+                  idp_env={"GH_IDP_ACCESS_TTL": "4", "GH_IDP_ID_TTL": "4"}, workers=2)
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/f").status, 200)
+            cookie = b.session_cookie(s.base)
+
+            def one(i):
+                c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=15)
+                c.request("GET", f"/f?i={i}", headers={"Cookie": f"gatehouse_session={cookie}",
+                                                      "Accept": "application/json"})
+                st = c.getresponse().status
+                c.close()
+                return st
+
+            def refreshes():
+                return s.idp.log().count("idp token grant refresh_token ok")
+
+            self.assertEqual(refreshes(), 0)
+            with concurrent.futures.ThreadPoolExecutor(50) as ex:
+                for rnd in range(1, 4):
+                    time.sleep(2.6)  # the token is now due for refresh
+                    codes = list(ex.map(one, range(50)))
+                    self.assertEqual(codes, [200] * 50, f"round {rnd}")
+                    self.assertTrue(wait_for(lambda: refreshes() >= rnd, 5), s.idp.log())
+                    time.sleep(0.5)
+                    self.assertEqual(refreshes(), rnd, f"round {rnd}:\n" + s.idp.log())
+            self.assertNotIn("grant refresh_token failed", s.idp.log())
+            self.assertIn("session refreshed at corp", s.log())
+            self.assertEqual(b.request(s.base + "/f").status, 200)
+        finally:
+            s.stop()
+
+
+class SlowIdP(unittest.TestCase):
+    """The token endpoint answers after 3 s; with one worker, other requests
+    keep flowing meanwhile."""
+
+    def test_other_requests_flow_during_slow_token_exchange(self):
+        s = Stack(idp_env={"GH_IDP_TOKEN_DELAY_MS": "3000"}, workers=1)
+        try:
+            b = Browser()
+            done = {}
+
+            def login():
+                t0 = time.time()
+                done["r"] = b.login(s.base, "/slow-login")
+                done["t"] = time.time() - t0
+
+            th = threading.Thread(target=login)
+            th.start()
+            self.assertTrue(wait_for(lambda: "sign-in started" in s.log(), 5))
+            time.sleep(0.8)  # the browser is now in the 3 s token exchange
+            lat = []
+            for i in range(5):
+                t0 = time.time()
+                c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+                c.request("GET", f"/pub/quick{i}")
+                self.assertEqual(c.getresponse().status, 200)
+                c.close()
+                lat.append(time.time() - t0)
+                r = Browser().request(s.base + "/.gatehouse/login")
+                self.assertEqual(r.status, 302)
+            self.assertTrue(th.is_alive(), "the token exchange was not slow")
+            th.join(20)
+            self.assertEqual(done["r"].status, 200, done.get("r"))
+            self.assertGreater(done["t"], 3.0)
+            self.assertLess(max(lat), 0.5, lat)
+        finally:
+            s.stop()
+
+
+class IdPUnreachable(unittest.TestCase):
+    def test_clear_error_page_and_sessions_keep_working(self):
+        s = Stack()
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/u").status, 200)
+            # A second browser gets as far as the callback; then the IdP dies.
+            b2 = Browser()
+            r = b2.request(s.base + "/.gatehouse/login?rd=%2Fu")
+            url = urllib.parse.urljoin(s.base, r.header("Location"))
+            r, url, _ = b2.follow(url)
+            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                          .group(1).decode())
+            r = b2.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
+            while not r.header("Location", "").startswith(s.base):
+                action = urllib.parse.urljoin(action, r.header("Location"))
+                r = b2.request(action)
+            callback = r.header("Location")
+            s.idp.stop()
+            mark = len(s.log())
+            r = b2.request(callback)
+            self.assertEqual(r.status, 502, r)
+            self.assertIn("text/html", r.header("Content-Type"))
+            self.assertIn(b"Sign-in failed", r.body)
+            self.assertIn(r.header("X-Request-Id").encode(), r.body)
+            new = s.log()[mark:]
+            self.assertIn("Sign-in failed", new)
+            self.assertIn(r.header("X-Request-Id"), new)
+            # JSON callers get JSON.
+            r = Browser(accept="application/json").request(callback)
+            self.assertIn(r.status, (400, 502))
+            self.assertIn("application/json", r.header("Content-Type"))
+            # The established session does not need the IdP.
+            for _ in range(3):
+                self.assertEqual(b.request(s.base + "/u").status, 200)
+        finally:
+            s.stop()
+
+    def test_idp_down_from_the_start(self):
+        s = Stack()
+        try:
+            s.idp.stop()
+            s.gh.cleanup()
+            s.start_gh()  # discovery has never succeeded
+            r = Browser().request(s.base + "/.gatehouse/login?rd=%2F")
+            self.assertEqual(r.status, 502, r)
+            self.assertIn("text/html", r.header("Content-Type"))
+            self.assertTrue(wait_for(lambda: "corp" in s.log()[-2000:] and
+                                     "level=warn" in s.log()[-2000:], 3), s.log()[-2000:])
+            self.assertEqual(Browser().request(s.base + "/pub/ok").status, 200)
+        finally:
+            s.stop()
+
+
+class TLSCookies(unittest.TestCase):
+    def test_host_prefix_and_secure_on_tls(self):
+        tmp = tempfile.mkdtemp(prefix="gh-tls-signin-")
+        backend = Backend("app")
+        port = free_port()
+        base = f"https://127.0.0.1:{port}"
+        idp = IdP([client_for(base)])
+        gh = None
+        try:
+            certs = CertFactory(tmp)
+            crt, key = certs.leaf("gatehouse", ips=["127.0.0.1"])
+            cfg = basic_config(
+                [{"name": "app", "upstream": {"servers": [backend.url]}}],
+                listen=[{"address": f"127.0.0.1:{port}", "tls": {"cert": crt, "key": key}}],
+                state={"sqlite": "var/gatehouse.db"},
+                identity_providers=[idp_conf(idp)],
+            )
+            gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+            ctx = ssl.create_default_context(cafile=certs.ca_crt)
+            b = TLSBrowser(ctx)
+            r = b.request(base + "/.gatehouse/login?rd=%2Ftls")
+            self.assertEqual(r.status, 302, r)
+            name, _, attrs = cookie_attrs(r.header("Set-Cookie"))
+            self.assertEqual(name, "__Host-gatehouse_login")
+            self.assertIn("secure", attrs)
+            self.assertEqual(attrs["path"], "/")
+            self.assertNotIn("domain", attrs)
+            q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.header("Location")).query))
+            self.assertEqual(q["redirect_uri"], base + "/.gatehouse/oidc/callback")
+            r, url, _ = b.follow(r.header("Location"))
+            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                          .group(1).decode())
+            r = b.request(action, "POST", {"login": "alice", "password": PASSWORDS["alice"]})
+            while not r.header("Location", "").startswith(base):
+                action = urllib.parse.urljoin(action, r.header("Location"))
+                r = b.request(action)
+            r = b.request(r.header("Location"))
+            self.assertEqual(r.status, 302, r)
+            cookies = {cookie_attrs(v)[0]: cookie_attrs(v)[2] for v in r.header_all("Set-Cookie")}
+            a = cookies["__Host-gatehouse_session"]
+            self.assertIn("secure", a)
+            self.assertIn("httponly", a)
+            self.assertEqual(a["samesite"], "Lax")
+            self.assertEqual(a["path"], "/")
+            self.assertNotIn("domain", a)
+            r = b.request(base + "/tls")
+            self.assertEqual(r.status, 200, r)
+            h = {k.lower(): v for k, v in backend.last("/tls")["headers"]}
+            self.assertEqual(h["x-gatehouse-email"], "alice@example.com")
+            self.assertEqual(h["x-forwarded-proto"], "https")
+            # The plain-HTTP cookie name is not accepted on TLS.
+            jar = b.jar(f"127.0.0.1:{port}")
+            v = jar.pop("__Host-gatehouse_session")
+            jar["gatehouse_session"] = v
+            self.assertEqual(b.request(base + "/tls").status, 302)
+        finally:
+            if gh:
+                gh.cleanup()
+            idp.stop()
+            backend.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TLSBrowser(Browser):
+    """The cookie-keeping client over TLS for https:// URLs (plain otherwise)."""
+
+    def __init__(self, ctx, accept="text/html"):
+        super().__init__(accept)
+        self.ctx = ctx
+
+    def request(self, url, method="GET", body=None, headers=None):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "https":
+            return super().request(url, method, body, headers)
+        orig = http.client.HTTPConnection
+        ctx = self.ctx
+
+        def conn(host, port, timeout=15):
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        http.client.HTTPConnection = conn
+        try:
+            return super().request(url, method, body, headers)
+        finally:
+            http.client.HTTPConnection = orig
 
 
 if __name__ == "__main__":

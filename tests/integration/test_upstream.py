@@ -128,6 +128,49 @@ class RetryAndPassiveHealthTest(LoggedCase):
                              f"POST #{i} went to a server marked down: {r}")
 
 
+class PassiveHealthThresholdTest(ProxyCase):
+    """max_fails: 3 means the third consecutive failure marks the server down:
+    POSTs (never retried) alternate between [dead, live] until then."""
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", [dead_url()] + cls.backends, balance="round_robin",
+                                   max_fails=3, fail_timeout="60s")])
+
+    def test_marked_down_after_max_fails(self):
+        statuses = [request(self.gh.port, "POST", f"/n/{i}", body=b"x").status
+                    for i in range(12)]
+        failed = [s for s in statuses if s != 200]
+        self.assertEqual(len(failed), 3, statuses)
+        self.assertEqual(statuses[-6:], [200] * 6, statuses)
+
+
+class PassiveHealthRecoveryTest(unittest.TestCase):
+    """A server marked down is skipped for fail_timeout, then tried again."""
+
+    def setUp(self):
+        self.b1 = Backend("b1")
+        self.b2 = Backend("b2")
+        self.port2 = self.b2.port
+        self.b2.stop()  # down: connections to its port are refused
+        self.gh = Gatehouse(basic_config([route("app", [self.b1, f"http://127.0.0.1:{self.port2}"],
+                                                balance="round_robin", max_fails=1,
+                                                fail_timeout="1s")]))
+
+    def tearDown(self):
+        self.gh.cleanup()
+        self.b1.stop()
+        self.b2.stop()
+
+    def test_skipped_then_retried(self):
+        for i in range(4):
+            self.assertEqual(request(self.gh.port, "GET", f"/a/{i}").header("x-backend"), "b1")
+        self.b2 = Backend("b2", port=self.port2)  # back up on the same port
+        self.assertTrue(wait_until(
+            lambda: request(self.gh.port, "GET", "/b").header("x-backend") == "b2", 5, 0.2),
+            "the recovered server never got traffic again after fail_timeout")
+
+
 class NoRetryForPostTest(LoggedCase):
     """A POST is not retried; with health marking effectively off, the ones sent to
     the dead server get a 502 page with the request id."""
