@@ -129,9 +129,14 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     }
     const struct conf_node *sess = conf_get(root, "session");
     session_conf_parse(d, sess, conf_file, &an->sconf);
-    const struct conf_node *pages = sess ? conf_get(sess, "pages") : NULL;
-    an->pages_dir = pages && pages->type == CONF_SCALAR ? conf_path_resolve(conf_file, pages->value)
-                                                        : xstrdup(GATEHOUSE_WEB_DIR);
+    /* pages: {dir: web/login} - the sign-in page templates. */
+    static const char *const pages_keys[] = { "dir", "show_deny_reason", NULL };
+    const struct conf_node *pages = conf_get(root, "pages");
+    const char *dir = NULL;
+    if (pages != NULL && conf_check_keys(d, pages, "pages", pages_keys)) {
+        conf_string(d, pages, "dir", &dir);
+    }
+    an->pages_dir = dir ? conf_path_resolve(conf_file, dir) : xstrdup(GATEHOUSE_WEB_DIR);
     parse_assertion(an, root, conf_file, d);
     an->state_db = state_db ? xstrdup(state_db) : NULL;
     if (d->count != before) {
@@ -683,11 +688,10 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
                                 struct authn_out *out, bool *anonymous)
 {
     *anonymous = false;
-    if (req->authorization.len > 0) {
-        if (req->authorization.len < 8 || !str_ieq(
-                (struct str){ req->authorization.p, 7 }, STR("Bearer "))) {
-            return unauthenticated(an, req, a, out, "unsupported Authorization scheme");
-        }
+    /* Other schemes (Basic for the backend itself, say) are not ours: the
+     * session cookie decides then. */
+    if (req->authorization.len > 7 &&
+        str_ieq((struct str){ req->authorization.p, 7 }, STR("Bearer "))) {
         struct str tok = str_trim((struct str){ req->authorization.p + 7,
                                                 req->authorization.len - 7 });
         struct idp *x = idp_for_token(an, req, tok);

@@ -953,9 +953,9 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
             replace(&e->email, email);
             replace(&e->name, name);
             replace(&e->groups, groups_json);
-            if (token_exp_s > 0) {
-                e->token_exp_s = token_exp_s;
-            }
+            /* 0 = the IdP did not say: stop refreshing rather than refresh on
+             * every request with a stale expiry. */
+            e->token_exp_s = token_exp_s > 0 ? token_exp_s : 0;
             copy = sess_copy(e);
         } else if (end_on_failure) {
             *pp = e->next;

@@ -332,6 +332,12 @@ static void test_sign_in_session_me_and_assertion(void **state)
     authn_check(an, &q.r, a, &o);
     assert_non_null(strstr(o.resp.body, "<dd id=\"me-groups\">eng, admins</dd>"));
 
+    /* A Basic header meant for the backend does not hide the session. */
+    rq_init(&q, "GET", "/wiki", "", gh, NULL);
+    q.r.authorization = STR("Basic YTpi");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_string_equal(o.id.email, "alice@example.com");
+
     /* A tampered cookie is no session. */
     char *bad = xstrdup(gh);
     bad[5] = bad[5] == 'A' ? 'B' : 'A';

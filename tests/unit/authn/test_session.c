@@ -296,6 +296,12 @@ static void test_refresh_single_flight_and_rotation(void **state)
     assert_true(session_refresh_claim(s, str_from(ck), now_ms(), &rt));
     assert_string_equal(rt, "RT-rotated-2");
     free(rt);
+    /* An answer without an expiry must not make every request refresh again. */
+    session_refresh_done(s, str_from(ck), true, false, NULL, 0, NULL, NULL, NULL);
+    assert_int_equal(session_lookup(s, str_from(ck), now_ms(), a, &v), SESSION_VALID);
+    assert_false(v.refresh_due);
+    assert_true(session_refresh_claim(s, str_from(ck), now_ms(), &rt));
+    free(rt);
     /* A failed refresh with invalid_grant ends the session. */
     session_refresh_done(s, str_from(ck), false, true, NULL, 0, NULL, NULL, NULL);
     assert_int_equal(session_lookup(s, str_from(ck), now_ms(), a, &v), SESSION_NONE);
