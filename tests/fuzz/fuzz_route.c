@@ -29,13 +29,18 @@ static const char yaml[] =
     "listen: [{address: 127.0.0.1:8080}]\n"
     "routes:\n"
     "  - {name: a, match: {host: a.test}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: a-api, match: {host: a.test, path_prefix: /api}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: a-v2, match: {host: a.test, path_prefix: /api/v2/}, upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: a-api, match: {host: a.test, path_prefix: /api}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: a-v2, match: {host: a.test, path_prefix: /api/v2/}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: w, match: {host: '*.w.test'}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: w-deep, match: {host: '*.x.w.test', path_prefix: /d}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: e, match: {host: e.w.test, path_prefix: /only}, upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: w-deep, match: {host: '*.x.w.test', path_prefix: /d}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: e, match: {host: e.w.test, path_prefix: /only}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: v6, match: {host: '[::1]'}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: any-static, match: {path_prefix: /static}, upstream: {servers: [http://h:1]}, public: true}\n";
+    "  - {name: any-static, match: {path_prefix: /static}, upstream: {servers: [http://h:1]}, "
+    "public: true}\n";
 
 static struct config *cfg;
 

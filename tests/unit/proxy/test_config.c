@@ -380,7 +380,8 @@ static const struct bad bad_cases[] = {
       "\"a b\"" },
     { BASE_LISTEN "routes:\n"
                   "  - {name: a, upstream: {servers: [http://127.0.0.1:1]}}\n"
-                  "  - {name: a, match: {path_prefix: /x}, upstream: {servers: [http://127.0.0.1:1]}}\n",
+                  "  - {name: a, match: {path_prefix: /x}, "
+                  "upstream: {servers: [http://127.0.0.1:1]}}\n",
       "t.yaml:5:12: error: duplicate route name \"a\" (first at line 4)" },
     { BASE_LISTEN "routes:\n  - name: a\n",
       "t.yaml:4:5: error: route \"a\" has no upstream servers" },
@@ -433,8 +434,10 @@ static const struct bad bad_cases[] = {
       "t.yaml:5:26: error: \"path_prefix\" must start with \"/\" and hold no spaces, \"?\" or "
       "\"#\", got \"api\"" },
     { BASE_LISTEN "routes:\n"
-                  "  - {name: a, match: {host: x.test, path_prefix: /p}, upstream: {servers: [http://h:1]}}\n"
-                  "  - {name: b, match: {host: X.TEST, path_prefix: /p}, upstream: {servers: [http://h:1]}}\n",
+                  "  - {name: a, match: {host: x.test, path_prefix: /p}, "
+                  "upstream: {servers: [http://h:1]}}\n"
+                  "  - {name: b, match: {host: X.TEST, path_prefix: /p}, "
+                  "upstream: {servers: [http://h:1]}}\n",
       "t.yaml:5:5: error: route \"b\" has the same host and path_prefix as route \"a\" (line 4)" },
     { BASE_LISTEN "routes:\n"
                   "  - {name: a, upstream: {servers: [http://h:1]}}\n"

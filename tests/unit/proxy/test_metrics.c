@@ -172,10 +172,12 @@ static void test_route_ids_are_stable_by_name_across_reloads(void **state)
 {
     const char y1[] = "listen: [{address: 127.0.0.1:8080}]\nroutes:\n"
                       "  - {name: a, upstream: {servers: [http://h:1]}, public: true}\n"
-                      "  - {name: b, match: {path_prefix: /b}, upstream: {servers: [http://h:1]}, public: true}\n";
+                      "  - {name: b, match: {path_prefix: /b}, "
+                      "upstream: {servers: [http://h:1]}, public: true}\n";
     const char y2[] = "listen: [{address: 127.0.0.1:8080}]\nroutes:\n"
                       "  - {name: c, upstream: {servers: [http://h:1]}, public: true}\n"
-                      "  - {name: a, match: {path_prefix: /a}, upstream: {servers: [http://h:1]}, public: true}\n";
+                      "  - {name: a, match: {path_prefix: /a}, "
+                      "upstream: {servers: [http://h:1]}, public: true}\n";
     struct conf_diag d = { 0 };
     struct metrics *m = metrics_new(1);
     struct config *c1 = config_parse("m.yaml", y1, sizeof y1 - 1, &d);

@@ -16,14 +16,21 @@ static const char yaml[] =
     "listen: [{address: 127.0.0.1:8080}]\n"
     "routes:\n"
     "  - {name: exact, match: {host: a.test}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: api, match: {host: a.test, path_prefix: /api}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: apiv2, match: {host: a.test, path_prefix: /api/v2/}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: wild, match: {host: '*.wild.test'}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: deeper, match: {host: '*.b.wild.test'}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: exactwild, match: {host: exact.wild.test}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: only-admin, match: {host: o.test, path_prefix: /admin}, upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: api, match: {host: a.test, path_prefix: /api}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: apiv2, match: {host: a.test, path_prefix: /api/v2/}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: wild, match: {host: '*.wild.test'}, upstream: {servers: [http://h:1]}, "
+    "public: true}\n"
+    "  - {name: deeper, match: {host: '*.b.wild.test'}, upstream: {servers: [http://h:1]}, "
+    "public: true}\n"
+    "  - {name: exactwild, match: {host: exact.wild.test}, upstream: {servers: [http://h:1]}, "
+    "public: true}\n"
+    "  - {name: only-admin, match: {host: o.test, path_prefix: /admin}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: v6, match: {host: '[::1]'}, upstream: {servers: [http://h:1]}, public: true}\n"
-    "  - {name: catchall-static, match: {path_prefix: /static}, upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: catchall-static, match: {path_prefix: /static}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: catchall, upstream: {servers: [http://h:1]}, public: true}\n";
 
 static int setup(void **state)
@@ -133,7 +140,8 @@ static void test_no_route_returns_null(void **state)
 {
     const char y[] = "listen: [{address: 127.0.0.1:8080}]\n"
                      "routes:\n"
-                     "  - {name: a, match: {host: a.test}, upstream: {servers: [http://h:1]}, public: true}\n";
+                     "  - {name: a, match: {host: a.test}, upstream: {servers: [http://h:1]}, "
+                     "public: true}\n";
     struct conf_diag d = { 0 };
     struct config *c = config_parse("r.yaml", y, sizeof y - 1, &d);
     (void)state;
