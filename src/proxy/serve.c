@@ -2,13 +2,15 @@
  * worker's SO_REUSEPORT sockets (so a bad address fails at startup, exit 1),
  * starts one worker per core, then the main thread only handles signals:
  * SIGHUP reloads (a config that fails validation is refused and the running
- * one stays; listener changes need a restart), SIGTERM/SIGINT drains:
+ * one stays; listener changes need a restart), so does an edited route policy
+ * file (polled every second), SIGTERM/SIGINT drains:
  * listeners close, in-flight requests get timeouts.drain to finish, exit 0. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +50,32 @@ static bool same_listeners(const struct config *a, const struct config *b)
     return a->workers == b->workers;
 }
 
+/* A fingerprint of every route's policy file (inode, size, mtime; a missing file
+ * counts too): when it changes, the main thread reloads as on SIGHUP, so an edited
+ * policy takes effect without a signal (and one that fails validation is refused). */
+static uint64_t policy_files_stamp(const struct config *cfg)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const char *f = cfg->routes[i].policy_file;
+        struct stat st;
+        uint64_t v[4] = { 0 };
+        if (!f) {
+            continue;
+        }
+        if (stat(f, &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        for (size_t k = 0; k < 4; k++) {
+            h = (h ^ v[k]) * 1099511628211ULL;
+        }
+    }
+    return h;
+}
 
 static struct config *reload(struct config *cur)
 {
@@ -252,14 +280,25 @@ int proxy_cmd_serve(int argc, char **argv)
         log_emit(LOG_INFO, "serve", NULL, extra, "gatehouse %s serving", GATEHOUSE_VERSION);
     }
 
+    uint64_t stamp = policy_files_stamp(cfg);
     for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig) != 0) {
+        /* Wakes at least once a second to notice edited policy files. */
+        const struct timespec tick = { 1, 0 };
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0) {
+            uint64_t now = errno == EAGAIN ? policy_files_stamp(cfg) : stamp;
+            if (now != stamp) {
+                log_info("serve", "a policy file changed: reloading %s", cfg->file);
+                cfg = reload(cfg);
+                /* A refused reload is retried on the next change, not every second. */
+                stamp = policy_files_stamp(cfg);
+            }
             continue;
         }
         if (sig == SIGHUP) {
             log_info("serve", "SIGHUP: reloading %s", cfg->file);
             cfg = reload(cfg);
+            stamp = policy_files_stamp(cfg);
             continue;
         }
         log_info("serve", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
