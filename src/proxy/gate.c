@@ -587,10 +587,12 @@ static enum access_step fail_page(struct gate_req *q, int status, const char *ti
     return respond(q, status, "application/json", str_from(body), NULL);
 }
 
-/* Finishes a suspended request with a step (or returns it when not suspended). */
+/* Finishes a suspended request with a step (or returns it when not suspended).
+ * After ACCESS_RESPOND the request, and q in its arena, may already be gone:
+ * st is tested first so that q is only read when it is still alive. */
 static enum access_step finish(struct gate_req *q, enum access_step st)
 {
-    if (q->pending && st == ACCESS_ALLOW) {
+    if (st == ACCESS_ALLOW && q->pending) {
         request_resume(q->r, st);
     }
     return st;
@@ -1428,6 +1430,9 @@ static enum access_step verify_bearer(struct gate_req *q)
 {
     struct request *r = q->r;
     struct err e = { 0 };
+    /* The reason to log: a provider that held the token's key and refused it
+     * says more than the others' "no key with kid". */
+    struct err why = { 0 };
 
     for (size_t i = 0; i < q->gr->nidps; i++) {
         struct gate_idp *gi = q->gr->idps[i];
@@ -1448,6 +1453,9 @@ static enum access_step verify_bearer(struct gate_req *q)
             return fetch_jwks(q, md);
         }
         if (rc != 0) {
+            if (rc != ERR_NOTFOUND || !why.msg[0]) {
+                why = e;
+            }
             continue;
         }
         char *gj = json_dumps(oi.groups, JSON_COMPACT);
@@ -1465,7 +1473,7 @@ static enum access_step verify_bearer(struct gate_req *q)
         return finish(q, check_with_identity(q, claims));
     }
     log_emit(LOG_INFO, "authn", r->id, NULL, "bearer token refused: %s",
-             e.msg[0] ? e.msg : "no identity provider keys");
+             why.msg[0] ? why.msg : "no identity provider keys");
     q->id.bearer = true;
     q->id.authenticated = false;
     return finish(q, check_with_identity(q, NULL));
