@@ -2,6 +2,7 @@
  * the OIDC, session, cookie and assertion code. Pure functions, no I/O. */
 #include "codec.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,9 +125,22 @@ bool codec_rand_bytes(unsigned char *buf, size_t n)
     return RAND_bytes(buf, (int)n) == 1;
 }
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_init(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void codec_sha256(const void *p, size_t n, unsigned char out[32])
 {
-    SHA256(p, n, out);
+    /* OpenSSL 3's one-shot SHA256() fetches the algorithm on every call (about
+     * a microsecond); the session lookup hashes every cookie, so fetch once. */
+    pthread_once(&sha256_once, sha256_init);
+    if (sha256_md == NULL || EVP_Digest(p, n, out, NULL, sha256_md, NULL) != 1) {
+        SHA256(p, n, out);
+    }
 }
 
 void codec_buf_add(struct sbuf *b, const char *s, size_t n)

@@ -26,6 +26,7 @@ struct jwks_key {
 
 struct jwks {
     atomic_int refs;
+    uint64_t id;
     size_t n;
     struct jwks_key keys[];
 };
@@ -109,6 +110,8 @@ struct jwks *jwks_parse(struct str json, struct err *err)
     }
     set = xcalloc(1, sizeof *set + n * sizeof set->keys[0]);
     atomic_init(&set->refs, 1);
+    static atomic_uint_fast64_t next_id = 1;
+    set->id = atomic_fetch_add(&next_id, 1);
     for (size_t i = 0; i < n; i++) {
         json_t *k = json_array_get(keys, i);
         if (!json_is_object(k)) {
@@ -175,6 +178,11 @@ void jwks_unref(struct jwks *k)
 size_t jwks_count(const struct jwks *k)
 {
     return k ? k->n : 0;
+}
+
+uint64_t jwks_id(const struct jwks *k)
+{
+    return k ? k->id : 0;
 }
 
 const char *jwt_claim_str(const json_t *c, const char *name)

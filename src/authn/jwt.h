@@ -42,6 +42,8 @@ struct jwks *jwks_ref(struct jwks *k);
 /* NULL is a no-op. */
 void jwks_unref(struct jwks *k);
 size_t jwks_count(const struct jwks *k);
+/* A process-unique number for this parsed set (caches key on it; never reused). */
+uint64_t jwks_id(const struct jwks *k);
 
 struct jwt_rules {
     const char *issuer;              /* required: exact match of "iss" */

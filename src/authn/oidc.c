@@ -21,6 +21,10 @@
 
 /* ---- configuration ---------------------------------------------------- */
 
+struct bearer_cache;
+static struct bearer_cache *bearer_cache_new(void);
+static void bearer_cache_free(struct bearer_cache *c);
+
 static const char *const provider_keys[] = {
     "id", "type", "issuer", "client_id", "client_secret", "client_secret_file",
     "token_endpoint_auth", "private_key", "scopes", "claims", "groups_from_userinfo",
@@ -262,6 +266,7 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     if (d->count != before) {
         goto fail;
     }
+    p->bearer_cache = bearer_cache_new();
     if (p->allow_insecure_issuer && strncmp(p->issuer, "http://", 7) == 0) {
         log_warn("authn", "identity provider \"%s\" uses an insecure http:// issuer "
                  "(allow_insecure_issuer): for tests only", p->id);
@@ -297,6 +302,7 @@ void oidc_provider_free(struct oidc_provider *p)
     }
     free(p->audiences);
     free(p->post_logout_redirect_uri);
+    bearer_cache_free(p->bearer_cache);
     free(p);
 }
 
@@ -1125,10 +1131,105 @@ out:
     return rc;
 }
 
+#define BEARER_SLOTS 4096
+#define BEARER_STRIPES 64
+#define BEARER_MAX_AGE_S 300
+
+struct bearer_slot {
+    unsigned char h[32];
+    uint64_t keys_id;
+    int64_t exp_s;        /* token exp */
+    int64_t until_s;      /* cache entry end */
+    char *claims;         /* compact JSON */
+};
+
+struct bearer_cache {
+    pthread_mutex_t mu[BEARER_STRIPES];
+    struct bearer_slot slot[BEARER_SLOTS];
+};
+
+static struct bearer_cache *bearer_cache_new(void)
+{
+    struct bearer_cache *c = xcalloc(1, sizeof *c);
+    for (size_t i = 0; i < BEARER_STRIPES; i++) {
+        pthread_mutex_init(&c->mu[i], NULL);
+    }
+    return c;
+}
+
+static void bearer_cache_free(struct bearer_cache *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < BEARER_SLOTS; i++) {
+        free(c->slot[i].claims);
+    }
+    for (size_t i = 0; i < BEARER_STRIPES; i++) {
+        pthread_mutex_destroy(&c->mu[i]);
+    }
+    free(c);
+}
+
+/* Returns the cached claims (caller json_decref()s) or NULL. */
+static json_t *bearer_cache_get(struct bearer_cache *c, const unsigned char h[32],
+                                uint64_t keys_id, int64_t now_s)
+{
+    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
+    char *claims = NULL;
+    pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
+    struct bearer_slot *s = &c->slot[i];
+    if (s->claims != NULL && s->keys_id == keys_id && memcmp(s->h, h, 32) == 0 &&
+        now_s < s->until_s) {
+        claims = xstrdup(s->claims);
+    }
+    pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
+    if (claims == NULL) {
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *j = json_loads(claims, 0, &jerr);
+    free(claims);
+    return j;
+}
+
+static void bearer_cache_put(struct bearer_cache *c, const unsigned char h[32], uint64_t keys_id,
+                             const json_t *claims, int64_t until_s)
+{
+    char *text = json_dumps(claims, JSON_COMPACT);
+    if (text == NULL) {
+        return;
+    }
+    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
+    pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
+    struct bearer_slot *s = &c->slot[i];
+    free(s->claims);
+    memcpy(s->h, h, 32);
+    s->keys_id = keys_id;
+    s->until_s = until_s;
+    s->claims = text;
+    pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
+}
+
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,
                        int64_t now_s, struct oidc_identity *out, struct err *err)
 {
     json_t *c = NULL;
+    unsigned char h[32];
+    codec_sha256(token.p, token.len, h);
+    if (p->bearer_cache != NULL && keys != NULL &&
+        (c = bearer_cache_get(p->bearer_cache, h, jwks_id(keys), now_s)) != NULL) {
+        /* The signature was checked when cached; the expiry is checked again. */
+        json_t *exp = json_object_get(c, "exp");
+        if (json_is_integer(exp) && now_s < (int64_t)json_integer_value(exp) + p->clock_skew_s) {
+            memset(out, 0, sizeof *out);
+            int rc = oidc_identity_build(p, c, NULL, out, err);
+            json_decref(c);
+            return rc;
+        }
+        json_decref(c);
+        c = NULL;
+    }
     struct jwt_rules r = {
         .issuer = p->issuer,
         .audiences = (const char *const *)p->audiences,
@@ -1146,6 +1247,14 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
     if (jwt_claim_str(c, "sub") == NULL) {
         json_decref(c);
         return err_set(err, ERR_CRYPTO, "bearer token has no \"sub\"");
+    }
+    json_t *exp = json_object_get(c, "exp");
+    if (p->bearer_cache != NULL && keys != NULL && json_is_integer(exp)) {
+        int64_t until = (int64_t)json_integer_value(exp) + p->clock_skew_s;
+        if (until > now_s + BEARER_MAX_AGE_S) {
+            until = now_s + BEARER_MAX_AGE_S;
+        }
+        bearer_cache_put(p->bearer_cache, h, jwks_id(keys), c, until);
     }
     rc = oidc_identity_build(p, c, NULL, out, err);
     json_decref(c);

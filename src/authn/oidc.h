@@ -52,6 +52,7 @@ struct oidc_provider {
     size_t naudiences;
     unsigned algs;                  /* allowed JWS algorithms */
     char *post_logout_redirect_uri; /* NULL = none sent */
+    struct bearer_cache *bearer_cache; /* private: verified bearer tokens (internally locked) */
 };
 
 /* Parses one identity_providers[] map (type: oidc). conf_file resolves relative
@@ -199,7 +200,9 @@ int oidc_logout_token_verify(const struct oidc_provider *p, const struct jwks *k
                              char **sid, char **sub, struct err *err) WARN_UNUSED;
 
 /* Verifies "Authorization: Bearer <jwt>" (just the token) for API clients
- * against the configured audiences. */
+ * against the configured audiences. A token verified once is remembered (by its
+ * SHA-256, with the key set it was verified with) for at most 5 minutes and never
+ * past its exp: a hit skips the signature but still checks exp. */
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,
                        int64_t now_s, struct oidc_identity *out, struct err *err) WARN_UNUSED;
 

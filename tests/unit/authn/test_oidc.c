@@ -430,6 +430,38 @@ static void test_bearer_and_logout_url(void **state)
     (void)state;
 }
 
+static void test_bearer_cache_rechecks_expiry_and_key_set(void **state)
+{
+    struct err err = { 0 };
+    struct oidc_identity id;
+    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"gatehouse\","
+                   "\"exp\":1800000100}");
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), 0);
+    oidc_identity_fini(&id);
+    /* Cached: same answer. */
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW + 10, &id, &err), 0);
+    assert_string_equal(id.user_key, "https://idp.example#svc");
+    oidc_identity_fini(&id);
+    /* Past exp (+ skew) the cache does not help. */
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW + 100 + 60, &id, &err),
+                     ERR_CRYPTO);
+    assert_string_equal(err.msg, "token expired 60s ago");
+    /* Another key set (rotation): verified again, and this one lacks the key. */
+    cjose_err cerr;
+    cjose_jwk_t *other = cjose_jwk_create_EC_random(CJOSE_JWK_EC_P_256, &cerr);
+    cjose_jwk_set_kid(other, "k2", 2, &cerr);
+    char *pub = cjose_jwk_to_json(other, false, &cerr);
+    char *doc = xasprintf("{\"keys\":[%s]}", pub);
+    struct jwks *k2 = jwks_parse(str_from(doc), &err);
+    assert_int_equal(oidc_bearer_verify(prov, k2, str_from(t), NOW + 20, &id, &err), ERR_NOTFOUND);
+    jwks_unref(k2);
+    cjose_jwk_release(other);
+    free(pub);
+    free(doc);
+    free(t);
+    (void)state;
+}
+
 static void test_return_path_guard(void **state)
 {
     static const char *const good[] = { "/", "/wiki", "/a/b?x=1&y=https://z", "/%7Euser",
@@ -483,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_token_response_and_identity),
         cmocka_unit_test(test_backchannel_logout_token),
         cmocka_unit_test(test_bearer_and_logout_url),
+        cmocka_unit_test(test_bearer_cache_rechecks_expiry_and_key_set),
         cmocka_unit_test(test_return_path_guard),
         cmocka_unit_test(test_replay_cache_expires_and_fills),
     };
