@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Starts a backend, the real OpenID Provider and Gatehouse ($GATEHOUSE_BIN)
+on free loopback ports, runs signin.mjs (chromium + playwright-core) against
+them, stops everything, and ends with "browser: N passed, N failed".
+The screenshot of /.gatehouse/me goes to tests/out/me.png."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(TESTS, "integration"))
+
+from harness import Backend, Gatehouse, basic_config, free_port  # noqa: E402
+from oidc import CLIENT_SECRET, PASSWORDS, IdP, client_for, idp_conf  # noqa: E402
+
+
+def main():
+    if not shutil.which("node") or not os.path.exists("/usr/bin/chromium"):
+        print("browser: needs node and /usr/bin/chromium")
+        print("browser: 0 passed, 1 failed")
+        return 1
+    backend = Backend("app")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    idp = IdP([client_for(base, post_logout_redirect_uris=[base + "/.gatehouse/logout"])])
+    gh = None
+    try:
+        cfg = basic_config(
+            [{"name": "app", "upstream": {"servers": [backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state={"sqlite": "var/gatehouse.db"},
+            identity_providers=[idp_conf(idp, post_logout_redirect_uri=base + "/.gatehouse/logout")],
+        )
+        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        env = dict(os.environ, GH_BROWSER_USER="alice", GH_BROWSER_PASSWORD=PASSWORDS["alice"])
+        try:
+            r = subprocess.run(["node", os.path.join(HERE, "signin.mjs"), base,
+                                os.path.join(TESTS, "out")], env=env, capture_output=True,
+                               text=True, timeout=180)
+            out = r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            out += "\nnot ok browser run timed out"
+        print(out.rstrip())
+        passed = len(re.findall(r"^ok ", out, re.M))
+        failed = len(re.findall(r"^not ok ", out, re.M))
+        if passed + failed == 0:
+            failed = 1
+        if failed and os.environ.get("GH_BROWSER_VERBOSE"):
+            print("--- gatehouse stderr:\n" + gh.stderr()[-4000:])
+    finally:
+        if gh:
+            gh.cleanup()
+        idp.stop()
+        backend.stop()
+    print(f"browser: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
