@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "decision_log_int.h"
 #include "policy_cli.h"
@@ -208,6 +209,7 @@ out:
 
 struct verify_end {
     uint64_t last_seq, records;
+    uint64_t newer; /* file lines after want_seq, not checked this run */
     char last_hash[65];
 };
 
@@ -318,8 +320,11 @@ static long find_seq_line(FILE *f, uint64_t seq, long lineno)
     return found;
 }
 
+/* want_seq: where SQLite ended. A running writer commits to SQLite before it appends
+ * to the file, so at EOF the file may be a few records short for a moment: keep
+ * following it (as tail -f does) for up to two seconds before calling it truncated. */
 static bool verify_file(const char *file, uint64_t anchor_seq, const char *anchor_hash,
-                        struct verify_end *end)
+                        uint64_t want_seq, struct verify_end *end)
 {
     FILE *f = fopen(file, "r");
     memset(end, 0, sizeof *end);
@@ -338,7 +343,27 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
     snprintf(prev, sizeof prev, "%s", anchor_hash);
     bool ok = true;
     static const char tail_key[] = ",\"hash\":\"";
-    while (ok && (n = getline(&line, &cap, f)) > 0) {
+    unsigned waited_ms = 0;
+    for (;;) {
+        long start = ftell(f);
+        n = ok ? getline(&line, &cap, f) : -1;
+        if (ok && (n <= 0 || line[n - 1] != '\n') && want_seq != UINT64_MAX &&
+            expect <= want_seq && waited_ms < 2000) {
+            /* At the end, or on a line still being written: wait for the writer. */
+            usleep(50000);
+            waited_ms += 50;
+            clearerr(f);
+            fseek(f, start, SEEK_SET);
+            continue;
+        }
+        if (!ok || n <= 0) {
+            break;
+        }
+        if (expect > want_seq) {
+            /* Newer than the SQLite pass: the caller decides whether the log is live. */
+            end->newer++;
+            continue;
+        }
         lineno++;
         size_t len = (size_t)n;
         if (line[len - 1] == '\n') {
@@ -433,15 +458,34 @@ static int cmd_verify(int argc, char **argv)
     dl_anchor_get(db, &anchor_seq, anchor_hash);
     struct verify_end se, fe;
     bool ok = verify_sqlite(db, &se);
+    uint64_t want = ok ? se.last_seq : UINT64_MAX;
     if (ok) {
         printf("sqlite: %llu records verified (records %llu..%llu)\n",
                (unsigned long long)se.records, (unsigned long long)anchor_seq + 1,
                (unsigned long long)se.last_seq);
     }
     if (c.file) {
-        bool fok = verify_file(c.file, anchor_seq, anchor_hash, &fe);
+        bool fok = verify_file(c.file, anchor_seq, anchor_hash, want, &fe);
         if (fok) {
             printf("file: %llu records verified (%s)\n", (unsigned long long)fe.records, c.file);
+        }
+        if (ok && fok && fe.newer > 0) {
+            /* Live log: SQLite has moved on since its pass. Otherwise SQLite lost its tail. */
+            sqlite3_stmt *st = NULL;
+            uint64_t now_max = 0;
+            if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM decisions", -1, &st, NULL) ==
+                    SQLITE_OK &&
+                sqlite3_step(st) == SQLITE_ROW) {
+                now_max = (uint64_t)sqlite3_column_int64(st, 0);
+            }
+            sqlite3_finalize(st);
+            if (now_max > se.last_seq) {
+                printf("note: %llu newer records arrived while verifying (the log is being "
+                       "written); run verify again to check them\n",
+                       (unsigned long long)fe.newer);
+            } else {
+                fe.last_seq = se.last_seq + fe.newer;
+            }
         }
         /* Cutting records off the end keeps a chain valid: compare both ends. */
         if (ok && fok && fe.last_seq != se.last_seq) {
