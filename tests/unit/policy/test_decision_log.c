@@ -3,6 +3,7 @@
  * (edit, delete, reorder, truncate; in SQLite and in the file) is named exactly;
  * back-pressure refuses records instead of dropping them; crash leftovers (torn
  * line, file behind SQLite) are repaired on open; retention keeps the chain. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -410,6 +411,43 @@ static void test_dl_retention_keeps_the_chain(void **state)
     expect_fail(f, "FAIL sqlite: record 7 is missing (removed): the next row is record 8\n");
 }
 
+struct writer_arg {
+    struct decision_log *dl;
+    int n;
+};
+
+static void *writer_thread(void *p)
+{
+    struct writer_arg *w = p;
+    append_n(w->dl, w->n, 1, 0);
+    return NULL;
+}
+
+/* verify on a log that is being written must not report the moving tail as tampering. */
+static void test_dl_verify_while_writing(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    char out[4096];
+    struct decision_log *dl = open_log(f, &c);
+    struct writer_arg w = { dl, 3000 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, writer_thread, &w), 0);
+    usleep(50000);
+    for (int i = 0; i < 3; i++) {
+        int rc = verify(f, out, sizeof out);
+        if (rc != 0) {
+            fprintf(stderr, "%s", out);
+        }
+        assert_int_equal(rc, 0);
+    }
+    pthread_join(t, NULL);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 3000 records verified (records 1..3000)\n"));
+}
+
 static void test_dl_conf_messages(void **state)
 {
     const char *y = "decision_log: {file: d.jsonl, sync: sometimes}\nstate: {sqlite: x.db}\n";
@@ -462,6 +500,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_full_queue_refuses_instead_of_dropping, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dl_retention_keeps_the_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_verify_while_writing, setup, teardown),
         cmocka_unit_test(test_dl_conf_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
