@@ -24,8 +24,14 @@ run: build
 test: build build-san
 	@bash tests/run.sh
 
+# Data path vs nginx and HAProxy; sign-in vs Apache + mod_auth_openidc; the
+# policy evaluator; policy + decision log end to end. Each writes its section
+# of bench/README.md.
 bench: build
 	@bash bench/run.sh
+	@python3 bench/authn.py
+	@bash bench/policy/run.sh build
+	@bash bench/policy_e2e/run.sh
 
 clean:
 	rm -rf build build-san build-bench
