@@ -886,6 +886,28 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* seq of the file's first line (0 when empty or unreadable). */
+static uint64_t file_first_seq(int fd)
+{
+    char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    char *nl = memchr(buf, '\n', (size_t)n);
+    if (!nl) {
+        return 0;
+    }
+    json_t *j = json_loadb(buf, (size_t)(nl - buf), 0, NULL);
+    json_t *s = json_object_get(j, "seq");
+    uint64_t seq = json_is_integer(s) ? (uint64_t)json_integer_value(s) : 0;
+    json_decref(j);
+    return seq;
+}
+
+static int file_drop_before(const char *file, uint64_t keep_after, struct err *err);
+
 struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
 {
     if (!c->sqlite) {
@@ -933,6 +955,21 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
         if (dl->fd < 0) {
             err_set(err, ERR_IO, "cannot open %s: %s", c->file, strerror(errno));
             goto fail;
+        }
+        /* A crash between retention's SQLite commit and its file rewrite leaves lines the
+         * anchor already covers: finish the rewrite. */
+        uint64_t first = file_first_seq(dl->fd);
+        if (anchor_seq > 0 && first > 0 && first <= anchor_seq) {
+            close(dl->fd);
+            dl->fd = -1;
+            if (file_drop_before(c->file, anchor_seq, err) != 0) {
+                goto fail;
+            }
+            dl->fd = open(c->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+            if (dl->fd < 0) {
+                err_set(err, ERR_IO, "cannot open %s: %s", c->file, strerror(errno));
+                goto fail;
+            }
         }
         if (file_catch_up(dl->db, dl->fd, err) != 0) {
             goto fail;
