@@ -503,6 +503,36 @@ class Refresh(unittest.TestCase):
             s.stop()
 
 
+class RefreshFailures(unittest.TestCase):
+    """A refresh the IdP cannot answer keeps the session; a refresh the IdP
+    refuses (invalid_grant: its grants are gone) ends it."""
+
+    def test_idp_down_keeps_session_then_refused_grant_ends_it(self):
+        s = Stack(session={"refresh": True, "refresh_before": "2s"},
+                  idp_env={"GH_IDP_ACCESS_TTL": "3", "GH_IDP_ID_TTL": "3"})
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/rf").status, 200)
+            port = s.idp.port
+            s.idp.stop()
+            time.sleep(1.5)  # refresh due now; the IdP is away
+            for _ in range(3):
+                self.assertEqual(b.request(s.base + "/rf").status, 200)
+                time.sleep(0.2)
+            self.assertTrue(wait_for(lambda: "session refresh at corp failed" in s.log(), 5),
+                            s.log()[-2000:])
+            self.assertNotIn("(session ended)", s.log())
+            self.assertEqual(b.request(s.base + "/rf").status, 200)
+            # The IdP is back but remembers no grant: the refresh token is refused.
+            s.idp = IdP([client_for(s.base)], env={"GH_IDP_ACCESS_TTL": "3"}, port=port)
+            ended = wait_for(lambda: b.request(s.base + "/rf").status == 302, 6, 0.3)
+            self.assertTrue(ended, s.log()[-2000:])
+            self.assertIn("(session ended)", s.log())
+            self.assertIn("idp token grant refresh_token failed", s.idp.log())
+        finally:
+            s.stop()
+
+
 class SlowIdP(unittest.TestCase):
     """The token endpoint answers after 3 s; with one worker, other requests
     keep flowing meanwhile."""

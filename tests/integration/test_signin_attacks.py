@@ -217,7 +217,9 @@ class StateAndCookieAttacks(AttackBase):
         variants = ["//evil.example", "https://evil.example", "/\\evil.example",
                     "%2F%2Fevil.example", "/%5Cevil.example", "%2f%2fevil.example/x",
                     "/%2F%2Fevil.example", "/%252F%252Fevil.example", "\\\\evil.example",
-                    "/\t/evil.example", "http:evil.example", "javascript:alert(1)"]
+                    "/\t/evil.example", "http:evil.example", "javascript:alert(1)",
+                    "/\r\nSet-Cookie: pwned=1", "/%0d%0aSet-Cookie:%20pwned=1",
+                    "/ok\x00//evil.example"]
         for rd in variants:
             with self.subTest(rd=rd):
                 self.log_mark = len(self.gh.stderr())
@@ -226,6 +228,7 @@ class StateAndCookieAttacks(AttackBase):
                 r = b.request(cb)
                 self.assertEqual(r.status, 302, r)
                 loc = r.header("Location")
+                self.assertFalse(any("pwned" in v for v in r.header_all("Set-Cookie")), r)
                 final = urllib.parse.urljoin(cb, loc)
                 self.assertEqual(urllib.parse.urlsplit(final).netloc,
                                  urllib.parse.urlsplit(self.base).netloc, (rd, loc))
@@ -241,6 +244,15 @@ class StateAndCookieAttacks(AttackBase):
                 self.assertTrue(loc.startswith("/.gatehouse/login"), loc)
                 rd = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query)).get("rd", "/")
                 self.assertTrue(rd.startswith("/") and not rd.startswith("//"), rd)
+
+    def test_idp_error_at_callback(self):
+        # The IdP sends the browser back with an error (the user refused).
+        b = Browser()
+        auth = self.start(b, "corp")
+        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(auth).query))["state"]
+        self.callback_refused(
+            b, f"{self.base}{CALLBACK}?error=access_denied&error_description=user+said+no"
+               f"&state={q(state)}&iss={q(self.idp.issuer)}", "access_denied")
 
     def test_unsafe_return_url_logged(self):
         b = Browser()
