@@ -21,6 +21,16 @@
 
 #include "codec.h"
 
+/* A private key readable by group or others is a finding, not a fatal error. */
+static void warn_if_exposed(int fd, const char *path)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) {
+        log_warn("authn", "%s is readable by group or others (mode %03o); use chmod 600", path,
+                 (unsigned)(st.st_mode & 0777));
+    }
+}
+
 static int bn_param(const EVP_PKEY *pk, const char *name, unsigned char **buf, size_t *len,
                     size_t pad)
 {
@@ -158,6 +168,11 @@ static char *read_file(const char *path, size_t max, size_t *len, struct err *er
 
 cjose_jwk_t *keys_load_pem(const char *path, const char **alg, struct err *err)
 {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        warn_if_exposed(fd, path);
+        close(fd);
+    }
     size_t n = 0;
     char *pem = read_file(path, 64 * 1024, &n, err);
     if (pem == NULL) {
@@ -266,6 +281,7 @@ int keys_load_secret32(const char *path, bool create, unsigned char out[32], str
     if (fd < 0) {
         return err_set(err, ERR_IO, "cannot open %s: %s", path, strerror(errno));
     }
+    warn_if_exposed(fd, path);
     unsigned char buf[33];
     ssize_t n = read(fd, buf, sizeof buf);
     close(fd);

@@ -28,6 +28,7 @@
 
 struct sess {
     unsigned char h[32];
+    char id[17];         /* public id: first 16 hex chars of h */
     char *user_key, *email, *name, *groups, *claims, *idp, *sid;
     char *refresh_token; /* plaintext in memory only */
     char *id_token;
@@ -153,10 +154,19 @@ static void sess_free(struct sess *e)
     free(e);
 }
 
+static void set_public_id(struct sess *e)
+{
+    char hex[65];
+    str_hex(e->h, 32, hex);
+    memcpy(e->id, hex, 16);
+    e->id[16] = '\0';
+}
+
 static struct sess *sess_copy(const struct sess *e)
 {
     struct sess *c = xcalloc(1, sizeof *c);
     memcpy(c->h, e->h, sizeof c->h);
+    memcpy(c->id, e->id, sizeof c->id);
     c->user_key = dupn(e->user_key);
     c->email = dupn(e->email);
     c->name = dupn(e->name);
@@ -604,6 +614,7 @@ static void preload(struct session_store *s, int64_t now_ms)
             free(e);
             continue;
         }
+        set_public_id(e);
         e->user_key = dupn((const char *)sqlite3_column_text(st, 1));
         e->email = dupn((const char *)sqlite3_column_text(st, 2));
         e->name = dupn((const char *)sqlite3_column_text(st, 3));
@@ -746,6 +757,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
 
     struct sess *e = xcalloc(1, sizeof *e);
     codec_sha256(raw, sizeof raw, e->h);
+    set_public_id(e);
     OPENSSL_cleanse(raw, sizeof raw);
     e->user_key = xstrdup(in->user_key);
     e->email = dupn(in->email);
@@ -828,10 +840,7 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
     if (!ok) {
         goto out; /* arena cap: fail closed */
     }
-    char hex[65];
-    str_hex(e->h, 32, hex);
-    memcpy(out->id, hex, 16);
-    out->id[16] = '\0';
+    memcpy(out->id, e->id, sizeof out->id);
     /* Activity moves the idle deadline; the writer flushes it in batches. */
     if (now_ms >= e->last_seen_ms + TOUCH_GRANULARITY_MS) {
         e->last_seen_ms = now_ms;
