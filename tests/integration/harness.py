@@ -534,9 +534,16 @@ class Backend:
     def stop(self):
         self.running = False
         try:
+            # shutdown() wakes the thread blocked in accept(); a bare close() would
+            # leave the socket listening (and connections reset instead of refused).
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
+        self.thread.join(2)
         with self.lock:
             conns = list(self.conns)
         for c in conns:

@@ -9,6 +9,7 @@ log too (rule, reason, user)."""
 import datetime
 import json
 import os
+import re
 import unittest
 
 from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl, wait_until
@@ -139,7 +140,8 @@ class PolicyThroughProxy(unittest.TestCase):
             ],
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
-            identity_providers=[idp_conf(cls.idp)],
+            identity_providers=[idp_conf(
+                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/signed-out")],
             decision_log={"file": "var/decisions.jsonl", "flush_interval": "20ms"},
         )
         files = {"oidc-secret": CLIENT_SECRET, "app.yaml": app_policy(),
@@ -284,6 +286,30 @@ class PolicyThroughProxy(unittest.TestCase):
         rec = self.record(rid)
         self.assertEqual(rec["rule"], "admin-area-admins-only")
         self.assertEqual(r.header("Cache-Control"), "no-store")
+
+    def test_sign_in_as_someone_else_link_ends_the_session(self):
+        b = Browser()
+        r = b.login(self.base, "/admin/other", user="bob")
+        self.assertEqual(r.status, 403, r)
+        link = re.search(rb'href="([^"]+)">Sign in as someone else<', r.body).group(1).decode()
+        # Gatehouse ends its session and sends the browser to the IdP's sign-out
+        # confirmation.
+        r, url, _ = b.follow(self.base + link)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(url.split("/")[2], self.base.split("/")[2], url)
+        r2 = b.request(self.base + "/admin/other")
+        self.assertEqual(r2.status, 302, r2)
+        self.assertTrue(r2.header("Location").startswith("/.gatehouse/login?rd="), r2)
+        # The user confirms at the IdP, lands on Gatehouse's signed-out page, and
+        # can then sign in with another account.
+        form = re.search(rb'<form[^>]*action="([^"]+)"', r.body).group(1).decode()
+        fields = dict(re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body))
+        fields = {k.decode(): v.decode() for k, v in fields.items()}
+        fields["logout"] = "yes"
+        r, url, _ = b.follow(form, "POST", fields)
+        self.assertTrue(url.startswith(self.base + "/.gatehouse/signed-out"), url)
+        r = b.login(self.base, "/admin/other", user="alice")
+        self.assertEqual(r.status, 200, r)
 
     def test_denied_json_for_api_callers(self):
         for headers in ({"Accept": "application/json"},

@@ -428,6 +428,34 @@ class RestartKeepsSessions(unittest.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class RevokeFreshSession(unittest.TestCase):
+    def test_revoke_before_the_session_is_written_stays_revoked(self):
+        # A session the server holds only in memory (written off the hot
+        # path) is revoked by user at once; it must not come back from SQLite
+        # later, nor after a restart.
+        tmp = tempfile.mkdtemp(prefix="gh-revoke-")
+        s = Stack(state_dir=tmp)
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/fresh", "bob").status, 200)
+            out = run_cli("revoke", "-c", s.gh.config_path, "--user", "bob@example.com")
+            self.assertEqual(out.returncode, 0, out.stderr)
+            done = time.time()
+            while b.request(s.base + "/fresh").status == 200:
+                self.assertLess(time.time() - done, 1.0, "revocation not applied within 1 s")
+                time.sleep(0.05)
+            time.sleep(1.2)  # a writer cycle or two later
+            self.assertEqual(b.request(s.base + "/fresh").status, 302)
+            self.assertNotIn("bob@example.com", run_cli("list", "-c", s.gh.config_path).stdout)
+            s.gh.stop()
+            s.gh.cleanup()
+            s.start_gh()
+            self.assertEqual(b.request(s.base + "/fresh").status, 302)
+        finally:
+            s.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class Expiry(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
