@@ -1911,6 +1911,15 @@ static enum access_step ep_logout(struct gate_req *q)
         struct gate_idp *gi = find_idp(q->g, q->id.idp);
         char *hint = session_id_token(G.sessions, cookie);
         session_revoke_cookie(G.sessions, cookie);
+        if (q->id.sid) {
+            /* The IdP's back-channel logout for this sid follows and finds no session
+             * left: remember that it ended here, so that token is not widened to every
+             * session of the user (backchannel_body's fallback to sub). */
+            char *k = arena_printf(r->arena, "ended-sid:%s#%s", q->id.idp, q->id.sid);
+            if (k) {
+                (void)oidc_replay_check_and_add(G.replay, str_from(k), now_s() + 3600, now_s());
+            }
+        }
         atomic_fetch_add(&G.n_logout, 1);
         log_emit(LOG_INFO, "authn", r->id, NULL, "signed out %s", q->id.user);
         if (gi) {
@@ -1963,10 +1972,17 @@ static void backchannel_body(struct request *r, struct str body, void *arg)
             continue;
         }
         size_t n = 0;
+        bool ended_here = false;
         if (sid) {
             n = session_revoke_sid(G.sessions, gi->p->id, sid);
         }
-        if (n == 0 && sub) {
+        if (n == 0 && sid) {
+            char *k = xasprintf("ended-sid:%s#%s", gi->p->id, sid);
+            ended_here = !oidc_replay_check_and_add(G.replay, str_from(k), now_s() + 3600,
+                                                    now_s());
+            free(k);
+        }
+        if (n == 0 && sub && !ended_here) {
             char *key = xasprintf("%s#%s", gi->p->issuer, sub);
             n = session_revoke_user(G.sessions, key);
             free(key);

@@ -308,6 +308,11 @@ class PolicyThroughProxy(unittest.TestCase):
         fields["logout"] = "yes"
         r, url, _ = b.follow(form, "POST", fields)
         self.assertTrue(url.startswith(self.base + "/.gatehouse/signed-out"), url)
+        # The IdP's back-channel logout for that session ends nothing more: bob's
+        # other browser (another IdP session) is still signed in.
+        self.assertTrue(wait_until(lambda: "back-channel logout from corp ended 0 session(s)"
+                                   in self.gh.stderr(), timeout=5), self.gh.stderr()[-2000:])
+        self.assertEqual(self.api(self.bob, "/reports/still-in").status, 200)
         r = b.login(self.base, "/admin/other", user="alice")
         self.assertEqual(r.status, 200, r)
 
