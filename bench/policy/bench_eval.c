@@ -16,10 +16,10 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double now_ns(void)
+static double clock_ns(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
@@ -88,7 +88,10 @@ int main(int argc, char **argv)
                               &in[i].client_ip);
         in[i].time_s = 1764583200 + i * 3600;
     }
+    /* CPU time of this thread is the evaluator's cost even on a busy shared machine;
+     * wall time is printed too. */
     double *ns = calloc((size_t)runs, sizeof *ns);
+    double *wall = calloc((size_t)runs, sizeof *wall);
     unsigned allow = 0, deny = 0;
     struct policy_result r;
     for (int k = 0; k < per; k++) { /* warm-up */
@@ -96,7 +99,7 @@ int main(int argc, char **argv)
         (void)policy_eval(p, &in[k % NIN], &r);
     }
     for (int run = 0; run < runs; run++) {
-        double t0 = now_ns();
+        double t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID), w0 = clock_ns(CLOCK_MONOTONIC);
         for (int k = 0; k < per; k++) {
             policy_result_init(&r, NULL);
             (void)policy_eval(p, &in[k % NIN], &r);
@@ -106,14 +109,17 @@ int main(int argc, char **argv)
                 deny++;
             }
         }
-        ns[run] = (now_ns() - t0) / per;
+        ns[run] = (clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0) / per;
+        wall[run] = (clock_ns(CLOCK_MONOTONIC) - w0) / per;
     }
     qsort(ns, (size_t)runs, sizeof *ns, cmp_double);
+    qsort(wall, (size_t)runs, sizeof *wall, cmp_double);
     printf("policy eval: %zu rules, %d inputs (%.0f%% allowed), %d runs x %d decisions\n",
            policy_rule_count(p), NIN, 100.0 * allow / (allow + deny), runs, per);
-    printf("policy eval: median %.0f ns/decision (p10 %.0f, p90 %.0f)\n", ns[runs / 2],
-           ns[runs / 10], ns[runs * 9 / 10]);
+    printf("policy eval: median %.0f ns/decision CPU time (p10 %.0f, p90 %.0f); wall median %.0f "
+           "ns\n", ns[runs / 2], ns[runs / 10], ns[runs * 9 / 10], wall[runs / 2]);
     free(ns);
+    free(wall);
     policy_free(p);
     return 0;
 }

@@ -21,7 +21,16 @@ static inline unsigned char lc(unsigned char ch)
 static bool bytes_eq(const char *a, const char *pat, size_t n, bool icase)
 {
     if (!icase) {
-        return memcmp(a, pat, n) == 0;
+        /* Policy literals are short: a byte loop beats a call into memcmp here. */
+        if (n > 32) {
+            return memcmp(a, pat, n) == 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (a[i] != pat[i]) {
+                return false;
+            }
+        }
+        return true;
     }
     for (size_t i = 0; i < n; i++) {
         if (lc((unsigned char)a[i]) != (unsigned char)pat[i]) {
@@ -471,13 +480,27 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
     for (size_t i = 0; i < in->ngroups; i++) {
         pf.group_mask |= 1ULL << (policy_hash(in->groups[i].p, in->groups[i].len, false) & 63);
     }
+    /* The trace walks every rule; a decision only those that can match this host. */
+    const struct host_rules *hr = &p->all;
     if (full) {
         memset(r->trace, POLICY_RULE_NOT_EVALUATED, p->nrules);
-    }
-    for (size_t k = 0; k < p->nrules; k++) {
-        if (!p->rules[k].deny || (deny_k >= 0 && !full)) {
-            continue;
+    } else {
+        hr = &p->any_host;
+        size_t lo = 0, hi = p->nhosts;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (p->by_host[mid].hash < pf.host_hash) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
         }
+        if (lo < p->nhosts && p->by_host[lo].hash == pf.host_hash) {
+            hr = &p->by_host[lo];
+        }
+    }
+    for (size_t i = 0; i < hr->ndeny && (deny_k < 0 || full); i++) {
+        size_t k = hr->deny[i];
         enum tri v = eval_rule(p, k, in, r, &need_deny, &pf);
         set_trace(r, k, v);
         if (v == T_TRUE && deny_k < 0) {
@@ -486,10 +509,8 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
             deny_unknown = true;
         }
     }
-    for (size_t k = 0; k < p->nrules; k++) {
-        if (p->rules[k].deny || ((allow_k >= 0 || deny_k >= 0) && !full)) {
-            continue;
-        }
+    for (size_t i = 0; i < hr->nallow && ((allow_k < 0 && deny_k < 0) || full); i++) {
+        size_t k = hr->allow[i];
         enum tri v = eval_rule(p, k, in, r, &need_allow, &pf);
         set_trace(r, k, v);
         if (v == T_TRUE && allow_k < 0) {

@@ -935,11 +935,73 @@ static void compile_rule(struct compiler *c, const struct conf_node *r, size_t i
     }
 }
 
+static void host_rules_add(struct host_rules *h, const struct prule *r, uint32_t k, size_t cap)
+{
+    if (!h->deny) {
+        h->deny = xcalloc(cap, sizeof *h->deny);
+        h->allow = xcalloc(cap, sizeof *h->allow);
+    }
+    if (r->deny) {
+        h->deny[h->ndeny++] = k;
+    } else {
+        h->allow[h->nallow++] = k;
+    }
+}
+
+static void host_rules_fini(struct host_rules *h)
+{
+    free(h->deny);
+    free(h->allow);
+}
+
+static int cmp_hash(const void *a, const void *b)
+{
+    uint32_t x = ((const struct host_rules *)a)->hash, y = ((const struct host_rules *)b)->hash;
+    return x < y ? -1 : x > y;
+}
+
+void policy_index_build(struct policy *p)
+{
+    size_t cap = p->nrules ? p->nrules : 1;
+    p->by_host = xcalloc(cap, sizeof *p->by_host);
+    for (uint32_t k = 0; k < p->nrules; k++) {
+        const struct prule *r = &p->rules[k];
+        host_rules_add(&p->all, r, k, cap);
+        if (!r->has_host) {
+            host_rules_add(&p->any_host, r, k, cap);
+            continue;
+        }
+        size_t h = 0;
+        while (h < p->nhosts && p->by_host[h].hash != r->host_hash) {
+            h++;
+        }
+        if (h == p->nhosts) {
+            p->by_host[p->nhosts++].hash = r->host_hash;
+        }
+    }
+    /* Each host's lists: its own rules and the host-less ones, in file order. */
+    for (size_t h = 0; h < p->nhosts; h++) {
+        for (uint32_t k = 0; k < p->nrules; k++) {
+            const struct prule *r = &p->rules[k];
+            if (!r->has_host || r->host_hash == p->by_host[h].hash) {
+                host_rules_add(&p->by_host[h], r, k, cap);
+            }
+        }
+    }
+    qsort(p->by_host, p->nhosts, sizeof *p->by_host, cmp_hash);
+}
+
 void policy_free(struct policy *p)
 {
     if (!p) {
         return;
     }
+    host_rules_fini(&p->all);
+    host_rules_fini(&p->any_host);
+    for (size_t h = 0; h < p->nhosts; h++) {
+        host_rules_fini(&p->by_host[h]);
+    }
+    free(p->by_host);
     for (size_t i = 0; i < p->nregexes; i++) {
         regfree(&p->regexes[i]->re);
     }
@@ -1009,6 +1071,7 @@ static struct policy *compile_doc(const struct conf_doc *doc, struct conf_diag *
     if (d->count != before) {
         goto fail;
     }
+    policy_index_build(p);
     return p;
 fail:
     policy_free(p);
@@ -1053,6 +1116,7 @@ struct policy *policy_new_builtin(bool public_route)
         node_close(&c, i);
         p->rules[0].root = i;
     }
+    policy_index_build(p);
     return p;
 }
 

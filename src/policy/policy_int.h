@@ -93,6 +93,14 @@ static inline uint32_t policy_hash(const char *p, size_t n, bool lower)
     return h;
 }
 
+/* Rule lists (indices, in file order) for one host hash: the rules that require that
+ * host plus those that require none. A request only walks its host's lists. */
+struct host_rules {
+    uint32_t hash;
+    uint32_t *deny, *allow;
+    size_t ndeny, nallow;
+};
+
 struct policy {
     char *file;
     enum policy_mode mode;
@@ -107,7 +115,14 @@ struct policy {
     size_t nregexes;
     struct tzinfo **tzs;
     size_t ntzs;
+    struct host_rules all;        /* every rule (trace mode) */
+    struct host_rules any_host;   /* rules without a required host */
+    struct host_rules *by_host;   /* sorted by hash */
+    size_t nhosts;
 };
+
+/* Builds the per-host rule lists once the rules are compiled (lang.c). */
+void policy_index_build(struct policy *p);
 
 /* Time zones (tz.c): loads /usr/share/zoneinfo/<name>. NULL with a message in err. */
 struct tzinfo *tz_load(const char *name, struct err *err);
