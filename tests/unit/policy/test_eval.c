@@ -208,6 +208,51 @@ static void test_eval_prefilters_agree_with_matchers(void **state)
     policy_free(p);
 }
 
+/* Per-host rule lists keep file order across host-specific and host-less rules, and
+ * the fast path decides exactly as the full trace does. */
+static void test_eval_host_index_keeps_order_and_agrees_with_trace(void **state)
+{
+    struct policy *p = compile("rules:\n"
+                               "  - {id: a-deny, effect: deny, when: {host: a.test, path: /x}}\n"
+                               "  - {id: any-allow, effect: allow, when: {groups: eng}}\n"
+                               "  - {id: a-allow, effect: allow, when: {host: A.test}}\n"
+                               "  - {id: b-allow, effect: allow, when: {host: b.test}}\n"
+                               "  - {id: b-deny, effect: deny, when: {host: b.test, user: alice}}\n");
+    struct policy_input in = alice();
+    struct policy_result r, t;
+    uint8_t trace[5];
+    (void)state;
+    const char *hosts[] = { "a.test", "b.test", "c.test", "A.TEST:80" };
+    const char *paths[] = { "/x", "/y" };
+    for (size_t h = 0; h < 4; h++) {
+        for (size_t g = 0; g < 2; g++) {
+            for (size_t k = 0; k < 2; k++) {
+                in.host = str_from(hosts[h]);
+                in.path = str_from(paths[k]);
+                in.ngroups = g ? 2 : 0;
+                policy_result_init(&r, NULL);
+                policy_result_init(&t, trace);
+                assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+                assert_int_equal(policy_eval(p, &in, &t), POLICY_DONE);
+                assert_int_equal(r.decision, t.decision);
+                assert_string_equal(r.rule, t.rule);
+            }
+        }
+    }
+    in.host = STR("a.test");
+    in.path = STR("/y");
+    in.ngroups = 2;
+    policy_result_init(&r, trace);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_string_equal(r.rule, "any-allow"); /* earlier in the file than a-allow */
+    assert_int_equal(trace[3], POLICY_RULE_NO_MATCH);
+    in.host = STR("b.test");
+    policy_result_init(&r, NULL);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_string_equal(r.rule, "b-deny");
+    policy_free(p);
+}
+
 static void test_eval_ipv6_and_mapped_ipv4(void **state)
 {
     struct policy_input in = alice();
@@ -423,6 +468,7 @@ int main(void)
         cmocka_unit_test(test_eval_each_criterion_and_matcher),
         cmocka_unit_test(test_eval_absent_values_match_nothing),
         cmocka_unit_test(test_eval_prefilters_agree_with_matchers),
+        cmocka_unit_test(test_eval_host_index_keeps_order_and_agrees_with_trace),
         cmocka_unit_test(test_eval_ipv6_and_mapped_ipv4),
         cmocka_unit_test(test_eval_time_zone_follows_daylight_saving),
         cmocka_unit_test(test_eval_deny_wins_and_names_the_rule),
