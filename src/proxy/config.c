@@ -56,12 +56,84 @@ static const char *const balance_names[] = { "round_robin", "least_conn", "ip_ha
 static const char *const client_cert_names[] = { "none", "optional", "required", NULL };
 static const char *const log_level_names[] = { "debug", "info", "warn", "error", NULL };
 
+/* Open-addressing map from a string to the index that first used it: duplicate
+ * checks stay linear for configurations with thousands of routes. */
+struct first_seen {
+    size_t cap, n;
+    char **keys; /* owned */
+    size_t *vals;
+};
+
 /* Loader state for one file. */
 struct loader {
     struct config *c;
     struct conf_diag *d;
     const char *file;
+    struct first_seen route_names;
 };
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static void first_seen_grow(struct first_seen *t)
+{
+    struct first_seen bigger = { .cap = t->cap ? t->cap * 2 : 64 };
+
+    bigger.keys = xcalloc(bigger.cap, sizeof *bigger.keys);
+    bigger.vals = xcalloc(bigger.cap, sizeof *bigger.vals);
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->keys[i]) {
+            size_t j = hash_str(t->keys[i]) & (bigger.cap - 1);
+            while (bigger.keys[j]) {
+                j = (j + 1) & (bigger.cap - 1);
+            }
+            bigger.keys[j] = t->keys[i];
+            bigger.vals[j] = t->vals[i];
+        }
+    }
+    bigger.n = t->n;
+    free(t->keys);
+    free(t->vals);
+    *t = bigger;
+}
+
+/* Records key -> val and returns true, or returns false with *first set when
+ * key was seen before (the first value is kept). */
+static bool first_seen_add(struct first_seen *t, const char *key, size_t val, size_t *first)
+{
+    size_t i;
+
+    if (2 * (t->n + 1) > t->cap) {
+        first_seen_grow(t);
+    }
+    for (i = hash_str(key) & (t->cap - 1); t->keys[i]; i = (i + 1) & (t->cap - 1)) {
+        if (strcmp(t->keys[i], key) == 0) {
+            *first = t->vals[i];
+            return false;
+        }
+    }
+    t->keys[i] = xstrdup(key);
+    t->vals[i] = val;
+    t->n++;
+    return true;
+}
+
+static void first_seen_fini(struct first_seen *t)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        free(t->keys[i]);
+    }
+    free(t->keys);
+    free(t->vals);
+    *t = (struct first_seen){ 0 };
+}
 
 /* ---- small helpers ---- */
 
@@ -1036,13 +1108,11 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
                        "\"%s\"",
                        MAX_ROUTE_NAME, name);
         } else {
+            size_t first;
             r->name = xstrdup(name);
-            for (size_t j = 0; j + 1 < c->nroutes; j++) {
-                if (c->routes[j].name && strcmp(c->routes[j].name, name) == 0) {
-                    conf_error(L->d, n, "duplicate route name \"%s\" (first at line %d)", name,
-                               c->routes[j].line);
-                    break;
-                }
+            if (!first_seen_add(&L->route_names, name, r->index, &first)) {
+                conf_error(L->d, n, "duplicate route name \"%s\" (first at line %d)", name,
+                           c->routes[first].line);
             }
         }
     }
@@ -1067,11 +1137,6 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
     }
 }
 
-static bool same_str(const char *a, const char *b)
-{
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
-
 static void read_routes(struct loader *L, const struct conf_node *root)
 {
     const struct conf_node *rs = conf_get(root, "routes");
@@ -1093,23 +1158,29 @@ static void read_routes(struct loader *L, const struct conf_node *root)
         read_route(L, rs->items[i], root);
     }
     /* Two routes on the same host and prefix: the second could never match. */
-    for (size_t i = 1; i < c->nroutes; i++) {
+    struct first_seen seen = { 0 };
+    for (size_t i = 0; i < c->nroutes; i++) {
         const struct route_conf *r = &c->routes[i];
-        for (size_t j = 0; j < i; j++) {
-            const struct route_conf *o = &c->routes[j];
-            if (r->name && o->name && strcmp(r->name, o->name) == 0) {
-                continue; /* already reported as a duplicate name */
-            }
-            if (r->host_wildcard == o->host_wildcard && same_str(r->host, o->host) &&
-                same_str(r->path_prefix, o->path_prefix)) {
-                conf_error(L->d, rs->items[i],
+        size_t first;
+        /* Host names hold no '|' (validated), so the key is unambiguous. */
+        char *key = xasprintf("%c|%s|%s", r->host_wildcard ? 'w' : r->host ? 'h' : '-',
+                              r->host ? r->host : "", r->path_prefix ? r->path_prefix : "/");
+        if (!first_seen_add(&seen, key, i, &first)) {
+            const struct route_conf *o = &c->routes[first];
+            /* Same name too: already reported as a duplicate name. */
+            if (!(r->name && o->name && strcmp(r->name, o->name) == 0)) {
+                /* Point at the route itself; items and routes differ when an item
+                 * was not a map. */
+                struct conf_node pos = { .file = rs->file, .line = r->line, .col = r->col };
+                conf_error(L->d, &pos,
                            "route \"%s\" has the same host and path_prefix as route \"%s\" "
                            "(line %d)",
                            r->name ? r->name : "?", o->name ? o->name : "?", o->line);
-                break;
             }
         }
+        free(key);
     }
+    first_seen_fini(&seen);
 }
 
 /* ---- snapshot lifetime ---- */
@@ -1202,6 +1273,7 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
+    first_seen_fini(&L.route_names);
     if (d->count == before) {
         /* Sign-in and policy sections, once the proxy's own keys are sound. */
         c->authn = gate_conf_load(c, d);

@@ -59,12 +59,6 @@ static int cmp_entry(const void *a, const void *b)
     return x->r->index < y->r->index ? -1 : x->r->index > y->r->index;
 }
 
-static int cmp_exact(const void *a, const void *b)
-{
-    const struct host_group *x = a, *y = b;
-    return strcmp(x->host, y->host);
-}
-
 static int cmp_wild(const void *a, const void *b)
 {
     const struct host_group *x = a, *y = b;
@@ -74,58 +68,70 @@ static int cmp_wild(const void *a, const void *b)
     return strcmp(x->host, y->host);
 }
 
-static struct host_group *find_group(struct host_group *g, size_t n, const char *host)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(g[i].host, host) == 0) {
-            return &g[i];
-        }
-    }
-    return NULL;
-}
-
 static void group_add(struct host_group *g, const struct route_conf *r)
 {
+    const char *prefix = r->path_prefix ? r->path_prefix : "/";
     g->entries = xrealloc(g->entries, (g->n + 1) * sizeof *g->entries);
-    g->entries[g->n++] = (struct route_entry){ .r = r,
-                                               .prefix = r->path_prefix ? r->path_prefix : "/",
-                                               .prefix_len = strlen(r->path_prefix
-                                                                        ? r->path_prefix
-                                                                        : "/") };
+    g->entries[g->n++] =
+        (struct route_entry){ .r = r, .prefix = prefix, .prefix_len = strlen(prefix) };
+}
+
+static int cmp_route_host(const void *a, const void *b)
+{
+    const struct route_conf *x = *(const struct route_conf *const *)a;
+    const struct route_conf *y = *(const struct route_conf *const *)b;
+    int c = strcmp(x->host, y->host);
+    if (c != 0) {
+        return c;
+    }
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Groups routes (sorted by host) into groups with one host each; returns the
+ * number of groups written to out. Sorting keeps this O(n log n) for configs
+ * with thousands of hosts. */
+static size_t make_groups(const struct route_conf **sorted, size_t n, struct host_group *out)
+{
+    size_t ng = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ng == 0 || strcmp(out[ng - 1].host, sorted[i]->host) != 0) {
+            out[ng].host = sorted[i]->host;
+            out[ng].host_len = strlen(sorted[i]->host);
+            ng++;
+        }
+        group_add(&out[ng - 1], sorted[i]);
+    }
+    return ng;
 }
 
 struct route_table *route_table_new(const struct route_conf *routes, size_t n)
 {
     struct route_table *t = xcalloc(1, sizeof *t);
+    const struct route_conf **exact = xcalloc(n ? n : 1, sizeof *exact);
+    const struct route_conf **wild = xcalloc(n ? n : 1, sizeof *wild);
+    size_t nexact = 0, nwild = 0;
 
-    /* n groups at most of each kind; unused slots are harmless. */
-    t->exact = xcalloc(n ? n : 1, sizeof *t->exact);
-    t->wild = xcalloc(n ? n : 1, sizeof *t->wild);
     for (size_t i = 0; i < n; i++) {
         const struct route_conf *r = &routes[i];
-        struct host_group *g;
         if (!r->host) {
             group_add(&t->any, r);
-            continue;
-        }
-        if (r->host_wildcard) {
-            g = find_group(t->wild, t->nwild, r->host);
-            if (!g) {
-                g = &t->wild[t->nwild++];
-                g->host = r->host;
-                g->host_len = strlen(r->host);
-            }
+        } else if (r->host_wildcard) {
+            wild[nwild++] = r;
         } else {
-            g = find_group(t->exact, t->nexact, r->host);
-            if (!g) {
-                g = &t->exact[t->nexact++];
-                g->host = r->host;
-                g->host_len = strlen(r->host);
-            }
+            exact[nexact++] = r;
         }
-        group_add(g, r);
     }
-    qsort(t->exact, t->nexact, sizeof *t->exact, cmp_exact);
+    qsort(exact, nexact, sizeof *exact, cmp_route_host);
+    qsort(wild, nwild, sizeof *wild, cmp_route_host);
+    /* n groups at most of each kind; unused slots are harmless. */
+    t->exact = xcalloc(nexact ? nexact : 1, sizeof *t->exact);
+    t->wild = xcalloc(nwild ? nwild : 1, sizeof *t->wild);
+    t->nexact = make_groups(exact, nexact, t->exact);
+    t->nwild = make_groups(wild, nwild, t->wild);
+    free(exact);
+    free(wild);
+    /* Exact groups are already in host order (binary search); wildcards go
+     * longest suffix first. */
     qsort(t->wild, t->nwild, sizeof *t->wild, cmp_wild);
     for (size_t i = 0; i < t->nexact; i++) {
         qsort(t->exact[i].entries, t->exact[i].n, sizeof(struct route_entry), cmp_entry);

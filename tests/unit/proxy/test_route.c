@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -154,6 +155,41 @@ static void test_no_route_returns_null(void **state)
     conf_diag_fini(&d);
 }
 
+/* Thousands of hosts, several routes per host, in shuffled order: every route
+ * is found for its own host and prefix (the table groups by sorting). */
+static void test_many_hosts_each_route_finds_itself(void **state)
+{
+    enum { N = 3000 };
+    size_t cap = 64 + N * 120, len = 0;
+    char *y = malloc(cap);
+    struct conf_diag d = { 0 };
+    struct config *c;
+    (void)state;
+
+    assert_non_null(y);
+    len += (size_t)snprintf(y + len, cap - len, "listen: [{address: 127.0.0.1:8080}]\nroutes:\n");
+    for (unsigned i = 0; i < N; i++) {
+        unsigned h = (i * 7919u) % 1000; /* hosts revisited out of order */
+        len += (size_t)snprintf(y + len, cap - len,
+                                "  - {name: r%u, match: {host: '%sh%u.test', path_prefix: /p%u}, "
+                                "upstream: {servers: [http://h:1]}, public: true}\n",
+                                i, i % 3 == 0 ? "*." : "", h, i);
+    }
+    c = config_parse("many.yaml", y, len, &d);
+    conf_diag_print(&d, stderr);
+    assert_non_null(c);
+    for (unsigned i = 0; i < N; i++) {
+        const struct route_conf *r = &c->routes[i];
+        char host[64], path[32];
+        snprintf(host, sizeof host, "%s%s", r->host_wildcard ? "x" : "", r->host);
+        snprintf(path, sizeof path, "/p%u/z", i);
+        assert_ptr_equal(route_match_config(c, str_from(host), str_from(path)), r);
+    }
+    config_unref(c);
+    conf_diag_fini(&d);
+    free(y);
+}
+
 static void test_empty_table(void **state)
 {
     struct route_table *t = route_table_new(NULL, 0);
@@ -176,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_no_prefix_match_in_host_group_falls_to_next_group),
         cmocka_unit_test(test_unknown_and_empty_hosts_use_hostless_routes),
         cmocka_unit_test(test_no_route_returns_null),
+        cmocka_unit_test(test_many_hosts_each_route_finds_itself),
         cmocka_unit_test(test_empty_table),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
