@@ -467,11 +467,14 @@ static void poll_revocations(struct session_store *s)
         if (strcmp(kind, "id") == 0) {
             unsigned char h[32];
             if (hex_to_hash(value, h) == 0) {
-                n = cache_remove_if(s, match_hash, h, false);
+                n = cache_remove_if(s, match_hash, h, true);
             }
         } else if (strcmp(kind, "user") == 0) {
+            /* Deleted from SQLite too: a session created just before the
+             * revocation may have been written after the CLI's DELETE, and
+             * would otherwise come back on restart. */
             struct user_rev u = { value, sqlite3_column_int64(st, 3) };
-            n = cache_remove_if(s, match_user_rev, &u, false);
+            n = cache_remove_if(s, match_user_rev, &u, true);
         }
         if (n > 0) {
             log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
