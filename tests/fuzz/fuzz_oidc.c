@@ -1,7 +1,8 @@
 /* Fuzz target for the IdP answers parsed by authn/oidc.c: any bytes as a
  * discovery document, a token response, a userinfo answer, a callback query,
- * a back-channel logout body and a return path. Invariants: nothing is accepted
- * that needs a signature (token response with a nonce, logout token), parsers
+ * a back-channel logout body, a login cookie and a return path. Invariants:
+ * nothing is accepted that needs a signature or a key (token response with a
+ * nonce, logout token, sealed login cookie), parsers
  * return documented codes, accepted return paths are same-host paths. */
 #include <string.h>
 
@@ -60,6 +61,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *sid = NULL, *sub = NULL;
     rc = oidc_logout_token_verify(p, NULL, in, NULL, 1800000000, &sid, &sub, &err);
     CHECK(rc != 0 && sid == NULL && sub == NULL);
+
+    /* No input opens as a login cookie without the key (AES-256-GCM tag). */
+    static const unsigned char key[32] = { 1, 2, 3 };
+    struct oidc_pending opened;
+    CHECK(oidc_login_cookie_open(key, in, 1800000000, &opened, NULL) != 0);
 
     if (oidc_return_path_safe(in)) {
         CHECK(size >= 1 && data[0] == '/');
