@@ -384,6 +384,16 @@ class DecisionLogThroughProxy(unittest.TestCase):
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
         self.assertIn("decision log OK", v.stdout)
 
+    def test_metrics_show_the_writer(self):
+        r = self.alice.request(self.base + "/doc/metrics")
+        self.wait_records([rid_of(r)])
+        m = http_get_metrics(self.gh)
+        self.assertRegex(m, r"(?m)^gatehouse_decision_log_records_total [1-9]\d*$")
+        self.assertRegex(m, r"(?m)^gatehouse_decision_log_queue_depth \d+$")
+        self.assertRegex(m, r"(?m)^gatehouse_decision_log_write_seconds_count [1-9]\d*$")
+        self.assertRegex(m, r'(?m)^gatehouse_policy_decisions_total\{route="app",'
+                         r'result="allow"\} [1-9]\d*$')
+
 
 class DecisionLogTampering(unittest.TestCase):
     """audit verify names an edited, a deleted and a reordered record, in the
