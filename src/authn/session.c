@@ -483,6 +483,25 @@ static void poll_revocations(struct session_store *s)
     sqlite3_finalize(st);
 }
 
+/* Puts a batch back in front of whatever was queued meanwhile. */
+static void requeue(struct session_store *s, struct op *ops)
+{
+    if (ops == NULL) {
+        return;
+    }
+    struct op *last = ops;
+    while (last->next != NULL) {
+        last = last->next;
+    }
+    pthread_mutex_lock(&s->qmu);
+    last->next = s->qhead;
+    if (s->qhead == NULL) {
+        s->qtail = &last->next;
+    }
+    s->qhead = ops;
+    pthread_mutex_unlock(&s->qmu);
+}
+
 struct touch {
     unsigned char h[32];
     int64_t last_seen_ms;
@@ -518,16 +537,27 @@ static void writer_cycle(struct session_store *s)
     }
 
     if (ops != NULL || ntouch > 0) {
-        /* BEGIN IMMEDIATE: the CLI may write concurrently (LIBRARIES.md §7). */
-        sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        bool began = true;
+        /* BEGIN IMMEDIATE: the CLI may write concurrently (LIBRARIES.md §7).
+         * When the database stays locked past the busy timeout, the queued
+         * writes go back to the head of the queue for the next cycle. */
+        if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+            log_warn("authn", "session store busy, retrying the batch: %s",
+                     sqlite3_errmsg(s->db));
+            requeue(s, ops);
+            ops = NULL;
+            began = false;
+        }
         for (struct op *o = ops; o != NULL; o = o->next) {
             write_op(s, o);
         }
         sqlite3_stmt *st = NULL;
-        sqlite3_prepare_v2(s->db,
-                           "UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?) "
-                           "WHERE id_hash = ?",
-                           -1, &st, NULL);
+        if (began) {
+            sqlite3_prepare_v2(s->db,
+                               "UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?) "
+                               "WHERE id_hash = ?",
+                               -1, &st, NULL);
+        }
         for (size_t i = 0; st != NULL && i < ntouch; i++) {
             char hex[65];
             str_hex(touch[i].h, 32, hex);
@@ -537,9 +567,12 @@ static void writer_cycle(struct session_store *s)
             sqlite3_reset(st);
         }
         sqlite3_finalize(st);
-        if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-            log_error("authn", "session store commit failed: %s", sqlite3_errmsg(s->db));
+        if (began && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            log_error("authn", "session store commit failed, retrying the batch: %s",
+                      sqlite3_errmsg(s->db));
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            requeue(s, ops);
+            ops = NULL;
         }
     }
     while (ops != NULL) {
@@ -570,6 +603,8 @@ static void writer_cycle(struct session_store *s)
         sqlite3_exec(s->db, "DELETE FROM session_revocations WHERE ts_ms < "
                             "strftime('%s','now') * 1000 - 86400000",
                      NULL, NULL, NULL);
+        /* Readers (the CLI) can keep the WAL growing; fold it back now and then. */
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     }
     pthread_mutex_unlock(&s->dbmu);
 }

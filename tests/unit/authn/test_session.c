@@ -325,6 +325,30 @@ static void test_short_key_file_is_refused(void **state)
     (void)state;
 }
 
+static void test_locked_database_keeps_the_batch(void **state)
+{
+    struct err err = { 0 };
+    struct session_conf c = conf();
+    struct session_store *s = session_store_open(db, &c, &err);
+    assert_non_null(s);
+    session_store_sync(s);
+    /* Another process holds the write lock past the busy timeout (5 s). */
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct session_new n = alice();
+    char ck[SESSION_COOKIE_LEN + 1];
+    assert_int_equal(session_create(s, &n, now_ms(), ck, &err), 0);
+    session_store_sync(s); /* busy: the insert goes back to the queue */
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+    /* Without the retry the batch would be gone for good: no row ever. */
+    session_store_sync(s);
+    assert_int_equal(count_rows("SELECT count(*) FROM sessions"), 1);
+    session_store_close(s);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -334,6 +358,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refresh_single_flight_and_rotation, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_short_key_file_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_locked_database_keeps_the_batch, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
