@@ -1,8 +1,9 @@
 /* proxy/route.c - the per-request route lookup. At config load the routes are
- * grouped by host (exact hosts sorted for binary search, wildcard suffixes
- * longest first, then the host-less group) and each group's prefixes sorted
- * longest first, so a lookup is a binary search plus a few prefix compares,
- * without allocation. Called by the connection code once per request head. */
+ * grouped by host (exact hosts and wildcard suffixes, each sorted for binary
+ * search, then the host-less group) and each group's prefixes sorted longest
+ * first, so a lookup is one binary search per label of the Host plus a few
+ * prefix compares, without allocation, however many routes there are. Called
+ * by the connection code once per request head. */
 #include "route.h"
 
 #include <stdlib.h>
@@ -26,7 +27,7 @@ struct host_group {
 struct route_table {
     struct host_group *exact; /* sorted by host */
     size_t nexact;
-    struct host_group *wild; /* longest suffix first */
+    struct host_group *wild; /* sorted by suffix (".example.com") */
     size_t nwild;
     struct host_group any;
 };
@@ -57,15 +58,6 @@ static int cmp_entry(const void *a, const void *b)
     }
     /* Stable for equal lengths: keep config order. */
     return x->r->index < y->r->index ? -1 : x->r->index > y->r->index;
-}
-
-static int cmp_wild(const void *a, const void *b)
-{
-    const struct host_group *x = a, *y = b;
-    if (x->host_len != y->host_len) {
-        return x->host_len > y->host_len ? -1 : 1;
-    }
-    return strcmp(x->host, y->host);
 }
 
 static void group_add(struct host_group *g, const struct route_conf *r)
@@ -130,9 +122,7 @@ struct route_table *route_table_new(const struct route_conf *routes, size_t n)
     t->nwild = make_groups(wild, nwild, t->wild);
     free(exact);
     free(wild);
-    /* Exact groups are already in host order (binary search); wildcards go
-     * longest suffix first. */
-    qsort(t->wild, t->nwild, sizeof *t->wild, cmp_wild);
+    /* Both kinds of groups come out in host order, ready for binary search. */
     for (size_t i = 0; i < t->nexact; i++) {
         qsort(t->exact[i].entries, t->exact[i].n, sizeof(struct route_entry), cmp_entry);
     }
@@ -181,6 +171,25 @@ struct str route_host_strip(struct str host)
     return host;
 }
 
+/* Binary search of groups sorted by (lower-case) host for a request host in any case. */
+static const struct host_group *find_group(const struct host_group *g, size_t n, struct str host)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = host_cmp(host, g[mid].host, g[mid].host_len);
+        if (c == 0) {
+            return &g[mid];
+        }
+        if (c < 0) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    return NULL;
+}
+
 /* True when prefix matches path on a segment boundary (see route.h). */
 static bool prefix_matches(const struct route_entry *e, struct str path)
 {
@@ -220,29 +229,18 @@ const struct route_conf *route_match(const struct route_table *t, struct str hos
     }
     host = route_host_strip(host);
     if (host.len > 0) {
-        size_t lo = 0, hi = t->nexact;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            int c = host_cmp(host, t->exact[mid].host, t->exact[mid].host_len);
-            if (c == 0) {
-                if ((r = group_match(&t->exact[mid], path))) {
-                    return r;
-                }
-                break;
-            }
-            if (c < 0) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
+        const struct host_group *g = find_group(t->exact, t->nexact, host);
+        if (g && (r = group_match(g, path))) {
+            return r;
         }
-        for (size_t i = 0; i < t->nwild; i++) {
-            const struct host_group *g = &t->wild[i];
-            /* ".example.com" needs at least one byte of label in front of it. */
-            if (host.len > g->host_len &&
-                host_cmp((struct str){ host.p + host.len - g->host_len, g->host_len }, g->host,
-                         g->host_len) == 0 &&
-                (r = group_match(g, path))) {
+        /* Wildcards: try each suffix that starts at a dot, leftmost (longest)
+         * first; ".example.com" needs at least one byte of label before it. */
+        for (size_t i = 1; i < host.len; i++) {
+            if (host.p[i] != '.') {
+                continue;
+            }
+            g = find_group(t->wild, t->nwild, (struct str){ host.p + i, host.len - i });
+            if (g && (r = group_match(g, path))) {
                 return r;
             }
         }

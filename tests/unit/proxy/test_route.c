@@ -30,6 +30,8 @@ static const char yaml[] =
     "  - {name: only-admin, match: {host: o.test, path_prefix: /admin}, "
     "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: v6, match: {host: '[::1]'}, upstream: {servers: [http://h:1]}, public: true}\n"
+    "  - {name: deep-only, match: {host: '*.z.wild.test', path_prefix: /only}, "
+    "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: catchall-static, match: {path_prefix: /static}, "
     "upstream: {servers: [http://h:1]}, public: true}\n"
     "  - {name: catchall, upstream: {servers: [http://h:1]}, public: true}\n";
@@ -128,6 +130,10 @@ static void test_no_prefix_match_in_host_group_falls_to_next_group(void **state)
     assert_string_equal(match(state, "o.test", "/admin/x"), "only-admin");
     assert_string_equal(match(state, "o.test", "/static/a.css"), "catchall-static");
     assert_string_equal(match(state, "o.test", "/"), "catchall");
+    /* Between wildcards too: the longer suffix has no match for /x, the shorter does. */
+    assert_string_equal(match(state, "q.z.wild.test", "/only/1"), "deep-only");
+    assert_string_equal(match(state, "q.z.wild.test", "/x"), "wild");
+    assert_string_equal(match(state, "z.wild.test", "/only"), "wild");
 }
 
 static void test_unknown_and_empty_hosts_use_hostless_routes(void **state)
