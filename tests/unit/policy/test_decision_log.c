@@ -420,6 +420,7 @@ static void test_dl_retention_keeps_the_chain(void **state)
     dl = open_log(f, &c);
     append_n(dl, 3, 13, 40LL * 86400 * 1000000);
     decision_log_close(dl);
+    decision_log_conf_fini(&c);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
     /* What retention's transaction does, without the file rewrite that follows it. */
