@@ -676,7 +676,7 @@ static void read_timeouts(struct loader *L, const struct conf_node *root)
     conf_duration_ms(L->d, m, "body", 10, 3600000, &t->body_ms);
     conf_duration_ms(L->d, m, "upstream_connect", 10, 600000, &t->upstream_connect_ms);
     conf_duration_ms(L->d, m, "upstream_response", 10, day, &t->upstream_response_ms);
-    conf_duration_ms(L->d, m, "drain", 0, 3600000, &t->drain_ms);
+    conf_duration_ms(L->d, m, "drain", 10, 3600000, &t->drain_ms);
 }
 
 static void read_logging(struct loader *L, const struct conf_node *root)

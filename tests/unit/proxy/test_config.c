@@ -147,7 +147,7 @@ static const char full_yaml[] =
     "workers: 3\n"
     "limits: {header_bytes: 16k, headers: 50, body_bytes: 1m, uri_bytes: 4k, connections: 500}\n"
     "timeouts: {header: 2s, idle: 1m, body: 30s, upstream_connect: 250ms,\n"
-    "           upstream_response: 2m, drain: 0}\n"
+    "           upstream_response: 2m, drain: 5s}\n"
     "access_log: off\n"
     "log_level: debug\n"
     "state: {sqlite: var/gh.db}\n"
@@ -213,7 +213,7 @@ static void test_full_config_reads_every_key(void **state)
     assert_int_equal(c->timeouts.idle_ms, 60000);
     assert_int_equal(c->timeouts.upstream_connect_ms, 250);
     assert_int_equal(c->timeouts.upstream_response_ms, 120000);
-    assert_int_equal(c->timeouts.drain_ms, 0);
+    assert_int_equal(c->timeouts.drain_ms, 5000);
     assert_null(c->access_log);
     assert_string_equal(c->log_level, "debug");
     assert_string_equal(c->state_sqlite, "var/gh.db");
