@@ -1278,6 +1278,7 @@ static enum access_step decide(struct gate_req *q)
 struct refresh {
     struct gate_idp *idp;
     char cookie[SESSION_COOKIE_LEN + 1];
+    char *user_key; /* the session's user: a refreshed ID token must name it */
     struct fetch *fetch;
 };
 
@@ -1296,9 +1297,25 @@ static void got_refresh(void *arg, const struct fetch_resp *resp)
                                                 (struct str){ resp->body, resp->body_len }, NULL,
                                                 now_s(), &t, &e);
     jwks_unref(keys);
+    struct oidc_identity oi = { 0 };
+    char *groups = NULL;
+    if (rc == 0 && t.id_claims) {
+        /* OIDC Core 12.2: the refreshed ID token must be about the same user;
+         * its claims (email, name, groups) are the current ones. */
+        if (oidc_identity_build(rf->idp->p, t.id_claims, NULL, &oi, &e) != 0 ||
+            strcmp(oi.user_key, rf->user_key) != 0) {
+            session_refresh_done(G.sessions, cookie, false, true, NULL, 0, NULL, NULL, NULL);
+            atomic_fetch_add(&G.n_idp_errors, 1);
+            log_warn("authn", "session refresh at %s: the new ID token names another user "
+                              "(session ended)", rf->idp->p->id);
+            rc = -1;
+            goto done;
+        }
+        groups = json_dumps(oi.groups, JSON_COMPACT);
+    }
     if (rc == 0) {
         session_refresh_done(G.sessions, cookie, true, false, t.refresh_token, t.expires_at_s,
-                             NULL, NULL, NULL);
+                             oi.email, oi.name, groups);
         log_info("authn", "session refreshed at %s", rf->idp->p->id);
     } else {
         /* invalid_grant (a 400 from the token endpoint) ends the session; a
@@ -1309,8 +1326,12 @@ static void got_refresh(void *arg, const struct fetch_resp *resp)
         log_warn("authn", "session refresh at %s failed: %s%s", rf->idp->p->id,
                  resp->failed ? resp->error : e.msg, end ? " (session ended)" : "");
     }
+done:
+    free(groups);
+    oidc_identity_fini(&oi);
     oidc_tokens_fini(&t);
     OPENSSL_cleanse(rf->cookie, sizeof rf->cookie);
+    free(rf->user_key);
     free(rf);
 }
 
@@ -1342,6 +1363,7 @@ static void start_refresh(struct gate_req *q, struct str cookie, const char *idp
     free(rt);
     struct refresh *rf = xcalloc(1, sizeof *rf);
     rf->idp = gi;
+    rf->user_key = xstrdup(q->id.user_key ? q->id.user_key : "");
     memcpy(rf->cookie, cookie.p, cookie.len < SESSION_COOKIE_LEN ? cookie.len : SESSION_COOKIE_LEN);
     struct fetch_req fr = { .method = h.method,
                             .url = h.url,
@@ -1354,6 +1376,7 @@ static void start_refresh(struct gate_req *q, struct str cookie, const char *idp
     oidc_http_fini(&h);
     if (!rf->fetch) {
         session_refresh_done(G.sessions, cookie, false, false, NULL, 0, NULL, NULL, NULL);
+        free(rf->user_key);
         free(rf);
     }
 }

@@ -80,6 +80,11 @@ class RogueOP:
         self.key = RSAKey(self.tmp, "op")
         self.other_key = None  # made lazily for unknown_kid
         self.kid = "rogue-1"
+        self.refresh = False      # hand out (rotating) refresh tokens
+        self.access_ttl = 300     # expires_in of access tokens
+        self.refresh_sub = None   # sub of the ID token a refresh returns (None: same user)
+        self.refresh_groups = None
+        self.refresh_tokens = set()
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
         self.token_requests = []
         self.lock = threading.Lock()
@@ -138,6 +143,8 @@ class RogueOP:
                     entry = op.codes.pop(form.get("code", ""), None)
                 if not op._client_ok(self.headers.get("Authorization"), form):
                     return self._send(401, {"error": "invalid_client"})
+                if form.get("grant_type") == "refresh_token":
+                    return self._refresh(form)
                 if form.get("grant_type") != "authorization_code" or entry is None:
                     return self._send(400, {"error": "invalid_grant"})
                 nonce, challenge, redirect_uri = entry
@@ -145,8 +152,27 @@ class RogueOP:
                 if b64u(hashlib.sha256(verifier.encode()).digest()) != challenge \
                         or form.get("redirect_uri") != redirect_uri:
                     return self._send(400, {"error": "invalid_grant"})
+                out = {"access_token": b64u(os.urandom(24)), "token_type": "Bearer",
+                       "expires_in": op.access_ttl, "id_token": op.id_token(nonce)}
+                if op.refresh:
+                    out["refresh_token"] = op.new_refresh_token()
+                self._send(200, out)
+
+            def _refresh(self, form):
+                with op.lock:
+                    known = form.get("refresh_token") in op.refresh_tokens
+                    op.refresh_tokens.discard(form.get("refresh_token"))  # rotation
+                if not known:
+                    return self._send(400, {"error": "invalid_grant"})
+                over = {}
+                if op.refresh_sub:
+                    over["sub"] = op.refresh_sub
+                if op.refresh_groups is not None:
+                    over["groups"] = op.refresh_groups
                 self._send(200, {"access_token": b64u(os.urandom(24)), "token_type": "Bearer",
-                                 "expires_in": 300, "id_token": op.id_token(nonce)})
+                                 "expires_in": op.access_ttl,
+                                 "refresh_token": op.new_refresh_token(),
+                                 "id_token": op.mint(op.claims(None, **over))})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -154,6 +180,15 @@ class RogueOP:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def new_refresh_token(self):
+        rt = b64u(os.urandom(24))
+        with self.lock:
+            self.refresh_tokens.add(rt)
+        return rt
+
+    def refreshes(self):
+        return sum(1 for f in self.token_requests if f.get("grant_type") == "refresh_token")
 
     def discovery(self):
         i = self.issuer
@@ -164,6 +199,7 @@ class RogueOP:
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
         }
 
     def _client_ok(self, authz, form):

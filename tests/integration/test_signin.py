@@ -378,7 +378,9 @@ class SignInTest(unittest.TestCase):
             time.sleep(0.05)
         self.assertLess(time.time() - done, 1.0)
         self.assertEqual(a.request(self.base + "/cli").status, 200)  # alice untouched
-        self.assertNotIn("bob@example.com", run_cli("list", "-c", self.gh.config_path).stdout)
+        # Rows the server wrote just after the CLI's DELETE go on its next cycle.
+        self.assertTrue(wait_for(lambda: "bob@example.com" not in run_cli(
+            "list", "-c", self.gh.config_path).stdout, 2.0, 0.2))
         # Revoke by id (the 16-char public id from the list).
         rows = [json.loads(line) for line in run_cli(
             "list", "-c", self.gh.config_path, "--json", "--user", "alice@example.com")
@@ -444,9 +446,9 @@ class RevokeFreshSession(unittest.TestCase):
             while b.request(s.base + "/fresh").status == 200:
                 self.assertLess(time.time() - done, 1.0, "revocation not applied within 1 s")
                 time.sleep(0.05)
-            time.sleep(1.2)  # a writer cycle or two later
+            self.assertTrue(wait_for(lambda: "bob@example.com" not in run_cli(
+                "list", "-c", s.gh.config_path).stdout, 2.0, 0.2))
             self.assertEqual(b.request(s.base + "/fresh").status, 302)
-            self.assertNotIn("bob@example.com", run_cli("list", "-c", s.gh.config_path).stdout)
             s.gh.stop()
             s.gh.cleanup()
             s.start_gh()

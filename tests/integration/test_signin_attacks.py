@@ -346,5 +346,80 @@ class CraftedIdTokens(AttackBase):
         self.refused("bad_signature", "token signature is invalid")
 
 
+
+class RefreshNamesAnotherUser(unittest.TestCase):
+    """OIDC Core 12.2: an ID token from a refresh must name the same user. A
+    provider that answers a refresh with another sub ends the session; one
+    that answers with the same sub keeps it (and its new groups apply)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.backend = Backend("app")
+        port = free_port()
+        cls.base = f"http://127.0.0.1:{port}"
+        cls.rogue = RogueOP(client_secret=CLIENT_SECRET)
+        cls.rogue.refresh = True
+        cls.rogue.access_ttl = 3
+        cfg = basic_config(
+            [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state={"sqlite": "var/gatehouse.db"},
+            session={"refresh": True, "refresh_before": "2s"},
+            identity_providers=[{"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
+                                 "client_id": "gatehouse", "client_secret_file": "oidc-secret",
+                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"]}],
+        )
+        try:
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        except Exception:
+            cls.rogue.stop()
+            cls.backend.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.rogue.stop()
+        cls.backend.stop()
+
+    def sign_in(self):
+        self.rogue.refresh_sub = None
+        self.rogue.refresh_groups = None
+        b = Browser()
+        r = b.follow(self.base + "/r")[0]
+        self.assertEqual(r.status, 200, r)
+        return b
+
+    def wait_refresh(self, b, before):
+        time.sleep(1.2)  # due now (3 s tokens, refresh 2 s before)
+        b.request(self.base + "/r")  # starts the refresh in the background
+        deadline = time.time() + 5
+        while self.rogue.refreshes() == before:
+            self.assertLess(time.time(), deadline, "no refresh happened")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def test_same_user_keeps_session(self):
+        b = self.sign_in()
+        self.rogue.refresh_groups = ["rogue", "auditors"]
+        self.wait_refresh(b, self.rogue.refreshes())
+        self.assertEqual(b.request(self.base + "/r2").status, 200)
+        h = {k.lower(): v for k, v in self.backend.last("/r2")["headers"]}
+        self.assertEqual(h["x-gatehouse-user"], "mallory")
+        self.assertEqual(h["x-gatehouse-groups"], "rogue,auditors")
+
+    def test_other_user_ends_session(self):
+        b = self.sign_in()
+        self.rogue.refresh_sub = "admin"
+        self.wait_refresh(b, self.rogue.refreshes())
+        r = b.request(self.base + "/r3")
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(all(u != "admin" for u in
+                            [dict((k.lower(), v) for k, v in q["headers"]).get("x-gatehouse-user")
+                             for q in self.backend.requests]))
+        log = self.gh.stderr()
+        self.assertIn("names another user", log)
+
+
 if __name__ == "__main__":
     unittest.main()
