@@ -384,6 +384,15 @@ class DecisionLogThroughProxy(unittest.TestCase):
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
         self.assertIn("decision log OK", v.stdout)
 
+    def test_failed_sign_in_is_an_error_record(self):
+        # A callback without the login cookie (forged or replayed from elsewhere).
+        r = Browser().request(self.base + "/.gatehouse/oidc/callback?code=abc&state=xyz")
+        self.assertEqual(r.status, 400, r)
+        rec = self.wait_records([rid_of(r)])[rid_of(r)]
+        self.assertEqual((rec["decision"], rec["rule"]), ("error", "sign-in"), rec)
+        self.assertIn("no login cookie", rec["reason"])
+        self.assertEqual(rec["path"], "/.gatehouse/oidc/callback")
+
     def test_metrics_show_the_writer(self):
         r = self.alice.request(self.base + "/doc/metrics")
         self.wait_records([rid_of(r)])

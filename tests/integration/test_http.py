@@ -188,6 +188,32 @@ class ForwardingTest(ProxyCase):
         self.assertEqual(hdr(e, "X-Forwarded-Host"), ["Shop.Example:8080"])
         self.assertEqual(hdr(e, "Host"), ["Shop.Example:8080"])
 
+    def test_identity_headers_from_client_removed(self):
+        """X-Gatehouse-* from the client never reaches the backend, even on a public route."""
+        e = request(self.gh.port, "GET", "/spoof", headers=[
+            ("X-Gatehouse-User", "admin"), ("x-gatehouse-groups", "admins"),
+            ("X-Gatehouse-Assertion", "forged"), ("X-Other", "kept")]).json()
+        names = [k.lower() for k, _ in e["headers"]]
+        self.assertFalse([n for n in names if n.startswith("x-gatehouse-")], e["headers"])
+        self.assertIn("x-other", names)
+
+    def test_response_streamed_not_buffered(self):
+        """The first chunk reaches the client while the backend is still sending."""
+        with RawConn(self.gh.port) as c:
+            t0 = time.time()
+            c.send(build_request("GET", "/chunked?chunks=5&size=10&delay_ms=400"))
+            start, _ = c.reader.read_head()
+            self.assertIn(" 200", start)
+            first = c.reader.readline()
+            t_first = time.time() - t0
+            self.assertEqual(first.split(b";")[0].strip(), b"a")
+            c.reader.buf = first + c.reader.buf  # put the size line back, read it all
+            body = c.reader.read_chunked()
+            t_all = time.time() - t0
+        self.assertEqual(body, b"".join(bytes([65 + i]) * 10 for i in range(5)))
+        self.assertGreater(t_all, 1.5)
+        self.assertLess(t_first, 1.0, "the response was buffered instead of streamed")
+
     def test_request_id_generated_unique_and_replaced(self):
         ids = set()
         for _ in range(5):
@@ -227,6 +253,39 @@ class ForwardingTest(ProxyCase):
             self.assertEqual(r.status, 200)
             self.assertEqual(r.json()["path"], "/ten")
             self.assertTrue(c.is_closed(3), "HTTP/1.0 without keep-alive must close")
+
+
+class ClientTimeoutsTest(ProxyCase):
+    """Idle keep-alive connections close after timeouts.idle; a client that stops
+    sending its body is cut off after timeouts.body."""
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends)],
+                            timeouts={"idle": "1s", "body": "1s", "header": "5s"})
+
+    def test_idle_keep_alive_closed(self):
+        with RawConn(self.gh.port) as c:
+            self.assertEqual(c.request("GET", "/idle").status, 200)
+            t0 = time.time()
+            self.assertTrue(c.is_closed(5), "idle keep-alive connection never closed")
+            self.assertGreater(time.time() - t0, 0.7)
+            self.assertLess(time.time() - t0, 3.5)
+
+    def test_stalled_body_cut_off(self):
+        with RawConn(self.gh.port) as c:
+            c.send(build_request("POST", "/stall-body", headers=[("Content-Length", "1000")]))
+            c.send(b"0123456789")
+            t0 = time.time()
+            c.sock.settimeout(6)
+            try:
+                data = c.reader.read_to_eof()
+            except (ConnectionResetError, OSError):
+                data = b""
+            elapsed = time.time() - t0
+            self.assertLess(elapsed, 4.0, "a stalled request body was waited for too long")
+            self.assertNotIn(b" 200 ", data[:20])
+        self.assertAlive()
 
 
 class ConcurrencyTest(ProxyCase):
