@@ -5,6 +5,8 @@ identity headers; and, through a stand-in OP (rogue_op.py) that hands out
 crafted ID tokens: wrong nonce, alg none, HS256 keyed with the provider's
 public key, expired, wrong iss, wrong aud, unknown kid, forged signature.
 The route accepts both providers, so /.gatehouse/login shows the chooser."""
+import base64
+import json
 import re
 import time
 import unittest
@@ -419,6 +421,114 @@ class RefreshNamesAnotherUser(unittest.TestCase):
                              for q in self.backend.requests]))
         log = self.gh.stderr()
         self.assertIn("names another user", log)
+
+
+
+class BackchannelRelay:
+    """Stands between the IdP and Gatehouse on the back channel: keeps each
+    logout token it passes on, so a test can replay or alter it."""
+
+    def __init__(self, target):
+        import http.client
+        import http.server
+        import threading
+        relay = self
+        self.bodies = []
+        self.statuses = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                relay.bodies.append(body)
+                u = urllib.parse.urlsplit(target)
+                c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+                c.request("POST", u.path, body,
+                          {"Content-Type": self.headers.get("Content-Type", "")})
+                r = c.getresponse()
+                data = r.read()
+                relay.statuses.append(r.status)
+                c.close()
+                self.send_response(r.status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/bcl"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BackchannelLogoutTokens(unittest.TestCase):
+    """A real logout token from the IdP ends the session once; the same token
+    again (jti replay) and an altered one are refused with a log line."""
+
+    def test_replay_and_tamper(self):
+        backend = Backend("app")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        relay = BackchannelRelay(base + "/.gatehouse/oidc/backchannel-logout")
+        idp = IdP([client_for(base, backchannel_logout_uri=relay.url)])
+        gh = None
+        try:
+            cfg = basic_config(
+                [{"name": "app", "upstream": {"servers": [backend.url]}}],
+                listen=[{"address": f"127.0.0.1:{port}"}],
+                state={"sqlite": "var/gatehouse.db"},
+                identity_providers=[idp_conf(idp)])
+            gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+            b = Browser()
+            self.assertEqual(b.login(base, "/x").status, 200)
+            r = b.request(idp.issuer + "/session/end")
+            action = re.search(rb'action="([^"]+)"', r.body).group(1).decode()
+            form = {k.decode(): v.decode()
+                    for k, v in re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body)}
+            form["logout"] = "yes"
+            b.follow(urllib.parse.urljoin(idp.issuer, action), "POST", form)
+            deadline = time.time() + 5
+            while not relay.statuses:
+                self.assertLess(time.time(), deadline, idp.log())
+                time.sleep(0.05)
+            self.assertEqual(relay.statuses, [200])
+            self.assertEqual(b.request(base + "/x").status, 302)
+            log = lambda: gh.stderr().replace('\\"', '"')  # noqa: E731
+            self.assertIn("back-channel logout from corp ended 1 session(s)", log())
+            token_body = relay.bodies[0]
+
+            def post(body):
+                c = Browser()
+                return c.request(base + "/.gatehouse/oidc/backchannel-logout", "POST",
+                                 body.decode() if isinstance(body, bytes) else body,
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+
+            r = post(token_body)
+            self.assertEqual(r.status, 400, r)
+            self.assertIn("jti replay", log())
+            tok = dict(urllib.parse.parse_qsl(token_body.decode()))["logout_token"]
+            h, p, sig = tok.split(".")
+            claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+            claims["jti"] = "fresh-" + claims["jti"]
+            claims["sub"] = "bob"
+            forged = h + "." + base64.urlsafe_b64encode(json.dumps(claims).encode()) \
+                .rstrip(b"=").decode() + "." + sig
+            r = post(urllib.parse.urlencode({"logout_token": forged}))
+            self.assertEqual(r.status, 400, r)
+            self.assertIn("signature", log().split("jti replay", 1)[1])
+            self.assertEqual(post("logout_token=").status, 400)
+            r = Browser().request(base + "/.gatehouse/oidc/backchannel-logout")
+            self.assertEqual(r.status, 405)
+        finally:
+            if gh:
+                gh.cleanup()
+            idp.stop()
+            relay.stop()
+            backend.stop()
 
 
 if __name__ == "__main__":
