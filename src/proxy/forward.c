@@ -43,6 +43,7 @@ struct upconn {
     bool tunnel;
     bool chunk_up;             /* request body is re-chunked */
     bool closed;
+    int refs;                  /* callbacks on the stack; freed at 0 once closed */
     int hs_want;
     uint64_t sent_us;
     struct upconn *next;       /* pool list */
@@ -91,8 +92,23 @@ static void up_close(struct upconn *u)
     if (u->hin) {
         http_in_fini(u->hin);
         free(u->hin);
+        u->hin = NULL;
     }
-    free(u);
+    if (u->refs == 0) {
+        free(u);
+    }
+}
+
+static void up_hold(struct upconn *u)
+{
+    u->refs++;
+}
+
+static void up_put(struct upconn *u)
+{
+    if (--u->refs == 0 && u->closed) {
+        free(u);
+    }
 }
 
 /* Ends the request's use of u: balancer accounting and pool gauges. */
@@ -955,6 +971,7 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct conn *c = u->c;
 
     (void)loop;
+    up_hold(u);
     if (c) {
         conn_hold(c);
     }
@@ -995,6 +1012,7 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     } else if (!u->closed && u->state == UP_IDLE) {
         up_update_io(u);
     }
+    up_put(u);
 }
 
 static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)

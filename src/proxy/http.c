@@ -90,19 +90,29 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
 
 static int on_header_field_complete(llhttp_t *p)
 {
-    H(p)->cur = 2;
+    struct http_in *h = H(p);
+
+    /* RFC 9110 §5.1: a field name is a token, never empty (llhttp 8.1 lets
+     * ":x" through as a field with no name). */
+    if (h->cur != 1 || h->nhdr == 0 || h->hdr[h->nhdr - 1].name_len == 0) {
+        return fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "empty header name");
+    }
+    h->cur = 2;
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     struct http_in *h = H(p);
-    struct http_hdr_off *o = &h->hdr[h->nhdr - 1];
     uint32_t off = off_of(h, at);
 
     if (n == 0) {
         return 0;
     }
+    if (h->cur != 2 || h->nhdr == 0) {
+        return fail(h, h->p.type == HTTP_REQUEST ? 400 : 502, "header value without a name");
+    }
+    struct http_hdr_off *o = &h->hdr[h->nhdr - 1];
     if (o->value_len == 0) {
         /* RFC 9112 §5.2: obs-fold is rejected. llhttp accepts it and hands the
          * value over in pieces, so a value that does not follow the colon (after
@@ -532,7 +542,7 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
                                   const struct http_fwd_opts *o)
 {
     struct str upgrade = STR_NULL;
-    bool xff_seen = false;
+    bool xff_seen = false, host_sent = false;
 
     buf_append_str(out, r->method);
     buf_append(out, " ", 1);
@@ -558,14 +568,29 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
         if (strip) {
             continue;
         }
+        if (str_ieq_cstr(n, "host")) {
+            if (r->headers[i].value.len == 0) {
+                continue; /* HTTP/1.0 "Host:" with nothing: replaced below */
+            }
+            host_sent = true;
+        }
         buf_append_str(out, n);
         buf_append(out, ": ", 2);
         buf_append_str(out, r->headers[i].value);
         buf_append(out, "\r\n", 2);
     }
-    if (r->host.len == 0 && o->default_host) {
-        /* HTTP/1.0 without Host: HTTP/1.1 upstreams require one (RFC 9112 §3.2). */
-        buf_printf(out, "Host: %s\r\n", o->default_host);
+    if (!host_sent) {
+        /* HTTP/1.0 without Host (maybe with an absolute-form target): HTTP/1.1
+         * upstreams require one (RFC 9112 §3.2). */
+        if (r->host.len > 0) {
+            buf_append_str(out, STR("Host: "));
+            buf_append_str(out, r->host);
+            buf_append(out, "\r\n", 2);
+        } else if (o->default_host) {
+            buf_append_str(out, STR("Host: "));
+            buf_append_cstr(out, o->default_host);
+            buf_append(out, "\r\n", 2);
+        }
     }
     if (r->chunked) {
         buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
