@@ -1673,7 +1673,13 @@ static enum access_step ep_login(struct gate_req *q)
 
 static enum access_step callback_fail(struct gate_req *q, int status, const char *why)
 {
+    uint64_t seq;
+
     atomic_fetch_add(&G.n_idp_errors, status >= 500);
+    /* A failed sign-in is a decision too (decision "error"): the log shows the attempt
+     * and why it failed. A full log is counted and logged by log_decision; the answer
+     * is a failure either way. */
+    (void)log_decision(q, "error", "sign-in", why, &seq);
     return finish(q, fail_page(q, status, "Sign-in failed",
                                "Sign-in could not be completed. Please try again.", why));
 }
