@@ -480,6 +480,8 @@ class Backend:
       /eof [n]                        body delimited by closing the connection
       /ambiguous                      response with both Content-Length and chunked
       /then-close                     keep-alive answer, then the idle connection is closed
+      /garbage                        malformed response head
+      /truncated                      Content-Length 1000, 100 bytes sent, connection closed
       any path [read_delay_ms]        waits before reading the request body
       /hop                            response with hop-by-hop headers to strip
       /ws                             WebSocket echo (real handshake)
@@ -712,6 +714,14 @@ class Backend:
                                            ("Transfer-Encoding", "chunked")])
             c.sendall(body)
             return keep
+        if path == "/garbage":  # a malformed response head
+            c.sendall(b"HTTP/1.1 200 OK\r\nX-Backend: " + self.name.encode() +
+                      b"\r\nBroken header line\r\nContent-Length: 2\r\n\r\nok")
+            return keep
+        if path == "/truncated":  # promises 1000 bytes, sends 100, closes
+            self._send_head(c, 200, "OK", [("Content-Length", "1000")])
+            c.sendall(b"t" * 100)
+            return False
         if path == "/then-close":  # answers keep-alive, then drops the idle connection
             body = b"bye\n"
             self._send_head(c, 200, "OK", [("Content-Length", str(len(body)))])

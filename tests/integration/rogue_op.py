@@ -27,7 +27,8 @@ import time
 import urllib.parse
 
 SCENARIOS = ("good", "wrong_nonce", "no_nonce", "alg_none", "hs256_public_key", "expired",
-             "wrong_iss", "wrong_aud", "unknown_kid", "bad_signature", "future_iat")
+             "wrong_iss", "wrong_aud", "unknown_kid", "bad_signature", "future_iat",
+             "nbf_future", "multi_aud_no_azp", "multi_aud_azp", "wrong_azp")
 
 
 def b64u(data):
@@ -85,6 +86,7 @@ class RogueOP:
         self.refresh_sub = None   # sub of the ID token a refresh returns (None: same user)
         self.refresh_groups = None
         self.refresh_tokens = set()
+        self.jwks_fetches = 0
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
         self.token_requests = []
         self.lock = threading.Lock()
@@ -113,6 +115,8 @@ class RogueOP:
                 if u.path == "/.well-known/openid-configuration":
                     return self._send(200, op.discovery())
                 if u.path == "/jwks":
+                    with op.lock:
+                        op.jwks_fetches += 1
                     return self._send(200, {"keys": [op.key.jwk(op.kid)]})
                 if u.path == "/authorize":
                     return self._authorize(q)
@@ -138,6 +142,7 @@ class RogueOP:
                 if urllib.parse.urlsplit(self.path).path != "/token":
                     return self._send(404, {"error": "not_found"})
                 form = dict(urllib.parse.parse_qsl(body))
+                form["_authorization"] = self.headers.get("Authorization") or ""
                 with op.lock:
                     op.token_requests.append(form)
                     entry = op.codes.pop(form.get("code", ""), None)
@@ -180,6 +185,14 @@ class RogueOP:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def rotate(self):
+        """A new signing key with a new kid replaces the published one."""
+        with self.lock:
+            n = getattr(self, "_rotations", 0) + 1
+            self._rotations = n
+        self.key = RSAKey(self.tmp, f"rotated-{n}")
+        self.kid = f"rogue-rotated-{n}"
 
     def new_refresh_token(self):
         rt = b64u(os.urandom(24))
@@ -261,6 +274,15 @@ class RogueOP:
             if self.other_key is None:
                 self.other_key = RSAKey(self.tmp, "other")
             return self.mint(self.claims(nonce), kid="not-published", key=self.other_key)
+        if s == "nbf_future":
+            return self.mint(self.claims(nonce, nbf=now + 3600))
+        if s == "multi_aud_no_azp":
+            return self.mint(self.claims(nonce, aud=[self.client_id, "other-rp"]))
+        if s == "multi_aud_azp":
+            return self.mint(self.claims(nonce, aud=[self.client_id, "other-rp"],
+                                         azp=self.client_id))
+        if s == "wrong_azp":
+            return self.mint(self.claims(nonce, azp="other-rp"))
         if s == "bad_signature":
             tok = self.mint(self.claims(nonce))
             head, payload, sig = tok.split(".")

@@ -247,6 +247,16 @@ class StateAndCookieAttacks(AttackBase):
                 rd = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query)).get("rd", "/")
                 self.assertTrue(rd.startswith("/") and not rd.startswith("//"), rd)
 
+    def test_callback_iss_of_another_provider(self):
+        # RFC 9207 mix-up defence: the iss parameter names the provider.
+        b = Browser()
+        cb = self.to_callback(b)
+        qs = [(k, "https://evil.example" if k == "iss" else v)
+              for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(cb).query)]
+        self.assertIn("iss", dict(qs))
+        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+                              "is not the configured issuer")
+
     def test_idp_error_at_callback(self):
         # The IdP sends the browser back with an error (the user refused).
         b = Browser()
@@ -346,6 +356,98 @@ class CraftedIdTokens(AttackBase):
 
     def test_forged_payload(self):
         self.refused("bad_signature", "token signature is invalid")
+
+    def test_not_yet_valid(self):
+        self.refused("nbf_future", "token not valid before")
+
+    def test_several_audiences_without_azp(self):
+        self.refused("multi_aud_no_azp", "several audiences but no \"azp\"")
+
+    def test_azp_of_another_client(self):
+        self.refused("wrong_azp", "\"azp\" \"other-rp\" is not our client")
+
+    def test_several_audiences_with_our_azp_accepted(self):
+        b, cb = self.rogue_callback("multi_aud_azp")
+        self.assertEqual(b.request(cb).status, 302)
+        self.assertEqual(b.request(self.base + "/after").status, 200)
+
+    def test_client_authentication_at_token_endpoint(self):
+        b, cb = self.rogue_callback("good")
+        self.assertEqual(b.request(cb).status, 302)
+        form = self.rogue.token_requests[-1]
+        self.assertTrue(form["_authorization"].startswith("Basic "))  # client_secret_basic
+        self.assertNotIn("client_secret", form)
+        self.assertEqual(form["grant_type"], "authorization_code")
+        self.assertTrue(form["code_verifier"])  # PKCE (the stand-in checked S256)
+
+
+class ProviderKeyRotation(AttackBase):
+    """JWKS cached; a new kid triggers one re-fetch, at most once per
+    jwks_refresh_min_interval (2 s here); client_secret_post when configured."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.backend = Backend("app")
+        port = free_port()
+        cls.base = f"http://127.0.0.1:{port}"
+        cls.rogue = RogueOP(client_secret=CLIENT_SECRET)
+        cfg = basic_config(
+            [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state={"sqlite": "var/gatehouse.db"},
+            identity_providers=[{"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
+                                 "client_id": "gatehouse", "client_secret_file": "oidc-secret",
+                                 "token_endpoint_auth": "client_secret_post",
+                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"],
+                                 "jwks_refresh_min_interval": "2s"}],
+        )
+        try:
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        except Exception:
+            cls.rogue.stop()
+            cls.backend.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.rogue.stop()
+        cls.backend.stop()
+
+    def login(self, scenario="good"):
+        self.rogue.scenario = scenario
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/login?rd=%2Fk")
+        r = b.request(r.header("Location"))
+        return b, b.request(r.header("Location"))
+
+    def test_rotation_and_refetch_rate(self):
+        b, r = self.login()
+        self.assertEqual(r.status, 302, r)
+        form = self.rogue.token_requests[-1]
+        self.assertEqual(form["_authorization"], "")  # client_secret_post
+        self.assertEqual(form["client_secret"], CLIENT_SECRET)
+        n = self.rogue.jwks_fetches
+        self.assertGreaterEqual(n, 1)
+        b, r = self.login()
+        self.assertEqual(self.rogue.jwks_fetches, n)  # cached
+        time.sleep(2.1)
+        self.rogue.rotate()
+        b, r = self.login()
+        self.assertEqual(r.status, 302, r)  # the new key was fetched
+        self.assertEqual(b.request(self.base + "/k").status, 200)
+        self.assertEqual(self.rogue.jwks_fetches, n + 1)
+        # Unknown kids right after: refused without hammering the IdP.
+        for _ in range(3):
+            b, r = self.login("unknown_kid")
+            self.assertEqual(r.status, 403, r)
+        self.assertEqual(self.rogue.jwks_fetches, n + 1)
+        time.sleep(2.1)
+        for _ in range(3):
+            b, r = self.login("unknown_kid")
+            self.assertEqual(r.status, 403, r)
+        self.assertEqual(self.rogue.jwks_fetches, n + 2)
+        self.assertLogged("no key with kid")
 
 
 

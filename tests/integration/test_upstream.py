@@ -8,8 +8,8 @@ import threading
 import time
 import unittest
 
-from harness import (Backend, Gatehouse, ProxyCase, RawConn, basic_config, dead_url, request,
-                     route, wait_log_entry, wait_until)
+from harness import (Backend, Gatehouse, ProxyCase, RawConn, basic_config, build_request, dead_url,
+                     request, route, wait_log_entry, wait_until)
 
 
 class RoundRobinTest(ProxyCase):
@@ -299,6 +299,31 @@ class PoolTest(ProxyCase):
         self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 3),
                         "the connection with the ambiguous response was kept")
         self.assertEqual(request(self.gh.port, "GET", "/after-ambiguous").status, 200)
+
+
+    def test_malformed_response_502_and_not_reused(self):
+        r = request(self.gh.port, "GET", "/garbage")
+        self.assertEqual(r.status, 502)
+        conn = self.backend.last("/garbage")["conn"]
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 3),
+                        "the connection with the malformed response was kept")
+        self.assertEqual(request(self.gh.port, "GET", "/after-garbage").status, 200)
+
+    def test_truncated_response_closes_client_connection(self):
+        """Once the head is forwarded the client can only learn of the truncation by
+        the connection closing: it must not hang or be reused."""
+        with RawConn(self.gh.port) as c:
+            c.send(build_request("GET", "/truncated"))
+            start, headers = c.reader.read_head()
+            self.assertIn(" 200", start)
+            t0 = time.time()
+            try:
+                rest = c.reader.read_to_eof()
+            except (ConnectionResetError, OSError):
+                rest = b""
+            self.assertLess(time.time() - t0, 5)
+            self.assertLess(len(rest), 1000)
+        self.assertEqual(request(self.gh.port, "GET", "/after-truncated").status, 200)
 
 
 class HttpsUpstreamTest(unittest.TestCase):
