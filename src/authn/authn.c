@@ -964,11 +964,9 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
     if (rc != 0) {
         return callback_error(an, req, a, out, err.msg);
     }
-    const char *sub = jwt_claim_str(c->tokens.id_claims, "sub");
     struct oidc_http h;
     if (x->p->groups_from_userinfo &&
         oidc_userinfo_request(atomic_load(&x->meta), c->tokens.access_token, &h, &err) == 0) {
-        (void)sub;
         c->kind = CONT_USERINFO;
         fill_fetch(a, out, &h);
         return AUTHN_NEED_FETCH;
