@@ -633,5 +633,61 @@ class BackchannelLogoutTokens(unittest.TestCase):
             backend.stop()
 
 
+
+class ConfiguredIdentityHeaders(unittest.TestCase):
+    """Custom identity header names (upstream_identity.headers) are stripped
+    from clients on every route, public ones included, like X-Gatehouse-*."""
+
+    def test_custom_names_stripped_and_set(self):
+        backend = Backend("app")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        idp = IdP([client_for(base)])
+        gh = None
+        try:
+            cfg = basic_config(
+                [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
+                  "upstream": {"servers": [backend.url]}},
+                 {"name": "app", "upstream": {"servers": [backend.url]}}],
+                listen=[{"address": f"127.0.0.1:{port}"}],
+                state={"sqlite": "var/gatehouse.db"},
+                identity_providers=[idp_conf(idp)],
+                upstream_identity={"headers": {"user": "X-Remote-User", "email": "X-Remote-Email",
+                                               "groups": "X-Remote-Groups"},
+                                   "assertion": {"header": "X-Identity-Token"}})
+            gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+            spoof = {"X-Remote-User": "admin", "X-Remote-Email": "ceo@example.com",
+                     "X-Remote-Groups": "admins", "X-Identity-Token": "forged",
+                     "X-Gatehouse-User": "admin"}
+
+            def seen(path):
+                out = {}
+                for k, v in backend.last(path)["headers"]:
+                    out.setdefault(k.lower(), []).append(v)
+                return out
+
+            r = Browser().request(base + "/pub/a", headers=spoof)
+            self.assertEqual(r.status, 200)
+            h = seen("/pub/a")
+            for name in spoof:
+                self.assertNotIn(name.lower(), h, f"{name} reached the backend on a public route")
+            b = Browser()
+            self.assertEqual(b.login(base, "/in").status, 200)
+            self.assertEqual(b.request(base + "/in2", headers=spoof).status, 200)
+            h = seen("/in2")
+            self.assertEqual(h["x-remote-user"], ["alice"])
+            self.assertEqual(h["x-remote-email"], ["alice@example.com"])
+            self.assertEqual(h["x-remote-groups"], ["eng,admins"])
+            self.assertEqual(len(h["x-identity-token"]), 1)
+            self.assertNotEqual(h["x-identity-token"], ["forged"])
+            self.assertNotIn("x-gatehouse-user", h)
+            self.assertNotIn("x-gatehouse-assertion", h)
+        finally:
+            if gh:
+                gh.cleanup()
+            idp.stop()
+            backend.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
