@@ -596,7 +596,7 @@ class SlowIdP(unittest.TestCase):
             th.join(20)
             self.assertEqual(done["r"].status, 200, done.get("r"))
             self.assertGreater(done["t"], 3.0)
-            self.assertLess(max(lat), 0.5, lat)
+            self.assertLess(max(lat), 1.0, lat)  # vs 3 s if the worker were blocked
         finally:
             s.stop()
 
