@@ -702,9 +702,12 @@ static void read_logging(struct loader *L, const struct conf_node *root)
             char *dir = slash ? xstrndup(p, slash == p ? 1 : (size_t)(slash - p)) : xstrdup(".");
             /* The file itself is created at start; its directory must exist now
              * so a typo fails `check` rather than the first request. */
+            struct stat st;
             if (access(dir, W_OK) != 0) {
                 conf_error(L->d, n, "cannot write access log \"%s\": directory %s", al,
                            strerror(errno));
+            } else if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+                conf_error(L->d, n, "access log \"%s\" is a directory, not a file", al);
             }
             free(dir);
             L->c->access_log = p;

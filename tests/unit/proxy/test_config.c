@@ -370,6 +370,8 @@ static const struct bad bad_cases[] = {
     { BASE_LISTEN "access_log: /nonexistent-dir/access.log\n" BASE_ROUTE,
       "t.yaml:3:13: error: cannot write access log \"/nonexistent-dir/access.log\": directory "
       "No such file or directory" },
+    { BASE_LISTEN "access_log: /tmp\n" BASE_ROUTE,
+      "t.yaml:3:13: error: access log \"/tmp\" is a directory, not a file" },
     { BASE_LISTEN "state: {sqlite: []}\n" BASE_ROUTE,
       "t.yaml:3:17: error: \"sqlite\" must be a string, got a list" },
     /* routes */
