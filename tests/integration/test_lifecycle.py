@@ -10,6 +10,7 @@ import threading
 import time
 import unittest
 
+from test_admin import parse_metrics
 from harness import (Backend, ConnectionClosed, Gatehouse, RawConn, basic_config, http_get,
                      read_jsonl, request, route, wait_log_entry, wait_until)
 
@@ -121,6 +122,10 @@ class ReloadTest(unittest.TestCase):
         self.assertTrue(logged, "no log line about the rejected config:\n" + self.gh.stderr())
         time.sleep(0.3)
         self.assertIsNone(self.gh.proc.poll(), "gatehouse exited on an invalid reload")
+        _, samples = parse_metrics(http_get(self.gh.admin_port, "/metrics").body.decode())
+        failed = [v for n, lab, v in samples
+                  if n == "gatehouse_config_reloads_total" and lab.get("result") == "failed"]
+        self.assertEqual(failed, [1.0])
         for i in range(5):
             r = request(self.gh.port, "GET", f"/still/{i}")
             self.assertEqual(r.status, 200)

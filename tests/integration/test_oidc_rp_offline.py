@@ -113,7 +113,26 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
             "post_logout_redirect_uris": [cls.post_logout],
             "backchannel_logout_uri": rp + "/.gatehouse/oidc/backchannel-logout",
         }
-        env = dict(os.environ, GH_IDP_CLIENT=json.dumps(client), GH_IDP_ALICE_PASSWORD="alice-pw")
+        # A second and third client: client_secret_post, and private_key_jwt with
+        # an EC key made here (public JWK via node, which the IdP runs on anyway).
+        cls.client_pem = os.path.join(cls.tmp, "client.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-out", cls.client_pem], check=True,
+                       capture_output=True)
+        pub = subprocess.run([NODE, "-e", "const c=require('crypto');const fs=require('fs');"
+                              "const k=c.createPublicKey(fs.readFileSync(process.argv[1]));"
+                              "console.log(JSON.stringify(k.export({format:'jwk'})))",
+                              cls.client_pem], check=True, capture_output=True, text=True)
+        jwk = json.loads(pub.stdout)
+        post_client = dict(client, client_id="gatehouse-post", client_secret="post-secret",
+                           token_endpoint_auth_method="client_secret_post")
+        del post_client["backchannel_logout_uri"]
+        jwt_client = {"client_id": "gatehouse-pkjwt", "redirect_uris": [cls.redirect_uri],
+                      "token_endpoint_auth_method": "private_key_jwt",
+                      "token_endpoint_auth_signing_alg": "ES256",
+                      "jwks": {"keys": [dict(jwk, use="sig", alg="ES256")]}}
+        env = dict(os.environ, GH_IDP_CLIENT=json.dumps([client, post_client, jwt_client]),
+                   GH_IDP_ALICE_PASSWORD="alice-pw")
         cls.idp = subprocess.Popen([NODE, os.path.join(ROOT, "tests", "idp", "oidc_idp.mjs")],
                                    cwd=os.path.join(ROOT, "tests"), env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,6 +156,16 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
                     "    allow_insecure_issuer: true\n"
                     "    client_id: gatehouse\n    client_secret: s3cret-for-tests\n"
                     "    scopes: [openid, email, profile, groups, offline_access]\n")
+        cls.conf_post = cls.save("idp-post.yaml", (
+            "identity_providers:\n  - id: corp\n    type: oidc\n"
+            f"    issuer: {cls.issuer}\n    allow_insecure_issuer: true\n"
+            "    client_id: gatehouse-post\n    client_secret: post-secret\n"
+            "    token_endpoint_auth: client_secret_post\n").encode())
+        cls.conf_pkjwt = cls.save("idp-pkjwt.yaml", (
+            "identity_providers:\n  - id: corp\n    type: oidc\n"
+            f"    issuer: {cls.issuer}\n    allow_insecure_issuer: true\n"
+            "    client_id: gatehouse-pkjwt\n    token_endpoint_auth: private_key_jwt\n"
+            f"    private_key: {cls.client_pem}\n").encode())
         cls.discovery = cls.save("discovery.json", request(
             "GET", cls.issuer + "/.well-known/openid-configuration")[2])
         with open(cls.discovery) as f:
@@ -169,8 +198,9 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
         status, _, body = request(req["method"], req["url"], headers, req.get("body"))
         return status, self.save("resp-%d.json" % id(body), body)
 
-    def sign_in(self, user="alice", password=None, rd="/wiki/page?x=1"):
-        start = self.tool("login", self.conf, self.discovery, self.key, self.redirect_uri, rd)
+    def sign_in(self, user="alice", password=None, rd="/wiki/page?x=1", conf=None):
+        start = self.tool("login", conf or self.conf, self.discovery, self.key, self.redirect_uri,
+                          rd)
         self.assertTrue(start["ok"], start)
         b = Browser(self.redirect_uri)
         status, url, body = b.go("GET", start["auth_url"])
@@ -181,15 +211,27 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
                                  {"login": user, "password": password or self.users[user]})
         return start, b, status, url, body
 
-    def full_login(self):
-        start, b, status, url, _ = self.sign_in()
+    def full_login(self, conf=None):
+        conf = conf or self.conf
+        start, b, status, url, _ = self.sign_in(conf=conf)
         self.assertTrue(url.startswith(self.redirect_uri + "?"), url)
         query = urllib.parse.urlsplit(url).query
-        treq = self.tool("callback", self.conf, self.discovery, self.key, start["cookie"], query)
+        treq = self.tool("callback", conf, self.discovery, self.key, start["cookie"], query)
         self.assertTrue(treq["ok"], treq)
         status, resp = self.perform(treq)
-        toks = self.tool("token", self.conf, self.jwks, self.key, start["cookie"], str(status), resp)
+        toks = self.tool("token", conf, self.jwks, self.key, start["cookie"], str(status), resp)
         return start, b, query, treq, toks
+
+    def test_client_secret_post_and_private_key_jwt(self):
+        _, _, _, treq, toks = self.full_login(self.conf_post)
+        self.assertTrue(toks["ok"], toks)
+        self.assertIn("client_secret=post-secret", treq["body"])
+        self.assertFalse(any(h.startswith("Authorization:") for h in treq["headers"]))
+        _, _, _, treq, toks = self.full_login(self.conf_pkjwt)
+        self.assertTrue(toks["ok"], toks)
+        self.assertEqual(toks["identity"]["email"], "alice@example.com")
+        self.assertIn("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type"
+                      "%3Ajwt-bearer&client_assertion=", treq["body"])
 
     def test_sign_in_maps_identity(self):
         _, _, _, treq, toks = self.full_login()
