@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import unittest
 
 from harness import (ProxyCase, RawConn, basic_config, dead_url, http_get, read_jsonl, request,

@@ -6,8 +6,8 @@ import threading
 import time
 import unittest
 
-from harness import (Backend, ConnectionClosed, Gatehouse, ProxyCase, RawConn, basic_config,
-                     build_request, free_port, pattern_chunks, pattern_sha, request, route)
+from harness import (ProxyCase, RawConn, basic_config, build_request, free_port, pattern_chunks,
+                     pattern_sha, request, route)
 
 
 def hdr(echo, name):
@@ -347,7 +347,8 @@ class TrustedRequestIdTest(ProxyCase):
         self.assertGreaterEqual(len(v[0]), 8)
 
     def test_trusted_listener_appends_forwarded_for(self):
-        e = request(self.gh.ports()[1], "GET", "/t", headers=[("X-Forwarded-For", "10.1.2.3")]).json()
+        e = request(self.gh.ports()[1], "GET", "/t",
+                    headers=[("X-Forwarded-For", "10.1.2.3")]).json()
         xff = ",".join(hdr(e, "X-Forwarded-For")).replace(" ", "")
         self.assertEqual(xff, "10.1.2.3,127.0.0.1")
 

@@ -10,9 +10,9 @@ import threading
 import time
 import unittest
 
-from test_admin import parse_metrics
 from harness import (Backend, ConnectionClosed, Gatehouse, RawConn, basic_config, http_get,
                      read_jsonl, request, route, wait_log_entry, wait_until)
+from test_admin import parse_metrics
 
 
 class LoadRun:

@@ -5,6 +5,8 @@ HTTP a browser and the proxy would do. Covers sign-in through the login form,
 claims, replayed code, mismatched state, wrong nonce, userinfo, rotating
 refresh, bearer verification with the IdP's JWKS, RP-initiated logout and a
 back-channel logout token. Python stdlib only; loopback, ephemeral ports."""
+import base64
+import hashlib
 import http.client
 import http.server
 import json
@@ -124,6 +126,11 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
                               "console.log(JSON.stringify(k.export({format:'jwk'})))",
                               cls.client_pem], check=True, capture_output=True, text=True)
         jwk = json.loads(pub.stdout)
+        # Gatehouse names its key by the RFC 7638 thumbprint; register it under that kid.
+        canon = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"),
+                           sort_keys=True)
+        jwk["kid"] = base64.urlsafe_b64encode(
+            hashlib.sha256(canon.encode()).digest()).rstrip(b"=").decode()
         post_client = dict(client, client_id="gatehouse-post", client_secret="post-secret",
                            token_endpoint_auth_method="client_secret_post")
         del post_client["backchannel_logout_uri"]
@@ -228,7 +235,7 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
         self.assertIn("client_secret=post-secret", treq["body"])
         self.assertFalse(any(h.startswith("Authorization:") for h in treq["headers"]))
         _, _, _, treq, toks = self.full_login(self.conf_pkjwt)
-        self.assertTrue(toks["ok"], toks)
+        self.assertTrue(toks["ok"], (toks, self.idp_log[-5:]))
         self.assertEqual(toks["identity"]["email"], "alice@example.com")
         self.assertIn("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type"
                       "%3Ajwt-bearer&client_assertion=", treq["body"])
