@@ -199,6 +199,8 @@ const provider = new Provider(issuer, {
   },
 });
 provider.on('server_error', (_ctx, err) => console.error('idp server_error', err));
+// Why a token request was refused (error and detail only, never a token).
+provider.on('grant.error', (_ctx, err) => console.log(`idp grant error: ${err.error}: ${err.error_detail || err.message}`));
 provider.on('backchannel.error', (_ctx, err, client) => console.error(`idp backchannel logout to ${client.clientId} failed: ${err.message}`));
 provider.on('backchannel.success', (_ctx, client) => console.log(`idp backchannel logout sent to ${client.clientId}`));
 // One line per token grant, so tests can count refreshes (grant_type=refresh_token).
