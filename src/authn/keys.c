@@ -124,15 +124,29 @@ out:
     return jwk;
 }
 
+/* With a NULL callback OpenSSL would ask for a passphrase on the terminal and
+ * block the server; an encrypted key is refused instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(bool *)u = true;
+    return -1;
+}
+
 cjose_jwk_t *keys_parse_pem(struct str pem, const char **alg, struct err *err)
 {
     BIO *bio = BIO_new_mem_buf(pem.p, (int)pem.len);
-    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    bool asked = false;
+    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, &asked) : NULL;
     cjose_jwk_t *jwk = NULL;
 
     BIO_free(bio);
     if (pk == NULL) {
-        err_set(err, ERR_CRYPTO, "not a PEM private key");
+        err_set(err, ERR_CRYPTO, asked ? "encrypted private keys are not supported (store it "
+                                         "without a passphrase, mode 0600)"
+                                       : "not a PEM private key");
         return NULL;
     }
     if (EVP_PKEY_is_a(pk, "EC")) {

@@ -215,6 +215,16 @@ static void test_non_p256_key_is_refused(void **state)
     assert_string_equal(alg, "RS256");
     cjose_jwk_release(k);
     assert_null(keys_load_pem("/nonexistent/key.pem", &alg, &err));
+    /* An encrypted key is refused, never a passphrase prompt on the terminal. */
+    char *enc = xasprintf("%s/enc.pem", dir);
+    char *cmd2 = xasprintf("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 "
+                           "-aes256 -pass pass:secret -out %s 2>/dev/null",
+                           enc);
+    assert_int_equal(system(cmd2), 0);
+    assert_null(keys_load_pem(enc, &alg, &err));
+    assert_non_null(strstr(err.msg, "encrypted private keys are not supported"));
+    free(cmd2);
+    free(enc);
     free(cmd);
     free(p);
     (void)state;
