@@ -256,6 +256,26 @@ static bool parse_address(const char *s, char *host, size_t host_cap, uint16_t *
     return true;
 }
 
+enum clash { CLASH_NONE = 0, CLASH_SAME, CLASH_OVERLAP };
+
+/* Compares two numeric socket addresses (hosts as parse_address left them):
+ * the same address, or one the wildcard (0.0.0.0, ::) of the other's family. */
+static enum clash clash(const char *h1, uint16_t p1, const char *h2, uint16_t p2)
+{
+    unsigned char a[16] = { 0 }, b[16] = { 0 }, zero[16] = { 0 };
+    bool v6a = strchr(h1, ':') != NULL, v6b = strchr(h2, ':') != NULL;
+    size_t n = v6a ? 16 : 4;
+
+    if (p1 != p2 || v6a != v6b || inet_pton(v6a ? AF_INET6 : AF_INET, h1, a) != 1 ||
+        inet_pton(v6b ? AF_INET6 : AF_INET, h2, b) != 1) {
+        return CLASH_NONE;
+    }
+    if (memcmp(a, b, n) == 0) {
+        return CLASH_SAME;
+    }
+    return memcmp(a, zero, n) == 0 || memcmp(b, zero, n) == 0 ? CLASH_OVERLAP : CLASH_NONE;
+}
+
 static bool read_address(struct loader *L, const struct conf_node *m, char **addr_out,
                          char *host, size_t host_cap, uint16_t *port)
 {
@@ -549,14 +569,21 @@ static void read_listen(struct loader *L, const struct conf_node *root)
         if (t) {
             read_tls(L, t, lc);
         }
-        /* Two sockets on one address would split traffic silently between
-         * configurations; refuse it. */
+        /* Two sockets on one address (or a specific address under a wildcard
+         * one) would split traffic silently between configurations; refuse it. */
         for (size_t j = 0; lc->address && j + 1 < L->c->nlisteners; j++) {
             const struct listener_conf *o = &L->c->listeners[j];
-            if (o->address && o->port == lc->port && strcmp(o->host, lc->host) == 0) {
+            enum clash k = o->address ? clash(o->host, o->port, lc->host, lc->port) : CLASH_NONE;
+            if (k == CLASH_SAME) {
                 conf_error(L->d, conf_get(m, "address"),
                            "duplicate listen address \"%s\" (first at line %d)", lc->address,
                            o->line);
+                break;
+            }
+            if (k == CLASH_OVERLAP) {
+                conf_error(L->d, conf_get(m, "address"),
+                           "listen address \"%s\" overlaps \"%s\" (line %d)", lc->address,
+                           o->address, o->line);
                 break;
             }
         }
@@ -582,10 +609,18 @@ static void read_admin(struct loader *L, const struct conf_node *root)
     }
     for (size_t j = 0; j < c->nlisteners; j++) {
         const struct listener_conf *o = &c->listeners[j];
-        if (o->address && o->port == c->admin_port && strcmp(o->host, c->admin_host) == 0) {
+        enum clash k =
+            o->address ? clash(o->host, o->port, c->admin_host, c->admin_port) : CLASH_NONE;
+        if (k == CLASH_SAME) {
             conf_error(L->d, conf_get(a, "address"),
                        "admin address \"%s\" is also a listen address (line %d)",
                        c->admin_address, o->line);
+            break;
+        }
+        if (k == CLASH_OVERLAP) {
+            conf_error(L->d, conf_get(a, "address"),
+                       "admin address \"%s\" overlaps listen address \"%s\" (line %d)",
+                       c->admin_address, o->address, o->line);
             break;
         }
     }

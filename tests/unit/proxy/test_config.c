@@ -292,6 +292,14 @@ static const struct bad bad_cases[] = {
     { "listen: [127.0.0.1:8080]\n" BASE_ROUTE,
       "t.yaml:1:10: error: a \"listen\" item must be a map such as {address: 127.0.0.1:8080}, "
       "got \"127.0.0.1:8080\"" },
+    { "listen:\n  - address: '[::1]:8080'\n  - address: '[0:0::1]:8080'\n" BASE_ROUTE,
+      "t.yaml:3:14: error: duplicate listen address \"[0:0::1]:8080\" (first at line 2)" },
+    { "listen:\n  - address: 0.0.0.0:8080\n  - address: 127.0.0.1:8080\n" BASE_ROUTE,
+      "t.yaml:3:14: error: listen address \"127.0.0.1:8080\" overlaps \"0.0.0.0:8080\" (line "
+      "2)" },
+    { BASE_LISTEN "admin: {address: 0.0.0.0:8080}\n" BASE_ROUTE,
+      "t.yaml:3:18: error: admin address \"0.0.0.0:8080\" overlaps listen address "
+      "\"127.0.0.1:8080\" (line 2)" },
     { "listen:\n  - adress: 127.0.0.1:8080\n" BASE_ROUTE,
       "t.yaml:2:5: error: unknown key \"adress\" in a \"listen\" item (did you mean "
       "\"address\"?)" },
@@ -578,6 +586,17 @@ static void test_workers_auto_and_number(void **state)
     config_unref(c);
 }
 
+static void test_distinct_addresses_on_one_port_are_fine(void **state)
+{
+    struct config *c = expect_ok("listen:\n  - address: 127.0.0.1:8080\n"
+                                 "  - address: 127.0.0.2:8080\n"
+                                 "  - address: '[::]:8080'\n"
+                                 "admin: {address: '[::1]:8081'}\n" BASE_ROUTE);
+    (void)state;
+    assert_int_equal(c->nlisteners, 3);
+    config_unref(c);
+}
+
 static void test_access_log_stderr_off_and_path(void **state)
 {
     struct config *c = expect_ok(BASE_LISTEN "access_log: stderr\n" BASE_ROUTE);
@@ -612,6 +631,7 @@ int main(void)
         cmocka_unit_test(test_load_resolves_paths_against_the_file_directory),
         cmocka_unit_test(test_snapshot_refcount_frees_at_zero_and_reload_is_repeatable),
         cmocka_unit_test(test_workers_auto_and_number),
+        cmocka_unit_test(test_distinct_addresses_on_one_port_are_fine),
         cmocka_unit_test(test_access_log_stderr_off_and_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
