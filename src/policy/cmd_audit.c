@@ -185,11 +185,17 @@ static int cmd_query(int argc, char **argv)
             struct tm tm;
             gmtime_r(&s, &tm);
             strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-            printf("%-27s %-8s %-12s %-24s %-28s %-7s %s%s\n", ts, nz(row.rec.decision),
-                   nz(row.rec.route), row.rec.user && *row.rec.user ? row.rec.user
-                                                                     : nz(row.rec.email),
-                   nz(row.rec.rule), nz(row.rec.method), row.rec.host ? row.rec.host : "",
-                   nz(row.rec.path));
+            char pb[7][512];
+            printf("%-27s %-8s %-12s %-24s %-28s %-7s %s%s\n", ts,
+                   policy_printable(nz(row.rec.decision), pb[0], sizeof pb[0]),
+                   policy_printable(nz(row.rec.route), pb[1], sizeof pb[1]),
+                   policy_printable(row.rec.user && *row.rec.user ? row.rec.user
+                                                                  : nz(row.rec.email),
+                                    pb[2], sizeof pb[2]),
+                   policy_printable(nz(row.rec.rule), pb[3], sizeof pb[3]),
+                   policy_printable(nz(row.rec.method), pb[4], sizeof pb[4]),
+                   policy_printable(row.rec.host ? row.rec.host : "", pb[5], sizeof pb[5]),
+                   policy_printable(nz(row.rec.path), pb[6], sizeof pb[6]));
         }
         dl_row_fini(&row);
     }
@@ -571,6 +577,71 @@ static struct str s_or_empty(const char *s)
     return s ? str_from(s) : STR_NULL;
 }
 
+struct str *policy_input_from_record(const struct decision_record *r, struct policy_input *in)
+{
+    struct str *groups = xcalloc(r->ngroups + 1, sizeof *groups);
+    memset(in, 0, sizeof *in);
+    for (size_t i = 0; i < r->ngroups; i++) {
+        groups[i] = str_from(r->groups[i]);
+    }
+    in->user = s_or_empty(r->user);
+    in->email = s_or_empty(r->email);
+    in->idp = s_or_empty(r->idp);
+    in->authenticated = in->user.len > 0 || in->email.len > 0;
+    in->groups = groups;
+    in->ngroups = r->ngroups;
+    in->claims = r->claims;
+    in->nclaims = r->nclaims;
+    in->device.present = r->device_present;
+    in->device.trusted = r->device_trusted;
+    in->device.id = s_or_empty(r->device_id);
+    in->device.owner = s_or_empty(r->device_owner);
+    if (r->client_ip) {
+        (void)policy_ip_parse(str_from(r->client_ip), &in->client_ip);
+    }
+    in->method = s_or_empty(r->method);
+    in->host = s_or_empty(r->host);
+    in->path = s_or_empty(r->path);
+    in->time_s = r->ts_us / 1000000;
+    in->route = s_or_empty(r->route);
+    return groups;
+}
+
+bool policy_record_by_request(const char *cfg, const char *request_id, struct dl_row *row)
+{
+    struct decision_log_conf c;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct err err = { 0 };
+    bool found = false;
+    if (!load_conf(cfg, &c)) {
+        return false;
+    }
+    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+        fprintf(stderr, "gatehouse: %s\n", err.msg);
+        decision_log_conf_fini(&c);
+        return false;
+    }
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE request_id = ? "
+                              "ORDER BY seq DESC LIMIT 1", DL_COLUMNS);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            dl_row_read(st, row);
+            found = true;
+        }
+    }
+    if (!found) {
+        fprintf(stderr, "gatehouse: no decision with request id \"%s\" in %s\n", request_id,
+                c.sqlite);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    decision_log_conf_fini(&c);
+    return found;
+}
+
 int policy_cmd_diff(int argc, char **argv)
 {
     static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
@@ -673,31 +744,8 @@ int policy_cmd_diff(int argc, char **argv)
             dl_row_fini(&row);
             continue;
         }
-        struct policy_input in = { 0 };
-        struct str *groups = xcalloc(r->ngroups + 1, sizeof *groups);
-        for (size_t i = 0; i < r->ngroups; i++) {
-            groups[i] = str_from(r->groups[i]);
-        }
-        in.user = s_or_empty(r->user);
-        in.email = s_or_empty(r->email);
-        in.idp = s_or_empty(r->idp);
-        in.authenticated = in.user.len > 0 || in.email.len > 0;
-        in.groups = groups;
-        in.ngroups = r->ngroups;
-        in.claims = r->claims;
-        in.nclaims = r->nclaims;
-        in.device.present = r->device_present;
-        in.device.trusted = r->device_trusted;
-        in.device.id = s_or_empty(r->device_id);
-        in.device.owner = s_or_empty(r->device_owner);
-        if (r->client_ip) {
-            (void)policy_ip_parse(str_from(r->client_ip), &in.client_ip);
-        }
-        in.method = s_or_empty(r->method);
-        in.host = s_or_empty(r->host);
-        in.path = s_or_empty(r->path);
-        in.time_s = r->ts_us / 1000000;
-        in.route = s_or_empty(r->route);
+        struct policy_input in;
+        struct str *groups = policy_input_from_record(r, &in);
         struct policy_result res;
         policy_result_init(&res, NULL);
         replayed++;
@@ -736,9 +784,12 @@ int policy_cmd_diff(int argc, char **argv)
             if (ch_list[k].gains != (pass == 0)) {
                 continue;
             }
+            char pr[256], pw[256], pe[1024];
             printf("%s  route %-12s %-28s %u request%s, e.g. %s\n",
-                   pass == 0 ? "GAINS" : "LOSES", ch_list[k].route, ch_list[k].who,
-                   ch_list[k].count, ch_list[k].count == 1 ? "" : "s", ch_list[k].example);
+                   pass == 0 ? "GAINS" : "LOSES", policy_printable(ch_list[k].route, pr, sizeof pr),
+                   policy_printable(ch_list[k].who, pw, sizeof pw), ch_list[k].count,
+                   ch_list[k].count == 1 ? "" : "s",
+                   policy_printable(ch_list[k].example, pe, sizeof pe));
             if (pass == 0) {
                 gains++;
             } else {

@@ -9,11 +9,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "decision_log_int.h"
 #include "policy_cli.h"
 
 static const char policy_usage[] =
     "usage: gatehouse policy test DIR|FILE...\n"
     "       gatehouse policy explain (-c CFG --route R | --policy FILE) --input req.json\n"
+    "       gatehouse policy explain -c CFG --request-id ID   (a logged decision, current policy)\n"
     "       gatehouse policy diff -c CFG --new DIR [--since 7d]\n";
 
 static const char *const test_keys[] = { "policy", "cases", NULL };
@@ -276,11 +278,12 @@ static int cmd_explain(int argc, char **argv)
                                           { "route", required_argument, NULL, 'r' },
                                           { "policy", required_argument, NULL, 'p' },
                                           { "input", required_argument, NULL, 'i' },
+                                          { "request-id", required_argument, NULL, 'q' },
                                           { NULL, 0, NULL, 0 } };
-    const char *cfg = NULL, *route = NULL, *pfile = NULL, *input = NULL;
+    const char *cfg = NULL, *route = NULL, *pfile = NULL, *input = NULL, *reqid = NULL;
     int ch, rc = 1;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:r:p:i:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:r:p:i:q:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             cfg = optarg;
@@ -294,12 +297,28 @@ static int cmd_explain(int argc, char **argv)
         case 'i':
             input = optarg;
             break;
+        case 'q':
+            reqid = optarg;
+            break;
         default:
             fputs(policy_usage, stderr);
             return 2;
         }
     }
-    if (!input || (!pfile && (!cfg || !route))) {
+    struct dl_row row = { 0 };
+    struct str *rec_groups = NULL;
+    if (reqid) {
+        if (!cfg || input) {
+            fputs(policy_usage, stderr);
+            return 2;
+        }
+        if (!policy_record_by_request(cfg, reqid, &row)) {
+            return 1;
+        }
+        route = route ? route : row.rec.route;
+    }
+    if ((!input && !reqid) || (!pfile && (!cfg || !route))) {
+        dl_row_fini(&row);
         fputs(policy_usage, stderr);
         return 2;
     }
@@ -313,16 +332,31 @@ static int cmd_explain(int argc, char **argv)
         p = policy_for_route(cfg, route);
     }
     if (!p) {
+        dl_row_fini(&row);
         return 1;
     }
     struct conf_diag d = { 0 };
     struct arena *a = arena_new(0);
-    struct conf_doc *doc = conf_doc_load(input, &d);
+    struct conf_doc *doc = NULL;
     struct policy_input in;
-    struct cli_opa opa;
-    if (!doc || d.count || !policy_input_from_conf(doc->root, a, &d, &in, &opa)) {
-        conf_diag_print(&d, stderr);
-        goto out;
+    struct cli_opa opa = { 0 };
+    if (reqid) {
+        rec_groups = policy_input_from_record(&row.rec, &in);
+        char b1[64], b2[128], b3[256], b4[16], b5[256], b6[1024];
+        printf("request %s: %s by rule \"%s\" when logged (user %s, %s %s%s)\n",
+               policy_printable(reqid, b1, sizeof b1),
+               policy_printable(row.rec.decision, b2, sizeof b2),
+               policy_printable(row.rec.rule, b3, sizeof b3),
+               policy_printable(row.rec.user, b5, sizeof b5),
+               policy_printable(row.rec.method, b4, sizeof b4),
+               policy_printable(row.rec.host ? row.rec.host : "", b6, 512),
+               policy_printable(row.rec.path, b6 + 512, 512));
+    } else {
+        doc = conf_doc_load(input, &d);
+        if (!doc || d.count || !policy_input_from_conf(doc->root, a, &d, &in, &opa)) {
+            conf_diag_print(&d, stderr);
+            goto out;
+        }
     }
     if (route && !in.route.len) {
         in.route = str_from(route);
@@ -357,6 +391,8 @@ static int cmd_explain(int argc, char **argv)
     }
     free(trace);
 out:
+    free(rec_groups);
+    dl_row_fini(&row);
     conf_diag_fini(&d);
     conf_doc_free(doc);
     arena_free(a);

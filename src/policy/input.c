@@ -16,6 +16,20 @@ static const char *const input_keys[] = { "authenticated", "user", "email", "idp
 static const char *const device_keys[] = { "present", "trusted", "id", "owner", "subject",
                                            "issuer", "serial", "fingerprint", "san", NULL };
 
+const char *policy_printable(const char *s, char *buf, size_t size)
+{
+    size_t i = 0;
+    if (!s) {
+        s = "-";
+    }
+    for (; s[i] && i + 1 < size; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[i] = (char)(c < 0x20 || c == 0x7f ? '?' : c);
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
 bool policy_time_parse(const char *s, int64_t *out)
 {
     int y, mo, d, h, mi, sec, n = 0;

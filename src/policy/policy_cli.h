@@ -27,4 +27,16 @@ struct policy *policy_for_route(const char *cfg, const char *route);
 
 int policy_cmd_diff(int argc, char **argv);
 
+/* s with control characters replaced by '?' (logged data must not drive a terminal);
+ * "-" for NULL. Returns buf. */
+const char *policy_printable(const char *s, char *buf, size_t size);
+
+struct dl_row;
+/* The input a logged decision was made on (what the record keeps of it). Spans point
+ * into r; returns the groups array to free() after use. */
+struct str *policy_input_from_record(const struct decision_record *r, struct policy_input *in);
+/* Reads the newest record of request_id from cfg's decision log (message on stderr if
+ * not found). Free with dl_row_fini(). */
+bool policy_record_by_request(const char *cfg, const char *request_id, struct dl_row *row);
+
 #endif
