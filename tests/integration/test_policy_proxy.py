@@ -343,6 +343,14 @@ class PolicyThroughProxy(unittest.TestCase):
         rec = self.record(rid)
         self.assertEqual((rec["decision"], rec["rule"]), ("allow", "only-eng-will-see-next"))
 
+    def test_shadow_mode_still_needs_a_sign_in(self):
+        # Shadow mode enforces only "signed in": anonymous callers go to sign-in.
+        r = Browser(accept="application/json").request(self.base + "/next/page")
+        self.assertEqual(r.status, 401, r)
+        rec = self.record(r.json()["request_id"])
+        self.assertEqual(rec["decision"], "login")
+        self.assertNotIn(r.json()["request_id"], self.backend_ids())
+
     def test_public_route_needs_no_login_and_is_logged(self):
         anon = Browser()
         r = anon.request(self.base + "/pub/hello")
