@@ -519,7 +519,8 @@ static void test_dl_explain_a_logged_request(void **state)
     char path[256], out[4096];
     snprintf(path, sizeof path, "%s/wiki.yaml", f->dir);
     FILE *pf = fopen(path, "w");
-    fputs("rules:\n  - id: no-odd\n    effect: deny\n    when: {path: {suffix: \"\\\"quoted\\\"\"}}\n"
+    fputs("rules:\n  - id: no-odd\n    effect: deny\n"
+          "    when: {path: {suffix: \"\\\"quoted\\\"\"}}\n"
           "  - id: eng\n    effect: allow\n    when: {groups: eng}\n",
           pf);
     fclose(pf);

@@ -217,7 +217,8 @@ static void test_eval_host_index_keeps_order_and_agrees_with_trace(void **state)
                                "  - {id: any-allow, effect: allow, when: {groups: eng}}\n"
                                "  - {id: a-allow, effect: allow, when: {host: A.test}}\n"
                                "  - {id: b-allow, effect: allow, when: {host: b.test}}\n"
-                               "  - {id: b-deny, effect: deny, when: {host: b.test, user: alice}}\n");
+                               "  - {id: b-deny, effect: deny, when: {host: b.test, "
+                               "user: alice}}\n");
     struct policy_input in = alice();
     struct policy_result r, t;
     uint8_t trace[5];
