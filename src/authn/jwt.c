@@ -138,6 +138,12 @@ struct jwks *jwks_parse(struct str json, struct err *err)
         struct jwks_key *dst = &set->keys[set->n];
         dst->jwk = jwk;
         dst->kty = cjose_jwk_get_kty(jwk, &cerr);
+        /* RSA below 2048 bits is breakable; such a key verifies nothing. */
+        if (dst->kty == CJOSE_JWK_KTY_RSA && cjose_jwk_get_keysize(jwk, &cerr) < 2048) {
+            cjose_jwk_release(jwk);
+            memset(dst, 0, sizeof *dst);
+            continue;
+        }
         dst->crv = dst->kty == CJOSE_JWK_KTY_EC ? (int)cjose_jwk_EC_get_curve(jwk, &cerr) : 0;
         const char *kid = json_string_value(json_object_get(k, "kid"));
         dst->kid = kid ? xstrdup(kid) : NULL;

@@ -374,6 +374,21 @@ static void test_malformed_base64_does_not_abort(void **state)
     (void)state;
 }
 
+static void test_weak_rsa_keys_are_not_loaded(void **state)
+{
+    cjose_err cerr;
+    struct err err = { 0 };
+    cjose_jwk_t *weak = cjose_jwk_create_RSA_random(1024, NULL, 0, &cerr);
+    char *pub = cjose_jwk_to_json(weak, false, &cerr);
+    char *doc = xasprintf("{\"keys\":[%s]}", pub);
+    assert_null(jwks_parse(str_from(doc), &err));
+    assert_string_equal(err.msg, "JWKS has no usable signing key");
+    free(doc);
+    free(pub);
+    cjose_jwk_release(weak);
+    (void)state;
+}
+
 static void test_malformed_tokens_and_jwks(void **state)
 {
     struct jwt_rules r = rules();
@@ -408,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_tampered_payload_is_rejected),
         cmocka_unit_test(test_bad_nonce_is_rejected),
         cmocka_unit_test(test_malformed_base64_does_not_abort),
+        cmocka_unit_test(test_weak_rsa_keys_are_not_loaded),
         cmocka_unit_test(test_malformed_tokens_and_jwks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
