@@ -467,6 +467,9 @@ struct ident {
     bool bearer;
 };
 
+/* What a request waiting for an identity provider's metadata and keys does next. */
+enum after_idp { AFTER_NONE = 0, AFTER_BEARER, AFTER_LOGIN, AFTER_CALLBACK };
+
 struct gate_req;
 typedef void gate_next_fn(struct gate_req *q, const struct fetch_resp *resp);
 
@@ -497,7 +500,7 @@ struct gate_req {
     bool have_tok;
     bool keys_refetched;
     struct str rd;            /* return path for /.gatehouse/login */
-    const char *after_md;     /* what to do once metadata+keys are there */
+    enum after_idp after_md;  /* what to do once metadata+keys are there */
     struct str bearer;
     char *token_body;         /* kept token response while the JWKS is re-fetched */
     long token_status;
@@ -1472,7 +1475,7 @@ static enum access_step verify_bearer(struct gate_req *q)
         if (rc == ERR_NOTFOUND && !q->keys_refetched && may_refetch_keys(gi)) {
             q->keys_refetched = true;
             q->idp = gi;
-            q->after_md = "bearer";
+            q->after_md = AFTER_BEARER;
             return fetch_jwks(q, md);
         }
         if (rc != 0) {
@@ -1502,6 +1505,23 @@ static enum access_step verify_bearer(struct gate_req *q)
     return finish(q, check_with_identity(q, NULL));
 }
 
+/* Verifies the bearer token once every accepted provider's keys are loaded
+ * (loading the first missing one; after_idp_ready() comes back here). */
+static enum access_step bearer_with_keys(struct gate_req *q)
+{
+    for (size_t i = 0; i < q->gr->nidps; i++) {
+        struct oidc_metadata *md;
+        struct jwks *keys;
+        idp_snapshot(q->gr->idps[i], &md, &keys);
+        jwks_unref(keys);
+        if (!keys) {
+            q->idp = q->gr->idps[i];
+            return ensure_idp(q);
+        }
+    }
+    return verify_bearer(q);
+}
+
 static enum access_step gate_access(struct request *r)
 {
     struct gate_req *q = arena_zalloc(r->arena, sizeof *q);
@@ -1523,20 +1543,8 @@ static enum access_step gate_access(struct request *r)
         if (auth.len > 7 && str_ieq((struct str){ auth.p, 7 }, STR("bearer "))) {
             q->bearer = str_trim((struct str){ auth.p + 7, auth.len - 7 });
             if (q->gr->nidps) {
-                q->idp = q->gr->idps[0];
-                q->after_md = "bearer";
-                /* Load keys of every accepted provider before verifying. */
-                for (size_t i = 0; i < q->gr->nidps; i++) {
-                    struct oidc_metadata *md;
-                    struct jwks *keys;
-                    idp_snapshot(q->gr->idps[i], &md, &keys);
-                    jwks_unref(keys);
-                    if (!keys) {
-                        q->idp = q->gr->idps[i];
-                        return ensure_idp(q);
-                    }
-                }
-                return verify_bearer(q);
+                q->after_md = AFTER_BEARER;
+                return bearer_with_keys(q);
             }
         }
     }
@@ -1550,25 +1558,15 @@ static enum access_step callback_exchange(struct gate_req *q);
 
 static enum access_step after_idp_ready(struct gate_req *q)
 {
-    if (q->after_md && strcmp(q->after_md, "bearer") == 0) {
-        /* Another accepted provider may still lack keys. */
-        for (size_t i = 0; i < q->gr->nidps; i++) {
-            struct oidc_metadata *md;
-            struct jwks *keys;
-            idp_snapshot(q->gr->idps[i], &md, &keys);
-            jwks_unref(keys);
-            if (!keys) {
-                q->idp = q->gr->idps[i];
-                return ensure_idp(q);
-            }
-        }
-        return verify_bearer(q);
-    }
-    if (q->after_md && strcmp(q->after_md, "login") == 0) {
+    switch (q->after_md) {
+    case AFTER_BEARER:
+        return bearer_with_keys(q);
+    case AFTER_LOGIN:
         return start_login(q);
-    }
-    if (q->after_md && strcmp(q->after_md, "callback") == 0) {
+    case AFTER_CALLBACK:
         return callback_exchange(q);
+    case AFTER_NONE:
+        break;
     }
     return finish(q, fail_page(q, 500, "Sign-in failed", "Unexpected sign-in state.",
                                "unknown continuation"));
@@ -1667,7 +1665,7 @@ static enum access_step ep_login(struct gate_req *q)
         struct page_var v[] = { { "host", host }, { "providers", list } };
         return page(q, 200, PAGE_CHOOSER, v, 2, "Cache-Control: no-store\r\n");
     }
-    q->after_md = "login";
+    q->after_md = AFTER_LOGIN;
     return ensure_idp(q);
 }
 
@@ -1868,7 +1866,7 @@ static enum access_step ep_callback(struct gate_req *q)
         return callback_fail(q, 400, "login cookie names an unknown identity provider");
     }
     /* After a restart or reload the provider may not be loaded yet. */
-    q->after_md = "callback";
+    q->after_md = AFTER_CALLBACK;
     return ensure_idp(q);
 }
 
