@@ -6,8 +6,8 @@ import threading
 import time
 import unittest
 
-from harness import (ProxyCase, RawConn, basic_config, build_request, free_port, http_get,
-                     pattern_chunks, pattern_sha, request, route, wait_until)
+from harness import (ConnectionClosed, ProxyCase, RawConn, basic_config, build_request, free_port,
+                     http_get, pattern_chunks, pattern_sha, request, route, wait_until)
 
 
 def hdr(echo, name):
@@ -304,10 +304,21 @@ class ConnectionLimitTest(ProxyCase):
         # The harness's readiness probes (connect, close) may still be counted for a
         # moment; the only connection left open is this metrics scrape itself.
         self.assertTrue(wait_until(lambda: self.open_connections() <= 1, 5, 0.05))
-        held = [RawConn(self.gh.port) for _ in range(4)]
+        held = []
         try:
-            for c in held:
-                self.assertEqual(c.request("GET", "/held").status, 200)
+            for _ in range(4):
+                # A readiness probe still in the accept queue can take a slot for a
+                # moment: a refused connection here is retried, it is not the check.
+                for _attempt in range(5):
+                    c = RawConn(self.gh.port)
+                    try:
+                        self.assertEqual(c.request("GET", "/held").status, 200)
+                        held.append(c)
+                        break
+                    except (ConnectionClosed, ConnectionResetError):
+                        c.close()
+                        time.sleep(0.2)
+            self.assertEqual(len(held), 4)
             with RawConn(self.gh.port) as extra:
                 try:
                     extra.send(build_request("GET", "/extra"))

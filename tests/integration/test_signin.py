@@ -22,7 +22,7 @@ import urllib.parse
 
 from harness import (Backend, CertFactory, Gatehouse, basic_config, free_port, gatehouse_bin,
                      read_jsonl)
-from oidc import CLIENT_SECRET, PASSWORDS, IdP, Browser, client_for, idp_conf, wait_for
+from oidc import CLIENT_SECRET, PASSWORDS, IdP, Browser, Resp, client_for, idp_conf, wait_for
 
 
 def b64u_dec(s):
@@ -719,7 +719,8 @@ class TLSCookies(unittest.TestCase):
 
 
 class TLSBrowser(Browser):
-    """The cookie-keeping client over TLS for https:// URLs (plain otherwise)."""
+    """The cookie-keeping client over TLS for https:// URLs (plain otherwise);
+    the same jar and Set-Cookie handling as oidc.Browser."""
 
     def __init__(self, ctx, accept="text/html"):
         super().__init__(accept)
@@ -729,16 +730,28 @@ class TLSBrowser(Browser):
         u = urllib.parse.urlsplit(url)
         if u.scheme != "https":
             return super().request(url, method, body, headers)
-        orig = http.client.HTTPConnection
-        ctx = self.ctx
-
-        def conn(host, port, timeout=15):
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-        http.client.HTTPConnection = conn
-        try:
-            return super().request(url, method, body, headers)
-        finally:
-            http.client.HTTPConnection = orig
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=15, context=self.ctx)
+        h = {"Accept": self.accept}
+        jar = self.jar(u.netloc)
+        if jar:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+        if isinstance(body, dict):
+            body = urllib.parse.urlencode(body)
+            h["Content-Type"] = "application/x-www-form-urlencoded"
+        h.update(headers or {})
+        conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body,
+                     headers=h)
+        r = conn.getresponse()
+        data = r.read()
+        hdrs = r.getheaders()
+        conn.close()
+        for v in [v for k, v in hdrs if k.lower() == "set-cookie"]:
+            name, _, rest = v.partition("=")
+            if "max-age=0" in rest.lower():
+                jar.pop(name, None)
+            else:
+                jar[name] = rest.split(";")[0]
+        return Resp(r.status, hdrs, data)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,15 @@ class StateAndCookieAttacks(AttackBase):
         self.assertLogged("session cookie")
         jar["gatehouse_session"] = good
         self.assertEqual(b.request(self.base + "/x").status, 200)
+        # Cookie tossing: a second cookie of the same name (say, set by a
+        # sibling subdomain) makes the session ambiguous; fail closed.
+        for hdr in (f"gatehouse_session=AAAA; gatehouse_session={good}",
+                    f"gatehouse_session={good}; gatehouse_session=AAAA"):
+            r = Browser().request(self.base + "/x", headers={"Cookie": hdr})
+            self.assertEqual(r.status, 302, (hdr, r))
+        # The TLS spelling on plain HTTP is not the session cookie either.
+        r = Browser().request(self.base + "/x", headers={"Cookie": f"__Host-gatehouse_session={good}"})
+        self.assertEqual(r.status, 302)
 
     def test_open_redirects_end_on_same_host(self):
         variants = ["//evil.example", "https://evil.example", "/\\evil.example",
