@@ -221,7 +221,8 @@ class StateAndCookieAttacks(AttackBase):
             r = Browser().request(self.base + "/x", headers={"Cookie": hdr})
             self.assertEqual(r.status, 302, (hdr, r))
         # The TLS spelling on plain HTTP is not the session cookie either.
-        r = Browser().request(self.base + "/x", headers={"Cookie": f"__Host-gatehouse_session={good}"})
+        r = Browser().request(self.base + "/x",
+                              headers={"Cookie": f"__Host-gatehouse_session={good}"})
         self.assertEqual(r.status, 302)
 
     def test_open_redirects_end_on_same_host(self):
