@@ -32,7 +32,8 @@ def main():
             [{"name": "app", "upstream": {"servers": [backend.url]}}],
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
-            identity_providers=[idp_conf(idp, post_logout_redirect_uri=base + "/.gatehouse/logout")],
+            identity_providers=[idp_conf(idp,
+                                         post_logout_redirect_uri=base + "/.gatehouse/logout")],
         )
         gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
         env = dict(os.environ, GH_BROWSER_USER="alice", GH_BROWSER_PASSWORD=PASSWORDS["alice"])

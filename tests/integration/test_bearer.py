@@ -177,7 +177,8 @@ class BearerTest(unittest.TestCase):
                            "audience")
 
     def test_wrong_issuer(self):
-        self.assertRefused("/v1/iss", self.rogue.mint(self.rogue.claims(iss="https://evil.example")))
+        tok = self.rogue.mint(self.rogue.claims(iss="https://evil.example"))
+        self.assertRefused("/v1/iss", tok)
 
     def test_alg_none_and_hs256(self):
         self.assertRefused("/v1/none", self.rogue.mint(self.rogue.claims(), alg="none"))
