@@ -87,6 +87,7 @@ class RogueOP:
         self.refresh_groups = None
         self.refresh_tokens = set()
         self.jwks_fetches = 0
+        self.sid = None           # sid claim of the ID tokens (back-channel logout tests)
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
         self.token_requests = []
         self.lock = threading.Lock()
@@ -231,8 +232,20 @@ class RogueOP:
              "groups": ["rogue"]}
         if nonce is not None:
             c["nonce"] = nonce
+        if self.sid:
+            c["sid"] = self.sid
         c.update(over)
         return c
+
+    def logout_token(self, **over):
+        """A back-channel logout token (OIDC Back-Channel Logout 1.0 §2.4)."""
+        c = {"iss": self.issuer, "aud": self.client_id, "iat": int(time.time()),
+             "jti": b64u(os.urandom(12)),
+             "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}
+        c.update(over)
+        for k in [k for k, v in c.items() if v is None]:
+            del c[k]
+        return self.mint(c)
 
     def mint(self, claims, alg="RS256", kid=None, key=None, hmac_key=None):
         """A compact JWS over claims. alg "none" gives an unsigned token;

@@ -381,6 +381,50 @@ class CraftedIdTokens(AttackBase):
         self.assertEqual(b.request(cb).status, 302)
         self.assertEqual(b.request(self.base + "/after").status, 200)
 
+    def test_backchannel_logout_tokens_from_stand_in(self):
+        def signed_in(sid):
+            self.rogue.sid = sid  # the token endpoint puts it in the ID token
+            try:
+                b, cb = self.rogue_callback("good")
+                self.assertEqual(b.request(cb).status, 302)
+            finally:
+                self.rogue.sid = None
+            self.assertEqual(b.request(self.base + "/after").status, 200)
+            return b
+
+        def post(tok):
+            return Browser().request(self.base + "/.gatehouse/oidc/backchannel-logout", "POST",
+                                     {"logout_token": tok})
+
+        b1, b2 = signed_in("sid-one"), signed_in("sid-two")
+        corp = Browser()
+        self.assertEqual(corp.request(self.to_callback(corp)).status, 302)
+        # A provider can end only its own users' sessions: sub "alice" at the
+        # stand-in is not alice at corp.
+        self.assertEqual(post(self.rogue.logout_token(sub="alice")).status, 200)
+        self.assertLogged("back-channel logout from rogue ended 0 session(s)")
+        self.assertEqual(corp.request(self.base + "/after").status, 200)
+        # Claiming to be corp with the stand-in's key: refused.
+        self.assertEqual(post(self.rogue.logout_token(iss=self.idp.issuer, sub="alice"))
+                         .status, 400)
+        self.assertEqual(corp.request(self.base + "/after").status, 200)
+        # An ID token (it has a nonce, no logout event) is not a logout token.
+        self.assertEqual(post(self.rogue.logout_token(sid="sid-one", nonce="n")).status, 400)
+        self.assertLogged("back-channel logout refused")
+        self.assertEqual(post(self.rogue.logout_token(sid="sid-one", events=None)).status, 400)
+        self.assertEqual(post(self.rogue.logout_token(jti=None, sid="sid-one")).status, 400)
+        self.assertEqual(b1.request(self.base + "/after").status, 200)
+        # By sid: that session only.
+        self.assertEqual(post(self.rogue.logout_token(sid="sid-one")).status, 200)
+        self.assertEqual(b1.request(self.base + "/after").status, 302)
+        self.assertEqual(b2.request(self.base + "/after").status, 200)
+        # By sub: every session of that user at that provider.
+        b3 = signed_in(None)
+        self.assertEqual(post(self.rogue.logout_token(sub="mallory")).status, 200)
+        self.assertEqual(b2.request(self.base + "/after").status, 302)
+        self.assertEqual(b3.request(self.base + "/after").status, 302)
+        self.assertEqual(corp.request(self.base + "/after").status, 200)
+
     def test_client_authentication_at_token_endpoint(self):
         b, cb = self.rogue_callback("good")
         self.assertEqual(b.request(cb).status, 302)
