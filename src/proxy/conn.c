@@ -381,7 +381,7 @@ static void request_end(struct conn *c)
     unsigned route_id = r->route ? r->route->metrics_id : METRICS_ROUTE_NONE;
     uint64_t end = mono_us();
 
-    if (w->mw && !c->ls->admin) {
+    if (w->mw && !c->ls->admin && r->status != 0) {
         metrics_request(w->mw, route_id, (unsigned)r->status, c->head_bytes_in + r->bytes_in,
                         c->out_total);
     }
@@ -454,6 +454,11 @@ static void finish(struct conn *c)
         return;
     }
     c->state = CS_IDLE;
+    if (c->upgrade_pending) {
+        /* The Upgrade was not taken (no 101): HTTP/1.1 continues. */
+        llhttp_resume_after_upgrade(&c->hin->p);
+        c->upgrade_pending = false;
+    }
     http_in_next(c->hin);
     if (buf_pending(&c->in) == 0) {
         /* Idle keep-alive: give the memory back until the next request, so
@@ -891,9 +896,10 @@ static void do_read(struct conn *c)
         ssize_t n = sock_read(&c->s, c->in.p + c->in.len, room);
         if (n > 0) {
             c->in.len += (size_t)n;
-            /* A short plain read drained the socket: skip the EAGAIN read
-             * (epoll is level-triggered and reports the next bytes). */
-            bool drained = (size_t)n < room && !c->s.ssl;
+            /* A short read with nothing buffered inside TLS drained the
+             * socket: skip the EAGAIN read (epoll is level-triggered and
+             * reports the next bytes). */
+            bool drained = (size_t)n < room && !sock_has_pending(&c->s);
             if (c->state == CS_LINGER) {
                 buf_consume(&c->in, (size_t)n);
                 continue;

@@ -279,7 +279,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
     c->fail_status = kind == FAIL_TIMEOUT ? 504 : 502;
     bool body_started = r->bytes_in > 0 || (c->req_done && r->has_body);
     if (!c->resp_started && !body_started &&
-        ((stale && c->tries <= route->upstream.retries + 1u) ||
+        ((stale && idempotent(r->method) && c->tries <= route->upstream.retries + 1u) ||
          (before_send && idempotent(r->method) && c->tries <= route->upstream.retries))) {
         if (w->mw) {
             metrics_upstream_retry(w->mw, rid);
@@ -898,8 +898,8 @@ static void up_read(struct upconn *u)
         ssize_t n = sock_read(&u->s, u->in.p + u->in.len, room);
         if (n > 0) {
             u->in.len += (size_t)n;
-            /* A short plain read drained the socket: skip the EAGAIN read. */
-            bool drained = (size_t)n < room && !u->s.ssl;
+            /* A short read with nothing buffered in TLS drained the socket. */
+            bool drained = (size_t)n < room && !sock_has_pending(&u->s);
             if (u->state == UP_IDLE) {
                 /* Unsolicited bytes on an idle connection: never reuse it. */
                 pool_unlink(u);
