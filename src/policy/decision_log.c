@@ -21,6 +21,10 @@
 
 #define DL_BATCH_MAX 1024
 #define DL_RETAIN_EVERY_US (3600LL * 1000000)
+#define DL_RETAIN_CHUNK 5000
+
+static uint64_t file_first_seq(int fd);
+static int file_drop_before(const char *file, uint64_t keep_after, struct err *err);
 
 /* ---- small string builder ---- */
 
@@ -608,6 +612,8 @@ struct decision_log {
     char prev[65];
     int64_t last_retain_us;
     int64_t last_sync_us;
+    bool retain_pending; /* more old records than one chunk: continue on the next call */
+    bool file_reopen;    /* the file could not be reopened after retention */
 };
 
 static int64_t now_us(void)
@@ -791,19 +797,43 @@ static void periodic(struct decision_log *dl)
     }
     sqlite3_wal_checkpoint_v2(dl->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     int64_t now = now_us();
-    if (dl->conf.retain_ms && now - dl->last_retain_us > DL_RETAIN_EVERY_US) {
+    if (dl->conf.retain_ms &&
+        (dl->retain_pending || now - dl->last_retain_us > DL_RETAIN_EVERY_US)) {
+        /* A bounded chunk per call: the writer keeps committing new records in between. */
         struct err err = { 0 };
+        uint64_t anchor = 0;
         dl->last_retain_us = now;
-        long n = dl_retain(dl->db, dl->conf.file, now - (int64_t)dl->conf.retain_ms * 1000, &err);
+        long n = dl_retain(dl->db, now - (int64_t)dl->conf.retain_ms * 1000, DL_RETAIN_CHUNK,
+                           &anchor, &err);
+        dl->retain_pending = n == DL_RETAIN_CHUNK;
         if (n < 0) {
             log_error("decision_log", "retention failed: %s", err.msg);
         } else if (n > 0) {
-            log_info("decision_log", "retention deleted %ld records", n);
-            /* The file was rewritten: reopen it. */
-            if (dl->fd >= 0) {
+            log_info("decision_log", "retention deleted %ld records (up to record %llu)", n,
+                     (unsigned long long)anchor);
+        }
+        /* Once SQLite is done, drop the same records from the file (one rewrite). */
+        if (!dl->retain_pending && dl->fd >= 0 && anchor > 0) {
+            uint64_t first = file_first_seq(dl->fd);
+            if (first > 0 && first <= anchor) {
+                if (file_drop_before(dl->conf.file, anchor, &err) != 0) {
+                    log_error("decision_log", "retention of the file failed: %s", err.msg);
+                }
                 close(dl->fd);
-                dl->fd = open(dl->conf.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+                dl->fd = open(dl->conf.file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+                if (dl->fd < 0) {
+                    log_error("decision_log", "cannot reopen %s: %s", dl->conf.file,
+                              strerror(errno));
+                    dl->file_reopen = true;
+                }
             }
+        }
+    }
+    if (dl->file_reopen) {
+        dl->fd = open(dl->conf.file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (dl->fd >= 0) {
+            dl->file_reopen = false;
+            dl->file_behind = true; /* caught up on the next call */
         }
     }
 }
@@ -905,8 +935,6 @@ static uint64_t file_first_seq(int fd)
     json_decref(j);
     return seq;
 }
-
-static int file_drop_before(const char *file, uint64_t keep_after, struct err *err);
 
 struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
 {
@@ -1120,7 +1148,8 @@ static int file_drop_before(const char *file, uint64_t keep_after, struct err *e
     return rc;
 }
 
-long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err)
+long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
+               struct err *err)
 {
     sqlite3_stmt *st = NULL;
     uint64_t seq = 0;
@@ -1130,11 +1159,13 @@ long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err
         return -1;
     }
     /* The anchor is the newest deleted record: the first kept one chains to it. */
-    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM decisions WHERE ts_us < ? ORDER BY seq "
-                               "DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM (SELECT seq, hash FROM decisions WHERE "
+                               "ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq DESC LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK) {
         goto fail;
     }
     sqlite3_bind_int64(st, 1, cutoff_us);
+    sqlite3_bind_int64(st, 2, max_rows > 0 ? max_rows : -1);
     if (sqlite3_step(st) == SQLITE_ROW) {
         seq = (uint64_t)sqlite3_column_int64(st, 0);
         snprintf(hash, sizeof hash, "%s", (const char *)sqlite3_column_text(st, 1));
@@ -1143,6 +1174,7 @@ long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err
     st = NULL;
     if (seq == 0) {
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        dl_anchor_get(db, anchor_seq, hash);
         return 0;
     }
     char sql[256];
@@ -1157,9 +1189,7 @@ long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         goto fail;
     }
-    if (file && file_drop_before(file, seq, err) != 0) {
-        return -1;
-    }
+    *anchor_seq = seq;
     return deleted;
 fail:
     err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
@@ -1177,7 +1207,11 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     if (dl_db_open(c->sqlite, false, &db, err) != 0) {
         return -1;
     }
-    long n = dl_retain(db, c->file, now_us_ - (int64_t)c->retain_ms * 1000, err);
+    uint64_t anchor = 0;
+    long n = dl_retain(db, now_us_ - (int64_t)c->retain_ms * 1000, 0, &anchor, err);
     sqlite3_close(db);
+    if (n > 0 && c->file && file_drop_before(c->file, anchor, err) != 0) {
+        return -1;
+    }
     return n;
 }

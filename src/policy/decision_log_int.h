@@ -45,7 +45,10 @@ void dl_row_fini(struct dl_row *row);
 /* Anchor left by retention: the seq and hash of the last deleted record
  * (seq 0 and DL_GENESIS when nothing was deleted). */
 void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
-/* Retention on an open db and the JSONL file (may be NULL). Returns rows deleted or -1. */
-long dl_retain(sqlite3 *db, const char *file, int64_t cutoff_us, struct err *err);
+/* Deletes up to max_rows (0: all) of the oldest records older than cutoff_us in one
+ * transaction and moves the anchor; *anchor_seq gets the anchor. Returns rows deleted or -1.
+ * The file is the caller's (drop its lines up to the anchor once SQLite is done). */
+long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
+               struct err *err);
 
 #endif

@@ -424,11 +424,17 @@ static void test_dl_retention_keeps_the_chain(void **state)
     struct fixture *f = *state;
     struct decision_log_conf c;
     char out[4096];
+    /* The writer keeps its hands off (retain: 0); retention is run here explicitly. */
+    FILE *cf = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 4, retain: 0}\n",
+          cf);
+    fclose(cf);
     struct decision_log *dl = open_log(f, &c);
     append_n(dl, 6, 1, 40LL * 86400 * 1000000); /* 40 days old: past retain: 30d */
     append_n(dl, 4, 7, 0);
     decision_log_close(dl);
     struct err err = { 0 };
+    c.retain_ms = 30ULL * 86400000;
     assert_int_equal(decision_log_retain(&c, now_us(), &err), 6);
     assert_int_equal(decision_log_retain(&c, now_us(), &err), 0);
     assert_int_equal(verify(f, out, sizeof out), 0);
@@ -542,6 +548,55 @@ static void test_dl_explain_a_logged_request(void **state)
     assert_int_equal(run_cmd(f, policy_cmd, argv, out, sizeof out), 1);
 }
 
+static long count_rows(struct fixture *f)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    long n = -1;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM decisions", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* The running writer deletes old records in chunks between batches, then trims the file. */
+static void test_dl_writer_runs_retention_in_chunks(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    char out[4096];
+    /* Old records written while retention was off (retain: 0)... */
+    FILE *cf = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 20000, "
+          "retain: 0}\n", cf);
+    fclose(cf);
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, 12000, 1, 40LL * 86400 * 1000000);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    /* ...then a restart with retain: 30d clears them in chunks of 5000. */
+    cf = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 20000, "
+          "retain: 30d, flush_interval: 20ms}\n", cf);
+    fclose(cf);
+    dl = open_log(f, &c);
+    append_n(dl, 10, 12001, 0);
+    for (int i = 0; i < 250 && count_rows(f) != 10; i++) {
+        usleep(20000);
+    }
+    assert_int_equal(count_rows(f), 10);
+    usleep(100000); /* the file trim follows the last chunk */
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 10 records verified (records 12001..12010)\n"));
+    assert_non_null(strstr(out, "file: 10 records verified"));
+}
+
 static void test_dl_conf_messages(void **state)
 {
     const char *y = "decision_log: {file: d.jsonl, sync: sometimes}\nstate: {sqlite: x.db}\n";
@@ -596,6 +651,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_retention_keeps_the_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_verify_while_writing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_explain_a_logged_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_writer_runs_retention_in_chunks, setup, teardown),
         cmocka_unit_test(test_dl_conf_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
