@@ -138,6 +138,18 @@ class ReloadTest(unittest.TestCase):
         self.assertTrue(wait_until(lambda: request(self.gh.port, "GET", "/")
                                    .header("x-backend") == "b2", 5, 0.1))
 
+    def test_open_keep_alive_connection_sees_new_config(self):
+        with RawConn(self.gh.port) as c:
+            self.assertEqual(c.request("GET", "/ka").header("x-backend"), "b1")
+            cfg2 = dict(self.cfg)
+            cfg2["routes"] = [route("app", [self.b2])]
+            self.gh.write_config(cfg2)
+            self.gh.signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: request(self.gh.port, "GET", "/")
+                                       .header("x-backend") == "b2", 5, 0.1))
+            # The next request on the connection opened before the reload.
+            self.assertEqual(c.request("GET", "/ka").header("x-backend"), "b2")
+
     def test_in_flight_request_finishes_on_old_config(self):
         result = {}
 
