@@ -337,15 +337,21 @@ class HttpsUpstreamTest(unittest.TestCase):
         crt, key = ca.leaf("localhost", dns=["localhost"], ips=["127.0.0.1"])
         cls.other_ca = CertFactory(os.path.join(cls.tmp, "other"), "Unrelated CA")
         cls.backend = Backend("tls1", tls_cert=crt, tls_key=key)
+        # Same CA, but the certificate names another host: the chain verifies, the name not.
+        wcrt, wkey = ca.leaf("other.test", dns=["other.test"])
+        cls.wrong_name = Backend("tls2", tls_cert=wcrt, tls_key=wkey)
         url = f"https://localhost:{cls.backend.port}"
         cls.gh = Gatehouse(basic_config([
             route("good", [url], host="good.test", ca_file=ca.ca_crt),
-            route("bad", [url], host="bad.test", ca_file=cls.other_ca.ca_crt)]))
+            route("bad", [url], host="bad.test", ca_file=cls.other_ca.ca_crt),
+            route("name", [f"https://localhost:{cls.wrong_name.port}"], host="name.test",
+                  ca_file=ca.ca_crt)]))
 
     @classmethod
     def tearDownClass(cls):
         cls.gh.cleanup()
         cls.backend.stop()
+        cls.wrong_name.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def test_verified_upstream(self):
@@ -355,6 +361,11 @@ class HttpsUpstreamTest(unittest.TestCase):
         with RawConn(self.gh.port) as c:  # pooled TLS connection reused
             for i in range(3):
                 self.assertEqual(c.request("GET", f"/s{i}", host="good.test").status, 200)
+
+    def test_upstream_hostname_checked(self):
+        r = request(self.gh.port, "GET", "/wrong-name", host="name.test")
+        self.assertIn(r.status, (502, 503))
+        self.assertEqual(self.wrong_name.hits(), 0)
 
     def test_unverifiable_upstream_refused(self):
         before = self.backend.hits()
