@@ -4,8 +4,8 @@ import os
 import time
 import unittest
 
-from harness import (ProxyCase, RawConn, basic_config, build_request, route, ws_accept, ws_frame,
-                     ws_read_frame)
+from harness import (ProxyCase, RawConn, basic_config, build_request, route, wait_until, ws_accept,
+                     ws_frame, ws_read_frame)
 
 
 def upgrade_request(host, key):
@@ -67,6 +67,15 @@ class WebSocketTest(ProxyCase):
             t0 = time.time()
             self.assertTrue(c.is_closed(6), "idle websocket tunnel was never closed")
             self.assertLess(time.time() - t0, 5.5)
+
+    def test_client_close_closes_upstream(self):
+        c = self.open_ws()
+        c.send(ws_frame(0x1, b"bye"))
+        self.assertEqual(ws_read_frame(c.reader)[2], b"bye")
+        conn = self.backend.last("/ws")["conn"]
+        c.close()  # TCP close without a close frame
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 3),
+                        "the upstream side of the tunnel stayed open after the client left")
 
     def test_upgrade_refused_without_websocket_flag(self):
         key = base64.b64encode(os.urandom(16)).decode()
