@@ -1191,7 +1191,11 @@ static enum access_step login_needed(struct gate_req *q)
                                          "{\"error\":\"unauthenticated\",\"message\":\"sign-in "
                                          "or a bearer token is required\",\"request_id\":\"%s\"}",
                                          r->id)),
-                   "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\nCache-Control: no-store\r\n");
+                   /* RFC 6750 §3.1: say when the token itself was refused. */
+                   q->id.bearer ? "WWW-Authenticate: Bearer realm=\"gatehouse\", "
+                                  "error=\"invalid_token\"\r\nCache-Control: no-store\r\n"
+                                : "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n"
+                                  "Cache-Control: no-store\r\n");
 }
 
 static enum access_step denied(struct gate_req *q)

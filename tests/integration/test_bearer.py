@@ -118,6 +118,7 @@ class BearerTest(unittest.TestCase):
         st, h, body = self.call(path, token, accept)
         self.assertEqual(st, 401, body)
         self.assertTrue(h["www-authenticate"].startswith("Bearer"), h)
+        self.assertIn('error="invalid_token"', h["www-authenticate"])  # RFC 6750 §3.1
         self.assertIn("application/json", h["content-type"])
         self.assertEqual(json.loads(body)["error"], "unauthenticated")
         self.assertNotIn("set-cookie", h)
@@ -207,6 +208,7 @@ class BearerTest(unittest.TestCase):
         st, h, body = self.call("/v1/none-given", None)
         self.assertEqual(st, 401)
         self.assertIn("Bearer", h["www-authenticate"])
+        self.assertNotIn("error=", h["www-authenticate"])  # no token, no token error
         self.assertEqual(json.loads(body)["error"], "unauthenticated")
 
 
