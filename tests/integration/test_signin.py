@@ -648,8 +648,13 @@ class IdPUnreachable(unittest.TestCase):
             r = Browser().request(s.base + "/.gatehouse/login?rd=%2F")
             self.assertEqual(r.status, 502, r)
             self.assertIn("text/html", r.header("Content-Type"))
-            self.assertTrue(wait_for(lambda: "corp" in s.log()[-2000:] and
-                                     "level=warn" in s.log()[-2000:], 3), s.log()[-2000:])
+            self.assertIn(b"Sign-in is unavailable", r.body)
+            self.assertIn(r.header("X-Request-Id").encode(), r.body)
+            line = wait_for(lambda: [ln for ln in s.log().splitlines()
+                                     if "Sign-in is unavailable" in ln], 3)
+            self.assertTrue(line, s.log()[-2000:])
+            self.assertIn("level=warn", line[0])
+            self.assertIn(r.header("X-Request-Id"), line[0])
             self.assertEqual(Browser().request(s.base + "/pub/ok").status, 200)
         finally:
             s.stop()
