@@ -516,6 +516,22 @@ static void test_more_than_20_errors_keep_the_first_20_and_count_all(void **stat
     conf_diag_fini(&d);
 }
 
+static void test_too_many_servers_in_a_route(void **state)
+{
+    char yaml[16384];
+    size_t n = 0;
+    (void)state;
+    n += (size_t)snprintf(yaml + n, sizeof yaml - n, "%s",
+                          BASE_LISTEN "routes:\n  - name: big\n    upstream:\n      servers:\n");
+    for (int i = 0; i < 257; i++) {
+        n += (size_t)snprintf(yaml + n, sizeof yaml - n, "        - http://10.0.%d.%d:80\n",
+                              i / 256, i % 256);
+    }
+    assert_true(n < sizeof yaml);
+    assert_true(expect_error(yaml, "t.yaml:7:9: error: route \"big\" has 257 upstream servers, "
+                                   "at most 256 are supported"));
+}
+
 static void test_load_missing_file_says_so(void **state)
 {
     struct conf_diag d = { 0 };
@@ -627,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_each_bad_config_has_its_exact_message),
         cmocka_unit_test(test_several_errors_are_reported_at_once),
         cmocka_unit_test(test_more_than_20_errors_keep_the_first_20_and_count_all),
+        cmocka_unit_test(test_too_many_servers_in_a_route),
         cmocka_unit_test(test_load_missing_file_says_so),
         cmocka_unit_test(test_load_resolves_paths_against_the_file_directory),
         cmocka_unit_test(test_snapshot_refcount_frees_at_zero_and_reload_is_repeatable),
