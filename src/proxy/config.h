@@ -44,7 +44,7 @@ enum balance { BALANCE_ROUND_ROBIN = 0, BALANCE_LEAST_CONN, BALANCE_IP_HASH };
 struct upstream_server {
     char *url;          /* as written: http://127.0.0.1:9001 or https://... */
     bool tls;
-    char host[256];     /* host as written (used for SNI/Host when https) */
+    char host[256];     /* host as written, IPv6 without brackets (connect, SNI, Host) */
     uint16_t port;
     uint32_t weight;    /* reserved, 1 */
 };
