@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -597,6 +598,58 @@ class SlowIdP(unittest.TestCase):
             self.assertEqual(done["r"].status, 200, done.get("r"))
             self.assertGreater(done["t"], 3.0)
             self.assertLess(max(lat), 1.0, lat)  # vs 3 s if the worker were blocked
+        finally:
+            s.stop()
+
+
+class SlowIdPClientGone(unittest.TestCase):
+    def test_client_leaves_during_token_exchange(self):
+        # The browser gives up while Gatehouse waits for the token endpoint:
+        # the late answer must find nothing to write to, and nothing breaks.
+        s = Stack(idp_env={"GH_IDP_TOKEN_DELAY_MS": "1500"}, workers=1)
+        try:
+            for _ in range(3):
+                b = Browser()
+                r = b.request(s.base + "/.gatehouse/login?rd=%2Fgone")
+                r, url, _ = b.follow(urllib.parse.urljoin(s.base, r.header("Location")))
+                action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                              .group(1).decode())
+                r = b.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
+                while not r.header("Location", "").startswith(s.base):
+                    action = urllib.parse.urljoin(action, r.header("Location"))
+                    r = b.request(action)
+                cb = urllib.parse.urlsplit(r.header("Location"))
+                jar = b.jar(cb.netloc)
+                sock = socket.create_connection(("127.0.0.1", s.port))
+                sock.sendall((f"GET {cb.path}?{cb.query} HTTP/1.1\r\nHost: {cb.netloc}\r\n"
+                              f"Cookie: gatehouse_login={jar['gatehouse_login']}\r\n"
+                              "Accept: text/html\r\n\r\n").encode())
+                time.sleep(0.3)
+                sock.close()  # gone mid-exchange
+            time.sleep(1.8)  # the token answers arrive
+            self.assertIsNone(s.gh.proc.poll(), s.log()[-3000:])
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/after", "alice").status, 200)
+        finally:
+            s.stop()
+
+
+class ManySignIns(unittest.TestCase):
+    def test_parallel_sign_ins_get_distinct_sessions(self):
+        s = Stack(workers=1)
+        try:
+            def one(i):
+                b = Browser()
+                user = "alice" if i % 2 else "bob"
+                r = b.login(s.base, f"/p{i}", user)
+                me = b.request(s.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+                return r.status, me.json()["user"], user, b.session_cookie(s.base)
+
+            with concurrent.futures.ThreadPoolExecutor(12) as ex:
+                res = list(ex.map(one, range(24)))
+            self.assertTrue(all(st == 200 for st, _, _, _ in res), res)
+            self.assertTrue(all(seen == want for _, seen, want, _ in res), res)
+            self.assertEqual(len({c for _, _, _, c in res}), 24)
         finally:
             s.stop()
 
