@@ -137,6 +137,28 @@ class DocsTest(unittest.TestCase):
         self.assertEqual(missing, [])
 
 
+    def test_complete_example_has_only_missing_file_errors(self):
+        """The "complete example" of docs/configuration.md is valid apart from the
+        files it names, which do not exist here."""
+        with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
+            doc = f.read()
+        m = re.search(r"## A complete example\n\n```yaml\n(.*?)```", doc, re.S)
+        self.assertIsNotNone(m)
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write(m.group(1))
+            r = run_check(["-c", "g.yaml"], cwd=d)
+            self.assertEqual(r.returncode, 1)
+            lines = r.stderr.splitlines()
+            self.assertGreater(len(lines), 0)
+            for line in lines:
+                self.assertRegex(line, r"^g\.yaml:\d+:\d+: error: cannot (read|write) .*"
+                                       r"No such file or directory$")
+        finally:
+            shutil.rmtree(d)
+
+
 class UsageTest(unittest.TestCase):
     def assert_usage_error(self, args, first_line):
         r = run_check(args, cwd=GOOD)
