@@ -14,6 +14,7 @@ import unittest
 
 from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl, wait_until
 from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
+from test_bearer import API_REDIRECT, real_id_token
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -126,7 +127,9 @@ class PolicyThroughProxy(unittest.TestCase):
         cls.backend = Backend("app")
         port = free_port()
         cls.base = f"http://127.0.0.1:{port}"
-        cls.idp = IdP([client_for(cls.base)])
+        client = client_for(cls.base)
+        client["redirect_uris"].append(API_REDIRECT)  # bearer tokens for API callers
+        cls.idp = IdP([client])
         up = {"servers": [cls.backend.url]}
         cfg = basic_config(
             [
@@ -269,6 +272,20 @@ class PolicyThroughProxy(unittest.TestCase):
     def test_time_of_the_request(self):
         self.assertAllowed(self.api(self.bob, "/clock/now"), "clock-open-now")
         self.assertDenied(self.api(self.bob, "/clock/later"), "default-deny")
+
+    def test_bearer_token_identity_is_decided_by_the_same_policy(self):
+        # API callers with an ID token from the real IdP instead of a session.
+        def call(token, path):
+            return Browser(accept="application/json").request(
+                self.base + path, headers={"Authorization": "Bearer " + token})
+        alice, bob = real_id_token(self.idp, "alice"), real_id_token(self.idp, "bob")
+        rec = self.assertAllowed(call(alice, "/wiki/api"), "engineers")
+        self.assertEqual((rec["user"], rec["groups"]), ("alice", ["eng", "admins"]))
+        self.assertIn(rec["session"], (None, ""))
+        rec = self.assertDenied(call(bob, "/admin/api"), "admin-area-admins-only",
+                                "Only admins may open the admin area.")
+        self.assertEqual(rec["user"], "bob")
+        self.assertAllowed(call(bob, "/reports/api"), "sales-reads-reports")
 
     # -- what the user sees
 
