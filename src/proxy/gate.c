@@ -992,11 +992,35 @@ static void build_input(struct gate_req *q, const char *claims_json)
 
 /* ---- upstream identity --------------------------------------------------------- */
 
+/* Claims are text from the IdP, often typed by users: a CR or LF in a header
+ * value would inject headers towards the backend. Control bytes become spaces. */
+static const char *header_safe(struct arena *a, const char *v)
+{
+    size_t i = 0;
+    while (v[i] && (unsigned char)v[i] >= 0x20 && v[i] != 0x7f) {
+        i++;
+    }
+    if (!v[i]) {
+        return v;
+    }
+    char *s = arena_strdup(a, v);
+    for (; s && s[i]; i++) {
+        if (((unsigned char)s[i] < 0x20 && s[i] != '\t') || s[i] == 0x7f) {
+            s[i] = ' ';
+        }
+    }
+    return s;
+}
+
 static bool add_header(struct request *r, const char *name, const char *value)
 {
     struct header *h;
     if (!value) {
         return true;
+    }
+    value = header_safe(r->arena, value);
+    if (!value) {
+        return false;
     }
     h = arena_alloc(r->arena, (r->nup_headers + 1) * sizeof *h);
     if (!h) {

@@ -77,6 +77,8 @@ class RogueOP:
         self.scenario = "good"
         self.sub = "mallory"
         self.email = "mallory@example.com"
+        self.name = "Mallory Stand-in"
+        self.groups = ["rogue"]
         self.tmp = tempfile.mkdtemp(prefix="gh-rogue-")
         self.key = RSAKey(self.tmp, "op")
         self.other_key = None  # made lazily for unknown_kid
@@ -228,8 +230,8 @@ class RogueOP:
     def claims(self, nonce=None, **over):
         now = int(time.time())
         c = {"iss": self.issuer, "sub": self.sub, "aud": self.client_id, "iat": now,
-             "exp": now + 300, "email": self.email, "name": "Mallory Stand-in",
-             "groups": ["rogue"]}
+             "exp": now + 300, "email": self.email, "name": self.name,
+             "groups": list(self.groups)}
         if nonce is not None:
             c["nonce"] = nonce
         if self.sid:

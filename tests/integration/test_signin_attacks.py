@@ -425,6 +425,39 @@ class CraftedIdTokens(AttackBase):
         self.assertEqual(b3.request(self.base + "/after").status, 302)
         self.assertEqual(corp.request(self.base + "/after").status, 200)
 
+    def test_hostile_claims_are_escaped_not_injected(self):
+        # Claims are attacker-influenced text (a user picks their own name):
+        # no HTML in the me page, no header injection towards the backend.
+        saved = (self.rogue.name, self.rogue.email, self.rogue.groups)
+        self.rogue.name = '<script>alert("n")</script>\r\nX-Gatehouse-User: admin'
+        self.rogue.email = "m@example.com\r\nX-Injected: 1"
+        self.rogue.groups = ["a\r\nX-Injected-Group: 1", "<b>g</b>"]
+        try:
+            b, cb = self.rogue_callback("good")
+            r = b.request(cb)
+        finally:
+            self.rogue.name, self.rogue.email, self.rogue.groups = saved
+        if r.status != 302:  # refusing such claims outright is fine too
+            self.assertTrue(400 <= r.status < 500, r)
+            return
+        r = b.request(self.base + "/hostile")
+        if r.status == 200:
+            names = [k.lower() for k, _ in self.backend.last("/hostile")["headers"]]
+            self.assertNotIn("x-injected", names)
+            self.assertNotIn("x-injected-group", names)
+            self.assertEqual(names.count("x-gatehouse-user"), 1)
+            vals = [v for k, v in self.backend.last("/hostile")["headers"]
+                    if k.lower() == "x-gatehouse-user"]
+            self.assertEqual(vals, ["mallory"])
+        else:
+            self.assertTrue(400 <= r.status < 600, r)
+        r = b.request(self.base + "/.gatehouse/me")
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn(b"<script>", r.body)
+        self.assertNotIn(b"<b>g</b>", r.body)
+        self.assertIn(b"&lt;script&gt;", r.body)
+        self.assertIsNone(self.gh.proc.poll())
+
     def test_client_authentication_at_token_endpoint(self):
         b, cb = self.rogue_callback("good")
         self.assertEqual(b.request(cb).status, 302)
