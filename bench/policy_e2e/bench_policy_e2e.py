@@ -78,6 +78,13 @@ class Instance:
         self.binary = binary
         self.server = common.Server("gatehouse-" + sync, [binary, "serve", "-c", self.config],
                                     port, cwd=self.dir)
+        try:
+            self.sign_in(port)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def sign_in(self, port):
         b = Browser()
         # Signing in through a policy path: the IdP round trip sets the session
         # cookie (the answer itself is a 403: Host is not wiki.example.com here).
