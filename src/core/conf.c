@@ -483,7 +483,8 @@ bool conf_bool(struct conf_diag *d, const struct conf_node *m, const char *key, 
     if (n == BAD) {
         return false;
     }
-    if (n && (n->quoted || !conf_parse_bool(n->value, out))) {
+    /* A quoted "true" is a string to YAML, but nobody means anything else by it. */
+    if (n && !conf_parse_bool(n->value, out)) {
         conf_error(d, n, "\"%s\" must be true or false, got \"%s\"", key, n->value);
         return false;
     }
