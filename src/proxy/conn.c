@@ -449,6 +449,9 @@ static void finish(struct conn *c)
         c->state = CS_CLOSING;
         if (buf_pending(&c->out) == 0) {
             start_linger(c);
+        } else {
+            /* A client that stops reading our last bytes is dropped. */
+            set_timer(c, w->wc->cfg->timeouts.idle_ms);
         }
         conn_update_io(c);
         return;
