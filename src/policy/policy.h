@@ -112,7 +112,8 @@ size_t policy_rule_count(const struct policy *p);
 const char *policy_rule_id(const struct policy *p, size_t i);
 const char *policy_rule_effect(const struct policy *p, size_t i); /* "allow" | "deny" */
 
-/* Resets r (keeping r->trace) for a new evaluation. */
+/* Resets r for a new evaluation. trace: NULL for the fast path, or policy_rule_count()
+ * bytes that receive each rule's enum policy_rule_result (every rule is then evaluated). */
 void policy_result_init(struct policy_result *r, uint8_t *trace);
 /* Evaluates in against p. Pure, allocation-free and bounded (nesting depth and
  * node count are capped at load). Returns POLICY_DONE with r filled in, or
