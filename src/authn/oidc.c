@@ -1138,9 +1138,9 @@ out:
 struct bearer_slot {
     unsigned char h[32];
     uint64_t keys_id;
-    int64_t exp_s;        /* token exp */
-    int64_t until_s;      /* cache entry end */
-    char *claims;         /* compact JSON */
+    int64_t until_s;             /* min(exp + skew, verified + BEARER_MAX_AGE_S) */
+    bool used;
+    struct oidc_identity id;     /* the identity built when the token was verified */
 };
 
 struct bearer_cache {
@@ -1163,7 +1163,7 @@ static void bearer_cache_free(struct bearer_cache *c)
         return;
     }
     for (size_t i = 0; i < BEARER_SLOTS; i++) {
-        free(c->slot[i].claims);
+        oidc_identity_fini(&c->slot[i].id);
     }
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
         pthread_mutex_destroy(&c->mu[i]);
@@ -1171,44 +1171,54 @@ static void bearer_cache_free(struct bearer_cache *c)
     free(c);
 }
 
-/* Returns the cached claims (caller json_decref()s) or NULL. */
-static json_t *bearer_cache_get(struct bearer_cache *c, const unsigned char h[32],
-                                uint64_t keys_id, int64_t now_s)
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void identity_copy(struct oidc_identity *dst, const struct oidc_identity *src)
+{
+    dst->user_key = dup_or_null(src->user_key);
+    dst->sub = dup_or_null(src->sub);
+    dst->email = dup_or_null(src->email);
+    dst->name = dup_or_null(src->name);
+    dst->groups = json_deep_copy(src->groups);
+    dst->sid = dup_or_null(src->sid);
+    dst->claims = dup_or_null(src->claims);
+}
+
+/* Copies the cached identity into out and returns true on a live hit. */
+static bool bearer_cache_get(struct bearer_cache *c, const unsigned char h[32], uint64_t keys_id,
+                             int64_t now_s, struct oidc_identity *out)
 {
     size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
-    char *claims = NULL;
+    bool hit = false;
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
     struct bearer_slot *s = &c->slot[i];
-    if (s->claims != NULL && s->keys_id == keys_id && memcmp(s->h, h, 32) == 0 &&
-        now_s < s->until_s) {
-        claims = xstrdup(s->claims);
+    if (s->used && s->keys_id == keys_id && memcmp(s->h, h, 32) == 0 && now_s < s->until_s) {
+        identity_copy(out, &s->id);
+        hit = true;
     }
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
-    if (claims == NULL) {
-        return NULL;
-    }
-    json_error_t jerr;
-    json_t *j = json_loads(claims, 0, &jerr);
-    free(claims);
-    return j;
+    return hit;
 }
 
 static void bearer_cache_put(struct bearer_cache *c, const unsigned char h[32], uint64_t keys_id,
-                             const json_t *claims, int64_t until_s)
+                             const struct oidc_identity *id, int64_t until_s)
 {
-    char *text = json_dumps(claims, JSON_COMPACT);
-    if (text == NULL) {
-        return;
-    }
+    struct oidc_identity copy = { 0 };
+    identity_copy(&copy, id);
     size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
     struct bearer_slot *s = &c->slot[i];
-    free(s->claims);
+    struct oidc_identity old = s->id;
     memcpy(s->h, h, 32);
     s->keys_id = keys_id;
     s->until_s = until_s;
-    s->claims = text;
+    s->id = copy;
+    s->used = true;
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
+    oidc_identity_fini(&old);
 }
 
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,
@@ -1217,18 +1227,12 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
     json_t *c = NULL;
     unsigned char h[32];
     codec_sha256(token.p, token.len, h);
+    memset(out, 0, sizeof *out);
+    /* A hit is a token whose signature and claims were checked with this very
+     * key set; the entry ends at its exp (plus skew), so expiry still holds. */
     if (p->bearer_cache != NULL && keys != NULL &&
-        (c = bearer_cache_get(p->bearer_cache, h, jwks_id(keys), now_s)) != NULL) {
-        /* The signature was checked when cached; the expiry is checked again. */
-        json_t *exp = json_object_get(c, "exp");
-        if (json_is_integer(exp) && now_s < (int64_t)json_integer_value(exp) + p->clock_skew_s) {
-            memset(out, 0, sizeof *out);
-            int rc = oidc_identity_build(p, c, NULL, out, err);
-            json_decref(c);
-            return rc;
-        }
-        json_decref(c);
-        c = NULL;
+        bearer_cache_get(p->bearer_cache, h, jwks_id(keys), now_s, out)) {
+        return 0;
     }
     struct jwt_rules r = {
         .issuer = p->issuer,
@@ -1239,7 +1243,6 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
         .now_s = now_s,
         .skew_s = p->clock_skew_s,
     };
-    memset(out, 0, sizeof *out);
     int rc = jwt_verify(token, keys, &r, &c, err);
     if (rc != 0) {
         return rc;
@@ -1248,15 +1251,15 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
         json_decref(c);
         return err_set(err, ERR_CRYPTO, "bearer token has no \"sub\"");
     }
+    rc = oidc_identity_build(p, c, NULL, out, err);
     json_t *exp = json_object_get(c, "exp");
-    if (p->bearer_cache != NULL && keys != NULL && json_is_integer(exp)) {
+    if (rc == 0 && p->bearer_cache != NULL && keys != NULL && json_is_integer(exp)) {
         int64_t until = (int64_t)json_integer_value(exp) + p->clock_skew_s;
         if (until > now_s + BEARER_MAX_AGE_S) {
             until = now_s + BEARER_MAX_AGE_S;
         }
-        bearer_cache_put(p->bearer_cache, h, jwks_id(keys), c, until);
+        bearer_cache_put(p->bearer_cache, h, jwks_id(keys), out, until);
     }
-    rc = oidc_identity_build(p, c, NULL, out, err);
     json_decref(c);
     return rc;
 }
