@@ -387,6 +387,11 @@ static enum tri eval_rule(const struct policy *p, size_t k, const struct policy_
         (pr->group_mask & pf->group_mask) != pr->group_mask) {
         return T_FALSE;
     }
+    const struct str pp = pr->path_prefix;
+    if (pp.len && (in->path.len < pp.len || in->path.p[pp.len - 1] != pp.p[pp.len - 1] ||
+                   memcmp(in->path.p, pp.p, pp.len) != 0)) {
+        return T_FALSE;
+    }
     return eval_node(p, pr->root, in, r, need);
 }
 

@@ -851,6 +851,8 @@ static void set_prefilters(struct policy *p, struct prule *pr)
         if (n->field == F_HOST && n->m->kind == M_IS && !pr->has_host) {
             pr->has_host = true;
             pr->host_hash = policy_hash(n->m->vals[0].p, n->m->vals[0].len, true);
+        } else if (n->field == F_PATH && n->m->kind == M_PREFIX && !pr->path_prefix.len) {
+            pr->path_prefix = n->m->vals[0];
         } else if (n->field == F_GROUPS && n->m->kind == M_MEMBER) {
             pr->group_mask |= 1ULL << (policy_hash(n->m->vals[0].p, n->m->vals[0].len, false) & 63);
         }

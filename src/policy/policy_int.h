@@ -77,6 +77,7 @@ struct prule {
     bool has_host;
     uint32_t host_hash;
     uint64_t group_mask;
+    struct str path_prefix; /* a required path prefix (case-sensitive), or empty */
 };
 
 /* FNV-1a, optionally ASCII-lower-casing; used for the prefilters. */

@@ -2,7 +2,8 @@
  * any bytes as a policy file. Invariants: a rejected policy has at least one
  * message and every message names the file; an accepted policy evaluates a
  * fixed input (with a full trace) to a decision named by one of its rules or
- * "default-deny", and answering every OPA question always ends the evaluation.
+ * "default-deny", answering every OPA question always ends the evaluation, and the
+ * fast path decides exactly as the full trace does.
  * Built with -Dfuzzing=true it is a libFuzzer target; otherwise main() replays
  * files and directories (the 'fuzz' suite replays corpus/policy/). */
 #include <dirent.h>
@@ -64,8 +65,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned asked = 0;
     while (policy_eval(p, &in, &r) == POLICY_NEED_OPA) {
         CHECK(r.opa_path && r.opa_index < POLICY_MAX_OPA && asked++ < POLICY_MAX_OPA);
-        policy_opa_answer(&r, asked % 2, "fuzz");
+        policy_opa_answer(&r, r.opa_index % 2, "fuzz");
     }
+    /* The fast path (prefilters, per-host lists, short-circuits) decides exactly as the
+     * full trace does, given the same OPA answers. */
+    struct policy_result fast;
+    policy_result_init(&fast, NULL);
+    asked = 0;
+    while (policy_eval(p, &in, &fast) == POLICY_NEED_OPA) {
+        CHECK(asked++ < POLICY_MAX_OPA);
+        policy_opa_answer(&fast, fast.opa_index % 2, "fuzz");
+    }
+    CHECK(fast.decision == r.decision && strcmp(fast.rule, r.rule) == 0);
     bool named = strcmp(r.rule, "default-deny") == 0;
     for (size_t i = 0; i < n; i++) {
         CHECK(trace[i] <= POLICY_RULE_UNKNOWN);

@@ -129,6 +129,9 @@ static const struct crit_case crit_cases[] = {
     { "{method: GET}", true },
     { "{method: {in: [POST, PUT]}}", false },
     { "{path: {prefix: /docs/}}", true },
+    { "{path: {prefix: /docs/intro/more}}", false }, /* longer than the path */
+    { "{path: {prefix: /docs/introX}}", false },
+    { "{all: [{path: {prefix: /docs}}, {path: {prefix: /docs/in}}]}", true },
     { "{path: {glob: \"/docs/*\"}}", true },
     { "{path: {is: /docs}}", false },
     { "{host: WIKI.example.com}", true },
