@@ -294,7 +294,11 @@ static bool flush_out(struct conn *c)
         return false;
     }
     if (buf_pending(&c->out) == 0) {
-        buf_release(&c->out);
+        /* The empty buffer is kept while the connection is busy; an idle
+         * one gives it back (release_idle). */
+        if (c->out.cap > 4 * IO_READ_CHUNK) {
+            buf_free(&c->out);
+        }
         if (c->state == CS_CLOSING) {
             start_linger(c);
         }

@@ -146,8 +146,15 @@ static void pool_put(struct upconn *u)
     }
     u->state = UP_IDLE;
     u->got_bytes = u->head_done = u->done = false;
-    buf_free(&u->in);
-    buf_free(&u->out);
+    /* Empty buffers stay with the pooled connection (at most max_idle per
+     * server): the next request on it needs them again at once. Large ones
+     * (after streaming) are given back. */
+    if (u->in.cap > 2 * IO_READ_CHUNK) {
+        buf_free(&u->in);
+    }
+    if (u->out.cap > IO_READ_CHUNK) {
+        buf_free(&u->out);
+    }
     u->next = p->idle;
     p->idle = u;
     p->nidle++;
@@ -312,9 +319,6 @@ static bool up_flush(struct upconn *u)
             break;
         }
         return false;
-    }
-    if (buf_pending(&u->out) == 0) {
-        buf_release(&u->out);
     }
     return true;
 }
@@ -482,7 +486,7 @@ static void send_head(struct conn *c, struct upconn *u)
         o.default_host = host;
     }
 
-    buf_free(&u->out);
+    u->out.off = u->out.len = 0; /* empty: a reused connection keeps its buffer */
     http_format_upstream_request(&u->out, r, &o);
     u->chunk_up = r->chunked;
     if (!u->hin) {

@@ -490,14 +490,33 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
 #undef BAD
 }
 
+/* A constant span for static tables (STR() is a compound literal). */
+#define SPAN(lit) { (lit), sizeof(lit) - 1 }
+
 bool http_is_hop_by_hop(struct str n)
 {
-    static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "proxy-authenticate", "proxy-authorization",
+    static const struct str names[] = {
+        SPAN("connection"), SPAN("keep-alive"), SPAN("proxy-connection"), SPAN("te"),
+        SPAN("trailer"), SPAN("transfer-encoding"), SPAN("upgrade"), SPAN("proxy-authenticate"),
+        SPAN("proxy-authorization"),
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (str_ieq_cstr(n, names[i])) {
+        if (n.len == names[i].len && str_ieq(n, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Request headers the proxy always replaces or consumes itself. */
+static bool replaced_request_header(struct str n)
+{
+    static const struct str names[] = {
+        SPAN("content-length"), SPAN("expect"), SPAN("x-forwarded-for"),
+        SPAN("x-forwarded-proto"), SPAN("x-forwarded-host"), SPAN("x-request-id"),
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (n.len == names[i].len && str_ieq(n, names[i])) {
             return true;
         }
     }
@@ -543,6 +562,13 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
 {
     struct str upgrade = STR_NULL;
     bool xff_seen = false, host_sent = false;
+    size_t nconn = 0;
+
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (str_ieq(r->headers[i].name, STR("connection"))) {
+            nconn++;
+        }
+    }
 
     buf_append_str(out, r->method);
     buf_append(out, " ", 1);
@@ -550,13 +576,11 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
     buf_append_str(out, STR(" HTTP/1.1\r\n"));
     for (size_t i = 0; i < r->nheaders; i++) {
         struct str n = r->headers[i].name;
-        if (str_ieq_cstr(n, "upgrade")) {
+        if (str_ieq(n, STR("upgrade"))) {
             upgrade = r->headers[i].value;
         }
-        if (http_is_hop_by_hop(n) || str_ieq_cstr(n, "content-length") ||
-            str_ieq_cstr(n, "expect") || str_ieq_cstr(n, "x-forwarded-for") ||
-            str_ieq_cstr(n, "x-forwarded-proto") || str_ieq_cstr(n, "x-forwarded-host") ||
-            str_ieq_cstr(n, "x-request-id") || connection_names(r->headers, r->nheaders, n)) {
+        if (http_is_hop_by_hop(n) || replaced_request_header(n) ||
+            (nconn > 0 && connection_names(r->headers, r->nheaders, n))) {
             continue;
         }
         bool strip = false;
@@ -568,7 +592,7 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
         if (strip) {
             continue;
         }
-        if (str_ieq_cstr(n, "host")) {
+        if (str_ieq(n, STR("host"))) {
             if (r->headers[i].value.len == 0) {
                 continue; /* HTTP/1.0 "Host:" with nothing: replaced below */
             }
@@ -645,6 +669,13 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
     bool no_body = interim || status == 204 || status == 304 || o->head_method;
     struct str reason = { base + h->status_off, h->status_len };
     struct str upgrade = STR_NULL;
+    size_t nconn = 0;
+
+    for (size_t i = 0; i < h->nhdr; i++) {
+        if (str_ieq(http_in_name(h, base, i), STR("connection"))) {
+            nconn++;
+        }
+    }
 
     if (reason.len == 0) {
         reason = str_from(http_reason(status));
@@ -659,17 +690,17 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
     for (size_t i = 0; i < h->nhdr; i++) {
         struct str n = http_in_name(h, base, i);
         bool named = false;
-        if (str_ieq_cstr(n, "upgrade")) {
+        if (str_ieq(n, STR("upgrade"))) {
             upgrade = http_in_value(h, base, i);
         }
-        for (size_t k = 0; k < h->nhdr && !named; k++) {
-            if (str_ieq_cstr(http_in_name(h, base, k), "connection") &&
+        for (size_t k = 0; k < h->nhdr && !named && nconn > 0; k++) {
+            if (str_ieq(http_in_name(h, base, k), STR("connection")) &&
                 http_list_has(http_in_value(h, base, k), n)) {
                 named = true;
             }
         }
-        if (named || http_is_hop_by_hop(n) || str_ieq_cstr(n, "content-length") ||
-            str_ieq_cstr(n, "x-request-id")) {
+        if (named || http_is_hop_by_hop(n) || str_ieq(n, STR("content-length")) ||
+            str_ieq(n, STR("x-request-id"))) {
             continue;
         }
         buf_append_str(out, n);
