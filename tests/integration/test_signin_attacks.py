@@ -152,6 +152,26 @@ class StateAndCookieAttacks(AttackBase):
         self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
                               "callback state does not match the login cookie")
 
+    def test_repeated_callback_parameters(self):
+        # Parameter pollution: two states (or codes) and the RP must not pick one.
+        b = Browser()
+        cb = self.to_callback(b)
+        st = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(cb).query))["state"]
+        self.callback_refused(b, cb + "&state=" + q(st), "callback repeats the \"state\" parameter")
+        b = Browser()
+        cb = self.to_callback(b)
+        self.callback_refused(b, cb + "&code=other", "callback repeats the \"code\" parameter")
+
+    def test_unknown_provider_and_overlong_return_url(self):
+        r = Browser().request(self.base + "/.gatehouse/login?idp=nope")
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"Unknown identity provider", r.body)
+        b = Browser()
+        cb = self.to_callback(b, "corp", "/" + "a" * 5000)
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        self.assertEqual(r.header("Location"), "/")
+
     def test_state_from_another_browser(self):
         # Login CSRF: the attacker's callback URL in the victim's browser.
         attacker, victim = Browser(), Browser()
