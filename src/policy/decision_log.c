@@ -500,10 +500,23 @@ static int write_all(int fd, const char *p, size_t n)
 /* Appends to the file every SQLite record after its last line. */
 static int file_catch_up(sqlite3 *db, int fd, struct err *err)
 {
-    uint64_t last;
+    uint64_t last, db_last = 0;
     int rc = file_tail(fd, &last, err);
     if (rc) {
         return rc;
+    }
+    sqlite3_stmt *mx = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM decisions", -1, &mx, NULL) == SQLITE_OK &&
+        sqlite3_step(mx) == SQLITE_ROW) {
+        db_last = (uint64_t)sqlite3_column_int64(mx, 0);
+    }
+    sqlite3_finalize(mx);
+    if (db_last > 0 && last > db_last) {
+        /* SQLite lost commits the file still has (e.g. power loss in batch mode). Writing
+         * on would give two records the same seq: stop and let an operator decide. */
+        return err_set(err, ERR_IO, "the decision log file has records %llu..%llu that SQLite "
+                                    "does not: restore the database or move the file aside",
+                       (unsigned long long)db_last + 1, (unsigned long long)last);
     }
     char sql[512];
     snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE seq > ? "

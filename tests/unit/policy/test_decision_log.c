@@ -381,6 +381,25 @@ static void test_dl_reopen_repairs_torn_line_and_catches_up(void **state)
     assert_non_null(strstr(out, "file: 23 records verified"));
 }
 
+/* SQLite lost its last commits (power loss) but the file has them: refuse to open
+ * rather than write two records with one seq. */
+static void test_dl_open_refuses_a_file_ahead_of_sqlite(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    make_log(f, 10);
+    sql(f, "DELETE FROM decisions WHERE seq > 8");
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(f->cfg, &d);
+    assert_true(decision_log_conf_parse(doc->root, f->cfg, &d, &c));
+    conf_doc_free(doc);
+    struct err err = { 0 };
+    assert_null(decision_log_open(&c, &err));
+    assert_string_equal(err.msg, "the decision log file has records 9..10 that SQLite does not: "
+                                 "restore the database or move the file aside");
+    decision_log_conf_fini(&c);
+}
+
 static void test_dl_full_queue_refuses_instead_of_dropping(void **state)
 {
     struct fixture *f = *state;
@@ -645,6 +664,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_file_reorder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_file_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_reopen_repairs_torn_line_and_catches_up, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_dl_open_refuses_a_file_ahead_of_sqlite, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dl_full_queue_refuses_instead_of_dropping, setup,
                                         teardown),
