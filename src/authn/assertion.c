@@ -313,7 +313,7 @@ char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c
     struct keyset *k = keyset_get(s);
     unsigned char h[32];
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestInit_ex(md, codec_sha256_md(), NULL);
     hash_field(md, k->cur.kid);
     hash_field(md, c->aud);
     hash_field(md, c->sub);

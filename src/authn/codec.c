@@ -133,6 +133,12 @@ static void sha256_init(void)
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+const EVP_MD *codec_sha256_md(void)
+{
+    pthread_once(&sha256_once, sha256_init);
+    return sha256_md != NULL ? sha256_md : EVP_sha256();
+}
+
 void codec_sha256(const void *p, size_t n, unsigned char out[32])
 {
     /* OpenSSL 3's one-shot SHA256() fetches the algorithm on every call (about
