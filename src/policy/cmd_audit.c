@@ -223,13 +223,16 @@ struct verify_end {
 static long moved_from(const struct dl_row *row, struct sbuf *b)
 {
     char h[65];
+    if (!row->prev_hash || strlen(row->prev_hash) != 64) {
+        return -1;
+    }
     for (long delta = -64; delta <= 64; delta++) {
         if (delta == 0 || (delta < 0 && (uint64_t)-delta >= row->seq)) {
             continue;
         }
         uint64_t s = row->seq + (uint64_t)delta;
-        dl_canonical(&row->rec, s, row->prev_hash ? row->prev_hash : DL_GENESIS, b);
-        dl_hash(row->prev_hash ? row->prev_hash : DL_GENESIS, b->p, b->len, h);
+        dl_canonical(&row->rec, s, row->prev_hash, b);
+        dl_hash(row->prev_hash, b->p, b->len, h);
         if (row->hash && strcmp(h, row->hash) == 0) {
             return (long)s;
         }
@@ -404,8 +407,12 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
                 }
                 ok = false;
             } else {
-                dl_hash(json_string_value(jp), line, len - tl - 66, h);
-                if (strlen(json_string_value(jp)) != 64 || strcmp(h, hash) != 0) {
+                /* dl_hash reads 64 characters of prev_hash: check an edited one first. */
+                bool prev_ok = strlen(json_string_value(jp)) == 64;
+                if (prev_ok) {
+                    dl_hash(json_string_value(jp), line, len - tl - 66, h);
+                }
+                if (!prev_ok || strcmp(h, hash) != 0) {
                     printf("FAIL file: record %llu (line %ld) was edited: its hash does not "
                            "match its content\n", (unsigned long long)seq, lineno);
                     ok = false;

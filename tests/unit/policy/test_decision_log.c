@@ -273,6 +273,31 @@ static void test_dl_sqlite_edit_with_recomputed_hash(void **state)
                    "replaced or reordered\n");
 }
 
+/* Edited hash fields of the wrong length are reported, never read past their end. */
+static void test_dl_short_hashes_are_edits(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET prev_hash = 'abc', hash = 'x' WHERE seq = 4");
+    expect_fail(f, "FAIL sqlite: record 4 (request req-4) was edited");
+}
+
+static void short_prev_in_line3(char **lines, size_t *n)
+{
+    (void)n;
+    char *p = strstr(lines[2], "\"prev_hash\":\"");
+    memmove(p + 13, p + 13 + 60, strlen(p + 13 + 60) + 1); /* keep 4 of 64 characters */
+}
+
+static void test_dl_file_short_prev_hash(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    edit_file(f, short_prev_in_line3);
+    expect_fail(f, "FAIL file: record 3 (line 3) was edited: its hash does not match its "
+                   "content\n");
+}
+
 static void test_dl_sqlite_delete(void **state)
 {
     struct fixture *f = *state;
@@ -656,6 +681,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_with_recomputed_hash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_short_hashes_are_edits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_file_short_prev_hash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_reorder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_delete_last, setup, teardown),
