@@ -324,9 +324,14 @@ def med(runs, key):
 
 
 def ratio_line(label, num, den, target):
+    """One row of the ratio table; target "≥ 90%" or "≥ 3×", or "" to only
+    show the ratio (as a percentage)."""
     if num is None or not den:
-        return f"| {label} | – | {target} | not measured |"
+        return f"| {label} | – | {target or '–'} | not measured |"
     r = num / den
+    if not target:
+        return f"| {label} | {r * 100:.0f}% | – | (what the req/s ratio tends to when the " \
+               f"proxy is CPU-bound) |"
     ok = "met" if r >= float(target.strip("≥ ×%")) / (100 if "%" in target else 1) else "MISSED"
     shown = f"{r * 100:.0f}%" if "%" in target else f"{r:.2f}×"
     return f"| {label} | {shown} | {target} | {ok} |"
@@ -347,8 +352,8 @@ def render(results, targets, args, versions):
     what = {
         "gh-public": "nothing (`public: true`)",
         "gh-cookie": "session cookie (hash, in-memory cache)",
-        "gh-bearer": "bearer ID token (RS256 verified once, then Gatehouse's verified-token "
-                     "cache; exp re-checked)",
+        "gh-bearer": "bearer ID token (RS256 and claims checked on first sight, then "
+                     "Gatehouse's verified-token cache)",
         "apache-public": "nothing (mod_proxy_http only)",
         "apache-bearer": "bearer ID token (mod_auth_openidc oauth20: RS256 verified on "
                          "every request)",
@@ -373,6 +378,8 @@ def render(results, targets, args, versions):
                    v("gh-public", "rps"), "≥ 90%"),
         ratio_line("gh-bearer / gh-public, req/s", v("gh-bearer", "rps"),
                    v("gh-public", "rps"), "≥ 90%"),
+        ratio_line("gh-cookie / gh-public, req per CPU-s", v("gh-cookie", "rpcpu"),
+                   v("gh-public", "rpcpu"), ""),
         ratio_line("gh-cookie / apache-bearer, req per CPU-s", v("gh-cookie", "rpcpu"),
                    v("apache-bearer", "rpcpu"), "≥ 3×"),
         ratio_line("gh-bearer / apache-bearer, req per CPU-s", v("gh-bearer", "rpcpu"),
