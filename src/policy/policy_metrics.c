@@ -1,4 +1,4 @@
-/* policy/metrics.c - process-wide counters for decisions, OPA and the decision
+/* policy/policy_metrics.c - process-wide counters for decisions, OPA and the decision
  * log, rendered in the Prometheus text format by the proxy's /metrics. Updates
  * are lock-free atomics; only the first sighting of a route takes a lock. */
 #include <pthread.h>
