@@ -890,6 +890,15 @@ class Gatehouse:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def finish(self):
+        """stop() + cleanup(), then fails unless the shutdown was clean (exit 0, no
+        sanitizer report)."""
+        code = self.stop()
+        err = self.stderr()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if code != 0 or "Sanitizer" in err or "runtime error:" in err:
+            raise AssertionError(f"gatehouse exited with {code}:\n" + err[-4000:])
+
 
 def basic_config(routes, listen=None, **extra):
     """A config dict with one plain listener on a free port, an admin listener and
@@ -981,11 +990,16 @@ class ProxyCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         code = cls.gh.stop()
+        err = cls.gh.stderr()
         if os.environ.get("GH_IT_VERBOSE"):
-            print(f"--- gatehouse stderr ({cls.__name__}, exit {code}):\n{cls.gh.stderr()}")
+            print(f"--- gatehouse stderr ({cls.__name__}, exit {code}):\n{err}")
         cls.gh.cleanup()
         for b in cls.backends:
             b.stop()
+        # A clean SIGTERM shutdown exits 0; a crash or a sanitizer report at exit does not.
+        if code != 0 or "Sanitizer" in err or "runtime error:" in err:
+            raise AssertionError(f"gatehouse exited with {code} at the end of {cls.__name__}:\n"
+                                 + err[-4000:])
 
     def assertAlive(self):
         """The proxy process is still running (did not crash on what the test sent)."""

@@ -93,9 +93,9 @@ class ReloadTest(unittest.TestCase):
         self.gh = Gatehouse(self.cfg)
 
     def tearDown(self):
-        self.gh.cleanup()
         self.b1.stop()
         self.b2.stop()
+        self.gh.finish()
 
     def test_reload_under_load_zero_failures(self):
         load = LoadRun(self.gh.port)
@@ -180,9 +180,9 @@ class AccessLogReopenTest(unittest.TestCase):
         self.gh = Gatehouse(self.cfg)
 
     def tearDown(self):
-        self.gh.cleanup()
         self.b1.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.gh.finish()
 
     def test_rotate_then_sighup(self):
         self.assertEqual(request(self.gh.port, "GET", "/before-rotate").status, 200)

@@ -36,9 +36,9 @@ class TlsTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.gh.cleanup()
         cls.backend.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
+        cls.gh.finish()
 
     def s_client(self, *args, stdin=b"", timeout=10):
         cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{self.tls_port}",

@@ -158,9 +158,9 @@ class PassiveHealthRecoveryTest(unittest.TestCase):
                                                 fail_timeout="1s")]))
 
     def tearDown(self):
-        self.gh.cleanup()
         self.b1.stop()
         self.b2.stop()
+        self.gh.finish()
 
     def test_skipped_then_retried(self):
         for i in range(4):
@@ -349,10 +349,10 @@ class HttpsUpstreamTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.gh.cleanup()
         cls.backend.stop()
         cls.wrong_name.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
+        cls.gh.finish()
 
     def test_verified_upstream(self):
         r = request(self.gh.port, "GET", "/secure", host="good.test")
