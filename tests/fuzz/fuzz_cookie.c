@@ -4,7 +4,7 @@
  * which parses to the same answer for every other name; deterministic. */
 #include "authn/cookie.h"
 
-#include "authn_replay.h"
+#include "replay.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

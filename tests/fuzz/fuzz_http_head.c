@@ -13,8 +13,7 @@
 #include <sys/stat.h>
 
 #include "proxy/http.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "replay.h"
 
 static int count_body(void *arg, const char *p, size_t n)
 {
@@ -117,66 +116,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     return 0;
 }
-
-#ifndef GH_LIBFUZZER
-static size_t count;
-
-static int run_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (!f) {
-        perror(path);
-        return 1;
-    }
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc(n > 0 ? (size_t)n : 1);
-    if (!buf || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) {
-        fclose(f);
-        free(buf);
-        return 1;
-    }
-    fclose(f);
-    /* Replay each input byte by byte, in small pieces, and whole. */
-    if (n > 0) {
-        run_one((const uint8_t *)buf, (size_t)n, 1);
-        run_one((const uint8_t *)buf, (size_t)n, 7);
-        run_one((const uint8_t *)buf, (size_t)n, (size_t)n);
-    }
-    free(buf);
-    count++;
-    return 0;
-}
-
-int main(int argc, char **argv)
-{
-    int rc = 0;
-
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        DIR *dir;
-        struct dirent *e;
-        if (stat(argv[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
-            rc |= run_file(argv[i]);
-            continue;
-        }
-        if (!(dir = opendir(argv[i]))) {
-            return 1;
-        }
-        while ((e = readdir(dir))) {
-            char sub[4096];
-            if (e->d_name[0] != '.') {
-                snprintf(sub, sizeof sub, "%s/%s", argv[i], e->d_name);
-                rc |= run_file(sub);
-            }
-        }
-        closedir(dir);
-    }
-    printf("fuzz_http_head: %zu inputs replayed\n", count);
-    return rc || count == 0;
-}
-#endif

@@ -7,7 +7,7 @@
 
 #include "authn/jwt.h"
 
-#include "authn_replay.h"
+#include "replay.h"
 
 static const char test_jwks[] =
     "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"k1\","

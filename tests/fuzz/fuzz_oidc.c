@@ -8,7 +8,7 @@
 
 #include "authn/oidc.h"
 
-#include "authn_replay.h"
+#include "replay.h"
 
 static const char conf[] = "- {id: corp, type: oidc, issuer: 'https://idp.example', "
                            "client_id: gatehouse, client_secret: s}\n";

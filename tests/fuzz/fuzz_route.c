@@ -14,16 +14,7 @@
 
 #include "proxy/config.h"
 #include "proxy/route.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "replay.h"
 
 static const char yaml[] =
     "listen: [{address: 127.0.0.1:8080}]\n"
@@ -88,62 +79,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     return 0;
 }
-
-#ifndef GH_LIBFUZZER
-static size_t count;
-
-static int run_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (!f) {
-        perror(path);
-        return 1;
-    }
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc(n > 0 ? (size_t)n : 1);
-    if (!buf || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) {
-        fclose(f);
-        free(buf);
-        return 1;
-    }
-    fclose(f);
-    LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)(n > 0 ? n : 0));
-    free(buf);
-    count++;
-    return 0;
-}
-
-int main(int argc, char **argv)
-{
-    int rc = 0;
-
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        DIR *dir;
-        struct dirent *e;
-        if (stat(argv[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
-            rc |= run_file(argv[i]);
-            continue;
-        }
-        if (!(dir = opendir(argv[i]))) {
-            return 1;
-        }
-        while ((e = readdir(dir))) {
-            char sub[4096];
-            if (e->d_name[0] != '.') {
-                snprintf(sub, sizeof sub, "%s/%s", argv[i], e->d_name);
-                rc |= run_file(sub);
-            }
-        }
-        closedir(dir);
-    }
-    config_unref(cfg);
-    printf("fuzz_route: %zu inputs replayed\n", count);
-    return rc || count == 0;
-}
-#endif

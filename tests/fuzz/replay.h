@@ -1,8 +1,9 @@
-/* authn_replay.h - corpus replay main() for the authn fuzz targets (fuzz_cookie,
- * fuzz_jwt, fuzz_oidc). Built without GH_LIBFUZZER, each target replays every
- * file under the paths it is given and fails when none was found. */
-#ifndef GH_FUZZ_AUTHN_REPLAY_H
-#define GH_FUZZ_AUTHN_REPLAY_H
+/* replay.h - what every fuzz target shares: the CHECK() invariant macro and,
+ * built without GH_LIBFUZZER, a main() that replays every file under the paths
+ * it is given (the corpus, in the fuzz suite) and fails when none was found.
+ * Include it once, from the target's .c file. */
+#ifndef GH_FUZZ_REPLAY_H
+#define GH_FUZZ_REPLAY_H
 
 #include <dirent.h>
 #include <stdint.h>
