@@ -160,26 +160,6 @@ cjose_jwk_t *keys_parse_pem(struct str pem, const char **alg, struct err *err)
     return jwk;
 }
 
-static char *read_file(const char *path, size_t max, size_t *len, struct err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        err_set(err, ERR_IO, "cannot open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = xmalloc(max + 1);
-    size_t n = fread(buf, 1, max + 1, f);
-    fclose(f);
-    if (n > max) {
-        free(buf);
-        err_set(err, ERR_LIMIT, "%s is larger than %zu bytes", path, max);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 cjose_jwk_t *keys_load_pem(const char *path, const char **alg, struct err *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -188,7 +168,7 @@ cjose_jwk_t *keys_load_pem(const char *path, const char **alg, struct err *err)
         close(fd);
     }
     size_t n = 0;
-    char *pem = read_file(path, 64 * 1024, &n, err);
+    char *pem = conf_read_file(path, 64 * 1024, &n, err);
     if (pem == NULL) {
         return NULL;
     }

@@ -54,26 +54,6 @@ struct pages {
     size_t css_len;
 };
 
-static char *read_all(const char *path, size_t *len, struct err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        err_set(err, ERR_IO, "cannot read %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = xmalloc(MAX_TEMPLATE_BYTES + 1);
-    size_t n = fread(buf, 1, MAX_TEMPLATE_BYTES + 1, f);
-    fclose(f);
-    if (n > MAX_TEMPLATE_BYTES) {
-        free(buf);
-        err_set(err, ERR_LIMIT, "%s is larger than %d bytes", path, MAX_TEMPLATE_BYTES);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 static const char *lookup(const char *const *names, struct str n)
 {
     for (size_t i = 0; names[i] != NULL; i++) {
@@ -136,7 +116,7 @@ struct pages *pages_load(const char *dir, struct err *err)
     for (size_t k = 0; k < PAGE_COUNT; k++) {
         char *path = xasprintf("%s/%s", dir, defs[k].file);
         size_t len = 0;
-        p->t[k].text = read_all(path, &len, err);
+        p->t[k].text = conf_read_file(path, MAX_TEMPLATE_BYTES, &len, err);
         int rc = p->t[k].text ? compile(&p->t[k], path, &defs[k], err) : ERR_IO;
         free(path);
         if (rc != 0) {
@@ -145,7 +125,7 @@ struct pages *pages_load(const char *dir, struct err *err)
         }
     }
     char *css = xasprintf("%s/login.css", dir);
-    p->css = read_all(css, &p->css_len, err);
+    p->css = conf_read_file(css, MAX_TEMPLATE_BYTES, &p->css_len, err);
     free(css);
     if (p->css == NULL) {
         pages_free(p);

@@ -371,9 +371,9 @@ const char *conf_suggest(const char *word, const char *const candidates[])
     return best;
 }
 
-static const char *type_name(enum conf_type t)
+const char *conf_type_name(const struct conf_node *n)
 {
-    switch (t) {
+    switch (n ? n->type : CONF_NULL) {
     case CONF_NULL:
         return "nothing";
     case CONF_SCALAR:
@@ -386,12 +386,38 @@ static const char *type_name(enum conf_type t)
     return "?";
 }
 
+char *conf_read_file(const char *path, size_t max, size_t *len, struct err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        err_set(err, ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = xmalloc(max + 1);
+    size_t n = fread(buf, 1, max + 1, f);
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        err_set(err, ERR_IO, "cannot read %s", path);
+        return NULL;
+    }
+    if (n > max) {
+        free(buf);
+        err_set(err, ERR_LIMIT, "%s is larger than %zu bytes", path, max);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 bool conf_map(struct conf_diag *d, const struct conf_node *n, const char *what)
 {
     if (n && n->type == CONF_MAP) {
         return true;
     }
-    conf_error(d, n, "%s must be a map, got %s", what, n ? type_name(n->type) : "nothing");
+    conf_error(d, n, "%s must be a map, got %s", what, conf_type_name(n));
     return false;
 }
 
@@ -400,7 +426,7 @@ bool conf_seq(struct conf_diag *d, const struct conf_node *n, const char *what)
     if (n && n->type == CONF_SEQ) {
         return true;
     }
-    conf_error(d, n, "%s must be a list, got %s", what, n ? type_name(n->type) : "nothing");
+    conf_error(d, n, "%s must be a list, got %s", what, conf_type_name(n));
     return false;
 }
 
@@ -443,7 +469,7 @@ static const struct conf_node *scalar_or_report(struct conf_diag *d, const struc
         return NULL;
     }
     if (n->type != CONF_SCALAR) {
-        conf_error(d, n, "\"%s\" must be %s, got %s", key, expected, type_name(n->type));
+        conf_error(d, n, "\"%s\" must be %s, got %s", key, expected, conf_type_name(n));
         return (const struct conf_node *)-1;
     }
     return n;

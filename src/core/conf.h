@@ -83,6 +83,14 @@ bool conf_duration_ms(struct conf_diag *d, const struct conf_node *m, const char
 bool conf_size(struct conf_diag *d, const struct conf_node *m, const char *key, uint64_t min,
                uint64_t max, uint64_t *out);
 
+/* "a map", "a list", "a scalar" or "nothing" (n may be NULL), for messages. */
+const char *conf_type_name(const struct conf_node *n);
+
+/* Reads a whole file of at most max bytes into a NUL-terminated xmalloc'd
+ * buffer (caller frees); *len gets its size. NULL with err (ERR_IO, or
+ * ERR_LIMIT when larger than max) otherwise. Blocking: start-up only. */
+char *conf_read_file(const char *path, size_t max, size_t *len, struct err *err);
+
 /* Raw parsers for scalars (no diagnostics). */
 bool conf_parse_duration_ms(const char *s, uint64_t *out);
 bool conf_parse_size(const char *s, uint64_t *out);

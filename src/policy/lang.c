@@ -39,24 +39,6 @@ static const char *const http_methods[] = { "GET",     "HEAD",     "POST",    "P
 static const char *const weekday_names[] = { "sun", "mon", "tue", "wed", "thu", "fri", "sat",
                                              NULL };
 
-static const char *type_name(const struct conf_node *n)
-{
-    if (!n) {
-        return "nothing";
-    }
-    switch (n->type) {
-    case CONF_NULL:
-        return "nothing";
-    case CONF_SCALAR:
-        return "a scalar";
-    case CONF_MAP:
-        return "a map";
-    case CONF_SEQ:
-        return "a list";
-    }
-    return "?";
-}
-
 static void fail(struct compiler *c, const struct conf_node *n, const char *fmt, ...) PRINTF(3, 4);
 
 static void fail(struct compiler *c, const struct conf_node *n, const char *fmt, ...)
@@ -178,7 +160,7 @@ static struct matcher *matcher_new(struct compiler *c, enum mkind kind, const st
 
     if (kind == M_IN) {
         if (!v || v->type != CONF_SEQ) {
-            fail(c, v, "\"in\" of %s must be a list of strings, got %s", what, type_name(v));
+            fail(c, v, "\"in\" of %s must be a list of strings, got %s", what, conf_type_name(v));
             return NULL;
         }
         if (v->n == 0) {
@@ -190,7 +172,7 @@ static struct matcher *matcher_new(struct compiler *c, enum mkind kind, const st
             const struct conf_node *it = v->items[i];
             if (!is_scalar(it)) {
                 fail(c, it, "\"in\" of %s must be a list of strings, got %s in the list", what,
-                     type_name(it));
+                     conf_type_name(it));
                 return NULL;
             }
             if (f == F_METHOD && !check_method(c, it)) {
@@ -203,7 +185,7 @@ static struct matcher *matcher_new(struct compiler *c, enum mkind kind, const st
     }
     if (!is_scalar(v)) {
         fail(c, v, "\"%s\" of %s must be a string, got %s", matcher_keys[kind], what,
-             type_name(v));
+             conf_type_name(v));
         return NULL;
     }
     if (f == F_METHOD && kind == M_IS && !check_method(c, v)) {
@@ -251,7 +233,7 @@ static void compile_matcher(struct compiler *c, const struct conf_node *spec, en
     }
     if (!spec || spec->type != CONF_MAP) {
         fail(c, spec, "\"%s\" must be a string or a map of matchers (is, prefix, suffix, "
-                      "contains, in, glob, regex), got %s", what, type_name(spec));
+                      "contains, in, glob, regex), got %s", what, conf_type_name(spec));
         return;
     }
     size_t nmatch = 0;
@@ -318,7 +300,7 @@ static bool get_bool(struct compiler *c, const struct conf_node *v, const char *
 {
     if (!is_scalar(v) || v->quoted || !conf_parse_bool(v->value, out)) {
         fail(c, v, "\"%s\" must be true or false, got %s%s%s", what,
-             is_scalar(v) ? "\"" : type_name(v), is_scalar(v) ? v->value : "",
+             is_scalar(v) ? "\"" : conf_type_name(v), is_scalar(v) ? v->value : "",
              is_scalar(v) ? "\"" : "");
         return false;
     }
@@ -400,7 +382,7 @@ static void compile_source_ip(struct compiler *c, const struct conf_node *v)
             return;
         }
     } else {
-        fail(c, v, "\"source_ip\" must be a CIDR or a list of CIDRs, got %s", type_name(v));
+        fail(c, v, "\"source_ip\" must be a CIDR or a list of CIDRs, got %s", conf_type_name(v));
         return;
     }
     struct cidr *cs = arena_zalloc(c->p->arena, n * sizeof *cs);
@@ -408,7 +390,7 @@ static void compile_source_ip(struct compiler *c, const struct conf_node *v)
         bool host_bits;
         if (!is_scalar(items[i]) || !parse_cidr(items[i]->value, &cs[i], &host_bits)) {
             fail(c, items[i], "bad CIDR \"%s\" in source_ip",
-                 is_scalar(items[i]) ? items[i]->value : type_name(items[i]));
+                 is_scalar(items[i]) ? items[i]->value : conf_type_name(items[i]));
             return;
         }
         if (host_bits) {
@@ -481,7 +463,7 @@ static struct tzinfo *policy_tz(struct compiler *c, const struct conf_node *v)
 static void compile_time(struct compiler *c, const struct conf_node *v)
 {
     if (!v || v->type != CONF_MAP) {
-        fail(c, v, "\"time\" must be a map (weekdays, hours, tz), got %s", type_name(v));
+        fail(c, v, "\"time\" must be a map (weekdays, hours, tz), got %s", conf_type_name(v));
         return;
     }
     if (!conf_check_keys(c->d, v, "time", time_keys)) {
@@ -495,7 +477,7 @@ static void compile_time(struct compiler *c, const struct conf_node *v)
     if (wd) {
         if (wd->type != CONF_SEQ) {
             fail(c, wd, "\"weekdays\" must be a list of days (mon, tue, ... or mon-fri), got %s",
-                 type_name(wd));
+                 conf_type_name(wd));
             return;
         }
         if (wd->n == 0) {
@@ -533,7 +515,7 @@ static void compile_time(struct compiler *c, const struct conf_node *v)
         const char *dash = is_scalar(h) ? strchr(h->value, '-') : NULL;
         if (!dash) {
             fail(c, h, "\"hours\" must look like \"09:00-18:00\", got %s%s%s",
-                 is_scalar(h) ? "\"" : type_name(h), is_scalar(h) ? h->value : "",
+                 is_scalar(h) ? "\"" : conf_type_name(h), is_scalar(h) ? h->value : "",
                  is_scalar(h) ? "\"" : "");
             return;
         }
@@ -552,7 +534,7 @@ static void compile_time(struct compiler *c, const struct conf_node *v)
     if (z) {
         if (!is_scalar(z)) {
             fail(c, z, "\"tz\" must be a time zone name such as Europe/Paris, got %s",
-                 type_name(z));
+                 conf_type_name(z));
             return;
         }
         if (strcmp(z->value, "UTC") != 0) {
@@ -571,7 +553,7 @@ static void compile_opa(struct compiler *c, const struct conf_node *v)
 {
     if (!is_scalar(v) || v->len == 0) {
         fail(c, v, "\"opa\" must be a data path such as gatehouse/wiki/allow, got %s",
-             type_name(v));
+             conf_type_name(v));
         return;
     }
     for (size_t k = 0; k < v->len; k++) {
@@ -604,7 +586,7 @@ static void compile_device(struct compiler *c, const struct conf_node *v)
 {
     if (!v || v->type != CONF_MAP) {
         fail(c, v, "\"device\" must be a map (present, trusted, owner_is_user, id, owner, "
-                   "subject, issuer, serial, fingerprint, san), got %s", type_name(v));
+                   "subject, issuer, serial, fingerprint, san), got %s", conf_type_name(v));
         return;
     }
     if (!conf_check_keys(c->d, v, "device", device_keys)) {
@@ -652,7 +634,7 @@ static void compile_named(struct compiler *c, const struct conf_node *spec, enum
     static const char *const name_key[] = { "name", NULL };
     if (!spec || spec->type != CONF_MAP) {
         fail(c, spec, "\"%s\" must be a map with \"name\" and a matcher, got %s", what,
-             type_name(spec));
+             conf_type_name(spec));
         return;
     }
     const struct conf_node *nm = conf_get(spec, "name");
@@ -736,7 +718,7 @@ static void compile_list(struct compiler *c, const struct conf_node *v, enum op 
                          const char *what, unsigned depth)
 {
     if (!v || v->type != CONF_SEQ) {
-        fail(c, v, "\"%s\" must be a list of conditions, got %s", what, type_name(v));
+        fail(c, v, "\"%s\" must be a list of conditions, got %s", what, conf_type_name(v));
         return;
     }
     if (v->n == 0 && op == OP_ANY) {
@@ -818,7 +800,7 @@ static void compile_cond(struct compiler *c, const struct conf_node *n, unsigned
     }
     if (!n || n->type != CONF_MAP || n->n == 0) {
         fail(c, n, "a condition must be a map with a criterion such as user, groups or path, "
-                   "got %s", n && n->type == CONF_MAP ? "an empty map" : type_name(n));
+                   "got %s", n && n->type == CONF_MAP ? "an empty map" : conf_type_name(n));
         return;
     }
     uint32_t all = n->n > 1 ? node_push(c, OP_ALL) : PNODE_NONE;
@@ -892,7 +874,7 @@ static void compile_rule(struct compiler *c, const struct conf_node *r, size_t i
     }
     if (!is_scalar(id) || !valid_id(id->value)) {
         fail(c, id, "bad rule id %s%s%s (letters, digits, '-', '_' and '.')",
-             is_scalar(id) ? "\"" : "", is_scalar(id) ? id->value : type_name(id),
+             is_scalar(id) ? "\"" : "", is_scalar(id) ? id->value : conf_type_name(id),
              is_scalar(id) ? "\"" : "");
         return;
     }
@@ -917,7 +899,7 @@ static void compile_rule(struct compiler *c, const struct conf_node *r, size_t i
     }
     if (!is_scalar(eff) || (strcmp(eff->value, "allow") != 0 && strcmp(eff->value, "deny") != 0)) {
         fail(c, eff, "\"effect\" must be allow or deny, got %s%s%s", is_scalar(eff) ? "\"" : "",
-             is_scalar(eff) ? eff->value : type_name(eff), is_scalar(eff) ? "\"" : "");
+             is_scalar(eff) ? eff->value : conf_type_name(eff), is_scalar(eff) ? "\"" : "");
         return;
     }
     pr->deny = strcmp(eff->value, "deny") == 0;
@@ -1036,7 +1018,7 @@ static struct policy *compile_doc(const struct conf_doc *doc, struct conf_diag *
     c.d = d;
     const struct conf_node *root = doc->root;
     if (!root || root->type != CONF_MAP) {
-        conf_error(d, root, "a policy must be a map with \"rules\", got %s", type_name(root));
+        conf_error(d, root, "a policy must be a map with \"rules\", got %s", conf_type_name(root));
         goto fail;
     }
     if (!conf_check_keys(d, root, "policy", top_keys)) {
@@ -1050,7 +1032,7 @@ static struct policy *compile_doc(const struct conf_doc *doc, struct conf_diag *
             p->mode = POLICY_SHADOW;
         } else {
             conf_error(d, mode, "\"mode\" must be enforce or shadow, got %s%s%s",
-                       is_scalar(mode) ? "\"" : "", is_scalar(mode) ? mode->value : type_name(mode),
+                       is_scalar(mode) ? "\"" : "", is_scalar(mode) ? mode->value : conf_type_name(mode),
                        is_scalar(mode) ? "\"" : "");
             goto fail;
         }
