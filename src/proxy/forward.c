@@ -1080,11 +1080,18 @@ static void health_tick(struct ev_loop *loop, ev_timer *t, int revents)
     if (!w->fetch || w->draining) {
         return;
     }
+    uint64_t now = worker_now_ms(w);
     for (size_t ri = 0; ri < wc->cfg->nroutes; ri++) {
         const struct upstream_conf *uc = &wc->cfg->routes[ri].upstream;
+        uint64_t iv = uc->health_interval_ms ? uc->health_interval_ms : 5000;
         if (!uc->health_path) {
             continue;
         }
+        /* The timer runs at the shortest interval; each route keeps its own. */
+        if (wc->health_last[ri] != 0 && now - wc->health_last[ri] + 50 < iv) {
+            continue;
+        }
+        wc->health_last[ri] = now;
         for (size_t si = 0; si < uc->nservers; si++) {
             char url[1024], err[256];
             const char *su = uc->servers[si].url;
@@ -1131,6 +1138,7 @@ void health_start(struct worker *w, struct wcfg *wc)
     if (interval == 0) {
         return;
     }
+    wc->health_last = xcalloc(wc->cfg->nroutes, sizeof *wc->health_last);
     ev_timer_init(&wc->health, health_tick, 0.05, (ev_tstamp)interval / 1000.0);
     ev_timer_start(w->loop, &wc->health);
     wc->health_on = true;
@@ -1142,4 +1150,6 @@ void health_stop(struct worker *w, struct wcfg *wc)
         ev_timer_stop(w->loop, &wc->health);
         wc->health_on = false;
     }
+    free(wc->health_last);
+    wc->health_last = NULL;
 }

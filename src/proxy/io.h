@@ -78,6 +78,7 @@ struct wcfg {
     struct wcfg *next;         /* retired list */
     struct worker *w;
     ev_timer health;           /* active checks */
+    uint64_t *health_last;     /* [cfg->nroutes]: last check per route (ms) */
     bool health_on;
 };
 
