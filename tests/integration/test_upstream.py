@@ -59,6 +59,30 @@ class LeastConnTest(ProxyCase):
         self.assertEqual(result["r"].status, 200)
 
 
+class MaxConnsTest(ProxyCase):
+    """upstream.max_conns: a server with that many requests in flight is not used."""
+    nbackends = 2
+
+    @classmethod
+    def config(cls):
+        return basic_config([route("app", cls.backends, balance="round_robin", max_conns=1)])
+
+    def test_full_server_skipped(self):
+        result = {}
+
+        def slow():
+            result["r"] = request(self.gh.port, "GET", "/slow?ms=1500")
+        t = threading.Thread(target=slow)
+        t.start()
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        self.assertIsNotNone(busy)
+        other = [b for b in self.backends if b is not busy][0]
+        names = [request(self.gh.port, "GET", f"/mc/{i}").header("x-backend") for i in range(4)]
+        self.assertEqual(names, [other.name] * 4)
+        t.join()
+        self.assertEqual(result["r"].status, 200)
+
+
 class IpHashTest(ProxyCase):
     nbackends = 3
 
