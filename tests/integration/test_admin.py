@@ -158,6 +158,17 @@ class AdminTest(ProxyCase):
         self.assertTrue(wait_until(moved, 3, 0.1),
                         "upstream_errors_total{kind=connect} or the route=\"\" series did not move")
 
+    def test_pool_gauges(self):
+        for i in range(3):
+            request(self.gh.port, "GET", f"/pool/{i}", host="app.test")
+
+        def idle():
+            _, s = self.metrics()
+            return (self.value(s, "gatehouse_upstream_pool_idle") or 0) >= 1 and \
+                self.value(s, "gatehouse_upstream_pool_active") is not None
+        self.assertTrue(wait_until(idle, 3, 0.1),
+                        "no idle pooled upstream connection reported after requests")
+
     def test_open_connections_gauge(self):
         # Settle first: earlier tests' connections (and readiness probes) may still be
         # closing; the scrape itself is the one connection that stays counted.
