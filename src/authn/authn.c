@@ -44,47 +44,68 @@ struct idp {
     int64_t jwks_fetched_ms;
 };
 
+/* What outlives a config snapshot: the session store, the assertion key, the
+ * page templates, the replay cache and the login cookie key. A reloaded
+ * snapshot shares the running one's (authn_share), so sessions and sign-ins
+ * in flight survive a reload. */
+struct authn_shared {
+    atomic_int refs;
+    bool closed;
+    struct session_store *store;
+    struct assertion_signer *signer;
+    struct pages *pages;
+    struct oidc_replay *replay;
+    unsigned char login_key[32];  /* seals login cookies; per process start */
+};
+
 struct authn {
+    struct authn_shared *rt;          /* owned reference; the fields below borrow from it */
     struct idp *idps;
     size_t nidps;
     struct session_conf sconf;
     char *state_db;
-    struct session_store *store;
+    struct session_store *store;  /* rt's */
     char *assertion_key;          /* NULL = no assertion */
     char *assertion_header;
     char *assertion_issuer;
     int64_t assertion_ttl_s;
-    struct assertion_signer *signer;
+    struct assertion_signer *signer; /* rt's */
     char *pages_dir;
-    struct pages *pages;
-    struct oidc_replay *replay;
-    unsigned char login_key[32];  /* seals login cookies; per process start */
+    struct pages *pages;          /* rt's */
+    struct oidc_replay *replay;   /* rt's */
+    const unsigned char *login_key; /* rt's */
 };
 
 /* ---- configuration ---------------------------------------------------- */
 
 static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", NULL };
 
+/* The assertion is on whenever there is a key: the configured one, or
+ * assertion-es256.pem next to the state database (created when absent). */
 static void parse_assertion(struct authn *an, const struct conf_node *root, const char *conf_file,
-                            struct conf_diag *d)
+                            const char *state_db, struct conf_diag *d)
 {
     const struct conf_node *ui = conf_get(root, "upstream_identity");
     const struct conf_node *as = ui ? conf_get(ui, "assertion") : NULL;
     const char *header = "X-Gatehouse-Assertion", *key = NULL, *issuer = "gatehouse";
     uint64_t ttl_ms = 60000;
 
-    if (as == NULL || !conf_check_keys(d, as, "assertion", assertion_keys)) {
+    if (as != NULL && conf_check_keys(d, as, "\"upstream_identity.assertion\"", assertion_keys)) {
+        conf_string(d, as, "header", &header);
+        conf_string(d, as, "key", &key);
+        conf_string(d, as, "issuer", &issuer);
+        conf_duration_ms(d, as, "ttl", 1000, 3600000, &ttl_ms);
+    }
+    if (key != NULL) {
+        an->assertion_key = conf_path_resolve(conf_file, key);
+    } else if (state_db != NULL) {
+        const char *slash = strrchr(state_db, '/');
+        an->assertion_key = slash ? xasprintf("%.*s/assertion-es256.pem",
+                                              (int)(slash - state_db), state_db)
+                                  : xstrdup("assertion-es256.pem");
+    } else {
         return;
     }
-    conf_string(d, as, "header", &header);
-    conf_string(d, as, "key", &key);
-    conf_string(d, as, "issuer", &issuer);
-    conf_duration_ms(d, as, "ttl", 1000, 3600000, &ttl_ms);
-    if (key == NULL) {
-        conf_error(d, as, "\"assertion\" needs a \"key\" (a P-256 PEM; created when absent)");
-        return;
-    }
-    an->assertion_key = conf_path_resolve(conf_file, key);
     an->assertion_header = xstrdup(header);
     an->assertion_issuer = xstrdup(issuer);
     an->assertion_ttl_s = (int64_t)(ttl_ms / 1000);
@@ -97,18 +118,20 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     struct authn *an = xcalloc(1, sizeof *an);
     const struct conf_node *list = conf_get(root, "identity_providers");
 
-    if (list != NULL && conf_seq(d, list, "identity_providers")) {
+    /* A list of the wrong type is reported by the proxy's loader. */
+    if (list != NULL && list->type == CONF_SEQ) {
         an->idps = xcalloc(list->n ? list->n : 1, sizeof *an->idps);
         for (size_t i = 0; i < list->n; i++) {
             const struct conf_node *e = list->items[i];
-            const struct conf_node *type = conf_get(e, "type");
-            if (type == NULL || type->type != CONF_SCALAR) {
-                conf_error(d, e, "identity provider needs a \"type\" (oidc)");
+            const char *type = "oidc";
+            if (!conf_map(d, e, "an \"identity_providers\" item")) {
                 continue;
             }
-            if (strcmp(type->value, "oidc") != 0) {
-                conf_error(d, type, "identity provider type \"%s\" is not supported (use oidc)",
-                           type->value);
+            conf_string(d, e, "type", &type);
+            if (strcmp(type, "oidc") != 0) {
+                conf_error(d, conf_get(e, "type"),
+                           "identity provider type \"%s\" is not supported (supported: oidc)",
+                           type);
                 continue;
             }
             struct oidc_provider *p = oidc_provider_parse(d, e, conf_file);
@@ -133,11 +156,17 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     static const char *const pages_keys[] = { "dir", "show_deny_reason", NULL };
     const struct conf_node *pages = conf_get(root, "pages");
     const char *dir = NULL;
-    if (pages != NULL && conf_check_keys(d, pages, "pages", pages_keys)) {
+    if (pages != NULL && conf_check_keys(d, pages, "\"pages\"", pages_keys)) {
         conf_string(d, pages, "dir", &dir);
     }
-    an->pages_dir = dir ? conf_path_resolve(conf_file, dir) : xstrdup(GATEHOUSE_WEB_DIR);
-    parse_assertion(an, root, conf_file, d);
+    if (dir != NULL) {
+        an->pages_dir = conf_path_resolve(conf_file, dir);
+    } else {
+        /* Tests and packages point at their templates without a config key. */
+        const char *env = getenv("GATEHOUSE_WEB_DIR");
+        an->pages_dir = xstrdup(env && *env ? env : GATEHOUSE_WEB_DIR);
+    }
+    parse_assertion(an, root, conf_file, state_db, d);
     an->state_db = state_db ? xstrdup(state_db) : NULL;
     if (d->count != before) {
         authn_free(an);
@@ -146,33 +175,101 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     return an;
 }
 
+static void rt_borrow(struct authn *an, struct authn_shared *rt)
+{
+    an->rt = rt;
+    an->store = rt->store;
+    an->signer = rt->signer;
+    an->pages = rt->pages;
+    an->replay = rt->replay;
+    an->login_key = rt->login_key;
+}
+
+static void rt_close(struct authn_shared *rt)
+{
+    if (rt->closed) {
+        return;
+    }
+    rt->closed = true;
+    session_store_close(rt->store);
+    assertion_signer_free(rt->signer);
+    pages_free(rt->pages);
+    oidc_replay_free(rt->replay);
+    OPENSSL_cleanse(rt->login_key, sizeof rt->login_key);
+}
+
+static void rt_unref(struct authn_shared *rt)
+{
+    if (rt != NULL && atomic_fetch_sub(&rt->refs, 1) == 1) {
+        rt_close(rt);
+        free(rt);
+    }
+}
+
 int authn_start(struct authn *an, struct err *err)
 {
-    if (!codec_rand_bytes(an->login_key, sizeof an->login_key)) {
+    struct authn_shared *rt = xcalloc(1, sizeof *rt);
+    atomic_init(&rt->refs, 1);
+    rt_borrow(an, rt); /* owned by an from here: authn_free releases it on failure too */
+    if (!codec_rand_bytes(rt->login_key, sizeof rt->login_key)) {
         return err_set(err, ERR_CRYPTO, "no randomness for the login cookie key");
     }
-    an->replay = oidc_replay_new(65536);
-    an->pages = pages_load(an->pages_dir, err);
-    if (an->pages == NULL) {
-        return ERR_CONFIG;
+    rt->replay = oidc_replay_new(65536);
+    struct err e = { 0 };
+    rt->pages = pages_load(an->pages_dir, &e);
+    if (rt->pages == NULL) {
+        return err_set(err, ERR_CONFIG, "pages in %s: %s", an->pages_dir, e.msg);
     }
-    if (an->nidps > 0) {
+    /* Opened whenever there is a state database: a reload may add providers. */
+    if (an->nidps > 0 || an->state_db != NULL) {
         if (an->state_db == NULL) {
             return err_set(err, ERR_CONFIG, "sign-in needs \"state: {sqlite: ...}\" for sessions");
         }
-        an->store = session_store_open(an->state_db, &an->sconf, err);
-        if (an->store == NULL) {
-            return ERR_IO;
+        rt->store = session_store_open(an->state_db, &an->sconf, &e);
+        if (rt->store == NULL) {
+            return err_set(err, ERR_IO, "session store %s: %s", an->state_db, e.msg);
         }
     }
     if (an->assertion_key != NULL) {
-        an->signer = assertion_signer_open(an->assertion_key, an->assertion_issuer,
-                                           an->assertion_ttl_s, err);
-        if (an->signer == NULL) {
-            return ERR_CRYPTO;
+        rt->signer = assertion_signer_open(an->assertion_key, an->assertion_issuer,
+                                           an->assertion_ttl_s, &e);
+        if (rt->signer == NULL) {
+            return err_set(err, ERR_CRYPTO, "identity assertion key %s: %s", an->assertion_key,
+                           e.msg);
         }
     }
+    rt_borrow(an, rt);
     return 0;
+}
+
+struct authn_shared *authn_shared_ref(struct authn *an)
+{
+    if (an->rt == NULL) {
+        return NULL;
+    }
+    atomic_fetch_add(&an->rt->refs, 1);
+    return an->rt;
+}
+
+void authn_shared_unref(struct authn_shared *sh)
+{
+    rt_unref(sh);
+}
+
+void authn_share(struct authn *an, struct authn_shared *sh)
+{
+    if (sh == NULL || an->rt != NULL) {
+        return;
+    }
+    atomic_fetch_add(&sh->refs, 1);
+    rt_borrow(an, sh);
+}
+
+void authn_shared_shutdown(struct authn_shared *sh)
+{
+    if (sh != NULL) {
+        rt_close(sh);
+    }
 }
 
 void authn_free(struct authn *an)
@@ -187,17 +284,13 @@ void authn_free(struct authn *an)
         pthread_mutex_destroy(&an->idps[i].mu);
     }
     free(an->idps);
-    session_store_close(an->store);
+    rt_unref(an->rt);
     session_conf_fini(&an->sconf);
     free(an->state_db);
-    assertion_signer_free(an->signer);
     free(an->assertion_key);
     free(an->assertion_header);
     free(an->assertion_issuer);
-    pages_free(an->pages);
     free(an->pages_dir);
-    oidc_replay_free(an->replay);
-    OPENSSL_cleanse(an->login_key, sizeof an->login_key);
     free(an);
 }
 
@@ -285,12 +378,28 @@ static void set_reason(struct authn_out *out, const char *fmt, const char *detai
     snprintf(out->reason, sizeof out->reason, fmt, detail);
 }
 
+static bool wants_html(const struct authn_req *req)
+{
+    return str_contains(req->accept, STR("text/html")) &&
+           !str_ieq_cstr(req->x_requested_with, "XMLHttpRequest");
+}
+
 /* The error page: what went wrong in words for people, details only in the log. */
 static enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
                                   struct authn_out *out, int status, const char *title,
                                   const char *message)
 {
-    log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s: %s", title, out->reason);
+    log_emit(status >= 500 ? LOG_WARN : LOG_INFO, MOD, req->request_id, NULL, "%s: %s", title,
+             out->reason);
+    if (!wants_html(req)) {
+        json_t *o = json_pack("{s:s, s:s, s:s?}", "error", title, "message", message,
+                              "request_id", req->request_id);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        const char *body = adup(a, s);
+        free(s);
+        return respond(out, status, "application/json", body, body ? strlen(body) : 0);
+    }
     if (an->pages == NULL) {
         return respond(out, status, "text/plain; charset=utf-8", title, strlen(title));
     }
@@ -385,8 +494,8 @@ static bool take_discovery(struct idp *x, int status, struct str body, struct au
     struct err err = { 0 };
     struct oidc_metadata *m = oidc_metadata_parse(x->p, status, body, &err);
     if (m == NULL) {
-        set_reason(out, "discovery failed: %s", status == 0 ? "identity provider unreachable"
-                                                            : err.msg);
+        snprintf(out->reason, sizeof out->reason, "discovery at %s failed: %s", x->p->id,
+                 status == 0 ? "identity provider unreachable" : err.msg);
         return false;
     }
     struct oidc_metadata *expected = NULL;
@@ -409,12 +518,13 @@ static bool take_jwks(struct idp *x, int status, struct str body, int64_t now_ms
 {
     struct err err = { 0 };
     if (status != 200) {
-        set_reason(out, "JWKS fetch failed: %s", status == 0 ? "unreachable" : "HTTP error");
+        snprintf(out->reason, sizeof out->reason, "JWKS fetch at %s failed: %s", x->p->id,
+                 status == 0 ? "unreachable" : "HTTP error");
         return false;
     }
     struct jwks *k = jwks_parse(body, &err);
     if (k == NULL) {
-        set_reason(out, "JWKS unusable: %s", err.msg);
+        snprintf(out->reason, sizeof out->reason, "JWKS at %s unusable: %s", x->p->id, err.msg);
         return false;
     }
     pthread_mutex_lock(&x->mu);
@@ -437,12 +547,6 @@ static bool jwks_refetch_allowed(struct idp *x, int64_t now_ms)
     }
     pthread_mutex_unlock(&x->mu);
     return ok;
-}
-
-static bool wants_html(const struct authn_req *req)
-{
-    return str_contains(req->accept, STR("text/html")) &&
-           !str_ieq_cstr(req->x_requested_with, "XMLHttpRequest");
 }
 
 static const char *session_cookie_name(const struct authn *an, bool tls, struct arena *a)
@@ -471,8 +575,12 @@ static const char *json_escaped(struct arena *a, const char *s)
 static enum authn_step unauthenticated(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, const char *why)
 {
-    set_reason(out, "%s", why);
-    if (wants_html(req) && an->nidps > 0) {
+    if (out->reason[0] == '\0') {
+        set_reason(out, "%s", why);
+    }
+    out->event = AUTHN_EV_SIGNIN_REQUIRED;
+    /* API clients (a bearer token, no text/html) get a 401, never a redirect. */
+    if (wants_html(req) && !out->id.bearer && an->nidps > 0) {
         /* Keep the original URL, but only when it is a safe same-host path. */
         const char *target = req->query.len
                                  ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
@@ -489,8 +597,11 @@ static enum authn_step unauthenticated(struct authn *an, const struct authn_req 
         codec_buf_fini(&b);
         return redirect(out, loc);
     }
-    add_header(out, "WWW-Authenticate", "Bearer realm=\"gatehouse\"");
-    const char *body = arena_printf(a, "{\"error\":\"unauthenticated\",\"request_id\":%s}\n",
+    add_header(out, "WWW-Authenticate", out->id.bearer
+                                            ? "Bearer realm=\"gatehouse\", error=\"invalid_token\""
+                                            : "Bearer realm=\"gatehouse\"");
+    const char *body = arena_printf(a, "{\"error\":\"unauthenticated\",\"message\":\"sign-in or "
+                                       "a bearer token is required\",\"request_id\":%s}\n",
                                     json_escaped(a, req->request_id));
     return respond(out, 401, "application/json", body, body ? strlen(body) : 0);
 }
@@ -507,6 +618,7 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
     out->id.groups_json = v->groups_json;
     out->id.claims_json = v->claims_json;
     out->id.session_id = adup(a, v->id);
+    out->id.sid = v->sid;
     out->id.session_expires_ms = v->expires_ms < v->idle_expires_ms ? v->expires_ms
                                                                      : v->idle_expires_ms;
     const char *hash = v->user_key ? strchr(v->user_key, '#') : NULL;
@@ -525,6 +637,7 @@ static bool identity_from_oidc(struct authn_out *out, const struct oidc_identity
     out->id.idp = adup(a, idp);
     out->id.groups_json = adup(a, groups ? groups : "[]");
     out->id.claims_json = adup(a, id->claims);
+    out->id.sid = adup(a, id->sid);
     free(groups);
     return out->id.user_key != NULL && out->id.groups_json != NULL;
 }
@@ -560,6 +673,22 @@ static struct idp *idp_for_token(struct authn *an, const struct authn_req *req, 
     return found;
 }
 
+/* A bearer token that does not verify: logged, then the caller is anonymous
+ * (marked bearer, so no redirect): a public route lets it through. */
+static enum authn_step bearer_refused(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out, const char *why)
+{
+    memset(&out->id, 0, sizeof out->id);
+    out->id.bearer = true;
+    out->cont = NULL;
+    set_reason(out, "bearer token refused: %s", why);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "%s", out->reason);
+    if (req->route_public) {
+        return AUTHN_OK;
+    }
+    return unauthenticated(an, req, a, out, out->reason);
+}
+
 static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, struct cont *c)
 {
@@ -583,11 +712,7 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
         return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
     }
     if (rc != 0) {
-        set_reason(out, "bearer token refused: %s", err.msg);
-        log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
-        add_header(out, "WWW-Authenticate", "Bearer realm=\"gatehouse\", error=\"invalid_token\"");
-        static const char body[] = "{\"error\":\"invalid_token\"}\n";
-        return respond(out, 401, "application/json", body, sizeof body - 1);
+        return bearer_refused(an, req, a, out, err.msg);
     }
     bool ok = identity_from_oidc(out, &id, x->p->id, a);
     oidc_identity_fini(&id);
@@ -634,11 +759,14 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
     int rc = oidc_token_response(x->p, k, status, body, NULL, req->now_ms / 1000, &t, &err);
     jwks_unref(k);
     if (rc != 0) {
-        /* invalid_grant: the IdP ended the grant, so the session ends too.
-         * Anything else (IdP down, 5xx): keep the session, try again later. */
-        bool ended = status == 400 && strstr(err.msg, "invalid_grant") != NULL;
-        log_emit(LOG_WARN, MOD, req->request_id, NULL, "token refresh failed%s: %s",
-                 ended ? ", session ended" : "", status == 0 ? "IdP unreachable" : err.msg);
+        /* A 400 from the token endpoint (invalid_grant: the IdP ended the
+         * grant) ends the session too. Anything else (IdP down, 5xx): keep the
+         * session, try again on a later request. */
+        bool ended = status == 400;
+        out->idp_error = true;
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "session refresh at %s failed: %s%s",
+                 x->p->id, status == 0 ? "identity provider unreachable" : err.msg,
+                 ended ? " (session ended)" : "");
         session_refresh_done(an->store, str_from(c->cookie), false, ended, NULL, 0, NULL, NULL,
                              NULL);
         if (ended) {
@@ -656,13 +784,17 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
         if (oidc_identity_build(x->p, t.id_claims, NULL, &id, &err) != 0 ||
             strcmp(id.user_key, out->id.user_key) != 0) {
             log_emit(LOG_WARN, MOD, req->request_id, NULL,
-                     "refreshed ID token names another user; session ended");
+                     "session refresh at %s: the new ID token names another user "
+                     "(session ended)", x->p->id);
+            out->idp_error = true;
             session_refresh_done(an->store, str_from(c->cookie), false, true, NULL, 0, NULL,
                                  NULL, NULL);
             oidc_identity_fini(&id);
             oidc_tokens_fini(&t);
             memset(&out->id, 0, sizeof out->id);
-            return unauthenticated(an, req, a, out, "refresh returned another user");
+            return req->route_public ? AUTHN_OK
+                                     : unauthenticated(an, req, a, out,
+                                                       "refresh returned another user");
         }
         email = id.email;
         name = id.name;
@@ -671,7 +803,7 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
     int64_t exp = t.expires_at_s ? t.expires_at_s : t.id_exp_s;
     session_refresh_done(an->store, str_from(c->cookie), true, false, t.refresh_token, exp, email,
                          name, groups);
-    log_emit(LOG_INFO, MOD, req->request_id, NULL, "session tokens refreshed%s",
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "session refreshed at %s%s", x->p->id,
              t.refresh_token ? " (refresh token rotated)" : "");
     if (groups != NULL) {
         out->id.groups_json = adup(a, groups);
@@ -696,12 +828,8 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
                                                 req->authorization.len - 7 });
         struct idp *x = idp_for_token(an, req, tok);
         if (x == NULL) {
-            set_reason(out, "%s", "bearer token from an issuer this route does not accept");
-            log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
-            add_header(out, "WWW-Authenticate",
-                       "Bearer realm=\"gatehouse\", error=\"invalid_token\"");
-            static const char body[] = "{\"error\":\"invalid_token\"}\n";
-            return respond(out, 401, "application/json", body, sizeof body - 1);
+            return bearer_refused(an, req, a, out,
+                                  "not a JWT from an identity provider this route accepts");
         }
         struct cont *c = cont_new(a, out, CONT_BEARER_JWKS, x);
         if (c == NULL || (c->bearer = arena_strndup(a, tok.p, tok.len)) == NULL) {
@@ -729,10 +857,11 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
                 }
                 return AUTHN_OK;
             }
-            log_emit(LOG_INFO, MOD, req->request_id, NULL, "session cookie %s",
+            log_emit(LOG_INFO, MOD, req->request_id, NULL, "%s session cookie from %s",
                      st == SESSION_EXPIRED ? "expired"
-                     : st == SESSION_VALID ? "is from an identity provider this route refuses"
-                                           : "is unknown or revoked");
+                     : st == SESSION_VALID ? "refused identity provider's"
+                                           : "unknown or revoked",
+                     req->client_ip ? req->client_ip : "?");
         }
     }
     *anonymous = true;
@@ -768,8 +897,8 @@ static enum authn_step login_redirect(struct authn *an, const struct authn_req *
         return internal_error(an, req, a, out);
     }
     add_header(out, "Set-Cookie", sc);
-    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at identity provider %s",
-             x->p->id);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s from %s", x->p->id,
+             req->client_ip ? req->client_ip : "?");
     return redirect(out, loc);
 }
 
@@ -778,9 +907,9 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
 {
     const char *rd = query_value(a, req->query, "rd");
     if (rd == NULL || !oidc_return_path_safe(str_from(rd))) {
-        if (rd != NULL) {
-            log_emit(LOG_WARN, MOD, req->request_id, NULL,
-                     "unsafe return URL replaced by \"/\" (open redirect attempt?)");
+        if (rd != NULL && rd[0] != '\0') {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL, "unsafe return path refused from %s",
+                     req->client_ip ? req->client_ip : "?");
         }
         rd = "/";
     }
@@ -798,15 +927,20 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
             x = cands[i];
         }
     }
+    if (n == 0) {
+        set_reason(out, "%s", "login on a route without identity providers");
+        return error_page(an, req, a, out, 404, "No sign-in here",
+                          "This app does not use sign-in.");
+    }
+    if (want != NULL && x == NULL) {
+        set_reason(out, "%s", "unknown idp parameter");
+        return error_page(an, req, a, out, 400, "Unknown identity provider",
+                          "That identity provider is not offered for this app.");
+    }
     if (x == NULL && n == 1) {
         x = cands[0];
     }
     if (x == NULL) {
-        if (n == 0) {
-            set_reason(out, "%s", "no identity provider accepted on this route");
-            return error_page(an, req, a, out, 403, "Sign-in is not available",
-                              "No identity provider is configured for this site.");
-        }
         struct page_provider pv[64];
         for (size_t i = 0; i < n; i++) {
             pv[i] = (struct page_provider){ cands[i]->p->id, NULL };
@@ -833,19 +967,37 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
 
 /* ---- /.gatehouse/oidc/callback ---------------------------------------- */
 
+/* A failed callback: the caller records it (AUTHN_EV_LOGIN_FAILED, with the
+ * reason) as well as answering. 400: state or cookie; 403: the tokens or the
+ * identity were refused; 502: the provider failed; 500: ours. */
+static enum authn_step callback_fail(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out, int status,
+                                     const char *why)
+{
+    char buf[sizeof out->reason - 20]; /* why may be out->reason itself */
+    snprintf(buf, sizeof buf, "%s", why);
+    snprintf(out->reason, sizeof out->reason, "sign-in refused: %s", buf);
+    out->event = AUTHN_EV_LOGIN_FAILED;
+    out->idp_error = status == 502;
+    out->cont = NULL;
+    memset(&out->id, 0, sizeof out->id);
+    return error_page(an, req, a, out, status, "Sign-in failed",
+                      "Sign-in could not be completed. Please try again.");
+}
+
 static enum authn_step callback_error(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, const char *why)
 {
-    set_reason(out, "sign-in refused: %s", why);
-    return error_page(an, req, a, out, 400, "Sign-in failed",
-                      "The sign-in could not be completed. Please try again.");
+    return callback_fail(an, req, a, out, 400, why);
 }
 
 static enum authn_step idp_down(struct authn *an, const struct authn_req *req, struct arena *a,
                                 struct authn_out *out)
 {
-    return error_page(an, req, a, out, 502, "Identity provider unavailable",
-                      "The sign-in service did not answer. Please try again in a moment.");
+    out->idp_error = true;
+    return error_page(an, req, a, out, 502, "Sign-in is unavailable",
+                      "Gatehouse could not reach the identity provider. Please try again in a "
+                      "moment.");
 }
 
 static enum authn_step callback_token_request(struct authn *an, const struct authn_req *req,
@@ -872,6 +1024,9 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
     struct err err = { 0 };
     if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
         return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    }
+    if (!found && query_value(a, req->query, "error") == NULL) {
+        return callback_error(an, req, a, out, "no login cookie: state cannot be checked");
     }
     struct cont *c = cont_new(a, out, CONT_CALLBACK_DISCOVERY, NULL);
     if (c == NULL) {
@@ -902,7 +1057,7 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     struct oidc_identity id;
     struct err err = { 0 };
     if (oidc_identity_build(c->idp->p, c->tokens.id_claims, userinfo, &id, &err) != 0) {
-        return callback_error(an, req, a, out, err.msg);
+        return callback_fail(an, req, a, out, 403, err.msg);
     }
     char *groups = json_dumps(id.groups, JSON_COMPACT);
     struct session_new sn = {
@@ -920,7 +1075,7 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     free(groups);
     oidc_identity_fini(&id);
     if (!ok) {
-        return internal_error(an, req, a, out);
+        return callback_fail(an, req, a, out, 500, rc != 0 ? err.msg : "out of request memory");
     }
     const char *sname = session_cookie_name(an, req->tls, a);
     const char *lname = login_cookie_name(req->tls, a);
@@ -937,7 +1092,10 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     }
     add_header(out, "Set-Cookie", set);
     add_header(out, "Set-Cookie", clear);
-    memset(&out->id, 0, sizeof out->id); /* the browser comes back with the cookie */
+    /* out->id names the new user for the caller's login record; the browser
+     * itself comes back with the cookie. */
+    out->event = AUTHN_EV_LOGIN;
+    out->cont = NULL;
     return redirect(out, rd);
 }
 
@@ -962,7 +1120,7 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
         return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
     }
     if (rc != 0) {
-        return callback_error(an, req, a, out, err.msg);
+        return callback_fail(an, req, a, out, 403, err.msg);
     }
     struct oidc_http h;
     if (x->p->groups_from_userinfo &&
@@ -1001,10 +1159,24 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
         struct session_view sv;
         if (session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID) {
+            identity_from_view(out, &sv, a);
             idp_id = sv.idp;
             hint = session_id_token(an->store, v);
+            out->event = AUTHN_EV_LOGOUT;
+            out->nlogouts = 1;
+            if (sv.sid != NULL) {
+                /* The IdP's back-channel logout for this sid follows and finds
+                 * no session left: remember that it ended here, so that token
+                 * is not widened to every session of the user (bcl_continue's
+                 * fallback to sub). */
+                char *k = arena_printf(a, "ended-sid:%s#%s", sv.idp, sv.sid);
+                int64_t now_s = req->now_ms / 1000;
+                if (k != NULL) {
+                    (void)oidc_replay_check_and_add(an->replay, str_from(k), now_s + 3600, now_s);
+                }
+            }
             log_emit(LOG_INFO, MOD, req->request_id, NULL, "signed out %s",
-                     sv.email ? sv.email : sv.user_key);
+                     out->id.sub ? out->id.sub : sv.user_key);
         }
         session_revoke_cookie(an->store, v);
     }
@@ -1013,16 +1185,11 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     if (m != NULL && m->end_session_endpoint != NULL) {
-        char host[256];
-        snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
-        char *post = x->p->post_logout_redirect_uri
-                         ? NULL
-                         : xasprintf("%s://%s/.gatehouse/logout", req->tls ? "https" : "http",
-                                     host);
-        char *url = oidc_logout_url(x->p, m, hint, post);
+        /* RP-initiated logout: back to the configured post_logout_redirect_uri
+         * (registered at the IdP), or the IdP's own page when there is none. */
+        char *url = oidc_logout_url(x->p, m, hint, x->p->post_logout_redirect_uri);
         const char *loc = adup(a, url);
         free(url);
-        free(post);
         if (hint != NULL) {
             OPENSSL_cleanse(hint, strlen(hint));
             free(hint);
@@ -1066,13 +1233,25 @@ static enum authn_step bcl_continue(struct authn *an, const struct authn_req *re
         return respond(out, 400, "application/json", body, sizeof body - 1);
     }
     size_t n = 0;
+    bool ended_here = false;
+    int64_t now_s = req->now_ms / 1000;
     if (sid != NULL) {
         n = session_revoke_sid(an->store, x->p->id, sid);
-    } else {
+    }
+    if (n == 0 && sid != NULL) {
+        /* Signed out through Gatehouse already (logout() remembered the sid):
+         * not a reason to end the user's other sessions. */
+        char *key = xasprintf("ended-sid:%s#%s", x->p->id, sid);
+        ended_here = !oidc_replay_check_and_add(an->replay, str_from(key), now_s + 3600, now_s);
+        free(key);
+    }
+    if (n == 0 && sub != NULL && !ended_here) {
         char *uk = xasprintf("%s#%s", x->p->issuer, sub);
         n = session_revoke_user(an->store, uk);
         free(uk);
     }
+    out->event = AUTHN_EV_LOGOUT;
+    out->nlogouts = n;
     log_emit(LOG_INFO, MOD, req->request_id, NULL,
              "back-channel logout from %s ended %zu session(s)", x->p->id, n);
     free(sid);
@@ -1100,7 +1279,8 @@ static enum authn_step backchannel_logout(struct authn *an, const struct authn_r
     }
     free(tok);
     if (x == NULL) {
-        set_reason(out, "%s", "back-channel logout token missing or from an unknown issuer");
+        set_reason(out, "%s",
+                   "back-channel logout refused: token missing or from an unknown issuer");
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
         static const char body[] = "{\"error\":\"invalid_request\"}\n";
         return respond(out, 400, "application/json", body, sizeof body - 1);
@@ -1122,13 +1302,14 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         gmtime_r(&t, &tm);
         strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
     }
-    if (str_contains(req->accept, STR("application/json")) && !wants_html(req)) {
+    if (str_contains(req->accept, STR("application/json"))) {
         json_error_t jerr;
         json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
-        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user", id->user_key,
-                              "email", id->email, "name", id->name, "groups",
-                              g ? g : json_array(), "idp", id->idp, "session_expires",
-                              expires[0] ? expires : NULL, "session", id->session_id);
+        /* "user" is the subject, as in the identity headers and the decision log. */
+        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user",
+                              id->sub ? id->sub : id->user_key, "email", id->email, "name",
+                              id->name, "groups", g ? g : json_array(), "idp", id->idp,
+                              "expires", expires[0] ? expires : NULL, "session", id->session_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         const char *body = adup(a, s);
@@ -1149,13 +1330,25 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     codec_buf_fini(&gb);
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
-        { "user", id->user_key }, { "email", id->email }, { "groups", groups },
+        { "user", id->sub ? id->sub : id->user_key }, { "email", id->email }, { "groups", groups },
         { "idp", id->idp }, { "device", NULL }, { "expires", expires },
     };
     size_t len = 0;
     char *html = pages_render(an->pages, PAGE_ME, v, 7, a, &len);
     return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
                 : internal_error(an, req, a, out);
+}
+
+/* After identify (maybe through a key fetch or a refresh): the page, or sign-in. */
+static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out)
+{
+    if (out->id.user_key == NULL) {
+        struct authn_req r2 = *req;
+        r2.route_public = false;
+        return unauthenticated(an, &r2, a, out, "no session");
+    }
+    return me(an, req, a, out);
 }
 
 /* ---- entry points ----------------------------------------------------- */
@@ -1192,18 +1385,23 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
         if (str_eq_cstr(p, "logout")) {
             return logout(an, req, a, out);
         }
+        if (str_eq_cstr(p, "signed-out")) {
+            /* Where the IdP sends the browser after an RP-initiated logout. */
+            return signed_out_page(an, req, a, out);
+        }
         if (str_eq_cstr(p, "oidc/backchannel-logout")) {
             return backchannel_logout(an, req, a, out);
         }
         if (str_eq_cstr(p, "me")) {
+            /* Who am I needs someone: never public. */
+            struct authn_req r2 = *req;
+            r2.route_public = false;
             bool anonymous = false;
-            enum authn_step st = identify(an, req, a, out, &anonymous);
+            enum authn_step st = identify(an, &r2, a, out, &anonymous);
             if (anonymous) {
-                struct authn_req r2 = *req;
-                r2.route_public = false;
                 return unauthenticated(an, &r2, a, out, "no session");
             }
-            return st == AUTHN_OK ? me(an, req, a, out) : st;
+            return st == AUTHN_OK ? me_or_sign_in(an, &r2, a, out) : st;
         }
         return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
@@ -1218,8 +1416,9 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
     return unauthenticated(an, req, a, out, "no session");
 }
 
-enum authn_step authn_resume(struct authn *an, const struct authn_req *req, struct arena *a,
-                             struct authn_out *out, int status, struct str body)
+static enum authn_step resume_step(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out, int status,
+                                   struct str body)
 {
     struct cont *c = out->cont;
     memset(&out->resp, 0, sizeof out->resp);
@@ -1236,13 +1435,14 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
         return login_redirect(an, req, a, out, c->idp, c->rd);
     case CONT_CALLBACK_DISCOVERY:
         if (!take_discovery(c->idp, status, body, out)) {
-            return idp_down(an, req, a, out);
+            return callback_fail(an, req, a, out, 502, out->reason);
         }
         return callback_token_request(an, req, a, out, c);
     case CONT_TOKEN:
         if (status == 0) {
+            callback_fail(an, req, a, out, 502, "token endpoint unreachable");
             set_reason(out, "%s", "token endpoint unreachable");
-            return idp_down(an, req, a, out);
+            return AUTHN_RESPOND;
         }
         c->token_status = status;
         c->token_body = arena_strndup(a, body.p ? body.p : "", body.len);
@@ -1253,7 +1453,7 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
         return token_answer(an, req, a, out, c);
     case CONT_TOKEN_JWKS:
         if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
-            return idp_down(an, req, a, out);
+            return callback_fail(an, req, a, out, 502, out->reason);
         }
         return token_answer(an, req, a, out, c);
     case CONT_USERINFO: {
@@ -1261,7 +1461,8 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
         struct err err = { 0 };
         const char *sub = jwt_claim_str(c->tokens.id_claims, "sub");
         if (oidc_userinfo_parse(status, body, sub, &ui, &err) != 0) {
-            return callback_error(an, req, a, out, err.msg);
+            return callback_fail(an, req, a, out, 502,
+                                 status == 0 ? "userinfo endpoint unreachable" : err.msg);
         }
         enum authn_step st = finish_login(an, req, a, out, c, ui);
         json_decref(ui);
@@ -1293,6 +1494,16 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
     return internal_error(an, req, a, out);
 }
 
+enum authn_step authn_resume(struct authn *an, const struct authn_req *req, struct arena *a,
+                             struct authn_out *out, int status, struct str body)
+{
+    enum authn_step st = resume_step(an, req, a, out, status, body);
+    if (st == AUTHN_OK && str_eq_cstr(req->path, "/.gatehouse/me")) {
+        return me_or_sign_in(an, req, a, out);
+    }
+    return st;
+}
+
 /* ---- upstream identity ------------------------------------------------ */
 
 const char *authn_assertion(struct authn *an, const struct authn_identity *id, const char *route,
@@ -1310,6 +1521,11 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
         log_error(MOD, "identity assertion not signed: %s", err.msg);
     }
     return t;
+}
+
+const struct pages *authn_pages(const struct authn *an)
+{
+    return an->pages;
 }
 
 const char *authn_assertion_header(const struct authn *an)

@@ -7,8 +7,12 @@
  * (jwt.h, oidc.h, session.h, cookie.h, assertion.h, page.h).
  *
  * Reserved paths handled here: /.gatehouse/login, /.gatehouse/oidc/callback,
- * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/me,
- * /.gatehouse/jwks.json, /.gatehouse/static/login.css. */
+ * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/signed-out,
+ * /.gatehouse/me, /.gatehouse/jwks.json, /.gatehouse/static/login.css.
+ *
+ * A refused bearer token is logged ("bearer token refused: ...") and the
+ * caller is then anonymous with id.bearer set: a public route lets it through,
+ * otherwise the answer is a 401 (never a redirect for API clients). */
 #ifndef GH_AUTHN_AUTHN_H
 #define GH_AUTHN_AUTHN_H
 
@@ -30,7 +34,19 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
 /* Opens the session store (SQLite, writer thread), loads or creates the
  * assertion key, loads the page templates. Blocking: call before serving. */
 int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
-/* Stops the writer thread, flushes, frees. NULL is a no-op. */
+/* What outlives a snapshot (session store, assertion key, pages, replay
+ * cache, login key), reference-counted: a reloaded snapshot shares the
+ * running one's (authn_share instead of authn_start), so sessions and sign-ins
+ * in flight survive a reload. Its providers' metadata and keys are its own. */
+struct authn_shared;
+struct authn_shared *authn_shared_ref(struct authn *an); /* NULL before authn_start */
+void authn_shared_unref(struct authn_shared *sh);
+void authn_share(struct authn *an, struct authn_shared *sh);
+/* At exit: flushes and closes the shared state now, even while snapshots
+ * still refer to it (no request may run afterwards). */
+void authn_shared_shutdown(struct authn_shared *sh);
+/* Releases the snapshot; the shared state is closed (writer thread stopped,
+ * flushed) with its last snapshot. NULL is a no-op. */
 void authn_free(struct authn *an);
 
 /* The request as authn sees it. Every span is borrowed for the call. */
@@ -50,6 +66,7 @@ struct authn_req {
     const char *const *route_idps; /* ids accepted by the route; NULL = all */
     size_t nroute_idps;
     const char *request_id;
+    const char *client_ip;      /* for the log; may be NULL */
     int64_t now_ms;             /* wall clock */
 };
 
@@ -59,9 +76,10 @@ struct authn_identity {
     const char *sub, *email, *name, *idp;
     const char *groups_json;    /* JSON array of strings */
     const char *claims_json;    /* JSON object */
+    const char *sid;            /* the IdP's session id (sid claim), or NULL */
     const char *session_id;     /* 16-hex public session id; NULL for bearer */
     int64_t session_expires_ms; /* absolute end of the session, 0 for bearer */
-    bool bearer;
+    bool bearer;                /* identified, or refused, by a bearer token */
 };
 
 #define AUTHN_MAX_HEADERS 6
@@ -88,6 +106,16 @@ struct authn_fetch {
     size_t body_len;
 };
 
+/* What happened, for the caller's decision log and metrics (the step says
+ * what to do next; the event says what to record). */
+enum authn_event {
+    AUTHN_EV_NONE = 0,
+    AUTHN_EV_SIGNIN_REQUIRED,   /* anonymous caller sent to sign-in (or 401) */
+    AUTHN_EV_LOGIN,             /* sign-in completed: out->id is the new user */
+    AUTHN_EV_LOGIN_FAILED,      /* callback refused: out->reason says why */
+    AUTHN_EV_LOGOUT,            /* out->nlogouts sessions ended (browser or back-channel) */
+};
+
 enum authn_step {
     AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); the zero value fails closed */
     AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
@@ -100,6 +128,9 @@ struct authn_out {
     struct authn_fetch fetch;
     void *cont;                 /* private: where to continue */
     char reason[320];           /* why a request was refused or failed, for the log */
+    enum authn_event event;
+    size_t nlogouts;            /* AUTHN_EV_LOGOUT: sessions ended */
+    bool idp_error;             /* an identity provider call failed (metrics) */
 };
 
 /* Classifies req: reserved path, bearer token, session cookie, or anonymous.
@@ -116,6 +147,8 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
  * ttl), or NULL when no assertion is configured or id is anonymous. */
 const char *authn_assertion(struct authn *an, const struct authn_identity *id, const char *route,
                             const char *device, int64_t now_ms, struct arena *a);
+/* The sign-in page templates (for the proxy's own pages: denied, errors). */
+const struct pages *authn_pages(const struct authn *an);
 /* The header that carries it ("X-Gatehouse-Assertion"), or NULL when off. */
 const char *authn_assertion_header(const struct authn *an);
 /* The Cookie header without Gatehouse's own cookies (so the session id never

@@ -221,6 +221,10 @@ static char *sign_in(const char *sid, int expires_in)
         fail_msg("callback failed: %d %s", o.resp.status, o.reason);
     }
     assert_string_equal(header(&o, "Location", 0), "/wiki?x=1");
+    /* The caller's login record names the new user. */
+    assert_int_equal(o.event, AUTHN_EV_LOGIN);
+    assert_string_equal(o.id.sub, "alice");
+    assert_string_equal(o.id.idp, "corp");
     const char *set = header(&o, "Set-Cookie", 0);
     assert_true(strncmp(set, "gh=", 3) == 0);
     assert_non_null(strstr(set, "; Path=/; Max-Age=28800; HttpOnly; SameSite=Lax"));
@@ -234,6 +238,7 @@ static char *sign_in(const char *sid, int expires_in)
     assert_int_equal(o.resp.status, 400);
     assert_string_equal(o.reason, "sign-in refused: login state was already used (replayed "
                                   "callback)");
+    assert_int_equal(o.event, AUTHN_EV_LOGIN_FAILED);
     char *gh = cookie_pair(set);
     free(tb);
     free(query);
@@ -261,7 +266,9 @@ static void test_unauthenticated_browser_and_api(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 401);
     assert_string_equal(header(&o, "WWW-Authenticate", 0), "Bearer realm=\"gatehouse\"");
-    assert_string_equal(o.resp.body, "{\"error\":\"unauthenticated\",\"request_id\":\"req-1\"}\n");
+    assert_string_equal(o.resp.body, "{\"error\":\"unauthenticated\",\"message\":\"sign-in or a "
+                                     "bearer token is required\",\"request_id\":\"req-1\"}\n");
+    assert_int_equal(o.event, AUTHN_EV_SIGNIN_REQUIRED);
     rq_init(&q, "GET", "/wiki", "", NULL, NULL);
     q.r.x_requested_with = STR("XMLHttpRequest");
     authn_check(an, &q.r, a, &o);
@@ -278,6 +285,20 @@ static void test_unauthenticated_browser_and_api(void **state)
     assert_int_equal(o.resp.status, 200);
     assert_non_null(strstr(o.resp.body, "/.gatehouse/login?idp=corp&amp;rd=%2Fx"));
     assert_non_null(strstr(o.resp.body, "/.gatehouse/login?idp=other&amp;rd=%2Fx"));
+    /* An idp the route does not offer: 400, not the chooser. */
+    rq_init(&q, "GET", "/.gatehouse/login", "idp=nope", NULL, NULL);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 400);
+    /* Where the IdP sends the browser after its sign-out. */
+    rq_init(&q, "GET", "/.gatehouse/signed-out", "", NULL, NULL);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 200);
+    assert_non_null(strstr(o.resp.body, "You are signed out"));
+    /* Anonymous /me: sign in first (recorded as such by the caller). */
+    rq_init(&q, "GET", "/.gatehouse/me", "", NULL, "application/json");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 401);
+    assert_int_equal(o.event, AUTHN_EV_SIGNIN_REQUIRED);
     (void)state;
 }
 
@@ -327,6 +348,9 @@ static void test_sign_in_session_me_and_assertion(void **state)
     json_t *me = json_loads(o.resp.body, 0, &jerr);
     assert_string_equal(json_string_value(json_object_get(me, "email")), "alice@example.com");
     assert_string_equal(json_string_value(json_object_get(me, "idp")), "corp");
+    /* "user" is the subject, as in the identity headers and the decision log. */
+    assert_string_equal(json_string_value(json_object_get(me, "user")), "alice");
+    assert_non_null(json_string_value(json_object_get(me, "expires")));
     json_decref(me);
     rq_init(&q, "GET", "/.gatehouse/me", "", gh, NULL);
     authn_check(an, &q.r, a, &o);
@@ -364,8 +388,8 @@ static void test_callback_attacks(void **state)
     assert_non_null(strstr(o.resp.body, "req-1")); /* the page names the request id only */
     rq_init(&q, "GET", "/.gatehouse/oidc/callback", "code=C&state=x", NULL, NULL);
     authn_check(an, &q.r, a, &o);
-    assert_string_equal(o.reason, "sign-in refused: no login in progress (login cookie "
-                                  "missing)");
+    assert_string_equal(o.reason, "sign-in refused: no login cookie: state cannot be checked");
+    assert_int_equal(o.event, AUTHN_EV_LOGIN_FAILED);
     /* An open redirect in rd is replaced by "/". */
     rq_init(&q, "GET", "/.gatehouse/login", "rd=%2F%2Fevil.example", NULL, NULL);
     authn_check(an, &q.r, a, &o);
@@ -379,6 +403,8 @@ static void test_callback_attacks(void **state)
     assert_int_equal(authn_resume(an, &q.r, a, &o, 0, STR_NULL), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 502);
     assert_string_equal(o.reason, "token endpoint unreachable");
+    assert_int_equal(o.event, AUTHN_EV_LOGIN_FAILED);
+    assert_true(o.idp_error);
     free(qs);
     free(lc);
     free(state_v);
@@ -424,6 +450,18 @@ static void test_bearer_tokens(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 401);
     assert_string_equal(o.reason, "bearer token refused: token algorithm \"none\" is not allowed");
+    /* On a public route a refused token leaves an anonymous caller, marked bearer
+     * (so a policy that wants a user answers 401, not a redirect). */
+    q.r.route_public = true;
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_true(o.id.bearer);
+    /* A token from an issuer the route does not accept: refused the same way. */
+    q.r.route_public = false;
+    q.r.authorization = STR("Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2V2aWwifQ.c2ln");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 401);
+    assert_non_null(strstr(o.reason, "bearer token refused: "));
     (void)state;
 }
 
@@ -465,6 +503,8 @@ static void test_backchannel_logout_and_logout(void **state)
     q.r.body = str_from(body);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
+    assert_int_equal(o.event, AUTHN_EV_LOGOUT);
+    assert_int_equal(o.nlogouts, 1);
     /* Replay of the same logout token. */
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 400);
@@ -481,8 +521,9 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(o.resp.status, 302);
     const char *loc = header(&o, "Location", 0);
     assert_true(strncmp(loc, "https://idp.example/session/end?id_token_hint=", 46) == 0);
-    assert_non_null(strstr(loc, "&post_logout_redirect_uri=http%3A%2F%2Fwiki.example.com%2F."
-                                "gatehouse%2Flogout"));
+    /* No post_logout_redirect_uri configured: none sent (an unregistered one is refused). */
+    assert_null(strstr(loc, "post_logout_redirect_uri"));
+    assert_int_equal(o.event, AUTHN_EV_LOGOUT);
     assert_true(strncmp(header(&o, "Set-Cookie", 0), "gh=; Path=/; Max-Age=0", 22) == 0);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
@@ -491,6 +532,27 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
     assert_non_null(strstr(o.resp.body, "You are signed out"));
+
+    /* The IdP's back-channel logout for a session signed out here already
+     * (sid SID-KEEP) does not widen to the user's other sessions by sub. */
+    char *gh3 = sign_in("SID-OTHER", 300);
+    char *c2 = xasprintf("{\"iss\":\"%s\",\"aud\":\"gatehouse\",\"iat\":%ld,\"exp\":%ld,"
+                         "\"jti\":\"j-2\",\"sid\":\"SID-KEEP\",\"sub\":\"alice\",\"events\":"
+                         "{\"http://schemas.openid.net/event/backchannel-logout\":{}}}",
+                         ISS, now, now + 120);
+    char *t2 = sign("k1", c2);
+    char *body2 = xasprintf("logout_token=%s", t2);
+    rq_init(&q, "POST", "/.gatehouse/oidc/backchannel-logout", "", NULL, NULL);
+    q.r.body = str_from(body2);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 200);
+    assert_int_equal(o.nlogouts, 0);
+    rq_init(&q, "GET", "/wiki", "", gh3, NULL);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    free(gh3);
+    free(c2);
+    free(t2);
+    free(body2);
     free(body);
     free(t);
     free(c);
