@@ -321,12 +321,19 @@ struct cont {
     bool jwks_refetched;
     struct oidc_tokens tokens;      /* between token and userinfo */
     const char *cookie;             /* refresh: the session cookie value */
+    struct session_store *store;    /* refresh: claimed, not yet done (see cont_cleanup) */
     const char *bearer;             /* bearer / logout token */
 };
 
 static void cont_cleanup(void *arg)
 {
     struct cont *c = arg;
+    if (c->store != NULL) {
+        /* The request ended (client gone) before the refresh answer: release
+         * the claim so that a later request refreshes. */
+        session_refresh_done(c->store, str_from(c->cookie), false, false, NULL, 0, NULL, NULL,
+                             NULL);
+    }
     oidc_pending_fini(&c->pd);
     oidc_tokens_fini(&c->tokens);
 }
@@ -744,6 +751,13 @@ static enum authn_step refresh_start(struct authn *an, const struct authn_req *r
         return AUTHN_OK;
     }
     c->cookie = adup(a, cookie);
+    if (c->cookie == NULL) {
+        oidc_http_fini(&h);
+        session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL,
+                             NULL);
+        return AUTHN_OK;
+    }
+    c->store = an->store;
     fill_fetch(a, out, &h);
     return AUTHN_NEED_FETCH;
 }
@@ -753,6 +767,7 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
                                       int status, struct str body)
 {
     struct idp *x = c->idp;
+    c->store = NULL; /* answered: every path below ends the claim */
     struct jwks *k = jwks_get(x);
     struct oidc_tokens t;
     struct err err = { 0 };

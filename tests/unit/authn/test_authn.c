@@ -486,6 +486,25 @@ static void test_refresh_once_then_rotated(void **state)
     (void)state;
 }
 
+/* A request that ends while its refresh is in flight (the client left) gives
+ * the refresh back: the next request refreshes instead of never again. */
+static void test_refresh_released_when_request_ends(void **state)
+{
+    char *gh = sign_in("SID-A", 30);
+    struct rq q;
+    struct authn_out o;
+    struct arena *gone = arena_new(0);
+    rq_init(&q, "GET", "/wiki", "", gh, NULL);
+    assert_int_equal(authn_check(an, &q.r, gone, &o), AUTHN_NEED_FETCH);
+    arena_free(gone);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_NEED_FETCH);
+    char *tb = token_body(NULL, "SID-A", 3600, "RT3");
+    assert_int_equal(authn_resume(an, &q.r, a, &o, 200, str_from(tb)), AUTHN_OK);
+    free(tb);
+    free(gh);
+    (void)state;
+}
+
 static void test_backchannel_logout_and_logout(void **state)
 {
     char *gh1 = sign_in("SID-BCL", 300);
@@ -569,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_callback_attacks),
         cmocka_unit_test(test_bearer_tokens),
         cmocka_unit_test(test_refresh_once_then_rotated),
+        cmocka_unit_test(test_refresh_released_when_request_ends),
         cmocka_unit_test(test_backchannel_logout_and_logout),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
