@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -650,6 +651,45 @@ class ManySignIns(unittest.TestCase):
             self.assertTrue(all(st == 200 for st, _, _, _ in res), res)
             self.assertTrue(all(seen == want for _, seen, want, _ in res), res)
             self.assertEqual(len({c for _, _, _, c in res}), 24)
+        finally:
+            s.stop()
+
+
+class ReloadKeepsSignIn(unittest.TestCase):
+    def test_sessions_and_sign_in_in_flight_survive_sighup(self):
+        """A reloaded configuration shares the running sign-in state: the session
+        store, the login cookie key (a sign-in started before the reload
+        finishes after it) and the assertion key."""
+        s = Stack()
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/u").status, 200)
+            jwks_before = b.request(s.base + "/.gatehouse/jwks.json").json()
+            b2 = Browser()
+            r = b2.request(s.base + "/.gatehouse/login?rd=%2Fafter")
+            url = urllib.parse.urljoin(s.base, r.header("Location"))
+            r, url, _ = b2.follow(url)
+            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                          .group(1).decode())
+            r = b2.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
+            while not r.header("Location", "").startswith(s.base):
+                action = urllib.parse.urljoin(action, r.header("Location"))
+                r = b2.request(action)
+            callback = r.header("Location")
+            mark = len(s.log())
+            s.gh.signal(signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: "configuration" in s.log()[mark:] and
+                                     "loaded" in s.log()[mark:], 5), s.log()[mark:])
+            # The session made before the reload is still known.
+            self.assertEqual(b.request(s.base + "/u").status, 200)
+            # The sign-in started before the reload completes after it.
+            r = b2.request(callback)
+            self.assertEqual(r.status, 302, r)
+            self.assertEqual(r.header("Location"), "/after")
+            me = b2.request(s.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+            self.assertEqual(me.json()["user"], "bob")
+            # Same assertion key.
+            self.assertEqual(b.request(s.base + "/.gatehouse/jwks.json").json(), jwks_before)
         finally:
             s.stop()
 
