@@ -1084,8 +1084,8 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     char cookie[SESSION_COOKIE_LEN + 1];
     int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
     bool ok = rc == 0 && identity_from_oidc(out, &id, c->idp->p->id, a);
-    log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL, ok ? "signed in %s via %s"
-                                                                       : "session not created for %s via %s",
+    log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
+             ok ? "signed in %s via %s" : "session not created for %s via %s",
              id.email ? id.email : id.user_key, c->idp->p->id);
     free(groups);
     oidc_identity_fini(&id);
@@ -1338,7 +1338,8 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
     for (size_t i = 0; i < json_array_size(g); i++) {
         codec_buf_adds(&gb, i ? ", " : "");
-        codec_buf_adds(&gb, json_string_value(json_array_get(g, i)) ? json_string_value(json_array_get(g, i)) : "");
+        const char *gname = json_string_value(json_array_get(g, i));
+        codec_buf_adds(&gb, gname ? gname : "");
     }
     json_decref(g);
     const char *groups = adup(a, gb.p ? gb.p : "");
@@ -1497,8 +1498,9 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
     case CONT_BCL_JWKS:
     case CONT_BEARER_JWKS:
         if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
-            return c->kind == CONT_BCL_JWKS ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
-                                            : idp_down(an, req, a, out);
+            return c->kind == CONT_BCL_JWKS
+                       ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
+                       : idp_down(an, req, a, out);
         }
         return c->kind == CONT_BCL_JWKS ? bcl_continue(an, req, a, out, c)
                                         : bearer_continue(an, req, a, out, c);

@@ -52,7 +52,7 @@ void authn_free(struct authn *an);
 /* The request as authn sees it. Every span is borrowed for the call. */
 struct authn_req {
     struct str method;
-    struct str host;            /* without the port */
+    struct str host;            /* as sent, with the port (redirect URIs need it) */
     struct str path;            /* without the query */
     struct str query;           /* without '?' */
     const struct str *cookies;  /* every Cookie header value */
@@ -117,7 +117,7 @@ enum authn_event {
 };
 
 enum authn_step {
-    AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); the zero value fails closed */
+    AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); zero fails closed */
     AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
     AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
 };
