@@ -558,6 +558,23 @@ void request_error(struct request *r, int status, const char *detail)
     struct buf body = { 0 };
     const char *ctype = NULL;
     struct str accept = request_header(r, STR("accept"), NULL);
+
+    if (!accept.p && r->nheaders == 0 && c->hin && c->state != CS_IDLE) {
+        /* The head failed to parse: its bytes are still unconsumed in the
+         * input buffer, so the Accept header (if it came) can still pick the
+         * page format. */
+        size_t avail = buf_pending(&c->in);
+        for (size_t i = 0; i < c->hin->nhdr; i++) {
+            const struct http_hdr_off *o = &c->hin->hdr[i];
+            if ((size_t)o->name_off + o->name_len > avail ||
+                (size_t)o->value_off + o->value_len > avail) {
+                break;
+            }
+            if (str_ieq(http_in_name(c->hin, c->in.p + c->in.off, i), STR("accept"))) {
+                accept = http_in_value(c->hin, c->in.p + c->in.off, i);
+            }
+        }
+    }
     bool html = accept.p && str_contains(accept, STR("text/html"));
 
     /* Framing errors and timeouts leave the byte stream in an unknown state:
@@ -717,14 +734,18 @@ static void handle_head(struct conn *c)
     int st = http_request_from_head(c->hin, c->in.p + c->in.off, r, &reason);
 
     c->head_bytes_in = c->hin->pos;
-    buf_consume(&c->in, c->hin->pos);
-    http_in_rebase(c->hin);
-    c->keep_alive = r->keep_alive && !c->w->draining;
     if (st != 0) {
+        /* Answered before the head's bytes are consumed (the page format may
+         * come from them); the connection closes. */
+        c->keep_alive = false;
+        r->nheaders = 0;
         log_emit(LOG_INFO, "http", r->id, NULL, "bad request from %s: %s", c->ip, reason);
         request_error(r, st, reason);
         return;
     }
+    buf_consume(&c->in, c->hin->pos);
+    http_in_rebase(c->hin);
+    c->keep_alive = r->keep_alive && !c->w->draining;
     if (!c->ls->admin && c->ls->index < cfg->nlisteners &&
         cfg->listeners[c->ls->index].trust_request_id) {
         struct str in = request_header(r, STR("x-request-id"), NULL);
