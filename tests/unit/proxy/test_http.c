@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "proxy/http.h"
+#include "proxy/io.h"
 
 static const struct http_limits lim = {
     .header_bytes = 4096, .headers = 20, .uri_bytes = 256, .body_bytes = 100,
@@ -422,6 +423,28 @@ static void test_list_has(void **state)
     assert_false(http_is_hop_by_hop(STR("Content-Type")));
 }
 
+static void test_error_pages_escape_and_carry_request_id(void **state)
+{
+    struct buf b = { 0 };
+    const char *ctype = NULL;
+    (void)state;
+
+    pages_error(&b, &ctype, 400, "bad \"x\" <script>", "rid-42", false);
+    assert_string_equal(ctype, "application/json");
+    buf_append(&b, "", 1);
+    assert_string_equal(b.p, "{\"status\":400,\"error\":\"Bad Request\",\"detail\":"
+                             "\"bad \\\"x\\\" <script>\",\"request_id\":\"rid-42\"}\n");
+    buf_free(&b);
+    pages_error(&b, &ctype, 502, "<script>alert(1)</script>", "rid-43", true);
+    buf_append(&b, "", 1);
+    assert_string_equal(ctype, "text/html; charset=utf-8");
+    assert_null(strstr(b.p, "<script>"));
+    assert_non_null(strstr(b.p, "&#60;script&#62;"));
+    assert_non_null(strstr(b.p, "<code>rid-43</code>"));
+    assert_non_null(strstr(b.p, "502 Bad Gateway"));
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_websocket_upgrade_only_when_allowed),
         cmocka_unit_test(test_response_rewriting),
         cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_error_pages_escape_and_carry_request_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
