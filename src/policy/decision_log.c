@@ -20,6 +20,7 @@
 #include "decision_log_int.h"
 
 #define DL_BATCH_MAX 1024
+#define DL_GATHER_NS (5 * 1000 * 1000) /* batch mode: wait 5 ms for more records */
 #define DL_RETAIN_EVERY_US (3600LL * 1000000)
 #define DL_RETAIN_CHUNK 5000
 
@@ -874,6 +875,15 @@ static void *writer_main(void *arg)
             }
             if (dl->count == 0 && dl->stop) {
                 break;
+            }
+            /* Batch mode: let a burst gather for a moment so that one transaction
+             * carries many records (every commit has a fixed cost); records stay
+             * durable within flush_interval. Strict mode commits at once. */
+            if (dl->conf.sync == DECISION_LOG_BATCH && !dl->stop && dl->count < DL_BATCH_MAX) {
+                struct timespec gather = { 0, DL_GATHER_NS };
+                pthread_mutex_unlock(&dl->mu);
+                nanosleep(&gather, NULL);
+                pthread_mutex_lock(&dl->mu);
             }
             size_t cap = dl->conf.queue;
             while (dl->count > 0 && n < DL_BATCH_MAX) {

@@ -25,8 +25,10 @@
 #include "io.h"
 #include "policy/policy.h"
 
-#define MAX_GROUPS 64
-#define MAX_CLAIMS 64
+/* An identity with more groups or claim values than this is refused (fail
+ * closed) rather than evaluated on a truncated list. */
+#define MAX_GROUPS 4096
+#define MAX_CLAIMS 4096
 #define MAX_COOKIES 16
 #define IDP_FETCH_MAX (1u << 20)
 #define IDP_FETCH_TIMEOUT_MS 10000
@@ -375,8 +377,9 @@ struct gate_req {
     /* policy */
     struct policy_input in;
     struct policy_result res;
-    struct str groups[MAX_GROUPS];
-    struct policy_kv claims[MAX_CLAIMS];
+    struct str *groups;       /* arena, in.ngroups long */
+    struct policy_kv *claims; /* arena, in.nclaims long */
+    bool ident_incomplete;    /* groups/claims could not all be read: fail closed */
     struct policy_kv *hdrs;
     char *opa_input;
     uint64_t opa_start_us;
@@ -595,11 +598,15 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
                         const char *reason, uint64_t *seq)
 {
     struct request *r = q->r;
-    const char *groups[MAX_GROUPS];
-    size_t ng = q->in.ngroups < MAX_GROUPS ? q->in.ngroups : MAX_GROUPS;
+    size_t ng = q->in.ngroups;
+    const char **groups;
 
     if (!G.dl) {
         return 0;
+    }
+    groups = arena_alloc(r->arena, (ng ? ng : 1) * sizeof *groups);
+    if (!groups) {
+        ng = 0;
     }
     for (size_t i = 0; i < ng; i++) {
         groups[i] = arena_strndup(r->arena, q->in.groups[i].p, q->in.groups[i].len);
@@ -671,51 +678,71 @@ static bool is_protocol_claim(const char *k)
     return false;
 }
 
+/* The string value of a claim (strings, booleans, integers), or NULL. */
+static const char *claim_text(json_t *v, char num[32])
+{
+    if (json_is_string(v)) {
+        return json_string_value(v);
+    }
+    if (json_is_boolean(v)) {
+        return json_is_true(v) ? "true" : "false";
+    }
+    if (json_is_integer(v)) {
+        snprintf(num, 32, "%lld", (long long)json_integer_value(v));
+        return num;
+    }
+    return NULL;
+}
+
+/* Adds one (name, value) claim pair to q (arena copies). */
+static bool claim_add(struct gate_req *q, const char *k, const char *v)
+{
+    char *kk = arena_strdup(q->r->arena, k), *vv = arena_strdup(q->r->arena, v);
+    if (!kk || !vv) {
+        return false;
+    }
+    q->claims[q->in.nclaims++] = (struct policy_kv){ str_from(kk), str_from(vv) };
+    return true;
+}
+
+/* Claims as (name, value) pairs for the policy input; an array claim gives
+ * one pair per string element. Sets ident_incomplete when they cannot all be
+ * kept, so that a rule never sees a truncated list. */
 static void claims_from_json(struct gate_req *q, const char *json)
 {
-    struct arena *a = q->r->arena;
-    json_t *o;
+    json_t *o, *v, *it;
     const char *k;
-    json_t *v;
+    size_t n = 0, i;
+    char num[32];
 
     if (!json || !(o = json_loads(json, 0, NULL))) {
         return;
     }
     json_object_foreach(o, k, v) {
-        if (q->in.nclaims >= MAX_CLAIMS) {
-            break;
-        }
+        n += json_is_array(v) ? json_array_size(v) : 1;
+    }
+    q->claims = n <= MAX_CLAIMS ? arena_alloc(q->r->arena, (n ? n : 1) * sizeof *q->claims) : NULL;
+    if (!q->claims) {
+        q->ident_incomplete = true;
+        json_decref(o);
+        return;
+    }
+    q->in.claims = q->claims;
+    json_object_foreach(o, k, v) {
         if (is_protocol_claim(k)) {
             continue;
         }
-        const char *s = NULL;
-        char num[32];
-        if (json_is_string(v)) {
-            s = json_string_value(v);
-        } else if (json_is_boolean(v)) {
-            s = json_is_true(v) ? "true" : "false";
-        } else if (json_is_integer(v)) {
-            snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
-            s = num;
-        } else if (json_is_array(v)) {
-            size_t i;
-            json_t *it;
+        if (json_is_array(v)) {
             json_array_foreach(v, i, it) {
-                if (json_is_string(it) && q->in.nclaims < MAX_CLAIMS) {
-                    char *kk = arena_strdup(a, k), *vv = arena_strdup(a, json_string_value(it));
-                    if (kk && vv) {
-                        q->claims[q->in.nclaims++] = (struct policy_kv){ str_from(kk),
-                                                                          str_from(vv) };
-                    }
+                if (json_is_string(it) && !claim_add(q, k, json_string_value(it))) {
+                    q->ident_incomplete = true;
                 }
             }
             continue;
         }
-        if (s) {
-            char *kk = arena_strdup(a, k), *vv = arena_strdup(a, s);
-            if (kk && vv) {
-                q->claims[q->in.nclaims++] = (struct policy_kv){ str_from(kk), str_from(vv) };
-            }
+        const char *s = claim_text(v, num);
+        if (s && !claim_add(q, k, s)) {
+            q->ident_incomplete = true;
         }
     }
     json_decref(o);
@@ -723,22 +750,158 @@ static void claims_from_json(struct gate_req *q, const char *json)
 
 static void groups_from_json(struct gate_req *q, const char *json)
 {
-    json_t *arr;
-    size_t i;
-    json_t *it;
+    json_t *arr, *it;
+    size_t i, n;
 
     if (!json || !(arr = json_loads(json, 0, NULL))) {
         return;
     }
+    n = json_is_array(arr) ? json_array_size(arr) : 0;
+    q->groups = n <= MAX_GROUPS ? arena_alloc(q->r->arena, (n ? n : 1) * sizeof *q->groups) : NULL;
+    if (!q->groups) {
+        q->ident_incomplete = true;
+        json_decref(arr);
+        return;
+    }
+    q->in.groups = q->groups;
     json_array_foreach(arr, i, it) {
-        if (json_is_string(it) && q->in.ngroups < MAX_GROUPS) {
+        if (json_is_string(it)) {
             char *s = arena_strdup(q->r->arena, json_string_value(it));
-            if (s) {
-                q->groups[q->in.ngroups++] = str_from(s);
+            if (!s) {
+                q->ident_incomplete = true;
+                break;
             }
+            q->groups[q->in.ngroups++] = str_from(s);
         }
     }
     json_decref(arr);
+}
+
+/* Parsed groups and claims of recently seen identities, per worker thread. A
+ * signed-in user's requests carry the same JSON texts again and again, and
+ * parsing them with jansson was the largest single cost of a policy check.
+ * Entries are keyed by the exact texts, so a refreshed session (new groups)
+ * simply misses; a hit copies the strings into the request's arena, so a
+ * suspended request never points into an entry that was replaced since. */
+#define IDCACHE_SLOTS 128
+
+struct idcache_span {
+    uint32_t off, len;
+};
+
+struct idcache_entry {
+    uint64_t hash;
+    char *key;                   /* groups JSON, a NUL, claims JSON (malloc'd) */
+    size_t key_len;
+    char *buf;                   /* the strings, back to back (malloc'd) */
+    size_t buf_len;
+    size_t ngroups, nclaims;
+    struct idcache_span *groups;      /* ngroups (malloc'd) */
+    struct idcache_span *claim_spans; /* 2 * nclaims: name, value (malloc'd) */
+};
+
+static __thread struct idcache_entry *idcache;
+
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+static struct str span_in(const char *base, struct idcache_span sp)
+{
+    return (struct str){ base + sp.off, sp.len };
+}
+
+static void idcache_put(struct idcache_entry *e, struct gate_req *q, uint64_t hash,
+                        const char *key, size_t key_len)
+{
+    size_t len = 0, off = 0;
+
+    for (size_t i = 0; i < q->in.ngroups; i++) {
+        len += q->groups[i].len;
+    }
+    for (size_t i = 0; i < q->in.nclaims; i++) {
+        len += q->claims[i].name.len + q->claims[i].value.len;
+    }
+    free(e->key);
+    free(e->buf);
+    free(e->groups);
+    free(e->claim_spans);
+    e->groups = xcalloc(q->in.ngroups ? q->in.ngroups : 1, sizeof *e->groups);
+    e->claim_spans = xcalloc(q->in.nclaims ? 2 * q->in.nclaims : 1, sizeof *e->claim_spans);
+    e->hash = hash;
+    e->key = xmalloc(key_len);
+    memcpy(e->key, key, key_len);
+    e->key_len = key_len;
+    e->buf = xmalloc(len ? len : 1);
+    e->buf_len = len;
+#define IDCACHE_ADD(sp, s)                                                                             do {                                                                                                   memcpy(e->buf + off, (s).p, (s).len);                                                              (sp) = (struct idcache_span){ (uint32_t)off, (uint32_t)(s).len };                                  off += (s).len;                                                                                } while (0)
+    for (size_t i = 0; i < q->in.ngroups; i++) {
+        IDCACHE_ADD(e->groups[i], q->groups[i]);
+    }
+    for (size_t i = 0; i < q->in.nclaims; i++) {
+        IDCACHE_ADD(e->claim_spans[2 * i], q->claims[i].name);
+        IDCACHE_ADD(e->claim_spans[2 * i + 1], q->claims[i].value);
+    }
+#undef IDCACHE_ADD
+    e->ngroups = q->in.ngroups;
+    e->nclaims = q->in.nclaims;
+}
+
+/* Fills q's groups (and claims, when claims_json is not NULL) from the
+ * identity's JSON texts, through the per-thread cache. */
+static void identity_parse(struct gate_req *q, const char *groups_json, const char *claims_json)
+{
+    size_t gl = groups_json ? strlen(groups_json) : 0, cl = claims_json ? strlen(claims_json) : 0;
+    size_t key_len = gl + 1 + cl;
+    char stack[1024];
+    char *key = key_len <= sizeof stack ? stack : arena_alloc(q->r->arena, key_len);
+    uint64_t hash;
+    struct idcache_entry *e;
+
+    if (!key) {
+        return;
+    }
+    memcpy(key, groups_json ? groups_json : "", gl);
+    key[gl] = '\0';
+    memcpy(key + gl + 1, claims_json ? claims_json : "", cl);
+    hash = fnv1a(14695981039346656037ull, key, key_len);
+    if (!idcache) {
+        idcache = xcalloc(IDCACHE_SLOTS, sizeof *idcache);
+    }
+    e = &idcache[hash % IDCACHE_SLOTS];
+    if (e->key && e->hash == hash && e->key_len == key_len && memcmp(e->key, key, key_len) == 0) {
+        char *buf = arena_alloc(q->r->arena, e->buf_len ? e->buf_len : 1);
+        q->groups = arena_alloc(q->r->arena, (e->ngroups ? e->ngroups : 1) * sizeof *q->groups);
+        q->claims = arena_alloc(q->r->arena, (e->nclaims ? e->nclaims : 1) * sizeof *q->claims);
+        if (!buf || !q->groups || !q->claims) {
+            q->ident_incomplete = true;
+            return;
+        }
+        memcpy(buf, e->buf, e->buf_len);
+        for (size_t i = 0; i < e->ngroups; i++) {
+            q->groups[i] = span_in(buf, e->groups[i]);
+        }
+        for (size_t i = 0; i < e->nclaims; i++) {
+            q->claims[i] = (struct policy_kv){ span_in(buf, e->claim_spans[2 * i]),
+                                               span_in(buf, e->claim_spans[2 * i + 1]) };
+        }
+        q->in.groups = q->groups;
+        q->in.claims = q->claims;
+        q->in.ngroups = e->ngroups;
+        q->in.nclaims = e->nclaims;
+        return;
+    }
+    groups_from_json(q, groups_json);
+    if (claims_json) {
+        claims_from_json(q, claims_json);
+    }
+    if (!q->ident_incomplete) {
+        idcache_put(e, q, hash, key, key_len);
+    }
 }
 
 static void build_input(struct gate_req *q, const char *claims_json)
@@ -751,15 +914,10 @@ static void build_input(struct gate_req *q, const char *claims_json)
     in->email = str_from(q->id.email);
     in->idp = str_from(q->id.idp);
     in->session = str_from(q->id.session);
-    in->groups = q->groups;
-    in->claims = q->claims;
     if (q->id.authenticated) {
-        groups_from_json(q, q->id.groups_json);
-        /* Parsing the claims JSON was about a quarter of a cookie request's CPU:
-         * only a policy file or the decision log can read them. */
-        if ((q->gr && q->gr->policy_file) || G.dl) {
-            claims_from_json(q, claims_json);
-        }
+        /* Only a policy file or the decision log can read the claims. */
+        bool want_claims = (q->gr && q->gr->policy_file) || G.dl;
+        identity_parse(q, q->id.groups_json, want_claims ? claims_json : NULL);
     }
     policy_ip_parse(str_from(r->client_ip), &in->client_ip);
     in->method = r->method;
@@ -1028,8 +1186,17 @@ static enum access_step denied(struct gate_req *q)
 static enum access_step decide(struct gate_req *q)
 {
     struct request *r = q->r;
-    enum policy_step st = policy_eval(q->gr->policy, &q->in, &q->res);
+    enum policy_step st;
     uint64_t seq = 0;
+
+    if (q->ident_incomplete) {
+        /* Rules must never see a truncated group or claim list: a deny rule
+         * on a dropped group would silently not apply. */
+        return fail_page(q, 500, "Identity too large",
+                         "Your identity carries more groups or claims than Gatehouse can check.",
+                         "identity groups/claims exceed the limits or the request memory");
+    }
+    st = policy_eval(q->gr->policy, &q->in, &q->res);
 
     if (st == POLICY_NEED_OPA) {
         return ask_opa(q);
