@@ -608,6 +608,16 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
     if (!groups) {
         ng = 0;
     }
+    /* Only the claims the route's policy tests are kept: enough for `policy
+     * diff` to replay the decision, and no more personal data than that. */
+    struct policy_kv *claims = arena_alloc(r->arena, (q->in.nclaims ? q->in.nclaims : 1) *
+                                                         sizeof *claims);
+    size_t nclaims = 0;
+    for (size_t i = 0; claims && i < q->in.nclaims; i++) {
+        if (q->gr && policy_uses_claim(q->gr->policy, q->in.claims[i].name)) {
+            claims[nclaims++] = q->in.claims[i];
+        }
+    }
     for (size_t i = 0; i < ng; i++) {
         groups[i] = arena_strndup(r->arena, q->in.groups[i].p, q->in.groups[i].len);
         if (!groups[i]) {
@@ -628,8 +638,8 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
         .session = q->id.session,
         .groups = groups,
         .ngroups = ng,
-        .claims = q->in.claims,
-        .nclaims = q->in.nclaims,
+        .claims = claims,
+        .nclaims = nclaims,
         .device_present = q->in.device.present,
         .device_trusted = q->in.device.trusted,
         .client_ip = r->client_ip,
