@@ -128,9 +128,18 @@ bool codec_rand_bytes(unsigned char *buf, size_t n)
 static EVP_MD *sha256_md;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 
+/* Each thread's reusable digest context, freed when the thread exits. */
+static pthread_key_t sha256_ctx_key;
+
+static void sha256_ctx_free(void *ctx)
+{
+    EVP_MD_CTX_free(ctx);
+}
+
 static void sha256_init(void)
 {
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    pthread_key_create(&sha256_ctx_key, sha256_ctx_free);
 }
 
 const EVP_MD *codec_sha256_md(void)
@@ -143,8 +152,18 @@ void codec_sha256(const void *p, size_t n, unsigned char out[32])
 {
     /* OpenSSL 3's one-shot SHA256() fetches the algorithm on every call (about
      * a microsecond); the session lookup hashes every cookie, so fetch once. */
+    /* One context per thread, reused: creating one per call cost more than
+     * hashing a cookie. */
+    EVP_MD_CTX *ctx;
+    unsigned int len = 0;
+
     pthread_once(&sha256_once, sha256_init);
-    if (sha256_md == NULL || EVP_Digest(p, n, out, NULL, sha256_md, NULL) != 1) {
+    ctx = pthread_getspecific(sha256_ctx_key);
+    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) != NULL) {
+        pthread_setspecific(sha256_ctx_key, ctx);
+    }
+    if (sha256_md == NULL || ctx == NULL || EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1 ||
+        EVP_DigestUpdate(ctx, p, n) != 1 || EVP_DigestFinal_ex(ctx, out, &len) != 1) {
         SHA256(p, n, out);
     }
 }
