@@ -53,6 +53,7 @@ struct authn_shared {
     bool closed;
     struct session_store *store;
     struct assertion_signer *signer;
+    char *signer_key;             /* the key file the signer uses now */
     struct pages *pages;
     struct oidc_replay *replay;
     unsigned char login_key[32];  /* seals login cookies; per process start */
@@ -69,6 +70,7 @@ struct authn {
     char *assertion_header;
     char *assertion_issuer;
     int64_t assertion_ttl_s;
+    int64_t assertion_keep_s;     /* a rotated-out key stays in the JWKS this long */
     struct assertion_signer *signer; /* rt's */
     char *pages_dir;
     struct pages *pages;          /* rt's */
@@ -78,7 +80,7 @@ struct authn {
 
 /* ---- configuration ---------------------------------------------------- */
 
-static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", NULL };
+static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", "keep", NULL };
 
 /* The assertion is on whenever there is a key: the configured one, or
  * assertion-es256.pem next to the state database (created when absent). */
@@ -88,13 +90,14 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
     const struct conf_node *ui = conf_get(root, "upstream_identity");
     const struct conf_node *as = ui ? conf_get(ui, "assertion") : NULL;
     const char *header = "X-Gatehouse-Assertion", *key = NULL, *issuer = "gatehouse";
-    uint64_t ttl_ms = 60000;
+    uint64_t ttl_ms = 60000, keep_ms = 3600000;
 
     if (as != NULL && conf_check_keys(d, as, "\"upstream_identity.assertion\"", assertion_keys)) {
         conf_string(d, as, "header", &header);
         conf_string(d, as, "key", &key);
         conf_string(d, as, "issuer", &issuer);
         conf_duration_ms(d, as, "ttl", 1000, 3600000, &ttl_ms);
+        conf_duration_ms(d, as, "keep", 0, 30ull * 86400000, &keep_ms);
     }
     if (key != NULL) {
         an->assertion_key = conf_path_resolve(conf_file, key);
@@ -109,6 +112,10 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
     an->assertion_header = xstrdup(header);
     an->assertion_issuer = xstrdup(issuer);
     an->assertion_ttl_s = (int64_t)(ttl_ms / 1000);
+    /* A rotated-out key stays published at least as long as its last tokens live. */
+    an->assertion_keep_s = (int64_t)(keep_ms / 1000) > an->assertion_ttl_s
+                               ? (int64_t)(keep_ms / 1000)
+                               : an->assertion_ttl_s;
 }
 
 struct authn *authn_new(const struct conf_node *root, const char *conf_file,
@@ -193,6 +200,7 @@ static void rt_close(struct authn_shared *rt)
     rt->closed = true;
     session_store_close(rt->store);
     assertion_signer_free(rt->signer);
+    free(rt->signer_key);
     pages_free(rt->pages);
     oidc_replay_free(rt->replay);
     OPENSSL_cleanse(rt->login_key, sizeof rt->login_key);
@@ -237,6 +245,7 @@ int authn_start(struct authn *an, struct err *err)
             return err_set(err, ERR_CRYPTO, "identity assertion key %s: %s", an->assertion_key,
                            e.msg);
         }
+        rt->signer_key = xstrdup(an->assertion_key);
     }
     rt_borrow(an, rt);
     return 0;
@@ -260,6 +269,24 @@ void authn_share(struct authn *an, struct authn_shared *sh)
 {
     if (sh == NULL || an->rt != NULL) {
         return;
+    }
+    /* Key rotation: a reload that names another assertion key file switches to
+     * it; the previous key stays in /.gatehouse/jwks.json for `keep`, so
+     * backends still verify the assertions it signed. */
+    if (sh->signer != NULL && an->assertion_key != NULL &&
+        strcmp(an->assertion_key, sh->signer_key) != 0) {
+        struct err e = { 0 };
+        if (assertion_signer_rotate(sh->signer, an->assertion_key, (int64_t)time(NULL),
+                                    an->assertion_keep_s, &e) == 0) {
+            log_info("authn", "identity assertion key rotated to %s; the previous key stays "
+                              "published for %llds", an->assertion_key,
+                     (long long)an->assertion_keep_s);
+            free(sh->signer_key);
+            sh->signer_key = xstrdup(an->assertion_key);
+        } else {
+            log_error("authn", "identity assertion key %s refused, still signing with %s: %s",
+                      an->assertion_key, sh->signer_key, e.msg);
+        }
     }
     atomic_fetch_add(&sh->refs, 1);
     rt_borrow(an, sh);

@@ -697,6 +697,44 @@ class ReloadKeepsSignIn(unittest.TestCase):
             s.stop()
 
 
+class AssertionKeyRotation(unittest.TestCase):
+    def test_reload_with_a_new_key_rotates_and_keeps_the_old_one_published(self):
+        """upstream_identity.assertion.key pointing at a new file + SIGHUP: new
+        assertions carry the new kid, /.gatehouse/jwks.json lists both keys (the
+        old one for `keep`), and both assertions verify against it."""
+        s = Stack(gh_extra={"upstream_identity": {"assertion": {"key": "key-1.pem"}}})
+        try:
+            b = Browser()
+            self.assertEqual(b.login(s.base, "/before").status, 200)
+            old_tok = {k.lower(): v for k, v in s.backend.last("/before")["headers"]}[
+                "x-gatehouse-assertion"]
+            old_kid = jwt_parts(old_tok)[0]["kid"]
+            cfg = s.config()
+            cfg["upstream_identity"] = {"assertion": {"key": "key-2.pem", "keep": "10m"}}
+            s.gh.write_config(cfg)
+            mark = len(s.log())
+            s.gh.signal(signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: "assertion key rotated" in s.log()[mark:], 5),
+                            s.log()[mark:])
+            # A new session: the assertion cache is keyed by the session's claims.
+            b2 = Browser()
+            self.assertEqual(b2.login(s.base, "/after", user="bob").status, 200)
+            new_tok = {k.lower(): v for k, v in s.backend.last("/after")["headers"]}[
+                "x-gatehouse-assertion"]
+            new_kid = jwt_parts(new_tok)[0]["kid"]
+            self.assertNotEqual(new_kid, old_kid)
+            keys = {k["kid"]: k for k in
+                    b.request(s.base + "/.gatehouse/jwks.json").json()["keys"]}
+            self.assertIn(old_kid, keys)
+            self.assertIn(new_kid, keys)
+            with tempfile.TemporaryDirectory() as tmp:
+                self.assertTrue(es256_verify(keys[old_kid], old_tok, tmp))
+                self.assertTrue(es256_verify(keys[new_kid], new_tok, tmp))
+            self.assertTrue(os.path.exists(os.path.join(s.gh.dir, "key-2.pem")))
+        finally:
+            s.stop()
+
+
 class IdPUnreachable(unittest.TestCase):
     def test_clear_error_page_and_sessions_keep_working(self):
         s = Stack()
