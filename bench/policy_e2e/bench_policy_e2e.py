@@ -227,7 +227,7 @@ def render(a, results, integrity):
             verdicts.append(f"batch: policy route at {share:.0%} of the public route's "
                             f"throughput ({'meets' if share >= TARGET else 'MISSES'} the 85% "
                             f"target); per CPU-second of Gatehouse it does {cpu_share:.0%} as "
-                            "many requests (session lookup, identity claims parsed from JSON, "
+                            "many requests (session lookup, policy input, "
                             "assertion header, larger records)")
         else:
             verdicts.append(f"strict: policy route at {share:.0%} of the public route's "
