@@ -130,6 +130,17 @@ unsigned str_edit_distance(const char *a, const char *b)
     return row[lb];
 }
 
+struct str str_u64(char buf[STR_U64_MAX], uint64_t v)
+{
+    size_t i = STR_U64_MAX;
+
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return (struct str){ buf + i, STR_U64_MAX - i };
+}
+
 void str_hex(const unsigned char *in, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

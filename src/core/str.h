@@ -28,6 +28,10 @@ struct str str_trim(struct str s); /* strips SP and HTAB at both ends */
 bool str_to_u64(struct str s, uint64_t min, uint64_t max, uint64_t *out);
 /* Levenshtein distance, capped at 64-byte inputs (for "did you mean"). */
 unsigned str_edit_distance(const char *a, const char *b);
+/* Decimal digits of v written at the end of buf[STR_U64_MAX]; returns a span
+ * over them (no NUL). For hot paths that must not go through printf. */
+#define STR_U64_MAX 20
+struct str str_u64(char buf[STR_U64_MAX], uint64_t v);
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void str_hex(const unsigned char *in, size_t n, char *out);
 

@@ -108,13 +108,9 @@ static void json_kv_str(struct sbuf *b, const char *key, const char *v)
 
 static void put_u64(struct sbuf *b, uint64_t v)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    dl_sbuf_put(b, tmp + i, sizeof tmp - i);
+    char tmp[STR_U64_MAX];
+    struct str d = str_u64(tmp, v);
+    dl_sbuf_put(b, d.p, d.len);
 }
 
 static void groups_json(struct sbuf *b, const struct decision_record *r)

@@ -50,13 +50,9 @@ static void putc_(struct w *w, char ch)
 
 static void put_u64(struct w *w, uint64_t v)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    put(w, tmp + i, sizeof tmp - i);
+    char tmp[STR_U64_MAX];
+    struct str d = str_u64(tmp, v);
+    put(w, d.p, d.len);
 }
 
 /* Microseconds as milliseconds with three decimals: 1234 -> 1.234. */

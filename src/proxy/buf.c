@@ -98,14 +98,8 @@ void buf_append_cstr(struct buf *b, const char *s)
 
 void buf_append_u64(struct buf *b, uint64_t v)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    buf_append(b, tmp + i, sizeof tmp - i);
+    char tmp[STR_U64_MAX];
+    buf_append_str(b, str_u64(tmp, v));
 }
 
 void buf_append_hex(struct buf *b, uint64_t v)

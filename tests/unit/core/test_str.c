@@ -47,6 +47,15 @@ static void test_str_edit_distance(void **state)
     assert_int_equal(str_edit_distance("", "abc"), 3);
 }
 
+static void test_str_u64_digits(void **state)
+{
+    char buf[STR_U64_MAX];
+    (void)state;
+    assert_true(str_eq(str_u64(buf, 0), STR("0")));
+    assert_true(str_eq(str_u64(buf, 1234567), STR("1234567")));
+    assert_true(str_eq(str_u64(buf, UINT64_MAX), STR("18446744073709551615")));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -54,6 +63,7 @@ int main(void)
         cmocka_unit_test(test_str_ieq_is_ascii_case_insensitive),
         cmocka_unit_test(test_str_trim_prefix_suffix_contains),
         cmocka_unit_test(test_str_edit_distance),
+        cmocka_unit_test(test_str_u64_digits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
