@@ -187,6 +187,22 @@ class Browser:
                                 {"login": user, "password": password or PASSWORDS[user]})
         return r
 
+    def to_callback(self, auth_url, gh_base, user="alice", password=None):
+        """From the IdP's authorization URL through its login form, up to the
+        redirect back to Gatehouse at gh_base: returns that callback URL without
+        following it (so a test can replay, delay or tamper with it)."""
+        r, url, _ = self.follow(auth_url)
+        if r.status != 200 or b"<form" not in r.body:
+            raise AssertionError(f"expected the IdP login form, got {r!r} at {url}")
+        action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                      .group(1).decode())
+        r = self.request(action, "POST",
+                         {"login": user, "password": password or PASSWORDS[user]})
+        while not r.header("Location", "").startswith(gh_base):
+            action = urllib.parse.urljoin(action, r.header("Location"))
+            r = self.request(action)
+        return r.header("Location")
+
     def session_cookie(self, gh_base, name="gatehouse_session"):
         return self.jar(urllib.parse.urlsplit(gh_base).netloc).get(name)
 

@@ -24,7 +24,7 @@ import urllib.parse
 
 from harness import (Backend, CertFactory, Gatehouse, basic_config, free_port, gatehouse_bin,
                      read_jsonl)
-from oidc import CLIENT_SECRET, PASSWORDS, IdP, Browser, Resp, client_for, idp_conf, wait_for
+from oidc import CLIENT_SECRET, IdP, Browser, Resp, client_for, idp_conf, wait_for
 
 
 def b64u_dec(s):
@@ -220,15 +220,9 @@ class SignInTest(unittest.TestCase):
         self.assertEqual(attrs["path"], "/")
         self.assertNotIn("secure", attrs)
         # Walk to the callback, then look at the session cookie it sets.
-        url = urllib.parse.urljoin(self.base, r.header("Location"))
-        r, url, _ = b.follow(url)
-        action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
-                                      .group(1).decode())
-        r = b.request(action, "POST", {"login": "alice", "password": PASSWORDS["alice"]})
-        while not r.header("Location", "").startswith(self.base + "/.gatehouse/oidc/callback"):
-            action = urllib.parse.urljoin(action, r.header("Location"))
-            r = b.request(action)
-        r = b.request(r.header("Location"))
+        callback = b.to_callback(urllib.parse.urljoin(self.base, r.header("Location")),
+                                 self.base + "/.gatehouse/oidc/callback")
+        r = b.request(callback)
         self.assertEqual(r.status, 302)
         cookies = {cookie_attrs(v)[0]: cookie_attrs(v) for v in r.header_all("Set-Cookie")}
         _, value, attrs = cookies["gatehouse_session"]
@@ -615,14 +609,8 @@ class SlowIdPClientGone(unittest.TestCase):
             for _ in range(3):
                 b = Browser()
                 r = b.request(s.base + "/.gatehouse/login?rd=%2Fgone")
-                r, url, _ = b.follow(urllib.parse.urljoin(s.base, r.header("Location")))
-                action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
-                                              .group(1).decode())
-                r = b.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
-                while not r.header("Location", "").startswith(s.base):
-                    action = urllib.parse.urljoin(action, r.header("Location"))
-                    r = b.request(action)
-                cb = urllib.parse.urlsplit(r.header("Location"))
+                cb = urllib.parse.urlsplit(b.to_callback(
+                    urllib.parse.urljoin(s.base, r.header("Location")), s.base, user="bob"))
                 jar = b.jar(cb.netloc)
                 sock = socket.create_connection(("127.0.0.1", s.port))
                 sock.sendall((f"GET {cb.path}?{cb.query} HTTP/1.1\r\nHost: {cb.netloc}\r\n"
@@ -670,15 +658,8 @@ class ReloadKeepsSignIn(unittest.TestCase):
             jwks_before = b.request(s.base + "/.gatehouse/jwks.json").json()
             b2 = Browser()
             r = b2.request(s.base + "/.gatehouse/login?rd=%2Fafter")
-            url = urllib.parse.urljoin(s.base, r.header("Location"))
-            r, url, _ = b2.follow(url)
-            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
-                                          .group(1).decode())
-            r = b2.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
-            while not r.header("Location", "").startswith(s.base):
-                action = urllib.parse.urljoin(action, r.header("Location"))
-                r = b2.request(action)
-            callback = r.header("Location")
+            callback = b2.to_callback(urllib.parse.urljoin(s.base, r.header("Location")), s.base,
+                                      user="bob")
             mark = len(s.log())
             s.gh.signal(signal.SIGHUP)
             self.assertTrue(wait_for(lambda: "configuration" in s.log()[mark:] and
@@ -744,15 +725,8 @@ class IdPUnreachable(unittest.TestCase):
             # A second browser gets as far as the callback; then the IdP dies.
             b2 = Browser()
             r = b2.request(s.base + "/.gatehouse/login?rd=%2Fu")
-            url = urllib.parse.urljoin(s.base, r.header("Location"))
-            r, url, _ = b2.follow(url)
-            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
-                                          .group(1).decode())
-            r = b2.request(action, "POST", {"login": "bob", "password": PASSWORDS["bob"]})
-            while not r.header("Location", "").startswith(s.base):
-                action = urllib.parse.urljoin(action, r.header("Location"))
-                r = b2.request(action)
-            callback = r.header("Location")
+            callback = b2.to_callback(urllib.parse.urljoin(s.base, r.header("Location")), s.base,
+                                      user="bob")
             s.idp.stop()
             mark = len(s.log())
             r = b2.request(callback)
@@ -823,14 +797,7 @@ class TLSCookies(unittest.TestCase):
             self.assertNotIn("domain", attrs)
             q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.header("Location")).query))
             self.assertEqual(q["redirect_uri"], base + "/.gatehouse/oidc/callback")
-            r, url, _ = b.follow(r.header("Location"))
-            action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
-                                          .group(1).decode())
-            r = b.request(action, "POST", {"login": "alice", "password": PASSWORDS["alice"]})
-            while not r.header("Location", "").startswith(base):
-                action = urllib.parse.urljoin(action, r.header("Location"))
-                r = b.request(action)
-            r = b.request(r.header("Location"))
+            r = b.request(b.to_callback(r.header("Location"), base))
             self.assertEqual(r.status, 302, r)
             cookies = {cookie_attrs(v)[0]: cookie_attrs(v)[2] for v in r.header_all("Set-Cookie")}
             a = cookies["__Host-gatehouse_session"]

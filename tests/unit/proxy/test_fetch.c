@@ -99,7 +99,6 @@ static int setup_server(void **state)
     struct sockaddr_in sa = { .sin_family = AF_INET };
     socklen_t sl = sizeof sa;
     pthread_t t;
-    (void)state;
 
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     listen_fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -135,6 +134,30 @@ static void on_done(void *arg, const struct fetch_resp *r)
     snprintf(res->error, sizeof res->error, "%s", r->error);
 }
 
+/* Each test gets its own loop and fetcher (state), freed after it. */
+struct fixture {
+    struct ev_loop *loop;
+    struct fetcher *f;
+};
+
+static int fixture_up(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    fx->loop = ev_loop_new(EVFLAG_AUTO);
+    fx->f = fetcher_new(fx->loop);
+    *state = fx;
+    return 0;
+}
+
+static int fixture_down(void **state)
+{
+    struct fixture *fx = *state;
+    fetcher_free(fx->f);
+    ev_loop_destroy(fx->loop);
+    free(fx);
+    return 0;
+}
+
 static int ticks;
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -167,13 +190,13 @@ static char *url(const char *path)
 
 static void test_fetch_slow_response_does_not_block_loop(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result slow = { 0 }, fast = { 0 };
     struct result *all[] = { &slow, &fast };
     char err[256];
     ev_timer tick;
-    (void)state;
 
     finish_counter = 0;
     ticks = 0;
@@ -193,18 +216,16 @@ static void test_fetch_slow_response_does_not_block_loop(void **state)
     assert_int_equal(slow.order, 2);
     assert_true(ticks >= 5);
     ev_timer_stop(loop, &tick);
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 static void test_fetch_timeout_fails(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result r = { 0 };
     struct result *all[] = { &r };
     char err[256];
-    (void)state;
 
     struct fetch_req req = { .url = url("/slow"), .timeout_ms = 150 };
     assert_non_null(fetch_start(f, &req, on_done, &r, err));
@@ -212,38 +233,34 @@ static void test_fetch_timeout_fails(void **state)
     assert_true(r.failed);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.error, "imed out"));
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 static void test_fetch_response_size_cap(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result r = { 0 };
     struct result *all[] = { &r };
     char err[256];
-    (void)state;
 
     struct fetch_req req = { .url = url("/big"), .max_response_bytes = 1000 };
     assert_non_null(fetch_start(f, &req, on_done, &r, err));
     run_until(loop, all, 1);
     assert_true(r.failed);
     assert_string_equal(r.error, "response larger than 1000 bytes");
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 static void test_fetch_post_body_and_headers(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result r = { 0 };
     struct result *all[] = { &r };
     char err[256];
     const char *hdrs[] = { "Content-Type: application/x-www-form-urlencoded", NULL };
     static const char body[] = "grant_type=authorization_code&code=abc";
-    (void)state;
 
     struct fetch_req req = { .method = "POST", .url = url("/echo"), .headers = hdrs,
                              .body = body, .body_len = sizeof body - 1 };
@@ -252,18 +269,16 @@ static void test_fetch_post_body_and_headers(void **state)
     assert_false(r.failed);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, body);
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 static void test_fetch_refused_and_bad_scheme(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result r = { 0 };
     struct result *all[] = { &r };
     char err[256];
-    (void)state;
 
     /* A port nobody listens on: bind and close to find one. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -283,18 +298,16 @@ static void test_fetch_refused_and_bad_scheme(void **state)
     struct fetch_req bad = { .url = "file:///etc/passwd" };
     assert_null(fetch_start(f, &bad, on_done, &r, err));
     assert_string_equal(err, "only http and https URLs can be fetched");
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 static void test_fetch_cancel_skips_callback(void **state)
 {
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct fetcher *f = fetcher_new(loop);
+    struct fixture *fx = *state;
+    struct ev_loop *loop = fx->loop;
+    struct fetcher *f = fx->f;
     struct result r = { 0 }, other = { 0 };
     struct result *all[] = { &other };
     char err[256];
-    (void)state;
 
     struct fetch_req req = { .url = url("/slow") };
     struct fetch *h = fetch_start(f, &req, on_done, &r, err);
@@ -306,19 +319,17 @@ static void test_fetch_cancel_skips_callback(void **state)
     assert_int_equal(other.status, 200);
     assert_int_equal(r.done, 0);
     assert_int_equal(fetcher_pending(f), 0);
-    fetcher_free(f);
-    ev_loop_destroy(loop);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fetch_slow_response_does_not_block_loop),
-        cmocka_unit_test(test_fetch_timeout_fails),
-        cmocka_unit_test(test_fetch_response_size_cap),
-        cmocka_unit_test(test_fetch_post_body_and_headers),
-        cmocka_unit_test(test_fetch_refused_and_bad_scheme),
-        cmocka_unit_test(test_fetch_cancel_skips_callback),
+        cmocka_unit_test_setup_teardown(test_fetch_slow_response_does_not_block_loop, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_timeout_fails, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_response_size_cap, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_post_body_and_headers, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_refused_and_bad_scheme, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_cancel_skips_callback, fixture_up, fixture_down),
     };
     return cmocka_run_group_tests(tests, setup_server, NULL);
 }
