@@ -297,14 +297,30 @@ char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *
     return t;
 }
 
-static void hash_field(EVP_MD_CTX *md, const char *v)
+/* The cache key: the fields, each length-prefixed so ("ab","c") and ("a","bc")
+ * differ, hashed in one pass. */
+static size_t key_field(char *buf, size_t cap, size_t o, const char *v)
 {
-    /* Length-prefixed so ("ab","c") and ("a","bc") differ. */
     uint32_t n = v ? (uint32_t)strlen(v) + 1 : 0;
-    EVP_DigestUpdate(md, &n, sizeof n);
-    if (v != NULL) {
-        EVP_DigestUpdate(md, v, n - 1);
+    if (o + sizeof n + n <= cap) {
+        memcpy(buf + o, &n, sizeof n);
+        if (n > 0) {
+            memcpy(buf + o + sizeof n, v, n - 1);
+        }
     }
+    return o + sizeof n + (n ? n - 1 : 0);
+}
+
+static size_t claims_key(char *buf, size_t cap, const char *kid,
+                         const struct assertion_claims *c)
+{
+    size_t o = key_field(buf, cap, 0, kid);
+    o = key_field(buf, cap, o, c->aud);
+    o = key_field(buf, cap, o, c->sub);
+    o = key_field(buf, cap, o, c->email);
+    o = key_field(buf, cap, o, c->groups_json);
+    o = key_field(buf, cap, o, c->sid);
+    return key_field(buf, cap, o, c->device);
 }
 
 char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c, int64_t now_s,
@@ -312,17 +328,16 @@ char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c
 {
     struct keyset *k = keyset_get(s);
     unsigned char h[32];
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(md, codec_sha256_md(), NULL);
-    hash_field(md, k->cur.kid);
-    hash_field(md, c->aud);
-    hash_field(md, c->sub);
-    hash_field(md, c->email);
-    hash_field(md, c->groups_json);
-    hash_field(md, c->sid);
-    hash_field(md, c->device);
-    EVP_DigestFinal_ex(md, h, NULL);
-    EVP_MD_CTX_free(md);
+    char stack[2048];
+    size_t len = claims_key(stack, sizeof stack, k->cur.kid, c);
+    if (len <= sizeof stack) {
+        codec_sha256(stack, len, h);
+    } else {
+        char *big = xmalloc(len);
+        claims_key(big, len, k->cur.kid, c);
+        codec_sha256(big, len, h);
+        free(big);
+    }
 
     size_t slot = ((size_t)h[0] << 8 | h[1]) % CACHE_SLOTS;
     pthread_mutex_t *mu = &s->cmu[slot % CACHE_STRIPES];

@@ -76,6 +76,12 @@ struct authn {
     struct pages *pages;          /* rt's */
     struct oidc_replay *replay;   /* rt's */
     const unsigned char *login_key; /* rt's */
+    /* Cookie names as they go on the wire, [plain, TLS] (__Host- prefixed);
+     * spelled once here, not on every request. NULL-terminated lists for
+     * cookie_strip: this spelling first, then the other one. */
+    char *session_name[2];
+    char *login_name[2];
+    const char *strip_names[2][5];
 };
 
 /* ---- configuration ---------------------------------------------------- */
@@ -172,6 +178,21 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
         /* Tests and packages point at their templates without a config key. */
         const char *env = getenv("GATEHOUSE_WEB_DIR");
         an->pages_dir = xstrdup(env && *env ? env : GATEHOUSE_WEB_DIR);
+    }
+    for (int tls = 0; tls < 2; tls++) {
+        an->session_name[tls] = xasprintf("%s%s", tls ? "__Host-" : "", an->sconf.cookie_name
+                                                                         ? an->sconf.cookie_name
+                                                                         : "");
+        an->login_name[tls] = xstrdup(tls ? "__Host-" LOGIN_COOKIE : LOGIN_COOKIE);
+    }
+    for (int tls = 0; tls < 2; tls++) {
+        /* Both spellings: a client may send the other one to reach the backend. */
+        const char **n = an->strip_names[tls];
+        n[0] = an->session_name[tls];
+        n[1] = an->login_name[tls];
+        n[2] = an->session_name[!tls];
+        n[3] = an->login_name[!tls];
+        n[4] = NULL;
     }
     parse_assertion(an, root, conf_file, state_db, d);
     an->state_db = state_db ? xstrdup(state_db) : NULL;
@@ -318,6 +339,10 @@ void authn_free(struct authn *an)
     free(an->assertion_header);
     free(an->assertion_issuer);
     free(an->pages_dir);
+    for (int tls = 0; tls < 2; tls++) {
+        free(an->session_name[tls]);
+        free(an->login_name[tls]);
+    }
     free(an);
 }
 
@@ -583,16 +608,14 @@ static bool jwks_refetch_allowed(struct idp *x, int64_t now_ms)
     return ok;
 }
 
-static const char *session_cookie_name(const struct authn *an, bool tls, struct arena *a)
+static const char *session_cookie_name(const struct authn *an, bool tls)
 {
-    char buf[96];
-    return cookie_wire_name(an->sconf.cookie_name, tls, buf, sizeof buf) ? adup(a, buf) : NULL;
+    return an->session_name[tls];
 }
 
-static const char *login_cookie_name(bool tls, struct arena *a)
+static const char *login_cookie_name(const struct authn *an, bool tls)
 {
-    char buf[96];
-    return cookie_wire_name(LOGIN_COOKIE, tls, buf, sizeof buf) ? adup(a, buf) : NULL;
+    return an->login_name[tls];
 }
 
 static const char *json_escaped(struct arena *a, const char *s)
@@ -705,6 +728,39 @@ static struct idp *idp_for_token(struct authn *an, const struct authn_req *req, 
     }
     json_decref(j);
     return found;
+}
+
+/* An API client's next request with a token verified before: the providers
+ * this route accepts are asked for it by its hash, before any parsing. A hit
+ * names its provider: it was verified with that provider's keys and issuer. */
+static bool bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
+                          struct authn_out *out, struct str tok)
+{
+    unsigned char h[32];
+    codec_sha256(tok.p, tok.len, h);
+    for (size_t i = 0; i < an->nidps; i++) {
+        struct idp *x = &an->idps[i];
+        if (atomic_load(&x->meta) == NULL || !route_accepts(req, x->p->id)) {
+            continue;
+        }
+        struct oidc_bearer_identity b;
+        struct jwks *k = jwks_get(x);
+        bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
+        jwks_unref(k);
+        if (hit) {
+            out->id.user_key = b.user_key;
+            out->id.sub = b.sub;
+            out->id.email = b.email;
+            out->id.name = b.name;
+            out->id.idp = adup(a, x->p->id);
+            out->id.groups_json = b.groups_json;
+            out->id.claims_json = b.claims;
+            out->id.sid = b.sid;
+            out->id.bearer = true;
+            return true;
+        }
+    }
+    return false;
 }
 
 /* A bearer token that does not verify: logged, then the caller is anonymous
@@ -868,6 +924,9 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
         str_ieq((struct str){ req->authorization.p, 7 }, STR("Bearer "))) {
         struct str tok = str_trim((struct str){ req->authorization.p + 7,
                                                 req->authorization.len - 7 });
+        if (bearer_cached(an, req, a, out, tok)) {
+            return AUTHN_OK;
+        }
         struct idp *x = idp_for_token(an, req, tok);
         if (x == NULL) {
             return bearer_refused(an, req, a, out,
@@ -880,7 +939,7 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
         return bearer_continue(an, req, a, out, c);
     }
     if (an->store != NULL) {
-        const char *name = session_cookie_name(an, req->tls, a);
+        const char *name = session_cookie_name(an, req->tls);
         struct str v;
         bool found = false;
         struct err err = { 0 };
@@ -929,7 +988,7 @@ static enum authn_step login_redirect(struct authn *an, const struct authn_req *
         set_reason(out, "login start failed: %s", err.msg);
         return internal_error(an, req, a, out);
     }
-    const char *cname = login_cookie_name(req->tls, a);
+    const char *cname = login_cookie_name(an, req->tls);
     const char *sc = cname ? cookie_format(a, cname, str_from(l.cookie_value), req->tls,
                                            OIDC_LOGIN_TTL_S)
                            : NULL;
@@ -1060,7 +1119,7 @@ static enum authn_step callback_token_request(struct authn *an, const struct aut
 static enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
                                 struct authn_out *out)
 {
-    const char *cname = login_cookie_name(req->tls, a);
+    const char *cname = login_cookie_name(an, req->tls);
     struct str v = STR_NULL;
     bool found = false;
     struct err err = { 0 };
@@ -1119,8 +1178,8 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     if (!ok) {
         return callback_fail(an, req, a, out, 500, rc != 0 ? err.msg : "out of request memory");
     }
-    const char *sname = session_cookie_name(an, req->tls, a);
-    const char *lname = login_cookie_name(req->tls, a);
+    const char *sname = session_cookie_name(an, req->tls);
+    const char *lname = login_cookie_name(an, req->tls);
     const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
                                             (int64_t)(an->sconf.max_lifetime_ms / 1000))
                             : NULL;
@@ -1191,7 +1250,7 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
 static enum authn_step logout(struct authn *an, const struct authn_req *req, struct arena *a,
                               struct authn_out *out)
 {
-    const char *sname = session_cookie_name(an, req->tls, a);
+    const char *sname = session_cookie_name(an, req->tls);
     struct str v;
     bool found = false;
     struct err err = { 0 };
@@ -1580,15 +1639,5 @@ const char *authn_assertion_header(const struct authn *an)
 struct str authn_strip_cookies(const struct authn *an, struct str cookie_header, bool tls,
                                struct arena *a)
 {
-    char s[96], l[96];
-    if (!cookie_wire_name(an->sconf.cookie_name, tls, s, sizeof s) ||
-        !cookie_wire_name(LOGIN_COOKIE, tls, l, sizeof l)) {
-        return STR_NULL;
-    }
-    /* Both spellings: a client may send the other one to reach the backend. */
-    char s2[96], l2[96];
-    cookie_wire_name(an->sconf.cookie_name, !tls, s2, sizeof s2);
-    cookie_wire_name(LOGIN_COOKIE, !tls, l2, sizeof l2);
-    const char *names[] = { s, l, s2, l2, NULL };
-    return cookie_strip(a, cookie_header, names);
+    return cookie_strip(a, cookie_header, an->strip_names[tls]);
 }

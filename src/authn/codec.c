@@ -82,17 +82,16 @@ static int b64url_val(char c)
     return -1;
 }
 
-unsigned char *codec_b64url_decode(struct str in, size_t *out_len)
+bool codec_b64url_decode_to(struct str in, unsigned char *out, size_t cap, size_t *out_len)
 {
     size_t n = in.len;
 
     while (n > 0 && in.p[n - 1] == '=') {
         n--;
     }
-    if (in.len - n > 2 || n % 4 == 1) {
-        return NULL;
+    if (in.len - n > 2 || n % 4 == 1 || n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0) > cap) {
+        return false;
     }
-    unsigned char *out = xmalloc(n * 3 / 4 + 1);
     size_t o = 0;
     uint32_t acc = 0;
     unsigned bits = 0;
@@ -100,8 +99,7 @@ unsigned char *codec_b64url_decode(struct str in, size_t *out_len)
     for (size_t i = 0; i < n; i++) {
         int v = b64url_val(in.p[i]);
         if (v < 0) {
-            free(out);
-            return NULL;
+            return false;
         }
         acc = acc << 6 | (uint32_t)v;
         bits += 6;
@@ -112,11 +110,22 @@ unsigned char *codec_b64url_decode(struct str in, size_t *out_len)
     }
     /* Non-canonical trailing bits would let two encodings name one value. */
     if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
+        return false;
+    }
+    *out_len = o;
+    return true;
+}
+
+unsigned char *codec_b64url_decode(struct str in, size_t *out_len)
+{
+    size_t cap = in.len * 3 / 4 + 1;
+    unsigned char *out = xmalloc(cap);
+
+    if (!codec_b64url_decode_to(in, out, cap - 1, out_len)) {
         free(out);
         return NULL;
     }
-    out[o] = '\0';
-    *out_len = o;
+    out[*out_len] = '\0';
     return out;
 }
 

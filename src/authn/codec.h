@@ -16,6 +16,9 @@ char *codec_b64url_encode(const unsigned char *in, size_t n);
 /* Decodes unpadded (or padded) base64url; rejects any other character.
  * Returns malloc'd bytes (NUL-terminated for convenience) or NULL. */
 unsigned char *codec_b64url_decode(struct str in, size_t *out_len);
+/* The same into out (at most cap bytes, no terminator): false when in is not
+ * canonical base64url or does not fit. */
+bool codec_b64url_decode_to(struct str in, unsigned char *out, size_t cap, size_t *out_len);
 /* Standard padded base64 (for HTTP Basic). Caller frees with free(). */
 char *codec_b64_encode(const unsigned char *in, size_t n);
 /* Fills buf with n bytes from the OpenSSL CSPRNG; returns false on failure. */

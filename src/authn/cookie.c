@@ -39,10 +39,8 @@ static bool next_pair(struct pair_iter *it, struct str *name, struct str *value,
 {
     while (it->pos < it->s.len) {
         size_t start = it->pos;
-        size_t end = start;
-        while (end < it->s.len && it->s.p[end] != ';') {
-            end++;
-        }
+        const char *semi = memchr(it->s.p + start, ';', it->s.len - start);
+        size_t end = semi ? (size_t)(semi - it->s.p) : it->s.len;
         it->pos = end + 1;
         struct str pair = str_trim((struct str){ it->s.p + start, end - start });
         if (pair.len == 0) {

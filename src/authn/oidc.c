@@ -1141,6 +1141,7 @@ struct bearer_slot {
     int64_t until_s;             /* min(exp + skew, verified + BEARER_MAX_AGE_S) */
     bool used;
     struct oidc_identity id;     /* the identity built when the token was verified */
+    char *groups_json;           /* id.groups as compact JSON, for hits */
 };
 
 struct bearer_cache {
@@ -1164,6 +1165,7 @@ static void bearer_cache_free(struct bearer_cache *c)
     }
     for (size_t i = 0; i < BEARER_SLOTS; i++) {
         oidc_identity_fini(&c->slot[i].id);
+        free(c->slot[i].groups_json);
     }
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
         pthread_mutex_destroy(&c->mu[i]);
@@ -1208,17 +1210,58 @@ static void bearer_cache_put(struct bearer_cache *c, const unsigned char h[32], 
 {
     struct oidc_identity copy = { 0 };
     identity_copy(&copy, id);
+    char *groups = json_dumps(copy.groups, JSON_COMPACT);
     size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
     struct bearer_slot *s = &c->slot[i];
     struct oidc_identity old = s->id;
+    char *old_groups = s->groups_json;
     memcpy(s->h, h, 32);
     s->keys_id = keys_id;
     s->until_s = until_s;
     s->id = copy;
-    s->used = true;
+    s->groups_json = groups;
+    s->used = groups != NULL;
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
     oidc_identity_fini(&old);
+    free(old_groups);
+}
+
+static const char *acopy(struct arena *a, const char *v, bool *ok)
+{
+    if (v == NULL) {
+        return NULL;
+    }
+    const char *c = arena_strdup(a, v);
+    *ok = *ok && c != NULL;
+    return c;
+}
+
+bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
+                        const unsigned char h[32], int64_t now_s, struct arena *a,
+                        struct oidc_bearer_identity *out)
+{
+    struct bearer_cache *c = p->bearer_cache;
+    if (c == NULL || keys == NULL) {
+        return false;
+    }
+    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
+    bool hit = false, ok = true;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
+    struct bearer_slot *s = &c->slot[i];
+    if (s->used && s->keys_id == jwks_id(keys) && memcmp(s->h, h, 32) == 0 && now_s < s->until_s) {
+        out->user_key = acopy(a, s->id.user_key, &ok);
+        out->sub = acopy(a, s->id.sub, &ok);
+        out->email = acopy(a, s->id.email, &ok);
+        out->name = acopy(a, s->id.name, &ok);
+        out->groups_json = acopy(a, s->groups_json, &ok);
+        out->sid = acopy(a, s->id.sid, &ok);
+        out->claims = acopy(a, s->id.claims, &ok);
+        hit = ok; /* an arena at its cap: verify the slow way, which fails closed */
+    }
+    pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
+    return hit;
 }
 
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,

@@ -206,6 +206,18 @@ int oidc_logout_token_verify(const struct oidc_provider *p, const struct jwks *k
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,
                        int64_t now_s, struct oidc_identity *out, struct err *err) WARN_UNUSED;
 
+/* The identity of a cached bearer token, as text copied into a request's arena. */
+struct oidc_bearer_identity {
+    const char *user_key, *sub, *email, *name, *groups_json, *sid, *claims;
+};
+
+/* A token (h: SHA-256 of its text) that oidc_bearer_verify accepted with this
+ * very key set and that is still live: true, with its identity copied into a.
+ * No parsing and no signature: the per-request cost of an API client. */
+bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
+                        const unsigned char h[32], int64_t now_s, struct arena *a,
+                        struct oidc_bearer_identity *out);
+
 /* Is rd a safe same-host return path? Only "/..." relative paths: rejects
  * "//host", "/\host", "https://host", their percent-encoded forms (%2f, %5c),
  * backslashes and control characters anywhere, and anything over 2 KiB. */

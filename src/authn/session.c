@@ -200,14 +200,13 @@ static bool cookie_hash(struct str cookie, unsigned char h[32])
         return false;
     }
     size_t n = 0;
-    unsigned char *raw = codec_b64url_decode(cookie, &n);
-    if (raw == NULL || n != 32) {
-        free(raw);
+    unsigned char raw[32];
+    if (!codec_b64url_decode_to(cookie, raw, sizeof raw, &n) || n != sizeof raw) {
+        OPENSSL_cleanse(raw, sizeof raw);
         return false;
     }
     codec_sha256(raw, n, h);
-    OPENSSL_cleanse(raw, n);
-    free(raw);
+    OPENSSL_cleanse(raw, sizeof raw);
     return true;
 }
 

@@ -178,14 +178,31 @@ static void claims_json(struct sbuf *b, const struct decision_record *r)
 
 static void format_ts(int64_t ts_us, char out[64])
 {
+    /* Records come thousands a second: the date and time of day are spelled
+     * once per second (per thread), the microseconds every time. */
+    static __thread int64_t last_s = -1;
+    static __thread char prefix[64];
     if (ts_us < 0) {
         ts_us = 0;
     }
-    time_t s = (time_t)(ts_us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ts_us % 1000000));
+    int64_t sec = ts_us / 1000000;
+    if (sec != last_s) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        last_s = sec;
+    }
+    size_t n = strlen(prefix);
+    unsigned us = (unsigned)(ts_us % 1000000);
+    memcpy(out, prefix, n);
+    for (int i = 5; i >= 0; i--) {
+        out[n + (size_t)i] = (char)('0' + us % 10);
+        us /= 10;
+    }
+    out[n + 6] = 'Z';
+    out[n + 7] = '\0';
 }
 
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
@@ -234,20 +251,42 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     dl_sbuf_put(b, "\"", 1);
 }
 
+/* SHA-256 fetched once, and one digest context per thread (the writer, or
+ * `audit verify`), reused: per record, EVP_sha256() looked the algorithm up
+ * again and a new context was allocated. */
+static EVP_MD *dl_sha256;
+static pthread_once_t dl_sha256_once = PTHREAD_ONCE_INIT;
+static pthread_key_t dl_ctx_key;
+
+static void dl_ctx_free(void *c)
+{
+    EVP_MD_CTX_free(c);
+}
+
+static void dl_sha256_init(void)
+{
+    dl_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    pthread_key_create(&dl_ctx_key, dl_ctx_free);
+}
+
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
 {
     unsigned char md[32];
     unsigned int n = 32;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    pthread_once(&dl_sha256_once, dl_sha256_init);
+    EVP_MD_CTX *c = pthread_getspecific(dl_ctx_key);
     if (!c) {
-        abort();
+        c = EVP_MD_CTX_new();
+        if (!c) {
+            abort();
+        }
+        pthread_setspecific(dl_ctx_key, c);
     }
-    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    EVP_DigestInit_ex(c, dl_sha256 ? dl_sha256 : EVP_sha256(), NULL);
     EVP_DigestUpdate(c, prev_hash, 64);
     EVP_DigestUpdate(c, canon, len);
     EVP_DigestUpdate(c, "}", 1);
     EVP_DigestFinal_ex(c, md, &n);
-    EVP_MD_CTX_free(c);
     str_hex(md, 32, out);
 }
 
@@ -700,13 +739,15 @@ static void rec_copy(const struct decision_record *in, struct qrec *q)
     r->claims = claims;
 }
 
+/* SQLITE_STATIC: every string outlives the step (the batch's records, the
+ * caller's buffers), so SQLite reads it in place instead of copying it. */
 static int bind_text(sqlite3_stmt *st, int i, const char *s)
 {
-    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
 static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
-                      const char *hash, struct sbuf *tmp)
+                      const char *hash, struct sbuf tmp[2])
 {
     sqlite3_stmt *st = dl->ins;
     const struct decision_record *r = &q->rec;
@@ -720,12 +761,12 @@ static int insert_row(struct decision_log *dl, const struct qrec *q, const char 
     bind_text(st, 7, r->reason);
     bind_text(st, 8, r->user);
     bind_text(st, 9, r->email);
-    tmp->len = 0;
-    groups_json(tmp, r);
-    bind_text(st, 10, tmp->p);
-    tmp->len = 0;
-    claims_json(tmp, r);
-    bind_text(st, 11, tmp->p);
+    tmp[0].len = 0;
+    groups_json(&tmp[0], r);
+    bind_text(st, 10, tmp[0].p);
+    tmp[1].len = 0;
+    claims_json(&tmp[1], r);
+    bind_text(st, 11, tmp[1].p);
     bind_text(st, 12, r->idp);
     bind_text(st, 13, r->session);
     sqlite3_bind_int(st, 14, r->device_present);
@@ -743,14 +784,18 @@ static int insert_row(struct decision_log *dl, const struct qrec *q, const char 
     sqlite3_bind_int64(st, 26, (sqlite3_int64)r->latency_us);
     bind_text(st, 27, prev);
     bind_text(st, 28, hash);
-    return sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+    /* Nothing bound may point at a freed batch afterwards. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
 }
 
 /* Commits a batch to SQLite, then mirrors it to the file. On a SQLite failure the
  * batch is kept and retried (the queue fills and callers get 503); nothing is lost. */
 static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
 {
-    struct sbuf canon = { 0 }, lines = { 0 }, tmp = { 0 };
+    struct sbuf canon = { 0 }, lines = { 0 }, tmp[2] = { { 0 }, { 0 } };
     char prev[65], hash[65];
     int64_t t0 = now_us();
     memcpy(prev, dl->prev, 65);
@@ -758,7 +803,7 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         dl_canonical(&batch[i].rec, batch[i].seq, prev, &canon);
         dl_hash(prev, canon.p, canon.len, hash);
-        rc = insert_row(dl, &batch[i], prev, hash, &tmp);
+        rc = insert_row(dl, &batch[i], prev, hash, tmp);
         dl_sbuf_put(&lines, canon.p, canon.len);
         dl_sbuf_put(&lines, ",\"hash\":\"", 9);
         dl_sbuf_put(&lines, hash, 64);
@@ -786,7 +831,8 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
 out:
     dl_sbuf_free(&canon);
     dl_sbuf_free(&lines);
-    dl_sbuf_free(&tmp);
+    dl_sbuf_free(&tmp[0]);
+    dl_sbuf_free(&tmp[1]);
     return rc;
 }
 

@@ -973,6 +973,22 @@ void policy_index_build(struct policy *p)
         }
     }
     qsort(p->by_host, p->nhosts, sizeof *p->by_host, cmp_hash);
+    /* The claims a decision record keeps: asked for every claim of every
+     * request, so listed once here rather than found among all the nodes. */
+    p->claim_names = xcalloc(p->nnodes ? p->nnodes : 1, sizeof *p->claim_names);
+    for (size_t i = 0; i < p->nnodes; i++) {
+        const struct pnode *n = &p->nodes[i];
+        if (n->op != OP_STR || n->field != F_CLAIM) {
+            continue;
+        }
+        size_t j = 0;
+        while (j < p->nclaim_names && !str_eq(p->claim_names[j], n->name)) {
+            j++;
+        }
+        if (j == p->nclaim_names) {
+            p->claim_names[p->nclaim_names++] = n->name;
+        }
+    }
 }
 
 void policy_free(struct policy *p)
@@ -986,6 +1002,7 @@ void policy_free(struct policy *p)
         host_rules_fini(&p->by_host[h]);
     }
     free(p->by_host);
+    free(p->claim_names);
     for (size_t i = 0; i < p->nregexes; i++) {
         regfree(&p->regexes[i]->re);
     }

@@ -120,6 +120,8 @@ struct policy {
     struct host_rules any_host;   /* rules without a required host */
     struct host_rules *by_host;   /* sorted by hash */
     size_t nhosts;
+    struct str *claim_names;      /* the distinct claims the rules test (policy_uses_claim) */
+    size_t nclaim_names;
 };
 
 /* Builds the per-host rule lists once the rules are compiled (lang.c). */

@@ -10,9 +10,8 @@
 
 bool policy_uses_claim(const struct policy *p, struct str name)
 {
-    for (size_t i = 0; p && i < p->nnodes; i++) {
-        if (p->nodes[i].op == OP_STR && p->nodes[i].field == F_CLAIM &&
-            str_eq(p->nodes[i].name, name)) {
+    for (size_t i = 0; p && i < p->nclaim_names; i++) {
+        if (str_eq(p->claim_names[i], name)) {
             return true;
         }
     }

@@ -812,12 +812,21 @@ struct idcache_entry {
 
 static __thread struct idcache_entry *idcache;
 
-static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
+/* A slot picker, not a digest: entries are compared byte for byte. Eight
+ * bytes a step, as the texts run to kilobytes. */
+static uint64_t text_hash(uint64_t h, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    uint64_t w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
     }
-    return h;
+    for (; i < n; i++) {
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    }
+    return h ^ h >> 32;
 }
 
 static struct str span_in(const char *base, struct idcache_span sp)
@@ -826,8 +835,9 @@ static struct str span_in(const char *base, struct idcache_span sp)
 }
 
 static void idcache_put(struct idcache_entry *e, struct gate_req *q, uint64_t hash,
-                        const char *key, size_t key_len)
+                        const char *g, size_t gl, const char *c, size_t cl)
 {
+    size_t key_len = gl + 1 + cl;
     size_t len = 0, off = 0;
 
     for (size_t i = 0; i < q->in.ngroups; i++) {
@@ -844,7 +854,8 @@ static void idcache_put(struct idcache_entry *e, struct gate_req *q, uint64_t ha
     e->claim_spans = xcalloc(q->in.nclaims ? 2 * q->in.nclaims : 1, sizeof *e->claim_spans);
     e->hash = hash;
     e->key = xmalloc(key_len);
-    memcpy(e->key, key, key_len);
+    memcpy(e->key, g, gl + 1);
+    memcpy(e->key + gl + 1, c, cl);
     e->key_len = key_len;
     e->buf = xmalloc(len ? len : 1);
     e->buf_len = len;
@@ -865,25 +876,18 @@ static void idcache_put(struct idcache_entry *e, struct gate_req *q, uint64_t ha
  * identity's JSON texts, through the per-thread cache. */
 static void identity_parse(struct gate_req *q, const char *groups_json, const char *claims_json)
 {
-    size_t gl = groups_json ? strlen(groups_json) : 0, cl = claims_json ? strlen(claims_json) : 0;
+    const char *g = groups_json ? groups_json : "", *c = claims_json ? claims_json : "";
+    size_t gl = strlen(g), cl = strlen(c);
     size_t key_len = gl + 1 + cl;
-    char stack[1024];
-    char *key = key_len <= sizeof stack ? stack : arena_alloc(q->r->arena, key_len);
-    uint64_t hash;
+    uint64_t hash = text_hash(text_hash(14695981039346656037ull, g, gl), c, cl);
     struct idcache_entry *e;
 
-    if (!key) {
-        return;
-    }
-    memcpy(key, groups_json ? groups_json : "", gl);
-    key[gl] = '\0';
-    memcpy(key + gl + 1, claims_json ? claims_json : "", cl);
-    hash = fnv1a(14695981039346656037ull, key, key_len);
     if (!idcache) {
         idcache = xcalloc(IDCACHE_SLOTS, sizeof *idcache);
     }
     e = &idcache[hash % IDCACHE_SLOTS];
-    if (e->key && e->hash == hash && e->key_len == key_len && memcmp(e->key, key, key_len) == 0) {
+    if (e->key && e->hash == hash && e->key_len == key_len && memcmp(e->key, g, gl + 1) == 0 &&
+        memcmp(e->key + gl + 1, c, cl) == 0) {
         char *buf = arena_alloc(q->r->arena, e->buf_len ? e->buf_len : 1);
         q->groups = arena_alloc(q->r->arena, (e->ngroups ? e->ngroups : 1) * sizeof *q->groups);
         q->claims = arena_alloc(q->r->arena, (e->nclaims ? e->nclaims : 1) * sizeof *q->claims);
@@ -910,7 +914,7 @@ static void identity_parse(struct gate_req *q, const char *groups_json, const ch
         claims_from_json(q, claims_json);
     }
     if (!q->ident_incomplete) {
-        idcache_put(e, q, hash, key, key_len);
+        idcache_put(e, q, hash, g, gl, c, cl);
     }
 }
 
@@ -967,27 +971,34 @@ static const char *header_safe(struct arena *a, const char *v)
     return s;
 }
 
+/* Appends an identity header for the backend. The first call makes room for
+ * all of them (user, email, groups, assertion), so no call copies the array. */
+#define IDENTITY_HEADERS 4
+
+static bool add_header_raw(struct request *r, const char *name, const char *value)
+{
+    if (r->nup_headers % IDENTITY_HEADERS == 0) {
+        struct header *h = arena_alloc(r->arena, (r->nup_headers + IDENTITY_HEADERS) * sizeof *h);
+        if (!h) {
+            return false;
+        }
+        if (r->nup_headers) {
+            memcpy(h, r->up_headers, r->nup_headers * sizeof *h);
+        }
+        r->up_headers = h;
+    }
+    r->up_headers[r->nup_headers++] = (struct header){ str_from(name), str_from(value) };
+    return true;
+}
+
+/* A header whose value comes from the IdP: neutralised first. */
 static bool add_header(struct request *r, const char *name, const char *value)
 {
-    struct header *h;
     if (!value) {
         return true;
     }
     value = header_safe(r->arena, value);
-    if (!value) {
-        return false;
-    }
-    h = arena_alloc(r->arena, (r->nup_headers + 1) * sizeof *h);
-    if (!h) {
-        return false;
-    }
-    if (r->nup_headers) {
-        memcpy(h, r->up_headers, r->nup_headers * sizeof *h);
-    }
-    h[r->nup_headers] = (struct header){ str_from(name), str_from(value) };
-    r->up_headers = h;
-    r->nup_headers++;
-    return true;
+    return value && add_header_raw(r, name, value);
 }
 
 /* Removes client-sent copies of configured identity headers and Gatehouse's own
@@ -1058,7 +1069,7 @@ static bool add_identity(struct gate_req *q)
         if (!jwt) {
             return false; /* authn logged why */
         }
-        return add_header(r, hdr, jwt);
+        return add_header_raw(r, hdr, jwt); /* base64url and dots: nothing to neutralise */
     }
     return true;
 }

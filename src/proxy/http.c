@@ -649,8 +649,10 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
     /* Identity headers added by the access stage (after the client's copies
      * were stripped above). */
     for (size_t i = 0; i < r->nup_headers; i++) {
-        buf_printf(out, "%.*s: %.*s\r\n", (int)r->up_headers[i].name.len, r->up_headers[i].name.p,
-                   (int)r->up_headers[i].value.len, r->up_headers[i].value.p);
+        buf_append_str(out, r->up_headers[i].name);
+        buf_append(out, ": ", 2);
+        buf_append_str(out, r->up_headers[i].value);
+        buf_append(out, "\r\n", 2);
     }
     if (r->upgrade && o->websocket && upgrade.p) {
         buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
