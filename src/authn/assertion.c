@@ -37,7 +37,9 @@ struct keyset {
 };
 
 struct cache_slot {
-    unsigned char h[32];     /* SHA-256 of every claim and the kid */
+    uint64_t h;              /* key_hash of key */
+    char *key;               /* every claim and the kid, length-prefixed (malloc'd) */
+    size_t key_len;
     int64_t reuse_until_s;
     char *token;
 };
@@ -149,6 +151,7 @@ void assertion_signer_free(struct assertion_signer *s)
     keyset_unref(s->ks);
     for (size_t i = 0; i < CACHE_SLOTS; i++) {
         free(s->cache[i].token);
+        free(s->cache[i].key);
     }
     for (size_t i = 0; i < CACHE_STRIPES; i++) {
         pthread_mutex_destroy(&s->cmu[i]);
@@ -297,8 +300,8 @@ char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *
     return t;
 }
 
-/* The cache key: the fields, each length-prefixed so ("ab","c") and ("a","bc")
- * differ, hashed in one pass. */
+/* The cache key: the kid and every claim, each length-prefixed so ("ab","c")
+ * and ("a","bc") differ. */
 static size_t key_field(char *buf, size_t cap, size_t o, const char *v)
 {
     uint32_t n = v ? (uint32_t)strlen(v) + 1 : 0;
@@ -323,46 +326,67 @@ static size_t claims_key(char *buf, size_t cap, const char *kid,
     return key_field(buf, cap, o, c->device);
 }
 
+/* Picks a slot; a hit is decided by comparing the whole key, so a collision
+ * can cost a signature, never hand one user's assertion to another. */
+static uint64_t key_hash(const char *s, size_t n)
+{
+    uint64_t h = 14695981039346656037ull, w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++) {
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    }
+    return h ^ h >> 32;
+}
+
 char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c, int64_t now_s,
                     struct arena *a, struct err *err)
 {
     struct keyset *k = keyset_get(s);
-    unsigned char h[32];
     char stack[2048];
     size_t len = claims_key(stack, sizeof stack, k->cur.kid, c);
-    if (len <= sizeof stack) {
-        codec_sha256(stack, len, h);
-    } else {
-        char *big = xmalloc(len);
-        claims_key(big, len, k->cur.kid, c);
-        codec_sha256(big, len, h);
-        free(big);
+    char *key = stack;
+    if (len > sizeof stack) {
+        key = xmalloc(len);
+        claims_key(key, len, k->cur.kid, c);
     }
-
-    size_t slot = ((size_t)h[0] << 8 | h[1]) % CACHE_SLOTS;
+    uint64_t h = key_hash(key, len);
+    size_t slot = (size_t)(h % CACHE_SLOTS);
     pthread_mutex_t *mu = &s->cmu[slot % CACHE_STRIPES];
     char *out = NULL;
     pthread_mutex_lock(mu);
     struct cache_slot *cs = &s->cache[slot];
-    if (cs->token != NULL && memcmp(cs->h, h, 32) == 0 && now_s < cs->reuse_until_s) {
+    if (cs->token != NULL && cs->h == h && cs->key_len == len && memcmp(cs->key, key, len) == 0 &&
+        now_s < cs->reuse_until_s) {
         out = arena_strdup(a, cs->token);
     }
     pthread_mutex_unlock(mu);
-    if (out != NULL) {
-        keyset_unref(k);
-        return out;
+    bool hit = out != NULL;
+    if (!hit) {
+        out = sign_with(s, k, c, now_s, a, err);
     }
-    out = sign_with(s, k, c, now_s, a, err);
-    keyset_unref(k);
-    if (out != NULL) {
-        char *copy = xstrdup(out);
+    if (out != NULL && !hit) {
+        char *copy = xstrdup(out), *kcopy = xmalloc(len);
+        memcpy(kcopy, key, len);
         pthread_mutex_lock(mu);
-        free(cs->token);
+        char *old = cs->token, *oldkey = cs->key;
         cs->token = copy;
-        memcpy(cs->h, h, 32);
+        cs->key = kcopy;
+        cs->key_len = len;
+        cs->h = h;
         /* Reuse for half the lifetime: a backend always sees >= ttl/2 left. */
         cs->reuse_until_s = now_s + s->ttl_s / 2;
         pthread_mutex_unlock(mu);
+        free(old);
+        free(oldkey);
+    }
+    keyset_unref(k);
+    if (key != stack) {
+        free(key);
     }
     return out;
 }

@@ -3,6 +3,7 @@
  * HttpOnly, SameSite=Lax, Path=/, and Secure plus the __Host- prefix on TLS. */
 #include "cookie.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,10 +20,22 @@ static bool octet_ok(unsigned char c)
            (c >= 0x3c && c <= 0x5b) || (c >= 0x5d && c <= 0x7e);
 }
 
+static bool octet_table[256];
+
+static void octet_table_init(void)
+{
+    for (unsigned c = 0; c < 256; c++) {
+        octet_table[c] = octet_ok((unsigned char)c);
+    }
+}
+
 static bool value_ok(struct str v)
 {
+    /* Every request with a session cookie checks its value: a table, built once. */
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, octet_table_init);
     for (size_t i = 0; i < v.len; i++) {
-        if (!octet_ok((unsigned char)v.p[i])) {
+        if (!octet_table[(unsigned char)v.p[i]]) {
             return false;
         }
     }

@@ -831,16 +831,6 @@ static struct sess **find(struct session_store *s, size_t b, const unsigned char
     return NULL;
 }
 
-static const char *acopy(struct arena *a, const char *v, bool *ok)
-{
-    if (v == NULL) {
-        return NULL;
-    }
-    char *c = arena_strdup(a, v);
-    *ok = *ok && c != NULL;
-    return c;
-}
-
 enum session_status session_lookup(struct session_store *s, struct str cookie, int64_t now_ms,
                                    struct arena *a, struct session_view *out)
 {
@@ -866,16 +856,23 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
         st = SESSION_EXPIRED;
         goto out;
     }
-    bool ok = true;
-    out->user_key = acopy(a, e->user_key, &ok);
-    out->email = acopy(a, e->email, &ok);
-    out->name = acopy(a, e->name, &ok);
-    out->groups_json = acopy(a, e->groups, &ok);
-    out->claims_json = acopy(a, e->claims, &ok);
-    out->idp = acopy(a, e->idp, &ok);
-    out->sid = acopy(a, e->sid, &ok);
-    if (!ok) {
+    /* The strings are copied out (a refresh may replace them while the request
+     * runs), in one block of the request's arena. */
+    const char *src[] = { e->user_key, e->email, e->name, e->groups, e->claims, e->idp, e->sid };
+    const char **dst[] = { &out->user_key,    &out->email, &out->name, &out->groups_json,
+                           &out->claims_json, &out->idp,   &out->sid };
+    size_t len[sizeof src / sizeof src[0]], total = 0;
+    for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
+        len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+        total += len[i];
+    }
+    char *block = arena_alloc(a, total ? total : 1);
+    if (block == NULL) {
         goto out; /* arena cap: fail closed */
+    }
+    for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
+        *dst[i] = src[i] ? memcpy(block, src[i], len[i]) : NULL;
+        block += len[i];
     }
     memcpy(out->id, e->id, sizeof out->id);
     /* Activity moves the idle deadline; the writer flushes it in batches. */
