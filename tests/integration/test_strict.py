@@ -102,6 +102,23 @@ class StrictnessTest(ProxyCase):
                                b"Connection: close\r\n\r\n")
         self.assertEqual(resp.status, 200)
 
+    def test_control_bytes_in_header_values(self):
+        # Header values are checked eight bytes at a time: a control byte (or
+        # DEL) anywhere in a long value, at every offset within a word, is a 400;
+        # tabs and bytes >= 0x80 are allowed.
+        base = "v" * 40
+        for bad in (b"\x01", b"\x1f", b"\x7f", b"\x0b", b"\x00"):
+            for at in (0, 1, 7, 8, 9, 15, 16, 23, 39):
+                value = base[:at].encode() + bad + base[at + 1:].encode()
+                with self.subTest(byte=bad, at=at):
+                    self.expect_refused(b"GET /ctl HTTP/1.1\r\n" + H.encode() +
+                                        b"X-Long: " + value + b"\r\n\r\n")
+        for ok in (b"\t", b"\x80", b"\xff", b" "):
+            value = b"w" * 13 + ok + b"w" * 20
+            resp, _ = raw_exchange(self.gh.port, b"GET /ok HTTP/1.1\r\n" + H.encode() +
+                                   b"X-Long: " + value + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(resp.status, 200, (ok, resp))
+
     def test_smuggled_pipeline_never_reaches_backend(self):
         data = (b"POST /front HTTP/1.1\r\nHost: app.test\r\nContent-Length: 44\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
