@@ -37,7 +37,7 @@ struct keyset {
 };
 
 struct cache_slot {
-    uint64_t h;              /* key_hash of key */
+    uint64_t h;              /* str_hash of key */
     char *key;               /* every claim and the kid, length-prefixed (malloc'd) */
     size_t key_len;
     int64_t reuse_until_s;
@@ -326,23 +326,6 @@ static size_t claims_key(char *buf, size_t cap, const char *kid,
     return key_field(buf, cap, o, c->device);
 }
 
-/* Picks a slot; a hit is decided by comparing the whole key, so a collision
- * can cost a signature, never hand one user's assertion to another. */
-static uint64_t key_hash(const char *s, size_t n)
-{
-    uint64_t h = 14695981039346656037ull, w;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, s + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++) {
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    }
-    return h ^ h >> 32;
-}
-
 char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c, int64_t now_s,
                     struct arena *a, struct err *err)
 {
@@ -354,7 +337,9 @@ char *assertion_get(struct assertion_signer *s, const struct assertion_claims *c
         key = xmalloc(len);
         claims_key(key, len, k->cur.kid, c);
     }
-    uint64_t h = key_hash(key, len);
+    /* A slot by a fast hash; a hit compares the whole key, so a collision can
+     * cost a signature, never hand one user's assertion to another. */
+    uint64_t h = str_hash(STR_HASH_SEED, key, len);
     size_t slot = (size_t)(h % CACHE_SLOTS);
     pthread_mutex_t *mu = &s->cmu[slot % CACHE_STRIPES];
     char *out = NULL;

@@ -2,7 +2,6 @@
  * the OIDC, session, cookie and assertion code. Pure functions, no I/O. */
 #include "codec.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +10,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
+
+#include "core/digest.h"
 
 static const char b64url_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -144,47 +144,10 @@ bool codec_rand_bytes(unsigned char *buf, size_t n)
     return RAND_bytes(buf, (int)n) == 1;
 }
 
-static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-
-/* Each thread's reusable digest context, freed when the thread exits. */
-static pthread_key_t sha256_ctx_key;
-
-static void sha256_ctx_free(void *ctx)
-{
-    EVP_MD_CTX_free(ctx);
-}
-
-static void sha256_init(void)
-{
-    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    pthread_key_create(&sha256_ctx_key, sha256_ctx_free);
-}
-
-const EVP_MD *codec_sha256_md(void)
-{
-    pthread_once(&sha256_once, sha256_init);
-    return sha256_md != NULL ? sha256_md : EVP_sha256();
-}
-
 void codec_sha256(const void *p, size_t n, unsigned char out[32])
 {
-    /* OpenSSL 3's one-shot SHA256() fetches the algorithm on every call (about
-     * a microsecond); the session lookup hashes every cookie, so fetch once. */
-    /* One context per thread, reused: creating one per call cost more than
-     * hashing a cookie. */
-    EVP_MD_CTX *ctx;
-    unsigned int len = 0;
-
-    pthread_once(&sha256_once, sha256_init);
-    ctx = pthread_getspecific(sha256_ctx_key);
-    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) != NULL) {
-        pthread_setspecific(sha256_ctx_key, ctx);
-    }
-    if (sha256_md == NULL || ctx == NULL || EVP_DigestInit_ex(ctx, sha256_md, NULL) != 1 ||
-        EVP_DigestUpdate(ctx, p, n) != 1 || EVP_DigestFinal_ex(ctx, out, &len) != 1) {
-        SHA256(p, n, out);
-    }
+    const void *parts[] = { p };
+    digest_sha256(parts, &n, 1, out);
 }
 
 void codec_buf_add(struct sbuf *b, const char *s, size_t n)

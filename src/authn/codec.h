@@ -25,9 +25,6 @@ char *codec_b64_encode(const unsigned char *in, size_t n);
 bool codec_rand_bytes(unsigned char *buf, size_t n) WARN_UNUSED;
 /* SHA-256 of s into out[32]. */
 void codec_sha256(const void *p, size_t n, unsigned char out[32]);
-/* SHA-256 for EVP_DigestInit_ex, fetched once: OpenSSL 3's EVP_sha256() makes
- * every init look the algorithm up again (about a microsecond). */
-const EVP_MD *codec_sha256_md(void);
 
 /* A growing byte buffer (heap, aborts on OOM). */
 struct sbuf {

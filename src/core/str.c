@@ -150,3 +150,19 @@ void str_hex(const unsigned char *in, size_t n, char *out)
     }
     out[2 * n] = '\0';
 }
+
+uint64_t str_hash(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint64_t w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++) {
+        h = (h ^ s[i]) * 0x100000001b3ull;
+    }
+    return h ^ h >> 32;
+}

@@ -34,5 +34,10 @@ unsigned str_edit_distance(const char *a, const char *b);
 struct str str_u64(char buf[STR_U64_MAX], uint64_t v);
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void str_hex(const unsigned char *in, size_t n, char *out);
+/* A fast 64-bit hash of n bytes, continuing from h (start with STR_HASH_SEED),
+ * eight bytes a step. For picking cache slots, not a digest: callers compare
+ * the keys themselves. */
+#define STR_HASH_SEED 14695981039346656037ull
+uint64_t str_hash(uint64_t h, const void *p, size_t n);
 
 #endif

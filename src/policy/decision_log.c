@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "decision_log_int.h"
+#include "core/digest.h"
 
 #define DL_BATCH_MAX 1024
 #define DL_GATHER_NS (5 * 1000 * 1000) /* batch mode: wait 5 ms for more records */
@@ -251,42 +251,12 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     dl_sbuf_put(b, "\"", 1);
 }
 
-/* SHA-256 fetched once, and one digest context per thread (the writer, or
- * `audit verify`), reused: per record, EVP_sha256() looked the algorithm up
- * again and a new context was allocated. */
-static EVP_MD *dl_sha256;
-static pthread_once_t dl_sha256_once = PTHREAD_ONCE_INIT;
-static pthread_key_t dl_ctx_key;
-
-static void dl_ctx_free(void *c)
-{
-    EVP_MD_CTX_free(c);
-}
-
-static void dl_sha256_init(void)
-{
-    dl_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    pthread_key_create(&dl_ctx_key, dl_ctx_free);
-}
-
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
 {
     unsigned char md[32];
-    unsigned int n = 32;
-    pthread_once(&dl_sha256_once, dl_sha256_init);
-    EVP_MD_CTX *c = pthread_getspecific(dl_ctx_key);
-    if (!c) {
-        c = EVP_MD_CTX_new();
-        if (!c) {
-            abort();
-        }
-        pthread_setspecific(dl_ctx_key, c);
-    }
-    EVP_DigestInit_ex(c, dl_sha256 ? dl_sha256 : EVP_sha256(), NULL);
-    EVP_DigestUpdate(c, prev_hash, 64);
-    EVP_DigestUpdate(c, canon, len);
-    EVP_DigestUpdate(c, "}", 1);
-    EVP_DigestFinal_ex(c, md, &n);
+    const void *parts[] = { prev_hash, canon, "}" };
+    const size_t lens[] = { 64, len, 1 };
+    digest_sha256(parts, lens, 3, md);
     str_hex(md, 32, out);
 }
 

@@ -812,23 +812,6 @@ struct idcache_entry {
 
 static __thread struct idcache_entry *idcache;
 
-/* A slot picker, not a digest: entries are compared byte for byte. Eight
- * bytes a step, as the texts run to kilobytes. */
-static uint64_t text_hash(uint64_t h, const char *s, size_t n)
-{
-    uint64_t w;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, s + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++) {
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    }
-    return h ^ h >> 32;
-}
-
 static struct str span_in(const char *base, struct idcache_span sp)
 {
     return (struct str){ base + sp.off, sp.len };
@@ -879,7 +862,7 @@ static void identity_parse(struct gate_req *q, const char *groups_json, const ch
     const char *g = groups_json ? groups_json : "", *c = claims_json ? claims_json : "";
     size_t gl = strlen(g), cl = strlen(c);
     size_t key_len = gl + 1 + cl;
-    uint64_t hash = text_hash(text_hash(14695981039346656037ull, g, gl), c, cl);
+    uint64_t hash = str_hash(str_hash(STR_HASH_SEED, g, gl), c, cl);
     struct idcache_entry *e;
 
     if (!idcache) {
