@@ -180,10 +180,12 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
         an->pages_dir = xstrdup(env && *env ? env : GATEHOUSE_WEB_DIR);
     }
     for (int tls = 0; tls < 2; tls++) {
-        an->session_name[tls] = xasprintf("%s%s", tls ? "__Host-" : "", an->sconf.cookie_name
-                                                                         ? an->sconf.cookie_name
-                                                                         : "");
-        an->login_name[tls] = xstrdup(tls ? "__Host-" LOGIN_COOKIE : LOGIN_COOKIE);
+        /* The configured name is at most 64 characters (session_conf_parse). */
+        char buf[96];
+        an->session_name[tls] =
+            xstrdup(cookie_wire_name(an->sconf.cookie_name, tls, buf, sizeof buf) ? buf : "");
+        an->login_name[tls] =
+            xstrdup(cookie_wire_name(LOGIN_COOKIE, tls, buf, sizeof buf) ? buf : "");
     }
     for (int tls = 0; tls < 2; tls++) {
         /* Both spellings: a client may send the other one to reach the backend. */
