@@ -36,6 +36,16 @@ static const struct command commands[] = {
 
 int main(int argc, char **argv)
 {
+#ifdef GH_NEEDS_SSE42
+    /* The HTTP parser was built with SSE4.2: say so rather than die of SIGILL. */
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("sse4.2")) {
+        fputs("gatehouse: this build needs a CPU with SSE4.2; rebuild with "
+              "meson configure -Dllhttp_sse42=disabled\n",
+              stderr);
+        return 2;
+    }
+#endif
     if (argc < 2) {
         fputs(usage, stderr);
         return 2;
