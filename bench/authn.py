@@ -430,7 +430,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gatehouse", default=os.environ.get(
         "GATEHOUSE_BIN", os.path.join(ROOT, "build", "gatehouse")))
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", help="comma-separated targets (" + ",".join(TARGETS) + ")")
