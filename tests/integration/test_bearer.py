@@ -14,9 +14,9 @@ import time
 import unittest
 import urllib.parse
 
-from harness import Backend, Gatehouse, basic_config, free_port
-from oidc import CLIENT_ID, CLIENT_SECRET, PASSWORDS, IdP, Browser, client_for, idp_conf
-from rogue_op import RogueOP, b64u
+from oidc import CLIENT_ID, CLIENT_SECRET, PASSWORDS, Browser
+from rogue_op import b64u
+from two_idp import TwoProviderCase
 
 API_REDIRECT = "http://127.0.0.1:9/api-cb"  # never visited: the code is read off the Location
 
@@ -57,49 +57,21 @@ def real_id_token(idp, user="alice"):
     return data["id_token"]
 
 
-class BearerTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.backend = Backend("api")
-        port = free_port()
-        cls.base = f"http://127.0.0.1:{port}"
-        client = client_for(cls.base)
-        client["redirect_uris"].append(API_REDIRECT)
-        cls.idp = IdP([client])
-        cls.rogue = RogueOP(client_secret=CLIENT_SECRET)
-        rogue_conf = {"id": "partner", "type": "oidc", "issuer": cls.rogue.issuer,
-                      "client_id": "gatehouse", "client_secret_file": "oidc-secret",
-                      "allow_insecure_issuer": True, "audiences": ["gatehouse", "partner-api"],
-                      "jwks_refresh_min_interval": "1s"}
-        cfg = basic_config(
-            [{"name": "corp-only", "match": {"path_prefix": "/corp/"},
-              "upstream": {"servers": [cls.backend.url]}, "identity_providers": ["corp"]},
-             {"name": "api", "upstream": {"servers": [cls.backend.url]},
-              "identity_providers": ["corp", "partner"]}],
-            listen=[{"address": f"127.0.0.1:{port}"}],
-            state={"sqlite": "var/gatehouse.db"},
-            identity_providers=[idp_conf(cls.idp), rogue_conf],
-        )
-        try:
-            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
-        except Exception:
-            cls.idp.stop()
-            cls.rogue.stop()
-            cls.backend.stop()
-            raise
+class BearerTest(TwoProviderCase):
+    backend_name = "api"
+    rogue_id = "partner"
+    extra_redirect_uris = (API_REDIRECT,)
 
     @classmethod
-    def tearDownClass(cls):
-        cls.gh.cleanup()
-        cls.idp.stop()
-        cls.rogue.stop()
-        cls.backend.stop()
+    def rogue_settings(cls):
+        return {"audiences": ["gatehouse", "partner-api"]}
 
-    def setUp(self):
-        self.mark = len(self.gh.stderr())
-
-    def log(self):
-        return self.gh.stderr()[self.mark:].replace('\\"', '"')
+    @classmethod
+    def routes(cls):
+        return [{"name": "corp-only", "match": {"path_prefix": "/corp/"},
+                 "upstream": {"servers": [cls.backend.url]}, "identity_providers": ["corp"]},
+                {"name": "api", "upstream": {"servers": [cls.backend.url]},
+                 "identity_providers": ["corp", "partner"]}]
 
     def call(self, path, token, accept="application/json"):
         c = http.client.HTTPConnection("127.0.0.1", self.gh.port, timeout=10)
@@ -124,9 +96,9 @@ class BearerTest(unittest.TestCase):
         self.assertNotIn("set-cookie", h)
         self.assertEqual(self.backend.hits(path), before, "a refused token reached the backend")
         deadline = time.time() + 3
-        while not all(n in self.log() for n in ("bearer token refused", *needles)):
+        while not all(n in self.new_log() for n in ("bearer token refused", *needles)):
             if time.time() > deadline:
-                self.fail(f"log lacks {needles!r}:\n{self.log()[-2000:]}")
+                self.fail(f"log lacks {needles!r}:\n{self.new_log()[-2000:]}")
             time.sleep(0.05)
 
     def assertAccepted(self, path, token, user, email):
@@ -196,7 +168,7 @@ class BearerTest(unittest.TestCase):
     def test_garbage(self):
         for tok in ("garbage", "a.b.c", "", "...", "e30.e30.e30", "x" * 20000):
             with self.subTest(tok=tok[:20]):
-                self.mark = len(self.gh.stderr())
+                self.mark_log()
                 st, h, body = self.call("/v1/garbage", tok)
                 self.assertIn(st, (400, 401, 431), body)
                 if st == 401:

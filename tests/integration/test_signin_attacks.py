@@ -15,6 +15,7 @@ import urllib.parse
 from harness import Backend, Gatehouse, basic_config, free_port
 from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
 from rogue_op import RogueOP
+from two_idp import TwoProviderCase
 
 CALLBACK = "/.gatehouse/oidc/callback"
 
@@ -23,47 +24,19 @@ def q(s):
     return urllib.parse.quote(s, safe="")
 
 
-class AttackBase(unittest.TestCase):
+class AttackBase(TwoProviderCase):
     @classmethod
-    def setUpClass(cls):
-        cls.backend = Backend("app")
-        port = free_port()
-        cls.base = f"http://127.0.0.1:{port}"
-        cls.idp = IdP([client_for(cls.base)])
-        cls.rogue = RogueOP(client_secret=CLIENT_SECRET)
-        rogue_conf = {"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
-                      "client_id": "gatehouse", "client_secret_file": "oidc-secret",
-                      "allow_insecure_issuer": True, "scopes": ["openid", "email"],
-                      "jwks_refresh_min_interval": "1s"}
-        cfg = basic_config(
-            [{"name": "app", "upstream": {"servers": [cls.backend.url]},
-              "identity_providers": ["corp", "rogue"]}],
-            listen=[{"address": f"127.0.0.1:{port}"}],
-            state={"sqlite": "var/gatehouse.db"},
-            identity_providers=[idp_conf(cls.idp), rogue_conf],
-        )
-        try:
-            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
-        except Exception:
-            cls.idp.stop()
-            cls.rogue.stop()
-            cls.backend.stop()
-            raise
+    def rogue_settings(cls):
+        return {"scopes": ["openid", "email"]}
 
     @classmethod
-    def tearDownClass(cls):
-        cls.gh.cleanup()
-        cls.idp.stop()
-        cls.rogue.stop()
-        cls.backend.stop()
+    def routes(cls):
+        return [{"name": "app", "upstream": {"servers": [cls.backend.url]},
+                 "identity_providers": ["corp", "rogue"]}]
 
     def setUp(self):
-        self.log_mark = len(self.gh.stderr())
+        super().setUp()
         self.rogue.scenario = "good"
-
-    def new_log(self):
-        # logfmt escapes quotes inside msg="..."; compare against plain text.
-        return self.gh.stderr()[self.log_mark:].replace('\\"', '"')
 
     def assertLogged(self, *needles, timeout=3.0):
         deadline = time.time() + timeout
@@ -254,7 +227,7 @@ class StateAndCookieAttacks(AttackBase):
                     "/ok\x00//evil.example"]
         for rd in variants:
             with self.subTest(rd=rd):
-                self.log_mark = len(self.gh.stderr())
+                self.mark_log()
                 b = Browser()
                 cb = self.to_callback(b, "corp", rd)
                 r = b.request(cb)
