@@ -21,6 +21,7 @@
 
 #include "balance.h"
 #include "gate.h"
+#include "normpath.h"
 #include "route.h"
 
 #define MAX_WORKERS 256
@@ -46,8 +47,10 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
-                                          "identity_providers", NULL };
-static const char *const match_keys[] = { "host", "path_prefix", NULL };
+                                          "identity_providers", "encoded_slashes", NULL };
+static const char *const match_keys[] = { "host", "path_prefix", "path_case_insensitive",
+                                          NULL };
+static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
 static const char *const upstream_keys[] = { "servers", "balance", "ca_file", "tls_verify",
                                              "max_idle", "max_conns", "max_fails",
                                              "fail_timeout", "health_check", "retries", NULL };
@@ -855,6 +858,18 @@ static bool valid_request_target(const char *s)
     return s[0] == '/';
 }
 
+/* A prefix the normalised request path can start with: its own normal form
+ * (a prefix "/a/../b" or "/%61" would never match). */
+static bool normal_path_prefix(const char *s)
+{
+    size_t len = strlen(s), n = 0;
+    char *out = xmalloc(len + 1);
+    bool ok = normpath(s, len, out, NORMPATH_KEEP_ENCODED_SLASH, &n, NULL) == NORMPATH_OK &&
+              n == len && memcmp(out, s, len) == 0;
+    free(out);
+    return ok;
+}
+
 static char *lower_dup(const char *s)
 {
     char *r = xstrdup(s);
@@ -892,10 +907,20 @@ static void read_match(struct loader *L, const struct conf_node *m, struct route
                        "\"path_prefix\" must start with \"/\" and hold no spaces, \"?\" or \"#\", "
                        "got \"%s\"",
                        prefix);
+        } else if (!normal_path_prefix(prefix)) {
+            conf_error(L->d, conf_get(m, "path_prefix"),
+                       "\"path_prefix\" must be a normalised path (no \".\" or \"..\" "
+                       "segments, no \"//\", no %%-escape of a letter, digit or \"-._~\", "
+                       "escapes in upper case), got \"%s\"",
+                       prefix);
         } else {
             free(r->path_prefix);
             r->path_prefix = xstrdup(prefix);
         }
+    }
+    conf_bool(L->d, m, "path_case_insensitive", &r->path_case_insensitive);
+    if (r->path_case_insensitive && r->path_prefix) {
+        normpath_fold_case(r->path_prefix, strlen(r->path_prefix));
     }
 }
 
@@ -1164,6 +1189,7 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
         read_upstream(L, n, r, m);
     }
     conf_bool(L->d, m, "websocket", &r->websocket);
+    r->encoded_slashes_pass = get_enum(L, m, "encoded_slashes", encoded_slashes_names) == 1;
     conf_bool(L->d, m, "public", &r->public_);
     conf_bool(L->d, m, "allow_any_authenticated", &r->allow_any_authenticated);
     if ((policy = get_nonempty(L, m, "policy"))) {

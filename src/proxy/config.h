@@ -68,7 +68,11 @@ struct route_conf {
     char *name;
     char *host;          /* exact host, "*.example.com", or NULL = any host */
     bool host_wildcard;  /* host starts with "*." (host holds ".example.com") */
-    char *path_prefix;   /* default "/" */
+    char *path_prefix;   /* default "/"; in normal form (normpath.h) */
+    bool path_case_insensitive; /* match.path_case_insensitive: the prefix matches in any
+                                 * case and the path is folded to lower case for policy
+                                 * and upstream */
+    bool encoded_slashes_pass;  /* encoded_slashes: pass (default reject: 400) */
     struct upstream_conf upstream;
     bool websocket;
     bool public_;        /* "public: true" */

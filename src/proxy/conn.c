@@ -17,6 +17,7 @@
 #include "accesslog.h"
 #include "io.h"
 #include "metrics.h"
+#include "normpath.h"
 #include "route.h"
 
 /* The arena cap per request: headers, ids, and what authn/policy attach. */
@@ -367,7 +368,8 @@ static void begin_request(struct conn *c)
     r->start_us = mono_us();
     r->conn = c;
     r->method = STR("");
-    r->target = r->path = r->query = r->host = STR("");
+    r->target = r->path = r->query = r->host = r->hostname = r->raw_target = STR("");
+    r->path_encoded_slash = false;
     c->req = r;
     c->req_done = c->resp_done = c->resp_started = false;
     c->chunk_to_client = c->close_after = false;
@@ -403,7 +405,7 @@ static void request_end(struct conn *c)
             .client_ip = str_from(r->client_ip),
             .method = r->method,
             .host = r->host,
-            .path = r->target,
+            .path = r->raw_target, /* as received: what the client tried */
             .status = (unsigned)r->status,
             .bytes_in = c->head_bytes_in + r->bytes_in,
             .bytes_out = c->out_total,
@@ -770,10 +772,23 @@ static void handle_head(struct conn *c)
         admin_handle(c, r);
         return;
     }
-    r->route = route_match_config(cfg, r->host, r->path);
+    r->route = route_match_config(cfg, r->hostname, r->path);
     if (!r->route) {
         request_error(r, 404, "no route for this host and path");
         return;
+    }
+    /* The path was normalised keeping %2F and %5C opaque so that the route
+     * could be found; only a route that asks for them takes them. */
+    if (r->path_encoded_slash && !r->route->encoded_slashes_pass) {
+        log_emit(LOG_INFO, "http", r->id, NULL, "bad request from %s: encoded slash in path",
+                 c->ip);
+        request_error(r, 400, "encoded slash or backslash in path");
+        return;
+    }
+    if (r->route->path_case_insensitive && r->path.len > 0 && r->path.p[0] == '/') {
+        /* One case for policy, OPA, the decision log and the upstream: a
+         * case-insensitive backend serves /ADMIN as /admin. */
+        normpath_fold_case((char *)r->path.p, r->path.len);
     }
     /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
      * never forwarded. */

@@ -918,7 +918,7 @@ static void build_input(struct gate_req *q, const char *claims_json)
     }
     policy_ip_parse(str_from(r->client_ip), &in->client_ip);
     in->method = r->method;
-    in->host = host_only(r->host);
+    in->host = host_only(r->hostname);
     in->path = r->path;
     q->hdrs = arena_alloc(r->arena, (r->nheaders ? r->nheaders : 1) * sizeof *q->hdrs);
     if (q->hdrs) {
@@ -1450,7 +1450,7 @@ static struct gate_req *gate_req_new(struct request *r, bool reserved)
     q->an = q->g->an;
     q->reserved = reserved;
     q->start_us = mono_us_now();
-    q->in.host = host_only(r->host);
+    q->in.host = host_only(r->hostname);
     policy_result_init(&q->res, NULL);
     authn_req_fill(q);
     return q;

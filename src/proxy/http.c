@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "normpath.h"
+
 static struct http_in *H(llhttp_t *p)
 {
     return p->data;
@@ -363,6 +365,74 @@ static bool has_control(struct str v)
     return false;
 }
 
+/* Splits a Host value (or absolute-form authority) into its name, without one
+ * trailing dot, and its port (STR_NULL when none); "[v6]" keeps its brackets.
+ * Refuses what names a host ambiguously: a non-numeric port, empty labels, a
+ * lone dot, percent-escapes. */
+static bool split_host(struct str h, struct str *name, struct str *port)
+{
+    size_t n = h.len;
+
+    *port = STR_NULL;
+    if (h.len > 0 && h.p[0] == '[') {
+        const char *close = memchr(h.p, ']', h.len);
+        if (!close) {
+            return false;
+        }
+        n = (size_t)(close - h.p) + 1;
+        if (n < h.len && h.p[n] != ':') {
+            return false;
+        }
+    } else {
+        const char *colon = h.len ? memchr(h.p, ':', h.len) : NULL;
+        if (colon) {
+            n = (size_t)(colon - h.p);
+        }
+    }
+    if (n < h.len) {
+        *port = (struct str){ h.p + n + 1, h.len - n - 1 };
+        if (port->len > 5) {
+            return false;
+        }
+        for (size_t i = 0; i < port->len; i++) {
+            if (port->p[i] < '0' || port->p[i] > '9') {
+                return false;
+            }
+        }
+    }
+    *name = (struct str){ h.p, n };
+    if (n == 0 || h.p[0] == '[') {
+        return n > 0 || h.len == 0;
+    }
+    if (h.p[n - 1] == '.') {
+        name->len--;
+    }
+    if (name->len == 0 || name->p[0] == '.' || memchr(name->p, '%', name->len) ||
+        memchr(name->p, '[', name->len) || memchr(name->p, ']', name->len)) {
+        return false;
+    }
+    for (size_t i = 1; i < name->len; i++) {
+        if (name->p[i] == '.' && name->p[i - 1] == '.') {
+            return false;
+        }
+    }
+    return true;
+}
+
+static struct str lower_dup(struct arena *a, struct str s)
+{
+    char *p = arena_strndup(a, s.p ? s.p : "", s.len);
+    if (!p) {
+        return STR_NULL;
+    }
+    for (size_t i = 0; i < s.len; i++) {
+        if (p[i] >= 'A' && p[i] <= 'Z') {
+            p[i] = (char)(p[i] - 'A' + 'a');
+        }
+    }
+    return (struct str){ p, s.len };
+}
+
 int http_request_from_head(const struct http_in *h, const char *base, struct request *r,
                            const char **reason)
 {
@@ -377,6 +447,12 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
         return (st);                                                                               \
     } while (0)
 
+    /* RFC 9112 §3: method SP request-target SP HTTP-version, one SP each
+     * (llhttp lets a run of spaces through on either side of the target). */
+    if (h->url_off < 2 || base[h->url_off - 1] != ' ' || base[h->url_off - 2] == ' ' ||
+        base[h->url_off + h->url_len] != ' ' || base[h->url_off + h->url_len + 1] == ' ') {
+        BAD(400, "request line must use single spaces");
+    }
     if (p->http_major != 1 || p->http_minor > 1) {
         BAD(400, "unsupported HTTP version");
     }
@@ -424,7 +500,9 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     if (nhost == 0 && r->http_minor == 1) {
         BAD(400, "missing Host header");
     }
-    if (nhost == 1 && (!valid_host(host) || (host.len == 0 && r->http_minor == 1))) {
+    struct str hname = STR(""), hport = STR_NULL;
+    if (nhost == 1 && (!valid_host(host) || (host.len == 0 && r->http_minor == 1) ||
+                       !split_host(host, &hname, &hport))) {
         BAD(400, "invalid Host header");
     }
     /* RFC 9112 §6.1: only a final "chunked" frames a request; anything else
@@ -445,15 +523,16 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     if (url.len == 0) {
         BAD(400, "empty request target");
     }
-    for (size_t k = 0; k < url.len; k++) {
-        if (url.p[k] == '#') {
-            BAD(400, "fragment in request target");
-        }
+    if (memchr(url.p, '#', url.len)) {
+        BAD(400, "fragment in request target");
     }
+    r->raw_target = dup_str(r->arena, url);
+    struct str rest = url; /* path and query, the path possibly empty */
+    bool asterisk = false;
     if (url.p[0] == '/') {
-        r->target = dup_str(r->arena, url);
+        /* origin-form */
     } else if (url.len == 1 && url.p[0] == '*' && p->method == HTTP_OPTIONS) {
-        r->target = dup_str(r->arena, url);
+        asterisk = true;
     } else {
         size_t skip;
         if (url.len > 7 && strncasecmp(url.p, "http://", 7) == 0) {
@@ -467,36 +546,57 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
         while (e < url.len && url.p[e] != '/' && url.p[e] != '?') {
             e++;
         }
-        struct str auth = { url.p + skip, e - skip };
-        if (auth.len == 0 || !valid_host(auth) || memchr(auth.p, '@', auth.len)) {
+        struct str auth = { url.p + skip, e - skip }, aname, aport;
+        if (auth.len == 0 || !valid_host(auth) || memchr(auth.p, '@', auth.len) ||
+            !split_host(auth, &aname, &aport)) {
             BAD(400, "invalid authority in request target");
         }
-        if (nhost == 1 && !str_ieq(auth, host)) {
+        if (nhost == 1 && !(str_ieq(aname, hname) && str_eq(aport, hport))) {
             BAD(400, "absolute-form target names another host");
         }
         if (nhost == 0) {
             host = dup_str(r->arena, auth);
+            hname = aname;
         }
-        if (e == url.len) {
-            r->target = dup_str(r->arena, STR("/"));
-        } else if (url.p[e] == '?') {
-            char *t = arena_printf(r->arena, "/%.*s", (int)(url.len - e), url.p + e);
-            r->target = t ? (struct str){ t, url.len - e + 1 } : STR_NULL;
-        } else {
-            r->target = dup_str(r->arena, (struct str){ url.p + e, url.len - e });
-        }
-    }
-    if (!r->target.p) {
-        BAD(431, "header section too large");
+        rest = (struct str){ url.p + e, url.len - e };
     }
     r->host = host.p ? host : STR("");
-    const char *q = memchr(r->target.p, '?', r->target.len);
-    if (q) {
-        r->path = (struct str){ r->target.p, (size_t)(q - r->target.p) };
-        r->query = (struct str){ q + 1, r->target.len - r->path.len - 1 };
-    } else {
-        r->path = r->target;
+    r->hostname = lower_dup(r->arena, hname);
+    if (!r->raw_target.p || !r->hostname.p) {
+        BAD(431, "header section too large");
+    }
+    if (asterisk) {
+        r->target = r->path = STR("*");
         r->query = STR("");
+    } else {
+        const char *q = memchr(rest.p, '?', rest.len);
+        struct str path = { rest.p, q ? (size_t)(q - rest.p) : rest.len };
+        size_t qlen = q ? rest.len - path.len : 0; /* with the '?' */
+        /* "http://host" and "http://host?q" have the path "/". */
+        char *t = arena_alloc(r->arena, (path.len ? path.len : 1) + qlen + 1);
+        size_t n = 0;
+        if (!t) {
+            BAD(431, "header section too large");
+        }
+        if (path.len == 0) {
+            t[0] = '/';
+            n = 1;
+        } else {
+            enum normpath_rc rc = normpath(path.p, path.len, t, NORMPATH_KEEP_ENCODED_SLASH, &n,
+                                           &r->path_encoded_slash);
+            if (rc != NORMPATH_OK) {
+                BAD(400, normpath_reason(rc));
+            }
+        }
+        r->path = (struct str){ t, n };
+        if (q) {
+            memcpy(t + n, q, qlen);
+            r->query = (struct str){ t + n + 1, qlen - 1 };
+        } else {
+            r->query = STR("");
+        }
+        t[n + qlen] = '\0';
+        r->target = (struct str){ t, n + qlen };
     }
 
     r->chunked = (p->flags & F_CHUNKED) != 0;

@@ -32,10 +32,18 @@ struct request {
     struct config *cfg;           /* snapshot held (config_ref) for the request's life */
     const struct route_conf *route; /* borrowed from cfg; NULL until routed */
     struct str method;            /* "GET" */
-    struct str target;            /* as sent on the wire to the upstream (origin-form) */
-    struct str path;              /* target up to '?' */
-    struct str query;             /* after '?', without it; empty when none */
-    struct str host;              /* Host header value (or the absolute-form authority) */
+    struct str target;            /* path + "?" + query as sent: what the upstream gets */
+    struct str path;              /* the normalised path (normpath.h): routing, policy, OPA,
+                                   * decision log and upstream all use it */
+    struct str query;             /* after '?', without it, as sent; empty when none */
+    struct str raw_target;        /* the request target as received (the access log) */
+    struct str host;              /* Host header value (or the absolute-form authority), as
+                                   * received: forwarded as is */
+    struct str hostname;          /* host normalised once: lower case, no port, no trailing
+                                   * dot ("[v6]" keeps its brackets): routing, policy, OPA
+                                   * and the decision log use it */
+    bool path_encoded_slash;      /* path keeps a %2F or %5C: refused unless the route
+                                   * has encoded_slashes: pass */
     struct header *headers;       /* arena-owned array */
     size_t nheaders;
     int http_major, http_minor;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "normpath.h"
 
 struct route_entry {
     const struct route_conf *r;
@@ -193,11 +194,22 @@ static const struct host_group *find_group(const struct host_group *g, size_t n,
 /* True when prefix matches path on a segment boundary (see route.h). */
 static bool prefix_matches(const struct route_entry *e, struct str path)
 {
-    if (path.len < e->prefix_len || memcmp(path.p, e->prefix, e->prefix_len) != 0) {
+    if (path.len < e->prefix_len) {
+        return false;
+    }
+    if (e->r->path_case_insensitive) {
+        /* The prefix is stored folded (config.c); escapes' hex digits are upper
+         * case on both sides, so folding the path's letters is enough. */
+        for (size_t i = 0; i < e->prefix_len; i++) {
+            if (lower((unsigned char)path.p[i]) != lower((unsigned char)e->prefix[i])) {
+                return false;
+            }
+        }
+    } else if (memcmp(path.p, e->prefix, e->prefix_len) != 0) {
         return false;
     }
     return path.len == e->prefix_len || e->prefix[e->prefix_len - 1] == '/' ||
-           path.p[e->prefix_len] == '/';
+           normpath_is_boundary(path.p[e->prefix_len]);
 }
 
 static const struct route_conf *group_match(const struct host_group *g, struct str path)

@@ -33,8 +33,10 @@ void route_table_free(struct route_table *t);
  * "example.com"; the longest suffix first), then routes without a host. In the
  * first of those groups that has a route whose path_prefix matches, the
  * longest matching prefix wins. A prefix matches when the path equals it, or
- * starts with it and the prefix ends with '/' or the next path byte is '/'
- * (so "/api" matches "/api", "/api/x", not "/apix").
+ * starts with it and the prefix ends with '/' or the next path byte is '/' or
+ * the ';' of segment parameters (so "/api" matches "/api", "/api/x" and
+ * "/api;v=1", not "/apix"). A route with match.path_case_insensitive compares
+ * the prefix in any ASCII case. path is the normalised path (normpath.h).
  *
  * Returns a route borrowed from the snapshot (valid while the caller holds a
  * reference to it), or NULL: no route (answer 404). Thread-safe (read-only),
