@@ -34,7 +34,8 @@ enum normpath_rc {
  *   - repeated slashes are merged; a trailing slash is kept;
  *   - ";params" stay part of their segment ("/a;x/../b" is "/b").
  * On success returns NORMPATH_OK with *out_len set and *encoded_slash telling
- * whether a %2F or %5C was kept (only with NORMPATH_KEEP_ENCODED_SLASH).
+ * whether the input held a %2F or %5C (only with NORMPATH_KEEP_ENCODED_SLASH;
+ * also one in a segment that a later ".." removed).
  * The output is its own normal form: normalising it again gives it back. */
 enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags,
                           size_t *out_len, bool *encoded_slash);

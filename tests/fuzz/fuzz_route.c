@@ -1,7 +1,7 @@
 /* Fuzz target for route matching (proxy/route.c): the Host header and the
  * request path both come from the client. Input: host bytes, a NUL, path
  * bytes. Invariants: the chosen route's prefix really matches the path on a
- * segment boundary, its host fits the request host, and an exact-host route
+ * segment boundary ('/' or the ';' of parameters), its host fits the request host, and an exact-host route
  * is never passed over for a wildcard or host-less one that matched. Replays
  * corpus/route/ under gcc; libFuzzer target with -Dfuzzing=true. */
 #include <dirent.h>
@@ -62,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     plen = strlen(r->path_prefix);
     CHECK(path.len >= plen && memcmp(path.p, r->path_prefix, plen) == 0);
     CHECK(path.len == plen || r->path_prefix[plen - 1] == '/' || path.p[plen] == '/' ||
-          path.p[plen] == '?' || path.p[plen] == '#');
+          path.p[plen] == ';' || path.p[plen] == '?' || path.p[plen] == '#');
     for (size_t i = 0; i < plen; i++) {
         CHECK(path.p[i] != '?' && path.p[i] != '#');
     }
