@@ -171,18 +171,23 @@ static bool cidr_match(const struct cidr *c, const struct policy_ip *ip)
 
 static struct str host_only(struct str h)
 {
-    /* Hosts are given without a port; be lenient with "host:port" (not "[v6]"). */
+    /* Hosts are given without a port (the proxy normalises them); be lenient
+     * with "host:port" (not "[v6]") and a trailing dot, which names the same
+     * host: a rule on "secret.example.com" must hold for "secret.example.com.". */
     for (size_t i = h.len; i > 0; i--) {
         char ch = h.p[i - 1];
         if (ch == ':') {
             if (h.len && h.p[0] != '[' && i < h.len) {
-                return (struct str){ h.p, i - 1 };
+                h.len = i - 1;
             }
             break;
         }
         if (ch < '0' || ch > '9') {
             break;
         }
+    }
+    if (h.len > 1 && h.p[h.len - 1] == '.') {
+        h.len--;
     }
     return h;
 }

@@ -3,7 +3,9 @@
  * the upstream head we would send. Invariants: an accepted head has no CR, LF
  * or NUL in any name or value and an origin-form (or "*") target; the head we
  * forward parses again, to the same method, target and Host (parse -> format
- * -> parse is stable); errors always carry a 4xx status and a reason. */
+ * -> parse is stable); the path is its own normal form (normpath.h) and the
+ * host name is lower case without port or trailing dot; errors always carry
+ * a 4xx status and a reason. */
 #include <assert.h>
 #include <dirent.h>
 #include <stdint.h>
@@ -13,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "proxy/http.h"
+#include "proxy/normpath.h"
 #include "replay.h"
 
 static int count_body(void *arg, const char *p, size_t n)
@@ -31,6 +34,30 @@ static bool has_ctl(struct str s)
         }
     }
     return false;
+}
+
+/* The path is in normal form and starts the target; the host name is lower
+ * case, without port or trailing dot. */
+static void check_normal(const struct request *r)
+{
+    assert(r->path.len <= r->target.len && memcmp(r->path.p, r->target.p, r->path.len) == 0);
+    if (r->path.len > 0 && r->path.p[0] == '/') {
+        char *again = malloc(r->path.len);
+        size_t n = 0;
+        bool enc = false;
+        assert(again);
+        assert(normpath(r->path.p, r->path.len, again, NORMPATH_KEEP_ENCODED_SLASH, &n, &enc) ==
+               NORMPATH_OK);
+        assert(n == r->path.len && memcmp(again, r->path.p, n) == 0);
+        assert(!enc || r->path_encoded_slash);
+        free(again);
+    }
+    struct str hn = r->hostname;
+    assert(hn.len == 0 || hn.p[hn.len - 1] != '.');
+    for (size_t i = 0; i < hn.len; i++) {
+        assert(!(hn.p[i] >= 'A' && hn.p[i] <= 'Z'));
+        assert(hn.p[i] != ':' || hn.p[0] == '[');
+    }
 }
 
 /* Re-parses the head we would forward; it must be accepted and agree. */
@@ -91,6 +118,7 @@ static void run_one(const uint8_t *data, size_t size, size_t step)
         } else {
             assert(r.target.len > 0 && (r.target.p[0] == '/' || str_eq_cstr(r.target, "*")));
             assert(!has_ctl(r.target) && !has_ctl(r.host));
+            check_normal(&r);
             for (size_t i = 0; i < r.nheaders; i++) {
                 assert(r.headers[i].name.len > 0);
                 assert(!has_ctl(r.headers[i].name) && !has_ctl(r.headers[i].value));

@@ -200,6 +200,11 @@ static void test_eval_prefilters_agree_with_matchers(void **state)
     (void)state;
     in.host = STR("WIKI.example.com:8443");
     assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    /* A trailing dot names the same host (with or without a port). */
+    in.host = STR("wiki.example.com.");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    in.host = STR("WIKI.example.com.:8443");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
     in.host = STR("wiki.example.org");
     assert_int_equal(decide(p, &in), POLICY_DENY);
     in.host = STR("wiki.example.com");
