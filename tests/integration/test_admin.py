@@ -221,7 +221,9 @@ class AdminTest(ProxyCase):
         e = wait_log_entry(self.access_log, lambda e: e.get("host") == "nohost.test")
         self.assertIsNotNone(e)
         self.assertEqual(e["status"], r.status)
-        self.assertEqual(r.status, 404)
+        # A raw backslash is a separator for some backends: refused (400), and
+        # the access log shows the target as received.
+        self.assertEqual(r.status, 400)
         self.assertEqual(e["path"], '/q"uo\\te')
         self.assertIsNone(e["upstream"])
         self.assertIsNone(e["upstream_ms"])
