@@ -106,6 +106,8 @@ static void test_minimal_config_gets_documented_defaults(void **state)
     assert_string_equal(r->name, "app");
     assert_null(r->host);
     assert_string_equal(r->path_prefix, "/");
+    assert_false(r->path_case_insensitive);
+    assert_false(r->encoded_slashes_pass);
     assert_int_equal(r->upstream.nservers, 1);
     assert_string_equal(r->upstream.servers[0].url, "http://127.0.0.1:9001");
     assert_string_equal(r->upstream.servers[0].host, "127.0.0.1");
@@ -443,6 +445,22 @@ static const struct bad bad_cases[] = {
                   "    upstream: {servers: [http://h:1]}\n",
       "t.yaml:5:26: error: \"path_prefix\" must start with \"/\" and hold no spaces, \"?\" or "
       "\"#\", got \"api\"" },
+    { BASE_LISTEN "routes:\n  - name: a\n    match: {path_prefix: /a/../b}\n"
+                  "    upstream: {servers: [http://h:1]}\n",
+      "t.yaml:5:26: error: \"path_prefix\" must be a normalised path (no \".\" or \"..\" segments, "
+      "no \"//\", no %-escape of a letter, digit or \"-._~\", escapes in upper case), got "
+      "\"/a/../b\"" },
+    { BASE_LISTEN "routes:\n  - name: a\n    match: {path_prefix: /%61}\n"
+                  "    upstream: {servers: [http://h:1]}\n",
+      "t.yaml:5:26: error: \"path_prefix\" must be a normalised path (no \".\" or \"..\" segments, "
+      "no \"//\", no %-escape of a letter, digit or \"-._~\", escapes in upper case), got "
+      "\"/%61\"" },
+    { BASE_LISTEN "routes:\n  - name: a\n    encoded_slashes: decode\n"
+                  "    upstream: {servers: [http://h:1]}\n",
+      "t.yaml:5:22: error: \"encoded_slashes\" must be one of reject, pass, got \"decode\"" },
+    { BASE_LISTEN "routes:\n  - name: a\n    match: {path_case_insensitive: 1}\n"
+                  "    upstream: {servers: [http://h:1]}\n",
+      "t.yaml:5:36: error: \"path_case_insensitive\" must be true or false, got \"1\"" },
     { BASE_LISTEN "routes:\n"
                   "  - {name: a, match: {host: x.test, path_prefix: /p}, "
                   "upstream: {servers: [http://h:1]}}\n"

@@ -151,6 +151,80 @@ static void test_absolute_form_same_host_becomes_origin_form(void **state)
     done(&ps);
 }
 
+/* The target is normalised once here: path in normal form, query as sent,
+ * the raw target kept for the access log; the host name normalised. */
+static void test_target_and_host_normalised(void **state)
+{
+    static const struct {
+        const char *line, *host, *target, *path, *query, *hostname;
+        bool enc;
+    } ok[] = {
+        { "GET /x/%2e%2e/%61dmin?q=%2e%2E/.. HTTP/1.1", "App.Test", "/admin?q=%2e%2E/..",
+          "/admin", "q=%2e%2E/..", "app.test", false },
+        { "GET //a/./b/../c/ HTTP/1.1", "a.test.:8080", "/a/c/", "/a/c/", "", "a.test", false },
+        { "GET http://A.test.//admin? HTTP/1.1", "a.test", "/admin?", "/admin", "", "a.test",
+          false },
+        { "GET http://a.test:81 HTTP/1.1", "A.TEST.:81", "/", "/", "", "a.test", false },
+        { "GET /files/a%2fb HTTP/1.1", "[::1]:8080", "/files/a%2Fb", "/files/a%2Fb", "",
+          "[::1]", true },
+        { "OPTIONS * HTTP/1.1", "a", "*", "*", "", "a", false },
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char raw[512];
+        struct parsed ps;
+        snprintf(raw, sizeof raw, "%s\r\nHost: %s\r\n\r\n", ok[i].line, ok[i].host);
+        parse(&ps, raw, 7);
+        if (ps.status != 0) {
+            fail_msg("%s: status %d (%s)", raw, ps.status, ps.reason);
+        }
+        assert_true(str_eq_cstr(ps.r.target, ok[i].target));
+        assert_true(str_eq_cstr(ps.r.path, ok[i].path));
+        assert_true(str_eq_cstr(ps.r.query, ok[i].query));
+        assert_true(str_eq_cstr(ps.r.hostname, ok[i].hostname));
+        assert_true(str_eq_cstr(ps.r.host, ok[i].host)); /* forwarded as received */
+        assert_int_equal(ps.r.path_encoded_slash, ok[i].enc);
+        const char *sp = strchr(ok[i].line, ' ');
+        assert_int_equal(ps.r.raw_target.len, strlen(sp + 1) - strlen(" HTTP/1.1"));
+        done(&ps);
+    }
+    expect_reject("GET /%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "path climbs above the root");
+    expect_reject("GET /a%00 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "control character in path");
+    expect_reject("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "invalid percent-encoding in path");
+    expect_reject("GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "backslash in path");
+    expect_reject("GET /..;/a HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "dot segment with parameters in path");
+    expect_reject("GET http://a//%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "path climbs above the root");
+    expect_reject("GET http://a.test./ HTTP/1.1\r\nHost: b.test\r\n\r\n", 400,
+                  "absolute-form target names another host");
+    const char *bad_hosts[] = { "a..test", ".a.test", "a.test..", ".", "a.test:x", "a%2etest",
+                                "a.test:123456", "[::1]x", "[::1" };
+    for (size_t i = 0; i < sizeof bad_hosts / sizeof bad_hosts[0]; i++) {
+        char raw[128];
+        snprintf(raw, sizeof raw, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad_hosts[i]);
+        expect_reject(raw, 400, "invalid Host header");
+    }
+}
+
+/* RFC 9112 §3: one SP between the parts of the request line. */
+static void test_request_line_single_spaces(void **state)
+{
+    (void)state;
+    expect_reject("GET  /a HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "request line must use single spaces");
+    expect_reject("GET /a  HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "request line must use single spaces");
+    expect_reject("\r\nGET   /a   HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                  "request line must use single spaces");
+    struct parsed ps;
+    parse(&ps, "\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n", 1);
+    assert_int_equal(ps.status, 0);
+    done(&ps);
+}
+
 static void test_smuggling_rejected(void **state)
 {
     (void)state;
@@ -451,6 +525,8 @@ int main(void)
         cmocka_unit_test(test_valid_get_fields),
         cmocka_unit_test(test_chunked_body_read_whole),
         cmocka_unit_test(test_absolute_form_same_host_becomes_origin_form),
+        cmocka_unit_test(test_target_and_host_normalised),
+        cmocka_unit_test(test_request_line_single_spaces),
         cmocka_unit_test(test_smuggling_rejected),
         cmocka_unit_test(test_nul_in_value_rejected),
         cmocka_unit_test(test_limits),

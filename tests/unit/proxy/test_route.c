@@ -95,6 +95,37 @@ static void test_longest_prefix_on_segment_boundary(void **state)
     assert_string_equal(match(state, "a.test", "/api/v2/"), "apiv2");
     assert_string_equal(match(state, "a.test", "/api/v2"), "api");
     assert_string_equal(match(state, "a.test", "/api/v20"), "api");
+    /* ";params" end a segment: "/api;v=1" is under /api (a servlet backend reads
+     * it as /api), and never falls through to a route for a shorter prefix. */
+    assert_string_equal(match(state, "a.test", "/api;v=1"), "api");
+    assert_string_equal(match(state, "a.test", "/api;jsessionid=x/users"), "api");
+    assert_string_equal(match(state, "o.test", "/admin;x"), "only-admin");
+    assert_string_equal(match(state, "a.test", "/apix;y"), "exact");
+}
+
+static void test_case_insensitive_prefix(void **state)
+{
+    static const char y[] =
+        "listen: [{address: 127.0.0.1:8080}]\n"
+        "routes:\n"
+        "  - {name: ci, match: {host: ci.test, path_prefix: /Admin, path_case_insensitive: true}, "
+        "upstream: {servers: [http://h:1]}, public: true}\n"
+        "  - {name: cs, match: {host: cs.test, path_prefix: /Admin}, "
+        "upstream: {servers: [http://h:1]}, public: true}\n"
+        "  - {name: any, upstream: {servers: [http://h:1]}, public: true}\n";
+    struct conf_diag d = { 0 };
+    struct config *c = config_parse("r.yaml", y, sizeof y - 1, &d);
+    (void)state;
+    assert_non_null(c);
+    conf_diag_fini(&d);
+    assert_string_equal(c->routes[0].path_prefix, "/admin");
+    assert_string_equal(route_match_config(c, STR("ci.test"), STR("/ADMIN/x"))->name, "ci");
+    assert_string_equal(route_match_config(c, STR("ci.test"), STR("/admin;x"))->name, "ci");
+    assert_string_equal(route_match_config(c, STR("ci.test"), STR("/aDmIn"))->name, "ci");
+    assert_string_equal(route_match_config(c, STR("ci.test"), STR("/ADMINX"))->name, "any");
+    assert_string_equal(route_match_config(c, STR("cs.test"), STR("/Admin"))->name, "cs");
+    assert_string_equal(route_match_config(c, STR("cs.test"), STR("/admin"))->name, "any");
+    config_unref(c);
 }
 
 static void test_query_and_fragment_are_not_part_of_the_path(void **state)
@@ -212,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_exact_host_case_insensitive_port_ignored),
         cmocka_unit_test(test_longest_prefix_on_segment_boundary),
         cmocka_unit_test(test_query_and_fragment_are_not_part_of_the_path),
+        cmocka_unit_test(test_case_insensitive_prefix),
         cmocka_unit_test(test_wildcard_matches_any_depth_but_not_the_bare_domain),
         cmocka_unit_test(test_longest_wildcard_suffix_wins),
         cmocka_unit_test(test_exact_beats_wildcard),
