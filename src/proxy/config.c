@@ -46,7 +46,9 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
-                                          "identity_providers", NULL };
+                                          "identity_providers", "headers", NULL };
+static const char *const route_header_keys[] = { "allow_underscores", "allow_override_headers",
+                                                 NULL };
 static const char *const match_keys[] = { "host", "path_prefix", NULL };
 static const char *const upstream_keys[] = { "servers", "balance", "ca_file", "tls_verify",
                                              "max_idle", "max_conns", "max_fails",
@@ -1166,6 +1168,11 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
     conf_bool(L->d, m, "websocket", &r->websocket);
     conf_bool(L->d, m, "public", &r->public_);
     conf_bool(L->d, m, "allow_any_authenticated", &r->allow_any_authenticated);
+    if ((n = conf_get(m, "headers")) && n->type != CONF_NULL &&
+        (conf_check_keys(L->d, n, "\"headers\"", route_header_keys) || n->type == CONF_MAP)) {
+        conf_bool(L->d, n, "allow_underscores", &r->allow_underscores);
+        conf_bool(L->d, n, "allow_override_headers", &r->allow_override_headers);
+    }
     if ((policy = get_nonempty(L, m, "policy"))) {
         r->policy_file = resolve(L, policy);
         check_readable(L, conf_get(m, "policy"), "policy", policy, r->policy_file);
