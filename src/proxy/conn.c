@@ -519,8 +519,8 @@ void page_form_action_set_hook(page_form_action_fn *fn)
 static bool extra_has(const char *extra, struct str name)
 {
     for (const char *p = extra; p && *p;) {
-        size_t n = strlen(p);
-        if (n > name.len && p[name.len] == ':' && strncasecmp(p, name.p, name.len) == 0) {
+        /* strncasecmp stops at a shorter line's NUL, so p[name.len] is in bounds. */
+        if (strncasecmp(p, name.p, name.len) == 0 && p[name.len] == ':') {
             return true;
         }
         const char *nl = strchr(p, '\n');
