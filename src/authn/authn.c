@@ -1476,9 +1476,9 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
             char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
             const char *body = adup(a, j);
             free(j);
-            respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
-            out->resp.headers[0].value = "public, max-age=60";
-            return AUTHN_RESPOND;
+            /* no-store like every answer of Gatehouse's own (a verifier keeps
+             * the keys it fetched; a rotated key must be seen at once). */
+            return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
         }
         if (str_eq_cstr(p, "login")) {
             return login(an, req, a, out);
@@ -1631,6 +1631,57 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
 const struct pages *authn_pages(const struct authn *an)
 {
     return an->pages;
+}
+
+/* Appends url's origin to b unless b has it already. Only characters that
+ * cannot end a CSP source expression are taken (a URL with others is left
+ * out: the policy then refuses that destination rather than break). */
+static void add_origin(struct sbuf *b, const char *url)
+{
+    const char *sep = url ? strstr(url, "://") : NULL;
+
+    if (!sep) {
+        return;
+    }
+    size_t n = (size_t)(sep - url) + 3;
+    while (url[n] && url[n] != '/' && url[n] != '?' && url[n] != '#') {
+        char ch = url[n];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '-' || ch == ':' || ch == '[' || ch == ']')) {
+            return;
+        }
+        n++;
+    }
+    if (n == (size_t)(sep - url) + 3) {
+        return;
+    }
+    for (size_t i = 0; i + n <= b->len; i++) {
+        if ((i == 0 || b->p[i - 1] == ' ') && memcmp(b->p + i, url, n) == 0 &&
+            (i + n == b->len || b->p[i + n] == ' ')) {
+            return;
+        }
+    }
+    if (b->len > 0) {
+        codec_buf_add(b, " ", 1);
+    }
+    codec_buf_add(b, url, n);
+}
+
+const char *authn_form_action_origins(const struct authn *an, struct arena *a)
+{
+    struct sbuf b = { 0 };
+
+    for (size_t i = 0; an && i < an->nidps; i++) {
+        const struct oidc_metadata *m = atomic_load(&an->idps[i].meta);
+        add_origin(&b, an->idps[i].p->issuer);
+        if (m) {
+            add_origin(&b, m->authorization_endpoint);
+            add_origin(&b, m->end_session_endpoint);
+        }
+    }
+    const char *s = arena_strndup(a, b.p ? b.p : "", b.len);
+    codec_buf_fini(&b);
+    return s;
 }
 
 const char *authn_assertion_header(const struct authn *an)

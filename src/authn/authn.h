@@ -149,6 +149,11 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
                             const char *device, int64_t now_ms, struct arena *a);
 /* The sign-in page templates (for the proxy's own pages: denied, errors). */
 const struct pages *authn_pages(const struct authn *an);
+/* Where a Gatehouse page may send the browser with a form, or a redirect
+ * after one (CSP form-action): each provider's issuer origin and, once
+ * discovered, the origins of its authorization and end-session endpoints.
+ * Space-separated "scheme://host[:port]", arena-owned; "" when none. */
+const char *authn_form_action_origins(const struct authn *an, struct arena *a);
 /* The header that carries it ("X-Gatehouse-Assertion"), or NULL when off. */
 const char *authn_assertion_header(const struct authn *an);
 /* The Cookie header without Gatehouse's own cookies (so the session id never

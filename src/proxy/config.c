@@ -47,7 +47,10 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
-                                          "identity_providers", "encoded_slashes", NULL };
+                                          "identity_providers", "encoded_slashes", "headers",
+                                          NULL };
+static const char *const route_header_keys[] = { "allow_underscores", "allow_override_headers",
+                                                 NULL };
 static const char *const match_keys[] = { "host", "path_prefix", "path_case_insensitive",
                                           NULL };
 static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
@@ -1192,6 +1195,11 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
     r->encoded_slashes_pass = get_enum(L, m, "encoded_slashes", encoded_slashes_names) == 1;
     conf_bool(L->d, m, "public", &r->public_);
     conf_bool(L->d, m, "allow_any_authenticated", &r->allow_any_authenticated);
+    if ((n = conf_get(m, "headers")) && n->type != CONF_NULL &&
+        (conf_check_keys(L->d, n, "\"headers\"", route_header_keys) || n->type == CONF_MAP)) {
+        conf_bool(L->d, n, "allow_underscores", &r->allow_underscores);
+        conf_bool(L->d, n, "allow_override_headers", &r->allow_override_headers);
+    }
     if ((policy = get_nonempty(L, m, "policy"))) {
         r->policy_file = resolve(L, policy);
         check_readable(L, conf_get(m, "policy"), "policy", policy, r->policy_file);

@@ -77,6 +77,8 @@ struct route_conf {
     bool websocket;
     bool public_;        /* "public: true" */
     bool allow_any_authenticated;
+    bool allow_underscores;      /* headers.allow_underscores: pass names with '_' */
+    bool allow_override_headers; /* headers.allow_override_headers: X-Original-URL & co. */
     char *policy_file;   /* resolved path or NULL */
     char **idps;         /* identity provider ids this route accepts (NULL = all) */
     size_t nidps;

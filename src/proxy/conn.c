@@ -29,6 +29,7 @@
 
 static access_hook_fn *g_access_hook;
 static access_hook_fn *g_reserved_hook;
+static page_form_action_fn *g_form_action_hook;
 
 static uint64_t mono_us(void)
 {
@@ -511,6 +512,46 @@ struct str request_header(const struct request *r, struct str name, size_t *coun
     return v;
 }
 
+void page_form_action_set_hook(page_form_action_fn *fn)
+{
+    g_form_action_hook = fn;
+}
+
+/* Whether the preformatted header lines in extra start one named name. */
+static bool extra_has(const char *extra, struct str name)
+{
+    for (const char *p = extra; p && *p;) {
+        /* strncasecmp stops at a shorter line's NUL, so p[name.len] is in bounds. */
+        if (strncasecmp(p, name.p, name.len) == 0 && p[name.len] == ':') {
+            return true;
+        }
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : NULL;
+    }
+    return false;
+}
+
+/* Gatehouse's own pages are never framed, sniffed, cached, or a referrer;
+ * they load nothing but their own stylesheet and images. */
+static void security_headers(struct conn *c, struct request *r, const char *extra)
+{
+    const char *fa = g_form_action_hook ? g_form_action_hook(r) : NULL;
+
+    buf_append_str(&c->out, STR("Content-Security-Policy: default-src 'none'; style-src 'self'; "
+                                "img-src 'self'; form-action 'self'"));
+    if (fa && *fa) {
+        buf_append(&c->out, " ", 1);
+        buf_append_cstr(&c->out, fa);
+    }
+    buf_append_str(&c->out, STR("; frame-ancestors 'none'; base-uri 'none'\r\n"
+                                "X-Frame-Options: DENY\r\n"
+                                "X-Content-Type-Options: nosniff\r\n"
+                                "Referrer-Policy: no-referrer\r\n"));
+    if (!extra_has(extra, STR("cache-control"))) {
+        buf_append_str(&c->out, STR("Cache-Control: no-store\r\n"));
+    }
+}
+
 void request_respond(struct request *r, int status, const char *content_type, struct str body,
                      const char *extra_headers)
 {
@@ -538,6 +579,7 @@ void request_respond(struct request *r, int status, const char *content_type, st
     if (extra_headers) {
         buf_append_str(&c->out, str_from(extra_headers));
     }
+    security_headers(c, r, extra_headers);
     if (!c->keep_alive || c->w->draining) {
         buf_append_str(&c->out, STR("Connection: close\r\n"));
     } else if (r->http_minor == 0) {

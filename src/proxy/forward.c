@@ -19,6 +19,7 @@
 #include "fetch.h"
 #include "io.h"
 #include "metrics.h"
+#include "upgrade.h"
 
 enum up_state { UP_CONNECTING = 0, UP_HANDSHAKE, UP_ACTIVE, UP_IDLE };
 
@@ -577,6 +578,24 @@ static void try_server(struct conn *c)
     }
 }
 
+/* Drops the client headers the route's policy keeps from the backend
+ * (upgrade.c says which). */
+static void scrub_client_headers(struct request *r)
+{
+    const struct hdr_policy hp = {
+        .allow_underscores = r->route->allow_underscores,
+        .allow_override_headers = r->route->allow_override_headers,
+    };
+    size_t out = 0;
+
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (!hdr_client_dropped(r->headers[i].name, &hp)) {
+            r->headers[out++] = r->headers[i];
+        }
+    }
+    r->nheaders = out;
+}
+
 void forward_start(struct conn *c)
 {
     struct request *r = c->req;
@@ -587,13 +606,29 @@ void forward_start(struct conn *c)
     c->fail_status = 0;
     c->last_server = -1;
     c->retry_same = false;
+    scrub_client_headers(r);
+    if (r->upgrade && r->route->websocket) {
+        const char *why = NULL;
+        enum ws_check wc = ws_check_request(r, &why);
+        if (wc == WS_BAD) {
+            log_emit(LOG_INFO, "http", r->id, NULL, "WebSocket handshake refused: %s", why);
+            c->keep_alive = false;
+            request_error(r, 400, why);
+            return;
+        }
+        if (wc == WS_NOT_WEBSOCKET) {
+            r->upgrade = false; /* h2c and the like: never a tunnel past policy */
+        }
+    }
     if (r->upgrade && !r->route->websocket) {
         /* Not a WebSocket route: an ordinary request; Upgrade is dropped. */
+        r->upgrade = false;
+    }
+    if (!r->upgrade) {
         if (c->upgrade_pending) {
             llhttp_resume_after_upgrade(&c->hin->p);
             c->upgrade_pending = false;
         }
-        r->upgrade = false;
     }
     if (r->expect_continue && r->has_body) {
         /* We read the body only once an upstream connection is ready; tell
@@ -747,7 +782,16 @@ static bool on_resp_head(struct upconn *u)
         return true;
     }
     if (status == 101 && !(r->upgrade && r->route->websocket)) {
+        c->keep_alive = false;
         up_fail(u, FAIL_RESPONSE, "101 Switching Protocols to a request without Upgrade");
+        return false;
+    }
+    if (status == 101 && !ws_check_response(r, u->hin, base)) {
+        /* Not the answer to our handshake (another protocol, or a server that
+         * never read the key): no tunnel, and the connection cannot continue. */
+        c->keep_alive = false;
+        up_fail(u, FAIL_RESPONSE, "101 Switching Protocols without a matching "
+                                  "Sec-WebSocket-Accept");
         return false;
     }
     u->head_done = true;

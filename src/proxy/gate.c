@@ -258,6 +258,14 @@ static void on_commit(uint64_t seq, void *arg)
 static enum access_step gate_access(struct request *r);
 static enum access_step gate_reserved(struct request *r);
 
+/* CSP form-action for Gatehouse's own pages: the sign-in pages send the
+ * browser on to the providers (authorization, end-session endpoints). */
+static const char *gate_form_action(struct request *r)
+{
+    const struct gate_conf *g = r->cfg ? r->cfg->authn : NULL;
+    return g && g->an ? authn_form_action_origins(g->an, r->arena) : NULL;
+}
+
 int gate_start(const struct config *c, struct err *err)
 {
     const struct gate_conf *g = c->authn;
@@ -293,6 +301,7 @@ int gate_start(const struct config *c, struct err *err)
     }
     access_set_hook(gate_access);
     reserved_set_hook(gate_reserved);
+    page_form_action_set_hook(gate_form_action);
     G.started = true;
     return 0;
 }
@@ -985,7 +994,9 @@ static bool add_header(struct request *r, const char *name, const char *value)
 }
 
 /* Removes client-sent copies of configured identity headers and Gatehouse's own
- * cookies from what reaches the backend. X-Gatehouse-* goes by prefix in http.c. */
+ * cookies from what reaches the backend. X-Gatehouse-* goes by prefix in http.c.
+ * A name compares as a backend reads it: "X_Auth_User" is X-Auth-User to CGI,
+ * WSGI, PHP and Rack (even on a route with headers.allow_underscores). */
 static void scrub_request(struct gate_req *q)
 {
     struct request *r = q->r;
@@ -994,9 +1005,9 @@ static void scrub_request(struct gate_req *q)
 
     for (size_t i = 0; i < r->nheaders; i++) {
         struct header h = r->headers[i];
-        bool drop = ahdr && str_ieq_cstr(h.name, ahdr);
+        bool drop = ahdr && http_name_alike(h.name, str_from(ahdr));
         for (size_t j = 0; q->g->strip[j]; j++) {
-            if (str_ieq_cstr(h.name, q->g->strip[j])) {
+            if (http_name_alike(h.name, str_from(q->g->strip[j]))) {
                 drop = true;
             }
         }

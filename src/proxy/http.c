@@ -899,3 +899,26 @@ const char *http_reason(int status)
     default: return "Unknown";
     }
 }
+
+static inline unsigned char name_fold(unsigned char c)
+{
+    return c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+}
+
+bool http_name_alike_prefix(struct str name, struct str prefix)
+{
+    if (name.len < prefix.len) {
+        return false;
+    }
+    for (size_t i = 0; i < prefix.len; i++) {
+        if (name_fold((unsigned char)name.p[i]) != name_fold((unsigned char)prefix.p[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool http_name_alike(struct str a, struct str b)
+{
+    return a.len == b.len && http_name_alike_prefix(a, b);
+}

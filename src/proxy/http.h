@@ -91,6 +91,12 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
 
 /* RFC 9110 §7.6.1: hop-by-hop headers a proxy never forwards. */
 bool http_is_hop_by_hop(struct str name);
+/* Whether two header names are the same for a CGI-style backend (WSGI, CGI,
+ * PHP, Rack map both "X-A" and "X_A" to HTTP_X_A): equal once '_' is read as
+ * '-' and case is folded. */
+bool http_name_alike(struct str a, struct str b);
+/* The same, for a prefix of name. */
+bool http_name_alike_prefix(struct str name, struct str prefix);
 /* Whether the comma-separated Connection value names token (case-insensitive). */
 bool http_list_has(struct str list, struct str token);
 

@@ -87,6 +87,16 @@ struct str request_header(const struct request *r, struct str name, size_t *coun
 void request_respond(struct request *r, int status, const char *content_type, struct str body,
                      const char *extra_headers);
 
+/* Every local answer carries Content-Security-Policy (default-src 'none';
+ * style-src 'self'; img-src 'self'; form-action 'self' plus the identity
+ * providers' origins; frame-ancestors 'none'; base-uri 'none'),
+ * X-Frame-Options: DENY, X-Content-Type-Options: nosniff, Referrer-Policy:
+ * no-referrer and Cache-Control: no-store (unless extra_headers has a
+ * Cache-Control). The hook names the form-action origins beyond 'self'
+ * (space-separated, or NULL); set before workers start. */
+typedef const char *page_form_action_fn(struct request *r);
+void page_form_action_set_hook(page_form_action_fn *fn);
+
 /* Sends the standard error page for status (400, 403, 404, 408, 413, 414, 431,
  * 502, 503, 504...): HTML when the client accepts text/html, JSON otherwise,
  * both carrying the request id. detail (may be NULL) is a short, non-secret

@@ -485,6 +485,12 @@ class Backend:
       any path [read_delay_ms]        waits before reading the request body
       /hop                            response with hop-by-hop headers to strip
       /ws                             WebSocket echo (real handshake)
+      /ws-badaccept                   WebSocket handshake answered with a wrong
+                                      Sec-WebSocket-Accept (then echo)
+      /switch                         101 Switching Protocols to any request (Upgrade:
+                                      the client's, or h2c), then reads HTTP/1.1
+                                      requests from the "tunnel" and records them: what
+                                      a naive h2c backend does with a smuggled request
       anything else                   JSON echo of the request (method, target,
                                       headers, body length and sha256)
     Every response carries X-Backend: <name>.
@@ -617,10 +623,18 @@ class Backend:
         rec = {"method": method, "target": target, "path": path, "headers": headers,
                "body_len": 0, "time": time.time(), "conn": conn_id}
 
-        if path == "/ws" and (self._hget(headers, "upgrade") or "").lower() == "websocket":
+        if path in ("/ws", "/ws-badaccept") and \
+                (self._hget(headers, "upgrade") or "").lower() == "websocket":
             with self.lock:
                 self.requests.append(rec)
-            return self._websocket(c, rd, headers)
+            return self._websocket(c, rd, headers, bad_accept=path == "/ws-badaccept")
+        if path == "/switch":
+            with self.lock:
+                self.requests.append(rec)
+            self._send_head(c, 101, "Switching Protocols",
+                            [("Upgrade", self._hget(headers, "upgrade") or "h2c"),
+                             ("Connection", "Upgrade")])
+            return True  # the next "request" comes through the tunnel
 
         if (self._hget(headers, "expect") or "").lower() == "100-continue":
             c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -750,11 +764,12 @@ class Backend:
             c.sendall(body)
         return keep
 
-    def _websocket(self, c, rd, headers):
+    def _websocket(self, c, rd, headers, bad_accept=False):
         key = self._hget(headers, "sec-websocket-key") or ""
+        accept = ws_accept(key + ("x" if bad_accept else ""))
         self._send_head(c, 101, "Switching Protocols",
                         [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                         ("Sec-WebSocket-Accept", ws_accept(key))])
+                         ("Sec-WebSocket-Accept", accept)])
         while True:
             try:
                 fin, op, payload = ws_read_frame(rd)
