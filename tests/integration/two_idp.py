@@ -22,6 +22,11 @@ class TwoProviderCase(unittest.TestCase):
         return {}
 
     @classmethod
+    def corp_settings(cls):
+        """Settings of the real IdP's entry beyond idp_conf's."""
+        return {}
+
+    @classmethod
     def routes(cls):
         raise NotImplementedError("a TwoProviderCase names its routes")
 
@@ -40,7 +45,8 @@ class TwoProviderCase(unittest.TestCase):
                       **cls.rogue_settings()}
         cfg = basic_config(cls.routes(), listen=[{"address": f"127.0.0.1:{port}"}],
                            state={"sqlite": "var/gatehouse.db"},
-                           identity_providers=[idp_conf(cls.idp), rogue_conf])
+                           identity_providers=[idp_conf(cls.idp, **cls.corp_settings()),
+                                               rogue_conf])
         try:
             cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
         except Exception:
