@@ -321,7 +321,8 @@ class CraftedIdTokens(AttackBase):
         self.assertEqual(r.status, 302, r)
         self.assertEqual(r.header("Location"), "/after")
         me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
-        self.assertEqual(me.json()["user"], "mallory")
+        # A second provider's users are "<provider>:<sub>" (corp owns bare ids).
+        self.assertEqual(me.json()["user"], "rogue:mallory")
         self.assertEqual(me.json()["email"], "mallory@example.com")
         self.assertEqual(me.json()["idp"], "rogue")
 
@@ -441,7 +442,7 @@ class CraftedIdTokens(AttackBase):
             self.assertEqual(names.count("x-gatehouse-user"), 1)
             vals = [v for k, v in self.backend.last("/hostile")["headers"]
                     if k.lower() == "x-gatehouse-user"]
-            self.assertEqual(vals, ["mallory"])
+            self.assertEqual(vals, ["rogue:mallory"])
         else:
             self.assertTrue(400 <= r.status < 600, r)
         r = b.request(self.base + "/.gatehouse/me")
@@ -551,7 +552,8 @@ class RefreshNamesAnotherUser(unittest.TestCase):
             session={"refresh": True, "refresh_before": "2s"},
             identity_providers=[{"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
                                  "client_id": "gatehouse", "client_secret_file": "oidc-secret",
-                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"]}],
+                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"],
+                                 "bare_user_ids": True}],
         )
         try:
             cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
