@@ -742,11 +742,9 @@ static struct idp *idp_for_token(struct authn *an, const struct authn_req *req, 
 
 /* Was this user revoked (`sessions revoke --user`) after the token was
  * issued? A token without iat cannot show it was issued later: refused too. */
-static bool bearer_revoked(struct authn *an, const struct authn_req *req, struct authn_out *out,
-                           const char *user_key, const char *email, int64_t iat_s)
+static bool bearer_revoked(struct authn *an, const char *user_key, const char *email,
+                           int64_t iat_s)
 {
-    (void)req;
-    (void)out;
     int64_t rev_ms = session_user_revoked_ms(an->store, user_key, email);
     return rev_ms > 0 && (iat_s <= 0 || iat_s * 1000 < rev_ms);
 }
@@ -768,7 +766,7 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
         struct jwks *k = jwks_get(x);
         bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
         jwks_unref(k);
-        if (hit && bearer_revoked(an, req, out, b.user_key, b.email, b.iat_s)) {
+        if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
             return false; /* verified again, and refused there with the reason */
         }
         if (hit) {
@@ -828,7 +826,7 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
     if (rc != 0) {
         return bearer_refused(an, req, a, out, err.msg);
     }
-    if (bearer_revoked(an, req, out, id.user_key, id.email, id.iat_s)) {
+    if (bearer_revoked(an, id.user_key, id.email, id.iat_s)) {
         oidc_identity_fini(&id);
         return bearer_refused(an, req, a, out,
                               "the user's tokens were revoked after this one was issued");
@@ -1470,7 +1468,6 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                 : internal_error(an, req, a, out);
 }
 
-/* After identify (maybe through a key fetch or a refresh): the page, or sign-in. */
 /* The user id as everything downstream sees it (authn_identity.user). */
 static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out)
 {
@@ -1491,6 +1488,7 @@ static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out
     }
 }
 
+/* After identify (maybe through a key fetch or a refresh): the page, or sign-in. */
 static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *req,
                                      struct arena *a, struct authn_out *out)
 {
