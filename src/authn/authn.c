@@ -959,6 +959,11 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
             return bearer_refused(an, req, a, out,
                                   "not a JWT from an identity provider this route accepts");
         }
+        if (x->p->naudiences == 0) {
+            /* Before any fetch: such a token never verifies. */
+            return bearer_refused(an, req, a, out,
+                                  "its identity provider has no bearer \"audiences\" configured");
+        }
         struct cont *c = cont_new(a, out, CONT_BEARER_JWKS, x);
         if (c == NULL || (c->bearer = arena_strndup(a, tok.p, tok.len)) == NULL) {
             return internal_error(an, req, a, out);
