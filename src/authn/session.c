@@ -1072,7 +1072,12 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
         e->refresh_in_flight = false;
         if (ok) {
             replace(&e->refresh_token, refresh_token);
-            replace(&e->email, email);
+            if (groups_json != NULL) {
+                /* A new ID token's identity: an email it no longer carries
+                 * (or no longer as verified) is gone, not kept. */
+                wipe_free(e->email);
+                e->email = email ? xstrdup(email) : NULL;
+            }
             replace(&e->name, name);
             replace(&e->groups, groups_json);
             /* 0 = the IdP did not say: stop refreshing rather than refresh on

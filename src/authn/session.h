@@ -100,7 +100,8 @@ bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t n
                            char **refresh_token);
 /* Ends the refresh. ok=false ends the session when end_on_failure (invalid_grant),
  * else just clears the flag. refresh_token NULL keeps the old one (no rotation).
- * groups_json/email/name may be NULL to keep the current values. token_exp_s is
+ * groups_json/name may be NULL to keep the current values; email replaces the
+ * current one (NULL: none) whenever groups_json is given (a new ID token).  token_exp_s is
  * the new token expiry; 0 (unknown) stops further refreshes of this session. */
 void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
                           bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
