@@ -571,6 +571,7 @@ class RefreshNamesAnotherUser(unittest.TestCase):
     def sign_in(self):
         self.rogue.refresh_sub = None
         self.rogue.refresh_groups = None
+        self.rogue.email_verified = True
         b = Browser()
         r = b.follow(self.base + "/r")[0]
         self.assertEqual(r.status, 200, r)
@@ -593,6 +594,22 @@ class RefreshNamesAnotherUser(unittest.TestCase):
         h = {k.lower(): v for k, v in self.backend.last("/r2")["headers"]}
         self.assertEqual(h["x-gatehouse-user"], "mallory")
         self.assertEqual(h["x-gatehouse-groups"], "rogue,auditors")
+
+    def test_refresh_without_verified_email_drops_it(self):
+        # The IdP no longer vouches for the address: the session's email goes,
+        # it is not kept from the sign-in.
+        b = self.sign_in()
+        self.assertEqual(b.request(self.base + "/e1").status, 200)
+        h = {k.lower(): v for k, v in self.backend.last("/e1")["headers"]}
+        self.assertEqual(h["x-gatehouse-email"], "mallory@example.com")
+        self.rogue.email_verified = False
+        try:
+            self.wait_refresh(b, self.rogue.refreshes())
+            self.assertEqual(b.request(self.base + "/e2").status, 200)
+        finally:
+            self.rogue.email_verified = True
+        h = {k.lower(): v for k, v in self.backend.last("/e2")["headers"]}
+        self.assertNotIn("x-gatehouse-email", h)
 
     def test_other_user_ends_session(self):
         b = self.sign_in()
