@@ -173,6 +173,9 @@ identity_providers:
     client_secret_file: oidc-secret
     allow_insecure_issuer: true
     scopes: [openid, email, profile, groups]
+    # The bench compares with mod_auth_openidc verifying the same ID token.
+    accept_id_tokens: true
+    bare_user_ids: true
 routes:
   - name: public
     match: {{path_prefix: /public}}

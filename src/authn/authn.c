@@ -157,6 +157,14 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                                p->id);
                 }
             }
+            for (size_t j = 0; p->bare_user_ids && j < an->nidps; j++) {
+                if (an->idps[j].p->bare_user_ids) {
+                    conf_error(d, conf_get(e, "bare_user_ids"),
+                               "\"bare_user_ids\" is already set on identity provider \"%s\": "
+                               "at most one provider may own bare user ids",
+                               an->idps[j].p->id);
+                }
+            }
             struct idp *x = &an->idps[an->nidps++];
             x->p = p;
             atomic_init(&x->meta, NULL);
@@ -732,6 +740,15 @@ static struct idp *idp_for_token(struct authn *an, const struct authn_req *req, 
     return found;
 }
 
+/* Was this user revoked (`sessions revoke --user`) after the token was
+ * issued? A token without iat cannot show it was issued later: refused too. */
+static bool bearer_revoked(struct authn *an, const char *user_key, const char *email,
+                           int64_t iat_s)
+{
+    int64_t rev_ms = session_user_revoked_ms(an->store, user_key, email);
+    return rev_ms > 0 && (iat_s <= 0 || iat_s * 1000 < rev_ms);
+}
+
 /* An API client's next request with a token verified before: the providers
  * this route accepts are asked for it by its hash, before any parsing. A hit
  * names its provider: it was verified with that provider's keys and issuer. */
@@ -749,6 +766,9 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
         struct jwks *k = jwks_get(x);
         bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
         jwks_unref(k);
+        if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
+            return false; /* verified again, and refused there with the reason */
+        }
         if (hit) {
             out->id.user_key = b.user_key;
             out->id.sub = b.sub;
@@ -805,6 +825,11 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
     }
     if (rc != 0) {
         return bearer_refused(an, req, a, out, err.msg);
+    }
+    if (bearer_revoked(an, id.user_key, id.email, id.iat_s)) {
+        oidc_identity_fini(&id);
+        return bearer_refused(an, req, a, out,
+                              "the user's tokens were revoked after this one was issued");
     }
     bool ok = identity_from_oidc(out, &id, x->p->id, a);
     oidc_identity_fini(&id);
@@ -933,6 +958,11 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
         if (x == NULL) {
             return bearer_refused(an, req, a, out,
                                   "not a JWT from an identity provider this route accepts");
+        }
+        if (x->p->naudiences == 0) {
+            /* Before any fetch: such a token never verifies. */
+            return bearer_refused(an, req, a, out,
+                                  "its identity provider has no bearer \"audiences\" configured");
         }
         struct cont *c = cont_new(a, out, CONT_BEARER_JWKS, x);
         if (c == NULL || (c->bearer = arena_strndup(a, tok.p, tok.len)) == NULL) {
@@ -1410,7 +1440,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
         /* "user" is the subject, as in the identity headers and the decision log. */
         json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user",
-                              id->sub ? id->sub : id->user_key, "email", id->email, "name",
+                              id->user ? id->user : id->user_key, "email", id->email, "name",
                               id->name, "groups", g ? g : json_array(), "idp", id->idp,
                               "expires", expires[0] ? expires : NULL, "session", id->session_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -1434,13 +1464,33 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     codec_buf_fini(&gb);
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
-        { "user", id->sub ? id->sub : id->user_key }, { "email", id->email }, { "groups", groups },
+        { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
         { "idp", id->idp }, { "device", NULL }, { "expires", expires },
     };
     size_t len = 0;
     char *html = pages_render(an->pages, PAGE_ME, v, 7, a, &len);
     return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
                 : internal_error(an, req, a, out);
+}
+
+/* The user id as everything downstream sees it (authn_identity.user). */
+static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out)
+{
+    if (out->id.user_key == NULL || out->id.user != NULL) {
+        return;
+    }
+    const char *sub = out->id.sub;
+    if (sub == NULL) {
+        const char *hash = strchr(out->id.user_key, '#');
+        sub = hash ? hash + 1 : out->id.user_key;
+    }
+    struct idp *x = idp_by_id(an, out->id.idp);
+    char *u = oidc_user_id(out->id.idp ? out->id.idp : "?", x && x->p->bare_user_ids, sub);
+    out->id.user = adup(a, u);
+    free(u);
+    if (out->id.user == NULL) {
+        out->id.user = out->id.user_key; /* arena full: the unambiguous iss#sub */
+    }
 }
 
 /* After identify (maybe through a key fetch or a refresh): the page, or sign-in. */
@@ -1452,13 +1502,25 @@ static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *r
         r2.route_public = false;
         return unauthenticated(an, &r2, a, out, "no session");
     }
+    set_user_id(an, a, out);
     return me(an, req, a, out);
 }
 
 /* ---- entry points ----------------------------------------------------- */
 
+static enum authn_step check_step(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out);
+
 enum authn_step authn_check(struct authn *an, const struct authn_req *req, struct arena *a,
                             struct authn_out *out)
+{
+    enum authn_step st = check_step(an, req, a, out);
+    set_user_id(an, a, out);
+    return st;
+}
+
+static enum authn_step check_step(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out)
 {
     memset(out, 0, sizeof *out);
     if (str_has_prefix(req->path, STR("/.gatehouse/"))) {
@@ -1603,6 +1665,7 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
                              struct authn_out *out, int status, struct str body)
 {
     enum authn_step st = resume_step(an, req, a, out, status, body);
+    set_user_id(an, a, out);
     if (st == AUTHN_OK && str_eq_cstr(req->path, "/.gatehouse/me")) {
         return me_or_sign_in(an, req, a, out);
     }
@@ -1617,7 +1680,8 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
     if (an->signer == NULL || id == NULL || id->user_key == NULL) {
         return NULL;
     }
-    struct assertion_claims c = { .aud = route, .sub = id->user_key, .email = id->email,
+    struct assertion_claims c = { .aud = route, .sub = id->user ? id->user : id->user_key,
+                                  .email = id->email,
                                   .groups_json = id->groups_json, .sid = id->session_id,
                                   .device = device };
     struct err err = { 0 };

@@ -73,6 +73,9 @@ struct authn_req {
 /* Who is calling. Strings are arena-owned. */
 struct authn_identity {
     const char *user_key;       /* iss#sub; NULL = anonymous (public route) */
+    const char *user;           /* the user id policy, headers, assertion and log see:
+                                 * "<idp id>:<sub>", or the bare sub for the provider
+                                 * with bare_user_ids (see oidc_user_id) */
     const char *sub, *email, *name, *idp;
     const char *groups_json;    /* JSON array of strings */
     const char *claims_json;    /* JSON object */

@@ -387,6 +387,10 @@ static int check_claims(const json_t *c, const struct jwt_rules *r, struct err *
             return err_set(err, ERR_CRYPTO, "token nonce does not match the login");
         }
     }
+    const char *ptyp = jwt_claim_str(c, "typ");
+    if (r->access_typ && ptyp != NULL && strcasecmp(ptyp, "ID") == 0) {
+        return err_set(err, ERR_CRYPTO, "token is an ID token (\"typ\": \"ID\")");
+    }
     const char *sub = jwt_claim_str(c, "sub");
     if (json_object_get(c, "sub") != NULL && (sub == NULL || sub[0] == '\0')) {
         return err_set(err, ERR_CRYPTO, "token \"sub\" is empty or not a string");
@@ -452,6 +456,17 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
         const char *typ = jwt_claim_str(hdr, "typ");
         if (typ == NULL || strcasecmp(typ, r->typ) != 0) {
             rc = err_set(err, ERR_CRYPTO, "token type is not \"%s\"", r->typ);
+            goto out;
+        }
+    }
+    if (r->access_typ) {
+        const char *typ = jwt_claim_str(hdr, "typ");
+        if (json_object_get(hdr, "typ") != NULL &&
+            (typ == NULL || (strcasecmp(typ, "at+jwt") != 0 &&
+                             strcasecmp(typ, "application/at+jwt") != 0 &&
+                             strcasecmp(typ, "JWT") != 0))) {
+            rc = err_set(err, ERR_CRYPTO, "token type \"%.40s\" is not an access token",
+                         typ ? typ : "?");
             goto out;
         }
     }

@@ -60,6 +60,10 @@ struct jwt_rules {
     int64_t now_s;                   /* current time, seconds since the epoch */
     int64_t skew_s;                  /* tolerated clock skew */
     const char *typ;                 /* when set: header "typ" must equal it (case-insensitive) */
+    bool access_typ;                 /* header "typ", when present, must say access token:
+                                      * at+jwt, application/at+jwt (RFC 9068) or the
+                                      * uninformative JWT; a payload "typ" of "ID"
+                                      * (an ID token, as Keycloak marks it) is refused */
 };
 
 /* Verifies a compact JWS and its claims. On success stores the claims object in

@@ -29,7 +29,8 @@ static const char *const provider_keys[] = {
     "id", "type", "issuer", "client_id", "client_secret", "client_secret_file",
     "token_endpoint_auth", "private_key", "scopes", "claims", "groups_from_userinfo",
     "allow_insecure_issuer", "clock_skew", "jwks_refresh_min_interval", "redirect_host",
-    "audiences", "algorithms", "post_logout_redirect_uri", NULL,
+    "audiences", "algorithms", "post_logout_redirect_uri", "accept_id_tokens",
+    "require_verified_email", "bare_user_ids", NULL,
 };
 
 static const char *const claim_keys[] = { "email", "name", "groups", NULL };
@@ -122,6 +123,10 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     conf_string(d, n, "post_logout_redirect_uri", &post_logout);
     conf_bool(d, n, "groups_from_userinfo", &p->groups_from_userinfo);
     conf_bool(d, n, "allow_insecure_issuer", &p->allow_insecure_issuer);
+    p->require_verified_email = true;
+    conf_bool(d, n, "accept_id_tokens", &p->accept_id_tokens);
+    conf_bool(d, n, "require_verified_email", &p->require_verified_email);
+    conf_bool(d, n, "bare_user_ids", &p->bare_user_ids);
     conf_duration_ms(d, n, "clock_skew", 0, 600000, &skew_ms);
     conf_duration_ms(d, n, "jwks_refresh_min_interval", 1000, 86400000, &jwks_ms);
     p->clock_skew_s = (int64_t)(skew_ms / 1000);
@@ -129,6 +134,10 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
 
     if (id == NULL) {
         conf_error(d, n, "identity provider needs an \"id\"");
+    } else if (!oidc_idp_id_ok(id)) {
+        conf_error(d, conf_get(n, "id"),
+                   "identity provider id \"%s\" must be 1-64 letters, digits, '.', '_' or '-'",
+                   id);
     } else {
         p->id = xstrdup(id);
     }
@@ -230,12 +239,28 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     p->claim_name = xstrdup(cn);
     p->claim_groups = xstrdup(cg);
 
+    /* Bearer tokens are access tokens for the configured audiences (APIs),
+     * never the sign-in client's ID tokens: those travel in logout URLs and
+     * browser histories. accept_id_tokens opts in for IdPs that issue nothing
+     * else: then client_id is an audience too. */
     string_list(d, n, "audiences", &p->audiences, &p->naudiences);
-    if (p->naudiences == 0 && p->client_id != NULL) {
-        free(p->audiences);
-        p->audiences = xcalloc(1, sizeof *p->audiences);
-        p->audiences[0] = xstrdup(p->client_id);
-        p->naudiences = 1;
+    for (size_t i = 0; p->client_id != NULL && i < p->naudiences; i++) {
+        if (strcmp(p->audiences[i], p->client_id) == 0 && !p->accept_id_tokens) {
+            conf_error(d, conf_get(n, "audiences"),
+                       "\"audiences\" must not contain the client_id \"%s\": ID tokens carry "
+                       "it (set \"accept_id_tokens: true\" to accept them as bearer tokens)",
+                       p->client_id);
+        }
+    }
+    if (p->accept_id_tokens && p->client_id != NULL) {
+        bool have = false;
+        for (size_t i = 0; i < p->naudiences; i++) {
+            have = have || strcmp(p->audiences[i], p->client_id) == 0;
+        }
+        if (!have) {
+            p->audiences = xrealloc(p->audiences, (p->naudiences + 1) * sizeof *p->audiences);
+            p->audiences[p->naudiences++] = xstrdup(p->client_id);
+        }
     }
     char **algs = NULL;
     size_t nalgs = 0;
@@ -990,6 +1015,43 @@ static json_t *groups_of(const json_t *v)
     return g;
 }
 
+/* Why an email claim is not an email, or NULL when it is one. An address
+ * the IdP says it has not verified proves nothing about the caller (anyone
+ * can type alice@example.com into a sign-up form); one with several '@'
+ * ("x@evil.test@example.com") has no single domain. */
+static const char *email_refused(const struct oidc_provider *p, const json_t *claims,
+                                 const char *email)
+{
+    if (email == NULL) {
+        return NULL;
+    }
+    size_t at = 0;
+    for (const char *c = email; *c != '\0'; c++) {
+        if (*c == '@') {
+            at++;
+        } else if ((unsigned char)*c < 0x21 || *c == 0x7f) {
+            return "it has spaces or control characters";
+        }
+    }
+    if (at != 1 || email[0] == '@' || email[strlen(email) - 1] == '@') {
+        return "it is not one address with one '@'";
+    }
+    if (!p->require_verified_email) {
+        return NULL;
+    }
+    const json_t *v = json_object_get(claims, "email_verified");
+    if (json_is_true(v)) {
+        return NULL;
+    }
+    /* Some IdPs send the flag as a string. */
+    if (json_is_string(v) && strcmp(json_string_value(v), "true") == 0) {
+        return NULL;
+    }
+    return v == NULL ? "the IdP did not say it is verified (email_verified is absent; "
+                       "set require_verified_email: false for IdPs that never send it)"
+                     : "email_verified is not true";
+}
+
 static const char *const protected_claims[] = { "iss", "sub", "aud", "exp", "iat", "nbf",
                                                 "nonce", "azp", "jti", "sid", NULL };
 
@@ -1019,6 +1081,15 @@ int oidc_identity_build(const struct oidc_provider *p, const json_t *id_claims,
     out->user_key = xasprintf("%s#%s", iss, sub);
     out->sub = xstrdup(sub);
     out->email = dup_field(merged, p->claim_email);
+    const char *why = email_refused(p, merged, out->email);
+    if (why != NULL) {
+        log_info("authn", "identity provider \"%s\", user \"%.200s\": email ignored (%s)",
+                 p->id, sub, why);
+        free(out->email);
+        out->email = NULL;
+    }
+    json_t *iat = json_object_get(id_claims, "iat");
+    out->iat_s = json_is_integer(iat) ? (int64_t)json_integer_value(iat) : 0;
     out->name = dup_field(merged, p->claim_name);
     const json_t *gsrc = p->groups_from_userinfo ? userinfo : merged;
     out->groups = groups_of(gsrc ? json_object_get(gsrc, p->claim_groups) : NULL);
@@ -1187,6 +1258,7 @@ static void identity_copy(struct oidc_identity *dst, const struct oidc_identity 
     dst->groups = json_deep_copy(src->groups);
     dst->sid = dup_or_null(src->sid);
     dst->claims = dup_or_null(src->claims);
+    dst->iat_s = src->iat_s;
 }
 
 /* Copies the cached identity into out and returns true on a live hit. */
@@ -1258,6 +1330,7 @@ bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
         out->groups_json = acopy(a, s->groups_json, &ok);
         out->sid = acopy(a, s->id.sid, &ok);
         out->claims = acopy(a, s->id.claims, &ok);
+        out->iat_s = s->id.iat_s;
         hit = ok; /* an arena at its cap: verify the slow way, which fails closed */
     }
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
@@ -1277,11 +1350,19 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
         bearer_cache_get(p->bearer_cache, h, jwks_id(keys), now_s, out)) {
         return 0;
     }
+    if (p->naudiences == 0) {
+        return err_set(err, ERR_CRYPTO, "identity provider \"%s\" has no bearer \"audiences\" "
+                       "configured", p->id);
+    }
+    /* Access tokens only, unless accept_id_tokens: an ID token carries the
+     * sign-in nonce and (where the IdP types its tokens) is not at+jwt. */
     struct jwt_rules r = {
         .issuer = p->issuer,
         .audiences = (const char *const *)p->audiences,
         .naudiences = p->naudiences,
         .require_exp = true,
+        .forbid_nonce = !p->accept_id_tokens,
+        .access_typ = !p->accept_id_tokens,
         .algs = p->algs,
         .now_s = now_s,
         .skew_s = p->clock_skew_s,
@@ -1370,4 +1451,28 @@ char *oidc_redirect_uri(const struct oidc_provider *p, bool tls, const char *rou
     const char *host = p->redirect_host ? p->redirect_host : route_host;
     return xasprintf("%s://%s/.gatehouse/oidc/callback", tls ? "https" : "http",
                      host ? host : "localhost");
+}
+
+bool oidc_idp_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+char *oidc_user_id(const char *idp_id, bool bare, const char *sub)
+{
+    if (bare && strchr(sub, ':') == NULL) {
+        return xstrdup(sub);
+    }
+    return xasprintf("%s:%s", idp_id, sub);
 }

@@ -48,8 +48,12 @@ struct oidc_provider {
     int64_t clock_skew_s;           /* default 60 */
     uint64_t jwks_refresh_min_interval_ms; /* default 60s */
     char *redirect_host;            /* fixed host for redirect_uri, or NULL = the route's host */
-    char **audiences;               /* bearer JWT audiences (default: client_id) */
+    char **audiences;               /* bearer JWT audiences: the configured ones, plus
+                                     * client_id with accept_id_tokens; none = no bearer */
     size_t naudiences;
+    bool accept_id_tokens;          /* bearer: ID tokens too (aud client_id, nonce); default off */
+    bool require_verified_email;    /* email_verified false: no email (default on) */
+    bool bare_user_ids;             /* users keep bare sub ids (at most one provider) */
     unsigned algs;                  /* allowed JWS algorithms */
     char *post_logout_redirect_uri; /* NULL = none sent */
     struct bearer_cache *bearer_cache; /* private: verified bearer tokens (internally locked) */
@@ -174,11 +178,12 @@ int oidc_userinfo_parse(int status, struct str body, const char *expected_sub, j
 struct oidc_identity {
     char *user_key;   /* iss + "#" + sub: '#' cannot occur in an issuer */
     char *sub;
-    char *email;      /* may be NULL */
+    char *email;      /* may be NULL: absent, unverified, or not one address */
     char *name;       /* may be NULL */
     json_t *groups;   /* array of strings, never NULL */
     char *sid;        /* IdP session id, may be NULL */
     char *claims;     /* compact JSON of the merged claims */
+    int64_t iat_s;    /* the token's iat, 0 when absent (bearer revocation) */
 };
 void oidc_identity_fini(struct oidc_identity *id);
 
@@ -209,7 +214,17 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
 /* The identity of a cached bearer token, as text copied into a request's arena. */
 struct oidc_bearer_identity {
     const char *user_key, *sub, *email, *name, *groups_json, *sid, *claims;
+    int64_t iat_s;
 };
+
+/* The user id Gatehouse shows for (provider, sub): policy `user`, identity
+ * header, assertion sub, decision log. "<provider id>:<sub>", or the bare sub
+ * for the provider with bare_user_ids when that sub has no ':' (a bare id
+ * never contains ':', and a provider id never does, so the first ':' splits a
+ * qualified id). malloc'd. */
+char *oidc_user_id(const char *idp_id, bool bare, const char *sub);
+/* Is s a valid identity provider id: 1-64 of letters, digits, '.', '_', '-'? */
+bool oidc_idp_id_ok(const char *s);
 
 /* A token (h: SHA-256 of its text) that oidc_bearer_verify accepted with this
  * very key set and that is still live: true, with its identity copied into a.

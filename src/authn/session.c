@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -19,6 +20,7 @@
 
 #include "codec.h"
 #include "keys.h"
+#include "oidc.h"
 
 #define NBUCKETS 16384
 #define NSTRIPES 64
@@ -62,7 +64,63 @@ struct session_store {
     pthread_mutex_t dbmu;        /* serialises writer cycles with session_store_sync */
     int64_t revocation_seq;
     int64_t last_purge_ms;
+    /* `sessions revoke --user`: when each user (user key or email) was last
+     * revoked. Bearer tokens of that user issued before it are refused. Few
+     * entries; read on every bearer request, so an atomic count skips the
+     * lock while there are none. */
+    pthread_rwlock_t urmu;
+    atomic_size_t nuser_revs;
+    struct user_rev_entry *user_revs;
+    size_t user_revs_cap;
 };
+
+struct user_rev_entry {
+    char *value;
+    int64_t ts_ms;
+};
+
+static void user_rev_note(struct session_store *s, const char *value, int64_t ts_ms)
+{
+    pthread_rwlock_wrlock(&s->urmu);
+    size_t n = atomic_load(&s->nuser_revs);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(s->user_revs[i].value, value) == 0) {
+            if (ts_ms > s->user_revs[i].ts_ms) {
+                s->user_revs[i].ts_ms = ts_ms;
+            }
+            pthread_rwlock_unlock(&s->urmu);
+            return;
+        }
+    }
+    if (n == s->user_revs_cap) {
+        s->user_revs_cap = s->user_revs_cap ? s->user_revs_cap * 2 : 16;
+        s->user_revs = xrealloc(s->user_revs, s->user_revs_cap * sizeof *s->user_revs);
+    }
+    s->user_revs[n] = (struct user_rev_entry){ xstrdup(value), ts_ms };
+    atomic_store(&s->nuser_revs, n + 1);
+    pthread_rwlock_unlock(&s->urmu);
+}
+
+int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
+                                const char *email)
+{
+    if (s == NULL || atomic_load(&s->nuser_revs) == 0) {
+        return 0;
+    }
+    int64_t ts = 0;
+    pthread_rwlock_rdlock(&s->urmu);
+    size_t n = atomic_load(&s->nuser_revs);
+    for (size_t i = 0; i < n; i++) {
+        const struct user_rev_entry *e = &s->user_revs[i];
+        if (((user_key != NULL && strcmp(e->value, user_key) == 0) ||
+             (email != NULL && strcmp(e->value, email) == 0)) &&
+            e->ts_ms > ts) {
+            ts = e->ts_ms;
+        }
+    }
+    pthread_rwlock_unlock(&s->urmu);
+    return ts;
+}
 
 static int64_t now_wall_ms(void)
 {
@@ -245,7 +303,11 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS sessions_sid ON sessions(idp, sid);"
     "CREATE TABLE IF NOT EXISTS session_revocations ("
     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  kind TEXT NOT NULL, value TEXT NOT NULL, ts_ms INTEGER NOT NULL) STRICT;";
+    "  kind TEXT NOT NULL, value TEXT NOT NULL, ts_ms INTEGER NOT NULL) STRICT;"
+    /* One row per revoked user (user key or email), kept: bearer tokens
+     * issued before ts_ms stay refused after a restart. */
+    "CREATE TABLE IF NOT EXISTS user_revocations ("
+    "  value TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL) STRICT;";
 
 static sqlite3 *db_open(const char *path, struct err *err)
 {
@@ -474,6 +536,7 @@ static void poll_revocations(struct session_store *s)
              * would otherwise come back on restart. */
             struct user_rev u = { value, sqlite3_column_int64(st, 3) };
             n = cache_remove_if(s, match_user_rev, &u, true);
+            user_rev_note(s, value, u.ts_ms);
         }
         if (n > 0) {
             log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
@@ -680,6 +743,15 @@ static void preload(struct session_store *s, int64_t now_ms)
         n++;
     }
     sqlite3_finalize(st);
+    sqlite3_prepare_v2(s->db, "SELECT value, ts_ms FROM user_revocations", -1, &st, NULL);
+    while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (v != NULL) {
+            user_rev_note(s, v, sqlite3_column_int64(st, 1));
+        }
+    }
+    sqlite3_finalize(st);
+    st = NULL;
     sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM session_revocations", -1, &st,
                        NULL);
     if (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
@@ -713,6 +785,8 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     }
     pthread_mutex_init(&s->qmu, NULL);
     pthread_mutex_init(&s->dbmu, NULL);
+    pthread_rwlock_init(&s->urmu, NULL);
+    atomic_init(&s->nuser_revs, 0);
     pthread_cond_init(&s->qcv, NULL);
     s->qtail = &s->qhead;
     if (keys_load_secret32(key_file, true, s->key, err) != 0) {
@@ -769,6 +843,11 @@ void session_store_close(struct session_store *s)
     }
     pthread_mutex_destroy(&s->qmu);
     pthread_mutex_destroy(&s->dbmu);
+    for (size_t i = 0; i < atomic_load(&s->nuser_revs); i++) {
+        free(s->user_revs[i].value);
+    }
+    free(s->user_revs);
+    pthread_rwlock_destroy(&s->urmu);
     pthread_cond_destroy(&s->qcv);
     OPENSSL_cleanse(s->key, sizeof s->key);
     session_conf_fini(&s->conf);
@@ -993,7 +1072,12 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
         e->refresh_in_flight = false;
         if (ok) {
             replace(&e->refresh_token, refresh_token);
-            replace(&e->email, email);
+            if (groups_json != NULL) {
+                /* A new ID token's identity: an email it no longer carries
+                 * (or no longer as verified) is gone, not kept. */
+                wipe_free(e->email);
+                e->email = email ? xstrdup(email) : NULL;
+            }
             replace(&e->name, name);
             replace(&e->groups, groups_json);
             /* 0 = the IdP did not say: stop refreshing rather than refresh on
@@ -1041,8 +1125,8 @@ static void fmt_time(int64_t ms, char *buf, size_t n)
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-int session_admin_list(const char *db_path, const char *user, bool json, FILE *out,
-                       struct err *err)
+int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
+                       FILE *out, struct err *err)
 {
     sqlite3 *db = db_open(db_path, err);
     if (db == NULL) {
@@ -1065,6 +1149,9 @@ int session_admin_list(const char *db_path, const char *user, bool json, FILE *o
         const char *uk = (const char *)sqlite3_column_text(st, 1);
         const char *email = (const char *)sqlite3_column_text(st, 2);
         const char *idp = (const char *)sqlite3_column_text(st, 3);
+        const char *hash = uk ? strchr(uk, '#') : NULL;
+        char *uid = oidc_user_id(idp ? idp : "?", bare_idp && idp && strcmp(idp, bare_idp) == 0,
+                                 hash ? hash + 1 : (uk ? uk : "?"));
         char c[32], l[32], e[32];
         fmt_time(sqlite3_column_int64(st, 4), c, sizeof c);
         fmt_time(sqlite3_column_int64(st, 5), l, sizeof l);
@@ -1073,8 +1160,9 @@ int session_admin_list(const char *db_path, const char *user, bool json, FILE *o
             json_error_t jerr;
             json_t *g = json_loads((const char *)sqlite3_column_text(st, 7), 0, &jerr);
             json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16,
-                                  "user", uk, "email", email, "idp", idp, "created", c,
+                                  "user", uid, "email", email, "idp", idp, "created", c,
                                   "last_seen", l, "expires", e, "groups", g ? g : json_array());
+            json_object_set_new(o, "user_key", json_string(uk));
             char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
             if (line != NULL) {
                 fprintf(out, "%s\n", line);
@@ -1082,9 +1170,10 @@ int session_admin_list(const char *db_path, const char *user, bool json, FILE *o
             free(line);
             json_decref(o);
         } else {
-            fprintf(out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uk, idp,
+            fprintf(out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid, idp,
                     c, l, e);
         }
+        free(uid);
     }
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -1152,12 +1241,26 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
         sqlite3_step(rev);
         sqlite3_reset(rev);
     }
-    /* Also catch sessions the server created but has not written yet. */
+    /* Also catch sessions the server created but has not written yet; and
+     * the user's bearer tokens issued until now (user_revocations). */
     if (user != NULL && rev != NULL) {
         bind_text(rev, 1, "user");
         bind_text(rev, 2, user);
         sqlite3_bind_int64(rev, 3, now);
-        sqlite3_step(rev);
+        if (sqlite3_step(rev) != SQLITE_DONE) {
+            rc = err_set(err, ERR_IO, "cannot record the revocation: %s", sqlite3_errmsg(db));
+        }
+        sqlite3_stmt *ur = NULL;
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO user_revocations (value, ts_ms) VALUES (?1, ?2) "
+                           "ON CONFLICT(value) DO UPDATE SET ts_ms = max(ts_ms, ?2)",
+                           -1, &ur, NULL);
+        bind_text(ur, 1, user);
+        sqlite3_bind_int64(ur, 2, now);
+        if (ur == NULL || sqlite3_step(ur) != SQLITE_DONE) {
+            rc = err_set(err, ERR_IO, "cannot record the revocation: %s", sqlite3_errmsg(db));
+        }
+        sqlite3_finalize(ur);
     }
     sqlite3_finalize(del);
     sqlite3_finalize(rev);

@@ -87,6 +87,12 @@ size_t session_revoke_cookie(struct session_store *s, struct str cookie);
 size_t session_revoke_user(struct session_store *s, const char *user_key);
 size_t session_revoke_sid(struct session_store *s, const char *idp, const char *sid);
 
+/* When user_key or email was last revoked by `sessions revoke --user`
+ * (milliseconds since the epoch), 0 when never: the caller refuses bearer
+ * tokens of that user issued before it. Seen here within a second of the CLI. */
+int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
+                                const char *email);
+
 /* Refresh coordination: the first caller for a due session gets true and the
  * decrypted refresh token (caller frees, wipes); every other caller gets false
  * until session_refresh_done(). */
@@ -94,7 +100,8 @@ bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t n
                            char **refresh_token);
 /* Ends the refresh. ok=false ends the session when end_on_failure (invalid_grant),
  * else just clears the flag. refresh_token NULL keeps the old one (no rotation).
- * groups_json/email/name may be NULL to keep the current values. token_exp_s is
+ * groups_json/name may be NULL to keep the current values; email replaces the
+ * current one (NULL: none) whenever groups_json is given (a new ID token).  token_exp_s is
  * the new token expiry; 0 (unknown) stops further refreshes of this session. */
 void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
                           bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
@@ -103,9 +110,10 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
 char *session_id_token(struct session_store *s, struct str cookie);
 
 /* --- offline administration (CLI), directly on the database --------------- */
-/* Prints sessions (all, or whose user key or email is user) to out. */
-int session_admin_list(const char *db_path, const char *user, bool json, FILE *out,
-                       struct err *err) WARN_UNUSED;
+/* Prints sessions (all, or whose user key or email is user) to out, with the
+ * user id as policies see it (bare_idp: the provider with bare_user_ids). */
+int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
+                       FILE *out, struct err *err) WARN_UNUSED;
 /* Deletes sessions by user (user key or email) or by id (hex prefix of at least
  * 8 chars, must be unambiguous) and records the revocation for the serving
  * process. *count gets how many ended. */

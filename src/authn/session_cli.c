@@ -11,11 +11,70 @@
 static const char sessions_usage[] =
     "usage: gatehouse sessions list   -c gatehouse.yaml [--user U] [--json]\n"
     "       gatehouse sessions revoke -c gatehouse.yaml (--user U | --id ID)\n"
-    "  --user U   user key (issuer#subject) or email\n"
+    "  --user U   user id (<provider id>:<sub>, or the bare sub of the provider with\n"
+    "             bare_user_ids), email, or user key (issuer#sub)\n"
     "  --id ID    session id as printed by list (at least 8 hex characters)\n";
 
-/* The database path: state.sqlite, resolved against the config file. */
-static char *db_path_from_config(const char *conf_file)
+/* --user as the store knows it: a user key (issuer#sub) or an email.
+ *   "corp:alice"  the user "alice" of identity provider "corp" (split at the
+ *                 first ':'; provider ids have none)
+ *   "alice"       the user "alice" of the provider with bare_user_ids
+ *   "a@b.example" an email (when it is not one of the forms above)
+ *   "iss#sub"     a user key, as stored
+ * *bare_idp gets the id of the provider with bare_user_ids (list output). */
+static char *resolve_user(const struct conf_node *root, const char *user, char **bare_idp,
+                          struct err *err)
+{
+    const struct conf_node *list = conf_get(root, "identity_providers");
+    const char *colon = user ? strchr(user, ':') : NULL;
+    const char *bare_iss = NULL;
+    char *key = NULL;
+    struct conf_diag d = { 0 };
+    for (size_t i = 0; list != NULL && list->type == CONF_SEQ && i < list->n; i++) {
+        const struct conf_node *e = list->items[i];
+        const char *id = NULL, *iss = NULL;
+        bool bare = false;
+        if (e->type != CONF_MAP) {
+            continue;
+        }
+        conf_string(&d, e, "id", &id);
+        conf_string(&d, e, "issuer", &iss);
+        conf_bool(&d, e, "bare_user_ids", &bare);
+        if (id == NULL || iss == NULL) {
+            continue;
+        }
+        if (bare && *bare_idp == NULL) {
+            *bare_idp = xstrdup(id);
+            bare_iss = iss;
+        }
+        if (colon != NULL && key == NULL && strlen(id) == (size_t)(colon - user) &&
+            strncmp(user, id, (size_t)(colon - user)) == 0) {
+            key = xasprintf("%s#%s", iss, colon + 1);
+        }
+    }
+    conf_diag_fini(&d);
+    if (user == NULL || key != NULL) {
+        return key;
+    }
+    if (strchr(user, '#') != NULL || strchr(user, '@') != NULL) {
+        return xstrdup(user);
+    }
+    if (colon != NULL) {
+        err_set(err, ERR_PARSE, "--user \"%s\": no identity provider \"%.*s\" is configured",
+                user, (int)(colon - user), user);
+        return NULL;
+    }
+    if (bare_iss == NULL) {
+        err_set(err, ERR_PARSE, "--user \"%s\": no identity provider has bare_user_ids; give "
+                "<provider id>:%s or an email", user, user);
+        return NULL;
+    }
+    return xasprintf("%s#%s", bare_iss, user);
+}
+
+/* The database path: state.sqlite, resolved against the config file; *user
+ * replaced by its resolved form (resolve_user). */
+static char *db_path_from_config(const char *conf_file, char **user, char **bare_idp)
 {
     struct conf_diag d = { 0 };
     struct conf_doc *doc = conf_doc_load(conf_file, &d);
@@ -25,6 +84,15 @@ static char *db_path_from_config(const char *conf_file)
         conf_diag_fini(&d);
         return NULL;
     }
+    struct err err = { 0 };
+    char *resolved = resolve_user(doc->root, *user, bare_idp, &err);
+    if (*user != NULL && resolved == NULL) {
+        fprintf(stderr, "gatehouse sessions: %s\n", err.msg);
+        conf_diag_fini(&d);
+        conf_doc_free(doc);
+        return NULL;
+    }
+    *user = resolved;
     const char *sqlite = NULL;
     const struct conf_node *state = conf_get(doc->root, "state");
     if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
@@ -83,23 +151,27 @@ int authn_cmd_sessions(int argc, char **argv)
         fputs(sessions_usage, stderr);
         return 2;
     }
-    char *db = db_path_from_config(conf);
+    char *ukey = (char *)user, *bare_idp = NULL;
+    char *db = db_path_from_config(conf, &ukey, &bare_idp);
     if (db == NULL) {
+        free(bare_idp);
         return 1;
     }
     struct err err = { 0 };
     int rc;
     if (strcmp(verb, "list") == 0) {
         rc = id != NULL ? err_set(&err, ERR_PARSE, "list takes --user, not --id")
-                        : session_admin_list(db, user, json, stdout, &err);
+                        : session_admin_list(db, ukey, bare_idp, json, stdout, &err);
     } else {
         size_t n = 0;
-        rc = session_admin_revoke(db, user, id, &n, &err);
+        rc = session_admin_revoke(db, ukey, id, &n, &err);
         if (rc == 0) {
             printf("revoked %zu session(s)\n", n);
         }
     }
     free(db);
+    free(ukey);
+    free(bare_idp);
     if (rc != 0) {
         fprintf(stderr, "gatehouse sessions: %s\n", err.msg);
         return 1;

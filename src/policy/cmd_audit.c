@@ -19,6 +19,7 @@
 static const char audit_usage[] =
     "usage: gatehouse audit query -c CFG [--user U] [--route R] [--decision D]\n"
     "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "         --user: a user id (provider:sub, or a bare id) or an email\n"
     "       gatehouse audit verify -c CFG\n"
     "       gatehouse audit retain -c CFG      (offline: the server also runs it hourly)\n";
 
@@ -147,7 +148,8 @@ static int cmd_query(int argc, char **argv)
     /* With a limit, show the most recent records, still printed oldest first. */
     snprintf(sql, sizeof sql,
              "SELECT * FROM (SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND "
-             "ts_us <= ?2 AND (?3 IS NULL OR user = ?3 OR email = ?3) AND (?4 IS NULL OR route = "
+             "ts_us <= ?2 AND (?3 IS NULL OR user = ?3 OR email = ?3 OR (idp = ?7 AND user = ?8)) "
+             "AND (?4 IS NULL OR route = "
              "?4) AND (?5 IS NULL OR decision = ?5) ORDER BY seq DESC LIMIT ?6) ORDER BY seq",
              DL_COLUMNS);
     sqlite3_stmt *st = NULL;
@@ -160,6 +162,13 @@ static int cmd_query(int argc, char **argv)
     sqlite3_bind_int64(st, 2, until);
     if (user) {
         sqlite3_bind_text(st, 3, user, -1, SQLITE_STATIC);
+        /* "corp:alice" is also "alice" as logged for the provider that owns
+         * bare user ids, and as logged before user ids were qualified. */
+        const char *colon = strchr(user, ':');
+        if (colon != NULL && colon > user) {
+            sqlite3_bind_text(st, 7, user, (int)(colon - user), SQLITE_STATIC);
+            sqlite3_bind_text(st, 8, colon + 1, -1, SQLITE_STATIC);
+        }
     }
     if (route) {
         sqlite3_bind_text(st, 4, route, -1, SQLITE_STATIC);

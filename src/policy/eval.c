@@ -200,12 +200,12 @@ static struct str field_value(const struct policy_input *in, enum field f)
     case F_EMAIL:
         return in->email;
     case F_DOMAIN: {
-        for (size_t i = in->email.len; i > 0; i--) {
-            if (in->email.p[i - 1] == '@') {
-                return (struct str){ in->email.p + i, in->email.len - i };
-            }
+        /* One '@' exactly: "x@evil.test@example.com" has no domain. */
+        const char *at = in->email.len ? memchr(in->email.p, '@', in->email.len) : NULL;
+        if (at == NULL || memchr(at + 1, '@', in->email.len - (size_t)(at + 1 - in->email.p))) {
+            return STR_NULL;
         }
-        return STR_NULL;
+        return (struct str){ at + 1, in->email.len - (size_t)(at + 1 - in->email.p) };
     }
     case F_METHOD:
         return in->method;

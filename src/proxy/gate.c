@@ -1022,23 +1022,50 @@ static void scrub_request(struct gate_req *q)
     r->nheaders = out;
 }
 
+/* Must this byte of a group name be percent-encoded in the groups header? The
+ * header is a comma-separated list, so ',' and the escape '%' itself are;
+ * control bytes (a header cannot carry them); and a space at either end of the
+ * name (list parsers trim it). */
+static bool group_byte_escaped(const struct str g, size_t i)
+{
+    unsigned char c = (unsigned char)g.p[i];
+    return c == ',' || c == '%' || c < 0x20 || c == 0x7f ||
+           (c == ' ' && (i == 0 || i + 1 == g.len));
+}
+
+/* X-Gatehouse-Groups: the group names joined by ',', each percent-encoded
+ * where group_byte_escaped says so; empty names are left out. Split on ','
+ * and percent-decode each item to get the names back exactly. */
 static char *groups_csv(struct gate_req *q)
 {
+    static const char hex[] = "0123456789ABCDEF";
     struct arena *a = q->r->arena;
     size_t len = 0;
     for (size_t i = 0; i < q->in.ngroups; i++) {
-        len += q->in.groups[i].len + 1;
+        len += q->in.groups[i].len * 3 + 1;
     }
     char *s = arena_alloc(a, len + 1), *p = s;
     if (!s) {
         return NULL;
     }
     for (size_t i = 0; i < q->in.ngroups; i++) {
-        if (i) {
+        struct str g = q->in.groups[i];
+        if (g.len == 0) {
+            continue;
+        }
+        if (p != s) {
             *p++ = ',';
         }
-        memcpy(p, q->in.groups[i].p, q->in.groups[i].len);
-        p += q->in.groups[i].len;
+        for (size_t k = 0; k < g.len; k++) {
+            if (group_byte_escaped(g, k)) {
+                unsigned char c = (unsigned char)g.p[k];
+                *p++ = '%';
+                *p++ = hex[c >> 4];
+                *p++ = hex[c & 15];
+            } else {
+                *p++ = g.p[k];
+            }
+        }
     }
     *p = '\0';
     return s;
@@ -1308,7 +1335,7 @@ static void ident_from_authn(struct gate_req *q)
         return;
     }
     q->id.authenticated = true;
-    q->id.user = id->sub ? id->sub : id->user_key;
+    q->id.user = id->user ? id->user : id->user_key;
     q->id.user_key = id->user_key;
     q->id.email = id->email;
     q->id.name = id->name;

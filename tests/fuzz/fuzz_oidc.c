@@ -1,9 +1,13 @@
 /* Fuzz target for the IdP answers parsed by authn/oidc.c: any bytes as a
  * discovery document, a token response, a userinfo answer, a callback query,
- * a back-channel logout body, a login cookie and a return path. Invariants:
+ * a back-channel logout body, a login cookie, a return path, and claims mapped
+ * to an identity. Invariants:
  * nothing is accepted that needs a signature or a key (token response with a
  * nonce, logout token, sealed login cookie), parsers
- * return documented codes, accepted return paths are same-host paths. */
+ * return documented codes, accepted return paths are same-host paths, an
+ * identity's email has exactly one '@' and no spaces or control bytes and was
+ * verified, and a user id splits back into provider and sub at its first ':'. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "authn/oidc.h"
@@ -66,6 +70,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const unsigned char key[32] = { 1, 2, 3 };
     struct oidc_pending opened;
     CHECK(oidc_login_cookie_open(key, in, 1800000000, &opened, NULL) != 0);
+
+    json_error_t jerr;
+    json_t *claims = json_loadb((const char *)data, size, 0, &jerr);
+    struct oidc_identity id;
+    if (json_is_object(claims) && oidc_identity_build(p, claims, NULL, &id, &err) == 0) {
+        if (id.email != NULL) {
+            const char *at = strchr(id.email, '@');
+            CHECK(at != NULL && at != id.email && at[1] != '\0' && strchr(at + 1, '@') == NULL);
+            for (const char *c = id.email; *c; c++) {
+                CHECK((unsigned char)*c > 0x20 && *c != 0x7f);
+            }
+            const json_t *ev = json_object_get(claims, "email_verified");
+            CHECK(json_is_true(ev) ||
+                  (json_is_string(ev) && strcmp(json_string_value(ev), "true") == 0));
+        }
+        for (int bare = 0; bare < 2; bare++) {
+            char *u = oidc_user_id("corp", bare, id.sub);
+            const char *colon = strchr(u, ':');
+            if (colon == NULL) {
+                CHECK(bare && strcmp(u, id.sub) == 0);
+            } else {
+                CHECK(colon - u == 4 && strncmp(u, "corp", 4) == 0 &&
+                      strcmp(colon + 1, id.sub) == 0);
+            }
+            free(u);
+        }
+        oidc_identity_fini(&id);
+    }
+    json_decref(claims);
 
     if (oidc_return_path_safe(in)) {
         CHECK(size >= 1 && data[0] == '/');

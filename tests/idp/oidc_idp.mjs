@@ -9,8 +9,12 @@
 // text): {client_id, client_secret, redirect_uris, post_logout_redirect_uris,
 // backchannel_logout_uri, token_endpoint_auth_method, jwks}. A single object
 // or an array of them.
-// Users: alice (groups eng, admins) and bob (sales). Passwords come from
-// GH_IDP_ALICE_PASSWORD / GH_IDP_BOB_PASSWORD, or are random; both are printed.
+// Users: alice (groups eng, admins), bob (sales), and carol (eng and
+// "sales,admins"; email_verified false). Passwords come from
+// GH_IDP_<NAME>_PASSWORD, or are random; all are printed.
+// API access tokens: ask with resource=GH_IDP_API_RESOURCE (default
+// https://api.gatehouse.test) and scope api: a JWT access token (typ at+jwt)
+// for that audience, carrying email, email_verified and groups.
 // Lifetimes (seconds): GH_IDP_ACCESS_TTL (default 300), GH_IDP_ID_TTL (300),
 // GH_IDP_REFRESH_TTL (86400), GH_IDP_SESSION_TTL (86400).
 // GH_IDP_TOKEN_DELAY_MS delays every token endpoint answer (slow-IdP tests).
@@ -25,7 +29,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const { values: args } = parseArgs({
   options: { port: { type: 'string' }, client: { type: 'string' } },
@@ -78,7 +82,16 @@ const USERS = {
     password: password('bob'),
     claims: { email: 'bob@example.com', email_verified: true, name: 'Bob Example', groups: ['sales'] },
   },
+  // An address nobody verified, and a group name with a comma in it.
+  carol: {
+    password: password('carol'),
+    claims: { email: 'carol@example.com', email_verified: false, name: 'Carol Example', groups: ['eng', 'sales,admins'] },
+  },
 };
+
+// The API resource: access tokens for it are JWTs (RFC 9068, typ at+jwt) with
+// the user's email and groups, for clients that ask with resource=API_RESOURCE.
+const API_RESOURCE = process.env.GH_IDP_API_RESOURCE || 'https://api.gatehouse.test';
 
 function checkPassword(login, given) {
   const user = Object.hasOwn(USERS, login) ? USERS[login] : null;
@@ -155,6 +168,20 @@ const provider = new Provider(issuer, {
     backchannelLogout: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (_ctx, resource) => {
+        if (resource !== API_RESOURCE) throw new errors.InvalidTarget();
+        return { scope: 'api', audience: API_RESOURCE, accessTokenFormat: 'jwt', accessTokenTTL: envInt('GH_IDP_ACCESS_TTL', 300) };
+      },
+    },
+  },
+  extraTokenClaims: async (_ctx, token) => {
+    if (token.kind !== 'AccessToken' || !token.resourceServer || !Object.hasOwn(USERS, token.accountId)) return undefined;
+    const { email, email_verified: emailVerified, groups } = USERS[token.accountId].claims;
+    return { email, email_verified: emailVerified, groups };
   },
   // Back-channel logout goes to Gatehouse on loopback, which oidc-provider's
   // SSRF guard refuses; this test IdP allows loopback targets and nothing else.
@@ -179,6 +206,7 @@ const provider = new Provider(issuer, {
     });
     grant.addOIDCScope('openid email profile groups offline_access');
     grant.addOIDCClaims(['email', 'email_verified', 'name', 'groups']);
+    grant.addResourceScope(API_RESOURCE, 'api');
     await grant.save();
     return grant;
   },
@@ -250,6 +278,9 @@ async function interaction(req, res, uid, action) {
   const missing = details.prompt.details;
   if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
   if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes || {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
   const grantId = await grant.save();
   await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }

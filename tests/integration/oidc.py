@@ -18,7 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 IDP_SCRIPT = os.path.join(TESTS, "idp", "oidc_idp.mjs")
 
-PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
+PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
+API_RESOURCE = "https://api.gatehouse.test"  # the IdP's JWT access token audience
 CLIENT_ID = "gatehouse"
 CLIENT_SECRET = "gatehouse-test-secret"
 
@@ -37,6 +38,7 @@ class IdP:
             "GH_IDP_CLIENT": json.dumps(clients),
             "GH_IDP_ALICE_PASSWORD": PASSWORDS["alice"],
             "GH_IDP_BOB_PASSWORD": PASSWORDS["bob"],
+            "GH_IDP_CAROL_PASSWORD": PASSWORDS["carol"],
         })
         penv.update(env or {})
         self.lines = []
@@ -94,8 +96,13 @@ def idp_conf(idp, id="corp", **extra):
         "client_secret_file": "oidc-secret",
         "allow_insecure_issuer": True,
         "scopes": ["openid", "email", "profile", "groups", "offline_access"],
+        # The organisation's own IdP: its users keep bare ids ("alice"); any
+        # other provider's are "<id>:<sub>".
+        "bare_user_ids": True,
     }
     d.update(extra)
+    for k in [k for k, v in d.items() if v is None]:
+        del d[k]
     return d
 
 

@@ -77,6 +77,7 @@ class RogueOP:
         self.scenario = "good"
         self.sub = "mallory"
         self.email = "mallory@example.com"
+        self.email_verified = True  # None: the claim is left out
         self.name = "Mallory Stand-in"
         self.groups = ["rogue"]
         self.tmp = tempfile.mkdtemp(prefix="gh-rogue-")
@@ -232,6 +233,8 @@ class RogueOP:
         c = {"iss": self.issuer, "sub": self.sub, "aud": self.client_id, "iat": now,
              "exp": now + 300, "email": self.email, "name": self.name,
              "groups": list(self.groups)}
+        if self.email_verified is not None:
+            c["email_verified"] = self.email_verified
         if nonce is not None:
             c["nonce"] = nonce
         if self.sid:

@@ -14,21 +14,26 @@ import time
 import unittest
 import urllib.parse
 
-from oidc import CLIENT_ID, CLIENT_SECRET, PASSWORDS, Browser
+from oidc import API_RESOURCE, CLIENT_ID, CLIENT_SECRET, PASSWORDS, Browser
 from rogue_op import b64u
 from two_idp import TwoProviderCase
 
 API_REDIRECT = "http://127.0.0.1:9/api-cb"  # never visited: the code is read off the Location
 
 
-def real_id_token(idp, user="alice"):
-    """The code flow against the real IdP, as an API client would do it."""
+def real_tokens(idp, user="alice", resource=None):
+    """The code flow against the real IdP, as an API client would do it: the
+    token response (id_token, and with resource a JWT access_token for it)."""
     verifier = b64u(os.urandom(32))
     challenge = b64u(hashlib.sha256(verifier.encode()).digest())
-    q = urllib.parse.urlencode({
+    params = {
         "client_id": CLIENT_ID, "response_type": "code", "redirect_uri": API_REDIRECT,
-        "scope": "openid email profile groups", "state": "s1", "nonce": b64u(os.urandom(8)),
-        "code_challenge": challenge, "code_challenge_method": "S256"})
+        "scope": "openid email profile groups" + (" api" if resource else ""), "state": "s1",
+        "nonce": b64u(os.urandom(8)), "code_challenge": challenge,
+        "code_challenge_method": "S256"}
+    if resource:
+        params["resource"] = resource
+    q = urllib.parse.urlencode(params)
     b = Browser()
     url, method, body = f"{idp.issuer}/auth?{q}", "GET", None
     for _ in range(12):
@@ -47,14 +52,27 @@ def real_id_token(idp, user="alice"):
         raise AssertionError("no code from the IdP")
     c = http.client.HTTPConnection("127.0.0.1", idp.port, timeout=10)
     auth = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-    c.request("POST", "/token", urllib.parse.urlencode({
-        "grant_type": "authorization_code", "code": code, "redirect_uri": API_REDIRECT,
-        "code_verifier": verifier}),
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": API_REDIRECT,
+            "code_verifier": verifier}
+    if resource:
+        form["resource"] = resource
+    c.request("POST", "/token", urllib.parse.urlencode(form),
         {"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Basic " + auth})
     r = c.getresponse()
     data = json.loads(r.read())
     c.close()
-    return data["id_token"]
+    if r.status != 200:
+        raise AssertionError(f"token endpoint: {r.status} {data}")
+    return data
+
+
+def real_id_token(idp, user="alice"):
+    return real_tokens(idp, user)["id_token"]
+
+
+def real_access_token(idp, user="alice"):
+    """A JWT access token (RFC 9068, typ at+jwt) for the API resource."""
+    return real_tokens(idp, user, API_RESOURCE)["access_token"]
 
 
 class BearerTest(TwoProviderCase):
@@ -63,8 +81,14 @@ class BearerTest(TwoProviderCase):
     extra_redirect_uris = (API_REDIRECT,)
 
     @classmethod
+    def corp_settings(cls):
+        return {"audiences": [API_RESOURCE]}
+
+    @classmethod
     def rogue_settings(cls):
-        return {"audiences": ["gatehouse", "partner-api"]}
+        # The partner issues only ID-token-like JWTs (aud = our client id):
+        # the explicit opt-in, plus an API audience of its own.
+        return {"audiences": ["partner-api"], "accept_id_tokens": True}
 
     @classmethod
     def routes(cls):
@@ -110,8 +134,10 @@ class BearerTest(TwoProviderCase):
         self.assertEqual(seen["x-gatehouse-email"], email)
         return seen
 
-    def test_real_idp_id_token(self):
-        tok = real_id_token(self.idp, "bob")
+    def test_real_idp_access_token(self):
+        tok = real_access_token(self.idp, "bob")
+        hdr = json.loads(base64.urlsafe_b64decode(tok.split(".")[0] + "=="))
+        self.assertEqual(hdr["typ"], "at+jwt")
         seen = self.assertAccepted("/v1/items", tok, "bob", "bob@example.com")
         self.assertEqual(seen["x-gatehouse-groups"], "sales")
         self.assertEqual(len(seen["x-gatehouse-assertion"].split(".")), 3)
@@ -120,8 +146,14 @@ class BearerTest(TwoProviderCase):
         st, _, _ = self.call("/v1/items", tok, accept="text/html")
         self.assertEqual(st, 200)
 
+    def test_real_idp_id_token_refused(self):
+        # The sign-in client's ID token is no access token (it rides in logout
+        # URLs): refused by default, for its audience and its nonce.
+        tok = real_id_token(self.idp, "bob")
+        self.assertRefused("/v1/idt", tok, "audience")
+
     def test_real_token_tampered(self):
-        tok = real_id_token(self.idp, "alice")
+        tok = real_access_token(self.idp, "alice")
         h, p, s = tok.split(".")
         claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
         claims["groups"] = ["admins", "root"]
@@ -130,10 +162,10 @@ class BearerTest(TwoProviderCase):
 
     def test_stand_in_valid_token(self):
         tok = self.rogue.mint(self.rogue.claims())
-        self.assertAccepted("/v1/partner", tok, "mallory", "mallory@example.com")
+        self.assertAccepted("/v1/partner", tok, "partner:mallory", "mallory@example.com")
         # A second configured audience is accepted too.
         tok = self.rogue.mint(self.rogue.claims(aud="partner-api"))
-        self.assertAccepted("/v1/partner2", tok, "mallory", "mallory@example.com")
+        self.assertAccepted("/v1/partner2", tok, "partner:mallory", "mallory@example.com")
 
     def test_provider_not_accepted_on_route(self):
         tok = self.rogue.mint(self.rogue.claims())

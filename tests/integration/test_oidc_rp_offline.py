@@ -162,7 +162,9 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
                     f"    issuer: {cls.issuer}\n"
                     "    allow_insecure_issuer: true\n"
                     "    client_id: gatehouse\n    client_secret: s3cret-for-tests\n"
-                    "    scopes: [openid, email, profile, groups, offline_access]\n")
+                    "    scopes: [openid, email, profile, groups, offline_access]\n"
+                    # the bearer step below checks an ID token: opt in
+                    "    accept_id_tokens: true\n")
         cls.conf_post = cls.save("idp-post.yaml", (
             "identity_providers:\n  - id: corp\n    type: oidc\n"
             f"    issuer: {cls.issuer}\n    allow_insecure_issuer: true\n"

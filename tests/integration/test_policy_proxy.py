@@ -14,7 +14,8 @@ import unittest
 
 from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl, wait_until
 from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
-from test_bearer import API_REDIRECT, real_id_token
+from oidc import API_RESOURCE
+from test_bearer import API_REDIRECT, real_access_token
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -144,7 +145,8 @@ class PolicyThroughProxy(unittest.TestCase):
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
             identity_providers=[idp_conf(
-                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/signed-out")],
+                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/signed-out",
+                audiences=[API_RESOURCE])],
             decision_log={"file": "var/decisions.jsonl", "flush_interval": "20ms"},
         )
         files = {"oidc-secret": CLIENT_SECRET, "app.yaml": app_policy(),
@@ -274,11 +276,11 @@ class PolicyThroughProxy(unittest.TestCase):
         self.assertDenied(self.api(self.bob, "/clock/later"), "default-deny")
 
     def test_bearer_token_identity_is_decided_by_the_same_policy(self):
-        # API callers with an ID token from the real IdP instead of a session.
+        # API callers with an access token from the real IdP instead of a session.
         def call(token, path):
             return Browser(accept="application/json").request(
                 self.base + path, headers={"Authorization": "Bearer " + token})
-        alice, bob = real_id_token(self.idp, "alice"), real_id_token(self.idp, "bob")
+        alice, bob = real_access_token(self.idp, "alice"), real_access_token(self.idp, "bob")
         rec = self.assertAllowed(call(alice, "/wiki/api"), "engineers")
         self.assertEqual((rec["user"], rec["groups"]), ("alice", ["eng", "admins"]))
         self.assertIn(rec["session"], (None, ""))

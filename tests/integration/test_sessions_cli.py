@@ -52,7 +52,8 @@ class SessionsCli(unittest.TestCase):
                                                      "--user", "bob@example.com").stdout.splitlines()]
         self.assertEqual(len(rows), 2)
         self.assertEqual(rows[0]["groups"], ["eng"])
-        self.assertEqual(rows[0]["user"], "https://idp#bob")
+        self.assertEqual(rows[0]["user"], "corp:bob")  # the user id, qualified by provider
+        self.assertEqual(rows[0]["user_key"], "https://idp#bob")
 
         out = self.run_cli("revoke", "-c", self.cfg, "--user", "https://idp#bob")
         self.assertEqual(out.stdout.strip(), "revoked 2 session(s)")

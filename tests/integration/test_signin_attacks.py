@@ -321,7 +321,8 @@ class CraftedIdTokens(AttackBase):
         self.assertEqual(r.status, 302, r)
         self.assertEqual(r.header("Location"), "/after")
         me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
-        self.assertEqual(me.json()["user"], "mallory")
+        # A second provider's users are "<provider>:<sub>" (corp owns bare ids).
+        self.assertEqual(me.json()["user"], "rogue:mallory")
         self.assertEqual(me.json()["email"], "mallory@example.com")
         self.assertEqual(me.json()["idp"], "rogue")
 
@@ -441,7 +442,7 @@ class CraftedIdTokens(AttackBase):
             self.assertEqual(names.count("x-gatehouse-user"), 1)
             vals = [v for k, v in self.backend.last("/hostile")["headers"]
                     if k.lower() == "x-gatehouse-user"]
-            self.assertEqual(vals, ["mallory"])
+            self.assertEqual(vals, ["rogue:mallory"])
         else:
             self.assertTrue(400 <= r.status < 600, r)
         r = b.request(self.base + "/.gatehouse/me")
@@ -551,7 +552,8 @@ class RefreshNamesAnotherUser(unittest.TestCase):
             session={"refresh": True, "refresh_before": "2s"},
             identity_providers=[{"id": "rogue", "type": "oidc", "issuer": cls.rogue.issuer,
                                  "client_id": "gatehouse", "client_secret_file": "oidc-secret",
-                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"]}],
+                                 "allow_insecure_issuer": True, "scopes": ["openid", "email"],
+                                 "bare_user_ids": True}],
         )
         try:
             cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
@@ -569,6 +571,7 @@ class RefreshNamesAnotherUser(unittest.TestCase):
     def sign_in(self):
         self.rogue.refresh_sub = None
         self.rogue.refresh_groups = None
+        self.rogue.email_verified = True
         b = Browser()
         r = b.follow(self.base + "/r")[0]
         self.assertEqual(r.status, 200, r)
@@ -591,6 +594,22 @@ class RefreshNamesAnotherUser(unittest.TestCase):
         h = {k.lower(): v for k, v in self.backend.last("/r2")["headers"]}
         self.assertEqual(h["x-gatehouse-user"], "mallory")
         self.assertEqual(h["x-gatehouse-groups"], "rogue,auditors")
+
+    def test_refresh_without_verified_email_drops_it(self):
+        # The IdP no longer vouches for the address: the session's email goes,
+        # it is not kept from the sign-in.
+        b = self.sign_in()
+        self.assertEqual(b.request(self.base + "/e1").status, 200)
+        h = {k.lower(): v for k, v in self.backend.last("/e1")["headers"]}
+        self.assertEqual(h["x-gatehouse-email"], "mallory@example.com")
+        self.rogue.email_verified = False
+        try:
+            self.wait_refresh(b, self.rogue.refreshes())
+            self.assertEqual(b.request(self.base + "/e2").status, 200)
+        finally:
+            self.rogue.email_verified = True
+        h = {k.lower(): v for k, v in self.backend.last("/e2")["headers"]}
+        self.assertNotIn("x-gatehouse-email", h)
 
     def test_other_user_ends_session(self):
         b = self.sign_in()

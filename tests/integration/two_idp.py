@@ -22,6 +22,21 @@ class TwoProviderCase(unittest.TestCase):
         return {}
 
     @classmethod
+    def extra_files(cls):
+        """Files written next to the config (policies), beyond the secret."""
+        return {}
+
+    @classmethod
+    def extra_config(cls):
+        """Top-level config keys beyond listen, state, identity_providers."""
+        return {}
+
+    @classmethod
+    def corp_settings(cls):
+        """Settings of the real IdP's entry beyond idp_conf's."""
+        return {}
+
+    @classmethod
     def routes(cls):
         raise NotImplementedError("a TwoProviderCase names its routes")
 
@@ -40,9 +55,11 @@ class TwoProviderCase(unittest.TestCase):
                       **cls.rogue_settings()}
         cfg = basic_config(cls.routes(), listen=[{"address": f"127.0.0.1:{port}"}],
                            state={"sqlite": "var/gatehouse.db"},
-                           identity_providers=[idp_conf(cls.idp), rogue_conf])
+                           identity_providers=[idp_conf(cls.idp, **cls.corp_settings()),
+                                               rogue_conf],
+                           **cls.extra_config())
         try:
-            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET, **cls.extra_files()})
         except Exception:
             cls.idp.stop()
             cls.rogue.stop()

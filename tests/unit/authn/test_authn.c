@@ -73,7 +73,8 @@ static int setup(void **state)
                            "issuer: https://gatehouse.example}\n"
                            "identity_providers:\n"
                            "  - {id: corp, type: oidc, issuer: https://idp.example, "
-                           "client_id: gatehouse, client_secret: s3cret}\n"
+                           "client_id: gatehouse, client_secret: s3cret, bare_user_ids: true, "
+                           "audiences: [https://api.example]}\n"
                            "  - {id: other, type: oidc, issuer: https://other.example, "
                            "client_id: gatehouse, client_secret: s3cret}\n",
                            dir, dir);
@@ -166,7 +167,8 @@ static char *token_body(const char *nonce, const char *sid, int expires_in, cons
 {
     long now = (long)(now_ms() / 1000);
     char *claims = xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\",\"exp\":%ld,"
-                             "\"iat\":%ld,%s%s%s\"email\":\"alice@example.com\",\"name\":\"Alice\","
+                             "\"iat\":%ld,%s%s%s\"email\":\"alice@example.com\",\"email_verified\":true,"
+                             "\"name\":\"Alice\","
                              "\"groups\":[\"eng\",\"admins\"],\"sid\":\"%s\"}",
                              ISS, now + 300, now, nonce ? "\"nonce\":\"" : "", nonce ? nonce : "",
                              nonce ? "\"," : "", sid);
@@ -415,8 +417,8 @@ static void test_callback_attacks(void **state)
 static void test_bearer_tokens(void **state)
 {
     long now = (long)(now_ms() / 1000);
-    char *c = xasprintf("{\"iss\":\"%s\",\"sub\":\"svc\",\"aud\":\"gatehouse\",\"exp\":%ld}", ISS,
-                        now + 60);
+    char *c = xasprintf("{\"iss\":\"%s\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
+                        "\"exp\":%ld}", ISS, now + 60);
     char *t = sign("k1", c);
     char *auth = xasprintf("Bearer %s", t);
     struct rq q;
@@ -431,6 +433,7 @@ static void test_bearer_tokens(void **state)
     assert_int_equal(st, AUTHN_OK);
     assert_true(o.id.bearer);
     assert_string_equal(o.id.user_key, "https://idp.example#svc");
+    assert_string_equal(o.id.user, "svc"); /* corp owns bare user ids */
     free(auth);
     free(t);
     /* Unknown kid: the key set was fetched just now, so no refetch: 401. */

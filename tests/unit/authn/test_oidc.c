@@ -31,7 +31,8 @@ static const char conf_yaml[] =
     "    client_id: gatehouse\n"
     "    client_secret: s3cret/+\n"
     "    scopes: [email, profile]\n"
-    "    claims: {groups: roles}\n";
+    "    claims: {groups: roles}\n"
+    "    audiences: [https://api.example]\n";
 
 static const char discovery[] =
     "{\"issuer\":\"https://idp.example\","
@@ -97,7 +98,10 @@ static void test_provider_config_defaults_and_errors(void **state)
     assert_string_equal(prov->claim_email, "email");
     assert_int_equal(prov->clock_skew_s, 60);
     assert_int_equal(prov->naudiences, 1);
-    assert_string_equal(prov->audiences[0], "gatehouse");
+    assert_string_equal(prov->audiences[0], "https://api.example");
+    assert_false(prov->accept_id_tokens);
+    assert_true(prov->require_verified_email);
+    assert_false(prov->bare_user_ids);
 
     static const char bad[] = "- id: x\n  type: oidc\n  issuer: http://idp.example\n"
                               "  client_id: c\n  client_secrets: y\n";
@@ -283,7 +287,7 @@ static char *token_body(const char *nonce, long exp)
 {
     char *claims = xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\","
                              "\"exp\":%ld,\"iat\":%d,\"nonce\":\"%s\",\"email\":"
-                             "\"alice@example.com\",\"roles\":[\"eng\",\"admins\",7],"
+                             "\"alice@example.com\",\"email_verified\":true,\"roles\":[\"eng\",\"admins\",7],"
                              "\"sid\":\"S1\"}",
                              ISS, exp, NOW, nonce);
     char *idt = sign(claims);
@@ -410,7 +414,7 @@ static void test_bearer_and_logout_url(void **state)
 {
     struct err err = { 0 };
     struct oidc_identity id;
-    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"gatehouse\","
+    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
                    "\"exp\":1800000100,\"roles\":\"robots\"}");
     assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), 0);
     assert_string_equal(id.user_key, "https://idp.example#svc");
@@ -420,8 +424,47 @@ static void test_bearer_and_logout_url(void **state)
     t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"api\","
              "\"exp\":1800000100}");
     assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), ERR_CRYPTO);
-    assert_string_equal(err.msg, "token audience does not include \"gatehouse\"");
+    assert_string_equal(err.msg, "token audience does not include \"https://api.example\"");
     free(t);
+    /* The sign-in client's ID token is not an access token. */
+    t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"gatehouse\","
+             "\"exp\":1800000100}");
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), ERR_CRYPTO);
+    free(t);
+    t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
+             "\"exp\":1800000100,\"nonce\":\"n\"}");
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), ERR_CRYPTO);
+    assert_string_equal(err.msg, "token must not carry a \"nonce\"");
+    free(t);
+    t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
+             "\"exp\":1800000100,\"typ\":\"ID\"}");
+    assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), ERR_CRYPTO);
+    assert_string_equal(err.msg, "token is an ID token (\"typ\": \"ID\")");
+    free(t);
+    /* Emails: unverified, absent flag, several '@': none is an email. */
+    static const char *const bad_mail[] = {
+        "{\"iss\":\"i\",\"sub\":\"s\",\"email\":\"a@example.com\",\"email_verified\":false}",
+        "{\"iss\":\"i\",\"sub\":\"s\",\"email\":\"a@example.com\"}",
+        "{\"iss\":\"i\",\"sub\":\"s\",\"email\":\"x@evil.test@example.com\",\"email_verified\":true}",
+        "{\"iss\":\"i\",\"sub\":\"s\",\"email\":\"a b@example.com\",\"email_verified\":true}",
+    };
+    for (size_t i = 0; i < sizeof bad_mail / sizeof *bad_mail; i++) {
+        json_error_t je;
+        json_t *c = json_loads(bad_mail[i], 0, &je);
+        assert_int_equal(oidc_identity_build(prov, c, NULL, &id, &err), 0);
+        assert_null(id.email);
+        oidc_identity_fini(&id);
+        json_decref(c);
+    }
+    char *uid = oidc_user_id("corp", false, "alice");
+    assert_string_equal(uid, "corp:alice");
+    free(uid);
+    uid = oidc_user_id("corp", true, "alice");
+    assert_string_equal(uid, "alice");
+    free(uid);
+    uid = oidc_user_id("corp", true, "a:b"); /* a bare id never has ':' */
+    assert_string_equal(uid, "corp:a:b");
+    free(uid);
     char *u = oidc_logout_url(prov, meta, "ID.T", "https://app.example/.gatehouse/logout?done=1");
     assert_string_equal(u, "https://idp.example/session/end?id_token_hint=ID.T&client_id=gatehouse"
                            "&post_logout_redirect_uri=https%3A%2F%2Fapp.example%2F.gatehouse%2F"
@@ -434,7 +477,7 @@ static void test_bearer_cache_rechecks_expiry_and_key_set(void **state)
 {
     struct err err = { 0 };
     struct oidc_identity id;
-    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"gatehouse\","
+    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
                    "\"exp\":1800000100}");
     assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), 0);
     oidc_identity_fini(&id);

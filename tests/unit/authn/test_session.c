@@ -200,7 +200,7 @@ static void test_at_rest_restart_and_cli_revoke(void **state)
 
     /* Listing works on what is left. */
     FILE *out = tmpfile();
-    assert_int_equal(session_admin_list(db, NULL, true, out, &err), 0);
+    assert_int_equal(session_admin_list(db, NULL, NULL, true, out, &err), 0);
     assert_int_equal(ftell(out), 0);
     fclose(out);
     arena_free(a);
