@@ -1,0 +1,175 @@
+"""Issue 10.5: a certificate renewed at the same path is picked up.
+
+Certbot and cert-manager replace the files in place. Gatehouse reloads a
+listener's certificate and key when their content changes, by itself within a
+few seconds and on SIGHUP; new handshakes get the new certificate, connections
+already open keep theirs; a certificate and key that do not match keep the old
+pair with a config file:line:col log line; the new certificate's subject and
+expiry are logged, and gatehouse_tls_certificate_expiry_seconds{listener,sni}
+follows. Certificates are made at test time with the openssl CLI."""
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import tempfile
+import time
+import unittest
+
+from harness import (Backend, CertFactory, Gatehouse, Reader, basic_config, free_port,
+                     http_get, openssl, route, wait_until)
+
+
+def leaf(ca, name, dns, days):
+    """A leaf for CN=name signed by ca, valid for days; returns (crt, key) bytes."""
+    d = tempfile.mkdtemp(dir=ca.dir)
+    key, csr, crt, ext = (os.path.join(d, n) for n in ("k.pem", "r.csr", "c.pem", "e.ext"))
+    with open(ext, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                "subjectAltName=" + ",".join(f"DNS:{x}" for x in dns) + "\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", csr, "-CA", ca.ca_crt, "-CAkey", ca.ca_key,
+            "-CAcreateserial", "-out", crt, "-days", str(days), "-extfile", ext)
+    with open(crt, "rb") as f1, open(key, "rb") as f2:
+        return f1.read(), f2.read()
+
+
+class TlsReload(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="gh-it-tlsr-")
+        cls.ca = CertFactory(os.path.join(cls.tmp, "pki"))
+        cls.live = os.path.join(cls.tmp, "live")
+        os.makedirs(cls.live)
+        cls.crt = os.path.join(cls.live, "fullchain.pem")
+        cls.key = os.path.join(cls.live, "privkey.pem")
+        cls.first = leaf(cls.ca, "first", ["a.test"], 2)
+        cls.put(cls.first)
+        cls.backend = Backend("b1")
+        cls.port = free_port()
+        cfg = basic_config([route("app", [cls.backend])], listen=[
+            {"address": f"127.0.0.1:{cls.port}", "tls": {"cert": cls.crt, "key": cls.key}}])
+        try:
+            cls.gh = Gatehouse(cfg)
+        except Exception:
+            cls.backend.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.backend.stop()
+        cls.gh.finish()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def put(cls, pair, in_place=False):
+        """Installs (crt, key): renamed over the old files as certbot does, or
+        rewritten in place."""
+        for path, data in ((cls.key, pair[1]), (cls.crt, pair[0])):
+            if in_place:
+                with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+                    f.truncate(0)
+                    f.write(data)
+            else:
+                with open(path + ".new", "wb") as f:
+                    f.write(data)
+                os.replace(path + ".new", path)
+
+    def context(self):
+        ctx = ssl.create_default_context(cafile=self.ca.ca_crt)
+        return ctx
+
+    def connect(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return self.context().wrap_socket(s, server_hostname="a.test")
+
+    def served_cn(self):
+        with self.connect() as s:
+            cert = s.getpeercert()
+        return dict(x[0] for x in cert["subject"])["commonName"]
+
+    def setUp(self):
+        # Each test starts from the first certificate being served.
+        if self.served_cn() != "first":
+            self.put(self.first)
+            self.assertTrue(wait_until(lambda: self.served_cn() == "first", timeout=8))
+        self.mark = len(self.gh.stderr())
+
+    def new_log(self):
+        return self.gh.stderr()[self.mark:]
+
+    def expiry_metric(self):
+        body = http_get(self.gh.admin_port, "/metrics").body.decode()
+        m = re.search(r'^gatehouse_tls_certificate_expiry_seconds\{listener="127\.0\.0\.1:%d",'
+                      r'sni="a\.test"\} (-?\d+)$' % self.port, body, re.M)
+        self.assertIsNotNone(m, body[-3000:])
+        return int(m.group(1))
+
+    def test_issue_10_5_renamed_over_is_served_without_a_signal(self):
+        # An open connection keeps the certificate it was made with.
+        old = self.connect()
+        rd = Reader(old)
+        old.sendall(b"GET /keep HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        self.assertEqual(rd.read_response().status, 200)
+        self.put(leaf(self.ca, "renewed", ["a.test"], 30))
+        self.assertTrue(wait_until(lambda: self.served_cn() == "renewed", timeout=8),
+                        self.new_log())
+        self.assertRegex(self.new_log(), r'certificate %s reloaded: subject \\"CN=renewed\\", '
+                         r'expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ' % re.escape(self.crt))
+        old.sendall(b"GET /keep HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        self.assertEqual(rd.read_response().status, 200)
+        self.assertEqual(dict(x[0] for x in old.getpeercert()["subject"])["commonName"],
+                         "first")
+        old.close()
+        # 30 days ahead now, not 2.
+        self.assertGreater(self.expiry_metric(), 29 * 86400)
+
+    def test_issue_10_5_written_in_place_is_served_without_a_signal(self):
+        self.put(leaf(self.ca, "inplace", ["a.test"], 10), in_place=True)
+        self.assertTrue(wait_until(lambda: self.served_cn() == "inplace", timeout=8),
+                        self.new_log())
+        self.assertGreater(self.expiry_metric(), 9 * 86400)
+        self.assertLess(self.expiry_metric(), 10 * 86400 + 60)
+
+    def test_issue_10_5_a_bad_pair_keeps_the_old_one(self):
+        a = leaf(self.ca, "bad-a", ["a.test"], 30)
+        b = leaf(self.ca, "bad-b", ["a.test"], 30)
+        self.put((a[0], b[1]))  # a certificate with another key
+        self.assertTrue(wait_until(lambda: "still serving the previous certificate"
+                                   in self.new_log(), timeout=8), self.new_log())
+        log = self.new_log()
+        self.assertRegex(log, re.escape(self.gh.config_path) + r":\d+:\d+: error: listener "
+                         r"127\.0\.0\.1:%d: cannot load key %s: "
+                         % (self.port, re.escape(self.key)))
+        self.assertIn("key values mismatch", log)
+        for _ in range(3):
+            self.assertEqual(self.served_cn(), "first")
+        # Refused once, not again every poll while the files stay the same.
+        time.sleep(4.5)
+        self.assertEqual(self.new_log().count("still serving the previous certificate"), 1,
+                         self.new_log())
+        self.assertEqual(self.served_cn(), "first")
+        self.assertLess(self.expiry_metric(), 2 * 86400 + 60)
+        self.assertIsNone(self.gh.proc.poll())
+
+    def test_issue_10_5_sighup_reloads_the_certificate(self):
+        a = leaf(self.ca, "hup-a", ["a.test"], 30)
+        b = leaf(self.ca, "hup-b", ["a.test"], 30)
+        self.put((a[0], b[1]))
+        self.assertTrue(wait_until(lambda: "still serving the previous certificate"
+                                   in self.new_log(), timeout=8), self.new_log())
+        # SIGHUP tries the same (bad) content again, and says so.
+        self.gh.signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: self.new_log().count(
+            "still serving the previous certificate") == 2, timeout=5), self.new_log())
+        self.put(a)
+        self.gh.signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: self.served_cn() == "hup-a", timeout=5),
+                        self.new_log())
+        self.assertIn('subject \\"CN=hup-a\\"', self.new_log())
+
+
+if __name__ == "__main__":
+    unittest.main()
