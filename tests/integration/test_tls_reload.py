@@ -173,3 +173,46 @@ class TlsReload(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ClientCaReload(unittest.TestCase):
+    """The client (device) CA file is watched like the certificate: a replaced CA
+    bundle decides the next handshakes."""
+
+    def test_issue_10_5_replaced_client_ca_is_used_without_a_signal(self):
+        tmp = tempfile.mkdtemp(prefix="gh-it-tlsca-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server_ca = CertFactory(os.path.join(tmp, "server"))
+        crt, key = server_ca.leaf("a.test", dns=["a.test"])
+        devices_a = CertFactory(os.path.join(tmp, "devices-a"), "Devices A")
+        devices_b = CertFactory(os.path.join(tmp, "devices-b"), "Devices B")
+        dev_crt, dev_key = devices_b.leaf("laptop-b")
+        client_ca = os.path.join(tmp, "devices-ca.pem")
+        shutil.copy(devices_a.ca_crt, client_ca)
+        backend = Backend("b1")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        cfg = basic_config([route("app", [backend])], listen=[
+            {"address": f"127.0.0.1:{port}",
+             "tls": {"cert": crt, "key": key, "client_ca": client_ca,
+                     "client_cert": "required"}}])
+        gh = Gatehouse(cfg)
+        self.addCleanup(gh.cleanup)
+
+        def status():
+            ctx = ssl.create_default_context(cafile=server_ca.ca_crt)
+            ctx.load_cert_chain(dev_crt, dev_key)
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                with ctx.wrap_socket(s, server_hostname="a.test") as t:
+                    t.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                    return Reader(t).read_response().status
+            except (ssl.SSLError, OSError):
+                return None
+
+        self.assertIsNone(status())  # signed by B, only A is trusted
+        with open(client_ca + ".new", "wb") as f:
+            with open(devices_b.ca_crt, "rb") as src:
+                f.write(src.read())
+        os.replace(client_ca + ".new", client_ca)
+        self.assertTrue(wait_until(lambda: status() == 200, timeout=8), gh.stderr()[-2000:])
