@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <openssl/err.h>
@@ -229,6 +230,7 @@ struct tls_slot {
     SSL_CTX *ctx;               /* one reference held here; NULL for plain */
     unsigned char digest[32];   /* of the file names and contents it was built from */
     unsigned char refused[32];  /* the last content that failed to load */
+    uint64_t stamp;             /* files_stamp() when last looked at */
     bool has_refused;
     char address[128];
     struct tls_cert_info *certs;
@@ -241,14 +243,13 @@ static struct {
     size_t n;
 } T = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
-/* SHA-256 over every file a listener's contexts are built from, names included
- * (a changed client_ca path counts). A file that cannot be read hashes as such;
- * building then reports why. */
-static void files_digest(const struct listener_conf *lc, unsigned char out[32])
+/* The files a listener's contexts are built from (NULL entries for absent
+ * client_ca/client_crl). Caller frees the array. */
+static const char **listener_files(const struct listener_conf *lc, size_t *n)
 {
-    const char *files[2 * 64 + 2];
+    const char **files = xcalloc(2 * lc->ncerts + 2, sizeof *files);
     size_t nf = 0;
-    for (size_t i = 0; i < lc->ncerts && nf + 2 < 2 * 64; i++) {
+    for (size_t i = 0; i < lc->ncerts; i++) {
         files[nf++] = lc->certs[i].cert_file;
         files[nf++] = lc->certs[i].key_file;
     }
@@ -256,6 +257,44 @@ static void files_digest(const struct listener_conf *lc, unsigned char out[32])
         files[nf++] = lc->client_ca;
         files[nf++] = lc->client_crl;
     }
+    *n = nf;
+    return files;
+}
+
+/* A cheap fingerprint from stat (inode, size, mtime, ctime; following symlinks, so
+ * certbot's re-pointed live/ links count): the content is hashed only when it
+ * moves. */
+static uint64_t files_stamp(const struct listener_conf *lc)
+{
+    size_t nf;
+    const char **files = listener_files(lc, &nf);
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < nf; i++) {
+        struct stat st;
+        uint64_t v[6] = { 0 };
+        if (files[i] && stat(files[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+            v[4] = (uint64_t)st.st_ctim.tv_sec;
+            v[5] = (uint64_t)st.st_ctim.tv_nsec;
+        }
+        for (size_t k = 0; k < 6; k++) {
+            h = (h ^ v[k]) * 1099511628211ULL;
+        }
+    }
+    free(files);
+    return h;
+}
+
+/* SHA-256 over every file a listener's contexts are built from, names included
+ * (a changed client_ca path counts). A file that cannot be read hashes as such;
+ * building then reports why. */
+static void files_digest(const struct listener_conf *lc, unsigned char out[32])
+{
+    size_t nf;
+    const char **files = listener_files(lc, &nf);
     unsigned char acc[32] = { 0 };
     for (size_t i = 0; i < nf; i++) {
         const char *f = files[i] ? files[i] : "";
@@ -286,6 +325,7 @@ static void files_digest(const struct listener_conf *lc, unsigned char out[32])
         digest_sha256(parts, lens, 4, acc);
         free(data);
     }
+    free(files);
     memcpy(out, acc, 32);
 }
 
@@ -362,6 +402,7 @@ int tls_listeners_start(const struct config *cfg, struct err *err, size_t *bad)
         if (!lc->tls) {
             continue;
         }
+        sl->stamp = files_stamp(lc);
         files_digest(lc, sl->digest);
         sl->ctx = tls_server_ctx(lc, err);
         if (!sl->ctx) {
@@ -387,6 +428,10 @@ SSL_CTX *tls_listener_ctx(size_t index)
 
 void tls_listeners_check(const struct config *cfg, bool retry_refused)
 {
+    /* Two same-size writes within one timestamp tick leave stat unchanged: hash
+     * the content anyway every fifteenth call (30 s when polled). */
+    static unsigned calls;
+    bool hash_anyway = retry_refused || ++calls % 15 == 0;
     for (size_t i = 0; i < cfg->nlisteners && i < T.n; i++) {
         const struct listener_conf *lc = &cfg->listeners[i];
         struct tls_slot *sl = &T.slots[i];
@@ -394,6 +439,11 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused)
         if (!lc->tls || !sl->ctx) {
             continue;
         }
+        uint64_t stamp = files_stamp(lc);
+        if (!hash_anyway && stamp == sl->stamp) {
+            continue;
+        }
+        sl->stamp = stamp;
         files_digest(lc, d);
         if (memcmp(d, sl->digest, 32) == 0 ||
             (!retry_refused && sl->has_refused && memcmp(d, sl->refused, 32) == 0)) {
