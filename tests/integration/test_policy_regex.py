@@ -46,15 +46,28 @@ NOT_POLICY = """rules:
 EVIL = "/" + "a" * 8000 + "b"
 
 
-def limit_memory():
-    lim = 512 * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+def sanitized():
+    """An AddressSanitizer build reserves terabytes of shadow memory: it cannot run
+    under an address-space limit."""
+    with open(gatehouse_bin(), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def limit_resources(memory):
+    def apply():
+        # 512 MB of address space (glibc needed 725 MB to 2 GB for these patterns)
+        # and 30 s of CPU: a regression fails instead of exhausting the machine.
+        if memory:
+            lim = 512 * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        resource.setrlimit(resource.RLIMIT_CPU, (30, 30))
+    return apply
 
 
 def run_limited(args, cwd):
     t = time.monotonic()
     r = subprocess.run([gatehouse_bin()] + args, cwd=cwd, capture_output=True, text=True,
-                       timeout=60, preexec_fn=limit_memory)
+                       timeout=60, preexec_fn=limit_resources(not sanitized()))
     return r, time.monotonic() - t
 
 
