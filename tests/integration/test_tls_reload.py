@@ -17,8 +17,8 @@ import tempfile
 import time
 import unittest
 
-from harness import (Backend, CertFactory, Gatehouse, Reader, basic_config, free_port,
-                     http_get, openssl, route, wait_until)
+from harness import (Backend, CertFactory, ConnectionClosed, Gatehouse, Reader, basic_config,
+                     free_port, http_get, openssl, route, wait_until)
 
 
 def leaf(ca, name, dns, days):
@@ -207,7 +207,7 @@ class ClientCaReload(unittest.TestCase):
                 with ctx.wrap_socket(s, server_hostname="a.test") as t:
                     t.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
                     return Reader(t).read_response().status
-            except (ssl.SSLError, OSError):
+            except (ssl.SSLError, OSError, ConnectionClosed):
                 return None
 
         self.assertIsNone(status())  # signed by B, only A is trusted
@@ -216,3 +216,57 @@ class ClientCaReload(unittest.TestCase):
                 f.write(src.read())
         os.replace(client_ca + ".new", client_ca)
         self.assertTrue(wait_until(lambda: status() == 200, timeout=8), gh.stderr()[-2000:])
+
+
+class ClientCrlReload(unittest.TestCase):
+    """A new CRL at the same path revokes for the next handshakes, without a signal."""
+
+    def test_issue_10_5_replaced_crl_revokes_without_a_signal(self):
+        tmp = tempfile.mkdtemp(prefix="gh-it-tlscrl-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server_ca = CertFactory(os.path.join(tmp, "server"))
+        crt, key = server_ca.leaf("a.test", dns=["a.test"])
+        devices = CertFactory(os.path.join(tmp, "devices"), "Devices")
+        dev_crt, dev_key = devices.leaf("laptop")
+        cnf = os.path.join(devices.dir, "ca.cnf")
+        with open(cnf, "w") as f:
+            f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\n"
+                    "default_md = sha256\ndefault_crl_days = 2\n")
+        open(os.path.join(devices.dir, "index.txt"), "w").close()
+        with open(os.path.join(devices.dir, "crlnumber"), "w") as f:
+            f.write("1000\n")
+
+        def gencrl(out):
+            openssl("ca", "-config", cnf, "-keyfile", devices.ca_key, "-cert", devices.ca_crt,
+                    "-gencrl", "-out", out, cwd=devices.dir)
+
+        crl = os.path.join(tmp, "devices.crl")
+        gencrl(crl)
+        backend = Backend("b1")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        cfg = basic_config([route("app", [backend])], listen=[
+            {"address": f"127.0.0.1:{port}",
+             "tls": {"cert": crt, "key": key, "client_ca": devices.ca_crt,
+                     "client_crl": crl, "client_cert": "required"}}])
+        gh = Gatehouse(cfg)
+        self.addCleanup(gh.cleanup)
+
+        def status():
+            ctx = ssl.create_default_context(cafile=server_ca.ca_crt)
+            ctx.load_cert_chain(dev_crt, dev_key)
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                with ctx.wrap_socket(s, server_hostname="a.test") as t:
+                    t.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                    return Reader(t).read_response().status
+            except (ssl.SSLError, OSError, ConnectionClosed):
+                return None
+
+        self.assertEqual(status(), 200)
+        openssl("ca", "-config", cnf, "-keyfile", devices.ca_key, "-cert", devices.ca_crt,
+                "-revoke", dev_crt, cwd=devices.dir)
+        gencrl(crl + ".new")
+        os.replace(crl + ".new", crl)
+        self.assertTrue(wait_until(lambda: status() is None, timeout=8), gh.stderr()[-2000:])
+        self.assertIn("reloaded", gh.stderr())
