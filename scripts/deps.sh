@@ -8,7 +8,7 @@ PKGS=(
   build-essential meson ninja-build pkg-config clang
   libssl-dev openssl libev-dev libyaml-dev libsqlite3-dev sqlite3
   libcurl4-openssl-dev libcjose-dev libjansson-dev liboauth2-dev
-  liblasso3-dev libcmocka-dev node-llhttp
+  liblasso3-dev libcmocka-dev node-llhttp libpcre2-dev
   python3 curl ca-certificates
   nodejs npm chromium
   wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc

@@ -270,6 +270,8 @@ static const char *rule_result_name(uint8_t v)
         return "no match";
     case POLICY_RULE_UNKNOWN:
         return "unknown (needs OPA)";
+    case POLICY_RULE_ERROR:
+        return "error (a regex limit: fails closed)";
     default:
         return "not evaluated";
     }

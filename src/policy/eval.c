@@ -1,8 +1,11 @@
 /* policy/eval.c - evaluates a compiled policy against one request's input.
- * Pure: no allocation, no I/O, no locale; bounded by the node count and nesting
- * depth capped at load. Three-valued (true, false, unknown) so an `opa` condition
+ * Pure: no I/O, no locale, no allocation (but a regex's per-thread match state
+ * once); bounded by the node count and nesting depth capped at load and by the
+ * regex limits. Four-valued (true, false, unknown, error) so an `opa` condition
  * whose answer is not known yet suspends the decision (POLICY_NEED_OPA) only when
- * the answer can change it. Default deny; a matching deny rule always wins. */
+ * the answer can change it, and a condition that could not be evaluated (a regex
+ * limit) fails closed whatever wraps it. Default deny; a matching deny rule
+ * always wins, and so does a deny rule that could not be evaluated. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
@@ -10,7 +13,9 @@
 
 #include "policy_int.h"
 
-enum tri { T_FALSE = 0, T_TRUE = 1, T_UNKNOWN = 2 };
+/* T_ERROR is absorbing like T_UNKNOWN, but stronger: `not` keeps it, `all` is
+ * false only when a conjunct is false, `any` true only when a disjunct is true. */
+enum tri { T_FALSE = 0, T_TRUE = 1, T_UNKNOWN = 2, T_ERROR = 3 };
 
 static inline unsigned char lc(unsigned char ch)
 {
@@ -79,10 +84,10 @@ bool eval_glob_match(struct str pat, struct str s, bool icase)
     return p == pat.len;
 }
 
-bool eval_matcher_match(const struct matcher *m, struct str s)
+int eval_matcher_match(const struct matcher *m, struct str s)
 {
     if (!m) {
-        return false;
+        return 0;
     }
     const struct str v = m->vals[0];
     switch (m->kind) {
@@ -110,9 +115,11 @@ bool eval_matcher_match(const struct matcher *m, struct str s)
     case M_GLOB:
         return eval_glob_match(v, s, m->icase);
     case M_REGEX: {
-        /* REG_STARTEND (glibc) matches the span in place: no NUL-terminated copy. */
-        regmatch_t pm[1] = { { .rm_so = 0, .rm_eo = (regoff_t)s.len } };
-        return regexec(&m->re, s.p ? s.p : "", 1, pm, REG_STARTEND) == 0;
+        int rc = regex_match(m->re, s);
+        if (rc < 0) {
+            policy_metrics_regex_error();
+        }
+        return rc;
     }
     }
     return false;
@@ -237,42 +244,60 @@ static struct str field_value(const struct policy_input *in, enum field f)
     return STR_NULL;
 }
 
-static bool eval_str(const struct pnode *n, const struct policy_input *in)
+/* Any of several values (groups, repeated claims, headers): one match decides;
+ * an error counts only when nothing matched. */
+static enum tri any_of(int rc, bool *err)
 {
+    if (rc > 0) {
+        return T_TRUE;
+    }
+    if (rc < 0) {
+        *err = true;
+    }
+    return T_FALSE;
+}
+
+static enum tri eval_str(const struct pnode *n, const struct policy_input *in)
+{
+    bool err = false;
     switch ((enum field)n->field) {
     case F_GROUPS:
         for (size_t i = 0; i < in->ngroups; i++) {
-            if (eval_matcher_match(n->m, in->groups[i])) {
-                return true;
+            if (any_of(eval_matcher_match(n->m, in->groups[i]), &err) == T_TRUE) {
+                return T_TRUE;
             }
         }
-        return false;
+        return err ? T_ERROR : T_FALSE;
     case F_CLAIM:
         for (size_t i = 0; i < in->nclaims; i++) {
             if (str_eq(in->claims[i].name, n->name) && in->claims[i].value.len &&
-                eval_matcher_match(n->m, in->claims[i].value)) {
-                return true;
+                any_of(eval_matcher_match(n->m, in->claims[i].value), &err) == T_TRUE) {
+                return T_TRUE;
             }
         }
-        return false;
+        return err ? T_ERROR : T_FALSE;
     case F_HEADER:
         for (size_t i = 0; i < in->nheaders; i++) {
             const struct str hn = in->headers[i].name;
             if (hn.len == n->name.len && bytes_eq(hn.p, n->name.p, hn.len, true) &&
-                eval_matcher_match(n->m, in->headers[i].value)) {
-                return true;
+                any_of(eval_matcher_match(n->m, in->headers[i].value), &err) == T_TRUE) {
+                return T_TRUE;
             }
         }
-        return false;
+        return err ? T_ERROR : T_FALSE;
     default:
         break;
     }
     if (n->field >= F_DEV_ID && n->field <= F_DEV_SAN && !in->device.present) {
-        return false;
+        return T_FALSE;
     }
     struct str v = field_value(in, (enum field)n->field);
     /* An absent value matches nothing (not even an empty prefix). */
-    return v.len > 0 && eval_matcher_match(n->m, v);
+    if (v.len == 0) {
+        return T_FALSE;
+    }
+    int rc = eval_matcher_match(n->m, v);
+    return rc < 0 ? T_ERROR : rc ? T_TRUE : T_FALSE;
 }
 
 static bool owner_is_user(const struct policy_input *in)
@@ -317,8 +342,8 @@ static enum tri eval_node(const struct policy *p, uint32_t i, const struct polic
             if (v == T_FALSE) {
                 return T_FALSE;
             }
-            if (v == T_UNKNOWN) {
-                acc = T_UNKNOWN;
+            if (v == T_ERROR || (v == T_UNKNOWN && acc != T_ERROR)) {
+                acc = v;
             }
         }
         return acc;
@@ -330,20 +355,22 @@ static enum tri eval_node(const struct policy *p, uint32_t i, const struct polic
             if (v == T_TRUE) {
                 return T_TRUE;
             }
-            if (v == T_UNKNOWN) {
-                acc = T_UNKNOWN;
+            if (v == T_ERROR || (v == T_UNKNOWN && acc != T_ERROR)) {
+                acc = v;
             }
         }
         return acc;
     }
     case OP_NOT: {
+        /* An error stays an error: `not: {regex}` must not allow what the regex
+         * could not decide. */
         enum tri v = i + 1 < n->end ? eval_node(p, i + 1, in, r, need) : T_FALSE;
-        return v == T_UNKNOWN ? T_UNKNOWN : (v == T_TRUE ? T_FALSE : T_TRUE);
+        return v == T_UNKNOWN || v == T_ERROR ? v : (v == T_TRUE ? T_FALSE : T_TRUE);
     }
     case OP_AUTH:
         return in->authenticated == n->want ? T_TRUE : T_FALSE;
     case OP_STR:
-        return eval_str(n, in) ? T_TRUE : T_FALSE;
+        return eval_str(n, in);
     case OP_DEV_PRESENT:
         return in->device.present == n->want ? T_TRUE : T_FALSE;
     case OP_DEV_TRUSTED:
@@ -405,6 +432,7 @@ static void set_trace(struct policy_result *r, size_t k, enum tri v)
     if (r->trace) {
         r->trace[k] = (uint8_t)(v == T_TRUE    ? POLICY_RULE_MATCH
                                 : v == T_FALSE ? POLICY_RULE_NO_MATCH
+                                : v == T_ERROR ? POLICY_RULE_ERROR
                                                : POLICY_RULE_UNKNOWN);
     }
 }
@@ -453,6 +481,8 @@ static const char *opa_reason(const struct policy *p, size_t k, const struct pol
     return NULL;
 }
 
+#define EVAL_ERROR_REASON "A condition of this rule could not be evaluated (regex limit); denied."
+
 static enum policy_step decide(const struct policy *p, const struct policy_input *in,
                                struct policy_result *r, enum policy_decision d, long k)
 {
@@ -481,8 +511,8 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
 {
     bool full = r->trace != NULL;
     int need_deny = -1, need_allow = -1;
-    long deny_k = -1, allow_k = -1;
-    bool deny_unknown = false, allow_unknown = false;
+    long deny_k = -1, allow_k = -1, allow_err_k = -1;
+    bool deny_unknown = false, allow_unknown = false, deny_err = false;
 
     struct prefix pf = { 0, 0 };
     struct str host = host_only(in->host);
@@ -513,8 +543,10 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
         size_t k = hr->deny[i];
         enum tri v = eval_rule(p, k, in, r, &need_deny, &pf);
         set_trace(r, k, v);
-        if (v == T_TRUE && deny_k < 0) {
+        if ((v == T_TRUE || v == T_ERROR) && deny_k < 0) {
+            /* Fail closed: a deny rule that could not be evaluated denies. */
             deny_k = (long)k;
+            deny_err = v == T_ERROR;
         } else if (v == T_UNKNOWN) {
             deny_unknown = true;
         }
@@ -527,13 +559,24 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
             allow_k = (long)k;
         } else if (v == T_UNKNOWN) {
             allow_unknown = true;
+        } else if (v == T_ERROR && allow_err_k < 0) {
+            allow_err_k = (long)k; /* it does not allow; named if nothing else does */
         }
     }
     if (deny_k >= 0) {
-        return decide(p, in, r, POLICY_DENY, deny_k);
+        decide(p, in, r, POLICY_DENY, deny_k);
+        if (deny_err) {
+            r->reason = EVAL_ERROR_REASON;
+        }
+        return POLICY_DONE;
     }
     if (allow_k < 0 && !allow_unknown) {
-        return decide(p, in, r, POLICY_DENY, -1); /* an unknown deny cannot change this */
+        decide(p, in, r, POLICY_DENY, -1); /* an unknown deny cannot change this */
+        if (allow_err_k >= 0) {
+            r->rule = p->rules[allow_err_k].id;
+            r->reason = EVAL_ERROR_REASON;
+        }
+        return POLICY_DONE;
     }
     int need = deny_unknown ? need_deny : (allow_k < 0 ? need_allow : -1);
     if (need >= 0) {

@@ -195,11 +195,14 @@ static struct matcher *matcher_new(struct compiler *c, enum mkind kind, const st
     m->vals[0] = arena_str(c, v->value, v->len, icase && kind != M_REGEX);
     m->nvals = 1;
     if (kind == M_REGEX) {
-        int rc = regcomp(&m->re, v->value, REG_EXTENDED | REG_NOSUB | (icase ? REG_ICASE : 0));
-        if (rc != 0) {
-            char msg[160];
-            regerror(rc, &m->re, msg, sizeof msg);
-            fail(c, v, "bad regex \"%s\": %s", v->value, msg);
+        char msg[160];
+        size_t off = 0;
+        m->re = regex_compile(v->value, v->len, icase, msg, sizeof msg, &off);
+        if (!m->re) {
+            /* A pattern refused for its length is not echoed whole. */
+            int shown = v->len > 80 ? 77 : (int)v->len;
+            fail(c, v, "bad regex \"%.*s%s\": %s at offset %zu", shown, v->value,
+                 v->len > 80 ? "..." : "", msg, off);
             return NULL;
         }
         c->p->regexes = xrealloc(c->p->regexes, (c->p->nregexes + 1) * sizeof *c->p->regexes);
@@ -1004,7 +1007,7 @@ void policy_free(struct policy *p)
     free(p->by_host);
     free(p->claim_names);
     for (size_t i = 0; i < p->nregexes; i++) {
-        regfree(&p->regexes[i]->re);
+        regex_free(p->regexes[i]->re);
     }
     for (size_t i = 0; i < p->ntzs; i++) {
         tz_free(p->tzs[i]);

@@ -25,6 +25,8 @@ enum policy_rule_result {
     POLICY_RULE_NO_MATCH,
     POLICY_RULE_MATCH,
     POLICY_RULE_UNKNOWN, /* waits for an OPA answer */
+    POLICY_RULE_ERROR,   /* a condition could not be evaluated (a regex limit): a deny
+                          * rule then denies, an allow rule does not allow */
 };
 
 #define POLICY_MAX_OPA 8 /* distinct OPA data paths per policy */
@@ -250,6 +252,7 @@ void policy_metrics_decision(const char *route, enum policy_decision d, bool sha
 void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
 void policy_metrics_log_write(uint64_t latency_us, size_t records);
 void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
+void policy_metrics_regex_error(void); /* a regex hit a limit or its input cap */
 /* Appends Prometheus text exposition to buf; returns bytes that would be written. */
 size_t policy_metrics_render(char *buf, size_t size);
 

@@ -14,6 +14,10 @@ struct route_policy {
 struct policy_conf {
     struct route_policy *routes;
     size_t nroutes;
+    /* Open-addressing index of routes by name (indices + 1, 0 = empty): a config
+     * with tens of thousands of routes looks each one up once at load. */
+    uint32_t *slots;
+    size_t nslots;
     struct opa_conf opa;
     struct decision_log_conf log;
     bool has_log;
@@ -34,9 +38,36 @@ void policy_conf_free(struct policy_conf *pc)
         policy_free(pc->routes[i].p);
     }
     free(pc->routes);
+    free(pc->slots);
     opa_conf_fini(&pc->opa);
     decision_log_conf_fini(&pc->log);
     free(pc);
+}
+
+static size_t name_slot(const struct policy_conf *pc, const char *name)
+{
+    size_t mask = pc->nslots - 1;
+    size_t i = policy_hash(name, strlen(name), false) & mask;
+    while (pc->slots[i] && strcmp(pc->routes[pc->slots[i] - 1].route, name) != 0) {
+        i = (i + 1) & mask;
+    }
+    return i;
+}
+
+/* Duplicate names are the proxy's to report; the first one wins, as before. */
+static void index_build(struct policy_conf *pc)
+{
+    pc->nslots = 16;
+    while (pc->nslots < 2 * pc->nroutes) {
+        pc->nslots *= 2;
+    }
+    pc->slots = xcalloc(pc->nslots, sizeof *pc->slots);
+    for (size_t k = 0; k < pc->nroutes; k++) {
+        size_t i = name_slot(pc, pc->routes[k].route);
+        if (!pc->slots[i]) {
+            pc->slots[i] = (uint32_t)(k + 1);
+        }
+    }
 }
 
 struct policy_conf *policy_conf_load(const struct conf_node *root, const char *conf_file,
@@ -89,17 +120,17 @@ struct policy_conf *policy_conf_load(const struct conf_node *root, const char *c
         policy_conf_free(pc);
         return NULL;
     }
+    index_build(pc);
     return pc;
 }
 
 const struct policy *policy_conf_route(const struct policy_conf *pc, const char *route)
 {
-    for (size_t i = 0; pc && route && i < pc->nroutes; i++) {
-        if (strcmp(pc->routes[i].route, route) == 0) {
-            return pc->routes[i].p;
-        }
+    if (!pc || !route || !pc->slots) {
+        return NULL;
     }
-    return NULL;
+    uint32_t k = pc->slots[name_slot(pc, route)];
+    return k ? pc->routes[k - 1].p : NULL;
 }
 
 const struct opa_conf *policy_conf_opa(const struct policy_conf *pc)

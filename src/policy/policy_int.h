@@ -3,8 +3,6 @@
 #ifndef GH_POLICY_POLICY_INT_H
 #define GH_POLICY_POLICY_INT_H
 
-#include <regex.h>
-
 #include "policy.h"
 
 #define POLICY_MAX_DEPTH 32
@@ -18,7 +16,7 @@ struct matcher {
     bool icase;          /* values are lower-cased; inputs compared ASCII case-insensitively */
     struct str *vals;    /* 1 value, or the set for M_IN */
     size_t nvals;
-    regex_t re;          /* M_REGEX only */
+    struct regex *re;    /* M_REGEX only */
 };
 
 /* String fields a matcher applies to. */
@@ -112,7 +110,7 @@ struct policy {
     char *opa_paths[POLICY_MAX_OPA];
     size_t nopa;
     struct arena *arena;             /* every compiled string, matcher, cidr, time */
-    struct matcher **regexes;        /* to regfree */
+    struct matcher **regexes;        /* to regex_free */
     size_t nregexes;
     struct tzinfo **tzs;
     size_t ntzs;
@@ -134,8 +132,31 @@ const char *tz_name(const struct tzinfo *tz);
 /* Seconds east of UTC at unix time t. */
 int32_t tz_offset(const struct tzinfo *tz, int64_t t);
 
-/* Matching helpers (eval.c), also used by the tests. */
-bool eval_matcher_match(const struct matcher *m, struct str s);
+/* Regexes (regex.c, PCRE2). Limits: a pattern of at most REGEX_MAX_PATTERN bytes and
+ * REGEX_PARENS_NEST_LIMIT nested groups; a match examines at most REGEX_MAX_INPUT
+ * bytes within the match, depth and heap limits and a JIT stack of at most
+ * REGEX_JIT_STACK_BYTES per thread. */
+#define REGEX_MAX_PATTERN 4096
+#define REGEX_PARENS_NEST_LIMIT 64
+#define REGEX_MAX_INPUT 8192
+#define REGEX_MATCH_LIMIT 100000
+#define REGEX_DEPTH_LIMIT 1000
+#define REGEX_HEAP_LIMIT_KIB 1024
+#define REGEX_JIT_STACK_BYTES (256 * 1024)
+struct regex;
+/* Compiles pat (len bytes; icase: case-insensitive). NULL on error, with PCRE2's
+ * message in msg and the pattern offset it points at in *erroff. Free with
+ * regex_free() (NULL is a no-op). The result is read-only and thread-safe. */
+struct regex *regex_compile(const char *pat, size_t len, bool icase, char *msg, size_t size,
+                            size_t *erroff);
+void regex_free(struct regex *re);
+/* 1: s matches, 0: it does not, -1: s is longer than REGEX_MAX_INPUT or a limit was
+ * hit (the caller fails closed). Allocates per-thread match state on first use. */
+int regex_match(const struct regex *re, struct str s);
+
+/* Matching helpers (eval.c), also used by the tests: 1 match, 0 no match, -1 could
+ * not be evaluated (a regex limit). */
+int eval_matcher_match(const struct matcher *m, struct str s);
 bool eval_glob_match(struct str pat, struct str s, bool icase);
 /* "10.0.0.0/8" into buf. */
 void policy_ip_format_cidr(const struct cidr *c, char *buf, size_t size);

@@ -29,7 +29,7 @@ static struct {
     pthread_mutex_t mu;
     struct route_counts routes[MAX_ROUTES];
     atomic_size_t nroutes;
-    atomic_ullong opa_calls, opa_errors, opa_cache_hits;
+    atomic_ullong opa_calls, opa_errors, opa_cache_hits, regex_errors;
     struct histo opa_latency, log_latency;
     atomic_ullong log_records, log_batches;
     atomic_size_t queue_depth;
@@ -108,6 +108,11 @@ void policy_metrics_log_write(uint64_t latency_us, size_t records)
     observe(&m.log_latency, latency_us);
 }
 
+void policy_metrics_regex_error(void)
+{
+    atomic_fetch_add(&m.regex_errors, 1);
+}
+
 void policy_metrics_queue_depth(size_t depth)
 {
     atomic_store(&m.queue_depth, depth);
@@ -175,6 +180,11 @@ size_t policy_metrics_render(char *buf, size_t size)
          (unsigned long long)atomic_load(&m.opa_errors),
          (unsigned long long)atomic_load(&m.opa_cache_hits));
     emit_histo(&o, "gatehouse_opa_latency_seconds", "OPA query latency.", &m.opa_latency);
+    emit(&o, "# HELP gatehouse_policy_regex_errors_total Regex conditions that hit a match "
+             "limit or the input cap (each failed closed).\n"
+             "# TYPE gatehouse_policy_regex_errors_total counter\n"
+             "gatehouse_policy_regex_errors_total %llu\n",
+         (unsigned long long)atomic_load(&m.regex_errors));
     emit(&o, "# HELP gatehouse_decision_log_queue_depth Records waiting for the writer.\n"
              "# TYPE gatehouse_decision_log_queue_depth gauge\n"
              "gatehouse_decision_log_queue_depth %zu\n"

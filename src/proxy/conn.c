@@ -1173,8 +1173,12 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
     ev_init(&c->io, io_cb);
     ev_init(&c->timer, timer_cb);
     c->state = CS_IDLE;
-    if (ls->tls && w->tls[ls->index]) {
-        c->s.ssl = SSL_new(w->tls[ls->index]);
+    SSL_CTX *tctx = ls->tls ? tls_listener_ctx(ls->index) : NULL;
+    if (tctx) {
+        /* The SSL keeps its own reference: a reload swaps the listener's context
+         * for new handshakes only. */
+        c->s.ssl = SSL_new(tctx);
+        SSL_CTX_free(tctx);
         SSL_set_fd(c->s.ssl, fd);
         SSL_set_accept_state(c->s.ssl);
         c->handshaking = true;

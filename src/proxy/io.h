@@ -162,7 +162,6 @@ struct worker {
     bool draining;
     struct lsock *ls;                /* [nls] */
     size_t nls;
-    SSL_CTX **tls;                   /* per listener index, NULL for plain */
     struct conn *conns;
     uint64_t nconns;
     struct pool *pools;
@@ -225,6 +224,21 @@ void health_stop(struct worker *w, struct wcfg *wc);
 /* tls.c */
 SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err);
 void tls_server_ctx_free(SSL_CTX *ctx);
+/* Builds every TLS listener's contexts at start (main thread) and logs each
+ * certificate's subject and expiry. -1 with the reason in err and the listener
+ * index in *bad. */
+int tls_listeners_start(const struct config *cfg, struct err *err, size_t *bad);
+/* The current context of listener index, with a reference for the caller (SSL_new,
+ * then SSL_CTX_free); NULL for a plain listener. Any thread. */
+SSL_CTX *tls_listener_ctx(size_t index);
+/* Main thread: rebuilds the contexts of every TLS listener whose certificate, key,
+ * client CA or CRL content changed, and swaps them in for new handshakes. A set
+ * that fails to load is logged (config file:line:col of the listener) and the old
+ * one kept; that same content is tried again only when retry_refused (SIGHUP). */
+void tls_listeners_check(const struct config *cfg, bool retry_refused);
+/* gatehouse_tls_certificate_expiry_seconds{listener,sni} in the Prometheus text
+ * format; returns the bytes that would be written (snprintf-like). */
+size_t tls_expiry_render(char *buf, size_t size);
 SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err);
 
 /* admin.c */

@@ -14,6 +14,7 @@
 
 #include "../core/core.h"
 #include "config.h"
+#include "io.h"
 
 static const uint64_t bucket_us[METRICS_LATENCY_BUCKETS] = {
     5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
@@ -398,6 +399,16 @@ char *metrics_render(struct metrics *m, size_t *len)
          (unsigned long long)load(&m->reloads_failed));
     header(&o, "gatehouse_workers", "gauge", "Event-loop worker threads.");
     emit(&o, "gatehouse_workers %u\n", m->nworkers);
+    for (;;) {
+        /* A reload between sizing and writing may add lines: size again. */
+        size_t need = tls_expiry_render(o.p + o.len, o.cap - o.len);
+        if (need < o.cap - o.len) {
+            o.len += need;
+            break;
+        }
+        o.cap = (o.cap + need + 1) * 2;
+        o.p = xrealloc(o.p, o.cap);
+    }
     if (len) {
         *len = o.len;
     }

@@ -3,7 +3,9 @@
  * starts one worker per core, then the main thread only handles signals:
  * SIGHUP reloads (a config that fails validation is refused and the running
  * one stays; listener changes need a restart), so does an edited route policy
- * file (polled every second), SIGTERM/SIGINT drains:
+ * file (polled every second); certificates, keys, client CA and CRL whose
+ * content changed are reloaded on SIGHUP and within two seconds without one
+ * (a set that does not load keeps the old), SIGTERM/SIGINT drains:
  * listeners close, in-flight requests get timeouts.drain to finish, exit 0. */
 #include <errno.h>
 #include <signal.h>
@@ -205,16 +207,11 @@ int proxy_cmd_serve(int argc, char **argv)
     io_g.metrics = metrics_new(nw);
     metrics_bind_config(io_g.metrics, cfg);
 
-    SSL_CTX **tls = xcalloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof *tls);
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
-        if (cfg->listeners[i].tls) {
-            tls[i] = tls_server_ctx(&cfg->listeners[i], &err);
-            if (!tls[i]) {
-                fprintf(stderr, "%s:%d:%d: error: %s\n", cfg->file, cfg->listeners[i].line,
-                        cfg->listeners[i].col, err.msg);
-                return 1;
-            }
-        }
+    size_t bad = 0;
+    if (tls_listeners_start(cfg, &err, &bad) != 0) {
+        fprintf(stderr, "%s:%d:%d: error: %s\n", cfg->file, cfg->listeners[bad].line,
+                cfg->listeners[bad].col, err.msg);
+        return 1;
     }
     /* SO_REUSEPORT would let a second Gatehouse (or anything else with the
      * option) share a port and silently take half the connections: bind each
@@ -239,7 +236,6 @@ int proxy_cmd_serve(int argc, char **argv)
     for (unsigned i = 0; i < nw; i++) {
         struct worker *w = &io_g.workers[i];
         w->id = i;
-        w->tls = tls;
         w->nls = cfg->nlisteners + (i == 0 && admin_fd >= 0 ? 1 : 0);
         w->ls = xcalloc(w->nls ? w->nls : 1, sizeof *w->ls);
         for (size_t k = 0; k < cfg->nlisteners; k++) {
@@ -281,11 +277,17 @@ int proxy_cmd_serve(int argc, char **argv)
     }
 
     uint64_t stamp = policy_files_stamp(cfg);
+    unsigned ticks = 0;
     for (;;) {
-        /* Wakes at least once a second to notice edited policy files. */
+        /* Wakes at least once a second to notice edited policy files, and every
+         * other second renewed certificates (replaced in place by certbot or
+         * cert-manager: same path, new content). */
         const struct timespec tick = { 1, 0 };
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig < 0) {
+            if (errno == EAGAIN && ++ticks % 2 == 0) {
+                tls_listeners_check(cfg, false);
+            }
             uint64_t now = errno == EAGAIN ? policy_files_stamp(cfg) : stamp;
             if (now != stamp) {
                 log_info("serve", "a policy file changed: reloading %s", cfg->file);
@@ -298,6 +300,8 @@ int proxy_cmd_serve(int argc, char **argv)
         if (sig == SIGHUP) {
             log_info("serve", "SIGHUP: reloading %s", cfg->file);
             cfg = reload(cfg);
+            /* Certificates too, even when the configuration was refused. */
+            tls_listeners_check(cfg, true);
             stamp = policy_files_stamp(cfg);
             continue;
         }

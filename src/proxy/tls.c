@@ -2,15 +2,22 @@
  * certificate (the first is the default), SNI switches to the certificate
  * whose subjectAltName matches, TLS 1.2/1.3 only, ALPN http/1.1, session
  * cache + tickets with a fixed session id context, optional or required
- * client certificates checked against client_ca (and client_crl). Client
- * side, per worker and CA file: verified https upstreams. */
+ * client certificates checked against client_ca (and client_crl). The main
+ * thread rebuilds a listener's contexts when the content of any of its files
+ * (certificates, keys, client CA, CRL) changes, on SIGHUP and by polling, and
+ * swaps them in for new handshakes; a set that does not load keeps the old.
+ * Client side, per worker and CA file: verified https upstreams. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "../core/digest.h"
 #include "io.h"
 
 #define SID_CTX "gatehouse"
@@ -21,6 +28,27 @@ struct tls_vhosts {
 };
 
 static int g_vh_index = -1;
+
+/* The SNI contexts live as long as the default one: an SSL holds a reference to
+ * the context it was made from (its session context) until it is freed, so a
+ * handshake that switches by SNI after a reload still finds them. */
+static void vh_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    struct tls_vhosts *vh = ptr;
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    if (!vh) {
+        return;
+    }
+    for (size_t i = 1; i < vh->n; i++) {
+        SSL_CTX_free(vh->ctx[i]);
+    }
+    free(vh->ctx);
+    free(vh);
+}
 
 static void last_error(struct err *err, const char *what, const char *file)
 {
@@ -164,7 +192,7 @@ SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err)
         return NULL;
     }
     if (g_vh_index < 0) {
-        g_vh_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+        g_vh_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, vh_free);
     }
     vh = xcalloc(1, sizeof *vh);
     vh->ctx = xcalloc(lc->ncerts, sizeof *vh->ctx);
@@ -188,21 +216,307 @@ SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err)
 
 void tls_server_ctx_free(SSL_CTX *ctx)
 {
-    struct tls_vhosts *vh;
+    SSL_CTX_free(ctx); /* the SNI contexts go with the last reference (vh_free) */
+}
 
-    if (!ctx) {
+/* ---- per-listener contexts, reloaded when their files change ---- */
+
+struct tls_cert_info {
+    char sni[256];   /* first DNS subjectAltName, else the CN, else "" */
+    int64_t not_after;
+};
+
+struct tls_slot {
+    SSL_CTX *ctx;               /* one reference held here; NULL for plain */
+    unsigned char digest[32];   /* of the file names and contents it was built from */
+    unsigned char refused[32];  /* the last content that failed to load */
+    uint64_t stamp;             /* files_stamp() when last looked at */
+    bool has_refused;
+    char address[128];
+    struct tls_cert_info *certs;
+    size_t ncerts;
+};
+
+static struct {
+    pthread_mutex_t mu;         /* slots[].ctx and .certs: swapped by the main thread */
+    struct tls_slot *slots;
+    size_t n;
+} T = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* The files a listener's contexts are built from (NULL entries for absent
+ * client_ca/client_crl). Caller frees the array. */
+static const char **listener_files(const struct listener_conf *lc, size_t *n)
+{
+    const char **files = xcalloc(2 * lc->ncerts + 2, sizeof *files);
+    size_t nf = 0;
+    for (size_t i = 0; i < lc->ncerts; i++) {
+        files[nf++] = lc->certs[i].cert_file;
+        files[nf++] = lc->certs[i].key_file;
+    }
+    if (lc->client_cert != TLS_CLIENT_CERT_NONE) {
+        files[nf++] = lc->client_ca;
+        files[nf++] = lc->client_crl;
+    }
+    *n = nf;
+    return files;
+}
+
+/* A cheap fingerprint from stat (inode, size, mtime, ctime; following symlinks, so
+ * certbot's re-pointed live/ links count): the content is hashed only when it
+ * moves. */
+static uint64_t files_stamp(const struct listener_conf *lc)
+{
+    size_t nf;
+    const char **files = listener_files(lc, &nf);
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < nf; i++) {
+        struct stat st;
+        uint64_t v[6] = { 0 };
+        if (files[i] && stat(files[i], &st) == 0) {
+            v[0] = (uint64_t)st.st_ino;
+            v[1] = (uint64_t)st.st_size;
+            v[2] = (uint64_t)st.st_mtim.tv_sec;
+            v[3] = (uint64_t)st.st_mtim.tv_nsec;
+            v[4] = (uint64_t)st.st_ctim.tv_sec;
+            v[5] = (uint64_t)st.st_ctim.tv_nsec;
+        }
+        for (size_t k = 0; k < 6; k++) {
+            h = (h ^ v[k]) * 1099511628211ULL;
+        }
+    }
+    free(files);
+    return h;
+}
+
+/* SHA-256 over every file a listener's contexts are built from, names included
+ * (a changed client_ca path counts). A file that cannot be read hashes as such;
+ * building then reports why. */
+static void files_digest(const struct listener_conf *lc, unsigned char out[32])
+{
+    size_t nf;
+    const char **files = listener_files(lc, &nf);
+    unsigned char acc[32] = { 0 };
+    for (size_t i = 0; i < nf; i++) {
+        const char *f = files[i] ? files[i] : "";
+        char *data = NULL;
+        size_t len = 0;
+        FILE *fp = files[i] ? fopen(f, "rb") : NULL;
+        if (fp) {
+            /* Certificates, keys and CRLs are small; 64 MiB bounds a mistake. */
+            size_t cap = 0;
+            for (;;) {
+                if (len == cap) {
+                    if (cap >= (size_t)64 << 20) {
+                        break;
+                    }
+                    cap = cap ? cap * 2 : 8192;
+                    data = xrealloc(data, cap);
+                }
+                size_t got = fread(data + len, 1, cap - len, fp);
+                if (got == 0) {
+                    break;
+                }
+                len += got;
+            }
+            fclose(fp);
+        }
+        const void *parts[4] = { acc, f, data ? (const void *)data : "", fp ? "1" : "0" };
+        const size_t lens[4] = { sizeof acc, strlen(f) + 1, len, 1 };
+        digest_sha256(parts, lens, 4, acc);
+        free(data);
+    }
+    free(files);
+    memcpy(out, acc, 32);
+}
+
+static void cert_describe(X509 *x, char *subject, size_t ssize, char *expiry, size_t esize,
+                          struct tls_cert_info *info)
+{
+    subject[0] = expiry[0] = '\0';
+    info->sni[0] = '\0';
+    info->not_after = 0;
+    if (!x) {
         return;
     }
-    vh = SSL_CTX_get_ex_data(ctx, g_vh_index);
-    if (!vh) {
-        SSL_CTX_free(ctx);
-        return;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0) {
+        int n = BIO_read(b, subject, (int)ssize - 1);
+        subject[n > 0 ? n : 0] = '\0';
     }
-    for (size_t i = 0; i < vh->n; i++) {
-        SSL_CTX_free(vh->ctx[i]);
+    BIO_free(b);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+        info->not_after = (int64_t)timegm(&tm);
+        strftime(expiry, esize, "%Y-%m-%dT%H:%M:%SZ", &tm);
     }
-    free(vh->ctx);
-    free(vh);
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type == GEN_DNS) {
+            const ASN1_STRING *a = g->d.dNSName;
+            int n = ASN1_STRING_length(a);
+            if (n > 0 && (size_t)n < sizeof info->sni &&
+                memchr(ASN1_STRING_get0_data(a), '\0', (size_t)n) == NULL) {
+                memcpy(info->sni, ASN1_STRING_get0_data(a), (size_t)n);
+                info->sni[n] = '\0';
+                break;
+            }
+        }
+    }
+    GENERAL_NAMES_free(names);
+    if (!info->sni[0]) {
+        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, info->sni,
+                                  (int)sizeof info->sni);
+    }
+}
+
+/* Fills certs (ncerts of them) from ctx's default and SNI contexts and logs
+ * each certificate's subject and expiry. */
+static struct tls_cert_info *describe_all(SSL_CTX *ctx, const struct listener_conf *lc,
+                                          size_t *ncerts, const char *verb)
+{
+    struct tls_vhosts *vh = SSL_CTX_get_ex_data(ctx, g_vh_index);
+    size_t n = vh ? vh->n : 1;
+    struct tls_cert_info *certs = xcalloc(n, sizeof *certs);
+    for (size_t i = 0; i < n; i++) {
+        char subject[512], expiry[32];
+        SSL_CTX *c = vh ? vh->ctx[i] : ctx;
+        cert_describe(SSL_CTX_get0_certificate(c), subject, sizeof subject, expiry, sizeof expiry,
+                      &certs[i]);
+        log_info("tls", "listener %s: certificate %s %s: subject \"%s\", expires %s",
+                 lc->address, i < lc->ncerts ? lc->certs[i].cert_file : "", verb, subject,
+                 expiry);
+    }
+    *ncerts = n;
+    return certs;
+}
+
+int tls_listeners_start(const struct config *cfg, struct err *err, size_t *bad)
+{
+    T.slots = xcalloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof *T.slots);
+    T.n = cfg->nlisteners;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct listener_conf *lc = &cfg->listeners[i];
+        struct tls_slot *sl = &T.slots[i];
+        snprintf(sl->address, sizeof sl->address, "%s", lc->address);
+        if (!lc->tls) {
+            continue;
+        }
+        sl->stamp = files_stamp(lc);
+        files_digest(lc, sl->digest);
+        sl->ctx = tls_server_ctx(lc, err);
+        if (!sl->ctx) {
+            *bad = i;
+            return -1;
+        }
+        sl->certs = describe_all(sl->ctx, lc, &sl->ncerts, "loaded");
+    }
+    return 0;
+}
+
+SSL_CTX *tls_listener_ctx(size_t index)
+{
+    SSL_CTX *ctx = NULL;
+    pthread_mutex_lock(&T.mu);
+    if (index < T.n && T.slots[index].ctx) {
+        ctx = T.slots[index].ctx;
+        SSL_CTX_up_ref(ctx);
+    }
+    pthread_mutex_unlock(&T.mu);
+    return ctx;
+}
+
+void tls_listeners_check(const struct config *cfg, bool retry_refused)
+{
+    /* Two same-size writes within one timestamp tick leave stat unchanged: hash
+     * the content anyway every fifteenth call (30 s when polled). */
+    static unsigned calls;
+    bool hash_anyway = retry_refused || ++calls % 15 == 0;
+    for (size_t i = 0; i < cfg->nlisteners && i < T.n; i++) {
+        const struct listener_conf *lc = &cfg->listeners[i];
+        struct tls_slot *sl = &T.slots[i];
+        unsigned char d[32];
+        if (!lc->tls || !sl->ctx) {
+            continue;
+        }
+        uint64_t stamp = files_stamp(lc);
+        if (!hash_anyway && stamp == sl->stamp) {
+            continue;
+        }
+        sl->stamp = stamp;
+        files_digest(lc, d);
+        if (memcmp(d, sl->digest, 32) == 0 ||
+            (!retry_refused && sl->has_refused && memcmp(d, sl->refused, 32) == 0)) {
+            continue;
+        }
+        struct err err = { 0 };
+        SSL_CTX *next = tls_server_ctx(lc, &err);
+        if (!next) {
+            /* A renewal written in place or a key renamed before its certificate is
+             * seen half-done: the next change (or SIGHUP) tries again. */
+            log_error("tls", "%s:%d:%d: error: listener %s: %s; still serving the previous "
+                             "certificate", cfg->file, lc->line, lc->col, lc->address, err.msg);
+            memcpy(sl->refused, d, 32);
+            sl->has_refused = true;
+            continue;
+        }
+        size_t ncerts = 0;
+        struct tls_cert_info *certs = describe_all(next, lc, &ncerts, "reloaded");
+        pthread_mutex_lock(&T.mu);
+        SSL_CTX *old = sl->ctx;
+        struct tls_cert_info *old_certs = sl->certs;
+        sl->ctx = next;
+        sl->certs = certs;
+        sl->ncerts = ncerts;
+        pthread_mutex_unlock(&T.mu);
+        memcpy(sl->digest, d, 32);
+        sl->has_refused = false;
+        /* Connections made from the old context keep it (and its SNI contexts)
+         * until they close. */
+        SSL_CTX_free(old);
+        free(old_certs);
+    }
+}
+
+/* Label value escaping per the exposition format: \\, \" and \n. */
+static void label_esc(const char *s, char *buf, size_t cap)
+{
+    size_t j = 0;
+    for (; *s && j + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"' || *s == '\n') {
+            buf[j++] = '\\';
+            buf[j++] = *s == '\n' ? 'n' : *s;
+        } else {
+            buf[j++] = *s;
+        }
+    }
+    buf[j] = '\0';
+}
+
+size_t tls_expiry_render(char *buf, size_t size)
+{
+    size_t off = 0;
+    int64_t now = (int64_t)time(NULL);
+    int n = snprintf(buf, size,
+                     "# HELP gatehouse_tls_certificate_expiry_seconds Seconds until the "
+                     "served certificate's notAfter, by listener and SNI name.\n"
+                     "# TYPE gatehouse_tls_certificate_expiry_seconds gauge\n");
+    off += n > 0 ? (size_t)n : 0;
+    pthread_mutex_lock(&T.mu);
+    for (size_t i = 0; i < T.n; i++) {
+        const struct tls_slot *sl = &T.slots[i];
+        for (size_t k = 0; sl->ctx && k < sl->ncerts; k++) {
+            char l1[3 * 128 + 1], l2[3 * 256 + 1];
+            label_esc(sl->address, l1, sizeof l1);
+            label_esc(sl->certs[k].sni, l2, sizeof l2);
+            n = snprintf(off < size ? buf + off : NULL, off < size ? size - off : 0,
+                         "gatehouse_tls_certificate_expiry_seconds{listener=\"%s\",sni=\"%s\"} "
+                         "%lld\n", l1, l2, (long long)(sl->certs[k].not_after - now));
+            off += n > 0 ? (size_t)n : 0;
+        }
+    }
+    pthread_mutex_unlock(&T.mu);
+    return off;
 }
 
 SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err)

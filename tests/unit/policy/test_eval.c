@@ -471,6 +471,98 @@ static void test_eval_builtins(void **state)
     policy_free(any);
 }
 
+
+/* Issue 9.9: a regex that backtracks catastrophically hits PCRE2's match limit in
+ * well under a millisecond, and the condition then fails closed whatever wraps it. */
+static void test_eval_regex_limit_fails_closed(void **state)
+{
+    (void)state;
+    static char evil[8002];
+    evil[0] = '/';
+    memset(evil + 1, 'a', 7999);
+    evil[8000] = '!';
+    struct policy_input in = alice();
+    in.path = (struct str){ evil, 8001 };
+
+    /* A deny rule that cannot be evaluated denies, and says why. */
+    const char *deny_text = "rules:\n  - id: no-aaa\n    effect: deny\n"
+                            "    when: {path: {regex: \"(a+)+$\"}}\n"
+                            "  - id: all\n    effect: allow\n    when: {user: alice}\n";
+    struct policy *p = compile(deny_text);
+    struct policy_result r;
+    policy_result_init(&r, NULL);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_int_equal(r.decision, POLICY_DENY);
+    assert_string_equal(r.rule, "no-aaa");
+    assert_non_null(strstr(r.reason, "could not be evaluated"));
+    uint8_t trace[2];
+    policy_result_init(&r, trace);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_int_equal(r.decision, POLICY_DENY);
+    assert_int_equal(trace[0], POLICY_RULE_ERROR);
+    assert_int_equal(trace[1], POLICY_RULE_MATCH);
+    policy_free(p);
+
+    /* `not` must not turn an error into an allow. */
+    p = when("{not: {path: {regex: \"(a+)+$\"}}}");
+    policy_result_init(&r, NULL);
+    assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);
+    assert_int_equal(r.decision, POLICY_DENY);
+    assert_string_equal(r.rule, "r");
+    assert_non_null(strstr(r.reason, "could not be evaluated"));
+    policy_free(p);
+    p = when("{not: {not: {path: {regex: \"(a+)+$\"}}}}");
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+    p = when("{all: [{user: alice}, {not: {any: [{user: bob}, {path: {regex: \"(a+)+$\"}}]}}]}");
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+
+    /* What the error cannot change is still decided: one true disjunct, one false
+     * conjunct. */
+    p = when("{any: [{path: {regex: \"(a+)+$\"}}, {user: alice}]}");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    policy_free(p);
+    p = when("{not: {all: [{path: {regex: \"(a+)+$\"}}, {user: bob}]}}");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    policy_free(p);
+
+    /* The same pattern on a short path decides normally. */
+    in.path = STR("/aaab");
+    p = when("{not: {path: {regex: \"(a+)+$\"}}}");
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    policy_free(p);
+}
+
+/* Issue 9.9: a regex sees at most 8 KiB; a longer value is an error (fail closed),
+ * while a simple pattern over a full 8 KiB value still matches. */
+static void test_eval_regex_input_is_capped(void **state)
+{
+    (void)state;
+    static char path[8194];
+    path[0] = '/';
+    memset(path + 1, 'a', sizeof path - 1);
+    struct policy_input in = alice();
+    struct policy *p = when("{path: {regex: \"^/a+$\"}}");
+    in.path = (struct str){ path, 8192 };
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    in.path = (struct str){ path, 8193 };
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+    p = when("{not: {path: {regex: \"^/b\"}}}");
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+    /* A header value too: one matching value of several still decides. */
+    p = when("{header: {name: X-Env, regex: \"^pr\"}}");
+    struct policy_kv hs[] = { { STR("X-Env"), { path, 8193 } }, { STR("X-Env"), STR("prod") } };
+    in.headers = hs;
+    in.nheaders = 2;
+    assert_int_equal(decide(p, &in), POLICY_ALLOW);
+    in.nheaders = 1;
+    assert_int_equal(decide(p, &in), POLICY_DENY);
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -487,6 +579,8 @@ int main(void)
         cmocka_unit_test(test_eval_opa_suspends_and_resumes),
         cmocka_unit_test(test_eval_opa_not_asked_when_it_cannot_change_the_decision),
         cmocka_unit_test(test_eval_builtins),
+        cmocka_unit_test(test_eval_regex_limit_fails_closed),
+        cmocka_unit_test(test_eval_regex_input_is_capped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

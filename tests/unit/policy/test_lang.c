@@ -39,7 +39,18 @@ static const struct bad bad_policies[] = {
       "p.yaml:4:23: error: bad CIDR \"10.1.2.3/8\" in source_ip: host bits are set (did you "
       "mean \"10.0.0.0/8\"?)" },
     { RULE("{path: {regex: \"^/(a\"}}"),
-      "p.yaml:4:26: error: bad regex \"^/(a\": Unmatched ( or \\(" },
+      "p.yaml:4:26: error: bad regex \"^/(a\": missing closing parenthesis at offset 4" },
+    /* Issue 9.9: patterns that made glibc's regcomp allocate 725 MB to 2 GB. */
+    { RULE("{path: {regex: \"a++++++++++++++++++++\"}}"),
+      "p.yaml:4:26: error: bad regex \"a++++++++++++++++++++\": quantifier does not follow a "
+      "repeatable item at offset 3" },
+    { RULE("{path: {regex: \"((a{1,100}){1,100}){1,100}\"}}"),
+      "p.yaml:4:26: error: bad regex \"((a{1,100}){1,100}){1,100}\": regular expression is too "
+      "large at offset 26" },
+    { RULE("{path: {regex: \"((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((("
+           "(a)))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))\"}}"),
+      "p.yaml:4:26: error: bad regex \"((((((((((((((((((((((((((((((((((((((((((((((((((((((((((("
+      "(((((((a))))))))))...\": parentheses are too deeply nested at offset 65" },
     { RULE("{path: {glob: \"/a/[bc]\"}}"),
       "p.yaml:4:25: error: bad glob \"/a/[bc]\": only *, ? and \\ are special; escape brackets "
       "and braces" },

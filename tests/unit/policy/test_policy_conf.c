@@ -112,11 +112,45 @@ static void test_policy_conf_errors(void **state)
     conf_diag_fini(&d);
 }
 
+/* Issue 9.15: the per-route lookup is indexed; every one of many routes finds its
+ * own policy, a duplicate name finds the first, and names never seen find none. */
+static void test_policy_conf_many_routes(void **state)
+{
+    struct conf_diag d = { 0 };
+    (void)state;
+    size_t cap = 64 * 3000 + 256, len = 0;
+    char *yaml = malloc(cap);
+    assert_non_null(yaml);
+    len += (size_t)snprintf(yaml + len, cap - len, "routes:\n");
+    for (int i = 0; i < 3000; i++) {
+        len += (size_t)snprintf(yaml + len, cap - len, "  - {name: r%d, %s: true}\n", i,
+                                i % 2 ? "public" : "allow_any_authenticated");
+    }
+    snprintf(yaml + len, cap - len, "  - {name: r1, allow_any_authenticated: true}\n");
+    struct policy_conf *pc = load(yaml, &d);
+    free(yaml);
+    assert_non_null(pc);
+    for (int i = 0; i < 3000; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "r%d", i);
+        const struct policy *p = policy_conf_route(pc, name);
+        assert_non_null(p);
+        assert_string_equal(policy_rule_id(p, 0), i % 2 ? "public" : "allow-any-authenticated");
+    }
+    assert_null(policy_conf_route(pc, "r3000"));
+    assert_null(policy_conf_route(pc, "r"));
+    assert_null(policy_conf_route(pc, ""));
+    assert_null(policy_conf_route(NULL, "r1"));
+    policy_conf_free(pc);
+    conf_diag_fini(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_policy_conf_routes),
         cmocka_unit_test(test_policy_conf_errors),
+        cmocka_unit_test(test_policy_conf_many_routes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
