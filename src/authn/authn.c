@@ -678,8 +678,9 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
     out->id.claims_json = v->claims_json;
     out->id.session_id = adup(a, v->id);
     out->id.sid = v->sid;
-    out->id.session_expires_ms = v->expires_ms < v->idle_expires_ms ? v->expires_ms
-                                                                     : v->idle_expires_ms;
+    out->id.session_expires_ms = v->expires_ms;
+    out->id.session_idle_expires_ms = v->idle_expires_ms < v->expires_ms ? v->idle_expires_ms
+                                                                         : v->expires_ms;
     const char *hash = v->user_key ? strchr(v->user_key, '#') : NULL;
     out->id.sub = hash ? hash + 1 : NULL;
     out->id.bearer = false;
@@ -1398,21 +1399,29 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                           struct authn_out *out)
 {
     const struct authn_identity *id = &out->id;
-    char expires[32] = "";
-    if (id->session_expires_ms > 0) {
-        time_t t = (time_t)(id->session_expires_ms / 1000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* Both ends of a session, labelled: the idle one moves with every request,
+     * the absolute one (what `sessions list` shows) never does. */
+    char expires[32] = "", idle[32] = "";
+    const int64_t ends[2] = { id->session_expires_ms, id->session_idle_expires_ms };
+    char *const outs[2] = { expires, idle };
+    for (int i = 0; i < 2; i++) {
+        if (ends[i] > 0) {
+            time_t t = (time_t)(ends[i] / 1000);
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(outs[i], sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        }
     }
     if (str_contains(req->accept, STR("application/json"))) {
         json_error_t jerr;
         json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
         /* "user" is the subject, as in the identity headers and the decision log. */
-        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user",
+        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?, s:s?, s:s?}", "user",
                               id->sub ? id->sub : id->user_key, "email", id->email, "name",
                               id->name, "groups", g ? g : json_array(), "idp", id->idp,
-                              "expires", expires[0] ? expires : NULL, "session", id->session_id);
+                              "expires", expires[0] ? expires : NULL, "idle_expires",
+                              idle[0] ? idle : NULL, "absolute_expires",
+                              expires[0] ? expires : NULL, "session", id->session_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         const char *body = adup(a, s);
@@ -1436,9 +1445,10 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->sub ? id->sub : id->user_key }, { "email", id->email }, { "groups", groups },
         { "idp", id->idp }, { "device", NULL }, { "expires", expires },
+        { "idle_expires", idle },
     };
     size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ME, v, 7, a, &len);
+    char *html = pages_render(an->pages, PAGE_ME, v, sizeof v / sizeof v[0], a, &len);
     return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
                 : internal_error(an, req, a, out);
 }

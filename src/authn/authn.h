@@ -78,7 +78,8 @@ struct authn_identity {
     const char *claims_json;    /* JSON object */
     const char *sid;            /* the IdP's session id (sid claim), or NULL */
     const char *session_id;     /* 16-hex public session id; NULL for bearer */
-    int64_t session_expires_ms; /* absolute end of the session, 0 for bearer */
+    int64_t session_expires_ms; /* absolute end of the session (max_lifetime), 0 for bearer */
+    int64_t session_idle_expires_ms; /* end if no request comes first (idle_timeout) */
     bool bearer;                /* identified, or refused, by a bearer token */
 };
 
