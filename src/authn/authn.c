@@ -6,12 +6,14 @@
  * re-fetched on an unknown kid at most once per jwks_refresh_min_interval. */
 #include "authn.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -20,6 +22,7 @@
 #include "codec.h"
 #include "cookie.h"
 #include "jwt.h"
+#include "keys.h"
 #include "oidc.h"
 #include "page.h"
 #include "session.h"
@@ -272,6 +275,82 @@ int authn_start(struct authn *an, struct err *err)
     }
     rt_borrow(an, rt);
     return 0;
+}
+
+/* `gatehouse check`: exists and loads, or can be created by serve (whose
+ * gate_start makes the state database's directory, one level). */
+static bool check_creatable(struct conf_diag *d, const struct conf_node *n, const char *what,
+                            const char *path)
+{
+    char *copy = xstrdup(path), *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
+    if (slash && slash != copy) {
+        *slash = '\0';
+    }
+    bool ok = access(dir, W_OK) == 0;
+    if (!ok && errno == ENOENT) {
+        char *up = xstrdup(dir), *s2 = strrchr(up, '/');
+        ok = access(s2 ? (s2 == up ? "/" : (*s2 = '\0', up)) : ".", W_OK) == 0;
+        free(up);
+    }
+    if (!ok) {
+        conf_error(d, n, "cannot create %s %s: %s", what, path, strerror(errno));
+    }
+    free(copy);
+    return ok;
+}
+
+void authn_check_files(const struct authn *an, const struct conf_node *root, struct conf_diag *d)
+{
+    struct err e = { 0 };
+    const struct conf_node *pages = conf_get(root, "pages");
+    const struct conf_node *state = conf_get(conf_get(root, "state"), "sqlite");
+    struct pages *p = pages_load(an->pages_dir, &e);
+    if (p == NULL) {
+        conf_error(d, pages ? conf_get(pages, "dir") : NULL, "pages in %s: %s", an->pages_dir,
+                   e.msg);
+    }
+    pages_free(p);
+    if (an->assertion_key != NULL) {
+        const struct conf_node *as = conf_get(conf_get(root, "upstream_identity"), "assertion");
+        const struct conf_node *n = conf_get(as, "key") ? conf_get(as, "key") : state;
+        const char *alg = NULL;
+        if (access(an->assertion_key, F_OK) != 0) {
+            check_creatable(d, n, "identity assertion key", an->assertion_key);
+        } else {
+            cjose_jwk_t *k = keys_load_pem(an->assertion_key, &alg, &e);
+            if (k == NULL) {
+                conf_error(d, n, "identity assertion key %s: %s", an->assertion_key, e.msg);
+            } else if (strcmp(alg, "ES256") != 0) {
+                conf_error(d, n, "identity assertion key %s: must be an EC P-256 key",
+                           an->assertion_key);
+            }
+            cjose_jwk_release(k);
+        }
+    }
+    if (an->state_db != NULL) {
+        const struct conf_node *sess = conf_get(root, "session");
+        const struct conf_node *n = conf_get(sess, "key_file") ? conf_get(sess, "key_file")
+                                                               : state;
+        char *copy = xstrdup(an->state_db), *slash = strrchr(copy, '/');
+        char *key = an->sconf.key_file ? xstrdup(an->sconf.key_file)
+                                       : slash ? (*slash = '\0', xasprintf("%s/session.key", copy))
+                                               : xstrdup("session.key");
+        unsigned char k32[32];
+        if (access(key, F_OK) != 0) {
+            check_creatable(d, n, "session key", key);
+        } else if (keys_load_secret32(key, false, k32, &e) != 0) {
+            conf_error(d, n, "session key: %s", e.msg);
+        }
+        OPENSSL_cleanse(k32, sizeof k32);
+        free(key);
+        free(copy);
+        if (access(an->state_db, F_OK) != 0) {
+            check_creatable(d, state, "state database", an->state_db);
+        } else if (!session_db_readable(an->state_db, &e)) {
+            conf_error(d, state, "state database %s: %s", an->state_db, e.msg);
+        }
+    }
 }
 
 struct authn_shared *authn_shared_ref(struct authn *an)

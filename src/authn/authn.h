@@ -34,6 +34,11 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
 /* Opens the session store (SQLite, writer thread), loads or creates the
  * assertion key, loads the page templates. Blocking: call before serving. */
 int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
+/* For `gatehouse check`: loads what authn_start would (page templates, the
+ * assertion key, the session key, the state database) without creating or
+ * writing anything; a file serve would create must be creatable. Problems go to
+ * d with the position of the key that names the file. */
+void authn_check_files(const struct authn *an, const struct conf_node *root, struct conf_diag *d);
 /* What outlives a snapshot (session store, assertion key, pages, replay
  * cache, login key), reference-counted: a reloaded snapshot shares the
  * running one's (authn_share instead of authn_start), so sessions and sign-ins

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "gate.h"
 #include "proxy.h"
 
 static const char check_usage[] =
@@ -49,6 +50,14 @@ int proxy_cmd_check(int argc, char **argv)
         return 2;
     }
     c = config_load(file, &d);
+    if (c) {
+        /* What serve opens at start (gate_start), read-only. */
+        gate_check(c, &d);
+        if (d.count) {
+            config_unref(c);
+            c = NULL;
+        }
+    }
     if (!c) {
         conf_diag_print(&d, stderr);
         conf_diag_fini(&d);

@@ -44,6 +44,8 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", NULL };
+/* The device registry is not built yet: "devices" takes no keys until it is. */
+static const char *const devices_keys[] = { NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", NULL };
@@ -1311,6 +1313,9 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
+    if (conf_get(root, "devices") && conf_get(root, "devices")->type != CONF_NULL) {
+        conf_check_keys(d, conf_get(root, "devices"), "\"devices\"", devices_keys);
+    }
     first_seen_fini(&L.route_names);
     if (d->count == before) {
         /* Sign-in and policy sections, once the proxy's own keys are sound. */

@@ -7,6 +7,7 @@
  * queues every decision to the decision log, and sets the identity headers. */
 #include "gate.h"
 
+#include <errno.h>
 #include <ev.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -295,6 +296,25 @@ int gate_start(const struct config *c, struct err *err)
     reserved_set_hook(gate_reserved);
     G.started = true;
     return 0;
+}
+
+void gate_check(const struct config *c, struct conf_diag *d)
+{
+    const struct gate_conf *g = c->authn;
+    const struct conf_node *root = c->doc ? c->doc->root : NULL;
+    if (g && g->an) {
+        authn_check_files(g->an, root, d);
+    }
+    if (g && g->dl && g->dl->file) {
+        /* The JSON-lines sink is opened for appending; its directory is not made. */
+        const struct conf_node *n = conf_get(conf_get(root, "decision_log"), "file");
+        char *dir = dir_of(g->dl->file);
+        if (access(g->dl->file, F_OK) == 0 ? access(g->dl->file, W_OK) != 0
+                                           : access(dir, W_OK) != 0) {
+            conf_error(d, n, "cannot write decision log %s: %s", g->dl->file, strerror(errno));
+        }
+        free(dir);
+    }
 }
 
 void gate_stop(void)

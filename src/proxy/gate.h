@@ -22,6 +22,9 @@ void gate_conf_free(struct gate_conf *g);
  * assertion key, decision log, pages) and installs the access and reserved-path
  * hooks. Blocking: start-up only. Returns 0 or an ERR_* with err filled. */
 int gate_start(const struct config *c, struct err *err);
+/* `gatehouse check`: loads what gate_start would open (pages, keys, state
+ * database, decision log sinks) without creating or writing anything. */
+void gate_check(const struct config *c, struct conf_diag *d);
 /* Flushes and closes what gate_start opened. Workers must have stopped. */
 void gate_stop(void);
 

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 
 from harness import ROOT, gatehouse_bin
@@ -116,6 +117,125 @@ class GoodConfigTest(unittest.TestCase):
         finally:
             s.close()
             shutil.rmtree(d)
+
+
+SIGN_IN = """listen:
+  - address: 127.0.0.1:{port}
+state: {{sqlite: var/gatehouse.db}}
+identity_providers:
+  - {{id: corp, type: oidc, issuer: https://idp.example.com, client_id: gh,
+     client_secret_file: secret}}
+routes:
+  - name: wiki
+    match: {{host: wiki.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9001]}}
+    allow_any_authenticated: true
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
+    """Each configuration here is refused by `serve` at start; `check` must refuse
+    it too, with the position of the key that names the file."""
+
+    def setUp(self):
+        self.d = tempfile.mkdtemp(prefix="gh-check-")
+        os.mkdir(os.path.join(self.d, "empty"))
+        with open(os.path.join(self.d, "garbage.pem"), "w") as f:
+            f.write("hello\n")
+        os.chmod(os.path.join(self.d, "garbage.pem"), 0o600)
+        with open(os.path.join(self.d, "secret"), "w") as f:
+            f.write("s3cret\n")
+        subprocess.run(["openssl", "genrsa", "-out", os.path.join(self.d, "rsa.pem"), "2048"],
+                       check=True, capture_output=True)
+
+    def tearDown(self):
+        shutil.rmtree(self.d)
+
+    def write(self, extra, state_file=None):
+        with open(os.path.join(self.d, "g.yaml"), "w") as f:
+            f.write(SIGN_IN.format(port=free_port()) + extra)
+        if state_file is not None:
+            os.makedirs(os.path.join(self.d, "var"), exist_ok=True)
+            with open(os.path.join(self.d, "var", "gatehouse.db"), "w") as f:
+                f.write(state_file)
+
+    def serve_refuses(self):
+        try:
+            r = subprocess.run([gatehouse_bin(), "serve", "-c", "g.yaml"], cwd=self.d,
+                               capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 1
+
+    CASES = [
+        ("pages-dir-missing", "pages: {dir: /nonexistent}\n", None,
+         r"^g\.yaml:12:14: error: pages in /nonexistent: cannot open /nonexistent/chooser\.html"),
+        ("pages-dir-without-templates", "pages: {dir: empty}\n", None,
+         r"^g\.yaml:12:14: error: pages in (.*/)?empty: cannot open .*chooser\.html"),
+        ("unknown-devices-key", "devices: {whatever: 1}\n", None,
+         r'^g\.yaml:12:11: error: unknown key "whatever" in "devices"'),
+        ("assertion-key-not-pem", "upstream_identity: {assertion: {key: garbage.pem}}\n", None,
+         r"^g\.yaml:12:38: error: identity assertion key .*garbage\.pem: .*not a PEM"),
+        ("assertion-key-rsa", "upstream_identity: {assertion: {key: rsa.pem}}\n", None,
+         r"^g\.yaml:12:38: error: identity assertion key .*rsa\.pem: must be an EC P-256 key"),
+        ("assertion-key-dir-missing", "upstream_identity: {assertion: {key: /nonexistent/x/a.pem}}\n",
+         None, r"^g\.yaml:12:38: error: cannot create identity assertion key /nonexistent/x/a\.pem"),
+        ("session-key-wrong-size", "session: {key_file: garbage.pem}\n", None,
+         r"^g\.yaml:12:21: error: session key: .*garbage\.pem must hold exactly 32 bytes"),
+        ("decision-log-dir-missing", "decision_log: {file: /nonexistent/x/d.jsonl}\n", None,
+         r"^g\.yaml:12:22: error: cannot write decision log /nonexistent/x/d\.jsonl"),
+        ("state-not-a-database", "", "not a database" * 100,
+         r"^g\.yaml:3:17: error: state database var/gatehouse\.db: file is not a database"),
+        ("secret-file-missing", "", None, None),
+    ]
+
+    def test_check_refuses_what_serve_refuses(self):
+        for name, extra, state, want in self.CASES:
+            with self.subTest(case=name):
+                self.write(extra, state)
+                if name == "secret-file-missing":
+                    os.rename(os.path.join(self.d, "secret"), os.path.join(self.d, "secret.x"))
+                    want = r'^g\.yaml:6:\d+: error: cannot read client_secret_file'
+                r = run_check(["-c", "g.yaml"], cwd=self.d)
+                self.assertEqual(r.returncode, 1, (r.stdout, r.stderr))
+                self.assertRegex(r.stderr.splitlines()[-1], want)
+                self.assertTrue(self.serve_refuses(), name)
+                if name == "secret-file-missing":
+                    os.rename(os.path.join(self.d, "secret.x"), os.path.join(self.d, "secret"))
+                shutil.rmtree(os.path.join(self.d, "var"), ignore_errors=True)
+
+    def test_existing_files_load_and_nothing_is_written(self):
+        """A state directory serve has used: its database, session key and assertion
+        key load; check leaves every file as it was."""
+        self.write("upstream_identity: {assertion: {key: var/assertion-es256.pem}}\n"
+                   "pages: {dir: %s}\n" % os.path.join(ROOT, "web", "login"))
+        p = subprocess.Popen([gatehouse_bin(), "serve", "-c", "g.yaml"], cwd=self.d,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline and not os.path.exists(
+                    os.path.join(self.d, "var", "assertion-es256.pem")):
+                time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            p.terminate()
+            p.wait(timeout=10)
+        before = {n: os.stat(os.path.join(self.d, "var", n)).st_mtime_ns
+                  for n in os.listdir(os.path.join(self.d, "var"))}
+        self.assertIn("session.key", before)
+        r = run_check(["-c", "g.yaml"], cwd=self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        after = {n: os.stat(os.path.join(self.d, "var", n)).st_mtime_ns
+                 for n in os.listdir(os.path.join(self.d, "var"))}
+        self.assertEqual(before, after)
 
 
 class DocsTest(unittest.TestCase):
