@@ -112,6 +112,7 @@ struct config {
     struct limits_conf limits;
     struct timeouts_conf timeouts;
     char *access_log;           /* path, "stderr", or NULL = off */
+    uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
     char *log_level;            /* "info" default */
     char *state_sqlite;         /* resolved path or NULL */
     struct route_conf *routes;

@@ -410,6 +410,11 @@ static void request_end(struct conn *c)
             .upstream = str_from(up),
             .upstream_us = r->upstream_server ? (int64_t)r->upstream_us : -1,
             .total_us = end - r->start_us,
+            .route = str_from(r->route ? r->route->name : NULL),
+            .user = str_from(r->access_user),
+            .decision = str_from(r->access_decision),
+            .rule = str_from(r->access_rule),
+            .fields = r->cfg ? r->cfg->access_log_fields : 0,
         };
         accesslog_write(w->alog, &e);
     }

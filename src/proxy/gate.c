@@ -621,6 +621,10 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
     size_t ng = q->in.ngroups;
     const char **groups;
 
+    /* The access log carries the outcome too (accesslog.h). */
+    r->access_decision = decision;
+    r->access_rule = rule;
+    r->access_user = q->id.user_key;
     if (!G.dl) {
         return 0;
     }

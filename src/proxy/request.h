@@ -60,6 +60,11 @@ struct request {
     uint64_t bytes_in, bytes_out; /* body bytes from/to the client */
     const struct upstream_server *upstream_server; /* server used (borrowed from cfg), or NULL */
     uint64_t upstream_us;         /* time to the upstream's response head */
+    /* set by the access stage for the access log (static, config or arena
+     * strings; NULL = no decision, anonymous) */
+    const char *access_decision;  /* allow, deny, login, error */
+    const char *access_rule;
+    const char *access_user;      /* qualified id: issuer#subject */
     /* set by the access stage: headers added to the upstream request (arena) */
     struct header *up_headers;
     size_t nup_headers;
