@@ -284,6 +284,7 @@ int gate_start(const struct config *c, struct err *err)
     pthread_mutex_lock(&Shared.mu);
     Shared.sh = authn_shared_ref(g->an);
     pthread_mutex_unlock(&Shared.mu);
+    pages_use_templates(authn_pages(g->an)); /* 5xx pages share the sign-in style */
     if (g->dl && (g->dl->sqlite || g->dl->file)) {
         G.dl = decision_log_open(g->dl, &e);
         if (!G.dl) {
@@ -324,6 +325,7 @@ void gate_stop(void)
     }
     decision_log_close(G.dl);
     G.dl = NULL;
+    pages_use_templates(NULL);
     pthread_mutex_lock(&Shared.mu);
     /* Session writes still queued reach the disk, even though config
      * snapshots still refer to the shared state (no request runs any more). */

@@ -89,6 +89,9 @@ void request_respond(struct request *r, int status, const char *content_type, st
  * both carrying the request id. detail (may be NULL) is a short, non-secret
  * explanation. */
 void request_error(struct request *r, int status, const char *detail);
+/* Same, with "Retry-After: retry_after_s" (503 when no server can answer). */
+void request_error_retry(struct request *r, int status, const char *detail,
+                         unsigned retry_after_s);
 
 /* Access decision for a routed request. ACCESS_RESPOND is 0 so that an
  * uninitialised result never lets a request through (fail closed). */
