@@ -353,6 +353,25 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
     }
 }
 
+void authn_settings(const struct authn *an, struct authn_settings *out)
+{
+    *out = (struct authn_settings){
+        .pages_dir = an->pages_dir,
+        .assertion_key = an->assertion_key,
+        .assertion_header = an->assertion_header,
+        .assertion_issuer = an->assertion_issuer,
+        .assertion_ttl_s = an->assertion_ttl_s,
+        .assertion_keep_s = an->assertion_keep_s,
+        .session = &an->sconf,
+        .nidps = an->nidps,
+    };
+}
+
+const struct oidc_provider *authn_provider(const struct authn *an, size_t i)
+{
+    return i < an->nidps ? an->idps[i].p : NULL;
+}
+
 struct authn_shared *authn_shared_ref(struct authn *an)
 {
     if (an->rt == NULL) {

@@ -39,6 +39,21 @@ int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
  * writing anything; a file serve would create must be creatable. Problems go to
  * d with the position of the key that names the file. */
 void authn_check_files(const struct authn *an, const struct conf_node *root, struct conf_diag *d);
+/* The effective settings (defaults filled in), for `gatehouse check --dump`.
+ * Borrowed from an. */
+struct session_conf;
+struct oidc_provider;
+struct authn_settings {
+    const char *pages_dir;
+    const char *assertion_key;     /* NULL: no assertion */
+    const char *assertion_header, *assertion_issuer;
+    int64_t assertion_ttl_s, assertion_keep_s;
+    const struct session_conf *session;
+    size_t nidps;
+};
+void authn_settings(const struct authn *an, struct authn_settings *out);
+/* Identity provider i (< nidps), borrowed. */
+const struct oidc_provider *authn_provider(const struct authn *an, size_t i);
 /* What outlives a snapshot (session store, assertion key, pages, replay
  * cache, login key), reference-counted: a reloaded snapshot shares the
  * running one's (authn_share instead of authn_start), so sessions and sign-ins

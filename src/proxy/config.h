@@ -133,5 +133,9 @@ struct config *config_parse(const char *name, const char *text, size_t len, stru
 struct config *config_ref(struct config *c);
 /* Drops a reference; frees at zero. NULL is a no-op. */
 void config_unref(struct config *c);
+/* `gatehouse check --dump`: the effective configuration as YAML on f (a FILE *):
+ * defaults filled in, paths resolved, each route's policy, secrets redacted
+ * (dump.c). */
+void proxy_dump_config(const struct config *c, void *f);
 
 #endif

@@ -299,6 +299,16 @@ int gate_start(const struct config *c, struct err *err)
     return 0;
 }
 
+void gate_settings(const struct config *c, struct gate_settings *out)
+{
+    const struct gate_conf *g = c->authn;
+    *out = (struct gate_settings){ 0 };
+    if (g) {
+        *out = (struct gate_settings){ g->hdr_user, g->hdr_email, g->hdr_groups, g->hdr_device,
+                                       g->show_reason, g->an, g->opa, g->dl };
+    }
+}
+
 void gate_check(const struct config *c, struct conf_diag *d)
 {
     const struct gate_conf *g = c->authn;
@@ -310,10 +320,19 @@ void gate_check(const struct config *c, struct conf_diag *d)
         /* The JSON-lines sink is opened for appending; its directory is not made. */
         const struct conf_node *n = conf_get(conf_get(root, "decision_log"), "file");
         char *dir = dir_of(g->dl->file);
-        if (access(g->dl->file, F_OK) == 0 ? access(g->dl->file, W_OK) != 0
-                                           : access(dir, W_OK) != 0) {
+        char *sdir = c->state_sqlite ? dir_of(c->state_sqlite) : NULL;
+        bool bad = access(g->dl->file, F_OK) == 0 ? access(g->dl->file, W_OK) != 0
+                                                  : access(dir, W_OK) != 0;
+        if (bad && errno == ENOENT && sdir && strcmp(dir, sdir) == 0) {
+            /* gate_start makes the state directory first. */
+            char *up = dir_of(dir);
+            bad = access(up, W_OK) != 0;
+            free(up);
+        }
+        if (bad) {
             conf_error(d, n, "cannot write decision log %s: %s", g->dl->file, strerror(errno));
         }
+        free(sdir);
         free(dir);
     }
 }

@@ -238,6 +238,101 @@ class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
         self.assertEqual(before, after)
 
 
+class DumpTest(unittest.TestCase):
+    """`check --dump` prints the effective configuration: defaults filled in, each
+    route's policy, and never a secret (a client secret inline or from its file,
+    URL credentials): only the paths of secret and key files."""
+    FILE_SECRET = "s3cr3t-from-the-FILE-7c1e"
+    INLINE_SECRET = "inline-SECRET-92ab"
+    OPA_PASSWORD = "opa-PASSWORD-55"
+
+    def setUp(self):
+        self.d = tempfile.mkdtemp(prefix="gh-dump-")
+        with open(os.path.join(self.d, "oidc-secret"), "w") as f:
+            f.write(self.FILE_SECRET + "\n")
+        with open(os.path.join(self.d, "wiki.yaml"), "w") as f:
+            f.write("rules:\n  - {id: eng, effect: allow, when: {groups: {contains: eng}}}\n")
+        with open(os.path.join(self.d, "g.yaml"), "w") as f:
+            f.write(f"""listen: [{{address: 127.0.0.1:{free_port()}}}]
+state: {{sqlite: var/gatehouse.db}}
+identity_providers:
+  - {{id: corp, type: oidc, issuer: https://idp.example.com, client_id: gh,
+     client_secret_file: oidc-secret}}
+  - {{id: partners, type: oidc, issuer: https://partners.example.com, client_id: gh2,
+     client_secret: {self.INLINE_SECRET}}}
+opa: {{url: "http://gh:{self.OPA_PASSWORD}@127.0.0.1:8181", timeout: 250ms}}
+decision_log: {{file: var/decisions.jsonl}}
+routes:
+  - name: wiki
+    match: {{host: wiki.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9001]}}
+    policy: wiki.yaml
+  - name: status
+    match: {{host: status.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9002]}}
+    public: true
+  - name: any
+    match: {{host: any.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9003]}}
+""")
+
+    def tearDown(self):
+        shutil.rmtree(self.d)
+
+    def dump(self):
+        r = run_check(["-c", "g.yaml", "--dump"], cwd=self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_no_secret_in_the_dump(self):
+        out = self.dump()
+        for secret in (self.FILE_SECRET, self.INLINE_SECRET, self.OPA_PASSWORD):
+            self.assertNotIn(secret, out)
+        self.assertIn('client_secret_file: "oidc-secret"', out)
+        self.assertIn('client_secret: "(redacted)"', out)
+        self.assertIn('url: "http://(redacted)@127.0.0.1:8181"', out)
+        # Key files by path only.
+        self.assertIn('key: "var/assertion-es256.pem"', out)
+        self.assertIn('key_file: "var/session.key"', out)
+
+    def test_defaults_filled_in(self):
+        out = self.dump()
+        for line in ("  header_bytes: 32k", "  upstream_response: 1m", "  idle_timeout: 8h",
+                     "  max_lifetime: 1d", "      max_fails: 3", "      fail_timeout: 10s",
+                     "      balance: round_robin", "  timeout: 250ms", "  on_error: deny",
+                     "  retain: 90d", "  sync: batch", '  cookie: "gatehouse_session"',
+                     '    user: "X-Gatehouse-User"', "log_level: info"):
+            self.assertIn(line + "\n", out)
+        self.assertRegex(out, r"\nworkers: [1-9][0-9]*\n")  # "auto" resolved
+        self.assertIn("fields: [ts, request_id, client_ip, method, host, path, status, bytes_in,"
+                      " bytes_out, upstream, upstream_ms, total_ms, route, user, decision, rule]",
+                      out)
+
+    def test_policy_resolved_per_route(self):
+        out = self.dump()
+        routes = out.split("\nroutes:\n")[1]
+        blocks = re.split(r"\n(?=  - name: )", routes)
+        pol = {}
+        for b in blocks:
+            name = re.search(r'- name: "([^"]+)"', b).group(1)
+            pol[name] = re.search(r"    policy:\n      (.*)\n", b).group(1)
+        self.assertEqual(pol, {"wiki": 'file: "wiki.yaml"',
+                               "status": "builtin: public  # everyone, no sign-in",
+                               "any": "builtin: any-signed-in  # no policy file: any signed-in user"})
+
+    def test_invalid_config_prints_errors_not_a_dump(self):
+        with open(os.path.join(self.d, "g.yaml"), "a") as f:
+            f.write("bogus: 1\n")
+        r = run_check(["-c", "g.yaml", "--dump"], cwd=self.d)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stdout, "")
+        self.assertIn('unknown key "bogus"', r.stderr)
+
+    def test_dump_writes_nothing(self):
+        self.dump()
+        self.assertEqual(sorted(os.listdir(self.d)), ["g.yaml", "oidc-secret", "wiki.yaml"])
+
+
 class DocsTest(unittest.TestCase):
     def test_every_config_key_is_documented(self):
         """Each key the loader accepts (its key tables in src/proxy/config.c) and each
