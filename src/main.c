@@ -52,7 +52,7 @@ static const char check_help[] =
     "CA and CRL files, policies, secret files), short of binding sockets, and\n"
     "prints every problem as file:line:col. Nothing is created or written.\n"
     "  -c, --config FILE    the configuration\n"
-    "  --dump               print the effective configuration (defaults filled in,\n"
+    "  -T, --dump           print the effective configuration (defaults filled in,\n"
     "                       the policy of each route, secrets redacted) as YAML\n";
 
 static const char policy_help[] =
