@@ -215,6 +215,9 @@ static int common_options(int argc, char **argv)
     const struct help *h = find_help(cmd, NULL), *hs = NULL;
     int first = 2;
 
+    if (h == NULL) {
+        return -1; /* a command without a help entry answers for itself */
+    }
     if (argc > 2 && argv[2][0] != '-') {
         hs = find_help(cmd, argv[2]);
         if (hs) {
