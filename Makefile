@@ -1,13 +1,21 @@
 # Gatehouse: the two commands of the README, plus the benchmark.
-#   make run    installs what is missing, builds, starts the demo
-#   make test   installs what is missing, builds, runs every test suite
-#   make bench  runs the benchmarks against nginx and HAProxy (bench/README.md)
+#   make run    installs what the demo needs, builds, starts the demo
+#   make test   installs the test tools too, builds, runs every test suite
+#   make bench  installs the benchmark peers, runs the benchmarks against nginx and
+#               HAProxy (bench/README.md)
+# Each target installs only its own profile of packages (scripts/deps.sh PROFILE);
+# target-specific values reach the shared deps and build prerequisites.
 .PHONY: all deps build build-san run test bench clean
 
 all: build
 
+DEPS_PROFILE = build
+run: DEPS_PROFILE = run
+test: DEPS_PROFILE = test
+bench: DEPS_PROFILE = bench
+
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh $(DEPS_PROFILE)
 
 build: deps
 	@[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null

@@ -1,4 +1,8 @@
-/* main.c - argv and subcommands; each verb lives in its module. */
+/* main.c - argv and subcommands; each verb lives in its module. Help and the
+ * "-c is missing" check are answered here, the same way for every command:
+ * `gatehouse CMD [SUB] --help` prints that command's usage on stdout and exits 0
+ * before the module sees its arguments. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -6,20 +10,159 @@
 #include "policy/policy.h"
 #include "proxy/proxy.h"
 
+static const char exit_codes[] =
+    "exit status: 0 ok, 1 failure (or the check, test or verification failed),\n"
+    "             2 usage error (unknown command or option, missing argument)\n";
+
 static const char usage[] =
     "usage: gatehouse <command> [options]\n"
     "\n"
     "commands:\n"
-    "  serve   -c gatehouse.yaml     run the proxy\n"
-    "  check   -c gatehouse.yaml     validate the configuration, exit 0 (valid) or 1\n"
-    "  policy  test DIR|FILE         run policy test files (wiki.test.yaml beside wiki.yaml)\n"
-    "  policy  explain -c CFG --route R --input req.json   every rule's result for an input\n"
-    "  policy  diff -c CFG --new DIR [--since 7d]   who gains/loses access with new policies\n"
-    "  audit   query -c CFG [--user U] [--route R] [--decision D] [--since 1h] [--json]\n"
-    "  audit   verify -c CFG         check the decision log's hash chain\n"
-    "  sessions list|revoke -c CFG [--user U | --id ID]   stored sign-in sessions\n"
+    "  serve   -c FILE [--log-level debug|info|warn|error]   run the proxy\n"
+    "  check   -c FILE [--dump]       validate the configuration and every file it names;\n"
+    "                                --dump prints the effective configuration\n"
+    "  policy  test DIR|FILE...      run policy test files (wiki.test.yaml beside wiki.yaml)\n"
+    "  policy  explain (-c FILE --route R | --policy FILE) --input req.json\n"
+    "  policy  explain -c FILE --request-id ID   replay a logged decision with today's policy\n"
+    "  policy  diff -c FILE --new DIR [--since 7d]   who gains/loses access with new policies\n"
+    "  audit   query -c FILE [--user U] [--route R] [--decision D] [--since 1h|TIME]\n"
+    "                [--until TIME] [--limit N] [--json]\n"
+    "  audit   verify -c FILE         check the decision log's hash chain\n"
+    "  audit   retain -c FILE         delete decision records older than the retention period\n"
+    "  sessions list -c FILE [--user U] [--json]       stored sign-in sessions\n"
+    "  sessions revoke -c FILE (--user U | --id ID)    end sessions now\n"
+    "\n"
+    "options:\n"
+    "  -c, --config FILE             the configuration (gatehouse.yaml)\n"
+    "  -h, --help                    print help (also: gatehouse COMMAND [SUB] --help)\n"
     "  --version                     print the version\n"
-    "  --help                        print this help\n";
+    "\n";
+
+static const char serve_help[] =
+    "usage: gatehouse serve -c FILE [--log-level debug|info|warn|error]\n"
+    "\n"
+    "Runs the proxy. SIGHUP reloads the configuration, SIGTERM drains and stops.\n"
+    "  -c, --config FILE    the configuration\n"
+    "  --log-level LEVEL    overrides log_level from the configuration\n";
+
+static const char check_help[] =
+    "usage: gatehouse check -c FILE [--dump]\n"
+    "\n"
+    "Loads the configuration the way serve does (templates, keys, certificates,\n"
+    "CA and CRL files, policies, secret files), short of binding sockets, and\n"
+    "prints every problem as file:line:col. Nothing is created or written.\n"
+    "  -c, --config FILE    the configuration\n"
+    "  -T, --dump           print the effective configuration (defaults filled in,\n"
+    "                       the policy of each route, secrets redacted) as YAML\n";
+
+static const char policy_help[] =
+    "usage: gatehouse policy test DIR|FILE...\n"
+    "       gatehouse policy explain (-c FILE --route R | --policy FILE) --input req.json\n"
+    "       gatehouse policy explain -c FILE --request-id ID\n"
+    "       gatehouse policy diff -c FILE --new DIR [--since 7d]\n";
+
+static const char policy_test_help[] =
+    "usage: gatehouse policy test DIR|FILE...\n"
+    "\n"
+    "Runs the test cases kept beside each policy (wiki.test.yaml next to wiki.yaml).\n"
+    "A DIR runs every *.test.yaml in it; files that are not policies are skipped.\n";
+
+static const char policy_explain_help[] =
+    "usage: gatehouse policy explain (-c FILE --route R | --policy FILE) --input req.json\n"
+    "       gatehouse policy explain -c FILE --request-id ID [--route R]\n"
+    "\n"
+    "Shows every rule's result for one input and the rule that decides.\n"
+    "  -c, --config FILE     the configuration (for --route and --request-id)\n"
+    "  --route R             the route whose policy to use\n"
+    "  --policy FILE         a policy file instead of a route\n"
+    "  --input FILE          the request, as YAML or JSON\n"
+    "  --request-id ID       a logged decision, replayed against the current policy\n";
+
+static const char policy_diff_help[] =
+    "usage: gatehouse policy diff -c FILE --new DIR [--since 7d]\n"
+    "\n"
+    "Replays logged decisions against the policies in DIR: who gains or loses access.\n"
+    "  -c, --config FILE     the configuration (routes and decision log)\n"
+    "  --new DIR             the changed policies (same file names as the routes use)\n"
+    "  --since 7d|TIME       how far back to replay (default 7d)\n";
+
+static const char audit_help[] =
+    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "       gatehouse audit verify -c FILE\n"
+    "       gatehouse audit retain -c FILE\n";
+
+static const char audit_query_help[] =
+    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "\n"
+    "Prints decision records, oldest first.\n"
+    "  -c, --config FILE     the configuration (decision_log section)\n"
+    "  --user U              user (issuer#subject) or email\n"
+    "  --route R             route name\n"
+    "  --decision D          allow, deny, login or error\n"
+    "  --since 1h|TIME       from (a duration before now, or RFC 3339)\n"
+    "  --until TIME          up to (a duration before now, or RFC 3339)\n"
+    "  --limit N             at most N records\n"
+    "  --json                JSON lines, each with its hash\n";
+
+static const char audit_verify_help[] =
+    "usage: gatehouse audit verify -c FILE\n"
+    "\n"
+    "Walks the decision log's hash chain (SQLite and the JSON-lines file) and names\n"
+    "the first edited, removed or reordered record. Exit 1 if it fails.\n";
+
+static const char audit_retain_help[] =
+    "usage: gatehouse audit retain -c FILE\n"
+    "\n"
+    "Deletes decision records older than decision_log.retention (the server also\n"
+    "does this hourly).\n";
+
+static const char sessions_help[] =
+    "usage: gatehouse sessions list   -c FILE [--user U] [--json]\n"
+    "       gatehouse sessions revoke -c FILE (--user U | --id ID)\n";
+
+static const char sessions_list_help[] =
+    "usage: gatehouse sessions list -c FILE [--user U] [--json]\n"
+    "\n"
+    "Lists stored sign-in sessions with their idle and absolute expiry.\n"
+    "  -c, --config FILE     the configuration (state.sqlite)\n"
+    "  --user U              user key (issuer#subject) or email\n"
+    "  --json                one JSON object per line\n";
+
+static const char sessions_revoke_help[] =
+    "usage: gatehouse sessions revoke -c FILE (--user U | --id ID)\n"
+    "\n"
+    "Ends sessions now; the running server notices within a second.\n"
+    "  -c, --config FILE     the configuration (state.sqlite)\n"
+    "  --user U              every session of this user (issuer#subject or email)\n"
+    "  --id ID               one session, as printed by list (8+ hex characters);\n"
+    "                        exit 1 with \"no such session\" if none matches\n";
+
+/* How a command needs -c: not at all, always, or unless --policy is given. */
+enum needs_conf { CONF_NO = 0, CONF_YES, CONF_UNLESS_POLICY };
+
+struct help {
+    const char *cmd, *sub; /* sub NULL: the command itself */
+    const char *text;
+    enum needs_conf conf;
+};
+
+static const struct help helps[] = {
+    { "serve", NULL, serve_help, CONF_YES },
+    { "check", NULL, check_help, CONF_YES }, /* says itself what is missing */
+    { "policy", NULL, policy_help, CONF_NO },
+    { "policy", "test", policy_test_help, CONF_NO },
+    { "policy", "explain", policy_explain_help, CONF_UNLESS_POLICY },
+    { "policy", "diff", policy_diff_help, CONF_YES },
+    { "audit", NULL, audit_help, CONF_NO },
+    { "audit", "query", audit_query_help, CONF_YES },
+    { "audit", "verify", audit_verify_help, CONF_YES },
+    { "audit", "retain", audit_retain_help, CONF_YES },
+    { "sessions", NULL, sessions_help, CONF_NO },
+    { "sessions", "list", sessions_list_help, CONF_YES },
+    { "sessions", "revoke", sessions_revoke_help, CONF_YES },
+};
 
 struct command {
     const char *name;
@@ -33,6 +176,77 @@ static const struct command commands[] = {
     { "sessions", authn_cmd_sessions },
     { "audit", audit_cmd },
 };
+
+static const struct help *find_help(const char *cmd, const char *sub)
+{
+    for (size_t i = 0; i < sizeof helps / sizeof helps[0]; i++) {
+        if (strcmp(helps[i].cmd, cmd) == 0 &&
+            (sub ? helps[i].sub && strcmp(helps[i].sub, sub) == 0 : helps[i].sub == NULL)) {
+            return &helps[i];
+        }
+    }
+    return NULL;
+}
+
+static bool is_help(const char *a)
+{
+    return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+}
+
+/* -c FILE, -cFILE, --config FILE or --config=FILE among the arguments. */
+static bool has_option(int argc, char **argv, const char *shrt, const char *lng)
+{
+    size_t ll = strlen(lng);
+    for (int i = 0; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        const char *a = argv[i];
+        if ((shrt && strncmp(a, shrt, 2) == 0) || strcmp(a, lng) == 0 ||
+            (strncmp(a, lng, ll) == 0 && a[ll] == '=')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Answers --help and a missing -c for argv[1] (a known command). Returns -1 to
+ * let the command run, or the exit status. */
+static int common_options(int argc, char **argv)
+{
+    const char *cmd = argv[1];
+    const struct help *h = find_help(cmd, NULL), *hs = NULL;
+    int first = 2;
+
+    if (h == NULL) {
+        return -1; /* a command without a help entry answers for itself */
+    }
+    if (argc > 2 && argv[2][0] != '-') {
+        hs = find_help(cmd, argv[2]);
+        if (hs) {
+            h = hs;
+            first = 3;
+        }
+    }
+    for (int i = first; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (is_help(argv[i])) {
+            fputs(h->text, stdout);
+            fputc('\n', stdout);
+            fputs(exit_codes, stdout);
+            return 0;
+        }
+    }
+    if (h->conf == CONF_NO || strcmp(cmd, "check") == 0) {
+        return -1; /* e.g. no subcommand given: the module names what is missing */
+    }
+    bool need = h->conf == CONF_YES ||
+                (h->conf == CONF_UNLESS_POLICY &&
+                 !has_option(argc - first, argv + first, NULL, "--policy"));
+    if (need && !has_option(argc - first, argv + first, "-c", "--config")) {
+        fprintf(stderr, "gatehouse %s%s%s: missing -c FILE%s\n\n%s", cmd,
+                h->sub ? " " : "", h->sub ? h->sub : "",
+                h->conf == CONF_UNLESS_POLICY ? " (or --policy FILE)" : " (the configuration)", h->text);
+        return 2;
+    }
+    return -1;
+}
 
 int main(int argc, char **argv)
 {
@@ -48,20 +262,22 @@ int main(int argc, char **argv)
 #endif
     if (argc < 2) {
         fputs(usage, stderr);
+        fputs(exit_codes, stderr);
         return 2;
     }
     if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
         printf("gatehouse %s\n", GATEHOUSE_VERSION);
         return 0;
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-        strcmp(argv[1], "help") == 0) {
+    if (is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
         fputs(usage, stdout);
+        fputs(exit_codes, stdout);
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].name) == 0) {
-            return commands[i].run(argc - 1, argv + 1);
+            int rc = common_options(argc, argv);
+            return rc >= 0 ? rc : commands[i].run(argc - 1, argv + 1);
         }
     }
     fprintf(stderr, "gatehouse: unknown command \"%s\"\n\n%s", argv[1], usage);

@@ -6,12 +6,14 @@
  * re-fetched on an unknown kid at most once per jwks_refresh_min_interval. */
 #include "authn.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -20,6 +22,7 @@
 #include "codec.h"
 #include "cookie.h"
 #include "jwt.h"
+#include "keys.h"
 #include "oidc.h"
 #include "page.h"
 #include "session.h"
@@ -280,6 +283,101 @@ int authn_start(struct authn *an, struct err *err)
     }
     rt_borrow(an, rt);
     return 0;
+}
+
+/* `gatehouse check`: exists and loads, or can be created by serve (whose
+ * gate_start makes the state database's directory, one level). */
+static bool check_creatable(struct conf_diag *d, const struct conf_node *n, const char *what,
+                            const char *path)
+{
+    char *copy = xstrdup(path), *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
+    if (slash && slash != copy) {
+        *slash = '\0';
+    }
+    bool ok = access(dir, W_OK) == 0;
+    if (!ok && errno == ENOENT) {
+        char *up = xstrdup(dir), *s2 = strrchr(up, '/');
+        ok = access(s2 ? (s2 == up ? "/" : (*s2 = '\0', up)) : ".", W_OK) == 0;
+        free(up);
+    }
+    if (!ok) {
+        conf_error(d, n, "cannot create %s %s: %s", what, path, strerror(errno));
+    }
+    free(copy);
+    return ok;
+}
+
+void authn_check_files(const struct authn *an, const struct conf_node *root, struct conf_diag *d)
+{
+    struct err e = { 0 };
+    const struct conf_node *pages = conf_get(root, "pages");
+    const struct conf_node *state = conf_get(conf_get(root, "state"), "sqlite");
+    struct pages *p = pages_load(an->pages_dir, &e);
+    if (p == NULL) {
+        conf_error(d, pages ? conf_get(pages, "dir") : NULL, "pages in %s: %s", an->pages_dir,
+                   e.msg);
+    }
+    pages_free(p);
+    if (an->assertion_key != NULL) {
+        const struct conf_node *as = conf_get(conf_get(root, "upstream_identity"), "assertion");
+        const struct conf_node *n = conf_get(as, "key") ? conf_get(as, "key") : state;
+        const char *alg = NULL;
+        if (access(an->assertion_key, F_OK) != 0) {
+            check_creatable(d, n, "identity assertion key", an->assertion_key);
+        } else {
+            cjose_jwk_t *k = keys_load_pem(an->assertion_key, &alg, &e);
+            if (k == NULL) {
+                conf_error(d, n, "identity assertion key %s: %s", an->assertion_key, e.msg);
+            } else if (strcmp(alg, "ES256") != 0) {
+                conf_error(d, n, "identity assertion key %s: must be an EC P-256 key",
+                           an->assertion_key);
+            }
+            cjose_jwk_release(k);
+        }
+    }
+    if (an->state_db != NULL) {
+        const struct conf_node *sess = conf_get(root, "session");
+        const struct conf_node *n = conf_get(sess, "key_file") ? conf_get(sess, "key_file")
+                                                               : state;
+        char *copy = xstrdup(an->state_db), *slash = strrchr(copy, '/');
+        char *key = an->sconf.key_file ? xstrdup(an->sconf.key_file)
+                                       : slash ? (*slash = '\0', xasprintf("%s/session.key", copy))
+                                               : xstrdup("session.key");
+        unsigned char k32[32];
+        if (access(key, F_OK) != 0) {
+            check_creatable(d, n, "session key", key);
+        } else if (keys_load_secret32(key, false, k32, &e) != 0) {
+            conf_error(d, n, "session key: %s", e.msg);
+        }
+        OPENSSL_cleanse(k32, sizeof k32);
+        free(key);
+        free(copy);
+        if (access(an->state_db, F_OK) != 0) {
+            check_creatable(d, state, "state database", an->state_db);
+        } else if (!session_db_readable(an->state_db, &e)) {
+            conf_error(d, state, "state database %s: %s", an->state_db, e.msg);
+        }
+    }
+}
+
+void authn_settings(const struct authn *an, struct authn_settings *out)
+{
+    *out = (struct authn_settings){
+        .pages_dir = an->pages_dir,
+        .assertion_key = an->assertion_key,
+        .assertion_header = an->assertion_header,
+        .assertion_issuer = an->assertion_issuer,
+        .assertion_ttl_s = an->assertion_ttl_s,
+        .assertion_keep_s = an->assertion_keep_s,
+        .session = &an->sconf,
+        .nidps = an->nidps,
+    };
+}
+
+const struct oidc_provider *authn_provider(const struct authn *an, size_t i)
+{
+    return i < an->nidps ? an->idps[i].p : NULL;
 }
 
 struct authn_shared *authn_shared_ref(struct authn *an)
@@ -686,8 +784,9 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
     out->id.claims_json = v->claims_json;
     out->id.session_id = adup(a, v->id);
     out->id.sid = v->sid;
-    out->id.session_expires_ms = v->expires_ms < v->idle_expires_ms ? v->expires_ms
-                                                                     : v->idle_expires_ms;
+    out->id.session_expires_ms = v->expires_ms;
+    out->id.session_idle_expires_ms = v->idle_expires_ms < v->expires_ms ? v->idle_expires_ms
+                                                                         : v->expires_ms;
     const char *hash = v->user_key ? strchr(v->user_key, '#') : NULL;
     out->id.sub = hash ? hash + 1 : NULL;
     out->id.bearer = false;
@@ -1428,21 +1527,29 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                           struct authn_out *out)
 {
     const struct authn_identity *id = &out->id;
-    char expires[32] = "";
-    if (id->session_expires_ms > 0) {
-        time_t t = (time_t)(id->session_expires_ms / 1000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* Both ends of a session, labelled: the idle one moves with every request,
+     * the absolute one (what `sessions list` shows) never does. */
+    char expires[32] = "", idle[32] = "";
+    const int64_t ends[2] = { id->session_expires_ms, id->session_idle_expires_ms };
+    char *const outs[2] = { expires, idle };
+    for (int i = 0; i < 2; i++) {
+        if (ends[i] > 0) {
+            time_t t = (time_t)(ends[i] / 1000);
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(outs[i], sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        }
     }
     if (str_contains(req->accept, STR("application/json"))) {
         json_error_t jerr;
         json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
         /* "user" is the subject, as in the identity headers and the decision log. */
-        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?}", "user",
+        json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?, s:s?, s:s?}", "user",
                               id->user ? id->user : id->user_key, "email", id->email, "name",
                               id->name, "groups", g ? g : json_array(), "idp", id->idp,
-                              "expires", expires[0] ? expires : NULL, "session", id->session_id);
+                              "expires", expires[0] ? expires : NULL, "idle_expires",
+                              idle[0] ? idle : NULL, "absolute_expires",
+                              expires[0] ? expires : NULL, "session", id->session_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         const char *body = adup(a, s);
@@ -1466,9 +1573,10 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
         { "idp", id->idp }, { "device", NULL }, { "expires", expires },
+        { "idle_expires", idle },
     };
     size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ME, v, 7, a, &len);
+    char *html = pages_render(an->pages, PAGE_ME, v, sizeof v / sizeof v[0], a, &len);
     return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
                 : internal_error(an, req, a, out);
 }

@@ -34,6 +34,26 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
 /* Opens the session store (SQLite, writer thread), loads or creates the
  * assertion key, loads the page templates. Blocking: call before serving. */
 int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
+/* For `gatehouse check`: loads what authn_start would (page templates, the
+ * assertion key, the session key, the state database) without creating or
+ * writing anything; a file serve would create must be creatable. Problems go to
+ * d with the position of the key that names the file. */
+void authn_check_files(const struct authn *an, const struct conf_node *root, struct conf_diag *d);
+/* The effective settings (defaults filled in), for `gatehouse check --dump`.
+ * Borrowed from an. */
+struct session_conf;
+struct oidc_provider;
+struct authn_settings {
+    const char *pages_dir;
+    const char *assertion_key;     /* NULL: no assertion */
+    const char *assertion_header, *assertion_issuer;
+    int64_t assertion_ttl_s, assertion_keep_s;
+    const struct session_conf *session;
+    size_t nidps;
+};
+void authn_settings(const struct authn *an, struct authn_settings *out);
+/* Identity provider i (< nidps), borrowed. */
+const struct oidc_provider *authn_provider(const struct authn *an, size_t i);
 /* What outlives a snapshot (session store, assertion key, pages, replay
  * cache, login key), reference-counted: a reloaded snapshot shares the
  * running one's (authn_share instead of authn_start), so sessions and sign-ins
@@ -81,7 +101,8 @@ struct authn_identity {
     const char *claims_json;    /* JSON object */
     const char *sid;            /* the IdP's session id (sid claim), or NULL */
     const char *session_id;     /* 16-hex public session id; NULL for bearer */
-    int64_t session_expires_ms; /* absolute end of the session, 0 for bearer */
+    int64_t session_expires_ms; /* absolute end of the session (max_lifetime), 0 for bearer */
+    int64_t session_idle_expires_ms; /* end if no request comes first (idle_timeout) */
     bool bearer;                /* identified, or refused, by a bearer token */
 };
 

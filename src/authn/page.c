@@ -24,7 +24,7 @@ static const char *const signed_out_text[] = { "host", "sign_in_url", NULL };
 static const char *const denied_text[] = { "reason", "user", "request_id", NULL };
 static const char *const error_text[] = { "title", "message", "request_id", "retry_url", NULL };
 static const char *const me_text[] = { "name", "user", "email", "groups", "idp", "device",
-                                       "expires", NULL };
+                                       "expires", "idle_expires", NULL };
 static const char *const none[] = { NULL };
 
 static const struct page_def defs[PAGE_COUNT] = {

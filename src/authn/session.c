@@ -10,9 +10,11 @@
 #include <libgen.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -759,6 +761,29 @@ static void preload(struct session_store *s, int64_t now_ms)
     }
     sqlite3_finalize(st);
     log_info("authn", "loaded %zu live session(s)", n);
+}
+
+bool session_db_readable(const char *path, struct err *err)
+{
+    /* The header only: even a read-only SQLite open of a WAL database creates
+     * its -shm and -wal files, and check writes nothing. */
+    static const char magic[16] = "SQLite format 3";
+    char head[16] = { 0 };
+    FILE *f = fopen(path, "rb");
+    if (f == NULL || access(path, R_OK | W_OK) != 0) {
+        err_set(err, ERR_IO, "%s", strerror(errno));
+        if (f != NULL) {
+            fclose(f);
+        }
+        return false;
+    }
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    if (n != 0 && (n != sizeof head || memcmp(head, magic, sizeof magic) != 0)) {
+        err_set(err, ERR_IO, "file is not a database");
+        return false;
+    }
+    return true;
 }
 
 struct session_store *session_store_open(const char *db_path, const struct session_conf *c,

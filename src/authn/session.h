@@ -35,6 +35,9 @@ void session_conf_fini(struct session_conf *c);
 
 struct session_store;
 
+/* Opens an existing database read-only and reads its schema: false (err) when
+ * it is not an SQLite database or cannot be read. Creates nothing (check). */
+bool session_db_readable(const char *path, struct err *err);
 /* Opens (creating) the database and its tables, loads or creates the 32-byte
  * key that encrypts refresh tokens at rest (key_file, or "<db dir>/session.key"),
  * preloads every live session into the cache and starts the writer thread.

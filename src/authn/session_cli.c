@@ -165,7 +165,10 @@ int authn_cmd_sessions(int argc, char **argv)
     } else {
         size_t n = 0;
         rc = session_admin_revoke(db, ukey, id, &n, &err);
-        if (rc == 0) {
+        if (rc == 0 && id != NULL && n == 0) {
+            /* A mistyped id must not look like a successful revocation. */
+            rc = err_set(&err, ERR_NOTFOUND, "no such session \"%s\"", id);
+        } else if (rc == 0) {
             printf("revoked %zu session(s)\n", n);
         }
     }

@@ -155,51 +155,105 @@ static void put_ts(struct w *w, uint64_t ts_us)
 
 #define LIT(w, s) put((w), (s), sizeof(s) - 1)
 
+const char *const accesslog_field_names[ACCESSLOG_F_COUNT + 1] = {
+    "ts",       "request_id", "client_ip", "method",   "host",        "path",
+    "status",   "bytes_in",   "bytes_out", "upstream", "upstream_ms", "total_ms",
+    "route",    "user",       "decision",  "rule",     NULL,
+};
+
+/* ,"name": (no comma before the first field written); false when f is not chosen. */
+static bool field(struct w *w, uint32_t mask, enum accesslog_field f, bool *first)
+{
+    if (!(mask & (1u << f))) {
+        return false;
+    }
+    putc_(w, *first ? '{' : ',');
+    *first = false;
+    putc_(w, '"');
+    put(w, accesslog_field_names[f], strlen(accesslog_field_names[f]));
+    LIT(w, "\":");
+    return true;
+}
+
+static void put_str_or_null(struct w *w, struct str s)
+{
+    if (s.len) {
+        put_json_str(w, s);
+    } else {
+        LIT(w, "null");
+    }
+}
+
 size_t accesslog_format(const struct accesslog_entry *e, char *buf, size_t cap)
 {
     struct w w = { .p = buf, .len = 0, .cap = cap };
     struct str path;
+    uint32_t m = e->fields ? e->fields : ACCESSLOG_ALL;
+    bool first = true;
 
-    LIT(&w, "{\"ts\":");
-    put_ts(&w, e->ts_us);
-    LIT(&w, ",\"request_id\":");
-    put_json_str(&w, e->request_id);
-    LIT(&w, ",\"client_ip\":");
-    put_json_str(&w, e->client_ip);
-    LIT(&w, ",\"method\":");
-    put_json_str(&w, e->method);
-    LIT(&w, ",\"host\":");
-    put_json_str(&w, e->host);
-    LIT(&w, ",\"path\":");
-    path = e->path;
-    for (size_t i = 0; i < path.len; i++) {
-        /* The query may hold an OAuth code or a token: never log it. */
-        if (path.p[i] == '?') {
-            path.len = i;
-            break;
+    if (field(&w, m, ACCESSLOG_F_TS, &first)) {
+        put_ts(&w, e->ts_us);
+    }
+    if (field(&w, m, ACCESSLOG_F_REQUEST_ID, &first)) {
+        put_json_str(&w, e->request_id);
+    }
+    if (field(&w, m, ACCESSLOG_F_CLIENT_IP, &first)) {
+        put_json_str(&w, e->client_ip);
+    }
+    if (field(&w, m, ACCESSLOG_F_METHOD, &first)) {
+        put_json_str(&w, e->method);
+    }
+    if (field(&w, m, ACCESSLOG_F_HOST, &first)) {
+        put_json_str(&w, e->host);
+    }
+    if (field(&w, m, ACCESSLOG_F_PATH, &first)) {
+        path = e->path;
+        for (size_t i = 0; i < path.len; i++) {
+            /* The query may hold an OAuth code or a token: never log it. */
+            if (path.p[i] == '?') {
+                path.len = i;
+                break;
+            }
+        }
+        put_json_str(&w, path);
+    }
+    if (field(&w, m, ACCESSLOG_F_STATUS, &first)) {
+        put_u64(&w, e->status);
+    }
+    if (field(&w, m, ACCESSLOG_F_BYTES_IN, &first)) {
+        put_u64(&w, e->bytes_in);
+    }
+    if (field(&w, m, ACCESSLOG_F_BYTES_OUT, &first)) {
+        put_u64(&w, e->bytes_out);
+    }
+    if (field(&w, m, ACCESSLOG_F_UPSTREAM, &first)) {
+        put_str_or_null(&w, e->upstream);
+    }
+    if (field(&w, m, ACCESSLOG_F_UPSTREAM_MS, &first)) {
+        if (e->upstream_us >= 0) {
+            put_ms(&w, (uint64_t)e->upstream_us);
+        } else {
+            LIT(&w, "null");
         }
     }
-    put_json_str(&w, path);
-    LIT(&w, ",\"status\":");
-    put_u64(&w, e->status);
-    LIT(&w, ",\"bytes_in\":");
-    put_u64(&w, e->bytes_in);
-    LIT(&w, ",\"bytes_out\":");
-    put_u64(&w, e->bytes_out);
-    LIT(&w, ",\"upstream\":");
-    if (e->upstream.len) {
-        put_json_str(&w, e->upstream);
-    } else {
-        LIT(&w, "null");
+    if (field(&w, m, ACCESSLOG_F_TOTAL_MS, &first)) {
+        put_ms(&w, e->total_us);
     }
-    LIT(&w, ",\"upstream_ms\":");
-    if (e->upstream_us >= 0) {
-        put_ms(&w, (uint64_t)e->upstream_us);
-    } else {
-        LIT(&w, "null");
+    if (field(&w, m, ACCESSLOG_F_ROUTE, &first)) {
+        put_str_or_null(&w, e->route);
     }
-    LIT(&w, ",\"total_ms\":");
-    put_ms(&w, e->total_us);
+    if (field(&w, m, ACCESSLOG_F_USER, &first)) {
+        put_str_or_null(&w, e->user);
+    }
+    if (field(&w, m, ACCESSLOG_F_DECISION, &first)) {
+        put_str_or_null(&w, e->decision);
+    }
+    if (field(&w, m, ACCESSLOG_F_RULE, &first)) {
+        put_str_or_null(&w, e->rule);
+    }
+    if (first) {
+        putc_(&w, '{');
+    }
     LIT(&w, "}\n");
     return w.len;
 }

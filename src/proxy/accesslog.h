@@ -1,8 +1,13 @@
 /* proxy/accesslog.h - one JSON line per finished request:
  *   {"ts":"2026-11-28T06:00:00.123Z","request_id":"...","client_ip":"...",
  *    "method":"GET","host":"...","path":"/docs","status":200,"bytes_in":0,
- *    "bytes_out":512,"upstream":"127.0.0.1:9001","upstream_ms":1.234,"total_ms":2.345}
- * Exactly these fields, in this order. "path" stops before any '?': queries
+ *    "bytes_out":512,"upstream":"127.0.0.1:9001","upstream_ms":1.234,"total_ms":2.345,
+ *    "route":"wiki","user":"https://idp.example.com#alice","decision":"allow",
+ *    "rule":"engineers"}
+ * These fields, in this order (access_log.fields may leave some out; the order
+ * stays). "route", "user" (the qualified id, issuer#subject), "decision" and
+ * "rule" come from the access stage and are null when it did not decide (no
+ * route, a reserved path, an anonymous caller). "path" stops before any '?': queries
  * carry OAuth codes, state and sometimes tokens, which must not reach a log.
  * Strings are JSON-escaped (control bytes as
  * \u00XX, invalid UTF-8 bytes as U+FFFD); "upstream" and "upstream_ms" are null
@@ -28,6 +33,18 @@
 
 struct accesslog; /* per worker, not thread-safe */
 
+/* The fields, in line order; a mask of (1u << ACCESSLOG_F_x) selects some. */
+enum accesslog_field {
+    ACCESSLOG_F_TS = 0, ACCESSLOG_F_REQUEST_ID, ACCESSLOG_F_CLIENT_IP, ACCESSLOG_F_METHOD,
+    ACCESSLOG_F_HOST, ACCESSLOG_F_PATH, ACCESSLOG_F_STATUS, ACCESSLOG_F_BYTES_IN,
+    ACCESSLOG_F_BYTES_OUT, ACCESSLOG_F_UPSTREAM, ACCESSLOG_F_UPSTREAM_MS, ACCESSLOG_F_TOTAL_MS,
+    ACCESSLOG_F_ROUTE, ACCESSLOG_F_USER, ACCESSLOG_F_DECISION, ACCESSLOG_F_RULE,
+    ACCESSLOG_F_COUNT
+};
+#define ACCESSLOG_ALL ((1u << ACCESSLOG_F_COUNT) - 1)
+/* Their names as in the line and in access_log.fields, NULL-terminated. */
+extern const char *const accesslog_field_names[ACCESSLOG_F_COUNT + 1];
+
 struct accesslog_entry {
     uint64_t ts_us;          /* wall clock (CLOCK_REALTIME) when the response ended, in us */
     struct str request_id;
@@ -41,6 +58,11 @@ struct accesslog_entry {
     struct str upstream;     /* "host:port" of the server used; empty = null */
     int64_t upstream_us;     /* time to the upstream response head; < 0 = null */
     uint64_t total_us;       /* request start to response end */
+    struct str route;        /* route name; empty = null */
+    struct str user;         /* qualified id (issuer#subject); empty = null (anonymous) */
+    struct str decision;     /* allow, deny, login, error; empty = null (no decision) */
+    struct str rule;         /* the rule that decided; empty = null */
+    uint32_t fields;         /* mask of fields to write; 0 = all */
 };
 
 /* Opens target: a file path (created 0640, O_APPEND), or "stderr". Returns NULL

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "balance.h"
 #include "gate.h"
 #include "normpath.h"
@@ -45,6 +46,9 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", NULL };
+static const char *const access_log_keys[] = { "file", "fields", NULL };
+/* The device registry is not built yet: "devices" takes no keys until it is. */
+static const char *const devices_keys[] = { NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", "encoded_slashes", "headers",
@@ -720,17 +724,66 @@ static void read_timeouts(struct loader *L, const struct conf_node *root)
     conf_duration_ms(L->d, m, "drain", 10, 3600000, &t->drain_ms);
 }
 
+/* access_log.fields: names from accesslog.h, each at most once. */
+static void read_access_log_fields(struct loader *L, const struct conf_node *m)
+{
+    const struct conf_node *f = conf_get(m, "fields");
+    uint32_t mask = 0;
+
+    if (!f || !conf_seq(L->d, f, "\"access_log.fields\"")) {
+        return;
+    }
+    if (f->n == 0) {
+        conf_error(L->d, f, "\"access_log.fields\" is empty (use \"access_log: off\")");
+        return;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        const struct conf_node *it = f->items[i];
+        int k = it->type == CONF_SCALAR ? name_index(it->value, accesslog_field_names) : -1;
+        if (k < 0) {
+            char names[400];
+            const char *hint = it->type == CONF_SCALAR
+                                   ? conf_suggest(it->value, accesslog_field_names)
+                                   : NULL;
+            join_names(accesslog_field_names, names, sizeof names);
+            if (hint) {
+                conf_error(L->d, it, "unknown access log field \"%s\" (did you mean \"%s\"?)",
+                           it->value, hint);
+            } else {
+                conf_error(L->d, it, "unknown access log field \"%s\" (known: %s)",
+                           it->type == CONF_SCALAR ? it->value : "?", names);
+            }
+        } else if (mask & (1u << k)) {
+            conf_error(L->d, it, "access log field \"%s\" is listed twice", it->value);
+        } else {
+            mask |= 1u << k;
+        }
+    }
+    L->c->access_log_fields = mask;
+}
+
 static void read_logging(struct loader *L, const struct conf_node *root)
 {
     const char *al = NULL;
     int lvl;
+    const struct conf_node *m = conf_get(root, "access_log");
+    bool ok;
 
     /* Default: stderr, so a bare config still records every request. */
     L->c->access_log = xstrdup("stderr");
-    if (conf_string(L->d, root, "access_log", &al) && al) {
+    L->c->access_log_fields = ACCESSLOG_ALL;
+    if (m && m->type == CONF_MAP) {
+        /* access_log: {file: PATH|stderr|off, fields: [...]} */
+        ok = conf_check_keys(L->d, m, "\"access_log\"", access_log_keys) &&
+             conf_string(L->d, m, "file", &al);
+        read_access_log_fields(L, m);
+    } else {
+        ok = conf_string(L->d, root, "access_log", &al);
+    }
+    if (ok && al) {
         free(L->c->access_log);
         L->c->access_log = NULL;
-        const struct conf_node *n = conf_get(root, "access_log");
+        const struct conf_node *n = m && m->type == CONF_MAP ? conf_get(m, "file") : m;
         if (al[0] == '\0') {
             conf_error(L->d, n, "\"access_log\" must be a file path, \"stderr\" or \"off\"");
         } else if (strcmp(al, "off") == 0) {
@@ -1345,6 +1398,9 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
+    if (conf_get(root, "devices") && conf_get(root, "devices")->type != CONF_NULL) {
+        conf_check_keys(d, conf_get(root, "devices"), "\"devices\"", devices_keys);
+    }
     first_seen_fini(&L.route_names);
     if (d->count == before) {
         /* Sign-in and policy sections, once the proxy's own keys are sound. */

@@ -118,6 +118,7 @@ struct config {
     struct limits_conf limits;
     struct timeouts_conf timeouts;
     char *access_log;           /* path, "stderr", or NULL = off */
+    uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
     char *log_level;            /* "info" default */
     char *state_sqlite;         /* resolved path or NULL */
     struct route_conf *routes;
@@ -138,5 +139,9 @@ struct config *config_parse(const char *name, const char *text, size_t len, stru
 struct config *config_ref(struct config *c);
 /* Drops a reference; frees at zero. NULL is a no-op. */
 void config_unref(struct config *c);
+/* `gatehouse check --dump`: the effective configuration as YAML on f (a FILE *):
+ * defaults filled in, paths resolved, each route's policy, secrets redacted
+ * (dump.c). */
+void proxy_dump_config(const struct config *c, void *f);
 
 #endif

@@ -413,6 +413,11 @@ static void request_end(struct conn *c)
             .upstream = str_from(up),
             .upstream_us = r->upstream_server ? (int64_t)r->upstream_us : -1,
             .total_us = end - r->start_us,
+            .route = str_from(r->route ? r->route->name : NULL),
+            .user = str_from(r->access_user),
+            .decision = str_from(r->access_decision),
+            .rule = str_from(r->access_rule),
+            .fields = r->cfg ? r->cfg->access_log_fields : 0,
         };
         accesslog_write(w->alog, &e);
     }
@@ -598,6 +603,13 @@ void request_respond(struct request *r, int status, const char *content_type, st
 
 void request_error(struct request *r, int status, const char *detail)
 {
+    request_error_retry(r, status, detail, 0);
+}
+
+void request_error_retry(struct request *r, int status, const char *detail,
+                         unsigned retry_after_s)
+{
+    char extra[40] = "";
     struct conn *c = r->conn;
     struct buf body = { 0 };
     const char *ctype = NULL;
@@ -627,8 +639,18 @@ void request_error(struct request *r, int status, const char *detail)
         status == 417) {
         c->keep_alive = false;
     }
-    pages_error(&body, &ctype, status, detail, r->id, html);
-    request_respond(r, status, ctype, (struct str){ body.p, buf_pending(&body) }, NULL);
+    if (retry_after_s) {
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_after_s);
+    }
+    /* 5xx pages for browsers: the sign-in pages' error template and style. */
+    if (!html || status < 500 ||
+        !pages_error_template(&body, status, detail, r->id, r->path, r->arena)) {
+        pages_error(&body, &ctype, status, detail, r->id, html);
+    } else {
+        ctype = "text/html; charset=utf-8";
+    }
+    request_respond(r, status, ctype, (struct str){ body.p, buf_pending(&body) },
+                    extra[0] ? extra : NULL);
     buf_free(&body);
 }
 

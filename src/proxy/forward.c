@@ -249,7 +249,47 @@ static void up_update_io(struct upconn *u)
 
 static void try_server(struct conn *c);
 
-enum fail_kind { FAIL_CONNECT, FAIL_TIMEOUT, FAIL_RESPONSE };
+/* CONNECT: the server could not be reached (no TCP connection, or the request
+ * could not be written); TLS: the handshake or the certificate check failed;
+ * RESPONSE: a bad answer (malformed, cut short); TIMEOUT: no answer in time. */
+enum fail_kind { FAIL_CONNECT, FAIL_TLS, FAIL_TIMEOUT, FAIL_RESPONSE };
+
+/* No server of the route is left to answer: each was tried by this request or
+ * is down (passive or active health). */
+static bool none_healthy(const struct conn *c)
+{
+    const struct request *r = c->req;
+    const struct balancer *b = c->wc->bal[r->route->index];
+    uint64_t now = worker_now_ms(c->w);
+    for (size_t i = 0; i < r->route->upstream.nservers; i++) {
+        if (!balance_exclude_has(&c->ex, i) && balancer_is_up(b, i, now)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The answer when no attempt succeeded (operations.md, "Upstream errors"):
+ * 503 with Retry-After when servers could not be reached and none is left
+ * healthy, 504 after a timeout, 502 otherwise (a bad answer, a TLS failure, or
+ * one unreachable server while others are up). */
+static void upstream_failed(struct conn *c, int status)
+{
+    struct request *r = c->req;
+    if (status == 503 && none_healthy(c)) {
+        /* Passive health retries a server after fail_timeout: come back then. */
+        uint64_t ms = r->route->upstream.fail_timeout_ms;
+        unsigned s = (unsigned)((ms + 999) / 1000);
+        request_error_retry(r, 503, "no server of this application is available right now",
+                            s ? s : 1);
+    } else if (status == 504) {
+        request_error(r, 504, "the upstream server did not answer in time");
+    } else if (status == 503) {
+        request_error(r, 502, "the upstream server could not be reached");
+    } else {
+        request_error(r, 502, "the upstream server sent an invalid response");
+    }
+}
 
 /* u failed before the response head was forwarded, or mid-response. */
 static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
@@ -274,7 +314,8 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
         balancer_report(u->wc->bal[u->ri], u->si, false, now_ms);
         if (w->mw) {
             metrics_upstream_error(w->mw, rid,
-                                   kind == FAIL_CONNECT   ? METRICS_UPSTREAM_CONNECT
+                                   kind == FAIL_CONNECT || kind == FAIL_TLS
+                                       ? METRICS_UPSTREAM_CONNECT
                                    : kind == FAIL_TIMEOUT ? METRICS_UPSTREAM_TIMEOUT
                                                           : METRICS_UPSTREAM_RESPONSE);
         }
@@ -284,7 +325,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
     conn_hold(c);
     up_detach(u);
     up_close(u);
-    c->fail_status = kind == FAIL_TIMEOUT ? 504 : 502;
+    c->fail_status = kind == FAIL_TIMEOUT ? 504 : kind == FAIL_CONNECT ? 503 : 502;
     bool body_started = r->bytes_in > 0 || (c->req_done && r->has_body);
     if (!c->resp_started && !body_started &&
         ((stale && idempotent(r->method) && c->tries <= route->upstream.retries + 1u) ||
@@ -297,9 +338,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
         }
         try_server(c);
     } else if (!c->resp_started) {
-        request_error(r, kind == FAIL_TIMEOUT ? 504 : 502,
-                      kind == FAIL_TIMEOUT ? "the upstream server did not answer in time"
-                                           : "the upstream server could not be reached");
+        upstream_failed(c, c->fail_status);
     } else {
         conn_close(c);
     }
@@ -369,7 +408,7 @@ static void up_handshake(struct upconn *u)
             ERR_error_string_n(ERR_peek_error(), e, sizeof e);
             snprintf(why, sizeof why, "TLS handshake failed: %s", e);
         }
-        up_fail(u, FAIL_CONNECT, why);
+        up_fail(u, FAIL_TLS, why);
     }
     }
 }
@@ -520,13 +559,13 @@ static void try_server(struct conn *c)
         }
         if (idx < 0 && c->tries > 0) {
             /* Every server was tried: report what went wrong, not availability. */
-            request_error(r, c->fail_status ? c->fail_status : 502,
-                          c->fail_status == 504 ? "the upstream server did not answer in time"
-                                                : "the upstream server could not be reached");
+            upstream_failed(c, c->fail_status ? c->fail_status : 503);
             return;
         }
         if (idx < 0) {
-            request_error(r, 503, "no upstream server is available");
+            /* Nothing tried and nothing to pick: every server is at max_conns. */
+            request_error_retry(r, 503, "no server of this application is available right now",
+                                1);
             return;
         }
         balance_exclude_add(&c->ex, (size_t)idx);
@@ -548,11 +587,11 @@ static void try_server(struct conn *c)
                 }
                 log_emit(LOG_WARN, "upstream", r->id, NULL, "%s: %s",
                          route->upstream.servers[idx].url, why);
-                c->fail_status = 502;
+                c->fail_status = 503;
                 if (idempotent(r->method) && c->tries <= route->upstream.retries) {
                     continue;
                 }
-                request_error(r, 502, "the upstream server could not be reached");
+                upstream_failed(c, 503);
                 return;
             }
         }

@@ -7,6 +7,7 @@
  * queues every decision to the decision log, and sets the identity headers. */
 #include "gate.h"
 
+#include <errno.h>
 #include <ev.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -291,6 +292,7 @@ int gate_start(const struct config *c, struct err *err)
     pthread_mutex_lock(&Shared.mu);
     Shared.sh = authn_shared_ref(g->an);
     pthread_mutex_unlock(&Shared.mu);
+    pages_use_templates(authn_pages(g->an)); /* 5xx pages share the sign-in style */
     if (g->dl && (g->dl->sqlite || g->dl->file)) {
         G.dl = decision_log_open(g->dl, &e);
         if (!G.dl) {
@@ -306,6 +308,44 @@ int gate_start(const struct config *c, struct err *err)
     return 0;
 }
 
+void gate_settings(const struct config *c, struct gate_settings *out)
+{
+    const struct gate_conf *g = c->authn;
+    *out = (struct gate_settings){ 0 };
+    if (g) {
+        *out = (struct gate_settings){ g->hdr_user, g->hdr_email, g->hdr_groups, g->hdr_device,
+                                       g->show_reason, g->an, g->opa, g->dl };
+    }
+}
+
+void gate_check(const struct config *c, struct conf_diag *d)
+{
+    const struct gate_conf *g = c->authn;
+    const struct conf_node *root = c->doc ? c->doc->root : NULL;
+    if (g && g->an) {
+        authn_check_files(g->an, root, d);
+    }
+    if (g && g->dl && g->dl->file) {
+        /* The JSON-lines sink is opened for appending; its directory is not made. */
+        const struct conf_node *n = conf_get(conf_get(root, "decision_log"), "file");
+        char *dir = dir_of(g->dl->file);
+        char *sdir = c->state_sqlite ? dir_of(c->state_sqlite) : NULL;
+        bool bad = access(g->dl->file, F_OK) == 0 ? access(g->dl->file, W_OK) != 0
+                                                  : access(dir, W_OK) != 0;
+        if (bad && errno == ENOENT && sdir && strcmp(dir, sdir) == 0) {
+            /* gate_start makes the state directory first. */
+            char *up = dir_of(dir);
+            bad = access(up, W_OK) != 0;
+            free(up);
+        }
+        if (bad) {
+            conf_error(d, n, "cannot write decision log %s: %s", g->dl->file, strerror(errno));
+        }
+        free(sdir);
+        free(dir);
+    }
+}
+
 void gate_stop(void)
 {
     if (!G.started) {
@@ -313,6 +353,7 @@ void gate_stop(void)
     }
     decision_log_close(G.dl);
     G.dl = NULL;
+    pages_use_templates(NULL);
     pthread_mutex_lock(&Shared.mu);
     /* Session writes still queued reach the disk, even though config
      * snapshots still refer to the shared state (no request runs any more). */
@@ -610,6 +651,10 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
     size_t ng = q->in.ngroups;
     const char **groups;
 
+    /* The access log carries the outcome too (accesslog.h). */
+    r->access_decision = decision;
+    r->access_rule = rule;
+    r->access_user = q->id.user_key;
     if (!G.dl) {
         return 0;
     }

@@ -22,6 +22,21 @@ void gate_conf_free(struct gate_conf *g);
  * assertion key, decision log, pages) and installs the access and reserved-path
  * hooks. Blocking: start-up only. Returns 0 or an ERR_* with err filled. */
 int gate_start(const struct config *c, struct err *err);
+/* The effective access-stage settings of c, borrowed (check --dump). */
+struct authn;
+struct opa_conf;
+struct decision_log_conf;
+struct gate_settings {
+    const char *hdr_user, *hdr_email, *hdr_groups, *hdr_device;
+    bool show_deny_reason;
+    const struct authn *an;
+    const struct opa_conf *opa;          /* NULL or url NULL: no OPA */
+    const struct decision_log_conf *dl;  /* NULL: no decision_log section */
+};
+void gate_settings(const struct config *c, struct gate_settings *out);
+/* `gatehouse check`: loads what gate_start would open (pages, keys, state
+ * database, decision log sinks) without creating or writing anything. */
+void gate_check(const struct config *c, struct conf_diag *d);
 /* Flushes and closes what gate_start opened. Workers must have stopped. */
 void gate_stop(void);
 

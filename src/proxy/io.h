@@ -142,7 +142,8 @@ struct conn {
     unsigned tries;
     int last_server;
     bool retry_same;           /* retry the last server (stale pooled connection) */
-    int fail_status;           /* 502/504 from the last failed attempt, 0 if none */
+    int fail_status;           /* the last failed attempt: 503 server unreachable, 502 bad
+                                * answer (or TLS failure), 504 timeout; 0 if none */
     uint64_t head_bytes_in;
     uint64_t out_total;        /* bytes queued to the client for this request */
     char ip[64];
@@ -247,5 +248,14 @@ void admin_handle(struct conn *c, struct request *r);
 /* pages.c */
 void pages_error(struct buf *body, const char **ctype, int status, const char *detail,
                  const char *request_id, bool html);
+/* The HTML error page from the sign-in templates (web/login/error.html, see
+ * pages_use_templates), with a "Try again" link to path (when it is a local
+ * path). false when no templates are installed or the page does not fit. */
+struct pages;
+bool pages_error_template(struct buf *body, int status, const char *detail,
+                          const char *request_id, struct str path, struct arena *a);
+/* Installs the templates (owned by the caller, alive until replaced; NULL
+ * removes them). Any thread; the pages stay valid while installed. */
+void pages_use_templates(const struct pages *t);
 
 #endif

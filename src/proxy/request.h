@@ -68,6 +68,11 @@ struct request {
     uint64_t bytes_in, bytes_out; /* body bytes from/to the client */
     const struct upstream_server *upstream_server; /* server used (borrowed from cfg), or NULL */
     uint64_t upstream_us;         /* time to the upstream's response head */
+    /* set by the access stage for the access log (static, config or arena
+     * strings; NULL = no decision, anonymous) */
+    const char *access_decision;  /* allow, deny, login, error */
+    const char *access_rule;
+    const char *access_user;      /* qualified id: issuer#subject */
     /* set by the access stage: headers added to the upstream request (arena) */
     struct header *up_headers;
     size_t nup_headers;
@@ -102,6 +107,9 @@ void page_form_action_set_hook(page_form_action_fn *fn);
  * both carrying the request id. detail (may be NULL) is a short, non-secret
  * explanation. */
 void request_error(struct request *r, int status, const char *detail);
+/* Same, with "Retry-After: retry_after_s" (503 when no server can answer). */
+void request_error_retry(struct request *r, int status, const char *detail,
+                         unsigned retry_after_s);
 
 /* Access decision for a routed request. ACCESS_RESPOND is 0 so that an
  * uninitialised result never lets a request through (fail closed). */

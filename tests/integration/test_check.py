@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 
 from harness import ROOT, gatehouse_bin
@@ -154,6 +155,219 @@ class ScaleTest(unittest.TestCase):
                             f"10k routes {small:.2f}s, 40k routes {large:.2f}s")
         finally:
             shutil.rmtree(d)
+
+SIGN_IN = """listen:
+  - address: 127.0.0.1:{port}
+state: {{sqlite: var/gatehouse.db}}
+identity_providers:
+  - {{id: corp, type: oidc, issuer: https://idp.example.com, client_id: gh,
+     client_secret_file: secret}}
+routes:
+  - name: wiki
+    match: {{host: wiki.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9001]}}
+    allow_any_authenticated: true
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
+    """Each configuration here is refused by `serve` at start; `check` must refuse
+    it too, with the position of the key that names the file."""
+
+    def setUp(self):
+        self.d = tempfile.mkdtemp(prefix="gh-check-")
+        os.mkdir(os.path.join(self.d, "empty"))
+        with open(os.path.join(self.d, "garbage.pem"), "w") as f:
+            f.write("hello\n")
+        os.chmod(os.path.join(self.d, "garbage.pem"), 0o600)
+        with open(os.path.join(self.d, "secret"), "w") as f:
+            f.write("s3cret\n")
+        subprocess.run(["openssl", "genrsa", "-out", os.path.join(self.d, "rsa.pem"), "2048"],
+                       check=True, capture_output=True)
+
+    def tearDown(self):
+        shutil.rmtree(self.d)
+
+    def write(self, extra, state_file=None):
+        with open(os.path.join(self.d, "g.yaml"), "w") as f:
+            f.write(SIGN_IN.format(port=free_port()) + extra)
+        if state_file is not None:
+            os.makedirs(os.path.join(self.d, "var"), exist_ok=True)
+            with open(os.path.join(self.d, "var", "gatehouse.db"), "w") as f:
+                f.write(state_file)
+
+    def serve_refuses(self):
+        try:
+            r = subprocess.run([gatehouse_bin(), "serve", "-c", "g.yaml"], cwd=self.d,
+                               capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 1
+
+    CASES = [
+        ("pages-dir-missing", "pages: {dir: /nonexistent}\n", None,
+         r"^g\.yaml:12:14: error: pages in /nonexistent: cannot open /nonexistent/chooser\.html"),
+        ("pages-dir-without-templates", "pages: {dir: empty}\n", None,
+         r"^g\.yaml:12:14: error: pages in (.*/)?empty: cannot open .*chooser\.html"),
+        ("unknown-devices-key", "devices: {whatever: 1}\n", None,
+         r'^g\.yaml:12:11: error: unknown key "whatever" in "devices"'),
+        ("assertion-key-not-pem", "upstream_identity: {assertion: {key: garbage.pem}}\n", None,
+         r"^g\.yaml:12:38: error: identity assertion key .*garbage\.pem: .*not a PEM"),
+        ("assertion-key-rsa", "upstream_identity: {assertion: {key: rsa.pem}}\n", None,
+         r"^g\.yaml:12:38: error: identity assertion key .*rsa\.pem: must be an EC P-256 key"),
+        ("assertion-key-dir-missing", "upstream_identity: {assertion: {key: /nonexistent/x/a.pem}}\n",
+         None, r"^g\.yaml:12:38: error: cannot create identity assertion key /nonexistent/x/a\.pem"),
+        ("session-key-wrong-size", "session: {key_file: garbage.pem}\n", None,
+         r"^g\.yaml:12:21: error: session key: .*garbage\.pem must hold exactly 32 bytes"),
+        ("decision-log-dir-missing", "decision_log: {file: /nonexistent/x/d.jsonl}\n", None,
+         r"^g\.yaml:12:22: error: cannot write decision log /nonexistent/x/d\.jsonl"),
+        ("state-not-a-database", "", "not a database" * 100,
+         r"^g\.yaml:3:17: error: state database var/gatehouse\.db: file is not a database"),
+        ("secret-file-missing", "", None, None),
+    ]
+
+    def test_check_refuses_what_serve_refuses(self):
+        for name, extra, state, want in self.CASES:
+            with self.subTest(case=name):
+                self.write(extra, state)
+                if name == "secret-file-missing":
+                    os.rename(os.path.join(self.d, "secret"), os.path.join(self.d, "secret.x"))
+                    want = r'^g\.yaml:6:\d+: error: cannot read client_secret_file'
+                r = run_check(["-c", "g.yaml"], cwd=self.d)
+                self.assertEqual(r.returncode, 1, (r.stdout, r.stderr))
+                self.assertRegex(r.stderr.splitlines()[-1], want)
+                self.assertTrue(self.serve_refuses(), name)
+                if name == "secret-file-missing":
+                    os.rename(os.path.join(self.d, "secret.x"), os.path.join(self.d, "secret"))
+                shutil.rmtree(os.path.join(self.d, "var"), ignore_errors=True)
+
+    def test_existing_files_load_and_nothing_is_written(self):
+        """A state directory serve has used: its database, session key and assertion
+        key load; check leaves every file as it was."""
+        self.write("upstream_identity: {assertion: {key: var/assertion-es256.pem}}\n"
+                   "pages: {dir: %s}\n" % os.path.join(ROOT, "web", "login"))
+        p = subprocess.Popen([gatehouse_bin(), "serve", "-c", "g.yaml"], cwd=self.d,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline and not os.path.exists(
+                    os.path.join(self.d, "var", "assertion-es256.pem")):
+                time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            p.terminate()
+            p.wait(timeout=10)
+        before = {n: os.stat(os.path.join(self.d, "var", n)).st_mtime_ns
+                  for n in os.listdir(os.path.join(self.d, "var"))}
+        self.assertIn("session.key", before)
+        r = run_check(["-c", "g.yaml"], cwd=self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        after = {n: os.stat(os.path.join(self.d, "var", n)).st_mtime_ns
+                 for n in os.listdir(os.path.join(self.d, "var"))}
+        self.assertEqual(before, after)
+
+
+class DumpTest(unittest.TestCase):
+    """`check --dump` prints the effective configuration: defaults filled in, each
+    route's policy, and never a secret (a client secret inline or from its file,
+    URL credentials): only the paths of secret and key files."""
+    FILE_SECRET = "s3cr3t-from-the-FILE-7c1e"
+    INLINE_SECRET = "inline-SECRET-92ab"
+    OPA_PASSWORD = "opa-PASSWORD-55"
+
+    def setUp(self):
+        self.d = tempfile.mkdtemp(prefix="gh-dump-")
+        with open(os.path.join(self.d, "oidc-secret"), "w") as f:
+            f.write(self.FILE_SECRET + "\n")
+        with open(os.path.join(self.d, "wiki.yaml"), "w") as f:
+            f.write("rules:\n  - {id: eng, effect: allow, when: {groups: {contains: eng}}}\n")
+        with open(os.path.join(self.d, "g.yaml"), "w") as f:
+            f.write(f"""listen: [{{address: 127.0.0.1:{free_port()}}}]
+state: {{sqlite: var/gatehouse.db}}
+identity_providers:
+  - {{id: corp, type: oidc, issuer: https://idp.example.com, client_id: gh,
+     client_secret_file: oidc-secret}}
+  - {{id: partners, type: oidc, issuer: https://partners.example.com, client_id: gh2,
+     client_secret: {self.INLINE_SECRET}}}
+opa: {{url: "http://gh:{self.OPA_PASSWORD}@127.0.0.1:8181", timeout: 250ms}}
+decision_log: {{file: var/decisions.jsonl}}
+routes:
+  - name: wiki
+    match: {{host: wiki.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9001]}}
+    policy: wiki.yaml
+  - name: status
+    match: {{host: status.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9002]}}
+    public: true
+  - name: any
+    match: {{host: any.example.com}}
+    upstream: {{servers: [http://127.0.0.1:9003]}}
+""")
+
+    def tearDown(self):
+        shutil.rmtree(self.d)
+
+    def dump(self):
+        r = run_check(["-c", "g.yaml", "--dump"], cwd=self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_no_secret_in_the_dump(self):
+        out = self.dump()
+        for secret in (self.FILE_SECRET, self.INLINE_SECRET, self.OPA_PASSWORD):
+            self.assertNotIn(secret, out)
+        self.assertIn('client_secret_file: "oidc-secret"', out)
+        self.assertIn('client_secret: "(redacted)"', out)
+        self.assertIn('url: "http://(redacted)@127.0.0.1:8181"', out)
+        # Key files by path only.
+        self.assertIn('key: "var/assertion-es256.pem"', out)
+        self.assertIn('key_file: "var/session.key"', out)
+
+    def test_defaults_filled_in(self):
+        out = self.dump()
+        for line in ("  header_bytes: 32k", "  upstream_response: 1m", "  idle_timeout: 8h",
+                     "  max_lifetime: 1d", "      max_fails: 3", "      fail_timeout: 10s",
+                     "      balance: round_robin", "  timeout: 250ms", "  on_error: deny",
+                     "  retain: 90d", "  sync: batch", '  cookie: "gatehouse_session"',
+                     '    user: "X-Gatehouse-User"', "log_level: info"):
+            self.assertIn(line + "\n", out)
+        self.assertRegex(out, r"\nworkers: [1-9][0-9]*\n")  # "auto" resolved
+        self.assertIn("fields: [ts, request_id, client_ip, method, host, path, status, bytes_in,"
+                      " bytes_out, upstream, upstream_ms, total_ms, route, user, decision, rule]",
+                      out)
+
+    def test_policy_resolved_per_route(self):
+        out = self.dump()
+        routes = out.split("\nroutes:\n")[1]
+        blocks = re.split(r"\n(?=  - name: )", routes)
+        pol = {}
+        for b in blocks:
+            name = re.search(r'- name: "([^"]+)"', b).group(1)
+            pol[name] = re.search(r"    policy:\n      (.*)\n", b).group(1)
+        self.assertEqual(pol, {"wiki": 'file: "wiki.yaml"',
+                               "status": "builtin: public  # everyone, no sign-in",
+                               "any": "builtin: any-signed-in  # no policy file: any signed-in user"})
+
+    def test_invalid_config_prints_errors_not_a_dump(self):
+        with open(os.path.join(self.d, "g.yaml"), "a") as f:
+            f.write("bogus: 1\n")
+        r = run_check(["-c", "g.yaml", "--dump"], cwd=self.d)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.stdout, "")
+        self.assertIn('unknown key "bogus"', r.stderr)
+
+    def test_dump_writes_nothing(self):
+        self.dump()
+        self.assertEqual(sorted(os.listdir(self.d)), ["g.yaml", "oidc-secret", "wiki.yaml"])
 
 
 class DocsTest(unittest.TestCase):

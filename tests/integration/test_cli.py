@@ -64,3 +64,85 @@ class CliTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# Every command and subcommand: `--help` prints its usage on stdout, exit 0.
+HELP_TABLE = [
+    ("serve",), ("check",), ("policy",), ("policy", "test"), ("policy", "explain"),
+    ("policy", "diff"), ("audit",), ("audit", "query"), ("audit", "verify"),
+    ("audit", "retain"), ("sessions",), ("sessions", "list"), ("sessions", "revoke"),
+]
+
+# Commands that need a configuration: without -c, exit 2 and say that -c is missing.
+NEEDS_C = [
+    ("serve",), ("serve", "--log-level", "debug"), ("policy", "diff", "--new", "x"),
+    ("policy", "explain", "--route", "r", "--input", "i.json"),
+    ("audit", "query", "--user", "u"), ("audit", "verify"), ("audit", "retain"),
+    ("sessions", "list"), ("sessions", "revoke", "--id", "abcdef01"), ("check",),
+]
+
+
+class HelpEverywhereTest(unittest.TestCase):
+    def test_every_command_answers_help(self):
+        for cmd in HELP_TABLE:
+            for flag in ("--help", "-h"):
+                with self.subTest(cmd=cmd, flag=flag):
+                    r = run(*cmd, flag)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    out = r.stdout.decode()
+                    self.assertTrue(out.startswith("usage: gatehouse " + cmd[0]), out)
+                    self.assertIn(" ".join(cmd), out)
+                    self.assertIn("exit status", out)
+                    self.assertEqual(r.stderr, b"")
+
+    def test_help_after_other_options(self):
+        r = run("audit", "query", "-c", "/nonexistent.yaml", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("--until", r.stdout.decode())
+
+    def test_policy_test_help_is_not_a_file(self):
+        r = run("policy", "test", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertNotIn("not found", r.stdout.decode())
+
+    def test_missing_config_names_c(self):
+        for cmd in NEEDS_C:
+            with self.subTest(cmd=cmd):
+                r = run(*cmd)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                err = r.stderr.decode()
+                self.assertIn("missing -c", err.splitlines()[0])
+                self.assertIn("usage:", err)
+
+    def test_explain_with_policy_needs_no_config(self):
+        r = run("policy", "explain", "--policy", "/nonexistent/p.yaml", "--input", "x.json")
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("missing -c", r.stderr.decode())
+
+    def test_top_level_help_lists_everything(self):
+        out = run("--help").stdout.decode()
+        for word in ("serve", "check", "--dump", "policy  test", "policy  explain",
+                     "--request-id", "policy  diff", "audit   query", "--until", "--limit",
+                     "audit   verify", "audit   retain", "sessions list", "sessions revoke",
+                     "--log-level", "--version", "--help", "-c, --config"):
+            self.assertIn(word, out)
+        self.assertRegex(out, r"exit status: 0 ok, 1 failure.*\n.*2 usage")
+
+
+class PolicyTestDirTest(unittest.TestCase):
+    def test_dir_skips_files_that_are_not_policies(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "gatehouse.yaml"), "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:1\nroutes: []\n")
+            with open(os.path.join(d, "wiki.yaml"), "w") as f:
+                f.write("rules:\n  - {id: all, effect: allow, when: {authenticated: true}}\n")
+            with open(os.path.join(d, "wiki.test.yaml"), "w") as f:
+                f.write("cases:\n  - {name: anon, input: {}, expect: login}\n")
+            with open(os.path.join(d, "orphan.yaml"), "w") as f:
+                f.write("rules:\n  - {id: x, effect: allow, when: {authenticated: true}}\n")
+            r = run("policy", "test", d)
+            out = r.stdout.decode()
+            self.assertEqual(r.returncode, 0, out)
+            self.assertNotIn("gatehouse.yaml", out)
+            self.assertIn("orphan.yaml: note: no test file", out)
+            self.assertIn("policy: 1 passed, 0 failed", out)

@@ -84,6 +84,18 @@ class SessionsCli(unittest.TestCase):
         self.assertEqual(out.returncode, 1)
         self.assertIn("no \"state: {sqlite: ...}\" configured", out.stderr)
 
+    def test_revoke_unknown_id_fails(self):
+        self.assertEqual(self.run_cli("list", "-c", self.cfg).returncode, 0)  # creates tables
+        self.add("a" * 64, "u1", "x@example.com")
+        out = self.run_cli("revoke", "-c", self.cfg, "--id", "deadbeef")
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("no such session", out.stderr)
+        self.assertNotIn("revoked", out.stdout)
+        with sqlite3.connect(self.db) as c:
+            self.assertEqual(c.execute("SELECT count(*) FROM sessions").fetchone()[0], 1)
+            self.assertEqual(
+                c.execute("SELECT count(*) FROM session_revocations").fetchone()[0], 0)
+
 
 if __name__ == "__main__":
     unittest.main()

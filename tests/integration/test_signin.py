@@ -5,6 +5,7 @@ Also: cookie flags (plain and TLS), the identity assertion verified with
 IdP), back-channel logout, `gatehouse sessions list|revoke`, restart, idle and
 absolute expiry, refresh under 50 concurrent requests with rotating refresh
 tokens, a slow IdP that does not stall the worker, and an unreachable IdP."""
+import calendar
 import base64
 import concurrent.futures
 import http.client
@@ -282,6 +283,16 @@ class SignInTest(unittest.TestCase):
                          ("bob", "bob@example.com", ["sales"], "corp"))
         exp = time.mktime(time.strptime(j["expires"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
         self.assertGreater(exp, time.time())
+        # Both ends, labelled: idle (default 8h) and absolute (default 24h, as
+        # `sessions list` shows it).
+        ts = lambda k: calendar.timegm(time.strptime(j[k], "%Y-%m-%dT%H:%M:%SZ"))
+        self.assertEqual(j["absolute_expires"], j["expires"])
+        self.assertAlmostEqual(ts("idle_expires") - time.time(), 8 * 3600, delta=60)
+        self.assertAlmostEqual(ts("absolute_expires") - time.time(), 24 * 3600, delta=60)
+        r = b.request(self.base + "/.gatehouse/me")
+        self.assertIn(b"Session ends if idle", r.body)
+        self.assertIn(('datetime="%s"' % j["idle_expires"]).encode(), r.body)
+        self.assertIn(('datetime="%s"' % j["absolute_expires"]).encode(), r.body)
         r = Browser().request(self.base + "/.gatehouse/me")
         self.assertEqual(r.status, 302)
 

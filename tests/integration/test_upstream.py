@@ -234,6 +234,71 @@ class AllDownTest(LoggedCase):
             self.assertPageCarriesRequestId(r, f"/down/{i}")
 
 
+class UpstreamErrorPagesTest(ProxyCase):
+    """503 with Retry-After when no server of the pool can answer, 502 for a bad
+    answer (or one unreachable server while others are up); for browsers, the
+    page is the sign-in pages' error template (web/login/error.html and its
+    stylesheet), for API callers JSON, chosen by Accept."""
+    nbackends = 1
+
+    @classmethod
+    def config(cls):
+        return basic_config([
+            route("down", [dead_url(), dead_url()], host="down.test", fail_timeout="7s"),
+            route("bad", cls.backends, host="bad.test"),
+            route("half", [dead_url()] + cls.backends, host="half.test", balance="round_robin",
+                  max_fails=1000, retries=1),
+        ])
+
+    HTML = [("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")]
+    JSON = [("Accept", "application/json")]
+
+    def assertTemplatePage(self, r, status, path):
+        self.assertEqual(r.status, status, r)
+        self.assertTrue(r.header("content-type").startswith("text/html"))
+        body = r.body.decode()
+        self.assertIn('<link rel="stylesheet" href="/.gatehouse/static/login.css">', body)
+        self.assertIn('<div class="brand">Gatehouse</div>', body)
+        self.assertIn(f"<title>{status} {'Service Unavailable' if status == 503 else 'Bad Gateway'}"
+                      " - Gatehouse</title>", body)
+        self.assertIn(f"<code>{r.header('x-request-id')}</code>", body)
+        self.assertIn(f'href="{path}"', body)  # "Try again" reloads the page asked for
+
+    def test_every_server_down_is_503_with_retry_after(self):
+        for i in range(5):  # first connect failures, then servers marked down
+            with self.subTest(i=i):
+                r = request(self.gh.port, "GET", f"/d/{i}", host="down.test", headers=self.HTML)
+                self.assertTemplatePage(r, 503, f"/d/{i}")
+                self.assertEqual(r.header("retry-after"), "7")
+
+    def test_every_server_down_json(self):
+        r = request(self.gh.port, "GET", "/api", host="down.test", headers=self.JSON)
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.header("retry-after"), "7")
+        self.assertEqual(r.header("content-type"), "application/json")
+        j = r.json()
+        self.assertEqual((j["status"], j["request_id"]), (503, r.header("x-request-id")))
+
+    def test_bad_answer_is_502_without_retry_after(self):
+        r = request(self.gh.port, "GET", "/garbage", host="bad.test", headers=self.HTML)
+        self.assertTemplatePage(r, 502, "/garbage")
+        self.assertIsNone(r.header("retry-after"))
+        r = request(self.gh.port, "GET", "/garbage", host="bad.test", headers=self.JSON)
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.json()["status"], 502)
+        self.assertIsNone(r.header("retry-after"))
+
+    def test_one_unreachable_server_among_healthy_ones_is_502(self):
+        statuses = []
+        for i in range(2):  # round robin: one POST to each; a POST is never retried
+            r = request(self.gh.port, "POST", f"/p/{i}", host="half.test", body=b"x",
+                        headers=self.JSON)
+            statuses.append(r.status)
+            if r.status != 200:
+                self.assertIsNone(r.header("retry-after"))
+        self.assertEqual(sorted(statuses), [200, 502])
+
+
 class TimeoutTest(LoggedCase):
     @classmethod
     def config(cls):

@@ -31,6 +31,10 @@ static struct accesslog_entry sample(void)
         .upstream = STR("127.0.0.1:9001"),
         .upstream_us = 1234,
         .total_us = 2005,
+        .route = STR("wiki"),
+        .user = STR("https://idp.example.com#alice"),
+        .decision = STR("allow"),
+        .rule = STR("engineers"),
     };
 }
 
@@ -54,7 +58,43 @@ static void test_line_has_exactly_the_documented_fields(void **state)
                         "\"client_ip\":\"192.0.2.1\",\"method\":\"GET\",\"host\":"
                         "\"wiki.example.com\",\"path\":\"/docs\",\"status\":200,"
                         "\"bytes_in\":312,\"bytes_out\":5120,\"upstream\":\"127.0.0.1:9001\","
-                        "\"upstream_ms\":1.234,\"total_ms\":2.005}\n");
+                        "\"upstream_ms\":1.234,\"total_ms\":2.005,\"route\":\"wiki\","
+                        "\"user\":\"https://idp.example.com#alice\",\"decision\":\"allow\","
+                        "\"rule\":\"engineers\"}\n");
+    free(line);
+}
+
+/* access_log.fields: the chosen ones, in line order, commas right. */
+static void test_fields_mask_chooses_fields(void **state)
+{
+    struct accesslog_entry e = sample();
+    char *line;
+    (void)state;
+    e.fields = (1u << ACCESSLOG_F_RULE) | (1u << ACCESSLOG_F_REQUEST_ID) |
+               (1u << ACCESSLOG_F_USER);
+    line = format(&e);
+    assert_string_equal(line, "{\"request_id\":\"7f3a9c\",\"user\":"
+                              "\"https://idp.example.com#alice\",\"rule\":\"engineers\"}\n");
+    free(line);
+    e.fields = 1u << ACCESSLOG_F_DECISION;
+    e.decision = STR_NULL;
+    line = format(&e);
+    assert_string_equal(line, "{\"decision\":null}\n");
+    free(line);
+    assert_string_equal(accesslog_field_names[ACCESSLOG_F_ROUTE], "route");
+    assert_null(accesslog_field_names[ACCESSLOG_F_COUNT]);
+}
+
+/* No access decision (unrouted, reserved path), anonymous: nulls. */
+static void test_no_decision_gives_nulls(void **state)
+{
+    struct accesslog_entry e = sample();
+    char *line;
+    (void)state;
+    e.route = e.user = e.decision = e.rule = STR_NULL;
+    line = format(&e);
+    assert_non_null(strstr(line, ",\"route\":null,\"user\":null,\"decision\":null,"
+                                 "\"rule\":null}\n"));
     free(line);
 }
 
@@ -69,7 +109,7 @@ static void test_no_upstream_gives_nulls(void **state)
     e.total_us = 0;
     line = format(&e);
     assert_non_null(strstr(line, ",\"status\":404,"));
-    assert_non_null(strstr(line, ",\"upstream\":null,\"upstream_ms\":null,\"total_ms\":0.000}\n"));
+    assert_non_null(strstr(line, ",\"upstream\":null,\"upstream_ms\":null,\"total_ms\":0.000,"));
     free(line);
 }
 
@@ -109,19 +149,20 @@ static void test_query_string_is_never_logged(void **state)
 }
 
 /* Any bytes in any string field still give one line of valid JSON with exactly
- * the twelve fields (checked with a real parser). */
+ * the sixteen fields (checked with a real parser). */
 static void test_random_bytes_always_give_valid_json(void **state)
 {
     static const char *const keys[] = { "ts", "request_id", "client_ip", "method",
                                         "host", "path", "status", "bytes_in",
-                                        "bytes_out", "upstream", "upstream_ms", "total_ms" };
+                                        "bytes_out", "upstream", "upstream_ms", "total_ms",
+                                        "route", "user", "decision", "rule" };
     unsigned seed = 12345;
     char raw[5][64];
     (void)state;
 
     for (int round = 0; round < 3000; round++) {
         struct accesslog_entry e = sample();
-        struct str *fields[5] = { &e.request_id, &e.method, &e.host, &e.path, &e.upstream };
+        struct str *fields[5] = { &e.request_id, &e.method, &e.host, &e.path, &e.user };
         json_error_t jerr;
         json_t *j;
         char *line;
@@ -139,8 +180,8 @@ static void test_random_bytes_always_give_valid_json(void **state)
             fprintf(stderr, "invalid JSON (%s): %s", jerr.text, line);
         }
         assert_non_null(j);
-        assert_int_equal(json_object_size(j), 12);
-        for (size_t k = 0; k < 12; k++) {
+        assert_int_equal(json_object_size(j), 16);
+        for (size_t k = 0; k < 16; k++) {
             assert_non_null(json_object_get(j, keys[k]));
         }
         assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
@@ -368,6 +409,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_line_has_exactly_the_documented_fields),
         cmocka_unit_test(test_no_upstream_gives_nulls),
+        cmocka_unit_test(test_fields_mask_chooses_fields),
+        cmocka_unit_test(test_no_decision_gives_nulls),
         cmocka_unit_test(test_hostile_bytes_are_escaped),
         cmocka_unit_test(test_query_string_is_never_logged),
         cmocka_unit_test(test_random_bytes_always_give_valid_json),
