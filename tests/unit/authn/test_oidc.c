@@ -155,7 +155,7 @@ static void start(struct login *lg)
 {
     struct err err = { 0 };
     assert_int_equal(oidc_login_start(prov, meta, "https://app.example/.gatehouse/oidc/callback",
-                                      STR("/wiki?page=1"), cookie_key, NOW, &lg->l, &err),
+                                      STR("/wiki?page=1"), NULL, cookie_key, NOW, &lg->l, &err),
                      0);
     assert_int_equal(oidc_login_cookie_open(cookie_key, str_from(lg->l.cookie_value), NOW + 5,
                                             &lg->pd, &err),
