@@ -981,6 +981,9 @@ static enum authn_step login_redirect(struct authn *an, const struct authn_req *
                                       const char *rd, const char *prompt)
 {
     const struct oidc_metadata *m = atomic_load(&x->meta);
+    if (prompt != NULL && strcmp(prompt, "select_account") == 0 && !m->prompt_select_account) {
+        prompt = "login"; /* the IdP has no account picker: it asks who signs in */
+    }
     /* From configuration, never from the Host header alone (login() checked
      * that public_origin is set); one redirect URI per provider when there
      * are several, so a response is only ever taken for its own provider. */
@@ -1010,6 +1013,14 @@ static enum authn_step login_redirect(struct authn *an, const struct authn_req *
     return redirect(out, loc);
 }
 
+/* Is the browser on the configured origin's host and port? (The scheme may
+ * differ behind a proxy that terminates TLS.) */
+static bool on_public_host(const struct authn_req *req)
+{
+    const char *auth = req->public_origin ? strstr(req->public_origin, "://") : NULL;
+    return auth != NULL && str_ieq_cstr(req->host, auth + 3);
+}
+
 /* Sign-in starts only where configuration says which origin the browser is
  * on: otherwise the redirect URI would come from the Host header. */
 static enum authn_step login_origin_check(struct authn *an, const struct authn_req *req,
@@ -1028,7 +1039,7 @@ static enum authn_step login_origin_check(struct authn *an, const struct authn_r
                           "This address is not configured for sign-in. Use the address your "
                           "administrator gave you.");
     }
-    if (req->request_origin != NULL && strcmp(req->request_origin, req->public_origin) != 0) {
+    if (!on_public_host(req)) {
         /* The login cookie must be set where the callback arrives: continue on
          * the configured origin (a configured value, never the Host header). */
         const char *loc = req->query.len
@@ -1118,6 +1129,9 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
 
 /* ---- /.gatehouse/oidc/callback ---------------------------------------- */
 
+static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out);
+
 /* A failed callback: the caller records it (AUTHN_EV_LOGIN_FAILED, with the
  * reason) as well as answering. 400: state or cookie; 403: the tokens or the
  * identity were refused; 502: the provider failed; 500: ours. */
@@ -1191,6 +1205,18 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
     if (oidc_login_cookie_open(an->login_key, v, req->now_ms / 1000, &c->pd, &err) != 0) {
         return callback_error(an, req, a, out, err.msg);
     }
+    if (e != NULL && c->pd.prompt != NULL && strcmp(c->pd.prompt, "none") == 0) {
+        /* The check after a sign-out (signed_out): the IdP has no session for
+         * the user any more, so they are signed out everywhere. */
+        const char *st = query_value(a, req->query, "state");
+        if (st != NULL && codec_ct_eq(str_from(st), str_from(c->pd.state))) {
+            out->cont = NULL;
+            add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+            log_emit(LOG_INFO, MOD, req->request_id, NULL,
+                     "signed out at %s too (its answer to prompt=none: %s)", c->pd.idp, e);
+            return redirect(out, "/.gatehouse/signed-out");
+        }
+    }
     /* Each provider answers at its own redirect URI when there are several:
      * a response at one provider's path is only ever taken for that provider,
      * whatever the state says (IdP mix-up, RFC 9207 §1). */
@@ -1253,6 +1279,11 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     const char *rd = c->pd.return_path && oidc_return_path_safe(str_from(c->pd.return_path))
                          ? adup(a, c->pd.return_path)
                          : "/";
+    if (c->pd.prompt != NULL && strcmp(c->pd.prompt, "none") == 0) {
+        log_emit(LOG_INFO, MOD, req->request_id, NULL,
+                 "%s stayed signed in at %s when signing out: signed in again",
+                 out->id.email ? out->id.email : out->id.user_key, c->idp->p->id);
+    }
     if (set == NULL || clear == NULL || rd == NULL) {
         return internal_error(an, req, a, out);
     }
@@ -1346,11 +1377,68 @@ static bool same_origin_post(const struct authn_req *req, const char **why)
         return false;
     }
     if (req->origin.len > 0 &&
-        (req->request_origin == NULL || !str_ieq_cstr(req->origin, req->request_origin))) {
+        !(req->request_origin != NULL && str_ieq_cstr(req->origin, req->request_origin)) &&
+        !(req->public_origin != NULL && str_ieq_cstr(req->origin, req->public_origin))) {
         *why = "Origin is another site";
         return false;
     }
     return true;
+}
+
+#define SIGNOUT_AAD "gatehouse-signout-v1"
+
+/* The IdP answered a sign-out: did the user end their session there too, or
+ * answer "No, stay signed in"? The return looks the same either way; a
+ * prompt=none authorization request tells. The sealed cookie set with the
+ * logout request (signout_cookie) names the provider and the state. */
+static enum authn_step signed_out(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out)
+{
+    const char *state = query_value(a, req->query, "state");
+    const char *cname = login_cookie_name(an, req->tls);
+    struct str v = STR_NULL;
+    bool found = false;
+    struct err err = { 0 };
+    if (state == NULL || cname == NULL || !on_public_host(req) ||
+        cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0 || !found) {
+        return signed_out_page(an, req, a, out);
+    }
+    size_t n = 0;
+    char *pt = codec_unseal(an->login_key, SIGNOUT_AAD, v, &n);
+    json_error_t jerr;
+    json_t *j = pt ? json_loadb(pt, n, 0, &jerr) : NULL;
+    free(pt);
+    const char *idp = json_string_value(json_object_get(j, "p"));
+    const char *s = json_string_value(json_object_get(j, "s"));
+    json_t *e = json_object_get(j, "e");
+    struct idp *x = idp_by_id(an, idp);
+    bool ok = x != NULL && s != NULL && json_is_integer(e) &&
+              req->now_ms / 1000 < (int64_t)json_integer_value(e) &&
+              codec_ct_eq(str_from(s), str_from(state)) && atomic_load(&x->meta) != NULL;
+    json_decref(j);
+    if (!ok) {
+        add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+        return signed_out_page(an, req, a, out);
+    }
+    /* Replaces the sign-out cookie with the login cookie of the check. */
+    return login_redirect(an, req, a, out, x, "/", "none");
+}
+
+static const char *signout_cookie(const struct authn *an, const struct authn_req *req,
+                                  struct arena *a, const char *idp, const char *state)
+{
+    json_t *j = json_pack("{s:s, s:s, s:I}", "p", idp, "s", state, "e",
+                          (json_int_t)(req->now_ms / 1000 + OIDC_LOGIN_TTL_S));
+    char *pt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char *sealed = pt ? codec_seal(an->login_key, SIGNOUT_AAD, pt, strlen(pt)) : NULL;
+    free(pt);
+    const char *cname = login_cookie_name(an, req->tls);
+    const char *sc = sealed && cname ? cookie_format(a, cname, str_from(sealed), req->tls,
+                                                     OIDC_LOGIN_TTL_S)
+                                     : NULL;
+    free(sealed);
+    return sc;
 }
 
 static enum authn_step logout_refused(struct authn *an, const struct authn_req *req,
@@ -1474,6 +1562,18 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
         char *url = oidc_logout_url(x->p, m, hint, post_uri);
         const char *loc = adup(a, url);
         free(url);
+        if (loc != NULL && post_uri != NULL) {
+            /* A state to recognise the IdP's answer (see signed_out). */
+            unsigned char rnd[16];
+            char *st = codec_rand_bytes(rnd, sizeof rnd) ? codec_b64url_encode(rnd, sizeof rnd)
+                                                         : NULL;
+            const char *sc = st ? signout_cookie(an, req, a, x->p->id, st) : NULL;
+            if (sc != NULL) {
+                loc = arena_printf(a, "%s&state=%s", loc, st);
+                add_header(out, "Set-Cookie", sc);
+            }
+            free(st);
+        }
         if (hint != NULL) {
             OPENSSL_cleanse(hint, strlen(hint));
             free(hint);
@@ -1703,7 +1803,7 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
         }
         if (str_eq_cstr(p, "signed-out")) {
             /* Where the IdP sends the browser after an RP-initiated logout. */
-            return signed_out_page(an, req, a, out);
+            return signed_out(an, req, a, out);
         }
         if (str_eq_cstr(p, "oidc/backchannel-logout")) {
             return backchannel_logout(an, req, a, out);

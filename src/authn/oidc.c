@@ -421,6 +421,12 @@ struct oidc_metadata *oidc_metadata_parse(const struct oidc_provider *p, int sta
         json_is_true(json_object_get(j, "backchannel_logout_supported"));
     m->iss_parameter_supported =
         json_is_true(json_object_get(j, "authorization_response_iss_parameter_supported"));
+    json_t *pv = json_object_get(j, "prompt_values_supported");
+    for (size_t i = 0; json_is_array(pv) && i < json_array_size(pv); i++) {
+        const char *s = json_string_value(json_array_get(pv, i));
+        m->prompt_select_account = m->prompt_select_account ||
+                                   (s != NULL && strcmp(s, "select_account") == 0);
+    }
     json_t *ccm = json_object_get(j, "code_challenge_methods_supported");
     m->code_challenge_s256 = ccm == NULL;
     for (size_t i = 0; json_is_array(ccm) && i < json_array_size(ccm); i++) {
@@ -476,6 +482,7 @@ void oidc_pending_fini(struct oidc_pending *pd)
     }
     free(pd->return_path);
     free(pd->redirect_uri);
+    free(pd->prompt);
     memset(pd, 0, sizeof *pd);
 }
 
@@ -534,6 +541,9 @@ int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s%, s:s, s:I}", "p", p->id, "s", state, "n",
                           nonce, "v", verifier, "r", return_path.p, return_path.len, "u",
                           redirect_uri, "e", (json_int_t)(now_s + OIDC_LOGIN_TTL_S));
+    if (j != NULL && prompt != NULL) {
+        json_object_set_new(j, "q", json_string(prompt));
+    }
     char *pt = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (pt == NULL) {
@@ -587,6 +597,7 @@ int oidc_login_cookie_open(const unsigned char key[32], struct str cookie, int64
     out->code_verifier = dup_field(j, "v");
     out->return_path = dup_field(j, "r");
     out->redirect_uri = dup_field(j, "u");
+    out->prompt = dup_field(j, "q");
     out->exp_s = json_is_integer(e) ? (int64_t)json_integer_value(e) : 0;
     json_decref(j);
     if (out->idp == NULL || out->state == NULL || out->nonce == NULL ||

@@ -83,6 +83,7 @@ struct oidc_metadata {
     char *end_session_endpoint;       /* may be NULL */
     bool backchannel_logout_supported;
     bool iss_parameter_supported;     /* RFC 9207: iss in every authorization response */
+    bool prompt_select_account;       /* prompt_values_supported lists select_account */
     bool code_challenge_s256;         /* advertised, or not advertised at all */
 };
 
@@ -104,6 +105,7 @@ struct oidc_pending {
     char *code_verifier;
     char *return_path;
     char *redirect_uri;
+    char *prompt;         /* prompt= sent, or NULL; "none": the check after a sign-out */
     int64_t exp_s;
 };
 void oidc_pending_fini(struct oidc_pending *pd);

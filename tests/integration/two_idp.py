@@ -22,6 +22,21 @@ class TwoProviderCase(unittest.TestCase):
         return {}
 
     @classmethod
+    def extra_config(cls):
+        """Top-level config keys beyond listen, state and identity_providers."""
+        return {}
+
+    @classmethod
+    def files(cls):
+        """Files for Gatehouse's directory beyond the client secret."""
+        return {}
+
+    @classmethod
+    def corp_settings(cls):
+        """Settings of the real provider's entry beyond idp_conf's."""
+        return {}
+
+    @classmethod
     def routes(cls):
         raise NotImplementedError("a TwoProviderCase names its routes")
 
@@ -39,10 +54,11 @@ class TwoProviderCase(unittest.TestCase):
                       "allow_insecure_issuer": True, "jwks_refresh_min_interval": "1s",
                       **cls.rogue_settings()}
         cfg = basic_config(cls.routes(), listen=[{"address": f"127.0.0.1:{port}"}],
-                           state={"sqlite": "var/gatehouse.db"},
-                           identity_providers=[idp_conf(cls.idp), rogue_conf])
+                           state={"sqlite": "var/gatehouse.db"}, **cls.extra_config(),
+                           identity_providers=[idp_conf(cls.idp, **cls.corp_settings()),
+                                               rogue_conf])
         try:
-            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET, **cls.files()})
         except Exception:
             cls.idp.stop()
             cls.rogue.stop()
