@@ -1376,7 +1376,10 @@ static bool same_origin_post(const struct authn_req *req, const char **why)
         *why = "Sec-Fetch-Site is not same-origin";
         return false;
     }
-    if (req->origin.len > 0 &&
+    /* "Origin: null" is what a no-referrer page sends for its own forms; with
+     * Sec-Fetch-Site same-origin it says nothing more. */
+    bool null_origin = str_eq_cstr(req->origin, "null") && req->sec_fetch_site.len > 0;
+    if (req->origin.len > 0 && !null_origin &&
         !(req->request_origin != NULL && str_ieq_cstr(req->origin, req->request_origin)) &&
         !(req->public_origin != NULL && str_ieq_cstr(req->origin, req->public_origin))) {
         *why = "Origin is another site";
