@@ -250,6 +250,14 @@ static void test_callback_attacks_are_refused(void **state)
     assert_string_equal(err.msg, "callback iss \"https://evil.example\" is not the configured "
                                  "issuer");
     free(q);
+    /* RFC 9207 §2.4: a provider that advertises iss must send it. */
+    q = xasprintf("code=abc&state=%s", lg.state);
+    meta->iss_parameter_supported = true;
+    assert_int_equal(callback(&lg, q, rp, &h, &err), ERR_CRYPTO);
+    assert_string_equal(err.msg, "callback has no iss although identity provider \"corp\" "
+                                 "advertises it (RFC 9207)");
+    meta->iss_parameter_supported = false;
+    free(q);
 
     /* The good one, then its replay. */
     q = xasprintf("code=c%%2Fd&state=%s&iss=https%%3A%%2F%%2Fidp.example", lg.state);
