@@ -148,14 +148,13 @@ class SignInTest(unittest.TestCase):
         cls.backend = Backend("app")
         port = free_port()
         cls.base = f"http://127.0.0.1:{port}"
-        cls.idp = IdP([client_for(cls.base,
-                                  post_logout_redirect_uris=[cls.base + "/.gatehouse/logout"])])
+        cls.idp = IdP([client_for(cls.base)])
         cfg = basic_config(
             [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
             identity_providers=[idp_conf(
-                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/logout")],
+                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/signed-out")],
             decision_log={"file": "var/decisions.jsonl"},
         )
         cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
