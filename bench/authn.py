@@ -158,6 +158,7 @@ def start_gatehouse(d, binary, port, backend_port, idp):
     with open(conf, "w") as f:
         f.write(f"""listen:
   - address: 127.0.0.1:{port}
+    public_url: http://127.0.0.1:{port}
 admin: {{address: 127.0.0.1:{aport}}}
 workers: 1
 access_log: off

@@ -17,6 +17,8 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "assertion.h"
 #include "codec.h"
@@ -474,6 +476,7 @@ struct cont {
     enum cont_kind kind;
     struct idp *idp;
     const char *rd;                 /* login: return path */
+    const char *prompt;             /* login: prompt= for the IdP, or NULL */
     struct oidc_pending pd;         /* callback: heap strings, freed by a deferred cleanup */
     const char *token_body;         /* token response kept while the JWKS is fetched */
     size_t token_body_len;
@@ -1104,15 +1107,19 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
 
 static enum authn_step login_redirect(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, struct idp *x,
-                                      const char *rd)
+                                      const char *rd, const char *prompt)
 {
     const struct oidc_metadata *m = atomic_load(&x->meta);
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
-    char *redirect_uri = oidc_redirect_uri(x->p, req->tls, host);
+    if (prompt != NULL && strcmp(prompt, "select_account") == 0 && !m->prompt_select_account) {
+        prompt = "login"; /* the IdP has no account picker: it asks who signs in */
+    }
+    /* From configuration, never from the Host header alone (login() checked
+     * that public_origin is set); one redirect URI per provider when there
+     * are several, so a response is only ever taken for its own provider. */
+    char *redirect_uri = oidc_redirect_uri(x->p, req->public_origin, an->nidps > 1);
     struct oidc_login l;
     struct err err = { 0 };
-    int rc = oidc_login_start(x->p, m, redirect_uri, str_from(rd), an->login_key,
+    int rc = oidc_login_start(x->p, m, redirect_uri, str_from(rd), prompt, an->login_key,
                               req->now_ms / 1000, &l, &err);
     free(redirect_uri);
     if (rc != 0) {
@@ -1129,14 +1136,65 @@ static enum authn_step login_redirect(struct authn *an, const struct authn_req *
         return internal_error(an, req, a, out);
     }
     add_header(out, "Set-Cookie", sc);
-    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s from %s", x->p->id,
-             req->client_ip ? req->client_ip : "?");
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s from %s%s%s", x->p->id,
+             req->client_ip ? req->client_ip : "?", prompt ? " with prompt=" : "",
+             prompt ? prompt : "");
     return redirect(out, loc);
+}
+
+/* Is the browser on the configured origin's host and port? (The scheme may
+ * differ behind a proxy that terminates TLS.) */
+static bool on_public_host(const struct authn_req *req)
+{
+    const char *auth = req->public_origin ? strstr(req->public_origin, "://") : NULL;
+    return auth != NULL && str_ieq_cstr(req->host, auth + 3);
+}
+
+/* Sign-in starts only where configuration says which origin the browser is
+ * on: otherwise the redirect URI would come from the Host header. */
+static enum authn_step login_origin_check(struct authn *an, const struct authn_req *req,
+                                          struct arena *a, struct authn_out *out, bool *done)
+{
+    *done = true;
+    if (req->public_origin == NULL) {
+        set_reason(out, "%s", "sign-in refused: no route names this host and no public_url is "
+                              "configured for it");
+        log_emit(LOG_WARN, MOD, req->request_id, NULL,
+                 "sign-in refused for Host \"%.*s\" from %s: no route names this host and no "
+                 "public_url is configured (set public_url on the listener or route)",
+                 (int)(req->host.len > 200 ? 200 : req->host.len), req->host.p,
+                 req->client_ip ? req->client_ip : "?");
+        return error_page(an, req, a, out, 400, "Sign-in is not available at this address",
+                          "This address is not configured for sign-in. Use the address your "
+                          "administrator gave you.");
+    }
+    if (!on_public_host(req)) {
+        /* The login cookie must be set where the callback arrives: continue on
+         * the configured origin (a configured value, never the Host header). */
+        const char *loc = req->query.len
+                              ? arena_printf(a, "%s/.gatehouse/login?%.*s", req->public_origin,
+                                             (int)req->query.len, req->query.p)
+                              : arena_printf(a, "%s/.gatehouse/login", req->public_origin);
+        return loc ? redirect(out, loc) : internal_error(an, req, a, out);
+    }
+    *done = false;
+    return AUTHN_RESPOND;
 }
 
 static enum authn_step login(struct authn *an, const struct authn_req *req, struct arena *a,
                              struct authn_out *out)
 {
+    bool done = false;
+    enum authn_step st = login_origin_check(an, req, a, out, &done);
+    if (done) {
+        return st;
+    }
+    /* "Sign in as someone else": the IdP shows its account picker (or asks
+     * for a password again); any other value is ignored. */
+    const char *prompt = query_value(a, req->query, "prompt");
+    if (prompt != NULL && strcmp(prompt, "select_account") != 0 && strcmp(prompt, "login") != 0) {
+        prompt = NULL;
+    }
     const char *rd = query_value(a, req->query, "rd");
     if (rd == NULL || !oidc_return_path_safe(str_from(rd))) {
         if (rd != NULL && rd[0] != '\0') {
@@ -1175,11 +1233,11 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
     if (x == NULL) {
         struct page_provider pv[64];
         for (size_t i = 0; i < n; i++) {
-            pv[i] = (struct page_provider){ cands[i]->p->id, NULL };
+            pv[i] = (struct page_provider){ cands[i]->p->id, cands[i]->p->display_name };
         }
         char host[256];
         snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
-        const char *list = pages_provider_list(a, pv, n, str_from(rd));
+        const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
         size_t len = 0;
         char *html = list ? pages_render(an->pages, PAGE_CHOOSER, v, 2, a, &len) : NULL;
@@ -1192,12 +1250,16 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
             return internal_error(an, req, a, out);
         }
         c->rd = rd;
+        c->prompt = prompt;
         return need_discovery(a, out, x);
     }
-    return login_redirect(an, req, a, out, x, rd);
+    return login_redirect(an, req, a, out, x, rd, prompt);
 }
 
 /* ---- /.gatehouse/oidc/callback ---------------------------------------- */
+
+static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out);
 
 /* A failed callback: the caller records it (AUTHN_EV_LOGIN_FAILED, with the
  * reason) as well as answering. 400: state or cookie; 403: the tokens or the
@@ -1248,7 +1310,7 @@ static enum authn_step callback_token_request(struct authn *an, const struct aut
 }
 
 static enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
-                                struct authn_out *out)
+                                struct authn_out *out, struct str path_idp)
 {
     const char *cname = login_cookie_name(an, req->tls);
     struct str v = STR_NULL;
@@ -1271,6 +1333,33 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
     }
     if (oidc_login_cookie_open(an->login_key, v, req->now_ms / 1000, &c->pd, &err) != 0) {
         return callback_error(an, req, a, out, err.msg);
+    }
+    if (e != NULL && c->pd.prompt != NULL && strcmp(c->pd.prompt, "none") == 0) {
+        /* The check after a sign-out (signed_out): the IdP has no session for
+         * the user any more, so they are signed out everywhere. */
+        const char *st = query_value(a, req->query, "state");
+        if (st != NULL && codec_ct_eq(str_from(st), str_from(c->pd.state))) {
+            out->cont = NULL;
+            add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+            log_emit(LOG_INFO, MOD, req->request_id, NULL,
+                     "signed out at %s too (its answer to prompt=none: %s)", c->pd.idp, e);
+            return redirect(out, "/.gatehouse/signed-out");
+        }
+    }
+    /* Each provider answers at its own redirect URI when there are several:
+     * a response at one provider's path is only ever taken for that provider,
+     * whatever the state says (IdP mix-up, RFC 9207 §1). */
+    if (path_idp.p == NULL && an->nidps > 1) {
+        return callback_error(an, req, a, out, "callback at the shared path while several "
+                                               "identity providers are configured (each has "
+                                               "/.gatehouse/oidc/callback/<id>)");
+    }
+    if (path_idp.p != NULL && !str_eq_cstr(path_idp, c->pd.idp)) {
+        char why[200];
+        snprintf(why, sizeof why, "login state was issued for identity provider \"%.40s\", "
+                 "not \"%.*s\" whose callback this is", c->pd.idp,
+                 (int)(path_idp.len > 40 ? 40 : path_idp.len), path_idp.p);
+        return callback_error(an, req, a, out, why);
     }
     c->idp = idp_by_id(an, c->pd.idp);
     if (c->idp == NULL || !route_accepts(req, c->pd.idp)) {
@@ -1319,6 +1408,11 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     const char *rd = c->pd.return_path && oidc_return_path_safe(str_from(c->pd.return_path))
                          ? adup(a, c->pd.return_path)
                          : "/";
+    if (c->pd.prompt != NULL && strcmp(c->pd.prompt, "none") == 0) {
+        log_emit(LOG_INFO, MOD, req->request_id, NULL,
+                 "%s stayed signed in at %s when signing out: signed in again",
+                 out->id.email ? out->id.email : out->id.user_key, c->idp->p->id);
+    }
     if (set == NULL || clear == NULL || rd == NULL) {
         return internal_error(an, req, a, out);
     }
@@ -1378,19 +1472,186 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
                 : internal_error(an, req, a, out);
 }
 
+/* The sign-out form's token: an HMAC of the session cookie under the
+ * process's login key, so only a page that Gatehouse rendered for this very
+ * session can submit the sign-out. */
+static const char *logout_token(const struct authn *an, struct arena *a, struct str cookie)
+{
+    static const char label[] = "gatehouse-logout-v1:";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    struct sbuf b = { 0 };
+    codec_buf_add(&b, label, sizeof label - 1);
+    codec_buf_add(&b, cookie.p, cookie.len);
+    unsigned char *ok = HMAC(EVP_sha256(), an->login_key, 32, (const unsigned char *)b.p, b.len,
+                             md, &mdlen);
+    OPENSSL_cleanse(b.p, b.len);
+    codec_buf_fini(&b);
+    if (ok == NULL || mdlen != 32) {
+        return NULL;
+    }
+    char *t = codec_b64url_encode(md, 32);
+    const char *out = adup(a, t);
+    free(t);
+    return out;
+}
+
+/* A state-changing POST from this origin only: Sec-Fetch-Site (sent by every
+ * current browser) must say same-origin, and an Origin header must be ours.
+ * Clients that send neither still need the session-bound token. */
+static bool same_origin_post(const struct authn_req *req, const char **why)
+{
+    if (req->sec_fetch_site.len > 0 && !str_ieq_cstr(req->sec_fetch_site, "same-origin")) {
+        *why = "Sec-Fetch-Site is not same-origin";
+        return false;
+    }
+    /* "Origin: null" is what a no-referrer page sends for its own forms; with
+     * Sec-Fetch-Site same-origin it says nothing more. */
+    bool null_origin = str_eq_cstr(req->origin, "null") && req->sec_fetch_site.len > 0;
+    if (req->origin.len > 0 && !null_origin &&
+        !(req->request_origin != NULL && str_ieq_cstr(req->origin, req->request_origin)) &&
+        !(req->public_origin != NULL && str_ieq_cstr(req->origin, req->public_origin))) {
+        *why = "Origin is another site";
+        return false;
+    }
+    return true;
+}
+
+#define SIGNOUT_AAD "gatehouse-signout-v1"
+
+/* The IdP answered a sign-out: did the user end their session there too, or
+ * answer "No, stay signed in"? The return looks the same either way; a
+ * prompt=none authorization request tells. The sealed cookie set with the
+ * logout request (signout_cookie) names the provider and the state. */
+static enum authn_step signed_out(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out)
+{
+    const char *state = query_value(a, req->query, "state");
+    const char *cname = login_cookie_name(an, req->tls);
+    struct str v = STR_NULL;
+    bool found = false;
+    struct err err = { 0 };
+    if (state == NULL || cname == NULL || !on_public_host(req) ||
+        cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0 || !found) {
+        return signed_out_page(an, req, a, out);
+    }
+    size_t n = 0;
+    char *pt = codec_unseal(an->login_key, SIGNOUT_AAD, v, &n);
+    json_error_t jerr;
+    json_t *j = pt ? json_loadb(pt, n, 0, &jerr) : NULL;
+    free(pt);
+    const char *idp = json_string_value(json_object_get(j, "p"));
+    const char *s = json_string_value(json_object_get(j, "s"));
+    json_t *e = json_object_get(j, "e");
+    struct idp *x = idp_by_id(an, idp);
+    bool ok = x != NULL && s != NULL && json_is_integer(e) &&
+              req->now_ms / 1000 < (int64_t)json_integer_value(e) &&
+              codec_ct_eq(str_from(s), str_from(state)) && atomic_load(&x->meta) != NULL;
+    json_decref(j);
+    if (!ok) {
+        add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+        return signed_out_page(an, req, a, out);
+    }
+    /* Replaces the sign-out cookie with the login cookie of the check. */
+    return login_redirect(an, req, a, out, x, "/", "none");
+}
+
+static const char *signout_cookie(const struct authn *an, const struct authn_req *req,
+                                  struct arena *a, const char *idp, const char *state)
+{
+    json_t *j = json_pack("{s:s, s:s, s:I}", "p", idp, "s", state, "e",
+                          (json_int_t)(req->now_ms / 1000 + OIDC_LOGIN_TTL_S));
+    char *pt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char *sealed = pt ? codec_seal(an->login_key, SIGNOUT_AAD, pt, strlen(pt)) : NULL;
+    free(pt);
+    const char *cname = login_cookie_name(an, req->tls);
+    const char *sc = sealed && cname ? cookie_format(a, cname, str_from(sealed), req->tls,
+                                                     OIDC_LOGIN_TTL_S)
+                                     : NULL;
+    free(sealed);
+    return sc;
+}
+
+static enum authn_step logout_refused(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out, const char *why)
+{
+    set_reason(out, "sign-out refused: %s", why);
+    return error_page(an, req, a, out, 403, "Sign-out refused",
+                      "This sign-out did not come from Gatehouse's own sign-out page. You are "
+                      "still signed in; use the Sign out button to sign out.");
+}
+
+/* GET /.gatehouse/logout: the confirmation page (nothing ends on a GET). */
+static enum authn_step logout_confirm(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out,
+                                      const struct session_view *sv, struct str cookie)
+{
+    char host[256];
+    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    const char *token = logout_token(an, a, cookie);
+    const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
+    struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };
+    size_t len = 0;
+    char *html = token ? pages_render(an->pages, PAGE_LOGOUT, v, 3, a, &len) : NULL;
+    if (html == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    respond(out, 200, "text/html; charset=utf-8", html, len);
+    /* Not in a frame on another site (a click there would be a sign-out). */
+    add_header(out, "Content-Security-Policy", "frame-ancestors 'none'");
+    add_header(out, "X-Frame-Options", "DENY");
+    return AUTHN_RESPOND;
+}
+
 static enum authn_step logout(struct authn *an, const struct authn_req *req, struct arena *a,
                               struct authn_out *out)
 {
+    bool post = str_eq_cstr(req->method, "POST");
+    if (!post && !str_eq_cstr(req->method, "GET") && !str_eq_cstr(req->method, "HEAD")) {
+        add_header(out, "Allow", "GET, POST");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    const char *why = NULL;
+    if (post && !same_origin_post(req, &why)) {
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "cross-site sign-out refused from %s: %s",
+                 req->client_ip ? req->client_ip : "?", why);
+        return logout_refused(an, req, a, out, why);
+    }
     const char *sname = session_cookie_name(an, req->tls);
     struct str v;
     bool found = false;
     struct err err = { 0 };
-    char *hint = NULL;
-    const char *idp_id = NULL;
+    struct session_view sv;
+    bool valid = false;
     if (an->store != NULL && sname != NULL &&
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
-        struct session_view sv;
-        if (session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID) {
+        valid = session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID;
+    }
+    if (!post) {
+        /* Nothing to end: say so (a GET never ends anything). */
+        return valid ? logout_confirm(an, req, a, out, &sv, v) : signed_out_page(an, req, a, out);
+    }
+    if (found) {
+        struct str raw;
+        bool dup = false;
+        char *given = codec_form_get(req->body, "csrf_token", &raw, &dup) && !dup
+                          ? codec_url_decode(raw, NULL)
+                          : NULL;
+        const char *want = logout_token(an, a, v);
+        bool ok = given != NULL && want != NULL && codec_ct_eq(str_from(given), str_from(want));
+        free(given);
+        if (!ok) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL,
+                     "sign-out refused from %s: missing or wrong csrf_token",
+                     req->client_ip ? req->client_ip : "?");
+            return logout_refused(an, req, a, out, "missing or wrong csrf_token");
+        }
+    }
+    char *hint = NULL;
+    const char *idp_id = NULL;
+    if (found) {
+        if (valid) {
             identity_from_view(out, &sv, a);
             idp_id = sv.idp;
             hint = session_id_token(an->store, v);
@@ -1417,22 +1678,65 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     if (m != NULL && m->end_session_endpoint != NULL) {
-        /* RP-initiated logout: back to the configured post_logout_redirect_uri
-         * (registered at the IdP), or the IdP's own page when there is none. */
-        char *url = oidc_logout_url(x->p, m, hint, x->p->post_logout_redirect_uri);
+        /* RP-initiated logout: back to the signed-out page of the origin the
+         * user is on, when that URI is one of the configured (registered)
+         * post_logout_redirect_uri; otherwise the IdP's own page. */
+        const char *want = req->public_origin
+                               ? arena_printf(a, "%s/.gatehouse/signed-out", req->public_origin)
+                               : NULL;
+        const char *post_uri = oidc_post_logout_uri(x->p, want);
+        if (post_uri == NULL && x->p->npost_logout_redirect_uris > 0) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL,
+                     "post-logout return %s is not among identity provider %s's "
+                     "post_logout_redirect_uri: none sent",
+                     want ? want : "(no public origin)", x->p->id);
+        }
+        char *url = oidc_logout_url(x->p, m, hint, post_uri);
         const char *loc = adup(a, url);
         free(url);
+        if (loc != NULL && post_uri != NULL) {
+            /* A state to recognise the IdP's answer (see signed_out). */
+            unsigned char rnd[16];
+            char *st = codec_rand_bytes(rnd, sizeof rnd) ? codec_b64url_encode(rnd, sizeof rnd)
+                                                         : NULL;
+            const char *sc = st ? signout_cookie(an, req, a, x->p->id, st) : NULL;
+            if (sc != NULL) {
+                loc = arena_printf(a, "%s&state=%s", loc, st);
+                add_header(out, "Set-Cookie", sc);
+            }
+            free(st);
+        }
         if (hint != NULL) {
             OPENSSL_cleanse(hint, strlen(hint));
             free(hint);
         }
-        return loc ? redirect(out, loc) : internal_error(an, req, a, out);
+        if (loc == NULL) {
+            return internal_error(an, req, a, out);
+        }
+        /* 303: the browser follows a POST's answer with a GET. */
+        add_header(out, "Location", loc);
+        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
     }
     if (hint != NULL) {
         OPENSSL_cleanse(hint, strlen(hint));
         free(hint);
     }
     return signed_out_page(an, req, a, out);
+}
+
+/* ---- "Sign in as someone else" ---------------------------------------- */
+
+const char *authn_switch_user_url(struct arena *a, struct str target)
+{
+    if (!oidc_return_path_safe(target)) {
+        target = STR("/");
+    }
+    struct sbuf b = { 0 };
+    codec_buf_adds(&b, "/.gatehouse/login?prompt=select_account&rd=");
+    codec_buf_add_urlenc(&b, target);
+    const char *out = arena_strndup(a, b.p ? b.p : "", b.len);
+    codec_buf_fini(&b);
+    return out;
 }
 
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
@@ -1654,14 +1958,25 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
             return login(an, req, a, out);
         }
         if (str_eq_cstr(p, "oidc/callback")) {
-            return callback(an, req, a, out);
+            return callback(an, req, a, out, STR_NULL);
+        }
+        if (str_has_prefix(p, STR("oidc/callback/")) && p.len > 14) {
+            struct str id = { p.p + 14, p.len - 14 };
+            bool known = false;
+            for (size_t i = 0; i < an->nidps && !known; i++) {
+                known = str_eq_cstr(id, an->idps[i].p->id);
+            }
+            if (!known) {
+                return callback_error(an, req, a, out, "callback for an unknown identity provider");
+            }
+            return callback(an, req, a, out, id);
         }
         if (str_eq_cstr(p, "logout")) {
             return logout(an, req, a, out);
         }
         if (str_eq_cstr(p, "signed-out")) {
             /* Where the IdP sends the browser after an RP-initiated logout. */
-            return signed_out_page(an, req, a, out);
+            return signed_out(an, req, a, out);
         }
         if (str_eq_cstr(p, "oidc/backchannel-logout")) {
             return backchannel_logout(an, req, a, out);
@@ -1706,7 +2021,7 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         if (!take_discovery(c->idp, status, body, out)) {
             return idp_down(an, req, a, out);
         }
-        return login_redirect(an, req, a, out, c->idp, c->rd);
+        return login_redirect(an, req, a, out, c->idp, c->rd, c->prompt);
     case CONT_CALLBACK_DISCOVERY:
         if (!take_discovery(c->idp, status, body, out)) {
             return callback_fail(an, req, a, out, 502, out->reason);

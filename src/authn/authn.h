@@ -6,7 +6,8 @@
  * authn_resume with the answer. The building blocks have their own headers
  * (jwt.h, oidc.h, session.h, cookie.h, assertion.h, page.h).
  *
- * Reserved paths handled here: /.gatehouse/login, /.gatehouse/oidc/callback,
+ * Reserved paths handled here: /.gatehouse/login, /.gatehouse/oidc/callback
+ * (and /.gatehouse/oidc/callback/<idp> with several providers),
  * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/signed-out,
  * /.gatehouse/me, /.gatehouse/jwks.json, /.gatehouse/static/login.css.
  *
@@ -80,7 +81,15 @@ struct authn_req {
     struct str authorization;   /* Authorization header value (may be empty) */
     struct str accept;
     struct str x_requested_with;
-    struct str body;            /* POST body: needed for the back-channel logout only */
+    struct str body;            /* POST body: back-channel logout and logout forms */
+    struct str sec_fetch_site;  /* Sec-Fetch-Site header (may be empty) */
+    struct str origin;          /* Origin header (may be empty) */
+    const char *request_origin; /* "scheme://Host" as the browser sent it */
+    /* The origin browsers use for this route, from configuration: the route's
+     * public_url, else its match.host (with the listener's scheme and port),
+     * else the listener's public_url, else the Host when some route names it.
+     * NULL: no route names this Host and no public_url: no sign-in here. */
+    const char *public_origin;
     bool tls;
     bool route_public;          /* public route: anonymous is fine */
     const char *const *route_idps; /* ids accepted by the route; NULL = all */
@@ -171,6 +180,10 @@ enum authn_step authn_resume(struct authn *an, const struct authn_req *req, stru
  * ttl), or NULL when no assertion is configured or id is anonymous. */
 const char *authn_assertion(struct authn *an, const struct authn_identity *id, const char *route,
                             const char *device, int64_t now_ms, struct arena *a);
+/* The "Sign in as someone else" URL for the denied page: a sign-in that asks
+ * the IdP for the account picker and returns to target (path?query), or to
+ * "/" when target is not a safe return path. Arena-owned. */
+const char *authn_switch_user_url(struct arena *a, struct str target);
 /* The sign-in page templates (for the proxy's own pages: denied, errors). */
 const struct pages *authn_pages(const struct authn *an);
 /* Where a Gatehouse page may send the browser with a form, or a redirect

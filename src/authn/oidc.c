@@ -30,7 +30,7 @@ static const char *const provider_keys[] = {
     "token_endpoint_auth", "private_key", "scopes", "claims", "groups_from_userinfo",
     "allow_insecure_issuer", "clock_skew", "jwks_refresh_min_interval", "redirect_host",
     "audiences", "algorithms", "post_logout_redirect_uri", "accept_id_tokens",
-    "require_verified_email", "bare_user_ids", NULL,
+    "require_verified_email", "bare_user_ids", "display_name", NULL,
 };
 
 static const char *const claim_keys[] = { "email", "name", "groups", NULL };
@@ -104,7 +104,7 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     size_t before = d->count;
     const char *id = NULL, *issuer = NULL, *client_id = NULL, *secret = NULL,
                *secret_file = NULL, *auth = NULL, *pkey = NULL, *redirect_host = NULL,
-               *post_logout = NULL;
+               *display_name = NULL;
     uint64_t skew_ms = 60000;
     uint64_t jwks_ms = 60000;
     struct oidc_provider *p = xcalloc(1, sizeof *p);
@@ -120,7 +120,7 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     conf_string(d, n, "token_endpoint_auth", &auth);
     conf_string(d, n, "private_key", &pkey);
     conf_string(d, n, "redirect_host", &redirect_host);
-    conf_string(d, n, "post_logout_redirect_uri", &post_logout);
+    conf_string(d, n, "display_name", &display_name);
     conf_bool(d, n, "groups_from_userinfo", &p->groups_from_userinfo);
     conf_bool(d, n, "allow_insecure_issuer", &p->allow_insecure_issuer);
     p->require_verified_email = true;
@@ -285,8 +285,26 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     if (redirect_host != NULL) {
         p->redirect_host = xstrdup(redirect_host);
     }
-    if (post_logout != NULL) {
-        p->post_logout_redirect_uri = xstrdup(post_logout);
+    /* One URI or a list: the one for the origin the user signs out on is sent. */
+    if (string_list(d, n, "post_logout_redirect_uri", &p->post_logout_redirect_uris,
+                    &p->npost_logout_redirect_uris)) {
+        for (size_t i = 0; i < p->npost_logout_redirect_uris; i++) {
+            const char *u = p->post_logout_redirect_uris[i];
+            if (strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) {
+                conf_error(d, conf_get(n, "post_logout_redirect_uri"),
+                           "\"post_logout_redirect_uri\" must be http:// or https:// URLs, got "
+                           "\"%s\"",
+                           u);
+            }
+        }
+    }
+    if (display_name != NULL) {
+        if (display_name[0] == '\0' || strlen(display_name) > 80) {
+            conf_error(d, conf_get(n, "display_name"),
+                       "\"display_name\" must be 1 to 80 characters");
+        } else {
+            p->display_name = xstrdup(display_name);
+        }
     }
     if (d->count != before) {
         goto fail;
@@ -326,7 +344,11 @@ void oidc_provider_free(struct oidc_provider *p)
         free(p->audiences[i]);
     }
     free(p->audiences);
-    free(p->post_logout_redirect_uri);
+    for (size_t i = 0; i < p->npost_logout_redirect_uris; i++) {
+        free(p->post_logout_redirect_uris[i]);
+    }
+    free(p->post_logout_redirect_uris);
+    free(p->display_name);
     bearer_cache_free(p->bearer_cache);
     free(p);
 }
@@ -422,6 +444,14 @@ struct oidc_metadata *oidc_metadata_parse(const struct oidc_provider *p, int sta
     }
     m->backchannel_logout_supported =
         json_is_true(json_object_get(j, "backchannel_logout_supported"));
+    m->iss_parameter_supported =
+        json_is_true(json_object_get(j, "authorization_response_iss_parameter_supported"));
+    json_t *pv = json_object_get(j, "prompt_values_supported");
+    for (size_t i = 0; json_is_array(pv) && i < json_array_size(pv); i++) {
+        const char *s = json_string_value(json_array_get(pv, i));
+        m->prompt_select_account = m->prompt_select_account ||
+                                   (s != NULL && strcmp(s, "select_account") == 0);
+    }
     json_t *ccm = json_object_get(j, "code_challenge_methods_supported");
     m->code_challenge_s256 = ccm == NULL;
     for (size_t i = 0; json_is_array(ccm) && i < json_array_size(ccm); i++) {
@@ -477,6 +507,7 @@ void oidc_pending_fini(struct oidc_pending *pd)
     }
     free(pd->return_path);
     free(pd->redirect_uri);
+    free(pd->prompt);
     memset(pd, 0, sizeof *pd);
 }
 
@@ -488,7 +519,7 @@ void oidc_login_fini(struct oidc_login *l)
 }
 
 int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *m,
-                     const char *redirect_uri, struct str return_path,
+                     const char *redirect_uri, struct str return_path, const char *prompt,
                      const unsigned char key[32], int64_t now_s, struct oidc_login *out,
                      struct err *err)
 {
@@ -525,12 +556,19 @@ int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *
     codec_buf_adds(&b, "&code_challenge=");
     codec_buf_adds(&b, challenge);
     codec_buf_adds(&b, "&code_challenge_method=S256");
+    if (prompt != NULL) {
+        codec_buf_adds(&b, "&prompt=");
+        codec_buf_add_urlenc(&b, str_from(prompt));
+    }
     free(challenge);
     out->auth_url = codec_buf_take(&b);
 
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s%, s:s, s:I}", "p", p->id, "s", state, "n",
                           nonce, "v", verifier, "r", return_path.p, return_path.len, "u",
                           redirect_uri, "e", (json_int_t)(now_s + OIDC_LOGIN_TTL_S));
+    if (j != NULL && prompt != NULL) {
+        json_object_set_new(j, "q", json_string(prompt));
+    }
     char *pt = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (pt == NULL) {
@@ -584,6 +622,7 @@ int oidc_login_cookie_open(const unsigned char key[32], struct str cookie, int64
     out->code_verifier = dup_field(j, "v");
     out->return_path = dup_field(j, "r");
     out->redirect_uri = dup_field(j, "u");
+    out->prompt = dup_field(j, "q");
     out->exp_s = json_is_integer(e) ? (int64_t)json_integer_value(e) : 0;
     json_decref(j);
     if (out->idp == NULL || out->state == NULL || out->nonce == NULL ||
@@ -810,7 +849,14 @@ int oidc_callback(const struct oidc_provider *p, const struct oidc_metadata *m,
         rc = err_set(err, ERR_CRYPTO, "login was started for another identity provider");
         goto out;
     }
-    /* RFC 9207: when the IdP names itself, it must be the one we sent the user to. */
+    /* RFC 9207 §2.4: a provider that advertises the iss parameter must send it
+     * (a response without it may come from another provider: mix-up); when the
+     * IdP names itself, it must be the one we sent the user to. */
+    if (iss == NULL && m != NULL && m->iss_parameter_supported) {
+        rc = err_set(err, ERR_CRYPTO, "callback has no iss although identity provider \"%.60s\" "
+                     "advertises it (RFC 9207)", p->id);
+        goto out;
+    }
     if (iss != NULL && strcmp(iss, p->issuer) != 0) {
         rc = err_set(err, ERR_CRYPTO, "callback iss \"%.80s\" is not the configured issuer",
                      iss);
@@ -1117,8 +1163,7 @@ char *oidc_logout_url(const struct oidc_provider *p, const struct oidc_metadata 
     }
     codec_buf_adds(&b, "client_id=");
     codec_buf_add_urlenc(&b, str_from(p->client_id));
-    const char *post = post_logout_redirect_uri ? post_logout_redirect_uri
-                                                : p->post_logout_redirect_uri;
+    const char *post = post_logout_redirect_uri;
     if (post != NULL) {
         codec_buf_adds(&b, "&post_logout_redirect_uri=");
         codec_buf_add_urlenc(&b, str_from(post));
@@ -1446,11 +1491,26 @@ bool oidc_return_path_safe(struct str rd)
     return true;
 }
 
-char *oidc_redirect_uri(const struct oidc_provider *p, bool tls, const char *route_host)
+char *oidc_redirect_uri(const struct oidc_provider *p, const char *origin, bool per_idp)
 {
-    const char *host = p->redirect_host ? p->redirect_host : route_host;
-    return xasprintf("%s://%s/.gatehouse/oidc/callback", tls ? "https" : "http",
-                     host ? host : "localhost");
+    const char *auth = strstr(origin, "://");
+    if (p->redirect_host != NULL && auth != NULL) {
+        /* A fixed host for every route (an older setting): keep the scheme. */
+        return xasprintf("%.*s://%s/.gatehouse/oidc/callback%s%s", (int)(auth - origin), origin,
+                         p->redirect_host, per_idp ? "/" : "", per_idp ? p->id : "");
+    }
+    return xasprintf("%s/.gatehouse/oidc/callback%s%s", origin, per_idp ? "/" : "",
+                     per_idp ? p->id : "");
+}
+
+const char *oidc_post_logout_uri(const struct oidc_provider *p, const char *wanted)
+{
+    for (size_t i = 0; wanted != NULL && i < p->npost_logout_redirect_uris; i++) {
+        if (strcmp(p->post_logout_redirect_uris[i], wanted) == 0) {
+            return p->post_logout_redirect_uris[i];
+        }
+    }
+    return NULL;
 }
 
 bool oidc_idp_id_ok(const char *s)

@@ -55,7 +55,9 @@ struct oidc_provider {
     bool require_verified_email;    /* email_verified false: no email (default on) */
     bool bare_user_ids;             /* users keep bare sub ids (at most one provider) */
     unsigned algs;                  /* allowed JWS algorithms */
-    char *post_logout_redirect_uri; /* NULL = none sent */
+    char **post_logout_redirect_uris; /* registered returns; the one for the user's origin is sent */
+    size_t npost_logout_redirect_uris;
+    char *display_name;             /* label on the chooser, or NULL (the id) */
     struct bearer_cache *bearer_cache; /* private: verified bearer tokens (internally locked) */
 };
 
@@ -84,6 +86,8 @@ struct oidc_metadata {
     char *jwks_uri;
     char *end_session_endpoint;       /* may be NULL */
     bool backchannel_logout_supported;
+    bool iss_parameter_supported;     /* RFC 9207: iss in every authorization response */
+    bool prompt_select_account;       /* prompt_values_supported lists select_account */
     bool code_challenge_s256;         /* advertised, or not advertised at all */
 };
 
@@ -105,6 +109,7 @@ struct oidc_pending {
     char *code_verifier;
     char *return_path;
     char *redirect_uri;
+    char *prompt;         /* prompt= sent, or NULL; "none": the check after a sign-out */
     int64_t exp_s;
 };
 void oidc_pending_fini(struct oidc_pending *pd);
@@ -120,7 +125,7 @@ struct oidc_login {
  * authorization URL and the sealed login cookie. return_path must already be
  * checked with oidc_return_path_safe(). key seals the cookie. */
 int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *m,
-                     const char *redirect_uri, struct str return_path,
+                     const char *redirect_uri, struct str return_path, const char *prompt,
                      const unsigned char key[32], int64_t now_s, struct oidc_login *out,
                      struct err *err) WARN_UNUSED;
 void oidc_login_fini(struct oidc_login *l);
@@ -238,7 +243,12 @@ bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
  * backslashes and control characters anywhere, and anything over 2 KiB. */
 bool oidc_return_path_safe(struct str rd);
 
-/* "<scheme>://<host>/.gatehouse/oidc/callback" (malloc'd). */
-char *oidc_redirect_uri(const struct oidc_provider *p, bool tls, const char *route_host);
+/* "<origin>/.gatehouse/oidc/callback", or ".../callback/<id>" when per_idp
+ * (several providers: each has its own redirect URI, so a response from one
+ * can never be taken for another's). origin: "https://host[:port]". malloc'd. */
+char *oidc_redirect_uri(const struct oidc_provider *p, const char *origin, bool per_idp);
+/* The configured post_logout_redirect_uri equal to wanted, or NULL when it is
+ * not one of them (nothing is sent then: an unregistered URI is refused). */
+const char *oidc_post_logout_uri(const struct oidc_provider *p, const char *wanted);
 
 #endif

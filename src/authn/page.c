@@ -21,7 +21,9 @@ struct page_def {
 static const char *const chooser_text[] = { "host", NULL };
 static const char *const chooser_raw[] = { "providers", NULL };
 static const char *const signed_out_text[] = { "host", "sign_in_url", NULL };
-static const char *const denied_text[] = { "reason", "user", "request_id", NULL };
+static const char *const denied_text[] = { "reason", "user", "request_id", "switch_user_url",
+                                           NULL };
+static const char *const logout_text[] = { "host", "user", "csrf_token", NULL };
 static const char *const error_text[] = { "title", "message", "request_id", "retry_url", NULL };
 static const char *const me_text[] = { "name", "user", "email", "groups", "idp", "device",
                                        "expires", "idle_expires", NULL };
@@ -33,6 +35,7 @@ static const struct page_def defs[PAGE_COUNT] = {
     [PAGE_DENIED] = { "denied.html", denied_text, none },
     [PAGE_ERROR] = { "error.html", error_text, none },
     [PAGE_ME] = { "me.html", me_text, none },
+    [PAGE_LOGOUT] = { "logout.html", logout_text, none },
 };
 
 /* A template pre-split into literal text and placeholders. */
@@ -224,7 +227,7 @@ char *pages_render(const struct pages *p, enum page_kind k, const struct page_va
 }
 
 char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n,
-                          struct str rd)
+                          struct str rd, const char *prompt)
 {
     struct sbuf b = { 0 };
     for (size_t i = 0; i < n; i++) {
@@ -233,6 +236,10 @@ char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_
         codec_buf_add_urlenc(&href, str_from(pv[i].id));
         codec_buf_adds(&href, "&rd=");
         codec_buf_add_urlenc(&href, rd);
+        if (prompt != NULL) {
+            codec_buf_adds(&href, "&prompt=");
+            codec_buf_add_urlenc(&href, str_from(prompt));
+        }
         codec_buf_adds(&b, "<li><a class=\"button\" href=\"");
         escape_into(&b, (struct str){ href.p, href.len });
         codec_buf_adds(&b, "\">Sign in with ");

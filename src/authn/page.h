@@ -7,7 +7,15 @@
 
 #include "core/core.h"
 
-enum page_kind { PAGE_CHOOSER = 0, PAGE_SIGNED_OUT, PAGE_DENIED, PAGE_ERROR, PAGE_ME, PAGE_COUNT };
+enum page_kind {
+    PAGE_CHOOSER = 0,
+    PAGE_SIGNED_OUT,
+    PAGE_DENIED,
+    PAGE_ERROR,
+    PAGE_ME,
+    PAGE_LOGOUT, /* "Sign out?" confirmation: a POST form with the session's token */
+    PAGE_COUNT
+};
 
 struct pages;
 
@@ -36,10 +44,11 @@ struct page_provider {
 };
 
 /* The chooser's list items: one link per provider to
- * /.gatehouse/login?idp=<id>&rd=<rd>, every part escaped. rd must already be a
- * safe return path. Arena-owned. */
+ * /.gatehouse/login?idp=<id>&rd=<rd>[&prompt=<prompt>], labelled with its
+ * name, every part escaped. rd must already be a safe return path; prompt is
+ * NULL or a checked value. Arena-owned. */
 char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n,
-                          struct str rd);
+                          struct str rd, const char *prompt);
 
 /* HTML-escapes s (& < > " ') into the arena. */
 char *html_escape(struct arena *a, struct str s);

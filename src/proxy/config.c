@@ -36,7 +36,7 @@ static const char *const top_keys[] = {
     "pages", NULL,
 };
 static const char *const listen_keys[] = { "address", "tls", "trust_request_id",
-                                           "trust_forwarded", NULL };
+                                           "trust_forwarded", "public_url", NULL };
 static const char *const tls_keys[] = { "cert", "key", "certificates", "client_ca",
                                         "client_crl", "client_cert", NULL };
 static const char *const cert_keys[] = { "cert", "key", NULL };
@@ -52,6 +52,7 @@ static const char *const devices_keys[] = { NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", "encoded_slashes", "headers",
+                                          "public_url",
                                           NULL };
 static const char *const route_header_keys[] = { "allow_underscores", "allow_override_headers",
                                                  NULL };
@@ -458,6 +459,75 @@ static bool check_cert_pair(struct loader *L, const struct conf_node *m,
     return ok;
 }
 
+/* ---- public_url ---- */
+
+static bool valid_hostname(const char *s);
+
+/* "public_url: https://app.example.com[:port]": the origin browsers use, for
+ * the sign-in redirect URI and the post-logout return. Scheme and authority
+ * only (one trailing '/' is dropped); the host is kept lowercase. */
+static char *read_public_url(struct loader *L, const struct conf_node *m)
+{
+    const char *v = get_nonempty(L, m, "public_url");
+    if (!v) {
+        return NULL;
+    }
+    const struct conf_node *at = conf_get(m, "public_url");
+    size_t skip = strncmp(v, "https://", 8) == 0 ? 8 : strncmp(v, "http://", 7) == 0 ? 7 : 0;
+    size_t n = strlen(v);
+    if (n > skip && v[n - 1] == '/') {
+        n--;
+    }
+    char host[256];
+    const char *auth = v + skip;
+    size_t alen = n - skip;
+    const char *colon = alen > 0 && auth[0] != '[' ? memchr(auth, ':', alen) : NULL;
+    const char *close = alen > 0 && auth[0] == '[' ? memchr(auth, ']', alen) : NULL;
+    size_t hlen = colon ? (size_t)(colon - auth) : close ? (size_t)(close - auth) + 1 : alen;
+    const char *port = colon ? colon + 1 : close && close + 1 < auth + alen ? close + 1 : NULL;
+    bool ok = skip > 0 && alen > 0 && hlen > 0 && hlen < sizeof host;
+    if (ok) {
+        memcpy(host, auth, hlen);
+        host[hlen] = '\0';
+        ok = host[0] == '[' ? close != NULL : valid_hostname(host);
+    }
+    if (ok && port != NULL) {
+        if (close != NULL && *port == ':') {
+            port++;
+        } else if (close != NULL) {
+            ok = false;
+        }
+        size_t plen = (size_t)(auth + alen - port);
+        ok = ok && plen >= 1 && plen <= 5 && strspn(port, "0123456789") >= plen;
+        if (ok) {
+            char pbuf[6];
+            memcpy(pbuf, port, plen);
+            pbuf[plen] = '\0';
+            unsigned long pn = strtoul(pbuf, NULL, 10);
+            ok = pn >= 1 && pn <= 65535;
+        }
+    }
+    for (size_t i = skip; ok && i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        ok = ch > 0x20 && ch < 0x7f && ch != '/' && ch != '?' && ch != '#' && ch != '@' &&
+             ch != '\\';
+    }
+    if (!ok) {
+        conf_error(L->d, at,
+                   "\"public_url\" must be http:// or https:// with a host and an optional port "
+                   "and nothing else (such as https://app.example.com), got \"%s\"",
+                   v);
+        return NULL;
+    }
+    char *out = xstrndup(v, n);
+    for (char *p = out + skip; *p && *p != ':'; p++) {
+        if (*p >= 'A' && *p <= 'Z') {
+            *p = (char)(*p - 'A' + 'a');
+        }
+    }
+    return out;
+}
+
 /* ---- listen ---- */
 
 static bool read_cert_entry(struct loader *L, const struct conf_node *m, const char *what,
@@ -575,6 +645,7 @@ static void read_listen(struct loader *L, const struct conf_node *root)
         read_address(L, m, &lc->address, lc->host, sizeof lc->host, &lc->port);
         conf_bool(L->d, m, "trust_request_id", &lc->trust_request_id);
         conf_bool(L->d, m, "trust_forwarded", &lc->trust_forwarded);
+        lc->public_url = read_public_url(L, m);
         t = conf_get(m, "tls");
         if (t) {
             read_tls(L, t, lc);
@@ -1260,6 +1331,7 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
     if ((n = conf_get(m, "identity_providers"))) {
         read_route_idps(L, n, r, root);
     }
+    r->public_url = read_public_url(L, m);
 }
 
 static void read_routes(struct loader *L, const struct conf_node *root)
@@ -1320,6 +1392,7 @@ static void free_listener(struct listener_conf *l)
     free(l->certs);
     free(l->client_ca);
     free(l->client_crl);
+    free(l->public_url);
 }
 
 static void free_route(struct route_conf *r)
@@ -1327,6 +1400,7 @@ static void free_route(struct route_conf *r)
     free(r->name);
     free(r->host);
     free(r->path_prefix);
+    free(r->public_url);
     for (size_t i = 0; i < r->upstream.nservers; i++) {
         free(r->upstream.servers[i].url);
     }

@@ -36,6 +36,7 @@ struct listener_conf {
     enum tls_client_cert client_cert;
     bool trust_request_id;      /* keep an incoming X-Request-Id */
     bool trust_forwarded;       /* append to an incoming X-Forwarded-For instead of replacing */
+    char *public_url;           /* "https://app.example.com[:port]" browsers use, or NULL */
     int line, col;      /* where it was configured (for messages) */
 };
 
@@ -80,6 +81,7 @@ struct route_conf {
     bool allow_underscores;      /* headers.allow_underscores: pass names with '_' */
     bool allow_override_headers; /* headers.allow_override_headers: X-Original-URL & co. */
     char *policy_file;   /* resolved path or NULL */
+    char *public_url;    /* origin for sign-in redirects (wins over the listener's), or NULL */
     char **idps;         /* identity provider ids this route accepts (NULL = all) */
     size_t nidps;
     int line, col;

@@ -145,6 +145,7 @@ static void dump_listen(FILE *f, const struct config *c)
         } else {
             kv_raw(f, 2, false, "tls", "null");
         }
+        kv_str(f, 2, false, "public_url", l->public_url);
         kv_bool(f, 2, "trust_request_id", l->trust_request_id);
         kv_bool(f, 2, "trust_forwarded", l->trust_forwarded);
     }
@@ -258,7 +259,17 @@ static void dump_identity(FILE *f, const struct config *c, const struct gate_set
         kv_bool(f, 2, "groups_from_userinfo", p->groups_from_userinfo);
         kv_dur(f, 2, "clock_skew", (uint64_t)p->clock_skew_s * 1000);
         kv_str(f, 2, false, "redirect_host", p->redirect_host);
-        kv_str(f, 2, false, "post_logout_redirect_uri", p->post_logout_redirect_uri);
+        key(f, 2, false, "post_logout_redirect_uri");
+        fputs(" [", f);
+        for (size_t k = 0; k < p->npost_logout_redirect_uris; k++) {
+            fputs(k ? ", " : "", f);
+            quoted(f, p->post_logout_redirect_uris[k]);
+        }
+        fputs("]\n", f);
+        kv_str(f, 2, false, "display_name", p->display_name);
+        kv_bool(f, 2, "accept_id_tokens", p->accept_id_tokens);
+        kv_bool(f, 2, "require_verified_email", p->require_verified_email);
+        kv_bool(f, 2, "bare_user_ids", p->bare_user_ids);
         key(f, 2, false, "audiences");
         fputs(" [", f);
         for (size_t k = 0; k < p->naudiences; k++) {
@@ -325,6 +336,7 @@ static void dump_routes(FILE *f, const struct config *c)
         }
         kv_str(f, 3, false, "host", r->host ? host : NULL);
         kv_str(f, 3, false, "path_prefix", r->path_prefix ? r->path_prefix : "/");
+        kv_bool(f, 3, "path_case_insensitive", r->path_case_insensitive);
         fputs("    upstream:\n", f);
         fputs("      servers:\n", f);
         for (size_t k = 0; k < u->nservers; k++) {
@@ -348,6 +360,11 @@ static void dump_routes(FILE *f, const struct config *c)
         }
         kv_raw(f, 3, false, "retries", "%u", u->retries);
         kv_bool(f, 2, "websocket", r->websocket);
+        kv_raw(f, 2, false, "encoded_slashes", "%s", r->encoded_slashes_pass ? "pass" : "reject");
+        fputs("    headers:\n", f);
+        kv_bool(f, 3, "allow_underscores", r->allow_underscores);
+        kv_bool(f, 3, "allow_override_headers", r->allow_override_headers);
+        kv_str(f, 2, false, "public_url", r->public_url);
         /* The policy that decides, as policy_conf_load resolves it. */
         fputs("    policy:\n", f);
         if (r->public_) {

@@ -25,6 +25,7 @@
 #include "fetch.h"
 #include "io.h"
 #include "policy/policy.h"
+#include "route.h"
 
 /* An identity with more groups or claim values than this is refused (fail
  * closed) rather than evaluated on a truncated list. */
@@ -1256,10 +1257,17 @@ static enum access_step denied(struct gate_req *q)
              q->id.user ? q->id.user : "anonymous", r->route->name,
              q->res.rule ? q->res.rule : "default-deny");
     if (wants_html(r)) {
+        /* "Sign in as someone else" comes back here, to this very URL. */
+        const char *here = r->query.len ? arena_printf(r->arena, "%.*s?%.*s", (int)r->path.len,
+                                                       r->path.p, (int)r->query.len, r->query.p)
+                                        : arena_strndup(r->arena, r->path.p, r->path.len);
         struct page_var v[] = { { "reason", shown },
                                 { "user", q->id.email ? q->id.email : q->id.user },
-                                { "request_id", r->id } };
-        return page(q, 403, PAGE_DENIED, v, 3, "Cache-Control: no-store\r\n");
+                                { "request_id", r->id },
+                                { "switch_user_url",
+                                  authn_switch_user_url(r->arena, here ? str_from(here)
+                                                                       : STR("/")) } };
+        return page(q, 403, PAGE_DENIED, v, 4, "Cache-Control: no-store\r\n");
     }
     json_t *o = json_pack("{s:s, s:s, s:s, s:s?}", "error", "forbidden", "reason", shown,
                           "request_id", r->id, "user", q->id.user);
@@ -1339,6 +1347,91 @@ static enum access_step decide(struct gate_req *q)
 
 /* ---- identity: the adapter to authn ------------------------------------------------ */
 
+static const struct listener_conf *listener_of(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c && c->ls && !c->ls->admin && r->cfg && c->ls->index < r->cfg->nlisteners
+               ? &r->cfg->listeners[c->ls->index]
+               : NULL;
+}
+
+/* Host names as routes spell them: letters, digits, '-', '.', or an IPv6
+ * literal in brackets; anything else is not a host we build URLs from. */
+static bool plain_host(struct str h)
+{
+    if (h.len == 0 || h.len > 253) {
+        return false;
+    }
+    bool v6 = h.p[0] == '[';
+    for (size_t i = 0; i < h.len; i++) {
+        unsigned char ch = (unsigned char)h.p[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
+                  (v6 && (ch == ':' || ch == '[' || ch == ']'));
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Does some route name this host (exactly, or by its wildcard)? */
+static bool host_named(const struct config *cfg, struct str host)
+{
+    for (size_t i = 0; cfg && i < cfg->nroutes; i++) {
+        const struct route_conf *rc = &cfg->routes[i];
+        if (!rc->host) {
+            continue;
+        }
+        size_t n = strlen(rc->host);
+        if (rc->host_wildcard ? host.len > n &&
+                                    str_ieq((struct str){ host.p + host.len - n, n },
+                                            (struct str){ rc->host, n })
+                              : str_ieq_cstr(host, rc->host)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The origin browsers use for this request's route, from configuration (see
+ * authn_req.public_origin); NULL when no route names the Host. */
+static const char *public_origin(const struct request *r)
+{
+    const struct route_conf *rc = r->route;
+    const struct listener_conf *lc = listener_of(r);
+    struct str host = route_host_strip(r->host);
+    bool tls = is_tls(r);
+
+    if (rc && rc->public_url) {
+        return rc->public_url;
+    }
+    if (rc && rc->host && !rc->host_wildcard) {
+        host = str_from(rc->host);
+    } else if (rc && rc->host_wildcard) {
+        /* The Host matched the route's wildcard: it is named by it. */
+    } else if (lc && lc->public_url) {
+        return lc->public_url;
+    } else if (!host_named(r->cfg, host)) {
+        return NULL;
+    }
+    if (!plain_host(host)) {
+        return NULL;
+    }
+    uint16_t port = lc ? lc->port : 0;
+    char *o = (port == 0 || port == (tls ? 443 : 80))
+                  ? arena_printf(r->arena, "%s://%.*s", tls ? "https" : "http", (int)host.len,
+                                 host.p)
+                  : arena_printf(r->arena, "%s://%.*s:%u", tls ? "https" : "http",
+                                 (int)host.len, host.p, (unsigned)port);
+    for (char *p = o ? o + (tls ? 8 : 7) : NULL; p && *p && *p != ':'; p++) {
+        if (*p >= 'A' && *p <= 'Z') {
+            *p = (char)(*p - 'A' + 'a');
+        }
+    }
+    return o;
+}
+
 static void authn_req_fill(struct gate_req *q)
 {
     struct request *r = q->r;
@@ -1359,7 +1452,14 @@ static void authn_req_fill(struct gate_req *q)
     a->authorization = request_header(r, STR("authorization"), NULL);
     a->accept = request_header(r, STR("accept"), NULL);
     a->x_requested_with = request_header(r, STR("x-requested-with"), NULL);
+    a->sec_fetch_site = request_header(r, STR("sec-fetch-site"), NULL);
+    a->origin = request_header(r, STR("origin"), NULL);
     a->tls = is_tls(r);
+    if (q->reserved) {
+        a->request_origin = arena_printf(r->arena, "%s://%.*s", a->tls ? "https" : "http",
+                                         (int)r->host.len, r->host.p);
+        a->public_origin = public_origin(r);
+    }
     /* The route's policy decides who must sign in (rules may allow anonymous
      * callers), so authn never refuses an anonymous caller here. */
     a->route_public = true;
@@ -1574,7 +1674,8 @@ static enum access_step gate_reserved(struct request *r)
         request_error(r, 431, "request too large");
         return ACCESS_RESPOND;
     }
-    if (str_eq_cstr(r->path, "/.gatehouse/oidc/backchannel-logout") &&
+    if ((str_eq_cstr(r->path, "/.gatehouse/oidc/backchannel-logout") ||
+         str_eq_cstr(r->path, "/.gatehouse/logout")) &&
         str_eq_cstr(r->method, "POST")) {
         q->pending = true;
         return request_read_body(r, BCL_BODY_MAX, backchannel_body, q);

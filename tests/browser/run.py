@@ -25,7 +25,7 @@ def main():
     backend = Backend("app")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    idp = IdP([client_for(base, post_logout_redirect_uris=[base + "/.gatehouse/logout"])])
+    idp = IdP([client_for(base)])
     gh = None
     try:
         cfg = basic_config(
@@ -33,7 +33,7 @@ def main():
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
             identity_providers=[idp_conf(idp,
-                                         post_logout_redirect_uri=base + "/.gatehouse/logout")],
+                                         post_logout_redirect_uri=base + "/.gatehouse/signed-out")],
         )
         gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
         env = dict(os.environ, GH_BROWSER_USER="alice", GH_BROWSER_PASSWORD=PASSWORDS["alice"])

@@ -95,12 +95,20 @@ try {
   await page.screenshot({ path: shot, fullPage: true });
   check('screenshot saved', fs.statSync(shot).size > 2000, shot);
 
-  // 5. Logout: through the IdP's confirmation, back to the signed-out page.
+  // 5. Logout: Gatehouse asks first (a GET ends nothing), its button posts
+  // the sign-out, then the IdP's confirmation, back to the signed-out page.
   await page.goto(`${base}/.gatehouse/logout`);
+  check('sign-out asks for confirmation',
+    (await page.locator('form[action="/.gatehouse/logout"] #confirm-sign-out').count()) === 1);
+  await Promise.all([page.waitForURL((u) => !u.href.startsWith(base)),
+    page.click('#confirm-sign-out')]);
   const confirm = page.locator('button[name=logout][value=yes]');
   if (await confirm.count()) {
-    await Promise.all([page.waitForURL((u) => u.href.startsWith(base)), confirm.click()]);
+    await Promise.all([
+      page.waitForURL((u) => u.href === `${base}/.gatehouse/signed-out`),
+      confirm.click()]);
   }
+  check('signed-out page shown', (await page.content()).includes('You are signed out'), page.url());
   const after = await browser.cookies(base);
   check('session cookie gone after logout', !after.some((c) => c.name === 'gatehouse_session'));
   await page.goto(`${base}/dashboard`);

@@ -52,7 +52,7 @@ function loadClients() {
       client_id: 'gatehouse',
       client_secret: 'gatehouse-demo-secret',
       redirect_uris: ['http://127.0.0.1:8080/.gatehouse/oidc/callback'],
-      post_logout_redirect_uris: ['http://127.0.0.1:8080/.gatehouse/logout'],
+      post_logout_redirect_uris: ['http://127.0.0.1:8080/.gatehouse/signed-out'],
     });
   }
   const parsed = JSON.parse(text);

@@ -811,6 +811,8 @@ class Gatehouse:
             self.wait_ready(check_admin)
 
     def write_config(self, config):
+        if isinstance(config, dict):
+            config = with_public_urls(config)
         text = config if isinstance(config, str) else to_yaml(config)
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -913,6 +915,26 @@ class Gatehouse:
         shutil.rmtree(self.dir, ignore_errors=True)
         if code != 0 or "Sanitizer" in err or "runtime error:" in err:
             raise AssertionError(f"gatehouse exited with {code}:\n" + err[-4000:])
+
+
+def with_public_urls(config):
+    """Sign-in builds its redirect URIs from configuration, never from the Host
+    header: a test config with identity providers gets each listener's own
+    address as its public_url unless the listener names one. A listener with
+    "public_url": None keeps none (tests of the refusal)."""
+    if not config.get("identity_providers") or not isinstance(config.get("listen"), list):
+        return config
+    out = dict(config)
+    out["listen"] = []
+    for ls in config["listen"]:
+        if isinstance(ls, dict) and "address" in ls:
+            ls = dict(ls)
+            if "public_url" not in ls:
+                ls["public_url"] = ("https://" if ls.get("tls") else "http://") + ls["address"]
+            elif ls["public_url"] is None:
+                del ls["public_url"]
+        out["listen"].append(ls)
+    return out
 
 
 def basic_config(routes, listen=None, **extra):

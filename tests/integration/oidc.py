@@ -77,7 +77,10 @@ def client_for(gh_base, **extra):
     c = {
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
-        "redirect_uris": [f"{gh_base}/.gatehouse/oidc/callback"],
+        # The plain path serves a single provider; with several, each has its
+        # own (this IdP is "corp" in the tests).
+        "redirect_uris": [f"{gh_base}/.gatehouse/oidc/callback",
+                          f"{gh_base}/.gatehouse/oidc/callback/corp"],
         "post_logout_redirect_uris": [f"{gh_base}/.gatehouse/signed-out"],
         "backchannel_logout_uri": f"{gh_base}/.gatehouse/oidc/backchannel-logout",
     }

@@ -91,6 +91,10 @@ class RogueOP:
         self.refresh_tokens = set()
         self.jwks_fetches = 0
         self.sid = None           # sid claim of the ID tokens (back-channel logout tests)
+        # IdP mix-up: a function of the authorization request's parameters that
+        # returns a URL (another provider's authorization endpoint) to bounce
+        # the browser to instead of answering; None answers as usual.
+        self.bounce = None
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
         self.token_requests = []
         self.lock = threading.Lock()
@@ -129,6 +133,8 @@ class RogueOP:
                 return self._send(404, {"error": "not_found"})
 
             def _authorize(self, q):
+                if op.bounce is not None:
+                    return self._send(302, b"", "text/plain", [("Location", op.bounce(q))])
                 if q.get("client_id") != op.client_id or q.get("response_type") != "code" \
                         or q.get("code_challenge_method") != "S256" or "redirect_uri" not in q:
                     return self._send(400, {"error": "invalid_request"})

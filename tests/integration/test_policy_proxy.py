@@ -11,9 +11,10 @@ import json
 import os
 import re
 import unittest
+import urllib.parse
 
 from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl, wait_until
-from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
+from oidc import CLIENT_SECRET, PASSWORDS, IdP, Browser, client_for, idp_conf
 from oidc import API_RESOURCE
 from test_bearer import API_REDIRECT, real_access_token
 
@@ -298,7 +299,9 @@ class PolicyThroughProxy(unittest.TestCase):
         body = r.body.decode()
         self.assertIn("Only admins may open the admin area.", body)
         self.assertIn("bob@example.com", body)
-        self.assertIn('href="/.gatehouse/logout">Sign in as someone else</a>', body)
+        self.assertIn('href="/.gatehouse/login?prompt=select_account&amp;rd=%2Fadmin%2Fx">'
+                      'Sign in as someone else</a>', body)
+        self.assertIn('href="/.gatehouse/logout">Sign out</a>', body)
         rid = r.header("X-Request-Id")
         self.assertTrue(rid, r)
         self.assertIn(rid, body)
@@ -306,34 +309,36 @@ class PolicyThroughProxy(unittest.TestCase):
         self.assertEqual(rec["rule"], "admin-area-admins-only")
         self.assertEqual(r.header("Cache-Control"), "no-store")
 
-    def test_sign_in_as_someone_else_link_ends_the_session(self):
+    def test_sign_in_as_someone_else_comes_back_to_the_denied_page(self):
         b = Browser()
         r = b.login(self.base, "/admin/other", user="bob")
         self.assertEqual(r.status, 403, r)
         link = re.search(rb'href="([^"]+)">Sign in as someone else<', r.body).group(1).decode()
-        # Gatehouse ends its session and sends the browser to the IdP's sign-out
-        # confirmation.
-        r, url, _ = b.follow(self.base + link)
+        link = link.replace("&amp;", "&")
+        # A sign-in that asks the IdP who signs in (this IdP has no account
+        # picker: prompt=login), however signed in bob is there.
+        r = b.request(self.base + link)
+        self.assertEqual(r.status, 302, r)
+        auth = urllib.parse.parse_qs(urllib.parse.urlsplit(r.header("Location")).query)
+        self.assertEqual(auth["prompt"], ["login"])
+        r, url, _ = b.follow(r.header("Location"))
+        self.assertIn(b'name="password"', r.body)
+        action = urllib.parse.urljoin(url, re.search(rb'action="([^"]+)"', r.body)
+                                      .group(1).decode())
+        r, url, _ = b.follow(action, "POST", {"login": "alice",
+                                              "password": PASSWORDS["alice"]})
+        if b"Submitting Callback" in r.body:
+            # The IdP ends bob's session there with a self-submitting form.
+            action = re.search(rb'action="([^"]+)"', r.body).group(1).decode()
+            fields = {k.decode(): v.decode() for k, v in
+                      re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body)}
+            r, url, _ = b.follow(urllib.parse.urljoin(url, action.replace("&amp;", "&")),
+                                 "POST", fields)
+        # One sign-in later: back on the page that was denied, as alice.
+        self.assertEqual(url, self.base + "/admin/other")
         self.assertEqual(r.status, 200, r)
-        self.assertNotEqual(url.split("/")[2], self.base.split("/")[2], url)
-        r2 = b.request(self.base + "/admin/other")
-        self.assertEqual(r2.status, 302, r2)
-        self.assertTrue(r2.header("Location").startswith("/.gatehouse/login?rd="), r2)
-        # The user confirms at the IdP, lands on Gatehouse's signed-out page, and
-        # can then sign in with another account.
-        form = re.search(rb'<form[^>]*action="([^"]+)"', r.body).group(1).decode()
-        fields = dict(re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body))
-        fields = {k.decode(): v.decode() for k, v in fields.items()}
-        fields["logout"] = "yes"
-        r, url, _ = b.follow(form, "POST", fields)
-        self.assertTrue(url.startswith(self.base + "/.gatehouse/signed-out"), url)
-        # The IdP's back-channel logout for that session ends nothing more: bob's
-        # other browser (another IdP session) is still signed in.
-        self.assertTrue(wait_until(lambda: "back-channel logout from corp ended 0 session(s)"
-                                   in self.gh.stderr(), timeout=5), self.gh.stderr()[-2000:])
+        # bob's other browser is still signed in.
         self.assertEqual(self.api(self.bob, "/reports/still-in").status, 200)
-        r = b.login(self.base, "/admin/other", user="alice")
-        self.assertEqual(r.status, 200, r)
 
     def test_denied_json_for_api_callers(self):
         for headers in ({"Accept": "application/json"},

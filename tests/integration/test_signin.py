@@ -99,9 +99,9 @@ class Stack:
         self.backend = Backend("app")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        client = client_for(self.base, post_logout_redirect_uris=[self.base + "/.gatehouse/logout"])
+        client = client_for(self.base)
         self.idp = IdP([client], env=idp_env)
-        self.idp_extra = dict(post_logout_redirect_uri=self.base + "/.gatehouse/logout",
+        self.idp_extra = dict(post_logout_redirect_uri=self.base + "/.gatehouse/signed-out",
                               **(idp_extra or {}))
         self.session = session
         self.gh_extra = gh_extra or {}
@@ -149,14 +149,13 @@ class SignInTest(unittest.TestCase):
         cls.backend = Backend("app")
         port = free_port()
         cls.base = f"http://127.0.0.1:{port}"
-        cls.idp = IdP([client_for(cls.base,
-                                  post_logout_redirect_uris=[cls.base + "/.gatehouse/logout"])])
+        cls.idp = IdP([client_for(cls.base)])
         cfg = basic_config(
             [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=[{"address": f"127.0.0.1:{port}"}],
             state={"sqlite": "var/gatehouse.db"},
             identity_providers=[idp_conf(
-                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/logout")],
+                cls.idp, post_logout_redirect_uri=cls.base + "/.gatehouse/signed-out")],
             decision_log={"file": "var/decisions.jsonl"},
         )
         cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
@@ -301,12 +300,16 @@ class SignInTest(unittest.TestCase):
         jar = b.jar(urllib.parse.urlsplit(self.base).netloc)
         old = jar["gatehouse_session"]
         r = b.request(self.base + "/.gatehouse/logout")
-        self.assertEqual(r.status, 302, r)
+        self.assertEqual(r.status, 200, r)  # the confirmation page
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', r.body).group(1).decode()
+        r = b.request(self.base + "/.gatehouse/logout", "POST", {"csrf_token": token},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": self.base})
+        self.assertEqual(r.status, 303, r)
         loc = r.header("Location")
         self.assertTrue(loc.startswith(self.idp.issuer + "/session/end?"), loc)
         q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query))
         self.assertIn("id_token_hint", q)
-        self.assertEqual(q["post_logout_redirect_uri"], self.base + "/.gatehouse/logout")
+        self.assertEqual(q["post_logout_redirect_uri"], self.base + "/.gatehouse/signed-out")
         self.assertNotIn("gatehouse_session", jar)  # cleared in the browser
         # The old cookie no longer works: the session ended server-side.
         jar["gatehouse_session"] = old
@@ -320,8 +323,9 @@ class SignInTest(unittest.TestCase):
         body = {k.decode(): v.decode() for k, v in form.items()}
         body["logout"] = "yes"
         r, final, _ = b.follow(urllib.parse.urljoin(loc, action), "POST", body)
-        self.assertTrue(final.startswith(self.base + "/.gatehouse/logout"), final)
+        self.assertTrue(final.startswith(self.base + "/.gatehouse/signed-out"), final)
         self.assertEqual(r.status, 200)
+        self.assertIn(b"You are signed out", r.body)
         # Signed out at the IdP too: signing in asks for the password again.
         r, url, _ = b.follow(self.base + "/again")
         self.assertIn(b"<form", r.body)

@@ -18,6 +18,8 @@ from rogue_op import RogueOP
 from two_idp import TwoProviderCase
 
 CALLBACK = "/.gatehouse/oidc/callback"
+# Several providers: each answers at its own redirect URI.
+CORP_CALLBACK = CALLBACK + "/corp"
 
 
 def q(s):
@@ -113,7 +115,7 @@ class StateAndCookieAttacks(AttackBase):
         cb = self.to_callback(b)
         u = urllib.parse.urlsplit(cb)
         qs = [(k, v) for k, v in urllib.parse.parse_qsl(u.query) if k != "state"]
-        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+        self.callback_refused(b, self.base + CORP_CALLBACK + "?" + urllib.parse.urlencode(qs),
                               "callback has no state")
 
     def test_mismatched_state(self):
@@ -122,7 +124,7 @@ class StateAndCookieAttacks(AttackBase):
         u = urllib.parse.urlsplit(cb)
         qs = [(k, ("x" + v[1:]) if k == "state" else v)
               for k, v in urllib.parse.parse_qsl(u.query)]
-        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+        self.callback_refused(b, self.base + CORP_CALLBACK + "?" + urllib.parse.urlencode(qs),
                               "callback state does not match the login cookie")
 
     def test_repeated_callback_parameters(self):
@@ -179,7 +181,7 @@ class StateAndCookieAttacks(AttackBase):
         state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(auth).query))["state"]
         iss = self.idp.issuer
         self.callback_refused(
-            b2, f"{self.base}{CALLBACK}?code={q(code)}&state={q(state)}&iss={q(iss)}",
+            b2, f"{self.base}{CORP_CALLBACK}?code={q(code)}&state={q(state)}&iss={q(iss)}",
             "token endpoint refused", "invalid_grant")
 
     def test_tampered_login_cookie(self):
@@ -257,7 +259,7 @@ class StateAndCookieAttacks(AttackBase):
         qs = [(k, "https://evil.example" if k == "iss" else v)
               for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(cb).query)]
         self.assertIn("iss", dict(qs))
-        self.callback_refused(b, self.base + CALLBACK + "?" + urllib.parse.urlencode(qs),
+        self.callback_refused(b, self.base + CORP_CALLBACK + "?" + urllib.parse.urlencode(qs),
                               "is not the configured issuer")
 
     def test_idp_error_at_callback(self):
@@ -266,7 +268,7 @@ class StateAndCookieAttacks(AttackBase):
         auth = self.start(b, "corp")
         state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(auth).query))["state"]
         self.callback_refused(
-            b, f"{self.base}{CALLBACK}?error=access_denied&error_description=user+said+no"
+            b, f"{self.base}{CORP_CALLBACK}?error=access_denied&error_description=user+said+no"
                f"&state={q(state)}&iss={q(self.idp.issuer)}", "access_denied")
 
     def test_unsafe_return_url_logged(self):

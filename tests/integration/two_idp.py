@@ -28,7 +28,12 @@ class TwoProviderCase(unittest.TestCase):
 
     @classmethod
     def extra_config(cls):
-        """Top-level config keys beyond listen, state, identity_providers."""
+        """Top-level config keys beyond listen, state and identity_providers."""
+        return {}
+
+    @classmethod
+    def files(cls):
+        """Files for Gatehouse's directory beyond the client secret."""
         return {}
 
     @classmethod
@@ -59,7 +64,8 @@ class TwoProviderCase(unittest.TestCase):
                                                rogue_conf],
                            **cls.extra_config())
         try:
-            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET, **cls.extra_files()})
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET, **cls.extra_files(),
+                                           **cls.files()})
         except Exception:
             cls.idp.stop()
             cls.rogue.stop()

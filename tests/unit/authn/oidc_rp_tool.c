@@ -128,7 +128,7 @@ int main(int argc, char **argv)
             err_set(&err, ERR_PARSE, "unsafe return path");
             return fail(&err);
         }
-        if (oidc_login_start(p, m, argv[5], str_from(argv[6]), key, now, &l, &err) != 0) {
+        if (oidc_login_start(p, m, argv[5], str_from(argv[6]), NULL, key, now, &l, &err) != 0) {
             return fail(&err);
         }
         emit(json_pack("{s:b, s:s, s:s}", "ok", 1, "auth_url", l.auth_url, "cookie",

@@ -122,6 +122,8 @@ static void rq_init(struct rq *q, const char *method, const char *path, const ch
     memset(q, 0, sizeof *q);
     q->r.method = str_from(method);
     q->r.host = STR("wiki.example.com");
+    q->r.request_origin = "http://wiki.example.com";
+    q->r.public_origin = "http://wiki.example.com";
     q->r.path = str_from(path);
     q->r.query = str_from(query);
     if (cookie != NULL) {
@@ -197,7 +199,7 @@ static char *sign_in(const char *sid, int expires_in)
     const char *loc = header(&o, "Location", 0);
     assert_true(strncmp(loc, "https://idp.example/auth?response_type=code", 43) == 0);
     assert_non_null(strstr(loc, "redirect_uri=http%3A%2F%2Fwiki.example.com%2F.gatehouse%2Foidc"
-                                "%2Fcallback"));
+                                "%2Fcallback%2Fcorp"));
     const char *sc = header(&o, "Set-Cookie", 0);
     assert_true(strncmp(sc, "gatehouse_login=", 16) == 0);
     assert_non_null(strstr(sc, "; Max-Age=600; HttpOnly; SameSite=Lax"));
@@ -206,7 +208,7 @@ static char *sign_in(const char *sid, int expires_in)
     char *nonce = param(loc, "nonce");
 
     char *query = xasprintf("code=CODE1&state=%s&iss=https%%3A%%2F%%2Fidp.example", state);
-    rq_init(&q, "GET", "/.gatehouse/oidc/callback", query, login_cookie, NULL);
+    rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", query, login_cookie, NULL);
     st = authn_check(an, &q.r, a, &o);
     assert_int_equal(st, AUTHN_NEED_FETCH);
     assert_string_equal(o.fetch.method, "POST");
@@ -235,7 +237,7 @@ static char *sign_in(const char *sid, int expires_in)
                 0);
 
     /* The same callback again: the state was consumed. */
-    rq_init(&q, "GET", "/.gatehouse/oidc/callback", query, login_cookie, NULL);
+    rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", query, login_cookie, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 400);
     assert_string_equal(o.reason, "sign-in refused: login state was already used (replayed "
@@ -382,13 +384,13 @@ static void test_callback_attacks(void **state)
     rq_init(&q, "GET", "/.gatehouse/login", "", NULL, NULL);
     authn_check(an, &q.r, a, &o);
     char *login_cookie = cookie_pair(header(&o, "Set-Cookie", 0));
-    rq_init(&q, "GET", "/.gatehouse/oidc/callback", "code=C&state=forged", login_cookie, NULL);
+    rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", "code=C&state=forged", login_cookie, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 400);
     assert_string_equal(o.reason, "sign-in refused: callback state does not match the login "
                                   "cookie");
     assert_non_null(strstr(o.resp.body, "req-1")); /* the page names the request id only */
-    rq_init(&q, "GET", "/.gatehouse/oidc/callback", "code=C&state=x", NULL, NULL);
+    rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", "code=C&state=x", NULL, NULL);
     authn_check(an, &q.r, a, &o);
     assert_string_equal(o.reason, "sign-in refused: no login cookie: state cannot be checked");
     assert_int_equal(o.event, AUTHN_EV_LOGIN_FAILED);
@@ -400,7 +402,7 @@ static void test_callback_attacks(void **state)
     char *state_v = param(header(&o, "Location", 0), "state");
     char *lc = cookie_pair(header(&o, "Set-Cookie", 0));
     char *qs = xasprintf("code=C&state=%s", state_v);
-    rq_init(&q, "GET", "/.gatehouse/oidc/callback", qs, lc, NULL);
+    rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", qs, lc, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_NEED_FETCH);
     assert_int_equal(authn_resume(an, &q.r, a, &o, 0, STR_NULL), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 502);
@@ -537,10 +539,33 @@ static void test_backchannel_logout_and_logout(void **state)
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);       /* other session kept */
 
-    /* RP-initiated logout: cookie cleared, IdP told, with the id_token hint. */
+    /* GET asks first: a confirmation page with the session's token, nothing ends. */
     rq_init(&q, "GET", "/.gatehouse/logout", "", gh2, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 302);
+    assert_int_equal(o.resp.status, 200);
+    assert_int_equal(o.event, AUTHN_EV_NONE);
+    const char *tv = strstr(o.resp.body, "name=\"csrf_token\" value=\"");
+    assert_non_null(tv);
+    tv += 25;
+    char *form = xasprintf("csrf_token=%.*s", (int)strcspn(tv, "\""), tv);
+    /* A POST from another site, or without the token, is refused. */
+    rq_init(&q, "POST", "/.gatehouse/logout", "", gh2, NULL);
+    q.r.body = str_from(form);
+    q.r.sec_fetch_site = STR("cross-site");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 403);
+    rq_init(&q, "POST", "/.gatehouse/logout", "", gh2, NULL);
+    q.r.body = STR("csrf_token=forged");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.status, 403);
+    /* RP-initiated logout: cookie cleared, IdP told, with the id_token hint. */
+    rq_init(&q, "POST", "/.gatehouse/logout", "", gh2, NULL);
+    q.r.body = str_from(form);
+    q.r.sec_fetch_site = STR("same-origin");
+    q.r.origin = STR("http://wiki.example.com");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    free(form);
+    assert_int_equal(o.resp.status, 303);
     const char *loc = header(&o, "Location", 0);
     assert_true(strncmp(loc, "https://idp.example/session/end?id_token_hint=", 46) == 0);
     /* No post_logout_redirect_uri configured: none sent (an unregistered one is refused). */

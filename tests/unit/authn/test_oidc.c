@@ -159,7 +159,7 @@ static void start(struct login *lg)
 {
     struct err err = { 0 };
     assert_int_equal(oidc_login_start(prov, meta, "https://app.example/.gatehouse/oidc/callback",
-                                      STR("/wiki?page=1"), cookie_key, NOW, &lg->l, &err),
+                                      STR("/wiki?page=1"), NULL, cookie_key, NOW, &lg->l, &err),
                      0);
     assert_int_equal(oidc_login_cookie_open(cookie_key, str_from(lg->l.cookie_value), NOW + 5,
                                             &lg->pd, &err),
@@ -253,6 +253,14 @@ static void test_callback_attacks_are_refused(void **state)
     assert_int_equal(callback(&lg, q, rp, &h, &err), ERR_CRYPTO);
     assert_string_equal(err.msg, "callback iss \"https://evil.example\" is not the configured "
                                  "issuer");
+    free(q);
+    /* RFC 9207 §2.4: a provider that advertises iss must send it. */
+    q = xasprintf("code=abc&state=%s", lg.state);
+    meta->iss_parameter_supported = true;
+    assert_int_equal(callback(&lg, q, rp, &h, &err), ERR_CRYPTO);
+    assert_string_equal(err.msg, "callback has no iss although identity provider \"corp\" "
+                                 "advertises it (RFC 9207)");
+    meta->iss_parameter_supported = false;
     free(q);
 
     /* The good one, then its replay. */

@@ -53,7 +53,7 @@ static void test_chooser_lists_providers_with_safe_links(void **state)
     struct pages *p = load_real();
     struct arena *a = arena_new(0);
     struct page_provider pv[] = { { "corp", "Example Corp" }, { "part\"ners", NULL } };
-    char *list = pages_provider_list(a, pv, 2, STR("/wiki?a=1&b=<2>"));
+    char *list = pages_provider_list(a, pv, 2, STR("/wiki?a=1&b=<2>"), NULL);
     assert_non_null(strstr(list, "href=\"/.gatehouse/login?idp=corp&amp;rd=%2Fwiki%3Fa%3D1%26b%3D"
                                  "%3C2%3E\">Sign in with Example Corp</a>"));
     assert_non_null(strstr(list, "idp=part%22ners"));
