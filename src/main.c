@@ -21,6 +21,11 @@ static const char usage[] =
     "  --version                     print the version\n"
     "  --help                        print this help\n";
 
+static int cmd_sessions(int argc, char **argv)
+{
+    return authn_cmd_sessions(argc, argv, policy_admin_log);
+}
+
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -30,7 +35,7 @@ static const struct command commands[] = {
     { "serve", proxy_cmd_serve },
     { "check", proxy_cmd_check },
     { "policy", policy_cmd },
-    { "sessions", authn_cmd_sessions },
+    { "sessions", cmd_sessions },
     { "audit", audit_cmd },
 };
 

@@ -1,6 +1,8 @@
 /* authn/session_cli.c - `gatehouse sessions list|revoke`: reads only the
  * state.sqlite path from the configuration and works on the database
- * directly; the serving process picks revocations up within a second. */
+ * directly; the serving process picks revocations up within a second. A
+ * revocation is an administrative act: it is recorded in the decision log
+ * (through log_admin) with who ran it, from where, and what it ended. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +13,8 @@
 static const char sessions_usage[] =
     "usage: gatehouse sessions list   -c gatehouse.yaml [--user U] [--json]\n"
     "       gatehouse sessions revoke -c gatehouse.yaml (--user U | --id ID)\n"
-    "  --user U   user key (issuer#subject) or email\n"
+    "  --user U   user id (bare \"alice\" or IdP-qualified \"corp:alice\"), email (any case)\n"
+    "             or stored key (issuer#subject)\n"
     "  --id ID    session id as printed by list (at least 8 hex characters)\n";
 
 /* The database path: state.sqlite, resolved against the config file. */
@@ -40,7 +43,7 @@ static char *db_path_from_config(const char *conf_file)
     return path;
 }
 
-int authn_cmd_sessions(int argc, char **argv)
+int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
 {
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' }, { "user", required_argument, NULL, 'u' },
@@ -97,6 +100,30 @@ int authn_cmd_sessions(int argc, char **argv)
         rc = session_admin_revoke(db, user, id, &n, &err);
         if (rc == 0) {
             printf("revoked %zu session(s)\n", n);
+        }
+        /* Also when nothing matched: the attempt is an administrative act too. */
+        if (rc == 0 && log_admin != NULL) {
+            char target[320], reason[64], note[512];
+            snprintf(target, sizeof target, "%s %.256s", user ? "user" : "session",
+                     user ? user : id);
+            snprintf(reason, sizeof reason, "revoked %zu session(s)", n);
+            struct admin_act act = { .action = "session.revoke", .target = target,
+                                     .reason = reason, .user = user };
+            if (user != NULL && strchr(user, '@') != NULL) {
+                act.user = NULL;
+                act.email = user;
+            }
+            int lr = log_admin(conf, &act, note, sizeof note);
+            if (lr == 0) {
+                printf("%s\n", note);
+            } else if (lr < 0) {
+                /* The revocation stands (it is already committed); say loudly that
+                 * the decision log does not show it. */
+                fprintf(stderr, "gatehouse sessions: the revocation is NOT in the decision "
+                                "log: %s\n", note);
+                rc = ERR_IO;
+                err_set(&err, ERR_IO, "decision log record failed");
+            }
         }
     }
     free(db);

@@ -747,7 +747,14 @@ int policy_cmd_diff(int argc, char **argv)
                 np = rp[i].p;
             }
         }
-        if (!np || !r->decision || strcmp(r->decision, "error") == 0) {
+        /* Only the route policy's own decisions are replayed: not the sign-in flow's
+         * records (a callback's "signed in" is no policy decision) nor admin acts.
+         * Format-1 records have no kind: the sign-in flow's carry rule "sign-in". */
+        bool policy_rec = r->kind ? strcmp(r->kind, "policy") == 0
+                                  : !(r->rule && strcmp(r->rule, "sign-in") == 0);
+        if (!np || !policy_rec || !r->decision ||
+            (strcmp(r->decision, "allow") != 0 && strcmp(r->decision, "deny") != 0 &&
+             strcmp(r->decision, "login") != 0)) {
             dl_row_fini(&row);
             continue;
         }
@@ -772,10 +779,17 @@ int policy_cmd_diff(int argc, char **argv)
                     ch_list = xrealloc(ch_list, (nch + 1) * sizeof *ch_list);
                     ch_list[nch] = (struct change){
                         .route = xstrdup(r->route), .who = xstrdup(who), .gains = now,
-                        .example = xasprintf("%s %s%s: was %s by \"%s\", now %s by \"%s\"",
+                        .example = xasprintf("%s %s%s: was %s by \"%s\"%s%s%s, now %s by "
+                                             "\"%s\"%s",
                                              nz(r->method), r->host ? r->host : "", nz(r->path),
-                                             r->decision, nz(r->rule), now ? "allow" : "deny",
-                                             res.rule) };
+                                             r->decision, nz(r->rule),
+                                             r->shadow ? " (shadow policy; enforced " : "",
+                                             r->shadow ? (r->enforced ? r->enforced : "allow") : "",
+                                             r->shadow ? ")" : "", now ? "allow" : "deny",
+                                             res.rule,
+                                             policy_mode(np) == POLICY_SHADOW
+                                                 ? " (shadow policy: not enforced)"
+                                                 : "") };
                     nch++;
                 }
                 ch_list[k].count++;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "core/ident.h"
 
 /* ---- decisions ---- */
 
@@ -252,6 +253,10 @@ void decision_log_close(struct decision_log *dl);
  * Returns the number deleted or -1. Runs in the writer thread periodically too. */
 long decision_log_retain(const struct decision_log_conf *c, int64_t now_us, struct err *err);
 size_t decision_log_queue_depth(struct decision_log *dl);
+/* admin_log_fn (core/ident.h) for the command line tools: records act with the OS
+ * account, host, terminal and SSH client that ran the command. */
+int policy_admin_log(const char *conf_file, const struct admin_act *act, char *note,
+                     size_t note_size);
 /* Appends an administrative record (rec->kind "admin") to the log of c from a command
  * line tool. The record first goes to the database's pending table, in one transaction;
  * the running server's writer (or, when none runs, this call itself) moves it into the
