@@ -115,7 +115,8 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
             }
             int lr = log_admin(conf, &act, note, sizeof note);
             if (lr == 0) {
-                printf("%s\n", note);
+                /* stdout keeps the one result line scripts read. */
+                fprintf(stderr, "gatehouse sessions: %s\n", note);
             } else if (lr < 0) {
                 /* The revocation stands (it is already committed); say loudly that
                  * the decision log does not show it. */

@@ -353,7 +353,8 @@ class AdminRecords(unittest.TestCase):
         self.assertIn(200, statuses)
         self.assertEqual(outs[0].stdout.splitlines()[0], "revoked 1 session(s)")
         for o in outs:
-            self.assertRegex(o.stdout, r"logged as decision record [1-9]\d* \(admin-[0-9a-f]{16}\)")
+            self.assertEqual(o.stdout.count("\n"), 1, o.stdout)
+            self.assertRegex(o.stderr, r"logged as decision record [1-9]\d* \(admin-[0-9a-f]{16}\)")
         # The revocation took effect (the server polls it).
         self.assertTrue(wait_until(lambda: bob.request(self.base + "/docs/1").status == 401,
                                    timeout=5))
@@ -393,7 +394,7 @@ class AdminRecords(unittest.TestCase):
         try:
             o = run("sessions", "revoke", "-c", self.gh.config_path, "--id", "0123abcd",
                     check=0)
-            self.assertRegex(o.stdout, r"logged as decision record [1-9]\d*")
+            self.assertRegex(o.stderr, r"logged as decision record [1-9]\d*")
             self.verify_ok()
             adm = query(self.gh, "--kind", "admin", "--limit", "1")
             self.assertEqual(adm[0]["admin"]["target"], "session 0123abcd")
