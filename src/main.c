@@ -15,9 +15,11 @@ static const char usage[] =
     "  policy  test DIR|FILE         run policy test files (wiki.test.yaml beside wiki.yaml)\n"
     "  policy  explain -c CFG --route R --input req.json   every rule's result for an input\n"
     "  policy  diff -c CFG --new DIR [--since 7d]   who gains/loses access with new policies\n"
-    "  audit   query -c CFG [--user U] [--route R] [--decision D] [--since 1h] [--json]\n"
+    "  audit   query -c CFG [--user U] [--route R] [--decision D] [--path P] [--ip CIDR]\n"
+    "                [--rule ID] [--idp ID] [--since 1h] [--format text|json|csv]\n"
     "  audit   verify -c CFG         check the decision log's hash chain\n"
-    "  sessions list|revoke -c CFG [--user U | --id ID]   stored sign-in sessions\n"
+    "  sessions list|revoke -c CFG [--user U | --id ID]   stored sign-in sessions (revocations\n"
+    "                                are recorded in the decision log)\n"
     "  --version                     print the version\n"
     "  --help                        print this help\n";
 
