@@ -338,6 +338,23 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
             snprintf(sql, sizeof sql, "ALTER TABLE decisions ADD COLUMN %s TEXT", v2_columns[i]);
             (void)sqlite3_exec(*db, sql, NULL, NULL, NULL); /* fails once it exists */
         }
+    } else {
+        /* A database no writer has opened since format 2: read it through a temporary
+         * view with the new columns as NULL (format-1 records), without writing to it. */
+        sqlite3_stmt *st = NULL;
+        bool old = false;
+        if (sqlite3_prepare_v2(*db, "SELECT count(*) FROM pragma_table_info('decisions') "
+                                    "WHERE name = 'kind'", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            old = sqlite3_column_int(st, 0) == 0;
+        }
+        sqlite3_finalize(st);
+        if (old) {
+            (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                                    "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                                    "admin_from, NULL AS admin_target FROM main.decisions",
+                               NULL, NULL, NULL);
+        }
     }
     return 0;
 }

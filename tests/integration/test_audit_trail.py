@@ -27,7 +27,7 @@ import time
 import unittest
 
 from harness import Backend, Gatehouse, basic_config, free_port, gatehouse_bin, read_jsonl, \
-    wait_until
+    to_yaml, wait_until
 from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
 
 APP_POLICY = ("rules:\n"
@@ -442,3 +442,121 @@ class AdminRecords(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# The schema and record bytes of format 1, as Gatehouse wrote them before kind,
+# enforced and admin existed.
+V1_SCHEMA = (
+    "CREATE TABLE decisions(seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, request_id TEXT,"
+    " route TEXT, decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT,"
+    " claims TEXT, idp TEXT, session TEXT, device_present INTEGER, device_id TEXT,"
+    " device_owner TEXT, device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT,"
+    " path TEXT, shadow INTEGER, opa_called INTEGER, opa_result TEXT, opa_ms INTEGER,"
+    " latency_us INTEGER, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);"
+    "CREATE INDEX decisions_ts ON decisions(ts_us);"
+    "CREATE TABLE decision_log_meta(key TEXT PRIMARY KEY, value TEXT);")
+
+
+def v1_line(seq, ts_us, prev, rid, route, decision, rule, reason, user, groups, path):
+    import datetime
+    import hashlib
+    ts = datetime.datetime.fromtimestamp(ts_us / 1e6, datetime.timezone.utc)
+    rec = [("v", 1), ("seq", seq), ("ts", ts.strftime("%Y-%m-%dT%H:%M:%S.") +
+                                      "%06dZ" % (ts_us % 1000000)),
+           ("request_id", rid), ("route", route), ("decision", decision), ("rule", rule),
+           ("reason", reason), ("user", user), ("email", user and user + "@example.com"),
+           ("groups", groups), ("claims", {}), ("idp", user and "corp"), ("session", None),
+           ("device", {"present": False, "id": None, "owner": None, "trusted": False}),
+           ("client_ip", "127.0.0.1"), ("method", "GET"), ("host", "127.0.0.1"),
+           ("path", path), ("shadow", False),
+           ("opa", {"called": False, "result": None, "ms": 0}), ("latency_us", 5),
+           ("prev_hash", prev)]
+    canon = "{" + ",".join(json.dumps(k) + ":" + json.dumps(v, separators=(",", ":"))
+                           for k, v in rec)
+    h = hashlib.sha256((prev + canon + "}").encode()).hexdigest()
+    return canon + ',"hash":"%s"}' % h, h, dict(rec)
+
+
+class UpgradeFromFormat1(unittest.TestCase):
+    """A log written before format 2: read, verified, replayed and continued."""
+
+    def test_format1_log_is_read_verified_and_continued(self):
+        import sqlite3
+        d = tempfile.mkdtemp(prefix="gh-v1-")
+        self.addCleanup(shutil.rmtree, d, True)
+        db = sqlite3.connect(os.path.join(d, "gh.db"))
+        db.executescript(V1_SCHEMA)
+        prev, lines = "0" * 64, []
+        now = int(time.time() * 1e6) - 60_000_000
+        rows = [("s1", "app", "login", "sign-in", "signed in", "alice", ["eng"],
+                 "/.gatehouse/oidc/callback"),
+                ("r2", "app", "allow", "eng", "Allowed.", "alice", ["eng"], "/doc"),
+                ("r3", "app", "deny", "default-deny", "No rule allows this request.", "bob",
+                 ["sales"], "/doc")]
+        for i, (rid, route, dec, rule, reason, user, groups, path) in enumerate(rows, 1):
+            line, h, rec = v1_line(i, now + i, prev, rid, route, dec, rule, reason, user,
+                                   groups, path)
+            db.execute("INSERT INTO decisions VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                       "?,?,?,?,?,?,?)",
+                       (i, now + i, rid, route, dec, rule, reason, user, rec["email"],
+                        json.dumps(groups, separators=(",", ":")), "{}", rec["idp"], None, 0,
+                        None, None, 0, "127.0.0.1", "GET", "127.0.0.1", path, 0, 0, None, 0, 5,
+                        prev, h))
+            lines.append(line + "\n")
+            prev = h
+        db.commit()
+        db.close()
+        with open(os.path.join(d, "d.jsonl"), "w") as f:
+            f.writelines(lines)
+        with open(os.path.join(d, "app.yaml"), "w") as f:
+            f.write("rules:\n  - id: eng\n    effect: allow\n    when: {groups: eng}\n")
+        cfg = os.path.join(d, "gatehouse.yaml")
+        port = free_port()
+        with open(os.path.join(d, "oidc-secret"), "w") as f:
+            f.write(CLIENT_SECRET)
+        up = {"servers": ["http://127.0.0.1:9"]}
+        with open(cfg, "w") as f:
+            f.write(to_yaml(basic_config(
+                [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
+                  "upstream": up},
+                 {"name": "app", "policy": "app.yaml", "upstream": up}],
+                listen=[{"address": f"127.0.0.1:{port}"}], state={"sqlite": "gh.db"},
+                identity_providers=[idp_conf(_IDP)],
+                decision_log={"file": "d.jsonl", "flush_interval": "20ms"})))
+        # Read-only commands work on it as it is (no writer has added the columns yet).
+        v = run("audit", "verify", "-c", cfg, check=0)
+        self.assertIn("sqlite: 3 records verified", v.stdout)
+        got = [json.loads(l) for l in run("audit", "query", "-c", cfg, "--json",
+                                          check=0).stdout.splitlines()]
+        self.assertEqual(lines, [json.dumps(r, separators=(",", ":")) + "\n" for r in got])
+        self.assertEqual(run("audit", "query", "-c", cfg, "--json", "--kind", "signin",
+                             check=0).stdout.count("\n"), 1)
+        newpol = os.path.join(d, "new")
+        os.mkdir(newpol)
+        shutil.copyfile(os.path.join(d, "app.yaml"), os.path.join(newpol, "app.yaml"))
+        diff = run("policy", "diff", "-c", cfg, "--new", newpol, "--since", "1h", check=0).stdout
+        self.assertIn("replayed 2 decisions: 0 (user, route) pairs gain access, 0 lose access",
+                      diff)
+        # The server continues the chain in format 2; a tool adds an admin record.
+        proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", cfg], cwd=d,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def served():
+                try:
+                    return Browser().request(f"http://127.0.0.1:{port}/pub/x").status >= 500
+                except OSError:
+                    return False
+            self.assertTrue(wait_until(served, timeout=10))
+            r = run("sessions", "revoke", "-c", cfg, "--user", "bob", check=0)
+            self.assertIn("logged as decision record", r.stderr)
+            self.assertTrue(wait_until(lambda: len(read_jsonl(os.path.join(d, "d.jsonl"))) >= 5,
+                                       timeout=10))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        recs = read_jsonl(os.path.join(d, "d.jsonl"))
+        self.assertEqual([r["v"] for r in recs[:3]], [1, 1, 1])
+        self.assertTrue(all(r["v"] == 2 for r in recs[3:]), recs[3:])
+        self.assertEqual(recs[-1]["kind"], "admin")
+        v = run("audit", "verify", "-c", cfg, check=0)
+        self.assertIn("decision log OK", v.stdout)
