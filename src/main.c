@@ -25,8 +25,9 @@ static const char usage[] =
     "  policy  explain (-c FILE --route R | --policy FILE) --input req.json\n"
     "  policy  explain -c FILE --request-id ID   replay a logged decision with today's policy\n"
     "  policy  diff -c FILE --new DIR [--since 7d]   who gains/loses access with new policies\n"
-    "  audit   query -c FILE [--user U] [--route R] [--decision D] [--since 1h|TIME]\n"
-    "                [--until TIME] [--limit N] [--json]\n"
+    "  audit   query -c FILE [--user U] [--route R] [--decision D] [--rule ID] [--idp ID]\n"
+    "                [--path PREFIX] [--ip CIDR] [--kind K] [--since 1h|TIME] [--until TIME]\n"
+    "                [--limit N] [--format text|json|csv] [--json]\n"
     "  audit   verify -c FILE         check the decision log's hash chain\n"
     "  audit   retain -c FILE         delete decision records older than the retention period\n"
     "  sessions list -c FILE [--user U] [--json]       stored sign-in sessions\n"
@@ -87,24 +88,36 @@ static const char policy_diff_help[] =
     "  --since 7d|TIME       how far back to replay (default 7d)\n";
 
 static const char audit_help[] =
-    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D]\n"
-    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D] [--rule ID]\n"
+    "                             [--idp ID] [--path PREFIX] [--ip CIDR] [--kind K]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N]\n"
+    "                             [--format text|json|csv] [--json]\n"
     "       gatehouse audit verify -c FILE\n"
     "       gatehouse audit retain -c FILE\n";
 
 static const char audit_query_help[] =
-    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D]\n"
-    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "usage: gatehouse audit query -c FILE [--user U] [--route R] [--decision D] [--rule ID]\n"
+    "                             [--idp ID] [--path PREFIX] [--ip CIDR] [--kind K]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N]\n"
+    "                             [--format text|json|csv] [--json]\n"
     "\n"
     "Prints decision records, oldest first.\n"
     "  -c, --config FILE     the configuration (decision_log section)\n"
-    "  --user U              user (issuer#subject) or email\n"
+    "  --user U              user id (bare, or <idp>:<sub>) or email (any case)\n"
     "  --route R             route name\n"
-    "  --decision D          allow, deny, login or error\n"
+    "  --decision D          allow, deny, login, error or admin\n"
+    "  --rule ID             the rule that decided\n"
+    "  --idp ID              the identity provider\n"
+    "  --path PREFIX         the normalised path, by segment (/admin, not /administrator);\n"
+    "                        a trailing * is a plain prefix\n"
+    "  --ip CIDR             client address in this IPv4 or IPv6 network (or this address)\n"
+    "  --kind K              policy, signin or admin\n"
     "  --since 1h|TIME       from (a duration before now, or RFC 3339)\n"
     "  --until TIME          up to (a duration before now, or RFC 3339)\n"
-    "  --limit N             at most N records\n"
-    "  --json                JSON lines, each with its hash\n";
+    "  --limit N             at most N records (the newest)\n"
+    "  --format F            text (default), json (one object per line, with its hash),\n"
+    "                        or csv (RFC 4180; formula-like cells neutralised)\n"
+    "  --json                the same as --format json\n";
 
 static const char audit_verify_help[] =
     "usage: gatehouse audit verify -c FILE\n"
@@ -127,7 +140,8 @@ static const char sessions_list_help[] =
     "\n"
     "Lists stored sign-in sessions with their idle and absolute expiry.\n"
     "  -c, --config FILE     the configuration (state.sqlite)\n"
-    "  --user U              user key (issuer#subject) or email\n"
+    "  --user U              user id (bare, or <idp>:<sub>), email (any case), or\n"
+    "                        stored key (issuer#subject)\n"
     "  --json                one JSON object per line\n";
 
 static const char sessions_revoke_help[] =
@@ -135,7 +149,8 @@ static const char sessions_revoke_help[] =
     "\n"
     "Ends sessions now; the running server notices within a second.\n"
     "  -c, --config FILE     the configuration (state.sqlite)\n"
-    "  --user U              every session of this user (issuer#subject or email)\n"
+    "  --user U              every session of this user (user id, email or issuer#subject);\n"
+    "                        recorded in the decision log as an administrative act\n"
     "  --id ID               one session, as printed by list (8+ hex characters);\n"
     "                        exit 1 with \"no such session\" if none matches\n";
 
@@ -164,6 +179,11 @@ static const struct help helps[] = {
     { "sessions", "revoke", sessions_revoke_help, CONF_YES },
 };
 
+static int cmd_sessions(int argc, char **argv)
+{
+    return authn_cmd_sessions(argc, argv, policy_admin_log);
+}
+
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -173,7 +193,7 @@ static const struct command commands[] = {
     { "serve", proxy_cmd_serve },
     { "check", proxy_cmd_check },
     { "policy", policy_cmd },
-    { "sessions", authn_cmd_sessions },
+    { "sessions", cmd_sessions },
     { "audit", audit_cmd },
 };
 

@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "codec.h"
+#include "core/ident.h"
 #include "keys.h"
 #include "oidc.h"
 
@@ -490,11 +491,23 @@ struct user_rev {
     int64_t ts_ms;
 };
 
+/* --user of `sessions list|revoke`: the stored key (issuer#subject) exactly, or
+ * whatever ident_user_match accepts for the subject, email and IdP. */
+static bool sess_user_match(const char *query, const char *user_key, const char *email,
+                            const char *idp)
+{
+    if (query == NULL || user_key == NULL) {
+        return false;
+    }
+    const char *hash = strrchr(user_key, '#');
+    return strcmp(query, user_key) == 0 ||
+           ident_user_match(query, hash ? hash + 1 : user_key, email, idp);
+}
+
 static bool match_user_rev(const struct sess *e, const void *arg)
 {
     const struct user_rev *u = arg;
-    return e->created_ms <= u->ts_ms &&
-           (strcmp(e->user_key, u->value) == 0 || (e->email && strcmp(e->email, u->value) == 0));
+    return e->created_ms <= u->ts_ms && sess_user_match(u->value, e->user_key, e->email, e->idp);
 }
 
 static bool match_hash(const struct sess *e, const void *arg)
@@ -1160,11 +1173,9 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
     sqlite3_stmt *st = NULL;
     sqlite3_prepare_v2(db,
                        "SELECT id_hash, user_key, email, idp, created_ms, last_seen_ms, "
-                       "expires_ms, groups FROM sessions WHERE expires_ms > ?1 AND "
-                       "(?2 IS NULL OR user_key = ?2 OR email = ?2) ORDER BY created_ms",
+                       "expires_ms, groups FROM sessions WHERE expires_ms > ?1 ORDER BY created_ms",
                        -1, &st, NULL);
     sqlite3_bind_int64(st, 1, now_wall_ms());
-    bind_text(st, 2, user);
     if (!json) {
         fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
                 "LAST SEEN", "EXPIRES");
@@ -1174,6 +1185,9 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
         const char *uk = (const char *)sqlite3_column_text(st, 1);
         const char *email = (const char *)sqlite3_column_text(st, 2);
         const char *idp = (const char *)sqlite3_column_text(st, 3);
+        if (user != NULL && !sess_user_match(user, uk, email, idp)) {
+            continue;
+        }
         const char *hash = uk ? strchr(uk, '#') : NULL;
         char *uid = oidc_user_id(idp ? idp : "?", bare_idp && idp && strcmp(idp, bare_idp) == 0,
                                  hash ? hash + 1 : (uk ? uk : "?"));
@@ -1236,13 +1250,17 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
         sqlite3_bind_int(sel, 1, (int)strlen(id));
         bind_text(sel, 2, id);
     } else {
-        sqlite3_prepare_v2(db, "SELECT id_hash FROM sessions WHERE user_key = ?1 OR email = ?1",
-                           -1, &sel, NULL);
-        bind_text(sel, 1, user);
+        sqlite3_prepare_v2(db, "SELECT id_hash, user_key, email, idp FROM sessions", -1, &sel,
+                           NULL);
     }
     char **hashes = NULL;
     size_t n = 0;
     while (sel != NULL && sqlite3_step(sel) == SQLITE_ROW) {
+        if (user != NULL && !sess_user_match(user, (const char *)sqlite3_column_text(sel, 1),
+                                             (const char *)sqlite3_column_text(sel, 2),
+                                             (const char *)sqlite3_column_text(sel, 3))) {
+            continue;
+        }
         hashes = xrealloc(hashes, (n + 1) * sizeof *hashes);
         hashes[n++] = xstrdup((const char *)sqlite3_column_text(sel, 0));
     }

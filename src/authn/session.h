@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "core/core.h"
+#include "core/ident.h"
 
 #define SESSION_COOKIE_LEN 43 /* base64url of 32 random bytes */
 
@@ -113,17 +114,19 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
 char *session_id_token(struct session_store *s, struct str cookie);
 
 /* --- offline administration (CLI), directly on the database --------------- */
-/* Prints sessions (all, or whose user key or email is user) to out, with the
- * user id as policies see it (bare_idp: the provider with bare_user_ids). */
+/* Prints sessions (all, or those --user names: see ident_user_match; the stored
+ * key issuer#subject also matches) to out, with the user id as policies see it
+ * (bare_idp: the provider with bare_user_ids). */
 int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
                        FILE *out, struct err *err) WARN_UNUSED;
-/* Deletes sessions by user (user key or email) or by id (hex prefix of at least
+/* Deletes sessions by user (as for list) or by id (hex prefix of at least
  * 8 chars, must be unambiguous) and records the revocation for the serving
  * process. *count gets how many ended. */
 int session_admin_revoke(const char *db_path, const char *user, const char *id, size_t *count,
                          struct err *err) WARN_UNUSED;
 
 /* `gatehouse sessions list|revoke -c CFG [--user U | --id ID] [--json]` */
-int authn_cmd_sessions(int argc, char **argv);
+/* log_admin (may be NULL) records each revocation in the decision log. */
+int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin);
 
 #endif

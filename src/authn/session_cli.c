@@ -1,11 +1,14 @@
 /* authn/session_cli.c - `gatehouse sessions list|revoke`: reads only the
  * state.sqlite path from the configuration and works on the database
- * directly; the serving process picks revocations up within a second. */
+ * directly; the serving process picks revocations up within a second. A
+ * revocation is an administrative act: it is recorded in the decision log
+ * (through log_admin) with who ran it, from where, and what it ended. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "oidc.h"
 #include "session.h"
 
 static const char sessions_usage[] =
@@ -60,6 +63,14 @@ static char *resolve_user(const struct conf_node *root, const char *user, char *
         return xstrdup(user);
     }
     if (colon != NULL) {
+        char *idp = xasprintf("%.*s", (int)(colon - user), user);
+        bool grammar = oidc_idp_id_ok(idp);
+        free(idp);
+        if (!grammar) {
+            /* Not "<provider id>:<sub>" (ids are [A-Za-z0-9._-]): no user id has
+             * this form, so it matches nobody; it is still recorded as asked. */
+            return xstrdup(user);
+        }
         err_set(err, ERR_PARSE, "--user \"%s\": no identity provider \"%.*s\" is configured",
                 user, (int)(colon - user), user);
         return NULL;
@@ -108,7 +119,7 @@ static char *db_path_from_config(const char *conf_file, char **user, char **bare
     return path;
 }
 
-int authn_cmd_sessions(int argc, char **argv)
+int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
 {
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' }, { "user", required_argument, NULL, 'u' },
@@ -170,6 +181,31 @@ int authn_cmd_sessions(int argc, char **argv)
             rc = err_set(&err, ERR_NOTFOUND, "no such session \"%s\"", id);
         } else if (rc == 0) {
             printf("revoked %zu session(s)\n", n);
+        }
+        /* Also when nothing matched: the attempt is an administrative act too. */
+        if (rc == 0 && log_admin != NULL) {
+            char target[320], reason[64], note[512];
+            snprintf(target, sizeof target, "%s %.256s", user ? "user" : "session",
+                     user ? user : id);
+            snprintf(reason, sizeof reason, "revoked %zu session(s)", n);
+            struct admin_act act = { .action = "session.revoke", .target = target,
+                                     .reason = reason, .user = user };
+            if (user != NULL && strchr(user, '@') != NULL) {
+                act.user = NULL;
+                act.email = user;
+            }
+            int lr = log_admin(conf, &act, note, sizeof note);
+            if (lr == 0) {
+                /* stdout keeps the one result line scripts read. */
+                fprintf(stderr, "gatehouse sessions: %s\n", note);
+            } else if (lr < 0) {
+                /* The revocation stands (it is already committed); say loudly that
+                 * the decision log does not show it. */
+                fprintf(stderr, "gatehouse sessions: the revocation is NOT in the decision "
+                                "log: %s\n", note);
+                rc = ERR_IO;
+                err_set(&err, ERR_IO, "decision log record failed");
+            }
         }
     }
     free(db);

@@ -15,10 +15,13 @@
 
 #include "decision_log_int.h"
 #include "policy_cli.h"
+#include "policy_int.h"
 
 static const char audit_usage[] =
-    "usage: gatehouse audit query -c CFG [--user U] [--route R] [--decision D]\n"
-    "                             [--since 1h|TIME] [--until TIME] [--limit N] [--json]\n"
+    "usage: gatehouse audit query -c CFG [--user U] [--route R] [--decision D] [--rule ID]\n"
+    "                             [--idp ID] [--path PREFIX] [--ip CIDR] [--kind K]\n"
+    "                             [--since 1h|TIME] [--until TIME] [--limit N]\n"
+    "                             [--format text|json|csv] [--json]\n"
     "         --user: a user id (provider:sub, or a bare id) or an email\n"
     "       gatehouse audit verify -c CFG\n"
     "       gatehouse audit retain -c CFG      (offline: the server also runs it hourly)\n";
@@ -73,6 +76,210 @@ static const char *nz(const char *s)
     return s && *s ? s : "-";
 }
 
+/* Format-1 records (written before kind and enforced existed) read as format 2. */
+static const char *rec_kind(const struct decision_record *r)
+{
+    if (r->kind) {
+        return r->kind;
+    }
+    return r->rule && strcmp(r->rule, "sign-in") == 0 ? "signin" : "policy";
+}
+
+static const char *rec_enforced(const struct decision_record *r)
+{
+    if (r->kind || !r->decision) {
+        return r->enforced;
+    }
+    /* Shadow mode enforced allow for a signed-in user; a deny was only logged. */
+    return r->shadow && strcmp(r->decision, "deny") == 0 ? "allow" : r->decision;
+}
+
+/* ---- query ---- */
+
+enum qformat { QF_TEXT, QF_JSON, QF_CSV };
+
+struct qfilter {
+    const char *user, *path, *kind;
+    bool ip_set;
+    struct cidr ip;
+};
+
+/* --path: "/admin" is the /admin segment (itself and what is under it, not
+ * /administrator); "/admin/" everything under it; a trailing '*' is a plain prefix. */
+static bool path_match(const char *want, const char *path)
+{
+    size_t n = strlen(want);
+    if (!path) {
+        return false;
+    }
+    if (n > 0 && want[n - 1] == '*') {
+        return strncmp(path, want, n - 1) == 0;
+    }
+    if (strncmp(path, want, n) != 0) {
+        return false;
+    }
+    return path[n] == '\0' || path[n] == '/' || (n > 0 && want[n - 1] == '/');
+}
+
+static bool row_match(const struct qfilter *f, const struct decision_record *r)
+{
+    if (f->user && !ident_user_match(f->user, r->user, r->email, r->idp)) {
+        return false;
+    }
+    if (f->path && !path_match(f->path, r->path)) {
+        return false;
+    }
+    if (f->kind && strcmp(f->kind, rec_kind(r)) != 0) {
+        return false;
+    }
+    if (f->ip_set) {
+        struct policy_ip ip;
+        if (!r->client_ip || !policy_ip_parse(str_from(r->client_ip), &ip) ||
+            !policy_cidr_match(&f->ip, &ip)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One CSV cell (RFC 4180): quoted when needed; a text cell that a spreadsheet would
+ * run as a formula (it starts with = + - @, a tab or a carriage return) gets a
+ * leading apostrophe. Paths, user names and reasons come from outside. */
+static void csv_cell(struct sbuf *b, const char *s, bool first)
+{
+    if (!first) {
+        dl_sbuf_put(b, ",", 1);
+    }
+    if (!s) {
+        return;
+    }
+    bool formula = strchr("=+-@\t\r", s[0]) != NULL && s[0] != '\0';
+    bool quote = formula || strpbrk(s, ",\"\r\n") != NULL;
+    if (quote) {
+        dl_sbuf_put(b, "\"", 1);
+    }
+    if (formula) {
+        dl_sbuf_put(b, "'", 1);
+    }
+    for (const char *c = s; *c; c++) {
+        dl_sbuf_put(b, c, 1);
+        if (*c == '"') {
+            dl_sbuf_put(b, "\"", 1);
+        }
+    }
+    if (quote) {
+        dl_sbuf_put(b, "\"", 1);
+    }
+}
+
+static const char csv_header[] =
+    "seq,ts,kind,decision,enforced,shadow,route,rule,reason,user,email,idp,groups,session,"
+    "client_ip,method,host,path,device_present,device_id,device_trusted,opa_result,latency_us,"
+    "admin_action,admin_actor,admin_from,admin_target,request_id,hash\r\n";
+
+static void ts_text(int64_t ts_us, bool micro, char out[64])
+{
+    time_t s = (time_t)(ts_us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    if (micro) {
+        char base[40];
+        strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out, 64, "%s.%06dZ", base, (int)(ts_us % 1000000));
+    } else {
+        strftime(out, 64, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+}
+
+static void print_csv(const struct dl_row *row, struct sbuf *b)
+{
+    const struct decision_record *r = &row->rec;
+    char seq[32], ts[64], lat[32];
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long)row->seq);
+    snprintf(lat, sizeof lat, "%llu", (unsigned long long)r->latency_us);
+    ts_text(r->ts_us, true, ts);
+    json_t *g = json_array();
+    for (size_t i = 0; i < r->ngroups; i++) {
+        json_array_append_new(g, json_string(r->groups[i] ? r->groups[i] : ""));
+    }
+    char *groups = json_dumps(g, JSON_COMPACT);
+    json_decref(g);
+    const char *cells[] = { seq,
+                            ts,
+                            rec_kind(r),
+                            r->decision,
+                            rec_enforced(r),
+                            r->shadow ? "true" : "false",
+                            r->route,
+                            r->rule,
+                            r->reason,
+                            r->user,
+                            r->email,
+                            r->idp,
+                            groups ? groups : "[]",
+                            r->session,
+                            r->client_ip,
+                            r->method,
+                            r->host,
+                            r->path,
+                            r->device_present ? "true" : "false",
+                            r->device_id,
+                            r->device_trusted ? "true" : "false",
+                            r->opa_result,
+                            lat,
+                            r->admin_action,
+                            r->admin_actor,
+                            r->admin_from,
+                            r->admin_target,
+                            r->request_id,
+                            row->hash };
+    b->len = 0;
+    for (size_t i = 0; i < sizeof cells / sizeof cells[0]; i++) {
+        csv_cell(b, cells[i], i == 0);
+    }
+    dl_sbuf_put(b, "\r\n", 2);
+    fwrite(b->p, 1, b->len, stdout);
+    free(groups);
+}
+
+static void print_text(const struct dl_row *row)
+{
+    const struct decision_record *r = &row->rec;
+    char ts[64], enforced[48];
+    char pb[8][512];
+    ts_text(r->ts_us, false, ts);
+    /* The shadow mark: what the policy said is DECISION, what was done ENFORCED. */
+    snprintf(enforced, sizeof enforced, "%s%s", nz(rec_enforced(r)), r->shadow ? " (shadow)" : "");
+    const char *what;
+    char adm[1600];
+    if (strcmp(rec_kind(r), "admin") == 0) {
+        snprintf(adm, sizeof adm, "%s by %s (%s)", nz(r->admin_target), nz(r->admin_actor),
+                 nz(r->admin_from));
+        what = policy_printable(adm, pb[6], sizeof pb[6]);
+    } else {
+        snprintf(adm, sizeof adm, "%s%s", r->host ? r->host : "", nz(r->path));
+        what = policy_printable(adm, pb[6], sizeof pb[6]);
+    }
+    printf("%-27s %-8s %-15s %-12s %-24s %-28s %-7s %s\n", ts,
+           policy_printable(nz(r->decision), pb[0], sizeof pb[0]),
+           policy_printable(enforced, pb[7], sizeof pb[7]),
+           policy_printable(nz(r->route), pb[1], sizeof pb[1]),
+           policy_printable(r->user && *r->user ? r->user : nz(r->email), pb[2], sizeof pb[2]),
+           policy_printable(nz(r->rule), pb[3], sizeof pb[3]),
+           policy_printable(nz(r->method), pb[4], sizeof pb[4]), what);
+}
+
+static void print_row(enum qformat fmt, const struct dl_row *row, struct sbuf *b)
+{
+    if (fmt == QF_JSON) {
+        print_line(row, b);
+    } else if (fmt == QF_CSV) {
+        print_csv(row, b);
+    } else {
+        print_text(row);
+    }
+}
+
 static int cmd_query(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -80,12 +287,16 @@ static int cmd_query(int argc, char **argv)
         { "route", required_argument, NULL, 'r' },  { "decision", required_argument, NULL, 'd' },
         { "since", required_argument, NULL, 's' },  { "until", required_argument, NULL, 't' },
         { "limit", required_argument, NULL, 'l' },  { "json", no_argument, NULL, 'j' },
+        { "path", required_argument, NULL, 'p' },   { "ip", required_argument, NULL, 'i' },
+        { "rule", required_argument, NULL, 'R' },   { "idp", required_argument, NULL, 'I' },
+        { "kind", required_argument, NULL, 'k' },   { "format", required_argument, NULL, 'f' },
         { NULL, 0, NULL, 0 }
     };
-    const char *cfg = NULL, *user = NULL, *route = NULL, *decision = NULL;
+    const char *cfg = NULL, *route = NULL, *decision = NULL, *rule = NULL, *idp = NULL;
+    struct qfilter f = { 0 };
     int64_t since = INT64_MIN, until = INT64_MAX;
     uint64_t limit = 0;
-    bool json = false;
+    enum qformat fmt = QF_TEXT;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "c:u:r:d:s:t:l:j", opts, NULL)) != -1) {
@@ -94,13 +305,56 @@ static int cmd_query(int argc, char **argv)
             cfg = optarg;
             break;
         case 'u':
-            user = optarg;
+            f.user = optarg;
             break;
         case 'r':
             route = optarg;
             break;
         case 'd':
             decision = optarg;
+            break;
+        case 'p':
+            if (optarg[0] != '/') {
+                fprintf(stderr, "gatehouse: --path must start with / (got \"%s\")\n", optarg);
+                return 2;
+            }
+            f.path = optarg;
+            break;
+        case 'i': {
+            bool host_bits;
+            if (!policy_cidr_parse(optarg, &f.ip, &host_bits)) {
+                fprintf(stderr, "gatehouse: bad --ip \"%s\" (use 10.0.0.0/8, 2001:db8::/32 or an "
+                                "address)\n", optarg);
+                return 2;
+            }
+            f.ip_set = true;
+            break;
+        }
+        case 'R':
+            rule = optarg;
+            break;
+        case 'I':
+            idp = optarg;
+            break;
+        case 'k':
+            if (strcmp(optarg, "policy") != 0 && strcmp(optarg, "signin") != 0 &&
+                strcmp(optarg, "admin") != 0) {
+                fprintf(stderr, "gatehouse: --kind must be policy, signin or admin\n");
+                return 2;
+            }
+            f.kind = optarg;
+            break;
+        case 'f':
+            if (strcmp(optarg, "text") == 0) {
+                fmt = QF_TEXT;
+            } else if (strcmp(optarg, "json") == 0) {
+                fmt = QF_JSON;
+            } else if (strcmp(optarg, "csv") == 0) {
+                fmt = QF_CSV;
+            } else {
+                fprintf(stderr, "gatehouse: --format must be text, json or csv\n");
+                return 2;
+            }
             break;
         case 's':
         case 't':
@@ -117,20 +371,21 @@ static int cmd_query(int argc, char **argv)
             }
             break;
         case 'j':
-            json = true;
+            fmt = QF_JSON;
             break;
         default:
             fputs(audit_usage, stderr);
             return 2;
         }
     }
-    if (!cfg) {
+    if (!cfg || optind != argc) {
         fputs(audit_usage, stderr);
         return 2;
     }
     if (decision && strcmp(decision, "allow") != 0 && strcmp(decision, "deny") != 0 &&
-        strcmp(decision, "login") != 0 && strcmp(decision, "error") != 0) {
-        fprintf(stderr, "gatehouse: --decision must be allow, deny, login or error\n");
+        strcmp(decision, "login") != 0 && strcmp(decision, "error") != 0 &&
+        strcmp(decision, "admin") != 0) {
+        fprintf(stderr, "gatehouse: --decision must be allow, deny, login, error or admin\n");
         return 2;
     }
     struct decision_log_conf c;
@@ -144,14 +399,15 @@ static int cmd_query(int argc, char **argv)
         decision_log_conf_fini(&c);
         return 1;
     }
+    /* Exact filters in SQL; user, path, address and kind need code (case, segments,
+     * CIDR, format-1 records), so with --limit the newest rows are read first and
+     * the matches printed oldest first. */
     char sql[1024];
-    /* With a limit, show the most recent records, still printed oldest first. */
     snprintf(sql, sizeof sql,
-             "SELECT * FROM (SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND "
-             "ts_us <= ?2 AND (?3 IS NULL OR user = ?3 OR email = ?3 OR (idp = ?7 AND user = ?8)) "
-             "AND (?4 IS NULL OR route = "
-             "?4) AND (?5 IS NULL OR decision = ?5) ORDER BY seq DESC LIMIT ?6) ORDER BY seq",
-             DL_COLUMNS);
+             "SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND ts_us <= ?2 "
+             "AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR decision = ?4) AND (?5 IS NULL OR "
+             "rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY seq %s",
+             DL_COLUMNS, limit ? "DESC" : "ASC");
     sqlite3_stmt *st = NULL;
     int rc = 1;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -160,54 +416,45 @@ static int cmd_query(int argc, char **argv)
     }
     sqlite3_bind_int64(st, 1, since);
     sqlite3_bind_int64(st, 2, until);
-    if (user) {
-        sqlite3_bind_text(st, 3, user, -1, SQLITE_STATIC);
-        /* "corp:alice" is also "alice" as logged for the provider that owns
-         * bare user ids, and as logged before user ids were qualified. */
-        const char *colon = strchr(user, ':');
-        if (colon != NULL && colon > user) {
-            sqlite3_bind_text(st, 7, user, (int)(colon - user), SQLITE_STATIC);
-            sqlite3_bind_text(st, 8, colon + 1, -1, SQLITE_STATIC);
+    const char *binds[] = { route, decision, rule, idp };
+    for (int i = 0; i < 4; i++) {
+        if (binds[i]) {
+            sqlite3_bind_text(st, 3 + i, binds[i], -1, SQLITE_STATIC);
         }
     }
-    if (route) {
-        sqlite3_bind_text(st, 4, route, -1, SQLITE_STATIC);
-    }
-    if (decision) {
-        sqlite3_bind_text(st, 5, decision, -1, SQLITE_STATIC);
-    }
-    sqlite3_bind_int64(st, 6, limit ? (sqlite3_int64)limit : -1);
     struct sbuf b = { 0 };
-    if (!json) {
-        printf("%-27s %-8s %-12s %-24s %-28s %-7s %s\n", "TIME", "DECISION", "ROUTE", "USER",
-               "RULE", "METHOD", "HOST+PATH");
+    if (fmt == QF_TEXT) {
+        printf("%-27s %-8s %-15s %-12s %-24s %-28s %-7s %s\n", "TIME", "DECISION", "ENFORCED",
+               "ROUTE", "USER", "RULE", "METHOD", "HOST+PATH");
+    } else if (fmt == QF_CSV) {
+        fputs(csv_header, stdout);
     }
+    struct dl_row *keep = limit ? xcalloc(limit, sizeof *keep) : NULL;
+    size_t nkeep = 0;
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
         struct dl_row row;
         dl_row_read(st, &row);
-        if (json) {
-            print_line(&row, &b);
-        } else {
-            char ts[64];
-            time_t s = (time_t)(row.rec.ts_us / 1000000);
-            struct tm tm;
-            gmtime_r(&s, &tm);
-            strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-            char pb[7][512];
-            printf("%-27s %-8s %-12s %-24s %-28s %-7s %s%s\n", ts,
-                   policy_printable(nz(row.rec.decision), pb[0], sizeof pb[0]),
-                   policy_printable(nz(row.rec.route), pb[1], sizeof pb[1]),
-                   policy_printable(row.rec.user && *row.rec.user ? row.rec.user
-                                                                  : nz(row.rec.email),
-                                    pb[2], sizeof pb[2]),
-                   policy_printable(nz(row.rec.rule), pb[3], sizeof pb[3]),
-                   policy_printable(nz(row.rec.method), pb[4], sizeof pb[4]),
-                   policy_printable(row.rec.host ? row.rec.host : "", pb[5], sizeof pb[5]),
-                   policy_printable(nz(row.rec.path), pb[6], sizeof pb[6]));
+        if (!row_match(&f, &row.rec)) {
+            dl_row_fini(&row);
+            continue;
         }
-        dl_row_fini(&row);
+        if (!limit) {
+            print_row(fmt, &row, &b);
+            dl_row_fini(&row);
+            continue;
+        }
+        keep[nkeep++] = row;
+        if (nkeep == limit) {
+            step = SQLITE_DONE;
+            break;
+        }
     }
+    for (size_t i = nkeep; i > 0; i--) {
+        print_row(fmt, &keep[i - 1], &b);
+        dl_row_fini(&keep[i - 1]);
+    }
+    free(keep);
     dl_sbuf_free(&b);
     rc = step == SQLITE_DONE ? 0 : 1;
     if (rc) {
@@ -756,7 +1003,14 @@ int policy_cmd_diff(int argc, char **argv)
                 np = rp[i].p;
             }
         }
-        if (!np || !r->decision || strcmp(r->decision, "error") == 0) {
+        /* Only the route policy's own decisions are replayed: not the sign-in flow's
+         * records (a callback's "signed in" is no policy decision) nor admin acts.
+         * Format-1 records have no kind: the sign-in flow's carry rule "sign-in". */
+        bool policy_rec = r->kind ? strcmp(r->kind, "policy") == 0
+                                  : !(r->rule && strcmp(r->rule, "sign-in") == 0);
+        if (!np || !policy_rec || !r->decision ||
+            (strcmp(r->decision, "allow") != 0 && strcmp(r->decision, "deny") != 0 &&
+             strcmp(r->decision, "login") != 0)) {
             dl_row_fini(&row);
             continue;
         }
@@ -781,10 +1035,17 @@ int policy_cmd_diff(int argc, char **argv)
                     ch_list = xrealloc(ch_list, (nch + 1) * sizeof *ch_list);
                     ch_list[nch] = (struct change){
                         .route = xstrdup(r->route), .who = xstrdup(who), .gains = now,
-                        .example = xasprintf("%s %s%s: was %s by \"%s\", now %s by \"%s\"",
+                        .example = xasprintf("%s %s%s: was %s by \"%s\"%s%s%s, now %s by "
+                                             "\"%s\"%s",
                                              nz(r->method), r->host ? r->host : "", nz(r->path),
-                                             r->decision, nz(r->rule), now ? "allow" : "deny",
-                                             res.rule) };
+                                             r->decision, nz(r->rule),
+                                             r->shadow ? " (shadow policy; enforced " : "",
+                                             r->shadow ? (r->enforced ? r->enforced : "allow") : "",
+                                             r->shadow ? ")" : "", now ? "allow" : "deny",
+                                             res.rule,
+                                             policy_mode(np) == POLICY_SHADOW
+                                                 ? " (shadow policy: not enforced)"
+                                                 : "") };
                     nch++;
                 }
                 ch_list[k].count++;

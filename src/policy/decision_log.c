@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -211,11 +212,16 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     char ts[64];
     format_ts(r->ts_us, ts);
     b->len = 0;
-    dl_sbuf_puts(b, "{\"v\":1,\"seq\":");
+    /* Format 2 adds kind, enforced and admin; a format-1 row (kind NULL) keeps its
+     * original bytes so that older records still verify. */
+    dl_sbuf_puts(b, r->kind ? "{\"v\":2,\"seq\":" : "{\"v\":1,\"seq\":");
     put_u64(b, seq);
     dl_sbuf_puts(b, ",\"ts\":\"");
     dl_sbuf_puts(b, ts);
     dl_sbuf_put(b, "\"", 1);
+    if (r->kind) {
+        json_kv_str(b, "kind", r->kind);
+    }
     json_kv_str(b, "request_id", r->request_id);
     json_kv_str(b, "route", r->route);
     json_kv_str(b, "decision", r->decision);
@@ -239,6 +245,9 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     json_kv_str(b, "host", r->host);
     json_kv_str(b, "path", r->path);
     dl_sbuf_puts(b, r->shadow ? ",\"shadow\":true" : ",\"shadow\":false");
+    if (r->kind) {
+        json_kv_str(b, "enforced", r->enforced);
+    }
     dl_sbuf_puts(b, r->opa_called ? ",\"opa\":{\"called\":true,\"result\":"
                                   : ",\"opa\":{\"called\":false,\"result\":");
     json_str(b, r->opa_result);
@@ -246,6 +255,16 @@ void dl_canonical(const struct decision_record *r, uint64_t seq, const char *pre
     put_u64(b, r->opa_ms);
     dl_sbuf_puts(b, "},\"latency_us\":");
     put_u64(b, r->latency_us);
+    if (r->kind && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
+        dl_sbuf_puts(b, ",\"admin\":null");
+    } else if (r->kind) {
+        dl_sbuf_puts(b, ",\"admin\":{\"action\":");
+        json_str(b, r->admin_action);
+        json_kv_str(b, "actor", r->admin_actor);
+        json_kv_str(b, "from", r->admin_from);
+        json_kv_str(b, "target", r->admin_target);
+        dl_sbuf_put(b, "}", 1);
+    }
     dl_sbuf_puts(b, ",\"prev_hash\":\"");
     dl_sbuf_put(b, prev_hash, strlen(prev_hash));
     dl_sbuf_put(b, "\"", 1);
@@ -269,14 +288,29 @@ static const char schema[] =
     " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
     " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
     " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER,"
-    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL);"
+    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL, kind TEXT, enforced TEXT, admin_action TEXT,"
+    " admin_actor TEXT, admin_from TEXT, admin_target TEXT);"
     "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_us);"
-    "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);";
+    "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);"
+    /* Records handed over by command line tools (admin acts) for the writer to chain. */
+    "CREATE TABLE IF NOT EXISTS decision_log_pending("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER, kind TEXT,"
+    " enforced TEXT, admin_action TEXT, admin_actor TEXT, admin_from TEXT, admin_target TEXT,"
+    " prev_hash TEXT, hash TEXT);";
+
+/* Columns added by record format 2, for databases created before it. */
+static const char *const v2_columns[] = { "kind", "enforced", "admin_action", "admin_actor",
+                                          "admin_from", "admin_target" };
 
 const char DL_COLUMNS[] =
     "ts_us, request_id, route, decision, rule, reason, user, email, groups, claims, idp, "
     "session, device_present, device_id, device_owner, device_trusted, client_ip, method, host, "
-    "path, shadow, opa_called, opa_result, opa_ms, latency_us";
+    "path, shadow, opa_called, opa_result, opa_ms, latency_us, kind, enforced, admin_action, "
+    "admin_actor, admin_from, admin_target";
 
 int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
 {
@@ -298,6 +332,28 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
             sqlite3_close(*db);
             *db = NULL;
             return ERR_IO;
+        }
+        for (size_t i = 0; i < sizeof v2_columns / sizeof v2_columns[0]; i++) {
+            char sql[128];
+            snprintf(sql, sizeof sql, "ALTER TABLE decisions ADD COLUMN %s TEXT", v2_columns[i]);
+            (void)sqlite3_exec(*db, sql, NULL, NULL, NULL); /* fails once it exists */
+        }
+    } else {
+        /* A database no writer has opened since format 2: read it through a temporary
+         * view with the new columns as NULL (format-1 records), without writing to it. */
+        sqlite3_stmt *st = NULL;
+        bool old = false;
+        if (sqlite3_prepare_v2(*db, "SELECT count(*) FROM pragma_table_info('decisions') "
+                                    "WHERE name = 'kind'", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            old = sqlite3_column_int(st, 0) == 0;
+        }
+        sqlite3_finalize(st);
+        if (old) {
+            (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                                    "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                                    "admin_from, NULL AS admin_target FROM main.decisions",
+                               NULL, NULL, NULL);
         }
     }
     return 0;
@@ -340,8 +396,14 @@ void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
     r->opa_result = col_text(st, 23, a);
     r->opa_ms = (uint32_t)sqlite3_column_int64(st, 24);
     r->latency_us = (uint64_t)sqlite3_column_int64(st, 25);
-    row->prev_hash = (char *)col_text(st, 26, a);
-    row->hash = (char *)col_text(st, 27, a);
+    r->kind = col_text(st, 26, a);
+    r->enforced = col_text(st, 27, a);
+    r->admin_action = col_text(st, 28, a);
+    r->admin_actor = col_text(st, 29, a);
+    r->admin_from = col_text(st, 30, a);
+    r->admin_target = col_text(st, 31, a);
+    row->prev_hash = (char *)col_text(st, 32, a);
+    row->hash = (char *)col_text(st, 33, a);
 
     /* groups and claims are stored as the JSON the canonical form embeds. An edited,
      * unparsable value reads as something else, which the hash then rejects. */
@@ -610,6 +672,7 @@ void decision_log_conf_fini(struct decision_log_conf *c)
 struct qrec {
     struct decision_record rec; /* strings point into blob */
     uint64_t seq;
+    int64_t pending_id;         /* > 0: taken from decision_log_pending */
     char *blob;
 };
 
@@ -625,8 +688,11 @@ struct decision_log {
     decision_log_commit_cb *cb;
     void *cb_arg;
     sqlite3 *db;
-    sqlite3_stmt *ins;
+    sqlite3_stmt *ins, *del_pending;
     int fd;
+    int lock_fd;          /* flock: the one process writing this log */
+    bool thread_started;
+    int64_t pending_seen; /* highest pending id queued */
     bool file_behind;
     char prev[65];
     int64_t last_retain_us;
@@ -667,7 +733,9 @@ static void rec_copy(const struct decision_record *in, struct qrec *q)
                                     &in->email,      &in->idp,       &in->session,
                                     &in->device_id,  &in->device_owner, &in->client_ip,
                                     &in->method,     &in->host,      &in->path,
-                                    &in->opa_result };
+                                    &in->opa_result, &in->kind,      &in->enforced,
+                                    &in->admin_action, &in->admin_actor, &in->admin_from,
+                                    &in->admin_target };
     size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv) + 16;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         size += cstr_size(*fields[i]);
@@ -687,7 +755,9 @@ static void rec_copy(const struct decision_record *in, struct qrec *q)
     const char **out[] = { &r->request_id, &r->route,  &r->decision,  &r->rule,
                            &r->reason,     &r->user,   &r->email,     &r->idp,
                            &r->session,    &r->device_id, &r->device_owner, &r->client_ip,
-                           &r->method,     &r->host,   &r->path,      &r->opa_result };
+                           &r->method,     &r->host,   &r->path,      &r->opa_result,
+                           &r->kind,       &r->enforced, &r->admin_action, &r->admin_actor,
+                           &r->admin_from, &r->admin_target };
     for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
         *out[i] = blob_put(&cur, *fields[i]);
     }
@@ -716,13 +786,17 @@ static int bind_text(sqlite3_stmt *st, int i, const char *s)
     return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
-static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
-                      const char *hash, struct sbuf tmp[2])
+/* Binds a record to an INSERT of (seq or id, DL_COLUMNS, prev_hash, hash) with
+ * parameters ?1..?34 and steps it; seq 0 binds NULL (the pending table's own id). */
+static int bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                    const char *prev, const char *hash, struct sbuf tmp[2])
 {
-    sqlite3_stmt *st = dl->ins;
-    const struct decision_record *r = &q->rec;
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)q->seq);
+    if (seq) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    } else {
+        sqlite3_bind_null(st, 1);
+    }
     sqlite3_bind_int64(st, 2, r->ts_us);
     bind_text(st, 3, r->request_id);
     bind_text(st, 4, r->route);
@@ -752,12 +826,32 @@ static int insert_row(struct decision_log *dl, const struct qrec *q, const char 
     bind_text(st, 24, r->opa_result);
     sqlite3_bind_int64(st, 25, r->opa_ms);
     sqlite3_bind_int64(st, 26, (sqlite3_int64)r->latency_us);
-    bind_text(st, 27, prev);
-    bind_text(st, 28, hash);
+    bind_text(st, 27, r->kind);
+    bind_text(st, 28, r->enforced);
+    bind_text(st, 29, r->admin_action);
+    bind_text(st, 30, r->admin_actor);
+    bind_text(st, 31, r->admin_from);
+    bind_text(st, 32, r->admin_target);
+    bind_text(st, 33, prev);
+    bind_text(st, 34, hash);
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
     /* Nothing bound may point at a freed batch afterwards. */
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    return rc;
+}
+
+static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
+                      const char *hash, struct sbuf tmp[2])
+{
+    int rc = bind_row(dl->ins, &q->rec, q->seq, prev, hash, tmp);
+    if (rc == 0 && q->pending_id) {
+        /* Chained and taken off the pending table in the same transaction: once. */
+        sqlite3_reset(dl->del_pending);
+        sqlite3_bind_int64(dl->del_pending, 1, q->pending_id);
+        rc = sqlite3_step(dl->del_pending) == SQLITE_DONE ? 0 : ERR_IO;
+        sqlite3_reset(dl->del_pending);
+    }
     return rc;
 }
 
@@ -806,9 +900,54 @@ out:
     return rc;
 }
 
+/* Queues the records command line tools left in decision_log_pending (admin acts):
+ * they get the next seq numbers and leave the pending table in the transaction that
+ * chains them. Called on the writer thread, or before it starts. */
+static void take_pending(struct decision_log *dl)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT id, %s, prev_hash, hash FROM decision_log_pending "
+                              "WHERE id > ?1 ORDER BY id LIMIT 64", DL_COLUMNS);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(dl->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return;
+    }
+    sqlite3_bind_int64(st, 1, dl->pending_seen);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        bool queued = false;
+        if (dl->thread_started) {
+            pthread_mutex_lock(&dl->mu);
+        }
+        if (dl->count + dl->inflight < dl->conf.queue) {
+            size_t tail = (dl->head + dl->count) % dl->conf.queue;
+            rec_copy(&row.rec, &dl->ring[tail]);
+            dl->ring[tail].seq = dl->next_seq++;
+            dl->ring[tail].pending_id = (int64_t)row.seq;
+            dl->count++;
+            queued = true;
+        }
+        if (dl->thread_started) {
+            pthread_mutex_unlock(&dl->mu);
+        }
+        if (queued) {
+            dl->pending_seen = (int64_t)row.seq;
+        }
+        dl_row_fini(&row);
+        if (!queued) {
+            break; /* the queue is full: the rest waits for the next call */
+        }
+    }
+    sqlite3_finalize(st);
+}
+
 static void periodic(struct decision_log *dl)
 {
     dl->last_sync_us = now_us();
+    if (dl->lock_fd >= 0) {
+        take_pending(dl);
+    }
     if (dl->fd >= 0) {
         if (dl->file_behind) {
             struct err err = { 0 };
@@ -971,13 +1110,67 @@ static uint64_t file_first_seq(int fd)
     return seq;
 }
 
+/* The writer's lock, next to the database: held by the process that writes the log,
+ * so that a command line tool knows whether to hand its record over or chain it
+ * itself. Returns the fd, or -1 when another process holds it (busy) or on error. */
+static int writer_lock(const char *sqlite, unsigned wait_ms, bool *busy)
+{
+    char *path = xasprintf("%s-writer.lock", sqlite);
+    int fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0640);
+    free(path);
+    *busy = false;
+    if (fd < 0) {
+        return -1;
+    }
+    for (unsigned waited = 0;; waited += 20) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            return fd;
+        }
+        if (errno != EWOULDBLOCK || waited >= wait_ms) {
+            *busy = errno == EWOULDBLOCK;
+            close(fd);
+            return -1;
+        }
+        usleep(20000);
+    }
+}
+
+static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock,
+                                    bool *busy, struct err *err);
+
 struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
+{
+    return dl_open(c, false, NULL, err);
+}
+
+/* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
+ * waited for briefly (a command line tool holds it for a moment) and, if another
+ * process still holds it, the log is opened anyway as before (with a warning). */
+static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock,
+                                    bool *busy, struct err *err)
 {
     if (!c->sqlite) {
         err_set(err, ERR_CONFIG, "the decision log needs state.sqlite");
         return NULL;
     }
+    bool locked_out = false;
+    int lock_fd = writer_lock(c->sqlite, need_lock ? 0 : 5000, &locked_out);
+    if (need_lock && lock_fd < 0) {
+        if (busy) {
+            *busy = locked_out;
+        }
+        err_set(err, ERR_IO, locked_out ? "another process writes the decision log"
+                                        : "cannot create the decision log's lock file");
+        return NULL;
+    }
+    if (lock_fd < 0) {
+        log_warn("decision_log", "%s: %s", c->sqlite,
+                 locked_out ? "another process holds the writer lock: administrative records "
+                              "are chained by that process"
+                            : "cannot create the writer lock file");
+    }
     struct decision_log *dl = xcalloc(1, sizeof *dl);
+    dl->lock_fd = lock_fd;
     dl->conf = *c;
     dl->conf.sqlite = xstrdup(c->sqlite);
     dl->conf.file = c->file ? xstrdup(c->file) : NULL;
@@ -991,12 +1184,17 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
                  c->sync == DECISION_LOG_STRICT ? "PRAGMA synchronous=FULL"
                                                 : "PRAGMA synchronous=NORMAL",
                  NULL, NULL, NULL);
-    char sql[512];
+    char sql[1024];
     snprintf(sql, sizeof sql, "INSERT INTO decisions(seq, %s, prev_hash, hash) VALUES(?1, ?2, ?3, "
              "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, "
-             "?22, ?23, ?24, ?25, ?26, ?27, ?28)", DL_COLUMNS);
+             "?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)", DL_COLUMNS);
     if (sqlite3_prepare_v3(dl->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &dl->ins, NULL) !=
         SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+        goto fail;
+    }
+    if (sqlite3_prepare_v3(dl->db, "DELETE FROM decision_log_pending WHERE id = ?1", -1,
+                           SQLITE_PREPARE_PERSISTENT, &dl->del_pending, NULL) != SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
@@ -1044,15 +1242,26 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
     pthread_cond_init(&dl->done, NULL);
     dl->last_retain_us = 0;
     dl->last_sync_us = now_us();
+    if (dl->lock_fd >= 0) {
+        take_pending(dl); /* left by a tool while no server ran */
+    }
     if (pthread_create(&dl->thread, NULL, writer_main, dl) != 0) {
         err_set(err, ERR_IO, "cannot start the decision log writer");
         goto fail;
     }
+    dl->thread_started = true;
     return dl;
 fail:
     if (dl->fd >= 0) {
         close(dl->fd);
     }
+    for (size_t i = 0; dl->ring && i < dl->count; i++) {
+        free(dl->ring[(dl->head + i) % dl->conf.queue].blob);
+    }
+    if (dl->lock_fd >= 0) {
+        close(dl->lock_fd);
+    }
+    sqlite3_finalize(dl->del_pending);
     sqlite3_finalize(dl->ins);
     sqlite3_close(dl->db);
     free(dl->ring);
@@ -1072,6 +1281,7 @@ int decision_log_append(struct decision_log *dl, const struct decision_record *r
     size_t tail = (dl->head + dl->count) % dl->conf.queue;
     rec_copy(rec, &dl->ring[tail]);
     dl->ring[tail].seq = dl->next_seq++;
+    dl->ring[tail].pending_id = 0;
     if (seq) {
         *seq = dl->ring[tail].seq;
     }
@@ -1132,7 +1342,11 @@ void decision_log_close(struct decision_log *dl)
         close(dl->fd);
     }
     sqlite3_finalize(dl->ins);
+    sqlite3_finalize(dl->del_pending);
     sqlite3_close(dl->db);
+    if (dl->lock_fd >= 0) {
+        close(dl->lock_fd); /* after SQLite: the writer lock is released last */
+    }
     pthread_mutex_destroy(&dl->mu);
     pthread_cond_destroy(&dl->wake);
     pthread_cond_destroy(&dl->done);
@@ -1249,4 +1463,68 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
         return -1;
     }
     return n;
+}
+
+/* ---- administrative records from command line tools ---- */
+
+int decision_log_admin(const struct decision_log_conf *c, const struct decision_record *rec,
+                       unsigned wait_ms, uint64_t *seq, struct err *err)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct sbuf tmp[2] = { { 0 }, { 0 } };
+    *seq = 0;
+    if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        return ERR_IO;
+    }
+    char sql[1024];
+    snprintf(sql, sizeof sql, "INSERT INTO decision_log_pending(id, %s, prev_hash, hash) VALUES("
+             "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
+             "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
+             DL_COLUMNS);
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    if (rc == 0) {
+        rc = bind_row(st, rec, 0, NULL, NULL, tmp);
+    }
+    sqlite3_finalize(st);
+    dl_sbuf_free(&tmp[0]);
+    dl_sbuf_free(&tmp[1]);
+    if (rc != 0) {
+        err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return rc;
+    }
+    int64_t id = sqlite3_last_insert_rowid(db);
+    /* No server writing: chain it here, as the writer. */
+    bool busy = false;
+    struct err oerr = { 0 };
+    struct decision_log *dl = dl_open(c, true, &busy, &oerr);
+    if (dl) {
+        decision_log_close(dl);
+    } else if (!busy) {
+        sqlite3_close(db);
+        return err_set(err, ERR_IO, "%s", oerr.msg);
+    }
+    /* Either way the record leaves the pending table when it is chained. */
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM decision_log_pending WHERE id = ?1),"
+                               " (SELECT max(seq) FROM decisions WHERE request_id = ?2)",
+                           -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_text(q, 2, rec->request_id ? rec->request_id : "", -1, SQLITE_STATIC);
+        for (unsigned waited = 0;; waited += 50) {
+            sqlite3_reset(q);
+            if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int64(q, 0) == 0) {
+                *seq = (uint64_t)sqlite3_column_int64(q, 1);
+                break;
+            }
+            if (waited >= wait_ms) {
+                break;
+            }
+            usleep(50000);
+        }
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return 0;
 }

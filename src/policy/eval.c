@@ -587,3 +587,8 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
     }
     return decide(p, in, r, POLICY_ALLOW, allow_k);
 }
+
+bool policy_cidr_match(const struct cidr *c, const struct policy_ip *ip)
+{
+    return cidr_match(c, ip);
+}

@@ -1148,3 +1148,8 @@ const char *policy_rule_effect(const struct policy *p, size_t i)
 {
     return i < p->nrules && p->rules[i].deny ? "deny" : "allow";
 }
+
+bool policy_cidr_parse(const char *s, struct cidr *out, bool *host_bits)
+{
+    return parse_cidr(s, out, host_bits);
+}

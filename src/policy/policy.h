@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "core/ident.h"
 
 /* ---- decisions ---- */
 
@@ -193,6 +194,15 @@ struct decision_record {
     const char *opa_result;     /* "allow" | "deny" | "error" | NULL */
     uint32_t opa_ms;
     uint64_t latency_us;
+    /* Record format 2 (NULL kind: a format-1 record, as written before these fields). */
+    const char *kind;           /* "policy" (a route's policy decided), "signin" (the sign-in
+                                 * flow) or "admin" (an administrative act) */
+    const char *enforced;       /* what was done to the request: "allow" | "deny" | "login" |
+                                 * "error"; differs from decision in shadow mode. NULL: admin */
+    const char *admin_action;   /* kind "admin": e.g. "session.revoke" */
+    const char *admin_actor;    /* the OS account that ran the command */
+    const char *admin_from;     /* where from: host, terminal, SSH client */
+    const char *admin_target;   /* what it was done to: "user bob", "session 0123abcd" */
 };
 
 /* Fills rec for a finished evaluation: copies what the record needs from in (as
@@ -245,6 +255,18 @@ void decision_log_close(struct decision_log *dl);
  * Returns the number deleted or -1. Runs in the writer thread periodically too. */
 long decision_log_retain(const struct decision_log_conf *c, int64_t now_us, struct err *err);
 size_t decision_log_queue_depth(struct decision_log *dl);
+/* admin_log_fn (core/ident.h) for the command line tools: records act with the OS
+ * account, host, terminal and SSH client that ran the command. */
+int policy_admin_log(const char *conf_file, const struct admin_act *act, char *note,
+                     size_t note_size);
+/* Appends an administrative record (rec->kind "admin") to the log of c from a command
+ * line tool. The record first goes to the database's pending table, in one transaction;
+ * the running server's writer (or, when none runs, this call itself) moves it into the
+ * chain, so there is one writer and the chain stays whole. Waits up to wait_ms for the
+ * server. *seq gets the record's position, or 0 when it is still pending (it is then
+ * chained as soon as a server opens the log). Returns 0 or an error (err). */
+int decision_log_admin(const struct decision_log_conf *c, const struct decision_record *rec,
+                       unsigned wait_ms, uint64_t *seq, struct err *err) WARN_UNUSED;
 
 /* ---- metrics (rendered by the proxy's /metrics) ---- */
 

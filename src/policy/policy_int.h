@@ -160,5 +160,9 @@ int eval_matcher_match(const struct matcher *m, struct str s);
 bool eval_glob_match(struct str pat, struct str s, bool icase);
 /* "10.0.0.0/8" into buf. */
 void policy_ip_format_cidr(const struct cidr *c, char *buf, size_t size);
+/* "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128). Host bits are
+ * cleared (*host_bits tells whether there were any). */
+bool policy_cidr_parse(const char *s, struct cidr *out, bool *host_bits);
+bool policy_cidr_match(const struct cidr *c, const struct policy_ip *ip);
 
 #endif

@@ -43,6 +43,11 @@ int decision_record_fill(struct decision_record *rec, const struct policy *p,
     rec->rule = r->rule;
     rec->reason = r->reason;
     rec->shadow = r->shadow;
+    rec->kind = "policy";
+    /* What was done: in shadow mode the policy's deny is logged, not enforced. */
+    rec->enforced = r->need_login && r->effective != POLICY_ALLOW
+                        ? "login"
+                        : (r->effective == POLICY_ALLOW ? "allow" : "deny");
     rec->opa_called = r->opa_called;
     if (r->opa_called) {
         /* The answer that counted: the last one recorded. */

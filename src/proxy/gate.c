@@ -642,11 +642,14 @@ static void strict_abort(void *arg)
     sw->aborted = true;
 }
 
-/* Queues the decision record. Returns 0, or ERR_LIMIT when the log is beyond
- * its bound (the caller answers 503: never a silent drop). *seq gets the
+/* Queues the decision record. kind: "policy" (the route's policy decided) or
+ * "signin" (the sign-in flow); decision is what the policy said, enforced what
+ * was done (they differ in shadow mode). Returns 0, or ERR_LIMIT when the log is
+ * beyond its bound (the caller answers 503: never a silent drop). *seq gets the
  * record's sequence number. */
-static int log_decision(struct gate_req *q, const char *decision, const char *rule,
-                        const char *reason, uint64_t *seq)
+static int log_decision(struct gate_req *q, const char *kind, const char *decision,
+                        const char *enforced, const char *rule, const char *reason,
+                        uint64_t *seq)
 {
     struct request *r = q->r;
     size_t ng = q->in.ngroups;
@@ -706,6 +709,8 @@ static int log_decision(struct gate_req *q, const char *decision, const char *ru
         .opa_result = q->opa_result,
         .opa_ms = (uint32_t)(q->opa_us / 1000),
         .latency_us = mono_us_now() - q->start_us,
+        .kind = kind,
+        .enforced = enforced,
     };
     int rc = decision_log_append(G.dl, &rec, seq);
     if (rc != 0) {
@@ -1223,7 +1228,8 @@ static enum access_step login_needed(struct gate_req *q)
     struct request *r = q->r;
     uint64_t seq;
 
-    if (log_decision(q, "login", q->res.rule, "sign-in required", &seq) != 0) {
+    if (log_decision(q, "policy", "login", "login", q->res.rule, "sign-in required", &seq) !=
+        0) {
         request_error(r, 503, "decision log unavailable");
         return ACCESS_RESPOND;
     }
@@ -1301,7 +1307,7 @@ static enum access_step decide(struct gate_req *q)
         if (q->res.need_login && !q->id.authenticated) {
             return login_needed(q);
         }
-        if (log_decision(q, "deny", q->res.rule, q->res.reason, &seq) != 0) {
+        if (log_decision(q, "policy", "deny", "deny", q->res.rule, q->res.reason, &seq) != 0) {
             request_error(r, 503, "decision log unavailable");
             return ACCESS_RESPOND;
         }
@@ -1312,8 +1318,9 @@ static enum access_step decide(struct gate_req *q)
                  "shadow mode: rule %s would deny %s on route %s", q->res.rule,
                  q->id.user ? q->id.user : "anonymous", r->route->name);
     }
-    if (log_decision(q, q->res.decision == POLICY_ALLOW ? "allow" : "deny", q->res.rule,
-                     q->res.reason, &seq) != 0) {
+    /* In shadow mode the record keeps what the policy said and that it was allowed. */
+    if (log_decision(q, "policy", q->res.decision == POLICY_ALLOW ? "allow" : "deny", "allow",
+                     q->res.rule, q->res.reason, &seq) != 0) {
         request_error(r, 503, "decision log unavailable");
         return ACCESS_RESPOND;
     }
@@ -1531,12 +1538,13 @@ static bool record_authn_event(struct gate_req *q)
         ident_from_authn(q);
         build_input(q, NULL);
         q->res.rule = "sign-in";
-        return log_decision(q, "login", "sign-in", "sign-in required", &seq) == 0;
+        return log_decision(q, "signin", "login", "login", "sign-in", "sign-in required",
+                            &seq) == 0;
     case AUTHN_EV_LOGIN:
         /* The login record names the new user; the browser comes back with the cookie. */
         ident_from_authn(q);
         build_input(q, NULL);
-        if (log_decision(q, "login", "sign-in", "signed in", &seq) != 0) {
+        if (log_decision(q, "signin", "login", "login", "sign-in", "signed in", &seq) != 0) {
             return false;
         }
         atomic_fetch_add(&G.n_login, 1);
@@ -1546,7 +1554,7 @@ static bool record_authn_event(struct gate_req *q)
          * attempt and why it failed. A full log is counted and logged by
          * log_decision; the answer is a failure either way. */
         build_input(q, NULL);
-        (void)log_decision(q, "error", "sign-in", o->reason, &seq);
+        (void)log_decision(q, "signin", "error", "error", "sign-in", o->reason, &seq);
         return true;
     case AUTHN_EV_LOGOUT:
         atomic_fetch_add(&G.n_logout, o->nlogouts);

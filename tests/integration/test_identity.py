@@ -20,6 +20,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import subprocess
 import time
 import unittest
@@ -112,7 +113,11 @@ class DefaultBearer(Helpers, TwoProviderCase):
         b = self.sign_in("corp", "alice")
         self.assertIsNotNone(self.seen(b, "/admin/ok"))
         r = b.request(self.base + "/.gatehouse/logout")
-        self.assertEqual(r.status, 302, r)
+        self.assertEqual(r.status, 200, r)  # the confirmation page
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', r.body).group(1).decode()
+        r = b.request(self.base + "/.gatehouse/logout", "POST", {"csrf_token": token},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": self.base})
+        self.assertEqual(r.status, 303, r)
         loc = r.header("Location")
         hint = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query)).get("id_token_hint")
         self.assertTrue(hint, loc)

@@ -126,8 +126,15 @@ class OwnPagesSecurityHeaders(unittest.TestCase):
                 self.assertSecured(r)
 
     def test_error_page_502(self):
-        r = self.get("/dead/x")
+        # A bad upstream answer is 502 (the only server down is 503, below).
+        r = self.get("/garbage", host="busy.test")
         self.assertEqual(r.status, 502, r)
+        self.assertSecured(r)
+
+    def test_error_page_no_server_is_503(self):
+        r = self.get("/dead/x")
+        self.assertEqual(r.status, 503, r)
+        self.assertIsNotNone(r.header("Retry-After"), r)
         self.assertSecured(r)
 
     def test_error_page_503(self):
