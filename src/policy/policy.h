@@ -214,6 +214,14 @@ struct decision_log_conf {
     uint64_t retain_ms;         /* default 90d; 0 = keep forever */
     uint64_t queue;             /* bound of pending records, default 10000 */
     uint64_t flush_interval_ms; /* batch mode: longest time before a commit, default 200ms */
+    uint64_t max_pending;       /* store failing: records held (spooled) before 503, default 1000 */
+    /* decision_log.checkpoint: signed chain heads (NULL key = no checkpoints). */
+    char *ckpt_key;             /* Ed25519 private key (PEM), resolved */
+    uint64_t ckpt_every;        /* records between checkpoints, default 1000 */
+    uint64_t ckpt_interval_ms;  /* longest time between checkpoints, default 60s */
+    char *ckpt_file;            /* also append each checkpoint here (one JSON line) */
+    char *ckpt_command;         /* also run this with the checkpoint on stdin */
+    bool ckpt_syslog;           /* also send each checkpoint to syslog */
 };
 
 /* Reads `decision_log:` and `state.sqlite` from a gatehouse.yaml root (paths relative
@@ -243,6 +251,8 @@ void decision_log_close(struct decision_log *dl);
  * Returns the number deleted or -1. Runs in the writer thread periodically too. */
 long decision_log_retain(const struct decision_log_conf *c, int64_t now_us, struct err *err);
 size_t decision_log_queue_depth(struct decision_log *dl);
+/* false while the store refuses commits (records are held and spooled). */
+bool decision_log_healthy(struct decision_log *dl);
 
 /* ---- metrics (rendered by the proxy's /metrics) ---- */
 
@@ -250,6 +260,9 @@ void policy_metrics_decision(const char *route, enum policy_decision d, bool sha
 void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
 void policy_metrics_log_write(uint64_t latency_us, size_t records);
 void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
+/* Records accepted but not committed, and whether the store refuses commits. */
+void policy_metrics_log_state(size_t pending, size_t spooled, bool broken);
+void policy_metrics_checkpoint(uint64_t seq);
 /* Appends Prometheus text exposition to buf; returns bytes that would be written. */
 size_t policy_metrics_render(char *buf, size_t size);
 
