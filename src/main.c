@@ -16,7 +16,9 @@ static const char usage[] =
     "  policy  explain -c CFG --route R --input req.json   every rule's result for an input\n"
     "  policy  diff -c CFG --new DIR [--since 7d]   who gains/loses access with new policies\n"
     "  audit   query -c CFG [--user U] [--route R] [--decision D] [--since 1h] [--json]\n"
-    "  audit   verify -c CFG         check the decision log's hash chain\n"
+    "  audit   verify -c CFG [--anchor SEQ:HASH|FILE] [--pubkey FILE]\n"
+    "                                check the decision log: chain, head, signed checkpoints\n"
+    "  audit   head -c CFG           print the signed head of the decision log (to pin)\n"
     "  sessions list|revoke -c CFG [--user U | --id ID]   stored sign-in sessions\n"
     "  --version                     print the version\n"
     "  --help                        print this help\n";

@@ -310,6 +310,11 @@ static const char *jstr(json_t *o, const char *key, struct arena *a)
                               : NULL;
 }
 
+bool dl_parse_ts(const char *s, int64_t *out_us)
+{
+    return parse_ts(s, out_us);
+}
+
 /* Parses a record line (as the file and the spool hold them) into row. The caller
  * checks the result by recomputing the hash: a line that does not round-trip to the
  * same canonical bytes is refused. */

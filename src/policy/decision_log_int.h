@@ -57,6 +57,15 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
                const struct dl_key *key, const char *reason, struct err *err);
 /* "2026-03-10T09:30:00.123456Z" for a time in microseconds. */
 void dl_format_ts(int64_t ts_us, char out[64]);
+bool dl_parse_ts(const char *s, int64_t *out_us);
+
+/* audit verify's checks beyond the chain itself: the head file, signed checkpoints
+ * (key: --pubkey or the configured key), retention records and a pinned head
+ * (anchor: "SEQ:HASH" or a file holding a checkpoint). Prints a line per failure. */
+bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const char *pubkey,
+                         const char *anchor);
+/* audit head: prints the current head, signed with the checkpoint key. */
+int dl_print_head(const struct decision_log_conf *c);
 
 /* ---- signed checkpoints, retention records, the head file (dl_checkpoint.c) ---- */
 

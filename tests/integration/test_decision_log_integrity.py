@@ -171,5 +171,299 @@ class FullDisk(unittest.TestCase):
         self.assertIn("accepts commits again", self.gh.stderr())
 
 
+# ---------------------------------------------------------------------------
+# Truncation, checkpoints, retention, pinned heads.
+
+import hashlib  # noqa: E402
+
+
+def ckpt_config(port, backend, **dl):
+    log = {"file": "var/decisions.jsonl", "flush_interval": "20ms",
+           "checkpoint": {"key": "log-ed25519.pem", "every": 5, "interval": "1s",
+                          "file": "var/checkpoints.log"}}
+    log.update(dl)
+    return basic_config(
+        [{"name": "pub", "match": {"path_prefix": "/"}, "public": True,
+          "upstream": {"servers": [backend.url]}}],
+        listen=[{"address": f"127.0.0.1:{port}"}],
+        state={"sqlite": "var/gatehouse.db"},
+        decision_log=log)
+
+
+def make_key(d):
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out",
+                    os.path.join(d, "log-ed25519.pem")], check=True, capture_output=True)
+
+
+class Truncation(unittest.TestCase):
+    N = 12
+
+    @classmethod
+    def setUpClass(cls):
+        cls.backend = Backend("app")
+        cls.port = free_port()
+        cls.cfg = ckpt_config(cls.port, cls.backend)
+        cls.gh = Gatehouse(cls.cfg, wait=False)
+        cls.start_code = cls.gh.proc.wait(10)  # no key yet: refused
+        cls.gh.stop()
+        cls.start_err = cls.gh.stderr()
+        make_key(cls.gh.dir)
+        restart(cls.gh)
+        c = None
+        for i in range(cls.N):
+            status, _, _, c = get(cls.port, "/r%d" % i, c)
+            assert status == 200, status
+            time.sleep(0.03)  # one commit each: checkpoints land on exact multiples
+        c.close()
+        cls.gh.stop()  # SIGTERM: committed, checkpointed
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.backend.stop()
+
+    def copy(self):
+        d = tempfile.mkdtemp(prefix="gh-trunc-")
+        self.addCleanup(shutil.rmtree, d, True)
+        dst = os.path.join(d, "gh")
+        shutil.copytree(self.gh.dir, dst)
+        return dst
+
+    def verify(self, d, code, *extra):
+        p = run("audit", "verify", "-c", os.path.join(d, "gatehouse.yaml"), *extra)
+        self.assertEqual(p.returncode, code, p.stdout + p.stderr)
+        return p.stdout
+
+    def sql(self, d, *stmts):
+        db = sqlite3.connect(os.path.join(d, "var", "gatehouse.db"))
+        for st in stmts:
+            db.execute(st)
+        db.commit()
+        db.close()
+
+    def lines(self, d):
+        with open(os.path.join(d, "var", "decisions.jsonl")) as f:
+            return f.readlines()
+
+    def write_lines(self, d, lines):
+        with open(os.path.join(d, "var", "decisions.jsonl"), "w") as f:
+            f.writelines(lines)
+
+    def cut(self, d, k, checkpoints_too=True):
+        """Removes the last k records from both stores (and the checkpoints that name
+        them from SQLite, as an attacker with write access would)."""
+        keep = self.N - k
+        self.sql(d, "DELETE FROM decisions WHERE seq > %d" % keep,
+                 *(["DELETE FROM decision_log_checkpoints WHERE seq > %d" % keep]
+                   if checkpoints_too else []))
+        self.write_lines(d, self.lines(d)[:keep])
+
+    def test_untouched_log_verifies_with_checkpoints(self):
+        out = self.verify(self.copy(), 0)
+        self.assertIn("decision log OK", out)
+        self.assertRegex(out, r"checkpoints: \d+ signed by key [0-9a-f]{16} verified; the newest "
+                              r"covers record 12")
+
+    def test_checkpoints_every_n_records_in_both_places(self):
+        d = self.copy()
+        db = sqlite3.connect(os.path.join(d, "var", "gatehouse.db"))
+        seqs = [r[0] for r in db.execute("SELECT seq FROM decision_log_checkpoints ORDER BY seq")]
+        db.close()
+        # every: 5 -> records 5 and 10; the shutdown checkpoint covers 12.
+        for want in (5, 10, 12):
+            self.assertIn(want, seqs)
+        with open(os.path.join(d, "var", "checkpoints.log")) as f:
+            shipped = [json.loads(line) for line in f]
+        self.assertEqual([c["seq"] for c in shipped], seqs)
+        for c in shipped:
+            self.assertEqual(set(c), {"type", "seq", "hash", "time", "key_id", "sig"})
+            self.assertEqual(len(c["sig"]), 128)
+        with open(os.path.join(d, "var", "decision-log.head")) as f:
+            head = json.load(f)
+        self.assertEqual((head["seq"], head["checkpoint"]["seq"]), (12, 12))
+
+    def test_cut_last_record(self):
+        d = self.copy()
+        self.cut(d, 1)
+        out = self.verify(d, 1)
+        self.assertIn("FAIL head: the log ends at record 11 but the writer's head file records "
+                      "record 12: records 12..12 were removed (truncated)", out)
+        self.assertIn("FAIL checkpoints: the log ends at record 11 but a signed checkpoint", out)
+
+    def test_cut_last_five(self):
+        d = self.copy()
+        self.cut(d, 5)
+        out = self.verify(d, 1)
+        self.assertIn("records 8..12 were removed (truncated)", out)
+
+    def test_cut_every_record(self):
+        d = self.copy()
+        self.cut(d, self.N)
+        out = self.verify(d, 1)
+        self.assertIn("FAIL head: the log ends at record 0 but the writer's head file records "
+                      "record 12: records 1..12 were removed (truncated)", out)
+
+    def test_cut_and_head_file_deleted_caught_by_shipped_checkpoints(self):
+        d = self.copy()
+        self.cut(d, 5)
+        os.unlink(os.path.join(d, "var", "decision-log.head"))
+        out = self.verify(d, 1)
+        self.assertIn("FAIL head: %s is missing" % os.path.join(d, "var", "decision-log.head"), out)
+        self.assertRegex(out, r"FAIL checkpoints: the log ends at record 7 but a signed checkpoint "
+                              r"of \S+ \(.*checkpoints.log:\d+\) covers record 12: records 8..12 "
+                              r"were removed")
+
+    def test_restart_after_cut_never_reuses_sequence_numbers(self):
+        d = self.copy()
+        self.cut(d, 5)
+        gh = Gatehouse(open(os.path.join(d, "gatehouse.yaml")).read(), wait=False)
+        self.addCleanup(gh.cleanup)
+        gh.proc.wait(10)  # no key in its own dir: refused
+        gh.stop()
+        shutil.rmtree(gh.dir)
+        shutil.copytree(d, gh.dir)
+        gh.config = self.cfg
+        restart(gh)
+        status, rid, _, _ = get(self.port, "/after-cut")
+        self.assertEqual(status, 200)
+        gh.stop()
+        self.assertIn("TAMPERING OR LOSS: the stores end at record 7 but the head file", gh.stderr())
+        recs = read_jsonl(os.path.join(gh.dir, "var", "decisions.jsonl"))
+        self.assertEqual(recs[-1]["request_id"], rid)
+        self.assertEqual(recs[-1]["seq"], 13)
+        out = self.verify(gh.dir, 1)
+        self.assertIn("FAIL sqlite: record 8 is missing (removed): the next row is record 13", out)
+
+    def test_forged_anchor_without_retention_record(self):
+        d = self.copy()
+        lines = self.lines(d)
+        h3 = json.loads(lines[2])["hash"]
+        self.sql(d, "DELETE FROM decisions WHERE seq <= 3",
+                 "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', '3'), "
+                 "('anchor_hash', '%s')" % h3)
+        self.write_lines(d, lines[3:])
+        out = self.verify(d, 1)
+        self.assertIn("FAIL retention: records 1..3 are gone and the log starts after an anchor "
+                      "(record 3) that no retention record states: truncation, not retention",
+                      out)
+
+    def set_retain(self, d, retain):
+        cfg = json.loads(json.dumps(self.cfg))
+        cfg["decision_log"]["retain"] = retain
+        with open(os.path.join(d, "gatehouse.yaml"), "w") as f:
+            f.write(harness.to_yaml(cfg))
+
+    def test_real_retention_passes_and_a_younger_cut_fails(self):
+        d = self.copy()
+        time.sleep(1.1)
+        self.set_retain(d, "1s")
+        r = run("audit", "retain", "-c", os.path.join(d, "gatehouse.yaml"), check=0)
+        self.assertIn("deleted 12 records", r.stdout)
+        out = self.verify(d, 0)
+        self.assertIn("retention: records 1..12 removed by audit retain on ", out)
+        db = sqlite3.connect(os.path.join(d, "var", "gatehouse.db"))
+        rr = db.execute("SELECT upto_seq, key_id, length(sig) FROM decision_log_retention").fetchall()
+        db.close()
+        self.assertEqual(rr[0][0], 12)
+        self.assertEqual(rr[0][2], 128)
+        # The same cut under a 90-day retention period is not retention.
+        self.set_retain(d, "90d")
+        out = self.verify(d, 1)
+        self.assertRegex(out, r"FAIL retention: the cut of \S+ removed record 12 from \S+, younger "
+                              r"than the retention period \(retain: 90d\)")
+
+    def test_forged_checkpoint_signature(self):
+        d = self.copy()
+        self.sql(d, "UPDATE decision_log_checkpoints SET sig = replace(sig, substr(sig, 1, 2), "
+                    "CASE WHEN substr(sig, 1, 2) = '00' THEN '11' ELSE '00' END) WHERE seq = 10")
+        out = self.verify(d, 1)
+        self.assertIn("FAIL checkpoints: the checkpoint of record 10 (sqlite) has a bad signature",
+                      out)
+
+    def rewrite_chain(self, d):
+        """A full rewrite: record 3 edited, every hash after it recomputed in both stores,
+        the head file rewritten, the checkpoints the attacker cannot forge removed."""
+        lines = self.lines(d)
+        prev = "0" * 64
+        out = []
+        db = sqlite3.connect(os.path.join(d, "var", "gatehouse.db"))
+        for i, line in enumerate(lines):
+            canon = line[:line.index(',"hash":"')]
+            rec = json.loads(line)
+            canon = canon.replace('"prev_hash":"%s"' % rec["prev_hash"], '"prev_hash":"%s"' % prev)
+            if i == 2:
+                canon = canon.replace('"path":"/r2"', '"path":"/nothing-to-see"')
+            h = hashlib.sha256((prev + canon + "}").encode()).hexdigest()
+            out.append(canon + ',"hash":"%s"}\n' % h)
+            db.execute("UPDATE decisions SET prev_hash=?, hash=?, path=? WHERE seq=?",
+                       (prev, h, json.loads(canon + "}")["path"], rec["seq"]))
+            prev = h
+        db.execute("DELETE FROM decision_log_checkpoints")
+        db.commit()
+        db.close()
+        self.write_lines(d, out)
+        with open(os.path.join(d, "var", "decision-log.head"), "w") as f:
+            json.dump({"seq": len(out), "hash": prev}, f)
+        os.unlink(os.path.join(d, "var", "checkpoints.log"))
+        return prev
+
+    def test_audit_head_and_verify_anchor_catch_a_full_rewrite(self):
+        d = self.copy()
+        cfg = os.path.join(d, "gatehouse.yaml")
+        head = run("audit", "head", "-c", cfg, check=0).stdout
+        pinned = json.loads(head)
+        self.assertEqual(pinned["seq"], 12)
+        self.assertEqual(set(pinned), {"type", "seq", "hash", "time", "key_id", "sig"})
+        pin = os.path.join(d, "pinned.json")
+        with open(pin, "w") as f:
+            f.write(head)
+        self.assertIn("anchor: record 12 matches the pinned head",
+                      self.verify(d, 0, "--anchor", pin))
+        self.rewrite_chain(d)
+        # The rewritten chain is self-consistent...
+        out = self.verify(d, 1, "--anchor", pin)
+        self.assertIn("FAIL anchor: record 12 does not match the pinned head: the chain was "
+                      "rewritten", out)
+        out = self.verify(d, 1, "--anchor", "12:" + pinned["hash"])
+        self.assertIn("FAIL anchor: record 12 does not match the pinned head", out)
+        # A pinned head beyond the end of the log.
+        out = self.verify(d, 1, "--anchor", "20:" + pinned["hash"])
+        self.assertIn("FAIL anchor: the log ends at record 12 but the pinned head is record 20", out)
+
+    def test_unreadable_key_refuses_start(self):
+        self.assertNotEqual(self.start_code, 0)
+        self.assertIn("cannot read the decision log key %s" %
+                      os.path.join(self.gh.dir, "log-ed25519.pem"), self.start_err)
+
+
+class CheckpointInterval(unittest.TestCase):
+    def test_checkpoint_every_interval_while_idle(self):
+        backend = Backend("app")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        gh = Gatehouse(ckpt_config(port, backend, checkpoint={
+            "key": "log-ed25519.pem", "every": 1000, "interval": "1s",
+            "file": "var/checkpoints.log"}), wait=False)
+        self.addCleanup(gh.cleanup)
+        gh.proc.wait(10)
+        gh.stop()
+        make_key(gh.dir)
+        restart(gh)
+        for i in range(3):
+            self.assertEqual(get(port, "/t%d" % i)[0], 200)
+        path = os.path.join(gh.dir, "var", "checkpoints.log")
+
+        def shipped():
+            try:
+                with open(path) as f:
+                    return [json.loads(line)["seq"] for line in f]
+            except FileNotFoundError:
+                return []
+        # Far fewer than `every` records: the interval alone brings the checkpoint.
+        self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=5), shipped())
+        self.assertRegex(metrics(gh), r"(?m)^gatehouse_decision_log_checkpoint_seq 3$")
+        gh.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
