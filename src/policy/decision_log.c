@@ -766,6 +766,11 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     out->file = file ? conf_path_resolve(conf_file, file) : NULL;
     out->ckpt_key = key ? conf_path_resolve(conf_file, key) : NULL;
     out->ckpt_file = cfile ? conf_path_resolve(conf_file, cfile) : NULL;
+    if (key && !cfile && out->file) {
+        /* The JSON-lines store's checkpoints live beside it (every line of the log
+         * itself stays a record). */
+        out->ckpt_file = xasprintf("%s.checkpoints", out->file);
+    }
     out->ckpt_command = cmd ? xstrdup(cmd) : NULL;
     return true;
 }
