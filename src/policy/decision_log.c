@@ -1308,10 +1308,10 @@ static void checkpoint(struct decision_log *dl)
     dl->ckpt_seq = c.seq;
     dl->ckpt_us = now;
     head_write(dl);
+    policy_metrics_checkpoint(c.seq);
     char *json = dl_ckpt_json(&c);
     ckpt_ship(dl, json);
     free(json);
-    policy_metrics_checkpoint(c.seq);
 }
 
 static void periodic(struct decision_log *dl)
@@ -1412,7 +1412,9 @@ static void *writer_main(void *arg)
                 pthread_mutex_lock(&dl->mu);
             }
             size_t cap = dl->conf.queue;
-            while (dl->count > 0 && n < DL_BATCH_MAX) {
+            /* A batch ends where a checkpoint is due: one every `every` records. */
+            uint64_t ckpt_at = dl->ckpt ? dl->ckpt_seq + dl->conf.ckpt_every : UINT64_MAX;
+            while (dl->count > 0 && n < DL_BATCH_MAX && (n == 0 || batch[n - 1].seq < ckpt_at)) {
                 batch[n++] = dl->ring[dl->head];
                 dl->head = (dl->head + 1) % cap;
                 dl->count--;
