@@ -27,8 +27,15 @@ from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl, wai
 import harness
 
 
+def clean(text):
+    """Fails on a sanitizer report (under the ASan/UBSan build)."""
+    if "Sanitizer" in text or "runtime error:" in text:
+        raise AssertionError("sanitizer report:\n" + text[-4000:])
+
+
 def run(*args, check=None):
     p = subprocess.run([gatehouse_bin(), *args], capture_output=True, text=True, timeout=60)
+    clean(p.stderr)
     if check is not None and p.returncode != check:
         raise AssertionError("%s -> %d\n%s%s" % (args, p.returncode, p.stdout, p.stderr))
     return p
@@ -58,6 +65,8 @@ def config(port, backend, state_dir, **dl):
 
 
 def restart(gh):
+    # A start refused on purpose (or stopped while starting) is not checked for leaks.
+    gh.clean_from = len(gh.stderr())
     gh._stderr = open(gh.stderr_path, "ab")
     gh.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", gh.config_path],
                                stdout=gh._stderr, stderr=gh._stderr, cwd=gh.dir)
@@ -109,7 +118,8 @@ class FullDisk(unittest.TestCase):
         self.port = free_port()
         self.gh = Gatehouse(config(self.port, self.backend, self.state, max_pending=20))
         self.addCleanup(self.gh.cleanup)
-        self.addCleanup(lambda: print(self.gh.stderr()[-3000:]) if os.environ.get("DEBUG") else None)
+        self.addCleanup(lambda: clean(self.gh.stderr()))
+        self.addCleanup(self.gh.stop)
         self.filler = os.path.join(self.state, "filler")
 
     def drive(self, c, tag, limit=400):
@@ -230,8 +240,11 @@ class Truncation(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        cls.gh.stop()
+        err = cls.gh.stderr()[getattr(cls.gh, "clean_from", 0):]
         cls.gh.cleanup()
         cls.backend.stop()
+        clean(err)
 
     def copy(self):
         d = tempfile.mkdtemp(prefix="gh-trunc-")
@@ -359,6 +372,7 @@ class Truncation(unittest.TestCase):
         status, rid, _, _ = get(self.port, "/after-cut")
         self.assertEqual(status, 200)
         gh.stop()
+        clean(gh.stderr()[gh.clean_from:])
         self.assertIn("TAMPERING OR LOSS: the stores end at record 7 but the head file", gh.stderr())
         recs = read_jsonl(os.path.join(gh.dir, "var", "decisions.jsonl"))
         self.assertEqual(recs[-1]["request_id"], rid)
@@ -508,6 +522,7 @@ class CheckpointInterval(unittest.TestCase):
         self.assertTrue(wait_until(
             lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
         gh.stop()
+        clean(gh.stderr()[gh.clean_from:])
         with open(os.path.join(gh.dir, "var", "command.log")) as f:
             sent = [json.loads(line) for line in f]
         with open(path) as f:
