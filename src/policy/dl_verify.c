@@ -165,6 +165,26 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     uint64_t anchor_seq;
     char anchor_hash[65], last_hash[65], h[65];
     int64_t last_ts = 0;
+    /* What the writer stated (head file, checkpoints) is read before the stores: a
+     * running writer only states what it has committed, so the stores read after it
+     * are never behind it unless records were removed. */
+    char *head_path = dl_head_path(c->sqlite);
+    struct dl_head head;
+    int hrc = dl_head_read(head_path, &head, &err);
+    struct src_ckpt *cks = NULL;
+    size_t ncks = 0;
+    struct dl_checkpoint *tab = NULL;
+    size_t ntab = dl_ckpt_load(db, false, &tab);
+    for (size_t i = 0; i < ntab; i++) {
+        add(&cks, &ncks, &tab[i], "sqlite");
+    }
+    free(tab);
+    if (hrc == 0 && head.have_ckpt) {
+        add(&cks, &ncks, &head.ckpt, head_path);
+    }
+    if (c->ckpt_file) {
+        read_ckpt_file(c->ckpt_file, &cks, &ncks);
+    }
     dl_anchor_get(db, &anchor_seq, anchor_hash);
     uint64_t last = store_last(db, last_hash, &last_ts);
     if (last == 0) {
@@ -173,9 +193,6 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     }
 
     /* 1. The head file: the writer's last head, outside both stores. */
-    char *head_path = dl_head_path(c->sqlite);
-    struct dl_head head;
-    int hrc = dl_head_read(head_path, &head, &err);
     if (hrc == 1) {
         if (last > 0) {
             printf("FAIL head: %s is missing: the writer keeps it next to the database (deleted?)\n",
@@ -208,20 +225,6 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
         } else {
             have_key = true;
         }
-    }
-    struct src_ckpt *cks = NULL;
-    size_t ncks = 0;
-    struct dl_checkpoint *tab = NULL;
-    size_t ntab = dl_ckpt_load(db, false, &tab);
-    for (size_t i = 0; i < ntab; i++) {
-        add(&cks, &ncks, &tab[i], "sqlite");
-    }
-    free(tab);
-    if (hrc == 0 && head.have_ckpt) {
-        add(&cks, &ncks, &head.ckpt, head_path);
-    }
-    if (c->ckpt_file) {
-        read_ckpt_file(c->ckpt_file, &cks, &ncks);
     }
     if (have_key) {
         const struct src_ckpt *best = NULL;
