@@ -1104,7 +1104,8 @@ static int spool_pending(struct decision_log *dl, const struct qrec *batch, size
     if (count > 0) {
         spool_open(dl);
         rc = -1;
-        if (dl->spool_fd >= 0 && pwrite_all(dl->spool_fd, lines.p, lines.len, dl->spool_used) == 0 &&
+        if (dl->spool_fd >= 0 &&
+            pwrite_all(dl->spool_fd, lines.p, lines.len, dl->spool_used) == 0 &&
             fdatasync(dl->spool_fd) == 0) {
             rc = 0;
         } else if (dl->spool_fd >= 0) {

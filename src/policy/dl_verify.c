@@ -62,7 +62,8 @@ static bool first_after(sqlite3 *db, uint64_t seq, uint64_t *out, int64_t *ts, u
 {
     sqlite3_stmt *st = NULL;
     bool found = false;
-    if (sqlite3_prepare_v2(db, "SELECT min(seq), min(ts_us), count(*) FROM decisions WHERE seq > ?1",
+    if (sqlite3_prepare_v2(db, "SELECT min(seq), min(ts_us), count(*) FROM decisions "
+                               "WHERE seq > ?1",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
         if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
@@ -195,8 +196,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     /* 1. The head file: the writer's last head, outside both stores. */
     if (hrc == 1) {
         if (last > 0) {
-            printf("FAIL head: %s is missing: the writer keeps it next to the database (deleted?)\n",
-                   head_path);
+            printf("FAIL head: %s is missing: the writer keeps it next to the database "
+                   "(deleted?)\n", head_path);
             ok = false;
         }
     } else if (hrc != 0) {
@@ -313,7 +314,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             printf("note: retention up to record %llu (%s, %s) is unsigned (no checkpoint key)\n",
                    (unsigned long long)anchor_seq, cut->reason, cut->time);
         } else if (dl_parse_ts(cut->time, &signed_us) &&
-                   (c->retain_ms == 0 || signed_us - cut->upto_ts_us < (int64_t)c->retain_ms * 1000)) {
+                   (c->retain_ms == 0 ||
+                    signed_us - cut->upto_ts_us < (int64_t)c->retain_ms * 1000)) {
             char rt[32], ts[64];
             fmt_dur(c->retain_ms, rt);
             dl_format_ts(cut->upto_ts_us, ts);
@@ -337,8 +339,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
                    anchor);
             ok = false;
         } else if (sig && have_key && !dl_ckpt_verify(&key, &a)) {
-            printf("FAIL anchor: the pinned head (record %llu) has a bad signature or another key\n",
-                   (unsigned long long)a.seq);
+            printf("FAIL anchor: the pinned head (record %llu) has a bad signature or another "
+                   "key\n", (unsigned long long)a.seq);
             ok = false;
         } else if (a.seq > last) {
             printf("FAIL anchor: the log ends at record %llu but the pinned head is record %llu: "
