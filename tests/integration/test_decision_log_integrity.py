@@ -484,8 +484,9 @@ class Truncation(unittest.TestCase):
     def test_unreadable_key_refuses_start(self):
         self.need_ckpt()
         self.assertNotEqual(self.start_code, 0)
-        self.assertIn("cannot read the decision log key %s" %
-                      os.path.join(self.gh.dir, "log-ed25519.pem"), self.start_err)
+        self.assertRegex(self.start_err, r"gatehouse.yaml:\d+:\d+: error: cannot read the decision "
+                         r"log key %s" % os.path.join(self.gh.dir, "log-ed25519.pem"))
+
 
 
 class TruncationHeadFileOnly(Truncation):
