@@ -529,6 +529,40 @@ class CheckpointInterval(unittest.TestCase):
         with open(path) as f:
             self.assertEqual(sent, [json.loads(line) for line in f])
 
+    def test_tail_without_recent_checkpoint_fails_until_restart(self):
+        backend = Backend("app")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        gh = Gatehouse(ckpt_config(port, backend, checkpoint={
+            "key": "log-ed25519.pem", "every": 1000, "interval": "1s"}), wait=False)
+        self.addCleanup(gh.cleanup)
+        gh.proc.wait(10)
+        gh.stop()
+        make_key(gh.dir)
+        restart(gh)
+        for i in range(3):
+            self.assertEqual(get(port, "/a%d" % i)[0], 200)
+        self.assertTrue(wait_until(
+            lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
+        for i in range(4):
+            self.assertEqual(get(port, "/b%d" % i)[0], 200)
+        # Killed before the next checkpoint was due: records 4..7 are not covered.
+        self.assertTrue(wait_until(lambda: len(rows(os.path.join(gh.dir, "var",
+                                                                  "gatehouse.db"))) == 7,
+                                   timeout=5))
+        gh.proc.send_signal(signal.SIGKILL)
+        gh.proc.wait()
+        time.sleep(7.5)  # past twice the interval plus 5 s
+        v = run("audit", "verify", "-c", gh.config_path, check=1)
+        self.assertRegex(v.stdout, r"FAIL checkpoints: records 4..7 \(the first from \S+\) have "
+                                   r"no signed checkpoint; the last one covers record 3 \(\S+\), "
+                                   r"and one is due every 1s or 1000 records")
+        # The next start signs the tail first.
+        restart(gh)
+        gh.stop()
+        v = run("audit", "verify", "-c", gh.config_path, check=0)
+        self.assertRegex(v.stdout, r"the newest covers record 7 ")
+
 
 if __name__ == "__main__":
     unittest.main()
