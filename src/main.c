@@ -28,7 +28,9 @@ static const char usage[] =
     "  audit   query -c FILE [--user U] [--route R] [--decision D] [--rule ID] [--idp ID]\n"
     "                [--path PREFIX] [--ip CIDR] [--kind K] [--since 1h|TIME] [--until TIME]\n"
     "                [--limit N] [--format text|json|csv] [--json]\n"
-    "  audit   verify -c FILE         check the decision log's hash chain\n"
+    "  audit   verify -c FILE [--anchor SEQ:HASH|FILE] [--pubkey FILE]\n"
+    "                                check the decision log: chain, head, signed checkpoints\n"
+    "  audit   head -c FILE           print the signed head of the decision log (to pin)\n"
     "  audit   retain -c FILE         delete decision records older than the retention period\n"
     "  sessions list -c FILE [--user U] [--json]       stored sign-in sessions\n"
     "  sessions revoke -c FILE (--user U | --id ID)    end sessions now\n"
@@ -92,7 +94,8 @@ static const char audit_help[] =
     "                             [--idp ID] [--path PREFIX] [--ip CIDR] [--kind K]\n"
     "                             [--since 1h|TIME] [--until TIME] [--limit N]\n"
     "                             [--format text|json|csv] [--json]\n"
-    "       gatehouse audit verify -c FILE\n"
+    "       gatehouse audit verify -c FILE [--anchor SEQ:HASH|FILE] [--pubkey FILE]\n"
+    "       gatehouse audit head -c FILE\n"
     "       gatehouse audit retain -c FILE\n";
 
 static const char audit_query_help[] =
@@ -120,10 +123,22 @@ static const char audit_query_help[] =
     "  --json                the same as --format json\n";
 
 static const char audit_verify_help[] =
-    "usage: gatehouse audit verify -c FILE\n"
+    "usage: gatehouse audit verify -c FILE [--anchor SEQ:HASH|FILE] [--pubkey FILE]\n"
     "\n"
-    "Walks the decision log's hash chain (SQLite and the JSON-lines file) and names\n"
-    "the first edited, removed or reordered record. Exit 1 if it fails.\n";
+    "Walks the decision log's hash chain (SQLite and the JSON-lines file), the head\n"
+    "file, the signed checkpoints and retention records, and names the first edited,\n"
+    "removed or reordered record, or the missing tail. Exit 1 if it fails.\n"
+    "  -c, --config FILE     the configuration (decision_log section)\n"
+    "  --anchor SEQ:HASH|FILE  a head pinned earlier (audit head's output, or seq:hash):\n"
+    "                        the log must contain it\n"
+    "  --pubkey FILE         the checkpoint public key (default: derived from\n"
+    "                        decision_log.checkpoint.key)\n";
+
+static const char audit_head_help[] =
+    "usage: gatehouse audit head -c FILE\n"
+    "\n"
+    "Prints the current signed head of the decision log as JSON ({seq, hash, time,\n"
+    "key_id, sig}), to keep somewhere the host cannot rewrite.\n";
 
 static const char audit_retain_help[] =
     "usage: gatehouse audit retain -c FILE\n"
@@ -173,6 +188,7 @@ static const struct help helps[] = {
     { "audit", NULL, audit_help, CONF_NO },
     { "audit", "query", audit_query_help, CONF_YES },
     { "audit", "verify", audit_verify_help, CONF_YES },
+    { "audit", "head", audit_head_help, CONF_YES },
     { "audit", "retain", audit_retain_help, CONF_YES },
     { "sessions", NULL, sessions_help, CONF_NO },
     { "sessions", "list", sessions_list_help, CONF_YES },

@@ -23,7 +23,8 @@ static const char audit_usage[] =
     "                             [--since 1h|TIME] [--until TIME] [--limit N]\n"
     "                             [--format text|json|csv] [--json]\n"
     "         --user: a user id (provider:sub, or a bare id) or an email\n"
-    "       gatehouse audit verify -c CFG\n"
+    "       gatehouse audit verify -c CFG [--anchor SEQ:HASH|FILE] [--pubkey FILE]\n"
+    "       gatehouse audit head -c CFG        (the signed head of the chain, to pin elsewhere)\n"
     "       gatehouse audit retain -c CFG      (offline: the server also runs it hourly)\n";
 
 static bool load_conf(const char *cfg, struct decision_log_conf *out)
@@ -695,17 +696,24 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
 
 static int cmd_verify(int argc, char **argv)
 {
-    const char *cfg = NULL;
+    const char *cfg = NULL, *anchor = NULL, *pubkey = NULL;
     static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
+                                          { "anchor", required_argument, NULL, 'a' },
+                                          { "pubkey", required_argument, NULL, 'p' },
                                           { NULL, 0, NULL, 0 } };
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-        if (ch != 'c') {
+    while ((ch = getopt_long(argc, argv, "c:a:p:", opts, NULL)) != -1) {
+        if (ch == 'a') {
+            anchor = optarg;
+        } else if (ch == 'p') {
+            pubkey = optarg;
+        } else if (ch == 'c') {
+            cfg = optarg;
+        } else {
             fputs(audit_usage, stderr);
             return 2;
         }
-        cfg = optarg;
     }
     if (!cfg) {
         fputs(audit_usage, stderr);
@@ -775,6 +783,8 @@ static int cmd_verify(int argc, char **argv)
         }
         ok = ok && fok;
     }
+    /* Truncation keeps a chain valid: the head file, checkpoints, retention, --anchor. */
+    ok = dl_verify_integrity(&c, db, pubkey, anchor) && ok;
     sqlite3_close(db);
     decision_log_conf_fini(&c);
     printf("%s\n", ok ? "decision log OK" : "decision log FAILED verification");
@@ -816,6 +826,19 @@ int audit_cmd(int argc, char **argv)
     }
     if (strcmp(argv[1], "retain") == 0) {
         return cmd_retain(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "head") == 0) {
+        struct decision_log_conf c;
+        if (argc != 4 || strcmp(argv[2], "-c") != 0) {
+            fputs(audit_usage, stderr);
+            return 2;
+        }
+        if (!load_conf(argv[3], &c)) {
+            return 1;
+        }
+        int rc = dl_print_head(&c);
+        decision_log_conf_fini(&c);
+        return rc;
     }
     fprintf(stderr, "gatehouse audit: unknown subcommand \"%s\"\n%s", argv[1], audit_usage);
     return 2;

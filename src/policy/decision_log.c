@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <stddef.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -206,6 +207,11 @@ static void format_ts(int64_t ts_us, char out[64])
     out[n + 7] = '\0';
 }
 
+void dl_format_ts(int64_t ts_us, char out[64])
+{
+    format_ts(ts_us, out);
+}
+
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
                   struct sbuf *b)
 {
@@ -277,6 +283,151 @@ void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
     const size_t lens[] = { 64, len, 1 };
     digest_sha256(parts, lens, 3, md);
     str_hex(md, 32, out);
+}
+
+/* ---- a record line read back (the spool) ---- */
+
+static int digits(const char *s, size_t n)
+{
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* "2026-03-10T09:30:00.123456Z", as format_ts writes it. */
+static bool parse_ts(const char *s, int64_t *out)
+{
+    if (strlen(s) != 27 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+        s[16] != ':' || s[19] != '.' || s[26] != 'Z') {
+        return false;
+    }
+    struct tm tm = { 0 };
+    int y = digits(s, 4), mo = digits(s + 5, 2), d = digits(s + 8, 2), h = digits(s + 11, 2),
+        mi = digits(s + 14, 2), se = digits(s + 17, 2), us = digits(s + 20, 6);
+    if (y < 0 || mo < 1 || d < 1 || h < 0 || mi < 0 || se < 0 || us < 0) {
+        return false;
+    }
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = se;
+    *out = (int64_t)timegm(&tm) * 1000000 + us;
+    return true;
+}
+
+static const char *jstr(json_t *o, const char *key, struct arena *a)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? arena_strndup(a, json_string_value(v), json_string_length(v))
+                              : NULL;
+}
+
+bool dl_parse_ts(const char *s, int64_t *out_us)
+{
+    return parse_ts(s, out_us);
+}
+
+/* Parses a record line (as the file and the spool hold them) into row. The caller
+ * checks the result by recomputing the hash: a line that does not round-trip to the
+ * same canonical bytes is refused. */
+bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
+{
+    memset(row, 0, sizeof *row);
+    json_t *o = json_loadb(line, len, 0, NULL);
+    json_t *seq = json_object_get(o, "seq"), *ts = json_object_get(o, "ts");
+    json_t *dev = json_object_get(o, "device"), *opa = json_object_get(o, "opa");
+    json_t *g = json_object_get(o, "groups"), *c = json_object_get(o, "claims");
+    if (!json_is_object(o) || !json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        !json_is_string(ts) || !json_is_object(dev) || !json_is_object(opa) ||
+        !json_is_array(g) || !json_is_object(c)) {
+        json_decref(o);
+        return false;
+    }
+    struct arena *a = arena_new(0);
+    struct decision_record *r = &row->rec;
+    row->a = a;
+    row->seq = (uint64_t)json_integer_value(seq);
+    bool ok = parse_ts(json_string_value(ts), &r->ts_us);
+    r->request_id = jstr(o, "request_id", a);
+    r->route = jstr(o, "route", a);
+    r->decision = jstr(o, "decision", a);
+    r->rule = jstr(o, "rule", a);
+    r->reason = jstr(o, "reason", a);
+    r->user = jstr(o, "user", a);
+    r->email = jstr(o, "email", a);
+    r->idp = jstr(o, "idp", a);
+    r->session = jstr(o, "session", a);
+    r->device_present = json_is_true(json_object_get(dev, "present"));
+    r->device_id = jstr(dev, "id", a);
+    r->device_owner = jstr(dev, "owner", a);
+    r->device_trusted = json_is_true(json_object_get(dev, "trusted"));
+    r->client_ip = jstr(o, "client_ip", a);
+    r->method = jstr(o, "method", a);
+    r->host = jstr(o, "host", a);
+    r->path = jstr(o, "path", a);
+    r->shadow = json_is_true(json_object_get(o, "shadow"));
+    /* Format 2: kind, enforced, admin (a format-1 line has no kind). */
+    r->kind = jstr(o, "kind", a);
+    r->enforced = jstr(o, "enforced", a);
+    json_t *adm = json_object_get(o, "admin");
+    if (json_is_object(adm)) {
+        r->admin_action = jstr(adm, "action", a);
+        r->admin_actor = jstr(adm, "actor", a);
+        r->admin_from = jstr(adm, "from", a);
+        r->admin_target = jstr(adm, "target", a);
+    }
+    r->opa_called = json_is_true(json_object_get(opa, "called"));
+    r->opa_result = jstr(opa, "result", a);
+    json_t *ms = json_object_get(opa, "ms"), *lat = json_object_get(o, "latency_us");
+    r->opa_ms = json_is_integer(ms) ? (uint32_t)json_integer_value(ms) : 0;
+    r->latency_us = json_is_integer(lat) ? (uint64_t)json_integer_value(lat) : 0;
+    row->prev_hash = (char *)jstr(o, "prev_hash", a);
+    row->hash = (char *)jstr(o, "hash", a);
+    const char **gs = arena_zalloc(a, (json_array_size(g) + 1) * sizeof *gs);
+    size_t i;
+    json_t *v;
+    json_array_foreach(g, i, v)
+    {
+        gs[r->ngroups++] = json_is_string(v) ? arena_strdup(a, json_string_value(v)) : "";
+    }
+    r->groups = gs;
+    size_t total = 0;
+    const char *k;
+    json_object_foreach(c, k, v)
+    {
+        total += json_is_array(v) ? json_array_size(v) : 1;
+    }
+    struct policy_kv *kv = arena_zalloc(a, (total + 1) * sizeof *kv);
+    json_object_foreach(c, k, v)
+    {
+        const char *name = arena_strdup(a, k);
+        if (json_is_array(v)) {
+            json_t *e;
+            json_array_foreach(v, i, e)
+            {
+                const char *val = json_is_string(e) ? arena_strdup(a, json_string_value(e)) : "";
+                kv[r->nclaims++] = (struct policy_kv){ str_from(name), str_from(val) };
+            }
+        } else {
+            const char *val = json_is_string(v) ? arena_strdup(a, json_string_value(v)) : "";
+            kv[r->nclaims++] = (struct policy_kv){ str_from(name), str_from(val) };
+        }
+    }
+    r->claims = kv;
+    json_decref(o);
+    ok = ok && row->prev_hash && strlen(row->prev_hash) == 64 && row->hash &&
+         strlen(row->hash) == 64;
+    if (!ok) {
+        dl_row_fini(row);
+    }
+    return ok;
 }
 
 /* ---- SQLite ---- */
@@ -618,7 +769,9 @@ static int file_catch_up(sqlite3 *db, int fd, struct err *err)
 /* ---- config ---- */
 
 static const char *const dl_keys[] = { "file", "sync", "retain", "queue", "flush_interval",
-                                       NULL };
+                                       "max_pending", "checkpoint", NULL };
+static const char *const ckpt_keys[] = { "key", "every", "interval", "file", "command", "syslog",
+                                         NULL };
 
 bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file,
                              struct conf_diag *d, struct decision_log_conf *out)
@@ -627,6 +780,9 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     out->retain_ms = 90ULL * 86400000;
     out->queue = 10000;
     out->flush_interval_ms = 200;
+    out->max_pending = 1000;
+    out->ckpt_every = 1000;
+    out->ckpt_interval_ms = 60000;
     const struct conf_node *n = conf_get(root, "decision_log");
     if (!n) {
         return true;
@@ -638,6 +794,7 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     if (!conf_string(d, n, "file", &file) || !conf_string(d, n, "sync", &sync) ||
         !conf_duration_ms(d, n, "retain", 0, 100ULL * 365 * 86400000, &out->retain_ms) ||
         !conf_u64(d, n, "queue", 1, 10000000, &out->queue) ||
+        !conf_u64(d, n, "max_pending", 1, 10000000, &out->max_pending) ||
         !conf_duration_ms(d, n, "flush_interval", 1, 60000, &out->flush_interval_ms)) {
         return false;
     }
@@ -646,6 +803,28 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
         return false;
     }
     out->sync = sync && strcmp(sync, "strict") == 0 ? DECISION_LOG_STRICT : DECISION_LOG_BATCH;
+    const struct conf_node *cp = conf_get(n, "checkpoint");
+    const char *key = NULL, *cfile = NULL, *cmd = NULL;
+    if (cp) {
+        if (cp->type != CONF_MAP) {
+            conf_error(d, cp, "\"checkpoint\" must be a map (key, every, interval, file, "
+                              "command, syslog)");
+            return false;
+        }
+        if (!conf_check_keys(d, cp, "checkpoint", ckpt_keys) ||
+            !conf_string(d, cp, "key", &key) || !conf_string(d, cp, "file", &cfile) ||
+            !conf_string(d, cp, "command", &cmd) ||
+            !conf_bool(d, cp, "syslog", &out->ckpt_syslog) ||
+            !conf_u64(d, cp, "every", 1, 100000000, &out->ckpt_every) ||
+            !conf_duration_ms(d, cp, "interval", 1000, 86400000, &out->ckpt_interval_ms)) {
+            return false;
+        }
+        if (!key) {
+            conf_error(d, cp, "\"checkpoint\" needs \"key\" (an Ed25519 private key: openssl "
+                              "genpkey -algorithm ed25519 -out log-ed25519.pem)");
+            return false;
+        }
+    }
     const struct conf_node *state = conf_get(root, "state");
     if (state && state->type == CONF_MAP && !conf_string(d, state, "sqlite", &sqlite)) {
         return false;
@@ -657,6 +836,14 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     }
     out->sqlite = conf_path_resolve(conf_file, sqlite);
     out->file = file ? conf_path_resolve(conf_file, file) : NULL;
+    out->ckpt_key = key ? conf_path_resolve(conf_file, key) : NULL;
+    out->ckpt_file = cfile ? conf_path_resolve(conf_file, cfile) : NULL;
+    if (key && !cfile && out->file) {
+        /* The JSON-lines store's checkpoints live beside it (every line of the log
+         * itself stays a record). */
+        out->ckpt_file = xasprintf("%s.checkpoints", out->file);
+    }
+    out->ckpt_command = cmd ? xstrdup(cmd) : NULL;
     return true;
 }
 
@@ -664,7 +851,10 @@ void decision_log_conf_fini(struct decision_log_conf *c)
 {
     free(c->sqlite);
     free(c->file);
-    c->sqlite = c->file = NULL;
+    free(c->ckpt_key);
+    free(c->ckpt_file);
+    free(c->ckpt_command);
+    c->sqlite = c->file = c->ckpt_key = c->ckpt_file = c->ckpt_command = NULL;
 }
 
 /* ---- the writer ---- */
@@ -699,6 +889,24 @@ struct decision_log {
     int64_t last_sync_us;
     bool retain_pending; /* more old records than one chunk: continue on the next call */
     bool file_reopen;    /* the file could not be reopened after retention */
+    /* A store that refuses commits: records are held in memory and saved in the
+     * spool file (preallocated, so a full disk still has room for it). */
+    char *spool_path, *head_path;
+    int spool_fd;
+    off_t spool_used;
+    uint64_t spooled_seq; /* highest seq in the spool */
+    size_t spooled;       /* records in the spool */
+    char spool_prev[65];
+    /* The head the writer has committed (writer thread). */
+    uint64_t last_seq, head_written;
+    /* Signed checkpoints. */
+    bool ckpt;
+    struct dl_key key;
+    uint64_t ckpt_seq;
+    int64_t ckpt_us;
+    struct dl_checkpoint last_ckpt;
+    bool have_ckpt;
+    char errmsg[256]; /* the store's last error */
 };
 
 static int64_t now_us(void)
@@ -878,7 +1086,8 @@ static int write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         rc = ERR_IO;
     }
     if (rc != 0) {
-        log_error("decision_log", "commit failed: %s", sqlite3_errmsg(dl->db));
+        snprintf(dl->errmsg, sizeof dl->errmsg, "%s", sqlite3_errmsg(dl->db));
+        log_error("decision_log", "commit failed: %s", dl->errmsg);
         sqlite3_exec(dl->db, "ROLLBACK", NULL, NULL, NULL);
         goto out;
     }
@@ -942,6 +1151,316 @@ static void take_pending(struct decision_log *dl)
     sqlite3_finalize(st);
 }
 
+/* ---- the spool: uncommitted records while the store refuses commits ---- */
+
+static int pwrite_all(int fd, const char *p, size_t n, off_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* Zeroes [from, to) of the spool (the preallocated blocks stay allocated). */
+static int spool_zero(int fd, off_t from, off_t to)
+{
+    static const char zeros[65536];
+    while (from < to) {
+        size_t n = (size_t)(to - from) < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
+        if (pwrite_all(fd, zeros, n, from) != 0) {
+            return -1;
+        }
+        from += (off_t)n;
+    }
+    return 0;
+}
+
+static void spool_open(struct decision_log *dl)
+{
+    if (dl->spool_fd >= 0) {
+        return;
+    }
+    dl->spool_fd = open(dl->spool_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (dl->spool_fd < 0) {
+        log_error("decision_log", "cannot open the spool %s: %s", dl->spool_path, strerror(errno));
+        return;
+    }
+    /* Reserve room now, while there is some: records typically take under 1 KiB. */
+    off_t reserve = (off_t)(dl->conf.max_pending * 2048 < 65536 ? 65536
+                                                                 : dl->conf.max_pending * 2048);
+    int e = posix_fallocate(dl->spool_fd, 0, reserve);
+    if (e != 0) {
+        log_warn("decision_log", "cannot reserve %lld bytes for the spool %s: %s",
+                 (long long)reserve, dl->spool_path, strerror(e));
+    }
+}
+
+static void put_line(struct sbuf *b, const struct qrec *q, const char *prev, char hash[65],
+                     struct sbuf *canon)
+{
+    dl_canonical(&q->rec, q->seq, prev, canon);
+    dl_hash(prev, canon->p, canon->len, hash);
+    dl_sbuf_put(b, canon->p, canon->len);
+    dl_sbuf_put(b, ",\"hash\":\"", 9);
+    dl_sbuf_put(b, hash, 64);
+    dl_sbuf_put(b, "\"}\n", 3);
+}
+
+/* Saves every held record not yet in the spool (the failing batch, then the queue),
+ * chained as they will be committed. Writer thread. Returns 0 when all are saved. */
+static int spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n)
+{
+    pthread_mutex_lock(&dl->mu);
+    size_t nq = dl->count, cap = dl->conf.queue;
+    struct qrec *queued = xcalloc(nq ? nq : 1, sizeof *queued);
+    for (size_t i = 0; i < nq; i++) {
+        queued[i] = dl->ring[(dl->head + i) % cap]; /* blobs stay until the writer frees them */
+    }
+    pthread_mutex_unlock(&dl->mu);
+    if (dl->spooled == 0) {
+        memcpy(dl->spool_prev, dl->prev, 65);
+        dl->spooled_seq = n ? batch[0].seq - 1 : dl->last_seq;
+    }
+    struct sbuf lines = { 0 }, canon = { 0 };
+    char prev[65], hash[65];
+    memcpy(prev, dl->spool_prev, 65);
+    uint64_t last = dl->spooled_seq;
+    size_t count = 0;
+    for (size_t i = 0; i < n + nq; i++) {
+        const struct qrec *q = i < n ? &batch[i] : &queued[i - n];
+        if (q->seq <= last) {
+            continue;
+        }
+        put_line(&lines, q, prev, hash, &canon);
+        memcpy(prev, hash, 65);
+        last = q->seq;
+        count++;
+    }
+    free(queued);
+    int rc = 0;
+    if (count > 0) {
+        spool_open(dl);
+        rc = -1;
+        if (dl->spool_fd >= 0 &&
+            pwrite_all(dl->spool_fd, lines.p, lines.len, dl->spool_used) == 0 &&
+            fdatasync(dl->spool_fd) == 0) {
+            rc = 0;
+        } else if (dl->spool_fd >= 0) {
+            log_error("decision_log", "cannot write %zu records to the spool %s: %s (they stay in "
+                                      "memory)", count, dl->spool_path, strerror(errno));
+            (void)spool_zero(dl->spool_fd, dl->spool_used, dl->spool_used + (off_t)lines.len);
+        }
+        if (rc == 0) {
+            dl->spool_used += (off_t)lines.len;
+            dl->spooled += count;
+            dl->spooled_seq = last;
+            memcpy(dl->spool_prev, prev, 65);
+        }
+    }
+    dl_sbuf_free(&lines);
+    dl_sbuf_free(&canon);
+    return rc;
+}
+
+/* Everything in the spool is committed: empty it. */
+static void spool_reset(struct decision_log *dl)
+{
+    if (dl->spool_fd >= 0 && dl->spool_used > 0) {
+        if (spool_zero(dl->spool_fd, 0, dl->spool_used) != 0 || fdatasync(dl->spool_fd) != 0) {
+            log_error("decision_log", "cannot empty the spool %s: %s", dl->spool_path,
+                      strerror(errno));
+            return; /* replay skips committed records: harmless */
+        }
+    }
+    dl->spool_used = 0;
+    dl->spooled = 0;
+}
+
+/* Commits what an earlier run left in the spool, before anything new. */
+static int spool_replay(struct decision_log *dl, struct err *err)
+{
+    spool_open(dl);
+    if (dl->spool_fd < 0) {
+        return 0;
+    }
+    struct stat sb;
+    if (fstat(dl->spool_fd, &sb) != 0 || sb.st_size == 0) {
+        return 0;
+    }
+    char *buf = xmalloc((size_t)sb.st_size + 1);
+    ssize_t got = pread(dl->spool_fd, buf, (size_t)sb.st_size, 0);
+    if (got < 0) {
+        free(buf);
+        return err_set(err, ERR_IO, "%s: %s", dl->spool_path, strerror(errno));
+    }
+    buf[got] = '\0';
+    size_t len = strlen(buf); /* the used part ends at the first zero byte */
+    struct dl_row *rows = NULL;
+    struct qrec *qs = NULL;
+    size_t nrows = 0, skipped = 0;
+    int rc = 0;
+    char prev[65], hash[65];
+    memcpy(prev, dl->prev, 65);
+    struct sbuf canon = { 0 };
+    for (size_t off = 0; off < len && rc == 0;) {
+        char *nl = memchr(buf + off, '\n', len - off);
+        if (!nl) {
+            log_warn("decision_log", "spool %s: ignoring an unfinished line at byte %zu",
+                     dl->spool_path, off);
+            break;
+        }
+        struct dl_row row;
+        if (!dl_line_parse(buf + off, (size_t)(nl - buf - (ptrdiff_t)off), &row)) {
+            rc = err_set(err, ERR_PARSE, "%s: byte %zu is not a decision record; move the spool "
+                                         "aside to start without it", dl->spool_path, off);
+            break;
+        }
+        off = (size_t)(nl - buf) + 1;
+        if (row.seq <= dl->last_seq) {
+            skipped++; /* committed before the spool was emptied */
+            dl_row_fini(&row);
+            continue;
+        }
+        dl_canonical(&row.rec, row.seq, prev, &canon);
+        dl_hash(prev, canon.p, canon.len, hash);
+        if (row.seq != dl->last_seq + nrows + 1 || strcmp(row.prev_hash, prev) != 0 ||
+            strcmp(row.hash, hash) != 0) {
+            rc = err_set(err, ERR_PARSE, "%s: record %llu does not continue the log at record "
+                                         "%llu (or was edited); move the spool aside to start "
+                                         "without it",
+                         dl->spool_path, (unsigned long long)row.seq,
+                         (unsigned long long)(dl->last_seq + nrows + 1));
+            dl_row_fini(&row);
+            break;
+        }
+        memcpy(prev, hash, 65);
+        rows = xrealloc(rows, (nrows + 1) * sizeof *rows);
+        rows[nrows++] = row;
+    }
+    dl_sbuf_free(&canon);
+    free(buf);
+    if (rc == 0 && nrows > 0) {
+        qs = xcalloc(nrows, sizeof *qs);
+        for (size_t i = 0; i < nrows; i++) {
+            qs[i].rec = rows[i].rec;
+            qs[i].seq = rows[i].seq;
+        }
+        for (size_t i = 0; i < nrows && rc == 0; i += DL_BATCH_MAX) {
+            size_t k = nrows - i < DL_BATCH_MAX ? nrows - i : DL_BATCH_MAX;
+            if (write_batch(dl, qs + i, k) != 0) {
+                rc = err_set(err, ERR_IO, "cannot commit the %zu spooled records of %s: %s",
+                             nrows, dl->spool_path, dl->errmsg);
+            } else {
+                dl->last_seq = qs[i + k - 1].seq;
+            }
+        }
+        if (rc == 0) {
+            log_warn("decision_log", "committed %zu records saved in the spool %s by an earlier "
+                                     "run (records %llu..%llu)", nrows, dl->spool_path,
+                     (unsigned long long)qs[0].seq, (unsigned long long)qs[nrows - 1].seq);
+        }
+    }
+    for (size_t i = 0; i < nrows; i++) {
+        dl_row_fini(&rows[i]);
+    }
+    free(rows);
+    free(qs);
+    if (rc == 0 && (nrows > 0 || skipped > 0 || len > 0)) {
+        dl->spool_used = (off_t)len;
+        spool_reset(dl);
+    }
+    return rc;
+}
+
+/* ---- the head file and signed checkpoints (writer thread) ---- */
+
+static void head_write(struct decision_log *dl)
+{
+    struct dl_head h = { .seq = dl->last_seq, .have_ckpt = dl->have_ckpt };
+    struct err err = { 0 };
+    memcpy(h.hash, dl->prev, 65);
+    if (dl->have_ckpt) {
+        h.ckpt = dl->last_ckpt;
+    }
+    if (dl_head_write(dl->head_path, &h, &err) != 0) {
+        log_error("decision_log", "cannot write the head file: %s", err.msg);
+        return;
+    }
+    dl->head_written = dl->last_seq;
+}
+
+static void ckpt_ship(struct decision_log *dl, const char *json)
+{
+    if (dl->conf.ckpt_file) {
+        int fd = open(dl->conf.ckpt_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        size_t n = strlen(json);
+        if (fd < 0 || write_all(fd, json, n) != 0 || write_all(fd, "\n", 1) != 0 ||
+            fdatasync(fd) != 0) {
+            log_error("decision_log", "cannot append the checkpoint to %s: %s",
+                      dl->conf.ckpt_file, strerror(errno));
+        }
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+    if (dl->conf.ckpt_syslog) {
+        dl_syslog_checkpoint(json);
+    }
+    if (dl->conf.ckpt_command) {
+        FILE *p = popen(dl->conf.ckpt_command, "we");
+        int st = -1;
+        if (p) {
+            fputs(json, p);
+            fputc('\n', p);
+            st = pclose(p);
+        }
+        if (st != 0) {
+            log_error("decision_log", "checkpoint command failed (status %d): %s", st,
+                      dl->conf.ckpt_command);
+        }
+    }
+}
+
+/* Signs the committed head, stores the checkpoint in SQLite, the head file and the
+ * configured destinations. */
+static void checkpoint(struct decision_log *dl)
+{
+    if (!dl->ckpt || dl->last_seq == 0 || dl->last_seq == dl->ckpt_seq) {
+        return;
+    }
+    struct dl_checkpoint c = { .seq = dl->last_seq };
+    struct err err = { 0 };
+    int64_t now = now_us();
+    memcpy(c.hash, dl->prev, 65);
+    dl_format_ts(now, c.time);
+    if (dl_ckpt_sign(&dl->key, &c, &err) != 0) {
+        log_error("decision_log", "checkpoint: %s", err.msg);
+        return;
+    }
+    if (dl_ckpt_store(dl->db, &c) != 0) {
+        log_error("decision_log", "cannot store the checkpoint of record %llu: %s",
+                  (unsigned long long)c.seq, sqlite3_errmsg(dl->db));
+    }
+    dl->last_ckpt = c;
+    dl->have_ckpt = true;
+    dl->ckpt_seq = c.seq;
+    dl->ckpt_us = now;
+    head_write(dl);
+    policy_metrics_checkpoint(c.seq);
+    char *json = dl_ckpt_json(&c);
+    ckpt_ship(dl, json);
+    free(json);
+}
+
 static void periodic(struct decision_log *dl)
 {
     dl->last_sync_us = now_us();
@@ -962,6 +1481,12 @@ static void periodic(struct decision_log *dl)
     }
     sqlite3_wal_checkpoint_v2(dl->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     int64_t now = now_us();
+    if (dl->ckpt && dl->last_seq > dl->ckpt_seq &&
+        now - dl->ckpt_us >= (int64_t)dl->conf.ckpt_interval_ms * 1000) {
+        checkpoint(dl);
+    } else if (dl->last_seq != dl->head_written) {
+        head_write(dl);
+    }
     if (dl->conf.retain_ms &&
         (dl->retain_pending || now - dl->last_retain_us > DL_RETAIN_EVERY_US)) {
         /* A bounded chunk per call: the writer keeps committing new records in between. */
@@ -969,7 +1494,7 @@ static void periodic(struct decision_log *dl)
         uint64_t anchor = 0;
         dl->last_retain_us = now;
         long n = dl_retain(dl->db, now - (int64_t)dl->conf.retain_ms * 1000, DL_RETAIN_CHUNK,
-                           &anchor, &err);
+                           &anchor, dl->ckpt ? &dl->key : NULL, "automatic retention", &err);
         dl->retain_pending = n == DL_RETAIN_CHUNK;
         if (n < 0) {
             log_error("decision_log", "retention failed: %s", err.msg);
@@ -1037,7 +1562,9 @@ static void *writer_main(void *arg)
                 pthread_mutex_lock(&dl->mu);
             }
             size_t cap = dl->conf.queue;
-            while (dl->count > 0 && n < DL_BATCH_MAX) {
+            /* A batch ends where a checkpoint is due: one every `every` records. */
+            uint64_t ckpt_at = dl->ckpt ? dl->ckpt_seq + dl->conf.ckpt_every : UINT64_MAX;
+            while (dl->count > 0 && n < DL_BATCH_MAX && (n == 0 || batch[n - 1].seq < ckpt_at)) {
                 batch[n++] = dl->ring[dl->head];
                 dl->head = (dl->head + 1) % cap;
                 dl->count--;
@@ -1047,29 +1574,98 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&dl->mu);
         int rc = write_batch(dl, batch, n);
         uint64_t last = batch[n - 1].seq;
+        if (rc == 0) {
+            dl->last_seq = last;
+        } else {
+            /* Fail closed at once: past max_pending new requests are refused (503); what
+             * was accepted is held and saved in the spool, never dropped. */
+            pthread_mutex_lock(&dl->mu);
+            bool first = !dl->broken;
+            dl->broken = true;
+            size_t pending = dl->count + n;
+            pthread_mutex_unlock(&dl->mu);
+            if (first) {
+                log_error("decision_log", "the store refuses commits (%s): holding %zu records; "
+                                          "requests are refused once %llu are pending",
+                          dl->errmsg, pending,
+                          (unsigned long long)dl->conf.max_pending);
+            }
+            int sp = spool_pending(dl, batch, n);
+            policy_metrics_log_state(pending, dl->spooled, true);
+            if (dl->stop) {
+                /* Shutting down with a store that keeps failing: every held record goes to
+                 * the spool (replayed on the next start); none is dropped silently. */
+                pthread_mutex_lock(&dl->mu);
+                size_t cap = dl->conf.queue, nq = dl->count;
+                for (size_t i = 0; i < nq; i++) {
+                    batch = xrealloc(batch, (n + 1) * sizeof *batch);
+                    batch[n++] = dl->ring[dl->head];
+                    dl->head = (dl->head + 1) % cap;
+                    dl->count--;
+                }
+                pthread_mutex_unlock(&dl->mu);
+                if (sp == 0) {
+                    log_error("decision_log", "%zu records could not be committed at shutdown: "
+                                              "saved in the spool %s (%zu records), committed "
+                                              "on the next start",
+                              n, dl->spool_path, dl->spooled);
+                } else {
+                    /* Not even the spool: the last place left is the error log. */
+                    struct sbuf line = { 0 }, canon = { 0 };
+                    char prev[65], hash[65];
+                    memcpy(prev, dl->spool_prev, 65);
+                    for (size_t i = 0; i < n; i++) {
+                        if (batch[i].seq <= dl->spooled_seq) {
+                            continue;
+                        }
+                        line.len = 0;
+                        put_line(&line, &batch[i], prev, hash, &canon);
+                        memcpy(prev, hash, 65);
+                        line.p[line.len - 1] = '\0';
+                        log_error("decision_log", "unsaved record: %s", line.p);
+                    }
+                    dl_sbuf_free(&line);
+                    dl_sbuf_free(&canon);
+                    log_error("decision_log", "%zu records could not be committed or spooled at "
+                                              "shutdown: they are in this log as "
+                                              "\"unsaved record\" lines", n);
+                }
+                for (size_t i = 0; i < n; i++) {
+                    free(batch[i].blob);
+                }
+                n = 0;
+                pthread_mutex_lock(&dl->mu);
+                dl->inflight = 0;
+                pthread_cond_broadcast(&dl->done);
+                break;
+            }
+            sleep(1);
+        }
         /* Under steady load the writer never idles: sync on the clock too, so batch mode
          * stays durable within flush_interval. */
-        if (now_us() - dl->last_sync_us >= (int64_t)dl->conf.flush_interval_ms * 1000) {
+        if (rc == 0 && now_us() - dl->last_sync_us >= (int64_t)dl->conf.flush_interval_ms * 1000) {
             periodic(dl);
+        }
+        if (rc == 0 && dl->ckpt && last - dl->ckpt_seq >= dl->conf.ckpt_every) {
+            checkpoint(dl);
         }
         if (rc == 0) {
             for (size_t i = 0; i < n; i++) {
                 free(batch[i].blob);
             }
             n = 0;
-        } else if (dl->stop) {
-            /* Shutting down with a store that keeps failing: say so loudly. */
-            log_error("decision_log", "%zu records could not be committed at shutdown", n);
-            for (size_t i = 0; i < n; i++) {
-                free(batch[i].blob);
+            if (dl->spooled > 0 && last >= dl->spooled_seq) {
+                spool_reset(dl);
             }
-            n = 0;
-        } else {
-            sleep(1);
         }
         pthread_mutex_lock(&dl->mu);
         policy_metrics_queue_depth(dl->count + n);
-        dl->broken = rc != 0;
+        if (rc == 0 && dl->broken) {
+            log_warn("decision_log", "the store accepts commits again (up to record %llu); %zu "
+                                     "records still queued", (unsigned long long)last, dl->count);
+            dl->broken = false;
+        }
+        policy_metrics_log_state(dl->count + n, dl->spooled, dl->broken);
         if (rc == 0) {
             dl->committed = last;
             dl->inflight = 0;
@@ -1176,8 +1772,28 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     dl->conf.file = c->file ? xstrdup(c->file) : NULL;
     dl->conf.queue = c->queue ? c->queue : 10000;
     dl->conf.flush_interval_ms = c->flush_interval_ms ? c->flush_interval_ms : 200;
+    dl->conf.max_pending = c->max_pending ? c->max_pending : 1000;
+    dl->conf.ckpt_every = c->ckpt_every ? c->ckpt_every : 1000;
+    dl->conf.ckpt_interval_ms = c->ckpt_interval_ms ? c->ckpt_interval_ms : 60000;
+    dl->conf.ckpt_key = c->ckpt_key ? xstrdup(c->ckpt_key) : NULL;
+    dl->conf.ckpt_file = c->ckpt_file ? xstrdup(c->ckpt_file) : NULL;
+    dl->conf.ckpt_command = c->ckpt_command ? xstrdup(c->ckpt_command) : NULL;
     dl->fd = -1;
+    dl->spool_fd = -1;
+    dl->spool_path = dl_spool_path(c->sqlite);
+    dl->head_path = dl_head_path(c->sqlite);
+    if (c->ckpt_key) {
+        /* Checkpointing configured: never run without being able to sign. */
+        if (dl_key_load(c->ckpt_key, true, &dl->key, err) != 0) {
+            goto fail;
+        }
+        dl->ckpt = true;
+    }
     if (dl_db_open(c->sqlite, false, &dl->db, err) != 0) {
+        goto fail;
+    }
+    if (dl_ckpt_schema(dl->db) != 0) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
     sqlite3_exec(dl->db,
@@ -1207,10 +1823,54 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         dl->next_seq = (uint64_t)sqlite3_column_int64(st, 0) + 1;
-        snprintf(dl->prev, sizeof dl->prev, "%s", (const char *)sqlite3_column_text(st, 1));
+        const unsigned char *h = sqlite3_column_text(st, 1);
+        snprintf(dl->prev, sizeof dl->prev, "%s", h ? (const char *)h : "");
     }
     sqlite3_finalize(st);
+    /* Sequence numbers never restart: the head file remembers the last head even when
+     * both stores were cut back. Continue after it; verify reports the gap. */
+    struct dl_head head;
+    struct err herr = { 0 };
+    int hrc = dl_head_read(dl->head_path, &head, &herr);
+    if (hrc < 0 || hrc > 1) {
+        log_error("decision_log", "head file unreadable: %s", herr.msg);
+    } else if (hrc == 0) {
+        if (head.seq >= dl->next_seq) {
+            log_error("decision_log", "TAMPERING OR LOSS: the stores end at record %llu but the "
+                                      "head file %s records %llu: records %llu..%llu were "
+                                      "removed; the log continues at record %llu",
+                      (unsigned long long)(dl->next_seq - 1), dl->head_path,
+                      (unsigned long long)head.seq, (unsigned long long)dl->next_seq,
+                      (unsigned long long)head.seq, (unsigned long long)head.seq + 1);
+            dl->next_seq = head.seq + 1;
+            memcpy(dl->prev, head.hash, 65);
+        }
+        if (head.have_ckpt) {
+            dl->last_ckpt = head.ckpt;
+            dl->have_ckpt = true;
+            dl->ckpt_seq = head.ckpt.seq;
+        }
+    }
+    struct dl_checkpoint *cks = NULL;
+    size_t ncks = dl_ckpt_load(dl->db, false, &cks);
+    if (ncks > 0 && cks[ncks - 1].seq > dl->ckpt_seq) {
+        dl->last_ckpt = cks[ncks - 1];
+        dl->have_ckpt = true;
+        dl->ckpt_seq = cks[ncks - 1].seq;
+    }
+    free(cks);
+    if (dl->have_ckpt && dl->ckpt_seq >= dl->next_seq) {
+        log_error("decision_log", "TAMPERING OR LOSS: the stores end at record %llu but a signed "
+                                  "checkpoint covers record %llu; the log continues at record %llu",
+                  (unsigned long long)(dl->next_seq - 1), (unsigned long long)dl->ckpt_seq,
+                  (unsigned long long)dl->ckpt_seq + 1);
+        dl->next_seq = dl->ckpt_seq + 1;
+        memcpy(dl->prev, dl->last_ckpt.hash, 65);
+    }
     dl->committed = dl->next_seq - 1;
+    dl->last_seq = dl->committed;
+    dl->head_written = UINT64_MAX;
+    dl->ckpt_us = now_us();
     if (c->file) {
         dl->fd = open(c->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (dl->fd < 0) {
@@ -1236,6 +1896,14 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
             goto fail;
         }
     }
+    /* Records an earlier run accepted but could not commit come first. */
+    if (spool_replay(dl, err) != 0) {
+        goto fail;
+    }
+    dl->next_seq = dl->last_seq + 1;
+    dl->committed = dl->last_seq;
+    checkpoint(dl); /* covers a tail a crash left without one */
+    head_write(dl);
     dl->ring = xcalloc(dl->conf.queue, sizeof *dl->ring);
     pthread_mutex_init(&dl->mu, NULL);
     pthread_cond_init(&dl->wake, NULL);
@@ -1262,6 +1930,12 @@ fail:
         close(dl->lock_fd);
     }
     sqlite3_finalize(dl->del_pending);
+    if (dl->spool_fd >= 0) {
+        close(dl->spool_fd);
+    }
+    free(dl->spool_path);
+    free(dl->head_path);
+    dl_key_free(&dl->key);
     sqlite3_finalize(dl->ins);
     sqlite3_close(dl->db);
     free(dl->ring);
@@ -1273,8 +1947,11 @@ fail:
 int decision_log_append(struct decision_log *dl, const struct decision_record *rec, uint64_t *seq)
 {
     pthread_mutex_lock(&dl->mu);
-    /* Fail closed: a full queue or a failing store refuses new records (503). */
-    if (dl->count + dl->inflight >= dl->conf.queue || dl->broken || dl->stop) {
+    /* Fail closed: a full queue refuses new records (503); so does a failing store
+     * once max_pending records are held (strict mode at once: nothing would commit). */
+    size_t pending = dl->count + dl->inflight;
+    if (pending >= dl->conf.queue || dl->stop ||
+        (dl->broken && (pending >= dl->conf.max_pending || dl->conf.sync == DECISION_LOG_STRICT))) {
         pthread_mutex_unlock(&dl->mu);
         return ERR_LIMIT;
     }
@@ -1287,6 +1964,9 @@ int decision_log_append(struct decision_log *dl, const struct decision_record *r
     }
     dl->count++;
     policy_metrics_queue_depth(dl->count + dl->inflight);
+    if (dl->broken) {
+        policy_metrics_log_state(dl->count + dl->inflight, dl->spooled, true);
+    }
     pthread_cond_signal(&dl->wake);
     pthread_mutex_unlock(&dl->mu);
     return 0;
@@ -1315,6 +1995,14 @@ void decision_log_set_commit_cb(struct decision_log *dl, decision_log_commit_cb 
     pthread_mutex_unlock(&dl->mu);
 }
 
+bool decision_log_healthy(struct decision_log *dl)
+{
+    pthread_mutex_lock(&dl->mu);
+    bool ok = !dl->broken;
+    pthread_mutex_unlock(&dl->mu);
+    return ok;
+}
+
 size_t decision_log_queue_depth(struct decision_log *dl)
 {
     pthread_mutex_lock(&dl->mu);
@@ -1333,6 +2021,19 @@ void decision_log_close(struct decision_log *dl)
     pthread_cond_signal(&dl->wake);
     pthread_mutex_unlock(&dl->mu);
     pthread_join(dl->thread, NULL);
+    if (!dl->broken) {
+        checkpoint(dl);
+        if (dl->last_seq != dl->head_written) {
+            head_write(dl);
+        }
+    }
+    if (dl->spool_fd >= 0) {
+        (void)fdatasync(dl->spool_fd);
+        close(dl->spool_fd);
+    }
+    free(dl->spool_path);
+    free(dl->head_path);
+    dl_key_free(&dl->key);
     if (dl->fd >= 0) {
         if (dl->file_behind) {
             struct err err = { 0 };
@@ -1398,26 +2099,31 @@ static int file_drop_before(const char *file, uint64_t keep_after, struct err *e
 }
 
 long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
-               struct err *err)
+               const struct dl_key *key, const char *reason, struct err *err)
 {
     sqlite3_stmt *st = NULL;
     uint64_t seq = 0;
+    int64_t ts = 0;
     char hash[65] = "";
-    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    if (dl_ckpt_schema(db) != 0 ||
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
         return -1;
     }
     /* The anchor is the newest deleted record: the first kept one chains to it. */
-    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM (SELECT seq, hash FROM decisions WHERE "
-                               "ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq DESC LIMIT 1",
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash, ts_us FROM (SELECT seq, hash, ts_us FROM "
+                               "decisions WHERE ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq "
+                               "DESC LIMIT 1",
                            -1, &st, NULL) != SQLITE_OK) {
         goto fail;
     }
     sqlite3_bind_int64(st, 1, cutoff_us);
     sqlite3_bind_int64(st, 2, max_rows > 0 ? max_rows : -1);
     if (sqlite3_step(st) == SQLITE_ROW) {
+        const unsigned char *h = sqlite3_column_text(st, 1);
         seq = (uint64_t)sqlite3_column_int64(st, 0);
-        snprintf(hash, sizeof hash, "%s", (const char *)sqlite3_column_text(st, 1));
+        ts = sqlite3_column_int64(st, 2);
+        snprintf(hash, sizeof hash, "%s", h ? (const char *)h : "");
     }
     sqlite3_finalize(st);
     st = NULL;
@@ -1426,16 +2132,42 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
         dl_anchor_get(db, anchor_seq, hash);
         return 0;
     }
-    char sql[256];
-    snprintf(sql, sizeof sql, "DELETE FROM decisions WHERE seq <= %llu", (unsigned long long)seq);
-    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+    /* The cut is a signed statement (what, up to where, why, when): an anchor without
+     * one is truncation, not retention. */
+    struct dl_checkpoint rr = { .retention = true, .seq = seq, .upto_ts_us = ts };
+    snprintf(rr.hash, sizeof rr.hash, "%s", hash);
+    snprintf(rr.reason, sizeof rr.reason, "%s", reason ? reason : "retention");
+    dl_format_ts(now_us(), rr.time);
+    if (key && dl_ckpt_sign(key, &rr, err) != 0) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    if (sqlite3_prepare_v2(db, "DELETE FROM decisions WHERE seq <= ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
         goto fail;
     }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
     long deleted = (long)sqlite3_changes(db);
-    snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
-                              "'%llu'), ('anchor_hash', '%s')", (unsigned long long)seq, hash);
-    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    char seqtxt[STR_U64_MAX];
+    struct str sq = str_u64(seqtxt, seq);
+    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
+                               "?1), ('anchor_hash', ?2)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_text(st, 1, sq.p, (int)sq.len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, hash, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (dl_ckpt_store(db, &rr) != 0 || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         goto fail;
     }
     *anchor_seq = seq;
@@ -1453,12 +2185,19 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     if (!c->retain_ms) {
         return 0;
     }
+    struct dl_key key = { 0 };
+    if (c->ckpt_key && dl_key_load(c->ckpt_key, true, &key, err) != 0) {
+        return -1;
+    }
     if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        dl_key_free(&key);
         return -1;
     }
     uint64_t anchor = 0;
-    long n = dl_retain(db, now_us_ - (int64_t)c->retain_ms * 1000, 0, &anchor, err);
+    long n = dl_retain(db, now_us_ - (int64_t)c->retain_ms * 1000, 0, &anchor,
+                       c->ckpt_key ? &key : NULL, "audit retain", err);
     sqlite3_close(db);
+    dl_key_free(&key);
     if (n > 0 && c->file && file_drop_before(c->file, anchor, err) != 0) {
         return -1;
     }

@@ -3,6 +3,8 @@
 #ifndef GH_POLICY_DECISION_LOG_INT_H
 #define GH_POLICY_DECISION_LOG_INT_H
 
+#include <jansson.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "policy.h"
@@ -42,13 +44,76 @@ struct dl_row {
 /* Reads the current row of a statement selecting DL_COLUMNS. */
 void dl_row_read(sqlite3_stmt *st, struct dl_row *row);
 void dl_row_fini(struct dl_row *row);
+/* Parses a JSON record line (file, spool) into row; false when it is not one. */
+bool dl_line_parse(const char *line, size_t len, struct dl_row *row);
 /* Anchor left by retention: the seq and hash of the last deleted record
  * (seq 0 and DL_GENESIS when nothing was deleted). */
 void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
 /* Deletes up to max_rows (0: all) of the oldest records older than cutoff_us in one
  * transaction and moves the anchor; *anchor_seq gets the anchor. Returns rows deleted or -1.
  * The file is the caller's (drop its lines up to the anchor once SQLite is done). */
+struct dl_key;
 long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
-               struct err *err);
+               const struct dl_key *key, const char *reason, struct err *err);
+/* "2026-03-10T09:30:00.123456Z" for a time in microseconds. */
+void dl_format_ts(int64_t ts_us, char out[64]);
+bool dl_parse_ts(const char *s, int64_t *out_us);
+
+/* audit verify's checks beyond the chain itself: the head file, signed checkpoints
+ * (key: --pubkey or the configured key), retention records and a pinned head
+ * (anchor: "SEQ:HASH" or a file holding a checkpoint). Prints a line per failure. */
+bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const char *pubkey,
+                         const char *anchor);
+/* audit head: prints the current head, signed with the checkpoint key. */
+int dl_print_head(const struct decision_log_conf *c);
+
+/* ---- signed checkpoints, retention records, the head file (dl_checkpoint.c) ---- */
+
+#define DL_KEY_ID_LEN 16
+
+struct dl_key {
+    EVP_PKEY *pk; /* Ed25519 */
+    bool priv;
+    char key_id[DL_KEY_ID_LEN + 1]; /* hex SHA-256 of the raw public key, prefix */
+};
+/* Loads an Ed25519 PEM key: a private key, or (need_private false) a public one. */
+int dl_key_load(const char *path, bool need_private, struct dl_key *k, struct err *err);
+void dl_key_free(struct dl_key *k);
+
+/* A checkpoint signs the chain head {seq, hash, time, key_id}; a retention record
+ * signs a cut {up to seq and hash, that record's time, reason, time, key_id}. */
+struct dl_checkpoint {
+    bool retention;
+    uint64_t seq; /* checkpoint: the head; retention: the last removed record */
+    char hash[65];
+    int64_t upto_ts_us; /* retention: time of the last removed record */
+    char reason[128];   /* retention */
+    char time[64];      /* when it was signed (RFC 3339, UTC) */
+    char key_id[DL_KEY_ID_LEN + 1];
+    char sig[129]; /* hex Ed25519 signature */
+};
+int dl_ckpt_sign(const struct dl_key *k, struct dl_checkpoint *c, struct err *err);
+bool dl_ckpt_verify(const struct dl_key *k, const struct dl_checkpoint *c);
+char *dl_ckpt_json(const struct dl_checkpoint *c); /* one line, free() */
+bool dl_ckpt_from_json(json_t *o, struct dl_checkpoint *c);
+bool dl_ckpt_parse(const char *text, size_t len, struct dl_checkpoint *c);
+int dl_ckpt_schema(sqlite3 *db);
+int dl_ckpt_store(sqlite3 *db, const struct dl_checkpoint *c);
+/* All checkpoints (or retention records), by seq; returns the count, *out to free(). */
+size_t dl_ckpt_load(sqlite3 *db, bool retention, struct dl_checkpoint **out);
+
+/* The head file next to the database: the last committed (seq, hash) and the last
+ * checkpoint, written atomically; it survives truncating both stores. */
+struct dl_head {
+    uint64_t seq;
+    char hash[65];
+    bool have_ckpt;
+    struct dl_checkpoint ckpt;
+};
+char *dl_head_path(const char *sqlite_path);
+char *dl_spool_path(const char *sqlite_path);
+int dl_head_write(const char *path, const struct dl_head *h, struct err *err);
+int dl_head_read(const char *path, struct dl_head *h, struct err *err);
+void dl_syslog_checkpoint(const char *json);
 
 #endif

@@ -226,6 +226,14 @@ struct decision_log_conf {
     uint64_t retain_ms;         /* default 90d; 0 = keep forever */
     uint64_t queue;             /* bound of pending records, default 10000 */
     uint64_t flush_interval_ms; /* batch mode: longest time before a commit, default 200ms */
+    uint64_t max_pending;       /* store failing: records held (spooled) before 503, default 1000 */
+    /* decision_log.checkpoint: signed chain heads (NULL key = no checkpoints). */
+    char *ckpt_key;             /* Ed25519 private key (PEM), resolved */
+    uint64_t ckpt_every;        /* records between checkpoints, default 1000 */
+    uint64_t ckpt_interval_ms;  /* longest time between checkpoints, default 60s */
+    char *ckpt_file;            /* also append each checkpoint here (one JSON line) */
+    char *ckpt_command;         /* also run this with the checkpoint on stdin */
+    bool ckpt_syslog;           /* also send each checkpoint to syslog */
 };
 
 /* Reads `decision_log:` and `state.sqlite` from a gatehouse.yaml root (paths relative
@@ -267,6 +275,8 @@ int policy_admin_log(const char *conf_file, const struct admin_act *act, char *n
  * chained as soon as a server opens the log). Returns 0 or an error (err). */
 int decision_log_admin(const struct decision_log_conf *c, const struct decision_record *rec,
                        unsigned wait_ms, uint64_t *seq, struct err *err) WARN_UNUSED;
+/* false while the store refuses commits (records are held and spooled). */
+bool decision_log_healthy(struct decision_log *dl);
 
 /* ---- metrics (rendered by the proxy's /metrics) ---- */
 
@@ -275,6 +285,9 @@ void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
 void policy_metrics_log_write(uint64_t latency_us, size_t records);
 void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
 void policy_metrics_regex_error(void); /* a regex hit a limit or its input cap */
+/* Records accepted but not committed, and whether the store refuses commits. */
+void policy_metrics_log_state(size_t pending, size_t spooled, bool broken);
+void policy_metrics_checkpoint(uint64_t seq);
 /* Appends Prometheus text exposition to buf; returns bytes that would be written. */
 size_t policy_metrics_render(char *buf, size_t size);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decision_log_int.h"
 #include "policy_int.h"
 
 struct route_policy {
@@ -77,7 +78,17 @@ struct policy_conf *policy_conf_load(const struct conf_node *root, const char *c
     struct policy_conf *pc = xcalloc(1, sizeof *pc);
     (void)opa_conf_parse(root, d, &pc->opa);
     pc->has_log = conf_get(root, "decision_log") != NULL;
-    (void)decision_log_conf_parse(root, conf_file, d, &pc->log);
+    if (decision_log_conf_parse(root, conf_file, d, &pc->log) && pc->log.ckpt_key) {
+        /* Checkpointing configured: a key that cannot sign stops check and serve here,
+         * with its position (audit verify reads only the public half, later). */
+        struct dl_key key;
+        struct err err = { 0 };
+        if (dl_key_load(pc->log.ckpt_key, true, &key, &err) != 0) {
+            const struct conf_node *cp = conf_get(conf_get(root, "decision_log"), "checkpoint");
+            conf_error(d, conf_get(cp, "key"), "%s", err.msg);
+        }
+        dl_key_free(&key);
+    }
     const struct conf_node *routes = conf_get(root, "routes");
     if (routes && routes->type == CONF_SEQ) {
         pc->routes = xcalloc(routes->n ? routes->n : 1, sizeof *pc->routes);

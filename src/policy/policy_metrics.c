@@ -32,7 +32,9 @@ static struct {
     atomic_ullong opa_calls, opa_errors, opa_cache_hits, regex_errors;
     struct histo opa_latency, log_latency;
     atomic_ullong log_records, log_batches;
-    atomic_size_t queue_depth;
+    atomic_size_t queue_depth, log_pending, log_spooled;
+    atomic_bool log_broken;
+    atomic_ullong log_checkpoint_seq, log_checkpoints;
 } m = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void observe(struct histo *h, uint64_t us)
@@ -118,6 +120,19 @@ void policy_metrics_queue_depth(size_t depth)
     atomic_store(&m.queue_depth, depth);
 }
 
+void policy_metrics_log_state(size_t pending, size_t spooled, bool broken)
+{
+    atomic_store(&m.log_pending, pending);
+    atomic_store(&m.log_spooled, spooled);
+    atomic_store(&m.log_broken, broken);
+}
+
+void policy_metrics_checkpoint(uint64_t seq)
+{
+    atomic_store(&m.log_checkpoint_seq, seq);
+    atomic_fetch_add(&m.log_checkpoints, 1);
+}
+
 struct out {
     char *buf;
     size_t size, len;
@@ -192,6 +207,24 @@ size_t policy_metrics_render(char *buf, size_t size)
              "# TYPE gatehouse_decision_log_records_total counter\n"
              "gatehouse_decision_log_records_total %llu\n",
          atomic_load(&m.queue_depth), (unsigned long long)atomic_load(&m.log_records));
+    emit(&o, "# HELP gatehouse_decision_log_pending Records accepted but not yet committed.\n"
+             "# TYPE gatehouse_decision_log_pending gauge\n"
+             "gatehouse_decision_log_pending %zu\n"
+             "# HELP gatehouse_decision_log_spooled Uncommitted records saved in the spool file.\n"
+             "# TYPE gatehouse_decision_log_spooled gauge\n"
+             "gatehouse_decision_log_spooled %zu\n"
+             "# HELP gatehouse_decision_log_broken 1 while the store refuses commits.\n"
+             "# TYPE gatehouse_decision_log_broken gauge\n"
+             "gatehouse_decision_log_broken %d\n"
+             "# HELP gatehouse_decision_log_checkpoints_total Signed checkpoints written.\n"
+             "# TYPE gatehouse_decision_log_checkpoints_total counter\n"
+             "gatehouse_decision_log_checkpoints_total %llu\n"
+             "# HELP gatehouse_decision_log_checkpoint_seq Record covered by the last checkpoint.\n"
+             "# TYPE gatehouse_decision_log_checkpoint_seq gauge\n"
+             "gatehouse_decision_log_checkpoint_seq %llu\n",
+         atomic_load(&m.log_pending), atomic_load(&m.log_spooled),
+         atomic_load(&m.log_broken) ? 1 : 0, (unsigned long long)atomic_load(&m.log_checkpoints),
+         (unsigned long long)atomic_load(&m.log_checkpoint_seq));
     emit_histo(&o, "gatehouse_decision_log_write_seconds", "Time to commit one batch.",
                &m.log_latency);
     return o.len;

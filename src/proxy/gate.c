@@ -384,7 +384,7 @@ size_t gate_metrics_render(char *buf, size_t size)
                      "# TYPE gatehouse_idp_errors_total counter\n"
                      "gatehouse_idp_errors_total %llu\n"
                      "# HELP gatehouse_decision_log_rejected_total Requests refused (503) "
-                     "because the decision log queue was full.\n"
+                     "because the decision log could not take the record.\n"
                      "# TYPE gatehouse_decision_log_rejected_total counter\n"
                      "gatehouse_decision_log_rejected_total %llu\n",
                      (unsigned long long)atomic_load(&G.n_login),
@@ -716,7 +716,10 @@ static int log_decision(struct gate_req *q, const char *kind, const char *decisi
     if (rc != 0) {
         atomic_fetch_add(&G.n_dl_rejects, 1);
         log_emit(LOG_ERROR, "policy", r->id, NULL,
-                 "decision log queue full: refusing the request (503)");
+                 decision_log_healthy(G.dl)
+                     ? "decision log queue full: refusing the request (503)"
+                     : "decision log store failing and its backlog is full: refusing the "
+                       "request (503)");
     }
     return rc;
 }

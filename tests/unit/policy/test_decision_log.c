@@ -503,8 +503,10 @@ static void test_dl_retention_keeps_the_chain(void **state)
     assert_int_equal(sqlite3_exec(db, "BEGIN; UPDATE decision_log_meta SET value = (SELECT hash "
                                       "FROM decisions WHERE seq = 15) WHERE key = 'anchor_hash'; "
                                       "UPDATE decision_log_meta SET value = '15' WHERE key = "
-                                      "'anchor_seq'; DELETE FROM decisions WHERE seq <= 15; "
-                                      "COMMIT;",
+                                      "'anchor_seq'; INSERT INTO decision_log_retention "
+                                      "SELECT seq, hash, ts_us, 'test', 'now', '', '' FROM "
+                                      "decisions WHERE seq = 15; DELETE FROM decisions WHERE "
+                                      "seq <= 15; COMMIT;",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
