@@ -313,6 +313,18 @@ static void dump_identity(FILE *f, const struct config *c, const struct gate_set
         kv_dur(f, 1, "retain", g->dl->retain_ms);
         kv_raw(f, 1, false, "queue", "%llu", (unsigned long long)g->dl->queue);
         kv_dur(f, 1, "flush_interval", g->dl->flush_interval_ms);
+        kv_raw(f, 1, false, "max_pending", "%llu", (unsigned long long)g->dl->max_pending);
+        if (g->dl->ckpt_key) {
+            fputs("  checkpoint:\n", f);
+            kv_str(f, 2, false, "key", g->dl->ckpt_key); /* the path, never the key */
+            kv_raw(f, 2, false, "every", "%llu", (unsigned long long)g->dl->ckpt_every);
+            kv_dur(f, 2, "interval", g->dl->ckpt_interval_ms);
+            kv_str(f, 2, false, "file", g->dl->ckpt_file);
+            kv_str(f, 2, false, "command", g->dl->ckpt_command);
+            kv_bool(f, 2, "syslog", g->dl->ckpt_syslog);
+        } else {
+            fputs("  checkpoint: null  # no signed checkpoints\n", f);
+        }
     } else {
         fputs("decision_log: null\n", f);
     }

@@ -658,7 +658,7 @@ static int log_decision(struct gate_req *q, const char *kind, const char *decisi
     /* The access log carries the outcome too (accesslog.h). */
     r->access_decision = decision;
     r->access_rule = rule;
-    r->access_user = q->id.user_key;
+    r->access_user = q->id.user; /* the user id as policies and the decision log see it */
     if (!G.dl) {
         return 0;
     }
