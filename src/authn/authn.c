@@ -22,6 +22,7 @@
 #include "jwt.h"
 #include "oidc.h"
 #include "page.h"
+#include "saml.h"
 #include "session.h"
 
 #ifndef GATEHOUSE_WEB_DIR
@@ -63,6 +64,8 @@ struct authn {
     struct authn_shared *rt;          /* owned reference; the fields below borrow from it */
     struct idp *idps;
     size_t nidps;
+    struct saml_idp **saml;       /* type: saml providers (saml.c) */
+    size_t nsaml;
     struct session_conf sconf;
     char *state_db;
     struct session_store *store;  /* rt's */
@@ -124,6 +127,28 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
                                : an->assertion_ttl_s;
 }
 
+/* One identity_providers[] entry of type saml (saml.c parses it). */
+static void saml_parse_entry(struct authn *an, struct conf_diag *d, const struct conf_node *root,
+                             const struct conf_node *e, const char *conf_file)
+{
+    const struct conf_node *pu = conf_get(root, "public_url");
+    const char *public_url = pu && pu->type == CONF_SCALAR ? pu->value : NULL;
+    struct saml_idp *x = saml_idp_parse(d, e, conf_file, public_url);
+    if (x == NULL) {
+        return;
+    }
+    for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
+        const char *other = j < an->nidps ? an->idps[j].p->id
+                                          : saml_idp_id(an->saml[j - an->nidps]);
+        if (strcmp(other, saml_idp_id(x)) == 0) {
+            conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
+                       other);
+        }
+    }
+    an->saml = xrealloc(an->saml, (an->nsaml + 1) * sizeof *an->saml);
+    an->saml[an->nsaml++] = x;
+}
+
 struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                         const char *state_db, struct conf_diag *d)
 {
@@ -141,18 +166,24 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                 continue;
             }
             conf_string(d, e, "type", &type);
+            if (strcmp(type, "saml") == 0) {
+                saml_parse_entry(an, d, root, e, conf_file);
+                continue;
+            }
             if (strcmp(type, "oidc") != 0) {
                 conf_error(d, conf_get(e, "type"),
-                           "identity provider type \"%s\" is not supported (supported: oidc)",
-                           type);
+                           "identity provider type \"%s\" is not supported (supported: oidc, "
+                           "saml)", type);
                 continue;
             }
             struct oidc_provider *p = oidc_provider_parse(d, e, conf_file);
             if (p == NULL) {
                 continue;
             }
-            for (size_t j = 0; j < an->nidps; j++) {
-                if (strcmp(an->idps[j].p->id, p->id) == 0) {
+            for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
+                const char *other = j < an->nidps ? an->idps[j].p->id
+                                                  : saml_idp_id(an->saml[j - an->nidps]);
+                if (strcmp(other, p->id) == 0) {
                     conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
                                p->id);
                 }
@@ -252,7 +283,7 @@ int authn_start(struct authn *an, struct err *err)
         return err_set(err, ERR_CONFIG, "pages in %s: %s", an->pages_dir, e.msg);
     }
     /* Opened whenever there is a state database: a reload may add providers. */
-    if (an->nidps > 0 || an->state_db != NULL) {
+    if (an->nidps + an->nsaml > 0 || an->state_db != NULL) {
         if (an->state_db == NULL) {
             return err_set(err, ERR_CONFIG, "sign-in needs \"state: {sqlite: ...}\" for sessions");
         }
@@ -334,6 +365,10 @@ void authn_free(struct authn *an)
         pthread_mutex_destroy(&an->idps[i].mu);
     }
     free(an->idps);
+    for (size_t i = 0; i < an->nsaml; i++) {
+        saml_idp_free(an->saml[i]);
+    }
+    free(an->saml);
     rt_unref(an->rt);
     session_conf_fini(&an->sconf);
     free(an->state_db);
@@ -639,7 +674,7 @@ static enum authn_step unauthenticated(struct authn *an, const struct authn_req 
     }
     out->event = AUTHN_EV_SIGNIN_REQUIRED;
     /* API clients (a bearer token, no text/html) get a 401, never a redirect. */
-    if (wants_html(req) && !out->id.bearer && an->nidps > 0) {
+    if (wants_html(req) && !out->id.bearer && an->nidps + an->nsaml > 0) {
         /* Keep the original URL, but only when it is a safe same-host path. */
         const char *target = req->query.len
                                  ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
@@ -973,6 +1008,10 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
 
 /* ---- /.gatehouse/login ------------------------------------------------ */
 
+static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out, struct saml_idp *sx,
+                                  const char *rd);
+
 static enum authn_step login_redirect(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, struct idp *x,
                                       const char *rd)
@@ -1030,24 +1069,46 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
             x = cands[i];
         }
     }
-    if (n == 0) {
+    struct saml_idp *scands[64];
+    size_t ns = 0;
+    struct saml_idp *sx = NULL;
+    for (size_t i = 0; i < an->nsaml && ns < 64; i++) {
+        if (route_accepts(req, saml_idp_id(an->saml[i]))) {
+            scands[ns++] = an->saml[i];
+            if (want != NULL && strcmp(saml_idp_id(an->saml[i]), want) == 0) {
+                sx = an->saml[i];
+            }
+        }
+    }
+    if (n + ns == 1 && want == NULL && ns == 1) {
+        sx = scands[0];
+    }
+    if (sx != NULL) {
+        return saml_login(an, req, a, out, sx, rd);
+    }
+    if (n + ns == 0) {
         set_reason(out, "%s", "login on a route without identity providers");
         return error_page(an, req, a, out, 404, "No sign-in here",
                           "This app does not use sign-in.");
     }
-    if (want != NULL && x == NULL) {
+    if (want != NULL && x == NULL && sx == NULL) {
         set_reason(out, "%s", "unknown idp parameter");
         return error_page(an, req, a, out, 400, "Unknown identity provider",
                           "That identity provider is not offered for this app.");
     }
-    if (x == NULL && n == 1) {
+    if (x == NULL && n == 1 && ns == 0) {
         x = cands[0];
     }
     if (x == NULL) {
-        struct page_provider pv[64];
+        struct page_provider pv[128];
         for (size_t i = 0; i < n; i++) {
             pv[i] = (struct page_provider){ cands[i]->p->id, NULL };
         }
+        for (size_t i = 0; i < ns; i++) {
+            pv[n + i] = (struct page_provider){ saml_idp_id(scands[i]),
+                                                saml_idp_display_name(scands[i]) };
+        }
+        n += ns;
         char host[256];
         snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
         const char *list = pages_provider_list(a, pv, n, str_from(rd));
@@ -1200,6 +1261,160 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     out->event = AUTHN_EV_LOGIN;
     out->cont = NULL;
     return redirect(out, rd);
+}
+
+/* ---- SAML: login, /.gatehouse/saml/acs, /.gatehouse/saml/metadata ------ */
+
+/* The SAML login cookie comes back on the IdP's cross-site POST to the ACS:
+ * over TLS it is SameSite=None (still __Host-, Secure, HttpOnly, sealed, 10
+ * minutes); over plain HTTP (tests, a local set-up) browsers refuse None
+ * without Secure, so it stays Lax. */
+static const char *saml_login_cookie(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, const char *value, int max_age)
+{
+    const char *name = login_cookie_name(an, req->tls);
+    if (name == NULL) {
+        return NULL;
+    }
+    if (!req->tls) {
+        return cookie_format(a, name, str_from(value), false, max_age);
+    }
+    return arena_printf(a, "%s=%s; Path=/; Max-Age=%d; HttpOnly; Secure; SameSite=None", name,
+                        value, max_age);
+}
+
+static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out, struct saml_idp *sx,
+                                  const char *rd)
+{
+    char *url = NULL, *cookie = NULL;
+    struct err err = { 0 };
+    if (saml_login_start(sx, str_from(rd), an->login_key, req->now_ms / 1000, &url, &cookie,
+                         &err) != 0) {
+        set_reason(out, "SAML login start failed: %s", err.msg);
+        return internal_error(an, req, a, out);
+    }
+    const char *sc = saml_login_cookie(an, req, a, cookie, SAML_LOGIN_TTL_S);
+    const char *loc = adup(a, url);
+    free(url);
+    free(cookie);
+    if (sc == NULL || loc == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", sc);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s (SAML) from %s",
+             saml_idp_id(sx), req->client_ip ? req->client_ip : "?");
+    return redirect(out, loc);
+}
+
+static enum authn_step saml_metadata(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out)
+{
+    const char *want = query_value(a, req->query, "idp");
+    struct saml_idp *sx = an->nsaml ? an->saml[0] : NULL;
+    for (size_t i = 0; want != NULL && i < an->nsaml; i++) {
+        sx = strcmp(saml_idp_id(an->saml[i]), want) == 0 ? an->saml[i] : NULL;
+        if (sx != NULL) {
+            break;
+        }
+    }
+    if (sx == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+    }
+    const char *md = saml_sp_metadata(sx);
+    respond(out, 200, "application/samlmetadata+xml", md, strlen(md));
+    out->resp.headers[0].value = "public, max-age=300";
+    return AUTHN_RESPOND;
+}
+
+static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
+                                         struct arena *a, struct authn_out *out)
+{
+    if (!str_eq_cstr(req->method, "POST") || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", "POST");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    const char *cname = login_cookie_name(an, req->tls);
+    struct str v = STR_NULL;
+    bool found = false;
+    struct err err = { 0 };
+    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    }
+    struct saml_result r;
+    int64_t now_s = req->now_ms / 1000;
+    if (saml_acs(an->saml, an->nsaml, req->body, found ? v : STR_NULL, an->login_key, now_s, &r,
+                 &err) != 0) {
+        return callback_fail(an, req, a, out, 403, err.msg[0] ? err.msg : "SAML response refused");
+    }
+    const char *idp_id = saml_idp_id(r.idp);
+    if (!route_accepts(req, idp_id)) {
+        saml_result_fini(&r);
+        return callback_fail(an, req, a, out, 403, "SAML sign-in for an identity provider not "
+                                                   "accepted here");
+    }
+    /* Replay: an assertion ID is accepted once (kept until it expires), and a
+     * login state answers one response. */
+    char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
+    bool fresh = oidc_replay_check_and_add(an->replay, str_from(ka), r.assertion_exp_s, now_s);
+    free(ka);
+    if (!fresh) {
+        saml_result_fini(&r);
+        return callback_fail(an, req, a, out, 403, "assertion ID already used (replay)");
+    }
+    if (r.login_state != NULL) {
+        char *kl = xasprintf("saml-login:%s", r.login_state);
+        fresh = oidc_replay_check_and_add(an->replay, str_from(kl), now_s + SAML_LOGIN_TTL_S,
+                                          now_s);
+        free(kl);
+        if (!fresh) {
+            saml_result_fini(&r);
+            return callback_fail(an, req, a, out, 403, "login state already answered (replay)");
+        }
+    }
+    struct session_new sn = {
+        .user_key = r.user_key, .email = r.email, .name = r.name, .groups_json = r.groups_json,
+        .claims_json = r.claims_json, .idp = idp_id, .sid = r.session_index,
+    };
+    char cookie[SESSION_COOKIE_LEN + 1];
+    int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
+    if (rc == 0) {
+        const char *hash = strchr(r.user_key, '#');
+        out->id.user_key = adup(a, r.user_key);
+        out->id.sub = adup(a, hash ? hash + 1 : r.user_key);
+        out->id.email = adup(a, r.email);
+        out->id.name = adup(a, r.name);
+        out->id.idp = adup(a, idp_id);
+        out->id.groups_json = adup(a, r.groups_json);
+        out->id.claims_json = adup(a, r.claims_json);
+        out->id.sid = adup(a, r.session_index);
+    }
+    log_emit(rc == 0 ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
+             rc == 0 ? "signed in %s via %s (SAML)" : "session not created for %s via %s",
+             r.email ? r.email : r.user_key, idp_id);
+    const char *rd = r.return_path && oidc_return_path_safe(str_from(r.return_path))
+                         ? adup(a, r.return_path)
+                         : "/";
+    saml_result_fini(&r);
+    if (rc != 0) {
+        return callback_fail(an, req, a, out, 500, err.msg);
+    }
+    const char *sname = session_cookie_name(an, req->tls);
+    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
+                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
+                            : NULL;
+    const char *clear = saml_login_cookie(an, req, a, "", 0);
+    OPENSSL_cleanse(cookie, sizeof cookie);
+    if (set == NULL || clear == NULL || rd == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", set);
+    add_header(out, "Set-Cookie", clear);
+    out->event = AUTHN_EV_LOGIN;
+    out->cont = NULL;
+    /* 303: the browser follows a POST answer with a GET. */
+    add_header(out, "Location", rd);
+    return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
 }
 
 static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
@@ -1492,6 +1707,12 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
         if (str_eq_cstr(p, "signed-out")) {
             /* Where the IdP sends the browser after an RP-initiated logout. */
             return signed_out_page(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "saml/acs")) {
+            return saml_acs_endpoint(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "saml/metadata")) {
+            return saml_metadata(an, req, a, out);
         }
         if (str_eq_cstr(p, "oidc/backchannel-logout")) {
             return backchannel_logout(an, req, a, out);
