@@ -800,6 +800,15 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
     if (!is_el(s->root, NS_SAMLP, "Response")) {
         return err_set(err, ERR_PARSE, "the message is not a samlp:Response");
     }
+    /* A failure answer carries no assertion: say that, not "0 assertions". */
+    const xmlNode *st = child_el(child_el(s->root, NS_SAMLP, "Status"), NS_SAMLP, "StatusCode");
+    if (st == NULL || !attr_is(st, "Value", STATUS_SUCCESS)) {
+        char *v = st ? attr(st, "Value") : NULL;
+        const char *code = v && strrchr(v, ':') ? strrchr(v, ':') + 1 : "missing";
+        err_set(err, ERR_CRYPTO, "Status is not Success (%.40s)", code);
+        free(v);
+        return -1;
+    }
     struct walk w = { 0 };
     walk_tree(doc->children, &w);
     for (size_t i = 0; i < w.nids; i++) {
@@ -949,6 +958,25 @@ static int check_assertion(const struct saml_idp *x, LassoSamlp2Response *r,
         return err_set(err, ERR_CRYPTO, "InResponseTo names a request this browser did not make "
                                       "(no login state)");
     }
+    /* Conditions: times with the skew, an AudienceRestriction naming us. */
+    if (a->Conditions == NULL) {
+        return err_set(err, ERR_CRYPTO, "assertion without Conditions");
+    }
+    int64_t nb = a->Conditions->NotBefore ? iso_time(a->Conditions->NotBefore) : 0;
+    int64_t na = a->Conditions->NotOnOrAfter ? iso_time(a->Conditions->NotOnOrAfter) : 0;
+    if (nb < 0 || na < 0) {
+        return err_set(err, ERR_CRYPTO, "Conditions with an unreadable time");
+    }
+    if (nb > 0 && now_s + x->clock_skew_s < nb) {
+        return err_set(err, ERR_CRYPTO, "assertion is not yet valid (NotBefore)");
+    }
+    if (na > 0 && now_s >= na + x->clock_skew_s) {
+        return err_set(err, ERR_CRYPTO, "assertion has expired (NotOnOrAfter)");
+    }
+    if (lasso_saml2_assertion_validate_time_checks(a, (unsigned)x->clock_skew_s, 0) !=
+        LASSO_SAML2_ASSERTION_VALID) {
+        return err_set(err, ERR_CRYPTO, "assertion is outside its validity period");
+    }
     /* Subject: a bearer confirmation for our ACS, in time, for this request. */
     LassoSaml2Subject *sub = a->Subject;
     LassoSaml2SubjectConfirmation *sc = sub ? sub->SubjectConfirmation : NULL;
@@ -971,25 +999,6 @@ static int check_assertion(const struct saml_idp *x, LassoSamlp2Response *r,
     }
     if (scd->InResponseTo != NULL && (want_rid == NULL || strcmp(scd->InResponseTo, want_rid))) {
         return err_set(err, ERR_CRYPTO, "SubjectConfirmationData InResponseTo does not match");
-    }
-    /* Conditions: times with the skew, an AudienceRestriction naming us. */
-    if (a->Conditions == NULL) {
-        return err_set(err, ERR_CRYPTO, "assertion without Conditions");
-    }
-    int64_t nb = a->Conditions->NotBefore ? iso_time(a->Conditions->NotBefore) : 0;
-    int64_t na = a->Conditions->NotOnOrAfter ? iso_time(a->Conditions->NotOnOrAfter) : 0;
-    if (nb < 0 || na < 0) {
-        return err_set(err, ERR_CRYPTO, "Conditions with an unreadable time");
-    }
-    if (nb > 0 && now_s + x->clock_skew_s < nb) {
-        return err_set(err, ERR_CRYPTO, "assertion is not yet valid (NotBefore)");
-    }
-    if (na > 0 && now_s >= na + x->clock_skew_s) {
-        return err_set(err, ERR_CRYPTO, "assertion has expired (NotOnOrAfter)");
-    }
-    if (lasso_saml2_assertion_validate_time_checks(a, (unsigned)x->clock_skew_s, 0) !=
-        LASSO_SAML2_ASSERTION_VALID) {
-        return err_set(err, ERR_CRYPTO, "assertion is outside its validity period");
     }
     if (!lasso_saml2_assertion_has_audience_restriction(a)) {
         return err_set(err, ERR_CRYPTO, "assertion without AudienceRestriction");
@@ -1018,7 +1027,9 @@ static char *form_value(struct str body, const char *name, bool *dup)
     if (!codec_form_get(body, name, &raw, dup) || *dup) {
         return NULL;
     }
-    return codec_url_decode(raw, NULL);
+    char *v = codec_url_decode(raw, NULL);
+    *dup = v == NULL; /* present but not URL-encoded: as bad as twice */
+    return v;
 }
 
 /* lasso's error code as our words (the code itself goes to the log). */
@@ -1028,6 +1039,7 @@ static int lasso_refusal(int rc, struct err *err)
     case LASSO_DS_ERROR_SIGNATURE_NOT_FOUND:
         return err_set(err, ERR_CRYPTO, "response is not signed (lasso %d)", rc);
     case LASSO_DS_ERROR_INVALID_SIGNATURE:
+    case LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED:
         return err_set(err, ERR_CRYPTO, "signature does not verify with the identity provider's "
                                       "metadata keys (lasso %d)", rc);
     case LASSO_PROFILE_ERROR_STATUS_NOT_SUCCESS:
@@ -1063,7 +1075,8 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body,
     char *clean = NULL;
 
     if (b64 == NULL || dup2) {
-        rc = err_set(err, ERR_PARSE, dup || dup2 ? "SAMLResponse or RelayState given twice"
+        rc = err_set(err, ERR_PARSE, dup || dup2 ? "SAMLResponse or RelayState given twice or "
+                                                   "badly encoded"
                                                  : "no SAMLResponse in the POST");
         goto out;
     }

@@ -1,0 +1,362 @@
+"""SAML 2.0 sign-in through the real SAML IdP (npm samlify, RSA-SHA256): the
+SP metadata, the AuthnRequest by HTTP-Redirect, the HTTP-POST Response at the
+ACS, the session, identity headers, /.gatehouse/me, the decision log and
+logout. Then every known SP attack, each forged by the test IdP with only the
+named defect (re-signed with the IdP's key where the defect is not the
+signature): refused with 403/400, no session cookie, a plain page without
+XML or library text, and a log line that names the check."""
+import base64
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import unittest
+import urllib.parse
+
+from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl
+from oidc import Browser
+from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
+
+
+class SamlStack:
+    """A backend, the samlify IdP and Gatehouse with one SAML IdP on a port
+    picked in advance (the IdP fetches our metadata from it)."""
+
+    def __init__(self, idp_extra=None, want_signed_requests=False, gh_extra=None):
+        self.backend = Backend("app")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.tmp = tempfile.mkdtemp(prefix="gh-saml-")
+        self.idp = SamlIdP(self.base + "/.gatehouse/saml/metadata",
+                           want_signed_requests=want_signed_requests)
+        self.gh = None
+        try:
+            cfg = basic_config(
+                [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
+                  "upstream": {"servers": [self.backend.url]}},
+                 {"name": "app", "upstream": {"servers": [self.backend.url]}}],
+                listen=[{"address": f"127.0.0.1:{self.port}"}],
+                state={"sqlite": "var/gatehouse.db"},
+                identity_providers=[saml_conf(self.base, **(idp_extra or {}))],
+                decision_log={"file": "var/decisions.jsonl"},
+            )
+            cfg.update(gh_extra or {})
+            self.gh = Gatehouse(cfg, files=sp_files(self.idp, self.tmp))
+        except Exception:
+            self.stop()
+            raise
+
+    def log(self):
+        return self.gh.stderr().replace('\\"', '"')
+
+    def stop(self):
+        if self.gh:
+            self.gh.cleanup()
+        self.idp.stop()
+        self.backend.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SamlCase(unittest.TestCase):
+    stack_args = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = SamlStack(**cls.stack_args)
+        cls.base = cls.s.base
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.s.stop()
+
+    def sign_in(self, b=None, path="/", **params):
+        """The whole walk: Gatehouse -> IdP -> form POST to the ACS. Returns
+        (browser, ACS response, form fields)."""
+        b = b or Browser()
+        sso = to_idp(b, self.base, path)
+        action, fields = idp_form(b, sso, **params)
+        self.assertEqual(action, self.base + "/.gatehouse/saml/acs")
+        r = b.request(action, "POST", fields)
+        return b, r, fields
+
+    def assert_refused(self, r, b, reason, status=403):
+        """Refused with a clear page, no session, and its own log line."""
+        self.assertEqual(r.status, status, r)
+        self.assertFalse(any(v.startswith("gatehouse_session=") for v in r.header_all("Set-Cookie")),
+                         r.header_all("Set-Cookie"))
+        self.assertIsNone(b.session_cookie(self.base))
+        body = r.body.decode("utf-8", "replace")
+        self.assertIn("Sign-in failed", body)
+        for leak in ("lasso", "Lasso", "<saml", "samlp:", "urn:oasis", "xmldsig", "Assertion"):
+            self.assertNotIn(leak, body)
+        lines = [x for x in self.s.log().splitlines() if "sign-in refused: " in x]
+        self.assertTrue(lines and ("sign-in refused: " + reason) in lines[-1],
+                        f"expected {reason!r}, last refusal: {lines[-1:]}")
+        # and the browser is not let in afterwards
+        r2 = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(r2.status, 401)
+
+
+class SamlFlowTest(SamlCase):
+    def test_sp_metadata(self):
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/saml/metadata")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("Content-Type"), "application/samlmetadata+xml")
+        md = r.body.decode()
+        self.assertIn(f'entityID="{self.base}/.gatehouse/saml/metadata"', md)
+        self.assertIn(f'Location="{self.base}/.gatehouse/saml/acs"', md)
+        self.assertIn("HTTP-POST", md)
+        self.assertIn('use="signing"', md)
+        self.assertIn('use="encryption"', md)
+        self.assertIn("SingleLogoutService", md)
+        self.assertIn('WantAssertionsSigned="true"', md)
+        self.assertIn("<ds:X509Certificate>", md)
+
+    def test_sign_in_reaches_backend_me_and_logout(self):
+        b = Browser()
+        r = b.request(self.base + "/hello?x=1")
+        self.assertEqual(r.status, 302)
+        self.assertEqual(r.header("Location"), "/.gatehouse/login?rd=%2Fhello%3Fx%3D1")
+        b, r, fields = self.sign_in(b, "/hello?x=1")
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(r.header("Location"), "/hello?x=1")
+        # RelayState is an opaque handle, never the return URL
+        self.assertRegex(fields["RelayState"], r"^[0-9a-f]{32}$")
+        self.assertIsNotNone(b.session_cookie(self.base))
+        r = b.request(self.base + "/hello?x=1")
+        self.assertEqual(r.status, 200, r)
+        seen = self.s.backend.last("/hello")
+        h = {k.lower(): v for k, v in seen["headers"]}
+        self.assertEqual(h["x-gatehouse-user"], "alice@example.com")
+        self.assertEqual(h["x-gatehouse-email"], "alice@example.com")
+        self.assertEqual(h["x-gatehouse-groups"], "staff,admins")
+        self.assertEqual(len(h["x-gatehouse-assertion"].split(".")), 3)
+        payload = json.loads(base64.urlsafe_b64decode(
+            h["x-gatehouse-assertion"].split(".")[1] + "=="))
+        self.assertEqual(payload["email"], "alice@example.com")
+        self.assertEqual(payload["groups"], ["staff", "admins"])
+        self.assertNotIn("gatehouse_session", h.get("cookie", ""))
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.status, 200)
+        j = me.json()
+        self.assertEqual(j["user"], "alice@example.com")
+        self.assertEqual(j["name"], "Alice Liddell")
+        self.assertEqual(j["groups"], ["staff", "admins"])
+        self.assertEqual(j["idp"], "partners")
+        # the decision log records the sign-in and the request, with idp
+        recs = read_jsonl(os.path.join(self.s.gh.dir, "var", "decisions.jsonl"))
+        self.assertTrue(any(json.dumps(x).find("alice@example.com") >= 0 for x in recs))
+        self.assertIn("signed in alice@example.com via partners (SAML)", self.s.log())
+        # logout ends the session
+        r = b.request(self.base + "/.gatehouse/logout")
+        self.assertIn(r.status, (200, 302))
+        r = b.request(self.base + "/hello", headers={"Accept": "application/json"})
+        self.assertEqual(r.status, 401)
+
+    def test_other_user_and_samlify_message_signature(self):
+        b, r, _ = self.sign_in(user="bob", case="message_signed")
+        self.assertEqual(r.status, 303, r)
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.json()["user"], "bob@example.com")
+        self.assertEqual(me.json()["groups"], ["staff"])
+
+    def test_forged_baseline_is_accepted(self):
+        # The forging path with no defect signs in: each attack below differs
+        # from this by its one defect only.
+        b, r, _ = self.sign_in(case="baseline")
+        self.assertEqual(r.status, 303, r)
+
+    def test_return_path_kept_and_open_redirects_not_followed(self):
+        for rd in ("//evil.example.com/x", "https://evil.example.com/", "/\\evil.example.com"):
+            b = Browser()
+            r = b.request(self.base + "/.gatehouse/login?rd=" + urllib.parse.quote(rd, safe=""))
+            sso = r.header("Location")
+            action, fields = idp_form(b, sso)
+            r = b.request(action, "POST", fields)
+            self.assertEqual(r.status, 303, r)
+            self.assertEqual(r.header("Location"), "/", rd)
+
+
+class SamlAttackTest(SamlCase):
+    def attack(self, reason, status=403, **params):
+        b, r, _ = self.sign_in(**params)
+        self.assert_refused(r, b, reason, status)
+
+    def test_unsigned_response(self):
+        self.attack("assertion is not signed", case="unsigned")
+
+    def test_signature_by_another_key(self):
+        self.attack("signature does not verify", case="otherkey")
+
+    def test_xsw_evil_assertion_before(self):
+        self.attack("2 assertions in the message", case="xsw_before")
+
+    def test_xsw_evil_assertion_after(self):
+        self.attack("2 assertions in the message", case="xsw_after")
+
+    def test_xsw_duplicate_id(self):
+        self.attack("two elements share an ID", case="xsw_dupid")
+
+    def test_xsw_signed_assertion_in_extensions(self):
+        self.attack("2 assertions in the message", case="xsw_extensions")
+
+    def test_xsw_signed_assertion_in_object(self):
+        self.attack("2 assertions in the message", case="xsw_object")
+
+    def test_xsw_wrapped(self):
+        self.attack("2 assertions in the message", case="xsw_wrapped")
+
+    def test_tampered_attribute(self):
+        self.attack("signature does not verify", case="tamper_attr")
+
+    def test_wrong_audience(self):
+        self.attack("AudienceRestriction does not name our entity id", case="wrong_audience")
+
+    def test_missing_audience_restriction(self):
+        self.attack("assertion without AudienceRestriction", case="no_audience")
+
+    def test_wrong_destination(self):
+        self.attack("Destination is not our ACS URL", case="wrong_destination")
+
+    def test_wrong_recipient(self):
+        self.attack("SubjectConfirmationData Recipient is not our ACS URL", case="wrong_recipient")
+
+    def test_wrong_issuer(self):
+        self.attack("Issuer is not the identity provider's entity id", case="wrong_issuer")
+
+    def test_not_bearer(self):
+        self.attack("SubjectConfirmation method is not bearer", case="wrong_method")
+
+    def test_expired(self):
+        self.attack("assertion has expired", case="expired")
+
+    def test_not_yet_valid(self):
+        self.attack("assertion is not yet valid", case="not_yet_valid")
+
+    def test_in_response_to_mismatch(self):
+        self.attack("InResponseTo does not match the request sent for this browser",
+                    case="irt_other")
+
+    def test_sha1_signature(self):
+        self.attack("signature algorithm http://www.w3.org/2000/09/xmldsig#rsa-sha1 refused",
+                    case="sha1")
+
+    def test_doctype_external_entity(self):
+        self.attack("DOCTYPE or ENTITY declaration in the message (XXE)", case="doctype")
+
+    def test_comment_in_nameid(self):
+        self.attack("comment inside the message", case="nameid_comment")
+
+    def test_status_not_success(self):
+        self.attack("Status is not Success", case="status_fail")
+
+    def test_relaystate_open_redirect(self):
+        for evil in ("//evil.example.com", "https://evil.example.com", "/\\evil.example.com"):
+            b, r, _ = self.sign_in(relay=evil)
+            self.assert_refused(r, b, "RelayState does not match this browser's sign-in")
+            self.assertIsNone(r.header("Location"))
+
+    def test_unsolicited_response(self):
+        # A response to no request of this browser (no login state).
+        b = Browser()
+        sso = to_idp(b, self.base)
+        action, fields = idp_form(b, sso, case="unsolicited")
+        fields.pop("RelayState", None)
+        fresh = Browser()
+        r = fresh.request(action, "POST", fields)
+        self.assert_refused(r, fresh, "unsolicited response")
+
+    def test_response_for_another_browser(self):
+        # Login CSRF / session fixation: a response obtained by the attacker's
+        # browser posted from the victim's, who has a sign-in of its own.
+        attacker = Browser()
+        action, fields = idp_form(attacker, to_idp(attacker, self.base))
+        victim = Browser()
+        to_idp(victim, self.base)
+        r = victim.request(action, "POST", fields)
+        self.assert_refused(r, victim, "RelayState does not match")
+
+    def test_replayed_response(self):
+        b = Browser()
+        sso = to_idp(b, self.base)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))
+        action, fields = idp_form(b, sso)
+        r = b.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        # the same POST again, with the same login cookie (a captured request)
+        again = Browser()
+        again.jar(urllib.parse.urlsplit(self.base).netloc).update(login_cookie)
+        r = again.request(action, "POST", fields)
+        self.assert_refused(r, again, "assertion ID already used (replay)")
+
+    def test_replayed_assertion_id_in_fresh_response(self):
+        aid = "_replayed" + os.urandom(8).hex()
+        b, r, _ = self.sign_in(case="baseline", aid=aid)
+        self.assertEqual(r.status, 303, r)
+        b2, r, _ = self.sign_in(case="baseline", aid=aid)
+        self.assert_refused(r, b2, "assertion ID already used (replay)")
+
+    def test_garbage_and_oversized_posts(self):
+        b = Browser()
+        for body, reason in ((b"SAMLResponse=!!!", "SAMLResponse is not base64"),
+                             (b"SAMLResponse=%zz", "SAMLResponse or RelayState given twice or"),
+                             (urllib.parse.urlencode({"SAMLResponse": base64.b64encode(b"<a/>")}).encode(),
+                              "the message is not a samlp:Response"),
+                             (b"RelayState=x", "no SAMLResponse in the POST")):
+            r = b.request(self.base + "/.gatehouse/saml/acs", "POST", body,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+            self.assertIn(r.status, (400, 403), r)
+            self.assertIn(reason, self.s.log().splitlines()[-1])
+        r = b.request(self.base + "/.gatehouse/saml/acs", "POST", b"SAMLResponse=" + b"A" * 300000,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(r.status, 413)
+        r = b.request(self.base + "/.gatehouse/saml/acs")
+        self.assertEqual(r.status, 405)
+
+
+class SamlSignedRequestTest(SamlCase):
+    """An IdP whose metadata says WantAuthnRequestsSigned: the AuthnRequest is
+    signed (RSA-SHA256) and samlify verifies it with our metadata's key."""
+    stack_args = {"want_signed_requests": True}
+
+    def test_signed_authn_request(self):
+        b = Browser()
+        sso = to_idp(b, self.base)
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(sso).query)
+        self.assertEqual(q["SigAlg"], ["http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"])
+        self.assertIn("Signature", q)
+        md = b.request(self.base + "/.gatehouse/saml/metadata").body.decode()
+        self.assertIn('AuthnRequestsSigned="true"', md)
+        action, fields = idp_form(b, sso)
+        r = b.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        # a tampered request is refused by the IdP: the signature is real
+        bad = sso.replace("RelayState=", "RelayState=0")
+        r = b.request(bad)
+        self.assertEqual(r.status, 400, r)
+
+
+class SamlUnsolicitedAllowedTest(SamlCase):
+    stack_args = {"idp_extra": {"allow_unsolicited": True}}
+
+    def test_unsolicited_allowed_but_relaystate_not_followed(self):
+        b = Browser()
+        action, fields = idp_form(b, to_idp(b, self.base), case="unsolicited")
+        fields.pop("RelayState", None)
+        fresh = Browser()
+        r = fresh.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(r.header("Location"), "/")
+        # with a RelayState that is a URL: refused, never followed
+        action, fields = idp_form(b, to_idp(b, self.base), case="unsolicited",
+                                  relay="https://evil.example.com/")
+        other = Browser()
+        r = other.request(action, "POST", fields)
+        self.assert_refused(r, other, "RelayState in an unsolicited response is not followed")
+
+
+if __name__ == "__main__":
+    unittest.main()
