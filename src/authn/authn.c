@@ -1356,7 +1356,7 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     /* Replay: an assertion ID is accepted once (kept until it expires), and a
      * login state answers one response. */
     char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
-    bool fresh = oidc_replay_check_and_add(an->replay, str_from(ka), r.assertion_exp_s, now_s);
+    bool fresh = session_once(an->store, str_from(ka), r.assertion_exp_s, now_s);
     free(ka);
     if (!fresh) {
         saml_result_fini(&r);

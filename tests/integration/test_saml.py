@@ -22,9 +22,11 @@ from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
 
 class SamlStack:
     """A backend, the samlify IdP and Gatehouse with one SAML IdP on a port
-    picked in advance (the IdP fetches our metadata from it)."""
+    picked in advance (the IdP fetches our metadata from it). state_dir keeps
+    the database across restart()."""
 
-    def __init__(self, idp_extra=None, want_signed_requests=False, gh_extra=None):
+    def __init__(self, idp_extra=None, want_signed_requests=False, gh_extra=None,
+                 state_dir=None):
         self.backend = Backend("app")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -33,20 +35,31 @@ class SamlStack:
                            want_signed_requests=want_signed_requests)
         self.gh = None
         try:
-            cfg = basic_config(
+            db = os.path.join(state_dir, "gatehouse.db") if state_dir else "var/gatehouse.db"
+            self.cfg = basic_config(
                 [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
                   "upstream": {"servers": [self.backend.url]}},
                  {"name": "app", "upstream": {"servers": [self.backend.url]}}],
                 listen=[{"address": f"127.0.0.1:{self.port}"}],
-                state={"sqlite": "var/gatehouse.db"},
+                state={"sqlite": db},
                 identity_providers=[saml_conf(self.base, **(idp_extra or {}))],
-                decision_log={"file": "var/decisions.jsonl"},
+                decision_log={"file": os.path.join(state_dir, "decisions.jsonl") if state_dir
+                              else "var/decisions.jsonl"},
             )
-            cfg.update(gh_extra or {})
-            self.gh = Gatehouse(cfg, files=sp_files(self.idp, self.tmp))
+            self.cfg.update(gh_extra or {})
+            self.files = sp_files(self.idp, self.tmp)
+            self.start_gh()
         except Exception:
             self.stop()
             raise
+
+    def start_gh(self):
+        self.gh = Gatehouse(self.cfg, files=self.files)
+
+    def restart(self):
+        self.gh.stop()  # SIGTERM: pending writes are flushed
+        self.gh.cleanup()
+        self.start_gh()
 
     def log(self):
         return self.gh.stderr().replace('\\"', '"')
@@ -298,6 +311,29 @@ class SamlAttackTest(SamlCase):
         self.assertEqual(r.status, 303, r)
         b2, r, _ = self.sign_in(case="baseline", aid=aid)
         self.assert_refused(r, b2, "assertion ID already used (replay)")
+
+    def test_replayed_assertion_id_after_restart(self):
+        # The assertion ids are kept in the state database, not only in memory.
+        tmp = tempfile.mkdtemp(prefix="gh-saml-restart-")
+        st = SamlStack(state_dir=tmp)
+        try:
+            aid = "_restart" + os.urandom(8).hex()
+            b = Browser()
+            action, fields = idp_form(b, to_idp(b, st.base), case="baseline", aid=aid)
+            self.assertEqual(b.request(action, "POST", fields).status, 303)
+            st.restart()
+            b2 = Browser()
+            action, fields = idp_form(b2, to_idp(b2, st.base), case="baseline", aid=aid)
+            r = b2.request(action, "POST", fields)
+            self.assertEqual(r.status, 403, r)
+            self.assertIn("assertion ID already used (replay)", st.log())
+            self.assertIsNone(b2.session_cookie(st.base))
+            # the first browser's session survived the restart too
+            me = b.request(st.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+            self.assertEqual(me.status, 200)
+        finally:
+            st.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def test_garbage_and_oversized_posts(self):
         b = Browser()
