@@ -1464,6 +1464,69 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
                 : internal_error(an, req, a, out);
 }
 
+/* SAML single logout (SP-initiated): the LogoutRequest URL for a session of
+ * a SAML IdP with a SingleLogoutService, or NULL. */
+static const char *saml_logout_location(struct authn *an, struct arena *a, const char *idp_id,
+                                        const char *claims, const char *sid)
+{
+    struct saml_idp *sx = NULL;
+    for (size_t i = 0; idp_id != NULL && i < an->nsaml; i++) {
+        if (strcmp(saml_idp_id(an->saml[i]), idp_id) == 0) {
+            sx = an->saml[i];
+        }
+    }
+    if (sx == NULL || claims == NULL) {
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *c = json_loads(claims, 0, &jerr);
+    char *url = saml_logout_url(sx, json_string_value(json_object_get(c, "nameid")), sid);
+    json_decref(c);
+    const char *loc = adup(a, url);
+    free(url);
+    return loc;
+}
+
+/* /.gatehouse/saml/slo: the IdP's LogoutRequest ends the sessions it names
+ * and the browser goes back with our LogoutResponse; the IdP's
+ * LogoutResponse to ours ends at the signed-out page. */
+static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out);
+
+static enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
+                                         struct arena *a, struct authn_out *out)
+{
+    if (!str_eq_cstr(req->method, "GET") || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", "GET");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    struct saml_slo o;
+    struct err err = { 0 };
+    if (saml_slo(an->saml, an->nsaml, req->query, req->now_ms / 1000, &o, &err) != 0) {
+        set_reason(out, "SAML logout refused: %s", err.msg);
+        return error_page(an, req, a, out, 400, "Sign-out failed",
+                          "This sign-out request could not be accepted.");
+    }
+    if (o.is_response) {
+        log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout answered by %s",
+                 saml_idp_id(o.idp));
+        saml_slo_fini(&o);
+        return signed_out_page(an, req, a, out);
+    }
+    const char *idp_id = saml_idp_id(o.idp);
+    size_t n = o.session_index ? session_revoke_sid(an->store, idp_id, o.session_index)
+                               : session_revoke_user(an->store, o.user_key);
+    out->event = AUTHN_EV_LOGOUT;
+    out->nlogouts = n;
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout from %s ended %zu session(s)",
+             idp_id, n);
+    const char *sname = session_cookie_name(an, req->tls);
+    add_header(out, "Set-Cookie", sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL);
+    const char *loc = adup(a, o.reply_url);
+    saml_slo_fini(&o);
+    return loc ? redirect(out, loc) : signed_out_page(an, req, a, out);
+}
+
 static enum authn_step logout(struct authn *an, const struct authn_req *req, struct arena *a,
                               struct authn_out *out)
 {
@@ -1472,13 +1535,15 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     bool found = false;
     struct err err = { 0 };
     char *hint = NULL;
-    const char *idp_id = NULL;
+    const char *idp_id = NULL, *saml_claims = NULL, *saml_sid = NULL;
     if (an->store != NULL && sname != NULL &&
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
         struct session_view sv;
         if (session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID) {
             identity_from_view(out, &sv, a);
             idp_id = sv.idp;
+            saml_claims = sv.claims_json;
+            saml_sid = sv.sid;
             hint = session_id_token(an->store, v);
             out->event = AUTHN_EV_LOGOUT;
             out->nlogouts = 1;
@@ -1500,6 +1565,11 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     }
     const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
     add_header(out, "Set-Cookie", clear);
+    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_claims, saml_sid);
+    if (saml_loc != NULL) {
+        free(hint);
+        return redirect(out, saml_loc);
+    }
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     if (m != NULL && m->end_session_endpoint != NULL) {
@@ -1710,6 +1780,9 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
         }
         if (str_eq_cstr(p, "saml/acs")) {
             return saml_acs_endpoint(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "saml/slo")) {
+            return saml_slo_endpoint(an, req, a, out);
         }
         if (str_eq_cstr(p, "saml/metadata")) {
             return saml_metadata(an, req, a, out);

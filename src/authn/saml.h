@@ -7,6 +7,7 @@
  *   ACS:      saml_acs                the HTTP-POST Response -> an identity, or a refusal
  *                                      with its own reason (never lasso's text for users)
  *   logout:   saml_logout_url         SP-initiated LogoutRequest by HTTP-Redirect
+ *             saml_slo                the IdP's LogoutRequest / LogoutResponse
  *
  * lasso verifies the XML signature with the IdP's metadata keys, the Status and
  * decrypts; this module adds what lasso leaves to us: the structure of the
@@ -81,5 +82,20 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body,
  * session's NameID and SessionIndex, or NULL when the IdP has no
  * SingleLogoutService (malloc'd). */
 char *saml_logout_url(const struct saml_idp *x, const char *name_id, const char *session_index);
+
+/* /.gatehouse/saml/slo (HTTP-Redirect): an IdP's LogoutRequest (signature
+ * checked with its metadata keys, Destination, NotOnOrAfter) names the
+ * sessions to end (user_key, and session_index when given) and gives the
+ * signed LogoutResponse URL to send the browser back with; an IdP's
+ * LogoutResponse (is_response) only needs a good signature. */
+struct saml_slo {
+    const struct saml_idp *idp;
+    bool is_response;
+    char *name_id, *session_index, *user_key;
+    char *reply_url;    /* the LogoutResponse to the IdP, or NULL */
+};
+int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64_t now_s,
+             struct saml_slo *out, struct err *err) WARN_UNUSED;
+void saml_slo_fini(struct saml_slo *o);
 
 #endif

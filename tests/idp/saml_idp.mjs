@@ -39,6 +39,7 @@ const idp = samlify.IdentityProvider({
   privateKey: key,
   signingCert: cert,
   wantAuthnRequestsSigned: wantSigned,
+  wantLogoutRequestSigned: true,
   requestSignatureAlgorithm: RSA_SHA256,
   nameIDFormat: ['urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress'],
   singleSignOnService: [{ Binding: REDIRECT, Location: `${base}/sso` }],
@@ -51,12 +52,17 @@ const USERS = {
   mallory: { email: 'mallory@example.com', name: 'Mallory', groups: ['admins', 'root'] },
 };
 
+// The SP as this IdP knows it, from Gatehouse's metadata: the IdP signs its
+// logout messages to it (spUnsigned: the test-only unsigned variant).
 let sp = null;
+let spUnsigned = null;
 async function serviceProvider() {
   if (sp === null) {
     const r = await fetch(process.env.GH_SAML_SP_METADATA);
     if (r.status !== 200) throw new Error(`SP metadata: HTTP ${r.status}`);
-    sp = samlify.ServiceProvider({ metadata: await r.text() });
+    const metadata = await r.text();
+    sp = samlify.ServiceProvider({ metadata, wantLogoutRequestSigned: true, wantLogoutResponseSigned: true });
+    spUnsigned = samlify.ServiceProvider({ metadata });
   }
   return sp;
 }
@@ -165,7 +171,7 @@ function build(info, user, kase, q) {
     notOnOrAfter: iso(now + 300000),
     scdNotOnOrAfter: iso(now + 300000),
     nameId: u.email,
-    sessionIndex: '_s' + crypto.randomBytes(8).toString('hex'),
+    sessionIndex: q.get('sid') || '_s' + crypto.randomBytes(8).toString('hex'),
     status: 'urn:oasis:names:tc:SAML:2.0:status:Success',
     attributes: { email: [u.email], displayName: [u.name], groups: u.groups },
     noAssertion: false,
@@ -298,6 +304,8 @@ async function sso(req, res, url) {
   res.end(form(info.acs, xml, relay));
 }
 
+// SP-initiated logout: the SP's signed LogoutRequest, answered with a signed
+// LogoutResponse by HTTP-Redirect.
 async function slo(req, res, url) {
   const theSp = await serviceProvider();
   const q = url.searchParams;
@@ -307,15 +315,29 @@ async function slo(req, res, url) {
   const query = Object.fromEntries(q.entries());
   const octet = url.search.slice(1).split('&')
     .filter((p) => /^(SAMLRequest|RelayState|SigAlg)=/.test(p)).join('&');
+  let parsed;
   try {
-    const parsed = await idp.parseLogoutRequest(theSp, 'redirect', { query, octetString: octet });
-    console.log(`GH_SAML_LOGOUT nameid=${parsed.extract.nameID} session=${parsed.extract.sessionIndex || ''}`);
-    res.writeHead(200, { 'content-type': 'text/plain' });
-    res.end(`signed out at the IdP: ${parsed.extract.nameID}\n`);
+    parsed = await idp.parseLogoutRequest(theSp, 'redirect', { query, octetString: octet });
   } catch (e) {
     console.log(`GH_SAML_LOGOUT_REFUSED ${e.message || e}`);
-    res.writeHead(400); res.end('LogoutRequest refused\n');
+    res.writeHead(400); res.end('LogoutRequest refused\n'); return;
   }
+  console.log(`GH_SAML_LOGOUT nameid=${parsed.extract.nameID} session=${parsed.extract.sessionIndex || ''}`);
+  const { context } = idp.createLogoutResponse(theSp, parsed, 'redirect', { relayState: q.get('RelayState') || '' });
+  res.writeHead(302, { location: context });
+  res.end();
+}
+
+// IdP-initiated logout: a LogoutRequest to the SP for nameid/session (signed;
+// TEST-ONLY unsigned=1 leaves the signature out).
+async function initiateLogout(req, res, url) {
+  await serviceProvider();
+  const q = url.searchParams;
+  const target = q.get('unsigned') === '1' ? spUnsigned : sp;
+  const { context } = idp.createLogoutRequest(target, 'redirect',
+    { logoutNameID: q.get('nameid'), sessionIndex: q.get('session') || '' });
+  res.writeHead(302, { location: context });
+  res.end();
 }
 
 const server = http.createServer(async (req, res) => {
@@ -328,6 +350,8 @@ const server = http.createServer(async (req, res) => {
       await sso(req, res, url);
     } else if (url.pathname === '/slo') {
       await slo(req, res, url);
+    } else if (url.pathname === '/initiate-logout') {
+      await initiateLogout(req, res, url);
     } else {
       res.writeHead(404); res.end();
     }

@@ -193,6 +193,57 @@ class SamlFlowTest(SamlCase):
             self.assertEqual(r.header("Location"), "/", rd)
 
 
+class SamlLogoutTest(SamlCase):
+    def test_sp_initiated_single_logout(self):
+        b, r, _ = self.sign_in()
+        self.assertEqual(r.status, 303, r)
+        r = b.request(self.base + "/.gatehouse/logout")
+        self.assertEqual(r.status, 302, r)
+        loc = r.header("Location")
+        self.assertTrue(loc.startswith(self.s.idp.base + "/slo?SAMLRequest="), loc)
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(loc).query)
+        self.assertEqual(q["SigAlg"], ["http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"])
+        # the IdP checks our signature, ends its session and answers
+        r = b.request(loc)
+        self.assertEqual(r.status, 302, r)
+        self.assertIn("GH_SAML_LOGOUT nameid=alice@example.com session=_s", self.s.idp.log())
+        back = r.header("Location")
+        self.assertTrue(back.startswith(self.base + "/.gatehouse/saml/slo?SAMLResponse="), back)
+        r = b.request(back)
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("SAML logout answered by partners", self.s.log())
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.status, 401)
+
+    def test_idp_initiated_single_logout_ends_the_named_session(self):
+        sid_a, sid_b = "_sa" + os.urandom(6).hex(), "_sb" + os.urandom(6).hex()
+        a, r, _ = self.sign_in(case="baseline", sid=sid_a)
+        self.assertEqual(r.status, 303, r)
+        b, r, _ = self.sign_in(case="baseline", sid=sid_b)
+        self.assertEqual(r.status, 303, r)
+        # unsigned: refused, nothing ended
+        x = Browser()
+        r = x.request(self.s.idp.base + "/initiate-logout?" + urllib.parse.urlencode(
+            {"nameid": "alice@example.com", "session": sid_a, "unsigned": "1"}))
+        r = x.request(r.header("Location"))
+        self.assertEqual(r.status, 400, r)
+        self.assertIn("SAML logout refused: LogoutRequest refused: not signed", self.s.log())
+        self.assertNotIn(b"lasso", r.body)
+        me = a.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.status, 200)
+        # signed, for session A only
+        r = x.request(self.s.idp.base + "/initiate-logout?" + urllib.parse.urlencode(
+            {"nameid": "alice@example.com", "session": sid_a}))
+        r = x.request(r.header("Location"))
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(r.header("Location").startswith(self.s.idp.base + "/slo?SAMLResponse="))
+        self.assertIn("SAML logout from partners ended 1 session(s)", self.s.log())
+        me = a.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.status, 401)
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.status, 200)
+
+
 class SamlAttackTest(SamlCase):
     def attack(self, reason, status=403, **params):
         b, r, _ = self.sign_in(**params)
