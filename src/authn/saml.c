@@ -1388,16 +1388,22 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
             err_set(err, ERR_CRYPTO, "logout message signature algorithm %.80s refused", sigalg);
         } else if (is_resp) {
             /* Our session ended before we asked the IdP: its answer only says
-             * how the IdP fared. A response to no request of ours is expected
-             * (lasso keeps no state here), so only a bad signature counts. */
+             * how the IdP fared (lasso keeps no request state here); it must
+             * still be well-formed and signed by the IdP. */
             out->idp = x;
             out->is_response = true;
-            if (lrc == LASSO_DS_ERROR_INVALID_SIGNATURE ||
-                lrc == LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED ||
-                lrc == LASSO_DS_ERROR_SIGNATURE_NOT_FOUND) {
-                err_set(err, ERR_CRYPTO, "LogoutResponse signature refused (lasso %d)", lrc);
+            if (lrc == 0 || lrc == LASSO_PROFILE_ERROR_STATUS_NOT_SUCCESS) {
+                rc = 0; /* a failure at the IdP still ends here (ours is gone) */
             } else {
-                rc = 0;
+                err_set(err, ERR_CRYPTO, "LogoutResponse refused: %s (lasso %d)",
+                        lrc == LASSO_DS_ERROR_SIGNATURE_NOT_FOUND ||
+                                lrc == LASSO_DS_ERROR_INVALID_SIGALG
+                            ? "not signed"
+                        : lrc == LASSO_DS_ERROR_INVALID_SIGNATURE ||
+                                lrc == LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED
+                            ? "bad signature"
+                            : "malformed",
+                        lrc);
             }
         } else if (lrc != 0) {
             err_set(err, ERR_CRYPTO, "LogoutRequest refused: %s (lasso %d)",
