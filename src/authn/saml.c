@@ -36,6 +36,8 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "codec.h"
 
@@ -287,6 +289,22 @@ static bool idp_metadata_read(struct saml_idp *x, const char *md, size_t len, ch
         if (sso == NULL || x->idp_entity_id == NULL) {
             snprintf(why, whylen, "no IDPSSODescriptor or entityID");
         } else {
+            bool key = false;
+            for (const xmlNode *c = sso->children; c != NULL; c = c->next) {
+                if (is_el(c, NS_MD, "KeyDescriptor") && !attr_is(c, "use", "encryption")) {
+                    char *t = text_of(child_el(child_el(child_el(c, NS_DS, "KeyInfo"), NS_DS,
+                                                        "X509Data"),
+                                               NS_DS, "X509Certificate"));
+                    key = key || (t != NULL && t[0] != '\0');
+                    free(t);
+                }
+            }
+            if (!key) {
+                snprintf(why, whylen, "no signing certificate (KeyDescriptor with "
+                                      "X509Certificate) in the IDPSSODescriptor");
+                xmlFreeDoc(doc);
+                return false;
+            }
             x->sign_requests = attr_is(sso, "WantAuthnRequestsSigned", "true") ||
                                attr_is(sso, "WantAuthnRequestsSigned", "1");
             for (const xmlNode *c = sso->children; c != NULL; c = c->next) {
@@ -337,6 +355,21 @@ static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem)
     return md;
 }
 
+/* sp_key is the private key of sp_cert (lasso would sign with a key our
+ * metadata does not publish). */
+static bool key_pair_ok(const char *key_pem, const char *cert_pem)
+{
+    BIO *kb = BIO_new_mem_buf(key_pem, -1), *cb = BIO_new_mem_buf(cert_pem, -1);
+    EVP_PKEY *k = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+    X509 *c = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
+    bool ok = k != NULL && c != NULL && X509_check_private_key(c, k) == 1;
+    EVP_PKEY_free(k);
+    X509_free(c);
+    BIO_free(kb);
+    BIO_free(cb);
+    return ok;
+}
+
 struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
                                 const char *conf_file, const char *public_url)
 {
@@ -346,9 +379,7 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
         conf_error(d, e, "SAML library (lasso) failed to start");
         return NULL;
     }
-    if (!conf_check_keys(d, e, "a saml identity provider", saml_keys)) {
-        return NULL;
-    }
+    conf_check_keys(d, e, "a saml identity provider", saml_keys); /* go on: report all */
     struct saml_idp *x = xcalloc(1, sizeof *x);
     pthread_mutex_init(&x->mu, NULL);
     const char *id = NULL, *dn = NULL, *eid = NULL;
@@ -410,6 +441,10 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
     char why[160];
     if (md != NULL && !idp_metadata_read(x, md, strlen(md), why, sizeof why)) {
         conf_error(d, conf_get(e, "metadata"), "IdP metadata: %s", why);
+    }
+    if (d->count == before && md && key && cert && !key_pair_ok(key, cert)) {
+        conf_error(d, conf_get(e, "sp_key"), "sp_key is not the private key of sp_cert (PEM "
+                                             "key and certificate of one pair expected)");
     }
     if (d->count == before && md && key && cert) {
         x->sp_metadata = sp_metadata_build(x, cert);

@@ -15,9 +15,11 @@ import time
 import unittest
 import urllib.parse
 
-from harness import Backend, Gatehouse, basic_config, free_port, read_jsonl
+import subprocess
+
+from harness import Backend, Gatehouse, basic_config, free_port, gatehouse_bin, read_jsonl, to_yaml
 from oidc import Browser
-from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
+from saml import SamlIdP, idp_form, make_key_cert, read, saml_conf, sp_files, to_idp
 
 
 class SamlStack:
@@ -443,6 +445,86 @@ class SamlUnsolicitedAllowedTest(SamlCase):
         other = Browser()
         r = other.request(action, "POST", fields)
         self.assert_refused(r, other, "RelayState in an unsolicited response is not followed")
+
+
+class SamlConfigTest(unittest.TestCase):
+    """`gatehouse check` loads the metadata and the keys of a saml IdP and
+    reports each problem with file:line:col."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="gh-saml-conf-")
+        key, crt = make_key_cert(self.dir, "sp", "sp")
+        make_key_cert(self.dir, "other", "other")
+        idp_key, idp_crt = make_key_cert(self.dir, "idp", "idp")
+        body = "".join(l for l in read(idp_crt).splitlines() if "-----" not in l)
+        self.md = ('<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" '
+                   'xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="https://idp.example/md">'
+                   '<md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">'
+                   '%s<md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" '
+                   'Location="https://idp.example/sso"/></md:IDPSSODescriptor></md:EntityDescriptor>')
+        self.key_desc = ('<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>'
+                         + body + '</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>')
+        with open(os.path.join(self.dir, "idp.xml"), "w") as f:
+            f.write(self.md % self.key_desc)
+        with open(os.path.join(self.dir, "nokey.xml"), "w") as f:
+            f.write(self.md % "")
+        with open(os.path.join(self.dir, "doctype.xml"), "w") as f:
+            f.write('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + self.md % self.key_desc)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def check(self, idp_lines):
+        text = ("listen: [{address: 127.0.0.1:18080}]\n"
+                "state: {sqlite: var/gh.db}\n"
+                "identity_providers:\n" + idp_lines +
+                "routes:\n  - {name: app, upstream: {servers: [http://127.0.0.1:9]}}\n")
+        path = os.path.join(self.dir, "gh.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        r = subprocess.run([gatehouse_bin(), "check", "-c", path], capture_output=True, text=True,
+                           timeout=60)
+        return r.returncode, (r.stdout + r.stderr).replace(path, "gh.yaml")
+
+    def entry(self, **over):
+        d = {"metadata": "idp.xml", "sp_key": "sp.key", "sp_cert": "sp.crt",
+             "entity_id": "https://app.example.com/.gatehouse/saml/metadata"}
+        d.update(over)
+        lines = "  - id: partners\n    type: saml\n"
+        for k, v in d.items():
+            lines += f"    {k}: {v}\n"
+        return lines
+
+    def test_good(self):
+        rc, out = self.check(self.entry(display_name="Partners", clock_skew="5m",
+                                        allow_sha1="false", want_assertions_signed="true",
+                                        allow_unsolicited="false"))
+        self.assertEqual(rc, 0, out)
+        self.assertIn("ok", out)
+
+    def test_errors_with_positions(self):
+        cases = [
+            (self.entry(clock_skew="20m"), 'gh.yaml:10:17: error: "clock_skew" must be between'),
+            (self.entry(attribute="{email: mail}"),
+             'gh.yaml:10:5: error: unknown key "attribute" in a saml identity provider (did you mean "attributes"?)'),
+            (self.entry(metadata="missing.xml"), "gh.yaml:6:15: error: IdP metadata "),
+            (self.entry(metadata="nokey.xml"),
+             "gh.yaml:6:15: error: IdP metadata: no signing certificate"),
+            (self.entry(metadata="doctype.xml"), "gh.yaml:6:15: error: IdP metadata: a DOCTYPE is not allowed"),
+            (self.entry(sp_key="other.key"),
+             "gh.yaml:7:13: error: sp_key is not the private key of sp_cert"),
+            (self.entry(sp_key="sp.crt"), "gh.yaml:7:13: error: sp_key is not the private key of sp_cert"),
+            (self.entry(entity_id="urn:example:sp"),
+             'gh.yaml:9:16: error: entity_id "urn:example:sp" is not an http(s) URL'),
+            ("  - {id: p, type: saml, metadata: idp.xml, sp_cert: sp.crt, entity_id: 'https://a.example/m'}\n",
+             'gh.yaml:4:5: error: a saml identity provider needs "sp_key"'),
+            ("  - {id: p, type: sam1}\n",
+             'gh.yaml:4:19: error: identity provider type "sam1" is not supported (supported: oidc, saml)'),
+        ]
+        for lines, want in cases:
+            rc, out = self.check(lines)
+            self.assertEqual(rc, 1, out)
+            self.assertIn(want, out)
 
 
 if __name__ == "__main__":
