@@ -914,6 +914,41 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
     return 0;
 }
 
+/* An EncryptedAssertion, once lasso decrypted it: the same structure rules
+ * inside (no nested assertion, unique IDs, no comments), and its own
+ * signature when want_assertions_signed (lasso verified it when the Response
+ * was not signed; the algorithms are ours to check). */
+static int check_decrypted(const struct saml_idp *x, LassoSaml2Assertion *a, struct err *err)
+{
+    xmlNode *n = lasso_node_get_original_xmlnode(LASSO_NODE(a));
+    if (n == NULL || !is_el(n, NS_SAML, "Assertion")) {
+        return err_set(err, ERR_CRYPTO, "decrypted assertion unreadable");
+    }
+    struct walk w = { 0 };
+    walk_tree(n->children, &w);
+    for (size_t i = 0; i < w.nids; i++) {
+        free(w.ids[i]);
+    }
+    free(w.ids);
+    if (w.nassert + w.nenc != 0 || w.dup || w.comment || w.pi) {
+        return err_set(err, ERR_CRYPTO, "decrypted assertion: nested assertion, repeated ID, "
+                                        "comment or processing instruction");
+    }
+    const xmlNode *sig = child_el(n, NS_DS, "Signature");
+    if (w.nsig > (sig ? 1u : 0u)) {
+        return err_set(err, ERR_CRYPTO, "decrypted assertion: a signature out of place");
+    }
+    if (sig == NULL) {
+        return x->want_assertions_signed
+                   ? err_set(err, ERR_CRYPTO, "assertion is not signed (want_assertions_signed)")
+                   : 0;
+    }
+    char *id = attr(n, "ID");
+    bool ok = check_signature(sig, id, x->allow_sha1, err);
+    free(id);
+    return ok ? 0 : -1;
+}
+
 /* The values of attribute `name` (Name or FriendlyName) as text. */
 static json_t *attr_values(LassoSaml2Assertion *a, const char *name)
 {
@@ -1226,7 +1261,7 @@ shaped:
             ? LASSO_SAMLP2_RESPONSE(LASSO_PROFILE(l)->response)
             : NULL;
     if (lrc == 0 && r != NULL && LASSO_PROFILE(l)->signature_status != 0 &&
-        sh.assert_sig == NULL) {
+        sh.assertion != NULL && sh.assert_sig == NULL) {
         lrc = LASSO_DS_ERROR_SIGNATURE_NOT_FOUND;
     }
     GList *as = r ? r->Assertion : NULL;
@@ -1240,6 +1275,9 @@ shaped:
                                          strcmp(sh.assert_id,
                                                 LASSO_SAML2_ASSERTION(as->data)->ID) != 0)) {
         rc = err_set(err, ERR_CRYPTO, "verified assertion is not the one in the message");
+    } else if (sh.encrypted != NULL &&
+               check_decrypted(x, LASSO_SAML2_ASSERTION(as->data), err) != 0) {
+        rc = -1;
     } else {
         LassoSaml2Assertion *a = LASSO_SAML2_ASSERTION(as->data);
         rc = check_assertion(x, r, a, have_state ? ls.rid : NULL, now_s, err);

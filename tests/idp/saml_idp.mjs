@@ -46,6 +46,14 @@ const idp = samlify.IdentityProvider({
   singleLogoutService: [{ Binding: REDIRECT, Location: `${base}/slo` }],
 });
 
+// The same IdP encrypting assertions to the SP's encryption certificate.
+const idpEnc = samlify.IdentityProvider({
+  ...idp.entitySetting,
+  isAssertionEncrypted: true,
+  dataEncryptionAlgorithm: 'http://www.w3.org/2009/xmlenc11#aes256-gcm',
+  keyEncryptionAlgorithm: 'http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p',
+});
+
 const USERS = {
   alice: { email: 'alice@example.com', name: 'Alice Liddell', groups: ['staff', 'admins'] },
   bob: { email: 'bob@example.com', name: 'Bob Builder', groups: ['staff'] },
@@ -181,6 +189,9 @@ function build(info, user, kase, q) {
   switch (kase) {
     case 'raw': return responseXml(v); // unsigned: samlify signs the plain flow
     case 'baseline': break;
+    case 'encrypted': break; // signed, then encrypted (below)
+    case 'encrypted_message_signed': opts = { assertion: true, message: true }; break;
+    case 'encrypted_unsigned': opts = { assertion: false }; break;
     case 'message_signed': opts = { assertion: true, message: true }; break;
     case 'unsigned': opts = { assertion: false }; break;
     case 'otherkey': opts = { other: true }; break;
@@ -296,8 +307,16 @@ async function sso(req, res, url) {
     const { context } = await idp.createLoginResponse(theSp, { extract: { request: { id: info.id } } }, 'post', u,
       () => ({ id: newId(), context: build(info, user, 'raw', new URLSearchParams()) }));
     xml = Buffer.from(context, 'base64').toString('utf8');
+  } else if (kase === 'encrypted_message_signed') {
+    // encrypt the signed assertion, then sign the whole Response
+    xml = build(info, user, 'baseline', q);
+    xml = Buffer.from(await samlify.SamlLib.encryptAssertion(idpEnc, theSp, xml), 'base64').toString('utf8');
+    xml = sign(xml, { assertion: false, message: true });
   } else {
     xml = build(info, user, kase, q);
+    if (kase.startsWith('encrypted')) {
+      xml = Buffer.from(await samlify.SamlLib.encryptAssertion(idpEnc, theSp, xml), 'base64').toString('utf8');
+    }
   }
   console.log(`GH_SAML_RESPONSE case=${kase || 'samlify'} user=${user} irt=${info.id}`);
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });

@@ -447,6 +447,28 @@ class SamlUnsolicitedAllowedTest(SamlCase):
         self.assert_refused(r, other, "RelayState in an unsolicited response is not followed")
 
 
+class SamlEncryptedTest(SamlCase):
+    """want_assertions_encrypted: the IdP encrypts to our metadata's certificate
+    (AES-256-GCM, RSA-OAEP); a plain assertion is refused."""
+    stack_args = {"idp_extra": {"want_assertions_encrypted": True}}
+
+    def test_encrypted_assertion_signs_in(self):
+        for case in ("encrypted", "encrypted_message_signed"):
+            b, r, fields = self.sign_in(case=case)
+            self.assertIn(b"EncryptedAssertion", base64.b64decode(fields["SAMLResponse"]))
+            self.assertEqual(r.status, 303, (case, r, self.s.log()[-600:]))
+            me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+            self.assertEqual(me.json()["email"], "alice@example.com")
+
+    def test_plain_assertion_refused(self):
+        b, r, _ = self.sign_in(case="baseline")
+        self.assert_refused(r, b, "plain assertion refused (want_assertions_encrypted)")
+
+    def test_encrypted_but_unsigned_assertion_refused(self):
+        b, r, _ = self.sign_in(case="encrypted_unsigned")
+        self.assert_refused(r, b, "response is not signed")
+
+
 class SamlConfigTest(unittest.TestCase):
     """`gatehouse check` loads the metadata and the keys of a saml IdP and
     reports each problem with file:line:col."""
