@@ -22,6 +22,18 @@ from oidc import Browser
 from saml import SamlIdP, idp_form, make_key_cert, read, saml_conf, sp_files, to_idp
 
 
+# The SAML identity in policy: the IdP's id, its groups and its attributes.
+ADM_POLICY = """rules:
+  - id: saml-admins
+    effect: allow
+    when:
+      all:
+        - idp: partners
+        - groups: {contains: admins}
+        - claim: {name: displayName, is: Alice Liddell}
+"""
+
+
 class SamlStack:
     """A backend, the samlify IdP and Gatehouse with one SAML IdP on a port
     picked in advance (the IdP fetches our metadata from it). state_dir keeps
@@ -41,6 +53,8 @@ class SamlStack:
             self.cfg = basic_config(
                 [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
                   "upstream": {"servers": [self.backend.url]}},
+                 {"name": "adm", "match": {"path_prefix": "/adm/"}, "policy": "adm.yaml",
+                  "upstream": {"servers": [self.backend.url]}},
                  {"name": "app", "upstream": {"servers": [self.backend.url]}}],
                 listen=[{"address": f"127.0.0.1:{self.port}"}],
                 state={"sqlite": db},
@@ -50,6 +64,7 @@ class SamlStack:
             )
             self.cfg.update(gh_extra or {})
             self.files = sp_files(self.idp, self.tmp)
+            self.files["adm.yaml"] = ADM_POLICY
             self.start_gh()
         except Exception:
             self.stop()
@@ -170,6 +185,29 @@ class SamlFlowTest(SamlCase):
         self.assertIn(r.status, (200, 302))
         r = b.request(self.base + "/hello", headers={"Accept": "application/json"})
         self.assertEqual(r.status, 401)
+
+    def test_policy_and_decision_log_see_the_saml_identity(self):
+        alice, r, _ = self.sign_in()
+        self.assertEqual(r.status, 303, r)
+        bob, r, _ = self.sign_in(user="bob")
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(alice.request(self.base + "/adm/x").status, 200)
+        r = bob.request(self.base + "/adm/x")
+        self.assertEqual(r.status, 403, r)
+        path = os.path.join(self.s.gh.dir, "var", "decisions.jsonl")
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            recs = [e for e in read_jsonl(path) if e.get("route") == "adm"]
+            if len(recs) >= 2:
+                break
+            time.sleep(0.1)
+        by_user = {json.dumps(e): e for e in recs}
+        text = json.dumps(recs)
+        self.assertIn('"saml-admins"', text)
+        self.assertIn('"default-deny"', text)
+        self.assertIn('"partners"', text)
+        self.assertIn("bob@example.com", text)
+        self.assertTrue(by_user)
 
     def test_other_user_and_samlify_message_signature(self):
         b, r, _ = self.sign_in(user="bob", case="message_signed")
