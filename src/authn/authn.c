@@ -397,6 +397,7 @@ enum cont_kind {
     CONT_BCL_JWKS,
     CONT_BEARER_DISCOVERY,
     CONT_BEARER_JWKS,
+    CONT_SAML_METADATA,
 };
 
 struct cont {
@@ -412,6 +413,8 @@ struct cont {
     const char *cookie;             /* refresh: the session cookie value */
     struct session_store *store;    /* refresh: claimed, not yet done (see cont_cleanup) */
     const char *bearer;             /* bearer / logout token */
+    struct saml_idp *saml;          /* SAML metadata fetch: for which IdP */
+    int saml_next;                  /* ... and what then (enum saml_next) */
 };
 
 static void cont_cleanup(void *arg)
@@ -1283,10 +1286,81 @@ static const char *saml_login_cookie(struct authn *an, const struct authn_req *r
                         value, max_age);
 }
 
+enum saml_next { SAML_NEXT_LOGIN, SAML_NEXT_ACS, SAML_NEXT_METADATA, SAML_NEXT_SLO };
+
+/* A SAML IdP whose metadata is a URL: the proxy fetches it when due (never on
+ * the loop), then the step `next` runs again. *ready: sx can serve now. */
+static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out,
+                                     struct saml_idp *sx, enum saml_next next, const char *rd,
+                                     bool *ready)
+{
+    bool usable = false;
+    *ready = false;
+    if (!saml_metadata_need(sx, req->now_ms / 1000, &usable)) {
+        if (usable) {
+            *ready = true;
+            return AUTHN_OK;
+        }
+        snprintf(out->reason, sizeof out->reason, "SAML metadata of %s not loaded",
+                 saml_idp_id(sx));
+        return idp_down(an, req, a, out);
+    }
+    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+    if (c == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    c->saml = sx;
+    c->saml_next = (int)next;
+    c->rd = rd;
+    out->fetch.method = "GET";
+    out->fetch.url = adup(a, saml_metadata_url(sx));
+    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+    out->fetch.headers[1] = NULL;
+    out->fetch.body = NULL;
+    out->fetch.body_len = 0;
+    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+}
+
+/* Before the ACS or SLO: every URL-form SAML IdP due for a fetch gets it. */
+static enum authn_step saml_md_all(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out, enum saml_next next,
+                                   bool *ready)
+{
+    for (size_t i = 0; i < an->nsaml; i++) {
+        bool usable = false;
+        if (saml_metadata_url(an->saml[i]) != NULL &&
+            saml_metadata_need(an->saml[i], req->now_ms / 1000, &usable)) {
+            struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+            if (c == NULL) {
+                *ready = false;
+                return internal_error(an, req, a, out);
+            }
+            c->saml = an->saml[i];
+            c->saml_next = (int)next;
+            *ready = false;
+            out->fetch.method = "GET";
+            out->fetch.url = adup(a, saml_metadata_url(an->saml[i]));
+            out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+            out->fetch.headers[1] = NULL;
+            out->fetch.body = NULL;
+            out->fetch.body_len = 0;
+            return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+        }
+    }
+    *ready = true;
+    return AUTHN_OK;
+}
+
 static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
                                   struct arena *a, struct authn_out *out, struct saml_idp *sx,
                                   const char *rd)
 {
+    bool ready = false;
+    enum authn_step st = saml_md_ready(an, req, a, out, sx, SAML_NEXT_LOGIN, rd, &ready);
+    if (!ready) {
+        return st;
+    }
     char *url = NULL, *cookie = NULL;
     struct err err = { 0 };
     if (saml_login_start(sx, str_from(rd), an->login_key, req->now_ms / 1000, &url, &cookie,
@@ -1321,7 +1395,17 @@ static enum authn_step saml_metadata(struct authn *an, const struct authn_req *r
     if (sx == NULL) {
         return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
-    const char *md = saml_sp_metadata(sx);
+    bool ready = false;
+    enum authn_step st = saml_md_ready(an, req, a, out, sx, SAML_NEXT_METADATA, NULL, &ready);
+    if (!ready) {
+        return st;
+    }
+    char *spmd = saml_sp_metadata(sx);
+    const char *md = adup(a, spmd);
+    free(spmd);
+    if (md == NULL) {
+        return internal_error(an, req, a, out);
+    }
     respond(out, 200, "application/samlmetadata+xml", md, strlen(md));
     out->resp.headers[0].value = "public, max-age=300";
     return AUTHN_RESPOND;
@@ -1333,6 +1417,11 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     if (!str_eq_cstr(req->method, "POST") || an->nsaml == 0 || an->store == NULL) {
         add_header(out, "Allow", "POST");
         return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    bool ready = false;
+    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_ACS, &ready);
+    if (!ready) {
+        return st;
     }
     const char *cname = login_cookie_name(an, req->tls);
     struct str v = STR_NULL;
@@ -1499,6 +1588,11 @@ static enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_re
     if (!str_eq_cstr(req->method, "GET") || an->nsaml == 0 || an->store == NULL) {
         add_header(out, "Allow", "GET");
         return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    bool ready = false;
+    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_SLO, &ready);
+    if (!ready) {
+        return st;
     }
     struct saml_slo o;
     struct err err = { 0 };
@@ -1886,6 +1980,28 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         }
         return c->kind == CONT_BCL_JWKS ? bcl_continue(an, req, a, out, c)
                                         : bearer_continue(an, req, a, out, c);
+    case CONT_SAML_METADATA: {
+        struct err err = { 0 };
+        if (saml_metadata_take(c->saml, status, body, req->now_ms / 1000, &err) != 0) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", err.msg);
+            out->idp_error = true;
+        } else {
+            log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML metadata of %s loaded from %s",
+                     saml_idp_id(c->saml), saml_metadata_url(c->saml));
+        }
+        out->cont = NULL;
+        switch ((enum saml_next)c->saml_next) {
+        case SAML_NEXT_LOGIN:
+            return saml_login(an, req, a, out, c->saml, c->rd);
+        case SAML_NEXT_ACS:
+            return saml_acs_endpoint(an, req, a, out);
+        case SAML_NEXT_METADATA:
+            return saml_metadata(an, req, a, out);
+        case SAML_NEXT_SLO:
+            return saml_slo_endpoint(an, req, a, out);
+        }
+        break;
+    }
     case CONT_NONE:
         break;
     }

@@ -64,11 +64,20 @@ struct saml_idp {
     bool want_assertions_encrypted;
     bool allow_unsolicited;
     bool allow_sha1;
-    bool sign_requests;   /* the IdP's WantAuthnRequestsSigned */
     int64_t clock_skew_s;
+    /* The metadata: a file read at start, or a URL fetched by the proxy (never
+     * blocking a loop) and refreshed on its cacheDuration / validUntil. The
+     * IdP's entity id is learned once: a refresh naming another is refused. */
+    char *metadata_url;       /* NULL: the file form */
+    char *sp_key_pem, *sp_cert_pem; /* kept to load a fetched metadata */
+    pthread_mutex_t mu;   /* guards everything below; lasso objects: one message at a time */
+    LassoServer *server;  /* NULL until a metadata is loaded */
+    bool sign_requests;   /* the IdP's WantAuthnRequestsSigned */
     char *sp_metadata;
-    LassoServer *server;
-    pthread_mutex_t mu;   /* lasso objects on one server: one message at a time */
+    int64_t expires_s;    /* URL form: refresh after this */
+    int64_t retry_s;      /* URL form: after a failed fetch, not before this */
+    bool fetching;
+    int64_t fetch_started_s;
 };
 
 /* ---- lasso once, quietly ------------------------------------------------ */
@@ -229,7 +238,7 @@ static unsigned char *b64_decode(struct str in, size_t *out_len)
 static const char *const saml_keys[] = {
     "id", "type", "display_name", "metadata", "sp_key", "sp_cert", "entity_id", "attributes",
     "want_assertions_signed", "want_assertions_encrypted", "allow_unsolicited", "clock_skew",
-    "allow_sha1", NULL
+    "allow_sha1", "allow_insecure_metadata", NULL
 };
 static const char *const attr_keys[] = { "email", "name", "groups", "user", NULL };
 
@@ -267,9 +276,54 @@ static char *url_origin(const char *u)
     return xstrndup(u, (size_t)(rest - u) + n);
 }
 
+struct md_info {
+    char *entity_id, *slo_url;
+    bool sign_requests;
+    int64_t valid_until_s;     /* 0: none */
+    int64_t cache_duration_s;  /* 0: none */
+};
+
+static void md_info_fini(struct md_info *m)
+{
+    free(m->entity_id);
+    free(m->slo_url);
+}
+
+/* xs:duration as metadata use it (PnDTnHnMnS, no years or months): seconds,
+ * or -1. */
+static int64_t xs_duration(const char *s)
+{
+    if (s == NULL || *s++ != 'P') {
+        return -1;
+    }
+    int64_t total = 0;
+    bool t = false, any = false;
+    while (*s) {
+        if (*s == 'T') {
+            t = true;
+            s++;
+            continue;
+        }
+        char *end = NULL;
+        double v = strtod(s, &end);
+        if (end == s || v < 0 || v > 1e9) {
+            return -1;
+        }
+        int64_t mul = *end == 'D' && !t ? 86400 : *end == 'H' && t ? 3600
+                      : *end == 'M' && t ? 60 : *end == 'S' && t ? 1 : 0;
+        if (mul == 0) {
+            return -1;
+        }
+        total += (int64_t)(v * (double)mul);
+        any = true;
+        s = end + 1;
+    }
+    return any ? total : -1;
+}
+
 /* Reads entityID, WantAuthnRequestsSigned and the Redirect SLO endpoint from
  * the IdP's metadata (one EntityDescriptor with an IDPSSODescriptor). */
-static bool idp_metadata_read(struct saml_idp *x, const char *md, size_t len, char *why,
+static bool idp_metadata_read(struct md_info *x, const char *md, size_t len, char *why,
                               size_t whylen)
 {
     xmlDoc *doc = xmlReadMemory(md, (int)len, "metadata.xml", NULL,
@@ -285,8 +339,15 @@ static bool idp_metadata_read(struct saml_idp *x, const char *md, size_t len, ch
                               "needs one entity extracted)");
     } else {
         const xmlNode *sso = child_el(root, NS_MD, "IDPSSODescriptor");
-        x->idp_entity_id = attr(root, "entityID");
-        if (sso == NULL || x->idp_entity_id == NULL) {
+        x->entity_id = attr(root, "entityID");
+        char *vu = attr(root, "validUntil"), *cd = attr(root, "cacheDuration");
+        x->valid_until_s = vu ? iso_time(vu) : 0;
+        x->cache_duration_s = cd ? xs_duration(cd) : 0;
+        free(vu);
+        free(cd);
+        if (x->valid_until_s < 0 || x->cache_duration_s < 0) {
+            snprintf(why, whylen, "unreadable validUntil or cacheDuration");
+        } else if (sso == NULL || x->entity_id == NULL) {
             snprintf(why, whylen, "no IDPSSODescriptor or entityID");
         } else {
             bool key = false;
@@ -308,9 +369,9 @@ static bool idp_metadata_read(struct saml_idp *x, const char *md, size_t len, ch
             x->sign_requests = attr_is(sso, "WantAuthnRequestsSigned", "true") ||
                                attr_is(sso, "WantAuthnRequestsSigned", "1");
             for (const xmlNode *c = sso->children; c != NULL; c = c->next) {
-                if (is_el(c, NS_MD, "SingleLogoutService") && x->idp_slo_url == NULL &&
+                if (is_el(c, NS_MD, "SingleLogoutService") && x->slo_url == NULL &&
                     attr_is(c, "Binding", "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect")) {
-                    x->idp_slo_url = attr(c, "Location");
+                    x->slo_url = attr(c, "Location");
                 }
             }
             ok = true;
@@ -320,7 +381,8 @@ static bool idp_metadata_read(struct saml_idp *x, const char *md, size_t len, ch
     return ok;
 }
 
-static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem)
+static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem,
+                               bool sign_requests)
 {
     char *cert = pem_body(cert_pem);
     if (cert == NULL) {
@@ -345,7 +407,7 @@ static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem)
         "Location=\"%s\" index=\"0\" isDefault=\"true\"/>\n"
         "  </md:SPSSODescriptor>\n"
         "</md:EntityDescriptor>\n",
-        eid, x->sign_requests ? "true" : "false", x->want_assertions_signed ? "true" : "false",
+        eid, sign_requests ? "true" : "false", x->want_assertions_signed ? "true" : "false",
         kd, kd, slo, acs);
     free(cert);
     free(eid);
@@ -368,6 +430,84 @@ static bool key_pair_ok(const char *key_pem, const char *cert_pem)
     BIO_free(kb);
     BIO_free(cb);
     return ok;
+}
+
+/* Loads a metadata document into a new lasso server and, when every check
+ * passes, swaps it in (under x->mu). The IdP's entity id is fixed by the
+ * first load. Returns 0, or -1 with why. */
+static int md_install(struct saml_idp *x, const char *md, size_t len, int64_t now_s, char *why,
+                      size_t whylen)
+{
+    struct md_info mi = { 0 };
+    int rc = -1;
+    char *spmd = NULL;
+    LassoServer *srv = NULL;
+    if (!idp_metadata_read(&mi, md, len, why, whylen)) {
+        goto out;
+    }
+    if (mi.valid_until_s > 0 && mi.valid_until_s <= now_s) {
+        snprintf(why, whylen, "expired (validUntil is past)");
+        goto out;
+    }
+    if (x->idp_entity_id != NULL && strcmp(x->idp_entity_id, mi.entity_id) != 0) {
+        snprintf(why, whylen, "names another entity (%.60s) than before", mi.entity_id);
+        goto out;
+    }
+    spmd = sp_metadata_build(x, x->sp_cert_pem, mi.sign_requests);
+    if (spmd == NULL) {
+        snprintf(why, whylen, "sp_cert holds no PEM certificate");
+        goto out;
+    }
+    srv = lasso_server_new_from_buffers(spmd, x->sp_key_pem, NULL, x->sp_cert_pem);
+    if (srv == NULL) {
+        snprintf(why, whylen, "sp_key and sp_cert are not a usable key pair");
+        goto out;
+    }
+    srv->signature_method = LASSO_SIGNATURE_METHOD_RSA_SHA256;
+    char *mdz = xstrndup(md, len);
+    int lrc = lasso_server_add_provider_from_buffer(srv, LASSO_PROVIDER_ROLE_IDP, mdz, NULL,
+                                                    NULL);
+    free(mdz);
+    if (lrc != 0 || lasso_server_get_provider(srv, mi.entity_id) == NULL) {
+        snprintf(why, whylen, "not accepted by the SAML library (signing key or SSO endpoint "
+                              "missing?)");
+        goto out;
+    }
+    /* Refresh: cacheDuration, capped by validUntil; between 5 minutes and a
+     * day, an hour when the metadata says nothing. */
+    int64_t ttl = mi.cache_duration_s > 0 ? mi.cache_duration_s : 3600;
+    if (mi.valid_until_s > 0 && mi.valid_until_s - now_s < ttl) {
+        ttl = mi.valid_until_s - now_s;
+    }
+    ttl = ttl < 300 ? 300 : ttl > 86400 ? 86400 : ttl;
+    pthread_mutex_lock(&x->mu);
+    if (x->idp_entity_id == NULL) {
+        x->idp_entity_id = mi.entity_id;
+        mi.entity_id = NULL;
+    }
+    LassoServer *old = x->server;
+    x->server = srv;
+    srv = NULL;
+    free(x->sp_metadata);
+    x->sp_metadata = spmd;
+    spmd = NULL;
+    free(x->idp_slo_url);
+    x->idp_slo_url = mi.slo_url;
+    mi.slo_url = NULL;
+    x->sign_requests = mi.sign_requests;
+    x->expires_s = now_s + ttl;
+    pthread_mutex_unlock(&x->mu);
+    if (old != NULL) {
+        lasso_server_destroy(old);
+    }
+    rc = 0;
+out:
+    if (srv != NULL) {
+        lasso_server_destroy(srv);
+    }
+    free(spmd);
+    md_info_fini(&mi);
+    return rc;
 }
 
 struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
@@ -435,38 +575,39 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
     }
     free(base);
 
-    char *md = read_conf_file(d, e, "metadata", conf_file, "IdP metadata");
+    const char *mdv = NULL;
+    conf_string(d, e, "metadata", &mdv);
+    bool url_form = mdv != NULL && (strncmp(mdv, "https://", 8) == 0 ||
+                                    strncmp(mdv, "http://", 7) == 0);
+    bool insecure = false;
+    conf_bool(d, e, "allow_insecure_metadata", &insecure);
+    char *md = NULL;
+    if (url_form) {
+        char *origin = url_origin(mdv);
+        if (origin == NULL || (strncmp(mdv, "http://", 7) == 0 && !insecure)) {
+            conf_error(d, conf_get(e, "metadata"),
+                       origin ? "metadata URL must be https (allow_insecure_metadata: true "
+                                "permits http, for tests)"
+                              : "metadata URL has no host");
+        }
+        free(origin);
+        x->metadata_url = xstrdup(mdv);
+    } else {
+        md = read_conf_file(d, e, "metadata", conf_file, "IdP metadata");
+    }
     char *key = read_conf_file(d, e, "sp_key", conf_file, "SP private key");
     char *cert = read_conf_file(d, e, "sp_cert", conf_file, "SP certificate");
-    char why[160];
-    if (md != NULL && !idp_metadata_read(x, md, strlen(md), why, sizeof why)) {
-        conf_error(d, conf_get(e, "metadata"), "IdP metadata: %s", why);
-    }
-    if (d->count == before && md && key && cert && !key_pair_ok(key, cert)) {
+    if (d->count == before && key && cert && !key_pair_ok(key, cert)) {
         conf_error(d, conf_get(e, "sp_key"), "sp_key is not the private key of sp_cert (PEM "
                                              "key and certificate of one pair expected)");
     }
-    if (d->count == before && md && key && cert) {
-        x->sp_metadata = sp_metadata_build(x, cert);
-        if (x->sp_metadata == NULL) {
-            conf_error(d, conf_get(e, "sp_cert"), "sp_cert holds no PEM certificate");
-        } else {
-            x->server = lasso_server_new_from_buffers(x->sp_metadata, key, NULL, cert);
-            if (x->server == NULL) {
-                conf_error(d, conf_get(e, "sp_key"),
-                           "sp_key and sp_cert are not a usable key pair (PEM RSA key and "
-                           "certificate expected)");
-            } else {
-                x->server->signature_method = LASSO_SIGNATURE_METHOD_RSA_SHA256;
-                int rc = lasso_server_add_provider_from_buffer(x->server,
-                                                               LASSO_PROVIDER_ROLE_IDP, md,
-                                                               NULL, NULL);
-                if (rc != 0 || lasso_server_get_provider(x->server, x->idp_entity_id) == NULL) {
-                    conf_error(d, conf_get(e, "metadata"),
-                               "IdP metadata not accepted by the SAML library (signing key "
-                               "or SSO endpoint missing?)");
-                }
-            }
+    if (d->count == before && key && cert) {
+        x->sp_key_pem = xstrdup(key);
+        x->sp_cert_pem = xstrdup(cert);
+        char why[200];
+        if (md != NULL && md_install(x, md, strlen(md), (int64_t)time(NULL), why,
+                                     sizeof why) != 0) {
+            conf_error(d, conf_get(e, "metadata"), "IdP metadata: %s", why);
         }
     }
     if (key != NULL) {
@@ -503,6 +644,12 @@ void saml_idp_free(struct saml_idp *x)
     free(x->attr_groups);
     free(x->attr_user);
     free(x->sp_metadata);
+    free(x->metadata_url);
+    if (x->sp_key_pem != NULL) {
+        OPENSSL_cleanse(x->sp_key_pem, strlen(x->sp_key_pem));
+    }
+    free(x->sp_key_pem);
+    free(x->sp_cert_pem);
     free(x);
 }
 
@@ -521,9 +668,52 @@ const char *saml_idp_acs_url(const struct saml_idp *x)
     return x->acs_url;
 }
 
-const char *saml_sp_metadata(const struct saml_idp *x)
+char *saml_sp_metadata(const struct saml_idp *cx)
 {
-    return x->sp_metadata;
+    struct saml_idp *x = (struct saml_idp *)cx;
+    pthread_mutex_lock(&x->mu);
+    char *md = x->sp_metadata ? xstrdup(x->sp_metadata) : NULL;
+    pthread_mutex_unlock(&x->mu);
+    return md;
+}
+
+const char *saml_metadata_url(const struct saml_idp *x)
+{
+    return x->metadata_url;
+}
+
+bool saml_metadata_need(struct saml_idp *x, int64_t now_s, bool *usable)
+{
+    pthread_mutex_lock(&x->mu);
+    *usable = x->server != NULL;
+    bool due = x->metadata_url != NULL && (x->server == NULL || now_s >= x->expires_s) &&
+               now_s >= x->retry_s && (!x->fetching || now_s >= x->fetch_started_s + 30);
+    if (due) {
+        x->fetching = true;
+        x->fetch_started_s = now_s;
+    }
+    pthread_mutex_unlock(&x->mu);
+    return due;
+}
+
+int saml_metadata_take(struct saml_idp *x, int status, struct str body, int64_t now_s,
+                       struct err *err)
+{
+    char why[200] = "";
+    int rc = -1;
+    if (status != 200) {
+        snprintf(why, sizeof why, status == 0 ? "unreachable" : "HTTP %d", status);
+    } else {
+        rc = md_install(x, body.p ? body.p : "", body.len, now_s, why, sizeof why);
+    }
+    pthread_mutex_lock(&x->mu);
+    x->fetching = false;
+    if (rc != 0) {
+        x->retry_s = now_s + 60; /* the old metadata (if any) serves meanwhile */
+    }
+    pthread_mutex_unlock(&x->mu);
+    return rc == 0 ? 0 : err_set(err, ERR_IO, "metadata of %s from %s: %s", x->id,
+                                 x->metadata_url, why);
 }
 
 /* ---- login -------------------------------------------------------------- */
@@ -540,7 +730,7 @@ int saml_login_start(const struct saml_idp *cx, struct str return_path,
     }
     str_hex(rnd, sizeof rnd, handle);
     pthread_mutex_lock(&x->mu);
-    LassoLogin *l = lasso_login_new(x->server);
+    LassoLogin *l = x->server ? lasso_login_new(x->server) : NULL;
     int rc = l ? lasso_login_init_authn_request(l, x->idp_entity_id, LASSO_HTTP_METHOD_REDIRECT)
                : -1;
     char *rid = NULL;
@@ -1085,7 +1275,8 @@ static struct saml_idp *idp_by(struct saml_idp *const *idps, size_t n, const cha
                                bool by_entity)
 {
     for (size_t i = 0; id != NULL && i < n; i++) {
-        if (strcmp(by_entity ? idps[i]->idp_entity_id : idps[i]->id, id) == 0) {
+        const char *v = by_entity ? idps[i]->idp_entity_id : idps[i]->id;
+        if (v != NULL && strcmp(v, id) == 0) {
             return idps[i];
         }
     }
@@ -1192,6 +1383,10 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body,
             goto out;
         }
     }
+    if (x != NULL && x->idp_entity_id == NULL) {
+        rc = err_set(err, ERR_IO, "metadata of %s not loaded yet", x->id);
+        goto out;
+    }
     if (check_shape(doc, x, x ? x->allow_sha1 : false, &sh, err) != 0) {
         if (x == NULL) {
             /* The algorithm verdict needs the IdP: retry with its setting. */
@@ -1254,7 +1449,7 @@ shaped:
     /* lasso reads the very bytes we checked. */
     clean = codec_b64_encode(xml, xlen);
     pthread_mutex_lock(&x->mu);
-    l = lasso_login_new(x->server);
+    l = x->server ? lasso_login_new(x->server) : NULL;
     int lrc = l ? lasso_login_process_authn_response_msg(l, clean) : -1;
     LassoSamlp2Response *r =
         l && LASSO_IS_SAMLP2_RESPONSE(LASSO_PROFILE(l)->response)
@@ -1385,11 +1580,15 @@ static void slo_set_session(LassoProfile *p, const struct saml_idp *x, const cha
 char *saml_logout_url(const struct saml_idp *cx, const char *name_id, const char *session_index)
 {
     struct saml_idp *x = (struct saml_idp *)cx;
-    if (x->idp_slo_url == NULL || name_id == NULL) {
+    if (name_id == NULL) {
         return NULL;
     }
     char *url = NULL;
     pthread_mutex_lock(&x->mu);
+    if (x->idp_slo_url == NULL || x->server == NULL) {
+        pthread_mutex_unlock(&x->mu);
+        return NULL;
+    }
     LassoLogout *lo = lasso_logout_new(x->server);
     if (lo != NULL) {
         slo_set_session(LASSO_PROFILE(lo), x, name_id, session_index);
@@ -1447,7 +1646,11 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
     for (size_t i = 0; i < nidps && lrc == LASSO_SERVER_ERROR_PROVIDER_NOT_FOUND; i++) {
         struct saml_idp *x = idps[i];
         pthread_mutex_lock(&x->mu);
-        LassoLogout *lo = lasso_logout_new(x->server);
+        LassoLogout *lo = x->server ? lasso_logout_new(x->server) : NULL;
+        if (lo == NULL) {
+            pthread_mutex_unlock(&x->mu);
+            continue;
+        }
         lasso_profile_set_signature_verify_hint(LASSO_PROFILE(lo),
                                                 LASSO_PROFILE_SIGNATURE_VERIFY_HINT_FORCE);
         lasso_profile_set_signature_hint(LASSO_PROFILE(lo), LASSO_PROFILE_SIGNATURE_HINT_FORCE);

@@ -41,8 +41,20 @@ void saml_idp_free(struct saml_idp *x);
 const char *saml_idp_id(const struct saml_idp *x);
 const char *saml_idp_display_name(const struct saml_idp *x); /* NULL when not set */
 const char *saml_idp_acs_url(const struct saml_idp *x);
-/* Our SP metadata (entity id, ACS, signing/encryption certificate, SLO). */
-const char *saml_sp_metadata(const struct saml_idp *x);
+/* Our SP metadata (entity id, ACS, signing/encryption certificate, SLO),
+ * malloc'd; NULL until the IdP's metadata is loaded. */
+char *saml_sp_metadata(const struct saml_idp *x);
+
+/* The metadata URL (NULL: a file, loaded at start). The proxy fetches it:
+ * saml_metadata_need says whether this caller must fetch it now (it claims
+ * the fetch; *usable says whether a loaded metadata can serve meanwhile),
+ * saml_metadata_take loads the answer (a failed fetch keeps the old one and
+ * is retried after a minute). Refreshed on its cacheDuration, capped by
+ * validUntil (5 minutes to a day; an hour by default). */
+const char *saml_metadata_url(const struct saml_idp *x);
+bool saml_metadata_need(struct saml_idp *x, int64_t now_s, bool *usable);
+int saml_metadata_take(struct saml_idp *x, int status, struct str body, int64_t now_s,
+                       struct err *err) WARN_UNUSED;
 
 /* Starts a sign-in: an AuthnRequest by HTTP-Redirect (signed with RSA-SHA256
  * when the IdP's metadata asks for signed requests), a RelayState that is an

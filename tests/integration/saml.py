@@ -83,6 +83,8 @@ class SamlIdP:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def sp_files(idp, dirpath):

@@ -40,7 +40,7 @@ class SamlStack:
     the database across restart()."""
 
     def __init__(self, idp_extra=None, want_signed_requests=False, gh_extra=None,
-                 state_dir=None):
+                 state_dir=None, metadata_url=False):
         self.backend = Backend("app")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -50,6 +50,10 @@ class SamlStack:
         self.gh = None
         try:
             db = os.path.join(state_dir, "gatehouse.db") if state_dir else "var/gatehouse.db"
+            idp_extra = dict(idp_extra or {})
+            if metadata_url:
+                idp_extra.update(metadata=self.idp.base + "/metadata",
+                                 allow_insecure_metadata=True)
             self.cfg = basic_config(
                 [{"name": "pub", "match": {"path_prefix": "/pub/"}, "public": True,
                   "upstream": {"servers": [self.backend.url]}},
@@ -58,7 +62,7 @@ class SamlStack:
                  {"name": "app", "upstream": {"servers": [self.backend.url]}}],
                 listen=[{"address": f"127.0.0.1:{self.port}"}],
                 state={"sqlite": db},
-                identity_providers=[saml_conf(self.base, **(idp_extra or {}))],
+                identity_providers=[saml_conf(self.base, **idp_extra)],
                 decision_log={"file": os.path.join(state_dir, "decisions.jsonl") if state_dir
                               else "var/decisions.jsonl"},
             )
@@ -507,6 +511,56 @@ class SamlEncryptedTest(SamlCase):
         self.assert_refused(r, b, "response is not signed")
 
 
+class SamlMetadataUrlTest(SamlCase):
+    """metadata: a URL, fetched by the proxy on first use (never blocking the
+    loop), then every sign-in and logout works as with the file."""
+    stack_args = {"metadata_url": True}
+
+    def test_fetched_then_sign_in_and_logout(self):
+        self.assertNotIn("SAML metadata of partners loaded", self.s.log())
+        b, r, _ = self.sign_in()
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(self.s.log().count("SAML metadata of partners loaded from "
+                                            + self.s.idp.base + "/metadata"), 1)
+        md = b.request(self.base + "/.gatehouse/saml/metadata")
+        self.assertEqual(md.status, 200)
+        self.assertIn(b"AssertionConsumerService", md.body)
+        r = b.request(self.base + "/.gatehouse/logout")
+        self.assertTrue(r.header("Location", "").startswith(self.s.idp.base + "/slo?"), r)
+        # one fetch served everything (refreshed after its cache duration)
+        b2, r, _ = self.sign_in(case="xsw_before")
+        self.assert_refused(r, b2, "2 assertions in the message")
+        self.assertEqual(self.s.log().count("SAML metadata of partners loaded"), 1)
+
+
+class SamlMetadataUrlDownTest(unittest.TestCase):
+    def test_unreachable_metadata_gives_a_clear_page_then_recovers(self):
+        st = SamlStack(metadata_url=True)
+        try:
+            # the IdP's metadata is unreachable: point it at a closed port
+            st.gh.stop()
+            st.gh.cleanup()
+            good = st.cfg["identity_providers"][0]["metadata"]
+            dead = f"http://127.0.0.1:{free_port()}/metadata"
+            st.cfg["identity_providers"][0]["metadata"] = dead
+            st.start_gh()
+            b = Browser()
+            r = b.request(st.base + "/.gatehouse/login?rd=%2F")
+            self.assertEqual(r.status, 502, r)
+            self.assertIn(b"Sign-in is unavailable", r.body)
+            self.assertIn("metadata of partners from " + dead + ": unreachable", st.log())
+            self.assertIsNone(b.session_cookie(st.base))
+            st.gh.stop()
+            st.gh.cleanup()
+            st.cfg["identity_providers"][0]["metadata"] = good
+            st.start_gh()
+            b = Browser()
+            action, fields = idp_form(b, to_idp(b, st.base))
+            self.assertEqual(b.request(action, "POST", fields).status, 303)
+        finally:
+            st.stop()
+
+
 class SamlConfigTest(unittest.TestCase):
     """`gatehouse check` loads the metadata and the keys of a saml IdP and
     reports each problem with file:line:col."""
@@ -555,6 +609,10 @@ class SamlConfigTest(unittest.TestCase):
             lines += f"    {k}: {v}\n"
         return lines
 
+    def test_good_metadata_url_is_not_fetched_by_check(self):
+        rc, out = self.check(self.entry(metadata="https://idp.invalid/metadata"))
+        self.assertEqual(rc, 0, out)
+
     def test_good(self):
         rc, out = self.check(self.entry(display_name="Partners", clock_skew="5m",
                                         allow_sha1="false", want_assertions_signed="true",
@@ -578,6 +636,8 @@ class SamlConfigTest(unittest.TestCase):
              'gh.yaml:9:16: error: entity_id "urn:example:sp" is not an http(s) URL'),
             ("  - {id: p, type: saml, metadata: idp.xml, sp_cert: sp.crt, entity_id: 'https://a.example/m'}\n",
              'gh.yaml:4:5: error: a saml identity provider needs "sp_key"'),
+            (self.entry(metadata="http://idp.example/md"),
+             "gh.yaml:6:15: error: metadata URL must be https (allow_insecure_metadata: true permits http, for tests)"),
             ("  - {id: p, type: sam1}\n",
              'gh.yaml:4:19: error: identity provider type "sam1" is not supported (supported: oidc, saml)'),
         ]
