@@ -11,7 +11,7 @@ PKGS=(
   liblasso3-dev libcmocka-dev node-llhttp
   python3 curl ca-certificates
   nodejs npm chromium
-  wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc
+  wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc libapache2-mod-auth-mellon
 )
 
 missing=()
