@@ -103,7 +103,23 @@ static void lasso_start(void)
                       lasso_quiet, NULL);
     /* The algorithm check is ours, per IdP (allow_sha1): this lasso build has
      * no floor of its own and verifies RSA-SHA1 as well. */
-    xmlSetGenericErrorFunc(NULL, NULL);
+}
+
+static void xml_silent(void *ctx, const char *msg, ...)
+{
+    (void)ctx;
+    (void)msg;
+}
+
+/* libxml2's error handler is per thread: parse errors of hostile input go
+ * nowhere (our refusal says what failed), not to stderr. */
+static void xml_quiet_thread(void)
+{
+    static __thread bool done;
+    if (!done) {
+        xmlSetGenericErrorFunc(NULL, xml_silent);
+        done = true;
+    }
 }
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -399,11 +415,12 @@ static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem,
         "protocolSupportEnumeration=\"" NS_SAMLP "\">\n"
         "    <md:KeyDescriptor use=\"signing\">%s</md:KeyDescriptor>\n"
         "    <md:KeyDescriptor use=\"encryption\">%s</md:KeyDescriptor>\n"
-        "    <md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" "
-        "Location=\"%s\"/>\n"
+        "    <md:SingleLogoutService "
+        "Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"%s\"/>\n"
         "    <md:NameIDFormat>urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
         "</md:NameIDFormat>\n"
-        "    <md:AssertionConsumerService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" "
+        "    <md:AssertionConsumerService "
+        "Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" "
         "Location=\"%s\" index=\"0\" isDefault=\"true\"/>\n"
         "  </md:SPSSODescriptor>\n"
         "</md:EntityDescriptor>\n",
@@ -458,7 +475,10 @@ static int md_install(struct saml_idp *x, const char *md, size_t len, int64_t no
         snprintf(why, whylen, "sp_cert holds no PEM certificate");
         goto out;
     }
-    srv = lasso_server_new_from_buffers(spmd, x->sp_key_pem, NULL, x->sp_cert_pem);
+    /* No certificate for lasso: our metadata publishes it, and with one lasso
+     * (through xmlsec) first tries it as a file name and leaks a BIO on every
+     * AuthnRequest it builds. */
+    srv = lasso_server_new_from_buffers(spmd, x->sp_key_pem, NULL, NULL);
     if (srv == NULL) {
         snprintf(why, whylen, "sp_key and sp_cert are not a usable key pair");
         goto out;
@@ -515,6 +535,7 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
 {
     size_t before = d->count;
     pthread_once(&lasso_once, lasso_start);
+    xml_quiet_thread();
     if (lasso_rc != 0) {
         conf_error(d, e, "SAML library (lasso) failed to start");
         return NULL;
@@ -1320,6 +1341,7 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body,
              struct saml_result *out, struct err *err)
 {
     memset(out, 0, sizeof *out);
+    xml_quiet_thread();
     if (body.len > SAML_BODY_MAX) {
         return err_set(err, ERR_LIMIT, "ACS body over %d bytes", SAML_BODY_MAX);
     }
@@ -1558,7 +1580,8 @@ static LassoSession *slo_session(const struct saml_idp *x, const char *name_id,
     as->Subject->NameID =
         LASSO_SAML2_NAME_ID(lasso_saml2_name_id_new_with_string((char *)name_id));
     if (session_index != NULL) {
-        LassoSaml2AuthnStatement *st = LASSO_SAML2_AUTHN_STATEMENT(lasso_saml2_authn_statement_new());
+        LassoSaml2AuthnStatement *st =
+            LASSO_SAML2_AUTHN_STATEMENT(lasso_saml2_authn_statement_new());
         lasso_assign_string(st->SessionIndex, session_index);
         as->AuthnStatement = g_list_append(NULL, st);
     }
@@ -1625,6 +1648,7 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
              struct saml_slo *out, struct err *err)
 {
     memset(out, 0, sizeof *out);
+    xml_quiet_thread();
     if (query.len == 0 || query.len > 64 * 1024) {
         return err_set(err, ERR_PARSE, "no SAML message in the query");
     }

@@ -87,9 +87,11 @@ static void setup(void)
             "protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">"
             "<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>"
             "%.*s</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"
-            "<md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" "
+            "<md:SingleLogoutService "
+            "Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" "
             "Location=\"https://idp.example/slo\"/>"
-            "<md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" "
+            "<md:SingleSignOnService "
+            "Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" "
             "Location=\"https://idp.example/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>",
             (int)(e - b), b);
     fclose(m);
