@@ -40,7 +40,7 @@ class SamlStack:
     the database across restart()."""
 
     def __init__(self, idp_extra=None, want_signed_requests=False, gh_extra=None,
-                 state_dir=None, metadata_url=False):
+                 state_dir=None, metadata_url=False, second=None):
         self.backend = Backend("app")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -62,7 +62,8 @@ class SamlStack:
                  {"name": "app", "upstream": {"servers": [self.backend.url]}}],
                 listen=[{"address": f"127.0.0.1:{self.port}"}],
                 state={"sqlite": db},
-                identity_providers=[saml_conf(self.base, **idp_extra)],
+                identity_providers=[saml_conf(self.base, **idp_extra)] +
+                ([saml_conf(self.base, **second)] if second else []),
                 decision_log={"file": os.path.join(state_dir, "decisions.jsonl") if state_dir
                               else "var/decisions.jsonl"},
             )
@@ -509,6 +510,34 @@ class SamlEncryptedTest(SamlCase):
     def test_encrypted_but_unsigned_assertion_refused(self):
         b, r, _ = self.sign_in(case="encrypted_unsigned")
         self.assert_refused(r, b, "response is not signed")
+
+
+class SamlChooserTest(SamlCase):
+    """Two SAML IdPs: the chooser lists them by display_name; each sign-in
+    is recorded with its own IdP id."""
+    stack_args = {"idp_extra": {"display_name": "Partner login"},
+                  "second": {"id": "suppliers", "display_name": "Supplier <login>"}}
+
+    def test_chooser_then_the_chosen_idp(self):
+        b = Browser()
+        r = b.request(self.base + "/.gatehouse/login?rd=%2Fx")
+        self.assertEqual(r.status, 200, r)
+        page = r.body.decode()
+        self.assertIn("Partner login", page)
+        self.assertIn("Supplier &lt;login&gt;", page)
+        self.assertIn("idp=suppliers", page)
+        r = b.request(self.base + "/.gatehouse/login?idp=suppliers&rd=%2Fx")
+        self.assertEqual(r.status, 302)
+        action, fields = idp_form(b, r.header("Location"))
+        r = b.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        me = b.request(self.base + "/.gatehouse/me", headers={"Accept": "application/json"})
+        self.assertEqual(me.json()["idp"], "suppliers")
+        self.assertIn("signed in alice@example.com via suppliers (SAML)", self.s.log())
+        r = b.request(self.base + "/.gatehouse/saml/metadata?idp=suppliers")
+        self.assertEqual(r.status, 200)
+        r = b.request(self.base + "/.gatehouse/login?idp=nope&rd=%2F")
+        self.assertEqual(r.status, 400)
 
 
 class SamlMetadataUrlTest(SamlCase):
