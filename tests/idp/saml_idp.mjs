@@ -221,6 +221,7 @@ function build(info, user, kase, q) {
     case 'doctype':
       post = (xml) => '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>' + xml;
       break;
+    case 'extra_signature': case 'sig_moved_to_response':
     case 'xsw_before': case 'xsw_after': case 'xsw_dupid':
     case 'xsw_extensions': case 'xsw_object': case 'xsw_wrapped':
       post = (xml) => wrap(xml, kase);
@@ -242,6 +243,23 @@ function wrap(xml, kase) {
   const doc = parse(xml);
   const resp = doc.documentElement;
   const signed = assertionOf(doc);
+  const DS = 'http://www.w3.org/2000/09/xmldsig#';
+  if (kase === 'extra_signature') {
+    // a second copy of the valid signature, in samlp:Extensions
+    const ext = doc.createElementNS(SAMLP, 'samlp:Extensions');
+    ext.appendChild(signed.getElementsByTagNameNS(DS, 'Signature')[0].cloneNode(true));
+    resp.insertBefore(ext, resp.getElementsByTagNameNS(SAMLP, 'Status')[0]);
+    return serialize(doc);
+  }
+  if (kase === 'sig_moved_to_response') {
+    // the assertion's valid signature moved up to the Response: it still
+    // verifies (its Reference finds the assertion by ID) but signs another
+    // element than the one it is on
+    const sig = signed.getElementsByTagNameNS(DS, 'Signature')[0];
+    signed.removeChild(sig);
+    resp.insertBefore(sig, resp.getElementsByTagNameNS(SAMLP, 'Status')[0]);
+    return serialize(doc);
+  }
   const evil = evilAssertion(doc, signed, kase === 'xsw_dupid');
   if (kase === 'xsw_before' || kase === 'xsw_dupid') {
     resp.insertBefore(evil, signed);

@@ -318,6 +318,13 @@ class SamlAttackTest(SamlCase):
     def test_xsw_wrapped(self):
         self.attack("2 assertions in the message", case="xsw_wrapped")
 
+    def test_extra_signature_in_extensions(self):
+        self.attack("a signature outside the Response and Assertion", case="extra_signature")
+
+    def test_signature_moved_to_the_response(self):
+        self.attack("signature references another element than the one it is in",
+                    case="sig_moved_to_response")
+
     def test_tampered_attribute(self):
         self.attack("signature does not verify", case="tamper_attr")
 
