@@ -17,6 +17,10 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import samlify from 'samlify'; // the CommonJS exports object (SamlLib is a getter)
 import { DOMParser, XMLSerializer } from '@xmldom/xmldom';
+import { createRequire } from 'node:module';
+
+// xml-crypto itself (samlify's signer) for the HMAC forgery.
+const { SignedXml } = createRequire(import.meta.url)('xml-crypto');
 
 const port = Number(process.env.GH_SAML_PORT);
 const base = `http://127.0.0.1:${port}`;
@@ -196,6 +200,24 @@ function build(info, user, kase, q) {
     case 'unsigned': opts = { assertion: false }; break;
     case 'otherkey': opts = { other: true }; break;
     case 'sha1': opts = { alg: RSA_SHA1 }; break;
+    case 'hmac': // HMAC-SHA1 keyed with the IdP's public certificate (a known SP pitfall)
+      opts = { assertion: false };
+      post = (xml) => {
+        const sig = new SignedXml({
+          privateKey: Buffer.from(cert),
+          canonicalizationAlgorithm: 'http://www.w3.org/2001/10/xml-exc-c14n#',
+        });
+        sig.enableHMAC();
+        sig.signatureAlgorithm = 'http://www.w3.org/2000/09/xmldsig#hmac-sha1';
+        sig.addReference({
+          xpath: "/*[local-name(.)='Response']/*[local-name(.)='Assertion']",
+          transforms: ['http://www.w3.org/2000/09/xmldsig#enveloped-signature', 'http://www.w3.org/2001/10/xml-exc-c14n#'],
+          digestAlgorithm: 'http://www.w3.org/2001/04/xmlenc#sha256',
+        });
+        sig.computeSignature(xml, { prefix: 'ds', location: { reference: "/*[local-name(.)='Response']/*[local-name(.)='Assertion']/*[local-name(.)='Issuer']", action: 'after' } });
+        return sig.getSignedXml();
+      };
+      break;
     case 'wrong_audience': v.audience = 'https://other-sp.example.com/metadata'; break;
     case 'no_audience': v.audience = null; break;
     case 'wrong_destination': v.destination = 'https://other-sp.example.com/acs'; break;

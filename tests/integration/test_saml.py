@@ -360,6 +360,10 @@ class SamlAttackTest(SamlCase):
         self.attack("signature algorithm http://www.w3.org/2000/09/xmldsig#rsa-sha1 refused",
                     case="sha1")
 
+    def test_hmac_signature_keyed_with_the_public_certificate(self):
+        self.attack("signature algorithm http://www.w3.org/2000/09/xmldsig#hmac-sha1 refused",
+                    case="hmac")
+
     def test_doctype_external_entity(self):
         self.attack("DOCTYPE or ENTITY declaration in the message (XXE)", case="doctype")
 
