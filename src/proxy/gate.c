@@ -22,6 +22,7 @@
 #include "authn/codec.h"
 #include "authn/oidc.h"
 #include "authn/page.h"
+#include "authn/saml.h"
 #include "fetch.h"
 #include "io.h"
 #include "policy/policy.h"
@@ -1690,6 +1691,11 @@ static enum access_step gate_reserved(struct request *r)
         str_eq_cstr(r->method, "POST")) {
         q->pending = true;
         return request_read_body(r, BCL_BODY_MAX, backchannel_body, q);
+    }
+    /* The SAML ACS (HTTP-POST binding) is read the same way; authn checks it. */
+    if (str_eq_cstr(r->path, "/.gatehouse/saml/acs") && str_eq_cstr(r->method, "POST")) {
+        q->pending = true;
+        return request_read_body(r, SAML_BODY_MAX, backchannel_body, q);
     }
     return authn_step_done(q, authn_check(q->an, &q->areq, r->arena, &q->aout));
 }
