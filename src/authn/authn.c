@@ -2578,6 +2578,13 @@ const char *authn_form_action_origins(const struct authn *an, struct arena *a)
             add_origin(&b, m->end_session_endpoint);
         }
     }
+    /* A sign-out form's answer sends the browser on to a SAML IdP's logout
+     * service: form-action covers redirects after a submission too. */
+    for (size_t i = 0; an && i < an->nsaml; i++) {
+        char *slo = saml_idp_slo_url_dup(an->saml[i]);
+        add_origin(&b, slo);
+        free(slo);
+    }
     const char *s = arena_strndup(a, b.p ? b.p : "", b.len);
     codec_buf_fini(&b);
     return s;

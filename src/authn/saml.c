@@ -674,6 +674,14 @@ void saml_idp_free(struct saml_idp *x)
     free(x);
 }
 
+char *saml_idp_slo_url_dup(struct saml_idp *x)
+{
+    pthread_mutex_lock(&x->mu);
+    char *u = x->idp_slo_url ? xstrdup(x->idp_slo_url) : NULL;
+    pthread_mutex_unlock(&x->mu);
+    return u;
+}
+
 const char *saml_idp_id(const struct saml_idp *x)
 {
     return x->id;

@@ -39,6 +39,8 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *n,
 void saml_idp_free(struct saml_idp *x);
 
 const char *saml_idp_id(const struct saml_idp *x);
+/* The IdP's HTTP-Redirect SingleLogoutService (a copy the caller frees), or NULL. */
+char *saml_idp_slo_url_dup(struct saml_idp *x);
 const char *saml_idp_display_name(const struct saml_idp *x); /* NULL when not set */
 const char *saml_idp_acs_url(const struct saml_idp *x);
 /* Our SP metadata (entity id, ACS, signing/encryption certificate, SLO),

@@ -58,7 +58,9 @@ try {
   check('back at the original URL', page.url() === `${base}/dashboard?tab=1`, page.url());
   const seen = JSON.parse(await page.locator('body').innerText());
   const hdr = Object.fromEntries(seen.headers.map(([k, v]) => [k.toLowerCase(), v]));
-  check('app sees the user', hdr['x-gatehouse-user'] === 'alice@example.com', JSON.stringify(hdr));
+  // A SAML provider's users are qualified by its id, as every provider's are.
+  check('app sees the user', hdr['x-gatehouse-user'] === 'partners:alice@example.com',
+    JSON.stringify(hdr));
   check('app sees the groups', hdr['x-gatehouse-groups'] === 'staff,admins');
   check('app never sees the session cookie', !(hdr.cookie || '').includes('gatehouse_session'));
 
@@ -79,7 +81,11 @@ try {
   // 4. Logout: the signed LogoutRequest to the IdP, its LogoutResponse back.
   visited.length = 0;
   await page.goto(`${base}/.gatehouse/logout`);
-  await page.waitForURL((u) => u.href.startsWith(`${base}/.gatehouse/saml/slo`));
+  check('sign-out asks for confirmation',
+    (await page.locator('form[action="/.gatehouse/logout"] #confirm-sign-out').count()) === 1);
+  await Promise.all([
+    page.waitForURL((u) => u.href.startsWith(`${base}/.gatehouse/saml/slo`)),
+    page.click('#confirm-sign-out')]);
   check('logout went through the IdP', visited.some((v) => v.startsWith(`GET ${idpBase}/slo?SAMLRequest=`)),
     visited.join(' | '));
   const after = await browser.cookies(base);

@@ -279,6 +279,17 @@ class SamlSessionsCliTest(SamlCase):
 
 
 class SamlLogoutTest(SamlCase):
+    def test_confirmation_form_may_lead_to_the_idp(self):
+        # The sign-out form's answer redirects to the IdP's logout service: a
+        # browser enforces form-action on that redirect too (Chromium aborts it).
+        b, r, _ = self.sign_in()
+        r = b.request(self.base + "/.gatehouse/logout")
+        self.assertEqual(r.status, 200, r)
+        csp = r.header("Content-Security-Policy")
+        fa = [d for d in csp.split(";") if d.strip().startswith("form-action")][0].split()
+        idp = urllib.parse.urlsplit(self.s.idp.base)
+        self.assertIn(f"{idp.scheme}://{idp.netloc}", fa, csp)
+
     def test_sp_initiated_single_logout(self):
         b, r, _ = self.sign_in()
         self.assertEqual(r.status, 303, r)
