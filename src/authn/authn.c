@@ -1854,6 +1854,12 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                               "expires", expires[0] ? expires : NULL, "idle_expires",
                               idle[0] ? idle : NULL, "absolute_expires",
                               expires[0] ? expires : NULL, "session", id->session_id);
+        if (j && req->device_json) {
+            json_t *dv = json_loads(req->device_json, 0, &jerr);
+            json_object_set_new(j, "device", dv ? dv : json_null());
+        } else if (j) {
+            json_object_set_new(j, "device", json_null());
+        }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         const char *body = adup(a, s);
@@ -1876,7 +1882,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
-        { "idp", id->idp }, { "device", NULL }, { "expires", expires },
+        { "idp", id->idp }, { "device", req->device_text }, { "expires", expires },
         { "idle_expires", idle },
     };
     size_t len = 0;

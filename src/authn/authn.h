@@ -97,6 +97,10 @@ struct authn_req {
     const char *request_id;
     const char *client_ip;      /* for the log; may be NULL */
     int64_t now_ms;             /* wall clock */
+    /* device identity for /.gatehouse/me (reserved paths): a JSON object, and
+     * one line for people; NULL/"none" without a client certificate */
+    const char *device_json;
+    const char *device_text;
 };
 
 /* Who is calling. Strings are arena-owned. */

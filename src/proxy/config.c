@@ -38,7 +38,7 @@ static const char *const top_keys[] = {
 static const char *const listen_keys[] = { "address", "tls", "trust_request_id",
                                            "trust_forwarded", "public_url", NULL };
 static const char *const tls_keys[] = { "cert", "key", "certificates", "client_ca",
-                                        "client_crl", "client_cert", NULL };
+                                        "client_crl", "client_cert", "verify_depth", NULL };
 static const char *const cert_keys[] = { "cert", "key", NULL };
 static const char *const admin_keys[] = { "address", NULL };
 static const char *const limits_keys[] = { "header_bytes", "headers", "body_bytes", "uri_bytes",
@@ -47,8 +47,8 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
-/* The device registry is not built yet: "devices" takes no keys until it is. */
-static const char *const devices_keys[] = { NULL };
+/* The device registry lives in state.sqlite; "devices" tunes its use. */
+static const char *const devices_keys[] = { "cache_ttl", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", "encoded_slashes", "headers",
@@ -606,6 +606,12 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
     if (lc->client_crl && !lc->client_ca) {
         conf_error(L->d, conf_get(t, "client_crl"), "\"client_crl\" needs \"client_ca\"");
     }
+    uint64_t depth = 1;
+    if (conf_u64(L->d, t, "verify_depth", 1, 10, &depth) && conf_get(t, "verify_depth") &&
+        !lc->client_ca) {
+        conf_error(L->d, conf_get(t, "verify_depth"), "\"verify_depth\" needs \"client_ca\"");
+    }
+    lc->verify_depth = (unsigned)depth;
 }
 
 static void read_listen(struct loader *L, const struct conf_node *root)
@@ -1472,8 +1478,12 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
+    c->devices_cache_ttl_ms = 30000;
     if (conf_get(root, "devices") && conf_get(root, "devices")->type != CONF_NULL) {
-        conf_check_keys(d, conf_get(root, "devices"), "\"devices\"", devices_keys);
+        const struct conf_node *dv = conf_get(root, "devices");
+        if (conf_check_keys(d, dv, "\"devices\"", devices_keys) || dv->type == CONF_MAP) {
+            conf_duration_ms(d, dv, "cache_ttl", 100, 300000, &c->devices_cache_ttl_ms);
+        }
     }
     first_seen_fini(&L.route_names);
     if (d->count == before) {

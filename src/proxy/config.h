@@ -34,6 +34,8 @@ struct listener_conf {
     char *client_ca;    /* resolved path or NULL */
     char *client_crl;   /* resolved path or NULL */
     enum tls_client_cert client_cert;
+    unsigned verify_depth;      /* tls.verify_depth: CA certificates above a client
+                                 * certificate (default 1: issued by a client_ca itself) */
     bool trust_request_id;      /* keep an incoming X-Request-Id */
     bool trust_forwarded;       /* append to an incoming X-Forwarded-For instead of replacing */
     char *public_url;           /* "https://app.example.com[:port]" browsers use, or NULL */
@@ -123,6 +125,8 @@ struct config {
     uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
     char *log_level;            /* "info" default */
     char *state_sqlite;         /* resolved path or NULL */
+    uint64_t devices_cache_ttl_ms; /* devices.cache_ttl: how long a worker keeps a registry
+                                    * answer when nothing changed (default 30s) */
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */

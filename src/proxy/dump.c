@@ -142,6 +142,7 @@ static void dump_listen(FILE *f, const struct config *c)
             kv_str(f, 3, false, "client_ca", l->client_ca);
             kv_str(f, 3, false, "client_crl", l->client_crl);
             kv_raw(f, 3, false, "client_cert", "%s", cc[l->client_cert]);
+            kv_raw(f, 3, false, "verify_depth", "%u", l->verify_depth);
         } else {
             kv_raw(f, 2, false, "tls", "null");
         }
@@ -189,6 +190,8 @@ static void dump_proxy(FILE *f, const struct config *c)
     kv_raw(f, 0, false, "log_level", "%s", c->log_level);
     fputs("state:\n", f);
     kv_str(f, 1, false, "sqlite", c->state_sqlite);
+    fputs("devices:\n", f);
+    kv_dur(f, 1, "cache_ttl", c->devices_cache_ttl_ms);
 }
 
 static void dump_identity(FILE *f, const struct config *c, const struct gate_settings *g)

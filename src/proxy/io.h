@@ -232,6 +232,9 @@ int tls_listeners_start(const struct config *cfg, struct err *err, size_t *bad);
 /* The current context of listener index, with a reference for the caller (SSL_new,
  * then SSL_CTX_free); NULL for a plain listener. Any thread. */
 SSL_CTX *tls_listener_ctx(size_t index);
+/* Grows every time a listener's contexts are swapped (new certificates, client
+ * CA or CRL): cached device checks made against an older store are stale. */
+uint64_t tls_generation(void);
 /* Main thread: rebuilds the contexts of every TLS listener whose certificate, key,
  * client CA or CRL content changed, and swaps them in for new handshakes. A set
  * that fails to load is logged (config file:line:col of the listener) and the old

@@ -32,7 +32,8 @@ static bool same_listeners(const struct config *a, const struct config *b)
     for (size_t i = 0; i < a->nlisteners; i++) {
         const struct listener_conf *x = &a->listeners[i], *y = &b->listeners[i];
         if (strcmp(x->host, y->host) != 0 || x->port != y->port || x->tls != y->tls ||
-            x->ncerts != y->ncerts || x->client_cert != y->client_cert) {
+            x->ncerts != y->ncerts || x->client_cert != y->client_cert ||
+            x->verify_depth != y->verify_depth) {
             return false;
         }
         for (size_t k = 0; k < x->ncerts; k++) {

@@ -8,6 +8,7 @@
  * swaps them in for new handshakes; a set that does not load keeps the old.
  * Client side, per worker and CA file: verified https upstreams. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,22 @@ static int verify_optional(int ok, X509_STORE_CTX *x)
     return 1;
 }
 
+/* An expired CRL makes every client certificate fail (required: the handshake
+ * is refused; optional: no device): say so clearly, once per load. */
+static void crl_expiry_note(X509_STORE *st, const struct listener_conf *lc)
+{
+    STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(st);
+    for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+        const ASN1_TIME *next = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
+        if (next && X509_cmp_current_time(next) < 0) {
+            log_error("tls", "listener %s: client CRL %s has expired (nextUpdate passed): "
+                             "client certificates are refused until a fresh CRL is installed",
+                      lc->address, lc->client_crl);
+        }
+    }
+}
+
 static SSL_CTX *one_ctx(const struct listener_conf *lc, const struct tls_cert_conf *cc,
                         struct err *err)
 {
@@ -170,7 +187,11 @@ static SSL_CTX *one_ctx(const struct listener_conf *lc, const struct tls_cert_co
                 goto fail;
             }
             X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+            crl_expiry_note(st, lc);
         }
+        /* verify_depth 1 (the default): only certificates issued by a client_ca
+         * itself. The per-request device check uses the same depth. */
+        SSL_CTX_set_verify_depth(c, (int)(lc->verify_depth ? lc->verify_depth : 1));
         if (lc->client_cert == TLS_CLIENT_CERT_REQUIRED) {
             SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
         } else {
@@ -236,6 +257,13 @@ struct tls_slot {
     struct tls_cert_info *certs;
     size_t ncerts;
 };
+
+static atomic_uint_fast64_t g_generation = 1; /* grows with every swap */
+
+uint64_t tls_generation(void)
+{
+    return atomic_load(&g_generation);
+}
 
 static struct {
     pthread_mutex_t mu;         /* slots[].ctx and .certs: swapped by the main thread */
@@ -468,6 +496,7 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused)
         sl->ctx = next;
         sl->certs = certs;
         sl->ncerts = ncerts;
+        atomic_fetch_add(&g_generation, 1); /* device checks re-verify with the new store */
         pthread_mutex_unlock(&T.mu);
         memcpy(sl->digest, d, 32);
         sl->has_refused = false;
