@@ -1,0 +1,364 @@
+"""Device trust end to end (issue 12): client certificates of enrolled devices,
+the device registry (`gatehouse devices`), device-aware policy, revocation that
+reaches open keep-alive connections and resumed TLS sessions, CRL replacement,
+Host/SNI (421), and a browser sign-in over HTTPS with and without the device
+certificate. Every certificate is made with the openssl CLI at test time."""
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import (Backend, CertFactory, ConnectionClosed, Gatehouse, Reader, basic_config,
+                     free_port, gatehouse_bin, read_jsonl, wait_until)
+from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf
+
+DEVICE_POLICY = """mode: enforce
+rules:
+  - id: trusted-devices
+    effect: allow
+    when: {device: {trusted: true}}
+    reason: Only enrolled company devices.
+"""
+
+OWNER_POLICY = """mode: enforce
+rules:
+  - id: own-device
+    effect: allow
+    when:
+      all:
+        - authenticated: true
+        - device: {trusted: true, owner_is_user: true}
+    reason: Only from your own enrolled device.
+"""
+
+
+def gh_cli(cfg_path, *args):
+    return subprocess.run([gatehouse_bin(), "devices", *args, "-c", cfg_path],
+                          capture_output=True, text=True, timeout=30)
+
+
+class Devices(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="gh-it-dev-")
+        t = cls.tmp
+        cls.server = CertFactory(os.path.join(t, "server"))
+        cls.srv_crt, cls.srv_key = cls.server.leaf("a.test", dns=["a.test", "b.test"],
+                                                   ips=["127.0.0.1"])
+        cls.dca = CertFactory(os.path.join(t, "devices"), "Device CA")
+        rogue = CertFactory(os.path.join(t, "rogue"), "Device CA")  # same name, other key
+        mk = cls.dca.leaf
+        cls.certs = {
+            "alice": mk("alice-laptop", subject="/CN=alice-laptop",
+                        uris=["spiffe://example.com/device/alice-laptop"],
+                        emails=["alice@example.com"], file_name="alice"),
+            "bob": mk("bob-laptop", subject="/CN=bob-laptop", emails=["bob@example.com"],
+                      file_name="bob"),
+            "carol": mk("carol-laptop", subject="/CN=carol-laptop", file_name="carol"),
+            "stranger": mk("stranger", subject="/CN=stranger", file_name="stranger"),
+            "crl": mk("crl-revoked", subject="/CN=crl-revoked", file_name="crlrev"),
+            "expired": mk("expired", start="20200101000000Z", end="20200201000000Z"),
+            "regrev": mk("reg-revoked", subject="/CN=reg-revoked", file_name="regrev"),
+            "keepalive": mk("keepalive", subject="/CN=keepalive", file_name="keepalive"),
+            "resume": mk("resume", subject="/CN=resume", file_name="resume"),
+            "later-crl": mk("later-crl", subject="/CN=later-crl", file_name="latercrl"),
+            "rogue": rogue.leaf("alice-laptop", subject="/CN=alice-laptop",
+                                emails=["alice@example.com"], file_name="rogue"),
+        }
+        cls.dca.revoke(cls.certs["crl"][0])
+        cls.crl = os.path.join(t, "devices.crl")
+        cls.dca.crl(cls.crl)
+        cls.backend = Backend("b1")
+        cls.popt, cls.preq = free_port(), free_port()
+        cls.base = f"https://127.0.0.1:{cls.popt}"
+        cls.idp = IdP([client_for(cls.base)])
+        tls = {"cert": cls.srv_crt, "key": cls.srv_key, "client_ca": cls.dca.ca_crt,
+               "client_crl": cls.crl}
+        up = {"servers": [cls.backend.url]}
+        cfg = basic_config(
+            [{"name": "owner", "match": {"path_prefix": "/owner/"}, "policy": "owner.yaml",
+              "upstream": up},
+             {"name": "dev", "policy": "dev.yaml", "upstream": up}],
+            listen=[{"address": f"127.0.0.1:{cls.popt}",
+                     "tls": dict(tls, client_cert="optional")},
+                    {"address": f"127.0.0.1:{cls.preq}",
+                     "tls": dict(tls, client_cert="required")}],
+            state={"sqlite": "var/gatehouse.db"},
+            identity_providers=[idp_conf(cls.idp)],
+            upstream_identity={"assertion": {"key": "assertion.pem"}},
+            decision_log={"file": "var/decisions.jsonl", "flush_interval": "20ms"},
+        )
+        key = os.path.join(t, "assertion.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-out", key], check=True,
+                       capture_output=True)
+        with open(key) as f:
+            akey = f.read()
+        try:
+            cls.gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET, "dev.yaml": DEVICE_POLICY,
+                                           "owner.yaml": OWNER_POLICY, "assertion.pem": akey})
+        except Exception:
+            cls.idp.stop()
+            cls.backend.stop()
+            raise
+        cls.cfg = cls.gh.config_path
+        cls.ids = {}
+        for who, owner in (("alice", "alice@example.com"), ("bob", "bob@example.com"),
+                           ("carol", "bob@example.com"), ("crl", "alice@example.com"),
+                           ("expired", "alice@example.com"), ("regrev", "alice@example.com"),
+                           ("keepalive", "alice@example.com"), ("resume", "bob@example.com"),
+                           ("later-crl", "bob@example.com")):
+            r = gh_cli(cls.cfg, "enroll", "--cert", cls.certs[who][0], "--owner", owner,
+                       "--name", who)
+            # (checked by the tests: a binary without the registry fails each of them)
+            cls.ids[who] = r.stdout.strip() if r.returncode == 0 else f"<{who} not enrolled>"
+        gh_cli(cls.cfg, "revoke", cls.ids["regrev"], "--reason", "stolen")
+        time.sleep(0.6)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.idp.stop()
+        cls.backend.stop()
+        shutil.rmtree(cls.tmp, True)
+
+    # -- helpers
+
+    def ctx(self, who=None, session_cache=False):
+        c = ssl.create_default_context(cafile=self.server.ca_crt)
+        if who:
+            c.load_cert_chain(*self.certs[who])
+        return c
+
+    def connect(self, port, who=None, sni="a.test", session=None, ctx=None):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        t = (ctx or self.ctx(who)).wrap_socket(s, server_hostname=sni, session=session)
+        return t
+
+    def get(self, port, who=None, host="a.test", sni="a.test", path="/x"):
+        """(status, response) or (None, error) when the handshake fails."""
+        try:
+            with self.connect(port, who, sni) as t:
+                t.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json"
+                          f"\r\nConnection: close\r\n\r\n".encode())
+                r = Reader(t).read_response()
+                return r.status, r
+        except (ssl.SSLError, OSError, ConnectionClosed) as e:
+            return None, e
+
+    def on(self, t, path="/x", host="a.test"):
+        t.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"
+                  .encode())
+        return Reader(t).read_response()
+
+    def backend_headers(self, r):
+        return {k.lower(): v for k, v in json.loads(r.body)["headers"]}
+
+    def record(self, rid):
+        path = os.path.join(self.gh.dir, "var", "decisions.jsonl")
+        found = []
+        wait_until(lambda: bool(found.extend(x for x in read_jsonl(path)
+                                             if x.get("request_id") == rid) or found), 5)
+        self.assertTrue(found, rid)
+        return found[0]
+
+    def rid(self, r):
+        rid = r.header("X-Request-Id")
+        self.assertTrue(rid, r)
+        return rid
+
+    # -- the certificates, over optional and required listeners
+
+    def test_enrolled_device_reaches_the_app_with_its_identity(self):
+        for port in (self.popt, self.preq):
+            st, r = self.get(port, "alice")
+            self.assertEqual(st, 200, r)
+            h = self.backend_headers(r)
+            self.assertEqual(h.get("x-gatehouse-device"), self.ids["alice"])
+            rec = self.record(self.rid(r))
+            self.assertEqual(rec["decision"], "allow")
+            self.assertEqual(rec["rule"], "trusted-devices")
+            self.assertEqual(rec["device"], {"present": True, "id": self.ids["alice"],
+                                             "owner": "alice@example.com", "trusted": True})
+        # The second owner's device is its own.
+        st, r = self.get(self.preq, "bob")
+        self.assertEqual(st, 200, r)
+        self.assertEqual(self.record(self.rid(r))["device"]["owner"], "bob@example.com")
+
+    def test_client_sent_device_header_never_reaches_the_backend(self):
+        # A valid but unenrolled certificate claiming an enrolled device's id.
+        with self.connect(self.popt, "stranger") as t:
+            t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nX-Gatehouse-Device: "
+                      + self.ids["alice"].encode() + b"\r\nAccept: application/json\r\n\r\n")
+            r = Reader(t).read_response()
+        self.assertEqual(r.status, 401, r)  # not trusted: the policy wants a sign-in first
+        self.assertEqual(self.record(self.rid(r))["device"],
+                         {"present": True, "id": None, "owner": None, "trusted": False})
+        # The enrolled device gets its own id, whatever it sends.
+        with self.connect(self.popt, "bob") as t:
+            t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nX-Gatehouse-Device: "
+                      + self.ids["alice"].encode() + b"\r\nAccept: application/json\r\n\r\n")
+            r = Reader(t).read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.backend_headers(r).get("x-gatehouse-device"), self.ids["bob"])
+
+    def check_refused(self, who, handshake_fails_when_required, present):
+        # The enrolled device passes on the same listeners: the refusal is about
+        # this certificate.
+        self.assertEqual(self.get(self.popt, "alice")[0], 200)
+        self.assertEqual(self.get(self.preq, "alice")[0], 200)
+        st, r = self.get(self.popt, who)
+        self.assertEqual(st, 401, r)  # anonymous and not allowed: sign in (API: 401)
+        rec = self.record(self.rid(r))
+        self.assertEqual(rec["decision"], "login")
+        self.assertEqual(rec["device"]["present"], present, rec)
+        self.assertEqual(rec["device"]["trusted"], False, rec)
+        st, r = self.get(self.preq, who)
+        if handshake_fails_when_required:
+            self.assertIsNone(st, r)
+        else:
+            self.assertEqual(st, 401, r)
+            self.assertEqual(self.record(self.rid(r))["device"]["trusted"], False)
+
+    def test_valid_but_not_enrolled_is_not_trusted(self):
+        self.check_refused("stranger", False, True)
+
+    def test_revoked_in_the_crl_is_refused(self):
+        self.check_refused("crl", True, False)
+
+    def test_expired_certificate_is_refused(self):
+        self.check_refused("expired", True, False)
+
+    def test_rogue_ca_with_the_same_subject_is_refused(self):
+        self.check_refused("rogue", True, False)
+
+    def test_revoked_in_the_registry_is_refused(self):
+        self.check_refused("regrev", False, True)
+
+    def test_no_certificate(self):
+        self.assertEqual(self.get(self.popt, "alice")[0], 200)
+        st, r = self.get(self.popt, None)
+        self.assertEqual(st, 401, r)
+        st, r = self.get(self.preq, None)
+        self.assertIsNone(st, r)
+
+    # -- revocation is immediate
+
+    def test_registry_revocation_reaches_an_open_keepalive_connection(self):
+        with self.connect(self.preq, "keepalive") as t:
+            self.assertEqual(self.on(t).status, 200)
+            r = gh_cli(self.cfg, "revoke", self.ids["keepalive"], "--reason", "lost")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            t0 = time.monotonic()
+            statuses = []
+            while time.monotonic() - t0 < 3:
+                statuses.append(self.on(t).status)
+                if statuses[-1] != 200:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(statuses[-1], 401, statuses)
+            self.assertLess(time.monotonic() - t0, 1.2, statuses)
+
+    def test_registry_revocation_reaches_a_resumed_tls_session(self):
+        ctx = self.ctx("resume")
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # a session object right after the handshake
+        with self.connect(self.preq, session=None, ctx=ctx) as t:
+            self.assertEqual(self.on(t).status, 200)
+            sess = t.session
+        r = gh_cli(self.cfg, "revoke", self.ids["resume"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        time.sleep(1.1)
+        with self.connect(self.preq, session=sess, ctx=ctx) as t:
+            self.assertTrue(t.session_reused)
+            r = self.on(t)
+            self.assertEqual(r.status, 401, r)
+            self.assertEqual(self.record(self.rid(r))["device"]["trusted"], False)
+
+    def test_crl_replaced_on_disk_while_running(self):
+        with self.connect(self.preq, "later-crl") as t:
+            self.assertEqual(self.on(t).status, 200)
+            self.dca.revoke(self.certs["later-crl"][0])
+            self.dca.crl(self.crl)
+            # The open connection's next requests see the new CRL ...
+            self.assertTrue(wait_until(lambda: self.on(t).status == 401, timeout=8),
+                            self.gh.stderr()[-2000:])
+        # ... and new handshakes fail.
+        self.assertIsNone(self.get(self.preq, "later-crl")[0])
+        self.assertEqual(self.get(self.preq, "alice")[0], 200)
+
+    # -- Host and SNI
+
+    def test_host_must_match_sni(self):
+        st, r = self.get(self.preq, "alice", host="b.test", sni="a.test")
+        self.assertEqual(st, 421, r)
+        self.assertEqual(self.get(self.preq, "alice", host="b.test", sni="b.test")[0], 200)
+        st, r = self.get(self.popt, "alice", host="a.test:443", sni="A.test")
+        self.assertEqual(st, 200, r)
+
+    # -- the registry's command line
+
+    def test_cli_list_show_and_admin_records(self):
+        r = gh_cli(self.cfg, "list", "--owner", "bob@example.com", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        self.assertEqual({x["name"] for x in rows} >= {"bob", "carol"}, True, rows)
+        self.assertTrue(all(x["owner"] == "bob@example.com" for x in rows))
+        r = gh_cli(self.cfg, "show", self.ids["regrev"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reason:       stolen", r.stdout)
+        self.assertIn("CN=reg-revoked", r.stdout)
+        r = gh_cli(self.cfg, "show", "0123456789abcdef")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no such device", r.stderr)
+        r = gh_cli(self.cfg, "enroll", "--cert", self.certs["alice"][0], "--owner",
+                   "x@example.com")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("already enrolled", r.stderr)
+        r = gh_cli(self.cfg, "enroll", "--cert", self.certs["rogue"][0], "--owner",
+                   "x@example.com")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not issued by a configured client CA", r.stderr)
+        path = os.path.join(self.gh.dir, "var", "decisions.jsonl")
+        recs = [x for x in read_jsonl(path) if x.get("kind") == "admin"]
+        text = json.dumps(recs)
+        self.assertIn("device.enroll", text)
+        self.assertIn("device.revoke", text)
+        self.assertIn(self.ids["regrev"], text)
+        self.assertIn("stolen", text)
+
+    # -- a browser over HTTPS
+
+    def test_browser_sign_in_with_and_without_the_device(self):
+        laptop = Browser(ssl_context=self.ctx("alice"))
+        r = laptop.login(self.base, "/owner/page")
+        self.assertEqual(r.status, 200, r)
+        h = self.backend_headers(r)
+        self.assertEqual(h.get("x-gatehouse-device"), self.ids["alice"])
+        payload = h["x-gatehouse-assertion"].split(".")[1]
+        claims = json.loads(__import__("base64").urlsafe_b64decode(payload + "==="))
+        self.assertEqual(claims.get("device"), self.ids["alice"])
+        me = Browser(accept="application/json", ssl_context=self.ctx("alice"))
+        me.jars = laptop.jars
+        j = me.request(self.base + "/.gatehouse/me").json()
+        self.assertEqual(j["device"]["id"], self.ids["alice"])
+        self.assertTrue(j["device"]["trusted"])
+        # The same session from a browser without the certificate: denied, and told why.
+        other = Browser(ssl_context=self.ctx(None))
+        other.jars = laptop.jars
+        r = other.request(self.base + "/owner/page")
+        self.assertEqual(r.status, 403, r)
+        self.assertIn(b"enrolled device", r.body)
+        # Bob's enrolled laptop with Alice's session: not her device.
+        bobs = Browser(ssl_context=self.ctx("bob"))
+        bobs.jars = laptop.jars
+        r = bobs.request(self.base + "/owner/page")
+        self.assertEqual(r.status, 403, r)
+
+
+if __name__ == "__main__":
+    unittest.main()
