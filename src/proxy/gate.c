@@ -671,6 +671,7 @@ static int log_decision(struct gate_req *q, const char *kind, const char *decisi
     r->access_decision = decision;
     r->access_rule = rule;
     r->access_user = q->id.user; /* the user id as policies and the decision log see it */
+    r->access_device = q->dev && q->dev->present && q->dev->enrolled ? q->dev->id : NULL;
     if (!G.dl) {
         return 0;
     }

@@ -93,6 +93,7 @@ class Devices(unittest.TestCase):
             upstream_identity={"assertion": {"key": "assertion.pem"}},
             decision_log={"file": "var/decisions.jsonl", "flush_interval": "20ms"},
         )
+        cfg["access_log"] = "access.jsonl"
         key = os.path.join(t, "assertion.pem")
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
                         "ec_paramgen_curve:P-256", "-out", key], check=True,
@@ -185,6 +186,12 @@ class Devices(unittest.TestCase):
             self.assertEqual(rec["rule"], "trusted-devices")
             self.assertEqual(rec["device"], {"present": True, "id": self.ids["alice"],
                                              "owner": "alice@example.com", "trusted": True})
+        # The access log names the device too.
+        alog = os.path.join(self.gh.dir, "access.jsonl")
+        rid = self.rid(r)
+        self.assertTrue(wait_until(lambda: any(x.get("request_id") == rid and
+                                               x.get("device") == self.ids["alice"]
+                                               for x in read_jsonl(alog)), 5))
         # The second owner's device is its own.
         st, r = self.get(self.preq, "bob")
         self.assertEqual(st, 200, r)
