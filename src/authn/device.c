@@ -141,6 +141,68 @@ int device_identity_from_x509(X509 *x, struct device_identity *out)
     return 0;
 }
 
+/* '*' matches any run (also empty); everything else exactly, ASCII case-insensitive
+ * for DNS names and emails. */
+static bool glob_match(const char *p, const char *s, bool fold)
+{
+    const char *star = NULL, *resume = NULL;
+    while (*s) {
+        char a = *p, b = *s;
+        if (fold) {
+            a = (a >= 'A' && a <= 'Z') ? (char)(a + 32) : a;
+            b = (b >= 'A' && b <= 'Z') ? (char)(b + 32) : b;
+        }
+        if (*p == '*') {
+            star = p++;
+            resume = s;
+        } else if (*p && a == b) {
+            p++;
+            s++;
+        } else if (star) {
+            p = star + 1;
+            s = ++resume;
+        } else {
+            return false;
+        }
+    }
+    while (*p == '*') {
+        p++;
+    }
+    return *p == '\0';
+}
+
+bool device_san_matches(X509 *x, char *const *patterns, size_t n)
+{
+    struct device_identity d;
+    bool hit = false;
+    memset(&d, 0, sizeof d);
+    if (device_identity_from_x509(x, &d) != 0) {
+        return false;
+    }
+    /* d.sans: "TAG:value, TAG:value" (values never hold ','). */
+    char *item = d.sans;
+    while (item && *item && !hit) {
+        char *comma = strchr(item, ',');
+        if (comma) {
+            *comma = '\0';
+        }
+        while (*item == ' ') {
+            item++;
+        }
+        const char *colon = strchr(item, ':');
+        size_t tl = colon ? (size_t)(colon - item) : 0;
+        for (size_t i = 0; colon && i < n && !hit; i++) {
+            if (strncmp(patterns[i], item, tl) == 0 && patterns[i][tl] == ':') {
+                bool fold = (tl == 3 && strncmp(item, "DNS", 3) == 0) ||
+                            (tl == 5 && strncmp(item, "email", 5) == 0);
+                hit = glob_match(patterns[i] + tl + 1, colon + 1, fold);
+            }
+        }
+        item = comma ? comma + 1 : NULL;
+    }
+    return hit;
+}
+
 /* ---- the per-request check ------------------------------------------------ */
 
 static struct {
@@ -208,10 +270,10 @@ static const char *reverify(X509 *leaf, const struct device_verify *v)
 {
     X509_STORE_CTX *x = X509_STORE_CTX_new();
     const char *why = "certificate check failed";
-    if (x && X509_STORE_CTX_init(x, v->store, leaf, NULL) == 1) {
+    if (x && X509_STORE_CTX_init(x, v->store, leaf, v->chain) == 1) {
         X509_STORE_CTX_set_default(x, "ssl_client");
-        if (v->depth >= 0) {
-            X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(x), v->depth);
+        if (v->depth >= 1) {
+            X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(x), v->depth - 1);
         }
         if (X509_verify_cert(x) == 1) {
             why = NULL;

@@ -43,6 +43,11 @@ struct device_identity {
  * Returns 0, or -1 when the certificate cannot be read. */
 int device_identity_from_x509(X509 *x, struct device_identity *out);
 
+/* Whether one of x's subjectAltNames matches one of patterns ("DNS:*.corp.example",
+ * "email:*@example.com", "URI:spiffe://example.com/dev-*", "IP:10.0.0.*"; '*' matches
+ * any run of characters, the tag must be the SAN's type). Sans-IO. */
+bool device_san_matches(X509 *x, char *const *patterns, size_t n);
+
 /* Where the registry lives (state.sqlite; NULL: no registry, nothing is
  * enrolled) and how long a worker may keep a registry answer when nothing
  * changed. Call before the workers start. */
@@ -54,7 +59,8 @@ struct device_verify {
                           * re-verify (the handshake did) */
     uint64_t generation; /* changes whenever the store is rebuilt */
     unsigned listener;   /* index: entries are per listener */
-    int depth;           /* verify_depth */
+    int depth;           /* verify_depth: 1 = issued by a CA of the store itself */
+    STACK_OF(X509) *chain; /* the intermediates the client sent (untrusted), or NULL */
 };
 
 /* The trust check for one request on a connection whose handshake verified

@@ -38,7 +38,9 @@ static const char *const top_keys[] = {
 static const char *const listen_keys[] = { "address", "tls", "trust_request_id",
                                            "trust_forwarded", "public_url", NULL };
 static const char *const tls_keys[] = { "cert", "key", "certificates", "client_ca",
-                                        "client_crl", "client_cert", "verify_depth", NULL };
+                                        "client_crl", "client_cert", "verify_depth",
+                                        "match_subject_alt_names", NULL };
+static const char *const san_match_keys[] = { "dns", "email", "uri", "ip", NULL };
 static const char *const cert_keys[] = { "cert", "key", NULL };
 static const char *const admin_keys[] = { "address", NULL };
 static const char *const limits_keys[] = { "header_bytes", "headers", "body_bytes", "uri_bytes",
@@ -612,6 +614,37 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
         conf_error(L->d, conf_get(t, "verify_depth"), "\"verify_depth\" needs \"client_ca\"");
     }
     lc->verify_depth = (unsigned)depth;
+    const struct conf_node *sm = conf_get(t, "match_subject_alt_names");
+    if (sm && sm->type != CONF_NULL) {
+        static const char *const tags[] = { "DNS", "email", "URI", "IP" };
+        if (!lc->client_ca) {
+            conf_error(L->d, sm, "\"match_subject_alt_names\" needs \"client_ca\"");
+        }
+        if (conf_check_keys(L->d, sm, "\"match_subject_alt_names\"", san_match_keys) ||
+            sm->type == CONF_MAP) {
+            for (size_t k = 0; san_match_keys[k]; k++) {
+                const struct conf_node *l = conf_get(sm, san_match_keys[k]);
+                if (!l || !conf_seq(L->d, l, san_match_keys[k])) {
+                    continue;
+                }
+                for (size_t i = 0; i < l->n; i++) {
+                    const struct conf_node *v = l->items[i];
+                    if (v->type != CONF_SCALAR || !v->value || !v->value[0]) {
+                        conf_error(L->d, v, "a \"%s\" pattern must be a non-empty string",
+                                   san_match_keys[k]);
+                        continue;
+                    }
+                    lc->san_patterns = xrealloc(lc->san_patterns,
+                                                (lc->nsan_patterns + 1) * sizeof(char *));
+                    lc->san_patterns[lc->nsan_patterns++] = xasprintf("%s:%s", tags[k], v->value);
+                }
+            }
+            if (lc->nsan_patterns == 0) {
+                conf_error(L->d, sm, "\"match_subject_alt_names\" needs at least one pattern "
+                                     "(dns, email, uri, ip)");
+            }
+        }
+    }
 }
 
 static void read_listen(struct loader *L, const struct conf_node *root)
@@ -1398,6 +1431,10 @@ static void free_listener(struct listener_conf *l)
     free(l->certs);
     free(l->client_ca);
     free(l->client_crl);
+    for (size_t k = 0; k < l->nsan_patterns; k++) {
+        free(l->san_patterns[k]);
+    }
+    free(l->san_patterns);
     free(l->public_url);
 }
 

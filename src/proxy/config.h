@@ -34,6 +34,9 @@ struct listener_conf {
     char *client_ca;    /* resolved path or NULL */
     char *client_crl;   /* resolved path or NULL */
     enum tls_client_cert client_cert;
+    char **san_patterns;        /* tls.match_subject_alt_names as "DNS:pattern", "email:..",
+                                 * "URI:..", "IP:.." ('*' matches any run); NULL = any */
+    size_t nsan_patterns;
     unsigned verify_depth;      /* tls.verify_depth: CA certificates above a client
                                  * certificate (default 1: issued by a client_ca itself) */
     bool trust_request_id;      /* keep an incoming X-Request-Id */

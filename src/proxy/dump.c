@@ -143,6 +143,31 @@ static void dump_listen(FILE *f, const struct config *c)
             kv_str(f, 3, false, "client_crl", l->client_crl);
             kv_raw(f, 3, false, "client_cert", "%s", cc[l->client_cert]);
             kv_raw(f, 3, false, "verify_depth", "%u", l->verify_depth);
+            key(f, 3, false, "match_subject_alt_names");
+            if (l->nsan_patterns == 0) {
+                fputs(" null\n", f);
+            } else {
+                static const char *const tags[] = { "DNS", "email", "URI", "IP" };
+                static const char *const keys[] = { "dns", "email", "uri", "ip" };
+                fputc('\n', f);
+                for (size_t t = 0; t < 4; t++) {
+                    size_t tl = strlen(tags[t]);
+                    bool any = false;
+                    for (size_t k = 0; k < l->nsan_patterns; k++) {
+                        const char *p = l->san_patterns[k];
+                        if (strncmp(p, tags[t], tl) == 0 && p[tl] == ':') {
+                            if (!any) {
+                                key(f, 4, false, keys[t]);
+                                fputc('\n', f);
+                                any = true;
+                            }
+                            fputs("          - ", f);
+                            quoted(f, p + tl + 1);
+                            fputc('\n', f);
+                        }
+                    }
+                }
+            }
         } else {
             kv_raw(f, 2, false, "tls", "null");
         }

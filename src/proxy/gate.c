@@ -1705,7 +1705,8 @@ static struct device_identity *device_identify(struct request *r)
         return NULL;
     }
     struct device_verify v = { .generation = tls_generation(), .listener = c->ls->index,
-                               .depth = (int)lc->verify_depth };
+                               .depth = (int)lc->verify_depth,
+                               .chain = c->s.ssl ? SSL_get_peer_cert_chain(c->s.ssl) : NULL };
     SSL_CTX *ctx = tls_listener_ctx(c->ls->index);
     v.store = ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
     device_trust(r->peer_cert, &v, now_s(), d);

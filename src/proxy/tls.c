@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "../authn/device.h"
 #include "../core/digest.h"
 #include "io.h"
 
@@ -29,6 +30,31 @@ struct tls_vhosts {
 };
 
 static int g_vh_index = -1;
+static int g_san_index = -1;
+
+/* tls.match_subject_alt_names, owned by each context that checks them. */
+struct san_set {
+    char **p;
+    size_t n;
+};
+
+static void san_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                     void *argp)
+{
+    struct san_set *set = ptr;
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    if (set) {
+        for (size_t i = 0; i < set->n; i++) {
+            free(set->p[i]);
+        }
+        free(set->p);
+        free(set);
+    }
+}
 
 /* The SNI contexts live as long as the default one: an SSL holds a reference to
  * the context it was made from (its session context) until it is freed, so a
@@ -111,13 +137,34 @@ static int sni_cb(SSL *s, int *al, void *arg)
     return SSL_TLSEXT_ERR_OK; /* the default certificate */
 }
 
+/* The leaf's subjectAltNames against tls.match_subject_alt_names (any one
+ * match passes); a miss is a verification error like any other. */
+static int san_check(int ok, X509_STORE_CTX *x)
+{
+    if (!ok || X509_STORE_CTX_get_error_depth(x) != 0) {
+        return ok;
+    }
+    SSL *s = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct san_set *set = s ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), g_san_index) : NULL;
+    if (set && !device_san_matches(X509_STORE_CTX_get_current_cert(x), set->p, set->n)) {
+        X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    return 1;
+}
+
+static int verify_required(int ok, X509_STORE_CTX *x)
+{
+    return san_check(ok, x);
+}
+
 /* Optional client certificates: a certificate that does not verify must not
  * fail the handshake (the request continues as "no device"), so accept here
- * and let the request see peer_cert only when SSL_get_verify_result is OK. */
+ * and let the request see peer_cert only when SSL_get_verify_result is OK (a
+ * subjectAltName miss leaves its error there too). */
 static int verify_optional(int ok, X509_STORE_CTX *x)
 {
-    (void)ok;
-    (void)x;
+    (void)san_check(ok, x);
     return 1;
 }
 
@@ -189,11 +236,22 @@ static SSL_CTX *one_ctx(const struct listener_conf *lc, const struct tls_cert_co
             X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
             crl_expiry_note(st, lc);
         }
-        /* verify_depth 1 (the default): only certificates issued by a client_ca
-         * itself. The per-request device check uses the same depth. */
-        SSL_CTX_set_verify_depth(c, (int)(lc->verify_depth ? lc->verify_depth : 1));
+        /* verify_depth 1 (the default, as Pomerium): only certificates issued by a
+         * client_ca itself. OpenSSL counts the CAs between the leaf and the trust
+         * anchor, hence - 1. The per-request device check uses the same depth. */
+        SSL_CTX_set_verify_depth(c, (int)(lc->verify_depth ? lc->verify_depth : 1) - 1);
+        if (lc->nsan_patterns) {
+            struct san_set *set = xcalloc(1, sizeof *set);
+            set->p = xcalloc(lc->nsan_patterns, sizeof *set->p);
+            for (size_t i = 0; i < lc->nsan_patterns; i++) {
+                set->p[i] = xstrdup(lc->san_patterns[i]);
+            }
+            set->n = lc->nsan_patterns;
+            SSL_CTX_set_ex_data(c, g_san_index, set);
+        }
         if (lc->client_cert == TLS_CLIENT_CERT_REQUIRED) {
-            SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+            SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                               verify_required);
         } else {
             SSL_CTX_set_verify(c, SSL_VERIFY_PEER, verify_optional);
         }
@@ -214,6 +272,7 @@ SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err)
     }
     if (g_vh_index < 0) {
         g_vh_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, vh_free);
+        g_san_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, san_free);
     }
     vh = xcalloc(1, sizeof *vh);
     vh->ctx = xcalloc(lc->ncerts, sizeof *vh->ctx);

@@ -367,5 +367,102 @@ class Devices(unittest.TestCase):
         self.assertEqual(r.status, 403, r)
 
 
+class ListenerChecks(unittest.TestCase):
+    """tls.match_subject_alt_names (any one pattern passes) and tls.verify_depth
+    (default 1: only certificates issued by a client_ca itself)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="gh-it-devl-")
+        t = cls.tmp
+        cls.server = CertFactory(os.path.join(t, "server"))
+        crt, key = cls.server.leaf("a.test", dns=["a.test"])
+        root = CertFactory(os.path.join(t, "root"), "Device Root")
+        # An intermediate CA under the root, and a laptop certificate under it.
+        inter = CertFactory(os.path.join(t, "inter"), "Device Intermediate")
+        ext = os.path.join(t, "inter.ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        subprocess.run(["openssl", "x509", "-x509toreq", "-in", inter.ca_crt, "-signkey",
+                        inter.ca_key, "-out", os.path.join(t, "inter.csr")], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", os.path.join(t, "inter.csr"), "-CA",
+                        root.ca_crt, "-CAkey", root.ca_key, "-CAcreateserial", "-days", "2",
+                        "-extfile", ext, "-out", inter.ca_crt], check=True, capture_output=True)
+        deep_crt, deep_key = inter.leaf("deep", emails=["deep@example.com"], file_name="deep")
+        with open(deep_crt, "a") as out, open(inter.ca_crt) as src:
+            out.write(src.read())  # the client sends its intermediate
+        cls.certs = {
+            "alice": root.leaf("alice", emails=["alice@example.com"], file_name="alice"),
+            "carol": root.leaf("carol", subject="/CN=carol", file_name="carol"),
+            "deep": (deep_crt, deep_key),
+        }
+        cls.backend = Backend("b1")
+        cls.ports = [free_port() for _ in range(3)]
+        base = {"cert": crt, "key": key, "client_ca": root.ca_crt}
+        match = {"email": ["*@example.com"], "uri": ["spiffe://example.com/*"]}
+        cfg = basic_config(
+            [{"name": "pub", "public": True, "upstream": {"servers": [cls.backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{cls.ports[0]}",
+                     "tls": dict(base, client_cert="required", match_subject_alt_names=match)},
+                    {"address": f"127.0.0.1:{cls.ports[1]}",
+                     "tls": dict(base, client_cert="optional", match_subject_alt_names=match)},
+                    {"address": f"127.0.0.1:{cls.ports[2]}",
+                     "tls": dict(base, client_cert="required", verify_depth=2)}],
+            state={"sqlite": "var/gatehouse.db"},
+            decision_log={"file": "var/decisions.jsonl", "flush_interval": "20ms"},
+        )
+        try:
+            cls.gh = Gatehouse(cfg)
+        except Exception:
+            cls.backend.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gh.cleanup()
+        cls.backend.stop()
+        shutil.rmtree(cls.tmp, True)
+
+    def get(self, port, who):
+        ctx = ssl.create_default_context(cafile=self.server.ca_crt)
+        ctx.load_cert_chain(*self.certs[who])
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with ctx.wrap_socket(s, server_hostname="a.test") as t:
+                t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                return Reader(t).read_response()
+        except (ssl.SSLError, OSError, ConnectionClosed):
+            return None
+
+    def device_of(self, r):
+        path = os.path.join(self.gh.dir, "var", "decisions.jsonl")
+        rid = r.header("X-Request-Id")
+        found = []
+        wait_until(lambda: bool(found.extend(x for x in read_jsonl(path)
+                                             if x.get("request_id") == rid) or found), 5)
+        self.assertTrue(found, rid)
+        return found[0]["device"]
+
+    def test_subject_alt_name_patterns(self):
+        r = self.get(self.ports[0], "alice")
+        self.assertEqual(r.status if r else None, 200, r)
+        self.assertTrue(self.device_of(r)["present"])
+        self.assertIsNone(self.get(self.ports[0], "carol"))  # no SAN matches: no handshake
+        r = self.get(self.ports[1], "carol")
+        self.assertEqual(r.status if r else None, 200, r)  # optional: on, without a device
+        self.assertFalse(self.device_of(r)["present"])
+        r = self.get(self.ports[1], "alice")
+        self.assertTrue(self.device_of(r)["present"])
+
+    def test_verify_depth(self):
+        # Issued by an intermediate under the client CA: refused at depth 1 (the
+        # default), accepted where verify_depth allows one more CA.
+        self.assertIsNone(self.get(self.ports[0], "deep"))
+        r = self.get(self.ports[2], "deep")
+        self.assertEqual(r.status if r else None, 200, r)
+        self.assertTrue(self.device_of(r)["present"])
+
+
 if __name__ == "__main__":
     unittest.main()
