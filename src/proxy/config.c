@@ -63,7 +63,9 @@ static const char *const match_keys[] = { "host", "path_prefix", "path_case_inse
 static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
 static const char *const upstream_keys[] = { "servers", "balance", "ca_file", "tls_verify",
                                              "max_idle", "max_conns", "max_fails",
-                                             "fail_timeout", "health_check", "retries", NULL };
+                                             "fail_timeout", "health_check", "retries", "tls",
+                                             NULL };
+static const char *const upstream_tls_keys[] = { "ca", "cert", "key", "server_name", NULL };
 static const char *const health_keys[] = { "path", "interval", NULL };
 static const char *const balance_names[] = { "round_robin", "least_conn", "ip_hash", NULL };
 static const char *const client_cert_names[] = { "none", "optional", "required", NULL };
@@ -461,9 +463,49 @@ static bool check_cert_pair(struct loader *L, const struct conf_node *m,
     return ok;
 }
 
-/* ---- public_url ---- */
-
 static bool valid_hostname(const char *s);
+
+/* upstream.tls: {ca, cert, key, server_name}: mTLS towards backends that require
+ * Gatehouse's own client certificate. "ca" is ca_file by another name. */
+static void read_upstream_tls(struct loader *L, const struct conf_node *m,
+                              struct upstream_conf *u)
+{
+    const struct conf_node *t = conf_get(m, "tls");
+    const char *s;
+    if (!t || t->type == CONF_NULL) {
+        return;
+    }
+    if (!conf_check_keys(L->d, t, "\"upstream.tls\"", upstream_tls_keys) && t->type != CONF_MAP) {
+        return;
+    }
+    if ((s = get_nonempty(L, t, "ca"))) {
+        if (u->ca_file) {
+            conf_error(L->d, conf_get(t, "ca"), "give \"ca_file\" or \"tls.ca\", not both");
+        } else {
+            u->ca_file = resolve(L, s);
+            check_ca_file(L, t, "ca", u->ca_file);
+        }
+    }
+    const char *cert = get_nonempty(L, t, "cert"), *key = get_nonempty(L, t, "key");
+    if (cert && key) {
+        struct tls_cert_conf tc = { resolve(L, cert), resolve(L, key) };
+        u->client_cert = tc.cert_file;
+        u->client_key = tc.key_file;
+        check_cert_pair(L, t, &tc);
+    } else if (cert || key) {
+        conf_error(L->d, t, "\"upstream.tls\" has \"%s\" but no \"%s\"", cert ? "cert" : "key",
+                   cert ? "key" : "cert");
+    }
+    if ((s = get_nonempty(L, t, "server_name"))) {
+        if (!valid_hostname(s)) {
+            conf_error(L->d, conf_get(t, "server_name"), "\"server_name\" must be a DNS name");
+        } else {
+            u->server_name = xstrdup(s);
+        }
+    }
+}
+
+/* ---- public_url ---- */
 
 /* "public_url: https://app.example.com[:port]": the origin browsers use, for
  * the sign-in redirect URI and the post-logout return. Scheme and authority
@@ -1236,6 +1278,7 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
         check_ca_file(L, m, "ca_file", u->ca_file);
     }
     conf_bool(L->d, m, "tls_verify", &u->tls_verify);
+    read_upstream_tls(L, m, u);
     v = u->max_idle;
     if (conf_u64(L->d, m, "max_idle", 0, 100000, &v)) {
         u->max_idle = (uint32_t)v;
@@ -1449,6 +1492,9 @@ static void free_route(struct route_conf *r)
     }
     free(r->upstream.servers);
     free(r->upstream.ca_file);
+    free(r->upstream.client_cert);
+    free(r->upstream.client_key);
+    free(r->upstream.server_name);
     free(r->upstream.health_path);
     free(r->policy_file);
     for (size_t i = 0; i < r->nidps; i++) {

@@ -61,6 +61,10 @@ struct upstream_conf {
     enum balance balance;
     char *ca_file;              /* resolved path for https upstreams; NULL = system bundle */
     bool tls_verify;            /* default true */
+    char *client_cert;          /* upstream.tls.cert: Gatehouse's client certificate (mTLS), or NULL */
+    char *client_key;           /* upstream.tls.key */
+    char *server_name;          /* upstream.tls.server_name: SNI and the name verified, or NULL =
+                                 * the server's host */
     uint32_t max_idle;          /* keep-alive connections kept per server per worker (default 64) */
     uint32_t max_conns;         /* per server per worker, 0 = unlimited */
     uint32_t max_fails;         /* passive health: consecutive failures (default 3) */

@@ -387,6 +387,14 @@ static void dump_routes(FILE *f, const struct config *c)
         kv_raw(f, 3, false, "balance", "%s", bal[u->balance]);
         kv_str(f, 3, false, "ca_file", u->ca_file);
         kv_bool(f, 3, "tls_verify", u->tls_verify);
+        if (u->client_cert || u->server_name) {
+            fputs("      tls:\n", f);
+            kv_str(f, 4, false, "cert", u->client_cert);
+            kv_str(f, 4, false, "key", u->client_key);
+            kv_str(f, 4, false, "server_name", u->server_name);
+        } else {
+            kv_raw(f, 3, false, "tls", "null");
+        }
         kv_raw(f, 3, false, "max_idle", "%u", u->max_idle);
         kv_raw(f, 3, false, "max_conns", "%u", u->max_conns);
         kv_raw(f, 3, false, "max_fails", "%u", u->max_fails);

@@ -167,7 +167,7 @@ struct worker {
     uint64_t nconns;
     struct pool *pools;
     SSL_CTX *up_ctx_default;         /* upstream TLS, system CA bundle */
-    struct upctx { char *ca; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
+    struct upctx { char *ca, *cert, *key; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
     struct accesslog *alog;
     struct metrics_worker *mw;
     struct fetcher *fetch;
@@ -243,7 +243,8 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused);
 /* gatehouse_tls_certificate_expiry_seconds{listener,sni} in the Prometheus text
  * format; returns the bytes that would be written (snprintf-like). */
 size_t tls_expiry_render(char *buf, size_t size);
-SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err);
+SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_file,
+                        const char *key_file, struct err *err);
 
 /* admin.c */
 void admin_handle(struct conn *c, struct request *r);

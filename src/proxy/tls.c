@@ -607,10 +607,17 @@ size_t tls_expiry_render(char *buf, size_t size)
     return off;
 }
 
-SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err)
+static bool same_path(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_file,
+                        const char *key_file, struct err *err)
 {
     for (struct upctx *u = w->up_ctxs; u; u = u->next) {
-        if ((u->ca == NULL && ca_file == NULL) || (u->ca && ca_file && !strcmp(u->ca, ca_file))) {
+        if (same_path(u->ca, ca_file) && same_path(u->cert, cert_file) &&
+            same_path(u->key, key_file)) {
             return u->ctx;
         }
     }
@@ -631,8 +638,18 @@ SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err)
         SSL_CTX_free(c);
         return NULL;
     }
+    /* upstream.tls.cert/key: Gatehouse's own client certificate (mTLS). */
+    if (cert_file && (SSL_CTX_use_certificate_chain_file(c, cert_file) != 1 ||
+                      SSL_CTX_use_PrivateKey_file(c, key_file, SSL_FILETYPE_PEM) != 1 ||
+                      SSL_CTX_check_private_key(c) != 1)) {
+        last_error(err, "cannot load upstream client certificate", cert_file);
+        SSL_CTX_free(c);
+        return NULL;
+    }
     struct upctx *u = xcalloc(1, sizeof *u);
     u->ca = ca_file ? xstrdup(ca_file) : NULL;
+    u->cert = cert_file ? xstrdup(cert_file) : NULL;
+    u->key = key_file ? xstrdup(key_file) : NULL;
     u->ctx = c;
     u->next = w->up_ctxs;
     w->up_ctxs = u;

@@ -565,7 +565,7 @@ class Backend:
     Every response carries X-Backend: <name>.
     """
 
-    def __init__(self, name="b1", tls_cert=None, tls_key=None, port=0):
+    def __init__(self, name="b1", tls_cert=None, tls_key=None, port=0, client_ca=None):
         self.name = name
         self.requests = []  # dicts: method, target, path, headers, body_len
         self.lock = threading.Lock()
@@ -577,6 +577,9 @@ class Backend:
         if tls_cert:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ctx.load_cert_chain(tls_cert, tls_key)
+            if client_ca:  # mTLS: only clients with a certificate from client_ca
+                self.ctx.verify_mode = ssl.CERT_REQUIRED
+                self.ctx.load_verify_locations(client_ca)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -691,6 +694,9 @@ class Backend:
         keep = version == "HTTP/1.1" and "close" not in conn_hdr
         rec = {"method": method, "target": target, "path": path, "headers": headers,
                "body_len": 0, "time": time.time(), "conn": conn_id}
+        peer = c.getpeercert() if isinstance(c, ssl.SSLSocket) else None
+        if peer:  # the client certificate's CN (mTLS backends)
+            rec["peer_cn"] = dict(x[0] for x in peer.get("subject", ())).get("commonName")
 
         if path in ("/ws", "/ws-badaccept") and \
                 (self._hget(headers, "upgrade") or "").lower() == "websocket":

@@ -464,5 +464,41 @@ class ListenerChecks(unittest.TestCase):
         self.assertTrue(self.device_of(r)["present"])
 
 
+class UpstreamMtls(unittest.TestCase):
+    """upstream.tls: {ca, cert, key, server_name}: backends that require Gatehouse's
+    own client certificate."""
+
+    def test_backend_requiring_a_client_certificate(self):
+        tmp = tempfile.mkdtemp(prefix="gh-it-upm-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        pki = CertFactory(os.path.join(tmp, "pki"), "Backend CA")
+        bcrt, bkey = pki.leaf("backend.internal", dns=["backend.internal"])
+        ccrt, ckey = pki.leaf("gatehouse-client", subject="/CN=gatehouse-client",
+                              file_name="client")
+        backend = Backend("mtls", tls_cert=bcrt, tls_key=bkey, client_ca=pki.ca_crt)
+        self.addCleanup(backend.stop)
+        url = backend.url  # https://127.0.0.1:PORT
+        tls = {"ca": pki.ca_crt, "cert": ccrt, "key": ckey, "server_name": "backend.internal"}
+        cfg = basic_config([
+            {"name": "mtls", "public": True, "match": {"path_prefix": "/m/"},
+             "upstream": {"servers": [url], "tls": tls}},
+            {"name": "nocert", "public": True, "match": {"path_prefix": "/n/"},
+             "upstream": {"servers": [url], "tls": {"ca": pki.ca_crt,
+                                                    "server_name": "backend.internal"},
+                          "retries": 0}},
+        ])
+        gh = Gatehouse(cfg)
+        self.addCleanup(gh.cleanup)
+        from harness import request
+        r = request(gh.port, path="/m/x")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(backend.requests[-1].get("peer_cn"), "gatehouse-client")
+        r = request(gh.port, path="/n/x")
+        self.assertEqual(r.status, 502, r)  # the backend refuses a client without one
+        out = subprocess.run([gatehouse_bin(), "check", "-c", gh.config_path, "--dump"],
+                             capture_output=True, text=True).stdout
+        self.assertIn('server_name: "backend.internal"', out)
+
+
 if __name__ == "__main__":
     unittest.main()
