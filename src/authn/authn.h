@@ -101,6 +101,9 @@ struct authn_req {
      * one line for people; NULL/"none" without a client certificate */
     const char *device_json;
     const char *device_text;
+    /* RFC 8705: base64url SHA-256 of the verified TLS client certificate (DER), or
+     * NULL; a bearer token with cnf.x5t#S256 is accepted only when it matches */
+    const char *client_cert_x5t;
 };
 
 /* Who is calling. Strings are arena-owned. */

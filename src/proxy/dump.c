@@ -298,6 +298,7 @@ static void dump_identity(FILE *f, const struct config *c, const struct gate_set
         kv_bool(f, 2, "accept_id_tokens", p->accept_id_tokens);
         kv_bool(f, 2, "require_verified_email", p->require_verified_email);
         kv_bool(f, 2, "bare_user_ids", p->bare_user_ids);
+        kv_bool(f, 2, "require_certificate_bound_tokens", p->require_bound_tokens);
         key(f, 2, false, "audiences");
         fputs(" [", f);
         for (size_t k = 0; k < p->naudiences; k++) {

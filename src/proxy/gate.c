@@ -1718,6 +1718,20 @@ static struct device_identity *device_identify(struct request *r)
     return d;
 }
 
+/* RFC 8705: base64url SHA-256 of the client certificate's DER (arena), or NULL. */
+static const char *cert_x5t(struct request *r)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!r->peer_cert || X509_digest(r->peer_cert, EVP_sha256(), md, &n) != 1) {
+        return NULL;
+    }
+    char *s = codec_b64url_encode(md, n);
+    const char *out = s ? arena_strdup(r->arena, s) : NULL;
+    free(s);
+    return out;
+}
+
 /* For /.gatehouse/me: the device as JSON and as a line for people. */
 static void device_for_me(struct gate_req *q)
 {
@@ -1773,6 +1787,7 @@ static struct gate_req *gate_req_new(struct request *r, bool reserved)
     policy_result_init(&q->res, NULL);
     q->dev = device_identify(r); /* device identity */
     authn_req_fill(q);
+    q->areq.client_cert_x5t = cert_x5t(r); /* RFC 8705 bound tokens */
     if (reserved) {
         device_for_me(q);
     }

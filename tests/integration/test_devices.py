@@ -500,5 +500,66 @@ class UpstreamMtls(unittest.TestCase):
         self.assertIn('server_name: "backend.internal"', out)
 
 
+class CertificateBoundTokens(unittest.TestCase):
+    """RFC 8705: a bearer token with cnf.x5t#S256 is accepted only over a connection
+    whose client certificate has that thumbprint; require_certificate_bound_tokens
+    refuses unbound tokens of that provider."""
+
+    def test_bound_tokens(self):
+        import base64
+        import hashlib
+        from rogue_op import RogueOP
+        tmp = tempfile.mkdtemp(prefix="gh-it-rfc8705-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server = CertFactory(os.path.join(tmp, "server"))
+        crt, key = server.leaf("a.test", dns=["a.test"])
+        dca = CertFactory(os.path.join(tmp, "devices"), "Device CA")
+        certs = {w: dca.leaf(w, subject=f"/CN={w}", file_name=w) for w in ("alice", "bob")}
+
+        def x5t(who):
+            der = subprocess.run(["openssl", "x509", "-in", certs[who][0], "-outform", "DER"],
+                                 capture_output=True, check=True).stdout
+            return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+        op = RogueOP(client_secret=CLIENT_SECRET)
+        self.addCleanup(op.stop)
+        backend = Backend("b1")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        cfg = basic_config(
+            [{"name": "api", "upstream": {"servers": [backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}",
+                     "tls": {"cert": crt, "key": key, "client_ca": dca.ca_crt,
+                             "client_cert": "optional"}}],
+            state={"sqlite": "var/gatehouse.db"},
+            identity_providers=[{"id": "rogue", "type": "oidc", "issuer": op.issuer,
+                                 "client_id": "gatehouse", "client_secret_file": "oidc-secret",
+                                 "allow_insecure_issuer": True, "audiences": ["api"],
+                                 "require_certificate_bound_tokens": True}],
+        )
+        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        self.addCleanup(gh.cleanup)
+
+        def call(token, who):
+            ctx = ssl.create_default_context(cafile=server.ca_crt)
+            if who:
+                ctx.load_cert_chain(*certs[who])
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                 server_hostname="a.test") as t:
+                t.sendall(f"GET /x HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer {token}"
+                          f"\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+                          .encode())
+                return Reader(t).read_response().status
+
+        bound = op.mint(op.claims(aud="api", cnf={"x5t#S256": x5t("alice")}))
+        self.assertEqual(call(bound, "alice"), 200)
+        self.assertEqual(call(bound, "alice"), 200)  # again (the verified-token cache)
+        self.assertEqual(call(bound, "bob"), 401)
+        self.assertEqual(call(bound, None), 401)
+        self.assertEqual(call(op.mint(op.claims(aud="api")), "alice"), 401)  # unbound
+        self.assertIn("bound to another client certificate", gh.stderr())
+        self.assertIn("not bound to a client certificate", gh.stderr())
+
+
 if __name__ == "__main__":
     unittest.main()
