@@ -218,7 +218,16 @@ void device_registry_configure(const char *sqlite_path, uint64_t cache_ttl_ms)
 }
 
 #define CACHE_SLOTS 64
+#define MEMO_SLOTS 32
 #define POLL_MS 250
+
+/* The fingerprint of a certificate object seen before: a keep-alive connection
+ * hands the same X509 to every request. The reference held keeps the pointer
+ * from being reused by another certificate. */
+struct memo {
+    X509 *x;
+    char fp[65];
+};
 
 struct cache_entry {
     bool used;
@@ -234,6 +243,7 @@ struct worker_cache {
     int64_t seq;
     uint64_t polled_ms;
     struct cache_entry e[CACHE_SLOTS];
+    struct memo memo[MEMO_SLOTS];
 };
 
 static __thread struct worker_cache *WC;
@@ -266,11 +276,11 @@ static struct worker_cache *cache(void)
 }
 
 /* Verifies leaf against the listener's current store (client CA, CRL). */
-static const char *reverify(X509 *leaf, const struct device_verify *v)
+static const char *reverify(X509 *leaf, X509_STORE *store, const struct device_verify *v)
 {
     X509_STORE_CTX *x = X509_STORE_CTX_new();
     const char *why = "certificate check failed";
-    if (x && X509_STORE_CTX_init(x, v->store, leaf, v->chain) == 1) {
+    if (x && X509_STORE_CTX_init(x, store, leaf, v->chain) == 1) {
         X509_STORE_CTX_set_default(x, "ssl_client");
         if (v->depth >= 1) {
             X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(x), v->depth - 1);
@@ -290,19 +300,41 @@ static const char *reverify(X509 *leaf, const struct device_verify *v)
     return why;
 }
 
+static bool fingerprint(struct worker_cache *c, X509 *leaf, char fp[65])
+{
+    struct memo *m = &c->memo[((uintptr_t)leaf >> 4) % MEMO_SLOTS];
+    if (m->x == leaf) {
+        memcpy(fp, m->fp, 65);
+        return true;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (X509_digest(leaf, EVP_sha256(), md, &n) != 1 || n != 32) {
+        return false;
+    }
+    str_hex(md, 32, fp);
+    X509_free(m->x);
+    X509_up_ref(leaf);
+    m->x = leaf;
+    memcpy(m->fp, fp, 65);
+    return true;
+}
+
 void device_trust(X509 *leaf, const struct device_verify *v, int64_t now_s,
                   struct device_identity *out)
 {
-    memset(out, 0, sizeof *out);
-    out->why = "no client certificate";
+    char fp[65];
     if (!leaf) {
-        return;
-    }
-    if (device_identity_from_x509(leaf, out) != 0) {
-        out->why = "unreadable client certificate";
+        memset(out, 0, sizeof *out);
+        out->why = "no client certificate";
         return;
     }
     struct worker_cache *c = cache();
+    if (!fingerprint(c, leaf, fp)) {
+        memset(out, 0, sizeof *out);
+        out->why = "unreadable client certificate";
+        return;
+    }
     uint64_t now = mono_ms();
     if (c->store && now - c->polled_ms >= POLL_MS) {
         int64_t seq = device_store_change_seq(c->store);
@@ -312,12 +344,23 @@ void device_trust(X509 *leaf, const struct device_verify *v, int64_t now_s,
             memset(c->e, 0, sizeof c->e); /* an enrolment or revocation: ask again */
         }
     }
-    uint64_t h = str_hash(STR_HASH_SEED, out->fingerprint, 64);
+    uint64_t h = str_hash(STR_HASH_SEED, fp, 64);
     struct cache_entry *e = &c->e[h % CACHE_SLOTS];
     if (!(e->used && e->listener == v->listener && e->generation == v->generation &&
-          now - e->filled_ms < R.ttl_ms && strcmp(e->id.fingerprint, out->fingerprint) == 0)) {
-        struct device_identity d = *out;
-        const char *bad = v->store ? reverify(leaf, v) : NULL;
+          now - e->filled_ms < R.ttl_ms && strcmp(e->id.fingerprint, fp) == 0)) {
+        struct device_identity d;
+        memset(&d, 0, sizeof d);
+        if (device_identity_from_x509(leaf, &d) != 0) {
+            memset(out, 0, sizeof *out);
+            out->why = "unreadable client certificate";
+            return;
+        }
+        void *hold = NULL;
+        X509_STORE *store = v->store_get ? v->store_get(v->arg, &hold) : NULL;
+        const char *bad = store ? reverify(leaf, store, v) : NULL;
+        if (v->store_put) {
+            v->store_put(hold);
+        }
         d.present = bad == NULL;
         d.why = bad ? bad : "";
         if (d.present) {

@@ -55,8 +55,12 @@ void device_registry_configure(const char *sqlite_path, uint64_t cache_ttl_ms);
 
 /* What a listener's client certificates are checked against now. */
 struct device_verify {
-    X509_STORE *store;   /* the listener's current client CA + CRL store; NULL: do not
-                          * re-verify (the handshake did) */
+    /* The listener's current client CA + CRL store, asked for only when the cache
+     * misses: get returns it (NULL: do not re-verify) and a reference in *hold
+     * that put releases. */
+    X509_STORE *(*store_get)(void *arg, void **hold);
+    void (*store_put)(void *hold);
+    void *arg;
     uint64_t generation; /* changes whenever the store is rebuilt */
     unsigned listener;   /* index: entries are per listener */
     int depth;           /* verify_depth: 1 = issued by a CA of the store itself */

@@ -1691,6 +1691,19 @@ static enum access_step idp_fetch(struct gate_req *q)
 
 /* ---- device identity: one more identity source (client certificates) ---- */
 
+/* The listener's current client CA + CRL store (after a reload: the new one). */
+static X509_STORE *device_store_get(void *arg, void **hold)
+{
+    SSL_CTX *ctx = tls_listener_ctx((size_t)(uintptr_t)arg);
+    *hold = ctx;
+    return ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
+}
+
+static void device_store_put(void *hold)
+{
+    SSL_CTX_free(hold);
+}
+
 /* The device behind the request's client certificate, checked on every request
  * (registry and CRL through device.c's per-worker cache). NULL without one. */
 static struct device_identity *device_identify(struct request *r)
@@ -1704,13 +1717,12 @@ static struct device_identity *device_identify(struct request *r)
     if (!d) {
         return NULL;
     }
-    struct device_verify v = { .generation = tls_generation(), .listener = c->ls->index,
+    struct device_verify v = { .store_get = device_store_get, .store_put = device_store_put,
+                               .arg = (void *)(uintptr_t)c->ls->index,
+                               .generation = tls_generation(), .listener = c->ls->index,
                                .depth = (int)lc->verify_depth,
                                .chain = c->s.ssl ? SSL_get_peer_cert_chain(c->s.ssl) : NULL };
-    SSL_CTX *ctx = tls_listener_ctx(c->ls->index);
-    v.store = ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
     device_trust(r->peer_cert, &v, now_s(), d);
-    SSL_CTX_free(ctx);
     if (!d->present) {
         log_emit(LOG_INFO, "device", r->id, NULL, "client certificate %.16s not accepted: %s",
                  d->fingerprint, d->why);
