@@ -1799,7 +1799,9 @@ static struct gate_req *gate_req_new(struct request *r, bool reserved)
     policy_result_init(&q->res, NULL);
     q->dev = device_identify(r); /* device identity */
     authn_req_fill(q);
-    q->areq.client_cert_x5t = cert_x5t(r); /* RFC 8705 bound tokens */
+    if (q->areq.authorization.len) {
+        q->areq.client_cert_x5t = cert_x5t(r); /* RFC 8705 bound tokens */
+    }
     if (reserved) {
         device_for_me(q);
     }
