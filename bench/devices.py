@@ -13,7 +13,10 @@ answering a small static body). One worker each.
                certificate is enrolled, so every request runs the device check:
                registry answer through the per-worker cache, validity, policy,
                X-Gatehouse-Device to the backend); nginx with `ssl_verify_client
-               on` and `proxy_pass`. Requests per proxy CPU-second.
+               on` and `proxy_pass`. Requests per proxy CPU-second. A third row,
+               gatehouse-public, is the same listener and client on a
+               `public: true` route (the device check still runs, no policy and
+               no sign-in check): what the policy path adds.
 
 Before measuring, the script checks that both really verify: a certificate from
 a rogue CA of the same name is refused by both (nginx answers 400, Gatehouse
@@ -134,6 +137,10 @@ routes:
   - name: bench
     upstream: {{servers: [http://127.0.0.1:{backend_port}], max_idle: 64}}
     policy: device.yaml
+  - name: pub
+    match: {{path_prefix: /pub/}}
+    upstream: {{servers: [http://127.0.0.1:{backend_port}], max_idle: 64}}
+    public: true
 """)
     r = subprocess.run([binary, "devices", "enroll", "-c", conf, "--cert", p["dev"][0],
                         "--owner", "alice@example.com", "--name", "bench"],
@@ -195,8 +202,8 @@ def handshakes(srv, p, seconds, clients=2):
     return {"n": n, "rate": n / seconds, "cpu": cpu, "per_cpu": n / cpu if cpu else None}
 
 
-def keepalive(srv, p, seconds, conns=16, depth=8):
-    req = b"GET /ka HTTP/1.1\r\nHost: bench.test\r\n\r\n" * depth
+def keepalive(srv, p, seconds, conns=16, depth=8, path="/ka"):
+    req = f"GET {path} HTTP/1.1\r\nHost: bench.test\r\n\r\n".encode() * depth
     stop = time.monotonic() + seconds
     counts = [0] * conns
     errors = []
@@ -268,11 +275,14 @@ def main():
             sanity(t, p)
         load0 = os.getloadavg()[0]
         res = {(t.name, v): [] for t in targets for v in ("hs", "ka")}
+        res[("gatehouse-public", "ka")] = []
         for _ in range(args.rounds):
             for t in targets:
                 res[(t.name, "hs")].append(handshakes(t, p, args.duration))
             for t in targets:
                 res[(t.name, "ka")].append(keepalive(t, p, args.duration))
+            res[("gatehouse-public", "ka")].append(
+                keepalive(targets[1], p, args.duration, path="/pub/ka"))
         load1 = os.getloadavg()[0]
     finally:
         for s in servers:
@@ -304,7 +314,9 @@ def render(res, args, load0, load1):
                   f"| target | {unit}/s | {unit} per CPU-s (proxy) | ×nginx |",
                   "|---|---:|---:|---:|"]
         ref = med(res[("nginx", v)], "per_cpu")
-        for name in ("nginx", "gatehouse"):
+        for name in ("nginx", "gatehouse", "gatehouse-public"):
+            if (name, v) not in res:
+                continue
             runs = res[(name, v)]
             pc = med(runs, "per_cpu")
             errs = sum(r.get("errors", 0) for r in runs)

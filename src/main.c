@@ -176,19 +176,28 @@ static const char sessions_revoke_help[] =
 
 static const char devices_help[] =
     "usage: gatehouse devices enroll -c FILE --cert dev.pem --owner EMAIL [--name NAME]\n"
+    "       gatehouse devices enroll -c FILE --csr dev.csr --out dev.pem --owner EMAIL\n"
     "       gatehouse devices list   -c FILE [--owner EMAIL] [--json]\n"
     "       gatehouse devices show   -c FILE ID [--json]\n"
     "       gatehouse devices revoke -c FILE ID [--reason TEXT]\n";
 
 static const char devices_enroll_help[] =
     "usage: gatehouse devices enroll -c FILE --cert dev.pem --owner EMAIL [--name NAME]\n"
+    "       gatehouse devices enroll -c FILE --csr dev.csr --out dev.pem --owner EMAIL\n"
+    "                                [--name NAME] [--days N]\n"
     "\n"
     "Enrols the device whose client certificate is dev.pem (PEM), issued by one of the\n"
-    "listeners' client_ca; prints its id. Recorded in the decision log.\n"
+    "listeners' client_ca; prints its id. Recorded in the decision log. With --csr,\n"
+    "first signs the device's certificate request with devices.enroll_ca (a client\n"
+    "certificate with the request's subject and subjectAltNames, valid --days, 365 by\n"
+    "default) and writes it to --out (a new file).\n"
     "  -c, --config FILE     the configuration (state.sqlite, listeners' client_ca)\n"
     "  --cert FILE           the device's certificate\n"
     "  --owner EMAIL         the user the device belongs to (device: {owner_is_user: true})\n"
-    "  --name NAME           a name for people (\"alice-laptop\")\n";
+    "  --name NAME           a name for people (\"alice-laptop\")\n"
+    "  --csr FILE            a PEM certificate request to sign (needs --out)\n"
+    "  --out FILE            where the signed certificate goes\n"
+    "  --days N              validity of the signed certificate (1-3650, default 365)\n";
 
 static const char devices_list_help[] =
     "usage: gatehouse devices list -c FILE [--owner EMAIL] [--json]\n"

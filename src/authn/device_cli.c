@@ -12,18 +12,22 @@
 #include <unistd.h>
 
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include "device.h"
 
 static const char devices_usage[] =
     "usage: gatehouse devices enroll -c gatehouse.yaml --cert dev.pem --owner EMAIL [--name NAME]\n"
+    "       gatehouse devices enroll -c gatehouse.yaml --csr dev.csr --out dev.pem --owner EMAIL\n"
+    "                                [--name NAME] [--days N]\n"
     "       gatehouse devices list   -c gatehouse.yaml [--owner EMAIL] [--json]\n"
     "       gatehouse devices show   -c gatehouse.yaml ID\n"
     "       gatehouse devices revoke -c gatehouse.yaml ID [--reason TEXT]\n";
 
 struct cli_conf {
     char *db;
+    char *ca_cert, *ca_key; /* devices.enroll_ca, or NULL */
     char **cas; /* every listener's client_ca, resolved */
     size_t ncas;
 };
@@ -31,6 +35,8 @@ struct cli_conf {
 static void cli_conf_free(struct cli_conf *cc)
 {
     free(cc->db);
+    free(cc->ca_cert);
+    free(cc->ca_key);
     for (size_t i = 0; i < cc->ncas; i++) {
         free(cc->cas[i]);
     }
@@ -54,6 +60,13 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
     } else if (d.count == 0) {
         fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured, so there is no "
                         "device registry\n", conf_file);
+    }
+    const struct conf_node *eca = conf_get(conf_get(doc->root, "devices"), "enroll_ca");
+    const char *ecert = NULL, *ekey = NULL;
+    if (eca && eca->type == CONF_MAP && conf_string(&d, eca, "cert", &ecert) &&
+        conf_string(&d, eca, "key", &ekey) && ecert && ekey) {
+        cc->ca_cert = conf_path_resolve(conf_file, ecert);
+        cc->ca_key = conf_path_resolve(conf_file, ekey);
     }
     const struct conf_node *ls = conf_get(doc->root, "listen");
     for (size_t i = 0; ls && ls->type == CONF_SEQ && i < ls->n; i++) {
@@ -187,6 +200,131 @@ static int log_act(admin_log_fn *log_admin, const char *conf, const char *action
     return 0;
 }
 
+/* --csr: signs the request with devices.enroll_ca for `days` days as a client
+ * certificate (the CSR's subject and subjectAltNames, nothing else of it) and
+ * writes it to out. 0, or 1 with the reason on stderr. */
+static int sign_csr(const struct cli_conf *cc, const char *csr_file, const char *out,
+                    long days)
+{
+    int rc = 1;
+    X509_REQ *req = NULL;
+    X509 *ca = NULL, *x = NULL;
+    EVP_PKEY *cakey = NULL, *pub = NULL;
+    STACK_OF(X509_EXTENSION) *exts = NULL;
+    FILE *f;
+
+    if (!cc->ca_cert) {
+        fprintf(stderr, "gatehouse devices: --csr needs \"devices: {enroll_ca: {cert, key}}\" in "
+                        "the configuration\n");
+        return 1;
+    }
+    if ((f = fopen(csr_file, "r"))) {
+        req = PEM_read_X509_REQ(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    if ((f = fopen(cc->ca_cert, "r"))) {
+        ca = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    if ((f = fopen(cc->ca_key, "r"))) {
+        cakey = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    if (!req) {
+        fprintf(stderr, "gatehouse devices: %s holds no PEM certificate request\n", csr_file);
+        goto out;
+    }
+    if (!ca || !cakey || X509_check_private_key(ca, cakey) != 1) {
+        fprintf(stderr, "gatehouse devices: cannot load devices.enroll_ca (%s, %s)\n",
+                cc->ca_cert, cc->ca_key);
+        goto out;
+    }
+    pub = X509_REQ_get_pubkey(req);
+    if (!pub || X509_REQ_verify(req, pub) != 1) {
+        fprintf(stderr, "gatehouse devices: the signature of %s does not verify\n", csr_file);
+        goto out;
+    }
+    unsigned char sn[16];
+    BIGNUM *bn = NULL;
+    x = X509_new();
+    if (!x || RAND_bytes(sn, sizeof sn) != 1 || !(bn = BN_bin2bn(sn, sizeof sn, NULL))) {
+        BN_free(bn);
+        goto fail;
+    }
+    sn[0] &= 0x7f; /* positive */
+    BN_free(bn);
+    bn = BN_bin2bn(sn, sizeof sn, NULL);
+    int ok = bn && X509_set_version(x, 2) == 1 &&
+             BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL &&
+             X509_set_issuer_name(x, X509_get_subject_name(ca)) == 1 &&
+             X509_set_subject_name(x, X509_REQ_get_subject_name(req)) == 1 &&
+             X509_set_pubkey(x, pub) == 1 && X509_gmtime_adj(X509_getm_notBefore(x), -300) &&
+             X509_gmtime_adj(X509_getm_notAfter(x), days * 86400L);
+    BN_free(bn);
+    if (!ok) {
+        goto fail;
+    }
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, ca, x, NULL, NULL, 0);
+    static const struct {
+        int nid;
+        const char *value;
+    } std_exts[] = {
+        { NID_basic_constraints, "critical,CA:FALSE" },
+        { NID_key_usage, "critical,digitalSignature" },
+        { NID_ext_key_usage, "clientAuth" },
+        { NID_subject_key_identifier, "hash" },
+        { NID_authority_key_identifier, "keyid:always" },
+    };
+    for (size_t i = 0; i < sizeof std_exts / sizeof std_exts[0]; i++) {
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, std_exts[i].nid, std_exts[i].value);
+        if (!e || X509_add_ext(x, e, -1) != 1) {
+            X509_EXTENSION_free(e);
+            goto fail;
+        }
+        X509_EXTENSION_free(e);
+    }
+    exts = X509_REQ_get_extensions(req);
+    for (int i = 0; exts && i < sk_X509_EXTENSION_num(exts); i++) {
+        X509_EXTENSION *e = sk_X509_EXTENSION_value(exts, i);
+        if (OBJ_obj2nid(X509_EXTENSION_get_object(e)) == NID_subject_alt_name &&
+            X509_add_ext(x, e, -1) != 1) {
+            goto fail;
+        }
+    }
+    int kt = EVP_PKEY_get_base_id(cakey);
+    if (X509_sign(x, cakey, kt == EVP_PKEY_ED25519 || kt == EVP_PKEY_ED448 ? NULL
+                                                                           : EVP_sha256()) <= 0) {
+        goto fail;
+    }
+    f = fopen(out, "wx");
+    if (!f) {
+        fprintf(stderr, "gatehouse devices: cannot create %s (it must not exist)\n", out);
+        goto out;
+    }
+    if (PEM_write_X509(f, x) != 1) {
+        fclose(f);
+        fprintf(stderr, "gatehouse devices: cannot write %s\n", out);
+        goto out;
+    }
+    if (fclose(f) != 0) {
+        fprintf(stderr, "gatehouse devices: cannot write %s\n", out);
+        goto out;
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "gatehouse devices: cannot sign %s\n", csr_file);
+out:
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    X509_free(ca);
+    X509_free(x);
+    EVP_PKEY_free(cakey);
+    EVP_PKEY_free(pub);
+    return rc;
+}
+
 static int enroll(struct device_store *s, const struct cli_conf *cc, const char *conf,
                   const char *cert, const char *owner, const char *name, admin_log_fn *log_admin)
 {
@@ -243,9 +381,13 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
         { "config", required_argument, NULL, 'c' }, { "cert", required_argument, NULL, 'C' },
         { "owner", required_argument, NULL, 'o' },  { "name", required_argument, NULL, 'n' },
         { "reason", required_argument, NULL, 'r' }, { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },         { NULL, 0, NULL, 0 },
+        { "csr", required_argument, NULL, 'R' },    { "out", required_argument, NULL, 'O' },
+        { "days", required_argument, NULL, 'D' },   { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
     };
     const char *conf = NULL, *cert = NULL, *owner = NULL, *name = NULL, *reason = NULL;
+    const char *csr = NULL, *out = NULL;
+    long days = 365;
     bool json = false;
     int c;
     static const char *const verbs[] = { "enroll", "list", "show", "revoke", NULL };
@@ -267,14 +409,25 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
         case 'n': name = optarg; break;
         case 'r': reason = optarg; break;
         case 'j': json = true; break;
+        case 'R': csr = optarg; break;
+        case 'O': out = optarg; break;
+        case 'D': {
+            uint64_t v = 0;
+            if (!str_to_u64(str_from(optarg), 1, 3650, &v)) {
+                fprintf(stderr, "gatehouse devices: --days takes 1 to 3650\n");
+                return 2;
+            }
+            days = (long)v;
+            break;
+        }
         case 'h': fputs(devices_usage, stdout); return 0;
         default: fputs(devices_usage, stderr); return 2;
         }
     }
     bool wants_id = strcmp(verb, "show") == 0 || strcmp(verb, "revoke") == 0;
     if (conf == NULL || (wants_id ? optind != argc - 1 : optind != argc) ||
-        (strcmp(verb, "enroll") == 0 && (!cert || !owner)) ||
-        (strcmp(verb, "enroll") != 0 && cert) ||
+        (strcmp(verb, "enroll") == 0 && (!owner || (cert ? csr != NULL : !csr || !out))) ||
+        (strcmp(verb, "enroll") != 0 && (cert || csr || out)) || (out && !csr) ||
         (strcmp(verb, "enroll") != 0 && strcmp(verb, "list") != 0 && owner)) {
         fputs(devices_usage, stderr);
         return 2;
@@ -299,7 +452,15 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
         return 1;
     }
     int rc = 0;
-    if (strcmp(verb, "enroll") == 0) {
+    if (strcmp(verb, "enroll") == 0 && csr) {
+        rc = sign_csr(&cc, csr, out, days);
+        if (rc == 0) {
+            rc = enroll(s, &cc, conf, out, owner, name, log_admin);
+            if (rc != 0) {
+                unlink(out); /* not enrolled: no certificate left behind */
+            }
+        }
+    } else if (strcmp(verb, "enroll") == 0) {
         rc = enroll(s, &cc, conf, cert, owner, name, log_admin);
     } else if (strcmp(verb, "list") == 0) {
         struct list_ctx lc = { .json = json };

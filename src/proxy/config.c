@@ -50,7 +50,7 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 /* The device registry lives in state.sqlite; "devices" tunes its use. */
-static const char *const devices_keys[] = { "cache_ttl", NULL };
+static const char *const devices_keys[] = { "cache_ttl", "enroll_ca", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", "encoded_slashes", "headers",
@@ -979,6 +979,37 @@ static void read_state(struct loader *L, const struct conf_node *root)
     }
 }
 
+/* ---- devices ---- */
+
+static void read_devices(struct loader *L, const struct conf_node *root)
+{
+    const struct conf_node *dv = conf_get(root, "devices");
+    L->c->devices_cache_ttl_ms = 30000;
+    if (!dv || dv->type == CONF_NULL) {
+        return;
+    }
+    if (!conf_check_keys(L->d, dv, "\"devices\"", devices_keys) && dv->type != CONF_MAP) {
+        return;
+    }
+    conf_duration_ms(L->d, dv, "cache_ttl", 100, 300000, &L->c->devices_cache_ttl_ms);
+    /* enroll_ca: {cert, key}: the CA `gatehouse devices enroll --csr` signs with. */
+    const struct conf_node *ca = conf_get(dv, "enroll_ca");
+    if (ca && ca->type != CONF_NULL) {
+        if (!conf_check_keys(L->d, ca, "\"enroll_ca\"", cert_keys) && ca->type != CONF_MAP) {
+            return;
+        }
+        const char *cert = get_nonempty(L, ca, "cert"), *key = get_nonempty(L, ca, "key");
+        if (!cert || !key) {
+            conf_error(L->d, ca, "\"enroll_ca\" needs \"cert\" and \"key\"");
+            return;
+        }
+        struct tls_cert_conf tc = { resolve(L, cert), resolve(L, key) };
+        L->c->devices_ca_cert = tc.cert_file;
+        L->c->devices_ca_key = tc.key_file;
+        check_cert_pair(L, ca, &tc);
+    }
+}
+
 /* ---- routes ---- */
 
 static bool valid_route_name(const char *s)
@@ -1523,6 +1554,8 @@ static void config_free(struct config *c)
     free(c->access_log);
     free(c->log_level);
     free(c->state_sqlite);
+    free(c->devices_ca_cert);
+    free(c->devices_ca_key);
     conf_doc_free(c->doc);
     free(c->file);
     free(c);
@@ -1561,13 +1594,7 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
-    c->devices_cache_ttl_ms = 30000;
-    if (conf_get(root, "devices") && conf_get(root, "devices")->type != CONF_NULL) {
-        const struct conf_node *dv = conf_get(root, "devices");
-        if (conf_check_keys(d, dv, "\"devices\"", devices_keys) || dv->type == CONF_MAP) {
-            conf_duration_ms(d, dv, "cache_ttl", 100, 300000, &c->devices_cache_ttl_ms);
-        }
-    }
+    read_devices(&L, root);
     first_seen_fini(&L.route_names);
     if (d->count == before) {
         /* Sign-in and policy sections, once the proxy's own keys are sound. */

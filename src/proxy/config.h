@@ -134,6 +134,8 @@ struct config {
     char *state_sqlite;         /* resolved path or NULL */
     uint64_t devices_cache_ttl_ms; /* devices.cache_ttl: how long a worker keeps a registry
                                     * answer when nothing changed (default 30s) */
+    char *devices_ca_cert;      /* devices.enroll_ca: the CA `devices enroll --csr` signs */
+    char *devices_ca_key;       /* with (resolved paths), or NULL */
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */

@@ -217,6 +217,13 @@ static void dump_proxy(FILE *f, const struct config *c)
     kv_str(f, 1, false, "sqlite", c->state_sqlite);
     fputs("devices:\n", f);
     kv_dur(f, 1, "cache_ttl", c->devices_cache_ttl_ms);
+    if (c->devices_ca_cert) {
+        fputs("  enroll_ca:\n", f);
+        kv_str(f, 2, false, "cert", c->devices_ca_cert);
+        kv_str(f, 2, false, "key", c->devices_ca_key);
+    } else {
+        kv_raw(f, 1, false, "enroll_ca", "null");
+    }
 }
 
 static void dump_identity(FILE *f, const struct config *c, const struct gate_settings *g)

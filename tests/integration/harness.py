@@ -479,10 +479,13 @@ class CertFactory:
         openssl("ca", "-config", self._ca_setup(), "-keyfile", self.ca_key, "-cert",
                 self.ca_crt, "-revoke", crt, cwd=self.dir)
 
-    def crl(self, out):
-        """Writes a CRL of every revoked certificate to out (atomically)."""
+    def crl(self, out, expired=False):
+        """Writes a CRL of every revoked certificate to out (atomically); expired:
+        one whose nextUpdate has passed."""
+        extra = ["-crl_lastupdate", "20200101000000Z", "-crl_nextupdate",
+                 "20200102000000Z"] if expired else []
         openssl("ca", "-config", self._ca_setup(), "-keyfile", self.ca_key, "-cert",
-                self.ca_crt, "-gencrl", "-out", out + ".new", cwd=self.dir)
+                self.ca_crt, "-gencrl", "-out", out + ".new", *extra, cwd=self.dir)
         os.replace(out + ".new", out)
 
 

@@ -464,6 +464,103 @@ class ListenerChecks(unittest.TestCase):
         self.assertTrue(self.device_of(r)["present"])
 
 
+class EnrollCsr(unittest.TestCase):
+    """`devices enroll --csr`: one command turns a laptop's CSR into an enrolled
+    certificate signed by devices.enroll_ca, and it opens the app."""
+
+    def test_csr_to_enrolled_certificate(self):
+        tmp = tempfile.mkdtemp(prefix="gh-it-csr-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server = CertFactory(os.path.join(tmp, "server"))
+        crt, key = server.leaf("a.test", dns=["a.test"])
+        dca = CertFactory(os.path.join(tmp, "devices"), "Device CA")
+        lkey, lcsr, lcrt = (os.path.join(tmp, n) for n in ("l.key", "l.csr", "l.crt"))
+        subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", lkey, "-out", lcsr,
+                        "-subj", "/CN=csr-laptop", "-addext",
+                        "subjectAltName=URI:spiffe://example.com/device/csr-laptop",
+                        "-addext", "basicConstraints=critical,CA:TRUE"],
+                       check=True, capture_output=True)
+        backend = Backend("b1")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        cfg = basic_config(
+            [{"name": "pub", "public": True, "upstream": {"servers": [backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}",
+                     "tls": {"cert": crt, "key": key, "client_ca": dca.ca_crt,
+                             "client_cert": "required"}}],
+            state={"sqlite": "var/gatehouse.db"},
+            devices={"enroll_ca": {"cert": dca.ca_crt, "key": dca.ca_key}})
+        gh = Gatehouse(cfg)
+        self.addCleanup(gh.cleanup)
+        r = gh_cli(gh.config_path, "enroll", "--csr", lcsr, "--out", lcrt, "--owner",
+                   "carol@example.com", "--name", "csr-laptop", "--days", "30")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dev_id = r.stdout.strip()
+        text = subprocess.run(["openssl", "x509", "-in", lcrt, "-noout", "-text"],
+                              capture_output=True, text=True, check=True).stdout
+        self.assertIn("spiffe://example.com/device/csr-laptop", text)
+        self.assertIn("CA:FALSE", text)  # the request's CA:TRUE is not copied
+        self.assertIn("TLS Web Client Authentication", text)
+        # A second run does not overwrite the certificate.
+        r = gh_cli(gh.config_path, "enroll", "--csr", lcsr, "--out", lcrt, "--owner",
+                   "carol@example.com")
+        self.assertEqual(r.returncode, 1)
+        time.sleep(0.6)
+        ctx = ssl.create_default_context(cafile=server.ca_crt)
+        ctx.load_cert_chain(lcrt, lkey)
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                             server_hostname="a.test") as t:
+            t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            resp = Reader(t).read_response()
+        self.assertEqual(resp.status, 200, resp)
+        h = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+        self.assertEqual(h.get("x-gatehouse-device"), dev_id)
+
+
+class ExpiredCrl(unittest.TestCase):
+    """An expired CRL is a clear log line and refuses client certificates
+    (required: no handshake; optional: no device); a fresh one is picked up
+    without a restart."""
+
+    def test_expired_crl_refuses_until_a_fresh_one_arrives(self):
+        tmp = tempfile.mkdtemp(prefix="gh-it-crlx-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server = CertFactory(os.path.join(tmp, "server"))
+        crt, key = server.leaf("a.test", dns=["a.test"])
+        dca = CertFactory(os.path.join(tmp, "devices"), "Device CA")
+        dev = dca.leaf("laptop", subject="/CN=laptop", file_name="laptop")
+        crl = os.path.join(tmp, "devices.crl")
+        dca.crl(crl, expired=True)
+        backend = Backend("b1")
+        self.addCleanup(backend.stop)
+        preq, popt = free_port(), free_port()
+        tls = {"cert": crt, "key": key, "client_ca": dca.ca_crt, "client_crl": crl}
+        cfg = basic_config(
+            [{"name": "pub", "public": True, "upstream": {"servers": [backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{preq}", "tls": dict(tls, client_cert="required")},
+                    {"address": f"127.0.0.1:{popt}", "tls": dict(tls, client_cert="optional")}])
+        gh = Gatehouse(cfg)
+        self.addCleanup(gh.cleanup)
+
+        def get(port):
+            ctx = ssl.create_default_context(cafile=server.ca_crt)
+            ctx.load_cert_chain(*dev)
+            try:
+                with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                     server_hostname="a.test") as t:
+                    t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    return Reader(t).read_response().status
+            except (ssl.SSLError, OSError, ConnectionClosed):
+                return None
+
+        self.assertIsNone(get(preq))
+        self.assertEqual(get(popt), 200)  # public route: on, without a device
+        self.assertIn("has expired", gh.stderr())
+        dca.crl(crl)
+        self.assertTrue(wait_until(lambda: get(preq) == 200, timeout=8), gh.stderr()[-2000:])
+
+
 class UpstreamMtls(unittest.TestCase):
     """upstream.tls: {ca, cert, key, server_name}: backends that require Gatehouse's
     own client certificate."""
