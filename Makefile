@@ -40,6 +40,7 @@ bench: build
 	@python3 bench/authn.py
 	@bash bench/policy/run.sh build
 	@bash bench/policy_e2e/run.sh
+	@python3 bench/devices.py
 
 clean:
 	rm -rf build build-san build-bench

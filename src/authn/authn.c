@@ -889,6 +889,37 @@ static bool bearer_revoked(struct authn *an, const char *user_key, const char *e
     return rev_ms > 0 && (iat_s <= 0 || iat_s * 1000 < rev_ms);
 }
 
+/* RFC 8705 certificate-bound tokens: a token whose claims carry cnf.x5t#S256 is
+ * good only on a connection whose client certificate has that thumbprint; a
+ * provider with require_certificate_bound_tokens refuses unbound tokens. NULL
+ * when fine, else why not. */
+static const char *bearer_binding(const struct idp *x, const struct authn_req *req,
+                                  const char *claims_json)
+{
+    json_error_t jerr;
+    json_t *c = claims_json ? json_loads(claims_json, 0, &jerr) : NULL;
+    json_t *cnf = c ? json_object_get(c, "cnf") : NULL;
+    json_t *t = json_is_object(cnf) ? json_object_get(cnf, "x5t#S256") : NULL;
+    const char *why = NULL;
+    if (cnf && !json_is_object(cnf)) {
+        why = "the token's cnf claim is not an object";
+    } else if (t && !json_is_string(t)) {
+        why = "the token's cnf.x5t#S256 is not a string";
+    } else if (t) {
+        const char *want = json_string_value(t);
+        if (!req->client_cert_x5t) {
+            why = "the token is bound to a client certificate and none was presented";
+        } else if (strlen(want) != strlen(req->client_cert_x5t) ||
+                   CRYPTO_memcmp(want, req->client_cert_x5t, strlen(want)) != 0) {
+            why = "the token is bound to another client certificate";
+        }
+    } else if (x->p->require_bound_tokens) {
+        why = "the token is not bound to a client certificate (cnf.x5t#S256)";
+    }
+    json_decref(c);
+    return why;
+}
+
 /* An API client's next request with a token verified before: the providers
  * this route accepts are asked for it by its hash, before any parsing. A hit
  * names its provider: it was verified with that provider's keys and issuer. */
@@ -907,6 +938,9 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
         bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
         jwks_unref(k);
         if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
+            return false; /* verified again, and refused there with the reason */
+        }
+        if (hit && bearer_binding(x, req, b.claims) != NULL) {
             return false; /* verified again, and refused there with the reason */
         }
         if (hit) {
@@ -970,6 +1004,11 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
         oidc_identity_fini(&id);
         return bearer_refused(an, req, a, out,
                               "the user's tokens were revoked after this one was issued");
+    }
+    const char *unbound = bearer_binding(x, req, id.claims);
+    if (unbound != NULL) {
+        oidc_identity_fini(&id);
+        return bearer_refused(an, req, a, out, unbound);
     }
     bool ok = identity_from_oidc(out, &id, x->p->id, a);
     oidc_identity_fini(&id);
@@ -2235,6 +2274,12 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                               "expires", expires[0] ? expires : NULL, "idle_expires",
                               idle[0] ? idle : NULL, "absolute_expires",
                               expires[0] ? expires : NULL, "session", id->session_id);
+        if (j && req->device_json) {
+            json_t *dv = json_loads(req->device_json, 0, &jerr);
+            json_object_set_new(j, "device", dv ? dv : json_null());
+        } else if (j) {
+            json_object_set_new(j, "device", json_null());
+        }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         const char *body = adup(a, s);
@@ -2257,7 +2302,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
-        { "idp", id->idp }, { "device", NULL }, { "expires", expires },
+        { "idp", id->idp }, { "device", req->device_text }, { "expires", expires },
         { "idle_expires", idle },
     };
     size_t len = 0;

@@ -97,6 +97,13 @@ struct authn_req {
     const char *request_id;
     const char *client_ip;      /* for the log; may be NULL */
     int64_t now_ms;             /* wall clock */
+    /* device identity for /.gatehouse/me (reserved paths): a JSON object, and
+     * one line for people; NULL/"none" without a client certificate */
+    const char *device_json;
+    const char *device_text;
+    /* RFC 8705: base64url SHA-256 of the verified TLS client certificate (DER), or
+     * NULL; a bearer token with cnf.x5t#S256 is accepted only when it matches */
+    const char *client_cert_x5t;
 };
 
 /* Who is calling. Strings are arena-owned. */

@@ -30,7 +30,8 @@ static const char *const provider_keys[] = {
     "token_endpoint_auth", "private_key", "scopes", "claims", "groups_from_userinfo",
     "allow_insecure_issuer", "clock_skew", "jwks_refresh_min_interval", "redirect_host",
     "audiences", "algorithms", "post_logout_redirect_uri", "accept_id_tokens",
-    "require_verified_email", "bare_user_ids", "display_name", NULL,
+    "require_verified_email", "bare_user_ids", "display_name",
+    "require_certificate_bound_tokens", NULL,
 };
 
 static const char *const claim_keys[] = { "email", "name", "groups", NULL };
@@ -127,6 +128,7 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     conf_bool(d, n, "accept_id_tokens", &p->accept_id_tokens);
     conf_bool(d, n, "require_verified_email", &p->require_verified_email);
     conf_bool(d, n, "bare_user_ids", &p->bare_user_ids);
+    conf_bool(d, n, "require_certificate_bound_tokens", &p->require_bound_tokens);
     conf_duration_ms(d, n, "clock_skew", 0, 600000, &skew_ms);
     conf_duration_ms(d, n, "jwks_refresh_min_interval", 1000, 86400000, &jwks_ms);
     p->clock_skew_s = (int64_t)(skew_ms / 1000);

@@ -54,6 +54,8 @@ struct oidc_provider {
     bool accept_id_tokens;          /* bearer: ID tokens too (aud client_id, nonce); default off */
     bool require_verified_email;    /* email_verified false: no email (default on) */
     bool bare_user_ids;             /* users keep bare sub ids (at most one provider) */
+    bool require_bound_tokens;      /* require_certificate_bound_tokens: bearer tokens must
+                                     * carry cnf.x5t#S256 (RFC 8705); default off */
     unsigned algs;                  /* allowed JWS algorithms */
     char **post_logout_redirect_uris; /* registered returns; the one for the user's origin is sent */
     size_t npost_logout_redirect_uris;

@@ -158,7 +158,7 @@ static void put_ts(struct w *w, uint64_t ts_us)
 const char *const accesslog_field_names[ACCESSLOG_F_COUNT + 1] = {
     "ts",       "request_id", "client_ip", "method",   "host",        "path",
     "status",   "bytes_in",   "bytes_out", "upstream", "upstream_ms", "total_ms",
-    "route",    "user",       "decision",  "rule",     NULL,
+    "route",    "user",       "decision",  "rule",     "device",    NULL,
 };
 
 /* ,"name": (no comma before the first field written); false when f is not chosen. */
@@ -250,6 +250,9 @@ size_t accesslog_format(const struct accesslog_entry *e, char *buf, size_t cap)
     }
     if (field(&w, m, ACCESSLOG_F_RULE, &first)) {
         put_str_or_null(&w, e->rule);
+    }
+    if (field(&w, m, ACCESSLOG_F_DEVICE, &first)) {
+        put_str_or_null(&w, e->device);
     }
     if (first) {
         putc_(&w, '{');

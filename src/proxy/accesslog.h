@@ -3,7 +3,7 @@
  *    "method":"GET","host":"...","path":"/docs","status":200,"bytes_in":0,
  *    "bytes_out":512,"upstream":"127.0.0.1:9001","upstream_ms":1.234,"total_ms":2.345,
  *    "route":"wiki","user":"https://idp.example.com#alice","decision":"allow",
- *    "rule":"engineers"}
+ *    "rule":"engineers","device":"3f9c0a1be27d4c55"}
  * These fields, in this order (access_log.fields may leave some out; the order
  * stays). "route", "user" (the qualified id, issuer#subject), "decision" and
  * "rule" come from the access stage and are null when it did not decide (no
@@ -39,7 +39,7 @@ enum accesslog_field {
     ACCESSLOG_F_HOST, ACCESSLOG_F_PATH, ACCESSLOG_F_STATUS, ACCESSLOG_F_BYTES_IN,
     ACCESSLOG_F_BYTES_OUT, ACCESSLOG_F_UPSTREAM, ACCESSLOG_F_UPSTREAM_MS, ACCESSLOG_F_TOTAL_MS,
     ACCESSLOG_F_ROUTE, ACCESSLOG_F_USER, ACCESSLOG_F_DECISION, ACCESSLOG_F_RULE,
-    ACCESSLOG_F_COUNT
+    ACCESSLOG_F_DEVICE, ACCESSLOG_F_COUNT
 };
 #define ACCESSLOG_ALL ((1u << ACCESSLOG_F_COUNT) - 1)
 /* Their names as in the line and in access_log.fields, NULL-terminated. */
@@ -62,6 +62,7 @@ struct accesslog_entry {
     struct str user;         /* qualified id (issuer#subject); empty = null (anonymous) */
     struct str decision;     /* allow, deny, login, error; empty = null (no decision) */
     struct str rule;         /* the rule that decided; empty = null */
+    struct str device;       /* enrolled device id of the client certificate; empty = null */
     uint32_t fields;         /* mask of fields to write; 0 = all */
 };
 

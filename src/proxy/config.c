@@ -38,7 +38,9 @@ static const char *const top_keys[] = {
 static const char *const listen_keys[] = { "address", "tls", "trust_request_id",
                                            "trust_forwarded", "public_url", NULL };
 static const char *const tls_keys[] = { "cert", "key", "certificates", "client_ca",
-                                        "client_crl", "client_cert", NULL };
+                                        "client_crl", "client_cert", "verify_depth",
+                                        "match_subject_alt_names", NULL };
+static const char *const san_match_keys[] = { "dns", "email", "uri", "ip", NULL };
 static const char *const cert_keys[] = { "cert", "key", NULL };
 static const char *const admin_keys[] = { "address", NULL };
 static const char *const limits_keys[] = { "header_bytes", "headers", "body_bytes", "uri_bytes",
@@ -47,8 +49,8 @@ static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
-/* The device registry is not built yet: "devices" takes no keys until it is. */
-static const char *const devices_keys[] = { NULL };
+/* The device registry lives in state.sqlite; "devices" tunes its use. */
+static const char *const devices_keys[] = { "cache_ttl", "enroll_ca", NULL };
 static const char *const route_keys[] = { "name", "match", "upstream", "websocket", "public",
                                           "allow_any_authenticated", "policy",
                                           "identity_providers", "encoded_slashes", "headers",
@@ -61,7 +63,9 @@ static const char *const match_keys[] = { "host", "path_prefix", "path_case_inse
 static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
 static const char *const upstream_keys[] = { "servers", "balance", "ca_file", "tls_verify",
                                              "max_idle", "max_conns", "max_fails",
-                                             "fail_timeout", "health_check", "retries", NULL };
+                                             "fail_timeout", "health_check", "retries", "tls",
+                                             NULL };
+static const char *const upstream_tls_keys[] = { "ca", "cert", "key", "server_name", NULL };
 static const char *const health_keys[] = { "path", "interval", NULL };
 static const char *const balance_names[] = { "round_robin", "least_conn", "ip_hash", NULL };
 static const char *const client_cert_names[] = { "none", "optional", "required", NULL };
@@ -459,9 +463,49 @@ static bool check_cert_pair(struct loader *L, const struct conf_node *m,
     return ok;
 }
 
-/* ---- public_url ---- */
-
 static bool valid_hostname(const char *s);
+
+/* upstream.tls: {ca, cert, key, server_name}: mTLS towards backends that require
+ * Gatehouse's own client certificate. "ca" is ca_file by another name. */
+static void read_upstream_tls(struct loader *L, const struct conf_node *m,
+                              struct upstream_conf *u)
+{
+    const struct conf_node *t = conf_get(m, "tls");
+    const char *s;
+    if (!t || t->type == CONF_NULL) {
+        return;
+    }
+    if (!conf_check_keys(L->d, t, "\"upstream.tls\"", upstream_tls_keys) && t->type != CONF_MAP) {
+        return;
+    }
+    if ((s = get_nonempty(L, t, "ca"))) {
+        if (u->ca_file) {
+            conf_error(L->d, conf_get(t, "ca"), "give \"ca_file\" or \"tls.ca\", not both");
+        } else {
+            u->ca_file = resolve(L, s);
+            check_ca_file(L, t, "ca", u->ca_file);
+        }
+    }
+    const char *cert = get_nonempty(L, t, "cert"), *key = get_nonempty(L, t, "key");
+    if (cert && key) {
+        struct tls_cert_conf tc = { resolve(L, cert), resolve(L, key) };
+        u->client_cert = tc.cert_file;
+        u->client_key = tc.key_file;
+        check_cert_pair(L, t, &tc);
+    } else if (cert || key) {
+        conf_error(L->d, t, "\"upstream.tls\" has \"%s\" but no \"%s\"", cert ? "cert" : "key",
+                   cert ? "key" : "cert");
+    }
+    if ((s = get_nonempty(L, t, "server_name"))) {
+        if (!valid_hostname(s)) {
+            conf_error(L->d, conf_get(t, "server_name"), "\"server_name\" must be a DNS name");
+        } else {
+            u->server_name = xstrdup(s);
+        }
+    }
+}
+
+/* ---- public_url ---- */
 
 /* "public_url: https://app.example.com[:port]": the origin browsers use, for
  * the sign-in redirect URI and the post-logout return. Scheme and authority
@@ -605,6 +649,43 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
     }
     if (lc->client_crl && !lc->client_ca) {
         conf_error(L->d, conf_get(t, "client_crl"), "\"client_crl\" needs \"client_ca\"");
+    }
+    uint64_t depth = 1;
+    if (conf_u64(L->d, t, "verify_depth", 1, 10, &depth) && conf_get(t, "verify_depth") &&
+        !lc->client_ca) {
+        conf_error(L->d, conf_get(t, "verify_depth"), "\"verify_depth\" needs \"client_ca\"");
+    }
+    lc->verify_depth = (unsigned)depth;
+    const struct conf_node *sm = conf_get(t, "match_subject_alt_names");
+    if (sm && sm->type != CONF_NULL) {
+        static const char *const tags[] = { "DNS", "email", "URI", "IP" };
+        if (!lc->client_ca) {
+            conf_error(L->d, sm, "\"match_subject_alt_names\" needs \"client_ca\"");
+        }
+        if (conf_check_keys(L->d, sm, "\"match_subject_alt_names\"", san_match_keys) ||
+            sm->type == CONF_MAP) {
+            for (size_t k = 0; san_match_keys[k]; k++) {
+                const struct conf_node *l = conf_get(sm, san_match_keys[k]);
+                if (!l || !conf_seq(L->d, l, san_match_keys[k])) {
+                    continue;
+                }
+                for (size_t i = 0; i < l->n; i++) {
+                    const struct conf_node *v = l->items[i];
+                    if (v->type != CONF_SCALAR || !v->value || !v->value[0]) {
+                        conf_error(L->d, v, "a \"%s\" pattern must be a non-empty string",
+                                   san_match_keys[k]);
+                        continue;
+                    }
+                    lc->san_patterns = xrealloc(lc->san_patterns,
+                                                (lc->nsan_patterns + 1) * sizeof(char *));
+                    lc->san_patterns[lc->nsan_patterns++] = xasprintf("%s:%s", tags[k], v->value);
+                }
+            }
+            if (lc->nsan_patterns == 0) {
+                conf_error(L->d, sm, "\"match_subject_alt_names\" needs at least one pattern "
+                                     "(dns, email, uri, ip)");
+            }
+        }
     }
 }
 
@@ -895,6 +976,37 @@ static void read_state(struct loader *L, const struct conf_node *root)
     }
     if ((s = get_nonempty(L, m, "sqlite"))) {
         L->c->state_sqlite = resolve(L, s);
+    }
+}
+
+/* ---- devices ---- */
+
+static void read_devices(struct loader *L, const struct conf_node *root)
+{
+    const struct conf_node *dv = conf_get(root, "devices");
+    L->c->devices_cache_ttl_ms = 30000;
+    if (!dv || dv->type == CONF_NULL) {
+        return;
+    }
+    if (!conf_check_keys(L->d, dv, "\"devices\"", devices_keys) && dv->type != CONF_MAP) {
+        return;
+    }
+    conf_duration_ms(L->d, dv, "cache_ttl", 100, 300000, &L->c->devices_cache_ttl_ms);
+    /* enroll_ca: {cert, key}: the CA `gatehouse devices enroll --csr` signs with. */
+    const struct conf_node *ca = conf_get(dv, "enroll_ca");
+    if (ca && ca->type != CONF_NULL) {
+        if (!conf_check_keys(L->d, ca, "\"enroll_ca\"", cert_keys) && ca->type != CONF_MAP) {
+            return;
+        }
+        const char *cert = get_nonempty(L, ca, "cert"), *key = get_nonempty(L, ca, "key");
+        if (!cert || !key) {
+            conf_error(L->d, ca, "\"enroll_ca\" needs \"cert\" and \"key\"");
+            return;
+        }
+        struct tls_cert_conf tc = { resolve(L, cert), resolve(L, key) };
+        L->c->devices_ca_cert = tc.cert_file;
+        L->c->devices_ca_key = tc.key_file;
+        check_cert_pair(L, ca, &tc);
     }
 }
 
@@ -1197,6 +1309,7 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
         check_ca_file(L, m, "ca_file", u->ca_file);
     }
     conf_bool(L->d, m, "tls_verify", &u->tls_verify);
+    read_upstream_tls(L, m, u);
     v = u->max_idle;
     if (conf_u64(L->d, m, "max_idle", 0, 100000, &v)) {
         u->max_idle = (uint32_t)v;
@@ -1392,6 +1505,10 @@ static void free_listener(struct listener_conf *l)
     free(l->certs);
     free(l->client_ca);
     free(l->client_crl);
+    for (size_t k = 0; k < l->nsan_patterns; k++) {
+        free(l->san_patterns[k]);
+    }
+    free(l->san_patterns);
     free(l->public_url);
 }
 
@@ -1406,6 +1523,9 @@ static void free_route(struct route_conf *r)
     }
     free(r->upstream.servers);
     free(r->upstream.ca_file);
+    free(r->upstream.client_cert);
+    free(r->upstream.client_key);
+    free(r->upstream.server_name);
     free(r->upstream.health_path);
     free(r->policy_file);
     for (size_t i = 0; i < r->nidps; i++) {
@@ -1434,6 +1554,8 @@ static void config_free(struct config *c)
     free(c->access_log);
     free(c->log_level);
     free(c->state_sqlite);
+    free(c->devices_ca_cert);
+    free(c->devices_ca_key);
     conf_doc_free(c->doc);
     free(c->file);
     free(c);
@@ -1472,9 +1594,7 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
     read_logging(&L, root);
     read_state(&L, root);
     read_routes(&L, root);
-    if (conf_get(root, "devices") && conf_get(root, "devices")->type != CONF_NULL) {
-        conf_check_keys(d, conf_get(root, "devices"), "\"devices\"", devices_keys);
-    }
+    read_devices(&L, root);
     first_seen_fini(&L.route_names);
     if (d->count == before) {
         /* Sign-in and policy sections, once the proxy's own keys are sound. */

@@ -34,6 +34,11 @@ struct listener_conf {
     char *client_ca;    /* resolved path or NULL */
     char *client_crl;   /* resolved path or NULL */
     enum tls_client_cert client_cert;
+    char **san_patterns;        /* tls.match_subject_alt_names as "DNS:pattern", "email:..",
+                                 * "URI:..", "IP:.." ('*' matches any run); NULL = any */
+    size_t nsan_patterns;
+    unsigned verify_depth;      /* tls.verify_depth: CA certificates above a client
+                                 * certificate (default 1: issued by a client_ca itself) */
     bool trust_request_id;      /* keep an incoming X-Request-Id */
     bool trust_forwarded;       /* append to an incoming X-Forwarded-For instead of replacing */
     char *public_url;           /* "https://app.example.com[:port]" browsers use, or NULL */
@@ -56,6 +61,10 @@ struct upstream_conf {
     enum balance balance;
     char *ca_file;              /* resolved path for https upstreams; NULL = system bundle */
     bool tls_verify;            /* default true */
+    char *client_cert;          /* upstream.tls.cert: Gatehouse's client certificate (mTLS), or NULL */
+    char *client_key;           /* upstream.tls.key */
+    char *server_name;          /* upstream.tls.server_name: SNI and the name verified, or NULL =
+                                 * the server's host */
     uint32_t max_idle;          /* keep-alive connections kept per server per worker (default 64) */
     uint32_t max_conns;         /* per server per worker, 0 = unlimited */
     uint32_t max_fails;         /* passive health: consecutive failures (default 3) */
@@ -123,6 +132,10 @@ struct config {
     uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
     char *log_level;            /* "info" default */
     char *state_sqlite;         /* resolved path or NULL */
+    uint64_t devices_cache_ttl_ms; /* devices.cache_ttl: how long a worker keeps a registry
+                                    * answer when nothing changed (default 30s) */
+    char *devices_ca_cert;      /* devices.enroll_ca: the CA `devices enroll --csr` signs */
+    char *devices_ca_key;       /* with (resolved paths), or NULL */
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */

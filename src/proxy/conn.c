@@ -415,6 +415,7 @@ static void request_end(struct conn *c)
             .total_us = end - r->start_us,
             .route = str_from(r->route ? r->route->name : NULL),
             .user = str_from(r->access_user),
+            .device = str_from(r->access_device),
             .decision = str_from(r->access_decision),
             .rule = str_from(r->access_rule),
             .fields = r->cfg ? r->cfg->access_log_fields : 0,

@@ -142,6 +142,32 @@ static void dump_listen(FILE *f, const struct config *c)
             kv_str(f, 3, false, "client_ca", l->client_ca);
             kv_str(f, 3, false, "client_crl", l->client_crl);
             kv_raw(f, 3, false, "client_cert", "%s", cc[l->client_cert]);
+            kv_raw(f, 3, false, "verify_depth", "%u", l->verify_depth);
+            key(f, 3, false, "match_subject_alt_names");
+            if (l->nsan_patterns == 0) {
+                fputs(" null\n", f);
+            } else {
+                static const char *const tags[] = { "DNS", "email", "URI", "IP" };
+                static const char *const keys[] = { "dns", "email", "uri", "ip" };
+                fputc('\n', f);
+                for (size_t t = 0; t < 4; t++) {
+                    size_t tl = strlen(tags[t]);
+                    bool any = false;
+                    for (size_t k = 0; k < l->nsan_patterns; k++) {
+                        const char *p = l->san_patterns[k];
+                        if (strncmp(p, tags[t], tl) == 0 && p[tl] == ':') {
+                            if (!any) {
+                                key(f, 4, false, keys[t]);
+                                fputc('\n', f);
+                                any = true;
+                            }
+                            fputs("          - ", f);
+                            quoted(f, p + tl + 1);
+                            fputc('\n', f);
+                        }
+                    }
+                }
+            }
         } else {
             kv_raw(f, 2, false, "tls", "null");
         }
@@ -189,6 +215,15 @@ static void dump_proxy(FILE *f, const struct config *c)
     kv_raw(f, 0, false, "log_level", "%s", c->log_level);
     fputs("state:\n", f);
     kv_str(f, 1, false, "sqlite", c->state_sqlite);
+    fputs("devices:\n", f);
+    kv_dur(f, 1, "cache_ttl", c->devices_cache_ttl_ms);
+    if (c->devices_ca_cert) {
+        fputs("  enroll_ca:\n", f);
+        kv_str(f, 2, false, "cert", c->devices_ca_cert);
+        kv_str(f, 2, false, "key", c->devices_ca_key);
+    } else {
+        kv_raw(f, 1, false, "enroll_ca", "null");
+    }
 }
 
 static void dump_identity(FILE *f, const struct config *c, const struct gate_settings *g)
@@ -270,6 +305,7 @@ static void dump_identity(FILE *f, const struct config *c, const struct gate_set
         kv_bool(f, 2, "accept_id_tokens", p->accept_id_tokens);
         kv_bool(f, 2, "require_verified_email", p->require_verified_email);
         kv_bool(f, 2, "bare_user_ids", p->bare_user_ids);
+        kv_bool(f, 2, "require_certificate_bound_tokens", p->require_bound_tokens);
         key(f, 2, false, "audiences");
         fputs(" [", f);
         for (size_t k = 0; k < p->naudiences; k++) {
@@ -359,6 +395,14 @@ static void dump_routes(FILE *f, const struct config *c)
         kv_raw(f, 3, false, "balance", "%s", bal[u->balance]);
         kv_str(f, 3, false, "ca_file", u->ca_file);
         kv_bool(f, 3, "tls_verify", u->tls_verify);
+        if (u->client_cert || u->server_name) {
+            fputs("      tls:\n", f);
+            kv_str(f, 4, false, "cert", u->client_cert);
+            kv_str(f, 4, false, "key", u->client_key);
+            kv_str(f, 4, false, "server_name", u->server_name);
+        } else {
+            kv_raw(f, 3, false, "tls", "null");
+        }
         kv_raw(f, 3, false, "max_idle", "%u", u->max_idle);
         kv_raw(f, 3, false, "max_conns", "%u", u->max_conns);
         kv_raw(f, 3, false, "max_fails", "%u", u->max_fails);

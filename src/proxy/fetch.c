@@ -307,6 +307,10 @@ struct fetch *fetch_start(struct fetcher *f, const struct fetch_req *req, fetch_
     curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h->easy, CURLOPT_USERAGENT, "Gatehouse/" GATEHOUSE_VERSION);
+    if (req->client_cert && req->client_key) {
+        curl_easy_setopt(h->easy, CURLOPT_SSLCERT, req->client_cert);
+        curl_easy_setopt(h->easy, CURLOPT_SSLKEY, req->client_key);
+    }
     if (req->ca_file) {
         curl_easy_setopt(h->easy, CURLOPT_CAINFO, req->ca_file);
     }

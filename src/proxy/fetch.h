@@ -21,6 +21,8 @@ struct fetch_req {
     size_t body_len;
     uint64_t timeout_ms;       /* whole transfer; 0 = 10 s */
     const char *ca_file;       /* CA bundle for https, NULL = system default */
+    const char *client_cert;   /* client certificate (PEM) for mTLS, or NULL */
+    const char *client_key;
     size_t max_response_bytes; /* 0 = 1 MiB; a larger body fails the fetch */
 };
 

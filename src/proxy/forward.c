@@ -477,7 +477,7 @@ static struct upconn *up_connect(struct conn *c, size_t ri, size_t si, char why[
     ev_init(&u->timer, up_timer_cb);
     if (sv->tls) {
         struct err e = { 0 };
-        SSL_CTX *ctx = tls_client_ctx(w, uc->ca_file, &e);
+        SSL_CTX *ctx = tls_client_ctx(w, uc->ca_file, uc->client_cert, uc->client_key, &e);
         if (!ctx) {
             snprintf(why, 128, "%.120s", e.msg);
             close(fd);
@@ -487,12 +487,17 @@ static struct upconn *up_connect(struct conn *c, size_t ri, size_t si, char why[
         u->s.ssl = SSL_new(ctx);
         SSL_set_fd(u->s.ssl, fd);
         SSL_set_connect_state(u->s.ssl);
-        if (!is_ip_literal(sv->host)) {
+        if (uc->server_name) {
+            /* upstream.tls.server_name: the name sent and verified. */
+            SSL_set_tlsext_host_name(u->s.ssl, uc->server_name);
+        } else if (!is_ip_literal(sv->host)) {
             SSL_set_tlsext_host_name(u->s.ssl, sv->host);
         }
         if (uc->tls_verify) {
             SSL_set_verify(u->s.ssl, SSL_VERIFY_PEER, NULL);
-            if (is_ip_literal(sv->host)) {
+            if (uc->server_name) {
+                SSL_set1_host(u->s.ssl, uc->server_name);
+            } else if (is_ip_literal(sv->host)) {
                 X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(u->s.ssl), sv->host);
             } else {
                 SSL_set1_host(u->s.ssl, sv->host);
@@ -1194,6 +1199,8 @@ static void health_tick(struct ev_loop *loop, ev_timer *t, int revents)
                 .timeout_ms = wc->cfg->timeouts.upstream_connect_ms +
                               wc->cfg->timeouts.upstream_response_ms / 10,
                 .ca_file = uc->ca_file,
+                .client_cert = uc->client_cert,
+                .client_key = uc->client_key,
                 .max_response_bytes = 64 * 1024,
             };
             if (!fetch_start(w->fetch, &fr, hc_done, h, err)) {

@@ -20,6 +20,7 @@
 
 #include "authn/authn.h"
 #include "authn/codec.h"
+#include "authn/device.h"
 #include "authn/oidc.h"
 #include "authn/page.h"
 #include "authn/saml.h"
@@ -303,6 +304,16 @@ int gate_start(const struct config *c, struct err *err)
         G.dl_strict = g->dl->sync == DECISION_LOG_STRICT;
         decision_log_set_commit_cb(G.dl, on_commit, NULL);
     }
+    /* device identity: the registry shares state.sqlite; made here so that a
+     * broken database shows at start, not at the first device's request */
+    device_registry_configure(c->state_sqlite, c->devices_cache_ttl_ms);
+    if (c->state_sqlite) {
+        struct device_store *ds = device_store_open(c->state_sqlite, &e);
+        if (!ds) {
+            return err_set(err, ERR_IO, "device registry: %s", e.msg);
+        }
+        device_store_close(ds);
+    }
     access_set_hook(gate_access);
     reserved_set_hook(gate_reserved);
     page_form_action_set_hook(gate_form_action);
@@ -442,6 +453,7 @@ struct gate_req {
     struct authn_req areq;
     struct authn_out aout;
     bool reserved;            /* a /.gatehouse/ endpoint, not a routed request */
+    struct device_identity *dev; /* device identity (client certificate), or NULL */
     struct str cookies[MAX_COOKIES];
     uint64_t start_us;
 };
@@ -660,6 +672,7 @@ static int log_decision(struct gate_req *q, const char *kind, const char *decisi
     r->access_decision = decision;
     r->access_rule = rule;
     r->access_user = q->id.user; /* the user id as policies and the decision log see it */
+    r->access_device = q->dev && q->dev->present && q->dev->enrolled ? q->dev->id : NULL;
     if (!G.dl) {
         return 0;
     }
@@ -699,8 +712,11 @@ static int log_decision(struct gate_req *q, const char *kind, const char *decisi
         .ngroups = ng,
         .claims = claims,
         .nclaims = nclaims,
+        /* device identity: the record names the device */
         .device_present = q->in.device.present,
-        .device_trusted = q->in.device.trusted,
+        .device_trusted = q->in.device.present && q->in.device.trusted,
+        .device_id = q->dev && q->dev->present && q->dev->enrolled ? q->dev->id : NULL,
+        .device_owner = q->dev && q->dev->present && q->dev->enrolled ? q->dev->owner : NULL,
         .client_ip = r->client_ip,
         .method = arena_strndup(r->arena, r->method.p, r->method.len),
         .host = arena_strndup(r->arena, q->in.host.p, q->in.host.len),
@@ -994,6 +1010,18 @@ static void build_input(struct gate_req *q, const char *claims_json)
     }
     in->time_s = now_s();
     in->route = str_from(r->route->name);
+    /* device identity: what the certificate and the registry say, live */
+    if (q->dev && q->dev->present) {
+        struct device_identity *d = q->dev;
+        in->device = (struct policy_device){
+            .present = true, .trusted = d->trusted,
+            .id = d->enrolled ? str_from(d->id) : STR_NULL,
+            .owner = d->enrolled ? str_from(d->owner) : STR_NULL,
+            .subject = str_from(d->subject), .issuer = str_from(d->issuer),
+            .serial = str_from(d->serial), .fingerprint = str_from(d->fingerprint),
+            .san = d->san[0] ? str_from(d->san) : STR_NULL,
+        };
+    }
 }
 
 /* ---- upstream identity --------------------------------------------------------- */
@@ -1129,7 +1157,12 @@ static char *groups_csv(struct gate_req *q)
 static bool add_identity(struct gate_req *q)
 {
     struct request *r = q->r;
+    /* device identity: the id of a trusted device only */
+    const char *device = q->dev && q->dev->trusted ? q->dev->id : NULL;
 
+    if (device && !add_header_raw(r, q->g->hdr_device, device)) {
+        return false;
+    }
     if (!q->id.authenticated) {
         return true;
     }
@@ -1140,7 +1173,7 @@ static bool add_identity(struct gate_req *q)
     }
     const char *hdr = authn_assertion_header(q->an);
     if (hdr) {
-        const char *jwt = authn_assertion(q->an, &q->aout.id, r->route->name, NULL, now_ms(),
+        const char *jwt = authn_assertion(q->an, &q->aout.id, r->route->name, device, now_ms(),
                                           r->arena);
         if (!jwt) {
             return false; /* authn logged why */
@@ -1257,11 +1290,36 @@ static enum access_step login_needed(struct gate_req *q)
                                   "Cache-Control: no-store\r\n");
 }
 
+/* device identity: would the same request from a trusted device of this user be
+ * allowed? Then the denied page says what to do. */
+static bool device_would_help(struct gate_req *q)
+{
+    if (q->in.device.trusted || !q->gr || !q->gr->policy) {
+        return false;
+    }
+    struct policy_input in = q->in;
+    struct policy_result res;
+    in.device.present = in.device.trusted = true;
+    in.device.owner = in.email;
+    policy_result_init(&res, NULL);
+    return policy_eval(q->gr->policy, &in, &res) == POLICY_DONE && res.decision == POLICY_ALLOW;
+}
+
 static enum access_step denied(struct gate_req *q)
 {
     struct request *r = q->r;
     const char *reason = q->res.reason ? q->res.reason : "Access to this app is not allowed.";
     const char *shown = q->g->show_reason ? reason : "Access to this app is not allowed.";
+    if (device_would_help(q)) {
+        shown = arena_printf(r->arena, "%s This app needs an enrolled device: open it from "
+                             "your company laptop with its device certificate installed, or "
+                             "ask your administrator to enrol this device (%s).", shown,
+                             q->dev && q->dev->present ? q->dev->why
+                                                       : "no device certificate was presented");
+        if (!shown) {
+            shown = "This app needs an enrolled device.";
+        }
+    }
 
     log_emit(LOG_INFO, "policy", r->id, NULL, "denied %s on route %s by rule %s",
              q->id.user ? q->id.user : "anonymous", r->route->name,
@@ -1632,6 +1690,99 @@ static enum access_step idp_fetch(struct gate_req *q)
     return authn_step_done(q, st);
 }
 
+/* ---- device identity: one more identity source (client certificates) ---- */
+
+/* The listener's current client CA + CRL store (after a reload: the new one). */
+static X509_STORE *device_store_get(void *arg, void **hold)
+{
+    SSL_CTX *ctx = tls_listener_ctx((size_t)(uintptr_t)arg);
+    *hold = ctx;
+    return ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
+}
+
+static void device_store_put(void *hold)
+{
+    SSL_CTX_free(hold);
+}
+
+/* The device behind the request's client certificate, checked on every request
+ * (registry and CRL through device.c's per-worker cache). NULL without one. */
+static struct device_identity *device_identify(struct request *r)
+{
+    const struct conn *c = r->conn;
+    const struct listener_conf *lc = listener_of(r);
+    if (!r->peer_cert || !lc) {
+        return NULL;
+    }
+    struct device_identity *d = arena_alloc(r->arena, sizeof *d);
+    if (!d) {
+        return NULL;
+    }
+    struct device_verify v = { .store_get = device_store_get, .store_put = device_store_put,
+                               .arg = (void *)(uintptr_t)c->ls->index,
+                               .generation = tls_generation(), .listener = c->ls->index,
+                               .depth = (int)lc->verify_depth,
+                               .chain = c->s.ssl ? SSL_get_peer_cert_chain(c->s.ssl) : NULL };
+    device_trust(r->peer_cert, &v, now_s(), d);
+    if (!d->present) {
+        log_emit(LOG_INFO, "device", r->id, NULL, "client certificate %.16s not accepted: %s",
+                 d->fingerprint, d->why);
+    }
+    return d;
+}
+
+/* RFC 8705: base64url SHA-256 of the client certificate's DER (arena), or NULL. */
+static const char *cert_x5t(struct request *r)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!r->peer_cert || X509_digest(r->peer_cert, EVP_sha256(), md, &n) != 1) {
+        return NULL;
+    }
+    char *s = codec_b64url_encode(md, n);
+    const char *out = s ? arena_strdup(r->arena, s) : NULL;
+    free(s);
+    return out;
+}
+
+/* For /.gatehouse/me: the device as JSON and as a line for people. */
+static void device_for_me(struct gate_req *q)
+{
+    const struct device_identity *d = q->dev;
+    struct authn_req *a = &q->areq;
+    if (!d || !d->present) {
+        a->device_text = "none";
+        return;
+    }
+    json_t *o = json_pack("{s:b, s:b, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:s}", "present", 1,
+                          "trusted", d->trusted, "id", d->enrolled ? d->id : NULL, "name",
+                          d->enrolled ? d->name : NULL, "owner", d->enrolled ? d->owner : NULL,
+                          "fingerprint", d->fingerprint, "serial", d->serial, "subject",
+                          d->subject, "issuer", d->issuer);
+    char *js = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    a->device_json = js ? arena_strdup(q->r->arena, js) : NULL;
+    free(js);
+    a->device_text = d->trusted ? arena_printf(q->r->arena, "%s (%s), trusted",
+                                               d->name[0] ? d->name : d->id, d->id)
+                                : arena_printf(q->r->arena, "%s, not trusted: %s", d->subject,
+                                               d->why);
+}
+
+/* Host must name the TLS server name (SNI): a certificate verified in a
+ * handshake for one virtual host is never used for another host's route. */
+static bool host_misdirected(const struct request *r)
+{
+    if (!r->sni || !is_tls(r) || r->hostname.len == 0) {
+        return false;
+    }
+    struct str h = host_only(r->hostname), sni = str_from(r->sni);
+    if (sni.len && sni.p[sni.len - 1] == '.') {
+        sni.len--;
+    }
+    return !str_ieq(h, sni);
+}
+
 static struct gate_req *gate_req_new(struct request *r, bool reserved)
 {
     struct gate_req *q = arena_zalloc(r->arena, sizeof *q);
@@ -1647,12 +1798,23 @@ static struct gate_req *gate_req_new(struct request *r, bool reserved)
     q->start_us = mono_us_now();
     q->in.host = host_only(r->hostname);
     policy_result_init(&q->res, NULL);
+    q->dev = device_identify(r); /* device identity */
     authn_req_fill(q);
+    if (q->areq.authorization.len) {
+        q->areq.client_cert_x5t = cert_x5t(r); /* RFC 8705 bound tokens */
+    }
+    if (reserved) {
+        device_for_me(q);
+    }
     return q;
 }
 
 static enum access_step gate_access(struct request *r)
 {
+    if (host_misdirected(r)) {
+        request_error(r, 421, "the Host header names another host than the TLS server name");
+        return ACCESS_RESPOND;
+    }
     struct gate_req *q = gate_req_new(r, false);
 
     if (!q) {
@@ -1680,6 +1842,10 @@ static void backchannel_body(struct request *r, struct str body, void *arg)
 
 static enum access_step gate_reserved(struct request *r)
 {
+    if (host_misdirected(r)) {
+        request_error(r, 421, "the Host header names another host than the TLS server name");
+        return ACCESS_RESPOND;
+    }
     struct gate_req *q = gate_req_new(r, true);
 
     if (!q) {

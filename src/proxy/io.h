@@ -167,7 +167,7 @@ struct worker {
     uint64_t nconns;
     struct pool *pools;
     SSL_CTX *up_ctx_default;         /* upstream TLS, system CA bundle */
-    struct upctx { char *ca; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
+    struct upctx { char *ca, *cert, *key; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
     struct accesslog *alog;
     struct metrics_worker *mw;
     struct fetcher *fetch;
@@ -232,6 +232,9 @@ int tls_listeners_start(const struct config *cfg, struct err *err, size_t *bad);
 /* The current context of listener index, with a reference for the caller (SSL_new,
  * then SSL_CTX_free); NULL for a plain listener. Any thread. */
 SSL_CTX *tls_listener_ctx(size_t index);
+/* Grows every time a listener's contexts are swapped (new certificates, client
+ * CA or CRL): cached device checks made against an older store are stale. */
+uint64_t tls_generation(void);
 /* Main thread: rebuilds the contexts of every TLS listener whose certificate, key,
  * client CA or CRL content changed, and swaps them in for new handshakes. A set
  * that fails to load is logged (config file:line:col of the listener) and the old
@@ -240,7 +243,8 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused);
 /* gatehouse_tls_certificate_expiry_seconds{listener,sni} in the Prometheus text
  * format; returns the bytes that would be written (snprintf-like). */
 size_t tls_expiry_render(char *buf, size_t size);
-SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err);
+SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_file,
+                        const char *key_file, struct err *err);
 
 /* admin.c */
 void admin_handle(struct conn *c, struct request *r);

@@ -73,6 +73,7 @@ struct request {
     const char *access_decision;  /* allow, deny, login, error */
     const char *access_rule;
     const char *access_user;      /* qualified id: issuer#subject */
+    const char *access_device;    /* enrolled device id of the client certificate */
     /* set by the access stage: headers added to the upstream request (arena) */
     struct header *up_headers;
     size_t nup_headers;

@@ -32,8 +32,14 @@ static bool same_listeners(const struct config *a, const struct config *b)
     for (size_t i = 0; i < a->nlisteners; i++) {
         const struct listener_conf *x = &a->listeners[i], *y = &b->listeners[i];
         if (strcmp(x->host, y->host) != 0 || x->port != y->port || x->tls != y->tls ||
-            x->ncerts != y->ncerts || x->client_cert != y->client_cert) {
+            x->ncerts != y->ncerts || x->client_cert != y->client_cert ||
+            x->verify_depth != y->verify_depth || x->nsan_patterns != y->nsan_patterns) {
             return false;
+        }
+        for (size_t k = 0; k < x->nsan_patterns; k++) {
+            if (strcmp(x->san_patterns[k], y->san_patterns[k]) != 0) {
+                return false;
+            }
         }
         for (size_t k = 0; k < x->ncerts; k++) {
             if (strcmp(x->certs[k].cert_file, y->certs[k].cert_file) != 0 ||

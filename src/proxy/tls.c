@@ -8,6 +8,7 @@
  * swaps them in for new handshakes; a set that does not load keeps the old.
  * Client side, per worker and CA file: verified https upstreams. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "../authn/device.h"
 #include "../core/digest.h"
 #include "io.h"
 
@@ -28,6 +30,31 @@ struct tls_vhosts {
 };
 
 static int g_vh_index = -1;
+static int g_san_index = -1;
+
+/* tls.match_subject_alt_names, owned by each context that checks them. */
+struct san_set {
+    char **p;
+    size_t n;
+};
+
+static void san_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                     void *argp)
+{
+    struct san_set *set = ptr;
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    if (set) {
+        for (size_t i = 0; i < set->n; i++) {
+            free(set->p[i]);
+        }
+        free(set->p);
+        free(set);
+    }
+}
 
 /* The SNI contexts live as long as the default one: an SSL holds a reference to
  * the context it was made from (its session context) until it is freed, so a
@@ -110,14 +137,51 @@ static int sni_cb(SSL *s, int *al, void *arg)
     return SSL_TLSEXT_ERR_OK; /* the default certificate */
 }
 
+/* The leaf's subjectAltNames against tls.match_subject_alt_names (any one
+ * match passes); a miss is a verification error like any other. */
+static int san_check(int ok, X509_STORE_CTX *x)
+{
+    if (!ok || X509_STORE_CTX_get_error_depth(x) != 0) {
+        return ok;
+    }
+    SSL *s = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct san_set *set = s ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), g_san_index) : NULL;
+    if (set && !device_san_matches(X509_STORE_CTX_get_current_cert(x), set->p, set->n)) {
+        X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    return 1;
+}
+
+static int verify_required(int ok, X509_STORE_CTX *x)
+{
+    return san_check(ok, x);
+}
+
 /* Optional client certificates: a certificate that does not verify must not
  * fail the handshake (the request continues as "no device"), so accept here
- * and let the request see peer_cert only when SSL_get_verify_result is OK. */
+ * and let the request see peer_cert only when SSL_get_verify_result is OK (a
+ * subjectAltName miss leaves its error there too). */
 static int verify_optional(int ok, X509_STORE_CTX *x)
 {
-    (void)ok;
-    (void)x;
+    (void)san_check(ok, x);
     return 1;
+}
+
+/* An expired CRL makes every client certificate fail (required: the handshake
+ * is refused; optional: no device): say so clearly, once per load. */
+static void crl_expiry_note(X509_STORE *st, const struct listener_conf *lc)
+{
+    STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(st);
+    for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+        const ASN1_TIME *next = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
+        if (next && X509_cmp_current_time(next) < 0) {
+            log_error("tls", "listener %s: client CRL %s has expired (nextUpdate passed): "
+                             "client certificates are refused until a fresh CRL is installed",
+                      lc->address, lc->client_crl);
+        }
+    }
 }
 
 static SSL_CTX *one_ctx(const struct listener_conf *lc, const struct tls_cert_conf *cc,
@@ -170,9 +234,24 @@ static SSL_CTX *one_ctx(const struct listener_conf *lc, const struct tls_cert_co
                 goto fail;
             }
             X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+            crl_expiry_note(st, lc);
+        }
+        /* verify_depth 1 (the default, as Pomerium): only certificates issued by a
+         * client_ca itself. OpenSSL counts the CAs between the leaf and the trust
+         * anchor, hence - 1. The per-request device check uses the same depth. */
+        SSL_CTX_set_verify_depth(c, (int)(lc->verify_depth ? lc->verify_depth : 1) - 1);
+        if (lc->nsan_patterns) {
+            struct san_set *set = xcalloc(1, sizeof *set);
+            set->p = xcalloc(lc->nsan_patterns, sizeof *set->p);
+            for (size_t i = 0; i < lc->nsan_patterns; i++) {
+                set->p[i] = xstrdup(lc->san_patterns[i]);
+            }
+            set->n = lc->nsan_patterns;
+            SSL_CTX_set_ex_data(c, g_san_index, set);
         }
         if (lc->client_cert == TLS_CLIENT_CERT_REQUIRED) {
-            SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+            SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                               verify_required);
         } else {
             SSL_CTX_set_verify(c, SSL_VERIFY_PEER, verify_optional);
         }
@@ -193,6 +272,7 @@ SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err)
     }
     if (g_vh_index < 0) {
         g_vh_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, vh_free);
+        g_san_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, san_free);
     }
     vh = xcalloc(1, sizeof *vh);
     vh->ctx = xcalloc(lc->ncerts, sizeof *vh->ctx);
@@ -236,6 +316,13 @@ struct tls_slot {
     struct tls_cert_info *certs;
     size_t ncerts;
 };
+
+static atomic_uint_fast64_t g_generation = 1; /* grows with every swap */
+
+uint64_t tls_generation(void)
+{
+    return atomic_load(&g_generation);
+}
 
 static struct {
     pthread_mutex_t mu;         /* slots[].ctx and .certs: swapped by the main thread */
@@ -468,6 +555,7 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused)
         sl->ctx = next;
         sl->certs = certs;
         sl->ncerts = ncerts;
+        atomic_fetch_add(&g_generation, 1); /* device checks re-verify with the new store */
         pthread_mutex_unlock(&T.mu);
         memcpy(sl->digest, d, 32);
         sl->has_refused = false;
@@ -519,10 +607,17 @@ size_t tls_expiry_render(char *buf, size_t size)
     return off;
 }
 
-SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err)
+static bool same_path(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_file,
+                        const char *key_file, struct err *err)
 {
     for (struct upctx *u = w->up_ctxs; u; u = u->next) {
-        if ((u->ca == NULL && ca_file == NULL) || (u->ca && ca_file && !strcmp(u->ca, ca_file))) {
+        if (same_path(u->ca, ca_file) && same_path(u->cert, cert_file) &&
+            same_path(u->key, key_file)) {
             return u->ctx;
         }
     }
@@ -543,8 +638,18 @@ SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, struct err *err)
         SSL_CTX_free(c);
         return NULL;
     }
+    /* upstream.tls.cert/key: Gatehouse's own client certificate (mTLS). */
+    if (cert_file && (SSL_CTX_use_certificate_chain_file(c, cert_file) != 1 ||
+                      SSL_CTX_use_PrivateKey_file(c, key_file, SSL_FILETYPE_PEM) != 1 ||
+                      SSL_CTX_check_private_key(c) != 1)) {
+        last_error(err, "cannot load upstream client certificate", cert_file);
+        SSL_CTX_free(c);
+        return NULL;
+    }
     struct upctx *u = xcalloc(1, sizeof *u);
     u->ca = ca_file ? xstrdup(ca_file) : NULL;
+    u->cert = cert_file ? xstrdup(cert_file) : NULL;
+    u->key = key_file ? xstrdup(key_file) : NULL;
     u->ctx = c;
     u->next = w->up_ctxs;
     w->up_ctxs = u;

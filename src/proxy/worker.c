@@ -102,8 +102,9 @@ int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *e
 static struct pool *pool_for(struct worker *w, const struct upstream_conf *uc,
                              const struct upstream_server *sv)
 {
-    char key[1200];
-    snprintf(key, sizeof key, "%s|%s", sv->url, uc->ca_file ? uc->ca_file : "");
+    char key[3000];
+    snprintf(key, sizeof key, "%s|%s|%s|%s", sv->url, uc->ca_file ? uc->ca_file : "",
+             uc->client_cert ? uc->client_cert : "", uc->server_name ? uc->server_name : "");
     for (struct pool *p = w->pools; p; p = p->next) {
         if (strcmp(p->key, key) == 0) {
             return p;

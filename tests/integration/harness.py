@@ -397,8 +397,19 @@ class CertFactory:
                 "-addext", "basicConstraints=critical,CA:TRUE",
                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 
-    def leaf(self, name, dns=(), ips=()):
-        """Returns (cert_path, key_path) for CN=name with the given SANs."""
+    def leaf(self, name, dns=(), ips=(), uris=(), emails=(), start=None, end=None,
+             subject=None, file_name=None):
+        """Returns (cert_path, key_path) for CN=name with the given SANs. start/end
+        ("YYYYMMDDHHMMSSZ") set the validity through `openssl ca` (an expired
+        certificate); subject replaces "/CN=name"; file_name the files' base name."""
+        if start or end:
+            return self._ca_leaf(file_name or name, subject or f"/CN={name}", start, end,
+                                 [f"DNS:{d}" for d in dns] + [f"URI:{u}" for u in uris] +
+                                 [f"email:{e}" for e in emails])
+        if file_name or subject or uris or emails:
+            return self._leaf2(file_name or name, subject or f"/CN={name}",
+                               [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips] +
+                               [f"URI:{u}" for u in uris] + [f"email:{e}" for e in emails])
         key = os.path.join(self.dir, f"{name}.key")
         csr = os.path.join(self.dir, f"{name}.csr")
         crt = os.path.join(self.dir, f"{name}.crt")
@@ -415,6 +426,67 @@ class CertFactory:
         openssl("x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key,
                 "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
         return crt, key
+
+    def _ext(self, name, sans):
+        ext = os.path.join(self.dir, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\n")
+            f.write("keyUsage=critical,digitalSignature,keyEncipherment\n")
+            f.write("extendedKeyUsage=clientAuth\n")
+            if sans:
+                f.write("subjectAltName=" + ",".join(sans) + "\n")
+        return ext
+
+    def _leaf2(self, name, subject, sans):
+        key, csr, crt = (os.path.join(self.dir, f"{name}.{x}") for x in ("key", "csr", "crt"))
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", subject)
+        openssl("x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key,
+                "-CAcreateserial", "-out", crt, "-days", "2", "-extfile",
+                self._ext(name, sans))
+        return crt, key
+
+    def _ca_setup(self):
+        cnf = os.path.join(self.dir, "ca.cnf")
+        if not os.path.exists(cnf):
+            with open(cnf, "w") as f:
+                f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\n"
+                        "crlnumber = crlnumber\nnew_certs_dir = .\nserial = serial\n"
+                        "default_md = sha256\ndefault_crl_days = 2\npolicy = p\n"
+                        "unique_subject = no\n[p]\ncommonName = supplied\n")
+            open(os.path.join(self.dir, "index.txt"), "w").close()
+            with open(os.path.join(self.dir, "crlnumber"), "w") as f:
+                f.write("1000\n")
+            with open(os.path.join(self.dir, "serial"), "w") as f:
+                f.write("5000\n")
+        return cnf
+
+    def _ca_leaf(self, name, subject, start, end, sans):
+        cnf = self._ca_setup()
+        key, csr, crt = (os.path.join(self.dir, f"{name}.{x}") for x in ("key", "csr", "crt"))
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", subject)
+        args = ["ca", "-batch", "-config", cnf, "-keyfile", self.ca_key, "-cert", self.ca_crt,
+                "-in", csr, "-out", crt, "-notext", "-extfile", self._ext(name, sans)]
+        if start:
+            args += ["-startdate", start]
+        args += ["-enddate", end] if end else ["-days", "2"]
+        openssl(*args, cwd=self.dir)
+        return crt, key
+
+    def revoke(self, crt):
+        """Marks crt (made by this CA) revoked in the CA database."""
+        openssl("ca", "-config", self._ca_setup(), "-keyfile", self.ca_key, "-cert",
+                self.ca_crt, "-revoke", crt, cwd=self.dir)
+
+    def crl(self, out, expired=False):
+        """Writes a CRL of every revoked certificate to out (atomically); expired:
+        one whose nextUpdate has passed."""
+        extra = ["-crl_lastupdate", "20200101000000Z", "-crl_nextupdate",
+                 "20200102000000Z"] if expired else []
+        openssl("ca", "-config", self._ca_setup(), "-keyfile", self.ca_key, "-cert",
+                self.ca_crt, "-gencrl", "-out", out + ".new", *extra, cwd=self.dir)
+        os.replace(out + ".new", out)
 
 
 # ---------------------------------------------------------------- backend
@@ -496,7 +568,7 @@ class Backend:
     Every response carries X-Backend: <name>.
     """
 
-    def __init__(self, name="b1", tls_cert=None, tls_key=None, port=0):
+    def __init__(self, name="b1", tls_cert=None, tls_key=None, port=0, client_ca=None):
         self.name = name
         self.requests = []  # dicts: method, target, path, headers, body_len
         self.lock = threading.Lock()
@@ -508,6 +580,9 @@ class Backend:
         if tls_cert:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ctx.load_cert_chain(tls_cert, tls_key)
+            if client_ca:  # mTLS: only clients with a certificate from client_ca
+                self.ctx.verify_mode = ssl.CERT_REQUIRED
+                self.ctx.load_verify_locations(client_ca)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -622,6 +697,9 @@ class Backend:
         keep = version == "HTTP/1.1" and "close" not in conn_hdr
         rec = {"method": method, "target": target, "path": path, "headers": headers,
                "body_len": 0, "time": time.time(), "conn": conn_id}
+        peer = c.getpeercert() if isinstance(c, ssl.SSLSocket) else None
+        if peer:  # the client certificate's CN (mTLS backends)
+            rec["peer_cn"] = dict(x[0] for x in peer.get("subject", ())).get("commonName")
 
         if path in ("/ws", "/ws-badaccept") and \
                 (self._hget(headers, "upgrade") or "").lower() == "websocket":

@@ -134,9 +134,10 @@ class Resp:
 class Browser:
     """A cookie jar per origin (host:port) plus plain http.client requests."""
 
-    def __init__(self, accept="text/html"):
+    def __init__(self, accept="text/html", ssl_context=None):
         self.jars = {}
         self.accept = accept
+        self.ssl_context = ssl_context  # https:// URLs: e.g. with a client certificate
 
     def jar(self, origin):
         return self.jars.setdefault(origin, {})
@@ -144,7 +145,11 @@ class Browser:
     def request(self, url, method="GET", body=None, headers=None):
         u = urllib.parse.urlsplit(url)
         origin = u.netloc
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+        if u.scheme == "https":
+            conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=15,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
         h = {"Accept": self.accept}
         jar = self.jar(origin)
         if jar:

@@ -30,7 +30,7 @@ POLICY = """rules:
 
 FIELDS = ["ts", "request_id", "client_ip", "method", "host", "path", "status", "bytes_in",
           "bytes_out", "upstream", "upstream_ms", "total_ms", "route", "user", "decision",
-          "rule"]
+          "rule", "device"]
 
 
 class AccessLogDecisionFields(unittest.TestCase):

@@ -200,7 +200,7 @@ class AdminTest(ProxyCase):
         self.assertIsNotNone(e, "no access log line carrying the forwarded X-Request-Id")
         self.assertEqual(list(e), ["ts", "request_id", "client_ip", "method", "host", "path",
                                    "status", "bytes_in", "bytes_out", "upstream", "upstream_ms",
-                                   "total_ms", "route", "user", "decision", "rule"])
+                                   "total_ms", "route", "user", "decision", "rule", "device"])
         self.assertEqual(e["method"], "POST")
         self.assertEqual(e["host"], "app.test")
         # Never the query string: it can carry sign-in codes and tokens.

@@ -77,6 +77,9 @@ class ReadmeLibrariesTest(unittest.TestCase):
         self.assertNotRegex(readme, r"[Ii]t links liboauth2")
         self.assertIn("does not link liboauth2", readme)
         self.assertNotIn("SAML sign-in, or", readme)
+        # Device checks are live: the README says so and no longer calls them missing.
+        self.assertNotIn("device checks (enrolled mTLS", readme)
+        self.assertIn("gatehouse devices enroll", readme)
 
     def test_docs_say_why_not_liboauth2(self):
         doc = open(os.path.join(SRC, "docs", "authentication.md")).read()

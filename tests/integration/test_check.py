@@ -346,8 +346,9 @@ routes:
             self.assertIn(line + "\n", out)
         self.assertRegex(out, r"\nworkers: [1-9][0-9]*\n")  # "auto" resolved
         self.assertIn("fields: [ts, request_id, client_ip, method, host, path, status, bytes_in,"
-                      " bytes_out, upstream, upstream_ms, total_ms, route, user, decision, rule]",
-                      out)
+                      " bytes_out, upstream, upstream_ms, total_ms, route, user, decision, rule,"
+                      " device]", out)
+        self.assertIn("devices:\n  cache_ttl: 30s\n", out)
 
     def test_policy_resolved_per_route(self):
         out = self.dump()

@@ -71,6 +71,8 @@ HELP_TABLE = [
     ("serve",), ("check",), ("policy",), ("policy", "test"), ("policy", "explain"),
     ("policy", "diff"), ("audit",), ("audit", "query"), ("audit", "verify"),
     ("audit", "retain"), ("sessions",), ("sessions", "list"), ("sessions", "revoke"),
+    ("devices",), ("devices", "enroll"), ("devices", "list"), ("devices", "show"),
+    ("devices", "revoke"),
 ]
 
 # Commands that need a configuration: without -c, exit 2 and say that -c is missing.
@@ -79,6 +81,8 @@ NEEDS_C = [
     ("policy", "explain", "--route", "r", "--input", "i.json"),
     ("audit", "query", "--user", "u"), ("audit", "verify"), ("audit", "retain"),
     ("sessions", "list"), ("sessions", "revoke", "--id", "abcdef01"), ("check",),
+    ("devices", "list"), ("devices", "revoke", "0123456789abcdef"),
+    ("devices", "enroll", "--cert", "d.pem", "--owner", "a@example.com"),
 ]
 
 
@@ -124,6 +128,7 @@ class HelpEverywhereTest(unittest.TestCase):
         for word in ("serve", "check", "--dump", "policy  test", "policy  explain",
                      "--request-id", "policy  diff", "audit   query", "--until", "--limit",
                      "audit   verify", "audit   retain", "sessions list", "sessions revoke",
+                     "devices enroll", "devices list", "devices show", "devices revoke",
                      "--log-level", "--version", "--help", "-c, --config"):
             self.assertIn(word, out)
         self.assertRegex(out, r"exit status: 0 ok, 1 failure.*\n.*2 usage")

@@ -111,14 +111,14 @@ class TlsReload(unittest.TestCase):
         # An open connection keeps the certificate it was made with.
         old = self.connect()
         rd = Reader(old)
-        old.sendall(b"GET /keep HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        old.sendall(b"GET /keep HTTP/1.1\r\nHost: a.test\r\n\r\n")
         self.assertEqual(rd.read_response().status, 200)
         self.put(leaf(self.ca, "renewed", ["a.test"], 30))
         self.assertTrue(wait_until(lambda: self.served_cn() == "renewed", timeout=8),
                         self.new_log())
         self.assertRegex(self.new_log(), r'certificate %s reloaded: subject \\"CN=renewed\\", '
                          r'expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ' % re.escape(self.crt))
-        old.sendall(b"GET /keep HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        old.sendall(b"GET /keep HTTP/1.1\r\nHost: a.test\r\n\r\n")
         self.assertEqual(rd.read_response().status, 200)
         self.assertEqual(dict(x[0] for x in old.getpeercert()["subject"])["commonName"],
                          "first")
@@ -205,7 +205,7 @@ class ClientCaReload(unittest.TestCase):
             try:
                 s = socket.create_connection(("127.0.0.1", port), timeout=5)
                 with ctx.wrap_socket(s, server_hostname="a.test") as t:
-                    t.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                    t.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
                     return Reader(t).read_response().status
             except (ssl.SSLError, OSError, ConnectionClosed):
                 return None
@@ -258,7 +258,7 @@ class ClientCrlReload(unittest.TestCase):
             try:
                 s = socket.create_connection(("127.0.0.1", port), timeout=5)
                 with ctx.wrap_socket(s, server_hostname="a.test") as t:
-                    t.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                    t.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
                     return Reader(t).read_response().status
             except (ssl.SSLError, OSError, ConnectionClosed):
                 return None

@@ -35,6 +35,7 @@ static struct accesslog_entry sample(void)
         .user = STR("https://idp.example.com#alice"),
         .decision = STR("allow"),
         .rule = STR("engineers"),
+        .device = STR("3f9c0a1be27d4c55"),
     };
 }
 
@@ -60,7 +61,7 @@ static void test_line_has_exactly_the_documented_fields(void **state)
                         "\"bytes_in\":312,\"bytes_out\":5120,\"upstream\":\"127.0.0.1:9001\","
                         "\"upstream_ms\":1.234,\"total_ms\":2.005,\"route\":\"wiki\","
                         "\"user\":\"https://idp.example.com#alice\",\"decision\":\"allow\","
-                        "\"rule\":\"engineers\"}\n");
+                        "\"rule\":\"engineers\",\"device\":\"3f9c0a1be27d4c55\"}\n");
     free(line);
 }
 
@@ -91,10 +92,10 @@ static void test_no_decision_gives_nulls(void **state)
     struct accesslog_entry e = sample();
     char *line;
     (void)state;
-    e.route = e.user = e.decision = e.rule = STR_NULL;
+    e.route = e.user = e.decision = e.rule = e.device = STR_NULL;
     line = format(&e);
     assert_non_null(strstr(line, ",\"route\":null,\"user\":null,\"decision\":null,"
-                                 "\"rule\":null}\n"));
+                                 "\"rule\":null,\"device\":null}\n"));
     free(line);
 }
 
@@ -149,13 +150,13 @@ static void test_query_string_is_never_logged(void **state)
 }
 
 /* Any bytes in any string field still give one line of valid JSON with exactly
- * the sixteen fields (checked with a real parser). */
+ * the seventeen fields (checked with a real parser). */
 static void test_random_bytes_always_give_valid_json(void **state)
 {
     static const char *const keys[] = { "ts", "request_id", "client_ip", "method",
                                         "host", "path", "status", "bytes_in",
                                         "bytes_out", "upstream", "upstream_ms", "total_ms",
-                                        "route", "user", "decision", "rule" };
+                                        "route", "user", "decision", "rule", "device" };
     unsigned seed = 12345;
     char raw[5][64];
     (void)state;
@@ -180,8 +181,8 @@ static void test_random_bytes_always_give_valid_json(void **state)
             fprintf(stderr, "invalid JSON (%s): %s", jerr.text, line);
         }
         assert_non_null(j);
-        assert_int_equal(json_object_size(j), 16);
-        for (size_t k = 0; k < 16; k++) {
+        assert_int_equal(json_object_size(j), 17);
+        for (size_t k = 0; k < 17; k++) {
             assert_non_null(json_object_get(j, keys[k]));
         }
         assert_int_equal(json_integer_value(json_object_get(j, "status")), 200);
