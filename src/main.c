@@ -34,6 +34,7 @@ static const char usage[] =
     "  audit   retain -c FILE         delete decision records older than the retention period\n"
     "  sessions list -c FILE [--user U] [--json]       stored sign-in sessions\n"
     "  sessions revoke -c FILE (--user U | --id ID)    end sessions now\n"
+    "  db migrate -c FILE                              create/upgrade the PostgreSQL schema\n"
     "\n"
     "options:\n"
     "  -c, --config FILE             the configuration (gatehouse.yaml)\n"
@@ -169,6 +170,17 @@ static const char sessions_revoke_help[] =
     "  --id ID               one session, as printed by list (8+ hex characters);\n"
     "                        exit 1 with \"no such session\" if none matches\n";
 
+static const char db_help[] = "usage: gatehouse db migrate -c FILE\n";
+
+static const char db_migrate_help[] =
+    "usage: gatehouse db migrate -c FILE\n"
+    "\n"
+    "Creates or upgrades the schema of the shared PostgreSQL database\n"
+    "(state.postgres) to what this Gatehouse needs, in one transaction; nodes\n"
+    "starting at the same time wait for each other. serve does this at start\n"
+    "unless state.migrate is false.\n"
+    "  -c, --config FILE     the configuration (state.postgres)\n";
+
 /* How a command needs -c: not at all, always, or unless --policy is given. */
 enum needs_conf { CONF_NO = 0, CONF_YES, CONF_UNLESS_POLICY };
 
@@ -193,6 +205,8 @@ static const struct help helps[] = {
     { "sessions", NULL, sessions_help, CONF_NO },
     { "sessions", "list", sessions_list_help, CONF_YES },
     { "sessions", "revoke", sessions_revoke_help, CONF_YES },
+    { "db", NULL, db_help, CONF_NO },
+    { "db", "migrate", db_migrate_help, CONF_YES },
 };
 
 static int cmd_sessions(int argc, char **argv)
@@ -211,6 +225,7 @@ static const struct command commands[] = {
     { "policy", policy_cmd },
     { "sessions", cmd_sessions },
     { "audit", audit_cmd },
+    { "db", authn_cmd_db },
 };
 
 static const struct help *find_help(const char *cmd, const char *sub)

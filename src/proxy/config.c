@@ -45,7 +45,8 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
                                            "connections", NULL };
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
-static const char *const state_keys[] = { "sqlite", NULL };
+static const char *const state_keys[] = { "sqlite", "postgres", "password_file", "migrate",
+                                          "staleness", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 /* The device registry is not built yet: "devices" takes no keys until it is. */
 static const char *const devices_keys[] = { NULL };
@@ -896,6 +897,9 @@ static void read_state(struct loader *L, const struct conf_node *root)
     if ((s = get_nonempty(L, m, "sqlite"))) {
         L->c->state_sqlite = resolve(L, s);
     }
+    if ((s = get_nonempty(L, m, "postgres"))) {
+        L->c->state_postgres = xstrdup(s); /* parsed and checked by authn (spg_conf_parse) */
+    }
 }
 
 /* ---- routes ---- */
@@ -1434,6 +1438,7 @@ static void config_free(struct config *c)
     free(c->access_log);
     free(c->log_level);
     free(c->state_sqlite);
+    free(c->state_postgres);
     conf_doc_free(c->doc);
     free(c->file);
     free(c);

@@ -123,6 +123,7 @@ struct config {
     uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
     char *log_level;            /* "info" default */
     char *state_sqlite;         /* resolved path or NULL */
+    char *state_postgres;       /* connection string or NULL (authn owns the details) */
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */

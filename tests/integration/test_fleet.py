@@ -1,0 +1,255 @@
+"""A fleet: two Gatehouse instances sharing sessions in a real PostgreSQL 15
+(started here in a temporary directory, loopback only, see pgserver.py).
+Sign in on A and the cookie works on B; `sessions revoke` through B's config
+refuses on A within a second, also on an open keep-alive connection, and
+also when A missed the NOTIFY (replay after a reconnect); PostgreSQL killed
+(`pg_ctl -m immediate`): /readyz 503, no crash, cached sessions served only
+within state.staleness, unknown cookies and new sign-ins get a 503 page, never
+an unchecked allow; PostgreSQL back: healed without a restart."""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin, request
+from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+import pgserver
+
+STALENESS_S = 3
+
+
+def cli(*args):
+    return subprocess.run([gatehouse_bin(), *args], capture_output=True, text=True, timeout=30)
+
+
+def readyz(gh):
+    try:
+        return request(gh.admin_port, path="/readyz", timeout=3).status
+    except OSError:
+        return None
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class FleetTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.nodes = []
+        cls.idp = None
+        cls.backend = Backend("app")
+        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-")
+        try:
+            cls.pg = pgserver.PgServer()
+            ports = [free_port(), free_port()]
+            cls.bases = [f"http://127.0.0.1:{p}" for p in ports]
+            client = client_for(cls.bases[0])
+            client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
+            cls.idp = IdP([client])
+            for i, port in enumerate(ports):
+                cls.nodes.append(Gatehouse(cls.config(i, port),
+                                           files={"oidc-secret": CLIENT_SECRET}))
+        except Exception:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def config(cls, i, port):
+        state = {"postgres": cls.pg.uri(application_name=f"gh-node{i}"),
+                 "password_file": cls.pg.pwfile, "staleness": f"{STALENESS_S}s"}
+        if i == 0:
+            state["sqlite"] = "var/gatehouse.db"  # node-local things; B has none
+        return basic_config(
+            [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state=state,
+            identity_providers=[idp_conf(cls.idp)],
+            # Keys that must match on every node.
+            session={"key_file": os.path.join(cls.shared, "session.key")},
+            upstream_identity={"assertion": {"key": os.path.join(cls.shared, "assertion.pem")}},
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.idp:
+            cls.idp.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def setUp(self):
+        for n in self.nodes:
+            self.assertIsNone(n.proc.poll(), n.stderr())
+        if readyz(self.nodes[0]) != 200:  # a test that stopped the database
+            try:
+                self.pg.start()
+            except RuntimeError:
+                pass
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
+    def sign_in(self, node=0, user="alice"):
+        b = Browser()
+        r = b.login(self.bases[node], "/", user=user)
+        self.assertEqual(r.status, 200, r)
+        cookie = b.session_cookie(self.bases[node])
+        self.assertTrue(cookie)
+        return cookie
+
+    def get(self, node, cookie, path="/", accept="text/html"):
+        hdrs = [("Accept", accept)]
+        if cookie:
+            hdrs.append(("Cookie", f"gatehouse_session={cookie}"))
+        return request(self.nodes[node].port, path=path, headers=hdrs)
+
+    def test_schema_check_and_migrate(self):
+        for n in self.nodes:
+            r = cli("check", "-c", n.config_path)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = cli("db", "migrate", "-c", self.nodes[1].config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("up to date (version 1)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "1")
+
+    def test_check_refuses_bad_postgres_settings(self):
+        d = tempfile.mkdtemp(prefix="gh-fleet-check-")
+        route = ("routes:\n  - {name: a, public: true, upstream: {servers: "
+                 "[\"http://127.0.0.1:9\"]}}\n")
+        try:
+            cfg = os.path.join(d, "g.yaml")
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://h/db\"\n  staleness: 1 fortnight\n"
+                        + route)
+            r = cli("check", "-c", cfg)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("g.yaml:5:14: error: \"staleness\" must be a duration", r.stderr)
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://h/db?nosuchparam=1\"\n"
+                        "  password_file: missing-pw\n" + route)
+            r = cli("check", "-c", cfg)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("g.yaml:4:13: error: \"postgres\" is not a libpq connection string",
+                          r.stderr)
+            self.assertIn("g.yaml:5:18: error: password_file:", r.stderr)
+            self.assertIn("session.key_file", r.stderr)  # no state.sqlite: keys are explicit
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def test_cookie_from_a_works_on_b_and_revoke_through_b_refuses_on_a(self):
+        cookie = self.sign_in(0, "alice")
+        # Node B learns of the session through the change feed (NOTIFY).
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2),
+                        self.nodes[1].stderr())
+        before = len(self.backend.requests)
+        self.assertEqual(self.get(1, cookie, "/on-b").status, 200)
+        self.assertGreater(len(self.backend.requests), before)
+        # An open keep-alive connection to A with the cookie.
+        hdrs = [("Accept", "text/html"), ("Cookie", f"gatehouse_session={cookie}")]
+        with RawConn(self.nodes[0].port) as c:
+            self.assertEqual(c.request("GET", "/ka", "app.test", hdrs).status, 200)
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "alice")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("revoked 1 session(s)", r.stdout)
+            t0 = time.time()
+            hits = self.backend.hits("/ka-after")  # a count
+            while True:
+                resp = c.request("GET", "/ka-after", "app.test", hdrs)
+                if resp.status != 200:
+                    break
+                self.assertLess(time.time() - t0, 1.0, "revocation not applied within 1 s")
+                time.sleep(0.02)
+            self.assertLess(time.time() - t0, 1.0)
+            self.assertIn(resp.status, (302, 401), resp)
+        self.assertNotEqual(self.get(1, cookie).status, 200)
+        self.assertNotEqual(self.get(0, cookie).status, 200)
+        # The session row is gone and the revocation is in the change feed.
+        self.assertEqual(self.pg.sql("SELECT count(*) FROM session_changes WHERE kind = 'user' "
+                                     "AND value LIKE '%#alice'"), "1")
+        self.assertGreaterEqual(self.backend.hits("/ka-after"), hits)
+
+    def test_missed_notify_is_replayed_after_reconnect(self):
+        cookie = self.sign_in(1, "bob")
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+        a = self.nodes[0]
+        a.signal(signal.SIGSTOP)
+        try:
+            # A's connections are cut while it cannot read: the NOTIFY is lost for A.
+            self.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'gh-node0'")
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "bob")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            a.signal(signal.SIGCONT)
+        t0 = time.time()
+        # A notices the cut connection, reconnects and replays the change
+        # feed past the last sequence it saw: refused within a second.
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 1.0),
+                        a.stderr())
+        self.assertLess(time.time() - t0, 1.0)
+        for _ in range(10):
+            self.assertIn(self.get(0, cookie).status, (302, 401))
+            time.sleep(0.05)
+        self.assertIn("replayed", a.stderr())
+
+    def test_database_outage(self):
+        cookie = self.sign_in(0, "carol")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        stranger = "A" * 43  # a well-formed cookie no node knows
+        self.pg.kill()
+        t_kill = time.time()
+        # Both nodes drain: readiness 503 within a few seconds; no crash.
+        for n in self.nodes:
+            self.assertTrue(wait_for(lambda: readyz(n) == 503, 6), n.stderr())
+        if time.time() - t_kill < STALENESS_S - 0.5:
+            # Within the staleness bound a cached session is still served.
+            self.assertEqual(self.get(0, cookie).status, 200)
+        before = len(self.backend.requests)
+        r = self.get(0, stranger)
+        self.assertEqual(r.status, 503, r)
+        self.assertIn(b"try again", r.body.lower())
+        # Past the bound: a clear 503, never an allow without a checked identity.
+        time.sleep(max(0, STALENESS_S + 0.5 - (time.time() - t_kill)))
+        for node in (0, 1):
+            r = self.get(node, cookie)
+            self.assertEqual(r.status, 503, r)
+            self.assertIn(b"try again", r.body.lower())
+        r = self.get(0, cookie, accept="application/json")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(len(self.backend.requests), before)
+        # A new sign-in gets a "try again" page.
+        b = Browser()
+        r = b.login(self.bases[1], "/", user="alice")
+        self.assertEqual(r.status, 503, r)
+        self.assertIn(b"try again", r.body.lower())
+        self.assertIsNone(b.session_cookie(self.bases[1]))
+        for n in self.nodes:
+            self.assertIsNone(n.proc.poll(), n.stderr())
+            self.assertIn("PostgreSQL", n.stderr())
+        metrics = request(self.nodes[0].admin_port, path="/metrics").body.decode()
+        self.assertIn("gatehouse_state_up 0", metrics)
+        # The database returns: healed without a restart.
+        self.pg.start()
+        for n in self.nodes:
+            self.assertTrue(wait_for(lambda: readyz(n) == 200, 10), n.stderr())
+        self.assertEqual(self.get(0, cookie).status, 200)
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertIn("gatehouse_state_up 1",
+                      request(self.nodes[0].admin_port, path="/metrics").body.decode())
+        # Sign-in works again, and revocation still reaches the other node.
+        c2 = self.sign_in(1, "alice")
+        self.assertTrue(wait_for(lambda: self.get(0, c2).status == 200, 2))
+        r = cli("sessions", "revoke", "-c", self.nodes[0].config_path, "--user", "alice")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: self.get(1, c2).status != 200, 1.0))
+        self.assertTrue(wait_for(lambda: self.get(0, c2).status != 200, 1.0))
+
+
+if __name__ == "__main__":
+    unittest.main()
