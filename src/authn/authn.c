@@ -277,6 +277,11 @@ int authn_start(struct authn *an, struct err *err)
             }
             return err_set(err, ERR_IO, "session store %s: %s", an->state_db, e.msg);
         }
+        if (session_store_shared(rt->store)) {
+            /* A fleet behind a balancer without affinity: the IdP's answer
+             * may reach another node than the one that sent the user there. */
+            session_store_derive_key(rt->store, "gatehouse login state v1", rt->login_key);
+        }
     }
     if (an->assertion_key != NULL) {
         rt->signer = assertion_signer_open(an->assertion_key, an->assertion_issuer,

@@ -18,6 +18,8 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sqlite3.h>
 
 #include "codec.h"
@@ -765,6 +767,21 @@ static void hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms)
         }
     }
     pthread_mutex_unlock(stripe_of(s, b));
+}
+
+void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32])
+{
+    unsigned int n = 32;
+    if (HMAC(EVP_sha256(), s->key, sizeof s->key, (const unsigned char *)label, strlen(label), out,
+             &n) == NULL) {
+        /* Cannot happen with SHA-256 in OpenSSL 3; never leave a guessable key. */
+        abort();
+    }
+}
+
+bool session_store_shared(const struct session_store *s)
+{
+    return s != NULL && s->pg != NULL;
 }
 
 bool session_store_ready(struct session_store *s)

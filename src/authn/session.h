@@ -55,6 +55,12 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
 /* False while a PostgreSQL store cannot reach its database (readiness,
  * new sign-ins). Always true for SQLite. */
 bool session_store_ready(struct session_store *s);
+/* A 32-byte key derived from the session key (HMAC-SHA256 over label): on a
+ * fleet every node that shares session.key_file derives the same one (the
+ * login-state key, so a sign-in may start on one node and end on another). */
+void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32]);
+/* True when the store is PostgreSQL (state.postgres). */
+bool session_store_shared(const struct session_store *s);
 /* Flushes pending writes, stops the writer thread, closes. NULL is a no-op. */
 void session_store_close(struct session_store *s);
 /* Writes everything queued now and applies revocations from other processes

@@ -113,8 +113,8 @@ static char *db_path_from_config(const char *conf_file, char **user, char **bare
     } else if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
         path = conf_path_resolve(conf_file, sqlite);
     } else if (d.count == 0) {
-        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" or \"state: {postgres: ...}\" "
-                        "configured, so there are no "
+        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured (nor state.postgres), "
+                        "so there are no "
                         "stored sessions\n",
                 conf_file);
     }

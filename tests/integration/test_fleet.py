@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 from harness import Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin, request
 from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
@@ -45,6 +46,9 @@ class FleetTest(unittest.TestCase):
             cls.pg = pgserver.PgServer()
             ports = [free_port(), free_port()]
             cls.bases = [f"http://127.0.0.1:{p}" for p in ports]
+            # B also answers for A's public URL, as two nodes behind one
+            # balancer address do: a sign-in may start on A and end on B.
+            cls.b_as_a = free_port()
             client = client_for(cls.bases[0])
             client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
             cls.idp = IdP([client])
@@ -61,9 +65,12 @@ class FleetTest(unittest.TestCase):
                  "password_file": cls.pg.pwfile, "staleness": f"{STALENESS_S}s"}
         if i == 0:
             state["sqlite"] = "var/gatehouse.db"  # node-local things; B has none
+        listen = [{"address": f"127.0.0.1:{port}"}]
+        if i == 1:
+            listen.append({"address": f"127.0.0.1:{cls.b_as_a}", "public_url": cls.bases[0]})
         return basic_config(
             [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
-            listen=[{"address": f"127.0.0.1:{port}"}],
+            listen=listen,
             state=state,
             identity_providers=[idp_conf(cls.idp)],
             # Keys that must match on every node.
@@ -167,12 +174,38 @@ class FleetTest(unittest.TestCase):
                 time.sleep(0.02)
             self.assertLess(time.time() - t0, 1.0)
             self.assertIn(resp.status, (302, 401), resp)
-        self.assertNotEqual(self.get(1, cookie).status, 200)
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status != 200, 1.0))
         self.assertNotEqual(self.get(0, cookie).status, 200)
         # The session row is gone and the revocation is in the change feed.
         self.assertEqual(self.pg.sql("SELECT count(*) FROM session_changes WHERE kind = 'user' "
                                      "AND value LIKE '%#alice'"), "1")
         self.assertGreaterEqual(self.backend.hits("/ka-after"), hits)
+
+    def test_sign_in_started_on_a_ends_on_b(self):
+        """The login state is sealed with a key derived from the shared session
+        key: the IdP's answer may reach another node than the one that sent
+        the user there."""
+        b = Browser()
+        url = self.bases[0] + "/started-on-a"
+        r = b.request(url)
+        while r.status in (302, 303):
+            url = urllib.parse.urljoin(url, r.header("Location"))
+            if not url.startswith(self.bases[0]):
+                break
+            r = b.request(url)
+        auth_url = url
+        self.assertTrue(auth_url.startswith(self.idp.issuer), auth_url)
+        callback = b.to_callback(auth_url, self.bases[0], user="alice")
+        on_b = callback.replace(self.bases[0], f"http://127.0.0.1:{self.b_as_a}", 1)
+        netloc_a = urllib.parse.urlsplit(self.bases[0]).netloc
+        b.jar(f"127.0.0.1:{self.b_as_a}").update(b.jar(netloc_a))
+        r = b.request(on_b)
+        self.assertEqual(r.status, 302, (r, self.nodes[1].stderr()[-2000:]))
+        self.assertEqual(r.header("Location"), "/started-on-a")
+        cookie = b.jar(f"127.0.0.1:{self.b_as_a}").get("gatehouse_session")
+        self.assertTrue(cookie)
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
 
     def test_missed_notify_is_replayed_after_reconnect(self):
         cookie = self.sign_in(1, "bob")
