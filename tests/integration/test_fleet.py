@@ -146,6 +146,17 @@ class FleetTest(unittest.TestCase):
                           r.stderr)
             self.assertIn("g.yaml:5:18: error: password_file:", r.stderr)
             self.assertIn("session.key_file", r.stderr)  # no state.sqlite: keys are explicit
+            # --dump shows the effective settings, never a password.
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://gatehouse:s3cret-pw@db.test/gh\"\n"
+                        "  migrate: false\nsession: {key_file: s.key}\n" + route)
+            r = cli("check", "-c", cfg, "--dump")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertNotIn("s3cret-pw", r.stdout + r.stderr)
+            self.assertIn("postgresql://gatehouse:****@db.test/gh", r.stdout)
+            self.assertIn("staleness: 10000ms", r.stdout)
+            self.assertIn("migrate: false", r.stdout)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
