@@ -146,8 +146,7 @@ struct gate_conf *gate_conf_load(struct config *c, struct conf_diag *d)
     }
     if (g->needs_sessions && !c->state_sqlite && !c->state_postgres) {
         conf_error(d, root && root->type == CONF_MAP ? root : NULL,
-                   "routes that are not public need \"state: {sqlite: FILE}\" (or "
-                   "\"state: {postgres: URI}\") for sessions");
+                   "routes that are not public need \"state: {sqlite: FILE}\" for sessions");
     }
     if (g->needs_sessions && g->nidps == 0) {
         /* Bearer-only setups still need a provider to verify tokens against. */

@@ -67,6 +67,7 @@ class ReadmeLibrariesTest(unittest.TestCase):
         names = {"openssl": "OpenSSL", "cjose": "cjose", "jansson": "jansson",
                  "libcurl": "libcurl", "sqlite3": "SQLite", "yaml-0.1": "libyaml",
                  "libev": "libev", "cmocka": "cmocka", "libpcre2-8": "PCRE2",
+                 "libpq": "libpq",
                  "threads": None}
         for d in deps:
             self.assertIn(d, names, "new dependency %s: say in README why it is linked" % d)
