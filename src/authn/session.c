@@ -734,7 +734,18 @@ static void hook_revoke(void *arg, const char *kind, const char *value, int64_t 
     if (strcmp(kind, "id") == 0) {
         unsigned char h[32];
         if (hex_to_hash(value, h) == 0) {
-            n = cache_remove_if(s, match_hash, h, false);
+            /* One bucket, not a scan: every sign-out in the fleet comes here. */
+            size_t b = bucket_of(h);
+            struct sess *dead = NULL;
+            pthread_mutex_lock(stripe_of(s, b));
+            struct sess **pp = find(s, b, h);
+            if (pp != NULL) {
+                dead = *pp;
+                *pp = dead->next;
+                n = 1;
+            }
+            pthread_mutex_unlock(stripe_of(s, b));
+            sess_free(dead);
         }
     } else if (strcmp(kind, "user") == 0) {
         /* Also deleted from the database: a session created here just
