@@ -56,7 +56,7 @@ class FleetTest(unittest.TestCase):
                 cls.nodes.append(Gatehouse(cls.config(i, port),
                                            files={"oidc-secret": CLIENT_SECRET}))
         except Exception:
-            cls.tearDownClass()
+            cls._stop_services()
             raise
 
     @classmethod
@@ -80,6 +80,19 @@ class FleetTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()  # a clean exit (0) with no sanitizer report
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
         for n in cls.nodes:
             n.cleanup()
         if cls.idp:
