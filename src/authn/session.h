@@ -5,6 +5,10 @@
  * the revocation table so `gatehouse sessions revoke` reaches every worker
  * within a second. One serving process owns a database file (the cache is
  * authoritative for it); other processes (the CLI) only list and revoke.
+ * With state.postgres (session_pg.h) several serving processes share one
+ * database: changes travel through a change table announced with
+ * LISTEN/NOTIFY, and the cache answers only within state.staleness of the
+ * last synchronisation.
  *
  * Hot-path functions (lookup, create, revoke_*, refresh_*) never touch SQLite
  * and only hold a striped mutex for a copy. */

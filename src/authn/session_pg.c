@@ -42,6 +42,7 @@ struct spg {
     atomic_bool stop;
     atomic_llong synced_ms;
     atomic_bool listen_ok;
+    PGconn *lconn;                 /* the listener's, handed over at start */
     int64_t seq;                   /* last change applied (listener thread) */
     int64_t last_touch_sync_ms;
 };
@@ -515,10 +516,11 @@ static PGconn *listen_connect(struct spg *p)
 static void *listener_main(void *arg)
 {
     struct spg *p = arg;
-    PGconn *db = NULL;
-    int64_t last_replay = 0;
+    PGconn *db = p->lconn; /* connected and listening since spg_open */
+    int64_t last_replay = wall_ms();
     bool was_down = false;
 
+    p->lconn = NULL;
     while (!atomic_load(&p->stop)) {
         int64_t now = wall_ms();
         if (db == NULL) {
@@ -639,6 +641,13 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
         goto fail;
     }
     p->last_touch_sync_ms = wall_ms();
+    /* Listening before the node serves: no window without revocations. */
+    p->lconn = listen_connect(p);
+    if (p->lconn == NULL) {
+        err_set(err, ERR_IO, "cannot LISTEN on PostgreSQL");
+        goto fail;
+    }
+    atomic_store(&p->listen_ok, true);
     atomic_store(&p->synced_ms, wall_ms());
     if (pthread_create(&p->listener, NULL, listener_main, p) != 0) {
         err_set(err, ERR_IO, "cannot start the PostgreSQL listener thread");
@@ -661,6 +670,7 @@ void spg_close(struct spg *p)
         pthread_join(p->listener, NULL);
     }
     PQfinish(p->wconn);
+    PQfinish(p->lconn);
     if (p->password != NULL) {
         OPENSSL_cleanse(p->password, strlen(p->password));
         free(p->password);

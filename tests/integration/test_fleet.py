@@ -7,6 +7,7 @@ also when A missed the NOTIFY (replay after a reconnect); PostgreSQL killed
 within state.staleness, unknown cookies and new sign-ins get a 503 page, never
 an unchecked allow; PostgreSQL back: healed without a restart."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -230,6 +231,59 @@ class FleetTest(unittest.TestCase):
         self.assertTrue(cookie)
         self.assertEqual(self.get(1, cookie).status, 200)
         self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+
+    def test_sign_out_on_b_ends_the_session_on_a(self):
+        b = Browser()
+        self.assertEqual(b.login(self.bases[0], "/", user="carol").status, 200)
+        cookie = b.session_cookie(self.bases[0])
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        # The same browser signs out through B (cookies go to every port of a host).
+        b.jar(urllib.parse.urlsplit(self.bases[1]).netloc)["gatehouse_session"] = cookie
+        r = b.request(self.bases[1] + "/.gatehouse/logout")
+        self.assertEqual(r.status, 200, r)
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', r.body).group(1).decode()
+        r = b.request(self.bases[1] + "/.gatehouse/logout", "POST", {"csrf_token": token},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": self.bases[1]})
+        self.assertEqual(r.status, 303, r)
+        self.assertNotEqual(self.get(1, cookie).status, 200)
+        # B writes the deletion within its 500 ms cycle; A applies it at once.
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 1.5),
+                        self.nodes[0].stderr()[-2000:])
+
+    def test_restarted_node_loads_the_fleet_sessions(self):
+        cookie = self.sign_in(0, "bob")
+        b = self.nodes[1]
+        self.assertEqual(b.stop(), 0, b.stderr()[-2000:])
+        b._stderr = open(b.stderr_path, "ab")
+        b.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", b.config_path],
+                                  stdout=b._stderr, stderr=b._stderr, cwd=b.dir)
+        b.wait_ready()
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertIn("loaded", b.stderr())
+
+    def test_migrate_false_refuses_an_old_schema_until_db_migrate(self):
+        self.pg.sql("DROP DATABASE IF EXISTS fresh")
+        self.pg.sql("CREATE DATABASE fresh")
+        cfg = self.config(1, free_port())
+        cfg["listen"] = cfg["listen"][:1]
+        cfg["state"]["postgres"] = self.pg.uri("fresh")
+        cfg["state"]["migrate"] = False
+        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}, wait=False)
+        try:
+            self.assertEqual(gh.proc.wait(20), 1)
+            self.assertIn('run "gatehouse db migrate"', gh.stderr())
+            r = cli("db", "migrate", "-c", gh.config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("migrated the schema from version 0 to 1", r.stdout)
+            r = cli("db", "migrate", "-c", gh.config_path)
+            self.assertIn("up to date (version 1)", r.stdout)
+        finally:
+            gh.cleanup()
+        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        try:
+            self.assertEqual(readyz(gh), 200)
+        finally:
+            gh.finish()
 
     def test_missed_notify_is_replayed_after_reconnect(self):
         cookie = self.sign_in(1, "bob")
