@@ -133,24 +133,61 @@ void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const st
 
 char *spg_conninfo_redacted(const char *ci)
 {
-    /* URI form: scheme://user:password@host... */
     const char *p = strstr(ci, "://");
-    if (p != NULL) {
+    if (p != NULL && strncmp(ci, "postgres", 8) == 0) {
+        /* URI form: scheme://[user[:password]@]host...: the userinfo ends at
+         * the last '@' before the query (a raw '@' may sit in a password). */
         const char *auth = p + 3;
-        const char *at = strchr(auth, '@');
-        const char *slash = strchr(auth, '/');
-        const char *colon = strchr(auth, ':');
-        if (at != NULL && (slash == NULL || at < slash) && colon != NULL && colon < at) {
-            return xasprintf("%.*s****%s", (int)(colon + 1 - ci), ci, at);
+        const char *limit = strchr(auth, '?');
+        const char *at = NULL;
+        for (const char *q = auth; limit ? q < limit : *q != '\0'; q++) {
+            if (*q == '@') {
+                at = q;
+            }
         }
+        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        char *base = colon ? xasprintf("%.*s****%s", (int)(colon + 1 - ci), ci, at)
+                           : xstrdup(ci);
+        /* ...and a password=... query parameter. */
+        char *pw = strstr(base, "password=");
+        if (pw != NULL && (pw[-1] == '?' || pw[-1] == '&')) {
+            const char *end = strchr(pw, '&');
+            char *out = xasprintf("%.*spassword=****%s", (int)(pw - base), base, end ? end : "");
+            free(base);
+            return out;
+        }
+        return base;
     }
-    /* key=value form */
-    const char *pw = strstr(ci, "password=");
-    if (pw != NULL && (pw == ci || pw[-1] == ' ')) {
-        const char *end = strchr(pw, ' ');
-        return xasprintf("%.*spassword=****%s", (int)(pw - ci), ci, end ? end : "");
+    /* key=value form: rebuilt from libpq's own parse, the password masked. */
+    PQconninfoOption *opts = PQconninfoParse(ci, NULL);
+    if (opts == NULL) {
+        return xstrdup("(unparsable)");
     }
-    return xstrdup(ci);
+    size_t cap = strlen(ci) + 64, len = 0;
+    char *out = xcalloc(1, cap);
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+        bool secret = strcmp(o->keyword, "password") == 0;
+        const char *v = secret ? "****" : o->val;
+        size_t need = strlen(o->keyword) + 2 * strlen(v) + 5;
+        if (len + need >= cap) {
+            cap = (len + need) * 2;
+            out = xrealloc(out, cap);
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%s%s='", len ? " " : "", o->keyword);
+        for (const char *c = v; *c != '\0'; c++) {
+            if (*c == '\'' || *c == '\\') {
+                out[len++] = '\\';
+            }
+            out[len++] = *c;
+        }
+        out[len++] = '\'';
+        out[len] = '\0';
+    }
+    PQconninfoFree(opts);
+    return out;
 }
 
 /* ---- connections ------------------------------------------------------ */
