@@ -297,6 +297,20 @@ static const char *const migrations[] = {
     "  value text NOT NULL, ts_ms bigint NOT NULL, node text NOT NULL);"
     "CREATE INDEX session_changes_ts ON session_changes (ts_ms);"
     "CREATE TABLE user_revocations (value text PRIMARY KEY, ts_ms bigint NOT NULL);",
+    /* 2: the fleet's decision log: every node's records (its own chain, as the
+     * JSON lines it wrote), keyed by (node, seq), hash-partitioned by node. */
+    "CREATE TABLE decision_records ("
+    "  node text NOT NULL, seq bigint NOT NULL, ts_us bigint NOT NULL, line text NOT NULL,"
+    "  PRIMARY KEY (node, seq)) PARTITION BY HASH (node);"
+    "CREATE TABLE decision_records_0 PARTITION OF decision_records"
+    "  FOR VALUES WITH (MODULUS 4, REMAINDER 0);"
+    "CREATE TABLE decision_records_1 PARTITION OF decision_records"
+    "  FOR VALUES WITH (MODULUS 4, REMAINDER 1);"
+    "CREATE TABLE decision_records_2 PARTITION OF decision_records"
+    "  FOR VALUES WITH (MODULUS 4, REMAINDER 2);"
+    "CREATE TABLE decision_records_3 PARTITION OF decision_records"
+    "  FOR VALUES WITH (MODULUS 4, REMAINDER 3);"
+    "CREATE INDEX decision_records_ts ON decision_records (ts_us);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -46,7 +46,7 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", "postgres", "password_file", "migrate",
-                                          "staleness", NULL };
+                                          "staleness", "node", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 /* The device registry is not built yet: "devices" takes no keys until it is. */
 static const char *const devices_keys[] = { NULL };

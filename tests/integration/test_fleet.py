@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -63,9 +64,9 @@ class FleetTest(unittest.TestCase):
     @classmethod
     def config(cls, i, port):
         state = {"postgres": cls.pg.uri(application_name=f"gh-node{i}"),
-                 "password_file": cls.pg.pwfile, "staleness": f"{STALENESS_S}s"}
-        if i == 0:
-            state["sqlite"] = "var/gatehouse.db"  # node-local things; B has none
+                 "password_file": cls.pg.pwfile, "staleness": f"{STALENESS_S}s",
+                 "node": f"node-{'ab'[i]}",
+                 "sqlite": "var/gatehouse.db"}  # what stays per node: the decision log
         listen = [{"address": f"127.0.0.1:{port}"}]
         if i == 1:
             listen.append({"address": f"127.0.0.1:{cls.b_as_a}", "public_url": cls.bases[0]})
@@ -73,6 +74,7 @@ class FleetTest(unittest.TestCase):
             [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=listen,
             state=state,
+            decision_log={"file": "var/decisions.jsonl"},
             identity_providers=[idp_conf(cls.idp)],
             # Keys that must match on every node.
             session={"key_file": os.path.join(cls.shared, "session.key")},
@@ -134,8 +136,8 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 1)", r.stdout)
-        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "1")
+        self.assertIn("up to date (version 2)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "2")
 
     def test_check_refuses_bad_postgres_settings(self):
         d = tempfile.mkdtemp(prefix="gh-fleet-check-")
@@ -266,6 +268,9 @@ class FleetTest(unittest.TestCase):
         self.pg.sql("CREATE DATABASE fresh")
         cfg = self.config(1, free_port())
         cfg["listen"] = cfg["listen"][:1]
+        # PostgreSQL only: no local database (so no decision log either).
+        del cfg["state"]["sqlite"]
+        del cfg["decision_log"]
         cfg["state"]["postgres"] = self.pg.uri("fresh")
         cfg["state"]["migrate"] = False
         gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}, wait=False)
@@ -274,9 +279,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 1", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 2", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 1)", r.stdout)
+            self.assertIn("up to date (version 2)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
@@ -284,6 +289,51 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(readyz(gh), 200)
         finally:
             gh.finish()
+
+    def local_max_seq(self, node):
+        db = os.path.join(self.nodes[node].dir, "var", "gatehouse.db")
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+
+    def shipped_max_seq(self, node):
+        return int(self.pg.sql("SELECT coalesce(max(seq), 0) FROM decision_records "
+                               f"WHERE node = 'node-{'ab'[node]}'"))
+
+    def test_decisions_from_both_nodes_queried_and_verified_from_either(self):
+        cookie = self.sign_in(0, "alice")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        tag = os.urandom(4).hex()
+        self.assertEqual(self.get(0, cookie, f"/dl-a-{tag}").status, 200)
+        self.assertEqual(self.get(1, cookie, f"/dl-b-{tag}").status, 200)
+        for cfg in (self.nodes[0].config_path, self.nodes[1].config_path):
+            def both():
+                r = cli("audit", "query", "-c", cfg, "--json")
+                return r.returncode == 0 and f"/dl-a-{tag}" in r.stdout and \
+                    f"/dl-b-{tag}" in r.stdout
+            self.assertTrue(wait_for(both, 5), cli("audit", "query", "-c", cfg).stdout[-2000:])
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
+                                     5))
+            r = cli("audit", "verify", "-c", self.nodes[n].config_path)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("ok fleet node-a:", r.stdout)
+            self.assertIn("ok fleet node-b:", r.stdout)
+        # A record edited in PostgreSQL is caught, from either node.
+        where = f"node = 'node-b' AND line LIKE '%/dl-b-{tag}%'"
+        seq = self.pg.sql(f"SELECT seq FROM decision_records WHERE {where}")
+        self.pg.sql(f"UPDATE decision_records SET line = replace(line, '\"allow\"', "
+                    f"'\"deny\"') WHERE {where}")
+        try:
+            for n in (0, 1):
+                r = cli("audit", "verify", "-c", self.nodes[n].config_path)
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertIn(f"FAIL fleet node-b: record {seq} was edited", r.stdout)
+                self.assertIn("ok fleet node-a:", r.stdout)
+        finally:
+            self.pg.sql(f"UPDATE decision_records SET line = replace(line, '\"deny\"', "
+                        f"'\"allow\"') WHERE node = 'node-b' AND seq = {seq}")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout)
 
     def test_missed_notify_is_replayed_after_reconnect(self):
         cookie = self.sign_in(1, "bob")
@@ -321,6 +371,7 @@ class FleetTest(unittest.TestCase):
         if time.time() - t_kill < STALENESS_S - 0.5:
             # Within the staleness bound a cached session is still served.
             self.assertEqual(self.get(0, cookie).status, 200)
+        spooled_from = self.local_max_seq(0)
         before = len(self.backend.requests)
         r = self.get(0, stranger)
         self.assertEqual(r.status, 503, r)
@@ -345,6 +396,8 @@ class FleetTest(unittest.TestCase):
             self.assertIn("PostgreSQL", n.stderr())
         metrics = request(self.nodes[0].admin_port, path="/metrics").body.decode()
         self.assertIn("gatehouse_state_up 0", metrics)
+        # Decisions made meanwhile are kept in the node's own database.
+        self.assertGreater(self.local_max_seq(0), spooled_from)
         # The database returns: healed without a restart.
         self.pg.start()
         for n in self.nodes:
@@ -353,6 +406,12 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(self.get(1, cookie).status, 200)
         self.assertIn("gatehouse_state_up 1",
                       request(self.nodes[0].admin_port, path="/metrics").body.decode())
+        # Every record made during the outage reaches PostgreSQL: none lost.
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) >= self.local_max_seq(n),
+                                     5), self.nodes[n].stderr()[-2000:])
+        r = cli("audit", "verify", "-c", self.nodes[1].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout)
         # Sign-in works again, and revocation still reaches the other node.
         c2 = self.sign_in(1, "alice")
         self.assertTrue(wait_for(lambda: self.get(0, c2).status == 200, 2))
