@@ -396,7 +396,7 @@ static int cmd_query(int argc, char **argv)
     sqlite3 *db = NULL;
     struct err err = { 0 };
     /* A fleet (state.postgres): every node's records, from the shared table. */
-    if ((c.pg_conninfo ? dl_fleet_materialise(&c, &db, &err)
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, until, &db, &err)
                        : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         decision_log_conf_fini(&c);

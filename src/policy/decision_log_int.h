@@ -67,7 +67,8 @@ struct dl_ship *dl_ship_start(const struct decision_log_conf *c);
 void dl_ship_stop_free(struct dl_ship *s, bool started);
 /* Every node's records from PostgreSQL in an in-memory database with the
  * decisions table (each node's own seq kept), for audit query. */
-int dl_fleet_materialise(const struct decision_log_conf *c, sqlite3 **out, struct err *err);
+int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, int64_t until_us,
+                         sqlite3 **out, struct err *err);
 /* Checks every node's chain in PostgreSQL; prints "ok fleet NODE"/"FAIL fleet NODE". */
 int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, struct err *err);
 

@@ -31,6 +31,8 @@ struct dl_ship {
     pthread_cond_t wake;
     PGconn *db;
     int64_t shipped;               /* highest seq known in PostgreSQL; -1: unknown */
+    uint64_t retain_ms;            /* decision_log.retention (0: keep) */
+    int64_t last_retain_ms;
     bool down_logged;
 };
 
@@ -224,6 +226,24 @@ out:
     return rc;
 }
 
+/* decision_log.retention applies to this node's shipped records too (hourly). */
+static void retain_shipped(struct dl_ship *s)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    if (s->retain_ms == 0 || s->db == NULL || ms - s->last_retain_ms < 3600000) {
+        return;
+    }
+    s->last_retain_ms = ms;
+    char cutoff[24];
+    snprintf(cutoff, sizeof cutoff, "%lld", (long long)(ms - (int64_t)s->retain_ms) * 1000);
+    const char *v[] = { s->conf.node, cutoff };
+    PQclear(PQexecParams(s->db,
+                         "DELETE FROM decision_records WHERE node = $1 AND ts_us < $2::bigint", 2,
+                         NULL, v, NULL, NULL, 0));
+}
+
 static void *ship_main(void *arg)
 {
     struct dl_ship *s = arg;
@@ -231,6 +251,9 @@ static void *ship_main(void *arg)
         int rc = ship_once(s);
         if (rc == 1) {
             continue;
+        }
+        if (rc == 0) {
+            retain_shipped(s);
         }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -255,6 +278,7 @@ struct dl_ship *dl_ship_start(const struct decision_log_conf *c)
     s->conf.pg_conninfo = xstrdup(c->pg_conninfo);
     s->conf.pg_password_file = c->pg_password_file ? xstrdup(c->pg_password_file) : NULL;
     s->conf.node = xstrdup(c->node);
+    s->retain_ms = c->retain_ms;
     s->shipped = -1;
     atomic_init(&s->stop, false);
     pthread_mutex_init(&s->mu, NULL);
@@ -291,14 +315,22 @@ void dl_ship_stop_free(struct dl_ship *s, bool started)
 
 /* ---- audit across the fleet --------------------------------------------- */
 
-int dl_fleet_materialise(const struct decision_log_conf *c, sqlite3 **out, struct err *err)
+int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, int64_t until_us,
+                         sqlite3 **out, struct err *err)
 {
     *out = NULL;
     PGconn *db = dl_pg_connect(c, err);
     if (db == NULL) {
         return ERR_IO;
     }
-    PGresult *r = PQexec(db, "SELECT node, seq, line FROM decision_records ORDER BY ts_us, node, seq");
+    char since[24], until[24];
+    snprintf(since, sizeof since, "%lld", (long long)since_us);
+    snprintf(until, sizeof until, "%lld", (long long)until_us);
+    const char *v[] = { since, until };
+    PGresult *r = PQexecParams(db,
+                               "SELECT node, seq, line FROM decision_records WHERE ts_us >= "
+                               "$1::bigint AND ts_us <= $2::bigint ORDER BY ts_us, node, seq",
+                               2, NULL, v, NULL, NULL, 0);
     if (!res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
