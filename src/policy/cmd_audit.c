@@ -916,7 +916,9 @@ bool policy_record_by_request(const char *cfg, const char *request_id, struct dl
     if (!load_conf(cfg, &c)) {
         return false;
     }
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+    /* A fleet: the request may have been decided on any node. */
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, INT64_MIN, INT64_MAX, &db, &err)
+                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         decision_log_conf_fini(&c);
         return false;
@@ -1015,7 +1017,9 @@ int policy_cmd_diff(int argc, char **argv)
         nrp++;
     }
     struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+    /* A fleet: replay every node's decisions (state.postgres). */
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, INT64_MAX, &db, &err)
+                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         goto out;
     }

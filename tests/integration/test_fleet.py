@@ -55,11 +55,16 @@ class FleetTest(unittest.TestCase):
             client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
             cls.idp = IdP([client])
             for i, port in enumerate(ports):
-                cls.nodes.append(Gatehouse(cls.config(i, port),
-                                           files={"oidc-secret": CLIENT_SECRET}))
+                cls.nodes.append(Gatehouse(cls.config(i, port), files=cls.files()))
         except Exception:
             cls._stop_services()
             raise
+
+    @classmethod
+    def files(cls):
+        return {"oidc-secret": CLIENT_SECRET,
+                "pol.yaml": "rules:\n  - id: alice-only\n    effect: allow\n"
+                            "    when: {user: alice}\n"}
 
     @classmethod
     def config(cls, i, port):
@@ -71,7 +76,9 @@ class FleetTest(unittest.TestCase):
         if i == 1:
             listen.append({"address": f"127.0.0.1:{cls.b_as_a}", "public_url": cls.bases[0]})
         return basic_config(
-            [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+            [{"name": "pol", "match": {"path_prefix": "/pol/"}, "policy": "pol.yaml",
+              "upstream": {"servers": [cls.backend.url]}},
+             {"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=listen,
             state=state,
             decision_log={"file": "var/decisions.jsonl"},
@@ -273,7 +280,7 @@ class FleetTest(unittest.TestCase):
         del cfg["decision_log"]
         cfg["state"]["postgres"] = self.pg.uri("fresh")
         cfg["state"]["migrate"] = False
-        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}, wait=False)
+        gh = Gatehouse(cfg, files=self.files(), wait=False)
         try:
             self.assertEqual(gh.proc.wait(20), 1)
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
@@ -284,7 +291,7 @@ class FleetTest(unittest.TestCase):
             self.assertIn("up to date (version 2)", r.stdout)
         finally:
             gh.cleanup()
-        gh = Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET})
+        gh = Gatehouse(cfg, files=self.files())
         try:
             self.assertEqual(readyz(gh), 200)
         finally:
@@ -334,6 +341,26 @@ class FleetTest(unittest.TestCase):
                         f"'\"allow\"') WHERE node = 'node-b' AND seq = {seq}")
         r = cli("audit", "verify", "-c", self.nodes[0].config_path)
         self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_policy_diff_replays_every_nodes_decisions(self):
+        cookie = self.sign_in(1, "alice")
+        r = self.get(1, cookie, "/pol/report")
+        self.assertEqual(r.status, 200, r)
+        rid = r.header("X-Request-Id")
+        self.assertTrue(wait_for(lambda: self.shipped_max_seq(1) >= self.local_max_seq(1), 5))
+        new = tempfile.mkdtemp(prefix="gh-fleet-pol-")
+        try:
+            with open(os.path.join(new, "pol.yaml"), "w") as f:
+                f.write("rules:\n  - id: nobody\n    effect: allow\n    when: {user: nobody}\n")
+            # Through A's config: the decision was made on B.
+            d = cli("policy", "diff", "-c", self.nodes[0].config_path, "--new", new,
+                    "--since", "1h")
+            self.assertEqual(d.returncode, 0, d.stdout + d.stderr)
+            self.assertRegex(d.stdout, r"LOSES  route pol +alice ")
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+        r = cli("audit", "query", "-c", self.nodes[0].config_path, "--json", "--route", "pol")
+        self.assertIn(rid, r.stdout)
 
     def test_missed_notify_is_replayed_after_reconnect(self):
         cookie = self.sign_in(1, "bob")
