@@ -384,7 +384,45 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
 
 /* Checks one node's chain as shipped: every line hashes to its hash, links to
  * the one before, and no sequence number is missing. */
-static bool verify_node(PGconn *db, const char *node, FILE *out)
+/* This node's own records in PostgreSQL must be the ones in its database: a
+ * chain rewritten consistently in PostgreSQL still differs from the original. */
+static bool same_as_local(sqlite3 *local, long long seq, const char *hash, const char *node,
+                          FILE *out)
+{
+    sqlite3_stmt *st = NULL;
+    bool ok = true;
+    if (sqlite3_prepare_v2(local, "SELECT hash FROM decisions WHERE seq = ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
+        return true; /* the local pass reports an unreadable database */
+    }
+    sqlite3_bind_int64(st, 1, seq);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *h = (const char *)sqlite3_column_text(st, 0);
+        if (h == NULL || strcmp(h, hash) != 0) {
+            fprintf(out, "FAIL fleet %s: record %lld in PostgreSQL is not the one this node "
+                         "wrote (replaced there)\n", node, seq);
+            ok = false;
+        }
+    } else {
+        sqlite3_stmt *mx = NULL;
+        long long last = 0;
+        if (sqlite3_prepare_v2(local, "SELECT coalesce(max(seq), 0) FROM decisions", -1, &mx,
+                               NULL) == SQLITE_OK && sqlite3_step(mx) == SQLITE_ROW) {
+            last = sqlite3_column_int64(mx, 0);
+        }
+        sqlite3_finalize(mx);
+        if (seq > last) {
+            fprintf(out, "FAIL fleet %s: record %lld is in PostgreSQL but this node never "
+                         "wrote it (added there)\n", node, seq);
+            ok = false;
+        }
+        /* Older ones: removed here by retention, nothing to compare. */
+    }
+    sqlite3_finalize(st);
+    return ok;
+}
+
+static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
 {
     const char *v[] = { node };
     PGresult *r = PQexecParams(db,
@@ -433,6 +471,9 @@ static bool verify_node(PGconn *db, const char *node, FILE *out)
                 fprintf(out, "FAIL fleet %s: record %lld does not chain to record %lld: that "
                              "record was edited or replaced\n", node, seq, seq - 1);
                 ok = false;
+            } else if (local != NULL &&
+                       !same_as_local(local, seq, json_string_value(jh), node, out)) {
+                ok = false;
             } else {
                 snprintf(prev, sizeof prev, "%s", json_string_value(jh));
                 expect = seq + 1;
@@ -462,11 +503,19 @@ int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, stru
         PQfinish(db);
         return ERR_IO;
     }
+    sqlite3 *local = NULL;
+    struct err le = { 0 };
+    if (c->sqlite != NULL && dl_db_open(c->sqlite, true, &local, &le) != 0) {
+        local = NULL;
+    }
     for (int i = 0; i < PQntuples(r); i++) {
-        if (!verify_node(db, PQgetvalue(r, i, 0), out)) {
+        const char *node = PQgetvalue(r, i, 0);
+        bool mine = c->node != NULL && strcmp(node, c->node) == 0;
+        if (!verify_node(db, node, mine ? local : NULL, out)) {
             *ok = false;
         }
     }
+    sqlite3_close(local);
     if (PQntuples(r) == 0) {
         fprintf(out, "ok fleet: no records shipped yet\n");
     }

@@ -6,6 +6,8 @@ also when A missed the NOTIFY (replay after a reconnect); PostgreSQL killed
 (`pg_ctl -m immediate`): /readyz 503, no crash, cached sessions served only
 within state.staleness, unknown cookies and new sign-ins get a 503 page, never
 an unchecked allow; PostgreSQL back: healed without a restart."""
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -341,6 +343,28 @@ class FleetTest(unittest.TestCase):
                         f"'\"allow\"') WHERE node = 'node-b' AND seq = {seq}")
         r = cli("audit", "verify", "-c", self.nodes[0].config_path)
         self.assertEqual(r.returncode, 0, r.stdout)
+        # A node's chain rewritten consistently in PostgreSQL (its last record
+        # edited and its hash redone) still differs from what that node wrote.
+        last = self.pg.sql("SELECT max(seq) FROM decision_records WHERE node = 'node-a'")
+        old = self.pg.sql(f"SELECT line FROM decision_records WHERE node = 'node-a' "
+                          f"AND seq = {last}")
+        head, _, _ = old.rpartition(',"hash":"')
+        body = head.replace('"method":"GET"', '"method":"PUT"')
+        self.assertNotEqual(body, head)
+        h = hashlib.sha256((json.loads(old)["prev_hash"] + body + "}").encode()).hexdigest()
+        forged = body + ',"hash":"' + h + '"}'
+        self.pg.sql("UPDATE decision_records SET line = $$" + forged + "$$ "
+                    f"WHERE node = 'node-a' AND seq = {last}")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[1].config_path)
+            self.assertIn("ok fleet node-a:", r.stdout)  # B cannot tell: the chain holds
+            r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn(f"FAIL fleet node-a: record {last} in PostgreSQL is not the one this "
+                          "node wrote", r.stdout)
+        finally:
+            self.pg.sql("UPDATE decision_records SET line = $$" + old + "$$ "
+                        f"WHERE node = 'node-a' AND seq = {last}")
 
     def test_policy_diff_replays_every_nodes_decisions(self):
         cookie = self.sign_in(1, "alice")
