@@ -42,6 +42,8 @@ struct sess {
     int64_t created_ms, last_seen_ms, expires_ms, token_exp_s;
     int64_t flushed_last_seen_ms;
     bool refresh_in_flight;
+    bool seen;           /* PostgreSQL resync: present in the sessions table */
+    bool unwritten;      /* PostgreSQL: created here, its insert not committed yet */
     struct sess *next;
 };
 
@@ -609,6 +611,8 @@ static void row_of(struct session_store *s, const struct sess *r, struct spg_row
     w->token_exp_s = r->token_exp_s;
 }
 
+static struct sess **find(struct session_store *s, size_t b, const unsigned char h[32]);
+
 /* Writes a batch in one transaction; on failure the operations go back to
  * the head of the queue (the database may be down: kept until it returns). */
 static void pg_cycle(struct session_store *s, struct op *ops, const struct touch *touch,
@@ -645,6 +649,17 @@ static void pg_cycle(struct session_store *s, struct op *ops, const struct touch
         requeue(s, ops);
         return;
     }
+    for (struct op *o = ops; o != NULL; o = o->next) {
+        if (o->kind == OP_INSERT) {
+            size_t b = bucket_of(o->rec->h);
+            pthread_mutex_lock(stripe_of(s, b));
+            struct sess **pp = find(s, b, o->rec->h);
+            if (pp != NULL) {
+                (*pp)->unwritten = false;
+            }
+            pthread_mutex_unlock(stripe_of(s, b));
+        }
+    }
     while (ops != NULL) {
         struct op *next = ops->next;
         sess_free(ops->rec);
@@ -666,7 +681,6 @@ static bool user_revoked_at_creation(struct session_store *s, const struct sess 
     return dead;
 }
 
-static struct sess **find(struct session_store *s, size_t b, const unsigned char h[32]);
 
 /* A session row from the database (created or refreshed on another node). */
 static void hook_row(void *arg, const struct spg_row *r, bool update)
@@ -704,11 +718,13 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
     pthread_mutex_lock(stripe_of(s, b));
     struct sess **pp = find(s, b, e->h);
     if (pp == NULL) {
+        e->seen = true;
         e->next = s->bucket[b];
         s->bucket[b] = e;
         e = NULL;
     } else if (update) {
         struct sess *c = *pp;
+        c->seen = true;
         wipe_free(c->refresh_token);
         c->refresh_token = e->refresh_token;
         e->refresh_token = NULL;
@@ -758,6 +774,31 @@ static void hook_revoke(void *arg, const char *kind, const char *value, int64_t 
     }
     if (n > 0) {
         log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
+    }
+}
+
+static bool match_unseen(const struct sess *e, const void *arg)
+{
+    (void)arg;
+    return !e->seen;
+}
+
+static void hook_resync(void *arg, bool end)
+{
+    struct session_store *s = arg;
+    if (end) {
+        size_t n = cache_remove_if(s, match_unseen, NULL, false);
+        log_info("authn", "session cache rebuilt from PostgreSQL: %zu session(s) no longer "
+                          "there ended", n);
+        return;
+    }
+    /* Sessions made here and not written yet are not in the table yet. */
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        pthread_mutex_lock(stripe_of(s, b));
+        for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
+            e->seen = e->unwritten;
+        }
+        pthread_mutex_unlock(stripe_of(s, b));
     }
 }
 
@@ -1070,7 +1111,7 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     if (c->pg.conninfo != NULL) {
         s->conf.pg.staleness_ms = c->pg.staleness_ms;
         struct spg_hooks h = { .arg = s, .row = hook_row, .revoke = hook_revoke,
-                               .touch = hook_touch };
+                               .touch = hook_touch, .resync = hook_resync };
         s->pg = spg_open(&c->pg, &h, err);
         if (s->pg == NULL) {
             goto fail;
@@ -1180,6 +1221,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     e->last_seen_ms = e->flushed_last_seen_ms = now_ms;
     e->expires_ms = now_ms + (int64_t)s->conf.max_lifetime_ms;
     e->token_exp_s = in->token_exp_s;
+    e->unwritten = s->pg != NULL;
 
     struct sess *copy = sess_copy(e);
     size_t b = bucket_of(e->h);

@@ -546,6 +546,55 @@ static int touch_sync(struct spg *p, PGconn *db, int64_t now)
     return 0;
 }
 
+/* After a reconnect: were changes past p->seq purged before this node saw
+ * them? Then the cache is rebuilt from the sessions table. */
+static int check_gap(struct spg *p, PGconn *db)
+{
+    PGresult *r = PQexec(db, "SELECT (SELECT min(seq) FROM session_changes), "
+                             "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+                             "FROM session_changes_seq_seq)");
+    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return -1;
+    }
+    int64_t min = PQgetisnull(r, 0, 0) ? 0 : col64(r, 0, 0);
+    int64_t last = col64(r, 0, 1);
+    PQclear(r);
+    bool gap = min > 0 ? min > p->seq + 1 : last > p->seq;
+    if (!gap) {
+        return 0;
+    }
+    log_warn("authn", "session changes %lld.. were purged before this node saw them: "
+                      "reloading every session from PostgreSQL",
+             (long long)p->seq + 1);
+    char now[24];
+    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    const char *v[] = { now };
+    r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
+    PGresult *u = PQexec(db, "SELECT value, ts_ms FROM user_revocations");
+    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK || u == NULL ||
+        PQresultStatus(u) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        PQclear(u);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(u); i++) {
+        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), col64(u, i, 1));
+    }
+    p->hooks.resync(p->hooks.arg, false);
+    for (int i = 0; i < PQntuples(r); i++) {
+        struct spg_row row;
+        if (row_from(r, i, &row)) {
+            p->hooks.row(p->hooks.arg, &row, true);
+        }
+    }
+    p->hooks.resync(p->hooks.arg, true);
+    PQclear(r);
+    PQclear(u);
+    p->seq = min > 0 ? min - 1 : last;
+    return 0;
+}
+
 static PGconn *listen_connect(struct spg *p)
 {
     struct err e = { 0 };
@@ -556,7 +605,7 @@ static PGconn *listen_connect(struct spg *p)
     PQsetNoticeProcessor(db, notice_none, NULL);
     /* LISTEN before the replay: a change committed in between is both
      * replayed and announced, never neither. */
-    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || replay(p, db) != 0) {
+    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0) {
         log_warn("authn", "PostgreSQL listener: %s", e.msg[0] ? e.msg : PQerrorMessage(db));
         PQfinish(db);
         return NULL;

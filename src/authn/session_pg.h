@@ -59,6 +59,10 @@ struct spg_hooks {
     void (*revoke)(void *arg, const char *kind, const char *value, int64_t ts_ms);
     /* A session was active elsewhere until last_seen_ms. */
     void (*touch)(void *arg, const char *id_hash, int64_t last_seen_ms);
+    /* Changes this node never saw were purged (a disconnection longer than
+     * their retention): begin, then row(update=true) for every live session,
+     * then end(keep=true) drops every cached session not seen since begin. */
+    void (*resync)(void *arg, bool end);
 };
 
 struct spg;

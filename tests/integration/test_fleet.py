@@ -410,6 +410,30 @@ class FleetTest(unittest.TestCase):
             time.sleep(0.05)
         self.assertIn("replayed", a.stderr())
 
+    def test_changes_purged_while_away_rebuild_the_cache(self):
+        """Longer away than the change table keeps its rows (a day): the node
+        notices the gap in the sequence and rebuilds its cache from the
+        sessions table, so a revocation it never saw still holds."""
+        cookie = self.sign_in(1, "bob")
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+        a = self.nodes[0]
+        a.signal(signal.SIGSTOP)
+        try:
+            self.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'gh-node0'")
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "bob")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.pg.sql("DELETE FROM session_changes")  # as the daily purge would
+        finally:
+            a.signal(signal.SIGCONT)
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 2.0),
+                        a.stderr()[-2000:])
+        self.assertIn("were purged before this node saw them", a.stderr())
+        self.assertIn("session cache rebuilt from PostgreSQL", a.stderr())
+        # Other sessions survive the rebuild.
+        c2 = self.sign_in(0, "carol")
+        self.assertEqual(self.get(0, c2).status, 200)
+
     def test_database_outage(self):
         cookie = self.sign_in(0, "carol")
         self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
