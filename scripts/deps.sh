@@ -11,16 +11,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The libraries the binary links (meson.build): OpenSSL, libev, libyaml, SQLite,
-# libcurl, cjose, jansson, PCRE2, lasso; llhttp is compiled from node-llhttp's sources.
+# libcurl, cjose, jansson, PCRE2, lasso, libpq
+# (state.postgres); llhttp is compiled from node-llhttp's sources.
 BUILD=(
   build-essential meson ninja-build pkg-config
   libssl-dev openssl libev-dev libyaml-dev libsqlite3-dev
-  libcurl4-openssl-dev libcjose-dev libjansson-dev node-llhttp libpcre2-dev
+  libpq-dev libcurl4-openssl-dev libcjose-dev libjansson-dev node-llhttp libpcre2-dev
   liblasso3-dev
 )
 # The demo: demo/app.py and the demo IdP (tests/idp, npm oidc-provider).
 RUN=(python3 ca-certificates nodejs npm)
-TEST=(libcmocka-dev clang chromium curl sqlite3)
+# postgresql-15: the fleet tests start their own server (initdb, pg_ctl).
+TEST=(libcmocka-dev clang chromium curl sqlite3 postgresql-15)
 BENCH=(wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc libapache2-mod-auth-mellon)
 
 print=false

@@ -39,6 +39,7 @@ static const char usage[] =
     "  devices list -c FILE [--owner EMAIL] [--json]   enrolled devices\n"
     "  devices show -c FILE ID         one device\n"
     "  devices revoke -c FILE ID [--reason TEXT]   stop trusting a device now\n"
+    "  db migrate -c FILE                              create/upgrade the PostgreSQL schema\n"
     "\n"
     "options:\n"
     "  -c, --config FILE             the configuration (gatehouse.yaml)\n"
@@ -217,6 +218,16 @@ static const char devices_revoke_help[] =
     "Stops trusting a device now: every worker of the running server sees it within a\n"
     "second, on open connections and resumed TLS sessions too. Recorded in the decision\n"
     "log with the reason.\n";
+static const char db_help[] = "usage: gatehouse db migrate -c FILE\n";
+
+static const char db_migrate_help[] =
+    "usage: gatehouse db migrate -c FILE\n"
+    "\n"
+    "Creates or upgrades the schema of the shared PostgreSQL database\n"
+    "(state.postgres) to what this Gatehouse needs, in one transaction; nodes\n"
+    "starting at the same time wait for each other. serve does this at start\n"
+    "unless state.migrate is false.\n"
+    "  -c, --config FILE     the configuration (state.postgres)\n";
 
 /* How a command needs -c: not at all, always, or unless --policy is given. */
 enum needs_conf { CONF_NO = 0, CONF_YES, CONF_UNLESS_POLICY };
@@ -247,6 +258,8 @@ static const struct help helps[] = {
     { "devices", "list", devices_list_help, CONF_YES },
     { "devices", "show", devices_show_help, CONF_YES },
     { "devices", "revoke", devices_revoke_help, CONF_YES },
+    { "db", NULL, db_help, CONF_NO },
+    { "db", "migrate", db_migrate_help, CONF_YES },
 };
 
 static int cmd_devices(int argc, char **argv)
@@ -271,6 +284,7 @@ static const struct command commands[] = {
     { "sessions", cmd_sessions },
     { "devices", cmd_devices },
     { "audit", audit_cmd },
+    { "db", authn_cmd_db },
 };
 
 static const struct help *find_help(const char *cmd, const char *sub)

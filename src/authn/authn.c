@@ -209,6 +209,7 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     }
     const struct conf_node *sess = conf_get(root, "session");
     session_conf_parse(d, sess, conf_file, &an->sconf);
+    spg_conf_parse(d, conf_get(root, "state"), conf_file, &an->sconf.pg);
     /* pages: {dir: web/login} - the sign-in page templates. */
     static const char *const pages_keys[] = { "dir", "show_deny_reason", NULL };
     const struct conf_node *pages = conf_get(root, "pages");
@@ -296,13 +297,21 @@ int authn_start(struct authn *an, struct err *err)
         return err_set(err, ERR_CONFIG, "pages in %s: %s", an->pages_dir, e.msg);
     }
     /* Opened whenever there is a state database: a reload may add providers. */
-    if (an->nidps + an->nsaml > 0 || an->state_db != NULL) {
-        if (an->state_db == NULL) {
+    if (an->nidps + an->nsaml > 0 || an->state_db != NULL || an->sconf.pg.conninfo != NULL) {
+        if (an->state_db == NULL && an->sconf.pg.conninfo == NULL) {
             return err_set(err, ERR_CONFIG, "sign-in needs \"state: {sqlite: ...}\" for sessions");
         }
         rt->store = session_store_open(an->state_db, &an->sconf, &e);
         if (rt->store == NULL) {
+            if (an->sconf.pg.conninfo != NULL) {
+                return err_set(err, ERR_IO, "session store (state.postgres): %s", e.msg);
+            }
             return err_set(err, ERR_IO, "session store %s: %s", an->state_db, e.msg);
+        }
+        if (session_store_shared(rt->store)) {
+            /* A fleet behind a balancer without affinity: the IdP's answer
+             * may reach another node than the one that sent the user there. */
+            session_store_derive_key(rt->store, "gatehouse login state v1", rt->login_key);
         }
     }
     if (an->assertion_key != NULL) {
@@ -369,11 +378,20 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
             cjose_jwk_release(k);
         }
     }
-    if (an->state_db != NULL) {
+    if (an->sconf.pg.conninfo != NULL) {
+        const struct conf_node *st = conf_get(root, "state");
+        spg_conf_check(d, st, &an->sconf.pg);
+        if (an->state_db == NULL && an->sconf.key_file == NULL) {
+            conf_error(d, conf_get(st, "postgres"),
+                       "state.postgres without state.sqlite needs session.key_file (the same "
+                       "key on every node)");
+        }
+    }
+    if (an->state_db != NULL || an->sconf.key_file != NULL) {
         const struct conf_node *sess = conf_get(root, "session");
         const struct conf_node *n = conf_get(sess, "key_file") ? conf_get(sess, "key_file")
                                                                : state;
-        char *copy = xstrdup(an->state_db), *slash = strrchr(copy, '/');
+        char *copy = xstrdup(an->state_db ? an->state_db : ""), *slash = strrchr(copy, '/');
         char *key = an->sconf.key_file ? xstrdup(an->sconf.key_file)
                                        : slash ? (*slash = '\0', xasprintf("%s/session.key", copy))
                                                : xstrdup("session.key");
@@ -386,7 +404,9 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
         OPENSSL_cleanse(k32, sizeof k32);
         free(key);
         free(copy);
-        if (access(an->state_db, F_OK) != 0) {
+        if (an->state_db == NULL) {
+            /* PostgreSQL only: no local database to check. */
+        } else if (access(an->state_db, F_OK) != 0) {
             check_creatable(d, state, "state database", an->state_db);
         } else if (!session_db_readable(an->state_db, &e)) {
             conf_error(d, state, "state database %s: %s", an->state_db, e.msg);
@@ -420,6 +440,11 @@ struct authn_shared *authn_shared_ref(struct authn *an)
     }
     atomic_fetch_add(&an->rt->refs, 1);
     return an->rt;
+}
+
+bool authn_shared_ready(struct authn_shared *sh)
+{
+    return sh == NULL || session_store_ready(sh->store);
 }
 
 void authn_shared_unref(struct authn_shared *sh)
@@ -1161,6 +1186,15 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
         if (found) {
             struct session_view sv;
             enum session_status st = session_lookup(an->store, v, req->now_ms, a, &sv);
+            if (st == SESSION_UNAVAILABLE) {
+                /* Never an allow without a checked identity, nor a sign-in
+                 * loop: the balancer drains this node (/readyz). */
+                set_reason(out, "%s", "session database unreachable and the cache is not "
+                                      "fresh enough to answer");
+                return error_page(an, req, a, out, 503, "Temporarily unavailable",
+                                  "Gatehouse cannot check your session right now. Please try "
+                                  "again in a moment.");
+            }
             if (st == SESSION_VALID && route_accepts(req, sv.idp)) {
                 identity_from_view(out, &sv, a);
                 if (sv.refresh_due) {
@@ -1491,6 +1525,18 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
         .token_exp_s = c->tokens.expires_at_s ? c->tokens.expires_at_s : c->tokens.id_exp_s,
     };
     char cookie[SESSION_COOKIE_LEN + 1];
+    if (!session_store_ready(an->store)) {
+        free(groups);
+        oidc_identity_fini(&id);
+        snprintf(out->reason, sizeof out->reason,
+                 "sign-in refused: the session database is unreachable");
+        out->event = AUTHN_EV_LOGIN_FAILED;
+        out->cont = NULL;
+        memset(&out->id, 0, sizeof out->id);
+        return error_page(an, req, a, out, 503, "Sign-in is temporarily unavailable",
+                          "Gatehouse cannot store new sign-ins right now. Please try again in a "
+                          "moment.");
+    }
     int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
     bool ok = rc == 0 && identity_from_oidc(out, &id, c->idp->p->id, a);
     log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,

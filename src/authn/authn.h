@@ -62,6 +62,9 @@ const struct oidc_provider *authn_provider(const struct authn *an, size_t i);
 struct authn_shared;
 struct authn_shared *authn_shared_ref(struct authn *an); /* NULL before authn_start */
 void authn_shared_unref(struct authn_shared *sh);
+/* False while the shared session database (state.postgres) is unreachable:
+ * /readyz answers 503 so balancers drain the node. NULL: true. */
+bool authn_shared_ready(struct authn_shared *sh);
 void authn_share(struct authn *an, struct authn_shared *sh);
 /* At exit: flushes and closes the shared state now, even while snapshots
  * still refer to it (no request may run afterwards). */

@@ -18,6 +18,8 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sqlite3.h>
 
 #include "codec.h"
@@ -42,6 +44,8 @@ struct sess {
     int64_t created_ms, last_seen_ms, expires_ms, token_exp_s;
     int64_t flushed_last_seen_ms;
     bool refresh_in_flight;
+    bool seen;           /* PostgreSQL resync: present in the sessions table */
+    bool unwritten;      /* PostgreSQL: created here, its insert not committed yet */
     struct sess *next;
 };
 
@@ -65,6 +69,7 @@ struct session_store {
     struct session_conf conf;
     unsigned char key[32];
     sqlite3 *db;                 /* writer thread only, after open */
+    struct spg *pg;              /* or PostgreSQL (state.postgres): db is then NULL */
     pthread_mutex_t stripe[NSTRIPES];
     struct sess *bucket[NBUCKETS];
 
@@ -193,6 +198,7 @@ void session_conf_fini(struct session_conf *c)
 {
     free(c->cookie_name);
     free(c->key_file);
+    spg_conf_fini(&c->pg);
     memset(c, 0, sizeof *c);
 }
 
@@ -631,6 +637,257 @@ struct touch {
     int64_t last_seen_ms;
 };
 
+/* ---- PostgreSQL (session_pg.c) ----------------------------------------- */
+
+static void row_of(struct session_store *s, const struct sess *r, struct spg_row *w)
+{
+    memset(w, 0, sizeof *w);
+    str_hex(r->h, 32, w->id_hash);
+    w->user_key = r->user_key;
+    w->email = r->email;
+    w->name = r->name;
+    w->groups = r->groups;
+    w->claims = r->claims;
+    w->idp = r->idp;
+    w->sid = r->sid;
+    w->refresh_token = seal_field(s, r->h, "rt", r->refresh_token);
+    w->id_token = seal_field(s, r->h, "idt", r->id_token);
+    w->created_ms = r->created_ms;
+    w->last_seen_ms = r->last_seen_ms;
+    w->expires_ms = r->expires_ms;
+    w->token_exp_s = r->token_exp_s;
+}
+
+static struct sess **find(struct session_store *s, size_t b, const unsigned char h[32]);
+
+/* Writes a batch in one transaction; on failure the operations go back to
+ * the head of the queue (the database may be down: kept until it returns). */
+static void pg_cycle(struct session_store *s, struct op *ops, const struct touch *touch,
+                     size_t ntouch)
+{
+    size_t nops = 0;
+    for (struct op *o = ops; o != NULL; o = o->next) {
+        nops++;
+    }
+    if (nops == 0 && ntouch == 0) {
+        (void)spg_write(s->pg, NULL, 0, NULL, 0); /* recovers the writer after a failure */
+        return;
+    }
+    struct spg_op *w = xcalloc(nops ? nops : 1, sizeof *w);
+    struct spg_touch *t = xcalloc(ntouch ? ntouch : 1, sizeof *t);
+    size_t i = 0;
+    for (struct op *o = ops; o != NULL; o = o->next, i++) {
+        w[i].kind = o->kind == OP_INSERT ? SPG_INSERT : o->kind == OP_UPDATE ? SPG_UPDATE
+                                                                              : SPG_DELETE;
+        row_of(s, o->rec, &w[i].row);
+    }
+    for (size_t k = 0; k < ntouch; k++) {
+        str_hex(touch[k].h, 32, t[k].id_hash);
+        t[k].last_seen_ms = touch[k].last_seen_ms;
+    }
+    bool ok = spg_write(s->pg, w, nops, t, ntouch) == 0;
+    for (size_t k = 0; k < nops; k++) {
+        free((char *)w[k].row.refresh_token);
+        free((char *)w[k].row.id_token);
+    }
+    free(w);
+    free(t);
+    if (!ok) {
+        requeue(s, ops);
+        return;
+    }
+    for (struct op *o = ops; o != NULL; o = o->next) {
+        if (o->kind == OP_INSERT) {
+            size_t b = bucket_of(o->rec->h);
+            pthread_mutex_lock(stripe_of(s, b));
+            struct sess **pp = find(s, b, o->rec->h);
+            if (pp != NULL) {
+                (*pp)->unwritten = false;
+            }
+            pthread_mutex_unlock(stripe_of(s, b));
+        }
+    }
+    while (ops != NULL) {
+        struct op *next = ops->next;
+        sess_free(ops->rec);
+        free(ops);
+        ops = next;
+    }
+}
+
+static bool user_revoked_at_creation(struct session_store *s, const struct sess *e)
+{
+    bool dead = false;
+    pthread_rwlock_rdlock(&s->urmu);
+    size_t n = atomic_load(&s->nuser_revs);
+    for (size_t i = 0; i < n && !dead; i++) {
+        struct user_rev u = { s->user_revs[i].value, s->user_revs[i].ts_ms };
+        dead = match_user_rev(e, &u);
+    }
+    pthread_rwlock_unlock(&s->urmu);
+    return dead;
+}
+
+
+/* A session row from the database (created or refreshed on another node). */
+static void hook_row(void *arg, const struct spg_row *r, bool update)
+{
+    struct session_store *s = arg;
+    struct sess *e = xcalloc(1, sizeof *e);
+    if (hex_to_hash(r->id_hash, e->h) != 0 || r->user_key == NULL || r->idp == NULL) {
+        free(e);
+        return;
+    }
+    set_public_id(e);
+    e->user_key = xstrdup(r->user_key);
+    e->email = dupn(r->email);
+    e->name = dupn(r->name);
+    e->groups = xstrdup(r->groups ? r->groups : "[]");
+    e->claims = xstrdup(r->claims ? r->claims : "{}");
+    e->idp = xstrdup(r->idp);
+    e->sid = dupn(r->sid);
+    e->refresh_token = open_field(s, e->h, "rt", (const unsigned char *)r->refresh_token);
+    e->id_token = open_field(s, e->h, "idt", (const unsigned char *)r->id_token);
+    if (r->refresh_token != NULL && e->refresh_token == NULL) {
+        log_warn("authn", "a stored refresh token does not open with the session key "
+                          "(session.key_file differs between nodes?); that session will not "
+                          "refresh");
+    }
+    e->created_ms = r->created_ms;
+    e->last_seen_ms = e->flushed_last_seen_ms = r->last_seen_ms;
+    e->expires_ms = r->expires_ms;
+    e->token_exp_s = r->token_exp_s;
+    if (expired(s, e, now_wall_ms()) || user_revoked_at_creation(s, e)) {
+        sess_free(e);
+        return;
+    }
+    size_t b = bucket_of(e->h);
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, e->h);
+    if (pp == NULL) {
+        e->seen = true;
+        e->next = s->bucket[b];
+        s->bucket[b] = e;
+        e = NULL;
+    } else if (update) {
+        struct sess *c = *pp;
+        c->seen = true;
+        wipe_free(c->refresh_token);
+        c->refresh_token = e->refresh_token;
+        e->refresh_token = NULL;
+        c->token_exp_s = e->token_exp_s;
+        free(c->email);
+        c->email = e->email;
+        e->email = NULL;
+        free(c->name);
+        c->name = e->name;
+        e->name = NULL;
+        free(c->groups);
+        c->groups = e->groups;
+        e->groups = NULL;
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    sess_free(e);
+}
+
+static void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
+{
+    struct session_store *s = arg;
+    size_t n = 0;
+    if (strcmp(kind, "id") == 0) {
+        unsigned char h[32];
+        if (hex_to_hash(value, h) == 0) {
+            /* One bucket, not a scan: every sign-out in the fleet comes here. */
+            size_t b = bucket_of(h);
+            struct sess *dead = NULL;
+            pthread_mutex_lock(stripe_of(s, b));
+            struct sess **pp = find(s, b, h);
+            if (pp != NULL) {
+                dead = *pp;
+                *pp = dead->next;
+                n = 1;
+            }
+            pthread_mutex_unlock(stripe_of(s, b));
+            sess_free(dead);
+        }
+    } else if (strcmp(kind, "user") == 0) {
+        /* Also deleted from the database: a session created here just
+         * before the revocation may have been written after its DELETE. */
+        struct user_rev u = { value, ts_ms };
+        user_rev_note(s, value, ts_ms);
+        n = cache_remove_if(s, match_user_rev, &u, true);
+    } else if (strcmp(kind, "user-note") == 0) {
+        user_rev_note(s, value, ts_ms);
+    }
+    if (n > 0) {
+        log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
+    }
+}
+
+static bool match_unseen(const struct sess *e, const void *arg)
+{
+    (void)arg;
+    return !e->seen;
+}
+
+static void hook_resync(void *arg, bool end)
+{
+    struct session_store *s = arg;
+    if (end) {
+        size_t n = cache_remove_if(s, match_unseen, NULL, false);
+        log_info("authn", "session cache rebuilt from PostgreSQL: %zu session(s) no longer "
+                          "there ended", n);
+        return;
+    }
+    /* Sessions made here and not written yet are not in the table yet. */
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        pthread_mutex_lock(stripe_of(s, b));
+        for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
+            e->seen = e->unwritten;
+        }
+        pthread_mutex_unlock(stripe_of(s, b));
+    }
+}
+
+static void hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms)
+{
+    struct session_store *s = arg;
+    unsigned char h[32];
+    if (hex_to_hash(id_hash, h) != 0) {
+        return;
+    }
+    size_t b = bucket_of(h);
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL && (*pp)->last_seen_ms < last_seen_ms) {
+        (*pp)->last_seen_ms = last_seen_ms;
+        if ((*pp)->flushed_last_seen_ms < last_seen_ms) {
+            (*pp)->flushed_last_seen_ms = last_seen_ms;
+        }
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+}
+
+void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32])
+{
+    unsigned int n = 32;
+    if (HMAC(EVP_sha256(), s->key, sizeof s->key, (const unsigned char *)label, strlen(label), out,
+             &n) == NULL) {
+        /* Cannot happen with SHA-256 in OpenSSL 3; never leave a guessable key. */
+        abort();
+    }
+}
+
+bool session_store_shared(const struct session_store *s)
+{
+    return s != NULL && s->pg != NULL;
+}
+
+bool session_store_ready(struct session_store *s)
+{
+    return s == NULL || s->pg == NULL || spg_ok(s->pg, now_wall_ms());
+}
+
 static void writer_cycle(struct session_store *s)
 {
     pthread_mutex_lock(&s->dbmu);
@@ -668,7 +925,10 @@ static void writer_cycle(struct session_store *s)
         }
     }
     pthread_mutex_unlock(&s->oncemu);
-    if (ops != NULL || ntouch > 0 || once_dirty) {
+    if (s->pg != NULL) {
+        pg_cycle(s, ops, touch, ntouch);
+        ops = NULL;
+    } else if (ops != NULL || ntouch > 0 || once_dirty) {
         bool began = true;
         /* BEGIN IMMEDIATE: the CLI may write concurrently (LIBRARIES.md §7).
          * When the database stays locked past the busy timeout, the queued
@@ -718,9 +978,20 @@ static void writer_cycle(struct session_store *s)
     }
     free(touch);
 
+    int64_t now = now_wall_ms();
+    if (s->pg != NULL) {
+        /* Revocations arrive through the listener thread (session_pg.c). */
+        if (now - s->last_purge_ms >= PURGE_PERIOD_MS) {
+            s->last_purge_ms = now;
+            const struct session_store *self = s;
+            cache_remove_if(s, match_expired, &self, false);
+            spg_purge(s->pg, now, s->conf.idle_timeout_ms);
+        }
+        pthread_mutex_unlock(&s->dbmu);
+        return;
+    }
     poll_revocations(s);
 
-    int64_t now = now_wall_ms();
     if (now - s->last_purge_ms >= PURGE_PERIOD_MS) {
         s->last_purge_ms = now;
         const struct session_store *self = s;
@@ -892,6 +1163,12 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     s->conf.refresh_before_ms = c->refresh_before_ms;
     if (c->key_file != NULL) {
         key_file = xstrdup(c->key_file);
+    } else if (db_path == NULL) {
+        err_set(err, ERR_CONFIG, "state.postgres without state.sqlite needs session.key_file "
+                                 "(the same key on every node)");
+        session_conf_fini(&s->conf);
+        free(s);
+        return NULL;
     } else {
         char *copy = xstrdup(db_path);
         key_file = xasprintf("%s/session.key", dirname(copy));
@@ -911,12 +1188,22 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     if (keys_load_secret32(key_file, true, s->key, err) != 0) {
         goto fail;
     }
-    s->db = db_open(db_path, err);
-    if (s->db == NULL) {
-        goto fail;
-    }
     s->last_purge_ms = now_wall_ms();
-    preload(s, now_wall_ms());
+    if (c->pg.conninfo != NULL) {
+        s->conf.pg.staleness_ms = c->pg.staleness_ms;
+        struct spg_hooks h = { .arg = s, .row = hook_row, .revoke = hook_revoke,
+                               .touch = hook_touch, .resync = hook_resync };
+        s->pg = spg_open(&c->pg, &h, err);
+        if (s->pg == NULL) {
+            goto fail;
+        }
+    } else {
+        s->db = db_open(db_path, err);
+        if (s->db == NULL) {
+            goto fail;
+        }
+        preload(s, now_wall_ms());
+    }
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
         err_set(err, ERR_IO, "cannot start the session writer thread");
         goto fail;
@@ -943,6 +1230,10 @@ void session_store_close(struct session_store *s)
     if (s->db != NULL) {
         writer_cycle(s);
         sqlite3_close(s->db);
+    }
+    if (s->pg != NULL) {
+        writer_cycle(s); /* a last try; what the database does not take is lost */
+        spg_close(s->pg);
     }
     for (size_t b = 0; b < NBUCKETS; b++) {
         while (s->bucket[b] != NULL) {
@@ -1011,6 +1302,10 @@ bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_
         struct once *o = xcalloc(1, sizeof *o);
         memcpy(o->h, h, 32);
         o->exp_s = exp_s;
+        /* On PostgreSQL one-time values stay in this node's memory (not shared
+         * yet: docs/scale-out.md); nothing to write, so it expires like a
+         * written one. */
+        o->flushed = s->pg != NULL;
         o->next = s->once[b];
         s->once[b] = o;
         s->nonce++;
@@ -1025,6 +1320,10 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     unsigned char raw[32];
     if (in->user_key == NULL || in->idp == NULL) {
         return err_set(err, ERR_PARSE, "session needs a user key and an identity provider");
+    }
+    if (!session_store_ready(s)) {
+        /* Other nodes could not learn of it, nor revoke it. */
+        return err_set(err, ERR_IO, "the session database is unreachable");
     }
     if (!codec_rand_bytes(raw, sizeof raw)) {
         return err_set(err, ERR_CRYPTO, "no randomness for a session id");
@@ -1051,6 +1350,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     e->last_seen_ms = e->flushed_last_seen_ms = now_ms;
     e->expires_ms = now_ms + (int64_t)s->conf.max_lifetime_ms;
     e->token_exp_s = in->token_exp_s;
+    e->unwritten = s->pg != NULL;
 
     struct sess *copy = sess_copy(e);
     size_t b = bucket_of(e->h);
@@ -1059,6 +1359,12 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     s->bucket[b] = e;
     pthread_mutex_unlock(stripe_of(s, b));
     enqueue(s, OP_INSERT, copy);
+    if (s->pg != NULL) {
+        /* The other nodes learn of it once it is written: now, not in 500 ms. */
+        pthread_mutex_lock(&s->qmu);
+        pthread_cond_signal(&s->qcv);
+        pthread_mutex_unlock(&s->qmu);
+    }
     return 0;
 }
 
@@ -1086,12 +1392,25 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
     enum session_status st = SESSION_NONE;
     struct sess *dead = NULL;
 
+    /* PostgreSQL: the cache answers only while it is known to be fresh. A
+     * cookie it does not know may be a session made on another node while
+     * the database was out of reach: unavailable, not signed out. */
+    bool stale = false, unsure = false;
+    if (s->pg != NULL) {
+        stale = now_ms - spg_synced_ms(s->pg) > (int64_t)s->conf.pg.staleness_ms;
+        unsure = stale || !spg_ok(s->pg, now_ms);
+    }
     pthread_mutex_lock(mu);
     struct sess **pp = find(s, b, h);
     if (pp == NULL) {
+        st = unsure ? SESSION_UNAVAILABLE : SESSION_NONE;
         goto out;
     }
     struct sess *e = *pp;
+    if (stale) {
+        st = SESSION_UNAVAILABLE;
+        goto out;
+    }
     if (expired(s, e, now_ms)) {
         *pp = e->next;
         dead = e;
@@ -1444,4 +1763,80 @@ done:
     free(hashes);
     sqlite3_close(db);
     return rc;
+}
+
+/* ---- administration on PostgreSQL -------------------------------------- */
+
+struct pg_list {
+    const char *user, *bare_idp;
+    bool json;
+    FILE *out;
+};
+
+static void pg_list_one(void *arg, const char *hex, const char *uk, const char *email,
+                        const char *idp, int64_t created_ms, int64_t last_seen_ms,
+                        int64_t expires_ms, const char *groups)
+{
+    const struct pg_list *l = arg;
+    if (hex == NULL || (l->user != NULL && !sess_user_match(l->user, uk, email, idp))) {
+        return;
+    }
+    const char *hash = uk ? strchr(uk, '#') : NULL;
+    char *uid = oidc_user_id(idp ? idp : "?", l->bare_idp && idp && strcmp(idp, l->bare_idp) == 0,
+                             hash ? hash + 1 : (uk ? uk : "?"));
+    char c[32], ls[32], e[32];
+    fmt_time(created_ms, c, sizeof c);
+    fmt_time(last_seen_ms, ls, sizeof ls);
+    fmt_time(expires_ms, e, sizeof e);
+    if (l->json) {
+        json_error_t jerr;
+        json_t *g = groups ? json_loads(groups, 0, &jerr) : NULL;
+        json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16, "user",
+                              uid, "email", email, "idp", idp ? idp : "?", "created", c,
+                              "last_seen", ls, "expires", e, "groups", g ? g : json_array());
+        if (o != NULL) {
+            json_object_set_new(o, "user_key", json_string(uk));
+        }
+        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (line != NULL) {
+            fprintf(l->out, "%s\n", line);
+        }
+        free(line);
+        json_decref(o);
+    } else {
+        fprintf(l->out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid,
+                idp ? idp : "?", c, ls, e);
+    }
+    free(uid);
+}
+
+int session_admin_list_pg(const struct spg_conf *pg, const char *user, const char *bare_idp,
+                          bool json, FILE *out, struct err *err)
+{
+    struct pg_list l = { user, bare_idp, json, out };
+    if (!json) {
+        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
+                "LAST SEEN", "EXPIRES");
+    }
+    return spg_admin_list(pg, now_wall_ms(), pg_list_one, &l, err);
+}
+
+int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const char *id,
+                            size_t *count, struct err *err)
+{
+    *count = 0;
+    if ((user == NULL) == (id == NULL)) {
+        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
+    }
+    if (id != NULL) {
+        size_t n = strlen(id);
+        bool ok = n >= 8 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+        }
+        if (!ok) {
+            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
+        }
+    }
+    return spg_admin_revoke(pg, user, id, sess_user_match, now_wall_ms(), count, err);
 }

@@ -5,6 +5,10 @@
  * the revocation table so `gatehouse sessions revoke` reaches every worker
  * within a second. One serving process owns a database file (the cache is
  * authoritative for it); other processes (the CLI) only list and revoke.
+ * With state.postgres (session_pg.h) several serving processes share one
+ * database: changes travel through a change table announced with
+ * LISTEN/NOTIFY, and the cache answers only within state.staleness of the
+ * last synchronisation.
  *
  * Hot-path functions (lookup, create, revoke_*, refresh_*) never touch SQLite
  * and only hold a striped mutex for a copy. */
@@ -17,6 +21,7 @@
 
 #include "core/core.h"
 #include "core/ident.h"
+#include "session_pg.h"
 
 #define SESSION_COOKIE_LEN 43 /* base64url of 32 random bytes */
 
@@ -27,9 +32,11 @@ struct session_conf {
     bool refresh;               /* refresh tokens before expiry */
     uint64_t refresh_before_ms; /* how long before expiry (default 60s) */
     char *key_file;             /* resolved path, or NULL = next to the database */
+    struct spg_conf pg;         /* state.postgres (pg.conninfo NULL: SQLite), set by the caller */
 };
 
-/* Reads the `session:` map (n may be NULL: defaults). Reports to d. */
+/* Reads the `session:` map (n may be NULL: defaults). Reports to d. The
+ * PostgreSQL part (pg) comes from `state:` (spg_conf_parse). */
 bool session_conf_parse(struct conf_diag *d, const struct conf_node *n, const char *conf_file,
                         struct session_conf *out);
 void session_conf_fini(struct session_conf *c);
@@ -45,6 +52,19 @@ bool session_db_readable(const char *path, struct err *err);
  * Blocking: call at start-up. */
 struct session_store *session_store_open(const char *db_path, const struct session_conf *c,
                                          struct err *err);
+/* With c->pg.conninfo set, the store is PostgreSQL shared by a fleet: db_path
+ * may then be NULL (c->key_file is then required), sessions created on other
+ * nodes arrive through LISTEN/NOTIFY, and revocations from anywhere apply
+ * within a second. */
+/* False while a PostgreSQL store cannot reach its database (readiness,
+ * new sign-ins). Always true for SQLite. */
+bool session_store_ready(struct session_store *s);
+/* A 32-byte key derived from the session key (HMAC-SHA256 over label): on a
+ * fleet every node that shares session.key_file derives the same one (the
+ * login-state key, so a sign-in may start on one node and end on another). */
+void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32]);
+/* True when the store is PostgreSQL (state.postgres). */
+bool session_store_shared(const struct session_store *s);
 /* Flushes pending writes, stops the writer thread, closes. NULL is a no-op. */
 void session_store_close(struct session_store *s);
 /* Writes everything queued now and applies revocations from other processes
@@ -67,7 +87,15 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
                    char cookie[SESSION_COOKIE_LEN + 1], struct err *err) WARN_UNUSED;
 
 /* Outcomes, not errors: zero (uninitialised) means no session. */
-enum session_status { SESSION_NONE = 0, SESSION_EXPIRED, SESSION_VALID };
+enum session_status {
+    SESSION_NONE = 0,
+    SESSION_EXPIRED,
+    SESSION_VALID,
+    /* PostgreSQL unreachable and the cache cannot answer: the cookie is not
+     * in it, or it was last synchronised longer ago than state.staleness.
+     * Never an allow: the caller answers 503. */
+    SESSION_UNAVAILABLE,
+};
 
 /* A session as one request sees it. Strings are arena-owned copies. */
 struct session_view {
@@ -132,8 +160,17 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
 int session_admin_revoke(const char *db_path, const char *user, const char *id, size_t *count,
                          struct err *err) WARN_UNUSED;
 
+/* The same on a PostgreSQL store (state.postgres); revocations are announced
+ * to every node in the same transaction. */
+int session_admin_list_pg(const struct spg_conf *pg, const char *user, const char *bare_idp,
+                          bool json, FILE *out, struct err *err) WARN_UNUSED;
+int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const char *id,
+                            size_t *count, struct err *err) WARN_UNUSED;
+
 /* `gatehouse sessions list|revoke -c CFG [--user U | --id ID] [--json]` */
 /* log_admin (may be NULL) records each revocation in the decision log. */
 int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin);
+/* `gatehouse db migrate -c CFG`: the PostgreSQL schema (state.postgres). */
+int authn_cmd_db(int argc, char **argv);
 
 #endif

@@ -96,7 +96,8 @@ static char *resolve_user(const struct conf_node *root, const char *user, char *
 
 /* The database path: state.sqlite, resolved against the config file; *user
  * replaced by its resolved form (resolve_user). */
-static char *db_path_from_config(const char *conf_file, char **user, char **bare_idp)
+static char *db_path_from_config(const char *conf_file, char **user, char **bare_idp,
+                                 struct spg_conf *pg)
 {
     struct conf_diag d = { 0 };
     struct conf_doc *doc = conf_doc_load(conf_file, &d);
@@ -117,10 +118,14 @@ static char *db_path_from_config(const char *conf_file, char **user, char **bare
     *user = resolved;
     const char *sqlite = NULL;
     const struct conf_node *state = conf_get(doc->root, "state");
-    if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
+    if (spg_conf_parse(&d, state, conf_file, pg)) {
+        /* PostgreSQL holds the sessions even when state.sqlite is there too. */
+        path = d.count == 0 ? xstrdup(pg->conninfo) : NULL;
+    } else if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
         path = conf_path_resolve(conf_file, sqlite);
     } else if (d.count == 0) {
-        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured, so there are no "
+        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured (nor state.postgres), "
+                        "so there are no "
                         "stored sessions\n",
                 conf_file);
     }
@@ -174,19 +179,23 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
         return 2;
     }
     char *ukey = (char *)user, *bare_idp = NULL;
-    char *db = db_path_from_config(conf, &ukey, &bare_idp);
+    struct spg_conf pg = { 0 };
+    char *db = db_path_from_config(conf, &ukey, &bare_idp, &pg);
     if (db == NULL) {
         free(bare_idp);
+        spg_conf_fini(&pg);
         return 1;
     }
     struct err err = { 0 };
     int rc;
     if (strcmp(verb, "list") == 0) {
         rc = id != NULL ? err_set(&err, ERR_PARSE, "list takes --user, not --id")
-                        : session_admin_list(db, ukey, bare_idp, json, stdout, &err);
+             : pg.conninfo ? session_admin_list_pg(&pg, ukey, bare_idp, json, stdout, &err)
+                           : session_admin_list(db, ukey, bare_idp, json, stdout, &err);
     } else {
         size_t n = 0;
-        rc = session_admin_revoke(db, ukey, id, &n, &err);
+        rc = pg.conninfo ? session_admin_revoke_pg(&pg, ukey, id, &n, &err)
+                         : session_admin_revoke(db, ukey, id, &n, &err);
         if (rc == 0 && id != NULL && n == 0) {
             /* A mistyped id must not look like a successful revocation. */
             rc = err_set(&err, ERR_NOTFOUND, "no such session \"%s\"", id);
@@ -220,6 +229,7 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
         }
     }
     free(db);
+    spg_conf_fini(&pg);
     free(ukey);
     free(bare_idp);
     if (rc != 0) {
@@ -227,4 +237,65 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
         return 1;
     }
     return 0;
+}
+
+static const char db_usage[] = "usage: gatehouse db migrate -c gatehouse.yaml\n";
+
+int authn_cmd_db(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *conf = NULL;
+    int c;
+    if (argc < 2 || strcmp(argv[1], "migrate") != 0) {
+        fputs(db_usage, stderr);
+        return 2;
+    }
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'h':
+            fputs(db_usage, stdout);
+            return 0;
+        default:
+            fputs(db_usage, stderr);
+            return 2;
+        }
+    }
+    if (conf == NULL || optind != argc) {
+        fputs(db_usage, stderr);
+        return 2;
+    }
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(conf, &d);
+    struct spg_conf pg = { 0 };
+    int rc = 1;
+    if (doc != NULL && !spg_conf_parse(&d, conf_get(doc->root, "state"), conf, &pg) &&
+        d.count == 0) {
+        fprintf(stderr, "%s: error: no \"state: {postgres: ...}\" configured (SQLite creates its "
+                        "tables itself)\n",
+                conf);
+    } else if (doc != NULL && d.count == 0) {
+        spg_conf_check(&d, conf_get(doc->root, "state"), &pg);
+    }
+    if (d.count > 0) {
+        conf_diag_print(&d, stderr);
+    } else if (pg.conninfo != NULL) {
+        struct err err = { 0 };
+        if (spg_cmd_migrate(&pg, stdout, &err) != 0) {
+            fprintf(stderr, "gatehouse db migrate: %s\n", err.msg);
+        } else {
+            rc = 0;
+        }
+    }
+    spg_conf_fini(&pg);
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
+    return rc;
 }

@@ -395,7 +395,9 @@ static int cmd_query(int argc, char **argv)
     }
     sqlite3 *db = NULL;
     struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+    /* A fleet (state.postgres): every node's records, from the shared table. */
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, until, &db, &err)
+                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         decision_log_conf_fini(&c);
         return 1;
@@ -407,8 +409,9 @@ static int cmd_query(int argc, char **argv)
     snprintf(sql, sizeof sql,
              "SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND ts_us <= ?2 "
              "AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR decision = ?4) AND (?5 IS NULL OR "
-             "rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY seq %s",
-             DL_COLUMNS, limit ? "DESC" : "ASC");
+             "rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY %sseq %s",
+             DL_COLUMNS, c.pg_conninfo ? (limit ? "ts_us DESC, " : "ts_us, ") : "",
+             limit ? "DESC" : "ASC");
     sqlite3_stmt *st = NULL;
     int rc = 1;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -785,6 +788,16 @@ static int cmd_verify(int argc, char **argv)
     }
     /* Truncation keeps a chain valid: the head file, checkpoints, retention, --anchor. */
     ok = dl_verify_integrity(&c, db, pubkey, anchor) && ok;
+    if (c.pg_conninfo) {
+        /* A fleet: every node's chain as shipped to PostgreSQL. */
+        bool fok = true;
+        struct err pe = { 0 };
+        if (dl_fleet_verify(&c, stdout, &fok, &pe) != 0) {
+            printf("FAIL fleet: %s\n", pe.msg);
+            fok = false;
+        }
+        ok = ok && fok;
+    }
     sqlite3_close(db);
     decision_log_conf_fini(&c);
     printf("%s\n", ok ? "decision log OK" : "decision log FAILED verification");
@@ -903,7 +916,9 @@ bool policy_record_by_request(const char *cfg, const char *request_id, struct dl
     if (!load_conf(cfg, &c)) {
         return false;
     }
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+    /* A fleet: the request may have been decided on any node. */
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, INT64_MIN, INT64_MAX, &db, &err)
+                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         decision_log_conf_fini(&c);
         return false;
@@ -1002,7 +1017,9 @@ int policy_cmd_diff(int argc, char **argv)
         nrp++;
     }
     struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
+    /* A fleet: replay every node's decisions (state.postgres). */
+    if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, INT64_MAX, &db, &err)
+                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         goto out;
     }

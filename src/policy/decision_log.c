@@ -829,6 +829,34 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     if (state && state->type == CONF_MAP && !conf_string(d, state, "sqlite", &sqlite)) {
         return false;
     }
+    const char *pg = NULL, *pgpw = NULL, *node = NULL;
+    if (state && state->type == CONF_MAP &&
+        (!conf_string(d, state, "postgres", &pg) || !conf_string(d, state, "password_file", &pgpw) ||
+         !conf_string(d, state, "node", &node))) {
+        return false;
+    }
+    if (pg != NULL) {
+        char host[256] = "";
+        if (node == NULL && gethostname(host, sizeof host - 1) == 0) {
+            node = host;
+        }
+        size_t nl = node ? strlen(node) : 0;
+        bool nok = nl > 0 && nl <= 64;
+        for (size_t i = 0; nok && i < nl; i++) {
+            char ch = node[i];
+            nok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '_' || ch == '.';
+        }
+        if (!nok) {
+            conf_error(d, conf_get(state, "node") ? conf_get(state, "node") : state,
+                       "\"node\" must be 1-64 letters, digits, '-', '_' or '.' (it names this "
+                       "node's records in the shared decision log)");
+            return false;
+        }
+        out->pg_conninfo = xstrdup(pg);
+        out->pg_password_file = pgpw ? conf_path_resolve(conf_file, pgpw) : NULL;
+        out->node = xstrdup(node);
+    }
     if (!sqlite) {
         conf_error(d, conf_get_key(root, "decision_log"),
                    "\"decision_log\" needs \"state.sqlite\" (the log's database)");
@@ -854,7 +882,11 @@ void decision_log_conf_fini(struct decision_log_conf *c)
     free(c->ckpt_key);
     free(c->ckpt_file);
     free(c->ckpt_command);
+    free(c->pg_conninfo);
+    free(c->pg_password_file);
+    free(c->node);
     c->sqlite = c->file = c->ckpt_key = c->ckpt_file = c->ckpt_command = NULL;
+    c->pg_conninfo = c->pg_password_file = c->node = NULL;
 }
 
 /* ---- the writer ---- */
@@ -868,6 +900,7 @@ struct qrec {
 
 struct decision_log {
     struct decision_log_conf conf;
+    struct dl_ship *ship;          /* state.postgres: ships committed records */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -1047,6 +1080,12 @@ static int bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t 
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc;
+}
+
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                const char *prev, const char *hash, struct sbuf tmp[2])
+{
+    return bind_row(st, r, seq, prev, hash, tmp);
 }
 
 static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
@@ -1736,7 +1775,11 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
 
 struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
 {
-    return dl_open(c, false, NULL, err);
+    struct decision_log *dl = dl_open(c, false, NULL, err);
+    if (dl != NULL && c->pg_conninfo != NULL) {
+        dl->ship = dl_ship_start(c);
+    }
+    return dl;
 }
 
 /* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
@@ -1778,6 +1821,9 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     dl->conf.ckpt_key = c->ckpt_key ? xstrdup(c->ckpt_key) : NULL;
     dl->conf.ckpt_file = c->ckpt_file ? xstrdup(c->ckpt_file) : NULL;
     dl->conf.ckpt_command = c->ckpt_command ? xstrdup(c->ckpt_command) : NULL;
+    dl->conf.pg_conninfo = NULL; /* the shipper keeps its own copy */
+    dl->conf.pg_password_file = NULL;
+    dl->conf.node = NULL;
     dl->fd = -1;
     dl->spool_fd = -1;
     dl->spool_path = dl_spool_path(c->sqlite);
@@ -2016,6 +2062,9 @@ void decision_log_close(struct decision_log *dl)
     if (!dl) {
         return;
     }
+    /* What it has not shipped yet stays in SQLite and goes with the next start. */
+    dl_ship_stop_free(dl->ship, true);
+    dl->ship = NULL;
     pthread_mutex_lock(&dl->mu);
     dl->stop = true;
     pthread_cond_signal(&dl->wake);

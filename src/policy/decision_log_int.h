@@ -55,6 +55,23 @@ void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
 struct dl_key;
 long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
                const struct dl_key *key, const char *reason, struct err *err);
+/* Binds a record to an INSERT of (seq, DL_COLUMNS, prev_hash, hash) (?1..?34) and
+ * steps it. tmp: scratch buffers. */
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                const char *prev, const char *hash, struct sbuf tmp[2]);
+
+/* dl_store_pg.c: a fleet's decision log (state.postgres). The shipper copies
+ * committed records to decision_records in PostgreSQL, from a thread. */
+struct dl_ship;
+struct dl_ship *dl_ship_start(const struct decision_log_conf *c);
+void dl_ship_stop_free(struct dl_ship *s, bool started);
+/* Every node's records from PostgreSQL in an in-memory database with the
+ * decisions table (each node's own seq kept), for audit query. */
+int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, int64_t until_us,
+                         sqlite3 **out, struct err *err);
+/* Checks every node's chain in PostgreSQL; prints "ok fleet NODE"/"FAIL fleet NODE". */
+int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, struct err *err);
+
 /* "2026-03-10T09:30:00.123456Z" for a time in microseconds. */
 void dl_format_ts(int64_t ts_us, char out[64]);
 bool dl_parse_ts(const char *s, int64_t *out_us);

@@ -234,6 +234,10 @@ struct decision_log_conf {
     char *ckpt_file;            /* also append each checkpoint here (one JSON line) */
     char *ckpt_command;         /* also run this with the checkpoint on stdin */
     bool ckpt_syslog;           /* also send each checkpoint to syslog */
+    /* state.postgres: records are also shipped to the fleet's shared table. */
+    char *pg_conninfo;          /* NULL: one node, SQLite only */
+    char *pg_password_file;     /* resolved */
+    char *node;                 /* state.node, default the host name */
 };
 
 /* Reads `decision_log:` and `state.sqlite` from a gatehouse.yaml root (paths relative

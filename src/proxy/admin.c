@@ -1,5 +1,6 @@
 /* proxy/admin.c - the admin listener's endpoints, served by worker 0's loop:
- * /healthz (the process is up), /readyz (503 while draining), /metrics
+ * /healthz (the process is up), /readyz (503 while draining or while the
+ * shared state database is unreachable), /metrics
  * (Prometheus text from metrics.c). Anything else is 404. */
 #include <stdlib.h>
 
@@ -21,6 +22,8 @@ void admin_handle(struct conn *c, struct request *r)
     } else if (str_eq_cstr(r->path, "/readyz")) {
         if (atomic_load(&io_g.draining)) {
             request_respond(r, 503, "text/plain", STR("draining\n"), NULL);
+        } else if (!gate_state_ready()) {
+            request_respond(r, 503, "text/plain", STR("state database unreachable\n"), NULL);
         } else {
             request_respond(r, 200, "text/plain", STR("ready\n"), NULL);
         }

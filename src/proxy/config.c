@@ -47,7 +47,8 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
                                            "connections", NULL };
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
-static const char *const state_keys[] = { "sqlite", NULL };
+static const char *const state_keys[] = { "sqlite", "postgres", "password_file", "migrate",
+                                          "staleness", "node", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 /* The device registry lives in state.sqlite; "devices" tunes its use. */
 static const char *const devices_keys[] = { "cache_ttl", "enroll_ca", NULL };
@@ -977,6 +978,9 @@ static void read_state(struct loader *L, const struct conf_node *root)
     if ((s = get_nonempty(L, m, "sqlite"))) {
         L->c->state_sqlite = resolve(L, s);
     }
+    if ((s = get_nonempty(L, m, "postgres"))) {
+        L->c->state_postgres = xstrdup(s); /* parsed and checked by authn (spg_conf_parse) */
+    }
 }
 
 /* ---- devices ---- */
@@ -1556,6 +1560,7 @@ static void config_free(struct config *c)
     free(c->state_sqlite);
     free(c->devices_ca_cert);
     free(c->devices_ca_key);
+    free(c->state_postgres);
     conf_doc_free(c->doc);
     free(c->file);
     free(c);

@@ -136,6 +136,7 @@ struct config {
                                     * answer when nothing changed (default 30s) */
     char *devices_ca_cert;      /* devices.enroll_ca: the CA `devices enroll --csr` signs */
     char *devices_ca_key;       /* with (resolved paths), or NULL */
+    char *state_postgres;       /* connection string or NULL (authn owns the details) */
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */

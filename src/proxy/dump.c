@@ -215,6 +215,22 @@ static void dump_proxy(FILE *f, const struct config *c)
     kv_raw(f, 0, false, "log_level", "%s", c->log_level);
     fputs("state:\n", f);
     kv_str(f, 1, false, "sqlite", c->state_sqlite);
+    if (c->state_postgres != NULL) {
+        /* Never a password: they belong in state.password_file. */
+        char *safe = spg_conninfo_redacted(c->state_postgres);
+        kv_str(f, 1, false, "postgres", safe);
+        free(safe);
+        const struct conf_node *st = conf_get(c->doc ? c->doc->root : NULL, "state");
+        struct conf_diag d = { 0 };
+        struct spg_conf pg;
+        if (spg_conf_parse(&d, st, c->file, &pg)) {
+            kv_str(f, 1, false, "password_file", pg.password_file);
+            kv_raw(f, 1, false, "migrate", "%s", pg.migrate ? "true" : "false");
+            kv_raw(f, 1, false, "staleness", "%llums", (unsigned long long)pg.staleness_ms);
+        }
+        spg_conf_fini(&pg);
+        conf_diag_fini(&d);
+    }
     fputs("devices:\n", f);
     kv_dur(f, 1, "cache_ttl", c->devices_cache_ttl_ms);
     if (c->devices_ca_cert) {

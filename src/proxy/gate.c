@@ -146,7 +146,7 @@ struct gate_conf *gate_conf_load(struct config *c, struct conf_diag *d)
     if (pages && pages->type == CONF_MAP) {
         conf_bool(d, pages, "show_deny_reason", &g->show_reason);
     }
-    if (g->needs_sessions && !c->state_sqlite) {
+    if (g->needs_sessions && !c->state_sqlite && !c->state_postgres) {
         conf_error(d, root && root->type == CONF_MAP ? root : NULL,
                    "routes that are not public need \"state: {sqlite: FILE}\" for sessions");
     }
@@ -382,10 +382,22 @@ void gate_stop(void)
     G.started = false;
 }
 
+bool gate_state_ready(void)
+{
+    pthread_mutex_lock(&Shared.mu);
+    bool ok = authn_shared_ready(Shared.sh);
+    pthread_mutex_unlock(&Shared.mu);
+    return ok;
+}
+
 size_t gate_metrics_render(char *buf, size_t size)
 {
     size_t off = 0;
     int n = snprintf(buf, size,
+                     "# HELP gatehouse_state_up 1 while the state database (sessions) is "
+                     "reachable; 0 sends /readyz to 503.\n"
+                     "# TYPE gatehouse_state_up gauge\n"
+                     "gatehouse_state_up %d\n"
                      "# HELP gatehouse_logins_total Completed sign-ins.\n"
                      "# TYPE gatehouse_logins_total counter\n"
                      "gatehouse_logins_total %llu\n"
@@ -399,7 +411,7 @@ size_t gate_metrics_render(char *buf, size_t size)
                      "because the decision log could not take the record.\n"
                      "# TYPE gatehouse_decision_log_rejected_total counter\n"
                      "gatehouse_decision_log_rejected_total %llu\n",
-                     (unsigned long long)atomic_load(&G.n_login),
+                     gate_state_ready() ? 1 : 0, (unsigned long long)atomic_load(&G.n_login),
                      (unsigned long long)atomic_load(&G.n_logout),
                      (unsigned long long)atomic_load(&G.n_idp_errors),
                      (unsigned long long)atomic_load(&G.n_dl_rejects));

@@ -40,6 +40,9 @@ void gate_check(const struct config *c, struct conf_diag *d);
 /* Flushes and closes what gate_start opened. Workers must have stopped. */
 void gate_stop(void);
 
+/* False while the shared session database (state.postgres) is unreachable. */
+bool gate_state_ready(void);
+
 /* The /metrics lines of the gate (decisions, OPA, decision log); appended to buf. */
 size_t gate_metrics_render(char *buf, size_t size);
 

@@ -69,6 +69,7 @@ class ReadmeLibrariesTest(unittest.TestCase):
                  "libev": "libev", "cmocka": "cmocka", "libpcre2-8": "PCRE2",
                  "lasso": "lasso", "glib-2.0": "GLib", "gobject-2.0": "GObject",
                  "libxml-2.0": "libxml2",
+                 "libpq": "libpq",
                  "threads": None}
         for d in deps:
             self.assertIn(d, names, "new dependency %s: say in README why it is linked" % d)

@@ -1,0 +1,500 @@
+"""A fleet: two Gatehouse instances sharing sessions in a real PostgreSQL 15
+(started here in a temporary directory, loopback only, see pgserver.py).
+Sign in on A and the cookie works on B; `sessions revoke` through B's config
+refuses on A within a second, also on an open keep-alive connection, and
+also when A missed the NOTIFY (replay after a reconnect); PostgreSQL killed
+(`pg_ctl -m immediate`): /readyz 503, no crash, cached sessions served only
+within state.staleness, unknown cookies and new sign-ins get a 503 page, never
+an unchecked allow; PostgreSQL back: healed without a restart."""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.parse
+
+from harness import Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin, request
+from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+import pgserver
+
+STALENESS_S = 3
+
+
+def cli(*args):
+    return subprocess.run([gatehouse_bin(), *args], capture_output=True, text=True, timeout=30)
+
+
+def readyz(gh):
+    try:
+        return request(gh.admin_port, path="/readyz", timeout=3).status
+    except OSError:
+        return None
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class FleetTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.nodes = []
+        cls.idp = None
+        cls.backend = Backend("app")
+        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-")
+        try:
+            cls.pg = pgserver.PgServer()
+            ports = [free_port(), free_port()]
+            cls.bases = [f"http://127.0.0.1:{p}" for p in ports]
+            # B also answers for A's public URL, as two nodes behind one
+            # balancer address do: a sign-in may start on A and end on B.
+            cls.b_as_a = free_port()
+            client = client_for(cls.bases[0])
+            client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
+            cls.idp = IdP([client])
+            for i, port in enumerate(ports):
+                cls.nodes.append(Gatehouse(cls.config(i, port), files=cls.files()))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    @classmethod
+    def files(cls):
+        return {"oidc-secret": CLIENT_SECRET,
+                "pol.yaml": "rules:\n  - id: alice-only\n    effect: allow\n"
+                            "    when: {user: alice}\n"}
+
+    @classmethod
+    def config(cls, i, port):
+        state = {"postgres": cls.pg.uri(application_name=f"gh-node{i}"),
+                 "password_file": cls.pg.pwfile, "staleness": f"{STALENESS_S}s",
+                 "node": f"node-{'ab'[i]}",
+                 "sqlite": "var/gatehouse.db"}  # what stays per node: the decision log
+        listen = [{"address": f"127.0.0.1:{port}"}]
+        if i == 1:
+            listen.append({"address": f"127.0.0.1:{cls.b_as_a}", "public_url": cls.bases[0]})
+        return basic_config(
+            [{"name": "pol", "match": {"path_prefix": "/pol/"}, "policy": "pol.yaml",
+              "upstream": {"servers": [cls.backend.url]}},
+             {"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+            listen=listen,
+            state=state,
+            decision_log={"file": "var/decisions.jsonl"},
+            identity_providers=[idp_conf(cls.idp)],
+            # Keys that must match on every node.
+            session={"key_file": os.path.join(cls.shared, "session.key")},
+            upstream_identity={"assertion": {"key": os.path.join(cls.shared, "assertion.pem")}},
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()  # a clean exit (0) with no sanitizer report
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.idp:
+            cls.idp.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def setUp(self):
+        for n in self.nodes:
+            self.assertIsNone(n.proc.poll(), n.stderr())
+        if readyz(self.nodes[0]) != 200:  # a test that stopped the database
+            try:
+                self.pg.start()
+            except RuntimeError:
+                pass
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
+    def sign_in(self, node=0, user="alice"):
+        b = Browser()
+        r = b.login(self.bases[node], "/", user=user)
+        self.assertEqual(r.status, 200, r)
+        cookie = b.session_cookie(self.bases[node])
+        self.assertTrue(cookie)
+        return cookie
+
+    def get(self, node, cookie, path="/", accept="text/html"):
+        hdrs = [("Accept", accept)]
+        if cookie:
+            hdrs.append(("Cookie", f"gatehouse_session={cookie}"))
+        return request(self.nodes[node].port, path=path, headers=hdrs)
+
+    def test_schema_check_and_migrate(self):
+        for n in self.nodes:
+            r = cli("check", "-c", n.config_path)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = cli("db", "migrate", "-c", self.nodes[1].config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("up to date (version 2)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "2")
+
+    def test_check_refuses_bad_postgres_settings(self):
+        d = tempfile.mkdtemp(prefix="gh-fleet-check-")
+        route = ("routes:\n  - {name: a, public: true, upstream: {servers: "
+                 "[\"http://127.0.0.1:9\"]}}\n")
+        try:
+            cfg = os.path.join(d, "g.yaml")
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://h/db\"\n  staleness: 1 fortnight\n"
+                        + route)
+            r = cli("check", "-c", cfg)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("g.yaml:5:14: error: \"staleness\" must be a duration", r.stderr)
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://h/db?nosuchparam=1\"\n"
+                        "  password_file: missing-pw\n" + route)
+            r = cli("check", "-c", cfg)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("g.yaml:4:13: error: \"postgres\" is not a libpq connection string",
+                          r.stderr)
+            self.assertIn("g.yaml:5:18: error: password_file:", r.stderr)
+            self.assertIn("session.key_file", r.stderr)  # no state.sqlite: keys are explicit
+            # --dump shows the effective settings, never a password.
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://gatehouse:s3cret-pw@db.test/gh\"\n"
+                        "  migrate: false\nsession: {key_file: s.key}\n" + route)
+            r = cli("check", "-c", cfg, "--dump")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertNotIn("s3cret-pw", r.stdout + r.stderr)
+            self.assertIn("postgresql://gatehouse:****@db.test/gh", r.stdout)
+            self.assertIn("staleness: 10000ms", r.stdout)
+            self.assertIn("migrate: false", r.stdout)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def test_cookie_from_a_works_on_b_and_revoke_through_b_refuses_on_a(self):
+        cookie = self.sign_in(0, "alice")
+        # Node B learns of the session through the change feed (NOTIFY).
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2),
+                        self.nodes[1].stderr())
+        before = len(self.backend.requests)
+        self.assertEqual(self.get(1, cookie, "/on-b").status, 200)
+        self.assertGreater(len(self.backend.requests), before)
+        # An open keep-alive connection to A with the cookie.
+        hdrs = [("Accept", "text/html"), ("Cookie", f"gatehouse_session={cookie}")]
+        with RawConn(self.nodes[0].port) as c:
+            self.assertEqual(c.request("GET", "/ka", "app.test", hdrs).status, 200)
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "alice")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("revoked 1 session(s)", r.stdout)
+            t0 = time.time()
+            hits = self.backend.hits("/ka-after")  # a count
+            while True:
+                resp = c.request("GET", "/ka-after", "app.test", hdrs)
+                if resp.status != 200:
+                    break
+                self.assertLess(time.time() - t0, 1.0, "revocation not applied within 1 s")
+                time.sleep(0.02)
+            self.assertLess(time.time() - t0, 1.0)
+            self.assertIn(resp.status, (302, 401), resp)
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status != 200, 1.0))
+        self.assertNotEqual(self.get(0, cookie).status, 200)
+        # The session row is gone and the revocation is in the change feed.
+        self.assertEqual(self.pg.sql("SELECT count(*) FROM session_changes WHERE kind = 'user' "
+                                     "AND value LIKE '%#alice'"), "1")
+        self.assertGreaterEqual(self.backend.hits("/ka-after"), hits)
+
+    def test_sign_in_started_on_a_ends_on_b(self):
+        """The login state is sealed with a key derived from the shared session
+        key: the IdP's answer may reach another node than the one that sent
+        the user there."""
+        b = Browser()
+        url = self.bases[0] + "/started-on-a"
+        r = b.request(url)
+        while r.status in (302, 303):
+            url = urllib.parse.urljoin(url, r.header("Location"))
+            if not url.startswith(self.bases[0]):
+                break
+            r = b.request(url)
+        auth_url = url
+        self.assertTrue(auth_url.startswith(self.idp.issuer), auth_url)
+        callback = b.to_callback(auth_url, self.bases[0], user="alice")
+        on_b = callback.replace(self.bases[0], f"http://127.0.0.1:{self.b_as_a}", 1)
+        netloc_a = urllib.parse.urlsplit(self.bases[0]).netloc
+        b.jar(f"127.0.0.1:{self.b_as_a}").update(b.jar(netloc_a))
+        r = b.request(on_b)
+        self.assertEqual(r.status, 302, (r, self.nodes[1].stderr()[-2000:]))
+        self.assertEqual(r.header("Location"), "/started-on-a")
+        cookie = b.jar(f"127.0.0.1:{self.b_as_a}").get("gatehouse_session")
+        self.assertTrue(cookie)
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+
+    def test_sign_out_on_b_ends_the_session_on_a(self):
+        b = Browser()
+        self.assertEqual(b.login(self.bases[0], "/", user="carol").status, 200)
+        cookie = b.session_cookie(self.bases[0])
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        # The same browser signs out through B (cookies go to every port of a host).
+        b.jar(urllib.parse.urlsplit(self.bases[1]).netloc)["gatehouse_session"] = cookie
+        r = b.request(self.bases[1] + "/.gatehouse/logout")
+        self.assertEqual(r.status, 200, r)
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', r.body).group(1).decode()
+        r = b.request(self.bases[1] + "/.gatehouse/logout", "POST", {"csrf_token": token},
+                      headers={"Sec-Fetch-Site": "same-origin", "Origin": self.bases[1]})
+        self.assertEqual(r.status, 303, r)
+        self.assertNotEqual(self.get(1, cookie).status, 200)
+        # B writes the deletion within its 500 ms cycle; A applies it at once.
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 1.5),
+                        self.nodes[0].stderr()[-2000:])
+
+    def test_restarted_node_loads_the_fleet_sessions(self):
+        cookie = self.sign_in(0, "bob")
+        b = self.nodes[1]
+        self.assertEqual(b.stop(), 0, b.stderr()[-2000:])
+        b._stderr = open(b.stderr_path, "ab")
+        b.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", b.config_path],
+                                  stdout=b._stderr, stderr=b._stderr, cwd=b.dir)
+        b.wait_ready()
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertIn("loaded", b.stderr())
+
+    def test_migrate_false_refuses_an_old_schema_until_db_migrate(self):
+        self.pg.sql("DROP DATABASE IF EXISTS fresh")
+        self.pg.sql("CREATE DATABASE fresh")
+        cfg = self.config(1, free_port())
+        cfg["listen"] = cfg["listen"][:1]
+        # PostgreSQL only: no local database (so no decision log either).
+        del cfg["state"]["sqlite"]
+        del cfg["decision_log"]
+        cfg["state"]["postgres"] = self.pg.uri("fresh")
+        cfg["state"]["migrate"] = False
+        gh = Gatehouse(cfg, files=self.files(), wait=False)
+        try:
+            self.assertEqual(gh.proc.wait(20), 1)
+            self.assertIn('run "gatehouse db migrate"', gh.stderr())
+            r = cli("db", "migrate", "-c", gh.config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("migrated the schema from version 0 to 2", r.stdout)
+            r = cli("db", "migrate", "-c", gh.config_path)
+            self.assertIn("up to date (version 2)", r.stdout)
+        finally:
+            gh.cleanup()
+        gh = Gatehouse(cfg, files=self.files())
+        try:
+            self.assertEqual(readyz(gh), 200)
+        finally:
+            gh.finish()
+
+    def local_max_seq(self, node):
+        db = os.path.join(self.nodes[node].dir, "var", "gatehouse.db")
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+
+    def shipped_max_seq(self, node):
+        return int(self.pg.sql("SELECT coalesce(max(seq), 0) FROM decision_records "
+                               f"WHERE node = 'node-{'ab'[node]}'"))
+
+    def test_decisions_from_both_nodes_queried_and_verified_from_either(self):
+        cookie = self.sign_in(0, "alice")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        tag = os.urandom(4).hex()
+        self.assertEqual(self.get(0, cookie, f"/dl-a-{tag}").status, 200)
+        self.assertEqual(self.get(1, cookie, f"/dl-b-{tag}").status, 200)
+        for cfg in (self.nodes[0].config_path, self.nodes[1].config_path):
+            def both():
+                r = cli("audit", "query", "-c", cfg, "--json")
+                return r.returncode == 0 and f"/dl-a-{tag}" in r.stdout and \
+                    f"/dl-b-{tag}" in r.stdout
+            self.assertTrue(wait_for(both, 5), cli("audit", "query", "-c", cfg).stdout[-2000:])
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
+                                     5))
+            r = cli("audit", "verify", "-c", self.nodes[n].config_path)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("ok fleet node-a:", r.stdout)
+            self.assertIn("ok fleet node-b:", r.stdout)
+        # A record edited in PostgreSQL is caught, from either node.
+        where = f"node = 'node-b' AND line LIKE '%/dl-b-{tag}%'"
+        seq = self.pg.sql(f"SELECT seq FROM decision_records WHERE {where}")
+        self.pg.sql(f"UPDATE decision_records SET line = replace(line, '\"allow\"', "
+                    f"'\"deny\"') WHERE {where}")
+        try:
+            for n in (0, 1):
+                r = cli("audit", "verify", "-c", self.nodes[n].config_path)
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertIn(f"FAIL fleet node-b: record {seq} was edited", r.stdout)
+                self.assertIn("ok fleet node-a:", r.stdout)
+        finally:
+            self.pg.sql(f"UPDATE decision_records SET line = replace(line, '\"deny\"', "
+                        f"'\"allow\"') WHERE node = 'node-b' AND seq = {seq}")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        # A node's chain rewritten consistently in PostgreSQL (its last record
+        # edited and its hash redone) still differs from what that node wrote.
+        last = self.pg.sql("SELECT max(seq) FROM decision_records WHERE node = 'node-a'")
+        old = self.pg.sql(f"SELECT line FROM decision_records WHERE node = 'node-a' "
+                          f"AND seq = {last}")
+        head, _, _ = old.rpartition(',"hash":"')
+        body = head.replace('"method":"GET"', '"method":"PUT"')
+        self.assertNotEqual(body, head)
+        h = hashlib.sha256((json.loads(old)["prev_hash"] + body + "}").encode()).hexdigest()
+        forged = body + ',"hash":"' + h + '"}'
+        self.pg.sql("UPDATE decision_records SET line = $$" + forged + "$$ "
+                    f"WHERE node = 'node-a' AND seq = {last}")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[1].config_path)
+            self.assertIn("ok fleet node-a:", r.stdout)  # B cannot tell: the chain holds
+            r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn(f"FAIL fleet node-a: record {last} in PostgreSQL is not the one this "
+                          "node wrote", r.stdout)
+        finally:
+            self.pg.sql("UPDATE decision_records SET line = $$" + old + "$$ "
+                        f"WHERE node = 'node-a' AND seq = {last}")
+
+    def test_policy_diff_replays_every_nodes_decisions(self):
+        cookie = self.sign_in(1, "alice")
+        r = self.get(1, cookie, "/pol/report")
+        self.assertEqual(r.status, 200, r)
+        rid = r.header("X-Request-Id")
+        self.assertTrue(wait_for(lambda: self.shipped_max_seq(1) >= self.local_max_seq(1), 5))
+        new = tempfile.mkdtemp(prefix="gh-fleet-pol-")
+        try:
+            with open(os.path.join(new, "pol.yaml"), "w") as f:
+                f.write("rules:\n  - id: nobody\n    effect: allow\n    when: {user: nobody}\n")
+            # Through A's config: the decision was made on B.
+            d = cli("policy", "diff", "-c", self.nodes[0].config_path, "--new", new,
+                    "--since", "1h")
+            self.assertEqual(d.returncode, 0, d.stdout + d.stderr)
+            self.assertRegex(d.stdout, r"LOSES  route pol +alice ")
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+        r = cli("audit", "query", "-c", self.nodes[0].config_path, "--json", "--route", "pol")
+        self.assertIn(rid, r.stdout)
+
+    def test_missed_notify_is_replayed_after_reconnect(self):
+        cookie = self.sign_in(1, "bob")
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+        a = self.nodes[0]
+        a.signal(signal.SIGSTOP)
+        try:
+            # A's connections are cut while it cannot read: the NOTIFY is lost for A.
+            self.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'gh-node0'")
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "bob")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            a.signal(signal.SIGCONT)
+        t0 = time.time()
+        # A notices the cut connection, reconnects and replays the change
+        # feed past the last sequence it saw: refused within a second.
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 1.0),
+                        a.stderr())
+        self.assertLess(time.time() - t0, 1.0)
+        for _ in range(10):
+            self.assertIn(self.get(0, cookie).status, (302, 401))
+            time.sleep(0.05)
+        self.assertIn("replayed", a.stderr())
+
+    def test_changes_purged_while_away_rebuild_the_cache(self):
+        """Longer away than the change table keeps its rows (a day): the node
+        notices the gap in the sequence and rebuilds its cache from the
+        sessions table, so a revocation it never saw still holds."""
+        cookie = self.sign_in(1, "bob")
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status == 200, 2))
+        a = self.nodes[0]
+        a.signal(signal.SIGSTOP)
+        try:
+            self.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'gh-node0'")
+            r = cli("sessions", "revoke", "-c", self.nodes[1].config_path, "--user", "bob")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.pg.sql("DELETE FROM session_changes")  # as the daily purge would
+        finally:
+            a.signal(signal.SIGCONT)
+        self.assertTrue(wait_for(lambda: self.get(0, cookie).status in (302, 401), 2.0),
+                        a.stderr()[-2000:])
+        self.assertIn("were purged before this node saw them", a.stderr())
+        self.assertIn("session cache rebuilt from PostgreSQL", a.stderr())
+        # Other sessions survive the rebuild.
+        c2 = self.sign_in(0, "carol")
+        self.assertEqual(self.get(0, c2).status, 200)
+
+    def test_database_outage(self):
+        cookie = self.sign_in(0, "carol")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        stranger = "A" * 43  # a well-formed cookie no node knows
+        self.pg.kill()
+        t_kill = time.time()
+        # Both nodes drain: readiness 503 within a few seconds; no crash.
+        for n in self.nodes:
+            self.assertTrue(wait_for(lambda: readyz(n) == 503, 6), n.stderr())
+        if time.time() - t_kill < STALENESS_S - 0.5:
+            # Within the staleness bound a cached session is still served.
+            self.assertEqual(self.get(0, cookie).status, 200)
+        spooled_from = self.local_max_seq(0)
+        before = len(self.backend.requests)
+        r = self.get(0, stranger)
+        self.assertEqual(r.status, 503, r)
+        self.assertIn(b"try again", r.body.lower())
+        # Past the bound: a clear 503, never an allow without a checked identity.
+        time.sleep(max(0, STALENESS_S + 0.5 - (time.time() - t_kill)))
+        for node in (0, 1):
+            r = self.get(node, cookie)
+            self.assertEqual(r.status, 503, r)
+            self.assertIn(b"try again", r.body.lower())
+        r = self.get(0, cookie, accept="application/json")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(len(self.backend.requests), before)
+        # A new sign-in gets a "try again" page.
+        b = Browser()
+        r = b.login(self.bases[1], "/", user="alice")
+        self.assertEqual(r.status, 503, r)
+        self.assertIn(b"try again", r.body.lower())
+        self.assertIsNone(b.session_cookie(self.bases[1]))
+        for n in self.nodes:
+            self.assertIsNone(n.proc.poll(), n.stderr())
+            self.assertIn("PostgreSQL", n.stderr())
+        metrics = request(self.nodes[0].admin_port, path="/metrics").body.decode()
+        self.assertIn("gatehouse_state_up 0", metrics)
+        # Decisions made meanwhile are kept in the node's own database.
+        self.assertGreater(self.local_max_seq(0), spooled_from)
+        # The database returns: healed without a restart.
+        self.pg.start()
+        for n in self.nodes:
+            self.assertTrue(wait_for(lambda: readyz(n) == 200, 10), n.stderr())
+        self.assertEqual(self.get(0, cookie).status, 200)
+        self.assertEqual(self.get(1, cookie).status, 200)
+        self.assertIn("gatehouse_state_up 1",
+                      request(self.nodes[0].admin_port, path="/metrics").body.decode())
+        # Every record made during the outage reaches PostgreSQL: none lost.
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) >= self.local_max_seq(n),
+                                     5), self.nodes[n].stderr()[-2000:])
+        r = cli("audit", "verify", "-c", self.nodes[1].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        # Sign-in works again, and revocation still reaches the other node.
+        c2 = self.sign_in(1, "alice")
+        self.assertTrue(wait_for(lambda: self.get(0, c2).status == 200, 2))
+        r = cli("sessions", "revoke", "-c", self.nodes[0].config_path, "--user", "alice")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: self.get(1, c2).status != 200, 1.0))
+        self.assertTrue(wait_for(lambda: self.get(0, c2).status != 200, 1.0))
+
+
+if __name__ == "__main__":
+    unittest.main()
