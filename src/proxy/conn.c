@@ -27,9 +27,8 @@
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
 
-static access_hook_fn *g_access_hook;
-static access_hook_fn *g_reserved_hook;
-static page_form_action_fn *g_form_action_hook;
+/* The installed access stage (access_stage_install); NULL: deny. */
+static _Atomic(const struct access_stage *) g_stage;
 
 static uint64_t mono_us(void)
 {
@@ -517,11 +516,6 @@ struct str request_header(const struct request *r, struct str name, size_t *coun
     return v;
 }
 
-void page_form_action_set_hook(page_form_action_fn *fn)
-{
-    g_form_action_hook = fn;
-}
-
 /* Whether the preformatted header lines in extra start one named name. */
 static bool extra_has(const char *extra, struct str name)
 {
@@ -540,7 +534,8 @@ static bool extra_has(const char *extra, struct str name)
  * they load nothing but their own stylesheet and images. */
 static void security_headers(struct conn *c, struct request *r, const char *extra)
 {
-    const char *fa = g_form_action_hook ? g_form_action_hook(r) : NULL;
+    const struct access_stage *st = atomic_load(&g_stage);
+    const char *fa = st && st->form_action ? st->form_action(r) : NULL;
 
     buf_append_str(&c->out, STR("Content-Security-Policy: default-src 'none'; style-src 'self'; "
                                 "img-src 'self'; form-action 'self'"));
@@ -656,21 +651,38 @@ void request_error_retry(struct request *r, int status, const char *detail,
 
 enum access_step access_check(struct request *r)
 {
-    if (g_access_hook) {
-        return g_access_hook(r);
+    const struct access_stage *st = atomic_load(&g_stage);
+
+    if (st && st->check) {
+        return st->check(r);
     }
-    /* Issue 2: until sign-in and policy are wired in, every route is public. */
-    return ACCESS_ALLOW;
+    /* Nothing installed: fail closed (the caller answers 403). */
+    return ACCESS_RESPOND;
 }
 
-void access_set_hook(access_hook_fn *fn)
+void access_stage_install(const struct access_stage *stage)
 {
-    g_access_hook = fn;
+    atomic_store(&g_stage, stage);
 }
 
-void reserved_set_hook(access_hook_fn *fn)
+struct fetcher *request_fetcher(const struct request *r)
 {
-    g_reserved_hook = fn;
+    const struct conn *c = r->conn;
+    return c->w->fetch;
+}
+
+struct ev_loop *request_loop(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c->w->loop;
+}
+
+const struct listener_conf *request_listener(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c && c->ls && !c->ls->admin && r->cfg && c->ls->index < r->cfg->nlisteners
+               ? &r->cfg->listeners[c->ls->index]
+               : NULL;
 }
 
 enum access_step request_read_body(struct request *r, size_t max_bytes, request_body_fn *cb,
@@ -857,11 +869,12 @@ static void handle_head(struct conn *c)
     /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
      * never forwarded. */
     if (str_has_prefix(r->path, STR("/.gatehouse/")) || str_eq_cstr(r->path, "/.gatehouse")) {
-        if (!g_reserved_hook) {
+        const struct access_stage *stage = atomic_load(&g_stage);
+        if (!stage || !stage->reserved) {
             request_error(r, 404, "unknown Gatehouse endpoint");
             return;
         }
-        after_access(c, g_reserved_hook(r));
+        after_access(c, stage->reserved(r));
         return;
     }
     after_access(c, access_check(r));

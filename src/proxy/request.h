@@ -94,13 +94,10 @@ void request_respond(struct request *r, int status, const char *content_type, st
 
 /* Every local answer carries Content-Security-Policy (default-src 'none';
  * style-src 'self'; img-src 'self'; form-action 'self' plus the identity
- * providers' origins; frame-ancestors 'none'; base-uri 'none'),
- * X-Frame-Options: DENY, X-Content-Type-Options: nosniff, Referrer-Policy:
- * no-referrer and Cache-Control: no-store (unless extra_headers has a
- * Cache-Control). The hook names the form-action origins beyond 'self'
- * (space-separated, or NULL); set before workers start. */
-typedef const char *page_form_action_fn(struct request *r);
-void page_form_action_set_hook(page_form_action_fn *fn);
+ * providers' origins (struct access_stage's form_action); frame-ancestors
+ * 'none'; base-uri 'none'), X-Frame-Options: DENY, X-Content-Type-Options:
+ * nosniff, Referrer-Policy: no-referrer and Cache-Control: no-store (unless
+ * extra_headers has a Cache-Control). */
 
 /* Sends the standard error page for status (400, 403, 404, 408, 413, 414, 431,
  * 502, 503, 504...): HTML when the client accepts text/html, JSON otherwise,
@@ -119,18 +116,32 @@ enum access_step {
     ACCESS_PENDING,     /* suspended: someone calls request_resume() later on this loop */
 };
 
-/* The access stage: sign-in and policy plug in here. Today every route behaves
- * as public: true (issue 2) unless a hook is installed. */
+/* The access stage as the data plane knows it: one typed interface, installed
+ * by the stage at start (proxy/access/stage.c). With nothing installed every
+ * routed request is refused with a 403 (fail closed) and /.gatehouse/ paths
+ * answer 404. Install before workers start; NULL uninstalls. */
+struct access_stage {
+    enum access_step (*check)(struct request *r);    /* a routed request */
+    enum access_step (*reserved)(struct request *r); /* a /.gatehouse/ path; NULL: 404 */
+    /* CSP form-action origins beyond 'self' for local pages (see
+     * page_form_action_set_hook); NULL: none. */
+    const char *(*form_action)(struct request *r);
+};
+void access_stage_install(const struct access_stage *stage);
+
+/* Runs the installed stage's check on a routed request (ACCESS_RESPOND when
+ * none is installed: the caller sends the 403). */
 enum access_step access_check(struct request *r);
 
-/* A replaceable access stage (the authn/policy wiring, and tests that need a
- * PENDING step). NULL restores the default. Set before workers start. */
-typedef enum access_step access_hook_fn(struct request *r);
-void access_set_hook(access_hook_fn *fn);
-
-/* The reserved-path stage (/.gatehouse/ *): sign-in endpoints plug in here.
- * Without a hook those paths answer 404. Set before workers start. */
-void reserved_set_hook(access_hook_fn *fn);
+/* What the asynchronous steps of the stage need of the request's worker: the
+ * outbound HTTP client and the event loop it runs on; and the listener the
+ * request came in on (NULL for the admin listener). */
+struct fetcher;
+struct ev_loop;
+struct listener_conf;
+struct fetcher *request_fetcher(const struct request *r);
+struct ev_loop *request_loop(const struct request *r);
+const struct listener_conf *request_listener(const struct request *r);
 
 /* Reads the request body (up to max_bytes, else 413) for a local endpoint and
  * calls cb on the worker loop once it is complete; the body span is valid
