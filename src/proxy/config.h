@@ -129,7 +129,7 @@ struct config {
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
-    void *authn;                /* the access stage's part (access/conf.c), or NULL */
+    void *authn;                /* the access stage's part (access/access_conf.c), or NULL */
     void (*authn_free)(void *); /* frees authn with the snapshot */
     void *policy;               /* policy module's part (NULL until wired in) */
     struct route_table *route_table; /* built by config_load for route_match() (route.h) */

@@ -1,5 +1,5 @@
 /* proxy/snapshot.c - one configuration snapshot: the proxy's keys (config.c)
- * and then, once they are sound, the access stage's sections (access/conf.c),
+ * and then, once they are sound, the access stage's sections (access/access_conf.c),
  * which the snapshot owns from then on. config.c knows nothing of the access
  * stage; this is the one place where the two are put together. */
 #include "access/access.h"

@@ -3,7 +3,7 @@
  * per-request state that lives across the asynchronous steps). The pipeline
  * is drawn in docs/architecture.md:
  *
- *   stage.c  identify.c -> identity.c -> decide.c (opa_call.c) -> record.c
+ *   stage.c  identify.c -> identity.c -> decide.c (opa_call.c) -> record_decision.c
  *            -> upstream_identity.c (forward) | respond.c (local answer)
  *
  * Steps take the narrow types they need; only stage.c and the asynchronous
@@ -23,7 +23,7 @@
 
 #define ACCESS_MAX_COOKIES 16
 
-/* ---- configuration (one per config snapshot; conf.c) ---------------------- */
+/* ---- configuration (one per config snapshot; access_conf.c) ---------------------- */
 
 struct access_route {
     const struct policy *policy;   /* borrowed from the policy_conf */
@@ -182,7 +182,7 @@ void opa_call_stop_runtime(void);
  * x->res has the answer (at once on a cache hit or a configuration error). */
 enum access_step opa_call(struct exchange *x, opa_done_fn *done);
 
-/* ---- record.c: the decision log ----------------------------------------------- */
+/* ---- record_decision.c: the decision log ----------------------------------------------- */
 
 struct record_args {
     const char *kind;          /* "policy" or "signin" */

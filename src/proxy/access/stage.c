@@ -2,7 +2,7 @@
  * plane as its struct access_stage:
  *
  *   identify (identify.c) -> policy input (identity.c) -> decide (decide.c,
- *   OPA via opa_call.c) -> record (record.c) -> forward with identity
+ *   OPA via opa_call.c) -> record (record_decision.c) -> forward with identity
  *   (upstream_identity.c), or a local answer (respond.c)
  *
  * and the reserved /.gatehouse/ endpoints (the table below). This file only

@@ -1,4 +1,4 @@
-/* proxy/access/conf.c - the access stage's part of a configuration snapshot:
+/* proxy/access/access_conf.c - the access stage's part of a configuration snapshot:
  * sign-in (authn's sections), the route policies, opa and decision_log
  * (policy's), upstream_identity.headers and pages.show_deny_reason; and what
  * `gatehouse check` and `check --dump` need of it. */

@@ -1,4 +1,4 @@
-/* proxy/access/record.c - the decision log step: every decision becomes one
+/* proxy/access/record_decision.c - the decision log step: every decision becomes one
  * record (decision_record_fill, the function the unit tests call), queued to
  * the hash-chained log. With decision_log.sync: strict a request is forwarded
  * only once its record is durable: it waits here, per worker loop, until the
