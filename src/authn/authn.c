@@ -1204,9 +1204,13 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         rd = "/";
     }
     const char *want = query_value(a, req->query, "idp");
-    struct idp *cands[64];
+    /* Every provider the route accepts is offered: no cap. */
+    struct idp **cands = arena_alloc(a, (an->nidps ? an->nidps : 1) * sizeof *cands);
     size_t n = 0;
-    for (size_t i = 0; i < an->nidps && n < 64; i++) {
+    if (cands == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    for (size_t i = 0; i < an->nidps; i++) {
         if (route_accepts(req, an->idps[i].p->id)) {
             cands[n++] = &an->idps[i];
         }
@@ -1231,12 +1235,14 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         x = cands[0];
     }
     if (x == NULL) {
-        struct page_provider pv[64];
+        struct page_provider *pv = arena_alloc(a, n * sizeof *pv);
+        const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+        if (pv == NULL || host == NULL) {
+            return internal_error(an, req, a, out);
+        }
         for (size_t i = 0; i < n; i++) {
             pv[i] = (struct page_provider){ cands[i]->p->id, cands[i]->p->display_name };
         }
-        char host[256];
-        snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
         const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
         size_t len = 0;
@@ -1463,8 +1469,10 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
 static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out)
 {
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+    if (host == NULL) {
+        return internal_error(an, req, a, out);
+    }
     struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
     size_t len = 0;
     char *html = pages_render(an->pages, PAGE_SIGNED_OUT, v, 2, a, &len);
@@ -1587,8 +1595,10 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
                                       struct arena *a, struct authn_out *out,
                                       const struct session_view *sv, struct str cookie)
 {
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+    if (host == NULL) {
+        return internal_error(an, req, a, out);
+    }
     const char *token = logout_token(an, a, cookie);
     const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
     struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };

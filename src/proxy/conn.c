@@ -326,7 +326,9 @@ void conn_queue_out(struct conn *c)
 
 /* ---- requests --------------------------------------------------------- */
 
-static void begin_request(struct conn *c)
+/* Starts a request on c; false when its state does not fit in a fresh arena
+ * (a cap below sizeof struct request: the connection is closed). */
+static bool begin_request(struct conn *c)
 {
     struct worker *w = c->w;
     struct request *r;
@@ -347,7 +349,9 @@ static void begin_request(struct conn *c)
     }
     r = arena_zalloc(c->arena, sizeof *r);
     if (!r) {
-        abort();
+        log_error("conn", "worker %u: the request arena cannot hold a request: closing %s",
+                  w->id, c->ip);
+        return false;
     }
     c->wc = w->wc;
     c->wc->refs++;
@@ -378,6 +382,7 @@ static void begin_request(struct conn *c)
     c->abort_fn = NULL;
     c->state = CS_HEAD;
     set_timer(c, c->wc->cfg->timeouts.header_ms);
+    return true;
 }
 
 static void request_end(struct conn *c)
@@ -609,6 +614,7 @@ void request_error_retry(struct request *r, int status, const char *detail,
     struct buf body = { 0 };
     const char *ctype = NULL;
     struct str accept = request_header(r, STR("accept"), NULL);
+    struct str xrw = request_header(r, STR("x-requested-with"), NULL);
 
     if (!accept.p && r->nheaders == 0 && c->hin && c->state != CS_IDLE) {
         /* The head failed to parse: its bytes are still unconsumed in the
@@ -621,12 +627,15 @@ void request_error_retry(struct request *r, int status, const char *detail,
                 (size_t)o->value_off + o->value_len > avail) {
                 break;
             }
-            if (str_ieq(http_in_name(c->hin, c->in.p + c->in.off, i), STR("accept"))) {
+            struct str name = http_in_name(c->hin, c->in.p + c->in.off, i);
+            if (str_ieq(name, STR("accept"))) {
                 accept = http_in_value(c->hin, c->in.p + c->in.off, i);
+            } else if (str_ieq(name, STR("x-requested-with"))) {
+                xrw = http_in_value(c->hin, c->in.p + c->in.off, i);
             }
         }
     }
-    bool html = accept.p && str_contains(accept, STR("text/html"));
+    bool html = http_wants_html(accept, xrw);
 
     /* Framing errors and timeouts leave the byte stream in an unknown state:
      * answer and close (RFC 9112 §11.2). */
@@ -919,7 +928,10 @@ void conn_process(struct conn *c)
             if (buf_pending(&c->out) >= IO_HIGH_WATER) {
                 break; /* pipelined: let earlier responses drain first */
             }
-            begin_request(c);
+            if (!begin_request(c)) {
+                conn_close(c);
+                break;
+            }
         }
         if (c->state == CS_HEAD) {
             rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
@@ -1214,7 +1226,11 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
          * for new handshakes only. */
         c->s.ssl = SSL_new(tctx);
         SSL_CTX_free(tctx);
-        SSL_set_fd(c->s.ssl, fd);
+        if (!c->s.ssl || SSL_set_fd(c->s.ssl, fd) != 1) {
+            log_warn("conn", "worker %u: cannot start TLS for %s: out of memory", w->id, c->ip);
+            conn_close(c);
+            return;
+        }
         SSL_set_accept_state(c->s.ssl);
         c->handshaking = true;
         c->hs_want = EV_READ;

@@ -11,14 +11,14 @@
 #include "authn/codec.h"
 #include "authn/oidc.h"
 #include "authn/page.h"
+#include "proxy/http.h"
 
 #define DENIED_DEFAULT "Access to this app is not allowed."
 
 bool respond_wants_html(const struct request *r)
 {
-    struct str accept = request_header(r, STR("accept"), NULL);
-    struct str xrw = request_header(r, STR("x-requested-with"), NULL);
-    return accept.p && str_contains(accept, STR("text/html")) && !xrw.p;
+    return http_wants_html(request_header(r, STR("accept"), NULL),
+                           request_header(r, STR("x-requested-with"), NULL));
 }
 
 static enum access_step send(struct request *r, int status, const char *ctype, struct str body,
@@ -67,10 +67,10 @@ enum access_step respond_error(struct request *r, const struct authn *an, int st
                                 { "retry_url", "/.gatehouse/login" } };
         return page(r, an, status, PAGE_ERROR, v, 4, NULL);
     }
-    return send_json(r, status,
-                     json_pack("{s:s, s:s, s:s}", "error", title, "message", message,
-                               "request_id", r->id),
-                     NULL);
+    return send_json(
+        r, status,
+        json_pack("{s:s, s:s, s:s}", "error", title, "message", message, "request_id", r->id),
+        NULL);
 }
 
 static char *url_encode(struct arena *a, struct str s)
@@ -89,8 +89,10 @@ enum access_step respond_signin(struct request *r, bool bearer)
         /* Only a safe same-host path is carried along (//evil.example/x is
          * a valid request target but not a return URL). */
         char *rd = url_encode(r->arena, oidc_return_path_safe(r->target) ? r->target : STR("/"));
-        char *hdr = arena_printf(r->arena, "Location: /.gatehouse/login?rd=%s\r\n"
-                                           "Cache-Control: no-store\r\n", rd ? rd : "%2F");
+        char *hdr = arena_printf(r->arena,
+                                 "Location: /.gatehouse/login?rd=%s\r\n"
+                                 "Cache-Control: no-store\r\n",
+                                 rd ? rd : "%2F");
         return send(r, 302, "text/plain", STR("sign-in required\n"), hdr);
     }
     /* RFC 6750 §3.1: say when the token itself was refused. */
@@ -113,12 +115,12 @@ enum access_step respond_denied(struct request *r, const struct authn *an, const
         const char *here = r->query.len ? arena_printf(r->arena, "%.*s?%.*s", (int)r->path.len,
                                                        r->path.p, (int)r->query.len, r->query.p)
                                         : arena_strndup(r->arena, r->path.p, r->path.len);
-        struct page_var v[] = { { "reason", shown },
-                                { "user", email ? email : user },
-                                { "request_id", r->id },
-                                { "switch_user_url",
-                                  authn_switch_user_url(r->arena, here ? str_from(here)
-                                                                       : STR("/")) } };
+        struct page_var v[] = {
+            { "reason", shown },
+            { "user", email ? email : user },
+            { "request_id", r->id },
+            { "switch_user_url", authn_switch_user_url(r->arena, here ? str_from(here) : STR("/")) }
+        };
         return page(r, an, 403, PAGE_DENIED, v, 4, "Cache-Control: no-store\r\n");
     }
     return send_json(r, 403,
