@@ -35,8 +35,8 @@ struct access_settings {
     const char *hdr_user, *hdr_email, *hdr_groups, *hdr_device;
     bool show_deny_reason;
     const struct authn *an;
-    const struct opa_conf *opa;          /* NULL or url NULL: no OPA */
-    const struct decision_log_conf *dl;  /* NULL: no decision_log section */
+    const struct opa_conf *opa;         /* NULL or url NULL: no OPA */
+    const struct decision_log_conf *dl; /* NULL: no decision_log section */
 };
 void access_settings(const struct config *c, struct access_settings *out);
 /* `gatehouse check`: loads what access_start would open (pages, keys, state

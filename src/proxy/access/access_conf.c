@@ -157,8 +157,8 @@ void access_settings(const struct config *c, struct access_settings *out)
     const struct access_conf *g = c->authn;
     *out = (struct access_settings){ 0 };
     if (g) {
-        *out = (struct access_settings){ g->hdr_user, g->hdr_email, g->hdr_groups, g->hdr_device,
-                                       g->show_reason, g->an, g->opa, g->dl };
+        *out = (struct access_settings){ g->hdr_user,    g->hdr_email, g->hdr_groups, g->hdr_device,
+                                         g->show_reason, g->an,        g->opa,        g->dl };
     }
 }
 
@@ -190,7 +190,6 @@ void access_check_files(const struct config *c, struct conf_diag *d)
     }
 }
 
-
 int access_make_state_dir(const struct config *c, struct err *err)
 {
     if (!c->state_sqlite) {
@@ -199,8 +198,7 @@ int access_make_state_dir(const struct config *c, struct err *err)
     char *dir = dir_of(c->state_sqlite);
     int rc = 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        rc = err_set(err, ERR_IO, "cannot create the state directory %s: %s", dir,
-                     strerror(errno));
+        rc = err_set(err, ERR_IO, "cannot create the state directory %s: %s", dir, strerror(errno));
     }
     free(dir);
     return rc;

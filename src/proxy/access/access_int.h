@@ -26,27 +26,27 @@
 /* ---- configuration (one per config snapshot; access_conf.c) ---------------------- */
 
 struct access_route {
-    const struct policy *policy;   /* borrowed from the policy_conf */
+    const struct policy *policy; /* borrowed from the policy_conf */
     /* A policy file may test claims; the built-in public and any-signed-in
      * policies never do (see identity_to_input). */
     bool policy_file;
-    const char *const *idps;       /* accepted providers, borrowed from the route; NULL = all */
+    const char *const *idps; /* accepted providers, borrowed from the route; NULL = all */
     size_t nidps;
 };
 
 struct access_conf {
-    struct authn *an;              /* identity providers, sessions, assertion, pages */
-    struct access_route *routes;   /* index-aligned with config->routes */
+    struct authn *an;            /* identity providers, sessions, assertion, pages */
+    struct access_route *routes; /* index-aligned with config->routes */
     size_t nroutes;
     char *hdr_user, *hdr_email, *hdr_groups, *hdr_device;
-    const char *strip[5];          /* configured identity header names (NULL-terminated);
+    const char *strip[5];               /* configured identity header names (NULL-terminated);
                                     * the assertion's is authn_assertion_header() */
-    struct policy_conf *pc;        /* route policies, opa, decision_log */
-    const struct opa_conf *opa;    /* borrowed from pc */
+    struct policy_conf *pc;             /* route policies, opa, decision_log */
+    const struct opa_conf *opa;         /* borrowed from pc */
     const struct decision_log_conf *dl; /* borrowed from pc; NULL = no decision log */
-    bool show_reason;              /* denied page shows the rule's reason */
-    bool needs_sessions;           /* some route is not public */
-    size_t nidps;                  /* configured identity providers */
+    bool show_reason;                   /* denied page shows the rule's reason */
+    bool needs_sessions;                /* some route is not public */
+    size_t nidps;                       /* configured identity providers */
 };
 
 /* The shared sign-in state outliving snapshots (sessions, keys, pages). */
@@ -66,11 +66,11 @@ struct identity_device {
 
 struct identity {
     bool authenticated;
-    bool bearer;               /* identified, or refused, by a bearer token */
-    const char *user;          /* the user id policies, headers and the log see */
-    const char *user_key;      /* iss#sub */
+    bool bearer;          /* identified, or refused, by a bearer token */
+    const char *user;     /* the user id policies, headers and the log see */
+    const char *user_key; /* iss#sub */
     const char *email, *name, *idp;
-    const char *session;       /* public session id (hash prefix) or NULL */
+    const char *session;                /* public session id (hash prefix) or NULL */
     const struct authn_identity *authn; /* the signed assertion is made from it */
     struct identity_device device;
 };
@@ -102,9 +102,9 @@ typedef enum access_step opa_done_fn(struct exchange *x);
 
 /* An OPA question in flight (opa_call.c). */
 struct opa_call {
-    char *input;               /* malloc'd request body; freed when the call ends */
-    uint64_t start_us, us;     /* us: time spent waiting, summed over calls */
-    const char *result;        /* "allow", "deny", "error"; NULL when OPA was not asked */
+    char *input;           /* malloc'd request body; freed when the call ends */
+    uint64_t start_us, us; /* us: time spent waiting, summed over calls */
+    const char *result;    /* "allow", "deny", "error"; NULL when OPA was not asked */
     opa_done_fn *done;
 };
 
@@ -122,9 +122,9 @@ struct exchange {
     const struct access_route *route; /* NULL on a reserved endpoint */
     bool reserved;
     /* asynchronous steps */
-    struct fetch *fetch;       /* in flight, or NULL */
+    struct fetch *fetch; /* in flight, or NULL */
     exchange_next_fn *next;
-    bool pending;              /* the request is suspended (ACCESS_PENDING given) */
+    bool pending; /* the request is suspended (ACCESS_PENDING given) */
     bool abort_hooked;
     bool aborted;
     /* the steps' state */
@@ -132,7 +132,7 @@ struct exchange {
     struct identity id;
     struct policy_input in;
     struct policy_result res;
-    bool ident_incomplete;     /* groups/claims could not all be read: fail closed */
+    bool ident_incomplete; /* groups/claims could not all be read: fail closed */
     struct opa_call opa;
     uint64_t start_us;
 };
@@ -166,10 +166,10 @@ bool identity_to_input(const struct identity *id, const struct request *r, bool 
 /* ---- decide.c: the decision (pure) ------------------------------------------- */
 
 enum verdict {
-    VERDICT_ALLOW = 0,         /* forward (also a shadow-mode deny: see res->shadow) */
-    VERDICT_DENY,              /* 403 */
-    VERDICT_LOGIN,             /* anonymous and the policy wants a user: sign-in challenge */
-    VERDICT_ASK_OPA,           /* ask OPA at res->opa_path, then opa_answer() and decide again */
+    VERDICT_ALLOW = 0, /* forward (also a shadow-mode deny: see res->shadow) */
+    VERDICT_DENY,      /* 403 */
+    VERDICT_LOGIN,     /* anonymous and the policy wants a user: sign-in challenge */
+    VERDICT_ASK_OPA,   /* ask OPA at res->opa_path, then opa_answer() and decide again */
 };
 enum verdict decide(const struct policy *p, const struct policy_input *in,
                     struct policy_result *res);
@@ -185,9 +185,9 @@ enum access_step opa_call(struct exchange *x, opa_done_fn *done);
 /* ---- record_decision.c: the decision log ----------------------------------------------- */
 
 struct record_args {
-    const char *kind;          /* "policy" or "signin" */
-    const char *decision;      /* what the policy said */
-    const char *enforced;      /* what was done (they differ in shadow mode) */
+    const char *kind;     /* "policy" or "signin" */
+    const char *decision; /* what the policy said */
+    const char *enforced; /* what was done (they differ in shadow mode) */
     const char *rule, *reason;
 };
 int record_start(const struct decision_log_conf *dl, struct err *err);

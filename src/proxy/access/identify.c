@@ -49,9 +49,8 @@ static bool host_named(const struct config *cfg, struct str host)
             continue;
         }
         size_t n = strlen(rc->host);
-        if (rc->host_wildcard ? host.len > n &&
-                                    str_ieq((struct str){ host.p + host.len - n, n },
-                                            (struct str){ rc->host, n })
+        if (rc->host_wildcard ? host.len > n && str_ieq((struct str){ host.p + host.len - n, n },
+                                                        (struct str){ rc->host, n })
                               : str_ieq_cstr(host, rc->host)) {
             return true;
         }
@@ -84,11 +83,11 @@ static const char *public_origin(const struct request *r)
         return NULL;
     }
     uint16_t port = lc ? lc->port : 0;
-    char *o = (port == 0 || port == (tls ? 443 : 80))
-                  ? arena_printf(r->arena, "%s://%.*s", tls ? "https" : "http", (int)host.len,
-                                 host.p)
-                  : arena_printf(r->arena, "%s://%.*s:%u", tls ? "https" : "http",
-                                 (int)host.len, host.p, (unsigned)port);
+    char *o =
+        (port == 0 || port == (tls ? 443 : 80))
+            ? arena_printf(r->arena, "%s://%.*s", tls ? "https" : "http", (int)host.len, host.p)
+            : arena_printf(r->arena, "%s://%.*s:%u", tls ? "https" : "http", (int)host.len, host.p,
+                           (unsigned)port);
     for (char *p = o ? o + (tls ? 8 : 7) : NULL; p && *p && *p != ':'; p++) {
         if (*p >= 'A' && *p <= 'Z') {
             *p = (char)(*p - 'A' + 'a');
@@ -218,8 +217,8 @@ static enum access_step idp_fetch(struct exchange *x)
         return ACCESS_PENDING;
     }
     log_emit(LOG_WARN, "authn", x->r->id, NULL, "identity provider call not started: %s", err);
-    enum authn_step st = authn_resume(x->conf->an, &x->ids.req, x->r->arena, &x->ids.out, 0,
-                                      STR_NULL);
+    enum authn_step st =
+        authn_resume(x->conf->an, &x->ids.req, x->r->arena, &x->ids.out, 0, STR_NULL);
     return step_done(x, st);
 }
 

@@ -36,9 +36,9 @@ static struct str host_only(struct str h)
  * the decision log. */
 static bool is_protocol_claim(const char *k)
 {
-    static const char *const skip[] = { "iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash",
-                                        "c_hash", "auth_time", "azp", "jti", "sid", "s_hash",
-                                        NULL };
+    static const char *const skip[] = { "iss",   "aud",     "exp",    "iat",       "nbf",
+                                        "nonce", "at_hash", "c_hash", "auth_time", "azp",
+                                        "jti",   "sid",     "s_hash", NULL };
     for (size_t i = 0; skip[i]; i++) {
         if (strcmp(k, skip[i]) == 0) {
             return true;
@@ -87,7 +87,8 @@ static void claims_from_json(struct parsed *q, const char *json)
     if (!json || !(o = json_loads(json, 0, NULL))) {
         return;
     }
-    json_object_foreach(o, k, v) {
+    json_object_foreach(o, k, v)
+    {
         n += json_is_array(v) ? json_array_size(v) : 1;
     }
     q->claims = n <= MAX_CLAIMS ? arena_alloc(q->a, (n ? n : 1) * sizeof *q->claims) : NULL;
@@ -96,12 +97,14 @@ static void claims_from_json(struct parsed *q, const char *json)
         json_decref(o);
         return;
     }
-    json_object_foreach(o, k, v) {
+    json_object_foreach(o, k, v)
+    {
         if (is_protocol_claim(k)) {
             continue;
         }
         if (json_is_array(v)) {
-            json_array_foreach(v, i, it) {
+            json_array_foreach(v, i, it)
+            {
                 if (json_is_string(it) && !claim_add(q, k, json_string_value(it))) {
                     q->incomplete = true;
                 }
@@ -131,7 +134,8 @@ static void groups_from_json(struct parsed *q, const char *json)
         json_decref(arr);
         return;
     }
-    json_array_foreach(arr, i, it) {
+    json_array_foreach(arr, i, it)
+    {
         if (json_is_string(it)) {
             char *s = arena_strdup(q->a, json_string_value(it));
             if (!s) {
@@ -158,9 +162,9 @@ struct idcache_span {
 
 struct idcache_entry {
     uint64_t hash;
-    char *key;                   /* groups JSON, a NUL, claims JSON (malloc'd) */
+    char *key; /* groups JSON, a NUL, claims JSON (malloc'd) */
     size_t key_len;
-    char *buf;                   /* the strings, back to back (malloc'd) */
+    char *buf; /* the strings, back to back (malloc'd) */
     size_t buf_len;
     size_t ngroups, nclaims;
     struct idcache_span *groups;      /* ngroups (malloc'd) */
@@ -262,7 +266,6 @@ static void identity_parse(struct parsed *q, const char *groups_json, const char
         idcache_put(e, q, hash, g, gl, c, cl);
     }
 }
-
 
 bool identity_to_input(const struct identity *id, const struct request *r, bool want_claims,
                        struct policy_input *in)

@@ -23,7 +23,7 @@ struct loop_slot {
     struct loop_slot *next;
     struct ev_loop *loop;
     ev_async wake;
-    struct strict_wait *head;    /* loop thread only */
+    struct strict_wait *head; /* loop thread only */
 };
 
 static struct {
@@ -95,8 +95,8 @@ int record_decision(struct request *r, const struct policy *p, const struct iden
     }
     /* Only the claims the route's policy tests are kept: enough for `policy
      * diff` to replay the decision, and no more personal data than that. */
-    int rc = decision_record_fill(&rec, p, in, res, r->id, r->route ? r->route->name : "",
-                                  r->arena);
+    int rc =
+        decision_record_fill(&rec, p, in, res, r->id, r->route ? r->route->name : "", r->arena);
     if (rc == 0) {
         rec.decision = a->decision;
         rec.enforced = a->enforced;
