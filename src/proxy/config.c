@@ -28,7 +28,7 @@
 static const char *const top_keys[] = {
     "listen", "admin", "workers", "limits", "timeouts", "access_log", "log_level", "state",
     "routes",
-    /* Sections validated by the access stage (access/conf.c: authn and policy modules). */
+    /* Sections validated by the access stage (access/access_conf.c: authn and policy modules). */
     "session", "identity_providers", "upstream_identity", "opa", "decision_log", "devices",
     "pages", NULL,
 };
