@@ -42,6 +42,23 @@ static bool load_conf(const char *cfg, struct decision_log_conf *out)
     return ok;
 }
 
+/* load_conf, then the SQLite store read-only. false with the reason printed
+ * (prefix: "gatehouse: " on stderr, or "FAIL sqlite: " on stdout for verify). */
+static bool open_log(const char *cfg, struct decision_log_conf *c, sqlite3 **db, bool verify)
+{
+    struct err err = { 0 };
+    if (!load_conf(cfg, c)) {
+        return false;
+    }
+    if (dl_db_open(c->sqlite, true, db, &err) != 0) {
+        fprintf(verify ? stdout : stderr, verify ? "FAIL sqlite: %s\n" : "gatehouse: %s\n",
+                err.msg);
+        decision_log_conf_fini(c);
+        return false;
+    }
+    return true;
+}
+
 static int64_t wall_us(void)
 {
     struct timespec ts;
@@ -390,14 +407,8 @@ static int cmd_query(int argc, char **argv)
         return 2;
     }
     struct decision_log_conf c;
-    if (!load_conf(cfg, &c)) {
-        return 1;
-    }
     sqlite3 *db = NULL;
-    struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
-        fprintf(stderr, "gatehouse: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_log(cfg, &c, &db, false)) {
         return 1;
     }
     /* Exact filters in SQL; user, path, address and kind need code (case, segments,
@@ -719,14 +730,8 @@ static int cmd_verify(int argc, char **argv)
         return 2;
     }
     struct decision_log_conf c;
-    if (!load_conf(cfg, &c)) {
-        return 1;
-    }
     sqlite3 *db = NULL;
-    struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
-        printf("FAIL sqlite: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_log(cfg, &c, &db, true)) {
         return 1;
     }
     uint64_t anchor_seq;
@@ -950,14 +955,8 @@ bool policy_record_by_request(const char *cfg, const char *request_id, struct dl
     struct decision_log_conf c;
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    struct err err = { 0 };
     bool found = false;
-    if (!load_conf(cfg, &c)) {
-        return false;
-    }
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
-        fprintf(stderr, "gatehouse: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_log(cfg, &c, &db, false)) {
         return false;
     }
     static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "

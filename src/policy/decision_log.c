@@ -3,7 +3,11 @@
  * writer thread chains them (hash = SHA-256 over the previous hash and the record's
  * canonical bytes), commits each batch to SQLite in one transaction, then mirrors the
  * lines to the JSON-lines file. SQLite is the source of truth: after a crash the file
- * is cut back to its last complete line and refilled from SQLite. */
+ * is cut back to its last complete line and refilled from SQLite.
+ * Over 1,200 lines: the queue, the writer thread, the chain and both sinks share
+ * the writer's state; the store interface for other databases is being drawn
+ * inside this file (checkpoints, verification and syslog are already apart).
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>

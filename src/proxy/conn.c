@@ -3,7 +3,11 @@
  * reader, and the request pipeline: parse head -> limits -> route match ->
  * reserved paths -> access check -> forward (forward.c). Local responses
  * (error pages, admin) go through request_respond(). request_end() is the one
- * place a request's arena, snapshot reference, log line and metrics end. */
+ * place a request's arena, snapshot reference, log line and metrics end.
+ * Over 1,200 lines: the client half of one connection object (forward.c is the
+ * upstream half); they are to meet through a narrow interface next
+ * (docs/architecture.md), which splits this file along it.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

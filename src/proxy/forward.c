@@ -3,7 +3,10 @@
  * connect (TLS verified against ca_file), send the rewritten head, stream the
  * body both ways with back-pressure, and hand the connection back to the pool
  * only when the exchange ended cleanly. Idempotent requests are retried on
- * another server after a connect failure; active health checks run here too. */
+ * another server after a connect failure; active health checks run here too.
+ * Over 1,200 lines: the upstream half of the connection object (conn.c is the
+ * client half), with pools, retries and health checks that share its state.
+ */
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
