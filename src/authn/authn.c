@@ -82,6 +82,8 @@ struct authn {
     int64_t assertion_keep_s;     /* a rotated-out key stays in the JWKS this long */
     struct assertion_signer *signer; /* rt's */
     char *pages_dir;
+    bool show_deny_reason;        /* pages.show_deny_reason */
+    char *hdr[AUTHN_HDR_COUNT];   /* upstream_identity.headers: user, email, groups, device */
     struct pages *pages;          /* rt's */
     struct oidc_replay *replay;   /* rt's */
     const unsigned char *login_key; /* rt's */
@@ -96,6 +98,28 @@ struct authn {
 /* ---- configuration ---------------------------------------------------- */
 
 static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", "keep", NULL };
+static const char *const identity_keys[] = { "headers", "assertion", NULL };
+static const char *const header_keys[] = { "user", "email", "groups", "device", NULL };
+
+/* upstream_identity.headers: the names of the identity headers the backend gets. */
+static void parse_identity_headers(struct authn *an, const struct conf_node *root,
+                                   struct conf_diag *d)
+{
+    const struct conf_node *ui = conf_get(root, "upstream_identity");
+    const struct conf_node *h = conf_get(ui, "headers");
+    const char *v[AUTHN_HDR_COUNT] = { "X-Gatehouse-User", "X-Gatehouse-Email",
+                                       "X-Gatehouse-Groups", "X-Gatehouse-Device" };
+
+    if (ui && conf_check_keys(d, ui, "\"upstream_identity\"", identity_keys) && h &&
+        conf_check_keys(d, h, "\"upstream_identity.headers\"", header_keys)) {
+        for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+            conf_string(d, h, header_keys[i], &v[i]);
+        }
+    }
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        an->hdr[i] = xstrdup(v[i]);
+    }
+}
 
 /* The assertion is on whenever there is a key: the configured one, or
  * assertion-es256.pem next to the state database (created when absent). */
@@ -186,8 +210,10 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     static const char *const pages_keys[] = { "dir", "show_deny_reason", NULL };
     const struct conf_node *pages = conf_get(root, "pages");
     const char *dir = NULL;
+    an->show_deny_reason = true;
     if (pages != NULL && conf_check_keys(d, pages, "\"pages\"", pages_keys)) {
         conf_string(d, pages, "dir", &dir);
+        conf_bool(d, pages, "show_deny_reason", &an->show_deny_reason);
     }
     if (dir != NULL) {
         an->pages_dir = conf_path_resolve(conf_file, dir);
@@ -213,6 +239,7 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
         n[3] = an->login_name[!tls];
         n[4] = NULL;
     }
+    parse_identity_headers(an, root, d);
     parse_assertion(an, root, conf_file, state_db, d);
     an->state_db = state_db ? xstrdup(state_db) : NULL;
     if (d->count != before) {
@@ -378,7 +405,11 @@ void authn_settings(const struct authn *an, struct authn_settings *out)
         .assertion_keep_s = an->assertion_keep_s,
         .session = &an->sconf,
         .nidps = an->nidps,
+        .show_deny_reason = an->show_deny_reason,
     };
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        out->identity_headers[i] = an->hdr[i];
+    }
 }
 
 const struct oidc_provider *authn_provider(const struct authn *an, size_t i)
@@ -453,6 +484,9 @@ void authn_free(struct authn *an)
     free(an->assertion_header);
     free(an->assertion_issuer);
     free(an->pages_dir);
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        free(an->hdr[i]);
+    }
     for (int tls = 0; tls < 2; tls++) {
         free(an->session_name[tls]);
         free(an->login_name[tls]);

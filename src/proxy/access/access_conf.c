@@ -1,7 +1,7 @@
-/* proxy/access/access_conf.c - the access stage's part of a configuration snapshot:
- * sign-in (authn's sections), the route policies, opa and decision_log
- * (policy's), upstream_identity.headers and pages.show_deny_reason; and what
- * `gatehouse check` and `check --dump` need of it. */
+/* proxy/access/access_conf.c - the access stage's part of a configuration snapshot,
+ * put together from the sections' owners: authn (identity_providers, session,
+ * pages, upstream_identity) and policy (the route policies, opa, decision_log);
+ * and what `gatehouse check` and `check --dump` need of it. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,29 +12,16 @@
 
 #include "access_int.h"
 
-/* upstream_identity.assertion and pages.dir are authn's (checked there). */
-static const char *const ident_keys[] = { "headers", "assertion", NULL };
-static const char *const header_keys[] = { "user", "email", "groups", "device", NULL };
-
-static void read_identity(struct access_conf *g, struct config *c, struct conf_diag *d)
+/* The identity headers (upstream_identity.headers, authn's section). */
+static void take_identity(struct access_conf *g)
 {
-    const struct conf_node *ui = conf_get(c->doc ? c->doc->root : NULL, "upstream_identity");
-    const struct conf_node *h = conf_get(ui, "headers");
-    const char *user = "X-Gatehouse-User", *email = "X-Gatehouse-Email";
-    const char *groups = "X-Gatehouse-Groups", *device = "X-Gatehouse-Device";
-
-    if (ui && conf_check_keys(d, ui, "\"upstream_identity\"", ident_keys)) {
-        if (h && conf_check_keys(d, h, "\"upstream_identity.headers\"", header_keys)) {
-            conf_string(d, h, "user", &user);
-            conf_string(d, h, "email", &email);
-            conf_string(d, h, "groups", &groups);
-            conf_string(d, h, "device", &device);
-        }
-    }
-    g->hdr_user = xstrdup(user);
-    g->hdr_email = xstrdup(email);
-    g->hdr_groups = xstrdup(groups);
-    g->hdr_device = xstrdup(device);
+    struct authn_settings st;
+    authn_settings(g->an, &st);
+    g->show_reason = st.show_deny_reason;
+    g->hdr_user = xstrdup(st.identity_headers[AUTHN_HDR_USER]);
+    g->hdr_email = xstrdup(st.identity_headers[AUTHN_HDR_EMAIL]);
+    g->hdr_groups = xstrdup(st.identity_headers[AUTHN_HDR_GROUPS]);
+    g->hdr_device = xstrdup(st.identity_headers[AUTHN_HDR_DEVICE]);
     size_t n = 0;
     const char *names[] = { g->hdr_user, g->hdr_email, g->hdr_groups, g->hdr_device };
     for (size_t i = 0; i < 4; i++) {
@@ -96,22 +83,19 @@ struct access_conf *access_conf_load(struct config *c, struct conf_diag *d)
 {
     struct access_conf *g = xcalloc(1, sizeof *g);
     const struct conf_node *root = c->doc ? c->doc->root : NULL;
-    const struct conf_node *pages = conf_get(root, "pages");
     const struct conf_node *idps = conf_get(root, "identity_providers");
 
-    g->show_reason = true;
     g->an = authn_new(root, c->file, c->state_sqlite, d);
     g->nidps = idps && idps->type == CONF_SEQ ? idps->n : 0;
-    read_identity(g, c, d);
+    if (g->an) {
+        take_identity(g);
+    }
     g->pc = policy_conf_load(root, c->file, d);
     if (g->pc) {
         g->opa = policy_conf_opa(g->pc);
         g->dl = policy_conf_log(g->pc);
     }
     read_routes(g, c);
-    if (pages && pages->type == CONF_MAP) {
-        conf_bool(d, pages, "show_deny_reason", &g->show_reason);
-    }
     if (g->needs_sessions && !c->state_sqlite) {
         conf_error(d, root && root->type == CONF_MAP ? root : NULL,
                    "routes that are not public need \"state: {sqlite: FILE}\" for sessions");
