@@ -1,6 +1,7 @@
 /* proxy/access/identity.c - the policy input: the identity (identify.c) and the
  * request as policies, OPA and the decision log see them. */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,7 +172,45 @@ struct idcache_entry {
     struct idcache_span *claim_spans; /* 2 * nclaims: name, value (malloc'd) */
 };
 
-static __thread struct idcache_entry *idcache;
+/* One table per worker thread, freed when the thread ends. */
+static pthread_key_t idcache_key;
+static pthread_once_t idcache_once = PTHREAD_ONCE_INIT;
+
+static void idcache_free(void *arg)
+{
+    struct idcache_entry *t = arg;
+    for (size_t i = 0; t && i < IDCACHE_SLOTS; i++) {
+        free(t[i].key);
+        free(t[i].buf);
+        free(t[i].groups);
+        free(t[i].claim_spans);
+    }
+    free(t);
+}
+
+static bool idcache_ok; /* false: the process is out of thread keys; parse uncached */
+
+static void idcache_key_init(void)
+{
+    idcache_ok = pthread_key_create(&idcache_key, idcache_free) == 0;
+}
+
+static struct idcache_entry *idcache_table(void)
+{
+    pthread_once(&idcache_once, idcache_key_init);
+    if (!idcache_ok) {
+        return NULL;
+    }
+    struct idcache_entry *t = pthread_getspecific(idcache_key);
+    if (!t) {
+        t = xcalloc(IDCACHE_SLOTS, sizeof *t);
+        if (pthread_setspecific(idcache_key, t) != 0) {
+            free(t);
+            return NULL;
+        }
+    }
+    return t;
+}
 
 static struct str span_in(const char *base, struct idcache_span sp)
 {
@@ -233,10 +272,15 @@ static void identity_parse(struct parsed *q, const char *groups_json, const char
     uint64_t hash = str_hash(str_hash(STR_HASH_SEED, g, gl), c, cl);
     struct idcache_entry *e;
 
-    if (!idcache) {
-        idcache = xcalloc(IDCACHE_SLOTS, sizeof *idcache);
+    struct idcache_entry *table = idcache_table();
+    if (!table) {
+        groups_from_json(q, groups_json);
+        if (claims_json) {
+            claims_from_json(q, claims_json);
+        }
+        return;
     }
-    e = &idcache[hash % IDCACHE_SLOTS];
+    e = &table[hash % IDCACHE_SLOTS];
     if (e->key && e->hash == hash && e->key_len == key_len && memcmp(e->key, g, gl + 1) == 0 &&
         memcmp(e->key + gl + 1, c, cl) == 0) {
         char *buf = arena_alloc(q->a, e->buf_len ? e->buf_len : 1);
