@@ -12,16 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The libraries the binary links (meson.build): OpenSSL, libev, libyaml, SQLite,
-# libcurl, cjose, jansson, PCRE2; llhttp is compiled from node-llhttp's sources.
+# libcurl, cjose, jansson, PCRE2, lasso; llhttp is compiled from node-llhttp's sources.
 BUILD=(
   build-essential meson ninja-build pkg-config
   libssl-dev openssl libev-dev libyaml-dev libsqlite3-dev
   libcurl4-openssl-dev libcjose-dev libjansson-dev node-llhttp libpcre2-dev
+  liblasso3-dev
 )
 # The demo: demo/app.py and the demo IdP (tests/idp, npm oidc-provider).
 RUN=(python3 ca-certificates nodejs npm)
 TEST=(libcmocka-dev clang clang-format chromium curl sqlite3)
-BENCH=(wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc)
+BENCH=(wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc libapache2-mod-auth-mellon)
 
 print=false
 if [ "${1:-}" = "--print" ]; then

@@ -31,6 +31,7 @@
 #include "keys.h"
 #include "oidc.h"
 #include "page.h"
+#include "saml.h"
 #include "session.h"
 
 #ifndef GATEHOUSE_WEB_DIR
@@ -72,6 +73,8 @@ struct authn {
     struct authn_shared *rt;          /* owned reference; the fields below borrow from it */
     struct idp *idps;
     size_t nidps;
+    struct saml_idp **saml;       /* type: saml providers (saml.c) */
+    size_t nsaml;
     struct session_conf sconf;
     char *state_db;
     struct session_store *store;  /* rt's */
@@ -157,6 +160,28 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
                                : an->assertion_ttl_s;
 }
 
+/* One identity_providers[] entry of type saml (saml.c parses it). */
+static void saml_parse_entry(struct authn *an, struct conf_diag *d, const struct conf_node *root,
+                             const struct conf_node *e, const char *conf_file)
+{
+    const struct conf_node *pu = conf_get(root, "public_url");
+    const char *public_url = pu && pu->type == CONF_SCALAR ? pu->value : NULL;
+    struct saml_idp *x = saml_idp_parse(d, e, conf_file, public_url);
+    if (x == NULL) {
+        return;
+    }
+    for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
+        const char *other = j < an->nidps ? an->idps[j].p->id
+                                          : saml_idp_id(an->saml[j - an->nidps]);
+        if (strcmp(other, saml_idp_id(x)) == 0) {
+            conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
+                       other);
+        }
+    }
+    an->saml = xrealloc(an->saml, (an->nsaml + 1) * sizeof *an->saml);
+    an->saml[an->nsaml++] = x;
+}
+
 struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                         const char *state_db, struct conf_diag *d)
 {
@@ -174,18 +199,24 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                 continue;
             }
             conf_string(d, e, "type", &type);
+            if (strcmp(type, "saml") == 0) {
+                saml_parse_entry(an, d, root, e, conf_file);
+                continue;
+            }
             if (strcmp(type, "oidc") != 0) {
                 conf_error(d, conf_get(e, "type"),
-                           "identity provider type \"%s\" is not supported (supported: oidc)",
-                           type);
+                           "identity provider type \"%s\" is not supported (supported: oidc, "
+                           "saml)", type);
                 continue;
             }
             struct oidc_provider *p = oidc_provider_parse(d, e, conf_file);
             if (p == NULL) {
                 continue;
             }
-            for (size_t j = 0; j < an->nidps; j++) {
-                if (strcmp(an->idps[j].p->id, p->id) == 0) {
+            for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
+                const char *other = j < an->nidps ? an->idps[j].p->id
+                                                  : saml_idp_id(an->saml[j - an->nidps]);
+                if (strcmp(other, p->id) == 0) {
                     conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
                                p->id);
                 }
@@ -296,7 +327,7 @@ int authn_start(struct authn *an, struct err *err)
         return err_set(err, ERR_CONFIG, "pages in %s: %s", an->pages_dir, e.msg);
     }
     /* Opened whenever there is a state database: a reload may add providers. */
-    if (an->nidps > 0 || an->state_db != NULL) {
+    if (an->nidps + an->nsaml > 0 || an->state_db != NULL) {
         if (an->state_db == NULL) {
             return err_set(err, ERR_CONFIG, "sign-in needs \"state: {sqlite: ...}\" for sessions");
         }
@@ -319,7 +350,7 @@ int authn_start(struct authn *an, struct err *err)
 }
 
 /* `gatehouse check`: exists and loads, or can be created by serve (whose
- * gate_start makes the state database's directory, one level). */
+ * access_start makes the state database's directory, one level). */
 static bool check_creatable(struct conf_diag *d, const struct conf_node *n, const char *what,
                             const char *path)
 {
@@ -477,6 +508,10 @@ void authn_free(struct authn *an)
         pthread_mutex_destroy(&an->idps[i].mu);
     }
     free(an->idps);
+    for (size_t i = 0; i < an->nsaml; i++) {
+        saml_idp_free(an->saml[i]);
+    }
+    free(an->saml);
     rt_unref(an->rt);
     session_conf_fini(&an->sconf);
     free(an->state_db);
@@ -508,6 +543,7 @@ enum cont_kind {
     CONT_BCL_JWKS,
     CONT_BEARER_DISCOVERY,
     CONT_BEARER_JWKS,
+    CONT_SAML_METADATA,
 };
 
 struct cont {
@@ -524,6 +560,8 @@ struct cont {
     const char *cookie;             /* refresh: the session cookie value */
     struct session_store *store;    /* refresh: claimed, not yet done (see cont_cleanup) */
     const char *bearer;             /* bearer / logout token */
+    struct saml_idp *saml;          /* SAML metadata fetch: for which IdP */
+    int saml_next;                  /* ... and what then (enum saml_next) */
 };
 
 static void cont_cleanup(void *arg)
@@ -786,7 +824,7 @@ static enum authn_step unauthenticated(struct authn *an, const struct authn_req 
     }
     out->event = AUTHN_EV_SIGNIN_REQUIRED;
     /* API clients (a bearer token, no text/html) get a 401, never a redirect. */
-    if (wants_html(req) && !out->id.bearer && an->nidps > 0) {
+    if (wants_html(req) && !out->id.bearer && an->nidps + an->nsaml > 0) {
         /* Keep the original URL, but only when it is a safe same-host path. */
         const char *target = req->query.len
                                  ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
@@ -1143,6 +1181,10 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
 
 /* ---- /.gatehouse/login ------------------------------------------------ */
 
+static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out, struct saml_idp *sx,
+                                  const char *rd);
+
 static enum authn_step login_redirect(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, struct idp *x,
                                       const char *rd, const char *prompt)
@@ -1259,21 +1301,41 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
             x = cands[i];
         }
     }
-    if (n == 0) {
+    struct saml_idp **scands = arena_alloc(a, (an->nsaml ? an->nsaml : 1) * sizeof *scands);
+    size_t ns = 0;
+    struct saml_idp *sx = NULL;
+    if (scands == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    for (size_t i = 0; i < an->nsaml; i++) {
+        if (route_accepts(req, saml_idp_id(an->saml[i]))) {
+            scands[ns++] = an->saml[i];
+            if (want != NULL && strcmp(saml_idp_id(an->saml[i]), want) == 0) {
+                sx = an->saml[i];
+            }
+        }
+    }
+    if (n + ns == 1 && want == NULL && ns == 1) {
+        sx = scands[0];
+    }
+    if (sx != NULL) {
+        return saml_login(an, req, a, out, sx, rd);
+    }
+    if (n + ns == 0) {
         set_reason(out, "%s", "login on a route without identity providers");
         return error_page(an, req, a, out, 404, "No sign-in here",
                           "This app does not use sign-in.");
     }
-    if (want != NULL && x == NULL) {
+    if (want != NULL && x == NULL && sx == NULL) {
         set_reason(out, "%s", "unknown idp parameter");
         return error_page(an, req, a, out, 400, "Unknown identity provider",
                           "That identity provider is not offered for this app.");
     }
-    if (x == NULL && n == 1) {
+    if (x == NULL && n == 1 && ns == 0) {
         x = cands[0];
     }
     if (x == NULL) {
-        struct page_provider *pv = arena_alloc(a, n * sizeof *pv);
+        struct page_provider *pv = arena_alloc(a, (n + ns ? n + ns : 1) * sizeof *pv);
         const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
         if (pv == NULL || host == NULL) {
             return internal_error(an, req, a, out);
@@ -1281,6 +1343,11 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         for (size_t i = 0; i < n; i++) {
             pv[i] = (struct page_provider){ cands[i]->p->id, cands[i]->p->display_name };
         }
+        for (size_t i = 0; i < ns; i++) {
+            pv[n + i] = (struct page_provider){ saml_idp_id(scands[i]),
+                                                saml_idp_display_name(scands[i]) };
+        }
+        n += ns;
         const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
         size_t len = 0;
@@ -1469,6 +1536,246 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     return redirect(out, rd);
 }
 
+/* ---- SAML: login, /.gatehouse/saml/acs, /.gatehouse/saml/metadata ------ */
+
+/* The SAML login cookie comes back on the IdP's cross-site POST to the ACS:
+ * over TLS it is SameSite=None (still __Host-, Secure, HttpOnly, sealed, 10
+ * minutes); over plain HTTP (tests, a local set-up) browsers refuse None
+ * without Secure, so it stays Lax. */
+static const char *saml_login_cookie(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, const char *value, int max_age)
+{
+    const char *name = login_cookie_name(an, req->tls);
+    if (name == NULL) {
+        return NULL;
+    }
+    if (!req->tls) {
+        return cookie_format(a, name, str_from(value), false, max_age);
+    }
+    return arena_printf(a, "%s=%s; Path=/; Max-Age=%d; HttpOnly; Secure; SameSite=None", name,
+                        value, max_age);
+}
+
+enum saml_next { SAML_NEXT_LOGIN, SAML_NEXT_ACS, SAML_NEXT_METADATA, SAML_NEXT_SLO };
+
+/* A SAML IdP whose metadata is a URL: the proxy fetches it when due (never on
+ * the loop), then the step `next` runs again. *ready: sx can serve now. */
+static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out,
+                                     struct saml_idp *sx, enum saml_next next, const char *rd,
+                                     bool *ready)
+{
+    bool usable = false;
+    *ready = false;
+    if (!saml_metadata_need(sx, req->now_ms / 1000, &usable)) {
+        if (usable) {
+            *ready = true;
+            return AUTHN_OK;
+        }
+        snprintf(out->reason, sizeof out->reason, "SAML metadata of %s not loaded",
+                 saml_idp_id(sx));
+        return idp_down(an, req, a, out);
+    }
+    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+    if (c == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    c->saml = sx;
+    c->saml_next = (int)next;
+    c->rd = rd;
+    out->fetch.method = "GET";
+    out->fetch.url = adup(a, saml_metadata_url(sx));
+    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+    out->fetch.headers[1] = NULL;
+    out->fetch.body = NULL;
+    out->fetch.body_len = 0;
+    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+}
+
+/* Before the ACS or SLO: every URL-form SAML IdP due for a fetch gets it. */
+static enum authn_step saml_md_all(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out, enum saml_next next,
+                                   bool *ready)
+{
+    for (size_t i = 0; i < an->nsaml; i++) {
+        bool usable = false;
+        if (saml_metadata_url(an->saml[i]) != NULL &&
+            saml_metadata_need(an->saml[i], req->now_ms / 1000, &usable)) {
+            struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+            if (c == NULL) {
+                *ready = false;
+                return internal_error(an, req, a, out);
+            }
+            c->saml = an->saml[i];
+            c->saml_next = (int)next;
+            *ready = false;
+            out->fetch.method = "GET";
+            out->fetch.url = adup(a, saml_metadata_url(an->saml[i]));
+            out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+            out->fetch.headers[1] = NULL;
+            out->fetch.body = NULL;
+            out->fetch.body_len = 0;
+            return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+        }
+    }
+    *ready = true;
+    return AUTHN_OK;
+}
+
+static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
+                                  struct arena *a, struct authn_out *out, struct saml_idp *sx,
+                                  const char *rd)
+{
+    bool ready = false;
+    enum authn_step st = saml_md_ready(an, req, a, out, sx, SAML_NEXT_LOGIN, rd, &ready);
+    if (!ready) {
+        return st;
+    }
+    char *url = NULL, *cookie = NULL;
+    struct err err = { 0 };
+    if (saml_login_start(sx, str_from(rd), an->login_key, req->now_ms / 1000, &url, &cookie,
+                         &err) != 0) {
+        set_reason(out, "SAML login start failed: %s", err.msg);
+        return internal_error(an, req, a, out);
+    }
+    const char *sc = saml_login_cookie(an, req, a, cookie, SAML_LOGIN_TTL_S);
+    const char *loc = adup(a, url);
+    free(url);
+    free(cookie);
+    if (sc == NULL || loc == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", sc);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s (SAML) from %s",
+             saml_idp_id(sx), req->client_ip ? req->client_ip : "?");
+    return redirect(out, loc);
+}
+
+static enum authn_step saml_metadata(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out)
+{
+    const char *want = query_value(a, req->query, "idp");
+    struct saml_idp *sx = an->nsaml ? an->saml[0] : NULL;
+    for (size_t i = 0; want != NULL && i < an->nsaml; i++) {
+        sx = strcmp(saml_idp_id(an->saml[i]), want) == 0 ? an->saml[i] : NULL;
+        if (sx != NULL) {
+            break;
+        }
+    }
+    if (sx == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+    }
+    bool ready = false;
+    enum authn_step st = saml_md_ready(an, req, a, out, sx, SAML_NEXT_METADATA, NULL, &ready);
+    if (!ready) {
+        return st;
+    }
+    char *spmd = saml_sp_metadata(sx);
+    const char *md = adup(a, spmd);
+    free(spmd);
+    if (md == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    respond(out, 200, "application/samlmetadata+xml", md, strlen(md));
+    out->resp.headers[0].value = "public, max-age=300";
+    return AUTHN_RESPOND;
+}
+
+static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
+                                         struct arena *a, struct authn_out *out)
+{
+    if (!str_eq_cstr(req->method, "POST") || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", "POST");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    bool ready = false;
+    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_ACS, &ready);
+    if (!ready) {
+        return st;
+    }
+    const char *cname = login_cookie_name(an, req->tls);
+    struct str v = STR_NULL;
+    bool found = false;
+    struct err err = { 0 };
+    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
+        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    }
+    struct saml_result r;
+    int64_t now_s = req->now_ms / 1000;
+    if (saml_acs(an->saml, an->nsaml, req->body, found ? v : STR_NULL, an->login_key, now_s, &r,
+                 &err) != 0) {
+        return callback_fail(an, req, a, out, 403, err.msg[0] ? err.msg : "SAML response refused");
+    }
+    const char *idp_id = saml_idp_id(r.idp);
+    if (!route_accepts(req, idp_id)) {
+        saml_result_fini(&r);
+        return callback_fail(an, req, a, out, 403, "SAML sign-in for an identity provider not "
+                                                   "accepted here");
+    }
+    /* Replay: an assertion ID is accepted once (kept until it expires), and a
+     * login state answers one response. */
+    char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
+    bool fresh = session_once(an->store, str_from(ka), r.assertion_exp_s, now_s);
+    free(ka);
+    if (!fresh) {
+        saml_result_fini(&r);
+        return callback_fail(an, req, a, out, 403, "assertion ID already used (replay)");
+    }
+    if (r.login_state != NULL) {
+        char *kl = xasprintf("saml-login:%s", r.login_state);
+        fresh = oidc_replay_check_and_add(an->replay, str_from(kl), now_s + SAML_LOGIN_TTL_S,
+                                          now_s);
+        free(kl);
+        if (!fresh) {
+            saml_result_fini(&r);
+            return callback_fail(an, req, a, out, 403, "login state already answered (replay)");
+        }
+    }
+    struct session_new sn = {
+        .user_key = r.user_key, .email = r.email, .name = r.name, .groups_json = r.groups_json,
+        .claims_json = r.claims_json, .idp = idp_id, .sid = r.session_index,
+    };
+    char cookie[SESSION_COOKIE_LEN + 1];
+    int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
+    if (rc == 0) {
+        const char *hash = strchr(r.user_key, '#');
+        out->id.user_key = adup(a, r.user_key);
+        out->id.sub = adup(a, hash ? hash + 1 : r.user_key);
+        out->id.email = adup(a, r.email);
+        out->id.name = adup(a, r.name);
+        out->id.idp = adup(a, idp_id);
+        out->id.groups_json = adup(a, r.groups_json);
+        out->id.claims_json = adup(a, r.claims_json);
+        out->id.sid = adup(a, r.session_index);
+    }
+    log_emit(rc == 0 ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
+             rc == 0 ? "signed in %s via %s (SAML)" : "session not created for %s via %s",
+             r.email ? r.email : r.user_key, idp_id);
+    const char *rd = r.return_path && oidc_return_path_safe(str_from(r.return_path))
+                         ? adup(a, r.return_path)
+                         : "/";
+    saml_result_fini(&r);
+    if (rc != 0) {
+        return callback_fail(an, req, a, out, 500, err.msg);
+    }
+    const char *sname = session_cookie_name(an, req->tls);
+    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
+                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
+                            : NULL;
+    const char *clear = saml_login_cookie(an, req, a, "", 0);
+    OPENSSL_cleanse(cookie, sizeof cookie);
+    if (set == NULL || clear == NULL || rd == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", set);
+    add_header(out, "Set-Cookie", clear);
+    out->event = AUTHN_EV_LOGIN;
+    out->cont = NULL;
+    /* 303: the browser follows a POST answer with a GET. */
+    add_header(out, "Location", rd);
+    return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+}
+
 static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
@@ -1645,11 +1952,78 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
     if (html == NULL) {
         return internal_error(an, req, a, out);
     }
-    respond(out, 200, "text/html; charset=utf-8", html, len);
-    /* Not in a frame on another site (a click there would be a sign-out). */
-    add_header(out, "Content-Security-Policy", "frame-ancestors 'none'");
-    add_header(out, "X-Frame-Options", "DENY");
-    return AUTHN_RESPOND;
+    /* Never in a frame on another site (a click there would be a sign-out): every
+     * answer of Gatehouse's own carries frame-ancestors 'none' and
+     * X-Frame-Options: DENY (request_respond). */
+    return respond(out, 200, "text/html; charset=utf-8", html, len);
+}
+
+/* SAML single logout (SP-initiated): the LogoutRequest URL for a session of
+ * a SAML IdP with a SingleLogoutService, or NULL. */
+static const char *saml_logout_location(struct authn *an, struct arena *a, const char *idp_id,
+                                        const char *claims, const char *sid)
+{
+    struct saml_idp *sx = NULL;
+    for (size_t i = 0; idp_id != NULL && i < an->nsaml; i++) {
+        if (strcmp(saml_idp_id(an->saml[i]), idp_id) == 0) {
+            sx = an->saml[i];
+        }
+    }
+    if (sx == NULL || claims == NULL) {
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *c = json_loads(claims, 0, &jerr);
+    char *url = saml_logout_url(sx, json_string_value(json_object_get(c, "nameid")), sid);
+    json_decref(c);
+    const char *loc = adup(a, url);
+    free(url);
+    return loc;
+}
+
+/* /.gatehouse/saml/slo: the IdP's LogoutRequest ends the sessions it names
+ * and the browser goes back with our LogoutResponse; the IdP's
+ * LogoutResponse to ours ends at the signed-out page. */
+static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out);
+
+static enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
+                                         struct arena *a, struct authn_out *out)
+{
+    if (!str_eq_cstr(req->method, "GET") || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", "GET");
+        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+    }
+    bool ready = false;
+    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_SLO, &ready);
+    if (!ready) {
+        return st;
+    }
+    struct saml_slo o;
+    struct err err = { 0 };
+    if (saml_slo(an->saml, an->nsaml, req->query, req->now_ms / 1000, &o, &err) != 0) {
+        set_reason(out, "SAML logout refused: %s", err.msg);
+        return error_page(an, req, a, out, 400, "Sign-out failed",
+                          "This sign-out request could not be accepted.");
+    }
+    if (o.is_response) {
+        log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout answered by %s",
+                 saml_idp_id(o.idp));
+        saml_slo_fini(&o);
+        return signed_out_page(an, req, a, out);
+    }
+    const char *idp_id = saml_idp_id(o.idp);
+    size_t n = o.session_index ? session_revoke_sid(an->store, idp_id, o.session_index)
+                               : session_revoke_user(an->store, o.user_key);
+    out->event = AUTHN_EV_LOGOUT;
+    out->nlogouts = n;
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout from %s ended %zu session(s)",
+             idp_id, n);
+    const char *sname = session_cookie_name(an, req->tls);
+    add_header(out, "Set-Cookie", sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL);
+    const char *loc = adup(a, o.reply_url);
+    saml_slo_fini(&o);
+    return loc ? redirect(out, loc) : signed_out_page(an, req, a, out);
 }
 
 static enum authn_step logout(struct authn *an, const struct authn_req *req, struct arena *a,
@@ -1672,6 +2046,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     struct err err = { 0 };
     struct session_view sv;
     bool valid = false;
+    const char *saml_claims = NULL, *saml_sid = NULL;
     if (an->store != NULL && sname != NULL &&
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
         valid = session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID;
@@ -1702,6 +2077,8 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
         if (valid) {
             identity_from_view(out, &sv, a);
             idp_id = sv.idp;
+            saml_claims = sv.claims_json;
+            saml_sid = sv.sid;
             hint = session_id_token(an->store, v);
             out->event = AUTHN_EV_LOGOUT;
             out->nlogouts = 1;
@@ -1723,6 +2100,13 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     }
     const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
     add_header(out, "Set-Cookie", clear);
+    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_claims, saml_sid);
+    if (saml_loc != NULL) {
+        free(hint);
+        /* 303: the browser follows a POST's answer with a GET. */
+        add_header(out, "Location", saml_loc);
+        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+    }
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     if (m != NULL && m->end_session_endpoint != NULL) {
@@ -2026,6 +2410,15 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
             /* Where the IdP sends the browser after an RP-initiated logout. */
             return signed_out(an, req, a, out);
         }
+        if (str_eq_cstr(p, "saml/acs")) {
+            return saml_acs_endpoint(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "saml/slo")) {
+            return saml_slo_endpoint(an, req, a, out);
+        }
+        if (str_eq_cstr(p, "saml/metadata")) {
+            return saml_metadata(an, req, a, out);
+        }
         if (str_eq_cstr(p, "oidc/backchannel-logout")) {
             return backchannel_logout(an, req, a, out);
         }
@@ -2125,6 +2518,28 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         }
         return c->kind == CONT_BCL_JWKS ? bcl_continue(an, req, a, out, c)
                                         : bearer_continue(an, req, a, out, c);
+    case CONT_SAML_METADATA: {
+        struct err err = { 0 };
+        if (saml_metadata_take(c->saml, status, body, req->now_ms / 1000, &err) != 0) {
+            log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", err.msg);
+            out->idp_error = true;
+        } else {
+            log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML metadata of %s loaded from %s",
+                     saml_idp_id(c->saml), saml_metadata_url(c->saml));
+        }
+        out->cont = NULL;
+        switch ((enum saml_next)c->saml_next) {
+        case SAML_NEXT_LOGIN:
+            return saml_login(an, req, a, out, c->saml, c->rd);
+        case SAML_NEXT_ACS:
+            return saml_acs_endpoint(an, req, a, out);
+        case SAML_NEXT_METADATA:
+            return saml_metadata(an, req, a, out);
+        case SAML_NEXT_SLO:
+            return saml_slo_endpoint(an, req, a, out);
+        }
+        break;
+    }
     case CONT_NONE:
         break;
     }

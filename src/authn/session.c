@@ -34,6 +34,8 @@
 #define WRITER_PERIOD_MS 500
 #define PURGE_PERIOD_MS 60000
 #define TOUCH_GRANULARITY_MS 1000
+#define ONCE_BUCKETS 4096
+#define ONCE_MAX 500000 /* live one-time values; beyond that, fail closed */
 
 struct sess {
     unsigned char h[32];
@@ -53,6 +55,14 @@ struct op {
     enum op_kind kind;
     struct sess *rec; /* a private copy: the writer never reads live cache entries */
     struct op *next;
+};
+
+/* A one-time value (SAML assertion id, ...): its SHA-256, kept until exp_s. */
+struct once {
+    unsigned char h[32];
+    int64_t exp_s;
+    bool flushed;
+    struct once *next;
 };
 
 struct session_store {
@@ -79,6 +89,9 @@ struct session_store {
     atomic_size_t nuser_revs;
     struct user_rev_entry *user_revs;
     size_t user_revs_cap;
+    pthread_mutex_t oncemu;      /* guards once[] and nonce */
+    struct once *once[ONCE_BUCKETS];
+    size_t nonce;
 };
 
 struct user_rev_entry {
@@ -314,7 +327,41 @@ static const char schema[] =
     /* One row per revoked user (user key or email), kept: bearer tokens
      * issued before ts_ms stay refused after a restart. */
     "CREATE TABLE IF NOT EXISTS user_revocations ("
-    "  value TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL) STRICT;";
+    "  value TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL) STRICT;"
+    "CREATE TABLE IF NOT EXISTS once_values ("
+    "  key_hash TEXT PRIMARY KEY, exp_s INTEGER NOT NULL) STRICT;";
+
+/* One-time values not yet on disk, written by the writer cycle. */
+static void once_flush(struct session_store *s)
+{
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&s->oncemu);
+    for (size_t b = 0; b < ONCE_BUCKETS; b++) {
+        for (struct once *o = s->once[b]; o != NULL; o = o->next) {
+            if (o->flushed) {
+                continue;
+            }
+            if (st == NULL && sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO once_values "
+                                                        "(key_hash, exp_s) VALUES (?, ?)",
+                                                 -1, &st, NULL) != SQLITE_OK) {
+                pthread_mutex_unlock(&s->oncemu);
+                return;
+            }
+            char hex[65];
+            str_hex(o->h, 32, hex);
+            sqlite3_bind_text(st, 1, hex, 64, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, o->exp_s);
+            if (sqlite3_step(st) == SQLITE_DONE) {
+                o->flushed = true;
+            } else {
+                log_error("authn", "one-time value not stored: %s", sqlite3_errmsg(s->db));
+            }
+            sqlite3_reset(st);
+        }
+    }
+    pthread_mutex_unlock(&s->oncemu);
+    sqlite3_finalize(st);
+}
 
 static sqlite3 *db_open(const char *path, struct err *err)
 {
@@ -617,7 +664,15 @@ static void writer_cycle(struct session_store *s)
         pthread_mutex_unlock(mu);
     }
 
-    if (ops != NULL || ntouch > 0) {
+    bool once_dirty = false;
+    pthread_mutex_lock(&s->oncemu);
+    for (size_t b = 0; b < ONCE_BUCKETS && !once_dirty; b++) {
+        for (struct once *o = s->once[b]; o != NULL && !once_dirty; o = o->next) {
+            once_dirty = !o->flushed;
+        }
+    }
+    pthread_mutex_unlock(&s->oncemu);
+    if (ops != NULL || ntouch > 0 || once_dirty) {
         bool began = true;
         /* BEGIN IMMEDIATE: the CLI may write concurrently (LIBRARIES.md §7).
          * When the database stays locked past the busy timeout, the queued
@@ -631,6 +686,9 @@ static void writer_cycle(struct session_store *s)
         }
         for (struct op *o = ops; o != NULL; o = o->next) {
             write_op(s, o);
+        }
+        if (began) {
+            once_flush(s);
         }
         sqlite3_stmt *st = NULL;
         if (began) {
@@ -679,6 +737,10 @@ static void writer_cycle(struct session_store *s)
                            -1, &st, NULL);
         sqlite3_bind_int64(st, 1, now);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)s->conf.idle_timeout_ms);
+        sqlite3_step(st);
+        sqlite3_finalize(st);
+        sqlite3_prepare_v2(s->db, "DELETE FROM once_values WHERE exp_s < ?", -1, &st, NULL);
+        sqlite3_bind_int64(st, 1, now / 1000);
         sqlite3_step(st);
         sqlite3_finalize(st);
         sqlite3_exec(s->db, "DELETE FROM session_revocations WHERE ts_ms < "
@@ -771,6 +833,24 @@ static void preload(struct session_store *s, int64_t now_ms)
     }
     sqlite3_finalize(st);
     st = NULL;
+    sqlite3_prepare_v2(s->db, "SELECT key_hash, exp_s FROM once_values WHERE exp_s >= ?", -1,
+                       &st, NULL);
+    sqlite3_bind_int64(st, 1, now_ms / 1000);
+    while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+        struct once *o = xcalloc(1, sizeof *o);
+        if (hex_to_hash((const char *)sqlite3_column_text(st, 0), o->h) != 0) {
+            free(o);
+            continue;
+        }
+        o->exp_s = sqlite3_column_int64(st, 1);
+        o->flushed = true;
+        size_t b = (size_t)(o->h[0] | (o->h[1] << 8)) % ONCE_BUCKETS;
+        o->next = s->once[b];
+        s->once[b] = o;
+        s->nonce++;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
     sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM session_revocations", -1, &st,
                        NULL);
     if (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
@@ -829,6 +909,7 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     pthread_mutex_init(&s->dbmu, NULL);
     pthread_rwlock_init(&s->urmu, NULL);
     atomic_init(&s->nuser_revs, 0);
+    pthread_mutex_init(&s->oncemu, NULL);
     pthread_cond_init(&s->qcv, NULL);
     s->qtail = &s->qhead;
     if (keys_load_secret32(key_file, true, s->key, err) != 0) {
@@ -883,6 +964,14 @@ void session_store_close(struct session_store *s)
     for (size_t i = 0; i < NSTRIPES; i++) {
         pthread_mutex_destroy(&s->stripe[i]);
     }
+    for (size_t b = 0; b < ONCE_BUCKETS; b++) {
+        while (s->once[b] != NULL) {
+            struct once *o = s->once[b];
+            s->once[b] = o->next;
+            free(o);
+        }
+    }
+    pthread_mutex_destroy(&s->oncemu);
     pthread_mutex_destroy(&s->qmu);
     pthread_mutex_destroy(&s->dbmu);
     for (size_t i = 0; i < atomic_load(&s->nuser_revs); i++) {
@@ -897,6 +986,42 @@ void session_store_close(struct session_store *s)
 }
 
 /* ---- request path ----------------------------------------------------- */
+
+bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s)
+{
+    unsigned char h[32];
+    codec_sha256(key.p, key.len, h);
+    size_t b = (size_t)(h[0] | (h[1] << 8)) % ONCE_BUCKETS;
+    bool fresh = true;
+    pthread_mutex_lock(&s->oncemu);
+    for (struct once **pp = &s->once[b]; *pp != NULL;) {
+        struct once *o = *pp;
+        if (memcmp(o->h, h, 32) == 0) {
+            fresh = false;
+            break;
+        }
+        if (o->exp_s < now_s && o->flushed) { /* expired: the purge drops its row */
+            *pp = o->next;
+            free(o);
+            s->nonce--;
+            continue;
+        }
+        pp = &o->next;
+    }
+    if (fresh && s->nonce >= ONCE_MAX) {
+        fresh = false; /* full of live values: fail closed */
+    }
+    if (fresh) {
+        struct once *o = xcalloc(1, sizeof *o);
+        memcpy(o->h, h, 32);
+        o->exp_s = exp_s;
+        o->next = s->once[b];
+        s->once[b] = o;
+        s->nonce++;
+    }
+    pthread_mutex_unlock(&s->oncemu);
+    return fresh;
+}
 
 int session_create(struct session_store *s, const struct session_new *in, int64_t now_ms,
                    char cookie[SESSION_COOKIE_LEN + 1], struct err *err)

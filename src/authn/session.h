@@ -97,6 +97,13 @@ size_t session_revoke_sid(struct session_store *s, const char *idp, const char *
 int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
                                 const char *email);
 
+/* One-time values (SAML assertion ids; the store interface the PostgreSQL
+ * back end shares): records key until exp_s and returns true, or returns
+ * false when key was recorded before (a replay) or the table is full of live
+ * values (fail closed). Checked in memory, written by the writer thread,
+ * reloaded at start: a restart does not forget them. */
+bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s);
+
 /* Refresh coordination: the first caller for a due session gets true and the
  * decrypted refresh token (caller frees, wipes); every other caller gets false
  * until session_refresh_done(). */

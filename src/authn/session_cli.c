@@ -40,9 +40,20 @@ static char *resolve_user(const struct conf_node *root, const char *user, char *
         if (e->type != CONF_MAP) {
             continue;
         }
+        const char *type = NULL;
         conf_string(&d, e, "id", &id);
         conf_string(&d, e, "issuer", &iss);
+        conf_string(&d, e, "type", &type);
         conf_bool(&d, e, "bare_user_ids", &bare);
+        if (id != NULL && type != NULL && strcmp(type, "saml") == 0 && colon != NULL &&
+            key == NULL && strlen(id) == (size_t)(colon - user) &&
+            strncmp(user, id, (size_t)(colon - user)) == 0) {
+            /* A SAML provider's user key names its entity id (from its metadata):
+             * the qualified id itself is matched against the session's provider
+             * and subject (ident_user_match). */
+            key = xstrdup(user);
+            continue;
+        }
         if (id == NULL || iss == NULL) {
             continue;
         }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "access_int.h"
+#include "authn/saml.h" /* SAML_BODY_MAX */
 #include "proxy/metrics.h"
 #include "proxy/pages.h"
 
@@ -201,6 +202,8 @@ struct reserved_endpoint {
 static const struct reserved_endpoint Reserved[] = {
     { "/.gatehouse/oidc/backchannel-logout", "POST", BODY_MAX },
     { "/.gatehouse/logout", "POST", BODY_MAX },
+    /* The SAML ACS (HTTP-POST binding) is read the same way; authn checks it. */
+    { "/.gatehouse/saml/acs", "POST", SAML_BODY_MAX },
 };
 
 static void reserved_body(struct request *r, struct str body, void *arg)
