@@ -979,18 +979,36 @@ static enum authn_step bearer_refused(struct authn *an, const struct authn_req *
     return unauthenticated(an, req, a, out, out->reason);
 }
 
+/* The provider's metadata and key set for continuation c: true with *k (a
+ * reference the caller drops) when both are at hand; else false with *st the
+ * fetch to perform first, c resuming at disc (metadata) or jwks (key set). */
+static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c,
+                       enum cont_kind disc, enum cont_kind jwks, struct jwks **k,
+                       enum authn_step *st)
+{
+    struct idp *x = c->idp;
+    if (atomic_load(&x->meta) == NULL) {
+        c->kind = disc;
+        *st = need_discovery(a, out, x);
+        return false;
+    }
+    *k = jwks_get(x);
+    if (*k == NULL) {
+        c->kind = jwks;
+        *st = fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+        return false;
+    }
+    return true;
+}
+
 static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, struct cont *c)
 {
     struct idp *x = c->idp;
-    if (atomic_load(&x->meta) == NULL) {
-        c->kind = CONT_BEARER_DISCOVERY;
-        return need_discovery(a, out, x);
-    }
-    struct jwks *k = jwks_get(x);
-    if (k == NULL) {
-        c->kind = CONT_BEARER_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    struct jwks *k = NULL;
+    enum authn_step st;
+    if (!keys_ready(a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, &k, &st)) {
+        return st;
     }
     struct oidc_identity id;
     struct err err = { 0 };
@@ -2175,14 +2193,10 @@ static enum authn_step bcl_continue(struct authn *an, const struct authn_req *re
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
     struct idp *x = c->idp;
-    if (atomic_load(&x->meta) == NULL) {
-        c->kind = CONT_BCL_DISCOVERY;
-        return need_discovery(a, out, x);
-    }
-    struct jwks *k = jwks_get(x);
-    if (k == NULL) {
-        c->kind = CONT_BCL_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    struct jwks *k = NULL;
+    enum authn_step st;
+    if (!keys_ready(a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, &k, &st)) {
+        return st;
     }
     char *sid = NULL, *sub = NULL;
     struct err err = { 0 };
