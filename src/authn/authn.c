@@ -1004,14 +1004,14 @@ static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c,
 static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, struct cont *c)
 {
-    struct idp *x = c->idp;
+    struct oidc_identity id;
+    struct err err = { 0 };
     struct jwks *k = NULL;
     enum authn_step st;
     if (!keys_ready(a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, &k, &st)) {
         return st;
     }
-    struct oidc_identity id;
-    struct err err = { 0 };
+    struct idp *x = c->idp;
     int rc = oidc_bearer_verify(x->p, k, str_from(c->bearer), req->now_ms / 1000, &id, &err);
     jwks_unref(k);
     if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
@@ -2192,14 +2192,14 @@ const char *authn_switch_user_url(struct arena *a, struct str target)
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
-    struct idp *x = c->idp;
+    char *sid = NULL, *sub = NULL;
+    struct err err = { 0 };
     struct jwks *k = NULL;
     enum authn_step st;
     if (!keys_ready(a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, &k, &st)) {
         return st;
     }
-    char *sid = NULL, *sub = NULL;
-    struct err err = { 0 };
+    struct idp *x = c->idp;
     int rc = oidc_logout_token_verify(x->p, k, req->body, an->replay, req->now_ms / 1000, &sid,
                                       &sub, &err);
     jwks_unref(k);
