@@ -1,7 +1,8 @@
 /* Unit tests for the access stage's seams: the data plane refuses every routed
  * request while no access stage is installed (fail closed), and decide() (the
  * pure decision step, proxy/access/decide.c) over allow, deny, sign-in, OPA
- * allow/deny/error/timeout and shadow mode. No sockets. */
+ * allow/deny/error/timeout and shadow mode, and decide_device_would_help()
+ * (the denied page's enrolled-device hint). No sockets. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -216,12 +217,47 @@ static void test_decide_is_repeatable(void **state)
     policy_free(p);
 }
 
+/* The denied page's question: would a trusted device of this user have been allowed? */
+static void test_device_would_help(void **state)
+{
+    static const char *const laptops = "rules:\n  - id: laptops\n    effect: allow\n"
+                                       "    when: {groups: eng, device: {trusted: true, "
+                                       "owner_is_user: true}}\n";
+    struct policy *p = make_policy(laptops);
+    struct policy_input alice = input(ALICE_ENG), bob = input(BOB), copy;
+    struct policy_result res;
+    (void)state;
+
+    alice.email = STR("alice@example.com");
+    copy = alice;
+    policy_result_init(&res, NULL);
+    assert_int_equal(decide(p, &alice, &res), VERDICT_DENY);
+    assert_true(decide_device_would_help(p, &alice));
+    assert_memory_equal(&alice, &copy, sizeof alice);
+    /* bob is not in eng: no device would help him */
+    assert_false(decide_device_would_help(p, &bob));
+    /* an untrusted device presented: a trusted one would help */
+    alice.device.present = true;
+    alice.device.fingerprint = STR("ab");
+    assert_true(decide_device_would_help(p, &alice));
+    /* with a trusted device the deny has another reason (someone else's laptop) */
+    alice.device.trusted = true;
+    alice.device.owner = STR("mallory@example.com");
+    policy_result_init(&res, NULL);
+    assert_int_equal(decide(p, &alice, &res), VERDICT_DENY);
+    assert_false(decide_device_would_help(p, &alice));
+    /* no policy at all: nothing to say */
+    assert_false(decide_device_would_help(NULL, &alice));
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_no_stage_installed_denies),
         cmocka_unit_test(test_decide_table),
         cmocka_unit_test(test_decide_is_repeatable),
+        cmocka_unit_test(test_device_would_help),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
