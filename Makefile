@@ -10,6 +10,9 @@
 all: build
 
 DEPS_PROFILE = build
+# Extra `meson setup` options for a fresh build directory; CI passes
+# MESON_ARGS=-Dwerror=true (.ci/run) so that a new warning fails the build.
+MESON_ARGS ?=
 run: DEPS_PROFILE = run
 test: DEPS_PROFILE = test
 bench: DEPS_PROFILE = bench
@@ -18,12 +21,12 @@ deps:
 	@bash scripts/deps.sh $(DEPS_PROFILE)
 
 build: deps
-	@[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null
+	@[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized $(MESON_ARGS) >/dev/null
 	@ninja -C build
 
 build-san: deps
 	@[ -f build-san/build.ninja ] || meson setup build-san --buildtype=debug \
-		-Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+		-Db_sanitize=address,undefined -Db_lundef=false $(MESON_ARGS) >/dev/null
 	@ninja -C build-san
 
 run: build

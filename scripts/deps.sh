@@ -2,7 +2,8 @@
 # Installs what Gatehouse needs on Debian 12, by profile (each includes the one before):
 #   build  compiler, meson, and the libraries the binary links
 #   run    + what `make run` needs for the demo (Python app, Node.js demo IdP)
-#   test   + test-only tools (cmocka, clang for the fuzz targets, Chromium, curl, sqlite3)
+#   test   + test-only tools (cmocka, clang for the fuzz targets, clang-format, Chromium,
+#          curl, sqlite3)
 #   bench  + the benchmark peers (wrk, nginx, HAProxy, Apache with mod_auth_openidc)
 # Usage: deps.sh [build|run|test|bench]          install what is missing (default: build)
 #        deps.sh --print [build|run|test|bench]  print the profile's packages, one a line
@@ -22,7 +23,7 @@ BUILD=(
 # The demo: demo/app.py and the demo IdP (tests/idp, npm oidc-provider).
 RUN=(python3 ca-certificates nodejs npm)
 # postgresql-15: the fleet tests start their own server (initdb, pg_ctl).
-TEST=(libcmocka-dev clang chromium curl sqlite3 postgresql-15)
+TEST=(libcmocka-dev clang clang-format chromium curl sqlite3 postgresql-15)
 BENCH=(wrk nginx-light haproxy apache2 libapache2-mod-auth-openidc libapache2-mod-auth-mellon)
 
 print=false

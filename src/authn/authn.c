@@ -3,7 +3,11 @@
  * callback, refresh, logout and back-channel logout as small continuations
  * (discovery, JWKS, token, userinfo fetches are performed by the proxy).
  * Provider metadata and key sets are cached per provider; a key set is
- * re-fetched on an unknown kid at most once per jwks_refresh_min_interval. */
+ * re-fetched on an unknown kid at most once per jwks_refresh_min_interval.
+ * Over 1,200 lines: every reserved endpoint's continuation lives here next to
+ * the state machine that resumes it; splitting it per endpoint is planned with
+ * the sign-in protocols that add endpoints.
+ */
 #include "authn.h"
 
 #include <errno.h>
@@ -81,6 +85,8 @@ struct authn {
     int64_t assertion_keep_s;     /* a rotated-out key stays in the JWKS this long */
     struct assertion_signer *signer; /* rt's */
     char *pages_dir;
+    bool show_deny_reason;        /* pages.show_deny_reason */
+    char *hdr[AUTHN_HDR_COUNT];   /* upstream_identity.headers: user, email, groups, device */
     struct pages *pages;          /* rt's */
     struct oidc_replay *replay;   /* rt's */
     const unsigned char *login_key; /* rt's */
@@ -95,6 +101,28 @@ struct authn {
 /* ---- configuration ---------------------------------------------------- */
 
 static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", "keep", NULL };
+static const char *const identity_keys[] = { "headers", "assertion", NULL };
+static const char *const header_keys[] = { "user", "email", "groups", "device", NULL };
+
+/* upstream_identity.headers: the names of the identity headers the backend gets. */
+static void parse_identity_headers(struct authn *an, const struct conf_node *root,
+                                   struct conf_diag *d)
+{
+    const struct conf_node *ui = conf_get(root, "upstream_identity");
+    const struct conf_node *h = conf_get(ui, "headers");
+    const char *v[AUTHN_HDR_COUNT] = { "X-Gatehouse-User", "X-Gatehouse-Email",
+                                       "X-Gatehouse-Groups", "X-Gatehouse-Device" };
+
+    if (ui && conf_check_keys(d, ui, "\"upstream_identity\"", identity_keys) && h &&
+        conf_check_keys(d, h, "\"upstream_identity.headers\"", header_keys)) {
+        for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+            conf_string(d, h, header_keys[i], &v[i]);
+        }
+    }
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        an->hdr[i] = xstrdup(v[i]);
+    }
+}
 
 /* The assertion is on whenever there is a key: the configured one, or
  * assertion-es256.pem next to the state database (created when absent). */
@@ -214,8 +242,10 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
     static const char *const pages_keys[] = { "dir", "show_deny_reason", NULL };
     const struct conf_node *pages = conf_get(root, "pages");
     const char *dir = NULL;
+    an->show_deny_reason = true;
     if (pages != NULL && conf_check_keys(d, pages, "\"pages\"", pages_keys)) {
         conf_string(d, pages, "dir", &dir);
+        conf_bool(d, pages, "show_deny_reason", &an->show_deny_reason);
     }
     if (dir != NULL) {
         an->pages_dir = conf_path_resolve(conf_file, dir);
@@ -241,6 +271,7 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
         n[3] = an->login_name[!tls];
         n[4] = NULL;
     }
+    parse_identity_headers(an, root, d);
     parse_assertion(an, root, conf_file, state_db, d);
     an->state_db = state_db ? xstrdup(state_db) : NULL;
     if (d->count != before) {
@@ -328,7 +359,7 @@ int authn_start(struct authn *an, struct err *err)
 }
 
 /* `gatehouse check`: exists and loads, or can be created by serve (whose
- * gate_start makes the state database's directory, one level). */
+ * access_start makes the state database's directory, one level). */
 static bool check_creatable(struct conf_diag *d, const struct conf_node *n, const char *what,
                             const char *path)
 {
@@ -425,7 +456,11 @@ void authn_settings(const struct authn *an, struct authn_settings *out)
         .assertion_keep_s = an->assertion_keep_s,
         .session = &an->sconf,
         .nidps = an->nidps,
+        .show_deny_reason = an->show_deny_reason,
     };
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        out->identity_headers[i] = an->hdr[i];
+    }
 }
 
 const struct oidc_provider *authn_provider(const struct authn *an, size_t i)
@@ -509,6 +544,9 @@ void authn_free(struct authn *an)
     free(an->assertion_header);
     free(an->assertion_issuer);
     free(an->pages_dir);
+    for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
+        free(an->hdr[i]);
+    }
     for (int tls = 0; tls < 2; tls++) {
         free(an->session_name[tls]);
         free(an->login_name[tls]);
@@ -1000,21 +1038,39 @@ static enum authn_step bearer_refused(struct authn *an, const struct authn_req *
     return unauthenticated(an, req, a, out, out->reason);
 }
 
-static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
-                                       struct arena *a, struct authn_out *out, struct cont *c)
+/* The provider's metadata and key set for continuation c: true with *k (a
+ * reference the caller drops) when both are at hand; else false with *st the
+ * fetch to perform first, c resuming at disc (metadata) or jwks (key set). */
+static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c,
+                       enum cont_kind disc, enum cont_kind jwks, struct jwks **k,
+                       enum authn_step *st)
 {
     struct idp *x = c->idp;
     if (atomic_load(&x->meta) == NULL) {
-        c->kind = CONT_BEARER_DISCOVERY;
-        return need_discovery(a, out, x);
+        c->kind = disc;
+        *st = need_discovery(a, out, x);
+        return false;
     }
-    struct jwks *k = jwks_get(x);
-    if (k == NULL) {
-        c->kind = CONT_BEARER_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    *k = jwks_get(x);
+    if (*k == NULL) {
+        c->kind = jwks;
+        *st = fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+        return false;
     }
+    return true;
+}
+
+static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out, struct cont *c)
+{
     struct oidc_identity id;
     struct err err = { 0 };
+    struct jwks *k = NULL;
+    enum authn_step st;
+    if (!keys_ready(a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, &k, &st)) {
+        return st;
+    }
+    struct idp *x = c->idp;
     int rc = oidc_bearer_verify(x->p, k, str_from(c->bearer), req->now_ms / 1000, &id, &err);
     jwks_unref(k);
     if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
@@ -1319,9 +1375,13 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         rd = "/";
     }
     const char *want = query_value(a, req->query, "idp");
-    struct idp *cands[64];
+    /* Every provider the route accepts is offered: no cap. */
+    struct idp **cands = arena_alloc(a, (an->nidps ? an->nidps : 1) * sizeof *cands);
     size_t n = 0;
-    for (size_t i = 0; i < an->nidps && n < 64; i++) {
+    if (cands == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    for (size_t i = 0; i < an->nidps; i++) {
         if (route_accepts(req, an->idps[i].p->id)) {
             cands[n++] = &an->idps[i];
         }
@@ -1332,10 +1392,13 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
             x = cands[i];
         }
     }
-    struct saml_idp *scands[64];
+    struct saml_idp **scands = arena_alloc(a, (an->nsaml ? an->nsaml : 1) * sizeof *scands);
     size_t ns = 0;
     struct saml_idp *sx = NULL;
-    for (size_t i = 0; i < an->nsaml && ns < 64; i++) {
+    if (scands == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    for (size_t i = 0; i < an->nsaml; i++) {
         if (route_accepts(req, saml_idp_id(an->saml[i]))) {
             scands[ns++] = an->saml[i];
             if (want != NULL && strcmp(saml_idp_id(an->saml[i]), want) == 0) {
@@ -1363,7 +1426,11 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         x = cands[0];
     }
     if (x == NULL) {
-        struct page_provider pv[128];
+        struct page_provider *pv = arena_alloc(a, (n + ns ? n + ns : 1) * sizeof *pv);
+        const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+        if (pv == NULL || host == NULL) {
+            return internal_error(an, req, a, out);
+        }
         for (size_t i = 0; i < n; i++) {
             pv[i] = (struct page_provider){ cands[i]->p->id, cands[i]->p->display_name };
         }
@@ -1372,8 +1439,6 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
                                                 saml_idp_display_name(scands[i]) };
         }
         n += ns;
-        char host[256];
-        snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
         const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
         size_t len = 0;
@@ -1852,8 +1917,10 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
 static enum authn_step signed_out_page(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out)
 {
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+    if (host == NULL) {
+        return internal_error(an, req, a, out);
+    }
     struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
     size_t len = 0;
     char *html = pages_render(an->pages, PAGE_SIGNED_OUT, v, 2, a, &len);
@@ -1976,8 +2043,10 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
                                       struct arena *a, struct authn_out *out,
                                       const struct session_view *sv, struct str cookie)
 {
-    char host[256];
-    snprintf(host, sizeof host, "%.*s", (int)req->host.len, req->host.p);
+    const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
+    if (host == NULL) {
+        return internal_error(an, req, a, out);
+    }
     const char *token = logout_token(an, a, cookie);
     const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
     struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };
@@ -2208,18 +2277,14 @@ const char *authn_switch_user_url(struct arena *a, struct str target)
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
-    struct idp *x = c->idp;
-    if (atomic_load(&x->meta) == NULL) {
-        c->kind = CONT_BCL_DISCOVERY;
-        return need_discovery(a, out, x);
-    }
-    struct jwks *k = jwks_get(x);
-    if (k == NULL) {
-        c->kind = CONT_BCL_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
-    }
     char *sid = NULL, *sub = NULL;
     struct err err = { 0 };
+    struct jwks *k = NULL;
+    enum authn_step st;
+    if (!keys_ready(a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, &k, &st)) {
+        return st;
+    }
+    struct idp *x = c->idp;
     int rc = oidc_logout_token_verify(x->p, k, req->body, an->replay, req->now_ms / 1000, &sid,
                                       &sub, &err);
     jwks_unref(k);

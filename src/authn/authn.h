@@ -26,8 +26,8 @@ const char *authn_module_name(void);
 
 struct authn; /* per config snapshot; thread-safe after authn_start() */
 
-/* Parses and validates identity_providers (type oidc), session and
- * upstream_identity.assertion from the config root. Reads secret files, makes
+/* Parses and validates identity_providers (type oidc), session, pages and
+ * upstream_identity (the sections it owns) from the config root. Reads secret files, makes
  * no network calls. state_db: the resolved state.sqlite path (NULL: sessions
  * are refused at start). Returns NULL with every problem in d. */
 struct authn *authn_new(const struct conf_node *root, const char *conf_file,
@@ -44,8 +44,13 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
  * Borrowed from an. */
 struct session_conf;
 struct oidc_provider;
+/* upstream_identity.headers, in this order (authn_settings.identity_headers). */
+enum authn_hdr { AUTHN_HDR_USER, AUTHN_HDR_EMAIL, AUTHN_HDR_GROUPS, AUTHN_HDR_DEVICE,
+                 AUTHN_HDR_COUNT };
 struct authn_settings {
     const char *pages_dir;
+    bool show_deny_reason;         /* pages.show_deny_reason (default true) */
+    const char *identity_headers[AUTHN_HDR_COUNT]; /* upstream_identity.headers */
     const char *assertion_key;     /* NULL: no assertion */
     const char *assertion_header, *assertion_issuer;
     int64_t assertion_ttl_s, assertion_keep_s;

@@ -2,7 +2,10 @@
  * discovery, login start (PKCE S256, state, nonce in a sealed login cookie),
  * callback, token and userinfo responses, claim mapping, refresh, logout and
  * back-channel logout, bearer JWTs, and the open-redirect guard. Every IdP call
- * is described as an oidc_http for the proxy to perform; nothing here blocks. */
+ * is described as an oidc_http for the proxy to perform; nothing here blocks.
+ * Over 1,200 lines: the relying party's steps share the provider state and the
+ * sealed login cookie; each step is a small function.
+ */
 #include "oidc.h"
 
 #include <pthread.h>

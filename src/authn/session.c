@@ -3,7 +3,11 @@
  * SQLite connection and, every 500 ms, writes queued inserts/updates/deletes
  * and batched last-seen times in one transaction, applies revocations recorded
  * by other processes, and purges expired sessions. Refresh tokens and ID
- * tokens are sealed with AES-256-GCM before they reach the disk. */
+ * tokens are sealed with AES-256-GCM before they reach the disk.
+ * Over 1,200 lines: the in-memory table, the writer thread and the SQLite store
+ * share one lock discipline; the store interface for other databases is being
+ * drawn inside this file.
+ */
 #include "session.h"
 
 #include <errno.h>

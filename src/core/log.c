@@ -2,6 +2,8 @@
  * lines from several worker threads never interleave. */
 #include "log.h"
 
+#include <stdatomic.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,17 +11,18 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile int g_level = LOG_INFO;
+/* Set by the main thread (start, SIGHUP), read by every worker. */
+static atomic_int g_level = LOG_INFO;
 static const char *const names[] = { "debug", "info", "warn", "error" };
 
 void log_set_level(enum log_level lvl)
 {
-    g_level = (int)lvl;
+    atomic_store_explicit(&g_level, (int)lvl, memory_order_relaxed);
 }
 
 enum log_level log_get_level(void)
 {
-    return (enum log_level)g_level;
+    return (enum log_level)atomic_load_explicit(&g_level, memory_order_relaxed);
 }
 
 int log_level_parse(const char *s)
@@ -63,7 +66,7 @@ void log_emit(enum log_level lvl, const char *mod, const char *req, const char *
     size_t off;
     va_list ap;
 
-    if ((int)lvl < g_level) {
+    if ((int)lvl < atomic_load_explicit(&g_level, memory_order_relaxed)) {
         return;
     }
     va_start(ap, fmt);

@@ -42,6 +42,33 @@ static bool load_conf(const char *cfg, struct decision_log_conf *out)
     return ok;
 }
 
+/* load_conf, then the records read-only: the local SQLite store, or with
+ * fleet set and state.postgres configured, every node's records between since
+ * and until materialised from the shared table. false with the reason printed
+ * (prefix: "gatehouse: " on stderr, or "FAIL sqlite: " on stdout for verify). */
+static bool open_records(const char *cfg, struct decision_log_conf *c, sqlite3 **db, bool verify,
+                         bool fleet, int64_t since, int64_t until)
+{
+    struct err err = { 0 };
+    if (!load_conf(cfg, c)) {
+        return false;
+    }
+    if ((fleet && c->pg_conninfo ? dl_fleet_materialise(c, since, until, db, &err)
+                                 : dl_db_open(c->sqlite, true, db, &err)) != 0) {
+        fprintf(verify ? stdout : stderr, verify ? "FAIL sqlite: %s\n" : "gatehouse: %s\n",
+                err.msg);
+        decision_log_conf_fini(c);
+        return false;
+    }
+    return true;
+}
+
+/* The local SQLite store only (verify: the fleet's chains are checked apart). */
+static bool open_log(const char *cfg, struct decision_log_conf *c, sqlite3 **db, bool verify)
+{
+    return open_records(cfg, c, db, verify, false, 0, 0);
+}
+
 static int64_t wall_us(void)
 {
     struct timespec ts;
@@ -390,28 +417,23 @@ static int cmd_query(int argc, char **argv)
         return 2;
     }
     struct decision_log_conf c;
-    if (!load_conf(cfg, &c)) {
-        return 1;
-    }
     sqlite3 *db = NULL;
-    struct err err = { 0 };
     /* A fleet (state.postgres): every node's records, from the shared table. */
-    if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, until, &db, &err)
-                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
-        fprintf(stderr, "gatehouse: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_records(cfg, &c, &db, false, true, since, until)) {
         return 1;
     }
     /* Exact filters in SQL; user, path, address and kind need code (case, segments,
      * CIDR, format-1 records), so with --limit the newest rows are read first and
      * the matches printed oldest first. */
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND ts_us <= ?2 "
-             "AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR decision = ?4) AND (?5 IS NULL OR "
-             "rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY %sseq %s",
-             DL_COLUMNS, c.pg_conninfo ? (limit ? "ts_us DESC, " : "ts_us, ") : "",
-             limit ? "DESC" : "ASC");
+#define QUERY_SQL(order)                                                                           \
+    "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions WHERE ts_us >= ?1 AND "            \
+    "ts_us <= ?2 AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR decision = ?4) AND (?5 IS "     \
+    "NULL OR rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY " order
+    /* A fleet's nodes number their records each on their own: time orders them. */
+    const char *sql = c.pg_conninfo ? (limit ? QUERY_SQL("ts_us DESC, seq DESC")
+                                             : QUERY_SQL("ts_us, seq ASC"))
+                                    : (limit ? QUERY_SQL("seq DESC") : QUERY_SQL("seq ASC"));
+#undef QUERY_SQL
     sqlite3_stmt *st = NULL;
     int rc = 1;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -509,9 +531,8 @@ static bool verify_sqlite(sqlite3 *db, struct verify_end *end)
     memset(end, 0, sizeof *end);
     end->last_seq = expect - 1;
     snprintf(end->last_hash, sizeof end->last_hash, "%s", prev);
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions ORDER BY seq",
-             DL_COLUMNS);
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "ORDER BY seq";
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         printf("FAIL sqlite: %s\n", sqlite3_errmsg(db));
@@ -723,14 +744,8 @@ static int cmd_verify(int argc, char **argv)
         return 2;
     }
     struct decision_log_conf c;
-    if (!load_conf(cfg, &c)) {
-        return 1;
-    }
     sqlite3 *db = NULL;
-    struct err err = { 0 };
-    if (dl_db_open(c.sqlite, true, &db, &err) != 0) {
-        printf("FAIL sqlite: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_log(cfg, &c, &db, true)) {
         return 1;
     }
     uint64_t anchor_seq;
@@ -869,7 +884,60 @@ struct change {
     bool gains;
     unsigned count;
     char *example;
+    uint64_t hash;
 };
+
+/* The (route, user, gains) pairs already listed, found by hash: a diff over a
+ * large log stays linear in the number of records. slot[i] is an index into
+ * the list plus one; 0 is empty. */
+struct change_index {
+    size_t *slot;
+    size_t cap; /* a power of two, at least twice the entries */
+};
+
+static uint64_t change_hash(const char *route, const char *who, bool gains)
+{
+    uint64_t h = str_hash(STR_HASH_SEED, route, strlen(route) + 1);
+    h = str_hash(h, who, strlen(who) + 1);
+    return str_hash(h, &gains, sizeof gains);
+}
+
+/* The entry for (route, who, gains), or n (not listed). */
+static size_t change_find(const struct change_index *ix, const struct change *list, size_t n,
+                          uint64_t h, const char *route, const char *who, bool gains)
+{
+    for (size_t i = (size_t)h & (ix->cap - 1); ix->cap && ix->slot[i]; i = (i + 1) & (ix->cap - 1)) {
+        const struct change *c = &list[ix->slot[i] - 1];
+        if (c->hash == h && c->gains == gains && strcmp(c->route, route) == 0 &&
+            strcmp(c->who, who) == 0) {
+            return ix->slot[i] - 1;
+        }
+    }
+    return n;
+}
+
+static void change_index_insert(struct change_index *ix, uint64_t h, size_t entry)
+{
+    size_t i = (size_t)h & (ix->cap - 1);
+    while (ix->slot[i]) {
+        i = (i + 1) & (ix->cap - 1);
+    }
+    ix->slot[i] = entry + 1;
+}
+
+/* Indexes list[n - 1], the entry just added. */
+static void change_index_put(struct change_index *ix, const struct change *list, size_t n)
+{
+    if (2 * n > ix->cap) {
+        ix->cap = ix->cap ? 2 * ix->cap : 64;
+        free(ix->slot);
+        ix->slot = xcalloc(ix->cap, sizeof *ix->slot);
+        for (size_t k = 0; k + 1 < n; k++) {
+            change_index_insert(ix, list[k].hash, k);
+        }
+    }
+    change_index_insert(ix, list[n - 1].hash, n - 1);
+}
 
 static struct str s_or_empty(const char *s)
 {
@@ -911,21 +979,13 @@ bool policy_record_by_request(const char *cfg, const char *request_id, struct dl
     struct decision_log_conf c;
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    struct err err = { 0 };
     bool found = false;
-    if (!load_conf(cfg, &c)) {
-        return false;
-    }
     /* A fleet: the request may have been decided on any node. */
-    if ((c.pg_conninfo ? dl_fleet_materialise(&c, INT64_MIN, INT64_MAX, &db, &err)
-                       : dl_db_open(c.sqlite, true, &db, &err)) != 0) {
-        fprintf(stderr, "gatehouse: %s\n", err.msg);
-        decision_log_conf_fini(&c);
+    if (!open_records(cfg, &c, &db, false, true, INT64_MIN, INT64_MAX)) {
         return false;
     }
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE request_id = ? "
-                              "ORDER BY seq DESC LIMIT 1", DL_COLUMNS);
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "WHERE request_id = ? ORDER BY seq DESC LIMIT 1";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW) {
@@ -975,6 +1035,8 @@ int policy_cmd_diff(int argc, char **argv)
     struct route_pol *rp = NULL;
     size_t nrp = 0;
     struct change *ch_list = NULL;
+    size_t ch_cap = 0;
+    struct change_index ch_ix = { 0 };
     size_t nch = 0;
     sqlite3 *db = NULL;
     int rc = 1;
@@ -1023,9 +1085,8 @@ int policy_cmd_diff(int argc, char **argv)
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         goto out;
     }
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE ts_us >= ? "
-                              "ORDER BY seq", DL_COLUMNS);
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "WHERE ts_us >= ? ORDER BY seq";
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         fprintf(stderr, "gatehouse: %s\n", sqlite3_errmsg(db));
@@ -1066,15 +1127,15 @@ int policy_cmd_diff(int argc, char **argv)
             bool now = res.decision == POLICY_ALLOW;
             if (was != now) {
                 const char *who = r->user && *r->user ? r->user : (r->email ? r->email : "-");
-                size_t k = 0;
-                while (k < nch && !(strcmp(ch_list[k].route, r->route) == 0 &&
-                                    strcmp(ch_list[k].who, who) == 0 && ch_list[k].gains == now)) {
-                    k++;
-                }
+                uint64_t h = change_hash(r->route, who, now);
+                size_t k = change_find(&ch_ix, ch_list, nch, h, r->route, who, now);
                 if (k == nch) {
-                    ch_list = xrealloc(ch_list, (nch + 1) * sizeof *ch_list);
+                    if (nch == ch_cap) {
+                        ch_cap = ch_cap ? 2 * ch_cap : 16;
+                        ch_list = xrealloc(ch_list, ch_cap * sizeof *ch_list);
+                    }
                     ch_list[nch] = (struct change){
-                        .route = xstrdup(r->route), .who = xstrdup(who), .gains = now,
+                        .route = xstrdup(r->route), .who = xstrdup(who), .gains = now, .hash = h,
                         .example = xasprintf("%s %s%s: was %s by \"%s\"%s%s%s, now %s by "
                                              "\"%s\"%s",
                                              nz(r->method), r->host ? r->host : "", nz(r->path),
@@ -1087,6 +1148,7 @@ int policy_cmd_diff(int argc, char **argv)
                                                  ? " (shadow policy: not enforced)"
                                                  : "") };
                     nch++;
+                    change_index_put(&ch_ix, ch_list, nch);
                 }
                 ch_list[k].count++;
             }
@@ -1133,6 +1195,7 @@ out:
         free(ch_list[k].example);
     }
     free(ch_list);
+    free(ch_ix.slot);
     sqlite3_close(db);
     decision_log_conf_fini(&c);
     conf_diag_fini(&d);

@@ -233,44 +233,25 @@ static int cmd_test(int argc, char **argv)
     return t.failed ? 1 : 0;
 }
 
-struct policy *policy_for_route(const char *cfg, const char *route)
+const struct policy *policy_for_route(const char *cfg, const char *route,
+                                     struct policy_conf **pc)
 {
     struct conf_diag d = { 0 };
-    struct policy *p = NULL;
+    const struct policy *p = NULL;
     struct conf_doc *doc = conf_doc_load(cfg, &d);
-    if (!doc) {
-        conf_diag_print(&d, stderr);
-        conf_diag_fini(&d);
-        return NULL;
+
+    *pc = NULL;
+    if (doc) {
+        /* The loader serve and check use: the same policy for the same route
+         * (a policy file, else built-in public, else any signed-in user). */
+        *pc = policy_conf_load(doc->root, cfg, &d);
     }
-    const struct conf_node *routes = conf_get(doc->root, "routes");
-    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
-        const struct conf_node *r = routes->items[i];
-        const char *name = NULL, *file = NULL;
-        bool pub = false, any = false;
-        if (!conf_string(&d, r, "name", &name) || !name || strcmp(name, route) != 0) {
-            continue;
+    if (*pc) {
+        p = policy_conf_route(*pc, route);
+        if (!p) {
+            fprintf(stderr, "gatehouse: no route \"%s\" in %s\n", route, cfg);
         }
-        if (!conf_string(&d, r, "policy", &file) || !conf_bool(&d, r, "public", &pub) ||
-            !conf_bool(&d, r, "allow_any_authenticated", &any)) {
-            break;
-        }
-        if (file) {
-            char *path = conf_path_resolve(cfg, file);
-            p = policy_load(path, &d);
-            free(path);
-        } else if (pub || any) {
-            p = policy_new_builtin(pub);
-        } else {
-            fprintf(stderr, "gatehouse: route \"%s\" has no policy (and is not public or "
-                            "allow_any_authenticated)\n", route);
-        }
-        goto out;
     }
-    if (!d.count) {
-        fprintf(stderr, "gatehouse: no route \"%s\" in %s\n", route, cfg);
-    }
-out:
     conf_diag_print(&d, stderr);
     conf_diag_fini(&d);
     conf_doc_free(doc);
@@ -343,16 +324,19 @@ static int cmd_explain(int argc, char **argv)
         fputs(policy_usage, stderr);
         return 2;
     }
-    struct policy *p = NULL;
+    struct policy *own = NULL;
+    struct policy_conf *pc = NULL;
+    const struct policy *p = NULL;
     if (pfile) {
         struct conf_diag d = { 0 };
-        p = policy_load(pfile, &d);
+        p = own = policy_load(pfile, &d);
         conf_diag_print(&d, stderr);
         conf_diag_fini(&d);
     } else {
-        p = policy_for_route(cfg, route);
+        p = policy_for_route(cfg, route, &pc);
     }
     if (!p) {
+        policy_conf_free(pc);
         dl_row_fini(&row);
         return 1;
     }
@@ -417,7 +401,8 @@ out:
     conf_diag_fini(&d);
     conf_doc_free(doc);
     arena_free(a);
-    policy_free(p);
+    policy_free(own);
+    policy_conf_free(pc);
     return rc;
 }
 

@@ -3,7 +3,11 @@
  * writer thread chains them (hash = SHA-256 over the previous hash and the record's
  * canonical bytes), commits each batch to SQLite in one transaction, then mirrors the
  * lines to the JSON-lines file. SQLite is the source of truth: after a crash the file
- * is cut back to its last complete line and refilled from SQLite. */
+ * is cut back to its last complete line and refilled from SQLite.
+ * Over 1,200 lines: the queue, the writer thread, the chain and both sinks share
+ * the writer's state; the store interface for other databases is being drawn
+ * inside this file (checkpoints, verification and syslog are already apart).
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -454,14 +458,11 @@ static const char schema[] =
     " prev_hash TEXT, hash TEXT);";
 
 /* Columns added by record format 2, for databases created before it. */
-static const char *const v2_columns[] = { "kind", "enforced", "admin_action", "admin_actor",
-                                          "admin_from", "admin_target" };
-
-const char DL_COLUMNS[] =
-    "ts_us, request_id, route, decision, rule, reason, user, email, groups, claims, idp, "
-    "session, device_present, device_id, device_owner, device_trusted, client_ip, method, host, "
-    "path, shadow, opa_called, opa_result, opa_ms, latency_us, kind, enforced, admin_action, "
-    "admin_actor, admin_from, admin_target";
+#define ADD_COLUMN(c) "ALTER TABLE decisions ADD COLUMN " c " TEXT"
+static const char *const v2_columns[] = { ADD_COLUMN("kind"),         ADD_COLUMN("enforced"),
+                                          ADD_COLUMN("admin_action"), ADD_COLUMN("admin_actor"),
+                                          ADD_COLUMN("admin_from"),   ADD_COLUMN("admin_target") };
+#undef ADD_COLUMN
 
 int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
 {
@@ -485,9 +486,8 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
             return ERR_IO;
         }
         for (size_t i = 0; i < sizeof v2_columns / sizeof v2_columns[0]; i++) {
-            char sql[128];
-            snprintf(sql, sizeof sql, "ALTER TABLE decisions ADD COLUMN %s TEXT", v2_columns[i]);
-            (void)sqlite3_exec(*db, sql, NULL, NULL, NULL); /* fails once it exists */
+            /* fails once it exists */
+            (void)sqlite3_exec(*db, v2_columns[i], NULL, NULL, NULL);
         }
     } else {
         /* A database no writer has opened since format 2: read it through a temporary
@@ -737,9 +737,8 @@ static int file_catch_up(sqlite3 *db, int fd, struct err *err)
                                     "does not: restore the database or move the file aside",
                        (unsigned long long)db_last + 1, (unsigned long long)last);
     }
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT seq, %s, prev_hash, hash FROM decisions WHERE seq > ? "
-                              "ORDER BY seq", DL_COLUMNS);
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "WHERE seq > ? ORDER BY seq";
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
@@ -1153,9 +1152,8 @@ out:
  * chains them. Called on the writer thread, or before it starts. */
 static void take_pending(struct decision_log *dl)
 {
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT id, %s, prev_hash, hash FROM decision_log_pending "
-                              "WHERE id > ?1 ORDER BY id LIMIT 64", DL_COLUMNS);
+    static const char sql[] = "SELECT id, " DL_COLUMNS ", prev_hash, hash FROM "
+                              "decision_log_pending WHERE id > ?1 ORDER BY id LIMIT 64";
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(dl->db, sql, -1, &st, NULL) != SQLITE_OK) {
         return;
@@ -1846,10 +1844,10 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
                  c->sync == DECISION_LOG_STRICT ? "PRAGMA synchronous=FULL"
                                                 : "PRAGMA synchronous=NORMAL",
                  NULL, NULL, NULL);
-    char sql[1024];
-    snprintf(sql, sizeof sql, "INSERT INTO decisions(seq, %s, prev_hash, hash) VALUES(?1, ?2, ?3, "
-             "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, "
-             "?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)", DL_COLUMNS);
+    static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
+                              "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+                              "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, "
+                              "?28, ?29, ?30, ?31, ?32, ?33, ?34)";
     if (sqlite3_prepare_v3(dl->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &dl->ins, NULL) !=
         SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
@@ -2265,11 +2263,10 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
     if (dl_db_open(c->sqlite, false, &db, err) != 0) {
         return ERR_IO;
     }
-    char sql[1024];
-    snprintf(sql, sizeof sql, "INSERT INTO decision_log_pending(id, %s, prev_hash, hash) VALUES("
-             "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "
-             "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
-             DL_COLUMNS);
+    static const char sql[] = "INSERT INTO decision_log_pending(id, " DL_COLUMNS ", prev_hash, "
+                              "hash) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
+                              "?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, "
+                              "?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)";
     int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK ? 0 : ERR_IO;
     if (rc == 0) {
         rc = bind_row(st, rec, 0, NULL, NULL, tmp);

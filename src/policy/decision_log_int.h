@@ -31,8 +31,13 @@ void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
 /* SQLite schema and helpers. */
 int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err);
 /* Column list in the order dl_row_read expects (prefixed by "seq, ", followed by
- * ", prev_hash, hash"). */
-extern const char DL_COLUMNS[];
+ * ", prev_hash, hash"). A string literal: every statement is a constant, and
+ * every value in it a bound parameter. */
+#define DL_COLUMNS                                                                                 \
+    "ts_us, request_id, route, decision, rule, reason, user, email, groups, claims, idp, "         \
+    "session, device_present, device_id, device_owner, device_trusted, client_ip, method, host, "  \
+    "path, shadow, opa_called, opa_result, opa_ms, latency_us, kind, enforced, admin_action, "     \
+    "admin_actor, admin_from, admin_target"
 
 /* A record read back from SQLite, owning its strings. */
 struct dl_row {

@@ -21,9 +21,13 @@ bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct c
 /* policy_eval, answering OPA from opa; returns POLICY_NEED_OPA when an answer is missing. */
 enum policy_step policy_eval_cli(const struct policy *p, const struct policy_input *in,
                                  const struct cli_opa *opa, struct policy_result *r);
-/* Finds route name in the config file cfg and loads its policy (file, public or
- * allow_any_authenticated). NULL with a message on stderr. */
-struct policy *policy_for_route(const char *cfg, const char *route);
+/* The policy of route name in the config file cfg, resolved by the loader serve
+ * and check use (policy_conf_load): a policy file, else built-in public, else
+ * built-in any-signed-in. Borrowed from *pc, which the caller frees with
+ * policy_conf_free() (also when NULL is returned, with a message on stderr). */
+struct policy_conf;
+const struct policy *policy_for_route(const char *cfg, const char *route,
+                                     struct policy_conf **pc);
 
 int policy_cmd_diff(int argc, char **argv);
 

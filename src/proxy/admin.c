@@ -6,7 +6,6 @@
 
 #include <string.h>
 
-#include "gate.h"
 #include "io.h"
 #include "metrics.h"
 
@@ -22,24 +21,18 @@ void admin_handle(struct conn *c, struct request *r)
     } else if (str_eq_cstr(r->path, "/readyz")) {
         if (atomic_load(&io_g.draining)) {
             request_respond(r, 503, "text/plain", STR("draining\n"), NULL);
-        } else if (!gate_state_ready()) {
+        } else if (!access_ready()) {
             request_respond(r, 503, "text/plain", STR("state database unreachable\n"), NULL);
         } else {
             request_respond(r, 200, "text/plain", STR("ready\n"), NULL);
         }
     } else if (str_eq_cstr(r->path, "/metrics") && io_g.metrics) {
         size_t n = 0;
+        /* Sign-in, policy and decision-log series come from their providers. */
         char *text = metrics_render(io_g.metrics, &n);
-        /* Sign-in, policy and decision-log series follow the data-path ones. */
-        size_t extra = gate_metrics_render(NULL, 0);
-        char *all = xmalloc(n + extra + 1);
-        memcpy(all, text, n);
-        size_t m = gate_metrics_render(all + n, extra + 1);
-        n += m < extra ? m : extra;
         request_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8",
-                        (struct str){ all, n }, NULL);
+                        (struct str){ text, n }, NULL);
         free(text);
-        free(all);
     } else {
         request_respond(r, 404, "text/plain", STR("not found\n"), NULL);
     }

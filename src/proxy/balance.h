@@ -12,12 +12,13 @@
 #include <stdint.h>
 
 #include "../core/core.h"
+#include "config.h"
 
 struct upstream_conf;
 struct balancer; /* opaque, per worker */
 
 /* config_load rejects routes with more servers than this. */
-#define BALANCE_MAX_SERVERS 256
+#define BALANCE_MAX_SERVERS UPSTREAM_MAX_SERVERS
 
 /* Servers already tried by this request (retries skip them). Zero-initialise
  * ("struct balance_exclude ex = {0};"), then balance_exclude_add() each tried index. */

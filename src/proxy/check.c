@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "gate.h"
+#include "access/access.h"
 #include "proxy.h"
 
 static const char check_usage[] =
@@ -58,8 +58,8 @@ int proxy_cmd_check(int argc, char **argv)
     }
     c = config_load(file, &d);
     if (c) {
-        /* What serve opens at start (gate_start), read-only. */
-        gate_check(c, &d);
+        /* What serve opens at start (access_start), read-only. */
+        access_check_files(c, &d);
         if (d.count) {
             config_unref(c);
             c = NULL;

@@ -45,6 +45,9 @@ struct listener_conf {
     int line, col;      /* where it was configured (for messages) */
 };
 
+/* Servers per route at most (balance.c keeps a bit per server). */
+#define UPSTREAM_MAX_SERVERS 256
+
 enum balance { BALANCE_ROUND_ROBIN = 0, BALANCE_LEAST_CONN, BALANCE_IP_HASH };
 
 struct upstream_server {
@@ -140,17 +143,25 @@ struct config {
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
-    void *authn;                /* authn module's part (NULL until wired in) */
+    void *authn;                /* the access stage's part (access/access_conf.c), or NULL */
+    void (*authn_free)(void *); /* frees authn with the snapshot */
     void *policy;               /* policy module's part (NULL until wired in) */
     struct route_table *route_table; /* built by config_load for route_match() (route.h) */
+    void (*route_table_free)(struct route_table *);
 };
 
-/* Loads and validates path. Returns a snapshot with one reference, or NULL with
- * every problem in d (file:line:col messages, up to 20). */
+/* Loads and validates path: the proxy's keys, then the access stage's sections
+ * (snapshot.c). Returns a snapshot with one reference, or NULL with every
+ * problem in d (file:line:col messages, up to 20). serve, check and the CLI
+ * verbs that read gatehouse.yaml all load it through here. */
 struct config *config_load(const char *path, struct conf_diag *d);
 /* Same, from YAML text in memory; name is the file name used in messages and
  * for resolving relative paths. */
 struct config *config_parse(const char *name, const char *text, size_t len, struct conf_diag *d);
+/* The proxy's own keys only (config.c); config_load adds the rest. */
+struct config *config_load_proxy(const char *path, struct conf_diag *d);
+struct config *config_parse_proxy(const char *name, const char *text, size_t len,
+                                  struct conf_diag *d);
 /* Adds a reference (any thread) and returns c. */
 struct config *config_ref(struct config *c);
 /* Drops a reference; frees at zero. NULL is a no-op. */

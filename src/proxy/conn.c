@@ -3,7 +3,11 @@
  * reader, and the request pipeline: parse head -> limits -> route match ->
  * reserved paths -> access check -> forward (forward.c). Local responses
  * (error pages, admin) go through request_respond(). request_end() is the one
- * place a request's arena, snapshot reference, log line and metrics end. */
+ * place a request's arena, snapshot reference, log line and metrics end.
+ * Over 1,200 lines: the client half of one connection object (forward.c is the
+ * upstream half); they are to meet through a narrow interface next
+ * (docs/architecture.md), which splits this file along it.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +31,8 @@
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
 
-static access_hook_fn *g_access_hook;
-static access_hook_fn *g_reserved_hook;
-static page_form_action_fn *g_form_action_hook;
+/* The installed access stage (access_stage_install); NULL: deny. */
+static _Atomic(const struct access_stage *) g_stage;
 
 static uint64_t mono_us(void)
 {
@@ -327,7 +330,9 @@ void conn_queue_out(struct conn *c)
 
 /* ---- requests --------------------------------------------------------- */
 
-static void begin_request(struct conn *c)
+/* Starts a request on c; false when its state does not fit in a fresh arena
+ * (a cap below sizeof struct request: the connection is closed). */
+static bool begin_request(struct conn *c)
 {
     struct worker *w = c->w;
     struct request *r;
@@ -348,7 +353,9 @@ static void begin_request(struct conn *c)
     }
     r = arena_zalloc(c->arena, sizeof *r);
     if (!r) {
-        abort();
+        log_error("conn", "worker %u: the request arena cannot hold a request: closing %s",
+                  w->id, c->ip);
+        return false;
     }
     c->wc = w->wc;
     c->wc->refs++;
@@ -379,6 +386,7 @@ static void begin_request(struct conn *c)
     c->abort_fn = NULL;
     c->state = CS_HEAD;
     set_timer(c, c->wc->cfg->timeouts.header_ms);
+    return true;
 }
 
 static void request_end(struct conn *c)
@@ -518,11 +526,6 @@ struct str request_header(const struct request *r, struct str name, size_t *coun
     return v;
 }
 
-void page_form_action_set_hook(page_form_action_fn *fn)
-{
-    g_form_action_hook = fn;
-}
-
 /* Whether the preformatted header lines in extra start one named name. */
 static bool extra_has(const char *extra, struct str name)
 {
@@ -541,7 +544,8 @@ static bool extra_has(const char *extra, struct str name)
  * they load nothing but their own stylesheet and images. */
 static void security_headers(struct conn *c, struct request *r, const char *extra)
 {
-    const char *fa = g_form_action_hook ? g_form_action_hook(r) : NULL;
+    const struct access_stage *st = atomic_load(&g_stage);
+    const char *fa = st && st->form_action ? st->form_action(r) : NULL;
 
     buf_append_str(&c->out, STR("Content-Security-Policy: default-src 'none'; style-src 'self'; "
                                 "img-src 'self'; form-action 'self'"));
@@ -615,6 +619,7 @@ void request_error_retry(struct request *r, int status, const char *detail,
     struct buf body = { 0 };
     const char *ctype = NULL;
     struct str accept = request_header(r, STR("accept"), NULL);
+    struct str xrw = request_header(r, STR("x-requested-with"), NULL);
 
     if (!accept.p && r->nheaders == 0 && c->hin && c->state != CS_IDLE) {
         /* The head failed to parse: its bytes are still unconsumed in the
@@ -627,12 +632,15 @@ void request_error_retry(struct request *r, int status, const char *detail,
                 (size_t)o->value_off + o->value_len > avail) {
                 break;
             }
-            if (str_ieq(http_in_name(c->hin, c->in.p + c->in.off, i), STR("accept"))) {
+            struct str name = http_in_name(c->hin, c->in.p + c->in.off, i);
+            if (str_ieq(name, STR("accept"))) {
                 accept = http_in_value(c->hin, c->in.p + c->in.off, i);
+            } else if (str_ieq(name, STR("x-requested-with"))) {
+                xrw = http_in_value(c->hin, c->in.p + c->in.off, i);
             }
         }
     }
-    bool html = accept.p && str_contains(accept, STR("text/html"));
+    bool html = http_wants_html(accept, xrw);
 
     /* Framing errors and timeouts leave the byte stream in an unknown state:
      * answer and close (RFC 9112 §11.2). */
@@ -657,21 +665,72 @@ void request_error_retry(struct request *r, int status, const char *detail,
 
 enum access_step access_check(struct request *r)
 {
-    if (g_access_hook) {
-        return g_access_hook(r);
+    const struct access_stage *st = atomic_load(&g_stage);
+
+    if (st && st->check) {
+        return st->check(r);
     }
-    /* Issue 2: until sign-in and policy are wired in, every route is public. */
-    return ACCESS_ALLOW;
+    /* Nothing installed: fail closed (the caller answers 403). */
+    return ACCESS_RESPOND;
 }
 
-void access_set_hook(access_hook_fn *fn)
+void access_stage_install(const struct access_stage *stage)
 {
-    g_access_hook = fn;
+    atomic_store(&g_stage, stage);
 }
 
-void reserved_set_hook(access_hook_fn *fn)
+bool access_ready(void)
 {
-    g_reserved_hook = fn;
+    const struct access_stage *st = atomic_load(&g_stage);
+    return !st || !st->ready || st->ready();
+}
+
+struct fetcher *request_fetcher(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c->w->fetch;
+}
+
+struct ev_loop *request_loop(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c->w->loop;
+}
+
+const struct listener_conf *request_listener(const struct request *r)
+{
+    const struct conn *c = r->conn;
+    return c && c->ls && !c->ls->admin && r->cfg && c->ls->index < r->cfg->nlisteners
+               ? &r->cfg->listeners[c->ls->index]
+               : NULL;
+}
+
+bool request_client_tls(const struct request *r, struct request_client_tls *out)
+{
+    const struct conn *c = r->conn;
+    const struct listener_conf *lc = request_listener(r);
+
+    if (!r->peer_cert || !lc) {
+        return false;
+    }
+    *out = (struct request_client_tls){ .chain = c->s.ssl ? SSL_get_peer_cert_chain(c->s.ssl)
+                                                           : NULL,
+                                        .listener = c->ls->index,
+                                        .verify_depth = (int)lc->verify_depth,
+                                        .generation = tls_generation() };
+    return true;
+}
+
+X509_STORE *request_client_ca_get(void *arg, void **hold)
+{
+    SSL_CTX *ctx = tls_listener_ctx((size_t)(uintptr_t)arg);
+    *hold = ctx;
+    return ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
+}
+
+void request_client_ca_put(void *hold)
+{
+    SSL_CTX_free(hold);
 }
 
 enum access_step request_read_body(struct request *r, size_t max_bytes, request_body_fn *cb,
@@ -858,11 +917,12 @@ static void handle_head(struct conn *c)
     /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
      * never forwarded. */
     if (str_has_prefix(r->path, STR("/.gatehouse/")) || str_eq_cstr(r->path, "/.gatehouse")) {
-        if (!g_reserved_hook) {
+        const struct access_stage *stage = atomic_load(&g_stage);
+        if (!stage || !stage->reserved) {
             request_error(r, 404, "unknown Gatehouse endpoint");
             return;
         }
-        after_access(c, g_reserved_hook(r));
+        after_access(c, stage->reserved(r));
         return;
     }
     after_access(c, access_check(r));
@@ -907,7 +967,10 @@ void conn_process(struct conn *c)
             if (buf_pending(&c->out) >= IO_HIGH_WATER) {
                 break; /* pipelined: let earlier responses drain first */
             }
-            begin_request(c);
+            if (!begin_request(c)) {
+                conn_close(c);
+                break;
+            }
         }
         if (c->state == CS_HEAD) {
             rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
@@ -1202,7 +1265,11 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
          * for new handshakes only. */
         c->s.ssl = SSL_new(tctx);
         SSL_CTX_free(tctx);
-        SSL_set_fd(c->s.ssl, fd);
+        if (!c->s.ssl || SSL_set_fd(c->s.ssl, fd) != 1) {
+            log_warn("conn", "worker %u: cannot start TLS for %s: out of memory", w->id, c->ip);
+            conn_close(c);
+            return;
+        }
         SSL_set_accept_state(c->s.ssl);
         c->handshaking = true;
         c->hs_want = EV_READ;

@@ -15,7 +15,7 @@
 #include "authn/oidc.h"
 #include "authn/session.h"
 #include "config.h"
-#include "gate.h"
+#include "access/access.h"
 #include "policy/policy.h"
 #include "proxy.h"
 
@@ -242,7 +242,7 @@ static void dump_proxy(FILE *f, const struct config *c)
     }
 }
 
-static void dump_identity(FILE *f, const struct config *c, const struct gate_settings *g)
+static void dump_identity(FILE *f, const struct config *c, const struct access_settings *g)
 {
     struct authn_settings a = { 0 };
     const struct conf_node *root = c->doc ? c->doc->root : NULL;
@@ -465,8 +465,8 @@ static void dump_routes(FILE *f, const struct config *c)
 void proxy_dump_config(const struct config *c, void *out)
 {
     FILE *f = out;
-    struct gate_settings g;
-    gate_settings(c, &g);
+    struct access_settings g;
+    access_settings(c, &g);
     fputs("# gatehouse check --dump: the effective configuration of ", f);
     quoted(f, c->file);
     fputs("\n# (defaults filled in, paths resolved, secrets redacted)\n", f);

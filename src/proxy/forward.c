@@ -3,7 +3,10 @@
  * connect (TLS verified against ca_file), send the rewritten head, stream the
  * body both ways with back-pressure, and hand the connection back to the pool
  * only when the exchange ended cleanly. Idempotent requests are retried on
- * another server after a connect failure; active health checks run here too. */
+ * another server after a connect failure; active health checks run here too.
+ * Over 1,200 lines: the upstream half of the connection object (conn.c is the
+ * client half), with pools, retries and health checks that share its state.
+ */
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -463,7 +466,11 @@ static struct upconn *up_connect(struct conn *c, size_t ri, size_t si, char why[
         snprintf(why, 128, "socket: %s", strerror(errno));
         return NULL;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+        /* Only latency suffers: say so, and go on. */
+        log_debug("upstream", "TCP_NODELAY on the connection to %s: %s", sv->host,
+                  strerror(errno));
+    }
     if (connect(fd, (const struct sockaddr *)&ad->sa, ad->salen) < 0 && errno != EINPROGRESS) {
         snprintf(why, 128, "connect failed: %s", strerror(errno));
         close(fd);
@@ -485,7 +492,13 @@ static struct upconn *up_connect(struct conn *c, size_t ri, size_t si, char why[
             return NULL;
         }
         u->s.ssl = SSL_new(ctx);
-        SSL_set_fd(u->s.ssl, fd);
+        if (!u->s.ssl || SSL_set_fd(u->s.ssl, fd) != 1) {
+            snprintf(why, 128, "cannot start TLS: out of memory");
+            SSL_free(u->s.ssl);
+            close(fd);
+            free(u);
+            return NULL;
+        }
         SSL_set_connect_state(u->s.ssl);
         if (uc->server_name) {
             /* upstream.tls.server_name: the name sent and verified. */
@@ -1187,7 +1200,12 @@ static void health_tick(struct ev_loop *loop, ev_timer *t, int revents)
             while (n > 0 && su[n - 1] == '/') {
                 n--;
             }
-            snprintf(url, sizeof url, "%.*s%s", (int)n, su, uc->health_path);
+            int ul = snprintf(url, sizeof url, "%.*s%s", (int)n, su, uc->health_path);
+            if (ul < 0 || (size_t)ul >= sizeof url) {
+                log_warn("health", "route %s: health check URL of %s is longer than %zu bytes: "
+                         "not checked", wc->cfg->routes[ri].name, su, sizeof url - 1);
+                continue;
+            }
             struct hc *h = xcalloc(1, sizeof *h);
             h->w = w;
             h->wc = wc;

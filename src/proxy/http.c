@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "normpath.h"
@@ -199,31 +200,32 @@ static int on_message_complete(llhttp_t *p)
 }
 
 static llhttp_settings_t g_settings;
-static int g_settings_ready;
+static pthread_once_t g_settings_once = PTHREAD_ONCE_INIT;
 
+static void settings_init(void)
+{
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = on_message_begin;
+    s.on_url = on_url;
+    s.on_status = on_status;
+    s.on_header_field = on_header_field;
+    s.on_header_field_complete = on_header_field_complete;
+    s.on_header_value = on_header_value;
+    s.on_header_value_complete = on_header_value_complete;
+    s.on_headers_complete = on_headers_complete;
+    s.on_body = on_body;
+    s.on_chunk_header = on_chunk_header;
+    s.on_chunk_extension_name = on_chunk_ext;
+    s.on_chunk_extension_value = on_chunk_ext;
+    s.on_message_complete = on_message_complete;
+    g_settings = s;
+}
+
+/* The parser callbacks, set once by whichever thread parses first. */
 static const llhttp_settings_t *settings(void)
 {
-    /* Written identically by any thread that gets here first; the values never
-     * change, so the race is benign, but avoid it anyway with a check. */
-    if (!__atomic_load_n(&g_settings_ready, __ATOMIC_ACQUIRE)) {
-        llhttp_settings_t s;
-        llhttp_settings_init(&s);
-        s.on_message_begin = on_message_begin;
-        s.on_url = on_url;
-        s.on_status = on_status;
-        s.on_header_field = on_header_field;
-        s.on_header_field_complete = on_header_field_complete;
-        s.on_header_value = on_header_value;
-        s.on_header_value_complete = on_header_value_complete;
-        s.on_headers_complete = on_headers_complete;
-        s.on_body = on_body;
-        s.on_chunk_header = on_chunk_header;
-        s.on_chunk_extension_name = on_chunk_ext;
-        s.on_chunk_extension_value = on_chunk_ext;
-        s.on_message_complete = on_message_complete;
-        g_settings = s;
-        __atomic_store_n(&g_settings_ready, 1, __ATOMIC_RELEASE);
-    }
+    pthread_once(&g_settings_once, settings_init);
     return &g_settings;
 }
 
@@ -922,4 +924,9 @@ bool http_name_alike_prefix(struct str name, struct str prefix)
 bool http_name_alike(struct str a, struct str b)
 {
     return a.len == b.len && http_name_alike_prefix(a, b);
+}
+
+bool http_wants_html(struct str accept, struct str x_requested_with)
+{
+    return accept.p && str_contains(accept, STR("text/html")) && !x_requested_with.p;
 }

@@ -138,4 +138,9 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
 /* Reason phrase for our own responses. */
 const char *http_reason(int status);
 
+/* Does a client want an HTML page rather than JSON? Accept names text/html and
+ * the request is no script's (no X-Requested-With). The one rule for every
+ * answer Gatehouse writes itself (error pages, denied page, sign-in challenge). */
+bool http_wants_html(struct str accept, struct str x_requested_with);
+
 #endif

@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http.h"
+#include "pages.h"
 #include "request.h"
 
 struct accesslog;
@@ -248,18 +249,5 @@ SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_
 
 /* admin.c */
 void admin_handle(struct conn *c, struct request *r);
-
-/* pages.c */
-void pages_error(struct buf *body, const char **ctype, int status, const char *detail,
-                 const char *request_id, bool html);
-/* The HTML error page from the sign-in templates (web/login/error.html, see
- * pages_use_templates), with a "Try again" link to path (when it is a local
- * path). false when no templates are installed or the page does not fit. */
-struct pages;
-bool pages_error_template(struct buf *body, int status, const char *detail,
-                          const char *request_id, struct str path, struct arena *a);
-/* Installs the templates (owned by the caller, alive until replaced; NULL
- * removes them). Any thread; the pages stay valid while installed. */
-void pages_use_templates(const struct pages *t);
 
 #endif

@@ -300,6 +300,25 @@ static void header(struct out *o, const char *name, const char *type, const char
     emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+static metrics_provider_fn *Providers[METRICS_MAX_PROVIDERS];
+static atomic_size_t Nproviders;
+
+bool metrics_provider_add(metrics_provider_fn *fn)
+{
+    size_t n = atomic_load(&Nproviders);
+    for (size_t i = 0; i < n; i++) {
+        if (Providers[i] == fn) {
+            return true;
+        }
+    }
+    if (n == METRICS_MAX_PROVIDERS) {
+        return false;
+    }
+    Providers[n] = fn;
+    atomic_store(&Nproviders, n + 1);
+    return true;
+}
+
 char *metrics_render(struct metrics *m, size_t *len)
 {
     struct out o = { .p = xmalloc(4096), .len = 0, .cap = 4096 };
@@ -399,15 +418,18 @@ char *metrics_render(struct metrics *m, size_t *len)
          (unsigned long long)load(&m->reloads_failed));
     header(&o, "gatehouse_workers", "gauge", "Event-loop worker threads.");
     emit(&o, "gatehouse_workers %u\n", m->nworkers);
-    for (;;) {
-        /* A reload between sizing and writing may add lines: size again. */
-        size_t need = tls_expiry_render(o.p + o.len, o.cap - o.len);
-        if (need < o.cap - o.len) {
-            o.len += need;
-            break;
+    size_t nprov = atomic_load(&Nproviders);
+    for (size_t i = 0; i < nprov; i++) {
+        for (;;) {
+            /* A reload between sizing and writing may add lines: size again. */
+            size_t need = Providers[i](o.p + o.len, o.cap - o.len);
+            if (need < o.cap - o.len) {
+                o.len += need;
+                break;
+            }
+            o.cap = (o.cap + need + 1) * 2;
+            o.p = xrealloc(o.p, o.cap);
         }
-        o.cap = (o.cap + need + 1) * 2;
-        o.p = xrealloc(o.p, o.cap);
     }
     if (len) {
         *len = o.len;

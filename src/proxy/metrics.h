@@ -78,6 +78,15 @@ void metrics_pool_add(struct metrics_worker *w, int64_t d_idle, int64_t d_active
 /* Any thread (SIGHUP handling): counts a reload attempt. */
 void metrics_reload(struct metrics *m, bool ok);
 
+/* A source of further /metrics lines (the TLS certificates, the access
+ * stage): writes up to size bytes to buf (buf may be NULL when size is 0) and
+ * returns the bytes it would write, like snprintf. Providers are pulled in the
+ * order they were added, after the data-path series. Add them before workers
+ * start; at most METRICS_MAX_PROVIDERS (a further one is refused: false). */
+#define METRICS_MAX_PROVIDERS 8
+typedef size_t metrics_provider_fn(char *buf, size_t size);
+bool metrics_provider_add(metrics_provider_fn *fn);
+
 /* Renders the exposition text. Any thread, concurrently with the workers;
  * returns a malloc'd NUL-terminated string (caller frees with free()) and its
  * length in *len (len may be NULL). Allocates; does not block beyond the

@@ -10,8 +10,9 @@
 #include "authn/page.h"
 #include "http.h"
 #include "io.h"
+#include "pages.h"
 
-/* The sign-in page templates of the running process (gate_start installs
+/* The sign-in page templates of the running process (access_start installs
  * them): 5xx pages for browsers look like the rest of Gatehouse. */
 static _Atomic(const struct pages *) g_templates;
 

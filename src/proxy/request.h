@@ -72,7 +72,7 @@ struct request {
      * strings; NULL = no decision, anonymous) */
     const char *access_decision;  /* allow, deny, login, error */
     const char *access_rule;
-    const char *access_user;      /* qualified id: issuer#subject */
+    const char *access_user;      /* the user id, as policies and the decision log see it */
     const char *access_device;    /* enrolled device id of the client certificate */
     /* set by the access stage: headers added to the upstream request (arena) */
     struct header *up_headers;
@@ -95,13 +95,10 @@ void request_respond(struct request *r, int status, const char *content_type, st
 
 /* Every local answer carries Content-Security-Policy (default-src 'none';
  * style-src 'self'; img-src 'self'; form-action 'self' plus the identity
- * providers' origins; frame-ancestors 'none'; base-uri 'none'),
- * X-Frame-Options: DENY, X-Content-Type-Options: nosniff, Referrer-Policy:
- * no-referrer and Cache-Control: no-store (unless extra_headers has a
- * Cache-Control). The hook names the form-action origins beyond 'self'
- * (space-separated, or NULL); set before workers start. */
-typedef const char *page_form_action_fn(struct request *r);
-void page_form_action_set_hook(page_form_action_fn *fn);
+ * providers' origins (struct access_stage's form_action); frame-ancestors
+ * 'none'; base-uri 'none'), X-Frame-Options: DENY, X-Content-Type-Options:
+ * nosniff, Referrer-Policy: no-referrer and Cache-Control: no-store (unless
+ * extra_headers has a Cache-Control). */
 
 /* Sends the standard error page for status (400, 403, 404, 408, 413, 414, 431,
  * 502, 503, 504...): HTML when the client accepts text/html, JSON otherwise,
@@ -120,18 +117,57 @@ enum access_step {
     ACCESS_PENDING,     /* suspended: someone calls request_resume() later on this loop */
 };
 
-/* The access stage: sign-in and policy plug in here. Today every route behaves
- * as public: true (issue 2) unless a hook is installed. */
+/* The access stage as the data plane knows it: one typed interface, installed
+ * by the stage at start (proxy/access/stage.c). With nothing installed every
+ * routed request is refused with a 403 (fail closed) and /.gatehouse/ paths
+ * answer 404. Install before workers start; NULL uninstalls. */
+struct access_stage {
+    enum access_step (*check)(struct request *r);    /* a routed request */
+    enum access_step (*reserved)(struct request *r); /* a /.gatehouse/ path; NULL: 404 */
+    /* CSP form-action origins beyond 'self' for local pages (see
+     * page_form_action_set_hook); NULL: none. */
+    const char *(*form_action)(struct request *r);
+    /* false while the stage cannot answer (the shared session database is
+     * unreachable): /readyz says 503. NULL: always ready. Any thread. */
+    bool (*ready)(void);
+};
+void access_stage_install(const struct access_stage *stage);
+
+/* The installed stage's readiness (true when none is installed or it has no
+ * ready hook): the admin listener's /readyz. */
+bool access_ready(void);
+
+/* Runs the installed stage's check on a routed request (ACCESS_RESPOND when
+ * none is installed: the caller sends the 403). */
 enum access_step access_check(struct request *r);
 
-/* A replaceable access stage (the authn/policy wiring, and tests that need a
- * PENDING step). NULL restores the default. Set before workers start. */
-typedef enum access_step access_hook_fn(struct request *r);
-void access_set_hook(access_hook_fn *fn);
+/* What the asynchronous steps of the stage need of the request's worker: the
+ * outbound HTTP client and the event loop it runs on; and the listener the
+ * request came in on (NULL for the admin listener). */
+struct fetcher;
+struct ev_loop;
+struct listener_conf;
+struct fetcher *request_fetcher(const struct request *r);
+struct ev_loop *request_loop(const struct request *r);
+const struct listener_conf *request_listener(const struct request *r);
 
-/* The reserved-path stage (/.gatehouse/ *): sign-in endpoints plug in here.
- * Without a hook those paths answer 404. Set before workers start. */
-void reserved_set_hook(access_hook_fn *fn);
+/* What a per-request re-check of the TLS client certificate (r->peer_cert)
+ * needs: the intermediates the client sent (untrusted, or NULL), the listener
+ * (index and verify_depth) and the generation of its client CA + CRL store,
+ * which grows whenever a reload swaps that store. false for a request without
+ * a client certificate or not on a TLS listener. */
+struct request_client_tls {
+    STACK_OF(X509) *chain;
+    size_t listener;
+    int verify_depth;
+    uint64_t generation;
+};
+bool request_client_tls(const struct request *r, struct request_client_tls *out);
+/* The current client CA + CRL store of listener (size_t)(uintptr_t)arg, with a
+ * reference in *hold that request_client_ca_put() releases; NULL when the
+ * listener has none. Any thread. */
+X509_STORE *request_client_ca_get(void *arg, void **hold);
+void request_client_ca_put(void *hold);
 
 /* Reads the request body (up to max_bytes, else 413) for a local endpoint and
  * calls cb on the worker loop once it is complete; the body span is valid

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gate.h"
+#include "access/access.h"
 #include "io.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -188,7 +188,8 @@ int proxy_cmd_serve(int argc, char **argv)
     conf_diag_fini(&d);
     /* Sessions, the assertion key, the decision log and the sign-in pages:
      * opened once, before any worker serves. */
-    if (gate_start(cfg, &err) != 0) {
+    metrics_provider_add(tls_expiry_render); /* after the data-path series */
+    if (access_start(cfg, &err) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         return 1;
     }
@@ -316,7 +317,7 @@ int proxy_cmd_serve(int argc, char **argv)
     }
     drain(cfg);
     /* Decision records and session writes still queued reach the disk. */
-    gate_stop();
+    access_stop();
     /* Workers past the deadline are abandoned with their connections: the
      * process exits and the kernel closes them. */
     _exit(0);

@@ -19,7 +19,7 @@ struct hdr_policy {
 
 /* Whether the client's header named name is kept from the backend. The exact
  * hop-by-hop, forwarding and X-Gatehouse-* names are http.c's; configured
- * identity header names are the access stage's (gate.c). */
+ * identity header names are the access stage's (access/access_conf.c). */
 bool hdr_client_dropped(struct str name, const struct hdr_policy *p);
 
 enum ws_check {

@@ -82,9 +82,14 @@ int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *e
         freeaddrinfo(ai);
         return -err_set(err, ERR_IO, "socket: %s", strerror(errno));
     }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (reuseport) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)) {
+        int e = errno;
+        close(fd);
+        freeaddrinfo(ai);
+        return -err_set(err, ERR_IO, "cannot listen on %s:%u: %s %s", host, (unsigned)port,
+                        reuseport ? "SO_REUSEADDR/SO_REUSEPORT:" : "SO_REUSEADDR:",
+                        strerror(e));
     }
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
@@ -124,6 +129,12 @@ static void resolve(struct upaddr *ad, const struct upstream_server *sv)
     char ports[8], host[256];
 
     snprintf(ports, sizeof ports, "%u", (unsigned)sv->port);
+    if (strlen(sv->host) >= sizeof host) {
+        /* config.c refuses such names; never resolve a truncated one. */
+        log_warn("upstream", "cannot resolve %s: name too long", sv->host);
+        ad->ok = false;
+        return;
+    }
     snprintf(host, sizeof host, "%s", sv->host);
     if (host[0] == '[') {
         size_t n = strcspn(host + 1, "]");
@@ -247,7 +258,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
             int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+                /* Only latency suffers: say so, and serve the connection. */
+                log_debug("listener", "TCP_NODELAY: %s", strerror(errno));
+            }
         }
         conn_accept(w, ls, fd, (struct sockaddr *)&ss);
     }

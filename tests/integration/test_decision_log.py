@@ -139,6 +139,35 @@ class DecisionLogCrash(unittest.TestCase):
         e = run("policy", "explain", "-c", self.cfg, "--route", "nope", "--input", inp, check=1)
         self.assertIn('no route "nope"', e.stderr)
 
+    def test_policy_explain_resolves_routes_as_serve_does(self):
+        # public + allow_any_authenticated is allow-any-authenticated in serve (the
+        # stricter flag wins); a route with neither flag nor a policy lets any
+        # signed-in user in. explain must say the same, not "public" and an error.
+        cfg = os.path.join(self.dir, "both.yaml")
+        with open(cfg, "w") as f:
+            f.write("state: {sqlite: gh.db}\n"
+                    "identity_providers:\n"
+                    "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
+                    "     client_id: gh, client_secret: s3cret}\n"
+                    "routes:\n"
+                    "  - {name: both, match: {host: b.example.com}, public: true,\n"
+                    "     allow_any_authenticated: true,\n"
+                    "     upstream: {servers: [\"http://127.0.0.1:9\"]}}\n"
+                    "  - {name: plain, match: {host: p.example.com},\n"
+                    "     upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
+        anon = os.path.join(self.dir, "anon.json")
+        with open(anon, "w") as f:
+            json.dump({"path": "/x"}, f)
+        alice = os.path.join(self.dir, "alice.json")
+        with open(alice, "w") as f:
+            json.dump({"user": "alice", "path": "/x"}, f)
+        for route in ("both", "plain"):
+            e = run("policy", "explain", "-c", cfg, "--route", route, "--input", anon, check=0)
+            self.assertNotIn('by rule "public"', e.stdout)
+            self.assertIn("decision: deny", e.stdout)
+            e = run("policy", "explain", "-c", cfg, "--route", route, "--input", alice, check=0)
+            self.assertIn('decision: allow by rule "allow-any-authenticated"', e.stdout)
+
 
 class PolicyTestCommand(unittest.TestCase):
     def test_shipped_policies_pass(self):
