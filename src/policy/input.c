@@ -127,20 +127,26 @@ static bool kv_list(struct arena *a, struct conf_diag *d, const struct conf_node
 }
 
 /* The host as the proxy hands it to the policy: lower case, without a port
- * and without one trailing dot ("Example.COM.:443" is "example.com"). */
+ * and without one trailing dot ("Example.COM.:443" is "example.com", "[::1]:8443"
+ * is "[::1]"). A host the proxy would refuse is not checked here. */
 static struct str host_form(struct str h)
 {
-    if (!h.p || h.len == 0 || h.p[0] == '[') {
+    if (!h.p || h.len == 0) {
         return h;
     }
     char *p = (char *)h.p; /* span() made it a copy in the arena */
     size_t n = h.len;
-    const char *colon = memchr(p, ':', n);
-    if (colon) {
-        n = (size_t)(colon - p);
-    }
-    if (n > 1 && p[n - 1] == '.') {
-        n--;
+    if (p[0] == '[') { /* "[v6]" keeps its brackets */
+        const char *close = memchr(p, ']', n);
+        n = close ? (size_t)(close - p) + 1 : n;
+    } else {
+        const char *colon = memchr(p, ':', n);
+        if (colon) {
+            n = (size_t)(colon - p);
+        }
+        if (n > 1 && p[n - 1] == '.') {
+            n--;
+        }
     }
     for (size_t i = 0; i < n; i++) {
         if (p[i] >= 'A' && p[i] <= 'Z') {

@@ -200,12 +200,16 @@ class PolicyTestPathFormTest(unittest.TestCase):
     def test_host_is_compared_as_live(self):
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "app.yaml"), "w") as f:
-                f.write("rules:\n  - {id: h, effect: allow, when: {host: wiki.example.com}}\n")
+                f.write("rules:\n  - {id: h, effect: allow, when: {host: wiki.example.com}}\n"
+                        "  - {id: v6, effect: allow, when: {host: '[::1]'}}\n")
             with open(os.path.join(d, "app.test.yaml"), "w") as f:
                 f.write("cases:\n"
-                        "  - {name: h, input: {host: 'Wiki.Example.COM.:8443'}, expect: allow}\n")
+                        "  - {name: h, input: {host: 'Wiki.Example.COM.:8443'}, expect: allow}\n"
+                        "  - {name: v6, input: {host: '[::1]:8443'}, expect: allow, rule: v6}\n")
             r = run("policy", "test", os.path.join(d, "app.test.yaml"))
-            self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+            out = r.stdout.decode() + r.stderr.decode()
+            self.assertEqual(r.returncode, 0, out)
+            self.assertIn("2 passed, 0 failed", out)
 
     def test_explain_input_path_is_normalised(self):
         with tempfile.TemporaryDirectory() as d:
