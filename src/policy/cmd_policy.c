@@ -91,8 +91,9 @@ static void run_test_file(const char *test_file, struct tally *t)
                        "\"expect\" must be allow, deny or login");
             goto bad_case;
         }
+        /* A test file names a policy, not a route: no route options apply. */
         if (!policy_input_from_conf(conf_get(c, "input") ? conf_get(c, "input") : c, a, &cd, &in,
-                                    &opa)) {
+                                    &opa, NULL)) {
             goto bad_case;
         }
         struct policy_result r;
@@ -358,7 +359,12 @@ static int cmd_explain(int argc, char **argv)
                policy_printable(row.rec.path, b6 + 512, 512));
     } else {
         doc = conf_doc_load(input, &d);
-        if (!doc || d.count || !policy_input_from_conf(doc->root, a, &d, &in, &opa)) {
+        struct cli_route_path rp = { 0 };
+        if (!pfile && cfg && route) {
+            policy_route_path_opts(cfg, route, &rp);
+        }
+        if (!doc || d.count ||
+            !policy_input_from_conf(doc->root, a, &d, &in, &opa, pfile ? NULL : &rp)) {
             conf_diag_print(&d, stderr);
             goto out;
         }

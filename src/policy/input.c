@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/normpath.h"
 #include "policy_cli.h"
 
 static const char *const input_keys[] = { "authenticated", "user", "email", "idp", "groups",
@@ -125,8 +126,82 @@ static bool kv_list(struct arena *a, struct conf_diag *d, const struct conf_node
     return true;
 }
 
+/* The host as the proxy hands it to the policy: lower case, without a port
+ * and without one trailing dot ("Example.COM.:443" is "example.com", "[::1]:8443"
+ * is "[::1]"). A host the proxy would refuse is not checked here. */
+static struct str host_form(struct str h)
+{
+    if (!h.p || h.len == 0) {
+        return h;
+    }
+    char *p = (char *)h.p; /* span() made it a copy in the arena */
+    size_t n = h.len;
+    if (p[0] == '[') { /* "[v6]" keeps its brackets */
+        const char *close = memchr(p, ']', n);
+        n = close ? (size_t)(close - p) + 1 : n;
+    } else {
+        const char *colon = memchr(p, ':', n);
+        if (colon) {
+            n = (size_t)(colon - p);
+        }
+        if (n > 1 && p[n - 1] == '.') {
+            n--;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] >= 'A' && p[i] <= 'Z') {
+            p[i] = (char)(p[i] - 'A' + 'a');
+        }
+    }
+    p[n] = '\0';
+    return (struct str){ p, n };
+}
+
+/* The request path as the proxy feeds it to the policy: in its normal form
+ * (core/normpath.h), the query cut off, folded to lower case on a
+ * case-insensitive route. A path the proxy answers with 400 is an error of the
+ * input, never evaluated. Without a route (rp NULL) an encoded slash is
+ * refused as on a route without encoded_slashes: pass, and the path keeps
+ * its case (see docs/policy.md). */
+static bool request_path(struct arena *a, struct conf_diag *d, const struct conf_node *pn,
+                         const struct cli_route_path *rp, struct str *out)
+{
+    char shown[256];
+    if (!scalar(d, pn, "path")) {
+        return false;
+    }
+    const char *q = memchr(pn->value, '?', pn->len);
+    size_t len = q ? (size_t)(q - pn->value) : pn->len;
+    if (len == 0) {
+        *out = STR("/");
+        return true;
+    }
+    char *t = arena_alloc(a, len + 1);
+    size_t n = 0;
+    if (!t) {
+        conf_error(d, pn, "out of memory");
+        return false;
+    }
+    unsigned flags = rp && rp->encoded_slashes_pass ? NORMPATH_KEEP_ENCODED_SLASH : 0;
+    enum normpath_rc rc = normpath(pn->value, len, t, flags, &n, NULL);
+    if (rc != NORMPATH_OK) {
+        conf_error(d, pn,
+                   "the proxy refuses a request for path \"%s\" with 400 (%s): this input "
+                   "never reaches the policy",
+                   policy_printable(pn->value, shown, sizeof shown), normpath_reason(rc));
+        return false;
+    }
+    if (rp && rp->fold_case) {
+        normpath_fold_case(t, n);
+    }
+    t[n] = '\0';
+    *out = (struct str){ t, n };
+    return true;
+}
+
 bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct conf_diag *d,
-                            struct policy_input *in, struct cli_opa *opa)
+                            struct policy_input *in, struct cli_opa *opa,
+                            const struct cli_route_path *rp)
 {
     memset(in, 0, sizeof *in);
     if (opa) {
@@ -140,9 +215,13 @@ bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct c
     in->idp = span(a, conf_get(n, "idp"));
     in->session = span(a, conf_get(n, "session"));
     in->route = span(a, conf_get(n, "route"));
-    in->host = span(a, conf_get(n, "host"));
+    in->host = host_form(span(a, conf_get(n, "host")));
     in->method = conf_get(n, "method") ? span(a, conf_get(n, "method")) : STR("GET");
-    in->path = conf_get(n, "path") ? span(a, conf_get(n, "path")) : STR("/");
+    in->path = STR("/");
+    const struct conf_node *pn = conf_get(n, "path");
+    if (pn && !request_path(a, d, pn, rp, &in->path)) {
+        return false;
+    }
     in->authenticated = in->user.len > 0 || in->email.len > 0;
     if (!conf_bool(d, n, "authenticated", &in->authenticated)) {
         return false;
@@ -242,4 +321,29 @@ enum policy_step policy_eval_cli(const struct policy *p, const struct policy_inp
         }
         policy_opa_answer(r, opa->allow[i], NULL);
     }
+}
+
+void policy_route_path_opts(const char *cfg, const char *route, struct cli_route_path *rp)
+{
+    struct conf_diag d = { 0 };
+    struct conf_doc *doc = conf_doc_load(cfg, &d);
+    const struct conf_node *routes = doc ? conf_get(doc->root, "routes") : NULL;
+
+    memset(rp, 0, sizeof *rp);
+    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
+        const struct conf_node *r = routes->items[i], *name = conf_get(r, "name");
+        if (!name || name->type != CONF_SCALAR || strcmp(name->value, route) != 0) {
+            continue;
+        }
+        const struct conf_node *m = conf_get(r, "match");
+        const struct conf_node *ci = m ? conf_get(m, "path_case_insensitive") : NULL;
+        const struct conf_node *es = conf_get(r, "encoded_slashes");
+        if (ci && ci->type == CONF_SCALAR && !conf_parse_bool(ci->value, &rp->fold_case)) {
+            rp->fold_case = false;
+        }
+        rp->encoded_slashes_pass = es && es->type == CONF_SCALAR && strcmp(es->value, "pass") == 0;
+        break;
+    }
+    conf_diag_fini(&d);
+    conf_doc_free(doc);
 }

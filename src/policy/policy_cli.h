@@ -14,10 +14,22 @@ struct cli_opa {
 
 /* RFC 3339 ("2026-03-10T09:30:00Z", "...+01:00") to unix seconds. */
 bool policy_time_parse(const char *s, int64_t *out);
+/* The options of a route that change the path the proxy feeds its policy
+ * (match.path_case_insensitive, encoded_slashes: pass). */
+struct cli_route_path {
+    bool fold_case;
+    bool encoded_slashes_pass;
+};
 /* Fills in from a test-case/explain input map; strings are copied into a.
- * Errors go to d with positions. opa may be NULL. */
+ * The path and host are put in the form the proxy gives the policy (a path
+ * the proxy refuses with 400 is an error); rp is the route's options, NULL
+ * without a route (case kept, encoded slashes refused). Errors go to d with
+ * positions. opa may be NULL. */
 bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct conf_diag *d,
-                            struct policy_input *in, struct cli_opa *opa);
+                            struct policy_input *in, struct cli_opa *opa,
+                            const struct cli_route_path *rp);
+/* The path options of route in the config file cfg (all false when absent). */
+void policy_route_path_opts(const char *cfg, const char *route, struct cli_route_path *rp);
 /* policy_eval, answering OPA from opa; returns POLICY_NEED_OPA when an answer is missing. */
 enum policy_step policy_eval_cli(const struct policy *p, const struct policy_input *in,
                                  const struct cli_opa *opa, struct policy_result *r);

@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "accesslog.h"
-#include "normpath.h"
+#include "core/normpath.h"
 
 #define MAX_WORKERS 256
 #define MAX_ROUTE_NAME 64

@@ -21,7 +21,7 @@
 #include "accesslog.h"
 #include "io.h"
 #include "metrics.h"
-#include "normpath.h"
+#include "core/normpath.h"
 #include "route.h"
 
 /* The arena cap per request: headers, ids, and what authn/policy attach. */

@@ -10,7 +10,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "normpath.h"
+#include "core/normpath.h"
 
 static struct http_in *H(llhttp_t *p)
 {

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "normpath.h"
+#include "core/normpath.h"
 
 struct route_entry {
     const struct route_conf *r;

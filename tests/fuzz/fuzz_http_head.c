@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 
 #include "proxy/http.h"
-#include "proxy/normpath.h"
+#include "core/normpath.h"
 #include "replay.h"
 
 static int count_body(void *arg, const char *p, size_t n)

@@ -1,4 +1,4 @@
-/* Fuzz target for the request path's normal form (proxy/normpath.c): the path
+/* Fuzz target for the request path's normal form (core/normpath.c): the path
  * comes from the client and decides the route and the policy. Input: the path
  * bytes. Invariants: the output is never longer than the input, starts with
  * '/', holds no "//", "." or ".." segment, no raw byte outside printable ASCII,
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/normpath.h"
+#include "core/normpath.h"
 #include "replay.h"
 
 static bool upper_hex(char c)

@@ -151,3 +151,113 @@ class PolicyTestDirTest(unittest.TestCase):
             self.assertNotIn("gatehouse.yaml", out)
             self.assertIn("orphan.yaml: note: no test file", out)
             self.assertIn("policy: 1 passed, 0 failed", out)
+
+
+class PolicyTestPathFormTest(unittest.TestCase):
+    """A policy test case's path is the path the live proxy feeds the policy:
+    normalised (escapes of unreserved characters decoded, dot segments removed,
+    slashes merged), and one the proxy refuses with 400 is an error of the case."""
+
+    POLICY = ("rules:\n"
+              "  - {id: no-admin, effect: deny, when: {path: {prefix: /admin}}}\n"
+              "  - {id: rest, effect: allow, when: {authenticated: true}}\n")
+
+    def policy_test(self, cases):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "app.yaml"), "w") as f:
+                f.write(self.POLICY)
+            path = os.path.join(d, "app.test.yaml")
+            with open(path, "w") as f:
+                f.write("cases:\n" + cases)
+            r = run("policy", "test", path)
+            return r.returncode, r.stdout.decode() + r.stderr.decode(), path
+
+    def test_ambiguous_paths_are_denied_as_live(self):
+        cases = "".join(
+            "  - {name: %s, input: {user: alice, path: '%s'}, expect: deny, rule: no-admin}\n"
+            % (n, p) for n, p in (("escaped", "/%61dmin"), ("dotdot", "/x/../admin"),
+                                  ("slashes", "//admin"), ("dot", "/./admin/x"),
+                                  ("query", "/admin?x=1")))
+        cases += "  - {name: docs, input: {user: alice, path: '/docs/%7Eme'}, expect: allow}\n"
+        rc, out, _ = self.policy_test(cases)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("6 passed, 0 failed", out)
+
+    def test_refused_path_is_an_error_not_a_decision(self):
+        for p in ("/%2Fadmin", "/../admin", "/a%5Cb", "/a%00", "/..;x/admin"):
+            with self.subTest(path=p):
+                # "expect: allow" would pass if the raw path were evaluated.
+                rc, out, path = self.policy_test(
+                    "  - {name: refused, input: {user: alice,\n"
+                    "      path: '%s'}, expect: allow}\n" % p)
+                self.assertEqual(rc, 1, out)
+                self.assertIn("FAIL refused", out)
+                self.assertIn("proxy refuses", out)
+                self.assertIn(p, out)
+                self.assertIn("%s:3:13" % path, out)
+                self.assertIn("0 passed, 1 failed", out)
+
+    def test_host_is_compared_as_live(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "app.yaml"), "w") as f:
+                f.write("rules:\n  - {id: h, effect: allow, when: {host: wiki.example.com}}\n"
+                        "  - {id: v6, effect: allow, when: {host: '[::1]'}}\n")
+            with open(os.path.join(d, "app.test.yaml"), "w") as f:
+                f.write("cases:\n"
+                        "  - {name: h, input: {host: 'Wiki.Example.COM.:8443'}, expect: allow}\n"
+                        "  - {name: v6, input: {host: '[::1]:8443'}, expect: allow, rule: v6}\n")
+            r = run("policy", "test", os.path.join(d, "app.test.yaml"))
+            out = r.stdout.decode() + r.stderr.decode()
+            self.assertEqual(r.returncode, 0, out)
+            self.assertIn("2 passed, 0 failed", out)
+
+    def test_explain_input_path_is_normalised(self):
+        with tempfile.TemporaryDirectory() as d:
+            pol = os.path.join(d, "app.yaml")
+            with open(pol, "w") as f:
+                f.write(self.POLICY)
+            req = os.path.join(d, "req.json")
+            with open(req, "w") as f:
+                f.write('{"user": "alice", "path": "/x/../%61dmin"}')
+            r = run("policy", "explain", "--policy", pol, "--input", req)
+            out = r.stdout.decode() + r.stderr.decode()
+            self.assertIn("no-admin", out)
+            self.assertRegex(out, r"(?i)deny")
+            with open(req, "w") as f:
+                f.write('{"user": "alice", "path": "/%2Fadmin"}')
+            r = run("policy", "explain", "--policy", pol, "--input", req)
+            out = r.stdout.decode() + r.stderr.decode()
+            self.assertNotEqual(r.returncode, 0, out)
+            self.assertIn("proxy refuses", out)
+
+    def test_explain_route_options_apply(self):
+        # explain -c --route knows the route: a case-insensitive route folds
+        # /ADMIN to /admin (denied), a route with encoded_slashes: pass keeps
+        # %2F; the same input is evaluated as given on a plain route.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "app.yaml"), "w") as f:
+                f.write(self.POLICY)
+            cfg = os.path.join(d, "gatehouse.yaml")
+            with open(cfg, "w") as f:
+                f.write("state: {sqlite: gh.db}\n"
+                        "identity_providers:\n"
+                        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
+                        "     client_id: gh, client_secret: s3cret}\n"
+                        "routes:\n"
+                        "  - {name: ci, match: {host: a.example.com, path_case_insensitive: true},\n"
+                        "     policy: app.yaml, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n"
+                        "  - {name: plain, match: {host: b.example.com}, policy: app.yaml,\n"
+                        "     encoded_slashes: pass, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
+            req = os.path.join(d, "req.json")
+            with open(req, "w") as f:
+                f.write('{"user": "alice", "path": "/%41DMIN/x"}')
+            r = run("policy", "explain", "-c", cfg, "--route", "ci", "--input", req)
+            self.assertIn('decision: deny by rule "no-admin"', r.stdout.decode(), r.stderr)
+            r = run("policy", "explain", "-c", cfg, "--route", "plain", "--input", req)
+            self.assertIn('decision: allow by rule "rest"', r.stdout.decode(), r.stderr)
+            with open(req, "w") as f:
+                f.write('{"user": "alice", "path": "/a%2fb"}')
+            r = run("policy", "explain", "-c", cfg, "--route", "plain", "--input", req)
+            self.assertIn('decision: allow by rule "rest"', r.stdout.decode(), r.stderr)
+            r = run("policy", "explain", "-c", cfg, "--route", "ci", "--input", req)
+            self.assertIn("proxy refuses", r.stderr.decode())

@@ -8,9 +8,11 @@ recorded. bob (sales) and alice (eng, admins) sign in through the real OpenID
 Provider. Also: the request line takes single spaces only."""
 import json
 import os
+import subprocess
 import unittest
 
-from harness import (Backend, Gatehouse, RawConn, basic_config, free_port, raw_exchange,
+from harness import (Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin,
+                     raw_exchange,
                      read_jsonl, wait_until)
 from oidc import CLIENT_SECRET, IdP, Browser, client_for, idp_conf
 
@@ -292,6 +294,34 @@ class PathAmbiguity(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(self.received(rid), "/ADMIN")
         self.assertEqual(self.send("/%61dmin", self.bob, host="cs.test")[0].status, 403)
+
+    def test_policy_test_agrees_with_the_live_proxy(self):
+        # The same policy file, the same paths: what `gatehouse policy test`
+        # says of each case is what the live proxy did with the request.
+        paths = ["/%61dmin", "/x/../admin", "//admin", "/./admin/x", "/%41DMIN", "/docs"]
+        live = {}
+        for p in paths + ["/%2Fadmin"]:
+            live[p] = self.send(p, self.bob, host="cs.test")[0].status
+        self.assertEqual([live[p] for p in paths], [403, 403, 403, 403, 200, 200], live)
+        self.assertEqual(live["/%2Fadmin"], 400)
+        cases = "cases:\n"
+        for p in paths:
+            expect = "deny" if live[p] == 403 else "allow"
+            cases += (f"  - {{name: '{p}', input: {{user: bob, ip: 127.0.0.1, host: cs.test,"
+                      f" path: '{p}'}}, expect: {expect}}}\n")
+        cases += ("  - name: refused\n"
+                  "    input: {user: bob, ip: 127.0.0.1, path: /%2Fadmin}\n"
+                  "    expect: allow\n")
+        test_file = os.path.join(self.gh.dir, "loopback.test.yaml")
+        with open(test_file, "w") as f:
+            f.write(cases)
+        r = subprocess.run([gatehouse_bin(), "policy", "test", test_file], capture_output=True,
+                           timeout=10)
+        out = r.stdout.decode()
+        self.assertEqual(r.returncode, 1, out)
+        self.assertIn(f"policy: {len(paths)} passed, 1 failed", out)
+        self.assertRegex(out, r"FAIL refused\n\s+\S+loopback.test.yaml:9:\d+: error: the "
+                              r"proxy refuses a request for path \"/%2Fadmin\" with 400")
 
     # -- logs
 

@@ -1,9 +1,9 @@
-/* proxy/normpath.h - the one normal form of a request path, computed once
+/* core/normpath.h - the one normal form of a request path, computed once
  * before routing so that routing, policy, OPA, the decision log and the
  * upstream all see the same bytes (what Envoy calls normalize_path +
  * merge_slashes + an escaped-slash action). Pure functions, no allocation. */
-#ifndef GH_PROXY_NORMPATH_H
-#define GH_PROXY_NORMPATH_H
+#ifndef GH_CORE_NORMPATH_H
+#define GH_CORE_NORMPATH_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* Unit tests for proxy/normpath.c: one table of request paths and their normal
+/* Unit tests for core/normpath.c: one table of request paths and their normal
  * form or refusal (the path-ambiguity forms an attacker tries on a proxy that
  * checks one path and forwards another), with and without encoded slashes
  * kept; idempotence of every result; case folding. An encoded slash anywhere
@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "proxy/normpath.h"
+#include "core/normpath.h"
 
 #define K NORMPATH_KEEP_ENCODED_SLASH
 

@@ -1,4 +1,4 @@
-/* proxy/normpath.c - the request path's normal form (see normpath.h). One pass
+/* core/normpath.c - the request path's normal form (see normpath.h). One pass
  * over the input, segment by segment; the output is written behind a cursor
  * that never overtakes the input, and always ends with '/' between segments,
  * so a ".." only has to step back to the previous '/'. */
