@@ -1302,13 +1302,28 @@ bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_
     if (fresh && s->nonce >= ONCE_MAX) {
         fresh = false; /* full of live values: fail closed */
     }
+    if (fresh && s->pg != NULL) {
+        /* A fleet: the database decides first use across nodes (the local
+         * entry below only spares it repeats on this node). Unreachable
+         * database: refused, never a replay accepted. */
+        struct err err = { 0 };
+        bool shared = false;
+        pthread_mutex_unlock(&s->oncemu); /* other workers do not wait on it */
+        int rc = spg_once(s->pg, h, exp_s, &shared, &err);
+        pthread_mutex_lock(&s->oncemu);
+        if (rc != 0) {
+            log_error("authn", "one-time value not checked, refused: %s", err.msg);
+            fresh = false;
+        } else if (!shared) {
+            fresh = false;
+        }
+    }
     if (fresh) {
         struct once *o = xcalloc(1, sizeof *o);
         memcpy(o->h, h, 32);
         o->exp_s = exp_s;
-        /* On PostgreSQL one-time values stay in this node's memory (not shared
-         * yet: docs/scale-out.md); nothing to write, so it expires like a
-         * written one. */
+        /* On PostgreSQL the row is written already (spg_once), and purged
+         * there when it expires. */
         o->flushed = s->pg != NULL;
         o->next = s->once[b];
         s->once[b] = o;

@@ -21,6 +21,7 @@ import urllib.parse
 
 from harness import Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin, request
 from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
 import pgserver
 
 STALENESS_S = 3
@@ -145,8 +146,8 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 2)", r.stdout)
-        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "2")
+        self.assertIn("up to date (version 3)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "3")
 
     def test_check_refuses_bad_postgres_settings(self):
         d = tempfile.mkdtemp(prefix="gh-fleet-check-")
@@ -288,9 +289,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 2", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 3", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 2)", r.stdout)
+            self.assertIn("up to date (version 3)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files=self.files())
@@ -494,6 +495,96 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(wait_for(lambda: self.get(1, c2).status != 200, 1.0))
         self.assertTrue(wait_for(lambda: self.get(0, c2).status != 200, 1.0))
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class SamlFleetTest(unittest.TestCase):
+    """One-time values are the fleet's: a SAML response accepted by node A is
+    refused when replayed on node B (both answer for the same public URL, as
+    two nodes behind one balancer address)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.idp = None
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-saml-")
+        try:
+            cls.pg = pgserver.PgServer()
+            port_a, cls.port_b = free_port(), free_port()
+            cls.base = f"http://127.0.0.1:{port_a}"
+            cls.idp = SamlIdP(cls.base + "/.gatehouse/saml/metadata")
+            files = sp_files(cls.idp, cls.shared)
+            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
+                                        {"address": f"127.0.0.1:{cls.port_b}",
+                                         "public_url": cls.base}]):
+                cfg = basic_config(
+                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+                    listen=[listen],
+                    state={"postgres": cls.pg.uri(application_name=f"gh-saml{i}"),
+                           "password_file": cls.pg.pwfile, "node": f"saml-{'ab'[i]}",
+                           "sqlite": "var/gatehouse.db"},
+                    decision_log={"file": "var/decisions.jsonl"},
+                    identity_providers=[saml_conf(cls.base)],
+                    session={"key_file": os.path.join(cls.shared, "session.key")},
+                )
+                cls.nodes.append(Gatehouse(cfg, files=files))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.idp:
+            cls.idp.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def test_saml_response_accepted_on_a_is_refused_on_b(self):
+        b = Browser()
+        sso = to_idp(b, self.base)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))
+        action, fields = idp_form(b, sso)
+        self.assertEqual(action, self.base + "/.gatehouse/saml/acs")
+        r = b.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        self.assertTrue(b.session_cookie(self.base))
+        self.assertEqual(self.pg.sql("SELECT count(*) FROM once_values"), "1")
+        # The captured POST, with its login cookie, replayed on node B.
+        b_base = f"http://127.0.0.1:{self.port_b}"
+        again = Browser()
+        again.jar(urllib.parse.urlsplit(b_base).netloc).update(login_cookie)
+        r = again.request(b_base + "/.gatehouse/saml/acs", "POST", fields)
+        self.assertEqual(r.status, 403, r)
+        self.assertIsNone(again.session_cookie(b_base))
+        self.assertIn("assertion ID already used (replay)",
+                      self.nodes[1].stderr().replace('\\"', '"'))
+        # A response of its own, started on A, is accepted by B.
+        b2 = Browser()
+        sso = to_idp(b2, self.base)
+        b2.jar(urllib.parse.urlsplit(b_base).netloc).update(
+            b2.jar(urllib.parse.urlsplit(self.base).netloc))
+        action, fields = idp_form(b2, sso)
+        r = b2.request(b_base + "/.gatehouse/saml/acs", "POST", fields)
+        self.assertEqual(r.status, 303, r)
 
 
 if __name__ == "__main__":
