@@ -27,6 +27,7 @@
 #include <sqlite3.h>
 
 #include "codec.h"
+#include "device_store.h"
 #include "core/ident.h"
 #include "keys.h"
 #include "oidc.h"
@@ -1197,6 +1198,7 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
         s->conf.pg.staleness_ms = c->pg.staleness_ms;
         struct spg_hooks h = { .arg = s, .row = hook_row, .revoke = hook_revoke,
                                .touch = hook_touch, .resync = hook_resync };
+        device_store_use_postgres(&c->pg); /* the registry is the fleet's too */
         s->pg = spg_open(&c->pg, &h, err);
         if (s->pg == NULL) {
             goto fail;

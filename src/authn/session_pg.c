@@ -334,6 +334,19 @@ static const char *const migrations[] = {
      * INSERT of a key wins, on whichever node; expired rows are purged. */
     "CREATE TABLE once_values (key_hash bytea PRIMARY KEY, exp_s bigint NOT NULL);"
     "CREATE INDEX once_values_exp ON once_values (exp_s);",
+    /* 4: the device registry (device_store.c), as in SQLite: every enrolment
+     * and revocation appends to device_changes, whose max(seq) workers poll. */
+    "CREATE TABLE devices ("
+    "  id text PRIMARY KEY, fingerprint text NOT NULL UNIQUE,"
+    "  serial text NOT NULL, subject text NOT NULL, issuer text NOT NULL,"
+    "  owner text NOT NULL, name text NOT NULL DEFAULT '',"
+    "  enrolled_at bigint NOT NULL, enrolled_by text NOT NULL DEFAULT '',"
+    "  not_after bigint NOT NULL DEFAULT 0, last_seen bigint NOT NULL DEFAULT 0,"
+    "  revoked_at bigint NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',"
+    "  ord bigserial);"
+    "CREATE INDEX devices_owner ON devices (lower(owner));"
+    "CREATE TABLE device_changes ("
+    "  seq bigserial PRIMARY KEY, device text NOT NULL, kind text NOT NULL, ts bigint NOT NULL);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
