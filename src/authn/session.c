@@ -1282,6 +1282,12 @@ void session_store_close(struct session_store *s)
 
 bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s)
 {
+    return session_once_check(s, key, exp_s, now_s) == 1;
+}
+
+int session_once_check(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s)
+{
+    int unchecked = 0;
     unsigned char h[32];
     codec_sha256(key.p, key.len, h);
     size_t b = (size_t)(h[0] | (h[1] << 8)) % ONCE_BUCKETS;
@@ -1316,6 +1322,7 @@ bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_
         if (rc != 0) {
             log_error("authn", "one-time value not checked, refused: %s", err.msg);
             fresh = false;
+            unchecked = -1;
         } else if (!shared) {
             fresh = false;
         }
@@ -1332,7 +1339,7 @@ bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_
         s->nonce++;
     }
     pthread_mutex_unlock(&s->oncemu);
-    return fresh;
+    return fresh ? 1 : unchecked;
 }
 
 int session_create(struct session_store *s, const struct session_new *in, int64_t now_ms,

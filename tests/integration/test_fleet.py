@@ -589,6 +589,20 @@ class SamlFleetTest(unittest.TestCase):
         r = b2.request(b_base + "/.gatehouse/saml/acs", "POST", fields)
         self.assertEqual(r.status, 303, r)
 
+    def test_saml_response_unchecked_while_the_database_is_down_is_refused(self):
+        b = Browser()
+        action, fields = idp_form(b, to_idp(b, self.base))
+        self.pg.kill()
+        try:
+            r = b.request(action, "POST", fields)
+            self.assertEqual(r.status, 503, r)
+            self.assertIsNone(b.session_cookie(self.base))
+            self.assertIn("assertion ID not checked", self.nodes[0].stderr())
+        finally:
+            self.pg.start()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
 class DeviceFleetTest(unittest.TestCase):
