@@ -1818,8 +1818,14 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     /* Replay: an assertion ID is accepted once (kept until it expires), and a
      * login state answers one response. */
     char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
-    bool fresh = session_once(an->store, str_from(ka), r.assertion_exp_s, now_s);
+    int once = session_once_check(an->store, str_from(ka), r.assertion_exp_s, now_s);
     free(ka);
+    if (once < 0) { /* a fleet whose database did not answer: not accepted unchecked */
+        saml_result_fini(&r);
+        return callback_fail(an, req, a, out, 503,
+                             "the session database is unreachable (assertion ID not checked)");
+    }
+    bool fresh = once == 1;
     if (!fresh) {
         saml_result_fini(&r);
         return callback_fail(an, req, a, out, 403, "assertion ID already used (replay)");

@@ -261,7 +261,7 @@ static struct worker_cache *cache(void)
         WC = xcalloc(1, sizeof *WC);
     }
     struct worker_cache *c = WC;
-    if (!c->store && !c->store_failed && R.path) {
+    if (!c->store && !c->store_failed && (R.path || device_store_on_postgres())) {
         struct err e = { 0 };
         c->store = device_store_open(R.path, &e);
         if (!c->store) {

@@ -16,6 +16,8 @@
 #include <openssl/x509v3.h>
 
 #include "device.h"
+#include "device_store.h"
+#include "session_pg.h"
 
 static const char devices_usage[] =
     "usage: gatehouse devices enroll -c gatehouse.yaml --cert dev.pem --owner EMAIL [--name NAME]\n"
@@ -55,7 +57,13 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
     }
     const char *sqlite = NULL;
     const struct conf_node *state = conf_get(doc->root, "state");
-    if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
+    struct spg_conf pg;
+    memset(&pg, 0, sizeof pg);
+    if (state != NULL && spg_conf_parse(&d, state, conf_file, &pg) && pg.conninfo != NULL) {
+        /* A fleet: the registry is in PostgreSQL (state.sqlite, if any, is not it). */
+        device_store_use_postgres(&pg);
+        cc->db = xstrdup("postgres");
+    } else if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
         cc->db = conf_path_resolve(conf_file, sqlite);
     } else if (d.count == 0) {
         fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured, so there is no "
@@ -77,6 +85,7 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
             cc->cas[cc->ncas++] = conf_path_resolve(conf_file, ca);
         }
     }
+    spg_conf_fini(&pg);
     conf_diag_print(&d, stderr);
     conf_diag_fini(&d);
     conf_doc_free(doc);

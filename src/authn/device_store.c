@@ -6,14 +6,86 @@
 #include <string.h>
 #include <time.h>
 
+#include <libpq-fe.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
 #include "device_store.h"
+#include "session_pg.h"
 
 struct device_store {
-    sqlite3 *db;
+    sqlite3 *db;       /* SQLite, or */
+    PGconn *pg;        /* PostgreSQL (state.postgres): reconnected on use */
+    int64_t retry_ms;  /* PostgreSQL: no reconnect before (a serving thread waits) */
 };
+
+/* state.postgres, when set: the registry is the fleet's (tables by
+ * session_pg.c's migrations). Set once, before any handle is opened. */
+static struct spg_conf PG;
+
+void device_store_use_postgres(const struct spg_conf *c)
+{
+    if (c != NULL && c->conninfo != NULL && PG.conninfo != NULL &&
+        strcmp(c->conninfo, PG.conninfo) == 0) {
+        return; /* a reload: serving threads may be reading PG */
+    }
+    spg_conf_fini(&PG);
+    memset(&PG, 0, sizeof PG);
+    if (c != NULL && c->conninfo != NULL) {
+        PG.conninfo = xstrdup(c->conninfo);
+        PG.password_file = c->password_file ? xstrdup(c->password_file) : NULL;
+    }
+}
+
+bool device_store_on_postgres(void)
+{
+    return PG.conninfo != NULL;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The handle's connection, reconnecting at most once a second. */
+static PGconn *pgc(struct device_store *s, struct err *err)
+{
+    if (s->pg != NULL && PQstatus(s->pg) == CONNECTION_OK) {
+        return s->pg;
+    }
+    PQfinish(s->pg);
+    s->pg = NULL;
+    int64_t now = mono_ms();
+    if (now < s->retry_ms) {
+        err_set(err, ERR_IO, "device registry: PostgreSQL unreachable");
+        return NULL;
+    }
+    s->retry_ms = now + 1000;
+    struct err e = { 0 };
+    s->pg = spg_connect(&PG, &e);
+    if (s->pg == NULL) {
+        err_set(err, ERR_IO, "device registry: %s", e.msg);
+    }
+    return s->pg;
+}
+
+static int pg_error(PGconn *db, PGresult *r, struct err *err, const char *what)
+{
+    const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(db);
+    size_t len = strlen(m);
+    while (len > 0 && m[len - 1] == '\n') {
+        len--;
+    }
+    return err_set(err, ERR_IO, "device registry: %s: %.*s", what, (int)len, m);
+}
+
+static bool pg_ok(PGresult *r)
+{
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
 
 static const char schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -37,6 +109,14 @@ static const char schema[] =
 
 struct device_store *device_store_open(const char *path, struct err *err)
 {
+    if (PG.conninfo != NULL) {
+        struct device_store *s = xcalloc(1, sizeof *s);
+        if (pgc(s, err) == NULL) {
+            free(s);
+            return NULL;
+        }
+        return s;
+    }
     sqlite3 *db = NULL;
     int rc = sqlite3_open_v2(path, &db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -63,6 +143,7 @@ void device_store_close(struct device_store *s)
 {
     if (s) {
         sqlite3_close(s->db);
+        PQfinish(s->pg);
         free(s);
     }
 }
@@ -91,6 +172,52 @@ static void row(sqlite3_stmt *st, struct device_record *r)
     col(st, 12, r->reason, sizeof r->reason);
 }
 
+static void pcol(PGresult *r, int i, int c, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", PQgetisnull(r, i, c) ? "" : PQgetvalue(r, i, c));
+}
+
+static int64_t pcol64(PGresult *r, int i, int c)
+{
+    return PQgetisnull(r, i, c) ? 0 : strtoll(PQgetvalue(r, i, c), NULL, 10);
+}
+
+static void prow(PGresult *r, int i, struct device_record *d)
+{
+    memset(d, 0, sizeof *d);
+    pcol(r, i, 0, d->id, sizeof d->id);
+    pcol(r, i, 1, d->fingerprint, sizeof d->fingerprint);
+    pcol(r, i, 2, d->serial, sizeof d->serial);
+    pcol(r, i, 3, d->subject, sizeof d->subject);
+    pcol(r, i, 4, d->issuer, sizeof d->issuer);
+    pcol(r, i, 5, d->owner, sizeof d->owner);
+    pcol(r, i, 6, d->name, sizeof d->name);
+    d->enrolled_at = pcol64(r, i, 7);
+    pcol(r, i, 8, d->enrolled_by, sizeof d->enrolled_by);
+    d->not_after = pcol64(r, i, 9);
+    d->last_seen = pcol64(r, i, 10);
+    d->revoked_at = pcol64(r, i, 11);
+    pcol(r, i, 12, d->reason, sizeof d->reason);
+}
+
+/* PostgreSQL: sql with n text parameters; res gets the result on success. */
+static int pq(struct device_store *s, const char *sql, int n, const char *const *v,
+              PGresult **res, struct err *err, const char *what)
+{
+    PGconn *db = pgc(s, err);
+    if (db == NULL) {
+        return ERR_IO;
+    }
+    PGresult *r = PQexecParams(db, sql, n, NULL, v, NULL, NULL, 0);
+    if (!pg_ok(r)) {
+        int rc = pg_error(db, r, err, what);
+        PQclear(r);
+        return rc;
+    }
+    *res = r;
+    return 0;
+}
+
 static int db_error(struct device_store *s, struct err *err, const char *what)
 {
     return err_set(err, ERR_IO, "device registry: %s: %s", what, sqlite3_errmsg(s->db));
@@ -100,6 +227,27 @@ static int db_error(struct device_store *s, struct err *err, const char *what)
 static int one(struct device_store *s, const char *sql, const char *arg,
                struct device_record *out, struct err *err)
 {
+    if (s->db == NULL) {
+        PGresult *r = NULL;
+        const char *v[] = { arg };
+        int rc = pq(s, sql, 1, v, &r, err, "query");
+        if (rc != 0) {
+            return rc;
+        }
+        int found = PQntuples(r);
+        if (found > 0) {
+            prow(r, 0, out);
+        }
+        PQclear(r);
+        if (found == 0) {
+            return err_set(err, ERR_NOTFOUND, "no such device \"%s\"", arg);
+        }
+        if (found > 1) {
+            return err_set(err, ERR_NOTFOUND,
+                           "\"%s\" names more than one device: give more of it", arg);
+        }
+        return 0;
+    }
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
         return db_error(s, err, "query");
@@ -131,7 +279,10 @@ static int one(struct device_store *s, const char *sql, const char *arg,
 int device_store_lookup(struct device_store *s, const char *fingerprint,
                         struct device_record *out, struct err *err)
 {
-    return one(s, "SELECT " COLS " FROM devices WHERE fingerprint = ?", fingerprint, out, err);
+    return one(s,
+               s->db ? "SELECT " COLS " FROM devices WHERE fingerprint = ?"
+                     : "SELECT " COLS " FROM devices WHERE fingerprint = $1",
+               fingerprint, out, err);
 }
 
 static bool hexish(const char *s)
@@ -164,14 +315,20 @@ static void fp_norm(const char *in, char *out, size_t cap)
 int device_store_show(struct device_store *s, const char *id, struct device_record *out,
                       struct err *err)
 {
-    int rc = one(s, "SELECT " COLS " FROM devices WHERE id = ?", id, out, err);
+    int rc = one(s,
+                 s->db ? "SELECT " COLS " FROM devices WHERE id = ?"
+                       : "SELECT " COLS " FROM devices WHERE id = $1",
+                 id, out, err);
     if (rc != ERR_NOTFOUND || !hexish(id)) {
         return rc;
     }
     char fp[130], like[140];
     fp_norm(id, fp, sizeof fp);
     snprintf(like, sizeof like, "%s%%", fp);
-    rc = one(s, "SELECT " COLS " FROM devices WHERE fingerprint LIKE ?", like, out, err);
+    rc = one(s,
+             s->db ? "SELECT " COLS " FROM devices WHERE fingerprint LIKE ?"
+                   : "SELECT " COLS " FROM devices WHERE fingerprint LIKE $1",
+             like, out, err);
     if (rc == ERR_NOTFOUND) {
         err_set(err, ERR_NOTFOUND, "no such device \"%s\"", id);
     }
@@ -210,6 +367,23 @@ int device_store_enroll(struct device_store *s, struct device_record *rec, struc
     rec->enrolled_at = (int64_t)time(NULL);
     rec->last_seen = rec->revoked_at = 0;
     rec->reason[0] = '\0';
+    if (s->db == NULL) {
+        char at[24], na[24];
+        snprintf(at, sizeof at, "%lld", (long long)rec->enrolled_at);
+        snprintf(na, sizeof na, "%lld", (long long)rec->not_after);
+        const char *v[] = { rec->id, rec->fingerprint, rec->serial, rec->subject, rec->issuer,
+                            rec->owner, rec->name, at, rec->enrolled_by, na };
+        PGresult *r = NULL;
+        /* One statement, so one transaction: the row and its change. */
+        int rc = pq(s,
+                    "WITH d AS (INSERT INTO devices (" COLS ") VALUES ($1, $2, $3, $4, $5, $6, "
+                    "$7, $8::bigint, $9, $10::bigint, 0, 0, '') RETURNING id) "
+                    "INSERT INTO device_changes (device, kind, ts) "
+                    "SELECT id, 'enroll', $8::bigint FROM d",
+                    10, v, &r, err, "enrol");
+        PQclear(r);
+        return rc;
+    }
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         return db_error(s, err, "begin");
     }
@@ -242,6 +416,25 @@ int device_store_enroll(struct device_store *s, struct device_record *rec, struc
 int device_store_list(struct device_store *s, const char *owner, device_store_each_fn *fn,
                       void *arg, struct err *err)
 {
+    if (s->db == NULL) {
+        PGresult *r = NULL;
+        const char *v[] = { owner };
+        int rc = pq(s,
+                    owner ? "SELECT " COLS " FROM devices WHERE lower(owner) = lower($1) "
+                            "ORDER BY enrolled_at, ord"
+                          : "SELECT " COLS " FROM devices ORDER BY enrolled_at, ord",
+                    owner ? 1 : 0, v, &r, err, "list");
+        if (rc != 0) {
+            return rc;
+        }
+        for (int i = 0; i < PQntuples(r); i++) {
+            struct device_record d;
+            prow(r, i, &d);
+            fn(&d, arg);
+        }
+        PQclear(r);
+        return 0;
+    }
     sqlite3_stmt *st = NULL;
     const char *sql = owner ? "SELECT " COLS " FROM devices WHERE owner = ? COLLATE NOCASE "
                               "ORDER BY enrolled_at, rowid"
@@ -273,6 +466,25 @@ int device_store_revoke(struct device_store *s, const char *id, const char *reas
         return 0;
     }
     int64_t now = (int64_t)time(NULL);
+    if (s->db == NULL) {
+        char ts[24];
+        snprintf(ts, sizeof ts, "%lld", (long long)now);
+        const char *v[] = { ts, reason ? reason : "", out->id };
+        PGresult *r = NULL;
+        rc = pq(s,
+                "WITH d AS (UPDATE devices SET revoked_at = $1::bigint, reason = $2 "
+                "WHERE id = $3 AND revoked_at = 0 RETURNING id) "
+                "INSERT INTO device_changes (device, kind, ts) "
+                "SELECT id, 'revoke', $1::bigint FROM d",
+                3, v, &r, err, "revoke");
+        PQclear(r);
+        if (rc != 0) {
+            return rc;
+        }
+        out->revoked_at = now;
+        snprintf(out->reason, sizeof out->reason, "%s", reason ? reason : "");
+        return 0;
+    }
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         return db_error(s, err, "begin");
     }
@@ -303,6 +515,17 @@ int device_store_revoke(struct device_store *s, const char *id, const char *reas
 
 int64_t device_store_change_seq(struct device_store *s)
 {
+    if (s->db == NULL) {
+        struct err e = { 0 };
+        PGresult *r = NULL;
+        if (pq(s, "SELECT coalesce(max(seq), 0) FROM device_changes", 0, NULL, &r, &e,
+               "change sequence") != 0) {
+            return 0;
+        }
+        int64_t v = pcol64(r, 0, 0);
+        PQclear(r);
+        return v;
+    }
     sqlite3_stmt *st = NULL;
     int64_t v = 0;
     if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM device_changes", -1, &st,
@@ -316,6 +539,18 @@ int64_t device_store_change_seq(struct device_store *s)
 
 void device_store_seen(struct device_store *s, const char *id, int64_t now)
 {
+    if (s->db == NULL) {
+        char ts[24];
+        snprintf(ts, sizeof ts, "%lld", (long long)now);
+        const char *v[] = { ts, id };
+        struct err e = { 0 };
+        PGresult *r = NULL;
+        if (pq(s, "UPDATE devices SET last_seen = $1::bigint WHERE id = $2", 2, v, &r, &e,
+               "last seen") == 0) {
+            PQclear(r);
+        }
+        return;
+    }
     sqlite3_stmt *st = NULL;
     sqlite3_busy_timeout(s->db, 0); /* a serving thread never waits for this */
     if (sqlite3_prepare_v2(s->db, "UPDATE devices SET last_seen = ? WHERE id = ?", -1, &st,

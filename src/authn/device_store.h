@@ -31,6 +31,15 @@ struct device_record {
 };
 
 struct device_store;
+struct spg_conf;
+
+/* With state.postgres (c->conninfo set), every handle opened afterwards is
+ * the fleet's registry in PostgreSQL (path is then ignored); NULL: SQLite.
+ * Each handle has its own blocking connection (2 s statement timeout,
+ * reconnected at most once a second): as with SQLite, a serving thread waits
+ * for a lookup on a cache miss and for the change-sequence poll. */
+void device_store_use_postgres(const struct spg_conf *c);
+bool device_store_on_postgres(void);
 
 /* Opens (creating the tables when missing) the registry in the SQLite file. */
 struct device_store *device_store_open(const char *path, struct err *err);

@@ -27,6 +27,7 @@
 #include <sqlite3.h>
 
 #include "codec.h"
+#include "device_store.h"
 #include "core/ident.h"
 #include "keys.h"
 #include "oidc.h"
@@ -1197,6 +1198,7 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
         s->conf.pg.staleness_ms = c->pg.staleness_ms;
         struct spg_hooks h = { .arg = s, .row = hook_row, .revoke = hook_revoke,
                                .touch = hook_touch, .resync = hook_resync };
+        device_store_use_postgres(&c->pg); /* the registry is the fleet's too */
         s->pg = spg_open(&c->pg, &h, err);
         if (s->pg == NULL) {
             goto fail;
@@ -1280,6 +1282,12 @@ void session_store_close(struct session_store *s)
 
 bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s)
 {
+    return session_once_check(s, key, exp_s, now_s) == 1;
+}
+
+int session_once_check(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s)
+{
+    int unchecked = 0;
     unsigned char h[32];
     codec_sha256(key.p, key.len, h);
     size_t b = (size_t)(h[0] | (h[1] << 8)) % ONCE_BUCKETS;
@@ -1302,20 +1310,36 @@ bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_
     if (fresh && s->nonce >= ONCE_MAX) {
         fresh = false; /* full of live values: fail closed */
     }
+    if (fresh && s->pg != NULL) {
+        /* A fleet: the database decides first use across nodes (the local
+         * entry below only spares it repeats on this node). Unreachable
+         * database: refused, never a replay accepted. */
+        struct err err = { 0 };
+        bool shared = false;
+        pthread_mutex_unlock(&s->oncemu); /* other workers do not wait on it */
+        int rc = spg_once(s->pg, h, exp_s, &shared, &err);
+        pthread_mutex_lock(&s->oncemu);
+        if (rc != 0) {
+            log_error("authn", "one-time value not checked, refused: %s", err.msg);
+            fresh = false;
+            unchecked = -1;
+        } else if (!shared) {
+            fresh = false;
+        }
+    }
     if (fresh) {
         struct once *o = xcalloc(1, sizeof *o);
         memcpy(o->h, h, 32);
         o->exp_s = exp_s;
-        /* On PostgreSQL one-time values stay in this node's memory (not shared
-         * yet: docs/scale-out.md); nothing to write, so it expires like a
-         * written one. */
+        /* On PostgreSQL the row is written already (spg_once), and purged
+         * there when it expires. */
         o->flushed = s->pg != NULL;
         o->next = s->once[b];
         s->once[b] = o;
         s->nonce++;
     }
     pthread_mutex_unlock(&s->oncemu);
-    return fresh;
+    return fresh ? 1 : unchecked;
 }
 
 int session_create(struct session_store *s, const struct session_new *in, int64_t now_ms,

@@ -131,6 +131,9 @@ int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
  * values (fail closed). Checked in memory, written by the writer thread,
  * reloaded at start: a restart does not forget them. */
 bool session_once(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s);
+/* The same, telling why: 1 first use, 0 used before (or the table is full),
+ * -1 not checked (state.postgres did not answer: refuse, and say so). */
+int session_once_check(struct session_store *s, struct str key, int64_t exp_s, int64_t now_s);
 
 /* Refresh coordination: the first caller for a due session gets true and the
  * decrypted refresh token (caller frees, wipes); every other caller gets false

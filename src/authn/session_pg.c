@@ -45,6 +45,9 @@ struct spg {
     PGconn *lconn;                 /* the listener's, handed over at start */
     int64_t seq;                   /* last change applied (listener thread) */
     int64_t last_touch_sync_ms;
+    /* one-time values: checked by the request path on its own connection */
+    pthread_mutex_t omu;
+    PGconn *oconn;
 };
 
 static int64_t wall_ms(void)
@@ -246,6 +249,22 @@ static PGconn *connect_conf(const struct spg_conf *c, struct err *err)
     return db;
 }
 
+PGconn *spg_connect(const struct spg_conf *c, struct err *err)
+{
+    PGconn *db = connect_conf(c, err);
+    if (db != NULL) {
+        PGresult *r = PQexec(db, "SET statement_timeout = 2000");
+        bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (!ok) {
+            err_set(err, ERR_IO, "PostgreSQL: cannot set statement_timeout");
+            PQfinish(db);
+            db = NULL;
+        }
+    }
+    return db;
+}
+
 static bool cmd_ok(PGconn *db, PGresult *r, struct err *err, const char *what)
 {
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
@@ -311,6 +330,23 @@ static const char *const migrations[] = {
     "CREATE TABLE decision_records_3 PARTITION OF decision_records"
     "  FOR VALUES WITH (MODULUS 4, REMAINDER 3);"
     "CREATE INDEX decision_records_ts ON decision_records (ts_us);",
+    /* 3: one-time values shared by the fleet (SAML assertion IDs): the first
+     * INSERT of a key wins, on whichever node; expired rows are purged. */
+    "CREATE TABLE once_values (key_hash bytea PRIMARY KEY, exp_s bigint NOT NULL);"
+    "CREATE INDEX once_values_exp ON once_values (exp_s);",
+    /* 4: the device registry (device_store.c), as in SQLite: every enrolment
+     * and revocation appends to device_changes, whose max(seq) workers poll. */
+    "CREATE TABLE devices ("
+    "  id text PRIMARY KEY, fingerprint text NOT NULL UNIQUE,"
+    "  serial text NOT NULL, subject text NOT NULL, issuer text NOT NULL,"
+    "  owner text NOT NULL, name text NOT NULL DEFAULT '',"
+    "  enrolled_at bigint NOT NULL, enrolled_by text NOT NULL DEFAULT '',"
+    "  not_after bigint NOT NULL DEFAULT 0, last_seen bigint NOT NULL DEFAULT 0,"
+    "  revoked_at bigint NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',"
+    "  ord bigserial);"
+    "CREATE INDEX devices_owner ON devices (lower(owner));"
+    "CREATE TABLE device_changes ("
+    "  seq bigserial PRIMARY KEY, device text NOT NULL, kind text NOT NULL, ts bigint NOT NULL);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -699,6 +735,7 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     atomic_init(&p->synced_ms, 0);
     atomic_init(&p->listen_ok, false);
     atomic_init(&p->writer_ok, true);
+    pthread_mutex_init(&p->omu, NULL);
     if (!codec_rand_bytes(rnd, sizeof rnd)) {
         err_set(err, ERR_CRYPTO, "no randomness for the node id");
         goto fail;
@@ -771,6 +808,8 @@ void spg_close(struct spg *p)
     }
     PQfinish(p->wconn);
     PQfinish(p->lconn);
+    PQfinish(p->oconn);
+    pthread_mutex_destroy(&p->omu);
     if (p->password != NULL) {
         OPENSSL_cleanse(p->password, strlen(p->password));
         free(p->password);
@@ -971,6 +1010,51 @@ void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms)
               2, v));
     const char *v2[] = { old };
     PQclear(q(p->wconn, "DELETE FROM session_changes WHERE ts_ms < $1::bigint", 1, v2));
+    char nows[24];
+    snprintf(nows, sizeof nows, "%lld", (long long)(now_ms / 1000));
+    const char *v3[] = { nows };
+    PQclear(q(p->wconn, "DELETE FROM once_values WHERE exp_s < $1::bigint", 1, v3));
+}
+
+/* ---- one-time values -------------------------------------------------- */
+
+int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
+             struct err *err)
+{
+    *fresh = false;
+    char hex[2 * 32 + 3] = "\\x";
+    str_hex(h, 32, hex + 2);
+    char exps[24];
+    snprintf(exps, sizeof exps, "%lld", (long long)exp_s);
+    const char *v[] = { hex, exps };
+    int rc = -1;
+    pthread_mutex_lock(&p->omu);
+    for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
+        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
+            PQfinish(p->oconn);
+            p->oconn = connect_db(&p->conf, p->password, err);
+            if (p->oconn == NULL) {
+                break;
+            }
+            PQsetNoticeProcessor(p->oconn, notice_none, NULL);
+            /* The request path waits on this: never long. */
+            if (!exec_ok(p->oconn, "SET statement_timeout = 2000", err)) {
+                continue;
+            }
+        }
+        PGresult *r = q(p->oconn,
+                        "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, $2::bigint) "
+                        "ON CONFLICT (key_hash) DO NOTHING",
+                        2, v);
+        if (cmd_ok(p->oconn, r, err, "recording a one-time value")) {
+            const char *n = PQcmdTuples(r);
+            *fresh = n != NULL && strcmp(n, "1") == 0;
+            rc = 0;
+        }
+        PQclear(r);
+    }
+    pthread_mutex_unlock(&p->omu);
+    return rc;
 }
 
 /* ---- administration --------------------------------------------------- */

@@ -91,8 +91,23 @@ struct spg_touch {
 /* 0, or -1 when the database cannot take it now (the caller retries later). */
 int spg_write(struct spg *p, const struct spg_op *ops, size_t nops, const struct spg_touch *t,
               size_t nt);
-/* Deletes expired sessions and changes older than a day. */
+/* Deletes expired sessions, changes older than a day and expired one-time
+ * values. */
 void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms);
+
+/* A one-time value (the SHA-256 h of its key) shared by the fleet: *fresh is
+ * true when this call was the first use of h on any node (INSERT ... ON
+ * CONFLICT DO NOTHING decides). One synchronous round trip on a connection of
+ * its own, serialised by a mutex, bounded by connect_timeout (3 s) and
+ * statement_timeout (2 s): the caller blocks, so it is used only on rare
+ * paths (SAML ACS). -1 when the database did not answer: the caller fails
+ * closed. */
+int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
+             struct err *err) WARN_UNUSED;
+
+/* A blocking connection with a 2 s statement_timeout (the device registry's
+ * per-thread handles), or NULL and err. */
+struct pg_conn *spg_connect(const struct spg_conf *c, struct err *err);
 
 /* --- commands (blocking) ------------------------------------------------ */
 /* `gatehouse db migrate`: prints what it did to out. */

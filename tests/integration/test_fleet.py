@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import sqlite3
 import subprocess
 import tempfile
@@ -19,8 +21,10 @@ import time
 import unittest
 import urllib.parse
 
-from harness import Backend, Gatehouse, RawConn, basic_config, free_port, gatehouse_bin, request
+from harness import (Backend, CertFactory, Gatehouse, RawConn, Reader, basic_config, free_port,
+                     gatehouse_bin, request)
 from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
 import pgserver
 
 STALENESS_S = 3
@@ -145,8 +149,8 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 2)", r.stdout)
-        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "2")
+        self.assertIn("up to date (version 4)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "4")
 
     def test_check_refuses_bad_postgres_settings(self):
         d = tempfile.mkdtemp(prefix="gh-fleet-check-")
@@ -288,9 +292,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 2", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 4", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 2)", r.stdout)
+            self.assertIn("up to date (version 4)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files=self.files())
@@ -494,6 +498,226 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(wait_for(lambda: self.get(1, c2).status != 200, 1.0))
         self.assertTrue(wait_for(lambda: self.get(0, c2).status != 200, 1.0))
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class SamlFleetTest(unittest.TestCase):
+    """One-time values are the fleet's: a SAML response accepted by node A is
+    refused when replayed on node B (both answer for the same public URL, as
+    two nodes behind one balancer address)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.idp = None
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-saml-")
+        try:
+            cls.pg = pgserver.PgServer()
+            port_a, cls.port_b = free_port(), free_port()
+            cls.base = f"http://127.0.0.1:{port_a}"
+            cls.idp = SamlIdP(cls.base + "/.gatehouse/saml/metadata")
+            files = sp_files(cls.idp, cls.shared)
+            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
+                                        {"address": f"127.0.0.1:{cls.port_b}",
+                                         "public_url": cls.base}]):
+                cfg = basic_config(
+                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+                    listen=[listen],
+                    state={"postgres": cls.pg.uri(application_name=f"gh-saml{i}"),
+                           "password_file": cls.pg.pwfile, "node": f"saml-{'ab'[i]}",
+                           "sqlite": "var/gatehouse.db"},
+                    decision_log={"file": "var/decisions.jsonl"},
+                    identity_providers=[saml_conf(cls.base)],
+                    session={"key_file": os.path.join(cls.shared, "session.key")},
+                )
+                cls.nodes.append(Gatehouse(cfg, files=files))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.idp:
+            cls.idp.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.shared, ignore_errors=True)
+
+    def test_saml_response_accepted_on_a_is_refused_on_b(self):
+        b = Browser()
+        sso = to_idp(b, self.base)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))
+        action, fields = idp_form(b, sso)
+        self.assertEqual(action, self.base + "/.gatehouse/saml/acs")
+        r = b.request(action, "POST", fields)
+        self.assertEqual(r.status, 303, r)
+        self.assertTrue(b.session_cookie(self.base))
+        self.assertEqual(self.pg.sql("SELECT count(*) FROM once_values"), "1")
+        # The captured POST, with its login cookie, replayed on node B.
+        b_base = f"http://127.0.0.1:{self.port_b}"
+        again = Browser()
+        again.jar(urllib.parse.urlsplit(b_base).netloc).update(login_cookie)
+        r = again.request(b_base + "/.gatehouse/saml/acs", "POST", fields)
+        self.assertEqual(r.status, 403, r)
+        self.assertIsNone(again.session_cookie(b_base))
+        self.assertIn("assertion ID already used (replay)",
+                      self.nodes[1].stderr().replace('\\"', '"'))
+        # A response of its own, started on A, is accepted by B.
+        b2 = Browser()
+        sso = to_idp(b2, self.base)
+        b2.jar(urllib.parse.urlsplit(b_base).netloc).update(
+            b2.jar(urllib.parse.urlsplit(self.base).netloc))
+        action, fields = idp_form(b2, sso)
+        r = b2.request(b_base + "/.gatehouse/saml/acs", "POST", fields)
+        self.assertEqual(r.status, 303, r)
+
+    def test_saml_response_unchecked_while_the_database_is_down_is_refused(self):
+        b = Browser()
+        action, fields = idp_form(b, to_idp(b, self.base))
+        self.pg.kill()
+        try:
+            r = b.request(action, "POST", fields)
+            self.assertEqual(r.status, 503, r)
+            self.assertIsNone(b.session_cookie(self.base))
+            self.assertIn("assertion ID not checked", self.nodes[0].stderr())
+        finally:
+            self.pg.start()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class DeviceFleetTest(unittest.TestCase):
+    """The device registry is the fleet's: a device enrolled through node A's
+    config is trusted on node B; revoked through B's, refused on A within a
+    second, also on an open keep-alive connection."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.idp = None
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.tmp = tempfile.mkdtemp(prefix="gh-fleet-dev-")
+        try:
+            cls.pg = pgserver.PgServer()
+            server = CertFactory(os.path.join(cls.tmp, "server"))
+            crt, key = server.leaf("a.test", dns=["a.test"], ips=["127.0.0.1"])
+            cls.server_ca = server.ca_crt
+            dca = CertFactory(os.path.join(cls.tmp, "devices"), "Device CA")
+            cls.laptop = dca.leaf("laptop", subject="/CN=laptop", file_name="laptop")
+            cls.ports = [free_port(), free_port()]
+            cls.idp = IdP([client_for(f"https://127.0.0.1:{cls.ports[0]}")])
+            for i, port in enumerate(cls.ports):
+                cfg = basic_config(
+                    [{"name": "dev", "policy": "dev.yaml",
+                      "upstream": {"servers": [cls.backend.url]}}],
+                    listen=[{"address": f"127.0.0.1:{port}",
+                             "tls": {"cert": crt, "key": key, "client_ca": dca.ca_crt,
+                                     "client_cert": "required"}}],
+                    state={"postgres": cls.pg.uri(application_name=f"gh-dev{i}"),
+                           "password_file": cls.pg.pwfile, "node": f"dev-{'ab'[i]}",
+                           "sqlite": "var/gatehouse.db"},
+                    decision_log={"file": "var/decisions.jsonl"},
+                    identity_providers=[idp_conf(cls.idp)],
+                    session={"key_file": os.path.join(cls.tmp, "session.key")},
+                )
+                cls.nodes.append(Gatehouse(cfg, files={
+                    "oidc-secret": CLIENT_SECRET,
+                    "dev.yaml": "mode: enforce\nrules:\n  - id: trusted-devices\n"
+                                "    effect: allow\n    when: {device: {trusted: true}}\n"}))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.idp:
+            cls.idp.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def connect(self, node):
+        c = ssl.create_default_context(cafile=self.server_ca)
+        c.load_cert_chain(*self.laptop)
+        s = socket.create_connection(("127.0.0.1", self.ports[node]), timeout=5)
+        return c.wrap_socket(s, server_hostname="a.test")
+
+    def on(self, t):
+        t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nAccept: application/json\r\n\r\n")
+        return Reader(t).read_response().status
+
+    def get(self, node):
+        with self.connect(node) as t:
+            return self.on(t)
+
+    def devices(self, node, *args):
+        return subprocess.run([gatehouse_bin(), "devices", *args, "-c",
+                               self.nodes[node].config_path],
+                              capture_output=True, text=True, timeout=30)
+
+    def test_enrolled_on_a_trusted_on_b_revoked_on_b_refused_on_a(self):
+        self.assertEqual(self.get(1), 401)  # not enrolled yet
+        r = self.devices(0, "enroll", "--cert", self.laptop[0], "--owner", "alice@example.com",
+                         "--name", "laptop")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dev = r.stdout.strip()
+        self.assertEqual(self.pg.sql(f"SELECT name FROM devices WHERE id = '{dev}'"), "laptop")
+        self.assertTrue(wait_for(lambda: self.get(1) == 200, 1.5))
+        r = self.devices(1, "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(dev, r.stdout)
+        with self.connect(0) as t:
+            self.assertEqual(self.on(t), 200)
+            r = self.devices(1, "revoke", dev, "--reason", "lost")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            t0 = time.monotonic()
+            statuses = []
+            while time.monotonic() - t0 < 3:
+                statuses.append(self.on(t))
+                if statuses[-1] != 200:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(statuses[-1], 401, statuses)
+            self.assertLess(time.monotonic() - t0, 1.2, statuses)
+        r = self.devices(0, "show", dev)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lost", r.stdout)
 
 
 if __name__ == "__main__":
