@@ -1,6 +1,7 @@
 /* authn/device_store.c - the device registry in SQLite (WAL, the state
  * database shared with sessions). Every enrolment and revocation adds a row to
  * device_changes, whose largest seq is what serving workers poll. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,16 @@ void device_store_use_postgres(const struct spg_conf *c)
     }
 }
 
+/* The session store's view of the database (its listener thread's), or none. */
+static bool (*_Atomic READY_FN)(void *);
+static void *_Atomic READY_ARG;
+
+void device_store_set_ready(bool (*fn)(void *arg), void *arg)
+{
+    atomic_store(&READY_ARG, arg);
+    atomic_store(&READY_FN, fn);
+}
+
 bool device_store_on_postgres(void)
 {
     return PG.conninfo != NULL;
@@ -52,6 +63,13 @@ static int64_t mono_ms(void)
 /* The handle's connection, reconnecting at most once a second. */
 static PGconn *pgc(struct device_store *s, struct err *err)
 {
+    bool (*ready)(void *) = atomic_load(&READY_FN);
+    if (ready != NULL && !ready(atomic_load(&READY_ARG))) {
+        /* The node knows the database is out of reach: fail now (no device
+         * is trusted) instead of waiting on a connect or a query. */
+        err_set(err, ERR_IO, "device registry: PostgreSQL unreachable");
+        return NULL;
+    }
     if (s->pg != NULL && PQstatus(s->pg) == CONNECTION_OK) {
         return s->pg;
     }

@@ -39,6 +39,9 @@ struct spg_conf;
  * reconnected at most once a second): as with SQLite, a serving thread waits
  * for a lookup on a cache miss and for the change-sequence poll. */
 void device_store_use_postgres(const struct spg_conf *c);
+/* ready(arg) false: the database is known to be out of reach (the session
+ * store's listener thread); lookups then fail at once instead of waiting. */
+void device_store_set_ready(bool (*ready)(void *arg), void *arg);
 bool device_store_on_postgres(void);
 
 /* Opens (creating the tables when missing) the registry in the SQLite file. */

@@ -893,6 +893,11 @@ bool session_store_ready(struct session_store *s)
     return s == NULL || s->pg == NULL || spg_ok(s->pg, now_wall_ms());
 }
 
+static bool store_reachable(void *arg)
+{
+    return session_store_ready(arg);
+}
+
 static void writer_cycle(struct session_store *s)
 {
     pthread_mutex_lock(&s->dbmu);
@@ -1203,6 +1208,9 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
         if (s->pg == NULL) {
             goto fail;
         }
+        /* While this node knows the database is out of reach, the registry's
+         * workers do not try it (no worker waits for a connect timeout). */
+        device_store_set_ready(store_reachable, s);
     } else {
         s->db = db_open(db_path, err);
         if (s->db == NULL) {
@@ -1225,6 +1233,9 @@ void session_store_close(struct session_store *s)
 {
     if (s == NULL) {
         return;
+    }
+    if (s->pg != NULL) {
+        device_store_set_ready(NULL, NULL);
     }
     if (s->writer_started) {
         pthread_mutex_lock(&s->qmu);
@@ -1316,8 +1327,15 @@ int session_once_check(struct session_store *s, struct str key, int64_t exp_s, i
          * database: refused, never a replay accepted. */
         struct err err = { 0 };
         bool shared = false;
+        int rc;
         pthread_mutex_unlock(&s->oncemu); /* other workers do not wait on it */
-        int rc = spg_once(s->pg, h, exp_s, &shared, &err);
+        if (!spg_ok(s->pg, now_wall_ms())) {
+            /* Known out of reach (the listener thread says so): refuse at once
+             * rather than make this worker wait for a timeout. */
+            rc = err_set(&err, ERR_IO, "PostgreSQL unreachable");
+        } else {
+            rc = spg_once(s->pg, h, exp_s, &shared, &err);
+        }
         pthread_mutex_lock(&s->oncemu);
         if (rc != 0) {
             log_error("authn", "one-time value not checked, refused: %s", err.msg);
