@@ -122,7 +122,8 @@ class StateAndCookieAttacks(AttackBase):
         b = Browser()
         cb = self.to_callback(b)
         u = urllib.parse.urlsplit(cb)
-        qs = [(k, ("x" + v[1:]) if k == "state" else v)
+        # Another first character, always (a state may itself start with "x").
+        qs = [(k, ("y" if v[:1] == "x" else "x") + v[1:] if k == "state" else v)
               for k, v in urllib.parse.parse_qsl(u.query)]
         self.callback_refused(b, self.base + CORP_CALLBACK + "?" + urllib.parse.urlencode(qs),
                               "callback state does not match the login cookie")
