@@ -1,7 +1,9 @@
 /* proxy/admin.c - the admin listener's endpoints, served by worker 0's loop:
  * /healthz (the process is up), /readyz (503 while draining or while the
  * shared state database is unreachable), /metrics
- * (Prometheus text from metrics.c). Anything else is 404. */
+ * (Prometheus text from metrics.c, which pulls its registered providers).
+ * Anything else is 404. A handler of the connection layer (conn_admin_install):
+ * conn.c does not know this file. */
 #include <stdlib.h>
 
 #include <string.h>
@@ -9,9 +11,8 @@
 #include "io.h"
 #include "metrics.h"
 
-void admin_handle(struct conn *c, struct request *r)
+void admin_handle(struct request *r)
 {
-    (void)c;
     if (!str_eq_cstr(r->method, "GET") && !str_eq_cstr(r->method, "HEAD")) {
         request_respond(r, 405, "text/plain", STR("method not allowed\n"), "Allow: GET, HEAD\r\n");
         return;

@@ -1,12 +1,12 @@
-/* proxy/conn.c - one client connection on a worker loop: TLS handshake,
- * buffers (allocated lazily, released when idle), timeouts, the HTTP/1 request
- * reader, and the request pipeline: parse head -> limits -> route match ->
- * reserved paths -> access check -> forward (forward.c). Local responses
+/* proxy/conn.c - the client half of one connection on a worker loop: TLS
+ * handshake, buffers (allocated lazily, released when idle), timeouts, the
+ * HTTP/1 request reader, and the request pipeline: parse head -> limits ->
+ * route match -> reserved paths -> access check (access_hook.c) -> forward.
+ * The upstream half (forward.c) is reached only through the struct
+ * upstream_half installed at start, the admin listener's endpoints only
+ * through the installed conn_local_fn; sockets are sock.c's. Local responses
  * (error pages, admin) go through request_respond(). request_end() is the one
  * place a request's arena, snapshot reference, log line and metrics end.
- * Over 1,200 lines: the client half of one connection object (forward.c is the
- * upstream half); they are to meet through a narrow interface next
- * (docs/architecture.md), which splits this file along it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -31,81 +31,27 @@
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
 
-/* The installed access stage (access_stage_install); NULL: deny. */
-static _Atomic(const struct access_stage *) g_stage;
+/* The upstream half (conn_upstream_install): NULL means nothing is
+ * forwarded, an allowed request gets 502 (fail closed). Only the half sets
+ * c->up, so every other call is made under c->up and needs no NULL check.
+ * The admin listener's endpoints (conn_admin_install; NULL: 404). */
+static const struct upstream_half *g_up;
+static conn_local_fn *g_admin;
 
-static uint64_t mono_us(void)
+void conn_upstream_install(const struct upstream_half *up)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    g_up = up;
 }
 
-/* ---- sockets ---------------------------------------------------------- */
-
-ssize_t sock_read(struct sock *s, char *p, size_t n)
+void conn_admin_install(conn_local_fn *fn)
 {
-    if (!s->ssl) {
-        ssize_t r;
-        do {
-            r = recv(s->fd, p, n, 0);
-        } while (r < 0 && errno == EINTR);
-        return r;
-    }
-    s->rd_wants_write = false;
-    ERR_clear_error();
-    int r = SSL_read(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
-    if (r > 0) {
-        return r;
-    }
-    switch (SSL_get_error(s->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        s->rd_wants_write = true;
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        errno = EPROTO;
-        return -1;
-    }
+    g_admin = fn;
 }
 
-ssize_t sock_write(struct sock *s, const char *p, size_t n)
+/* Whether the upstream half takes request body (or tunnel) bytes now. */
+static bool up_ready(const struct conn *c)
 {
-    if (!s->ssl) {
-        ssize_t r;
-        do {
-            r = send(s->fd, p, n, MSG_NOSIGNAL);
-        } while (r < 0 && errno == EINTR);
-        return r;
-    }
-    s->wr_wants_read = false;
-    ERR_clear_error();
-    int r = SSL_write(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
-    if (r > 0) {
-        return r;
-    }
-    switch (SSL_get_error(s->ssl, r)) {
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_READ:
-        s->wr_wants_read = true;
-        errno = EAGAIN;
-        return -1;
-    default:
-        errno = EPIPE;
-        return -1;
-    }
-}
-
-bool sock_has_pending(const struct sock *s)
-{
-    return s->ssl && SSL_has_pending(s->ssl);
+    return c->up && g_up->body_ready(c);
 }
 
 /* ---- lifetime --------------------------------------------------------- */
@@ -170,7 +116,7 @@ void conn_close(struct conn *c)
         return;
     }
     if (c->up) {
-        forward_abort(c);
+        g_up->abort(c);
     }
     if (c->req) {
         if (c->state == CS_PENDING && c->abort_fn) {
@@ -220,9 +166,9 @@ static bool wants_read(const struct conn *c)
              * the descriptor on every request. */
             return buf_pending(&c->in) < IO_READ_CHUNK;
         }
-        return c->up && upconn_body_ready(c->up);
+        return up_ready(c);
     case CS_TUNNEL:
-        return c->up && upconn_body_ready(c->up);
+        return up_ready(c);
     case CS_PENDING:
         return c->collect_cb && !c->req_done;
     case CS_LINGER:
@@ -285,19 +231,12 @@ static void start_linger(struct conn *c)
 /* Writes what is queued. Returns false when the connection was closed. */
 static bool flush_out(struct conn *c)
 {
-    while (buf_pending(&c->out) > 0) {
-        ssize_t n = sock_write(&c->s, c->out.p + c->out.off, buf_pending(&c->out));
-        if (n > 0) {
-            buf_consume(&c->out, (size_t)n);
-            c->progress = true;
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            break;
-        }
+    int wrote = sock_flush(&c->s, &c->out);
+    if (wrote < 0) {
         conn_close(c);
         return false;
     }
+    c->progress = c->progress || wrote > 0;
     if (buf_pending(&c->out) == 0) {
         /* The empty buffer is kept while the connection is busy; an idle
          * one gives it back (release_idle). */
@@ -320,7 +259,9 @@ void conn_queue_out(struct conn *c)
     if (flush_out(c) && !c->closed) {
         if (c->state == CS_FORWARD || c->state == CS_TUNNEL) {
             if (buf_pending(&c->out) < IO_HIGH_WATER) {
-                forward_client_writable(c);
+                if (c->up) {
+                    g_up->client_writable(c);
+                }
             }
         }
         conn_update_io(c);
@@ -329,6 +270,8 @@ void conn_queue_out(struct conn *c)
 }
 
 /* ---- requests --------------------------------------------------------- */
+
+static int conn_on_body(void *arg, const char *p, size_t n);
 
 /* Starts a request on c; false when its state does not fit in a fresh arena
  * (a cap below sizeof struct request: the connection is closed). */
@@ -508,24 +451,6 @@ void conn_response_done(struct conn *c)
     }
 }
 
-struct str request_header(const struct request *r, struct str name, size_t *count)
-{
-    struct str v = STR_NULL;
-    size_t n = 0;
-
-    for (size_t i = 0; i < r->nheaders; i++) {
-        if (str_ieq(r->headers[i].name, name)) {
-            if (n++ == 0) {
-                v = r->headers[i].value;
-            }
-        }
-    }
-    if (count) {
-        *count = n;
-    }
-    return v;
-}
-
 /* Whether the preformatted header lines in extra start one named name. */
 static bool extra_has(const char *extra, struct str name)
 {
@@ -544,8 +469,7 @@ static bool extra_has(const char *extra, struct str name)
  * they load nothing but their own stylesheet and images. */
 static void security_headers(struct conn *c, struct request *r, const char *extra)
 {
-    const struct access_stage *st = atomic_load(&g_stage);
-    const char *fa = st && st->form_action ? st->form_action(r) : NULL;
+    const char *fa = access_form_action(r);
 
     buf_append_str(&c->out, STR("Content-Security-Policy: default-src 'none'; style-src 'self'; "
                                 "img-src 'self'; form-action 'self'"));
@@ -663,76 +587,6 @@ void request_error_retry(struct request *r, int status, const char *detail,
     buf_free(&body);
 }
 
-enum access_step access_check(struct request *r)
-{
-    const struct access_stage *st = atomic_load(&g_stage);
-
-    if (st && st->check) {
-        return st->check(r);
-    }
-    /* Nothing installed: fail closed (the caller answers 403). */
-    return ACCESS_RESPOND;
-}
-
-void access_stage_install(const struct access_stage *stage)
-{
-    atomic_store(&g_stage, stage);
-}
-
-bool access_ready(void)
-{
-    const struct access_stage *st = atomic_load(&g_stage);
-    return !st || !st->ready || st->ready();
-}
-
-struct fetcher *request_fetcher(const struct request *r)
-{
-    const struct conn *c = r->conn;
-    return c->w->fetch;
-}
-
-struct ev_loop *request_loop(const struct request *r)
-{
-    const struct conn *c = r->conn;
-    return c->w->loop;
-}
-
-const struct listener_conf *request_listener(const struct request *r)
-{
-    const struct conn *c = r->conn;
-    return c && c->ls && !c->ls->admin && r->cfg && c->ls->index < r->cfg->nlisteners
-               ? &r->cfg->listeners[c->ls->index]
-               : NULL;
-}
-
-bool request_client_tls(const struct request *r, struct request_client_tls *out)
-{
-    const struct conn *c = r->conn;
-    const struct listener_conf *lc = request_listener(r);
-
-    if (!r->peer_cert || !lc) {
-        return false;
-    }
-    *out = (struct request_client_tls){ .chain = c->s.ssl ? SSL_get_peer_cert_chain(c->s.ssl)
-                                                           : NULL,
-                                        .listener = c->ls->index,
-                                        .verify_depth = (int)lc->verify_depth,
-                                        .generation = tls_generation() };
-    return true;
-}
-
-X509_STORE *request_client_ca_get(void *arg, void **hold)
-{
-    SSL_CTX *ctx = tls_listener_ctx((size_t)(uintptr_t)arg);
-    *hold = ctx;
-    return ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
-}
-
-void request_client_ca_put(void *hold)
-{
-    SSL_CTX_free(hold);
-}
-
 enum access_step request_read_body(struct request *r, size_t max_bytes, request_body_fn *cb,
                                    void *arg)
 {
@@ -800,7 +654,11 @@ static void after_access(struct conn *c, enum access_step step)
 
     switch (step) {
     case ACCESS_ALLOW:
-        forward_start(c);
+        if (g_up) {
+            g_up->start(c);
+        } else {
+            request_error(r, 502, "this server forwards no requests");
+        }
         break;
     case ACCESS_PENDING:
         c->state = CS_PENDING;
@@ -836,21 +694,6 @@ void request_resume(struct request *r, enum access_step step)
     put(c);
 }
 
-static bool valid_request_id(struct str s)
-{
-    if (s.len == 0 || s.len > REQUEST_ID_LEN) {
-        return false;
-    }
-    for (size_t i = 0; i < s.len; i++) {
-        char ch = s.p[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_' || ch == '.')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* The head is parsed: run the pipeline stages up to forwarding. */
 static void handle_head(struct conn *c)
 {
@@ -875,7 +718,7 @@ static void handle_head(struct conn *c)
     if (!c->ls->admin && c->ls->index < cfg->nlisteners &&
         cfg->listeners[c->ls->index].trust_request_id) {
         struct str in = request_header(r, STR("x-request-id"), NULL);
-        if (valid_request_id(in)) {
+        if (request_id_valid(in)) {
             memcpy(r->id, in.p, in.len);
             r->id[in.len] = '\0';
         }
@@ -893,7 +736,11 @@ static void handle_head(struct conn *c)
     ev_timer_stop(c->w->loop, &c->timer);
 
     if (c->ls->admin) {
-        admin_handle(c, r);
+        if (g_admin) {
+            g_admin(r);
+        } else {
+            request_error(r, 404, "no admin endpoints");
+        }
         return;
     }
     r->route = route_match_config(cfg, r->hostname, r->path);
@@ -917,18 +764,18 @@ static void handle_head(struct conn *c)
     /* Reserved paths belong to Gatehouse on every host (sign-in, me, jwks):
      * never forwarded. */
     if (str_has_prefix(r->path, STR("/.gatehouse/")) || str_eq_cstr(r->path, "/.gatehouse")) {
-        const struct access_stage *stage = atomic_load(&g_stage);
-        if (!stage || !stage->reserved) {
+        enum access_step step;
+        if (!access_reserved(r, &step)) {
             request_error(r, 404, "unknown Gatehouse endpoint");
             return;
         }
-        after_access(c, stage->reserved(r));
+        after_access(c, step);
         return;
     }
     after_access(c, access_check(r));
 }
 
-int conn_on_body(void *arg, const char *p, size_t n)
+static int conn_on_body(void *arg, const char *p, size_t n)
 {
     struct conn *c = arg;
 
@@ -943,7 +790,9 @@ int conn_on_body(void *arg, const char *p, size_t n)
         }
         return 0;
     }
-    forward_body(c, p, n);
+    if (c->up) {
+        g_up->body(c, p, n);
+    }
     return 0;
 }
 
@@ -997,7 +846,7 @@ void conn_process(struct conn *c)
             continue;
         }
         if (c->state == CS_FORWARD && !c->req_done) {
-            if (!c->up || !upconn_body_ready(c->up)) {
+            if (!up_ready(c)) {
                 break;
             }
             rc = http_in_feed(c->hin, c->in.p + c->in.off, buf_pending(&c->in));
@@ -1006,7 +855,9 @@ void conn_process(struct conn *c)
             if (c->closed) {
                 break;
             }
-            forward_body_flush(c);
+            if (c->up) {
+                g_up->body_flush(c);
+            }
             if (c->closed) {
                 break;
             }
@@ -1022,7 +873,9 @@ void conn_process(struct conn *c)
                          c->ip, c->hin->reason ? c->hin->reason : "?");
                 c->keep_alive = false;
                 if (!c->resp_started) {
-                    forward_abort(c);
+                    if (c->up) {
+                        g_up->abort(c);
+                    }
                     request_error(c->req, st, c->hin->reason);
                 } else {
                     conn_close(c);
@@ -1031,12 +884,16 @@ void conn_process(struct conn *c)
             }
             c->req_done = true;
             ev_timer_stop(c->w->loop, &c->timer);
-            forward_body_end(c);
+            if (c->up) {
+                g_up->body_end(c);
+            }
             continue;
         }
         if (c->state == CS_TUNNEL) {
             if (buf_pending(&c->in) > 0) {
-                forward_tunnel_in(c);
+                if (c->up) {
+                    g_up->tunnel_in(c);
+                }
             }
             break;
         }
@@ -1095,7 +952,11 @@ static void do_read(struct conn *c)
                 conn_close(c);
                 return;
             case CS_TUNNEL:
-                forward_tunnel_eof(c);
+                if (c->up) {
+                    g_up->tunnel_eof(c);
+                } else {
+                    conn_close(c);
+                }
                 return;
             case CS_PENDING:
             case CS_LOCAL:
@@ -1169,7 +1030,9 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             if (flush_out(c) && !c->closed && c->progress &&
                 (c->state == CS_FORWARD || c->state == CS_TUNNEL)) {
                 if (buf_pending(&c->out) < IO_HIGH_WATER) {
-                    forward_client_writable(c);
+                    if (c->up) {
+                        g_up->client_writable(c);
+                    }
                 }
                 if (!c->closed && c->req_done) {
                     set_timer(c, c->wc ? c->wc->cfg->timeouts.idle_ms : 60000);
@@ -1208,7 +1071,9 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         break;
     case CS_FORWARD:
         if (!c->req_done && !c->resp_started) {
-            forward_abort(c);
+            if (c->up) {
+                g_up->abort(c);
+            }
             request_error(c->req, 408, "the request body stalled");
             break;
         }

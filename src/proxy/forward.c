@@ -1,11 +1,11 @@
-/* proxy/forward.c - the upstream side of a request: pick a server through the
- * route's balancer, take a keep-alive connection from the worker's pool or
+/* proxy/forward.c - the upstream half of a connection: pick a server through
+ * the route's balancer, take a keep-alive connection from the worker's pool or
  * connect (TLS verified against ca_file), send the rewritten head, stream the
  * body both ways with back-pressure, and hand the connection back to the pool
  * only when the exchange ended cleanly. Idempotent requests are retried on
- * another server after a connect failure; active health checks run here too.
- * Over 1,200 lines: the upstream half of the connection object (conn.c is the
- * client half), with pools, retries and health checks that share its state.
+ * another server after a connect failure. The client half (conn.c) knows this
+ * file only as forward_half (struct upstream_half); this file calls conn.c's
+ * conn_* and request_* functions. Active health checks are health.c's.
  */
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -52,13 +52,6 @@ struct upconn {
     uint64_t sent_us;
     struct upconn *next;       /* pool list */
 };
-
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static bool idempotent(struct str m)
 {
@@ -198,9 +191,10 @@ void pool_close_all(struct worker *w)
     }
 }
 
-bool upconn_body_ready(const struct upconn *u)
+static bool forward_body_ready(const struct conn *c)
 {
-    return u->state == UP_ACTIVE && !u->done && buf_pending(&u->out) < IO_HIGH_WATER;
+    const struct upconn *u = c->up;
+    return u && u->state == UP_ACTIVE && !u->done && buf_pending(&u->out) < IO_HIGH_WATER;
 }
 
 static bool up_wants_read(const struct upconn *u)
@@ -251,6 +245,7 @@ static void up_update_io(struct upconn *u)
 /* ---- failures and retries -------------------------------------------- */
 
 static void try_server(struct conn *c);
+static void forward_tunnel_in(struct conn *c);
 
 /* CONNECT: the server could not be reached (no TCP connection, or the request
  * could not be written); TLS: the handshake or the certificate check failed;
@@ -352,18 +347,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
 
 static bool up_flush(struct upconn *u)
 {
-    while (buf_pending(&u->out) > 0) {
-        ssize_t n = sock_write(&u->s, u->out.p + u->out.off, buf_pending(&u->out));
-        if (n > 0) {
-            buf_consume(&u->out, (size_t)n);
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            break;
-        }
-        return false;
-    }
-    return true;
+    return sock_flush(&u->s, &u->out) >= 0;
 }
 
 static void up_became_active(struct upconn *u)
@@ -653,7 +637,7 @@ static void scrub_client_headers(struct request *r)
     r->nheaders = out;
 }
 
-void forward_start(struct conn *c)
+static void forward_start(struct conn *c)
 {
     struct request *r = c->req;
 
@@ -698,7 +682,7 @@ void forward_start(struct conn *c)
 
 /* ---- request body -------------------------------------------------------- */
 
-void forward_body(struct conn *c, const char *p, size_t n)
+static void forward_body(struct conn *c, const char *p, size_t n)
 {
     struct upconn *u = c->up;
 
@@ -724,14 +708,14 @@ static void up_push(struct upconn *u)
     up_update_io(u);
 }
 
-void forward_body_flush(struct conn *c)
+static void forward_body_flush(struct conn *c)
 {
     if (c->up && c->up->state == UP_ACTIVE && buf_pending(&c->up->out) > 0) {
         up_push(c->up);
     }
 }
 
-void forward_body_end(struct conn *c)
+static void forward_body_end(struct conn *c)
 {
     struct upconn *u = c->up;
 
@@ -745,7 +729,7 @@ void forward_body_end(struct conn *c)
     up_push(u);
 }
 
-void forward_client_writable(struct conn *c)
+static void forward_client_writable(struct conn *c)
 {
     if (c->up) {
         up_update_io(c->up);
@@ -756,7 +740,7 @@ void forward_client_writable(struct conn *c)
     }
 }
 
-void forward_abort(struct conn *c)
+static void forward_abort(struct conn *c)
 {
     struct upconn *u = c->up;
 
@@ -767,7 +751,7 @@ void forward_abort(struct conn *c)
     up_close(u);
 }
 
-void forward_tunnel_in(struct conn *c)
+static void forward_tunnel_in(struct conn *c)
 {
     struct upconn *u = c->up;
 
@@ -783,7 +767,7 @@ void forward_tunnel_in(struct conn *c)
     up_push(u);
 }
 
-void forward_tunnel_eof(struct conn *c)
+static void forward_tunnel_eof(struct conn *c)
 {
     struct upconn *u = c->up;
 
@@ -1145,119 +1129,14 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
             u->state == UP_ACTIVE ? "response timed out" : "connect timed out");
 }
 
-/* ---- active health checks --------------------------------------------- */
-
-struct hc {
-    struct worker *w;
-    struct wcfg *wc;
-    size_t ri, si;
+const struct upstream_half forward_half = {
+    .start = forward_start,
+    .body = forward_body,
+    .body_flush = forward_body_flush,
+    .body_end = forward_body_end,
+    .body_ready = forward_body_ready,
+    .client_writable = forward_client_writable,
+    .tunnel_in = forward_tunnel_in,
+    .tunnel_eof = forward_tunnel_eof,
+    .abort = forward_abort,
 };
-
-static void hc_done(void *arg, const struct fetch_resp *resp)
-{
-    struct hc *h = arg;
-    bool ok = !resp->failed && resp->status >= 200 && resp->status < 400;
-
-    if (h->wc->bal) {
-        bool was = balancer_is_up(h->wc->bal[h->ri], h->si, worker_now_ms(h->w));
-        balancer_set_healthy(h->wc->bal[h->ri], h->si, ok);
-        if (!ok && was) {
-            log_emit(LOG_WARN, "health", NULL, NULL, "%s%s failed: %s",
-                     h->wc->cfg->routes[h->ri].upstream.servers[h->si].url,
-                     h->wc->cfg->routes[h->ri].upstream.health_path,
-                     resp->failed ? resp->error : "bad status");
-        }
-    }
-    wcfg_unref(h->w, h->wc);
-    free(h);
-}
-
-static void health_tick(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    struct wcfg *wc = (struct wcfg *)((char *)t - offsetof(struct wcfg, health));
-    struct worker *w = ev_userdata(loop);
-
-    (void)revents;
-    if (!w->fetch || w->draining) {
-        return;
-    }
-    uint64_t now = worker_now_ms(w);
-    for (size_t ri = 0; ri < wc->cfg->nroutes; ri++) {
-        const struct upstream_conf *uc = &wc->cfg->routes[ri].upstream;
-        uint64_t iv = uc->health_interval_ms ? uc->health_interval_ms : 5000;
-        if (!uc->health_path) {
-            continue;
-        }
-        /* The timer runs at the shortest interval; each route keeps its own. */
-        if (wc->health_last[ri] != 0 && now - wc->health_last[ri] + 50 < iv) {
-            continue;
-        }
-        wc->health_last[ri] = now;
-        for (size_t si = 0; si < uc->nservers; si++) {
-            char url[1024], err[256];
-            const char *su = uc->servers[si].url;
-            size_t n = strlen(su);
-            while (n > 0 && su[n - 1] == '/') {
-                n--;
-            }
-            int ul = snprintf(url, sizeof url, "%.*s%s", (int)n, su, uc->health_path);
-            if (ul < 0 || (size_t)ul >= sizeof url) {
-                log_warn("health", "route %s: health check URL of %s is longer than %zu bytes: "
-                         "not checked", wc->cfg->routes[ri].name, su, sizeof url - 1);
-                continue;
-            }
-            struct hc *h = xcalloc(1, sizeof *h);
-            h->w = w;
-            h->wc = wc;
-            h->ri = ri;
-            h->si = si;
-            wc->refs++;
-            struct fetch_req fr = {
-                .url = url,
-                .timeout_ms = wc->cfg->timeouts.upstream_connect_ms +
-                              wc->cfg->timeouts.upstream_response_ms / 10,
-                .ca_file = uc->ca_file,
-                .client_cert = uc->client_cert,
-                .client_key = uc->client_key,
-                .max_response_bytes = 64 * 1024,
-            };
-            if (!fetch_start(w->fetch, &fr, hc_done, h, err)) {
-                log_warn("health", "%s: %s", url, err);
-                wc->refs--;
-                free(h);
-            }
-        }
-    }
-}
-
-void health_start(struct worker *w, struct wcfg *wc)
-{
-    uint64_t interval = 0;
-
-    for (size_t ri = 0; ri < wc->cfg->nroutes; ri++) {
-        const struct upstream_conf *uc = &wc->cfg->routes[ri].upstream;
-        if (uc->health_path) {
-            uint64_t iv = uc->health_interval_ms ? uc->health_interval_ms : 5000;
-            if (interval == 0 || iv < interval) {
-                interval = iv;
-            }
-        }
-    }
-    if (interval == 0) {
-        return;
-    }
-    wc->health_last = xcalloc(wc->cfg->nroutes, sizeof *wc->health_last);
-    ev_timer_init(&wc->health, health_tick, 0.05, (ev_tstamp)interval / 1000.0);
-    ev_timer_start(w->loop, &wc->health);
-    wc->health_on = true;
-}
-
-void health_stop(struct worker *w, struct wcfg *wc)
-{
-    if (wc->health_on) {
-        ev_timer_stop(w->loop, &wc->health);
-        wc->health_on = false;
-    }
-    free(wc->health_last);
-    wc->health_last = NULL;
-}

@@ -1,6 +1,9 @@
 /* proxy/io.h - private to src/proxy: the worker, client connection and
- * upstream connection structures shared by worker.c, conn.c, forward.c,
- * tls.c, admin.c and serve.c. Nothing outside src/proxy includes this. */
+ * upstream connection structures shared by the data-plane files (sock.c,
+ * wcfg.c, conn.c, forward.c, health.c, worker.c, tls.c, admin.c, serve.c).
+ * Nothing outside src/proxy includes this. The files call each other only
+ * downwards (docs/architecture.md, "The data plane"); the two upward
+ * directions are typed interfaces: struct upstream_half and conn_local_fn. */
 #ifndef GH_PROXY_IO_H
 #define GH_PROXY_IO_H
 
@@ -43,6 +46,7 @@ struct sock {
     bool wr_wants_read;  /* the last SSL write needs the socket readable */
 };
 
+/* sock.c: the socket layer under both halves of a connection. */
 /* Returns bytes read, 0 on EOF, -1 with errno EAGAIN when it would block,
  * -1 with another errno on error. */
 ssize_t sock_read(struct sock *s, char *p, size_t n);
@@ -50,6 +54,11 @@ ssize_t sock_read(struct sock *s, char *p, size_t n);
 ssize_t sock_write(struct sock *s, const char *p, size_t n);
 /* Whether decrypted bytes wait inside the TLS layer (invisible to epoll). */
 bool sock_has_pending(const struct sock *s);
+/* Writes what b holds until it is empty or the socket would block: 1 when
+ * something was written, 0 when nothing could be, -1 on a write error. */
+int sock_flush(struct sock *s, struct buf *b);
+/* The monotonic clock in microseconds (request and upstream timings). */
+uint64_t mono_us(void);
 
 /* A listening socket of one worker. */
 struct lsock {
@@ -188,15 +197,24 @@ struct io_global {
 };
 extern struct io_global io_g;
 
-/* worker.c */
-int worker_start(struct worker *w, struct config *cfg, struct err *err);
-void worker_adopt(struct worker *w, struct config *cfg); /* on the worker's loop */
+/* wcfg.c: below both halves; calls nothing in conn.c, forward.c, worker.c. */
+struct wcfg *wcfg_new(struct worker *w, struct config *cfg, const struct wcfg *prev);
 void wcfg_unref(struct worker *w, struct wcfg *wc);
 uint64_t worker_now_ms(struct worker *w);
 void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN + 1]);
+
+/* worker.c */
+int worker_start(struct worker *w, struct config *cfg, struct err *err);
+void worker_adopt(struct worker *w, struct config *cfg); /* on the worker's loop */
 int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *err);
 
-/* conn.c */
+/* health.c: active checks of one snapshot's servers (started on adoption,
+ * stopped when the worker retires the snapshot). */
+void health_start(struct worker *w, struct wcfg *wc);
+void health_stop(struct worker *w, struct wcfg *wc);
+
+/* conn.c: the client half. The upstream half calls these; conn.c reaches the
+ * upstream half only through struct upstream_half. */
 void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockaddr *sa);
 void conn_update_io(struct conn *c);
 void conn_process(struct conn *c);
@@ -207,21 +225,34 @@ void conn_drain(struct conn *c);           /* SIGTERM: close if idle, else after
 void conn_queue_out(struct conn *c);       /* out changed: try to write */
 void conn_hold(struct conn *c);            /* keep c allocated across a callback */
 void conn_put(struct conn *c);
-int conn_on_body(void *arg, const char *p, size_t n);
 
-/* forward.c */
-void forward_start(struct conn *c);
-void forward_body(struct conn *c, const char *p, size_t n); /* request body bytes */
-void forward_body_end(struct conn *c);
-void forward_body_flush(struct conn *c);      /* send queued body bytes */
-void forward_client_writable(struct conn *c); /* client out drained below the mark */
-void forward_tunnel_in(struct conn *c);       /* client bytes while tunnelling */
-void forward_abort(struct conn *c);           /* client gone: drop the upstream side */
-void forward_tunnel_eof(struct conn *c);      /* client closed while tunnelling */
-bool upconn_body_ready(const struct upconn *u); /* may take request body bytes now */
+/* The upstream half of a connection as the client half knows it: one typed
+ * interface, filled by forward.c (forward_half) and installed by serve.c
+ * before workers start. With none installed an allowed request gets 502 and
+ * nothing is forwarded. Every call but start is made only while c->up is set
+ * (the half sets and clears c->up itself). */
+struct upstream_half {
+    void (*start)(struct conn *c);                         /* access allowed: connect, send head */
+    void (*body)(struct conn *c, const char *p, size_t n); /* request body bytes: queue them */
+    void (*body_flush)(struct conn *c);                    /* send what body() queued */
+    void (*body_end)(struct conn *c);                      /* the request body is complete */
+    bool (*body_ready)(const struct conn *c);              /* takes body (or tunnel) bytes now */
+    void (*client_writable)(struct conn *c);               /* c->out drained below the mark */
+    void (*tunnel_in)(struct conn *c);                     /* client bytes in c->in (tunnel) */
+    void (*tunnel_eof)(struct conn *c);                    /* the client closed the tunnel */
+    void (*abort)(struct conn *c);                         /* the client half ends: drop it */
+};
+void conn_upstream_install(const struct upstream_half *up);
+
+/* The admin listener's endpoints as a handler of the connection layer
+ * (admin.c's admin_handle, installed by serve.c): it answers every request
+ * of that listener with request_respond(). With none installed: 404. */
+typedef void conn_local_fn(struct request *r);
+void conn_admin_install(conn_local_fn *fn);
+
+/* forward.c: the upstream half. */
+extern const struct upstream_half forward_half;
 void pool_close_all(struct worker *w);
-void health_start(struct worker *w, struct wcfg *wc);
-void health_stop(struct worker *w, struct wcfg *wc);
 
 /* tls.c */
 SSL_CTX *tls_server_ctx(const struct listener_conf *lc, struct err *err);
@@ -247,7 +278,10 @@ size_t tls_expiry_render(char *buf, size_t size);
 SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_file,
                         const char *key_file, struct err *err);
 
-/* admin.c */
-void admin_handle(struct conn *c, struct request *r);
+/* request.c */
+bool request_id_valid(struct str s);
+
+/* admin.c: /healthz, /readyz, /metrics. */
+void admin_handle(struct request *r);
 
 #endif

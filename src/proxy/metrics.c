@@ -295,6 +295,26 @@ static int64_t sum_worker_signed(struct metrics *m, size_t off)
 #define RC_OFF(field) offsetof(struct route_counters, field)
 #define W_OFF(field) offsetof(struct metrics_worker, field)
 
+/* The series summed over the workers' slots, in the order they are rendered:
+ * gauges are signed (_Atomic int64_t), counters unsigned. */
+static const struct worker_series {
+    const char *name;
+    bool gauge;
+    size_t off;
+    const char *help;
+} worker_series[] = {
+    { "gatehouse_connections_open", true, W_OFF(conn_open), "Client connections open now." },
+    { "gatehouse_connections_total", false, W_OFF(conn_total), "Client connections accepted." },
+    { "gatehouse_tls_handshake_failures_total", false, W_OFF(tls_failures),
+      "Client TLS handshakes that failed." },
+    { "gatehouse_upstream_pool_idle", true, W_OFF(pool_idle),
+      "Idle keep-alive connections to upstream servers." },
+    { "gatehouse_upstream_pool_active", true, W_OFF(pool_active),
+      "Upstream connections carrying a request now." },
+    { "gatehouse_request_bytes_total", false, W_OFF(bytes_in), "Bytes read from clients." },
+    { "gatehouse_response_bytes_total", false, W_OFF(bytes_out), "Bytes written to clients." },
+};
+
 static void header(struct out *o, const char *name, const char *type, const char *help)
 {
     emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -386,30 +406,15 @@ char *metrics_render(struct metrics *m, size_t *len)
                  (unsigned long long)v);
         }
     }
-    header(&o, "gatehouse_connections_open", "gauge", "Client connections open now.");
-    emit(&o, "gatehouse_connections_open %lld\n",
-         (long long)sum_worker_signed(m, W_OFF(conn_open)));
-    header(&o, "gatehouse_connections_total", "counter", "Client connections accepted.");
-    emit(&o, "gatehouse_connections_total %llu\n",
-         (unsigned long long)sum_worker(m, W_OFF(conn_total)));
-    header(&o, "gatehouse_tls_handshake_failures_total", "counter",
-           "Client TLS handshakes that failed.");
-    emit(&o, "gatehouse_tls_handshake_failures_total %llu\n",
-         (unsigned long long)sum_worker(m, W_OFF(tls_failures)));
-    header(&o, "gatehouse_upstream_pool_idle", "gauge",
-           "Idle keep-alive connections to upstream servers.");
-    emit(&o, "gatehouse_upstream_pool_idle %lld\n",
-         (long long)sum_worker_signed(m, W_OFF(pool_idle)));
-    header(&o, "gatehouse_upstream_pool_active", "gauge",
-           "Upstream connections carrying a request now.");
-    emit(&o, "gatehouse_upstream_pool_active %lld\n",
-         (long long)sum_worker_signed(m, W_OFF(pool_active)));
-    header(&o, "gatehouse_request_bytes_total", "counter", "Bytes read from clients.");
-    emit(&o, "gatehouse_request_bytes_total %llu\n",
-         (unsigned long long)sum_worker(m, W_OFF(bytes_in)));
-    header(&o, "gatehouse_response_bytes_total", "counter", "Bytes written to clients.");
-    emit(&o, "gatehouse_response_bytes_total %llu\n",
-         (unsigned long long)sum_worker(m, W_OFF(bytes_out)));
+    for (size_t i = 0; i < sizeof worker_series / sizeof worker_series[0]; i++) {
+        const struct worker_series *ws = &worker_series[i];
+        header(&o, ws->name, ws->gauge ? "gauge" : "counter", ws->help);
+        if (ws->gauge) {
+            emit(&o, "%s %lld\n", ws->name, (long long)sum_worker_signed(m, ws->off));
+        } else {
+            emit(&o, "%s %llu\n", ws->name, (unsigned long long)sum_worker(m, ws->off));
+        }
+    }
     header(&o, "gatehouse_config_reloads_total", "counter",
            "Configuration reloads, by result (ok, failed).");
     emit(&o, "gatehouse_config_reloads_total{result=\"ok\"} %llu\n",

@@ -120,7 +120,8 @@ enum access_step {
 /* The access stage as the data plane knows it: one typed interface, installed
  * by the stage at start (proxy/access/stage.c). With nothing installed every
  * routed request is refused with a 403 (fail closed) and /.gatehouse/ paths
- * answer 404. Install before workers start; NULL uninstalls. */
+ * answer 404 (proxy/access_hook.c). Install before workers start; NULL
+ * uninstalls. */
 struct access_stage {
     enum access_step (*check)(struct request *r);    /* a routed request */
     enum access_step (*reserved)(struct request *r); /* a /.gatehouse/ path; NULL: 404 */
@@ -140,6 +141,12 @@ bool access_ready(void);
 /* Runs the installed stage's check on a routed request (ACCESS_RESPOND when
  * none is installed: the caller sends the 403). */
 enum access_step access_check(struct request *r);
+/* Runs the installed stage's reserved-path handler on a /.gatehouse/ request
+ * and gives its step in *step; false when there is none (the caller answers
+ * 404). */
+bool access_reserved(struct request *r, enum access_step *step);
+/* The stage's extra CSP form-action origins for a local page, or NULL. */
+const char *access_form_action(struct request *r);
 
 /* What the asynchronous steps of the stage need of the request's worker: the
  * outbound HTTP client and the event loop it runs on; and the listener the

@@ -189,6 +189,10 @@ int proxy_cmd_serve(int argc, char **argv)
     /* Sessions, the assertion key, the decision log and the sign-in pages:
      * opened once, before any worker serves. */
     metrics_provider_add(tls_expiry_render); /* after the data-path series */
+    /* The two halves of a connection meet through struct upstream_half; the
+     * admin listener's endpoints are a handler of the connection layer. */
+    conn_upstream_install(&forward_half);
+    conn_admin_install(admin_handle);
     if (access_start(cfg, &err) != 0) {
         fprintf(stderr, "gatehouse: %s\n", err.msg);
         return 1;

@@ -655,3 +655,15 @@ SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_
     w->up_ctxs = u;
     return c;
 }
+
+X509_STORE *request_client_ca_get(void *arg, void **hold)
+{
+    SSL_CTX *ctx = tls_listener_ctx((size_t)(uintptr_t)arg);
+    *hold = ctx;
+    return ctx ? SSL_CTX_get_cert_store(ctx) : NULL;
+}
+
+void request_client_ca_put(void *hold)
+{
+    SSL_CTX_free(hold);
+}
