@@ -30,6 +30,12 @@
  * client still sends for this long, so its unread data does not turn our
  * close into a reset that destroys the response in flight. */
 #define LINGER_MS 2000
+/* Pipelined responses leave together: a response completed while further
+ * requests of the client wait in the input buffer is held, up to this many
+ * bytes of output and this long, so that one write (one TLS record) carries
+ * the answers of a pipelined batch instead of one write each. */
+#define PIPELINE_HOLD_BYTES (16 * 1024)
+#define PIPELINE_HOLD_MS 5
 
 /* The upstream half (conn_upstream_install): NULL means nothing is
  * forwarded, an allowed request gets 502 (fail closed). Only the half sets
@@ -130,6 +136,7 @@ void conn_close(struct conn *c)
     c->closed = true;
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
+    ev_timer_stop(w->loop, &c->hold_timer);
     if (c->s.ssl) {
         SSL_free(c->s.ssl);
         c->s.ssl = NULL;
@@ -189,7 +196,7 @@ void conn_update_io(struct conn *c)
         ev = c->hs_want;
     } else {
         bool rd = wants_read(c);
-        bool wr = buf_pending(&c->out) > 0;
+        bool wr = buf_pending(&c->out) > 0 && !c->out_held;
         if (rd) {
             ev |= EV_READ;
             if (c->s.rd_wants_write) {
@@ -242,6 +249,8 @@ static bool flush_out(struct conn *c)
          * one gives it back (release_idle). */
         if (c->out.cap > 4 * IO_READ_CHUNK) {
             buf_free(&c->out);
+        } else if (c->state == CS_IDLE && buf_pending(&c->in) == 0) {
+            buf_release(&c->out); /* idle keep-alive: no buffer memory */
         }
         if (c->state == CS_CLOSING) {
             start_linger(c);
@@ -250,10 +259,38 @@ static bool flush_out(struct conn *c)
     return true;
 }
 
+/* Ends a pipelined hold (the output may leave now). */
+static void hold_end(struct conn *c)
+{
+    if (c->out_held) {
+        c->out_held = false;
+        ev_timer_stop(c->w->loop, &c->hold_timer);
+    }
+}
+
+static void hold_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, hold_timer));
+
+    (void)loop;
+    (void)revents;
+    c->out_held = false;
+    conn_queue_out(c);
+}
+
 void conn_queue_out(struct conn *c)
 {
     if (c->closed) {
         return;
+    }
+    if (c->in_process) {
+        return; /* written when the pass over the input ends (conn_process) */
+    }
+    if (c->out_held) {
+        if (buf_pending(&c->out) < PIPELINE_HOLD_BYTES) {
+            return; /* written with the answers to the pipelined requests */
+        }
+        hold_end(c);
     }
     hold(c);
     if (flush_out(c) && !c->closed) {
@@ -445,6 +482,23 @@ void conn_response_done(struct conn *c)
          * another request. */
         c->keep_alive = false;
     }
+    if (c->keep_alive && !c->close_after && !c->w->draining && buf_pending(&c->in) > 0 &&
+        buf_pending(&c->out) < PIPELINE_HOLD_BYTES) {
+        /* Pipelined requests wait: answer them first, then write the lot. */
+        if (!c->out_held) {
+            c->out_held = true;
+            c->hold_timer.repeat = PIPELINE_HOLD_MS / 1000.0;
+            ev_timer_again(c->w->loop, &c->hold_timer);
+        }
+    } else {
+        /* Write first: the response usually leaves in one send, and the
+         * client's descriptor then needs no EV_WRITE round trip. */
+        hold_end(c);
+        conn_queue_out(c);
+        if (c->closed) {
+            return;
+        }
+    }
     finish(c);
     if (!c->closed && c->state == CS_IDLE && buf_pending(&c->in) > 0 && !c->in_process) {
         conn_process(c);
@@ -526,7 +580,6 @@ void request_respond(struct request *r, int status, const char *content_type, st
     c->out_total += buf_pending(&c->out) - before;
     hold(c);
     conn_response_done(c);
-    conn_queue_out(c);
     put(c);
 }
 
@@ -900,6 +953,15 @@ void conn_process(struct conn *c)
         break;
     }
     c->in_process = false;
+    /* What the pass queued leaves now, one write each way: the upstream's
+     * first (a request head with the body bytes read so far), then the
+     * client's answers (unless held for the pipelined requests). */
+    if (!c->closed && c->up) {
+        g_up->body_flush(c);
+    }
+    if (!c->closed && buf_pending(&c->out) > 0) {
+        conn_queue_out(c);
+    }
     if (!c->closed) {
         conn_update_io(c);
     }
@@ -1025,7 +1087,8 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             do_read(c);
         }
     } else {
-        if ((revents & EV_WRITE) || (c->s.wr_wants_read && (revents & EV_READ))) {
+        if (!c->out_held &&
+            ((revents & EV_WRITE) || (c->s.wr_wants_read && (revents & EV_READ)))) {
             c->progress = false;
             if (flush_out(c) && !c->closed && c->progress &&
                 (c->state == CS_FORWARD || c->state == CS_TUNNEL)) {
@@ -1123,6 +1186,7 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
     }
     ev_init(&c->io, io_cb);
     ev_init(&c->timer, timer_cb);
+    ev_init(&c->hold_timer, hold_timer_cb);
     c->state = CS_IDLE;
     SSL_CTX *tctx = ls->tls ? tls_listener_ctx(ls->index) : NULL;
     if (tctx) {

@@ -46,6 +46,7 @@ struct upconn {
     bool done;                 /* final response complete */
     bool tunnel;
     bool chunk_up;             /* request body is re-chunked */
+    bool head_unsent;          /* the request head still waits in out */
     bool closed;
     int refs;                  /* callbacks on the stack; freed at 0 once closed */
     int hs_want;
@@ -350,6 +351,8 @@ static bool up_flush(struct upconn *u)
     return sock_flush(&u->s, &u->out) >= 0;
 }
 
+static void up_push(struct upconn *u);
+
 static void up_became_active(struct upconn *u)
 {
     struct conn *c = u->c;
@@ -357,14 +360,23 @@ static void up_became_active(struct upconn *u)
     u->state = UP_ACTIVE;
     u->hs_want = 0;
     u->sent_us = mono_us();
+    u->head_unsent = true;
     up_set_timer(u, c->wc->cfg->timeouts.upstream_response_ms);
-    if (!up_flush(u)) {
-        up_fail(u, FAIL_CONNECT, "write failed");
+    if (c->in_process) {
+        /* A pooled connection taken in the pass over the client's input: the
+         * pass goes on to the body bytes it holds, and its end writes them
+         * with the head in one write (forward_body_flush). */
         return;
     }
-    up_update_io(u);
-    /* The request body can flow now. */
-    conn_process(c);
+    up_hold(u);
+    if (!c->req_done) {
+        /* The request body can flow now: what is read joins the head. */
+        conn_process(c);
+    }
+    if (!u->closed && c->up == u) {
+        up_push(u);
+    }
+    up_put(u);
 }
 
 static void up_handshake(struct upconn *u)
@@ -702,8 +714,16 @@ static void forward_body(struct conn *c, const char *p, size_t n)
 static void up_push(struct upconn *u)
 {
     if (!up_flush(u)) {
-        up_fail(u, FAIL_RESPONSE, "write to upstream failed");
+        /* The head not written: the server could not be reached. */
+        if (u->head_unsent) {
+            up_fail(u, FAIL_CONNECT, "write failed");
+        } else {
+            up_fail(u, FAIL_RESPONSE, "write to upstream failed");
+        }
         return;
+    }
+    if (buf_pending(&u->out) == 0) {
+        u->head_unsent = false;
     }
     up_update_io(u);
 }
@@ -875,12 +895,9 @@ static void on_resp_done(struct upconn *u)
         up_detach(u);
         up_close(u);
     }
-    /* Write first: the response usually leaves in one send, and the client's
-     * descriptor then needs no EV_WRITE round trip. */
-    conn_queue_out(c);
-    if (!c->closed) {
-        conn_response_done(c);
-    }
+    /* The client half writes it now, or with the answers to the pipelined
+     * requests that wait behind it. */
+    conn_response_done(c);
     conn_put(c);
 }
 

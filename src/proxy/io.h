@@ -118,6 +118,7 @@ struct conn {
     struct sock s;
     ev_io io;
     ev_timer timer;
+    ev_timer hold_timer;       /* ends a pipelined hold of the output */
     int io_events;             /* what io currently watches */
     enum conn_state state;
     int refs;                  /* callbacks on the stack; freed at 0 once closed */
@@ -131,7 +132,8 @@ struct conn {
     bool resp_started;         /* a response head was queued */
     bool keep_alive;
     bool client_eof;
-    bool in_process;           /* re-entrancy guard */
+    bool in_process;           /* re-entrancy guard; output waits for the pass's end */
+    bool out_held;             /* answers held for the pipelined requests that wait */
     bool chunk_body_up;        /* re-chunk the request body to the upstream */
     bool chunk_to_client;      /* re-chunk the response body to the client */
     bool close_after;          /* response is close-delimited */
