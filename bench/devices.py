@@ -18,6 +18,10 @@ answering a small static body). One worker each.
                `public: true` route (the device check still runs, no policy and
                no sign-in check): what the policy path adds.
 
+`--baseline OLD` adds a second Gatehouse binary (an older build) to the same
+interleaved rounds, so that a change is measured before/after against the same
+nginx and machine load.
+
 Before measuring, the script checks that both really verify: a certificate from
 a rogue CA of the same name is refused by both (nginx answers 400, Gatehouse
 fails the handshake) and the enrolled one gets 200. Everything listens on 127.0.0.1 on free ports; configs in a temp dir."""
@@ -110,7 +114,9 @@ def start_nginx(d, backend_port, p):
     return srv
 
 
-def start_gatehouse(d, binary, backend_port, p):
+def start_gatehouse(d, binary, backend_port, p, name="gatehouse"):
+    d = os.path.join(d, name)
+    os.makedirs(d, exist_ok=True)
     port, tport, aport = bench.free_port(), bench.free_port(), bench.free_port()
     conf = os.path.join(d, "gatehouse.yaml")
     with open(os.path.join(d, "device.yaml"), "w") as f:
@@ -147,7 +153,7 @@ routes:
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError("enroll: " + r.stderr)
-    return bench.Server("gatehouse", [binary, "serve", "-c", conf], port, tport, cwd=d)
+    return bench.Server(name, [binary, "serve", "-c", conf], port, tport, cwd=d)
 
 
 def ctx_for(p, who):
@@ -261,6 +267,9 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--write", default=os.path.join(HERE, "README.md"),
                     help="README to update, or - to print only")
+    ap.add_argument("--baseline", help="a second gatehouse binary (an older build), measured "
+                    "in the same interleaved rounds: rows gatehouse-baseline and "
+                    "gatehouse-baseline-public")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="gh-bench-dev-")
     servers = []
@@ -270,19 +279,24 @@ def main():
         servers.append(backend)
         targets = [start_nginx(d, backend.port, p),
                    start_gatehouse(d, args.gatehouse, backend.port, p)]
+        if args.baseline:
+            targets.append(start_gatehouse(d, args.baseline, backend.port, p,
+                                           name="gatehouse-baseline"))
         servers += targets
         for t in targets:
             sanity(t, p)
         load0 = os.getloadavg()[0]
         res = {(t.name, v): [] for t in targets for v in ("hs", "ka")}
-        res[("gatehouse-public", "ka")] = []
+        for t in targets[1:]:
+            res[(t.name + "-public", "ka")] = []
         for _ in range(args.rounds):
             for t in targets:
                 res[(t.name, "hs")].append(handshakes(t, p, args.duration))
             for t in targets:
                 res[(t.name, "ka")].append(keepalive(t, p, args.duration))
-            res[("gatehouse-public", "ka")].append(
-                keepalive(targets[1], p, args.duration, path="/pub/ka"))
+            for t in targets[1:]:
+                res[(t.name + "-public", "ka")].append(
+                    keepalive(t, p, args.duration, path="/pub/ka"))
         load1 = os.getloadavg()[0]
     finally:
         for s in servers:
@@ -303,7 +317,8 @@ def med(runs, k):
 def render(res, args, load0, load1):
     m = bench.machine()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Run: {now}, `python3 bench/devices.py` ({args.rounds} interleaved rounds of "
+    cmd = "python3 bench/devices.py" + (" --baseline OLD" if args.baseline else "")
+    lines = [f"Run: {now}, `{cmd}` ({args.rounds} interleaved rounds of "
              f"{args.duration} s, medians). Machine: {m['cpu']}, {m['kernel']}; {m['nginx']}. "
              f"Load average at start/end: {load0:.1f} / {load1:.1f}.", ""]
     for v, title, unit in (("hs", "Full handshakes with client-certificate verification "
@@ -314,7 +329,8 @@ def render(res, args, load0, load1):
                   f"| target | {unit}/s | {unit} per CPU-s (proxy) | ×nginx |",
                   "|---|---:|---:|---:|"]
         ref = med(res[("nginx", v)], "per_cpu")
-        for name in ("nginx", "gatehouse", "gatehouse-public"):
+        for name in ("nginx", "gatehouse", "gatehouse-public", "gatehouse-baseline",
+                     "gatehouse-baseline-public"):
             if (name, v) not in res:
                 continue
             runs = res[(name, v)]
