@@ -13,12 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
 
-#include "accesslog.h"
 #include "io.h"
 #include "metrics.h"
 #include "core/normpath.h"
@@ -381,34 +379,7 @@ static void request_end(struct conn *c)
                         c->out_total);
     }
     if (w->alog && r->status != 0 && !c->ls->admin) {
-        struct timespec ts;
-        char up[300] = "";
-        clock_gettime(CLOCK_REALTIME, &ts);
-        if (r->upstream_server) {
-            snprintf(up, sizeof up, "%s:%u", r->upstream_server->host,
-                     (unsigned)r->upstream_server->port);
-        }
-        struct accesslog_entry e = {
-            .ts_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u,
-            .request_id = str_from(r->id),
-            .client_ip = str_from(r->client_ip),
-            .method = r->method,
-            .host = r->host,
-            .path = r->raw_target, /* as received: what the client tried */
-            .status = (unsigned)r->status,
-            .bytes_in = c->head_bytes_in + r->bytes_in,
-            .bytes_out = c->out_total,
-            .upstream = str_from(up),
-            .upstream_us = r->upstream_server ? (int64_t)r->upstream_us : -1,
-            .total_us = end - r->start_us,
-            .route = str_from(r->route ? r->route->name : NULL),
-            .user = str_from(r->access_user),
-            .device = str_from(r->access_device),
-            .decision = str_from(r->access_decision),
-            .rule = str_from(r->access_rule),
-            .fields = r->cfg ? r->cfg->access_log_fields : 0,
-        };
-        accesslog_write(w->alog, &e);
+        request_log(r, w->alog, c->head_bytes_in + r->bytes_in, c->out_total, end);
     }
     /* Nothing of this request may outlive it: a stale abort or body callback
      * would point into the freed arena. */

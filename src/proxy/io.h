@@ -282,6 +282,10 @@ SSL_CTX *tls_client_ctx(struct worker *w, const char *ca_file, const char *cert_
 
 /* request.c */
 bool request_id_valid(struct str s);
+/* Writes the access-log line of a finished request (bytes counted by the
+ * connection, end_us from mono_us()). */
+void request_log(const struct request *r, struct accesslog *alog, uint64_t bytes_in,
+                 uint64_t bytes_out, uint64_t end_us);
 
 /* admin.c: /healthz, /readyz, /metrics. */
 void admin_handle(struct request *r);
