@@ -10,8 +10,7 @@ import ssl
 import tempfile
 import unittest
 
-from harness import (Backend, CertFactory, ConnectionClosed, Gatehouse, RawConn, basic_config,
-                     build_request, free_port, route)
+from harness import CertFactory, ProxyCase, RawConn, basic_config, build_request, free_port, route
 
 
 def write_calls(pid):
@@ -22,29 +21,24 @@ def write_calls(pid):
     raise AssertionError("no syscw in /proc/<pid>/io")
 
 
-class PipeliningTest(unittest.TestCase):
+class PipeliningTest(ProxyCase):
     @classmethod
-    def setUpClass(cls):
+    def config(cls):
         cls.tmp = tempfile.mkdtemp(prefix="gh-it-pipe-")
         cls.ca = CertFactory(os.path.join(cls.tmp, "pki"))
         crt, key = cls.ca.leaf("app.test", dns=["app.test"])
-        cls.backend = Backend("b1")
         cls.plain_port, cls.tls_port = free_port(), free_port()
         # Only app.test has a route: other hosts are answered locally (404).
-        cfg = basic_config([route("app", [cls.backend], host="app.test")], listen=[
+        return basic_config([route("app", cls.backends, host="app.test")], listen=[
             {"address": f"127.0.0.1:{cls.plain_port}"},
             {"address": f"127.0.0.1:{cls.tls_port}", "tls": {"cert": crt, "key": key}}])
-        try:
-            cls.gh = Gatehouse(cfg)
-        except Exception:
-            cls.backend.stop()
-            raise
 
     @classmethod
     def tearDownClass(cls):
-        cls.backend.stop()
-        cls.gh.finish()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        try:
+            super().tearDownClass()
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def conn(self, tls):
         if not tls:
