@@ -82,26 +82,16 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
-static void hold(struct conn *c)
+void conn_hold(struct conn *c)
 {
     c->refs++;
 }
 
-static void put(struct conn *c)
+void conn_put(struct conn *c)
 {
     if (--c->refs == 0 && c->closed) {
         conn_free(c);
     }
-}
-
-void conn_hold(struct conn *c)
-{
-    hold(c);
-}
-
-void conn_put(struct conn *c)
-{
-    put(c);
 }
 
 static void set_timer(struct conn *c, uint64_t ms)
@@ -144,13 +134,8 @@ void conn_close(struct conn *c)
     if (w->mw) {
         metrics_conn_close(w->mw);
     }
-    hold(c);
-    put(c);
-}
-
-void conn_abort(struct conn *c)
-{
-    conn_close(c);
+    conn_hold(c);
+    conn_put(c);
 }
 
 /* ---- I/O readiness ---------------------------------------------------- */
@@ -290,7 +275,7 @@ void conn_queue_out(struct conn *c)
         }
         hold_end(c);
     }
-    hold(c);
+    conn_hold(c);
     if (flush_out(c) && !c->closed) {
         if (c->state == CS_FORWARD || c->state == CS_TUNNEL) {
             if (buf_pending(&c->out) < IO_HIGH_WATER) {
@@ -301,7 +286,7 @@ void conn_queue_out(struct conn *c)
         }
         conn_update_io(c);
     }
-    put(c);
+    conn_put(c);
 }
 
 /* ---- requests --------------------------------------------------------- */
@@ -445,6 +430,14 @@ static void finish(struct conn *c)
     conn_update_io(c);
 }
 
+/* Whether the input buffer holds the whole head of a next (pipelined) request:
+ * its answer can follow at once. */
+static bool next_head_buffered(const struct conn *c)
+{
+    size_t n = buf_pending(&c->in);
+    return n >= 4 && memmem(c->in.p + c->in.off, n, "\r\n\r\n", 4) != NULL;
+}
+
 void conn_response_done(struct conn *c)
 {
     c->resp_done = true;
@@ -453,7 +446,7 @@ void conn_response_done(struct conn *c)
          * another request. */
         c->keep_alive = false;
     }
-    if (c->keep_alive && !c->close_after && !c->w->draining && buf_pending(&c->in) > 0 &&
+    if (c->keep_alive && !c->close_after && !c->w->draining && next_head_buffered(c) &&
         buf_pending(&c->out) < PIPELINE_HOLD_BYTES) {
         /* Pipelined requests wait: answer them first, then write the lot. */
         if (!c->out_held) {
@@ -549,9 +542,9 @@ void request_respond(struct request *r, int status, const char *content_type, st
         buf_append_str(&c->out, body);
     }
     c->out_total += buf_pending(&c->out) - before;
-    hold(c);
+    conn_hold(c);
     conn_response_done(c);
-    put(c);
+    conn_put(c);
 }
 
 void request_error(struct request *r, int status, const char *detail)
@@ -704,7 +697,7 @@ void request_resume(struct request *r, enum access_step step)
     if (c->closed || c->req != r || c->state != CS_PENDING) {
         return;
     }
-    hold(c);
+    conn_hold(c);
     c->abort_fn = NULL;
     c->state = CS_HEAD; /* not forwarding yet; after_access decides */
     if (step == ACCESS_PENDING) {
@@ -715,7 +708,7 @@ void request_resume(struct request *r, enum access_step step)
         conn_process(c);
         conn_update_io(c);
     }
-    put(c);
+    conn_put(c);
 }
 
 /* The head is parsed: run the pipeline stages up to forwarding. */
@@ -828,7 +821,7 @@ void conn_process(struct conn *c)
         return;
     }
     c->in_process = true;
-    hold(c);
+    conn_hold(c);
     for (;;) {
         if (c->closed) {
             break;
@@ -936,7 +929,7 @@ void conn_process(struct conn *c)
     if (!c->closed) {
         conn_update_io(c);
     }
-    put(c);
+    conn_put(c);
 }
 
 /* ---- events ------------------------------------------------------------ */
@@ -1051,7 +1044,7 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, io));
 
     (void)loop;
-    hold(c);
+    conn_hold(c);
     if (c->handshaking) {
         do_handshake(c);
         if (!c->closed && !c->handshaking) {
@@ -1083,7 +1076,7 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (!c->closed) {
         conn_update_io(c);
     }
-    put(c);
+    conn_put(c);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -1092,7 +1085,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
     (void)loop;
     (void)revents;
-    hold(c);
+    conn_hold(c);
     ev_timer_stop(c->w->loop, &c->timer);
     switch (c->state) {
     case CS_HEAD:
@@ -1126,7 +1119,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         conn_close(c);
         break;
     }
-    put(c);
+    conn_put(c);
 }
 
 void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockaddr *sa)

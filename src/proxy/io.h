@@ -222,7 +222,6 @@ void conn_update_io(struct conn *c);
 void conn_process(struct conn *c);
 void conn_close(struct conn *c);
 void conn_response_done(struct conn *c);   /* the response was fully queued */
-void conn_abort(struct conn *c);           /* drop the connection now */
 void conn_drain(struct conn *c);           /* SIGTERM: close if idle, else after this request */
 void conn_queue_out(struct conn *c);       /* out changed: try to write */
 void conn_hold(struct conn *c);            /* keep c allocated across a callback */
