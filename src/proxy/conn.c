@@ -257,7 +257,7 @@ static void hold_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
     (void)loop;
     (void)revents;
-    c->out_held = false;
+    hold_end(c); /* stops the timer: ev_timer_again made it a repeating one */
     conn_queue_out(c);
 }
 
