@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "codec.h"
+#include "device_store.h"
 
 #define CHANNEL "gatehouse_sessions"
 #define CHANGE_LOCK "7263001"      /* pg_advisory_xact_lock key: appenders of session_changes */
@@ -45,15 +47,41 @@ struct spg {
     PGconn *lconn;                 /* the listener's, handed over at start */
     int64_t seq;                   /* last change applied (listener thread) */
     int64_t last_touch_sync_ms;
-    /* one-time values: checked by the request path on its own connection */
+    /* one-time values: a thread of their own with its own connection; the
+     * request path queues a job and waits for its eventfd on its loop */
+    pthread_t once_thread;
+    bool once_started;
     pthread_mutex_t omu;
+    pthread_cond_t ocv;
+    struct spg_once_job *ohead, **otail;
     PGconn *oconn;
 };
+
+struct spg_once_job {
+    atomic_int refs;               /* the queue's and the requester's */
+    int fd;                        /* eventfd: readable once decided */
+    unsigned char h[32];
+    int64_t exp_s;
+    int64_t deadline_ms;           /* monotonic: past it the job is not run */
+    atomic_int state;              /* SPG_ONCE_* */
+    char err[256];
+    struct spg_once_job *next;
+};
+
+static void once_finish(struct spg_once_job *j, int state, const char *why);
+static void *once_main(void *arg);
 
 static int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -66,6 +94,7 @@ bool spg_conf_parse(struct conf_diag *d, const struct conf_node *state, const ch
     memset(out, 0, sizeof *out);
     out->migrate = true;
     out->staleness_ms = 10000;
+    out->query_timeout_ms = 2000;
     if (state == NULL || state->type != CONF_MAP || conf_get(state, "postgres") == NULL) {
         return false;
     }
@@ -73,6 +102,7 @@ bool spg_conf_parse(struct conf_diag *d, const struct conf_node *state, const ch
     conf_string(d, state, "password_file", &pw);
     conf_bool(d, state, "migrate", &out->migrate);
     conf_duration_ms(d, state, "staleness", 0, 3600000, &out->staleness_ms);
+    conf_duration_ms(d, state, "query_timeout", 100, 60000, &out->query_timeout_ms);
     if (pg == NULL) {
         return false;
     }
@@ -641,7 +671,8 @@ static PGconn *listen_connect(struct spg *p)
     PQsetNoticeProcessor(db, notice_none, NULL);
     /* LISTEN before the replay: a change committed in between is both
      * replayed and announced, never neither. */
-    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0) {
+    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
+        device_mirror_sync(db) != 0) {
         log_warn("authn", "PostgreSQL listener: %s", e.msg[0] ? e.msg : PQerrorMessage(db));
         PQfinish(db);
         return NULL;
@@ -698,7 +729,7 @@ static void *listener_main(void *arg)
         }
         now = wall_ms();
         if (!fail && (notified || now - last_replay >= REPLAY_PERIOD_MS)) {
-            fail = replay(p, db) != 0;
+            fail = replay(p, db) != 0 || device_mirror_sync(db) != 0;
             if (!fail && now - p->last_touch_sync_ms >= TOUCH_SYNC_PERIOD_MS) {
                 fail = touch_sync(p, db, now) != 0;
             }
@@ -730,12 +761,15 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     p->conf.password_file = c->password_file ? xstrdup(c->password_file) : NULL;
     p->conf.migrate = c->migrate;
     p->conf.staleness_ms = c->staleness_ms;
+    p->conf.query_timeout_ms = c->query_timeout_ms ? c->query_timeout_ms : 2000;
     p->hooks = *h;
     atomic_init(&p->stop, false);
     atomic_init(&p->synced_ms, 0);
     atomic_init(&p->listen_ok, false);
     atomic_init(&p->writer_ok, true);
     pthread_mutex_init(&p->omu, NULL);
+    pthread_cond_init(&p->ocv, NULL);
+    p->otail = &p->ohead;
     if (!codec_rand_bytes(rnd, sizeof rnd)) {
         err_set(err, ERR_CRYPTO, "no randomness for the node id");
         goto fail;
@@ -774,7 +808,8 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     }
     p->seq = col64(r, 0, 0);
     PQclear(r);
-    if (preload(p, p->wconn, err) != 0) {
+    if (preload(p, p->wconn, err) != 0 ||
+        device_mirror_load(p->wconn, c->staleness_ms, err) != 0) {
         goto fail;
     }
     p->last_touch_sync_ms = wall_ms();
@@ -791,6 +826,11 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
         goto fail;
     }
     p->listener_started = true;
+    if (pthread_create(&p->once_thread, NULL, once_main, p) != 0) {
+        err_set(err, ERR_IO, "cannot start the PostgreSQL one-time value thread");
+        goto fail;
+    }
+    p->once_started = true;
     return p;
 fail:
     spg_close(p);
@@ -805,11 +845,25 @@ void spg_close(struct spg *p)
     if (p->listener_started) {
         atomic_store(&p->stop, true);
         pthread_join(p->listener, NULL);
+        device_mirror_stop();
+    }
+    if (p->once_started) {
+        pthread_mutex_lock(&p->omu);
+        atomic_store(&p->stop, true);
+        pthread_cond_signal(&p->ocv);
+        pthread_mutex_unlock(&p->omu);
+        pthread_join(p->once_thread, NULL);
+    }
+    while (p->ohead != NULL) { /* never run: their requesters hear "failed" */
+        struct spg_once_job *j = p->ohead;
+        p->ohead = j->next;
+        once_finish(j, SPG_ONCE_FAILED, "shutting down");
     }
     PQfinish(p->wconn);
     PQfinish(p->lconn);
     PQfinish(p->oconn);
     pthread_mutex_destroy(&p->omu);
+    pthread_cond_destroy(&p->ocv);
     if (p->password != NULL) {
         OPENSSL_cleanse(p->password, strlen(p->password));
         free(p->password);
@@ -1018,42 +1072,215 @@ void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms)
 
 /* ---- one-time values -------------------------------------------------- */
 
-int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
-             struct err *err)
+void spg_once_release(struct spg_once_job *j)
 {
-    *fresh = false;
-    char hex[2 * 32 + 3] = "\\x";
-    str_hex(h, 32, hex + 2);
-    char exps[24];
-    snprintf(exps, sizeof exps, "%lld", (long long)exp_s);
-    const char *v[] = { hex, exps };
-    int rc = -1;
+    if (j != NULL && atomic_fetch_sub(&j->refs, 1) == 1) {
+        close(j->fd);
+        free(j);
+    }
+}
+
+/* The once thread's answer: the state, then the eventfd, then its reference. */
+static void once_finish(struct spg_once_job *j, int state, const char *why)
+{
+    if (why != NULL) {
+        snprintf(j->err, sizeof j->err, "%s", why);
+    }
+    atomic_store(&j->state, state);
+    uint64_t one = 1;
+    ssize_t n = write(j->fd, &one, sizeof one);
+    (void)n; /* an eventfd counter does not fill up with one write */
+    spg_once_release(j);
+}
+
+struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
+                                     struct err *err)
+{
+    if (!spg_ok(p, wall_ms())) {
+        /* Known out of reach (the listener thread says so): refused now. */
+        err_set(err, ERR_IO, "PostgreSQL unreachable");
+        return NULL;
+    }
+    struct spg_once_job *j = xcalloc(1, sizeof *j);
+    j->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (j->fd < 0) {
+        err_set(err, ERR_IO, "eventfd: %s", strerror(errno));
+        free(j);
+        return NULL;
+    }
+    atomic_init(&j->refs, 2);
+    atomic_init(&j->state, SPG_ONCE_PENDING);
+    memcpy(j->h, h, 32);
+    j->exp_s = exp_s;
+    j->deadline_ms = mono_ms() + (int64_t)p->conf.query_timeout_ms;
     pthread_mutex_lock(&p->omu);
-    for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
-        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
-            PQfinish(p->oconn);
-            p->oconn = connect_db(&p->conf, p->password, err);
-            if (p->oconn == NULL) {
-                break;
-            }
-            PQsetNoticeProcessor(p->oconn, notice_none, NULL);
-            /* The request path waits on this: never long. */
-            if (!exec_ok(p->oconn, "SET statement_timeout = 2000", err)) {
-                continue;
-            }
+    *p->otail = j;
+    p->otail = &j->next;
+    pthread_cond_signal(&p->ocv);
+    pthread_mutex_unlock(&p->omu);
+    return j;
+}
+
+int spg_once_fd(const struct spg_once_job *j)
+{
+    return j->fd;
+}
+
+int spg_once_state(const struct spg_once_job *j, const char **why)
+{
+    int st = atomic_load(&((struct spg_once_job *)j)->state);
+    if (why != NULL) {
+        *why = st == SPG_ONCE_FAILED ? j->err : st == SPG_ONCE_PENDING ? "no answer in time" : "";
+    }
+    return st;
+}
+
+uint64_t spg_query_timeout_ms(const struct spg *p)
+{
+    return p->conf.query_timeout_ms;
+}
+
+/* Waits (poll, never past deadline) until db has a whole answer. 0, -2 when
+ * the connection broke, -3 at the deadline. */
+static int await_db(PGconn *db, int64_t deadline, struct err *err)
+{
+    while (PQisBusy(db)) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            err_set(err, ERR_IO, "PostgreSQL did not answer in time");
+            return -3;
         }
-        PGresult *r = q(p->oconn,
-                        "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, $2::bigint) "
-                        "ON CONFLICT (key_hash) DO NOTHING",
-                        2, v);
-        if (cmd_ok(p->oconn, r, err, "recording a one-time value")) {
+        struct pollfd pfd = { .fd = PQsocket(db), .events = POLLIN };
+        if (pfd.fd < 0 || (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) ||
+            PQconsumeInput(db) == 0) {
+            err_set(err, ERR_IO, "PostgreSQL: connection lost");
+            return -2;
+        }
+    }
+    return 0;
+}
+
+/* The first use of the key on any node: INSERT ... ON CONFLICT DO NOTHING
+ * decides. 0 with *fresh, -1 refused by the server, -2 connection broken, -3
+ * no answer by the deadline. */
+static int once_query(PGconn *db, const char *const *v, int64_t deadline, bool *fresh,
+                      struct err *err)
+{
+    if (!PQsendQueryParams(db,
+                           "INSERT INTO once_values (key_hash, exp_s) "
+                           "VALUES ($1::bytea, $2::bigint) ON CONFLICT (key_hash) DO NOTHING",
+                           2, NULL, v, NULL, NULL, 0)) {
+        err_set(err, ERR_IO, "PostgreSQL: connection lost");
+        return -2;
+    }
+    int rc = -1;
+    bool first = true;
+    for (;;) {
+        int w = await_db(db, deadline, err);
+        if (w != 0) {
+            return w;
+        }
+        PGresult *r = PQgetResult(db);
+        if (r == NULL) {
+            break;
+        }
+        if (first && cmd_ok(db, r, err, "recording a one-time value")) {
             const char *n = PQcmdTuples(r);
             *fresh = n != NULL && strcmp(n, "1") == 0;
             rc = 0;
         }
+        first = false;
         PQclear(r);
     }
+    return rc;
+}
+
+static void once_run(struct spg *p, struct spg_once_job *j)
+{
+    char hex[2 * 32 + 3] = "\\x";
+    str_hex(j->h, 32, hex + 2);
+    char exps[24];
+    snprintf(exps, sizeof exps, "%lld", (long long)j->exp_s);
+    const char *v[] = { hex, exps };
+    struct err e = { 0 };
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (mono_ms() >= j->deadline_ms) {
+            once_finish(j, SPG_ONCE_FAILED, "PostgreSQL did not answer in time");
+            return;
+        }
+        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
+            PQfinish(p->oconn);
+            p->oconn = connect_db(&p->conf, p->password, &e);
+            if (p->oconn == NULL) {
+                once_finish(j, SPG_ONCE_FAILED, e.msg);
+                return;
+            }
+            PQsetNoticeProcessor(p->oconn, notice_none, NULL);
+        }
+        bool fresh = false;
+        int rc = once_query(p->oconn, v, j->deadline_ms, &fresh, &e);
+        if (rc == 0) {
+            once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
+            return;
+        }
+        if (rc != -1) {
+            /* Broken, or a server that does not answer: a new connection
+             * next time (a dropped one is tried again at once). */
+            PQfinish(p->oconn);
+            p->oconn = NULL;
+            if (rc == -2) {
+                continue;
+            }
+        }
+        break;
+    }
+    once_finish(j, SPG_ONCE_FAILED, e.msg);
+}
+
+static void *once_main(void *arg)
+{
+    struct spg *p = arg;
+    pthread_mutex_lock(&p->omu);
+    while (!atomic_load(&p->stop)) {
+        struct spg_once_job *j = p->ohead;
+        if (j == NULL) {
+            pthread_cond_wait(&p->ocv, &p->omu);
+            continue;
+        }
+        p->ohead = j->next;
+        if (p->ohead == NULL) {
+            p->otail = &p->ohead;
+        }
+        j->next = NULL;
+        pthread_mutex_unlock(&p->omu);
+        once_run(p, j);
+        pthread_mutex_lock(&p->omu);
+    }
     pthread_mutex_unlock(&p->omu);
+    return NULL;
+}
+
+int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
+             struct err *err)
+{
+    *fresh = false;
+    struct spg_once_job *j = spg_once_submit(p, h, exp_s, err);
+    if (j == NULL) {
+        return -1;
+    }
+    struct pollfd pfd = { .fd = j->fd, .events = POLLIN };
+    int64_t deadline = mono_ms() + (int64_t)p->conf.query_timeout_ms;
+    while (spg_once_state(j, NULL) == SPG_ONCE_PENDING && mono_ms() < deadline) {
+        (void)poll(&pfd, 1, (int)(deadline - mono_ms()));
+    }
+    const char *why = NULL;
+    int st = spg_once_state(j, &why);
+    int rc = st == SPG_ONCE_FRESH || st == SPG_ONCE_USED ? 0 : -1;
+    *fresh = st == SPG_ONCE_FRESH;
+    if (rc != 0) {
+        err_set(err, ERR_IO, "%s", why);
+    }
+    spg_once_release(j);
     return rc;
 }
 
