@@ -33,6 +33,7 @@
 #include "page.h"
 #include "saml.h"
 #include "session.h"
+#include "session_pg.h"
 
 #ifndef GATEHOUSE_WEB_DIR
 #define GATEHOUSE_WEB_DIR "web/login"
@@ -569,6 +570,7 @@ enum cont_kind {
     CONT_BEARER_DISCOVERY,
     CONT_BEARER_JWKS,
     CONT_SAML_METADATA,
+    CONT_ONCE,                      /* a one-time value decided by the fleet's database */
 };
 
 struct cont {
@@ -587,6 +589,8 @@ struct cont {
     const char *bearer;             /* bearer / logout token */
     struct saml_idp *saml;          /* SAML metadata fetch: for which IdP */
     int saml_next;                  /* ... and what then (enum saml_next) */
+    struct spg_once_job *once;      /* CONT_ONCE: the job (released by cont_cleanup) */
+    unsigned char once_h[32];       /* ... for this key hash */
 };
 
 static void cont_cleanup(void *arg)
@@ -600,6 +604,7 @@ static void cont_cleanup(void *arg)
     }
     oidc_pending_fini(&c->pd);
     oidc_tokens_fini(&c->tokens);
+    spg_once_release(c->once);
 }
 
 static struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind,
@@ -1784,6 +1789,55 @@ static enum authn_step saml_metadata(struct authn *an, const struct authn_req *r
     return AUTHN_RESPOND;
 }
 
+/* A one-time value: 1 first use, 0 used before, -1 not checked (a fleet's
+ * database that did not answer: the caller fails closed). On a fleet's
+ * database the answer comes off the loop: 2 with *st = AUTHN_NEED_WAIT (or an
+ * error step), and the calling step, run again by authn_resume, finds it in
+ * out->cont. */
+static int once_gate(struct authn *an, const struct authn_req *req, struct arena *a,
+                     struct authn_out *out, const char *key, int64_t exp_s,
+                     enum authn_step *st)
+{
+    int64_t now_s = req->now_ms / 1000;
+    struct spg *pg = session_store_pg(an->store);
+    if (pg == NULL) {
+        return session_once_check(an->store, str_from(key), exp_s, now_s);
+    }
+    unsigned char h[32];
+    codec_sha256(key, strlen(key), h);
+    struct cont *c = out->cont;
+    if (c != NULL && c->kind == CONT_ONCE && c->once != NULL && memcmp(c->once_h, h, 32) == 0) {
+        const char *why = NULL;
+        int state = spg_once_state(c->once, &why);
+        out->cont = NULL;
+        if (state == SPG_ONCE_FRESH || state == SPG_ONCE_USED) {
+            return state == SPG_ONCE_FRESH;
+        }
+        log_emit(LOG_ERROR, MOD, req->request_id, NULL, "one-time value not checked, refused: %s",
+                 why);
+        return -1;
+    }
+    struct err err = { 0 };
+    struct spg_once_job *j = spg_once_submit(pg, h, exp_s, &err);
+    if (j == NULL) {
+        log_emit(LOG_ERROR, MOD, req->request_id, NULL, "one-time value not checked, refused: %s",
+                 err.msg);
+        return -1;
+    }
+    c = cont_new(a, out, CONT_ONCE, NULL);
+    if (c == NULL) {
+        spg_once_release(j);
+        *st = internal_error(an, req, a, out);
+        return 2;
+    }
+    c->once = j;
+    memcpy(c->once_h, h, 32);
+    out->wait.fd = spg_once_fd(j);
+    out->wait.timeout_ms = spg_query_timeout_ms(pg);
+    *st = AUTHN_NEED_WAIT;
+    return 2;
+}
+
 static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
@@ -1818,8 +1872,13 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     /* Replay: an assertion ID is accepted once (kept until it expires), and a
      * login state answers one response. */
     char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
-    int once = session_once_check(an->store, str_from(ka), r.assertion_exp_s, now_s);
+    enum authn_step wait_st = AUTHN_RESPOND;
+    int once = once_gate(an, req, a, out, ka, r.assertion_exp_s, &wait_st);
     free(ka);
+    if (once == 2) { /* decided off the loop: this step runs again with the answer */
+        saml_result_fini(&r);
+        return wait_st;
+    }
     if (once < 0) { /* a fleet whose database did not answer: not accepted unchecked */
         saml_result_fini(&r);
         return callback_fail(an, req, a, out, 503,
@@ -2564,6 +2623,7 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
     struct cont *c = out->cont;
     memset(&out->resp, 0, sizeof out->resp);
     memset(&out->fetch, 0, sizeof out->fetch);
+    memset(&out->wait, 0, sizeof out->wait);
     if (c == NULL) {
         set_reason(out, "%s", "resume without a pending step");
         return internal_error(an, req, a, out);
@@ -2651,6 +2711,10 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         }
         break;
     }
+    case CONT_ONCE:
+        /* The ACS again: it finds the decided value in out->cont (status 0:
+         * no answer in time, refused as unchecked). */
+        return saml_acs_endpoint(an, req, a, out);
     case CONT_NONE:
         break;
     }

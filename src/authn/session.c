@@ -888,6 +888,11 @@ bool session_store_shared(const struct session_store *s)
     return s != NULL && s->pg != NULL;
 }
 
+struct spg *session_store_pg(struct session_store *s)
+{
+    return s != NULL ? s->pg : NULL;
+}
+
 bool session_store_ready(struct session_store *s)
 {
     return s == NULL || s->pg == NULL || spg_ok(s->pg, now_wall_ms());

@@ -17,6 +17,7 @@ import ssl
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -600,6 +601,60 @@ class SamlFleetTest(unittest.TestCase):
             self.assertIn("assertion ID not checked", self.nodes[0].stderr())
         finally:
             self.pg.start()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
+    def test_stalled_database_does_not_stall_the_worker(self):
+        """PostgreSQL stalled (every server process SIGSTOPped: connections
+        accepted, nothing answered): a SAML sign-in waits for its assertion-ID
+        check off the event loop, while the same (only) worker keeps answering
+        public and cached-session requests; after state.query_timeout the
+        sign-in gets the 503 try-again page, never a session."""
+        signed_in = Browser()
+        action, fields = idp_form(signed_in, to_idp(signed_in, self.base))
+        self.assertEqual(signed_in.request(action, "POST", fields).status, 303)
+        self.assertEqual(signed_in.request(self.base + "/").status, 200)
+        b = Browser()
+        action, fields = idp_form(b, to_idp(b, self.base))
+        result = {}
+
+        def sign_in():
+            t0 = time.monotonic()
+            try:
+                result["resp"] = b.request(action, "POST", fields)
+            except Exception as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+            result["elapsed"] = time.monotonic() - t0
+
+        self.pg.pause()
+        try:
+            t = threading.Thread(target=sign_in)
+            t.start()
+            time.sleep(0.3)  # the sign-in is waiting on the database now
+            served = []
+            while t.is_alive() and len(served) < 40:
+                t0 = time.monotonic()
+                anon = Browser().request(self.base + "/.gatehouse/login?rd=%2F")
+                cached = signed_in.request(self.base + "/")
+                served.append((anon.status, cached.status, time.monotonic() - t0))
+                time.sleep(0.05)
+            t.join(15)
+            self.assertFalse(t.is_alive(), "the sign-in never got an answer")
+            self.assertNotIn("error", result)
+            self.assertGreater(len(served), 3, served)
+            for anon_status, cached_status, took in served:
+                self.assertEqual((anon_status, cached_status), (302, 200), served)
+                self.assertLess(took, 1.0, served)
+            r = result["resp"]
+            self.assertEqual(r.status, 503, r)
+            self.assertIn(b"try again", r.body.lower())
+            self.assertIsNone(b.session_cookie(self.base))
+            # state.query_timeout (default 2 s), not a connect or TCP timeout
+            self.assertGreater(result["elapsed"], 1.5, result)
+            self.assertLess(result["elapsed"], 4.5, result)
+            self.assertIn("assertion ID not checked", self.nodes[0].stderr())
+        finally:
+            self.pg.resume()
             for n in self.nodes:
                 wait_for(lambda: readyz(n) == 200, 15)
 
