@@ -168,6 +168,13 @@ class FleetTest(unittest.TestCase):
             self.assertIn("g.yaml:5:14: error: \"staleness\" must be a duration", r.stderr)
             with open(cfg, "w") as f:
                 f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                        "state:\n  postgres: \"postgresql://h/db\"\n  query_timeout: 10ms\n"
+                        + route)
+            r = cli("check", "-c", cfg)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("g.yaml:5:18: error: \"query_timeout\"", r.stderr)
+            with open(cfg, "w") as f:
+                f.write("listen:\n  - address: 127.0.0.1:18080\n"
                         "state:\n  postgres: \"postgresql://h/db?nosuchparam=1\"\n"
                         "  password_file: missing-pw\n" + route)
             r = cli("check", "-c", cfg)
@@ -186,6 +193,7 @@ class FleetTest(unittest.TestCase):
             self.assertNotIn("s3cret-pw", r.stdout + r.stderr)
             self.assertIn("postgresql://gatehouse:****@db.test/gh", r.stdout)
             self.assertIn("staleness: 10000ms", r.stdout)
+            self.assertIn("query_timeout: 2000ms", r.stdout)
             self.assertIn("migrate: false", r.stdout)
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -679,6 +687,7 @@ class DeviceFleetTest(unittest.TestCase):
             cls.server_ca = server.ca_crt
             dca = CertFactory(os.path.join(cls.tmp, "devices"), "Device CA")
             cls.laptop = dca.leaf("laptop", subject="/CN=laptop", file_name="laptop")
+            cls.phone = dca.leaf("phone", subject="/CN=phone", file_name="phone")
             cls.ports = [free_port(), free_port()]
             cls.idp = IdP([client_for(f"https://127.0.0.1:{cls.ports[0]}")])
             for i, port in enumerate(cls.ports):
@@ -727,9 +736,9 @@ class DeviceFleetTest(unittest.TestCase):
             cls.pg.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def connect(self, node):
+    def connect(self, node, cert=None):
         c = ssl.create_default_context(cafile=self.server_ca)
-        c.load_cert_chain(*self.laptop)
+        c.load_cert_chain(*(cert or self.laptop))
         s = socket.create_connection(("127.0.0.1", self.ports[node]), timeout=5)
         return c.wrap_socket(s, server_hostname="a.test")
 
@@ -737,8 +746,8 @@ class DeviceFleetTest(unittest.TestCase):
         t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nAccept: application/json\r\n\r\n")
         return Reader(t).read_response().status
 
-    def get(self, node):
-        with self.connect(node) as t:
+    def get(self, node, cert=None):
+        with self.connect(node, cert) as t:
             return self.on(t)
 
     def devices(self, node, *args):
@@ -773,6 +782,29 @@ class DeviceFleetTest(unittest.TestCase):
         r = self.devices(0, "show", dev)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("lost", r.stdout)
+
+    def test_stalled_database_device_checks_answered_from_memory(self):
+        """Each node keeps the registry in memory: with PostgreSQL stalled
+        (SIGSTOP: connections accepted, nothing answered), requests from an
+        enrolled device keep being answered at once, on new connections too."""
+        r = self.devices(0, "enroll", "--cert", self.phone[0], "--owner", "bob@example.com",
+                         "--name", "phone")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: self.get(1, self.phone) == 200, 1.5))
+        self.pg.pause()
+        try:
+            t0 = time.monotonic()
+            took = []
+            while time.monotonic() - t0 < 2.5:
+                s = time.monotonic()
+                self.assertEqual(self.get(1, self.phone), 200, took)
+                took.append(time.monotonic() - s)
+                time.sleep(0.05)
+            self.assertLess(max(took), 1.0, took)
+        finally:
+            self.pg.resume()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
 
 
 if __name__ == "__main__":
