@@ -96,6 +96,7 @@ class RogueOP:
         # the browser to instead of answering; None answers as usual.
         self.bounce = None
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
+        self.reuse_codes = False  # a lax OP: a code may be redeemed again
         self.token_requests = []
         self.lock = threading.Lock()
         op = self
@@ -155,7 +156,8 @@ class RogueOP:
                 form["_authorization"] = self.headers.get("Authorization") or ""
                 with op.lock:
                     op.token_requests.append(form)
-                    entry = op.codes.pop(form.get("code", ""), None)
+                    code = form.get("code", "")
+                    entry = op.codes.get(code) if op.reuse_codes else op.codes.pop(code, None)
                 if not op._client_ok(self.headers.get("Authorization"), form):
                     return self._send(401, {"error": "invalid_client"})
                 if form.get("grant_type") == "refresh_token":

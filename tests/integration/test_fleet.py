@@ -25,6 +25,7 @@ import urllib.parse
 from harness import (Backend, CertFactory, Gatehouse, RawConn, Reader, basic_config, free_port,
                      gatehouse_bin, request)
 from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+from rogue_op import RogueOP
 from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
 import pgserver
 
@@ -665,6 +666,120 @@ class SamlFleetTest(unittest.TestCase):
             self.pg.resume()
             for n in self.nodes:
                 wait_for(lambda: readyz(n) == 200, 15)
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class OidcOnceFleetTest(unittest.TestCase):
+    """The fleet's one-time values beyond SAML: a login state answered on node
+    A is refused on node B (even by an OP that would redeem the code again),
+    and a back-channel logout token's jti used on A is refused on B."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = None
+        cls.op = None
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.tmp = tempfile.mkdtemp(prefix="gh-fleet-oidc-")
+        try:
+            cls.pg = pgserver.PgServer()
+            cls.op = RogueOP(client_secret=CLIENT_SECRET)
+            cls.op.reuse_codes = True
+            port_a, cls.port_b = free_port(), free_port()
+            cls.base = f"http://127.0.0.1:{port_a}"
+            cls.base_b = f"http://127.0.0.1:{cls.port_b}"
+            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
+                                        {"address": f"127.0.0.1:{cls.port_b}",
+                                         "public_url": cls.base}]):
+                cfg = basic_config(
+                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+                    listen=[listen],
+                    state={"postgres": cls.pg.uri(application_name=f"gh-oidc{i}"),
+                           "password_file": cls.pg.pwfile, "node": f"oidc-{'ab'[i]}",
+                           "sqlite": "var/gatehouse.db"},
+                    decision_log={"file": "var/decisions.jsonl"},
+                    identity_providers=[{"id": "op", "type": "oidc", "issuer": cls.op.issuer,
+                                         "client_id": "gatehouse",
+                                         "client_secret_file": "oidc-secret",
+                                         "allow_insecure_issuer": True}],
+                    session={"key_file": os.path.join(cls.tmp, "session.key")},
+                )
+                cls.nodes.append(Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        if cls.op:
+            cls.op.stop()
+        cls.backend.stop()
+        if cls.pg:
+            cls.pg.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def callback_url(self, b):
+        """Starts sign-in on A; the OP's redirect back (code and state)."""
+        r = b.request(self.base + "/.gatehouse/login?rd=%2F")
+        self.assertEqual(r.status, 302, r)
+        r = b.request(r.header("Location"))
+        self.assertEqual(r.status, 302, r)
+        return r.header("Location")
+
+    def test_login_state_answered_on_a_is_refused_on_b(self):
+        b = Browser()
+        cb = self.callback_url(b)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(b.session_cookie(self.base))
+        tokens = len(self.op.token_requests)
+        # The same callback, with the captured login cookie, replayed on B.
+        again = Browser()
+        again.jar(urllib.parse.urlsplit(self.base_b).netloc).update(login_cookie)
+        u = urllib.parse.urlsplit(cb)
+        r = again.request(self.base_b + u.path + "?" + u.query)
+        self.assertEqual(r.status, 400, r)
+        self.assertIsNone(again.session_cookie(self.base_b))
+        self.assertEqual(len(self.op.token_requests), tokens)  # the code never left B
+        self.assertIn("login state was already used (replayed callback)",
+                      self.nodes[1].stderr())
+        # A sign-in of its own started on A ends on B.
+        b2 = Browser()
+        cb = self.callback_url(b2)
+        b2.jar(urllib.parse.urlsplit(self.base_b).netloc).update(
+            b2.jar(urllib.parse.urlsplit(self.base).netloc))
+        u = urllib.parse.urlsplit(cb)
+        r = b2.request(self.base_b + u.path + "?" + u.query)
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(b2.session_cookie(self.base_b))
+
+    def test_logout_token_used_on_a_is_refused_on_b(self):
+        tok = self.op.logout_token(sub="nobody-signed-in")
+        url = "/.gatehouse/oidc/backchannel-logout"
+        r = Browser().request(self.base + url, "POST", {"logout_token": tok})
+        self.assertEqual(r.status, 200, r)
+        r = Browser().request(self.base_b + url, "POST", {"logout_token": tok})
+        self.assertEqual(r.status, 400, r)
+        self.assertIn("logout token was already used (jti replay)", self.nodes[1].stderr())
+        r = Browser().request(self.base_b + url, "POST",
+                              {"logout_token": self.op.logout_token(sub="nobody-signed-in")})
+        self.assertEqual(r.status, 200, r)
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
