@@ -597,7 +597,7 @@ struct cont {
 };
 
 /* What a step waiting for a one-time value does with the answer. */
-enum once_next { ONCE_NEXT_SAML_ACS, ONCE_NEXT_TOKEN, ONCE_NEXT_BCL };
+enum once_next { ONCE_NEXT_SAML_ACS, ONCE_NEXT_TOKEN, ONCE_NEXT_BCL, ONCE_NEXT_REFRESH };
 
 static void cont_cleanup(void *arg)
 {
@@ -1147,7 +1147,8 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
 }
 
 static enum authn_step refresh_start(struct authn *an, const struct authn_req *req,
-                                     struct arena *a, struct authn_out *out, const char *cookie)
+                                     struct arena *a, struct authn_out *out, const char *cookie,
+                                     int64_t token_exp_s)
 {
     struct idp *x = idp_by_id(an, out->id.idp);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
@@ -1178,7 +1179,49 @@ static enum authn_step refresh_start(struct authn *an, const struct authn_req *r
     }
     c->store = an->store;
     fill_fetch(a, out, &h);
+    struct spg *pg = session_store_pg(an->store);
+    char id_hash[65];
+    if (pg != NULL && session_cookie_id_hash(str_from(cookie), id_hash)) {
+        /* A fleet: one node refreshes (a rotated refresh token redeemed twice
+         * would end the session); the others get the new tokens through the
+         * change feed. */
+        struct err lerr = { 0 };
+        struct spg_once_job *j = spg_lease_submit(pg, id_hash, token_exp_s, &lerr);
+        if (j == NULL) {
+            c->store = NULL;
+            out->cont = NULL;
+            session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL,
+                                 NULL);
+            return AUTHN_OK; /* the database is out of reach: a later request refreshes */
+        }
+        c->token_fetch = out->fetch;
+        c->kind = CONT_ONCE;
+        c->once = j;
+        c->once_next = ONCE_NEXT_REFRESH;
+        out->wait.fd = spg_once_fd(j);
+        out->wait.timeout_ms = spg_query_timeout_ms(pg);
+        return AUTHN_NEED_WAIT;
+    }
     return AUTHN_NEED_FETCH;
+}
+
+/* After the fleet's refresh lease: this node refreshes, or leaves it (and
+ * keeps serving the session as it is). */
+static enum authn_step refresh_leased(struct authn *an, const struct authn_req *req,
+                                      struct authn_out *out, struct cont *c)
+{
+    const char *why = NULL;
+    if (spg_once_state(c->once, &why) == SPG_ONCE_FRESH) {
+        c->kind = CONT_REFRESH;
+        out->fetch = c->token_fetch;
+        return AUTHN_NEED_FETCH;
+    }
+    c->store = NULL;
+    out->cont = NULL;
+    session_refresh_done(an->store, str_from(c->cookie), false, false, NULL, 0, NULL, NULL, NULL);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "session refresh left to another node%s%s",
+             why[0] ? ": " : "", why);
+    return AUTHN_OK;
 }
 
 static enum authn_step refresh_finish(struct authn *an, const struct authn_req *req,
@@ -1304,7 +1347,7 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
                 identity_from_view(out, &sv, a);
                 if (sv.refresh_due) {
                     const char *ck = arena_strndup(a, v.p, v.len);
-                    return ck ? refresh_start(an, req, a, out, ck) : AUTHN_OK;
+                    return ck ? refresh_start(an, req, a, out, ck, sv.token_exp_s) : AUTHN_OK;
                 }
                 return AUTHN_OK;
             }
@@ -2860,6 +2903,8 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         }
         case ONCE_NEXT_BCL:
             return bcl_decided(an, req, a, out, c);
+        case ONCE_NEXT_REFRESH:
+            return refresh_leased(an, req, out, c);
         }
         break;
     case CONT_NONE:

@@ -893,6 +893,16 @@ struct spg *session_store_pg(struct session_store *s)
     return s != NULL ? s->pg : NULL;
 }
 
+bool session_cookie_id_hash(struct str cookie, char out[65])
+{
+    unsigned char h[32];
+    if (!cookie_hash(cookie, h)) {
+        return false;
+    }
+    str_hex(h, 32, out);
+    return true;
+}
+
 bool session_store_ready(struct session_store *s)
 {
     return s == NULL || s->pg == NULL || spg_ok(s->pg, now_wall_ms());

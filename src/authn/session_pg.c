@@ -29,6 +29,7 @@
 #define TOUCH_SYNC_PERIOD_MS 5000
 #define OK_WITHIN_MS 3000          /* readiness: synced this recently */
 #define REPLAY_BATCH 500
+#define REFRESH_LEASE_MS "30000"   /* a node that took the lease and died: others after this */
 
 struct spg {
     struct spg_conf conf;
@@ -60,6 +61,8 @@ struct spg {
 struct spg_once_job {
     atomic_int refs;               /* the queue's and the requester's */
     int fd;                        /* eventfd: readable once decided */
+    bool lease;                    /* a refresh lease (id_hash, exp_s = token expiry) */
+    char id_hash[65];
     unsigned char h[32];
     int64_t exp_s;
     int64_t deadline_ms;           /* monotonic: past it the job is not run */
@@ -377,6 +380,10 @@ static const char *const migrations[] = {
     "CREATE INDEX devices_owner ON devices (lower(owner));"
     "CREATE TABLE device_changes ("
     "  seq bigserial PRIMARY KEY, device text NOT NULL, kind text NOT NULL, ts bigint NOT NULL);",
+    /* 5: refresh single-flight across the fleet: the node that sets the lease
+     * (while it is past and the tokens are still the ones it holds) refreshes;
+     * writing the refreshed tokens clears it. */
+    "ALTER TABLE sessions ADD COLUMN refresh_lease_ms bigint NOT NULL DEFAULT 0;",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -940,7 +947,7 @@ static bool put_op(struct spg *p, const struct spg_op *o, const char *ts, struct
                             w->groups ? w->groups : "[]", w->id_hash };
         r = q(p->wconn,
               "UPDATE sessions SET refresh_token = $1, token_exp_s = $2::bigint, email = $3, "
-              "name = $4, groups = $5 WHERE id_hash = $6",
+              "name = $4, groups = $5, refresh_lease_ms = 0 WHERE id_hash = $6",
               6, v);
     } else {
         const char *v[] = { w->id_hash };
@@ -1093,8 +1100,8 @@ static void once_finish(struct spg_once_job *j, int state, const char *why)
     spg_once_release(j);
 }
 
-struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
-                                     struct err *err)
+static struct spg_once_job *job_submit(struct spg *p, struct spg_once_job *tmpl,
+                                       struct err *err)
 {
     if (!spg_ok(p, wall_ms())) {
         /* Known out of reach (the listener thread says so): refused now. */
@@ -1110,8 +1117,10 @@ struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], i
     }
     atomic_init(&j->refs, 2);
     atomic_init(&j->state, SPG_ONCE_PENDING);
-    memcpy(j->h, h, 32);
-    j->exp_s = exp_s;
+    j->lease = tmpl->lease;
+    memcpy(j->id_hash, tmpl->id_hash, sizeof j->id_hash);
+    memcpy(j->h, tmpl->h, 32);
+    j->exp_s = tmpl->exp_s;
     j->deadline_ms = mono_ms() + (int64_t)p->conf.query_timeout_ms;
     pthread_mutex_lock(&p->omu);
     *p->otail = j;
@@ -1119,6 +1128,22 @@ struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], i
     pthread_cond_signal(&p->ocv);
     pthread_mutex_unlock(&p->omu);
     return j;
+}
+
+struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
+                                     struct err *err)
+{
+    struct spg_once_job t = { .exp_s = exp_s };
+    memcpy(t.h, h, 32);
+    return job_submit(p, &t, err);
+}
+
+struct spg_once_job *spg_lease_submit(struct spg *p, const char id_hash[65], int64_t token_exp_s,
+                                      struct err *err)
+{
+    struct spg_once_job t = { .lease = true, .exp_s = token_exp_s };
+    snprintf(t.id_hash, sizeof t.id_hash, "%s", id_hash);
+    return job_submit(p, &t, err);
 }
 
 int spg_once_fd(const struct spg_once_job *j)
@@ -1163,13 +1188,10 @@ static int await_db(PGconn *db, int64_t deadline, struct err *err)
 /* The first use of the key on any node: INSERT ... ON CONFLICT DO NOTHING
  * decides. 0 with *fresh, -1 refused by the server, -2 connection broken, -3
  * no answer by the deadline. */
-static int once_query(PGconn *db, const char *const *v, int64_t deadline, bool *fresh,
-                      struct err *err)
+static int once_query(PGconn *db, const char *sql, int n, const char *const *v, int64_t deadline,
+                      bool *fresh, struct err *err)
 {
-    if (!PQsendQueryParams(db,
-                           "INSERT INTO once_values (key_hash, exp_s) "
-                           "VALUES ($1::bytea, $2::bigint) ON CONFLICT (key_hash) DO NOTHING",
-                           2, NULL, v, NULL, NULL, 0)) {
+    if (!PQsendQueryParams(db, sql, n, NULL, v, NULL, NULL, 0)) {
         err_set(err, ERR_IO, "PostgreSQL: connection lost");
         return -2;
     }
@@ -1185,8 +1207,8 @@ static int once_query(PGconn *db, const char *const *v, int64_t deadline, bool *
             break;
         }
         if (first && cmd_ok(db, r, err, "recording a one-time value")) {
-            const char *n = PQcmdTuples(r);
-            *fresh = n != NULL && strcmp(n, "1") == 0;
+            const char *rows = PQcmdTuples(r);
+            *fresh = rows != NULL && strcmp(rows, "1") == 0;
             rc = 0;
         }
         first = false;
@@ -1199,9 +1221,22 @@ static void once_run(struct spg *p, struct spg_once_job *j)
 {
     char hex[2 * 32 + 3] = "\\x";
     str_hex(j->h, 32, hex + 2);
-    char exps[24];
+    char exps[24], now[24];
     snprintf(exps, sizeof exps, "%lld", (long long)j->exp_s);
+    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
     const char *v[] = { hex, exps };
+    const char *lv[] = { j->id_hash, now, exps };
+    /* A one-time value: the first INSERT of its hash wins. A refresh lease:
+     * taken while none is live and the tokens are still those the node holds
+     * (another node's refresh moved token_exp_s on). */
+    const char *sql = j->lease
+                          ? "UPDATE sessions SET refresh_lease_ms = $2::bigint + " REFRESH_LEASE_MS
+                            " WHERE id_hash = $1 AND refresh_lease_ms <= $2::bigint "
+                            "AND token_exp_s <= $3::bigint"
+                          : "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, "
+                            "$2::bigint) ON CONFLICT (key_hash) DO NOTHING";
+    int nv = j->lease ? 3 : 2;
+    const char *const *vals = j->lease ? lv : v;
     struct err e = { 0 };
     for (int attempt = 0; attempt < 2; attempt++) {
         if (mono_ms() >= j->deadline_ms) {
@@ -1218,7 +1253,7 @@ static void once_run(struct spg *p, struct spg_once_job *j)
             PQsetNoticeProcessor(p->oconn, notice_none, NULL);
         }
         bool fresh = false;
-        int rc = once_query(p->oconn, v, j->deadline_ms, &fresh, &e);
+        int rc = once_query(p->oconn, sql, nv, vals, j->deadline_ms, &fresh, &e);
         if (rc == 0) {
             once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
             return;

@@ -108,6 +108,13 @@ enum { SPG_ONCE_FAILED = -1, SPG_ONCE_PENDING = 0, SPG_ONCE_FRESH = 1, SPG_ONCE_
 struct spg_once_job;
 struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
                                      struct err *err);
+/* Refresh single-flight: the same job, answered FRESH when this node took the
+ * session's refresh lease (none live, and the row's token_exp_s is not past
+ * token_exp_s, the expiry of the tokens this node holds), USED when another
+ * node refreshes or has refreshed (its new tokens reach this node through the
+ * change feed), FAILED when the database did not answer. */
+struct spg_once_job *spg_lease_submit(struct spg *p, const char id_hash[65], int64_t token_exp_s,
+                                      struct err *err);
 int spg_once_fd(const struct spg_once_job *j);
 /* SPG_ONCE_*; why (borrowed from j) says what failed. */
 int spg_once_state(const struct spg_once_job *j, const char **why);

@@ -97,6 +97,7 @@ class RogueOP:
         self.bounce = None
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
         self.reuse_codes = False  # a lax OP: a code may be redeemed again
+        self.refresh_delay = 0.0  # seconds a refresh grant takes to answer
         self.token_requests = []
         self.lock = threading.Lock()
         op = self
@@ -176,6 +177,7 @@ class RogueOP:
                 self._send(200, out)
 
             def _refresh(self, form):
+                time.sleep(op.refresh_delay)
                 with op.lock:
                     known = form.get("refresh_token") in op.refresh_tokens
                     op.refresh_tokens.discard(form.get("refresh_token"))  # rotation

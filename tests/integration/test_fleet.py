@@ -702,7 +702,8 @@ class OidcOnceFleetTest(unittest.TestCase):
                                          "client_id": "gatehouse",
                                          "client_secret_file": "oidc-secret",
                                          "allow_insecure_issuer": True}],
-                    session={"key_file": os.path.join(cls.tmp, "session.key")},
+                    session={"key_file": os.path.join(cls.tmp, "session.key"),
+                             "refresh": True},
                 )
                 cls.nodes.append(Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}))
         except Exception:
@@ -768,6 +769,56 @@ class OidcOnceFleetTest(unittest.TestCase):
         r = b2.request(self.base_b + u.path + "?" + u.query)
         self.assertEqual(r.status, 302, r)
         self.assertTrue(b2.session_cookie(self.base_b))
+
+    def test_refresh_runs_once_across_the_fleet(self):
+        """Tokens due for refresh on both nodes at once: one node redeems the
+        (rotating) refresh token, the other keeps serving and gets the new
+        tokens through the change feed; the session never ends."""
+        self.op.refresh = True
+        self.op.access_ttl = 62  # due 2 s after sign-in (refresh_before: 60 s)
+        self.op.refresh_delay = 0.5  # both nodes see the tokens due meanwhile
+        try:
+            b = Browser()
+            r = b.request(self.callback_url(b))
+            self.assertEqual(r.status, 302, r)
+            jar_a = b.jar(urllib.parse.urlsplit(self.base).netloc)
+            b.jar(urllib.parse.urlsplit(self.base_b).netloc).update(jar_a)
+            self.assertTrue(wait_for(lambda: b.request(self.base_b + "/").status == 200, 2))
+            # B knows the provider's endpoints too (a sign-in started there).
+            r = Browser().request(self.base_b + "/.gatehouse/login?rd=%2F",
+                                  headers={"Host": urllib.parse.urlsplit(self.base).netloc})
+            self.assertEqual(r.status, 302, r)
+            self.assertIn(self.op.issuer + "/authorize?", r.header("Location"))
+            time.sleep(2.2)
+            before = self.op.refreshes()
+            barrier = threading.Barrier(6)
+            statuses = []
+
+            def hit(base):
+                c = Browser()
+                c.jar(urllib.parse.urlsplit(base).netloc).update(jar_a)
+                barrier.wait()
+                statuses.append(c.request(base + "/").status)
+
+            threads = [threading.Thread(target=hit, args=(base,))
+                       for base in [self.base, self.base_b] * 3]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(15)
+            self.assertEqual(statuses, [200] * 6)
+            self.assertTrue(wait_for(lambda: self.op.refreshes() > before, 3))
+            time.sleep(1.0)
+            self.assertEqual(self.op.refreshes() - before, 1)
+            for base in (self.base, self.base_b):
+                self.assertEqual(b.request(base + "/").status, 200)
+            logs = self.nodes[0].stderr() + self.nodes[1].stderr()
+            self.assertNotIn("session ended", logs)
+            self.assertIn("session refreshed at op (refresh token rotated)", logs)
+        finally:
+            self.op.refresh = False
+            self.op.access_ttl = 300
+            self.op.refresh_delay = 0.0
 
     def test_logout_token_used_on_a_is_refused_on_b(self):
         tok = self.op.logout_token(sub="nobody-signed-in")
