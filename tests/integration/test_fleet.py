@@ -151,7 +151,7 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 4)", r.stdout)
+        self.assertIn("up to date (version 5)", r.stdout)
         self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "4")
 
     def test_check_refuses_bad_postgres_settings(self):
@@ -302,9 +302,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 4", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 5", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 4)", r.stdout)
+            self.assertIn("up to date (version 5)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files=self.files())
