@@ -12,8 +12,10 @@
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
+#include "core/pg.h"
 #include "device_store.h"
 #include "session_pg.h"
+#include "state_sqlite.h"
 
 /* Announces enrolments and revocations to every node's listener. */
 #define DEVICE_CHANNEL "gatehouse_sessions"
@@ -116,18 +118,9 @@ static PGconn *pgc(struct device_store *s, struct err *err)
 
 static int pg_error(PGconn *db, PGresult *r, struct err *err, const char *what)
 {
-    const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(db);
-    size_t len = strlen(m);
-    while (len > 0 && m[len - 1] == '\n') {
-        len--;
-    }
-    return err_set(err, ERR_IO, "device registry: %s: %.*s", what, (int)len, m);
-}
-
-static bool pg_ok(PGresult *r)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    char w[64];
+    snprintf(w, sizeof w, "device registry: %s", what);
+    return pg_fail(db, r, err, w);
 }
 
 static const char schema[] =
@@ -163,21 +156,8 @@ struct device_store *device_store_open(const char *path, struct err *err)
         }
         return s;
     }
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-    if (rc != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, 2000);
-    char *msg = NULL;
-    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot create the device tables in %s: %s", path, msg ? msg : "?");
-        sqlite3_free(msg);
-        sqlite3_close(db);
+    sqlite3 *db = state_sqlite_open(path, schema, 2000, "device", err);
+    if (db == NULL) {
         return NULL;
     }
     struct device_store *s = xcalloc(1, sizeof *s);
@@ -220,12 +200,8 @@ static void row(sqlite3_stmt *st, struct device_record *r)
 
 static void pcol(PGresult *r, int i, int c, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", PQgetisnull(r, i, c) ? "" : PQgetvalue(r, i, c));
-}
-
-static int64_t pcol64(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? 0 : strtoll(PQgetvalue(r, i, c), NULL, 10);
+    const char *v = pg_col(r, i, c);
+    snprintf(out, cap, "%s", v ? v : "");
 }
 
 static void prow(PGresult *r, int i, struct device_record *d)
@@ -238,11 +214,11 @@ static void prow(PGresult *r, int i, struct device_record *d)
     pcol(r, i, 4, d->issuer, sizeof d->issuer);
     pcol(r, i, 5, d->owner, sizeof d->owner);
     pcol(r, i, 6, d->name, sizeof d->name);
-    d->enrolled_at = pcol64(r, i, 7);
+    d->enrolled_at = pg_col64(r, i, 7);
     pcol(r, i, 8, d->enrolled_by, sizeof d->enrolled_by);
-    d->not_after = pcol64(r, i, 9);
-    d->last_seen = pcol64(r, i, 10);
-    d->revoked_at = pcol64(r, i, 11);
+    d->not_after = pg_col64(r, i, 9);
+    d->last_seen = pg_col64(r, i, 10);
+    d->revoked_at = pg_col64(r, i, 11);
     pcol(r, i, 12, d->reason, sizeof d->reason);
 }
 
@@ -255,7 +231,7 @@ static int pq(struct device_store *s, const char *sql, int n, const char *const 
         return ERR_IO;
     }
     PGresult *r = PQexecParams(db, sql, n, NULL, v, NULL, NULL, 0);
-    if (!pg_ok(r)) {
+    if (!pg_res_ok(r)) {
         int rc = pg_error(db, r, err, what);
         PQclear(r);
         return rc;
@@ -316,15 +292,15 @@ static void mirror_clear(void)
 int device_mirror_load(struct pg_conn *db, uint64_t staleness_ms, struct err *err)
 {
     PGresult *r = PQexec(db, "SELECT coalesce(max(seq), 0) FROM device_changes");
-    if (!pg_ok(r)) {
+    if (!pg_res_ok(r)) {
         int rc = pg_error(db, r, err, "loading the registry");
         PQclear(r);
         return rc;
     }
-    int64_t seq = pcol64(r, 0, 0);
+    int64_t seq = pg_col64(r, 0, 0);
     PQclear(r);
     r = PQexec(db, "SELECT " COLS " FROM devices");
-    if (!pg_ok(r)) {
+    if (!pg_res_ok(r)) {
         int rc = pg_error(db, r, err, "loading the registry");
         PQclear(r);
         return rc;
@@ -362,7 +338,7 @@ int device_mirror_sync(struct pg_conn *db)
                                    "UPDATE devices SET last_seen = greatest(last_seen, $1::bigint) "
                                    "WHERE id = $2",
                                    2, NULL, v, NULL, NULL, 0);
-        bool ok = pg_ok(r);
+        bool ok = pg_res_ok(r);
         PQclear(r);
         if (!ok) {
             pthread_mutex_unlock(&M.seen_mu);
@@ -380,7 +356,7 @@ int device_mirror_sync(struct pg_conn *db)
                                "(SELECT device, max(seq) AS seq FROM device_changes "
                                "WHERE seq > $1::bigint GROUP BY device) c ON c.device = d.id",
                                1, NULL, v, NULL, NULL, 0);
-    if (!pg_ok(r)) {
+    if (!pg_res_ok(r)) {
         PQclear(r);
         return -1;
     }
@@ -391,7 +367,7 @@ int device_mirror_sync(struct pg_conn *db)
             struct device_record d;
             prow(r, i, &d);
             mirror_put(&d);
-            int64_t s = pcol64(r, i, 13);
+            int64_t s = pg_col64(r, i, 13);
             top = s > top ? s : top;
         }
         atomic_store(&M.seq, top);
@@ -762,7 +738,7 @@ int64_t device_store_change_seq(struct device_store *s)
                "change sequence") != 0) {
             return 0;
         }
-        int64_t v = pcol64(r, 0, 0);
+        int64_t v = pg_col64(r, 0, 0);
         PQclear(r);
         return v;
     }

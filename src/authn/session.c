@@ -31,6 +31,7 @@
 #include "core/ident.h"
 #include "keys.h"
 #include "oidc.h"
+#include "state_sqlite.h"
 
 #define NBUCKETS 16384
 #define NSTRIPES 64
@@ -372,25 +373,7 @@ static void once_flush(struct session_store *s)
 
 static sqlite3 *db_open(const char *path, struct err *err)
 {
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-    if (rc != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, 5000);
-    char *msg = NULL;
-    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot create the session tables in %s: %s", path,
-                msg ? msg : "?");
-        sqlite3_free(msg);
-        sqlite3_close(db);
-        return NULL;
-    }
-    return db;
+    return state_sqlite_open(path, schema, 5000, "session", err);
 }
 
 static void aad_for(const unsigned char h[32], const char *what, char *out, size_t n)

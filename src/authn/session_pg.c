@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 
 #include "codec.h"
+#include "core/pg.h"
 #include "device_store.h"
 
 #define CHANNEL "gatehouse_sessions"
@@ -123,24 +124,6 @@ void spg_conf_fini(struct spg_conf *c)
     memset(c, 0, sizeof *c);
 }
 
-static char *read_password(const char *path, struct err *err)
-{
-    size_t len = 0;
-    char *s = conf_read_file(path, 4096, &len, err);
-    if (s == NULL) {
-        return NULL;
-    }
-    while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r')) {
-        s[--len] = '\0';
-    }
-    if (len == 0 || memchr(s, '\n', len) != NULL) {
-        free(s);
-        err_set(err, ERR_CONFIG, "%s must hold the password on one line", path);
-        return NULL;
-    }
-    return s;
-}
-
 void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const struct spg_conf *c)
 {
     char *msg = NULL;
@@ -157,13 +140,11 @@ void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const st
     PQconninfoFree(opts);
     if (c->password_file != NULL) {
         struct err e = { 0 };
-        char *pw = read_password(c->password_file, &e);
+        char *pw = pg_read_password(c->password_file, &e);
         if (pw == NULL) {
             conf_error(d, conf_get(state, "password_file"), "password_file: %s", e.msg);
-        } else {
-            OPENSSL_cleanse(pw, strlen(pw));
-            free(pw);
         }
+        pg_password_free(pw);
     }
 }
 
@@ -228,58 +209,14 @@ char *spg_conninfo_redacted(const char *ci)
 
 /* ---- connections ------------------------------------------------------ */
 
-/* The defaults come first so the configured string overrides them: give up
- * on a dead server in seconds, not the kernel's minutes. */
 static PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err)
 {
-    const char *keys[12], *vals[12];
-    size_t n = 0;
-    keys[n] = "connect_timeout", vals[n++] = "3";
-    keys[n] = "keepalives_idle", vals[n++] = "5";
-    keys[n] = "keepalives_interval", vals[n++] = "2";
-    keys[n] = "keepalives_count", vals[n++] = "2";
-    keys[n] = "tcp_user_timeout", vals[n++] = "5000";
-    keys[n] = "application_name", vals[n++] = "gatehouse";
-    if (password != NULL) {
-        keys[n] = "password", vals[n++] = password;
-    }
-    keys[n] = "dbname", vals[n++] = c->conninfo;
-    keys[n] = NULL, vals[n] = NULL;
-    PGconn *db = PQconnectdbParams(keys, vals, 1);
-    if (db == NULL || PQstatus(db) != CONNECTION_OK) {
-        const char *m = db ? PQerrorMessage(db) : "out of memory";
-        size_t len = strlen(m);
-        while (len > 0 && m[len - 1] == '\n') {
-            len--;
-        }
-        err_set(err, ERR_IO, "cannot connect to PostgreSQL: %.*s", (int)len, m);
-        PQfinish(db);
-        return NULL;
-    }
-    return db;
-}
-
-static void notice_none(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
+    return pg_connect(c->conninfo, password, "gatehouse", err);
 }
 
 static PGconn *connect_conf(const struct spg_conf *c, struct err *err)
 {
-    char *pw = NULL;
-    if (c->password_file != NULL && (pw = read_password(c->password_file, err)) == NULL) {
-        return NULL;
-    }
-    PGconn *db = connect_db(c, pw, err);
-    if (db != NULL) {
-        PQsetNoticeProcessor(db, notice_none, NULL);
-    }
-    if (pw != NULL) {
-        OPENSSL_cleanse(pw, strlen(pw));
-        free(pw);
-    }
-    return db;
+    return pg_connect_file(c->conninfo, c->password_file, "gatehouse", err);
 }
 
 PGconn *spg_connect(const struct spg_conf *c, struct err *err)
@@ -298,25 +235,10 @@ PGconn *spg_connect(const struct spg_conf *c, struct err *err)
     return db;
 }
 
-static bool cmd_ok(PGconn *db, PGresult *r, struct err *err, const char *what)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        return true;
-    }
-    const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(db);
-    size_t len = strlen(m);
-    while (len > 0 && m[len - 1] == '\n') {
-        len--;
-    }
-    err_set(err, ERR_IO, "%s: %.*s", what, (int)len, m);
-    return false;
-}
-
 static bool exec_ok(PGconn *db, const char *sql, struct err *err)
 {
     PGresult *r = PQexec(db, sql);
-    bool ok = cmd_ok(db, r, err, "PostgreSQL");
+    bool ok = pg_check(db, r, err, "PostgreSQL");
     PQclear(r);
     return ok;
 }
@@ -398,7 +320,7 @@ static int schema_version(PGconn *db, int *version, struct err *err)
             return 0;
         }
     }
-    if (!cmd_ok(db, r, err, "reading the schema version")) {
+    if (!pg_check(db, r, err, "reading the schema version")) {
         PQclear(r);
         return ERR_IO;
     }
@@ -437,7 +359,7 @@ static int migrate(PGconn *db, int *from, int *to, struct err *err)
             goto fail;
         }
         PGresult *r = q(db, "INSERT INTO gatehouse_schema (version) VALUES ($1::integer)", 1, p);
-        bool ok = cmd_ok(db, r, err, "recording the schema version");
+        bool ok = pg_check(db, r, err, "recording the schema version");
         PQclear(r);
         if (!ok) {
             goto fail;
@@ -478,37 +400,28 @@ int spg_cmd_migrate(const struct spg_conf *c, FILE *out, struct err *err)
     "id_hash, user_key, email, name, groups, claims, idp, sid, created_ms, last_seen_ms, "      \
     "expires_ms, token_exp_s, refresh_token, id_token"
 
-static const char *col(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? NULL : PQgetvalue(r, i, c);
-}
-
-static int64_t col64(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? 0 : strtoll(PQgetvalue(r, i, c), NULL, 10);
-}
-
 static bool row_from(PGresult *r, int i, struct spg_row *out)
 {
-    const char *h = col(r, i, 0);
+    const char *h = pg_col(r, i, 0);
     if (h == NULL || strlen(h) != 64) {
         return false;
     }
     memset(out, 0, sizeof *out);
     memcpy(out->id_hash, h, 65);
-    out->user_key = col(r, i, 1);
-    out->email = col(r, i, 2);
-    out->name = col(r, i, 3);
-    out->groups = col(r, i, 4);
-    out->claims = col(r, i, 5);
-    out->idp = col(r, i, 6);
-    out->sid = col(r, i, 7);
-    out->created_ms = col64(r, i, 8);
-    out->last_seen_ms = col64(r, i, 9);
-    out->expires_ms = col64(r, i, 10);
-    out->token_exp_s = col64(r, i, 11);
-    out->refresh_token = col(r, i, 12);
-    out->id_token = col(r, i, 13);
+    /* The columns of ROW_COLS after id_hash, in order. */
+    const char **text[] = { &out->user_key, &out->email, &out->name, &out->groups,
+                            &out->claims,   &out->idp,   &out->sid };
+    int64_t *num[] = { &out->created_ms, &out->last_seen_ms, &out->expires_ms,
+                       &out->token_exp_s };
+    int c = 1;
+    for (size_t k = 0; k < sizeof text / sizeof text[0]; k++) {
+        *text[k] = pg_col(r, i, c++);
+    }
+    for (size_t k = 0; k < sizeof num / sizeof num[0]; k++) {
+        *num[k] = pg_col64(r, i, c++);
+    }
+    out->refresh_token = pg_col(r, i, c++);
+    out->id_token = pg_col(r, i, c);
     return true;
 }
 
@@ -518,19 +431,19 @@ static int preload(struct spg *p, PGconn *db, struct err *err)
     snprintf(now, sizeof now, "%lld", (long long)wall_ms());
     const char *v[] = { now };
     PGresult *r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
-    if (!cmd_ok(db, r, err, "loading sessions")) {
+    if (!pg_check(db, r, err, "loading sessions")) {
         PQclear(r);
         return ERR_IO;
     }
     /* User revocations first: a row loaded after them is checked against them. */
     PGresult *u = PQexec(db, "SELECT value, ts_ms FROM user_revocations");
-    if (!cmd_ok(db, u, err, "loading user revocations")) {
+    if (!pg_check(db, u, err, "loading user revocations")) {
         PQclear(r);
         PQclear(u);
         return ERR_IO;
     }
     for (int i = 0; i < PQntuples(u); i++) {
-        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), col64(u, i, 1));
+        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), pg_col64(u, i, 1));
     }
     PQclear(u);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -587,9 +500,9 @@ static int replay(struct spg *p, PGconn *db)
                     return -1;
                 }
             } else {
-                p->hooks.revoke(p->hooks.arg, kind, value, col64(r, i, 3));
+                p->hooks.revoke(p->hooks.arg, kind, value, pg_col64(r, i, 3));
             }
-            p->seq = col64(r, i, 0);
+            p->seq = pg_col64(r, i, 0);
         }
         PQclear(r);
         if (n < REPLAY_BATCH) {
@@ -612,7 +525,7 @@ static int touch_sync(struct spg *p, PGconn *db, int64_t now)
         return -1;
     }
     for (int i = 0; i < PQntuples(r); i++) {
-        p->hooks.touch(p->hooks.arg, PQgetvalue(r, i, 0), col64(r, i, 1));
+        p->hooks.touch(p->hooks.arg, PQgetvalue(r, i, 0), pg_col64(r, i, 1));
     }
     PQclear(r);
     p->last_touch_sync_ms = now;
@@ -630,8 +543,8 @@ static int check_gap(struct spg *p, PGconn *db)
         PQclear(r);
         return -1;
     }
-    int64_t min = PQgetisnull(r, 0, 0) ? 0 : col64(r, 0, 0);
-    int64_t last = col64(r, 0, 1);
+    int64_t min = PQgetisnull(r, 0, 0) ? 0 : pg_col64(r, 0, 0);
+    int64_t last = pg_col64(r, 0, 1);
     PQclear(r);
     bool gap = min > 0 ? min > p->seq + 1 : last > p->seq;
     if (!gap) {
@@ -652,7 +565,7 @@ static int check_gap(struct spg *p, PGconn *db)
         return -1;
     }
     for (int i = 0; i < PQntuples(u); i++) {
-        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), col64(u, i, 1));
+        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), pg_col64(u, i, 1));
     }
     p->hooks.resync(p->hooks.arg, false);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -675,7 +588,6 @@ static PGconn *listen_connect(struct spg *p)
     if (db == NULL) {
         return NULL;
     }
-    PQsetNoticeProcessor(db, notice_none, NULL);
     /* LISTEN before the replay: a change committed in between is both
      * replayed and announced, never neither. */
     if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
@@ -782,14 +694,14 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
         goto fail;
     }
     str_hex(rnd, sizeof rnd, p->node);
-    if (c->password_file != NULL && (p->password = read_password(c->password_file, err)) == NULL) {
+    if (c->password_file != NULL &&
+        (p->password = pg_read_password(c->password_file, err)) == NULL) {
         goto fail;
     }
     p->wconn = connect_db(&p->conf, p->password, err);
     if (p->wconn == NULL) {
         goto fail;
     }
-    PQsetNoticeProcessor(p->wconn, notice_none, NULL);
     int from = 0, to = 0;
     if (c->migrate) {
         if (migrate(p->wconn, &from, &to, err) != 0) {
@@ -809,11 +721,11 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     }
     /* The sequence first, then the rows: a change in between is replayed. */
     PGresult *r = PQexec(p->wconn, "SELECT coalesce(max(seq), 0) FROM session_changes");
-    if (!cmd_ok(p->wconn, r, err, "reading the change sequence")) {
+    if (!pg_check(p->wconn, r, err, "reading the change sequence")) {
         PQclear(r);
         goto fail;
     }
-    p->seq = col64(r, 0, 0);
+    p->seq = pg_col64(r, 0, 0);
     PQclear(r);
     if (preload(p, p->wconn, err) != 0 ||
         device_mirror_load(p->wconn, c->staleness_ms, err) != 0) {
@@ -871,10 +783,7 @@ void spg_close(struct spg *p)
     PQfinish(p->oconn);
     pthread_mutex_destroy(&p->omu);
     pthread_cond_destroy(&p->ocv);
-    if (p->password != NULL) {
-        OPENSSL_cleanse(p->password, strlen(p->password));
-        free(p->password);
-    }
+    pg_password_free(p->password);
     spg_conf_fini(&p->conf);
     free(p);
 }
@@ -904,7 +813,6 @@ static bool writer_conn(struct spg *p)
     if (p->wconn == NULL) {
         return false;
     }
-    PQsetNoticeProcessor(p->wconn, notice_none, NULL);
     log_info("authn", "PostgreSQL writer connection restored");
     return true;
 }
@@ -917,7 +825,7 @@ static bool change(PGconn *db, const char *kind, const char *value, const char *
                     "INSERT INTO session_changes (kind, value, ts_ms, node) "
                     "VALUES ($1, $2, $3::bigint, $4)",
                     4, v);
-    bool ok = cmd_ok(db, r, err, "appending a session change");
+    bool ok = pg_check(db, r, err, "appending a session change");
     PQclear(r);
     return ok;
 }
@@ -953,7 +861,7 @@ static bool put_op(struct spg *p, const struct spg_op *o, const char *ts, struct
         const char *v[] = { w->id_hash };
         r = q(p->wconn, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
     }
-    bool ok = cmd_ok(p->wconn, r, err, "writing a session");
+    bool ok = pg_check(p->wconn, r, err, "writing a session");
     PQclear(r);
     if (!ok) {
         return false;
@@ -999,7 +907,7 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
             return 0;
         }
         PGresult *r = PQexec(p->wconn, "SELECT 1");
-        bool ok = cmd_ok(p->wconn, r, &e, "PostgreSQL");
+        bool ok = pg_check(p->wconn, r, &e, "PostgreSQL");
         PQclear(r);
         if (!ok) {
             PQfinish(p->wconn);
@@ -1025,7 +933,7 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
                         "UPDATE sessions SET last_seen_ms = greatest(last_seen_ms, $1::bigint) "
                         "WHERE id_hash = $2",
                         2, v);
-        ok = cmd_ok(p->wconn, r, &e, "recording activity");
+        ok = pg_check(p->wconn, r, &e, "recording activity");
         PQclear(r);
     }
     if (ok && nops > 0) {
@@ -1206,7 +1114,7 @@ static int once_query(PGconn *db, const char *sql, int n, const char *const *v, 
         if (r == NULL) {
             break;
         }
-        if (first && cmd_ok(db, r, err, "recording a one-time value")) {
+        if (first && pg_check(db, r, err, "recording a one-time value")) {
             const char *rows = PQcmdTuples(r);
             *fresh = rows != NULL && strcmp(rows, "1") == 0;
             rc = 0;
@@ -1250,7 +1158,6 @@ static void once_run(struct spg *p, struct spg_once_job *j)
                 once_finish(j, SPG_ONCE_FAILED, e.msg);
                 return;
             }
-            PQsetNoticeProcessor(p->oconn, notice_none, NULL);
         }
         bool fresh = false;
         int rc = once_query(p->oconn, sql, nv, vals, j->deadline_ms, &fresh, &e);
@@ -1336,12 +1243,12 @@ int spg_admin_list(const struct spg_conf *c, int64_t now_ms, spg_list_fn *each, 
                     "groups FROM sessions WHERE expires_ms > $1::bigint ORDER BY created_ms",
                     1, v);
     int rc = 0;
-    if (!cmd_ok(db, r, err, "listing sessions")) {
+    if (!pg_check(db, r, err, "listing sessions")) {
         rc = ERR_IO;
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-        each(arg, col(r, i, 0), col(r, i, 1), col(r, i, 2), col(r, i, 3), col64(r, i, 4),
-             col64(r, i, 5), col64(r, i, 6), col(r, i, 7));
+        each(arg, pg_col(r, i, 0), pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3),
+             pg_col64(r, i, 4), pg_col64(r, i, 5), pg_col64(r, i, 6), pg_col(r, i, 7));
     }
     PQclear(r);
     PQfinish(db);
@@ -1374,12 +1281,12 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
     } else {
         r = PQexec(db, "SELECT id_hash, user_key, email, idp FROM sessions");
     }
-    if (!cmd_ok(db, r, err, "finding sessions")) {
+    if (!pg_check(db, r, err, "finding sessions")) {
         goto out;
     }
     size_t n = 0;
     for (int i = 0; i < PQntuples(r); i++) {
-        if (user == NULL || match(user, col(r, i, 1), col(r, i, 2), col(r, i, 3))) {
+        if (user == NULL || match(user, pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3))) {
             n++;
         }
     }
@@ -1388,12 +1295,12 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
         goto out;
     }
     for (int i = 0; i < PQntuples(r); i++) {
-        if (user != NULL && !match(user, col(r, i, 1), col(r, i, 2), col(r, i, 3))) {
+        if (user != NULL && !match(user, pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3))) {
             continue;
         }
         const char *v[] = { PQgetvalue(r, i, 0) };
         PGresult *d = q(db, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
-        bool ok = cmd_ok(db, d, err, "deleting a session");
+        bool ok = pg_check(db, d, err, "deleting a session");
         PQclear(d);
         if (!ok || !change(db, "id", v[0], ts, node, err)) {
             goto out;
@@ -1407,7 +1314,7 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
                         "ON CONFLICT (value) DO UPDATE SET ts_ms = "
                         "greatest(user_revocations.ts_ms, EXCLUDED.ts_ms)",
                         2, v);
-        bool ok = cmd_ok(db, u, err, "recording the revocation");
+        bool ok = pg_check(db, u, err, "recording the revocation");
         PQclear(u);
         if (!ok || !change(db, "user", user, ts, node, err)) {
             goto out;

@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
-#include <openssl/crypto.h>
 
+#include "core/pg.h"
 #include "decision_log_int.h"
 
 #define SHIP_PERIOD_MS 1000
@@ -36,61 +36,9 @@ struct dl_ship {
     bool down_logged;
 };
 
-static void notice_none(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
 static PGconn *dl_pg_connect(const struct decision_log_conf *c, struct err *err)
 {
-    char *pw = NULL;
-    if (c->pg_password_file != NULL) {
-        size_t len = 0;
-        pw = conf_read_file(c->pg_password_file, 4096, &len, err);
-        if (pw == NULL) {
-            return NULL;
-        }
-        while (len > 0 && (pw[len - 1] == '\n' || pw[len - 1] == '\r')) {
-            pw[--len] = '\0';
-        }
-    }
-    const char *keys[10], *vals[10];
-    size_t n = 0;
-    keys[n] = "connect_timeout", vals[n++] = "3";
-    keys[n] = "keepalives_idle", vals[n++] = "5";
-    keys[n] = "keepalives_interval", vals[n++] = "2";
-    keys[n] = "keepalives_count", vals[n++] = "2";
-    keys[n] = "tcp_user_timeout", vals[n++] = "5000";
-    keys[n] = "application_name", vals[n++] = "gatehouse-decision-log";
-    if (pw != NULL) {
-        keys[n] = "password", vals[n++] = pw;
-    }
-    keys[n] = "dbname", vals[n++] = c->pg_conninfo;
-    keys[n] = NULL, vals[n] = NULL;
-    PGconn *db = PQconnectdbParams(keys, vals, 1);
-    if (pw != NULL) {
-        OPENSSL_cleanse(pw, strlen(pw));
-        free(pw);
-    }
-    if (db == NULL || PQstatus(db) != CONNECTION_OK) {
-        const char *m = db ? PQerrorMessage(db) : "out of memory";
-        size_t len = strlen(m);
-        while (len > 0 && m[len - 1] == '\n') {
-            len--;
-        }
-        err_set(err, ERR_IO, "cannot connect to PostgreSQL: %.*s", (int)len, m);
-        PQfinish(db);
-        return NULL;
-    }
-    PQsetNoticeProcessor(db, notice_none, NULL);
-    return db;
-}
-
-static bool res_ok(PGresult *r)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    return pg_connect_file(c->pg_conninfo, c->pg_password_file, "gatehouse-decision-log", err);
 }
 
 static const char *pg_msg(PGconn *db, PGresult *r)
@@ -132,7 +80,7 @@ static int ship_once(struct dl_ship *s)
                                    "SELECT coalesce(max(seq), 0) FROM decision_records "
                                    "WHERE node = $1",
                                    1, NULL, v, NULL, NULL, 0);
-        if (!res_ok(r)) {
+        if (!pg_res_ok(r)) {
             if (!s->down_logged) {
                 log_error("policy", "decision log shipping: %s", pg_msg(s->db, r));
                 s->down_logged = true;
@@ -166,7 +114,7 @@ static int ship_once(struct dl_ship *s)
     }
     sqlite3_bind_int64(st, 1, s->shipped);
     r = PQexec(s->db, "BEGIN");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         goto out;
     }
     PQclear(r);
@@ -185,7 +133,7 @@ static int ship_once(struct dl_ship *s)
                          4, NULL, v, NULL, NULL, 0);
         last = (int64_t)row.seq;
         dl_row_fini(&row);
-        if (!res_ok(r)) {
+        if (!pg_res_ok(r)) {
             goto out;
         }
         PQclear(r);
@@ -193,7 +141,7 @@ static int ship_once(struct dl_ship *s)
         n++;
     }
     r = PQexec(s->db, "COMMIT");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         goto out;
     }
     if (s->down_logged) {
@@ -331,7 +279,7 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
                                "SELECT node, seq, line FROM decision_records WHERE ts_us >= "
                                "$1::bigint AND ts_us <= $2::bigint ORDER BY ts_us, node, seq",
                                2, NULL, v, NULL, NULL, 0);
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
         PQfinish(db);
@@ -429,7 +377,7 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
                                "SELECT seq, line FROM decision_records WHERE node = $1 "
                                "ORDER BY seq",
                                1, NULL, v, NULL, NULL, 0);
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         fprintf(out, "FAIL fleet %s: %s", node, pg_msg(db, r));
         PQclear(r);
         return false;
@@ -497,7 +445,7 @@ int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, stru
         return ERR_IO;
     }
     PGresult *r = PQexec(db, "SELECT DISTINCT node FROM decision_records ORDER BY node");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
         PQfinish(db);
