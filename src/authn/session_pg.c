@@ -306,6 +306,12 @@ static const char *const migrations[] = {
      * (while it is past and the tokens are still the ones it holds) refreshes;
      * writing the refreshed tokens clears it. */
     "ALTER TABLE sessions ADD COLUMN refresh_lease_ms bigint NOT NULL DEFAULT 0;",
+    /* 6: every node's signed checkpoints (the JSON line it signed), shipped
+     * after the records they sign: audit verify on any node checks each
+     * node's chain against them. */
+    "CREATE TABLE decision_checkpoints ("
+    "  node text NOT NULL, seq bigint NOT NULL, hash text NOT NULL, line text NOT NULL,"
+    "  PRIMARY KEY (node, seq));",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -62,6 +62,10 @@ class FleetTest(unittest.TestCase):
             client = client_for(cls.bases[0])
             client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
             cls.idp = IdP([client])
+            # The decision log's checkpoint key, shared by the fleet.
+            cls.log_key = os.path.join(cls.shared, "log-ed25519.pem")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", cls.log_key],
+                           check=True, capture_output=True)
             for i, port in enumerate(ports):
                 cls.nodes.append(Gatehouse(cls.config(i, port), files=cls.files()))
         except Exception:
@@ -89,7 +93,8 @@ class FleetTest(unittest.TestCase):
              {"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=listen,
             state=state,
-            decision_log={"file": "var/decisions.jsonl"},
+            decision_log={"file": "var/decisions.jsonl",
+                          "checkpoint": {"key": cls.log_key, "every": 2}},
             identity_providers=[idp_conf(cls.idp)],
             # Keys that must match on every node.
             session={"key_file": os.path.join(cls.shared, "session.key")},
@@ -151,8 +156,8 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 5)", r.stdout)
-        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "4")
+        self.assertIn("up to date (version 6)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "6")
 
     def test_check_refuses_bad_postgres_settings(self):
         d = tempfile.mkdtemp(prefix="gh-fleet-check-")
@@ -302,9 +307,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 5", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 6", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 5)", r.stdout)
+            self.assertIn("up to date (version 6)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files=self.files())
@@ -379,6 +384,66 @@ class FleetTest(unittest.TestCase):
         finally:
             self.pg.sql("UPDATE decision_records SET line = $$" + old + "$$ "
                         f"WHERE node = 'node-a' AND seq = {last}")
+
+    def test_checkpoints_shipped_heads_and_rewritten_chain_caught_from_any_node(self):
+        """Each node's signed checkpoints reach PostgreSQL: `audit head` lists
+        every node's head and last checkpoint, and `audit verify` on one node
+        catches another node's chain rewritten consistently in PostgreSQL (it
+        no longer matches that node's checkpoints)."""
+        cookie = self.sign_in(0, "carol")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        for i in range(4):
+            self.assertEqual(self.get(0, cookie, f"/ck-a-{i}").status, 200)
+            self.assertEqual(self.get(1, cookie, f"/ck-b-{i}").status, 200)
+        ck = "SELECT coalesce(max(seq), 0) FROM decision_checkpoints WHERE node = "
+        self.assertTrue(wait_for(lambda: int(self.pg.sql(ck + "'node-a'")) > 0 and
+                                 int(self.pg.sql(ck + "'node-b'")) > 0, 5))
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
+                                     5))
+        r = cli("audit", "head", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        heads = {h["node"]: h for h in map(json.loads, r.stdout.splitlines()[1:])
+                 if h.get("type") == "fleet-head"}
+        self.assertEqual(sorted(heads), ["node-a", "node-b"])
+        self.assertEqual(heads["node-b"]["seq"], self.shipped_max_seq(1))
+        self.assertEqual(heads["node-b"]["checkpoint"]["type"], "checkpoint")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"ok fleet node-b: \d+ checkpoint\(s\) match the chain, "
+                                   r"[1-9]\d* signature\(s\) checked")
+        # node-b's chain rewritten in PostgreSQL from a checkpointed record on,
+        # every hash redone so that the chain itself still holds.
+        k = int(self.pg.sql("SELECT max(seq) FROM decision_checkpoints WHERE node = 'node-b'"))
+        rows = self.pg.sql(f"SELECT seq || ' ' || line FROM decision_records WHERE "
+                           f"node = 'node-b' AND seq >= {k} ORDER BY seq").splitlines()
+        old = [tuple(x.split(" ", 1)) for x in rows]
+        prev_old = prev_new = None
+        for seq, line in old:
+            body, _, _ = line.rpartition(',"hash":"')
+            if prev_old is None:
+                new_body = body.replace('"method":"GET"', '"method":"PUT"')
+                self.assertNotEqual(new_body, body)
+                prev = json.loads(line)["prev_hash"]
+            else:
+                new_body = body.replace(f'"prev_hash":"{prev_old}"', f'"prev_hash":"{prev_new}"')
+                prev = prev_new
+            h = hashlib.sha256((prev + new_body + "}").encode()).hexdigest()
+            prev_old, prev_new = json.loads(line)["hash"], h
+            self.pg.sql("UPDATE decision_records SET line = $$" + new_body + ',"hash":"' + h +
+                        '"}$$ ' + f"WHERE node = 'node-b' AND seq = {seq}")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("ok fleet node-b:", r.stdout)  # the chain itself holds
+            self.assertIn(f"FAIL fleet node-b: record {k} is not the one checkpoint {k} signed",
+                          r.stdout)
+        finally:
+            for seq, line in old:
+                self.pg.sql("UPDATE decision_records SET line = $$" + line + "$$ "
+                            f"WHERE node = 'node-b' AND seq = {seq}")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_policy_diff_replays_every_nodes_decisions(self):
         cookie = self.sign_in(1, "alice")
