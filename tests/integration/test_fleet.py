@@ -43,8 +43,74 @@ def readyz(gh):
         return None
 
 
+class FleetServices(unittest.TestCase):
+    """What a fleet test class starts and stops: its nodes (each must exit
+    cleanly), identity provider, backend, PostgreSQL and temporary folder."""
+    nodes = []
+    idp = op = backend = pg = None
+    tmp = shared = None
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()  # a clean exit (0) with no sanitizer report
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        for service in (cls.idp, cls.op, cls.backend):
+            if service:
+                service.stop()
+        if cls.pg:
+            cls.pg.stop()
+        for d in (cls.tmp, cls.shared):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+
+    @classmethod
+    def begin_pair(cls, prefix):
+        """Before start_pair: a backend, a folder, two ports; then PostgreSQL."""
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.tmp = tempfile.mkdtemp(prefix=prefix)
+        cls.base = f"http://127.0.0.1:{free_port()}"
+        cls.port_b = free_port()
+        cls.base_b = f"http://127.0.0.1:{cls.port_b}"
+        cls.pg = pgserver.PgServer()
+
+    @classmethod
+    def start_pair(cls, tag, idps, session, files):
+        """Two nodes on one PostgreSQL that answer for one public URL, as two
+        nodes behind one balancer address: A at cls.base, B at cls.port_b with
+        A's URL as its public_url."""
+        a = urllib.parse.urlsplit(cls.base).netloc
+        for i, listen in enumerate([{"address": a},
+                                    {"address": f"127.0.0.1:{cls.port_b}",
+                                     "public_url": cls.base}]):
+            cfg = basic_config(
+                [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+                listen=[listen],
+                state={"postgres": cls.pg.uri(application_name=f"gh-{tag}{i}"),
+                       "password_file": cls.pg.pwfile, "node": f"{tag}-{'ab'[i]}",
+                       "sqlite": "var/gatehouse.db"},
+                decision_log={"file": "var/decisions.jsonl"},
+                identity_providers=idps,
+                session=session,
+            )
+            cls.nodes.append(Gatehouse(cfg, files=files))
+
+
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class FleetTest(unittest.TestCase):
+class FleetTest(FleetServices):
     @classmethod
     def setUpClass(cls):
         cls.pg = None
@@ -101,29 +167,6 @@ class FleetTest(unittest.TestCase):
             upstream_identity={"assertion": {"key": os.path.join(cls.shared, "assertion.pem")}},
         )
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()  # a clean exit (0) with no sanitizer report
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.shared, ignore_errors=True)
 
     def setUp(self):
         for n in self.nodes:
@@ -165,20 +208,15 @@ class FleetTest(unittest.TestCase):
                  "[\"http://127.0.0.1:9\"]}}\n")
         try:
             cfg = os.path.join(d, "g.yaml")
-            with open(cfg, "w") as f:
-                f.write("listen:\n  - address: 127.0.0.1:18080\n"
-                        "state:\n  postgres: \"postgresql://h/db\"\n  staleness: 1 fortnight\n"
-                        + route)
-            r = cli("check", "-c", cfg)
-            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-            self.assertIn("g.yaml:5:14: error: \"staleness\" must be a duration", r.stderr)
-            with open(cfg, "w") as f:
-                f.write("listen:\n  - address: 127.0.0.1:18080\n"
-                        "state:\n  postgres: \"postgresql://h/db\"\n  query_timeout: 10ms\n"
-                        + route)
-            r = cli("check", "-c", cfg)
-            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-            self.assertIn("g.yaml:5:18: error: \"query_timeout\"", r.stderr)
+            for setting, error in (("staleness: 1 fortnight",
+                                    "5:14: error: \"staleness\" must be a duration"),
+                                   ("query_timeout: 10ms", "5:18: error: \"query_timeout\"")):
+                with open(cfg, "w") as f:
+                    f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                            f"state:\n  postgres: \"postgresql://h/db\"\n  {setting}\n" + route)
+                r = cli("check", "-c", cfg)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("g.yaml:" + error, r.stderr)
             with open(cfg, "w") as f:
                 f.write("listen:\n  - address: 127.0.0.1:18080\n"
                         "state:\n  postgres: \"postgresql://h/db?nosuchparam=1\"\n"
@@ -576,65 +614,23 @@ class FleetTest(unittest.TestCase):
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class SamlFleetTest(unittest.TestCase):
+class SamlFleetTest(FleetServices):
     """One-time values are the fleet's: a SAML response accepted by node A is
     refused when replayed on node B (both answer for the same public URL, as
     two nodes behind one balancer address)."""
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = None
-        cls.idp = None
-        cls.nodes = []
-        cls.backend = Backend("app")
-        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-saml-")
         try:
-            cls.pg = pgserver.PgServer()
-            port_a, cls.port_b = free_port(), free_port()
-            cls.base = f"http://127.0.0.1:{port_a}"
+            cls.begin_pair("gh-fleet-saml-")
             cls.idp = SamlIdP(cls.base + "/.gatehouse/saml/metadata")
-            files = sp_files(cls.idp, cls.shared)
-            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
-                                        {"address": f"127.0.0.1:{cls.port_b}",
-                                         "public_url": cls.base}]):
-                cfg = basic_config(
-                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
-                    listen=[listen],
-                    state={"postgres": cls.pg.uri(application_name=f"gh-saml{i}"),
-                           "password_file": cls.pg.pwfile, "node": f"saml-{'ab'[i]}",
-                           "sqlite": "var/gatehouse.db"},
-                    decision_log={"file": "var/decisions.jsonl"},
-                    identity_providers=[saml_conf(cls.base)],
-                    session={"key_file": os.path.join(cls.shared, "session.key")},
-                )
-                cls.nodes.append(Gatehouse(cfg, files=files))
+            cls.start_pair("saml", [saml_conf(cls.base)],
+                           {"key_file": os.path.join(cls.tmp, "session.key")},
+                           sp_files(cls.idp, cls.tmp))
         except Exception:
             cls._stop_services()
             raise
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.shared, ignore_errors=True)
 
     def test_saml_response_accepted_on_a_is_refused_on_b(self):
         b = Browser()
@@ -734,70 +730,27 @@ class SamlFleetTest(unittest.TestCase):
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class OidcOnceFleetTest(unittest.TestCase):
+class OidcOnceFleetTest(FleetServices):
     """The fleet's one-time values beyond SAML: a login state answered on node
     A is refused on node B (even by an OP that would redeem the code again),
     and a back-channel logout token's jti used on A is refused on B."""
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = None
-        cls.op = None
-        cls.nodes = []
-        cls.backend = Backend("app")
-        cls.tmp = tempfile.mkdtemp(prefix="gh-fleet-oidc-")
         try:
-            cls.pg = pgserver.PgServer()
+            cls.begin_pair("gh-fleet-oidc-")
             cls.op = RogueOP(client_secret=CLIENT_SECRET)
             cls.op.reuse_codes = True
-            port_a, cls.port_b = free_port(), free_port()
-            cls.base = f"http://127.0.0.1:{port_a}"
-            cls.base_b = f"http://127.0.0.1:{cls.port_b}"
-            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
-                                        {"address": f"127.0.0.1:{cls.port_b}",
-                                         "public_url": cls.base}]):
-                cfg = basic_config(
-                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
-                    listen=[listen],
-                    state={"postgres": cls.pg.uri(application_name=f"gh-oidc{i}"),
-                           "password_file": cls.pg.pwfile, "node": f"oidc-{'ab'[i]}",
-                           "sqlite": "var/gatehouse.db"},
-                    decision_log={"file": "var/decisions.jsonl"},
-                    identity_providers=[{"id": "op", "type": "oidc", "issuer": cls.op.issuer,
-                                         "client_id": "gatehouse",
-                                         "client_secret_file": "oidc-secret",
-                                         "allow_insecure_issuer": True}],
-                    session={"key_file": os.path.join(cls.tmp, "session.key"),
-                             "refresh": True},
-                )
-                cls.nodes.append(Gatehouse(cfg, files={"oidc-secret": CLIENT_SECRET}))
+            cls.start_pair("oidc", [{"id": "op", "type": "oidc", "issuer": cls.op.issuer,
+                                     "client_id": "gatehouse",
+                                     "client_secret_file": "oidc-secret",
+                                     "allow_insecure_issuer": True}],
+                           {"key_file": os.path.join(cls.tmp, "session.key"), "refresh": True},
+                           {"oidc-secret": CLIENT_SECRET})
         except Exception:
             cls._stop_services()
             raise
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.op:
-            cls.op.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def callback_url(self, b):
         """Starts sign-in on A; the OP's redirect back (code and state)."""
@@ -899,7 +852,7 @@ class OidcOnceFleetTest(unittest.TestCase):
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class DeviceFleetTest(unittest.TestCase):
+class DeviceFleetTest(FleetServices):
     """The device registry is the fleet's: a device enrolled through node A's
     config is trusted on node B; revoked through B's, refused on A within a
     second, also on an open keep-alive connection."""
@@ -943,29 +896,6 @@ class DeviceFleetTest(unittest.TestCase):
             cls._stop_services()
             raise
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def connect(self, node, cert=None):
         c = ssl.create_default_context(cafile=self.server_ca)
