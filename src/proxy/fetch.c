@@ -354,6 +354,10 @@ struct fetch *fetch_start(struct fetcher *f, const struct fetch_req *req, fetch_
 /* fetch_wait: the fd is readable (status 200) or the time is up (failed). */
 static void wait_done(struct fetch *h, bool ready)
 {
+    /* Stopped before the callback: it may end the request, whose arena
+     * owns the fd. */
+    ev_io_stop(h->f->loop, &h->wio);
+    ev_timer_stop(h->f->loop, &h->wtimer);
     struct fetch_resp r;
     memset(&r, 0, sizeof r);
     r.elapsed_us = now_us() - h->start_us;
