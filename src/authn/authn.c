@@ -33,6 +33,7 @@
 #include "page.h"
 #include "saml.h"
 #include "session.h"
+#include "session_pg.h"
 
 #ifndef GATEHOUSE_WEB_DIR
 #define GATEHOUSE_WEB_DIR "web/login"
@@ -569,6 +570,7 @@ enum cont_kind {
     CONT_BEARER_DISCOVERY,
     CONT_BEARER_JWKS,
     CONT_SAML_METADATA,
+    CONT_ONCE,                      /* a one-time value decided by the fleet's database */
 };
 
 struct cont {
@@ -587,7 +589,15 @@ struct cont {
     const char *bearer;             /* bearer / logout token */
     struct saml_idp *saml;          /* SAML metadata fetch: for which IdP */
     int saml_next;                  /* ... and what then (enum saml_next) */
+    struct spg_once_job *once;      /* CONT_ONCE: the job (released by cont_cleanup) */
+    unsigned char once_h[32];       /* ... for this key hash */
+    int once_next;                  /* ... and what then (enum once_next) */
+    struct authn_fetch token_fetch; /* ONCE_NEXT_TOKEN: the token request, sent once fresh */
+    const char *bcl_sid, *bcl_sub;  /* ONCE_NEXT_BCL: whom the logout token names */
 };
+
+/* What a step waiting for a one-time value does with the answer. */
+enum once_next { ONCE_NEXT_SAML_ACS, ONCE_NEXT_TOKEN, ONCE_NEXT_BCL, ONCE_NEXT_REFRESH };
 
 static void cont_cleanup(void *arg)
 {
@@ -600,6 +610,7 @@ static void cont_cleanup(void *arg)
     }
     oidc_pending_fini(&c->pd);
     oidc_tokens_fini(&c->tokens);
+    spg_once_release(c->once);
 }
 
 static struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind,
@@ -738,6 +749,44 @@ static void fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http 
     out->fetch.body = adup(a, h->body);
     out->fetch.body_len = h->body ? strlen(h->body) : 0;
     oidc_http_fini(h);
+}
+
+/* Queues key (a one-time value) on the fleet's database for cont c, which
+ * becomes CONT_ONCE; the caller returns AUTHN_NEED_WAIT. False (logged) when
+ * the node knows the database is out of reach: the caller fails closed. */
+static bool once_submit(const struct authn_req *req, struct authn_out *out, struct spg *pg,
+                        struct cont *c, const char *key, int64_t exp_s, enum once_next next)
+{
+    unsigned char h[32];
+    codec_sha256(key, strlen(key), h);
+    struct err err = { 0 };
+    struct spg_once_job *j = spg_once_submit(pg, h, exp_s, &err);
+    if (j == NULL) {
+        log_emit(LOG_ERROR, MOD, req->request_id, NULL, "one-time value not checked, refused: %s",
+                 err.msg);
+        return false;
+    }
+    spg_once_release(c->once);
+    c->kind = CONT_ONCE;
+    c->once = j;
+    c->once_next = (int)next;
+    memcpy(c->once_h, h, 32);
+    out->wait.fd = spg_once_fd(j);
+    out->wait.timeout_ms = spg_query_timeout_ms(pg);
+    return true;
+}
+
+/* The fleet's answer for c: 1 first use, 0 used before, -1 not checked. */
+static int once_verdict(const struct authn_req *req, const struct cont *c)
+{
+    const char *why = NULL;
+    int state = spg_once_state(c->once, &why);
+    if (state == SPG_ONCE_FRESH || state == SPG_ONCE_USED) {
+        return state == SPG_ONCE_FRESH;
+    }
+    log_emit(LOG_ERROR, MOD, req->request_id, NULL, "one-time value not checked, refused: %s",
+             why);
+    return -1;
 }
 
 static enum authn_step fetch_get(struct arena *a, struct authn_out *out, const char *url)
@@ -1098,7 +1147,8 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
 }
 
 static enum authn_step refresh_start(struct authn *an, const struct authn_req *req,
-                                     struct arena *a, struct authn_out *out, const char *cookie)
+                                     struct arena *a, struct authn_out *out, const char *cookie,
+                                     int64_t token_exp_s)
 {
     struct idp *x = idp_by_id(an, out->id.idp);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
@@ -1129,7 +1179,49 @@ static enum authn_step refresh_start(struct authn *an, const struct authn_req *r
     }
     c->store = an->store;
     fill_fetch(a, out, &h);
+    struct spg *pg = session_store_pg(an->store);
+    char id_hash[65];
+    if (pg != NULL && session_cookie_id_hash(str_from(cookie), id_hash)) {
+        /* A fleet: one node refreshes (a rotated refresh token redeemed twice
+         * would end the session); the others get the new tokens through the
+         * change feed. */
+        struct err lerr = { 0 };
+        struct spg_once_job *j = spg_lease_submit(pg, id_hash, token_exp_s, &lerr);
+        if (j == NULL) {
+            c->store = NULL;
+            out->cont = NULL;
+            session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL,
+                                 NULL);
+            return AUTHN_OK; /* the database is out of reach: a later request refreshes */
+        }
+        c->token_fetch = out->fetch;
+        c->kind = CONT_ONCE;
+        c->once = j;
+        c->once_next = ONCE_NEXT_REFRESH;
+        out->wait.fd = spg_once_fd(j);
+        out->wait.timeout_ms = spg_query_timeout_ms(pg);
+        return AUTHN_NEED_WAIT;
+    }
     return AUTHN_NEED_FETCH;
+}
+
+/* After the fleet's refresh lease: this node refreshes, or leaves it (and
+ * keeps serving the session as it is). */
+static enum authn_step refresh_leased(struct authn *an, const struct authn_req *req,
+                                      struct authn_out *out, struct cont *c)
+{
+    const char *why = NULL;
+    if (spg_once_state(c->once, &why) == SPG_ONCE_FRESH) {
+        c->kind = CONT_REFRESH;
+        out->fetch = c->token_fetch;
+        return AUTHN_NEED_FETCH;
+    }
+    c->store = NULL;
+    out->cont = NULL;
+    session_refresh_done(an->store, str_from(c->cookie), false, false, NULL, 0, NULL, NULL, NULL);
+    log_emit(LOG_INFO, MOD, req->request_id, NULL, "session refresh left to another node%s%s",
+             why[0] ? ": " : "", why);
+    return AUTHN_OK;
 }
 
 static enum authn_step refresh_finish(struct authn *an, const struct authn_req *req,
@@ -1255,7 +1347,7 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
                 identity_from_view(out, &sv, a);
                 if (sv.refresh_due) {
                     const char *ck = arena_strndup(a, v.p, v.len);
-                    return ck ? refresh_start(an, req, a, out, ck) : AUTHN_OK;
+                    return ck ? refresh_start(an, req, a, out, ck, sv.token_exp_s) : AUTHN_OK;
                 }
                 return AUTHN_OK;
             }
@@ -1487,6 +1579,15 @@ static enum authn_step callback_error(struct authn *an, const struct authn_req *
     return callback_fail(an, req, a, out, 400, why);
 }
 
+/* A fleet's database that did not decide whether the login state was used:
+ * the try-again page, never a sign-in unchecked. */
+static enum authn_step state_unchecked(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out)
+{
+    return callback_fail(an, req, a, out, 503,
+                         "the session database is unreachable (login state not checked)");
+}
+
 static enum authn_step idp_down(struct authn *an, const struct authn_req *req, struct arena *a,
                                 struct authn_out *out)
 {
@@ -1508,6 +1609,17 @@ static enum authn_step callback_token_request(struct authn *an, const struct aut
     }
     c->kind = CONT_TOKEN;
     fill_fetch(a, out, &h);
+    struct spg *pg = session_store_pg(an->store);
+    if (pg != NULL) {
+        /* A fleet: the login state is used once on any node (the local check
+         * above only spares the database repeats here); the code goes to the
+         * IdP only after that. */
+        c->token_fetch = out->fetch;
+        char *key = xasprintf("oidc-state:%s", c->pd.state);
+        bool queued = once_submit(req, out, pg, c, key, c->pd.exp_s, ONCE_NEXT_TOKEN);
+        free(key);
+        return queued ? AUTHN_NEED_WAIT : state_unchecked(an, req, a, out);
+    }
     return AUTHN_NEED_FETCH;
 }
 
@@ -1784,6 +1896,40 @@ static enum authn_step saml_metadata(struct authn *an, const struct authn_req *r
     return AUTHN_RESPOND;
 }
 
+/* A one-time value: 1 first use, 0 used before, -1 not checked (a fleet's
+ * database that did not answer: the caller fails closed). On a fleet's
+ * database the answer comes off the loop: 2 with *st = AUTHN_NEED_WAIT (or an
+ * error step), and the calling step, run again by authn_resume, finds it in
+ * out->cont. */
+static int once_gate(struct authn *an, const struct authn_req *req, struct arena *a,
+                     struct authn_out *out, const char *key, int64_t exp_s,
+                     enum authn_step *st)
+{
+    int64_t now_s = req->now_ms / 1000;
+    struct spg *pg = session_store_pg(an->store);
+    if (pg == NULL) {
+        return session_once_check(an->store, str_from(key), exp_s, now_s);
+    }
+    unsigned char h[32];
+    codec_sha256(key, strlen(key), h);
+    struct cont *c = out->cont;
+    if (c != NULL && c->kind == CONT_ONCE && c->once != NULL && memcmp(c->once_h, h, 32) == 0) {
+        out->cont = NULL;
+        return once_verdict(req, c);
+    }
+    c = cont_new(a, out, CONT_ONCE, NULL);
+    if (c == NULL) {
+        *st = internal_error(an, req, a, out);
+        return 2;
+    }
+    if (!once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_SAML_ACS)) {
+        out->cont = NULL;
+        return -1;
+    }
+    *st = AUTHN_NEED_WAIT;
+    return 2;
+}
+
 static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
@@ -1818,8 +1964,13 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     /* Replay: an assertion ID is accepted once (kept until it expires), and a
      * login state answers one response. */
     char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
-    int once = session_once_check(an->store, str_from(ka), r.assertion_exp_s, now_s);
+    enum authn_step wait_st = AUTHN_RESPOND;
+    int once = once_gate(an, req, a, out, ka, r.assertion_exp_s, &wait_st);
     free(ka);
+    if (once == 2) { /* decided off the loop: this step runs again with the answer */
+        saml_result_fini(&r);
+        return wait_st;
+    }
     if (once < 0) { /* a fleet whose database did not answer: not accepted unchecked */
         saml_result_fini(&r);
         return callback_fail(an, req, a, out, 503,
@@ -2280,6 +2431,13 @@ const char *authn_switch_user_url(struct arena *a, struct str target)
     return out;
 }
 
+static char *bcl_once_key(const struct idp *x, const struct authn_req *req, int64_t *exp_s);
+static enum authn_step bcl_decided(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out, struct cont *c);
+static enum authn_step bcl_end(struct authn *an, const struct authn_req *req,
+                               struct authn_out *out, const struct idp *x, const char *sid,
+                               const char *sub);
+
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
@@ -2305,6 +2463,81 @@ static enum authn_step bcl_continue(struct authn *an, const struct authn_req *re
         static const char body[] = "{\"error\":\"invalid_request\"}\n";
         return respond(out, 400, "application/json", body, sizeof body - 1);
     }
+    struct spg *pg = session_store_pg(an->store);
+    if (pg != NULL) {
+        /* A fleet: the token's jti is used once on any node (the check in
+         * oidc_logout_token_verify spares the database repeats here). */
+        c->bcl_sid = adup(a, sid);
+        c->bcl_sub = adup(a, sub);
+        free(sid);
+        free(sub);
+        bool queued = false;
+        int64_t exp_s = 0;
+        char *key = bcl_once_key(x, req, &exp_s);
+        if (key != NULL) {
+            queued = once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_BCL);
+            free(key);
+        }
+        if (!queued) {
+            set_reason(out, "%s", "back-channel logout not checked: the session database is "
+                                  "unreachable");
+            return respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
+        }
+        return AUTHN_NEED_WAIT;
+    }
+    enum authn_step done = bcl_end(an, req, out, x, sid, sub);
+    free(sid);
+    free(sub);
+    return done;
+}
+
+/* The fleet's key for a verified logout token ("bcl <iss> <jti>", as the
+ * node's own replay cache keys it) and until when it is kept. */
+static char *bcl_once_key(const struct idp *x, const struct authn_req *req, int64_t *exp_s)
+{
+    struct str raw;
+    bool dup = false;
+    char *tok = codec_form_get(req->body, "logout_token", &raw, &dup) && !dup
+                    ? codec_url_decode(raw, NULL)
+                    : NULL;
+    json_t *cl = tok ? jwt_peek_claims(str_from(tok)) : NULL;
+    free(tok);
+    const char *jti = jwt_claim_str(cl, "jti");
+    json_t *exp = json_object_get(cl, "exp");
+    json_t *iat = json_object_get(cl, "iat");
+    *exp_s = (json_is_integer(exp) ? (int64_t)json_integer_value(exp)
+                                   : (int64_t)json_integer_value(iat) + 600) +
+             x->p->clock_skew_s;
+    char *key = jti ? xasprintf("bcl %s %s", x->p->issuer, jti) : NULL;
+    json_decref(cl);
+    return key;
+}
+
+static enum authn_step bcl_decided(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out, struct cont *c)
+{
+    (void)a;
+    int fresh = once_verdict(req, c);
+    if (fresh < 0) {
+        set_reason(out, "%s", "back-channel logout not checked: the session database is "
+                              "unreachable");
+        return respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
+    }
+    if (fresh == 0) {
+        set_reason(out, "%s", "back-channel logout refused: logout token was already used "
+                              "(jti replay)");
+        log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
+        static const char body[] = "{\"error\":\"invalid_request\"}\n";
+        return respond(out, 400, "application/json", body, sizeof body - 1);
+    }
+    return bcl_end(an, req, out, c->idp, c->bcl_sid, c->bcl_sub);
+}
+
+/* Ends the sessions a verified, first-used logout token names. */
+static enum authn_step bcl_end(struct authn *an, const struct authn_req *req,
+                               struct authn_out *out, const struct idp *x, const char *sid,
+                               const char *sub)
+{
     size_t n = 0;
     bool ended_here = false;
     int64_t now_s = req->now_ms / 1000;
@@ -2327,8 +2560,6 @@ static enum authn_step bcl_continue(struct authn *an, const struct authn_req *re
     out->nlogouts = n;
     log_emit(LOG_INFO, MOD, req->request_id, NULL,
              "back-channel logout from %s ended %zu session(s)", x->p->id, n);
-    free(sid);
-    free(sub);
     return respond(out, 200, "text/plain; charset=utf-8", NULL, 0);
 }
 
@@ -2564,6 +2795,7 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
     struct cont *c = out->cont;
     memset(&out->resp, 0, sizeof out->resp);
     memset(&out->fetch, 0, sizeof out->fetch);
+    memset(&out->wait, 0, sizeof out->wait);
     if (c == NULL) {
         set_reason(out, "%s", "resume without a pending step");
         return internal_error(an, req, a, out);
@@ -2651,6 +2883,30 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         }
         break;
     }
+    case CONT_ONCE:
+        /* status 0: no answer in time, refused as unchecked. */
+        switch ((enum once_next)c->once_next) {
+        case ONCE_NEXT_SAML_ACS: /* the ACS again: it finds the answer in out->cont */
+            return saml_acs_endpoint(an, req, a, out);
+        case ONCE_NEXT_TOKEN: {
+            int fresh = once_verdict(req, c);
+            if (fresh < 0) {
+                return state_unchecked(an, req, a, out);
+            }
+            if (fresh == 0) {
+                return callback_error(an, req, a, out,
+                                      "login state was already used (replayed callback)");
+            }
+            c->kind = CONT_TOKEN;
+            out->fetch = c->token_fetch;
+            return AUTHN_NEED_FETCH;
+        }
+        case ONCE_NEXT_BCL:
+            return bcl_decided(an, req, a, out, c);
+        case ONCE_NEXT_REFRESH:
+            return refresh_leased(an, req, out, c);
+        }
+        break;
     case CONT_NONE:
         break;
     }

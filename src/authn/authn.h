@@ -168,12 +168,24 @@ enum authn_step {
     AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); zero fails closed */
     AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
     AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
+    AUTHN_NEED_WAIT,            /* a shared store answers off the loop: wait until out->wait.fd
+                                 * is readable (status 200) or out->wait.timeout_ms passed
+                                 * (status 0), then authn_resume() with an empty body */
+};
+
+/* AUTHN_NEED_WAIT: a one-time value (SAML assertion ID) decided by the fleet's
+ * database on a thread of its own. The fd stays open until the request's
+ * arena is freed; the caller only watches it. */
+struct authn_wait {
+    int fd;
+    uint64_t timeout_ms;
 };
 
 struct authn_out {
     struct authn_identity id;
     struct authn_resp resp;
     struct authn_fetch fetch;
+    struct authn_wait wait;
     void *cont;                 /* private: where to continue */
     char reason[320];           /* why a request was refused or failed, for the log */
     enum authn_event event;

@@ -1,6 +1,7 @@
 /* authn/device_store.c - the device registry in SQLite (WAL, the state
  * database shared with sessions). Every enrolment and revocation adds a row to
  * device_changes, whose largest seq is what serving workers poll. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +12,13 @@
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
+#include "core/pg.h"
 #include "device_store.h"
 #include "session_pg.h"
+#include "state_sqlite.h"
+
+/* Announces enrolments and revocations to every node's listener. */
+#define DEVICE_CHANNEL "gatehouse_sessions"
 
 struct device_store {
     sqlite3 *db;       /* SQLite, or */
@@ -37,6 +43,27 @@ void device_store_use_postgres(const struct spg_conf *c)
         PG.password_file = c->password_file ? xstrdup(c->password_file) : NULL;
     }
 }
+
+/* The node's mirror of the registry: see device_mirror_load below. */
+#define MIRROR_BUCKETS 4096u
+#define MIRROR_SEEN_MAX 1024u
+
+struct mdev {
+    struct device_record rec;
+    struct mdev *next;
+};
+
+static struct {
+    pthread_rwlock_t mu;
+    atomic_bool active;
+    struct mdev *bucket[MIRROR_BUCKETS];
+    atomic_llong seq;          /* last device change applied */
+    atomic_llong synced_ms;    /* wall clock of the last successful sync */
+    uint64_t staleness_ms;
+    pthread_mutex_t seen_mu;   /* last_seen updates, written by the listener */
+    struct { char id[DEVICE_ID_LEN + 1]; int64_t at; } seen[MIRROR_SEEN_MAX];
+    size_t nseen;
+} M = { .mu = PTHREAD_RWLOCK_INITIALIZER, .seen_mu = PTHREAD_MUTEX_INITIALIZER };
 
 /* The session store's view of the database (its listener thread's), or none. */
 static bool (*_Atomic READY_FN)(void *);
@@ -91,18 +118,9 @@ static PGconn *pgc(struct device_store *s, struct err *err)
 
 static int pg_error(PGconn *db, PGresult *r, struct err *err, const char *what)
 {
-    const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(db);
-    size_t len = strlen(m);
-    while (len > 0 && m[len - 1] == '\n') {
-        len--;
-    }
-    return err_set(err, ERR_IO, "device registry: %s: %.*s", what, (int)len, m);
-}
-
-static bool pg_ok(PGresult *r)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    char w[64];
+    snprintf(w, sizeof w, "device registry: %s", what);
+    return pg_fail(db, r, err, w);
 }
 
 static const char schema[] =
@@ -129,27 +147,17 @@ struct device_store *device_store_open(const char *path, struct err *err)
 {
     if (PG.conninfo != NULL) {
         struct device_store *s = xcalloc(1, sizeof *s);
+        if (atomic_load(&M.active)) {
+            return s; /* serving: the mirror answers; a connection only when asked */
+        }
         if (pgc(s, err) == NULL) {
             free(s);
             return NULL;
         }
         return s;
     }
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-    if (rc != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, 2000);
-    char *msg = NULL;
-    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot create the device tables in %s: %s", path, msg ? msg : "?");
-        sqlite3_free(msg);
-        sqlite3_close(db);
+    sqlite3 *db = state_sqlite_open(path, schema, 2000, "device", err);
+    if (db == NULL) {
         return NULL;
     }
     struct device_store *s = xcalloc(1, sizeof *s);
@@ -192,12 +200,8 @@ static void row(sqlite3_stmt *st, struct device_record *r)
 
 static void pcol(PGresult *r, int i, int c, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", PQgetisnull(r, i, c) ? "" : PQgetvalue(r, i, c));
-}
-
-static int64_t pcol64(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? 0 : strtoll(PQgetvalue(r, i, c), NULL, 10);
+    const char *v = pg_col(r, i, c);
+    snprintf(out, cap, "%s", v ? v : "");
 }
 
 static void prow(PGresult *r, int i, struct device_record *d)
@@ -210,11 +214,11 @@ static void prow(PGresult *r, int i, struct device_record *d)
     pcol(r, i, 4, d->issuer, sizeof d->issuer);
     pcol(r, i, 5, d->owner, sizeof d->owner);
     pcol(r, i, 6, d->name, sizeof d->name);
-    d->enrolled_at = pcol64(r, i, 7);
+    d->enrolled_at = pg_col64(r, i, 7);
     pcol(r, i, 8, d->enrolled_by, sizeof d->enrolled_by);
-    d->not_after = pcol64(r, i, 9);
-    d->last_seen = pcol64(r, i, 10);
-    d->revoked_at = pcol64(r, i, 11);
+    d->not_after = pg_col64(r, i, 9);
+    d->last_seen = pg_col64(r, i, 10);
+    d->revoked_at = pg_col64(r, i, 11);
     pcol(r, i, 12, d->reason, sizeof d->reason);
 }
 
@@ -227,13 +231,199 @@ static int pq(struct device_store *s, const char *sql, int n, const char *const 
         return ERR_IO;
     }
     PGresult *r = PQexecParams(db, sql, n, NULL, v, NULL, NULL, 0);
-    if (!pg_ok(r)) {
+    if (!pg_res_ok(r)) {
         int rc = pg_error(db, r, err, what);
         PQclear(r);
         return rc;
     }
     *res = r;
     return 0;
+}
+
+/* ---- the node's mirror (PostgreSQL, serving) -------------------------- */
+
+/* A serving node keeps every device in memory: loaded when the session store
+ * opens, brought up to date by its listener thread (device_mirror_sync) on
+ * every notification, every second and after a reconnect, from the changes
+ * past the last sequence it applied. Lookups, the change sequence and
+ * "last seen" never touch PostgreSQL on a serving thread. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static size_t mbucket(const char *fp)
+{
+    return (size_t)(str_hash(STR_HASH_SEED, fp, strlen(fp)) % MIRROR_BUCKETS);
+}
+
+/* Under the write lock: insert or replace d (by fingerprint). */
+static void mirror_put(const struct device_record *d)
+{
+    struct mdev **pp = &M.bucket[mbucket(d->fingerprint)];
+    for (; *pp != NULL; pp = &(*pp)->next) {
+        if (strcmp((*pp)->rec.fingerprint, d->fingerprint) == 0) {
+            int64_t seen = (*pp)->rec.last_seen;
+            (*pp)->rec = *d;
+            if (seen > d->last_seen) {
+                (*pp)->rec.last_seen = seen;
+            }
+            return;
+        }
+    }
+    struct mdev *m = xcalloc(1, sizeof *m);
+    m->rec = *d;
+    *pp = m;
+}
+
+static void mirror_clear(void)
+{
+    for (size_t b = 0; b < MIRROR_BUCKETS; b++) {
+        while (M.bucket[b] != NULL) {
+            struct mdev *m = M.bucket[b];
+            M.bucket[b] = m->next;
+            free(m);
+        }
+    }
+}
+
+int device_mirror_load(struct pg_conn *db, uint64_t staleness_ms, struct err *err)
+{
+    PGresult *r = PQexec(db, "SELECT coalesce(max(seq), 0) FROM device_changes");
+    if (!pg_res_ok(r)) {
+        int rc = pg_error(db, r, err, "loading the registry");
+        PQclear(r);
+        return rc;
+    }
+    int64_t seq = pg_col64(r, 0, 0);
+    PQclear(r);
+    r = PQexec(db, "SELECT " COLS " FROM devices");
+    if (!pg_res_ok(r)) {
+        int rc = pg_error(db, r, err, "loading the registry");
+        PQclear(r);
+        return rc;
+    }
+    pthread_rwlock_wrlock(&M.mu);
+    mirror_clear();
+    for (int i = 0; i < PQntuples(r); i++) {
+        struct device_record d;
+        prow(r, i, &d);
+        mirror_put(&d);
+    }
+    M.staleness_ms = staleness_ms;
+    atomic_store(&M.seq, seq);
+    atomic_store(&M.synced_ms, wall_ms());
+    atomic_store(&M.active, true);
+    pthread_rwlock_unlock(&M.mu);
+    log_info("device", "loaded %d device(s) from PostgreSQL", PQntuples(r));
+    PQclear(r);
+    return 0;
+}
+
+int device_mirror_sync(struct pg_conn *db)
+{
+    if (!atomic_load(&M.active)) {
+        return 0;
+    }
+    /* Activity first (best effort, what does not go through is kept). */
+    pthread_mutex_lock(&M.seen_mu);
+    size_t n = M.nseen;
+    for (size_t i = 0; i < n; i++) {
+        char at[24];
+        snprintf(at, sizeof at, "%lld", (long long)M.seen[i].at);
+        const char *v[] = { at, M.seen[i].id };
+        PGresult *r = PQexecParams(db,
+                                   "UPDATE devices SET last_seen = greatest(last_seen, $1::bigint) "
+                                   "WHERE id = $2",
+                                   2, NULL, v, NULL, NULL, 0);
+        bool ok = pg_res_ok(r);
+        PQclear(r);
+        if (!ok) {
+            pthread_mutex_unlock(&M.seen_mu);
+            return -1;
+        }
+    }
+    M.nseen = 0;
+    pthread_mutex_unlock(&M.seen_mu);
+    char seq[24];
+    snprintf(seq, sizeof seq, "%lld", (long long)atomic_load(&M.seq));
+    const char *v[] = { seq };
+    /* Every changed device with the last change that touched it. */
+    PGresult *r = PQexecParams(db,
+                               "SELECT " COLS ", c.seq FROM devices d JOIN "
+                               "(SELECT device, max(seq) AS seq FROM device_changes "
+                               "WHERE seq > $1::bigint GROUP BY device) c ON c.device = d.id",
+                               1, NULL, v, NULL, NULL, 0);
+    if (!pg_res_ok(r)) {
+        PQclear(r);
+        return -1;
+    }
+    int64_t top = atomic_load(&M.seq);
+    if (PQntuples(r) > 0) {
+        pthread_rwlock_wrlock(&M.mu);
+        for (int i = 0; i < PQntuples(r); i++) {
+            struct device_record d;
+            prow(r, i, &d);
+            mirror_put(&d);
+            int64_t s = pg_col64(r, i, 13);
+            top = s > top ? s : top;
+        }
+        atomic_store(&M.seq, top);
+        pthread_rwlock_unlock(&M.mu);
+    }
+    PQclear(r);
+    atomic_store(&M.synced_ms, wall_ms());
+    return 0;
+}
+
+void device_mirror_stop(void)
+{
+    atomic_store(&M.active, false);
+    pthread_rwlock_wrlock(&M.mu);
+    mirror_clear();
+    pthread_rwlock_unlock(&M.mu);
+    pthread_mutex_lock(&M.seen_mu);
+    M.nseen = 0;
+    pthread_mutex_unlock(&M.seen_mu);
+}
+
+/* 0, ERR_NOTFOUND, or ERR_IO when the mirror is older than state.staleness
+ * (the database out of reach that long: no device is trusted). */
+static int mirror_lookup(const char *fp, struct device_record *out, struct err *err)
+{
+    int64_t age = wall_ms() - atomic_load(&M.synced_ms);
+    if (age > (int64_t)M.staleness_ms) {
+        return err_set(err, ERR_IO,
+                       "device registry: not synchronised with PostgreSQL for %lld ms",
+                       (long long)age);
+    }
+    int rc = ERR_NOTFOUND;
+    pthread_rwlock_rdlock(&M.mu);
+    for (struct mdev *m = M.bucket[mbucket(fp)]; m != NULL; m = m->next) {
+        if (strcmp(m->rec.fingerprint, fp) == 0) {
+            *out = m->rec;
+            rc = 0;
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&M.mu);
+    if (rc != 0) {
+        err_set(err, ERR_NOTFOUND, "no such device \"%s\"", fp);
+    }
+    return rc;
+}
+
+static void mirror_seen(const char *id, int64_t now)
+{
+    pthread_mutex_lock(&M.seen_mu);
+    if (M.nseen < MIRROR_SEEN_MAX) {
+        snprintf(M.seen[M.nseen].id, sizeof M.seen[M.nseen].id, "%s", id);
+        M.seen[M.nseen].at = now;
+        M.nseen++;
+    }
+    pthread_mutex_unlock(&M.seen_mu);
 }
 
 static int db_error(struct device_store *s, struct err *err, const char *what)
@@ -297,6 +487,9 @@ static int one(struct device_store *s, const char *sql, const char *arg,
 int device_store_lookup(struct device_store *s, const char *fingerprint,
                         struct device_record *out, struct err *err)
 {
+    if (s->db == NULL && atomic_load(&M.active)) {
+        return mirror_lookup(fingerprint, out, err);
+    }
     return one(s,
                s->db ? "SELECT " COLS " FROM devices WHERE fingerprint = ?"
                      : "SELECT " COLS " FROM devices WHERE fingerprint = $1",
@@ -395,9 +588,10 @@ int device_store_enroll(struct device_store *s, struct device_record *rec, struc
         /* One statement, so one transaction: the row and its change. */
         int rc = pq(s,
                     "WITH d AS (INSERT INTO devices (" COLS ") VALUES ($1, $2, $3, $4, $5, $6, "
-                    "$7, $8::bigint, $9, $10::bigint, 0, 0, '') RETURNING id) "
-                    "INSERT INTO device_changes (device, kind, ts) "
-                    "SELECT id, 'enroll', $8::bigint FROM d",
+                    "$7, $8::bigint, $9, $10::bigint, 0, 0, '') RETURNING id), "
+                    "c AS (INSERT INTO device_changes (device, kind, ts) "
+                    "SELECT id, 'enroll', $8::bigint FROM d RETURNING seq) "
+                    "SELECT pg_notify('" DEVICE_CHANNEL "', '') FROM c",
                     10, v, &r, err, "enrol");
         PQclear(r);
         return rc;
@@ -491,9 +685,10 @@ int device_store_revoke(struct device_store *s, const char *id, const char *reas
         PGresult *r = NULL;
         rc = pq(s,
                 "WITH d AS (UPDATE devices SET revoked_at = $1::bigint, reason = $2 "
-                "WHERE id = $3 AND revoked_at = 0 RETURNING id) "
-                "INSERT INTO device_changes (device, kind, ts) "
-                "SELECT id, 'revoke', $1::bigint FROM d",
+                "WHERE id = $3 AND revoked_at = 0 RETURNING id), "
+                "c AS (INSERT INTO device_changes (device, kind, ts) "
+                "SELECT id, 'revoke', $1::bigint FROM d RETURNING seq) "
+                "SELECT pg_notify('" DEVICE_CHANNEL "', '') FROM c",
                 3, v, &r, err, "revoke");
         PQclear(r);
         if (rc != 0) {
@@ -533,6 +728,9 @@ int device_store_revoke(struct device_store *s, const char *id, const char *reas
 
 int64_t device_store_change_seq(struct device_store *s)
 {
+    if (s->db == NULL && atomic_load(&M.active)) {
+        return atomic_load(&M.seq);
+    }
     if (s->db == NULL) {
         struct err e = { 0 };
         PGresult *r = NULL;
@@ -540,7 +738,7 @@ int64_t device_store_change_seq(struct device_store *s)
                "change sequence") != 0) {
             return 0;
         }
-        int64_t v = pcol64(r, 0, 0);
+        int64_t v = pg_col64(r, 0, 0);
         PQclear(r);
         return v;
     }
@@ -557,6 +755,10 @@ int64_t device_store_change_seq(struct device_store *s)
 
 void device_store_seen(struct device_store *s, const char *id, int64_t now)
 {
+    if (s->db == NULL && atomic_load(&M.active)) {
+        mirror_seen(id, now);
+        return;
+    }
     if (s->db == NULL) {
         char ts[24];
         snprintf(ts, sizeof ts, "%lld", (long long)now);

@@ -44,6 +44,19 @@ void device_store_use_postgres(const struct spg_conf *c);
 void device_store_set_ready(bool (*ready)(void *arg), void *arg);
 bool device_store_on_postgres(void);
 
+/* A serving node on PostgreSQL keeps the registry in memory: the session
+ * store's listener thread loads it (device_mirror_load, at start, blocking)
+ * and keeps it current (device_mirror_sync: activity written, changes past
+ * the last applied sequence read; 0, or -1 when the connection failed) on
+ * every notification, every second and after a reconnect. Lookups, the change
+ * sequence and device_store_seen then never touch PostgreSQL; a mirror not
+ * synchronised for longer than staleness_ms trusts no device.
+ * device_mirror_stop drops it (the session store closing). */
+struct pg_conn;
+int device_mirror_load(struct pg_conn *db, uint64_t staleness_ms, struct err *err);
+int device_mirror_sync(struct pg_conn *db);
+void device_mirror_stop(void);
+
 /* Opens (creating the tables when missing) the registry in the SQLite file. */
 struct device_store *device_store_open(const char *path, struct err *err);
 void device_store_close(struct device_store *s);

@@ -245,6 +245,15 @@ char *jwt_peek_kid(struct str token)
     return out;
 }
 
+json_t *jwt_peek_claims(struct str token)
+{
+    struct str part[3];
+    if (token.len > JWT_MAX_BYTES || !split3(token, part)) {
+        return NULL;
+    }
+    return decode_json_part(part[1]);
+}
+
 /* Does key k fit algorithm alg? RFC 7518 §3: RS and PS need RSA keys, ES256 a
  * P-256 key (cjose 0.6.2 does not check the curve itself), ES384 P-384, ES512 P-521. */
 static bool key_fits(const struct jwks_key *k, unsigned alg)

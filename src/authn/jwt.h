@@ -79,6 +79,10 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
  * Returns a malloc'd string or NULL. */
 char *jwt_peek_kid(struct str token);
 
+/* The payload's claims without verifying anything (for a token verified
+ * already), or NULL. The caller json_decref()s it. */
+json_t *jwt_peek_claims(struct str token);
+
 /* Reads a string claim; NULL when absent or not a string. Borrowed from c. */
 const char *jwt_claim_str(const json_t *c, const char *name);
 

@@ -31,6 +31,7 @@
 #include "core/ident.h"
 #include "keys.h"
 #include "oidc.h"
+#include "state_sqlite.h"
 
 #define NBUCKETS 16384
 #define NSTRIPES 64
@@ -372,25 +373,7 @@ static void once_flush(struct session_store *s)
 
 static sqlite3 *db_open(const char *path, struct err *err)
 {
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-    if (rc != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, 5000);
-    char *msg = NULL;
-    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        err_set(err, ERR_IO, "cannot create the session tables in %s: %s", path,
-                msg ? msg : "?");
-        sqlite3_free(msg);
-        sqlite3_close(db);
-        return NULL;
-    }
-    return db;
+    return state_sqlite_open(path, schema, 5000, "session", err);
 }
 
 static void aad_for(const unsigned char h[32], const char *what, char *out, size_t n)
@@ -886,6 +869,21 @@ void session_store_derive_key(struct session_store *s, const char *label, unsign
 bool session_store_shared(const struct session_store *s)
 {
     return s != NULL && s->pg != NULL;
+}
+
+struct spg *session_store_pg(struct session_store *s)
+{
+    return s != NULL ? s->pg : NULL;
+}
+
+bool session_cookie_id_hash(struct str cookie, char out[65])
+{
+    unsigned char h[32];
+    if (!cookie_hash(cookie, h)) {
+        return false;
+    }
+    str_hex(h, 32, out);
+    return true;
 }
 
 bool session_store_ready(struct session_store *s)

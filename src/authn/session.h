@@ -65,6 +65,11 @@ bool session_store_ready(struct session_store *s);
 void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32]);
 /* True when the store is PostgreSQL (state.postgres). */
 bool session_store_shared(const struct session_store *s);
+/* The PostgreSQL engine (session_pg.h) behind a shared store, else NULL. */
+struct spg;
+struct spg *session_store_pg(struct session_store *s);
+/* The stored id (hex SHA-256) of a session cookie value; false when malformed. */
+bool session_cookie_id_hash(struct str cookie, char out[65]);
 /* Flushes pending writes, stops the writer thread, closes. NULL is a no-op. */
 void session_store_close(struct session_store *s);
 /* Writes everything queued now and applies revocations from other processes

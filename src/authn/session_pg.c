@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +20,8 @@
 #include <openssl/crypto.h>
 
 #include "codec.h"
+#include "core/pg.h"
+#include "device_store.h"
 
 #define CHANNEL "gatehouse_sessions"
 #define CHANGE_LOCK "7263001"      /* pg_advisory_xact_lock key: appenders of session_changes */
@@ -27,6 +30,7 @@
 #define TOUCH_SYNC_PERIOD_MS 5000
 #define OK_WITHIN_MS 3000          /* readiness: synced this recently */
 #define REPLAY_BATCH 500
+#define REFRESH_LEASE_MS "30000"   /* a node that took the lease and died: others after this */
 
 struct spg {
     struct spg_conf conf;
@@ -45,15 +49,43 @@ struct spg {
     PGconn *lconn;                 /* the listener's, handed over at start */
     int64_t seq;                   /* last change applied (listener thread) */
     int64_t last_touch_sync_ms;
-    /* one-time values: checked by the request path on its own connection */
+    /* one-time values: a thread of their own with its own connection; the
+     * request path queues a job and waits for its eventfd on its loop */
+    pthread_t once_thread;
+    bool once_started;
     pthread_mutex_t omu;
+    pthread_cond_t ocv;
+    struct spg_once_job *ohead, **otail;
     PGconn *oconn;
 };
+
+struct spg_once_job {
+    atomic_int refs;               /* the queue's and the requester's */
+    int fd;                        /* eventfd: readable once decided */
+    bool lease;                    /* a refresh lease (id_hash, exp_s = token expiry) */
+    char id_hash[65];
+    unsigned char h[32];
+    int64_t exp_s;
+    int64_t deadline_ms;           /* monotonic: past it the job is not run */
+    atomic_int state;              /* SPG_ONCE_* */
+    char err[256];
+    struct spg_once_job *next;
+};
+
+static void once_finish(struct spg_once_job *j, int state, const char *why);
+static void *once_main(void *arg);
 
 static int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -66,6 +98,7 @@ bool spg_conf_parse(struct conf_diag *d, const struct conf_node *state, const ch
     memset(out, 0, sizeof *out);
     out->migrate = true;
     out->staleness_ms = 10000;
+    out->query_timeout_ms = 2000;
     if (state == NULL || state->type != CONF_MAP || conf_get(state, "postgres") == NULL) {
         return false;
     }
@@ -73,6 +106,7 @@ bool spg_conf_parse(struct conf_diag *d, const struct conf_node *state, const ch
     conf_string(d, state, "password_file", &pw);
     conf_bool(d, state, "migrate", &out->migrate);
     conf_duration_ms(d, state, "staleness", 0, 3600000, &out->staleness_ms);
+    conf_duration_ms(d, state, "query_timeout", 100, 60000, &out->query_timeout_ms);
     if (pg == NULL) {
         return false;
     }
@@ -88,24 +122,6 @@ void spg_conf_fini(struct spg_conf *c)
     free(c->conninfo);
     free(c->password_file);
     memset(c, 0, sizeof *c);
-}
-
-static char *read_password(const char *path, struct err *err)
-{
-    size_t len = 0;
-    char *s = conf_read_file(path, 4096, &len, err);
-    if (s == NULL) {
-        return NULL;
-    }
-    while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r')) {
-        s[--len] = '\0';
-    }
-    if (len == 0 || memchr(s, '\n', len) != NULL) {
-        free(s);
-        err_set(err, ERR_CONFIG, "%s must hold the password on one line", path);
-        return NULL;
-    }
-    return s;
 }
 
 void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const struct spg_conf *c)
@@ -124,13 +140,11 @@ void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const st
     PQconninfoFree(opts);
     if (c->password_file != NULL) {
         struct err e = { 0 };
-        char *pw = read_password(c->password_file, &e);
+        char *pw = pg_read_password(c->password_file, &e);
         if (pw == NULL) {
             conf_error(d, conf_get(state, "password_file"), "password_file: %s", e.msg);
-        } else {
-            OPENSSL_cleanse(pw, strlen(pw));
-            free(pw);
         }
+        pg_password_free(pw);
     }
 }
 
@@ -195,58 +209,14 @@ char *spg_conninfo_redacted(const char *ci)
 
 /* ---- connections ------------------------------------------------------ */
 
-/* The defaults come first so the configured string overrides them: give up
- * on a dead server in seconds, not the kernel's minutes. */
 static PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err)
 {
-    const char *keys[12], *vals[12];
-    size_t n = 0;
-    keys[n] = "connect_timeout", vals[n++] = "3";
-    keys[n] = "keepalives_idle", vals[n++] = "5";
-    keys[n] = "keepalives_interval", vals[n++] = "2";
-    keys[n] = "keepalives_count", vals[n++] = "2";
-    keys[n] = "tcp_user_timeout", vals[n++] = "5000";
-    keys[n] = "application_name", vals[n++] = "gatehouse";
-    if (password != NULL) {
-        keys[n] = "password", vals[n++] = password;
-    }
-    keys[n] = "dbname", vals[n++] = c->conninfo;
-    keys[n] = NULL, vals[n] = NULL;
-    PGconn *db = PQconnectdbParams(keys, vals, 1);
-    if (db == NULL || PQstatus(db) != CONNECTION_OK) {
-        const char *m = db ? PQerrorMessage(db) : "out of memory";
-        size_t len = strlen(m);
-        while (len > 0 && m[len - 1] == '\n') {
-            len--;
-        }
-        err_set(err, ERR_IO, "cannot connect to PostgreSQL: %.*s", (int)len, m);
-        PQfinish(db);
-        return NULL;
-    }
-    return db;
-}
-
-static void notice_none(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
+    return pg_connect(c->conninfo, password, "gatehouse", err);
 }
 
 static PGconn *connect_conf(const struct spg_conf *c, struct err *err)
 {
-    char *pw = NULL;
-    if (c->password_file != NULL && (pw = read_password(c->password_file, err)) == NULL) {
-        return NULL;
-    }
-    PGconn *db = connect_db(c, pw, err);
-    if (db != NULL) {
-        PQsetNoticeProcessor(db, notice_none, NULL);
-    }
-    if (pw != NULL) {
-        OPENSSL_cleanse(pw, strlen(pw));
-        free(pw);
-    }
-    return db;
+    return pg_connect_file(c->conninfo, c->password_file, "gatehouse", err);
 }
 
 PGconn *spg_connect(const struct spg_conf *c, struct err *err)
@@ -265,25 +235,10 @@ PGconn *spg_connect(const struct spg_conf *c, struct err *err)
     return db;
 }
 
-static bool cmd_ok(PGconn *db, PGresult *r, struct err *err, const char *what)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        return true;
-    }
-    const char *m = r ? PQresultErrorMessage(r) : PQerrorMessage(db);
-    size_t len = strlen(m);
-    while (len > 0 && m[len - 1] == '\n') {
-        len--;
-    }
-    err_set(err, ERR_IO, "%s: %.*s", what, (int)len, m);
-    return false;
-}
-
 static bool exec_ok(PGconn *db, const char *sql, struct err *err)
 {
     PGresult *r = PQexec(db, sql);
-    bool ok = cmd_ok(db, r, err, "PostgreSQL");
+    bool ok = pg_check(db, r, err, "PostgreSQL");
     PQclear(r);
     return ok;
 }
@@ -347,6 +302,16 @@ static const char *const migrations[] = {
     "CREATE INDEX devices_owner ON devices (lower(owner));"
     "CREATE TABLE device_changes ("
     "  seq bigserial PRIMARY KEY, device text NOT NULL, kind text NOT NULL, ts bigint NOT NULL);",
+    /* 5: refresh single-flight across the fleet: the node that sets the lease
+     * (while it is past and the tokens are still the ones it holds) refreshes;
+     * writing the refreshed tokens clears it. */
+    "ALTER TABLE sessions ADD COLUMN refresh_lease_ms bigint NOT NULL DEFAULT 0;",
+    /* 6: every node's signed checkpoints (the JSON line it signed), shipped
+     * after the records they sign: audit verify on any node checks each
+     * node's chain against them. */
+    "CREATE TABLE decision_checkpoints ("
+    "  node text NOT NULL, seq bigint NOT NULL, hash text NOT NULL, line text NOT NULL,"
+    "  PRIMARY KEY (node, seq));",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -361,7 +326,7 @@ static int schema_version(PGconn *db, int *version, struct err *err)
             return 0;
         }
     }
-    if (!cmd_ok(db, r, err, "reading the schema version")) {
+    if (!pg_check(db, r, err, "reading the schema version")) {
         PQclear(r);
         return ERR_IO;
     }
@@ -400,7 +365,7 @@ static int migrate(PGconn *db, int *from, int *to, struct err *err)
             goto fail;
         }
         PGresult *r = q(db, "INSERT INTO gatehouse_schema (version) VALUES ($1::integer)", 1, p);
-        bool ok = cmd_ok(db, r, err, "recording the schema version");
+        bool ok = pg_check(db, r, err, "recording the schema version");
         PQclear(r);
         if (!ok) {
             goto fail;
@@ -441,37 +406,28 @@ int spg_cmd_migrate(const struct spg_conf *c, FILE *out, struct err *err)
     "id_hash, user_key, email, name, groups, claims, idp, sid, created_ms, last_seen_ms, "      \
     "expires_ms, token_exp_s, refresh_token, id_token"
 
-static const char *col(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? NULL : PQgetvalue(r, i, c);
-}
-
-static int64_t col64(PGresult *r, int i, int c)
-{
-    return PQgetisnull(r, i, c) ? 0 : strtoll(PQgetvalue(r, i, c), NULL, 10);
-}
-
 static bool row_from(PGresult *r, int i, struct spg_row *out)
 {
-    const char *h = col(r, i, 0);
+    const char *h = pg_col(r, i, 0);
     if (h == NULL || strlen(h) != 64) {
         return false;
     }
     memset(out, 0, sizeof *out);
     memcpy(out->id_hash, h, 65);
-    out->user_key = col(r, i, 1);
-    out->email = col(r, i, 2);
-    out->name = col(r, i, 3);
-    out->groups = col(r, i, 4);
-    out->claims = col(r, i, 5);
-    out->idp = col(r, i, 6);
-    out->sid = col(r, i, 7);
-    out->created_ms = col64(r, i, 8);
-    out->last_seen_ms = col64(r, i, 9);
-    out->expires_ms = col64(r, i, 10);
-    out->token_exp_s = col64(r, i, 11);
-    out->refresh_token = col(r, i, 12);
-    out->id_token = col(r, i, 13);
+    /* The columns of ROW_COLS after id_hash, in order. */
+    const char **text[] = { &out->user_key, &out->email, &out->name, &out->groups,
+                            &out->claims,   &out->idp,   &out->sid };
+    int64_t *num[] = { &out->created_ms, &out->last_seen_ms, &out->expires_ms,
+                       &out->token_exp_s };
+    int c = 1;
+    for (size_t k = 0; k < sizeof text / sizeof text[0]; k++) {
+        *text[k] = pg_col(r, i, c++);
+    }
+    for (size_t k = 0; k < sizeof num / sizeof num[0]; k++) {
+        *num[k] = pg_col64(r, i, c++);
+    }
+    out->refresh_token = pg_col(r, i, c++);
+    out->id_token = pg_col(r, i, c);
     return true;
 }
 
@@ -481,19 +437,19 @@ static int preload(struct spg *p, PGconn *db, struct err *err)
     snprintf(now, sizeof now, "%lld", (long long)wall_ms());
     const char *v[] = { now };
     PGresult *r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
-    if (!cmd_ok(db, r, err, "loading sessions")) {
+    if (!pg_check(db, r, err, "loading sessions")) {
         PQclear(r);
         return ERR_IO;
     }
     /* User revocations first: a row loaded after them is checked against them. */
     PGresult *u = PQexec(db, "SELECT value, ts_ms FROM user_revocations");
-    if (!cmd_ok(db, u, err, "loading user revocations")) {
+    if (!pg_check(db, u, err, "loading user revocations")) {
         PQclear(r);
         PQclear(u);
         return ERR_IO;
     }
     for (int i = 0; i < PQntuples(u); i++) {
-        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), col64(u, i, 1));
+        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), pg_col64(u, i, 1));
     }
     PQclear(u);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -550,9 +506,9 @@ static int replay(struct spg *p, PGconn *db)
                     return -1;
                 }
             } else {
-                p->hooks.revoke(p->hooks.arg, kind, value, col64(r, i, 3));
+                p->hooks.revoke(p->hooks.arg, kind, value, pg_col64(r, i, 3));
             }
-            p->seq = col64(r, i, 0);
+            p->seq = pg_col64(r, i, 0);
         }
         PQclear(r);
         if (n < REPLAY_BATCH) {
@@ -575,7 +531,7 @@ static int touch_sync(struct spg *p, PGconn *db, int64_t now)
         return -1;
     }
     for (int i = 0; i < PQntuples(r); i++) {
-        p->hooks.touch(p->hooks.arg, PQgetvalue(r, i, 0), col64(r, i, 1));
+        p->hooks.touch(p->hooks.arg, PQgetvalue(r, i, 0), pg_col64(r, i, 1));
     }
     PQclear(r);
     p->last_touch_sync_ms = now;
@@ -593,8 +549,8 @@ static int check_gap(struct spg *p, PGconn *db)
         PQclear(r);
         return -1;
     }
-    int64_t min = PQgetisnull(r, 0, 0) ? 0 : col64(r, 0, 0);
-    int64_t last = col64(r, 0, 1);
+    int64_t min = PQgetisnull(r, 0, 0) ? 0 : pg_col64(r, 0, 0);
+    int64_t last = pg_col64(r, 0, 1);
     PQclear(r);
     bool gap = min > 0 ? min > p->seq + 1 : last > p->seq;
     if (!gap) {
@@ -615,7 +571,7 @@ static int check_gap(struct spg *p, PGconn *db)
         return -1;
     }
     for (int i = 0; i < PQntuples(u); i++) {
-        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), col64(u, i, 1));
+        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), pg_col64(u, i, 1));
     }
     p->hooks.resync(p->hooks.arg, false);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -638,10 +594,10 @@ static PGconn *listen_connect(struct spg *p)
     if (db == NULL) {
         return NULL;
     }
-    PQsetNoticeProcessor(db, notice_none, NULL);
     /* LISTEN before the replay: a change committed in between is both
      * replayed and announced, never neither. */
-    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0) {
+    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
+        device_mirror_sync(db) != 0) {
         log_warn("authn", "PostgreSQL listener: %s", e.msg[0] ? e.msg : PQerrorMessage(db));
         PQfinish(db);
         return NULL;
@@ -698,7 +654,7 @@ static void *listener_main(void *arg)
         }
         now = wall_ms();
         if (!fail && (notified || now - last_replay >= REPLAY_PERIOD_MS)) {
-            fail = replay(p, db) != 0;
+            fail = replay(p, db) != 0 || device_mirror_sync(db) != 0;
             if (!fail && now - p->last_touch_sync_ms >= TOUCH_SYNC_PERIOD_MS) {
                 fail = touch_sync(p, db, now) != 0;
             }
@@ -730,25 +686,28 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     p->conf.password_file = c->password_file ? xstrdup(c->password_file) : NULL;
     p->conf.migrate = c->migrate;
     p->conf.staleness_ms = c->staleness_ms;
+    p->conf.query_timeout_ms = c->query_timeout_ms ? c->query_timeout_ms : 2000;
     p->hooks = *h;
     atomic_init(&p->stop, false);
     atomic_init(&p->synced_ms, 0);
     atomic_init(&p->listen_ok, false);
     atomic_init(&p->writer_ok, true);
     pthread_mutex_init(&p->omu, NULL);
+    pthread_cond_init(&p->ocv, NULL);
+    p->otail = &p->ohead;
     if (!codec_rand_bytes(rnd, sizeof rnd)) {
         err_set(err, ERR_CRYPTO, "no randomness for the node id");
         goto fail;
     }
     str_hex(rnd, sizeof rnd, p->node);
-    if (c->password_file != NULL && (p->password = read_password(c->password_file, err)) == NULL) {
+    if (c->password_file != NULL &&
+        (p->password = pg_read_password(c->password_file, err)) == NULL) {
         goto fail;
     }
     p->wconn = connect_db(&p->conf, p->password, err);
     if (p->wconn == NULL) {
         goto fail;
     }
-    PQsetNoticeProcessor(p->wconn, notice_none, NULL);
     int from = 0, to = 0;
     if (c->migrate) {
         if (migrate(p->wconn, &from, &to, err) != 0) {
@@ -768,13 +727,14 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     }
     /* The sequence first, then the rows: a change in between is replayed. */
     PGresult *r = PQexec(p->wconn, "SELECT coalesce(max(seq), 0) FROM session_changes");
-    if (!cmd_ok(p->wconn, r, err, "reading the change sequence")) {
+    if (!pg_check(p->wconn, r, err, "reading the change sequence")) {
         PQclear(r);
         goto fail;
     }
-    p->seq = col64(r, 0, 0);
+    p->seq = pg_col64(r, 0, 0);
     PQclear(r);
-    if (preload(p, p->wconn, err) != 0) {
+    if (preload(p, p->wconn, err) != 0 ||
+        device_mirror_load(p->wconn, c->staleness_ms, err) != 0) {
         goto fail;
     }
     p->last_touch_sync_ms = wall_ms();
@@ -791,6 +751,11 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
         goto fail;
     }
     p->listener_started = true;
+    if (pthread_create(&p->once_thread, NULL, once_main, p) != 0) {
+        err_set(err, ERR_IO, "cannot start the PostgreSQL one-time value thread");
+        goto fail;
+    }
+    p->once_started = true;
     return p;
 fail:
     spg_close(p);
@@ -805,15 +770,26 @@ void spg_close(struct spg *p)
     if (p->listener_started) {
         atomic_store(&p->stop, true);
         pthread_join(p->listener, NULL);
+        device_mirror_stop();
+    }
+    if (p->once_started) {
+        pthread_mutex_lock(&p->omu);
+        atomic_store(&p->stop, true);
+        pthread_cond_signal(&p->ocv);
+        pthread_mutex_unlock(&p->omu);
+        pthread_join(p->once_thread, NULL);
+    }
+    while (p->ohead != NULL) { /* never run: their requesters hear "failed" */
+        struct spg_once_job *j = p->ohead;
+        p->ohead = j->next;
+        once_finish(j, SPG_ONCE_FAILED, "shutting down");
     }
     PQfinish(p->wconn);
     PQfinish(p->lconn);
     PQfinish(p->oconn);
     pthread_mutex_destroy(&p->omu);
-    if (p->password != NULL) {
-        OPENSSL_cleanse(p->password, strlen(p->password));
-        free(p->password);
-    }
+    pthread_cond_destroy(&p->ocv);
+    pg_password_free(p->password);
     spg_conf_fini(&p->conf);
     free(p);
 }
@@ -843,7 +819,6 @@ static bool writer_conn(struct spg *p)
     if (p->wconn == NULL) {
         return false;
     }
-    PQsetNoticeProcessor(p->wconn, notice_none, NULL);
     log_info("authn", "PostgreSQL writer connection restored");
     return true;
 }
@@ -856,7 +831,7 @@ static bool change(PGconn *db, const char *kind, const char *value, const char *
                     "INSERT INTO session_changes (kind, value, ts_ms, node) "
                     "VALUES ($1, $2, $3::bigint, $4)",
                     4, v);
-    bool ok = cmd_ok(db, r, err, "appending a session change");
+    bool ok = pg_check(db, r, err, "appending a session change");
     PQclear(r);
     return ok;
 }
@@ -886,13 +861,13 @@ static bool put_op(struct spg *p, const struct spg_op *o, const char *ts, struct
                             w->groups ? w->groups : "[]", w->id_hash };
         r = q(p->wconn,
               "UPDATE sessions SET refresh_token = $1, token_exp_s = $2::bigint, email = $3, "
-              "name = $4, groups = $5 WHERE id_hash = $6",
+              "name = $4, groups = $5, refresh_lease_ms = 0 WHERE id_hash = $6",
               6, v);
     } else {
         const char *v[] = { w->id_hash };
         r = q(p->wconn, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
     }
-    bool ok = cmd_ok(p->wconn, r, err, "writing a session");
+    bool ok = pg_check(p->wconn, r, err, "writing a session");
     PQclear(r);
     if (!ok) {
         return false;
@@ -938,7 +913,7 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
             return 0;
         }
         PGresult *r = PQexec(p->wconn, "SELECT 1");
-        bool ok = cmd_ok(p->wconn, r, &e, "PostgreSQL");
+        bool ok = pg_check(p->wconn, r, &e, "PostgreSQL");
         PQclear(r);
         if (!ok) {
             PQfinish(p->wconn);
@@ -964,7 +939,7 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
                         "UPDATE sessions SET last_seen_ms = greatest(last_seen_ms, $1::bigint) "
                         "WHERE id_hash = $2",
                         2, v);
-        ok = cmd_ok(p->wconn, r, &e, "recording activity");
+        ok = pg_check(p->wconn, r, &e, "recording activity");
         PQclear(r);
     }
     if (ok && nops > 0) {
@@ -1018,42 +993,242 @@ void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms)
 
 /* ---- one-time values -------------------------------------------------- */
 
+void spg_once_release(struct spg_once_job *j)
+{
+    if (j != NULL && atomic_fetch_sub(&j->refs, 1) == 1) {
+        close(j->fd);
+        free(j);
+    }
+}
+
+/* The once thread's answer: the state, then the eventfd, then its reference. */
+static void once_finish(struct spg_once_job *j, int state, const char *why)
+{
+    if (why != NULL) {
+        snprintf(j->err, sizeof j->err, "%s", why);
+    }
+    atomic_store(&j->state, state);
+    uint64_t one = 1;
+    ssize_t n = write(j->fd, &one, sizeof one);
+    (void)n; /* an eventfd counter does not fill up with one write */
+    spg_once_release(j);
+}
+
+static struct spg_once_job *job_submit(struct spg *p, struct spg_once_job *tmpl,
+                                       struct err *err)
+{
+    if (!spg_ok(p, wall_ms())) {
+        /* Known out of reach (the listener thread says so): refused now. */
+        err_set(err, ERR_IO, "PostgreSQL unreachable");
+        return NULL;
+    }
+    struct spg_once_job *j = xcalloc(1, sizeof *j);
+    j->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (j->fd < 0) {
+        err_set(err, ERR_IO, "eventfd: %s", strerror(errno));
+        free(j);
+        return NULL;
+    }
+    atomic_init(&j->refs, 2);
+    atomic_init(&j->state, SPG_ONCE_PENDING);
+    j->lease = tmpl->lease;
+    memcpy(j->id_hash, tmpl->id_hash, sizeof j->id_hash);
+    memcpy(j->h, tmpl->h, 32);
+    j->exp_s = tmpl->exp_s;
+    j->deadline_ms = mono_ms() + (int64_t)p->conf.query_timeout_ms;
+    pthread_mutex_lock(&p->omu);
+    *p->otail = j;
+    p->otail = &j->next;
+    pthread_cond_signal(&p->ocv);
+    pthread_mutex_unlock(&p->omu);
+    return j;
+}
+
+struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
+                                     struct err *err)
+{
+    struct spg_once_job t = { .exp_s = exp_s };
+    memcpy(t.h, h, 32);
+    return job_submit(p, &t, err);
+}
+
+struct spg_once_job *spg_lease_submit(struct spg *p, const char id_hash[65], int64_t token_exp_s,
+                                      struct err *err)
+{
+    struct spg_once_job t = { .lease = true, .exp_s = token_exp_s };
+    snprintf(t.id_hash, sizeof t.id_hash, "%s", id_hash);
+    return job_submit(p, &t, err);
+}
+
+int spg_once_fd(const struct spg_once_job *j)
+{
+    return j->fd;
+}
+
+int spg_once_state(const struct spg_once_job *j, const char **why)
+{
+    int st = atomic_load(&((struct spg_once_job *)j)->state);
+    if (why != NULL) {
+        *why = st == SPG_ONCE_FAILED ? j->err : st == SPG_ONCE_PENDING ? "no answer in time" : "";
+    }
+    return st;
+}
+
+uint64_t spg_query_timeout_ms(const struct spg *p)
+{
+    return p->conf.query_timeout_ms;
+}
+
+/* Waits (poll, never past deadline) until db has a whole answer. 0, -2 when
+ * the connection broke, -3 at the deadline. */
+static int await_db(PGconn *db, int64_t deadline, struct err *err)
+{
+    while (PQisBusy(db)) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            err_set(err, ERR_IO, "PostgreSQL did not answer in time");
+            return -3;
+        }
+        struct pollfd pfd = { .fd = PQsocket(db), .events = POLLIN };
+        if (pfd.fd < 0 || (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) ||
+            PQconsumeInput(db) == 0) {
+            err_set(err, ERR_IO, "PostgreSQL: connection lost");
+            return -2;
+        }
+    }
+    return 0;
+}
+
+/* The first use of the key on any node: INSERT ... ON CONFLICT DO NOTHING
+ * decides. 0 with *fresh, -1 refused by the server, -2 connection broken, -3
+ * no answer by the deadline. */
+static int once_query(PGconn *db, const char *sql, int n, const char *const *v, int64_t deadline,
+                      bool *fresh, struct err *err)
+{
+    if (!PQsendQueryParams(db, sql, n, NULL, v, NULL, NULL, 0)) {
+        err_set(err, ERR_IO, "PostgreSQL: connection lost");
+        return -2;
+    }
+    int rc = -1;
+    bool first = true;
+    for (;;) {
+        int w = await_db(db, deadline, err);
+        if (w != 0) {
+            return w;
+        }
+        PGresult *r = PQgetResult(db);
+        if (r == NULL) {
+            break;
+        }
+        if (first && pg_check(db, r, err, "recording a one-time value")) {
+            const char *rows = PQcmdTuples(r);
+            *fresh = rows != NULL && strcmp(rows, "1") == 0;
+            rc = 0;
+        }
+        first = false;
+        PQclear(r);
+    }
+    return rc;
+}
+
+static void once_run(struct spg *p, struct spg_once_job *j)
+{
+    char hex[2 * 32 + 3] = "\\x";
+    str_hex(j->h, 32, hex + 2);
+    char exps[24], now[24];
+    snprintf(exps, sizeof exps, "%lld", (long long)j->exp_s);
+    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    const char *v[] = { hex, exps };
+    const char *lv[] = { j->id_hash, now, exps };
+    /* A one-time value: the first INSERT of its hash wins. A refresh lease:
+     * taken while none is live and the tokens are still those the node holds
+     * (another node's refresh moved token_exp_s on). */
+    const char *sql = j->lease
+                          ? "UPDATE sessions SET refresh_lease_ms = $2::bigint + " REFRESH_LEASE_MS
+                            " WHERE id_hash = $1 AND refresh_lease_ms <= $2::bigint "
+                            "AND token_exp_s <= $3::bigint"
+                          : "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, "
+                            "$2::bigint) ON CONFLICT (key_hash) DO NOTHING";
+    int nv = j->lease ? 3 : 2;
+    const char *const *vals = j->lease ? lv : v;
+    struct err e = { 0 };
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (mono_ms() >= j->deadline_ms) {
+            once_finish(j, SPG_ONCE_FAILED, "PostgreSQL did not answer in time");
+            return;
+        }
+        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
+            PQfinish(p->oconn);
+            p->oconn = connect_db(&p->conf, p->password, &e);
+            if (p->oconn == NULL) {
+                once_finish(j, SPG_ONCE_FAILED, e.msg);
+                return;
+            }
+        }
+        bool fresh = false;
+        int rc = once_query(p->oconn, sql, nv, vals, j->deadline_ms, &fresh, &e);
+        if (rc == 0) {
+            once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
+            return;
+        }
+        if (rc != -1) {
+            /* Broken, or a server that does not answer: a new connection
+             * next time (a dropped one is tried again at once). */
+            PQfinish(p->oconn);
+            p->oconn = NULL;
+            if (rc == -2) {
+                continue;
+            }
+        }
+        break;
+    }
+    once_finish(j, SPG_ONCE_FAILED, e.msg);
+}
+
+static void *once_main(void *arg)
+{
+    struct spg *p = arg;
+    pthread_mutex_lock(&p->omu);
+    while (!atomic_load(&p->stop)) {
+        struct spg_once_job *j = p->ohead;
+        if (j == NULL) {
+            pthread_cond_wait(&p->ocv, &p->omu);
+            continue;
+        }
+        p->ohead = j->next;
+        if (p->ohead == NULL) {
+            p->otail = &p->ohead;
+        }
+        j->next = NULL;
+        pthread_mutex_unlock(&p->omu);
+        once_run(p, j);
+        pthread_mutex_lock(&p->omu);
+    }
+    pthread_mutex_unlock(&p->omu);
+    return NULL;
+}
+
 int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
              struct err *err)
 {
     *fresh = false;
-    char hex[2 * 32 + 3] = "\\x";
-    str_hex(h, 32, hex + 2);
-    char exps[24];
-    snprintf(exps, sizeof exps, "%lld", (long long)exp_s);
-    const char *v[] = { hex, exps };
-    int rc = -1;
-    pthread_mutex_lock(&p->omu);
-    for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
-        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
-            PQfinish(p->oconn);
-            p->oconn = connect_db(&p->conf, p->password, err);
-            if (p->oconn == NULL) {
-                break;
-            }
-            PQsetNoticeProcessor(p->oconn, notice_none, NULL);
-            /* The request path waits on this: never long. */
-            if (!exec_ok(p->oconn, "SET statement_timeout = 2000", err)) {
-                continue;
-            }
-        }
-        PGresult *r = q(p->oconn,
-                        "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, $2::bigint) "
-                        "ON CONFLICT (key_hash) DO NOTHING",
-                        2, v);
-        if (cmd_ok(p->oconn, r, err, "recording a one-time value")) {
-            const char *n = PQcmdTuples(r);
-            *fresh = n != NULL && strcmp(n, "1") == 0;
-            rc = 0;
-        }
-        PQclear(r);
+    struct spg_once_job *j = spg_once_submit(p, h, exp_s, err);
+    if (j == NULL) {
+        return -1;
     }
-    pthread_mutex_unlock(&p->omu);
+    struct pollfd pfd = { .fd = j->fd, .events = POLLIN };
+    int64_t deadline = mono_ms() + (int64_t)p->conf.query_timeout_ms;
+    while (spg_once_state(j, NULL) == SPG_ONCE_PENDING && mono_ms() < deadline) {
+        (void)poll(&pfd, 1, (int)(deadline - mono_ms()));
+    }
+    const char *why = NULL;
+    int st = spg_once_state(j, &why);
+    int rc = st == SPG_ONCE_FRESH || st == SPG_ONCE_USED ? 0 : -1;
+    *fresh = st == SPG_ONCE_FRESH;
+    if (rc != 0) {
+        err_set(err, ERR_IO, "%s", why);
+    }
+    spg_once_release(j);
     return rc;
 }
 
@@ -1074,12 +1249,12 @@ int spg_admin_list(const struct spg_conf *c, int64_t now_ms, spg_list_fn *each, 
                     "groups FROM sessions WHERE expires_ms > $1::bigint ORDER BY created_ms",
                     1, v);
     int rc = 0;
-    if (!cmd_ok(db, r, err, "listing sessions")) {
+    if (!pg_check(db, r, err, "listing sessions")) {
         rc = ERR_IO;
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-        each(arg, col(r, i, 0), col(r, i, 1), col(r, i, 2), col(r, i, 3), col64(r, i, 4),
-             col64(r, i, 5), col64(r, i, 6), col(r, i, 7));
+        each(arg, pg_col(r, i, 0), pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3),
+             pg_col64(r, i, 4), pg_col64(r, i, 5), pg_col64(r, i, 6), pg_col(r, i, 7));
     }
     PQclear(r);
     PQfinish(db);
@@ -1112,12 +1287,12 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
     } else {
         r = PQexec(db, "SELECT id_hash, user_key, email, idp FROM sessions");
     }
-    if (!cmd_ok(db, r, err, "finding sessions")) {
+    if (!pg_check(db, r, err, "finding sessions")) {
         goto out;
     }
     size_t n = 0;
     for (int i = 0; i < PQntuples(r); i++) {
-        if (user == NULL || match(user, col(r, i, 1), col(r, i, 2), col(r, i, 3))) {
+        if (user == NULL || match(user, pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3))) {
             n++;
         }
     }
@@ -1126,12 +1301,12 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
         goto out;
     }
     for (int i = 0; i < PQntuples(r); i++) {
-        if (user != NULL && !match(user, col(r, i, 1), col(r, i, 2), col(r, i, 3))) {
+        if (user != NULL && !match(user, pg_col(r, i, 1), pg_col(r, i, 2), pg_col(r, i, 3))) {
             continue;
         }
         const char *v[] = { PQgetvalue(r, i, 0) };
         PGresult *d = q(db, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
-        bool ok = cmd_ok(db, d, err, "deleting a session");
+        bool ok = pg_check(db, d, err, "deleting a session");
         PQclear(d);
         if (!ok || !change(db, "id", v[0], ts, node, err)) {
             goto out;
@@ -1145,7 +1320,7 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
                         "ON CONFLICT (value) DO UPDATE SET ts_ms = "
                         "greatest(user_revocations.ts_ms, EXCLUDED.ts_ms)",
                         2, v);
-        bool ok = cmd_ok(db, u, err, "recording the revocation");
+        bool ok = pg_check(db, u, err, "recording the revocation");
         PQclear(u);
         if (!ok || !change(db, "user", user, ts, node, err)) {
             goto out;

@@ -25,6 +25,7 @@ struct spg_conf {
     char *password_file;       /* resolved path or NULL */
     bool migrate;              /* run the migrations at start (default true) */
     uint64_t staleness_ms;     /* how long the cache may serve without the database */
+    uint64_t query_timeout_ms; /* how long a request waits on the database (default 2 s) */
 };
 
 /* Parses state.postgres, password_file, migrate and staleness from the
@@ -95,13 +96,32 @@ int spg_write(struct spg *p, const struct spg_op *ops, size_t nops, const struct
  * values. */
 void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms);
 
-/* A one-time value (the SHA-256 h of its key) shared by the fleet: *fresh is
- * true when this call was the first use of h on any node (INSERT ... ON
- * CONFLICT DO NOTHING decides). One synchronous round trip on a connection of
- * its own, serialised by a mutex, bounded by connect_timeout (3 s) and
- * statement_timeout (2 s): the caller blocks, so it is used only on rare
- * paths (SAML ACS). -1 when the database did not answer: the caller fails
- * closed. */
+/* A one-time value (the SHA-256 h of its key) shared by the fleet, decided
+ * off the event loop: spg_once_submit queues it for the node's one-time value
+ * thread (its own connection; INSERT ... ON CONFLICT DO NOTHING decides first
+ * use on any node) and returns at once. The job's eventfd (spg_once_fd)
+ * becomes readable when spg_once_state is no longer PENDING; the requester
+ * waits for it on its loop for at most spg_query_timeout_ms, then drops its
+ * reference (spg_once_release), decided or not. NULL and err when the node
+ * knows the database is out of reach (the caller fails closed at once). */
+enum { SPG_ONCE_FAILED = -1, SPG_ONCE_PENDING = 0, SPG_ONCE_FRESH = 1, SPG_ONCE_USED = 2 };
+struct spg_once_job;
+struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
+                                     struct err *err);
+/* Refresh single-flight: the same job, answered FRESH when this node took the
+ * session's refresh lease (none live, and the row's token_exp_s is not past
+ * token_exp_s, the expiry of the tokens this node holds), USED when another
+ * node refreshes or has refreshed (its new tokens reach this node through the
+ * change feed), FAILED when the database did not answer. */
+struct spg_once_job *spg_lease_submit(struct spg *p, const char id_hash[65], int64_t token_exp_s,
+                                      struct err *err);
+int spg_once_fd(const struct spg_once_job *j);
+/* SPG_ONCE_*; why (borrowed from j) says what failed. */
+int spg_once_state(const struct spg_once_job *j, const char **why);
+void spg_once_release(struct spg_once_job *j);
+uint64_t spg_query_timeout_ms(const struct spg *p);
+/* The same, waiting in the calling thread (never on an event loop): *fresh is
+ * true on first use; -1 when the database did not answer in time. */
 int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
              struct err *err) WARN_UNUSED;
 

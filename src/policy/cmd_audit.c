@@ -865,6 +865,11 @@ int audit_cmd(int argc, char **argv)
             return 1;
         }
         int rc = dl_print_head(&c);
+        struct err fe = { 0 };
+        if (rc == 0 && c.pg_conninfo != NULL && dl_fleet_heads(&c, stdout, &fe) != 0) {
+            fprintf(stderr, "gatehouse: %s\n", fe.msg);
+            rc = 1;
+        }
         decision_log_conf_fini(&c);
         return rc;
     }

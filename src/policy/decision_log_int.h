@@ -76,6 +76,9 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
                          sqlite3 **out, struct err *err);
 /* Checks every node's chain in PostgreSQL; prints "ok fleet NODE"/"FAIL fleet NODE". */
 int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, struct err *err);
+/* audit head in a fleet: one JSON line per node with its last shipped record
+ * and its last shipped checkpoint. */
+int dl_fleet_heads(const struct decision_log_conf *c, FILE *out, struct err *err);
 
 /* "2026-03-10T09:30:00.123456Z" for a time in microseconds. */
 void dl_format_ts(int64_t ts_us, char out[64]);

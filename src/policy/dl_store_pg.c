@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
-#include <openssl/crypto.h>
 
+#include "core/pg.h"
 #include "decision_log_int.h"
 
 #define SHIP_PERIOD_MS 1000
@@ -31,66 +31,15 @@ struct dl_ship {
     pthread_cond_t wake;
     PGconn *db;
     int64_t shipped;               /* highest seq known in PostgreSQL; -1: unknown */
+    int64_t ckpt_shipped;          /* highest checkpoint seq there; -1: unknown */
     uint64_t retain_ms;            /* decision_log.retention (0: keep) */
     int64_t last_retain_ms;
     bool down_logged;
 };
 
-static void notice_none(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
 static PGconn *dl_pg_connect(const struct decision_log_conf *c, struct err *err)
 {
-    char *pw = NULL;
-    if (c->pg_password_file != NULL) {
-        size_t len = 0;
-        pw = conf_read_file(c->pg_password_file, 4096, &len, err);
-        if (pw == NULL) {
-            return NULL;
-        }
-        while (len > 0 && (pw[len - 1] == '\n' || pw[len - 1] == '\r')) {
-            pw[--len] = '\0';
-        }
-    }
-    const char *keys[10], *vals[10];
-    size_t n = 0;
-    keys[n] = "connect_timeout", vals[n++] = "3";
-    keys[n] = "keepalives_idle", vals[n++] = "5";
-    keys[n] = "keepalives_interval", vals[n++] = "2";
-    keys[n] = "keepalives_count", vals[n++] = "2";
-    keys[n] = "tcp_user_timeout", vals[n++] = "5000";
-    keys[n] = "application_name", vals[n++] = "gatehouse-decision-log";
-    if (pw != NULL) {
-        keys[n] = "password", vals[n++] = pw;
-    }
-    keys[n] = "dbname", vals[n++] = c->pg_conninfo;
-    keys[n] = NULL, vals[n] = NULL;
-    PGconn *db = PQconnectdbParams(keys, vals, 1);
-    if (pw != NULL) {
-        OPENSSL_cleanse(pw, strlen(pw));
-        free(pw);
-    }
-    if (db == NULL || PQstatus(db) != CONNECTION_OK) {
-        const char *m = db ? PQerrorMessage(db) : "out of memory";
-        size_t len = strlen(m);
-        while (len > 0 && m[len - 1] == '\n') {
-            len--;
-        }
-        err_set(err, ERR_IO, "cannot connect to PostgreSQL: %.*s", (int)len, m);
-        PQfinish(db);
-        return NULL;
-    }
-    PQsetNoticeProcessor(db, notice_none, NULL);
-    return db;
-}
-
-static bool res_ok(PGresult *r)
-{
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    return pg_connect_file(c->pg_conninfo, c->pg_password_file, "gatehouse-decision-log", err);
 }
 
 static const char *pg_msg(PGconn *db, PGresult *r)
@@ -104,6 +53,56 @@ static void row_line(const struct dl_row *row, struct sbuf *b)
     b->len = 0;
     dl_canonical(&row->rec, row->seq, row->prev_hash ? row->prev_hash : DL_GENESIS, b);
     dl_sbuf_printf(b, ",\"hash\":\"%s\"}", row->hash ? row->hash : "");
+}
+
+/* Ships this node's signed checkpoints past the last one in PostgreSQL (each
+ * once the records it signs are there), so that `audit verify` on any node
+ * checks this chain against them. 0, or -1 (tried again next round). */
+static int ship_checkpoints(struct dl_ship *s, sqlite3 *ldb)
+{
+    const char *node = s->conf.node;
+    if (s->ckpt_shipped < 0) {
+        const char *v[] = { node };
+        PGresult *r = PQexecParams(s->db,
+                                   "SELECT coalesce(max(seq), 0) FROM decision_checkpoints "
+                                   "WHERE node = $1",
+                                   1, NULL, v, NULL, NULL, 0);
+        bool ok = pg_res_ok(r);
+        if (ok) {
+            s->ckpt_shipped = pg_col64(r, 0, 0);
+        }
+        PQclear(r);
+        if (!ok) {
+            return -1;
+        }
+    }
+    struct dl_checkpoint *list = NULL;
+    size_t n = dl_ckpt_load(ldb, false, &list);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const struct dl_checkpoint *c = &list[i];
+        if ((int64_t)c->seq <= s->ckpt_shipped || (int64_t)c->seq > s->shipped) {
+            continue;
+        }
+        char *json = dl_ckpt_json(c);
+        char seq[24];
+        snprintf(seq, sizeof seq, "%llu", (unsigned long long)c->seq);
+        const char *v[] = { node, seq, c->hash, json };
+        PGresult *r = PQexecParams(s->db,
+                                   "INSERT INTO decision_checkpoints (node, seq, hash, line) "
+                                   "VALUES ($1, $2::bigint, $3, $4) ON CONFLICT DO NOTHING",
+                                   4, NULL, v, NULL, NULL, 0);
+        if (pg_res_ok(r)) {
+            s->ckpt_shipped = (int64_t)c->seq;
+        } else {
+            log_warn("policy", "decision log: shipping checkpoint %s: %s", seq, pg_msg(s->db, r));
+            rc = -1;
+        }
+        PQclear(r);
+        free(json);
+    }
+    free(list);
+    return rc;
 }
 
 /* One round: ships up to SHIP_BATCH committed records. 1 when more wait, 0 when
@@ -124,6 +123,7 @@ static int ship_once(struct dl_ship *s)
             return -1;
         }
         s->shipped = -1;
+        s->ckpt_shipped = -1;
     }
     const char *node = s->conf.node;
     if (s->shipped < 0) {
@@ -132,7 +132,7 @@ static int ship_once(struct dl_ship *s)
                                    "SELECT coalesce(max(seq), 0) FROM decision_records "
                                    "WHERE node = $1",
                                    1, NULL, v, NULL, NULL, 0);
-        if (!res_ok(r)) {
+        if (!pg_res_ok(r)) {
             if (!s->down_logged) {
                 log_error("policy", "decision log shipping: %s", pg_msg(s->db, r));
                 s->down_logged = true;
@@ -166,7 +166,7 @@ static int ship_once(struct dl_ship *s)
     }
     sqlite3_bind_int64(st, 1, s->shipped);
     r = PQexec(s->db, "BEGIN");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         goto out;
     }
     PQclear(r);
@@ -185,7 +185,7 @@ static int ship_once(struct dl_ship *s)
                          4, NULL, v, NULL, NULL, 0);
         last = (int64_t)row.seq;
         dl_row_fini(&row);
-        if (!res_ok(r)) {
+        if (!pg_res_ok(r)) {
             goto out;
         }
         PQclear(r);
@@ -193,7 +193,7 @@ static int ship_once(struct dl_ship *s)
         n++;
     }
     r = PQexec(s->db, "COMMIT");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         goto out;
     }
     if (s->down_logged) {
@@ -202,6 +202,9 @@ static int ship_once(struct dl_ship *s)
     }
     s->shipped = last;
     rc = n == SHIP_BATCH ? 1 : 0;
+    if (rc == 0 && ship_checkpoints(s, ldb) != 0) {
+        s->ckpt_shipped = -1;
+    }
 out:
     if (rc < 0 && s->db != NULL) {
         if (!s->down_logged) {
@@ -218,6 +221,7 @@ out:
             s->db = NULL;
         }
         s->shipped = -1;
+        s->ckpt_shipped = -1;
     }
     PQclear(r);
     dl_sbuf_free(&line);
@@ -280,6 +284,7 @@ struct dl_ship *dl_ship_start(const struct decision_log_conf *c)
     s->conf.node = xstrdup(c->node);
     s->retain_ms = c->retain_ms;
     s->shipped = -1;
+    s->ckpt_shipped = -1;
     atomic_init(&s->stop, false);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
@@ -331,7 +336,7 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
                                "SELECT node, seq, line FROM decision_records WHERE ts_us >= "
                                "$1::bigint AND ts_us <= $2::bigint ORDER BY ts_us, node, seq",
                                2, NULL, v, NULL, NULL, 0);
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
         PQfinish(db);
@@ -422,14 +427,76 @@ static bool same_as_local(sqlite3 *local, long long seq, const char *hash, const
     return ok;
 }
 
-static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
+/* The node's shipped checkpoints against its shipped chain: each names the
+ * hash the chain has at its seq (hashes[seq - first], n records), and is
+ * signed by the key that made it: checked when that is this node's key (a
+ * fleet sharing decision_log.checkpoint.key checks every node's). */
+static bool verify_checkpoints(PGconn *db, const char *node, const char (*hashes)[65],
+                               long long first, int n, const struct dl_key *key, FILE *out)
+{
+    const char *v[] = { node };
+    PGresult *r = PQexecParams(db,
+                               "SELECT seq, line FROM decision_checkpoints WHERE node = $1 "
+                               "ORDER BY seq",
+                               1, NULL, v, NULL, NULL, 0);
+    if (!pg_res_ok(r)) {
+        fprintf(out, "FAIL fleet %s: checkpoints: %s", node, pg_msg(db, r));
+        PQclear(r);
+        return false;
+    }
+    bool ok = true;
+    int matched = 0, signed_here = 0, older = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        long long seq = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        const char *line = PQgetvalue(r, i, 1);
+        struct dl_checkpoint c;
+        if (!dl_ckpt_parse(line, strlen(line), &c) || c.retention || (long long)c.seq != seq) {
+            fprintf(out, "FAIL fleet %s: checkpoint %lld is not a checkpoint (edited)\n", node,
+                    seq);
+            ok = false;
+            continue;
+        }
+        if (key != NULL && strcmp(key->key_id, c.key_id) == 0) {
+            if (!dl_ckpt_verify(key, &c)) {
+                fprintf(out, "FAIL fleet %s: checkpoint %lld has a bad signature (forged or "
+                             "edited)\n", node, seq);
+                ok = false;
+                continue;
+            }
+            signed_here++;
+        }
+        if (seq < first) {
+            older++; /* its records were removed by retention */
+        } else if (seq >= first + n) {
+            fprintf(out, "FAIL fleet %s: checkpoint %lld signs record %lld, which is not in "
+                         "PostgreSQL (removed)\n", node, seq, seq);
+            ok = false;
+        } else if (strcmp(hashes[seq - first], c.hash) != 0) {
+            fprintf(out, "FAIL fleet %s: record %lld is not the one checkpoint %lld signed: the "
+                         "chain was rewritten up to it\n", node, seq, seq);
+            ok = false;
+        } else {
+            matched++;
+        }
+    }
+    if (ok && PQntuples(r) > 0) {
+        fprintf(out, "ok fleet %s: %d checkpoint(s) match the chain, %d signature(s) checked "
+                     "with this node's key%s\n", node, matched, signed_here,
+                older ? " (older ones sign records removed by retention)" : "");
+    }
+    PQclear(r);
+    return ok;
+}
+
+static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const struct dl_key *key,
+                        FILE *out)
 {
     const char *v[] = { node };
     PGresult *r = PQexecParams(db,
                                "SELECT seq, line FROM decision_records WHERE node = $1 "
                                "ORDER BY seq",
                                1, NULL, v, NULL, NULL, 0);
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         fprintf(out, "FAIL fleet %s: %s", node, pg_msg(db, r));
         PQclear(r);
         return false;
@@ -437,9 +504,10 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
     static const char tail_key[] = ",\"hash\":\"";
     size_t tl = sizeof tail_key - 1;
     char prev[65] = "", h[65];
-    long long expect = -1;
+    long long expect = -1, first = 0;
     bool ok = true;
     int n = PQntuples(r);
+    char (*hashes)[65] = xcalloc((size_t)n + 1, sizeof *hashes);
     for (int i = 0; ok && i < n; i++) {
         long long seq = strtoll(PQgetvalue(r, i, 0), NULL, 10);
         const char *line = PQgetvalue(r, i, 1);
@@ -476,6 +544,10 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
                 ok = false;
             } else {
                 snprintf(prev, sizeof prev, "%s", json_string_value(jh));
+                memcpy(hashes[i], prev, sizeof prev);
+                if (expect < 0) {
+                    first = seq;
+                }
                 expect = seq + 1;
             }
         }
@@ -484,7 +556,9 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, FILE *out)
     if (ok) {
         fprintf(out, "ok fleet %s: %d record(s) chained%s%s\n", node, n, n ? ", head " : "",
                 n ? prev : "");
+        ok = verify_checkpoints(db, node, (const char (*)[65])hashes, first, n, key, out);
     }
+    free(hashes);
     PQclear(r);
     return ok;
 }
@@ -497,7 +571,7 @@ int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, stru
         return ERR_IO;
     }
     PGresult *r = PQexec(db, "SELECT DISTINCT node FROM decision_records ORDER BY node");
-    if (!res_ok(r)) {
+    if (!pg_res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
         PQfinish(db);
@@ -508,16 +582,63 @@ int dl_fleet_verify(const struct decision_log_conf *c, FILE *out, bool *ok, stru
     if (c->sqlite != NULL && dl_db_open(c->sqlite, true, &local, &le) != 0) {
         local = NULL;
     }
+    struct dl_key key;
+    bool have_key = c->ckpt_key != NULL && dl_key_load(c->ckpt_key, false, &key, &le) == 0;
     for (int i = 0; i < PQntuples(r); i++) {
         const char *node = PQgetvalue(r, i, 0);
         bool mine = c->node != NULL && strcmp(node, c->node) == 0;
-        if (!verify_node(db, node, mine ? local : NULL, out)) {
+        if (!verify_node(db, node, mine ? local : NULL, have_key ? &key : NULL, out)) {
             *ok = false;
         }
+    }
+    if (have_key) {
+        dl_key_free(&key);
     }
     sqlite3_close(local);
     if (PQntuples(r) == 0) {
         fprintf(out, "ok fleet: no records shipped yet\n");
+    }
+    PQclear(r);
+    PQfinish(db);
+    return 0;
+}
+
+int dl_fleet_heads(const struct decision_log_conf *c, FILE *out, struct err *err)
+{
+    PGconn *db = dl_pg_connect(c, err);
+    if (db == NULL) {
+        return ERR_IO;
+    }
+    PGresult *r = PQexec(db,
+                         "SELECT r.node, r.seq, r.line, (SELECT k.line FROM decision_checkpoints k "
+                         "WHERE k.node = r.node ORDER BY k.seq DESC LIMIT 1) "
+                         "FROM decision_records r JOIN (SELECT node, max(seq) AS seq FROM "
+                         "decision_records GROUP BY node) m ON m.node = r.node AND m.seq = r.seq "
+                         "ORDER BY r.node");
+    if (!pg_res_ok(r)) {
+        err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
+        PQclear(r);
+        PQfinish(db);
+        return ERR_IO;
+    }
+    /* One line per node: its last shipped record and its last shipped
+     * checkpoint (each node signs its own chain; `audit verify` checks them). */
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_t *rec = json_loads(PQgetvalue(r, i, 2), 0, NULL);
+        const char *ck = pg_col(r, i, 3);
+        json_t *ckpt = ck ? json_loads(ck, 0, NULL) : NULL;
+        const char *hash = json_string_value(json_object_get(rec, "hash"));
+        json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o}", "type", "fleet-head", "node",
+                              PQgetvalue(r, i, 0), "seq", (json_int_t)pg_col64(r, i, 1), "hash",
+                              hash ? hash : "",
+                              "checkpoint", ckpt ? ckpt : json_null());
+        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (line != NULL) {
+            fprintf(out, "%s\n", line);
+        }
+        free(line);
+        json_decref(o);
+        json_decref(rec);
     }
     PQclear(r);
     PQfinish(db);

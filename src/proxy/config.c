@@ -49,7 +49,7 @@ static const char *const limits_keys[] = { "header_bytes", "headers", "body_byte
 static const char *const timeouts_keys[] = { "header", "idle", "body", "upstream_connect",
                                              "upstream_response", "drain", NULL };
 static const char *const state_keys[] = { "sqlite", "postgres", "password_file", "migrate",
-                                          "staleness", "node", NULL };
+                                          "staleness", "query_timeout", "node", NULL };
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 /* The device registry lives in state.sqlite; "devices" tunes its use. */
 static const char *const devices_keys[] = { "cache_ttl", "enroll_ca", NULL };

@@ -227,6 +227,8 @@ static void dump_proxy(FILE *f, const struct config *c)
             kv_str(f, 1, false, "password_file", pg.password_file);
             kv_raw(f, 1, false, "migrate", "%s", pg.migrate ? "true" : "false");
             kv_raw(f, 1, false, "staleness", "%llums", (unsigned long long)pg.staleness_ms);
+            kv_raw(f, 1, false, "query_timeout", "%llums",
+                   (unsigned long long)pg.query_timeout_ms);
         }
         spg_conf_fini(&pg);
         conf_diag_fini(&d);

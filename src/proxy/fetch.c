@@ -36,6 +36,10 @@ struct fetch {
     char curl_err[CURL_ERROR_SIZE];
     uint64_t start_us;
     int too_big;
+    /* fetch_wait: no transfer, an fd watched until readable or the timer */
+    bool waiting;
+    ev_io wio;
+    ev_timer wtimer;
 };
 
 /* One watcher per socket curl asks us to watch. */
@@ -72,8 +76,13 @@ static void fetch_destroy(struct fetch *h)
         h->next->prev = h->prev;
     }
     f->npending--;
-    curl_multi_remove_handle(f->multi, h->easy);
-    curl_easy_cleanup(h->easy);
+    if (h->waiting) {
+        ev_io_stop(f->loop, &h->wio);
+        ev_timer_stop(f->loop, &h->wtimer);
+    } else {
+        curl_multi_remove_handle(f->multi, h->easy);
+        curl_easy_cleanup(h->easy);
+    }
     curl_slist_free_all(h->hdrs);
     if (h->body) {
         explicit_bzero(h->body, h->body_len); /* may hold a client secret */
@@ -339,6 +348,71 @@ struct fetch *fetch_start(struct fetcher *f, const struct fetch_req *req, fetch_
         fetch_destroy(h);
         return NULL;
     }
+    return h;
+}
+
+/* fetch_wait: the fd is readable (status 200) or the time is up (failed). */
+static void wait_done(struct fetch *h, bool ready)
+{
+    /* Stopped before the callback: it may end the request, whose arena
+     * owns the fd. */
+    ev_io_stop(h->f->loop, &h->wio);
+    ev_timer_stop(h->f->loop, &h->wtimer);
+    struct fetch_resp r;
+    memset(&r, 0, sizeof r);
+    r.elapsed_us = now_us() - h->start_us;
+    r.body = "";
+    if (ready) {
+        r.status = 200;
+    } else {
+        r.failed = 1;
+        snprintf(r.error, sizeof r.error, "no answer within %llu ms",
+                 (unsigned long long)(r.elapsed_us / 1000));
+    }
+    h->cb(h->arg, &r);
+    fetch_destroy(h);
+}
+
+static void wait_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    wait_done(w->data, true);
+}
+
+static void wait_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    wait_done(w->data, false);
+}
+
+struct fetch *fetch_wait(struct fetcher *f, int fd, uint64_t timeout_ms, fetch_done_cb *cb,
+                         void *arg, char err[256])
+{
+    if (fd < 0) {
+        snprintf(err, 256, "nothing to wait for");
+        return NULL;
+    }
+    struct fetch *h = xcalloc(1, sizeof *h);
+    h->f = f;
+    h->cb = cb;
+    h->arg = arg;
+    h->start_us = now_us();
+    h->waiting = true;
+    ev_io_init(&h->wio, wait_io_cb, fd, EV_READ);
+    h->wio.data = h;
+    ev_timer_init(&h->wtimer, wait_timer_cb, (double)(timeout_ms ? timeout_ms : 10000) / 1000.0,
+                  0.);
+    h->wtimer.data = h;
+    h->next = f->pending;
+    if (f->pending) {
+        f->pending->prev = h;
+    }
+    f->pending = h;
+    f->npending++;
+    ev_io_start(f->loop, &h->wio);
+    ev_timer_start(f->loop, &h->wtimer);
     return h;
 }
 

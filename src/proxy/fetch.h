@@ -48,6 +48,12 @@ void fetcher_free(struct fetcher *f);
  * when the request cannot be started (err says why; the callback is not called). */
 struct fetch *fetch_start(struct fetcher *f, const struct fetch_req *req, fetch_done_cb *cb,
                           void *arg, char err[256]);
+/* No transfer: waits on the loop until fd is readable (the callback gets
+ * status 200) or timeout_ms passed (failed, "no answer within ..."), e.g. a
+ * store thread's answer posted through an eventfd. The fd stays the caller's;
+ * fetch_cancel stops watching it. */
+struct fetch *fetch_wait(struct fetcher *f, int fd, uint64_t timeout_ms, fetch_done_cb *cb,
+                         void *arg, char err[256]);
 /* Abandons a pending fetch: its callback will not be called. */
 void fetch_cancel(struct fetch *h);
 /* Fetches in flight (for metrics and tests). */

@@ -6,6 +6,7 @@ tests run as root), listening on 127.0.0.1 on a free port only, with password
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -60,6 +61,41 @@ class PgServer:
         """An immediate stop: no shutdown checkpoint, connections cut."""
         self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
 
+    def _pids(self):
+        """The postmaster and every process under it (backends, walwriter...)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            root = int(f.readline())
+        parent = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        pids, todo = [], [root]
+        while todo:
+            p = todo.pop()
+            pids.append(p)
+            todo.extend(c for c, pp in parent.items() if pp == p)
+        return pids
+
+    def pause(self):
+        """A stalled database: every server process stopped (SIGSTOP), its
+        sockets still open: connections are accepted by the kernel and
+        queries sent, but nothing ever answers."""
+        self.paused = self._pids()
+        for p in self.paused:
+            os.kill(p, signal.SIGSTOP)
+
+    def resume(self):
+        for p in getattr(self, "paused", []):
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.paused = []
+
     def uri(self, db="postgres", **params):
         q = "&".join(f"{k}={v}" for k, v in params.items())
         return f"postgresql://gatehouse@127.0.0.1:{self.port}/{db}" + (f"?{q}" if q else "")
@@ -75,6 +111,7 @@ class PgServer:
         return r.stdout.strip()
 
     def stop(self):
+        self.resume()
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
             self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -96,6 +96,8 @@ class RogueOP:
         # the browser to instead of answering; None answers as usual.
         self.bounce = None
         self.codes = {}        # code -> (nonce, code_challenge, redirect_uri)
+        self.reuse_codes = False  # a lax OP: a code may be redeemed again
+        self.refresh_delay = 0.0  # seconds a refresh grant takes to answer
         self.token_requests = []
         self.lock = threading.Lock()
         op = self
@@ -155,7 +157,8 @@ class RogueOP:
                 form["_authorization"] = self.headers.get("Authorization") or ""
                 with op.lock:
                     op.token_requests.append(form)
-                    entry = op.codes.pop(form.get("code", ""), None)
+                    code = form.get("code", "")
+                    entry = op.codes.get(code) if op.reuse_codes else op.codes.pop(code, None)
                 if not op._client_ok(self.headers.get("Authorization"), form):
                     return self._send(401, {"error": "invalid_client"})
                 if form.get("grant_type") == "refresh_token":
@@ -174,6 +177,7 @@ class RogueOP:
                 self._send(200, out)
 
             def _refresh(self, form):
+                time.sleep(op.refresh_delay)
                 with op.lock:
                     known = form.get("refresh_token") in op.refresh_tokens
                     op.refresh_tokens.discard(form.get("refresh_token"))  # rotation

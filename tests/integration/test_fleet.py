@@ -17,6 +17,7 @@ import ssl
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -24,6 +25,7 @@ import urllib.parse
 from harness import (Backend, CertFactory, Gatehouse, RawConn, Reader, basic_config, free_port,
                      gatehouse_bin, request)
 from oidc import CLIENT_SECRET, Browser, IdP, client_for, idp_conf, wait_for
+from rogue_op import RogueOP
 from saml import SamlIdP, idp_form, saml_conf, sp_files, to_idp
 import pgserver
 
@@ -41,8 +43,74 @@ def readyz(gh):
         return None
 
 
+class FleetServices(unittest.TestCase):
+    """What a fleet test class starts and stops: its nodes (each must exit
+    cleanly), identity provider, backend, PostgreSQL and temporary folder."""
+    nodes = []
+    idp = op = backend = pg = None
+    tmp = shared = None
+
+    @classmethod
+    def tearDownClass(cls):
+        failures = []
+        for n in cls.nodes:
+            try:
+                n.finish()  # a clean exit (0) with no sanitizer report
+            except AssertionError as e:
+                failures.append(str(e))
+        cls.nodes = []
+        cls._stop_services()
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    @classmethod
+    def _stop_services(cls):
+        for n in cls.nodes:
+            n.cleanup()
+        for service in (cls.idp, cls.op, cls.backend):
+            if service:
+                service.stop()
+        if cls.pg:
+            cls.pg.stop()
+        for d in (cls.tmp, cls.shared):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+
+    @classmethod
+    def begin_pair(cls, prefix):
+        """Before start_pair: a backend, a folder, two ports; then PostgreSQL."""
+        cls.nodes = []
+        cls.backend = Backend("app")
+        cls.tmp = tempfile.mkdtemp(prefix=prefix)
+        cls.base = f"http://127.0.0.1:{free_port()}"
+        cls.port_b = free_port()
+        cls.base_b = f"http://127.0.0.1:{cls.port_b}"
+        cls.pg = pgserver.PgServer()
+
+    @classmethod
+    def start_pair(cls, tag, idps, session, files):
+        """Two nodes on one PostgreSQL that answer for one public URL, as two
+        nodes behind one balancer address: A at cls.base, B at cls.port_b with
+        A's URL as its public_url."""
+        a = urllib.parse.urlsplit(cls.base).netloc
+        for i, listen in enumerate([{"address": a},
+                                    {"address": f"127.0.0.1:{cls.port_b}",
+                                     "public_url": cls.base}]):
+            cfg = basic_config(
+                [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
+                listen=[listen],
+                state={"postgres": cls.pg.uri(application_name=f"gh-{tag}{i}"),
+                       "password_file": cls.pg.pwfile, "node": f"{tag}-{'ab'[i]}",
+                       "sqlite": "var/gatehouse.db"},
+                decision_log={"file": "var/decisions.jsonl"},
+                identity_providers=idps,
+                session=session,
+            )
+            cls.nodes.append(Gatehouse(cfg, files=files))
+
+
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class FleetTest(unittest.TestCase):
+class FleetTest(FleetServices):
     @classmethod
     def setUpClass(cls):
         cls.pg = None
@@ -60,6 +128,10 @@ class FleetTest(unittest.TestCase):
             client = client_for(cls.bases[0])
             client["redirect_uris"] += client_for(cls.bases[1])["redirect_uris"]
             cls.idp = IdP([client])
+            # The decision log's checkpoint key, shared by the fleet.
+            cls.log_key = os.path.join(cls.shared, "log-ed25519.pem")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", cls.log_key],
+                           check=True, capture_output=True)
             for i, port in enumerate(ports):
                 cls.nodes.append(Gatehouse(cls.config(i, port), files=cls.files()))
         except Exception:
@@ -87,36 +159,14 @@ class FleetTest(unittest.TestCase):
              {"name": "app", "upstream": {"servers": [cls.backend.url]}}],
             listen=listen,
             state=state,
-            decision_log={"file": "var/decisions.jsonl"},
+            decision_log={"file": "var/decisions.jsonl",
+                          "checkpoint": {"key": cls.log_key, "every": 2}},
             identity_providers=[idp_conf(cls.idp)],
             # Keys that must match on every node.
             session={"key_file": os.path.join(cls.shared, "session.key")},
             upstream_identity={"assertion": {"key": os.path.join(cls.shared, "assertion.pem")}},
         )
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()  # a clean exit (0) with no sanitizer report
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.shared, ignore_errors=True)
 
     def setUp(self):
         for n in self.nodes:
@@ -149,8 +199,8 @@ class FleetTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         r = cli("db", "migrate", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("up to date (version 4)", r.stdout)
-        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "4")
+        self.assertIn("up to date (version 6)", r.stdout)
+        self.assertEqual(self.pg.sql("SELECT max(version) FROM gatehouse_schema"), "6")
 
     def test_check_refuses_bad_postgres_settings(self):
         d = tempfile.mkdtemp(prefix="gh-fleet-check-")
@@ -158,13 +208,15 @@ class FleetTest(unittest.TestCase):
                  "[\"http://127.0.0.1:9\"]}}\n")
         try:
             cfg = os.path.join(d, "g.yaml")
-            with open(cfg, "w") as f:
-                f.write("listen:\n  - address: 127.0.0.1:18080\n"
-                        "state:\n  postgres: \"postgresql://h/db\"\n  staleness: 1 fortnight\n"
-                        + route)
-            r = cli("check", "-c", cfg)
-            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-            self.assertIn("g.yaml:5:14: error: \"staleness\" must be a duration", r.stderr)
+            for setting, error in (("staleness: 1 fortnight",
+                                    "5:14: error: \"staleness\" must be a duration"),
+                                   ("query_timeout: 10ms", "5:18: error: \"query_timeout\"")):
+                with open(cfg, "w") as f:
+                    f.write("listen:\n  - address: 127.0.0.1:18080\n"
+                            f"state:\n  postgres: \"postgresql://h/db\"\n  {setting}\n" + route)
+                r = cli("check", "-c", cfg)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("g.yaml:" + error, r.stderr)
             with open(cfg, "w") as f:
                 f.write("listen:\n  - address: 127.0.0.1:18080\n"
                         "state:\n  postgres: \"postgresql://h/db?nosuchparam=1\"\n"
@@ -185,6 +237,7 @@ class FleetTest(unittest.TestCase):
             self.assertNotIn("s3cret-pw", r.stdout + r.stderr)
             self.assertIn("postgresql://gatehouse:****@db.test/gh", r.stdout)
             self.assertIn("staleness: 10000ms", r.stdout)
+            self.assertIn("query_timeout: 2000ms", r.stdout)
             self.assertIn("migrate: false", r.stdout)
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -292,9 +345,9 @@ class FleetTest(unittest.TestCase):
             self.assertIn('run "gatehouse db migrate"', gh.stderr())
             r = cli("db", "migrate", "-c", gh.config_path)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("migrated the schema from version 0 to 4", r.stdout)
+            self.assertIn("migrated the schema from version 0 to 6", r.stdout)
             r = cli("db", "migrate", "-c", gh.config_path)
-            self.assertIn("up to date (version 4)", r.stdout)
+            self.assertIn("up to date (version 6)", r.stdout)
         finally:
             gh.cleanup()
         gh = Gatehouse(cfg, files=self.files())
@@ -369,6 +422,66 @@ class FleetTest(unittest.TestCase):
         finally:
             self.pg.sql("UPDATE decision_records SET line = $$" + old + "$$ "
                         f"WHERE node = 'node-a' AND seq = {last}")
+
+    def test_checkpoints_shipped_heads_and_rewritten_chain_caught_from_any_node(self):
+        """Each node's signed checkpoints reach PostgreSQL: `audit head` lists
+        every node's head and last checkpoint, and `audit verify` on one node
+        catches another node's chain rewritten consistently in PostgreSQL (it
+        no longer matches that node's checkpoints)."""
+        cookie = self.sign_in(0, "carol")
+        self.assertTrue(wait_for(lambda: self.get(1, cookie).status == 200, 2))
+        for i in range(4):
+            self.assertEqual(self.get(0, cookie, f"/ck-a-{i}").status, 200)
+            self.assertEqual(self.get(1, cookie, f"/ck-b-{i}").status, 200)
+        ck = "SELECT coalesce(max(seq), 0) FROM decision_checkpoints WHERE node = "
+        self.assertTrue(wait_for(lambda: int(self.pg.sql(ck + "'node-a'")) > 0 and
+                                 int(self.pg.sql(ck + "'node-b'")) > 0, 5))
+        for n in (0, 1):
+            self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
+                                     5))
+        r = cli("audit", "head", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        heads = {h["node"]: h for h in map(json.loads, r.stdout.splitlines()[1:])
+                 if h.get("type") == "fleet-head"}
+        self.assertEqual(sorted(heads), ["node-a", "node-b"])
+        self.assertEqual(heads["node-b"]["seq"], self.shipped_max_seq(1))
+        self.assertEqual(heads["node-b"]["checkpoint"]["type"], "checkpoint")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"ok fleet node-b: \d+ checkpoint\(s\) match the chain, "
+                                   r"[1-9]\d* signature\(s\) checked")
+        # node-b's chain rewritten in PostgreSQL from a checkpointed record on,
+        # every hash redone so that the chain itself still holds.
+        k = int(self.pg.sql("SELECT max(seq) FROM decision_checkpoints WHERE node = 'node-b'"))
+        rows = self.pg.sql(f"SELECT seq || ' ' || line FROM decision_records WHERE "
+                           f"node = 'node-b' AND seq >= {k} ORDER BY seq").splitlines()
+        old = [tuple(x.split(" ", 1)) for x in rows]
+        prev_old = prev_new = None
+        for seq, line in old:
+            body, _, _ = line.rpartition(',"hash":"')
+            if prev_old is None:
+                new_body = body.replace('"method":"GET"', '"method":"PUT"')
+                self.assertNotEqual(new_body, body)
+                prev = json.loads(line)["prev_hash"]
+            else:
+                new_body = body.replace(f'"prev_hash":"{prev_old}"', f'"prev_hash":"{prev_new}"')
+                prev = prev_new
+            h = hashlib.sha256((prev + new_body + "}").encode()).hexdigest()
+            prev_old, prev_new = json.loads(line)["hash"], h
+            self.pg.sql("UPDATE decision_records SET line = $$" + new_body + ',"hash":"' + h +
+                        '"}$$ ' + f"WHERE node = 'node-b' AND seq = {seq}")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("ok fleet node-b:", r.stdout)  # the chain itself holds
+            self.assertIn(f"FAIL fleet node-b: record {k} is not the one checkpoint {k} signed",
+                          r.stdout)
+        finally:
+            for seq, line in old:
+                self.pg.sql("UPDATE decision_records SET line = $$" + line + "$$ "
+                            f"WHERE node = 'node-b' AND seq = {seq}")
+        r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_policy_diff_replays_every_nodes_decisions(self):
         cookie = self.sign_in(1, "alice")
@@ -501,65 +614,23 @@ class FleetTest(unittest.TestCase):
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class SamlFleetTest(unittest.TestCase):
+class SamlFleetTest(FleetServices):
     """One-time values are the fleet's: a SAML response accepted by node A is
     refused when replayed on node B (both answer for the same public URL, as
     two nodes behind one balancer address)."""
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = None
-        cls.idp = None
-        cls.nodes = []
-        cls.backend = Backend("app")
-        cls.shared = tempfile.mkdtemp(prefix="gh-fleet-saml-")
         try:
-            cls.pg = pgserver.PgServer()
-            port_a, cls.port_b = free_port(), free_port()
-            cls.base = f"http://127.0.0.1:{port_a}"
+            cls.begin_pair("gh-fleet-saml-")
             cls.idp = SamlIdP(cls.base + "/.gatehouse/saml/metadata")
-            files = sp_files(cls.idp, cls.shared)
-            for i, listen in enumerate([{"address": f"127.0.0.1:{port_a}"},
-                                        {"address": f"127.0.0.1:{cls.port_b}",
-                                         "public_url": cls.base}]):
-                cfg = basic_config(
-                    [{"name": "app", "upstream": {"servers": [cls.backend.url]}}],
-                    listen=[listen],
-                    state={"postgres": cls.pg.uri(application_name=f"gh-saml{i}"),
-                           "password_file": cls.pg.pwfile, "node": f"saml-{'ab'[i]}",
-                           "sqlite": "var/gatehouse.db"},
-                    decision_log={"file": "var/decisions.jsonl"},
-                    identity_providers=[saml_conf(cls.base)],
-                    session={"key_file": os.path.join(cls.shared, "session.key")},
-                )
-                cls.nodes.append(Gatehouse(cfg, files=files))
+            cls.start_pair("saml", [saml_conf(cls.base)],
+                           {"key_file": os.path.join(cls.tmp, "session.key")},
+                           sp_files(cls.idp, cls.tmp))
         except Exception:
             cls._stop_services()
             raise
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
-
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.shared, ignore_errors=True)
 
     def test_saml_response_accepted_on_a_is_refused_on_b(self):
         b = Browser()
@@ -603,9 +674,185 @@ class SamlFleetTest(unittest.TestCase):
             for n in self.nodes:
                 wait_for(lambda: readyz(n) == 200, 15)
 
+    def test_stalled_database_does_not_stall_the_worker(self):
+        """PostgreSQL stalled (every server process SIGSTOPped: connections
+        accepted, nothing answered): a SAML sign-in waits for its assertion-ID
+        check off the event loop, while the same (only) worker keeps answering
+        public and cached-session requests; after state.query_timeout the
+        sign-in gets the 503 try-again page, never a session."""
+        signed_in = Browser()
+        action, fields = idp_form(signed_in, to_idp(signed_in, self.base))
+        self.assertEqual(signed_in.request(action, "POST", fields).status, 303)
+        self.assertEqual(signed_in.request(self.base + "/").status, 200)
+        b = Browser()
+        action, fields = idp_form(b, to_idp(b, self.base))
+        result = {}
+
+        def sign_in():
+            t0 = time.monotonic()
+            try:
+                result["resp"] = b.request(action, "POST", fields)
+            except Exception as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+            result["elapsed"] = time.monotonic() - t0
+
+        self.pg.pause()
+        try:
+            t = threading.Thread(target=sign_in)
+            t.start()
+            time.sleep(0.3)  # the sign-in is waiting on the database now
+            served = []
+            while t.is_alive() and len(served) < 40:
+                t0 = time.monotonic()
+                anon = Browser().request(self.base + "/.gatehouse/login?rd=%2F")
+                cached = signed_in.request(self.base + "/")
+                served.append((anon.status, cached.status, time.monotonic() - t0))
+                time.sleep(0.05)
+            t.join(15)
+            self.assertFalse(t.is_alive(), "the sign-in never got an answer")
+            self.assertNotIn("error", result)
+            self.assertGreater(len(served), 3, served)
+            for anon_status, cached_status, took in served:
+                self.assertEqual((anon_status, cached_status), (302, 200), served)
+                self.assertLess(took, 1.0, served)
+            r = result["resp"]
+            self.assertEqual(r.status, 503, r)
+            self.assertIn(b"try again", r.body.lower())
+            self.assertIsNone(b.session_cookie(self.base))
+            # state.query_timeout (default 2 s), not a connect or TCP timeout
+            self.assertGreater(result["elapsed"], 1.5, result)
+            self.assertLess(result["elapsed"], 4.5, result)
+            self.assertIn("assertion ID not checked", self.nodes[0].stderr())
+        finally:
+            self.pg.resume()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
+
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
-class DeviceFleetTest(unittest.TestCase):
+class OidcOnceFleetTest(FleetServices):
+    """The fleet's one-time values beyond SAML: a login state answered on node
+    A is refused on node B (even by an OP that would redeem the code again),
+    and a back-channel logout token's jti used on A is refused on B."""
+
+    @classmethod
+    def setUpClass(cls):
+        try:
+            cls.begin_pair("gh-fleet-oidc-")
+            cls.op = RogueOP(client_secret=CLIENT_SECRET)
+            cls.op.reuse_codes = True
+            cls.start_pair("oidc", [{"id": "op", "type": "oidc", "issuer": cls.op.issuer,
+                                     "client_id": "gatehouse",
+                                     "client_secret_file": "oidc-secret",
+                                     "allow_insecure_issuer": True}],
+                           {"key_file": os.path.join(cls.tmp, "session.key"), "refresh": True},
+                           {"oidc-secret": CLIENT_SECRET})
+        except Exception:
+            cls._stop_services()
+            raise
+
+
+    def callback_url(self, b):
+        """Starts sign-in on A; the OP's redirect back (code and state)."""
+        r = b.request(self.base + "/.gatehouse/login?rd=%2F")
+        self.assertEqual(r.status, 302, r)
+        r = b.request(r.header("Location"))
+        self.assertEqual(r.status, 302, r)
+        return r.header("Location")
+
+    def test_login_state_answered_on_a_is_refused_on_b(self):
+        b = Browser()
+        cb = self.callback_url(b)
+        login_cookie = dict(b.jar(urllib.parse.urlsplit(self.base).netloc))
+        r = b.request(cb)
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(b.session_cookie(self.base))
+        tokens = len(self.op.token_requests)
+        # The same callback, with the captured login cookie, replayed on B.
+        again = Browser()
+        again.jar(urllib.parse.urlsplit(self.base_b).netloc).update(login_cookie)
+        u = urllib.parse.urlsplit(cb)
+        r = again.request(self.base_b + u.path + "?" + u.query)
+        self.assertEqual(r.status, 400, r)
+        self.assertIsNone(again.session_cookie(self.base_b))
+        self.assertEqual(len(self.op.token_requests), tokens)  # the code never left B
+        self.assertIn("login state was already used (replayed callback)",
+                      self.nodes[1].stderr())
+        # A sign-in of its own started on A ends on B.
+        b2 = Browser()
+        cb = self.callback_url(b2)
+        b2.jar(urllib.parse.urlsplit(self.base_b).netloc).update(
+            b2.jar(urllib.parse.urlsplit(self.base).netloc))
+        u = urllib.parse.urlsplit(cb)
+        r = b2.request(self.base_b + u.path + "?" + u.query)
+        self.assertEqual(r.status, 302, r)
+        self.assertTrue(b2.session_cookie(self.base_b))
+
+    def test_refresh_runs_once_across_the_fleet(self):
+        """Tokens due for refresh on both nodes at once: one node redeems the
+        (rotating) refresh token, the other keeps serving and gets the new
+        tokens through the change feed; the session never ends."""
+        self.op.refresh = True
+        self.op.access_ttl = 62  # due 2 s after sign-in (refresh_before: 60 s)
+        self.op.refresh_delay = 0.5  # both nodes see the tokens due meanwhile
+        try:
+            b = Browser()
+            r = b.request(self.callback_url(b))
+            self.assertEqual(r.status, 302, r)
+            jar_a = b.jar(urllib.parse.urlsplit(self.base).netloc)
+            b.jar(urllib.parse.urlsplit(self.base_b).netloc).update(jar_a)
+            self.assertTrue(wait_for(lambda: b.request(self.base_b + "/").status == 200, 2))
+            # B knows the provider's endpoints too (a sign-in started there).
+            r = Browser().request(self.base_b + "/.gatehouse/login?rd=%2F",
+                                  headers={"Host": urllib.parse.urlsplit(self.base).netloc})
+            self.assertEqual(r.status, 302, r)
+            self.assertIn(self.op.issuer + "/authorize?", r.header("Location"))
+            time.sleep(2.2)
+            before = self.op.refreshes()
+            barrier = threading.Barrier(6)
+            statuses = []
+
+            def hit(base):
+                c = Browser()
+                c.jar(urllib.parse.urlsplit(base).netloc).update(jar_a)
+                barrier.wait()
+                statuses.append(c.request(base + "/").status)
+
+            threads = [threading.Thread(target=hit, args=(base,))
+                       for base in [self.base, self.base_b] * 3]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(15)
+            self.assertEqual(statuses, [200] * 6)
+            self.assertTrue(wait_for(lambda: self.op.refreshes() > before, 3))
+            time.sleep(1.0)
+            self.assertEqual(self.op.refreshes() - before, 1)
+            for base in (self.base, self.base_b):
+                self.assertEqual(b.request(base + "/").status, 200)
+            logs = self.nodes[0].stderr() + self.nodes[1].stderr()
+            self.assertNotIn("session ended", logs)
+            self.assertIn("session refreshed at op (refresh token rotated)", logs)
+        finally:
+            self.op.refresh = False
+            self.op.access_ttl = 300
+            self.op.refresh_delay = 0.0
+
+    def test_logout_token_used_on_a_is_refused_on_b(self):
+        tok = self.op.logout_token(sub="nobody-signed-in")
+        url = "/.gatehouse/oidc/backchannel-logout"
+        r = Browser().request(self.base + url, "POST", {"logout_token": tok})
+        self.assertEqual(r.status, 200, r)
+        r = Browser().request(self.base_b + url, "POST", {"logout_token": tok})
+        self.assertEqual(r.status, 400, r)
+        self.assertIn("logout token was already used (jti replay)", self.nodes[1].stderr())
+        r = Browser().request(self.base_b + url, "POST",
+                              {"logout_token": self.op.logout_token(sub="nobody-signed-in")})
+        self.assertEqual(r.status, 200, r)
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class DeviceFleetTest(FleetServices):
     """The device registry is the fleet's: a device enrolled through node A's
     config is trusted on node B; revoked through B's, refused on A within a
     second, also on an open keep-alive connection."""
@@ -624,6 +871,7 @@ class DeviceFleetTest(unittest.TestCase):
             cls.server_ca = server.ca_crt
             dca = CertFactory(os.path.join(cls.tmp, "devices"), "Device CA")
             cls.laptop = dca.leaf("laptop", subject="/CN=laptop", file_name="laptop")
+            cls.phone = dca.leaf("phone", subject="/CN=phone", file_name="phone")
             cls.ports = [free_port(), free_port()]
             cls.idp = IdP([client_for(f"https://127.0.0.1:{cls.ports[0]}")])
             for i, port in enumerate(cls.ports):
@@ -648,33 +896,10 @@ class DeviceFleetTest(unittest.TestCase):
             cls._stop_services()
             raise
 
-    @classmethod
-    def tearDownClass(cls):
-        failures = []
-        for n in cls.nodes:
-            try:
-                n.finish()
-            except AssertionError as e:
-                failures.append(str(e))
-        cls.nodes = []
-        cls._stop_services()
-        if failures:
-            raise AssertionError("\n".join(failures))
 
-    @classmethod
-    def _stop_services(cls):
-        for n in cls.nodes:
-            n.cleanup()
-        if cls.idp:
-            cls.idp.stop()
-        cls.backend.stop()
-        if cls.pg:
-            cls.pg.stop()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def connect(self, node):
+    def connect(self, node, cert=None):
         c = ssl.create_default_context(cafile=self.server_ca)
-        c.load_cert_chain(*self.laptop)
+        c.load_cert_chain(*(cert or self.laptop))
         s = socket.create_connection(("127.0.0.1", self.ports[node]), timeout=5)
         return c.wrap_socket(s, server_hostname="a.test")
 
@@ -682,8 +907,8 @@ class DeviceFleetTest(unittest.TestCase):
         t.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nAccept: application/json\r\n\r\n")
         return Reader(t).read_response().status
 
-    def get(self, node):
-        with self.connect(node) as t:
+    def get(self, node, cert=None):
+        with self.connect(node, cert) as t:
             return self.on(t)
 
     def devices(self, node, *args):
@@ -718,6 +943,29 @@ class DeviceFleetTest(unittest.TestCase):
         r = self.devices(0, "show", dev)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("lost", r.stdout)
+
+    def test_stalled_database_device_checks_answered_from_memory(self):
+        """Each node keeps the registry in memory: with PostgreSQL stalled
+        (SIGSTOP: connections accepted, nothing answered), requests from an
+        enrolled device keep being answered at once, on new connections too."""
+        r = self.devices(0, "enroll", "--cert", self.phone[0], "--owner", "bob@example.com",
+                         "--name", "phone")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: self.get(1, self.phone) == 200, 1.5))
+        self.pg.pause()
+        try:
+            t0 = time.monotonic()
+            took = []
+            while time.monotonic() - t0 < 2.5:
+                s = time.monotonic()
+                self.assertEqual(self.get(1, self.phone), 200, took)
+                took.append(time.monotonic() - s)
+                time.sleep(0.05)
+            self.assertLess(max(took), 1.0, took)
+        finally:
+            self.pg.resume()
+            for n in self.nodes:
+                wait_for(lambda: readyz(n) == 200, 15)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,10 @@ struct exchange *exchange_new(struct request *r, bool reserved);
  * next() runs), false with err filled when it could not start. */
 bool exchange_fetch(struct exchange *x, const struct fetch_req *fr, exchange_next_fn *next,
                     char err[256]);
+/* Waits, suspended, for a shared store's answer: fd readable (status 200) or
+ * timeout_ms passed (failed); the same contract as exchange_fetch. */
+bool exchange_wait(struct exchange *x, int fd, uint64_t timeout_ms, exchange_next_fn *next,
+                   char err[256]);
 /* Finishes a suspended request with a step (or returns it when not suspended).
  * After ACCESS_RESPOND the request, and x in its arena, may already be gone. */
 enum access_step exchange_finish(struct exchange *x, enum access_step st);

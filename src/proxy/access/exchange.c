@@ -48,15 +48,9 @@ struct exchange *exchange_new(struct request *r, bool reserved)
     return x;
 }
 
-bool exchange_fetch(struct exchange *x, const struct fetch_req *req, exchange_next_fn *next,
-                    char err[256])
+/* The request waits for x->fetch (started by the caller) until next(). */
+static bool exchange_suspend(struct exchange *x)
 {
-    struct fetch_req fr = *req;
-    if (!fr.max_response_bytes) {
-        fr.max_response_bytes = FETCH_MAX_BYTES;
-    }
-    x->next = next;
-    x->fetch = fetch_start(request_fetcher(x->r), &fr, on_fetch_done, x, err);
     if (!x->fetch) {
         return false;
     }
@@ -66,6 +60,26 @@ bool exchange_fetch(struct exchange *x, const struct fetch_req *req, exchange_ne
         request_on_abort(x->r, on_abort, x);
     }
     return true;
+}
+
+bool exchange_fetch(struct exchange *x, const struct fetch_req *req, exchange_next_fn *next,
+                    char err[256])
+{
+    struct fetch_req fr = *req;
+    if (!fr.max_response_bytes) {
+        fr.max_response_bytes = FETCH_MAX_BYTES;
+    }
+    x->next = next;
+    x->fetch = fetch_start(request_fetcher(x->r), &fr, on_fetch_done, x, err);
+    return exchange_suspend(x);
+}
+
+bool exchange_wait(struct exchange *x, int fd, uint64_t timeout_ms, exchange_next_fn *next,
+                   char err[256])
+{
+    x->next = next;
+    x->fetch = fetch_wait(request_fetcher(x->r), fd, timeout_ms, on_fetch_done, x, err);
+    return exchange_suspend(x);
 }
 
 enum access_step exchange_finish(struct exchange *x, enum access_step st)

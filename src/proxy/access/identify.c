@@ -302,11 +302,15 @@ bool identify_host_misdirected(const struct request *r)
 /* ---- the authn exchange ---------------------------------------------------------- */
 
 static enum access_step idp_fetch(struct exchange *x);
+static enum access_step store_wait(struct exchange *x);
 
 static enum access_step step_done(struct exchange *x, enum authn_step st)
 {
     if (st == AUTHN_NEED_FETCH) {
         return idp_fetch(x);
+    }
+    if (st == AUTHN_NEED_WAIT) {
+        return store_wait(x);
     }
     return x->ids.done(x, st);
 }
@@ -341,6 +345,31 @@ static enum access_step idp_fetch(struct exchange *x)
         return ACCESS_PENDING;
     }
     log_emit(LOG_WARN, "authn", x->r->id, NULL, "identity provider call not started: %s", err);
+    enum authn_step st =
+        authn_resume(x->conf->an, &x->ids.req, x->r->arena, &x->ids.out, 0, STR_NULL);
+    return step_done(x, st);
+}
+
+static void got_store(struct exchange *x, const struct fetch_resp *resp)
+{
+    if (resp->failed) {
+        log_emit(LOG_WARN, "authn", x->r->id, NULL, "shared state store: %s", resp->error);
+    }
+    enum authn_step st = authn_resume(x->conf->an, &x->ids.req, x->r->arena, &x->ids.out,
+                                      resp->failed ? 0 : 200, STR_NULL);
+    exchange_finish(x, step_done(x, st));
+}
+
+/* authn waits for the fleet's database (a one-time value), answered on a
+ * thread of its own: the request is suspended, the loop serves the others. */
+static enum access_step store_wait(struct exchange *x)
+{
+    char err[256];
+
+    if (exchange_wait(x, x->ids.out.wait.fd, x->ids.out.wait.timeout_ms, got_store, err)) {
+        return ACCESS_PENDING;
+    }
+    log_emit(LOG_WARN, "authn", x->r->id, NULL, "shared state store wait not started: %s", err);
     enum authn_step st =
         authn_resume(x->conf->an, &x->ids.req, x->r->arena, &x->ids.out, 0, STR_NULL);
     return step_done(x, st);
