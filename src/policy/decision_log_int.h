@@ -25,6 +25,9 @@ void dl_sbuf_free(struct sbuf *b);
  * with "prev_hash", without the final '}' (the line adds ,"hash":"..."}). */
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
                   struct sbuf *out);
+/* The JSON of a record's groups and claims, as the canonical bytes embed them. */
+void dl_groups_json(struct sbuf *b, const struct decision_record *r);
+void dl_claims_json(struct sbuf *b, const struct decision_record *r);
 /* hex SHA-256 over prev_hash (64 hex chars) and the canonical bytes + "}". */
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65]);
 

@@ -1,0 +1,420 @@
+/* policy/dl_encode.c - the decision log's record encoding: the canonical bytes
+ * (hashed, and the JSON line itself), the hash, and a line read back. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "decision_log_int.h"
+#include "core/digest.h"
+
+/* ---- small string builder ---- */
+
+void dl_sbuf_put(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2 < 256 ? 256 : (b->len + n + 1) * 2;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void dl_sbuf_puts(struct sbuf *b, const char *s)
+{
+    dl_sbuf_put(b, s, strlen(s));
+}
+
+void dl_sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof tmp) {
+        dl_sbuf_put(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    dl_sbuf_put(b, big, (size_t)n);
+    free(big);
+}
+
+void dl_sbuf_free(struct sbuf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* JSON string (or null for NULL). Bytes >= 0x80 pass through: the input is UTF-8 or
+ * is recorded as given; control characters are escaped so a line stays one line. */
+static void json_str(struct sbuf *b, const char *s)
+{
+    if (!s) {
+        dl_sbuf_put(b, "null", 4);
+        return;
+    }
+    dl_sbuf_put(b, "\"", 1);
+    const unsigned char *c = (const unsigned char *)s, *run = c;
+    for (; *c; c++) {
+        if (*c != '"' && *c != '\\' && *c >= 0x20 && *c != 0x7f) {
+            continue;
+        }
+        dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
+        if (*c == '"' || *c == '\\') {
+            char e[2] = { '\\', (char)*c };
+            dl_sbuf_put(b, e, 2);
+        } else {
+            dl_sbuf_printf(b, "\\u%04x", *c);
+        }
+        run = c + 1;
+    }
+    dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
+    dl_sbuf_put(b, "\"", 1);
+}
+
+/* key is a literal without characters to escape. */
+static void json_kv_str(struct sbuf *b, const char *key, const char *v)
+{
+    dl_sbuf_put(b, ",\"", 2);
+    dl_sbuf_puts(b, key);
+    dl_sbuf_put(b, "\":", 2);
+    json_str(b, v);
+}
+
+static void put_u64(struct sbuf *b, uint64_t v)
+{
+    char tmp[STR_U64_MAX];
+    struct str d = str_u64(tmp, v);
+    dl_sbuf_put(b, d.p, d.len);
+}
+
+void dl_groups_json(struct sbuf *b, const struct decision_record *r)
+{
+    dl_sbuf_put(b, "[", 1);
+    for (size_t i = 0; i < r->ngroups; i++) {
+        if (i) {
+            dl_sbuf_put(b, ",", 1);
+        }
+        json_str(b, r->groups[i]);
+    }
+    dl_sbuf_put(b, "]", 1);
+}
+
+static char *kv_dup(const struct str s)
+{
+    return xstrndup(s.p ? s.p : "", s.len);
+}
+
+/* {"name": "v"} or {"name": ["v1", "v2"]} for repeated names, in first-seen order. */
+void dl_claims_json(struct sbuf *b, const struct decision_record *r)
+{
+    dl_sbuf_put(b, "{", 1);
+    bool first = true;
+    for (size_t i = 0; i < r->nclaims; i++) {
+        bool seen = false;
+        size_t count = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            seen = str_eq(r->claims[j].name, r->claims[i].name);
+        }
+        if (seen) {
+            continue;
+        }
+        for (size_t j = i; j < r->nclaims; j++) {
+            count += str_eq(r->claims[j].name, r->claims[i].name);
+        }
+        char *name = kv_dup(r->claims[i].name);
+        if (!first) {
+            dl_sbuf_put(b, ",", 1);
+        }
+        first = false;
+        json_str(b, name);
+        free(name);
+        dl_sbuf_put(b, ":", 1);
+        if (count > 1) {
+            dl_sbuf_put(b, "[", 1);
+        }
+        size_t k = 0;
+        for (size_t j = i; j < r->nclaims; j++) {
+            if (str_eq(r->claims[j].name, r->claims[i].name)) {
+                char *v = kv_dup(r->claims[j].value);
+                if (k++) {
+                    dl_sbuf_put(b, ",", 1);
+                }
+                json_str(b, v);
+                free(v);
+            }
+        }
+        if (count > 1) {
+            dl_sbuf_put(b, "]", 1);
+        }
+    }
+    dl_sbuf_put(b, "}", 1);
+}
+
+static void format_ts(int64_t ts_us, char out[64])
+{
+    /* Records come thousands a second: the date and time of day are spelled
+     * once per second (per thread), the microseconds every time. */
+    static __thread int64_t last_s = -1;
+    static __thread char prefix[64];
+    if (ts_us < 0) {
+        ts_us = 0;
+    }
+    int64_t sec = ts_us / 1000000;
+    if (sec != last_s) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        last_s = sec;
+    }
+    size_t n = strlen(prefix);
+    unsigned us = (unsigned)(ts_us % 1000000);
+    memcpy(out, prefix, n);
+    for (int i = 5; i >= 0; i--) {
+        out[n + (size_t)i] = (char)('0' + us % 10);
+        us /= 10;
+    }
+    out[n + 6] = 'Z';
+    out[n + 7] = '\0';
+}
+
+void dl_format_ts(int64_t ts_us, char out[64])
+{
+    format_ts(ts_us, out);
+}
+
+void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
+                  struct sbuf *b)
+{
+    char ts[64];
+    format_ts(r->ts_us, ts);
+    b->len = 0;
+    /* Format 2 adds kind, enforced and admin; a format-1 row (kind NULL) keeps its
+     * original bytes so that older records still verify. */
+    dl_sbuf_puts(b, r->kind ? "{\"v\":2,\"seq\":" : "{\"v\":1,\"seq\":");
+    put_u64(b, seq);
+    dl_sbuf_puts(b, ",\"ts\":\"");
+    dl_sbuf_puts(b, ts);
+    dl_sbuf_put(b, "\"", 1);
+    if (r->kind) {
+        json_kv_str(b, "kind", r->kind);
+    }
+    json_kv_str(b, "request_id", r->request_id);
+    json_kv_str(b, "route", r->route);
+    json_kv_str(b, "decision", r->decision);
+    json_kv_str(b, "rule", r->rule);
+    json_kv_str(b, "reason", r->reason);
+    json_kv_str(b, "user", r->user);
+    json_kv_str(b, "email", r->email);
+    dl_sbuf_puts(b, ",\"groups\":");
+    dl_groups_json(b, r);
+    dl_sbuf_puts(b, ",\"claims\":");
+    dl_claims_json(b, r);
+    json_kv_str(b, "idp", r->idp);
+    json_kv_str(b, "session", r->session);
+    dl_sbuf_puts(b, r->device_present ? ",\"device\":{\"present\":true"
+                                      : ",\"device\":{\"present\":false");
+    json_kv_str(b, "id", r->device_id);
+    json_kv_str(b, "owner", r->device_owner);
+    dl_sbuf_puts(b, r->device_trusted ? ",\"trusted\":true}" : ",\"trusted\":false}");
+    json_kv_str(b, "client_ip", r->client_ip);
+    json_kv_str(b, "method", r->method);
+    json_kv_str(b, "host", r->host);
+    json_kv_str(b, "path", r->path);
+    dl_sbuf_puts(b, r->shadow ? ",\"shadow\":true" : ",\"shadow\":false");
+    if (r->kind) {
+        json_kv_str(b, "enforced", r->enforced);
+    }
+    dl_sbuf_puts(b, r->opa_called ? ",\"opa\":{\"called\":true,\"result\":"
+                                  : ",\"opa\":{\"called\":false,\"result\":");
+    json_str(b, r->opa_result);
+    dl_sbuf_puts(b, ",\"ms\":");
+    put_u64(b, r->opa_ms);
+    dl_sbuf_puts(b, "},\"latency_us\":");
+    put_u64(b, r->latency_us);
+    if (r->kind && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
+        dl_sbuf_puts(b, ",\"admin\":null");
+    } else if (r->kind) {
+        dl_sbuf_puts(b, ",\"admin\":{\"action\":");
+        json_str(b, r->admin_action);
+        json_kv_str(b, "actor", r->admin_actor);
+        json_kv_str(b, "from", r->admin_from);
+        json_kv_str(b, "target", r->admin_target);
+        dl_sbuf_put(b, "}", 1);
+    }
+    dl_sbuf_puts(b, ",\"prev_hash\":\"");
+    dl_sbuf_put(b, prev_hash, strlen(prev_hash));
+    dl_sbuf_put(b, "\"", 1);
+}
+
+void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
+{
+    unsigned char md[32];
+    const void *parts[] = { prev_hash, canon, "}" };
+    const size_t lens[] = { 64, len, 1 };
+    digest_sha256(parts, lens, 3, md);
+    str_hex(md, 32, out);
+}
+
+/* ---- a record line read back (the spool) ---- */
+
+static int digits(const char *s, size_t n)
+{
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* "2026-03-10T09:30:00.123456Z", as format_ts writes it. */
+static bool parse_ts(const char *s, int64_t *out)
+{
+    if (strlen(s) != 27 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+        s[16] != ':' || s[19] != '.' || s[26] != 'Z') {
+        return false;
+    }
+    struct tm tm = { 0 };
+    int y = digits(s, 4), mo = digits(s + 5, 2), d = digits(s + 8, 2), h = digits(s + 11, 2),
+        mi = digits(s + 14, 2), se = digits(s + 17, 2), us = digits(s + 20, 6);
+    if (y < 0 || mo < 1 || d < 1 || h < 0 || mi < 0 || se < 0 || us < 0) {
+        return false;
+    }
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = se;
+    *out = (int64_t)timegm(&tm) * 1000000 + us;
+    return true;
+}
+
+static const char *jstr(json_t *o, const char *key, struct arena *a)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? arena_strndup(a, json_string_value(v), json_string_length(v))
+                              : NULL;
+}
+
+bool dl_parse_ts(const char *s, int64_t *out_us)
+{
+    return parse_ts(s, out_us);
+}
+
+/* Parses a record line (as the file and the spool hold them) into row. The caller
+ * checks the result by recomputing the hash: a line that does not round-trip to the
+ * same canonical bytes is refused. */
+bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
+{
+    memset(row, 0, sizeof *row);
+    json_t *o = json_loadb(line, len, 0, NULL);
+    json_t *seq = json_object_get(o, "seq"), *ts = json_object_get(o, "ts");
+    json_t *dev = json_object_get(o, "device"), *opa = json_object_get(o, "opa");
+    json_t *g = json_object_get(o, "groups"), *c = json_object_get(o, "claims");
+    if (!json_is_object(o) || !json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        !json_is_string(ts) || !json_is_object(dev) || !json_is_object(opa) ||
+        !json_is_array(g) || !json_is_object(c)) {
+        json_decref(o);
+        return false;
+    }
+    struct arena *a = arena_new(0);
+    struct decision_record *r = &row->rec;
+    row->a = a;
+    row->seq = (uint64_t)json_integer_value(seq);
+    bool ok = parse_ts(json_string_value(ts), &r->ts_us);
+    r->request_id = jstr(o, "request_id", a);
+    r->route = jstr(o, "route", a);
+    r->decision = jstr(o, "decision", a);
+    r->rule = jstr(o, "rule", a);
+    r->reason = jstr(o, "reason", a);
+    r->user = jstr(o, "user", a);
+    r->email = jstr(o, "email", a);
+    r->idp = jstr(o, "idp", a);
+    r->session = jstr(o, "session", a);
+    r->device_present = json_is_true(json_object_get(dev, "present"));
+    r->device_id = jstr(dev, "id", a);
+    r->device_owner = jstr(dev, "owner", a);
+    r->device_trusted = json_is_true(json_object_get(dev, "trusted"));
+    r->client_ip = jstr(o, "client_ip", a);
+    r->method = jstr(o, "method", a);
+    r->host = jstr(o, "host", a);
+    r->path = jstr(o, "path", a);
+    r->shadow = json_is_true(json_object_get(o, "shadow"));
+    /* Format 2: kind, enforced, admin (a format-1 line has no kind). */
+    r->kind = jstr(o, "kind", a);
+    r->enforced = jstr(o, "enforced", a);
+    json_t *adm = json_object_get(o, "admin");
+    if (json_is_object(adm)) {
+        r->admin_action = jstr(adm, "action", a);
+        r->admin_actor = jstr(adm, "actor", a);
+        r->admin_from = jstr(adm, "from", a);
+        r->admin_target = jstr(adm, "target", a);
+    }
+    r->opa_called = json_is_true(json_object_get(opa, "called"));
+    r->opa_result = jstr(opa, "result", a);
+    json_t *ms = json_object_get(opa, "ms"), *lat = json_object_get(o, "latency_us");
+    r->opa_ms = json_is_integer(ms) ? (uint32_t)json_integer_value(ms) : 0;
+    r->latency_us = json_is_integer(lat) ? (uint64_t)json_integer_value(lat) : 0;
+    row->prev_hash = (char *)jstr(o, "prev_hash", a);
+    row->hash = (char *)jstr(o, "hash", a);
+    const char **gs = arena_zalloc(a, (json_array_size(g) + 1) * sizeof *gs);
+    size_t i;
+    json_t *v;
+    json_array_foreach(g, i, v)
+    {
+        gs[r->ngroups++] = json_is_string(v) ? arena_strdup(a, json_string_value(v)) : "";
+    }
+    r->groups = gs;
+    size_t total = 0;
+    const char *k;
+    json_object_foreach(c, k, v)
+    {
+        total += json_is_array(v) ? json_array_size(v) : 1;
+    }
+    struct policy_kv *kv = arena_zalloc(a, (total + 1) * sizeof *kv);
+    json_object_foreach(c, k, v)
+    {
+        const char *name = arena_strdup(a, k);
+        if (json_is_array(v)) {
+            json_t *e;
+            json_array_foreach(v, i, e)
+            {
+                const char *val = json_is_string(e) ? arena_strdup(a, json_string_value(e)) : "";
+                kv[r->nclaims++] = (struct policy_kv){ str_from(name), str_from(val) };
+            }
+        } else {
+            const char *val = json_is_string(v) ? arena_strdup(a, json_string_value(v)) : "";
+            kv[r->nclaims++] = (struct policy_kv){ str_from(name), str_from(val) };
+        }
+    }
+    r->claims = kv;
+    json_decref(o);
+    ok = ok && row->prev_hash && strlen(row->prev_hash) == 64 && row->hash &&
+         strlen(row->hash) == 64;
+    if (!ok) {
+        dl_row_fini(row);
+    }
+    return ok;
+}
+

@@ -1,0 +1,582 @@
+/* policy/dl_sinks.c - the decision log's two sinks: the SQLite table (schema,
+ * rows bound and read back, the retention anchor and retention itself) and the
+ * JSON-lines mirror (its tail after a crash, catching up with SQLite, dropping
+ * lines retention removed). */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dl_writer.h"
+
+/* ---- SQLite ---- */
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS decisions("
+    " seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER,"
+    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL, kind TEXT, enforced TEXT, admin_action TEXT,"
+    " admin_actor TEXT, admin_from TEXT, admin_target TEXT);"
+    "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_us);"
+    "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);"
+    /* Records handed over by command line tools (admin acts) for the writer to chain. */
+    "CREATE TABLE IF NOT EXISTS decision_log_pending("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER, kind TEXT,"
+    " enforced TEXT, admin_action TEXT, admin_actor TEXT, admin_from TEXT, admin_target TEXT,"
+    " prev_hash TEXT, hash TEXT);";
+
+/* Columns added by record format 2, for databases created before it. */
+#define ADD_COLUMN(c) "ALTER TABLE decisions ADD COLUMN " c " TEXT"
+static const char *const v2_columns[] = { ADD_COLUMN("kind"),         ADD_COLUMN("enforced"),
+                                          ADD_COLUMN("admin_action"), ADD_COLUMN("admin_actor"),
+                                          ADD_COLUMN("admin_from"),   ADD_COLUMN("admin_target") };
+#undef ADD_COLUMN
+
+int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
+{
+    int flags = readonly ? SQLITE_OPEN_READONLY
+                         : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "cannot open %s: %s", path, *db ? sqlite3_errmsg(*db) : "?");
+        sqlite3_close(*db);
+        *db = NULL;
+        return ERR_IO;
+    }
+    sqlite3_busy_timeout(*db, 5000);
+    if (!readonly) {
+        char *msg = NULL;
+        if (sqlite3_exec(*db, "PRAGMA journal_mode=WAL;", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(*db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+            err_set(err, ERR_IO, "%s: %s", path, msg ? msg : "schema");
+            sqlite3_free(msg);
+            sqlite3_close(*db);
+            *db = NULL;
+            return ERR_IO;
+        }
+        for (size_t i = 0; i < sizeof v2_columns / sizeof v2_columns[0]; i++) {
+            /* fails once it exists */
+            (void)sqlite3_exec(*db, v2_columns[i], NULL, NULL, NULL);
+        }
+    } else {
+        /* A database no writer has opened since format 2: read it through a temporary
+         * view with the new columns as NULL (format-1 records), without writing to it. */
+        sqlite3_stmt *st = NULL;
+        bool old = false;
+        if (sqlite3_prepare_v2(*db, "SELECT count(*) FROM pragma_table_info('decisions') "
+                                    "WHERE name = 'kind'", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            old = sqlite3_column_int(st, 0) == 0;
+        }
+        sqlite3_finalize(st);
+        if (old) {
+            (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                                    "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                                    "admin_from, NULL AS admin_target FROM main.decisions",
+                               NULL, NULL, NULL);
+        }
+    }
+    return 0;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i, struct arena *a)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
+}
+
+void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
+{
+    struct arena *a = arena_new(0);
+    struct decision_record *r = &row->rec;
+    memset(row, 0, sizeof *row);
+    row->a = a;
+    row->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    r->ts_us = sqlite3_column_int64(st, 1);
+    r->request_id = col_text(st, 2, a);
+    r->route = col_text(st, 3, a);
+    r->decision = col_text(st, 4, a);
+    r->rule = col_text(st, 5, a);
+    r->reason = col_text(st, 6, a);
+    r->user = col_text(st, 7, a);
+    r->email = col_text(st, 8, a);
+    const char *groups = col_text(st, 9, a), *claims = col_text(st, 10, a);
+    r->idp = col_text(st, 11, a);
+    r->session = col_text(st, 12, a);
+    r->device_present = sqlite3_column_int(st, 13) != 0;
+    r->device_id = col_text(st, 14, a);
+    r->device_owner = col_text(st, 15, a);
+    r->device_trusted = sqlite3_column_int(st, 16) != 0;
+    r->client_ip = col_text(st, 17, a);
+    r->method = col_text(st, 18, a);
+    r->host = col_text(st, 19, a);
+    r->path = col_text(st, 20, a);
+    r->shadow = sqlite3_column_int(st, 21) != 0;
+    r->opa_called = sqlite3_column_int(st, 22) != 0;
+    r->opa_result = col_text(st, 23, a);
+    r->opa_ms = (uint32_t)sqlite3_column_int64(st, 24);
+    r->latency_us = (uint64_t)sqlite3_column_int64(st, 25);
+    r->kind = col_text(st, 26, a);
+    r->enforced = col_text(st, 27, a);
+    r->admin_action = col_text(st, 28, a);
+    r->admin_actor = col_text(st, 29, a);
+    r->admin_from = col_text(st, 30, a);
+    r->admin_target = col_text(st, 31, a);
+    row->prev_hash = (char *)col_text(st, 32, a);
+    row->hash = (char *)col_text(st, 33, a);
+
+    /* groups and claims are stored as the JSON the canonical form embeds. An edited,
+     * unparsable value reads as something else, which the hash then rejects. */
+    json_t *g = groups ? json_loads(groups, 0, NULL) : NULL;
+    if (json_is_array(g)) {
+        const char **gs = arena_zalloc(a, (json_array_size(g) + 1) * sizeof *gs);
+        size_t i;
+        json_t *v;
+        json_array_foreach(g, i, v)
+        {
+            gs[r->ngroups++] = arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?");
+        }
+        r->groups = gs;
+    } else if (groups && strcmp(groups, "[]") != 0) {
+        const char **gs = arena_zalloc(a, sizeof *gs);
+        gs[0] = groups;
+        r->groups = gs;
+        r->ngroups = 1;
+    }
+    json_decref(g);
+    json_t *c = claims ? json_loads(claims, 0, NULL) : NULL;
+    if (json_is_object(c)) {
+        size_t total = 0;
+        const char *k;
+        json_t *v;
+        json_object_foreach(c, k, v)
+        {
+            total += json_is_array(v) ? json_array_size(v) : 1;
+        }
+        struct policy_kv *kv = arena_zalloc(a, (total + 1) * sizeof *kv);
+        json_object_foreach(c, k, v)
+        {
+            struct str name = str_from(arena_strdup(a, k));
+            if (json_is_array(v)) {
+                size_t i;
+                json_t *e;
+                json_array_foreach(v, i, e)
+                {
+                    kv[r->nclaims].name = name;
+                    kv[r->nclaims++].value =
+                        str_from(arena_strdup(a, json_is_string(e) ? json_string_value(e) : "?"));
+                }
+            } else {
+                kv[r->nclaims].name = name;
+                kv[r->nclaims++].value =
+                    str_from(arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?"));
+            }
+        }
+        r->claims = kv;
+    }
+    json_decref(c);
+}
+
+void dl_row_fini(struct dl_row *row)
+{
+    arena_free(row->a);
+    memset(row, 0, sizeof *row);
+}
+
+void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
+{
+    sqlite3_stmt *st = NULL;
+    *seq = 0;
+    snprintf(hash, 65, "%s", DL_GENESIS);
+    if (sqlite3_prepare_v2(db, "SELECT key, value FROM decision_log_meta WHERE key IN "
+                               "('anchor_seq', 'anchor_hash')", -1, &st, NULL) != SQLITE_OK) {
+        return;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        const char *v = (const char *)sqlite3_column_text(st, 1);
+        if (k && v && strcmp(k, "anchor_seq") == 0) {
+            *seq = strtoull(v, NULL, 10);
+        } else if (k && v && strcmp(k, "anchor_hash") == 0 && strlen(v) == 64) {
+            snprintf(hash, 65, "%s", v);
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+/* ---- the JSON-lines mirror ---- */
+
+/* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
+static int file_tail(int fd, uint64_t *last_seq, struct err *err)
+{
+    struct stat sb;
+    *last_seq = 0;
+    if (fstat(fd, &sb) != 0) {
+        return err_set(err, ERR_IO, "stat: %s", strerror(errno));
+    }
+    off_t end = sb.st_size;
+    char buf[65536];
+    /* Find the end of the last complete line. */
+    off_t good = 0;
+    for (off_t pos = end; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            good = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    if (good != end && ftruncate(fd, good) != 0) {
+        return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+    }
+    if (good == 0) {
+        return 0;
+    }
+    /* Find the start of that line. */
+    off_t start = 0;
+    for (off_t pos = good - 1; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            start = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    size_t len = (size_t)(good - start);
+    char *line = xmalloc(len + 1);
+    if (pread(fd, line, len, start) != (ssize_t)len) {
+        free(line);
+        return err_set(err, ERR_IO, "read: %s", strerror(errno));
+    }
+    line[len] = '\0';
+    json_t *j = json_loads(line, 0, NULL);
+    free(line);
+    json_t *s = json_object_get(j, "seq");
+    if (!json_is_integer(s)) {
+        json_decref(j);
+        return err_set(err, ERR_PARSE, "last line of the decision log file is not a record");
+    }
+    *last_seq = (uint64_t)json_integer_value(s);
+    json_decref(j);
+    return 0;
+}
+
+int dl_write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Appends to the file every SQLite record after its last line. */
+int dl_file_catch_up(sqlite3 *db, int fd, struct err *err)
+{
+    uint64_t last, db_last = 0;
+    int rc = file_tail(fd, &last, err);
+    if (rc) {
+        return rc;
+    }
+    sqlite3_stmt *mx = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM decisions", -1, &mx, NULL) == SQLITE_OK &&
+        sqlite3_step(mx) == SQLITE_ROW) {
+        db_last = (uint64_t)sqlite3_column_int64(mx, 0);
+    }
+    sqlite3_finalize(mx);
+    if (db_last > 0 && last > db_last) {
+        /* SQLite lost commits the file still has (e.g. power loss in batch mode). Writing
+         * on would give two records the same seq: stop and let an operator decide. */
+        return err_set(err, ERR_IO, "the decision log file has records %llu..%llu that SQLite "
+                                    "does not: restore the database or move the file aside",
+                       (unsigned long long)db_last + 1, (unsigned long long)last);
+    }
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "WHERE seq > ? ORDER BY seq";
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)last);
+    struct sbuf b = { 0 };
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        dl_canonical(&row.rec, row.seq, row.prev_hash ? row.prev_hash : DL_GENESIS, &b);
+        dl_sbuf_printf(&b, ",\"hash\":\"%s\"}\n", row.hash ? row.hash : "");
+        dl_row_fini(&row);
+        if (dl_write_all(fd, b.p, b.len) != 0) {
+            dl_sbuf_free(&b);
+            sqlite3_finalize(st);
+            return err_set(err, ERR_IO, "write: %s", strerror(errno));
+        }
+    }
+    dl_sbuf_free(&b);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    return 0;
+}
+
+
+/* SQLITE_STATIC: every string outlives the step (the batch's records, the
+ * caller's buffers), so SQLite reads it in place instead of copying it. */
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+/* Binds a record to an INSERT of (seq or id, DL_COLUMNS, prev_hash, hash) with
+ * parameters ?1..?34 and steps it; seq 0 binds NULL (the pending table's own id). */
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                    const char *prev, const char *hash, struct sbuf tmp[2])
+{
+    sqlite3_reset(st);
+    if (seq) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    } else {
+        sqlite3_bind_null(st, 1);
+    }
+    sqlite3_bind_int64(st, 2, r->ts_us);
+    bind_text(st, 3, r->request_id);
+    bind_text(st, 4, r->route);
+    bind_text(st, 5, r->decision);
+    bind_text(st, 6, r->rule);
+    bind_text(st, 7, r->reason);
+    bind_text(st, 8, r->user);
+    bind_text(st, 9, r->email);
+    tmp[0].len = 0;
+    dl_groups_json(&tmp[0], r);
+    bind_text(st, 10, tmp[0].p);
+    tmp[1].len = 0;
+    dl_claims_json(&tmp[1], r);
+    bind_text(st, 11, tmp[1].p);
+    bind_text(st, 12, r->idp);
+    bind_text(st, 13, r->session);
+    sqlite3_bind_int(st, 14, r->device_present);
+    bind_text(st, 15, r->device_id);
+    bind_text(st, 16, r->device_owner);
+    sqlite3_bind_int(st, 17, r->device_trusted);
+    bind_text(st, 18, r->client_ip);
+    bind_text(st, 19, r->method);
+    bind_text(st, 20, r->host);
+    bind_text(st, 21, r->path);
+    sqlite3_bind_int(st, 22, r->shadow);
+    sqlite3_bind_int(st, 23, r->opa_called);
+    bind_text(st, 24, r->opa_result);
+    sqlite3_bind_int64(st, 25, r->opa_ms);
+    sqlite3_bind_int64(st, 26, (sqlite3_int64)r->latency_us);
+    bind_text(st, 27, r->kind);
+    bind_text(st, 28, r->enforced);
+    bind_text(st, 29, r->admin_action);
+    bind_text(st, 30, r->admin_actor);
+    bind_text(st, 31, r->admin_from);
+    bind_text(st, 32, r->admin_target);
+    bind_text(st, 33, prev);
+    bind_text(st, 34, hash);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+    /* Nothing bound may point at a freed batch afterwards. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/* seq of the file's first line (0 when empty or unreadable). */
+uint64_t dl_file_first_seq(int fd)
+{
+    char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    char *nl = memchr(buf, '\n', (size_t)n);
+    if (!nl) {
+        return 0;
+    }
+    json_t *j = json_loadb(buf, (size_t)(nl - buf), 0, NULL);
+    json_t *s = json_object_get(j, "seq");
+    uint64_t seq = json_is_integer(s) ? (uint64_t)json_integer_value(s) : 0;
+    json_decref(j);
+    return seq;
+}
+
+/* ---- retention ---- */
+
+/* Rewrites the file keeping lines with seq > keep_after (atomic rename). */
+int dl_file_drop_before(const char *file, uint64_t keep_after, struct err *err)
+{
+    FILE *in = fopen(file, "r");
+    if (!in) {
+        return errno == ENOENT ? 0 : err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *tmp = xasprintf("%s.retain", file);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        free(tmp);
+        return err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *s = json_object_get(j, "seq");
+        bool keep = !json_is_integer(s) || (uint64_t)json_integer_value(s) > keep_after;
+        json_decref(j);
+        if (keep) {
+            fwrite(line, 1, (size_t)n, out);
+        }
+    }
+    free(line);
+    fclose(in);
+    int rc = 0;
+    if (fflush(out) != 0 || fdatasync(fileno(out)) != 0) {
+        rc = err_set(err, ERR_IO, "%s: %s", tmp, strerror(errno));
+    }
+    fclose(out);
+    if (rc == 0 && rename(tmp, file) != 0) {
+        rc = err_set(err, ERR_IO, "rename %s: %s", tmp, strerror(errno));
+    }
+    free(tmp);
+    return rc;
+}
+
+long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
+               const struct dl_key *key, const char *reason, struct err *err)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t seq = 0;
+    int64_t ts = 0;
+    char hash[65] = "";
+    if (dl_ckpt_schema(db) != 0 ||
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    /* The anchor is the newest deleted record: the first kept one chains to it. */
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash, ts_us FROM (SELECT seq, hash, ts_us FROM "
+                               "decisions WHERE ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq "
+                               "DESC LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_int64(st, 1, cutoff_us);
+    sqlite3_bind_int64(st, 2, max_rows > 0 ? max_rows : -1);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const unsigned char *h = sqlite3_column_text(st, 1);
+        seq = (uint64_t)sqlite3_column_int64(st, 0);
+        ts = sqlite3_column_int64(st, 2);
+        snprintf(hash, sizeof hash, "%s", h ? (const char *)h : "");
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (seq == 0) {
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        dl_anchor_get(db, anchor_seq, hash);
+        return 0;
+    }
+    /* The cut is a signed statement (what, up to where, why, when): an anchor without
+     * one is truncation, not retention. */
+    struct dl_checkpoint rr = { .retention = true, .seq = seq, .upto_ts_us = ts };
+    snprintf(rr.hash, sizeof rr.hash, "%s", hash);
+    snprintf(rr.reason, sizeof rr.reason, "%s", reason ? reason : "retention");
+    dl_format_ts(dl_now_us(), rr.time);
+    if (key && dl_ckpt_sign(key, &rr, err) != 0) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    if (sqlite3_prepare_v2(db, "DELETE FROM decisions WHERE seq <= ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    long deleted = (long)sqlite3_changes(db);
+    char seqtxt[STR_U64_MAX];
+    struct str sq = str_u64(seqtxt, seq);
+    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
+                               "?1), ('anchor_hash', ?2)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_text(st, 1, sq.p, (int)sq.len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, hash, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (dl_ckpt_store(db, &rr) != 0 || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    *anchor_seq = seq;
+    return deleted;
+fail:
+    err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, struct err *err)
+{
+    sqlite3 *db = NULL;
+    if (!c->retain_ms) {
+        return 0;
+    }
+    struct dl_key key = { 0 };
+    if (c->ckpt_key && dl_key_load(c->ckpt_key, true, &key, err) != 0) {
+        return -1;
+    }
+    if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        dl_key_free(&key);
+        return -1;
+    }
+    uint64_t anchor = 0;
+    long n = dl_retain(db, now_us_ - (int64_t)c->retain_ms * 1000, 0, &anchor,
+                       c->ckpt_key ? &key : NULL, "audit retain", err);
+    sqlite3_close(db);
+    dl_key_free(&key);
+    if (n > 0 && c->file && dl_file_drop_before(c->file, anchor, err) != 0) {
+        return -1;
+    }
+    return n;
+}
+
