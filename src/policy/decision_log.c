@@ -97,28 +97,32 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
          !conf_string(d, state, "node", &node))) {
         return false;
     }
+    /* The node's name goes into every record (format 3): state.node, or the host
+     * name. A fleet needs one; a single node whose host name is not a valid name
+     * (and no state.node) writes format-2 records, as before. */
+    char host[256] = "";
+    bool named = node != NULL;
+    if (node == NULL && gethostname(host, sizeof host - 1) == 0) {
+        node = host;
+    }
+    size_t nl = node ? strlen(node) : 0;
+    bool nok = nl > 0 && nl <= 64;
+    for (size_t i = 0; nok && i < nl; i++) {
+        char ch = node[i];
+        nok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.';
+    }
+    if (!nok && (pg != NULL || named)) {
+        conf_error(d, conf_get(state, "node") ? conf_get(state, "node") : state,
+                   "\"node\" must be 1-64 letters, digits, '-', '_' or '.' (it names this "
+                   "node's records in the decision log)");
+        return false;
+    }
     if (pg != NULL) {
-        char host[256] = "";
-        if (node == NULL && gethostname(host, sizeof host - 1) == 0) {
-            node = host;
-        }
-        size_t nl = node ? strlen(node) : 0;
-        bool nok = nl > 0 && nl <= 64;
-        for (size_t i = 0; nok && i < nl; i++) {
-            char ch = node[i];
-            nok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '-' || ch == '_' || ch == '.';
-        }
-        if (!nok) {
-            conf_error(d, conf_get(state, "node") ? conf_get(state, "node") : state,
-                       "\"node\" must be 1-64 letters, digits, '-', '_' or '.' (it names this "
-                       "node's records in the shared decision log)");
-            return false;
-        }
         out->pg_conninfo = xstrdup(pg);
         out->pg_password_file = pgpw ? conf_path_resolve(conf_file, pgpw) : NULL;
-        out->node = xstrdup(node);
     }
+    out->node = nok ? xstrdup(node) : NULL;
     if (!sqlite) {
         conf_error(d, conf_get_key(root, "decision_log"),
                    "\"decision_log\" needs \"state.sqlite\" (the log's database)");
@@ -153,40 +157,27 @@ void decision_log_conf_fini(struct decision_log_conf *c)
 
 /* ---- the writer ---- */
 
-static size_t cstr_size(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
-}
+#define REC_FIELDS 22
 
-static const char *blob_put(char **cur, const char *s)
+/* One allocation holding the record's strings, groups and claims (each string
+ * measured once); node: the writer's, stamped on every record it chains. */
+static void rec_copy(const struct decision_record *in, struct qrec *q, const char *node)
 {
-    if (!s) {
-        return NULL;
-    }
-    size_t n = strlen(s) + 1;
-    char *d = *cur;
-    memcpy(d, s, n);
-    *cur += n;
-    return d;
-}
-
-/* One allocation holding the record's strings, groups and claims. */
-static void rec_copy(const struct decision_record *in, struct qrec *q)
-{
-    const char *const *fields[] = { &in->request_id, &in->route,     &in->decision,
-                                    &in->rule,       &in->reason,    &in->user,
-                                    &in->email,      &in->idp,       &in->session,
-                                    &in->device_id,  &in->device_owner, &in->client_ip,
-                                    &in->method,     &in->host,      &in->path,
-                                    &in->opa_result, &in->kind,      &in->enforced,
-                                    &in->admin_action, &in->admin_actor, &in->admin_from,
-                                    &in->admin_target };
-    size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv) + 16;
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        size += cstr_size(*fields[i]);
+    const char *const fields[REC_FIELDS] = {
+        in->request_id, in->route,      in->decision,     in->rule,        in->reason,
+        in->user,       in->email,      in->idp,          in->session,     in->device_id,
+        in->device_owner, in->client_ip, in->method,      in->host,        in->path,
+        in->opa_result, in->kind,       in->enforced,     in->admin_action, in->admin_actor,
+        in->admin_from, in->admin_target
+    };
+    size_t flen[REC_FIELDS];
+    size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv);
+    for (size_t i = 0; i < REC_FIELDS; i++) {
+        flen[i] = fields[i] ? strlen(fields[i]) : 0;
+        size += flen[i] + 1;
     }
     for (size_t i = 0; i < in->ngroups; i++) {
-        size += cstr_size(in->groups[i]);
+        size += (in->groups[i] ? strlen(in->groups[i]) : 0) + 1;
     }
     for (size_t i = 0; i < in->nclaims; i++) {
         size += in->claims[i].name.len + in->claims[i].value.len + 2;
@@ -196,18 +187,29 @@ static void rec_copy(const struct decision_record *in, struct qrec *q)
     const char **groups = (const char **)(void *)q->blob;
     struct policy_kv *claims = (struct policy_kv *)(void *)(q->blob + in->ngroups * sizeof(char *));
     char *cur = (char *)(claims + in->nclaims);
-    struct decision_record *r = &q->rec;
-    const char **out[] = { &r->request_id, &r->route,  &r->decision,  &r->rule,
-                           &r->reason,     &r->user,   &r->email,     &r->idp,
-                           &r->session,    &r->device_id, &r->device_owner, &r->client_ip,
-                           &r->method,     &r->host,   &r->path,      &r->opa_result,
-                           &r->kind,       &r->enforced, &r->admin_action, &r->admin_actor,
-                           &r->admin_from, &r->admin_target };
-    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
-        *out[i] = blob_put(&cur, *fields[i]);
+    const char *copies[REC_FIELDS];
+    for (size_t i = 0; i < REC_FIELDS; i++) {
+        copies[i] = NULL;
+        if (fields[i]) {
+            memcpy(cur, fields[i], flen[i] + 1);
+            copies[i] = cur;
+            cur += flen[i] + 1;
+        }
     }
+    struct decision_record *r = &q->rec;
+    r->request_id = copies[0], r->route = copies[1], r->decision = copies[2];
+    r->rule = copies[3], r->reason = copies[4], r->user = copies[5], r->email = copies[6];
+    r->idp = copies[7], r->session = copies[8], r->device_id = copies[9];
+    r->device_owner = copies[10], r->client_ip = copies[11], r->method = copies[12];
+    r->host = copies[13], r->path = copies[14], r->opa_result = copies[15];
+    r->kind = copies[16], r->enforced = copies[17], r->admin_action = copies[18];
+    r->admin_actor = copies[19], r->admin_from = copies[20], r->admin_target = copies[21];
     for (size_t i = 0; i < in->ngroups; i++) {
-        groups[i] = blob_put(&cur, in->groups[i] ? in->groups[i] : "");
+        const char *g = in->groups[i] ? in->groups[i] : "";
+        size_t n = strlen(g) + 1;
+        memcpy(cur, g, n);
+        groups[i] = cur;
+        cur += n;
     }
     for (size_t i = 0; i < in->nclaims; i++) {
         struct str nm = in->claims[i].name, v = in->claims[i].value;
@@ -222,40 +224,36 @@ static void rec_copy(const struct decision_record *in, struct qrec *q)
     }
     r->groups = groups;
     r->claims = claims;
+    r->node = node; /* the writer's own copy: lives as long as the log */
 }
 
-
-static int insert_row(struct decision_log *dl, const struct qrec *q, const char *prev,
-                      const char *hash, struct sbuf tmp[2])
-{
-    int rc = dl_bind_row(dl->ins, &q->rec, q->seq, prev, hash, tmp);
-    if (rc == 0 && q->pending_id) {
-        /* Chained and taken off the pending table in the same transaction: once. */
-        sqlite3_reset(dl->del_pending);
-        sqlite3_bind_int64(dl->del_pending, 1, q->pending_id);
-        rc = sqlite3_step(dl->del_pending) == SQLITE_DONE ? 0 : ERR_IO;
-        sqlite3_reset(dl->del_pending);
-    }
-    return rc;
-}
-
-/* Commits a batch to SQLite, then mirrors it to the file. On a SQLite failure the
- * batch is kept and retried (the queue fills and callers get 503); nothing is lost. */
+/* Commits a batch to SQLite, then mirrors it to the file. Each record's line is
+ * built once, straight into the batch's buffer: its canonical bytes are hashed in
+ * place and SQLite gets the groups and claims JSON as slices of it; the file gets
+ * the whole buffer in one write. On a SQLite failure the batch is kept and retried
+ * (the queue fills and callers get 503); nothing is lost. */
 int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
 {
-    struct sbuf canon = { 0 }, lines = { 0 }, tmp[2] = { { 0 }, { 0 } };
+    struct sbuf *lines = &dl->lines;
     char prev[65], hash[65];
     int64_t t0 = dl_now_us();
     memcpy(prev, dl->prev, 65);
+    lines->len = 0;
     int rc = sqlite3_exec(dl->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        dl_canonical(&batch[i].rec, batch[i].seq, prev, &canon);
-        dl_hash(prev, canon.p, canon.len, hash);
-        rc = insert_row(dl, &batch[i], prev, hash, tmp);
-        dl_sbuf_put(&lines, canon.p, canon.len);
-        dl_sbuf_put(&lines, ",\"hash\":\"", 9);
-        dl_sbuf_put(&lines, hash, 64);
-        dl_sbuf_put(&lines, "\"}\n", 3);
+        const struct qrec *q = &batch[i];
+        size_t at = lines->len;
+        struct dl_spans sp;
+        dl_line_append(lines, &q->rec, q->seq, prev, hash, &sp);
+        const char *canon = lines->p + at;
+        rc = dl_bind_row_json(dl->ins, &q->rec, q->seq, prev, hash, canon + sp.groups_off,
+                              sp.groups_len, canon + sp.claims_off, sp.claims_len);
+        if (rc == 0 && q->pending_id) {
+            /* Chained and taken off the pending table in the same transaction: once. */
+            sqlite3_bind_int64(dl->del_pending, 1, q->pending_id);
+            rc = sqlite3_step(dl->del_pending) == SQLITE_DONE ? 0 : ERR_IO;
+            sqlite3_reset(dl->del_pending);
+        }
         memcpy(prev, hash, 65);
     }
     if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -265,11 +263,11 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         snprintf(dl->errmsg, sizeof dl->errmsg, "%s", sqlite3_errmsg(dl->db));
         log_error("decision_log", "commit failed: %s", dl->errmsg);
         sqlite3_exec(dl->db, "ROLLBACK", NULL, NULL, NULL);
-        goto out;
+        return rc;
     }
     memcpy(dl->prev, prev, 65);
     if (dl->fd >= 0) {
-        if (dl->file_behind || dl_write_all(dl->fd, lines.p, lines.len) != 0) {
+        if (dl->file_behind || dl_write_all(dl->fd, lines->p, lines->len) != 0) {
             /* The file is a mirror of SQLite: catch it up later rather than lose order. */
             dl->file_behind = true;
         } else if (dl->conf.sync == DECISION_LOG_STRICT && fdatasync(dl->fd) != 0) {
@@ -277,12 +275,7 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         }
     }
     policy_metrics_log_write((uint64_t)(dl_now_us() - t0), n);
-out:
-    dl_sbuf_free(&canon);
-    dl_sbuf_free(&lines);
-    dl_sbuf_free(&tmp[0]);
-    dl_sbuf_free(&tmp[1]);
-    return rc;
+    return 0;
 }
 
 /* Queues the records command line tools left in decision_log_pending (admin acts):
@@ -306,7 +299,7 @@ static void take_pending(struct decision_log *dl)
         }
         if (dl->count + dl->inflight < dl->conf.queue) {
             size_t tail = (dl->head + dl->count) % dl->conf.queue;
-            rec_copy(&row.rec, &dl->ring[tail]);
+            rec_copy(&row.rec, &dl->ring[tail], dl->conf.node);
             dl->ring[tail].seq = dl->next_seq++;
             dl->ring[tail].pending_id = (int64_t)row.seq;
             dl->count++;
@@ -709,7 +702,7 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     dl->conf.ckpt_command = c->ckpt_command ? xstrdup(c->ckpt_command) : NULL;
     dl->conf.pg_conninfo = NULL; /* the shipper keeps its own copy */
     dl->conf.pg_password_file = NULL;
-    dl->conf.node = NULL;
+    dl->conf.node = c->node ? xstrdup(c->node) : NULL; /* stamped on every record */
     dl->fd = -1;
     dl->spool_fd = -1;
     dl->spool_path = dl_spool_path(c->sqlite);
@@ -733,9 +726,7 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
                                                 : "PRAGMA synchronous=NORMAL",
                  NULL, NULL, NULL);
     static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
-                              "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-                              "?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, "
-                              "?28, ?29, ?30, ?31, ?32, ?33, ?34)";
+                              DL_VALUES;
     if (sqlite3_prepare_v3(dl->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &dl->ins, NULL) !=
         SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
@@ -888,7 +879,7 @@ int decision_log_append(struct decision_log *dl, const struct decision_record *r
         return ERR_LIMIT;
     }
     size_t tail = (dl->head + dl->count) % dl->conf.queue;
-    rec_copy(rec, &dl->ring[tail]);
+    rec_copy(rec, &dl->ring[tail], dl->conf.node);
     dl->ring[tail].seq = dl->next_seq++;
     dl->ring[tail].pending_id = 0;
     if (seq) {
@@ -980,6 +971,7 @@ void decision_log_close(struct decision_log *dl)
     sqlite3_finalize(dl->ins);
     sqlite3_finalize(dl->del_pending);
     sqlite3_close(dl->db);
+    dl_sbuf_free(&dl->lines);
     if (dl->lock_fd >= 0) {
         close(dl->lock_fd); /* after SQLite: the writer lock is released last */
     }
@@ -1004,9 +996,7 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
         return ERR_IO;
     }
     static const char sql[] = "INSERT INTO decision_log_pending(id, " DL_COLUMNS ", prev_hash, "
-                              "hash) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
-                              "?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, "
-                              "?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)";
+                              "hash) " DL_VALUES;
     int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK ? 0 : ERR_IO;
     if (rc == 0) {
         rc = dl_bind_row(st, rec, 0, NULL, NULL, tmp);

@@ -19,13 +19,19 @@
 
 /* ---- small string builder ---- */
 
-void dl_sbuf_put(struct sbuf *b, const char *s, size_t n)
+/* Room for n more bytes and the terminating NUL; returns where they go. */
+static char *sbuf_room(struct sbuf *b, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         b->cap = (b->len + n + 1) * 2 < 256 ? 256 : (b->len + n + 1) * 2;
         b->p = xrealloc(b->p, b->cap);
     }
-    memcpy(b->p + b->len, s, n);
+    return b->p + b->len;
+}
+
+void dl_sbuf_put(struct sbuf *b, const char *s, size_t n)
+{
+    memcpy(sbuf_room(b, n), s, n);
     b->len += n;
     b->p[b->len] = '\0';
 }
@@ -34,6 +40,9 @@ void dl_sbuf_puts(struct sbuf *b, const char *s)
 {
     dl_sbuf_put(b, s, strlen(s));
 }
+
+/* A string literal, its length known at compile time. */
+#define PUT_LIT(b, lit) dl_sbuf_put((b), "" lit, sizeof(lit) - 1)
 
 void dl_sbuf_printf(struct sbuf *b, const char *fmt, ...)
 {
@@ -60,41 +69,55 @@ void dl_sbuf_free(struct sbuf *b)
     memset(b, 0, sizeof *b);
 }
 
-/* JSON string (or null for NULL). Bytes >= 0x80 pass through: the input is UTF-8 or
- * is recorded as given; control characters are escaped so a line stays one line. */
+/* A JSON string of n bytes, written in place (room for the worst case is made
+ * once). Bytes >= 0x80 pass through: the input is UTF-8 or is recorded as given;
+ * control characters are escaped so a line stays one line. */
+static void json_strn(struct sbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *d = sbuf_room(b, 6 * n + 2), *d0 = d;
+    *d++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+            *d++ = (char)c;
+        } else if (c == '"' || c == '\\') {
+            *d++ = '\\';
+            *d++ = (char)c;
+        } else {
+            memcpy(d, "\\u00", 4);
+            d[4] = hex[c >> 4];
+            d[5] = hex[c & 15];
+            d += 6;
+        }
+    }
+    *d++ = '"';
+    b->len += (size_t)(d - d0);
+    b->p[b->len] = '\0';
+}
+
+/* JSON string, or null for NULL. */
 static void json_str(struct sbuf *b, const char *s)
 {
     if (!s) {
-        dl_sbuf_put(b, "null", 4);
+        PUT_LIT(b, "null");
         return;
     }
-    dl_sbuf_put(b, "\"", 1);
-    const unsigned char *c = (const unsigned char *)s, *run = c;
-    for (; *c; c++) {
-        if (*c != '"' && *c != '\\' && *c >= 0x20 && *c != 0x7f) {
-            continue;
-        }
-        dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
-        if (*c == '"' || *c == '\\') {
-            char e[2] = { '\\', (char)*c };
-            dl_sbuf_put(b, e, 2);
-        } else {
-            dl_sbuf_printf(b, "\\u%04x", *c);
-        }
-        run = c + 1;
-    }
-    dl_sbuf_put(b, (const char *)run, (size_t)(c - run));
-    dl_sbuf_put(b, "\"", 1);
+    json_strn(b, s, strlen(s));
 }
 
-/* key is a literal without characters to escape. */
-static void json_kv_str(struct sbuf *b, const char *key, const char *v)
+/* A claim's name or value: up to its first NUL, as the C string it is copied to. */
+static void json_span(struct sbuf *b, struct str s)
 {
-    dl_sbuf_put(b, ",\"", 2);
-    dl_sbuf_puts(b, key);
-    dl_sbuf_put(b, "\":", 2);
-    json_str(b, v);
+    json_strn(b, s.p ? s.p : "", s.p ? strnlen(s.p, s.len) : 0);
 }
+
+/* ,"key":"value" (key: a literal without characters to escape). */
+#define KV_STR(b, key, v)                                                                          \
+    do {                                                                                           \
+        PUT_LIT(b, ",\"" key "\":");                                                               \
+        json_str(b, v);                                                                            \
+    } while (0)
 
 static void put_u64(struct sbuf *b, uint64_t v)
 {
@@ -105,25 +128,20 @@ static void put_u64(struct sbuf *b, uint64_t v)
 
 void dl_groups_json(struct sbuf *b, const struct decision_record *r)
 {
-    dl_sbuf_put(b, "[", 1);
+    PUT_LIT(b, "[");
     for (size_t i = 0; i < r->ngroups; i++) {
         if (i) {
-            dl_sbuf_put(b, ",", 1);
+            PUT_LIT(b, ",");
         }
         json_str(b, r->groups[i]);
     }
-    dl_sbuf_put(b, "]", 1);
-}
-
-static char *kv_dup(const struct str s)
-{
-    return xstrndup(s.p ? s.p : "", s.len);
+    PUT_LIT(b, "]");
 }
 
 /* {"name": "v"} or {"name": ["v1", "v2"]} for repeated names, in first-seen order. */
 void dl_claims_json(struct sbuf *b, const struct decision_record *r)
 {
-    dl_sbuf_put(b, "{", 1);
+    PUT_LIT(b, "{");
     bool first = true;
     for (size_t i = 0; i < r->nclaims; i++) {
         bool seen = false;
@@ -137,41 +155,38 @@ void dl_claims_json(struct sbuf *b, const struct decision_record *r)
         for (size_t j = i; j < r->nclaims; j++) {
             count += str_eq(r->claims[j].name, r->claims[i].name);
         }
-        char *name = kv_dup(r->claims[i].name);
         if (!first) {
-            dl_sbuf_put(b, ",", 1);
+            PUT_LIT(b, ",");
         }
         first = false;
-        json_str(b, name);
-        free(name);
-        dl_sbuf_put(b, ":", 1);
+        json_span(b, r->claims[i].name);
+        PUT_LIT(b, ":");
         if (count > 1) {
-            dl_sbuf_put(b, "[", 1);
+            PUT_LIT(b, "[");
         }
         size_t k = 0;
         for (size_t j = i; j < r->nclaims; j++) {
             if (str_eq(r->claims[j].name, r->claims[i].name)) {
-                char *v = kv_dup(r->claims[j].value);
                 if (k++) {
-                    dl_sbuf_put(b, ",", 1);
+                    PUT_LIT(b, ",");
                 }
-                json_str(b, v);
-                free(v);
+                json_span(b, r->claims[j].value);
             }
         }
         if (count > 1) {
-            dl_sbuf_put(b, "]", 1);
+            PUT_LIT(b, "]");
         }
     }
-    dl_sbuf_put(b, "}", 1);
+    PUT_LIT(b, "}");
 }
 
-static void format_ts(int64_t ts_us, char out[64])
+static size_t format_ts(int64_t ts_us, char out[64])
 {
     /* Records come thousands a second: the date and time of day are spelled
      * once per second (per thread), the microseconds every time. */
     static __thread int64_t last_s = -1;
     static __thread char prefix[64];
+    static __thread size_t prefix_len;
     if (ts_us < 0) {
         ts_us = 0;
     }
@@ -180,11 +195,13 @@ static void format_ts(int64_t ts_us, char out[64])
         time_t t = (time_t)sec;
         struct tm tm;
         gmtime_r(&t, &tm);
-        snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        int n = snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec);
+        prefix_len = n > 0 && (size_t)n < sizeof prefix ? (size_t)n : 0;
         last_s = sec;
     }
-    size_t n = strlen(prefix);
+    size_t n = prefix_len;
     unsigned us = (unsigned)(ts_us % 1000000);
     memcpy(out, prefix, n);
     for (int i = 5; i >= 0; i--) {
@@ -193,75 +210,115 @@ static void format_ts(int64_t ts_us, char out[64])
     }
     out[n + 6] = 'Z';
     out[n + 7] = '\0';
+    return n + 7;
 }
 
 void dl_format_ts(int64_t ts_us, char out[64])
 {
-    format_ts(ts_us, out);
+    (void)format_ts(ts_us, out);
+}
+
+void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *prev_hash,
+                     struct sbuf *b, struct dl_spans *sp)
+{
+    char ts[64];
+    size_t tslen = format_ts(r->ts_us, ts), start = b->len;
+    /* Format 2 adds kind, enforced and admin; format 3 (every record a writer with
+     * a node name chains) the node, right after seq. An older row (node NULL:
+     * format 2; kind NULL too: format 1) keeps its original bytes so that older
+     * records still verify. */
+    bool v2 = r->kind || r->node;
+    if (r->node) {
+        PUT_LIT(b, "{\"v\":3,\"seq\":");
+        put_u64(b, seq);
+        KV_STR(b, "node", r->node);
+    } else {
+        if (r->kind) {
+            PUT_LIT(b, "{\"v\":2,\"seq\":");
+        } else {
+            PUT_LIT(b, "{\"v\":1,\"seq\":");
+        }
+        put_u64(b, seq);
+    }
+    PUT_LIT(b, ",\"ts\":\"");
+    dl_sbuf_put(b, ts, tslen);
+    PUT_LIT(b, "\"");
+    if (v2) {
+        KV_STR(b, "kind", r->kind);
+    }
+    KV_STR(b, "request_id", r->request_id);
+    KV_STR(b, "route", r->route);
+    KV_STR(b, "decision", r->decision);
+    KV_STR(b, "rule", r->rule);
+    KV_STR(b, "reason", r->reason);
+    KV_STR(b, "user", r->user);
+    KV_STR(b, "email", r->email);
+    PUT_LIT(b, ",\"groups\":");
+    size_t g0 = b->len;
+    dl_groups_json(b, r);
+    size_t g1 = b->len;
+    PUT_LIT(b, ",\"claims\":");
+    size_t c0 = b->len;
+    dl_claims_json(b, r);
+    if (sp) {
+        *sp = (struct dl_spans){ g0 - start, g1 - g0, c0 - start, b->len - c0 };
+    }
+    KV_STR(b, "idp", r->idp);
+    KV_STR(b, "session", r->session);
+    if (r->device_present) {
+        PUT_LIT(b, ",\"device\":{\"present\":true");
+    } else {
+        PUT_LIT(b, ",\"device\":{\"present\":false");
+    }
+    KV_STR(b, "id", r->device_id);
+    KV_STR(b, "owner", r->device_owner);
+    if (r->device_trusted) {
+        PUT_LIT(b, ",\"trusted\":true}");
+    } else {
+        PUT_LIT(b, ",\"trusted\":false}");
+    }
+    KV_STR(b, "client_ip", r->client_ip);
+    KV_STR(b, "method", r->method);
+    KV_STR(b, "host", r->host);
+    KV_STR(b, "path", r->path);
+    if (r->shadow) {
+        PUT_LIT(b, ",\"shadow\":true");
+    } else {
+        PUT_LIT(b, ",\"shadow\":false");
+    }
+    if (v2) {
+        KV_STR(b, "enforced", r->enforced);
+    }
+    if (r->opa_called) {
+        PUT_LIT(b, ",\"opa\":{\"called\":true,\"result\":");
+    } else {
+        PUT_LIT(b, ",\"opa\":{\"called\":false,\"result\":");
+    }
+    json_str(b, r->opa_result);
+    PUT_LIT(b, ",\"ms\":");
+    put_u64(b, r->opa_ms);
+    PUT_LIT(b, "},\"latency_us\":");
+    put_u64(b, r->latency_us);
+    if (v2 && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
+        PUT_LIT(b, ",\"admin\":null");
+    } else if (v2) {
+        PUT_LIT(b, ",\"admin\":{\"action\":");
+        json_str(b, r->admin_action);
+        KV_STR(b, "actor", r->admin_actor);
+        KV_STR(b, "from", r->admin_from);
+        KV_STR(b, "target", r->admin_target);
+        PUT_LIT(b, "}");
+    }
+    PUT_LIT(b, ",\"prev_hash\":\"");
+    dl_sbuf_put(b, prev_hash, strlen(prev_hash));
+    PUT_LIT(b, "\"");
 }
 
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
                   struct sbuf *b)
 {
-    char ts[64];
-    format_ts(r->ts_us, ts);
     b->len = 0;
-    /* Format 2 adds kind, enforced and admin; a format-1 row (kind NULL) keeps its
-     * original bytes so that older records still verify. */
-    dl_sbuf_puts(b, r->kind ? "{\"v\":2,\"seq\":" : "{\"v\":1,\"seq\":");
-    put_u64(b, seq);
-    dl_sbuf_puts(b, ",\"ts\":\"");
-    dl_sbuf_puts(b, ts);
-    dl_sbuf_put(b, "\"", 1);
-    if (r->kind) {
-        json_kv_str(b, "kind", r->kind);
-    }
-    json_kv_str(b, "request_id", r->request_id);
-    json_kv_str(b, "route", r->route);
-    json_kv_str(b, "decision", r->decision);
-    json_kv_str(b, "rule", r->rule);
-    json_kv_str(b, "reason", r->reason);
-    json_kv_str(b, "user", r->user);
-    json_kv_str(b, "email", r->email);
-    dl_sbuf_puts(b, ",\"groups\":");
-    dl_groups_json(b, r);
-    dl_sbuf_puts(b, ",\"claims\":");
-    dl_claims_json(b, r);
-    json_kv_str(b, "idp", r->idp);
-    json_kv_str(b, "session", r->session);
-    dl_sbuf_puts(b, r->device_present ? ",\"device\":{\"present\":true"
-                                      : ",\"device\":{\"present\":false");
-    json_kv_str(b, "id", r->device_id);
-    json_kv_str(b, "owner", r->device_owner);
-    dl_sbuf_puts(b, r->device_trusted ? ",\"trusted\":true}" : ",\"trusted\":false}");
-    json_kv_str(b, "client_ip", r->client_ip);
-    json_kv_str(b, "method", r->method);
-    json_kv_str(b, "host", r->host);
-    json_kv_str(b, "path", r->path);
-    dl_sbuf_puts(b, r->shadow ? ",\"shadow\":true" : ",\"shadow\":false");
-    if (r->kind) {
-        json_kv_str(b, "enforced", r->enforced);
-    }
-    dl_sbuf_puts(b, r->opa_called ? ",\"opa\":{\"called\":true,\"result\":"
-                                  : ",\"opa\":{\"called\":false,\"result\":");
-    json_str(b, r->opa_result);
-    dl_sbuf_puts(b, ",\"ms\":");
-    put_u64(b, r->opa_ms);
-    dl_sbuf_puts(b, "},\"latency_us\":");
-    put_u64(b, r->latency_us);
-    if (r->kind && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
-        dl_sbuf_puts(b, ",\"admin\":null");
-    } else if (r->kind) {
-        dl_sbuf_puts(b, ",\"admin\":{\"action\":");
-        json_str(b, r->admin_action);
-        json_kv_str(b, "actor", r->admin_actor);
-        json_kv_str(b, "from", r->admin_from);
-        json_kv_str(b, "target", r->admin_target);
-        dl_sbuf_put(b, "}", 1);
-    }
-    dl_sbuf_puts(b, ",\"prev_hash\":\"");
-    dl_sbuf_put(b, prev_hash, strlen(prev_hash));
-    dl_sbuf_put(b, "\"", 1);
+    dl_canonical_at(r, seq, prev_hash, b, NULL);
 }
 
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
@@ -271,6 +328,17 @@ void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
     const size_t lens[] = { 64, len, 1 };
     digest_sha256(parts, lens, 3, md);
     str_hex(md, 32, out);
+}
+
+void dl_line_append(struct sbuf *b, const struct decision_record *r, uint64_t seq,
+                    const char *prev, char hash[65], struct dl_spans *sp)
+{
+    size_t start = b->len;
+    dl_canonical_at(r, seq, prev, b, sp);
+    dl_hash(prev, b->p + start, b->len - start, hash);
+    PUT_LIT(b, ",\"hash\":\"");
+    dl_sbuf_put(b, hash, 64);
+    PUT_LIT(b, "\"}\n");
 }
 
 /* ---- a record line read back (the spool) ---- */
@@ -371,6 +439,7 @@ bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
         r->admin_from = jstr(adm, "from", a);
         r->admin_target = jstr(adm, "target", a);
     }
+    r->node = jstr(o, "node", a); /* format 3 */
     r->opa_called = json_is_true(json_object_get(opa, "called"));
     r->opa_result = jstr(opa, "result", a);
     json_t *ms = json_object_get(opa, "ms"), *lat = json_object_get(o, "latency_us");

@@ -28,7 +28,7 @@ static const char schema[] =
     " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
     " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER,"
     " prev_hash TEXT NOT NULL, hash TEXT NOT NULL, kind TEXT, enforced TEXT, admin_action TEXT,"
-    " admin_actor TEXT, admin_from TEXT, admin_target TEXT);"
+    " admin_actor TEXT, admin_from TEXT, admin_target TEXT, node TEXT);"
     "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_us);"
     "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);"
     /* Records handed over by command line tools (admin acts) for the writer to chain. */
@@ -39,14 +39,33 @@ static const char schema[] =
     " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
     " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER, kind TEXT,"
     " enforced TEXT, admin_action TEXT, admin_actor TEXT, admin_from TEXT, admin_target TEXT,"
-    " prev_hash TEXT, hash TEXT);";
+    " prev_hash TEXT, hash TEXT, node TEXT);";
 
-/* Columns added by record format 2, for databases created before it. */
+/* Columns added by record formats 2 and 3, for databases created before them. */
 #define ADD_COLUMN(c) "ALTER TABLE decisions ADD COLUMN " c " TEXT"
-static const char *const v2_columns[] = { ADD_COLUMN("kind"),         ADD_COLUMN("enforced"),
-                                          ADD_COLUMN("admin_action"), ADD_COLUMN("admin_actor"),
-                                          ADD_COLUMN("admin_from"),   ADD_COLUMN("admin_target") };
+static const char *const added_columns[] = {
+    ADD_COLUMN("kind"),        ADD_COLUMN("enforced"),   ADD_COLUMN("admin_action"),
+    ADD_COLUMN("admin_actor"), ADD_COLUMN("admin_from"), ADD_COLUMN("admin_target"),
+    ADD_COLUMN("node"),        "ALTER TABLE decision_log_pending ADD COLUMN node TEXT"
+};
 #undef ADD_COLUMN
+
+/* 1 when table has column name. */
+static int has_column(sqlite3 *db, const char *table, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 1;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            n = sqlite3_column_int(st, 0);
+        }
+    }
+    sqlite3_finalize(st);
+    return n;
+}
 
 int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
 {
@@ -69,27 +88,21 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
             *db = NULL;
             return ERR_IO;
         }
-        for (size_t i = 0; i < sizeof v2_columns / sizeof v2_columns[0]; i++) {
+        for (size_t i = 0; i < sizeof added_columns / sizeof added_columns[0]; i++) {
             /* fails once it exists */
-            (void)sqlite3_exec(*db, v2_columns[i], NULL, NULL, NULL);
+            (void)sqlite3_exec(*db, added_columns[i], NULL, NULL, NULL);
         }
-    } else {
-        /* A database no writer has opened since format 2: read it through a temporary
-         * view with the new columns as NULL (format-1 records), without writing to it. */
-        sqlite3_stmt *st = NULL;
-        bool old = false;
-        if (sqlite3_prepare_v2(*db, "SELECT count(*) FROM pragma_table_info('decisions') "
-                                    "WHERE name = 'kind'", -1, &st, NULL) == SQLITE_OK &&
-            sqlite3_step(st) == SQLITE_ROW) {
-            old = sqlite3_column_int(st, 0) == 0;
-        }
-        sqlite3_finalize(st);
-        if (old) {
-            (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
-                                    "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
-                                    "admin_from, NULL AS admin_target FROM main.decisions",
-                               NULL, NULL, NULL);
-        }
+    } else if (!has_column(*db, "decisions", "kind")) {
+        /* A database no writer has opened since format 2 (or 3): read it through a
+         * temporary view with the new columns as NULL (format-1 records), without
+         * writing to it. */
+        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                                "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                                "admin_from, NULL AS admin_target, NULL AS node FROM main.decisions",
+                           NULL, NULL, NULL);
+    } else if (!has_column(*db, "decisions", "node")) {
+        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS node FROM "
+                                "main.decisions", NULL, NULL, NULL);
     }
     return 0;
 }
@@ -137,8 +150,9 @@ void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
     r->admin_actor = col_text(st, 29, a);
     r->admin_from = col_text(st, 30, a);
     r->admin_target = col_text(st, 31, a);
-    row->prev_hash = (char *)col_text(st, 32, a);
-    row->hash = (char *)col_text(st, 33, a);
+    r->node = col_text(st, 32, a);
+    row->prev_hash = (char *)col_text(st, 33, a);
+    row->hash = (char *)col_text(st, 34, a);
 
     /* groups and claims are stored as the JSON the canonical form embeds. An edited,
      * unparsable value reads as something else, which the hash then rejects. */
@@ -357,12 +371,18 @@ static int bind_text(sqlite3_stmt *st, int i, const char *s)
     return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
-/* Binds a record to an INSERT of (seq or id, DL_COLUMNS, prev_hash, hash) with
- * parameters ?1..?34 and steps it; seq 0 binds NULL (the pending table's own id). */
-int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
-                    const char *prev, const char *hash, struct sbuf tmp[2])
+static int bind_textn(sqlite3_stmt *st, int i, const char *s, size_t n)
 {
-    sqlite3_reset(st);
+    return sqlite3_bind_text(st, i, s, (int)n, SQLITE_STATIC);
+}
+
+/* Binds a record to an INSERT of (seq or id, DL_COLUMNS, prev_hash, hash) with
+ * parameters DL_VALUES and steps it; seq 0 binds NULL (the pending table's own id).
+ * groups and claims: their JSON, as the canonical bytes hold it. */
+int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                     const char *prev, const char *hash, const char *groups, size_t glen,
+                     const char *claims, size_t clen)
+{
     if (seq) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     } else {
@@ -376,12 +396,8 @@ int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
     bind_text(st, 7, r->reason);
     bind_text(st, 8, r->user);
     bind_text(st, 9, r->email);
-    tmp[0].len = 0;
-    dl_groups_json(&tmp[0], r);
-    bind_text(st, 10, tmp[0].p);
-    tmp[1].len = 0;
-    dl_claims_json(&tmp[1], r);
-    bind_text(st, 11, tmp[1].p);
+    bind_textn(st, 10, groups, glen);
+    bind_textn(st, 11, claims, clen);
     bind_text(st, 12, r->idp);
     bind_text(st, 13, r->session);
     sqlite3_bind_int(st, 14, r->device_present);
@@ -403,13 +419,24 @@ int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
     bind_text(st, 30, r->admin_actor);
     bind_text(st, 31, r->admin_from);
     bind_text(st, 32, r->admin_target);
-    bind_text(st, 33, prev);
-    bind_text(st, 34, hash);
+    bind_text(st, 33, r->node);
+    bind_text(st, 34, prev);
+    bind_text(st, 35, hash);
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
-    /* Nothing bound may point at a freed batch afterwards. */
+    /* Every parameter is bound again before the next step: the pointers left
+     * behind (SQLITE_STATIC) are never read. */
     sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
     return rc;
+}
+
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                const char *prev, const char *hash, struct sbuf tmp[2])
+{
+    tmp[0].len = 0;
+    dl_groups_json(&tmp[0], r);
+    tmp[1].len = 0;
+    dl_claims_json(&tmp[1], r);
+    return dl_bind_row_json(st, r, seq, prev, hash, tmp[0].p, tmp[0].len, tmp[1].p, tmp[1].len);
 }
 
 /* seq of the file's first line (0 when empty or unreadable). */

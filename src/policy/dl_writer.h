@@ -61,6 +61,7 @@ struct decision_log {
     struct dl_checkpoint last_ckpt;
     bool have_ckpt;
     char errmsg[256]; /* the store's last error */
+    struct sbuf lines; /* the batch's lines (writer thread, kept between batches) */
 };
 
 static inline int64_t dl_now_us(void)
