@@ -227,34 +227,68 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
     r->node = node; /* the writer's own copy: lives as long as the log */
 }
 
+/* Where a record of the batch sits in the batch's lines. */
+struct dl_at {
+    size_t at, hash_at;
+    struct dl_spans sp;
+};
+
+/* Inserts records [i, i + rows) of the batch with st, an INSERT of `rows` rows. */
+static int insert_rows(struct decision_log *dl, sqlite3_stmt *st, const struct qrec *batch,
+                       size_t i, size_t rows)
+{
+    const char *p = dl->lines.p;
+    for (size_t k = 0; k < rows; k++) {
+        const struct qrec *q = &batch[i + k];
+        const struct dl_at *w = &dl->at[i + k];
+        const char *prev = i + k ? p + dl->at[i + k - 1].hash_at : dl->prev;
+        dl_bind_rec(st, (int)(k * DL_ROW_PARAMS), &q->rec, q->seq, prev, p + w->hash_at,
+                    p + w->at + w->sp.groups_off, w->sp.groups_len,
+                    p + w->at + w->sp.claims_off, w->sp.claims_len);
+    }
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+    sqlite3_reset(st); /* every parameter is bound again before the next step */
+    for (size_t k = 0; rc == 0 && k < rows; k++) {
+        if (batch[i + k].pending_id) {
+            /* Chained and taken off the pending table in the same transaction: once. */
+            sqlite3_bind_int64(dl->del_pending, 1, batch[i + k].pending_id);
+            rc = sqlite3_step(dl->del_pending) == SQLITE_DONE ? 0 : ERR_IO;
+            sqlite3_reset(dl->del_pending);
+        }
+    }
+    return rc;
+}
+
 /* Commits a batch to SQLite, then mirrors it to the file. Each record's line is
  * built once, straight into the batch's buffer: its canonical bytes are hashed in
- * place and SQLite gets the groups and claims JSON as slices of it; the file gets
- * the whole buffer in one write. On a SQLite failure the batch is kept and retried
- * (the queue fills and callers get 503); nothing is lost. */
+ * place; SQLite then gets DL_MULTI rows per statement, the groups and claims JSON
+ * and both hashes bound as slices of the lines; the file gets the whole buffer in
+ * one write. On a SQLite failure the batch is kept and retried (the queue fills and
+ * callers get 503); nothing is lost. */
 int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
 {
     struct sbuf *lines = &dl->lines;
     char prev[65], hash[65];
     int64_t t0 = dl_now_us();
+    if (n > dl->at_cap) {
+        dl->at_cap = n;
+        dl->at = xrealloc(dl->at, n * sizeof *dl->at);
+    }
     memcpy(prev, dl->prev, 65);
     lines->len = 0;
-    int rc = sqlite3_exec(dl->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        const struct qrec *q = &batch[i];
-        size_t at = lines->len;
-        struct dl_spans sp;
-        dl_line_append(lines, &q->rec, q->seq, prev, hash, &sp);
-        const char *canon = lines->p + at;
-        rc = dl_bind_row_json(dl->ins, &q->rec, q->seq, prev, hash, canon + sp.groups_off,
-                              sp.groups_len, canon + sp.claims_off, sp.claims_len);
-        if (rc == 0 && q->pending_id) {
-            /* Chained and taken off the pending table in the same transaction: once. */
-            sqlite3_bind_int64(dl->del_pending, 1, q->pending_id);
-            rc = sqlite3_step(dl->del_pending) == SQLITE_DONE ? 0 : ERR_IO;
-            sqlite3_reset(dl->del_pending);
-        }
+    for (size_t i = 0; i < n; i++) {
+        dl->at[i].at = lines->len;
+        dl_line_append(lines, &batch[i].rec, batch[i].seq, prev, hash, &dl->at[i].sp);
+        dl->at[i].hash_at = lines->len - 67; /* ...,"hash":"<64>"}\n */
         memcpy(prev, hash, 65);
+    }
+    int rc = sqlite3_exec(dl->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    size_t i = 0;
+    for (; rc == 0 && dl->ins_multi && i + DL_MULTI <= n; i += DL_MULTI) {
+        rc = insert_rows(dl, dl->ins_multi, batch, i, DL_MULTI);
+    }
+    for (; rc == 0 && i < n; i++) {
+        rc = insert_rows(dl, dl->ins, batch, i, 1);
     }
     if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         rc = ERR_IO;
@@ -732,6 +766,23 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
+    /* DL_MULTI rows per statement: one step for many records. */
+    struct sbuf multi = { 0 };
+    dl_sbuf_puts(&multi, "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) VALUES");
+    for (int r = 0; r < DL_MULTI; r++) {
+        dl_sbuf_puts(&multi, r ? ",(" : "(");
+        for (int k = 0; k < DL_ROW_PARAMS; k++) {
+            dl_sbuf_puts(&multi, k ? ",?" : "?");
+        }
+        dl_sbuf_puts(&multi, ")");
+    }
+    int mrc = sqlite3_prepare_v3(dl->db, multi.p, (int)multi.len, SQLITE_PREPARE_PERSISTENT,
+                                 &dl->ins_multi, NULL);
+    dl_sbuf_free(&multi);
+    if (mrc != SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+        goto fail;
+    }
     if (sqlite3_prepare_v3(dl->db, "DELETE FROM decision_log_pending WHERE id = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &dl->del_pending, NULL) != SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
@@ -860,7 +911,10 @@ fail:
     free(dl->head_path);
     dl_key_free(&dl->key);
     sqlite3_finalize(dl->ins);
+    sqlite3_finalize(dl->ins_multi);
     sqlite3_close(dl->db);
+    dl_sbuf_free(&dl->lines);
+    free(dl->at);
     free(dl->ring);
     decision_log_conf_fini(&dl->conf);
     free(dl);
@@ -969,9 +1023,11 @@ void decision_log_close(struct decision_log *dl)
         close(dl->fd);
     }
     sqlite3_finalize(dl->ins);
+    sqlite3_finalize(dl->ins_multi);
     sqlite3_finalize(dl->del_pending);
     sqlite3_close(dl->db);
     dl_sbuf_free(&dl->lines);
+    free(dl->at);
     if (dl->lock_fd >= 0) {
         close(dl->lock_fd); /* after SQLite: the writer lock is released last */
     }

@@ -85,6 +85,9 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
 int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
                 const char *prev, const char *hash, struct sbuf tmp[2]);
 /* The same with the groups and claims JSON given (slices of the canonical bytes). */
+void dl_bind_rec(sqlite3_stmt *st, int base, const struct decision_record *r, uint64_t seq,
+                 const char *prev, const char *hash, const char *groups, size_t glen,
+                 const char *claims, size_t clen);
 int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
                      const char *prev, const char *hash, const char *groups, size_t glen,
                      const char *claims, size_t clen);

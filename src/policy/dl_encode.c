@@ -69,19 +69,36 @@ void dl_sbuf_free(struct sbuf *b)
     memset(b, 0, sizeof *b);
 }
 
+/* Bytes a JSON string must escape: '"', '\\', controls and DEL. */
+static const unsigned char must_escape[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
+    [0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
+    [0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+    [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
+    [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1, [0x7f] = 1,
+};
+
 /* A JSON string of n bytes, written in place (room for the worst case is made
- * once). Bytes >= 0x80 pass through: the input is UTF-8 or is recorded as given;
- * control characters are escaped so a line stays one line. */
+ * once; runs without escapes are copied whole). Bytes >= 0x80 pass through: the
+ * input is UTF-8 or is recorded as given; control characters are escaped so a line
+ * stays one line. */
 static void json_strn(struct sbuf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     char *d = sbuf_room(b, 6 * n + 2), *d0 = d;
     *d++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-            *d++ = (char)c;
-        } else if (c == '"' || c == '\\') {
+    for (size_t i = 0; i < n;) {
+        size_t run = i;
+        while (run < n && !must_escape[(unsigned char)s[run]]) {
+            run++;
+        }
+        memcpy(d, s + i, run - i);
+        d += run - i;
+        if (run == n) {
+            break;
+        }
+        unsigned char c = (unsigned char)s[run];
+        if (c == '"' || c == '\\') {
             *d++ = '\\';
             *d++ = (char)c;
         } else {
@@ -90,6 +107,7 @@ static void json_strn(struct sbuf *b, const char *s, size_t n)
             d[5] = hex[c & 15];
             d += 6;
         }
+        i = run + 1;
     }
     *d++ = '"';
     b->len += (size_t)(d - d0);

@@ -376,52 +376,69 @@ static int bind_textn(sqlite3_stmt *st, int i, const char *s, size_t n)
     return sqlite3_bind_text(st, i, s, (int)n, SQLITE_STATIC);
 }
 
-/* Binds a record to an INSERT of (seq or id, DL_COLUMNS, prev_hash, hash) with
- * parameters DL_VALUES and steps it; seq 0 binds NULL (the pending table's own id).
+/* Binds a record to parameters base+1..base+35 of an INSERT of (seq or id,
+ * DL_COLUMNS, prev_hash, hash); seq 0 binds NULL (the pending table's own id).
  * groups and claims: their JSON, as the canonical bytes hold it. */
+void dl_bind_rec(sqlite3_stmt *st, int base, const struct decision_record *r, uint64_t seq,
+                 const char *prev, const char *hash, const char *groups, size_t glen,
+                 const char *claims, size_t clen)
+{
+    if (seq) {
+        sqlite3_bind_int64(st, base + 1, (sqlite3_int64)seq);
+    } else {
+        sqlite3_bind_null(st, base + 1);
+    }
+    sqlite3_bind_int64(st, base + 2, r->ts_us);
+    bind_text(st, base + 3, r->request_id);
+    bind_text(st, base + 4, r->route);
+    bind_text(st, base + 5, r->decision);
+    bind_text(st, base + 6, r->rule);
+    bind_text(st, base + 7, r->reason);
+    bind_text(st, base + 8, r->user);
+    bind_text(st, base + 9, r->email);
+    bind_textn(st, base + 10, groups, glen);
+    bind_textn(st, base + 11, claims, clen);
+    bind_text(st, base + 12, r->idp);
+    bind_text(st, base + 13, r->session);
+    sqlite3_bind_int(st, base + 14, r->device_present);
+    bind_text(st, base + 15, r->device_id);
+    bind_text(st, base + 16, r->device_owner);
+    sqlite3_bind_int(st, base + 17, r->device_trusted);
+    bind_text(st, base + 18, r->client_ip);
+    bind_text(st, base + 19, r->method);
+    bind_text(st, base + 20, r->host);
+    bind_text(st, base + 21, r->path);
+    sqlite3_bind_int(st, base + 22, r->shadow);
+    sqlite3_bind_int(st, base + 23, r->opa_called);
+    bind_text(st, base + 24, r->opa_result);
+    sqlite3_bind_int64(st, base + 25, r->opa_ms);
+    sqlite3_bind_int64(st, base + 26, (sqlite3_int64)r->latency_us);
+    bind_text(st, base + 27, r->kind);
+    bind_text(st, base + 28, r->enforced);
+    bind_text(st, base + 29, r->admin_action);
+    bind_text(st, base + 30, r->admin_actor);
+    bind_text(st, base + 31, r->admin_from);
+    bind_text(st, base + 32, r->admin_target);
+    bind_text(st, base + 33, r->node);
+    /* prev and hash may be slices of a line: 64 characters, no NUL after them. */
+    if (prev) {
+        bind_textn(st, base + 34, prev, strnlen(prev, 64));
+    } else {
+        sqlite3_bind_null(st, base + 34);
+    }
+    if (hash) {
+        bind_textn(st, base + 35, hash, strnlen(hash, 64));
+    } else {
+        sqlite3_bind_null(st, base + 35);
+    }
+}
+
+/* dl_bind_rec as the only row of st, then steps it. */
 int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
                      const char *prev, const char *hash, const char *groups, size_t glen,
                      const char *claims, size_t clen)
 {
-    if (seq) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    } else {
-        sqlite3_bind_null(st, 1);
-    }
-    sqlite3_bind_int64(st, 2, r->ts_us);
-    bind_text(st, 3, r->request_id);
-    bind_text(st, 4, r->route);
-    bind_text(st, 5, r->decision);
-    bind_text(st, 6, r->rule);
-    bind_text(st, 7, r->reason);
-    bind_text(st, 8, r->user);
-    bind_text(st, 9, r->email);
-    bind_textn(st, 10, groups, glen);
-    bind_textn(st, 11, claims, clen);
-    bind_text(st, 12, r->idp);
-    bind_text(st, 13, r->session);
-    sqlite3_bind_int(st, 14, r->device_present);
-    bind_text(st, 15, r->device_id);
-    bind_text(st, 16, r->device_owner);
-    sqlite3_bind_int(st, 17, r->device_trusted);
-    bind_text(st, 18, r->client_ip);
-    bind_text(st, 19, r->method);
-    bind_text(st, 20, r->host);
-    bind_text(st, 21, r->path);
-    sqlite3_bind_int(st, 22, r->shadow);
-    sqlite3_bind_int(st, 23, r->opa_called);
-    bind_text(st, 24, r->opa_result);
-    sqlite3_bind_int64(st, 25, r->opa_ms);
-    sqlite3_bind_int64(st, 26, (sqlite3_int64)r->latency_us);
-    bind_text(st, 27, r->kind);
-    bind_text(st, 28, r->enforced);
-    bind_text(st, 29, r->admin_action);
-    bind_text(st, 30, r->admin_actor);
-    bind_text(st, 31, r->admin_from);
-    bind_text(st, 32, r->admin_target);
-    bind_text(st, 33, r->node);
-    bind_text(st, 34, prev);
-    bind_text(st, 35, hash);
+    dl_bind_rec(st, 0, r, seq, prev, hash, groups, glen, claims, clen);
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
     /* Every parameter is bound again before the next step: the pointers left
      * behind (SQLITE_STATIC) are never read. */

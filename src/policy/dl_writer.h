@@ -11,6 +11,8 @@
 #include "decision_log_int.h"
 
 #define DL_BATCH_MAX 1024
+#define DL_MULTI 32      /* rows per INSERT statement */
+#define DL_ROW_PARAMS 35 /* parameters per row (DL_VALUES) */
 
 struct qrec {
     struct decision_record rec; /* strings point into blob */
@@ -32,7 +34,7 @@ struct decision_log {
     decision_log_commit_cb *cb;
     void *cb_arg;
     sqlite3 *db;
-    sqlite3_stmt *ins, *del_pending;
+    sqlite3_stmt *ins, *ins_multi, *del_pending;
     int fd;
     int lock_fd;          /* flock: the one process writing this log */
     bool thread_started;
@@ -62,6 +64,8 @@ struct decision_log {
     bool have_ckpt;
     char errmsg[256]; /* the store's last error */
     struct sbuf lines; /* the batch's lines (writer thread, kept between batches) */
+    struct dl_at *at;  /* where each record of the batch sits in lines */
+    size_t at_cap;
 };
 
 static inline int64_t dl_now_us(void)
