@@ -137,6 +137,11 @@ static void json_span(struct sbuf *b, struct str s)
         json_str(b, v);                                                                            \
     } while (0)
 
+static void put_bool(struct sbuf *b, bool v)
+{
+    dl_sbuf_put(b, v ? "true" : "false", v ? 4 : 5);
+}
+
 static void put_u64(struct sbuf *b, uint64_t v)
 {
     char tmp[STR_U64_MAX];
@@ -283,35 +288,25 @@ void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *
     }
     KV_STR(b, "idp", r->idp);
     KV_STR(b, "session", r->session);
-    if (r->device_present) {
-        PUT_LIT(b, ",\"device\":{\"present\":true");
-    } else {
-        PUT_LIT(b, ",\"device\":{\"present\":false");
-    }
+    PUT_LIT(b, ",\"device\":{\"present\":");
+    put_bool(b, r->device_present);
     KV_STR(b, "id", r->device_id);
     KV_STR(b, "owner", r->device_owner);
-    if (r->device_trusted) {
-        PUT_LIT(b, ",\"trusted\":true}");
-    } else {
-        PUT_LIT(b, ",\"trusted\":false}");
-    }
+    PUT_LIT(b, ",\"trusted\":");
+    put_bool(b, r->device_trusted);
+    PUT_LIT(b, "}");
     KV_STR(b, "client_ip", r->client_ip);
     KV_STR(b, "method", r->method);
     KV_STR(b, "host", r->host);
     KV_STR(b, "path", r->path);
-    if (r->shadow) {
-        PUT_LIT(b, ",\"shadow\":true");
-    } else {
-        PUT_LIT(b, ",\"shadow\":false");
-    }
+    PUT_LIT(b, ",\"shadow\":");
+    put_bool(b, r->shadow);
     if (v2) {
         KV_STR(b, "enforced", r->enforced);
     }
-    if (r->opa_called) {
-        PUT_LIT(b, ",\"opa\":{\"called\":true,\"result\":");
-    } else {
-        PUT_LIT(b, ",\"opa\":{\"called\":false,\"result\":");
-    }
+    PUT_LIT(b, ",\"opa\":{\"called\":");
+    put_bool(b, r->opa_called);
+    PUT_LIT(b, ",\"result\":");
     json_str(b, r->opa_result);
     PUT_LIT(b, ",\"ms\":");
     put_u64(b, r->opa_ms);

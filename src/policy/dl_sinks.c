@@ -235,6 +235,26 @@ void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
 
 /* ---- the JSON-lines mirror ---- */
 
+/* *after gets the offset just past the last newline before end (0: none). */
+static int last_newline(int fd, off_t end, off_t *after, struct err *err)
+{
+    char buf[65536];
+    *after = 0;
+    for (off_t pos = end; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            *after = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    return 0;
+}
+
 /* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
 static int file_tail(int fd, uint64_t *last_seq, struct err *err)
 {
@@ -244,20 +264,11 @@ static int file_tail(int fd, uint64_t *last_seq, struct err *err)
         return err_set(err, ERR_IO, "stat: %s", strerror(errno));
     }
     off_t end = sb.st_size;
-    char buf[65536];
-    /* Find the end of the last complete line. */
-    off_t good = 0;
-    for (off_t pos = end; pos > 0;) {
-        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
-        pos -= (off_t)n;
-        if (pread(fd, buf, n, pos) != (ssize_t)n) {
-            return err_set(err, ERR_IO, "read: %s", strerror(errno));
-        }
-        char *nl = memrchr(buf, '\n', n);
-        if (nl) {
-            good = pos + (nl - buf) + 1;
-            break;
-        }
+    /* The end of the last complete line, then the start of that line. */
+    off_t good = 0, start = 0;
+    int rc = last_newline(fd, end, &good, err);
+    if (rc != 0) {
+        return rc;
     }
     if (good != end && ftruncate(fd, good) != 0) {
         return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
@@ -265,19 +276,9 @@ static int file_tail(int fd, uint64_t *last_seq, struct err *err)
     if (good == 0) {
         return 0;
     }
-    /* Find the start of that line. */
-    off_t start = 0;
-    for (off_t pos = good - 1; pos > 0;) {
-        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
-        pos -= (off_t)n;
-        if (pread(fd, buf, n, pos) != (ssize_t)n) {
-            return err_set(err, ERR_IO, "read: %s", strerror(errno));
-        }
-        char *nl = memrchr(buf, '\n', n);
-        if (nl) {
-            start = pos + (nl - buf) + 1;
-            break;
-        }
+    rc = last_newline(fd, good - 1, &start, err);
+    if (rc != 0) {
+        return rc;
     }
     size_t len = (size_t)(good - start);
     char *line = xmalloc(len + 1);
@@ -298,10 +299,10 @@ static int file_tail(int fd, uint64_t *last_seq, struct err *err)
     return 0;
 }
 
-int dl_write_all(int fd, const char *p, size_t n)
+int dl_write_all_at(int fd, const char *p, size_t n, off_t off)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, off);
         if (w < 0) {
             if (errno == EINTR) {
                 continue;
@@ -310,8 +311,14 @@ int dl_write_all(int fd, const char *p, size_t n)
         }
         p += w;
         n -= (size_t)w;
+        off += off < 0 ? 0 : w;
     }
     return 0;
+}
+
+int dl_write_all(int fd, const char *p, size_t n)
+{
+    return dl_write_all_at(fd, p, n, -1);
 }
 
 /* Appends to the file every SQLite record after its last line. */

@@ -19,30 +19,13 @@
 
 /* ---- the spool: uncommitted records while the store refuses commits ---- */
 
-static int pwrite_all(int fd, const char *p, size_t n, off_t off)
-{
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, off);
-        if (w < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += w;
-    }
-    return 0;
-}
-
 /* Zeroes [from, to) of the spool (the preallocated blocks stay allocated). */
 static int spool_zero(int fd, off_t from, off_t to)
 {
     static const char zeros[65536];
     while (from < to) {
         size_t n = (size_t)(to - from) < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
-        if (pwrite_all(fd, zeros, n, from) != 0) {
+        if (dl_write_all_at(fd, zeros, n, from) != 0) {
             return -1;
         }
         from += (off_t)n;
@@ -117,7 +100,7 @@ int dl_spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n
         spool_open(dl);
         rc = -1;
         if (dl->spool_fd >= 0 &&
-            pwrite_all(dl->spool_fd, lines.p, lines.len, dl->spool_used) == 0 &&
+            dl_write_all_at(dl->spool_fd, lines.p, lines.len, dl->spool_used) == 0 &&
             fdatasync(dl->spool_fd) == 0) {
             rc = 0;
         } else if (dl->spool_fd >= 0) {

@@ -80,6 +80,8 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n);
 
 /* dl_sinks.c: the JSON-lines mirror. */
 int dl_write_all(int fd, const char *p, size_t n);
+/* The same at offset off (pwrite), or appended (off < 0). */
+int dl_write_all_at(int fd, const char *p, size_t n, off_t off);
 /* Appends to the file every SQLite record after its last line (cutting a torn one). */
 int dl_file_catch_up(sqlite3 *db, int fd, struct err *err);
 /* seq of the file's first line (0 when empty or unreadable). */
