@@ -403,6 +403,28 @@ bool dl_parse_ts(const char *s, int64_t *out_us)
     return parse_ts(s, out_us);
 }
 
+/* The string members of a line and the record's fields they fill; in: 0 the
+ * record, 1 its "device", 2 its "admin". */
+#define LINE_STR(in, key, field) { in, key, offsetof(struct decision_record, field) }
+static const struct {
+    int in;
+    const char *key;
+    size_t off;
+} line_strs[] = {
+    LINE_STR(0, "request_id", request_id), LINE_STR(0, "route", route),
+    LINE_STR(0, "decision", decision),     LINE_STR(0, "rule", rule),
+    LINE_STR(0, "reason", reason),         LINE_STR(0, "user", user),
+    LINE_STR(0, "email", email),           LINE_STR(0, "idp", idp),
+    LINE_STR(0, "session", session),       LINE_STR(1, "id", device_id),
+    LINE_STR(1, "owner", device_owner),    LINE_STR(0, "client_ip", client_ip),
+    LINE_STR(0, "method", method),         LINE_STR(0, "host", host),
+    LINE_STR(0, "path", path),             LINE_STR(0, "kind", kind),
+    LINE_STR(0, "enforced", enforced),     LINE_STR(2, "action", admin_action),
+    LINE_STR(2, "actor", admin_actor),     LINE_STR(2, "from", admin_from),
+    LINE_STR(2, "target", admin_target),   LINE_STR(0, "node", node),
+};
+#undef LINE_STR
+
 /* Parses a record line (as the file and the spool hold them) into row. The caller
  * checks the result by recomputing the hash: a line that does not round-trip to the
  * same canonical bytes is refused. */
@@ -424,35 +446,17 @@ bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
     row->a = a;
     row->seq = (uint64_t)json_integer_value(seq);
     bool ok = parse_ts(json_string_value(ts), &r->ts_us);
-    r->request_id = jstr(o, "request_id", a);
-    r->route = jstr(o, "route", a);
-    r->decision = jstr(o, "decision", a);
-    r->rule = jstr(o, "rule", a);
-    r->reason = jstr(o, "reason", a);
-    r->user = jstr(o, "user", a);
-    r->email = jstr(o, "email", a);
-    r->idp = jstr(o, "idp", a);
-    r->session = jstr(o, "session", a);
-    r->device_present = json_is_true(json_object_get(dev, "present"));
-    r->device_id = jstr(dev, "id", a);
-    r->device_owner = jstr(dev, "owner", a);
-    r->device_trusted = json_is_true(json_object_get(dev, "trusted"));
-    r->client_ip = jstr(o, "client_ip", a);
-    r->method = jstr(o, "method", a);
-    r->host = jstr(o, "host", a);
-    r->path = jstr(o, "path", a);
-    r->shadow = json_is_true(json_object_get(o, "shadow"));
-    /* Format 2: kind, enforced, admin (a format-1 line has no kind). */
-    r->kind = jstr(o, "kind", a);
-    r->enforced = jstr(o, "enforced", a);
+    /* Format 2 adds kind, enforced, admin (a format-1 line has no kind); format 3
+     * node. */
     json_t *adm = json_object_get(o, "admin");
-    if (json_is_object(adm)) {
-        r->admin_action = jstr(adm, "action", a);
-        r->admin_actor = jstr(adm, "actor", a);
-        r->admin_from = jstr(adm, "from", a);
-        r->admin_target = jstr(adm, "target", a);
+    for (size_t i = 0; i < sizeof line_strs / sizeof line_strs[0]; i++) {
+        json_t *from = line_strs[i].in == 0 ? o : line_strs[i].in == 1 ? dev : adm;
+        *(const char **)(void *)((char *)r + line_strs[i].off) =
+            json_is_object(from) ? jstr(from, line_strs[i].key, a) : NULL;
     }
-    r->node = jstr(o, "node", a); /* format 3 */
+    r->device_present = json_is_true(json_object_get(dev, "present"));
+    r->device_trusted = json_is_true(json_object_get(dev, "trusted"));
+    r->shadow = json_is_true(json_object_get(o, "shadow"));
     r->opa_called = json_is_true(json_object_get(opa, "called"));
     r->opa_result = jstr(opa, "result", a);
     json_t *ms = json_object_get(opa, "ms"), *lat = json_object_get(o, "latency_us");

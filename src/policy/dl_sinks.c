@@ -113,6 +113,23 @@ static const char *col_text(sqlite3_stmt *st, int i, struct arena *a)
     return t ? arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
 }
 
+/* The text columns of DL_COLUMNS (after seq) and the record's fields they fill. */
+#define TEXT_COL(n, field) { n, offsetof(struct decision_record, field) }
+static const struct {
+    int col;
+    size_t off;
+} text_cols[] = {
+    TEXT_COL(2, request_id),    TEXT_COL(3, route),         TEXT_COL(4, decision),
+    TEXT_COL(5, rule),          TEXT_COL(6, reason),        TEXT_COL(7, user),
+    TEXT_COL(8, email),         TEXT_COL(11, idp),          TEXT_COL(12, session),
+    TEXT_COL(14, device_id),    TEXT_COL(15, device_owner), TEXT_COL(17, client_ip),
+    TEXT_COL(18, method),       TEXT_COL(19, host),         TEXT_COL(20, path),
+    TEXT_COL(23, opa_result),   TEXT_COL(26, kind),         TEXT_COL(27, enforced),
+    TEXT_COL(28, admin_action), TEXT_COL(29, admin_actor),  TEXT_COL(30, admin_from),
+    TEXT_COL(31, admin_target), TEXT_COL(32, node),
+};
+#undef TEXT_COL
+
 void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
 {
     struct arena *a = arena_new(0);
@@ -121,36 +138,16 @@ void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
     row->a = a;
     row->seq = (uint64_t)sqlite3_column_int64(st, 0);
     r->ts_us = sqlite3_column_int64(st, 1);
-    r->request_id = col_text(st, 2, a);
-    r->route = col_text(st, 3, a);
-    r->decision = col_text(st, 4, a);
-    r->rule = col_text(st, 5, a);
-    r->reason = col_text(st, 6, a);
-    r->user = col_text(st, 7, a);
-    r->email = col_text(st, 8, a);
+    for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
+        *(const char **)(void *)((char *)r + text_cols[i].off) = col_text(st, text_cols[i].col, a);
+    }
     const char *groups = col_text(st, 9, a), *claims = col_text(st, 10, a);
-    r->idp = col_text(st, 11, a);
-    r->session = col_text(st, 12, a);
     r->device_present = sqlite3_column_int(st, 13) != 0;
-    r->device_id = col_text(st, 14, a);
-    r->device_owner = col_text(st, 15, a);
     r->device_trusted = sqlite3_column_int(st, 16) != 0;
-    r->client_ip = col_text(st, 17, a);
-    r->method = col_text(st, 18, a);
-    r->host = col_text(st, 19, a);
-    r->path = col_text(st, 20, a);
     r->shadow = sqlite3_column_int(st, 21) != 0;
     r->opa_called = sqlite3_column_int(st, 22) != 0;
-    r->opa_result = col_text(st, 23, a);
     r->opa_ms = (uint32_t)sqlite3_column_int64(st, 24);
     r->latency_us = (uint64_t)sqlite3_column_int64(st, 25);
-    r->kind = col_text(st, 26, a);
-    r->enforced = col_text(st, 27, a);
-    r->admin_action = col_text(st, 28, a);
-    r->admin_actor = col_text(st, 29, a);
-    r->admin_from = col_text(st, 30, a);
-    r->admin_target = col_text(st, 31, a);
-    r->node = col_text(st, 32, a);
     row->prev_hash = (char *)col_text(st, 33, a);
     row->hash = (char *)col_text(st, 34, a);
 
