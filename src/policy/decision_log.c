@@ -227,6 +227,14 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
     r->node = node; /* the writer's own copy: lives as long as the log */
 }
 
+/* Steps a statement without results (BEGIN, COMMIT) and resets it. */
+static int step_once(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc;
+}
+
 /* Where a record of the batch sits in the batch's lines. */
 struct dl_at {
     size_t at, hash_at;
@@ -282,7 +290,7 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         dl->at[i].hash_at = lines->len - 67; /* ...,"hash":"<64>"}\n */
         memcpy(prev, hash, 65);
     }
-    int rc = sqlite3_exec(dl->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    int rc = step_once(dl->begin) == SQLITE_DONE ? 0 : ERR_IO;
     size_t i = 0;
     for (; rc == 0 && dl->ins_multi && i + DL_MULTI <= n; i += DL_MULTI) {
         rc = insert_rows(dl, dl->ins_multi, batch, i, DL_MULTI);
@@ -290,13 +298,15 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
     for (; rc == 0 && i < n; i++) {
         rc = insert_rows(dl, dl->ins, batch, i, 1);
     }
-    if (rc == 0 && sqlite3_exec(dl->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    if (rc == 0 && step_once(dl->commit) != SQLITE_DONE) {
         rc = ERR_IO;
     }
     if (rc != 0) {
         snprintf(dl->errmsg, sizeof dl->errmsg, "%s", sqlite3_errmsg(dl->db));
         log_error("decision_log", "commit failed: %s", dl->errmsg);
-        sqlite3_exec(dl->db, "ROLLBACK", NULL, NULL, NULL);
+        if (!sqlite3_get_autocommit(dl->db)) {
+            sqlite3_exec(dl->db, "ROLLBACK", NULL, NULL, NULL);
+        }
         return rc;
     }
     memcpy(dl->prev, prev, 65);
@@ -783,6 +793,14 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
+    /* Every batch begins and commits: prepared once, not parsed per batch. */
+    if (sqlite3_prepare_v3(dl->db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT, &dl->begin,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(dl->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &dl->commit, NULL) !=
+            SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+        goto fail;
+    }
     if (sqlite3_prepare_v3(dl->db, "DELETE FROM decision_log_pending WHERE id = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &dl->del_pending, NULL) != SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
@@ -912,6 +930,8 @@ fail:
     dl_key_free(&dl->key);
     sqlite3_finalize(dl->ins);
     sqlite3_finalize(dl->ins_multi);
+    sqlite3_finalize(dl->begin);
+    sqlite3_finalize(dl->commit);
     sqlite3_close(dl->db);
     dl_sbuf_free(&dl->lines);
     free(dl->at);
@@ -1024,6 +1044,8 @@ void decision_log_close(struct decision_log *dl)
     }
     sqlite3_finalize(dl->ins);
     sqlite3_finalize(dl->ins_multi);
+    sqlite3_finalize(dl->begin);
+    sqlite3_finalize(dl->commit);
     sqlite3_finalize(dl->del_pending);
     sqlite3_close(dl->db);
     dl_sbuf_free(&dl->lines);

@@ -34,7 +34,7 @@ struct decision_log {
     decision_log_commit_cb *cb;
     void *cb_arg;
     sqlite3 *db;
-    sqlite3_stmt *ins, *ins_multi, *del_pending;
+    sqlite3_stmt *ins, *ins_multi, *del_pending, *begin, *commit;
     int fd;
     int lock_fd;          /* flock: the one process writing this log */
     bool thread_started;
