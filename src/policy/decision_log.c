@@ -118,16 +118,16 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
                    "node's records in the decision log)");
         return false;
     }
-    if (pg != NULL) {
-        out->pg_conninfo = xstrdup(pg);
-        out->pg_password_file = pgpw ? conf_path_resolve(conf_file, pgpw) : NULL;
-    }
-    out->node = nok ? xstrdup(node) : NULL;
     if (!sqlite) {
         conf_error(d, conf_get_key(root, "decision_log"),
                    "\"decision_log\" needs \"state.sqlite\" (the log's database)");
         return false;
     }
+    if (pg != NULL) {
+        out->pg_conninfo = xstrdup(pg);
+        out->pg_password_file = pgpw ? conf_path_resolve(conf_file, pgpw) : NULL;
+    }
+    out->node = nok ? xstrdup(node) : NULL;
     out->sqlite = conf_path_resolve(conf_file, sqlite);
     out->file = file ? conf_path_resolve(conf_file, file) : NULL;
     out->ckpt_key = key ? conf_path_resolve(conf_file, key) : NULL;
