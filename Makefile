@@ -42,6 +42,7 @@ bench: build
 	@bash bench/run.sh
 	@python3 bench/authn.py
 	@bash bench/policy/run.sh build
+	@bash bench/dlog/run.sh build
 	@bash bench/policy_e2e/run.sh
 	@python3 bench/devices.py
 

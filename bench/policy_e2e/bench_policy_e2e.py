@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
@@ -47,7 +48,12 @@ HEADING = "## Policy and decision log"
 
 def gatehouse_config(port, admin, backend_port, idp, sync):
     up = f"{{servers: [http://127.0.0.1:{backend_port}], max_idle: 64}}"
-    return f"""listen: [{{address: 127.0.0.1:{port}}}]
+    # A deep queue: on a busy shared machine the writer thread may fall behind
+    # for a moment; the records wait instead of turning requests into 503s, and
+    # the run's CPU is read once the writer has caught up (Instance.drain).
+    log = "" if sync == "off" else (f"decision_log: {{file: var/decisions.jsonl, sync: {sync}, "
+                                    "queue: 500000}\n")
+    return f"""listen: [{{address: 127.0.0.1:{port}, public_url: "http://127.0.0.1:{port}"}}]
 admin: {{address: 127.0.0.1:{admin}}}
 workers: 1
 access_log: "off"
@@ -56,16 +62,15 @@ identity_providers:
   - {{id: corp, type: oidc, issuer: "{idp.issuer}", client_id: gatehouse,
      client_secret_file: oidc-secret, allow_insecure_issuer: true,
      scopes: [openid, email, profile, groups]}}
-decision_log: {{file: var/decisions.jsonl, sync: {sync}}}
-routes:
+{log}routes:
   - {{name: public, match: {{path_prefix: /pub/}}, public: true, upstream: {up}}}
   - {{name: wiki, policy: policy-100.yaml, upstream: {up}}}
 """
 
 
 class Instance:
-    def __init__(self, d, binary, backend_port, idp, port, sync):
-        self.dir = os.path.join(d, "gatehouse-" + sync)
+    def __init__(self, d, binary, backend_port, idp, port, sync, label="now"):
+        self.dir = os.path.join(d, f"gatehouse-{label}-{sync}")
         os.makedirs(self.dir)
         self.port = port
         self.sync = sync
@@ -74,9 +79,11 @@ class Instance:
             f.write(CLIENT_SECRET)
         self.config = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.config, "w") as f:
-            f.write(gatehouse_config(port, common.free_port(), backend_port, idp, sync))
+            self.admin = common.free_port()
+            f.write(gatehouse_config(port, self.admin, backend_port, idp, sync))
         self.binary = binary
-        self.server = common.Server("gatehouse-" + sync, [binary, "serve", "-c", self.config],
+        self.server = common.Server(f"gatehouse-{label}-{sync}",
+                                    [binary, "serve", "-c", self.config],
                                     port, cwd=self.dir)
         try:
             self.sign_in(port)
@@ -98,6 +105,23 @@ class Instance:
         if check.status != 200:
             raise RuntimeError(f"the policy route does not allow alice: {check!r}")
 
+    def drain(self, timeout=60):
+        """Waits until the decision log writer has committed everything queued."""
+        end = time.time() + timeout
+        while self.sync != "off" and time.time() < end:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics",
+                                            timeout=5) as r:
+                    m = r.read().decode()
+            except OSError:
+                return
+            depth = [ln.split()[1] for ln in m.splitlines()
+                     if ln.startswith(("gatehouse_decision_log_pending ",
+                                       "gatehouse_decision_log_queue_depth "))]
+            if all(v == "0" for v in depth):
+                return
+            time.sleep(0.05)
+
     def records(self):
         with open(os.path.join(self.dir, "var", "decisions.jsonl"), "rb") as f:
             return sum(1 for _ in f)
@@ -116,11 +140,12 @@ def med(runs, key):
     return statistics.median(vals) if vals else float("nan")
 
 
-def paired(results, mode, key):
+def paired(results, mode, key, label="now"):
     """Median over the rounds of policy/public, each pair measured back to back
     (one machine state per ratio): steadier on a shared machine than a ratio
     of two medians taken at different moments."""
-    rs = [x[key] / y[key] for x, y in zip(results[(mode, "policy")], results[(mode, "public")])
+    rs = [x[key] / y[key] for x, y in zip(results[(label, mode, "policy")],
+                                          results[(label, mode, "public")])
           if x.get(key) and y.get(key)]
     return statistics.median(rs) if rs else float("nan")
 
@@ -131,6 +156,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--before", help="another gatehouse binary measured in the same rounds "
+                    "(e.g. one built from an earlier commit), for before/after figures")
+    ap.add_argument("--modes", default="batch,strict,off",
+                    help="decision_log.sync modes; off = no decision log")
     ap.add_argument("--write", default=os.path.join(BENCH, "README.md"),
                     help="README to update between the policy-e2e markers ('-' = stdout only)")
     a = ap.parse_args()
@@ -143,20 +172,27 @@ def main():
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         backend = common.start_backend(d)
         servers.append(backend)
-        ports = {"batch": common.free_port(), "strict": common.free_port()}
-        client = client_for(f"http://127.0.0.1:{ports['batch']}")
-        client["redirect_uris"].append(
-            f"http://127.0.0.1:{ports['strict']}/.gatehouse/oidc/callback")
+        modes = a.modes.split(",")
+        bins = [("now", a.gatehouse)] + ([("before", a.before)] if a.before else [])
+        keys = [(lbl, m) for lbl, _ in bins for m in modes]
+        ports = {k: common.free_port() for k in keys}
+        first = ports[keys[0]]
+        client = client_for(f"http://127.0.0.1:{first}")
+        for k in keys[1:]:
+            client["redirect_uris"].append(
+                f"http://127.0.0.1:{ports[k]}/.gatehouse/oidc/callback")
         del client["backchannel_logout_uri"]
         idp = IdP([client])
         inst = {}
-        for mode in ("batch", "strict"):
-            inst[mode] = Instance(d, a.gatehouse, backend.port, idp, ports[mode], mode)
-            servers.append(inst[mode])
-        results = {(m, t): [] for m in inst for t in ("public", "policy")}
-        served = {m: 0 for m in inst}
+        for lbl, binary in bins:
+            for mode in modes:
+                inst[(lbl, mode)] = Instance(d, binary, backend.port, idp, ports[(lbl, mode)],
+                                             mode, lbl)
+                servers.append(inst[(lbl, mode)])
+        results = {k + (t,): [] for k in inst for t in ("public", "policy")}
+        served = {k: 0 for k in inst}
         for rnd in range(a.rounds):
-            for mode, g in inst.items():
+            for k, g in inst.items():
                 for target in ("public", "policy"):
                     if target == "public":
                         url, headers = f"http://127.0.0.1:{g.port}/pub/page", ()
@@ -165,21 +201,25 @@ def main():
                         headers = (g.cookie, "Host: wiki.example.com")
                     cpu0 = common.cpu_seconds(g.server.pids())
                     r = common.run_wrk(url, a.duration, a.connections, 1, headers=headers)
+                    g.drain()  # the writer's work for these requests counts too
                     cpu = common.cpu_seconds(g.server.pids()) - cpu0
                     r["per_cpu"] = r["requests"] / cpu if cpu > 0 else float("nan")
-                    results[(mode, target)].append(r)
-                    served[mode] += r["requests"]
-                    print(f"round {rnd + 1} {mode:6} {target:6} {r['rps']:9.0f} req/s "
+                    r["us_cpu"] = cpu * 1e6 / r["requests"] if r["requests"] else float("nan")
+                    results[k + (target,)].append(r)
+                    served[k] += r["requests"]
+                    print(f"round {rnd + 1} {k[0]:6} {k[1]:6} {target:6} {r['rps']:9.0f} req/s "
+                          f"{r['us_cpu']:6.1f} us CPU/req "
                           f"p50 {r.get('p50', 0):.2f} ms p99 {r.get('p99', 0):.2f} ms "
                           f"{r['errors']}", flush=True)
         # Let batch mode flush, then check nothing was dropped and the chain holds.
         time.sleep(1)
         integrity = {}
-        for mode, g in inst.items():
+        for k, g in inst.items():
             g.stop()
             servers.remove(g)
-            ok, last = g.verify()
-            integrity[mode] = (ok, g.records(), served[mode], last)
+            if k[1] != "off":
+                ok, last = g.verify()
+                integrity[k] = (ok, g.records(), served[k], last)
         report = render(a, results, integrity)
     finally:
         for s in servers:
@@ -191,7 +231,8 @@ def main():
     if a.write != "-":
         write_readme(a.write, report)
         print(f"written to {a.write}")
-    batch_ratio = paired(results, "batch", "rps")
+    batch_ratio = paired(results, "batch", "rps") if ("now", "batch", "policy") in results else 1
+
     return 0 if batch_ratio >= TARGET and all(v[0] for v in integrity.values()) else 1
 
 
@@ -220,9 +261,10 @@ def render(a, results, integrity):
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     verdicts = []
-    for mode in ("batch", "strict"):
+    modes = [m for m in ("batch", "strict") if ("now", m, "policy") in results]
+    for mode in modes:
         for target in ("public", "policy"):
-            rs = results[(mode, target)]
+            rs = results[("now", mode, target)]
             rps, cpu = med(rs, "rps"), med(rs, "per_cpu")
             errs = "; ".join(sorted({r["errors"].strip("; ") for r in rs if r["errors"]})) or "0"
             share = paired(results, mode, "rps") if target == "policy" else 1.0
@@ -243,12 +285,43 @@ def render(a, results, integrity):
                             f"throughput in strict mode (every request, public ones too, waits "
                             f"for its record's group commit)")
     lines.append("")
-    for mode, (ok, recs, served, last) in integrity.items():
-        verdicts.append(f"{mode}: {recs} records logged for {served} responses wrk counted "
+    lines += log_cost_table(results)
+    for (lbl, mode), (ok, recs, served, last) in integrity.items():
+        verdicts.append(f"{lbl} {mode}: {recs} records logged for {served} responses wrk counted "
                         f"(sign-in and checks add a few); `audit verify`: "
                         f"{'OK' if ok else 'FAILED ' + ' '.join(last)}")
     lines += ["- " + v for v in verdicts]
     return "\n".join(lines)
+
+
+def log_cost_table(results):
+    """Gatehouse CPU per request (utime + stime of all its threads, the log writer
+    included) with the decision log in each mode and without it; the log's cost is
+    the difference, per round (both measured in the same round), median."""
+    labels = sorted({k[0] for k in results}, key=lambda x: x != "before")
+    modes = [m for m in ("batch", "strict") if ("now", m, "policy") in results]
+    if ("now", "off", "policy") not in results:
+        return []
+    out = ["Decision log cost: Gatehouse CPU µs per request (all threads, the writer "
+           "included), median over rounds; cost = the mode minus `off` (no decision log) "
+           "in the same round.", "",
+           "| binary | route | log off µs/req | " +
+           " | ".join(f"{m} µs/req | {m} log cost µs | {m} p50 ms | {m} p99 ms"
+                      for m in modes) + " |",
+           "|---|---|---:|" + "---:|---:|---:|---:|" * len(modes)]
+    for lbl in labels:
+        for target in ("policy", "public"):
+            off = results[(lbl, "off", target)]
+            row = [lbl, target, f"{med(off, 'us_cpu'):.1f}"]
+            for m in modes:
+                rs = results[(lbl, m, target)]
+                cost = [x["us_cpu"] - y["us_cpu"] for x, y in zip(rs, off)]
+                row += [f"{med(rs, 'us_cpu'):.1f}",
+                        f"{statistics.median(cost):.1f}" if cost else "nan",
+                        f"{med(rs, 'p50'):.3f}", f"{med(rs, 'p99'):.3f}"]
+            out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    return out
 
 
 def write_readme(path, report):

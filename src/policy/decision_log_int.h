@@ -25,6 +25,21 @@ void dl_sbuf_free(struct sbuf *b);
  * with "prev_hash", without the final '}' (the line adds ,"hash":"..."}). */
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,
                   struct sbuf *out);
+/* Where the groups and claims JSON sit in a record's bytes, from its first byte
+ * (SQLite stores them as such). */
+struct dl_spans {
+    size_t groups_off, groups_len, claims_off, claims_len;
+};
+/* The same bytes appended to out (not reset); sp (may be NULL) gets the spans. */
+void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *prev_hash,
+                     struct sbuf *out, struct dl_spans *sp);
+/* The whole line appended to out: the canonical bytes built once, hashed in place,
+ * then ,"hash":"..."} and a newline. hash gets the record's hash. */
+void dl_line_append(struct sbuf *out, const struct decision_record *r, uint64_t seq,
+                    const char *prev, char hash[65], struct dl_spans *sp);
+/* The JSON of a record's groups and claims, as the canonical bytes embed them. */
+void dl_groups_json(struct sbuf *b, const struct decision_record *r);
+void dl_claims_json(struct sbuf *b, const struct decision_record *r);
 /* hex SHA-256 over prev_hash (64 hex chars) and the canonical bytes + "}". */
 void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65]);
 
@@ -37,7 +52,12 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err);
     "ts_us, request_id, route, decision, rule, reason, user, email, groups, claims, idp, "         \
     "session, device_present, device_id, device_owner, device_trusted, client_ip, method, host, "  \
     "path, shadow, opa_called, opa_result, opa_ms, latency_us, kind, enforced, admin_action, "     \
-    "admin_actor, admin_from, admin_target"
+    "admin_actor, admin_from, admin_target, node"
+/* The parameters of an INSERT of (seq, DL_COLUMNS, prev_hash, hash), as dl_bind_row
+ * binds them. */
+#define DL_VALUES                                                                                  \
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "      \
+    "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)"
 
 /* A record read back from SQLite, owning its strings. */
 struct dl_row {
@@ -60,10 +80,17 @@ void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
 struct dl_key;
 long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
                const struct dl_key *key, const char *reason, struct err *err);
-/* Binds a record to an INSERT of (seq, DL_COLUMNS, prev_hash, hash) (?1..?34) and
+/* Binds a record to an INSERT of (seq, DL_COLUMNS, prev_hash, hash) (DL_VALUES) and
  * steps it. tmp: scratch buffers. */
 int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
                 const char *prev, const char *hash, struct sbuf tmp[2]);
+/* The same with the groups and claims JSON given (slices of the canonical bytes). */
+void dl_bind_rec(sqlite3_stmt *st, int base, const struct decision_record *r, uint64_t seq,
+                 const char *prev, const char *hash, const char *groups, size_t glen,
+                 const char *claims, size_t clen);
+int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                     const char *prev, const char *hash, const char *groups, size_t glen,
+                     const char *claims, size_t clen);
 
 /* dl_store_pg.c: a fleet's decision log (state.postgres). The shipper copies
  * committed records to decision_records in PostgreSQL, from a thread. */

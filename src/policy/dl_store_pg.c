@@ -354,9 +354,8 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
         rc = err_set(err, ERR_IO, "sqlite: %s", m ? sqlite3_errmsg(m) : "out of memory");
     }
     sqlite3_stmt *ins = NULL;
-    snprintf(sql, sizeof sql, "INSERT INTO decisions(seq, %s, prev_hash, hash) VALUES(?1, ?2, ?3, "
-             "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, "
-             "?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)", DL_COLUMNS);
+    snprintf(sql, sizeof sql, "INSERT INTO decisions(seq, %s, prev_hash, hash) " DL_VALUES,
+             DL_COLUMNS);
     if (rc == 0 && sqlite3_prepare_v2(m, sql, -1, &ins, NULL) != SQLITE_OK) {
         rc = err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(m));
     }
@@ -527,6 +526,12 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const stru
             ok = false;
         } else if (expect >= 0 && seq != expect) {
             fprintf(out, "FAIL fleet %s: record %lld is missing (removed)\n", node, expect);
+            ok = false;
+        } else if (json_is_string(json_object_get(j, "node")) &&
+                   strcmp(json_string_value(json_object_get(j, "node")), node) != 0) {
+            /* Format 3: the chaining node is inside the hashed bytes. */
+            fprintf(out, "FAIL fleet %s: record %lld was chained by node %s (moved)\n", node,
+                    seq, json_string_value(json_object_get(j, "node")));
             ok = false;
         } else {
             dl_hash(json_string_value(jp), line, len - tl - 66, h);

@@ -158,13 +158,13 @@ static bool load_anchor(const char *arg, struct dl_checkpoint *a, bool *signed_)
     return ok;
 }
 
-/* True when the log holds a record of format 2 (written by a Gatehouse that keeps a
- * head file). A database from before the kind column has none. */
+/* True when the log holds a record of format 2 or 3 (written by a Gatehouse that
+ * keeps a head file). A database from before the kind column has none. */
 static bool any_format2(sqlite3 *db)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM decisions WHERE kind IS NOT NULL LIMIT 1", -1,
-                           &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM decisions WHERE kind IS NOT NULL OR node IS NOT "
+                               "NULL LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
         return false; /* no kind column: only format-1 records */
     }

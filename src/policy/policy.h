@@ -203,6 +203,9 @@ struct decision_record {
     const char *admin_actor;    /* the OS account that ran the command */
     const char *admin_from;     /* where from: host, terminal, SSH client */
     const char *admin_target;   /* what it was done to: "user bob", "session 0123abcd" */
+    /* Record format 3: the node whose writer chained the record (state.node, default
+     * the host name), inside the hashed bytes. Set by the writer; NULL: format 2. */
+    const char *node;
 };
 
 /* Fills rec for a finished evaluation: copies what the record needs from in (as

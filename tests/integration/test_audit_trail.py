@@ -568,7 +568,8 @@ class UpgradeFromFormat1(unittest.TestCase):
             proc.wait(timeout=10)
         recs = read_jsonl(os.path.join(d, "d.jsonl"))
         self.assertEqual([r["v"] for r in recs[:3]], [1, 1, 1])
-        self.assertTrue(all(r["v"] == 2 for r in recs[3:]), recs[3:])
+        # New records are format 3: the node that chained them is in the hashed bytes.
+        self.assertTrue(all(r["v"] == 3 and r["node"] for r in recs[3:]), recs[3:])
         self.assertEqual(recs[-1]["kind"], "admin")
         v = run("audit", "verify", "-c", cfg, check=0)
         self.assertIn("decision log OK", v.stdout)

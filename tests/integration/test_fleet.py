@@ -422,6 +422,18 @@ class FleetTest(FleetServices):
         finally:
             self.pg.sql("UPDATE decision_records SET line = $$" + old + "$$ "
                         f"WHERE node = 'node-a' AND seq = {last}")
+        # Every record names the node that chained it inside its hashed bytes: node
+        # A's whole chain filed under another node's name is caught, though every
+        # hash and link still holds.
+        self.assertEqual(json.loads(old)["node"], "node-a")
+        self.pg.sql("UPDATE decision_records SET node = 'node-c' WHERE node = 'node-a'")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[1].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("FAIL fleet node-c: record 1 was chained by node node-a (moved)",
+                          r.stdout)
+        finally:
+            self.pg.sql("UPDATE decision_records SET node = 'node-a' WHERE node = 'node-c'")
 
     def test_checkpoints_shipped_heads_and_rewritten_chain_caught_from_any_node(self):
         """Each node's signed checkpoints reach PostgreSQL: `audit head` lists

@@ -243,6 +243,34 @@ static void test_dl_sqlite_edit_of_groups(void **state)
     expect_fail(f, "FAIL sqlite: record 9 (request req-9) was edited");
 }
 
+/* Format 3: the node that chained a record is in its hashed bytes, so moving a
+ * record to another node (or stripping the node to pass it off as format 2) is an
+ * edit like any other. */
+static void test_dl_sqlite_edit_of_node(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM decisions WHERE node IS NULL",
+                                        -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    sql(f, "UPDATE decisions SET node = 'other-node' WHERE seq = 7");
+    expect_fail(f, "FAIL sqlite: record 7 (request req-7) was edited");
+}
+
+static void test_dl_sqlite_node_stripped(void **state)
+{
+    struct fixture *f = *state;
+    make_log(f, 20);
+    sql(f, "UPDATE decisions SET node = NULL WHERE seq = 8");
+    expect_fail(f, "FAIL sqlite: record 8 (request req-8) was edited");
+}
+
 /* An attacker who knows the algorithm edits a record and recomputes its hash: the
  * next record no longer chains to it. */
 static void test_dl_sqlite_edit_with_recomputed_hash(void **state)
@@ -682,6 +710,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_round_trip_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_sqlite_node_stripped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_with_recomputed_hash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_short_hashes_are_edits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_file_short_prev_hash, setup, teardown),

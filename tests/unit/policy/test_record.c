@@ -55,6 +55,16 @@ static void test_record_fill_copies_what_the_log_needs(void **state)
     assert_string_equal(rec.rule, "mfa");
     assert_string_equal(rec.user, "alice");
     assert_string_equal(rec.client_ip, "10.1.2.3");
+    /* IPv4 is spelled without printf: the same text inet_ntop gives. */
+    static const char *const ips[] = { "0.0.0.0", "255.255.255.255", "192.168.100.9",
+                                       "1.20.100.0", "2001:db8::1" };
+    for (size_t i = 0; i < sizeof ips / sizeof ips[0]; i++) {
+        struct decision_record r2;
+        struct policy_input in2 = in;
+        assert_true(policy_ip_parse(str_from(ips[i]), &in2.client_ip));
+        assert_int_equal(decision_record_fill(&r2, p, &in2, &r, "req-ip", "wiki", a), 0);
+        assert_string_equal(r2.client_ip, ips[i]);
+    }
     assert_int_equal(rec.ngroups, 2);
     assert_string_equal(rec.groups[1], "ops");
     assert_int_equal(rec.nclaims, 1); /* only the claim a rule tests: not the phone number */
@@ -154,6 +164,25 @@ static void test_canonical_forms(void **state)
     assert_non_null(strstr(b.p, ",\"admin\":{\"action\":\"session.revoke\",\"actor\":\"alice\","
                                 "\"from\":\"host h, no tty\",\"target\":\"user \\\"bob\\\"\"},"
                                 "\"prev_hash\""));
+    /* Format 3: the node right after seq, hashed; without kind the format-2 keys
+     * are there too (null). */
+    dl_hash(DL_GENESIS, b.p, b.len, h1);
+    r.node = "gh-1";
+    dl_canonical(&r, 7, DL_GENESIS, &b);
+    assert_true(strncmp(b.p, "{\"v\":3,\"seq\":7,\"node\":\"gh-1\",\"ts\":", 34) == 0);
+    dl_hash(DL_GENESIS, b.p, b.len, h2);
+    assert_string_not_equal(h1, h2);
+    r.node = "gh-2";
+    dl_canonical(&r, 7, DL_GENESIS, &b);
+    dl_hash(DL_GENESIS, b.p, b.len, h1);
+    assert_string_not_equal(h1, h2);
+    r.kind = NULL;
+    dl_canonical(&r, 7, DL_GENESIS, &b);
+    assert_non_null(strstr(b.p, "\"ts\":\"1970-01-01T00:00:00.000001Z\",\"kind\":null,"));
+    /* Control characters and DEL are escaped, other bytes kept. */
+    r.path = "/a\x01\x1f\x7f\"\\\xc3\xa9";
+    dl_canonical(&r, 7, DL_GENESIS, &b);
+    assert_non_null(strstr(b.p, "\"path\":\"/a\\u0001\\u001f\\u007f\\\"\\\\\xc3\xa9\""));
     dl_sbuf_free(&b);
 }
 

@@ -1,0 +1,630 @@
+/* policy/dl_sinks.c - the decision log's two sinks: the SQLite table (schema,
+ * rows bound and read back, the retention anchor and retention itself) and the
+ * JSON-lines mirror (its tail after a crash, catching up with SQLite, dropping
+ * lines retention removed). */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dl_writer.h"
+
+/* ---- SQLite ---- */
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS decisions("
+    " seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER,"
+    " prev_hash TEXT NOT NULL, hash TEXT NOT NULL, kind TEXT, enforced TEXT, admin_action TEXT,"
+    " admin_actor TEXT, admin_from TEXT, admin_target TEXT, node TEXT);"
+    "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_us);"
+    "CREATE TABLE IF NOT EXISTS decision_log_meta(key TEXT PRIMARY KEY, value TEXT);"
+    /* Records handed over by command line tools (admin acts) for the writer to chain. */
+    "CREATE TABLE IF NOT EXISTS decision_log_pending("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, ts_us INTEGER NOT NULL, request_id TEXT, route TEXT,"
+    " decision TEXT, rule TEXT, reason TEXT, user TEXT, email TEXT, groups TEXT, claims TEXT,"
+    " idp TEXT, session TEXT, device_present INTEGER, device_id TEXT, device_owner TEXT,"
+    " device_trusted INTEGER, client_ip TEXT, method TEXT, host TEXT, path TEXT, shadow INTEGER,"
+    " opa_called INTEGER, opa_result TEXT, opa_ms INTEGER, latency_us INTEGER, kind TEXT,"
+    " enforced TEXT, admin_action TEXT, admin_actor TEXT, admin_from TEXT, admin_target TEXT,"
+    " prev_hash TEXT, hash TEXT, node TEXT);";
+
+/* Columns added by record formats 2 and 3, for databases created before them. */
+#define ADD_COLUMN(c) "ALTER TABLE decisions ADD COLUMN " c " TEXT"
+static const char *const added_columns[] = {
+    ADD_COLUMN("kind"),        ADD_COLUMN("enforced"),   ADD_COLUMN("admin_action"),
+    ADD_COLUMN("admin_actor"), ADD_COLUMN("admin_from"), ADD_COLUMN("admin_target"),
+    ADD_COLUMN("node"),        "ALTER TABLE decision_log_pending ADD COLUMN node TEXT"
+};
+#undef ADD_COLUMN
+
+/* 1 when table has column name. */
+static int has_column(sqlite3 *db, const char *table, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 1;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            n = sqlite3_column_int(st, 0);
+        }
+    }
+    sqlite3_finalize(st);
+    return n;
+}
+
+int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
+{
+    int flags = readonly ? SQLITE_OPEN_READONLY
+                         : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "cannot open %s: %s", path, *db ? sqlite3_errmsg(*db) : "?");
+        sqlite3_close(*db);
+        *db = NULL;
+        return ERR_IO;
+    }
+    sqlite3_busy_timeout(*db, 5000);
+    if (!readonly) {
+        char *msg = NULL;
+        if (sqlite3_exec(*db, "PRAGMA journal_mode=WAL;", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(*db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+            err_set(err, ERR_IO, "%s: %s", path, msg ? msg : "schema");
+            sqlite3_free(msg);
+            sqlite3_close(*db);
+            *db = NULL;
+            return ERR_IO;
+        }
+        for (size_t i = 0; i < sizeof added_columns / sizeof added_columns[0]; i++) {
+            /* fails once it exists */
+            (void)sqlite3_exec(*db, added_columns[i], NULL, NULL, NULL);
+        }
+    } else if (!has_column(*db, "decisions", "kind")) {
+        /* A database no writer has opened since format 2 (or 3): read it through a
+         * temporary view with the new columns as NULL (format-1 records), without
+         * writing to it. */
+        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                                "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                                "admin_from, NULL AS admin_target, NULL AS node FROM main.decisions",
+                           NULL, NULL, NULL);
+    } else if (!has_column(*db, "decisions", "node")) {
+        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS node FROM "
+                                "main.decisions", NULL, NULL, NULL);
+    }
+    return 0;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i, struct arena *a)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
+}
+
+/* The text columns of DL_COLUMNS (after seq) and the record's fields they fill. */
+#define TEXT_COL(n, field) { n, offsetof(struct decision_record, field) }
+static const struct {
+    int col;
+    size_t off;
+} text_cols[] = {
+    TEXT_COL(2, request_id),    TEXT_COL(3, route),         TEXT_COL(4, decision),
+    TEXT_COL(5, rule),          TEXT_COL(6, reason),        TEXT_COL(7, user),
+    TEXT_COL(8, email),         TEXT_COL(11, idp),          TEXT_COL(12, session),
+    TEXT_COL(14, device_id),    TEXT_COL(15, device_owner), TEXT_COL(17, client_ip),
+    TEXT_COL(18, method),       TEXT_COL(19, host),         TEXT_COL(20, path),
+    TEXT_COL(23, opa_result),   TEXT_COL(26, kind),         TEXT_COL(27, enforced),
+    TEXT_COL(28, admin_action), TEXT_COL(29, admin_actor),  TEXT_COL(30, admin_from),
+    TEXT_COL(31, admin_target), TEXT_COL(32, node),
+};
+#undef TEXT_COL
+
+void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
+{
+    struct arena *a = arena_new(0);
+    struct decision_record *r = &row->rec;
+    memset(row, 0, sizeof *row);
+    row->a = a;
+    row->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    r->ts_us = sqlite3_column_int64(st, 1);
+    for (size_t i = 0; i < sizeof text_cols / sizeof text_cols[0]; i++) {
+        *(const char **)(void *)((char *)r + text_cols[i].off) = col_text(st, text_cols[i].col, a);
+    }
+    const char *groups = col_text(st, 9, a), *claims = col_text(st, 10, a);
+    r->device_present = sqlite3_column_int(st, 13) != 0;
+    r->device_trusted = sqlite3_column_int(st, 16) != 0;
+    r->shadow = sqlite3_column_int(st, 21) != 0;
+    r->opa_called = sqlite3_column_int(st, 22) != 0;
+    r->opa_ms = (uint32_t)sqlite3_column_int64(st, 24);
+    r->latency_us = (uint64_t)sqlite3_column_int64(st, 25);
+    row->prev_hash = (char *)col_text(st, 33, a);
+    row->hash = (char *)col_text(st, 34, a);
+
+    /* groups and claims are stored as the JSON the canonical form embeds. An edited,
+     * unparsable value reads as something else, which the hash then rejects. */
+    json_t *g = groups ? json_loads(groups, 0, NULL) : NULL;
+    if (json_is_array(g)) {
+        const char **gs = arena_zalloc(a, (json_array_size(g) + 1) * sizeof *gs);
+        size_t i;
+        json_t *v;
+        json_array_foreach(g, i, v)
+        {
+            gs[r->ngroups++] = arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?");
+        }
+        r->groups = gs;
+    } else if (groups && strcmp(groups, "[]") != 0) {
+        const char **gs = arena_zalloc(a, sizeof *gs);
+        gs[0] = groups;
+        r->groups = gs;
+        r->ngroups = 1;
+    }
+    json_decref(g);
+    json_t *c = claims ? json_loads(claims, 0, NULL) : NULL;
+    if (json_is_object(c)) {
+        size_t total = 0;
+        const char *k;
+        json_t *v;
+        json_object_foreach(c, k, v)
+        {
+            total += json_is_array(v) ? json_array_size(v) : 1;
+        }
+        struct policy_kv *kv = arena_zalloc(a, (total + 1) * sizeof *kv);
+        json_object_foreach(c, k, v)
+        {
+            struct str name = str_from(arena_strdup(a, k));
+            if (json_is_array(v)) {
+                size_t i;
+                json_t *e;
+                json_array_foreach(v, i, e)
+                {
+                    kv[r->nclaims].name = name;
+                    kv[r->nclaims++].value =
+                        str_from(arena_strdup(a, json_is_string(e) ? json_string_value(e) : "?"));
+                }
+            } else {
+                kv[r->nclaims].name = name;
+                kv[r->nclaims++].value =
+                    str_from(arena_strdup(a, json_is_string(v) ? json_string_value(v) : "?"));
+            }
+        }
+        r->claims = kv;
+    }
+    json_decref(c);
+}
+
+void dl_row_fini(struct dl_row *row)
+{
+    arena_free(row->a);
+    memset(row, 0, sizeof *row);
+}
+
+void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
+{
+    sqlite3_stmt *st = NULL;
+    *seq = 0;
+    snprintf(hash, 65, "%s", DL_GENESIS);
+    if (sqlite3_prepare_v2(db, "SELECT key, value FROM decision_log_meta WHERE key IN "
+                               "('anchor_seq', 'anchor_hash')", -1, &st, NULL) != SQLITE_OK) {
+        return;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        const char *v = (const char *)sqlite3_column_text(st, 1);
+        if (k && v && strcmp(k, "anchor_seq") == 0) {
+            *seq = strtoull(v, NULL, 10);
+        } else if (k && v && strcmp(k, "anchor_hash") == 0 && strlen(v) == 64) {
+            snprintf(hash, 65, "%s", v);
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+/* ---- the JSON-lines mirror ---- */
+
+/* *after gets the offset just past the last newline before end (0: none). */
+static int last_newline(int fd, off_t end, off_t *after, struct err *err)
+{
+    char buf[65536];
+    *after = 0;
+    for (off_t pos = end; pos > 0;) {
+        size_t n = (size_t)(pos > (off_t)sizeof buf ? (off_t)sizeof buf : pos);
+        pos -= (off_t)n;
+        if (pread(fd, buf, n, pos) != (ssize_t)n) {
+            return err_set(err, ERR_IO, "read: %s", strerror(errno));
+        }
+        char *nl = memrchr(buf, '\n', n);
+        if (nl) {
+            *after = pos + (nl - buf) + 1;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
+static int file_tail(int fd, uint64_t *last_seq, struct err *err)
+{
+    struct stat sb;
+    *last_seq = 0;
+    if (fstat(fd, &sb) != 0) {
+        return err_set(err, ERR_IO, "stat: %s", strerror(errno));
+    }
+    off_t end = sb.st_size;
+    /* The end of the last complete line, then the start of that line. */
+    off_t good = 0, start = 0;
+    int rc = last_newline(fd, end, &good, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (good != end && ftruncate(fd, good) != 0) {
+        return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+    }
+    if (good == 0) {
+        return 0;
+    }
+    rc = last_newline(fd, good - 1, &start, err);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t len = (size_t)(good - start);
+    char *line = xmalloc(len + 1);
+    if (pread(fd, line, len, start) != (ssize_t)len) {
+        free(line);
+        return err_set(err, ERR_IO, "read: %s", strerror(errno));
+    }
+    line[len] = '\0';
+    json_t *j = json_loads(line, 0, NULL);
+    free(line);
+    json_t *s = json_object_get(j, "seq");
+    if (!json_is_integer(s)) {
+        json_decref(j);
+        return err_set(err, ERR_PARSE, "last line of the decision log file is not a record");
+    }
+    *last_seq = (uint64_t)json_integer_value(s);
+    json_decref(j);
+    return 0;
+}
+
+int dl_write_all_at(int fd, const char *p, size_t n, off_t off)
+{
+    while (n > 0) {
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += off < 0 ? 0 : w;
+    }
+    return 0;
+}
+
+int dl_write_all(int fd, const char *p, size_t n)
+{
+    return dl_write_all_at(fd, p, n, -1);
+}
+
+/* Appends to the file every SQLite record after its last line. */
+int dl_file_catch_up(sqlite3 *db, int fd, struct err *err)
+{
+    uint64_t last, db_last = 0;
+    int rc = file_tail(fd, &last, err);
+    if (rc) {
+        return rc;
+    }
+    sqlite3_stmt *mx = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM decisions", -1, &mx, NULL) == SQLITE_OK &&
+        sqlite3_step(mx) == SQLITE_ROW) {
+        db_last = (uint64_t)sqlite3_column_int64(mx, 0);
+    }
+    sqlite3_finalize(mx);
+    if (db_last > 0 && last > db_last) {
+        /* SQLite lost commits the file still has (e.g. power loss in batch mode). Writing
+         * on would give two records the same seq: stop and let an operator decide. */
+        return err_set(err, ERR_IO, "the decision log file has records %llu..%llu that SQLite "
+                                    "does not: restore the database or move the file aside",
+                       (unsigned long long)db_last + 1, (unsigned long long)last);
+    }
+    static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
+                              "WHERE seq > ? ORDER BY seq";
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)last);
+    struct sbuf b = { 0 };
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct dl_row row;
+        dl_row_read(st, &row);
+        dl_canonical(&row.rec, row.seq, row.prev_hash ? row.prev_hash : DL_GENESIS, &b);
+        dl_sbuf_printf(&b, ",\"hash\":\"%s\"}\n", row.hash ? row.hash : "");
+        dl_row_fini(&row);
+        if (dl_write_all(fd, b.p, b.len) != 0) {
+            dl_sbuf_free(&b);
+            sqlite3_finalize(st);
+            return err_set(err, ERR_IO, "write: %s", strerror(errno));
+        }
+    }
+    dl_sbuf_free(&b);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    }
+    return 0;
+}
+
+
+/* SQLITE_STATIC: every string outlives the step (the batch's records, the
+ * caller's buffers), so SQLite reads it in place instead of copying it. */
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+static int bind_textn(sqlite3_stmt *st, int i, const char *s, size_t n)
+{
+    return sqlite3_bind_text(st, i, s, (int)n, SQLITE_STATIC);
+}
+
+/* Binds a record to parameters base+1..base+35 of an INSERT of (seq or id,
+ * DL_COLUMNS, prev_hash, hash); seq 0 binds NULL (the pending table's own id).
+ * groups and claims: their JSON, as the canonical bytes hold it. */
+void dl_bind_rec(sqlite3_stmt *st, int base, const struct decision_record *r, uint64_t seq,
+                 const char *prev, const char *hash, const char *groups, size_t glen,
+                 const char *claims, size_t clen)
+{
+    if (seq) {
+        sqlite3_bind_int64(st, base + 1, (sqlite3_int64)seq);
+    } else {
+        sqlite3_bind_null(st, base + 1);
+    }
+    sqlite3_bind_int64(st, base + 2, r->ts_us);
+    bind_text(st, base + 3, r->request_id);
+    bind_text(st, base + 4, r->route);
+    bind_text(st, base + 5, r->decision);
+    bind_text(st, base + 6, r->rule);
+    bind_text(st, base + 7, r->reason);
+    bind_text(st, base + 8, r->user);
+    bind_text(st, base + 9, r->email);
+    bind_textn(st, base + 10, groups, glen);
+    bind_textn(st, base + 11, claims, clen);
+    bind_text(st, base + 12, r->idp);
+    bind_text(st, base + 13, r->session);
+    sqlite3_bind_int(st, base + 14, r->device_present);
+    bind_text(st, base + 15, r->device_id);
+    bind_text(st, base + 16, r->device_owner);
+    sqlite3_bind_int(st, base + 17, r->device_trusted);
+    bind_text(st, base + 18, r->client_ip);
+    bind_text(st, base + 19, r->method);
+    bind_text(st, base + 20, r->host);
+    bind_text(st, base + 21, r->path);
+    sqlite3_bind_int(st, base + 22, r->shadow);
+    sqlite3_bind_int(st, base + 23, r->opa_called);
+    bind_text(st, base + 24, r->opa_result);
+    sqlite3_bind_int64(st, base + 25, r->opa_ms);
+    sqlite3_bind_int64(st, base + 26, (sqlite3_int64)r->latency_us);
+    bind_text(st, base + 27, r->kind);
+    bind_text(st, base + 28, r->enforced);
+    bind_text(st, base + 29, r->admin_action);
+    bind_text(st, base + 30, r->admin_actor);
+    bind_text(st, base + 31, r->admin_from);
+    bind_text(st, base + 32, r->admin_target);
+    bind_text(st, base + 33, r->node);
+    /* prev and hash may be slices of a line: 64 characters, no NUL after them. */
+    if (prev) {
+        bind_textn(st, base + 34, prev, strnlen(prev, 64));
+    } else {
+        sqlite3_bind_null(st, base + 34);
+    }
+    if (hash) {
+        bind_textn(st, base + 35, hash, strnlen(hash, 64));
+    } else {
+        sqlite3_bind_null(st, base + 35);
+    }
+}
+
+/* dl_bind_rec as the only row of st, then steps it. */
+int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                     const char *prev, const char *hash, const char *groups, size_t glen,
+                     const char *claims, size_t clen)
+{
+    dl_bind_rec(st, 0, r, seq, prev, hash, groups, glen, claims, clen);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
+    /* Every parameter is bound again before the next step: the pointers left
+     * behind (SQLITE_STATIC) are never read. */
+    sqlite3_reset(st);
+    return rc;
+}
+
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
+                const char *prev, const char *hash, struct sbuf tmp[2])
+{
+    tmp[0].len = 0;
+    dl_groups_json(&tmp[0], r);
+    tmp[1].len = 0;
+    dl_claims_json(&tmp[1], r);
+    return dl_bind_row_json(st, r, seq, prev, hash, tmp[0].p, tmp[0].len, tmp[1].p, tmp[1].len);
+}
+
+/* seq of the file's first line (0 when empty or unreadable). */
+uint64_t dl_file_first_seq(int fd)
+{
+    char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    char *nl = memchr(buf, '\n', (size_t)n);
+    if (!nl) {
+        return 0;
+    }
+    json_t *j = json_loadb(buf, (size_t)(nl - buf), 0, NULL);
+    json_t *s = json_object_get(j, "seq");
+    uint64_t seq = json_is_integer(s) ? (uint64_t)json_integer_value(s) : 0;
+    json_decref(j);
+    return seq;
+}
+
+/* ---- retention ---- */
+
+/* Rewrites the file keeping lines with seq > keep_after (atomic rename). */
+int dl_file_drop_before(const char *file, uint64_t keep_after, struct err *err)
+{
+    FILE *in = fopen(file, "r");
+    if (!in) {
+        return errno == ENOENT ? 0 : err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *tmp = xasprintf("%s.retain", file);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        free(tmp);
+        return err_set(err, ERR_IO, "%s: %s", file, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *s = json_object_get(j, "seq");
+        bool keep = !json_is_integer(s) || (uint64_t)json_integer_value(s) > keep_after;
+        json_decref(j);
+        if (keep) {
+            fwrite(line, 1, (size_t)n, out);
+        }
+    }
+    free(line);
+    fclose(in);
+    int rc = 0;
+    if (fflush(out) != 0 || fdatasync(fileno(out)) != 0) {
+        rc = err_set(err, ERR_IO, "%s: %s", tmp, strerror(errno));
+    }
+    fclose(out);
+    if (rc == 0 && rename(tmp, file) != 0) {
+        rc = err_set(err, ERR_IO, "rename %s: %s", tmp, strerror(errno));
+    }
+    free(tmp);
+    return rc;
+}
+
+long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
+               const struct dl_key *key, const char *reason, struct err *err)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t seq = 0;
+    int64_t ts = 0;
+    char hash[65] = "";
+    if (dl_ckpt_schema(db) != 0 ||
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    /* The anchor is the newest deleted record: the first kept one chains to it. */
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash, ts_us FROM (SELECT seq, hash, ts_us FROM "
+                               "decisions WHERE ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq "
+                               "DESC LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_int64(st, 1, cutoff_us);
+    sqlite3_bind_int64(st, 2, max_rows > 0 ? max_rows : -1);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const unsigned char *h = sqlite3_column_text(st, 1);
+        seq = (uint64_t)sqlite3_column_int64(st, 0);
+        ts = sqlite3_column_int64(st, 2);
+        snprintf(hash, sizeof hash, "%s", h ? (const char *)h : "");
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (seq == 0) {
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        dl_anchor_get(db, anchor_seq, hash);
+        return 0;
+    }
+    /* The cut is a signed statement (what, up to where, why, when): an anchor without
+     * one is truncation, not retention. */
+    struct dl_checkpoint rr = { .retention = true, .seq = seq, .upto_ts_us = ts };
+    snprintf(rr.hash, sizeof rr.hash, "%s", hash);
+    snprintf(rr.reason, sizeof rr.reason, "%s", reason ? reason : "retention");
+    dl_format_ts(dl_now_us(), rr.time);
+    if (key && dl_ckpt_sign(key, &rr, err) != 0) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    if (sqlite3_prepare_v2(db, "DELETE FROM decisions WHERE seq <= ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    long deleted = (long)sqlite3_changes(db);
+    char seqtxt[STR_U64_MAX];
+    struct str sq = str_u64(seqtxt, seq);
+    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
+                               "?1), ('anchor_hash', ?2)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    sqlite3_bind_text(st, 1, sq.p, (int)sq.len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, hash, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (dl_ckpt_store(db, &rr) != 0 || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        goto fail;
+    }
+    *anchor_seq = seq;
+    return deleted;
+fail:
+    err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, struct err *err)
+{
+    sqlite3 *db = NULL;
+    if (!c->retain_ms) {
+        return 0;
+    }
+    struct dl_key key = { 0 };
+    if (c->ckpt_key && dl_key_load(c->ckpt_key, true, &key, err) != 0) {
+        return -1;
+    }
+    if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        dl_key_free(&key);
+        return -1;
+    }
+    uint64_t anchor = 0;
+    long n = dl_retain(db, now_us_ - (int64_t)c->retain_ms * 1000, 0, &anchor,
+                       c->ckpt_key ? &key : NULL, "audit retain", err);
+    sqlite3_close(db);
+    dl_key_free(&key);
+    if (n > 0 && c->file && dl_file_drop_before(c->file, anchor, err) != 0) {
+        return -1;
+    }
+    return n;
+}
+
