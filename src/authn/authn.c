@@ -25,6 +25,7 @@
 #include <openssl/hmac.h>
 
 #include "assertion.h"
+#include "attrs.h"
 #include "codec.h"
 #include "cookie.h"
 #include "jwt.h"
@@ -884,8 +885,7 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
     out->id.email = v->email;
     out->id.name = v->name;
     out->id.idp = v->idp;
-    out->id.groups_json = v->groups_json;
-    out->id.claims_json = v->claims_json;
+    out->id.attrs = v->attrs;
     out->id.session_id = adup(a, v->id);
     out->id.sid = v->sid;
     out->id.session_expires_ms = v->expires_ms;
@@ -899,17 +899,15 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
 static bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id,
                                const char *idp, struct arena *a)
 {
-    char *groups = json_dumps(id->groups, JSON_COMPACT);
     out->id.user_key = adup(a, id->user_key);
     out->id.sub = adup(a, id->sub);
     out->id.email = adup(a, id->email);
     out->id.name = adup(a, id->name);
     out->id.idp = adup(a, idp);
-    out->id.groups_json = adup(a, groups ? groups : "[]");
-    out->id.claims_json = adup(a, id->claims);
     out->id.sid = adup(a, id->sid);
-    free(groups);
-    return out->id.user_key != NULL && out->id.groups_json != NULL;
+    bool held = id->attrs != NULL && attrs_hold(a, id->attrs);
+    out->id.attrs = held ? id->attrs : NULL;
+    return out->id.user_key != NULL && held;
 }
 
 /* Picks the provider of a JWT by its (unverified) iss among those allowed;
@@ -957,19 +955,14 @@ static bool bearer_revoked(struct authn *an, const char *user_key, const char *e
  * provider with require_certificate_bound_tokens refuses unbound tokens. NULL
  * when fine, else why not. */
 static const char *bearer_binding(const struct idp *x, const struct authn_req *req,
-                                  const char *claims_json)
+                                  const struct authn_attrs *attrs)
 {
-    json_error_t jerr;
-    json_t *c = claims_json ? json_loads(claims_json, 0, &jerr) : NULL;
-    json_t *cnf = c ? json_object_get(c, "cnf") : NULL;
-    json_t *t = json_is_object(cnf) ? json_object_get(cnf, "x5t#S256") : NULL;
-    const char *why = NULL;
-    if (cnf && !json_is_object(cnf)) {
-        why = "the token's cnf claim is not an object";
-    } else if (t && !json_is_string(t)) {
-        why = "the token's cnf.x5t#S256 is not a string";
-    } else if (t) {
-        const char *want = json_string_value(t);
+    /* cnf was read once, when the token was verified (attrs.c). */
+    const char *want = attrs ? attrs->cnf_x5t : NULL;
+    const char *why = attrs ? attrs->cnf_error : "the token's claims are missing";
+    if (why) {
+        /* refused below */
+    } else if (want) {
         if (!req->client_cert_x5t) {
             why = "the token is bound to a client certificate and none was presented";
         } else if (strlen(want) != strlen(req->client_cert_x5t) ||
@@ -979,7 +972,6 @@ static const char *bearer_binding(const struct idp *x, const struct authn_req *r
     } else if (x->p->require_bound_tokens) {
         why = "the token is not bound to a client certificate (cnf.x5t#S256)";
     }
-    json_decref(c);
     return why;
 }
 
@@ -1003,7 +995,7 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
         if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
             return false; /* verified again, and refused there with the reason */
         }
-        if (hit && bearer_binding(x, req, b.claims) != NULL) {
+        if (hit && bearer_binding(x, req, b.attrs) != NULL) {
             return false; /* verified again, and refused there with the reason */
         }
         if (hit) {
@@ -1012,8 +1004,7 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
             out->id.email = b.email;
             out->id.name = b.name;
             out->id.idp = adup(a, x->p->id);
-            out->id.groups_json = b.groups_json;
-            out->id.claims_json = b.claims;
+            out->id.attrs = b.attrs;
             out->id.sid = b.sid;
             out->id.bearer = true;
             return true;
@@ -1086,7 +1077,7 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
         return bearer_refused(an, req, a, out,
                               "the user's tokens were revoked after this one was issued");
     }
-    const char *unbound = bearer_binding(x, req, id.claims);
+    const char *unbound = bearer_binding(x, req, id.attrs);
     if (unbound != NULL) {
         oidc_identity_fini(&id);
         return bearer_refused(an, req, a, out, unbound);
@@ -1162,7 +1153,7 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
         return AUTHN_OK;
     }
     const char *email = NULL, *name = NULL;
-    char *groups = NULL;
+    struct authn_attrs *attrs = NULL;
     struct oidc_identity id = { 0 };
     if (t.id_claims != NULL) {
         /* OIDC Core 12.2: the refreshed ID token must be about the same user. */
@@ -1183,22 +1174,26 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
         }
         email = id.email;
         name = id.name;
-        groups = json_dumps(id.groups, JSON_COMPACT);
+        /* The new groups, parsed once here; the claims stay the session's. */
+        attrs = attrs_parse(id.attrs->groups_json,
+                            out->id.attrs ? out->id.attrs->claims_json : NULL);
     }
     int64_t exp = t.expires_at_s ? t.expires_at_s : t.id_exp_s;
     session_refresh_done(an->store, str_from(c->cookie), true, false, t.refresh_token, exp, email,
-                         name, groups);
+                         name, attrs);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "session refreshed at %s%s", x->p->id,
              t.refresh_token ? " (refresh token rotated)" : "");
-    if (groups != NULL) {
-        out->id.groups_json = adup(a, groups);
+    bool held = true;
+    if (attrs != NULL) {
+        held = attrs_hold(a, attrs);
+        out->id.attrs = held ? attrs : NULL;
         out->id.email = adup(a, email);
         out->id.name = adup(a, name);
     }
-    free(groups);
+    attrs_unref(attrs);
     oidc_identity_fini(&id);
     oidc_tokens_fini(&t);
-    return AUTHN_OK;
+    return held ? AUTHN_OK : internal_error(an, req, a, out);
 }
 
 static enum authn_step identify(struct authn *an, const struct authn_req *req, struct arena *a,
@@ -1582,16 +1577,14 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     if (oidc_identity_build(c->idp->p, c->tokens.id_claims, userinfo, &id, &err) != 0) {
         return callback_fail(an, req, a, out, 403, err.msg);
     }
-    char *groups = json_dumps(id.groups, JSON_COMPACT);
     struct session_new sn = {
-        .user_key = id.user_key, .email = id.email, .name = id.name, .groups_json = groups,
-        .claims_json = id.claims, .idp = c->idp->p->id, .sid = id.sid,
+        .user_key = id.user_key, .email = id.email, .name = id.name, .attrs = id.attrs,
+        .idp = c->idp->p->id, .sid = id.sid,
         .refresh_token = c->tokens.refresh_token, .id_token = c->tokens.id_token,
         .token_exp_s = c->tokens.expires_at_s ? c->tokens.expires_at_s : c->tokens.id_exp_s,
     };
     char cookie[SESSION_COOKIE_LEN + 1];
     if (!session_store_ready(an->store)) {
-        free(groups);
         oidc_identity_fini(&id);
         snprintf(out->reason, sizeof out->reason,
                  "sign-in refused: the session database is unreachable");
@@ -1607,7 +1600,6 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
              ok ? "signed in %s via %s" : "session not created for %s via %s",
              id.email ? id.email : id.user_key, c->idp->p->id);
-    free(groups);
     oidc_identity_fini(&id);
     if (!ok) {
         return callback_fail(an, req, a, out, 500, rc != 0 ? err.msg : "out of request memory");
@@ -1840,12 +1832,19 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
             return callback_fail(an, req, a, out, 403, "login state already answered (replay)");
         }
     }
+    /* The SAML attributes become the same parsed groups and claims as an
+     * OIDC identity's, once, here. */
+    struct authn_attrs *attrs = attrs_parse(r.groups_json, r.claims_json);
     struct session_new sn = {
-        .user_key = r.user_key, .email = r.email, .name = r.name, .groups_json = r.groups_json,
-        .claims_json = r.claims_json, .idp = idp_id, .sid = r.session_index,
+        .user_key = r.user_key, .email = r.email, .name = r.name, .attrs = attrs,
+        .idp = idp_id, .sid = r.session_index,
     };
     char cookie[SESSION_COOKIE_LEN + 1];
     int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
+    if (rc == 0 && !attrs_hold(a, attrs)) {
+        rc = ERR_LIMIT;
+    }
+    attrs_unref(attrs);
     if (rc == 0) {
         const char *hash = strchr(r.user_key, '#');
         out->id.user_key = adup(a, r.user_key);
@@ -1853,8 +1852,7 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
         out->id.email = adup(a, r.email);
         out->id.name = adup(a, r.name);
         out->id.idp = adup(a, idp_id);
-        out->id.groups_json = adup(a, r.groups_json);
-        out->id.claims_json = adup(a, r.claims_json);
+        out->id.attrs = attrs;
         out->id.sid = adup(a, r.session_index);
     }
     log_emit(rc == 0 ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
@@ -2070,7 +2068,7 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
 /* SAML single logout (SP-initiated): the LogoutRequest URL for a session of
  * a SAML IdP with a SingleLogoutService, or NULL. */
 static const char *saml_logout_location(struct authn *an, struct arena *a, const char *idp_id,
-                                        const char *claims, const char *sid)
+                                        const struct authn_attrs *attrs, const char *sid)
 {
     struct saml_idp *sx = NULL;
     for (size_t i = 0; idp_id != NULL && i < an->nsaml; i++) {
@@ -2078,13 +2076,16 @@ static const char *saml_logout_location(struct authn *an, struct arena *a, const
             sx = an->saml[i];
         }
     }
-    if (sx == NULL || claims == NULL) {
+    if (sx == NULL || attrs == NULL) {
         return NULL;
     }
-    json_error_t jerr;
-    json_t *c = json_loads(claims, 0, &jerr);
-    char *url = saml_logout_url(sx, json_string_value(json_object_get(c, "nameid")), sid);
-    json_decref(c);
+    const char *name_id = NULL;
+    for (size_t i = 0; i < attrs->nclaims && name_id == NULL; i++) {
+        if (str_eq_cstr(attrs->claims[i].name, "nameid")) {
+            name_id = attrs->claims[i].value.p;
+        }
+    }
+    char *url = saml_logout_url(sx, name_id, sid);
     const char *loc = adup(a, url);
     free(url);
     return loc;
@@ -2155,7 +2156,8 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     struct err err = { 0 };
     struct session_view sv;
     bool valid = false;
-    const char *saml_claims = NULL, *saml_sid = NULL;
+    const struct authn_attrs *saml_attrs = NULL;
+    const char *saml_sid = NULL;
     if (an->store != NULL && sname != NULL &&
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
         valid = session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID;
@@ -2186,7 +2188,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
         if (valid) {
             identity_from_view(out, &sv, a);
             idp_id = sv.idp;
-            saml_claims = sv.claims_json;
+            saml_attrs = sv.attrs;
             saml_sid = sv.sid;
             hint = session_id_token(an->store, v);
             out->event = AUTHN_EV_LOGOUT;
@@ -2209,7 +2211,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     }
     const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
     add_header(out, "Set-Cookie", clear);
-    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_claims, saml_sid);
+    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_attrs, saml_sid);
     if (saml_loc != NULL) {
         free(hint);
         /* 303: the browser follows a POST's answer with a GET. */
@@ -2383,7 +2385,10 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     }
     if (str_contains(req->accept, STR("application/json"))) {
         json_error_t jerr;
-        json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
+        json_t *g = json_array();
+        for (size_t i = 0; g && id->attrs && i < id->attrs->ngroups; i++) {
+            json_array_append_new(g, json_stringn(id->attrs->groups[i].p, id->attrs->groups[i].len));
+        }
         /* "user" is the subject, as in the identity headers and the decision log. */
         json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?, s:s?, s:s?}", "user",
                               id->user ? id->user : id->user_key, "email", id->email, "name",
@@ -2406,14 +2411,10 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     }
     /* Groups as "a, b" for people. */
     struct sbuf gb = { 0 };
-    json_error_t jerr;
-    json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
-    for (size_t i = 0; i < json_array_size(g); i++) {
+    for (size_t i = 0; id->attrs && i < id->attrs->ngroups; i++) {
         codec_buf_adds(&gb, i ? ", " : "");
-        const char *gname = json_string_value(json_array_get(g, i));
-        codec_buf_adds(&gb, gname ? gname : "");
+        codec_buf_add(&gb, id->attrs->groups[i].p, id->attrs->groups[i].len);
     }
-    json_decref(g);
     const char *groups = adup(a, gb.p ? gb.p : "");
     codec_buf_fini(&gb);
     struct page_var v[] = {
@@ -2679,7 +2680,8 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
     }
     struct assertion_claims c = { .aud = route, .sub = id->user ? id->user : id->user_key,
                                   .email = id->email,
-                                  .groups_json = id->groups_json, .sid = id->session_id,
+                                  .groups_json = id->attrs ? id->attrs->groups_json : NULL,
+                                  .sid = id->session_id,
                                   .device = device };
     struct err err = { 0 };
     const char *t = assertion_get(an->signer, &c, now_ms / 1000, a, &err);

@@ -114,6 +114,41 @@ struct authn_req {
     const char *client_cert_x5t;
 };
 
+/* A claim of the identity as policies, OPA and the decision log see it: one
+ * (name, value) per value (an array claim gives one per string element), the
+ * value as text ("true", "42") with its JSON type. */
+enum authn_claim_type { AUTHN_CLAIM_STRING = 0, AUTHN_CLAIM_BOOL, AUTHN_CLAIM_INT };
+struct authn_claim {
+    struct str name, value;
+    enum authn_claim_type type;
+};
+
+/* More groups or claim values than this: the lists are not kept and the
+ * identity says so (the proxy fails closed rather than evaluate a truncated
+ * list). */
+#define AUTHN_MAX_GROUPS 4096
+#define AUTHN_MAX_CLAIMS 4096
+
+/* The groups and claims of an identity, parsed once: when the session is
+ * created, refreshed or loaded, and when a bearer token is verified. Immutable
+ * and reference-counted: the session cache and the bearer cache hold one, and
+ * a request holds one until its arena is released, so no request parses or
+ * copies them. Protocol claims (iss, aud, exp, nonce, sid, ...) are left out:
+ * they are token mechanics, not facts about the user. */
+struct authn_attrs {
+    const struct str *groups; /* read-only */
+    size_t ngroups;
+    const struct authn_claim *claims;
+    size_t nclaims;
+    bool groups_overflow, claims_overflow; /* over AUTHN_MAX_*: the list is empty */
+    /* The stored form (session database, the assertion's groups): the JSON
+     * texts the lists were parsed from. Never parsed per request. */
+    const char *groups_json, *claims_json;
+    /* RFC 8705 (bearer tokens): cnf.x5t#S256, or NULL; cnf_error: why the
+     * cnf claim is unusable (not an object, thumbprint not a string), or NULL */
+    const char *cnf_x5t, *cnf_error;
+};
+
 /* Who is calling. Strings are arena-owned. */
 struct authn_identity {
     const char *user_key;       /* iss#sub; NULL = anonymous (public route) */
@@ -121,8 +156,7 @@ struct authn_identity {
                                  * "<idp id>:<sub>", or the bare sub for the provider
                                  * with bare_user_ids (see oidc_user_id) */
     const char *sub, *email, *name, *idp;
-    const char *groups_json;    /* JSON array of strings */
-    const char *claims_json;    /* JSON object */
+    const struct authn_attrs *attrs; /* groups and claims; NULL when anonymous */
     const char *sid;            /* the IdP's session id (sid claim), or NULL */
     const char *session_id;     /* 16-hex public session id; NULL for bearer */
     int64_t session_expires_ms; /* absolute end of the session (max_lifetime), 0 for bearer */

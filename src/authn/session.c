@@ -26,6 +26,7 @@
 #include <openssl/hmac.h>
 #include <sqlite3.h>
 
+#include "attrs.h"
 #include "codec.h"
 #include "device_store.h"
 #include "core/ident.h"
@@ -43,7 +44,8 @@
 struct sess {
     unsigned char h[32];
     char id[17];         /* public id: first 16 hex chars of h */
-    char *user_key, *email, *name, *groups, *claims, *idp, *sid;
+    char *user_key, *email, *name, *idp, *sid;
+    const struct authn_attrs *attrs; /* groups and claims, parsed once (never NULL) */
     char *refresh_token; /* plaintext in memory only */
     char *id_token;
     int64_t created_ms, last_seen_ms, expires_ms, token_exp_s;
@@ -230,8 +232,7 @@ static void sess_free(struct sess *e)
     free(e->user_key);
     free(e->email);
     free(e->name);
-    free(e->groups);
-    free(e->claims);
+    attrs_unref(e->attrs);
     free(e->idp);
     free(e->sid);
     wipe_free(e->refresh_token);
@@ -255,8 +256,7 @@ static struct sess *sess_copy(const struct sess *e)
     c->user_key = dupn(e->user_key);
     c->email = dupn(e->email);
     c->name = dupn(e->name);
-    c->groups = dupn(e->groups);
-    c->claims = dupn(e->claims);
+    c->attrs = attrs_ref(e->attrs);
     c->idp = dupn(e->idp);
     c->sid = dupn(e->sid);
     c->refresh_token = dupn(e->refresh_token);
@@ -474,8 +474,8 @@ static void write_op(struct session_store *s, const struct op *o)
         bind_text(st, 2, r->user_key);
         bind_text(st, 3, r->email);
         bind_text(st, 4, r->name);
-        bind_text(st, 5, r->groups ? r->groups : "[]");
-        bind_text(st, 6, r->claims ? r->claims : "{}");
+        bind_text(st, 5, r->attrs->groups_json);
+        bind_text(st, 6, r->attrs->claims_json);
         bind_text(st, 7, r->idp);
         bind_text(st, 8, r->sid);
         sqlite3_bind_int64(st, 9, r->created_ms);
@@ -496,7 +496,7 @@ static void write_op(struct session_store *s, const struct op *o)
         sqlite3_bind_int64(st, 2, r->token_exp_s);
         bind_text(st, 3, r->email);
         bind_text(st, 4, r->name);
-        bind_text(st, 5, r->groups ? r->groups : "[]");
+        bind_text(st, 5, r->attrs->groups_json);
         bind_text(st, 6, hex);
         free(rt);
     } else {
@@ -651,8 +651,8 @@ static void row_of(struct session_store *s, const struct sess *r, struct spg_row
     w->user_key = r->user_key;
     w->email = r->email;
     w->name = r->name;
-    w->groups = r->groups;
-    w->claims = r->claims;
+    w->groups = r->attrs->groups_json;
+    w->claims = r->attrs->claims_json;
     w->idp = r->idp;
     w->sid = r->sid;
     w->refresh_token = seal_field(s, r->h, "rt", r->refresh_token);
@@ -747,8 +747,7 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
     e->user_key = xstrdup(r->user_key);
     e->email = dupn(r->email);
     e->name = dupn(r->name);
-    e->groups = xstrdup(r->groups ? r->groups : "[]");
-    e->claims = xstrdup(r->claims ? r->claims : "{}");
+    e->attrs = attrs_parse(r->groups, r->claims);
     e->idp = xstrdup(r->idp);
     e->sid = dupn(r->sid);
     e->refresh_token = open_field(s, e->h, "rt", (const unsigned char *)r->refresh_token);
@@ -787,9 +786,9 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
         free(c->name);
         c->name = e->name;
         e->name = NULL;
-        free(c->groups);
-        c->groups = e->groups;
-        e->groups = NULL;
+        const struct authn_attrs *old = c->attrs; /* e frees it */
+        c->attrs = e->attrs;
+        e->attrs = old;
     }
     pthread_mutex_unlock(stripe_of(s, b));
     sess_free(e);
@@ -1076,8 +1075,8 @@ static void preload(struct session_store *s, int64_t now_ms)
         e->user_key = dupn((const char *)sqlite3_column_text(st, 1));
         e->email = dupn((const char *)sqlite3_column_text(st, 2));
         e->name = dupn((const char *)sqlite3_column_text(st, 3));
-        e->groups = dupn((const char *)sqlite3_column_text(st, 4));
-        e->claims = dupn((const char *)sqlite3_column_text(st, 5));
+        e->attrs = attrs_parse((const char *)sqlite3_column_text(st, 4),
+                               (const char *)sqlite3_column_text(st, 5));
         e->idp = dupn((const char *)sqlite3_column_text(st, 6));
         e->sid = dupn((const char *)sqlite3_column_text(st, 7));
         e->created_ms = sqlite3_column_int64(st, 8);
@@ -1386,8 +1385,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     e->user_key = xstrdup(in->user_key);
     e->email = dupn(in->email);
     e->name = dupn(in->name);
-    e->groups = xstrdup(in->groups_json ? in->groups_json : "[]");
-    e->claims = xstrdup(in->claims_json ? in->claims_json : "{}");
+    e->attrs = in->attrs ? attrs_ref(in->attrs) : attrs_parse(NULL, NULL);
     e->idp = xstrdup(in->idp);
     e->sid = dupn(in->sid);
     e->refresh_token = dupn(in->refresh_token);
@@ -1465,18 +1463,18 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
     }
     /* The strings are copied out (a refresh may replace them while the request
      * runs), in one block of the request's arena. */
-    const char *src[] = { e->user_key, e->email, e->name, e->groups, e->claims, e->idp, e->sid };
-    const char **dst[] = { &out->user_key,    &out->email, &out->name, &out->groups_json,
-                           &out->claims_json, &out->idp,   &out->sid };
+    const char *src[] = { e->user_key, e->email, e->name, e->idp, e->sid };
+    const char **dst[] = { &out->user_key, &out->email, &out->name, &out->idp, &out->sid };
     size_t len[sizeof src / sizeof src[0]], total = 0;
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
         len[i] = src[i] ? strlen(src[i]) + 1 : 0;
         total += len[i];
     }
     char *block = arena_alloc(a, total ? total : 1);
-    if (block == NULL) {
+    if (block == NULL || !attrs_hold(a, e->attrs)) {
         goto out; /* arena cap: fail closed */
     }
+    out->attrs = e->attrs; /* parsed once; held until the request ends */
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
         *dst[i] = src[i] ? memcpy(block, src[i], len[i]) : NULL;
         block += len[i];
@@ -1584,7 +1582,8 @@ static void replace(char **dst, const char *v)
 
 void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
                           bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
-                          const char *email, const char *name, const char *groups_json)
+                          const char *email, const char *name,
+                          const struct authn_attrs *attrs)
 {
     unsigned char h[32];
     if (!cookie_hash(cookie, h)) {
@@ -1600,14 +1599,17 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
         e->refresh_in_flight = false;
         if (ok) {
             replace(&e->refresh_token, refresh_token);
-            if (groups_json != NULL) {
+            if (attrs != NULL) {
                 /* A new ID token's identity: an email it no longer carries
                  * (or no longer as verified) is gone, not kept. */
                 wipe_free(e->email);
                 e->email = email ? xstrdup(email) : NULL;
             }
             replace(&e->name, name);
-            replace(&e->groups, groups_json);
+            if (attrs != NULL) {
+                attrs_unref(e->attrs);
+                e->attrs = attrs_ref(attrs);
+            }
             /* 0 = the IdP did not say: stop refreshing rather than refresh on
              * every request with a stale expiry. */
             e->token_exp_s = token_exp_s > 0 ? token_exp_s : 0;

@@ -316,7 +316,9 @@ static void test_sign_in_session_me_and_assertion(void **state)
     assert_string_equal(o.id.user_key, "https://idp.example#alice");
     assert_string_equal(o.id.sub, "alice");
     assert_string_equal(o.id.email, "alice@example.com");
-    assert_string_equal(o.id.groups_json, "[\"eng\",\"admins\"]");
+    assert_string_equal(o.id.attrs->groups_json, "[\"eng\",\"admins\"]");
+    assert_int_equal(o.id.attrs->ngroups, 2);
+    assert_true(str_eq_cstr(o.id.attrs->groups[1], "admins"));
     assert_string_equal(o.id.idp, "corp");
     assert_int_equal(strlen(o.id.session_id), 16);
 
