@@ -628,21 +628,59 @@ static void add_header(struct authn_out *out, const char *name, const char *valu
     }
 }
 
+/* The answers authn gives are intents (authn.h, enum authn_answer); the proxy
+ * renders them. Every one is no-store: the sign-in flow's answers are per user. */
+static enum authn_step answer(struct authn_out *out, enum authn_answer kind, int status)
+{
+    out->resp.kind = kind;
+    out->resp.status = status;
+    if (kind != AUTHN_ANSWER_SIGNIN && kind != AUTHN_ANSWER_ERROR) {
+        add_header(out, "Cache-Control", "no-store"); /* those two: the renderer's */
+    }
+    return AUTHN_RESPOND;
+}
+
+/* A document as it is (NULL body: empty). */
 static enum authn_step respond(struct authn_out *out, int status, const char *type,
                                const char *body, size_t len)
 {
-    out->resp.status = status;
     out->resp.content_type = type;
     out->resp.body = body ? body : "";
     out->resp.body_len = body ? len : 0;
-    add_header(out, "Cache-Control", "no-store");
-    return AUTHN_RESPOND;
+    return answer(out, AUTHN_ANSWER_CONTENT, status);
+}
+
+static enum authn_step redirect_with(struct authn_out *out, int status, const char *location)
+{
+    if (location == NULL) {
+        out->resp.kind = AUTHN_ANSWER_NONE; /* out of request memory: fails closed */
+        return AUTHN_RESPOND;
+    }
+    out->resp.location = location;
+    return answer(out, AUTHN_ANSWER_REDIRECT, status);
 }
 
 static enum authn_step redirect(struct authn_out *out, const char *location)
 {
-    add_header(out, "Location", location);
-    return respond(out, 302, "text/plain; charset=utf-8", NULL, 0);
+    return redirect_with(out, 302, location);
+}
+
+/* One of authn's own pages, from its template (vars copied to the arena);
+ * json: its form for API clients, or NULL. */
+static enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_kind k,
+                                   const struct page_var *vars, size_t n, const char *json)
+{
+    struct page_var *v = arena_alloc(a, (n ? n : 1) * sizeof *v);
+    if (v == NULL) {
+        out->resp.kind = AUTHN_ANSWER_NONE;
+        return AUTHN_RESPOND;
+    }
+    memcpy(v, vars, n * sizeof *v);
+    out->resp.page = (int)k;
+    out->resp.vars = v;
+    out->resp.nvars = n;
+    out->resp.json = json;
+    return answer(out, AUTHN_ANSWER_PAGE, 200);
 }
 
 static void set_reason(struct authn_out *out, const char *fmt, const char *detail)
@@ -650,38 +688,19 @@ static void set_reason(struct authn_out *out, const char *fmt, const char *detai
     snprintf(out->reason, sizeof out->reason, fmt, detail);
 }
 
-static bool wants_html(const struct authn_req *req)
-{
-    return str_contains(req->accept, STR("text/html")) &&
-           !str_ieq_cstr(req->x_requested_with, "XMLHttpRequest");
-}
-
-/* The error page: what went wrong in words for people, details only in the log. */
+/* An error: what went wrong in words for people (the proxy renders it, with
+ * the request id); the details only in the log. */
 static enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
                                   struct authn_out *out, int status, const char *title,
                                   const char *message)
 {
+    (void)an;
+    (void)a;
     log_emit(status >= 500 ? LOG_WARN : LOG_INFO, MOD, req->request_id, NULL, "%s: %s", title,
              out->reason);
-    if (!wants_html(req)) {
-        json_t *o = json_pack("{s:s, s:s, s:s?}", "error", title, "message", message,
-                              "request_id", req->request_id);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        const char *body = adup(a, s);
-        free(s);
-        return respond(out, status, "application/json", body, body ? strlen(body) : 0);
-    }
-    if (an->pages == NULL) {
-        return respond(out, status, "text/plain; charset=utf-8", title, strlen(title));
-    }
-    struct page_var v[] = { { "title", title },
-                            { "message", message },
-                            { "request_id", req->request_id },
-                            { "retry_url", "/.gatehouse/login" } };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ERROR, v, 4, a, &len);
-    return respond(out, status, "text/html; charset=utf-8", html, len);
+    out->resp.title = title;
+    out->resp.message = message;
+    return answer(out, AUTHN_ANSWER_ERROR, status);
 }
 
 static enum authn_step internal_error(struct authn *an, const struct authn_req *req,
@@ -831,49 +850,20 @@ static const char *login_cookie_name(const struct authn *an, bool tls)
     return an->login_name[tls];
 }
 
-static const char *json_escaped(struct arena *a, const char *s)
-{
-    json_t *j = json_string(s ? s : "");
-    char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    json_decref(j);
-    const char *out = adup(a, t);
-    free(t);
-    return out;
-}
-
 /* 401 for API and XHR callers, 302 to sign-in for browsers. */
 static enum authn_step unauthenticated(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, const char *why)
 {
-    if (out->reason[0] == '\0') {
+    if (why != NULL && out->reason[0] == '\0') {
         set_reason(out, "%s", why);
     }
     out->event = AUTHN_EV_SIGNIN_REQUIRED;
-    /* API clients (a bearer token, no text/html) get a 401, never a redirect. */
-    if (wants_html(req) && !out->id.bearer && an->nidps + an->nsaml > 0) {
-        /* Keep the original URL, but only when it is a safe same-host path. */
-        const char *target = req->query.len
-                                 ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
-                                                (int)req->query.len, req->query.p)
-                                 : arena_strndup(a, req->path.p, req->path.len);
-        struct str t = str_from(target);
-        if (target == NULL || !oidc_return_path_safe(t)) {
-            t = STR("/");
-        }
-        struct sbuf b = { 0 };
-        codec_buf_adds(&b, "/.gatehouse/login?rd=");
-        codec_buf_add_urlenc(&b, t);
-        const char *loc = adup(a, b.p);
-        codec_buf_fini(&b);
-        return redirect(out, loc);
-    }
-    add_header(out, "WWW-Authenticate", out->id.bearer
-                                            ? "Bearer realm=\"gatehouse\", error=\"invalid_token\""
-                                            : "Bearer realm=\"gatehouse\"");
-    const char *body = arena_printf(a, "{\"error\":\"unauthenticated\",\"message\":\"sign-in or "
-                                       "a bearer token is required\",\"request_id\":%s}\n",
-                                    json_escaped(a, req->request_id));
-    return respond(out, 401, "application/json", body, body ? strlen(body) : 0);
+    /* The proxy answers: a 302 to sign-in for a browser, a 401 for API
+     * clients and refused bearer tokens (never a redirect for those). */
+    (void)req;
+    (void)a;
+    out->resp.no_redirect = an->nidps + an->nsaml == 0;
+    return answer(out, AUTHN_ANSWER_SIGNIN, 401);
 }
 
 /* ---- identity from a session or a bearer token ------------------------- */
@@ -1026,7 +1016,7 @@ static enum authn_step bearer_refused(struct authn *an, const struct authn_req *
     if (req->route_public) {
         return AUTHN_OK;
     }
-    return unauthenticated(an, req, a, out, out->reason);
+    return unauthenticated(an, req, a, out, NULL); /* out->reason says why */
 }
 
 /* The provider's metadata and key set for continuation c: true with *k (a
@@ -1436,9 +1426,7 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         n += ns;
         const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
-        size_t len = 0;
-        char *html = list ? pages_render(an->pages, PAGE_CHOOSER, v, 2, a, &len) : NULL;
-        return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
+        return list ? page_answer(a, out, PAGE_CHOOSER, v, 2, NULL)
                     : internal_error(an, req, a, out);
     }
     if (atomic_load(&x->meta) == NULL) {
@@ -1879,8 +1867,7 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     out->event = AUTHN_EV_LOGIN;
     out->cont = NULL;
     /* 303: the browser follows a POST answer with a GET. */
-    add_header(out, "Location", rd);
-    return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+    return redirect_with(out, 303, rd);
 }
 
 static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
@@ -1926,10 +1913,7 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
         return internal_error(an, req, a, out);
     }
     struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_SIGNED_OUT, v, 2, a, &len);
-    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
-                : internal_error(an, req, a, out);
+    return page_answer(a, out, PAGE_SIGNED_OUT, v, 2, NULL);
 }
 
 /* The sign-out form's token: an HMAC of the session cookie under the
@@ -2054,15 +2038,13 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
     const char *token = logout_token(an, a, cookie);
     const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
     struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };
-    size_t len = 0;
-    char *html = token ? pages_render(an->pages, PAGE_LOGOUT, v, 3, a, &len) : NULL;
-    if (html == NULL) {
+    if (token == NULL) {
         return internal_error(an, req, a, out);
     }
     /* Never in a frame on another site (a click there would be a sign-out): every
      * answer of Gatehouse's own carries frame-ancestors 'none' and
      * X-Frame-Options: DENY (request_respond). */
-    return respond(out, 200, "text/html; charset=utf-8", html, len);
+    return page_answer(a, out, PAGE_LOGOUT, v, 3, NULL);
 }
 
 /* SAML single logout (SP-initiated): the LogoutRequest URL for a session of
@@ -2215,8 +2197,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     if (saml_loc != NULL) {
         free(hint);
         /* 303: the browser follows a POST's answer with a GET. */
-        add_header(out, "Location", saml_loc);
-        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+        return redirect_with(out, 303, saml_loc);
     }
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
@@ -2257,8 +2238,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
             return internal_error(an, req, a, out);
         }
         /* 303: the browser follows a POST's answer with a GET. */
-        add_header(out, "Location", loc);
-        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+        return redirect_with(out, 303, loc);
     }
     if (hint != NULL) {
         OPENSSL_cleanse(hint, strlen(hint));
@@ -2383,7 +2363,9 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
             strftime(outs[i], sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
         }
     }
-    if (str_contains(req->accept, STR("application/json"))) {
+    /* Both forms: the proxy picks the one the client wants. */
+    const char *json = NULL;
+    {
         json_error_t jerr;
         json_t *g = json_array();
         for (size_t i = 0; g && id->attrs && i < id->attrs->ngroups; i++) {
@@ -2404,10 +2386,11 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
-        const char *body = adup(a, s);
+        json = adup(a, s);
         free(s);
-        return body ? respond(out, 200, "application/json", body, strlen(body))
-                    : internal_error(an, req, a, out);
+        if (json == NULL) {
+            return internal_error(an, req, a, out);
+        }
     }
     /* Groups as "a, b" for people. */
     struct sbuf gb = { 0 };
@@ -2423,10 +2406,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         { "idp", id->idp }, { "device", req->device_text }, { "expires", expires },
         { "idle_expires", idle },
     };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ME, v, sizeof v / sizeof v[0], a, &len);
-    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
-                : internal_error(an, req, a, out);
+    return page_answer(a, out, PAGE_ME, v, sizeof v / sizeof v[0], json);
 }
 
 /* The user id as everything downstream sees it (authn_identity.user). */

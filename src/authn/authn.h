@@ -171,13 +171,41 @@ struct authn_header {
     const char *value;
 };
 
+/* What the user should get: an intent, never a rendered error or challenge.
+ * The proxy renders it (src/proxy/access/respond.c), which decides "HTML or
+ * JSON?" once for every answer Gatehouse gives itself. */
+enum authn_answer {
+    AUTHN_ANSWER_NONE = 0, /* nothing set: fails closed (500) */
+    AUTHN_ANSWER_SIGNIN,   /* sign-in needed: a 302 to /.gatehouse/login?rd=<this URL> for a
+                            * browser, else a 401 with WWW-Authenticate (invalid_token when
+                            * out->id.bearer: a refused token) */
+    AUTHN_ANSWER_ERROR,    /* {status, title, message}: the error page or JSON; the details
+                            * are in the log (authn logged them), never here */
+    AUTHN_ANSWER_REDIRECT, /* status (302, 303) to location */
+    AUTHN_ANSWER_PAGE,     /* one of authn's own pages (enum page_kind, authn/page.h) from
+                            * its template with vars; json: the form for API clients (the
+                            * /.gatehouse/me answer), NULL when the page is HTML only */
+    AUTHN_ANSWER_CONTENT,  /* a document as it is: JWKS, login.css, SAML metadata, an empty
+                            * 200/404/405/503, the back-channel logout's JSON error */
+};
+
+struct page_var; /* authn/page.h */
+
 struct authn_resp {
+    enum authn_answer kind;
     int status;
-    const char *content_type;
-    struct authn_header headers[AUTHN_MAX_HEADERS]; /* Location, Set-Cookie, ... */
-    size_t nheaders;
+    const char *title, *message;           /* ERROR */
+    bool no_redirect;                      /* SIGNIN: a 401 even for a browser (no provider) */
+    const char *location;                  /* REDIRECT */
+    int page;                              /* PAGE: enum page_kind */
+    const struct page_var *vars;           /* PAGE: arena-owned */
+    size_t nvars;
+    const char *json;                      /* PAGE: JSON form, or NULL */
+    const char *content_type;              /* CONTENT */
     const char *body;
     size_t body_len;
+    struct authn_header headers[AUTHN_MAX_HEADERS]; /* Set-Cookie, Allow, Cache-Control, ... */
+    size_t nheaders;
 };
 
 struct authn_fetch {
@@ -199,7 +227,7 @@ enum authn_event {
 };
 
 enum authn_step {
-    AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); zero fails closed */
+    AUTHN_RESPOND = 0,          /* answer out->resp (an intent: see enum authn_answer) */
     AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
     AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
 };

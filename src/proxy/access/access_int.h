@@ -250,8 +250,33 @@ enum access_step respond_signin(struct request *r, bool bearer);
 enum access_step respond_denied(struct request *r, const struct authn *an, const char *user,
                                 const char *email, const char *reason, bool show_reason,
                                 const char *device_hint);
-/* authn's answer (status, type, headers, body). */
-enum access_step respond_authn(struct request *r, const struct authn_resp *rs);
+/* The pure layer under the respond_* functions (unit-tested): what to send,
+ * rendered into ctx->arena. Each returns false when the answer could not be
+ * made (out of request memory, no page): the caller sends a plain 500. */
+struct pages;
+struct respond_ctx {
+    struct arena *arena;
+    const char *request_id;
+    bool html;                 /* respond_wants_html: decided once per request */
+    const struct pages *pages; /* the templates (authn_pages), NULL: none */
+    struct str target;         /* the request target (the sign-in return path) */
+};
+struct respond_answer {
+    int status;
+    const char *ctype;
+    struct str body;
+    const char *headers; /* extra header lines, "" when none */
+};
+bool respond_render_error(const struct respond_ctx *c, int status, const char *title,
+                          const char *message, const char *extra, struct respond_answer *ans);
+bool respond_render_signin(const struct respond_ctx *c, bool bearer, bool redirect,
+                           const char *extra, struct respond_answer *ans);
+bool respond_render_authn(const struct respond_ctx *c, const struct authn_out *o,
+                          struct respond_answer *ans);
+/* authn's answer: its intent (o->resp: sign-in needed, error, redirect, one of
+ * its pages or a document) rendered, with its header lines (cookies). */
+enum access_step respond_authn(struct request *r, const struct authn *an,
+                               const struct authn_out *o);
 
 /* ---- counters.c: metrics --------------------------------------------------------- */
 

@@ -163,7 +163,7 @@ static enum access_step identified(struct exchange *x, enum authn_step st)
 
     if (st == AUTHN_RESPOND) {
         if (logged) {
-            return respond_authn(r, &x->ids.out.resp);
+            return respond_authn(r, x->conf->an, &x->ids.out);
         }
         if (x->ids.out.event == AUTHN_EV_LOGIN) {
             return respond_error(r, x->conf->an, 503, "Sign-in unavailable",
