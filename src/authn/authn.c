@@ -1041,24 +1041,65 @@ static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c,
     return true;
 }
 
+/* A token signed with a key the set does not have (rotated at the IdP): fetch
+ * the set again, once per continuation and per refresh interval; c resumes
+ * at kind. false: no refetch now (the token is refused). */
+static bool jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
+                         enum cont_kind kind)
+{
+    if (c->jwks_refetched || !jwks_refetch_allowed(c->idp, now_ms)) {
+        return false;
+    }
+    c->jwks_refetched = true;
+    c->kind = kind;
+    fetch_get(a, out, atomic_load(&c->idp->meta)->jwks_uri);
+    return true;
+}
+
+/* Checks a token of c's provider with its keys. */
+typedef int token_check_fn(struct authn *an, const struct authn_req *req, struct cont *c,
+                           const struct jwks *k, void *res, struct err *err);
+
+/* Runs check with c's provider's keys: its metadata and key set are fetched
+ * first when missing (c resumes at disc or jwks), and the key set once more
+ * on an unknown kid. true with *rc what check said; false with *st the fetch. */
+static bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
+                            struct authn_out *out, struct cont *c, enum cont_kind disc,
+                            enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
+                            struct err *err, enum authn_step *st)
+{
+    struct jwks *k = NULL;
+    if (!keys_ready(a, out, c, disc, jwks, &k, st)) {
+        return false;
+    }
+    *rc = check(an, req, c, k, res, err);
+    jwks_unref(k);
+    if (*rc == ERR_NOTFOUND && jwks_refetch(a, out, c, req->now_ms, jwks)) {
+        *st = AUTHN_NEED_FETCH;
+        return false;
+    }
+    return true;
+}
+
+static int bearer_check(struct authn *an, const struct authn_req *req, struct cont *c,
+                        const struct jwks *k, void *res, struct err *err)
+{
+    (void)an;
+    return oidc_bearer_verify(c->idp->p, k, str_from(c->bearer), req->now_ms / 1000, res, err);
+}
+
 static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, struct cont *c)
 {
     struct oidc_identity id;
     struct err err = { 0 };
-    struct jwks *k = NULL;
     enum authn_step st;
-    if (!keys_ready(a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, &k, &st)) {
+    int rc = 0;
+    if (!check_with_keys(an, req, a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS,
+                         bearer_check, &id, &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
-    int rc = oidc_bearer_verify(x->p, k, str_from(c->bearer), req->now_ms / 1000, &id, &err);
-    jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_BEARER_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
-    }
     if (rc != 0) {
         return bearer_refused(an, req, a, out, err.msg);
     }
@@ -1494,15 +1535,33 @@ static enum authn_step callback_token_request(struct authn *an, const struct aut
     return AUTHN_NEED_FETCH;
 }
 
+/* The login cookie of a sign-in in flight (OIDC callback, SAML ACS): true
+ * with *v (*found false when there is none); false with *st the answer when
+ * the Cookie header cannot be read. */
+static bool login_cookie_read(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out, struct str *v, bool *found,
+                              enum authn_step *st)
+{
+    const char *cname = login_cookie_name(an, req->tls);
+    struct err err = { 0 };
+    *v = STR_NULL;
+    *found = false;
+    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, v, found, &err) != 0) {
+        *st = callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+        return false;
+    }
+    return true;
+}
+
 static enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
                                 struct authn_out *out, struct str path_idp)
 {
-    const char *cname = login_cookie_name(an, req->tls);
-    struct str v = STR_NULL;
-    bool found = false;
+    struct str v;
+    bool found;
+    enum authn_step step;
     struct err err = { 0 };
-    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
-        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    if (!login_cookie_read(an, req, a, out, &v, &found, &step)) {
+        return step;
     }
     if (!found && query_value(a, req->query, "error") == NULL) {
         return callback_error(an, req, a, out, "no login cookie: state cannot be checked");
@@ -1525,7 +1584,8 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
         const char *st = query_value(a, req->query, "state");
         if (st != NULL && codec_ct_eq(str_from(st), str_from(c->pd.state))) {
             out->cont = NULL;
-            add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+            add_header(out, "Set-Cookie",
+                       cookie_format(a, login_cookie_name(an, req->tls), STR(""), req->tls, 0));
             log_emit(LOG_INFO, MOD, req->request_id, NULL,
                      "signed out at %s too (its answer to prompt=none: %s)", c->pd.idp, e);
             return redirect(out, "/.gatehouse/signed-out");
@@ -1554,6 +1614,29 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
         return need_discovery(a, out, c->idp);
     }
     return callback_token_request(an, req, a, out, c);
+}
+
+/* The end of a sign-in (OIDC or SAML): the session cookie set (cookie is
+ * wiped), the login cookie cleared (clear: its Set-Cookie value), the browser
+ * sent back to rd with status. out->id names the new user for the caller's
+ * login record; the browser itself comes back with the cookie. */
+static enum authn_step signed_in(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out, char *cookie, const char *clear,
+                                 const char *rd, int status)
+{
+    const char *sname = session_cookie_name(an, req->tls);
+    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
+                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
+                            : NULL;
+    OPENSSL_cleanse(cookie, SESSION_COOKIE_LEN + 1);
+    if (set == NULL || clear == NULL || rd == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", set);
+    add_header(out, "Set-Cookie", clear);
+    out->event = AUTHN_EV_LOGIN;
+    out->cont = NULL;
+    return redirect_with(out, status, rd);
 }
 
 static enum authn_step finish_login(struct authn *an, const struct authn_req *req,
@@ -1592,13 +1675,8 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     if (!ok) {
         return callback_fail(an, req, a, out, 500, rc != 0 ? err.msg : "out of request memory");
     }
-    const char *sname = session_cookie_name(an, req->tls);
     const char *lname = login_cookie_name(an, req->tls);
-    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
-                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
-                            : NULL;
     const char *clear = lname ? cookie_format(a, lname, STR(""), req->tls, 0) : NULL;
-    OPENSSL_cleanse(cookie, sizeof cookie);
     const char *rd = c->pd.return_path && oidc_return_path_safe(str_from(c->pd.return_path))
                          ? adup(a, c->pd.return_path)
                          : "/";
@@ -1607,16 +1685,7 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
                  "%s stayed signed in at %s when signing out: signed in again",
                  out->id.email ? out->id.email : out->id.user_key, c->idp->p->id);
     }
-    if (set == NULL || clear == NULL || rd == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    add_header(out, "Set-Cookie", set);
-    add_header(out, "Set-Cookie", clear);
-    /* out->id names the new user for the caller's login record; the browser
-     * itself comes back with the cookie. */
-    out->event = AUTHN_EV_LOGIN;
-    out->cont = NULL;
-    return redirect(out, rd);
+    return signed_in(an, req, a, out, cookie, clear, rd, 302);
 }
 
 /* ---- SAML: login, /.gatehouse/saml/acs, /.gatehouse/saml/metadata ------ */
@@ -1641,6 +1710,27 @@ static const char *saml_login_cookie(struct authn *an, const struct authn_req *r
 
 enum saml_next { SAML_NEXT_LOGIN, SAML_NEXT_ACS, SAML_NEXT_METADATA, SAML_NEXT_SLO };
 
+/* Asks the proxy for sx's metadata; the step `next` runs again with it. */
+static enum authn_step saml_md_fetch(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out,
+                                     struct saml_idp *sx, enum saml_next next, const char *rd)
+{
+    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+    if (c == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    c->saml = sx;
+    c->saml_next = (int)next;
+    c->rd = rd;
+    out->fetch.method = "GET";
+    out->fetch.url = adup(a, saml_metadata_url(sx));
+    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+    out->fetch.headers[1] = NULL;
+    out->fetch.body = NULL;
+    out->fetch.body_len = 0;
+    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+}
+
 /* A SAML IdP whose metadata is a URL: the proxy fetches it when due (never on
  * the loop), then the step `next` runs again. *ready: sx can serve now. */
 static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *req,
@@ -1659,50 +1749,30 @@ static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *r
                  saml_idp_id(sx));
         return idp_down(an, req, a, out);
     }
-    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
-    if (c == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    c->saml = sx;
-    c->saml_next = (int)next;
-    c->rd = rd;
-    out->fetch.method = "GET";
-    out->fetch.url = adup(a, saml_metadata_url(sx));
-    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
-    out->fetch.headers[1] = NULL;
-    out->fetch.body = NULL;
-    out->fetch.body_len = 0;
-    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+    return saml_md_fetch(an, req, a, out, sx, next, rd);
 }
 
-/* Before the ACS or SLO: every URL-form SAML IdP due for a fetch gets it. */
-static enum authn_step saml_md_all(struct authn *an, const struct authn_req *req,
-                                   struct arena *a, struct authn_out *out, enum saml_next next,
-                                   bool *ready)
+/* The start of the ACS and SLO endpoints: the method (else 405 with Allow), a
+ * SAML IdP and the session store, and every URL-form SAML IdP's metadata at
+ * hand (else its fetch comes first). true: go on; false: answer *st. */
+static bool saml_endpoint_ready(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, const char *method, enum saml_next next,
+                                enum authn_step *st)
 {
+    if (!str_eq_cstr(req->method, method) || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", method);
+        *st = respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+        return false;
+    }
     for (size_t i = 0; i < an->nsaml; i++) {
         bool usable = false;
         if (saml_metadata_url(an->saml[i]) != NULL &&
             saml_metadata_need(an->saml[i], req->now_ms / 1000, &usable)) {
-            struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
-            if (c == NULL) {
-                *ready = false;
-                return internal_error(an, req, a, out);
-            }
-            c->saml = an->saml[i];
-            c->saml_next = (int)next;
-            *ready = false;
-            out->fetch.method = "GET";
-            out->fetch.url = adup(a, saml_metadata_url(an->saml[i]));
-            out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
-            out->fetch.headers[1] = NULL;
-            out->fetch.body = NULL;
-            out->fetch.body_len = 0;
-            return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+            *st = saml_md_fetch(an, req, a, out, an->saml[i], next, NULL);
+            return false;
         }
     }
-    *ready = true;
-    return AUTHN_OK;
+    return true;
 }
 
 static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
@@ -1767,22 +1837,14 @@ static enum authn_step saml_metadata(struct authn *an, const struct authn_req *r
 static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
-    if (!str_eq_cstr(req->method, "POST") || an->nsaml == 0 || an->store == NULL) {
-        add_header(out, "Allow", "POST");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
-    }
-    bool ready = false;
-    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_ACS, &ready);
-    if (!ready) {
+    enum authn_step st;
+    struct str v;
+    bool found;
+    if (!saml_endpoint_ready(an, req, a, out, "POST", SAML_NEXT_ACS, &st) ||
+        !login_cookie_read(an, req, a, out, &v, &found, &st)) {
         return st;
     }
-    const char *cname = login_cookie_name(an, req->tls);
-    struct str v = STR_NULL;
-    bool found = false;
     struct err err = { 0 };
-    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
-        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
-    }
     struct saml_result r;
     int64_t now_s = req->now_ms / 1000;
     if (saml_acs(an->saml, an->nsaml, req->body, found ? v : STR_NULL, an->login_key, now_s, &r,
@@ -1853,21 +1915,8 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     if (rc != 0) {
         return callback_fail(an, req, a, out, 500, err.msg);
     }
-    const char *sname = session_cookie_name(an, req->tls);
-    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
-                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
-                            : NULL;
-    const char *clear = saml_login_cookie(an, req, a, "", 0);
-    OPENSSL_cleanse(cookie, sizeof cookie);
-    if (set == NULL || clear == NULL || rd == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    add_header(out, "Set-Cookie", set);
-    add_header(out, "Set-Cookie", clear);
-    out->event = AUTHN_EV_LOGIN;
-    out->cont = NULL;
     /* 303: the browser follows a POST answer with a GET. */
-    return redirect_with(out, 303, rd);
+    return signed_in(an, req, a, out, cookie, saml_login_cookie(an, req, a, "", 0), rd, 303);
 }
 
 static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
@@ -1885,10 +1934,8 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
                                  (struct str){ c->token_body, c->token_body_len }, c->pd.nonce,
                                  req->now_ms / 1000, &c->tokens, &err);
     jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_TOKEN_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    if (rc == ERR_NOTFOUND && jwks_refetch(a, out, c, req->now_ms, CONT_TOKEN_JWKS)) {
+        return AUTHN_NEED_FETCH;
     }
     if (rc != 0) {
         return callback_fail(an, req, a, out, 403, err.msg);
@@ -2082,13 +2129,8 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
 static enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
-    if (!str_eq_cstr(req->method, "GET") || an->nsaml == 0 || an->store == NULL) {
-        add_header(out, "Allow", "GET");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
-    }
-    bool ready = false;
-    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_SLO, &ready);
-    if (!ready) {
+    enum authn_step st;
+    if (!saml_endpoint_ready(an, req, a, out, "GET", SAML_NEXT_SLO, &st)) {
         return st;
     }
     struct saml_slo o;
@@ -2262,25 +2304,32 @@ const char *authn_switch_user_url(struct arena *a, struct str target)
     return out;
 }
 
+/* The logout token's sid and sub (malloc'd, either may be NULL). */
+struct bcl_ids {
+    char *sid, *sub;
+};
+
+static int bcl_check(struct authn *an, const struct authn_req *req, struct cont *c,
+                     const struct jwks *k, void *res, struct err *err)
+{
+    struct bcl_ids *ids = res;
+    return oidc_logout_token_verify(c->idp->p, k, req->body, an->replay, req->now_ms / 1000,
+                                    &ids->sid, &ids->sub, err);
+}
+
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
-    char *sid = NULL, *sub = NULL;
+    struct bcl_ids ids = { NULL, NULL };
     struct err err = { 0 };
-    struct jwks *k = NULL;
     enum authn_step st;
-    if (!keys_ready(a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, &k, &st)) {
+    int rc = 0;
+    if (!check_with_keys(an, req, a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, bcl_check, &ids,
+                         &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
-    int rc = oidc_logout_token_verify(x->p, k, req->body, an->replay, req->now_ms / 1000, &sid,
-                                      &sub, &err);
-    jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_BCL_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
-    }
+    char *sid = ids.sid, *sub = ids.sub;
     if (rc != 0) {
         set_reason(out, "back-channel logout refused: %s", err.msg);
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
@@ -2455,34 +2504,87 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
     return st;
 }
 
+static enum authn_step login_css(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out)
+{
+    (void)req;
+    (void)a;
+    if (an->pages == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+    }
+    struct str css = pages_css(an->pages);
+    respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
+    out->resp.headers[0].value = "public, max-age=3600";
+    return AUTHN_RESPOND;
+}
+
+static enum authn_step jwks_json(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out)
+{
+    if (an->signer == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+    }
+    char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
+    const char *body = adup(a, j);
+    free(j);
+    /* no-store like every answer of Gatehouse's own (a verifier keeps
+     * the keys it fetched; a rotated key must be seen at once). */
+    return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
+}
+
+/* /.gatehouse/oidc/callback: the one provider's (several have callback/<id>). */
+static enum authn_step callback_single(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out)
+{
+    return callback(an, req, a, out, STR_NULL);
+}
+
+/* /.gatehouse/me: who am I needs someone, so it is never public. */
+static enum authn_step me_endpoint(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out)
+{
+    struct authn_req r2 = *req;
+    r2.route_public = false;
+    bool anonymous = false;
+    enum authn_step st = identify(an, &r2, a, out, &anonymous);
+    if (anonymous) {
+        return unauthenticated(an, &r2, a, out, "no session");
+    }
+    return st == AUTHN_OK ? me_or_sign_in(an, &r2, a, out) : st;
+}
+
+typedef enum authn_step endpoint_fn(struct authn *an, const struct authn_req *req,
+                                    struct arena *a, struct authn_out *out);
+
+/* The reserved paths below /.gatehouse/ (authn.h lists them). */
+static const struct {
+    const char *path;
+    endpoint_fn *fn;
+} Endpoints[] = {
+    { "static/login.css", login_css },
+    { "jwks.json", jwks_json },
+    { "login", login },
+    { "oidc/callback", callback_single },
+    { "logout", logout },
+    /* Where the IdP sends the browser after an RP-initiated logout. */
+    { "signed-out", signed_out },
+    { "saml/acs", saml_acs_endpoint },
+    { "saml/slo", saml_slo_endpoint },
+    { "saml/metadata", saml_metadata },
+    { "oidc/backchannel-logout", backchannel_logout },
+    { "me", me_endpoint },
+};
+
 static enum authn_step check_step(struct authn *an, const struct authn_req *req,
                                   struct arena *a, struct authn_out *out)
 {
     memset(out, 0, sizeof *out);
     if (str_has_prefix(req->path, STR("/.gatehouse/"))) {
         struct str p = { req->path.p + 12, req->path.len - 12 };
-        if (str_eq_cstr(p, "static/login.css") && an->pages) {
-            struct str css = pages_css(an->pages);
-            respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
-            out->resp.headers[0].value = "public, max-age=3600";
-            return AUTHN_RESPOND;
-        }
-        if (str_eq_cstr(p, "jwks.json")) {
-            if (an->signer == NULL) {
-                return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+        for (size_t i = 0; i < sizeof Endpoints / sizeof Endpoints[0]; i++) {
+            if (str_eq_cstr(p, Endpoints[i].path)) {
+                return Endpoints[i].fn(an, req, a, out);
             }
-            char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
-            const char *body = adup(a, j);
-            free(j);
-            /* no-store like every answer of Gatehouse's own (a verifier keeps
-             * the keys it fetched; a rotated key must be seen at once). */
-            return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
-        }
-        if (str_eq_cstr(p, "login")) {
-            return login(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "oidc/callback")) {
-            return callback(an, req, a, out, STR_NULL);
         }
         if (str_has_prefix(p, STR("oidc/callback/")) && p.len > 14) {
             struct str id = { p.p + 14, p.len - 14 };
@@ -2494,36 +2596,6 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
                 return callback_error(an, req, a, out, "callback for an unknown identity provider");
             }
             return callback(an, req, a, out, id);
-        }
-        if (str_eq_cstr(p, "logout")) {
-            return logout(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "signed-out")) {
-            /* Where the IdP sends the browser after an RP-initiated logout. */
-            return signed_out(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/acs")) {
-            return saml_acs_endpoint(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/slo")) {
-            return saml_slo_endpoint(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/metadata")) {
-            return saml_metadata(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "oidc/backchannel-logout")) {
-            return backchannel_logout(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "me")) {
-            /* Who am I needs someone: never public. */
-            struct authn_req r2 = *req;
-            r2.route_public = false;
-            bool anonymous = false;
-            enum authn_step st = identify(an, &r2, a, out, &anonymous);
-            if (anonymous) {
-                return unauthenticated(an, &r2, a, out, "no session");
-            }
-            return st == AUTHN_OK ? me_or_sign_in(an, &r2, a, out) : st;
         }
         return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }

@@ -431,6 +431,14 @@ static void bind_text(sqlite3_stmt *st, int i, const char *v)
     }
 }
 
+/* Binds n texts to the parameters first, first + 1, ... */
+static void bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bind_text(st, first + (int)i, v[i]);
+    }
+}
+
 static int hex_to_hash(const char *hex, unsigned char h[32])
 {
     if (hex == NULL || strlen(hex) != 64) {
@@ -470,14 +478,10 @@ static void write_op(struct session_store *s, const struct op *o)
                            -1, &st, NULL);
         char *rt = seal_field(s, r->h, "rt", r->refresh_token);
         char *it = seal_field(s, r->h, "idt", r->id_token);
-        bind_text(st, 1, hex);
-        bind_text(st, 2, r->user_key);
-        bind_text(st, 3, r->email);
-        bind_text(st, 4, r->name);
-        bind_text(st, 5, r->attrs->groups_json);
-        bind_text(st, 6, r->attrs->claims_json);
-        bind_text(st, 7, r->idp);
-        bind_text(st, 8, r->sid);
+        const char *const text[] = { hex,   r->user_key, r->email,
+                                     r->name, r->attrs->groups_json, r->attrs->claims_json,
+                                     r->idp, r->sid };
+        bind_texts(st, 1, text, 8);
         sqlite3_bind_int64(st, 9, r->created_ms);
         sqlite3_bind_int64(st, 10, r->last_seen_ms);
         sqlite3_bind_int64(st, 11, r->expires_ms);
@@ -494,10 +498,8 @@ static void write_op(struct session_store *s, const struct op *o)
         char *rt = seal_field(s, r->h, "rt", r->refresh_token);
         bind_text(st, 1, rt);
         sqlite3_bind_int64(st, 2, r->token_exp_s);
-        bind_text(st, 3, r->email);
-        bind_text(st, 4, r->name);
-        bind_text(st, 5, r->attrs->groups_json);
-        bind_text(st, 6, hex);
+        const char *const text[] = { r->email, r->name, r->attrs->groups_json, hex };
+        bind_texts(st, 3, text, 4);
         free(rt);
     } else {
         sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id_hash = ?", -1, &st, NULL);
@@ -794,6 +796,22 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
     sess_free(e);
 }
 
+/* Takes the session with hash h out of the cache: the caller frees or
+ * deletes it. NULL when there is none. */
+static struct sess *cache_unlink(struct session_store *s, const unsigned char h[32])
+{
+    size_t b = bucket_of(h);
+    struct sess *dead = NULL;
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL) {
+        dead = *pp;
+        *pp = dead->next;
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    return dead;
+}
+
 static void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
 {
     struct session_store *s = arg;
@@ -802,16 +820,8 @@ static void hook_revoke(void *arg, const char *kind, const char *value, int64_t 
         unsigned char h[32];
         if (hex_to_hash(value, h) == 0) {
             /* One bucket, not a scan: every sign-out in the fleet comes here. */
-            size_t b = bucket_of(h);
-            struct sess *dead = NULL;
-            pthread_mutex_lock(stripe_of(s, b));
-            struct sess **pp = find(s, b, h);
-            if (pp != NULL) {
-                dead = *pp;
-                *pp = dead->next;
-                n = 1;
-            }
-            pthread_mutex_unlock(stripe_of(s, b));
+            struct sess *dead = cache_unlink(s, h);
+            n = dead != NULL;
             sess_free(dead);
         }
     } else if (strcmp(kind, "user") == 0) {
@@ -1508,15 +1518,7 @@ size_t session_revoke_cookie(struct session_store *s, struct str cookie)
     if (!cookie_hash(cookie, h)) {
         return 0;
     }
-    size_t b = bucket_of(h);
-    struct sess *dead = NULL;
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
-    if (pp != NULL) {
-        dead = *pp;
-        *pp = dead->next;
-    }
-    pthread_mutex_unlock(stripe_of(s, b));
+    struct sess *dead = cache_unlink(s, h);
     if (dead == NULL) {
         return 0;
     }
@@ -1655,6 +1657,77 @@ static void fmt_time(int64_t ms, char *buf, size_t n)
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* `sessions list`: the rows of either store, one line (or JSON object) each. */
+struct list_ctx {
+    const char *user, *bare_idp;
+    bool json;
+    FILE *out;
+};
+
+static void list_one(void *arg, const char *hex, const char *uk, const char *email,
+                        const char *idp, int64_t created_ms, int64_t last_seen_ms,
+                        int64_t expires_ms, const char *groups)
+{
+    const struct list_ctx *l = arg;
+    if (hex == NULL || (l->user != NULL && !sess_user_match(l->user, uk, email, idp))) {
+        return;
+    }
+    const char *hash = uk ? strchr(uk, '#') : NULL;
+    char *uid = oidc_user_id(idp ? idp : "?", l->bare_idp && idp && strcmp(idp, l->bare_idp) == 0,
+                             hash ? hash + 1 : (uk ? uk : "?"));
+    char c[32], ls[32], e[32];
+    fmt_time(created_ms, c, sizeof c);
+    fmt_time(last_seen_ms, ls, sizeof ls);
+    fmt_time(expires_ms, e, sizeof e);
+    if (l->json) {
+        json_error_t jerr;
+        json_t *g = groups ? json_loads(groups, 0, &jerr) : NULL;
+        json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16, "user",
+                              uid, "email", email, "idp", idp ? idp : "?", "created", c,
+                              "last_seen", ls, "expires", e, "groups", g ? g : json_array());
+        if (o != NULL) {
+            json_object_set_new(o, "user_key", json_string(uk));
+        }
+        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (line != NULL) {
+            fprintf(l->out, "%s\n", line);
+        }
+        free(line);
+        json_decref(o);
+    } else {
+        fprintf(l->out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid,
+                idp ? idp : "?", c, ls, e);
+    }
+    free(uid);
+}
+
+static void list_head(const struct list_ctx *l)
+{
+    if (!l->json) {
+        fprintf(l->out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
+                "LAST SEEN", "EXPIRES");
+    }
+}
+
+/* --user or --id, exactly one; an id is 8 to 64 lower-case hex characters. */
+static int revoke_args_check(const char *user, const char *id, struct err *err)
+{
+    if ((user == NULL) == (id == NULL)) {
+        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
+    }
+    if (id != NULL) {
+        size_t n = strlen(id);
+        bool ok = n >= 8 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+        }
+        if (!ok) {
+            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
+        }
+    }
+    return 0;
+}
+
 int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
                        FILE *out, struct err *err)
 {
@@ -1668,43 +1741,15 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
                        "expires_ms, groups FROM sessions WHERE expires_ms > ?1 ORDER BY created_ms",
                        -1, &st, NULL);
     sqlite3_bind_int64(st, 1, now_wall_ms());
-    if (!json) {
-        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
-                "LAST SEEN", "EXPIRES");
-    }
+    struct list_ctx l = { user, bare_idp, json, out };
+    list_head(&l);
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
-        const char *hex = (const char *)sqlite3_column_text(st, 0);
-        const char *uk = (const char *)sqlite3_column_text(st, 1);
-        const char *email = (const char *)sqlite3_column_text(st, 2);
-        const char *idp = (const char *)sqlite3_column_text(st, 3);
-        if (user != NULL && !sess_user_match(user, uk, email, idp)) {
-            continue;
-        }
-        const char *hash = uk ? strchr(uk, '#') : NULL;
-        char *uid = oidc_user_id(idp ? idp : "?", bare_idp && idp && strcmp(idp, bare_idp) == 0,
-                                 hash ? hash + 1 : (uk ? uk : "?"));
-        char c[32], l[32], e[32];
-        fmt_time(sqlite3_column_int64(st, 4), c, sizeof c);
-        fmt_time(sqlite3_column_int64(st, 5), l, sizeof l);
-        fmt_time(sqlite3_column_int64(st, 6), e, sizeof e);
-        if (json) {
-            json_error_t jerr;
-            json_t *g = json_loads((const char *)sqlite3_column_text(st, 7), 0, &jerr);
-            json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16,
-                                  "user", uid, "email", email, "idp", idp, "created", c,
-                                  "last_seen", l, "expires", e, "groups", g ? g : json_array());
-            json_object_set_new(o, "user_key", json_string(uk));
-            char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
-            if (line != NULL) {
-                fprintf(out, "%s\n", line);
-            }
-            free(line);
-            json_decref(o);
-        } else {
-            fprintf(out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid, idp,
-                    c, l, e);
-        }
-        free(uid);
+        list_one(&l, (const char *)sqlite3_column_text(st, 0),
+                 (const char *)sqlite3_column_text(st, 1),
+                 (const char *)sqlite3_column_text(st, 2),
+                 (const char *)sqlite3_column_text(st, 3), sqlite3_column_int64(st, 4),
+                 sqlite3_column_int64(st, 5), sqlite3_column_int64(st, 6),
+                 (const char *)sqlite3_column_text(st, 7));
     }
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -1715,18 +1760,9 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
                          struct err *err)
 {
     *count = 0;
-    if ((user == NULL) == (id == NULL)) {
-        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
-    }
-    if (id != NULL) {
-        size_t n = strlen(id);
-        bool ok = n >= 8 && n <= 64;
-        for (size_t i = 0; ok && i < n; i++) {
-            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-        }
-        if (!ok) {
-            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
-        }
+    int bad = revoke_args_check(user, id, err);
+    if (bad != 0) {
+        return bad;
     }
     sqlite3 *db = db_open(db_path, err);
     if (db == NULL) {
@@ -1815,76 +1851,21 @@ done:
 
 /* ---- administration on PostgreSQL -------------------------------------- */
 
-struct pg_list {
-    const char *user, *bare_idp;
-    bool json;
-    FILE *out;
-};
-
-static void pg_list_one(void *arg, const char *hex, const char *uk, const char *email,
-                        const char *idp, int64_t created_ms, int64_t last_seen_ms,
-                        int64_t expires_ms, const char *groups)
-{
-    const struct pg_list *l = arg;
-    if (hex == NULL || (l->user != NULL && !sess_user_match(l->user, uk, email, idp))) {
-        return;
-    }
-    const char *hash = uk ? strchr(uk, '#') : NULL;
-    char *uid = oidc_user_id(idp ? idp : "?", l->bare_idp && idp && strcmp(idp, l->bare_idp) == 0,
-                             hash ? hash + 1 : (uk ? uk : "?"));
-    char c[32], ls[32], e[32];
-    fmt_time(created_ms, c, sizeof c);
-    fmt_time(last_seen_ms, ls, sizeof ls);
-    fmt_time(expires_ms, e, sizeof e);
-    if (l->json) {
-        json_error_t jerr;
-        json_t *g = groups ? json_loads(groups, 0, &jerr) : NULL;
-        json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16, "user",
-                              uid, "email", email, "idp", idp ? idp : "?", "created", c,
-                              "last_seen", ls, "expires", e, "groups", g ? g : json_array());
-        if (o != NULL) {
-            json_object_set_new(o, "user_key", json_string(uk));
-        }
-        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (line != NULL) {
-            fprintf(l->out, "%s\n", line);
-        }
-        free(line);
-        json_decref(o);
-    } else {
-        fprintf(l->out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid,
-                idp ? idp : "?", c, ls, e);
-    }
-    free(uid);
-}
-
 int session_admin_list_pg(const struct spg_conf *pg, const char *user, const char *bare_idp,
                           bool json, FILE *out, struct err *err)
 {
-    struct pg_list l = { user, bare_idp, json, out };
-    if (!json) {
-        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
-                "LAST SEEN", "EXPIRES");
-    }
-    return spg_admin_list(pg, now_wall_ms(), pg_list_one, &l, err);
+    struct list_ctx l = { user, bare_idp, json, out };
+    list_head(&l);
+    return spg_admin_list(pg, now_wall_ms(), list_one, &l, err);
 }
 
 int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const char *id,
                             size_t *count, struct err *err)
 {
     *count = 0;
-    if ((user == NULL) == (id == NULL)) {
-        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
-    }
-    if (id != NULL) {
-        size_t n = strlen(id);
-        bool ok = n >= 8 && n <= 64;
-        for (size_t i = 0; ok && i < n; i++) {
-            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-        }
-        if (!ok) {
-            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
-        }
+    int bad = revoke_args_check(user, id, err);
+    if (bad != 0) {
+        return bad;
     }
     return spg_admin_revoke(pg, user, id, sess_user_match, now_wall_ms(), count, err);
 }
