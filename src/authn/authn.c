@@ -665,8 +665,8 @@ static enum authn_step redirect(struct authn_out *out, const char *location)
     return redirect_with(out, 302, location);
 }
 
-/* One of authn's own pages, from its template (vars copied to the arena);
- * json: its form for API clients, or NULL. */
+/* One of authn's own pages, from its template (vars and their values copied
+ * to the arena); json: its form for API clients, or NULL. */
 static enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_kind k,
                                    const struct page_var *vars, size_t n, const char *json)
 {
@@ -675,7 +675,14 @@ static enum authn_step page_answer(struct arena *a, struct authn_out *out, enum 
         out->resp.kind = AUTHN_ANSWER_NONE;
         return AUTHN_RESPOND;
     }
-    memcpy(v, vars, n * sizeof *v);
+    for (size_t i = 0; i < n; i++) {
+        /* values may live on the caller's stack: the proxy renders later */
+        v[i] = (struct page_var){ vars[i].name, adup(a, vars[i].value) };
+        if (vars[i].value != NULL && v[i].value == NULL) {
+            out->resp.kind = AUTHN_ANSWER_NONE;
+            return AUTHN_RESPOND;
+        }
+    }
     out->resp.page = (int)k;
     out->resp.vars = v;
     out->resp.nvars = n;
@@ -1003,20 +1010,20 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
     return false;
 }
 
-/* A bearer token that does not verify: logged, then the caller is anonymous
- * (marked bearer, so no redirect): a public route lets it through. */
+/* A bearer token that does not verify: logged, then the caller is anonymous,
+ * marked bearer: the route's policy decides, and a sign-in challenge for it
+ * is a 401 invalid_token, never a redirect. */
 static enum authn_step bearer_refused(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, const char *why)
 {
+    (void)an;
+    (void)a;
     memset(&out->id, 0, sizeof out->id);
     out->id.bearer = true;
     out->cont = NULL;
     set_reason(out, "bearer token refused: %s", why);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "%s", out->reason);
-    if (req->route_public) {
-        return AUTHN_OK;
-    }
-    return unauthenticated(an, req, a, out, NULL); /* out->reason says why */
+    return AUTHN_OK;
 }
 
 /* The provider's metadata and key set for continuation c: true with *k (a
@@ -1178,8 +1185,7 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
                              NULL);
         if (ended) {
             memset(&out->id, 0, sizeof out->id);
-            return req->route_public ? AUTHN_OK
-                                     : unauthenticated(an, req, a, out, "session ended at the IdP");
+            return AUTHN_OK; /* anonymous now: the route's policy decides */
         }
         return AUTHN_OK;
     }
@@ -1199,9 +1205,7 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
             oidc_identity_fini(&id);
             oidc_tokens_fini(&t);
             memset(&out->id, 0, sizeof out->id);
-            return req->route_public ? AUTHN_OK
-                                     : unauthenticated(an, req, a, out,
-                                                       "refresh returned another user");
+            return AUTHN_OK; /* anonymous now: the route's policy decides */
         }
         email = id.email;
         name = id.name;
@@ -2483,9 +2487,7 @@ static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *r
                                      struct arena *a, struct authn_out *out)
 {
     if (out->id.user_key == NULL) {
-        struct authn_req r2 = *req;
-        r2.route_public = false;
-        return unauthenticated(an, &r2, a, out, "no session");
+        return unauthenticated(an, req, a, out, "no session");
     }
     set_user_id(an, a, out);
     return me(an, req, a, out);
@@ -2543,14 +2545,12 @@ static enum authn_step callback_single(struct authn *an, const struct authn_req 
 static enum authn_step me_endpoint(struct authn *an, const struct authn_req *req,
                                    struct arena *a, struct authn_out *out)
 {
-    struct authn_req r2 = *req;
-    r2.route_public = false;
     bool anonymous = false;
-    enum authn_step st = identify(an, &r2, a, out, &anonymous);
+    enum authn_step st = identify(an, req, a, out, &anonymous);
     if (anonymous) {
-        return unauthenticated(an, &r2, a, out, "no session");
+        return unauthenticated(an, req, a, out, "no session");
     }
-    return st == AUTHN_OK ? me_or_sign_in(an, &r2, a, out) : st;
+    return st == AUTHN_OK ? me_or_sign_in(an, req, a, out) : st;
 }
 
 typedef enum authn_step endpoint_fn(struct authn *an, const struct authn_req *req,
@@ -2599,15 +2599,11 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
         }
         return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
+    /* Who is calling, or nobody: the route's policy decides whether that is
+     * enough (it may allow anonymous callers), and the proxy challenges. */
     bool anonymous = false;
     enum authn_step st = identify(an, req, a, out, &anonymous);
-    if (!anonymous) {
-        return st;
-    }
-    if (req->route_public) {
-        return AUTHN_OK;
-    }
-    return unauthenticated(an, req, a, out, "no session");
+    return anonymous ? AUTHN_OK : st;
 }
 
 static enum authn_step resume_step(struct authn *an, const struct authn_req *req,

@@ -11,9 +11,12 @@
  * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/signed-out,
  * /.gatehouse/me, /.gatehouse/jwks.json, /.gatehouse/static/login.css.
  *
- * A refused bearer token is logged ("bearer token refused: ...") and the
- * caller is then anonymous with id.bearer set: a public route lets it through,
- * otherwise the answer is a 401 (never a redirect for API clients). */
+ * authn never decides that a route needs a user: an anonymous caller is
+ * AUTHN_OK with id.user_key NULL, and the route's policy decides (the proxy
+ * then answers the sign-in challenge). A refused bearer token is logged
+ * ("bearer token refused: ...") and the caller is then anonymous with
+ * id.bearer set, so that challenge is a 401 (never a redirect for API
+ * clients). Only /.gatehouse/me needs someone: it answers AUTHN_ANSWER_SIGNIN. */
 #ifndef GH_AUTHN_AUTHN_H
 #define GH_AUTHN_AUTHN_H
 
@@ -99,7 +102,6 @@ struct authn_req {
      * NULL: no route names this Host and no public_url: no sign-in here. */
     const char *public_origin;
     bool tls;
-    bool route_public;          /* public route: anonymous is fine */
     const char *const *route_idps; /* ids accepted by the route; NULL = all */
     size_t nroute_idps;
     const char *request_id;

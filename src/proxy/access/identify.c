@@ -131,9 +131,6 @@ static void authn_req_fill(struct exchange *x)
                                          (int)r->host.len, r->host.p);
         a->public_origin = public_origin(r);
     }
-    /* The route's policy decides who must sign in (rules may allow anonymous
-     * callers), so authn never refuses an anonymous caller here. */
-    a->route_public = true;
     a->route_idps = x->route ? x->route->idps : NULL;
     a->nroute_idps = x->route ? x->route->nidps : 0;
     a->request_id = r->id;

@@ -272,29 +272,24 @@ static void test_unauthenticated_browser_and_api(void **state)
 {
     struct rq q;
     struct authn_out o;
+    /* An anonymous caller of a route is nobody, not a refusal: the route's
+     * policy decides, and the proxy challenges (tests/unit/proxy/test_access.c). */
     rq_init(&q, "GET", "/wiki/page", "a=1&b=2", NULL, NULL);
-    /* An intent, the same for browsers and API clients: the proxy answers
-     * with a 302 or a 401 (tests/unit/proxy/test_access.c). */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_false(o.id.bearer);
+    assert_int_equal(o.event, AUTHN_EV_NONE);
+    /* /.gatehouse/me needs someone: the sign-in intent, the same for browsers
+     * and API clients (the proxy answers with a 302 or a 401). */
+    rq_init(&q, "GET", "/.gatehouse/me", "", NULL, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
     assert_false(o.resp.no_redirect);
     assert_false(o.id.bearer);
     assert_null(header(&o, "WWW-Authenticate", 0));
     assert_null(o.resp.body);
-    rq_init(&q, "GET", "/api/x", "", NULL, "application/json");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
     assert_int_equal(o.resp.status, 401);
     assert_int_equal(o.event, AUTHN_EV_SIGNIN_REQUIRED);
-    rq_init(&q, "GET", "/wiki", "", NULL, NULL);
-    q.r.x_requested_with = STR("XMLHttpRequest");
-    authn_check(an, &q.r, a, &o);
-    assert_int_equal(o.resp.status, 401);
-    /* Public routes let anonymous callers through. */
-    rq_init(&q, "GET", "/status", "", NULL, NULL);
-    q.r.route_public = true;
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
-    assert_null(o.id.user_key);
     /* Two providers for the route: the chooser page. */
     rq_init(&q, "GET", "/.gatehouse/login", "rd=%2Fx", NULL, NULL);
     q.r.route_idps = NULL;
@@ -376,6 +371,8 @@ static void test_sign_in_session_me_and_assertion(void **state)
     rq_init(&q, "GET", "/.gatehouse/me", "", gh, NULL);
     authn_check(an, &q.r, a, &o);
     assert_non_null(strstr(page_body(&o), "<dd id=\"me-groups\">eng, admins</dd>"));
+    /* the session's ends, rendered after authn returned (values kept in the arena) */
+    assert_non_null(strstr(page_body(&o), "<time datetime=\"20"));
 
     /* A Basic header meant for the backend does not hide the session. */
     rq_init(&q, "GET", "/wiki", "", gh, NULL);
@@ -387,8 +384,8 @@ static void test_sign_in_session_me_and_assertion(void **state)
     char *bad = xstrdup(gh);
     bad[5] = bad[5] == 'A' ? 'B' : 'A';
     rq_init(&q, "GET", "/wiki", "", bad, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
     free(bad);
     free(gh);
     (void)state;
@@ -463,31 +460,31 @@ static void test_bearer_tokens(void **state)
     t = sign("rotated", c);
     auth = xasprintf("Bearer %s", t);
     q.r.authorization = str_from(auth);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
-    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
-    assert_true(o.id.bearer); /* the proxy says error="invalid_token" */
+    /* refused: anonymous, marked bearer (a challenge is a 401 invalid_token) */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_true(o.id.bearer);
     assert_string_equal(o.reason, "bearer token refused: no key with kid \"rotated\" in the JWKS");
     free(auth);
     free(t);
     free(c);
     /* alg none. */
     q.r.authorization = STR("Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIn0.");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
-    assert_string_equal(o.reason, "bearer token refused: token algorithm \"none\" is not allowed");
-    /* On a public route a refused token leaves an anonymous caller, marked bearer
-     * (so a policy that wants a user answers 401, not a redirect). */
-    q.r.route_public = true;
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
     assert_null(o.id.user_key);
     assert_true(o.id.bearer);
+    assert_string_equal(o.reason, "bearer token refused: token algorithm \"none\" is not allowed");
     /* A token from an issuer the route does not accept: refused the same way. */
-    q.r.route_public = false;
     q.r.authorization = STR("Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2V2aWwifQ.c2ln");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_true(o.id.bearer);
     assert_non_null(strstr(o.reason, "bearer token refused: "));
+    /* /.gatehouse/me with a refused token: the challenge, marked bearer. */
+    q.r.path = STR("/.gatehouse/me");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
+    assert_true(o.id.bearer);
     (void)state;
 }
 
@@ -556,7 +553,8 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_string_equal(o.reason, "back-channel logout refused: logout token was already used "
                                   "(jti replay)");
     rq_init(&q, "GET", "/wiki", "", gh1, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND); /* ended */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* ended: nobody */
+    assert_null(o.id.user_key);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);       /* other session kept */
 
@@ -594,7 +592,8 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(o.event, AUTHN_EV_LOGOUT);
     assert_true(strncmp(header(&o, "Set-Cookie", 0), "gh=; Path=/; Max-Age=0", 22) == 0);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* signed out: nobody */
+    assert_null(o.id.user_key);
     /* Coming back from the IdP: the signed-out page. */
     rq_init(&q, "GET", "/.gatehouse/logout", "", NULL, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
