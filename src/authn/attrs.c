@@ -188,8 +188,8 @@ struct authn_attrs *attrs_parse(const char *groups_json, const char *claims_json
     json_error_t jerr;
     const char *gt = groups_json ? groups_json : "[]", *ct = claims_json ? claims_json : "{}";
     json_t *g = json_loads(gt, 0, &jerr), *c = json_loads(ct, 0, &jerr);
-    struct authn_attrs *x = build(json_is_array(g) ? g : NULL, json_is_object(c) ? c : NULL,
-                                  xstrdup(gt), xstrdup(ct));
+    struct authn_attrs *x =
+        build(json_is_array(g) ? g : NULL, json_is_object(c) ? c : NULL, xstrdup(gt), xstrdup(ct));
     json_decref(g);
     json_decref(c);
     return x;
@@ -208,13 +208,10 @@ void attrs_unref(const struct authn_attrs *x)
     if (b == NULL || atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
-    free(b->groups_json);
-    free(b->claims_json);
-    free(b->cnf_x5t);
-    free(b->groups);
-    free(b->claims);
-    free(b->buf);
-    free(b);
+    void *owned[] = { b->groups_json, b->claims_json, b->cnf_x5t, b->groups, b->claims, b->buf, b };
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) {
+        free(owned[i]);
+    }
 }
 
 static void hold_release(void *arg)

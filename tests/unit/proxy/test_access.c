@@ -387,6 +387,31 @@ static struct pages *templates(void)
     return p;
 }
 
+/* What each response test gets: a request arena and the page templates. */
+struct fixture {
+    struct arena *a;
+    struct pages *p;
+};
+
+static int fixture_up(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    f->a = arena_new(0);
+    f->p = templates();
+    *state = f;
+    return 0;
+}
+
+static int fixture_down(void **state)
+{
+    struct fixture *f = *state;
+    pages_free(f->p);
+    arena_free(f->a);
+    free(f);
+    return 0;
+}
+
 static bool has(const struct respond_answer *ans, const char *s)
 {
     size_t n = strlen(s);
@@ -398,18 +423,23 @@ static bool has(const struct respond_answer *ans, const char *s)
     return false;
 }
 
-static json_t *json_of(const struct respond_answer *ans)
+/* The string member key of the JSON body. */
+static const char *json_field(const struct respond_answer *ans, const char *key)
 {
+    static char value[256];
     json_error_t jerr;
     json_t *j = json_loadb(ans->body.p, ans->body.len, 0, &jerr);
     assert_non_null(j);
-    return j;
+    const char *v = json_string_value(json_object_get(j, key));
+    snprintf(value, sizeof value, "%s", v ? v : "(none)");
+    json_decref(j);
+    return value;
 }
 
 static void test_respond_signin(void **state)
 {
-    (void)state;
-    struct arena *a = arena_new(0);
+    struct fixture *f = *state;
+    struct arena *a = f->a;
     struct respond_answer ans;
     struct respond_ctx c = {
         .arena = a, .request_id = "req\"1\\<x>", .html = true, .target = STR("/wiki/page?a=1&b=2")
@@ -440,20 +470,15 @@ static void test_respond_signin(void **state)
     assert_int_equal(ans.status, 401);
     assert_string_equal(ans.ctype, "application/json");
     assert_non_null(strstr(ans.headers, "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n"));
-    json_t *j = json_of(&ans);
-    assert_string_equal(json_string_value(json_object_get(j, "error")), "unauthenticated");
-    assert_string_equal(json_string_value(json_object_get(j, "request_id")), "req\"1\\<x>");
-    json_decref(j);
-    arena_free(a);
+    assert_string_equal(json_field(&ans, "error"), "unauthenticated");
+    assert_string_equal(json_field(&ans, "request_id"), "req\"1\\<x>");
 }
 
 static void test_respond_error_html_and_json(void **state)
 {
-    (void)state;
-    struct arena *a = arena_new(0);
-    struct pages *p = templates();
+    struct fixture *f = *state;
     struct respond_answer ans;
-    struct respond_ctx c = { .arena = a, .request_id = "<req\"1>", .html = true, .pages = p };
+    struct respond_ctx c = { .arena = f->a, .request_id = "<req\"1>", .html = true, .pages = f->p };
 
     assert_true(respond_render_error(&c, 503, "Sign-in unavailable", "Try <again>.", NULL, &ans));
     assert_int_equal(ans.status, 503);
@@ -468,29 +493,25 @@ static void test_respond_error_html_and_json(void **state)
                                      "Set-Cookie: x=; Max-Age=0\r\n", &ans));
     assert_string_equal(ans.ctype, "application/json");
     assert_non_null(strstr(ans.headers, "Set-Cookie: x=; Max-Age=0\r\n"));
-    json_t *j = json_of(&ans);
-    assert_string_equal(json_string_value(json_object_get(j, "error")), "Sign-in unavailable");
-    assert_string_equal(json_string_value(json_object_get(j, "message")), "Try again.");
-    assert_string_equal(json_string_value(json_object_get(j, "request_id")), "<req\"1>");
-    json_decref(j);
+    assert_string_equal(json_field(&ans, "error"), "Sign-in unavailable");
+    assert_string_equal(json_field(&ans, "message"), "Try again.");
+    assert_string_equal(json_field(&ans, "request_id"), "<req\"1>");
     /* no templates: a plain page rather than none */
     c.html = true;
     c.pages = NULL;
     assert_true(respond_render_error(&c, 500, "Broken", "x", NULL, &ans));
     assert_string_equal(ans.ctype, "text/plain; charset=utf-8");
-    pages_free(p);
-    arena_free(a);
 }
 
 static void test_respond_authn_intents(void **state)
 {
-    (void)state;
-    struct arena *a = arena_new(0);
-    struct pages *p = templates();
+    struct fixture *f = *state;
     struct respond_answer ans;
-    struct respond_ctx c = {
-        .arena = a, .request_id = "r1", .html = true, .pages = p, .target = STR("/.gatehouse/me")
-    };
+    struct respond_ctx c = { .arena = f->a,
+                             .request_id = "r1",
+                             .html = true,
+                             .pages = f->p,
+                             .target = STR("/.gatehouse/me") };
     struct authn_out o = { 0 };
 
     /* nothing set: fails closed */
@@ -555,8 +576,6 @@ static void test_respond_authn_intents(void **state)
     assert_true(respond_render_authn(&c, &o, &ans));
     assert_string_equal(ans.ctype, "application/jwk-set+json");
     assert_int_equal(ans.body.len, 2);
-    pages_free(p);
-    arena_free(a);
 }
 
 int main(void)
@@ -568,9 +587,9 @@ int main(void)
         cmocka_unit_test(test_device_would_help),
         cmocka_unit_test(test_attrs_parsed_once),
         cmocka_unit_test(test_identity_to_input),
-        cmocka_unit_test(test_respond_signin),
-        cmocka_unit_test(test_respond_error_html_and_json),
-        cmocka_unit_test(test_respond_authn_intents),
+        cmocka_unit_test_setup_teardown(test_respond_signin, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_respond_error_html_and_json, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_respond_authn_intents, fixture_up, fixture_down),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
