@@ -2399,6 +2399,30 @@ static enum authn_step backchannel_logout(struct authn *an, const struct authn_r
 
 /* ---- /.gatehouse/me --------------------------------------------------- */
 
+/* The client certificate's device as /.gatehouse/me shows it: a JSON object
+ * (null without one), and one line for people. */
+static json_t *device_json(const struct authn_device *d)
+{
+    if (d == NULL || !d->present) {
+        return json_null();
+    }
+    json_t *o = json_pack("{s:b, s:b, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?}", "present", 1,
+                          "trusted", d->trusted, "id", d->id, "name", d->name, "owner", d->owner,
+                          "fingerprint", d->fingerprint, "serial", d->serial, "subject",
+                          d->subject, "issuer", d->issuer);
+    return o ? o : json_null();
+}
+
+static const char *device_line(struct arena *a, const struct authn_device *d)
+{
+    if (d == NULL || !d->present) {
+        return "none";
+    }
+    return d->trusted ? arena_printf(a, "%s (%s), trusted", d->name && d->name[0] ? d->name : d->id,
+                                     d->id)
+                      : arena_printf(a, "%s, not trusted: %s", d->subject, d->why ? d->why : "");
+}
+
 static enum authn_step me(struct authn *an, const struct authn_req *req, struct arena *a,
                           struct authn_out *out)
 {
@@ -2419,7 +2443,6 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     /* Both forms: the proxy picks the one the client wants. */
     const char *json = NULL;
     {
-        json_error_t jerr;
         json_t *g = json_array();
         for (size_t i = 0; g && id->attrs && i < id->attrs->ngroups; i++) {
             json_array_append_new(g, json_stringn(id->attrs->groups[i].p, id->attrs->groups[i].len));
@@ -2431,11 +2454,8 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                               "expires", expires[0] ? expires : NULL, "idle_expires",
                               idle[0] ? idle : NULL, "absolute_expires",
                               expires[0] ? expires : NULL, "session", id->session_id);
-        if (j && req->device_json) {
-            json_t *dv = json_loads(req->device_json, 0, &jerr);
-            json_object_set_new(j, "device", dv ? dv : json_null());
-        } else if (j) {
-            json_object_set_new(j, "device", json_null());
+        if (j) {
+            json_object_set_new(j, "device", device_json(req->device));
         }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
@@ -2456,7 +2476,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
-        { "idp", id->idp }, { "device", req->device_text }, { "expires", expires },
+        { "idp", id->idp }, { "device", device_line(a, req->device) }, { "expires", expires },
         { "idle_expires", idle },
     };
     return page_answer(a, out, PAGE_ME, v, sizeof v / sizeof v[0], json);

@@ -81,6 +81,22 @@ void authn_shared_shutdown(struct authn_shared *sh);
  * flushed) with its last snapshot. NULL is a no-op. */
 void authn_free(struct authn *an);
 
+/* The device behind the TLS client certificate, as the proxy read it (the
+ * identity source "device": authn/device.c checks it against the client CA,
+ * the CRL and the device registry on every request). The proxy's policy
+ * input, decision record and headers read it; authn shows it on
+ * /.gatehouse/me. Strings borrowed, NULL when absent. */
+struct authn_device {
+    bool present;   /* a certificate that verifies against the client CA (and CRL) */
+    bool trusted;   /* present, enrolled, not revoked, within its validity */
+    const char *id; /* registry id and owner (email): enrolled devices only */
+    const char *owner;
+    const char *name; /* registry name (enrolled devices only; may be empty) */
+    const char *subject, *issuer, *serial, *fingerprint;
+    const char *san; /* first URI (SPIFFE id) or email SAN, or NULL */
+    const char *why; /* why not trusted ("not enrolled", "revoked"...), or NULL */
+};
+
 /* The request as authn sees it. Every span is borrowed for the call. */
 struct authn_req {
     struct str method;
@@ -107,10 +123,9 @@ struct authn_req {
     const char *request_id;
     const char *client_ip;      /* for the log; may be NULL */
     int64_t now_ms;             /* wall clock */
-    /* device identity for /.gatehouse/me (reserved paths): a JSON object, and
-     * one line for people; NULL/"none" without a client certificate */
-    const char *device_json;
-    const char *device_text;
+    /* the client certificate's device for /.gatehouse/me (reserved paths);
+     * NULL or not present: none */
+    const struct authn_device *device;
     /* RFC 8705: base64url SHA-256 of the verified TLS client certificate (DER), or
      * NULL; a bearer token with cnf.x5t#S256 is accepted only when it matches */
     const char *client_cert_x5t;

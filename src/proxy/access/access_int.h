@@ -60,21 +60,6 @@ bool access_state_ready(void);
 
 /* ---- the identity (identify.c fills it; every later step reads it) -------- */
 
-/* The device behind the TLS client certificate (a further identity source:
- * see identity_sources in identify.c; authn/device.c checks it against the
- * client CA, the CRL and the device registry on every request). Strings
- * arena-owned, NULL when absent. */
-struct identity_device {
-    bool present;   /* a certificate that verifies against the client CA (and CRL) */
-    bool trusted;   /* present, enrolled, not revoked, within its validity */
-    const char *id; /* registry id and owner (email): enrolled devices only */
-    const char *owner;
-    const char *name; /* registry name (enrolled devices only; may be empty) */
-    const char *subject, *issuer, *serial, *fingerprint;
-    const char *san; /* first URI (SPIFFE id) or email SAN, or NULL */
-    const char *why; /* why not trusted ("not enrolled", "revoked"...), or NULL */
-};
-
 struct identity {
     bool authenticated;
     bool bearer;          /* identified, or refused, by a bearer token */
@@ -83,7 +68,7 @@ struct identity {
     const char *email, *name, *idp;
     const char *session;                /* public session id (hash prefix) or NULL */
     const struct authn_identity *authn; /* the signed assertion is made from it */
-    struct identity_device device;
+    struct authn_device device; /* the TLS client certificate's (identify.c); arena strings */
 };
 
 /* ---- clocks ----------------------------------------------------------------- */
@@ -124,7 +109,7 @@ struct identify_state {
     struct authn_req req;
     struct authn_out out;
     struct str cookies[ACCESS_MAX_COOKIES];
-    struct identity_device device; /* the client certificate's device, read once */
+    struct authn_device device; /* the client certificate's device, read once */
     identified_fn *done;
 };
 

@@ -42,7 +42,7 @@ bool identity_to_input(const struct identity *id, const struct request *r, bool 
         complete = complete && (kv || !want_claims);
     }
     /* The device: what the certificate and the registry say, live. */
-    const struct identity_device *d = &id->device;
+    const struct authn_device *d = &id->device;
     in->device = (struct policy_device){ 0 };
     if (d->present) {
         in->device = (struct policy_device){ .present = true,
