@@ -25,6 +25,7 @@
 #include <openssl/hmac.h>
 
 #include "assertion.h"
+#include "attrs.h"
 #include "codec.h"
 #include "cookie.h"
 #include "jwt.h"
@@ -638,21 +639,66 @@ static void add_header(struct authn_out *out, const char *name, const char *valu
     }
 }
 
+/* The answers authn gives are intents (authn.h, enum authn_answer); the proxy
+ * renders them. Every one is no-store: the sign-in flow's answers are per user. */
+static enum authn_step answer(struct authn_out *out, enum authn_answer kind, int status)
+{
+    out->resp.kind = kind;
+    out->resp.status = status;
+    if (kind != AUTHN_ANSWER_SIGNIN && kind != AUTHN_ANSWER_ERROR) {
+        add_header(out, "Cache-Control", "no-store"); /* those two: the renderer's */
+    }
+    return AUTHN_RESPOND;
+}
+
+/* A document as it is (NULL body: empty). */
 static enum authn_step respond(struct authn_out *out, int status, const char *type,
                                const char *body, size_t len)
 {
-    out->resp.status = status;
     out->resp.content_type = type;
     out->resp.body = body ? body : "";
     out->resp.body_len = body ? len : 0;
-    add_header(out, "Cache-Control", "no-store");
-    return AUTHN_RESPOND;
+    return answer(out, AUTHN_ANSWER_CONTENT, status);
+}
+
+static enum authn_step redirect_with(struct authn_out *out, int status, const char *location)
+{
+    if (location == NULL) {
+        out->resp.kind = AUTHN_ANSWER_NONE; /* out of request memory: fails closed */
+        return AUTHN_RESPOND;
+    }
+    out->resp.location = location;
+    return answer(out, AUTHN_ANSWER_REDIRECT, status);
 }
 
 static enum authn_step redirect(struct authn_out *out, const char *location)
 {
-    add_header(out, "Location", location);
-    return respond(out, 302, "text/plain; charset=utf-8", NULL, 0);
+    return redirect_with(out, 302, location);
+}
+
+/* One of authn's own pages, from its template (vars and their values copied
+ * to the arena); json: its form for API clients, or NULL. */
+static enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_kind k,
+                                   const struct page_var *vars, size_t n, const char *json)
+{
+    struct page_var *v = arena_alloc(a, (n ? n : 1) * sizeof *v);
+    if (v == NULL) {
+        out->resp.kind = AUTHN_ANSWER_NONE;
+        return AUTHN_RESPOND;
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* values may live on the caller's stack: the proxy renders later */
+        v[i] = (struct page_var){ vars[i].name, adup(a, vars[i].value) };
+        if (vars[i].value != NULL && v[i].value == NULL) {
+            out->resp.kind = AUTHN_ANSWER_NONE;
+            return AUTHN_RESPOND;
+        }
+    }
+    out->resp.page = (int)k;
+    out->resp.vars = v;
+    out->resp.nvars = n;
+    out->resp.json = json;
+    return answer(out, AUTHN_ANSWER_PAGE, 200);
 }
 
 static void set_reason(struct authn_out *out, const char *fmt, const char *detail)
@@ -660,38 +706,19 @@ static void set_reason(struct authn_out *out, const char *fmt, const char *detai
     snprintf(out->reason, sizeof out->reason, fmt, detail);
 }
 
-static bool wants_html(const struct authn_req *req)
-{
-    return str_contains(req->accept, STR("text/html")) &&
-           !str_ieq_cstr(req->x_requested_with, "XMLHttpRequest");
-}
-
-/* The error page: what went wrong in words for people, details only in the log. */
+/* An error: what went wrong in words for people (the proxy renders it, with
+ * the request id); the details only in the log. */
 static enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
                                   struct authn_out *out, int status, const char *title,
                                   const char *message)
 {
+    (void)an;
+    (void)a;
     log_emit(status >= 500 ? LOG_WARN : LOG_INFO, MOD, req->request_id, NULL, "%s: %s", title,
              out->reason);
-    if (!wants_html(req)) {
-        json_t *o = json_pack("{s:s, s:s, s:s?}", "error", title, "message", message,
-                              "request_id", req->request_id);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        const char *body = adup(a, s);
-        free(s);
-        return respond(out, status, "application/json", body, body ? strlen(body) : 0);
-    }
-    if (an->pages == NULL) {
-        return respond(out, status, "text/plain; charset=utf-8", title, strlen(title));
-    }
-    struct page_var v[] = { { "title", title },
-                            { "message", message },
-                            { "request_id", req->request_id },
-                            { "retry_url", "/.gatehouse/login" } };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ERROR, v, 4, a, &len);
-    return respond(out, status, "text/html; charset=utf-8", html, len);
+    out->resp.title = title;
+    out->resp.message = message;
+    return answer(out, AUTHN_ANSWER_ERROR, status);
 }
 
 static enum authn_step internal_error(struct authn *an, const struct authn_req *req,
@@ -879,49 +906,20 @@ static const char *login_cookie_name(const struct authn *an, bool tls)
     return an->login_name[tls];
 }
 
-static const char *json_escaped(struct arena *a, const char *s)
-{
-    json_t *j = json_string(s ? s : "");
-    char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    json_decref(j);
-    const char *out = adup(a, t);
-    free(t);
-    return out;
-}
-
 /* 401 for API and XHR callers, 302 to sign-in for browsers. */
 static enum authn_step unauthenticated(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, const char *why)
 {
-    if (out->reason[0] == '\0') {
+    if (why != NULL && out->reason[0] == '\0') {
         set_reason(out, "%s", why);
     }
     out->event = AUTHN_EV_SIGNIN_REQUIRED;
-    /* API clients (a bearer token, no text/html) get a 401, never a redirect. */
-    if (wants_html(req) && !out->id.bearer && an->nidps + an->nsaml > 0) {
-        /* Keep the original URL, but only when it is a safe same-host path. */
-        const char *target = req->query.len
-                                 ? arena_printf(a, "%.*s?%.*s", (int)req->path.len, req->path.p,
-                                                (int)req->query.len, req->query.p)
-                                 : arena_strndup(a, req->path.p, req->path.len);
-        struct str t = str_from(target);
-        if (target == NULL || !oidc_return_path_safe(t)) {
-            t = STR("/");
-        }
-        struct sbuf b = { 0 };
-        codec_buf_adds(&b, "/.gatehouse/login?rd=");
-        codec_buf_add_urlenc(&b, t);
-        const char *loc = adup(a, b.p);
-        codec_buf_fini(&b);
-        return redirect(out, loc);
-    }
-    add_header(out, "WWW-Authenticate", out->id.bearer
-                                            ? "Bearer realm=\"gatehouse\", error=\"invalid_token\""
-                                            : "Bearer realm=\"gatehouse\"");
-    const char *body = arena_printf(a, "{\"error\":\"unauthenticated\",\"message\":\"sign-in or "
-                                       "a bearer token is required\",\"request_id\":%s}\n",
-                                    json_escaped(a, req->request_id));
-    return respond(out, 401, "application/json", body, body ? strlen(body) : 0);
+    /* The proxy answers: a 302 to sign-in for a browser, a 401 for API
+     * clients and refused bearer tokens (never a redirect for those). */
+    (void)req;
+    (void)a;
+    out->resp.no_redirect = an->nidps + an->nsaml == 0;
+    return answer(out, AUTHN_ANSWER_SIGNIN, 401);
 }
 
 /* ---- identity from a session or a bearer token ------------------------- */
@@ -933,8 +931,7 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
     out->id.email = v->email;
     out->id.name = v->name;
     out->id.idp = v->idp;
-    out->id.groups_json = v->groups_json;
-    out->id.claims_json = v->claims_json;
+    out->id.attrs = v->attrs;
     out->id.session_id = adup(a, v->id);
     out->id.sid = v->sid;
     out->id.session_expires_ms = v->expires_ms;
@@ -948,17 +945,15 @@ static void identity_from_view(struct authn_out *out, const struct session_view 
 static bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id,
                                const char *idp, struct arena *a)
 {
-    char *groups = json_dumps(id->groups, JSON_COMPACT);
     out->id.user_key = adup(a, id->user_key);
     out->id.sub = adup(a, id->sub);
     out->id.email = adup(a, id->email);
     out->id.name = adup(a, id->name);
     out->id.idp = adup(a, idp);
-    out->id.groups_json = adup(a, groups ? groups : "[]");
-    out->id.claims_json = adup(a, id->claims);
     out->id.sid = adup(a, id->sid);
-    free(groups);
-    return out->id.user_key != NULL && out->id.groups_json != NULL;
+    bool held = id->attrs != NULL && attrs_hold(a, id->attrs);
+    out->id.attrs = held ? id->attrs : NULL;
+    return out->id.user_key != NULL && held;
 }
 
 /* Picks the provider of a JWT by its (unverified) iss among those allowed;
@@ -1006,19 +1001,14 @@ static bool bearer_revoked(struct authn *an, const char *user_key, const char *e
  * provider with require_certificate_bound_tokens refuses unbound tokens. NULL
  * when fine, else why not. */
 static const char *bearer_binding(const struct idp *x, const struct authn_req *req,
-                                  const char *claims_json)
+                                  const struct authn_attrs *attrs)
 {
-    json_error_t jerr;
-    json_t *c = claims_json ? json_loads(claims_json, 0, &jerr) : NULL;
-    json_t *cnf = c ? json_object_get(c, "cnf") : NULL;
-    json_t *t = json_is_object(cnf) ? json_object_get(cnf, "x5t#S256") : NULL;
-    const char *why = NULL;
-    if (cnf && !json_is_object(cnf)) {
-        why = "the token's cnf claim is not an object";
-    } else if (t && !json_is_string(t)) {
-        why = "the token's cnf.x5t#S256 is not a string";
-    } else if (t) {
-        const char *want = json_string_value(t);
+    /* cnf was read once, when the token was verified (attrs.c). */
+    const char *want = attrs ? attrs->cnf_x5t : NULL;
+    const char *why = attrs ? attrs->cnf_error : "the token's claims are missing";
+    if (why) {
+        /* refused below */
+    } else if (want) {
         if (!req->client_cert_x5t) {
             why = "the token is bound to a client certificate and none was presented";
         } else if (strlen(want) != strlen(req->client_cert_x5t) ||
@@ -1028,7 +1018,6 @@ static const char *bearer_binding(const struct idp *x, const struct authn_req *r
     } else if (x->p->require_bound_tokens) {
         why = "the token is not bound to a client certificate (cnf.x5t#S256)";
     }
-    json_decref(c);
     return why;
 }
 
@@ -1052,7 +1041,7 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
         if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
             return false; /* verified again, and refused there with the reason */
         }
-        if (hit && bearer_binding(x, req, b.claims) != NULL) {
+        if (hit && bearer_binding(x, req, b.attrs) != NULL) {
             return false; /* verified again, and refused there with the reason */
         }
         if (hit) {
@@ -1061,8 +1050,7 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
             out->id.email = b.email;
             out->id.name = b.name;
             out->id.idp = adup(a, x->p->id);
-            out->id.groups_json = b.groups_json;
-            out->id.claims_json = b.claims;
+            out->id.attrs = b.attrs;
             out->id.sid = b.sid;
             out->id.bearer = true;
             return true;
@@ -1071,20 +1059,20 @@ static bool bearer_cached(struct authn *an, const struct authn_req *req, struct 
     return false;
 }
 
-/* A bearer token that does not verify: logged, then the caller is anonymous
- * (marked bearer, so no redirect): a public route lets it through. */
+/* A bearer token that does not verify: logged, then the caller is anonymous,
+ * marked bearer: the route's policy decides, and a sign-in challenge for it
+ * is a 401 invalid_token, never a redirect. */
 static enum authn_step bearer_refused(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, const char *why)
 {
+    (void)an;
+    (void)a;
     memset(&out->id, 0, sizeof out->id);
     out->id.bearer = true;
     out->cont = NULL;
     set_reason(out, "bearer token refused: %s", why);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "%s", out->reason);
-    if (req->route_public) {
-        return AUTHN_OK;
-    }
-    return unauthenticated(an, req, a, out, out->reason);
+    return AUTHN_OK;
 }
 
 /* The provider's metadata and key set for continuation c: true with *k (a
@@ -1109,24 +1097,65 @@ static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c,
     return true;
 }
 
+/* A token signed with a key the set does not have (rotated at the IdP): fetch
+ * the set again, once per continuation and per refresh interval; c resumes
+ * at kind. false: no refetch now (the token is refused). */
+static bool jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
+                         enum cont_kind kind)
+{
+    if (c->jwks_refetched || !jwks_refetch_allowed(c->idp, now_ms)) {
+        return false;
+    }
+    c->jwks_refetched = true;
+    c->kind = kind;
+    fetch_get(a, out, atomic_load(&c->idp->meta)->jwks_uri);
+    return true;
+}
+
+/* Checks a token of c's provider with its keys. */
+typedef int token_check_fn(struct authn *an, const struct authn_req *req, struct cont *c,
+                           const struct jwks *k, void *res, struct err *err);
+
+/* Runs check with c's provider's keys: its metadata and key set are fetched
+ * first when missing (c resumes at disc or jwks), and the key set once more
+ * on an unknown kid. true with *rc what check said; false with *st the fetch. */
+static bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
+                            struct authn_out *out, struct cont *c, enum cont_kind disc,
+                            enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
+                            struct err *err, enum authn_step *st)
+{
+    struct jwks *k = NULL;
+    if (!keys_ready(a, out, c, disc, jwks, &k, st)) {
+        return false;
+    }
+    *rc = check(an, req, c, k, res, err);
+    jwks_unref(k);
+    if (*rc == ERR_NOTFOUND && jwks_refetch(a, out, c, req->now_ms, jwks)) {
+        *st = AUTHN_NEED_FETCH;
+        return false;
+    }
+    return true;
+}
+
+static int bearer_check(struct authn *an, const struct authn_req *req, struct cont *c,
+                        const struct jwks *k, void *res, struct err *err)
+{
+    (void)an;
+    return oidc_bearer_verify(c->idp->p, k, str_from(c->bearer), req->now_ms / 1000, res, err);
+}
+
 static enum authn_step bearer_continue(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out, struct cont *c)
 {
     struct oidc_identity id;
     struct err err = { 0 };
-    struct jwks *k = NULL;
     enum authn_step st;
-    if (!keys_ready(a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, &k, &st)) {
+    int rc = 0;
+    if (!check_with_keys(an, req, a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS,
+                         bearer_check, &id, &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
-    int rc = oidc_bearer_verify(x->p, k, str_from(c->bearer), req->now_ms / 1000, &id, &err);
-    jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_BEARER_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
-    }
     if (rc != 0) {
         return bearer_refused(an, req, a, out, err.msg);
     }
@@ -1135,7 +1164,7 @@ static enum authn_step bearer_continue(struct authn *an, const struct authn_req 
         return bearer_refused(an, req, a, out,
                               "the user's tokens were revoked after this one was issued");
     }
-    const char *unbound = bearer_binding(x, req, id.claims);
+    const char *unbound = bearer_binding(x, req, id.attrs);
     if (unbound != NULL) {
         oidc_identity_fini(&id);
         return bearer_refused(an, req, a, out, unbound);
@@ -1248,13 +1277,12 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
                              NULL);
         if (ended) {
             memset(&out->id, 0, sizeof out->id);
-            return req->route_public ? AUTHN_OK
-                                     : unauthenticated(an, req, a, out, "session ended at the IdP");
+            return AUTHN_OK; /* anonymous now: the route's policy decides */
         }
         return AUTHN_OK;
     }
     const char *email = NULL, *name = NULL;
-    char *groups = NULL;
+    struct authn_attrs *attrs = NULL;
     struct oidc_identity id = { 0 };
     if (t.id_claims != NULL) {
         /* OIDC Core 12.2: the refreshed ID token must be about the same user. */
@@ -1269,28 +1297,30 @@ static enum authn_step refresh_finish(struct authn *an, const struct authn_req *
             oidc_identity_fini(&id);
             oidc_tokens_fini(&t);
             memset(&out->id, 0, sizeof out->id);
-            return req->route_public ? AUTHN_OK
-                                     : unauthenticated(an, req, a, out,
-                                                       "refresh returned another user");
+            return AUTHN_OK; /* anonymous now: the route's policy decides */
         }
         email = id.email;
         name = id.name;
-        groups = json_dumps(id.groups, JSON_COMPACT);
+        /* The new groups, parsed once here; the claims stay the session's. */
+        attrs = attrs_parse(id.attrs->groups_json,
+                            out->id.attrs ? out->id.attrs->claims_json : NULL);
     }
     int64_t exp = t.expires_at_s ? t.expires_at_s : t.id_exp_s;
     session_refresh_done(an->store, str_from(c->cookie), true, false, t.refresh_token, exp, email,
-                         name, groups);
+                         name, attrs);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "session refreshed at %s%s", x->p->id,
              t.refresh_token ? " (refresh token rotated)" : "");
-    if (groups != NULL) {
-        out->id.groups_json = adup(a, groups);
+    bool held = true;
+    if (attrs != NULL) {
+        held = attrs_hold(a, attrs);
+        out->id.attrs = held ? attrs : NULL;
         out->id.email = adup(a, email);
         out->id.name = adup(a, name);
     }
-    free(groups);
+    attrs_unref(attrs);
     oidc_identity_fini(&id);
     oidc_tokens_fini(&t);
-    return AUTHN_OK;
+    return held ? AUTHN_OK : internal_error(an, req, a, out);
 }
 
 static enum authn_step identify(struct authn *an, const struct authn_req *req, struct arena *a,
@@ -1533,9 +1563,7 @@ static enum authn_step login(struct authn *an, const struct authn_req *req, stru
         n += ns;
         const char *list = pages_provider_list(a, pv, n, str_from(rd), prompt);
         struct page_var v[] = { { "host", host }, { "providers", list } };
-        size_t len = 0;
-        char *html = list ? pages_render(an->pages, PAGE_CHOOSER, v, 2, a, &len) : NULL;
-        return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
+        return list ? page_answer(a, out, PAGE_CHOOSER, v, 2, NULL)
                     : internal_error(an, req, a, out);
     }
     if (atomic_load(&x->meta) == NULL) {
@@ -1623,15 +1651,33 @@ static enum authn_step callback_token_request(struct authn *an, const struct aut
     return AUTHN_NEED_FETCH;
 }
 
+/* The login cookie of a sign-in in flight (OIDC callback, SAML ACS): true
+ * with *v (*found false when there is none); false with *st the answer when
+ * the Cookie header cannot be read. */
+static bool login_cookie_read(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out, struct str *v, bool *found,
+                              enum authn_step *st)
+{
+    const char *cname = login_cookie_name(an, req->tls);
+    struct err err = { 0 };
+    *v = STR_NULL;
+    *found = false;
+    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, v, found, &err) != 0) {
+        *st = callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+        return false;
+    }
+    return true;
+}
+
 static enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
                                 struct authn_out *out, struct str path_idp)
 {
-    const char *cname = login_cookie_name(an, req->tls);
-    struct str v = STR_NULL;
-    bool found = false;
+    struct str v;
+    bool found;
+    enum authn_step step;
     struct err err = { 0 };
-    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
-        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
+    if (!login_cookie_read(an, req, a, out, &v, &found, &step)) {
+        return step;
     }
     if (!found && query_value(a, req->query, "error") == NULL) {
         return callback_error(an, req, a, out, "no login cookie: state cannot be checked");
@@ -1654,7 +1700,8 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
         const char *st = query_value(a, req->query, "state");
         if (st != NULL && codec_ct_eq(str_from(st), str_from(c->pd.state))) {
             out->cont = NULL;
-            add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+            add_header(out, "Set-Cookie",
+                       cookie_format(a, login_cookie_name(an, req->tls), STR(""), req->tls, 0));
             log_emit(LOG_INFO, MOD, req->request_id, NULL,
                      "signed out at %s too (its answer to prompt=none: %s)", c->pd.idp, e);
             return redirect(out, "/.gatehouse/signed-out");
@@ -1685,6 +1732,29 @@ static enum authn_step callback(struct authn *an, const struct authn_req *req, s
     return callback_token_request(an, req, a, out, c);
 }
 
+/* The end of a sign-in (OIDC or SAML): the session cookie set (cookie is
+ * wiped), the login cookie cleared (clear: its Set-Cookie value), the browser
+ * sent back to rd with status. out->id names the new user for the caller's
+ * login record; the browser itself comes back with the cookie. */
+static enum authn_step signed_in(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out, char *cookie, const char *clear,
+                                 const char *rd, int status)
+{
+    const char *sname = session_cookie_name(an, req->tls);
+    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
+                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
+                            : NULL;
+    OPENSSL_cleanse(cookie, SESSION_COOKIE_LEN + 1);
+    if (set == NULL || clear == NULL || rd == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    add_header(out, "Set-Cookie", set);
+    add_header(out, "Set-Cookie", clear);
+    out->event = AUTHN_EV_LOGIN;
+    out->cont = NULL;
+    return redirect_with(out, status, rd);
+}
+
 static enum authn_step finish_login(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c,
                                     const json_t *userinfo)
@@ -1694,16 +1764,14 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     if (oidc_identity_build(c->idp->p, c->tokens.id_claims, userinfo, &id, &err) != 0) {
         return callback_fail(an, req, a, out, 403, err.msg);
     }
-    char *groups = json_dumps(id.groups, JSON_COMPACT);
     struct session_new sn = {
-        .user_key = id.user_key, .email = id.email, .name = id.name, .groups_json = groups,
-        .claims_json = id.claims, .idp = c->idp->p->id, .sid = id.sid,
+        .user_key = id.user_key, .email = id.email, .name = id.name, .attrs = id.attrs,
+        .idp = c->idp->p->id, .sid = id.sid,
         .refresh_token = c->tokens.refresh_token, .id_token = c->tokens.id_token,
         .token_exp_s = c->tokens.expires_at_s ? c->tokens.expires_at_s : c->tokens.id_exp_s,
     };
     char cookie[SESSION_COOKIE_LEN + 1];
     if (!session_store_ready(an->store)) {
-        free(groups);
         oidc_identity_fini(&id);
         snprintf(out->reason, sizeof out->reason,
                  "sign-in refused: the session database is unreachable");
@@ -1719,18 +1787,12 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
     log_emit(ok ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
              ok ? "signed in %s via %s" : "session not created for %s via %s",
              id.email ? id.email : id.user_key, c->idp->p->id);
-    free(groups);
     oidc_identity_fini(&id);
     if (!ok) {
         return callback_fail(an, req, a, out, 500, rc != 0 ? err.msg : "out of request memory");
     }
-    const char *sname = session_cookie_name(an, req->tls);
     const char *lname = login_cookie_name(an, req->tls);
-    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
-                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
-                            : NULL;
     const char *clear = lname ? cookie_format(a, lname, STR(""), req->tls, 0) : NULL;
-    OPENSSL_cleanse(cookie, sizeof cookie);
     const char *rd = c->pd.return_path && oidc_return_path_safe(str_from(c->pd.return_path))
                          ? adup(a, c->pd.return_path)
                          : "/";
@@ -1739,16 +1801,7 @@ static enum authn_step finish_login(struct authn *an, const struct authn_req *re
                  "%s stayed signed in at %s when signing out: signed in again",
                  out->id.email ? out->id.email : out->id.user_key, c->idp->p->id);
     }
-    if (set == NULL || clear == NULL || rd == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    add_header(out, "Set-Cookie", set);
-    add_header(out, "Set-Cookie", clear);
-    /* out->id names the new user for the caller's login record; the browser
-     * itself comes back with the cookie. */
-    out->event = AUTHN_EV_LOGIN;
-    out->cont = NULL;
-    return redirect(out, rd);
+    return signed_in(an, req, a, out, cookie, clear, rd, 302);
 }
 
 /* ---- SAML: login, /.gatehouse/saml/acs, /.gatehouse/saml/metadata ------ */
@@ -1773,6 +1826,27 @@ static const char *saml_login_cookie(struct authn *an, const struct authn_req *r
 
 enum saml_next { SAML_NEXT_LOGIN, SAML_NEXT_ACS, SAML_NEXT_METADATA, SAML_NEXT_SLO };
 
+/* Asks the proxy for sx's metadata; the step `next` runs again with it. */
+static enum authn_step saml_md_fetch(struct authn *an, const struct authn_req *req,
+                                     struct arena *a, struct authn_out *out,
+                                     struct saml_idp *sx, enum saml_next next, const char *rd)
+{
+    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+    if (c == NULL) {
+        return internal_error(an, req, a, out);
+    }
+    c->saml = sx;
+    c->saml_next = (int)next;
+    c->rd = rd;
+    out->fetch.method = "GET";
+    out->fetch.url = adup(a, saml_metadata_url(sx));
+    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
+    out->fetch.headers[1] = NULL;
+    out->fetch.body = NULL;
+    out->fetch.body_len = 0;
+    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+}
+
 /* A SAML IdP whose metadata is a URL: the proxy fetches it when due (never on
  * the loop), then the step `next` runs again. *ready: sx can serve now. */
 static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *req,
@@ -1791,50 +1865,30 @@ static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *r
                  saml_idp_id(sx));
         return idp_down(an, req, a, out);
     }
-    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
-    if (c == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    c->saml = sx;
-    c->saml_next = (int)next;
-    c->rd = rd;
-    out->fetch.method = "GET";
-    out->fetch.url = adup(a, saml_metadata_url(sx));
-    out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
-    out->fetch.headers[1] = NULL;
-    out->fetch.body = NULL;
-    out->fetch.body_len = 0;
-    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+    return saml_md_fetch(an, req, a, out, sx, next, rd);
 }
 
-/* Before the ACS or SLO: every URL-form SAML IdP due for a fetch gets it. */
-static enum authn_step saml_md_all(struct authn *an, const struct authn_req *req,
-                                   struct arena *a, struct authn_out *out, enum saml_next next,
-                                   bool *ready)
+/* The start of the ACS and SLO endpoints: the method (else 405 with Allow), a
+ * SAML IdP and the session store, and every URL-form SAML IdP's metadata at
+ * hand (else its fetch comes first). true: go on; false: answer *st. */
+static bool saml_endpoint_ready(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, const char *method, enum saml_next next,
+                                enum authn_step *st)
 {
+    if (!str_eq_cstr(req->method, method) || an->nsaml == 0 || an->store == NULL) {
+        add_header(out, "Allow", method);
+        *st = respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+        return false;
+    }
     for (size_t i = 0; i < an->nsaml; i++) {
         bool usable = false;
         if (saml_metadata_url(an->saml[i]) != NULL &&
             saml_metadata_need(an->saml[i], req->now_ms / 1000, &usable)) {
-            struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
-            if (c == NULL) {
-                *ready = false;
-                return internal_error(an, req, a, out);
-            }
-            c->saml = an->saml[i];
-            c->saml_next = (int)next;
-            *ready = false;
-            out->fetch.method = "GET";
-            out->fetch.url = adup(a, saml_metadata_url(an->saml[i]));
-            out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
-            out->fetch.headers[1] = NULL;
-            out->fetch.body = NULL;
-            out->fetch.body_len = 0;
-            return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+            *st = saml_md_fetch(an, req, a, out, an->saml[i], next, NULL);
+            return false;
         }
     }
-    *ready = true;
-    return AUTHN_OK;
+    return true;
 }
 
 static enum authn_step saml_login(struct authn *an, const struct authn_req *req,
@@ -1933,22 +1987,14 @@ static int once_gate(struct authn *an, const struct authn_req *req, struct arena
 static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
-    if (!str_eq_cstr(req->method, "POST") || an->nsaml == 0 || an->store == NULL) {
-        add_header(out, "Allow", "POST");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
-    }
-    bool ready = false;
-    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_ACS, &ready);
-    if (!ready) {
+    enum authn_step st;
+    struct str v;
+    bool found;
+    if (!saml_endpoint_ready(an, req, a, out, "POST", SAML_NEXT_ACS, &st) ||
+        !login_cookie_read(an, req, a, out, &v, &found, &st)) {
         return st;
     }
-    const char *cname = login_cookie_name(an, req->tls);
-    struct str v = STR_NULL;
-    bool found = false;
     struct err err = { 0 };
-    if (cname == NULL || cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0) {
-        return callback_error(an, req, a, out, err.msg[0] ? err.msg : "bad login cookie");
-    }
     struct saml_result r;
     int64_t now_s = req->now_ms / 1000;
     if (saml_acs(an->saml, an->nsaml, req->body, found ? v : STR_NULL, an->login_key, now_s, &r,
@@ -1991,12 +2037,19 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
             return callback_fail(an, req, a, out, 403, "login state already answered (replay)");
         }
     }
+    /* The SAML attributes become the same parsed groups and claims as an
+     * OIDC identity's, once, here. */
+    struct authn_attrs *attrs = attrs_parse(r.groups_json, r.claims_json);
     struct session_new sn = {
-        .user_key = r.user_key, .email = r.email, .name = r.name, .groups_json = r.groups_json,
-        .claims_json = r.claims_json, .idp = idp_id, .sid = r.session_index,
+        .user_key = r.user_key, .email = r.email, .name = r.name, .attrs = attrs,
+        .idp = idp_id, .sid = r.session_index,
     };
     char cookie[SESSION_COOKIE_LEN + 1];
     int rc = session_create(an->store, &sn, req->now_ms, cookie, &err);
+    if (rc == 0 && !attrs_hold(a, attrs)) {
+        rc = ERR_LIMIT;
+    }
+    attrs_unref(attrs);
     if (rc == 0) {
         const char *hash = strchr(r.user_key, '#');
         out->id.user_key = adup(a, r.user_key);
@@ -2004,8 +2057,7 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
         out->id.email = adup(a, r.email);
         out->id.name = adup(a, r.name);
         out->id.idp = adup(a, idp_id);
-        out->id.groups_json = adup(a, r.groups_json);
-        out->id.claims_json = adup(a, r.claims_json);
+        out->id.attrs = attrs;
         out->id.sid = adup(a, r.session_index);
     }
     log_emit(rc == 0 ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
@@ -2018,22 +2070,8 @@ static enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_re
     if (rc != 0) {
         return callback_fail(an, req, a, out, 500, err.msg);
     }
-    const char *sname = session_cookie_name(an, req->tls);
-    const char *set = sname ? cookie_format(a, sname, str_from(cookie), req->tls,
-                                            (int64_t)(an->sconf.max_lifetime_ms / 1000))
-                            : NULL;
-    const char *clear = saml_login_cookie(an, req, a, "", 0);
-    OPENSSL_cleanse(cookie, sizeof cookie);
-    if (set == NULL || clear == NULL || rd == NULL) {
-        return internal_error(an, req, a, out);
-    }
-    add_header(out, "Set-Cookie", set);
-    add_header(out, "Set-Cookie", clear);
-    out->event = AUTHN_EV_LOGIN;
-    out->cont = NULL;
     /* 303: the browser follows a POST answer with a GET. */
-    add_header(out, "Location", rd);
-    return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+    return signed_in(an, req, a, out, cookie, saml_login_cookie(an, req, a, "", 0), rd, 303);
 }
 
 static enum authn_step token_answer(struct authn *an, const struct authn_req *req,
@@ -2051,10 +2089,8 @@ static enum authn_step token_answer(struct authn *an, const struct authn_req *re
                                  (struct str){ c->token_body, c->token_body_len }, c->pd.nonce,
                                  req->now_ms / 1000, &c->tokens, &err);
     jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_TOKEN_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+    if (rc == ERR_NOTFOUND && jwks_refetch(a, out, c, req->now_ms, CONT_TOKEN_JWKS)) {
+        return AUTHN_NEED_FETCH;
     }
     if (rc != 0) {
         return callback_fail(an, req, a, out, 403, err.msg);
@@ -2079,10 +2115,7 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
         return internal_error(an, req, a, out);
     }
     struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_SIGNED_OUT, v, 2, a, &len);
-    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
-                : internal_error(an, req, a, out);
+    return page_answer(a, out, PAGE_SIGNED_OUT, v, 2, NULL);
 }
 
 /* The sign-out form's token: an HMAC of the session cookie under the
@@ -2207,21 +2240,19 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
     const char *token = logout_token(an, a, cookie);
     const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
     struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };
-    size_t len = 0;
-    char *html = token ? pages_render(an->pages, PAGE_LOGOUT, v, 3, a, &len) : NULL;
-    if (html == NULL) {
+    if (token == NULL) {
         return internal_error(an, req, a, out);
     }
     /* Never in a frame on another site (a click there would be a sign-out): every
      * answer of Gatehouse's own carries frame-ancestors 'none' and
      * X-Frame-Options: DENY (request_respond). */
-    return respond(out, 200, "text/html; charset=utf-8", html, len);
+    return page_answer(a, out, PAGE_LOGOUT, v, 3, NULL);
 }
 
 /* SAML single logout (SP-initiated): the LogoutRequest URL for a session of
  * a SAML IdP with a SingleLogoutService, or NULL. */
 static const char *saml_logout_location(struct authn *an, struct arena *a, const char *idp_id,
-                                        const char *claims, const char *sid)
+                                        const struct authn_attrs *attrs, const char *sid)
 {
     struct saml_idp *sx = NULL;
     for (size_t i = 0; idp_id != NULL && i < an->nsaml; i++) {
@@ -2229,13 +2260,16 @@ static const char *saml_logout_location(struct authn *an, struct arena *a, const
             sx = an->saml[i];
         }
     }
-    if (sx == NULL || claims == NULL) {
+    if (sx == NULL || attrs == NULL) {
         return NULL;
     }
-    json_error_t jerr;
-    json_t *c = json_loads(claims, 0, &jerr);
-    char *url = saml_logout_url(sx, json_string_value(json_object_get(c, "nameid")), sid);
-    json_decref(c);
+    const char *name_id = NULL;
+    for (size_t i = 0; i < attrs->nclaims && name_id == NULL; i++) {
+        if (str_eq_cstr(attrs->claims[i].name, "nameid")) {
+            name_id = attrs->claims[i].value.p;
+        }
+    }
+    char *url = saml_logout_url(sx, name_id, sid);
     const char *loc = adup(a, url);
     free(url);
     return loc;
@@ -2250,13 +2284,8 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
 static enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
                                          struct arena *a, struct authn_out *out)
 {
-    if (!str_eq_cstr(req->method, "GET") || an->nsaml == 0 || an->store == NULL) {
-        add_header(out, "Allow", "GET");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
-    }
-    bool ready = false;
-    enum authn_step st = saml_md_all(an, req, a, out, SAML_NEXT_SLO, &ready);
-    if (!ready) {
+    enum authn_step st;
+    if (!saml_endpoint_ready(an, req, a, out, "GET", SAML_NEXT_SLO, &st)) {
         return st;
     }
     struct saml_slo o;
@@ -2306,7 +2335,8 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     struct err err = { 0 };
     struct session_view sv;
     bool valid = false;
-    const char *saml_claims = NULL, *saml_sid = NULL;
+    const struct authn_attrs *saml_attrs = NULL;
+    const char *saml_sid = NULL;
     if (an->store != NULL && sname != NULL &&
         cookie_get(req->cookies, req->ncookies, sname, &v, &found, &err) == 0 && found) {
         valid = session_lookup(an->store, v, req->now_ms, a, &sv) == SESSION_VALID;
@@ -2337,7 +2367,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
         if (valid) {
             identity_from_view(out, &sv, a);
             idp_id = sv.idp;
-            saml_claims = sv.claims_json;
+            saml_attrs = sv.attrs;
             saml_sid = sv.sid;
             hint = session_id_token(an->store, v);
             out->event = AUTHN_EV_LOGOUT;
@@ -2360,12 +2390,11 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
     }
     const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
     add_header(out, "Set-Cookie", clear);
-    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_claims, saml_sid);
+    const char *saml_loc = saml_logout_location(an, a, idp_id, saml_attrs, saml_sid);
     if (saml_loc != NULL) {
         free(hint);
         /* 303: the browser follows a POST's answer with a GET. */
-        add_header(out, "Location", saml_loc);
-        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+        return redirect_with(out, 303, saml_loc);
     }
     struct idp *x = idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
@@ -2406,8 +2435,7 @@ static enum authn_step logout(struct authn *an, const struct authn_req *req, str
             return internal_error(an, req, a, out);
         }
         /* 303: the browser follows a POST's answer with a GET. */
-        add_header(out, "Location", loc);
-        return respond(out, 303, "text/plain; charset=utf-8", NULL, 0);
+        return redirect_with(out, 303, loc);
     }
     if (hint != NULL) {
         OPENSSL_cleanse(hint, strlen(hint));
@@ -2438,25 +2466,32 @@ static enum authn_step bcl_end(struct authn *an, const struct authn_req *req,
                                struct authn_out *out, const struct idp *x, const char *sid,
                                const char *sub);
 
+/* The logout token's sid and sub (malloc'd, either may be NULL). */
+struct bcl_ids {
+    char *sid, *sub;
+};
+
+static int bcl_check(struct authn *an, const struct authn_req *req, struct cont *c,
+                     const struct jwks *k, void *res, struct err *err)
+{
+    struct bcl_ids *ids = res;
+    return oidc_logout_token_verify(c->idp->p, k, req->body, an->replay, req->now_ms / 1000,
+                                    &ids->sid, &ids->sub, err);
+}
+
 static enum authn_step bcl_continue(struct authn *an, const struct authn_req *req,
                                     struct arena *a, struct authn_out *out, struct cont *c)
 {
-    char *sid = NULL, *sub = NULL;
+    struct bcl_ids ids = { NULL, NULL };
     struct err err = { 0 };
-    struct jwks *k = NULL;
     enum authn_step st;
-    if (!keys_ready(a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, &k, &st)) {
+    int rc = 0;
+    if (!check_with_keys(an, req, a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, bcl_check, &ids,
+                         &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
-    int rc = oidc_logout_token_verify(x->p, k, req->body, an->replay, req->now_ms / 1000, &sid,
-                                      &sub, &err);
-    jwks_unref(k);
-    if (rc == ERR_NOTFOUND && !c->jwks_refetched && jwks_refetch_allowed(x, req->now_ms)) {
-        c->jwks_refetched = true;
-        c->kind = CONT_BCL_JWKS;
-        return fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
-    }
+    char *sid = ids.sid, *sub = ids.sub;
     if (rc != 0) {
         set_reason(out, "back-channel logout refused: %s", err.msg);
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
@@ -2595,6 +2630,30 @@ static enum authn_step backchannel_logout(struct authn *an, const struct authn_r
 
 /* ---- /.gatehouse/me --------------------------------------------------- */
 
+/* The client certificate's device as /.gatehouse/me shows it: a JSON object
+ * (null without one), and one line for people. */
+static json_t *device_json(const struct authn_device *d)
+{
+    if (d == NULL || !d->present) {
+        return json_null();
+    }
+    json_t *o = json_pack("{s:b, s:b, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?}", "present", 1,
+                          "trusted", d->trusted, "id", d->id, "name", d->name, "owner", d->owner,
+                          "fingerprint", d->fingerprint, "serial", d->serial, "subject",
+                          d->subject, "issuer", d->issuer);
+    return o ? o : json_null();
+}
+
+static const char *device_line(struct arena *a, const struct authn_device *d)
+{
+    if (d == NULL || !d->present) {
+        return "none";
+    }
+    return d->trusted ? arena_printf(a, "%s (%s), trusted", d->name && d->name[0] ? d->name : d->id,
+                                     d->id)
+                      : arena_printf(a, "%s, not trusted: %s", d->subject, d->why ? d->why : "");
+}
+
 static enum authn_step me(struct authn *an, const struct authn_req *req, struct arena *a,
                           struct authn_out *out)
 {
@@ -2612,9 +2671,13 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
             strftime(outs[i], sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
         }
     }
-    if (str_contains(req->accept, STR("application/json"))) {
-        json_error_t jerr;
-        json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
+    /* Both forms: the proxy picks the one the client wants. */
+    const char *json = NULL;
+    {
+        json_t *g = json_array();
+        for (size_t i = 0; g && id->attrs && i < id->attrs->ngroups; i++) {
+            json_array_append_new(g, json_stringn(id->attrs->groups[i].p, id->attrs->groups[i].len));
+        }
         /* "user" is the subject, as in the identity headers and the decision log. */
         json_t *j = json_pack("{s:s, s:s?, s:s?, s:o, s:s?, s:s?, s:s?, s:s?, s:s?}", "user",
                               id->user ? id->user : id->user_key, "email", id->email, "name",
@@ -2622,41 +2685,32 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
                               "expires", expires[0] ? expires : NULL, "idle_expires",
                               idle[0] ? idle : NULL, "absolute_expires",
                               expires[0] ? expires : NULL, "session", id->session_id);
-        if (j && req->device_json) {
-            json_t *dv = json_loads(req->device_json, 0, &jerr);
-            json_object_set_new(j, "device", dv ? dv : json_null());
-        } else if (j) {
-            json_object_set_new(j, "device", json_null());
+        if (j) {
+            json_object_set_new(j, "device", device_json(req->device));
         }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
-        const char *body = adup(a, s);
+        json = adup(a, s);
         free(s);
-        return body ? respond(out, 200, "application/json", body, strlen(body))
-                    : internal_error(an, req, a, out);
+        if (json == NULL) {
+            return internal_error(an, req, a, out);
+        }
     }
     /* Groups as "a, b" for people. */
     struct sbuf gb = { 0 };
-    json_error_t jerr;
-    json_t *g = json_loads(id->groups_json ? id->groups_json : "[]", 0, &jerr);
-    for (size_t i = 0; i < json_array_size(g); i++) {
+    for (size_t i = 0; id->attrs && i < id->attrs->ngroups; i++) {
         codec_buf_adds(&gb, i ? ", " : "");
-        const char *gname = json_string_value(json_array_get(g, i));
-        codec_buf_adds(&gb, gname ? gname : "");
+        codec_buf_add(&gb, id->attrs->groups[i].p, id->attrs->groups[i].len);
     }
-    json_decref(g);
     const char *groups = adup(a, gb.p ? gb.p : "");
     codec_buf_fini(&gb);
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
         { "user", id->user ? id->user : id->user_key }, { "email", id->email }, { "groups", groups },
-        { "idp", id->idp }, { "device", req->device_text }, { "expires", expires },
+        { "idp", id->idp }, { "device", device_line(a, req->device) }, { "expires", expires },
         { "idle_expires", idle },
     };
-    size_t len = 0;
-    char *html = pages_render(an->pages, PAGE_ME, v, sizeof v / sizeof v[0], a, &len);
-    return html ? respond(out, 200, "text/html; charset=utf-8", html, len)
-                : internal_error(an, req, a, out);
+    return page_answer(a, out, PAGE_ME, v, sizeof v / sizeof v[0], json);
 }
 
 /* The user id as everything downstream sees it (authn_identity.user). */
@@ -2684,9 +2738,7 @@ static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *r
                                      struct arena *a, struct authn_out *out)
 {
     if (out->id.user_key == NULL) {
-        struct authn_req r2 = *req;
-        r2.route_public = false;
-        return unauthenticated(an, &r2, a, out, "no session");
+        return unauthenticated(an, req, a, out, "no session");
     }
     set_user_id(an, a, out);
     return me(an, req, a, out);
@@ -2705,34 +2757,85 @@ enum authn_step authn_check(struct authn *an, const struct authn_req *req, struc
     return st;
 }
 
+static enum authn_step login_css(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out)
+{
+    (void)req;
+    (void)a;
+    if (an->pages == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+    }
+    struct str css = pages_css(an->pages);
+    respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
+    out->resp.headers[0].value = "public, max-age=3600";
+    return AUTHN_RESPOND;
+}
+
+static enum authn_step jwks_json(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out)
+{
+    if (an->signer == NULL) {
+        return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+    }
+    char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
+    const char *body = adup(a, j);
+    free(j);
+    /* no-store like every answer of Gatehouse's own (a verifier keeps
+     * the keys it fetched; a rotated key must be seen at once). */
+    return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
+}
+
+/* /.gatehouse/oidc/callback: the one provider's (several have callback/<id>). */
+static enum authn_step callback_single(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out)
+{
+    return callback(an, req, a, out, STR_NULL);
+}
+
+/* /.gatehouse/me: who am I needs someone, so it is never public. */
+static enum authn_step me_endpoint(struct authn *an, const struct authn_req *req,
+                                   struct arena *a, struct authn_out *out)
+{
+    bool anonymous = false;
+    enum authn_step st = identify(an, req, a, out, &anonymous);
+    if (anonymous) {
+        return unauthenticated(an, req, a, out, "no session");
+    }
+    return st == AUTHN_OK ? me_or_sign_in(an, req, a, out) : st;
+}
+
+typedef enum authn_step endpoint_fn(struct authn *an, const struct authn_req *req,
+                                    struct arena *a, struct authn_out *out);
+
+/* The reserved paths below /.gatehouse/ (authn.h lists them). */
+static const struct {
+    const char *path;
+    endpoint_fn *fn;
+} Endpoints[] = {
+    { "static/login.css", login_css },
+    { "jwks.json", jwks_json },
+    { "login", login },
+    { "oidc/callback", callback_single },
+    { "logout", logout },
+    /* Where the IdP sends the browser after an RP-initiated logout. */
+    { "signed-out", signed_out },
+    { "saml/acs", saml_acs_endpoint },
+    { "saml/slo", saml_slo_endpoint },
+    { "saml/metadata", saml_metadata },
+    { "oidc/backchannel-logout", backchannel_logout },
+    { "me", me_endpoint },
+};
+
 static enum authn_step check_step(struct authn *an, const struct authn_req *req,
                                   struct arena *a, struct authn_out *out)
 {
     memset(out, 0, sizeof *out);
     if (str_has_prefix(req->path, STR("/.gatehouse/"))) {
         struct str p = { req->path.p + 12, req->path.len - 12 };
-        if (str_eq_cstr(p, "static/login.css") && an->pages) {
-            struct str css = pages_css(an->pages);
-            respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
-            out->resp.headers[0].value = "public, max-age=3600";
-            return AUTHN_RESPOND;
-        }
-        if (str_eq_cstr(p, "jwks.json")) {
-            if (an->signer == NULL) {
-                return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+        for (size_t i = 0; i < sizeof Endpoints / sizeof Endpoints[0]; i++) {
+            if (str_eq_cstr(p, Endpoints[i].path)) {
+                return Endpoints[i].fn(an, req, a, out);
             }
-            char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
-            const char *body = adup(a, j);
-            free(j);
-            /* no-store like every answer of Gatehouse's own (a verifier keeps
-             * the keys it fetched; a rotated key must be seen at once). */
-            return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
-        }
-        if (str_eq_cstr(p, "login")) {
-            return login(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "oidc/callback")) {
-            return callback(an, req, a, out, STR_NULL);
         }
         if (str_has_prefix(p, STR("oidc/callback/")) && p.len > 14) {
             struct str id = { p.p + 14, p.len - 14 };
@@ -2745,47 +2848,13 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
             }
             return callback(an, req, a, out, id);
         }
-        if (str_eq_cstr(p, "logout")) {
-            return logout(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "signed-out")) {
-            /* Where the IdP sends the browser after an RP-initiated logout. */
-            return signed_out(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/acs")) {
-            return saml_acs_endpoint(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/slo")) {
-            return saml_slo_endpoint(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "saml/metadata")) {
-            return saml_metadata(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "oidc/backchannel-logout")) {
-            return backchannel_logout(an, req, a, out);
-        }
-        if (str_eq_cstr(p, "me")) {
-            /* Who am I needs someone: never public. */
-            struct authn_req r2 = *req;
-            r2.route_public = false;
-            bool anonymous = false;
-            enum authn_step st = identify(an, &r2, a, out, &anonymous);
-            if (anonymous) {
-                return unauthenticated(an, &r2, a, out, "no session");
-            }
-            return st == AUTHN_OK ? me_or_sign_in(an, &r2, a, out) : st;
-        }
         return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
+    /* Who is calling, or nobody: the route's policy decides whether that is
+     * enough (it may allow anonymous callers), and the proxy challenges. */
     bool anonymous = false;
     enum authn_step st = identify(an, req, a, out, &anonymous);
-    if (!anonymous) {
-        return st;
-    }
-    if (req->route_public) {
-        return AUTHN_OK;
-    }
-    return unauthenticated(an, req, a, out, "no session");
+    return anonymous ? AUTHN_OK : st;
 }
 
 static enum authn_step resume_step(struct authn *an, const struct authn_req *req,
@@ -2935,7 +3004,8 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
     }
     struct assertion_claims c = { .aud = route, .sub = id->user ? id->user : id->user_key,
                                   .email = id->email,
-                                  .groups_json = id->groups_json, .sid = id->session_id,
+                                  .groups_json = id->attrs ? id->attrs->groups_json : NULL,
+                                  .sid = id->session_id,
                                   .device = device };
     struct err err = { 0 };
     const char *t = assertion_get(an->signer, &c, now_ms / 1000, a, &err);

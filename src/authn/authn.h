@@ -11,9 +11,12 @@
  * /.gatehouse/oidc/backchannel-logout, /.gatehouse/logout, /.gatehouse/signed-out,
  * /.gatehouse/me, /.gatehouse/jwks.json, /.gatehouse/static/login.css.
  *
- * A refused bearer token is logged ("bearer token refused: ...") and the
- * caller is then anonymous with id.bearer set: a public route lets it through,
- * otherwise the answer is a 401 (never a redirect for API clients). */
+ * authn never decides that a route needs a user: an anonymous caller is
+ * AUTHN_OK with id.user_key NULL, and the route's policy decides (the proxy
+ * then answers the sign-in challenge). A refused bearer token is logged
+ * ("bearer token refused: ...") and the caller is then anonymous with
+ * id.bearer set, so that challenge is a 401 (never a redirect for API
+ * clients). Only /.gatehouse/me needs someone: it answers AUTHN_ANSWER_SIGNIN. */
 #ifndef GH_AUTHN_AUTHN_H
 #define GH_AUTHN_AUTHN_H
 
@@ -78,6 +81,22 @@ void authn_shared_shutdown(struct authn_shared *sh);
  * flushed) with its last snapshot. NULL is a no-op. */
 void authn_free(struct authn *an);
 
+/* The device behind the TLS client certificate, as the proxy read it (the
+ * identity source "device": authn/device.c checks it against the client CA,
+ * the CRL and the device registry on every request). The proxy's policy
+ * input, decision record and headers read it; authn shows it on
+ * /.gatehouse/me. Strings borrowed, NULL when absent. */
+struct authn_device {
+    bool present;   /* a certificate that verifies against the client CA (and CRL) */
+    bool trusted;   /* present, enrolled, not revoked, within its validity */
+    const char *id; /* registry id and owner (email): enrolled devices only */
+    const char *owner;
+    const char *name; /* registry name (enrolled devices only; may be empty) */
+    const char *subject, *issuer, *serial, *fingerprint;
+    const char *san; /* first URI (SPIFFE id) or email SAN, or NULL */
+    const char *why; /* why not trusted ("not enrolled", "revoked"...), or NULL */
+};
+
 /* The request as authn sees it. Every span is borrowed for the call. */
 struct authn_req {
     struct str method;
@@ -99,19 +118,52 @@ struct authn_req {
      * NULL: no route names this Host and no public_url: no sign-in here. */
     const char *public_origin;
     bool tls;
-    bool route_public;          /* public route: anonymous is fine */
     const char *const *route_idps; /* ids accepted by the route; NULL = all */
     size_t nroute_idps;
     const char *request_id;
     const char *client_ip;      /* for the log; may be NULL */
     int64_t now_ms;             /* wall clock */
-    /* device identity for /.gatehouse/me (reserved paths): a JSON object, and
-     * one line for people; NULL/"none" without a client certificate */
-    const char *device_json;
-    const char *device_text;
+    /* the client certificate's device for /.gatehouse/me (reserved paths);
+     * NULL or not present: none */
+    const struct authn_device *device;
     /* RFC 8705: base64url SHA-256 of the verified TLS client certificate (DER), or
      * NULL; a bearer token with cnf.x5t#S256 is accepted only when it matches */
     const char *client_cert_x5t;
+};
+
+/* A claim of the identity as policies, OPA and the decision log see it: one
+ * (name, value) per value (an array claim gives one per string element), the
+ * value as text ("true", "42") with its JSON type. */
+enum authn_claim_type { AUTHN_CLAIM_STRING = 0, AUTHN_CLAIM_BOOL, AUTHN_CLAIM_INT };
+struct authn_claim {
+    struct str name, value;
+    enum authn_claim_type type;
+};
+
+/* More groups or claim values than this: the lists are not kept and the
+ * identity says so (the proxy fails closed rather than evaluate a truncated
+ * list). */
+#define AUTHN_MAX_GROUPS 4096
+#define AUTHN_MAX_CLAIMS 4096
+
+/* The groups and claims of an identity, parsed once: when the session is
+ * created, refreshed or loaded, and when a bearer token is verified. Immutable
+ * and reference-counted: the session cache and the bearer cache hold one, and
+ * a request holds one until its arena is released, so no request parses or
+ * copies them. Protocol claims (iss, aud, exp, nonce, sid, ...) are left out:
+ * they are token mechanics, not facts about the user. */
+struct authn_attrs {
+    const struct str *groups; /* read-only */
+    size_t ngroups;
+    const struct authn_claim *claims;
+    size_t nclaims;
+    bool groups_overflow, claims_overflow; /* over AUTHN_MAX_*: the list is empty */
+    /* The stored form (session database, the assertion's groups): the JSON
+     * texts the lists were parsed from. Never parsed per request. */
+    const char *groups_json, *claims_json;
+    /* RFC 8705 (bearer tokens): cnf.x5t#S256, or NULL; cnf_error: why the
+     * cnf claim is unusable (not an object, thumbprint not a string), or NULL */
+    const char *cnf_x5t, *cnf_error;
 };
 
 /* Who is calling. Strings are arena-owned. */
@@ -121,8 +173,7 @@ struct authn_identity {
                                  * "<idp id>:<sub>", or the bare sub for the provider
                                  * with bare_user_ids (see oidc_user_id) */
     const char *sub, *email, *name, *idp;
-    const char *groups_json;    /* JSON array of strings */
-    const char *claims_json;    /* JSON object */
+    const struct authn_attrs *attrs; /* groups and claims; NULL when anonymous */
     const char *sid;            /* the IdP's session id (sid claim), or NULL */
     const char *session_id;     /* 16-hex public session id; NULL for bearer */
     int64_t session_expires_ms; /* absolute end of the session (max_lifetime), 0 for bearer */
@@ -137,13 +188,41 @@ struct authn_header {
     const char *value;
 };
 
+/* What the user should get: an intent, never a rendered error or challenge.
+ * The proxy renders it (src/proxy/access/respond.c), which decides "HTML or
+ * JSON?" once for every answer Gatehouse gives itself. */
+enum authn_answer {
+    AUTHN_ANSWER_NONE = 0, /* nothing set: fails closed (500) */
+    AUTHN_ANSWER_SIGNIN,   /* sign-in needed: a 302 to /.gatehouse/login?rd=<this URL> for a
+                            * browser, else a 401 with WWW-Authenticate (invalid_token when
+                            * out->id.bearer: a refused token) */
+    AUTHN_ANSWER_ERROR,    /* {status, title, message}: the error page or JSON; the details
+                            * are in the log (authn logged them), never here */
+    AUTHN_ANSWER_REDIRECT, /* status (302, 303) to location */
+    AUTHN_ANSWER_PAGE,     /* one of authn's own pages (enum page_kind, authn/page.h) from
+                            * its template with vars; json: the form for API clients (the
+                            * /.gatehouse/me answer), NULL when the page is HTML only */
+    AUTHN_ANSWER_CONTENT,  /* a document as it is: JWKS, login.css, SAML metadata, an empty
+                            * 200/404/405/503, the back-channel logout's JSON error */
+};
+
+struct page_var; /* authn/page.h */
+
 struct authn_resp {
+    enum authn_answer kind;
     int status;
-    const char *content_type;
-    struct authn_header headers[AUTHN_MAX_HEADERS]; /* Location, Set-Cookie, ... */
-    size_t nheaders;
+    const char *title, *message;           /* ERROR */
+    bool no_redirect;                      /* SIGNIN: a 401 even for a browser (no provider) */
+    const char *location;                  /* REDIRECT */
+    int page;                              /* PAGE: enum page_kind */
+    const struct page_var *vars;           /* PAGE: arena-owned */
+    size_t nvars;
+    const char *json;                      /* PAGE: JSON form, or NULL */
+    const char *content_type;              /* CONTENT */
     const char *body;
     size_t body_len;
+    struct authn_header headers[AUTHN_MAX_HEADERS]; /* Set-Cookie, Allow, Cache-Control, ... */
+    size_t nheaders;
 };
 
 struct authn_fetch {
@@ -165,7 +244,7 @@ enum authn_event {
 };
 
 enum authn_step {
-    AUTHN_RESPOND = 0,          /* send out->resp (302, 401, 403, pages); zero fails closed */
+    AUTHN_RESPOND = 0,          /* answer out->resp (an intent: see enum authn_answer) */
     AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
     AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
     AUTHN_NEED_WAIT,            /* a shared store answers off the loop: wait until out->wait.fd

@@ -15,6 +15,7 @@
 
 #include <openssl/crypto.h>
 
+#include "attrs.h"
 #include "codec.h"
 #include "keys.h"
 
@@ -1047,6 +1048,7 @@ void oidc_identity_fini(struct oidc_identity *id)
     json_decref(id->groups);
     free(id->sid);
     free(id->claims);
+    attrs_unref(id->attrs);
     memset(id, 0, sizeof *id);
 }
 
@@ -1147,6 +1149,11 @@ int oidc_identity_build(const struct oidc_provider *p, const json_t *id_claims,
     out->sid = dup_field(id_claims, "sid");
     out->claims = json_dumps(merged, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(merged);
+    /* Groups and claims parsed once, here: every request of the session or
+     * of a cached bearer token uses these lists. */
+    char *groups = json_dumps(out->groups, JSON_COMPACT);
+    out->attrs = attrs_parse(groups ? groups : "[]", out->claims);
+    free(groups);
     return 0;
 }
 
@@ -1262,7 +1269,6 @@ struct bearer_slot {
     int64_t until_s;             /* min(exp + skew, verified + BEARER_MAX_AGE_S) */
     bool used;
     struct oidc_identity id;     /* the identity built when the token was verified */
-    char *groups_json;           /* id.groups as compact JSON, for hits */
 };
 
 struct bearer_cache {
@@ -1286,7 +1292,6 @@ static void bearer_cache_free(struct bearer_cache *c)
     }
     for (size_t i = 0; i < BEARER_SLOTS; i++) {
         oidc_identity_fini(&c->slot[i].id);
-        free(c->slot[i].groups_json);
     }
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
         pthread_mutex_destroy(&c->mu[i]);
@@ -1309,6 +1314,7 @@ static void identity_copy(struct oidc_identity *dst, const struct oidc_identity 
     dst->sid = dup_or_null(src->sid);
     dst->claims = dup_or_null(src->claims);
     dst->iat_s = src->iat_s;
+    dst->attrs = src->attrs ? attrs_ref(src->attrs) : NULL;
 }
 
 /* Copies the cached identity into out and returns true on a live hit. */
@@ -1332,21 +1338,17 @@ static void bearer_cache_put(struct bearer_cache *c, const unsigned char h[32], 
 {
     struct oidc_identity copy = { 0 };
     identity_copy(&copy, id);
-    char *groups = json_dumps(copy.groups, JSON_COMPACT);
     size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
     struct bearer_slot *s = &c->slot[i];
     struct oidc_identity old = s->id;
-    char *old_groups = s->groups_json;
     memcpy(s->h, h, 32);
     s->keys_id = keys_id;
     s->until_s = until_s;
     s->id = copy;
-    s->groups_json = groups;
-    s->used = groups != NULL;
+    s->used = copy.attrs != NULL;
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
     oidc_identity_fini(&old);
-    free(old_groups);
 }
 
 static const char *acopy(struct arena *a, const char *v, bool *ok)
@@ -1377,9 +1379,9 @@ bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
         out->sub = acopy(a, s->id.sub, &ok);
         out->email = acopy(a, s->id.email, &ok);
         out->name = acopy(a, s->id.name, &ok);
-        out->groups_json = acopy(a, s->groups_json, &ok);
         out->sid = acopy(a, s->id.sid, &ok);
-        out->claims = acopy(a, s->id.claims, &ok);
+        ok = ok && s->id.attrs != NULL && attrs_hold(a, s->id.attrs);
+        out->attrs = s->id.attrs; /* parsed when verified; held until the request ends */
         out->iat_s = s->id.iat_s;
         hit = ok; /* an arena at its cap: verify the slow way, which fails closed */
     }

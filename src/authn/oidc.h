@@ -26,6 +26,8 @@
 #include "core/core.h"
 #include "jwt.h"
 
+struct authn_attrs; /* authn.h */
+
 enum oidc_client_auth {
     OIDC_AUTH_CLIENT_SECRET_BASIC = 0,
     OIDC_AUTH_CLIENT_SECRET_POST,
@@ -191,6 +193,7 @@ struct oidc_identity {
     char *sid;        /* IdP session id, may be NULL */
     char *claims;     /* compact JSON of the merged claims */
     int64_t iat_s;    /* the token's iat, 0 when absent (bearer revocation) */
+    const struct authn_attrs *attrs; /* groups and claims parsed (one reference) */
 };
 void oidc_identity_fini(struct oidc_identity *id);
 
@@ -220,7 +223,8 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
 
 /* The identity of a cached bearer token, as text copied into a request's arena. */
 struct oidc_bearer_identity {
-    const char *user_key, *sub, *email, *name, *groups_json, *sid, *claims;
+    const char *user_key, *sub, *email, *name, *sid;
+    const struct authn_attrs *attrs; /* held by the arena */
     int64_t iat_s;
 };
 

@@ -676,12 +676,18 @@ void saml_idp_free(struct saml_idp *x)
     free(x);
 }
 
-char *saml_idp_slo_url_dup(struct saml_idp *x)
+/* A copy of a field that a metadata refresh may replace, taken under x->mu. */
+static char *dup_locked(struct saml_idp *x, char *const *field)
 {
     pthread_mutex_lock(&x->mu);
-    char *u = x->idp_slo_url ? xstrdup(x->idp_slo_url) : NULL;
+    char *v = *field ? xstrdup(*field) : NULL;
     pthread_mutex_unlock(&x->mu);
-    return u;
+    return v;
+}
+
+char *saml_idp_slo_url_dup(struct saml_idp *x)
+{
+    return dup_locked(x, &x->idp_slo_url);
 }
 
 const char *saml_idp_id(const struct saml_idp *x)
@@ -702,10 +708,7 @@ const char *saml_idp_acs_url(const struct saml_idp *x)
 char *saml_sp_metadata(const struct saml_idp *cx)
 {
     struct saml_idp *x = (struct saml_idp *)cx;
-    pthread_mutex_lock(&x->mu);
-    char *md = x->sp_metadata ? xstrdup(x->sp_metadata) : NULL;
-    pthread_mutex_unlock(&x->mu);
-    return md;
+    return dup_locked(x, &x->sp_metadata);
 }
 
 const char *saml_metadata_url(const struct saml_idp *x)
@@ -897,6 +900,21 @@ static bool sha1_alg(const char *v, bool digest)
                                          : "http://www.w3.org/2000/09/xmldsig#rsa-sha1") == 0;
 }
 
+/* The Algorithm of a SignatureMethod (digest false) or DigestMethod (digest
+ * true) element: one of list, or SHA-1 when allowed. false with err set. */
+static bool alg_allowed(const xmlNode *n, const char *const *list, bool allow_sha1, bool digest,
+                        struct err *err)
+{
+    char *alg = attr(n, "Algorithm");
+    bool ok = in_list(alg, list) || (allow_sha1 && sha1_alg(alg, digest));
+    if (!ok) {
+        err_set(err, ERR_PARSE, "%s algorithm %s refused%s", digest ? "digest" : "signature",
+                alg ? alg : "(none)", sha1_alg(alg, digest) ? " (SHA-1; allow_sha1 is off)" : "");
+    }
+    free(alg);
+    return ok;
+}
+
 /* One ds:Signature: one SignedInfo with one Reference to "#<parent ID>", the
  * allowed algorithms and transforms only. */
 static bool check_signature(const xmlNode *sig, const char *parent_id, bool allow_sha1,
@@ -926,15 +944,7 @@ static bool check_signature(const xmlNode *sig, const char *parent_id, bool allo
             continue;
         }
         if (is_el(c, NS_DS, "SignatureMethod")) {
-            char *alg = attr(c, "Algorithm");
-            bool ok = in_list(alg, sig_algs) || (allow_sha1 && sha1_alg(alg, false));
-            if (!ok) {
-                err_set(err, ERR_PARSE, "signature algorithm %s refused%s",
-                        alg ? alg : "(none)",
-                        sha1_alg(alg, false) ? " (SHA-1; allow_sha1 is off)" : "");
-            }
-            free(alg);
-            if (!ok) {
+            if (!alg_allowed(c, sig_algs, allow_sha1, false, err)) {
                 return false;
             }
         } else if (is_el(c, NS_DS, "Reference")) {
@@ -949,15 +959,7 @@ static bool check_signature(const xmlNode *sig, const char *parent_id, bool allo
             }
             for (const xmlNode *r = c->children; r != NULL; r = r->next) {
                 if (is_el(r, NS_DS, "DigestMethod")) {
-                    char *alg = attr(r, "Algorithm");
-                    bool dok = in_list(alg, digest_algs) || (allow_sha1 && sha1_alg(alg, true));
-                    if (!dok) {
-                        err_set(err, ERR_PARSE, "digest algorithm %s refused%s",
-                                alg ? alg : "(none)",
-                                sha1_alg(alg, true) ? " (SHA-1; allow_sha1 is off)" : "");
-                    }
-                    free(alg);
-                    if (!dok) {
+                    if (!alg_allowed(r, digest_algs, allow_sha1, true, err)) {
                         return false;
                     }
                 } else if (is_el(r, NS_DS, "Transforms")) {
@@ -1654,6 +1656,19 @@ void saml_slo_fini(struct saml_slo *o)
 
 /* The SAMLRequest or SAMLResponse of an HTTP-Redirect query, to lasso as the
  * whole query (it checks Signature over SAMLRequest/RelayState/SigAlg). */
+/* Why lasso refused a logout message, in words for the log. */
+static const char *logout_refusal(int lrc)
+{
+    if (lrc == LASSO_DS_ERROR_SIGNATURE_NOT_FOUND || lrc == LASSO_DS_ERROR_INVALID_SIGALG) {
+        return "not signed";
+    }
+    if (lrc == LASSO_DS_ERROR_INVALID_SIGNATURE ||
+        lrc == LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED) {
+        return "bad signature";
+    }
+    return "malformed";
+}
+
 int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64_t now_s,
              struct saml_slo *out, struct err *err)
 {
@@ -1706,25 +1721,11 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
                 rc = 0; /* a failure at the IdP still ends here (ours is gone) */
             } else {
                 err_set(err, ERR_CRYPTO, "LogoutResponse refused: %s (lasso %d)",
-                        lrc == LASSO_DS_ERROR_SIGNATURE_NOT_FOUND ||
-                                lrc == LASSO_DS_ERROR_INVALID_SIGALG
-                            ? "not signed"
-                        : lrc == LASSO_DS_ERROR_INVALID_SIGNATURE ||
-                                lrc == LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED
-                            ? "bad signature"
-                            : "malformed",
-                        lrc);
+                        logout_refusal(lrc), lrc);
             }
         } else if (lrc != 0) {
             err_set(err, ERR_CRYPTO, "LogoutRequest refused: %s (lasso %d)",
-                    lrc == LASSO_DS_ERROR_SIGNATURE_NOT_FOUND ||
-                            lrc == LASSO_DS_ERROR_INVALID_SIGALG
-                        ? "not signed"
-                    : lrc == LASSO_DS_ERROR_INVALID_SIGNATURE ||
-                            lrc == LASSO_DS_ERROR_SIGNATURE_VERIFICATION_FAILED
-                        ? "bad signature"
-                        : "malformed",
-                    lrc);
+                    logout_refusal(lrc), lrc);
         } else {
             LassoSamlp2LogoutRequest *lr =
                 LASSO_IS_SAMLP2_LOGOUT_REQUEST(LASSO_PROFILE(lo)->request)

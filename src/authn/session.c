@@ -26,6 +26,7 @@
 #include <openssl/hmac.h>
 #include <sqlite3.h>
 
+#include "attrs.h"
 #include "codec.h"
 #include "device_store.h"
 #include "core/ident.h"
@@ -44,7 +45,8 @@
 struct sess {
     unsigned char h[32];
     char id[17];         /* public id: first 16 hex chars of h */
-    char *user_key, *email, *name, *groups, *claims, *idp, *sid;
+    char *user_key, *email, *name, *idp, *sid;
+    const struct authn_attrs *attrs; /* groups and claims, parsed once (never NULL) */
     char *refresh_token; /* plaintext in memory only */
     char *id_token;
     int64_t created_ms, last_seen_ms, expires_ms, token_exp_s;
@@ -231,8 +233,7 @@ static void sess_free(struct sess *e)
     free(e->user_key);
     free(e->email);
     free(e->name);
-    free(e->groups);
-    free(e->claims);
+    attrs_unref(e->attrs);
     free(e->idp);
     free(e->sid);
     wipe_free(e->refresh_token);
@@ -256,8 +257,7 @@ static struct sess *sess_copy(const struct sess *e)
     c->user_key = dupn(e->user_key);
     c->email = dupn(e->email);
     c->name = dupn(e->name);
-    c->groups = dupn(e->groups);
-    c->claims = dupn(e->claims);
+    c->attrs = attrs_ref(e->attrs);
     c->idp = dupn(e->idp);
     c->sid = dupn(e->sid);
     c->refresh_token = dupn(e->refresh_token);
@@ -414,6 +414,14 @@ static void bind_text(sqlite3_stmt *st, int i, const char *v)
     }
 }
 
+/* Binds n texts to the parameters first, first + 1, ... */
+static void bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bind_text(st, first + (int)i, v[i]);
+    }
+}
+
 static int hex_to_hash(const char *hex, unsigned char h[32])
 {
     if (hex == NULL || strlen(hex) != 64) {
@@ -453,14 +461,10 @@ static void write_op(struct session_store *s, const struct op *o)
                            -1, &st, NULL);
         char *rt = seal_field(s, r->h, "rt", r->refresh_token);
         char *it = seal_field(s, r->h, "idt", r->id_token);
-        bind_text(st, 1, hex);
-        bind_text(st, 2, r->user_key);
-        bind_text(st, 3, r->email);
-        bind_text(st, 4, r->name);
-        bind_text(st, 5, r->groups ? r->groups : "[]");
-        bind_text(st, 6, r->claims ? r->claims : "{}");
-        bind_text(st, 7, r->idp);
-        bind_text(st, 8, r->sid);
+        const char *const text[] = { hex,   r->user_key, r->email,
+                                     r->name, r->attrs->groups_json, r->attrs->claims_json,
+                                     r->idp, r->sid };
+        bind_texts(st, 1, text, 8);
         sqlite3_bind_int64(st, 9, r->created_ms);
         sqlite3_bind_int64(st, 10, r->last_seen_ms);
         sqlite3_bind_int64(st, 11, r->expires_ms);
@@ -477,10 +481,8 @@ static void write_op(struct session_store *s, const struct op *o)
         char *rt = seal_field(s, r->h, "rt", r->refresh_token);
         bind_text(st, 1, rt);
         sqlite3_bind_int64(st, 2, r->token_exp_s);
-        bind_text(st, 3, r->email);
-        bind_text(st, 4, r->name);
-        bind_text(st, 5, r->groups ? r->groups : "[]");
-        bind_text(st, 6, hex);
+        const char *const text[] = { r->email, r->name, r->attrs->groups_json, hex };
+        bind_texts(st, 3, text, 4);
         free(rt);
     } else {
         sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id_hash = ?", -1, &st, NULL);
@@ -634,8 +636,8 @@ static void row_of(struct session_store *s, const struct sess *r, struct spg_row
     w->user_key = r->user_key;
     w->email = r->email;
     w->name = r->name;
-    w->groups = r->groups;
-    w->claims = r->claims;
+    w->groups = r->attrs->groups_json;
+    w->claims = r->attrs->claims_json;
     w->idp = r->idp;
     w->sid = r->sid;
     w->refresh_token = seal_field(s, r->h, "rt", r->refresh_token);
@@ -730,8 +732,7 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
     e->user_key = xstrdup(r->user_key);
     e->email = dupn(r->email);
     e->name = dupn(r->name);
-    e->groups = xstrdup(r->groups ? r->groups : "[]");
-    e->claims = xstrdup(r->claims ? r->claims : "{}");
+    e->attrs = attrs_parse(r->groups, r->claims);
     e->idp = xstrdup(r->idp);
     e->sid = dupn(r->sid);
     e->refresh_token = open_field(s, e->h, "rt", (const unsigned char *)r->refresh_token);
@@ -770,12 +771,28 @@ static void hook_row(void *arg, const struct spg_row *r, bool update)
         free(c->name);
         c->name = e->name;
         e->name = NULL;
-        free(c->groups);
-        c->groups = e->groups;
-        e->groups = NULL;
+        const struct authn_attrs *old = c->attrs; /* e frees it */
+        c->attrs = e->attrs;
+        e->attrs = old;
     }
     pthread_mutex_unlock(stripe_of(s, b));
     sess_free(e);
+}
+
+/* Takes the session with hash h out of the cache: the caller frees or
+ * deletes it. NULL when there is none. */
+static struct sess *cache_unlink(struct session_store *s, const unsigned char h[32])
+{
+    size_t b = bucket_of(h);
+    struct sess *dead = NULL;
+    pthread_mutex_lock(stripe_of(s, b));
+    struct sess **pp = find(s, b, h);
+    if (pp != NULL) {
+        dead = *pp;
+        *pp = dead->next;
+    }
+    pthread_mutex_unlock(stripe_of(s, b));
+    return dead;
 }
 
 static void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
@@ -786,16 +803,8 @@ static void hook_revoke(void *arg, const char *kind, const char *value, int64_t 
         unsigned char h[32];
         if (hex_to_hash(value, h) == 0) {
             /* One bucket, not a scan: every sign-out in the fleet comes here. */
-            size_t b = bucket_of(h);
-            struct sess *dead = NULL;
-            pthread_mutex_lock(stripe_of(s, b));
-            struct sess **pp = find(s, b, h);
-            if (pp != NULL) {
-                dead = *pp;
-                *pp = dead->next;
-                n = 1;
-            }
-            pthread_mutex_unlock(stripe_of(s, b));
+            struct sess *dead = cache_unlink(s, h);
+            n = dead != NULL;
             sess_free(dead);
         }
     } else if (strcmp(kind, "user") == 0) {
@@ -1074,8 +1083,8 @@ static void preload(struct session_store *s, int64_t now_ms)
         e->user_key = dupn((const char *)sqlite3_column_text(st, 1));
         e->email = dupn((const char *)sqlite3_column_text(st, 2));
         e->name = dupn((const char *)sqlite3_column_text(st, 3));
-        e->groups = dupn((const char *)sqlite3_column_text(st, 4));
-        e->claims = dupn((const char *)sqlite3_column_text(st, 5));
+        e->attrs = attrs_parse((const char *)sqlite3_column_text(st, 4),
+                               (const char *)sqlite3_column_text(st, 5));
         e->idp = dupn((const char *)sqlite3_column_text(st, 6));
         e->sid = dupn((const char *)sqlite3_column_text(st, 7));
         e->created_ms = sqlite3_column_int64(st, 8);
@@ -1384,8 +1393,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     e->user_key = xstrdup(in->user_key);
     e->email = dupn(in->email);
     e->name = dupn(in->name);
-    e->groups = xstrdup(in->groups_json ? in->groups_json : "[]");
-    e->claims = xstrdup(in->claims_json ? in->claims_json : "{}");
+    e->attrs = in->attrs ? attrs_ref(in->attrs) : attrs_parse(NULL, NULL);
     e->idp = xstrdup(in->idp);
     e->sid = dupn(in->sid);
     e->refresh_token = dupn(in->refresh_token);
@@ -1463,18 +1471,18 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
     }
     /* The strings are copied out (a refresh may replace them while the request
      * runs), in one block of the request's arena. */
-    const char *src[] = { e->user_key, e->email, e->name, e->groups, e->claims, e->idp, e->sid };
-    const char **dst[] = { &out->user_key,    &out->email, &out->name, &out->groups_json,
-                           &out->claims_json, &out->idp,   &out->sid };
+    const char *src[] = { e->user_key, e->email, e->name, e->idp, e->sid };
+    const char **dst[] = { &out->user_key, &out->email, &out->name, &out->idp, &out->sid };
     size_t len[sizeof src / sizeof src[0]], total = 0;
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
         len[i] = src[i] ? strlen(src[i]) + 1 : 0;
         total += len[i];
     }
     char *block = arena_alloc(a, total ? total : 1);
-    if (block == NULL) {
+    if (block == NULL || !attrs_hold(a, e->attrs)) {
         goto out; /* arena cap: fail closed */
     }
+    out->attrs = e->attrs; /* parsed once; held until the request ends */
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++) {
         *dst[i] = src[i] ? memcpy(block, src[i], len[i]) : NULL;
         block += len[i];
@@ -1508,15 +1516,7 @@ size_t session_revoke_cookie(struct session_store *s, struct str cookie)
     if (!cookie_hash(cookie, h)) {
         return 0;
     }
-    size_t b = bucket_of(h);
-    struct sess *dead = NULL;
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
-    if (pp != NULL) {
-        dead = *pp;
-        *pp = dead->next;
-    }
-    pthread_mutex_unlock(stripe_of(s, b));
+    struct sess *dead = cache_unlink(s, h);
     if (dead == NULL) {
         return 0;
     }
@@ -1582,7 +1582,8 @@ static void replace(char **dst, const char *v)
 
 void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
                           bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
-                          const char *email, const char *name, const char *groups_json)
+                          const char *email, const char *name,
+                          const struct authn_attrs *attrs)
 {
     unsigned char h[32];
     if (!cookie_hash(cookie, h)) {
@@ -1598,14 +1599,17 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
         e->refresh_in_flight = false;
         if (ok) {
             replace(&e->refresh_token, refresh_token);
-            if (groups_json != NULL) {
+            if (attrs != NULL) {
                 /* A new ID token's identity: an email it no longer carries
                  * (or no longer as verified) is gone, not kept. */
                 wipe_free(e->email);
                 e->email = email ? xstrdup(email) : NULL;
             }
             replace(&e->name, name);
-            replace(&e->groups, groups_json);
+            if (attrs != NULL) {
+                attrs_unref(e->attrs);
+                e->attrs = attrs_ref(attrs);
+            }
             /* 0 = the IdP did not say: stop refreshing rather than refresh on
              * every request with a stale expiry. */
             e->token_exp_s = token_exp_s > 0 ? token_exp_s : 0;
@@ -1651,6 +1655,77 @@ static void fmt_time(int64_t ms, char *buf, size_t n)
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* `sessions list`: the rows of either store, one line (or JSON object) each. */
+struct list_ctx {
+    const char *user, *bare_idp;
+    bool json;
+    FILE *out;
+};
+
+static void list_one(void *arg, const char *hex, const char *uk, const char *email,
+                        const char *idp, int64_t created_ms, int64_t last_seen_ms,
+                        int64_t expires_ms, const char *groups)
+{
+    const struct list_ctx *l = arg;
+    if (hex == NULL || (l->user != NULL && !sess_user_match(l->user, uk, email, idp))) {
+        return;
+    }
+    const char *hash = uk ? strchr(uk, '#') : NULL;
+    char *uid = oidc_user_id(idp ? idp : "?", l->bare_idp && idp && strcmp(idp, l->bare_idp) == 0,
+                             hash ? hash + 1 : (uk ? uk : "?"));
+    char c[32], ls[32], e[32];
+    fmt_time(created_ms, c, sizeof c);
+    fmt_time(last_seen_ms, ls, sizeof ls);
+    fmt_time(expires_ms, e, sizeof e);
+    if (l->json) {
+        json_error_t jerr;
+        json_t *g = groups ? json_loads(groups, 0, &jerr) : NULL;
+        json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16, "user",
+                              uid, "email", email, "idp", idp ? idp : "?", "created", c,
+                              "last_seen", ls, "expires", e, "groups", g ? g : json_array());
+        if (o != NULL) {
+            json_object_set_new(o, "user_key", json_string(uk));
+        }
+        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (line != NULL) {
+            fprintf(l->out, "%s\n", line);
+        }
+        free(line);
+        json_decref(o);
+    } else {
+        fprintf(l->out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid,
+                idp ? idp : "?", c, ls, e);
+    }
+    free(uid);
+}
+
+static void list_head(const struct list_ctx *l)
+{
+    if (!l->json) {
+        fprintf(l->out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
+                "LAST SEEN", "EXPIRES");
+    }
+}
+
+/* --user or --id, exactly one; an id is 8 to 64 lower-case hex characters. */
+static int revoke_args_check(const char *user, const char *id, struct err *err)
+{
+    if ((user == NULL) == (id == NULL)) {
+        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
+    }
+    if (id != NULL) {
+        size_t n = strlen(id);
+        bool ok = n >= 8 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+        }
+        if (!ok) {
+            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
+        }
+    }
+    return 0;
+}
+
 int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
                        FILE *out, struct err *err)
 {
@@ -1664,43 +1739,15 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
                        "expires_ms, groups FROM sessions WHERE expires_ms > ?1 ORDER BY created_ms",
                        -1, &st, NULL);
     sqlite3_bind_int64(st, 1, now_wall_ms());
-    if (!json) {
-        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
-                "LAST SEEN", "EXPIRES");
-    }
+    struct list_ctx l = { user, bare_idp, json, out };
+    list_head(&l);
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
-        const char *hex = (const char *)sqlite3_column_text(st, 0);
-        const char *uk = (const char *)sqlite3_column_text(st, 1);
-        const char *email = (const char *)sqlite3_column_text(st, 2);
-        const char *idp = (const char *)sqlite3_column_text(st, 3);
-        if (user != NULL && !sess_user_match(user, uk, email, idp)) {
-            continue;
-        }
-        const char *hash = uk ? strchr(uk, '#') : NULL;
-        char *uid = oidc_user_id(idp ? idp : "?", bare_idp && idp && strcmp(idp, bare_idp) == 0,
-                                 hash ? hash + 1 : (uk ? uk : "?"));
-        char c[32], l[32], e[32];
-        fmt_time(sqlite3_column_int64(st, 4), c, sizeof c);
-        fmt_time(sqlite3_column_int64(st, 5), l, sizeof l);
-        fmt_time(sqlite3_column_int64(st, 6), e, sizeof e);
-        if (json) {
-            json_error_t jerr;
-            json_t *g = json_loads((const char *)sqlite3_column_text(st, 7), 0, &jerr);
-            json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16,
-                                  "user", uid, "email", email, "idp", idp, "created", c,
-                                  "last_seen", l, "expires", e, "groups", g ? g : json_array());
-            json_object_set_new(o, "user_key", json_string(uk));
-            char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
-            if (line != NULL) {
-                fprintf(out, "%s\n", line);
-            }
-            free(line);
-            json_decref(o);
-        } else {
-            fprintf(out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid, idp,
-                    c, l, e);
-        }
-        free(uid);
+        list_one(&l, (const char *)sqlite3_column_text(st, 0),
+                 (const char *)sqlite3_column_text(st, 1),
+                 (const char *)sqlite3_column_text(st, 2),
+                 (const char *)sqlite3_column_text(st, 3), sqlite3_column_int64(st, 4),
+                 sqlite3_column_int64(st, 5), sqlite3_column_int64(st, 6),
+                 (const char *)sqlite3_column_text(st, 7));
     }
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -1711,18 +1758,9 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
                          struct err *err)
 {
     *count = 0;
-    if ((user == NULL) == (id == NULL)) {
-        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
-    }
-    if (id != NULL) {
-        size_t n = strlen(id);
-        bool ok = n >= 8 && n <= 64;
-        for (size_t i = 0; ok && i < n; i++) {
-            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-        }
-        if (!ok) {
-            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
-        }
+    int bad = revoke_args_check(user, id, err);
+    if (bad != 0) {
+        return bad;
     }
     sqlite3 *db = db_open(db_path, err);
     if (db == NULL) {
@@ -1811,76 +1849,21 @@ done:
 
 /* ---- administration on PostgreSQL -------------------------------------- */
 
-struct pg_list {
-    const char *user, *bare_idp;
-    bool json;
-    FILE *out;
-};
-
-static void pg_list_one(void *arg, const char *hex, const char *uk, const char *email,
-                        const char *idp, int64_t created_ms, int64_t last_seen_ms,
-                        int64_t expires_ms, const char *groups)
-{
-    const struct pg_list *l = arg;
-    if (hex == NULL || (l->user != NULL && !sess_user_match(l->user, uk, email, idp))) {
-        return;
-    }
-    const char *hash = uk ? strchr(uk, '#') : NULL;
-    char *uid = oidc_user_id(idp ? idp : "?", l->bare_idp && idp && strcmp(idp, l->bare_idp) == 0,
-                             hash ? hash + 1 : (uk ? uk : "?"));
-    char c[32], ls[32], e[32];
-    fmt_time(created_ms, c, sizeof c);
-    fmt_time(last_seen_ms, ls, sizeof ls);
-    fmt_time(expires_ms, e, sizeof e);
-    if (l->json) {
-        json_error_t jerr;
-        json_t *g = groups ? json_loads(groups, 0, &jerr) : NULL;
-        json_t *o = json_pack("{s:s%, s:s, s:s?, s:s, s:s, s:s, s:s, s:o}", "id", hex, 16, "user",
-                              uid, "email", email, "idp", idp ? idp : "?", "created", c,
-                              "last_seen", ls, "expires", e, "groups", g ? g : json_array());
-        if (o != NULL) {
-            json_object_set_new(o, "user_key", json_string(uk));
-        }
-        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (line != NULL) {
-            fprintf(l->out, "%s\n", line);
-        }
-        free(line);
-        json_decref(o);
-    } else {
-        fprintf(l->out, "%.16s  %-30s  %-8s  %-20s  %-20s  %s\n", hex, email ? email : uid,
-                idp ? idp : "?", c, ls, e);
-    }
-    free(uid);
-}
-
 int session_admin_list_pg(const struct spg_conf *pg, const char *user, const char *bare_idp,
                           bool json, FILE *out, struct err *err)
 {
-    struct pg_list l = { user, bare_idp, json, out };
-    if (!json) {
-        fprintf(out, "%-16s  %-30s  %-8s  %-20s  %-20s  %s\n", "ID", "USER", "IDP", "CREATED",
-                "LAST SEEN", "EXPIRES");
-    }
-    return spg_admin_list(pg, now_wall_ms(), pg_list_one, &l, err);
+    struct list_ctx l = { user, bare_idp, json, out };
+    list_head(&l);
+    return spg_admin_list(pg, now_wall_ms(), list_one, &l, err);
 }
 
 int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const char *id,
                             size_t *count, struct err *err)
 {
     *count = 0;
-    if ((user == NULL) == (id == NULL)) {
-        return err_set(err, ERR_PARSE, "give exactly one of --user or --id");
-    }
-    if (id != NULL) {
-        size_t n = strlen(id);
-        bool ok = n >= 8 && n <= 64;
-        for (size_t i = 0; ok && i < n; i++) {
-            ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-        }
-        if (!ok) {
-            return err_set(err, ERR_PARSE, "session id must be 8 to 64 lower-case hex characters");
-        }
+    int bad = revoke_args_check(user, id, err);
+    if (bad != 0) {
+        return bad;
     }
     return spg_admin_revoke(pg, user, id, sess_user_match, now_wall_ms(), count, err);
 }

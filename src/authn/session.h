@@ -20,6 +20,7 @@
 #include <stdio.h>
 
 #include "core/core.h"
+#include "authn.h"
 #include "core/ident.h"
 #include "session_pg.h"
 
@@ -79,8 +80,7 @@ void session_store_sync(struct session_store *s);
 struct session_new {
     const char *user_key;   /* iss#sub */
     const char *email, *name;
-    const char *groups_json; /* JSON array of strings */
-    const char *claims_json; /* JSON object */
+    const struct authn_attrs *attrs; /* groups and claims (a reference is taken); NULL: none */
     const char *idp, *sid;
     const char *refresh_token; /* may be NULL */
     const char *id_token;      /* may be NULL (kept for the logout hint) */
@@ -102,10 +102,13 @@ enum session_status {
     SESSION_UNAVAILABLE,
 };
 
-/* A session as one request sees it. Strings are arena-owned copies. */
+/* A session as one request sees it. Strings are arena-owned copies; the
+ * groups and claims are the cache's parsed ones, held until the arena is
+ * released. */
 struct session_view {
     char id[17];              /* public id: first 16 hex chars of the hash (logs, CLI) */
-    const char *user_key, *email, *name, *groups_json, *claims_json, *idp, *sid;
+    const char *user_key, *email, *name, *idp, *sid;
+    const struct authn_attrs *attrs; /* parsed once, held by the arena */
     int64_t created_ms, last_seen_ms, expires_ms, idle_expires_ms;
     int64_t token_exp_s;
     bool has_refresh_token;
@@ -147,12 +150,14 @@ bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t n
                            char **refresh_token);
 /* Ends the refresh. ok=false ends the session when end_on_failure (invalid_grant),
  * else just clears the flag. refresh_token NULL keeps the old one (no rotation).
- * groups_json/name may be NULL to keep the current values; email replaces the
- * current one (NULL: none) whenever groups_json is given (a new ID token).  token_exp_s is
+ * attrs (the new groups, parsed, with the session's claims; a reference is
+ * taken) and name may be NULL to keep the current values; email replaces the
+ * current one (NULL: none) whenever attrs is given (a new ID token).  token_exp_s is
  * the new token expiry; 0 (unknown) stops further refreshes of this session. */
 void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
                           bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
-                          const char *email, const char *name, const char *groups_json);
+                          const char *email, const char *name,
+                          const struct authn_attrs *attrs);
 /* The id_token kept for the RP-initiated logout hint (malloc'd) or NULL. */
 char *session_id_token(struct session_store *s, struct str cookie);
 

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "authn/page.h"
@@ -21,8 +22,8 @@ void pages_use_templates(const struct pages *t)
     atomic_store(&g_templates, t);
 }
 
-bool pages_error_template(struct buf *body, int status, const char *detail,
-                          const char *request_id, struct str path, struct arena *a)
+bool pages_error_template(struct buf *body, int status, const char *detail, const char *request_id,
+                          struct str path, struct arena *a)
 {
     const struct pages *t = atomic_load(&g_templates);
     char title[64], *message;
@@ -64,16 +65,13 @@ bool pages_error_template(struct buf *body, int status, const char *detail,
 }
 
 /* Details are fixed texts, but some come from llhttp's error table: escape
- * them anyway so no page can ever carry markup or break its JSON. */
-static void escaped(struct buf *b, const char *s, bool html)
+ * them anyway so no page can ever carry markup (JSON: pages_json_text). */
+static void escaped(struct buf *b, const char *s)
 {
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (html && (c == '<' || c == '>' || c == '&' || c == '"' || c == '\'')) {
+        if (c == '<' || c == '>' || c == '&' || c == '"' || c == '\'') {
             buf_printf(b, "&#%d;", c);
-        } else if (!html && (c == '"' || c == '\\')) {
-            buf_append(b, "\\", 1);
-            buf_append(b, s, 1);
         } else if (c < 0x20 || c == 0x7f) {
             buf_append(b, " ", 1);
         } else {
@@ -96,16 +94,27 @@ void pages_error(struct buf *body, const char **ctype, int status, const char *d
                    "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                    "<title>%d %s</title></head>\n<body><h1>%d %s</h1>\n<p>",
                    status, reason, status, reason);
-        escaped(body, detail, true);
+        escaped(body, detail);
         buf_append_str(body, STR("</p>\n<p>Request ID: <code>"));
-        escaped(body, request_id, true);
+        escaped(body, request_id);
         buf_append_str(body, STR("</code></p>\n</body></html>\n"));
     } else {
         *ctype = "application/json";
-        buf_printf(body, "{\"status\":%d,\"error\":\"%s\",\"detail\":\"", status, reason);
-        escaped(body, detail, false);
-        buf_append_str(body, STR("\",\"request_id\":\""));
-        escaped(body, request_id, false);
-        buf_append_str(body, STR("\"}\n"));
+        char *js = pages_json_text(
+            json_pack("{s:i, s:s, s:s}", "status", status, "error", reason, "detail", detail),
+            request_id);
+        buf_append_str(body, str_from(js ? js : "{}"));
+        buf_append_str(body, STR("\n"));
+        free(js);
     }
+}
+
+char *pages_json_text(json_t *o, const char *request_id)
+{
+    if (o && request_id) {
+        json_object_set_new(o, "request_id", json_string(request_id));
+    }
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
 }

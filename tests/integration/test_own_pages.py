@@ -184,6 +184,43 @@ class OwnPagesSecurityHeaders(unittest.TestCase):
         self.assertIn("keys", r.json())
         self.assertSecured(r)
 
+    def test_one_rule_for_html_or_json(self):
+        # Whether a client gets a page (and a redirect to sign-in) or JSON (and
+        # a 401) is decided the same way for authn's answers as for the rest:
+        # a script (any X-Requested-With) gets JSON even when it accepts HTML.
+        # authn used to redirect such a script to sign-in from /.gatehouse/me.
+        script = {"Accept": "text/html", "X-Requested-With": "fetch"}
+        for path in ("/docs", "/.gatehouse/me"):
+            with self.subTest(path=path):
+                r = Browser().request(self.base + path, headers=script)
+                self.assertEqual(r.status, 401, r)
+                self.assertEqual(r.header("WWW-Authenticate"), 'Bearer realm="gatehouse"', r)
+                j = r.json()
+                self.assertEqual(j["error"], "unauthenticated")
+                self.assertEqual(j["request_id"], r.header("X-Request-Id"))
+                self.assertSecured(r)
+                r = Browser().request(self.base + path, headers={"Accept": "text/html"})
+                self.assertEqual(r.status, 302, r)
+                self.assertEqual(r.header("Location"),
+                                 "/.gatehouse/login?rd=" + urllib.parse.quote(path, safe=""))
+        # A sign-in error: the error page for a browser, JSON (with the request
+        # id) for a script.
+        bad = "/.gatehouse/oidc/callback/corp?code=c&state=s"
+        r = Browser().request(self.base + bad, headers=script)
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(r.json()["request_id"], r.header("X-Request-Id"))
+        self.assertSecured(r)
+        r = Browser().request(self.base + bad, headers={"Accept": "text/html"})
+        self.assertEqual(r.status, 400, r)
+        self.assertIn("text/html", r.header("Content-Type"))
+        self.assertIn(r.header("X-Request-Id").encode(), r.body)
+        # /.gatehouse/me: the page for a browser, JSON for an API client.
+        r = self.alice.request(self.base + "/.gatehouse/me", headers={"Accept": "*/*"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["email"], "alice@example.com")
+        r = self.alice.request(self.base + "/.gatehouse/me", headers={"Accept": "text/html"})
+        self.assertIn("text/html", r.header("Content-Type"))
+
     def test_stylesheet_is_not_sniffed_and_stays_cacheable(self):
         r = self.get("/.gatehouse/static/login.css", accept="text/css")
         self.assertEqual(r.status, 200, r)

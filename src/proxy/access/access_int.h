@@ -60,21 +60,6 @@ bool access_state_ready(void);
 
 /* ---- the identity (identify.c fills it; every later step reads it) -------- */
 
-/* The device behind the TLS client certificate (a further identity source:
- * see identity_sources in identify.c; authn/device.c checks it against the
- * client CA, the CRL and the device registry on every request). Strings
- * arena-owned, NULL when absent. */
-struct identity_device {
-    bool present;   /* a certificate that verifies against the client CA (and CRL) */
-    bool trusted;   /* present, enrolled, not revoked, within its validity */
-    const char *id; /* registry id and owner (email): enrolled devices only */
-    const char *owner;
-    const char *name; /* registry name (enrolled devices only; may be empty) */
-    const char *subject, *issuer, *serial, *fingerprint;
-    const char *san; /* first URI (SPIFFE id) or email SAN, or NULL */
-    const char *why; /* why not trusted ("not enrolled", "revoked"...), or NULL */
-};
-
 struct identity {
     bool authenticated;
     bool bearer;          /* identified, or refused, by a bearer token */
@@ -83,7 +68,7 @@ struct identity {
     const char *email, *name, *idp;
     const char *session;                /* public session id (hash prefix) or NULL */
     const struct authn_identity *authn; /* the signed assertion is made from it */
-    struct identity_device device;
+    struct authn_device device; /* the TLS client certificate's (identify.c); arena strings */
 };
 
 /* ---- clocks ----------------------------------------------------------------- */
@@ -124,7 +109,7 @@ struct identify_state {
     struct authn_req req;
     struct authn_out out;
     struct str cookies[ACCESS_MAX_COOKIES];
-    struct identity_device device; /* the client certificate's device, read once */
+    struct authn_device device; /* the client certificate's device, read once */
     identified_fn *done;
 };
 
@@ -254,8 +239,33 @@ enum access_step respond_signin(struct request *r, bool bearer);
 enum access_step respond_denied(struct request *r, const struct authn *an, const char *user,
                                 const char *email, const char *reason, bool show_reason,
                                 const char *device_hint);
-/* authn's answer (status, type, headers, body). */
-enum access_step respond_authn(struct request *r, const struct authn_resp *rs);
+/* The pure layer under the respond_* functions (unit-tested): what to send,
+ * rendered into ctx->arena. Each returns false when the answer could not be
+ * made (out of request memory, no page): the caller sends a plain 500. */
+struct pages;
+struct respond_ctx {
+    struct arena *arena;
+    const char *request_id;
+    bool html;                 /* respond_wants_html: decided once per request */
+    const struct pages *pages; /* the templates (authn_pages), NULL: none */
+    struct str target;         /* the request target (the sign-in return path) */
+};
+struct respond_answer {
+    int status;
+    const char *ctype;
+    struct str body;
+    const char *headers; /* extra header lines, "" when none */
+};
+bool respond_render_error(const struct respond_ctx *c, int status, const char *title,
+                          const char *message, const char *extra, struct respond_answer *ans);
+bool respond_render_signin(const struct respond_ctx *c, bool bearer, bool redirect,
+                           const char *extra, struct respond_answer *ans);
+bool respond_render_authn(const struct respond_ctx *c, const struct authn_out *o,
+                          struct respond_answer *ans);
+/* authn's answer: its intent (o->resp: sign-in needed, error, redirect, one of
+ * its pages or a document) rendered, with its header lines (cookies). */
+enum access_step respond_authn(struct request *r, const struct authn *an,
+                               const struct authn_out *o);
 
 /* ---- counters.c: metrics --------------------------------------------------------- */
 

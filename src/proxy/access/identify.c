@@ -6,7 +6,6 @@
  * read. A new source (the TLS client certificate's device, another sign-in
  * protocol) is one more entry in identity_sources: decide, record and forward
  * see it through struct identity and struct policy_input without change. */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,9 +130,6 @@ static void authn_req_fill(struct exchange *x)
                                          (int)r->host.len, r->host.p);
         a->public_origin = public_origin(r);
     }
-    /* The route's policy decides who must sign in (rules may allow anonymous
-     * callers), so authn never refuses an anonymous caller here. */
-    a->route_public = true;
     a->route_idps = x->route ? x->route->idps : NULL;
     a->nroute_idps = x->route ? x->route->nidps : 0;
     a->request_id = r->id;
@@ -176,7 +172,7 @@ static void source_authn(const struct exchange *x, struct identity *id)
  * (client CA, CRL and the device registry, through authn/device.c's
  * per-worker cache), so a revocation reaches keep-alive connections and
  * resumed TLS sessions. Strings are copied into the request's arena. */
-static void device_read(struct request *r, struct identity_device *out)
+static void device_read(struct request *r, struct authn_device *out)
 {
     struct request_client_tls t;
     struct device_identity *d;
@@ -199,7 +195,7 @@ static void device_read(struct request *r, struct identity_device *out)
     }
     struct arena *a = r->arena;
     bool enrolled = d->enrolled;
-    *out = (struct identity_device){
+    *out = (struct authn_device){
         .present = true,
         .trusted = d->trusted,
         .id = enrolled ? arena_strdup(a, d->id) : NULL,
@@ -215,7 +211,7 @@ static void device_read(struct request *r, struct identity_device *out)
     if ((enrolled && (!out->id || !out->owner || !out->name)) || !out->subject || !out->issuer ||
         !out->serial || !out->fingerprint) {
         /* Out of request memory: no device rather than a partial one. */
-        *out = (struct identity_device){ 0 };
+        *out = (struct authn_device){ 0 };
         log_emit(LOG_WARN, "device", r->id, NULL, "device identity dropped: request too large");
     }
 }
@@ -235,27 +231,6 @@ static const char *cert_x5t(struct request *r)
     return out;
 }
 
-/* For /.gatehouse/me (authn's page): the device as JSON and as a line for people. */
-static void device_for_me(struct request *r, const struct identity_device *d, struct authn_req *a)
-{
-    if (!d->present) {
-        a->device_text = "none";
-        return;
-    }
-    json_t *o =
-        json_pack("{s:b, s:b, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:s}", "present", 1, "trusted",
-                  d->trusted, "id", d->id, "name", d->name, "owner", d->owner, "fingerprint",
-                  d->fingerprint, "serial", d->serial, "subject", d->subject, "issuer", d->issuer);
-    char *js = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    a->device_json = js ? arena_strdup(r->arena, js) : NULL;
-    free(js);
-    a->device_text = d->trusted ? arena_printf(r->arena, "%s (%s), trusted",
-                                               d->name && d->name[0] ? d->name : d->id, d->id)
-                                : arena_printf(r->arena, "%s, not trusted: %s", d->subject,
-                                               d->why ? d->why : "");
-}
-
 static void source_device_begin(struct exchange *x)
 {
     struct request *r = x->r;
@@ -265,7 +240,7 @@ static void source_device_begin(struct exchange *x)
         x->ids.req.client_cert_x5t = cert_x5t(r); /* RFC 8705 certificate-bound tokens */
     }
     if (x->reserved) {
-        device_for_me(r, &x->ids.device, &x->ids.req);
+        x->ids.req.device = &x->ids.device; /* /.gatehouse/me shows it */
     }
 }
 

@@ -1,9 +1,16 @@
 /* proxy/access/respond.c - every answer the access stage gives the user
  * itself: error pages, the access-denied page, the sign-in challenge (302 for
- * a browser, 401 for an API client) and authn's own answers. "HTML or JSON?"
- * is decided here, once. Each function sends the response: nothing may touch
- * the request afterwards (its arena is gone). */
+ * a browser, 401 for an API client), and authn's answers, which are intents
+ * (struct authn_resp: sign-in needed, error, redirect, one of its pages)
+ * rendered here. "HTML or JSON?" is decided here, once (respond_wants_html);
+ * JSON bodies get the request id through pages_json_text (proxy/pages.c).
+ *
+ * Two layers: respond_render_* are pure (a struct respond_ctx in, a struct
+ * respond_answer out: unit-tested without sockets), and the respond_* that
+ * the stage calls send what they render. Those send the response: nothing
+ * may touch the request afterwards (its arena is gone). */
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +19,11 @@
 #include "authn/oidc.h"
 #include "authn/page.h"
 #include "proxy/http.h"
+#include "proxy/pages.h"
 
 #define DENIED_DEFAULT "Access to this app is not allowed."
+#define HTML_TYPE      "text/html; charset=utf-8"
+#define NO_STORE       "Cache-Control: no-store\r\n"
 
 bool respond_wants_html(const struct request *r)
 {
@@ -21,56 +31,50 @@ bool respond_wants_html(const struct request *r)
                            request_header(r, STR("x-requested-with"), NULL));
 }
 
-static enum access_step send(struct request *r, int status, const char *ctype, struct str body,
-                             const char *extra)
+/* ---- rendering (pure) ---------------------------------------------------------- */
+
+static bool set(struct respond_answer *ans, int status, const char *ctype, struct str body,
+                const char *headers)
 {
-    request_respond(r, status, ctype, body, extra);
-    return ACCESS_RESPOND;
+    *ans = (struct respond_answer){ status, ctype, body, headers ? headers : "" };
+    return body.p != NULL && headers != NULL;
 }
 
-static enum access_step page(struct request *r, const struct authn *an, int status,
-                             enum page_kind k, const struct page_var *vars, size_t n,
-                             const char *extra)
+static bool render_page(const struct respond_ctx *c, int status, enum page_kind k,
+                        const struct page_var *vars, size_t n, const char *headers,
+                        struct respond_answer *ans)
 {
     size_t len = 0;
-    char *html = pages_render(authn_pages(an), k, vars, n, r->arena, &len);
-    if (!html) {
-        request_error(r, 500, "page too large");
-        return ACCESS_RESPOND;
-    }
-    return send(r, status, "text/html; charset=utf-8", (struct str){ html, len }, extra);
+    char *html = c->pages ? pages_render(c->pages, k, vars, n, c->arena, &len) : NULL;
+    return set(ans, status, HTML_TYPE, (struct str){ html, len }, headers);
 }
 
-/* A JSON object made by jansson (so every value is escaped), as the body. */
-static enum access_step send_json(struct request *r, int status, json_t *o, const char *extra)
+/* A JSON object made by jansson, with the request id, as the body. */
+static bool render_json(const struct respond_ctx *c, int status, json_t *o, const char *headers,
+                        struct respond_answer *ans)
 {
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    char *body = arena_strdup(r->arena, s ? s : "{}");
+    char *s = pages_json_text(o, c->request_id);
+    char *body = s ? arena_strdup(c->arena, s) : NULL;
     free(s);
-    if (!body) {
-        request_error(r, 500, "response too large");
-        return ACCESS_RESPOND;
-    }
-    return send(r, status, "application/json", str_from(body), extra);
+    return set(ans, status, "application/json", str_from(body), headers);
 }
 
-enum access_step respond_error(struct request *r, const struct authn *an, int status,
-                               const char *title, const char *message, const char *log_reason)
+bool respond_render_error(const struct respond_ctx *c, int status, const char *title,
+                          const char *message, const char *extra, struct respond_answer *ans)
 {
-    log_emit(status >= 500 ? LOG_WARN : LOG_INFO, "authn", r->id, NULL, "%s: %s", title,
-             log_reason ? log_reason : message);
-    if (respond_wants_html(r)) {
-        struct page_var v[] = { { "title", title },
-                                { "message", message },
-                                { "request_id", r->id },
-                                { "retry_url", "/.gatehouse/login" } };
-        return page(r, an, status, PAGE_ERROR, v, 4, NULL);
+    const char *hdr = arena_printf(c->arena, NO_STORE "%s", extra ? extra : "");
+    if (!c->html) {
+        return render_json(c, status, json_pack("{s:s, s:s}", "error", title, "message", message),
+                           hdr, ans);
     }
-    return send_json(
-        r, status,
-        json_pack("{s:s, s:s, s:s}", "error", title, "message", message, "request_id", r->id),
-        NULL);
+    if (!c->pages) {
+        return set(ans, status, "text/plain; charset=utf-8", str_from(title), hdr);
+    }
+    struct page_var v[] = { { "title", title },
+                            { "message", message },
+                            { "request_id", c->request_id },
+                            { "retry_url", "/.gatehouse/login" } };
+    return render_page(c, status, PAGE_ERROR, v, 4, hdr, ans);
 }
 
 static char *url_encode(struct arena *a, struct str s)
@@ -83,32 +87,147 @@ static char *url_encode(struct arena *a, struct str s)
     return out;
 }
 
-enum access_step respond_signin(struct request *r, bool bearer)
+bool respond_render_signin(const struct respond_ctx *c, bool bearer, bool redirect,
+                           const char *extra, struct respond_answer *ans)
 {
-    if (respond_wants_html(r) && !bearer) {
+    if (!extra) {
+        extra = "";
+    }
+    if (redirect && c->html && !bearer) {
         /* Only a safe same-host path is carried along (//evil.example/x is
          * a valid request target but not a return URL). */
-        char *rd = url_encode(r->arena, oidc_return_path_safe(r->target) ? r->target : STR("/"));
-        char *hdr = arena_printf(r->arena,
-                                 "Location: /.gatehouse/login?rd=%s\r\n"
-                                 "Cache-Control: no-store\r\n",
-                                 rd ? rd : "%2F");
-        return send(r, 302, "text/plain", STR("sign-in required\n"), hdr);
+        char *rd = url_encode(c->arena, oidc_return_path_safe(c->target) ? c->target : STR("/"));
+        char *hdr = arena_printf(c->arena, "Location: /.gatehouse/login?rd=%s\r\n" NO_STORE "%s",
+                                 rd ? rd : "%2F", extra);
+        return set(ans, 302, "text/plain", STR("sign-in required\n"), hdr);
     }
     /* RFC 6750 §3.1: say when the token itself was refused. */
-    return send_json(r, 401,
-                     json_pack("{s:s, s:s, s:s}", "error", "unauthenticated", "message",
-                               "sign-in or a bearer token is required", "request_id", r->id),
-                     bearer ? "WWW-Authenticate: Bearer realm=\"gatehouse\", "
-                              "error=\"invalid_token\"\r\nCache-Control: no-store\r\n"
-                            : "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n"
-                              "Cache-Control: no-store\r\n");
+    char *hdr =
+        arena_printf(c->arena, "WWW-Authenticate: Bearer realm=\"gatehouse\"%s\r\n" NO_STORE "%s",
+                     bearer ? ", error=\"invalid_token\"" : "", extra);
+    return render_json(c, 401,
+                       json_pack("{s:s, s:s}", "error", "unauthenticated", "message",
+                                 "sign-in or a bearer token is required"),
+                       hdr, ans);
+}
+
+/* authn's header lines (Set-Cookie, Allow, Cache-Control...) as one string. */
+static const char *authn_headers(struct arena *a, const struct authn_resp *rs)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < rs->nheaders; i++) {
+        len += strlen(rs->headers[i].name) + strlen(rs->headers[i].value) + 4;
+    }
+    char *extra = arena_alloc(a, len);
+    size_t off = 0;
+    for (size_t i = 0; extra && i < rs->nheaders; i++) {
+        int n = snprintf(extra + off, len - off, "%s: %s\r\n", rs->headers[i].name,
+                         rs->headers[i].value);
+        if (n < 0 || (size_t)n >= len - off) {
+            return NULL;
+        }
+        off += (size_t)n;
+    }
+    if (extra) {
+        extra[off] = '\0';
+    }
+    return extra;
+}
+
+bool respond_render_authn(const struct respond_ctx *c, const struct authn_out *o,
+                          struct respond_answer *ans)
+{
+    const struct authn_resp *rs = &o->resp;
+    const char *extra = authn_headers(c->arena, rs);
+
+    if (!extra) {
+        return set(ans, 500, NULL, STR_NULL, NULL);
+    }
+    switch (rs->kind) {
+    case AUTHN_ANSWER_SIGNIN:
+        return respond_render_signin(c, o->id.bearer, !rs->no_redirect, extra, ans);
+    case AUTHN_ANSWER_ERROR:
+        return respond_render_error(c, rs->status, rs->title ? rs->title : "Sign-in failed",
+                                    rs->message ? rs->message : "", extra, ans);
+    case AUTHN_ANSWER_REDIRECT:
+        return set(ans, rs->status, "text/plain; charset=utf-8", STR(""),
+                   rs->location ? arena_printf(c->arena, "Location: %s\r\n%s", rs->location, extra)
+                                : NULL);
+    case AUTHN_ANSWER_PAGE:
+        /* One of authn's own pages: its template, or its JSON form for API clients. */
+        if (rs->json && !c->html) {
+            return set(ans, rs->status, "application/json", str_from(rs->json), extra);
+        }
+        if (rs->page < 0 || rs->page >= PAGE_COUNT) {
+            break;
+        }
+        return render_page(c, rs->status, (enum page_kind)rs->page, rs->vars, rs->nvars, extra,
+                           ans);
+    case AUTHN_ANSWER_CONTENT:
+        return set(ans, rs->status, rs->content_type ? rs->content_type : "text/plain",
+                   (struct str){ rs->body ? rs->body : "", rs->body ? rs->body_len : 0 }, extra);
+    case AUTHN_ANSWER_NONE:
+        break;
+    }
+    return set(ans, 500, NULL, STR_NULL, NULL); /* nothing set: fail closed */
+}
+
+/* ---- sending ---------------------------------------------------------------------- */
+
+static struct respond_ctx ctx_of(struct request *r, const struct authn *an)
+{
+    return (struct respond_ctx){ .arena = r->arena,
+                                 .request_id = r->id,
+                                 .html = respond_wants_html(r),
+                                 .pages = an ? authn_pages(an) : NULL,
+                                 .target = r->target };
+}
+
+/* Sends what was rendered; a render that failed (out of request memory, no
+ * page) is a plain 500. */
+static enum access_step send(struct request *r, bool ok, const struct respond_answer *ans)
+{
+    if (!ok) {
+        request_error(r, 500, "response too large");
+        return ACCESS_RESPOND;
+    }
+    request_respond(r, ans->status, ans->ctype, ans->body, ans->headers[0] ? ans->headers : NULL);
+    return ACCESS_RESPOND;
+}
+
+enum access_step respond_error(struct request *r, const struct authn *an, int status,
+                               const char *title, const char *message, const char *log_reason)
+{
+    struct respond_ctx c = ctx_of(r, an);
+    struct respond_answer ans;
+
+    log_emit(status >= 500 ? LOG_WARN : LOG_INFO, "authn", r->id, NULL, "%s: %s", title,
+             log_reason ? log_reason : message);
+    return send(r, respond_render_error(&c, status, title, message, NULL, &ans), &ans);
+}
+
+enum access_step respond_signin(struct request *r, bool bearer)
+{
+    struct respond_ctx c = ctx_of(r, NULL);
+    struct respond_answer ans;
+
+    return send(r, respond_render_signin(&c, bearer, true, NULL, &ans), &ans);
+}
+
+enum access_step respond_authn(struct request *r, const struct authn *an, const struct authn_out *o)
+{
+    struct respond_ctx c = ctx_of(r, an);
+    struct respond_answer ans;
+
+    return send(r, respond_render_authn(&c, o, &ans), &ans);
 }
 
 enum access_step respond_denied(struct request *r, const struct authn *an, const char *user,
                                 const char *email, const char *reason, bool show_reason,
                                 const char *device_hint)
 {
+    struct respond_ctx c = ctx_of(r, an);
+    struct respond_answer ans;
     const char *shown = show_reason && reason ? reason : DENIED_DEFAULT;
 
     if (device_hint) {
@@ -120,53 +239,22 @@ enum access_step respond_denied(struct request *r, const struct authn *an, const
                                      shown, device_hint);
         shown = s ? s : "This app needs an enrolled device.";
     }
-
-    if (respond_wants_html(r)) {
-        /* "Sign in as someone else" comes back here, to this very URL. */
-        const char *here = r->query.len ? arena_printf(r->arena, "%.*s?%.*s", (int)r->path.len,
-                                                       r->path.p, (int)r->query.len, r->query.p)
-                                        : arena_strndup(r->arena, r->path.p, r->path.len);
-        struct page_var v[] = {
-            { "reason", shown },
-            { "user", email ? email : user },
-            { "request_id", r->id },
-            { "switch_user_url", authn_switch_user_url(r->arena, here ? str_from(here) : STR("/")) }
-        };
-        return page(r, an, 403, PAGE_DENIED, v, 4, "Cache-Control: no-store\r\n");
+    if (!c.html) {
+        return send(r,
+                    render_json(&c, 403,
+                                json_pack("{s:s, s:s, s:s?}", "error", "forbidden", "reason", shown,
+                                          "user", user),
+                                "", &ans),
+                    &ans);
     }
-    return send_json(r, 403,
-                     json_pack("{s:s, s:s, s:s, s:s?}", "error", "forbidden", "reason", shown,
-                               "request_id", r->id, "user", user),
-                     NULL);
-}
-
-enum access_step respond_authn(struct request *r, const struct authn_resp *rs)
-{
-    size_t len = 1;
-
-    if (rs->status == 0) {
-        request_error(r, 500, "sign-in failed");
-        return ACCESS_RESPOND;
-    }
-    for (size_t i = 0; i < rs->nheaders; i++) {
-        len += strlen(rs->headers[i].name) + strlen(rs->headers[i].value) + 4;
-    }
-    char *extra = arena_alloc(r->arena, len);
-    if (!extra) {
-        request_error(r, 431, "request too large");
-        return ACCESS_RESPOND;
-    }
-    size_t off = 0;
-    for (size_t i = 0; i < rs->nheaders; i++) {
-        int n = snprintf(extra + off, len - off, "%s: %s\r\n", rs->headers[i].name,
-                         rs->headers[i].value);
-        if (n < 0 || (size_t)n >= len - off) {
-            request_error(r, 500, "sign-in answer too large");
-            return ACCESS_RESPOND;
-        }
-        off += (size_t)n;
-    }
-    extra[off] = '\0';
-    return send(r, rs->status, rs->content_type ? rs->content_type : "text/plain",
-                (struct str){ rs->body ? rs->body : "", rs->body ? rs->body_len : 0 }, extra);
+    /* "Sign in as someone else" comes back here, to this very URL. */
+    const char *here = r->query.len ? arena_printf(r->arena, "%.*s?%.*s", (int)r->path.len,
+                                                   r->path.p, (int)r->query.len, r->query.p)
+                                    : arena_strndup(r->arena, r->path.p, r->path.len);
+    struct page_var v[] = { { "reason", shown },
+                            { "user", email ? email : user },
+                            { "request_id", r->id },
+                            { "switch_user_url",
+                              authn_switch_user_url(r->arena, here ? str_from(here) : STR("/")) } };
+    return send(r, render_page(&c, 403, PAGE_DENIED, v, 4, NO_STORE, &ans), &ans);
 }

@@ -81,7 +81,7 @@ static enum access_step run_policy(struct exchange *x)
         }
         log_emit(LOG_INFO, "policy", r->id, NULL, "denied %s on route %s by rule %s", who,
                  r->route->name, res->rule ? res->rule : "default-deny");
-        const struct identity_device *dev = &x->id.device;
+        const struct authn_device *dev = &x->id.device;
         const char *device_hint = NULL;
         if (decide_device_would_help(x->route->policy, &x->in)) {
             device_hint =
@@ -163,7 +163,7 @@ static enum access_step identified(struct exchange *x, enum authn_step st)
 
     if (st == AUTHN_RESPOND) {
         if (logged) {
-            return respond_authn(r, &x->ids.out.resp);
+            return respond_authn(r, x->conf->an, &x->ids.out);
         }
         if (x->ids.out.event == AUTHN_EV_LOGIN) {
             return respond_error(r, x->conf->an, 503, "Sign-in unavailable",

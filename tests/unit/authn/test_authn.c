@@ -18,6 +18,7 @@
 
 #include "authn/authn.h"
 #include "authn/jwt.h"
+#include "authn/page.h"
 
 #define ISS "https://idp.example"
 
@@ -140,12 +141,27 @@ static void rq_init(struct rq *q, const char *method, const char *path, const ch
 
 static const char *header(const struct authn_out *o, const char *name, int nth)
 {
+    if (strcmp(name, "Location") == 0) {
+        return o->resp.kind == AUTHN_ANSWER_REDIRECT ? o->resp.location : NULL;
+    }
     for (size_t i = 0; i < o->resp.nheaders; i++) {
         if (strcmp(o->resp.headers[i].name, name) == 0 && nth-- == 0) {
             return o->resp.headers[i].value;
         }
     }
     return NULL;
+}
+
+/* The body of a document, or one of authn's pages rendered as the proxy does. */
+static const char *page_body(const struct authn_out *o)
+{
+    size_t len = 0;
+    if (o->resp.kind == AUTHN_ANSWER_PAGE) {
+        return pages_render(authn_pages(an), (enum page_kind)o->resp.page, o->resp.vars,
+                            o->resp.nvars, a, &len);
+    }
+    assert_int_equal(o->resp.kind, AUTHN_ANSWER_CONTENT);
+    return o->resp.body;
 }
 
 static char *param(const char *url, const char *name)
@@ -256,39 +272,31 @@ static void test_unauthenticated_browser_and_api(void **state)
 {
     struct rq q;
     struct authn_out o;
+    /* An anonymous caller of a route is nobody, not a refusal: the route's
+     * policy decides, and the proxy challenges (tests/unit/proxy/test_access.c). */
     rq_init(&q, "GET", "/wiki/page", "a=1&b=2", NULL, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 302);
-    assert_string_equal(header(&o, "Location", 0),
-                        "/.gatehouse/login?rd=%2Fwiki%2Fpage%3Fa%3D1%26b%3D2");
-    /* A network-path "//evil" is never carried as the return URL. */
-    rq_init(&q, "GET", "//evil.example", "", NULL, NULL);
-    authn_check(an, &q.r, a, &o);
-    assert_string_equal(header(&o, "Location", 0), "/.gatehouse/login?rd=%2F");
-    /* API and XHR callers get 401 JSON. */
-    rq_init(&q, "GET", "/api/x", "", NULL, "application/json");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
-    assert_string_equal(header(&o, "WWW-Authenticate", 0), "Bearer realm=\"gatehouse\"");
-    assert_string_equal(o.resp.body, "{\"error\":\"unauthenticated\",\"message\":\"sign-in or a "
-                                     "bearer token is required\",\"request_id\":\"req-1\"}\n");
-    assert_int_equal(o.event, AUTHN_EV_SIGNIN_REQUIRED);
-    rq_init(&q, "GET", "/wiki", "", NULL, NULL);
-    q.r.x_requested_with = STR("XMLHttpRequest");
-    authn_check(an, &q.r, a, &o);
-    assert_int_equal(o.resp.status, 401);
-    /* Public routes let anonymous callers through. */
-    rq_init(&q, "GET", "/status", "", NULL, NULL);
-    q.r.route_public = true;
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
     assert_null(o.id.user_key);
+    assert_false(o.id.bearer);
+    assert_int_equal(o.event, AUTHN_EV_NONE);
+    /* /.gatehouse/me needs someone: the sign-in intent, the same for browsers
+     * and API clients (the proxy answers with a 302 or a 401). */
+    rq_init(&q, "GET", "/.gatehouse/me", "", NULL, NULL);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
+    assert_false(o.resp.no_redirect);
+    assert_false(o.id.bearer);
+    assert_null(header(&o, "WWW-Authenticate", 0));
+    assert_null(o.resp.body);
+    assert_int_equal(o.resp.status, 401);
+    assert_int_equal(o.event, AUTHN_EV_SIGNIN_REQUIRED);
     /* Two providers for the route: the chooser page. */
     rq_init(&q, "GET", "/.gatehouse/login", "rd=%2Fx", NULL, NULL);
     q.r.route_idps = NULL;
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
-    assert_non_null(strstr(o.resp.body, "/.gatehouse/login?idp=corp&amp;rd=%2Fx"));
-    assert_non_null(strstr(o.resp.body, "/.gatehouse/login?idp=other&amp;rd=%2Fx"));
+    assert_non_null(strstr(page_body(&o), "/.gatehouse/login?idp=corp&amp;rd=%2Fx"));
+    assert_non_null(strstr(page_body(&o), "/.gatehouse/login?idp=other&amp;rd=%2Fx"));
     /* An idp the route does not offer: 400, not the chooser. */
     rq_init(&q, "GET", "/.gatehouse/login", "idp=nope", NULL, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
@@ -297,7 +305,7 @@ static void test_unauthenticated_browser_and_api(void **state)
     rq_init(&q, "GET", "/.gatehouse/signed-out", "", NULL, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
-    assert_non_null(strstr(o.resp.body, "You are signed out"));
+    assert_non_null(strstr(page_body(&o), "You are signed out"));
     /* Anonymous /me: sign in first (recorded as such by the caller). */
     rq_init(&q, "GET", "/.gatehouse/me", "", NULL, "application/json");
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
@@ -316,7 +324,9 @@ static void test_sign_in_session_me_and_assertion(void **state)
     assert_string_equal(o.id.user_key, "https://idp.example#alice");
     assert_string_equal(o.id.sub, "alice");
     assert_string_equal(o.id.email, "alice@example.com");
-    assert_string_equal(o.id.groups_json, "[\"eng\",\"admins\"]");
+    assert_string_equal(o.id.attrs->groups_json, "[\"eng\",\"admins\"]");
+    assert_int_equal(o.id.attrs->ngroups, 2);
+    assert_true(str_eq_cstr(o.id.attrs->groups[1], "admins"));
     assert_string_equal(o.id.idp, "corp");
     assert_int_equal(strlen(o.id.session_id), 16);
 
@@ -328,7 +338,7 @@ static void test_sign_in_session_me_and_assertion(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &j), AUTHN_RESPOND);
     assert_int_equal(j.resp.status, 200);
     struct err err = { 0 };
-    struct jwks *k = jwks_parse((struct str){ j.resp.body, j.resp.body_len }, &err);
+    struct jwks *k = jwks_parse(str_from(page_body(&j)), &err);
     const char *auds[] = { "wiki" };
     struct jwt_rules r = { .issuer = "https://gatehouse.example", .audiences = auds,
                            .naudiences = 1, .require_exp = true, .now_s = now_ms() / 1000 };
@@ -349,7 +359,9 @@ static void test_sign_in_session_me_and_assertion(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
     json_error_t jerr;
-    json_t *me = json_loads(o.resp.body, 0, &jerr);
+    /* One page, both forms: the proxy picks the JSON for an API client. */
+    assert_int_equal(o.resp.kind, AUTHN_ANSWER_PAGE);
+    json_t *me = json_loads(o.resp.json, 0, &jerr);
     assert_string_equal(json_string_value(json_object_get(me, "email")), "alice@example.com");
     assert_string_equal(json_string_value(json_object_get(me, "idp")), "corp");
     /* "user" is the subject, as in the identity headers and the decision log. */
@@ -358,7 +370,9 @@ static void test_sign_in_session_me_and_assertion(void **state)
     json_decref(me);
     rq_init(&q, "GET", "/.gatehouse/me", "", gh, NULL);
     authn_check(an, &q.r, a, &o);
-    assert_non_null(strstr(o.resp.body, "<dd id=\"me-groups\">eng, admins</dd>"));
+    assert_non_null(strstr(page_body(&o), "<dd id=\"me-groups\">eng, admins</dd>"));
+    /* the session's ends, rendered after authn returned (values kept in the arena) */
+    assert_non_null(strstr(page_body(&o), "<time datetime=\"20"));
 
     /* A Basic header meant for the backend does not hide the session. */
     rq_init(&q, "GET", "/wiki", "", gh, NULL);
@@ -370,8 +384,8 @@ static void test_sign_in_session_me_and_assertion(void **state)
     char *bad = xstrdup(gh);
     bad[5] = bad[5] == 'A' ? 'B' : 'A';
     rq_init(&q, "GET", "/wiki", "", bad, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 302);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
     free(bad);
     free(gh);
     (void)state;
@@ -389,7 +403,11 @@ static void test_callback_attacks(void **state)
     assert_int_equal(o.resp.status, 400);
     assert_string_equal(o.reason, "sign-in refused: callback state does not match the login "
                                   "cookie");
-    assert_non_null(strstr(o.resp.body, "req-1")); /* the page names the request id only */
+    /* An error intent: words for people; the details only in the log (the
+     * proxy adds the request id). */
+    assert_int_equal(o.resp.kind, AUTHN_ANSWER_ERROR);
+    assert_null(strstr(o.resp.message, "state"));
+    assert_null(strstr(o.resp.title, "state"));
     rq_init(&q, "GET", "/.gatehouse/oidc/callback/corp", "code=C&state=x", NULL, NULL);
     authn_check(an, &q.r, a, &o);
     assert_string_equal(o.reason, "sign-in refused: no login cookie: state cannot be checked");
@@ -442,31 +460,31 @@ static void test_bearer_tokens(void **state)
     t = sign("rotated", c);
     auth = xasprintf("Bearer %s", t);
     q.r.authorization = str_from(auth);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
-    assert_string_equal(header(&o, "WWW-Authenticate", 0),
-                        "Bearer realm=\"gatehouse\", error=\"invalid_token\"");
+    /* refused: anonymous, marked bearer (a challenge is a 401 invalid_token) */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_true(o.id.bearer);
     assert_string_equal(o.reason, "bearer token refused: no key with kid \"rotated\" in the JWKS");
     free(auth);
     free(t);
     free(c);
     /* alg none. */
     q.r.authorization = STR("Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIn0.");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
-    assert_string_equal(o.reason, "bearer token refused: token algorithm \"none\" is not allowed");
-    /* On a public route a refused token leaves an anonymous caller, marked bearer
-     * (so a policy that wants a user answers 401, not a redirect). */
-    q.r.route_public = true;
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
     assert_null(o.id.user_key);
     assert_true(o.id.bearer);
+    assert_string_equal(o.reason, "bearer token refused: token algorithm \"none\" is not allowed");
     /* A token from an issuer the route does not accept: refused the same way. */
-    q.r.route_public = false;
     q.r.authorization = STR("Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2V2aWwifQ.c2ln");
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
-    assert_int_equal(o.resp.status, 401);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);
+    assert_null(o.id.user_key);
+    assert_true(o.id.bearer);
     assert_non_null(strstr(o.reason, "bearer token refused: "));
+    /* /.gatehouse/me with a refused token: the challenge, marked bearer. */
+    q.r.path = STR("/.gatehouse/me");
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(o.resp.kind, AUTHN_ANSWER_SIGNIN);
+    assert_true(o.id.bearer);
     (void)state;
 }
 
@@ -535,7 +553,8 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_string_equal(o.reason, "back-channel logout refused: logout token was already used "
                                   "(jti replay)");
     rq_init(&q, "GET", "/wiki", "", gh1, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND); /* ended */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* ended: nobody */
+    assert_null(o.id.user_key);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);       /* other session kept */
 
@@ -544,7 +563,7 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
     assert_int_equal(o.event, AUTHN_EV_NONE);
-    const char *tv = strstr(o.resp.body, "name=\"csrf_token\" value=\"");
+    const char *tv = strstr(page_body(&o), "name=\"csrf_token\" value=\"");
     assert_non_null(tv);
     tv += 25;
     char *form = xasprintf("csrf_token=%.*s", (int)strcspn(tv, "\""), tv);
@@ -573,12 +592,13 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(o.event, AUTHN_EV_LOGOUT);
     assert_true(strncmp(header(&o, "Set-Cookie", 0), "gh=; Path=/; Max-Age=0", 22) == 0);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* signed out: nobody */
+    assert_null(o.id.user_key);
     /* Coming back from the IdP: the signed-out page. */
     rq_init(&q, "GET", "/.gatehouse/logout", "", NULL, NULL);
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_RESPOND);
     assert_int_equal(o.resp.status, 200);
-    assert_non_null(strstr(o.resp.body, "You are signed out"));
+    assert_non_null(strstr(page_body(&o), "You are signed out"));
 
     /* The IdP's back-channel logout for a session signed out here already
      * (sid SID-KEEP) does not widen to the user's other sessions by sub. */

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 
+#include "authn/attrs.h"
 #include "authn/session.h"
 
 static char dir[64];
@@ -57,14 +58,18 @@ static struct session_conf conf(void)
     return c;
 }
 
+static struct authn_attrs *alice_attrs;
+
 static struct session_new alice(void)
 {
+    if (!alice_attrs) {
+        alice_attrs = attrs_parse("[\"eng\",\"admins\"]", "{\"sub\":\"alice\"}");
+    }
     struct session_new n = {
         .user_key = "https://idp#alice",
         .email = "alice@example.com",
         .name = "Alice",
-        .groups_json = "[\"eng\",\"admins\"]",
-        .claims_json = "{\"sub\":\"alice\"}",
+        .attrs = alice_attrs,
         .idp = "corp",
         .sid = "SID-A",
         .refresh_token = "RT-plaintext-1",
@@ -90,7 +95,13 @@ static void test_create_lookup_expiry(void **state)
     struct session_view v;
     assert_int_equal(session_lookup(s, str_from(cookie), t0 + 10, a, &v), SESSION_VALID);
     assert_string_equal(v.user_key, "https://idp#alice");
-    assert_string_equal(v.groups_json, "[\"eng\",\"admins\"]");
+    /* The cache keeps them parsed: the request gets the lists, no JSON. */
+    assert_string_equal(v.attrs->groups_json, "[\"eng\",\"admins\"]");
+    assert_int_equal(v.attrs->ngroups, 2);
+    assert_true(str_eq_cstr(v.attrs->groups[0], "eng"));
+    assert_true(str_eq_cstr(v.attrs->groups[1], "admins"));
+    assert_int_equal(v.attrs->nclaims, 1);
+    assert_true(str_eq_cstr(v.attrs->claims[0].name, "sub"));
     assert_int_equal(v.expires_ms, t0 + 3600000);
     assert_int_equal(strlen(v.id), 16);
     assert_false(v.refresh_due); /* token expiry unknown */
@@ -282,11 +293,13 @@ static void test_refresh_single_flight_and_rotation(void **state)
     assert_false(v.refresh_due); /* in flight */
 
     int64_t new_exp = now_ms() / 1000 + 3600;
-    session_refresh_done(s, str_from(ck), true, true, "RT-rotated-2", new_exp, NULL, NULL,
-                         "[\"eng\"]");
+    struct authn_attrs *eng = attrs_parse("[\"eng\"]", NULL);
+    session_refresh_done(s, str_from(ck), true, true, "RT-rotated-2", new_exp, NULL, NULL, eng);
+    attrs_unref(eng);
     assert_int_equal(session_lookup(s, str_from(ck), now_ms(), a, &v), SESSION_VALID);
     assert_false(v.refresh_due);
-    assert_string_equal(v.groups_json, "[\"eng\"]");
+    assert_string_equal(v.attrs->groups_json, "[\"eng\"]");
+    assert_int_equal(v.attrs->ngroups, 1);
     assert_int_equal(v.token_exp_s, new_exp);
     session_store_close(s);
 
