@@ -348,6 +348,27 @@ def binary_label(binary):
         return "?"
 
 
+def profile(args, t, g, url, headers):
+    """perf record -e cpu-clock -g on Gatehouse's process for the length of
+    one wrk run; writes DIR/<t>.data and the top 10 symbols (self time) to DIR/<t>.txt."""
+    data = os.path.join(args.perf, t + ".data")
+    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o", data,
+                            "-p", str(g.server.proc.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = bench.run_wrk(url, args.duration, args.connections, 1, headers=headers)
+    rec.send_signal(2)
+    rec.wait()
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol",
+                          "--percent-limit", "0.5", "--stdio", "-g", "none"],
+                         capture_output=True, text=True).stdout
+    rows = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("#")][:10]
+    text = f"{t}: {r['rps']:.0f} req/s during the profile\n" + "\n".join(rows) + "\n"
+    with open(os.path.join(args.perf, t + ".txt"), "w") as f:
+        f.write(text)
+    print(text, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gatehouse", default=os.environ.get(
@@ -359,7 +380,15 @@ def main():
     ap.add_argument("--write", default=os.path.join(HERE, "README.md"),
                     help="README to update between the signedin markers ('-' = stdout only)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="instead of the rounds: `perf record -e cpu-clock -g` on each "
+                    "Gatehouse target for --duration seconds of wrk, top 10 symbols of each "
+                    "in DIR/<target>.txt (nothing written to the README)")
     args = ap.parse_args()
+    if args.perf:
+        args.write = "-"
+        args.perf = os.path.abspath(args.perf)
+        os.makedirs(args.perf, exist_ok=True)
     args.gatehouse = os.path.abspath(args.gatehouse)
     for tool in ("wrk", "nginx", "haproxy", "node"):
         if shutil.which(tool) is None:
@@ -433,6 +462,11 @@ def main():
             r = bench.run_wrk(urls[t], 1, args.connections, 1, headers=creds.get(t, ()))
             if t.startswith("gh-log-"):
                 served[t[len("gh-log-"):]] += r["requests"]
+        if args.perf:
+            for t in targets:
+                if t.startswith("gh-"):
+                    profile(args, t, owner[t], urls[t], creds.get(t, ()))
+            return 0
         results = {t: [] for t in targets}
         for rnd in range(args.rounds):
             for t in targets:
