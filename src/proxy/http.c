@@ -209,6 +209,10 @@ static const llhttp_settings_t g_settings = {
     .on_chunk_extension_name = on_chunk_ext, .on_chunk_extension_value = on_chunk_ext,
 };
 
+/* A connection drops its parser whenever it goes idle: the header tables of
+ * this thread's last few parsers wait here for the next request. */
+static __thread struct mem_cache hdr_cache;
+
 void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_limits *lim,
                   http_body_fn *on_body_cb, void *arg)
 {
@@ -219,14 +223,14 @@ void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_li
     }
     h->on_body = on_body_cb;
     h->arg = arg;
-    h->hdr = xmalloc(h->lim.headers * sizeof *h->hdr);
+    h->hdr = mem_cache_get(&hdr_cache, h->lim.headers * sizeof *h->hdr);
     llhttp_init(&h->p, type, &g_settings);
     h->p.data = h;
 }
 
 void http_in_fini(struct http_in *h)
 {
-    free(h->hdr);
+    mem_cache_put(&hdr_cache, h->hdr, h->lim.headers * sizeof *h->hdr);
     h->hdr = NULL;
 }
 
