@@ -279,7 +279,8 @@ def render(a, results, targets, integrity, load0, load1, commit):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python3 bench/signedin.py" + (f" --rounds {a.rounds}" if a.rounds != 9 else "") + \
         (f" --duration {a.duration}" if a.duration != 5 else "") + \
-        (f" --only {a.only}" if a.only else "")
+        (f" --only {a.only}" if a.only else "") + \
+        (f" --baseline {os.path.basename(a.baseline)}" if a.baseline else "")
     lines = [
         f"Run: {now}, `{cmd}` (Gatehouse {commit}; {a.rounds} interleaved rounds, "
         f"wrk -t1 -c{a.connections} -d{a.duration}s --latency, keep-alive, medians).",
@@ -301,7 +302,7 @@ def render(a, results, targets, integrity, load0, load1, commit):
         errs = "; ".join(sorted({r["errors"].strip("; ") for r in rs if r["errors"]})) or "0"
         pc = med(rs, "rpcpu")
         lines.append(
-            f"| {t} | {WHAT[t]} | {med(rs, 'rps'):.0f} | {med(rs, 'p50'):.3f} | "
+            f"| {t} | {WHAT[t.rpartition(':')[2]]} | {med(rs, 'rps'):.0f} | {med(rs, 'p50'):.3f} | "
             f"{paired(results, t, 'nginx', 'p50'):.2f} | {med(rs, 'p99'):.3f} | "
             f"{paired(results, t, 'nginx', 'p99'):.2f} | {pc:.0f} | "
             f"{paired(results, t, 'nginx', 'rpcpu'):.2f} | {1e6 / pc:.1f} | {errs} |")
@@ -318,6 +319,11 @@ def render(a, results, targets, integrity, load0, load1, commit):
         ok = v >= goal if op == ">=" else v <= goal
         lines.append(f"- {label}: {v:.2f}× nginx (target {op.replace('>=', '≥').replace('<=', '≤')} "
                      f"{goal}×): {'met' if ok else 'MISSED'}")
+    for t in targets:
+        if "before:" + t in results:
+            lines.append(f"- {t}: {paired(results, t, 'before:' + t, 'rpcpu'):.2f}× the requests "
+                         f"per CPU-second of `{os.path.basename(a.baseline)}` (before), p99 "
+                         f"{paired(results, t, 'before:' + t, 'p99'):.2f}× (paired per round)")
     for mode, (ok, recs, served, last) in integrity.items():
         lines.append(f"- decision log {mode}: {recs} records for {served} responses wrk counted "
                      f"(warm-up included; sign-in and checks add a few); `audit verify`: "
@@ -380,6 +386,9 @@ def main():
     ap.add_argument("--write", default=os.path.join(HERE, "README.md"),
                     help="README to update between the signedin markers ('-' = stdout only)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="another gatehouse binary whose targets run in the same rounds, "
+                    "right after the --gatehouse ones (rows 'before:gh-...')")
     ap.add_argument("--perf", metavar="DIR",
                     help="instead of the rounds: `perf record -e cpu-clock -g` on each "
                     "Gatehouse target for --duration seconds of wrk, top 10 symbols of each "
@@ -390,6 +399,8 @@ def main():
         args.perf = os.path.abspath(args.perf)
         os.makedirs(args.perf, exist_ok=True)
     args.gatehouse = os.path.abspath(args.gatehouse)
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
     for tool in ("wrk", "nginx", "haproxy", "node"):
         if shutil.which(tool) is None:
             sys.exit(f"signedin bench: {tool} is missing (scripts/deps.sh bench installs it)")
@@ -408,17 +419,21 @@ def main():
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     servers, idp = [], None
     try:
-        gh_ports = {m: bench.free_port() for m in ("nolog", "batch", "strict", "echo")}
+        # One set of Gatehouse instances per binary: "" for --gatehouse, "before:"
+        # for --baseline (its targets run in the same rounds, right after).
+        sides = [("", args.gatehouse)] + ([("before:", args.baseline)] if args.baseline else [])
+        gh_ports = {(side, m): bench.free_port() for side, _ in sides
+                    for m in ("nolog", "batch", "strict")}
+        gh_ports[("", "echo")] = bench.free_port()
         bench_cb = f"http://127.0.0.1:{bench.free_port()}/cb"
-        client = oidc.client_for(f"http://127.0.0.1:{gh_ports['nolog']}")
+        client = oidc.client_for(f"http://127.0.0.1:{gh_ports[('', 'nolog')]}")
         del client["backchannel_logout_uri"]
-        for m in ("batch", "strict", "echo"):
-            client["redirect_uris"].append(
-                f"http://127.0.0.1:{gh_ports[m]}/.gatehouse/oidc/callback")
+        for port in gh_ports.values():
+            client["redirect_uris"].append(f"http://127.0.0.1:{port}/.gatehouse/oidc/callback")
         client["redirect_uris"].append(bench_cb)
         idp = oidc.IdP([client], env={"GH_IDP_ID_TTL": "3600", "GH_IDP_ACCESS_TTL": "3600"})
         token, _ = authn.fetch_id_token(idp, oidc.CLIENT_ID, oidc.CLIENT_SECRET, bench_cb)
-        check_identity(d, args.gatehouse, idp, gh_ports["echo"])
+        check_identity(d, args.gatehouse, idp, gh_ports[("", "echo")])
 
         os.sched_setaffinity(0, {CLIENT_CPU})
         backend = bench.start_backend(d)
@@ -438,33 +453,47 @@ def main():
         gh = {}
         need = {"nolog": {"gh-public", "gh-signedin", "gh-bearer"},
                 "batch": {"gh-log-batch"}, "strict": {"gh-log-strict"}}
-        for mode, ts in need.items():
-            if ts & set(targets):
-                gh[mode] = Gatehouse(d, args.gatehouse, gh_ports[mode], idp, backend.port,
-                                     None if mode == "nolog" else mode)
-                servers.append(gh[mode])
+        for side, binary in sides:
+            for mode, ts in need.items():
+                if ts & set(targets):
+                    sd = os.path.join(d, side.rstrip(":") or "after")
+                    gh[(side, mode)] = Gatehouse(sd, binary, gh_ports[(side, mode)], idp,
+                                                 backend.port, None if mode == "nolog" else mode)
+                    servers.append(gh[(side, mode)])
         os.sched_setaffinity(0, {CLIENT_CPU})
         for g in gh.values():
             g.sign_in()
-        if "nolog" in gh:
-            g = gh["nolog"]
-            owner.update({"gh-public": g, "gh-signedin": g, "gh-bearer": g})
-            urls.update({"gh-public": g.base + "/public/page", "gh-signedin": g.base + PATH,
-                         "gh-bearer": g.base + PATH})
-            creds.update({"gh-signedin": [g.cookie], "gh-bearer": [f"Authorization: Bearer {token}"]})
-        for mode, t in (("batch", "gh-log-batch"), ("strict", "gh-log-strict")):
-            if mode in gh:
-                owner[t], urls[t], creds[t] = gh[mode], gh[mode].base + PATH, [gh[mode].cookie]
-        targets = [t for t in targets if t in urls]
+        all_targets = [t for t in targets if not t.startswith("gh-")]
+        for side, _ in sides:
+            if (side, "nolog") in gh:
+                g = gh[(side, "nolog")]
+                owner.update({side + t: g for t in ("gh-public", "gh-signedin", "gh-bearer")})
+                urls.update({side + "gh-public": g.base + "/public/page",
+                             side + "gh-signedin": g.base + PATH, side + "gh-bearer": g.base + PATH})
+                creds.update({side + "gh-signedin": [g.cookie],
+                              side + "gh-bearer": [f"Authorization: Bearer {token}"]})
+            for mode, t in (("batch", "gh-log-batch"), ("strict", "gh-log-strict")):
+                if (side, mode) in gh:
+                    g = gh[(side, mode)]
+                    owner[side + t], urls[side + t], creds[side + t] = g, g.base + PATH, [g.cookie]
+        for t in targets:
+            all_targets += [side + t for side, _ in sides if t.startswith("gh-")]
+        targets = [t for t in all_targets if t in urls]
         check({t: urls[t] for t in targets}, creds)
-        served = {m: 0 for m in ("batch", "strict")}
+
+        def log_mode(t):
+            side, _, name = t.rpartition(":")
+            return (side + ":" if side else "", name[len("gh-log-"):]) \
+                if name.startswith("gh-log-") else None
+
+        served = {k: 0 for k in gh}
         for t in targets:  # warm-up: connection pools, caches, the assertion
             r = bench.run_wrk(urls[t], 1, args.connections, 1, headers=creds.get(t, ()))
-            if t.startswith("gh-log-"):
-                served[t[len("gh-log-"):]] += r["requests"]
+            if log_mode(t):
+                served[log_mode(t)] += r["requests"]
         if args.perf:
             for t in targets:
-                if t.startswith("gh-"):
+                if "gh-" in t:
                     profile(args, t, owner[t], urls[t], creds.get(t, ()))
             return 0
         results = {t: [] for t in targets}
@@ -477,9 +506,9 @@ def main():
                 r["cpu"] = bench.cpu_seconds(pids) - c0
                 r["rpcpu"] = r["requests"] / r["cpu"] if r["cpu"] > 0 else None
                 results[t].append(r)
-                if t.startswith("gh-log-"):
-                    served[t[len("gh-log-"):]] += r["requests"]
-                print(f"round {rnd + 1} {t:14s} {r['rps']:9.0f} req/s "
+                if log_mode(t):
+                    served[log_mode(t)] += r["requests"]
+                print(f"round {rnd + 1} {t:21s} {r['rps']:9.0f} req/s "
                       f"p50 {r.get('p50', 0):7.3f} ms p99 {r.get('p99', 0):7.3f} ms "
                       f"cpu {r['cpu']:5.2f} s {r['rpcpu'] or 0:8.0f} req/CPU-s {r['errors']}",
                       flush=True)
@@ -487,12 +516,12 @@ def main():
         load1 = os.getloadavg()[0]
         time.sleep(1)  # batch mode flushes
         integrity = {}
-        for mode in ("batch", "strict"):
-            if mode in gh:
-                gh[mode].stop()
-                servers.remove(gh[mode])
-                ok, last = gh[mode].verify()
-                integrity[mode] = (ok, gh[mode].records(), served[mode], last)
+        for (side, mode), g in gh.items():
+            if mode != "nolog":
+                g.stop()
+                servers.remove(g)
+                ok, last = g.verify()
+                integrity[side + mode] = (ok, g.records(), served[(side, mode)], last)
         report = render(args, results, targets, integrity, load0, load1,
                         binary_label(args.gatehouse))
     finally:
