@@ -27,14 +27,14 @@ struct deferred {
 };
 
 struct arena {
-    struct block *head;  /* current block; older ones follow */
+    struct block *head; /* current block; older ones follow */
     struct deferred *defers;
     size_t cap, used;
 };
 
 /* The first block lives in the arena's own allocation, right after it. */
 #define FIRST_OFF ((sizeof(struct arena) + 15) & ~(size_t)15)
-#define FIRST(a) ((struct block *)((char *)(a) + FIRST_OFF))
+#define FIRST(a)  ((struct block *)((char *)(a) + FIRST_OFF))
 
 /* A keep-alive connection frees its arena whenever it goes idle and makes a
  * new one for its next request: the allocation comes from a per-thread cache. */

@@ -21,7 +21,7 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define MEM_CACHE_MAX 12
 
 struct mem_cache {
-    void *head;  /* private */
+    void *head; /* private */
     size_t size;
     unsigned n;
     bool registered;

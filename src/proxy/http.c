@@ -198,15 +198,19 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-/* The parser callbacks, by part of the message (llhttp_settings_init() would
+/* The parser callbacks: the chunk extensions share one; for every other
+ * event llhttp's on_<event> is our on_<event> (llhttp_settings_init() would
  * only zero the rest). */
-static const llhttp_settings_t g_settings = {
-    .on_message_begin = on_message_begin, .on_message_complete = on_message_complete,
-    .on_url = on_url, .on_status = on_status, .on_headers_complete = on_headers_complete,
-    .on_header_field = on_header_field, .on_header_field_complete = on_header_field_complete,
-    .on_header_value = on_header_value, .on_header_value_complete = on_header_value_complete,
-    .on_body = on_body, .on_chunk_header = on_chunk_header,
-    .on_chunk_extension_name = on_chunk_ext, .on_chunk_extension_value = on_chunk_ext,
+#define PARSER_EVENTS(X)                                                                           \
+    X(message_begin)                                                                               \
+    X(message_complete)                                                                            \
+    X(url) X(status) X(headers_complete) X(header_field) X(header_field_complete) X(header_value)  \
+        X(header_value_complete) X(body) X(chunk_header)
+static const llhttp_settings_t g_settings = { .on_chunk_extension_name = on_chunk_ext,
+                                              .on_chunk_extension_value = on_chunk_ext,
+#define X(event) .on_##event = on_##event,
+                                              PARSER_EVENTS(X)
+#undef X
 };
 
 /* A connection drops its parser whenever it goes idle: the header tables of
@@ -310,10 +314,10 @@ struct str http_in_value(const struct http_in *h, const char *base, size_t i)
 
 /* The bytes a Host may hold besides letters and digits: "-._~:[]%!$&'()*+,;=". */
 static const bool host_punct[256] = {
-    ['-'] = true, ['.'] = true, ['_'] = true, ['~'] = true, [':'] = true, ['['] = true,
-    [']'] = true, ['%'] = true, ['!'] = true, ['$'] = true, ['&'] = true, ['\''] = true,
-    ['('] = true, [')'] = true, ['*'] = true, ['+'] = true, [','] = true, [';'] = true,
-    ['='] = true,
+    ['-'] = true, ['.'] = true,  ['_'] = true, ['~'] = true, [':'] = true,
+    ['['] = true, [']'] = true,  ['%'] = true, ['!'] = true, ['$'] = true,
+    ['&'] = true, ['\''] = true, ['('] = true, [')'] = true, ['*'] = true,
+    ['+'] = true, [','] = true,  [';'] = true, ['='] = true,
 };
 
 static bool valid_host(struct str s)
@@ -401,8 +405,9 @@ static bool split_host(struct str h, struct str *name, struct str *port)
     if (h.p[n - 1] == '.') {
         name->len--;
     }
-    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' || memchr(name->p, '%', name->len) ||
-        memchr(name->p, '[', name->len) || memchr(name->p, ']', name->len)) {
+    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' ||
+        memchr(name->p, '%', name->len) || memchr(name->p, '[', name->len) ||
+        memchr(name->p, ']', name->len)) {
         return false;
     }
     for (size_t i = 1; i < name->len; i++) {
@@ -437,16 +442,38 @@ enum hname {
     HN_CONNECTION,
     HN_UPGRADE,
     HN_TRANSFER_ENCODING,
-    HN_HOP,          /* another hop-by-hop header (RFC 9110 §7.6.1) */
+    HN_HOP, /* another hop-by-hop header (RFC 9110 §7.6.1) */
     HN_CONTENT_LENGTH,
     HN_X_FORWARDED_FOR,
     HN_X_REQUEST_ID,
-    HN_REPLACED,     /* X-Forwarded-Proto, X-Forwarded-Host: the proxy writes its own */
+    HN_REPLACED, /* X-Forwarded-Proto, X-Forwarded-Host: the proxy writes its own */
 };
 
+/* Eight bytes with their ASCII capitals in lower case (SWAR: a byte's high
+ * bit marks 'A'..'Z', shifted down to 0x20). */
+static inline uint64_t lower8(uint64_t w)
+{
+    const uint64_t highs = 0x8080808080808080ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    uint64_t h = w & low7;
+    uint64_t ge_a = h + 0x3f3f3f3f3f3f3f3full; /* high bit: byte >= 'A' (0x41) */
+    uint64_t gt_z = h + 0x2525252525252525ull; /* high bit: byte > 'Z' (0x5a) */
+    uint64_t upper = (ge_a ^ gt_z) & ~w & highs;
+    return w | (upper >> 2);
+}
+
+/* n (as long as lower_lit) equals lower_lit, ASCII case folded. */
 static inline bool is_name(struct str n, const char *lower_lit)
 {
-    for (size_t i = 0; i < n.len; i++) {
+    size_t i = 0;
+    for (; i + 8 <= n.len; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, n.p + i, 8);
+        memcpy(&b, lower_lit + i, 8);
+        if (lower8(a) != b) {
+            return false;
+        }
+    }
+    for (; i < n.len; i++) {
         unsigned char c = (unsigned char)n.p[i];
         if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)lower_lit[i]) {
             return false;
@@ -460,7 +487,9 @@ static const struct hname_entry {
     const char *name;
     enum hname kind;
 } hnames[20][2] = {
-    [2] = { { "te", HN_HOP } }, [4] = { { "host", HN_HOST } }, [6] = { { "expect", HN_EXPECT } },
+    [2] = { { "te", HN_HOP } },
+    [4] = { { "host", HN_HOST } },
+    [6] = { { "expect", HN_EXPECT } },
     [7] = { { "upgrade", HN_UPGRADE }, { "trailer", HN_HOP } },
     [10] = { { "connection", HN_CONNECTION }, { "keep-alive", HN_HOP } },
     [12] = { { "x-request-id", HN_X_REQUEST_ID } },
@@ -468,7 +497,8 @@ static const struct hname_entry {
     [15] = { { "x-forwarded-for", HN_X_FORWARDED_FOR } },
     [16] = { { "proxy-connection", HN_HOP }, { "x-forwarded-host", HN_REPLACED } },
     [17] = { { "transfer-encoding", HN_TRANSFER_ENCODING }, { "x-forwarded-proto", HN_REPLACED } },
-    [18] = { { "proxy-authenticate", HN_HOP } }, [19] = { { "proxy-authorization", HN_HOP } },
+    [18] = { { "proxy-authenticate", HN_HOP } },
+    [19] = { { "proxy-authorization", HN_HOP } },
 };
 
 static enum hname hname_of(struct str n)
@@ -772,9 +802,8 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
     const char *scheme = r->scheme ? r->scheme : "http", *via = o->via ? o->via : "gatehouse";
     size_t ip_len = strlen(r->client_ip), id_len = strlen(r->id);
     size_t scheme_len = strlen(scheme), via_len = strlen(via);
-    size_t bound = HEAD_FIXED + r->method.len + r->target.len + 2 * r->host.len + ip_len +
-                   id_len + scheme_len + via_len +
-                   (o->default_host ? strlen(o->default_host) : 0);
+    size_t bound = HEAD_FIXED + r->method.len + r->target.len + 2 * r->host.len + ip_len + id_len +
+                   scheme_len + via_len + (o->default_host ? strlen(o->default_host) : 0);
 
     for (size_t i = 0; i < r->nheaders; i++) {
         struct str n = r->headers[i].name;
@@ -984,30 +1013,54 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
 const char *http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
     }
 }
 
