@@ -354,10 +354,29 @@ def binary_label(binary):
         return "?"
 
 
+def perf_top(data, user_only):
+    """Top 10 symbols by self time (percent of all samples) from perf report."""
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+                          "--stdio", "-g", "none"], capture_output=True, text=True).stdout
+    rows = []
+    for ln in out.splitlines():
+        f = ln.split()
+        if len(f) < 4 or not f[0].endswith("%") or ln.lstrip().startswith("#"):
+            continue
+        dso, kind, sym = f[1], f[2], f[3]
+        if user_only and (kind == "[k]" or dso.startswith("[kernel")):
+            continue
+        rows.append(f"| {f[0]} | {kind} | `{sym}` | {dso} |")
+        if len(rows) == 10:
+            break
+    return rows
+
+
 def profile(args, t, g, url, headers):
     """perf record -e cpu-clock -g on Gatehouse's process for the length of
-    one wrk run; writes DIR/<t>.data and the top 10 symbols (self time) to DIR/<t>.txt."""
-    data = os.path.join(args.perf, t + ".data")
+    one wrk run; writes DIR/<t>.data and the top 10 symbols (self time), all
+    and user space only, to DIR/<t>.txt."""
+    data = os.path.join(args.perf, t.replace(":", "-") + ".data")
     rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o", data,
                             "-p", str(g.server.proc.pid)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -365,12 +384,11 @@ def profile(args, t, g, url, headers):
     r = bench.run_wrk(url, args.duration, args.connections, 1, headers=headers)
     rec.send_signal(2)
     rec.wait()
-    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol",
-                          "--percent-limit", "0.5", "--stdio", "-g", "none"],
-                         capture_output=True, text=True).stdout
-    rows = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("#")][:10]
-    text = f"{t}: {r['rps']:.0f} req/s during the profile\n" + "\n".join(rows) + "\n"
-    with open(os.path.join(args.perf, t + ".txt"), "w") as f:
+    head = ["| self | | symbol | object |", "|---:|---|---|---|"]
+    text = "\n".join([f"{t}: {r['rps']:.0f} req/s during the profile", "", "All samples:", ""] +
+                     head + perf_top(data, False) +
+                     ["", "User space only:", ""] + head + perf_top(data, True)) + "\n"
+    with open(os.path.join(args.perf, t.replace(":", "-") + ".txt"), "w") as f:
         f.write(text)
     print(text, flush=True)
 

@@ -222,8 +222,7 @@ static const struct route_conf *group_match(const struct host_group *g, struct s
     return NULL;
 }
 
-const struct route_conf *route_match(const struct route_table *t, struct str host,
-                                     struct str path)
+const struct route_conf *route_match(const struct route_table *t, struct str host, struct str path)
 {
     const struct route_conf *r;
 
@@ -247,7 +246,7 @@ const struct route_conf *route_match(const struct route_table *t, struct str hos
         }
         /* Wildcards: try each suffix that starts at a dot, leftmost (longest)
          * first; ".example.com" needs at least one byte of label before it. */
-        for (size_t i = 1; i < host.len; i++) {
+        for (size_t i = 1; t->nwild > 0 && i < host.len; i++) {
             if (host.p[i] != '.') {
                 continue;
             }
