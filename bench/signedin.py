@@ -32,9 +32,11 @@ logs, each holding at least as many records as wrk counted responses.
 Everything listens on 127.0.0.1 on free ports, in a temp dir."""
 import argparse
 import datetime
+import http.client
 import http.server
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -143,7 +145,7 @@ upstream_identity:
 class Gatehouse:
     """One Gatehouse (its own dir, state and log mode), alice signed in."""
 
-    def __init__(self, d, binary, port, idp, backend_port, log):
+    def __init__(self, d, binary, port, idp, backend_port, log, wrap=()):
         self.name = "gatehouse-" + (log or "nolog")
         self.dir = os.path.join(d, self.name)
         os.makedirs(os.path.join(self.dir, "var"))
@@ -156,7 +158,7 @@ class Gatehouse:
         self.config = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.config, "w") as f:
             f.write(gatehouse_config(port, idp, backend_port, log))
-        self.server = bench.Server(self.name, [binary, "serve", "-c", self.config], port,
+        self.server = bench.Server(self.name, [*wrap, binary, "serve", "-c", self.config], port,
                                    cwd=self.dir)
 
     def sign_in(self):
@@ -393,6 +395,69 @@ def profile(args, t, g, url, headers):
     print(text, flush=True)
 
 
+def callgrind(args, d, idp, backend_port, token, ports):
+    """Instructions per request of each Gatehouse thread, steady whatever the
+    load of the machine: Gatehouse under `valgrind --tool=callgrind`, 200
+    sequential keep-alive requests to warm up, then instrumentation on for
+    args.callgrind requests (callgrind_control -i on, -d at the end)."""
+    rows = []
+    for t in ("gh-public", "gh-signedin", "gh-log-batch", "gh-bearer"):
+        if args.only and t not in args.only.split(","):
+            continue
+        out = os.path.join(d, "cg", t)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        wrap = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "--instr-atstart=no",
+                f"--callgrind-out-file={out}"]
+        port = ports["batch" if t == "gh-log-batch" else "nolog"]
+        orig = bench.wait_port
+        bench.wait_port = lambda p, proc, timeout=10: orig(p, proc, 120)
+        try:
+            g = Gatehouse(os.path.join(d, "cg-" + t), args.gatehouse, port, idp, backend_port,
+                          "batch" if t == "gh-log-batch" else None, wrap)
+        finally:
+            bench.wait_port = orig
+        try:
+            g.sign_in()
+            path, hdrs = PATH, {"Accept": "application/json"}
+            if t == "gh-public":
+                path = "/public/page"
+            elif t == "gh-bearer":
+                hdrs["Authorization"] = "Bearer " + token
+            else:
+                hdrs["Cookie"] = g.cookie.split(": ", 1)[1]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+            def go(n):
+                for _ in range(n):
+                    conn.request("GET", path, headers=hdrs)
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"callgrind {t}: {r.status}")
+            go(200)
+            pid = str(g.server.proc.pid)
+            subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+            go(args.callgrind)
+            time.sleep(0.5)  # the decision log's writer catches up
+            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+            conn.close()
+        finally:
+            g.stop()
+        per = []
+        for f in sorted(x for x in os.listdir(os.path.dirname(out)) if x.startswith(t + ".1-")):
+            with open(os.path.join(os.path.dirname(out), f)) as fh:
+                m = re.search(r"^summary: (\d+)", fh.read(), re.M)
+            if m and int(m.group(1)) > 100 * args.callgrind:  # busy threads only
+                per.append(int(m.group(1)) / args.callgrind)
+        per.sort(reverse=True)
+        rows.append(f"| {t} | {' + '.join(f'{x:,.0f}' for x in per)} | {sum(per):,.0f} |")
+    return "\n".join([f"Instructions per request (callgrind, {args.callgrind} requests, "
+                      f"`{os.path.basename(args.gatehouse)}`), per busy thread (worker first "
+                      "or, with the log, the larger of worker and writer) and in all:", "",
+                      "| target | per thread | all |", "|---|---:|---:|"] + rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gatehouse", default=os.environ.get(
@@ -404,6 +469,9 @@ def main():
     ap.add_argument("--write", default=os.path.join(HERE, "README.md"),
                     help="README to update between the signedin markers ('-' = stdout only)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument("--callgrind", metavar="N", type=int,
+                    help="instead of the rounds: instructions per request of each Gatehouse "
+                    "target under callgrind, over N sequential keep-alive requests")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another gatehouse binary whose targets run in the same rounds, "
                     "right after the --gatehouse ones (rows 'before:gh-...')")
@@ -412,6 +480,8 @@ def main():
                     "Gatehouse target for --duration seconds of wrk, top 10 symbols of each "
                     "in DIR/<target>.txt (nothing written to the README)")
     args = ap.parse_args()
+    if args.callgrind:
+        args.write = "-"
     if args.perf:
         args.write = "-"
         args.perf = os.path.abspath(args.perf)
@@ -452,6 +522,14 @@ def main():
         idp = oidc.IdP([client], env={"GH_IDP_ID_TTL": "3600", "GH_IDP_ACCESS_TTL": "3600"})
         token, _ = authn.fetch_id_token(idp, oidc.CLIENT_ID, oidc.CLIENT_SECRET, bench_cb)
         check_identity(d, args.gatehouse, idp, gh_ports[("", "echo")])
+        if args.callgrind:
+            os.sched_setaffinity(0, {CLIENT_CPU})
+            backend = bench.start_backend(d)
+            servers.append(backend)
+            report = callgrind(args, d, idp, backend.port, token,
+                               {m: gh_ports[("", m)] for m in ("nolog", "batch")})
+            print(report)
+            return 0
 
         os.sched_setaffinity(0, {CLIENT_CPU})
         backend = bench.start_backend(d)
