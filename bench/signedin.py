@@ -334,16 +334,7 @@ def render(a, results, targets, integrity, load0, load1, commit):
 
 
 def write_readme(path, report):
-    text = open(path).read() if os.path.exists(path) else "# Benchmark\n"
-    block = f"{BEGIN}\n{report}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
-    with open(path, "w") as f:
-        f.write(text)
+    bench.write_block(path, BEGIN, END, report, HEADING)
 
 
 def binary_label(binary):
