@@ -204,7 +204,8 @@ static int on_message_complete(llhttp_t *p)
 #define PARSER_EVENTS(X)                                                                           \
     X(message_begin)                                                                               \
     X(message_complete)                                                                            \
-    X(url) X(status) X(headers_complete) X(header_field) X(header_field_complete) X(header_value)  \
+    X(url)                                                                                         \
+    X(status) X(headers_complete) X(header_field) X(header_field_complete) X(header_value)         \
         X(header_value_complete) X(body) X(chunk_header)
 static const llhttp_settings_t g_settings = { .on_chunk_extension_name = on_chunk_ext,
                                               .on_chunk_extension_value = on_chunk_ext,
@@ -418,6 +419,19 @@ static bool split_host(struct str h, struct str *name, struct str *port)
     return true;
 }
 
+/* s, a span of the head at base, as the same span of its copy head (pos
+ * bytes), NUL-terminated there; a span the copy does not hold with a room to
+ * spare is copied alone. */
+static struct str in_head(struct arena *a, char *head, size_t pos, const char *base, struct str s)
+{
+    size_t off = (size_t)(s.p - base);
+    if (s.p < base || off >= pos || s.len >= pos - off) {
+        return dup_str(a, s);
+    }
+    head[off + s.len] = '\0';
+    return (struct str){ head + off, s.len };
+}
+
 static struct str lower_dup(struct arena *a, struct str s)
 {
     char *p = arena_strndup(a, s.p ? s.p : "", s.len);
@@ -549,9 +563,15 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     r->head_method = p->method == HTTP_HEAD;
 
     r->headers = arena_alloc(r->arena, (h->nhdr ? h->nhdr : 1) * sizeof *r->headers);
-    if (!r->headers) {
+    /* One copy of the head in the arena instead of one per name and value: the
+     * spans point into it, each NUL-terminated in place (over the ':' after a
+     * name, the blank or CR after a value: bytes of the copy nobody reads). */
+    char *head = arena_alloc(r->arena, h->pos + 1);
+    if (!r->headers || !head) {
         BAD(431, "header section too large");
     }
+    memcpy(head, base, h->pos);
+    head[h->pos] = '\0';
     r->nheaders = 0;
     for (size_t i = 0; i < h->nhdr; i++) {
         struct str name = http_in_name(h, base, i);
@@ -562,8 +582,9 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
             BAD(400, "control character in header value");
         }
         struct header *hd = &r->headers[r->nheaders++];
-        hd->name = dup_str(r->arena, name);
-        hd->value = dup_str(r->arena, value);
+        hd->name = in_head(r->arena, head, h->pos, base, name);
+        hd->value = value.len ? in_head(r->arena, head, h->pos, base, value)
+                              : (struct str){ hd->name.p + hd->name.len, 0 }; /* its NUL */
         if (!hd->name.p || !hd->value.p) {
             BAD(431, "header section too large");
         }
@@ -616,7 +637,7 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     if (memchr(url.p, '#', url.len)) {
         BAD(400, "fragment in request target");
     }
-    r->raw_target = dup_str(r->arena, url);
+    r->raw_target = in_head(r->arena, head, h->pos, base, url);
     struct str rest = url; /* path and query, the path possibly empty */
     bool asterisk = false;
     if (url.p[0] == '/') {
