@@ -406,9 +406,8 @@ static bool split_host(struct str h, struct str *name, struct str *port)
     if (h.p[n - 1] == '.') {
         name->len--;
     }
-    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' ||
-        memchr(name->p, '%', name->len) || memchr(name->p, '[', name->len) ||
-        memchr(name->p, ']', name->len)) {
+    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' || memchr(name->p, '%', name->len) ||
+        memchr(name->p, '[', name->len) || memchr(name->p, ']', name->len)) {
         return false;
     }
     for (size_t i = 1; i < name->len; i++) {
