@@ -36,7 +36,8 @@ test: build build-san
 	@bash tests/run.sh
 
 # Data path vs nginx and HAProxy; sign-in vs Apache + mod_auth_openidc; the
-# policy evaluator; policy + decision log end to end. Each writes its section
+# policy evaluator; policy + decision log end to end; signed-in requests with
+# policy, identity and the decision log against nginx/HAProxy plain. Each writes its section
 # of bench/README.md.
 bench: build
 	@bash bench/run.sh
@@ -45,6 +46,7 @@ bench: build
 	@bash bench/dlog/run.sh build
 	@bash bench/policy_e2e/run.sh
 	@python3 bench/devices.py
+	@python3 bench/signedin.py
 
 clean:
 	rm -rf build build-san build-bench

@@ -504,6 +504,22 @@ BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
 
 
+def write_block(path, begin, end, report, section=""):
+    """Rewrites what lies between one benchmark's markers in path (the rest of
+    bench/README.md belongs to the other benchmarks); without the markers,
+    appends section (its heading and description) and the marked block."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark\n"
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + (section + "\n\n" if section else "") + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def write_readme(path, report):
     text = open(path).read() if os.path.exists(path) else f"# Benchmark\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:

@@ -325,22 +325,14 @@ def log_cost_table(results):
 
 
 def write_readme(path, report):
-    text = open(path).read() if os.path.exists(path) else "# Benchmark\n"
-    block = f"{BEGIN}\n{report}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + (
-            f"\n\n{HEADING}\n\n"
-            "`bash bench/policy_e2e/run.sh` (part of `make bench`) measures what route policies "
-            "and the decision log cost end to end: wrk through Gatehouse on a route guarded by "
-            "a realistic 100-rule policy with a signed-in user's session cookie, against a "
-            "`public: true` route to the same backend, in `decision_log.sync: batch` and "
-            "`strict`. It rewrites the block below.\n\n" + block + "\n")
-    with open(path, "w") as f:
-        f.write(text)
+    common.write_block(
+        path, BEGIN, END, report,
+        f"{HEADING}\n\n"
+        "`bash bench/policy_e2e/run.sh` (part of `make bench`) measures what route policies "
+        "and the decision log cost end to end: wrk through Gatehouse on a route guarded by "
+        "a realistic 100-rule policy with a signed-in user's session cookie, against a "
+        "`public: true` route to the same backend, in `decision_log.sync: batch` and "
+        "`strict`. It rewrites the block below.")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ struct arena {
     size_t cap, used;
 };
 
+/* The first block lives in the arena's own allocation, right after it. */
+#define FIRST_OFF ((sizeof(struct arena) + 15) & ~(size_t)15)
+#define FIRST(a)  ((struct block *)((char *)(a) + FIRST_OFF))
+
+/* A keep-alive connection frees its arena whenever it goes idle and makes a
+ * new one for its next request: the allocation comes from a per-thread cache. */
+#define ARENA_ALLOC (FIRST_OFF + sizeof(struct block) + ARENA_BLOCK)
+static __thread struct mem_cache cache;
+
 static struct block *block_new(size_t size)
 {
     struct block *b = xmalloc(sizeof *b + size);
@@ -43,8 +52,12 @@ static struct block *block_new(size_t size)
 
 struct arena *arena_new(size_t cap_bytes)
 {
-    struct arena *a = xmalloc(sizeof *a);
-    a->head = block_new(ARENA_BLOCK);
+    struct arena *a = mem_cache_get(&cache, ARENA_ALLOC);
+
+    a->head = FIRST(a);
+    a->head->next = NULL;
+    a->head->size = ARENA_BLOCK;
+    a->head->used = 0;
     a->defers = NULL;
     a->cap = cap_bytes;
     a->used = 0;
@@ -83,8 +96,7 @@ void arena_free(struct arena *a)
         return;
     }
     arena_reset(a);
-    free(a->head);
-    free(a);
+    mem_cache_put(&cache, a, ARENA_ALLOC);
 }
 
 void *arena_alloc(struct arena *a, size_t n)

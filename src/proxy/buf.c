@@ -5,6 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* A connection's buffers go back whenever it is idle: the first size of
+ * buffer, the one most requests need, waits in a per-thread cache. */
+#define BUF_FIRST 1024
+static __thread struct mem_cache first_bufs;
+
 void buf_reserve(struct buf *b, size_t n)
 {
     if (b->off > 0 && b->off == b->len) {
@@ -22,11 +27,12 @@ void buf_reserve(struct buf *b, size_t n)
             return;
         }
     }
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : BUF_FIRST;
     while (cap - b->len < n) {
         cap *= 2;
     }
-    b->p = xrealloc(b->p, cap);
+    b->p = b->p == NULL && cap == BUF_FIRST ? mem_cache_get(&first_bufs, BUF_FIRST)
+                                            : xrealloc(b->p, cap);
     b->cap = cap;
 }
 
@@ -86,7 +92,11 @@ void buf_release(struct buf *b)
 
 void buf_free(struct buf *b)
 {
-    free(b->p);
+    if (b->cap == BUF_FIRST) {
+        mem_cache_put(&first_bufs, b->p, BUF_FIRST);
+    } else {
+        free(b->p);
+    }
     b->p = NULL;
     b->off = b->len = b->cap = 0;
 }

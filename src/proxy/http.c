@@ -7,7 +7,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <pthread.h>
 #include <string.h>
 
 #include "core/normpath.h"
@@ -199,35 +198,25 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-static llhttp_settings_t g_settings;
-static pthread_once_t g_settings_once = PTHREAD_ONCE_INIT;
+/* The parser callbacks: the chunk extensions share one; for every other
+ * event llhttp's on_<event> is our on_<event> (llhttp_settings_init() would
+ * only zero the rest). */
+#define PARSER_EVENTS(X)                                                                           \
+    X(message_begin)                                                                               \
+    X(message_complete)                                                                            \
+    X(url)                                                                                         \
+    X(status) X(headers_complete) X(header_field) X(header_field_complete) X(header_value)         \
+        X(header_value_complete) X(body) X(chunk_header)
+static const llhttp_settings_t g_settings = { .on_chunk_extension_name = on_chunk_ext,
+                                              .on_chunk_extension_value = on_chunk_ext,
+#define X(event) .on_##event = on_##event,
+                                              PARSER_EVENTS(X)
+#undef X
+};
 
-static void settings_init(void)
-{
-    llhttp_settings_t s;
-    llhttp_settings_init(&s);
-    s.on_message_begin = on_message_begin;
-    s.on_url = on_url;
-    s.on_status = on_status;
-    s.on_header_field = on_header_field;
-    s.on_header_field_complete = on_header_field_complete;
-    s.on_header_value = on_header_value;
-    s.on_header_value_complete = on_header_value_complete;
-    s.on_headers_complete = on_headers_complete;
-    s.on_body = on_body;
-    s.on_chunk_header = on_chunk_header;
-    s.on_chunk_extension_name = on_chunk_ext;
-    s.on_chunk_extension_value = on_chunk_ext;
-    s.on_message_complete = on_message_complete;
-    g_settings = s;
-}
-
-/* The parser callbacks, set once by whichever thread parses first. */
-static const llhttp_settings_t *settings(void)
-{
-    pthread_once(&g_settings_once, settings_init);
-    return &g_settings;
-}
+/* A connection drops its parser whenever it goes idle: the header tables of
+ * this thread's last few parsers wait here for the next request. */
+static __thread struct mem_cache hdr_cache;
 
 void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_limits *lim,
                   http_body_fn *on_body_cb, void *arg)
@@ -239,14 +228,14 @@ void http_in_init(struct http_in *h, enum llhttp_type type, const struct http_li
     }
     h->on_body = on_body_cb;
     h->arg = arg;
-    h->hdr = xmalloc(h->lim.headers * sizeof *h->hdr);
-    llhttp_init(&h->p, type, settings());
+    h->hdr = mem_cache_get(&hdr_cache, h->lim.headers * sizeof *h->hdr);
+    llhttp_init(&h->p, type, &g_settings);
     h->p.data = h;
 }
 
 void http_in_fini(struct http_in *h)
 {
-    free(h->hdr);
+    mem_cache_put(&hdr_cache, h->hdr, h->lim.headers * sizeof *h->hdr);
     h->hdr = NULL;
 }
 
@@ -324,12 +313,20 @@ struct str http_in_value(const struct http_in *h, const char *base, size_t i)
     return str_trim((struct str){ base + h->hdr[i].value_off, h->hdr[i].value_len });
 }
 
+/* The bytes a Host may hold besides letters and digits: "-._~:[]%!$&'()*+,;=". */
+static const bool host_punct[256] = {
+    ['-'] = true, ['.'] = true,  ['_'] = true, ['~'] = true, [':'] = true,
+    ['['] = true, [']'] = true,  ['%'] = true, ['!'] = true, ['$'] = true,
+    ['&'] = true, ['\''] = true, ['('] = true, [')'] = true, ['*'] = true,
+    ['+'] = true, [','] = true,  [';'] = true, ['='] = true,
+};
+
 static bool valid_host(struct str s)
 {
     for (size_t i = 0; i < s.len; i++) {
         unsigned char c = (unsigned char)s.p[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              strchr("-._~:[]%!$&'()*+,;=", c))) {
+              host_punct[c])) {
             return false;
         }
     }
@@ -421,6 +418,19 @@ static bool split_host(struct str h, struct str *name, struct str *port)
     return true;
 }
 
+/* s, a span of the head at base, as the same span of its copy head (pos
+ * bytes), NUL-terminated there; a span the copy does not hold with a room to
+ * spare is copied alone. */
+static struct str in_head(struct arena *a, char *head, size_t pos, const char *base, struct str s)
+{
+    size_t off = (size_t)(s.p - base);
+    if (s.p < base || off >= pos || s.len >= pos - off) {
+        return dup_str(a, s);
+    }
+    head[off + s.len] = '\0';
+    return (struct str){ head + off, s.len };
+}
+
 static struct str lower_dup(struct arena *a, struct str s)
 {
     char *p = arena_strndup(a, s.p ? s.p : "", s.len);
@@ -433,6 +443,91 @@ static struct str lower_dup(struct arena *a, struct str s)
         }
     }
     return (struct str){ p, s.len };
+}
+
+/* The header names the proxy acts on, told apart with one switch on the
+ * length and at most two case-insensitive compares: every header of every
+ * request and response passes here. */
+enum hname {
+    HN_OTHER,
+    HN_HOST,
+    HN_EXPECT,
+    HN_CONNECTION,
+    HN_UPGRADE,
+    HN_TRANSFER_ENCODING,
+    HN_HOP, /* another hop-by-hop header (RFC 9110 §7.6.1) */
+    HN_CONTENT_LENGTH,
+    HN_X_FORWARDED_FOR,
+    HN_X_REQUEST_ID,
+    HN_REPLACED, /* X-Forwarded-Proto, X-Forwarded-Host: the proxy writes its own */
+};
+
+/* Eight bytes with their ASCII capitals in lower case (SWAR: a byte's high
+ * bit marks 'A'..'Z', shifted down to 0x20). */
+static inline uint64_t lower8(uint64_t w)
+{
+    const uint64_t highs = 0x8080808080808080ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    uint64_t h = w & low7;
+    uint64_t ge_a = h + 0x3f3f3f3f3f3f3f3full; /* high bit: byte >= 'A' (0x41) */
+    uint64_t gt_z = h + 0x2525252525252525ull; /* high bit: byte > 'Z' (0x5a) */
+    uint64_t upper = (ge_a ^ gt_z) & ~w & highs;
+    return w | (upper >> 2);
+}
+
+/* n (as long as lower_lit) equals lower_lit, ASCII case folded. */
+static inline bool is_name(struct str n, const char *lower_lit)
+{
+    size_t i = 0;
+    for (; i + 8 <= n.len; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, n.p + i, 8);
+        memcpy(&b, lower_lit + i, 8);
+        if (lower8(a) != b) {
+            return false;
+        }
+    }
+    for (; i < n.len; i++) {
+        unsigned char c = (unsigned char)n.p[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)lower_lit[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* By length, the (at most two) names of that length, in lower case. */
+static const struct hname_entry {
+    const char *name;
+    enum hname kind;
+} hnames[20][2] = {
+    [2] = { { "te", HN_HOP } },
+    [4] = { { "host", HN_HOST } },
+    [6] = { { "expect", HN_EXPECT } },
+    [7] = { { "upgrade", HN_UPGRADE }, { "trailer", HN_HOP } },
+    [10] = { { "connection", HN_CONNECTION }, { "keep-alive", HN_HOP } },
+    [12] = { { "x-request-id", HN_X_REQUEST_ID } },
+    [14] = { { "content-length", HN_CONTENT_LENGTH } },
+    [15] = { { "x-forwarded-for", HN_X_FORWARDED_FOR } },
+    [16] = { { "proxy-connection", HN_HOP }, { "x-forwarded-host", HN_REPLACED } },
+    [17] = { { "transfer-encoding", HN_TRANSFER_ENCODING }, { "x-forwarded-proto", HN_REPLACED } },
+    [18] = { { "proxy-authenticate", HN_HOP } },
+    [19] = { { "proxy-authorization", HN_HOP } },
+};
+
+static enum hname hname_of(struct str n)
+{
+    const struct hname_entry *e = n.len < 20 ? hnames[n.len] : NULL;
+    for (size_t i = 0; e && i < 2 && e[i].name; i++) {
+        if (is_name(n, e[i].name)) {
+            return e[i].kind;
+        }
+    }
+    return HN_OTHER;
+}
+
+static bool hname_hop_by_hop(enum hname k)
+{
+    return k == HN_CONNECTION || k == HN_UPGRADE || k == HN_TRANSFER_ENCODING || k == HN_HOP;
 }
 
 int http_request_from_head(const struct http_in *h, const char *base, struct request *r,
@@ -467,9 +562,15 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     r->head_method = p->method == HTTP_HEAD;
 
     r->headers = arena_alloc(r->arena, (h->nhdr ? h->nhdr : 1) * sizeof *r->headers);
-    if (!r->headers) {
+    /* One copy of the head in the arena instead of one per name and value: the
+     * spans point into it, each NUL-terminated in place (over the ':' after a
+     * name, the blank or CR after a value: bytes of the copy nobody reads). */
+    char *head = arena_alloc(r->arena, h->pos + 1);
+    if (!r->headers || !head) {
         BAD(431, "header section too large");
     }
+    memcpy(head, base, h->pos);
+    head[h->pos] = '\0';
     r->nheaders = 0;
     for (size_t i = 0; i < h->nhdr; i++) {
         struct str name = http_in_name(h, base, i);
@@ -480,20 +581,27 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
             BAD(400, "control character in header value");
         }
         struct header *hd = &r->headers[r->nheaders++];
-        hd->name = dup_str(r->arena, name);
-        hd->value = dup_str(r->arena, value);
+        hd->name = in_head(r->arena, head, h->pos, base, name);
+        hd->value = value.len ? in_head(r->arena, head, h->pos, base, value)
+                              : (struct str){ hd->name.p + hd->name.len, 0 }; /* its NUL */
         if (!hd->name.p || !hd->value.p) {
             BAD(431, "header section too large");
         }
-        if (str_ieq_cstr(name, "host")) {
+        switch (hname_of(name)) {
+        case HN_HOST:
             host = hd->value;
             nhost++;
-        } else if (str_ieq_cstr(name, "transfer-encoding")) {
+            break;
+        case HN_TRANSFER_ENCODING:
             te = value;
             nte++;
-        } else if (str_ieq_cstr(name, "expect")) {
+            break;
+        case HN_EXPECT:
             expect = value;
             nexpect++;
+            break;
+        default:
+            break;
         }
     }
     if (nhost > 1) {
@@ -528,7 +636,7 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
     if (memchr(url.p, '#', url.len)) {
         BAD(400, "fragment in request target");
     }
-    r->raw_target = dup_str(r->arena, url);
+    r->raw_target = in_head(r->arena, head, h->pos, base, url);
     struct str rest = url; /* path and query, the path possibly empty */
     bool asterisk = false;
     if (url.p[0] == '/') {
@@ -614,37 +722,9 @@ int http_request_from_head(const struct http_in *h, const char *base, struct req
 #undef BAD
 }
 
-/* A constant span for static tables (STR() is a compound literal). */
-#define SPAN(lit) { (lit), sizeof(lit) - 1 }
-
 bool http_is_hop_by_hop(struct str n)
 {
-    static const struct str names[] = {
-        SPAN("connection"), SPAN("keep-alive"), SPAN("proxy-connection"), SPAN("te"),
-        SPAN("trailer"), SPAN("transfer-encoding"), SPAN("upgrade"), SPAN("proxy-authenticate"),
-        SPAN("proxy-authorization"),
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (n.len == names[i].len && str_ieq(n, names[i])) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Request headers the proxy always replaces or consumes itself. */
-static bool replaced_request_header(struct str n)
-{
-    static const struct str names[] = {
-        SPAN("content-length"), SPAN("expect"), SPAN("x-forwarded-for"),
-        SPAN("x-forwarded-proto"), SPAN("x-forwarded-host"), SPAN("x-request-id"),
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (n.len == names[i].len && str_ieq(n, names[i])) {
-            return true;
-        }
-    }
-    return false;
+    return hname_hop_by_hop(hname_of(n));
 }
 
 bool http_list_has(struct str list, struct str token)
@@ -668,7 +748,7 @@ bool http_list_has(struct str list, struct str token)
 static bool connection_names(const struct header *hdrs, size_t n, struct str name)
 {
     for (size_t i = 0; i < n; i++) {
-        if (str_ieq_cstr(hdrs[i].name, "connection") && http_list_has(hdrs[i].value, name)) {
+        if (hname_of(hdrs[i].name) == HN_CONNECTION && http_list_has(hdrs[i].value, name)) {
             return true;
         }
     }
@@ -681,29 +761,98 @@ static bool has_prefix_ci(struct str s, const char *prefix)
     return s.len >= n && strncasecmp(s.p, prefix, n) == 0;
 }
 
+/* A head is written into out with one reservation: the caller adds up an
+ * upper bound of its size first, then each piece is a plain copy. */
+static char *head_start(struct buf *out, size_t bound)
+{
+    buf_reserve(out, bound);
+    return out->p + out->len;
+}
+
+static void head_end(struct buf *out, char *w)
+{
+    out->len = (size_t)(w - out->p);
+}
+
+static void put(char **w, const void *p, size_t n)
+{
+    if (n) {
+        memcpy(*w, p, n);
+        *w += n;
+    }
+}
+
+#define PUT_LIT(w, lit) put((w), (lit), sizeof(lit) - 1)
+
+static void put_str(char **w, struct str s)
+{
+    put(w, s.p, s.len);
+}
+
+/* "Name: value\r\n" */
+static void put_field(char **w, struct str name, struct str value)
+{
+    put_str(w, name);
+    PUT_LIT(w, ": ");
+    put_str(w, value);
+    PUT_LIT(w, "\r\n");
+}
+
+static void put_u64(char **w, uint64_t v)
+{
+    char t[20];
+    size_t i = sizeof t;
+    do {
+        t[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(w, t + i, sizeof t - i);
+}
+
+/* Room for the fixed text of a head beside its variable parts (status or
+ * request line, framing, Connection, Via, X-Forwarded-*, X-Request-Id). */
+#define HEAD_FIXED 256
+
 void http_format_upstream_request(struct buf *out, const struct request *r,
                                   const struct http_fwd_opts *o)
 {
     struct str upgrade = STR_NULL;
-    bool xff_seen = false, host_sent = false;
+    bool host_sent = false;
     size_t nconn = 0;
+    const char *scheme = r->scheme ? r->scheme : "http", *via = o->via ? o->via : "gatehouse";
+    size_t ip_len = strlen(r->client_ip), id_len = strlen(r->id);
+    size_t scheme_len = strlen(scheme), via_len = strlen(via);
+    size_t bound = HEAD_FIXED + r->method.len + r->target.len + 2 * r->host.len + ip_len + id_len +
+                   scheme_len + via_len + (o->default_host ? strlen(o->default_host) : 0);
 
     for (size_t i = 0; i < r->nheaders; i++) {
-        if (str_ieq(r->headers[i].name, STR("connection"))) {
+        struct str n = r->headers[i].name;
+        /* Each header at most once: as itself, or as part of X-Forwarded-For,
+         * or as the Upgrade value. */
+        bound += n.len + 2 * r->headers[i].value.len + 4;
+        if (n.len == 10 && hname_of(n) == HN_CONNECTION) {
             nconn++;
         }
     }
+    for (size_t i = 0; i < r->nup_headers; i++) {
+        bound += r->up_headers[i].name.len + r->up_headers[i].value.len + 4;
+    }
 
-    buf_append_str(out, r->method);
-    buf_append(out, " ", 1);
-    buf_append_str(out, r->target);
-    buf_append_str(out, STR(" HTTP/1.1\r\n"));
+    char *w = head_start(out, bound);
+    put_str(&w, r->method);
+    PUT_LIT(&w, " ");
+    put_str(&w, r->target);
+    PUT_LIT(&w, " HTTP/1.1\r\n");
     for (size_t i = 0; i < r->nheaders; i++) {
         struct str n = r->headers[i].name;
-        if (str_ieq(n, STR("upgrade"))) {
+        enum hname k = hname_of(n);
+        if (k == HN_UPGRADE) {
             upgrade = r->headers[i].value;
         }
-        if (http_is_hop_by_hop(n) || replaced_request_header(n) ||
+        /* Hop-by-hop, those the proxy replaces or consumes (Content-Length,
+         * Expect, X-Forwarded-*, X-Request-Id), those named in Connection. */
+        if (hname_hop_by_hop(k) || k == HN_CONTENT_LENGTH || k == HN_EXPECT ||
+            k == HN_X_FORWARDED_FOR || k == HN_REPLACED || k == HN_X_REQUEST_ID ||
             (nconn > 0 && connection_names(r->headers, r->nheaders, n))) {
             continue;
         }
@@ -716,74 +865,67 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
         if (strip) {
             continue;
         }
-        if (str_ieq(n, STR("host"))) {
+        if (k == HN_HOST) {
             if (r->headers[i].value.len == 0) {
                 continue; /* HTTP/1.0 "Host:" with nothing: replaced below */
             }
             host_sent = true;
         }
-        buf_append_str(out, n);
-        buf_append(out, ": ", 2);
-        buf_append_str(out, r->headers[i].value);
-        buf_append(out, "\r\n", 2);
+        put_field(&w, n, r->headers[i].value);
     }
     if (!host_sent) {
         /* HTTP/1.0 without Host (maybe with an absolute-form target): HTTP/1.1
          * upstreams require one (RFC 9112 §3.2). */
         if (r->host.len > 0) {
-            buf_append_str(out, STR("Host: "));
-            buf_append_str(out, r->host);
-            buf_append(out, "\r\n", 2);
+            put_field(&w, STR("Host"), r->host);
         } else if (o->default_host) {
-            buf_append_str(out, STR("Host: "));
-            buf_append_cstr(out, o->default_host);
-            buf_append(out, "\r\n", 2);
+            put_field(&w, STR("Host"), str_from(o->default_host));
         }
     }
     if (r->chunked) {
-        buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
+        PUT_LIT(&w, "Transfer-Encoding: chunked\r\n");
     } else if (r->has_content_length) {
-        buf_append_str(out, STR("Content-Length: "));
-        buf_append_u64(out, r->content_length);
-        buf_append(out, "\r\n", 2);
+        PUT_LIT(&w, "Content-Length: ");
+        put_u64(&w, r->content_length);
+        PUT_LIT(&w, "\r\n");
     }
-    buf_append_str(out, STR("X-Forwarded-For: "));
+    PUT_LIT(&w, "X-Forwarded-For: ");
     if (o->trust_forwarded) {
         for (size_t i = 0; i < r->nheaders; i++) {
-            if (str_ieq_cstr(r->headers[i].name, "x-forwarded-for") &&
+            if (hname_of(r->headers[i].name) == HN_X_FORWARDED_FOR &&
                 !connection_names(r->headers, r->nheaders, r->headers[i].name) &&
                 r->headers[i].value.len > 0) {
-                buf_append_str(out, r->headers[i].value);
-                buf_append(out, ", ", 2);
-                xff_seen = true;
+                put_str(&w, r->headers[i].value);
+                PUT_LIT(&w, ", ");
             }
         }
     }
-    (void)xff_seen;
-    buf_append_cstr(out, r->client_ip);
-    buf_append_str(out, STR("\r\nX-Forwarded-Proto: "));
-    buf_append_cstr(out, r->scheme ? r->scheme : "http");
-    buf_append_str(out, STR("\r\nX-Forwarded-Host: "));
-    buf_append_str(out, r->host);
-    buf_append_str(out, STR("\r\nX-Request-Id: "));
-    buf_append_cstr(out, r->id);
-    buf_append_str(out, r->http_minor == 0 ? STR("\r\nVia: 1.0 ") : STR("\r\nVia: 1.1 "));
-    buf_append_cstr(out, o->via ? o->via : "gatehouse");
-    buf_append(out, "\r\n", 2);
+    put(&w, r->client_ip, ip_len);
+    PUT_LIT(&w, "\r\nX-Forwarded-Proto: ");
+    put(&w, scheme, scheme_len);
+    PUT_LIT(&w, "\r\nX-Forwarded-Host: ");
+    put_str(&w, r->host);
+    PUT_LIT(&w, "\r\nX-Request-Id: ");
+    put(&w, r->id, id_len);
+    if (r->http_minor == 0) {
+        PUT_LIT(&w, "\r\nVia: 1.0 ");
+    } else {
+        PUT_LIT(&w, "\r\nVia: 1.1 ");
+    }
+    put(&w, via, via_len);
+    PUT_LIT(&w, "\r\n");
     /* Identity headers added by the access stage (after the client's copies
      * were stripped above). */
     for (size_t i = 0; i < r->nup_headers; i++) {
-        buf_append_str(out, r->up_headers[i].name);
-        buf_append(out, ": ", 2);
-        buf_append_str(out, r->up_headers[i].value);
-        buf_append(out, "\r\n", 2);
+        put_field(&w, r->up_headers[i].name, r->up_headers[i].value);
     }
     if (r->upgrade && o->websocket && upgrade.p) {
-        buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
-        buf_append_str(out, upgrade);
-        buf_append(out, "\r\n", 2);
+        PUT_LIT(&w, "Connection: upgrade\r\nUpgrade: ");
+        put_str(&w, upgrade);
+        PUT_LIT(&w, "\r\n");
     }
-    buf_append(out, "\r\n", 2);
+    PUT_LIT(&w, "\r\n");
+    head_end(out, w);
 }
 
 void http_format_response(struct buf *out, const struct http_in *h, const char *base,
@@ -796,110 +938,149 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
     struct str reason = { base + h->status_off, h->status_len };
     struct str upgrade = STR_NULL;
     size_t nconn = 0;
-
-    for (size_t i = 0; i < h->nhdr; i++) {
-        if (str_ieq(http_in_name(h, base, i), STR("connection"))) {
-            nconn++;
-        }
-    }
+    const char *via = o->via ? o->via : "gatehouse";
+    size_t via_len = strlen(via), id_len = o->request_id ? strlen(o->request_id) : 0;
 
     if (reason.len == 0) {
         reason = str_from(http_reason(status));
     }
+    size_t bound = HEAD_FIXED + reason.len + via_len + id_len;
+    /* The Connection headers' values, read once: each header is looked up
+     * in them (beyond CONN_MAX of them, the rare head is searched again). */
+    enum { CONN_MAX = 4 };
+    struct str conn[CONN_MAX];
+    for (size_t i = 0; i < h->nhdr; i++) {
+        /* Each header at most once, as itself or as the Upgrade value. */
+        bound += h->hdr[i].name_len + h->hdr[i].value_len + 4;
+        if (h->hdr[i].name_len == 10 && hname_of(http_in_name(h, base, i)) == HN_CONNECTION) {
+            if (nconn < CONN_MAX) {
+                conn[nconn] = http_in_value(h, base, i);
+            }
+            nconn++;
+        }
+    }
+
     o->chunk_to_client = false;
     o->close_after = false;
-    buf_append_str(out, STR("HTTP/1.1 "));
-    buf_append_u64(out, (uint64_t)status);
-    buf_append(out, " ", 1);
-    buf_append_str(out, reason);
-    buf_append(out, "\r\n", 2);
+    char *w = head_start(out, bound);
+    PUT_LIT(&w, "HTTP/1.1 ");
+    put_u64(&w, (uint64_t)status);
+    PUT_LIT(&w, " ");
+    put_str(&w, reason);
+    PUT_LIT(&w, "\r\n");
     for (size_t i = 0; i < h->nhdr; i++) {
         struct str n = http_in_name(h, base, i);
+        enum hname k = hname_of(n);
         bool named = false;
-        if (str_ieq(n, STR("upgrade"))) {
+        if (k == HN_UPGRADE) {
             upgrade = http_in_value(h, base, i);
         }
-        for (size_t k = 0; k < h->nhdr && !named && nconn > 0; k++) {
-            if (str_ieq(http_in_name(h, base, k), STR("connection")) &&
-                http_list_has(http_in_value(h, base, k), n)) {
+        for (size_t j = 0; j < nconn && j < CONN_MAX && !named; j++) {
+            named = http_list_has(conn[j], n);
+        }
+        for (size_t j = 0; j < h->nhdr && !named && nconn > CONN_MAX; j++) {
+            if (hname_of(http_in_name(h, base, j)) == HN_CONNECTION &&
+                http_list_has(http_in_value(h, base, j), n)) {
                 named = true;
             }
         }
-        if (named || http_is_hop_by_hop(n) || str_ieq(n, STR("content-length")) ||
-            str_ieq(n, STR("x-request-id"))) {
+        if (named || hname_hop_by_hop(k) || k == HN_CONTENT_LENGTH || k == HN_X_REQUEST_ID) {
             continue;
         }
-        buf_append_str(out, n);
-        buf_append(out, ": ", 2);
-        buf_append_str(out, http_in_value(h, base, i));
-        buf_append(out, "\r\n", 2);
+        put_field(&w, n, http_in_value(h, base, i));
     }
     if (status == 101) {
-        buf_append_str(out, STR("Connection: upgrade\r\nUpgrade: "));
-        buf_append_str(out, upgrade);
-        buf_append(out, "\r\n", 2);
+        PUT_LIT(&w, "Connection: upgrade\r\nUpgrade: ");
+        put_str(&w, upgrade);
+        PUT_LIT(&w, "\r\n");
     } else if (!interim) {
         if (no_body) {
             /* HEAD and 304 keep the representation's length; 204 has none. */
             if ((o->head_method || status == 304) && (p->flags & F_CONTENT_LENGTH) &&
                 !(p->flags & F_CHUNKED)) {
-                buf_printf(out, "Content-Length: %llu\r\n",
-                           (unsigned long long)p->content_length);
+                PUT_LIT(&w, "Content-Length: ");
+                put_u64(&w, p->content_length);
+                PUT_LIT(&w, "\r\n");
             }
         } else if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENT_LENGTH)) {
-            buf_append_str(out, STR("Content-Length: "));
-            buf_append_u64(out, p->content_length);
-            buf_append(out, "\r\n", 2);
+            PUT_LIT(&w, "Content-Length: ");
+            put_u64(&w, p->content_length);
+            PUT_LIT(&w, "\r\n");
         } else if (o->client_minor >= 1) {
-            buf_append_str(out, STR("Transfer-Encoding: chunked\r\n"));
+            PUT_LIT(&w, "Transfer-Encoding: chunked\r\n");
             o->chunk_to_client = true;
         } else {
             o->close_after = true;
         }
         if (!o->keep_alive || o->close_after) {
-            buf_append_str(out, STR("Connection: close\r\n"));
+            PUT_LIT(&w, "Connection: close\r\n");
         } else if (o->client_minor == 0) {
-            buf_append_str(out, STR("Connection: keep-alive\r\n"));
+            PUT_LIT(&w, "Connection: keep-alive\r\n");
         }
     }
-    buf_append_str(out, STR("Via: 1.1 "));
-    buf_append_cstr(out, o->via ? o->via : "gatehouse");
-    buf_append(out, "\r\n", 2);
+    PUT_LIT(&w, "Via: 1.1 ");
+    put(&w, via, via_len);
+    PUT_LIT(&w, "\r\n");
     if (o->request_id && !interim) {
-        buf_append_str(out, STR("X-Request-Id: "));
-        buf_append_cstr(out, o->request_id);
-        buf_append(out, "\r\n", 2);
+        PUT_LIT(&w, "X-Request-Id: ");
+        put(&w, o->request_id, id_len);
+        PUT_LIT(&w, "\r\n");
     }
-    buf_append(out, "\r\n", 2);
+    PUT_LIT(&w, "\r\n");
+    head_end(out, w);
 }
 
 const char *http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
     }
 }
 

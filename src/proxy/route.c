@@ -247,7 +247,7 @@ const struct route_conf *route_match(const struct route_table *t, struct str hos
         }
         /* Wildcards: try each suffix that starts at a dot, leftmost (longest)
          * first; ".example.com" needs at least one byte of label before it. */
-        for (size_t i = 1; i < host.len; i++) {
+        for (size_t i = 1; t->nwild > 0 && i < host.len; i++) {
             if (host.p[i] != '.') {
                 continue;
             }

@@ -13,23 +13,27 @@ static bool is_tls(const struct request *r)
 }
 
 /* Claims are text from the IdP, often typed by users: a CR or LF in a header
- * value would inject headers towards the backend. Control bytes become spaces. */
-static const char *header_safe(struct arena *a, const char *v)
+ * value would inject headers towards the backend. Control bytes become spaces.
+ * The span's length comes from the same scan. */
+static struct str header_safe(struct arena *a, const char *v)
 {
     size_t i = 0;
     while (v[i] && (unsigned char)v[i] >= 0x20 && v[i] != 0x7f) {
         i++;
     }
     if (!v[i]) {
-        return v;
+        return (struct str){ v, i };
     }
     char *s = arena_strdup(a, v);
-    for (; s && s[i]; i++) {
+    if (!s) {
+        return STR_NULL;
+    }
+    for (; s[i]; i++) {
         if (((unsigned char)s[i] < 0x20 && s[i] != '\t') || s[i] == 0x7f) {
             s[i] = ' ';
         }
     }
-    return s;
+    return (struct str){ s, i };
 }
 
 /* Appends an identity header for the backend. The first call makes room for
@@ -37,7 +41,7 @@ static const char *header_safe(struct arena *a, const char *v)
  * array. */
 #define IDENTITY_HEADERS 5
 
-static bool add_header_raw(struct request *r, const char *name, const char *value)
+static bool add_header_raw(struct request *r, const char *name, struct str value)
 {
     if (r->nup_headers % IDENTITY_HEADERS == 0) {
         struct header *h = arena_alloc(r->arena, (r->nup_headers + IDENTITY_HEADERS) * sizeof *h);
@@ -49,7 +53,7 @@ static bool add_header_raw(struct request *r, const char *name, const char *valu
         }
         r->up_headers = h;
     }
-    r->up_headers[r->nup_headers++] = (struct header){ str_from(name), str_from(value) };
+    r->up_headers[r->nup_headers++] = (struct header){ str_from(name), value };
     return true;
 }
 
@@ -59,8 +63,8 @@ static bool add_header(struct request *r, const char *name, const char *value)
     if (!value) {
         return true;
     }
-    value = header_safe(r->arena, value);
-    return value && add_header_raw(r, name, value);
+    struct str v = header_safe(r->arena, value);
+    return v.p && add_header_raw(r, name, v);
 }
 
 /* Removes client-sent copies of configured identity headers and Gatehouse's own
@@ -70,13 +74,19 @@ static bool add_header(struct request *r, const char *name, const char *value)
 void upstream_scrub(struct request *r, const struct access_conf *g)
 {
     const char *ahdr = authn_assertion_header(g->an);
-    size_t out = 0;
+    struct str assertion = str_from(ahdr), strip[sizeof g->strip / sizeof g->strip[0]];
+    size_t nstrip = 0, out = 0;
 
+    /* The names' lengths once per request, not once per header. */
+    while (nstrip < sizeof strip / sizeof strip[0] && g->strip[nstrip]) {
+        strip[nstrip] = str_from(g->strip[nstrip]);
+        nstrip++;
+    }
     for (size_t i = 0; i < r->nheaders; i++) {
         struct header h = r->headers[i];
-        bool drop = ahdr && http_name_alike(h.name, str_from(ahdr));
-        for (size_t j = 0; g->strip[j]; j++) {
-            if (http_name_alike(h.name, str_from(g->strip[j]))) {
+        bool drop = ahdr && http_name_alike(h.name, assertion);
+        for (size_t j = 0; j < nstrip; j++) {
+            if (http_name_alike(h.name, strip[j])) {
                 drop = true;
             }
         }
@@ -162,7 +172,8 @@ bool upstream_identity(struct request *r, const struct access_conf *g, const str
         if (!jwt) {
             return false; /* authn logged why */
         }
-        return add_header_raw(r, hdr, jwt); /* base64url and dots: nothing to neutralise */
+        return add_header_raw(r, hdr,
+                              str_from(jwt)); /* base64url and dots: nothing to neutralise */
     }
     return true;
 }

@@ -65,6 +65,32 @@ static void test_arena_printf_and_strndup(void **state)
     arena_free(a);
 }
 
+/* An arena freed to the thread's cache and taken again starts empty, with
+ * the new cap, its defers run once, and a grown arena gives back its blocks. */
+static void test_arena_reused_from_cache_starts_fresh(void **state)
+{
+    (void)state;
+    int one = 1;
+    for (int round = 0; round < 40; round++) {
+        struct arena *a = arena_new(round % 2 ? 4096 : 0);
+        defer_calls = 0;
+        assert_int_equal(arena_used(a), 0);
+        assert_int_equal(arena_defer(a, bump, &one), 0);
+        if (round % 2) {
+            assert_null(arena_alloc(a, 5000)); /* capped this time */
+        } else {
+            for (int i = 0; i < 20; i++) {
+                assert_non_null(arena_alloc(a, 1000)); /* past the first block */
+            }
+        }
+        char *p = arena_strdup(a, "fresh");
+        assert_non_null(p);
+        assert_string_equal(p, "fresh");
+        arena_free(a);
+        assert_int_equal(defer_calls, 1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -72,6 +98,7 @@ int main(void)
         cmocka_unit_test(test_arena_grows_past_one_block_without_cap),
         cmocka_unit_test(test_arena_defer_runs_on_reset),
         cmocka_unit_test(test_arena_printf_and_strndup),
+        cmocka_unit_test(test_arena_reused_from_cache_starts_fresh),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -497,6 +497,70 @@ static void test_list_has(void **state)
     assert_false(http_is_hop_by_hop(STR("Content-Type")));
 }
 
+/* The names the proxy acts on are recognised in any case, and only they:
+ * a byte next to a letter in ASCII ('@', '[', '`', '{') or with the high bit
+ * set is another name. */
+static void test_header_names_classified_exactly(void **state)
+{
+    static const char *const hop[] = { "Connection",
+                                       "KEEP-ALIVE",
+                                       "proxy-Connection",
+                                       "tE",
+                                       "Trailer",
+                                       "transfer-ENCODING",
+                                       "UpGrade",
+                                       "Proxy-Authenticate",
+                                       "PROXY-AUTHORIZATION" };
+    static const char *const not_hop[] = {
+        "Connectio@",
+        "[onnection",
+        "connection ",
+        "Keep_Alive",
+        "T@",
+        "trailers",
+        "Transfer-Encodin{",
+        "Upgrad`",
+        "Proxy-Authorizatioo",
+        "Content-Length",
+        "Host",
+        "X-Request-Id",
+        "\xc3onnection",
+        "Proxy-Authenticat\xc5",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++) {
+        if (!http_is_hop_by_hop(str_from(hop[i]))) {
+            fail_msg("%s is hop-by-hop", hop[i]);
+        }
+    }
+    for (size_t i = 0; i < sizeof not_hop / sizeof not_hop[0]; i++) {
+        if (http_is_hop_by_hop(str_from(not_hop[i]))) {
+            fail_msg("%s is not hop-by-hop", not_hop[i]);
+        }
+    }
+}
+
+/* More Connection headers than the response writer keeps at hand: every
+ * name any of them lists is still dropped. */
+static void test_response_many_connection_headers(void **state)
+{
+    struct http_resp_opts o = { .client_minor = 1, .keep_alive = true, .via = "gatehouse" };
+    (void)state;
+
+    char *h = response_head("HTTP/1.1 200 OK\r\nConnection: a\r\nconnection: b\r\n"
+                            "CONNECTION: c\r\nConnection: d\r\nConnection: e, f\r\n"
+                            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n"
+                            "Content-Length: 0\r\n\r\n",
+                            &o);
+    const char *gone[] = { "A:", "B:", "C:", "D:", "E:", "F:", "onnection: a" };
+    for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
+        if (strstr(h, gone[i])) {
+            fail_msg("%s was forwarded:\n%s", gone[i], h);
+        }
+    }
+    assert_non_null(strstr(h, "G: 7\r\n"));
+}
+
 static void test_error_pages_escape_and_carry_request_id(void **state)
 {
     struct buf b = { 0 };
@@ -532,6 +596,8 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_header_bytes_limit),
         cmocka_unit_test(test_hop_by_hop_and_connection_named_removed),
+        cmocka_unit_test(test_header_names_classified_exactly),
+        cmocka_unit_test(test_response_many_connection_headers),
         cmocka_unit_test(test_forwarded_headers_replaced),
         cmocka_unit_test(test_trusted_listener_appends_forwarded_for),
         cmocka_unit_test(test_framing_restated),
