@@ -1,10 +1,20 @@
-/* proxy/snapshot.c - one configuration snapshot: the proxy's keys (config.c)
- * and then, once they are sound, the access stage's sections (access/access_conf.c),
- * which the snapshot owns from then on. config.c knows nothing of the access
- * stage; this is the one place where the two are put together. */
+/* proxy/snapshot.c - one configuration snapshot: the proxy's keys (config.c
+ * and its section readers) and then, once they are sound, the route table and
+ * the access stage's sections (access/access_conf.c). This is the one place
+ * where the parts are put together and taken apart: config.c knows nothing of
+ * the access stage, and the access stage never frees the proxy's part. */
 #include "access/access.h"
 #include "config.h"
 #include "route.h"
+
+static void snapshot_free(struct config *c)
+{
+    /* The table borrows route strings and the access part borrows routes:
+     * both go before the proxy's part. */
+    route_table_free(c->route_table);
+    access_conf_free(c->authn);
+    config_proxy_free(c);
+}
 
 static struct config *attach(struct config *c, struct conf_diag *d)
 {
@@ -14,12 +24,10 @@ static struct config *attach(struct config *c, struct conf_diag *d)
         return NULL;
     }
     c->route_table = route_table_new(c->routes, c->nroutes);
-    c->route_table_free = route_table_free;
     /* Sign-in and policy sections, once the proxy's own keys are sound. */
     c->authn = access_conf_load(c, d);
-    c->authn_free = access_conf_free;
     if (d->count != before) {
-        config_unref(c);
+        snapshot_free(c);
         return NULL;
     }
     return c;
@@ -33,4 +41,21 @@ struct config *config_load(const char *path, struct conf_diag *d)
 struct config *config_parse(const char *name, const char *text, size_t len, struct conf_diag *d)
 {
     return attach(config_parse_proxy(name, text, len, d), d);
+}
+
+struct config *config_ref(struct config *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void config_unref(struct config *c)
+{
+    if (!c) {
+        return;
+    }
+    /* acq_rel: the last owner must see every other owner's reads finished. */
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+        snapshot_free(c);
+    }
 }

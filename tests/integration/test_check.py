@@ -378,17 +378,26 @@ routes:
 
 class DocsTest(unittest.TestCase):
     def test_every_config_key_is_documented(self):
-        """Each key the loader accepts (its key tables in src/proxy/config.c) and each
-        enumerated value appears, in backquotes, in docs/configuration.md."""
-        with open(os.path.join(ROOT, "src", "proxy", "config.c")) as f:
-            src = f.read()
+        """Each key the loader accepts (its key tables in src/proxy/config*.c: struct
+        conf_key tables and name lists) and each enumerated value appears, in
+        backquotes, in docs/configuration.md."""
+        src = ""
+        for name in sorted(os.listdir(os.path.join(ROOT, "src", "proxy"))):
+            if re.fullmatch(r"config(_\w+)?\.c", name):
+                with open(os.path.join(ROOT, "src", "proxy", name)) as f:
+                    src += f.read()
         with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
             doc = f.read()
         tables = re.findall(r"static const char \*const (\w+)\[\] = \{(.*?)\};", src, re.S)
-        self.assertGreaterEqual(len(tables), 10)
+        key_tables = re.findall(r"static const struct conf_key (\w+)\[\] = \{(.*?)\n\};", src,
+                                re.S)
+        self.assertGreaterEqual(len(tables) + len(key_tables), 10)
+        self.assertGreaterEqual(len(key_tables), 8)
         names = set()
         for _, body in tables:
             names.update(re.findall(r'"([a-z_]+)"', body))
+        for _, body in key_tables:
+            names.update(re.findall(r'(?:\{|OWN\(|[A-Z_]+\() ?"([a-z_]+)"', body))
         self.assertIn("upstream_response", names)
         missing = sorted(n for n in names
                          if not re.search(r"`([a-z_]+\.)*" + n + r"(`|\.|:)", doc))

@@ -121,10 +121,8 @@ struct access_conf *access_conf_load(struct config *c, struct conf_diag *d)
     return g;
 }
 
-void access_conf_free(void *conf)
+void access_conf_free(struct access_conf *g)
 {
-    struct access_conf *g = conf;
-
     if (!g) {
         return;
     }
