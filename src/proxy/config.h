@@ -102,6 +102,7 @@ struct route_conf {
     bool allow_override_headers; /* headers.allow_override_headers: X-Original-URL & co. */
     char *policy_file;   /* resolved path or NULL */
     enum route_policy policy_kind; /* which policy decides, resolved once at load */
+    const struct conf_node *policy_at; /* the "policy" key (borrowed from doc), or NULL */
     char *public_url;    /* origin for sign-in redirects (wins over the listener's), or NULL */
     char **idps;         /* identity provider ids this route accepts (NULL = all) */
     size_t nidps;

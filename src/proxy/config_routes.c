@@ -474,7 +474,7 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
                               CONF_TABLE_LEN(route_headers_table), r, L->file);
     }
     if (r->policy_file) {
-        n = conf_get(m, "policy");
+        n = r->policy_at = conf_get(m, "policy");
         cfg_check_readable(L, n, "policy", n->value, r->policy_file);
     }
     /* The policy this route gets, decided here once for serve, check and

@@ -3,8 +3,13 @@
  * the access stage's sections (access/access_conf.c). This is the one place
  * where the parts are put together and taken apart: config.c knows nothing of
  * the access stage, and the access stage never frees the proxy's part. */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "access/access.h"
 #include "config.h"
+#include "policy/policy.h"
+#include "proxy.h"
 #include "route.h"
 
 static void snapshot_free(struct config *c)
@@ -59,3 +64,44 @@ void config_unref(struct config *c)
         snapshot_free(c);
     }
 }
+
+/* ---- the snapshot as the policy commands see it (policy explain, policy diff) ---- */
+
+static bool policy_cli_load(const char *file, struct policy_cli_conf *out)
+{
+    struct conf_diag d = { 0 };
+    struct config *c = config_load(file, &d);
+
+    conf_diag_print(&d, stderr);
+    conf_diag_fini(&d);
+    *out = (struct policy_cli_conf){ 0 };
+    if (!c) {
+        return false;
+    }
+    struct policy_cli_route *rs = xcalloc(c->nroutes ? c->nroutes : 1, sizeof *rs);
+    for (size_t i = 0; i < c->nroutes; i++) {
+        const struct route_conf *rc = &c->routes[i];
+        rs[i] = (struct policy_cli_route){
+            .name = rc->name,
+            .policy = rc->policy,
+            .policy_written = rc->policy_at ? rc->policy_at->value : NULL,
+            .fold_case = rc->path_case_insensitive,
+            .encoded_slashes_pass = rc->encoded_slashes_pass,
+        };
+    }
+    *out = (struct policy_cli_conf){ .file = c->file,
+                                     .root = c->doc ? c->doc->root : NULL,
+                                     .routes = rs,
+                                     .nroutes = c->nroutes,
+                                     .snapshot = c };
+    return true;
+}
+
+static void policy_cli_release(struct policy_cli_conf *cc)
+{
+    free((void *)cc->routes);
+    config_unref(cc->snapshot);
+    *cc = (struct policy_cli_conf){ 0 };
+}
+
+const struct policy_cli_loader proxy_policy_cli_loader = { policy_cli_load, policy_cli_release };

@@ -239,7 +239,9 @@ class PolicyTestPathFormTest(unittest.TestCase):
                 f.write(self.POLICY)
             cfg = os.path.join(d, "gatehouse.yaml")
             with open(cfg, "w") as f:
-                f.write("state: {sqlite: gh.db}\n"
+                # The configuration serve would run: explain loads it the same way.
+                f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                        "state: {sqlite: gh.db}\n"
                         "identity_providers:\n"
                         "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
                         "     client_id: gh, client_secret: s3cret}\n"

@@ -36,7 +36,12 @@ class DecisionLogCrash(unittest.TestCase):
         self.dir = self.tmp.name
         self.cfg = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.cfg, "w") as f:
-            f.write("state: {sqlite: gh.db}\n"
+            # A configuration serve would run (policy explain and diff load it so).
+            f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                    "state: {sqlite: gh.db}\n"
+                    "identity_providers:\n"
+                    "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
+                    "     client_id: gh, client_secret: s3cret}\n"
                     "decision_log: {file: decisions.jsonl, queue: 5000}\n"
                     "routes:\n"
                     "  - {name: wiki, match: {host: wiki.example.com}, policy: policies/wiki.yaml,\n"
@@ -145,7 +150,8 @@ class DecisionLogCrash(unittest.TestCase):
         # signed-in user in. explain must say the same, not "public" and an error.
         cfg = os.path.join(self.dir, "both.yaml")
         with open(cfg, "w") as f:
-            f.write("state: {sqlite: gh.db}\n"
+            f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                    "state: {sqlite: gh.db}\n"
                     "identity_providers:\n"
                     "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
                     "     client_id: gh, client_secret: s3cret}\n"
