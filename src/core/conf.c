@@ -3,6 +3,7 @@
 #include "conf.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -825,4 +826,30 @@ bool conf_read_table(struct conf_diag *d, const struct conf_node *m, const char 
         read_key(d, m, &keys[i], base, conf_file);
     }
     return true;
+}
+
+/* ---- the state section ---- */
+
+static const struct conf_key state_table[] = {
+    { "sqlite", CONF_K_PATH, offsetof(struct conf_state, sqlite), 0, 0, 0, NULL },
+    { "postgres", CONF_K_STRING, offsetof(struct conf_state, postgres), 0, 0, 0, NULL },
+    { "password_file", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "migrate", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "staleness", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "node", CONF_K_OWN, 0, 0, 0, 0, NULL },
+};
+
+bool conf_state_read(struct conf_diag *d, const struct conf_node *root, const char *conf_file,
+                     struct conf_state *out)
+{
+    *out = (struct conf_state){ 0 };
+    return conf_read_table(d, conf_get(root, "state"), "\"state\"", state_table,
+                           CONF_TABLE_LEN(state_table), out, conf_file);
+}
+
+void conf_state_fini(struct conf_state *s)
+{
+    free(s->sqlite);
+    free(s->postgres);
+    *s = (struct conf_state){ 0 };
 }

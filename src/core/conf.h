@@ -134,6 +134,19 @@ bool conf_read_table(struct conf_diag *d, const struct conf_node *m, const char 
                      const struct conf_key *keys, size_t n, void *base, const char *conf_file);
 #define CONF_TABLE_LEN(t) (sizeof(t) / sizeof((t)[0]))
 
+/* The "state" section's own keys, read by one table for the snapshot (proxy) and
+ * the offline commands (sessions, devices): state.sqlite resolved against
+ * conf_file, state.postgres as written (its details, password_file, migrate,
+ * staleness and node, are authn's: spg_conf_parse). Unknown keys are reported.
+ * Returns false when state is not a map. Free with conf_state_fini(). */
+struct conf_state {
+    char *sqlite;   /* resolved path, or NULL */
+    char *postgres; /* connection string, or NULL */
+};
+bool conf_state_read(struct conf_diag *d, const struct conf_node *root, const char *conf_file,
+                     struct conf_state *out);
+void conf_state_fini(struct conf_state *s);
+
 /* "a map", "a list", "a scalar" or "nothing" (n may be NULL), for messages. */
 const char *conf_type_name(const struct conf_node *n);
 

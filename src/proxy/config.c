@@ -56,16 +56,6 @@ static const struct conf_key timeouts_table[] = {
     { "drain", CONF_K_DURATION, offsetof(struct timeouts_conf, drain_ms), 10, 3600000, 30000,
       NULL },
 };
-/* state: the proxy keeps the paths; the PostgreSQL details (password_file,
- * migrate, staleness, node) are authn's to read (spg_conf_parse). */
-static const struct conf_key state_table[] = {
-    { "sqlite", CONF_K_PATH, offsetof(struct config, state_sqlite), 0, 0, 0, NULL },
-    { "postgres", CONF_K_STRING, offsetof(struct config, state_postgres), 0, 0, 0, NULL },
-    { "password_file", CONF_K_OWN, 0, 0, 0, 0, NULL },
-    { "migrate", CONF_K_OWN, 0, 0, 0, 0, NULL },
-    { "staleness", CONF_K_OWN, 0, 0, 0, 0, NULL },
-    { "node", CONF_K_OWN, 0, 0, 0, 0, NULL },
-};
 static const char *const access_log_keys[] = { "file", "fields", NULL };
 static const char *const enroll_ca_keys[] = { "cert", "key", NULL };
 /* The device registry lives in state.sqlite; "devices" tunes its use. */
@@ -221,8 +211,10 @@ static void read_logging(struct loader *L, const struct conf_node *root)
 
 static void read_state(struct loader *L, const struct conf_node *root)
 {
-    (void)conf_read_table(L->d, conf_get(root, "state"), "\"state\"", state_table,
-                          CONF_TABLE_LEN(state_table), L->c, L->file);
+    struct conf_state st;
+    (void)conf_state_read(L->d, root, L->file, &st);
+    L->c->state_sqlite = st.sqlite; /* the snapshot owns them from here */
+    L->c->state_postgres = st.postgres;
 }
 
 /* ---- devices ---- */
