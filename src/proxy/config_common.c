@@ -79,6 +79,27 @@ void cfg_first_seen_fini(struct first_seen *t)
     *t = (struct first_seen){ 0 };
 }
 
+const struct conf_node *cfg_required_list(struct loader *L, const struct conf_node *root,
+                                          const char *key, const char *need)
+{
+    const struct conf_node *n = conf_get(root, key);
+    char what[48];
+
+    if (!n) {
+        conf_error(L->d, root, "missing \"%s\": %s", key, need);
+        return NULL;
+    }
+    snprintf(what, sizeof what, "\"%s\"", key);
+    if (!conf_seq(L->d, n, what)) {
+        return NULL;
+    }
+    if (n->n == 0) {
+        conf_error(L->d, n, "\"%s\" is empty: %s", key, need);
+        return NULL;
+    }
+    return n;
+}
+
 char *cfg_resolve(struct loader *L, const char *path)
 {
     return conf_path_resolve(L->file, path);
@@ -144,30 +165,29 @@ bool cfg_check_readable(struct loader *L, const struct conf_node *n, const char 
     return true;
 }
 
-static X509 *read_cert(const char *path)
+/* The first PEM certificate (key false) or private key (key true) of path, or NULL. */
+static void *read_pem(const char *path, bool key)
 {
     FILE *f = fopen(path, "r");
-    X509 *x;
+    void *v;
     if (!f) {
         return NULL;
     }
-    x = PEM_read_X509(f, NULL, no_password, NULL);
+    v = key ? (void *)PEM_read_PrivateKey(f, NULL, no_password, NULL)
+            : (void *)PEM_read_X509(f, NULL, no_password, NULL);
     fclose(f);
     ERR_clear_error();
-    return x;
+    return v;
+}
+
+static X509 *read_cert(const char *path)
+{
+    return read_pem(path, false);
 }
 
 static EVP_PKEY *read_key(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    EVP_PKEY *k;
-    if (!f) {
-        return NULL;
-    }
-    k = PEM_read_PrivateKey(f, NULL, no_password, NULL);
-    fclose(f);
-    ERR_clear_error();
-    return k;
+    return read_pem(path, true);
 }
 
 /* Count of PEM certificates in path (CA bundles). */

@@ -30,6 +30,10 @@ struct loader {
 bool cfg_first_seen_add(struct first_seen *t, const char *key, size_t val, size_t *first);
 void cfg_first_seen_fini(struct first_seen *t);
 
+/* root's list key, which must hold at least one item: NULL when it is missing,
+ * not a list or empty (reported: "missing \"routes\": NEED"). */
+const struct conf_node *cfg_required_list(struct loader *L, const struct conf_node *root,
+                                          const char *key, const char *need);
 /* A path from the config, resolved against the config file's directory (xmalloc'd). */
 char *cfg_resolve(struct loader *L, const char *path);
 

@@ -240,17 +240,10 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
 
 void cfg_read_listen(struct loader *L, const struct conf_node *root)
 {
-    const struct conf_node *ls = conf_get(root, "listen");
+    const struct conf_node *ls =
+        cfg_required_list(L, root, "listen", "at least one listener is required");
 
     if (!ls) {
-        conf_error(L->d, root, "missing \"listen\": at least one listener is required");
-        return;
-    }
-    if (!conf_seq(L->d, ls, "\"listen\"")) {
-        return;
-    }
-    if (ls->n == 0) {
-        conf_error(L->d, ls, "\"listen\" is empty: at least one listener is required");
         return;
     }
     L->c->listeners = xcalloc(ls->n, sizeof *L->c->listeners);

@@ -226,7 +226,6 @@ static void read_match(struct loader *L, const struct conf_node *m, struct route
             r->path_prefix = xstrdup(prefix);
         }
     }
-    conf_bool(L->d, m, "path_case_insensitive", &r->path_case_insensitive);
     if (r->path_case_insensitive && r->path_prefix) {
         normpath_fold_case(r->path_prefix, strlen(r->path_prefix));
     }
@@ -491,18 +490,11 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
 
 void cfg_read_routes(struct loader *L, const struct conf_node *root)
 {
-    const struct conf_node *rs = conf_get(root, "routes");
+    const struct conf_node *rs =
+        cfg_required_list(L, root, "routes", "at least one route is required");
     struct config *c = L->c;
 
     if (!rs) {
-        conf_error(L->d, root, "missing \"routes\": at least one route is required");
-        return;
-    }
-    if (!conf_seq(L->d, rs, "\"routes\"")) {
-        return;
-    }
-    if (rs->n == 0) {
-        conf_error(L->d, rs, "\"routes\" is empty: at least one route is required");
         return;
     }
     c->routes = xcalloc(rs->n, sizeof *c->routes);
