@@ -22,12 +22,15 @@
 
 #define MAX_WORKERS 256
 
-static const char *const top_keys[] = {
-    "listen", "admin", "workers", "limits", "timeouts", "access_log", "log_level", "state",
-    "routes",
+#define OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+/* The top level: every section is read by its owner (below, config_listen.c,
+ * config_routes.c, core's conf_state_read, and the access stage's modules). */
+static const struct conf_key top_table[] = {
+    OWN("listen"), OWN("admin"), OWN("workers"), OWN("limits"), OWN("timeouts"),
+    OWN("access_log"), OWN("log_level"), OWN("state"), OWN("routes"),
     /* Sections validated by the access stage (access/access_conf.c: authn and policy modules). */
-    "session", "identity_providers", "upstream_identity", "opa", "decision_log", "devices",
-    "pages", NULL,
+    OWN("session"), OWN("identity_providers"), OWN("upstream_identity"), OWN("opa"),
+    OWN("decision_log"), OWN("devices"), OWN("pages"),
 };
 #define KB 1024ull
 #define DAY_MS 86400000ull
@@ -56,8 +59,8 @@ static const struct conf_key timeouts_table[] = {
     { "drain", CONF_K_DURATION, offsetof(struct timeouts_conf, drain_ms), 10, 3600000, 30000,
       NULL },
 };
-static const char *const access_log_keys[] = { "file", "fields", NULL };
-static const char *const enroll_ca_keys[] = { "cert", "key", NULL };
+static const struct conf_key access_log_table[] = { OWN("file"), OWN("fields") };
+static const struct conf_key enroll_ca_table[] = { OWN("cert"), OWN("key") };
 /* The device registry lives in state.sqlite; "devices" tunes its use. */
 static const struct conf_key devices_table[] = {
     { "cache_ttl", CONF_K_DURATION, offsetof(struct config, devices_cache_ttl_ms), 100, 300000,
@@ -172,7 +175,8 @@ static void read_logging(struct loader *L, const struct conf_node *root)
     L->c->access_log_fields = ACCESSLOG_ALL;
     if (m && m->type == CONF_MAP) {
         /* access_log: {file: PATH|stderr|off, fields: [...]} */
-        ok = conf_check_keys(L->d, m, "\"access_log\"", access_log_keys) &&
+        ok = conf_read_table(L->d, m, "\"access_log\"", access_log_table,
+                             CONF_TABLE_LEN(access_log_table), L->c, L->file) &&
              conf_string(L->d, m, "file", &al);
         read_access_log_fields(L, m);
     } else {
@@ -233,7 +237,8 @@ static void read_devices(struct loader *L, const struct conf_node *root)
     /* enroll_ca: {cert, key}: the CA `gatehouse devices enroll --csr` signs with. */
     const struct conf_node *ca = conf_get(dv, "enroll_ca");
     if (ca && ca->type != CONF_NULL) {
-        if (!conf_check_keys(L->d, ca, "\"enroll_ca\"", enroll_ca_keys) && ca->type != CONF_MAP) {
+        if (!conf_read_table(L->d, ca, "\"enroll_ca\"", enroll_ca_table,
+                             CONF_TABLE_LEN(enroll_ca_table), L->c, L->file)) {
             return;
         }
         const char *cert = conf_nonempty(L->d, ca, "cert"), *key = conf_nonempty(L->d, ca, "key");
@@ -294,7 +299,8 @@ static struct config *build(struct conf_doc *doc, struct conf_diag *d)
         config_proxy_free(c);
         return NULL;
     }
-    if (!conf_check_keys(d, root, "the configuration", top_keys) && root->type != CONF_MAP) {
+    if (!conf_read_table(d, root, "the configuration", top_table, CONF_TABLE_LEN(top_table), c,
+                         c->file)) {
         config_proxy_free(c);
         return NULL;
     }

@@ -26,13 +26,24 @@ static const struct conf_key listen_table[] = {
       NULL },
     { "public_url", CONF_K_OWN, 0, 0, 0, 0, NULL },
 };
-static const char *const tls_keys[] = { "cert", "key", "certificates", "client_ca",
-                                        "client_crl", "client_cert", "verify_depth",
-                                        "match_subject_alt_names", NULL };
 static const char *const san_match_keys[] = { "dns", "email", "uri", "ip", NULL };
 static const char *const cert_keys[] = { "cert", "key", NULL };
-static const char *const admin_keys[] = { "address", NULL };
 static const char *const client_cert_names[] = { "none", "optional", "required", NULL };
+
+#define OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+static const struct conf_key tls_table[] = {
+    OWN("cert"),
+    OWN("key"),
+    OWN("certificates"),
+    { "client_ca", CONF_K_PATH, offsetof(struct listener_conf, client_ca), 0, 0, 0, NULL },
+    { "client_crl", CONF_K_PATH, offsetof(struct listener_conf, client_crl), 0, 0, 0, NULL },
+    { "client_cert", CONF_K_ENUM, offsetof(struct listener_conf, client_cert), 0, 0,
+      TLS_CLIENT_CERT_NONE, client_cert_names },
+    OWN("verify_depth"), /* checked against client_ca below */
+    OWN("match_subject_alt_names"),
+};
+static const struct conf_key admin_table[] = { OWN("address") };
+_Static_assert(sizeof(enum tls_client_cert) == sizeof(int), "client_cert is read as an int");
 
 /* Parses "ipv4:port" or "[ipv6]:port" with a numeric host. */
 static bool parse_address(const char *s, char *host, size_t host_cap, uint16_t *port)
@@ -149,13 +160,10 @@ static bool read_cert_entry(struct loader *L, const struct conf_node *m, const c
 static void read_tls(struct loader *L, const struct conf_node *t, struct listener_conf *lc)
 {
     const struct conf_node *certs = conf_get(t, "certificates");
-    const char *s;
-    int cc;
 
-    if (!conf_check_keys(L->d, t, "\"tls\"", tls_keys)) {
-        if (t->type != CONF_MAP) {
-            return;
-        }
+    if (!conf_read_table(L->d, t, "\"tls\"", tls_table, CONF_TABLE_LEN(tls_table), lc,
+                         L->file)) {
+        return;
     }
     lc->tls = true;
     if (conf_get(t, "cert") || conf_get(t, "key")) {
@@ -180,17 +188,11 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
                                                          certs->n > 0)) {
         conf_error(L->d, t, "\"tls\" needs \"cert\" and \"key\" (or a \"certificates\" list)");
     }
-    if ((s = conf_nonempty(L->d, t, "client_ca"))) {
-        lc->client_ca = cfg_resolve(L, s);
+    if (lc->client_ca) {
         cfg_check_ca_file(L, t, "client_ca", lc->client_ca);
     }
-    if ((s = conf_nonempty(L->d, t, "client_crl"))) {
-        lc->client_crl = cfg_resolve(L, s);
+    if (lc->client_crl) {
         cfg_check_crl_file(L, t, lc->client_crl);
-    }
-    cc = conf_enum(L->d, t, "client_cert", client_cert_names);
-    if (cc >= 0) {
-        lc->client_cert = (enum tls_client_cert)cc;
     }
     if (lc->client_cert != TLS_CLIENT_CERT_NONE && !lc->client_ca) {
         conf_error(L->d, conf_get(t, "client_cert"), "\"client_cert: %s\" needs \"client_ca\"",
@@ -303,7 +305,8 @@ void cfg_read_admin(struct loader *L, const struct conf_node *root)
     if (!a || a->type == CONF_NULL) {
         return;
     }
-    if (!conf_check_keys(L->d, a, "\"admin\"", admin_keys) && a->type != CONF_MAP) {
+    if (!conf_read_table(L->d, a, "\"admin\"", admin_table, CONF_TABLE_LEN(admin_table), c,
+                         L->file)) {
         return;
     }
     if (!read_address(L, a, &c->admin_address, c->admin_host, sizeof c->admin_host,

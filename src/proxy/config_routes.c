@@ -14,7 +14,6 @@
 #define MAX_ROUTE_NAME 64
 
 static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
-static const char *const upstream_tls_keys[] = { "ca", "cert", "key", "server_name", NULL };
 static const char *const balance_names[] = { "round_robin", "least_conn", "ip_hash", NULL };
 
 /* Key tables (core/conf.h): name, type, where it goes, bounds, default. */
@@ -59,6 +58,12 @@ static const struct conf_key upstream_table[] = {
     UP("retries", CONF_K_U32, retries, 0, 10, 1),
     OWN("tls"),
 };
+static const struct conf_key upstream_tls_table[] = {
+    OWN("ca"), /* ca_file by another name: not both */
+    OWN("cert"),
+    OWN("key"),
+    OWN("server_name"),
+};
 static const struct conf_key health_table[] = {
     OWN("path"),
     UP("interval", CONF_K_DURATION, health_interval_ms, 100, 3600000, 5000),
@@ -75,7 +80,8 @@ static void read_upstream_tls(struct loader *L, const struct conf_node *m,
     if (!t || t->type == CONF_NULL) {
         return;
     }
-    if (!conf_check_keys(L->d, t, "\"upstream.tls\"", upstream_tls_keys) && t->type != CONF_MAP) {
+    if (!conf_read_table(L->d, t, "\"upstream.tls\"", upstream_tls_table,
+                         CONF_TABLE_LEN(upstream_tls_table), u, L->file)) {
         return;
     }
     if ((s = conf_nonempty(L->d, t, "ca"))) {
