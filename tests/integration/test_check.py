@@ -376,6 +376,44 @@ routes:
         self.assertEqual(sorted(os.listdir(self.d)), ["g.yaml", "oidc-secret", "wiki.yaml"])
 
 
+class DumpPolicyAsServedTest(unittest.TestCase):
+    """Issue 11: `check --dump` names the policy serve enforces for each route, the
+    one the loader resolved: a policy file wins over public: true, and public: true
+    with allow_any_authenticated: true is any signed-in user (the dump used to say
+    "public" for both)."""
+
+    def test_dump_shows_the_resolved_policy(self):
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            with open(os.path.join(d, "p.yaml"), "w") as f:
+                f.write("rules:\n  - id: eng\n    effect: allow\n    when: {groups: eng}\n")
+            up = 'upstream: {servers: ["http://127.0.0.1:9"]}'
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                        "state: {sqlite: gh.db}\n"
+                        "identity_providers:\n"
+                        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
+                        "     client_id: gh, client_secret: s3cret}\n"
+                        "routes:\n"
+                        f"  - {{name: filepub, match: {{path_prefix: /f}}, policy: p.yaml,"
+                        f" public: true, {up}}}\n"
+                        f"  - {{name: both, match: {{path_prefix: /b}}, public: true,"
+                        f" allow_any_authenticated: true, {up}}}\n"
+                        f"  - {{name: pub, match: {{path_prefix: /p}}, public: true, {up}}}\n"
+                        f"  - {{name: neither, match: {{path_prefix: /n}}, {up}}}\n")
+            r = run_check(["-c", "g.yaml", "--dump"], cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            pat = r'\n  - name: "(\w+)"\n.*?\n    policy:\n      (\w+): ([^\n]*)'
+            got = {name: kind + " " + what
+                   for name, kind, what in re.findall(pat, r.stdout, re.S)}
+            self.assertEqual(got["filepub"], 'file "p.yaml"')
+            self.assertTrue(got["both"].startswith("builtin any-signed-in"), got)
+            self.assertTrue(got["pub"].startswith("builtin public"), got)
+            self.assertTrue(got["neither"].startswith("builtin any-signed-in"), got)
+        finally:
+            shutil.rmtree(d)
+
+
 class DocsTest(unittest.TestCase):
     def test_every_config_key_is_documented(self):
         """Each key the loader accepts (its key tables in src/proxy/config*.c: struct
