@@ -414,6 +414,25 @@ class DumpPolicyAsServedTest(unittest.TestCase):
             shutil.rmtree(d)
 
 
+    def test_public_and_any_signed_in_needs_sign_in_configured(self):
+        # Any signed-in user cannot pass a route without identity providers and
+        # sessions: check says so instead of "ok" (serve answered every request 401).
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                        "routes:\n"
+                        "  - {name: both, public: true, allow_any_authenticated: true,\n"
+                        "     upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
+            r = run_check(["-c", "g.yaml"], cwd=d)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('routes that are not public need "state: {sqlite: FILE}"', r.stderr)
+            self.assertIn('routes that are not public need at least one entry in '
+                          '"identity_providers"', r.stderr)
+        finally:
+            shutil.rmtree(d)
+
+
 class DocsTest(unittest.TestCase):
     def test_every_config_key_is_documented(self):
         """Each key the loader accepts (its key tables in src/proxy/config*.c: struct

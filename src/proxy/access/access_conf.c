@@ -64,7 +64,11 @@ static void read_routes(struct access_conf *g, struct config *c)
         struct access_route *gr = &g->routes[i];
         gr->policy = policy_conf_route(g->pc, i);
         gr->policy_file = rc->policy_file != NULL;
-        if (!rc->public_) {
+        /* Sign-in is needed unless the resolved policy is the built-in public
+         * one (public: true with allow_any_authenticated is any signed-in user);
+         * a policy file on a public: true route decides without sessions. */
+        if (rc->policy_kind == ROUTE_POLICY_SIGNED_IN ||
+            (rc->policy_kind == ROUTE_POLICY_FILE && !rc->public_)) {
             g->needs_sessions = true;
         }
         if (rc->nidps) {
