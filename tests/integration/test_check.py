@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ROOT, gatehouse_bin
+from harness import ROOT, SIGNIN_CONFIG_HEAD, gatehouse_bin
 
 DATA = os.path.join(ROOT, "tests", "data")
 BAD = os.path.join(DATA, "bad-conf")
@@ -389,11 +389,7 @@ class DumpPolicyAsServedTest(unittest.TestCase):
                 f.write("rules:\n  - id: eng\n    effect: allow\n    when: {groups: eng}\n")
             up = 'upstream: {servers: ["http://127.0.0.1:9"]}'
             with open(os.path.join(d, "g.yaml"), "w") as f:
-                f.write("listen: [{address: 127.0.0.1:8080}]\n"
-                        "state: {sqlite: gh.db}\n"
-                        "identity_providers:\n"
-                        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
-                        "     client_id: gh, client_secret: s3cret}\n"
+                f.write(SIGNIN_CONFIG_HEAD +
                         "routes:\n"
                         f"  - {{name: filepub, match: {{path_prefix: /f}}, policy: p.yaml,"
                         f" public: true, {up}}}\n"

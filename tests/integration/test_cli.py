@@ -4,7 +4,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import gatehouse_bin
+from harness import SIGNIN_CONFIG_HEAD, gatehouse_bin
 
 
 def run(*args, timeout=10):
@@ -239,12 +239,7 @@ class PolicyTestPathFormTest(unittest.TestCase):
                 f.write(self.POLICY)
             cfg = os.path.join(d, "gatehouse.yaml")
             with open(cfg, "w") as f:
-                # The configuration serve would run: explain loads it the same way.
-                f.write("listen: [{address: 127.0.0.1:8080}]\n"
-                        "state: {sqlite: gh.db}\n"
-                        "identity_providers:\n"
-                        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
-                        "     client_id: gh, client_secret: s3cret}\n"
+                f.write(SIGNIN_CONFIG_HEAD +
                         "routes:\n"
                         "  - {name: ci, match: {host: a.example.com, path_case_insensitive: true},\n"
                         "     policy: app.yaml, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n"
@@ -271,11 +266,7 @@ class ExplainLoadsWhatServeLoadsTest(unittest.TestCase):
     with the same messages `check` prints, not explained with a guess (a route
     whose flag does not parse was any-signed-in to explain before)."""
 
-    CFG = ("listen: [{address: 127.0.0.1:8080}]\n"
-           "state: {sqlite: gh.db}\n"
-           "identity_providers:\n"
-           "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
-           "     client_id: gh, client_secret: s3cret}\n"
+    CFG = (SIGNIN_CONFIG_HEAD +
            "routes:\n"
            "  - {name: app, public: maybe, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
 
