@@ -262,30 +262,36 @@ static const struct help helps[] = {
     { "db", "migrate", db_migrate_help, CONF_YES },
 };
 
-static int cmd_devices(int argc, char **argv)
-{
-    return authn_cmd_devices(argc, argv, policy_admin_log);
-}
-
-static int cmd_sessions(int argc, char **argv)
-{
-    return authn_cmd_sessions(argc, argv, policy_admin_log);
-}
-
+/* A command runs on its own, or is handed what it needs from the modules above
+ * it: the configuration loader serve and check use (policy), or the decision
+ * log's recorder of administrative acts (sessions, devices). */
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
+    int (*run_loader)(int argc, char **argv, const struct policy_cli_loader *ld);
+    int (*run_admin)(int argc, char **argv, admin_log_fn *log_admin);
 };
 
 static const struct command commands[] = {
-    { "serve", proxy_cmd_serve },
-    { "check", proxy_cmd_check },
-    { "policy", policy_cmd },
-    { "sessions", cmd_sessions },
-    { "devices", cmd_devices },
-    { "audit", audit_cmd },
-    { "db", authn_cmd_db },
+    { "serve", proxy_cmd_serve, NULL, NULL },
+    { "check", proxy_cmd_check, NULL, NULL },
+    { "policy", NULL, policy_cmd, NULL },
+    { "sessions", NULL, NULL, authn_cmd_sessions },
+    { "devices", NULL, NULL, authn_cmd_devices },
+    { "audit", audit_cmd, NULL, NULL },
+    { "db", authn_cmd_db, NULL, NULL },
 };
+
+static int run_command(const struct command *c, int argc, char **argv)
+{
+    if (c->run_loader) {
+        return c->run_loader(argc, argv, &proxy_policy_cli_loader);
+    }
+    if (c->run_admin) {
+        return c->run_admin(argc, argv, policy_admin_log);
+    }
+    return c->run(argc, argv);
+}
 
 static const struct help *find_help(const char *cmd, const char *sub)
 {
@@ -387,7 +393,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].name) == 0) {
             int rc = common_options(argc, argv);
-            return rc >= 0 ? rc : commands[i].run(argc - 1, argv + 1);
+            return rc >= 0 ? rc : run_command(&commands[i], argc - 1, argv + 1);
         }
     }
     fprintf(stderr, "gatehouse: unknown command \"%s\"\n\n%s", argv[1], usage);

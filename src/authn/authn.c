@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,9 +103,24 @@ struct authn {
 
 /* ---- configuration ---------------------------------------------------- */
 
-static const char *const assertion_keys[] = { "header", "key", "ttl", "issuer", "keep", NULL };
-static const char *const identity_keys[] = { "headers", "assertion", NULL };
-static const char *const header_keys[] = { "user", "email", "groups", "device", NULL };
+/* Key tables (core/conf.h) of upstream_identity; header names keep their defaults
+ * below. */
+#define UI_OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+struct assertion_times {
+    uint64_t ttl_ms, keep_ms;
+};
+static const struct conf_key identity_table[] = { UI_OWN("headers"), UI_OWN("assertion") };
+static const struct conf_key header_table[] = { UI_OWN("user"), UI_OWN("email"),
+                                                UI_OWN("groups"), UI_OWN("device") };
+static const struct conf_key assertion_table[] = {
+    UI_OWN("header"),
+    UI_OWN("key"),
+    { "ttl", CONF_K_DURATION, offsetof(struct assertion_times, ttl_ms), 1000, 3600000, 60000,
+      NULL },
+    UI_OWN("issuer"),
+    { "keep", CONF_K_DURATION, offsetof(struct assertion_times, keep_ms), 0, 30ull * 86400000,
+      3600000, NULL },
+};
 
 /* upstream_identity.headers: the names of the identity headers the backend gets. */
 static void parse_identity_headers(struct authn *an, const struct conf_node *root,
@@ -115,10 +131,13 @@ static void parse_identity_headers(struct authn *an, const struct conf_node *roo
     const char *v[AUTHN_HDR_COUNT] = { "X-Gatehouse-User", "X-Gatehouse-Email",
                                        "X-Gatehouse-Groups", "X-Gatehouse-Device" };
 
-    if (ui && conf_check_keys(d, ui, "\"upstream_identity\"", identity_keys) && h &&
-        conf_check_keys(d, h, "\"upstream_identity.headers\"", header_keys)) {
+    if (ui && conf_read_table(d, ui, "\"upstream_identity\"", identity_table,
+                              CONF_TABLE_LEN(identity_table), an, NULL) &&
+        h &&
+        conf_read_table(d, h, "\"upstream_identity.headers\"", header_table,
+                        CONF_TABLE_LEN(header_table), an, NULL)) {
         for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
-            conf_string(d, h, header_keys[i], &v[i]);
+            conf_string(d, h, header_table[i].name, &v[i]);
         }
     }
     for (size_t i = 0; i < AUTHN_HDR_COUNT; i++) {
@@ -134,15 +153,17 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
     const struct conf_node *ui = conf_get(root, "upstream_identity");
     const struct conf_node *as = ui ? conf_get(ui, "assertion") : NULL;
     const char *header = "X-Gatehouse-Assertion", *key = NULL, *issuer = "gatehouse";
-    uint64_t ttl_ms = 60000, keep_ms = 3600000;
+    struct assertion_times t;
 
-    if (as != NULL && conf_check_keys(d, as, "\"upstream_identity.assertion\"", assertion_keys)) {
+    /* The ttl and keep defaults apply without the section too. */
+    if (conf_read_table(d, as, "\"upstream_identity.assertion\"", assertion_table,
+                        CONF_TABLE_LEN(assertion_table), &t, conf_file) &&
+        as != NULL) {
         conf_string(d, as, "header", &header);
         conf_string(d, as, "key", &key);
         conf_string(d, as, "issuer", &issuer);
-        conf_duration_ms(d, as, "ttl", 1000, 3600000, &ttl_ms);
-        conf_duration_ms(d, as, "keep", 0, 30ull * 86400000, &keep_ms);
     }
+    uint64_t ttl_ms = t.ttl_ms, keep_ms = t.keep_ms;
     if (key != NULL) {
         an->assertion_key = conf_path_resolve(conf_file, key);
     } else if (state_db != NULL) {

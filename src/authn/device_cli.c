@@ -55,16 +55,17 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
         conf_diag_fini(&d);
         return -1;
     }
-    const char *sqlite = NULL;
     const struct conf_node *state = conf_get(doc->root, "state");
     struct spg_conf pg;
+    struct conf_state st = { 0 };
     memset(&pg, 0, sizeof pg);
     if (state != NULL && spg_conf_parse(&d, state, conf_file, &pg) && pg.conninfo != NULL) {
         /* A fleet: the registry is in PostgreSQL (state.sqlite, if any, is not it). */
         device_store_use_postgres(&pg);
         cc->db = xstrdup("postgres");
-    } else if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
-        cc->db = conf_path_resolve(conf_file, sqlite);
+    } else if (conf_state_read(&d, doc->root, conf_file, &st) && st.sqlite != NULL) {
+        cc->db = st.sqlite; /* the state section's one reader (core/conf.c) */
+        st.sqlite = NULL;
     } else if (d.count == 0) {
         fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured, so there is no "
                         "device registry\n", conf_file);
@@ -86,6 +87,7 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
         }
     }
     spg_conf_fini(&pg);
+    conf_state_fini(&st);
     conf_diag_print(&d, stderr);
     conf_diag_fini(&d);
     conf_doc_free(doc);

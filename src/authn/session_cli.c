@@ -94,6 +94,13 @@ static char *resolve_user(const struct conf_node *root, const char *user, char *
     return xasprintf("%s#%s", bare_iss, user);
 }
 
+/* The usage on stdout for --help (exit 0), else on stderr (exit 2). */
+static int usage_answer(const char *usage, bool help)
+{
+    fputs(usage, help ? stdout : stderr);
+    return help ? 0 : 2;
+}
+
 /* The database path: state.sqlite, resolved against the config file; *user
  * replaced by its resolved form (resolve_user). */
 static char *db_path_from_config(const char *conf_file, char **user, char **bare_idp,
@@ -116,19 +123,20 @@ static char *db_path_from_config(const char *conf_file, char **user, char **bare
         return NULL;
     }
     *user = resolved;
-    const char *sqlite = NULL;
-    const struct conf_node *state = conf_get(doc->root, "state");
-    if (spg_conf_parse(&d, state, conf_file, pg)) {
+    struct conf_state st = { 0 };
+    if (spg_conf_parse(&d, conf_get(doc->root, "state"), conf_file, pg)) {
         /* PostgreSQL holds the sessions even when state.sqlite is there too. */
         path = d.count == 0 ? xstrdup(pg->conninfo) : NULL;
-    } else if (state != NULL && conf_string(&d, state, "sqlite", &sqlite) && sqlite != NULL) {
-        path = conf_path_resolve(conf_file, sqlite);
+    } else if (conf_state_read(&d, doc->root, conf_file, &st) && st.sqlite != NULL) {
+        path = st.sqlite; /* the state section's one reader (core/conf.c) */
+        st.sqlite = NULL;
     } else if (d.count == 0) {
         fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured (nor state.postgres), "
                         "so there are no "
                         "stored sessions\n",
                 conf_file);
     }
+    conf_state_fini(&st);
     conf_diag_print(&d, stderr);
     conf_diag_fini(&d);
     conf_doc_free(doc);
@@ -166,17 +174,12 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
         case 'j':
             json = true;
             break;
-        case 'h':
-            fputs(sessions_usage, stdout);
-            return 0;
-        default:
-            fputs(sessions_usage, stderr);
-            return 2;
+        default: /* -h, --help or a wrong option */
+            return usage_answer(sessions_usage, c == 'h');
         }
     }
     if (conf == NULL || optind != argc) {
-        fputs(sessions_usage, stderr);
-        return 2;
+        return usage_answer(sessions_usage, false);
     }
     char *ukey = (char *)user, *bare_idp = NULL;
     struct spg_conf pg = { 0 };
@@ -260,17 +263,12 @@ int authn_cmd_db(int argc, char **argv)
         case 'c':
             conf = optarg;
             break;
-        case 'h':
-            fputs(db_usage, stdout);
-            return 0;
-        default:
-            fputs(db_usage, stderr);
-            return 2;
+        default: /* -h, --help or a wrong option */
+            return usage_answer(db_usage, c == 'h');
         }
     }
     if (conf == NULL || optind != argc) {
-        fputs(db_usage, stderr);
-        return 2;
+        return usage_answer(db_usage, false);
     }
     struct conf_diag d = { 0 };
     struct conf_doc *doc = conf_doc_load(conf, &d);

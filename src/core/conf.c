@@ -3,6 +3,7 @@
 #include "conf.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -661,4 +662,195 @@ char *conf_path_resolve(const char *conf_file, const char *path)
         return xstrdup(path);
     }
     return xasprintf("%.*s/%s", (int)(slash - conf_file), conf_file, path);
+}
+
+/* ---- enums, non-empty strings ---- */
+
+int conf_name_index(const char *s, const char *const names[])
+{
+    for (int i = 0; names[i]; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void conf_join_names(const char *const names[], char *out, size_t cap)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; names[i]; i++) {
+        int n = snprintf(out + used, cap - used, "%s%s", i ? ", " : "", names[i]);
+        if (n < 0 || (size_t)n >= cap - used) {
+            return;
+        }
+        used += (size_t)n;
+    }
+}
+
+int conf_enum(struct conf_diag *d, const struct conf_node *m, const char *key,
+              const char *const names[])
+{
+    const char *v = NULL;
+    char list[128];
+
+    if (!conf_string(d, m, key, &v)) {
+        return -2;
+    }
+    if (!v) {
+        return -1;
+    }
+    int i = conf_name_index(v, names);
+    if (i >= 0) {
+        return i;
+    }
+    const struct conf_node *n = conf_get(m, key);
+    conf_join_names(names, list, sizeof list);
+    const char *s = conf_suggest(v, names);
+    if (s) {
+        conf_error(d, n, "\"%s\" must be one of %s, got \"%s\" (did you mean \"%s\"?)", key, list,
+                   v, s);
+    } else {
+        conf_error(d, n, "\"%s\" must be one of %s, got \"%s\"", key, list, v);
+    }
+    return -2;
+}
+
+const char *conf_nonempty(struct conf_diag *d, const struct conf_node *m, const char *key)
+{
+    const char *v = NULL;
+    if (!conf_string(d, m, key, &v) || !v) {
+        return NULL;
+    }
+    if (v[0] == '\0') {
+        conf_error(d, conf_get(m, key), "\"%s\" must not be empty", key);
+        return NULL;
+    }
+    return v;
+}
+
+/* ---- key tables ---- */
+
+void conf_table_defaults(const struct conf_key *keys, size_t n, void *base)
+{
+    char *b = base;
+    for (size_t i = 0; i < n; i++) {
+        const struct conf_key *k = &keys[i];
+        switch (k->type) {
+        case CONF_K_BOOL:
+            *(bool *)(b + k->offset) = k->def != 0;
+            break;
+        case CONF_K_U64:
+        case CONF_K_SIZE:
+        case CONF_K_DURATION:
+            *(uint64_t *)(b + k->offset) = k->def;
+            break;
+        case CONF_K_U32:
+            *(uint32_t *)(b + k->offset) = (uint32_t)k->def;
+            break;
+        case CONF_K_ENUM:
+            *(int *)(b + k->offset) = (int)k->def;
+            break;
+        case CONF_K_OWN:
+        case CONF_K_STRING:
+        case CONF_K_PATH:
+            break;
+        }
+    }
+}
+
+static void read_key(struct conf_diag *d, const struct conf_node *m, const struct conf_key *k,
+                     char *b, const char *conf_file)
+{
+    void *field = b + k->offset;
+    uint64_t v;
+    const char *s;
+    int e;
+
+    switch (k->type) {
+    case CONF_K_OWN:
+        break;
+    case CONF_K_BOOL:
+        (void)conf_bool(d, m, k->name, field);
+        break;
+    case CONF_K_U64:
+        (void)conf_u64(d, m, k->name, k->min, k->max, field);
+        break;
+    case CONF_K_U32:
+        v = *(uint32_t *)field;
+        if (conf_u64(d, m, k->name, k->min, k->max, &v)) {
+            *(uint32_t *)field = (uint32_t)v;
+        }
+        break;
+    case CONF_K_SIZE:
+        (void)conf_size(d, m, k->name, k->min, k->max, field);
+        break;
+    case CONF_K_DURATION:
+        (void)conf_duration_ms(d, m, k->name, k->min, k->max, field);
+        break;
+    case CONF_K_STRING:
+    case CONF_K_PATH:
+        if ((s = conf_nonempty(d, m, k->name))) {
+            free(*(char **)field);
+            *(char **)field = k->type == CONF_K_PATH ? conf_path_resolve(conf_file, s) : xstrdup(s);
+        }
+        break;
+    case CONF_K_ENUM:
+        if ((e = conf_enum(d, m, k->name, k->names)) >= 0) {
+            *(int *)field = e;
+        }
+        break;
+    }
+}
+
+bool conf_read_table(struct conf_diag *d, const struct conf_node *m, const char *what,
+                     const struct conf_key *keys, size_t n, void *base, const char *conf_file)
+{
+    conf_table_defaults(keys, n, base);
+    if (!m) {
+        return true;
+    }
+    const char **allowed = xcalloc(n + 1, sizeof *allowed);
+    for (size_t i = 0; i < n; i++) {
+        allowed[i] = keys[i].name;
+    }
+    /* Unknown keys are reported and the known ones still read, so one run
+     * shows every problem of the section. */
+    bool known = conf_check_keys(d, m, what, allowed);
+    free(allowed);
+    if (!known && m->type != CONF_MAP) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        read_key(d, m, &keys[i], base, conf_file);
+    }
+    return true;
+}
+
+/* ---- the state section ---- */
+
+static const struct conf_key state_table[] = {
+    { "sqlite", CONF_K_PATH, offsetof(struct conf_state, sqlite), 0, 0, 0, NULL },
+    { "postgres", CONF_K_STRING, offsetof(struct conf_state, postgres), 0, 0, 0, NULL },
+    { "password_file", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "migrate", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "staleness", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "query_timeout", CONF_K_OWN, 0, 0, 0, 0, NULL },
+    { "node", CONF_K_OWN, 0, 0, 0, 0, NULL },
+};
+
+bool conf_state_read(struct conf_diag *d, const struct conf_node *root, const char *conf_file,
+                     struct conf_state *out)
+{
+    *out = (struct conf_state){ 0 };
+    return conf_read_table(d, conf_get(root, "state"), "\"state\"", state_table,
+                           CONF_TABLE_LEN(state_table), out, conf_file);
+}
+
+void conf_state_fini(struct conf_state *s)
+{
+    free(s->sqlite);
+    free(s->postgres);
+    *s = (struct conf_state){ 0 };
 }

@@ -83,6 +83,70 @@ bool conf_duration_ms(struct conf_diag *d, const struct conf_node *m, const char
 bool conf_size(struct conf_diag *d, const struct conf_node *m, const char *key, uint64_t min,
                uint64_t max, uint64_t *out);
 
+/* Reads key from m as one of names (NULL-terminated); reports "must be one of ...,
+ * got ..." with a suggestion. Returns the index, -1 when absent, -2 on error. */
+int conf_enum(struct conf_diag *d, const struct conf_node *m, const char *key,
+              const char *const names[]);
+/* A non-empty string value or NULL; reports wrong types and empty strings. */
+const char *conf_nonempty(struct conf_diag *d, const struct conf_node *m, const char *key);
+/* Index of s in a NULL-terminated list, or -1. */
+int conf_name_index(const char *s, const char *const names[]);
+/* "a, b, c" into out (truncated at cap), for messages. */
+void conf_join_names(const char *const names[], char *out, size_t cap);
+
+/* ---- key tables ----
+ * A section is described by a table of keys: name, type, where the value goes
+ * (offset into the section's struct), bounds and default. conf_read_table() is
+ * the one pass that fills the defaults, reports unknown keys (with "did you
+ * mean"), and reads every key with the typed getters above, so every section
+ * reports wrong types and bounds with the same words and file:line:col.
+ * Keys of type CONF_K_OWN are known (not "unknown") but read by the section's
+ * own code: nested maps, lists, cross-checks, or keys another module owns. */
+enum conf_key_type {
+    CONF_K_OWN = 0,  /* known; read elsewhere */
+    CONF_K_BOOL,     /* bool */
+    CONF_K_U64,      /* uint64_t, min..max */
+    CONF_K_U32,      /* uint32_t, min..max */
+    CONF_K_SIZE,     /* uint64_t bytes ("32k"), min..max */
+    CONF_K_DURATION, /* uint64_t milliseconds ("10s"), min..max */
+    CONF_K_STRING,   /* char * (xstrdup'd, owned by the struct), non-empty; NULL = absent */
+    CONF_K_PATH,     /* char *, non-empty, resolved against the config file's directory */
+    CONF_K_ENUM,     /* int: index in names */
+};
+
+struct conf_key {
+    const char *name;
+    enum conf_key_type type;
+    size_t offset;             /* offsetof(the section's struct, field) */
+    uint64_t min, max;         /* numbers, sizes and durations (ms) */
+    uint64_t def;              /* default of numbers, bools and enums (index) */
+    const char *const *names;  /* CONF_K_ENUM: NULL-terminated */
+};
+
+/* Fills the defaults of keys[0..n) into base. */
+void conf_table_defaults(const struct conf_key *keys, size_t n, void *base);
+/* Fills the defaults, then reads map m (what names it in messages, e.g.
+ * "\"limits\"") into base: unknown keys are reported but the known ones are still
+ * read; conf_file resolves CONF_K_PATH values. m NULL (section absent): defaults
+ * only, true. Returns false when m is not a map (reported); problems with single
+ * keys go to d. */
+bool conf_read_table(struct conf_diag *d, const struct conf_node *m, const char *what,
+                     const struct conf_key *keys, size_t n, void *base, const char *conf_file);
+#define CONF_TABLE_LEN(t) (sizeof(t) / sizeof((t)[0]))
+
+/* The "state" section's own keys, read by one table for the snapshot (proxy) and
+ * the offline commands (sessions, devices): state.sqlite resolved against
+ * conf_file, state.postgres as written (its details, password_file, migrate,
+ * staleness and node, are authn's: spg_conf_parse). Unknown keys are reported.
+ * Returns false when state is not a map. Free with conf_state_fini(). */
+struct conf_state {
+    char *sqlite;   /* resolved path, or NULL */
+    char *postgres; /* connection string, or NULL */
+};
+bool conf_state_read(struct conf_diag *d, const struct conf_node *root, const char *conf_file,
+                     struct conf_state *out);
+void conf_state_fini(struct conf_state *s);
+
 /* "a map", "a list", "a scalar" or "nothing" (n may be NULL), for messages. */
 const char *conf_type_name(const struct conf_node *n);
 

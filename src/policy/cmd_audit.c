@@ -1008,7 +1008,7 @@ bool policy_record_by_request(const char *cfg, const char *request_id, struct dl
     return found;
 }
 
-int policy_cmd_diff(int argc, char **argv)
+int policy_cmd_diff(int argc, char **argv, const struct policy_cli_loader *ld)
 {
     static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
                                           { "new", required_argument, NULL, 'n' },
@@ -1035,7 +1035,8 @@ int policy_cmd_diff(int argc, char **argv)
         return 2;
     }
     struct conf_diag d = { 0 };
-    struct conf_doc *doc = conf_doc_load(cfg, &d);
+    struct policy_cli_conf cc = { 0 };
+    bool loaded = ld->load(cfg, &cc);
     struct decision_log_conf c = { 0 };
     struct route_pol *rp = NULL;
     size_t nrp = 0;
@@ -1045,19 +1046,19 @@ int policy_cmd_diff(int argc, char **argv)
     size_t nch = 0;
     sqlite3 *db = NULL;
     int rc = 1;
-    if (!doc || d.count || !decision_log_conf_parse(doc->root, cfg, &d, &c) || !c.sqlite) {
-        if (!d.count) {
+    /* The routes and their policies as serve resolves them (one loader); the
+     * decision_log section read by its owner from the same loaded document. */
+    if (!loaded || !decision_log_conf_parse(cc.root, cfg, &d, &c) || !c.sqlite) {
+        if (loaded && !d.count) {
             fprintf(stderr, "gatehouse: %s has no decision log (state.sqlite)\n", cfg);
         }
         conf_diag_print(&d, stderr);
         goto out;
     }
-    const struct conf_node *routes = conf_get(doc->root, "routes");
-    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
-        const char *name = NULL, *file = NULL;
-        if (!conf_string(&d, routes->items[i], "name", &name) ||
-            !conf_string(&d, routes->items[i], "policy", &file) || !name || !file) {
-            continue;
+    for (size_t i = 0; i < cc.nroutes; i++) {
+        const char *name = cc.routes[i].name, *file = cc.routes[i].policy_written;
+        if (!file) {
+            continue; /* a built-in policy: nothing in DIR replaces it */
         }
         char *base = xstrdup(file);
         size_t nl = strlen(newdir);
@@ -1204,6 +1205,8 @@ out:
     sqlite3_close(db);
     decision_log_conf_fini(&c);
     conf_diag_fini(&d);
-    conf_doc_free(doc);
+    if (loaded) {
+        ld->release(&cc);
+    }
     return rc;
 }

@@ -234,29 +234,18 @@ static int cmd_test(int argc, char **argv)
     return t.failed ? 1 : 0;
 }
 
-const struct policy *policy_for_route(const char *cfg, const char *route,
-                                     struct policy_conf **pc)
+/* Route name of the loaded configuration, or NULL with a message on stderr. One
+ * lookup for one command: a scan is fine. */
+static const struct policy_cli_route *find_route(const struct policy_cli_conf *cc,
+                                                 const char *route)
 {
-    struct conf_diag d = { 0 };
-    const struct policy *p = NULL;
-    struct conf_doc *doc = conf_doc_load(cfg, &d);
-
-    *pc = NULL;
-    if (doc) {
-        /* The loader serve and check use: the same policy for the same route
-         * (a policy file, else built-in public, else any signed-in user). */
-        *pc = policy_conf_load(doc->root, cfg, &d);
-    }
-    if (*pc) {
-        p = policy_conf_route(*pc, route);
-        if (!p) {
-            fprintf(stderr, "gatehouse: no route \"%s\" in %s\n", route, cfg);
+    for (size_t i = 0; i < cc->nroutes; i++) {
+        if (strcmp(cc->routes[i].name, route) == 0) {
+            return &cc->routes[i];
         }
     }
-    conf_diag_print(&d, stderr);
-    conf_diag_fini(&d);
-    conf_doc_free(doc);
-    return p;
+    fprintf(stderr, "gatehouse: no route \"%s\" in %s\n", route, cc->file);
+    return NULL;
 }
 
 static const char *rule_result_name(uint8_t v)
@@ -275,7 +264,7 @@ static const char *rule_result_name(uint8_t v)
     }
 }
 
-static int cmd_explain(int argc, char **argv)
+static int cmd_explain(int argc, char **argv, const struct policy_cli_loader *ld)
 {
     static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
                                           { "route", required_argument, NULL, 'r' },
@@ -326,18 +315,23 @@ static int cmd_explain(int argc, char **argv)
         return 2;
     }
     struct policy *own = NULL;
-    struct policy_conf *pc = NULL;
+    struct policy_cli_conf cc = { 0 };
+    bool loaded = false;
     const struct policy *p = NULL;
+    const struct policy_cli_route *cr = NULL;
     if (pfile) {
         struct conf_diag d = { 0 };
         p = own = policy_load(pfile, &d);
         conf_diag_print(&d, stderr);
         conf_diag_fini(&d);
-    } else {
-        p = policy_for_route(cfg, route, &pc);
+    } else if ((loaded = ld->load(cfg, &cc)) && (cr = find_route(&cc, route))) {
+        /* The policy serve enforces for this route: resolved once by the loader. */
+        p = cr->policy;
     }
     if (!p) {
-        policy_conf_free(pc);
+        if (loaded) {
+            ld->release(&cc);
+        }
         dl_row_fini(&row);
         return 1;
     }
@@ -360,8 +354,8 @@ static int cmd_explain(int argc, char **argv)
     } else {
         doc = conf_doc_load(input, &d);
         struct cli_route_path rp = { 0 };
-        if (!pfile && cfg && route) {
-            policy_route_path_opts(cfg, route, &rp);
+        if (cr) {
+            rp = (struct cli_route_path){ cr->fold_case, cr->encoded_slashes_pass };
         }
         if (!doc || d.count ||
             !policy_input_from_conf(doc->root, a, &d, &in, &opa, pfile ? NULL : &rp)) {
@@ -408,11 +402,13 @@ out:
     conf_doc_free(doc);
     arena_free(a);
     policy_free(own);
-    policy_conf_free(pc);
+    if (loaded) {
+        ld->release(&cc);
+    }
     return rc;
 }
 
-int policy_cmd(int argc, char **argv)
+int policy_cmd(int argc, char **argv, const struct policy_cli_loader *ld)
 {
     if (argc < 2) {
         fputs(policy_usage, stderr);
@@ -422,10 +418,10 @@ int policy_cmd(int argc, char **argv)
         return cmd_test(argc - 1, argv + 1);
     }
     if (strcmp(argv[1], "explain") == 0) {
-        return cmd_explain(argc - 1, argv + 1);
+        return cmd_explain(argc - 1, argv + 1, ld);
     }
     if (strcmp(argv[1], "diff") == 0) {
-        return policy_cmd_diff(argc - 1, argv + 1);
+        return policy_cmd_diff(argc - 1, argv + 1, ld);
     }
     fprintf(stderr, "gatehouse policy: unknown subcommand \"%s\"\n%s", argv[1], policy_usage);
     return 2;

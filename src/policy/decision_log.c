@@ -30,34 +30,43 @@
 
 /* ---- config ---- */
 
-static const char *const dl_keys[] = { "file", "sync", "retain", "queue", "flush_interval",
-                                       "max_pending", "checkpoint", NULL };
-static const char *const ckpt_keys[] = { "key", "every", "interval", "file", "command", "syslog",
-                                         NULL };
+/* Key tables (core/conf.h): the numbers and flags; the strings are read below. */
+#define DL(name, type, field, min, max, def) \
+    { name, type, offsetof(struct decision_log_conf, field), min, max, def, NULL }
+#define DL_OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+static const struct conf_key dl_table[] = {
+    DL_OWN("file"),
+    DL_OWN("sync"),
+    DL("retain", CONF_K_DURATION, retain_ms, 0, 100ULL * 365 * 86400000, 90ULL * 86400000),
+    DL("queue", CONF_K_U64, queue, 1, 10000000, 10000),
+    DL("flush_interval", CONF_K_DURATION, flush_interval_ms, 1, 60000, 200),
+    DL("max_pending", CONF_K_U64, max_pending, 1, 10000000, 1000),
+    DL_OWN("checkpoint"),
+};
+static const struct conf_key ckpt_table[] = {
+    DL_OWN("key"),
+    DL("every", CONF_K_U64, ckpt_every, 1, 100000000, 1000),
+    DL("interval", CONF_K_DURATION, ckpt_interval_ms, 1000, 86400000, 60000),
+    DL_OWN("file"),
+    DL_OWN("command"),
+    DL("syslog", CONF_K_BOOL, ckpt_syslog, 0, 0, false),
+};
 
 bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file,
                              struct conf_diag *d, struct decision_log_conf *out)
 {
+    size_t before = d->count;
     memset(out, 0, sizeof *out);
-    out->retain_ms = 90ULL * 86400000;
-    out->queue = 10000;
-    out->flush_interval_ms = 200;
-    out->max_pending = 1000;
-    out->ckpt_every = 1000;
-    out->ckpt_interval_ms = 60000;
+    conf_table_defaults(ckpt_table, CONF_TABLE_LEN(ckpt_table), out);
     const struct conf_node *n = conf_get(root, "decision_log");
-    if (!n) {
-        return true;
-    }
-    if (!conf_check_keys(d, n, "decision_log", dl_keys)) {
-        return false;
+    if (!conf_read_table(d, n, "decision_log", dl_table, CONF_TABLE_LEN(dl_table), out,
+                         conf_file) ||
+        !n) {
+        return d->count == before;
     }
     const char *file = NULL, *sync = NULL, *sqlite = NULL;
     if (!conf_string(d, n, "file", &file) || !conf_string(d, n, "sync", &sync) ||
-        !conf_duration_ms(d, n, "retain", 0, 100ULL * 365 * 86400000, &out->retain_ms) ||
-        !conf_u64(d, n, "queue", 1, 10000000, &out->queue) ||
-        !conf_u64(d, n, "max_pending", 1, 10000000, &out->max_pending) ||
-        !conf_duration_ms(d, n, "flush_interval", 1, 60000, &out->flush_interval_ms)) {
+        d->count != before) {
         return false;
     }
     if (sync && strcmp(sync, "batch") != 0 && strcmp(sync, "strict") != 0) {
@@ -73,12 +82,10 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
                               "command, syslog)");
             return false;
         }
-        if (!conf_check_keys(d, cp, "checkpoint", ckpt_keys) ||
+        if (!conf_read_table(d, cp, "checkpoint", ckpt_table, CONF_TABLE_LEN(ckpt_table), out,
+                             conf_file) ||
             !conf_string(d, cp, "key", &key) || !conf_string(d, cp, "file", &cfile) ||
-            !conf_string(d, cp, "command", &cmd) ||
-            !conf_bool(d, cp, "syslog", &out->ckpt_syslog) ||
-            !conf_u64(d, cp, "every", 1, 100000000, &out->ckpt_every) ||
-            !conf_duration_ms(d, cp, "interval", 1000, 86400000, &out->ckpt_interval_ms)) {
+            !conf_string(d, cp, "command", &cmd) || d->count != before) {
             return false;
         }
         if (!key) {

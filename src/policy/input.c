@@ -322,28 +322,3 @@ enum policy_step policy_eval_cli(const struct policy *p, const struct policy_inp
         policy_opa_answer(r, opa->allow[i], NULL);
     }
 }
-
-void policy_route_path_opts(const char *cfg, const char *route, struct cli_route_path *rp)
-{
-    struct conf_diag d = { 0 };
-    struct conf_doc *doc = conf_doc_load(cfg, &d);
-    const struct conf_node *routes = doc ? conf_get(doc->root, "routes") : NULL;
-
-    memset(rp, 0, sizeof *rp);
-    for (size_t i = 0; routes && routes->type == CONF_SEQ && i < routes->n; i++) {
-        const struct conf_node *r = routes->items[i], *name = conf_get(r, "name");
-        if (!name || name->type != CONF_SCALAR || strcmp(name->value, route) != 0) {
-            continue;
-        }
-        const struct conf_node *m = conf_get(r, "match");
-        const struct conf_node *ci = m ? conf_get(m, "path_case_insensitive") : NULL;
-        const struct conf_node *es = conf_get(r, "encoded_slashes");
-        if (ci && ci->type == CONF_SCALAR && !conf_parse_bool(ci->value, &rp->fold_case)) {
-            rp->fold_case = false;
-        }
-        rp->encoded_slashes_pass = es && es->type == CONF_SCALAR && strcmp(es->value, "pass") == 0;
-        break;
-    }
-    conf_diag_fini(&d);
-    conf_doc_free(doc);
-}

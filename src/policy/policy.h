@@ -306,16 +306,29 @@ size_t policy_metrics_render(char *buf, size_t size);
  * the running one). */
 struct policy_conf;
 
-/* Loads every route's policy (routes[].policy relative to conf_file; `public: true`
- * and `allow_any_authenticated: true` give the built-in policies; a route with none of
- * them gets allow-any-authenticated), and the opa/decision_log sections. Reports every
- * problem to d (policy errors keep their own file:line:col) and returns NULL if any.
- * Used by `gatehouse check` and serve. Caller frees with policy_conf_free(). */
+/* Where a route's policy comes from, as the configuration loader resolved it
+ * (once, for serve, check and every CLI verb): its policy file; else the built-in
+ * public policy; else the built-in "any signed-in user". */
+enum policy_source { POLICY_SOURCE_FILE = 0, POLICY_SOURCE_PUBLIC, POLICY_SOURCE_SIGNED_IN };
+
+/* One route as the loader hands it over (strings and nodes borrowed for the call). */
+struct policy_route_spec {
+    const char *name;           /* for messages */
+    enum policy_source source;
+    const char *file;           /* POLICY_SOURCE_FILE: the resolved path */
+    const struct conf_node *at; /* the route's "policy" key (messages), or NULL */
+};
+
+/* Compiles routes[0..nroutes) (policy i for route i: no lookup by name, linear in
+ * the routes) and reads the opa/decision_log sections of root. Reports every
+ * problem to d (policy errors keep their own file:line:col) and returns NULL if
+ * any. Caller frees with policy_conf_free(). */
 struct policy_conf *policy_conf_load(const struct conf_node *root, const char *conf_file,
+                                     const struct policy_route_spec *routes, size_t nroutes,
                                      struct conf_diag *d);
 void policy_conf_free(struct policy_conf *pc);
-/* The policy for route name (borrowed, valid while pc lives); NULL for an unknown route. */
-const struct policy *policy_conf_route(const struct policy_conf *pc, const char *route);
+/* The policy of route i (borrowed, valid while pc lives); NULL when out of range. */
+const struct policy *policy_conf_route(const struct policy_conf *pc, size_t i);
 const struct opa_conf *policy_conf_opa(const struct policy_conf *pc);
 /* NULL when the config has no decision_log section. */
 const struct decision_log_conf *policy_conf_log(const struct policy_conf *pc);
@@ -324,7 +337,30 @@ size_t policy_opa_paths(const struct policy *p);
 
 /* ---- commands (src/main.c) ---- */
 
-int policy_cmd(int argc, char **argv); /* gatehouse policy test|explain|diff */
+/* The configuration as `policy explain` and `policy diff` see it: the snapshot
+ * serve and check build (one loader, proxy/snapshot.c, fills this in), so a
+ * route's policy is the one the server enforces; nothing here reads routes[]. */
+struct policy_cli_route {
+    const char *name;
+    const struct policy *policy; /* resolved and compiled by the loader */
+    const char *policy_written;  /* routes[].policy as written, or NULL (a built-in) */
+    bool fold_case;              /* match.path_case_insensitive */
+    bool encoded_slashes_pass;   /* encoded_slashes: pass */
+};
+struct policy_cli_conf {
+    const char *file;
+    const struct conf_node *root; /* the loaded document, for a section's owner (decision_log) */
+    const struct policy_cli_route *routes;
+    size_t nroutes;
+    void *snapshot; /* the loader's */
+};
+struct policy_cli_loader {
+    /* Loads file as serve does; false with every problem printed on stderr. */
+    bool (*load)(const char *file, struct policy_cli_conf *out);
+    void (*release)(struct policy_cli_conf *c);
+};
+/* gatehouse policy test|explain|diff; ld loads -c FILE. */
+int policy_cmd(int argc, char **argv, const struct policy_cli_loader *ld);
 int audit_cmd(int argc, char **argv);  /* gatehouse audit query|verify|retain */
 
 #endif

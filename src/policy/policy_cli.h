@@ -28,20 +28,10 @@ struct cli_route_path {
 bool policy_input_from_conf(const struct conf_node *n, struct arena *a, struct conf_diag *d,
                             struct policy_input *in, struct cli_opa *opa,
                             const struct cli_route_path *rp);
-/* The path options of route in the config file cfg (all false when absent). */
-void policy_route_path_opts(const char *cfg, const char *route, struct cli_route_path *rp);
 /* policy_eval, answering OPA from opa; returns POLICY_NEED_OPA when an answer is missing. */
 enum policy_step policy_eval_cli(const struct policy *p, const struct policy_input *in,
                                  const struct cli_opa *opa, struct policy_result *r);
-/* The policy of route name in the config file cfg, resolved by the loader serve
- * and check use (policy_conf_load): a policy file, else built-in public, else
- * built-in any-signed-in. Borrowed from *pc, which the caller frees with
- * policy_conf_free() (also when NULL is returned, with a message on stderr). */
-struct policy_conf;
-const struct policy *policy_for_route(const char *cfg, const char *route,
-                                     struct policy_conf **pc);
-
-int policy_cmd_diff(int argc, char **argv);
+int policy_cmd_diff(int argc, char **argv, const struct policy_cli_loader *ld);
 
 /* s with control characters replaced by '?' (logged data must not drive a terminal);
  * "-" for NULL. Returns buf. */

@@ -14,6 +14,8 @@
 #include "../core/core.h"
 
 struct route_table;
+struct access_conf;
+struct policy;
 
 enum tls_client_cert { TLS_CLIENT_CERT_NONE = 0, TLS_CLIENT_CERT_OPTIONAL, TLS_CLIENT_CERT_REQUIRED };
 
@@ -77,6 +79,12 @@ struct upstream_conf {
     uint32_t retries;           /* extra tries on connect failure for idempotent requests (default 1) */
 };
 
+/* The policy a route gets, resolved once when the snapshot is built (config_routes.c):
+ * its policy file; else the built-in public policy (public: true without
+ * allow_any_authenticated); else the built-in "any signed-in user". serve, check
+ * --dump and the CLI verbs all read it from here. */
+enum route_policy { ROUTE_POLICY_FILE = 0, ROUTE_POLICY_PUBLIC, ROUTE_POLICY_SIGNED_IN };
+
 struct route_conf {
     char *name;
     char *host;          /* exact host, "*.example.com", or NULL = any host */
@@ -93,12 +101,14 @@ struct route_conf {
     bool allow_underscores;      /* headers.allow_underscores: pass names with '_' */
     bool allow_override_headers; /* headers.allow_override_headers: X-Original-URL & co. */
     char *policy_file;   /* resolved path or NULL */
+    enum route_policy policy_kind; /* which policy decides, resolved once at load */
+    const struct conf_node *policy_at; /* the "policy" key (borrowed from doc), or NULL */
     char *public_url;    /* origin for sign-in redirects (wins over the listener's), or NULL */
     char **idps;         /* identity provider ids this route accepts (NULL = all) */
     size_t nidps;
     int line, col;
     void *authn;         /* owned by authn module once wired in (NULL until then) */
-    void *policy;        /* owned by policy module once wired in (NULL until then) */
+    const struct policy *policy; /* the compiled policy_kind (owned by the access part) */
     unsigned metrics_id; /* set by metrics_bind_config() before the snapshot is published */
     size_t index;        /* position in config.routes (per-route arrays, e.g. balancers) */
 };
@@ -143,11 +153,9 @@ struct config {
     struct route_conf *routes;
     size_t nroutes;
     struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
-    void *authn;                /* the access stage's part (access/access_conf.c), or NULL */
-    void (*authn_free)(void *); /* frees authn with the snapshot */
-    void *policy;               /* policy module's part (NULL until wired in) */
+    struct access_conf *authn;  /* the access stage's part (access/access_conf.c), or NULL;
+                                 * snapshot.c loads and frees it */
     struct route_table *route_table; /* built by config_load for route_match() (route.h) */
-    void (*route_table_free)(struct route_table *);
 };
 
 /* Loads and validates path: the proxy's keys, then the access stage's sections
@@ -162,6 +170,9 @@ struct config *config_parse(const char *name, const char *text, size_t len, stru
 struct config *config_load_proxy(const char *path, struct conf_diag *d);
 struct config *config_parse_proxy(const char *name, const char *text, size_t len,
                                   struct conf_diag *d);
+/* Frees what config_parse_proxy built (config.c), nothing of the other parts:
+ * snapshot.c, which put them together, takes them apart (config_unref). */
+void config_proxy_free(struct config *c);
 /* Adds a reference (any thread) and returns c. */
 struct config *config_ref(struct config *c);
 /* Drops a reference; frees at zero. NULL is a no-op. */

@@ -439,12 +439,12 @@ static void dump_routes(FILE *f, const struct config *c)
         kv_bool(f, 3, "allow_underscores", r->allow_underscores);
         kv_bool(f, 3, "allow_override_headers", r->allow_override_headers);
         kv_str(f, 2, false, "public_url", r->public_url);
-        /* The policy that decides, as policy_conf_load resolves it. */
+        /* The policy that decides, as the loader resolved it (serve's). */
         fputs("    policy:\n", f);
-        if (r->public_) {
-            kv_raw(f, 3, false, "builtin", "public  # everyone, no sign-in");
-        } else if (r->policy_file) {
+        if (r->policy_kind == ROUTE_POLICY_FILE) {
             kv_str(f, 3, false, "file", r->policy_file);
+        } else if (r->policy_kind == ROUTE_POLICY_PUBLIC) {
+            kv_raw(f, 3, false, "builtin", "public  # everyone, no sign-in");
         } else {
             kv_raw(f, 3, false, "builtin", "any-signed-in  # %s",
                    r->allow_any_authenticated ? "allow_any_authenticated: true"

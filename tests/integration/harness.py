@@ -1015,6 +1015,16 @@ def with_public_urls(config):
     return out
 
 
+# The head of a configuration serve would run with sign-in, for commands that load
+# it as serve does (check, policy explain/diff): a listener, sessions and one
+# identity provider (nothing is fetched while loading).
+SIGNIN_CONFIG_HEAD = ("listen: [{address: 127.0.0.1:8080}]\n"
+                      "state: {sqlite: gh.db}\n"
+                      "identity_providers:\n"
+                      "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
+                      "     client_id: gh, client_secret: s3cret}\n")
+
+
 def basic_config(routes, listen=None, **extra):
     """A config dict with one plain listener on a free port, an admin listener and
     one worker. routes: list of route dicts."""

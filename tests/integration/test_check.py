@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ROOT, gatehouse_bin
+from harness import ROOT, SIGNIN_CONFIG_HEAD, gatehouse_bin
 
 DATA = os.path.join(ROOT, "tests", "data")
 BAD = os.path.join(DATA, "bad-conf")
@@ -376,19 +376,81 @@ routes:
         self.assertEqual(sorted(os.listdir(self.d)), ["g.yaml", "oidc-secret", "wiki.yaml"])
 
 
+class DumpPolicyAsServedTest(unittest.TestCase):
+    """Issue 11: `check --dump` names the policy serve enforces for each route, the
+    one the loader resolved: a policy file wins over public: true, and public: true
+    with allow_any_authenticated: true is any signed-in user (the dump used to say
+    "public" for both)."""
+
+    def test_dump_shows_the_resolved_policy(self):
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            with open(os.path.join(d, "p.yaml"), "w") as f:
+                f.write("rules:\n  - id: eng\n    effect: allow\n    when: {groups: eng}\n")
+            up = 'upstream: {servers: ["http://127.0.0.1:9"]}'
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write(SIGNIN_CONFIG_HEAD +
+                        "routes:\n"
+                        f"  - {{name: filepub, match: {{path_prefix: /f}}, policy: p.yaml,"
+                        f" public: true, {up}}}\n"
+                        f"  - {{name: both, match: {{path_prefix: /b}}, public: true,"
+                        f" allow_any_authenticated: true, {up}}}\n"
+                        f"  - {{name: pub, match: {{path_prefix: /p}}, public: true, {up}}}\n"
+                        f"  - {{name: neither, match: {{path_prefix: /n}}, {up}}}\n")
+            r = run_check(["-c", "g.yaml", "--dump"], cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            pat = r'\n  - name: "(\w+)"\n.*?\n    policy:\n      (\w+): ([^\n]*)'
+            got = {name: kind + " " + what
+                   for name, kind, what in re.findall(pat, r.stdout, re.S)}
+            self.assertEqual(got["filepub"], 'file "p.yaml"')
+            self.assertTrue(got["both"].startswith("builtin any-signed-in"), got)
+            self.assertTrue(got["pub"].startswith("builtin public"), got)
+            self.assertTrue(got["neither"].startswith("builtin any-signed-in"), got)
+        finally:
+            shutil.rmtree(d)
+
+
+    def test_public_and_any_signed_in_needs_sign_in_configured(self):
+        # Any signed-in user cannot pass a route without identity providers and
+        # sessions: check says so instead of "ok" (serve answered every request 401).
+        d = tempfile.mkdtemp(prefix="gh-check-")
+        try:
+            with open(os.path.join(d, "g.yaml"), "w") as f:
+                f.write("listen: [{address: 127.0.0.1:8080}]\n"
+                        "routes:\n"
+                        "  - {name: both, public: true, allow_any_authenticated: true,\n"
+                        "     upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
+            r = run_check(["-c", "g.yaml"], cwd=d)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn('routes that are not public need "state: {sqlite: FILE}"', r.stderr)
+            self.assertIn('routes that are not public need at least one entry in '
+                          '"identity_providers"', r.stderr)
+        finally:
+            shutil.rmtree(d)
+
+
 class DocsTest(unittest.TestCase):
     def test_every_config_key_is_documented(self):
-        """Each key the loader accepts (its key tables in src/proxy/config.c) and each
-        enumerated value appears, in backquotes, in docs/configuration.md."""
-        with open(os.path.join(ROOT, "src", "proxy", "config.c")) as f:
-            src = f.read()
+        """Each key the loader accepts (its key tables in src/proxy/config*.c: struct
+        conf_key tables and name lists) and each enumerated value appears, in
+        backquotes, in docs/configuration.md."""
+        src = ""
+        for name in sorted(os.listdir(os.path.join(ROOT, "src", "proxy"))):
+            if re.fullmatch(r"config(_\w+)?\.c", name):
+                with open(os.path.join(ROOT, "src", "proxy", name)) as f:
+                    src += f.read()
         with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
             doc = f.read()
         tables = re.findall(r"static const char \*const (\w+)\[\] = \{(.*?)\};", src, re.S)
-        self.assertGreaterEqual(len(tables), 10)
+        key_tables = re.findall(r"static const struct conf_key (\w+)\[\] = \{(.*?)\n\};", src,
+                                re.S)
+        self.assertGreaterEqual(len(tables) + len(key_tables), 10)
+        self.assertGreaterEqual(len(key_tables), 8)
         names = set()
         for _, body in tables:
             names.update(re.findall(r'"([a-z_]+)"', body))
+        for _, body in key_tables:
+            names.update(re.findall(r'(?:\{|OWN\(|[A-Z_]+\() ?"([a-z_]+)"', body))
         self.assertIn("upstream_response", names)
         missing = sorted(n for n in names
                          if not re.search(r"`([a-z_]+\.)*" + n + r"(`|\.|:)", doc))

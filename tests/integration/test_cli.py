@@ -4,7 +4,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import gatehouse_bin
+from harness import SIGNIN_CONFIG_HEAD, gatehouse_bin
 
 
 def run(*args, timeout=10):
@@ -239,10 +239,7 @@ class PolicyTestPathFormTest(unittest.TestCase):
                 f.write(self.POLICY)
             cfg = os.path.join(d, "gatehouse.yaml")
             with open(cfg, "w") as f:
-                f.write("state: {sqlite: gh.db}\n"
-                        "identity_providers:\n"
-                        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
-                        "     client_id: gh, client_secret: s3cret}\n"
+                f.write(SIGNIN_CONFIG_HEAD +
                         "routes:\n"
                         "  - {name: ci, match: {host: a.example.com, path_case_insensitive: true},\n"
                         "     policy: app.yaml, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n"
@@ -261,3 +258,35 @@ class PolicyTestPathFormTest(unittest.TestCase):
             self.assertIn('decision: allow by rule "rest"', r.stdout.decode(), r.stderr)
             r = run("policy", "explain", "-c", cfg, "--route", "ci", "--input", req)
             self.assertIn("proxy refuses", r.stderr.decode())
+
+
+class ExplainLoadsWhatServeLoadsTest(unittest.TestCase):
+    """Issue 11: `policy explain -c` and `policy diff -c` take the configuration
+    from the loader serve and check use. A configuration serve refuses is refused
+    with the same messages `check` prints, not explained with a guess (a route
+    whose flag does not parse was any-signed-in to explain before)."""
+
+    CFG = (SIGNIN_CONFIG_HEAD +
+           "routes:\n"
+           "  - {name: app, public: maybe, upstream: {servers: [\"http://127.0.0.1:9\"]}}\n")
+
+    def test_explain_and_diff_refuse_what_check_refuses(self):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = os.path.join(d, "gatehouse.yaml")
+            with open(cfg, "w") as f:
+                f.write(self.CFG)
+            req = os.path.join(d, "req.json")
+            with open(req, "w") as f:
+                f.write('{"user": "alice", "path": "/x"}')
+            os.mkdir(os.path.join(d, "new"))
+            check = run("check", "-c", cfg)
+            self.assertEqual(check.returncode, 1)
+            want = cfg + ':7:25: error: "public" must be true or false, got "maybe"\n'
+            self.assertEqual(check.stderr.decode(), want)
+            r = run("policy", "explain", "-c", cfg, "--route", "app", "--input", req)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertEqual(r.stdout.decode(), "")
+            self.assertEqual(r.stderr.decode(), want)
+            r = run("policy", "diff", "-c", cfg, "--new", os.path.join(d, "new"))
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertEqual(r.stderr.decode(), want)

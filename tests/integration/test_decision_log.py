@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ROOT, gatehouse_bin
+from harness import ROOT, SIGNIN_CONFIG_HEAD, gatehouse_bin
 
 
 def driver_bin():
@@ -36,7 +36,7 @@ class DecisionLogCrash(unittest.TestCase):
         self.dir = self.tmp.name
         self.cfg = os.path.join(self.dir, "gatehouse.yaml")
         with open(self.cfg, "w") as f:
-            f.write("state: {sqlite: gh.db}\n"
+            f.write(SIGNIN_CONFIG_HEAD +
                     "decision_log: {file: decisions.jsonl, queue: 5000}\n"
                     "routes:\n"
                     "  - {name: wiki, match: {host: wiki.example.com}, policy: policies/wiki.yaml,\n"
@@ -145,10 +145,7 @@ class DecisionLogCrash(unittest.TestCase):
         # signed-in user in. explain must say the same, not "public" and an error.
         cfg = os.path.join(self.dir, "both.yaml")
         with open(cfg, "w") as f:
-            f.write("state: {sqlite: gh.db}\n"
-                    "identity_providers:\n"
-                    "  - {id: corp, type: oidc, issuer: 'https://idp.example.com',\n"
-                    "     client_id: gh, client_secret: s3cret}\n"
+            f.write(SIGNIN_CONFIG_HEAD +
                     "routes:\n"
                     "  - {name: both, match: {host: b.example.com}, public: true,\n"
                     "     allow_any_authenticated: true,\n"

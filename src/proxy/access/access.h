@@ -17,7 +17,7 @@ struct access_conf;
  * config being built, reporting problems to d. Returns the part to keep in
  * config->authn (also when d got errors: the caller frees it). */
 struct access_conf *access_conf_load(struct config *c, struct conf_diag *d);
-void access_conf_free(void *conf);
+void access_conf_free(struct access_conf *g);
 
 /* Opens the process-wide state the first config needs (session store, identity
  * assertion key, decision log, pages), registers the metrics provider and

@@ -33,6 +33,28 @@ static void take_identity(struct access_conf *g)
     g->strip[n] = NULL;
 }
 
+/* The routes' policies as the loader resolved them (route_conf.policy_kind),
+ * index-aligned: compiled once, no lookup by name. */
+static struct policy_conf *load_policies(const struct config *c, struct conf_diag *d)
+{
+    struct policy_route_spec *specs = xcalloc(c->nroutes ? c->nroutes : 1, sizeof *specs);
+    for (size_t i = 0; i < c->nroutes; i++) {
+        const struct route_conf *rc = &c->routes[i];
+        specs[i] = (struct policy_route_spec){
+            .name = rc->name,
+            .source = rc->policy_kind == ROUTE_POLICY_FILE     ? POLICY_SOURCE_FILE
+                      : rc->policy_kind == ROUTE_POLICY_PUBLIC ? POLICY_SOURCE_PUBLIC
+                                                               : POLICY_SOURCE_SIGNED_IN,
+            .file = rc->policy_file,
+            .at = rc->policy_at,
+        };
+    }
+    struct policy_conf *pc =
+        policy_conf_load(c->doc ? c->doc->root : NULL, c->file, specs, c->nroutes, d);
+    free(specs);
+    return pc;
+}
+
 static void read_routes(struct access_conf *g, struct config *c)
 {
     g->routes = xcalloc(c->nroutes ? c->nroutes : 1, sizeof *g->routes);
@@ -40,16 +62,20 @@ static void read_routes(struct access_conf *g, struct config *c)
     for (size_t i = 0; i < c->nroutes; i++) {
         struct route_conf *rc = &c->routes[i];
         struct access_route *gr = &g->routes[i];
-        gr->policy = g->pc ? policy_conf_route(g->pc, rc->name) : NULL;
+        gr->policy = policy_conf_route(g->pc, i);
         gr->policy_file = rc->policy_file != NULL;
-        if (!rc->public_) {
+        /* Sign-in is needed unless the resolved policy is the built-in public
+         * one (public: true with allow_any_authenticated is any signed-in user);
+         * a policy file on a public: true route decides without sessions. */
+        if (rc->policy_kind == ROUTE_POLICY_SIGNED_IN ||
+            (rc->policy_kind == ROUTE_POLICY_FILE && !rc->public_)) {
             g->needs_sessions = true;
         }
         if (rc->nidps) {
             gr->idps = (const char *const *)rc->idps;
             gr->nidps = rc->nidps;
         }
-        rc->policy = (void *)gr->policy;
+        rc->policy = gr->policy;
         rc->authn = gr;
     }
 }
@@ -98,7 +124,7 @@ struct access_conf *access_conf_load(struct config *c, struct conf_diag *d)
     if (g->an) {
         take_identity(g);
     }
-    g->pc = policy_conf_load(root, c->file, d);
+    g->pc = load_policies(c, d);
     if (g->pc) {
         g->opa = policy_conf_opa(g->pc);
         g->dl = policy_conf_log(g->pc);
@@ -121,10 +147,8 @@ struct access_conf *access_conf_load(struct config *c, struct conf_diag *d)
     return g;
 }
 
-void access_conf_free(void *conf)
+void access_conf_free(struct access_conf *g)
 {
-    struct access_conf *g = conf;
-
     if (!g) {
         return;
     }

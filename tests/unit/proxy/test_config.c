@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "policy/policy.h"
 #include "proxy/config.h"
 #include "proxy/route.h"
 
@@ -645,6 +646,60 @@ static void test_access_log_stderr_off_and_path(void **state)
     config_unref(c);
 }
 
+/* Issue 11: each route carries the policy it gets, resolved once by the loader:
+ * a file wins; public alone is public; public + allow_any_authenticated,
+ * allow_any_authenticated alone and no flag at all are any signed-in user. */
+static void test_route_policy_resolved_once(void **state)
+{
+    (void)state;
+    struct config *c = expect_ok(
+        BASE_LISTEN "state: {sqlite: /tmp/gh-unit-state.db}\n"
+        "identity_providers:\n"
+        "  - {id: corp, type: oidc, issuer: 'https://idp.example.com', client_id: gh,\n"
+        "     client_secret: s}\n"
+        "routes:\n"
+        "  - {name: pub, match: {path_prefix: /p}, public: true,\n"
+        "     upstream: {servers: [http://127.0.0.1:9001]}}\n"
+        "  - {name: both, match: {path_prefix: /b}, public: true, allow_any_authenticated: true,\n"
+        "     upstream: {servers: [http://127.0.0.1:9001]}}\n"
+        "  - {name: any, match: {path_prefix: /a}, allow_any_authenticated: true,\n"
+        "     upstream: {servers: [http://127.0.0.1:9001]}}\n"
+        "  - {name: none, match: {path_prefix: /n}, upstream: {servers: [http://127.0.0.1:9001]}}\n");
+    static const enum route_policy want[] = { ROUTE_POLICY_PUBLIC, ROUTE_POLICY_SIGNED_IN,
+                                              ROUTE_POLICY_SIGNED_IN, ROUTE_POLICY_SIGNED_IN };
+    static const char *const rule[] = { "public", "allow-any-authenticated",
+                                        "allow-any-authenticated", "allow-any-authenticated" };
+    assert_int_equal(c->nroutes, 4);
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(c->routes[i].policy_kind, want[i]);
+        assert_non_null(c->routes[i].policy);
+        assert_string_equal(policy_rule_id(c->routes[i].policy, 0), rule[i]);
+    }
+    config_unref(c);
+}
+
+/* The key tables' one pass: a bad value is reported once, at its position, and
+ * an unknown key does not stop the section's known keys from being checked. */
+static void test_key_tables_report_each_problem_once(void **state)
+{
+    (void)state;
+    struct conf_diag d = { 0 };
+    struct config *c = parse(BASE_LISTEN "routes:\n"
+                                         "  - name: app\n"
+                                         "    match: {path_case_insensitive: maybe}\n"
+                                         "    upstream: {servers: [http://127.0.0.1:9001], retries: 99,"
+                                         " bogus: 1}\n"
+                                         "    public: true\n",
+                             &d);
+    assert_null(c);
+    assert_int_equal(d.count, 3);
+    assert_true(has_msg(&d, "t.yaml:5:36: error: \"path_case_insensitive\" must be true or "
+                            "false, got \"maybe\""));
+    assert_true(has_msg(&d, "t.yaml:6:59: error: \"retries\" must be between 0 and 10, got 99"));
+    assert_true(has_msg(&d, "t.yaml:6:63: error: unknown key \"bogus\" in \"upstream\""));
+    conf_diag_fini(&d);
+}
+
 int main(void)
 {
     const char *data = getenv("GH_TEST_DATA");
@@ -657,6 +712,8 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_config_gets_documented_defaults),
+        cmocka_unit_test(test_route_policy_resolved_once),
+        cmocka_unit_test(test_key_tables_report_each_problem_once),
         cmocka_unit_test(test_full_config_reads_every_key),
         cmocka_unit_test(test_each_bad_config_has_its_exact_message),
         cmocka_unit_test(test_several_errors_are_reported_at_once),
