@@ -5,7 +5,13 @@
 # in flight): list a file or directory in FORMATTED below when it is.
 set -u
 cd "$(dirname "$0")/.."
-FORMATTED=(src/proxy/access src/proxy/snapshot.c tests/unit/proxy/test_access.c)
+FORMATTED=(src/proxy/access src/proxy/snapshot.c tests/unit/proxy/test_access.c
+    src/authn/authn_bearer.c src/authn/authn_fetch.c src/authn/authn_flow.c src/authn/authn_int.h
+    src/authn/authn_login.c src/authn/authn_logout.c src/authn/authn_refresh.c
+    src/authn/authn_saml.c src/authn/oidc_bearer.c src/authn/oidc_int.h src/authn/oidc_token.c
+    src/authn/saml_acs.c src/authn/saml_int.h src/authn/saml_logout.c src/authn/session_int.h
+    src/authn/session_pg_feed.c src/authn/session_pg_int.h src/authn/session_pg_once.c
+    src/authn/session_sqlite.c src/authn/session_writer.c)
 if ! command -v clang-format >/dev/null; then
     echo "check_format: clang-format is not installed (scripts/deps.sh test)" >&2
     exit 1

@@ -1,88 +1,32 @@
 /* authn/session_pg.c - sessions, revocations and their change feed in
- * PostgreSQL (see session_pg.h). Two connections per node: the writer's
- * (used only by session.c's writer thread) and the listener's (its own
- * thread: LISTEN gatehouse_sessions, replay of session_changes past the last
- * sequence seen, on every notification, every second, and after a reconnect).
- * Statements are static text with bound parameters. */
+ * PostgreSQL (see session_pg.h): configuration, connections, migrations,
+ * the rows and their preload at open, open and close, the writer's
+ * statements (used only by session.c's writer thread) and the CLI's list and
+ * revoke. The listener thread and the change feed are in session_pg_feed.c,
+ * the one-time values and refresh leases in session_pg_once.c
+ * (session_pg_int.h is what the three share). Statements are static text
+ * with bound parameters. */
 #include "session_pg.h"
 
-#include <errno.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
-#include <unistd.h>
 
-#include <libpq-fe.h>
-#include <openssl/crypto.h>
+#include "session_pg_int.h"
 
-#include "codec.h"
-#include "core/pg.h"
-#include "device_store.h"
-
-#define CHANNEL "gatehouse_sessions"
 #define CHANGE_LOCK "7263001"      /* pg_advisory_xact_lock key: appenders of session_changes */
 #define MIGRATE_LOCK "7263000"     /* pg_advisory_xact_lock key: migrations */
-#define REPLAY_PERIOD_MS 1000
-#define TOUCH_SYNC_PERIOD_MS 5000
 #define OK_WITHIN_MS 3000          /* readiness: synced this recently */
-#define REPLAY_BATCH 500
-#define REFRESH_LEASE_MS "30000"   /* a node that took the lease and died: others after this */
 
-struct spg {
-    struct spg_conf conf;
-    char *password;                /* from password_file, wiped at close */
-    char node[17];                 /* random per process: skips its own changes */
-    struct spg_hooks hooks;
-    PGconn *wconn;                 /* writer thread */
-    atomic_bool writer_ok;
-    bool retrying;                 /* writer thread: the second attempt of spg_write */
-    /* listener */
-    pthread_t listener;
-    bool listener_started;
-    atomic_bool stop;
-    atomic_llong synced_ms;
-    atomic_bool listen_ok;
-    PGconn *lconn;                 /* the listener's, handed over at start */
-    int64_t seq;                   /* last change applied (listener thread) */
-    int64_t last_touch_sync_ms;
-    /* one-time values: a thread of their own with its own connection; the
-     * request path queues a job and waits for its eventfd on its loop */
-    pthread_t once_thread;
-    bool once_started;
-    pthread_mutex_t omu;
-    pthread_cond_t ocv;
-    struct spg_once_job *ohead, **otail;
-    PGconn *oconn;
-};
-
-struct spg_once_job {
-    atomic_int refs;               /* the queue's and the requester's */
-    int fd;                        /* eventfd: readable once decided */
-    bool lease;                    /* a refresh lease (id_hash, exp_s = token expiry) */
-    char id_hash[65];
-    unsigned char h[32];
-    int64_t exp_s;
-    int64_t deadline_ms;           /* monotonic: past it the job is not run */
-    atomic_int state;              /* SPG_ONCE_* */
-    char err[256];
-    struct spg_once_job *next;
-};
-
-static void once_finish(struct spg_once_job *j, int state, const char *why);
-static void *once_main(void *arg);
-
-static int64_t wall_ms(void)
+int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int64_t mono_ms(void)
+int64_t mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -209,7 +153,7 @@ char *spg_conninfo_redacted(const char *ci)
 
 /* ---- connections ------------------------------------------------------ */
 
-static PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err)
+PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err)
 {
     return pg_connect(c->conninfo, password, "gatehouse", err);
 }
@@ -235,7 +179,7 @@ PGconn *spg_connect(const struct spg_conf *c, struct err *err)
     return db;
 }
 
-static bool exec_ok(PGconn *db, const char *sql, struct err *err)
+bool exec_ok(PGconn *db, const char *sql, struct err *err)
 {
     PGresult *r = PQexec(db, sql);
     bool ok = pg_check(db, r, err, "PostgreSQL");
@@ -243,7 +187,7 @@ static bool exec_ok(PGconn *db, const char *sql, struct err *err)
     return ok;
 }
 
-static PGresult *q(PGconn *db, const char *sql, int n, const char *const *v)
+PGresult *q(PGconn *db, const char *sql, int n, const char *const *v)
 {
     return PQexecParams(db, sql, n, NULL, v, NULL, NULL, 0);
 }
@@ -400,13 +344,7 @@ int spg_cmd_migrate(const struct spg_conf *c, FILE *out, struct err *err)
     return rc;
 }
 
-/* ---- rows ------------------------------------------------------------- */
-
-#define ROW_COLS                                                                                   \
-    "id_hash, user_key, email, name, groups, claims, idp, sid, created_ms, last_seen_ms, "      \
-    "expires_ms, token_exp_s, refresh_token, id_token"
-
-static bool row_from(PGresult *r, int i, struct spg_row *out)
+bool row_from(PGresult *r, int i, struct spg_row *out)
 {
     const char *h = pg_col(r, i, 0);
     if (h == NULL || strlen(h) != 64) {
@@ -461,219 +399,6 @@ static int preload(struct spg *p, PGconn *db, struct err *err)
     log_info("authn", "loaded %d live session(s) from PostgreSQL", PQntuples(r));
     PQclear(r);
     return 0;
-}
-
-/* ---- listener --------------------------------------------------------- */
-
-static int load_one(struct spg *p, PGconn *db, const char *hash, bool update)
-{
-    const char *v[] = { hash };
-    PGresult *r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE id_hash = $1", 1, v);
-    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        PQclear(r);
-        return -1;
-    }
-    struct spg_row row;
-    if (PQntuples(r) == 1 && row_from(r, 0, &row)) {
-        p->hooks.row(p->hooks.arg, &row, update);
-    }
-    PQclear(r);
-    return 0;
-}
-
-/* Applies every change past p->seq. 0, or -1 when the connection failed. */
-static int replay(struct spg *p, PGconn *db)
-{
-    for (;;) {
-        char seq[24];
-        snprintf(seq, sizeof seq, "%lld", (long long)p->seq);
-        const char *v[] = { seq };
-        PGresult *r = q(db,
-                        "SELECT seq, kind, value, ts_ms, node FROM session_changes "
-                        "WHERE seq > $1::bigint ORDER BY seq LIMIT 500",
-                        1, v);
-        if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
-            PQclear(r);
-            return -1;
-        }
-        int n = PQntuples(r);
-        for (int i = 0; i < n; i++) {
-            const char *kind = PQgetvalue(r, i, 1), *value = PQgetvalue(r, i, 2);
-            bool mine = strcmp(PQgetvalue(r, i, 4), p->node) == 0;
-            if (strcmp(kind, "new") == 0 || strcmp(kind, "update") == 0) {
-                if (!mine && load_one(p, db, value, kind[0] == 'u') != 0) {
-                    PQclear(r);
-                    return -1;
-                }
-            } else {
-                p->hooks.revoke(p->hooks.arg, kind, value, pg_col64(r, i, 3));
-            }
-            p->seq = pg_col64(r, i, 0);
-        }
-        PQclear(r);
-        if (n < REPLAY_BATCH) {
-            return 0;
-        }
-    }
-}
-
-/* Activity on other nodes moves the idle deadline here too. */
-static int touch_sync(struct spg *p, PGconn *db, int64_t now)
-{
-    char since[24];
-    snprintf(since, sizeof since, "%lld",
-             (long long)(p->last_touch_sync_ms - 3 * TOUCH_SYNC_PERIOD_MS));
-    const char *v[] = { since };
-    PGresult *r = q(db, "SELECT id_hash, last_seen_ms FROM sessions WHERE last_seen_ms > $1::bigint",
-                    1, v);
-    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        PQclear(r);
-        return -1;
-    }
-    for (int i = 0; i < PQntuples(r); i++) {
-        p->hooks.touch(p->hooks.arg, PQgetvalue(r, i, 0), pg_col64(r, i, 1));
-    }
-    PQclear(r);
-    p->last_touch_sync_ms = now;
-    return 0;
-}
-
-/* After a reconnect: were changes past p->seq purged before this node saw
- * them? Then the cache is rebuilt from the sessions table. */
-static int check_gap(struct spg *p, PGconn *db)
-{
-    PGresult *r = PQexec(db, "SELECT (SELECT min(seq) FROM session_changes), "
-                             "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
-                             "FROM session_changes_seq_seq)");
-    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        PQclear(r);
-        return -1;
-    }
-    int64_t min = PQgetisnull(r, 0, 0) ? 0 : pg_col64(r, 0, 0);
-    int64_t last = pg_col64(r, 0, 1);
-    PQclear(r);
-    bool gap = min > 0 ? min > p->seq + 1 : last > p->seq;
-    if (!gap) {
-        return 0;
-    }
-    log_warn("authn", "session changes %lld.. were purged before this node saw them: "
-                      "reloading every session from PostgreSQL",
-             (long long)p->seq + 1);
-    char now[24];
-    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
-    const char *v[] = { now };
-    r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
-    PGresult *u = PQexec(db, "SELECT value, ts_ms FROM user_revocations");
-    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK || u == NULL ||
-        PQresultStatus(u) != PGRES_TUPLES_OK) {
-        PQclear(r);
-        PQclear(u);
-        return -1;
-    }
-    for (int i = 0; i < PQntuples(u); i++) {
-        p->hooks.revoke(p->hooks.arg, "user-note", PQgetvalue(u, i, 0), pg_col64(u, i, 1));
-    }
-    p->hooks.resync(p->hooks.arg, false);
-    for (int i = 0; i < PQntuples(r); i++) {
-        struct spg_row row;
-        if (row_from(r, i, &row)) {
-            p->hooks.row(p->hooks.arg, &row, true);
-        }
-    }
-    p->hooks.resync(p->hooks.arg, true);
-    PQclear(r);
-    PQclear(u);
-    p->seq = min > 0 ? min - 1 : last;
-    return 0;
-}
-
-static PGconn *listen_connect(struct spg *p)
-{
-    struct err e = { 0 };
-    PGconn *db = connect_db(&p->conf, p->password, &e);
-    if (db == NULL) {
-        return NULL;
-    }
-    /* LISTEN before the replay: a change committed in between is both
-     * replayed and announced, never neither. */
-    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
-        device_mirror_sync(db) != 0) {
-        log_warn("authn", "PostgreSQL listener: %s", e.msg[0] ? e.msg : PQerrorMessage(db));
-        PQfinish(db);
-        return NULL;
-    }
-    return db;
-}
-
-static void *listener_main(void *arg)
-{
-    struct spg *p = arg;
-    PGconn *db = p->lconn; /* connected and listening since spg_open */
-    int64_t last_replay = wall_ms();
-    bool was_down = false;
-
-    p->lconn = NULL;
-    while (!atomic_load(&p->stop)) {
-        int64_t now = wall_ms();
-        if (db == NULL) {
-            db = listen_connect(p);
-            if (db == NULL) {
-                if (!was_down) {
-                    log_error("authn", "PostgreSQL unreachable: sessions are served from the "
-                                       "cache for at most %llu ms, sign-ins are refused",
-                              (unsigned long long)p->conf.staleness_ms);
-                }
-                was_down = true;
-                atomic_store(&p->listen_ok, false);
-                for (int i = 0; i < 5 && !atomic_load(&p->stop); i++) {
-                    usleep(100000);
-                }
-                continue;
-            }
-            if (was_down) {
-                log_info("authn", "PostgreSQL reachable again: revocations replayed up to "
-                                  "change %lld",
-                         (long long)p->seq);
-            }
-            was_down = false;
-            last_replay = now;
-            atomic_store(&p->synced_ms, now);
-            atomic_store(&p->listen_ok, true);
-        }
-        struct pollfd pfd = { .fd = PQsocket(db), .events = POLLIN };
-        int pr = pfd.fd >= 0 ? poll(&pfd, 1, 200) : -1;
-        bool fail = pr < 0 && errno != EINTR;
-        bool notified = false;
-        if (!fail && pr > 0) {
-            fail = PQconsumeInput(db) == 0;
-            PGnotify *nf;
-            while (!fail && (nf = PQnotifies(db)) != NULL) {
-                notified = true;
-                PQfreemem(nf);
-            }
-        }
-        now = wall_ms();
-        if (!fail && (notified || now - last_replay >= REPLAY_PERIOD_MS)) {
-            fail = replay(p, db) != 0 || device_mirror_sync(db) != 0;
-            if (!fail && now - p->last_touch_sync_ms >= TOUCH_SYNC_PERIOD_MS) {
-                fail = touch_sync(p, db, now) != 0;
-            }
-            if (!fail) {
-                last_replay = now;
-                atomic_store(&p->synced_ms, now);
-            }
-        }
-        if (fail || PQstatus(db) != CONNECTION_OK) {
-            log_error("authn", "PostgreSQL listener connection lost: %s",
-                      PQerrorMessage(db)[0] ? PQerrorMessage(db) : "?");
-            PQfinish(db);
-            db = NULL;
-            was_down = true;
-            atomic_store(&p->listen_ok, false);
-        }
-    }
-    PQfinish(db);
-    return NULL;
 }
 
 /* ---- open / close ----------------------------------------------------- */
@@ -989,247 +714,6 @@ void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms)
     snprintf(nows, sizeof nows, "%lld", (long long)(now_ms / 1000));
     const char *v3[] = { nows };
     PQclear(q(p->wconn, "DELETE FROM once_values WHERE exp_s < $1::bigint", 1, v3));
-}
-
-/* ---- one-time values -------------------------------------------------- */
-
-void spg_once_release(struct spg_once_job *j)
-{
-    if (j != NULL && atomic_fetch_sub(&j->refs, 1) == 1) {
-        close(j->fd);
-        free(j);
-    }
-}
-
-/* The once thread's answer: the state, then the eventfd, then its reference. */
-static void once_finish(struct spg_once_job *j, int state, const char *why)
-{
-    if (why != NULL) {
-        snprintf(j->err, sizeof j->err, "%s", why);
-    }
-    atomic_store(&j->state, state);
-    uint64_t one = 1;
-    ssize_t n = write(j->fd, &one, sizeof one);
-    (void)n; /* an eventfd counter does not fill up with one write */
-    spg_once_release(j);
-}
-
-static struct spg_once_job *job_submit(struct spg *p, struct spg_once_job *tmpl,
-                                       struct err *err)
-{
-    if (!spg_ok(p, wall_ms())) {
-        /* Known out of reach (the listener thread says so): refused now. */
-        err_set(err, ERR_IO, "PostgreSQL unreachable");
-        return NULL;
-    }
-    struct spg_once_job *j = xcalloc(1, sizeof *j);
-    j->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (j->fd < 0) {
-        err_set(err, ERR_IO, "eventfd: %s", strerror(errno));
-        free(j);
-        return NULL;
-    }
-    atomic_init(&j->refs, 2);
-    atomic_init(&j->state, SPG_ONCE_PENDING);
-    j->lease = tmpl->lease;
-    memcpy(j->id_hash, tmpl->id_hash, sizeof j->id_hash);
-    memcpy(j->h, tmpl->h, 32);
-    j->exp_s = tmpl->exp_s;
-    j->deadline_ms = mono_ms() + (int64_t)p->conf.query_timeout_ms;
-    pthread_mutex_lock(&p->omu);
-    *p->otail = j;
-    p->otail = &j->next;
-    pthread_cond_signal(&p->ocv);
-    pthread_mutex_unlock(&p->omu);
-    return j;
-}
-
-struct spg_once_job *spg_once_submit(struct spg *p, const unsigned char h[32], int64_t exp_s,
-                                     struct err *err)
-{
-    struct spg_once_job t = { .exp_s = exp_s };
-    memcpy(t.h, h, 32);
-    return job_submit(p, &t, err);
-}
-
-struct spg_once_job *spg_lease_submit(struct spg *p, const char id_hash[65], int64_t token_exp_s,
-                                      struct err *err)
-{
-    struct spg_once_job t = { .lease = true, .exp_s = token_exp_s };
-    snprintf(t.id_hash, sizeof t.id_hash, "%s", id_hash);
-    return job_submit(p, &t, err);
-}
-
-int spg_once_fd(const struct spg_once_job *j)
-{
-    return j->fd;
-}
-
-int spg_once_state(const struct spg_once_job *j, const char **why)
-{
-    int st = atomic_load(&((struct spg_once_job *)j)->state);
-    if (why != NULL) {
-        *why = st == SPG_ONCE_FAILED ? j->err : st == SPG_ONCE_PENDING ? "no answer in time" : "";
-    }
-    return st;
-}
-
-uint64_t spg_query_timeout_ms(const struct spg *p)
-{
-    return p->conf.query_timeout_ms;
-}
-
-/* Waits (poll, never past deadline) until db has a whole answer. 0, -2 when
- * the connection broke, -3 at the deadline. */
-static int await_db(PGconn *db, int64_t deadline, struct err *err)
-{
-    while (PQisBusy(db)) {
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            err_set(err, ERR_IO, "PostgreSQL did not answer in time");
-            return -3;
-        }
-        struct pollfd pfd = { .fd = PQsocket(db), .events = POLLIN };
-        if (pfd.fd < 0 || (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) ||
-            PQconsumeInput(db) == 0) {
-            err_set(err, ERR_IO, "PostgreSQL: connection lost");
-            return -2;
-        }
-    }
-    return 0;
-}
-
-/* The first use of the key on any node: INSERT ... ON CONFLICT DO NOTHING
- * decides. 0 with *fresh, -1 refused by the server, -2 connection broken, -3
- * no answer by the deadline. */
-static int once_query(PGconn *db, const char *sql, int n, const char *const *v, int64_t deadline,
-                      bool *fresh, struct err *err)
-{
-    if (!PQsendQueryParams(db, sql, n, NULL, v, NULL, NULL, 0)) {
-        err_set(err, ERR_IO, "PostgreSQL: connection lost");
-        return -2;
-    }
-    int rc = -1;
-    bool first = true;
-    for (;;) {
-        int w = await_db(db, deadline, err);
-        if (w != 0) {
-            return w;
-        }
-        PGresult *r = PQgetResult(db);
-        if (r == NULL) {
-            break;
-        }
-        if (first && pg_check(db, r, err, "recording a one-time value")) {
-            const char *rows = PQcmdTuples(r);
-            *fresh = rows != NULL && strcmp(rows, "1") == 0;
-            rc = 0;
-        }
-        first = false;
-        PQclear(r);
-    }
-    return rc;
-}
-
-static void once_run(struct spg *p, struct spg_once_job *j)
-{
-    char hex[2 * 32 + 3] = "\\x";
-    str_hex(j->h, 32, hex + 2);
-    char exps[24], now[24];
-    snprintf(exps, sizeof exps, "%lld", (long long)j->exp_s);
-    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
-    const char *v[] = { hex, exps };
-    const char *lv[] = { j->id_hash, now, exps };
-    /* A one-time value: the first INSERT of its hash wins. A refresh lease:
-     * taken while none is live and the tokens are still those the node holds
-     * (another node's refresh moved token_exp_s on). */
-    const char *sql = j->lease
-                          ? "UPDATE sessions SET refresh_lease_ms = $2::bigint + " REFRESH_LEASE_MS
-                            " WHERE id_hash = $1 AND refresh_lease_ms <= $2::bigint "
-                            "AND token_exp_s <= $3::bigint"
-                          : "INSERT INTO once_values (key_hash, exp_s) VALUES ($1::bytea, "
-                            "$2::bigint) ON CONFLICT (key_hash) DO NOTHING";
-    int nv = j->lease ? 3 : 2;
-    const char *const *vals = j->lease ? lv : v;
-    struct err e = { 0 };
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (mono_ms() >= j->deadline_ms) {
-            once_finish(j, SPG_ONCE_FAILED, "PostgreSQL did not answer in time");
-            return;
-        }
-        if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
-            PQfinish(p->oconn);
-            p->oconn = connect_db(&p->conf, p->password, &e);
-            if (p->oconn == NULL) {
-                once_finish(j, SPG_ONCE_FAILED, e.msg);
-                return;
-            }
-        }
-        bool fresh = false;
-        int rc = once_query(p->oconn, sql, nv, vals, j->deadline_ms, &fresh, &e);
-        if (rc == 0) {
-            once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
-            return;
-        }
-        if (rc != -1) {
-            /* Broken, or a server that does not answer: a new connection
-             * next time (a dropped one is tried again at once). */
-            PQfinish(p->oconn);
-            p->oconn = NULL;
-            if (rc == -2) {
-                continue;
-            }
-        }
-        break;
-    }
-    once_finish(j, SPG_ONCE_FAILED, e.msg);
-}
-
-static void *once_main(void *arg)
-{
-    struct spg *p = arg;
-    pthread_mutex_lock(&p->omu);
-    while (!atomic_load(&p->stop)) {
-        struct spg_once_job *j = p->ohead;
-        if (j == NULL) {
-            pthread_cond_wait(&p->ocv, &p->omu);
-            continue;
-        }
-        p->ohead = j->next;
-        if (p->ohead == NULL) {
-            p->otail = &p->ohead;
-        }
-        j->next = NULL;
-        pthread_mutex_unlock(&p->omu);
-        once_run(p, j);
-        pthread_mutex_lock(&p->omu);
-    }
-    pthread_mutex_unlock(&p->omu);
-    return NULL;
-}
-
-int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fresh,
-             struct err *err)
-{
-    *fresh = false;
-    struct spg_once_job *j = spg_once_submit(p, h, exp_s, err);
-    if (j == NULL) {
-        return -1;
-    }
-    struct pollfd pfd = { .fd = j->fd, .events = POLLIN };
-    int64_t deadline = mono_ms() + (int64_t)p->conf.query_timeout_ms;
-    while (spg_once_state(j, NULL) == SPG_ONCE_PENDING && mono_ms() < deadline) {
-        (void)poll(&pfd, 1, (int)(deadline - mono_ms()));
-    }
-    const char *why = NULL;
-    int st = spg_once_state(j, &why);
-    int rc = st == SPG_ONCE_FRESH || st == SPG_ONCE_USED ? 0 : -1;
-    *fresh = st == SPG_ONCE_FRESH;
-    if (rc != 0) {
-        err_set(err, ERR_IO, "%s", why);
-    }
-    spg_once_release(j);
-    return rc;
 }
 
 /* ---- administration --------------------------------------------------- */
