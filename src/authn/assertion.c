@@ -18,27 +18,27 @@
 #include "codec.h"
 #include "keys.h"
 
-#define MAX_RETIRED 4
-#define CACHE_SLOTS 4096
+#define MAX_RETIRED   4
+#define CACHE_SLOTS   4096
 #define CACHE_STRIPES 64
 
 struct pubkey {
     char *kid;
-    char *jwk_json;   /* public JWK with use/alg/kid */
-    int64_t until_s;  /* published until (retired keys); 0 = current */
+    char *jwk_json;  /* public JWK with use/alg/kid */
+    int64_t until_s; /* published until (retired keys); 0 = current */
 };
 
 struct keyset {
     atomic_int refs;
-    cjose_jwk_t *jwk;        /* current private key */
+    cjose_jwk_t *jwk; /* current private key */
     struct pubkey cur;
     struct pubkey old[MAX_RETIRED];
     size_t nold;
 };
 
 struct cache_slot {
-    uint64_t h;              /* str_hash of key */
-    char *key;               /* every claim and the kid, length-prefixed (malloc'd) */
+    uint64_t h; /* str_hash of key */
+    char *key;  /* every claim and the kid, length-prefixed (malloc'd) */
     size_t key_len;
     int64_t reuse_until_s;
     char *token;
@@ -47,7 +47,7 @@ struct cache_slot {
 struct assertion_signer {
     char *issuer;
     int64_t ttl_s;
-    pthread_mutex_t mu;      /* guards ks (the pointer) */
+    pthread_mutex_t mu; /* guards ks (the pointer) */
     struct keyset *ks;
     pthread_mutex_t cmu[CACHE_STRIPES];
     struct cache_slot cache[CACHE_SLOTS];
@@ -291,8 +291,8 @@ out:
     return out;
 }
 
-char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *c,
-                     int64_t now_s, struct arena *a, struct err *err)
+char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *c, int64_t now_s,
+                     struct arena *a, struct err *err)
 {
     struct keyset *k = keyset_get(s);
     char *t = sign_with(s, k, c, now_s, a, err);
@@ -314,8 +314,7 @@ static size_t key_field(char *buf, size_t cap, size_t o, const char *v)
     return o + sizeof n + (n ? n - 1 : 0);
 }
 
-static size_t claims_key(char *buf, size_t cap, const char *kid,
-                         const struct assertion_claims *c)
+static size_t claims_key(char *buf, size_t cap, const char *kid, const struct assertion_claims *c)
 {
     size_t o = key_field(buf, cap, 0, kid);
     o = key_field(buf, cap, o, c->aud);

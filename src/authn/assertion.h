@@ -36,8 +36,8 @@ struct assertion_claims {
 };
 
 /* Signs a fresh assertion. Arena-owned compact JWS, or NULL (err filled). */
-char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *c,
-                     int64_t now_s, struct arena *a, struct err *err);
+char *assertion_sign(struct assertion_signer *s, const struct assertion_claims *c, int64_t now_s,
+                     struct arena *a, struct err *err);
 
 /* Like assertion_sign, but reuses a token signed for the same claims while at
  * least half of its lifetime remains (the cache is keyed by every claim). */

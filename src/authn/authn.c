@@ -39,13 +39,16 @@ const char *authn_module_name(void)
 
 /* Key tables (core/conf.h) of upstream_identity; header names keep their defaults
  * below. */
-#define UI_OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+#define UI_OWN(name)                                                                               \
+    {                                                                                              \
+        name, CONF_K_OWN, 0, 0, 0, 0, NULL                                                         \
+    }
 struct assertion_times {
     uint64_t ttl_ms, keep_ms;
 };
 static const struct conf_key identity_table[] = { UI_OWN("headers"), UI_OWN("assertion") };
-static const struct conf_key header_table[] = { UI_OWN("user"), UI_OWN("email"),
-                                                UI_OWN("groups"), UI_OWN("device") };
+static const struct conf_key header_table[] = { UI_OWN("user"), UI_OWN("email"), UI_OWN("groups"),
+                                                UI_OWN("device") };
 static const struct conf_key assertion_table[] = {
     UI_OWN("header"),
     UI_OWN("key"),
@@ -65,8 +68,9 @@ static void parse_identity_headers(struct authn *an, const struct conf_node *roo
     const char *v[AUTHN_HDR_COUNT] = { "X-Gatehouse-User", "X-Gatehouse-Email",
                                        "X-Gatehouse-Groups", "X-Gatehouse-Device" };
 
-    if (ui && conf_read_table(d, ui, "\"upstream_identity\"", identity_table,
-                              CONF_TABLE_LEN(identity_table), an, NULL) &&
+    if (ui &&
+        conf_read_table(d, ui, "\"upstream_identity\"", identity_table,
+                        CONF_TABLE_LEN(identity_table), an, NULL) &&
         h &&
         conf_read_table(d, h, "\"upstream_identity.headers\"", header_table,
                         CONF_TABLE_LEN(header_table), an, NULL)) {
@@ -102,9 +106,9 @@ static void parse_assertion(struct authn *an, const struct conf_node *root, cons
         an->assertion_key = conf_path_resolve(conf_file, key);
     } else if (state_db != NULL) {
         const char *slash = strrchr(state_db, '/');
-        an->assertion_key = slash ? xasprintf("%.*s/assertion-es256.pem",
-                                              (int)(slash - state_db), state_db)
-                                  : xstrdup("assertion-es256.pem");
+        an->assertion_key =
+            slash ? xasprintf("%.*s/assertion-es256.pem", (int)(slash - state_db), state_db)
+                  : xstrdup("assertion-es256.pem");
     } else {
         return;
     }
@@ -128,19 +132,18 @@ static void saml_parse_entry(struct authn *an, struct conf_diag *d, const struct
         return;
     }
     for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
-        const char *other = j < an->nidps ? an->idps[j].p->id
-                                          : saml_idp_id(an->saml[j - an->nidps]);
+        const char *other =
+            j < an->nidps ? an->idps[j].p->id : saml_idp_id(an->saml[j - an->nidps]);
         if (strcmp(other, saml_idp_id(x)) == 0) {
-            conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
-                       other);
+            conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice", other);
         }
     }
     an->saml = xrealloc(an->saml, (an->nsaml + 1) * sizeof *an->saml);
     an->saml[an->nsaml++] = x;
 }
 
-struct authn *authn_new(const struct conf_node *root, const char *conf_file,
-                        const char *state_db, struct conf_diag *d)
+struct authn *authn_new(const struct conf_node *root, const char *conf_file, const char *state_db,
+                        struct conf_diag *d)
 {
     size_t before = d->count;
     struct authn *an = xcalloc(1, sizeof *an);
@@ -163,7 +166,8 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
             if (strcmp(type, "oidc") != 0) {
                 conf_error(d, conf_get(e, "type"),
                            "identity provider type \"%s\" is not supported (supported: oidc, "
-                           "saml)", type);
+                           "saml)",
+                           type);
                 continue;
             }
             struct oidc_provider *p = oidc_provider_parse(d, e, conf_file);
@@ -171,8 +175,8 @@ struct authn *authn_new(const struct conf_node *root, const char *conf_file,
                 continue;
             }
             for (size_t j = 0; j < an->nidps + an->nsaml; j++) {
-                const char *other = j < an->nidps ? an->idps[j].p->id
-                                                  : saml_idp_id(an->saml[j - an->nidps]);
+                const char *other =
+                    j < an->nidps ? an->idps[j].p->id : saml_idp_id(an->saml[j - an->nidps]);
                 if (strcmp(other, p->id) == 0) {
                     conf_error(d, conf_get(e, "id"), "identity provider id \"%s\" is used twice",
                                p->id);
@@ -303,8 +307,8 @@ int authn_start(struct authn *an, struct err *err)
         }
     }
     if (an->assertion_key != NULL) {
-        rt->signer = assertion_signer_open(an->assertion_key, an->assertion_issuer,
-                                           an->assertion_ttl_s, &e);
+        rt->signer =
+            assertion_signer_open(an->assertion_key, an->assertion_issuer, an->assertion_ttl_s, &e);
         if (rt->signer == NULL) {
             return err_set(err, ERR_CRYPTO, "identity assertion key %s: %s", an->assertion_key,
                            e.msg);
@@ -377,12 +381,11 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
     }
     if (an->state_db != NULL || an->sconf.key_file != NULL) {
         const struct conf_node *sess = conf_get(root, "session");
-        const struct conf_node *n = conf_get(sess, "key_file") ? conf_get(sess, "key_file")
-                                                               : state;
+        const struct conf_node *n = conf_get(sess, "key_file") ? conf_get(sess, "key_file") : state;
         char *copy = xstrdup(an->state_db ? an->state_db : ""), *slash = strrchr(copy, '/');
         char *key = an->sconf.key_file ? xstrdup(an->sconf.key_file)
-                                       : slash ? (*slash = '\0', xasprintf("%s/session.key", copy))
-                                               : xstrdup("session.key");
+                    : slash            ? (*slash = '\0', xasprintf("%s/session.key", copy))
+                                       : xstrdup("session.key");
         unsigned char k32[32];
         if (access(key, F_OK) != 0) {
             check_creatable(d, n, "session key", key);
@@ -457,9 +460,10 @@ void authn_share(struct authn *an, struct authn_shared *sh)
         struct err e = { 0 };
         if (assertion_signer_rotate(sh->signer, an->assertion_key, (int64_t)time(NULL),
                                     an->assertion_keep_s, &e) == 0) {
-            log_info("authn", "identity assertion key rotated to %s; the previous key stays "
-                              "published for %llds", an->assertion_key,
-                     (long long)an->assertion_keep_s);
+            log_info("authn",
+                     "identity assertion key rotated to %s; the previous key stays "
+                     "published for %llds",
+                     an->assertion_key, (long long)an->assertion_keep_s);
             free(sh->signer_key);
             sh->signer_key = xstrdup(an->assertion_key);
         } else {
@@ -519,7 +523,8 @@ const char *authn_assertion(struct authn *an, const struct authn_identity *id, c
     if (an->signer == NULL || id == NULL || id->user_key == NULL) {
         return NULL;
     }
-    struct assertion_claims c = { .aud = route, .sub = id->user ? id->user : id->user_key,
+    struct assertion_claims c = { .aud = route,
+                                  .sub = id->user ? id->user : id->user_key,
                                   .email = id->email,
                                   .groups_json = id->attrs ? id->attrs->groups_json : NULL,
                                   .sid = id->session_id,

@@ -33,8 +33,8 @@ struct authn; /* per config snapshot; thread-safe after authn_start() */
  * upstream_identity (the sections it owns) from the config root. Reads secret files, makes
  * no network calls. state_db: the resolved state.sqlite path (NULL: sessions
  * are refused at start). Returns NULL with every problem in d. */
-struct authn *authn_new(const struct conf_node *root, const char *conf_file,
-                        const char *state_db, struct conf_diag *d);
+struct authn *authn_new(const struct conf_node *root, const char *conf_file, const char *state_db,
+                        struct conf_diag *d);
 /* Opens the session store (SQLite, writer thread), loads or creates the
  * assertion key, loads the page templates. Blocking: call before serving. */
 int authn_start(struct authn *an, struct err *err) WARN_UNUSED;
@@ -48,13 +48,18 @@ void authn_check_files(const struct authn *an, const struct conf_node *root, str
 struct session_conf;
 struct oidc_provider;
 /* upstream_identity.headers, in this order (authn_settings.identity_headers). */
-enum authn_hdr { AUTHN_HDR_USER, AUTHN_HDR_EMAIL, AUTHN_HDR_GROUPS, AUTHN_HDR_DEVICE,
-                 AUTHN_HDR_COUNT };
+enum authn_hdr {
+    AUTHN_HDR_USER,
+    AUTHN_HDR_EMAIL,
+    AUTHN_HDR_GROUPS,
+    AUTHN_HDR_DEVICE,
+    AUTHN_HDR_COUNT
+};
 struct authn_settings {
     const char *pages_dir;
-    bool show_deny_reason;         /* pages.show_deny_reason (default true) */
+    bool show_deny_reason;                         /* pages.show_deny_reason (default true) */
     const char *identity_headers[AUTHN_HDR_COUNT]; /* upstream_identity.headers */
-    const char *assertion_key;     /* NULL: no assertion */
+    const char *assertion_key;                     /* NULL: no assertion */
     const char *assertion_header, *assertion_issuer;
     int64_t assertion_ttl_s, assertion_keep_s;
     const struct session_conf *session;
@@ -100,12 +105,12 @@ struct authn_device {
 /* The request as authn sees it. Every span is borrowed for the call. */
 struct authn_req {
     struct str method;
-    struct str host;            /* as sent, with the port (redirect URIs need it) */
-    struct str path;            /* without the query */
-    struct str query;           /* without '?' */
-    const struct str *cookies;  /* every Cookie header value */
+    struct str host;           /* as sent, with the port (redirect URIs need it) */
+    struct str path;           /* without the query */
+    struct str query;          /* without '?' */
+    const struct str *cookies; /* every Cookie header value */
     size_t ncookies;
-    struct str authorization;   /* Authorization header value (may be empty) */
+    struct str authorization; /* Authorization header value (may be empty) */
     struct str accept;
     struct str x_requested_with;
     struct str body;            /* POST body: back-channel logout and logout forms */
@@ -121,8 +126,8 @@ struct authn_req {
     const char *const *route_idps; /* ids accepted by the route; NULL = all */
     size_t nroute_idps;
     const char *request_id;
-    const char *client_ip;      /* for the log; may be NULL */
-    int64_t now_ms;             /* wall clock */
+    const char *client_ip; /* for the log; may be NULL */
+    int64_t now_ms;        /* wall clock */
     /* the client certificate's device for /.gatehouse/me (reserved paths);
      * NULL or not present: none */
     const struct authn_device *device;
@@ -168,17 +173,17 @@ struct authn_attrs {
 
 /* Who is calling. Strings are arena-owned. */
 struct authn_identity {
-    const char *user_key;       /* iss#sub; NULL = anonymous (public route) */
-    const char *user;           /* the user id policy, headers, assertion and log see:
+    const char *user_key; /* iss#sub; NULL = anonymous (public route) */
+    const char *user;     /* the user id policy, headers, assertion and log see:
                                  * "<idp id>:<sub>", or the bare sub for the provider
                                  * with bare_user_ids (see oidc_user_id) */
     const char *sub, *email, *name, *idp;
     const struct authn_attrs *attrs; /* groups and claims; NULL when anonymous */
-    const char *sid;            /* the IdP's session id (sid claim), or NULL */
-    const char *session_id;     /* 16-hex public session id; NULL for bearer */
-    int64_t session_expires_ms; /* absolute end of the session (max_lifetime), 0 for bearer */
+    const char *sid;                 /* the IdP's session id (sid claim), or NULL */
+    const char *session_id;          /* 16-hex public session id; NULL for bearer */
+    int64_t session_expires_ms;      /* absolute end of the session (max_lifetime), 0 for bearer */
     int64_t session_idle_expires_ms; /* end if no request comes first (idle_timeout) */
-    bool bearer;                /* identified, or refused, by a bearer token */
+    bool bearer;                     /* identified, or refused, by a bearer token */
 };
 
 #define AUTHN_MAX_HEADERS 6
@@ -211,14 +216,14 @@ struct page_var; /* authn/page.h */
 struct authn_resp {
     enum authn_answer kind;
     int status;
-    const char *title, *message;           /* ERROR */
-    bool no_redirect;                      /* SIGNIN: a 401 even for a browser (no provider) */
-    const char *location;                  /* REDIRECT */
-    int page;                              /* PAGE: enum page_kind */
-    const struct page_var *vars;           /* PAGE: arena-owned */
+    const char *title, *message; /* ERROR */
+    bool no_redirect;            /* SIGNIN: a 401 even for a browser (no provider) */
+    const char *location;        /* REDIRECT */
+    int page;                    /* PAGE: enum page_kind */
+    const struct page_var *vars; /* PAGE: arena-owned */
     size_t nvars;
-    const char *json;                      /* PAGE: JSON form, or NULL */
-    const char *content_type;              /* CONTENT */
+    const char *json;         /* PAGE: JSON form, or NULL */
+    const char *content_type; /* CONTENT */
     const char *body;
     size_t body_len;
     struct authn_header headers[AUTHN_MAX_HEADERS]; /* Set-Cookie, Allow, Cache-Control, ... */
@@ -228,8 +233,8 @@ struct authn_resp {
 struct authn_fetch {
     const char *method;
     const char *url;
-    const char *headers[5];     /* "Name: value", NULL-terminated */
-    const char *body;           /* NULL for GET */
+    const char *headers[5]; /* "Name: value", NULL-terminated */
+    const char *body;       /* NULL for GET */
     size_t body_len;
 };
 
@@ -237,17 +242,17 @@ struct authn_fetch {
  * what to do next; the event says what to record). */
 enum authn_event {
     AUTHN_EV_NONE = 0,
-    AUTHN_EV_SIGNIN_REQUIRED,   /* anonymous caller sent to sign-in (or 401) */
-    AUTHN_EV_LOGIN,             /* sign-in completed: out->id is the new user */
-    AUTHN_EV_LOGIN_FAILED,      /* callback refused: out->reason says why */
-    AUTHN_EV_LOGOUT,            /* out->nlogouts sessions ended (browser or back-channel) */
+    AUTHN_EV_SIGNIN_REQUIRED, /* anonymous caller sent to sign-in (or 401) */
+    AUTHN_EV_LOGIN,           /* sign-in completed: out->id is the new user */
+    AUTHN_EV_LOGIN_FAILED,    /* callback refused: out->reason says why */
+    AUTHN_EV_LOGOUT,          /* out->nlogouts sessions ended (browser or back-channel) */
 };
 
 enum authn_step {
-    AUTHN_RESPOND = 0,          /* answer out->resp (an intent: see enum authn_answer) */
-    AUTHN_OK,                   /* proceed; out->id says who (user_key NULL = anonymous) */
-    AUTHN_NEED_FETCH,           /* perform out->fetch, then authn_resume() */
-    AUTHN_NEED_WAIT,            /* a shared store answers off the loop: wait until out->wait.fd
+    AUTHN_RESPOND = 0, /* answer out->resp (an intent: see enum authn_answer) */
+    AUTHN_OK,          /* proceed; out->id says who (user_key NULL = anonymous) */
+    AUTHN_NEED_FETCH,  /* perform out->fetch, then authn_resume() */
+    AUTHN_NEED_WAIT,   /* a shared store answers off the loop: wait until out->wait.fd
                                  * is readable (status 200) or out->wait.timeout_ms passed
                                  * (status 0), then authn_resume() with an empty body */
 };
@@ -265,11 +270,11 @@ struct authn_out {
     struct authn_resp resp;
     struct authn_fetch fetch;
     struct authn_wait wait;
-    void *cont;                 /* private: where to continue */
-    char reason[320];           /* why a request was refused or failed, for the log */
+    void *cont;       /* private: where to continue */
+    char reason[320]; /* why a request was refused or failed, for the log */
     enum authn_event event;
-    size_t nlogouts;            /* AUTHN_EV_LOGOUT: sessions ended */
-    bool idp_error;             /* an identity provider call failed (metrics) */
+    size_t nlogouts; /* AUTHN_EV_LOGOUT: sessions ended */
+    bool idp_error;  /* an identity provider call failed (metrics) */
 };
 
 /* Classifies req: reserved path, bearer token, session cookie, or anonymous.

@@ -15,14 +15,14 @@
 
 /* ---- identity from a session or a bearer token ------------------------- */
 
-void identity_from_view(struct authn_out *out, const struct session_view *v, struct arena *a)
+void an_identity_from_view(struct authn_out *out, const struct session_view *v, struct arena *a)
 {
     out->id.user_key = v->user_key;
     out->id.email = v->email;
     out->id.name = v->name;
     out->id.idp = v->idp;
     out->id.attrs = v->attrs;
-    out->id.session_id = adup(a, v->id);
+    out->id.session_id = an_adup(a, v->id);
     out->id.sid = v->sid;
     out->id.session_expires_ms = v->expires_ms;
     out->id.session_idle_expires_ms =
@@ -32,15 +32,15 @@ void identity_from_view(struct authn_out *out, const struct session_view *v, str
     out->id.bearer = false;
 }
 
-bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id, const char *idp,
-                        struct arena *a)
+bool an_identity_from_oidc(struct authn_out *out, const struct oidc_identity *id, const char *idp,
+                           struct arena *a)
 {
-    out->id.user_key = adup(a, id->user_key);
-    out->id.sub = adup(a, id->sub);
-    out->id.email = adup(a, id->email);
-    out->id.name = adup(a, id->name);
-    out->id.idp = adup(a, idp);
-    out->id.sid = adup(a, id->sid);
+    out->id.user_key = an_adup(a, id->user_key);
+    out->id.sub = an_adup(a, id->sub);
+    out->id.email = an_adup(a, id->email);
+    out->id.name = an_adup(a, id->name);
+    out->id.idp = an_adup(a, idp);
+    out->id.sid = an_adup(a, id->sid);
     bool held = id->attrs != NULL && attrs_hold(a, id->attrs);
     out->id.attrs = held ? id->attrs : NULL;
     return out->id.user_key != NULL && held;
@@ -48,7 +48,7 @@ bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id, c
 
 /* Picks the provider of a JWT by its (unverified) iss among those allowed;
  * the signature check that follows uses that provider's keys only. */
-struct idp *idp_for_token(struct authn *an, const struct authn_req *req, struct str tok)
+struct idp *an_idp_for_token(struct authn *an, const struct authn_req *req, struct str tok)
 {
     struct str part = tok;
     const char *d1 = memchr(tok.p, '.', tok.len);
@@ -69,7 +69,7 @@ struct idp *idp_for_token(struct authn *an, const struct authn_req *req, struct 
     const char *iss = json_string_value(json_object_get(j, "iss"));
     struct idp *found = NULL;
     for (size_t i = 0; iss != NULL && i < an->nidps && found == NULL; i++) {
-        if (strcmp(an->idps[i].p->issuer, iss) == 0 && route_accepts(req, an->idps[i].p->id)) {
+        if (strcmp(an->idps[i].p->issuer, iss) == 0 && an_route_accepts(req, an->idps[i].p->id)) {
             found = &an->idps[i];
         }
     }
@@ -113,18 +113,18 @@ static const char *bearer_binding(const struct idp *x, const struct authn_req *r
 /* An API client's next request with a token verified before: the providers
  * this route accepts are asked for it by its hash, before any parsing. A hit
  * names its provider: it was verified with that provider's keys and issuer. */
-bool bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
-                   struct authn_out *out, struct str tok)
+bool an_bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
+                      struct authn_out *out, struct str tok)
 {
     unsigned char h[32];
     codec_sha256(tok.p, tok.len, h);
     for (size_t i = 0; i < an->nidps; i++) {
         struct idp *x = &an->idps[i];
-        if (atomic_load(&x->meta) == NULL || !route_accepts(req, x->p->id)) {
+        if (atomic_load(&x->meta) == NULL || !an_route_accepts(req, x->p->id)) {
             continue;
         }
         struct oidc_bearer_identity b;
-        struct jwks *k = jwks_get(x);
+        struct jwks *k = an_jwks_get(x);
         bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
         jwks_unref(k);
         if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
@@ -138,7 +138,7 @@ bool bearer_cached(struct authn *an, const struct authn_req *req, struct arena *
             out->id.sub = b.sub;
             out->id.email = b.email;
             out->id.name = b.name;
-            out->id.idp = adup(a, x->p->id);
+            out->id.idp = an_adup(a, x->p->id);
             out->id.attrs = b.attrs;
             out->id.sid = b.sid;
             out->id.bearer = true;
@@ -151,15 +151,15 @@ bool bearer_cached(struct authn *an, const struct authn_req *req, struct arena *
 /* A bearer token that does not verify: logged, then the caller is anonymous,
  * marked bearer: the route's policy decides, and a sign-in challenge for it
  * is a 401 invalid_token, never a redirect. */
-enum authn_step bearer_refused(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, const char *why)
+enum authn_step an_bearer_refused(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, const char *why)
 {
     (void)an;
     (void)a;
     memset(&out->id, 0, sizeof out->id);
     out->id.bearer = true;
     out->cont = NULL;
-    set_reason(out, "bearer token refused: %s", why);
+    an_set_reason(out, "bearer token refused: %s", why);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "%s", out->reason);
     return AUTHN_OK;
 }
@@ -171,33 +171,33 @@ static int bearer_check(struct authn *an, const struct authn_req *req, struct co
     return oidc_bearer_verify(c->idp->p, k, str_from(c->bearer), req->now_ms / 1000, res, err);
 }
 
-enum authn_step bearer_continue(struct authn *an, const struct authn_req *req, struct arena *a,
-                                struct authn_out *out, struct cont *c)
+enum authn_step an_bearer_continue(struct authn *an, const struct authn_req *req, struct arena *a,
+                                   struct authn_out *out, struct cont *c)
 {
     struct oidc_identity id;
     struct err err = { 0 };
     enum authn_step st;
     int rc = 0;
-    if (!check_with_keys(an, req, a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS, bearer_check,
-                         &id, &rc, &err, &st)) {
+    if (!an_check_with_keys(an, req, a, out, c, CONT_BEARER_DISCOVERY, CONT_BEARER_JWKS,
+                            bearer_check, &id, &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
     if (rc != 0) {
-        return bearer_refused(an, req, a, out, err.msg);
+        return an_bearer_refused(an, req, a, out, err.msg);
     }
     if (bearer_revoked(an, id.user_key, id.email, id.iat_s)) {
         oidc_identity_fini(&id);
-        return bearer_refused(an, req, a, out,
-                              "the user's tokens were revoked after this one was issued");
+        return an_bearer_refused(an, req, a, out,
+                                 "the user's tokens were revoked after this one was issued");
     }
     const char *unbound = bearer_binding(x, req, id.attrs);
     if (unbound != NULL) {
         oidc_identity_fini(&id);
-        return bearer_refused(an, req, a, out, unbound);
+        return an_bearer_refused(an, req, a, out, unbound);
     }
-    bool ok = identity_from_oidc(out, &id, x->p->id, a);
+    bool ok = an_identity_from_oidc(out, &id, x->p->id, a);
     oidc_identity_fini(&id);
     out->id.bearer = true;
-    return ok ? AUTHN_OK : internal_error(an, req, a, out);
+    return ok ? AUTHN_OK : an_internal_error(an, req, a, out);
 }

@@ -12,16 +12,16 @@
 
 #include "authn_int.h"
 
-void fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h)
+void an_fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h)
 {
     out->fetch.method = h->method;
-    out->fetch.url = adup(a, h->url);
+    out->fetch.url = an_adup(a, h->url);
     size_t k = 0;
     for (size_t i = 0; i < 4 && h->headers[i] != NULL; i++) {
-        out->fetch.headers[k++] = adup(a, h->headers[i]);
+        out->fetch.headers[k++] = an_adup(a, h->headers[i]);
     }
     out->fetch.headers[k] = NULL;
-    out->fetch.body = adup(a, h->body);
+    out->fetch.body = an_adup(a, h->body);
     out->fetch.body_len = h->body ? strlen(h->body) : 0;
     oidc_http_fini(h);
 }
@@ -29,8 +29,8 @@ void fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h)
 /* Queues key (a one-time value) on the fleet's database for cont c, which
  * becomes CONT_ONCE; the caller returns AUTHN_NEED_WAIT. False (logged) when
  * the node knows the database is out of reach: the caller fails closed. */
-bool once_submit(const struct authn_req *req, struct authn_out *out, struct spg *pg, struct cont *c,
-                 const char *key, int64_t exp_s, enum once_next next)
+bool an_once_submit(const struct authn_req *req, struct authn_out *out, struct spg *pg,
+                    struct cont *c, const char *key, int64_t exp_s, enum once_next next)
 {
     unsigned char h[32];
     codec_sha256(key, strlen(key), h);
@@ -52,7 +52,7 @@ bool once_submit(const struct authn_req *req, struct authn_out *out, struct spg 
 }
 
 /* The fleet's answer for c: 1 first use, 0 used before, -1 not checked. */
-int once_verdict(const struct authn_req *req, const struct cont *c)
+int an_once_verdict(const struct authn_req *req, const struct cont *c)
 {
     const char *why = NULL;
     int state = spg_once_state(c->once, &why);
@@ -63,10 +63,10 @@ int once_verdict(const struct authn_req *req, const struct cont *c)
     return -1;
 }
 
-enum authn_step fetch_get(struct arena *a, struct authn_out *out, const char *url)
+enum authn_step an_fetch_get(struct arena *a, struct authn_out *out, const char *url)
 {
     out->fetch.method = "GET";
-    out->fetch.url = adup(a, url);
+    out->fetch.url = an_adup(a, url);
     out->fetch.headers[0] = "Accept: application/json";
     out->fetch.headers[1] = NULL;
     out->fetch.body = NULL;
@@ -74,16 +74,16 @@ enum authn_step fetch_get(struct arena *a, struct authn_out *out, const char *ur
     return AUTHN_NEED_FETCH;
 }
 
-enum authn_step need_discovery(struct arena *a, struct authn_out *out, struct idp *x)
+enum authn_step an_need_discovery(struct arena *a, struct authn_out *out, struct idp *x)
 {
     struct oidc_http h;
     oidc_discovery_request(x->p, &h);
-    fill_fetch(a, out, &h);
+    an_fill_fetch(a, out, &h);
     return AUTHN_NEED_FETCH;
 }
 
 /* Stores the discovery answer. Returns false (reason set) when it is unusable. */
-bool take_discovery(struct idp *x, int status, struct str body, struct authn_out *out)
+bool an_take_discovery(struct idp *x, int status, struct str body, struct authn_out *out)
 {
     struct err err = { 0 };
     struct oidc_metadata *m = oidc_metadata_parse(x->p, status, body, &err);
@@ -99,7 +99,7 @@ bool take_discovery(struct idp *x, int status, struct str body, struct authn_out
     return true;
 }
 
-struct jwks *jwks_get(struct idp *x)
+struct jwks *an_jwks_get(struct idp *x)
 {
     pthread_mutex_lock(&x->mu);
     struct jwks *k = x->jwks ? jwks_ref(x->jwks) : NULL;
@@ -107,7 +107,7 @@ struct jwks *jwks_get(struct idp *x)
     return k;
 }
 
-bool take_jwks(struct idp *x, int status, struct str body, int64_t now_ms, struct authn_out *out)
+bool an_take_jwks(struct idp *x, int status, struct str body, int64_t now_ms, struct authn_out *out)
 {
     struct err err = { 0 };
     if (status != 200) {
@@ -151,13 +151,13 @@ static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c, e
     struct idp *x = c->idp;
     if (atomic_load(&x->meta) == NULL) {
         c->kind = disc;
-        *st = need_discovery(a, out, x);
+        *st = an_need_discovery(a, out, x);
         return false;
     }
-    *k = jwks_get(x);
+    *k = an_jwks_get(x);
     if (*k == NULL) {
         c->kind = jwks;
-        *st = fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
+        *st = an_fetch_get(a, out, atomic_load(&x->meta)->jwks_uri);
         return false;
     }
     return true;
@@ -166,25 +166,25 @@ static bool keys_ready(struct arena *a, struct authn_out *out, struct cont *c, e
 /* A token signed with a key the set does not have (rotated at the IdP): fetch
  * the set again, once per continuation and per refresh interval; c resumes
  * at kind. false: no refetch now (the token is refused). */
-bool jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
-                  enum cont_kind kind)
+bool an_jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
+                     enum cont_kind kind)
 {
     if (c->jwks_refetched || !jwks_refetch_allowed(c->idp, now_ms)) {
         return false;
     }
     c->jwks_refetched = true;
     c->kind = kind;
-    fetch_get(a, out, atomic_load(&c->idp->meta)->jwks_uri);
+    an_fetch_get(a, out, atomic_load(&c->idp->meta)->jwks_uri);
     return true;
 }
 
 /* Runs check with c's provider's keys: its metadata and key set are fetched
  * first when missing (c resumes at disc or jwks), and the key set once more
  * on an unknown kid. true with *rc what check said; false with *st the fetch. */
-bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
-                     struct authn_out *out, struct cont *c, enum cont_kind disc,
-                     enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
-                     struct err *err, enum authn_step *st)
+bool an_check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
+                        struct authn_out *out, struct cont *c, enum cont_kind disc,
+                        enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
+                        struct err *err, enum authn_step *st)
 {
     struct jwks *k = NULL;
     if (!keys_ready(a, out, c, disc, jwks, &k, st)) {
@@ -192,7 +192,7 @@ bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena
     }
     *rc = check(an, req, c, k, res, err);
     jwks_unref(k);
-    if (*rc == ERR_NOTFOUND && jwks_refetch(a, out, c, req->now_ms, jwks)) {
+    if (*rc == ERR_NOTFOUND && an_jwks_refetch(a, out, c, req->now_ms, jwks)) {
         *st = AUTHN_NEED_FETCH;
         return false;
     }
@@ -204,8 +204,8 @@ bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena
  * database the answer comes off the loop: 2 with *st = AUTHN_NEED_WAIT (or an
  * error step), and the calling step, run again by authn_resume, finds it in
  * out->cont. */
-int once_gate(struct authn *an, const struct authn_req *req, struct arena *a, struct authn_out *out,
-              const char *key, int64_t exp_s, enum authn_step *st)
+int an_once_gate(struct authn *an, const struct authn_req *req, struct arena *a,
+                 struct authn_out *out, const char *key, int64_t exp_s, enum authn_step *st)
 {
     int64_t now_s = req->now_ms / 1000;
     struct spg *pg = session_store_pg(an->store);
@@ -217,14 +217,14 @@ int once_gate(struct authn *an, const struct authn_req *req, struct arena *a, st
     struct cont *c = out->cont;
     if (c != NULL && c->kind == CONT_ONCE && c->once != NULL && memcmp(c->once_h, h, 32) == 0) {
         out->cont = NULL;
-        return once_verdict(req, c);
+        return an_once_verdict(req, c);
     }
-    c = cont_new(a, out, CONT_ONCE, NULL);
+    c = an_cont_new(a, out, CONT_ONCE, NULL);
     if (c == NULL) {
-        *st = internal_error(an, req, a, out);
+        *st = an_internal_error(an, req, a, out);
         return 2;
     }
-    if (!once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_SAML_ACS)) {
+    if (!an_once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_SAML_ACS)) {
         out->cont = NULL;
         return -1;
     }

@@ -28,7 +28,8 @@ static void cont_cleanup(void *arg)
     spg_once_release(c->once);
 }
 
-struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind, struct idp *idp)
+struct cont *an_cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind,
+                         struct idp *idp)
 {
     struct cont *c = arena_zalloc(a, sizeof *c);
     if (c == NULL || arena_defer(a, cont_cleanup, c) != 0) {
@@ -40,12 +41,12 @@ struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kin
     return c;
 }
 
-const char *adup(struct arena *a, const char *s)
+const char *an_adup(struct arena *a, const char *s)
 {
     return s ? arena_strdup(a, s) : NULL;
 }
 
-void add_header(struct authn_out *out, const char *name, const char *value)
+void an_add_header(struct authn_out *out, const char *name, const char *value)
 {
     if (value != NULL && out->resp.nheaders < AUTHN_MAX_HEADERS) {
         out->resp.headers[out->resp.nheaders++] = (struct authn_header){ name, value };
@@ -59,14 +60,14 @@ static enum authn_step answer(struct authn_out *out, enum authn_answer kind, int
     out->resp.kind = kind;
     out->resp.status = status;
     if (kind != AUTHN_ANSWER_SIGNIN && kind != AUTHN_ANSWER_ERROR) {
-        add_header(out, "Cache-Control", "no-store"); /* those two: the renderer's */
+        an_add_header(out, "Cache-Control", "no-store"); /* those two: the renderer's */
     }
     return AUTHN_RESPOND;
 }
 
 /* A document as it is (NULL body: empty). */
-enum authn_step respond(struct authn_out *out, int status, const char *type, const char *body,
-                        size_t len)
+enum authn_step an_respond(struct authn_out *out, int status, const char *type, const char *body,
+                           size_t len)
 {
     out->resp.content_type = type;
     out->resp.body = body ? body : "";
@@ -74,7 +75,7 @@ enum authn_step respond(struct authn_out *out, int status, const char *type, con
     return answer(out, AUTHN_ANSWER_CONTENT, status);
 }
 
-enum authn_step redirect_with(struct authn_out *out, int status, const char *location)
+enum authn_step an_redirect_with(struct authn_out *out, int status, const char *location)
 {
     if (location == NULL) {
         out->resp.kind = AUTHN_ANSWER_NONE; /* out of request memory: fails closed */
@@ -84,9 +85,9 @@ enum authn_step redirect_with(struct authn_out *out, int status, const char *loc
     return answer(out, AUTHN_ANSWER_REDIRECT, status);
 }
 
-enum authn_step redirect(struct authn_out *out, const char *location)
+enum authn_step an_redirect(struct authn_out *out, const char *location)
 {
-    return redirect_with(out, 302, location);
+    return an_redirect_with(out, 302, location);
 }
 
 /* One of authn's own pages, from its template (vars and their values copied
@@ -101,7 +102,7 @@ enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_ki
     }
     for (size_t i = 0; i < n; i++) {
         /* values may live on the caller's stack: the proxy renders later */
-        v[i] = (struct page_var){ vars[i].name, adup(a, vars[i].value) };
+        v[i] = (struct page_var){ vars[i].name, an_adup(a, vars[i].value) };
         if (vars[i].value != NULL && v[i].value == NULL) {
             out->resp.kind = AUTHN_ANSWER_NONE;
             return AUTHN_RESPOND;
@@ -114,16 +115,16 @@ enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_ki
     return answer(out, AUTHN_ANSWER_PAGE, 200);
 }
 
-void set_reason(struct authn_out *out, const char *fmt, const char *detail)
+void an_set_reason(struct authn_out *out, const char *fmt, const char *detail)
 {
     snprintf(out->reason, sizeof out->reason, fmt, detail);
 }
 
 /* An error: what went wrong in words for people (the proxy renders it, with
  * the request id); the details only in the log. */
-enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
-                           struct authn_out *out, int status, const char *title,
-                           const char *message)
+enum authn_step an_error_page(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out, int status, const char *title,
+                              const char *message)
 {
     (void)an;
     (void)a;
@@ -134,14 +135,14 @@ enum authn_step error_page(struct authn *an, const struct authn_req *req, struct
     return answer(out, AUTHN_ANSWER_ERROR, status);
 }
 
-enum authn_step internal_error(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out)
+enum authn_step an_internal_error(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out)
 {
-    return error_page(an, req, a, out, 500, "Something went wrong",
-                      "Gatehouse could not finish this request.");
+    return an_error_page(an, req, a, out, 500, "Something went wrong",
+                         "Gatehouse could not finish this request.");
 }
 
-struct idp *idp_by_id(struct authn *an, const char *id)
+struct idp *an_idp_by_id(struct authn *an, const char *id)
 {
     for (size_t i = 0; id != NULL && i < an->nidps; i++) {
         if (strcmp(an->idps[i].p->id, id) == 0) {
@@ -151,7 +152,7 @@ struct idp *idp_by_id(struct authn *an, const char *id)
     return NULL;
 }
 
-bool route_accepts(const struct authn_req *req, const char *idp)
+bool an_route_accepts(const struct authn_req *req, const char *idp)
 {
     if (req->route_idps == NULL) {
         return true;
@@ -164,7 +165,7 @@ bool route_accepts(const struct authn_req *req, const char *idp)
     return false;
 }
 
-char *query_value(struct arena *a, struct str q, const char *name)
+char *an_query_value(struct arena *a, struct str q, const char *name)
 {
     struct str raw;
     bool dup = false;
@@ -182,7 +183,7 @@ const char *session_cookie_name(const struct authn *an, bool tls)
     return an->session_name[tls];
 }
 
-const char *login_cookie_name(const struct authn *an, bool tls)
+const char *an_login_cookie_name(const struct authn *an, bool tls)
 {
     return an->login_name[tls];
 }
@@ -192,7 +193,7 @@ static enum authn_step unauthenticated(struct authn *an, const struct authn_req 
                                        struct arena *a, struct authn_out *out, const char *why)
 {
     if (why != NULL && out->reason[0] == '\0') {
-        set_reason(out, "%s", why);
+        an_set_reason(out, "%s", why);
     }
     out->event = AUTHN_EV_SIGNIN_REQUIRED;
     /* The proxy answers: a 302 to sign-in for a browser, a 401 for API
@@ -213,24 +214,24 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
         str_ieq((struct str){ req->authorization.p, 7 }, STR("Bearer "))) {
         struct str tok =
             str_trim((struct str){ req->authorization.p + 7, req->authorization.len - 7 });
-        if (bearer_cached(an, req, a, out, tok)) {
+        if (an_bearer_cached(an, req, a, out, tok)) {
             return AUTHN_OK;
         }
-        struct idp *x = idp_for_token(an, req, tok);
+        struct idp *x = an_idp_for_token(an, req, tok);
         if (x == NULL) {
-            return bearer_refused(an, req, a, out,
-                                  "not a JWT from an identity provider this route accepts");
+            return an_bearer_refused(an, req, a, out,
+                                     "not a JWT from an identity provider this route accepts");
         }
         if (x->p->naudiences == 0) {
             /* Before any fetch: such a token never verifies. */
-            return bearer_refused(an, req, a, out,
-                                  "its identity provider has no bearer \"audiences\" configured");
+            return an_bearer_refused(
+                an, req, a, out, "its identity provider has no bearer \"audiences\" configured");
         }
-        struct cont *c = cont_new(a, out, CONT_BEARER_JWKS, x);
+        struct cont *c = an_cont_new(a, out, CONT_BEARER_JWKS, x);
         if (c == NULL || (c->bearer = arena_strndup(a, tok.p, tok.len)) == NULL) {
-            return internal_error(an, req, a, out);
+            return an_internal_error(an, req, a, out);
         }
-        return bearer_continue(an, req, a, out, c);
+        return an_bearer_continue(an, req, a, out, c);
     }
     if (an->store != NULL) {
         const char *name = session_cookie_name(an, req->tls);
@@ -247,18 +248,18 @@ static enum authn_step identify(struct authn *an, const struct authn_req *req, s
             if (st == SESSION_UNAVAILABLE) {
                 /* Never an allow without a checked identity, nor a sign-in
                  * loop: the balancer drains this node (/readyz). */
-                set_reason(out, "%s",
-                           "session database unreachable and the cache is not "
-                           "fresh enough to answer");
-                return error_page(an, req, a, out, 503, "Temporarily unavailable",
-                                  "Gatehouse cannot check your session right now. Please try "
-                                  "again in a moment.");
+                an_set_reason(out, "%s",
+                              "session database unreachable and the cache is not "
+                              "fresh enough to answer");
+                return an_error_page(an, req, a, out, 503, "Temporarily unavailable",
+                                     "Gatehouse cannot check your session right now. Please try "
+                                     "again in a moment.");
             }
-            if (st == SESSION_VALID && route_accepts(req, sv.idp)) {
-                identity_from_view(out, &sv, a);
+            if (st == SESSION_VALID && an_route_accepts(req, sv.idp)) {
+                an_identity_from_view(out, &sv, a);
                 if (sv.refresh_due) {
                     const char *ck = arena_strndup(a, v.p, v.len);
-                    return ck ? refresh_start(an, req, a, out, ck, sv.token_exp_s) : AUTHN_OK;
+                    return ck ? an_refresh_start(an, req, a, out, ck, sv.token_exp_s) : AUTHN_OK;
                 }
                 return AUTHN_OK;
             }
@@ -336,10 +337,10 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         }
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
-        json = adup(a, s);
+        json = an_adup(a, s);
         free(s);
         if (json == NULL) {
-            return internal_error(an, req, a, out);
+            return an_internal_error(an, req, a, out);
         }
     }
     /* Groups as "a, b" for people. */
@@ -348,7 +349,7 @@ static enum authn_step me(struct authn *an, const struct authn_req *req, struct 
         codec_buf_adds(&gb, i ? ", " : "");
         codec_buf_add(&gb, id->attrs->groups[i].p, id->attrs->groups[i].len);
     }
-    const char *groups = adup(a, gb.p ? gb.p : "");
+    const char *groups = an_adup(a, gb.p ? gb.p : "");
     codec_buf_fini(&gb);
     struct page_var v[] = {
         { "name", id->name ? id->name : (id->email ? id->email : id->user_key) },
@@ -374,9 +375,9 @@ static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out
         const char *hash = strchr(out->id.user_key, '#');
         sub = hash ? hash + 1 : out->id.user_key;
     }
-    struct idp *x = idp_by_id(an, out->id.idp);
+    struct idp *x = an_idp_by_id(an, out->id.idp);
     char *u = oidc_user_id(out->id.idp ? out->id.idp : "?", x && x->p->bare_user_ids, sub);
-    out->id.user = adup(a, u);
+    out->id.user = an_adup(a, u);
     free(u);
     if (out->id.user == NULL) {
         out->id.user = out->id.user_key; /* arena full: the unambiguous iss#sub */
@@ -413,10 +414,10 @@ static enum authn_step login_css(struct authn *an, const struct authn_req *req, 
     (void)req;
     (void)a;
     if (an->pages == NULL) {
-        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+        return an_respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
     struct str css = pages_css(an->pages);
-    respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
+    an_respond(out, 200, "text/css; charset=utf-8", css.p, css.len);
     out->resp.headers[0].value = "public, max-age=3600";
     return AUTHN_RESPOND;
 }
@@ -425,21 +426,21 @@ static enum authn_step jwks_json(struct authn *an, const struct authn_req *req, 
                                  struct authn_out *out)
 {
     if (an->signer == NULL) {
-        return respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
+        return an_respond(out, 404, "text/plain; charset=utf-8", NULL, 0);
     }
     char *j = assertion_jwks_json(an->signer, req->now_ms / 1000);
-    const char *body = adup(a, j);
+    const char *body = an_adup(a, j);
     free(j);
     /* no-store like every answer of Gatehouse's own (a verifier keeps
      * the keys it fetched; a rotated key must be seen at once). */
-    return respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
+    return an_respond(out, 200, "application/jwk-set+json", body, body ? strlen(body) : 0);
 }
 
 /* /.gatehouse/oidc/callback: the one provider's (several have callback/<id>). */
 static enum authn_step callback_single(struct authn *an, const struct authn_req *req,
                                        struct arena *a, struct authn_out *out)
 {
-    return callback(an, req, a, out, STR_NULL);
+    return an_callback(an, req, a, out, STR_NULL);
 }
 
 /* /.gatehouse/me: who am I needs someone, so it is never public. */
@@ -465,11 +466,11 @@ static const struct {
     { "oidc/callback", callback_single },
     { "logout", logout_endpoint },
     /* Where the IdP sends the browser after an RP-initiated logout. */
-    { "signed-out", signed_out },
+    { "signed-out", an_signed_out },
     { "saml/acs", saml_acs_endpoint },
     { "saml/slo", saml_slo_endpoint },
     { "saml/metadata", saml_metadata },
-    { "oidc/backchannel-logout", backchannel_logout },
+    { "oidc/backchannel-logout", an_backchannel_logout },
     { "me", me_endpoint },
 };
 
@@ -491,11 +492,12 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
                 known = str_eq_cstr(id, an->idps[i].p->id);
             }
             if (!known) {
-                return callback_error(an, req, a, out, "callback for an unknown identity provider");
+                return an_callback_error(an, req, a, out,
+                                         "callback for an unknown identity provider");
             }
-            return callback(an, req, a, out, id);
+            return an_callback(an, req, a, out, id);
         }
-        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+        return an_respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
     /* Who is calling, or nobody: the route's policy decides whether that is
      * enough (it may allow anonymous callers), and the proxy challenges. */
@@ -512,70 +514,70 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
     memset(&out->fetch, 0, sizeof out->fetch);
     memset(&out->wait, 0, sizeof out->wait);
     if (c == NULL) {
-        set_reason(out, "%s", "resume without a pending step");
-        return internal_error(an, req, a, out);
+        an_set_reason(out, "%s", "resume without a pending step");
+        return an_internal_error(an, req, a, out);
     }
     switch (c->kind) {
     case CONT_LOGIN_DISCOVERY:
-        if (!take_discovery(c->idp, status, body, out)) {
-            return idp_down(an, req, a, out);
+        if (!an_take_discovery(c->idp, status, body, out)) {
+            return an_idp_down(an, req, a, out);
         }
-        return login_redirect(an, req, a, out, c->idp, c->rd, c->prompt);
+        return an_login_redirect(an, req, a, out, c->idp, c->rd, c->prompt);
     case CONT_CALLBACK_DISCOVERY:
-        if (!take_discovery(c->idp, status, body, out)) {
-            return callback_fail(an, req, a, out, 502, out->reason);
+        if (!an_take_discovery(c->idp, status, body, out)) {
+            return an_callback_fail(an, req, a, out, 502, out->reason);
         }
-        return callback_token_request(an, req, a, out, c);
+        return an_callback_token_request(an, req, a, out, c);
     case CONT_TOKEN:
         if (status == 0) {
-            callback_fail(an, req, a, out, 502, "token endpoint unreachable");
-            set_reason(out, "%s", "token endpoint unreachable");
+            an_callback_fail(an, req, a, out, 502, "token endpoint unreachable");
+            an_set_reason(out, "%s", "token endpoint unreachable");
             return AUTHN_RESPOND;
         }
         c->token_status = status;
         c->token_body = arena_strndup(a, body.p ? body.p : "", body.len);
         c->token_body_len = body.len;
         if (c->token_body == NULL) {
-            return internal_error(an, req, a, out);
+            return an_internal_error(an, req, a, out);
         }
-        return token_answer(an, req, a, out, c);
+        return an_token_answer(an, req, a, out, c);
     case CONT_TOKEN_JWKS:
-        if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
-            return callback_fail(an, req, a, out, 502, out->reason);
+        if (!an_take_jwks(c->idp, status, body, req->now_ms, out)) {
+            return an_callback_fail(an, req, a, out, 502, out->reason);
         }
-        return token_answer(an, req, a, out, c);
+        return an_token_answer(an, req, a, out, c);
     case CONT_USERINFO: {
         json_t *ui = NULL;
         struct err err = { 0 };
         const char *sub = jwt_claim_str(c->tokens.id_claims, "sub");
         if (oidc_userinfo_parse(status, body, sub, &ui, &err) != 0) {
-            return callback_fail(an, req, a, out, 502,
-                                 status == 0 ? "userinfo endpoint unreachable" : err.msg);
+            return an_callback_fail(an, req, a, out, 502,
+                                    status == 0 ? "userinfo endpoint unreachable" : err.msg);
         }
-        enum authn_step st = finish_login(an, req, a, out, c, ui);
+        enum authn_step st = an_finish_login(an, req, a, out, c, ui);
         json_decref(ui);
         return st;
     }
     case CONT_REFRESH:
-        return refresh_finish(an, req, a, out, c, status, body);
+        return an_refresh_finish(an, req, a, out, c, status, body);
     case CONT_BCL_DISCOVERY:
     case CONT_BEARER_DISCOVERY:
-        if (!take_discovery(c->idp, status, body, out)) {
+        if (!an_take_discovery(c->idp, status, body, out)) {
             return c->kind == CONT_BCL_DISCOVERY
-                       ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
-                       : idp_down(an, req, a, out);
+                       ? an_respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
+                       : an_idp_down(an, req, a, out);
         }
-        return c->kind == CONT_BCL_DISCOVERY ? bcl_continue(an, req, a, out, c)
-                                             : bearer_continue(an, req, a, out, c);
+        return c->kind == CONT_BCL_DISCOVERY ? an_bcl_continue(an, req, a, out, c)
+                                             : an_bearer_continue(an, req, a, out, c);
     case CONT_BCL_JWKS:
     case CONT_BEARER_JWKS:
-        if (!take_jwks(c->idp, status, body, req->now_ms, out)) {
+        if (!an_take_jwks(c->idp, status, body, req->now_ms, out)) {
             return c->kind == CONT_BCL_JWKS
-                       ? respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
-                       : idp_down(an, req, a, out);
+                       ? an_respond(out, 503, "text/plain; charset=utf-8", NULL, 0)
+                       : an_idp_down(an, req, a, out);
         }
-        return c->kind == CONT_BCL_JWKS ? bcl_continue(an, req, a, out, c)
-                                        : bearer_continue(an, req, a, out, c);
+        return c->kind == CONT_BCL_JWKS ? an_bcl_continue(an, req, a, out, c)
+                                        : an_bearer_continue(an, req, a, out, c);
     case CONT_SAML_METADATA: {
         struct err err = { 0 };
         if (saml_metadata_take(c->saml, status, body, req->now_ms / 1000, &err) != 0) {
@@ -604,29 +606,29 @@ static enum authn_step resume_step(struct authn *an, const struct authn_req *req
         case ONCE_NEXT_SAML_ACS: /* the ACS again: it finds the answer in out->cont */
             return saml_acs_endpoint(an, req, a, out);
         case ONCE_NEXT_TOKEN: {
-            int fresh = once_verdict(req, c);
+            int fresh = an_once_verdict(req, c);
             if (fresh < 0) {
-                return state_unchecked(an, req, a, out);
+                return an_state_unchecked(an, req, a, out);
             }
             if (fresh == 0) {
-                return callback_error(an, req, a, out,
-                                      "login state was already used (replayed callback)");
+                return an_callback_error(an, req, a, out,
+                                         "login state was already used (replayed callback)");
             }
             c->kind = CONT_TOKEN;
             out->fetch = c->token_fetch;
             return AUTHN_NEED_FETCH;
         }
         case ONCE_NEXT_BCL:
-            return bcl_decided(an, req, a, out, c);
+            return an_bcl_decided(an, req, a, out, c);
         case ONCE_NEXT_REFRESH:
-            return refresh_leased(an, req, out, c);
+            return an_refresh_leased(an, req, out, c);
         }
         break;
     case CONT_NONE:
         break;
     }
-    set_reason(out, "%s", "unknown pending step");
-    return internal_error(an, req, a, out);
+    an_set_reason(out, "%s", "unknown pending step");
+    return an_internal_error(an, req, a, out);
 }
 
 enum authn_step authn_resume(struct authn *an, const struct authn_req *req, struct arena *a,

@@ -133,90 +133,93 @@ typedef enum authn_step endpoint_fn(struct authn *an, const struct authn_req *re
                                     struct authn_out *out);
 
 /* authn_flow.c */
-struct cont *cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind, struct idp *idp);
-const char *adup(struct arena *a, const char *s);
-void add_header(struct authn_out *out, const char *name, const char *value);
-enum authn_step respond(struct authn_out *out, int status, const char *type, const char *body,
-                        size_t len);
-enum authn_step redirect_with(struct authn_out *out, int status, const char *location);
-enum authn_step redirect(struct authn_out *out, const char *location);
+struct cont *an_cont_new(struct arena *a, struct authn_out *out, enum cont_kind kind,
+                         struct idp *idp);
+const char *an_adup(struct arena *a, const char *s);
+void an_add_header(struct authn_out *out, const char *name, const char *value);
+enum authn_step an_respond(struct authn_out *out, int status, const char *type, const char *body,
+                           size_t len);
+enum authn_step an_redirect_with(struct authn_out *out, int status, const char *location);
+enum authn_step an_redirect(struct authn_out *out, const char *location);
 enum authn_step page_answer(struct arena *a, struct authn_out *out, enum page_kind k,
                             const struct page_var *vars, size_t n, const char *json);
-void set_reason(struct authn_out *out, const char *fmt, const char *detail);
-enum authn_step error_page(struct authn *an, const struct authn_req *req, struct arena *a,
-                           struct authn_out *out, int status, const char *title,
-                           const char *message);
-endpoint_fn internal_error;
-struct idp *idp_by_id(struct authn *an, const char *id);
-bool route_accepts(const struct authn_req *req, const char *idp);
-char *query_value(struct arena *a, struct str q, const char *name);
+void an_set_reason(struct authn_out *out, const char *fmt, const char *detail);
+enum authn_step an_error_page(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out, int status, const char *title,
+                              const char *message);
+endpoint_fn an_internal_error;
+struct idp *an_idp_by_id(struct authn *an, const char *id);
+bool an_route_accepts(const struct authn_req *req, const char *idp);
+char *an_query_value(struct arena *a, struct str q, const char *name);
 const char *session_cookie_name(const struct authn *an, bool tls);
-const char *login_cookie_name(const struct authn *an, bool tls);
+const char *an_login_cookie_name(const struct authn *an, bool tls);
 
 /* authn_fetch.c */
-void fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h);
-bool once_submit(const struct authn_req *req, struct authn_out *out, struct spg *pg, struct cont *c,
-                 const char *key, int64_t exp_s, enum once_next next);
-int once_verdict(const struct authn_req *req, const struct cont *c);
-enum authn_step fetch_get(struct arena *a, struct authn_out *out, const char *url);
-enum authn_step need_discovery(struct arena *a, struct authn_out *out, struct idp *x);
-bool take_discovery(struct idp *x, int status, struct str body, struct authn_out *out);
-struct jwks *jwks_get(struct idp *x);
-bool take_jwks(struct idp *x, int status, struct str body, int64_t now_ms, struct authn_out *out);
-bool jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
-                  enum cont_kind kind);
-bool check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
-                     struct authn_out *out, struct cont *c, enum cont_kind disc,
-                     enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
-                     struct err *err, enum authn_step *st);
-int once_gate(struct authn *an, const struct authn_req *req, struct arena *a, struct authn_out *out,
-              const char *key, int64_t exp_s, enum authn_step *st);
+void an_fill_fetch(struct arena *a, struct authn_out *out, struct oidc_http *h);
+bool an_once_submit(const struct authn_req *req, struct authn_out *out, struct spg *pg,
+                    struct cont *c, const char *key, int64_t exp_s, enum once_next next);
+int an_once_verdict(const struct authn_req *req, const struct cont *c);
+enum authn_step an_fetch_get(struct arena *a, struct authn_out *out, const char *url);
+enum authn_step an_need_discovery(struct arena *a, struct authn_out *out, struct idp *x);
+bool an_take_discovery(struct idp *x, int status, struct str body, struct authn_out *out);
+struct jwks *an_jwks_get(struct idp *x);
+bool an_take_jwks(struct idp *x, int status, struct str body, int64_t now_ms,
+                  struct authn_out *out);
+bool an_jwks_refetch(struct arena *a, struct authn_out *out, struct cont *c, int64_t now_ms,
+                     enum cont_kind kind);
+bool an_check_with_keys(struct authn *an, const struct authn_req *req, struct arena *a,
+                        struct authn_out *out, struct cont *c, enum cont_kind disc,
+                        enum cont_kind jwks, token_check_fn *check, void *res, int *rc,
+                        struct err *err, enum authn_step *st);
+int an_once_gate(struct authn *an, const struct authn_req *req, struct arena *a,
+                 struct authn_out *out, const char *key, int64_t exp_s, enum authn_step *st);
 
 /* authn_bearer.c */
-void identity_from_view(struct authn_out *out, const struct session_view *v, struct arena *a);
-bool identity_from_oidc(struct authn_out *out, const struct oidc_identity *id, const char *idp,
-                        struct arena *a);
-struct idp *idp_for_token(struct authn *an, const struct authn_req *req, struct str tok);
-bool bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
-                   struct authn_out *out, struct str tok);
-enum authn_step bearer_refused(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, const char *why);
-enum authn_step bearer_continue(struct authn *an, const struct authn_req *req, struct arena *a,
-                                struct authn_out *out, struct cont *c);
+void an_identity_from_view(struct authn_out *out, const struct session_view *v, struct arena *a);
+bool an_identity_from_oidc(struct authn_out *out, const struct oidc_identity *id, const char *idp,
+                           struct arena *a);
+struct idp *an_idp_for_token(struct authn *an, const struct authn_req *req, struct str tok);
+bool an_bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
+                      struct authn_out *out, struct str tok);
+enum authn_step an_bearer_refused(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, const char *why);
+enum authn_step an_bearer_continue(struct authn *an, const struct authn_req *req, struct arena *a,
+                                   struct authn_out *out, struct cont *c);
 
 /* authn_refresh.c */
-enum authn_step refresh_start(struct authn *an, const struct authn_req *req, struct arena *a,
-                              struct authn_out *out, const char *cookie, int64_t token_exp_s);
-enum authn_step refresh_leased(struct authn *an, const struct authn_req *req, struct authn_out *out,
-                               struct cont *c);
-enum authn_step refresh_finish(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, struct cont *c, int status, struct str body);
+enum authn_step an_refresh_start(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out, const char *cookie, int64_t token_exp_s);
+enum authn_step an_refresh_leased(struct authn *an, const struct authn_req *req,
+                                  struct authn_out *out, struct cont *c);
+enum authn_step an_refresh_finish(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, struct cont *c, int status,
+                                  struct str body);
 
 /* authn_login.c */
-enum authn_step login_redirect(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, struct idp *x, const char *rd,
-                               const char *prompt);
-bool on_public_host(const struct authn_req *req);
+enum authn_step an_login_redirect(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, struct idp *x, const char *rd,
+                                  const char *prompt);
+bool an_on_public_host(const struct authn_req *req);
 endpoint_fn login_endpoint;
-enum authn_step callback_fail(struct authn *an, const struct authn_req *req, struct arena *a,
-                              struct authn_out *out, int status, const char *why);
-enum authn_step callback_error(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, const char *why);
-endpoint_fn state_unchecked;
-endpoint_fn idp_down;
-enum authn_step callback_token_request(struct authn *an, const struct authn_req *req,
-                                       struct arena *a, struct authn_out *out, struct cont *c);
-bool login_cookie_read(struct authn *an, const struct authn_req *req, struct arena *a,
-                       struct authn_out *out, struct str *v, bool *found, enum authn_step *st);
-enum authn_step callback(struct authn *an, const struct authn_req *req, struct arena *a,
-                         struct authn_out *out, struct str path_idp);
-enum authn_step signed_in(struct authn *an, const struct authn_req *req, struct arena *a,
-                          struct authn_out *out, char *cookie, const char *clear, const char *rd,
-                          int status);
-enum authn_step finish_login(struct authn *an, const struct authn_req *req, struct arena *a,
-                             struct authn_out *out, struct cont *c, const json_t *userinfo);
-enum authn_step token_answer(struct authn *an, const struct authn_req *req, struct arena *a,
-                             struct authn_out *out, struct cont *c);
+enum authn_step an_callback_fail(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out, int status, const char *why);
+enum authn_step an_callback_error(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, const char *why);
+endpoint_fn an_state_unchecked;
+endpoint_fn an_idp_down;
+enum authn_step an_callback_token_request(struct authn *an, const struct authn_req *req,
+                                          struct arena *a, struct authn_out *out, struct cont *c);
+bool an_login_cookie_read(struct authn *an, const struct authn_req *req, struct arena *a,
+                          struct authn_out *out, struct str *v, bool *found, enum authn_step *st);
+enum authn_step an_callback(struct authn *an, const struct authn_req *req, struct arena *a,
+                            struct authn_out *out, struct str path_idp);
+enum authn_step an_signed_in(struct authn *an, const struct authn_req *req, struct arena *a,
+                             struct authn_out *out, char *cookie, const char *clear, const char *rd,
+                             int status);
+enum authn_step an_finish_login(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, struct cont *c, const json_t *userinfo);
+enum authn_step an_token_answer(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, struct cont *c);
 
 /* authn_saml.c */
 bool saml_endpoint_ready(struct authn *an, const struct authn_req *req, struct arena *a,
@@ -228,13 +231,13 @@ endpoint_fn saml_metadata;
 endpoint_fn saml_acs_endpoint;
 
 /* authn_logout.c */
-endpoint_fn signed_out;
+endpoint_fn an_signed_out;
 endpoint_fn saml_slo_endpoint;
 endpoint_fn logout_endpoint;
-enum authn_step bcl_continue(struct authn *an, const struct authn_req *req, struct arena *a,
-                             struct authn_out *out, struct cont *c);
-enum authn_step bcl_decided(struct authn *an, const struct authn_req *req, struct arena *a,
-                            struct authn_out *out, struct cont *c);
-endpoint_fn backchannel_logout;
+enum authn_step an_bcl_continue(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, struct cont *c);
+enum authn_step an_bcl_decided(struct authn *an, const struct authn_req *req, struct arena *a,
+                               struct authn_out *out, struct cont *c);
+endpoint_fn an_backchannel_logout;
 
 #endif

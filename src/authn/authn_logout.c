@@ -21,7 +21,7 @@ static enum authn_step signed_out_page(struct authn *an, const struct authn_req 
 {
     const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
     if (host == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
     struct page_var v[] = { { "host", host }, { "sign_in_url", "/.gatehouse/login" } };
     return page_answer(a, out, PAGE_SIGNED_OUT, v, 2, NULL);
@@ -46,7 +46,7 @@ static const char *logout_token(const struct authn *an, struct arena *a, struct 
         return NULL;
     }
     char *t = codec_b64url_encode(md, 32);
-    const char *out = adup(a, t);
+    const char *out = an_adup(a, t);
     free(t);
     return out;
 }
@@ -78,15 +78,15 @@ static bool same_origin_post(const struct authn_req *req, const char **why)
  * answer "No, stay signed in"? The return looks the same either way; a
  * prompt=none authorization request tells. The sealed cookie set with the
  * logout request (signout_cookie) names the provider and the state. */
-enum authn_step signed_out(struct authn *an, const struct authn_req *req, struct arena *a,
-                           struct authn_out *out)
+enum authn_step an_signed_out(struct authn *an, const struct authn_req *req, struct arena *a,
+                              struct authn_out *out)
 {
-    const char *state = query_value(a, req->query, "state");
-    const char *cname = login_cookie_name(an, req->tls);
+    const char *state = an_query_value(a, req->query, "state");
+    const char *cname = an_login_cookie_name(an, req->tls);
     struct str v = STR_NULL;
     bool found = false;
     struct err err = { 0 };
-    if (state == NULL || cname == NULL || !on_public_host(req) ||
+    if (state == NULL || cname == NULL || !an_on_public_host(req) ||
         cookie_get(req->cookies, req->ncookies, cname, &v, &found, &err) != 0 || !found) {
         return signed_out_page(an, req, a, out);
     }
@@ -98,17 +98,17 @@ enum authn_step signed_out(struct authn *an, const struct authn_req *req, struct
     const char *idp = json_string_value(json_object_get(j, "p"));
     const char *s = json_string_value(json_object_get(j, "s"));
     json_t *e = json_object_get(j, "e");
-    struct idp *x = idp_by_id(an, idp);
+    struct idp *x = an_idp_by_id(an, idp);
     bool ok = x != NULL && s != NULL && json_is_integer(e) &&
               req->now_ms / 1000 < (int64_t)json_integer_value(e) &&
               codec_ct_eq(str_from(s), str_from(state)) && atomic_load(&x->meta) != NULL;
     json_decref(j);
     if (!ok) {
-        add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
+        an_add_header(out, "Set-Cookie", cookie_format(a, cname, STR(""), req->tls, 0));
         return signed_out_page(an, req, a, out);
     }
     /* Replaces the sign-out cookie with the login cookie of the check. */
-    return login_redirect(an, req, a, out, x, "/", "none");
+    return an_login_redirect(an, req, a, out, x, "/", "none");
 }
 
 static const char *signout_cookie(const struct authn *an, const struct authn_req *req,
@@ -120,7 +120,7 @@ static const char *signout_cookie(const struct authn *an, const struct authn_req
     json_decref(j);
     char *sealed = pt ? codec_seal(an->login_key, SIGNOUT_AAD, pt, strlen(pt)) : NULL;
     free(pt);
-    const char *cname = login_cookie_name(an, req->tls);
+    const char *cname = an_login_cookie_name(an, req->tls);
     const char *sc = sealed && cname
                          ? cookie_format(a, cname, str_from(sealed), req->tls, OIDC_LOGIN_TTL_S)
                          : NULL;
@@ -131,10 +131,10 @@ static const char *signout_cookie(const struct authn *an, const struct authn_req
 static enum authn_step logout_refused(struct authn *an, const struct authn_req *req,
                                       struct arena *a, struct authn_out *out, const char *why)
 {
-    set_reason(out, "sign-out refused: %s", why);
-    return error_page(an, req, a, out, 403, "Sign-out refused",
-                      "This sign-out did not come from Gatehouse's own sign-out page. You are "
-                      "still signed in; use the Sign out button to sign out.");
+    an_set_reason(out, "sign-out refused: %s", why);
+    return an_error_page(an, req, a, out, 403, "Sign-out refused",
+                         "This sign-out did not come from Gatehouse's own sign-out page. You are "
+                         "still signed in; use the Sign out button to sign out.");
 }
 
 /* GET /.gatehouse/logout: the confirmation page (nothing ends on a GET). */
@@ -144,13 +144,13 @@ static enum authn_step logout_confirm(struct authn *an, const struct authn_req *
 {
     const char *host = arena_strndup(a, req->host.p ? req->host.p : "", req->host.len);
     if (host == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
     const char *token = logout_token(an, a, cookie);
     const char *user = sv->email ? sv->email : sv->name ? sv->name : sv->user_key;
     struct page_var v[] = { { "host", host }, { "user", user }, { "csrf_token", token } };
     if (token == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
     /* Never in a frame on another site (a click there would be a sign-out): every
      * answer of Gatehouse's own carries frame-ancestors 'none' and
@@ -179,7 +179,7 @@ static const char *saml_logout_location(struct authn *an, struct arena *a, const
         }
     }
     char *url = saml_logout_url(sx, name_id, sid);
-    const char *loc = adup(a, url);
+    const char *loc = an_adup(a, url);
     free(url);
     return loc;
 }
@@ -200,9 +200,9 @@ enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
     struct saml_slo o;
     struct err err = { 0 };
     if (saml_slo(an->saml, an->nsaml, req->query, req->now_ms / 1000, &o, &err) != 0) {
-        set_reason(out, "SAML logout refused: %s", err.msg);
-        return error_page(an, req, a, out, 400, "Sign-out failed",
-                          "This sign-out request could not be accepted.");
+        an_set_reason(out, "SAML logout refused: %s", err.msg);
+        return an_error_page(an, req, a, out, 400, "Sign-out failed",
+                             "This sign-out request could not be accepted.");
     }
     if (o.is_response) {
         log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout answered by %s",
@@ -218,10 +218,10 @@ enum authn_step saml_slo_endpoint(struct authn *an, const struct authn_req *req,
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "SAML logout from %s ended %zu session(s)",
              idp_id, n);
     const char *sname = session_cookie_name(an, req->tls);
-    add_header(out, "Set-Cookie", sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL);
-    const char *loc = adup(a, o.reply_url);
+    an_add_header(out, "Set-Cookie", sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL);
+    const char *loc = an_adup(a, o.reply_url);
     saml_slo_fini(&o);
-    return loc ? redirect(out, loc) : signed_out_page(an, req, a, out);
+    return loc ? an_redirect(out, loc) : signed_out_page(an, req, a, out);
 }
 
 enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, struct arena *a,
@@ -229,8 +229,8 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
 {
     bool post = str_eq_cstr(req->method, "POST");
     if (!post && !str_eq_cstr(req->method, "GET") && !str_eq_cstr(req->method, "HEAD")) {
-        add_header(out, "Allow", "GET, POST");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+        an_add_header(out, "Allow", "GET, POST");
+        return an_respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
     }
     const char *why = NULL;
     if (post && !same_origin_post(req, &why)) {
@@ -274,7 +274,7 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
     const char *idp_id = NULL;
     if (found) {
         if (valid) {
-            identity_from_view(out, &sv, a);
+            an_identity_from_view(out, &sv, a);
             idp_id = sv.idp;
             saml_attrs = sv.attrs;
             saml_sid = sv.sid;
@@ -298,14 +298,14 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
         session_revoke_cookie(an->store, v);
     }
     const char *clear = sname ? cookie_format(a, sname, STR(""), req->tls, 0) : NULL;
-    add_header(out, "Set-Cookie", clear);
+    an_add_header(out, "Set-Cookie", clear);
     const char *saml_loc = saml_logout_location(an, a, idp_id, saml_attrs, saml_sid);
     if (saml_loc != NULL) {
         free(hint);
         /* 303: the browser follows a POST's answer with a GET. */
-        return redirect_with(out, 303, saml_loc);
+        return an_redirect_with(out, 303, saml_loc);
     }
-    struct idp *x = idp_by_id(an, idp_id);
+    struct idp *x = an_idp_by_id(an, idp_id);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     if (m != NULL && m->end_session_endpoint != NULL) {
         /* RP-initiated logout: back to the signed-out page of the origin the
@@ -322,7 +322,7 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
                      want ? want : "(no public origin)", x->p->id);
         }
         char *url = oidc_logout_url(x->p, m, hint, post_uri);
-        const char *loc = adup(a, url);
+        const char *loc = an_adup(a, url);
         free(url);
         if (loc != NULL && post_uri != NULL) {
             /* A state to recognise the IdP's answer (see signed_out). */
@@ -332,7 +332,7 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
             const char *sc = st ? signout_cookie(an, req, a, x->p->id, st) : NULL;
             if (sc != NULL) {
                 loc = arena_printf(a, "%s&state=%s", loc, st);
-                add_header(out, "Set-Cookie", sc);
+                an_add_header(out, "Set-Cookie", sc);
             }
             free(st);
         }
@@ -341,10 +341,10 @@ enum authn_step logout_endpoint(struct authn *an, const struct authn_req *req, s
             free(hint);
         }
         if (loc == NULL) {
-            return internal_error(an, req, a, out);
+            return an_internal_error(an, req, a, out);
         }
         /* 303: the browser follows a POST's answer with a GET. */
-        return redirect_with(out, 303, loc);
+        return an_redirect_with(out, 303, loc);
     }
     if (hint != NULL) {
         OPENSSL_cleanse(hint, strlen(hint));
@@ -385,45 +385,45 @@ static int bcl_check(struct authn *an, const struct authn_req *req, struct cont 
                                     &ids->sid, &ids->sub, err);
 }
 
-enum authn_step bcl_continue(struct authn *an, const struct authn_req *req, struct arena *a,
-                             struct authn_out *out, struct cont *c)
+enum authn_step an_bcl_continue(struct authn *an, const struct authn_req *req, struct arena *a,
+                                struct authn_out *out, struct cont *c)
 {
     struct bcl_ids ids = { NULL, NULL };
     struct err err = { 0 };
     enum authn_step st;
     int rc = 0;
-    if (!check_with_keys(an, req, a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, bcl_check, &ids,
-                         &rc, &err, &st)) {
+    if (!an_check_with_keys(an, req, a, out, c, CONT_BCL_DISCOVERY, CONT_BCL_JWKS, bcl_check, &ids,
+                            &rc, &err, &st)) {
         return st;
     }
     struct idp *x = c->idp;
     char *sid = ids.sid, *sub = ids.sub;
     if (rc != 0) {
-        set_reason(out, "back-channel logout refused: %s", err.msg);
+        an_set_reason(out, "back-channel logout refused: %s", err.msg);
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
         static const char body[] = "{\"error\":\"invalid_request\"}\n";
-        return respond(out, 400, "application/json", body, sizeof body - 1);
+        return an_respond(out, 400, "application/json", body, sizeof body - 1);
     }
     struct spg *pg = session_store_pg(an->store);
     if (pg != NULL) {
         /* A fleet: the token's jti is used once on any node (the check in
          * oidc_logout_token_verify spares the database repeats here). */
-        c->bcl_sid = adup(a, sid);
-        c->bcl_sub = adup(a, sub);
+        c->bcl_sid = an_adup(a, sid);
+        c->bcl_sub = an_adup(a, sub);
         free(sid);
         free(sub);
         bool queued = false;
         int64_t exp_s = 0;
         char *key = bcl_once_key(x, req, &exp_s);
         if (key != NULL) {
-            queued = once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_BCL);
+            queued = an_once_submit(req, out, pg, c, key, exp_s, ONCE_NEXT_BCL);
             free(key);
         }
         if (!queued) {
-            set_reason(out, "%s",
-                       "back-channel logout not checked: the session database is "
-                       "unreachable");
-            return respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
+            an_set_reason(out, "%s",
+                          "back-channel logout not checked: the session database is "
+                          "unreachable");
+            return an_respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
         }
         return AUTHN_NEED_WAIT;
     }
@@ -455,24 +455,24 @@ static char *bcl_once_key(const struct idp *x, const struct authn_req *req, int6
     return key;
 }
 
-enum authn_step bcl_decided(struct authn *an, const struct authn_req *req, struct arena *a,
-                            struct authn_out *out, struct cont *c)
+enum authn_step an_bcl_decided(struct authn *an, const struct authn_req *req, struct arena *a,
+                               struct authn_out *out, struct cont *c)
 {
     (void)a;
-    int fresh = once_verdict(req, c);
+    int fresh = an_once_verdict(req, c);
     if (fresh < 0) {
-        set_reason(out, "%s",
-                   "back-channel logout not checked: the session database is "
-                   "unreachable");
-        return respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
+        an_set_reason(out, "%s",
+                      "back-channel logout not checked: the session database is "
+                      "unreachable");
+        return an_respond(out, 503, "text/plain; charset=utf-8", NULL, 0);
     }
     if (fresh == 0) {
-        set_reason(out, "%s",
-                   "back-channel logout refused: logout token was already used "
-                   "(jti replay)");
+        an_set_reason(out, "%s",
+                      "back-channel logout refused: logout token was already used "
+                      "(jti replay)");
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
         static const char body[] = "{\"error\":\"invalid_request\"}\n";
-        return respond(out, 400, "application/json", body, sizeof body - 1);
+        return an_respond(out, 400, "application/json", body, sizeof body - 1);
     }
     return bcl_end(an, req, out, c->idp, c->bcl_sid, c->bcl_sub);
 }
@@ -503,15 +503,15 @@ static enum authn_step bcl_end(struct authn *an, const struct authn_req *req, st
     out->nlogouts = n;
     log_emit(LOG_INFO, MOD, req->request_id, NULL,
              "back-channel logout from %s ended %zu session(s)", x->p->id, n);
-    return respond(out, 200, "text/plain; charset=utf-8", NULL, 0);
+    return an_respond(out, 200, "text/plain; charset=utf-8", NULL, 0);
 }
 
-enum authn_step backchannel_logout(struct authn *an, const struct authn_req *req, struct arena *a,
-                                   struct authn_out *out)
+enum authn_step an_backchannel_logout(struct authn *an, const struct authn_req *req,
+                                      struct arena *a, struct authn_out *out)
 {
     if (!str_eq_cstr(req->method, "POST") || an->store == NULL) {
-        add_header(out, "Allow", "POST");
-        return respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+        an_add_header(out, "Allow", "POST");
+        return an_respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
     }
     struct str raw;
     bool dup = false;
@@ -522,16 +522,16 @@ enum authn_step backchannel_logout(struct authn *an, const struct authn_req *req
     for (size_t i = 0; tok != NULL && i < an->nidps && x == NULL; i++) {
         struct authn_req any = *req;
         any.route_idps = NULL;
-        x = idp_for_token(an, &any, str_from(tok));
+        x = an_idp_for_token(an, &any, str_from(tok));
     }
     free(tok);
     if (x == NULL) {
-        set_reason(out, "%s",
-                   "back-channel logout refused: token missing or from an unknown issuer");
+        an_set_reason(out, "%s",
+                      "back-channel logout refused: token missing or from an unknown issuer");
         log_emit(LOG_WARN, MOD, req->request_id, NULL, "%s", out->reason);
         static const char body[] = "{\"error\":\"invalid_request\"}\n";
-        return respond(out, 400, "application/json", body, sizeof body - 1);
+        return an_respond(out, 400, "application/json", body, sizeof body - 1);
     }
-    struct cont *c = cont_new(a, out, CONT_BCL_JWKS, x);
-    return c ? bcl_continue(an, req, a, out, c) : internal_error(an, req, a, out);
+    struct cont *c = an_cont_new(a, out, CONT_BCL_JWKS, x);
+    return c ? an_bcl_continue(an, req, a, out, c) : an_internal_error(an, req, a, out);
 }

@@ -10,10 +10,10 @@
 
 #include "authn_int.h"
 
-enum authn_step refresh_start(struct authn *an, const struct authn_req *req, struct arena *a,
-                              struct authn_out *out, const char *cookie, int64_t token_exp_s)
+enum authn_step an_refresh_start(struct authn *an, const struct authn_req *req, struct arena *a,
+                                 struct authn_out *out, const char *cookie, int64_t token_exp_s)
 {
-    struct idp *x = idp_by_id(an, out->id.idp);
+    struct idp *x = an_idp_by_id(an, out->id.idp);
     const struct oidc_metadata *m = x ? atomic_load(&x->meta) : NULL;
     char *rt = NULL;
     if (m == NULL || !session_refresh_claim(an->store, str_from(cookie), req->now_ms, &rt)) {
@@ -24,7 +24,7 @@ enum authn_step refresh_start(struct authn *an, const struct authn_req *req, str
     int rc = oidc_refresh_request(x->p, m, rt, req->now_ms / 1000, &h, &err);
     OPENSSL_cleanse(rt, strlen(rt));
     free(rt);
-    struct cont *c = rc == 0 ? cont_new(a, out, CONT_REFRESH, x) : NULL;
+    struct cont *c = rc == 0 ? an_cont_new(a, out, CONT_REFRESH, x) : NULL;
     if (c == NULL) {
         if (rc == 0) {
             oidc_http_fini(&h);
@@ -32,14 +32,14 @@ enum authn_step refresh_start(struct authn *an, const struct authn_req *req, str
         session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL, NULL);
         return AUTHN_OK;
     }
-    c->cookie = adup(a, cookie);
+    c->cookie = an_adup(a, cookie);
     if (c->cookie == NULL) {
         oidc_http_fini(&h);
         session_refresh_done(an->store, str_from(cookie), false, false, NULL, 0, NULL, NULL, NULL);
         return AUTHN_OK;
     }
     c->store = an->store;
-    fill_fetch(a, out, &h);
+    an_fill_fetch(a, out, &h);
     struct spg *pg = session_store_pg(an->store);
     char id_hash[65];
     if (pg != NULL && session_cookie_id_hash(str_from(cookie), id_hash)) {
@@ -68,8 +68,8 @@ enum authn_step refresh_start(struct authn *an, const struct authn_req *req, str
 
 /* After the fleet's refresh lease: this node refreshes, or leaves it (and
  * keeps serving the session as it is). */
-enum authn_step refresh_leased(struct authn *an, const struct authn_req *req, struct authn_out *out,
-                               struct cont *c)
+enum authn_step an_refresh_leased(struct authn *an, const struct authn_req *req,
+                                  struct authn_out *out, struct cont *c)
 {
     const char *why = NULL;
     if (spg_once_state(c->once, &why) == SPG_ONCE_FRESH) {
@@ -85,12 +85,13 @@ enum authn_step refresh_leased(struct authn *an, const struct authn_req *req, st
     return AUTHN_OK;
 }
 
-enum authn_step refresh_finish(struct authn *an, const struct authn_req *req, struct arena *a,
-                               struct authn_out *out, struct cont *c, int status, struct str body)
+enum authn_step an_refresh_finish(struct authn *an, const struct authn_req *req, struct arena *a,
+                                  struct authn_out *out, struct cont *c, int status,
+                                  struct str body)
 {
     struct idp *x = c->idp;
     c->store = NULL; /* answered: every path below ends the claim */
-    struct jwks *k = jwks_get(x);
+    struct jwks *k = an_jwks_get(x);
     struct oidc_tokens t;
     struct err err = { 0 };
     int rc = oidc_token_response(x->p, k, status, body, NULL, req->now_ms / 1000, &t, &err);
@@ -146,11 +147,11 @@ enum authn_step refresh_finish(struct authn *an, const struct authn_req *req, st
     if (attrs != NULL) {
         held = attrs_hold(a, attrs);
         out->id.attrs = held ? attrs : NULL;
-        out->id.email = adup(a, email);
-        out->id.name = adup(a, name);
+        out->id.email = an_adup(a, email);
+        out->id.name = an_adup(a, name);
     }
     attrs_unref(attrs);
     oidc_identity_fini(&id);
     oidc_tokens_fini(&t);
-    return held ? AUTHN_OK : internal_error(an, req, a, out);
+    return held ? AUTHN_OK : an_internal_error(an, req, a, out);
 }

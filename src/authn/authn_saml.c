@@ -18,7 +18,7 @@
 static const char *saml_login_cookie(struct authn *an, const struct authn_req *req, struct arena *a,
                                      const char *value, int max_age)
 {
-    const char *name = login_cookie_name(an, req->tls);
+    const char *name = an_login_cookie_name(an, req->tls);
     if (name == NULL) {
         return NULL;
     }
@@ -34,20 +34,20 @@ static enum authn_step saml_md_fetch(struct authn *an, const struct authn_req *r
                                      struct authn_out *out, struct saml_idp *sx,
                                      enum saml_next next, const char *rd)
 {
-    struct cont *c = cont_new(a, out, CONT_SAML_METADATA, NULL);
+    struct cont *c = an_cont_new(a, out, CONT_SAML_METADATA, NULL);
     if (c == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
     c->saml = sx;
     c->saml_next = (int)next;
     c->rd = rd;
     out->fetch.method = "GET";
-    out->fetch.url = adup(a, saml_metadata_url(sx));
+    out->fetch.url = an_adup(a, saml_metadata_url(sx));
     out->fetch.headers[0] = "Accept: application/samlmetadata+xml, application/xml;q=0.9";
     out->fetch.headers[1] = NULL;
     out->fetch.body = NULL;
     out->fetch.body_len = 0;
-    return out->fetch.url ? AUTHN_NEED_FETCH : internal_error(an, req, a, out);
+    return out->fetch.url ? AUTHN_NEED_FETCH : an_internal_error(an, req, a, out);
 }
 
 /* A SAML IdP whose metadata is a URL: the proxy fetches it when due (never on
@@ -65,7 +65,7 @@ static enum authn_step saml_md_ready(struct authn *an, const struct authn_req *r
         }
         snprintf(out->reason, sizeof out->reason, "SAML metadata of %s not loaded",
                  saml_idp_id(sx));
-        return idp_down(an, req, a, out);
+        return an_idp_down(an, req, a, out);
     }
     return saml_md_fetch(an, req, a, out, sx, next, rd);
 }
@@ -78,8 +78,8 @@ bool saml_endpoint_ready(struct authn *an, const struct authn_req *req, struct a
                          enum authn_step *st)
 {
     if (!str_eq_cstr(req->method, method) || an->nsaml == 0 || an->store == NULL) {
-        add_header(out, "Allow", method);
-        *st = respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
+        an_add_header(out, "Allow", method);
+        *st = an_respond(out, 405, "text/plain; charset=utf-8", NULL, 0);
         return false;
     }
     for (size_t i = 0; i < an->nsaml; i++) {
@@ -105,26 +105,26 @@ enum authn_step saml_login(struct authn *an, const struct authn_req *req, struct
     struct err err = { 0 };
     if (saml_login_start(sx, str_from(rd), an->login_key, req->now_ms / 1000, &url, &cookie,
                          &err) != 0) {
-        set_reason(out, "SAML login start failed: %s", err.msg);
-        return internal_error(an, req, a, out);
+        an_set_reason(out, "SAML login start failed: %s", err.msg);
+        return an_internal_error(an, req, a, out);
     }
     const char *sc = saml_login_cookie(an, req, a, cookie, SAML_LOGIN_TTL_S);
-    const char *loc = adup(a, url);
+    const char *loc = an_adup(a, url);
     free(url);
     free(cookie);
     if (sc == NULL || loc == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
-    add_header(out, "Set-Cookie", sc);
+    an_add_header(out, "Set-Cookie", sc);
     log_emit(LOG_INFO, MOD, req->request_id, NULL, "sign-in started at %s (SAML) from %s",
              saml_idp_id(sx), req->client_ip ? req->client_ip : "?");
-    return redirect(out, loc);
+    return an_redirect(out, loc);
 }
 
 enum authn_step saml_metadata(struct authn *an, const struct authn_req *req, struct arena *a,
                               struct authn_out *out)
 {
-    const char *want = query_value(a, req->query, "idp");
+    const char *want = an_query_value(a, req->query, "idp");
     struct saml_idp *sx = an->nsaml ? an->saml[0] : NULL;
     for (size_t i = 0; want != NULL && i < an->nsaml; i++) {
         sx = strcmp(saml_idp_id(an->saml[i]), want) == 0 ? an->saml[i] : NULL;
@@ -133,7 +133,7 @@ enum authn_step saml_metadata(struct authn *an, const struct authn_req *req, str
         }
     }
     if (sx == NULL) {
-        return respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
+        return an_respond(out, 404, "text/plain; charset=utf-8", "not found\n", 10);
     }
     bool ready = false;
     enum authn_step st = saml_md_ready(an, req, a, out, sx, SAML_NEXT_METADATA, NULL, &ready);
@@ -141,12 +141,12 @@ enum authn_step saml_metadata(struct authn *an, const struct authn_req *req, str
         return st;
     }
     char *spmd = saml_sp_metadata(sx);
-    const char *md = adup(a, spmd);
+    const char *md = an_adup(a, spmd);
     free(spmd);
     if (md == NULL) {
-        return internal_error(an, req, a, out);
+        return an_internal_error(an, req, a, out);
     }
-    respond(out, 200, "application/samlmetadata+xml", md, strlen(md));
+    an_respond(out, 200, "application/samlmetadata+xml", md, strlen(md));
     out->resp.headers[0].value = "public, max-age=300";
     return AUTHN_RESPOND;
 }
@@ -158,7 +158,7 @@ enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
     struct str v;
     bool found;
     if (!saml_endpoint_ready(an, req, a, out, "POST", SAML_NEXT_ACS, &st) ||
-        !login_cookie_read(an, req, a, out, &v, &found, &st)) {
+        !an_login_cookie_read(an, req, a, out, &v, &found, &st)) {
         return st;
     }
     struct err err = { 0 };
@@ -166,20 +166,21 @@ enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
     int64_t now_s = req->now_ms / 1000;
     if (saml_acs(an->saml, an->nsaml, req->body, found ? v : STR_NULL, an->login_key, now_s, &r,
                  &err) != 0) {
-        return callback_fail(an, req, a, out, 403, err.msg[0] ? err.msg : "SAML response refused");
+        return an_callback_fail(an, req, a, out, 403,
+                                err.msg[0] ? err.msg : "SAML response refused");
     }
     const char *idp_id = saml_idp_id(r.idp);
-    if (!route_accepts(req, idp_id)) {
+    if (!an_route_accepts(req, idp_id)) {
         saml_result_fini(&r);
-        return callback_fail(an, req, a, out, 403,
-                             "SAML sign-in for an identity provider not "
-                             "accepted here");
+        return an_callback_fail(an, req, a, out, 403,
+                                "SAML sign-in for an identity provider not "
+                                "accepted here");
     }
     /* Replay: an assertion ID is accepted once (kept until it expires), and a
      * login state answers one response. */
     char *ka = xasprintf("saml-assertion:%s#%s", idp_id, r.assertion_id);
     enum authn_step wait_st = AUTHN_RESPOND;
-    int once = once_gate(an, req, a, out, ka, r.assertion_exp_s, &wait_st);
+    int once = an_once_gate(an, req, a, out, ka, r.assertion_exp_s, &wait_st);
     free(ka);
     if (once == 2) { /* decided off the loop: this step runs again with the answer */
         saml_result_fini(&r);
@@ -187,13 +188,13 @@ enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
     }
     if (once < 0) { /* a fleet whose database did not answer: not accepted unchecked */
         saml_result_fini(&r);
-        return callback_fail(an, req, a, out, 503,
-                             "the session database is unreachable (assertion ID not checked)");
+        return an_callback_fail(an, req, a, out, 503,
+                                "the session database is unreachable (assertion ID not checked)");
     }
     bool fresh = once == 1;
     if (!fresh) {
         saml_result_fini(&r);
-        return callback_fail(an, req, a, out, 403, "assertion ID already used (replay)");
+        return an_callback_fail(an, req, a, out, 403, "assertion ID already used (replay)");
     }
     if (r.login_state != NULL) {
         char *kl = xasprintf("saml-login:%s", r.login_state);
@@ -202,7 +203,7 @@ enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
         free(kl);
         if (!fresh) {
             saml_result_fini(&r);
-            return callback_fail(an, req, a, out, 403, "login state already answered (replay)");
+            return an_callback_fail(an, req, a, out, 403, "login state already answered (replay)");
         }
     }
     /* The SAML attributes become the same parsed groups and claims as an
@@ -224,24 +225,24 @@ enum authn_step saml_acs_endpoint(struct authn *an, const struct authn_req *req,
     attrs_unref(attrs);
     if (rc == 0) {
         const char *hash = strchr(r.user_key, '#');
-        out->id.user_key = adup(a, r.user_key);
-        out->id.sub = adup(a, hash ? hash + 1 : r.user_key);
-        out->id.email = adup(a, r.email);
-        out->id.name = adup(a, r.name);
-        out->id.idp = adup(a, idp_id);
+        out->id.user_key = an_adup(a, r.user_key);
+        out->id.sub = an_adup(a, hash ? hash + 1 : r.user_key);
+        out->id.email = an_adup(a, r.email);
+        out->id.name = an_adup(a, r.name);
+        out->id.idp = an_adup(a, idp_id);
         out->id.attrs = attrs;
-        out->id.sid = adup(a, r.session_index);
+        out->id.sid = an_adup(a, r.session_index);
     }
     log_emit(rc == 0 ? LOG_INFO : LOG_ERROR, MOD, req->request_id, NULL,
              rc == 0 ? "signed in %s via %s (SAML)" : "session not created for %s via %s",
              r.email ? r.email : r.user_key, idp_id);
     const char *rd = r.return_path && oidc_return_path_safe(str_from(r.return_path))
-                         ? adup(a, r.return_path)
+                         ? an_adup(a, r.return_path)
                          : "/";
     saml_result_fini(&r);
     if (rc != 0) {
-        return callback_fail(an, req, a, out, 500, err.msg);
+        return an_callback_fail(an, req, a, out, 500, err.msg);
     }
     /* 303: the browser follows a POST answer with a GET. */
-    return signed_in(an, req, a, out, cookie, saml_login_cookie(an, req, a, "", 0), rd, 303);
+    return an_signed_in(an, req, a, out, cookie, saml_login_cookie(an, req, a, "", 0), rd, 303);
 }

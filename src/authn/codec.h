@@ -48,8 +48,6 @@ char *codec_url_decode(struct str s, size_t *out_len);
  * encoded). Sets *dup when name occurs more than once. */
 bool codec_form_get(struct str form, const char *name, struct str *raw, bool *dup);
 
-
-
 /* AES-256-GCM sealing: base64url(iv[12] || ciphertext || tag[16]), bound to
  * aad (a purpose label, so a blob sealed for one use never opens as another).
  * codec_unseal returns malloc'd plaintext (NUL-terminated) or NULL when the blob

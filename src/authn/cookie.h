@@ -11,7 +11,7 @@
 #include "core/core.h"
 
 #define COOKIE_MAX_HEADER_BYTES 8192
-#define COOKIE_MAX_VALUE_BYTES 4096
+#define COOKIE_MAX_VALUE_BYTES  4096
 
 /* The cookie name on the wire: "__Host-<base>" on TLS, "<base>" otherwise.
  * Writes a NUL-terminated name into buf; false when it does not fit. */

@@ -218,8 +218,8 @@ void device_registry_configure(const char *sqlite_path, uint64_t cache_ttl_ms)
 }
 
 #define CACHE_SLOTS 64
-#define MEMO_SLOTS 32
-#define POLL_MS 250
+#define MEMO_SLOTS  32
+#define POLL_MS     250
 
 /* The fingerprint of a certificate object seen before: a keep-alive connection
  * hands the same X509 to every request. The reference held keeps the pointer
@@ -248,7 +248,7 @@ struct worker_cache {
 
 static __thread struct worker_cache *WC;
 
-static uint64_t mono_ms(void)
+static uint64_t spg_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -269,7 +269,7 @@ static struct worker_cache *cache(void)
             log_error("device", "device registry unavailable (no device is trusted): %s", e.msg);
         } else {
             c->seq = device_store_change_seq(c->store);
-            c->polled_ms = mono_ms();
+            c->polled_ms = spg_mono_ms();
         }
     }
     return c;
@@ -289,9 +289,9 @@ static const char *reverify(X509 *leaf, X509_STORE *store, const struct device_v
             why = NULL;
         } else {
             int e = X509_STORE_CTX_get_error(x);
-            why = e == X509_V_ERR_CERT_REVOKED        ? "certificate revoked (CRL)"
-                  : e == X509_V_ERR_CRL_HAS_EXPIRED   ? "client CRL expired"
-                  : e == X509_V_ERR_CERT_HAS_EXPIRED  ? "certificate expired"
+            why = e == X509_V_ERR_CERT_REVOKED         ? "certificate revoked (CRL)"
+                  : e == X509_V_ERR_CRL_HAS_EXPIRED    ? "client CRL expired"
+                  : e == X509_V_ERR_CERT_HAS_EXPIRED   ? "certificate expired"
                   : e == X509_V_ERR_CERT_NOT_YET_VALID ? "certificate not yet valid"
                                                        : "certificate does not verify";
         }
@@ -335,7 +335,7 @@ void device_trust(X509 *leaf, const struct device_verify *v, int64_t now_s,
         out->why = "unreadable client certificate";
         return;
     }
-    uint64_t now = mono_ms();
+    uint64_t now = spg_mono_ms();
     if (c->store && now - c->polled_ms >= POLL_MS) {
         int64_t seq = device_store_change_seq(c->store);
         c->polled_ms = now;
@@ -366,8 +366,8 @@ void device_trust(X509 *leaf, const struct device_verify *v, int64_t now_s,
         if (d.present) {
             struct device_record rec;
             struct err err = { 0 };
-            int rc = c->store ? device_store_lookup(c->store, d.fingerprint, &rec, &err)
-                              : ERR_NOTFOUND;
+            int rc =
+                c->store ? device_store_lookup(c->store, d.fingerprint, &rec, &err) : ERR_NOTFOUND;
             if (rc == 0) {
                 d.enrolled = true;
                 d.revoked = rec.revoked_at != 0;
@@ -411,10 +411,10 @@ void device_trust(X509 *leaf, const struct device_verify *v, int64_t now_s,
 char *device_record_json(const struct device_record *r)
 {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:I, s:I, s:b}", "id",
-                          r->id, "name", r->name, "owner", r->owner, "fingerprint",
-                          r->fingerprint, "serial", r->serial, "subject", r->subject, "issuer",
-                          r->issuer, "enrolled_at", (json_int_t)r->enrolled_at, "enrolled_by",
-                          r->enrolled_by, "not_after", (json_int_t)r->not_after, "last_seen",
+                          r->id, "name", r->name, "owner", r->owner, "fingerprint", r->fingerprint,
+                          "serial", r->serial, "subject", r->subject, "issuer", r->issuer,
+                          "enrolled_at", (json_int_t)r->enrolled_at, "enrolled_by", r->enrolled_by,
+                          "not_after", (json_int_t)r->not_after, "last_seen",
                           (json_int_t)r->last_seen, "revoked", r->revoked_at != 0);
     if (o && r->revoked_at) {
         json_object_set_new(o, "revoked_at", json_integer(r->revoked_at));

@@ -21,17 +21,17 @@
 #include "device_store.h"
 
 struct device_identity {
-    bool present;        /* a client certificate that verifies against the client CA (and
+    bool present;    /* a client certificate that verifies against the client CA (and
                           * the current CRL) was presented */
-    bool enrolled;       /* the registry knows its fingerprint */
-    bool revoked;        /* ... and it is revoked there */
-    bool trusted;        /* present, enrolled, not revoked, within its validity */
-    const char *why;     /* static: why not trusted ("not enrolled", "revoked"...) or "" */
+    bool enrolled;   /* the registry knows its fingerprint */
+    bool revoked;    /* ... and it is revoked there */
+    bool trusted;    /* present, enrolled, not revoked, within its validity */
+    const char *why; /* static: why not trusted ("not enrolled", "revoked"...) or "" */
     char fingerprint[65];
     char serial[130];
     char subject[512], issuer[512];
-    char san[512];       /* the first URI SAN (a SPIFFE id), else the first email SAN */
-    char sans[1024];     /* every SAN: "DNS:a, URI:spiffe://x, email:b, IP:1.2.3.4" */
+    char san[512];   /* the first URI SAN (a SPIFFE id), else the first email SAN */
+    char sans[1024]; /* every SAN: "DNS:a, URI:spiffe://x, email:b, IP:1.2.3.4" */
     int64_t not_before, not_after;
     /* the registry's view */
     char id[DEVICE_ID_LEN + 1];
@@ -61,10 +61,10 @@ struct device_verify {
     X509_STORE *(*store_get)(void *arg, void **hold);
     void (*store_put)(void *hold);
     void *arg;
-    uint64_t generation; /* changes whenever the store is rebuilt */
-    unsigned listener;   /* index: entries are per listener */
-    int depth;           /* verify_depth: 1 = issued by a CA of the store itself */
-    STACK_OF(X509) *chain; /* the intermediates the client sent (untrusted), or NULL */
+    uint64_t generation;    /* changes whenever the store is rebuilt */
+    unsigned listener;      /* index: entries are per listener */
+    int depth;              /* verify_depth: 1 = issued by a CA of the store itself */
+    STACK_OF(X509) * chain; /* the intermediates the client sent (untrusted), or NULL */
 };
 
 /* The trust check for one request on a connection whose handshake verified

@@ -30,7 +30,7 @@ static const char devices_usage[] =
 struct cli_conf {
     char *db;
     char *ca_cert, *ca_key; /* devices.enroll_ca, or NULL */
-    char **cas; /* every listener's client_ca, resolved */
+    char **cas;             /* every listener's client_ca, resolved */
     size_t ncas;
 };
 
@@ -67,8 +67,10 @@ static int read_conf(const char *conf_file, struct cli_conf *cc)
         cc->db = st.sqlite; /* the state section's one reader (core/conf.c) */
         st.sqlite = NULL;
     } else if (d.count == 0) {
-        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured, so there is no "
-                        "device registry\n", conf_file);
+        fprintf(stderr,
+                "%s: error: no \"state: {sqlite: ...}\" configured, so there is no "
+                "device registry\n",
+                conf_file);
     }
     const struct conf_node *eca = conf_get(conf_get(doc->root, "devices"), "enroll_ca");
     const char *ecert = NULL, *ekey = NULL;
@@ -114,8 +116,7 @@ static bool issued_by_client_ca(const struct cli_conf *cc, X509 *x, char *why, s
             ok = X509_verify_cert(ctx) == 1;
             if (!ok) {
                 snprintf(why, cap, "%s (client_ca %s)",
-                         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)),
-                         cc->cas[i]);
+                         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)), cc->cas[i]);
             }
         }
         X509_STORE_CTX_free(ctx);
@@ -198,8 +199,9 @@ static int log_act(admin_log_fn *log_admin, const char *conf, const char *action
     }
     char target[64], note[512];
     snprintf(target, sizeof target, "device %s", r->id);
-    struct admin_act act = { .action = action, .target = target, .reason = reason,
-                             .email = r->owner };
+    struct admin_act act = {
+        .action = action, .target = target, .reason = reason, .email = r->owner
+    };
     int lr = log_admin(conf, &act, note, sizeof note);
     if (lr == 0) {
         fprintf(stderr, "gatehouse devices: %s\n", note);
@@ -214,8 +216,7 @@ static int log_act(admin_log_fn *log_admin, const char *conf, const char *action
 /* --csr: signs the request with devices.enroll_ca for `days` days as a client
  * certificate (the CSR's subject and subjectAltNames, nothing else of it) and
  * writes it to out. 0, or 1 with the reason on stderr. */
-static int sign_csr(const struct cli_conf *cc, const char *csr_file, const char *out,
-                    long days)
+static int sign_csr(const struct cli_conf *cc, const char *csr_file, const char *out, long days)
 {
     int rc = 1;
     X509_REQ *req = NULL;
@@ -246,8 +247,8 @@ static int sign_csr(const struct cli_conf *cc, const char *csr_file, const char 
         goto out;
     }
     if (!ca || !cakey || X509_check_private_key(ca, cakey) != 1) {
-        fprintf(stderr, "gatehouse devices: cannot load devices.enroll_ca (%s, %s)\n",
-                cc->ca_cert, cc->ca_key);
+        fprintf(stderr, "gatehouse devices: cannot load devices.enroll_ca (%s, %s)\n", cc->ca_cert,
+                cc->ca_key);
         goto out;
     }
     pub = X509_REQ_get_pubkey(req);
@@ -304,8 +305,8 @@ static int sign_csr(const struct cli_conf *cc, const char *csr_file, const char 
         }
     }
     int kt = EVP_PKEY_get_base_id(cakey);
-    if (X509_sign(x, cakey, kt == EVP_PKEY_ED25519 || kt == EVP_PKEY_ED448 ? NULL
-                                                                           : EVP_sha256()) <= 0) {
+    if (X509_sign(x, cakey, kt == EVP_PKEY_ED25519 || kt == EVP_PKEY_ED448 ? NULL : EVP_sha256()) <=
+        0) {
         goto fail;
     }
     f = fopen(out, "wx");
@@ -352,8 +353,8 @@ static int enroll(struct device_store *s, const struct cli_conf *cc, const char 
     }
     char why[512];
     if (!issued_by_client_ca(cc, x, why, sizeof why)) {
-        fprintf(stderr, "gatehouse devices: %s is not issued by a configured client CA: %s\n",
-                cert, why);
+        fprintf(stderr, "gatehouse devices: %s is not issued by a configured client CA: %s\n", cert,
+                why);
         X509_free(x);
         return 1;
     }
@@ -389,11 +390,16 @@ static int enroll(struct device_store *s, const struct cli_conf *cc, const char 
 int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
 {
     static const struct option opts[] = {
-        { "config", required_argument, NULL, 'c' }, { "cert", required_argument, NULL, 'C' },
-        { "owner", required_argument, NULL, 'o' },  { "name", required_argument, NULL, 'n' },
-        { "reason", required_argument, NULL, 'r' }, { "json", no_argument, NULL, 'j' },
-        { "csr", required_argument, NULL, 'R' },    { "out", required_argument, NULL, 'O' },
-        { "days", required_argument, NULL, 'D' },   { "help", no_argument, NULL, 'h' },
+        { "config", required_argument, NULL, 'c' },
+        { "cert", required_argument, NULL, 'C' },
+        { "owner", required_argument, NULL, 'o' },
+        { "name", required_argument, NULL, 'n' },
+        { "reason", required_argument, NULL, 'r' },
+        { "json", no_argument, NULL, 'j' },
+        { "csr", required_argument, NULL, 'R' },
+        { "out", required_argument, NULL, 'O' },
+        { "days", required_argument, NULL, 'D' },
+        { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *conf = NULL, *cert = NULL, *owner = NULL, *name = NULL, *reason = NULL;
@@ -414,14 +420,30 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': conf = optarg; break;
-        case 'C': cert = optarg; break;
-        case 'o': owner = optarg; break;
-        case 'n': name = optarg; break;
-        case 'r': reason = optarg; break;
-        case 'j': json = true; break;
-        case 'R': csr = optarg; break;
-        case 'O': out = optarg; break;
+        case 'c':
+            conf = optarg;
+            break;
+        case 'C':
+            cert = optarg;
+            break;
+        case 'o':
+            owner = optarg;
+            break;
+        case 'n':
+            name = optarg;
+            break;
+        case 'r':
+            reason = optarg;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'R':
+            csr = optarg;
+            break;
+        case 'O':
+            out = optarg;
+            break;
         case 'D': {
             uint64_t v = 0;
             if (!str_to_u64(str_from(optarg), 1, 3650, &v)) {
@@ -431,8 +453,12 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
             days = (long)v;
             break;
         }
-        case 'h': fputs(devices_usage, stdout); return 0;
-        default: fputs(devices_usage, stderr); return 2;
+        case 'h':
+            fputs(devices_usage, stdout);
+            return 0;
+        default:
+            fputs(devices_usage, stderr);
+            return 2;
         }
     }
     bool wants_id = strcmp(verb, "show") == 0 || strcmp(verb, "revoke") == 0;
@@ -476,8 +502,8 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
     } else if (strcmp(verb, "list") == 0) {
         struct list_ctx lc = { .json = json };
         if (!json) {
-            printf("%-16s  %-24s  %-28s  %-7s  %-20s  %-20s  %s\n", "ID", "NAME", "OWNER",
-                   "STATUS", "ENROLLED", "LAST SEEN", "FINGERPRINT");
+            printf("%-16s  %-24s  %-28s  %-7s  %-20s  %-20s  %s\n", "ID", "NAME", "OWNER", "STATUS",
+                   "ENROLLED", "LAST SEEN", "FINGERPRINT");
         }
         if (device_store_list(s, owner, print_one, &lc, &err) != 0) {
             fprintf(stderr, "gatehouse devices: %s\n", err.msg);
@@ -503,7 +529,8 @@ int authn_cmd_devices(int argc, char **argv, admin_log_fn *log_admin)
         } else {
             printf("revoked device %s\n", r.id);
             char why[400];
-            snprintf(why, sizeof why, "revoked: %.255s", reason && *reason ? reason : "no reason given");
+            snprintf(why, sizeof why, "revoked: %.255s",
+                     reason && *reason ? reason : "no reason given");
             rc = log_act(log_admin, conf, "device.revoke", &r, why) == 0 ? 0 : 1;
         }
     }

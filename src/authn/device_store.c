@@ -21,9 +21,9 @@
 #define DEVICE_CHANNEL "gatehouse_sessions"
 
 struct device_store {
-    sqlite3 *db;       /* SQLite, or */
-    PGconn *pg;        /* PostgreSQL (state.postgres): reconnected on use */
-    int64_t retry_ms;  /* PostgreSQL: no reconnect before (a serving thread waits) */
+    sqlite3 *db;      /* SQLite, or */
+    PGconn *pg;       /* PostgreSQL (state.postgres): reconnected on use */
+    int64_t retry_ms; /* PostgreSQL: no reconnect before (a serving thread waits) */
 };
 
 /* state.postgres, when set: the registry is the fleet's (tables by
@@ -45,7 +45,7 @@ void device_store_use_postgres(const struct spg_conf *c)
 }
 
 /* The node's mirror of the registry: see device_mirror_load below. */
-#define MIRROR_BUCKETS 4096u
+#define MIRROR_BUCKETS  4096u
 #define MIRROR_SEEN_MAX 1024u
 
 struct mdev {
@@ -57,11 +57,14 @@ static struct {
     pthread_rwlock_t mu;
     atomic_bool active;
     struct mdev *bucket[MIRROR_BUCKETS];
-    atomic_llong seq;          /* last device change applied */
-    atomic_llong synced_ms;    /* wall clock of the last successful sync */
+    atomic_llong seq;       /* last device change applied */
+    atomic_llong synced_ms; /* wall clock of the last successful sync */
     uint64_t staleness_ms;
-    pthread_mutex_t seen_mu;   /* last_seen updates, written by the listener */
-    struct { char id[DEVICE_ID_LEN + 1]; int64_t at; } seen[MIRROR_SEEN_MAX];
+    pthread_mutex_t seen_mu; /* last_seen updates, written by the listener */
+    struct {
+        char id[DEVICE_ID_LEN + 1];
+        int64_t at;
+    } seen[MIRROR_SEEN_MAX];
     size_t nseen;
 } M = { .mu = PTHREAD_RWLOCK_INITIALIZER, .seen_mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -80,7 +83,7 @@ bool device_store_on_postgres(void)
     return PG.conninfo != NULL;
 }
 
-static int64_t mono_ms(void)
+static int64_t spg_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -102,7 +105,7 @@ static PGconn *pgc(struct device_store *s, struct err *err)
     }
     PQfinish(s->pg);
     s->pg = NULL;
-    int64_t now = mono_ms();
+    int64_t now = spg_mono_ms();
     if (now < s->retry_ms) {
         err_set(err, ERR_IO, "device registry: PostgreSQL unreachable");
         return NULL;
@@ -140,8 +143,9 @@ static const char schema[] =
     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  device TEXT NOT NULL, kind TEXT NOT NULL, ts INTEGER NOT NULL) STRICT;";
 
-#define COLS "id, fingerprint, serial, subject, issuer, owner, name, enrolled_at, enrolled_by, " \
-             "not_after, last_seen, revoked_at, reason"
+#define COLS                                                                                       \
+    "id, fingerprint, serial, subject, issuer, owner, name, enrolled_at, enrolled_by, "            \
+    "not_after, last_seen, revoked_at, reason"
 
 struct device_store *device_store_open(const char *path, struct err *err)
 {
@@ -223,8 +227,8 @@ static void prow(PGresult *r, int i, struct device_record *d)
 }
 
 /* PostgreSQL: sql with n text parameters; res gets the result on success. */
-static int pq(struct device_store *s, const char *sql, int n, const char *const *v,
-              PGresult **res, struct err *err, const char *what)
+static int pq(struct device_store *s, const char *sql, int n, const char *const *v, PGresult **res,
+              struct err *err, const char *what)
 {
     PGconn *db = pgc(s, err);
     if (db == NULL) {
@@ -247,7 +251,7 @@ static int pq(struct device_store *s, const char *sql, int n, const char *const 
  * every notification, every second and after a reconnect, from the changes
  * past the last sequence it applied. Lookups, the change sequence and
  * "last seen" never touch PostgreSQL on a serving thread. */
-static int64_t wall_ms(void)
+static int64_t spg_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -314,7 +318,7 @@ int device_mirror_load(struct pg_conn *db, uint64_t staleness_ms, struct err *er
     }
     M.staleness_ms = staleness_ms;
     atomic_store(&M.seq, seq);
-    atomic_store(&M.synced_ms, wall_ms());
+    atomic_store(&M.synced_ms, spg_wall_ms());
     atomic_store(&M.active, true);
     pthread_rwlock_unlock(&M.mu);
     log_info("device", "loaded %d device(s) from PostgreSQL", PQntuples(r));
@@ -374,7 +378,7 @@ int device_mirror_sync(struct pg_conn *db)
         pthread_rwlock_unlock(&M.mu);
     }
     PQclear(r);
-    atomic_store(&M.synced_ms, wall_ms());
+    atomic_store(&M.synced_ms, spg_wall_ms());
     return 0;
 }
 
@@ -393,10 +397,9 @@ void device_mirror_stop(void)
  * (the database out of reach that long: no device is trusted). */
 static int mirror_lookup(const char *fp, struct device_record *out, struct err *err)
 {
-    int64_t age = wall_ms() - atomic_load(&M.synced_ms);
+    int64_t age = spg_wall_ms() - atomic_load(&M.synced_ms);
     if (age > (int64_t)M.staleness_ms) {
-        return err_set(err, ERR_IO,
-                       "device registry: not synchronised with PostgreSQL for %lld ms",
+        return err_set(err, ERR_IO, "device registry: not synchronised with PostgreSQL for %lld ms",
                        (long long)age);
     }
     int rc = ERR_NOTFOUND;
@@ -432,8 +435,8 @@ static int db_error(struct device_store *s, struct err *err, const char *what)
 }
 
 /* Runs sql with one text parameter; at most one row expected into out. */
-static int one(struct device_store *s, const char *sql, const char *arg,
-               struct device_record *out, struct err *err)
+static int one(struct device_store *s, const char *sql, const char *arg, struct device_record *out,
+               struct err *err)
 {
     if (s->db == NULL) {
         PGresult *r = NULL;
@@ -451,8 +454,8 @@ static int one(struct device_store *s, const char *sql, const char *arg,
             return err_set(err, ERR_NOTFOUND, "no such device \"%s\"", arg);
         }
         if (found > 1) {
-            return err_set(err, ERR_NOTFOUND,
-                           "\"%s\" names more than one device: give more of it", arg);
+            return err_set(err, ERR_NOTFOUND, "\"%s\" names more than one device: give more of it",
+                           arg);
         }
         return 0;
     }
@@ -484,8 +487,8 @@ static int one(struct device_store *s, const char *sql, const char *arg,
     return 0;
 }
 
-int device_store_lookup(struct device_store *s, const char *fingerprint,
-                        struct device_record *out, struct err *err)
+int device_store_lookup(struct device_store *s, const char *fingerprint, struct device_record *out,
+                        struct err *err)
 {
     if (s->db == NULL && atomic_load(&M.active)) {
         return mirror_lookup(fingerprint, out, err);
@@ -549,8 +552,8 @@ int device_store_show(struct device_store *s, const char *id, struct device_reco
 static int change(struct device_store *s, const char *id, const char *kind, int64_t now)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, "INSERT INTO device_changes(device, kind, ts) VALUES (?,?,?)",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db, "INSERT INTO device_changes(device, kind, ts) VALUES (?,?,?)", -1,
+                           &st, NULL) != SQLITE_OK) {
         return -1;
     }
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
@@ -582,8 +585,10 @@ int device_store_enroll(struct device_store *s, struct device_record *rec, struc
         char at[24], na[24];
         snprintf(at, sizeof at, "%lld", (long long)rec->enrolled_at);
         snprintf(na, sizeof na, "%lld", (long long)rec->not_after);
-        const char *v[] = { rec->id, rec->fingerprint, rec->serial, rec->subject, rec->issuer,
-                            rec->owner, rec->name, at, rec->enrolled_by, na };
+        const char *v[] = {
+            rec->id,    rec->fingerprint, rec->serial, rec->subject,     rec->issuer,
+            rec->owner, rec->name,        at,          rec->enrolled_by, na
+        };
         PGresult *r = NULL;
         /* One statement, so one transaction: the row and its change. */
         int rc = pq(s,
@@ -600,14 +605,15 @@ int device_store_enroll(struct device_store *s, struct device_record *rec, struc
         return db_error(s, err, "begin");
     }
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, "INSERT INTO devices(" COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,0,0,'')",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO devices(" COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,0,0,'')", -1,
+                           &st, NULL) != SQLITE_OK) {
         db_error(s, err, "enrol");
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         return ERR_IO;
     }
-    const char *t[] = { rec->id, rec->fingerprint, rec->serial, rec->subject, rec->issuer,
-                        rec->owner, rec->name };
+    const char *t[] = { rec->id,     rec->fingerprint, rec->serial, rec->subject,
+                        rec->issuer, rec->owner,       rec->name };
     for (int i = 0; i < 7; i++) {
         sqlite3_bind_text(st, i + 1, t[i], -1, SQLITE_TRANSIENT);
     }
@@ -773,8 +779,8 @@ void device_store_seen(struct device_store *s, const char *id, int64_t now)
     }
     sqlite3_stmt *st = NULL;
     sqlite3_busy_timeout(s->db, 0); /* a serving thread never waits for this */
-    if (sqlite3_prepare_v2(s->db, "UPDATE devices SET last_seen = ? WHERE id = ?", -1, &st,
-                           NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db, "UPDATE devices SET last_seen = ? WHERE id = ?", -1, &st, NULL) ==
+        SQLITE_OK) {
         sqlite3_bind_int64(st, 1, now);
         sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
         sqlite3_step(st);

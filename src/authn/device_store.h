@@ -16,18 +16,18 @@
 
 struct device_record {
     char id[DEVICE_ID_LEN + 1];
-    char fingerprint[65];   /* SHA-256 of the DER certificate, lower-case hex */
-    char serial[130];       /* upper-case hex */
-    char subject[512];      /* RFC 2253 */
+    char fingerprint[65]; /* SHA-256 of the DER certificate, lower-case hex */
+    char serial[130];     /* upper-case hex */
+    char subject[512];    /* RFC 2253 */
     char issuer[512];
-    char owner[256];        /* the owner's email */
+    char owner[256]; /* the owner's email */
     char name[128];
     char enrolled_by[128];
-    int64_t enrolled_at;    /* unix seconds */
-    int64_t not_after;      /* the certificate's, unix seconds */
-    int64_t last_seen;      /* 0 = never */
-    int64_t revoked_at;     /* 0 = not revoked */
-    char reason[256];       /* revocation reason */
+    int64_t enrolled_at; /* unix seconds */
+    int64_t not_after;   /* the certificate's, unix seconds */
+    int64_t last_seen;   /* 0 = never */
+    int64_t revoked_at;  /* 0 = not revoked */
+    char reason[256];    /* revocation reason */
 };
 
 struct device_store;
@@ -62,8 +62,8 @@ struct device_store *device_store_open(const char *path, struct err *err);
 void device_store_close(struct device_store *s);
 
 /* 0 and *out filled, ERR_NOTFOUND, or another ERR_* with err. */
-int device_store_lookup(struct device_store *s, const char *fingerprint,
-                        struct device_record *out, struct err *err);
+int device_store_lookup(struct device_store *s, const char *fingerprint, struct device_record *out,
+                        struct err *err);
 /* By id, or by fingerprint (full, or a unique prefix of 8+ hex characters). */
 int device_store_show(struct device_store *s, const char *id, struct device_record *out,
                       struct err *err);

@@ -18,10 +18,10 @@
 
 struct jwks_key {
     cjose_jwk_t *jwk;
-    char *kid;         /* NULL when the JWK has none */
+    char *kid; /* NULL when the JWK has none */
     cjose_jwk_kty_t kty;
-    int crv;           /* EC curve NID, 0 otherwise */
-    unsigned alg;      /* the JWK's "alg" bit, 0 when absent */
+    int crv;      /* EC curve NID, 0 otherwise */
+    unsigned alg; /* the JWK's "alg" bit, 0 when absent */
 };
 
 struct jwks {
@@ -35,10 +35,9 @@ static const struct {
     const char *name;
     unsigned bit;
 } alg_names[] = {
-    { "RS256", JWT_RS256 }, { "RS384", JWT_RS384 }, { "RS512", JWT_RS512 },
-    { "PS256", JWT_PS256 }, { "PS384", JWT_PS384 }, { "PS512", JWT_PS512 },
-    { "ES256", JWT_ES256 }, { "ES384", JWT_ES384 }, { "ES512", JWT_ES512 },
-    { "HS256", JWT_HS256 },
+    { "RS256", JWT_RS256 }, { "RS384", JWT_RS384 }, { "RS512", JWT_RS512 }, { "PS256", JWT_PS256 },
+    { "PS384", JWT_PS384 }, { "PS512", JWT_PS512 }, { "ES256", JWT_ES256 }, { "ES384", JWT_ES384 },
+    { "ES512", JWT_ES512 }, { "HS256", JWT_HS256 },
 };
 
 unsigned jwt_alg_parse(const char *name)
@@ -67,8 +66,8 @@ static void jwks_free(struct jwks *k)
  * member it decodes is checked with our strict decoder first. */
 static bool jwk_members_ok(const json_t *k)
 {
-    static const char *const b64_members[] = { "n", "e", "d", "p", "q", "dp", "dq", "qi",
-                                               "x", "y", "k", NULL };
+    static const char *const b64_members[] = { "n",  "e",  "d", "p", "q", "dp",
+                                               "dq", "qi", "x", "y", "k", NULL };
     for (size_t i = 0; b64_members[i] != NULL; i++) {
         json_t *v = json_object_get(k, b64_members[i]);
         if (v == NULL) {
@@ -309,8 +308,8 @@ static int check_claims(const json_t *c, const struct jwt_rules *r, struct err *
         return err_set(err, ERR_CRYPTO, "token has no \"iss\"");
     }
     if (r->issuer == NULL || strcmp(iss, r->issuer) != 0) {
-        return err_set(err, ERR_CRYPTO, "token issuer \"%.80s\" is not the expected \"%.80s\"",
-                       iss, r->issuer ? r->issuer : "");
+        return err_set(err, ERR_CRYPTO, "token issuer \"%.80s\" is not the expected \"%.80s\"", iss,
+                       r->issuer ? r->issuer : "");
     }
 
     json_t *aud = json_object_get(c, "aud");
@@ -369,8 +368,7 @@ static int check_claims(const json_t *c, const struct jwt_rules *r, struct err *
         return err_set(err, ERR_CRYPTO, "token has no \"exp\"");
     }
     if (has_exp && r->now_s >= exp + r->skew_s) {
-        return err_set(err, ERR_CRYPTO, "token expired %llds ago",
-                       (long long)(r->now_s - exp));
+        return err_set(err, ERR_CRYPTO, "token expired %llds ago", (long long)(r->now_s - exp));
     }
     if (has_nbf && nbf > r->now_s + r->skew_s) {
         return err_set(err, ERR_CRYPTO, "token not valid before %llds from now",
@@ -430,8 +428,8 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
      * only (RFC 7515 §2), canonical, decodable. */
     for (size_t i = 0; i < 3; i++) {
         size_t n = 0;
-        unsigned char *raw = memchr(part[i].p, '=', part[i].len) ? NULL
-                                                                 : codec_b64url_decode(part[i], &n);
+        unsigned char *raw =
+            memchr(part[i].p, '=', part[i].len) ? NULL : codec_b64url_decode(part[i], &n);
         if (raw == NULL) {
             return err_set(err, ERR_PARSE, "token part %zu is not unpadded base64url", i + 1);
         }
@@ -471,9 +469,9 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
     if (r->access_typ) {
         const char *typ = jwt_claim_str(hdr, "typ");
         if (json_object_get(hdr, "typ") != NULL &&
-            (typ == NULL || (strcasecmp(typ, "at+jwt") != 0 &&
-                             strcasecmp(typ, "application/at+jwt") != 0 &&
-                             strcasecmp(typ, "JWT") != 0))) {
+            (typ == NULL ||
+             (strcasecmp(typ, "at+jwt") != 0 && strcasecmp(typ, "application/at+jwt") != 0 &&
+              strcasecmp(typ, "JWT") != 0))) {
             rc = err_set(err, ERR_CRYPTO, "token type \"%.40s\" is not an access token",
                          typ ? typ : "?");
             goto out;
@@ -496,8 +494,8 @@ int jwt_verify(struct str token, const struct jwks *keys, const struct jwt_rules
             if (kid != NULL) {
                 if (k->kid != NULL && strcmp(k->kid, kid) == 0) {
                     if (!key_fits(k, alg)) {
-                        rc = err_set(err, ERR_CRYPTO,
-                                     "key \"%.60s\" does not fit algorithm %s", kid, alg_name);
+                        rc = err_set(err, ERR_CRYPTO, "key \"%.60s\" does not fit algorithm %s",
+                                     kid, alg_name);
                         goto out;
                     }
                     key = k->jwk;

@@ -46,21 +46,21 @@ size_t jwks_count(const struct jwks *k);
 uint64_t jwks_id(const struct jwks *k);
 
 struct jwt_rules {
-    const char *issuer;              /* required: exact match of "iss" */
-    const char *const *audiences;    /* "aud" must contain at least one of these */
+    const char *issuer;           /* required: exact match of "iss" */
+    const char *const *audiences; /* "aud" must contain at least one of these */
     size_t naudiences;
-    const char *client_id;           /* when set: checks azp (OIDC Core 3.1.3.7) */
-    const char *nonce;               /* when set: "nonce" must equal it */
-    bool forbid_nonce;               /* logout tokens must not carry a nonce */
-    bool require_iat;                /* ID tokens and logout tokens */
-    bool require_exp;                /* default-true is spelled out by callers */
-    unsigned algs;                   /* allowed algorithms; 0 = JWT_ALGS_DEFAULT */
+    const char *client_id;            /* when set: checks azp (OIDC Core 3.1.3.7) */
+    const char *nonce;                /* when set: "nonce" must equal it */
+    bool forbid_nonce;                /* logout tokens must not carry a nonce */
+    bool require_iat;                 /* ID tokens and logout tokens */
+    bool require_exp;                 /* default-true is spelled out by callers */
+    unsigned algs;                    /* allowed algorithms; 0 = JWT_ALGS_DEFAULT */
     const unsigned char *hmac_secret; /* enables HS256 with this shared secret only */
     size_t hmac_secret_len;
-    int64_t now_s;                   /* current time, seconds since the epoch */
-    int64_t skew_s;                  /* tolerated clock skew */
-    const char *typ;                 /* when set: header "typ" must equal it (case-insensitive) */
-    bool access_typ;                 /* header "typ", when present, must say access token:
+    int64_t now_s;   /* current time, seconds since the epoch */
+    int64_t skew_s;  /* tolerated clock skew */
+    const char *typ; /* when set: header "typ" must equal it (case-insensitive) */
+    bool access_typ; /* header "typ", when present, must say access token:
                                       * at+jwt, application/at+jwt (RFC 9068) or the
                                       * uninformative JWT; a payload "typ" of "ID"
                                       * (an ID token, as Keycloak marks it) is refused */

@@ -144,9 +144,10 @@ cjose_jwk_t *keys_parse_pem(struct str pem, const char **alg, struct err *err)
 
     BIO_free(bio);
     if (pk == NULL) {
-        err_set(err, ERR_CRYPTO, asked ? "encrypted private keys are not supported (store it "
-                                         "without a passphrase, mode 0600)"
-                                       : "not a PEM private key");
+        err_set(err, ERR_CRYPTO,
+                asked ? "encrypted private keys are not supported (store it "
+                        "without a passphrase, mode 0600)"
+                      : "not a PEM private key");
         return NULL;
     }
     if (EVP_PKEY_is_a(pk, "EC")) {
@@ -154,7 +155,8 @@ cjose_jwk_t *keys_parse_pem(struct str pem, const char **alg, struct err *err)
     } else if (EVP_PKEY_is_a(pk, "RSA")) {
         jwk = rsa_to_jwk(pk, alg, err);
     } else {
-        err_set(err, ERR_CRYPTO, "private key type %s is not supported", EVP_PKEY_get0_type_name(pk));
+        err_set(err, ERR_CRYPTO, "private key type %s is not supported",
+                EVP_PKEY_get0_type_name(pk));
     }
     EVP_PKEY_free(pk);
     return jwk;

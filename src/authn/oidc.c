@@ -16,7 +16,7 @@
 
 #include "oidc_int.h"
 
-#define LOGIN_AAD "gatehouse-login-v1"
+#define LOGIN_AAD    "gatehouse-login-v1"
 #define RANDOM_BYTES 32 /* state, nonce, PKCE verifier: 256 bits each */
 
 /* ---- configuration ---------------------------------------------------- */
@@ -24,12 +24,30 @@
 struct bearer_cache;
 
 static const char *const provider_keys[] = {
-    "id", "type", "issuer", "client_id", "client_secret", "client_secret_file",
-    "token_endpoint_auth", "private_key", "scopes", "claims", "groups_from_userinfo",
-    "allow_insecure_issuer", "clock_skew", "jwks_refresh_min_interval", "redirect_host",
-    "audiences", "algorithms", "post_logout_redirect_uri", "accept_id_tokens",
-    "require_verified_email", "bare_user_ids", "display_name",
-    "require_certificate_bound_tokens", NULL,
+    "id",
+    "type",
+    "issuer",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "token_endpoint_auth",
+    "private_key",
+    "scopes",
+    "claims",
+    "groups_from_userinfo",
+    "allow_insecure_issuer",
+    "clock_skew",
+    "jwks_refresh_min_interval",
+    "redirect_host",
+    "audiences",
+    "algorithms",
+    "post_logout_redirect_uri",
+    "accept_id_tokens",
+    "require_verified_email",
+    "bare_user_ids",
+    "display_name",
+    "require_certificate_bound_tokens",
+    NULL,
 };
 
 static const char *const claim_keys[] = { "email", "name", "groups", NULL };
@@ -101,9 +119,8 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
                                           const char *conf_file)
 {
     size_t before = d->count;
-    const char *id = NULL, *issuer = NULL, *client_id = NULL, *secret = NULL,
-               *secret_file = NULL, *auth = NULL, *pkey = NULL, *redirect_host = NULL,
-               *display_name = NULL;
+    const char *id = NULL, *issuer = NULL, *client_id = NULL, *secret = NULL, *secret_file = NULL,
+               *auth = NULL, *pkey = NULL, *redirect_host = NULL, *display_name = NULL;
     uint64_t skew_ms = 60000;
     uint64_t jwks_ms = 60000;
     struct oidc_provider *p = xcalloc(1, sizeof *p);
@@ -136,16 +153,14 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
         conf_error(d, n, "identity provider needs an \"id\"");
     } else if (!oidc_idp_id_ok(id)) {
         conf_error(d, conf_get(n, "id"),
-                   "identity provider id \"%s\" must be 1-64 letters, digits, '.', '_' or '-'",
-                   id);
+                   "identity provider id \"%s\" must be 1-64 letters, digits, '.', '_' or '-'", id);
     } else {
         p->id = xstrdup(id);
     }
     if (issuer == NULL) {
         conf_error(d, n, "identity provider \"%s\" needs an \"issuer\"", id ? id : "?");
     } else if (!url_ok(issuer, p->allow_insecure_issuer)) {
-        conf_error(d, conf_get(n, "issuer"), "\"issuer\" must be an https URL, got \"%s\"",
-                   issuer);
+        conf_error(d, conf_get(n, "issuer"), "\"issuer\" must be an https URL, got \"%s\"", issuer);
     } else if (strpbrk(issuer, "?#") != NULL) {
         conf_error(d, conf_get(n, "issuer"),
                    "\"issuer\" must not contain a query or fragment, got \"%s\"", issuer);
@@ -196,8 +211,10 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
             free(path);
         }
     } else if (p->client_secret == NULL && secret == NULL && secret_file == NULL) {
-        conf_error(d, n, "identity provider \"%s\" needs \"client_secret_file\" or "
-                   "\"client_secret\"", id ? id : "?");
+        conf_error(d, n,
+                   "identity provider \"%s\" needs \"client_secret_file\" or "
+                   "\"client_secret\"",
+                   id ? id : "?");
     }
 
     char **scopes = NULL;
@@ -309,10 +326,12 @@ struct oidc_provider *oidc_provider_parse(struct conf_diag *d, const struct conf
     if (d->count != before) {
         goto fail;
     }
-    p->bearer_cache = bearer_cache_new();
+    p->bearer_cache = oidc_bearer_cache_new();
     if (p->allow_insecure_issuer && strncmp(p->issuer, "http://", 7) == 0) {
-        log_warn("authn", "identity provider \"%s\" uses an insecure http:// issuer "
-                 "(allow_insecure_issuer): for tests only", p->id);
+        log_warn("authn",
+                 "identity provider \"%s\" uses an insecure http:// issuer "
+                 "(allow_insecure_issuer): for tests only",
+                 p->id);
     }
     return p;
 fail:
@@ -349,7 +368,7 @@ void oidc_provider_free(struct oidc_provider *p)
     }
     free(p->post_logout_redirect_uris);
     free(p->display_name);
-    bearer_cache_free(p->bearer_cache);
+    oidc_bearer_cache_free(p->bearer_cache);
     free(p);
 }
 
@@ -449,8 +468,8 @@ struct oidc_metadata *oidc_metadata_parse(const struct oidc_provider *p, int sta
     json_t *pv = json_object_get(j, "prompt_values_supported");
     for (size_t i = 0; json_is_array(pv) && i < json_array_size(pv); i++) {
         const char *s = json_string_value(json_array_get(pv, i));
-        m->prompt_select_account = m->prompt_select_account ||
-                                   (s != NULL && strcmp(s, "select_account") == 0);
+        m->prompt_select_account =
+            m->prompt_select_account || (s != NULL && strcmp(s, "select_account") == 0);
     }
     json_t *ccm = json_object_get(j, "code_challenge_methods_supported");
     m->code_challenge_s256 = ccm == NULL;
@@ -487,7 +506,7 @@ void oidc_metadata_free(struct oidc_metadata *m)
 
 /* ---- login ------------------------------------------------------------ */
 
-char *random_token(void)
+char *oidc_random_token(void)
 {
     unsigned char b[RANDOM_BYTES];
     if (!codec_rand_bytes(b, sizeof b)) {
@@ -523,9 +542,9 @@ int oidc_login_start(const struct oidc_provider *p, const struct oidc_metadata *
                      const unsigned char key[32], int64_t now_s, struct oidc_login *out,
                      struct err *err)
 {
-    char *state = random_token();
-    char *nonce = random_token();
-    char *verifier = random_token();
+    char *state = oidc_random_token();
+    char *nonce = oidc_random_token();
+    char *verifier = oidc_random_token();
     int rc = 0;
 
     memset(out, 0, sizeof *out);
@@ -593,7 +612,7 @@ out:
     return rc;
 }
 
-char *dup_field(const json_t *j, const char *k)
+char *oidc_dup_field(const json_t *j, const char *k)
 {
     const char *s = json_string_value(json_object_get(j, k));
     return s ? xstrdup(s) : NULL;
@@ -616,13 +635,13 @@ int oidc_login_cookie_open(const unsigned char key[32], struct str cookie, int64
     OPENSSL_cleanse(pt, n);
     free(pt);
     json_t *e = json_object_get(j, "e");
-    out->idp = dup_field(j, "p");
-    out->state = dup_field(j, "s");
-    out->nonce = dup_field(j, "n");
-    out->code_verifier = dup_field(j, "v");
-    out->return_path = dup_field(j, "r");
-    out->redirect_uri = dup_field(j, "u");
-    out->prompt = dup_field(j, "q");
+    out->idp = oidc_dup_field(j, "p");
+    out->state = oidc_dup_field(j, "s");
+    out->nonce = oidc_dup_field(j, "n");
+    out->code_verifier = oidc_dup_field(j, "v");
+    out->return_path = oidc_dup_field(j, "r");
+    out->redirect_uri = oidc_dup_field(j, "u");
+    out->prompt = oidc_dup_field(j, "q");
     out->exp_s = json_is_integer(e) ? (int64_t)json_integer_value(e) : 0;
     json_decref(j);
     if (out->idp == NULL || out->state == NULL || out->nonce == NULL ||
@@ -669,8 +688,7 @@ void oidc_replay_free(struct oidc_replay *r)
     free(r);
 }
 
-bool oidc_replay_check_and_add(struct oidc_replay *r, struct str key, int64_t exp_s,
-                               int64_t now_s)
+bool oidc_replay_check_and_add(struct oidc_replay *r, struct str key, int64_t exp_s, int64_t now_s)
 {
     unsigned char h[32];
     codec_sha256(key.p, key.len, h);

@@ -39,29 +39,30 @@ struct oidc_provider {
     char *id;
     char *issuer;
     char *client_id;
-    char *client_secret;            /* NULL with private_key_jwt */
+    char *client_secret; /* NULL with private_key_jwt */
     enum oidc_client_auth auth;
-    cjose_jwk_t *client_key;        /* private_key_jwt only */
-    const char *client_key_alg;     /* "RS256" / "ES256" */
-    char *scopes;                   /* space-separated, always contains "openid" */
+    cjose_jwk_t *client_key;    /* private_key_jwt only */
+    const char *client_key_alg; /* "RS256" / "ES256" */
+    char *scopes;               /* space-separated, always contains "openid" */
     char *claim_email, *claim_name, *claim_groups;
     bool groups_from_userinfo;
     bool allow_insecure_issuer;
-    int64_t clock_skew_s;           /* default 60 */
+    int64_t clock_skew_s;                  /* default 60 */
     uint64_t jwks_refresh_min_interval_ms; /* default 60s */
-    char *redirect_host;            /* fixed host for redirect_uri, or NULL = the route's host */
-    char **audiences;               /* bearer JWT audiences: the configured ones, plus
+    char *redirect_host; /* fixed host for redirect_uri, or NULL = the route's host */
+    char **audiences;    /* bearer JWT audiences: the configured ones, plus
                                      * client_id with accept_id_tokens; none = no bearer */
     size_t naudiences;
-    bool accept_id_tokens;          /* bearer: ID tokens too (aud client_id, nonce); default off */
-    bool require_verified_email;    /* email_verified false: no email (default on) */
-    bool bare_user_ids;             /* users keep bare sub ids (at most one provider) */
-    bool require_bound_tokens;      /* require_certificate_bound_tokens: bearer tokens must
+    bool accept_id_tokens;       /* bearer: ID tokens too (aud client_id, nonce); default off */
+    bool require_verified_email; /* email_verified false: no email (default on) */
+    bool bare_user_ids;          /* users keep bare sub ids (at most one provider) */
+    bool require_bound_tokens;   /* require_certificate_bound_tokens: bearer tokens must
                                      * carry cnf.x5t#S256 (RFC 8705); default off */
-    unsigned algs;                  /* allowed JWS algorithms */
-    char **post_logout_redirect_uris; /* registered returns; the one for the user's origin is sent */
+    unsigned algs;               /* allowed JWS algorithms */
+    char *
+        *post_logout_redirect_uris; /* registered returns; the one for the user's origin is sent */
     size_t npost_logout_redirect_uris;
-    char *display_name;             /* label on the chooser, or NULL (the id) */
+    char *display_name;                /* label on the chooser, or NULL (the id) */
     struct bearer_cache *bearer_cache; /* private: verified bearer tokens (internally locked) */
 };
 
@@ -74,10 +75,10 @@ void oidc_provider_free(struct oidc_provider *p);
 
 /* An HTTP request for the proxy to perform. Every field is malloc'd. */
 struct oidc_http {
-    const char *method;       /* "GET" or "POST" (static) */
+    const char *method; /* "GET" or "POST" (static) */
     char *url;
-    char *headers[4];         /* "Name: value" lines, NULL-terminated list */
-    char *body;               /* form body or NULL */
+    char *headers[4]; /* "Name: value" lines, NULL-terminated list */
+    char *body;       /* form body or NULL */
 };
 void oidc_http_fini(struct oidc_http *h);
 
@@ -86,13 +87,13 @@ struct oidc_metadata {
     char *issuer;
     char *authorization_endpoint;
     char *token_endpoint;
-    char *userinfo_endpoint;          /* may be NULL */
+    char *userinfo_endpoint; /* may be NULL */
     char *jwks_uri;
-    char *end_session_endpoint;       /* may be NULL */
+    char *end_session_endpoint; /* may be NULL */
     bool backchannel_logout_supported;
-    bool iss_parameter_supported;     /* RFC 9207: iss in every authorization response */
-    bool prompt_select_account;       /* prompt_values_supported lists select_account */
-    bool code_challenge_s256;         /* advertised, or not advertised at all */
+    bool iss_parameter_supported; /* RFC 9207: iss in every authorization response */
+    bool prompt_select_account;   /* prompt_values_supported lists select_account */
+    bool code_challenge_s256;     /* advertised, or not advertised at all */
 };
 
 /* GET <issuer>/.well-known/openid-configuration. */
@@ -113,7 +114,7 @@ struct oidc_pending {
     char *code_verifier;
     char *return_path;
     char *redirect_uri;
-    char *prompt;         /* prompt= sent, or NULL; "none": the check after a sign-out */
+    char *prompt; /* prompt= sent, or NULL; "none": the check after a sign-out */
     int64_t exp_s;
 };
 void oidc_pending_fini(struct oidc_pending *pd);
@@ -121,8 +122,8 @@ void oidc_pending_fini(struct oidc_pending *pd);
 #define OIDC_LOGIN_TTL_S 600
 
 struct oidc_login {
-    char *auth_url;       /* 302 Location */
-    char *cookie_value;   /* sealed oidc_pending, for the login cookie */
+    char *auth_url;     /* 302 Location */
+    char *cookie_value; /* sealed oidc_pending, for the login cookie */
 };
 
 /* Starts a login: fresh state, nonce and PKCE verifier (256 bits each), the
@@ -144,23 +145,22 @@ struct oidc_replay *oidc_replay_new(size_t max_entries);
 void oidc_replay_free(struct oidc_replay *r);
 /* Records key until exp_s; returns false when it was already recorded (replay)
  * or when the cache is full of live entries (fail closed). */
-bool oidc_replay_check_and_add(struct oidc_replay *r, struct str key, int64_t exp_s,
-                               int64_t now_s);
+bool oidc_replay_check_and_add(struct oidc_replay *r, struct str key, int64_t exp_s, int64_t now_s);
 
 /* Handles the callback query string against the pending login: error=,
  * missing or mismatched state, missing code, RFC 9207 iss. replay (may be NULL)
  * refuses a second use of the same state. Fills the token request. */
-int oidc_callback(const struct oidc_provider *p, const struct oidc_metadata *m,
-                  struct str query, const struct oidc_pending *pd, struct oidc_replay *replay,
-                  int64_t now_s, struct oidc_http *token_req, struct err *err) WARN_UNUSED;
+int oidc_callback(const struct oidc_provider *p, const struct oidc_metadata *m, struct str query,
+                  const struct oidc_pending *pd, struct oidc_replay *replay, int64_t now_s,
+                  struct oidc_http *token_req, struct err *err) WARN_UNUSED;
 
 struct oidc_tokens {
-    char *id_token;        /* may be NULL on refresh */
+    char *id_token; /* may be NULL on refresh */
     char *access_token;
-    char *refresh_token;   /* NULL when none was issued (or rotated) */
-    int64_t expires_at_s;  /* access token expiry; 0 = unknown */
-    int64_t id_exp_s;      /* id token exp, 0 when no id token */
-    json_t *id_claims;     /* verified ID token claims, or NULL */
+    char *refresh_token;  /* NULL when none was issued (or rotated) */
+    int64_t expires_at_s; /* access token expiry; 0 = unknown */
+    int64_t id_exp_s;     /* id token exp, 0 when no id token */
+    json_t *id_claims;    /* verified ID token claims, or NULL */
 };
 void oidc_tokens_fini(struct oidc_tokens *t);
 
@@ -168,8 +168,8 @@ void oidc_tokens_fini(struct oidc_tokens *t);
  * for a refresh, where the ID token is optional. ERR_NOTFOUND: the ID token
  * names a kid absent from keys (re-fetch the JWKS, then call again). */
 int oidc_token_response(const struct oidc_provider *p, const struct jwks *keys, int status,
-                        struct str body, const char *nonce, int64_t now_s,
-                        struct oidc_tokens *out, struct err *err) WARN_UNUSED;
+                        struct str body, const char *nonce, int64_t now_s, struct oidc_tokens *out,
+                        struct err *err) WARN_UNUSED;
 
 /* grant_type=refresh_token request. */
 int oidc_refresh_request(const struct oidc_provider *p, const struct oidc_metadata *m,
@@ -185,14 +185,14 @@ int oidc_userinfo_parse(int status, struct str body, const char *expected_sub, j
 
 /* Who signed in. Fields malloc'd; release with oidc_identity_fini(). */
 struct oidc_identity {
-    char *user_key;   /* iss + "#" + sub: '#' cannot occur in an issuer */
+    char *user_key; /* iss + "#" + sub: '#' cannot occur in an issuer */
     char *sub;
-    char *email;      /* may be NULL: absent, unverified, or not one address */
-    char *name;       /* may be NULL */
-    json_t *groups;   /* array of strings, never NULL */
-    char *sid;        /* IdP session id, may be NULL */
-    char *claims;     /* compact JSON of the merged claims */
-    int64_t iat_s;    /* the token's iat, 0 when absent (bearer revocation) */
+    char *email;                     /* may be NULL: absent, unverified, or not one address */
+    char *name;                      /* may be NULL */
+    json_t *groups;                  /* array of strings, never NULL */
+    char *sid;                       /* IdP session id, may be NULL */
+    char *claims;                    /* compact JSON of the merged claims */
+    int64_t iat_s;                   /* the token's iat, 0 when absent (bearer revocation) */
     const struct authn_attrs *attrs; /* groups and claims parsed (one reference) */
 };
 void oidc_identity_fini(struct oidc_identity *id);
@@ -211,8 +211,8 @@ char *oidc_logout_url(const struct oidc_provider *p, const struct oidc_metadata 
 /* Back-Channel Logout 1.0 §2.6: body is the POST form (logout_token=...). On
  * success *sid and/or *sub are set (malloc'd, either may be NULL, not both). */
 int oidc_logout_token_verify(const struct oidc_provider *p, const struct jwks *keys,
-                             struct str body, struct oidc_replay *replay, int64_t now_s,
-                             char **sid, char **sub, struct err *err) WARN_UNUSED;
+                             struct str body, struct oidc_replay *replay, int64_t now_s, char **sid,
+                             char **sub, struct err *err) WARN_UNUSED;
 
 /* Verifies "Authorization: Bearer <jwt>" (just the token) for API clients
  * against the configured audiences. A token verified once is remembered (by its

@@ -128,7 +128,7 @@ struct bearer_cache {
     struct bearer_slot slot[BEARER_SLOTS];
 };
 
-struct bearer_cache *bearer_cache_new(void)
+struct bearer_cache *oidc_bearer_cache_new(void)
 {
     struct bearer_cache *c = xcalloc(1, sizeof *c);
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
@@ -137,7 +137,7 @@ struct bearer_cache *bearer_cache_new(void)
     return c;
 }
 
-void bearer_cache_free(struct bearer_cache *c)
+void oidc_bearer_cache_free(struct bearer_cache *c)
 {
     if (c == NULL) {
         return;

@@ -12,11 +12,11 @@
 #define MAX_GROUPS 256
 
 /* oidc.c */
-char *random_token(void);
-char *dup_field(const json_t *j, const char *k);
+char *oidc_random_token(void);
+char *oidc_dup_field(const json_t *j, const char *k);
 
 /* oidc_bearer.c */
-struct bearer_cache *bearer_cache_new(void);
-void bearer_cache_free(struct bearer_cache *c);
+struct bearer_cache *oidc_bearer_cache_new(void);
+void oidc_bearer_cache_free(struct bearer_cache *c);
 
 #endif

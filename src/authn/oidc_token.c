@@ -35,7 +35,7 @@ static char *client_assertion(const struct oidc_provider *p, const char *aud, in
                               struct err *err)
 {
     cjose_err cerr;
-    char *jti = random_token();
+    char *jti = oidc_random_token();
     json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "iss", p->client_id, "sub",
                           p->client_id, "aud", aud, "jti", jti ? jti : "", "iat", (json_int_t)now_s,
                           "exp", (json_int_t)(now_s + 60));
@@ -257,7 +257,7 @@ int oidc_token_response(const struct oidc_provider *p, const struct jwks *keys, 
         goto out;
     }
     out->access_token = xstrdup(at);
-    out->refresh_token = dup_field(j, "refresh_token");
+    out->refresh_token = oidc_dup_field(j, "refresh_token");
     json_t *ei = json_object_get(j, "expires_in");
     if (json_is_integer(ei) && json_integer_value(ei) > 0) {
         out->expires_at_s = now_s + (int64_t)json_integer_value(ei);
@@ -433,7 +433,7 @@ int oidc_identity_build(const struct oidc_provider *p, const json_t *id_claims,
     }
     out->user_key = xasprintf("%s#%s", iss, sub);
     out->sub = xstrdup(sub);
-    out->email = dup_field(merged, p->claim_email);
+    out->email = oidc_dup_field(merged, p->claim_email);
     const char *why = email_refused(p, merged, out->email);
     if (why != NULL) {
         log_info("authn", "identity provider \"%s\", user \"%.200s\": email ignored (%s)", p->id,
@@ -443,10 +443,10 @@ int oidc_identity_build(const struct oidc_provider *p, const json_t *id_claims,
     }
     json_t *iat = json_object_get(id_claims, "iat");
     out->iat_s = json_is_integer(iat) ? (int64_t)json_integer_value(iat) : 0;
-    out->name = dup_field(merged, p->claim_name);
+    out->name = oidc_dup_field(merged, p->claim_name);
     const json_t *gsrc = p->groups_from_userinfo ? userinfo : merged;
     out->groups = groups_of(gsrc ? json_object_get(gsrc, p->claim_groups) : NULL);
-    out->sid = dup_field(id_claims, "sid");
+    out->sid = oidc_dup_field(id_claims, "sid");
     out->claims = json_dumps(merged, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(merged);
     /* Groups and claims parsed once, here: every request of the session or

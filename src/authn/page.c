@@ -25,8 +25,8 @@ static const char *const denied_text[] = { "reason", "user", "request_id", "swit
                                            NULL };
 static const char *const logout_text[] = { "host", "user", "csrf_token", NULL };
 static const char *const error_text[] = { "title", "message", "request_id", "retry_url", NULL };
-static const char *const me_text[] = { "name", "user", "email", "groups", "idp", "device",
-                                       "expires", "idle_expires", NULL };
+static const char *const me_text[] = { "name",   "user",    "email",        "groups", "idp",
+                                       "device", "expires", "idle_expires", NULL };
 static const char *const none[] = { NULL };
 
 static const struct page_def defs[PAGE_COUNT] = {
@@ -40,8 +40,8 @@ static const struct page_def defs[PAGE_COUNT] = {
 
 /* A template pre-split into literal text and placeholders. */
 struct piece {
-    struct str lit;   /* literal text before the placeholder */
-    const char *var;  /* placeholder name (static, from the page table) or NULL at the end */
+    struct str lit;  /* literal text before the placeholder */
+    const char *var; /* placeholder name (static, from the page table) or NULL at the end */
     bool raw;
 };
 
@@ -226,8 +226,8 @@ char *pages_render(const struct pages *p, enum page_kind k, const struct page_va
     return to_arena(a, &b, len);
 }
 
-char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n,
-                          struct str rd, const char *prompt)
+char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n, struct str rd,
+                          const char *prompt)
 {
     struct sbuf b = { 0 };
     for (size_t i = 0; i < n; i++) {

@@ -47,8 +47,8 @@ struct page_provider {
  * /.gatehouse/login?idp=<id>&rd=<rd>[&prompt=<prompt>], labelled with its
  * name, every part escaped. rd must already be a safe return path; prompt is
  * NULL or a checked value. Arena-owned. */
-char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n,
-                          struct str rd, const char *prompt);
+char *pages_provider_list(struct arena *a, const struct page_provider *pv, size_t n, struct str rd,
+                          const char *prompt);
 
 /* HTML-escapes s (& < > " ') into the arena. */
 char *html_escape(struct arena *a, struct str s);

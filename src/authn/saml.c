@@ -15,7 +15,7 @@
 
 #include "saml_int.h"
 
-#define NS_MD "urn:oasis:names:tc:SAML:2.0:metadata"
+#define NS_MD    "urn:oasis:names:tc:SAML:2.0:metadata"
 #define FILE_MAX (1024 * 1024)
 
 /* ---- lasso once, quietly ------------------------------------------------ */
@@ -51,7 +51,7 @@ static void xml_silent(void *ctx, const char *msg, ...)
 
 /* libxml2's error handler is per thread: parse errors of hostile input go
  * nowhere (our refusal says what failed), not to stderr. */
-void xml_quiet_thread(void)
+void saml_xml_quiet_thread(void)
 {
     static __thread bool done;
     if (!done) {
@@ -62,16 +62,16 @@ void xml_quiet_thread(void)
 
 /* ---- small helpers ------------------------------------------------------ */
 
-bool is_el(const xmlNode *n, const char *ns, const char *name)
+bool saml_is_el(const xmlNode *n, const char *ns, const char *name)
 {
     return n != NULL && n->type == XML_ELEMENT_NODE && n->ns != NULL && n->ns->href != NULL &&
            strcmp((const char *)n->ns->href, ns) == 0 && strcmp((const char *)n->name, name) == 0;
 }
 
-const xmlNode *child_el(const xmlNode *p, const char *ns, const char *name)
+const xmlNode *saml_child_el(const xmlNode *p, const char *ns, const char *name)
 {
     for (const xmlNode *c = p ? p->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, ns, name)) {
+        if (saml_is_el(c, ns, name)) {
             return c;
         }
     }
@@ -79,7 +79,7 @@ const xmlNode *child_el(const xmlNode *p, const char *ns, const char *name)
 }
 
 /* An attribute without namespace, as a malloc'd string, or NULL. */
-char *attr(const xmlNode *n, const char *name)
+char *saml_attr(const xmlNode *n, const char *name)
 {
     xmlChar *v = n ? xmlGetNoNsProp((xmlNode *)n, (const xmlChar *)name) : NULL;
     char *s = v ? xstrdup((const char *)v) : NULL;
@@ -87,7 +87,7 @@ char *attr(const xmlNode *n, const char *name)
     return s;
 }
 
-char *text_of(const xmlNode *n)
+char *saml_text_of(const xmlNode *n)
 {
     xmlChar *v = n ? xmlNodeGetContent(n) : NULL;
     char *s = v ? xstrdup((const char *)v) : NULL;
@@ -95,16 +95,16 @@ char *text_of(const xmlNode *n)
     return s;
 }
 
-bool attr_is(const xmlNode *n, const char *name, const char *want)
+bool saml_attr_is(const xmlNode *n, const char *name, const char *want)
 {
-    char *v = attr(n, name);
+    char *v = saml_attr(n, name);
     bool ok = v != NULL && want != NULL && strcmp(v, want) == 0;
     free(v);
     return ok;
 }
 
 /* xs:dateTime in UTC ("2026-12-06T06:00:00Z", optional fraction). -1 when bad. */
-int64_t iso_time(const char *s)
+int64_t saml_iso_time(const char *s)
 {
     struct tm tm = { 0 };
     if (s == NULL) {
@@ -131,11 +131,20 @@ static char *xml_escape(const char *s)
     struct sbuf b = { 0 };
     for (; *s; s++) {
         switch (*s) {
-        case '&': codec_buf_adds(&b, "&amp;"); break;
-        case '<': codec_buf_adds(&b, "&lt;"); break;
-        case '>': codec_buf_adds(&b, "&gt;"); break;
-        case '"': codec_buf_adds(&b, "&quot;"); break;
-        default: codec_buf_add(&b, s, 1);
+        case '&':
+            codec_buf_adds(&b, "&amp;");
+            break;
+        case '<':
+            codec_buf_adds(&b, "&lt;");
+            break;
+        case '>':
+            codec_buf_adds(&b, "&gt;");
+            break;
+        case '"':
+            codec_buf_adds(&b, "&quot;");
+            break;
+        default:
+            codec_buf_add(&b, s, 1);
         }
     }
     return codec_buf_take(&b);
@@ -160,7 +169,7 @@ static char *pem_body(const char *pem)
 }
 
 /* Standard base64 with optional whitespace (the POST binding wraps lines). */
-unsigned char *b64_decode(struct str in, size_t *out_len)
+unsigned char *saml_b64_decode(struct str in, size_t *out_len)
 {
     unsigned char *out = xmalloc(in.len / 4 * 3 + 4);
     EVP_ENCODE_CTX *c = EVP_ENCODE_CTX_new();
@@ -189,11 +198,21 @@ unsigned char *b64_decode(struct str in, size_t *out_len)
 
 /* ---- configuration ------------------------------------------------------ */
 
-static const char *const saml_keys[] = {
-    "id", "type", "display_name", "metadata", "sp_key", "sp_cert", "entity_id", "attributes",
-    "want_assertions_signed", "want_assertions_encrypted", "allow_unsolicited", "clock_skew",
-    "allow_sha1", "allow_insecure_metadata", NULL
-};
+static const char *const saml_keys[] = { "id",
+                                         "type",
+                                         "display_name",
+                                         "metadata",
+                                         "sp_key",
+                                         "sp_cert",
+                                         "entity_id",
+                                         "attributes",
+                                         "want_assertions_signed",
+                                         "want_assertions_encrypted",
+                                         "allow_unsolicited",
+                                         "clock_skew",
+                                         "allow_sha1",
+                                         "allow_insecure_metadata",
+                                         NULL };
 static const char *const attr_keys[] = { "email", "name", "groups", "user", NULL };
 
 static char *read_conf_file(struct conf_diag *d, const struct conf_node *e, const char *key,
@@ -220,9 +239,9 @@ static char *read_conf_file(struct conf_diag *d, const struct conf_node *e, cons
 /* The scheme://host[:port] of an http(s) URL, or NULL. */
 static char *url_origin(const char *u)
 {
-    const char *rest = strncmp(u, "https://", 8) == 0 ? u + 8
+    const char *rest = strncmp(u, "https://", 8) == 0  ? u + 8
                        : strncmp(u, "http://", 7) == 0 ? u + 7
-                                                        : NULL;
+                                                       : NULL;
     if (rest == NULL || *rest == '\0' || *rest == '/') {
         return NULL;
     }
@@ -233,8 +252,8 @@ static char *url_origin(const char *u)
 struct md_info {
     char *entity_id, *slo_url;
     bool sign_requests;
-    int64_t valid_until_s;     /* 0: none */
-    int64_t cache_duration_s;  /* 0: none */
+    int64_t valid_until_s;    /* 0: none */
+    int64_t cache_duration_s; /* 0: none */
 };
 
 static void md_info_fini(struct md_info *m)
@@ -263,8 +282,11 @@ static int64_t xs_duration(const char *s)
         if (end == s || v < 0 || v > 1e9) {
             return -1;
         }
-        int64_t mul = *end == 'D' && !t ? 86400 : *end == 'H' && t ? 3600
-                      : *end == 'M' && t ? 60 : *end == 'S' && t ? 1 : 0;
+        int64_t mul = *end == 'D' && !t  ? 86400
+                      : *end == 'H' && t ? 3600
+                      : *end == 'M' && t ? 60
+                      : *end == 'S' && t ? 1
+                                         : 0;
         if (mul == 0) {
             return -1;
         }
@@ -288,14 +310,15 @@ static bool idp_metadata_read(struct md_info *x, const char *md, size_t len, cha
         snprintf(why, whylen, "not well-formed XML");
     } else if (doc->intSubset != NULL) {
         snprintf(why, whylen, "a DOCTYPE is not allowed");
-    } else if (!is_el(root, NS_MD, "EntityDescriptor")) {
-        snprintf(why, whylen, "the root is not one md:EntityDescriptor (a federation file "
-                              "needs one entity extracted)");
+    } else if (!saml_is_el(root, NS_MD, "EntityDescriptor")) {
+        snprintf(why, whylen,
+                 "the root is not one md:EntityDescriptor (a federation file "
+                 "needs one entity extracted)");
     } else {
-        const xmlNode *sso = child_el(root, NS_MD, "IDPSSODescriptor");
-        x->entity_id = attr(root, "entityID");
-        char *vu = attr(root, "validUntil"), *cd = attr(root, "cacheDuration");
-        x->valid_until_s = vu ? iso_time(vu) : 0;
+        const xmlNode *sso = saml_child_el(root, NS_MD, "IDPSSODescriptor");
+        x->entity_id = saml_attr(root, "entityID");
+        char *vu = saml_attr(root, "validUntil"), *cd = saml_attr(root, "cacheDuration");
+        x->valid_until_s = vu ? saml_iso_time(vu) : 0;
         x->cache_duration_s = cd ? xs_duration(cd) : 0;
         free(vu);
         free(cd);
@@ -306,26 +329,29 @@ static bool idp_metadata_read(struct md_info *x, const char *md, size_t len, cha
         } else {
             bool key = false;
             for (const xmlNode *c = sso->children; c != NULL; c = c->next) {
-                if (is_el(c, NS_MD, "KeyDescriptor") && !attr_is(c, "use", "encryption")) {
-                    char *t = text_of(child_el(child_el(child_el(c, NS_DS, "KeyInfo"), NS_DS,
-                                                        "X509Data"),
-                                               NS_DS, "X509Certificate"));
+                if (saml_is_el(c, NS_MD, "KeyDescriptor") &&
+                    !saml_attr_is(c, "use", "encryption")) {
+                    char *t = saml_text_of(saml_child_el(
+                        saml_child_el(saml_child_el(c, NS_DS, "KeyInfo"), NS_DS, "X509Data"), NS_DS,
+                        "X509Certificate"));
                     key = key || (t != NULL && t[0] != '\0');
                     free(t);
                 }
             }
             if (!key) {
-                snprintf(why, whylen, "no signing certificate (KeyDescriptor with "
-                                      "X509Certificate) in the IDPSSODescriptor");
+                snprintf(why, whylen,
+                         "no signing certificate (KeyDescriptor with "
+                         "X509Certificate) in the IDPSSODescriptor");
                 xmlFreeDoc(doc);
                 return false;
             }
-            x->sign_requests = attr_is(sso, "WantAuthnRequestsSigned", "true") ||
-                               attr_is(sso, "WantAuthnRequestsSigned", "1");
+            x->sign_requests = saml_attr_is(sso, "WantAuthnRequestsSigned", "true") ||
+                               saml_attr_is(sso, "WantAuthnRequestsSigned", "1");
             for (const xmlNode *c = sso->children; c != NULL; c = c->next) {
-                if (is_el(c, NS_MD, "SingleLogoutService") && x->slo_url == NULL &&
-                    attr_is(c, "Binding", "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect")) {
-                    x->slo_url = attr(c, "Location");
+                if (saml_is_el(c, NS_MD, "SingleLogoutService") && x->slo_url == NULL &&
+                    saml_attr_is(c, "Binding",
+                                 "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect")) {
+                    x->slo_url = saml_attr(c, "Location");
                 }
             }
             ok = true;
@@ -335,8 +361,7 @@ static bool idp_metadata_read(struct md_info *x, const char *md, size_t len, cha
     return ok;
 }
 
-static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem,
-                               bool sign_requests)
+static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem, bool sign_requests)
 {
     char *cert = pem_body(cert_pem);
     if (cert == NULL) {
@@ -345,7 +370,8 @@ static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem,
     char *eid = xml_escape(x->entity_id), *acs = xml_escape(x->acs_url),
          *slo = xml_escape(x->slo_url);
     char *kd = xasprintf("<ds:KeyInfo><ds:X509Data><ds:X509Certificate>%s</ds:X509Certificate>"
-                         "</ds:X509Data></ds:KeyInfo>", cert);
+                         "</ds:X509Data></ds:KeyInfo>",
+                         cert);
     char *md = xasprintf(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
         "<md:EntityDescriptor xmlns:md=\"" NS_MD "\" xmlns:ds=\"" NS_DS "\" entityID=\"%s\">\n"
@@ -362,8 +388,8 @@ static char *sp_metadata_build(const struct saml_idp *x, const char *cert_pem,
         "Location=\"%s\" index=\"0\" isDefault=\"true\"/>\n"
         "  </md:SPSSODescriptor>\n"
         "</md:EntityDescriptor>\n",
-        eid, sign_requests ? "true" : "false", x->want_assertions_signed ? "true" : "false",
-        kd, kd, slo, acs);
+        eid, sign_requests ? "true" : "false", x->want_assertions_signed ? "true" : "false", kd, kd,
+        slo, acs);
     free(cert);
     free(eid);
     free(acs);
@@ -423,12 +449,12 @@ static int md_install(struct saml_idp *x, const char *md, size_t len, int64_t no
     }
     srv->signature_method = LASSO_SIGNATURE_METHOD_RSA_SHA256;
     char *mdz = xstrndup(md, len);
-    int lrc = lasso_server_add_provider_from_buffer(srv, LASSO_PROVIDER_ROLE_IDP, mdz, NULL,
-                                                    NULL);
+    int lrc = lasso_server_add_provider_from_buffer(srv, LASSO_PROVIDER_ROLE_IDP, mdz, NULL, NULL);
     free(mdz);
     if (lrc != 0 || lasso_server_get_provider(srv, mi.entity_id) == NULL) {
-        snprintf(why, whylen, "not accepted by the SAML library (signing key or SSO endpoint "
-                              "missing?)");
+        snprintf(why, whylen,
+                 "not accepted by the SAML library (signing key or SSO endpoint "
+                 "missing?)");
         goto out;
     }
     /* Refresh: cacheDuration, capped by validUntil; between 5 minutes and a
@@ -473,7 +499,7 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
 {
     size_t before = d->count;
     pthread_once(&lasso_once, lasso_start);
-    xml_quiet_thread();
+    saml_xml_quiet_thread();
     if (lasso_rc != 0) {
         conf_error(d, e, "SAML library (lasso) failed to start");
         return NULL;
@@ -515,9 +541,10 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
      * and the ACS on the same origin. */
     char *base = public_url ? url_origin(public_url) : NULL;
     if (eid == NULL && base == NULL) {
-        conf_error(d, e, "a saml identity provider needs \"entity_id\" (an https URL of this "
-                         "service, e.g. https://app.example.com/.gatehouse/saml/metadata) "
-                         "or a top-level \"public_url\"");
+        conf_error(d, e,
+                   "a saml identity provider needs \"entity_id\" (an https URL of this "
+                   "service, e.g. https://app.example.com/.gatehouse/saml/metadata) "
+                   "or a top-level \"public_url\"");
     } else {
         x->entity_id = eid ? xstrdup(eid) : xasprintf("%s/.gatehouse/saml/metadata", base);
         if (base == NULL) {
@@ -526,7 +553,8 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
         if (base == NULL) {
             conf_error(d, conf_get(e, "entity_id"),
                        "entity_id \"%s\" is not an http(s) URL: set a top-level "
-                       "\"public_url\" for the ACS URL", eid);
+                       "\"public_url\" for the ACS URL",
+                       eid);
         } else {
             x->acs_url = xasprintf("%s/.gatehouse/saml/acs", base);
             x->slo_url = xasprintf("%s/.gatehouse/saml/slo", base);
@@ -536,8 +564,8 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
 
     const char *mdv = NULL;
     conf_string(d, e, "metadata", &mdv);
-    bool url_form = mdv != NULL && (strncmp(mdv, "https://", 8) == 0 ||
-                                    strncmp(mdv, "http://", 7) == 0);
+    bool url_form =
+        mdv != NULL && (strncmp(mdv, "https://", 8) == 0 || strncmp(mdv, "http://", 7) == 0);
     bool insecure = false;
     conf_bool(d, e, "allow_insecure_metadata", &insecure);
     char *md = NULL;
@@ -557,15 +585,16 @@ struct saml_idp *saml_idp_parse(struct conf_diag *d, const struct conf_node *e,
     char *key = read_conf_file(d, e, "sp_key", conf_file, "SP private key");
     char *cert = read_conf_file(d, e, "sp_cert", conf_file, "SP certificate");
     if (d->count == before && key && cert && !key_pair_ok(key, cert)) {
-        conf_error(d, conf_get(e, "sp_key"), "sp_key is not the private key of sp_cert (PEM "
-                                             "key and certificate of one pair expected)");
+        conf_error(d, conf_get(e, "sp_key"),
+                   "sp_key is not the private key of sp_cert (PEM "
+                   "key and certificate of one pair expected)");
     }
     if (d->count == before && key && cert) {
         x->sp_key_pem = xstrdup(key);
         x->sp_cert_pem = xstrdup(cert);
         char why[200];
-        if (md != NULL && md_install(x, md, strlen(md), (int64_t)time(NULL), why,
-                                     sizeof why) != 0) {
+        if (md != NULL &&
+            md_install(x, md, strlen(md), (int64_t)time(NULL), why, sizeof why) != 0) {
             conf_error(d, conf_get(e, "metadata"), "IdP metadata: %s", why);
         }
     }
@@ -682,15 +711,15 @@ int saml_metadata_take(struct saml_idp *x, int status, struct str body, int64_t 
         x->retry_s = now_s + 60; /* the old metadata (if any) serves meanwhile */
     }
     pthread_mutex_unlock(&x->mu);
-    return rc == 0 ? 0 : err_set(err, ERR_IO, "metadata of %s from %s: %s", x->id,
-                                 x->metadata_url, why);
+    return rc == 0
+               ? 0
+               : err_set(err, ERR_IO, "metadata of %s from %s: %s", x->id, x->metadata_url, why);
 }
 
 /* ---- login -------------------------------------------------------------- */
 
-int saml_login_start(const struct saml_idp *cx, struct str return_path,
-                     const unsigned char key[32], int64_t now_s, char **url, char **cookie,
-                     struct err *err)
+int saml_login_start(const struct saml_idp *cx, struct str return_path, const unsigned char key[32],
+                     int64_t now_s, char **url, char **cookie, struct err *err)
 {
     struct saml_idp *x = (struct saml_idp *)cx;
     unsigned char rnd[16];
@@ -701,8 +730,8 @@ int saml_login_start(const struct saml_idp *cx, struct str return_path,
     str_hex(rnd, sizeof rnd, handle);
     pthread_mutex_lock(&x->mu);
     LassoLogin *l = x->server ? lasso_login_new(x->server) : NULL;
-    int rc = l ? lasso_login_init_authn_request(l, x->idp_entity_id, LASSO_HTTP_METHOD_REDIRECT)
-               : -1;
+    int rc =
+        l ? lasso_login_init_authn_request(l, x->idp_entity_id, LASSO_HTTP_METHOD_REDIRECT) : -1;
     char *rid = NULL;
     if (rc == 0) {
         LassoSamlp2AuthnRequest *rq = LASSO_SAMLP2_AUTHN_REQUEST(LASSO_PROFILE(l)->request);
@@ -733,9 +762,9 @@ int saml_login_start(const struct saml_idp *cx, struct str return_path,
     if (rc != 0) {
         return err_set(err, ERR_NOMEM, "AuthnRequest not built (lasso %d)", rc);
     }
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s%, s:I}", "p", x->id, "i", rid, "s", handle, "r",
-                          return_path.p, return_path.len, "e",
-                          (json_int_t)(now_s + SAML_LOGIN_TTL_S));
+    json_t *j =
+        json_pack("{s:s, s:s, s:s, s:s%, s:I}", "p", x->id, "i", rid, "s", handle, "r",
+                  return_path.p, return_path.len, "e", (json_int_t)(now_s + SAML_LOGIN_TTL_S));
     char *pt = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     free(rid);

@@ -26,7 +26,7 @@
 #include "core/core.h"
 
 #define SAML_LOGIN_TTL_S 600
-#define SAML_BODY_MAX (256 * 1024) /* the ACS POST body */
+#define SAML_BODY_MAX    (256 * 1024) /* the ACS POST body */
 
 struct saml_idp;
 
@@ -63,23 +63,22 @@ int saml_metadata_take(struct saml_idp *x, int status, struct str body, int64_t 
  * opaque random handle, and the login state sealed with key for the login
  * cookie (IdP, request ID, handle, return path, expiry). return_path must
  * already be a safe same-host path. *url and *cookie are malloc'd. */
-int saml_login_start(const struct saml_idp *x, struct str return_path,
-                     const unsigned char key[32], int64_t now_s, char **url, char **cookie,
-                     struct err *err) WARN_UNUSED;
+int saml_login_start(const struct saml_idp *x, struct str return_path, const unsigned char key[32],
+                     int64_t now_s, char **url, char **cookie, struct err *err) WARN_UNUSED;
 
 /* What a verified Response says. Strings are malloc'd (saml_result_fini). */
 struct saml_result {
     const struct saml_idp *idp;
-    char *user_key;       /* "<idp entity id>#<NameID>" */
+    char *user_key; /* "<idp entity id>#<NameID>" */
     char *name_id;
     char *email, *name;
-    char *groups_json;    /* JSON array of strings */
-    char *claims_json;    /* every attribute: {"name": [values...]} plus nameid */
-    char *session_index;  /* AuthnStatement SessionIndex, or NULL */
-    char *assertion_id;   /* for the replay cache */
+    char *groups_json;       /* JSON array of strings */
+    char *claims_json;       /* every attribute: {"name": [values...]} plus nameid */
+    char *session_index;     /* AuthnStatement SessionIndex, or NULL */
+    char *assertion_id;      /* for the replay cache */
     int64_t assertion_exp_s; /* keep the assertion id until then */
-    char *return_path;    /* where to go after sign-in (safe same-host path) */
-    char *login_state;    /* the request ID the login cookie named (consumed once), or NULL */
+    char *return_path;       /* where to go after sign-in (safe same-host path) */
+    char *login_state;       /* the request ID the login cookie named (consumed once), or NULL */
 };
 void saml_result_fini(struct saml_result *r);
 
@@ -88,9 +87,9 @@ void saml_result_fini(struct saml_result *r);
  * unsolicited response, accepted only with allow_unsolicited). On failure,
  * err->msg says which check refused the message (for the log; never shown
  * to the user) and the return is non-zero. */
-int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body,
-             struct str login_cookie, const unsigned char key[32], int64_t now_s,
-             struct saml_result *out, struct err *err) WARN_UNUSED;
+int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body, struct str login_cookie,
+             const unsigned char key[32], int64_t now_s, struct saml_result *out,
+             struct err *err) WARN_UNUSED;
 
 /* SP-initiated single logout: a LogoutRequest by HTTP-Redirect for the
  * session's NameID and SessionIndex, or NULL when the IdP has no
@@ -106,7 +105,7 @@ struct saml_slo {
     const struct saml_idp *idp;
     bool is_response;
     char *name_id, *session_index, *user_key;
-    char *reply_url;    /* the LogoutResponse to the IdP, or NULL */
+    char *reply_url; /* the LogoutResponse to the IdP, or NULL */
 };
 int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64_t now_s,
              struct saml_slo *out, struct err *err) WARN_UNUSED;

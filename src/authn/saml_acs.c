@@ -74,13 +74,13 @@ static bool login_state_open(const unsigned char key[32], struct str c, int64_t 
     return ok;
 }
 
-const char *const sig_algs[] = { "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
-                                 "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
-                                 "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
-                                 "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
-                                 "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
-                                 "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
-                                 NULL };
+const char *const saml_sig_algs[] = { "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+                                      "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+                                      "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+                                      "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+                                      "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384",
+                                      "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512",
+                                      NULL };
 static const char *const digest_algs[] = { "http://www.w3.org/2001/04/xmlenc#sha256",
                                            "http://www.w3.org/2001/04/xmldsig-more#sha384",
                                            "http://www.w3.org/2001/04/xmlenc#sha512", NULL };
@@ -88,7 +88,7 @@ static const char *const transforms[] = { "http://www.w3.org/2000/09/xmldsig#env
                                           "http://www.w3.org/2001/10/xml-exc-c14n#",
                                           "http://www.w3.org/TR/2001/REC-xml-c14n-20010315", NULL };
 
-bool in_list(const char *v, const char *const *l)
+bool saml_in_list(const char *v, const char *const *l)
 {
     for (size_t i = 0; v != NULL && l[i] != NULL; i++) {
         if (strcmp(v, l[i]) == 0) {
@@ -98,7 +98,7 @@ bool in_list(const char *v, const char *const *l)
     return false;
 }
 
-bool sha1_alg(const char *v, bool digest)
+bool saml_sha1_alg(const char *v, bool digest)
 {
     return v != NULL && strcmp(v, digest ? "http://www.w3.org/2000/09/xmldsig#sha1"
                                          : "http://www.w3.org/2000/09/xmldsig#rsa-sha1") == 0;
@@ -109,11 +109,12 @@ bool sha1_alg(const char *v, bool digest)
 static bool alg_allowed(const xmlNode *n, const char *const *list, bool allow_sha1, bool digest,
                         struct err *err)
 {
-    char *alg = attr(n, "Algorithm");
-    bool ok = in_list(alg, list) || (allow_sha1 && sha1_alg(alg, digest));
+    char *alg = saml_attr(n, "Algorithm");
+    bool ok = saml_in_list(alg, list) || (allow_sha1 && saml_sha1_alg(alg, digest));
     if (!ok) {
         err_set(err, ERR_PARSE, "%s algorithm %s refused%s", digest ? "digest" : "signature",
-                alg ? alg : "(none)", sha1_alg(alg, digest) ? " (SHA-1; allow_sha1 is off)" : "");
+                alg ? alg : "(none)",
+                saml_sha1_alg(alg, digest) ? " (SHA-1; allow_sha1 is off)" : "");
     }
     free(alg);
     return ok;
@@ -129,12 +130,12 @@ static bool check_signature(const xmlNode *sig, const char *parent_id, bool allo
         if (c->type != XML_ELEMENT_NODE) {
             continue;
         }
-        if (is_el(c, NS_DS, "SignedInfo")) {
+        if (saml_is_el(c, NS_DS, "SignedInfo")) {
             if (si != NULL) {
                 return err_set(err, ERR_PARSE, "signature with two SignedInfo") == 0;
             }
             si = c;
-        } else if (is_el(c, NS_DS, "Object")) {
+        } else if (saml_is_el(c, NS_DS, "Object")) {
             return err_set(err, ERR_PARSE,
                            "signature carries an Object (XML signature "
                            "wrapping)") == 0;
@@ -148,13 +149,13 @@ static bool check_signature(const xmlNode *sig, const char *parent_id, bool allo
         if (c->type != XML_ELEMENT_NODE) {
             continue;
         }
-        if (is_el(c, NS_DS, "SignatureMethod")) {
-            if (!alg_allowed(c, sig_algs, allow_sha1, false, err)) {
+        if (saml_is_el(c, NS_DS, "SignatureMethod")) {
+            if (!alg_allowed(c, saml_sig_algs, allow_sha1, false, err)) {
                 return false;
             }
-        } else if (is_el(c, NS_DS, "Reference")) {
+        } else if (saml_is_el(c, NS_DS, "Reference")) {
             nref++;
-            char *uri = attr(c, "URI");
+            char *uri = saml_attr(c, "URI");
             bool ok = uri != NULL && uri[0] == '#' && parent_id != NULL &&
                       strcmp(uri + 1, parent_id) == 0;
             free(uri);
@@ -164,17 +165,17 @@ static bool check_signature(const xmlNode *sig, const char *parent_id, bool allo
                                "the one it is in (XML signature wrapping)") == 0;
             }
             for (const xmlNode *r = c->children; r != NULL; r = r->next) {
-                if (is_el(r, NS_DS, "DigestMethod")) {
+                if (saml_is_el(r, NS_DS, "DigestMethod")) {
                     if (!alg_allowed(r, digest_algs, allow_sha1, true, err)) {
                         return false;
                     }
-                } else if (is_el(r, NS_DS, "Transforms")) {
+                } else if (saml_is_el(r, NS_DS, "Transforms")) {
                     for (const xmlNode *t = r->children; t != NULL; t = t->next) {
-                        if (!is_el(t, NS_DS, "Transform")) {
+                        if (!saml_is_el(t, NS_DS, "Transform")) {
                             continue;
                         }
-                        char *alg = attr(t, "Algorithm");
-                        bool tok = in_list(alg, transforms);
+                        char *alg = saml_attr(t, "Algorithm");
+                        bool tok = saml_in_list(alg, transforms);
                         free(alg);
                         if (!tok) {
                             return err_set(err, ERR_PARSE, "signature transform refused") == 0;
@@ -228,11 +229,11 @@ static void walk_tree(const xmlNode *n, struct walk *w)
         if (n->type != XML_ELEMENT_NODE) {
             continue;
         }
-        if (is_el(n, NS_SAML, "Assertion")) {
+        if (saml_is_el(n, NS_SAML, "Assertion")) {
             w->nassert++;
-        } else if (is_el(n, NS_SAML, "EncryptedAssertion")) {
+        } else if (saml_is_el(n, NS_SAML, "EncryptedAssertion")) {
             w->nenc++;
-        } else if (is_el(n, NS_DS, "Signature")) {
+        } else if (saml_is_el(n, NS_DS, "Signature")) {
             w->nsig++;
         }
         for (const xmlAttr *a = n->properties; a != NULL; a = a->next) {
@@ -263,13 +264,14 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
 {
     (void)x_or_null;
     s->root = xmlDocGetRootElement(doc);
-    if (!is_el(s->root, NS_SAMLP, "Response")) {
+    if (!saml_is_el(s->root, NS_SAMLP, "Response")) {
         return err_set(err, ERR_PARSE, "the message is not a samlp:Response");
     }
     /* A failure answer carries no assertion: say that, not "0 assertions". */
-    const xmlNode *st = child_el(child_el(s->root, NS_SAMLP, "Status"), NS_SAMLP, "StatusCode");
-    if (st == NULL || !attr_is(st, "Value", STATUS_SUCCESS)) {
-        char *v = st ? attr(st, "Value") : NULL;
+    const xmlNode *st =
+        saml_child_el(saml_child_el(s->root, NS_SAMLP, "Status"), NS_SAMLP, "StatusCode");
+    if (st == NULL || !saml_attr_is(st, "Value", STATUS_SUCCESS)) {
+        char *v = st ? saml_attr(st, "Value") : NULL;
         const char *code = v && strrchr(v, ':') ? strrchr(v, ':') + 1 : "missing";
         err_set(err, ERR_CRYPTO, "Status is not Success (%.40s)", code);
         free(v);
@@ -298,19 +300,19 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
     }
     /* The one assertion is a child of the Response, nowhere deeper
      * (Extensions, Object, another Assertion). */
-    s->assertion = child_el(s->root, NS_SAML, "Assertion");
-    s->encrypted = child_el(s->root, NS_SAML, "EncryptedAssertion");
+    s->assertion = saml_child_el(s->root, NS_SAML, "Assertion");
+    s->encrypted = saml_child_el(s->root, NS_SAML, "EncryptedAssertion");
     if (s->assertion == NULL && s->encrypted == NULL) {
         return err_set(err, ERR_PARSE,
                        "the assertion is not a child of the Response (moved "
                        "into Extensions, Object or another element: XML "
                        "signature wrapping)");
     }
-    s->resp_id = attr(s->root, "ID");
-    s->assert_id = s->assertion ? attr(s->assertion, "ID") : NULL;
+    s->resp_id = saml_attr(s->root, "ID");
+    s->assert_id = s->assertion ? saml_attr(s->assertion, "ID") : NULL;
     size_t placed = 0;
     for (const xmlNode *c = s->root->children; c != NULL; c = c->next) {
-        if (is_el(c, NS_DS, "Signature")) {
+        if (saml_is_el(c, NS_DS, "Signature")) {
             if (s->resp_sig != NULL) {
                 return err_set(err, ERR_PARSE, "two signatures on the Response");
             }
@@ -319,7 +321,7 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
         }
     }
     for (const xmlNode *c = s->assertion ? s->assertion->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, NS_DS, "Signature")) {
+        if (saml_is_el(c, NS_DS, "Signature")) {
             if (s->assert_sig != NULL) {
                 return err_set(err, ERR_PARSE, "two signatures on the assertion");
             }
@@ -338,11 +340,11 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
     if (s->assert_sig && !check_signature(s->assert_sig, s->assert_id, allow_sha1, err)) {
         return -1;
     }
-    const xmlNode *iss = child_el(s->root, NS_SAML, "Issuer");
+    const xmlNode *iss = saml_child_el(s->root, NS_SAML, "Issuer");
     if (iss == NULL && s->assertion != NULL) {
-        iss = child_el(s->assertion, NS_SAML, "Issuer");
+        iss = saml_child_el(s->assertion, NS_SAML, "Issuer");
     }
-    s->issuer = text_of(iss);
+    s->issuer = saml_text_of(iss);
     return 0;
 }
 
@@ -353,7 +355,7 @@ static int check_shape(const xmlDoc *doc, const struct saml_idp *x_or_null, bool
 static int check_decrypted(const struct saml_idp *x, LassoSaml2Assertion *a, struct err *err)
 {
     xmlNode *n = lasso_node_get_original_xmlnode(LASSO_NODE(a));
-    if (n == NULL || !is_el(n, NS_SAML, "Assertion")) {
+    if (n == NULL || !saml_is_el(n, NS_SAML, "Assertion")) {
         return err_set(err, ERR_CRYPTO, "decrypted assertion unreadable");
     }
     struct walk w = { 0 };
@@ -367,7 +369,7 @@ static int check_decrypted(const struct saml_idp *x, LassoSaml2Assertion *a, str
                        "decrypted assertion: nested assertion, repeated ID, "
                        "comment or processing instruction");
     }
-    const xmlNode *sig = child_el(n, NS_DS, "Signature");
+    const xmlNode *sig = saml_child_el(n, NS_DS, "Signature");
     if (w.nsig > (sig ? 1u : 0u)) {
         return err_set(err, ERR_CRYPTO, "decrypted assertion: a signature out of place");
     }
@@ -376,7 +378,7 @@ static int check_decrypted(const struct saml_idp *x, LassoSaml2Assertion *a, str
                    ? err_set(err, ERR_CRYPTO, "assertion is not signed (want_assertions_signed)")
                    : 0;
     }
-    char *id = attr(n, "ID");
+    char *id = saml_attr(n, "ID");
     bool ok = check_signature(sig, id, x->allow_sha1, err);
     free(id);
     return ok ? 0 : -1;
@@ -468,8 +470,8 @@ static int check_assertion(const struct saml_idp *x, LassoSamlp2Response *r, Las
     if (a->Conditions == NULL) {
         return err_set(err, ERR_CRYPTO, "assertion without Conditions");
     }
-    int64_t nb = a->Conditions->NotBefore ? iso_time(a->Conditions->NotBefore) : 0;
-    int64_t na = a->Conditions->NotOnOrAfter ? iso_time(a->Conditions->NotOnOrAfter) : 0;
+    int64_t nb = a->Conditions->NotBefore ? saml_iso_time(a->Conditions->NotBefore) : 0;
+    int64_t na = a->Conditions->NotOnOrAfter ? saml_iso_time(a->Conditions->NotOnOrAfter) : 0;
     if (nb < 0 || na < 0) {
         return err_set(err, ERR_CRYPTO, "Conditions with an unreadable time");
     }
@@ -495,11 +497,11 @@ static int check_assertion(const struct saml_idp *x, LassoSamlp2Response *r, Las
     if (scd == NULL || scd->Recipient == NULL || strcmp(scd->Recipient, x->acs_url) != 0) {
         return err_set(err, ERR_CRYPTO, "SubjectConfirmationData Recipient is not our ACS URL");
     }
-    int64_t scd_exp = iso_time(scd->NotOnOrAfter);
+    int64_t scd_exp = saml_iso_time(scd->NotOnOrAfter);
     if (scd_exp < 0 || now_s >= scd_exp + x->clock_skew_s) {
         return err_set(err, ERR_CRYPTO, "SubjectConfirmationData has expired (NotOnOrAfter)");
     }
-    int64_t scd_nb = scd->NotBefore ? iso_time(scd->NotBefore) : 0;
+    int64_t scd_nb = scd->NotBefore ? saml_iso_time(scd->NotBefore) : 0;
     if (scd_nb < 0 || now_s + x->clock_skew_s < scd_nb) {
         return err_set(err, ERR_CRYPTO, "SubjectConfirmationData is not yet valid (NotBefore)");
     }
@@ -565,7 +567,7 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body, struct
              const unsigned char key[32], int64_t now_s, struct saml_result *out, struct err *err)
 {
     memset(out, 0, sizeof *out);
-    xml_quiet_thread();
+    saml_xml_quiet_thread();
     if (body.len > SAML_BODY_MAX) {
         return err_set(err, ERR_LIMIT, "ACS body over %d bytes", SAML_BODY_MAX);
     }
@@ -590,7 +592,7 @@ int saml_acs(struct saml_idp *const *idps, size_t nidps, struct str body, struct
                                  : "no SAMLResponse in the POST");
         goto out;
     }
-    xml = b64_decode(str_from(b64), &xlen);
+    xml = saml_b64_decode(str_from(b64), &xlen);
     if (xml == NULL) {
         rc = err_set(err, ERR_PARSE, "SAMLResponse is not base64");
         goto out;
@@ -760,10 +762,10 @@ shaped:
                                      ? xstrdup(st->SessionIndex)
                                      : NULL;
             out->assertion_id = xstrdup(a->ID);
-            int64_t na = a->Conditions ? iso_time(a->Conditions->NotOnOrAfter) : -1;
+            int64_t na = a->Conditions ? saml_iso_time(a->Conditions->NotOnOrAfter) : -1;
             LassoSaml2SubjectConfirmationData *scd =
                 lasso_saml2_assertion_get_subject_confirmation_data(a, FALSE);
-            int64_t sna = scd ? iso_time(scd->NotOnOrAfter) : -1;
+            int64_t sna = scd ? saml_iso_time(scd->NotOnOrAfter) : -1;
             int64_t exp = na > sna ? na : sna;
             out->assertion_exp_s = (exp > 0 ? exp : now_s + 3600) + x->clock_skew_s;
             out->return_path = xstrdup(have_state ? ls.rd : "/");

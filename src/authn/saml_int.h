@@ -67,18 +67,18 @@ struct saml_idp {
 };
 
 /* saml.c */
-void xml_quiet_thread(void);
-bool is_el(const xmlNode *n, const char *ns, const char *name);
-const xmlNode *child_el(const xmlNode *p, const char *ns, const char *name);
-char *attr(const xmlNode *n, const char *name);
-char *text_of(const xmlNode *n);
-bool attr_is(const xmlNode *n, const char *name, const char *want);
-int64_t iso_time(const char *s);
-unsigned char *b64_decode(struct str in, size_t *out_len);
+void saml_xml_quiet_thread(void);
+bool saml_is_el(const xmlNode *n, const char *ns, const char *name);
+const xmlNode *saml_child_el(const xmlNode *p, const char *ns, const char *name);
+char *saml_attr(const xmlNode *n, const char *name);
+char *saml_text_of(const xmlNode *n);
+bool saml_attr_is(const xmlNode *n, const char *name, const char *want);
+int64_t saml_iso_time(const char *s);
+unsigned char *saml_b64_decode(struct str in, size_t *out_len);
 
 /* saml_acs.c */
-extern const char *const sig_algs[];
-bool in_list(const char *v, const char *const *l);
-bool sha1_alg(const char *v, bool digest);
+extern const char *const saml_sig_algs[];
+bool saml_in_list(const char *v, const char *const *l);
+bool saml_sha1_alg(const char *v, bool digest);
 
 #endif

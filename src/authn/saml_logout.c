@@ -101,7 +101,7 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
              struct saml_slo *out, struct err *err)
 {
     memset(out, 0, sizeof *out);
-    xml_quiet_thread();
+    saml_xml_quiet_thread();
     if (query.len == 0 || query.len > 64 * 1024) {
         return err_set(err, ERR_PARSE, "no SAML message in the query");
     }
@@ -136,8 +136,8 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
         if (lrc == LASSO_SERVER_ERROR_PROVIDER_NOT_FOUND ||
             lrc == LASSO_PROFILE_ERROR_MISSING_ISSUER) {
             lrc = LASSO_SERVER_ERROR_PROVIDER_NOT_FOUND;
-        } else if (sigalg != NULL && !in_list(sigalg, sig_algs) &&
-                   !(x->allow_sha1 && sha1_alg(sigalg, false))) {
+        } else if (sigalg != NULL && !saml_in_list(sigalg, saml_sig_algs) &&
+                   !(x->allow_sha1 && saml_sha1_alg(sigalg, false))) {
             err_set(err, ERR_CRYPTO, "logout message signature algorithm %.80s refused", sigalg);
         } else if (is_resp) {
             /* Our session ended before we asked the IdP: its answer only says
@@ -160,7 +160,7 @@ int saml_slo(struct saml_idp *const *idps, size_t nidps, struct str query, int64
                     ? LASSO_SAMLP2_LOGOUT_REQUEST(LASSO_PROFILE(lo)->request)
                     : NULL;
             const char *dest = lr ? lr->parent.Destination : NULL;
-            int64_t noa = lr && lr->NotOnOrAfter ? iso_time(lr->NotOnOrAfter) : 0;
+            int64_t noa = lr && lr->NotOnOrAfter ? saml_iso_time(lr->NotOnOrAfter) : 0;
             if (lr == NULL || lr->NameID == NULL || lr->NameID->content == NULL) {
                 err_set(err, ERR_PARSE, "LogoutRequest without NameID");
             } else if (dest != NULL && strcmp(dest, x->slo_url) != 0) {

@@ -20,9 +20,9 @@
 #include "session_int.h"
 
 #define TOUCH_GRANULARITY_MS 1000
-#define ONCE_MAX 500000 /* live one-time values; beyond that, fail closed */
+#define ONCE_MAX             500000 /* live one-time values; beyond that, fail closed */
 
-void user_rev_note(struct session_store *s, const char *value, int64_t ts_ms)
+void sess_user_rev_note(struct session_store *s, const char *value, int64_t ts_ms)
 {
     pthread_rwlock_wrlock(&s->urmu);
     size_t n = atomic_load(&s->nuser_revs);
@@ -44,8 +44,7 @@ void user_rev_note(struct session_store *s, const char *value, int64_t ts_ms)
     pthread_rwlock_unlock(&s->urmu);
 }
 
-int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
-                                const char *email)
+int64_t session_user_revoked_ms(struct session_store *s, const char *user_key, const char *email)
 {
     if (s == NULL || atomic_load(&s->nuser_revs) == 0) {
         return 0;
@@ -65,7 +64,7 @@ int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
     return ts;
 }
 
-int64_t now_wall_ms(void)
+int64_t sess_now_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -74,8 +73,9 @@ int64_t now_wall_ms(void)
 
 /* ---- configuration ---------------------------------------------------- */
 
-static const char *const session_keys[] = { "cookie", "idle_timeout", "max_lifetime", "refresh",
-                                            "refresh_before", "key_file", NULL };
+static const char *const session_keys[] = { "cookie",  "idle_timeout",   "max_lifetime",
+                                            "refresh", "refresh_before", "key_file",
+                                            NULL };
 
 bool session_conf_parse(struct conf_diag *d, const struct conf_node *n, const char *conf_file,
                         struct session_conf *out)
@@ -126,7 +126,7 @@ void session_conf_fini(struct session_conf *c)
 
 /* ---- records ---------------------------------------------------------- */
 
-char *dupn(const char *s)
+char *sess_dupn(const char *s)
 {
     return s ? xstrdup(s) : NULL;
 }
@@ -155,7 +155,7 @@ void sess_free(struct sess *e)
     free(e);
 }
 
-void set_public_id(struct sess *e)
+void sess_set_public_id(struct sess *e)
 {
     char hex[65];
     str_hex(e->h, 32, hex);
@@ -168,14 +168,14 @@ static struct sess *sess_copy(const struct sess *e)
     struct sess *c = xcalloc(1, sizeof *c);
     memcpy(c->h, e->h, sizeof c->h);
     memcpy(c->id, e->id, sizeof c->id);
-    c->user_key = dupn(e->user_key);
-    c->email = dupn(e->email);
-    c->name = dupn(e->name);
+    c->user_key = sess_dupn(e->user_key);
+    c->email = sess_dupn(e->email);
+    c->name = sess_dupn(e->name);
     c->attrs = attrs_ref(e->attrs);
-    c->idp = dupn(e->idp);
-    c->sid = dupn(e->sid);
-    c->refresh_token = dupn(e->refresh_token);
-    c->id_token = dupn(e->id_token);
+    c->idp = sess_dupn(e->idp);
+    c->sid = sess_dupn(e->sid);
+    c->refresh_token = sess_dupn(e->refresh_token);
+    c->id_token = sess_dupn(e->id_token);
     c->created_ms = e->created_ms;
     c->last_seen_ms = e->last_seen_ms;
     c->expires_ms = e->expires_ms;
@@ -183,12 +183,12 @@ static struct sess *sess_copy(const struct sess *e)
     return c;
 }
 
-size_t bucket_of(const unsigned char h[32])
+size_t sess_bucket_of(const unsigned char h[32])
 {
     return ((size_t)h[0] << 8 | h[1]) % NBUCKETS;
 }
 
-pthread_mutex_t *stripe_of(struct session_store *s, size_t b)
+pthread_mutex_t *sess_stripe_of(struct session_store *s, size_t b)
 {
     return &s->stripe[b % NSTRIPES];
 }
@@ -221,20 +221,19 @@ static void enqueue(struct session_store *s, enum op_kind kind, struct sess *rec
     pthread_mutex_unlock(&s->qmu);
 }
 
-bool expired(const struct session_store *s, const struct sess *e, int64_t now_ms)
+bool sess_expired(const struct session_store *s, const struct sess *e, int64_t now_ms)
 {
-    return now_ms >= e->expires_ms ||
-           now_ms >= e->last_seen_ms + (int64_t)s->conf.idle_timeout_ms;
+    return now_ms >= e->expires_ms || now_ms >= e->last_seen_ms + (int64_t)s->conf.idle_timeout_ms;
 }
 
 /* Removes from the cache every entry matching; returns the count. */
-size_t cache_remove_if(struct session_store *s,
-                              bool (*match)(const struct sess *, const void *), const void *arg,
-                              bool queue_delete)
+size_t sess_cache_remove_if(struct session_store *s,
+                            bool (*match)(const struct sess *, const void *), const void *arg,
+                            bool queue_delete)
 {
     size_t n = 0;
     for (size_t b = 0; b < NBUCKETS; b++) {
-        pthread_mutex_t *mu = stripe_of(s, b);
+        pthread_mutex_t *mu = sess_stripe_of(s, b);
         struct sess *dead = NULL;
         pthread_mutex_lock(mu);
         for (struct sess **pp = &s->bucket[b]; *pp != NULL;) {
@@ -264,8 +263,7 @@ size_t cache_remove_if(struct session_store *s,
 
 /* --user of `sessions list|revoke`: the stored key (issuer#subject) exactly, or
  * whatever ident_user_match accepts for the subject, email and IdP. */
-bool sess_user_match(const char *query, const char *user_key, const char *email,
-                            const char *idp)
+bool sess_user_match(const char *query, const char *user_key, const char *email, const char *idp)
 {
     if (query == NULL || user_key == NULL) {
         return false;
@@ -275,21 +273,21 @@ bool sess_user_match(const char *query, const char *user_key, const char *email,
            ident_user_match(query, hash ? hash + 1 : user_key, email, idp);
 }
 
-bool match_user_rev(const struct sess *e, const void *arg)
+bool sess_match_user_rev(const struct sess *e, const void *arg)
 {
     const struct user_rev *u = arg;
     return e->created_ms <= u->ts_ms && sess_user_match(u->value, e->user_key, e->email, e->idp);
 }
 
-bool match_hash(const struct sess *e, const void *arg)
+bool sess_match_hash(const struct sess *e, const void *arg)
 {
     return memcmp(e->h, arg, 32) == 0;
 }
 
-bool match_expired(const struct sess *e, const void *arg)
+bool sess_match_expired(const struct sess *e, const void *arg)
 {
     const struct session_store *s = *(const struct session_store *const *)arg;
-    return expired(s, e, now_wall_ms());
+    return sess_expired(s, e, sess_now_wall_ms());
 }
 
 static bool user_revoked_at_creation(struct session_store *s, const struct sess *e)
@@ -299,31 +297,30 @@ static bool user_revoked_at_creation(struct session_store *s, const struct sess 
     size_t n = atomic_load(&s->nuser_revs);
     for (size_t i = 0; i < n && !dead; i++) {
         struct user_rev u = { s->user_revs[i].value, s->user_revs[i].ts_ms };
-        dead = match_user_rev(e, &u);
+        dead = sess_match_user_rev(e, &u);
     }
     pthread_rwlock_unlock(&s->urmu);
     return dead;
 }
 
-
 /* A session row from the database (created or refreshed on another node). */
-void hook_row(void *arg, const struct spg_row *r, bool update)
+void sess_hook_row(void *arg, const struct spg_row *r, bool update)
 {
     struct session_store *s = arg;
     struct sess *e = xcalloc(1, sizeof *e);
-    if (hex_to_hash(r->id_hash, e->h) != 0 || r->user_key == NULL || r->idp == NULL) {
+    if (sdb_hex_to_hash(r->id_hash, e->h) != 0 || r->user_key == NULL || r->idp == NULL) {
         free(e);
         return;
     }
-    set_public_id(e);
+    sess_set_public_id(e);
     e->user_key = xstrdup(r->user_key);
-    e->email = dupn(r->email);
-    e->name = dupn(r->name);
+    e->email = sess_dupn(r->email);
+    e->name = sess_dupn(r->name);
     e->attrs = attrs_parse(r->groups, r->claims);
     e->idp = xstrdup(r->idp);
-    e->sid = dupn(r->sid);
-    e->refresh_token = open_field(s, e->h, "rt", (const unsigned char *)r->refresh_token);
-    e->id_token = open_field(s, e->h, "idt", (const unsigned char *)r->id_token);
+    e->sid = sess_dupn(r->sid);
+    e->refresh_token = sdb_open_field(s, e->h, "rt", (const unsigned char *)r->refresh_token);
+    e->id_token = sdb_open_field(s, e->h, "idt", (const unsigned char *)r->id_token);
     if (r->refresh_token != NULL && e->refresh_token == NULL) {
         log_warn("authn", "a stored refresh token does not open with the session key "
                           "(session.key_file differs between nodes?); that session will not "
@@ -333,13 +330,13 @@ void hook_row(void *arg, const struct spg_row *r, bool update)
     e->last_seen_ms = e->flushed_last_seen_ms = r->last_seen_ms;
     e->expires_ms = r->expires_ms;
     e->token_exp_s = r->token_exp_s;
-    if (expired(s, e, now_wall_ms()) || user_revoked_at_creation(s, e)) {
+    if (sess_expired(s, e, sess_now_wall_ms()) || user_revoked_at_creation(s, e)) {
         sess_free(e);
         return;
     }
-    size_t b = bucket_of(e->h);
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, e->h);
+    size_t b = sess_bucket_of(e->h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, e->h);
     if (pp == NULL) {
         e->seen = true;
         e->next = s->bucket[b];
@@ -362,7 +359,7 @@ void hook_row(void *arg, const struct spg_row *r, bool update)
         c->attrs = e->attrs;
         e->attrs = old;
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     sess_free(e);
 }
 
@@ -370,25 +367,25 @@ void hook_row(void *arg, const struct spg_row *r, bool update)
  * deletes it. NULL when there is none. */
 static struct sess *cache_unlink(struct session_store *s, const unsigned char h[32])
 {
-    size_t b = bucket_of(h);
+    size_t b = sess_bucket_of(h);
     struct sess *dead = NULL;
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, h);
     if (pp != NULL) {
         dead = *pp;
         *pp = dead->next;
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     return dead;
 }
 
-void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
+void sess_hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
 {
     struct session_store *s = arg;
     size_t n = 0;
     if (strcmp(kind, "id") == 0) {
         unsigned char h[32];
-        if (hex_to_hash(value, h) == 0) {
+        if (sdb_hex_to_hash(value, h) == 0) {
             /* One bucket, not a scan: every sign-out in the fleet comes here. */
             struct sess *dead = cache_unlink(s, h);
             n = dead != NULL;
@@ -398,10 +395,10 @@ void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms)
         /* Also deleted from the database: a session created here just
          * before the revocation may have been written after its DELETE. */
         struct user_rev u = { value, ts_ms };
-        user_rev_note(s, value, ts_ms);
-        n = cache_remove_if(s, match_user_rev, &u, true);
+        sess_user_rev_note(s, value, ts_ms);
+        n = sess_cache_remove_if(s, sess_match_user_rev, &u, true);
     } else if (strcmp(kind, "user-note") == 0) {
-        user_rev_note(s, value, ts_ms);
+        sess_user_rev_note(s, value, ts_ms);
     }
     if (n > 0) {
         log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
@@ -414,42 +411,44 @@ static bool match_unseen(const struct sess *e, const void *arg)
     return !e->seen;
 }
 
-void hook_resync(void *arg, bool end)
+void sess_hook_resync(void *arg, bool end)
 {
     struct session_store *s = arg;
     if (end) {
-        size_t n = cache_remove_if(s, match_unseen, NULL, false);
-        log_info("authn", "session cache rebuilt from PostgreSQL: %zu session(s) no longer "
-                          "there ended", n);
+        size_t n = sess_cache_remove_if(s, match_unseen, NULL, false);
+        log_info("authn",
+                 "session cache rebuilt from PostgreSQL: %zu session(s) no longer "
+                 "there ended",
+                 n);
         return;
     }
     /* Sessions made here and not written yet are not in the table yet. */
     for (size_t b = 0; b < NBUCKETS; b++) {
-        pthread_mutex_lock(stripe_of(s, b));
+        pthread_mutex_lock(sess_stripe_of(s, b));
         for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
             e->seen = e->unwritten;
         }
-        pthread_mutex_unlock(stripe_of(s, b));
+        pthread_mutex_unlock(sess_stripe_of(s, b));
     }
 }
 
-void hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms)
+void sess_hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms)
 {
     struct session_store *s = arg;
     unsigned char h[32];
-    if (hex_to_hash(id_hash, h) != 0) {
+    if (sdb_hex_to_hash(id_hash, h) != 0) {
         return;
     }
-    size_t b = bucket_of(h);
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
+    size_t b = sess_bucket_of(h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, h);
     if (pp != NULL && (*pp)->last_seen_ms < last_seen_ms) {
         (*pp)->last_seen_ms = last_seen_ms;
         if ((*pp)->flushed_last_seen_ms < last_seen_ms) {
             (*pp)->flushed_last_seen_ms = last_seen_ms;
         }
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
 }
 
 void session_store_derive_key(struct session_store *s, const char *label, unsigned char out[32])
@@ -484,10 +483,10 @@ bool session_cookie_id_hash(struct str cookie, char out[65])
 
 bool session_store_ready(struct session_store *s)
 {
-    return s == NULL || s->pg == NULL || spg_ok(s->pg, now_wall_ms());
+    return s == NULL || s->pg == NULL || spg_ok(s->pg, sess_now_wall_ms());
 }
 
-bool store_reachable(void *arg)
+bool sess_store_reachable(void *arg)
 {
     return session_store_ready(arg);
 }
@@ -532,7 +531,7 @@ int session_once_check(struct session_store *s, struct str key, int64_t exp_s, i
         bool shared = false;
         int rc;
         pthread_mutex_unlock(&s->oncemu); /* other workers do not wait on it */
-        if (!spg_ok(s->pg, now_wall_ms())) {
+        if (!spg_ok(s->pg, sess_now_wall_ms())) {
             /* Known out of reach (the listener thread says so): refuse at once
              * rather than make this worker wait for a timeout. */
             rc = err_set(&err, ERR_IO, "PostgreSQL unreachable");
@@ -584,16 +583,16 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
 
     struct sess *e = xcalloc(1, sizeof *e);
     codec_sha256(raw, sizeof raw, e->h);
-    set_public_id(e);
+    sess_set_public_id(e);
     OPENSSL_cleanse(raw, sizeof raw);
     e->user_key = xstrdup(in->user_key);
-    e->email = dupn(in->email);
-    e->name = dupn(in->name);
+    e->email = sess_dupn(in->email);
+    e->name = sess_dupn(in->name);
     e->attrs = in->attrs ? attrs_ref(in->attrs) : attrs_parse(NULL, NULL);
     e->idp = xstrdup(in->idp);
-    e->sid = dupn(in->sid);
-    e->refresh_token = dupn(in->refresh_token);
-    e->id_token = dupn(in->id_token);
+    e->sid = sess_dupn(in->sid);
+    e->refresh_token = sess_dupn(in->refresh_token);
+    e->id_token = sess_dupn(in->id_token);
     e->created_ms = now_ms;
     e->last_seen_ms = e->flushed_last_seen_ms = now_ms;
     e->expires_ms = now_ms + (int64_t)s->conf.max_lifetime_ms;
@@ -601,11 +600,11 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
     e->unwritten = s->pg != NULL;
 
     struct sess *copy = sess_copy(e);
-    size_t b = bucket_of(e->h);
-    pthread_mutex_lock(stripe_of(s, b));
+    size_t b = sess_bucket_of(e->h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
     e->next = s->bucket[b];
     s->bucket[b] = e;
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     enqueue(s, OP_INSERT, copy);
     if (s->pg != NULL) {
         /* The other nodes learn of it once it is written: now, not in 500 ms. */
@@ -617,7 +616,7 @@ int session_create(struct session_store *s, const struct session_new *in, int64_
 }
 
 /* Finds the entry for h in its bucket; the stripe lock must be held. */
-struct sess **find(struct session_store *s, size_t b, const unsigned char h[32])
+struct sess **sess_find(struct session_store *s, size_t b, const unsigned char h[32])
 {
     for (struct sess **pp = &s->bucket[b]; *pp != NULL; pp = &(*pp)->next) {
         if (memcmp((*pp)->h, h, 32) == 0) {
@@ -635,8 +634,8 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
     if (!cookie_hash(cookie, h)) {
         return SESSION_NONE;
     }
-    size_t b = bucket_of(h);
-    pthread_mutex_t *mu = stripe_of(s, b);
+    size_t b = sess_bucket_of(h);
+    pthread_mutex_t *mu = sess_stripe_of(s, b);
     enum session_status st = SESSION_NONE;
     struct sess *dead = NULL;
 
@@ -649,7 +648,7 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
         unsure = stale || !spg_ok(s->pg, now_ms);
     }
     pthread_mutex_lock(mu);
-    struct sess **pp = find(s, b, h);
+    struct sess **pp = sess_find(s, b, h);
     if (pp == NULL) {
         st = unsure ? SESSION_UNAVAILABLE : SESSION_NONE;
         goto out;
@@ -659,7 +658,7 @@ enum session_status session_lookup(struct session_store *s, struct str cookie, i
         st = SESSION_UNAVAILABLE;
         goto out;
     }
-    if (expired(s, e, now_ms)) {
+    if (sess_expired(s, e, now_ms)) {
         *pp = e->next;
         dead = e;
         st = SESSION_EXPIRED;
@@ -727,7 +726,7 @@ static bool match_user(const struct sess *e, const void *arg)
 
 size_t session_revoke_user(struct session_store *s, const char *user_key)
 {
-    return cache_remove_if(s, match_user, user_key, true);
+    return sess_cache_remove_if(s, match_user, user_key, true);
 }
 
 struct sid_match {
@@ -743,7 +742,7 @@ static bool match_sid(const struct sess *e, const void *arg)
 size_t session_revoke_sid(struct session_store *s, const char *idp, const char *sid)
 {
     struct sid_match m = { idp, sid };
-    return cache_remove_if(s, match_sid, &m, true);
+    return sess_cache_remove_if(s, match_sid, &m, true);
 }
 
 bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t now_ms,
@@ -755,16 +754,16 @@ bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t n
     if (!cookie_hash(cookie, h)) {
         return false;
     }
-    size_t b = bucket_of(h);
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
+    size_t b = sess_bucket_of(h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, h);
     if (pp != NULL && !(*pp)->refresh_in_flight && (*pp)->refresh_token != NULL &&
-        !expired(s, *pp, now_ms)) {
+        !sess_expired(s, *pp, now_ms)) {
         (*pp)->refresh_in_flight = true;
         *refresh_token = xstrdup((*pp)->refresh_token);
         mine = true;
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     return mine;
 }
 
@@ -776,20 +775,19 @@ static void replace(char **dst, const char *v)
     }
 }
 
-void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
-                          bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
-                          const char *email, const char *name,
-                          const struct authn_attrs *attrs)
+void session_refresh_done(struct session_store *s, struct str cookie, bool ok, bool end_on_failure,
+                          const char *refresh_token, int64_t token_exp_s, const char *email,
+                          const char *name, const struct authn_attrs *attrs)
 {
     unsigned char h[32];
     if (!cookie_hash(cookie, h)) {
         return;
     }
-    size_t b = bucket_of(h);
+    size_t b = sess_bucket_of(h);
     struct sess *copy = NULL;
     struct sess *dead = NULL;
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, h);
     if (pp != NULL) {
         struct sess *e = *pp;
         e->refresh_in_flight = false;
@@ -815,7 +813,7 @@ void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
             dead = e;
         }
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     if (copy != NULL) {
         enqueue(s, OP_UPDATE, copy);
     }
@@ -831,12 +829,12 @@ char *session_id_token(struct session_store *s, struct str cookie)
     if (!cookie_hash(cookie, h)) {
         return NULL;
     }
-    size_t b = bucket_of(h);
-    pthread_mutex_lock(stripe_of(s, b));
-    struct sess **pp = find(s, b, h);
+    size_t b = sess_bucket_of(h);
+    pthread_mutex_lock(sess_stripe_of(s, b));
+    struct sess **pp = sess_find(s, b, h);
     if (pp != NULL && (*pp)->id_token != NULL) {
         out = xstrdup((*pp)->id_token);
     }
-    pthread_mutex_unlock(stripe_of(s, b));
+    pthread_mutex_unlock(sess_stripe_of(s, b));
     return out;
 }

@@ -78,7 +78,7 @@ void session_store_close(struct session_store *s);
 void session_store_sync(struct session_store *s);
 
 struct session_new {
-    const char *user_key;   /* iss#sub */
+    const char *user_key; /* iss#sub */
     const char *email, *name;
     const struct authn_attrs *attrs; /* groups and claims (a reference is taken); NULL: none */
     const char *idp, *sid;
@@ -106,13 +106,13 @@ enum session_status {
  * groups and claims are the cache's parsed ones, held until the arena is
  * released. */
 struct session_view {
-    char id[17];              /* public id: first 16 hex chars of the hash (logs, CLI) */
+    char id[17]; /* public id: first 16 hex chars of the hash (logs, CLI) */
     const char *user_key, *email, *name, *idp, *sid;
     const struct authn_attrs *attrs; /* parsed once, held by the arena */
     int64_t created_ms, last_seen_ms, expires_ms, idle_expires_ms;
     int64_t token_exp_s;
     bool has_refresh_token;
-    bool refresh_due;         /* refresh enabled, token near expiry, none in flight */
+    bool refresh_due; /* refresh enabled, token near expiry, none in flight */
 };
 
 /* Looks the cookie value up in the cache; on SESSION_VALID fills out (arena
@@ -130,8 +130,7 @@ size_t session_revoke_sid(struct session_store *s, const char *idp, const char *
 /* When user_key or email was last revoked by `sessions revoke --user`
  * (milliseconds since the epoch), 0 when never: the caller refuses bearer
  * tokens of that user issued before it. Seen here within a second of the CLI. */
-int64_t session_user_revoked_ms(struct session_store *s, const char *user_key,
-                                const char *email);
+int64_t session_user_revoked_ms(struct session_store *s, const char *user_key, const char *email);
 
 /* One-time values (SAML assertion ids; the store interface the PostgreSQL
  * back end shares): records key until exp_s and returns true, or returns
@@ -154,10 +153,9 @@ bool session_refresh_claim(struct session_store *s, struct str cookie, int64_t n
  * taken) and name may be NULL to keep the current values; email replaces the
  * current one (NULL: none) whenever attrs is given (a new ID token).  token_exp_s is
  * the new token expiry; 0 (unknown) stops further refreshes of this session. */
-void session_refresh_done(struct session_store *s, struct str cookie, bool ok,
-                          bool end_on_failure, const char *refresh_token, int64_t token_exp_s,
-                          const char *email, const char *name,
-                          const struct authn_attrs *attrs);
+void session_refresh_done(struct session_store *s, struct str cookie, bool ok, bool end_on_failure,
+                          const char *refresh_token, int64_t token_exp_s, const char *email,
+                          const char *name, const struct authn_attrs *attrs);
 /* The id_token kept for the RP-initiated logout hint (malloc'd) or NULL. */
 char *session_id_token(struct session_store *s, struct str cookie);
 

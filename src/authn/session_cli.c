@@ -82,13 +82,15 @@ static char *resolve_user(const struct conf_node *root, const char *user, char *
              * this form, so it matches nobody; it is still recorded as asked. */
             return xstrdup(user);
         }
-        err_set(err, ERR_PARSE, "--user \"%s\": no identity provider \"%.*s\" is configured",
-                user, (int)(colon - user), user);
+        err_set(err, ERR_PARSE, "--user \"%s\": no identity provider \"%.*s\" is configured", user,
+                (int)(colon - user), user);
         return NULL;
     }
     if (bare_iss == NULL) {
-        err_set(err, ERR_PARSE, "--user \"%s\": no identity provider has bare_user_ids; give "
-                "<provider id>:%s or an email", user, user);
+        err_set(err, ERR_PARSE,
+                "--user \"%s\": no identity provider has bare_user_ids; give "
+                "<provider id>:%s or an email",
+                user, user);
         return NULL;
     }
     return xasprintf("%s#%s", bare_iss, user);
@@ -131,9 +133,10 @@ static char *db_path_from_config(const char *conf_file, char **user, char **bare
         path = st.sqlite; /* the state section's one reader (core/conf.c) */
         st.sqlite = NULL;
     } else if (d.count == 0) {
-        fprintf(stderr, "%s: error: no \"state: {sqlite: ...}\" configured (nor state.postgres), "
-                        "so there are no "
-                        "stored sessions\n",
+        fprintf(stderr,
+                "%s: error: no \"state: {sqlite: ...}\" configured (nor state.postgres), "
+                "so there are no "
+                "stored sessions\n",
                 conf_file);
     }
     conf_state_fini(&st);
@@ -192,7 +195,7 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
     struct err err = { 0 };
     int rc;
     if (strcmp(verb, "list") == 0) {
-        rc = id != NULL ? err_set(&err, ERR_PARSE, "list takes --user, not --id")
+        rc = id != NULL    ? err_set(&err, ERR_PARSE, "list takes --user, not --id")
              : pg.conninfo ? session_admin_list_pg(&pg, ukey, bare_idp, json, stdout, &err)
                            : session_admin_list(db, ukey, bare_idp, json, stdout, &err);
     } else {
@@ -211,8 +214,9 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
             snprintf(target, sizeof target, "%s %.256s", user ? "user" : "session",
                      user ? user : id);
             snprintf(reason, sizeof reason, "revoked %zu session(s)", n);
-            struct admin_act act = { .action = "session.revoke", .target = target,
-                                     .reason = reason, .user = user };
+            struct admin_act act = {
+                .action = "session.revoke", .target = target, .reason = reason, .user = user
+            };
             if (user != NULL && strchr(user, '@') != NULL) {
                 act.user = NULL;
                 act.email = user;
@@ -224,8 +228,10 @@ int authn_cmd_sessions(int argc, char **argv, admin_log_fn *log_admin)
             } else if (lr < 0) {
                 /* The revocation stands (it is already committed); say loudly that
                  * the decision log does not show it. */
-                fprintf(stderr, "gatehouse sessions: the revocation is NOT in the decision "
-                                "log: %s\n", note);
+                fprintf(stderr,
+                        "gatehouse sessions: the revocation is NOT in the decision "
+                        "log: %s\n",
+                        note);
                 rc = ERR_IO;
                 err_set(&err, ERR_IO, "decision log record failed");
             }
@@ -276,8 +282,9 @@ int authn_cmd_db(int argc, char **argv)
     int rc = 1;
     if (doc != NULL && !spg_conf_parse(&d, conf_get(doc->root, "state"), conf, &pg) &&
         d.count == 0) {
-        fprintf(stderr, "%s: error: no \"state: {postgres: ...}\" configured (SQLite creates its "
-                        "tables itself)\n",
+        fprintf(stderr,
+                "%s: error: no \"state: {postgres: ...}\" configured (SQLite creates its "
+                "tables itself)\n",
                 conf);
     } else if (doc != NULL && d.count == 0) {
         spg_conf_check(&d, conf_get(doc->root, "state"), &pg);

@@ -93,36 +93,37 @@ struct user_rev {
 };
 
 /* session.c */
-void user_rev_note(struct session_store *s, const char *value, int64_t ts_ms);
-int64_t now_wall_ms(void);
-char *dupn(const char *s);
+void sess_user_rev_note(struct session_store *s, const char *value, int64_t ts_ms);
+int64_t sess_now_wall_ms(void);
+char *sess_dupn(const char *s);
 void sess_free(struct sess *e);
-void set_public_id(struct sess *e);
-size_t bucket_of(const unsigned char h[32]);
-pthread_mutex_t *stripe_of(struct session_store *s, size_t b);
-bool expired(const struct session_store *s, const struct sess *e, int64_t now_ms);
-size_t cache_remove_if(struct session_store *s, bool (*match)(const struct sess *, const void *),
-                       const void *arg, bool queue_delete);
+void sess_set_public_id(struct sess *e);
+size_t sess_bucket_of(const unsigned char h[32]);
+pthread_mutex_t *sess_stripe_of(struct session_store *s, size_t b);
+bool sess_expired(const struct session_store *s, const struct sess *e, int64_t now_ms);
+size_t sess_cache_remove_if(struct session_store *s,
+                            bool (*match)(const struct sess *, const void *), const void *arg,
+                            bool queue_delete);
 bool sess_user_match(const char *query, const char *user_key, const char *email, const char *idp);
-bool match_user_rev(const struct sess *e, const void *arg);
-bool match_hash(const struct sess *e, const void *arg);
-bool match_expired(const struct sess *e, const void *arg);
-void hook_row(void *arg, const struct spg_row *r, bool update);
-void hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms);
-void hook_resync(void *arg, bool end);
-void hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms);
-bool store_reachable(void *arg);
-struct sess **find(struct session_store *s, size_t b, const unsigned char h[32]);
+bool sess_match_user_rev(const struct sess *e, const void *arg);
+bool sess_match_hash(const struct sess *e, const void *arg);
+bool sess_match_expired(const struct sess *e, const void *arg);
+void sess_hook_row(void *arg, const struct spg_row *r, bool update);
+void sess_hook_revoke(void *arg, const char *kind, const char *value, int64_t ts_ms);
+void sess_hook_resync(void *arg, bool end);
+void sess_hook_touch(void *arg, const char *id_hash, int64_t last_seen_ms);
+bool sess_store_reachable(void *arg);
+struct sess **sess_find(struct session_store *s, size_t b, const unsigned char h[32]);
 
 /* session_sqlite.c */
-sqlite3 *db_open(const char *path, struct err *err);
-char *seal_field(struct session_store *s, const unsigned char h[32], const char *what,
-                 const char *v);
-char *open_field(struct session_store *s, const unsigned char h[32], const char *what,
-                 const unsigned char *v);
-void bind_text(sqlite3_stmt *st, int i, const char *v);
-void bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n);
-int hex_to_hash(const char *hex, unsigned char h[32]);
-void preload(struct session_store *s, int64_t now_ms);
+sqlite3 *sdb_db_open(const char *path, struct err *err);
+char *sdb_seal_field(struct session_store *s, const unsigned char h[32], const char *what,
+                     const char *v);
+char *sdb_open_field(struct session_store *s, const unsigned char h[32], const char *what,
+                     const unsigned char *v);
+void sdb_bind_text(sqlite3_stmt *st, int i, const char *v);
+void sdb_bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n);
+int sdb_hex_to_hash(const char *hex, unsigned char h[32]);
+void sdb_preload(struct session_store *s, int64_t now_ms);
 
 #endif

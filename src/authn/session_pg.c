@@ -15,18 +15,18 @@
 
 #include "session_pg_int.h"
 
-#define CHANGE_LOCK "7263001"      /* pg_advisory_xact_lock key: appenders of session_changes */
-#define MIGRATE_LOCK "7263000"     /* pg_advisory_xact_lock key: migrations */
-#define OK_WITHIN_MS 3000          /* readiness: synced this recently */
+#define CHANGE_LOCK  "7263001" /* pg_advisory_xact_lock key: appenders of session_changes */
+#define MIGRATE_LOCK "7263000" /* pg_advisory_xact_lock key: migrations */
+#define OK_WITHIN_MS 3000      /* readiness: synced this recently */
 
-int64_t wall_ms(void)
+int64_t spg_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t mono_ms(void)
+int64_t spg_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -77,7 +77,8 @@ void spg_conf_check(struct conf_diag *d, const struct conf_node *state, const st
         while (n > 0 && msg[n - 1] == '\n') {
             msg[--n] = '\0';
         }
-        conf_error(d, conf_get(state, "postgres"), "\"postgres\" is not a libpq connection string: %s",
+        conf_error(d, conf_get(state, "postgres"),
+                   "\"postgres\" is not a libpq connection string: %s",
                    msg ? msg : "out of memory");
     }
     PQfreemem(msg);
@@ -107,8 +108,7 @@ char *spg_conninfo_redacted(const char *ci)
             }
         }
         const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        char *base = colon ? xasprintf("%.*s****%s", (int)(colon + 1 - ci), ci, at)
-                           : xstrdup(ci);
+        char *base = colon ? xasprintf("%.*s****%s", (int)(colon + 1 - ci), ci, at) : xstrdup(ci);
         /* ...and a password=... query parameter. */
         char *pw = strstr(base, "password=");
         if (pw != NULL && (pw[-1] == '?' || pw[-1] == '&')) {
@@ -153,7 +153,7 @@ char *spg_conninfo_redacted(const char *ci)
 
 /* ---- connections ------------------------------------------------------ */
 
-PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err)
+PGconn *spg_connect_db(const struct spg_conf *c, const char *password, struct err *err)
 {
     return pg_connect(c->conninfo, password, "gatehouse", err);
 }
@@ -179,7 +179,7 @@ PGconn *spg_connect(const struct spg_conf *c, struct err *err)
     return db;
 }
 
-bool exec_ok(PGconn *db, const char *sql, struct err *err)
+bool spg_exec_ok(PGconn *db, const char *sql, struct err *err)
 {
     PGresult *r = PQexec(db, sql);
     bool ok = pg_check(db, r, err, "PostgreSQL");
@@ -187,7 +187,7 @@ bool exec_ok(PGconn *db, const char *sql, struct err *err)
     return ok;
 }
 
-PGresult *q(PGconn *db, const char *sql, int n, const char *const *v)
+PGresult *spg_q(PGconn *db, const char *sql, int n, const char *const *v)
 {
     return PQexecParams(db, sql, n, NULL, v, NULL, NULL, 0);
 }
@@ -284,13 +284,14 @@ static int schema_version(PGconn *db, int *version, struct err *err)
 static int migrate(PGconn *db, int *from, int *to, struct err *err)
 {
     int v = 0;
-    if (!exec_ok(db, "BEGIN", err)) {
+    if (!spg_exec_ok(db, "BEGIN", err)) {
         return ERR_IO;
     }
-    if (!exec_ok(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", err) ||
-        !exec_ok(db, "CREATE TABLE IF NOT EXISTS gatehouse_schema ("
+    if (!spg_exec_ok(db, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", err) ||
+        !spg_exec_ok(db,
+                     "CREATE TABLE IF NOT EXISTS gatehouse_schema ("
                      "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-                 err) ||
+                     err) ||
         schema_version(db, &v, err) != 0) {
         goto fail;
     }
@@ -305,10 +306,11 @@ static int migrate(PGconn *db, int *from, int *to, struct err *err)
         char num[16];
         snprintf(num, sizeof num, "%d", i + 1);
         const char *p[] = { num };
-        if (!exec_ok(db, migrations[i], err)) {
+        if (!spg_exec_ok(db, migrations[i], err)) {
             goto fail;
         }
-        PGresult *r = q(db, "INSERT INTO gatehouse_schema (version) VALUES ($1::integer)", 1, p);
+        PGresult *r =
+            spg_q(db, "INSERT INTO gatehouse_schema (version) VALUES ($1::integer)", 1, p);
         bool ok = pg_check(db, r, err, "recording the schema version");
         PQclear(r);
         if (!ok) {
@@ -316,7 +318,7 @@ static int migrate(PGconn *db, int *from, int *to, struct err *err)
         }
         *to = i + 1;
     }
-    if (!exec_ok(db, "COMMIT", err)) {
+    if (!spg_exec_ok(db, "COMMIT", err)) {
         return ERR_IO;
     }
     return 0;
@@ -344,7 +346,7 @@ int spg_cmd_migrate(const struct spg_conf *c, FILE *out, struct err *err)
     return rc;
 }
 
-bool row_from(PGresult *r, int i, struct spg_row *out)
+bool spg_row_from(PGresult *r, int i, struct spg_row *out)
 {
     const char *h = pg_col(r, i, 0);
     if (h == NULL || strlen(h) != 64) {
@@ -355,8 +357,7 @@ bool row_from(PGresult *r, int i, struct spg_row *out)
     /* The columns of ROW_COLS after id_hash, in order. */
     const char **text[] = { &out->user_key, &out->email, &out->name, &out->groups,
                             &out->claims,   &out->idp,   &out->sid };
-    int64_t *num[] = { &out->created_ms, &out->last_seen_ms, &out->expires_ms,
-                       &out->token_exp_s };
+    int64_t *num[] = { &out->created_ms, &out->last_seen_ms, &out->expires_ms, &out->token_exp_s };
     int c = 1;
     for (size_t k = 0; k < sizeof text / sizeof text[0]; k++) {
         *text[k] = pg_col(r, i, c++);
@@ -369,12 +370,13 @@ bool row_from(PGresult *r, int i, struct spg_row *out)
     return true;
 }
 
-static int preload(struct spg *p, PGconn *db, struct err *err)
+static int sdb_preload(struct spg *p, PGconn *db, struct err *err)
 {
     char now[24];
-    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    snprintf(now, sizeof now, "%lld", (long long)spg_wall_ms());
     const char *v[] = { now };
-    PGresult *r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
+    PGresult *r =
+        spg_q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
     if (!pg_check(db, r, err, "loading sessions")) {
         PQclear(r);
         return ERR_IO;
@@ -392,7 +394,7 @@ static int preload(struct spg *p, PGconn *db, struct err *err)
     PQclear(u);
     for (int i = 0; i < PQntuples(r); i++) {
         struct spg_row row;
-        if (row_from(r, i, &row)) {
+        if (spg_row_from(r, i, &row)) {
             p->hooks.row(p->hooks.arg, &row, false);
         }
     }
@@ -429,7 +431,7 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
         (p->password = pg_read_password(c->password_file, err)) == NULL) {
         goto fail;
     }
-    p->wconn = connect_db(&p->conf, p->password, err);
+    p->wconn = spg_connect_db(&p->conf, p->password, err);
     if (p->wconn == NULL) {
         goto fail;
     }
@@ -458,25 +460,25 @@ struct spg *spg_open(const struct spg_conf *c, const struct spg_hooks *h, struct
     }
     p->seq = pg_col64(r, 0, 0);
     PQclear(r);
-    if (preload(p, p->wconn, err) != 0 ||
+    if (sdb_preload(p, p->wconn, err) != 0 ||
         device_mirror_load(p->wconn, c->staleness_ms, err) != 0) {
         goto fail;
     }
-    p->last_touch_sync_ms = wall_ms();
+    p->last_touch_sync_ms = spg_wall_ms();
     /* Listening before the node serves: no window without revocations. */
-    p->lconn = listen_connect(p);
+    p->lconn = spg_listen_connect(p);
     if (p->lconn == NULL) {
         err_set(err, ERR_IO, "cannot LISTEN on PostgreSQL");
         goto fail;
     }
     atomic_store(&p->listen_ok, true);
-    atomic_store(&p->synced_ms, wall_ms());
-    if (pthread_create(&p->listener, NULL, listener_main, p) != 0) {
+    atomic_store(&p->synced_ms, spg_wall_ms());
+    if (pthread_create(&p->listener, NULL, spg_listener_main, p) != 0) {
         err_set(err, ERR_IO, "cannot start the PostgreSQL listener thread");
         goto fail;
     }
     p->listener_started = true;
-    if (pthread_create(&p->once_thread, NULL, once_main, p) != 0) {
+    if (pthread_create(&p->once_thread, NULL, spg_once_main, p) != 0) {
         err_set(err, ERR_IO, "cannot start the PostgreSQL one-time value thread");
         goto fail;
     }
@@ -507,7 +509,7 @@ void spg_close(struct spg *p)
     while (p->ohead != NULL) { /* never run: their requesters hear "failed" */
         struct spg_once_job *j = p->ohead;
         p->ohead = j->next;
-        once_finish(j, SPG_ONCE_FAILED, "shutting down");
+        spg_once_finish(j, SPG_ONCE_FAILED, "shutting down");
     }
     PQfinish(p->wconn);
     PQfinish(p->lconn);
@@ -540,7 +542,7 @@ static bool writer_conn(struct spg *p)
     }
     PQfinish(p->wconn);
     struct err e = { 0 };
-    p->wconn = connect_db(&p->conf, p->password, &e);
+    p->wconn = spg_connect_db(&p->conf, p->password, &e);
     if (p->wconn == NULL) {
         return false;
     }
@@ -552,10 +554,10 @@ static bool change(PGconn *db, const char *kind, const char *value, const char *
                    const char *node, struct err *err)
 {
     const char *v[] = { kind, value, ts, node };
-    PGresult *r = q(db,
-                    "INSERT INTO session_changes (kind, value, ts_ms, node) "
-                    "VALUES ($1, $2, $3::bigint, $4)",
-                    4, v);
+    PGresult *r = spg_q(db,
+                        "INSERT INTO session_changes (kind, value, ts_ms, node) "
+                        "VALUES ($1, $2, $3::bigint, $4)",
+                        4, v);
     bool ok = pg_check(db, r, err, "appending a session change");
     PQclear(r);
     return ok;
@@ -571,26 +573,37 @@ static bool put_op(struct spg *p, const struct spg_op *o, const char *ts, struct
         snprintf(l, sizeof l, "%lld", (long long)w->last_seen_ms);
         snprintf(e, sizeof e, "%lld", (long long)w->expires_ms);
         snprintf(t, sizeof t, "%lld", (long long)w->token_exp_s);
-        const char *v[] = { w->id_hash, w->user_key, w->email, w->name,
-                            w->groups ? w->groups : "[]", w->claims ? w->claims : "{}",
-                            w->idp, w->sid, c, l, e, t, w->refresh_token, w->id_token };
-        r = q(p->wconn,
-              "INSERT INTO sessions (" ROW_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-              "$9::bigint, $10::bigint, $11::bigint, $12::bigint, $13, $14) "
-              "ON CONFLICT (id_hash) DO NOTHING",
-              14, v);
+        const char *v[] = { w->id_hash,
+                            w->user_key,
+                            w->email,
+                            w->name,
+                            w->groups ? w->groups : "[]",
+                            w->claims ? w->claims : "{}",
+                            w->idp,
+                            w->sid,
+                            c,
+                            l,
+                            e,
+                            t,
+                            w->refresh_token,
+                            w->id_token };
+        r = spg_q(p->wconn,
+                  "INSERT INTO sessions (" ROW_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                  "$9::bigint, $10::bigint, $11::bigint, $12::bigint, $13, $14) "
+                  "ON CONFLICT (id_hash) DO NOTHING",
+                  14, v);
     } else if (o->kind == SPG_UPDATE) {
         char t[24];
         snprintf(t, sizeof t, "%lld", (long long)w->token_exp_s);
-        const char *v[] = { w->refresh_token, t, w->email, w->name,
-                            w->groups ? w->groups : "[]", w->id_hash };
-        r = q(p->wconn,
-              "UPDATE sessions SET refresh_token = $1, token_exp_s = $2::bigint, email = $3, "
-              "name = $4, groups = $5, refresh_lease_ms = 0 WHERE id_hash = $6",
-              6, v);
+        const char *v[] = { w->refresh_token, t, w->email, w->name, w->groups ? w->groups : "[]",
+                            w->id_hash };
+        r = spg_q(p->wconn,
+                  "UPDATE sessions SET refresh_token = $1, token_exp_s = $2::bigint, email = $3, "
+                  "name = $4, groups = $5, refresh_lease_ms = 0 WHERE id_hash = $6",
+                  6, v);
     } else {
         const char *v[] = { w->id_hash };
-        r = q(p->wconn, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
+        r = spg_q(p->wconn, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
     }
     bool ok = pg_check(p->wconn, r, err, "writing a session");
     PQclear(r);
@@ -623,7 +636,7 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
 {
     struct err e = { 0 };
     char ts[24];
-    snprintf(ts, sizeof ts, "%lld", (long long)wall_ms());
+    snprintf(ts, sizeof ts, "%lld", (long long)spg_wall_ms());
     if (!writer_conn(p)) {
         if (atomic_exchange(&p->writer_ok, false)) {
             log_error("authn", "PostgreSQL writer unreachable: session writes are kept and "
@@ -649,9 +662,9 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
         log_info("authn", "PostgreSQL session writes resumed");
         return 0;
     }
-    bool ok = exec_ok(p->wconn, "BEGIN", &e);
+    bool ok = spg_exec_ok(p->wconn, "BEGIN", &e);
     if (ok && nops > 0) {
-        ok = exec_ok(p->wconn, "SELECT pg_advisory_xact_lock(" CHANGE_LOCK ")", &e);
+        ok = spg_exec_ok(p->wconn, "SELECT pg_advisory_xact_lock(" CHANGE_LOCK ")", &e);
     }
     for (size_t i = 0; ok && i < nops; i++) {
         ok = put_op(p, &ops[i], ts, &e);
@@ -660,18 +673,18 @@ static int write_once(struct spg *p, const struct spg_op *ops, size_t nops,
         char l[24];
         snprintf(l, sizeof l, "%lld", (long long)t[i].last_seen_ms);
         const char *v[] = { l, t[i].id_hash };
-        PGresult *r = q(p->wconn,
-                        "UPDATE sessions SET last_seen_ms = greatest(last_seen_ms, $1::bigint) "
-                        "WHERE id_hash = $2",
-                        2, v);
+        PGresult *r = spg_q(p->wconn,
+                            "UPDATE sessions SET last_seen_ms = greatest(last_seen_ms, $1::bigint) "
+                            "WHERE id_hash = $2",
+                            2, v);
         ok = pg_check(p->wconn, r, &e, "recording activity");
         PQclear(r);
     }
     if (ok && nops > 0) {
-        ok = exec_ok(p->wconn, "SELECT pg_notify('" CHANNEL "', '')", &e);
+        ok = spg_exec_ok(p->wconn, "SELECT pg_notify('" CHANNEL "', '')", &e);
     }
     if (ok) {
-        ok = exec_ok(p->wconn, "COMMIT", &e);
+        ok = spg_exec_ok(p->wconn, "COMMIT", &e);
     } else {
         PQclear(PQexec(p->wconn, "ROLLBACK"));
     }
@@ -704,16 +717,16 @@ void spg_purge(struct spg *p, int64_t now_ms, uint64_t idle_timeout_ms)
     snprintf(idle, sizeof idle, "%llu", (unsigned long long)idle_timeout_ms);
     snprintf(old, sizeof old, "%lld", (long long)(now_ms - 86400000));
     const char *v[] = { now, idle };
-    PQclear(q(p->wconn,
-              "DELETE FROM sessions WHERE expires_ms <= $1::bigint OR "
-              "last_seen_ms + $2::bigint + 60000 <= $1::bigint",
-              2, v));
+    PQclear(spg_q(p->wconn,
+                  "DELETE FROM sessions WHERE expires_ms <= $1::bigint OR "
+                  "last_seen_ms + $2::bigint + 60000 <= $1::bigint",
+                  2, v));
     const char *v2[] = { old };
-    PQclear(q(p->wconn, "DELETE FROM session_changes WHERE ts_ms < $1::bigint", 1, v2));
+    PQclear(spg_q(p->wconn, "DELETE FROM session_changes WHERE ts_ms < $1::bigint", 1, v2));
     char nows[24];
     snprintf(nows, sizeof nows, "%lld", (long long)(now_ms / 1000));
     const char *v3[] = { nows };
-    PQclear(q(p->wconn, "DELETE FROM once_values WHERE exp_s < $1::bigint", 1, v3));
+    PQclear(spg_q(p->wconn, "DELETE FROM once_values WHERE exp_s < $1::bigint", 1, v3));
 }
 
 /* ---- administration --------------------------------------------------- */
@@ -728,10 +741,11 @@ int spg_admin_list(const struct spg_conf *c, int64_t now_ms, spg_list_fn *each, 
     char now[24];
     snprintf(now, sizeof now, "%lld", (long long)now_ms);
     const char *v[] = { now };
-    PGresult *r = q(db,
-                    "SELECT id_hash, user_key, email, idp, created_ms, last_seen_ms, expires_ms, "
-                    "groups FROM sessions WHERE expires_ms > $1::bigint ORDER BY created_ms",
-                    1, v);
+    PGresult *r =
+        spg_q(db,
+              "SELECT id_hash, user_key, email, idp, created_ms, last_seen_ms, expires_ms, "
+              "groups FROM sessions WHERE expires_ms > $1::bigint ORDER BY created_ms",
+              1, v);
     int rc = 0;
     if (!pg_check(db, r, err, "listing sessions")) {
         rc = ERR_IO;
@@ -757,8 +771,8 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
     snprintf(ts, sizeof ts, "%lld", (long long)now_ms);
     int rc = ERR_IO;
     PGresult *r = NULL;
-    if (!exec_ok(db, "BEGIN", err) ||
-        !exec_ok(db, "SELECT pg_advisory_xact_lock(" CHANGE_LOCK ")", err)) {
+    if (!spg_exec_ok(db, "BEGIN", err) ||
+        !spg_exec_ok(db, "SELECT pg_advisory_xact_lock(" CHANGE_LOCK ")", err)) {
         goto out;
     }
     if (id != NULL) {
@@ -766,8 +780,8 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
         char len[24];
         snprintf(len, sizeof len, "%zu", strlen(id));
         const char *v[] = { len, id };
-        r = q(db, "SELECT id_hash FROM sessions WHERE substr(id_hash, 1, $1::integer) = $2", 2,
-              v);
+        r = spg_q(db, "SELECT id_hash FROM sessions WHERE substr(id_hash, 1, $1::integer) = $2", 2,
+                  v);
     } else {
         r = PQexec(db, "SELECT id_hash, user_key, email, idp FROM sessions");
     }
@@ -789,7 +803,7 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
             continue;
         }
         const char *v[] = { PQgetvalue(r, i, 0) };
-        PGresult *d = q(db, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
+        PGresult *d = spg_q(db, "DELETE FROM sessions WHERE id_hash = $1", 1, v);
         bool ok = pg_check(db, d, err, "deleting a session");
         PQclear(d);
         if (!ok || !change(db, "id", v[0], ts, node, err)) {
@@ -799,19 +813,19 @@ int spg_admin_revoke(const struct spg_conf *c, const char *user, const char *id,
     if (user != NULL) {
         /* Also sessions created but not yet written, and bearer tokens. */
         const char *v[] = { user, ts };
-        PGresult *u = q(db,
-                        "INSERT INTO user_revocations (value, ts_ms) VALUES ($1, $2::bigint) "
-                        "ON CONFLICT (value) DO UPDATE SET ts_ms = "
-                        "greatest(user_revocations.ts_ms, EXCLUDED.ts_ms)",
-                        2, v);
+        PGresult *u = spg_q(db,
+                            "INSERT INTO user_revocations (value, ts_ms) VALUES ($1, $2::bigint) "
+                            "ON CONFLICT (value) DO UPDATE SET ts_ms = "
+                            "greatest(user_revocations.ts_ms, EXCLUDED.ts_ms)",
+                            2, v);
         bool ok = pg_check(db, u, err, "recording the revocation");
         PQclear(u);
         if (!ok || !change(db, "user", user, ts, node, err)) {
             goto out;
         }
     }
-    if (!exec_ok(db, "SELECT pg_notify('" CHANNEL "', '')", err) ||
-        !exec_ok(db, "COMMIT", err)) {
+    if (!spg_exec_ok(db, "SELECT pg_notify('" CHANNEL "', '')", err) ||
+        !spg_exec_ok(db, "COMMIT", err)) {
         goto out;
     }
     *count = n;

@@ -17,13 +17,13 @@
 static int load_one(struct spg *p, PGconn *db, const char *hash, bool update)
 {
     const char *v[] = { hash };
-    PGresult *r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE id_hash = $1", 1, v);
+    PGresult *r = spg_q(db, "SELECT " ROW_COLS " FROM sessions WHERE id_hash = $1", 1, v);
     if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
         PQclear(r);
         return -1;
     }
     struct spg_row row;
-    if (PQntuples(r) == 1 && row_from(r, 0, &row)) {
+    if (PQntuples(r) == 1 && spg_row_from(r, 0, &row)) {
         p->hooks.row(p->hooks.arg, &row, update);
     }
     PQclear(r);
@@ -37,10 +37,10 @@ static int replay(struct spg *p, PGconn *db)
         char seq[24];
         snprintf(seq, sizeof seq, "%lld", (long long)p->seq);
         const char *v[] = { seq };
-        PGresult *r = q(db,
-                        "SELECT seq, kind, value, ts_ms, node FROM session_changes "
-                        "WHERE seq > $1::bigint ORDER BY seq LIMIT 500",
-                        1, v);
+        PGresult *r = spg_q(db,
+                            "SELECT seq, kind, value, ts_ms, node FROM session_changes "
+                            "WHERE seq > $1::bigint ORDER BY seq LIMIT 500",
+                            1, v);
         if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
             PQclear(r);
             return -1;
@@ -73,8 +73,8 @@ static int touch_sync(struct spg *p, PGconn *db, int64_t now)
     snprintf(since, sizeof since, "%lld",
              (long long)(p->last_touch_sync_ms - 3 * TOUCH_SYNC_PERIOD_MS));
     const char *v[] = { since };
-    PGresult *r =
-        q(db, "SELECT id_hash, last_seen_ms FROM sessions WHERE last_seen_ms > $1::bigint", 1, v);
+    PGresult *r = spg_q(
+        db, "SELECT id_hash, last_seen_ms FROM sessions WHERE last_seen_ms > $1::bigint", 1, v);
     if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
         PQclear(r);
         return -1;
@@ -110,9 +110,9 @@ static int check_gap(struct spg *p, PGconn *db)
              "reloading every session from PostgreSQL",
              (long long)p->seq + 1);
     char now[24];
-    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    snprintf(now, sizeof now, "%lld", (long long)spg_wall_ms());
     const char *v[] = { now };
-    r = q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
+    r = spg_q(db, "SELECT " ROW_COLS " FROM sessions WHERE expires_ms > $1::bigint", 1, v);
     PGresult *u = PQexec(db, "SELECT value, ts_ms FROM user_revocations");
     if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK || u == NULL ||
         PQresultStatus(u) != PGRES_TUPLES_OK) {
@@ -126,7 +126,7 @@ static int check_gap(struct spg *p, PGconn *db)
     p->hooks.resync(p->hooks.arg, false);
     for (int i = 0; i < PQntuples(r); i++) {
         struct spg_row row;
-        if (row_from(r, i, &row)) {
+        if (spg_row_from(r, i, &row)) {
             p->hooks.row(p->hooks.arg, &row, true);
         }
     }
@@ -137,16 +137,16 @@ static int check_gap(struct spg *p, PGconn *db)
     return 0;
 }
 
-PGconn *listen_connect(struct spg *p)
+PGconn *spg_listen_connect(struct spg *p)
 {
     struct err e = { 0 };
-    PGconn *db = connect_db(&p->conf, p->password, &e);
+    PGconn *db = spg_connect_db(&p->conf, p->password, &e);
     if (db == NULL) {
         return NULL;
     }
     /* LISTEN before the replay: a change committed in between is both
      * replayed and announced, never neither. */
-    if (!exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
+    if (!spg_exec_ok(db, "LISTEN " CHANNEL, &e) || check_gap(p, db) != 0 || replay(p, db) != 0 ||
         device_mirror_sync(db) != 0) {
         log_warn("authn", "PostgreSQL listener: %s", e.msg[0] ? e.msg : PQerrorMessage(db));
         PQfinish(db);
@@ -155,18 +155,18 @@ PGconn *listen_connect(struct spg *p)
     return db;
 }
 
-void *listener_main(void *arg)
+void *spg_listener_main(void *arg)
 {
     struct spg *p = arg;
     PGconn *db = p->lconn; /* connected and listening since spg_open */
-    int64_t last_replay = wall_ms();
+    int64_t last_replay = spg_wall_ms();
     bool was_down = false;
 
     p->lconn = NULL;
     while (!atomic_load(&p->stop)) {
-        int64_t now = wall_ms();
+        int64_t now = spg_wall_ms();
         if (db == NULL) {
-            db = listen_connect(p);
+            db = spg_listen_connect(p);
             if (db == NULL) {
                 if (!was_down) {
                     log_error("authn",
@@ -204,7 +204,7 @@ void *listener_main(void *arg)
                 PQfreemem(nf);
             }
         }
-        now = wall_ms();
+        now = spg_wall_ms();
         if (!fail && (notified || now - last_replay >= REPLAY_PERIOD_MS)) {
             fail = replay(p, db) != 0 || device_mirror_sync(db) != 0;
             if (!fail && now - p->last_touch_sync_ms >= TOUCH_SYNC_PERIOD_MS) {

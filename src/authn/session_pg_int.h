@@ -70,19 +70,19 @@ struct spg_once_job {
     "expires_ms, token_exp_s, refresh_token, id_token"
 
 /* session_pg.c */
-int64_t wall_ms(void);
-int64_t mono_ms(void);
-PGconn *connect_db(const struct spg_conf *c, const char *password, struct err *err);
-bool exec_ok(PGconn *db, const char *sql, struct err *err);
-PGresult *q(PGconn *db, const char *sql, int n, const char *const *v);
-bool row_from(PGresult *r, int i, struct spg_row *out);
+int64_t spg_wall_ms(void);
+int64_t spg_mono_ms(void);
+PGconn *spg_connect_db(const struct spg_conf *c, const char *password, struct err *err);
+bool spg_exec_ok(PGconn *db, const char *sql, struct err *err);
+PGresult *spg_q(PGconn *db, const char *sql, int n, const char *const *v);
+bool spg_row_from(PGresult *r, int i, struct spg_row *out);
 
 /* session_pg_feed.c */
-PGconn *listen_connect(struct spg *p);
-void *listener_main(void *arg);
+PGconn *spg_listen_connect(struct spg *p);
+void *spg_listener_main(void *arg);
 
 /* session_pg_once.c */
-void once_finish(struct spg_once_job *j, int state, const char *why);
-void *once_main(void *arg);
+void spg_once_finish(struct spg_once_job *j, int state, const char *why);
+void *spg_once_main(void *arg);
 
 #endif

@@ -25,7 +25,7 @@ void spg_once_release(struct spg_once_job *j)
 }
 
 /* The once thread's answer: the state, then the eventfd, then its reference. */
-void once_finish(struct spg_once_job *j, int state, const char *why)
+void spg_once_finish(struct spg_once_job *j, int state, const char *why)
 {
     if (why != NULL) {
         snprintf(j->err, sizeof j->err, "%s", why);
@@ -39,7 +39,7 @@ void once_finish(struct spg_once_job *j, int state, const char *why)
 
 static struct spg_once_job *job_submit(struct spg *p, struct spg_once_job *tmpl, struct err *err)
 {
-    if (!spg_ok(p, wall_ms())) {
+    if (!spg_ok(p, spg_wall_ms())) {
         /* Known out of reach (the listener thread says so): refused now. */
         err_set(err, ERR_IO, "PostgreSQL unreachable");
         return NULL;
@@ -57,7 +57,7 @@ static struct spg_once_job *job_submit(struct spg *p, struct spg_once_job *tmpl,
     memcpy(j->id_hash, tmpl->id_hash, sizeof j->id_hash);
     memcpy(j->h, tmpl->h, 32);
     j->exp_s = tmpl->exp_s;
-    j->deadline_ms = mono_ms() + (int64_t)p->conf.query_timeout_ms;
+    j->deadline_ms = spg_mono_ms() + (int64_t)p->conf.query_timeout_ms;
     pthread_mutex_lock(&p->omu);
     *p->otail = j;
     p->otail = &j->next;
@@ -106,7 +106,7 @@ uint64_t spg_query_timeout_ms(const struct spg *p)
 static int await_db(PGconn *db, int64_t deadline, struct err *err)
 {
     while (PQisBusy(db)) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - spg_mono_ms();
         if (left <= 0) {
             err_set(err, ERR_IO, "PostgreSQL did not answer in time");
             return -3;
@@ -159,7 +159,7 @@ static void once_run(struct spg *p, struct spg_once_job *j)
     str_hex(j->h, 32, hex + 2);
     char exps[24], now[24];
     snprintf(exps, sizeof exps, "%lld", (long long)j->exp_s);
-    snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+    snprintf(now, sizeof now, "%lld", (long long)spg_wall_ms());
     const char *v[] = { hex, exps };
     const char *lv[] = { j->id_hash, now, exps };
     /* A one-time value: the first INSERT of its hash wins. A refresh lease:
@@ -175,22 +175,22 @@ static void once_run(struct spg *p, struct spg_once_job *j)
     const char *const *vals = j->lease ? lv : v;
     struct err e = { 0 };
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (mono_ms() >= j->deadline_ms) {
-            once_finish(j, SPG_ONCE_FAILED, "PostgreSQL did not answer in time");
+        if (spg_mono_ms() >= j->deadline_ms) {
+            spg_once_finish(j, SPG_ONCE_FAILED, "PostgreSQL did not answer in time");
             return;
         }
         if (p->oconn == NULL || PQstatus(p->oconn) != CONNECTION_OK) {
             PQfinish(p->oconn);
-            p->oconn = connect_db(&p->conf, p->password, &e);
+            p->oconn = spg_connect_db(&p->conf, p->password, &e);
             if (p->oconn == NULL) {
-                once_finish(j, SPG_ONCE_FAILED, e.msg);
+                spg_once_finish(j, SPG_ONCE_FAILED, e.msg);
                 return;
             }
         }
         bool fresh = false;
         int rc = once_query(p->oconn, sql, nv, vals, j->deadline_ms, &fresh, &e);
         if (rc == 0) {
-            once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
+            spg_once_finish(j, fresh ? SPG_ONCE_FRESH : SPG_ONCE_USED, NULL);
             return;
         }
         if (rc != -1) {
@@ -204,10 +204,10 @@ static void once_run(struct spg *p, struct spg_once_job *j)
         }
         break;
     }
-    once_finish(j, SPG_ONCE_FAILED, e.msg);
+    spg_once_finish(j, SPG_ONCE_FAILED, e.msg);
 }
 
-void *once_main(void *arg)
+void *spg_once_main(void *arg)
 {
     struct spg *p = arg;
     pthread_mutex_lock(&p->omu);
@@ -238,9 +238,9 @@ int spg_once(struct spg *p, const unsigned char h[32], int64_t exp_s, bool *fres
         return -1;
     }
     struct pollfd pfd = { .fd = j->fd, .events = POLLIN };
-    int64_t deadline = mono_ms() + (int64_t)p->conf.query_timeout_ms;
-    while (spg_once_state(j, NULL) == SPG_ONCE_PENDING && mono_ms() < deadline) {
-        (void)poll(&pfd, 1, (int)(deadline - mono_ms()));
+    int64_t deadline = spg_mono_ms() + (int64_t)p->conf.query_timeout_ms;
+    while (spg_once_state(j, NULL) == SPG_ONCE_PENDING && spg_mono_ms() < deadline) {
+        (void)poll(&pfd, 1, (int)(deadline - spg_mono_ms()));
     }
     const char *why = NULL;
     int st = spg_once_state(j, &why);

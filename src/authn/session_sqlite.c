@@ -42,7 +42,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS once_values ("
     "  key_hash TEXT PRIMARY KEY, exp_s INTEGER NOT NULL) STRICT;";
 
-sqlite3 *db_open(const char *path, struct err *err)
+sqlite3 *sdb_db_open(const char *path, struct err *err)
 {
     return state_sqlite_open(path, schema, 5000, "session", err);
 }
@@ -54,8 +54,8 @@ static void aad_for(const unsigned char h[32], const char *what, char *out, size
     snprintf(out, n, "gatehouse-session-v1:%s:%s", hex, what);
 }
 
-char *seal_field(struct session_store *s, const unsigned char h[32], const char *what,
-                 const char *v)
+char *sdb_seal_field(struct session_store *s, const unsigned char h[32], const char *what,
+                     const char *v)
 {
     char aad[128];
     if (v == NULL) {
@@ -65,8 +65,8 @@ char *seal_field(struct session_store *s, const unsigned char h[32], const char 
     return codec_seal(s->key, aad, v, strlen(v));
 }
 
-char *open_field(struct session_store *s, const unsigned char h[32], const char *what,
-                 const unsigned char *v)
+char *sdb_open_field(struct session_store *s, const unsigned char h[32], const char *what,
+                     const unsigned char *v)
 {
     char aad[128];
     if (v == NULL) {
@@ -76,7 +76,7 @@ char *open_field(struct session_store *s, const unsigned char h[32], const char 
     return codec_unseal(s->key, aad, str_from((const char *)v), NULL);
 }
 
-void bind_text(sqlite3_stmt *st, int i, const char *v)
+void sdb_bind_text(sqlite3_stmt *st, int i, const char *v)
 {
     if (v != NULL) {
         sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
@@ -86,14 +86,14 @@ void bind_text(sqlite3_stmt *st, int i, const char *v)
 }
 
 /* Binds n texts to the parameters first, first + 1, ... */
-void bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n)
+void sdb_bind_texts(sqlite3_stmt *st, int first, const char *const *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        bind_text(st, first + (int)i, v[i]);
+        sdb_bind_text(st, first + (int)i, v[i]);
     }
 }
 
-int hex_to_hash(const char *hex, unsigned char h[32])
+int sdb_hex_to_hash(const char *hex, unsigned char h[32])
 {
     if (hex == NULL || strlen(hex) != 64) {
         return -1;
@@ -116,7 +116,7 @@ int hex_to_hash(const char *hex, unsigned char h[32])
     return 0;
 }
 
-void preload(struct session_store *s, int64_t now_ms)
+void sdb_preload(struct session_store *s, int64_t now_ms)
 {
     sqlite3_stmt *st = NULL;
     sqlite3_prepare_v2(s->db,
@@ -128,34 +128,34 @@ void preload(struct session_store *s, int64_t now_ms)
     size_t n = 0;
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
         struct sess *e = xcalloc(1, sizeof *e);
-        if (hex_to_hash((const char *)sqlite3_column_text(st, 0), e->h) != 0) {
+        if (sdb_hex_to_hash((const char *)sqlite3_column_text(st, 0), e->h) != 0) {
             free(e);
             continue;
         }
-        set_public_id(e);
-        e->user_key = dupn((const char *)sqlite3_column_text(st, 1));
-        e->email = dupn((const char *)sqlite3_column_text(st, 2));
-        e->name = dupn((const char *)sqlite3_column_text(st, 3));
+        sess_set_public_id(e);
+        e->user_key = sess_dupn((const char *)sqlite3_column_text(st, 1));
+        e->email = sess_dupn((const char *)sqlite3_column_text(st, 2));
+        e->name = sess_dupn((const char *)sqlite3_column_text(st, 3));
         e->attrs = attrs_parse((const char *)sqlite3_column_text(st, 4),
                                (const char *)sqlite3_column_text(st, 5));
-        e->idp = dupn((const char *)sqlite3_column_text(st, 6));
-        e->sid = dupn((const char *)sqlite3_column_text(st, 7));
+        e->idp = sess_dupn((const char *)sqlite3_column_text(st, 6));
+        e->sid = sess_dupn((const char *)sqlite3_column_text(st, 7));
         e->created_ms = sqlite3_column_int64(st, 8);
         e->last_seen_ms = e->flushed_last_seen_ms = sqlite3_column_int64(st, 9);
         e->expires_ms = sqlite3_column_int64(st, 10);
         e->token_exp_s = sqlite3_column_int64(st, 11);
         const unsigned char *rt = sqlite3_column_text(st, 12);
-        e->refresh_token = open_field(s, e->h, "rt", rt);
-        e->id_token = open_field(s, e->h, "idt", sqlite3_column_text(st, 13));
+        e->refresh_token = sdb_open_field(s, e->h, "rt", rt);
+        e->id_token = sdb_open_field(s, e->h, "idt", sqlite3_column_text(st, 13));
         if (rt != NULL && e->refresh_token == NULL) {
             log_warn("authn", "a stored refresh token does not open with the session key "
                               "(key file replaced?); that session will not refresh");
         }
-        if (e->user_key == NULL || e->idp == NULL || expired(s, e, now_ms)) {
+        if (e->user_key == NULL || e->idp == NULL || sess_expired(s, e, now_ms)) {
             sess_free(e);
             continue;
         }
-        size_t b = bucket_of(e->h);
+        size_t b = sess_bucket_of(e->h);
         e->next = s->bucket[b];
         s->bucket[b] = e;
         n++;
@@ -165,7 +165,7 @@ void preload(struct session_store *s, int64_t now_ms)
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
         const char *v = (const char *)sqlite3_column_text(st, 0);
         if (v != NULL) {
-            user_rev_note(s, v, sqlite3_column_int64(st, 1));
+            sess_user_rev_note(s, v, sqlite3_column_int64(st, 1));
         }
     }
     sqlite3_finalize(st);
@@ -175,7 +175,7 @@ void preload(struct session_store *s, int64_t now_ms)
     sqlite3_bind_int64(st, 1, now_ms / 1000);
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
         struct once *o = xcalloc(1, sizeof *o);
-        if (hex_to_hash((const char *)sqlite3_column_text(st, 0), o->h) != 0) {
+        if (sdb_hex_to_hash((const char *)sqlite3_column_text(st, 0), o->h) != 0) {
             free(o);
             continue;
         }
@@ -304,7 +304,7 @@ static int revoke_args_check(const char *user, const char *id, struct err *err)
 int session_admin_list(const char *db_path, const char *user, const char *bare_idp, bool json,
                        FILE *out, struct err *err)
 {
-    sqlite3 *db = db_open(db_path, err);
+    sqlite3 *db = sdb_db_open(db_path, err);
     if (db == NULL) {
         return ERR_IO;
     }
@@ -313,7 +313,7 @@ int session_admin_list(const char *db_path, const char *user, const char *bare_i
                        "SELECT id_hash, user_key, email, idp, created_ms, last_seen_ms, "
                        "expires_ms, groups FROM sessions WHERE expires_ms > ?1 ORDER BY created_ms",
                        -1, &st, NULL);
-    sqlite3_bind_int64(st, 1, now_wall_ms());
+    sqlite3_bind_int64(st, 1, sess_now_wall_ms());
     struct list_ctx l = { user, bare_idp, json, out };
     list_head(&l);
     while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
@@ -336,19 +336,19 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
     if (bad != 0) {
         return bad;
     }
-    sqlite3 *db = db_open(db_path, err);
+    sqlite3 *db = sdb_db_open(db_path, err);
     if (db == NULL) {
         return ERR_IO;
     }
     int rc = 0;
-    int64_t now = now_wall_ms();
+    int64_t now = sess_now_wall_ms();
     sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     sqlite3_stmt *sel = NULL;
     if (id != NULL) {
         sqlite3_prepare_v2(db, "SELECT id_hash FROM sessions WHERE substr(id_hash, 1, ?1) = ?2", -1,
                            &sel, NULL);
         sqlite3_bind_int(sel, 1, (int)strlen(id));
-        bind_text(sel, 2, id);
+        sdb_bind_text(sel, 2, id);
     } else {
         sqlite3_prepare_v2(db, "SELECT id_hash, user_key, email, idp FROM sessions", -1, &sel,
                            NULL);
@@ -374,11 +374,11 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
     sqlite3_prepare_v2(db, "INSERT INTO session_revocations (kind, value, ts_ms) VALUES (?, ?, ?)",
                        -1, &rev, NULL);
     for (size_t i = 0; del && rev && i < n; i++) {
-        bind_text(del, 1, hashes[i]);
+        sdb_bind_text(del, 1, hashes[i]);
         sqlite3_step(del);
         sqlite3_reset(del);
-        bind_text(rev, 1, "id");
-        bind_text(rev, 2, hashes[i]);
+        sdb_bind_text(rev, 1, "id");
+        sdb_bind_text(rev, 2, hashes[i]);
         sqlite3_bind_int64(rev, 3, now);
         sqlite3_step(rev);
         sqlite3_reset(rev);
@@ -386,8 +386,8 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
     /* Also catch sessions the server created but has not written yet; and
      * the user's bearer tokens issued until now (user_revocations). */
     if (user != NULL && rev != NULL) {
-        bind_text(rev, 1, "user");
-        bind_text(rev, 2, user);
+        sdb_bind_text(rev, 1, "user");
+        sdb_bind_text(rev, 2, user);
         sqlite3_bind_int64(rev, 3, now);
         if (sqlite3_step(rev) != SQLITE_DONE) {
             rc = err_set(err, ERR_IO, "cannot record the revocation: %s", sqlite3_errmsg(db));
@@ -397,7 +397,7 @@ int session_admin_revoke(const char *db_path, const char *user, const char *id, 
                            "INSERT INTO user_revocations (value, ts_ms) VALUES (?1, ?2) "
                            "ON CONFLICT(value) DO UPDATE SET ts_ms = max(ts_ms, ?2)",
                            -1, &ur, NULL);
-        bind_text(ur, 1, user);
+        sdb_bind_text(ur, 1, user);
         sqlite3_bind_int64(ur, 2, now);
         if (ur == NULL || sqlite3_step(ur) != SQLITE_DONE) {
             rc = err_set(err, ERR_IO, "cannot record the revocation: %s", sqlite3_errmsg(db));
@@ -427,7 +427,7 @@ int session_admin_list_pg(const struct spg_conf *pg, const char *user, const cha
 {
     struct list_ctx l = { user, bare_idp, json, out };
     list_head(&l);
-    return spg_admin_list(pg, now_wall_ms(), list_one, &l, err);
+    return spg_admin_list(pg, sess_now_wall_ms(), list_one, &l, err);
 }
 
 int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const char *id,
@@ -438,5 +438,5 @@ int session_admin_revoke_pg(const struct spg_conf *pg, const char *user, const c
     if (bad != 0) {
         return bad;
     }
-    return spg_admin_revoke(pg, user, id, sess_user_match, now_wall_ms(), count, err);
+    return spg_admin_revoke(pg, user, id, sess_user_match, sess_now_wall_ms(), count, err);
 }

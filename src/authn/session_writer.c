@@ -65,19 +65,19 @@ static void write_op(struct session_store *s, const struct op *o)
                            "token_exp_s, refresh_token, id_token) "
                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &st, NULL);
-        char *rt = seal_field(s, r->h, "rt", r->refresh_token);
-        char *it = seal_field(s, r->h, "idt", r->id_token);
+        char *rt = sdb_seal_field(s, r->h, "rt", r->refresh_token);
+        char *it = sdb_seal_field(s, r->h, "idt", r->id_token);
         const char *const text[] = {
             hex,    r->user_key, r->email, r->name, r->attrs->groups_json, r->attrs->claims_json,
             r->idp, r->sid
         };
-        bind_texts(st, 1, text, 8);
+        sdb_bind_texts(st, 1, text, 8);
         sqlite3_bind_int64(st, 9, r->created_ms);
         sqlite3_bind_int64(st, 10, r->last_seen_ms);
         sqlite3_bind_int64(st, 11, r->expires_ms);
         sqlite3_bind_int64(st, 12, r->token_exp_s);
-        bind_text(st, 13, rt);
-        bind_text(st, 14, it);
+        sdb_bind_text(st, 13, rt);
+        sdb_bind_text(st, 14, it);
         free(rt);
         free(it);
     } else if (o->kind == OP_UPDATE) {
@@ -85,15 +85,15 @@ static void write_op(struct session_store *s, const struct op *o)
                            "UPDATE sessions SET refresh_token = ?, token_exp_s = ?, "
                            "email = ?, name = ?, groups = ? WHERE id_hash = ?",
                            -1, &st, NULL);
-        char *rt = seal_field(s, r->h, "rt", r->refresh_token);
-        bind_text(st, 1, rt);
+        char *rt = sdb_seal_field(s, r->h, "rt", r->refresh_token);
+        sdb_bind_text(st, 1, rt);
         sqlite3_bind_int64(st, 2, r->token_exp_s);
         const char *const text[] = { r->email, r->name, r->attrs->groups_json, hex };
-        bind_texts(st, 3, text, 4);
+        sdb_bind_texts(st, 3, text, 4);
         free(rt);
     } else {
         sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id_hash = ?", -1, &st, NULL);
-        bind_text(st, 1, hex);
+        sdb_bind_text(st, 1, hex);
     }
     if (st == NULL || sqlite3_step(st) != SQLITE_DONE) {
         log_error("authn", "session store write failed: %s", sqlite3_errmsg(s->db));
@@ -122,16 +122,16 @@ static void poll_revocations(struct session_store *s)
         size_t n = 0;
         if (strcmp(kind, "id") == 0) {
             unsigned char h[32];
-            if (hex_to_hash(value, h) == 0) {
-                n = cache_remove_if(s, match_hash, h, true);
+            if (sdb_hex_to_hash(value, h) == 0) {
+                n = sess_cache_remove_if(s, sess_match_hash, h, true);
             }
         } else if (strcmp(kind, "user") == 0) {
             /* Deleted from SQLite too: a session created just before the
              * revocation may have been written after the CLI's DELETE, and
              * would otherwise come back on restart. */
             struct user_rev u = { value, sqlite3_column_int64(st, 3) };
-            n = cache_remove_if(s, match_user_rev, &u, true);
-            user_rev_note(s, value, u.ts_ms);
+            n = sess_cache_remove_if(s, sess_match_user_rev, &u, true);
+            sess_user_rev_note(s, value, u.ts_ms);
         }
         if (n > 0) {
             log_info("authn", "applied session revocation %s: %zu session(s) ended", kind, n);
@@ -177,8 +177,8 @@ static void row_of(struct session_store *s, const struct sess *r, struct spg_row
     w->claims = r->attrs->claims_json;
     w->idp = r->idp;
     w->sid = r->sid;
-    w->refresh_token = seal_field(s, r->h, "rt", r->refresh_token);
-    w->id_token = seal_field(s, r->h, "idt", r->id_token);
+    w->refresh_token = sdb_seal_field(s, r->h, "rt", r->refresh_token);
+    w->id_token = sdb_seal_field(s, r->h, "idt", r->id_token);
     w->created_ms = r->created_ms;
     w->last_seen_ms = r->last_seen_ms;
     w->expires_ms = r->expires_ms;
@@ -224,13 +224,13 @@ static void pg_cycle(struct session_store *s, struct op *ops, const struct touch
     }
     for (struct op *o = ops; o != NULL; o = o->next) {
         if (o->kind == OP_INSERT) {
-            size_t b = bucket_of(o->rec->h);
-            pthread_mutex_lock(stripe_of(s, b));
-            struct sess **pp = find(s, b, o->rec->h);
+            size_t b = sess_bucket_of(o->rec->h);
+            pthread_mutex_lock(sess_stripe_of(s, b));
+            struct sess **pp = sess_find(s, b, o->rec->h);
             if (pp != NULL) {
                 (*pp)->unwritten = false;
             }
-            pthread_mutex_unlock(stripe_of(s, b));
+            pthread_mutex_unlock(sess_stripe_of(s, b));
         }
     }
     while (ops != NULL) {
@@ -254,7 +254,7 @@ static void writer_cycle(struct session_store *s)
     size_t ntouch = 0, cap = 0;
     struct touch *touch = NULL;
     for (size_t b = 0; b < NBUCKETS; b++) {
-        pthread_mutex_t *mu = stripe_of(s, b);
+        pthread_mutex_t *mu = sess_stripe_of(s, b);
         pthread_mutex_lock(mu);
         for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
             if (e->last_seen_ms > e->flushed_last_seen_ms) {
@@ -330,13 +330,13 @@ static void writer_cycle(struct session_store *s)
     }
     free(touch);
 
-    int64_t now = now_wall_ms();
+    int64_t now = sess_now_wall_ms();
     if (s->pg != NULL) {
         /* Revocations arrive through the listener thread (session_pg.c). */
         if (now - s->last_purge_ms >= PURGE_PERIOD_MS) {
             s->last_purge_ms = now;
             const struct session_store *self = s;
-            cache_remove_if(s, match_expired, &self, false);
+            sess_cache_remove_if(s, sess_match_expired, &self, false);
             spg_purge(s->pg, now, s->conf.idle_timeout_ms);
         }
         pthread_mutex_unlock(&s->dbmu);
@@ -347,7 +347,7 @@ static void writer_cycle(struct session_store *s)
     if (now - s->last_purge_ms >= PURGE_PERIOD_MS) {
         s->last_purge_ms = now;
         const struct session_store *self = s;
-        cache_remove_if(s, match_expired, &self, false);
+        sess_cache_remove_if(s, sess_match_expired, &self, false);
         sqlite3_stmt *st = NULL;
         /* The grace keeps rows whose newest last-seen is still in flight. */
         sqlite3_prepare_v2(s->db,
@@ -438,14 +438,14 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
     if (keys_load_secret32(key_file, true, s->key, err) != 0) {
         goto fail;
     }
-    s->last_purge_ms = now_wall_ms();
+    s->last_purge_ms = sess_now_wall_ms();
     if (c->pg.conninfo != NULL) {
         s->conf.pg.staleness_ms = c->pg.staleness_ms;
         struct spg_hooks h = { .arg = s,
-                               .row = hook_row,
-                               .revoke = hook_revoke,
-                               .touch = hook_touch,
-                               .resync = hook_resync };
+                               .row = sess_hook_row,
+                               .revoke = sess_hook_revoke,
+                               .touch = sess_hook_touch,
+                               .resync = sess_hook_resync };
         device_store_use_postgres(&c->pg); /* the registry is the fleet's too */
         s->pg = spg_open(&c->pg, &h, err);
         if (s->pg == NULL) {
@@ -453,13 +453,13 @@ struct session_store *session_store_open(const char *db_path, const struct sessi
         }
         /* While this node knows the database is out of reach, the registry's
          * workers do not try it (no worker waits for a connect timeout). */
-        device_store_set_ready(store_reachable, s);
+        device_store_set_ready(sess_store_reachable, s);
     } else {
-        s->db = db_open(db_path, err);
+        s->db = sdb_db_open(db_path, err);
         if (s->db == NULL) {
             goto fail;
         }
-        preload(s, now_wall_ms());
+        sdb_preload(s, sess_now_wall_ms());
     }
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
         err_set(err, ERR_IO, "cannot start the session writer thread");
