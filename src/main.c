@@ -273,12 +273,9 @@ struct command {
 };
 
 static const struct command commands[] = {
-    { "serve", proxy_cmd_serve, NULL, NULL },
-    { "check", proxy_cmd_check, NULL, NULL },
-    { "policy", NULL, policy_cmd, NULL },
-    { "sessions", NULL, NULL, authn_cmd_sessions },
-    { "devices", NULL, NULL, authn_cmd_devices },
-    { "audit", audit_cmd, NULL, NULL },
+    { "serve", proxy_cmd_serve, NULL, NULL },     { "check", proxy_cmd_check, NULL, NULL },
+    { "policy", NULL, policy_cmd, NULL },         { "sessions", NULL, NULL, authn_cmd_sessions },
+    { "devices", NULL, NULL, authn_cmd_devices }, { "audit", audit_cmd, NULL, NULL },
     { "db", authn_cmd_db, NULL, NULL },
 };
 
@@ -352,13 +349,13 @@ static int common_options(int argc, char **argv)
     if (h->conf == CONF_NO || strcmp(cmd, "check") == 0) {
         return -1; /* e.g. no subcommand given: the module names what is missing */
     }
-    bool need = h->conf == CONF_YES ||
-                (h->conf == CONF_UNLESS_POLICY &&
-                 !has_option(argc - first, argv + first, NULL, "--policy"));
+    bool need = h->conf == CONF_YES || (h->conf == CONF_UNLESS_POLICY &&
+                                        !has_option(argc - first, argv + first, NULL, "--policy"));
     if (need && !has_option(argc - first, argv + first, "-c", "--config")) {
-        fprintf(stderr, "gatehouse %s%s%s: missing -c FILE%s\n\n%s", cmd,
-                h->sub ? " " : "", h->sub ? h->sub : "",
-                h->conf == CONF_UNLESS_POLICY ? " (or --policy FILE)" : " (the configuration)", h->text);
+        fprintf(stderr, "gatehouse %s%s%s: missing -c FILE%s\n\n%s", cmd, h->sub ? " " : "",
+                h->sub ? h->sub : "",
+                h->conf == CONF_UNLESS_POLICY ? " (or --policy FILE)" : " (the configuration)",
+                h->text);
         return 2;
     }
     return -1;

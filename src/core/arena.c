@@ -27,7 +27,7 @@ struct deferred {
 };
 
 struct arena {
-    struct block *head;  /* current block; older ones follow */
+    struct block *head; /* current block; older ones follow */
     struct deferred *defers;
     size_t cap, used;
 };

@@ -136,8 +136,7 @@ static void parse_error(struct builder *b)
         conf_error_raw(b->d, "%s:%zu:%zu: error: %s %s", b->doc->file, m.line + 1, m.column + 1,
                        what, p->context);
     } else {
-        conf_error_raw(b->d, "%s:%zu:%zu: error: %s", b->doc->file, m.line + 1, m.column + 1,
-                       what);
+        conf_error_raw(b->d, "%s:%zu:%zu: error: %s", b->doc->file, m.line + 1, m.column + 1, what);
     }
 }
 
@@ -158,8 +157,8 @@ static struct conf_node *build(struct builder *b, yaml_event_t *ev)
         n->value = xstrndup((const char *)ev->data.scalar.value, n->len);
         n->quoted = ev->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
                     ev->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
-        if (!n->quoted && (strcmp(n->value, "~") == 0 || strcmp(n->value, "null") == 0 ||
-                           n->len == 0)) {
+        if (!n->quoted &&
+            (strcmp(n->value, "~") == 0 || strcmp(n->value, "null") == 0 || n->len == 0)) {
             n->type = CONF_NULL;
         }
         break;
@@ -196,8 +195,8 @@ static struct conf_node *build(struct builder *b, yaml_event_t *ev)
                 }
                 for (size_t i = 0; i < n->n; i++) {
                     if (strcmp(n->keys[i]->value, key->value) == 0) {
-                        conf_error(b->d, key, "duplicate key \"%s\" (first at line %d)",
-                                   key->value, n->keys[i]->line);
+                        conf_error(b->d, key, "duplicate key \"%s\" (first at line %d)", key->value,
+                                   n->keys[i]->line);
                     }
                 }
                 if (!yaml_parser_parse(&b->parser, &e)) {
@@ -228,8 +227,7 @@ fail:
     return NULL;
 }
 
-struct conf_doc *conf_doc_parse(const char *name, const char *text, size_t len,
-                                struct conf_diag *d)
+struct conf_doc *conf_doc_parse(const char *name, const char *text, size_t len, struct conf_diag *d)
 {
     struct builder b = { .d = d };
     struct conf_node *root = NULL;
@@ -478,8 +476,7 @@ static const struct conf_node *scalar_or_report(struct conf_diag *d, const struc
 
 #define BAD ((const struct conf_node *)-1)
 
-bool conf_string(struct conf_diag *d, const struct conf_node *m, const char *key,
-                 const char **out)
+bool conf_string(struct conf_diag *d, const struct conf_node *m, const char *key, const char **out)
 {
     const struct conf_node *n = scalar_or_report(d, m, key, "a string");
     if (n == BAD) {
@@ -561,8 +558,8 @@ bool conf_parse_duration_ms(const char *s, uint64_t *out)
     static const struct {
         const char *sfx;
         uint64_t ms;
-    } units[] = { { "ms", 1 },       { "s", 1000 },      { "", 1000 },
-                  { "m", 60000 },    { "h", 3600000 },   { "d", 86400000 } };
+    } units[] = { { "ms", 1 },    { "s", 1000 },    { "", 1000 },
+                  { "m", 60000 }, { "h", 3600000 }, { "d", 86400000 } };
     uint64_t v;
     const char *sfx;
 

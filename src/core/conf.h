@@ -29,7 +29,7 @@ struct conf_node {
 
 /* Collected errors; printing order is the order they were found. */
 struct conf_diag {
-    size_t count;  /* errors found (may exceed the stored ones) */
+    size_t count; /* errors found (may exceed the stored ones) */
     size_t stored;
     char *msgs[20];
 };
@@ -71,8 +71,7 @@ const char *conf_suggest(const char *word, const char *const candidates[]);
  * a wrong type or bound; "absent" leaves *out untouched and returns true. */
 bool conf_map(struct conf_diag *d, const struct conf_node *n, const char *what);
 bool conf_seq(struct conf_diag *d, const struct conf_node *n, const char *what);
-bool conf_string(struct conf_diag *d, const struct conf_node *m, const char *key,
-                 const char **out);
+bool conf_string(struct conf_diag *d, const struct conf_node *m, const char *key, const char **out);
 bool conf_bool(struct conf_diag *d, const struct conf_node *m, const char *key, bool *out);
 bool conf_u64(struct conf_diag *d, const struct conf_node *m, const char *key, uint64_t min,
               uint64_t max, uint64_t *out);
@@ -117,10 +116,10 @@ enum conf_key_type {
 struct conf_key {
     const char *name;
     enum conf_key_type type;
-    size_t offset;             /* offsetof(the section's struct, field) */
-    uint64_t min, max;         /* numbers, sizes and durations (ms) */
-    uint64_t def;              /* default of numbers, bools and enums (index) */
-    const char *const *names;  /* CONF_K_ENUM: NULL-terminated */
+    size_t offset;            /* offsetof(the section's struct, field) */
+    uint64_t min, max;        /* numbers, sizes and durations (ms) */
+    uint64_t def;             /* default of numbers, bools and enums (index) */
+    const char *const *names; /* CONF_K_ENUM: NULL-terminated */
 };
 
 /* Fills the defaults of keys[0..n) into base. */

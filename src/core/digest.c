@@ -22,8 +22,7 @@ static void init(void)
     pthread_key_create(&ctx_key, ctx_free);
 }
 
-void digest_sha256(const void *const parts[], const size_t lens[], size_t n,
-                   unsigned char out[32])
+void digest_sha256(const void *const parts[], const size_t lens[], size_t n, unsigned char out[32])
 {
     EVP_MD_CTX *ctx;
     unsigned int len = 0;

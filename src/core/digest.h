@@ -9,7 +9,6 @@
  * fetched once and each thread reuses one digest context: OpenSSL 3's one-shot
  * SHA256() fetches the algorithm on every call, and a new context per call cost
  * more than hashing a cookie. */
-void digest_sha256(const void *const parts[], const size_t lens[], size_t n,
-                   unsigned char out[32]);
+void digest_sha256(const void *const parts[], const size_t lens[], size_t n, unsigned char out[32]);
 
 #endif

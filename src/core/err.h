@@ -4,7 +4,7 @@
 #define GH_CORE_ERR_H
 
 #define PRINTF(f, a) __attribute__((format(printf, f, a)))
-#define WARN_UNUSED __attribute__((warn_unused_result))
+#define WARN_UNUSED  __attribute__((warn_unused_result))
 
 #define ERR_MAP(X)                                                                                 \
     X(NOMEM, "out of memory")                                                                      \

@@ -19,9 +19,9 @@ bool ident_user_match(const char *query, const char *user, const char *email, co
 /* An administrative act to record in the decision log (session revocation, device
  * enrolment...). Strings are borrowed. */
 struct admin_act {
-    const char *action; /* "session.revoke" */
-    const char *target; /* "user bob", "session 0123abcd" */
-    const char *reason; /* one line for people: "revoked 2 session(s)" */
+    const char *action;             /* "session.revoke" */
+    const char *target;             /* "user bob", "session 0123abcd" */
+    const char *reason;             /* one line for people: "revoked 2 session(s)" */
     const char *user, *email, *idp; /* the user concerned, when there is one */
 };
 /* Records act in the decision log configured in conf_file. Returns 0 (note gets a

@@ -18,8 +18,8 @@ void log_emit(enum log_level lvl, const char *mod, const char *req, const char *
               const char *fmt, ...) PRINTF(5, 6);
 
 #define log_debug(mod, ...) log_emit(LOG_DEBUG, mod, NULL, NULL, __VA_ARGS__)
-#define log_info(mod, ...) log_emit(LOG_INFO, mod, NULL, NULL, __VA_ARGS__)
-#define log_warn(mod, ...) log_emit(LOG_WARN, mod, NULL, NULL, __VA_ARGS__)
+#define log_info(mod, ...)  log_emit(LOG_INFO, mod, NULL, NULL, __VA_ARGS__)
+#define log_warn(mod, ...)  log_emit(LOG_WARN, mod, NULL, NULL, __VA_ARGS__)
 #define log_error(mod, ...) log_emit(LOG_ERROR, mod, NULL, NULL, __VA_ARGS__)
 
 #endif

@@ -22,8 +22,8 @@ static int hexval(unsigned char c)
 
 static bool unreserved(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 static const char HEX[] = "0123456789ABCDEF";
@@ -76,8 +76,8 @@ static long decode_segment(const char *in, size_t n, char *out, unsigned flags, 
     return (long)w;
 }
 
-enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags,
-                          size_t *out_len, bool *encoded_slash)
+enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags, size_t *out_len,
+                          bool *encoded_slash)
 {
     size_t w = 1, i = 1;
     bool enc = false;
@@ -137,15 +137,24 @@ enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags,
 const char *normpath_reason(enum normpath_rc rc)
 {
     switch (rc) {
-    case NORMPATH_OK: return "ok";
-    case NORMPATH_NOT_ABSOLUTE: return "request path does not start with /";
-    case NORMPATH_BAD_ESCAPE: return "invalid percent-encoding in path";
-    case NORMPATH_ENCODED_SLASH: return "encoded slash or backslash in path";
-    case NORMPATH_CONTROL: return "control character in path";
-    case NORMPATH_BACKSLASH: return "backslash in path";
-    case NORMPATH_NON_ASCII: return "non-ASCII byte in path";
-    case NORMPATH_ABOVE_ROOT: return "path climbs above the root";
-    case NORMPATH_DOT_PARAMS: return "dot segment with parameters in path";
+    case NORMPATH_OK:
+        return "ok";
+    case NORMPATH_NOT_ABSOLUTE:
+        return "request path does not start with /";
+    case NORMPATH_BAD_ESCAPE:
+        return "invalid percent-encoding in path";
+    case NORMPATH_ENCODED_SLASH:
+        return "encoded slash or backslash in path";
+    case NORMPATH_CONTROL:
+        return "control character in path";
+    case NORMPATH_BACKSLASH:
+        return "backslash in path";
+    case NORMPATH_NON_ASCII:
+        return "non-ASCII byte in path";
+    case NORMPATH_ABOVE_ROOT:
+        return "path climbs above the root";
+    case NORMPATH_DOT_PARAMS:
+        return "dot segment with parameters in path";
     }
     return "invalid path";
 }

@@ -37,8 +37,8 @@ enum normpath_rc {
  * whether the input held a %2F or %5C (only with NORMPATH_KEEP_ENCODED_SLASH;
  * also one in a segment that a later ".." removed).
  * The output is its own normal form: normalising it again gives it back. */
-enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags,
-                          size_t *out_len, bool *encoded_slash);
+enum normpath_rc normpath(const char *in, size_t len, char *out, unsigned flags, size_t *out_len,
+                          bool *encoded_slash);
 
 /* A short, non-secret reason for a refusal ("encoded slash in path"). */
 const char *normpath_reason(enum normpath_rc rc);

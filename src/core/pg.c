@@ -51,8 +51,7 @@ static const char *trimmed(const char *m, int *len)
     return m;
 }
 
-PGconn *pg_connect(const char *conninfo, const char *password, const char *app,
-                   struct err *err)
+PGconn *pg_connect(const char *conninfo, const char *password, const char *app, struct err *err)
 {
     const char *keys[12], *vals[12];
     size_t n = 0;

@@ -26,8 +26,7 @@ void pg_password_free(char *pw);
  * tcp_user_timeout=5000 (a dead server is noticed in seconds, not the kernel's
  * minutes). Server notices are dropped. NULL with err ("cannot connect to
  * PostgreSQL: ..."). */
-PGconn *pg_connect(const char *conninfo, const char *password, const char *app,
-                   struct err *err);
+PGconn *pg_connect(const char *conninfo, const char *password, const char *app, struct err *err);
 /* The same, reading the password from password_file (NULL: none). */
 PGconn *pg_connect_file(const char *conninfo, const char *password_file, const char *app,
                         struct err *err);

@@ -18,9 +18,9 @@
 #define FLUSH_AT (64 * 1024)
 
 struct accesslog {
-    char *path;        /* NULL for stderr */
+    char *path; /* NULL for stderr */
     int fd;
-    bool is_pipe;      /* not a regular file: keep writes <= PIPE_BUF */
+    bool is_pipe; /* not a regular file: keep writes <= PIPE_BUF */
     char *buf;
     size_t len, cap;
     uint64_t write_errors;
@@ -156,9 +156,9 @@ static void put_ts(struct w *w, uint64_t ts_us)
 #define LIT(w, s) put((w), (s), sizeof(s) - 1)
 
 const char *const accesslog_field_names[ACCESSLOG_F_COUNT + 1] = {
-    "ts",       "request_id", "client_ip", "method",   "host",        "path",
-    "status",   "bytes_in",   "bytes_out", "upstream", "upstream_ms", "total_ms",
-    "route",    "user",       "decision",  "rule",     "device",    NULL,
+    "ts",     "request_id", "client_ip", "method",   "host",        "path",
+    "status", "bytes_in",   "bytes_out", "upstream", "upstream_ms", "total_ms",
+    "route",  "user",       "decision",  "rule",     "device",      NULL,
 };
 
 /* ,"name": (no comma before the first field written); false when f is not chosen. */
@@ -268,8 +268,7 @@ static int open_file(const char *path, bool *is_pipe, struct err *err)
     struct stat st;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) {
-        return err_set(err, ERR_IO, "cannot open access log \"%s\": %s", path, strerror(errno)),
-               -1;
+        return err_set(err, ERR_IO, "cannot open access log \"%s\": %s", path, strerror(errno)), -1;
     }
     *is_pipe = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode);
     return fd;
@@ -303,8 +302,7 @@ static void write_error(struct accesslog *al, int e)
     if (now - al->last_error_log >= 60) {
         al->last_error_log = now;
         log_warn("accesslog", "write to %s failed (%llu lines lost so far): %s",
-                 al->path ? al->path : "stderr", (unsigned long long)al->write_errors,
-                 strerror(e));
+                 al->path ? al->path : "stderr", (unsigned long long)al->write_errors, strerror(e));
     }
 }
 

@@ -35,35 +35,48 @@ struct accesslog; /* per worker, not thread-safe */
 
 /* The fields, in line order; a mask of (1u << ACCESSLOG_F_x) selects some. */
 enum accesslog_field {
-    ACCESSLOG_F_TS = 0, ACCESSLOG_F_REQUEST_ID, ACCESSLOG_F_CLIENT_IP, ACCESSLOG_F_METHOD,
-    ACCESSLOG_F_HOST, ACCESSLOG_F_PATH, ACCESSLOG_F_STATUS, ACCESSLOG_F_BYTES_IN,
-    ACCESSLOG_F_BYTES_OUT, ACCESSLOG_F_UPSTREAM, ACCESSLOG_F_UPSTREAM_MS, ACCESSLOG_F_TOTAL_MS,
-    ACCESSLOG_F_ROUTE, ACCESSLOG_F_USER, ACCESSLOG_F_DECISION, ACCESSLOG_F_RULE,
-    ACCESSLOG_F_DEVICE, ACCESSLOG_F_COUNT
+    ACCESSLOG_F_TS = 0,
+    ACCESSLOG_F_REQUEST_ID,
+    ACCESSLOG_F_CLIENT_IP,
+    ACCESSLOG_F_METHOD,
+    ACCESSLOG_F_HOST,
+    ACCESSLOG_F_PATH,
+    ACCESSLOG_F_STATUS,
+    ACCESSLOG_F_BYTES_IN,
+    ACCESSLOG_F_BYTES_OUT,
+    ACCESSLOG_F_UPSTREAM,
+    ACCESSLOG_F_UPSTREAM_MS,
+    ACCESSLOG_F_TOTAL_MS,
+    ACCESSLOG_F_ROUTE,
+    ACCESSLOG_F_USER,
+    ACCESSLOG_F_DECISION,
+    ACCESSLOG_F_RULE,
+    ACCESSLOG_F_DEVICE,
+    ACCESSLOG_F_COUNT
 };
 #define ACCESSLOG_ALL ((1u << ACCESSLOG_F_COUNT) - 1)
 /* Their names as in the line and in access_log.fields, NULL-terminated. */
 extern const char *const accesslog_field_names[ACCESSLOG_F_COUNT + 1];
 
 struct accesslog_entry {
-    uint64_t ts_us;          /* wall clock (CLOCK_REALTIME) when the response ended, in us */
+    uint64_t ts_us; /* wall clock (CLOCK_REALTIME) when the response ended, in us */
     struct str request_id;
     struct str client_ip;
     struct str method;
-    struct str host;         /* Host header as received */
-    struct str path;         /* request target as received; logged without its query string */
+    struct str host; /* Host header as received */
+    struct str path; /* request target as received; logged without its query string */
     unsigned status;
-    uint64_t bytes_in;       /* request bytes read from the client (head + body) */
-    uint64_t bytes_out;      /* response bytes written to the client (head + body) */
-    struct str upstream;     /* "host:port" of the server used; empty = null */
-    int64_t upstream_us;     /* time to the upstream response head; < 0 = null */
-    uint64_t total_us;       /* request start to response end */
-    struct str route;        /* route name; empty = null */
-    struct str user;         /* qualified id (issuer#subject); empty = null (anonymous) */
-    struct str decision;     /* allow, deny, login, error; empty = null (no decision) */
-    struct str rule;         /* the rule that decided; empty = null */
-    struct str device;       /* enrolled device id of the client certificate; empty = null */
-    uint32_t fields;         /* mask of fields to write; 0 = all */
+    uint64_t bytes_in;   /* request bytes read from the client (head + body) */
+    uint64_t bytes_out;  /* response bytes written to the client (head + body) */
+    struct str upstream; /* "host:port" of the server used; empty = null */
+    int64_t upstream_us; /* time to the upstream response head; < 0 = null */
+    uint64_t total_us;   /* request start to response end */
+    struct str route;    /* route name; empty = null */
+    struct str user;     /* qualified id (issuer#subject); empty = null (anonymous) */
+    struct str decision; /* allow, deny, login, error; empty = null (no decision) */
+    struct str rule;     /* the rule that decided; empty = null */
+    struct str device;   /* enrolled device id of the client certificate; empty = null */
+    uint32_t fields;     /* mask of fields to write; 0 = all */
 };
 
 /* Opens target: a file path (created 0640, O_APPEND), or "stderr". Returns NULL

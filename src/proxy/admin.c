@@ -31,8 +31,8 @@ void admin_handle(struct request *r)
         size_t n = 0;
         /* Sign-in, policy and decision-log series come from their providers. */
         char *text = metrics_render(io_g.metrics, &n);
-        request_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8",
-                        (struct str){ text, n }, NULL);
+        request_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", (struct str){ text, n },
+                        NULL);
         free(text);
     } else {
         request_respond(r, 404, "text/plain", STR("not found\n"), NULL);

@@ -11,16 +11,16 @@
 #include "config.h"
 
 struct server_state {
-    uint32_t fails;        /* consecutive failures */
-    uint64_t down_until;   /* monotonic ms; 0 = up (passive) */
-    bool check_down;       /* last active check failed */
-    uint32_t active;       /* requests in flight from this worker */
+    uint32_t fails;      /* consecutive failures */
+    uint64_t down_until; /* monotonic ms; 0 = up (passive) */
+    bool check_down;     /* last active check failed */
+    uint32_t active;     /* requests in flight from this worker */
 };
 
 struct balancer {
     const struct upstream_conf *up;
     size_t n;
-    size_t rr;             /* next round-robin position */
+    size_t rr; /* next round-robin position */
     struct server_state *s;
 };
 

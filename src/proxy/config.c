@@ -22,27 +22,42 @@
 
 #define MAX_WORKERS 256
 
-#define OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+#define OWN(name)                                                                                  \
+    {                                                                                              \
+        name, CONF_K_OWN, 0, 0, 0, 0, NULL                                                         \
+    }
 /* The top level: every section is read by its owner (below, config_listen.c,
  * config_routes.c, core's conf_state_read, and the access stage's modules). */
 static const struct conf_key top_table[] = {
-    OWN("listen"), OWN("admin"), OWN("workers"), OWN("limits"), OWN("timeouts"),
-    OWN("access_log"), OWN("log_level"), OWN("state"), OWN("routes"),
+    OWN("listen"),
+    OWN("admin"),
+    OWN("workers"),
+    OWN("limits"),
+    OWN("timeouts"),
+    OWN("access_log"),
+    OWN("log_level"),
+    OWN("state"),
+    OWN("routes"),
     /* Sections validated by the access stage (access/access_conf.c: authn and policy modules). */
-    OWN("session"), OWN("identity_providers"), OWN("upstream_identity"), OWN("opa"),
-    OWN("decision_log"), OWN("devices"), OWN("pages"),
+    OWN("session"),
+    OWN("identity_providers"),
+    OWN("upstream_identity"),
+    OWN("opa"),
+    OWN("decision_log"),
+    OWN("devices"),
+    OWN("pages"),
 };
-#define KB 1024ull
+#define KB     1024ull
 #define DAY_MS 86400000ull
 
 /* Key tables (core/conf.h): name, type, where it goes, bounds, default. */
 static const struct conf_key limits_table[] = {
-    { "header_bytes", CONF_K_SIZE, offsetof(struct limits_conf, header_bytes), KB, KB * KB,
-      32 * KB, NULL },
+    { "header_bytes", CONF_K_SIZE, offsetof(struct limits_conf, header_bytes), KB, KB *KB, 32 * KB,
+      NULL },
     { "headers", CONF_K_U64, offsetof(struct limits_conf, headers), 1, 10000, 100, NULL },
     { "body_bytes", CONF_K_SIZE, offsetof(struct limits_conf, body_bytes), 0, 1ull << 40,
-      10 * KB * KB, NULL },
-    { "uri_bytes", CONF_K_SIZE, offsetof(struct limits_conf, uri_bytes), 256, KB * KB, 8 * KB,
+      10 * KB *KB, NULL },
+    { "uri_bytes", CONF_K_SIZE, offsetof(struct limits_conf, uri_bytes), 256, KB *KB, 8 * KB,
       NULL },
     { "connections", CONF_K_U64, offsetof(struct limits_conf, connections), 1, 10000000, 100000,
       NULL },
@@ -52,8 +67,8 @@ static const struct conf_key timeouts_table[] = {
       NULL },
     { "idle", CONF_K_DURATION, offsetof(struct timeouts_conf, idle_ms), 10, DAY_MS, 60000, NULL },
     { "body", CONF_K_DURATION, offsetof(struct timeouts_conf, body_ms), 10, 3600000, 60000, NULL },
-    { "upstream_connect", CONF_K_DURATION, offsetof(struct timeouts_conf, upstream_connect_ms),
-      10, 600000, 5000, NULL },
+    { "upstream_connect", CONF_K_DURATION, offsetof(struct timeouts_conf, upstream_connect_ms), 10,
+      600000, 5000, NULL },
     { "upstream_response", CONF_K_DURATION, offsetof(struct timeouts_conf, upstream_response_ms),
       10, DAY_MS, 60000, NULL },
     { "drain", CONF_K_DURATION, offsetof(struct timeouts_conf, drain_ms), 10, 3600000, 30000,
@@ -143,9 +158,8 @@ static void read_access_log_fields(struct loader *L, const struct conf_node *m)
         int k = it->type == CONF_SCALAR ? conf_name_index(it->value, accesslog_field_names) : -1;
         if (k < 0) {
             char names[400];
-            const char *hint = it->type == CONF_SCALAR
-                                   ? conf_suggest(it->value, accesslog_field_names)
-                                   : NULL;
+            const char *hint =
+                it->type == CONF_SCALAR ? conf_suggest(it->value, accesslog_field_names) : NULL;
             conf_join_names(accesslog_field_names, names, sizeof names);
             if (hint) {
                 conf_error(L->d, it, "unknown access log field \"%s\" (did you mean \"%s\"?)",
@@ -347,4 +361,3 @@ struct config *config_parse_proxy(const char *name, const char *text, size_t len
     }
     return build(doc, d);
 }
-

@@ -17,7 +17,11 @@ struct route_table;
 struct access_conf;
 struct policy;
 
-enum tls_client_cert { TLS_CLIENT_CERT_NONE = 0, TLS_CLIENT_CERT_OPTIONAL, TLS_CLIENT_CERT_REQUIRED };
+enum tls_client_cert {
+    TLS_CLIENT_CERT_NONE = 0,
+    TLS_CLIENT_CERT_OPTIONAL,
+    TLS_CLIENT_CERT_REQUIRED
+};
 
 struct tls_cert_conf {
     char *cert_file; /* resolved path, PEM chain */
@@ -25,26 +29,26 @@ struct tls_cert_conf {
 };
 
 struct listener_conf {
-    char *address;      /* "127.0.0.1:8443" as written */
-    char host[64];      /* numeric host part */
+    char *address; /* "127.0.0.1:8443" as written */
+    char host[64]; /* numeric host part */
     uint16_t port;
     bool tls;
     /* TLS: the first certificate is the default; others are chosen by SNI
      * from their subjectAltName DNS names (tls.certificates list). */
     struct tls_cert_conf *certs;
     size_t ncerts;
-    char *client_ca;    /* resolved path or NULL */
-    char *client_crl;   /* resolved path or NULL */
+    char *client_ca;  /* resolved path or NULL */
+    char *client_crl; /* resolved path or NULL */
     enum tls_client_cert client_cert;
-    char **san_patterns;        /* tls.match_subject_alt_names as "DNS:pattern", "email:..",
+    char **san_patterns; /* tls.match_subject_alt_names as "DNS:pattern", "email:..",
                                  * "URI:..", "IP:.." ('*' matches any run); NULL = any */
     size_t nsan_patterns;
-    unsigned verify_depth;      /* tls.verify_depth: CA certificates above a client
+    unsigned verify_depth; /* tls.verify_depth: CA certificates above a client
                                  * certificate (default 1: issued by a client_ca itself) */
-    bool trust_request_id;      /* keep an incoming X-Request-Id */
-    bool trust_forwarded;       /* append to an incoming X-Forwarded-For instead of replacing */
-    char *public_url;           /* "https://app.example.com[:port]" browsers use, or NULL */
-    int line, col;      /* where it was configured (for messages) */
+    bool trust_request_id; /* keep an incoming X-Request-Id */
+    bool trust_forwarded;  /* append to an incoming X-Forwarded-For instead of replacing */
+    char *public_url;      /* "https://app.example.com[:port]" browsers use, or NULL */
+    int line, col;         /* where it was configured (for messages) */
 };
 
 /* Servers per route at most (balance.c keeps a bit per server). */
@@ -53,30 +57,30 @@ struct listener_conf {
 enum balance { BALANCE_ROUND_ROBIN = 0, BALANCE_LEAST_CONN, BALANCE_IP_HASH };
 
 struct upstream_server {
-    char *url;          /* as written: http://127.0.0.1:9001 or https://... */
+    char *url; /* as written: http://127.0.0.1:9001 or https://... */
     bool tls;
-    char host[256];     /* host as written, IPv6 without brackets (connect, SNI, Host) */
+    char host[256]; /* host as written, IPv6 without brackets (connect, SNI, Host) */
     uint16_t port;
-    uint32_t weight;    /* reserved, 1 */
+    uint32_t weight; /* reserved, 1 */
 };
 
 struct upstream_conf {
     struct upstream_server *servers;
     size_t nservers;
     enum balance balance;
-    char *ca_file;              /* resolved path for https upstreams; NULL = system bundle */
-    bool tls_verify;            /* default true */
-    char *client_cert;          /* upstream.tls.cert: Gatehouse's client certificate (mTLS), or NULL */
-    char *client_key;           /* upstream.tls.key */
-    char *server_name;          /* upstream.tls.server_name: SNI and the name verified, or NULL =
+    char *ca_file;      /* resolved path for https upstreams; NULL = system bundle */
+    bool tls_verify;    /* default true */
+    char *client_cert;  /* upstream.tls.cert: Gatehouse's client certificate (mTLS), or NULL */
+    char *client_key;   /* upstream.tls.key */
+    char *server_name;  /* upstream.tls.server_name: SNI and the name verified, or NULL =
                                  * the server's host */
-    uint32_t max_idle;          /* keep-alive connections kept per server per worker (default 64) */
-    uint32_t max_conns;         /* per server per worker, 0 = unlimited */
-    uint32_t max_fails;         /* passive health: consecutive failures (default 3) */
-    uint64_t fail_timeout_ms;   /* passive health: skip time (default 10s) */
-    char *health_path;          /* active check path, NULL = off */
-    uint64_t health_interval_ms;/* default 5s */
-    uint32_t retries;           /* extra tries on connect failure for idempotent requests (default 1) */
+    uint32_t max_idle;  /* keep-alive connections kept per server per worker (default 64) */
+    uint32_t max_conns; /* per server per worker, 0 = unlimited */
+    uint32_t max_fails; /* passive health: consecutive failures (default 3) */
+    uint64_t fail_timeout_ms;    /* passive health: skip time (default 10s) */
+    char *health_path;           /* active check path, NULL = off */
+    uint64_t health_interval_ms; /* default 5s */
+    uint32_t retries; /* extra tries on connect failure for idempotent requests (default 1) */
 };
 
 /* The policy a route gets, resolved once when the snapshot is built (config_routes.c):
@@ -87,38 +91,38 @@ enum route_policy { ROUTE_POLICY_FILE = 0, ROUTE_POLICY_PUBLIC, ROUTE_POLICY_SIG
 
 struct route_conf {
     char *name;
-    char *host;          /* exact host, "*.example.com", or NULL = any host */
-    bool host_wildcard;  /* host starts with "*." (host holds ".example.com") */
-    char *path_prefix;   /* default "/"; in normal form (normpath.h) */
+    char *host;                 /* exact host, "*.example.com", or NULL = any host */
+    bool host_wildcard;         /* host starts with "*." (host holds ".example.com") */
+    char *path_prefix;          /* default "/"; in normal form (normpath.h) */
     bool path_case_insensitive; /* match.path_case_insensitive: the prefix matches in any
                                  * case and the path is folded to lower case for policy
                                  * and upstream */
     bool encoded_slashes_pass;  /* encoded_slashes: pass (default reject: 400) */
     struct upstream_conf upstream;
     bool websocket;
-    bool public_;        /* "public: true" */
+    bool public_; /* "public: true" */
     bool allow_any_authenticated;
-    bool allow_underscores;      /* headers.allow_underscores: pass names with '_' */
-    bool allow_override_headers; /* headers.allow_override_headers: X-Original-URL & co. */
-    char *policy_file;   /* resolved path or NULL */
-    enum route_policy policy_kind; /* which policy decides, resolved once at load */
+    bool allow_underscores;            /* headers.allow_underscores: pass names with '_' */
+    bool allow_override_headers;       /* headers.allow_override_headers: X-Original-URL & co. */
+    char *policy_file;                 /* resolved path or NULL */
+    enum route_policy policy_kind;     /* which policy decides, resolved once at load */
     const struct conf_node *policy_at; /* the "policy" key (borrowed from doc), or NULL */
-    char *public_url;    /* origin for sign-in redirects (wins over the listener's), or NULL */
-    char **idps;         /* identity provider ids this route accepts (NULL = all) */
+    char *public_url; /* origin for sign-in redirects (wins over the listener's), or NULL */
+    char **idps;      /* identity provider ids this route accepts (NULL = all) */
     size_t nidps;
     int line, col;
-    void *authn;         /* owned by authn module once wired in (NULL until then) */
+    void *authn;                 /* owned by authn module once wired in (NULL until then) */
     const struct policy *policy; /* the compiled policy_kind (owned by the access part) */
-    unsigned metrics_id; /* set by metrics_bind_config() before the snapshot is published */
-    size_t index;        /* position in config.routes (per-route arrays, e.g. balancers) */
+    unsigned metrics_id;         /* set by metrics_bind_config() before the snapshot is published */
+    size_t index;                /* position in config.routes (per-route arrays, e.g. balancers) */
 };
 
 struct limits_conf {
-    uint64_t header_bytes;   /* default 32k */
-    uint64_t headers;        /* default 100 */
-    uint64_t body_bytes;     /* default 10m; 0 = unlimited */
-    uint64_t uri_bytes;      /* default 8k */
-    uint64_t connections;    /* per worker, default 100000 */
+    uint64_t header_bytes; /* default 32k */
+    uint64_t headers;      /* default 100 */
+    uint64_t body_bytes;   /* default 10m; 0 = unlimited */
+    uint64_t uri_bytes;    /* default 8k */
+    uint64_t connections;  /* per worker, default 100000 */
 };
 
 struct timeouts_conf {
@@ -132,28 +136,28 @@ struct timeouts_conf {
 
 struct config {
     atomic_int refs;
-    char *file;                 /* path it was loaded from */
+    char *file; /* path it was loaded from */
     struct listener_conf *listeners;
     size_t nlisteners;
-    char *admin_address;        /* NULL = no admin listener */
+    char *admin_address; /* NULL = no admin listener */
     char admin_host[64];
     uint16_t admin_port;
-    unsigned workers;           /* resolved: "auto" = number of cores */
+    unsigned workers; /* resolved: "auto" = number of cores */
     struct limits_conf limits;
     struct timeouts_conf timeouts;
-    char *access_log;           /* path, "stderr", or NULL = off */
-    uint32_t access_log_fields; /* access_log.fields: mask of accesslog.h fields (default all) */
-    char *log_level;            /* "info" default */
-    char *state_sqlite;         /* resolved path or NULL */
+    char *access_log;              /* path, "stderr", or NULL = off */
+    uint32_t access_log_fields;    /* access_log.fields: mask of accesslog.h fields (default all) */
+    char *log_level;               /* "info" default */
+    char *state_sqlite;            /* resolved path or NULL */
     uint64_t devices_cache_ttl_ms; /* devices.cache_ttl: how long a worker keeps a registry
                                     * answer when nothing changed (default 30s) */
-    char *devices_ca_cert;      /* devices.enroll_ca: the CA `devices enroll --csr` signs */
-    char *devices_ca_key;       /* with (resolved paths), or NULL */
-    char *state_postgres;       /* connection string or NULL (authn owns the details) */
+    char *devices_ca_cert;         /* devices.enroll_ca: the CA `devices enroll --csr` signs */
+    char *devices_ca_key;          /* with (resolved paths), or NULL */
+    char *state_postgres;          /* connection string or NULL (authn owns the details) */
     struct route_conf *routes;
     size_t nroutes;
-    struct conf_doc *doc;       /* kept for the authn/policy modules' sections */
-    struct access_conf *authn;  /* the access stage's part (access/access_conf.c), or NULL;
+    struct conf_doc *doc;            /* kept for the authn/policy modules' sections */
+    struct access_conf *authn;       /* the access stage's part (access/access_conf.c), or NULL;
                                  * snapshot.c loads and frees it */
     struct route_table *route_table; /* built by config_load for route_match() (route.h) */
 };

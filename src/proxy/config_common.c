@@ -147,7 +147,7 @@ static int no_password(char *buf, int size, int rwflag, void *u)
 /* Reports and returns false when path is not a readable regular file. A FIFO
  * or a device (/dev/zero) would hang or flood the PEM reader. */
 bool cfg_check_readable(struct loader *L, const struct conf_node *n, const char *key,
-                           const char *written, const char *path)
+                        const char *written, const char *path)
 {
     struct stat st;
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -209,7 +209,7 @@ static size_t count_certs(const char *path)
 }
 
 bool cfg_check_ca_file(struct loader *L, const struct conf_node *m, const char *key,
-                          const char *path)
+                       const char *path)
 {
     const struct conf_node *n = conf_get(m, key);
     if (!cfg_check_readable(L, n, key, n->value, path)) {
@@ -248,7 +248,7 @@ bool cfg_check_crl_file(struct loader *L, const struct conf_node *m, const char 
 
 /* m holds "cert" and "key": both readable, PEM, and the key is the certificate's. */
 bool cfg_check_cert_pair(struct loader *L, const struct conf_node *m,
-                            const struct tls_cert_conf *tc)
+                         const struct tls_cert_conf *tc)
 {
     const struct conf_node *cn = conf_get(m, "cert"), *kn = conf_get(m, "key");
     X509 *x = NULL;
@@ -264,8 +264,7 @@ bool cfg_check_cert_pair(struct loader *L, const struct conf_node *m,
     if (!cfg_check_readable(L, kn, "key", kn->value, tc->key_file)) {
         ok = false;
     } else if (!(k = read_key(tc->key_file))) {
-        conf_error(L->d, kn, "\"key\" file \"%s\" holds no unencrypted PEM private key",
-                   kn->value);
+        conf_error(L->d, kn, "\"key\" file \"%s\" holds no unencrypted PEM private key", kn->value);
         ok = false;
     }
     if (x && k && X509_check_private_key(x, k) != 1) {
@@ -345,4 +344,3 @@ char *cfg_read_public_url(struct loader *L, const struct conf_node *m)
     }
     return out;
 }
-

@@ -30,7 +30,10 @@ static const char *const san_match_keys[] = { "dns", "email", "uri", "ip", NULL 
 static const char *const cert_keys[] = { "cert", "key", NULL };
 static const char *const client_cert_names[] = { "none", "optional", "required", NULL };
 
-#define OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+#define OWN(name)                                                                                  \
+    {                                                                                              \
+        name, CONF_K_OWN, 0, 0, 0, 0, NULL                                                         \
+    }
 static const struct conf_key tls_table[] = {
     OWN("cert"),
     OWN("key"),
@@ -108,8 +111,8 @@ static enum clash clash(const char *h1, uint16_t p1, const char *h2, uint16_t p2
     return memcmp(a, zero, n) == 0 || memcmp(b, zero, n) == 0 ? CLASH_OVERLAP : CLASH_NONE;
 }
 
-static bool read_address(struct loader *L, const struct conf_node *m, char **addr_out,
-                         char *host, size_t host_cap, uint16_t *port)
+static bool read_address(struct loader *L, const struct conf_node *m, char **addr_out, char *host,
+                         size_t host_cap, uint16_t *port)
 {
     const char *a = NULL;
     const struct conf_node *n = conf_get(m, "address");
@@ -161,8 +164,7 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
 {
     const struct conf_node *certs = conf_get(t, "certificates");
 
-    if (!conf_read_table(L->d, t, "\"tls\"", tls_table, CONF_TABLE_LEN(tls_table), lc,
-                         L->file)) {
+    if (!conf_read_table(L->d, t, "\"tls\"", tls_table, CONF_TABLE_LEN(tls_table), lc, L->file)) {
         return;
     }
     lc->tls = true;
@@ -184,8 +186,8 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
             read_cert_entry(L, e, "a \"certificates\" item", lc);
         }
     }
-    if (!conf_get(t, "cert") && !conf_get(t, "key") && !(certs && certs->type == CONF_SEQ &&
-                                                         certs->n > 0)) {
+    if (!conf_get(t, "cert") && !conf_get(t, "key") &&
+        !(certs && certs->type == CONF_SEQ && certs->n > 0)) {
         conf_error(L->d, t, "\"tls\" needs \"cert\" and \"key\" (or a \"certificates\" list)");
     }
     if (lc->client_ca) {
@@ -227,14 +229,15 @@ static void read_tls(struct loader *L, const struct conf_node *t, struct listene
                                    san_match_keys[k]);
                         continue;
                     }
-                    lc->san_patterns = xrealloc(lc->san_patterns,
-                                                (lc->nsan_patterns + 1) * sizeof(char *));
+                    lc->san_patterns =
+                        xrealloc(lc->san_patterns, (lc->nsan_patterns + 1) * sizeof(char *));
                     lc->san_patterns[lc->nsan_patterns++] = xasprintf("%s:%s", tags[k], v->value);
                 }
             }
             if (lc->nsan_patterns == 0) {
-                conf_error(L->d, sm, "\"match_subject_alt_names\" needs at least one pattern "
-                                     "(dns, email, uri, ip)");
+                conf_error(L->d, sm,
+                           "\"match_subject_alt_names\" needs at least one pattern "
+                           "(dns, email, uri, ip)");
             }
         }
     }
@@ -256,8 +259,7 @@ void cfg_read_listen(struct loader *L, const struct conf_node *root)
 
         if (m->type == CONF_SCALAR) {
             /* "listen: [127.0.0.1:8080]" is the likely slip: say what to write. */
-            conf_error(L->d, m,
-                       "a \"listen\" item must be a map such as {address: %s}, got \"%s\"",
+            conf_error(L->d, m, "a \"listen\" item must be a map such as {address: %s}, got \"%s\"",
                        m->value, m->value);
             continue;
         }
@@ -319,8 +321,8 @@ void cfg_read_admin(struct loader *L, const struct conf_node *root)
             o->address ? clash(o->host, o->port, c->admin_host, c->admin_port) : CLASH_NONE;
         if (k == CLASH_SAME) {
             conf_error(L->d, conf_get(a, "address"),
-                       "admin address \"%s\" is also a listen address (line %d)",
-                       c->admin_address, o->line);
+                       "admin address \"%s\" is also a listen address (line %d)", c->admin_address,
+                       o->line);
             break;
         }
         if (k == CLASH_OVERLAP) {
@@ -348,4 +350,3 @@ void cfg_free_listener(struct listener_conf *l)
     free(l->san_patterns);
     free(l->public_url);
 }
-

@@ -17,9 +17,14 @@ static const char *const encoded_slashes_names[] = { "reject", "pass", NULL };
 static const char *const balance_names[] = { "round_robin", "least_conn", "ip_hash", NULL };
 
 /* Key tables (core/conf.h): name, type, where it goes, bounds, default. */
-#define OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
-#define ROUTE_BOOL(name, field) \
-    { name, CONF_K_BOOL, offsetof(struct route_conf, field), 0, 0, 0, NULL }
+#define OWN(name)                                                                                  \
+    {                                                                                              \
+        name, CONF_K_OWN, 0, 0, 0, 0, NULL                                                         \
+    }
+#define ROUTE_BOOL(name, field)                                                                    \
+    {                                                                                              \
+        name, CONF_K_BOOL, offsetof(struct route_conf, field), 0, 0, 0, NULL                       \
+    }
 static const struct conf_key route_table[] = {
     OWN("name"),
     OWN("match"),
@@ -42,8 +47,10 @@ static const struct conf_key match_table[] = {
     OWN("path_prefix"),
     ROUTE_BOOL("path_case_insensitive", path_case_insensitive),
 };
-#define UP(name, type, field, min, max, def) \
-    { name, type, offsetof(struct upstream_conf, field), min, max, def, NULL }
+#define UP(name, type, field, min, max, def)                                                       \
+    {                                                                                              \
+        name, type, offsetof(struct upstream_conf, field), min, max, def, NULL                     \
+    }
 static const struct conf_key upstream_table[] = {
     OWN("servers"),
     { "balance", CONF_K_ENUM, offsetof(struct upstream_conf, balance), 0, 0, BALANCE_ROUND_ROBIN,
@@ -72,8 +79,7 @@ _Static_assert(sizeof(enum balance) == sizeof(int), "balance is read as an int")
 
 /* upstream.tls: {ca, cert, key, server_name}: mTLS towards backends that require
  * Gatehouse's own client certificate. "ca" is ca_file by another name. */
-static void read_upstream_tls(struct loader *L, const struct conf_node *m,
-                              struct upstream_conf *u)
+static void read_upstream_tls(struct loader *L, const struct conf_node *m, struct upstream_conf *u)
 {
     const struct conf_node *t = conf_get(m, "tls");
     const char *s;
@@ -310,8 +316,8 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
     struct upstream_conf *u = &r->upstream;
     const struct conf_node *servers, *hc;
 
-    if (!conf_read_table(L->d, m, "\"upstream\"", upstream_table, CONF_TABLE_LEN(upstream_table),
-                         u, L->file)) {
+    if (!conf_read_table(L->d, m, "\"upstream\"", upstream_table, CONF_TABLE_LEN(upstream_table), u,
+                         L->file)) {
         return;
     }
     if (u->ca_file) {
@@ -336,8 +342,10 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
         }
     } else if (conf_seq(L->d, servers, "\"servers\"")) {
         if (servers->n > UPSTREAM_MAX_SERVERS) {
-            conf_error(L->d, servers, "route \"%s\" has %zu upstream servers, at most %d are "
-                       "supported", r->name ? r->name : "?", servers->n, UPSTREAM_MAX_SERVERS);
+            conf_error(L->d, servers,
+                       "route \"%s\" has %zu upstream servers, at most %d are "
+                       "supported",
+                       r->name ? r->name : "?", servers->n, UPSTREAM_MAX_SERVERS);
         } else {
             u->servers = xcalloc(servers->n, sizeof *u->servers);
             for (size_t i = 0; i < servers->n; i++) {
@@ -345,10 +353,12 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
                 struct upstream_server *us = &u->servers[u->nservers];
                 const char *why;
                 if (sn->type != CONF_SCALAR) {
-                    conf_error(L->d, sn, "an upstream server must be a URL such as "
+                    conf_error(L->d, sn,
+                               "an upstream server must be a URL such as "
                                "http://127.0.0.1:9001, got %s",
-                               sn->type == CONF_MAP ? "a map" : sn->type == CONF_SEQ ? "a list"
-                                                                                    : "nothing");
+                               sn->type == CONF_MAP   ? "a map"
+                               : sn->type == CONF_SEQ ? "a list"
+                                                      : "nothing");
                     continue;
                 }
                 why = parse_upstream_url(sn->value, us);
@@ -359,8 +369,10 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
                 for (size_t j = 0; j < u->nservers; j++) {
                     if (u->servers[j].tls == us->tls && u->servers[j].port == us->port &&
                         strcasecmp(u->servers[j].host, us->host) == 0) {
-                        conf_error(L->d, sn, "upstream server \"%s\" is listed twice in route "
-                                   "\"%s\"", sn->value, r->name ? r->name : "?");
+                        conf_error(L->d, sn,
+                                   "upstream server \"%s\" is listed twice in route "
+                                   "\"%s\"",
+                                   sn->value, r->name ? r->name : "?");
                         why = "dup";
                         break;
                     }
@@ -378,8 +390,8 @@ static void read_upstream(struct loader *L, const struct conf_node *m, struct ro
     read_upstream_tls(L, m, u);
     hc = conf_get(m, "health_check");
     /* The interval's default applies without a health_check too. */
-    if (conf_read_table(L->d, hc, "\"health_check\"", health_table, CONF_TABLE_LEN(health_table),
-                        u, L->file) &&
+    if (conf_read_table(L->d, hc, "\"health_check\"", health_table, CONF_TABLE_LEN(health_table), u,
+                        L->file) &&
         hc) {
         const char *path = NULL;
         if (conf_string(L->d, hc, "path", &path)) {
@@ -485,9 +497,9 @@ static void read_route(struct loader *L, const struct conf_node *m, const struct
     /* The policy this route gets, decided here once for serve, check and
      * every CLI verb: a policy file; else the built-in public policy, unless
      * allow_any_authenticated asks for more; else any signed-in user. */
-    r->policy_kind = r->policy_file                                    ? ROUTE_POLICY_FILE
+    r->policy_kind = r->policy_file                              ? ROUTE_POLICY_FILE
                      : r->public_ && !r->allow_any_authenticated ? ROUTE_POLICY_PUBLIC
-                                                                   : ROUTE_POLICY_SIGNED_IN;
+                                                                 : ROUTE_POLICY_SIGNED_IN;
     if ((n = conf_get(m, "identity_providers"))) {
         read_route_idps(L, n, r, root);
     }
@@ -513,7 +525,10 @@ void cfg_read_routes(struct loader *L, const struct conf_node *root)
         const struct route_conf *r = &c->routes[i];
         size_t first;
         /* Host names hold no '|' (validated), so the key is unambiguous. */
-        char *key = xasprintf("%c|%s|%s", r->host_wildcard ? 'w' : r->host ? 'h' : '-',
+        char *key = xasprintf("%c|%s|%s",
+                              r->host_wildcard ? 'w'
+                              : r->host        ? 'h'
+                                               : '-',
                               r->host ? r->host : "", r->path_prefix ? r->path_prefix : "/");
         if (!cfg_first_seen_add(&seen, key, i, &first)) {
             const struct route_conf *o = &c->routes[first];
@@ -554,4 +569,3 @@ void cfg_free_route(struct route_conf *r)
     }
     free(r->idps);
 }
-

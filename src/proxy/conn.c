@@ -33,7 +33,7 @@
  * bytes of output and this long, so that one write (one TLS record) carries
  * the answers of a pipelined batch instead of one write each. */
 #define PIPELINE_HOLD_BYTES (16 * 1024)
-#define PIPELINE_HOLD_MS 5
+#define PIPELINE_HOLD_MS    5
 
 /* The upstream half (conn_upstream_install): NULL means nothing is
  * forwarded, an allowed request gets 502 (fail closed). Only the half sets
@@ -316,8 +316,8 @@ static bool begin_request(struct conn *c)
     }
     r = arena_zalloc(c->arena, sizeof *r);
     if (!r) {
-        log_error("conn", "worker %u: the request arena cannot hold a request: closing %s",
-                  w->id, c->ip);
+        log_error("conn", "worker %u: the request arena cannot hold a request: closing %s", w->id,
+                  c->ip);
         return false;
     }
     c->wc = w->wc;
@@ -552,8 +552,7 @@ void request_error(struct request *r, int status, const char *detail)
     request_error_retry(r, status, detail, 0);
 }
 
-void request_error_retry(struct request *r, int status, const char *detail,
-                         unsigned retry_after_s)
+void request_error_retry(struct request *r, int status, const char *detail, unsigned retry_after_s)
 {
     char extra[40] = "";
     struct conn *c = r->conn;
@@ -649,8 +648,9 @@ static bool collect_body(struct conn *c)
         if (c->collect_over) {
             request_error(c->req, 413, "request body too large for this endpoint");
         } else {
-            cb(c->req, (struct str){ c->collect.p ? c->collect.p + c->collect.off : "",
-                                     buf_pending(&c->collect) },
+            cb(c->req,
+               (struct str){ c->collect.p ? c->collect.p + c->collect.off : "",
+                             buf_pending(&c->collect) },
                c->collect_arg);
         }
     }
@@ -846,8 +846,7 @@ void conn_process(struct conn *c)
             if (rc == HTTP_IN_ERROR || rc == HTTP_IN_DONE || rc == HTTP_IN_UPGRADE) {
                 int st = c->hin->status ? c->hin->status : 400;
                 const char *why = c->hin->reason ? c->hin->reason : "malformed request";
-                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request from %s: %s", c->ip,
-                         why);
+                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request from %s: %s", c->ip, why);
                 c->keep_alive = false;
                 c->state = CS_FORWARD;
                 request_error(c->req, st, why);
@@ -886,8 +885,8 @@ void conn_process(struct conn *c)
             }
             if (rc == HTTP_IN_ERROR) {
                 int st = c->hin->status ? c->hin->status : 400;
-                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request body from %s: %s",
-                         c->ip, c->hin->reason ? c->hin->reason : "?");
+                log_emit(LOG_INFO, "http", c->req->id, NULL, "bad request body from %s: %s", c->ip,
+                         c->hin->reason ? c->hin->reason : "?");
                 c->keep_alive = false;
                 if (!c->resp_started) {
                     if (c->up) {
@@ -1051,8 +1050,7 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             do_read(c);
         }
     } else {
-        if (!c->out_held &&
-            ((revents & EV_WRITE) || (c->s.wr_wants_read && (revents & EV_READ)))) {
+        if (!c->out_held && ((revents & EV_WRITE) || (c->s.wr_wants_read && (revents & EV_READ)))) {
             c->progress = false;
             if (flush_out(c) && !c->closed && c->progress &&
                 (c->state == CS_FORWARD || c->state == CS_TUNNEL)) {

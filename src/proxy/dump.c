@@ -59,8 +59,7 @@ static void kv_str(FILE *f, int depth, bool item, const char *k, const char *v)
     fputc('\n', f);
 }
 
-static void kv_raw(FILE *f, int depth, bool item, const char *k, const char *fmt, ...)
-    PRINTF(5, 6);
+static void kv_raw(FILE *f, int depth, bool item, const char *k, const char *fmt, ...) PRINTF(5, 6);
 static void kv_raw(FILE *f, int depth, bool item, const char *k, const char *fmt, ...)
 {
     va_list ap;
@@ -227,8 +226,7 @@ static void dump_proxy(FILE *f, const struct config *c)
             kv_str(f, 1, false, "password_file", pg.password_file);
             kv_raw(f, 1, false, "migrate", "%s", pg.migrate ? "true" : "false");
             kv_raw(f, 1, false, "staleness", "%llums", (unsigned long long)pg.staleness_ms);
-            kv_raw(f, 1, false, "query_timeout", "%llums",
-                   (unsigned long long)pg.query_timeout_ms);
+            kv_raw(f, 1, false, "query_timeout", "%llums", (unsigned long long)pg.query_timeout_ms);
         }
         spg_conf_fini(&pg);
         conf_diag_fini(&d);
@@ -281,9 +279,8 @@ static void dump_identity(FILE *f, const struct config *c, const struct access_s
     fputs(a.nidps ? "identity_providers:\n" : "identity_providers: []\n", f);
     for (size_t i = 0; i < a.nidps; i++) {
         const struct oidc_provider *p = authn_provider(g->an, i);
-        const struct conf_node *n = idps && idps->type == CONF_SEQ && i < idps->n
-                                        ? idps->items[i]
-                                        : NULL;
+        const struct conf_node *n =
+            idps && idps->type == CONF_SEQ && i < idps->n ? idps->items[i] : NULL;
         const struct conf_node *sf = conf_get(n, "client_secret_file");
         const struct conf_node *pk = conf_get(n, "private_key");
         kv_str(f, 2, true, "id", p->id);

@@ -17,7 +17,7 @@ struct fetcher {
     struct ev_loop *loop;
     CURLM *multi;
     ev_timer timer;
-    struct fetch *pending;     /* doubly linked list of live fetches */
+    struct fetch *pending; /* doubly linked list of live fetches */
     size_t npending;
 };
 
@@ -26,9 +26,9 @@ struct fetch {
     struct fetch *prev, *next;
     CURL *easy;
     struct curl_slist *hdrs;
-    char *body;                /* request body copy */
+    char *body; /* request body copy */
     size_t body_len;
-    char *resp;                /* response body */
+    char *resp; /* response body */
     size_t resp_len, resp_cap, resp_max;
     char *content_type;
     fetch_done_cb *cb;
@@ -136,8 +136,8 @@ static void sock_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct sock *s = (struct sock *)w;
     struct fetcher *f = s->f;
     int running;
-    int action = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
-                 (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int action =
+        (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
     (void)loop;
 
     curl_multi_socket_action(f->multi, s->fd, action, &running);
@@ -310,7 +310,8 @@ struct fetch *fetch_start(struct fetcher *f, const struct fetch_req *req, fetch_
     curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h->easy, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms ? req->timeout_ms : 10000));
+    curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS,
+                     (long)(req->timeout_ms ? req->timeout_ms : 10000));
     curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)(req->timeout_ms ? req->timeout_ms : 10000));
     curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYPEER, 1L);

@@ -14,24 +14,24 @@ struct fetcher;
 struct fetch;
 
 struct fetch_req {
-    const char *method;        /* "GET" or "POST" (NULL = GET) */
-    const char *url;           /* http:// or https:// only; redirects are not followed */
-    const char *const *headers;/* NULL-terminated "Name: value" lines, or NULL */
-    const char *body;          /* request body (POST), may be NULL */
+    const char *method;         /* "GET" or "POST" (NULL = GET) */
+    const char *url;            /* http:// or https:// only; redirects are not followed */
+    const char *const *headers; /* NULL-terminated "Name: value" lines, or NULL */
+    const char *body;           /* request body (POST), may be NULL */
     size_t body_len;
-    uint64_t timeout_ms;       /* whole transfer; 0 = 10 s */
-    const char *ca_file;       /* CA bundle for https, NULL = system default */
-    const char *client_cert;   /* client certificate (PEM) for mTLS, or NULL */
+    uint64_t timeout_ms;     /* whole transfer; 0 = 10 s */
+    const char *ca_file;     /* CA bundle for https, NULL = system default */
+    const char *client_cert; /* client certificate (PEM) for mTLS, or NULL */
     const char *client_key;
     size_t max_response_bytes; /* 0 = 1 MiB; a larger body fails the fetch */
 };
 
 struct fetch_resp {
-    long status;               /* HTTP status, 0 when no response was received */
-    const char *body;          /* NUL-terminated, borrowed until the callback returns */
+    long status;      /* HTTP status, 0 when no response was received */
+    const char *body; /* NUL-terminated, borrowed until the callback returns */
     size_t body_len;
-    const char *content_type;  /* borrowed, may be NULL */
-    int failed;                /* nonzero on transport failure (then error says why) */
+    const char *content_type; /* borrowed, may be NULL */
+    int failed;               /* nonzero on transport failure (then error says why) */
     char error[256];
     uint64_t elapsed_us;
 };

@@ -36,22 +36,22 @@ struct upconn {
     enum up_state state;
     struct buf in, out;
     struct http_in *hin;
-    struct conn *c;            /* the request using it, or NULL */
-    struct wcfg *wc;           /* snapshot of the request (for balancer reports) */
-    size_t ri, si;             /* route and server index in wc */
-    bool counted;              /* balancer_conn_start() was called */
-    bool reused;               /* came from the pool */
-    bool got_bytes;            /* any response byte for this request */
-    bool head_done;            /* final response head forwarded */
-    bool done;                 /* final response complete */
+    struct conn *c;  /* the request using it, or NULL */
+    struct wcfg *wc; /* snapshot of the request (for balancer reports) */
+    size_t ri, si;   /* route and server index in wc */
+    bool counted;    /* balancer_conn_start() was called */
+    bool reused;     /* came from the pool */
+    bool got_bytes;  /* any response byte for this request */
+    bool head_done;  /* final response head forwarded */
+    bool done;       /* final response complete */
     bool tunnel;
-    bool chunk_up;             /* request body is re-chunked */
-    bool head_unsent;          /* the request head still waits in out */
+    bool chunk_up;    /* request body is re-chunked */
+    bool head_unsent; /* the request head still waits in out */
     bool closed;
-    int refs;                  /* callbacks on the stack; freed at 0 once closed */
+    int refs; /* callbacks on the stack; freed at 0 once closed */
     int hs_want;
     uint64_t sent_us;
-    struct upconn *next;       /* pool list */
+    struct upconn *next; /* pool list */
 };
 
 static bool idempotent(struct str m)
@@ -319,8 +319,7 @@ static void up_fail(struct upconn *u, enum fail_kind kind, const char *why)
                                                           : METRICS_UPSTREAM_RESPONSE);
         }
     }
-    log_emit(LOG_WARN, "upstream", r->id, NULL, "%s: %s", route->upstream.servers[u->si].url,
-             why);
+    log_emit(LOG_WARN, "upstream", r->id, NULL, "%s: %s", route->upstream.servers[u->si].url, why);
     conn_hold(c);
     up_detach(u);
     up_close(u);
@@ -464,8 +463,7 @@ static struct upconn *up_connect(struct conn *c, size_t ri, size_t si, char why[
     }
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
         /* Only latency suffers: say so, and go on. */
-        log_debug("upstream", "TCP_NODELAY on the connection to %s: %s", sv->host,
-                  strerror(errno));
+        log_debug("upstream", "TCP_NODELAY on the connection to %s: %s", sv->host, strerror(errno));
     }
     if (connect(fd, (const struct sockaddr *)&ad->sa, ad->salen) < 0 && errno != EINPROGRESS) {
         snprintf(why, 128, "connect failed: %s", strerror(errno));
@@ -578,8 +576,7 @@ static void try_server(struct conn *c)
         }
         if (idx < 0) {
             /* Nothing tried and nothing to pick: every server is at max_conns. */
-            request_error_retry(r, 503, "no server of this application is available right now",
-                                1);
+            request_error_retry(r, 503, "no server of this application is available right now", 1);
             return;
         }
         balance_exclude_add(&c->ex, (size_t)idx);
@@ -851,8 +848,9 @@ static bool on_resp_head(struct upconn *u)
         /* Not the answer to our handshake (another protocol, or a server that
          * never read the key): no tunnel, and the connection cannot continue. */
         c->keep_alive = false;
-        up_fail(u, FAIL_RESPONSE, "101 Switching Protocols without a matching "
-                                  "Sec-WebSocket-Accept");
+        up_fail(u, FAIL_RESPONSE,
+                "101 Switching Protocols without a matching "
+                "Sec-WebSocket-Accept");
         return false;
     }
     u->head_done = true;
@@ -1142,8 +1140,7 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         conn_put(c);
         return;
     }
-    up_fail(u, FAIL_TIMEOUT,
-            u->state == UP_ACTIVE ? "response timed out" : "connect timed out");
+    up_fail(u, FAIL_TIMEOUT, u->state == UP_ACTIVE ? "response timed out" : "connect timed out");
 }
 
 const struct upstream_half forward_half = {

@@ -205,7 +205,8 @@ static int on_message_complete(llhttp_t *p)
     X(message_begin)                                                                               \
     X(message_complete)                                                                            \
     X(url)                                                                                         \
-    X(status) X(headers_complete) X(header_field) X(header_field_complete) X(header_value)         \
+    X(status)                                                                                      \
+    X(headers_complete) X(header_field) X(header_field_complete) X(header_value)                   \
         X(header_value_complete) X(body) X(chunk_header)
 static const llhttp_settings_t g_settings = { .on_chunk_extension_name = on_chunk_ext,
                                               .on_chunk_extension_value = on_chunk_ext,
@@ -406,8 +407,9 @@ static bool split_host(struct str h, struct str *name, struct str *port)
     if (h.p[n - 1] == '.') {
         name->len--;
     }
-    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' || memchr(name->p, '%', name->len) ||
-        memchr(name->p, '[', name->len) || memchr(name->p, ']', name->len)) {
+    if (name->len == 0 || name->p[0] == '.' || name->p[name->len - 1] == '.' ||
+        memchr(name->p, '%', name->len) || memchr(name->p, '[', name->len) ||
+        memchr(name->p, ']', name->len)) {
         return false;
     }
     for (size_t i = 1; i < name->len; i++) {

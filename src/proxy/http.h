@@ -24,11 +24,11 @@ struct http_limits {
 };
 
 enum http_in_rc {
-    HTTP_IN_MORE = 0,   /* everything was parsed, feed more bytes */
-    HTTP_IN_HEAD,       /* the head is complete (paused): inspect, then continue */
-    HTTP_IN_DONE,       /* the message is complete (paused) */
-    HTTP_IN_UPGRADE,    /* the message is complete and the rest is another protocol */
-    HTTP_IN_ERROR,      /* h->status and h->reason say why; close after answering */
+    HTTP_IN_MORE = 0, /* everything was parsed, feed more bytes */
+    HTTP_IN_HEAD,     /* the head is complete (paused): inspect, then continue */
+    HTTP_IN_DONE,     /* the message is complete (paused) */
+    HTTP_IN_UPGRADE,  /* the message is complete and the rest is another protocol */
+    HTTP_IN_ERROR,    /* h->status and h->reason say why; close after answering */
 };
 
 struct http_hdr_off {
@@ -46,20 +46,20 @@ struct http_in {
     struct http_limits lim;
     http_body_fn *on_body;
     void *arg;
-    size_t pos;                  /* parsed bytes from base */
-    const char *base;            /* valid during a feed call */
-    struct http_hdr_off *hdr;    /* xmalloc'd, lim.headers entries */
+    size_t pos;               /* parsed bytes from base */
+    const char *base;         /* valid during a feed call */
+    struct http_hdr_off *hdr; /* xmalloc'd, lim.headers entries */
     uint32_t nhdr;
     uint32_t url_off, url_len;
     uint32_t status_off, status_len; /* reason phrase (responses) */
-    uint32_t ext_bytes;          /* chunk extension bytes of the current chunk */
-    uint8_t cur;                 /* 0 none, 1 in a field, 2 in a value */
+    uint32_t ext_bytes;              /* chunk extension bytes of the current chunk */
+    uint8_t cur;                     /* 0 none, 1 in a field, 2 in a value */
     bool in_head;
-    bool skip_body;              /* response to HEAD */
-    uint8_t ev;                  /* 1: head done, 2: message done (last pause) */
+    bool skip_body; /* response to HEAD */
+    uint8_t ev;     /* 1: head done, 2: message done (last pause) */
     uint64_t body_bytes;
-    int status;                  /* on HTTP_IN_ERROR: 400, 413, 414, 431 (502 for responses) */
-    const char *reason;          /* on HTTP_IN_ERROR: static text for logs */
+    int status;         /* on HTTP_IN_ERROR: 400, 413, 414, 431 (502 for responses) */
+    const char *reason; /* on HTTP_IN_ERROR: static text for logs */
 };
 
 /* type: HTTP_REQUEST or HTTP_RESPONSE. */
@@ -101,9 +101,9 @@ bool http_name_alike_prefix(struct str name, struct str prefix);
 bool http_list_has(struct str list, struct str token);
 
 struct http_fwd_opts {
-    bool trust_forwarded;  /* append to an incoming X-Forwarded-For */
-    bool websocket;        /* the route allows Upgrade: pass it on */
-    const char *via;       /* pseudonym for Via, e.g. "gatehouse" */
+    bool trust_forwarded;     /* append to an incoming X-Forwarded-For */
+    bool websocket;           /* the route allows Upgrade: pass it on */
+    const char *via;          /* pseudonym for Via, e.g. "gatehouse" */
     const char *default_host; /* Host to send when the client sent none (HTTP/1.0), or NULL */
     const char *const *strip_prefixes; /* NULL-terminated header-name prefixes to drop
                                         * (identity headers: "X-Gatehouse-") */
@@ -118,11 +118,11 @@ void http_format_upstream_request(struct buf *out, const struct request *r,
                                   const struct http_fwd_opts *o);
 
 struct http_resp_opts {
-    int client_minor;      /* client's HTTP/1.x minor version */
-    bool head_method;      /* response to HEAD */
-    bool keep_alive;       /* the client connection stays open */
-    bool chunk_to_client;  /* out: the body is re-chunked toward the client */
-    bool close_after;      /* out: body delimited by close toward the client */
+    int client_minor;     /* client's HTTP/1.x minor version */
+    bool head_method;     /* response to HEAD */
+    bool keep_alive;      /* the client connection stays open */
+    bool chunk_to_client; /* out: the body is re-chunked toward the client */
+    bool close_after;     /* out: body delimited by close toward the client */
     const char *request_id;
     const char *via;
 };

@@ -65,7 +65,7 @@ struct lsock {
     ev_io io;
     struct worker *w;
     int fd;
-    size_t index;   /* in cfg->listeners; SIZE_MAX for the admin listener */
+    size_t index; /* in cfg->listeners; SIZE_MAX for the admin listener */
     bool admin;
     bool tls;
 };
@@ -81,14 +81,14 @@ struct upaddr {
 
 struct wcfg {
     struct config *cfg;
-    struct balancer **bal;     /* [cfg->nroutes] */
-    struct upaddr **addr;      /* [cfg->nroutes][nservers] */
-    struct pool ***pools;      /* [cfg->nroutes][nservers] */
-    unsigned refs;             /* the worker's own + requests in flight */
-    struct wcfg *next;         /* retired list */
+    struct balancer **bal; /* [cfg->nroutes] */
+    struct upaddr **addr;  /* [cfg->nroutes][nservers] */
+    struct pool ***pools;  /* [cfg->nroutes][nservers] */
+    unsigned refs;         /* the worker's own + requests in flight */
+    struct wcfg *next;     /* retired list */
     struct worker *w;
-    ev_timer health;           /* active checks */
-    uint64_t *health_last;     /* [cfg->nroutes]: last check per route (ms) */
+    ev_timer health;       /* active checks */
+    uint64_t *health_last; /* [cfg->nroutes]: last check per route (ms) */
     bool health_on;
 };
 
@@ -96,20 +96,20 @@ struct wcfg {
 struct upconn;
 struct pool {
     char *key;
-    struct upconn *idle;       /* LIFO */
+    struct upconn *idle; /* LIFO */
     uint32_t nidle;
     struct pool *next;
 };
 
 enum conn_state {
-    CS_IDLE = 0,   /* no request bytes yet (new or keep-alive) */
-    CS_HEAD,       /* reading a request head */
-    CS_PENDING,    /* access check suspended */
-    CS_FORWARD,    /* forwarding: body up, response down */
-    CS_LOCAL,      /* a local response is being sent */
-    CS_TUNNEL,     /* after 101: raw bytes both ways */
-    CS_CLOSING,    /* flushing, then close */
-    CS_LINGER,     /* output done, write side shut: drop input until EOF or timeout */
+    CS_IDLE = 0, /* no request bytes yet (new or keep-alive) */
+    CS_HEAD,     /* reading a request head */
+    CS_PENDING,  /* access check suspended */
+    CS_FORWARD,  /* forwarding: body up, response down */
+    CS_LOCAL,    /* a local response is being sent */
+    CS_TUNNEL,   /* after 101: raw bytes both ways */
+    CS_CLOSING,  /* flushing, then close */
+    CS_LINGER,   /* output done, write side shut: drop input until EOF or timeout */
 };
 
 struct conn {
@@ -118,30 +118,30 @@ struct conn {
     struct sock s;
     ev_io io;
     ev_timer timer;
-    ev_timer hold_timer;       /* ends a pipelined hold of the output */
-    int io_events;             /* what io currently watches */
+    ev_timer hold_timer; /* ends a pipelined hold of the output */
+    int io_events;       /* what io currently watches */
     enum conn_state state;
-    int refs;                  /* callbacks on the stack; freed at 0 once closed */
+    int refs; /* callbacks on the stack; freed at 0 once closed */
     bool closed;
-    bool progress;             /* the last flush wrote something */
-    int hs_want;               /* events the TLS handshake waits for */
-    bool upgrade_pending;      /* the request asked for an Upgrade and has no body */
-    bool handshaking;          /* TLS handshake in progress */
-    bool req_done;             /* the request (and body) was fully read */
-    bool resp_done;            /* the response was fully queued */
-    bool resp_started;         /* a response head was queued */
+    bool progress;        /* the last flush wrote something */
+    int hs_want;          /* events the TLS handshake waits for */
+    bool upgrade_pending; /* the request asked for an Upgrade and has no body */
+    bool handshaking;     /* TLS handshake in progress */
+    bool req_done;        /* the request (and body) was fully read */
+    bool resp_done;       /* the response was fully queued */
+    bool resp_started;    /* a response head was queued */
     bool keep_alive;
     bool client_eof;
-    bool in_process;           /* re-entrancy guard; output waits for the pass's end */
-    bool out_held;             /* answers held for the pipelined requests that wait */
-    bool chunk_body_up;        /* re-chunk the request body to the upstream */
-    bool chunk_to_client;      /* re-chunk the response body to the client */
-    bool close_after;          /* response is close-delimited */
+    bool in_process;      /* re-entrancy guard; output waits for the pass's end */
+    bool out_held;        /* answers held for the pipelined requests that wait */
+    bool chunk_body_up;   /* re-chunk the request body to the upstream */
+    bool chunk_to_client; /* re-chunk the response body to the client */
+    bool close_after;     /* response is close-delimited */
     struct buf in, out;
-    struct http_in *hin;       /* lazily allocated */
-    struct arena *arena;       /* lazily allocated, reset per request */
-    struct request *req;       /* in arena */
-    struct wcfg *wc;           /* snapshot the current request runs on */
+    struct http_in *hin; /* lazily allocated */
+    struct arena *arena; /* lazily allocated, reset per request */
+    struct request *req; /* in arena */
+    struct wcfg *wc;     /* snapshot the current request runs on */
     struct upconn *up;
     request_abort_fn *abort_fn;
     void *abort_arg;
@@ -153,40 +153,44 @@ struct conn {
     struct balance_exclude ex; /* servers this request already tried */
     unsigned tries;
     int last_server;
-    bool retry_same;           /* retry the last server (stale pooled connection) */
-    int fail_status;           /* the last failed attempt: 503 server unreachable, 502 bad
+    bool retry_same; /* retry the last server (stale pooled connection) */
+    int fail_status; /* the last failed attempt: 503 server unreachable, 502 bad
                                 * answer (or TLS failure), 504 timeout; 0 if none */
     uint64_t head_bytes_in;
-    uint64_t out_total;        /* bytes queued to the client for this request */
+    uint64_t out_total; /* bytes queued to the client for this request */
     char ip[64];
     uint16_t port;
-    struct conn *prev, *next;  /* worker's list */
+    struct conn *prev, *next; /* worker's list */
 };
 
 struct worker {
     unsigned id;
     pthread_t th;
     struct ev_loop *loop;
-    struct wcfg *wc;                 /* current */
-    struct wcfg *retired;            /* still used by in-flight requests */
+    struct wcfg *wc;                   /* current */
+    struct wcfg *retired;              /* still used by in-flight requests */
     _Atomic(struct config *) next_cfg; /* handed over by the main thread */
     ev_async wake;
-    atomic_bool stop;                /* drain requested */
+    atomic_bool stop; /* drain requested */
     bool draining;
-    struct lsock *ls;                /* [nls] */
+    struct lsock *ls; /* [nls] */
     size_t nls;
     struct conn *conns;
     uint64_t nconns;
     struct pool *pools;
-    SSL_CTX *up_ctx_default;         /* upstream TLS, system CA bundle */
-    struct upctx { char *ca, *cert, *key; SSL_CTX *ctx; struct upctx *next; } *up_ctxs;
+    SSL_CTX *up_ctx_default; /* upstream TLS, system CA bundle */
+    struct upctx {
+        char *ca, *cert, *key;
+        SSL_CTX *ctx;
+        struct upctx *next;
+    } * up_ctxs;
     struct accesslog *alog;
     struct metrics_worker *mw;
     struct fetcher *fetch;
-    ev_timer tick;                   /* 1 s: access-log flush, drain check */
+    ev_timer tick; /* 1 s: access-log flush, drain check */
     uint64_t drain_deadline_ms;
     uint64_t rng[2];
-    atomic_int ready;                /* 1 once listening, -1 on failure */
+    atomic_int ready; /* 1 once listening, -1 on failure */
 };
 
 /* Process-wide state shared with the main thread (serve.c). */
@@ -221,10 +225,10 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
 void conn_update_io(struct conn *c);
 void conn_process(struct conn *c);
 void conn_close(struct conn *c);
-void conn_response_done(struct conn *c);   /* the response was fully queued */
-void conn_drain(struct conn *c);           /* SIGTERM: close if idle, else after this request */
-void conn_queue_out(struct conn *c);       /* out changed: try to write */
-void conn_hold(struct conn *c);            /* keep c allocated across a callback */
+void conn_response_done(struct conn *c); /* the response was fully queued */
+void conn_drain(struct conn *c);         /* SIGTERM: close if idle, else after this request */
+void conn_queue_out(struct conn *c);     /* out changed: try to write */
+void conn_hold(struct conn *c);          /* keep c allocated across a callback */
 void conn_put(struct conn *c);
 
 /* The upstream half of a connection as the client half knows it: one typed

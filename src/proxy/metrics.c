@@ -17,17 +17,16 @@
 #include "io.h"
 
 static const uint64_t bucket_us[METRICS_LATENCY_BUCKETS] = {
-    5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
-    30000000,
+    5000,   10000,   25000,   50000,   100000,   250000,
+    500000, 1000000, 2500000, 5000000, 10000000, 30000000,
 };
 static const char *const bucket_le[METRICS_LATENCY_BUCKETS] = {
     "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
 };
-static const char *const error_kind[METRICS_UPSTREAM_NERR] = { "connect", "timeout",
-                                                                "response" };
+static const char *const error_kind[METRICS_UPSTREAM_NERR] = { "connect", "timeout", "response" };
 
 struct route_counters {
-    _Atomic uint64_t requests[5]; /* 1xx..5xx */
+    _Atomic uint64_t requests[5];                         /* 1xx..5xx */
     _Atomic uint64_t bucket[METRICS_LATENCY_BUCKETS + 1]; /* per bucket, last = +Inf only */
     _Atomic uint64_t latency_sum_us;
     _Atomic uint64_t errors[METRICS_UPSTREAM_NERR];
@@ -48,9 +47,9 @@ struct metrics_worker {
 struct metrics {
     unsigned nworkers;
     struct metrics_worker *workers;
-    pthread_mutex_t lock;          /* serialises registration only */
+    pthread_mutex_t lock; /* serialises registration only */
     char *names[METRICS_MAX_ROUTES];
-    _Atomic unsigned nnames;       /* names[0..nnames) are published and immutable */
+    _Atomic unsigned nnames; /* names[0..nnames) are published and immutable */
     _Atomic uint64_t reloads_ok;
     _Atomic uint64_t reloads_failed;
 };
@@ -202,8 +201,7 @@ void metrics_pool_add(struct metrics_worker *w, int64_t d_idle, int64_t d_active
 
 void metrics_reload(struct metrics *m, bool ok)
 {
-    atomic_fetch_add_explicit(ok ? &m->reloads_ok : &m->reloads_failed, 1,
-                              memory_order_relaxed);
+    atomic_fetch_add_explicit(ok ? &m->reloads_ok : &m->reloads_failed, 1, memory_order_relaxed);
 }
 
 /* ---- rendering ---- */
@@ -293,7 +291,7 @@ static int64_t sum_worker_signed(struct metrics *m, size_t off)
 }
 
 #define RC_OFF(field) offsetof(struct route_counters, field)
-#define W_OFF(field) offsetof(struct metrics_worker, field)
+#define W_OFF(field)  offsetof(struct metrics_worker, field)
 
 /* The series summed over the workers' slots, in the order they are rendered:
  * gauges are signed (_Atomic int64_t), counters unsigned. */
@@ -353,8 +351,8 @@ char *metrics_render(struct metrics *m, size_t *len)
         for (unsigned c = 0; c < 5; c++) {
             uint64_t v = sum_route(m, r, RC_OFF(requests) + c * sizeof(_Atomic uint64_t));
             if (v) {
-                emit(&o, "gatehouse_requests_total{route=\"%s\",class=\"%uxx\"} %llu\n", lbl,
-                     c + 1, (unsigned long long)v);
+                emit(&o, "gatehouse_requests_total{route=\"%s\",class=\"%uxx\"} %llu\n", lbl, c + 1,
+                     (unsigned long long)v);
             }
         }
     }
@@ -376,8 +374,8 @@ char *metrics_render(struct metrics *m, size_t *len)
             emit(&o, "gatehouse_upstream_latency_seconds_bucket{route=\"%s\",le=\"%s\"} %llu\n",
                  lbl, bucket_le[i], (unsigned long long)cum);
         }
-        emit(&o, "gatehouse_upstream_latency_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
-             lbl, (unsigned long long)total);
+        emit(&o, "gatehouse_upstream_latency_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n", lbl,
+             (unsigned long long)total);
         uint64_t sum_us = sum_route(m, r, RC_OFF(latency_sum_us));
         emit(&o, "gatehouse_upstream_latency_seconds_sum{route=\"%s\"} %llu.%06llu\n", lbl,
              (unsigned long long)(sum_us / 1000000), (unsigned long long)(sum_us % 1000000));

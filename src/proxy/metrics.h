@@ -30,9 +30,9 @@ struct metrics_worker; /* one worker's slot */
 
 /* Distinct route names ever seen by the process (across reloads); names beyond
  * this share the id METRICS_ROUTE_OTHER, rendered as route="_other". */
-#define METRICS_MAX_ROUTES 256
-#define METRICS_ROUTE_NONE 0   /* id for "no route matched" (route="") */
-#define METRICS_ROUTE_OTHER 1  /* overflow */
+#define METRICS_MAX_ROUTES  256
+#define METRICS_ROUTE_NONE  0 /* id for "no route matched" (route="") */
+#define METRICS_ROUTE_OTHER 1 /* overflow */
 
 /* Upstream latency histogram bucket upper bounds, in seconds (+Inf implied). */
 #define METRICS_LATENCY_BUCKETS 12

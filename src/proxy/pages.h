@@ -17,8 +17,8 @@ void pages_error(struct buf *body, const char **ctype, int status, const char *d
  * pages_use_templates), with a "Try again" link to path (when it is a local
  * path). false when no templates are installed or the page does not fit. */
 struct pages;
-bool pages_error_template(struct buf *body, int status, const char *detail,
-                          const char *request_id, struct str path, struct arena *a);
+bool pages_error_template(struct buf *body, int status, const char *detail, const char *request_id,
+                          struct str path, struct arena *a);
 /* Installs the templates (owned by the caller, alive until replaced; NULL
  * removes them). Any thread; the pages stay valid while installed. */
 void pages_use_templates(const struct pages *t);

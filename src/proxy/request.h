@@ -28,52 +28,52 @@ struct header {
 
 struct request {
     /* public, read-only for the stages */
-    struct arena *arena;          /* per-request, capped; freed by request_end() */
-    struct config *cfg;           /* snapshot held (config_ref) for the request's life */
+    struct arena *arena;            /* per-request, capped; freed by request_end() */
+    struct config *cfg;             /* snapshot held (config_ref) for the request's life */
     const struct route_conf *route; /* borrowed from cfg; NULL until routed */
-    struct str method;            /* "GET" */
-    struct str target;            /* path + "?" + query as sent: what the upstream gets */
-    struct str path;              /* the normalised path (normpath.h): routing, policy, OPA,
+    struct str method;              /* "GET" */
+    struct str target;              /* path + "?" + query as sent: what the upstream gets */
+    struct str path;                /* the normalised path (normpath.h): routing, policy, OPA,
                                    * decision log and upstream all use it */
-    struct str query;             /* after '?', without it, as sent; empty when none */
-    struct str raw_target;        /* the request target as received (the access log) */
-    struct str host;              /* Host header value (or the absolute-form authority), as
+    struct str query;               /* after '?', without it, as sent; empty when none */
+    struct str raw_target;          /* the request target as received (the access log) */
+    struct str host;                /* Host header value (or the absolute-form authority), as
                                    * received: forwarded as is */
-    struct str hostname;          /* host normalised once: lower case, no port, no trailing
+    struct str hostname;            /* host normalised once: lower case, no port, no trailing
                                    * dot ("[v6]" keeps its brackets): routing, policy, OPA
                                    * and the decision log use it */
-    bool path_encoded_slash;      /* path keeps a %2F or %5C: refused unless the route
+    bool path_encoded_slash;        /* path keeps a %2F or %5C: refused unless the route
                                    * has encoded_slashes: pass */
-    struct header *headers;       /* arena-owned array */
+    struct header *headers;         /* arena-owned array */
     size_t nheaders;
     int http_major, http_minor;
-    const char *scheme;           /* "http" or "https" */
-    char client_ip[64];           /* text form */
+    const char *scheme; /* "http" or "https" */
+    char client_ip[64]; /* text form */
     uint16_t client_port;
-    X509 *peer_cert;              /* TLS client certificate (borrowed from the connection), or NULL */
-    const char *sni;              /* TLS server name (borrowed), or NULL */
-    char id[REQUEST_ID_LEN + 1];  /* X-Request-Id: generated, or the trusted incoming one */
-    uint64_t start_us;            /* monotonic start time */
+    X509 *peer_cert; /* TLS client certificate (borrowed from the connection), or NULL */
+    const char *sni; /* TLS server name (borrowed), or NULL */
+    char id[REQUEST_ID_LEN + 1]; /* X-Request-Id: generated, or the trusted incoming one */
+    uint64_t start_us;           /* monotonic start time */
     /* framing of the request body (from the HTTP layer) */
     bool has_body;
     bool chunked;
-    uint64_t content_length;      /* valid when has_content_length */
-    bool has_content_length;      /* a Content-Length header was sent (even 0) */
-    bool expect_continue;         /* "Expect: 100-continue" */
-    bool upgrade;                 /* Upgrade + Connection: upgrade (WebSocket) */
-    bool keep_alive;              /* the client wants to keep the connection */
-    bool head_method;             /* HEAD: responses carry no body */
+    uint64_t content_length; /* valid when has_content_length */
+    bool has_content_length; /* a Content-Length header was sent (even 0) */
+    bool expect_continue;    /* "Expect: 100-continue" */
+    bool upgrade;            /* Upgrade + Connection: upgrade (WebSocket) */
+    bool keep_alive;         /* the client wants to keep the connection */
+    bool head_method;        /* HEAD: responses carry no body */
     /* accounting (filled as the request runs; read at request end) */
-    int status;                   /* status sent to the client, 0 before any */
-    uint64_t bytes_in, bytes_out; /* body bytes from/to the client */
+    int status;                                    /* status sent to the client, 0 before any */
+    uint64_t bytes_in, bytes_out;                  /* body bytes from/to the client */
     const struct upstream_server *upstream_server; /* server used (borrowed from cfg), or NULL */
-    uint64_t upstream_us;         /* time to the upstream's response head */
+    uint64_t upstream_us;                          /* time to the upstream's response head */
     /* set by the access stage for the access log (static, config or arena
      * strings; NULL = no decision, anonymous) */
-    const char *access_decision;  /* allow, deny, login, error */
+    const char *access_decision; /* allow, deny, login, error */
     const char *access_rule;
-    const char *access_user;      /* the user id, as policies and the decision log see it */
-    const char *access_device;    /* enrolled device id of the client certificate */
+    const char *access_user;   /* the user id, as policies and the decision log see it */
+    const char *access_device; /* enrolled device id of the client certificate */
     /* set by the access stage: headers added to the upstream request (arena) */
     struct header *up_headers;
     size_t nup_headers;
@@ -106,8 +106,7 @@ void request_respond(struct request *r, int status, const char *content_type, st
  * explanation. */
 void request_error(struct request *r, int status, const char *detail);
 /* Same, with "Retry-After: retry_after_s" (503 when no server can answer). */
-void request_error_retry(struct request *r, int status, const char *detail,
-                         unsigned retry_after_s);
+void request_error_retry(struct request *r, int status, const char *detail, unsigned retry_after_s);
 
 /* Access decision for a routed request. ACCESS_RESPOND is 0 so that an
  * uninitialised result never lets a request through (fail closed). */
@@ -164,7 +163,7 @@ const struct listener_conf *request_listener(const struct request *r);
  * which grows whenever a reload swaps that store. false for a request without
  * a client certificate or not on a TLS listener. */
 struct request_client_tls {
-    STACK_OF(X509) *chain;
+    STACK_OF(X509) * chain;
     size_t listener;
     int verify_depth;
     uint64_t generation;

@@ -222,8 +222,7 @@ static const struct route_conf *group_match(const struct host_group *g, struct s
     return NULL;
 }
 
-const struct route_conf *route_match(const struct route_table *t, struct str host,
-                                     struct str path)
+const struct route_conf *route_match(const struct route_table *t, struct str host, struct str path)
 {
     const struct route_conf *r;
 

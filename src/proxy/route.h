@@ -41,8 +41,7 @@ void route_table_free(struct route_table *t);
  * Returns a route borrowed from the snapshot (valid while the caller holds a
  * reference to it), or NULL: no route (answer 404). Thread-safe (read-only),
  * never blocks, never allocates. */
-const struct route_conf *route_match(const struct route_table *t, struct str host,
-                                     struct str path);
+const struct route_conf *route_match(const struct route_table *t, struct str host, struct str path);
 
 /* route_match on c's table (c->route_table). */
 const struct route_conf *route_match_config(const struct config *c, struct str host,

@@ -51,8 +51,8 @@ static bool same_listeners(const struct config *a, const struct config *b)
     if ((a->admin_address == NULL) != (b->admin_address == NULL)) {
         return false;
     }
-    if (a->admin_address && (strcmp(a->admin_host, b->admin_host) != 0 ||
-                             a->admin_port != b->admin_port)) {
+    if (a->admin_address &&
+        (strcmp(a->admin_host, b->admin_host) != 0 || a->admin_port != b->admin_port)) {
         return false;
     }
     return a->workers == b->workers;
@@ -101,8 +101,9 @@ static struct config *reload(struct config *cur)
     }
     conf_diag_fini(&d);
     if (!same_listeners(cur, next)) {
-        log_error("reload", "listen changes need a restart (listen, admin, tls certificates, "
-                            "workers); configuration %s refused, still serving the previous one",
+        log_error("reload",
+                  "listen changes need a restart (listen, admin, tls certificates, "
+                  "workers); configuration %s refused, still serving the previous one",
                   cur->file);
         metrics_reload(io_g.metrics, false);
         config_unref(next);

@@ -38,8 +38,7 @@ struct san_set {
     size_t n;
 };
 
-static void san_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-                     void *argp)
+static void san_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     struct san_set *set = ptr;
     (void)parent;
@@ -177,8 +176,9 @@ static void crl_expiry_note(X509_STORE *st, const struct listener_conf *lc)
         X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
         const ASN1_TIME *next = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
         if (next && X509_cmp_current_time(next) < 0) {
-            log_error("tls", "listener %s: client CRL %s has expired (nextUpdate passed): "
-                             "client certificates are refused until a fresh CRL is installed",
+            log_error("tls",
+                      "listener %s: client CRL %s has expired (nextUpdate passed): "
+                      "client certificates are refused until a fresh CRL is installed",
                       lc->address, lc->client_crl);
         }
     }
@@ -302,15 +302,15 @@ void tls_server_ctx_free(SSL_CTX *ctx)
 /* ---- per-listener contexts, reloaded when their files change ---- */
 
 struct tls_cert_info {
-    char sni[256];   /* first DNS subjectAltName, else the CN, else "" */
+    char sni[256]; /* first DNS subjectAltName, else the CN, else "" */
     int64_t not_after;
 };
 
 struct tls_slot {
-    SSL_CTX *ctx;               /* one reference held here; NULL for plain */
-    unsigned char digest[32];   /* of the file names and contents it was built from */
-    unsigned char refused[32];  /* the last content that failed to load */
-    uint64_t stamp;             /* files_stamp() when last looked at */
+    SSL_CTX *ctx;              /* one reference held here; NULL for plain */
+    unsigned char digest[32];  /* of the file names and contents it was built from */
+    unsigned char refused[32]; /* the last content that failed to load */
+    uint64_t stamp;            /* files_stamp() when last looked at */
     bool has_refused;
     char address[128];
     struct tls_cert_info *certs;
@@ -325,7 +325,7 @@ uint64_t tls_generation(void)
 }
 
 static struct {
-    pthread_mutex_t mu;         /* slots[].ctx and .certs: swapped by the main thread */
+    pthread_mutex_t mu; /* slots[].ctx and .certs: swapped by the main thread */
     struct tls_slot *slots;
     size_t n;
 } T = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -470,9 +470,8 @@ static struct tls_cert_info *describe_all(SSL_CTX *ctx, const struct listener_co
         SSL_CTX *c = vh ? vh->ctx[i] : ctx;
         cert_describe(SSL_CTX_get0_certificate(c), subject, sizeof subject, expiry, sizeof expiry,
                       &certs[i]);
-        log_info("tls", "listener %s: certificate %s %s: subject \"%s\", expires %s",
-                 lc->address, i < lc->ncerts ? lc->certs[i].cert_file : "", verb, subject,
-                 expiry);
+        log_info("tls", "listener %s: certificate %s %s: subject \"%s\", expires %s", lc->address,
+                 i < lc->ncerts ? lc->certs[i].cert_file : "", verb, subject, expiry);
     }
     *ncerts = n;
     return certs;
@@ -541,8 +540,10 @@ void tls_listeners_check(const struct config *cfg, bool retry_refused)
         if (!next) {
             /* A renewal written in place or a key renamed before its certificate is
              * seen half-done: the next change (or SIGHUP) tries again. */
-            log_error("tls", "%s:%d:%d: error: listener %s: %s; still serving the previous "
-                             "certificate", cfg->file, lc->line, lc->col, lc->address, err.msg);
+            log_error("tls",
+                      "%s:%d:%d: error: listener %s: %s; still serving the previous "
+                      "certificate",
+                      cfg->file, lc->line, lc->col, lc->address, err.msg);
             memcpy(sl->refused, d, 32);
             sl->has_refused = true;
             continue;
@@ -599,7 +600,8 @@ size_t tls_expiry_render(char *buf, size_t size)
             label_esc(sl->certs[k].sni, l2, sizeof l2);
             n = snprintf(off < size ? buf + off : NULL, off < size ? size - off : 0,
                          "gatehouse_tls_certificate_expiry_seconds{listener=\"%s\",sni=\"%s\"} "
-                         "%lld\n", l1, l2, (long long)(sl->certs[k].not_after - now));
+                         "%lld\n",
+                         l1, l2, (long long)(sl->certs[k].not_after - now));
             off += n > 0 ? (size_t)n : 0;
         }
     }

@@ -11,27 +11,45 @@
 /* ---- client header names ------------------------------------------------ */
 
 /* A constant span for static tables. */
-#define SPAN(lit) { (lit), sizeof(lit) - 1 }
+#define SPAN(lit)                                                                                  \
+    {                                                                                              \
+        (lit), sizeof(lit) - 1                                                                     \
+    }
 
 /* Headers the backend must only ever get from Gatehouse (or not at all), which
  * CGI-style backends (WSGI, CGI, PHP, Rack) cannot tell from a look-alike with
  * '_' for '-': both become HTTP_TRANSFER_ENCODING. http.c drops the exact names. */
 static const struct str lookalike_names[] = {
-    SPAN("connection"), SPAN("keep-alive"), SPAN("proxy-connection"), SPAN("te"),
-    SPAN("trailer"), SPAN("transfer-encoding"), SPAN("upgrade"), SPAN("proxy-authenticate"),
-    SPAN("proxy-authorization"), SPAN("http2-settings"), SPAN("content-length"),
-    SPAN("expect"), SPAN("host"), SPAN("x-forwarded-for"), SPAN("x-forwarded-proto"),
-    SPAN("x-forwarded-host"), SPAN("x-request-id"), SPAN("sec-websocket-key"),
-    SPAN("sec-websocket-version"), SPAN("sec-websocket-accept"),
-    SPAN("sec-websocket-protocol"), SPAN("sec-websocket-extensions"),
+    SPAN("connection"),
+    SPAN("keep-alive"),
+    SPAN("proxy-connection"),
+    SPAN("te"),
+    SPAN("trailer"),
+    SPAN("transfer-encoding"),
+    SPAN("upgrade"),
+    SPAN("proxy-authenticate"),
+    SPAN("proxy-authorization"),
+    SPAN("http2-settings"),
+    SPAN("content-length"),
+    SPAN("expect"),
+    SPAN("host"),
+    SPAN("x-forwarded-for"),
+    SPAN("x-forwarded-proto"),
+    SPAN("x-forwarded-host"),
+    SPAN("x-request-id"),
+    SPAN("sec-websocket-key"),
+    SPAN("sec-websocket-version"),
+    SPAN("sec-websocket-accept"),
+    SPAN("sec-websocket-protocol"),
+    SPAN("sec-websocket-extensions"),
 };
 
 /* Headers many frameworks honour over the request line (IIS, Symfony, Laravel,
  * Rails and Express method overrides): a policy checked on one path or method
  * would let the backend serve another. */
 static const struct str override_names[] = {
-    SPAN("x-original-url"), SPAN("x-rewrite-url"), SPAN("x-http-method-override"),
-    SPAN("x-http-method"), SPAN("x-method-override"),
+    SPAN("x-original-url"), SPAN("x-rewrite-url"),     SPAN("x-http-method-override"),
+    SPAN("x-http-method"),  SPAN("x-method-override"),
 };
 
 static bool in_table(struct str n, const struct str *t, size_t nt)

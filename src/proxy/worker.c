@@ -26,7 +26,8 @@ struct io_global io_g;
 
 int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *err)
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                              .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_NUMERICHOST | AI_PASSIVE };
     struct addrinfo *ai = NULL;
     char ports[8];
@@ -54,8 +55,7 @@ int listen_socket(const char *host, uint16_t port, bool reuseport, struct err *e
         close(fd);
         freeaddrinfo(ai);
         return -err_set(err, ERR_IO, "cannot listen on %s:%u: %s %s", host, (unsigned)port,
-                        reuseport ? "SO_REUSEADDR/SO_REUSEPORT:" : "SO_REUSEADDR:",
-                        strerror(e));
+                        reuseport ? "SO_REUSEADDR/SO_REUSEPORT:" : "SO_REUSEADDR:", strerror(e));
     }
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
         int e = errno;

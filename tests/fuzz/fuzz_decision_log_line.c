@@ -50,4 +50,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(dl_ckpt_parse(p, size, &c2) == cok);
     return 0;
 }
-

@@ -90,8 +90,9 @@ static void check_forwarded(const struct request *r)
 
 static void run_one(const uint8_t *data, size_t size, size_t step)
 {
-    struct http_limits lim = { .header_bytes = 8192, .headers = 50, .uri_bytes = 2048,
-                               .body_bytes = 1 << 16 };
+    struct http_limits lim = {
+        .header_bytes = 8192, .headers = 50, .uri_bytes = 2048, .body_bytes = 1 << 16
+    };
     struct http_in h;
     size_t body = 0, avail = 0;
     const char *base = (const char *)data;

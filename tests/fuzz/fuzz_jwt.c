@@ -9,10 +9,9 @@
 
 #include "replay.h"
 
-static const char test_jwks[] =
-    "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"k1\","
-    "\"x\":\"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU\","
-    "\"y\":\"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0\"}]}";
+static const char test_jwks[] = "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"k1\","
+                                "\"x\":\"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU\","
+                                "\"y\":\"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0\"}]}";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -25,14 +24,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(fixed != NULL);
     }
     if (nul != NULL) {
-        struct jwks *k = jwks_parse((struct str){ (const char *)nul + 1, size - tok.len - 1 },
-                                    &err);
+        struct jwks *k =
+            jwks_parse((struct str){ (const char *)nul + 1, size - tok.len - 1 }, &err);
         CHECK(k != NULL || err.code == ERR_PARSE);
         jwks_unref(k);
     }
     const char *auds[] = { "gatehouse" };
-    struct jwt_rules r = { .issuer = "https://idp.example", .audiences = auds, .naudiences = 1,
-                           .client_id = "gatehouse", .require_exp = true, .now_s = 1800000000,
+    struct jwt_rules r = { .issuer = "https://idp.example",
+                           .audiences = auds,
+                           .naudiences = 1,
+                           .client_id = "gatehouse",
+                           .require_exp = true,
+                           .now_s = 1800000000,
                            .skew_s = 60 };
     json_t *c = NULL;
     int rc = jwt_verify(tok, fixed, &r, &c, &err);

@@ -53,8 +53,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_decref(ui);
 
     char idp[] = "corp", st[] = "S", nonce[] = "N", ver[] = "V", rp[] = "/", ru[] = "https://x/cb";
-    struct oidc_pending pd = { .idp = idp, .state = st, .nonce = nonce, .code_verifier = ver,
-                               .return_path = rp, .redirect_uri = ru, .exp_s = 0 };
+    struct oidc_pending pd = { .idp = idp,
+                               .state = st,
+                               .nonce = nonce,
+                               .code_verifier = ver,
+                               .return_path = rp,
+                               .redirect_uri = ru,
+                               .exp_s = 0 };
     struct oidc_http h;
     rc = oidc_callback(p, m, in, &pd, NULL, 1800000000, &h, &err);
     if (rc == 0) {

@@ -149,8 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *url = NULL, *cookie = NULL;
     CHECK(saml_login_start(idps[0], STR("/"), key, 1800000000, &url, &cookie, &err) == 0);
     memset(&err, 0, sizeof err);
-    rc = saml_acs(idps, 2, (struct str){ f.p, f.len }, str_from(cookie), key, 1800000000, &r,
-                  &err);
+    rc = saml_acs(idps, 2, (struct str){ f.p, f.len }, str_from(cookie), key, 1800000000, &r, &err);
     CHECK(rc != 0 && err.msg[0] != '\0');
     free(url);
     free(cookie);

@@ -96,8 +96,9 @@ static void check_ws(const struct request *r, const char *rest, size_t rest_len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct http_limits lim = { .header_bytes = 8192, .headers = 50, .uri_bytes = 2048,
-                               .body_bytes = 1 << 16 };
+    struct http_limits lim = {
+        .header_bytes = 8192, .headers = 50, .uri_bytes = 2048, .body_bytes = 1 << 16
+    };
     struct http_in h;
     const char *base = (const char *)data;
 

@@ -30,8 +30,8 @@ static struct oidc_provider *provider(const char *conf)
     struct conf_diag d = { 0 };
     struct conf_doc *doc = conf_doc_load(conf, &d);
     struct conf_node *list = doc ? conf_get(doc->root, "identity_providers") : NULL;
-    struct oidc_provider *p = list && list->n ? oidc_provider_parse(&d, list->items[0], conf)
-                                              : NULL;
+    struct oidc_provider *p =
+        list && list->n ? oidc_provider_parse(&d, list->items[0], conf) : NULL;
     if (p == NULL) {
         conf_diag_print(&d, stderr);
         exit(2);
@@ -101,15 +101,14 @@ static int emit_http(const struct oidc_http *h)
     for (size_t i = 0; i < 4 && h->headers[i] != NULL; i++) {
         json_array_append_new(hd, json_string(h->headers[i]));
     }
-    return emit(json_pack("{s:b, s:s, s:s, s:o, s:s?}", "ok", 1, "method", h->method, "url",
-                          h->url, "headers", hd, "body", h->body));
+    return emit(json_pack("{s:b, s:s, s:s, s:o, s:s?}", "ok", 1, "method", h->method, "url", h->url,
+                          "headers", hd, "body", h->body));
 }
 
 static json_t *identity_json(const struct oidc_identity *id)
 {
-    return json_pack("{s:s, s:s, s:s?, s:s?, s:O, s:s?}", "user_key", id->user_key, "sub",
-                     id->sub, "email", id->email, "name", id->name, "groups", id->groups, "sid",
-                     id->sid);
+    return json_pack("{s:s, s:s, s:s?, s:s?, s:O, s:s?}", "user_key", id->user_key, "sub", id->sub,
+                     "email", id->email, "name", id->name, "groups", id->groups, "sid", id->sid);
 }
 
 int main(int argc, char **argv)
@@ -177,10 +176,10 @@ int main(int argc, char **argv)
                                 login ? pd.nonce : NULL, now, &t, &err) != 0) {
             return fail(&err);
         }
-        json_t *out = json_pack("{s:b, s:s, s:s?, s:s?, s:I, s:I}", "ok", 1, "access_token",
-                                t.access_token, "refresh_token", t.refresh_token, "id_token",
-                                t.id_token, "expires_at", (json_int_t)t.expires_at_s, "id_exp",
-                                (json_int_t)t.id_exp_s);
+        json_t *out =
+            json_pack("{s:b, s:s, s:s?, s:s?, s:I, s:I}", "ok", 1, "access_token", t.access_token,
+                      "refresh_token", t.refresh_token, "id_token", t.id_token, "expires_at",
+                      (json_int_t)t.expires_at_s, "id_exp", (json_int_t)t.id_exp_s);
         if (t.id_claims != NULL) {
             struct oidc_identity id;
             if (oidc_identity_build(p, t.id_claims, NULL, &id, &err) != 0) {
@@ -214,8 +213,7 @@ int main(int argc, char **argv)
         char *body = slurp(argv[4], &n);
         json_t *ui = NULL;
         (void)argv[2];
-        if (oidc_userinfo_parse(atoi(argv[3]), (struct str){ body, n }, argv[5], &ui, &err) !=
-            0) {
+        if (oidc_userinfo_parse(atoi(argv[3]), (struct str){ body, n }, argv[5], &ui, &err) != 0) {
             return fail(&err);
         }
         return emit(json_pack("{s:b, s:o}", "ok", 1, "userinfo", ui));
@@ -249,10 +247,10 @@ int main(int argc, char **argv)
         /* The same token a second time is a replay. */
         char *s2 = NULL, *u2 = NULL;
         struct err err2 = { 0 };
-        int again = oidc_logout_token_verify(p, k, (struct str){ body, n }, rp, now, &s2, &u2,
-                                             &err2);
-        return emit(json_pack("{s:b, s:s?, s:s?, s:s}", "ok", 1, "sid", sid, "sub", sub,
-                              "replay", again == 0 ? "accepted" : err2.msg));
+        int again =
+            oidc_logout_token_verify(p, k, (struct str){ body, n }, rp, now, &s2, &u2, &err2);
+        return emit(json_pack("{s:b, s:s?, s:s?, s:s}", "ok", 1, "sid", sid, "sub", sub, "replay",
+                              again == 0 ? "accepted" : err2.msg));
     }
     if (strcmp(cmd, "bearer") == 0 && argc == 5) {
         struct oidc_provider *p = provider(argv[2]);

@@ -48,9 +48,14 @@ static json_t *verify(struct assertion_signer *s, const char *tok, const char *a
     free(doc);
     assert_non_null(k);
     const char *auds[] = { aud };
-    struct jwt_rules r = { .issuer = "https://gatehouse.example", .audiences = auds,
-                           .naudiences = 1, .require_exp = true, .require_iat = true,
-                           .algs = JWT_ES256, .now_s = now, .skew_s = 0 };
+    struct jwt_rules r = { .issuer = "https://gatehouse.example",
+                           .audiences = auds,
+                           .naudiences = 1,
+                           .require_exp = true,
+                           .require_iat = true,
+                           .algs = JWT_ES256,
+                           .now_s = now,
+                           .skew_s = 0 };
     json_t *c = NULL;
     int rc = jwt_verify(str_from(tok), k, &r, &c, err);
     jwks_unref(k);
@@ -96,9 +101,12 @@ static void test_key_generated_on_first_start_and_assertion_verifies(void **stat
     assert_int_equal(strlen(kid1), 43);
 
     struct arena *a = arena_new(0);
-    struct assertion_claims c = { .aud = "wiki", .sub = "https://idp#alice",
-                                  .email = "alice@example.com", .groups_json = "[\"eng\"]",
-                                  .sid = "0123456789abcdef", .device = "dev-1" };
+    struct assertion_claims c = { .aud = "wiki",
+                                  .sub = "https://idp#alice",
+                                  .email = "alice@example.com",
+                                  .groups_json = "[\"eng\"]",
+                                  .sid = "0123456789abcdef",
+                                  .device = "dev-1" };
     char *tok = assertion_sign(s, &c, NOW, a, &err);
     assert_non_null(tok);
     json_t *claims = verify(s, tok, "wiki", NOW + 1, &err);

@@ -184,12 +184,13 @@ static char *cookie_pair(const char *set_cookie)
 static char *token_body(const char *nonce, const char *sid, int expires_in, const char *rt)
 {
     long now = (long)(now_ms() / 1000);
-    char *claims = xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\",\"exp\":%ld,"
-                             "\"iat\":%ld,%s%s%s\"email\":\"alice@example.com\",\"email_verified\":true,"
-                             "\"name\":\"Alice\","
-                             "\"groups\":[\"eng\",\"admins\"],\"sid\":\"%s\"}",
-                             ISS, now + 300, now, nonce ? "\"nonce\":\"" : "", nonce ? nonce : "",
-                             nonce ? "\"," : "", sid);
+    char *claims =
+        xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\",\"exp\":%ld,"
+                  "\"iat\":%ld,%s%s%s\"email\":\"alice@example.com\",\"email_verified\":true,"
+                  "\"name\":\"Alice\","
+                  "\"groups\":[\"eng\",\"admins\"],\"sid\":\"%s\"}",
+                  ISS, now + 300, now, nonce ? "\"nonce\":\"" : "", nonce ? nonce : "",
+                  nonce ? "\"," : "", sid);
     char *idt = sign("k1", claims);
     char *body = xasprintf("{\"access_token\":\"AT\",\"token_type\":\"Bearer\",\"expires_in\":%d,"
                            "\"refresh_token\":\"%s\",\"id_token\":\"%s\"}",
@@ -340,8 +341,11 @@ static void test_sign_in_session_me_and_assertion(void **state)
     struct err err = { 0 };
     struct jwks *k = jwks_parse(str_from(page_body(&j)), &err);
     const char *auds[] = { "wiki" };
-    struct jwt_rules r = { .issuer = "https://gatehouse.example", .audiences = auds,
-                           .naudiences = 1, .require_exp = true, .now_s = now_ms() / 1000 };
+    struct jwt_rules r = { .issuer = "https://gatehouse.example",
+                           .audiences = auds,
+                           .naudiences = 1,
+                           .require_exp = true,
+                           .now_s = now_ms() / 1000 };
     json_t *claims = NULL;
     assert_int_equal(jwt_verify(str_from(tok), k, &r, &claims, &err), 0);
     assert_string_equal(jwt_claim_str(claims, "device"), "dev-1");
@@ -438,7 +442,8 @@ static void test_bearer_tokens(void **state)
 {
     long now = (long)(now_ms() / 1000);
     char *c = xasprintf("{\"iss\":\"%s\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
-                        "\"exp\":%ld}", ISS, now + 60);
+                        "\"exp\":%ld}",
+                        ISS, now + 60);
     char *t = sign("k1", c);
     char *auth = xasprintf("Bearer %s", t);
     struct rq q;
@@ -556,7 +561,7 @@ static void test_backchannel_logout_and_logout(void **state)
     assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* ended: nobody */
     assert_null(o.id.user_key);
     rq_init(&q, "GET", "/wiki", "", gh2, NULL);
-    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK);       /* other session kept */
+    assert_int_equal(authn_check(an, &q.r, a, &o), AUTHN_OK); /* other session kept */
 
     /* GET asks first: a confirmation page with the session's token, nothing ends. */
     rq_init(&q, "GET", "/.gatehouse/logout", "", gh2, NULL);

@@ -30,8 +30,8 @@ static int setup(void **state)
     assert_true(cjose_jwk_set_kid(ec_key, "ec1", 3, &cerr));
     char *r = cjose_jwk_to_json(rsa_key, false, &cerr);
     char *e = cjose_jwk_to_json(ec_key, false, &cerr);
-    char *doc = xasprintf("{\"keys\":[%s,%s,{\"kty\":\"oct\",\"k\":\"AAAA\",\"kid\":\"sym\"}]}",
-                          r, e);
+    char *doc =
+        xasprintf("{\"keys\":[%s,%s,{\"kty\":\"oct\",\"k\":\"AAAA\",\"kid\":\"sym\"}]}", r, e);
     struct err err = { 0 };
     keys = jwks_parse(str_from(doc), &err);
     assert_non_null(keys);
@@ -189,8 +189,8 @@ static void test_expired_token_is_rejected(void **state)
 {
     struct jwt_rules r = rules();
     struct err err = { 0 };
-    char *c = claims_fmt("https://idp.example", "\"gatehouse\"", NOW - 75, NOW - 600, "n-123",
-                         NULL);
+    char *c =
+        claims_fmt("https://idp.example", "\"gatehouse\"", NOW - 75, NOW - 600, "n-123", NULL);
     char *tok = sign(rsa_key, "RS256", "rsa1", c);
     assert_int_equal(verify(tok, &r, &err), ERR_CRYPTO);
     assert_string_equal(err.msg, "token expired 75s ago");
@@ -220,8 +220,8 @@ static void test_iat_in_future_and_missing_exp_are_rejected(void **state)
 {
     struct jwt_rules r = rules();
     struct err err = { 0 };
-    char *c = claims_fmt("https://idp.example", "\"gatehouse\"", NOW + 900, NOW + 400, "n-123",
-                         NULL);
+    char *c =
+        claims_fmt("https://idp.example", "\"gatehouse\"", NOW + 900, NOW + 400, "n-123", NULL);
     char *tok = sign(ec_key, "ES256", "ec1", c);
     assert_int_equal(verify(tok, &r, &err), ERR_CRYPTO);
     assert_string_equal(err.msg, "token issued 400s in the future");
@@ -243,9 +243,8 @@ static void test_wrong_issuer_is_rejected(void **state)
     char *c = claims_fmt("https://evil.example", "\"gatehouse\"", NOW + 300, NOW, "n-123", NULL);
     char *tok = sign(rsa_key, "RS256", "rsa1", c);
     assert_int_equal(verify(tok, &r, &err), ERR_CRYPTO);
-    assert_string_equal(err.msg,
-                        "token issuer \"https://evil.example\" is not the expected "
-                        "\"https://idp.example\"");
+    assert_string_equal(err.msg, "token issuer \"https://evil.example\" is not the expected "
+                                 "\"https://idp.example\"");
     free(tok);
     free(c);
     (void)state;
@@ -358,16 +357,16 @@ static void test_malformed_base64_does_not_abort(void **state)
 {
     struct jwt_rules r = rules();
     struct err err = { 0 };
-    assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpiOivLXhwIjoxOTAwM=DAwfQ.AAAA",
-                            &r, &err),
-                     ERR_PARSE);
+    assert_int_equal(
+        verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpiOivLXhwIjoxOTAwM=DAwfQ.AAAA", &r, &err),
+        ERR_PARSE);
     assert_string_equal(err.msg, "token part 2 is not unpadded base64url");
     assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJ4In0xy.AAAA", &r, &err),
                      ERR_PARSE);
     assert_int_equal(verify("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.AAAA=", &r, &err), ERR_PARSE);
     /* The same cjose assert through a key member of a JWKS. */
-    assert_null(jwks_parse(STR("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"A=AB\",\"e\":\"AQAB\"}]}"),
-                           &err));
+    assert_null(
+        jwks_parse(STR("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"A=AB\",\"e\":\"AQAB\"}]}"), &err));
     assert_null(jwks_parse(STR("{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"AAAAA\","
                                "\"y\":\"AA\"}]}"),
                            &err));

@@ -23,25 +23,23 @@ static struct oidc_provider *prov;
 static struct oidc_metadata *meta;
 static const unsigned char cookie_key[32] = "0123456789abcdef0123456789abcdef";
 
-static const char conf_yaml[] =
-    "identity_providers:\n"
-    "  - id: corp\n"
-    "    type: oidc\n"
-    "    issuer: https://idp.example\n"
-    "    client_id: gatehouse\n"
-    "    client_secret: s3cret/+\n"
-    "    scopes: [email, profile]\n"
-    "    claims: {groups: roles}\n"
-    "    audiences: [https://api.example]\n";
+static const char conf_yaml[] = "identity_providers:\n"
+                                "  - id: corp\n"
+                                "    type: oidc\n"
+                                "    issuer: https://idp.example\n"
+                                "    client_id: gatehouse\n"
+                                "    client_secret: s3cret/+\n"
+                                "    scopes: [email, profile]\n"
+                                "    claims: {groups: roles}\n"
+                                "    audiences: [https://api.example]\n";
 
-static const char discovery[] =
-    "{\"issuer\":\"https://idp.example\","
-    "\"authorization_endpoint\":\"https://idp.example/auth\","
-    "\"token_endpoint\":\"https://idp.example/token\","
-    "\"userinfo_endpoint\":\"https://idp.example/me\","
-    "\"jwks_uri\":\"https://idp.example/jwks\","
-    "\"end_session_endpoint\":\"https://idp.example/session/end\","
-    "\"code_challenge_methods_supported\":[\"S256\"]}";
+static const char discovery[] = "{\"issuer\":\"https://idp.example\","
+                                "\"authorization_endpoint\":\"https://idp.example/auth\","
+                                "\"token_endpoint\":\"https://idp.example/token\","
+                                "\"userinfo_endpoint\":\"https://idp.example/me\","
+                                "\"jwks_uri\":\"https://idp.example/jwks\","
+                                "\"end_session_endpoint\":\"https://idp.example/session/end\","
+                                "\"code_challenge_methods_supported\":[\"S256\"]}";
 
 static int setup(void **state)
 {
@@ -109,8 +107,9 @@ static void test_provider_config_defaults_and_errors(void **state)
     struct conf_doc *cd = conf_doc_parse("bad.yaml", bad, strlen(bad), &d);
     assert_null(oidc_provider_parse(&d, cd->root->items[0], "bad.yaml"));
     assert_true(d.stored >= 1);
-    assert_string_equal(d.msgs[0], "bad.yaml:5:3: error: unknown key \"client_secrets\" in identity provider "
-                                   "(did you mean \"client_secret\"?)");
+    assert_string_equal(d.msgs[0],
+                        "bad.yaml:5:3: error: unknown key \"client_secrets\" in identity provider "
+                        "(did you mean \"client_secret\"?)");
     conf_diag_fini(&d);
     conf_doc_free(cd);
 
@@ -161,9 +160,9 @@ static void start(struct login *lg)
     assert_int_equal(oidc_login_start(prov, meta, "https://app.example/.gatehouse/oidc/callback",
                                       STR("/wiki?page=1"), NULL, cookie_key, NOW, &lg->l, &err),
                      0);
-    assert_int_equal(oidc_login_cookie_open(cookie_key, str_from(lg->l.cookie_value), NOW + 5,
-                                            &lg->pd, &err),
-                     0);
+    assert_int_equal(
+        oidc_login_cookie_open(cookie_key, str_from(lg->l.cookie_value), NOW + 5, &lg->pd, &err),
+        0);
     snprintf(lg->state, sizeof lg->state, "%s", lg->pd.state);
 }
 
@@ -172,9 +171,10 @@ static void test_login_start_builds_pkce_url_and_sealed_cookie(void **state)
     struct login lg;
     start(&lg);
     const char *u = lg.l.auth_url;
-    assert_true(strncmp(u, "https://idp.example/auth?response_type=code&client_id=gatehouse"
-                           "&redirect_uri=https%3A%2F%2Fapp.example%2F.gatehouse%2Foidc%2Fcallback"
-                           "&scope=openid%20email%20profile&state=",
+    assert_true(strncmp(u,
+                        "https://idp.example/auth?response_type=code&client_id=gatehouse"
+                        "&redirect_uri=https%3A%2F%2Fapp.example%2F.gatehouse%2Foidc%2Fcallback"
+                        "&scope=openid%20email%20profile&state=",
                         150) == 0);
     assert_non_null(strstr(u, "&code_challenge_method=S256"));
     assert_int_equal(strlen(lg.pd.state), 43); /* 256 bits */
@@ -236,9 +236,9 @@ static void test_callback_attacks_are_refused(void **state)
     assert_int_equal(callback(NULL, q, rp, &h, &err), ERR_CRYPTO);
     assert_string_equal(err.msg, "no login in progress (login cookie missing)");
     free(q);
-    assert_int_equal(callback(&lg, "error=access_denied&error_description=User+cancelled", rp, &h,
-                              &err),
-                     ERR_CRYPTO);
+    assert_int_equal(
+        callback(&lg, "error=access_denied&error_description=User+cancelled", rp, &h, &err),
+        ERR_CRYPTO);
     assert_string_equal(err.msg, "identity provider refused the login: access_denied: "
                                  "User cancelled");
     q = xasprintf("state=%s", lg.state);
@@ -293,11 +293,12 @@ static void test_callback_attacks_are_refused(void **state)
 
 static char *token_body(const char *nonce, long exp)
 {
-    char *claims = xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\","
-                             "\"exp\":%ld,\"iat\":%d,\"nonce\":\"%s\",\"email\":"
-                             "\"alice@example.com\",\"email_verified\":true,\"roles\":[\"eng\",\"admins\",7],"
-                             "\"sid\":\"S1\"}",
-                             ISS, exp, NOW, nonce);
+    char *claims =
+        xasprintf("{\"iss\":\"%s\",\"sub\":\"alice\",\"aud\":\"gatehouse\","
+                  "\"exp\":%ld,\"iat\":%d,\"nonce\":\"%s\",\"email\":"
+                  "\"alice@example.com\",\"email_verified\":true,\"roles\":[\"eng\",\"admins\",7],"
+                  "\"sid\":\"S1\"}",
+                  ISS, exp, NOW, nonce);
     char *idt = sign(claims);
     char *body = xasprintf("{\"access_token\":\"AT\",\"token_type\":\"Bearer\",\"expires_in\":"
                            "300,\"refresh_token\":\"RT1\",\"id_token\":\"%s\"}",
@@ -319,9 +320,9 @@ static void test_token_response_and_identity(void **state)
     assert_int_equal(t.id_exp_s, NOW + 600);
 
     json_t *ui = NULL;
-    assert_int_equal(oidc_userinfo_parse(200, STR("{\"sub\":\"mallory\",\"name\":\"M\"}"), "alice",
-                                         &ui, &err),
-                     ERR_CRYPTO);
+    assert_int_equal(
+        oidc_userinfo_parse(200, STR("{\"sub\":\"mallory\",\"name\":\"M\"}"), "alice", &ui, &err),
+        ERR_CRYPTO);
     assert_string_equal(err.msg, "userinfo sub does not match the ID token");
     assert_int_equal(oidc_userinfo_parse(200,
                                          STR("{\"sub\":\"alice\",\"name\":\"Alice A\","
@@ -422,8 +423,9 @@ static void test_bearer_and_logout_url(void **state)
 {
     struct err err = { 0 };
     struct oidc_identity id;
-    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
-                   "\"exp\":1800000100,\"roles\":\"robots\"}");
+    char *t =
+        sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
+             "\"exp\":1800000100,\"roles\":\"robots\"}");
     assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), 0);
     assert_string_equal(id.user_key, "https://idp.example#svc");
     assert_string_equal(json_string_value(json_array_get(id.groups, 0)), "robots");
@@ -485,8 +487,9 @@ static void test_bearer_cache_rechecks_expiry_and_key_set(void **state)
 {
     struct err err = { 0 };
     struct oidc_identity id;
-    char *t = sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
-                   "\"exp\":1800000100}");
+    char *t =
+        sign("{\"iss\":\"https://idp.example\",\"sub\":\"svc\",\"aud\":\"https://api.example\","
+             "\"exp\":1800000100}");
     assert_int_equal(oidc_bearer_verify(prov, keys, str_from(t), NOW, &id, &err), 0);
     oidc_identity_fini(&id);
     /* Cached: same answer. */
@@ -515,14 +518,29 @@ static void test_bearer_cache_rechecks_expiry_and_key_set(void **state)
 
 static void test_return_path_guard(void **state)
 {
-    static const char *const good[] = { "/", "/wiki", "/a/b?x=1&y=https://z", "/%7Euser",
-                                        "/search?q=a%20b", "/path#frag" };
+    static const char *const good[] = { "/",        "/wiki",           "/a/b?x=1&y=https://z",
+                                        "/%7Euser", "/search?q=a%20b", "/path#frag" };
     static const char *const bad[] = {
-        "",          "//evil.example",  "https://evil.example", "/\\evil.example",
-        "\\\\evil",  "%2f%2fevil",       "/%2fevil.example",     "/%2F%2Fevil",
-        "/%5cevil",  "/%5Cevil",         "/%252f%252fevil",      "/a\tb",
-        "/\t/evil",  "/a\r\nSet-Cookie:x", "/%0d%0aX:y",         "/%00",
-        "evil.example", "javascript:alert(1)", "/a b", "/ok\\..\\x",
+        "",
+        "//evil.example",
+        "https://evil.example",
+        "/\\evil.example",
+        "\\\\evil",
+        "%2f%2fevil",
+        "/%2fevil.example",
+        "/%2F%2Fevil",
+        "/%5cevil",
+        "/%5Cevil",
+        "/%252f%252fevil",
+        "/a\tb",
+        "/\t/evil",
+        "/a\r\nSet-Cookie:x",
+        "/%0d%0aX:y",
+        "/%00",
+        "evil.example",
+        "javascript:alert(1)",
+        "/a b",
+        "/ok\\..\\x",
     };
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         if (!oidc_return_path_safe(str_from(good[i]))) {
@@ -549,7 +567,7 @@ static void test_replay_cache_expires_and_fills(void **state)
     assert_true(oidc_replay_check_and_add(r, STR("a"), NOW + 10, NOW));
     assert_false(oidc_replay_check_and_add(r, STR("a"), NOW + 10, NOW + 5));
     assert_true(oidc_replay_check_and_add(r, STR("b"), NOW + 10, NOW));
-    assert_false(oidc_replay_check_and_add(r, STR("c"), NOW + 10, NOW)); /* full: fail closed */
+    assert_false(oidc_replay_check_and_add(r, STR("c"), NOW + 10, NOW));     /* full: fail closed */
     assert_true(oidc_replay_check_and_add(r, STR("c"), NOW + 30, NOW + 11)); /* a, b expired */
     assert_true(oidc_replay_check_and_add(r, STR("a"), NOW + 30, NOW + 11));
     oidc_replay_free(r);

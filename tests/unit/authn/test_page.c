@@ -29,9 +29,12 @@ static void test_me_page_escapes_every_value(void **state)
     struct pages *p = load_real();
     struct arena *a = arena_new(0);
     struct page_var v[] = {
-        { "name", "<script>alert(1)</script>" }, { "user", "https://idp#alice" },
-        { "email", "a\"b@example.com" },         { "groups", "eng, admins" },
-        { "idp", "corp" },                        { "expires", "2026-11-28T08:00:00Z" },
+        { "name", "<script>alert(1)</script>" },
+        { "user", "https://idp#alice" },
+        { "email", "a\"b@example.com" },
+        { "groups", "eng, admins" },
+        { "idp", "corp" },
+        { "expires", "2026-11-28T08:00:00Z" },
     };
     size_t len = 0;
     char *html = pages_render(p, PAGE_ME, v, sizeof v / sizeof v[0], a, &len);

@@ -368,8 +368,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_lookup_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_at_rest_restart_and_cli_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke_by_sid_user_and_cookie, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refresh_single_flight_and_rotation, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_single_flight_and_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_short_key_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_database_keeps_the_batch, setup, teardown),
     };

@@ -92,7 +92,8 @@ static void test_conf_typed_getters(void **state)
     assert_string_equal(d.msgs[0], "t.yaml:6:6: error: \"bad\" must be a duration such as "
                                    "250ms, 10s, 5m, 8h or 7d, got \"10x\"");
     assert_false(conf_bool(&d, doc->root, "bb", &b));
-    assert_string_equal(d.msgs[1], "t.yaml:7:5: error: \"bb\" must be true or false, got \"maybe\"");
+    assert_string_equal(d.msgs[1],
+                        "t.yaml:7:5: error: \"bb\" must be true or false, got \"maybe\"");
     assert_false(conf_u64(&d, doc->root, "n", 8, 10, &v));
     assert_string_equal(d.msgs[2], "t.yaml:5:4: error: \"n\" must be between 8 and 10, got 7");
     conf_doc_free(doc);

@@ -25,7 +25,7 @@ static void test_never_partial_or_case_folded_ids(void **state)
 {
     (void)state;
     assert_false(ident_user_match("ali", "alice", "alice@example.com", "corp"));
-    assert_false(ident_user_match("ALICE", "alice", NULL, "corp"));  /* ids are exact */
+    assert_false(ident_user_match("ALICE", "alice", NULL, "corp")); /* ids are exact */
     assert_false(ident_user_match("lice@example.com", "alice", "alice@example.com", "corp"));
     assert_false(ident_user_match("corp:", "alice", NULL, "corp"));
     assert_false(ident_user_match(":alice", "alice", NULL, ""));

@@ -54,14 +54,13 @@ static void test_line_has_exactly_the_documented_fields(void **state)
     struct accesslog_entry e = sample();
     char *line = format(&e);
     (void)state;
-    assert_string_equal(line,
-                        "{\"ts\":\"2026-11-28T06:00:00.123Z\",\"request_id\":\"7f3a9c\","
-                        "\"client_ip\":\"192.0.2.1\",\"method\":\"GET\",\"host\":"
-                        "\"wiki.example.com\",\"path\":\"/docs\",\"status\":200,"
-                        "\"bytes_in\":312,\"bytes_out\":5120,\"upstream\":\"127.0.0.1:9001\","
-                        "\"upstream_ms\":1.234,\"total_ms\":2.005,\"route\":\"wiki\","
-                        "\"user\":\"https://idp.example.com#alice\",\"decision\":\"allow\","
-                        "\"rule\":\"engineers\",\"device\":\"3f9c0a1be27d4c55\"}\n");
+    assert_string_equal(line, "{\"ts\":\"2026-11-28T06:00:00.123Z\",\"request_id\":\"7f3a9c\","
+                              "\"client_ip\":\"192.0.2.1\",\"method\":\"GET\",\"host\":"
+                              "\"wiki.example.com\",\"path\":\"/docs\",\"status\":200,"
+                              "\"bytes_in\":312,\"bytes_out\":5120,\"upstream\":\"127.0.0.1:9001\","
+                              "\"upstream_ms\":1.234,\"total_ms\":2.005,\"route\":\"wiki\","
+                              "\"user\":\"https://idp.example.com#alice\",\"decision\":\"allow\","
+                              "\"rule\":\"engineers\",\"device\":\"3f9c0a1be27d4c55\"}\n");
     free(line);
 }
 
@@ -71,8 +70,7 @@ static void test_fields_mask_chooses_fields(void **state)
     struct accesslog_entry e = sample();
     char *line;
     (void)state;
-    e.fields = (1u << ACCESSLOG_F_RULE) | (1u << ACCESSLOG_F_REQUEST_ID) |
-               (1u << ACCESSLOG_F_USER);
+    e.fields = (1u << ACCESSLOG_F_RULE) | (1u << ACCESSLOG_F_REQUEST_ID) | (1u << ACCESSLOG_F_USER);
     line = format(&e);
     assert_string_equal(line, "{\"request_id\":\"7f3a9c\",\"user\":"
                               "\"https://idp.example.com#alice\",\"rule\":\"engineers\"}\n");
@@ -153,10 +151,11 @@ static void test_query_string_is_never_logged(void **state)
  * the seventeen fields (checked with a real parser). */
 static void test_random_bytes_always_give_valid_json(void **state)
 {
-    static const char *const keys[] = { "ts", "request_id", "client_ip", "method",
-                                        "host", "path", "status", "bytes_in",
-                                        "bytes_out", "upstream", "upstream_ms", "total_ms",
-                                        "route", "user", "decision", "rule", "device" };
+    static const char *const keys[] = { "ts",        "request_id", "client_ip",   "method",
+                                        "host",      "path",       "status",      "bytes_in",
+                                        "bytes_out", "upstream",   "upstream_ms", "total_ms",
+                                        "route",     "user",       "decision",    "rule",
+                                        "device" };
     unsigned seed = 12345;
     char raw[5][64];
     (void)state;

@@ -23,8 +23,9 @@ static struct upstream_conf up3(enum balance b)
     servers3[0].url = url_a;
     servers3[1].url = url_b;
     servers3[2].url = url_c;
-    return (struct upstream_conf){ .servers = servers3, .nservers = 3, .balance = b,
-                                   .max_fails = 2, .fail_timeout_ms = 1000 };
+    return (struct upstream_conf){
+        .servers = servers3, .nservers = 3, .balance = b, .max_fails = 2, .fail_timeout_ms = 1000
+    };
 }
 
 static void test_round_robin_cycles_in_order(void **state)
@@ -271,12 +272,14 @@ static void test_reload_carries_health_by_url(void **state)
     struct balancer *old = balancer_new(&u, NULL), *b;
     (void)state;
     balancer_report(old, 1, false, 0);
-    balancer_report(old, 1, false, 0); /* url_b down until 1000 */
+    balancer_report(old, 1, false, 0);   /* url_b down until 1000 */
     balancer_set_healthy(old, 2, false); /* url_c down by check */
     servers_reload[0].url = url_d;
     servers_reload[1].url = url_b;
-    u2 = (struct upstream_conf){ .servers = servers_reload, .nservers = 2,
-                                 .balance = BALANCE_ROUND_ROBIN, .max_fails = 2,
+    u2 = (struct upstream_conf){ .servers = servers_reload,
+                                 .nservers = 2,
+                                 .balance = BALANCE_ROUND_ROBIN,
+                                 .max_fails = 2,
                                  .fail_timeout_ms = 1000 };
     b = balancer_new(&u2, old);
     assert_true(balancer_is_up(b, 0, 10));

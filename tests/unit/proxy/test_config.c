@@ -46,8 +46,7 @@ static bool expect_error(const char *yaml, const char *msg)
     struct config *c = parse(yaml, &d);
 
     if (c || !has_msg(&d, msg)) {
-        fprintf(stderr, "--- config:\n%s--- expected:\n%s\n--- got (%zu):\n", yaml, msg,
-                d.count);
+        fprintf(stderr, "--- config:\n%s--- expected:\n%s\n--- got (%zu):\n", yaml, msg, d.count);
         conf_diag_print(&d, stderr);
         config_unref(c);
         conf_diag_fini(&d);
@@ -78,7 +77,7 @@ static void test_minimal_config_gets_documented_defaults(void **state)
     const struct route_conf *r;
     cpu_set_t set;
     long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                              : sysconf(_SC_NPROCESSORS_ONLN);
+                                                             : sysconf(_SC_NPROCESSORS_ONLN);
 
     (void)state;
     assert_int_equal(c->nlisteners, 1);
@@ -252,10 +251,8 @@ static void test_full_config_reads_every_key(void **state)
     assert_int_equal(r->upstream.nservers, 1);
     assert_int_equal(r->upstream.balance, BALANCE_IP_HASH);
     assert_true(r->public_);
-    assert_ptr_equal(route_match_config(c, STR("wiki.example.com"), STR("/docs/a")),
-                     &c->routes[0]);
-    assert_ptr_equal(route_match_config(c, STR("wiki.example.com"), STR("/other")),
-                     &c->routes[1]);
+    assert_ptr_equal(route_match_config(c, STR("wiki.example.com"), STR("/docs/a")), &c->routes[0]);
+    assert_ptr_equal(route_match_config(c, STR("wiki.example.com"), STR("/other")), &c->routes[1]);
     config_unref(c);
 }
 
@@ -321,11 +318,9 @@ static const struct bad bad_cases[] = {
       "t.yaml:3:17: error: \"cert\" file \"/dev/zero\" is not a regular file" },
     { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: /tmp}\n" BASE_ROUTE,
       "t.yaml:3:29: error: \"key\" file \"/tmp\" is not a regular file" },
-    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: garbage.pem, key: a.key}\n"
-      BASE_ROUTE,
+    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: garbage.pem, key: a.key}\n" BASE_ROUTE,
       "t.yaml:3:17: error: \"cert\" file \"garbage.pem\" holds no PEM certificate" },
-    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: encrypted.key}\n"
-      BASE_ROUTE,
+    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: encrypted.key}\n" BASE_ROUTE,
       "t.yaml:3:29: error: \"key\" file \"encrypted.key\" holds no unencrypted PEM private key" },
     { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: b.key}\n" BASE_ROUTE,
       "t.yaml:3:29: error: \"key\" file \"b.key\" does not match certificate \"a.crt\"" },
@@ -336,8 +331,7 @@ static const struct bad bad_cases[] = {
       "    tls: {cert: a.crt, key: a.key, client_cert: required}\n" BASE_ROUTE,
       "t.yaml:3:49: error: \"client_cert: required\" needs \"client_ca\"" },
     { "listen:\n  - address: 127.0.0.1:8443\n"
-      "    tls: {cert: a.crt, key: a.key, client_ca: ca.crt, client_cert: sometimes}\n"
-      BASE_ROUTE,
+      "    tls: {cert: a.crt, key: a.key, client_ca: ca.crt, client_cert: sometimes}\n" BASE_ROUTE,
       "t.yaml:3:68: error: \"client_cert\" must be one of none, optional, required, got "
       "\"sometimes\"" },
     { "listen:\n  - address: 127.0.0.1:8443\n"
@@ -347,8 +341,7 @@ static const struct bad bad_cases[] = {
       "    tls: {cert: a.crt, key: a.key, client_ca: ca.crt, client_crl: a.crt}\n" BASE_ROUTE,
       "t.yaml:3:67: error: \"client_crl\" file \"a.crt\" holds no PEM certificate revocation "
       "list" },
-    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: a.key, ciphers: x}\n"
-      BASE_ROUTE,
+    { "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: a.crt, key: a.key, ciphers: x}\n" BASE_ROUTE,
       "t.yaml:3:36: error: unknown key \"ciphers\" in \"tls\"" },
     /* admin, workers, limits, timeouts, logging */
     { BASE_LISTEN "admin: {address: 127.0.0.1:8080}\n" BASE_ROUTE,
@@ -577,9 +570,10 @@ static void test_load_resolves_paths_against_the_file_directory(void **state)
     f = fopen(path, "w");
     assert_non_null(f);
     /* The certificate is named relative to the config file's directory. */
-    fprintf(f, "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: '%s/a.crt', key: "
-               "'%s/a.key'}\n"
-               "state: {sqlite: var/db.sqlite}\n" BASE_ROUTE,
+    fprintf(f,
+            "listen:\n  - address: 127.0.0.1:8443\n    tls: {cert: '%s/a.crt', key: "
+            "'%s/a.key'}\n"
+            "state: {sqlite: var/db.sqlite}\n" BASE_ROUTE,
             cert, cert);
     fclose(f);
     c = config_load(path, &d);
@@ -653,7 +647,8 @@ static void test_route_policy_resolved_once(void **state)
 {
     (void)state;
     struct config *c = expect_ok(
-        BASE_LISTEN "state: {sqlite: /tmp/gh-unit-state.db}\n"
+        BASE_LISTEN
+        "state: {sqlite: /tmp/gh-unit-state.db}\n"
         "identity_providers:\n"
         "  - {id: corp, type: oidc, issuer: 'https://idp.example.com', client_id: gh,\n"
         "     client_secret: s}\n"
@@ -684,13 +679,14 @@ static void test_key_tables_report_each_problem_once(void **state)
 {
     (void)state;
     struct conf_diag d = { 0 };
-    struct config *c = parse(BASE_LISTEN "routes:\n"
-                                         "  - name: app\n"
-                                         "    match: {path_case_insensitive: maybe}\n"
-                                         "    upstream: {servers: [http://127.0.0.1:9001], retries: 99,"
-                                         " bogus: 1}\n"
-                                         "    public: true\n",
-                             &d);
+    struct config *c =
+        parse(BASE_LISTEN "routes:\n"
+                          "  - name: app\n"
+                          "    match: {path_case_insensitive: maybe}\n"
+                          "    upstream: {servers: [http://127.0.0.1:9001], retries: 99,"
+                          " bogus: 1}\n"
+                          "    public: true\n",
+              &d);
     assert_null(c);
     assert_int_equal(d.count, 3);
     assert_true(has_msg(&d, "t.yaml:5:36: error: \"path_case_insensitive\" must be true or "

@@ -262,8 +262,11 @@ static void test_fetch_post_body_and_headers(void **state)
     const char *hdrs[] = { "Content-Type: application/x-www-form-urlencoded", NULL };
     static const char body[] = "grant_type=authorization_code&code=abc";
 
-    struct fetch_req req = { .method = "POST", .url = url("/echo"), .headers = hdrs,
-                             .body = body, .body_len = sizeof body - 1 };
+    struct fetch_req req = { .method = "POST",
+                             .url = url("/echo"),
+                             .headers = hdrs,
+                             .body = body,
+                             .body_len = sizeof body - 1 };
     assert_non_null(fetch_start(f, &req, on_done, &r, err));
     run_until(loop, all, 1);
     assert_false(r.failed);
@@ -324,11 +327,13 @@ static void test_fetch_cancel_skips_callback(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_fetch_slow_response_does_not_block_loop, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_slow_response_does_not_block_loop, fixture_up,
+                                        fixture_down),
         cmocka_unit_test_setup_teardown(test_fetch_timeout_fails, fixture_up, fixture_down),
         cmocka_unit_test_setup_teardown(test_fetch_response_size_cap, fixture_up, fixture_down),
         cmocka_unit_test_setup_teardown(test_fetch_post_body_and_headers, fixture_up, fixture_down),
-        cmocka_unit_test_setup_teardown(test_fetch_refused_and_bad_scheme, fixture_up, fixture_down),
+        cmocka_unit_test_setup_teardown(test_fetch_refused_and_bad_scheme, fixture_up,
+                                        fixture_down),
         cmocka_unit_test_setup_teardown(test_fetch_cancel_skips_callback, fixture_up, fixture_down),
     };
     return cmocka_run_group_tests(tests, setup_server, NULL);

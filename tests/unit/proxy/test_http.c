@@ -15,7 +15,10 @@
 #include "proxy/io.h"
 
 static const struct http_limits lim = {
-    .header_bytes = 4096, .headers = 20, .uri_bytes = 256, .body_bytes = 100,
+    .header_bytes = 4096,
+    .headers = 20,
+    .uri_bytes = 256,
+    .body_bytes = 100,
 };
 
 struct parsed {
@@ -159,14 +162,14 @@ static void test_target_and_host_normalised(void **state)
         const char *line, *host, *target, *path, *query, *hostname;
         bool enc;
     } ok[] = {
-        { "GET /x/%2e%2e/%61dmin?q=%2e%2E/.. HTTP/1.1", "App.Test", "/admin?q=%2e%2E/..",
-          "/admin", "q=%2e%2E/..", "app.test", false },
+        { "GET /x/%2e%2e/%61dmin?q=%2e%2E/.. HTTP/1.1", "App.Test", "/admin?q=%2e%2E/..", "/admin",
+          "q=%2e%2E/..", "app.test", false },
         { "GET //a/./b/../c/ HTTP/1.1", "a.test.:8080", "/a/c/", "/a/c/", "", "a.test", false },
         { "GET http://A.test.//admin? HTTP/1.1", "a.test", "/admin?", "/admin", "", "a.test",
           false },
         { "GET http://a.test:81 HTTP/1.1", "A.TEST.:81", "/", "/", "", "a.test", false },
-        { "GET /files/a%2fb HTTP/1.1", "[::1]:8080", "/files/a%2Fb", "/files/a%2Fb", "",
-          "[::1]", true },
+        { "GET /files/a%2fb HTTP/1.1", "[::1]:8080", "/files/a%2Fb", "/files/a%2Fb", "", "[::1]",
+          true },
         { "OPTIONS * HTTP/1.1", "a", "*", "*", "", "a", false },
     };
     (void)state;
@@ -191,8 +194,7 @@ static void test_target_and_host_normalised(void **state)
     expect_reject("GET /%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400,
                   "path climbs above the root");
     expect_reject("GET /a%00 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "control character in path");
-    expect_reject("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400,
-                  "invalid percent-encoding in path");
+    expect_reject("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid percent-encoding in path");
     expect_reject("GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "backslash in path");
     expect_reject("GET /..;/a HTTP/1.1\r\nHost: a\r\n\r\n", 400,
                   "dot segment with parameters in path");
@@ -200,8 +202,8 @@ static void test_target_and_host_normalised(void **state)
                   "path climbs above the root");
     expect_reject("GET http://a.test./ HTTP/1.1\r\nHost: b.test\r\n\r\n", 400,
                   "absolute-form target names another host");
-    const char *bad_hosts[] = { "a..test", ".a.test", "a.test..", ".", "a.test:x", "a%2etest",
-                                "a.test:123456", "[::1]x", "[::1" };
+    const char *bad_hosts[] = { "a..test",  ".a.test",       "a.test..", ".",   "a.test:x",
+                                "a%2etest", "a.test:123456", "[::1]x",   "[::1" };
     for (size_t i = 0; i < sizeof bad_hosts / sizeof bad_hosts[0]; i++) {
         char raw[128];
         snprintf(raw, sizeof raw, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad_hosts[i]);
@@ -229,13 +231,16 @@ static void test_smuggling_rejected(void **state)
 {
     (void)state;
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
-                  "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, NULL);
-    expect_reject("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+                  "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                   400, NULL);
+    expect_reject(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", 400,
+        NULL);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabcd", 400, NULL);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400,
                   NULL);
-    expect_reject("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400, "obsolete line folding");
+    expect_reject("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400,
+                  "obsolete line folding");
     expect_reject("GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\tc\r\n\r\n", 400, "obsolete line folding");
     expect_reject("GET / HTTP/1.1\r\nHost: a\r\nX-Abc: \rxTransfer-Encoding: chunked\r\n\r\n", 400,
                   NULL);
@@ -290,12 +295,14 @@ static void test_limits(void **state)
     }
     snprintf(many + off, sizeof many - off, "\r\n");
     expect_reject(many, 431, "too many header fields");
-    expect_reject("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n", 413, "body too large");
-    expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "65\r\n"
-                  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-                  "xxxxxxxxxxxxxxxxx\r\n0\r\n\r\n",
-                  413, "body too large");
+    expect_reject("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n", 413,
+                  "body too large");
+    expect_reject(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "65\r\n"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxxxxx\r\n0\r\n\r\n",
+        413, "body too large");
     expect_reject("PUT / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n", 417,
                   "unsupported Expect");
 }
@@ -316,8 +323,11 @@ static char *upstream_head(struct parsed *ps, const char *raw, bool trust, bool 
     static char out[4096];
     struct buf b = { 0 };
     static const char *const strip[] = { "X-Gatehouse-", NULL };
-    struct http_fwd_opts o = { .trust_forwarded = trust, .websocket = ws, .via = "gatehouse",
-                               .default_host = "backend:9001", .strip_prefixes = strip };
+    struct http_fwd_opts o = { .trust_forwarded = trust,
+                               .websocket = ws,
+                               .via = "gatehouse",
+                               .default_host = "backend:9001",
+                               .strip_prefixes = strip };
 
     parse(ps, raw, 4096);
     assert_int_equal(ps->status, 0);
@@ -342,8 +352,10 @@ static void test_hop_by_hop_and_connection_named_removed(void **state)
     assert_non_null(strstr(h, "GET /x HTTP/1.1\r\n"));
     assert_non_null(strstr(h, "Host: app.test\r\n"));
     assert_non_null(strstr(h, "X-Keep: yes\r\n"));
-    const char *gone[] = { "Connection:", "X-Private", "secret:", "Keep-Alive", "TE:",
-                           "Trailer", "Proxy-Authorization", "Proxy-Connection", "Upgrade" };
+    const char *gone[] = {
+        "Connection:", "X-Private",           "secret:",          "Keep-Alive", "TE:",
+        "Trailer",     "Proxy-Authorization", "Proxy-Connection", "Upgrade"
+    };
     for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
         if (strstr(h, gone[i])) {
             fail_msg("%s was forwarded:\n%s", gone[i], h);
@@ -382,9 +394,9 @@ static void test_trusted_listener_appends_forwarded_for(void **state)
     struct parsed ps;
     (void)state;
 
-    char *h = upstream_head(&ps,
-                            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n\r\n",
-                            true, false);
+    char *h = upstream_head(
+        &ps, "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n\r\n", true,
+        false);
     assert_non_null(strstr(h, "X-Forwarded-For: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n"));
     done(&ps);
 }
@@ -451,8 +463,9 @@ static char *response_head(const char *raw, struct http_resp_opts *o)
 
 static void test_response_rewriting(void **state)
 {
-    struct http_resp_opts o = { .client_minor = 1, .keep_alive = true, .request_id = "rid",
-                                .via = "gatehouse" };
+    struct http_resp_opts o = {
+        .client_minor = 1, .keep_alive = true, .request_id = "rid", .via = "gatehouse"
+    };
     (void)state;
 
     char *h = response_head("HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: 1\r\n"

@@ -77,8 +77,7 @@ static void assert_valid_exposition(const char *text)
                 static const char *const sfx[] = { "", "_bucket", "_sum", "_count" };
                 size_t tl = strlen(typed[i]);
                 for (size_t k = 0; k < 4 && !known; k++) {
-                    known = name_len == tl + strlen(sfx[k]) &&
-                            strncmp(line, typed[i], tl) == 0 &&
+                    known = name_len == tl + strlen(sfx[k]) && strncmp(line, typed[i], tl) == 0 &&
                             strncmp(line + tl, sfx[k], strlen(sfx[k])) == 0;
                 }
             }

@@ -42,11 +42,23 @@ static void test_underscore_names(void **state)
     assert_false(dropped("Accept", &strict));
     /* Opted in: others pass, look-alikes never do. */
     assert_false(dropped("X_Custom", &underscores));
-    const char *always[] = { "X_Gatehouse_User", "x-gatehouse_groups", "X_GATEHOUSE_EMAIL",
-                             "_X_Gatehouse_User", "Transfer_Encoding", "Keep_Alive",
-                             "Connection_", "_Upgrade", "Upgrade_", "Proxy_Connection",
-                             "Proxy_Authorization", "Content_Length", "X_Forwarded_For",
-                             "X_Request_Id", "Sec_WebSocket_Key", "HTTP2_Settings", NULL };
+    const char *always[] = { "X_Gatehouse_User",
+                             "x-gatehouse_groups",
+                             "X_GATEHOUSE_EMAIL",
+                             "_X_Gatehouse_User",
+                             "Transfer_Encoding",
+                             "Keep_Alive",
+                             "Connection_",
+                             "_Upgrade",
+                             "Upgrade_",
+                             "Proxy_Connection",
+                             "Proxy_Authorization",
+                             "Content_Length",
+                             "X_Forwarded_For",
+                             "X_Request_Id",
+                             "Sec_WebSocket_Key",
+                             "HTTP2_Settings",
+                             NULL };
     for (size_t i = 0; always[i]; i++) {
         assert_true(dropped(always[i], &underscores));
         assert_true(dropped(always[i], &strict));
@@ -56,8 +68,8 @@ static void test_underscore_names(void **state)
 static void test_override_headers(void **state)
 {
     (void)state;
-    const char *names[] = { "X-Original-URL", "x-rewrite-url", "X-HTTP-Method-Override",
-                            "X-HTTP-Method", "X-Method-Override", NULL };
+    const char *names[] = { "X-Original-URL", "x-rewrite-url",     "X-HTTP-Method-Override",
+                            "X-HTTP-Method",  "X-Method-Override", NULL };
     for (size_t i = 0; names[i]; i++) {
         assert_true(dropped(names[i], &strict));
         assert_false(dropped(names[i], &overrides));
@@ -97,8 +109,7 @@ static int no_body(void *arg, const char *p, size_t n)
 
 static void parse_request(struct head *hd, const char *raw)
 {
-    static const struct http_limits lim = { .header_bytes = 4096, .headers = 20,
-                                            .uri_bytes = 256 };
+    static const struct http_limits lim = { .header_bytes = 4096, .headers = 20, .uri_bytes = 256 };
     const char *reason = NULL;
 
     memset(hd, 0, sizeof *hd);
@@ -135,17 +146,13 @@ static enum ws_check check(const char *raw)
 static void test_request_check(void **state)
 {
     (void)state;
-    assert_int_equal(check(WS_HEAD("GET", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")),
-                     WS_OK);
-    assert_int_equal(check(WS_HEAD("GET", "WebSocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")),
-                     WS_OK);
+    assert_int_equal(check(WS_HEAD("GET", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")), WS_OK);
+    assert_int_equal(check(WS_HEAD("GET", "WebSocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")), WS_OK);
     assert_int_equal(check(WS_HEAD("GET", "websocket", "abc", "13")), WS_BAD);
-    assert_int_equal(check(WS_HEAD("GET", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "8")),
-                     WS_BAD);
+    assert_int_equal(check(WS_HEAD("GET", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "8")), WS_BAD);
     assert_int_equal(check(WS_HEAD("GET", "WebSocket, h2c", "dGhlIHNhbXBsZSBub25jZQ==", "13")),
                      WS_BAD);
-    assert_int_equal(check(WS_HEAD("PUT", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")),
-                     WS_BAD);
+    assert_int_equal(check(WS_HEAD("PUT", "websocket", "dGhlIHNhbXBsZSBub25jZQ==", "13")), WS_BAD);
     assert_int_equal(check(WS_HEAD("GET", "h2c", "dGhlIHNhbXBsZSBub25jZQ==", "13")),
                      WS_NOT_WEBSOCKET);
     assert_int_equal(check("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n"
@@ -197,12 +204,9 @@ static void test_response_check(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_name_alike),
-        cmocka_unit_test(test_underscore_names),
-        cmocka_unit_test(test_override_headers),
-        cmocka_unit_test(test_key_and_accept),
-        cmocka_unit_test(test_request_check),
-        cmocka_unit_test(test_response_check),
+        cmocka_unit_test(test_name_alike),       cmocka_unit_test(test_underscore_names),
+        cmocka_unit_test(test_override_headers), cmocka_unit_test(test_key_and_accept),
+        cmocka_unit_test(test_request_check),    cmocka_unit_test(test_response_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
