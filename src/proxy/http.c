@@ -201,13 +201,20 @@ static int on_message_complete(llhttp_t *p)
 /* The parser callbacks: the chunk extensions share one; for every other
  * event llhttp's on_<event> is our on_<event> (llhttp_settings_init() would
  * only zero the rest). */
+// clang-format off
 #define PARSER_EVENTS(X)                                                                           \
     X(message_begin)                                                                               \
     X(message_complete)                                                                            \
     X(url)                                                                                         \
     X(status)                                                                                      \
-    X(headers_complete) X(header_field) X(header_field_complete) X(header_value)                   \
-        X(header_value_complete) X(body) X(chunk_header)
+    X(headers_complete)                                                                            \
+    X(header_field)                                                                                \
+    X(header_field_complete)                                                                       \
+    X(header_value)                                                                                \
+    X(header_value_complete)                                                                       \
+    X(body)                                                                                        \
+    X(chunk_header)
+// clang-format on
 static const llhttp_settings_t g_settings = { .on_chunk_extension_name = on_chunk_ext,
                                               .on_chunk_extension_value = on_chunk_ext,
 #define X(event) .on_##event = on_##event,
