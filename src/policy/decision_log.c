@@ -3,7 +3,9 @@
  * writer thread chains them (hash = SHA-256 over the previous hash and the record's
  * canonical bytes), commits each batch to SQLite in one transaction, then mirrors the
  * lines to the JSON-lines file. SQLite is the source of truth: after a crash the file
- * is cut back to its last complete line and refilled from SQLite.
+ * is cut back to its last complete line and refilled from SQLite. With index: deferred
+ * the file is the log of record instead: one write per batch, no SQLite insert, and
+ * SQLite filled from the file by the readers (dl_ingest in dl_sinks.c).
  * The parts: record encoding (dl_encode.c), the two sinks and retention
  * (dl_sinks.c), the spool (dl_spool.c), checkpoints (dl_checkpoint.c),
  * verification (dl_verify.c), the fleet's shared store (dl_store_pg.c). */
