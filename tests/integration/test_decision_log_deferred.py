@@ -13,6 +13,7 @@ Python stdlib only; everything in a temp dir.
 import http.client
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -121,6 +122,70 @@ class Live(unittest.TestCase):
             with open(self.file) as f:
                 self.assertIn('"request_id":"%s"' % rid, f.read())
         v = run("audit", "verify", "-c", self.gh.config_path)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root to mount a small tmpfs")
+class FullDisk(unittest.TestCase):
+    """A failed append is a store refusing commits: held, spooled, 503 past max_pending."""
+
+    def test_full_disk_503_past_bound_and_no_served_record_lost(self):
+        state = tempfile.mkdtemp(prefix="gh-dfull-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", state], check=True)
+        self.addCleanup(shutil.rmtree, state, True)
+        self.addCleanup(subprocess.run, ["umount", "-l", state])
+        backend = Backend("app")
+        self.addCleanup(backend.stop)
+        port = free_port()
+        gh = Gatehouse(basic_config(
+            [{"name": "pub", "match": {"path_prefix": "/"}, "public": True,
+              "upstream": {"servers": [backend.url]}}],
+            listen=[{"address": f"127.0.0.1:{port}"}],
+            state={"sqlite": os.path.join(state, "gatehouse.db")},
+            decision_log={"file": os.path.join(state, "decisions.jsonl"), "index": "deferred",
+                          "flush_interval": "20ms", "max_pending": 20}))
+        self.addCleanup(gh.cleanup)
+        self.addCleanup(gh.stop)
+        path = os.path.join(state, "decisions.jsonl")
+        status, rid, c = get(port, "/warm")
+        self.assertEqual(status, 200)
+        wait_until(lambda: any(r["request_id"] == rid for r in read_jsonl(path)), timeout=10)
+        filler = os.path.join(state, "filler")
+        with open(filler, "wb", buffering=0) as f:
+            for size in (1 << 16, 4096, 512, 1):
+                while True:
+                    try:
+                        f.write(b"\0" * size)
+                    except OSError:
+                        break
+        served, statuses = [], []
+        for i in range(2000):
+            status, rid, c = get(port, "/full-%d" % i, c)
+            statuses.append(status)
+            if status == 200:
+                served.append(rid)
+            if statuses[-10:] == [503] * 10:
+                break
+        self.assertIn(503, statuses)
+        self.assertGreater(len(served), 0)
+        self.assertIn("the store refuses commits", gh.stderr())
+        m = http.client.HTTPConnection("127.0.0.1", gh.admin_port, timeout=10)
+        m.request("GET", "/metrics")
+        self.assertRegex(m.getresponse().read().decode(),
+                         r"(?m)^gatehouse_decision_log_broken 1$")
+        gh.stop()
+        self.assertIn("saved in the spool", gh.stderr())
+        os.unlink(filler)
+        gh._stderr = open(gh.stderr_path, "ab")
+        gh.proc = subprocess.Popen([gatehouse_bin(), "serve", "-c", gh.config_path],
+                                   stdout=gh._stderr, stderr=gh._stderr, cwd=gh.dir)
+        gh.wait_ready()
+        gh.stop()
+        ids = [r["request_id"] for r in read_jsonl(path)]
+        self.assertEqual([r for r in served if r not in ids], [])
+        recs = read_jsonl(path)
+        self.assertEqual([r["seq"] for r in recs], list(range(1, len(recs) + 1)))
+        v = run("audit", "verify", "-c", gh.config_path)
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
 
 
