@@ -880,6 +880,19 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
+    if (c->file && !c->deferred &&
+        sqlite3_table_column_metadata(dl->db, NULL, "decision_log_index", "offset", NULL, NULL,
+                                      NULL, NULL, NULL) == SQLITE_OK) {
+        /* Back from index: deferred: the file's records the index does not have yet are
+         * indexed first; SQLite is the log of record again from here on. */
+        struct decision_log_conf dc = *c;
+        dc.deferred = true;
+        if (dl_ingest(&dc, NULL, err) != 0) {
+            goto fail;
+        }
+        /* A later switch to deferred starts from SQLite's last row again. */
+        sqlite3_exec(dl->db, "DROP TABLE decision_log_index", NULL, NULL, NULL);
+    }
     /* The chain continues from the last row, or from the retention anchor. */
     uint64_t anchor_seq;
     dl_anchor_get(dl->db, &anchor_seq, dl->prev);
@@ -895,6 +908,10 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
             goto fail;
         }
         uint64_t fseq = 0, dbseq = 0;
+        if (dl_index_schema(dl->db) != 0) {
+            err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+            goto fail;
+        }
         if (dl_file_head(dl->fd, &fseq, dl->prev, &dl->file_end, err) != 0) {
             goto fail;
         }
@@ -1210,6 +1227,10 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_text(q, 2, rec->request_id ? rec->request_id : "", -1, SQLITE_STATIC);
         for (unsigned waited = 0;; waited += 50) {
+            struct err ie = { 0 };
+            if (c->deferred) {
+                (void)dl_ingest(c, NULL, &ie); /* the record is a line of the file first */
+            }
             sqlite3_reset(q);
             if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int64(q, 0) == 0) {
                 *seq = (uint64_t)sqlite3_column_int64(q, 1);

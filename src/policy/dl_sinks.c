@@ -352,6 +352,13 @@ int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *e
 #define DL_INGEST_TXN 5000            /* lines per transaction */
 #define DL_INGEST_CHUNK (1024 * 1024) /* bytes read at a time */
 
+int dl_index_schema(sqlite3 *db)
+{
+    return sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS decision_log_index(id INTEGER PRIMARY "
+                            "KEY CHECK(id = 1), offset INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                            "hash TEXT NOT NULL)", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+}
+
 static int ingest_mark(sqlite3 *db, int64_t off, uint64_t seq, const char *hash)
 {
     sqlite3_stmt *st = NULL;
@@ -412,9 +419,7 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
         return ERR_IO;
     }
     sqlite3_busy_timeout(db, 10000);
-    int rc = sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS decision_log_index(id INTEGER PRIMARY "
-                              "KEY CHECK(id = 1), offset INTEGER NOT NULL, seq INTEGER NOT NULL, "
-                              "hash TEXT NOT NULL)", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    int rc = dl_index_schema(db);
     static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
                               DL_VALUES;
     sqlite3_stmt *ins = NULL;

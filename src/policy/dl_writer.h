@@ -89,6 +89,9 @@ int dl_file_catch_up(sqlite3 *db, int fd, struct err *err);
  * *seq and hash get its seq and hash (0 and DL_GENESIS when empty), *end the file's
  * size after the cut. */
 int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *err);
+/* The index's high-water mark table (index: deferred). Its presence also tells a
+ * later start with index: inline that the file may be ahead of SQLite. */
+int dl_index_schema(sqlite3 *db);
 /* seq of the file's first line (0 when empty or unreadable). */
 uint64_t dl_file_first_seq(int fd);
 /* Rewrites the file keeping lines with seq > keep_after (atomic rename). */

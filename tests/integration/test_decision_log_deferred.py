@@ -323,6 +323,24 @@ class Tamper(unittest.TestCase):
         self.assertEqual([r["seq"] for r in recs], list(range(1, 41)))
         self.assertIn("decision log OK", self.verify(0))
 
+    def test_switch_to_inline_and_back(self):
+        self.write(30, "a")
+        with open(self.cfg) as f:
+            text = f.read()
+        with open(self.cfg, "w") as f:
+            f.write(text.replace(", index: deferred}", "}"))
+        self.write(20, "b")  # inline: the open indexes the file's 30 records first
+        self.assertEqual(len(db_rows(self.db_path())), 50)
+        self.assertIn("decision log OK", self.verify(0))
+        with open(self.cfg, "w") as f:
+            f.write(text)
+        self.write(20, "c")
+        self.assertIn("decision log OK", self.verify(0))
+        q = run("audit", "query", "-c", self.cfg, "--json", check=0)
+        self.assertEqual(len(q.stdout.splitlines()), 70)
+        recs = read_jsonl(self.file)
+        self.assertEqual([r["seq"] for r in recs], list(range(1, 71)))
+
     def test_query_and_policy_diff_ingest_first(self):
         self.write(40, "d")
         q = run("audit", "query", "-c", self.cfg, "--user", "bob", "--json", check=0)
