@@ -429,6 +429,10 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
     if (rc != 0) {
         err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
     }
+    /* Up to the size the file has now: a writer appending faster than lines are indexed
+     * is not chased (the next reader takes the rest). */
+    struct stat sb;
+    int64_t limit = fstat(fd, &sb) == 0 ? (int64_t)sb.st_size : 0;
     char *buf = rc == 0 ? xmalloc(DL_INGEST_CHUNK) : NULL;
     struct sbuf tmp[2] = { { 0 }, { 0 } };
     bool more = rc == 0;
@@ -451,7 +455,9 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
         size_t lines = 0;
         more = false;
         for (;;) {
-            ssize_t got = pread(fd, buf, DL_INGEST_CHUNK, off);
+            size_t want = limit - off < DL_INGEST_CHUNK ? (size_t)(limit > off ? limit - off : 0)
+                                                        : DL_INGEST_CHUNK;
+            ssize_t got = want ? pread(fd, buf, want, off) : 0;
             if (got < 0) {
                 rc = err_set(err, ERR_IO, "%s: %s", c->file, strerror(errno));
                 break;
@@ -496,7 +502,7 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
                 break;
             }
             if (pos == 0) {
-                if ((size_t)got == DL_INGEST_CHUNK) {
+                if ((size_t)got == DL_INGEST_CHUNK && off + got < limit) {
                     rc = err_set(err, ERR_PARSE, "%s: a line longer than %d bytes at byte %lld",
                                  c->file, DL_INGEST_CHUNK, (long long)off);
                 }

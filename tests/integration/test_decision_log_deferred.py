@@ -323,6 +323,17 @@ class Tamper(unittest.TestCase):
         self.assertEqual([r["seq"] for r in recs], list(range(1, 41)))
         self.assertIn("decision log OK", self.verify(0))
 
+    def test_verify_and_query_while_the_writer_appends(self):
+        p = self.driver(60000, "live")
+        self.addCleanup(p.wait)
+        self.addCleanup(p.kill)
+        self.assertTrue(p.stdout.readline().startswith("queued"))
+        for _ in range(3):
+            time.sleep(0.2)
+            self.assertIn("decision log OK", self.verify(0))
+            q = run("audit", "query", "-c", self.cfg, "--user", "bob", "--json", check=0)
+            self.assertTrue(q.stdout.strip())
+
     def test_switch_to_inline_and_back(self):
         self.write(30, "a")
         with open(self.cfg) as f:
