@@ -11,6 +11,8 @@ interleaved rounds through the same backend:
                   no decision log
   gh-log-batch    the same, decision log on (SQLite + JSON lines), sync: batch
   gh-log-strict   the same, sync: strict (forwarded once the record is committed)
+  gh-log-deferred the same as gh-log-batch with `index: deferred`: the JSON-lines
+                  file is the log of record, SQLite filled from it by the readers
   gh-bearer       the policy route of gh-signedin with `Authorization: Bearer
                   <ID token>` (an API client) instead of the cookie
 
@@ -55,7 +57,7 @@ import authn  # noqa: E402  (bench/authn.py: ID token through the code flow, htt
 import oidc  # noqa: E402  (tests/integration/oidc.py: the real IdP and a browser)
 
 TARGETS = ["nginx", "haproxy", "gh-public", "gh-signedin", "gh-log-batch", "gh-log-strict",
-           "gh-bearer"]
+           "gh-log-deferred", "gh-bearer"]
 WHAT = {
     "nginx": "plain `proxy_pass`",
     "haproxy": "plain (`http-reuse always`)",
@@ -64,6 +66,8 @@ WHAT = {
                    "no decision log",
     "gh-log-batch": "the same + decision log, `sync: batch`",
     "gh-log-strict": "the same + decision log, `sync: strict`",
+    "gh-log-deferred": "the same + decision log, `sync: batch`, `index: deferred` (SQLite "
+                       "filled by the readers)",
     "gh-bearer": "bearer ID token (API client), 4-rule policy, headers + assertion, "
                  "no decision log",
 }
@@ -108,6 +112,8 @@ rules:
 def gatehouse_config(port, idp, backend_port, log):
     up = f"{{servers: [http://127.0.0.1:{backend_port}], max_idle: 64}}"
     dl = f"decision_log: {{file: var/decisions.jsonl, sync: {log}}}\n" if log else ""
+    if log == "deferred":
+        dl = "decision_log: {file: var/decisions.jsonl, sync: batch, index: deferred}\n"
     return f"""listen:
   - address: 127.0.0.1:{port}
     public_url: http://127.0.0.1:{port}
@@ -502,7 +508,7 @@ def main():
         # for --baseline (its targets run in the same rounds, right after).
         sides = [("", args.gatehouse)] + ([("before:", args.baseline)] if args.baseline else [])
         gh_ports = {(side, m): bench.free_port() for side, _ in sides
-                    for m in ("nolog", "batch", "strict")}
+                    for m in ("nolog", "batch", "strict", "deferred")}
         gh_ports[("", "echo")] = bench.free_port()
         bench_cb = f"http://127.0.0.1:{bench.free_port()}/cb"
         client = oidc.client_for(f"http://127.0.0.1:{gh_ports[('', 'nolog')]}")
@@ -539,7 +545,8 @@ def main():
                 urls[t] = f"http://127.0.0.1:{owner[t].port}{PATH}"
         gh = {}
         need = {"nolog": {"gh-public", "gh-signedin", "gh-bearer"},
-                "batch": {"gh-log-batch"}, "strict": {"gh-log-strict"}}
+                "batch": {"gh-log-batch"}, "strict": {"gh-log-strict"},
+                "deferred": {"gh-log-deferred"}}
         for side, binary in sides:
             for mode, ts in need.items():
                 if ts & set(targets):
@@ -559,7 +566,8 @@ def main():
                              side + "gh-signedin": g.base + PATH, side + "gh-bearer": g.base + PATH})
                 creds.update({side + "gh-signedin": [g.cookie],
                               side + "gh-bearer": [f"Authorization: Bearer {token}"]})
-            for mode, t in (("batch", "gh-log-batch"), ("strict", "gh-log-strict")):
+            for mode, t in (("batch", "gh-log-batch"), ("strict", "gh-log-strict"),
+                            ("deferred", "gh-log-deferred")):
                 if (side, mode) in gh:
                     g = gh[(side, mode)]
                     owner[side + t], urls[side + t], creds[side + t] = g, g.base + PATH, [g.cookie]

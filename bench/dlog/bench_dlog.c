@@ -41,7 +41,7 @@ static double proc_cpu_us(void)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: bench_dlog DIR N RATE batch|strict [checkpoint-key.pem]\n");
+        fprintf(stderr, "usage: bench_dlog DIR N RATE batch|strict[-deferred] [checkpoint-key.pem]\n");
         return 2;
     }
     long n = strtol(argv[2], NULL, 10), rate = strtol(argv[3], NULL, 10);
@@ -51,7 +51,8 @@ int main(int argc, char **argv)
     snprintf(file, sizeof file, "%s/decisions.jsonl", argv[1]);
     c.sqlite = db;
     c.file = file;
-    c.sync = strcmp(argv[4], "strict") == 0 ? DECISION_LOG_STRICT : DECISION_LOG_BATCH;
+    c.sync = strncmp(argv[4], "strict", 6) == 0 ? DECISION_LOG_STRICT : DECISION_LOG_BATCH;
+    c.deferred = strstr(argv[4], "-deferred") != NULL; /* decision_log.index: deferred */
     c.queue = 100000;
     c.flush_interval_ms = 200;
     c.max_pending = 1000;

@@ -42,6 +42,8 @@ static bool load_conf(const char *cfg, struct decision_log_conf *out)
     return ok;
 }
 
+static bool ingest_failed; /* open_records: the index could not catch up with the file */
+
 /* load_conf, then the records read-only: the local SQLite store, or with
  * fleet set and state.postgres configured, every node's records between since
  * and until materialised from the shared table. false with the reason printed
@@ -52,6 +54,14 @@ static bool open_records(const char *cfg, struct decision_log_conf *c, sqlite3 *
     struct err err = { 0 };
     if (!load_conf(cfg, c)) {
         return false;
+    }
+    /* index: deferred: the index catches up with the file before it is read. */
+    if (c->deferred && dl_ingest(c, NULL, &err) != 0) {
+        fprintf(verify ? stdout : stderr,
+                verify ? "FAIL index: %s\n" : "gatehouse: warning: the index lags the file: %s\n",
+                err.msg);
+        ingest_failed = true;
+        err = (struct err){ 0 };
     }
     if ((fleet && c->pg_conninfo ? dl_fleet_materialise(c, since, until, db, &err)
                                  : dl_db_open(c->sqlite, true, db, &err)) != 0) {
@@ -499,6 +509,7 @@ struct verify_end {
     uint64_t last_seq, records;
     uint64_t newer; /* file lines after want_seq, not checked this run */
     char last_hash[65];
+    char mark_hash[65]; /* verify_file: the hash of record mark_seq ("" if not reached) */
 };
 
 /* A record whose hash matches its content under another seq was moved there. */
@@ -614,12 +625,19 @@ static long find_seq_line(FILE *f, uint64_t seq, long lineno)
  * to the file, so at EOF the file may be a few records short for a moment: keep
  * following it (as tail -f does) for up to two seconds before calling it truncated. */
 static bool verify_file(const char *file, uint64_t anchor_seq, const char *anchor_hash,
-                        uint64_t want_seq, struct verify_end *end)
+                        uint64_t want_seq, uint64_t mark_seq, struct verify_end *end)
 {
     FILE *f = fopen(file, "r");
     memset(end, 0, sizeof *end);
     end->last_seq = anchor_seq;
     snprintf(end->last_hash, sizeof end->last_hash, "%s", anchor_hash);
+    if (mark_seq == anchor_seq) {
+        snprintf(end->mark_hash, sizeof end->mark_hash, "%s", anchor_hash);
+    }
+    /* index: deferred: up to the size the file has now (a live writer is not chased). */
+    bool deferred = want_seq == UINT64_MAX && mark_seq != UINT64_MAX;
+    struct stat sb;
+    long limit = deferred && f && fstat(fileno(f), &sb) == 0 ? (long)sb.st_size : -1;
     if (!f) {
         printf("FAIL file: cannot open %s\n", file);
         return false;
@@ -636,6 +654,9 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
     unsigned waited_ms = 0;
     for (;;) {
         long start = ftell(f);
+        if (limit >= 0 && start >= limit) {
+            break;
+        }
         n = ok ? getline(&line, &cap, f) : -1;
         if (ok && (n <= 0 || line[n - 1] != '\n') && want_seq != UINT64_MAX &&
             expect <= want_seq && waited_ms < 2000) {
@@ -647,6 +668,11 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
             continue;
         }
         if (!ok || n <= 0) {
+            break;
+        }
+        if (deferred && line[n - 1] != '\n') {
+            /* index: deferred, a live writer: its batch is still being written. */
+            printf("note: the file's last line is still being written (not checked)\n");
             break;
         }
         if (expect > want_seq) {
@@ -704,6 +730,9 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
                     ok = false;
                 } else {
                     snprintf(prev, sizeof prev, "%s", hash);
+                    if (seq == mark_seq) {
+                        snprintf(end->mark_hash, sizeof end->mark_hash, "%s", hash);
+                    }
                     end->last_seq = seq;
                     end->records++;
                     expect++;
@@ -759,8 +788,33 @@ static int cmd_verify(int argc, char **argv)
                (unsigned long long)se.records, (unsigned long long)anchor_seq + 1,
                (unsigned long long)se.last_seq);
     }
-    if (c.file) {
-        bool fok = verify_file(c.file, anchor_seq, anchor_hash, want, &fe);
+    if (ingest_failed) {
+        ok = false; /* FAIL index: printed by open_log */
+    }
+    if (c.file && c.deferred) {
+        /* The file is the log of record: its whole chain is checked, and the index must
+         * be its prefix (every row equal to its line: same chain, same hash at the
+         * index's last record). The file may run ahead (a live writer). */
+        bool fok = verify_file(c.file, anchor_seq, anchor_hash, UINT64_MAX, se.last_seq, &fe);
+        if (fok) {
+            printf("file: %llu records verified (%s)\n", (unsigned long long)fe.records, c.file);
+        }
+        if (fok && se.last_seq > fe.last_seq) {
+            printf("FAIL file: ends at record %llu but the index has records up to %llu "
+                   "(records %llu.. removed from the file)\n", (unsigned long long)fe.last_seq,
+                   (unsigned long long)se.last_seq, (unsigned long long)fe.last_seq + 1);
+            fok = false;
+        } else if (fok && ok && strcmp(fe.mark_hash, se.last_hash) != 0) {
+            printf("FAIL index: the index and the file disagree about record %llu (a row or a "
+                   "line was edited)\n", (unsigned long long)se.last_seq);
+            fok = false;
+        } else if (fok && fe.last_seq > se.last_seq) {
+            printf("note: %llu records in the file are newer than the index (the log is being "
+                   "written)\n", (unsigned long long)(fe.last_seq - se.last_seq));
+        }
+        ok = ok && fok;
+    } else if (c.file) {
+        bool fok = verify_file(c.file, anchor_seq, anchor_hash, want, want, &fe);
         if (fok) {
             printf("file: %llu records verified (%s)\n", (unsigned long long)fe.records, c.file);
         }
@@ -829,6 +883,12 @@ static int cmd_retain(int argc, char **argv)
     if (!load_conf(argv[2], &c)) {
         return 1;
     }
+    if (c.deferred) {
+        fprintf(stderr, "gatehouse: retention is not supported with decision_log.index: "
+                        "deferred\n");
+        decision_log_conf_fini(&c);
+        return 1;
+    }
     struct err err = { 0 };
     long n = decision_log_retain(&c, wall_us(), &err);
     decision_log_conf_fini(&c);
@@ -863,6 +923,10 @@ int audit_cmd(int argc, char **argv)
         }
         if (!load_conf(argv[3], &c)) {
             return 1;
+        }
+        struct err ie = { 0 };
+        if (c.deferred && dl_ingest(&c, NULL, &ie) != 0) {
+            fprintf(stderr, "gatehouse: warning: the index lags the file: %s\n", ie.msg);
         }
         int rc = dl_print_head(&c);
         struct err fe = { 0 };
@@ -1085,6 +1149,10 @@ int policy_cmd_diff(int argc, char **argv, const struct policy_cli_loader *ld)
         nrp++;
     }
     struct err err = { 0 };
+    if (c.deferred && dl_ingest(&c, NULL, &err) != 0) {
+        fprintf(stderr, "gatehouse: warning: the index lags the file: %s\n", err.msg);
+        err = (struct err){ 0 };
+    }
     /* A fleet: replay every node's decisions (state.postgres). */
     if ((c.pg_conninfo ? dl_fleet_materialise(&c, since, INT64_MAX, &db, &err)
                        : dl_db_open(c.sqlite, true, &db, &err)) != 0) {

@@ -3,7 +3,9 @@
  * writer thread chains them (hash = SHA-256 over the previous hash and the record's
  * canonical bytes), commits each batch to SQLite in one transaction, then mirrors the
  * lines to the JSON-lines file. SQLite is the source of truth: after a crash the file
- * is cut back to its last complete line and refilled from SQLite.
+ * is cut back to its last complete line and refilled from SQLite. With index: deferred
+ * the file is the log of record instead: one write per batch, no SQLite insert, and
+ * SQLite filled from the file by the readers (dl_ingest in dl_sinks.c).
  * The parts: record encoding (dl_encode.c), the two sinks and retention
  * (dl_sinks.c), the spool (dl_spool.c), checkpoints (dl_checkpoint.c),
  * verification (dl_verify.c), the fleet's shared store (dl_store_pg.c). */
@@ -37,6 +39,7 @@
 static const struct conf_key dl_table[] = {
     DL_OWN("file"),
     DL_OWN("sync"),
+    DL_OWN("index"),
     DL("retain", CONF_K_DURATION, retain_ms, 0, 100ULL * 365 * 86400000, 90ULL * 86400000),
     DL("queue", CONF_K_U64, queue, 1, 10000000, 10000),
     DL("flush_interval", CONF_K_DURATION, flush_interval_ms, 1, 60000, 200),
@@ -64,10 +67,29 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
         !n) {
         return d->count == before;
     }
-    const char *file = NULL, *sync = NULL, *sqlite = NULL;
+    const char *file = NULL, *sync = NULL, *sqlite = NULL, *index = NULL;
     if (!conf_string(d, n, "file", &file) || !conf_string(d, n, "sync", &sync) ||
-        d->count != before) {
+        !conf_string(d, n, "index", &index) || d->count != before) {
         return false;
+    }
+    if (index && strcmp(index, "inline") != 0 && strcmp(index, "deferred") != 0) {
+        conf_error(d, conf_get(n, "index"), "\"index\" must be inline or deferred, got \"%s\"",
+                   index);
+        return false;
+    }
+    out->deferred = index && strcmp(index, "deferred") == 0;
+    if (out->deferred && !file) {
+        conf_error(d, conf_get(n, "index"), "\"index: deferred\" needs \"file\" (the JSON-lines "
+                                            "file is then the log of record)");
+        return false;
+    }
+    if (out->deferred && conf_get(n, "retain") && out->retain_ms != 0) {
+        conf_error(d, conf_get(n, "retain"), "\"retain\" is not supported with \"index: "
+                                             "deferred\": set \"retain: 0\" or \"index: inline\"");
+        return false;
+    }
+    if (out->deferred) {
+        out->retain_ms = 0; /* the default (90d) does not apply: the file is never cut */
     }
     if (sync && strcmp(sync, "batch") != 0 && strcmp(sync, "strict") != 0) {
         conf_error(d, conf_get(n, "sync"), "\"sync\" must be batch or strict, got \"%s\"", sync);
@@ -123,6 +145,12 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
         conf_error(d, conf_get(state, "node") ? conf_get(state, "node") : state,
                    "\"node\" must be 1-64 letters, digits, '-', '_' or '.' (it names this "
                    "node's records in the decision log)");
+        return false;
+    }
+    if (out->deferred && pg != NULL) {
+        conf_error(d, conf_get(state, "postgres"), "\"state.postgres\" (a fleet's shared log) is "
+                                                   "not supported with \"decision_log.index: "
+                                                   "deferred\": use \"index: inline\"");
         return false;
     }
     if (!sqlite) {
@@ -274,6 +302,42 @@ static int insert_rows(struct decision_log *dl, sqlite3_stmt *st, const struct q
     return rc;
 }
 
+/* index: deferred. The file is the log of record: the batch's lines go to it in one
+ * write (strict: fdatasync before the waiting requests are released); SQLite is
+ * filled from the file later by the commands that read it (dl_ingest). A failed
+ * append is cut back to the last complete batch and reported as a store refusing
+ * commits (the caller spools and retries the same records, which give the same
+ * bytes). */
+static int write_deferred(struct decision_log *dl, const struct qrec *batch, size_t n,
+                          const char *prev, int64_t t0)
+{
+    struct sbuf *lines = &dl->lines;
+    if (dl->fd < 0 || dl_write_all(dl->fd, lines->p, lines->len) != 0 ||
+        (dl->conf.sync == DECISION_LOG_STRICT && fdatasync(dl->fd) != 0)) {
+        int e = dl->fd < 0 ? EBADF : errno;
+        snprintf(dl->errmsg, sizeof dl->errmsg, "%s: %s", dl->conf.file, strerror(e));
+        log_error("decision_log", "append failed: %s", dl->errmsg);
+        if (dl->fd >= 0 && ftruncate(dl->fd, dl->file_end) != 0) {
+            log_error("decision_log", "cannot cut the failed append off %s: %s", dl->conf.file,
+                      strerror(errno));
+        }
+        return ERR_IO;
+    }
+    dl->file_end += (off_t)lines->len;
+    memcpy(dl->prev, prev, 65);
+    /* Administrative records handed over by command line tools leave the pending table
+     * once their line is written (a crash in between chains such a record twice). */
+    for (size_t i = 0; i < n; i++) {
+        if (batch[i].pending_id) {
+            sqlite3_bind_int64(dl->del_pending, 1, batch[i].pending_id);
+            (void)sqlite3_step(dl->del_pending);
+            sqlite3_reset(dl->del_pending);
+        }
+    }
+    policy_metrics_log_write((uint64_t)(dl_now_us() - t0), n);
+    return 0;
+}
+
 /* Commits a batch to SQLite, then mirrors it to the file. Each record's line is
  * built once, straight into the batch's buffer: its canonical bytes are hashed in
  * place; SQLite then gets DL_MULTI rows per statement, the groups and claims JSON
@@ -296,6 +360,9 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
         dl_line_append(lines, &batch[i].rec, batch[i].seq, prev, hash, &dl->at[i].sp);
         dl->at[i].hash_at = lines->len - 67; /* ...,"hash":"<64>"}\n */
         memcpy(prev, hash, 65);
+    }
+    if (dl->conf.deferred) {
+        return write_deferred(dl, batch, n, prev, t0);
     }
     int rc = step_once(dl->begin) == SQLITE_DONE ? 0 : ERR_IO;
     size_t i = 0;
@@ -813,12 +880,59 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
         goto fail;
     }
+    if (c->file && !c->deferred &&
+        sqlite3_table_column_metadata(dl->db, NULL, "decision_log_index", "offset", NULL, NULL,
+                                      NULL, NULL, NULL) == SQLITE_OK) {
+        /* Back from index: deferred: the file's records the index does not have yet are
+         * indexed first; SQLite is the log of record again from here on. */
+        struct decision_log_conf dc = *c;
+        dc.deferred = true;
+        if (dl_ingest(&dc, NULL, err) != 0) {
+            goto fail;
+        }
+        /* A later switch to deferred starts from SQLite's last row again. */
+        sqlite3_exec(dl->db, "DROP TABLE decision_log_index", NULL, NULL, NULL);
+    }
     /* The chain continues from the last row, or from the retention anchor. */
     uint64_t anchor_seq;
     dl_anchor_get(dl->db, &anchor_seq, dl->prev);
     dl->next_seq = anchor_seq + 1;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(dl->db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1",
+    if (c->deferred) {
+        /* The file is the log of record: the chain continues from its last complete
+         * line. SQLite ahead of it (a log written with index: inline until now) first
+         * gets its missing lines appended. */
+        dl->fd = open(c->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (dl->fd < 0) {
+            err_set(err, ERR_IO, "cannot open %s: %s", c->file, strerror(errno));
+            goto fail;
+        }
+        uint64_t fseq = 0, dbseq = 0;
+        if (dl_index_schema(dl->db) != 0) {
+            err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
+            goto fail;
+        }
+        if (dl_file_head(dl->fd, &fseq, dl->prev, &dl->file_end, err) != 0) {
+            goto fail;
+        }
+        if (sqlite3_prepare_v2(dl->db, "SELECT max(seq) FROM decisions", -1, &st, NULL) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            dbseq = (uint64_t)sqlite3_column_int64(st, 0);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (dbseq > fseq) {
+            if (dl_file_catch_up(dl->db, dl->fd, err) != 0 ||
+                dl_file_head(dl->fd, &fseq, dl->prev, &dl->file_end, err) != 0) {
+                goto fail;
+            }
+        }
+        if (fseq == 0 && anchor_seq == 0) {
+            memcpy(dl->prev, DL_GENESIS, 65);
+        }
+        dl->next_seq = (fseq > anchor_seq ? fseq : anchor_seq) + 1;
+    } else if (sqlite3_prepare_v2(dl->db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         dl->next_seq = (uint64_t)sqlite3_column_int64(st, 0) + 1;
@@ -870,7 +984,7 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     dl->last_seq = dl->committed;
     dl->head_written = UINT64_MAX;
     dl->ckpt_us = dl_now_us();
-    if (c->file) {
+    if (c->file && !c->deferred) {
         dl->fd = open(c->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (dl->fd < 0) {
             err_set(err, ERR_IO, "cannot open %s: %s", c->file, strerror(errno));
@@ -1113,6 +1227,10 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_text(q, 2, rec->request_id ? rec->request_id : "", -1, SQLITE_STATIC);
         for (unsigned waited = 0;; waited += 50) {
+            struct err ie = { 0 };
+            if (c->deferred) {
+                (void)dl_ingest(c, NULL, &ie); /* the record is a line of the file first */
+            }
             sqlite3_reset(q);
             if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int64(q, 0) == 0) {
                 *seq = (uint64_t)sqlite3_column_int64(q, 1);

@@ -92,6 +92,12 @@ int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t
                      const char *prev, const char *hash, const char *groups, size_t glen,
                      const char *claims, size_t clen);
 
+/* index: deferred: brings SQLite up to date with the file (the log of record), from
+ * the stored high-water mark, in transactions of many lines. Every command that reads
+ * SQLite calls it first. *added (may be NULL) gets the lines indexed. A file that
+ * does not continue the index is an error (audit verify says where). */
+int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *err);
+
 /* dl_store_pg.c: a fleet's decision log (state.postgres). The shipper copies
  * committed records to decision_records in PostgreSQL, from a thread. */
 struct dl_ship;

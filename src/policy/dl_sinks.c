@@ -296,6 +296,240 @@ static int file_tail(int fd, uint64_t *last_seq, struct err *err)
     return 0;
 }
 
+int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *err)
+{
+    struct stat sb;
+    *seq = 0;
+    if (fstat(fd, &sb) != 0) {
+        return err_set(err, ERR_IO, "stat: %s", strerror(errno));
+    }
+    off_t good = 0, start = 0;
+    int rc = last_newline(fd, sb.st_size, &good, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (good != sb.st_size) {
+        log_warn("decision_log", "the decision log file ends with a torn line (%lld bytes "
+                                 "after the last complete record): cut off",
+                 (long long)(sb.st_size - good));
+        if (ftruncate(fd, good) != 0) {
+            return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+        }
+    }
+    *end = good;
+    if (good == 0) {
+        return 0;
+    }
+    rc = last_newline(fd, good - 1, &start, err);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t len = (size_t)(good - start);
+    char *line = xmalloc(len + 1);
+    if (pread(fd, line, len, start) != (ssize_t)len) {
+        free(line);
+        return err_set(err, ERR_IO, "read: %s", strerror(errno));
+    }
+    struct dl_row row;
+    bool parsed = dl_line_parse(line, len - 1, &row);
+    free(line);
+    if (!parsed || !row.hash || strlen(row.hash) != 64) {
+        if (parsed) {
+            dl_row_fini(&row);
+        }
+        return err_set(err, ERR_PARSE, "the last line of the decision log file is not a record "
+                                       "(byte %lld): move the file aside or repair it",
+                       (long long)start);
+    }
+    *seq = row.seq;
+    memcpy(hash, row.hash, 65);
+    dl_row_fini(&row);
+    return 0;
+}
+
+/* ---- index: deferred: SQLite filled from the file ---- */
+
+#define DL_INGEST_TXN 5000            /* lines per transaction */
+#define DL_INGEST_CHUNK (1024 * 1024) /* bytes read at a time */
+
+int dl_index_schema(sqlite3 *db)
+{
+    return sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS decision_log_index(id INTEGER PRIMARY "
+                            "KEY CHECK(id = 1), offset INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                            "hash TEXT NOT NULL)", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+}
+
+static int ingest_mark(sqlite3 *db, int64_t off, uint64_t seq, const char *hash)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_index(id, offset, seq, "
+                                    "hash) VALUES(1, ?1, ?2, ?3)", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, off);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
+        sqlite3_bind_text(st, 3, hash, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* Where the index stands: the stored high-water mark, or (first ingest of a log)
+ * the last indexed row, found by scanning the file from its start. */
+static void ingest_from(sqlite3 *db, int64_t *off, uint64_t *seq, char hash[65])
+{
+    sqlite3_stmt *st = NULL;
+    *off = -1;
+    if (sqlite3_prepare_v2(db, "SELECT offset, seq, hash FROM decision_log_index WHERE id = 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 2)) {
+        *off = sqlite3_column_int64(st, 0);
+        *seq = (uint64_t)sqlite3_column_int64(st, 1);
+        snprintf(hash, 65, "%s", (const char *)sqlite3_column_text(st, 2));
+    }
+    sqlite3_finalize(st);
+    if (*off >= 0) {
+        return;
+    }
+    dl_anchor_get(db, seq, hash);
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1", -1,
+                           &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 1)) {
+        *seq = (uint64_t)sqlite3_column_int64(st, 0);
+        snprintf(hash, 65, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_finalize(st);
+}
+
+int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *err)
+{
+    sqlite3 *db = NULL;
+    if (added) {
+        *added = 0;
+    }
+    if (!c->deferred || !c->file) {
+        return 0;
+    }
+    int fd = open(c->file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT ? 0 : err_set(err, ERR_IO, "%s: %s", c->file, strerror(errno));
+    }
+    if (dl_db_open(c->sqlite, false, &db, err) != 0) {
+        close(fd);
+        return ERR_IO;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    int rc = dl_index_schema(db);
+    static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
+                              DL_VALUES;
+    sqlite3_stmt *ins = NULL;
+    if (rc == 0 && sqlite3_prepare_v2(db, sql, -1, &ins, NULL) != SQLITE_OK) {
+        rc = ERR_IO;
+    }
+    if (rc != 0) {
+        err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+    }
+    /* Up to the size the file has now: a writer appending faster than lines are indexed
+     * is not chased (the next reader takes the rest). */
+    struct stat sb;
+    int64_t limit = fstat(fd, &sb) == 0 ? (int64_t)sb.st_size : 0;
+    char *buf = rc == 0 ? xmalloc(DL_INGEST_CHUNK) : NULL;
+    struct sbuf tmp[2] = { { 0 }, { 0 } };
+    bool more = rc == 0;
+    while (more && rc == 0) {
+        /* One transaction per DL_INGEST_TXN lines; the mark moves with the rows. Two
+         * readers ingesting at once take turns (BEGIN IMMEDIATE) and the second finds
+         * the mark already moved. */
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+            rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+            break;
+        }
+        int64_t off;
+        uint64_t seq;
+        char hash[65];
+        ingest_from(db, &off, &seq, hash);
+        bool scan = off < 0; /* no mark yet: skip what is already indexed */
+        if (off < 0) {
+            off = 0;
+        }
+        size_t lines = 0;
+        more = false;
+        for (;;) {
+            size_t want = limit - off < DL_INGEST_CHUNK ? (size_t)(limit > off ? limit - off : 0)
+                                                        : DL_INGEST_CHUNK;
+            ssize_t got = want ? pread(fd, buf, want, off) : 0;
+            if (got < 0) {
+                rc = err_set(err, ERR_IO, "%s: %s", c->file, strerror(errno));
+                break;
+            }
+            size_t pos = 0;
+            const char *nl;
+            while (rc == 0 && lines < DL_INGEST_TXN &&
+                   (nl = memchr(buf + pos, '\n', (size_t)got - pos)) != NULL) {
+                size_t len = (size_t)(nl - (buf + pos));
+                struct dl_row row;
+                if (!dl_line_parse(buf + pos, len, &row) || !row.hash || !row.prev_hash) {
+                    rc = err_set(err, ERR_PARSE, "%s: byte %lld is not a decision record (run "
+                                                 "audit verify)", c->file,
+                                 (long long)(off + (int64_t)pos));
+                    break;
+                }
+                if (scan && row.seq <= seq) {
+                    if (row.seq == seq && strcmp(row.hash, hash) != 0) {
+                        rc = err_set(err, ERR_PARSE, "%s: record %llu differs from the index "
+                                                     "(run audit verify)", c->file,
+                                     (unsigned long long)seq);
+                    }
+                } else if (row.seq != seq + 1 || strcmp(row.prev_hash, hash) != 0) {
+                    rc = err_set(err, ERR_PARSE, "%s: the record at byte %lld (record %llu) does "
+                                                 "not continue the index at record %llu: the file "
+                                                 "was edited or rewritten (run audit verify)",
+                                 c->file, (long long)(off + (int64_t)pos),
+                                 (unsigned long long)row.seq, (unsigned long long)seq + 1);
+                } else if (dl_bind_row(ins, &row.rec, row.seq, row.prev_hash, row.hash, tmp) != 0) {
+                    rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+                } else {
+                    seq = row.seq;
+                    snprintf(hash, 65, "%s", row.hash);
+                    lines++;
+                }
+                dl_row_fini(&row);
+                pos += len + 1;
+            }
+            off += (int64_t)pos;
+            if (rc != 0 || lines >= DL_INGEST_TXN) {
+                more = rc == 0;
+                break;
+            }
+            if (pos == 0) {
+                if ((size_t)got == DL_INGEST_CHUNK && off + got < limit) {
+                    rc = err_set(err, ERR_PARSE, "%s: a line longer than %d bytes at byte %lld",
+                                 c->file, DL_INGEST_CHUNK, (long long)off);
+                }
+                break; /* the end, or a line still being written */
+            }
+        }
+        if (rc == 0 && ingest_mark(db, off, seq, hash) != 0) {
+            rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+        }
+        if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+        }
+        if (rc != 0) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        } else if (added) {
+            *added += lines;
+        }
+    }
+    dl_sbuf_free(&tmp[0]);
+    dl_sbuf_free(&tmp[1]);
+    free(buf);
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    close(fd);
+    return rc;
+}
+
 int dl_write_all_at(int fd, const char *p, size_t n, off_t off)
 {
     while (n > 0) {

@@ -187,6 +187,12 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     char *head_path = dl_head_path(c->sqlite);
     struct dl_head head;
     int hrc = dl_head_read(head_path, &head, &err);
+    if (c->deferred && hrc == 0) {
+        /* The writer states heads of the file: bring the index up to it (errors are
+         * the caller's FAIL index). */
+        struct err ie = { 0 };
+        (void)dl_ingest(c, NULL, &ie);
+    }
     struct src_ckpt *cks = NULL;
     size_t ncks = 0;
     struct dl_checkpoint *tab = NULL;

@@ -66,6 +66,7 @@ struct decision_log {
     struct sbuf lines; /* the batch's lines (writer thread, kept between batches) */
     struct dl_at *at;  /* where each record of the batch sits in lines */
     size_t at_cap;
+    off_t file_end; /* index: deferred: where the file's last complete line ends */
 };
 
 static inline int64_t dl_now_us(void)
@@ -84,6 +85,13 @@ int dl_write_all(int fd, const char *p, size_t n);
 int dl_write_all_at(int fd, const char *p, size_t n, off_t off);
 /* Appends to the file every SQLite record after its last line (cutting a torn one). */
 int dl_file_catch_up(sqlite3 *db, int fd, struct err *err);
+/* index: deferred: the file's last complete line (a torn one is cut off and logged):
+ * *seq and hash get its seq and hash (0 and DL_GENESIS when empty), *end the file's
+ * size after the cut. */
+int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *err);
+/* The index's high-water mark table (index: deferred). Its presence also tells a
+ * later start with index: inline that the file may be ahead of SQLite. */
+int dl_index_schema(sqlite3 *db);
 /* seq of the file's first line (0 when empty or unreadable). */
 uint64_t dl_file_first_seq(int fd);
 /* Rewrites the file keeping lines with seq > keep_after (atomic rename). */

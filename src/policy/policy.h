@@ -241,6 +241,9 @@ struct decision_log_conf {
     char *pg_conninfo;          /* NULL: one node, SQLite only */
     char *pg_password_file;     /* resolved */
     char *node;                 /* state.node, default the host name */
+    /* decision_log.index: deferred = the file is the log of record, SQLite an index
+     * filled from it by the commands that read it (dl_ingest). */
+    bool deferred;
 };
 
 /* Reads `decision_log:` and `state.sqlite` from a gatehouse.yaml root (paths relative
