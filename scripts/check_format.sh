@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Checks that the C files under clang-format's care are formatted as .clang-format
-# says (100 columns): every C file of src/, the unit tests and the fuzz targets.
+# says (100 columns): every C file of the project (src/, tests/, bench/).
 set -u
 cd "$(dirname "$0")/.."
-FORMATTED=(src/core src/proxy src/authn src/main.c tests/unit/core tests/unit/proxy
-    tests/unit/authn tests/fuzz)
+FORMATTED=(src tests/unit tests/fuzz tests/policy bench/dlog bench/policy)
 if ! command -v clang-format >/dev/null; then
     echo "check_format: clang-format is not installed (scripts/deps.sh test)" >&2
     exit 1

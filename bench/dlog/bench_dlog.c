@@ -36,12 +36,16 @@ static double proc_cpu_us(void)
     return tv_us(ru.ru_utime) + tv_us(ru.ru_stime);
 }
 
-#define S(lit) { lit, sizeof(lit) - 1 }
+#define S(lit)                                                                                     \
+    {                                                                                              \
+        lit, sizeof(lit) - 1                                                                       \
+    }
 
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: bench_dlog DIR N RATE batch|strict[-deferred] [checkpoint-key.pem]\n");
+        fprintf(stderr,
+                "usage: bench_dlog DIR N RATE batch|strict[-deferred] [checkpoint-key.pem]\n");
         return 2;
     }
     long n = strtol(argv[2], NULL, 10), rate = strtol(argv[3], NULL, 10);
@@ -68,15 +72,26 @@ int main(int argc, char **argv)
     static const struct str groups[] = { S("engineering"), S("staff"), S("vpn-users") };
     static const struct policy_kv claims[] = { { S("amr"), S("mfa") } };
     struct policy_input in = {
-        .authenticated = true, .user = S("alice"), .email = S("alice@example.com"),
-        .idp = S("corp"), .session = S("3f9a1c0d2b7e"), .groups = groups, .ngroups = 3,
-        .claims = claims, .nclaims = 1,
-        .device = { .present = true, .trusted = true, .id = S("laptop-0017"),
+        .authenticated = true,
+        .user = S("alice"),
+        .email = S("alice@example.com"),
+        .idp = S("corp"),
+        .session = S("3f9a1c0d2b7e"),
+        .groups = groups,
+        .ngroups = 3,
+        .claims = claims,
+        .nclaims = 1,
+        .device = { .present = true,
+                    .trusted = true,
+                    .id = S("laptop-0017"),
                     .owner = S("alice@example.com") },
         .client_ip = { .family = 4, .addr = { 10, 1, 2, 3 } },
-        .method = S("GET"), .host = S("wiki.example.com"), .path = S("/docs/runbooks/deploy"),
+        .method = S("GET"),
+        .host = S("wiki.example.com"),
+        .path = S("/docs/runbooks/deploy"),
     };
-    struct policy_result res = { .decision = POLICY_ALLOW, .effective = POLICY_ALLOW,
+    struct policy_result res = { .decision = POLICY_ALLOW,
+                                 .effective = POLICY_ALLOW,
                                  .rule = "engineers-on-trusted-devices",
                                  .reason = "Engineers on a trusted device." };
     struct arena *a = arena_new(0);

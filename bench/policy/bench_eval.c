@@ -37,10 +37,10 @@ int main(int argc, char **argv)
         conf_diag_print(&d, stderr);
         return 1;
     }
-    static const char *const apps[] = { "wiki", "jira", "ci", "grafana", "vault",
-                                        "hr", "payroll", "crm", "docs", "git" };
-    static const char *const teams[] = { "eng", "sales", "ops", "finance", "hr",
-                                         "legal", "support", "design", "data", "security" };
+    static const char *const apps[] = { "wiki", "jira",    "ci",  "grafana", "vault",
+                                        "hr",   "payroll", "crm", "docs",    "git" };
+    static const char *const teams[] = { "eng",   "sales",   "ops",    "finance", "hr",
+                                         "legal", "support", "design", "data",    "security" };
     enum { NIN = 64 };
     struct policy_input in[NIN];
     static struct str groups[NIN][2];
@@ -84,8 +84,7 @@ int main(int argc, char **argv)
         in[i].device.present = i % 2 == 0;
         in[i].device.trusted = i % 4 == 0;
         in[i].device.owner = in[i].email;
-        (void)policy_ip_parse(i % 5 ? STR("10.20.30.40") : STR("2001:db8:1::7"),
-                              &in[i].client_ip);
+        (void)policy_ip_parse(i % 5 ? STR("10.20.30.40") : STR("2001:db8:1::7"), &in[i].client_ip);
         in[i].time_s = 1764583200 + i * 3600;
     }
     /* CPU time of this thread is the evaluator's cost even on a busy shared machine;
@@ -117,7 +116,8 @@ int main(int argc, char **argv)
     printf("policy eval: %zu rules, %d inputs (%.0f%% allowed), %d runs x %d decisions\n",
            policy_rule_count(p), NIN, 100.0 * allow / (allow + deny), runs, per);
     printf("policy eval: median %.0f ns/decision CPU time (p10 %.0f, p90 %.0f); wall median %.0f "
-           "ns\n", ns[runs / 2], ns[runs / 10], ns[runs * 9 / 10], wall[runs / 2]);
+           "ns\n",
+           ns[runs / 2], ns[runs / 10], ns[runs * 9 / 10], wall[runs / 2]);
     free(ns);
     free(wall);
     policy_free(p);

@@ -124,11 +124,13 @@ int policy_admin_log(const char *conf_file, const struct admin_act *act, char *n
         return -1;
     }
     if (seq) {
-        snprintf(note, note_size, "logged as decision record %llu (%s)",
-                 (unsigned long long)seq, rid);
+        snprintf(note, note_size, "logged as decision record %llu (%s)", (unsigned long long)seq,
+                 rid);
     } else {
-        snprintf(note, note_size, "handed to the running server's decision log (%s); it is "
-                                  "chained when the server's writer runs", rid);
+        snprintf(note, note_size,
+                 "handed to the running server's decision log (%s); it is "
+                 "chained when the server's writer runs",
+                 rid);
     }
     return 0;
 }

@@ -320,16 +320,21 @@ static void print_row(enum qformat fmt, const struct dl_row *row, struct sbuf *b
 
 static int cmd_query(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "config", required_argument, NULL, 'c' }, { "user", required_argument, NULL, 'u' },
-        { "route", required_argument, NULL, 'r' },  { "decision", required_argument, NULL, 'd' },
-        { "since", required_argument, NULL, 's' },  { "until", required_argument, NULL, 't' },
-        { "limit", required_argument, NULL, 'l' },  { "json", no_argument, NULL, 'j' },
-        { "path", required_argument, NULL, 'p' },   { "ip", required_argument, NULL, 'i' },
-        { "rule", required_argument, NULL, 'R' },   { "idp", required_argument, NULL, 'I' },
-        { "kind", required_argument, NULL, 'k' },   { "format", required_argument, NULL, 'f' },
-        { NULL, 0, NULL, 0 }
-    };
+    static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
+                                          { "user", required_argument, NULL, 'u' },
+                                          { "route", required_argument, NULL, 'r' },
+                                          { "decision", required_argument, NULL, 'd' },
+                                          { "since", required_argument, NULL, 's' },
+                                          { "until", required_argument, NULL, 't' },
+                                          { "limit", required_argument, NULL, 'l' },
+                                          { "json", no_argument, NULL, 'j' },
+                                          { "path", required_argument, NULL, 'p' },
+                                          { "ip", required_argument, NULL, 'i' },
+                                          { "rule", required_argument, NULL, 'R' },
+                                          { "idp", required_argument, NULL, 'I' },
+                                          { "kind", required_argument, NULL, 'k' },
+                                          { "format", required_argument, NULL, 'f' },
+                                          { NULL, 0, NULL, 0 } };
     const char *cfg = NULL, *route = NULL, *decision = NULL, *rule = NULL, *idp = NULL;
     struct qfilter f = { 0 };
     int64_t since = INT64_MIN, until = INT64_MAX;
@@ -361,8 +366,10 @@ static int cmd_query(int argc, char **argv)
         case 'i': {
             bool host_bits;
             if (!policy_cidr_parse(optarg, &f.ip, &host_bits)) {
-                fprintf(stderr, "gatehouse: bad --ip \"%s\" (use 10.0.0.0/8, 2001:db8::/32 or an "
-                                "address)\n", optarg);
+                fprintf(stderr,
+                        "gatehouse: bad --ip \"%s\" (use 10.0.0.0/8, 2001:db8::/32 or an "
+                        "address)\n",
+                        optarg);
                 return 2;
             }
             f.ip_set = true;
@@ -440,9 +447,9 @@ static int cmd_query(int argc, char **argv)
     "ts_us <= ?2 AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR decision = ?4) AND (?5 IS "     \
     "NULL OR rule = ?5) AND (?6 IS NULL OR idp = ?6) ORDER BY " order
     /* A fleet's nodes number their records each on their own: time orders them. */
-    const char *sql = c.pg_conninfo ? (limit ? QUERY_SQL("ts_us DESC, seq DESC")
-                                             : QUERY_SQL("ts_us, seq ASC"))
-                                    : (limit ? QUERY_SQL("seq DESC") : QUERY_SQL("seq ASC"));
+    const char *sql =
+        c.pg_conninfo ? (limit ? QUERY_SQL("ts_us DESC, seq DESC") : QUERY_SQL("ts_us, seq ASC"))
+                      : (limit ? QUERY_SQL("seq DESC") : QUERY_SQL("seq ASC"));
 #undef QUERY_SQL
     sqlite3_stmt *st = NULL;
     int rc = 1;
@@ -571,17 +578,19 @@ static bool verify_sqlite(sqlite3 *db, struct verify_end *end)
                 long from = moved_from(&row, &b);
                 if (from > 0) {
                     printf("FAIL sqlite: record %llu is out of order: it holds record %ld "
-                           "(reordered)\n", (unsigned long long)row.seq, from);
+                           "(reordered)\n",
+                           (unsigned long long)row.seq, from);
                 } else {
                     printf("FAIL sqlite: record %llu (request %s) was edited: its hash does not "
-                           "match its content\n", (unsigned long long)row.seq,
-                           nz(row.rec.request_id));
+                           "match its content\n",
+                           (unsigned long long)row.seq, nz(row.rec.request_id));
                 }
                 ok = false;
             } else if (strcmp(rp, prev) != 0) {
                 printf("FAIL sqlite: record %llu does not chain to record %llu: record %llu was "
-                       "edited, replaced or reordered\n", (unsigned long long)row.seq,
-                       (unsigned long long)(row.seq - 1), (unsigned long long)(row.seq - 1));
+                       "edited, replaced or reordered\n",
+                       (unsigned long long)row.seq, (unsigned long long)(row.seq - 1),
+                       (unsigned long long)(row.seq - 1));
                 ok = false;
             }
         }
@@ -658,8 +667,8 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
             break;
         }
         n = ok ? getline(&line, &cap, f) : -1;
-        if (ok && (n <= 0 || line[n - 1] != '\n') && want_seq != UINT64_MAX &&
-            expect <= want_seq && waited_ms < 2000) {
+        if (ok && (n <= 0 || line[n - 1] != '\n') && want_seq != UINT64_MAX && expect <= want_seq &&
+            waited_ms < 2000) {
             /* At the end, or on a line still being written: wait for the writer. */
             usleep(50000);
             waited_ms += 50;
@@ -705,8 +714,8 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
                 long at = find_seq_line(f, expect, lineno);
                 if (at > 0) {
                     printf("FAIL file: line %ld holds record %llu where record %llu belongs; "
-                           "record %llu is at line %ld (reordered)\n", lineno,
-                           (unsigned long long)seq, (unsigned long long)expect,
+                           "record %llu is at line %ld (reordered)\n",
+                           lineno, (unsigned long long)seq, (unsigned long long)expect,
                            (unsigned long long)expect, at);
                 } else {
                     printf("FAIL file: record %llu is missing (removed) before line %ld\n",
@@ -721,12 +730,14 @@ static bool verify_file(const char *file, uint64_t anchor_seq, const char *ancho
                 }
                 if (!prev_ok || strcmp(h, hash) != 0) {
                     printf("FAIL file: record %llu (line %ld) was edited: its hash does not "
-                           "match its content\n", (unsigned long long)seq, lineno);
+                           "match its content\n",
+                           (unsigned long long)seq, lineno);
                     ok = false;
                 } else if (strcmp(json_string_value(jp), prev) != 0) {
                     printf("FAIL file: record %llu (line %ld) does not chain to record %llu: "
-                           "record %llu was edited or replaced\n", (unsigned long long)seq,
-                           lineno, (unsigned long long)(seq - 1), (unsigned long long)(seq - 1));
+                           "record %llu was edited or replaced\n",
+                           (unsigned long long)seq, lineno, (unsigned long long)(seq - 1),
+                           (unsigned long long)(seq - 1));
                     ok = false;
                 } else {
                     snprintf(prev, sizeof prev, "%s", hash);
@@ -801,16 +812,19 @@ static int cmd_verify(int argc, char **argv)
         }
         if (fok && se.last_seq > fe.last_seq) {
             printf("FAIL file: ends at record %llu but the index has records up to %llu "
-                   "(records %llu.. removed from the file)\n", (unsigned long long)fe.last_seq,
-                   (unsigned long long)se.last_seq, (unsigned long long)fe.last_seq + 1);
+                   "(records %llu.. removed from the file)\n",
+                   (unsigned long long)fe.last_seq, (unsigned long long)se.last_seq,
+                   (unsigned long long)fe.last_seq + 1);
             fok = false;
         } else if (fok && ok && strcmp(fe.mark_hash, se.last_hash) != 0) {
             printf("FAIL index: the index and the file disagree about record %llu (a row or a "
-                   "line was edited)\n", (unsigned long long)se.last_seq);
+                   "line was edited)\n",
+                   (unsigned long long)se.last_seq);
             fok = false;
         } else if (fok && fe.last_seq > se.last_seq) {
             printf("note: %llu records in the file are newer than the index (the log is being "
-                   "written)\n", (unsigned long long)(fe.last_seq - se.last_seq));
+                   "written)\n",
+                   (unsigned long long)(fe.last_seq - se.last_seq));
         }
         ok = ok && fok;
     } else if (c.file) {
@@ -840,12 +854,14 @@ static int cmd_verify(int argc, char **argv)
         if (ok && fok && fe.last_seq != se.last_seq) {
             if (fe.last_seq < se.last_seq) {
                 printf("FAIL file: ends at record %llu but SQLite has records up to %llu "
-                       "(records %llu.. removed from the file)\n", (unsigned long long)fe.last_seq,
-                       (unsigned long long)se.last_seq, (unsigned long long)fe.last_seq + 1);
+                       "(records %llu.. removed from the file)\n",
+                       (unsigned long long)fe.last_seq, (unsigned long long)se.last_seq,
+                       (unsigned long long)fe.last_seq + 1);
             } else {
                 printf("FAIL sqlite: ends at record %llu but the file has records up to %llu "
-                       "(records %llu.. removed from SQLite)\n", (unsigned long long)se.last_seq,
-                       (unsigned long long)fe.last_seq, (unsigned long long)se.last_seq + 1);
+                       "(records %llu.. removed from SQLite)\n",
+                       (unsigned long long)se.last_seq, (unsigned long long)fe.last_seq,
+                       (unsigned long long)se.last_seq + 1);
             }
             fok = false;
         } else if (ok && fok && strcmp(fe.last_hash, se.last_hash) != 0) {
@@ -975,7 +991,8 @@ static uint64_t change_hash(const char *route, const char *who, bool gains)
 static size_t change_find(const struct change_index *ix, const struct change *list, size_t n,
                           uint64_t h, const char *route, const char *who, bool gains)
 {
-    for (size_t i = (size_t)h & (ix->cap - 1); ix->cap && ix->slot[i]; i = (i + 1) & (ix->cap - 1)) {
+    for (size_t i = (size_t)h & (ix->cap - 1); ix->cap && ix->slot[i];
+         i = (i + 1) & (ix->cap - 1)) {
         const struct change *c = &list[ix->slot[i] - 1];
         if (c->hash == h && c->gains == gains && strcmp(c->route, route) == 0 &&
             strcmp(c->who, who) == 0) {
@@ -1209,18 +1226,20 @@ int policy_cmd_diff(int argc, char **argv, const struct policy_cli_loader *ld)
                         ch_list = xrealloc(ch_list, ch_cap * sizeof *ch_list);
                     }
                     ch_list[nch] = (struct change){
-                        .route = xstrdup(r->route), .who = xstrdup(who), .gains = now, .hash = h,
-                        .example = xasprintf("%s %s%s: was %s by \"%s\"%s%s%s, now %s by "
-                                             "\"%s\"%s",
-                                             nz(r->method), r->host ? r->host : "", nz(r->path),
-                                             r->decision, nz(r->rule),
-                                             r->shadow ? " (shadow policy; enforced " : "",
-                                             r->shadow ? (r->enforced ? r->enforced : "allow") : "",
-                                             r->shadow ? ")" : "", now ? "allow" : "deny",
-                                             res.rule,
-                                             policy_mode(np) == POLICY_SHADOW
-                                                 ? " (shadow policy: not enforced)"
-                                                 : "") };
+                        .route = xstrdup(r->route),
+                        .who = xstrdup(who),
+                        .gains = now,
+                        .hash = h,
+                        .example = xasprintf(
+                            "%s %s%s: was %s by \"%s\"%s%s%s, now %s by "
+                            "\"%s\"%s",
+                            nz(r->method), r->host ? r->host : "", nz(r->path), r->decision,
+                            nz(r->rule), r->shadow ? " (shadow policy; enforced " : "",
+                            r->shadow ? (r->enforced ? r->enforced : "allow") : "",
+                            r->shadow ? ")" : "", now ? "allow" : "deny", res.rule,
+                            policy_mode(np) == POLICY_SHADOW ? " (shadow policy: not enforced)"
+                                                             : "")
+                    };
                     nch++;
                     change_index_put(&ch_ix, ch_list, nch);
                 }
@@ -1238,8 +1257,8 @@ int policy_cmd_diff(int argc, char **argv, const struct policy_cli_loader *ld)
                 continue;
             }
             char pr[256], pw[256], pe[1024];
-            printf("%s  route %-12s %-28s %u request%s, e.g. %s\n",
-                   pass == 0 ? "GAINS" : "LOSES", policy_printable(ch_list[k].route, pr, sizeof pr),
+            printf("%s  route %-12s %-28s %u request%s, e.g. %s\n", pass == 0 ? "GAINS" : "LOSES",
+                   policy_printable(ch_list[k].route, pr, sizeof pr),
                    policy_printable(ch_list[k].who, pw, sizeof pw), ch_list[k].count,
                    ch_list[k].count == 1 ? "" : "s",
                    policy_printable(ch_list[k].example, pe, sizeof pe));

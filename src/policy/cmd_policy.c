@@ -100,7 +100,8 @@ static void run_test_file(const char *test_file, struct tally *t)
         policy_result_init(&r, NULL);
         if (policy_eval_cli(p, &in, &opa, &r) == POLICY_NEED_OPA) {
             printf("  FAIL %s\n       needs an OPA answer for \"%s\": add opa: {%s: true} to "
-                   "the input\n", label, r.opa_path, r.opa_path);
+                   "the input\n",
+                   label, r.opa_path, r.opa_path);
             t->failed++;
             conf_diag_fini(&cd);
             continue;
@@ -122,7 +123,7 @@ static void run_test_file(const char *test_file, struct tally *t)
         }
         conf_diag_fini(&cd);
         continue;
-bad_case:
+    bad_case:
         printf("  FAIL %s\n", label);
         for (size_t k = 0; k < cd.stored; k++) {
             printf("       %s\n", cd.msgs[k]);
@@ -266,12 +267,11 @@ static const char *rule_result_name(uint8_t v)
 
 static int cmd_explain(int argc, char **argv, const struct policy_cli_loader *ld)
 {
-    static const struct option opts[] = { { "config", required_argument, NULL, 'c' },
-                                          { "route", required_argument, NULL, 'r' },
-                                          { "policy", required_argument, NULL, 'p' },
-                                          { "input", required_argument, NULL, 'i' },
-                                          { "request-id", required_argument, NULL, 'q' },
-                                          { NULL, 0, NULL, 0 } };
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },     { "route", required_argument, NULL, 'r' },
+        { "policy", required_argument, NULL, 'p' },     { "input", required_argument, NULL, 'i' },
+        { "request-id", required_argument, NULL, 'q' }, { NULL, 0, NULL, 0 }
+    };
     const char *cfg = NULL, *route = NULL, *pfile = NULL, *input = NULL, *reqid = NULL;
     int ch, rc = 1;
     optind = 1;
@@ -384,7 +384,8 @@ static int cmd_explain(int argc, char **argv, const struct policy_cli_loader *ld
     }
     if (st == POLICY_NEED_OPA) {
         printf("undecided: needs an OPA answer for \"%s\" (add \"opa\": {\"%s\": true} to the "
-               "input)\n", r.opa_path, r.opa_path);
+               "input)\n",
+               r.opa_path, r.opa_path);
     } else {
         printf("decision: %s by rule \"%s\"%s\n", decision_name(r.decision), r.rule,
                r.shadow ? " (shadow mode: not enforced)" : "");

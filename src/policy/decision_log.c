@@ -25,17 +25,21 @@
 
 #include "dl_writer.h"
 
-#define DL_GATHER_NS (5 * 1000 * 1000) /* batch mode: wait 5 ms for more records */
+#define DL_GATHER_NS       (5 * 1000 * 1000) /* batch mode: wait 5 ms for more records */
 #define DL_RETAIN_EVERY_US (3600LL * 1000000)
-#define DL_RETAIN_CHUNK 5000
-
+#define DL_RETAIN_CHUNK    5000
 
 /* ---- config ---- */
 
 /* Key tables (core/conf.h): the numbers and flags; the strings are read below. */
-#define DL(name, type, field, min, max, def) \
-    { name, type, offsetof(struct decision_log_conf, field), min, max, def, NULL }
-#define DL_OWN(name) { name, CONF_K_OWN, 0, 0, 0, 0, NULL }
+#define DL(name, type, field, min, max, def)                                                       \
+    {                                                                                              \
+        name, type, offsetof(struct decision_log_conf, field), min, max, def, NULL                 \
+    }
+#define DL_OWN(name)                                                                               \
+    {                                                                                              \
+        name, CONF_K_OWN, 0, 0, 0, 0, NULL                                                         \
+    }
 static const struct conf_key dl_table[] = {
     DL_OWN("file"),
     DL_OWN("sync"),
@@ -79,13 +83,15 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     }
     out->deferred = index && strcmp(index, "deferred") == 0;
     if (out->deferred && !file) {
-        conf_error(d, conf_get(n, "index"), "\"index: deferred\" needs \"file\" (the JSON-lines "
-                                            "file is then the log of record)");
+        conf_error(d, conf_get(n, "index"),
+                   "\"index: deferred\" needs \"file\" (the JSON-lines "
+                   "file is then the log of record)");
         return false;
     }
     if (out->deferred && conf_get(n, "retain") && out->retain_ms != 0) {
-        conf_error(d, conf_get(n, "retain"), "\"retain\" is not supported with \"index: "
-                                             "deferred\": set \"retain: 0\" or \"index: inline\"");
+        conf_error(d, conf_get(n, "retain"),
+                   "\"retain\" is not supported with \"index: "
+                   "deferred\": set \"retain: 0\" or \"index: inline\"");
         return false;
     }
     if (out->deferred) {
@@ -100,8 +106,9 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     const char *key = NULL, *cfile = NULL, *cmd = NULL;
     if (cp) {
         if (cp->type != CONF_MAP) {
-            conf_error(d, cp, "\"checkpoint\" must be a map (key, every, interval, file, "
-                              "command, syslog)");
+            conf_error(d, cp,
+                       "\"checkpoint\" must be a map (key, every, interval, file, "
+                       "command, syslog)");
             return false;
         }
         if (!conf_read_table(d, cp, "checkpoint", ckpt_table, CONF_TABLE_LEN(ckpt_table), out,
@@ -111,8 +118,9 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
             return false;
         }
         if (!key) {
-            conf_error(d, cp, "\"checkpoint\" needs \"key\" (an Ed25519 private key: openssl "
-                              "genpkey -algorithm ed25519 -out log-ed25519.pem)");
+            conf_error(d, cp,
+                       "\"checkpoint\" needs \"key\" (an Ed25519 private key: openssl "
+                       "genpkey -algorithm ed25519 -out log-ed25519.pem)");
             return false;
         }
     }
@@ -122,8 +130,8 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
     }
     const char *pg = NULL, *pgpw = NULL, *node = NULL;
     if (state && state->type == CONF_MAP &&
-        (!conf_string(d, state, "postgres", &pg) || !conf_string(d, state, "password_file", &pgpw) ||
-         !conf_string(d, state, "node", &node))) {
+        (!conf_string(d, state, "postgres", &pg) ||
+         !conf_string(d, state, "password_file", &pgpw) || !conf_string(d, state, "node", &node))) {
         return false;
     }
     /* The node's name goes into every record (format 3): state.node, or the host
@@ -148,9 +156,10 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
         return false;
     }
     if (out->deferred && pg != NULL) {
-        conf_error(d, conf_get(state, "postgres"), "\"state.postgres\" (a fleet's shared log) is "
-                                                   "not supported with \"decision_log.index: "
-                                                   "deferred\": use \"index: inline\"");
+        conf_error(d, conf_get(state, "postgres"),
+                   "\"state.postgres\" (a fleet's shared log) is "
+                   "not supported with \"decision_log.index: "
+                   "deferred\": use \"index: inline\"");
         return false;
     }
     if (!sqlite) {
@@ -199,11 +208,11 @@ void decision_log_conf_fini(struct decision_log_conf *c)
 static void rec_copy(const struct decision_record *in, struct qrec *q, const char *node)
 {
     const char *const fields[REC_FIELDS] = {
-        in->request_id, in->route,      in->decision,     in->rule,        in->reason,
-        in->user,       in->email,      in->idp,          in->session,     in->device_id,
-        in->device_owner, in->client_ip, in->method,      in->host,        in->path,
-        in->opa_result, in->kind,       in->enforced,     in->admin_action, in->admin_actor,
-        in->admin_from, in->admin_target
+        in->request_id,   in->route,       in->decision, in->rule,         in->reason,
+        in->user,         in->email,       in->idp,      in->session,      in->device_id,
+        in->device_owner, in->client_ip,   in->method,   in->host,         in->path,
+        in->opa_result,   in->kind,        in->enforced, in->admin_action, in->admin_actor,
+        in->admin_from,   in->admin_target
     };
     size_t flen[REC_FIELDS];
     size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv);
@@ -286,8 +295,8 @@ static int insert_rows(struct decision_log *dl, sqlite3_stmt *st, const struct q
         const struct dl_at *w = &dl->at[i + k];
         const char *prev = i + k ? p + dl->at[i + k - 1].hash_at : dl->prev;
         dl_bind_rec(st, (int)(k * DL_ROW_PARAMS), &q->rec, q->seq, prev, p + w->hash_at,
-                    p + w->at + w->sp.groups_off, w->sp.groups_len,
-                    p + w->at + w->sp.claims_off, w->sp.claims_len);
+                    p + w->at + w->sp.groups_off, w->sp.groups_len, p + w->at + w->sp.claims_off,
+                    w->sp.claims_len);
     }
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ERR_IO;
     sqlite3_reset(st); /* every parameter is bound again before the next step */
@@ -461,8 +470,8 @@ static void ckpt_ship(struct decision_log *dl, const char *json)
         size_t n = strlen(json);
         if (fd < 0 || dl_write_all(fd, json, n) != 0 || dl_write_all(fd, "\n", 1) != 0 ||
             fdatasync(fd) != 0) {
-            log_error("decision_log", "cannot append the checkpoint to %s: %s",
-                      dl->conf.ckpt_file, strerror(errno));
+            log_error("decision_log", "cannot append the checkpoint to %s: %s", dl->conf.ckpt_file,
+                      strerror(errno));
         }
         if (fd >= 0) {
             close(fd);
@@ -641,10 +650,10 @@ static void *writer_main(void *arg)
             size_t pending = dl->count + n;
             pthread_mutex_unlock(&dl->mu);
             if (first) {
-                log_error("decision_log", "the store refuses commits (%s): holding %zu records; "
-                                          "requests are refused once %llu are pending",
-                          dl->errmsg, pending,
-                          (unsigned long long)dl->conf.max_pending);
+                log_error("decision_log",
+                          "the store refuses commits (%s): holding %zu records; "
+                          "requests are refused once %llu are pending",
+                          dl->errmsg, pending, (unsigned long long)dl->conf.max_pending);
             }
             int sp = dl_spool_pending(dl, batch, n);
             policy_metrics_log_state(pending, dl->spooled, true);
@@ -661,9 +670,10 @@ static void *writer_main(void *arg)
                 }
                 pthread_mutex_unlock(&dl->mu);
                 if (sp == 0) {
-                    log_error("decision_log", "%zu records could not be committed at shutdown: "
-                                              "saved in the spool %s (%zu records), committed "
-                                              "on the next start",
+                    log_error("decision_log",
+                              "%zu records could not be committed at shutdown: "
+                              "saved in the spool %s (%zu records), committed "
+                              "on the next start",
                               n, dl->spool_path, dl->spooled);
                 } else {
                     /* Not even the spool: the last place left is the error log. */
@@ -682,9 +692,11 @@ static void *writer_main(void *arg)
                     }
                     dl_sbuf_free(&line);
                     dl_sbuf_free(&canon);
-                    log_error("decision_log", "%zu records could not be committed or spooled at "
-                                              "shutdown: they are in this log as "
-                                              "\"unsaved record\" lines", n);
+                    log_error("decision_log",
+                              "%zu records could not be committed or spooled at "
+                              "shutdown: they are in this log as "
+                              "\"unsaved record\" lines",
+                              n);
                 }
                 for (size_t i = 0; i < n; i++) {
                     free(batch[i].blob);
@@ -699,7 +711,8 @@ static void *writer_main(void *arg)
         }
         /* Under steady load the writer never idles: sync on the clock too, so batch mode
          * stays durable within flush_interval. */
-        if (rc == 0 && dl_now_us() - dl->last_sync_us >= (int64_t)dl->conf.flush_interval_ms * 1000) {
+        if (rc == 0 &&
+            dl_now_us() - dl->last_sync_us >= (int64_t)dl->conf.flush_interval_ms * 1000) {
             periodic(dl);
         }
         if (rc == 0 && dl->ckpt && last - dl->ckpt_seq >= dl->conf.ckpt_every) {
@@ -717,8 +730,10 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&dl->mu);
         policy_metrics_queue_depth(dl->count + n);
         if (rc == 0 && dl->broken) {
-            log_warn("decision_log", "the store accepts commits again (up to record %llu); %zu "
-                                     "records still queued", (unsigned long long)last, dl->count);
+            log_warn("decision_log",
+                     "the store accepts commits again (up to record %llu); %zu "
+                     "records still queued",
+                     (unsigned long long)last, dl->count);
             dl->broken = false;
         }
         policy_metrics_log_state(dl->count + n, dl->spooled, dl->broken);
@@ -767,8 +782,8 @@ static int writer_lock(const char *sqlite, unsigned wait_ms, bool *busy)
     }
 }
 
-static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock,
-                                    bool *busy, struct err *err);
+static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock, bool *busy,
+                                    struct err *err);
 
 struct decision_log *decision_log_open(const struct decision_log_conf *c, struct err *err)
 {
@@ -782,8 +797,8 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
 /* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
  * waited for briefly (a command line tool holds it for a moment) and, if another
  * process still holds it, the log is opened anyway as before (with a warning). */
-static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock,
-                                    bool *busy, struct err *err)
+static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock, bool *busy,
+                                    struct err *err)
 {
     if (!c->sqlite) {
         err_set(err, ERR_CONFIG, "the decision log needs state.sqlite");
@@ -795,8 +810,9 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         if (busy) {
             *busy = locked_out;
         }
-        err_set(err, ERR_IO, locked_out ? "another process writes the decision log"
-                                        : "cannot create the decision log's lock file");
+        err_set(err, ERR_IO,
+                locked_out ? "another process writes the decision log"
+                           : "cannot create the decision log's lock file");
         return NULL;
     }
     if (lock_fd < 0) {
@@ -843,8 +859,8 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
                  c->sync == DECISION_LOG_STRICT ? "PRAGMA synchronous=FULL"
                                                 : "PRAGMA synchronous=NORMAL",
                  NULL, NULL, NULL);
-    static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
-                              DL_VALUES;
+    static const char sql[] =
+        "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) " DL_VALUES;
     if (sqlite3_prepare_v3(dl->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &dl->ins, NULL) !=
         SQLITE_OK) {
         err_set(err, ERR_IO, "sqlite: %s", sqlite3_errmsg(dl->db));
@@ -932,9 +948,10 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
             memcpy(dl->prev, DL_GENESIS, 65);
         }
         dl->next_seq = (fseq > anchor_seq ? fseq : anchor_seq) + 1;
-    } else if (sqlite3_prepare_v2(dl->db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1",
-                           -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
+    } else if (sqlite3_prepare_v2(dl->db,
+                                  "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1", -1,
+                                  &st, NULL) == SQLITE_OK &&
+               sqlite3_step(st) == SQLITE_ROW) {
         dl->next_seq = (uint64_t)sqlite3_column_int64(st, 0) + 1;
         const unsigned char *h = sqlite3_column_text(st, 1);
         snprintf(dl->prev, sizeof dl->prev, "%s", h ? (const char *)h : "");
@@ -949,9 +966,10 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         log_error("decision_log", "head file unreadable: %s", herr.msg);
     } else if (hrc == 0) {
         if (head.seq >= dl->next_seq) {
-            log_error("decision_log", "TAMPERING OR LOSS: the stores end at record %llu but the "
-                                      "head file %s records %llu: records %llu..%llu were "
-                                      "removed; the log continues at record %llu",
+            log_error("decision_log",
+                      "TAMPERING OR LOSS: the stores end at record %llu but the "
+                      "head file %s records %llu: records %llu..%llu were "
+                      "removed; the log continues at record %llu",
                       (unsigned long long)(dl->next_seq - 1), dl->head_path,
                       (unsigned long long)head.seq, (unsigned long long)dl->next_seq,
                       (unsigned long long)head.seq, (unsigned long long)head.seq + 1);
@@ -973,8 +991,9 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     }
     free(cks);
     if (dl->have_ckpt && dl->ckpt_seq >= dl->next_seq) {
-        log_error("decision_log", "TAMPERING OR LOSS: the stores end at record %llu but a signed "
-                                  "checkpoint covers record %llu; the log continues at record %llu",
+        log_error("decision_log",
+                  "TAMPERING OR LOSS: the stores end at record %llu but a signed "
+                  "checkpoint covers record %llu; the log continues at record %llu",
                   (unsigned long long)(dl->next_seq - 1), (unsigned long long)dl->ckpt_seq,
                   (unsigned long long)dl->ckpt_seq + 1);
         dl->next_seq = dl->ckpt_seq + 1;
@@ -1221,8 +1240,9 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
     }
     /* Either way the record leaves the pending table when it is chained. */
     sqlite3_stmt *q = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM decision_log_pending WHERE id = ?1),"
-                               " (SELECT max(seq) FROM decisions WHERE request_id = ?2)",
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT count(*) FROM decision_log_pending WHERE id = ?1),"
+                           " (SELECT max(seq) FROM decisions WHERE request_id = ?2)",
                            -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_text(q, 2, rec->request_id ? rec->request_id : "", -1, SQLITE_STATIC);
@@ -1246,4 +1266,3 @@ int decision_log_admin(const struct decision_log_conf *c, const struct decision_
     sqlite3_close(db);
     return 0;
 }
-

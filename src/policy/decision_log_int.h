@@ -56,7 +56,7 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err);
 /* The parameters of an INSERT of (seq, DL_COLUMNS, prev_hash, hash), as dl_bind_row
  * binds them. */
 #define DL_VALUES                                                                                  \
-    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "      \
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, "     \
     "?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)"
 
 /* A record read back from SQLite, owning its strings. */
@@ -82,8 +82,8 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
                const struct dl_key *key, const char *reason, struct err *err);
 /* Binds a record to an INSERT of (seq, DL_COLUMNS, prev_hash, hash) (DL_VALUES) and
  * steps it. tmp: scratch buffers. */
-int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
-                const char *prev, const char *hash, struct sbuf tmp[2]);
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq, const char *prev,
+                const char *hash, struct sbuf tmp[2]);
 /* The same with the groups and claims JSON given (slices of the canonical bytes). */
 void dl_bind_rec(sqlite3_stmt *st, int base, const struct decision_record *r, uint64_t seq,
                  const char *prev, const char *hash, const char *groups, size_t glen,

@@ -68,8 +68,10 @@ int dl_key_load(const char *path, bool need_private, struct dl_key *k, struct er
     }
     if (EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519) {
         EVP_PKEY_free(pk);
-        return err_set(err, ERR_CONFIG, "%s: the decision log key must be Ed25519 "
-                                        "(openssl genpkey -algorithm ed25519)", path);
+        return err_set(err, ERR_CONFIG,
+                       "%s: the decision log key must be Ed25519 "
+                       "(openssl genpkey -algorithm ed25519)",
+                       path);
     }
     if (!key_id_of(pk, k->key_id)) {
         EVP_PKEY_free(pk);
@@ -91,8 +93,8 @@ static char *ckpt_message(const struct dl_checkpoint *c)
     if (c->retention) {
         return xasprintf("gatehouse decision log retention v1\nupto_seq=%llu\nupto_hash=%s\n"
                          "upto_ts_us=%lld\nreason=%s\ntime=%s\nkey_id=%s\n",
-                         (unsigned long long)c->seq, c->hash, (long long)c->upto_ts_us,
-                         c->reason, c->time, c->key_id);
+                         (unsigned long long)c->seq, c->hash, (long long)c->upto_ts_us, c->reason,
+                         c->time, c->key_id);
     }
     return xasprintf("gatehouse decision log checkpoint v1\nseq=%llu\nhash=%s\ntime=%s\n"
                      "key_id=%s\n",

@@ -236,9 +236,8 @@ static size_t format_ts(int64_t ts_us, char out[64])
         time_t t = (time_t)sec;
         struct tm tm;
         gmtime_r(&t, &tm);
-        int n = snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                         tm.tm_sec);
+        int n = snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         prefix_len = n > 0 && (size_t)n < sizeof prefix ? (size_t)n : 0;
         last_s = sec;
     }
@@ -361,8 +360,8 @@ void dl_hash(const char *prev_hash, const char *canon, size_t len, char out[65])
     str_hex(md, 32, out);
 }
 
-void dl_line_append(struct sbuf *b, const struct decision_record *r, uint64_t seq,
-                    const char *prev, char hash[65], struct dl_spans *sp)
+void dl_line_append(struct sbuf *b, const struct decision_record *r, uint64_t seq, const char *prev,
+                    char hash[65], struct dl_spans *sp)
 {
     size_t start = b->len;
     dl_canonical_at(r, seq, prev, b, sp);
@@ -412,8 +411,7 @@ static bool parse_ts(const char *s, int64_t *out)
 static const char *jstr(json_t *o, const char *key, struct arena *a)
 {
     json_t *v = json_object_get(o, key);
-    return json_is_string(v) ? arena_strndup(a, json_string_value(v), json_string_length(v))
-                              : NULL;
+    return json_is_string(v) ? arena_strndup(a, json_string_value(v), json_string_length(v)) : NULL;
 }
 
 bool dl_parse_ts(const char *s, int64_t *out_us)
@@ -423,23 +421,37 @@ bool dl_parse_ts(const char *s, int64_t *out_us)
 
 /* The string members of a line and the record's fields they fill; in: 0 the
  * record, 1 its "device", 2 its "admin". */
-#define LINE_STR(in, key, field) { in, key, offsetof(struct decision_record, field) }
+#define LINE_STR(in, key, field)                                                                   \
+    {                                                                                              \
+        in, key, offsetof(struct decision_record, field)                                           \
+    }
 static const struct {
     int in;
     const char *key;
     size_t off;
 } line_strs[] = {
-    LINE_STR(0, "request_id", request_id), LINE_STR(0, "route", route),
-    LINE_STR(0, "decision", decision),     LINE_STR(0, "rule", rule),
-    LINE_STR(0, "reason", reason),         LINE_STR(0, "user", user),
-    LINE_STR(0, "email", email),           LINE_STR(0, "idp", idp),
-    LINE_STR(0, "session", session),       LINE_STR(1, "id", device_id),
-    LINE_STR(1, "owner", device_owner),    LINE_STR(0, "client_ip", client_ip),
-    LINE_STR(0, "method", method),         LINE_STR(0, "host", host),
-    LINE_STR(0, "path", path),             LINE_STR(0, "kind", kind),
-    LINE_STR(0, "enforced", enforced),     LINE_STR(2, "action", admin_action),
-    LINE_STR(2, "actor", admin_actor),     LINE_STR(2, "from", admin_from),
-    LINE_STR(2, "target", admin_target),   LINE_STR(0, "node", node),
+    LINE_STR(0, "request_id", request_id),
+    LINE_STR(0, "route", route),
+    LINE_STR(0, "decision", decision),
+    LINE_STR(0, "rule", rule),
+    LINE_STR(0, "reason", reason),
+    LINE_STR(0, "user", user),
+    LINE_STR(0, "email", email),
+    LINE_STR(0, "idp", idp),
+    LINE_STR(0, "session", session),
+    LINE_STR(1, "id", device_id),
+    LINE_STR(1, "owner", device_owner),
+    LINE_STR(0, "client_ip", client_ip),
+    LINE_STR(0, "method", method),
+    LINE_STR(0, "host", host),
+    LINE_STR(0, "path", path),
+    LINE_STR(0, "kind", kind),
+    LINE_STR(0, "enforced", enforced),
+    LINE_STR(2, "action", admin_action),
+    LINE_STR(2, "actor", admin_actor),
+    LINE_STR(2, "from", admin_from),
+    LINE_STR(2, "target", admin_target),
+    LINE_STR(0, "node", node),
 };
 #undef LINE_STR
 
@@ -454,8 +466,8 @@ bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
     json_t *dev = json_object_get(o, "device"), *opa = json_object_get(o, "opa");
     json_t *g = json_object_get(o, "groups"), *c = json_object_get(o, "claims");
     if (!json_is_object(o) || !json_is_integer(seq) || json_integer_value(seq) < 1 ||
-        !json_is_string(ts) || !json_is_object(dev) || !json_is_object(opa) ||
-        !json_is_array(g) || !json_is_object(c)) {
+        !json_is_string(ts) || !json_is_object(dev) || !json_is_object(opa) || !json_is_array(g) ||
+        !json_is_object(c)) {
         json_decref(o);
         return false;
     }
@@ -521,4 +533,3 @@ bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
     }
     return ok;
 }
-

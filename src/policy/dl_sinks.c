@@ -44,9 +44,10 @@ static const char schema[] =
 /* Columns added by record formats 2 and 3, for databases created before them. */
 #define ADD_COLUMN(c) "ALTER TABLE decisions ADD COLUMN " c " TEXT"
 static const char *const added_columns[] = {
-    ADD_COLUMN("kind"),        ADD_COLUMN("enforced"),   ADD_COLUMN("admin_action"),
-    ADD_COLUMN("admin_actor"), ADD_COLUMN("admin_from"), ADD_COLUMN("admin_target"),
-    ADD_COLUMN("node"),        "ALTER TABLE decision_log_pending ADD COLUMN node TEXT"
+    ADD_COLUMN("kind"),         ADD_COLUMN("enforced"),
+    ADD_COLUMN("admin_action"), ADD_COLUMN("admin_actor"),
+    ADD_COLUMN("admin_from"),   ADD_COLUMN("admin_target"),
+    ADD_COLUMN("node"),         "ALTER TABLE decision_log_pending ADD COLUMN node TEXT"
 };
 #undef ADD_COLUMN
 
@@ -96,13 +97,16 @@ int dl_db_open(const char *path, bool readonly, sqlite3 **db, struct err *err)
         /* A database no writer has opened since format 2 (or 3): read it through a
          * temporary view with the new columns as NULL (format-1 records), without
          * writing to it. */
-        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
-                                "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
-                                "admin_from, NULL AS admin_target, NULL AS node FROM main.decisions",
+        (void)sqlite3_exec(*db,
+                           "CREATE TEMP VIEW decisions AS SELECT *, NULL AS kind, NULL AS "
+                           "enforced, NULL AS admin_action, NULL AS admin_actor, NULL AS "
+                           "admin_from, NULL AS admin_target, NULL AS node FROM main.decisions",
                            NULL, NULL, NULL);
     } else if (!has_column(*db, "decisions", "node")) {
-        (void)sqlite3_exec(*db, "CREATE TEMP VIEW decisions AS SELECT *, NULL AS node FROM "
-                                "main.decisions", NULL, NULL, NULL);
+        (void)sqlite3_exec(*db,
+                           "CREATE TEMP VIEW decisions AS SELECT *, NULL AS node FROM "
+                           "main.decisions",
+                           NULL, NULL, NULL);
     }
     return 0;
 }
@@ -114,7 +118,10 @@ static const char *col_text(sqlite3_stmt *st, int i, struct arena *a)
 }
 
 /* The text columns of DL_COLUMNS (after seq) and the record's fields they fill. */
-#define TEXT_COL(n, field) { n, offsetof(struct decision_record, field) }
+#define TEXT_COL(n, field)                                                                         \
+    {                                                                                              \
+        n, offsetof(struct decision_record, field)                                                 \
+    }
 static const struct {
     int col;
     size_t off;
@@ -214,8 +221,10 @@ void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
     sqlite3_stmt *st = NULL;
     *seq = 0;
     snprintf(hash, 65, "%s", DL_GENESIS);
-    if (sqlite3_prepare_v2(db, "SELECT key, value FROM decision_log_meta WHERE key IN "
-                               "('anchor_seq', 'anchor_hash')", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db,
+                           "SELECT key, value FROM decision_log_meta WHERE key IN "
+                           "('anchor_seq', 'anchor_hash')",
+                           -1, &st, NULL) != SQLITE_OK) {
         return;
     }
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -309,8 +318,9 @@ int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *e
         return rc;
     }
     if (good != sb.st_size) {
-        log_warn("decision_log", "the decision log file ends with a torn line (%lld bytes "
-                                 "after the last complete record): cut off",
+        log_warn("decision_log",
+                 "the decision log file ends with a torn line (%lld bytes "
+                 "after the last complete record): cut off",
                  (long long)(sb.st_size - good));
         if (ftruncate(fd, good) != 0) {
             return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
@@ -337,8 +347,9 @@ int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *e
         if (parsed) {
             dl_row_fini(&row);
         }
-        return err_set(err, ERR_PARSE, "the last line of the decision log file is not a record "
-                                       "(byte %lld): move the file aside or repair it",
+        return err_set(err, ERR_PARSE,
+                       "the last line of the decision log file is not a record "
+                       "(byte %lld): move the file aside or repair it",
                        (long long)start);
     }
     *seq = row.seq;
@@ -349,21 +360,27 @@ int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *e
 
 /* ---- index: deferred: SQLite filled from the file ---- */
 
-#define DL_INGEST_TXN 5000            /* lines per transaction */
+#define DL_INGEST_TXN   5000          /* lines per transaction */
 #define DL_INGEST_CHUNK (1024 * 1024) /* bytes read at a time */
 
 int dl_index_schema(sqlite3 *db)
 {
-    return sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS decision_log_index(id INTEGER PRIMARY "
-                            "KEY CHECK(id = 1), offset INTEGER NOT NULL, seq INTEGER NOT NULL, "
-                            "hash TEXT NOT NULL)", NULL, NULL, NULL) == SQLITE_OK ? 0 : ERR_IO;
+    return sqlite3_exec(db,
+                        "CREATE TABLE IF NOT EXISTS decision_log_index(id INTEGER PRIMARY "
+                        "KEY CHECK(id = 1), offset INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                        "hash TEXT NOT NULL)",
+                        NULL, NULL, NULL) == SQLITE_OK
+               ? 0
+               : ERR_IO;
 }
 
 static int ingest_mark(sqlite3 *db, int64_t off, uint64_t seq, const char *hash)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_index(id, offset, seq, "
-                                    "hash) VALUES(1, ?1, ?2, ?3)", -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(db,
+                                "INSERT OR REPLACE INTO decision_log_index(id, offset, seq, "
+                                "hash) VALUES(1, ?1, ?2, ?3)",
+                                -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, off);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
@@ -380,8 +397,8 @@ static void ingest_from(sqlite3 *db, int64_t *off, uint64_t *seq, char hash[65])
 {
     sqlite3_stmt *st = NULL;
     *off = -1;
-    if (sqlite3_prepare_v2(db, "SELECT offset, seq, hash FROM decision_log_index WHERE id = 1",
-                           -1, &st, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(db, "SELECT offset, seq, hash FROM decision_log_index WHERE id = 1", -1,
+                           &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 2)) {
         *off = sqlite3_column_int64(st, 0);
         *seq = (uint64_t)sqlite3_column_int64(st, 1);
@@ -392,8 +409,8 @@ static void ingest_from(sqlite3 *db, int64_t *off, uint64_t *seq, char hash[65])
         return;
     }
     dl_anchor_get(db, seq, hash);
-    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1", -1,
-                           &st, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1", -1, &st,
+                           NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 1)) {
         *seq = (uint64_t)sqlite3_column_int64(st, 0);
         snprintf(hash, 65, "%s", (const char *)sqlite3_column_text(st, 1));
@@ -420,8 +437,8 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
     }
     sqlite3_busy_timeout(db, 10000);
     int rc = dl_index_schema(db);
-    static const char sql[] = "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) "
-                              DL_VALUES;
+    static const char sql[] =
+        "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) " DL_VALUES;
     sqlite3_stmt *ins = NULL;
     if (rc == 0 && sqlite3_prepare_v2(db, sql, -1, &ins, NULL) != SQLITE_OK) {
         rc = ERR_IO;
@@ -469,21 +486,24 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
                 size_t len = (size_t)(nl - (buf + pos));
                 struct dl_row row;
                 if (!dl_line_parse(buf + pos, len, &row) || !row.hash || !row.prev_hash) {
-                    rc = err_set(err, ERR_PARSE, "%s: byte %lld is not a decision record (run "
-                                                 "audit verify)", c->file,
-                                 (long long)(off + (int64_t)pos));
+                    rc = err_set(err, ERR_PARSE,
+                                 "%s: byte %lld is not a decision record (run "
+                                 "audit verify)",
+                                 c->file, (long long)(off + (int64_t)pos));
                     break;
                 }
                 if (scan && row.seq <= seq) {
                     if (row.seq == seq && strcmp(row.hash, hash) != 0) {
-                        rc = err_set(err, ERR_PARSE, "%s: record %llu differs from the index "
-                                                     "(run audit verify)", c->file,
-                                     (unsigned long long)seq);
+                        rc = err_set(err, ERR_PARSE,
+                                     "%s: record %llu differs from the index "
+                                     "(run audit verify)",
+                                     c->file, (unsigned long long)seq);
                     }
                 } else if (row.seq != seq + 1 || strcmp(row.prev_hash, hash) != 0) {
-                    rc = err_set(err, ERR_PARSE, "%s: the record at byte %lld (record %llu) does "
-                                                 "not continue the index at record %llu: the file "
-                                                 "was edited or rewritten (run audit verify)",
+                    rc = err_set(err, ERR_PARSE,
+                                 "%s: the record at byte %lld (record %llu) does "
+                                 "not continue the index at record %llu: the file "
+                                 "was edited or rewritten (run audit verify)",
                                  c->file, (long long)(off + (int64_t)pos),
                                  (unsigned long long)row.seq, (unsigned long long)seq + 1);
                 } else if (dl_bind_row(ins, &row.rec, row.seq, row.prev_hash, row.hash, tmp) != 0) {
@@ -569,8 +589,9 @@ int dl_file_catch_up(sqlite3 *db, int fd, struct err *err)
     if (db_last > 0 && last > db_last) {
         /* SQLite lost commits the file still has (e.g. power loss in batch mode). Writing
          * on would give two records the same seq: stop and let an operator decide. */
-        return err_set(err, ERR_IO, "the decision log file has records %llu..%llu that SQLite "
-                                    "does not: restore the database or move the file aside",
+        return err_set(err, ERR_IO,
+                       "the decision log file has records %llu..%llu that SQLite "
+                       "does not: restore the database or move the file aside",
                        (unsigned long long)db_last + 1, (unsigned long long)last);
     }
     static const char sql[] = "SELECT seq, " DL_COLUMNS ", prev_hash, hash FROM decisions "
@@ -600,7 +621,6 @@ int dl_file_catch_up(sqlite3 *db, int fd, struct err *err)
     }
     return 0;
 }
-
 
 /* SQLITE_STATIC: every string outlives the step (the batch's records, the
  * caller's buffers), so SQLite reads it in place instead of copying it. */
@@ -684,8 +704,8 @@ int dl_bind_row_json(sqlite3_stmt *st, const struct decision_record *r, uint64_t
     return rc;
 }
 
-int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq,
-                const char *prev, const char *hash, struct sbuf tmp[2])
+int dl_bind_row(sqlite3_stmt *st, const struct decision_record *r, uint64_t seq, const char *prev,
+                const char *hash, struct sbuf tmp[2])
 {
     tmp[0].len = 0;
     dl_groups_json(&tmp[0], r);
@@ -769,9 +789,10 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
         return -1;
     }
     /* The anchor is the newest deleted record: the first kept one chains to it. */
-    if (sqlite3_prepare_v2(db, "SELECT seq, hash, ts_us FROM (SELECT seq, hash, ts_us FROM "
-                               "decisions WHERE ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq "
-                               "DESC LIMIT 1",
+    if (sqlite3_prepare_v2(db,
+                           "SELECT seq, hash, ts_us FROM (SELECT seq, hash, ts_us FROM "
+                           "decisions WHERE ts_us < ?1 ORDER BY seq LIMIT ?2) ORDER BY seq "
+                           "DESC LIMIT 1",
                            -1, &st, NULL) != SQLITE_OK) {
         goto fail;
     }
@@ -813,8 +834,9 @@ long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_s
     long deleted = (long)sqlite3_changes(db);
     char seqtxt[STR_U64_MAX];
     struct str sq = str_u64(seqtxt, seq);
-    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
-                               "?1), ('anchor_hash', ?2)",
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO decision_log_meta VALUES('anchor_seq', "
+                           "?1), ('anchor_hash', ?2)",
                            -1, &st, NULL) != SQLITE_OK) {
         goto fail;
     }
@@ -861,4 +883,3 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     }
     return n;
 }
-

@@ -44,8 +44,8 @@ static void spool_open(struct decision_log *dl)
         return;
     }
     /* Reserve room now, while there is some: records typically take under 1 KiB. */
-    off_t reserve = (off_t)(dl->conf.max_pending * 2048 < 65536 ? 65536
-                                                                 : dl->conf.max_pending * 2048);
+    off_t reserve =
+        (off_t)(dl->conf.max_pending * 2048 < 65536 ? 65536 : dl->conf.max_pending * 2048);
     int e = posix_fallocate(dl->spool_fd, 0, reserve);
     if (e != 0) {
         log_warn("decision_log", "cannot reserve %lld bytes for the spool %s: %s",
@@ -54,7 +54,7 @@ static void spool_open(struct decision_log *dl)
 }
 
 void dl_put_line(struct sbuf *b, const struct qrec *q, const char *prev, char hash[65],
-                     struct sbuf *canon)
+                 struct sbuf *canon)
 {
     dl_canonical(&q->rec, q->seq, prev, canon);
     dl_hash(prev, canon->p, canon->len, hash);
@@ -104,8 +104,10 @@ int dl_spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n
             fdatasync(dl->spool_fd) == 0) {
             rc = 0;
         } else if (dl->spool_fd >= 0) {
-            log_error("decision_log", "cannot write %zu records to the spool %s: %s (they stay in "
-                                      "memory)", count, dl->spool_path, strerror(errno));
+            log_error("decision_log",
+                      "cannot write %zu records to the spool %s: %s (they stay in "
+                      "memory)",
+                      count, dl->spool_path, strerror(errno));
             (void)spool_zero(dl->spool_fd, dl->spool_used, dl->spool_used + (off_t)lines.len);
         }
         if (rc == 0) {
@@ -169,8 +171,10 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
         }
         struct dl_row row;
         if (!dl_line_parse(buf + off, (size_t)(nl - buf - (ptrdiff_t)off), &row)) {
-            rc = err_set(err, ERR_PARSE, "%s: byte %zu is not a decision record; move the spool "
-                                         "aside to start without it", dl->spool_path, off);
+            rc = err_set(err, ERR_PARSE,
+                         "%s: byte %zu is not a decision record; move the spool "
+                         "aside to start without it",
+                         dl->spool_path, off);
             break;
         }
         off = (size_t)(nl - buf) + 1;
@@ -183,9 +187,10 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
         dl_hash(prev, canon.p, canon.len, hash);
         if (row.seq != dl->last_seq + nrows + 1 || strcmp(row.prev_hash, prev) != 0 ||
             strcmp(row.hash, hash) != 0) {
-            rc = err_set(err, ERR_PARSE, "%s: record %llu does not continue the log at record "
-                                         "%llu (or was edited); move the spool aside to start "
-                                         "without it",
+            rc = err_set(err, ERR_PARSE,
+                         "%s: record %llu does not continue the log at record "
+                         "%llu (or was edited); move the spool aside to start "
+                         "without it",
                          dl->spool_path, (unsigned long long)row.seq,
                          (unsigned long long)(dl->last_seq + nrows + 1));
             dl_row_fini(&row);
@@ -206,16 +211,18 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
         for (size_t i = 0; i < nrows && rc == 0; i += DL_BATCH_MAX) {
             size_t k = nrows - i < DL_BATCH_MAX ? nrows - i : DL_BATCH_MAX;
             if (dl_write_batch(dl, qs + i, k) != 0) {
-                rc = err_set(err, ERR_IO, "cannot commit the %zu spooled records of %s: %s",
-                             nrows, dl->spool_path, dl->errmsg);
+                rc = err_set(err, ERR_IO, "cannot commit the %zu spooled records of %s: %s", nrows,
+                             dl->spool_path, dl->errmsg);
             } else {
                 dl->last_seq = qs[i + k - 1].seq;
             }
         }
         if (rc == 0) {
-            log_warn("decision_log", "committed %zu records saved in the spool %s by an earlier "
-                                     "run (records %llu..%llu)", nrows, dl->spool_path,
-                     (unsigned long long)qs[0].seq, (unsigned long long)qs[nrows - 1].seq);
+            log_warn("decision_log",
+                     "committed %zu records saved in the spool %s by an earlier "
+                     "run (records %llu..%llu)",
+                     nrows, dl->spool_path, (unsigned long long)qs[0].seq,
+                     (unsigned long long)qs[nrows - 1].seq);
         }
     }
     for (size_t i = 0; i < nrows; i++) {
@@ -229,4 +236,3 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
     }
     return rc;
 }
-

@@ -21,7 +21,7 @@
 #include "decision_log_int.h"
 
 #define SHIP_PERIOD_MS 1000
-#define SHIP_BATCH 500
+#define SHIP_BATCH     500
 
 struct dl_ship {
     struct decision_log_conf conf; /* sqlite, pg_conninfo, pg_password_file, node */
@@ -30,9 +30,9 @@ struct dl_ship {
     pthread_mutex_t mu;
     pthread_cond_t wake;
     PGconn *db;
-    int64_t shipped;               /* highest seq known in PostgreSQL; -1: unknown */
-    int64_t ckpt_shipped;          /* highest checkpoint seq there; -1: unknown */
-    uint64_t retain_ms;            /* decision_log.retention (0: keep) */
+    int64_t shipped;      /* highest seq known in PostgreSQL; -1: unknown */
+    int64_t ckpt_shipped; /* highest checkpoint seq there; -1: unknown */
+    uint64_t retain_ms;   /* decision_log.retention (0: keep) */
     int64_t last_retain_ms;
     bool down_logged;
 };
@@ -115,8 +115,9 @@ static int ship_once(struct dl_ship *s)
         s->db = dl_pg_connect(&s->conf, &e);
         if (s->db == NULL) {
             if (!s->down_logged) {
-                log_error("policy", "decision log: %s; records stay in %s and are shipped when "
-                                    "PostgreSQL returns",
+                log_error("policy",
+                          "decision log: %s; records stay in %s and are shipped when "
+                          "PostgreSQL returns",
                           e.msg, s->conf.sqlite);
                 s->down_logged = true;
             }
@@ -208,8 +209,7 @@ static int ship_once(struct dl_ship *s)
 out:
     if (rc < 0 && s->db != NULL) {
         if (!s->down_logged) {
-            log_error("policy", "decision log shipping failed, retrying: %s",
-                      pg_msg(s->db, r));
+            log_error("policy", "decision log shipping failed, retrying: %s", pg_msg(s->db, r));
             s->down_logged = true;
         }
         PQclear(r);
@@ -347,8 +347,10 @@ int dl_fleet_materialise(const struct decision_log_conf *c, int64_t since_us, in
     char sql[1024];
     /* Each node's own seq is kept (no primary key: nodes share numbers), so the
      * lines printed are the records as their node chained them. */
-    snprintf(sql, sizeof sql, "CREATE TABLE decisions(seq, %s, prev_hash, hash);"
-             "CREATE INDEX decisions_ts ON decisions(ts_us)", DL_COLUMNS);
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE decisions(seq, %s, prev_hash, hash);"
+             "CREATE INDEX decisions_ts ON decisions(ts_us)",
+             DL_COLUMNS);
     if (sqlite3_open(":memory:", &m) != SQLITE_OK ||
         sqlite3_exec(m, sql, NULL, NULL, NULL) != SQLITE_OK) {
         rc = err_set(err, ERR_IO, "sqlite: %s", m ? sqlite3_errmsg(m) : "out of memory");
@@ -403,21 +405,26 @@ static bool same_as_local(sqlite3 *local, long long seq, const char *hash, const
     if (sqlite3_step(st) == SQLITE_ROW) {
         const char *h = (const char *)sqlite3_column_text(st, 0);
         if (h == NULL || strcmp(h, hash) != 0) {
-            fprintf(out, "FAIL fleet %s: record %lld in PostgreSQL is not the one this node "
-                         "wrote (replaced there)\n", node, seq);
+            fprintf(out,
+                    "FAIL fleet %s: record %lld in PostgreSQL is not the one this node "
+                    "wrote (replaced there)\n",
+                    node, seq);
             ok = false;
         }
     } else {
         sqlite3_stmt *mx = NULL;
         long long last = 0;
         if (sqlite3_prepare_v2(local, "SELECT coalesce(max(seq), 0) FROM decisions", -1, &mx,
-                               NULL) == SQLITE_OK && sqlite3_step(mx) == SQLITE_ROW) {
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(mx) == SQLITE_ROW) {
             last = sqlite3_column_int64(mx, 0);
         }
         sqlite3_finalize(mx);
         if (seq > last) {
-            fprintf(out, "FAIL fleet %s: record %lld is in PostgreSQL but this node never "
-                         "wrote it (added there)\n", node, seq);
+            fprintf(out,
+                    "FAIL fleet %s: record %lld is in PostgreSQL but this node never "
+                    "wrote it (added there)\n",
+                    node, seq);
             ok = false;
         }
         /* Older ones: removed here by retention, nothing to compare. */
@@ -457,8 +464,10 @@ static bool verify_checkpoints(PGconn *db, const char *node, const char (*hashes
         }
         if (key != NULL && strcmp(key->key_id, c.key_id) == 0) {
             if (!dl_ckpt_verify(key, &c)) {
-                fprintf(out, "FAIL fleet %s: checkpoint %lld has a bad signature (forged or "
-                             "edited)\n", node, seq);
+                fprintf(out,
+                        "FAIL fleet %s: checkpoint %lld has a bad signature (forged or "
+                        "edited)\n",
+                        node, seq);
                 ok = false;
                 continue;
             }
@@ -467,20 +476,26 @@ static bool verify_checkpoints(PGconn *db, const char *node, const char (*hashes
         if (seq < first) {
             older++; /* its records were removed by retention */
         } else if (seq >= first + n) {
-            fprintf(out, "FAIL fleet %s: checkpoint %lld signs record %lld, which is not in "
-                         "PostgreSQL (removed)\n", node, seq, seq);
+            fprintf(out,
+                    "FAIL fleet %s: checkpoint %lld signs record %lld, which is not in "
+                    "PostgreSQL (removed)\n",
+                    node, seq, seq);
             ok = false;
         } else if (strcmp(hashes[seq - first], c.hash) != 0) {
-            fprintf(out, "FAIL fleet %s: record %lld is not the one checkpoint %lld signed: the "
-                         "chain was rewritten up to it\n", node, seq, seq);
+            fprintf(out,
+                    "FAIL fleet %s: record %lld is not the one checkpoint %lld signed: the "
+                    "chain was rewritten up to it\n",
+                    node, seq, seq);
             ok = false;
         } else {
             matched++;
         }
     }
     if (ok && PQntuples(r) > 0) {
-        fprintf(out, "ok fleet %s: %d checkpoint(s) match the chain, %d signature(s) checked "
-                     "with this node's key%s\n", node, matched, signed_here,
+        fprintf(out,
+                "ok fleet %s: %d checkpoint(s) match the chain, %d signature(s) checked "
+                "with this node's key%s\n",
+                node, matched, signed_here,
                 older ? " (older ones sign records removed by retention)" : "");
     }
     PQclear(r);
@@ -506,7 +521,7 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const stru
     long long expect = -1, first = 0;
     bool ok = true;
     int n = PQntuples(r);
-    char (*hashes)[65] = xcalloc((size_t)n + 1, sizeof *hashes);
+    char(*hashes)[65] = xcalloc((size_t)n + 1, sizeof *hashes);
     for (int i = 0; ok && i < n; i++) {
         long long seq = strtoll(PQgetvalue(r, i, 0), NULL, 10);
         const char *line = PQgetvalue(r, i, 1);
@@ -516,9 +531,8 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const stru
         json_t *js = json_object_get(j, "seq"), *jh = json_object_get(j, "hash"),
                *jp = json_object_get(j, "prev_hash");
         bool shape = json_is_integer(js) && json_is_string(jh) && json_is_string(jp) &&
-                     strlen(json_string_value(jh)) == 64 &&
-                     strlen(json_string_value(jp)) == 64 && len > tl + 66 &&
-                     memcmp(line + len - tl - 66, tail_key, tl) == 0 &&
+                     strlen(json_string_value(jh)) == 64 && strlen(json_string_value(jp)) == 64 &&
+                     len > tl + 66 && memcmp(line + len - tl - 66, tail_key, tl) == 0 &&
                      memcmp(line + len - 2, "\"}", 2) == 0 && json_integer_value(js) == seq;
         if (!shape) {
             fprintf(out, "FAIL fleet %s: record %lld is not a decision record (edited)\n", node,
@@ -530,19 +544,23 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const stru
         } else if (json_is_string(json_object_get(j, "node")) &&
                    strcmp(json_string_value(json_object_get(j, "node")), node) != 0) {
             /* Format 3: the chaining node is inside the hashed bytes. */
-            fprintf(out, "FAIL fleet %s: record %lld was chained by node %s (moved)\n", node,
-                    seq, json_string_value(json_object_get(j, "node")));
+            fprintf(out, "FAIL fleet %s: record %lld was chained by node %s (moved)\n", node, seq,
+                    json_string_value(json_object_get(j, "node")));
             ok = false;
         } else {
             dl_hash(json_string_value(jp), line, len - tl - 66, h);
             if (strcmp(h, json_string_value(jh)) != 0) {
-                fprintf(out, "FAIL fleet %s: record %lld was edited: its hash does not match "
-                             "its content\n", node, seq);
+                fprintf(out,
+                        "FAIL fleet %s: record %lld was edited: its hash does not match "
+                        "its content\n",
+                        node, seq);
                 ok = false;
             } else if (expect >= 0 ? strcmp(json_string_value(jp), prev) != 0
                                    : seq == 1 && strcmp(json_string_value(jp), DL_GENESIS) != 0) {
-                fprintf(out, "FAIL fleet %s: record %lld does not chain to record %lld: that "
-                             "record was edited or replaced\n", node, seq, seq - 1);
+                fprintf(out,
+                        "FAIL fleet %s: record %lld does not chain to record %lld: that "
+                        "record was edited or replaced\n",
+                        node, seq, seq - 1);
                 ok = false;
             } else if (local != NULL &&
                        !same_as_local(local, seq, json_string_value(jh), node, out)) {
@@ -561,7 +579,7 @@ static bool verify_node(PGconn *db, const char *node, sqlite3 *local, const stru
     if (ok) {
         fprintf(out, "ok fleet %s: %d record(s) chained%s%s\n", node, n, n ? ", head " : "",
                 n ? prev : "");
-        ok = verify_checkpoints(db, node, (const char (*)[65])hashes, first, n, key, out);
+        ok = verify_checkpoints(db, node, (const char(*)[65])hashes, first, n, key, out);
     }
     free(hashes);
     PQclear(r);
@@ -614,12 +632,12 @@ int dl_fleet_heads(const struct decision_log_conf *c, FILE *out, struct err *err
     if (db == NULL) {
         return ERR_IO;
     }
-    PGresult *r = PQexec(db,
-                         "SELECT r.node, r.seq, r.line, (SELECT k.line FROM decision_checkpoints k "
-                         "WHERE k.node = r.node ORDER BY k.seq DESC LIMIT 1) "
-                         "FROM decision_records r JOIN (SELECT node, max(seq) AS seq FROM "
-                         "decision_records GROUP BY node) m ON m.node = r.node AND m.seq = r.seq "
-                         "ORDER BY r.node");
+    PGresult *r =
+        PQexec(db, "SELECT r.node, r.seq, r.line, (SELECT k.line FROM decision_checkpoints k "
+                   "WHERE k.node = r.node ORDER BY k.seq DESC LIMIT 1) "
+                   "FROM decision_records r JOIN (SELECT node, max(seq) AS seq FROM "
+                   "decision_records GROUP BY node) m ON m.node = r.node AND m.seq = r.seq "
+                   "ORDER BY r.node");
     if (!pg_res_ok(r)) {
         err_set(err, ERR_IO, "reading decision_records: %s", pg_msg(db, r));
         PQclear(r);
@@ -635,8 +653,7 @@ int dl_fleet_heads(const struct decision_log_conf *c, FILE *out, struct err *err
         const char *hash = json_string_value(json_object_get(rec, "hash"));
         json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o}", "type", "fleet-head", "node",
                               PQgetvalue(r, i, 0), "seq", (json_int_t)pg_col64(r, i, 1), "hash",
-                              hash ? hash : "",
-                              "checkpoint", ckpt ? ckpt : json_null());
+                              hash ? hash : "", "checkpoint", ckpt ? ckpt : json_null());
         char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         if (line != NULL) {
             fprintf(out, "%s\n", line);

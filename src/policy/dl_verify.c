@@ -62,8 +62,9 @@ static bool first_after(sqlite3 *db, uint64_t seq, uint64_t *out, int64_t *ts, u
 {
     sqlite3_stmt *st = NULL;
     bool found = false;
-    if (sqlite3_prepare_v2(db, "SELECT min(seq), min(ts_us), count(*) FROM decisions "
-                               "WHERE seq > ?1",
+    if (sqlite3_prepare_v2(db,
+                           "SELECT min(seq), min(ts_us), count(*) FROM decisions "
+                           "WHERE seq > ?1",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
         if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
@@ -86,7 +87,7 @@ static void add(struct src_ckpt **v, size_t *n, const struct dl_checkpoint *c, c
 {
     *v = xrealloc(*v, (*n + 1) * sizeof **v);
     (*v)[*n].c = *c;
-    snprintf((*v)[*n].src, sizeof (*v)[*n].src, "%s", src);
+    snprintf((*v)[*n].src, sizeof(*v)[*n].src, "%s", src);
     (*n)++;
 }
 
@@ -163,8 +164,10 @@ static bool load_anchor(const char *arg, struct dl_checkpoint *a, bool *signed_)
 static bool any_format2(sqlite3 *db)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM decisions WHERE kind IS NOT NULL OR node IS NOT "
-                               "NULL LIMIT 1", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM decisions WHERE kind IS NOT NULL OR node IS NOT "
+                           "NULL LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK) {
         sqlite3_finalize(st);
         return false; /* no kind column: only format-1 records */
     }
@@ -220,11 +223,13 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     if (hrc == 1 && last > 0 && ntab == 0 && !any_format2(db)) {
         printf("note head: %s does not exist yet: this log was written by a Gatehouse "
                "before head files; a cut at its end is detectable once the server has "
-               "started with this version\n", head_path);
+               "started with this version\n",
+               head_path);
     } else if (hrc == 1) {
         if (last > 0) {
             printf("FAIL head: %s is missing: the writer keeps it next to the database "
-                   "(deleted?)\n", head_path);
+                   "(deleted?)\n",
+                   head_path);
             ok = false;
         }
     } else if (hrc != 0) {
@@ -233,12 +238,13 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
     } else if (head.seq > last) {
         printf("FAIL head: the log ends at record %llu but the writer's head file records record "
                "%llu: records %llu..%llu were removed (truncated)\n",
-               (unsigned long long)last, (unsigned long long)head.seq,
-               (unsigned long long)last + 1, (unsigned long long)head.seq);
+               (unsigned long long)last, (unsigned long long)head.seq, (unsigned long long)last + 1,
+               (unsigned long long)head.seq);
         ok = false;
     } else if (head.seq > anchor_seq && hash_of(db, head.seq, h) && strcmp(h, head.hash) != 0) {
         printf("FAIL head: record %llu does not match the writer's head file: the chain was "
-               "rewritten\n", (unsigned long long)head.seq);
+               "rewritten\n",
+               (unsigned long long)head.seq);
         ok = false;
     }
 
@@ -261,7 +267,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             const struct dl_checkpoint *k = &cks[i].c;
             if (!dl_ckpt_verify(&key, k)) {
                 printf("FAIL checkpoints: the checkpoint of record %llu (%s) has a bad signature "
-                       "or another key (forged)\n", (unsigned long long)k->seq, cks[i].src);
+                       "or another key (forged)\n",
+                       (unsigned long long)k->seq, cks[i].src);
                 ok = false;
                 continue;
             }
@@ -272,8 +279,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             if (k->seq > anchor_seq && k->seq <= last && hash_of(db, k->seq, h) &&
                 strcmp(h, k->hash) != 0) {
                 printf("FAIL checkpoints: record %llu does not match its signed checkpoint of %s "
-                       "(%s): the chain was rewritten\n", (unsigned long long)k->seq, k->time,
-                       cks[i].src);
+                       "(%s): the chain was rewritten\n",
+                       (unsigned long long)k->seq, k->time, cks[i].src);
                 ok = false;
             }
         }
@@ -298,7 +305,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
                 printf("FAIL checkpoints: records %llu..%llu (the first from %s) have no signed "
                        "checkpoint; the last one covers record %llu (%s), and one is due every "
                        "%s or %llu records (a writer stopped without one, or the tail was "
-                       "rewritten)\n", (unsigned long long)first, (unsigned long long)last, ts,
+                       "rewritten)\n",
+                       (unsigned long long)first, (unsigned long long)last, ts,
                        (unsigned long long)best->c.seq, best->c.time, iv,
                        (unsigned long long)c->ckpt_every);
             } else {
@@ -311,7 +319,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
         }
         if (ok && best) {
             printf("checkpoints: %zu signed by key %s verified; the newest covers record %llu "
-                   "(%s)\n", valid, key.key_id, (unsigned long long)best->c.seq, best->c.time);
+                   "(%s)\n",
+                   valid, key.key_id, (unsigned long long)best->c.seq, best->c.time);
         }
     } else if (ncks > 0 || !c->ckpt_key) {
         printf("note: checkpoints not checked (no decision_log.checkpoint.key and no --pubkey)\n");
@@ -335,7 +344,8 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             ok = false;
         } else if (have_key && !dl_ckpt_verify(&key, cut)) {
             printf("FAIL retention: the retention record up to record %llu has a bad signature or "
-                   "another key (forged)\n", (unsigned long long)anchor_seq);
+                   "another key (forged)\n",
+                   (unsigned long long)anchor_seq);
             ok = false;
         } else if (!have_key && c->ckpt_key == NULL && !cut->sig[0]) {
             printf("note: retention up to record %llu (%s, %s) is unsigned (no checkpoint key)\n",
@@ -347,8 +357,9 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             fmt_dur(c->retain_ms, rt);
             dl_format_ts(cut->upto_ts_us, ts);
             printf("FAIL retention: the cut of %s removed record %llu from %s, younger than the "
-                   "retention period (retain: %s)\n", cut->time, (unsigned long long)anchor_seq,
-                   ts, c->retain_ms ? rt : "0, keep forever");
+                   "retention period (retain: %s)\n",
+                   cut->time, (unsigned long long)anchor_seq, ts,
+                   c->retain_ms ? rt : "0, keep forever");
             ok = false;
         } else {
             printf("retention: records 1..%llu removed by %s on %s (signed)\n",
@@ -367,20 +378,23 @@ bool dl_verify_integrity(const struct decision_log_conf *c, sqlite3 *db, const c
             ok = false;
         } else if (sig && have_key && !dl_ckpt_verify(&key, &a)) {
             printf("FAIL anchor: the pinned head (record %llu) has a bad signature or another "
-                   "key\n", (unsigned long long)a.seq);
+                   "key\n",
+                   (unsigned long long)a.seq);
             ok = false;
         } else if (a.seq > last) {
             printf("FAIL anchor: the log ends at record %llu but the pinned head is record %llu: "
-                   "records %llu..%llu were removed (truncated)\n", (unsigned long long)last,
-                   (unsigned long long)a.seq, (unsigned long long)last + 1,
-                   (unsigned long long)a.seq);
+                   "records %llu..%llu were removed (truncated)\n",
+                   (unsigned long long)last, (unsigned long long)a.seq,
+                   (unsigned long long)last + 1, (unsigned long long)a.seq);
             ok = false;
         } else if (a.seq <= anchor_seq) {
             printf("note: the pinned head (record %llu) was removed by retention (up to record "
-                   "%llu)\n", (unsigned long long)a.seq, (unsigned long long)anchor_seq);
+                   "%llu)\n",
+                   (unsigned long long)a.seq, (unsigned long long)anchor_seq);
         } else if (!hash_of(db, a.seq, h) || strcmp(h, a.hash) != 0) {
             printf("FAIL anchor: record %llu does not match the pinned head: the chain was "
-                   "rewritten\n", (unsigned long long)a.seq);
+                   "rewritten\n",
+                   (unsigned long long)a.seq);
             ok = false;
         } else {
             printf("anchor: record %llu matches the pinned head\n", (unsigned long long)a.seq);
@@ -412,9 +426,10 @@ int dl_print_head(const struct decision_log_conf *c)
     char *head_path = dl_head_path(c->sqlite);
     struct dl_head fh;
     if (dl_head_read(head_path, &fh, &err) == 0 && fh.seq > h.seq) {
-        fprintf(stderr, "gatehouse: warning: the head file records record %llu but the log ends "
-                        "at %llu (run audit verify)\n", (unsigned long long)fh.seq,
-                (unsigned long long)h.seq);
+        fprintf(stderr,
+                "gatehouse: warning: the head file records record %llu but the log ends "
+                "at %llu (run audit verify)\n",
+                (unsigned long long)fh.seq, (unsigned long long)h.seq);
     }
     free(head_path);
     dl_format_ts(wall_us(), h.time);

@@ -10,20 +10,20 @@
 
 #include "decision_log_int.h"
 
-#define DL_BATCH_MAX 1024
-#define DL_MULTI 32      /* rows per INSERT statement */
+#define DL_BATCH_MAX  1024
+#define DL_MULTI      32 /* rows per INSERT statement */
 #define DL_ROW_PARAMS 35 /* parameters per row (DL_VALUES) */
 
 struct qrec {
     struct decision_record rec; /* strings point into blob */
     uint64_t seq;
-    int64_t pending_id;         /* > 0: taken from decision_log_pending */
+    int64_t pending_id; /* > 0: taken from decision_log_pending */
     char *blob;
 };
 
 struct decision_log {
     struct decision_log_conf conf;
-    struct dl_ship *ship;          /* state.postgres: ships committed records */
+    struct dl_ship *ship; /* state.postgres: ships committed records */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -36,7 +36,7 @@ struct decision_log {
     sqlite3 *db;
     sqlite3_stmt *ins, *ins_multi, *del_pending, *begin, *commit;
     int fd;
-    int lock_fd;          /* flock: the one process writing this log */
+    int lock_fd; /* flock: the one process writing this log */
     bool thread_started;
     int64_t pending_seen; /* highest pending id queued */
     bool file_behind;
@@ -62,7 +62,7 @@ struct decision_log {
     int64_t ckpt_us;
     struct dl_checkpoint last_ckpt;
     bool have_ckpt;
-    char errmsg[256]; /* the store's last error */
+    char errmsg[256];  /* the store's last error */
     struct sbuf lines; /* the batch's lines (writer thread, kept between batches) */
     struct dl_at *at;  /* where each record of the batch sits in lines */
     size_t at_cap;

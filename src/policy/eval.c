@@ -490,8 +490,8 @@ static enum policy_step decide(const struct policy *p, const struct policy_input
     if (k >= 0) {
         r->rule = p->rules[k].id;
         const char *oreason = opa_reason(p, (size_t)k, r);
-        r->reason = p->rules[k].reason ? p->rules[k].reason
-                    : oreason          ? oreason
+        r->reason = p->rules[k].reason  ? p->rules[k].reason
+                    : oreason           ? oreason
                     : d == POLICY_ALLOW ? "Allowed."
                                         : "Denied by policy.";
     } else {

@@ -11,11 +11,12 @@
 #include "core/normpath.h"
 #include "policy_cli.h"
 
-static const char *const input_keys[] = { "authenticated", "user", "email", "idp", "groups",
-                                          "claims", "device", "ip", "method", "host", "path",
-                                          "headers", "time", "route", "opa", "session", NULL };
-static const char *const device_keys[] = { "present", "trusted", "id", "owner", "subject",
-                                           "issuer", "serial", "fingerprint", "san", NULL };
+static const char *const input_keys[] = { "authenticated", "user",    "email", "idp",    "groups",
+                                          "claims",        "device",  "ip",    "method", "host",
+                                          "path",          "headers", "time",  "route",  "opa",
+                                          "session",       NULL };
+static const char *const device_keys[] = { "present", "trusted", "id",          "owner", "subject",
+                                           "issuer",  "serial",  "fingerprint", "san",   NULL };
 
 const char *policy_printable(const char *s, char *buf, size_t size)
 {
@@ -66,8 +67,12 @@ bool policy_time_parse(const char *s, int64_t *out)
     if (*rest) {
         return false;
     }
-    struct tm tm = { .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
-                     .tm_min = mi, .tm_sec = sec };
+    struct tm tm = { .tm_year = y - 1900,
+                     .tm_mon = mo - 1,
+                     .tm_mday = d,
+                     .tm_hour = h,
+                     .tm_min = mi,
+                     .tm_sec = sec };
     *out = (int64_t)timegm(&tm) - off;
     return true;
 }

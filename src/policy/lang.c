@@ -21,23 +21,25 @@ struct compiler {
 
 static const char *const top_keys[] = { "mode", "rules", "description", NULL };
 static const char *const rule_keys[] = { "id", "effect", "when", "reason", "description", NULL };
-static const char *const criteria[] = { "all",    "any",    "not",       "authenticated", "user",
-                                        "email",  "domain", "groups",    "claim",         "device",
-                                        "source_ip", "method", "path",   "host",          "header",
-                                        "time",   "opa",    "idp",       NULL };
-static const char *const matcher_keys[] = { "is", "prefix", "suffix", "contains", "in",
-                                            "glob", "regex", NULL };
-static const char *const device_keys[] = { "present", "trusted", "owner_is_user", "id", "owner",
-                                           "subject", "issuer", "serial", "fingerprint", "san",
-                                           NULL };
+static const char *const criteria[] = { "all",   "any",    "not",       "authenticated",
+                                        "user",  "email",  "domain",    "groups",
+                                        "claim", "device", "source_ip", "method",
+                                        "path",  "host",   "header",    "time",
+                                        "opa",   "idp",    NULL };
+static const char *const matcher_keys[] = { "is", "prefix", "suffix", "contains",
+                                            "in", "glob",   "regex",  NULL };
+static const char *const device_keys[] = { "present", "trusted", "owner_is_user",
+                                           "id",      "owner",   "subject",
+                                           "issuer",  "serial",  "fingerprint",
+                                           "san",     NULL };
 static const char *const time_keys[] = { "weekdays", "hours", "tz", NULL };
-static const char *const http_methods[] = { "GET",     "HEAD",     "POST",    "PUT",
-                                            "DELETE",  "CONNECT",  "OPTIONS", "TRACE",
-                                            "PATCH",   "PROPFIND", "PROPPATCH", "MKCOL",
-                                            "COPY",    "MOVE",     "LOCK",    "UNLOCK",
-                                            "REPORT",  NULL };
-static const char *const weekday_names[] = { "sun", "mon", "tue", "wed", "thu", "fri", "sat",
-                                             NULL };
+static const char *const http_methods[] = { "GET",       "HEAD",    "POST",  "PUT",   "DELETE",
+                                            "CONNECT",   "OPTIONS", "TRACE", "PATCH", "PROPFIND",
+                                            "PROPPATCH", "MKCOL",   "COPY",  "MOVE",  "LOCK",
+                                            "UNLOCK",    "REPORT",  NULL };
+static const char *const weekday_names[] = {
+    "sun", "mon", "tue", "wed", "thu", "fri", "sat", NULL
+};
 
 static void fail(struct compiler *c, const struct conf_node *n, const char *fmt, ...) PRINTF(3, 4);
 
@@ -140,8 +142,10 @@ static bool check_method(struct compiler *c, const struct conf_node *v)
     }
     up[n] = '\0';
     if (method_index(up) >= 0) {
-        never(c, v, "\"%s\" is not an HTTP method (methods are case-sensitive: did you mean "
-                    "\"%s\"?)", v->value, up);
+        never(c, v,
+              "\"%s\" is not an HTTP method (methods are case-sensitive: did you mean "
+              "\"%s\"?)",
+              v->value, up);
     } else {
         never(c, v, "\"%s\" is not an HTTP method", v->value);
     }
@@ -235,8 +239,10 @@ static void compile_matcher(struct compiler *c, const struct conf_node *spec, en
         return;
     }
     if (!spec || spec->type != CONF_MAP) {
-        fail(c, spec, "\"%s\" must be a string or a map of matchers (is, prefix, suffix, "
-                      "contains, in, glob, regex), got %s", what, conf_type_name(spec));
+        fail(c, spec,
+             "\"%s\" must be a string or a map of matchers (is, prefix, suffix, "
+             "contains, in, glob, regex), got %s",
+             what, conf_type_name(spec));
         return;
     }
     size_t nmatch = 0;
@@ -259,16 +265,17 @@ static void compile_matcher(struct compiler *c, const struct conf_node *spec, en
                 fail(c, spec->keys[k], "unknown matcher \"%s\" in %s (did you mean \"%s\"?)", key,
                      what, s);
             } else {
-                fail(c, spec->keys[k], "unknown matcher \"%s\" in %s (expected is, prefix, "
-                                       "suffix, contains, in, glob or regex)", key, what);
+                fail(c, spec->keys[k],
+                     "unknown matcher \"%s\" in %s (expected is, prefix, "
+                     "suffix, contains, in, glob or regex)",
+                     key, what);
             }
             return;
         }
         nmatch++;
     }
     if (nmatch == 0) {
-        fail(c, spec, "%s needs a matcher (is, prefix, suffix, contains, in, glob or regex)",
-             what);
+        fail(c, spec, "%s needs a matcher (is, prefix, suffix, contains, in, glob or regex)", what);
         return;
     }
     uint32_t all = nmatch > 1 ? node_push(c, OP_ALL) : PNODE_NONE;
@@ -399,8 +406,10 @@ static void compile_source_ip(struct compiler *c, const struct conf_node *v)
         if (host_bits) {
             char ip[64];
             policy_ip_format_cidr(&cs[i], ip, sizeof ip);
-            fail(c, items[i], "bad CIDR \"%s\" in source_ip: host bits are set (did you mean "
-                              "\"%s\"?)", items[i]->value, ip);
+            fail(c, items[i],
+                 "bad CIDR \"%s\" in source_ip: host bits are set (did you mean "
+                 "\"%s\"?)",
+                 items[i]->value, ip);
             return;
         }
     }
@@ -412,9 +421,8 @@ static void compile_source_ip(struct compiler *c, const struct conf_node *v)
 
 static bool parse_hhmm(const char *s, size_t len, int *out)
 {
-    if (len != 5 || s[2] != ':' || !isdigit((unsigned char)s[0]) ||
-        !isdigit((unsigned char)s[1]) || !isdigit((unsigned char)s[3]) ||
-        !isdigit((unsigned char)s[4])) {
+    if (len != 5 || s[2] != ':' || !isdigit((unsigned char)s[0]) || !isdigit((unsigned char)s[1]) ||
+        !isdigit((unsigned char)s[3]) || !isdigit((unsigned char)s[4])) {
         return false;
     }
     int h = (s[0] - '0') * 10 + (s[1] - '0');
@@ -433,8 +441,8 @@ static int weekday_index(const char *s, size_t len)
     }
     char low[4] = { (char)tolower((unsigned char)s[0]), (char)tolower((unsigned char)s[1]),
                     (char)tolower((unsigned char)s[2]), 0 };
-    static const char *const full[] = { "sunday", "monday", "tuesday", "wednesday", "thursday",
-                                        "friday", "saturday" };
+    static const char *const full[] = { "sunday",   "monday", "tuesday", "wednesday",
+                                        "thursday", "friday", "saturday" };
     for (int i = 0; i < 7; i++) {
         if (strcmp(low, weekday_names[i]) == 0 &&
             (len == 3 || (len == strlen(full[i]) && strncasecmp(s, full[i], len) == 0))) {
@@ -501,8 +509,10 @@ static void compile_time(struct compiler *c, const struct conf_node *v)
                 a = b = weekday_index(it->value, it->len);
             }
             if (a < 0 || b < 0) {
-                fail(c, it, "bad weekday \"%s\" (expected mon, tue, wed, thu, fri, sat, sun or "
-                            "a range such as mon-fri)", is_scalar(it) ? it->value : "");
+                fail(c, it,
+                     "bad weekday \"%s\" (expected mon, tue, wed, thu, fri, sat, sun or "
+                     "a range such as mon-fri)",
+                     is_scalar(it) ? it->value : "");
                 return;
             }
             for (int d = a;; d = (d + 1) % 7) {
@@ -588,8 +598,10 @@ static void compile_opa(struct compiler *c, const struct conf_node *v)
 static void compile_device(struct compiler *c, const struct conf_node *v)
 {
     if (!v || v->type != CONF_MAP) {
-        fail(c, v, "\"device\" must be a map (present, trusted, owner_is_user, id, owner, "
-                   "subject, issuer, serial, fingerprint, san), got %s", conf_type_name(v));
+        fail(c, v,
+             "\"device\" must be a map (present, trusted, owner_is_user, id, owner, "
+             "subject, issuer, serial, fingerprint, san), got %s",
+             conf_type_name(v));
         return;
     }
     if (!conf_check_keys(c->d, v, "device", device_keys)) {
@@ -597,8 +609,9 @@ static void compile_device(struct compiler *c, const struct conf_node *v)
         return;
     }
     if (v->n == 0) {
-        fail(c, v, "\"device\" needs at least one of present, trusted, owner_is_user, id, "
-                   "owner, subject, issuer, serial, fingerprint, san");
+        fail(c, v,
+             "\"device\" needs at least one of present, trusted, owner_is_user, id, "
+             "owner, subject, issuer, serial, fingerprint, san");
         return;
     }
     uint32_t all = v->n > 1 ? node_push(c, OP_ALL) : PNODE_NONE;
@@ -707,7 +720,7 @@ static void check_all(struct compiler *c, uint32_t all, const struct conf_node *
                 nx->field <= F_IDP && nx->m && ny->m && nx->m->kind == M_IS &&
                 ny->m->kind == M_IS && !str_eq(nx->m->vals[0], ny->m->vals[0])) {
                 static const char *const fname[] = { "user", "email", "domain", "method",
-                                                     "path", "host", "idp" };
+                                                     "path", "host",  "idp" };
                 never(c, where, "\"all\" requires %s to be both \"%.*s\" and \"%.*s\"",
                       fname[nx->field], (int)nx->m->vals[0].len, nx->m->vals[0].p,
                       (int)ny->m->vals[0].len, ny->m->vals[0].p);
@@ -802,8 +815,10 @@ static void compile_cond(struct compiler *c, const struct conf_node *n, unsigned
         return;
     }
     if (!n || n->type != CONF_MAP || n->n == 0) {
-        fail(c, n, "a condition must be a map with a criterion such as user, groups or path, "
-                   "got %s", n && n->type == CONF_MAP ? "an empty map" : conf_type_name(n));
+        fail(c, n,
+             "a condition must be a map with a criterion such as user, groups or path, "
+             "got %s",
+             n && n->type == CONF_MAP ? "an empty map" : conf_type_name(n));
         return;
     }
     uint32_t all = n->n > 1 ? node_push(c, OP_ALL) : PNODE_NONE;
@@ -1052,7 +1067,8 @@ static struct policy *compile_doc(const struct conf_doc *doc, struct conf_diag *
             p->mode = POLICY_SHADOW;
         } else {
             conf_error(d, mode, "\"mode\" must be enforce or shadow, got %s%s%s",
-                       is_scalar(mode) ? "\"" : "", is_scalar(mode) ? mode->value : conf_type_name(mode),
+                       is_scalar(mode) ? "\"" : "",
+                       is_scalar(mode) ? mode->value : conf_type_name(mode),
                        is_scalar(mode) ? "\"" : "");
             goto fail;
         }

@@ -81,7 +81,7 @@ static json_t *jstr(struct str s)
 static bool header_sent(struct str name)
 {
     static const char *const skip[] = { "authorization", "proxy-authorization", "cookie",
-                                        "x-request-id", "traceparent", NULL };
+                                        "x-request-id",  "traceparent",         NULL };
     for (size_t i = 0; skip[i]; i++) {
         if (str_ieq_cstr(name, skip[i])) {
             return false;
@@ -151,8 +151,8 @@ char *opa_input_json(const struct policy_input *in)
             continue;
         }
         char name[128];
-        size_t n = in->headers[i].name.len < sizeof name - 1 ? in->headers[i].name.len
-                                                              : sizeof name - 1;
+        size_t n =
+            in->headers[i].name.len < sizeof name - 1 ? in->headers[i].name.len : sizeof name - 1;
         for (size_t k = 0; k < n; k++) {
             char ch = in->headers[i].name.p[k];
             name[k] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
@@ -178,8 +178,8 @@ char *opa_input_json(const struct policy_input *in)
     return s;
 }
 
-int opa_response_parse(const char *body, size_t len, bool *allow, char *reason,
-                       size_t reason_size, struct err *err)
+int opa_response_parse(const char *body, size_t len, bool *allow, char *reason, size_t reason_size,
+                       struct err *err)
 {
     json_error_t je;
     *allow = false;

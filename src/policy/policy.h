@@ -39,18 +39,18 @@ struct policy_kv {
 };
 
 struct policy_ip {
-    int family;                  /* 0 = none, 4 or 6; IPv4-mapped IPv6 is stored as 4 */
-    unsigned char addr[16];      /* network order; IPv4 in the first 4 bytes */
+    int family;             /* 0 = none, 4 or 6; IPv4-mapped IPv6 is stored as 4 */
+    unsigned char addr[16]; /* network order; IPv4 in the first 4 bytes */
 };
 
 struct policy_device {
-    bool present;                /* a verified client certificate was presented */
-    bool trusted;                /* enrolled and not revoked (device registry) */
-    struct str id, owner;        /* registry id and owner email */
-    struct str subject, issuer;  /* RFC 2253 */
-    struct str serial;           /* upper-case hex */
-    struct str fingerprint;      /* sha256 lower-case hex */
-    struct str san;              /* first URI/email SAN (SPIFFE id) */
+    bool present;               /* a verified client certificate was presented */
+    bool trusted;               /* enrolled and not revoked (device registry) */
+    struct str id, owner;       /* registry id and owner email */
+    struct str subject, issuer; /* RFC 2253 */
+    struct str serial;          /* upper-case hex */
+    struct str fingerprint;     /* sha256 lower-case hex */
+    struct str san;             /* first URI/email SAN (SPIFFE id) */
 };
 
 struct policy_input {
@@ -62,11 +62,11 @@ struct policy_input {
     size_t nclaims;
     struct policy_device device;
     struct policy_ip client_ip;
-    struct str method, host, path;  /* host without port, path without query */
+    struct str method, host, path; /* host without port, path without query */
     const struct policy_kv *headers;
     size_t nheaders;
-    int64_t time_s;                 /* unix seconds of the request */
-    struct str route;               /* route name (for OPA input and logs) */
+    int64_t time_s;   /* unix seconds of the request */
+    struct str route; /* route name (for OPA input and logs) */
 };
 
 /* ---- result ---- */
@@ -81,9 +81,9 @@ struct policy_result {
     enum policy_decision effective; /* what to enforce: equals decision, except in shadow mode
                                      * (then: allow when authenticated) */
     bool shadow;
-    bool need_login;                /* denied and not authenticated: send to sign-in */
-    const char *rule;               /* deciding rule id or "default-deny"; borrowed */
-    const char *reason;             /* rule reason, OPA reason or a default; borrowed */
+    bool need_login;    /* denied and not authenticated: send to sign-in */
+    const char *rule;   /* deciding rule id or "default-deny"; borrowed */
+    const char *reason; /* rule reason, OPA reason or a default; borrowed */
     /* POLICY_NEED_OPA: ask OPA at opa_path (borrowed from the policy), then call
      * policy_opa_answer() and policy_eval() again. */
     const char *opa_path;
@@ -135,9 +135,9 @@ bool policy_ip_parse(struct str s, struct policy_ip *out);
 enum opa_on_error { OPA_ON_ERROR_DENY = 0, OPA_ON_ERROR_ALLOW };
 
 struct opa_conf {
-    char *url;            /* base URL, e.g. http://127.0.0.1:8181; NULL = not configured */
-    uint64_t timeout_ms;  /* default 200ms */
-    uint64_t cache_ttl_ms;/* default 5s; 0 disables the cache */
+    char *url;             /* base URL, e.g. http://127.0.0.1:8181; NULL = not configured */
+    uint64_t timeout_ms;   /* default 200ms */
+    uint64_t cache_ttl_ms; /* default 5s; 0 disables the cache */
     enum opa_on_error on_error;
 };
 
@@ -152,8 +152,8 @@ char *opa_input_json(const struct policy_input *in);
 /* Interprets an OPA Data API response body: {"result": true|false} or
  * {"result": {"allow": bool, "reason": "..."}}; no/other result = deny (undefined).
  * Returns 0 or ERR_PARSE (malformed JSON: the caller applies on_error). */
-int opa_response_parse(const char *body, size_t len, bool *allow, char *reason,
-                       size_t reason_size, struct err *err);
+int opa_response_parse(const char *body, size_t len, bool *allow, char *reason, size_t reason_size,
+                       struct err *err);
 
 /* Applies the outcome of the HTTP exchange for r->opa_path to r: a 200 with a parsable
  * body gives OPA's answer (undefined = deny); a transport error (timeout, refused),
@@ -176,12 +176,12 @@ void opa_cache_put(struct opa_cache *c, const char *path, const char *input_json
 /* ---- decision log ---- */
 
 struct decision_record {
-    int64_t ts_us;              /* unix microseconds */
+    int64_t ts_us; /* unix microseconds */
     const char *request_id, *route;
-    const char *decision;       /* "allow" | "deny" | "login" | "error" */
+    const char *decision; /* "allow" | "deny" | "login" | "error" */
     const char *rule, *reason;
     const char *user, *email, *idp;
-    const char *session;        /* hash prefix, never the session id */
+    const char *session; /* hash prefix, never the session id */
     const char *const *groups;
     size_t ngroups;
     const struct policy_kv *claims; /* replayed by `policy diff` */
@@ -191,18 +191,18 @@ struct decision_record {
     const char *client_ip, *method, *host, *path;
     bool shadow;
     bool opa_called;
-    const char *opa_result;     /* "allow" | "deny" | "error" | NULL */
+    const char *opa_result; /* "allow" | "deny" | "error" | NULL */
     uint32_t opa_ms;
     uint64_t latency_us;
     /* Record format 2 (NULL kind: a format-1 record, as written before these fields). */
-    const char *kind;           /* "policy" (a route's policy decided), "signin" (the sign-in
+    const char *kind;         /* "policy" (a route's policy decided), "signin" (the sign-in
                                  * flow) or "admin" (an administrative act) */
-    const char *enforced;       /* what was done to the request: "allow" | "deny" | "login" |
+    const char *enforced;     /* what was done to the request: "allow" | "deny" | "login" |
                                  * "error"; differs from decision in shadow mode. NULL: admin */
-    const char *admin_action;   /* kind "admin": e.g. "session.revoke" */
-    const char *admin_actor;    /* the OS account that ran the command */
-    const char *admin_from;     /* where from: host, terminal, SSH client */
-    const char *admin_target;   /* what it was done to: "user bob", "session 0123abcd" */
+    const char *admin_action; /* kind "admin": e.g. "session.revoke" */
+    const char *admin_actor;  /* the OS account that ran the command */
+    const char *admin_from;   /* where from: host, terminal, SSH client */
+    const char *admin_target; /* what it was done to: "user bob", "session 0123abcd" */
     /* Record format 3: the node whose writer chained the record (state.node, default
      * the host name), inside the hashed bytes. Set by the writer; NULL: format 2. */
     const char *node;
@@ -223,24 +223,24 @@ bool policy_uses_claim(const struct policy *p, struct str name);
 enum decision_log_sync { DECISION_LOG_BATCH = 0, DECISION_LOG_STRICT };
 
 struct decision_log_conf {
-    char *sqlite;               /* state.sqlite, resolved; NULL = no SQLite sink */
-    char *file;                 /* decision_log.file, resolved; NULL = no JSONL sink */
+    char *sqlite; /* state.sqlite, resolved; NULL = no SQLite sink */
+    char *file;   /* decision_log.file, resolved; NULL = no JSONL sink */
     enum decision_log_sync sync;
     uint64_t retain_ms;         /* default 90d; 0 = keep forever */
     uint64_t queue;             /* bound of pending records, default 10000 */
     uint64_t flush_interval_ms; /* batch mode: longest time before a commit, default 200ms */
     uint64_t max_pending;       /* store failing: records held (spooled) before 503, default 1000 */
     /* decision_log.checkpoint: signed chain heads (NULL key = no checkpoints). */
-    char *ckpt_key;             /* Ed25519 private key (PEM), resolved */
-    uint64_t ckpt_every;        /* records between checkpoints, default 1000 */
-    uint64_t ckpt_interval_ms;  /* longest time between checkpoints, default 60s */
-    char *ckpt_file;            /* also append each checkpoint here (one JSON line) */
-    char *ckpt_command;         /* also run this with the checkpoint on stdin */
-    bool ckpt_syslog;           /* also send each checkpoint to syslog */
+    char *ckpt_key;            /* Ed25519 private key (PEM), resolved */
+    uint64_t ckpt_every;       /* records between checkpoints, default 1000 */
+    uint64_t ckpt_interval_ms; /* longest time between checkpoints, default 60s */
+    char *ckpt_file;           /* also append each checkpoint here (one JSON line) */
+    char *ckpt_command;        /* also run this with the checkpoint on stdin */
+    bool ckpt_syslog;          /* also send each checkpoint to syslog */
     /* state.postgres: records are also shipped to the fleet's shared table. */
-    char *pg_conninfo;          /* NULL: one node, SQLite only */
-    char *pg_password_file;     /* resolved */
-    char *node;                 /* state.node, default the host name */
+    char *pg_conninfo;      /* NULL: one node, SQLite only */
+    char *pg_password_file; /* resolved */
+    char *node;             /* state.node, default the host name */
     /* decision_log.index: deferred = the file is the log of record, SQLite an index
      * filled from it by the commands that read it (dl_ingest). */
     bool deferred;
@@ -294,7 +294,7 @@ void policy_metrics_decision(const char *route, enum policy_decision d, bool sha
 void policy_metrics_opa(uint64_t latency_us, bool error, bool cache_hit);
 void policy_metrics_log_write(uint64_t latency_us, size_t records);
 void policy_metrics_queue_depth(size_t depth); /* set by the decision log */
-void policy_metrics_regex_error(void); /* a regex hit a limit or its input cap */
+void policy_metrics_regex_error(void);         /* a regex hit a limit or its input cap */
 /* Records accepted but not committed, and whether the store refuses commits. */
 void policy_metrics_log_state(size_t pending, size_t spooled, bool broken);
 void policy_metrics_checkpoint(uint64_t seq);
@@ -316,7 +316,7 @@ enum policy_source { POLICY_SOURCE_FILE = 0, POLICY_SOURCE_PUBLIC, POLICY_SOURCE
 
 /* One route as the loader hands it over (strings and nodes borrowed for the call). */
 struct policy_route_spec {
-    const char *name;           /* for messages */
+    const char *name; /* for messages */
     enum policy_source source;
     const char *file;           /* POLICY_SOURCE_FILE: the resolved path */
     const struct conf_node *at; /* the route's "policy" key (messages), or NULL */
@@ -364,6 +364,6 @@ struct policy_cli_loader {
 };
 /* gatehouse policy test|explain|diff; ld loads -c FILE. */
 int policy_cmd(int argc, char **argv, const struct policy_cli_loader *ld);
-int audit_cmd(int argc, char **argv);  /* gatehouse audit query|verify|retain */
+int audit_cmd(int argc, char **argv); /* gatehouse audit query|verify|retain */
 
 #endif

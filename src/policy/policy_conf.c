@@ -45,8 +45,9 @@ static struct policy *route_policy(struct policy_conf *pc, const struct policy_r
     }
     struct policy *p = r->file ? policy_load(r->file, d) : NULL;
     if (p && p->nopa > 0 && !pc->opa.url) {
-        conf_error(d, r->at, "route \"%s\": policy %s asks OPA (\"%s\") but \"opa.url\" is not "
-                             "configured",
+        conf_error(d, r->at,
+                   "route \"%s\": policy %s asks OPA (\"%s\") but \"opa.url\" is not "
+                   "configured",
                    r->name, r->at && r->at->value ? r->at->value : r->file, p->opa_paths[0]);
     }
     return p;

@@ -7,33 +7,51 @@
 
 #define POLICY_MAX_DEPTH 32
 #define POLICY_MAX_NODES 20000
-#define PNODE_NONE UINT32_MAX
+#define PNODE_NONE       UINT32_MAX
 
 enum mkind { M_IS, M_PREFIX, M_SUFFIX, M_CONTAINS, M_IN, M_GLOB, M_REGEX, M_MEMBER };
 
 struct matcher {
     enum mkind kind;
-    bool icase;          /* values are lower-cased; inputs compared ASCII case-insensitively */
-    struct str *vals;    /* 1 value, or the set for M_IN */
+    bool icase;       /* values are lower-cased; inputs compared ASCII case-insensitively */
+    struct str *vals; /* 1 value, or the set for M_IN */
     size_t nvals;
-    struct regex *re;    /* M_REGEX only */
+    struct regex *re; /* M_REGEX only */
 };
 
 /* String fields a matcher applies to. */
 enum field {
-    F_USER, F_EMAIL, F_DOMAIN, F_METHOD, F_PATH, F_HOST, F_IDP,
-    F_DEV_ID, F_DEV_OWNER, F_DEV_SUBJECT, F_DEV_ISSUER, F_DEV_SERIAL, F_DEV_FINGERPRINT, F_DEV_SAN,
-    F_GROUPS, F_CLAIM, F_HEADER,
+    F_USER,
+    F_EMAIL,
+    F_DOMAIN,
+    F_METHOD,
+    F_PATH,
+    F_HOST,
+    F_IDP,
+    F_DEV_ID,
+    F_DEV_OWNER,
+    F_DEV_SUBJECT,
+    F_DEV_ISSUER,
+    F_DEV_SERIAL,
+    F_DEV_FINGERPRINT,
+    F_DEV_SAN,
+    F_GROUPS,
+    F_CLAIM,
+    F_HEADER,
 };
 
 enum op {
-    OP_ALL, OP_ANY, OP_NOT,
-    OP_AUTH,             /* want */
-    OP_STR,              /* field, m, name (claim/header) */
-    OP_DEV_PRESENT, OP_DEV_TRUSTED, OP_DEV_OWNER_IS_USER, /* want */
-    OP_IP,               /* cidrs */
-    OP_TIME,             /* tm */
-    OP_OPA,              /* opa index */
+    OP_ALL,
+    OP_ANY,
+    OP_NOT,
+    OP_AUTH, /* want */
+    OP_STR,  /* field, m, name (claim/header) */
+    OP_DEV_PRESENT,
+    OP_DEV_TRUSTED,
+    OP_DEV_OWNER_IS_USER, /* want */
+    OP_IP,                /* cidrs */
+    OP_TIME,              /* tm */
+    OP_OPA,               /* opa index */
 };
 
 struct cidr {
@@ -45,8 +63,8 @@ struct cidr {
 struct tzinfo;
 
 struct ptime {
-    uint8_t weekdays;    /* bit 0 = Sunday; 0x7f = every day */
-    int start_min, end_min; /* [start, end) minutes of the day; -1 = any time */
+    uint8_t weekdays;        /* bit 0 = Sunday; 0x7f = every day */
+    int start_min, end_min;  /* [start, end) minutes of the day; -1 = any time */
     const struct tzinfo *tz; /* NULL = UTC */
 };
 
@@ -54,8 +72,8 @@ struct pnode {
     uint8_t op;
     uint8_t field;
     bool want;
-    uint32_t end;        /* index one past this subtree */
-    struct str name;     /* claim name, header name (lower-cased) */
+    uint32_t end;    /* index one past this subtree */
+    struct str name; /* claim name, header name (lower-cased) */
     const struct matcher *m;
     const struct cidr *cidrs;
     size_t ncidrs;
@@ -67,7 +85,7 @@ struct prule {
     char *id;
     char *reason;
     bool deny;
-    uint32_t root;       /* PNODE_NONE = always matches */
+    uint32_t root; /* PNODE_NONE = always matches */
     int line;
     /* Prefilters from the rule's top-level conjuncts, checked before walking the
      * tree: a required exact host (hash of the lower-cased name) and required
@@ -109,16 +127,16 @@ struct policy {
     size_t nnodes;
     char *opa_paths[POLICY_MAX_OPA];
     size_t nopa;
-    struct arena *arena;             /* every compiled string, matcher, cidr, time */
-    struct matcher **regexes;        /* to regex_free */
+    struct arena *arena;      /* every compiled string, matcher, cidr, time */
+    struct matcher **regexes; /* to regex_free */
     size_t nregexes;
     struct tzinfo **tzs;
     size_t ntzs;
-    struct host_rules all;        /* every rule (trace mode) */
-    struct host_rules any_host;   /* rules without a required host */
-    struct host_rules *by_host;   /* sorted by hash */
+    struct host_rules all;      /* every rule (trace mode) */
+    struct host_rules any_host; /* rules without a required host */
+    struct host_rules *by_host; /* sorted by hash */
     size_t nhosts;
-    struct str *claim_names;      /* the distinct claims the rules test (policy_uses_claim) */
+    struct str *claim_names; /* the distinct claims the rules test (policy_uses_claim) */
     size_t nclaim_names;
 };
 
@@ -136,13 +154,13 @@ int32_t tz_offset(const struct tzinfo *tz, int64_t t);
  * REGEX_PARENS_NEST_LIMIT nested groups; a match examines at most REGEX_MAX_INPUT
  * bytes within the match, depth and heap limits and a JIT stack of at most
  * REGEX_JIT_STACK_BYTES per thread. */
-#define REGEX_MAX_PATTERN 4096
+#define REGEX_MAX_PATTERN       4096
 #define REGEX_PARENS_NEST_LIMIT 64
-#define REGEX_MAX_INPUT 8192
-#define REGEX_MATCH_LIMIT 100000
-#define REGEX_DEPTH_LIMIT 1000
-#define REGEX_HEAP_LIMIT_KIB 1024
-#define REGEX_JIT_STACK_BYTES (256 * 1024)
+#define REGEX_MAX_INPUT         8192
+#define REGEX_MATCH_LIMIT       100000
+#define REGEX_DEPTH_LIMIT       1000
+#define REGEX_HEAP_LIMIT_KIB    1024
+#define REGEX_JIT_STACK_BYTES   (256 * 1024)
 struct regex;
 /* Compiles pat (len bytes; icase: case-insensitive). NULL on error, with PCRE2's
  * message in msg and the pattern offset it points at in *erroff. Free with

@@ -10,10 +10,9 @@
 #include "policy_int.h"
 
 #define MAX_ROUTES 256
-#define NBUCKETS 8
+#define NBUCKETS   8
 
-static const uint64_t bucket_us[NBUCKETS] = { 100, 500, 1000, 5000, 10000, 50000, 200000,
-                                              1000000 };
+static const uint64_t bucket_us[NBUCKETS] = { 100, 500, 1000, 5000, 10000, 50000, 200000, 1000000 };
 
 struct route_counts {
     char name[64];
@@ -160,8 +159,8 @@ static void emit_histo(struct out *o, const char *name, const char *help, struct
              (unsigned long long)atomic_load(&h->buckets[i]));
     }
     emit(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %g\n%s_count %llu\n", name,
-         (unsigned long long)atomic_load(&h->count), name,
-         (double)atomic_load(&h->sum_us) / 1e6, name, (unsigned long long)atomic_load(&h->count));
+         (unsigned long long)atomic_load(&h->count), name, (double)atomic_load(&h->sum_us) / 1e6,
+         name, (unsigned long long)atomic_load(&h->count));
 }
 
 size_t policy_metrics_render(char *buf, size_t size)
@@ -175,53 +174,57 @@ size_t policy_metrics_render(char *buf, size_t size)
     size_t n = atomic_load(&m.nroutes);
     for (size_t i = 0; i < n; i++) {
         struct route_counts *rc = &m.routes[i];
-        emit(&o, "gatehouse_policy_decisions_total{route=\"%s\",result=\"allow\"} %llu\n",
-             rc->name, (unsigned long long)atomic_load(&rc->allow));
-        emit(&o, "gatehouse_policy_decisions_total{route=\"%s\",result=\"deny\"} %llu\n",
-             rc->name, (unsigned long long)atomic_load(&rc->deny));
+        emit(&o, "gatehouse_policy_decisions_total{route=\"%s\",result=\"allow\"} %llu\n", rc->name,
+             (unsigned long long)atomic_load(&rc->allow));
+        emit(&o, "gatehouse_policy_decisions_total{route=\"%s\",result=\"deny\"} %llu\n", rc->name,
+             (unsigned long long)atomic_load(&rc->deny));
         emit(&o, "gatehouse_policy_decisions_total{route=\"%s\",result=\"shadow_deny\"} %llu\n",
              rc->name, (unsigned long long)atomic_load(&rc->shadow_deny));
     }
-    emit(&o, "# HELP gatehouse_opa_requests_total Queries sent to OPA.\n"
-             "# TYPE gatehouse_opa_requests_total counter\n"
-             "gatehouse_opa_requests_total %llu\n"
-             "# HELP gatehouse_opa_errors_total OPA queries that failed (timeout, HTTP, JSON).\n"
-             "# TYPE gatehouse_opa_errors_total counter\n"
-             "gatehouse_opa_errors_total %llu\n"
-             "# HELP gatehouse_opa_cache_hits_total OPA answers served from the cache.\n"
-             "# TYPE gatehouse_opa_cache_hits_total counter\n"
-             "gatehouse_opa_cache_hits_total %llu\n",
+    emit(&o,
+         "# HELP gatehouse_opa_requests_total Queries sent to OPA.\n"
+         "# TYPE gatehouse_opa_requests_total counter\n"
+         "gatehouse_opa_requests_total %llu\n"
+         "# HELP gatehouse_opa_errors_total OPA queries that failed (timeout, HTTP, JSON).\n"
+         "# TYPE gatehouse_opa_errors_total counter\n"
+         "gatehouse_opa_errors_total %llu\n"
+         "# HELP gatehouse_opa_cache_hits_total OPA answers served from the cache.\n"
+         "# TYPE gatehouse_opa_cache_hits_total counter\n"
+         "gatehouse_opa_cache_hits_total %llu\n",
          (unsigned long long)atomic_load(&m.opa_calls),
          (unsigned long long)atomic_load(&m.opa_errors),
          (unsigned long long)atomic_load(&m.opa_cache_hits));
     emit_histo(&o, "gatehouse_opa_latency_seconds", "OPA query latency.", &m.opa_latency);
-    emit(&o, "# HELP gatehouse_policy_regex_errors_total Regex conditions that hit a match "
-             "limit or the input cap (each failed closed).\n"
-             "# TYPE gatehouse_policy_regex_errors_total counter\n"
-             "gatehouse_policy_regex_errors_total %llu\n",
+    emit(&o,
+         "# HELP gatehouse_policy_regex_errors_total Regex conditions that hit a match "
+         "limit or the input cap (each failed closed).\n"
+         "# TYPE gatehouse_policy_regex_errors_total counter\n"
+         "gatehouse_policy_regex_errors_total %llu\n",
          (unsigned long long)atomic_load(&m.regex_errors));
-    emit(&o, "# HELP gatehouse_decision_log_queue_depth Records waiting for the writer.\n"
-             "# TYPE gatehouse_decision_log_queue_depth gauge\n"
-             "gatehouse_decision_log_queue_depth %zu\n"
-             "# HELP gatehouse_decision_log_records_total Records committed.\n"
-             "# TYPE gatehouse_decision_log_records_total counter\n"
-             "gatehouse_decision_log_records_total %llu\n",
+    emit(&o,
+         "# HELP gatehouse_decision_log_queue_depth Records waiting for the writer.\n"
+         "# TYPE gatehouse_decision_log_queue_depth gauge\n"
+         "gatehouse_decision_log_queue_depth %zu\n"
+         "# HELP gatehouse_decision_log_records_total Records committed.\n"
+         "# TYPE gatehouse_decision_log_records_total counter\n"
+         "gatehouse_decision_log_records_total %llu\n",
          atomic_load(&m.queue_depth), (unsigned long long)atomic_load(&m.log_records));
-    emit(&o, "# HELP gatehouse_decision_log_pending Records accepted but not yet committed.\n"
-             "# TYPE gatehouse_decision_log_pending gauge\n"
-             "gatehouse_decision_log_pending %zu\n"
-             "# HELP gatehouse_decision_log_spooled Uncommitted records saved in the spool file.\n"
-             "# TYPE gatehouse_decision_log_spooled gauge\n"
-             "gatehouse_decision_log_spooled %zu\n"
-             "# HELP gatehouse_decision_log_broken 1 while the store refuses commits.\n"
-             "# TYPE gatehouse_decision_log_broken gauge\n"
-             "gatehouse_decision_log_broken %d\n"
-             "# HELP gatehouse_decision_log_checkpoints_total Signed checkpoints written.\n"
-             "# TYPE gatehouse_decision_log_checkpoints_total counter\n"
-             "gatehouse_decision_log_checkpoints_total %llu\n"
-             "# HELP gatehouse_decision_log_checkpoint_seq Record covered by the last checkpoint.\n"
-             "# TYPE gatehouse_decision_log_checkpoint_seq gauge\n"
-             "gatehouse_decision_log_checkpoint_seq %llu\n",
+    emit(&o,
+         "# HELP gatehouse_decision_log_pending Records accepted but not yet committed.\n"
+         "# TYPE gatehouse_decision_log_pending gauge\n"
+         "gatehouse_decision_log_pending %zu\n"
+         "# HELP gatehouse_decision_log_spooled Uncommitted records saved in the spool file.\n"
+         "# TYPE gatehouse_decision_log_spooled gauge\n"
+         "gatehouse_decision_log_spooled %zu\n"
+         "# HELP gatehouse_decision_log_broken 1 while the store refuses commits.\n"
+         "# TYPE gatehouse_decision_log_broken gauge\n"
+         "gatehouse_decision_log_broken %d\n"
+         "# HELP gatehouse_decision_log_checkpoints_total Signed checkpoints written.\n"
+         "# TYPE gatehouse_decision_log_checkpoints_total counter\n"
+         "gatehouse_decision_log_checkpoints_total %llu\n"
+         "# HELP gatehouse_decision_log_checkpoint_seq Record covered by the last checkpoint.\n"
+         "# TYPE gatehouse_decision_log_checkpoint_seq gauge\n"
+         "gatehouse_decision_log_checkpoint_seq %llu\n",
          atomic_load(&m.log_pending), atomic_load(&m.log_spooled),
          atomic_load(&m.log_broken) ? 1 : 0, (unsigned long long)atomic_load(&m.log_checkpoints),
          (unsigned long long)atomic_load(&m.log_checkpoint_seq));

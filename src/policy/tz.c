@@ -18,10 +18,10 @@ struct tzrule {
 
 struct tzinfo {
     char *name;
-    int64_t *trans;      /* transition instants, ascending */
-    int32_t *trans_off;  /* offset in force from trans[i] */
+    int64_t *trans;     /* transition instants, ascending */
+    int32_t *trans_off; /* offset in force from trans[i] */
     size_t ntrans;
-    int32_t first_off;   /* before the first transition */
+    int32_t first_off; /* before the first transition */
     bool has_footer, footer_dst;
     int32_t std_off, dst_off;
     struct tzrule start, end;
@@ -109,8 +109,7 @@ static bool parse_rule(const char **sp, struct tzrule *r)
     }
     r->wday = (int)strtol(e + 1, &e, 10);
     s = e;
-    if (r->month < 1 || r->month > 12 || r->week < 1 || r->week > 5 || r->wday < 0 ||
-        r->wday > 6) {
+    if (r->month < 1 || r->month > 12 || r->week < 1 || r->week > 5 || r->wday < 0 || r->wday > 6) {
         return false;
     }
     r->secs = 7200;
@@ -190,8 +189,8 @@ static int64_t rule_local(const struct tzrule *r, int64_t y)
     int64_t first = days_from_civil(y, r->month, 1);
     int wday_first = (int)(((first % 7) + 11) % 7); /* 1970-01-01 was a Thursday (4) */
     int day = 1 + (r->wday - wday_first + 7) % 7 + (r->week - 1) * 7;
-    int dim = mdays[r->month - 1] +
-              (r->month == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
+    int dim =
+        mdays[r->month - 1] + (r->month == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
     while (day > dim) {
         day -= 7;
     }

@@ -89,12 +89,21 @@ static void append_n(struct decision_log *dl, int n, int first, int64_t age_us)
         char rid[32], path[32];
         snprintf(rid, sizeof rid, "req-%d", i);
         snprintf(path, sizeof path, "/p/%d\n\"quoted\"", i);
-        struct decision_record r = { .ts_us = now_us() - age_us, .request_id = rid,
-                                     .route = "wiki", .decision = i % 2 ? "deny" : "allow",
-                                     .rule = "r", .user = "alice", .email = "alice@example.com",
-                                     .groups = groups, .ngroups = 2, .claims = claims,
-                                     .nclaims = 1, .client_ip = "10.0.0.1", .method = "GET",
-                                     .host = "wiki.example.com", .path = path };
+        struct decision_record r = { .ts_us = now_us() - age_us,
+                                     .request_id = rid,
+                                     .route = "wiki",
+                                     .decision = i % 2 ? "deny" : "allow",
+                                     .rule = "r",
+                                     .user = "alice",
+                                     .email = "alice@example.com",
+                                     .groups = groups,
+                                     .ngroups = 2,
+                                     .claims = claims,
+                                     .nclaims = 1,
+                                     .client_ip = "10.0.0.1",
+                                     .method = "GET",
+                                     .host = "wiki.example.com",
+                                     .path = path };
         int rc;
         while ((rc = decision_log_append(dl, &r, &seq)) == ERR_LIMIT) {
             usleep(1000);
@@ -137,8 +146,7 @@ static int verify(struct fixture *f, char *out, size_t size)
 }
 
 /* Runs a gatehouse verb (policy_cmd or audit_cmd) and captures its stdout. */
-static int run_cmd(struct fixture *f, int (*cmd)(int, char **), char **argv, char *out,
-                   size_t size)
+static int run_cmd(struct fixture *f, int (*cmd)(int, char **), char **argv, char *out, size_t size)
 {
     char tmp[256];
     int argc = 0;
@@ -315,8 +323,9 @@ static void test_dl_sqlite_edit_of_node(void **state)
     sqlite3 *db;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM decisions WHERE node IS NULL",
-                                        -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM decisions WHERE node IS NULL", -1, &st, NULL),
+        SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(st, 0), 0);
     sqlite3_finalize(st);
@@ -590,13 +599,14 @@ static void test_dl_retention_keeps_the_chain(void **state)
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
     /* What retention's transaction does, without the file rewrite that follows it. */
-    assert_int_equal(sqlite3_exec(db, "BEGIN; UPDATE decision_log_meta SET value = (SELECT hash "
-                                      "FROM decisions WHERE seq = 15) WHERE key = 'anchor_hash'; "
-                                      "UPDATE decision_log_meta SET value = '15' WHERE key = "
-                                      "'anchor_seq'; INSERT INTO decision_log_retention "
-                                      "SELECT seq, hash, ts_us, 'test', 'now', '', '' FROM "
-                                      "decisions WHERE seq = 15; DELETE FROM decisions WHERE "
-                                      "seq <= 15; COMMIT;",
+    assert_int_equal(sqlite3_exec(db,
+                                  "BEGIN; UPDATE decision_log_meta SET value = (SELECT hash "
+                                  "FROM decisions WHERE seq = 15) WHERE key = 'anchor_hash'; "
+                                  "UPDATE decision_log_meta SET value = '15' WHERE key = "
+                                  "'anchor_seq'; INSERT INTO decision_log_retention "
+                                  "SELECT seq, hash, ts_us, 'test', 'now', '', '' FROM "
+                                  "decisions WHERE seq = 15; DELETE FROM decisions WHERE "
+                                  "seq <= 15; COMMIT;",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
@@ -708,7 +718,8 @@ static void test_dl_writer_runs_retention_in_chunks(void **state)
     /* Old records written while retention was off (retain: 0)... */
     FILE *cf = fopen(f->cfg, "w");
     fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 20000, "
-          "retain: 0}\n", cf);
+          "retain: 0}\n",
+          cf);
     fclose(cf);
     struct decision_log *dl = open_log(f, &c);
     append_n(dl, 12000, 1, 40LL * 86400 * 1000000);
@@ -717,7 +728,8 @@ static void test_dl_writer_runs_retention_in_chunks(void **state)
     /* ...then a restart with retain: 30d clears them in chunks of 5000. */
     cf = fopen(f->cfg, "w");
     fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, queue: 20000, "
-          "retain: 30d, flush_interval: 20ms}\n", cf);
+          "retain: 30d, flush_interval: 20ms}\n",
+          cf);
     fclose(cf);
     dl = open_log(f, &c);
     append_n(dl, 10, 12001, 0);

@@ -85,7 +85,7 @@ static const struct crit_case crit_cases[] = {
     { "{authenticated: true}", true },
     { "{authenticated: false}", false },
     { "{user: alice}", true },
-    { "{user: Alice}", false },                      /* user ids are case-sensitive */
+    { "{user: Alice}", false }, /* user ids are case-sensitive */
     { "{user: {prefix: ali}}", true },
     { "{user: {suffix: ice}}", true },
     { "{user: {contains: lic}}", true },
@@ -97,27 +97,27 @@ static const struct crit_case crit_cases[] = {
     { "{user: {glob: \"b*\"}}", false },
     { "{user: {regex: \"^al.c[e]$\"}}", true },
     { "{user: {regex: \"^bob\"}}", false },
-    { "{user: {prefix: al, suffix: ce}}", true },     /* several matchers: all must hold */
+    { "{user: {prefix: al, suffix: ce}}", true }, /* several matchers: all must hold */
     { "{user: {prefix: al, suffix: xx}}", false },
-    { "{email: alice@example.com}", true },           /* emails compare case-insensitively */
+    { "{email: alice@example.com}", true }, /* emails compare case-insensitively */
     { "{email: {suffix: \"@EXAMPLE.COM\"}}", true },
     { "{domain: example.com}", true },
     { "{domain: {in: [example.org]}}", false },
     { "{idp: corp}", true },
     { "{groups: eng}", true },
     { "{groups: {contains: eng}}", true },
-    { "{groups: {contains: en}}", false },            /* membership, not a substring */
-    { "{groups: {contains: staff}}", false },         /* group names are case-sensitive */
+    { "{groups: {contains: en}}", false },    /* membership, not a substring */
+    { "{groups: {contains: staff}}", false }, /* group names are case-sensitive */
     { "{groups: {in: [ops, Staff]}}", true },
     { "{groups: {prefix: St}}", true },
     { "{claim: {name: department, is: R&D}}", true },
     { "{claim: {name: department, is: Sales}}", false },
-    { "{claim: {name: amr, contains: mfa}}", true },  /* multi-valued claim: any value */
+    { "{claim: {name: amr, contains: mfa}}", true }, /* multi-valued claim: any value */
     { "{claim: {name: missing, prefix: \"\"}}", false },
     { "{device: {present: true}}", true },
     { "{device: {trusted: true}}", true },
     { "{device: {trusted: false}}", false },
-    { "{device: {owner_is_user: true}}", true },      /* owner vs email, case-insensitive */
+    { "{device: {owner_is_user: true}}", true }, /* owner vs email, case-insensitive */
     { "{device: {id: dev-42, serial: 0a1b}}", true },
     { "{device: {subject: {prefix: \"CN=laptop-\"}}}", true },
     { "{device: {issuer: {contains: Example}}}", false },
@@ -136,7 +136,7 @@ static const struct crit_case crit_cases[] = {
     { "{path: {is: /docs}}", false },
     { "{host: WIKI.example.com}", true },
     { "{host: {suffix: .example.com}}", true },
-    { "{header: {name: x-env, is: prod}}", true },    /* header names are case-insensitive */
+    { "{header: {name: x-env, is: prod}}", true }, /* header names are case-insensitive */
     { "{header: {name: X-Env, is: Prod}}", false },
     { "{header: {name: X-Other, prefix: \"\"}}", false },
     { "{time: {weekdays: [mon]}}", true },
@@ -144,11 +144,11 @@ static const struct crit_case crit_cases[] = {
     { "{time: {weekdays: [mon-fri], hours: \"09:00-18:00\"}}", true },
     { "{time: {hours: \"10:00-10:01\"}}", true },
     { "{time: {hours: \"10:01-12:00\"}}", false },
-    { "{time: {hours: \"09:00-10:00\"}}", false },    /* the end is exclusive */
-    { "{time: {hours: \"22:00-10:30\"}}", true },     /* wraps past midnight */
-    { "{time: {hours: \"11:00-12:00\", tz: Europe/Paris}}", true },  /* UTC+1 in winter */
+    { "{time: {hours: \"09:00-10:00\"}}", false },                      /* the end is exclusive */
+    { "{time: {hours: \"22:00-10:30\"}}", true },                       /* wraps past midnight */
+    { "{time: {hours: \"11:00-12:00\", tz: Europe/Paris}}", true },     /* UTC+1 in winter */
     { "{time: {hours: \"05:00-06:00\", tz: America/New_York}}", true }, /* UTC-5 */
-    { "{time: {hours: \"19:00-20:00\", tz: Asia/Tokyo}}", true },    /* UTC+9 */
+    { "{time: {hours: \"19:00-20:00\", tz: Asia/Tokyo}}", true },       /* UTC+9 */
     { "{all: [{user: alice}, {groups: eng}]}", true },
     { "{all: [{user: alice}, {groups: ops}]}", false },
     { "{any: [{user: bob}, {groups: eng}]}", true },
@@ -180,9 +180,9 @@ static void test_eval_each_criterion_and_matcher(void **state)
 static void test_eval_absent_values_match_nothing(void **state)
 {
     struct policy_input in = { 0 };
-    const char *conds[] = { "{user: {prefix: \"\"}}", "{email: {regex: \".*\"}}",
+    const char *conds[] = { "{user: {prefix: \"\"}}",          "{email: {regex: \".*\"}}",
                             "{device: {owner_is_user: true}}", "{source_ip: \"0.0.0.0/0\"}",
-                            "{source_ip: \"::/0\"}", "{device: {id: {glob: \"*\"}}}" };
+                            "{source_ip: \"::/0\"}",           "{device: {id: {glob: \"*\"}}}" };
     (void)state;
     for (size_t i = 0; i < sizeof conds / sizeof conds[0]; i++) {
         struct policy *p = when(conds[i]);
@@ -470,7 +470,6 @@ static void test_eval_builtins(void **state)
     policy_free(pub);
     policy_free(any);
 }
-
 
 /* Issue 9.9: a regex that backtracks catastrophically hits PCRE2's match limit in
  * well under a millisecond, and the condition then fails closed whatever wraps it. */

@@ -62,8 +62,8 @@ static const struct answer answers[] = {
     { "{\"result\": false}", 0, false, "" },
     { "{\"result\": {\"allow\": true, \"reason\": \"on the list\"}}", 0, true, "on the list" },
     { "{\"result\": {\"allow\": false, \"reason\": \"locked\"}}", 0, false, "locked" },
-    { "{\"result\": {\"allow\": \"yes\"}}", 0, false, "" },   /* only a JSON true allows */
-    { "{}", 0, false, "" },                                   /* undefined: deny */
+    { "{\"result\": {\"allow\": \"yes\"}}", 0, false, "" }, /* only a JSON true allows */
+    { "{}", 0, false, "" },                                 /* undefined: deny */
     { "{\"result\": 1}", 0, false, "" },
     { "{\"result\": true, \"result\": false}", ERR_PARSE, false, "" },
     { "not json", ERR_PARSE, false, "" },
@@ -184,8 +184,8 @@ static void test_opa_answer_http_applies_on_error(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         policy_result_init(&r, NULL);
         assert_int_equal(policy_eval(p, &in, &r), POLICY_NEED_OPA);
-        bool e = opa_answer_http(cases[i].c, &r, cases[i].transport, cases[i].status,
-                                 cases[i].body, cases[i].body ? strlen(cases[i].body) : 0, &a);
+        bool e = opa_answer_http(cases[i].c, &r, cases[i].transport, cases[i].status, cases[i].body,
+                                 cases[i].body ? strlen(cases[i].body) : 0, &a);
         assert_int_equal(e, cases[i].err);
         assert_int_equal(a, cases[i].allowed);
         assert_int_equal(policy_eval(p, &in, &r), POLICY_DONE);

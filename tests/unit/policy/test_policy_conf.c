@@ -128,11 +128,15 @@ static void test_policy_conf_errors(void **state)
                      "  - {name: b, policy: bad.yaml}\n",
                      &d));
     assert_int_equal(d.count, 2);
-    snprintf(want, sizeof want, "%s/g.yaml:2:26: error: route \"wiki\": policy wiki.yaml asks OPA "
-             "(\"gh/wiki\") but \"opa.url\" is not configured", dir);
+    snprintf(want, sizeof want,
+             "%s/g.yaml:2:26: error: route \"wiki\": policy wiki.yaml asks OPA "
+             "(\"gh/wiki\") but \"opa.url\" is not configured",
+             dir);
     assert_string_equal(d.msgs[0], want);
-    snprintf(want, sizeof want, "%s/bad.yaml:4:12: error: unknown criterion \"usr\" (did you mean "
-             "\"user\"?)", dir);
+    snprintf(want, sizeof want,
+             "%s/bad.yaml:4:12: error: unknown criterion \"usr\" (did you mean "
+             "\"user\"?)",
+             dir);
     assert_string_equal(d.msgs[1], want);
     conf_diag_fini(&d);
     struct policy_conf *pc = load("routes: []\n", &d);

@@ -56,8 +56,8 @@ static void test_record_fill_copies_what_the_log_needs(void **state)
     assert_string_equal(rec.user, "alice");
     assert_string_equal(rec.client_ip, "10.1.2.3");
     /* IPv4 is spelled without printf: the same text inet_ntop gives. */
-    static const char *const ips[] = { "0.0.0.0", "255.255.255.255", "192.168.100.9",
-                                       "1.20.100.0", "2001:db8::1" };
+    static const char *const ips[] = { "0.0.0.0", "255.255.255.255", "192.168.100.9", "1.20.100.0",
+                                       "2001:db8::1" };
     for (size_t i = 0; i < sizeof ips / sizeof ips[0]; i++) {
         struct decision_record r2;
         struct policy_input in2 = in;
@@ -131,8 +131,12 @@ static void test_canonical_forms(void **state)
 {
     (void)state;
     struct sbuf b = { 0 };
-    struct decision_record r = { .ts_us = 1, .request_id = "r1", .route = "reports",
-                                 .decision = "deny", .rule = "default-deny", .shadow = true };
+    struct decision_record r = { .ts_us = 1,
+                                 .request_id = "r1",
+                                 .route = "reports",
+                                 .decision = "deny",
+                                 .rule = "default-deny",
+                                 .shadow = true };
     dl_canonical(&r, 7, DL_GENESIS, &b);
     assert_true(strncmp(b.p, "{\"v\":1,\"seq\":7,", 15) == 0);
     assert_null(strstr(b.p, "\"kind\""));
@@ -143,8 +147,10 @@ static void test_canonical_forms(void **state)
     r.kind = "policy";
     r.enforced = "allow";
     dl_canonical(&r, 7, DL_GENESIS, &b);
-    assert_true(strncmp(b.p, "{\"v\":2,\"seq\":7,\"ts\":\"1970-01-01T00:00:00.000001Z\","
-                             "\"kind\":\"policy\",\"request_id\"", 75) == 0);
+    assert_true(strncmp(b.p,
+                        "{\"v\":2,\"seq\":7,\"ts\":\"1970-01-01T00:00:00.000001Z\","
+                        "\"kind\":\"policy\",\"request_id\"",
+                        75) == 0);
     assert_non_null(strstr(b.p, "\"shadow\":true,\"enforced\":\"allow\",\"opa\""));
     assert_non_null(strstr(b.p, "\"latency_us\":0,\"admin\":null,\"prev_hash\""));
     dl_hash(DL_GENESIS, b.p, b.len, h2);
