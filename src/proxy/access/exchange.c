@@ -2,6 +2,7 @@
  * lives across the asynchronous steps (identity provider calls, OPA), like
  * HAProxy's stream: created in the request's arena, it goes with it. A client
  * that goes away cancels the call in flight. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,13 +33,39 @@ static void on_fetch_done(void *arg, const struct fetch_resp *resp)
     x->next(x, resp);
 }
 
+/* exchange_new zeroes the struct by parts: each part it skips lies where it
+ * thinks it does. */
+_Static_assert(offsetof(struct exchange, ident_incomplete) >=
+                   offsetof(struct exchange, res) + sizeof(struct policy_result),
+               "exchange: the fields after res start after it");
+_Static_assert(offsetof(struct exchange, res) > offsetof(struct exchange, in),
+               "exchange: res follows the zeroed parts");
+_Static_assert(offsetof(struct authn_out, event) > offsetof(struct authn_out, reason) &&
+                   offsetof(struct authn_out, reason) > offsetof(struct authn_out, cont),
+               "authn_out: reason lies between cont and event");
+
 struct exchange *exchange_new(struct request *r, bool reserved)
 {
-    struct exchange *x = arena_zalloc(r->arena, sizeof *x);
+    /* Zeroed field by field, not whole: x->res is set by policy_result_init,
+     * the cookie spans are written before they are read (ncookies says how
+     * many), and the reason buffer is a string (its first byte is enough).
+     * That is about half of the struct the request does not pay for. */
+    struct exchange *x = arena_alloc(r->arena, sizeof *x);
 
     if (!x) {
         return NULL;
     }
+    memset(x, 0, offsetof(struct exchange, ids));
+    memset(&x->ids.req, 0, sizeof x->ids.req);
+    memset(&x->ids.out, 0, offsetof(struct authn_out, reason));
+    x->ids.out.reason[0] = '\0';
+    memset((char *)&x->ids.out + offsetof(struct authn_out, event), 0,
+           sizeof x->ids.out - offsetof(struct authn_out, event));
+    memset(&x->ids.device, 0, sizeof x->ids.device);
+    x->ids.done = NULL;
+    memset(&x->id, 0, sizeof x->id);
+    memset(&x->in, 0, sizeof x->in);
+    memset(&x->ident_incomplete, 0, sizeof *x - offsetof(struct exchange, ident_incomplete));
     x->r = r;
     x->conf = r->cfg->authn;
     x->route = r->route ? r->route->authn : NULL;
