@@ -376,9 +376,21 @@ static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out
         sub = hash ? hash + 1 : out->id.user_key;
     }
     struct idp *x = an_idp_by_id(an, out->id.idp);
-    char *u = oidc_user_id(out->id.idp ? out->id.idp : "?", x && x->p->bare_user_ids, sub);
-    out->id.user = an_adup(a, u);
-    free(u);
+    /* oidc_user_id's rule, without its malloc and copy: a bare id is the sub
+     * itself (it lives as long as out->id does), else idp ":" sub in the arena. */
+    if (x && x->p->bare_user_ids && strchr(sub, ':') == NULL) {
+        out->id.user = sub;
+        return;
+    }
+    const char *idp = out->id.idp ? out->id.idp : "?";
+    size_t ni = strlen(idp), ns = strlen(sub);
+    char *u = arena_alloc(a, ni + 1 + ns + 1);
+    if (u != NULL) {
+        memcpy(u, idp, ni);
+        u[ni] = ':';
+        memcpy(u + ni + 1, sub, ns + 1);
+    }
+    out->id.user = u;
     if (out->id.user == NULL) {
         out->id.user = out->id.user_key; /* arena full: the unambiguous iss#sub */
     }
