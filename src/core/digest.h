@@ -5,10 +5,9 @@
 
 #include <stddef.h>
 
-/* SHA-256 of the concatenation of n parts into out[32]. The algorithm is
- * fetched once and each thread reuses one digest context: OpenSSL 3's one-shot
- * SHA256() fetches the algorithm on every call, and a new context per call cost
- * more than hashing a cookie. */
+/* SHA-256 of the concatenation of n parts into out[32], with no allocation
+ * (OpenSSL 3's EVP and one-shot SHA256() allocate on every call: see
+ * digest.c). */
 void digest_sha256(const void *const parts[], const size_t lens[], size_t n, unsigned char out[32]);
 
 #endif
