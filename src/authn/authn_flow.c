@@ -1,5 +1,5 @@
 /* authn/authn_flow.c - request classification and the continuation machine:
- * the answer and error-page helpers every endpoint uses, identify() (session
+ * the answer and error-page helpers every endpoint uses, identify_caller() (session
  * cookie or bearer), the table of reserved paths below /.gatehouse/, the "me"
  * pages, and authn_check/authn_resume, which start an endpoint or resume the
  * continuation a fetch or a fleet wait left behind. */
@@ -204,8 +204,8 @@ static enum authn_step unauthenticated(struct authn *an, const struct authn_req 
     return answer(out, AUTHN_ANSWER_SIGNIN, 401);
 }
 
-static enum authn_step identify(struct authn *an, const struct authn_req *req, struct arena *a,
-                                struct authn_out *out, bool *anonymous)
+static enum authn_step identify_caller(struct authn *an, const struct authn_req *req,
+                                       struct arena *a, struct authn_out *out, bool *anonymous)
 {
     *anonymous = false;
     /* Other schemes (Basic for the backend itself, say) are not ours: the
@@ -396,7 +396,7 @@ static void set_user_id(struct authn *an, struct arena *a, struct authn_out *out
     }
 }
 
-/* After identify (maybe through a key fetch or a refresh): the page, or sign-in. */
+/* After identify_caller (maybe through a key fetch or a refresh): the page, or sign-in. */
 static enum authn_step me_or_sign_in(struct authn *an, const struct authn_req *req, struct arena *a,
                                      struct authn_out *out)
 {
@@ -460,7 +460,7 @@ static enum authn_step me_endpoint(struct authn *an, const struct authn_req *req
                                    struct authn_out *out)
 {
     bool anonymous = false;
-    enum authn_step st = identify(an, req, a, out, &anonymous);
+    enum authn_step st = identify_caller(an, req, a, out, &anonymous);
     if (anonymous) {
         return unauthenticated(an, req, a, out, "no session");
     }
@@ -514,7 +514,7 @@ static enum authn_step check_step(struct authn *an, const struct authn_req *req,
     /* Who is calling, or nobody: the route's policy decides whether that is
      * enough (it may allow anonymous callers), and the proxy challenges. */
     bool anonymous = false;
-    enum authn_step st = identify(an, req, a, out, &anonymous);
+    enum authn_step st = identify_caller(an, req, a, out, &anonymous);
     return anonymous ? AUTHN_OK : st;
 }
 

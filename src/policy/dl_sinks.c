@@ -261,38 +261,66 @@ static int last_newline(int fd, off_t end, off_t *after, struct err *err)
     return 0;
 }
 
-/* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
-static int file_tail(int fd, uint64_t *last_seq, struct err *err)
+/* Cuts a torn last line off fd (saying so when warn is set) and reads the last
+ * complete line: *line (xmalloc'd, NUL-terminated, the newline included in *len)
+ * starting at byte *start, or NULL when the file holds no complete line. *end gets
+ * the file's size after the cut. */
+static int last_line(int fd, bool warn, off_t *end, off_t *start, char **line, size_t *len,
+                     struct err *err)
 {
     struct stat sb;
-    *last_seq = 0;
+    *line = NULL;
+    *len = 0;
+    *start = 0;
     if (fstat(fd, &sb) != 0) {
         return err_set(err, ERR_IO, "stat: %s", strerror(errno));
     }
-    off_t end = sb.st_size;
-    /* The end of the last complete line, then the start of that line. */
-    off_t good = 0, start = 0;
-    int rc = last_newline(fd, end, &good, err);
+    off_t good = 0;
+    int rc = last_newline(fd, sb.st_size, &good, err);
     if (rc != 0) {
         return rc;
     }
-    if (good != end && ftruncate(fd, good) != 0) {
-        return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+    if (good != sb.st_size) {
+        if (warn) {
+            log_warn("decision_log",
+                     "the decision log file ends with a torn line (%lld bytes "
+                     "after the last complete record): cut off",
+                     (long long)(sb.st_size - good));
+        }
+        if (ftruncate(fd, good) != 0) {
+            return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
+        }
     }
+    *end = good;
     if (good == 0) {
         return 0;
     }
-    rc = last_newline(fd, good - 1, &start, err);
+    rc = last_newline(fd, good - 1, start, err);
     if (rc != 0) {
         return rc;
     }
-    size_t len = (size_t)(good - start);
-    char *line = xmalloc(len + 1);
-    if (pread(fd, line, len, start) != (ssize_t)len) {
-        free(line);
+    *len = (size_t)(good - *start);
+    *line = xmalloc(*len + 1);
+    if (pread(fd, *line, *len, *start) != (ssize_t)*len) {
+        free(*line);
+        *line = NULL;
         return err_set(err, ERR_IO, "read: %s", strerror(errno));
     }
-    line[len] = '\0';
+    (*line)[*len] = '\0';
+    return 0;
+}
+
+/* Cuts a torn last line and returns the seq of the last complete line (0 if none). */
+static int file_tail(int fd, uint64_t *last_seq, struct err *err)
+{
+    off_t end, start;
+    char *line;
+    size_t len;
+    *last_seq = 0;
+    int rc = last_line(fd, false, &end, &start, &line, &len, err);
+    if (rc != 0 || line == NULL) {
+        return rc;
+    }
     json_t *j = json_loads(line, 0, NULL);
     free(line);
     json_t *s = json_object_get(j, "seq");
@@ -307,38 +335,13 @@ static int file_tail(int fd, uint64_t *last_seq, struct err *err)
 
 int dl_file_head(int fd, uint64_t *seq, char hash[65], off_t *end, struct err *err)
 {
-    struct stat sb;
+    off_t start;
+    char *line;
+    size_t len;
     *seq = 0;
-    if (fstat(fd, &sb) != 0) {
-        return err_set(err, ERR_IO, "stat: %s", strerror(errno));
-    }
-    off_t good = 0, start = 0;
-    int rc = last_newline(fd, sb.st_size, &good, err);
-    if (rc != 0) {
+    int rc = last_line(fd, true, end, &start, &line, &len, err);
+    if (rc != 0 || line == NULL) {
         return rc;
-    }
-    if (good != sb.st_size) {
-        log_warn("decision_log",
-                 "the decision log file ends with a torn line (%lld bytes "
-                 "after the last complete record): cut off",
-                 (long long)(sb.st_size - good));
-        if (ftruncate(fd, good) != 0) {
-            return err_set(err, ERR_IO, "truncate: %s", strerror(errno));
-        }
-    }
-    *end = good;
-    if (good == 0) {
-        return 0;
-    }
-    rc = last_newline(fd, good - 1, &start, err);
-    if (rc != 0) {
-        return rc;
-    }
-    size_t len = (size_t)(good - start);
-    char *line = xmalloc(len + 1);
-    if (pread(fd, line, len, start) != (ssize_t)len) {
-        free(line);
-        return err_set(err, ERR_IO, "read: %s", strerror(errno));
     }
     struct dl_row row;
     bool parsed = dl_line_parse(line, len - 1, &row);

@@ -483,8 +483,8 @@ static const char *opa_reason(const struct policy *p, size_t k, const struct pol
 
 #define EVAL_ERROR_REASON "A condition of this rule could not be evaluated (regex limit); denied."
 
-static enum policy_step decide(const struct policy *p, const struct policy_input *in,
-                               struct policy_result *r, enum policy_decision d, long k)
+static enum policy_step decide_first(const struct policy *p, const struct policy_input *in,
+                                     struct policy_result *r, enum policy_decision d, long k)
 {
     r->decision = d;
     if (k >= 0) {
@@ -564,14 +564,14 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
         }
     }
     if (deny_k >= 0) {
-        decide(p, in, r, POLICY_DENY, deny_k);
+        decide_first(p, in, r, POLICY_DENY, deny_k);
         if (deny_err) {
             r->reason = EVAL_ERROR_REASON;
         }
         return POLICY_DONE;
     }
     if (allow_k < 0 && !allow_unknown) {
-        decide(p, in, r, POLICY_DENY, -1); /* an unknown deny cannot change this */
+        decide_first(p, in, r, POLICY_DENY, -1); /* an unknown deny cannot change this */
         if (allow_err_k >= 0) {
             r->rule = p->rules[allow_err_k].id;
             r->reason = EVAL_ERROR_REASON;
@@ -585,7 +585,7 @@ enum policy_step policy_eval(const struct policy *p, const struct policy_input *
         r->opa_called = true;
         return POLICY_NEED_OPA;
     }
-    return decide(p, in, r, POLICY_ALLOW, allow_k);
+    return decide_first(p, in, r, POLICY_ALLOW, allow_k);
 }
 
 bool policy_cidr_match(const struct cidr *c, const struct policy_ip *ip)
