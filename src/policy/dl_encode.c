@@ -533,3 +533,9 @@ bool dl_line_parse(const char *line, size_t len, struct dl_row *row)
     }
     return ok;
 }
+
+void dl_row_fini(struct dl_row *row)
+{
+    arena_free(row->a);
+    memset(row, 0, sizeof *row);
+}

@@ -210,12 +210,6 @@ void dl_row_read(sqlite3_stmt *st, struct dl_row *row)
     json_decref(c);
 }
 
-void dl_row_fini(struct dl_row *row)
-{
-    arena_free(row->a);
-    memset(row, 0, sizeof *row);
-}
-
 void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65])
 {
     sqlite3_stmt *st = NULL;
