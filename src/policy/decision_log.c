@@ -34,7 +34,7 @@
 
 #define REC_FIELDS 22
 
-/* One allocation holding the record's strings, groups and claims (each string
+/* One allocation holding the record, its strings, groups and claims (each string
  * measured once); node: the writer's, stamped on every record it chains. */
 static void rec_copy(const struct decision_record *in, struct qrec *q, const char *node)
 {
@@ -46,7 +46,8 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
         in->admin_from,   in->admin_target
     };
     size_t flen[REC_FIELDS];
-    size_t size = in->ngroups * sizeof(char *) + in->nclaims * sizeof(struct policy_kv);
+    size_t size = sizeof(struct decision_record) + in->ngroups * sizeof(char *) +
+                  in->nclaims * sizeof(struct policy_kv);
     for (size_t i = 0; i < REC_FIELDS; i++) {
         flen[i] = fields[i] ? strlen(fields[i]) : 0;
         size += flen[i] + 1;
@@ -58,9 +59,11 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
         size += in->claims[i].name.len + in->claims[i].value.len + 2;
     }
     q->blob = xmalloc(size);
-    q->rec = *in;
-    const char **groups = (const char **)(void *)q->blob;
-    struct policy_kv *claims = (struct policy_kv *)(void *)(q->blob + in->ngroups * sizeof(char *));
+    struct decision_record *r = (struct decision_record *)(void *)q->blob;
+    *r = *in;
+    q->rec = r;
+    const char **groups = (const char **)(void *)(r + 1);
+    struct policy_kv *claims = (struct policy_kv *)(void *)(groups + in->ngroups);
     char *cur = (char *)(claims + in->nclaims);
     const char *copies[REC_FIELDS];
     for (size_t i = 0; i < REC_FIELDS; i++) {
@@ -71,7 +74,6 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
             cur += flen[i] + 1;
         }
     }
-    struct decision_record *r = &q->rec;
     r->request_id = copies[0], r->route = copies[1], r->decision = copies[2];
     r->rule = copies[3], r->reason = copies[4], r->user = copies[5], r->email = copies[6];
     r->idp = copies[7], r->session = copies[8], r->device_id = copies[9];
@@ -102,6 +104,99 @@ static void rec_copy(const struct decision_record *in, struct qrec *q, const cha
     r->node = node; /* the writer's own copy: lives as long as the log */
 }
 
+/* The appending thread's buffer for a record's body (kept, freed when the thread ends). */
+static pthread_key_t body_key;
+static pthread_once_t body_once = PTHREAD_ONCE_INIT;
+
+static void body_buf_free(void *p)
+{
+    dl_sbuf_free(p);
+    free(p);
+}
+
+static void body_key_make(void)
+{
+    if (pthread_key_create(&body_key, body_buf_free) != 0) {
+        abort();
+    }
+}
+
+static struct sbuf *body_buf(void)
+{
+    pthread_once(&body_once, body_key_make);
+    struct sbuf *b = pthread_getspecific(body_key);
+    if (!b) {
+        b = xcalloc(1, sizeof *b);
+        (void)pthread_setspecific(body_key, b);
+    }
+    return b;
+}
+
+/* The byte ring's size: about 800 bytes per queued record (a typical record's body
+ * is 600-900), within [1 MiB, 64 MiB]; a body that does not fit goes on the heap. */
+static size_t bytes_cap(uint64_t queue)
+{
+    uint64_t cap = queue * 800;
+    return cap < ((size_t)1 << 20)    ? (size_t)1 << 20
+           : cap > ((size_t)64 << 20) ? (size_t)64 << 20
+                                      : (size_t)cap;
+}
+
+/* len bytes of the byte ring (under mu), or NULL when they do not fit (the record's
+ * body then goes on the heap). Records give their bytes back in the order they took
+ * them; a body that does not fit before the end starts again at 0, the gap charged
+ * to it. */
+static char *bytes_take(struct dl_bytes *q, size_t len, uint32_t *charge)
+{
+    if (!q->p || len == 0 || len > q->cap / 8) {
+        return NULL;
+    }
+    if (q->used == 0) {
+        q->w = q->r = 0;
+    }
+    size_t at, gap = 0;
+    if (q->used == 0 || q->w > q->r) { /* in use: [r, w) */
+        if (q->cap - q->w >= len) {
+            at = q->w;
+        } else if (q->r >= len) {
+            gap = q->cap - q->w;
+            at = 0;
+        } else {
+            return NULL;
+        }
+    } else if (q->r - q->w >= len) { /* in use: [r, cap - gap) and [0, w) */
+        at = q->w;
+    } else {
+        return NULL;
+    }
+    q->w = at + len;
+    q->used += len + gap;
+    *charge = (uint32_t)(len + gap);
+    return q->p + at;
+}
+
+/* A committed record's memory: the copy SQLite bound, a body on the heap; the ring's
+ * bytes are given back under mu (bytes_give_back). */
+static void qrec_free(struct qrec *q)
+{
+    free(q->blob);
+    q->blob = NULL;
+    if (q->body && q->ring_charge == 0) {
+        free(q->body);
+        q->body = NULL;
+    }
+}
+
+static void bytes_give_back(struct dl_bytes *b, struct qrec *q)
+{
+    if (q->body && q->ring_charge > 0) {
+        b->r = (size_t)(q->body - b->p) + q->body_len;
+        b->used -= q->ring_charge;
+        q->body = NULL;
+        q->ring_charge = 0;
+    }
+}
+
 /* Steps a statement without results (BEGIN, COMMIT) and resets it. */
 static int step_once(sqlite3_stmt *st)
 {
@@ -125,7 +220,7 @@ static int insert_rows(struct decision_log *dl, sqlite3_stmt *st, const struct q
         const struct qrec *q = &batch[i + k];
         const struct dl_at *w = &dl->at[i + k];
         const char *prev = i + k ? p + dl->at[i + k - 1].hash_at : dl->prev;
-        dl_bind_rec(st, (int)(k * DL_ROW_PARAMS), &q->rec, q->seq, prev, p + w->hash_at,
+        dl_bind_rec(st, (int)(k * DL_ROW_PARAMS), q->rec, q->seq, prev, p + w->hash_at,
                     p + w->at + w->sp.groups_off, w->sp.groups_len, p + w->at + w->sp.claims_off,
                     w->sp.claims_len);
     }
@@ -196,8 +291,14 @@ int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
     memcpy(prev, dl->prev, 65);
     lines->len = 0;
     for (size_t i = 0; i < n; i++) {
+        const struct qrec *q = &batch[i];
         dl->at[i].at = lines->len;
-        dl_line_append(lines, &batch[i].rec, batch[i].seq, prev, hash, &dl->at[i].sp);
+        if (q->body) {
+            dl_line_from_body(lines, q->seq, dl->conf.node, q->body, q->body_len, &q->sp, prev,
+                              hash, &dl->at[i].sp);
+        } else {
+            dl_line_append(lines, q->rec, q->seq, prev, hash, &dl->at[i].sp);
+        }
         dl->at[i].hash_at = lines->len - 67; /* ...,"hash":"<64>"}\n */
         memcpy(prev, hash, 65);
     }
@@ -257,6 +358,7 @@ static void take_pending(struct decision_log *dl)
         }
         if (dl->count + dl->inflight < dl->conf.queue) {
             size_t tail = (dl->head + dl->count) % dl->conf.queue;
+            dl->ring[tail] = (struct qrec){ 0 }; /* no body: the line is built from rec */
             rec_copy(&row.rec, &dl->ring[tail], dl->conf.node);
             dl->ring[tail].seq = dl->next_seq++;
             dl->ring[tail].pending_id = (int64_t)row.seq;
@@ -292,6 +394,7 @@ static void head_write(struct decision_log *dl)
         return;
     }
     dl->head_written = dl->last_seq;
+    dl->head_dirty = false;
 }
 
 static void ckpt_ship(struct decision_log *dl, const char *json)
@@ -350,7 +453,9 @@ static void checkpoint(struct decision_log *dl)
     dl->have_ckpt = true;
     dl->ckpt_seq = c.seq;
     dl->ckpt_us = now;
-    head_write(dl);
+    /* The head file follows on the next sync (periodic), after the records it names are
+     * on disk: one rename and fsync per flush interval, not one per checkpoint. */
+    dl->head_dirty = true;
     policy_metrics_checkpoint(c.seq);
     char *json = dl_ckpt_json(&c);
     ckpt_ship(dl, json);
@@ -380,7 +485,8 @@ static void periodic(struct decision_log *dl)
     if (dl->ckpt && dl->last_seq > dl->ckpt_seq &&
         now - dl->ckpt_us >= (int64_t)dl->conf.ckpt_interval_ms * 1000) {
         checkpoint(dl);
-    } else if (dl->last_seq != dl->head_written) {
+    }
+    if (dl->head_dirty || dl->last_seq != dl->head_written) {
         head_write(dl);
     }
     if (dl->conf.retain_ms &&
@@ -516,7 +622,7 @@ static void *writer_main(void *arg)
                             continue;
                         }
                         line.len = 0;
-                        dl_put_line(&line, &batch[i], prev, hash, &canon);
+                        dl_put_line(&line, &batch[i], dl->conf.node, prev, hash, &canon);
                         memcpy(prev, hash, 65);
                         line.p[line.len - 1] = '\0';
                         log_error("decision_log", "unsaved record: %s", line.p);
@@ -529,11 +635,12 @@ static void *writer_main(void *arg)
                               "\"unsaved record\" lines",
                               n);
                 }
+                pthread_mutex_lock(&dl->mu);
                 for (size_t i = 0; i < n; i++) {
-                    free(batch[i].blob);
+                    qrec_free(&batch[i]);
+                    bytes_give_back(&dl->bytes, &batch[i]);
                 }
                 n = 0;
-                pthread_mutex_lock(&dl->mu);
                 dl->inflight = 0;
                 pthread_cond_broadcast(&dl->done);
                 break;
@@ -551,14 +658,19 @@ static void *writer_main(void *arg)
         }
         if (rc == 0) {
             for (size_t i = 0; i < n; i++) {
-                free(batch[i].blob);
+                qrec_free(&batch[i]);
             }
-            n = 0;
             if (dl->spooled > 0 && last >= dl->spooled_seq) {
                 dl_spool_reset(dl);
             }
         }
         pthread_mutex_lock(&dl->mu);
+        if (rc == 0) {
+            for (size_t i = 0; i < n; i++) {
+                bytes_give_back(&dl->bytes, &batch[i]);
+            }
+            n = 0;
+        }
         policy_metrics_queue_depth(dl->count + n);
         if (rc == 0 && dl->broken) {
             log_warn("decision_log",
@@ -868,6 +980,8 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
     checkpoint(dl); /* covers a tail a crash left without one */
     head_write(dl);
     dl->ring = xcalloc(dl->conf.queue, sizeof *dl->ring);
+    dl->bytes.cap = bytes_cap(dl->conf.queue);
+    dl->bytes.p = xmalloc(dl->bytes.cap);
     pthread_mutex_init(&dl->mu, NULL);
     pthread_cond_init(&dl->wake, NULL);
     pthread_cond_init(&dl->done, NULL);
@@ -887,8 +1001,9 @@ fail:
         close(dl->fd);
     }
     for (size_t i = 0; dl->ring && i < dl->count; i++) {
-        free(dl->ring[(dl->head + i) % dl->conf.queue].blob);
+        qrec_free(&dl->ring[(dl->head + i) % dl->conf.queue]);
     }
+    free(dl->bytes.p);
     if (dl->lock_fd >= 0) {
         close(dl->lock_fd);
     }
@@ -914,6 +1029,19 @@ fail:
 
 int decision_log_append(struct decision_log *dl, const struct decision_record *rec, uint64_t *seq)
 {
+    /* The record's bytes are built here, by the appending thread, outside the lock:
+     * the writer only frames, chains and writes them. SQLite (index: inline) binds the
+     * record's fields, so those are copied too. */
+    struct qrec q = { 0 };
+    struct sbuf *body = NULL;
+    if (dl->conf.node) {
+        body = body_buf();
+        body->len = 0;
+        dl_body_append(body, rec, &q.sp);
+    }
+    if (!body || !dl->conf.deferred) {
+        rec_copy(rec, &q, dl->conf.node);
+    }
     pthread_mutex_lock(&dl->mu);
     /* Fail closed: a full queue refuses new records (503); so does a failing store
      * once max_pending records are held (strict mode at once: nothing would commit). */
@@ -921,14 +1049,23 @@ int decision_log_append(struct decision_log *dl, const struct decision_record *r
     if (pending >= dl->conf.queue || dl->stop ||
         (dl->broken && (pending >= dl->conf.max_pending || dl->conf.sync == DECISION_LOG_STRICT))) {
         pthread_mutex_unlock(&dl->mu);
+        free(q.blob);
         return ERR_LIMIT;
     }
+    if (body) {
+        q.body = bytes_take(&dl->bytes, body->len, &q.ring_charge);
+        if (!q.body) {
+            q.body = xmalloc(body->len); /* rare: a very large record, or the ring is full */
+        }
+        memcpy(q.body, body->p, body->len);
+        q.body_len = (uint32_t)body->len;
+    }
     size_t tail = (dl->head + dl->count) % dl->conf.queue;
-    rec_copy(rec, &dl->ring[tail], dl->conf.node);
-    dl->ring[tail].seq = dl->next_seq++;
-    dl->ring[tail].pending_id = 0;
+    q.seq = dl->next_seq++;
+    q.pending_id = 0;
+    dl->ring[tail] = q;
     if (seq) {
-        *seq = dl->ring[tail].seq;
+        *seq = q.seq;
     }
     dl->count++;
     policy_metrics_queue_depth(dl->count + dl->inflight);
@@ -994,7 +1131,7 @@ void decision_log_close(struct decision_log *dl)
     pthread_join(dl->thread, NULL);
     if (!dl->broken) {
         checkpoint(dl);
-        if (dl->last_seq != dl->head_written) {
+        if (dl->head_dirty || dl->last_seq != dl->head_written) {
             head_write(dl);
         }
     }
@@ -1028,6 +1165,7 @@ void decision_log_close(struct decision_log *dl)
     pthread_cond_destroy(&dl->wake);
     pthread_cond_destroy(&dl->done);
     free(dl->ring);
+    free(dl->bytes.p);
     decision_log_conf_fini(&dl->conf);
     free(dl);
 }

@@ -37,6 +37,17 @@ void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *
  * then ,"hash":"..."} and a newline. hash gets the record's hash. */
 void dl_line_append(struct sbuf *out, const struct decision_record *r, uint64_t seq,
                     const char *prev, char hash[65], struct dl_spans *sp);
+/* A record's body: its canonical bytes from ,"ts" to the admin object, the part that
+ * depends on neither seq, node nor the chain (format 3). Appended to out; sp gets
+ * the spans counted from the body's first byte. Built where the decision is made,
+ * so that the writer only frames, hashes and writes it. */
+void dl_body_append(struct sbuf *out, const struct decision_record *r, struct dl_spans *sp);
+/* The whole line of a format-3 record from its body: the same bytes as
+ * dl_line_append with r->node = node. sp (may be NULL) gets the spans counted from
+ * the line's first byte (bsp: the body's). */
+void dl_line_from_body(struct sbuf *out, uint64_t seq, const char *node, const char *body,
+                       size_t blen, const struct dl_spans *bsp, const char *prev, char hash[65],
+                       struct dl_spans *sp);
 /* The JSON of a record's groups and claims, as the canonical bytes embed them. */
 void dl_groups_json(struct sbuf *b, const struct decision_record *r);
 void dl_claims_json(struct sbuf *b, const struct decision_record *r);

@@ -13,6 +13,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "decision_log_int.h"
 #include "core/digest.h"
@@ -84,16 +87,71 @@ static const unsigned char must_escape[256] = {
     [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1, [0x7f] = 1,
 };
 
-/* A JSON string of n bytes, written in place (room for the worst case is made
- * once; runs without escapes are copied whole). Bytes >= 0x80 pass through: the
+/* A JSON string of n bytes written at d (room for JSTR_MAX(n) bytes made by the
+ * caller; runs without escapes are copied whole); returns the end. Bytes >= 0x80 pass through: the
  * input is UTF-8 or is recorded as given; control characters are escaped so a line
  * stays one line. */
-static void json_strn(struct sbuf *b, const char *s, size_t n)
+#ifdef __SSE2__
+/* The bytes of v that a JSON string must escape, one bit each. */
+static inline unsigned escapes16(__m128i v)
+{
+    __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v); /* < 0x20 */
+    __m128i q = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i bs = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(ctl, q), _mm_or_si128(bs, del)));
+}
+#endif
+
+/* The masked read of a short string below reads up to 15 bytes past it, within its
+ * page: not an error, so not one for AddressSanitizer either. */
+#if defined(__SANITIZE_ADDRESS__)
+#define NO_ASAN __attribute__((no_sanitize_address))
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NO_ASAN __attribute__((no_sanitize_address))
+#endif
+#endif
+#ifndef NO_ASAN
+#define NO_ASAN
+#endif
+
+NO_ASAN static char *w_jstrn(char *d, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    char *d = sbuf_room(b, 6 * n + 2), *d0 = d;
     *d++ = '"';
-    for (size_t i = 0; i < n;) {
+    size_t i = 0;
+#ifdef __SSE2__
+    /* Sixteen bytes at a time while none needs escaping, the last sixteen read again
+     * at n - 16 (never past the string); the rest goes through the loop below. */
+    if (n < 16 && ((uintptr_t)s & 4095) <= 4096 - 16) {
+        /* A short string read as sixteen bytes from its page (the bytes past it are
+         * masked off, and the store stays within the room the caller made). */
+        __m128i v = _mm_loadu_si128((const void *)s);
+        if (!(escapes16(v) & ((1u << n) - 1))) {
+            _mm_storeu_si128((void *)d, v);
+            d[n] = '"';
+            return d + n + 1;
+        }
+    } else if (n >= 16) {
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const void *)(s + i));
+            if (escapes16(v)) {
+                break;
+            }
+            _mm_storeu_si128((void *)(d + i), v);
+        }
+        if (i < n && i + 16 > n) {
+            __m128i v = _mm_loadu_si128((const void *)(s + n - 16));
+            if (!escapes16(v)) {
+                _mm_storeu_si128((void *)(d + n - 16), v);
+                i = n;
+            }
+        }
+        d += i;
+    }
+#endif
+    while (i < n) {
         size_t run = i;
         /* Eight bytes at a time while none needs escaping (< 0x20, '"', '\\', 0x7f);
          * the exact byte is then found one by one. */
@@ -128,7 +186,17 @@ static void json_strn(struct sbuf *b, const char *s, size_t n)
         i = run + 1;
     }
     *d++ = '"';
-    b->len += (size_t)(d - d0);
+    return d;
+}
+
+/* The room w_jstrn needs for n bytes: every byte escaped as \u00XX, the quotes, and
+ * sixteen bytes for a short string stored whole. */
+#define JSTR_MAX(n) (6 * (n) + 2 + 16)
+
+static void json_strn(struct sbuf *b, const char *s, size_t n)
+{
+    char *d = sbuf_room(b, JSTR_MAX(n));
+    b->len += (size_t)(w_jstrn(d, s, n) - d);
     b->p[b->len] = '\0';
 }
 
@@ -142,23 +210,12 @@ static void json_str(struct sbuf *b, const char *s)
     json_strn(b, s, strlen(s));
 }
 
-/* A claim's name or value: up to its first NUL, as the C string it is copied to. */
-static void json_span(struct sbuf *b, struct str s)
-{
-    json_strn(b, s.p ? s.p : "", s.p ? strnlen(s.p, s.len) : 0);
-}
-
 /* ,"key":"value" (key: a literal without characters to escape). */
 #define KV_STR(b, key, v)                                                                          \
     do {                                                                                           \
         PUT_LIT(b, ",\"" key "\":");                                                               \
         json_str(b, v);                                                                            \
     } while (0)
-
-static void put_bool(struct sbuf *b, bool v)
-{
-    sbuf_put(b, v ? "true" : "false", v ? 4 : 5);
-}
 
 static void put_u64(struct sbuf *b, uint64_t v)
 {
@@ -167,22 +224,80 @@ static void put_u64(struct sbuf *b, uint64_t v)
     sbuf_put(b, d.p, d.len);
 }
 
-void dl_groups_json(struct sbuf *b, const struct decision_record *r)
+/* ---- cursor writers: the caller has made room for the most they write ---- */
+
+#define W_LIT(d, lit) ((void)memcpy((d), "" lit, sizeof(lit) - 1), (d) += sizeof(lit) - 1)
+
+/* A JSON string, or null for NULL (n: its length). */
+static char *w_str(char *d, const char *s, size_t n)
 {
-    PUT_LIT(b, "[");
+    if (!s) {
+        W_LIT(d, "null");
+        return d;
+    }
+    return w_jstrn(d, s, n);
+}
+
+static char *w_u64(char *d, uint64_t v)
+{
+    char tmp[STR_U64_MAX];
+    struct str x = str_u64(tmp, v);
+    memcpy(d, x.p, x.len);
+    return d + x.len;
+}
+
+static char *w_bool(char *d, bool v)
+{
+    if (v) {
+        W_LIT(d, "true");
+    } else {
+        W_LIT(d, "false");
+    }
+    return d;
+}
+
+/* A claim's name or value: up to its first NUL, as the C string it is copied to. */
+static size_t span_len(struct str s)
+{
+    return s.p ? strnlen(s.p, s.len) : 0;
+}
+
+static size_t groups_max(const struct decision_record *r)
+{
+    size_t n = 2;
+    for (size_t i = 0; i < r->ngroups; i++) {
+        n += (r->groups[i] ? JSTR_MAX(strlen(r->groups[i])) : 4) + 1;
+    }
+    return n;
+}
+
+static char *w_groups(char *d, const struct decision_record *r)
+{
+    *d++ = '[';
     for (size_t i = 0; i < r->ngroups; i++) {
         if (i) {
-            PUT_LIT(b, ",");
+            *d++ = ',';
         }
-        json_str(b, r->groups[i]);
+        const char *g = r->groups[i];
+        d = w_str(d, g, g ? strlen(g) : 0);
     }
-    PUT_LIT(b, "]");
+    *d++ = ']';
+    return d;
+}
+
+static size_t claims_max(const struct decision_record *r)
+{
+    size_t n = 2;
+    for (size_t i = 0; i < r->nclaims; i++) {
+        n += JSTR_MAX(span_len(r->claims[i].name)) + JSTR_MAX(span_len(r->claims[i].value)) + 4;
+    }
+    return n;
 }
 
 /* {"name": "v"} or {"name": ["v1", "v2"]} for repeated names, in first-seen order. */
-void dl_claims_json(struct sbuf *b, const struct decision_record *r)
+static char *w_claims(char *d, const struct decision_record *r)
 {
-    PUT_LIT(b, "{");
+    *d++ = '{';
     bool first = true;
     for (size_t i = 0; i < r->nclaims; i++) {
         bool seen = false;
@@ -197,28 +312,45 @@ void dl_claims_json(struct sbuf *b, const struct decision_record *r)
             count += str_eq(r->claims[j].name, r->claims[i].name);
         }
         if (!first) {
-            PUT_LIT(b, ",");
+            *d++ = ',';
         }
         first = false;
-        json_span(b, r->claims[i].name);
-        PUT_LIT(b, ":");
+        struct str nm = r->claims[i].name;
+        d = w_jstrn(d, nm.p ? nm.p : "", span_len(nm));
+        *d++ = ':';
         if (count > 1) {
-            PUT_LIT(b, "[");
+            *d++ = '[';
         }
         size_t k = 0;
         for (size_t j = i; j < r->nclaims; j++) {
             if (str_eq(r->claims[j].name, r->claims[i].name)) {
                 if (k++) {
-                    PUT_LIT(b, ",");
+                    *d++ = ',';
                 }
-                json_span(b, r->claims[j].value);
+                struct str v = r->claims[j].value;
+                d = w_jstrn(d, v.p ? v.p : "", span_len(v));
             }
         }
         if (count > 1) {
-            PUT_LIT(b, "]");
+            *d++ = ']';
         }
     }
-    PUT_LIT(b, "}");
+    *d++ = '}';
+    return d;
+}
+
+void dl_groups_json(struct sbuf *b, const struct decision_record *r)
+{
+    char *d = sbuf_room(b, groups_max(r));
+    b->len += (size_t)(w_groups(d, r) - d);
+    b->p[b->len] = '\0';
+}
+
+void dl_claims_json(struct sbuf *b, const struct decision_record *r)
+{
+    char *d = sbuf_room(b, claims_max(r));
+    b->len += (size_t)(w_claims(d, r) - d);
+    b->p[b->len] = '\0';
 }
 
 static size_t format_ts(int64_t ts_us, char out[64])
@@ -258,20 +390,138 @@ void dl_format_ts(int64_t ts_us, char out[64])
     (void)format_ts(ts_us, out);
 }
 
+/* The record's fields, from ,"ts" to the admin object: the part of the canonical
+ * bytes that does not depend on the chain. v2: format 2 or later (kind, enforced
+ * and admin present). sp (may be NULL) gets the spans, counted from start. */
+static void canonical_fields(const struct decision_record *r, bool v2, struct sbuf *b, size_t start,
+                             struct dl_spans *sp)
+{
+    enum {
+        KIND,
+        RID,
+        ROUTE,
+        DECISION,
+        RULE,
+        REASON,
+        USER,
+        EMAIL,
+        IDP,
+        SESSION,
+        DEV_ID,
+        DEV_OWNER,
+        IP,
+        METHOD,
+        HOST,
+        PATH,
+        ENFORCED,
+        OPA,
+        A_ACTION,
+        A_ACTOR,
+        A_FROM,
+        A_TARGET,
+        NF
+    };
+    const char *const f[NF] = { r->kind,       r->request_id,  r->route,        r->decision,
+                                r->rule,       r->reason,      r->user,         r->email,
+                                r->idp,        r->session,     r->device_id,    r->device_owner,
+                                r->client_ip,  r->method,      r->host,         r->path,
+                                r->enforced,   r->opa_result,  r->admin_action, r->admin_actor,
+                                r->admin_from, r->admin_target };
+    size_t len[NF];
+    /* One reservation for the worst case: the keys, time and numbers fit in 1 KiB. */
+    size_t max = 1024 + groups_max(r) + claims_max(r);
+    for (size_t i = 0; i < NF; i++) {
+        len[i] = f[i] ? strlen(f[i]) : 0;
+        max += JSTR_MAX(len[i]) + 4;
+    }
+    char *d0 = sbuf_room(b, max), *d = d0;
+#define KV(key, i)                                                                                 \
+    do {                                                                                           \
+        W_LIT(d, ",\"" key "\":");                                                                 \
+        d = w_str(d, f[i], len[i]);                                                                \
+    } while (0)
+    W_LIT(d, ",\"ts\":\"");
+    d += format_ts(r->ts_us, d);
+    *d++ = '"';
+    if (v2) {
+        KV("kind", KIND);
+    }
+    KV("request_id", RID);
+    KV("route", ROUTE);
+    KV("decision", DECISION);
+    KV("rule", RULE);
+    KV("reason", REASON);
+    KV("user", USER);
+    KV("email", EMAIL);
+    W_LIT(d, ",\"groups\":");
+    size_t g0 = b->len + (size_t)(d - d0) - start;
+    d = w_groups(d, r);
+    size_t g1 = b->len + (size_t)(d - d0) - start;
+    W_LIT(d, ",\"claims\":");
+    size_t c0 = b->len + (size_t)(d - d0) - start;
+    d = w_claims(d, r);
+    if (sp) {
+        *sp = (struct dl_spans){ g0, g1 - g0, c0, b->len + (size_t)(d - d0) - start - c0 };
+    }
+    KV("idp", IDP);
+    KV("session", SESSION);
+    W_LIT(d, ",\"device\":{\"present\":");
+    d = w_bool(d, r->device_present);
+    KV("id", DEV_ID);
+    KV("owner", DEV_OWNER);
+    W_LIT(d, ",\"trusted\":");
+    d = w_bool(d, r->device_trusted);
+    *d++ = '}';
+    KV("client_ip", IP);
+    KV("method", METHOD);
+    KV("host", HOST);
+    KV("path", PATH);
+    W_LIT(d, ",\"shadow\":");
+    d = w_bool(d, r->shadow);
+    if (v2) {
+        KV("enforced", ENFORCED);
+    }
+    W_LIT(d, ",\"opa\":{\"called\":");
+    d = w_bool(d, r->opa_called);
+    W_LIT(d, ",\"result\":");
+    d = w_str(d, f[OPA], len[OPA]);
+    W_LIT(d, ",\"ms\":");
+    d = w_u64(d, r->opa_ms);
+    W_LIT(d, "},\"latency_us\":");
+    d = w_u64(d, r->latency_us);
+    if (v2 && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
+        W_LIT(d, ",\"admin\":null");
+    } else if (v2) {
+        W_LIT(d, ",\"admin\":{\"action\":");
+        d = w_str(d, f[A_ACTION], len[A_ACTION]);
+        KV("actor", A_ACTOR);
+        KV("from", A_FROM);
+        KV("target", A_TARGET);
+        *d++ = '}';
+    }
+#undef KV
+    b->len += (size_t)(d - d0);
+    b->p[b->len] = '\0';
+}
+
+/* {"v":3,"seq":N,"node":"..." (format 3: the node that chained the record). */
+static void head_v3(struct sbuf *b, uint64_t seq, const char *node)
+{
+    PUT_LIT(b, "{\"v\":3,\"seq\":");
+    put_u64(b, seq);
+    KV_STR(b, "node", node);
+}
+
 void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *prev_hash,
                      struct sbuf *b, struct dl_spans *sp)
 {
-    char ts[64];
-    size_t tslen = format_ts(r->ts_us, ts), start = b->len;
+    size_t start = b->len;
     /* Format 2 adds kind, enforced and admin; format 3 (every record a writer with
      * a node name chains) the node, right after seq. An older row (node NULL:
      * format 2; kind NULL too: format 1) keeps its original bytes so that older
      * records still verify. */
-    bool v2 = r->kind || r->node;
     if (r->node) {
-        PUT_LIT(b, "{\"v\":3,\"seq\":");
-        put_u64(b, seq);
-        KV_STR(b, "node", r->node);
+        head_v3(b, seq, r->node);
     } else {
         if (r->kind) {
             PUT_LIT(b, "{\"v\":2,\"seq\":");
@@ -280,68 +530,44 @@ void dl_canonical_at(const struct decision_record *r, uint64_t seq, const char *
         }
         put_u64(b, seq);
     }
-    PUT_LIT(b, ",\"ts\":\"");
-    sbuf_put(b, ts, tslen);
-    PUT_LIT(b, "\"");
-    if (v2) {
-        KV_STR(b, "kind", r->kind);
-    }
-    KV_STR(b, "request_id", r->request_id);
-    KV_STR(b, "route", r->route);
-    KV_STR(b, "decision", r->decision);
-    KV_STR(b, "rule", r->rule);
-    KV_STR(b, "reason", r->reason);
-    KV_STR(b, "user", r->user);
-    KV_STR(b, "email", r->email);
-    PUT_LIT(b, ",\"groups\":");
-    size_t g0 = b->len;
-    dl_groups_json(b, r);
-    size_t g1 = b->len;
-    PUT_LIT(b, ",\"claims\":");
-    size_t c0 = b->len;
-    dl_claims_json(b, r);
-    if (sp) {
-        *sp = (struct dl_spans){ g0 - start, g1 - g0, c0 - start, b->len - c0 };
-    }
-    KV_STR(b, "idp", r->idp);
-    KV_STR(b, "session", r->session);
-    PUT_LIT(b, ",\"device\":{\"present\":");
-    put_bool(b, r->device_present);
-    KV_STR(b, "id", r->device_id);
-    KV_STR(b, "owner", r->device_owner);
-    PUT_LIT(b, ",\"trusted\":");
-    put_bool(b, r->device_trusted);
-    PUT_LIT(b, "}");
-    KV_STR(b, "client_ip", r->client_ip);
-    KV_STR(b, "method", r->method);
-    KV_STR(b, "host", r->host);
-    KV_STR(b, "path", r->path);
-    PUT_LIT(b, ",\"shadow\":");
-    put_bool(b, r->shadow);
-    if (v2) {
-        KV_STR(b, "enforced", r->enforced);
-    }
-    PUT_LIT(b, ",\"opa\":{\"called\":");
-    put_bool(b, r->opa_called);
-    PUT_LIT(b, ",\"result\":");
-    json_str(b, r->opa_result);
-    PUT_LIT(b, ",\"ms\":");
-    put_u64(b, r->opa_ms);
-    PUT_LIT(b, "},\"latency_us\":");
-    put_u64(b, r->latency_us);
-    if (v2 && !r->admin_action && !r->admin_actor && !r->admin_from && !r->admin_target) {
-        PUT_LIT(b, ",\"admin\":null");
-    } else if (v2) {
-        PUT_LIT(b, ",\"admin\":{\"action\":");
-        json_str(b, r->admin_action);
-        KV_STR(b, "actor", r->admin_actor);
-        KV_STR(b, "from", r->admin_from);
-        KV_STR(b, "target", r->admin_target);
-        PUT_LIT(b, "}");
-    }
+    canonical_fields(r, r->kind || r->node, b, start, sp);
     PUT_LIT(b, ",\"prev_hash\":\"");
     sbuf_put(b, prev_hash, strlen(prev_hash));
     PUT_LIT(b, "\"");
+}
+
+void dl_body_append(struct sbuf *b, const struct decision_record *r, struct dl_spans *sp)
+{
+    canonical_fields(r, true, b, b->len, sp);
+}
+
+void dl_line_from_body(struct sbuf *b, uint64_t seq, const char *node, const char *body,
+                       size_t blen, const struct dl_spans *bsp, const char *prev, char hash[65],
+                       struct dl_spans *sp)
+{
+    size_t start = b->len;
+    head_v3(b, seq, node);
+    size_t head = b->len - start;
+    /* The body, the chain's part and room for the hash in one reservation. */
+    static const char ph[] = ",\"prev_hash\":\"", hk[] = "\",\"hash\":\"";
+    const size_t phn = sizeof ph - 1, hkn = sizeof hk - 1;
+    char *d = sbuf_room(b, blen + phn + 64 + hkn + 64 + 3);
+    memcpy(d, body, blen);
+    memcpy(d + blen, ph, phn);
+    memcpy(d + blen + phn, prev, 64);
+    d[blen + phn + 64] = '"';
+    b->len += blen + phn + 64 + 1;
+    dl_hash(prev, b->p + start, b->len - start, hash);
+    d = b->p + b->len - 1; /* the closing quote of prev_hash is hk's first byte */
+    memcpy(d, hk, hkn);
+    memcpy(d + hkn, hash, 64);
+    memcpy(d + hkn + 64, "\"}\n", 3);
+    b->len += hkn + 64 + 3 - 1;
+    b->p[b->len] = '\0';
+    if (sp && bsp) {
+        *sp = (struct dl_spans){ bsp->groups_off + head, bsp->groups_len, bsp->claims_off + head,
+                                 bsp->claims_len };
+    }
 }
 
 void dl_canonical(const struct decision_record *r, uint64_t seq, const char *prev_hash,

@@ -53,10 +53,14 @@ static void spool_open(struct decision_log *dl)
     }
 }
 
-void dl_put_line(struct sbuf *b, const struct qrec *q, const char *prev, char hash[65],
-                 struct sbuf *canon)
+void dl_put_line(struct sbuf *b, const struct qrec *q, const char *node, const char *prev,
+                 char hash[65], struct sbuf *canon)
 {
-    dl_canonical(&q->rec, q->seq, prev, canon);
+    if (q->body) {
+        dl_line_from_body(b, q->seq, node, q->body, q->body_len, &q->sp, prev, hash, NULL);
+        return;
+    }
+    dl_canonical(q->rec, q->seq, prev, canon);
     dl_hash(prev, canon->p, canon->len, hash);
     dl_sbuf_put(b, canon->p, canon->len);
     dl_sbuf_put(b, ",\"hash\":\"", 9);
@@ -89,7 +93,7 @@ int dl_spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n
         if (q->seq <= last) {
             continue;
         }
-        dl_put_line(&lines, q, prev, hash, &canon);
+        dl_put_line(&lines, q, dl->conf.node, prev, hash, &canon);
         memcpy(prev, hash, 65);
         last = q->seq;
         count++;
@@ -205,7 +209,7 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
     if (rc == 0 && nrows > 0) {
         qs = xcalloc(nrows, sizeof *qs);
         for (size_t i = 0; i < nrows; i++) {
-            qs[i].rec = rows[i].rec;
+            qs[i].rec = &rows[i].rec;
             qs[i].seq = rows[i].seq;
         }
         for (size_t i = 0; i < nrows && rc == 0; i += DL_BATCH_MAX) {

@@ -15,10 +15,24 @@
 #define DL_ROW_PARAMS 35 /* parameters per row (DL_VALUES) */
 
 struct qrec {
-    struct decision_record rec; /* strings point into blob */
+    const struct decision_record *rec; /* in blob, with its strings (SQLite binds them);
+                                        * NULL with index: deferred when there is a body */
     uint64_t seq;
     int64_t pending_id; /* > 0: taken from decision_log_pending */
     char *blob;
+    /* The record's body (dl_body_append), built by the appending thread, in the log's
+     * byte ring (ring_charge > 0: its length plus any gap skipped at the ring's end)
+     * or on the heap (ring_charge 0). NULL: the line is built from rec. */
+    char *body;
+    uint32_t body_len, ring_charge;
+    struct dl_spans sp; /* in the body */
+};
+
+/* The bodies of queued records: one buffer taken and given back in queue order, so
+ * that appending a record costs no allocation. */
+struct dl_bytes {
+    char *p;
+    size_t cap, w, r, used;
 };
 
 struct decision_log {
@@ -29,6 +43,7 @@ struct decision_log {
     pthread_cond_t wake, done;
     struct qrec *ring;
     size_t head, count, inflight;
+    struct dl_bytes bytes; /* under mu */
     uint64_t next_seq, committed;
     bool stop, broken;
     decision_log_commit_cb *cb;
@@ -55,6 +70,7 @@ struct decision_log {
     char spool_prev[65];
     /* The head the writer has committed (writer thread). */
     uint64_t last_seq, head_written;
+    bool head_dirty; /* a checkpoint the head file does not have yet */
     /* Signed checkpoints. */
     bool ckpt;
     struct dl_key key;
@@ -98,9 +114,10 @@ uint64_t dl_file_first_seq(int fd);
 int dl_file_drop_before(const char *file, uint64_t keep_after, struct err *err);
 
 /* dl_spool.c */
-/* The line of q chained to prev (canonical bytes, then its hash) appended to b. */
-void dl_put_line(struct sbuf *b, const struct qrec *q, const char *prev, char hash[65],
-                 struct sbuf *canon);
+/* The line of q chained to prev (canonical bytes, then its hash) appended to b; node:
+ * the writer's (a record with a body is framed with it). */
+void dl_put_line(struct sbuf *b, const struct qrec *q, const char *node, const char *prev,
+                 char hash[65], struct sbuf *canon);
 /* Saves every held record not yet in the spool (the failing batch, then the queue). */
 int dl_spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n);
 /* Everything in the spool is committed: empty it. */

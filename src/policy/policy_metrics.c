@@ -116,7 +116,8 @@ void policy_metrics_regex_error(void)
 
 void policy_metrics_queue_depth(size_t depth)
 {
-    atomic_store(&m.queue_depth, depth);
+    /* A gauge set on every append: no ordering needed, only the value. */
+    atomic_store_explicit(&m.queue_depth, depth, memory_order_relaxed);
 }
 
 void policy_metrics_log_state(size_t pending, size_t spooled, bool broken)

@@ -277,6 +277,112 @@ static void expect_fail(struct fixture *f, const char *line)
     assert_non_null(strstr(out, "decision log FAILED verification\n"));
 }
 
+/* A record's body built where the decision is made, framed by the writer, gives the
+ * very bytes (and hash, and spans) of the line built from the record, and those
+ * bytes are JSON that reads back as the record's strings: for strings around the
+ * encoder's 16-byte steps, with each kind of byte that must be escaped at each place,
+ * NULL fields, repeated claims and an administrative record. */
+static void test_dl_body_frames_to_the_same_line(void **state)
+{
+    (void)state;
+    static const char esc[] = { '"', '\\', '\n', 0x01, 0x1f, 0x7f, (char)0xc3, 'x' };
+    char *bufs[8];
+    for (size_t i = 0; i < 8; i++) {
+        bufs[i] = malloc(64);
+    }
+    size_t checked = 0;
+    for (size_t n = 0; n <= 40; n++) {
+        for (size_t e = 0; e < sizeof esc; e++) {
+            for (size_t at = 0; at <= n; at += n > 20 ? 7 : 1) {
+                /* path: n bytes with esc[e] at `at` (none when at == n); the same at the
+                 * end of a 64-byte buffer for the page-local read. */
+                char *path = bufs[0], *tail = bufs[1] + 63 - n;
+                for (size_t k = 0; k < n; k++) {
+                    path[k] = (char)('a' + k % 26);
+                }
+                if (at < n) {
+                    path[at] = esc[e];
+                }
+                path[n] = '\0';
+                memcpy(tail, path, n + 1);
+                const char *groups[] = { tail, "eng", path };
+                struct str cn = { "amr", 3 };
+                struct policy_kv claims[] = { { cn, { path, n } },
+                                              { { "acr", 3 }, { "1", 1 } },
+                                              { cn, { "pwd", 3 } } };
+                struct decision_record r = {
+                    .ts_us = 1767225600123456LL + (int64_t)n,
+                    .kind = "policy",
+                    .request_id = "req-1",
+                    .route = tail,
+                    .decision = "allow",
+                    .rule = e % 2 ? NULL : "r1",
+                    .reason = path,
+                    .user = "alice",
+                    .groups = groups,
+                    .ngroups = 3,
+                    .claims = claims,
+                    .nclaims = 3,
+                    .device_present = true,
+                    .device_id = e % 3 ? "laptop-1" : NULL,
+                    .client_ip = "10.0.0.1",
+                    .method = "GET",
+                    .host = tail,
+                    .path = path,
+                    .enforced = "allow",
+                    .opa_result = e % 2 ? "allow" : NULL,
+                    .latency_us = n,
+                    .admin_action = n % 5 == 0 ? "session.revoke" : NULL,
+                    .admin_target = n % 5 == 0 ? path : NULL,
+                    .node = "node-a",
+                };
+                struct sbuf a = { 0 }, body = { 0 }, b = { 0 };
+                struct dl_spans sa, sbody, sb;
+                char ha[65], hb[65];
+                dl_line_append(&a, &r, n + 1, DL_GENESIS, ha, &sa);
+                dl_body_append(&body, &r, &sbody);
+                dl_line_from_body(&b, n + 1, "node-a", body.p, body.len, &sbody, DL_GENESIS, hb,
+                                  &sb);
+                assert_int_equal(a.len, b.len);
+                assert_memory_equal(a.p, b.p, a.len);
+                assert_string_equal(ha, hb);
+                assert_memory_equal(&sa, &sb, sizeof sa);
+                if (at < n && esc[e] == (char)0xc3) {
+                    /* A lone 0xc3 is passed through as given: not UTF-8, so not JSON. */
+                    dl_sbuf_free(&a);
+                    dl_sbuf_free(&body);
+                    dl_sbuf_free(&b);
+                    checked++;
+                    continue;
+                }
+                json_error_t je;
+                json_t *o = json_loadb(a.p, a.len, JSON_ALLOW_NUL, &je);
+                if (!o) {
+                    fail_msg("%s: %s", je.text, a.p);
+                }
+                assert_string_equal(json_string_value(json_object_get(o, "path")), path);
+                assert_string_equal(json_string_value(json_object_get(o, "host")), tail);
+                assert_string_equal(
+                    json_string_value(json_array_get(json_object_get(o, "groups"), 0)), tail);
+                assert_string_equal(json_string_value(json_array_get(
+                                        json_object_get(json_object_get(o, "claims"), "amr"), 0)),
+                                    path);
+                assert_memory_equal(a.p + sa.groups_off, "[", 1);
+                assert_memory_equal(a.p + sa.claims_off, "{", 1);
+                json_decref(o);
+                dl_sbuf_free(&a);
+                dl_sbuf_free(&body);
+                dl_sbuf_free(&b);
+                checked++;
+            }
+        }
+    }
+    assert_true(checked > 1000);
+    for (size_t i = 0; i < 8; i++) {
+        free(bufs[i]);
+    }
+}
+
 static void test_dl_round_trip_verifies(void **state)
 {
     struct fixture *f = *state;
@@ -781,6 +887,7 @@ static void test_dl_conf_messages(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dl_body_frames_to_the_same_line),
         cmocka_unit_test_setup_teardown(test_dl_round_trip_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_groups, setup, teardown),
