@@ -141,12 +141,22 @@ struct str str_u64(char buf[STR_U64_MAX], uint64_t v)
     return (struct str){ buf + i, STR_U64_MAX - i };
 }
 
+/* Both hex digits of every byte, so that a byte is spelled with one load and store
+ * (each decision log record spells two SHA-256 hashes). */
+#define HEXD(v) ((char)((v) < 10 ? '0' + (v) : 'a' + (v)-10))
+#define HEX2(b)                                                                                    \
+    {                                                                                              \
+        HEXD((b) >> 4), HEXD((b)&15)                                                               \
+    }
+#define HEX4(b)  HEX2(b), HEX2((b) + 1), HEX2((b) + 2), HEX2((b) + 3)
+#define HEX16(b) HEX4(b), HEX4((b) + 4), HEX4((b) + 8), HEX4((b) + 12)
+#define HEX64(b) HEX16(b), HEX16((b) + 16), HEX16((b) + 32), HEX16((b) + 48)
+static const char hex_pairs[256][2] = { HEX64(0), HEX64(64), HEX64(128), HEX64(192) };
+
 void str_hex(const unsigned char *in, size_t n, char *out)
 {
-    static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
+        memcpy(out + 2 * i, hex_pairs[in[i]], 2);
     }
     out[2 * n] = '\0';
 }

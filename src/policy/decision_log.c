@@ -568,7 +568,7 @@ static void *writer_main(void *arg)
             uint64_t ckpt_at = dl->ckpt ? dl->ckpt_seq + dl->conf.ckpt_every : UINT64_MAX;
             while (dl->count > 0 && n < DL_BATCH_MAX && (n == 0 || batch[n - 1].seq < ckpt_at)) {
                 batch[n++] = dl->ring[dl->head];
-                dl->head = (dl->head + 1) % cap;
+                dl->head = dl->head + 1 == cap ? 0 : dl->head + 1;
                 dl->count--;
             }
             dl->inflight = n;
@@ -1060,7 +1060,10 @@ int decision_log_append(struct decision_log *dl, const struct decision_record *r
         memcpy(q.body, body->p, body->len);
         q.body_len = (uint32_t)body->len;
     }
-    size_t tail = (dl->head + dl->count) % dl->conf.queue;
+    size_t tail = dl->head + dl->count; /* < 2 * queue: no division on this path */
+    if (tail >= dl->conf.queue) {
+        tail -= dl->conf.queue;
+    }
     q.seq = dl->next_seq++;
     q.pending_id = 0;
     dl->ring[tail] = q;

@@ -2,6 +2,8 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "core/str.h"
@@ -56,6 +58,23 @@ static void test_str_u64_digits(void **state)
     assert_true(str_eq(str_u64(buf, UINT64_MAX), STR("18446744073709551615")));
 }
 
+/* Every byte value spelled as two lower-case hex digits, as snprintf spells it. */
+static void test_str_hex_every_byte(void **state)
+{
+    (void)state;
+    unsigned char in[256];
+    char out[513], want[3];
+    for (int i = 0; i < 256; i++) {
+        in[i] = (unsigned char)i;
+    }
+    str_hex(in, 256, out);
+    assert_int_equal(strlen(out), 512);
+    for (int i = 0; i < 256; i++) {
+        snprintf(want, sizeof want, "%02x", i);
+        assert_memory_equal(out + 2 * i, want, 2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -64,6 +83,7 @@ int main(void)
         cmocka_unit_test(test_str_trim_prefix_suffix_contains),
         cmocka_unit_test(test_str_edit_distance),
         cmocka_unit_test(test_str_u64_digits),
+        cmocka_unit_test(test_str_hex_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
