@@ -903,8 +903,9 @@ static int cmd_retain(int argc, char **argv)
         return 1;
     }
     if (c.deferred) {
-        fprintf(stderr, "gatehouse: retention is not supported with decision_log.index: "
-                        "deferred\n");
+        fprintf(stderr, "gatehouse: with decision_log.index: deferred the server applies "
+                        "decision_log.retain itself (the file is the log of record: its "
+                        "writer cuts it)\n");
         decision_log_conf_fini(&c);
         return 1;
     }

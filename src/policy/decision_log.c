@@ -462,6 +462,61 @@ static void checkpoint(struct decision_log *dl)
     free(json);
 }
 
+/* Reopens the file after it was replaced (retention): appends go to the new file. */
+static void file_reopen(struct decision_log *dl)
+{
+    close(dl->fd);
+    dl->fd = open(dl->conf.file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (dl->fd < 0) {
+        log_error("decision_log", "cannot reopen %s: %s", dl->conf.file, strerror(errno));
+        dl->file_reopen = true;
+        return;
+    }
+    off_t end = lseek(dl->fd, 0, SEEK_END);
+    dl->file_end = end > 0 ? end : 0;
+}
+
+/* index: deferred: the file is the log of record, so it decides the cut: its leading
+ * records older than decision_log.retain go, behind a signed retention record, and the
+ * index follows in the same SQLite transaction; then the file is rewritten without
+ * them. A crash between the two leaves the file longer than the anchor says: the cut is
+ * finished here on the next call (and at the next start). */
+static void retain_deferred(struct decision_log *dl, int64_t now)
+{
+    struct err err = { 0 };
+    uint64_t seq = 0, anchor = 0;
+    char hash[65], ahash[65];
+    int64_t ts = 0;
+    off_t end = 0;
+    if (dl->fd < 0 ||
+        dl_file_cut_point(dl->fd, dl->file_end, now - (int64_t)dl->conf.retain_ms * 1000, &seq,
+                          hash, &ts, &end, &err) != 0) {
+        if (dl->fd >= 0) {
+            log_error("decision_log", "retention: %s: %s", dl->conf.file, err.msg);
+        }
+        return;
+    }
+    if (seq > 0) {
+        long n = dl_retain_file(dl->db, seq, hash, ts, end, dl->ckpt ? &dl->key : NULL,
+                                "automatic retention", &err);
+        if (n < 0) {
+            log_error("decision_log", "retention failed: %s", err.msg);
+            return;
+        }
+        log_info("decision_log", "retention: records up to %llu leave the log (%lld bytes)",
+                 (unsigned long long)seq, (long long)end);
+    }
+    dl_anchor_get(dl->db, &anchor, ahash);
+    uint64_t first = dl_file_first_seq(dl->fd);
+    if (anchor > 0 && first > 0 && first <= anchor) {
+        if (dl_file_drop_before(dl->conf.file, anchor, &err) != 0) {
+            log_error("decision_log", "retention of the file failed: %s", err.msg);
+            return;
+        }
+        file_reopen(dl);
+    }
+}
+
 static void periodic(struct decision_log *dl)
 {
     dl->last_sync_us = dl_now_us();
@@ -489,8 +544,11 @@ static void periodic(struct decision_log *dl)
     if (dl->head_dirty || dl->last_seq != dl->head_written) {
         head_write(dl);
     }
-    if (dl->conf.retain_ms &&
-        (dl->retain_pending || now - dl->last_retain_us > DL_RETAIN_EVERY_US)) {
+    if (dl->conf.retain_ms && dl->conf.deferred && now - dl->last_retain_us > DL_RETAIN_EVERY_US) {
+        dl->last_retain_us = now;
+        retain_deferred(dl, now);
+    } else if (dl->conf.retain_ms &&
+               (dl->retain_pending || now - dl->last_retain_us > DL_RETAIN_EVERY_US)) {
         /* A bounded chunk per call: the writer keeps committing new records in between. */
         struct err err = { 0 };
         uint64_t anchor = 0;
@@ -887,8 +945,25 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
                 goto fail;
             }
         }
-        if (fseq == 0 && anchor_seq == 0) {
-            memcpy(dl->prev, DL_GENESIS, 65);
+        uint64_t first = dl_file_first_seq(dl->fd);
+        if (anchor_seq > 0 && first > 0 && first <= anchor_seq) {
+            /* A retention cut that a stop interrupted: SQLite has the signed record,
+             * the file still has the records it covers. Finish it. */
+            if (dl_file_drop_before(c->file, anchor_seq, err) != 0) {
+                goto fail;
+            }
+            file_reopen(dl);
+            if (dl->fd < 0 || dl_file_head(dl->fd, &fseq, dl->prev, &dl->file_end, err) != 0) {
+                if (dl->fd < 0) {
+                    err_set(err, ERR_IO, "cannot reopen %s", c->file);
+                }
+                goto fail;
+            }
+        }
+        if (fseq <= anchor_seq) {
+            /* Nothing after the anchor yet (retention took every line, or none was
+             * written): the chain continues from the anchor. */
+            dl_anchor_get(dl->db, &anchor_seq, dl->prev);
         }
         dl->next_seq = (fseq > anchor_seq ? fseq : anchor_seq) + 1;
     } else if (sqlite3_prepare_v2(dl->db,

@@ -67,15 +67,6 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
                    "file is then the log of record)");
         return false;
     }
-    if (out->deferred && conf_get(n, "retain") && out->retain_ms != 0) {
-        conf_error(d, conf_get(n, "retain"),
-                   "\"retain\" is not supported with \"index: "
-                   "deferred\": set \"retain: 0\" or \"index: inline\"");
-        return false;
-    }
-    if (out->deferred) {
-        out->retain_ms = 0; /* the default (90d) does not apply: the file is never cut */
-    }
     if (sync && strcmp(sync, "batch") != 0 && strcmp(sync, "strict") != 0) {
         conf_error(d, conf_get(n, "sync"), "\"sync\" must be batch or strict, got \"%s\"", sync);
         return false;

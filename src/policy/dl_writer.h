@@ -112,6 +112,17 @@ int dl_index_schema(sqlite3 *db);
 uint64_t dl_file_first_seq(int fd);
 /* Rewrites the file keeping lines with seq > keep_after (atomic rename). */
 int dl_file_drop_before(const char *file, uint64_t keep_after, struct err *err);
+/* dl_retain.c, index: deferred: the newest record of the file's leading run of records
+ * older than cutoff_us (*seq 0: none), its hash and time, and *end the offset just
+ * past its line (what a cut there removes). Reads only complete lines below limit. */
+int dl_file_cut_point(int fd, off_t limit, int64_t cutoff_us, uint64_t *seq, char hash[65],
+                      int64_t *ts_us, off_t *end, struct err *err);
+/* The same cut in SQLite, in one transaction: the signed retention record and the
+ * anchor, the index rows up to seq deleted, the index's mark moved with the file
+ * (cut_bytes shorter). The file is cut after it (dl_file_drop_before). Returns the
+ * index rows deleted, or -1. */
+long dl_retain_file(sqlite3 *db, uint64_t seq, const char *hash, int64_t ts, off_t cut_bytes,
+                    const struct dl_key *key, const char *reason, struct err *err);
 
 /* dl_spool.c */
 /* The line of q chained to prev (canonical bytes, then its hash) appended to b; node:

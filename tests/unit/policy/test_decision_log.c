@@ -3,6 +3,7 @@
  * (edit, delete, reorder, truncate; in SQLite and in the file) is named exactly;
  * back-pressure refuses records instead of dropping them; crash leftovers (torn
  * line, file behind SQLite) are repaired on open; retention keeps the chain. */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <sqlite3.h>
 
 #include "policy/decision_log_int.h"
+#include "policy/dl_writer.h"
 #include "policy/policy.h"
 
 struct fixture {
@@ -529,6 +531,13 @@ static void test_dl_sqlite_delete_last(void **state)
                    "removed from SQLite)\n");
 }
 
+static void drop_first_line(char **lines, size_t *n)
+{
+    free(lines[0]);
+    memmove(lines, lines + 1, (*n - 1) * sizeof *lines);
+    (*n)--;
+}
+
 static void edit_line5(char **lines, size_t *n)
 {
     (void)n;
@@ -733,6 +742,99 @@ static void test_dl_retention_keeps_the_chain(void **state)
     expect_fail(f, "FAIL sqlite: record 16 is missing (removed): the next row is record 17\n");
 }
 
+/* index: deferred with retain: the file (the log of record) decides the cut, behind a
+ * signed retention record; the index follows; verify passes before and after; a cut
+ * interrupted between SQLite and the file is finished at the next open, and the chain
+ * then continues from the anchor even when no line is left. */
+static void test_dl_deferred_retention_cuts_the_file(void **state)
+{
+    struct fixture *f = *state;
+    struct decision_log_conf c;
+    char out[4096];
+    FILE *cf = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
+          "retain: 0, flush_interval: 50ms}\n",
+          cf);
+    fclose(cf);
+    struct decision_log *dl = open_log(f, &c);
+    append_n(dl, 6, 1, 40LL * 86400 * 1000000); /* 40 days old: past retain: 30d */
+    append_n(dl, 4, 7, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0); /* indexes 1..10: the mark moves */
+    cf = fopen(f->cfg, "w");
+    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
+          "retain: 30d, flush_interval: 50ms}\n",
+          cf);
+    fclose(cf);
+    /* A new writer runs retention at its first sync. */
+    dl = open_log(f, &c);
+    usleep(400 * 1000);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    int fd = open(f->file, O_RDONLY);
+    char first[64] = "";
+    assert_true(read(fd, first, sizeof first - 1) > 0);
+    close(fd);
+    assert_non_null(strstr(first, "\"seq\":7,"));
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 4 records verified (records 7..10)\n"));
+    assert_non_null(strstr(out, "file: 4 records verified"));
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT count(*), max(upto_seq) FROM "
+                                        "decision_log_retention",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    assert_int_equal(sqlite3_column_int(st, 1), 6);
+    sqlite3_finalize(st);
+    /* The log goes on after the cut. */
+    dl = open_log(f, &c);
+    append_n(dl, 2, 11, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 6 records verified (records 7..12)\n"));
+    /* A stop between the SQLite part of a cut (every record, up to 12) and the file's
+     * rewrite: the next open finishes the rewrite; nothing is left, so the next record
+     * chains to the anchor. */
+    fd = open(f->file, O_RDONLY);
+    struct stat sb;
+    assert_int_equal(fstat(fd, &sb), 0);
+    uint64_t seq = 0;
+    char hash[65];
+    int64_t ts = 0;
+    off_t end = 0;
+    struct err err = { 0 };
+    assert_int_equal(
+        dl_file_cut_point(fd, sb.st_size, now_us() + 3600LL * 1000000, &seq, hash, &ts, &end, &err),
+        0);
+    close(fd);
+    assert_int_equal(seq, 12);
+    assert_int_equal(end, sb.st_size);
+    assert_int_equal(dl_retain_file(db, seq, hash, ts, end, NULL, "test", &err), 6);
+    sqlite3_close(db);
+    dl = open_log(f, &c);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(stat(f->file, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    dl = open_log(f, &c);
+    append_n(dl, 2, 13, 0);
+    decision_log_close(dl);
+    decision_log_conf_fini(&c);
+    assert_int_equal(verify(f, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sqlite: 2 records verified (records 13..14)\n"));
+    assert_non_null(strstr(out, "file: 2 records verified"));
+    /* Cutting the first kept line without a retention record is caught. */
+    edit_file(f, drop_first_line);
+    assert_int_not_equal(verify(f, out, sizeof out), 0);
+}
+
 struct writer_arg {
     struct decision_log *dl;
     int n;
@@ -910,6 +1012,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dl_full_queue_refuses_instead_of_dropping, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dl_retention_keeps_the_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dl_deferred_retention_cuts_the_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_verify_while_writing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_explain_a_logged_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_writer_runs_retention_in_chunks, setup, teardown),
