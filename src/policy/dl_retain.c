@@ -339,12 +339,26 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     if (!c->retain_ms) {
         return 0;
     }
+    /* Never under a running server: its writer appends to the file this rewrites (its
+     * appends would go to the replaced file) and applies retain itself, hourly. */
+    bool busy = false;
+    int lock = dl_writer_lock_try(c->sqlite, &busy);
+    if (lock < 0) {
+        err_set(err, ERR_IO,
+                busy ? "a running server writes this decision log and applies "
+                       "decision_log.retain itself every hour; run audit retain only while "
+                       "it is stopped"
+                     : "cannot create the decision log's lock file");
+        return -1;
+    }
     struct dl_key key = { 0 };
     if (c->ckpt_key && dl_key_load(c->ckpt_key, true, &key, err) != 0) {
+        close(lock);
         return -1;
     }
     if (dl_db_open(c->sqlite, false, &db, err) != 0) {
         dl_key_free(&key);
+        close(lock);
         return -1;
     }
     uint64_t anchor = 0;
@@ -353,7 +367,8 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     sqlite3_close(db);
     dl_key_free(&key);
     if (n > 0 && c->file && dl_file_drop_before(c->file, anchor, err) != 0) {
-        return -1;
+        n = -1;
     }
+    close(lock);
     return n;
 }

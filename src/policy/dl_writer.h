@@ -92,6 +92,9 @@ static inline int64_t dl_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* decision_log.c: the writer's lock (the flock next to the database), without waiting:
+ * the fd, or -1 (*busy: another process, a running server, holds it). */
+int dl_writer_lock_try(const char *sqlite, bool *busy);
 /* decision_log.c: commits a batch to SQLite, then mirrors it to the file. */
 int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n);
 

@@ -410,6 +410,18 @@ class DecisionLogThroughProxy(unittest.TestCase):
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
         self.assertIn("decision log OK", v.stdout)
 
+    def test_audit_retain_refuses_under_a_running_server(self):
+        # The server's writer appends to the file audit retain would rewrite: a retain
+        # run beside it would send the server's next lines to the replaced file.
+        before = len(file_records(self.gh))
+        r = run("audit", "retain", "-c", self.gh.config_path, check=1)
+        self.assertIn("a running server writes this decision log", r.stderr)
+        pub = Browser().request(self.base + "/pub/after-retain")
+        self.wait_records([rid_of(pub)])
+        self.assertGreater(len(file_records(self.gh)), before)
+        v = run("audit", "verify", "-c", self.gh.config_path)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+
     def test_failed_sign_in_is_an_error_record(self):
         # A callback without the login cookie (forged or replayed from elsewhere).
         r = Browser().request(self.base + "/.gatehouse/oidc/callback?code=abc&state=xyz")
