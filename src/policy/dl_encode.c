@@ -87,10 +87,6 @@ static const unsigned char must_escape[256] = {
     [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1, [0x7f] = 1,
 };
 
-/* A JSON string of n bytes written at d (room for JSTR_MAX(n) bytes made by the
- * caller; runs without escapes are copied whole); returns the end. Bytes >= 0x80 pass through: the
- * input is UTF-8 or is recorded as given; control characters are escaped so a line
- * stays one line. */
 #ifdef __SSE2__
 /* The bytes of v that a JSON string must escape, one bit each. */
 static inline unsigned escapes16(__m128i v)
@@ -103,37 +99,30 @@ static inline unsigned escapes16(__m128i v)
 }
 #endif
 
-/* The masked read of a short string below reads up to 15 bytes past it, within its
- * page: not an error, so not one for AddressSanitizer either. */
+/* Under AddressSanitizer the short-string read below (up to 15 bytes past a string,
+ * within its page) would be reported: those builds take the general path. */
 #if defined(__SANITIZE_ADDRESS__)
-#define NO_ASAN __attribute__((no_sanitize_address))
+#define DL_ASAN 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-#define NO_ASAN __attribute__((no_sanitize_address))
+#define DL_ASAN 1
 #endif
 #endif
-#ifndef NO_ASAN
-#define NO_ASAN
+#ifndef DL_ASAN
+#define DL_ASAN 0
 #endif
 
-NO_ASAN static char *w_jstrn(char *d, const char *s, size_t n)
+/* The string's bytes from i on, d being where byte i goes, then the closing quote.
+ * Runs without escapes are copied whole. Bytes >= 0x80 pass through: the input is
+ * UTF-8 or is recorded as given; control characters are escaped so that a line stays
+ * one line. */
+static char *w_jstrn_from(char *d, const char *s, size_t n, size_t i)
 {
     static const char hex[] = "0123456789abcdef";
-    *d++ = '"';
-    size_t i = 0;
 #ifdef __SSE2__
     /* Sixteen bytes at a time while none needs escaping, the last sixteen read again
      * at n - 16 (never past the string); the rest goes through the loop below. */
-    if (n < 16 && ((uintptr_t)s & 4095) <= 4096 - 16) {
-        /* A short string read as sixteen bytes from its page (the bytes past it are
-         * masked off, and the store stays within the room the caller made). */
-        __m128i v = _mm_loadu_si128((const void *)s);
-        if (!(escapes16(v) & ((1u << n) - 1))) {
-            _mm_storeu_si128((void *)d, v);
-            d[n] = '"';
-            return d + n + 1;
-        }
-    } else if (n >= 16) {
+    if (n >= 16) {
         for (; i + 16 <= n; i += 16) {
             __m128i v = _mm_loadu_si128((const void *)(s + i));
             if (escapes16(v)) {
@@ -187,6 +176,25 @@ NO_ASAN static char *w_jstrn(char *d, const char *s, size_t n)
     }
     *d++ = '"';
     return d;
+}
+
+/* A JSON string of n bytes written at d (room for JSTR_MAX(n) bytes made by the
+ * caller); returns the end. A string shorter than 16 bytes is read as 16 bytes from its
+ * page, the bytes past it masked off, and stored whole (the room covers it). */
+static inline __attribute__((always_inline)) char *w_jstrn(char *d, const char *s, size_t n)
+{
+    *d++ = '"';
+#if defined(__SSE2__) && !DL_ASAN
+    if (n < 16 && ((uintptr_t)s & 4095) <= 4096 - 16) {
+        __m128i v = _mm_loadu_si128((const void *)s);
+        if (!(escapes16(v) & ((1u << n) - 1))) {
+            _mm_storeu_si128((void *)d, v);
+            d[n] = '"';
+            return d + n + 1;
+        }
+    }
+#endif
+    return w_jstrn_from(d, s, n, 0);
 }
 
 /* The room w_jstrn needs for n bytes: every byte escaped as \u00XX, the quotes, and
