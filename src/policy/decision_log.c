@@ -596,8 +596,8 @@ static void *writer_main(void *arg)
     size_t n = 0;
     /* A throughput thread: when it wakes it does not preempt a worker that answers
      * requests on the same CPU (it keeps its fair share of the CPU all the same). */
-    struct sched_param sp = { 0 };
-    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+    struct sched_param batch_sched = { 0 };
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch_sched);
 
     pthread_mutex_lock(&dl->mu);
     for (;;) {
