@@ -398,19 +398,20 @@ def callgrind(args, d, idp, backend_port, token, ports):
     sequential keep-alive requests to warm up, then instrumentation on for
     args.callgrind requests (callgrind_control -i on, -d at the end)."""
     rows = []
-    for t in ("gh-public", "gh-signedin", "gh-log-batch", "gh-bearer"):
+    logs = {"gh-log-batch": "batch", "gh-log-deferred": "deferred"}
+    for t in ("gh-public", "gh-signedin", "gh-log-batch", "gh-log-deferred", "gh-bearer"):
         if args.only and t not in args.only.split(","):
             continue
         out = os.path.join(d, "cg", t)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         wrap = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "--instr-atstart=no",
                 f"--callgrind-out-file={out}"]
-        port = ports["batch" if t == "gh-log-batch" else "nolog"]
+        port = ports[logs.get(t, "nolog")]
         orig = bench.wait_port
         bench.wait_port = lambda p, proc, timeout=10: orig(p, proc, 120)
         try:
             g = Gatehouse(os.path.join(d, "cg-" + t), args.gatehouse, port, idp, backend_port,
-                          "batch" if t == "gh-log-batch" else None, wrap)
+                          logs.get(t), wrap)
         finally:
             bench.wait_port = orig
         try:
@@ -524,7 +525,7 @@ def main():
             backend = bench.start_backend(d)
             servers.append(backend)
             report = callgrind(args, d, idp, backend.port, token,
-                               {m: gh_ports[("", m)] for m in ("nolog", "batch")})
+                               {m: gh_ports[("", m)] for m in ("nolog", "batch", "deferred")})
             print(report)
             return 0
 
