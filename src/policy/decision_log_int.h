@@ -89,6 +89,11 @@ void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);
  * transaction and moves the anchor; *anchor_seq gets the anchor. Returns rows deleted or -1.
  * The file is the caller's (drop its lines up to the anchor once SQLite is done). */
 struct dl_key;
+/* dl_retain.c: where the file's first line with seq > after starts (*off; the end of the
+ * complete lines below limit when none), reading only each line's seq. 0 or ERR_*. */
+int dl_file_seek_after(int fd, off_t limit, uint64_t after, off_t *off, struct err *err);
+/* A record line's seq and time, read without parsing the rest of it. */
+bool dl_line_head(const char *p, size_t n, uint64_t *seq, int64_t *ts_us);
 long dl_retain(sqlite3 *db, int64_t cutoff_us, long max_rows, uint64_t *anchor_seq,
                const struct dl_key *key, const char *reason, struct err *err);
 /* Binds a record to an INSERT of (seq, DL_COLUMNS, prev_hash, hash) (DL_VALUES) and

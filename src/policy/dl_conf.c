@@ -125,13 +125,6 @@ bool decision_log_conf_parse(const struct conf_node *root, const char *conf_file
                    "node's records in the decision log)");
         return false;
     }
-    if (out->deferred && pg != NULL) {
-        conf_error(d, conf_get(state, "postgres"),
-                   "\"state.postgres\" (a fleet's shared log) is "
-                   "not supported with \"decision_log.index: "
-                   "deferred\": use \"index: inline\"");
-        return false;
-    }
     if (!sqlite) {
         conf_error(d, conf_get_key(root, "decision_log"),
                    "\"decision_log\" needs \"state.sqlite\" (the log's database)");

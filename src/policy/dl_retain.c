@@ -180,6 +180,22 @@ int dl_file_drop_before(const char *file, uint64_t keep_after, struct err *err)
     return rc;
 }
 
+int dl_file_seek_after(int fd, off_t limit, uint64_t after, off_t *off, struct err *err)
+{
+    struct line_head last;
+    return scan_lines(fd, limit, past_seq, &after, off, &last, err);
+}
+
+bool dl_line_head(const char *p, size_t n, uint64_t *seq, int64_t *ts_us)
+{
+    struct line_head h;
+    if (!line_head_read(p, n, &h) || !dl_parse_ts(h.ts, ts_us)) {
+        return false;
+    }
+    *seq = h.seq;
+    return true;
+}
+
 static bool not_before(const struct line_head *h, bool parsed, const void *arg)
 {
     /* The ts strings have one fixed width: they compare as the times they spell. */

@@ -5,13 +5,18 @@
  * keyed by (node, seq) (hash-partitioned by node; created by the schema
  * migrations, `gatehouse db migrate`). The local database is the spool: while
  * PostgreSQL is away records stay there and are shipped when it returns, so
- * none is lost. `audit query` reads every node's records from PostgreSQL and
- * `audit verify` checks every node's chain there. Bound parameters only. */
+ * none is lost. With index: deferred the records are shipped from the JSON-lines
+ * file, the log of record, instead. `audit query` reads every node's records from
+ * PostgreSQL and `audit verify` checks every node's chain there. Bound parameters
+ * only. */
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +40,7 @@ struct dl_ship {
     uint64_t retain_ms;   /* decision_log.retention (0: keep) */
     int64_t last_retain_ms;
     bool down_logged;
+    off_t file_at; /* index: deferred: where the line after `shipped` starts, if known */
 };
 
 static PGconn *dl_pg_connect(const struct decision_log_conf *c, struct err *err)
@@ -107,6 +113,84 @@ static int ship_checkpoints(struct dl_ship *s, sqlite3 *ldb)
 
 /* One round: ships up to SHIP_BATCH committed records. 1 when more wait, 0 when
  * caught up, -1 on failure (retried next period). */
+/* index: deferred: the records come from the file (the log of record) as the very lines
+ * it holds, from the line after the last one shipped (found again by its seq when the
+ * file was cut by retention or the node restarted). *last gets the highest seq
+ * inserted, *n how many. Inside the caller's PostgreSQL transaction. 0 or -1. */
+static int ship_from_file(struct dl_ship *s, int64_t *last, int *n, PGresult **res)
+{
+    int fd = open(s->conf.file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT ? 0 : -1;
+    }
+    struct stat sb;
+    struct err e = { 0 };
+    uint64_t seq = 0;
+    int64_t ts = 0;
+    ssize_t got = 0;
+    int rc = fstat(fd, &sb) == 0 ? 0 : -1;
+    /* The remembered offset holds if the line there is the next one. */
+    off_t off = s->file_at;
+    bool hint = false;
+    if (rc == 0 && off > 0) {
+        char head[512];
+        got = pread(fd, head, sizeof head, off);
+        hint = got > 0 && dl_line_head(head, (size_t)got, &seq, &ts) &&
+               seq == (uint64_t)s->shipped + 1;
+    }
+    if (rc == 0 && !hint) {
+        rc = dl_file_seek_after(fd, sb.st_size, (uint64_t)s->shipped, &off, &e) == 0 ? 0 : -1;
+    }
+    char *buf = rc == 0 ? xmalloc(1024 * 1024) : NULL;
+    while (rc == 0 && *n < SHIP_BATCH && off < sb.st_size) {
+        size_t want = sb.st_size - off < 1024 * 1024 ? (size_t)(sb.st_size - off) : 1024 * 1024;
+        got = pread(fd, buf, want, off);
+        if (got <= 0) {
+            rc = got < 0 ? -1 : 0;
+            break;
+        }
+        size_t pos = 0;
+        const char *nl;
+        while (*n < SHIP_BATCH && (nl = memchr(buf + pos, '\n', (size_t)got - pos)) != NULL) {
+            size_t len = (size_t)(nl - (buf + pos));
+            if (!dl_line_head(buf + pos, len, &seq, &ts)) {
+                log_error("policy",
+                          "decision log shipping: %s: byte %lld is not a decision "
+                          "record (run audit verify)",
+                          s->conf.file, (long long)(off + (off_t)pos));
+                rc = -1;
+                break;
+            }
+            buf[pos + len] = '\0';
+            char seqt[24], tst[24];
+            snprintf(seqt, sizeof seqt, "%llu", (unsigned long long)seq);
+            snprintf(tst, sizeof tst, "%lld", (long long)ts);
+            const char *v[] = { s->conf.node, seqt, tst, buf + pos };
+            *res = PQexecParams(s->db,
+                                "INSERT INTO decision_records (node, seq, ts_us, line) "
+                                "VALUES ($1, $2::bigint, $3::bigint, $4) ON CONFLICT DO NOTHING",
+                                4, NULL, v, NULL, NULL, 0);
+            if (!pg_res_ok(*res)) {
+                rc = -1;
+                break;
+            }
+            PQclear(*res);
+            *res = NULL;
+            *last = (int64_t)seq;
+            (*n)++;
+            pos += len + 1;
+        }
+        if (pos == 0) {
+            break; /* a torn last line: the writer is still appending it */
+        }
+        off += (off_t)pos;
+    }
+    free(buf);
+    close(fd);
+    s->file_at = rc == 0 ? off : 0;
+    return rc;
+}
+
 static int ship_once(struct dl_ship *s)
 {
     if (s->db == NULL || PQstatus(s->db) != CONNECTION_OK) {
@@ -172,7 +256,10 @@ static int ship_once(struct dl_ship *s)
     }
     PQclear(r);
     r = NULL;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    if (s->conf.deferred && ship_from_file(s, &last, &n, &r) != 0) {
+        goto out;
+    }
+    while (!s->conf.deferred && sqlite3_step(st) == SQLITE_ROW) {
         struct dl_row row;
         dl_row_read(st, &row);
         row_line(&row, &line);
@@ -282,6 +369,8 @@ struct dl_ship *dl_ship_start(const struct decision_log_conf *c)
     s->conf.pg_conninfo = xstrdup(c->pg_conninfo);
     s->conf.pg_password_file = c->pg_password_file ? xstrdup(c->pg_password_file) : NULL;
     s->conf.node = xstrdup(c->node);
+    s->conf.file = c->file ? xstrdup(c->file) : NULL;
+    s->conf.deferred = c->deferred && c->file; /* the file is the log of record */
     s->retain_ms = c->retain_ms;
     s->shipped = -1;
     s->ckpt_shipped = -1;
@@ -315,6 +404,7 @@ void dl_ship_stop_free(struct dl_ship *s, bool started)
     free(s->conf.pg_conninfo);
     free(s->conf.pg_password_file);
     free(s->conf.node);
+    free(s->conf.file);
     free(s);
 }
 

@@ -426,10 +426,6 @@ class Check(unittest.TestCase):
         self.assertRegex(out, r"gatehouse\.yaml:\d+:\d+: .*\"index: deferred\" needs \"file\"")
         out = self.check("decision_log:\n  file: d.jsonl\n  index: later\n")
         self.assertRegex(out, r"gatehouse\.yaml:\d+:\d+: .*\"index\" must be inline or deferred")
-        out = self.check("decision_log:\n  file: d.jsonl\n  index: deferred\n",
-                         state="state: {sqlite: gh.db, postgres: \"host=127.0.0.1\", "
-                               "node: n1}\n")
-        self.assertRegex(out, r"gatehouse\.yaml:2:\d+: .*\"state.postgres\".*not supported")
 
     def test_retain_accepted(self):
         for retain in ("0", "30d"):

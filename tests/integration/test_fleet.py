@@ -626,6 +626,78 @@ class FleetTest(FleetServices):
 
 
 @unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
+class DeferredLogFleetTest(FleetServices):
+    """decision_log.index: deferred in a fleet: each node's records are shipped from its
+    JSON-lines file (the log of record) as the very lines it holds; `audit query` and
+    `audit verify` on either node see and check both chains; an edit in PostgreSQL is
+    caught."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.begin_pair("gh-fleet-deferred-")
+        try:
+            key = os.path.join(cls.tmp, "log-ed25519.pem")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key],
+                           check=True, capture_output=True)
+            for i, port in enumerate([int(cls.base.rsplit(":", 1)[1]), cls.port_b]):
+                cfg = basic_config(
+                    [{"name": "pub", "public": True, "upstream": {"servers": [cls.backend.url]}}],
+                    listen=[{"address": f"127.0.0.1:{port}"}],
+                    state={"postgres": cls.pg.uri(application_name=f"gh-dfl{i}"),
+                           "password_file": cls.pg.pwfile, "node": f"node-{'ab'[i]}",
+                           "sqlite": "var/gatehouse.db"},
+                    decision_log={"file": "var/decisions.jsonl", "index": "deferred",
+                                  "checkpoint": {"key": key, "every": 2}})
+                cls.nodes.append(Gatehouse(cfg))
+        except Exception:
+            cls._stop_services()
+            raise
+
+    def lines(self, node):
+        with open(os.path.join(self.nodes[node].dir, "var", "decisions.jsonl")) as f:
+            return [line.rstrip("\n") for line in f if line.endswith("\n")]
+
+    def test_records_shipped_from_the_file_queried_and_verified_from_either(self):
+        tag = os.urandom(4).hex()
+        for node in (0, 1):
+            for i in range(3):
+                r = request(self.nodes[node].port, path=f"/dl-{'ab'[node]}-{tag}-{i}")
+                self.assertEqual(r.status, 200)
+        for node in (0, 1):
+            name = f"node-{'ab'[node]}"
+            def shipped():
+                mine = self.lines(node)
+                got = self.pg.sql(f"SELECT count(*) FROM decision_records WHERE node = '{name}'")
+                return len(mine) >= 3 and int(got) == len(mine)
+            self.assertTrue(wait_for(shipped, 10), self.nodes[node].stderr()[-2000:])
+            # Shipped as the very lines of the file.
+            last = self.lines(node)[-1]
+            seq = json.loads(last)["seq"]
+            self.assertEqual(self.pg.sql(f"SELECT line FROM decision_records WHERE node = "
+                                         f"'{name}' AND seq = {seq}"), last)
+        for n in self.nodes:
+            r = cli("audit", "query", "-c", n.config_path, "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for node in "ab":
+                self.assertIn(f"/dl-{node}-{tag}-2", r.stdout)
+            r = cli("audit", "verify", "-c", n.config_path)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("ok fleet node-a:", r.stdout)
+            self.assertIn("ok fleet node-b:", r.stdout)
+        where = f"node = 'node-b' AND line LIKE '%/dl-b-{tag}-1%'"
+        seq = self.pg.sql(f"SELECT seq FROM decision_records WHERE {where}")
+        self.pg.sql(f"UPDATE decision_records SET line = replace(line, '/dl-b-', '/dl-x-') "
+                    f"WHERE {where}")
+        try:
+            r = cli("audit", "verify", "-c", self.nodes[0].config_path)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn(f"FAIL fleet node-b: record {seq} was edited", r.stdout)
+        finally:
+            self.pg.sql(f"UPDATE decision_records SET line = replace(line, '/dl-x-', '/dl-b-') "
+                        f"WHERE node = 'node-b' AND seq = {seq}")
+
+
+@unittest.skipUnless(pgserver.available(), "needs PostgreSQL 15 (postgresql-15)")
 class SamlFleetTest(FleetServices):
     """One-time values are the fleet's: a SAML response accepted by node A is
     refused when replayed on node B (both answer for the same public URL, as
