@@ -800,14 +800,14 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
     return dl;
 }
 
-/* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
- * waited for briefly (a command line tool holds it for a moment) and, if another
- * process still holds it, the log is opened anyway as before (with a warning). */
 int dl_writer_lock_try(const char *sqlite, bool *busy)
 {
     return writer_lock(sqlite, 0, busy);
 }
 
+/* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
+ * waited for briefly (a command line tool holds it for a moment) and, if another
+ * process still holds it, the log is opened anyway as before (with a warning). */
 static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock, bool *busy,
                                     struct err *err)
 {
