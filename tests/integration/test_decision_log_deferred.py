@@ -114,29 +114,28 @@ class Live(unittest.TestCase):
         v = run("audit", "verify", "-c", self.gh.config_path)
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
 
+    def requests(self, prefix, n):
+        """n requests on one connection; their ids, once the file holds n lines."""
+        ids, c = [], None
+        for i in range(n):
+            status, rid, c = get(self.port, "%s-%d" % (prefix, i), c)
+            self.assertEqual(status, 200)
+            ids.append(rid)
+        c.close()
+        wait_until(lambda: len(read_jsonl(self.file)) >= n, timeout=10)
+        return ids
+
     def test_retention_cuts_the_file_behind_a_signed_record(self):
         # Five decisions, then a server with retain: 2s: its writer cuts them at its first
         # sync (behind a signed retention record); the log goes on, verify passes, and
         # query finds only what is kept.
         self.start(retain="0")
-        old, c = [], None
-        for i in range(5):
-            status, rid, c = get(self.port, "/old-%d" % i, c)
-            self.assertEqual(status, 200)
-            old.append(rid)
-        c.close()
-        wait_until(lambda: len(read_jsonl(self.file)) >= 5, timeout=10)
+        old = self.requests("/old", 5)
         self.gh.stop()
         time.sleep(2.5)
         self.start(state=self.state, retain="2s")
         wait_until(lambda: read_jsonl(self.file) == [], timeout=10)
-        new, c = [], None
-        for i in range(3):
-            status, rid, c = get(self.port, "/new-%d" % i, c)
-            self.assertEqual(status, 200)
-            new.append(rid)
-        c.close()
-        wait_until(lambda: len(read_jsonl(self.file)) >= 3, timeout=10)
+        new = self.requests("/new", 3)
         recs = read_jsonl(self.file)
         self.assertEqual([r["seq"] for r in recs], [6, 7, 8])
         db = sqlite3.connect(self.db)

@@ -36,6 +36,14 @@ def cli(*args):
     return subprocess.run([gatehouse_bin(), *args], capture_output=True, text=True, timeout=30)
 
 
+def assert_fleet_verifies(test, config):
+    """`audit verify` from one node's configuration passes, both nodes' chains checked."""
+    r = cli("audit", "verify", "-c", config)
+    test.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+    test.assertIn("ok fleet node-a:", r.stdout)
+    test.assertIn("ok fleet node-b:", r.stdout)
+
+
 def readyz(gh):
     try:
         return request(gh.admin_port, path="/readyz", timeout=3).status
@@ -380,10 +388,7 @@ class FleetTest(FleetServices):
         for n in (0, 1):
             self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
                                      5))
-            r = cli("audit", "verify", "-c", self.nodes[n].config_path)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("ok fleet node-a:", r.stdout)
-            self.assertIn("ok fleet node-b:", r.stdout)
+            assert_fleet_verifies(self, self.nodes[n].config_path)
         # A record edited in PostgreSQL is caught, from either node.
         where = f"node = 'node-b' AND line LIKE '%/dl-b-{tag}%'"
         seq = self.pg.sql(f"SELECT seq FROM decision_records WHERE {where}")
@@ -680,10 +685,7 @@ class DeferredLogFleetTest(FleetServices):
             self.assertEqual(r.returncode, 0, r.stderr)
             for node in "ab":
                 self.assertIn(f"/dl-{node}-{tag}-2", r.stdout)
-            r = cli("audit", "verify", "-c", n.config_path)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("ok fleet node-a:", r.stdout)
-            self.assertIn("ok fleet node-b:", r.stdout)
+            assert_fleet_verifies(self, n.config_path)
         where = f"node = 'node-b' AND line LIKE '%/dl-b-{tag}-1%'"
         seq = self.pg.sql(f"SELECT seq FROM decision_records WHERE {where}")
         self.pg.sql(f"UPDATE decision_records SET line = replace(line, '/dl-b-', '/dl-x-') "

@@ -115,13 +115,27 @@ static void append_n(struct decision_log *dl, int n, int first, int64_t age_us)
     assert_int_equal(decision_log_wait(dl, seq), 0);
 }
 
-static void make_log(struct fixture *f, int n)
+/* One writer's run: open, n records from seq first (ts shifted by age_us), close. */
+static void log_run(struct fixture *f, int n, int first, int64_t age_us)
 {
     struct decision_log_conf c;
     struct decision_log *dl = open_log(f, &c);
-    append_n(dl, n, 1, 0);
+    append_n(dl, n, first, age_us);
     decision_log_close(dl);
     decision_log_conf_fini(&c);
+}
+
+static void make_log(struct fixture *f, int n)
+{
+    log_run(f, n, 1, 0);
+}
+
+static void write_cfg(struct fixture *f, const char *yaml)
+{
+    FILE *cf = fopen(f->cfg, "w");
+    assert_non_null(cf);
+    fputs(yaml, cf);
+    fclose(cf);
 }
 
 /* Runs `audit verify` and returns its exit code; out gets its stdout. */
@@ -751,22 +765,16 @@ static void test_dl_deferred_retention_cuts_the_file(void **state)
     struct fixture *f = *state;
     struct decision_log_conf c;
     char out[4096];
-    FILE *cf = fopen(f->cfg, "w");
-    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
-          "retain: 0, flush_interval: 50ms}\n",
-          cf);
-    fclose(cf);
+    write_cfg(f, "state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
+                 "retain: 0, flush_interval: 50ms}\n");
     struct decision_log *dl = open_log(f, &c);
     append_n(dl, 6, 1, 40LL * 86400 * 1000000); /* 40 days old: past retain: 30d */
     append_n(dl, 4, 7, 0);
     decision_log_close(dl);
     decision_log_conf_fini(&c);
     assert_int_equal(verify(f, out, sizeof out), 0); /* indexes 1..10: the mark moves */
-    cf = fopen(f->cfg, "w");
-    fputs("state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
-          "retain: 30d, flush_interval: 50ms}\n",
-          cf);
-    fclose(cf);
+    write_cfg(f, "state: {sqlite: gh.db}\ndecision_log: {file: decisions.jsonl, index: deferred, "
+                 "retain: 30d, flush_interval: 50ms}\n");
     /* A new writer runs retention at its first sync. */
     dl = open_log(f, &c);
     usleep(400 * 1000);
@@ -793,10 +801,7 @@ static void test_dl_deferred_retention_cuts_the_file(void **state)
     assert_int_equal(sqlite3_column_int(st, 1), 6);
     sqlite3_finalize(st);
     /* The log goes on after the cut. */
-    dl = open_log(f, &c);
-    append_n(dl, 2, 11, 0);
-    decision_log_close(dl);
-    decision_log_conf_fini(&c);
+    log_run(f, 2, 11, 0);
     assert_int_equal(verify(f, out, sizeof out), 0);
     assert_non_null(strstr(out, "sqlite: 6 records verified (records 7..12)\n"));
     /* A stop between the SQLite part of a cut (every record, up to 12) and the file's
@@ -823,10 +828,7 @@ static void test_dl_deferred_retention_cuts_the_file(void **state)
     decision_log_conf_fini(&c);
     assert_int_equal(stat(f->file, &sb), 0);
     assert_int_equal(sb.st_size, 0);
-    dl = open_log(f, &c);
-    append_n(dl, 2, 13, 0);
-    decision_log_close(dl);
-    decision_log_conf_fini(&c);
+    log_run(f, 2, 13, 0);
     assert_int_equal(verify(f, out, sizeof out), 0);
     assert_non_null(strstr(out, "sqlite: 2 records verified (records 13..14)\n"));
     assert_non_null(strstr(out, "file: 2 records verified"));
