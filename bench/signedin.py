@@ -327,6 +327,19 @@ def render(a, results, targets, integrity, load0, load1, commit):
         ok = v >= goal if op == ">=" else v <= goal
         lines.append(f"- {label}: {v:.2f}× nginx (target {op.replace('>=', '≥').replace('<=', '≤')} "
                      f"{goal}×): {'met' if ok else 'MISSED'}")
+    # The log's own cost per decision, end to end: CPU per request with the log minus
+    # without it (gh-signedin), paired per round, writer thread included.
+    for side in ("", "before:"):
+        base = side + "gh-signedin"
+        for t in ("gh-log-batch", "gh-log-deferred", "gh-log-strict"):
+            if side + t not in results or base not in results:
+                continue
+            d = [1e6 / a["rpcpu"] - 1e6 / b["rpcpu"]
+                 for a, b in zip(results[side + t], results[base]) if a.get("rpcpu") and b.get("rpcpu")]
+            if d:
+                lines.append(f"- {side}{t}: the decision log costs {statistics.median(d):.1f} µs of "
+                             f"CPU per decision (CPU per request minus {base}'s, paired per round; "
+                             f"rounds: {', '.join(f'{x:.1f}' for x in d)})")
     for t in targets:
         if "before:" + t in results:
             lines.append(f"- {t}: {paired(results, t, 'before:' + t, 'rpcpu'):.2f}× the requests "
