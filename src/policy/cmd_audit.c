@@ -53,6 +53,7 @@ bool audit_open_records(const char *cfg, struct decision_log_conf *c, sqlite3 **
                         bool fleet, int64_t since, int64_t until)
 {
     struct err err = { 0 };
+    ingest_failed = false;
     if (!load_conf(cfg, c)) {
         return false;
     }

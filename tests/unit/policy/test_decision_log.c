@@ -837,6 +837,58 @@ static void test_dl_deferred_retention_cuts_the_file(void **state)
     assert_int_not_equal(verify(f, out, sizeof out), 0);
 }
 
+/* Bodies too large for the byte ring go on the heap, between ring ones, in both index
+ * modes: every record is written once, in order, and the log verifies. */
+static void test_dl_large_bodies_between_small_ones(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const modes[] = { "inline", "deferred" };
+    size_t big = 300 * 1024; /* over an eighth of the smallest ring (1 MiB) */
+    char *path = malloc(big + 1);
+    memset(path, 'p', big);
+    path[0] = '/';
+    path[big] = '\0';
+    for (size_t m = 0; m < 2; m++) {
+        char yaml[256], out[4096], file[256];
+        /* Each mode in its own folder (the head file sits next to the database). */
+        snprintf(yaml, sizeof yaml,
+                 "state: {sqlite: %s/gh.db}\ndecision_log: {file: %s/d.jsonl, queue: 8, "
+                 "index: %s}\n",
+                 modes[m], modes[m], modes[m]);
+        snprintf(file, sizeof file, "%s/%s", f->dir, modes[m]);
+        assert_int_equal(mkdir(file, 0700), 0);
+        snprintf(file, sizeof file, "%s/%s/d.jsonl", f->dir, modes[m]);
+        write_cfg(f, yaml);
+        struct decision_log_conf c;
+        struct decision_log *dl = open_log(f, &c);
+        uint64_t seq = 0;
+        for (int i = 0; i < 40; i++) {
+            struct decision_record r = { .ts_us = now_us(),
+                                         .request_id = "req",
+                                         .route = "wiki",
+                                         .decision = "allow",
+                                         .client_ip = "10.0.0.1",
+                                         .method = "GET",
+                                         .host = "wiki.example.com",
+                                         .path = i % 3 == 0 ? path : "/small" };
+            int rc;
+            while ((rc = decision_log_append(dl, &r, &seq)) == ERR_LIMIT) {
+                usleep(1000);
+            }
+            assert_int_equal(rc, 0);
+        }
+        assert_int_equal(decision_log_wait(dl, seq), 0);
+        decision_log_close(dl);
+        decision_log_conf_fini(&c);
+        assert_int_equal(verify(f, out, sizeof out), 0);
+        assert_non_null(strstr(out, "file: "));
+        struct stat sb;
+        assert_int_equal(stat(file, &sb), 0);
+        assert_true((size_t)sb.st_size > 14 * big);
+    }
+    free(path);
+}
+
 struct writer_arg {
     struct decision_log *dl;
     int n;
@@ -992,6 +1044,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dl_body_frames_to_the_same_line),
+        cmocka_unit_test_setup_teardown(test_dl_large_bodies_between_small_ones, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_round_trip_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dl_sqlite_edit_of_groups, setup, teardown),
