@@ -280,7 +280,7 @@ static int write_deferred(struct decision_log *dl, const struct qrec *batch, siz
  * and both hashes bound as slices of the lines; the file gets the whole buffer in
  * one write. On a SQLite failure the batch is kept and retried (the queue fills and
  * callers get 503); nothing is lost. */
-int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
+static int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n)
 {
     struct sbuf *lines = &dl->lines;
     char prev[65], hash[65];
@@ -763,31 +763,6 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* The writer's lock, next to the database: held by the process that writes the log,
- * so that a command line tool knows whether to hand its record over or chain it
- * itself. Returns the fd, or -1 when another process holds it (busy) or on error. */
-static int writer_lock(const char *sqlite, unsigned wait_ms, bool *busy)
-{
-    char *path = xasprintf("%s-writer.lock", sqlite);
-    int fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0640);
-    free(path);
-    *busy = false;
-    if (fd < 0) {
-        return -1;
-    }
-    for (unsigned waited = 0;; waited += 20) {
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            return fd;
-        }
-        if (errno != EWOULDBLOCK || waited >= wait_ms) {
-            *busy = errno == EWOULDBLOCK;
-            close(fd);
-            return -1;
-        }
-        usleep(20000);
-    }
-}
-
 static struct decision_log *dl_open(const struct decision_log_conf *c, bool need_lock, bool *busy,
                                     struct err *err);
 
@@ -798,11 +773,6 @@ struct decision_log *decision_log_open(const struct decision_log_conf *c, struct
         dl->ship = dl_ship_start(c);
     }
     return dl;
-}
-
-int dl_writer_lock_try(const char *sqlite, bool *busy)
-{
-    return writer_lock(sqlite, 0, busy);
 }
 
 /* need_lock: fail (busy) when another process writes the log. Otherwise the lock is
@@ -816,7 +786,7 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         return NULL;
     }
     bool locked_out = false;
-    int lock_fd = writer_lock(c->sqlite, need_lock ? 0 : 5000, &locked_out);
+    int lock_fd = dl_writer_lock(c->sqlite, need_lock ? 0 : 5000, &locked_out);
     if (need_lock && lock_fd < 0) {
         if (busy) {
             *busy = locked_out;
@@ -1057,7 +1027,7 @@ static struct decision_log *dl_open(const struct decision_log_conf *c, bool need
         }
     }
     /* Records an earlier run accepted but could not commit come first. */
-    if (dl_spool_replay(dl, err) != 0) {
+    if (dl_spool_replay(dl, dl_write_batch, err) != 0) {
         goto fail;
     }
     dl->next_seq = dl->last_seq + 1;

@@ -358,7 +358,7 @@ long decision_log_retain(const struct decision_log_conf *c, int64_t now_us_, str
     /* Never under a running server: its writer appends to the file this rewrites (its
      * appends would go to the replaced file) and applies retain itself, hourly. */
     bool busy = false;
-    int lock = dl_writer_lock_try(c->sqlite, &busy);
+    int lock = dl_writer_lock(c->sqlite, 0, &busy);
     if (lock < 0) {
         err_set(err, ERR_IO,
                 busy ? "a running server writes this decision log and applies "

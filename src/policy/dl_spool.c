@@ -141,7 +141,7 @@ void dl_spool_reset(struct decision_log *dl)
 }
 
 /* Commits what an earlier run left in the spool, before anything new. */
-int dl_spool_replay(struct decision_log *dl, struct err *err)
+int dl_spool_replay(struct decision_log *dl, dl_commit_fn *commit, struct err *err)
 {
     spool_open(dl);
     if (dl->spool_fd < 0) {
@@ -214,7 +214,7 @@ int dl_spool_replay(struct decision_log *dl, struct err *err)
         }
         for (size_t i = 0; i < nrows && rc == 0; i += DL_BATCH_MAX) {
             size_t k = nrows - i < DL_BATCH_MAX ? nrows - i : DL_BATCH_MAX;
-            if (dl_write_batch(dl, qs + i, k) != 0) {
+            if (commit(dl, qs + i, k) != 0) {
                 rc = err_set(err, ERR_IO, "cannot commit the %zu spooled records of %s: %s", nrows,
                              dl->spool_path, dl->errmsg);
             } else {

@@ -92,11 +92,11 @@ static inline int64_t dl_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* decision_log.c: the writer's lock (the flock next to the database), without waiting:
- * the fd, or -1 (*busy: another process, a running server, holds it). */
-int dl_writer_lock_try(const char *sqlite, bool *busy);
-/* decision_log.c: commits a batch to SQLite, then mirrors it to the file. */
-int dl_write_batch(struct decision_log *dl, struct qrec *batch, size_t n);
+/* dl_lock.c: the writer's lock (the flock next to the database), waiting up to wait_ms:
+ * the fd, or -1 (*busy: another process, e.g. a running server, holds it). */
+int dl_writer_lock(const char *sqlite, unsigned wait_ms, bool *busy);
+/* Commits a batch (decision_log.c's writer hands it to the spool's replay). */
+typedef int dl_commit_fn(struct decision_log *dl, struct qrec *batch, size_t n);
 
 /* dl_sinks.c: the JSON-lines mirror. */
 int dl_write_all(int fd, const char *p, size_t n);
@@ -136,7 +136,7 @@ void dl_put_line(struct sbuf *b, const struct qrec *q, const char *node, const c
 int dl_spool_pending(struct decision_log *dl, const struct qrec *batch, size_t n);
 /* Everything in the spool is committed: empty it. */
 void dl_spool_reset(struct decision_log *dl);
-/* Commits what an earlier run left in the spool, before anything new. */
-int dl_spool_replay(struct decision_log *dl, struct err *err);
+/* Commits what an earlier run left in the spool, before anything new, with commit. */
+int dl_spool_replay(struct decision_log *dl, dl_commit_fn *commit, struct err *err);
 
 #endif
