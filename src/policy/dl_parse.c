@@ -15,6 +15,7 @@
 #include "decision_log_int.h"
 
 /* 1: a byte a plain string run may hold (printable ASCII but '"' and '\\'). */
+/* clang-format off */
 static const unsigned char plain[256] = {
 #define R8(x) x, x, x, x, x, x, x, x
     R8(0), R8(0), R8(0), R8(0), /* 0x00-0x1f */
@@ -26,6 +27,7 @@ static const unsigned char plain[256] = {
     1, 1, 1, 1, 1, 1, 1, 0,     /* 0x78-0x7f: DEL (valid JSON, escaped by the writer) */
 #undef R8
 };
+/* clang-format on */
 
 struct cur {
     const char *p, *e;
@@ -531,8 +533,8 @@ static bool parse(struct line *l, struct dl_row *row, struct dl_line_json *js, s
         !LIT(c, ",\"device\":{\"present\":") || !boolean(c, &r->device_present) ||
         !F("id", device_id) || !F("owner", device_owner) || !LIT(c, ",\"trusted\":") ||
         !boolean(c, &r->device_trusted) || !LIT(c, "}") || !F("client_ip", client_ip) ||
-        !F("method", method) || !F("host", host) || !F("path", path) ||
-        !LIT(c, ",\"shadow\":") || !boolean(c, &r->shadow)) {
+        !F("method", method) || !F("host", host) || !F("path", path) || !LIT(c, ",\"shadow\":") ||
+        !boolean(c, &r->shadow)) {
         return false;
     }
     if (LIT(c, ",\"enforced\":") && !field(l, &r->enforced, true)) {
@@ -547,10 +549,9 @@ static bool parse(struct line *l, struct dl_row *row, struct dl_line_json *js, s
         return false;
     }
     if (LIT(c, ",\"admin\":")) {
-        if (!LIT(c, "null") &&
-            (!LIT(c, "{\"action\":") || !field(l, &r->admin_action, true) ||
-             !F("actor", admin_actor) || !F("from", admin_from) || !F("target", admin_target) ||
-             !LIT(c, "}"))) {
+        if (!LIT(c, "null") && (!LIT(c, "{\"action\":") || !field(l, &r->admin_action, true) ||
+                                !F("actor", admin_actor) || !F("from", admin_from) ||
+                                !F("target", admin_target) || !LIT(c, "}"))) {
             return false;
         }
     }

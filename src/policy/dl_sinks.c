@@ -576,8 +576,8 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
                 struct dl_row *row = &b->r[b->n].row;
                 /* The writer's own lines in one pass; anything else through jansson. */
                 bool fast_ok = dl_line_parse_fast(buf + pos, len, row, b->a, &js, fast);
-                if (!fast_ok && (!dl_line_parse(buf + pos, len, row) || !row->hash ||
-                                 !row->prev_hash)) {
+                if (!fast_ok &&
+                    (!dl_line_parse(buf + pos, len, row) || !row->hash || !row->prev_hash)) {
                     rc = err_set(err, ERR_PARSE,
                                  "%s: byte %lld is not a decision record (run "
                                  "audit verify)",

@@ -31,13 +31,17 @@ static const char *dl_row_diff(const struct dl_row *x, const struct dl_row *y)
 {
     const struct decision_record *a = &x->rec, *b = &y->rec;
 #define S(f)                                                                                       \
-    if (!dl_same_str(a->f, b->f)) {                                                        \
-        return #f;                                                                                 \
-    }
+    do {                                                                                           \
+        if (!dl_same_str(a->f, b->f)) {                                                            \
+            return #f;                                                                             \
+        }                                                                                          \
+    } while (0)
 #define V(f)                                                                                       \
-    if (a->f != b->f) {                                                                            \
-        return #f;                                                                                 \
-    }
+    do {                                                                                           \
+        if (a->f != b->f) {                                                                        \
+            return #f;                                                                             \
+        }                                                                                          \
+    } while (0)
     if (x->seq != y->seq) {
         return "seq";
     }
@@ -47,11 +51,38 @@ static const char *dl_row_diff(const struct dl_row *x, const struct dl_row *y)
     if (!dl_same_str(x->hash, y->hash)) {
         return "hash";
     }
-    V(ts_us) S(request_id) S(route) S(decision) S(rule) S(reason) S(user) S(email) S(idp)
-    S(session) V(device_present) V(device_trusted) S(device_id) S(device_owner) S(client_ip)
-    S(method) S(host) S(path) V(shadow) V(opa_called) S(opa_result) V(opa_ms) V(latency_us)
-    S(kind) S(enforced) S(admin_action) S(admin_actor) S(admin_from) S(admin_target) S(node)
-    V(ngroups) V(nclaims)
+    V(ts_us);
+    S(request_id);
+    S(route);
+    S(decision);
+    S(rule);
+    S(reason);
+    S(user);
+    S(email);
+    S(idp);
+    S(session);
+    V(device_present);
+    V(device_trusted);
+    S(device_id);
+    S(device_owner);
+    S(client_ip);
+    S(method);
+    S(host);
+    S(path);
+    V(shadow);
+    V(opa_called);
+    S(opa_result);
+    V(opa_ms);
+    V(latency_us);
+    S(kind);
+    S(enforced);
+    S(admin_action);
+    S(admin_actor);
+    S(admin_from);
+    S(admin_target);
+    S(node);
+    V(ngroups);
+    V(nclaims);
 #undef S
 #undef V
     for (size_t i = 0; i < a->ngroups; i++) {

@@ -99,22 +99,43 @@ static void test_writer_formats(void **state)
     expect_fast(&z, 4);
     static const char *const empty[] = { "" };
     static const struct policy_kv ekv[] = { { { "", 0 }, { "", 0 } } };
-    struct decision_record e = { .request_id = "", .route = "", .decision = "", .rule = "",
-                                 .reason = "", .user = "", .email = "", .idp = "",
-                                 .session = "", .groups = empty, .ngroups = 1, .claims = ekv,
-                                 .nclaims = 1, .device_id = "", .device_owner = "",
-                                 .client_ip = "", .method = "", .host = "", .path = "",
-                                 .opa_result = "", .kind = "", .enforced = "", .node = "n" };
+    struct decision_record e = { .request_id = "",
+                                 .route = "",
+                                 .decision = "",
+                                 .rule = "",
+                                 .reason = "",
+                                 .user = "",
+                                 .email = "",
+                                 .idp = "",
+                                 .session = "",
+                                 .groups = empty,
+                                 .ngroups = 1,
+                                 .claims = ekv,
+                                 .nclaims = 1,
+                                 .device_id = "",
+                                 .device_owner = "",
+                                 .client_ip = "",
+                                 .method = "",
+                                 .host = "",
+                                 .path = "",
+                                 .opa_result = "",
+                                 .kind = "",
+                                 .enforced = "",
+                                 .node = "n" };
     expect_fast(&e, 5);
 }
 
 static void test_writer_admin(void **state)
 {
     (void)state;
-    struct decision_record r = { .ts_us = 1765000000000001, .kind = "admin",
-                                 .decision = "allow", .admin_action = "session.revoke",
-                                 .admin_actor = "root", .admin_from = "tty1",
-                                 .admin_target = "session 0123abcd", .node = "n1" };
+    struct decision_record r = { .ts_us = 1765000000000001,
+                                 .kind = "admin",
+                                 .decision = "allow",
+                                 .admin_action = "session.revoke",
+                                 .admin_actor = "root",
+                                 .admin_from = "tty1",
+                                 .admin_target = "session 0123abcd",
+                                 .node = "n1" };
     expect_fast(&r, 9);
     r.admin_actor = NULL;
     r.admin_from = NULL;
@@ -126,8 +147,13 @@ static void test_writer_admin(void **state)
 static void test_writer_escapes_and_utf8(void **state)
 {
     (void)state;
-    static const char *const grp[] = { "a\"b", "back\\slash", "tab\tnl\nnul-free\x01\x1f\x7f",
-                                       "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "" };
+    static const char *const grp[] = { "a\"b",
+                                       "back\\slash",
+                                       "tab\tnl\nnul-free\x01\x1f\x7f",
+                                       "caf\xc3\xa9",
+                                       "\xe2\x82\xac",
+                                       "\xf0\x9f\x98\x80",
+                                       "" };
     static const struct policy_kv claims[] = {
         { { "groups", 6 }, { "x\"y", 3 } },
         { { "amr", 3 }, { "pwd", 3 } },
@@ -170,7 +196,8 @@ static void test_writer_escapes_and_utf8(void **state)
 }
 
 #define H64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-#define HEAD "{\"v\":3,\"seq\":5,\"node\":\"n\",\"ts\":\"2026-03-10T09:30:00.123456Z\",\"kind\":\"policy\","
+#define HEAD                                                                                       \
+    "{\"v\":3,\"seq\":5,\"node\":\"n\",\"ts\":\"2026-03-10T09:30:00.123456Z\",\"kind\":\"policy\","
 #define MID                                                                                        \
     "\"request_id\":\"r\",\"route\":\"w\",\"decision\":\"allow\",\"rule\":null,\"reason\":null,"   \
     "\"user\":\"u\",\"email\":null,"
@@ -227,13 +254,17 @@ static const struct {
       "\"ms\":12},\"latency_us\":1,\"prev_hash\":\"" H64 "\",\"hash\":\"" H64 "\"}",
       1 },
     /* A short hash, an escaped hash, an odd ts: jansson refuses or agrees. */
-    { HEAD MID "\"groups\":[],\"claims\":{}" ",\"idp\":null,\"session\":null,\"device\":{"
+    { HEAD MID
+      "\"groups\":[],\"claims\":{}"
+      ",\"idp\":null,\"session\":null,\"device\":{"
       "\"present\":false,\"id\":null,\"owner\":null,\"trusted\":false},\"client_ip\":null,"
       "\"method\":null,\"host\":null,\"path\":null,\"shadow\":false,\"enforced\":null,\"opa\":{"
       "\"called\":false,\"result\":null,\"ms\":0},\"latency_us\":0,\"admin\":{\"action\":\"a\","
       "\"actor\":null,\"from\":\"f\",\"target\":\"t\"},\"prev_hash\":\"" H64 "\",\"hash\":\"abc\"}",
       0 },
-    { HEAD MID "\"groups\":[],\"claims\":{}" ",\"idp\":null,\"session\":null,\"device\":{"
+    { HEAD MID
+      "\"groups\":[],\"claims\":{}"
+      ",\"idp\":null,\"session\":null,\"device\":{"
       "\"present\":false,\"id\":null,\"owner\":null,\"trusted\":false},\"client_ip\":null,"
       "\"method\":null,\"host\":null,\"path\":null,\"shadow\":false,\"enforced\":null,\"opa\":{"
       "\"called\":false,\"result\":null,\"ms\":0},\"latency_us\":0,\"admin\":{\"action\":\"a\","
