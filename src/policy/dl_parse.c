@@ -394,7 +394,9 @@ static bool groups(struct line *l, struct decision_record *r, struct dl_line_jso
     if (!gs) {
         return false;
     }
-    memcpy(gs, gv->p, gv->n * sizeof *gs);
+    if (gv->n) {
+        memcpy(gs, gv->p, gv->n * sizeof *gs);
+    }
     gs[gv->n] = NULL;
     r->groups = gs;
     r->ngroups = gv->n;
@@ -462,7 +464,9 @@ static bool claims(struct line *l, struct decision_record *r, struct dl_line_jso
     if (!out) {
         return false;
     }
-    memcpy(out, kv->p, kv->n * sizeof *out);
+    if (kv->n) {
+        memcpy(out, kv->p, kv->n * sizeof *out);
+    }
     memset(&out[kv->n], 0, sizeof *out);
     r->claims = out;
     r->nclaims = kv->n;
