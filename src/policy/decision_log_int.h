@@ -82,6 +82,26 @@ void dl_row_read(sqlite3_stmt *st, struct dl_row *row);
 void dl_row_fini(struct dl_row *row);
 /* Parses a JSON record line (file, spool) into row; false when it is not one. */
 bool dl_line_parse(const char *line, size_t len, struct dl_row *row);
+/* dl_parse.c: a line as Gatehouse writes it (fixed key order, no whitespace), read
+ * in one pass. Where the line's groups and claims JSON sit; canonical: they are the
+ * bytes the writer makes of the parsed values (dl_groups_json, dl_claims_json), so
+ * that SQLite may bind them as they are. */
+struct dl_line_json {
+    const char *groups, *claims;
+    size_t glen, clen;
+    bool canonical;
+};
+/* Scratch reused from line to line. */
+struct dl_fast;
+struct dl_fast *dl_fast_new(void);
+void dl_fast_free(struct dl_fast *f);
+/* Parses line into row as dl_line_parse does, or returns false (row zeroed, line
+ * unchanged) when the line is not exactly as the writer makes it: then dl_line_parse
+ * decides. On success the line is changed in place (its strings' closing quotes
+ * become NULs, the groups and claims JSON stay intact): row's strings point into it
+ * or into a (row->a is NULL, nothing to free), valid while both are. */
+bool dl_line_parse_fast(char *line, size_t len, struct dl_row *row, struct arena *a,
+                        struct dl_line_json *js, struct dl_fast *f);
 /* Anchor left by retention: the seq and hash of the last deleted record
  * (seq 0 and DL_GENESIS when nothing was deleted). */
 void dl_anchor_get(sqlite3 *db, uint64_t *seq, char hash[65]);

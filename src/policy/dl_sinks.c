@@ -415,6 +415,77 @@ static void ingest_from(sqlite3 *db, int64_t *off, uint64_t *seq, char hash[65])
     sqlite3_finalize(st);
 }
 
+/* Lines parsed but not yet inserted: DL_MULTI go in one statement. Their strings
+ * point into the read buffer and the batch arena, both kept until the rows are in. */
+struct ingest_batch {
+    sqlite3_stmt *one, *multi;
+    struct arena *a;
+    struct sbuf tmp;
+    size_t n;
+    struct {
+        struct dl_row row; /* row.a set: parsed by dl_line_parse, to free */
+        const char *groups, *claims;
+        size_t glen, clen;
+    } r[DL_MULTI];
+};
+
+/* A line's groups and claims JSON as dl_bind_row would bind them: the line's own
+ * bytes when they are the writer's, else encoded again (into the arena). */
+static int ingest_json(struct ingest_batch *b, size_t i, const struct dl_line_json *js)
+{
+    const struct decision_record *r = &b->r[i].row.rec;
+    if (js && js->canonical) {
+        b->r[i].groups = js->groups;
+        b->r[i].glen = js->glen;
+        b->r[i].claims = js->claims;
+        b->r[i].clen = js->clen;
+        return 0;
+    }
+    b->tmp.len = 0;
+    dl_groups_json(&b->tmp, r);
+    b->r[i].glen = b->tmp.len;
+    dl_claims_json(&b->tmp, r);
+    b->r[i].clen = b->tmp.len - b->r[i].glen;
+    char *copy = arena_alloc(b->a, b->tmp.len + 1);
+    if (!copy) {
+        return -1;
+    }
+    memcpy(copy, b->tmp.p, b->tmp.len + 1);
+    b->r[i].groups = copy;
+    b->r[i].claims = copy + b->r[i].glen;
+    return 0;
+}
+
+/* Inserts the batch's rows (one statement for DL_MULTI, else one each), frees
+ * them and resets the arena. keep false: only frees (the transaction rolls back). */
+static int ingest_flush(struct ingest_batch *b, bool keep)
+{
+    int rc = 0;
+    if (keep && b->n == DL_MULTI && b->multi) {
+        for (size_t i = 0; i < b->n; i++) {
+            const struct dl_row *w = &b->r[i].row;
+            dl_bind_rec(b->multi, (int)i * DL_ROW_PARAMS, &w->rec, w->seq, w->prev_hash, w->hash,
+                        b->r[i].groups, b->r[i].glen, b->r[i].claims, b->r[i].clen);
+        }
+        rc = sqlite3_step(b->multi) == SQLITE_DONE ? 0 : ERR_IO;
+        sqlite3_reset(b->multi);
+    } else if (keep) {
+        for (size_t i = 0; i < b->n && rc == 0; i++) {
+            const struct dl_row *w = &b->r[i].row;
+            rc = dl_bind_row_json(b->one, &w->rec, w->seq, w->prev_hash, w->hash, b->r[i].groups,
+                                  b->r[i].glen, b->r[i].claims, b->r[i].clen);
+        }
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->r[i].row.a) {
+            dl_row_fini(&b->r[i].row);
+        }
+    }
+    b->n = 0;
+    arena_reset(b->a);
+    return rc;
+}
+
 int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *err)
 {
     sqlite3 *db = NULL;
@@ -433,22 +504,42 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
         return ERR_IO;
     }
     sqlite3_busy_timeout(db, 10000);
+    /* The index can always be rebuilt from the file: a commit lost to a power cut is
+     * ingested again by the next reader (the mark moves with the rows). */
+    (void)sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     int rc = dl_index_schema(db);
     static const char sql[] =
         "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) " DL_VALUES;
-    sqlite3_stmt *ins = NULL;
-    if (rc == 0 && sqlite3_prepare_v2(db, sql, -1, &ins, NULL) != SQLITE_OK) {
+    struct ingest_batch *b = xcalloc(1, sizeof *b);
+    if (rc == 0 && sqlite3_prepare_v2(db, sql, -1, &b->one, NULL) != SQLITE_OK) {
         rc = ERR_IO;
+    }
+    if (rc == 0) {
+        /* DL_MULTI rows per statement, as the writer inserts them. */
+        struct sbuf m = { 0 };
+        dl_sbuf_puts(&m, "INSERT INTO decisions(seq, " DL_COLUMNS ", prev_hash, hash) VALUES");
+        for (int r = 0; r < DL_MULTI; r++) {
+            dl_sbuf_puts(&m, r ? ",(" : "(");
+            for (int k = 0; k < DL_ROW_PARAMS; k++) {
+                dl_sbuf_puts(&m, k ? ",?" : "?");
+            }
+            dl_sbuf_puts(&m, ")");
+        }
+        if (sqlite3_prepare_v2(db, m.p, (int)m.len, &b->multi, NULL) != SQLITE_OK) {
+            rc = ERR_IO;
+        }
+        dl_sbuf_free(&m);
     }
     if (rc != 0) {
         err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
     }
+    b->a = arena_new(0);
+    struct dl_fast *fast = dl_fast_new();
     /* Up to the size the file has now: a writer appending faster than lines are indexed
      * is not chased (the next reader takes the rest). */
     struct stat sb;
     int64_t limit = fstat(fd, &sb) == 0 ? (int64_t)sb.st_size : 0;
     char *buf = rc == 0 ? xmalloc(DL_INGEST_CHUNK) : NULL;
-    struct sbuf tmp[2] = { { 0 }, { 0 } };
     bool more = rc == 0;
     while (more && rc == 0) {
         /* One transaction per DL_INGEST_TXN lines; the mark moves with the rows. Two
@@ -481,37 +572,55 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
             while (rc == 0 && lines < DL_INGEST_TXN &&
                    (nl = memchr(buf + pos, '\n', (size_t)got - pos)) != NULL) {
                 size_t len = (size_t)(nl - (buf + pos));
-                struct dl_row row;
-                if (!dl_line_parse(buf + pos, len, &row) || !row.hash || !row.prev_hash) {
+                struct dl_line_json js;
+                struct dl_row *row = &b->r[b->n].row;
+                /* The writer's own lines in one pass; anything else through jansson. */
+                bool fast_ok = dl_line_parse_fast(buf + pos, len, row, b->a, &js, fast);
+                if (!fast_ok &&
+                    (!dl_line_parse(buf + pos, len, row) || !row->hash || !row->prev_hash)) {
                     rc = err_set(err, ERR_PARSE,
                                  "%s: byte %lld is not a decision record (run "
                                  "audit verify)",
                                  c->file, (long long)(off + (int64_t)pos));
                     break;
                 }
-                if (scan && row.seq <= seq) {
-                    if (row.seq == seq && strcmp(row.hash, hash) != 0) {
+                bool keep = false;
+                if (scan && row->seq <= seq) {
+                    if (row->seq == seq && strcmp(row->hash, hash) != 0) {
                         rc = err_set(err, ERR_PARSE,
                                      "%s: record %llu differs from the index "
                                      "(run audit verify)",
                                      c->file, (unsigned long long)seq);
                     }
-                } else if (row.seq != seq + 1 || strcmp(row.prev_hash, hash) != 0) {
+                } else if (row->seq != seq + 1 || strcmp(row->prev_hash, hash) != 0) {
                     rc = err_set(err, ERR_PARSE,
                                  "%s: the record at byte %lld (record %llu) does "
                                  "not continue the index at record %llu: the file "
                                  "was edited or rewritten (run audit verify)",
                                  c->file, (long long)(off + (int64_t)pos),
-                                 (unsigned long long)row.seq, (unsigned long long)seq + 1);
-                } else if (dl_bind_row(ins, &row.rec, row.seq, row.prev_hash, row.hash, tmp) != 0) {
-                    rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+                                 (unsigned long long)row->seq, (unsigned long long)seq + 1);
+                } else if (ingest_json(b, b->n, fast_ok ? &js : NULL) != 0) {
+                    rc = err_set(err, ERR_IO, "%s: out of memory", c->file);
                 } else {
-                    seq = row.seq;
-                    snprintf(hash, 65, "%s", row.hash);
+                    seq = row->seq;
+                    memcpy(hash, row->hash, 64);
+                    hash[64] = '\0';
                     lines++;
+                    keep = true;
                 }
-                dl_row_fini(&row);
+                if (keep) {
+                    b->n++;
+                } else if (row->a) {
+                    dl_row_fini(row);
+                }
+                if (rc == 0 && b->n == DL_MULTI && ingest_flush(b, true) != 0) {
+                    rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
+                }
                 pos += len + 1;
+            }
+            /* The rows point into buf: in before it is read again. */
+            if (ingest_flush(b, rc == 0) != 0 && rc == 0) {
+                rc = err_set(err, ERR_IO, "%s: %s", c->sqlite, sqlite3_errmsg(db));
             }
             off += (int64_t)pos;
             if (rc != 0 || lines >= DL_INGEST_TXN) {
@@ -538,10 +647,14 @@ int dl_ingest(const struct decision_log_conf *c, uint64_t *added, struct err *er
             *added += lines;
         }
     }
-    dl_sbuf_free(&tmp[0]);
-    dl_sbuf_free(&tmp[1]);
+    ingest_flush(b, false);
+    dl_sbuf_free(&b->tmp);
+    arena_free(b->a);
+    dl_fast_free(fast);
     free(buf);
-    sqlite3_finalize(ins);
+    sqlite3_finalize(b->one);
+    sqlite3_finalize(b->multi);
+    free(b);
     sqlite3_close(db);
     close(fd);
     return rc;

@@ -3,7 +3,11 @@
  * record (dl_ckpt_parse: the checkpoint file, --anchor FILE, the head file's
  * checkpoint). Invariants: no crash or leak; a parsed record has 64-character
  * hashes and its canonical form is computable; a parsed checkpoint has a 64-char
- * hash and NUL-terminated fields; both parsers are deterministic. Built with
+ * hash and NUL-terminated fields; both parsers are deterministic. The one-pass
+ * parser of the writer's own lines (dl_line_parse_fast, what index: deferred
+ * ingests with) either leaves a line to dl_line_parse or fills the very same row
+ * (dl_row_same.h): when it accepts, jansson accepts and agrees field by field, and
+ * groups/claims it calls canonical are the writer's bytes. Built with
  * -Dfuzzing=true it is a libFuzzer target; otherwise main() replays
  * corpus/decision_log_line/. */
 #include <dirent.h>
@@ -13,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dl_row_same.h"
 #include "policy/decision_log_int.h"
 #include "replay.h"
 
@@ -33,6 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     struct dl_row again;
     CHECK(dl_line_parse(p, size, &again) == ok);
+    bool jok;
+    CHECK(dl_parse_both(p, size, &jok) >= 0 && jok == ok);
     if (ok) {
         dl_row_fini(&again);
     }

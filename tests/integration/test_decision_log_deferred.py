@@ -12,6 +12,7 @@ index filled from it by the commands that read it.
 - `gatehouse check` refuses what deferred mode does not support, with file:line:col.
 Python stdlib only; everything in a temp dir.
 """
+import hashlib
 import http.client
 import json
 import os
@@ -406,6 +407,210 @@ class Tamper(unittest.TestCase):
         d = run("policy", "diff", "-c", self.cfg, "--new", new, "--since", "1h", check=0)
         self.assertRegex(d.stdout, r"replayed 50 decisions|replayed \d+ decisions")
         self.assertEqual(len(db_rows(self.db_path())), 50)
+
+
+# ---- lines with every kind of escape, ingested by the real binary ----
+
+GENESIS = "0" * 64
+
+
+def wjstr(s):
+    """A JSON string as the writer spells it: '"' and '\\' escaped, control characters
+    and DEL as \\u00XX, everything else (UTF-8 included) as it is; None is null."""
+    if s is None:
+        return "null"
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7f:
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def wclaims(claims):
+    """{"name":"v"} or {"name":["v1","v2"]} for a repeated name, in first-seen order."""
+    names = []
+    for n, _ in claims:
+        if n not in names:
+            names.append(n)
+    parts = []
+    for n in names:
+        vals = [v for m, v in claims if m == n]
+        spelt = wjstr(vals[0]) if len(vals) == 1 else "[" + ",".join(map(wjstr, vals)) + "]"
+        parts.append(wjstr(n) + ":" + spelt)
+    return "{" + ",".join(parts) + "}"
+
+
+def record_line(seq, prev, f, fmt=3, raw=None):
+    """The line the writer makes of the fields f (format 3, 2 or 1), hashed as it hashes
+    (SHA-256 over prev_hash, the line up to "hash" and "}"). raw: extra (key, JSON text)
+    replacements, spelt as given (escapes the writer never makes)."""
+    raw = dict(raw or {})
+
+    def v(k):
+        return raw[k] if k in raw else wjstr(f.get(k))
+    s = '{"v":%d,"seq":%d' % (fmt, seq)
+    if fmt == 3:
+        s += ',"node":' + v("node")
+    s += ',"ts":"2026-03-10T09:30:%02d.%06dZ"' % (seq // 1000000 % 60, seq % 1000000)
+    if fmt >= 2:
+        s += ',"kind":' + v("kind")
+    for k in ("request_id", "route", "decision", "rule", "reason", "user", "email"):
+        s += ',"%s":%s' % (k, v(k))
+    s += ',"groups":' + raw.get("groups", "[" + ",".join(map(wjstr, f.get("groups", []))) + "]")
+    s += ',"claims":' + raw.get("claims", wclaims(f.get("claims", [])))
+    s += ',"idp":%s,"session":%s' % (v("idp"), v("session"))
+    s += ',"device":{"present":true,"id":%s,"owner":%s,"trusted":false}' % (v("id"), v("owner"))
+    for k in ("client_ip", "method", "host", "path"):
+        s += ',"%s":%s' % (k, v(k))
+    s += ',"shadow":false'
+    if fmt >= 2:
+        s += ',"enforced":' + v("enforced")
+    s += ',"opa":{"called":true,"result":%s,"ms":%d},"latency_us":%d' % (v("result"), seq % 7,
+                                                                          seq * 13)
+    if fmt >= 2:
+        if any(f.get(k) is not None for k in ("action", "actor", "from", "target")):
+            s += ',"admin":{"action":%s,"actor":%s,"from":%s,"target":%s}' % (
+                v("action"), v("actor"), v("from"), v("target"))
+        else:
+            s += ',"admin":null'
+    s += ',"prev_hash":"%s"' % prev
+    canon = s.encode("utf-8")
+    h = hashlib.sha256(prev.encode() + canon + b"}").hexdigest()
+    return canon + b',"hash":"' + h.encode() + b'"}', h
+
+
+# Every escape the writer makes (each control character, DEL, '"', '\\') and what it
+# leaves as it is ('/', UTF-8 of two, three and four bytes, empty strings).
+TRICKY = [chr(c) for c in range(1, 0x20)] + [
+    "\x7f", '"', "\\", "/", "quote \" and back\\slash", "caf\u00e9", "\u20ac \u65e5\u672c",
+    "\U0001F600 \U0001F511", "", "tab\tnewline\ncr\r", "a\u2028b", "\\u0041 not an escape",
+    "ends with backslash\\", "x" * 3000]
+
+
+def tricky_fields(i):
+    t = lambda k: TRICKY[(i + k) % len(TRICKY)]  # noqa: E731
+    f = {"node": "node-\u00e9" if i % 2 else "n1", "kind": "policy", "request_id": "r%d-%s" % (i, t(0)),
+         "route": "wiki", "decision": "deny", "rule": t(1) if i % 3 else None, "reason": t(2),
+         "user": t(3), "email": None if i % 4 == 0 else t(4), "idp": "corp", "session": t(5),
+         "id": t(6), "owner": None, "client_ip": "10.0.0.%d" % (i % 250), "method": "GET",
+         "host": t(7), "path": "/p/" + t(8), "enforced": "deny", "result": t(9) if i % 2 else None,
+         "groups": [] if i % 5 == 0 else [t(10), "eng", t(11)],
+         "claims": [] if i % 6 == 0 else [("amr", t(12)), (t(13), "v"), ("amr", "mfa"),
+                                          ("\u00e9", t(14))]}
+    if i % 7 == 0:
+        f.update(kind="admin", enforced=None, action="session.revoke", actor=t(15),
+                 **{"from": None, "target": "session " + t(16)})
+    return f
+
+
+class Escapes(unittest.TestCase):
+    """Lines written as the writer writes them, with every escape, through the real
+    binary: `audit query --json` gives back each line byte for byte (every value read
+    back exactly), `audit verify` passes."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.cfg = os.path.join(self.dir, "gatehouse.yaml")
+        self.file = os.path.join(self.dir, "decisions.jsonl")
+        with open(self.cfg, "w") as f:
+            f.write("listen: [{address: \"127.0.0.1:%d\"}]\n" % free_port() +
+                    "state: {sqlite: gh.db}\n"
+                    "decision_log: {file: decisions.jsonl, index: deferred, retain: 0}\n"
+                    "routes:\n  - {name: wiki, public: true, upstream: {servers: "
+                    "[\"http://127.0.0.1:9\"]}}\n")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def write(self, lines):
+        with open(self.file, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+        # The head file the writer keeps next to the database: its last record.
+        last = json.loads(lines[-1])
+        with open(os.path.join(self.dir, "decision-log.head"), "w") as f:
+            f.write('{"seq":%d,"hash":"%s"}' % (last["seq"], last["hash"]))
+
+    def query(self):
+        q = run("audit", "query", "-c", self.cfg, "--json", "--limit", "100000", check=0)
+        # Only "\n" ends a line (a record may hold U+2028 and other line breaks).
+        return [line.encode("utf-8") for line in q.stdout.split("\n") if line]
+
+    def test_every_escape_read_back_exactly_and_verified(self):
+        lines, prev = [], GENESIS
+        # Formats 1 and 2 first (older records), then format 3; 301 records, so that
+        # both the many-row and the one-row INSERT take some.
+        for i in range(301):
+            fmt = 1 if i < 5 else 2 if i < 12 else 3
+            f = tricky_fields(i)
+            if fmt < 3:
+                f.pop("node")
+            line, prev = record_line(i + 1, prev, f, fmt)
+            lines.append(line)
+        self.write(lines)
+        got = self.query()
+        self.assertEqual(len(got), len(lines))
+        for want, have in zip(lines, got):
+            self.assertEqual(have, want)
+        v = run("audit", "verify", "-c", self.cfg)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        self.assertIn("decision log OK", v.stdout)
+        # More lines after the first ingest continue the index.
+        for i in range(301, 340):
+            line, prev = record_line(i + 1, prev, tricky_fields(i))
+            lines.append(line)
+        self.write(lines)
+        self.assertEqual(self.query(), lines)
+        v = run("audit", "verify", "-c", self.cfg)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+
+    def test_escapes_the_writer_never_makes_are_decoded(self):
+        # \n, \t, \/, \b, \f, \r, \uXXXX (BMP and a surrogate pair) and whitespace in a
+        # line: valid JSON, decoded to the same values (not the writer's bytes, so only
+        # the values are compared).
+        odd = {"reason": r'"a\nb\tc\/d\b\f\r\u00e9\u20ac\ud83d\ude00\u0041"',
+               "user": r'"J\u00fcrgen"', "path": r'"\/x\/y"',
+               "groups": r'["\u0065ng","a\"b", "spaced"]',
+               "claims": r'{"amr":["\u006dfa"],"n":"\\u0041","m":[]}'}
+        lines, prev = [], GENESIS
+        for i in range(40):
+            line, prev = record_line(i + 1, prev, tricky_fields(i), 3,
+                                     raw=odd if i % 3 == 1 else None)
+            lines.append(line)
+        self.write(lines)
+        got = self.query()
+        self.assertEqual(len(got), len(lines))
+        for i, (want, have) in enumerate(zip(lines, got)):
+            w, h = json.loads(want), json.loads(have)
+            if i % 3 != 1:
+                self.assertEqual(have, want)
+                continue
+            for k in ("reason", "user", "path", "groups"):
+                self.assertEqual(h[k], w[k], k)
+            self.assertEqual(w["reason"], "a\nb\tc/d\b\f\r\u00e9\u20ac\U0001F600A")
+            # A one-value array reads back as that value, an empty one as nothing.
+            self.assertEqual(h["claims"], {"amr": "mfa", "n": "\\u0041"})
+
+    def test_line_jansson_refuses_is_refused(self):
+        lines, prev = [], GENESIS
+        for i in range(10):
+            line, prev = record_line(i + 1, prev, tricky_fields(i))
+            lines.append(line)
+        lines[6] = lines[6].replace(b'"route":"wiki"', b'"route":"wi\tki"')
+        self.write(lines)
+        # The transaction that met the line is not committed: the index stays where it
+        # was (empty), the query says why; verify names the line.
+        q = run("audit", "query", "-c", self.cfg, "--json", check=0)
+        self.assertIn("byte %d is not a decision record" % sum(len(x) + 1 for x in lines[:6]),
+                      q.stderr)
+        self.assertEqual(q.stdout.strip(), "")
+        v = run("audit", "verify", "-c", self.cfg)
+        self.assertEqual(v.returncode, 1, v.stdout + v.stderr)
+        self.assertIn("FAIL file: line 7 is not a decision record", v.stdout)
 
 
 class Check(unittest.TestCase):
