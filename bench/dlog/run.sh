@@ -33,6 +33,9 @@ for _ in $(seq "$rounds"); do
     run strict-deferred 5000 0 >>"$tmp/dstrict"
 done
 med() { sort -n -k"$2" "$1" | awk -v k="$2" '{v[NR]=$k} END {print v[int((NR+1)/2)]}'; }
+# index: deferred moves SQLite to the readers: how fast they catch up.
+ingest=$(python3 bench/dlog/ingest.py --rounds 3 --builddir "$b" "$b/gatehouse" | tail -1 |
+    sed 's/^ *[^:]*: //')
 load=$(cut -d' ' -f1 /proc/loadavg)
 block=$(cat <<MD
 Run: $(date -u '+%Y-%m-%d %H:%M UTC'), \`bash bench/dlog/run.sh\` ($rounds interleaved rounds, medians; load average (1 min) at the end: $load on $(nproc) cores). CPU µs per record from getrusage (the whole process: the appending thread, which fills the record as a worker does and queues it, plus the writer thread: chain, SQLite, JSON lines, checkpoints every 1000 records); "appending" is the appending thread alone (CLOCK_THREAD_CPUTIME_ID).
@@ -46,7 +49,7 @@ Run: $(date -u '+%Y-%m-%d %H:%M UTC'), \`bash bench/dlog/run.sh\` ($rounds inter
 | \`index: deferred\`, batch, 20000 records/s | $((n / 2)) | $(med "$tmp/dpaced" 1) | $(med "$tmp/dpaced" 2) |
 | \`index: deferred\`, strict, one appender waiting for each commit | 5000 | $(med "$tmp/dstrict" 1) | $(med "$tmp/dstrict" 2) |
 
-\`index: deferred\` leaves SQLite to the readers: the cost of indexing moves to \`audit query\`/\`verify\` (not counted here).
+\`index: deferred\` leaves SQLite to the readers: the cost of indexing moves to \`audit query\`/\`verify\` (not counted above). How fast a reader catches up (\`bench/dlog/ingest.py\`, 200000 records, 3 rounds): $ingest.
 MD
 )
 echo "$block"
