@@ -334,7 +334,8 @@ class ConnectionLimitTest(ProxyCase):
         finally:
             for c in held:
                 c.close()
-        time.sleep(0.3)
+        # The closed connections free their slots once the worker has seen them end.
+        self.assertTrue(wait_until(lambda: self.open_connections() <= 1, 10, 0.05))
         self.assertEqual(request(self.gh.port, "GET", "/after-limit").status, 200)
 
 
