@@ -346,7 +346,12 @@ class ActiveHealthTest(ProxyCase):
         self.assertTrue(wait_until(lambda: b1.hits("/health") >= 2 and b2.hits("/health") >= 2,
                                    5), "active health checks did not run every interval")
         b2.health_status = 503
-        time.sleep(1.5)
+        checks = b2.hits("/health")
+        # One failed check marks the server down: every check received from here on
+        # answers 503, and the first of them has been answered when the next arrives
+        # (checks of a server do not overlap).
+        self.assertTrue(wait_until(lambda: b2.hits("/health") >= checks + 2, 10),
+                        "active health checks stopped")
         names = [request(self.gh.port, "GET", f"/h/{i}").header("x-backend") for i in range(8)]
         self.assertEqual(names, ["b1"] * 8, "a server failing its health check still got traffic")
         b2.health_status = 200
