@@ -1201,7 +1201,7 @@ class ProxyCase(unittest.TestCase):
         self.assertIsNone(self.gh.proc.poll(), "gatehouse exited:\n" + self.gh.stderr()[-3000:])
 
 
-def wait_log_entry(path, pred, timeout=5.0):
+def wait_log_entry(path, pred, timeout=15.0):
     """The first access log entry (JSON line) matching pred, polling while the
     proxy flushes its buffer; None when none shows up within timeout."""
     def find():

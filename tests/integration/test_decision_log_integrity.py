@@ -519,7 +519,7 @@ class CheckpointInterval(unittest.TestCase):
             except FileNotFoundError:
                 return []
         # Far fewer than `every` records: the interval alone brings the checkpoint.
-        self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=5), shipped())
+        self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=15), shipped())
         self.assertTrue(wait_until(
             lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
         gh.stop()

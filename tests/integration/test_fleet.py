@@ -378,7 +378,7 @@ class FleetTest(FleetServices):
                 r = cli("audit", "query", "-c", cfg, "--json")
                 return r.returncode == 0 and f"/dl-a-{tag}" in r.stdout and \
                     f"/dl-b-{tag}" in r.stdout
-            self.assertTrue(wait_for(both, 5), cli("audit", "query", "-c", cfg).stdout[-2000:])
+            self.assertTrue(wait_for(both, 15), cli("audit", "query", "-c", cfg).stdout[-2000:])
         for n in (0, 1):
             self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) == self.local_max_seq(n),
                                      5))
@@ -502,7 +502,7 @@ class FleetTest(FleetServices):
         r = self.get(1, cookie, "/pol/report")
         self.assertEqual(r.status, 200, r)
         rid = r.header("X-Request-Id")
-        self.assertTrue(wait_for(lambda: self.shipped_max_seq(1) >= self.local_max_seq(1), 5))
+        self.assertTrue(wait_for(lambda: self.shipped_max_seq(1) >= self.local_max_seq(1), 15))
         new = tempfile.mkdtemp(prefix="gh-fleet-pol-")
         try:
             with open(os.path.join(new, "pol.yaml"), "w") as f:

@@ -699,7 +699,7 @@ class BackchannelLogoutTokens(unittest.TestCase):
                     for k, v in re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body)}
             form["logout"] = "yes"
             b.follow(urllib.parse.urljoin(idp.issuer, action), "POST", form)
-            deadline = time.time() + 5
+            deadline = time.time() + 15
             while not relay.statuses:
                 self.assertLess(time.time(), deadline, idp.log())
                 time.sleep(0.05)

@@ -319,7 +319,7 @@ class TimeoutTest(LoggedCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["path"], "/after-timeout")
         conn = self.backend.last("/slow")["conn"]
-        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 5),
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 15),
                         "the timed-out upstream connection was kept open")
 
     def test_upstream_closes_without_response_502(self):
