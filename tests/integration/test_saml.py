@@ -656,7 +656,9 @@ class SamlConfigTest(unittest.TestCase):
     """`gatehouse check` loads the metadata and the keys of a saml IdP and
     reports each problem with file:line:col."""
 
-    def setUp(self):
+    @classmethod
+    def setUpClass(cls):  # the tests only read these files: made once (RSA keys are slow)
+        self = cls
         self.dir = tempfile.mkdtemp(prefix="gh-saml-conf-")
         key, crt = make_key_cert(self.dir, "sp", "sp")
         make_key_cert(self.dir, "other", "other")
@@ -676,8 +678,9 @@ class SamlConfigTest(unittest.TestCase):
         with open(os.path.join(self.dir, "doctype.xml"), "w") as f:
             f.write('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + self.md % self.key_desc)
 
-    def tearDown(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
 
     def check(self, idp_lines):
         text = ("listen: [{address: 127.0.0.1:18080}]\n"
