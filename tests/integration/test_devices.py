@@ -284,7 +284,8 @@ class Devices(unittest.TestCase):
             sess = t.session
         r = gh_cli(self.cfg, "revoke", self.ids["resume"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        time.sleep(1.1)
+        # Once a new connection with the certificate is refused, the workers know.
+        self.assertTrue(wait_until(lambda: self.get(self.preq, "resume")[0] in (None, 401), 10))
         with self.connect(self.preq, session=sess, ctx=ctx) as t:
             self.assertTrue(t.session_reused)
             r = self.on(t)
