@@ -840,7 +840,7 @@ class OidcOnceFleetTest(FleetServices):
             for t in threads:
                 t.join(15)
             self.assertEqual(statuses, [200] * 6)
-            self.assertTrue(wait_for(lambda: self.op.refreshes() > before, 3))
+            self.assertTrue(wait_for(lambda: self.op.refreshes() > before, 10))
             time.sleep(1.0)
             self.assertEqual(self.op.refreshes() - before, 1)
             for base in (self.base, self.base_b):

@@ -257,7 +257,7 @@ class ForwardingTest(ProxyCase):
             r = c.read_response()
             self.assertEqual(r.status, 200)
             self.assertEqual(r.json()["path"], "/ten")
-            self.assertTrue(c.is_closed(3), "HTTP/1.0 without keep-alive must close")
+            self.assertTrue(c.is_closed(5), "HTTP/1.0 without keep-alive must close")
 
 
 class ClientTimeoutsTest(ProxyCase):
@@ -327,7 +327,7 @@ class ConnectionLimitTest(ProxyCase):
             with RawConn(self.gh.port) as extra:
                 try:
                     extra.send(build_request("GET", "/extra"))
-                    closed = extra.is_closed(3)
+                    closed = extra.is_closed(5)
                 except (BrokenPipeError, ConnectionResetError):
                     closed = True
                 self.assertTrue(closed, "a connection over limits.connections was served")

@@ -159,7 +159,7 @@ class ReloadTest(unittest.TestCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=1500")
         t = threading.Thread(target=slow)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         cfg2 = dict(self.cfg)
         cfg2["routes"] = [route("app", [self.b2])]
         self.gh.write_config(cfg2)
@@ -222,7 +222,7 @@ class DrainTest(unittest.TestCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=2000")
         t = threading.Thread(target=slow)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         t0 = time.time()
         self.gh.signal(signal.SIGTERM)
 
@@ -255,7 +255,7 @@ class DrainTest(unittest.TestCase):
         t = threading.Thread(target=lambda: self._swallow(
             lambda: request(self.gh.port, "GET", "/slow?ms=8000", timeout=15)), daemon=True)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         t0 = time.time()
         self.gh.signal(signal.SIGTERM)
         self.gh.proc.wait(10)

@@ -48,7 +48,7 @@ class LeastConnTest(ProxyCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=2000")
         t = threading.Thread(target=slow)
         t.start()
-        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 10)
         self.assertIsNotNone(busy, "the slow request never reached a backend")
         other = [b for b in self.backends if b is not busy][0]
         for i in range(6):
@@ -74,7 +74,7 @@ class MaxConnsTest(ProxyCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=1500")
         t = threading.Thread(target=slow)
         t.start()
-        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 10)
         self.assertIsNotNone(busy)
         other = [b for b in self.backends if b is not busy][0]
         names = [request(self.gh.port, "GET", f"/mc/{i}").header("x-backend") for i in range(4)]
