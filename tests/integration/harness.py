@@ -82,8 +82,11 @@ def free_port():
         return port
     with _port_lock:
         if _port_fd is None:
-            _port_fd = os.open(os.path.join(tempfile.gettempdir(), "gatehouse-it-port-reservations"),
-                               os.O_RDWR | os.O_CREAT, 0o666)
+            path = os.path.join(tempfile.gettempdir(), "gatehouse-it-port-reservations")
+            try:
+                _port_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's file: one of our own
+                _port_fd = os.open("%s-%d" % (path, os.getuid()), os.O_RDWR | os.O_CREAT, 0o600)
         start = random.randrange(lo, hi)
         for i in range(hi - lo):
             port = lo + (start - lo + i) % (hi - lo)
