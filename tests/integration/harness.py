@@ -42,13 +42,71 @@ def gatehouse_bin():
     return b
 
 
+# Ports handed out by free_port() come from below the kernel's ephemeral range
+# (ip_local_port_range, 32768-60999 by default), so that no outgoing connection
+# and no bind to port 0 (a Backend, another module's client) can take one between
+# the call and the moment gatehouse binds it, which may be minutes later for a
+# port chosen in setUpModule. Modules running in parallel (run.py --jobs) and
+# other test runs on the machine hand out distinct ports: each port is reserved
+# with a POSIX record lock on byte <port> of one shared file, held until this
+# process exits.
+_PORT_LO, _PORT_HI = 20000, 32000
+_port_lock = threading.Lock()
+_port_fd = None
+_ports_given = set()
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    """A port the kernel just handed out on 127.0.0.1 (free at the time of the call)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port on 127.0.0.1 that nothing listens on, outside the ephemeral range,
+    and that no other caller (in this process or another one) gets until this
+    process exits."""
+    import fcntl
+    import random
+    global _port_fd
+    lo, hi = _PORT_LO, _PORT_HI
+    elo, ehi = _ephemeral_range()
+    if not (hi <= elo or lo > ehi):  # unusual ephemeral range: fall back to the kernel's pick
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+    with _port_lock:
+        if _port_fd is None:
+            path = os.path.join(tempfile.gettempdir(), "gatehouse-it-port-reservations")
+            try:
+                _port_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's file: one of our own
+                _port_fd = os.open("%s-%d" % (path, os.getuid()), os.O_RDWR | os.O_CREAT, 0o600)
+        start = random.randrange(lo, hi)
+        for i in range(hi - lo):
+            port = lo + (start - lo + i) % (hi - lo)
+            if port in _ports_given:
+                continue
+            try:
+                fcntl.lockf(_port_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+            except OSError:
+                continue  # another process has it
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                fcntl.lockf(_port_fd, fcntl.LOCK_UN, 1, port)
+                continue  # in use (or in TIME_WAIT) right now
+            finally:
+                s.close()
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no free port between %d and %d" % (lo, hi))
 
 
 # ---------------------------------------------------------------- YAML writer
@@ -545,6 +603,9 @@ class Backend:
       /health                         200 "ok" (or health_status when set)
       /large [bytes, chunked=1]       pattern bytes generated on the fly
       /chunked [chunks, size]         chunked response of chunks x size bytes
+        [delay_ms]                    a pause after each chunk
+        [gate=NAME]                   after the first chunk, waits (up to 60 s) until
+                                      the test calls open_gate(NAME)
       /slow [ms]                      waits, then echoes
       /close                          closes the connection without a response
       /status [code]                  answers that status (204/304 without body)
@@ -576,6 +637,7 @@ class Backend:
         self.conns_accepted = 0
         self.open_conns = 0
         self.closed_conn_ids = set()  # connections that ended (peer closed or we did)
+        self.gates = {}  # name -> threading.Event, see /chunked?gate=
         self.ctx = None
         if tls_cert:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -596,6 +658,14 @@ class Backend:
     @property
     def url(self):
         return f"{'https' if self.ctx else 'http'}://127.0.0.1:{self.port}"
+
+    def gate(self, name):
+        """The event a /chunked?gate=NAME response waits for after its first chunk."""
+        with self.lock:
+            return self.gates.setdefault(name, threading.Event())
+
+    def open_gate(self, name):
+        self.gate(name).set()
 
     def hits(self, path=None):
         with self.lock:
@@ -792,12 +862,15 @@ class Backend:
             delay = int(q.get("delay_ms", "0")) / 1000.0
             self._send_head(c, 200, "OK", [("Content-Type", "text/plain"),
                                            ("Transfer-Encoding", "chunked")] + conn_out)
+            gate = self.gate(q["gate"]) if "gate" in q else None
             if method != "HEAD":
                 for i in range(chunks):
                     data = bytes([65 + i % 26]) * size
                     c.sendall(b"%x;ext=1\r\n" % size + data + b"\r\n")
                     if delay:
                         time.sleep(delay)
+                    if gate and i == 0:
+                        gate.wait(60)
                 c.sendall(b"0\r\nX-Trailer: done\r\n\r\n")
             return keep
         if path == "/ambiguous":  # both framings: a desync attempt from the upstream side
@@ -1131,7 +1204,7 @@ class ProxyCase(unittest.TestCase):
         self.assertIsNone(self.gh.proc.poll(), "gatehouse exited:\n" + self.gh.stderr()[-3000:])
 
 
-def wait_log_entry(path, pred, timeout=5.0):
+def wait_log_entry(path, pred, timeout=15.0):
     """The first access log entry (JSON line) matching pred, polling while the
     proxy flushes its buffer; None when none shows up within timeout."""
     def find():

@@ -117,7 +117,7 @@ class AdminTest(ProxyCase):
             _, s = self.metrics()
             ok = self.value(s, "gatehouse_requests_total", route="app", **{"class": "2xx"})
             return s if ok is not None and ok - ok0 >= 7 else None
-        after = wait_until(moved, 3, 0.1)
+        after = wait_until(moved, 10, 0.1)
         self.assertIsNotNone(after, "gatehouse_requests_total{route=app,class=2xx} did not move")
         self.assertEqual(self.value(after, "gatehouse_requests_total", route="app",
                                     **{"class": "2xx"}) - ok0, 7)
@@ -155,7 +155,7 @@ class AdminTest(ProxyCase):
             c = self.value(s, "gatehouse_upstream_errors_total", route="broken", kind="connect")
             n = self.value(s, "gatehouse_requests_total", route="", **{"class": "4xx"})
             return (c or 0) > c0 and (n or 0) == n0 + 1
-        self.assertTrue(wait_until(moved, 3, 0.1),
+        self.assertTrue(wait_until(moved, 10, 0.1),
                         "upstream_errors_total{kind=connect} or the route=\"\" series did not move")
 
     def test_pool_gauges(self):
@@ -166,7 +166,7 @@ class AdminTest(ProxyCase):
             _, s = self.metrics()
             return (self.value(s, "gatehouse_upstream_pool_idle") or 0) >= 1 and \
                 self.value(s, "gatehouse_upstream_pool_active") is not None
-        self.assertTrue(wait_until(idle, 3, 0.1),
+        self.assertTrue(wait_until(idle, 10, 0.1),
                         "no idle pooled upstream connection reported after requests")
 
     def test_open_connections_gauge(self):
@@ -189,7 +189,7 @@ class AdminTest(ProxyCase):
         def dropped():
             _, s2 = self.metrics()
             return self.value(s2, "gatehouse_connections_open") <= base
-        self.assertTrue(wait_until(dropped, 3, 0.1), "closed connections still counted as open")
+        self.assertTrue(wait_until(dropped, 10, 0.1), "closed connections still counted as open")
 
     def test_access_log_fields(self):
         body = b"b" * 123

@@ -334,7 +334,7 @@ class AdminRecords(unittest.TestCase):
         # in the database, so that the revocation below counts it.
         self.assertTrue(wait_until(lambda: run("sessions", "list", "-c", self.gh.config_path,
                                                "--user", "bob@example.com").stdout.count("\n")
-                                   > 1, timeout=5))
+                                   > 1, timeout=15))
         stop = threading.Event()
         statuses = []
 
@@ -345,7 +345,7 @@ class AdminRecords(unittest.TestCase):
         t = threading.Thread(target=load)
         t.start()
         try:
-            time.sleep(0.3)
+            self.assertTrue(wait_until(lambda: len(statuses) >= 3, timeout=10))  # load runs
             outs = []
             for who in ("BOB@example.com", "corp:nobody", "nobody2", "corp:bob"):
                 outs.append(run("sessions", "revoke", "-c", self.gh.config_path, "--user", who,

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ROOT, SIGNIN_CONFIG_HEAD, gatehouse_bin
+from harness import ROOT, SIGNIN_CONFIG_HEAD, free_port, gatehouse_bin, wait_until
 
 DATA = os.path.join(ROOT, "tests", "data")
 BAD = os.path.join(DATA, "bad-conf")
@@ -175,14 +175,6 @@ routes:
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
     """Each configuration here is refused by `serve` at start; `check` must refuse
     it too, with the position of the key that names the file."""
@@ -202,8 +194,9 @@ class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
         shutil.rmtree(self.d)
 
     def write(self, extra, state_file=None):
+        self.port = free_port()
         with open(os.path.join(self.d, "g.yaml"), "w") as f:
-            f.write(SIGN_IN.format(port=free_port()) + extra)
+            f.write(SIGN_IN.format(port=self.port) + extra)
         if state_file is not None:
             os.makedirs(os.path.join(self.d, "var"), exist_ok=True)
             with open(os.path.join(self.d, "var", "gatehouse.db"), "w") as f:
@@ -261,12 +254,15 @@ class CheckLoadsWhatServeLoadsTest(unittest.TestCase):
                    "pages: {dir: %s}\n" % os.path.join(ROOT, "web", "login"))
         p = subprocess.Popen([gatehouse_bin(), "serve", "-c", "g.yaml"], cwd=self.d,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return p.poll() is not None  # exited: the assertions below say why
         try:
-            deadline = time.time() + 10
-            while time.time() < deadline and not os.path.exists(
-                    os.path.join(self.d, "var", "assertion-es256.pem")):
-                time.sleep(0.05)
-            time.sleep(0.3)
+            # Serve makes its state (database, keys) before it listens.
+            self.assertTrue(wait_until(listening, timeout=20))
         finally:
             p.terminate()
             p.wait(timeout=10)

@@ -339,11 +339,19 @@ class Tamper(unittest.TestCase):
         self.assertRegex(self.verify(1), r"FAIL (file|head)")
 
     def test_kill_9_mid_load_then_restart_verifies(self):
+        def size():
+            try:
+                return os.path.getsize(self.file)
+            except FileNotFoundError:
+                return 0
         for attempt in range(2):
+            before = size()
             p = self.driver(2000000, "crash%d" % attempt)
             line = p.stdout.readline()
             self.assertTrue(line.startswith("queued"), line)
-            time.sleep(0.3)
+            # Killed once its records reach the file, long before its two million.
+            self.assertTrue(wait_until(lambda: size() > before + 4096, timeout=30),
+                            "the driver never wrote a record")
             p.send_signal(signal.SIGKILL)
             p.wait()
             self.assertEqual(p.returncode, -signal.SIGKILL)

@@ -519,7 +519,7 @@ class CheckpointInterval(unittest.TestCase):
             except FileNotFoundError:
                 return []
         # Far fewer than `every` records: the interval alone brings the checkpoint.
-        self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=5), shipped())
+        self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=15), shipped())
         self.assertTrue(wait_until(
             lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
         gh.stop()
@@ -534,7 +534,9 @@ class CheckpointInterval(unittest.TestCase):
         self.addCleanup(backend.stop)
         port = free_port()
         gh = Gatehouse(ckpt_config(port, backend, checkpoint={
-            "key": "log-ed25519.pem", "every": 1000, "interval": "1s"}), wait=False)
+            # 3 s: the four requests below and the kill must come before the next
+            # checkpoint, also on a loaded machine.
+            "key": "log-ed25519.pem", "every": 1000, "interval": "3s"}), wait=False)
         self.addCleanup(gh.cleanup)
         gh.proc.wait(10)
         gh.stop()
@@ -543,7 +545,7 @@ class CheckpointInterval(unittest.TestCase):
         for i in range(3):
             self.assertEqual(get(port, "/a%d" % i)[0], 200)
         self.assertTrue(wait_until(
-            lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
+            lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=10))
         for i in range(4):
             self.assertEqual(get(port, "/b%d" % i)[0], 200)
         # Killed before the next checkpoint was due: records 4..7 are not covered.
@@ -552,11 +554,11 @@ class CheckpointInterval(unittest.TestCase):
                                    timeout=5))
         gh.proc.send_signal(signal.SIGKILL)
         gh.proc.wait()
-        time.sleep(7.5)  # past twice the interval plus 5 s
+        time.sleep(11.5)  # past twice the interval plus 5 s
         v = run("audit", "verify", "-c", gh.config_path, check=1)
         self.assertRegex(v.stdout, r"FAIL checkpoints: records 4..7 \(the first from \S+\) have "
                                    r"no signed checkpoint; the last one covers record 3 \(\S+\), "
-                                   r"and one is due every 1s or 1000 records")
+                                   r"and one is due every 3s or 1000 records")
         # The next start signs the tail first.
         restart(gh)
         gh.stop()

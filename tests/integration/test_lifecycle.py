@@ -99,7 +99,7 @@ class ReloadTest(unittest.TestCase):
 
     def test_reload_under_load_zero_failures(self):
         load = LoadRun(self.gh.port)
-        time.sleep(1.0)
+        self.assertTrue(wait_until(lambda: load.ok >= 30, 15), "the load never got going")
         cfg2 = dict(self.cfg)
         cfg2["routes"] = [route("app", [self.b1]), route("new", [self.b2], path_prefix="/new")]
         self.gh.write_config(cfg2)
@@ -108,7 +108,9 @@ class ReloadTest(unittest.TestCase):
         def new_route_live():
             return request(self.gh.port, "GET", "/new/x").header("x-backend") == "b2"
         visible = wait_until(new_route_live, 5, 0.1)
-        time.sleep(1.0)
+        after = load.ok
+        # The load goes on past the switch (every worker on the new config).
+        wait_until(lambda: load.ok >= after + 50, 10)
         load.stop()
         self.assertTrue(visible, "the new route never became visible after SIGHUP")
         self.assertEqual(load.failures, [], f"{len(load.failures)} failed requests")
@@ -157,7 +159,7 @@ class ReloadTest(unittest.TestCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=1500")
         t = threading.Thread(target=slow)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         cfg2 = dict(self.cfg)
         cfg2["routes"] = [route("app", [self.b2])]
         self.gh.write_config(cfg2)
@@ -189,7 +191,6 @@ class AccessLogReopenTest(unittest.TestCase):
         self.assertIsNotNone(wait_log_entry(self.log, lambda e: e["path"] == "/before-rotate"))
         os.rename(self.log, self.log + ".1")
         self.gh.signal(signal.SIGHUP)
-        time.sleep(0.5)
 
         def logged_in_new_file():
             request(self.gh.port, "GET", "/after-rotate")
@@ -221,7 +222,7 @@ class DrainTest(unittest.TestCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=2000")
         t = threading.Thread(target=slow)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         t0 = time.time()
         self.gh.signal(signal.SIGTERM)
 
@@ -254,7 +255,7 @@ class DrainTest(unittest.TestCase):
         t = threading.Thread(target=lambda: self._swallow(
             lambda: request(self.gh.port, "GET", "/slow?ms=8000", timeout=15)), daemon=True)
         t.start()
-        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 3))
+        self.assertTrue(wait_until(lambda: self.b1.hits("/slow") == 1, 10))
         t0 = time.time()
         self.gh.signal(signal.SIGTERM)
         self.gh.proc.wait(10)
@@ -273,7 +274,7 @@ class DrainTest(unittest.TestCase):
         t0 = time.time()
         self.gh.signal(signal.SIGTERM)
         self.gh.proc.wait(10)
-        self.assertLess(time.time() - t0, 2.0)
+        self.assertLess(time.time() - t0, 5.0)  # not the drain timeout (10 s)
         self.assertEqual(self.gh.proc.returncode, 0)
 
 

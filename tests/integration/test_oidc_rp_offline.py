@@ -322,7 +322,7 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
         form["logout"] = "yes"
         status, final, _ = b.go("POST", urllib.parse.urljoin(page_url, action), form)
         self.assertTrue(final.startswith(self.post_logout), final)
-        for _ in range(50):  # the IdP posts the logout token asynchronously
+        for _ in range(150):  # the IdP posts the logout token asynchronously
             if Catcher.got:
                 break
             time.sleep(0.1)

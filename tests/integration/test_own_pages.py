@@ -142,7 +142,7 @@ class OwnPagesSecurityHeaders(unittest.TestCase):
         slow = threading.Thread(target=self.get, args=("/slow?ms=1500",),
                                 kwargs={"host": "busy.test"}, daemon=True)
         slow.start()
-        self.assertTrue(wait_until(lambda: self.busy.open_conns > 0, 5))
+        self.assertTrue(wait_until(lambda: self.busy.open_conns > 0, 15))
         r = self.get("/x", host="busy.test")
         slow.join(5)
         self.assertEqual(r.status, 503, r)

@@ -344,7 +344,7 @@ class SignInTest(unittest.TestCase):
                 for k, v in re.findall(rb'name="([^"]+)" value="([^"]*)"', r.body)}
         body["logout"] = "yes"
         b.follow(urllib.parse.urljoin(idp_url, action), "POST", body)
-        self.assertTrue(wait_for(lambda: "idp backchannel logout sent" in self.idp.log(), 5),
+        self.assertTrue(wait_for(lambda: "idp backchannel logout sent" in self.idp.log(), 15),
                         self.idp.log()[-2000:])
         self.assertTrue(wait_for(lambda: "back-channel logout from corp ended 1 session(s)"
                                  in self.log(), 5), self.log()[-2000:])
@@ -364,7 +364,7 @@ class SignInTest(unittest.TestCase):
         r = Browser().request(self.base + "/.gatehouse/oidc/backchannel-logout", "POST",
                               {"logout_token": tok})
         self.assertEqual(r.status, 400)
-        self.assertTrue(wait_for(lambda: "back-channel logout refused" in self.log(), 3))
+        self.assertTrue(wait_for(lambda: "back-channel logout refused" in self.log(), 10))
         self.assertEqual(b.request(self.base + "/still").status, 200)
 
     def test_sessions_cli_list_and_revoke_within_1s(self):
@@ -491,15 +491,21 @@ class Expiry(unittest.TestCase):
         self.assertIn("expired session cookie", self.s.log())
 
     def test_absolute_lifetime(self):
+        # The session is made somewhere during the sign-in (which takes a while on
+        # a loaded machine): a request is judged by the session's least and
+        # greatest possible age when the server saw it.
         b = Browser()
+        t_login = time.time()
         self.assertEqual(b.login(self.s.base, "/a").status, 200)
-        start = time.time()
-        codes = []
-        while time.time() - start < 5.0:
-            codes.append((round(time.time() - start, 2), b.request(self.s.base + "/a").status))
-            time.sleep(0.4)
-        early = [c for t, c in codes if t < 3.5]
-        late = [c for t, c in codes if t > 4.3]
+        t_made = time.time()
+        codes = []  # (least age, greatest age, status)
+        while time.time() - t_made < 5.5:
+            sent = time.time()
+            st = b.request(self.s.base + "/a").status
+            codes.append((round(sent - t_made, 2), round(time.time() - t_login, 2), st))
+            time.sleep(0.3)
+        early = [c for least, most, c in codes if most < 3.7]
+        late = [c for least, most, c in codes if least > 4.3]
         self.assertTrue(early and all(c == 200 for c in early), codes)
         self.assertTrue(late and all(c == 302 for c in late), codes)
 
@@ -534,7 +540,7 @@ class Refresh(unittest.TestCase):
                     time.sleep(2.6)  # the token is now due for refresh
                     codes = list(ex.map(one, range(50)))
                     self.assertEqual(codes, [200] * 50, f"round {rnd}")
-                    self.assertTrue(wait_for(lambda: refreshes() >= rnd, 5), s.idp.log())
+                    self.assertTrue(wait_for(lambda: refreshes() >= rnd, 15), s.idp.log())
                     time.sleep(0.5)
                     self.assertEqual(refreshes(), rnd, f"round {rnd}:\n" + s.idp.log())
             self.assertNotIn("grant refresh_token failed", s.idp.log())
@@ -560,7 +566,7 @@ class RefreshFailures(unittest.TestCase):
             for _ in range(3):
                 self.assertEqual(b.request(s.base + "/rf").status, 200)
                 time.sleep(0.2)
-            self.assertTrue(wait_for(lambda: "session refresh at corp failed" in s.log(), 5),
+            self.assertTrue(wait_for(lambda: "session refresh at corp failed" in s.log(), 15),
                             s.log()[-2000:])
             self.assertNotIn("(session ended)", s.log())
             self.assertEqual(b.request(s.base + "/rf").status, 200)
@@ -594,7 +600,7 @@ class SlowIdP(unittest.TestCase):
 
             th = threading.Thread(target=login)
             th.start()
-            self.assertTrue(wait_for(lambda: "sign-in started" in s.log(), 5))
+            self.assertTrue(wait_for(lambda: "sign-in started" in s.log(), 15))
             time.sleep(0.8)  # the browser is now in the 3 s token exchange
             lat = []
             for i in range(5):
@@ -710,7 +716,7 @@ class AssertionKeyRotation(unittest.TestCase):
             s.gh.write_config(cfg)
             mark = len(s.log())
             s.gh.signal(signal.SIGHUP)
-            self.assertTrue(wait_for(lambda: "assertion key rotated" in s.log()[mark:], 5),
+            self.assertTrue(wait_for(lambda: "assertion key rotated" in s.log()[mark:], 15),
                             s.log()[mark:])
             # A new session: the assertion cache is keyed by the session's claims.
             b2 = Browser()

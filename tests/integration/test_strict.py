@@ -221,7 +221,7 @@ class StrictnessTest(ProxyCase):
             c.send(b"GET /stall HTTP/1.1\r\nHost: app.test\r\n")
             r = c.read_response()
             self.assertEqual(r.status, 408)
-            self.assertTrue(c.is_closed(3))
+            self.assertTrue(c.is_closed(5))
         self.assertLess(time.time() - t0, 4.0)
 
     def test_slowloris_header_408(self):

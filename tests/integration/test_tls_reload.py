@@ -166,7 +166,7 @@ class TlsReload(unittest.TestCase):
             "still serving the previous certificate") == 2, timeout=5), self.new_log())
         self.put(a)
         self.gh.signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: self.served_cn() == "hup-a", timeout=5),
+        self.assertTrue(wait_until(lambda: self.served_cn() == "hup-a", timeout=15),
                         self.new_log())
         self.assertIn('subject \\"CN=hup-a\\"', self.new_log())
 

@@ -48,7 +48,7 @@ class LeastConnTest(ProxyCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=2000")
         t = threading.Thread(target=slow)
         t.start()
-        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 10)
         self.assertIsNotNone(busy, "the slow request never reached a backend")
         other = [b for b in self.backends if b is not busy][0]
         for i in range(6):
@@ -74,7 +74,7 @@ class MaxConnsTest(ProxyCase):
             result["r"] = request(self.gh.port, "GET", "/slow?ms=1500")
         t = threading.Thread(target=slow)
         t.start()
-        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 3)
+        busy = wait_until(lambda: next((b for b in self.backends if b.hits("/slow")), None), 10)
         self.assertIsNotNone(busy)
         other = [b for b in self.backends if b is not busy][0]
         names = [request(self.gh.port, "GET", f"/mc/{i}").header("x-backend") for i in range(4)]
@@ -319,7 +319,7 @@ class TimeoutTest(LoggedCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["path"], "/after-timeout")
         conn = self.backend.last("/slow")["conn"]
-        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 5),
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 15),
                         "the timed-out upstream connection was kept open")
 
     def test_upstream_closes_without_response_502(self):
@@ -346,7 +346,12 @@ class ActiveHealthTest(ProxyCase):
         self.assertTrue(wait_until(lambda: b1.hits("/health") >= 2 and b2.hits("/health") >= 2,
                                    5), "active health checks did not run every interval")
         b2.health_status = 503
-        time.sleep(1.5)
+        checks = b2.hits("/health")
+        # One failed check marks the server down: every check received from here on
+        # answers 503, and the first of them has been answered when the next arrives
+        # (checks of a server do not overlap).
+        self.assertTrue(wait_until(lambda: b2.hits("/health") >= checks + 2, 10),
+                        "active health checks stopped")
         names = [request(self.gh.port, "GET", f"/h/{i}").header("x-backend") for i in range(8)]
         self.assertEqual(names, ["b1"] * 8, "a server failing its health check still got traffic")
         b2.health_status = 200

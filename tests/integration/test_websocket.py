@@ -77,7 +77,7 @@ class WebSocketTest(ProxyCase):
         self.assertEqual(ws_read_frame(c.reader)[2], b"bye")
         conn = self.backend.last("/ws")["conn"]
         c.close()  # TCP close without a close frame
-        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 3),
+        self.assertTrue(wait_until(lambda: conn in self.backend.closed_conn_ids, 10),
                         "the upstream side of the tunnel stayed open after the client left")
 
     def test_upgrade_refused_without_websocket_flag(self):
@@ -124,7 +124,7 @@ class UpgradeOnlyWebSocketTest(ProxyCase):
         with c:
             self.assertEqual(r.status, 400, r)
             self.assertIsNone(r.header("sec-websocket-accept"))
-            self.assertTrue(c.is_closed(3), "connection left open after a refused handshake")
+            self.assertTrue(c.is_closed(5), "connection left open after a refused handshake")
         self.assertEqual(self.backend.hits(path), before, "refused handshake reached the backend")
         return r
 
@@ -150,7 +150,7 @@ class UpgradeOnlyWebSocketTest(ProxyCase):
                 c.send(b"GET /admin HTTP/1.1\r\nHost: ws.test\r\n\r\n")
             except OSError:
                 pass
-            self.assertTrue(c.is_closed(3), "connection left open after a 101 to h2c")
+            self.assertTrue(c.is_closed(5), "connection left open after a 101 to h2c")
         time.sleep(0.3)
         self.assertEqual(self.backend.hits("/admin"), 0, "a request went through a tunnel")
         self.assertAlive()
@@ -181,7 +181,7 @@ class UpgradeOnlyWebSocketTest(ProxyCase):
                 c.send(ws_frame(0x1, b"through?"))
             except OSError:
                 pass
-            self.assertTrue(c.is_closed(3), "connection left open after a bad 101")
+            self.assertTrue(c.is_closed(5), "connection left open after a bad 101")
 
     def test_genuine_websocket_still_works(self):
         key = base64.b64encode(os.urandom(16)).decode()
