@@ -318,6 +318,9 @@ def render(a, results, targets, integrity, load0, load1, commit):
     checks = [
         ("gh-log-batch", "rpcpu", ">=", 0.9, "signed-in + policy + log (batch), req per CPU-s"),
         ("gh-log-batch", "p99", "<=", 1.0, "signed-in + policy + log (batch), p99"),
+        ("gh-log-deferred", "rpcpu", ">=", 0.9,
+         "signed-in + policy + log (batch, `index: deferred`), req per CPU-s"),
+        ("gh-log-deferred", "p99", "<=", 1.0, "signed-in + policy + log (batch, `index: deferred`), p99"),
         ("gh-public", "rpcpu", ">=", 1.1, "public, req per CPU-s"),
     ]
     for t, key, op, goal, label in checks:
