@@ -34,15 +34,13 @@ static uint64_t rng_next(struct worker *w)
 
 void worker_request_id(struct worker *w, char out[REQUEST_ID_LEN + 1])
 {
-    static const char digits[] = "0123456789abcdef";
-    uint64_t v[2] = { rng_next(w), rng_next(w) };
+    /* Big-endian bytes, spelled by the table of digit pairs: the same 32
+     * digits as one nibble at a time, in a fifth of the instructions. */
+    uint64_t v[2] = { __builtin_bswap64(rng_next(w)), __builtin_bswap64(rng_next(w)) };
+    unsigned char b[16];
 
-    for (int k = 0; k < 2; k++) {
-        for (int i = 0; i < 16; i++) {
-            out[k * 16 + i] = digits[(v[k] >> (60 - 4 * i)) & 15];
-        }
-    }
-    out[32] = '\0';
+    memcpy(b, v, sizeof b);
+    str_hex(b, sizeof b, out);
 }
 
 static struct pool *pool_for(struct worker *w, const struct upstream_conf *uc,
