@@ -250,21 +250,25 @@ static void writer_cycle(struct session_store *s)
     s->qtail = &s->qhead;
     pthread_mutex_unlock(&s->qmu);
 
-    /* Collect last-seen moves under each stripe lock, write them afterwards. */
+    /* Collect last-seen moves, write them afterwards: each stripe is locked
+     * once for all of its buckets (bucket b belongs to stripe b % NSTRIPES),
+     * not once per bucket. */
     size_t ntouch = 0, cap = 0;
     struct touch *touch = NULL;
-    for (size_t b = 0; b < NBUCKETS; b++) {
-        pthread_mutex_t *mu = sess_stripe_of(s, b);
+    for (size_t stripe = 0; stripe < NSTRIPES; stripe++) {
+        pthread_mutex_t *mu = sess_stripe_of(s, stripe);
         pthread_mutex_lock(mu);
-        for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
-            if (e->last_seen_ms > e->flushed_last_seen_ms) {
-                if (ntouch == cap) {
-                    cap = cap ? cap * 2 : 256;
-                    touch = xrealloc(touch, cap * sizeof *touch);
+        for (size_t b = stripe; b < NBUCKETS; b += NSTRIPES) {
+            for (struct sess *e = s->bucket[b]; e != NULL; e = e->next) {
+                if (e->last_seen_ms > e->flushed_last_seen_ms) {
+                    if (ntouch == cap) {
+                        cap = cap ? cap * 2 : 256;
+                        touch = xrealloc(touch, cap * sizeof *touch);
+                    }
+                    memcpy(touch[ntouch].h, e->h, 32);
+                    touch[ntouch++].last_seen_ms = e->last_seen_ms;
+                    e->flushed_last_seen_ms = e->last_seen_ms;
                 }
-                memcpy(touch[ntouch].h, e->h, 32);
-                touch[ntouch++].last_seen_ms = e->last_seen_ms;
-                e->flushed_last_seen_ms = e->last_seen_ms;
             }
         }
         pthread_mutex_unlock(mu);
