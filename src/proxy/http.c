@@ -954,18 +954,27 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
         reason = str_from(http_reason(status));
     }
     size_t bound = HEAD_FIXED + reason.len + via_len + id_len;
-    /* The Connection headers' values, read once: each header is looked up
-     * in them (beyond CONN_MAX of them, the rare head is searched again). */
-    enum { CONN_MAX = 4 };
-    struct str conn[CONN_MAX];
+    /* The Connection headers' options, split and trimmed once (as
+     * http_list_has splits them): each header name is compared with them,
+     * length first. Beyond CONN_TOKENS of them, the rare head is searched
+     * again for each header. */
+    enum { CONN_TOKENS = 8 };
+    struct str conn[CONN_TOKENS];
     for (size_t i = 0; i < h->nhdr; i++) {
         /* Each header at most once, as itself or as the Upgrade value. */
         bound += h->hdr[i].name_len + h->hdr[i].value_len + 4;
         if (h->hdr[i].name_len == 10 && hname_of(http_in_name(h, base, i)) == HN_CONNECTION) {
-            if (nconn < CONN_MAX) {
-                conn[nconn] = http_in_value(h, base, i);
+            struct str v = http_in_value(h, base, i);
+            for (size_t k = 0; k < v.len; k++) {
+                size_t s = k;
+                while (k < v.len && v.p[k] != ',') {
+                    k++;
+                }
+                if (nconn < CONN_TOKENS) {
+                    conn[nconn] = str_trim((struct str){ v.p + s, k - s });
+                }
+                nconn++;
             }
-            nconn++;
         }
     }
 
@@ -984,10 +993,10 @@ void http_format_response(struct buf *out, const struct http_in *h, const char *
         if (k == HN_UPGRADE) {
             upgrade = http_in_value(h, base, i);
         }
-        for (size_t j = 0; j < nconn && j < CONN_MAX && !named; j++) {
-            named = http_list_has(conn[j], n);
+        for (size_t j = 0; j < nconn && j < CONN_TOKENS && !named; j++) {
+            named = conn[j].len == n.len && str_ieq(conn[j], n);
         }
-        for (size_t j = 0; j < h->nhdr && !named && nconn > CONN_MAX; j++) {
+        for (size_t j = 0; j < h->nhdr && !named && nconn > CONN_TOKENS; j++) {
             if (hname_of(http_in_name(h, base, j)) == HN_CONNECTION &&
                 http_list_has(http_in_value(h, base, j), n)) {
                 named = true;
