@@ -111,13 +111,11 @@ static const char *bearer_binding(const struct idp *x, const struct authn_req *r
 }
 
 /* An API client's next request with a token verified before: the providers
- * this route accepts are asked for it by its hash, before any parsing. A hit
- * names its provider: it was verified with that provider's keys and issuer. */
+ * this route accepts are asked for it, before any parsing. A hit names its
+ * provider: it was verified with that provider's keys and issuer. */
 bool an_bearer_cached(struct authn *an, const struct authn_req *req, struct arena *a,
                       struct authn_out *out, struct str tok)
 {
-    unsigned char h[32];
-    codec_sha256(tok.p, tok.len, h);
     for (size_t i = 0; i < an->nidps; i++) {
         struct idp *x = &an->idps[i];
         if (atomic_load(&x->meta) == NULL || !an_route_accepts(req, x->p->id)) {
@@ -125,7 +123,7 @@ bool an_bearer_cached(struct authn *an, const struct authn_req *req, struct aren
         }
         struct oidc_bearer_identity b;
         struct jwks *k = an_jwks_get(x);
-        bool hit = k != NULL && oidc_bearer_cached(x->p, k, h, req->now_ms / 1000, a, &b);
+        bool hit = k != NULL && oidc_bearer_cached(x->p, k, tok, req->now_ms / 1000, a, &b);
         jwks_unref(k);
         if (hit && bearer_revoked(an, b.user_key, b.email, b.iat_s)) {
             return false; /* verified again, and refused there with the reason */

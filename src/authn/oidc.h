@@ -215,9 +215,10 @@ int oidc_logout_token_verify(const struct oidc_provider *p, const struct jwks *k
                              char **sub, struct err *err) WARN_UNUSED;
 
 /* Verifies "Authorization: Bearer <jwt>" (just the token) for API clients
- * against the configured audiences. A token verified once is remembered (by its
- * SHA-256, with the key set it was verified with) for at most 5 minutes and never
- * past its exp: a hit skips the signature but still checks exp. */
+ * against the configured audiences. A token verified once (up to 4 KiB) is
+ * remembered (its exact bytes, with the key set it was verified with) for at
+ * most 5 minutes and never past its exp: a hit skips the signature but still
+ * checks exp. */
 int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, struct str token,
                        int64_t now_s, struct oidc_identity *out, struct err *err) WARN_UNUSED;
 
@@ -237,12 +238,11 @@ char *oidc_user_id(const char *idp_id, bool bare, const char *sub);
 /* Is s a valid identity provider id: 1-64 of letters, digits, '.', '_', '-'? */
 bool oidc_idp_id_ok(const char *s);
 
-/* A token (h: SHA-256 of its text) that oidc_bearer_verify accepted with this
- * very key set and that is still live: true, with its identity copied into a.
- * No parsing and no signature: the per-request cost of an API client. */
-bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
-                        const unsigned char h[32], int64_t now_s, struct arena *a,
-                        struct oidc_bearer_identity *out);
+/* A token (byte for byte) that oidc_bearer_verify accepted with this very key
+ * set and that is still live: true, with its identity copied into a. No
+ * parsing, no digest and no signature: the per-request cost of an API client. */
+bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys, struct str token,
+                        int64_t now_s, struct arena *a, struct oidc_bearer_identity *out);
 
 /* Is rd a safe same-host return path? Only "/..." relative paths: rejects
  * "//host", "/\host", "https://host", their percent-encoded forms (%2f, %5c),

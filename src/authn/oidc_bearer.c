@@ -114,9 +114,18 @@ out:
 #define BEARER_SLOTS     4096
 #define BEARER_STRIPES   64
 #define BEARER_MAX_AGE_S 300
+#define BEARER_MAX_TOKEN 4096 /* longer tokens are verified every time */
 
+/* A slot holds the token's own bytes: a hit is the exact token verified
+ * before, compared whole (never a digest of it, so no collision can stand in
+ * for it). The 64-bit hash, keyed with a random seed per cache, picks the slot
+ * and filters before the comparison: a request is compared with another
+ * caller's token only when their keyed hashes match, which the caller can
+ * neither aim for nor observe. */
 struct bearer_slot {
-    unsigned char h[32];
+    uint64_t h;
+    char *tok; /* malloc'd, tok_len bytes */
+    size_t tok_len;
     uint64_t keys_id;
     int64_t until_s; /* min(exp + skew, verified + BEARER_MAX_AGE_S) */
     bool used;
@@ -124,13 +133,20 @@ struct bearer_slot {
 };
 
 struct bearer_cache {
+    uint64_t seed;
     pthread_mutex_t mu[BEARER_STRIPES];
     struct bearer_slot slot[BEARER_SLOTS];
 };
 
 struct bearer_cache *oidc_bearer_cache_new(void)
 {
+    uint64_t seed;
+    if (!codec_rand_bytes((unsigned char *)&seed, sizeof seed)) {
+        log_warn("oidc", "no randomness for the bearer token cache: every token is verified");
+        return NULL;
+    }
     struct bearer_cache *c = xcalloc(1, sizeof *c);
+    c->seed = seed;
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
         pthread_mutex_init(&c->mu[i], NULL);
     }
@@ -144,6 +160,7 @@ void oidc_bearer_cache_free(struct bearer_cache *c)
     }
     for (size_t i = 0; i < BEARER_SLOTS; i++) {
         oidc_identity_fini(&c->slot[i].id);
+        free(c->slot[i].tok);
     }
     for (size_t i = 0; i < BEARER_STRIPES; i++) {
         pthread_mutex_destroy(&c->mu[i]);
@@ -169,38 +186,63 @@ static void identity_copy(struct oidc_identity *dst, const struct oidc_identity 
     dst->attrs = src->attrs ? attrs_ref(src->attrs) : NULL;
 }
 
-/* Copies the cached identity into out and returns true on a live hit. */
-static bool bearer_cache_get(struct bearer_cache *c, const unsigned char h[32], uint64_t keys_id,
-                             int64_t now_s, struct oidc_identity *out)
+static uint64_t token_hash(const struct bearer_cache *c, struct str tok)
 {
-    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
-    bool hit = false;
-    pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
-    struct bearer_slot *s = &c->slot[i];
-    if (s->used && s->keys_id == keys_id && memcmp(s->h, h, 32) == 0 && now_s < s->until_s) {
-        identity_copy(out, &s->id);
-        hit = true;
-    }
-    pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
-    return hit;
+    return str_hash(c->seed, tok.p, tok.len);
 }
 
-static void bearer_cache_put(struct bearer_cache *c, const unsigned char h[32], uint64_t keys_id,
+/* The live slot holding exactly this token, verified with this key set; the
+ * caller holds the slot's stripe lock. */
+static struct bearer_slot *slot_hit(struct bearer_cache *c, size_t i, uint64_t h, struct str tok,
+                                    uint64_t keys_id, int64_t now_s)
+{
+    struct bearer_slot *s = &c->slot[i];
+    bool hit = s->used && s->h == h && s->tok_len == tok.len && s->keys_id == keys_id &&
+               now_s < s->until_s && memcmp(s->tok, tok.p, tok.len) == 0;
+    return hit ? s : NULL;
+}
+
+/* Copies the cached identity into out and returns true on a live hit. */
+static bool bearer_cache_get(struct bearer_cache *c, struct str tok, uint64_t keys_id,
+                             int64_t now_s, struct oidc_identity *out)
+{
+    uint64_t h = token_hash(c, tok);
+    size_t i = (size_t)(h % BEARER_SLOTS);
+    pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
+    struct bearer_slot *s = slot_hit(c, i, h, tok, keys_id, now_s);
+    if (s != NULL) {
+        identity_copy(out, &s->id);
+    }
+    pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
+    return s != NULL;
+}
+
+static void bearer_cache_put(struct bearer_cache *c, struct str tok, uint64_t keys_id,
                              const struct oidc_identity *id, int64_t until_s)
 {
+    if (tok.len == 0 || tok.len > BEARER_MAX_TOKEN) {
+        return;
+    }
     struct oidc_identity copy = { 0 };
     identity_copy(&copy, id);
-    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
+    char *bytes = xmalloc(tok.len);
+    memcpy(bytes, tok.p, tok.len);
+    uint64_t h = token_hash(c, tok);
+    size_t i = (size_t)(h % BEARER_SLOTS);
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
     struct bearer_slot *s = &c->slot[i];
     struct oidc_identity old = s->id;
-    memcpy(s->h, h, 32);
+    char *old_tok = s->tok;
+    s->h = h;
+    s->tok = bytes;
+    s->tok_len = tok.len;
     s->keys_id = keys_id;
     s->until_s = until_s;
     s->id = copy;
     s->used = copy.attrs != NULL;
     pthread_mutex_unlock(&c->mu[i % BEARER_STRIPES]);
     oidc_identity_fini(&old);
+    free(old_tok);
 }
 
 static const char *acopy(struct arena *a, const char *v, bool *ok)
@@ -213,20 +255,20 @@ static const char *acopy(struct arena *a, const char *v, bool *ok)
     return c;
 }
 
-bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys,
-                        const unsigned char h[32], int64_t now_s, struct arena *a,
-                        struct oidc_bearer_identity *out)
+bool oidc_bearer_cached(const struct oidc_provider *p, const struct jwks *keys, struct str token,
+                        int64_t now_s, struct arena *a, struct oidc_bearer_identity *out)
 {
     struct bearer_cache *c = p->bearer_cache;
-    if (c == NULL || keys == NULL) {
+    memset(out, 0, sizeof *out);
+    if (c == NULL || keys == NULL || token.len == 0 || token.len > BEARER_MAX_TOKEN) {
         return false;
     }
-    size_t i = ((size_t)h[0] << 8 | h[1]) % BEARER_SLOTS;
+    uint64_t h = token_hash(c, token);
+    size_t i = (size_t)(h % BEARER_SLOTS);
     bool hit = false, ok = true;
-    memset(out, 0, sizeof *out);
     pthread_mutex_lock(&c->mu[i % BEARER_STRIPES]);
-    struct bearer_slot *s = &c->slot[i];
-    if (s->used && s->keys_id == jwks_id(keys) && memcmp(s->h, h, 32) == 0 && now_s < s->until_s) {
+    struct bearer_slot *s = slot_hit(c, i, h, token, jwks_id(keys), now_s);
+    if (s != NULL) {
         out->user_key = acopy(a, s->id.user_key, &ok);
         out->sub = acopy(a, s->id.sub, &ok);
         out->email = acopy(a, s->id.email, &ok);
@@ -245,13 +287,12 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
                        int64_t now_s, struct oidc_identity *out, struct err *err)
 {
     json_t *c = NULL;
-    unsigned char h[32];
-    codec_sha256(token.p, token.len, h);
     memset(out, 0, sizeof *out);
-    /* A hit is a token whose signature and claims were checked with this very
-     * key set; the entry ends at its exp (plus skew), so expiry still holds. */
-    if (p->bearer_cache != NULL && keys != NULL &&
-        bearer_cache_get(p->bearer_cache, h, jwks_id(keys), now_s, out)) {
+    /* A hit is this very token, its signature and claims checked with this
+     * very key set; the entry ends at its exp (plus skew), so expiry still
+     * holds. */
+    if (p->bearer_cache != NULL && keys != NULL && token.len <= BEARER_MAX_TOKEN &&
+        bearer_cache_get(p->bearer_cache, token, jwks_id(keys), now_s, out)) {
         return 0;
     }
     if (p->naudiences == 0) {
@@ -288,7 +329,7 @@ int oidc_bearer_verify(const struct oidc_provider *p, const struct jwks *keys, s
         if (until > now_s + BEARER_MAX_AGE_S) {
             until = now_s + BEARER_MAX_AGE_S;
         }
-        bearer_cache_put(p->bearer_cache, h, jwks_id(keys), out, until);
+        bearer_cache_put(p->bearer_cache, token, jwks_id(keys), out, until);
     }
     json_decref(c);
     return rc;
