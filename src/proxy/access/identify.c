@@ -107,10 +107,35 @@ static void authn_req_fill(struct exchange *x)
     struct request *r = x->r;
     struct authn_req *a = &x->ids.req;
     size_t n = 0;
+    /* The headers authn reads, each the first of its name (as request_header
+     * finds it), and every Cookie header: one pass, a name compared only when
+     * its length matches. */
+    struct str *const want[] = { &a->authorization, &a->accept, &a->x_requested_with,
+                                 &a->sec_fetch_site, &a->origin };
+#define NAME(lit) { lit, sizeof lit - 1 }
+    static const struct str names[] = { NAME("authorization"), NAME("accept"),
+                                        NAME("x-requested-with"), NAME("sec-fetch-site"),
+                                        NAME("origin") };
+#undef NAME
+    bool found[sizeof names / sizeof names[0]] = { false };
 
-    for (size_t i = 0; i < r->nheaders && n < ACCESS_MAX_COOKIES; i++) {
-        if (str_ieq(r->headers[i].name, STR("cookie"))) {
-            x->ids.cookies[n++] = r->headers[i].value;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        *want[k] = STR_NULL;
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        struct str name = r->headers[i].name;
+        if (name.len == 6 && str_ieq(name, STR("cookie"))) {
+            if (n < ACCESS_MAX_COOKIES) {
+                x->ids.cookies[n++] = r->headers[i].value;
+            }
+            continue;
+        }
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            if (name.len == names[k].len && !found[k] && str_ieq(name, names[k])) {
+                *want[k] = r->headers[i].value;
+                found[k] = true;
+                break;
+            }
         }
     }
     a->method = r->method;
@@ -119,11 +144,6 @@ static void authn_req_fill(struct exchange *x)
     a->query = r->query;
     a->cookies = x->ids.cookies;
     a->ncookies = n;
-    a->authorization = request_header(r, STR("authorization"), NULL);
-    a->accept = request_header(r, STR("accept"), NULL);
-    a->x_requested_with = request_header(r, STR("x-requested-with"), NULL);
-    a->sec_fetch_site = request_header(r, STR("sec-fetch-site"), NULL);
-    a->origin = request_header(r, STR("origin"), NULL);
     a->tls = is_tls(r);
     if (x->reserved) {
         a->request_origin = arena_printf(r->arena, "%s://%.*s", a->tls ? "https" : "http",
