@@ -527,7 +527,10 @@ static enum hname hname_of(struct str n)
 {
     const struct hname_entry *e = n.len < 20 ? hnames[n.len] : NULL;
     for (size_t i = 0; e && i < 2 && e[i].name; i++) {
-        if (is_name(n, e[i].name)) {
+        /* The first letter, case folded (the names all start with one),
+         * turns most other names of the same length away. */
+        if (((unsigned char)n.p[0] | 0x20) == (unsigned char)e[i].name[0] &&
+            is_name(n, e[i].name)) {
             return e[i].kind;
         }
     }
