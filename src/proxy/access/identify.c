@@ -112,11 +112,13 @@ static void authn_req_fill(struct exchange *x)
      * its length matches. */
     struct str *const want[] = { &a->authorization, &a->accept, &a->x_requested_with,
                                  &a->sec_fetch_site, &a->origin };
-#define NAME(lit) { lit, sizeof lit - 1 }
-    static const struct str names[] = { NAME("authorization"), NAME("accept"),
-                                        NAME("x-requested-with"), NAME("sec-fetch-site"),
-                                        NAME("origin") };
-#undef NAME
+    static const struct str names[] = {
+        { "authorization", sizeof "authorization" - 1 },
+        { "accept", sizeof "accept" - 1 },
+        { "x-requested-with", sizeof "x-requested-with" - 1 },
+        { "sec-fetch-site", sizeof "sec-fetch-site" - 1 },
+        { "origin", sizeof "origin" - 1 },
+    };
     bool found[sizeof names / sizeof names[0]] = { false };
 
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {

@@ -246,6 +246,40 @@ static void test_revoke_by_sid_user_and_cookie(void **state)
     (void)state;
 }
 
+/* Every session's last-seen move reaches the database, whichever bucket and
+ * stripe it sits in (the writer locks a stripe once for all its buckets). */
+static void test_last_seen_flushed_from_every_stripe(void **state)
+{
+    enum { N = 300 };
+    struct err err = { 0 };
+    struct session_conf c = conf();
+    struct session_store *s = session_store_open(db, &c, &err);
+    assert_non_null(s);
+    struct arena *a = arena_new(0);
+    struct session_new n = alice();
+    static char cookies[N][SESSION_COOKIE_LEN + 1];
+    int64_t t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(session_create(s, &n, t0, cookies[i], &err), 0);
+    }
+    session_store_sync(s);
+    assert_int_equal(count_rows("SELECT count(*) FROM sessions"), N);
+    int64_t later = t0 + 5000;
+    for (int i = 0; i < N; i++) {
+        struct session_view v;
+        arena_reset(a);
+        assert_int_equal(session_lookup(s, str_from(cookies[i]), later, a, &v), SESSION_VALID);
+    }
+    session_store_sync(s);
+    char sql[128];
+    assert_true(snprintf(sql, sizeof sql, "SELECT count(*) FROM sessions WHERE last_seen_ms = %lld",
+                         (long long)later) < (int)sizeof sql);
+    assert_int_equal(count_rows(sql), N);
+    arena_free(a);
+    session_store_close(s);
+    (void)state;
+}
+
 struct racer {
     struct session_store *s;
     const char *cookie;
@@ -368,6 +402,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_lookup_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_at_rest_restart_and_cli_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke_by_sid_user_and_cookie, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_seen_flushed_from_every_stripe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refresh_single_flight_and_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_short_key_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_database_keeps_the_batch, setup, teardown),
