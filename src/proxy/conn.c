@@ -1143,6 +1143,7 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
         inet_ntop(AF_INET6, &in6->sin6_addr, c->ip, sizeof c->ip);
         c->port = ntohs(in6->sin6_port);
     }
+    policy_ip_parse(str_from(c->ip), &c->addr);
     c->next = w->conns;
     if (w->conns) {
         w->conns->prev = c;

@@ -25,6 +25,7 @@
 #include "http.h"
 #include "pages.h"
 #include "request.h"
+#include "policy/policy.h"
 
 struct accesslog;
 struct fetcher;
@@ -159,6 +160,7 @@ struct conn {
     uint64_t head_bytes_in;
     uint64_t out_total; /* bytes queued to the client for this request */
     char ip[64];
+    struct policy_ip addr; /* ip as the policy input has it, parsed once */
     uint16_t port;
     struct conn *prev, *next; /* worker's list */
 };

@@ -4,6 +4,7 @@
  * TLS client chain; and the access-log line of a finished request. Reads the
  * connection's fields; calls nothing in conn.c. */
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include <openssl/ssl.h>
@@ -43,6 +44,16 @@ bool request_id_valid(struct str s)
             return false;
         }
     }
+    return true;
+}
+
+bool request_client_addr(const struct request *r, struct policy_ip *out)
+{
+    const struct conn *c = r->conn;
+    if (c == NULL || strcmp(r->client_ip, c->ip) != 0) {
+        return false;
+    }
+    *out = c->addr;
     return true;
 }
 

@@ -153,6 +153,11 @@ const char *access_form_action(struct request *r);
 struct fetcher;
 struct ev_loop;
 struct listener_conf;
+/* The client's address as the policy input has it (policy_ip_parse of
+ * client_ip), parsed when the connection was accepted: false when the
+ * request has no connection or another client_ip (parse it then). */
+struct policy_ip;
+bool request_client_addr(const struct request *r, struct policy_ip *out);
 struct fetcher *request_fetcher(const struct request *r);
 struct ev_loop *request_loop(const struct request *r);
 const struct listener_conf *request_listener(const struct request *r);

@@ -55,7 +55,9 @@ bool identity_to_input(const struct identity *id, const struct request *r, bool 
                                              .fingerprint = str_from(d->fingerprint),
                                              .san = str_from(d->san) };
     }
-    policy_ip_parse(str_from(r->client_ip), &in->client_ip);
+    if (!request_client_addr(r, &in->client_ip)) {
+        policy_ip_parse(str_from(r->client_ip), &in->client_ip);
+    }
     in->method = r->method;
     in->host = access_host_only(r->hostname);
     in->path = r->path;
