@@ -10,7 +10,7 @@
  * upstream head, with the identity headers and the assertion, 2 KiB) wait in
  * per-thread caches, so taking, growing and dropping them on every idle/wake
  * cycle of a keep-alive connection costs no malloc and free. Each cache keeps
- * at most MEM_CACHE_MAX blocks: about 380 KiB per thread in all. */
+ * at most MEM_CACHE_MAX blocks: about 2 MiB per thread in all. */
 #define BUF_FIRST_LOG 10 /* 1 KiB */
 #define BUF_FIRST     ((size_t)1 << BUF_FIRST_LOG)
 #define BUF_CACHED    5 /* 1, 2, 4, 8 and 16 KiB */
