@@ -578,7 +578,7 @@ class RefreshFailures(unittest.TestCase):
             # The refresh runs within the request that found it due, so the IdP's
             # log line may trail the answer a little.
             self.assertTrue(wait_for(lambda: "idp token grant refresh_token failed"
-                                     in s.idp.log(), 3), s.idp.log())
+                                     in s.idp.log(), 15), s.idp.log())
         finally:
             s.stop()
 
