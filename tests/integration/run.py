@@ -20,13 +20,14 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Modules that take longest (seconds, normal build, one at a time): started first
+# Modules that take longest (normal and ASan builds, two at a time): started first
 # with --jobs so that the pool ends evenly. Only an ordering hint: a module not
 # named here is simply started after these.
 SLOW_FIRST = [
-    "test_fleet", "test_signin", "test_decision_log", "test_devices", "test_http",
-    "test_decision_log_integrity", "test_audit_trail", "test_signin_attacks",
-    "test_lifecycle", "test_identity", "test_saml", "test_signin_flows",
+    "test_signin", "test_fleet", "test_saml", "test_decision_log_deferred", "test_check",
+    "test_decision_log_integrity", "test_signin_attacks", "test_tls_reload", "test_upstream",
+    "test_signin_flows", "test_devices", "test_identity", "test_decision_log",
+    "test_access_log", "test_lifecycle",
 ]
 
 

@@ -19,12 +19,27 @@ TESTS = os.path.dirname(HERE)
 IDP_SCRIPT = os.path.join(TESTS, "idp", "saml_idp.mjs")
 
 
+_KEY_CACHE = {}  # (name, cn) -> (key PEM, cert PEM), made once per test process
+
+
 def make_key_cert(dirpath, name, cn):
+    """An RSA key and a self-signed certificate as dirpath/name.key and .crt.
+    The same (name, cn) gets the same pair within one test process (a 2048-bit
+    key takes about a second of CPU on a busy machine, and each SAML stack
+    needs three); pairs of different names always differ."""
     key = os.path.join(dirpath, name + ".key")
     crt = os.path.join(dirpath, name + ".crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", crt, "-days", "2", "-subj", "/CN=" + cn],
-                   check=True, capture_output=True)
+    pair = _KEY_CACHE.get((name, cn))
+    if pair is None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        key, "-out", crt, "-days", "2", "-subj", "/CN=" + cn],
+                       check=True, capture_output=True)
+        _KEY_CACHE[(name, cn)] = (read(key), read(crt))
+    else:
+        for path, pem in zip((key, crt), pair):
+            with open(path, "w") as f:
+                f.write(pem)
+        os.chmod(key, 0o600)
     return key, crt
 
 

@@ -151,15 +151,25 @@ class ScaleTest(unittest.TestCase):
     def test_issue_9_15_check_time_grows_linearly_with_routes(self):
         d = tempfile.mkdtemp(prefix="gh-scale-")
         try:
-            small = self.best_time(self.write_routes(d, 5000), runs=3)
-            large = self.best_time(self.write_routes(d, 40000), runs=3)
-            # Eight times the routes: linear is about 8x; quadratic was about 60x
-            # (base: 0.15 s and 9 s). A bound three times above linear, so that a
-            # busy machine or a sanitizer build does not fail it.
-            self.assertLess(large, 24 * small + 1.0,
-                            f"5k routes {small:.2f}s, 40k routes {large:.2f}s")
+            # Taken in turns, and judged pair by pair: a module running alongside
+            # (run.py -j 2) slows a process's CPU time too, so the two runs of a
+            # pair, next to each other in time, see the same neighbours. Linear
+            # passes in (nearly) every pair; quadratic (about 60x) fails in all.
+            small_cfg, large_cfg = self.write_routes(d, 5000), self.write_routes(d, 40000)
+            pairs = []
+            for _ in range(3):
+                pairs.append((self.best_time(small_cfg, runs=1),
+                              self.best_time(large_cfg, runs=1)))
+                # Eight times the routes: linear is about 8x; quadratic was about 60x
+                # (base: 0.15 s and 9 s). A bound three times above linear, so that a
+                # busy machine or a sanitizer build does not fail it.
+                if pairs[-1][1] < 24 * pairs[-1][0] + 1.0:
+                    break
+            self.assertLess(pairs[-1][1], 24 * pairs[-1][0] + 1.0, "5k and 40k routes: " +
+                            ", ".join("%.2fs and %.2fs" % p for p in pairs))
         finally:
             shutil.rmtree(d)
+
 
 SIGN_IN = """listen:
   - address: 127.0.0.1:{port}

@@ -521,11 +521,21 @@ class CheckpointInterval(unittest.TestCase):
         # Far fewer than `every` records: the interval alone brings the checkpoint.
         self.assertTrue(wait_until(lambda: 3 in shipped(), timeout=15), shipped())
         self.assertTrue(wait_until(
-            lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=5))
+            lambda: "\ngatehouse_decision_log_checkpoint_seq 3\n" in metrics(gh), timeout=15))
+        command_log = os.path.join(gh.dir, "var", "command.log")
+
+        def sent():
+            try:
+                with open(command_log) as f:
+                    return [json.loads(line) for line in f if line.endswith("\n")]
+            except FileNotFoundError:
+                return []
+        # The command runs as its own process, a moment after the file is written.
+        self.assertTrue(wait_until(lambda: any(c["seq"] == 3 for c in sent()), timeout=15),
+                        gh.stderr()[-2000:])
         gh.stop()
         clean(gh.stderr()[gh.clean_from:])
-        with open(os.path.join(gh.dir, "var", "command.log")) as f:
-            sent = [json.loads(line) for line in f]
+        sent = sent()
         with open(path) as f:
             self.assertEqual(sent, [json.loads(line) for line in f])
 

@@ -608,8 +608,10 @@ class FleetTest(FleetServices):
             self.assertIn("PostgreSQL", n.stderr())
         metrics = request(self.nodes[0].admin_port, path="/metrics").body.decode()
         self.assertIn("gatehouse_state_up 0", metrics)
-        # Decisions made meanwhile are kept in the node's own database.
-        self.assertGreater(self.local_max_seq(0), spooled_from)
+        # Decisions made meanwhile are kept in the node's own database (written by
+        # the decision log's writer a moment after each answer).
+        self.assertTrue(wait_for(lambda: self.local_max_seq(0) > spooled_from, 15),
+                        (self.local_max_seq(0), spooled_from))
         # The database returns: healed without a restart.
         self.pg.start()
         for n in self.nodes:
@@ -621,7 +623,7 @@ class FleetTest(FleetServices):
         # Every record made during the outage reaches PostgreSQL: none lost.
         for n in (0, 1):
             self.assertTrue(wait_for(lambda: self.shipped_max_seq(n) >= self.local_max_seq(n),
-                                     5), self.nodes[n].stderr()[-2000:])
+                                     15), self.nodes[n].stderr()[-2000:])
         r = cli("audit", "verify", "-c", self.nodes[1].config_path)
         self.assertEqual(r.returncode, 0, r.stdout)
         # Sign-in works again, and revocation still reaches the other node.

@@ -143,16 +143,23 @@ class OidcRpAgainstRealProvider(unittest.TestCase):
         cls.idp = subprocess.Popen([NODE, os.path.join(ROOT, "tests", "idp", "oidc_idp.mjs")],
                                    cwd=os.path.join(ROOT, "tests"), env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ready = None
-        for line in cls.idp.stdout:
-            if line.startswith("GH_IDP_READY "):
-                ready = json.loads(line.split(" ", 1)[1])
-                break
-        if ready is None:
-            raise RuntimeError("IdP did not start")
+        # Its output is read by a thread from the start, and the READY line waited
+        # for with a deadline: a start that never says READY fails the class
+        # instead of hanging the suite (seen once under ASan, two modules at a time).
         cls.idp_log = []
-        threading.Thread(target=lambda: [cls.idp_log.append(x) for x in cls.idp.stdout],
-                         daemon=True).start()
+        got = threading.Event()
+
+        def read_output():
+            for x in cls.idp.stdout:
+                cls.idp_log.append(x)
+                if x.startswith("GH_IDP_READY "):
+                    got.set()
+        threading.Thread(target=read_output, daemon=True).start()
+        if not got.wait(30):
+            cls.idp.kill()
+            raise RuntimeError("IdP did not start:\n" + "".join(cls.idp_log[-20:]))
+        ready = json.loads([x for x in cls.idp_log
+                            if x.startswith("GH_IDP_READY ")][0].split(" ", 1)[1])
         cls.issuer = ready["issuer"]
         cls.users = ready["users"]
         cls.conf = os.path.join(cls.tmp, "idp.yaml")

@@ -80,10 +80,23 @@ class PolicyReload(unittest.TestCase):
     def statuses(self):
         return (self.status(self.alice), self.status(self.bob))
 
+    def reloads(self):
+        """Reloads the server has finished (loaded or refused)."""
+        log = self.gh.stderr()
+        path = self.gh.config_path
+        return (log.count("configuration %s loaded" % path)
+                + log.count("configuration %s refused" % path))
+
     def set_policy(self, text, want, hup=True):
+        done = self.reloads()
         self.write(text)
         if hup:
             self.gh.signal(signal.SIGHUP)
+            # Wait for the reload itself, not only for the answers: they may be
+            # right already (the policy in force gives them), and a file written
+            # while this reload runs is not a change it would notice later.
+            self.assertTrue(wait_until(lambda: self.reloads() > done, 15),
+                            self.gh.stderr()[-2000:])
         got = wait_until(lambda: self.statuses() == want, timeout=8, interval=0.2)
         self.assertTrue(got, "policy did not take effect: %s != %s\n%s"
                         % (self.statuses(), want, self.gh.stderr()[-2000:]))

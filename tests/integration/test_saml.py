@@ -17,7 +17,8 @@ import urllib.parse
 
 import subprocess
 
-from harness import Backend, Gatehouse, basic_config, free_port, gatehouse_bin, read_jsonl, to_yaml
+from harness import Backend, Gatehouse, basic_config, free_port, gatehouse_bin, read_jsonl, to_yaml, \
+    wait_until
 from oidc import Browser
 from saml import SamlIdP, idp_form, make_key_cert, read, saml_conf, sp_files, to_idp
 
@@ -302,7 +303,9 @@ class SamlLogoutTest(SamlCase):
         # the IdP checks our signature, ends its session and answers
         r = b.request(loc)
         self.assertEqual(r.status, 302, r)
-        self.assertIn("GH_SAML_LOGOUT nameid=alice@example.com session=_s", self.s.idp.log())
+        # (the IdP's output is read by another thread: the line may trail the answer)
+        self.assertTrue(wait_until(lambda: "GH_SAML_LOGOUT nameid=alice@example.com session=_s"
+                                   in self.s.idp.log(), 10), self.s.idp.log())
         back = r.header("Location")
         self.assertTrue(back.startswith(self.base + "/.gatehouse/saml/slo?SAMLResponse="), back)
         r = b.request(back)
