@@ -43,6 +43,9 @@
 static const struct upstream_half *g_up;
 static conn_local_fn *g_admin;
 
+/* Open admin listener connections per worker (health checks and scrapes). */
+#define ADMIN_CONNS_MAX 64
+
 void conn_upstream_install(const struct upstream_half *up)
 {
     g_up = up;
@@ -136,7 +139,11 @@ void conn_close(struct conn *c)
         c->s.ssl = NULL;
     }
     close(c->s.fd);
-    w->nconns--;
+    if (c->ls->admin) {
+        w->nadmin--;
+    } else {
+        w->nconns--;
+    }
     if (w->mw) {
         metrics_conn_close(w->mw);
     }
@@ -1149,7 +1156,11 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
         w->conns->prev = c;
     }
     w->conns = c;
-    w->nconns++;
+    if (ls->admin) {
+        w->nadmin++;
+    } else {
+        w->nconns++;
+    }
     if (w->mw) {
         metrics_conn_open(w->mw);
     }
@@ -1175,9 +1186,15 @@ void conn_accept(struct worker *w, struct lsock *ls, int fd, const struct sockad
     } else {
         set_timer(c, cfg->timeouts.idle_ms);
     }
-    if (cfg->limits.connections && w->nconns > cfg->limits.connections) {
-        log_warn("conn", "worker %u: connection limit %llu reached, refusing %s", w->id,
-                 (unsigned long long)cfg->limits.connections, c->ip);
+    /* Client connections count against limits.connections; the admin listener's
+     * against a small limit of their own, so that a flood of clients never turns
+     * /readyz, /healthz and /metrics away. */
+    if (ls->admin ? w->nadmin > ADMIN_CONNS_MAX
+                  : cfg->limits.connections && w->nconns > cfg->limits.connections) {
+        log_warn("conn", "worker %u: %s connection limit %llu reached, refusing %s", w->id,
+                 ls->admin ? "admin" : "client",
+                 (unsigned long long)(ls->admin ? ADMIN_CONNS_MAX : cfg->limits.connections),
+                 c->ip);
         conn_close(c);
         return;
     }

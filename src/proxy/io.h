@@ -178,7 +178,8 @@ struct worker {
     struct lsock *ls; /* [nls] */
     size_t nls;
     struct conn *conns;
-    uint64_t nconns;
+    uint64_t nconns; /* client connections (limits.connections) */
+    uint64_t nadmin; /* admin listener connections (ADMIN_CONNS_MAX) */
     struct pool *pools;
     SSL_CTX *up_ctx_default; /* upstream TLS, system CA bundle */
     struct upctx {

@@ -58,6 +58,20 @@ static bool same_listeners(const struct config *a, const struct config *b)
     return a->workers == b->workers;
 }
 
+/* Which policy files the routes name (their paths, in route order). */
+static uint64_t policy_files_named(const struct config *cfg)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const char *f = cfg->routes[i].policy_file;
+        for (; f && *f; f++) {
+            h = (h ^ (unsigned char)*f) * 1099511628211ULL;
+        }
+        h = (h ^ 0xff) * 1099511628211ULL;
+    }
+    return h;
+}
+
 /* A fingerprint of every route's policy file (inode, size, mtime; a missing file
  * counts too): when it changes, the main thread reloads as on SIGHUP, so an edited
  * policy takes effect without a signal (and one that fails validation is refused). */
@@ -303,18 +317,22 @@ int proxy_cmd_serve(int argc, char **argv)
             uint64_t now = errno == EAGAIN ? policy_files_stamp(cfg) : stamp;
             if (now != stamp) {
                 log_info("serve", "a policy file changed: reloading %s", cfg->file);
+                /* The files as they were before the reload read them: one replaced
+                 * while it runs is seen on the next tick. A refused reload is retried
+                 * on the next change, not every second. */
+                uint64_t named = policy_files_named(cfg);
                 cfg = reload(cfg);
-                /* A refused reload is retried on the next change, not every second. */
-                stamp = policy_files_stamp(cfg);
+                stamp = policy_files_named(cfg) == named ? now : policy_files_stamp(cfg);
             }
             continue;
         }
         if (sig == SIGHUP) {
             log_info("serve", "SIGHUP: reloading %s", cfg->file);
+            uint64_t named = policy_files_named(cfg), before = policy_files_stamp(cfg);
             cfg = reload(cfg);
             /* Certificates too, even when the configuration was refused. */
             tls_listeners_check(cfg, true);
-            stamp = policy_files_stamp(cfg);
+            stamp = policy_files_named(cfg) == named ? before : policy_files_stamp(cfg);
             continue;
         }
         log_info("serve", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
