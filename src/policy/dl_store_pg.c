@@ -154,10 +154,12 @@ static int ship_from_file(struct dl_ship *s, int64_t *last, int *n, PGresult **r
         while (*n < SHIP_BATCH && (nl = memchr(buf + pos, '\n', (size_t)got - pos)) != NULL) {
             size_t len = (size_t)(nl - (buf + pos));
             if (!dl_line_head(buf + pos, len, &seq, &ts)) {
-                log_error("policy",
-                          "decision log shipping: %s: byte %lld is not a decision "
-                          "record (run audit verify)",
-                          s->conf.file, (long long)(off + (off_t)pos));
+                if (!s->down_logged) { /* once, until shipping resumes: retried every second */
+                    log_error("policy",
+                              "decision log shipping: %s: byte %lld is not a decision "
+                              "record (run audit verify)",
+                              s->conf.file, (long long)(off + (off_t)pos));
+                }
                 rc = -1;
                 break;
             }
