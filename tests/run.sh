@@ -44,6 +44,11 @@ py_suite() { # label binary [pattern]
         add "$1" 0 1
     else
         add "$1" "$(echo "$line" | awk '{print $2}')" "$(echo "$line" | awk '{print $4}')"
+        # A failure's traceback (and the servers' output the test printed with it),
+        # which the filter above leaves out.
+        if [ "$(echo "$line" | awk '{print $4}')" != 0 ]; then
+            grep -A60 -E '^(FAIL|ERROR): ' "$out" | head -400
+        fi
     fi
     rm -f "$out"
 }
